@@ -1,0 +1,51 @@
+"""The one root of every error the crdt package raises."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CrdtError",
+    "FrameError",
+    "MalformedRecord",
+    "NonCanonicalRecord",
+    "OversizedRecord",
+    "ProtocolError",
+    "RecordError",
+    "StoreError",
+    "StoreLocked",
+]
+
+
+class CrdtError(Exception):
+    """Root of the crdt package's errors."""
+
+
+class RecordError(CrdtError, ValueError):
+    """Bytes that are not a valid record, or a record that cannot be built."""
+
+
+class MalformedRecord(RecordError):
+    """The bytes do not decode to a record of the known layout."""
+
+
+class NonCanonicalRecord(RecordError):
+    """The bytes decode, but not in the one canonical encoding, so their key would be ambiguous."""
+
+
+class OversizedRecord(RecordError):
+    """The record is larger than the configured limit."""
+
+
+class ProtocolError(CrdtError):
+    """A peer sent a reconciliation message that breaks the protocol; nothing of it was stored."""
+
+
+class FrameError(CrdtError):
+    """A wire frame failed a check (see the subclasses in crdt._frames); nothing of it was used."""
+
+
+class StoreError(CrdtError):
+    """The store cannot be opened or written."""
+
+
+class StoreLocked(StoreError):
+    """Another process holds the store's data directory."""

@@ -1,0 +1,239 @@
+"""Immutable records in one canonical msgpack encoding, named by the BLAKE2b-256 of their bytes.
+
+A record is the unit of replication. Its bytes are the array
+``[FORMAT, kind, origin, seq, time, links, body]``; the same record gives the same bytes on every
+machine because maps are written with keys in sorted order, integers in their shortest form and
+floats always as float64 (msgpack-python's own rules), and decoding re-encodes and compares, so
+a second spelling of the same value is rejected instead of getting a second key.
+
+``origin`` and ``seq`` make the fast reconciliation path possible (per-origin version vectors);
+``time`` (milliseconds at the origin) orders records for range-based reconciliation, where
+clustered recent differences fall into few ranges; ``links`` are the keys of the records this one
+belongs to, which the stores index so a fold over one experiment never scans the whole set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from crdt._errors import MalformedRecord, NonCanonicalRecord, OversizedRecord, RecordError
+
+__all__ = [
+    "FORMAT",
+    "KEY_SIZE",
+    "MAX_RECORD_SIZE",
+    "ORIGIN_SIZE",
+    "Record",
+    "canonical_packb",
+    "key_of",
+]
+
+FORMAT = 1
+KEY_SIZE = 32
+ORIGIN_SIZE = 16
+MAX_RECORD_SIZE = 1 << 20
+MAX_LINKS = 16
+MAX_KIND = 64
+
+
+def key_of(data: bytes) -> bytes:
+    """The record key: BLAKE2b-256 of the exact bytes."""
+    return hashlib.blake2b(data, digest_size=KEY_SIZE).digest()
+
+
+def _canonical(value: Any) -> Any:
+    """The value rebuilt with sorted map keys, refusing what has no single encoding."""
+    if isinstance(value, dict | Mapping):
+        items = []
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise RecordError(f"map keys must be strings, got {type(k).__name__}")
+            items.append((k, _canonical(v)))
+        items.sort(key=lambda kv: kv[0])
+        return dict(items)
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, float):
+        if math.isnan(value):
+            raise RecordError("NaN has no canonical encoding; record a missing value as None")
+        return value
+    if value is None or isinstance(value, bool | int | str | bytes):
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+            raise RecordError(f"integer {value} does not fit in 64 bits")
+        return value
+    raise RecordError(f"cannot record a value of type {type(value).__name__}")
+
+
+def canonical_packb(value: Any) -> bytes:
+    """Encode a plain value (maps with str keys, lists, str, bytes, int, float, bool, None)."""
+    data: bytes = msgpack.packb(_canonical(value), use_bin_type=True)
+    return data
+
+
+def _sorted_pairs(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if any(not isinstance(k, str) for k in keys):
+        raise NonCanonicalRecord("map keys must be strings")
+    if any(a >= b for a, b in itertools.pairwise(keys)):
+        raise NonCanonicalRecord("map keys are not in sorted order")
+    return dict(pairs)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Record:
+    """One immutable record; equality and hashing are by key."""
+
+    key: bytes
+    data: bytes
+    kind: str
+    origin: bytes
+    seq: int
+    time: int
+    links: tuple[bytes, ...]
+    body: Any
+
+    @classmethod
+    def create(
+        cls,
+        kind: str,
+        origin: bytes,
+        seq: int,
+        time: int,
+        body: Any,
+        links: Iterable[bytes] = (),
+        *,
+        max_size: int = MAX_RECORD_SIZE,
+    ) -> Record:
+        """Build a record, encoding it canonically.
+
+        Args:
+            kind: what the record is ("trial", "event", ...), at most 64 characters.
+            origin: the writing node's 16-byte id.
+            seq: the origin's sequence number for this record, from 1, never reused.
+            time: milliseconds since the epoch at the origin.
+            body: plain msgpack-able value.
+            links: keys of records this one belongs to (indexed by the stores).
+            max_size: refuse records larger than this many bytes.
+        Returns:
+            The record; ``key`` names its exact bytes.
+        """
+        links = tuple(links)
+        _check_header(kind, origin, seq, time, links)
+        body = _canonical(body)
+        data = msgpack.packb(
+            [FORMAT, kind, origin, seq, time, list(links), body], use_bin_type=True
+        )
+        if len(data) > max_size:
+            raise OversizedRecord(
+                f"a {kind} record of {len(data)} bytes exceeds the {max_size}-byte limit;"
+                " split it into smaller records"
+            )
+        return cls(key_of(data), data, kind, origin, seq, time, links, body)
+
+    @classmethod
+    def decode(cls, data: bytes, *, max_size: int = MAX_RECORD_SIZE) -> Record:
+        """Parse received bytes, keeping them exactly; raise a RecordError subclass if invalid."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise MalformedRecord(f"a record is bytes, not {type(data).__name__}")
+        data = bytes(data)
+        if len(data) > max_size:
+            raise OversizedRecord(f"record of {len(data)} bytes exceeds the {max_size}-byte limit")
+        try:
+            value = msgpack.unpackb(
+                data,
+                raw=False,
+                use_list=True,
+                strict_map_key=False,
+                object_pairs_hook=_sorted_pairs,
+                ext_hook=_reject_ext,
+            )
+        except RecordError:
+            raise
+        except Exception as exc:  # msgpack raises several unrelated types on garbage
+            raise MalformedRecord(f"undecodable record: {type(exc).__name__}") from None
+        if not isinstance(value, list) or len(value) != 7:
+            raise MalformedRecord("a record is an array of 7 fields")
+        fmt, kind, origin, seq, time, links, body = value
+        if fmt != FORMAT or isinstance(fmt, bool):
+            raise MalformedRecord(f"unknown record format {fmt!r}")
+        if not isinstance(links, list):
+            raise MalformedRecord("links must be an array")
+        if not _is_plain(body):
+            raise MalformedRecord("record body holds a value of a type records do not carry")
+        try:
+            _check_header(kind, origin, seq, time, tuple(links))
+        except RecordError as exc:
+            raise MalformedRecord(str(exc)) from None
+        try:
+            again = msgpack.packb(value, use_bin_type=True)
+        except Exception as exc:
+            raise MalformedRecord(f"unencodable record: {type(exc).__name__}") from None
+        if again != data:
+            raise NonCanonicalRecord("record bytes are not in canonical msgpack form")
+        return cls(key_of(data), data, kind, origin, seq, time, tuple(links), body)
+
+    @classmethod
+    def load(cls, key: bytes, data: bytes) -> Record:
+        """Rebuild a record from bytes this replica already verified (its own store)."""
+        _fmt, kind, origin, seq, time, links, body = msgpack.unpackb(
+            data, raw=False, strict_map_key=False
+        )
+        return cls(key, data, kind, origin, seq, time, tuple(links), body)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Record) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:
+        return (
+            f"Record({self.kind} {self.key.hex()[:12]} origin={self.origin.hex()[:8]}"
+            f" seq={self.seq})"
+        )
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise MalformedRecord(f"msgpack extension type {code} is not allowed in records")
+
+
+_SCALARS = (str, bytes, int, float, bool, type(None))
+
+
+def _is_plain(value: Any) -> bool:
+    """True when value holds only the types records carry (msgpack's timestamp is not one)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, _SCALARS):
+            continue
+        if isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        else:
+            return False
+    return True
+
+
+def _check_header(kind: Any, origin: Any, seq: Any, time: Any, links: tuple[Any, ...]) -> None:
+    if not isinstance(kind, str) or not 0 < len(kind) <= MAX_KIND:
+        raise RecordError(f"kind must be a string of 1 to {MAX_KIND} characters")
+    if not isinstance(origin, bytes) or len(origin) != ORIGIN_SIZE:
+        raise RecordError(f"origin must be {ORIGIN_SIZE} bytes")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq < 2**63:
+        raise RecordError("seq must be an integer from 1")
+    if isinstance(time, bool) or not isinstance(time, int) or not 0 <= time < 2**63:
+        raise RecordError("time must be a non-negative integer of milliseconds")
+    if len(links) > MAX_LINKS:
+        raise RecordError(f"at most {MAX_LINKS} links")
+    for link in links:
+        if not isinstance(link, bytes) or not 0 < len(link) <= 64:
+            raise RecordError("a link is 1 to 64 bytes")

@@ -1,0 +1,182 @@
+"""Per-origin version vectors with holes: exactly which (origin, seq) pairs a replica holds.
+
+Each origin numbers its records 1, 2, 3, ... Eager pushes can arrive out of order or be lost,
+so a replica's holdings of one origin are a contiguous prefix plus a few runs above it. Keeping
+the runs (not just the high-water mark) lets the fast path name precisely what is missing in one
+round trip; the summary is O(origins + holes), not O(records).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Mapping
+
+__all__ = ["SeqSet", "VersionVector"]
+
+
+class SeqSet:
+    """A set of positive integers kept as sorted, disjoint, non-adjacent closed runs."""
+
+    __slots__ = ("_runs",)
+
+    def __init__(self, runs: Iterable[tuple[int, int]] = ()) -> None:
+        self._runs: list[list[int]] = []
+        for lo, hi in runs:
+            self.add_run(lo, hi)
+
+    def add(self, seq: int) -> bool:
+        """Add one number; True if it was new."""
+        return self.add_run(seq, seq) > 0
+
+    def add_run(self, lo: int, hi: int) -> int:
+        """Add lo..hi inclusive; return how many numbers were new."""
+        if lo > hi:
+            return 0
+        runs = self._runs
+        # Fast path: appending at or just past the end is how records usually arrive.
+        if not runs or runs[-1][1] + 1 < lo:
+            runs.append([lo, hi])
+            return hi - lo + 1
+        if runs[-1][0] <= lo and runs[-1][1] + 1 >= lo:
+            added = max(0, hi - runs[-1][1])
+            runs[-1][1] = max(runs[-1][1], hi)
+            return added
+        starts = [r[0] for r in runs]
+        i = bisect_right(starts, lo) - 1
+        start = i if i >= 0 and runs[i][1] + 1 >= lo else i + 1
+        j = start
+        new_lo, new_hi = lo, hi
+        covered = 0
+        while j < len(runs) and runs[j][0] <= hi + 1:
+            a, b = runs[j]
+            covered += max(0, min(b, hi) - max(a, lo) + 1)
+            new_lo = min(new_lo, a)
+            new_hi = max(new_hi, b)
+            j += 1
+        runs[start:j] = [[new_lo, new_hi]]
+        return (hi - lo + 1) - covered
+
+    def __contains__(self, seq: object) -> bool:
+        if not isinstance(seq, int):
+            return False
+        runs = self._runs
+        lo, hi = 0, len(runs)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if runs[mid][1] < seq:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo < len(runs) and runs[lo][0] <= seq
+
+    def runs(self) -> list[tuple[int, int]]:
+        return [(a, b) for a, b in self._runs]
+
+    def __len__(self) -> int:
+        return sum(b - a + 1 for a, b in self._runs)
+
+    @property
+    def high(self) -> int:
+        """The largest number held, 0 when empty."""
+        return self._runs[-1][1] if self._runs else 0
+
+    def missing_from(self, other: SeqSet) -> Iterator[tuple[int, int]]:
+        """Runs of numbers in self that other lacks."""
+        theirs = other._runs
+        j = 0
+        for lo, hi in self._runs:
+            cur = lo
+            while cur <= hi:
+                while j < len(theirs) and theirs[j][1] < cur:
+                    j += 1
+                if j == len(theirs) or theirs[j][0] > hi:
+                    yield (cur, hi)
+                    break
+                a, b = theirs[j]
+                if a > cur:
+                    yield (cur, a - 1)
+                cur = b + 1
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SeqSet) and other._runs == self._runs
+
+    def __repr__(self) -> str:
+        return f"SeqSet({self.runs()})"
+
+
+class VersionVector:
+    """origin id → SeqSet of the sequence numbers held from that origin."""
+
+    __slots__ = ("_by_origin",)
+
+    def __init__(self, by_origin: Mapping[bytes, SeqSet] | None = None) -> None:
+        self._by_origin: dict[bytes, SeqSet] = dict(by_origin or {})
+
+    def add(self, origin: bytes, seq: int) -> bool:
+        seqs = self._by_origin.get(origin)
+        if seqs is None:
+            seqs = self._by_origin[origin] = SeqSet()
+        return seqs.add(seq)
+
+    def get(self, origin: bytes) -> SeqSet:
+        return self._by_origin.get(origin) or SeqSet()
+
+    def origins(self) -> list[bytes]:
+        return sorted(self._by_origin)
+
+    def high(self, origin: bytes) -> int:
+        seqs = self._by_origin.get(origin)
+        return seqs.high if seqs else 0
+
+    def contains(self, origin: bytes, seq: int) -> bool:
+        seqs = self._by_origin.get(origin)
+        return seqs is not None and seq in seqs
+
+    def missing_from(self, other: VersionVector) -> Iterator[tuple[bytes, int, int]]:
+        """(origin, lo, hi) runs held here that other lacks."""
+        for origin in self.origins():
+            for lo, hi in self._by_origin[origin].missing_from(other.get(origin)):
+                yield origin, lo, hi
+
+    def to_wire(self) -> list[list[object]]:
+        """[[origin, [lo, hi, lo, hi, ...]], ...] — compact and msgpack-ready."""
+        return [
+            [origin, [n for run in self._by_origin[origin].runs() for n in run]]
+            for origin in self.origins()
+        ]
+
+    @classmethod
+    def from_wire(cls, value: object, *, max_origins: int = 1 << 16) -> VersionVector:
+        """Parse to_wire's form; raise ValueError on anything else."""
+        if not isinstance(value, list) or len(value) > max_origins:
+            raise ValueError("version vector must be a list of [origin, runs]")
+        out: dict[bytes, SeqSet] = {}
+        for entry in value:
+            if not isinstance(entry, list) or len(entry) != 2:
+                raise ValueError("version vector entry must be [origin, runs]")
+            origin, flat = entry
+            if not isinstance(origin, bytes) or not isinstance(flat, list) or len(flat) % 2:
+                raise ValueError("version vector entry must be [bytes, [lo, hi, ...]]")
+            seqs = SeqSet()
+            for lo, hi in zip(flat[::2], flat[1::2], strict=True):
+                if (
+                    isinstance(lo, bool)
+                    or isinstance(hi, bool)
+                    or not isinstance(lo, int)
+                    or not isinstance(hi, int)
+                    or not 1 <= lo <= hi < 2**63
+                ):
+                    raise ValueError("version vector runs must be 1 <= lo <= hi")
+                seqs.add_run(lo, hi)
+            out[origin] = seqs
+        return cls(out)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, VersionVector):
+            return False
+        mine = {o: s for o, s in self._by_origin.items() if len(s)}
+        theirs = {o: s for o, s in other._by_origin.items() if len(s)}
+        return mine == theirs
+
+    def __repr__(self) -> str:
+        return f"VersionVector({ {o.hex()[:8]: s.runs() for o, s in self._by_origin.items()} })"
