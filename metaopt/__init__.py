@@ -1,0 +1,61 @@
+"""metaopt: hyperparameter search with no master.
+
+Training scripts use the worker API (``metaopt.report``, ``metaopt.params``,
+``metaopt.should_stop``, ``metaopt.checkpoint_dir``), which imports nothing heavy; the in-process
+``metaopt.Study`` and the rest load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from metaopt._errors import MetaoptError, SearchError, SpaceError, WorkerError
+
+if TYPE_CHECKING:
+    from metaopt._state import TrialView
+    from metaopt._study import Study, Trial
+    from metaopt.worker import (
+        checkpoint_dir,
+        params,
+        report,
+        resume_step,
+        should_stop,
+        trial_id,
+    )
+
+__all__ = [
+    "MetaoptError",
+    "SearchError",
+    "SpaceError",
+    "Study",
+    "Trial",
+    "TrialView",
+    "WorkerError",
+    "checkpoint_dir",
+    "params",
+    "report",
+    "resume_step",
+    "should_stop",
+    "trial_id",
+]
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Study": "metaopt._study",
+    "Trial": "metaopt._study",
+    "TrialView": "metaopt._state",
+    **{
+        name: "metaopt.worker"
+        for name in ("checkpoint_dir", "params", "report", "resume_step", "should_stop", "trial_id")
+    },
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'metaopt' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,283 @@
+"""metaopt's record kinds on top of crdt records: what each holds and how it is read back.
+
+Every fact is one immutable crdt.Record. Readers never trust a body: ``parse_*`` return None for
+a body that does not have the expected shape, so a malformed record from a buggy or hostile peer
+is skipped by every fold instead of crashing it.
+
+| kind       | links                       | body                                              |
+|------------|-----------------------------|---------------------------------------------------|
+| experiment | -                           | definition (see ExperimentSpec)                   |
+| blob       | content hash                | one chunk of bundled code                         |
+| trial      | experiment                  | params, suggesting node, its counter              |
+| event      | trial, experiment           | kind, node, step, metrics, exit code, reason      |
+| control    | experiment                  | action ("stop")                                   |
+
+An experiment record is content-derived: its origin is a hash of its definition, its seq 1 and
+its time 0, so two peers (or two Studies) that define the same experiment agree on its key
+without talking. ``nonce`` tells apart two submissions of the same definition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from crdt import ORIGIN_SIZE, Record
+
+__all__ = [
+    "CONTROL",
+    "EVENT",
+    "EVENT_KINDS",
+    "EXPERIMENT",
+    "TRIAL",
+    "BLOB",
+    "ControlBody",
+    "EventBody",
+    "ExperimentSpec",
+    "TrialBody",
+    "experiment_record",
+    "parse_control",
+    "parse_event",
+    "parse_experiment",
+    "parse_trial",
+]
+
+EXPERIMENT = "experiment"
+TRIAL = "trial"
+EVENT = "event"
+CONTROL = "control"
+BLOB = "blob"
+
+# started: a node began running the trial; progress: a report (step, metrics); heartbeat: still
+# alive; completed/failed/killed: terminal; frozen: paused by freeze-thaw, may be thawed;
+# thawed: resumed; lost: its node vanished (written by whoever noticed); interrupted: its node
+# stopped gracefully. lost and interrupted trials are free to be run again by any peer.
+EVENT_KINDS = frozenset(
+    {
+        "started",
+        "progress",
+        "heartbeat",
+        "completed",
+        "failed",
+        "killed",
+        "frozen",
+        "thawed",
+        "lost",
+        "interrupted",
+    }
+)
+CONTROL_ACTIONS = frozenset({"stop"})
+
+
+def _is_metric(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and (not isinstance(value, float) or math.isfinite(value))
+    ) or isinstance(value, str)
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """The definition of an experiment, as submitted."""
+
+    name: str
+    space: Mapping[str, str]
+    objectives: tuple[str, ...] = ("objective",)
+    directions: tuple[str, ...] = ("minimize",)
+    algorithm: str = "auto"
+    max_trials: int | None = None
+    command: tuple[str, ...] | None = None
+    bundle: Mapping[str, Any] | None = None
+    objective_regex: str | None = None
+    early_stopping: str | None = None
+    max_step: int | None = None
+    nonce: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "space": dict(self.space),
+            "objectives": list(self.objectives),
+            "directions": list(self.directions),
+            "algorithm": self.algorithm,
+            "max_trials": self.max_trials,
+            "command": None if self.command is None else list(self.command),
+            "bundle": None if self.bundle is None else dict(self.bundle),
+            "objective_regex": self.objective_regex,
+            "early_stopping": self.early_stopping,
+            "max_step": self.max_step,
+            "nonce": self.nonce,
+            "options": dict(self.options),
+        }
+
+
+def experiment_record(spec: ExperimentSpec) -> Record:
+    """The content-derived record of an experiment definition."""
+    body = spec.to_body()
+    probe = Record.create(EXPERIMENT, bytes(ORIGIN_SIZE), 1, 0, body)
+    origin = hashlib.blake2b(probe.data, digest_size=ORIGIN_SIZE, person=b"metaopt-exp").digest()
+    return Record.create(EXPERIMENT, origin, 1, 0, body)
+
+
+def _str_tuple(value: Any) -> tuple[str, ...] | None:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        return None
+    return tuple(value)
+
+
+def parse_experiment(record: Record) -> ExperimentSpec | None:
+    """The spec of an experiment record, or None if its body is malformed."""
+    b = record.body
+    if record.kind != EXPERIMENT or not isinstance(b, dict):
+        return None
+    space = b.get("space")
+    objectives = _str_tuple(b.get("objectives"))
+    directions = _str_tuple(b.get("directions"))
+    command = b.get("command")
+    max_trials = b.get("max_trials")
+    max_step = b.get("max_step")
+    ok = (
+        isinstance(b.get("name"), str)
+        and isinstance(space, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in space.items())
+        and objectives is not None
+        and directions is not None
+        and len(objectives) == len(directions)
+        and all(d in ("minimize", "maximize") for d in directions)
+        and isinstance(b.get("algorithm"), str)
+        and (max_trials is None or (type(max_trials) is int and max_trials > 0))
+        and (max_step is None or (type(max_step) is int and max_step > 0))
+        and (command is None or _str_tuple(command) is not None)
+        and (b.get("bundle") is None or isinstance(b.get("bundle"), dict))
+        and (b.get("objective_regex") is None or isinstance(b.get("objective_regex"), str))
+        and (b.get("early_stopping") is None or isinstance(b.get("early_stopping"), str))
+        and isinstance(b.get("nonce", ""), str)
+        and isinstance(b.get("options", {}), dict)
+    )
+    if not ok:
+        return None
+    assert objectives is not None and directions is not None
+    return ExperimentSpec(
+        name=b["name"],
+        space=dict(space),
+        objectives=objectives,
+        directions=directions,
+        algorithm=b["algorithm"],
+        max_trials=max_trials,
+        command=None if command is None else tuple(command),
+        bundle=b.get("bundle"),
+        objective_regex=b.get("objective_regex"),
+        early_stopping=b.get("early_stopping"),
+        max_step=max_step,
+        nonce=b.get("nonce", ""),
+        options=b.get("options", {}),
+    )
+
+
+@dataclass(frozen=True)
+class TrialBody:
+    """A trial: a point of the space that some node chose to evaluate."""
+
+    experiment: bytes
+    params: Mapping[str, Any]
+    node: bytes
+    counter: int
+
+    def to_body(self) -> dict[str, Any]:
+        return {"params": dict(self.params), "node": self.node, "counter": self.counter}
+
+
+def parse_trial(record: Record) -> TrialBody | None:
+    b = record.body
+    if record.kind != TRIAL or not isinstance(b, dict) or len(record.links) != 1:
+        return None
+    params, node, counter = b.get("params"), b.get("node"), b.get("counter")
+    if (
+        not isinstance(params, dict)
+        or not all(isinstance(v, int | float | str | bool) for v in params.values())
+        or not isinstance(node, bytes)
+        or type(counter) is not int
+    ):
+        return None
+    return TrialBody(record.links[0], params, node, counter)
+
+
+@dataclass(frozen=True)
+class EventBody:
+    """Something that happened to a trial, on one node."""
+
+    trial: bytes
+    experiment: bytes
+    kind: str
+    node: bytes
+    step: int | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    exit_code: int | None = None
+    reason: str | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"kind": self.kind, "node": self.node}
+        if self.step is not None:
+            body["step"] = self.step
+        if self.metrics:
+            body["metrics"] = dict(self.metrics)
+        if self.exit_code is not None:
+            body["exit_code"] = self.exit_code
+        if self.reason is not None:
+            body["reason"] = self.reason
+        return body
+
+
+def parse_event(record: Record) -> EventBody | None:
+    b = record.body
+    if record.kind != EVENT or not isinstance(b, dict) or len(record.links) != 2:
+        return None
+    kind, node = b.get("kind"), b.get("node")
+    step, metrics = b.get("step"), b.get("metrics", {})
+    exit_code, reason = b.get("exit_code"), b.get("reason")
+    if (
+        kind not in EVENT_KINDS
+        or not isinstance(node, bytes)
+        or (step is not None and type(step) is not int)
+        or not isinstance(metrics, dict)
+        or not all(isinstance(k, str) and _is_metric(v) for k, v in metrics.items())
+        or (exit_code is not None and type(exit_code) is not int)
+        or (reason is not None and not isinstance(reason, str))
+    ):
+        return None
+    return EventBody(record.links[0], record.links[1], kind, node, step, metrics, exit_code, reason)
+
+
+@dataclass(frozen=True)
+class ControlBody:
+    experiment: bytes
+    action: str
+
+
+def parse_control(record: Record) -> ControlBody | None:
+    b = record.body
+    if record.kind != CONTROL or not isinstance(b, dict) or len(record.links) != 1:
+        return None
+    if b.get("action") not in CONTROL_ACTIONS:
+        return None
+    return ControlBody(record.links[0], b["action"])
+
+
+def objective_values(
+    metrics: Mapping[str, Any], objectives: Sequence[str]
+) -> tuple[float, ...] | None:
+    """The objectives read from a metrics dict, or None if any is missing or not a number."""
+    out = []
+    for name in objectives:
+        value = metrics.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        if not math.isfinite(value):
+            return None
+        out.append(float(value))
+    return tuple(out)

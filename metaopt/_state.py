@@ -1,0 +1,284 @@
+"""Pure folds from records to views: what an experiment and each of its trials look like now.
+
+The fold is order-free: applying the same set of records in any order gives the same views,
+because a trial's state is computed from all its events sorted by (time, key), never from the
+order they arrived in. That is what lets every peer, each with its own arrival order, agree.
+
+State rules (see TrialView.state):
+- completed, failed and killed are terminal; the first terminal event in (time, key) order wins,
+  with completed beating the others (a result outranks a verdict reached without it).
+- otherwise the latest lifecycle signal decides: started, thawed, progress and heartbeat mean
+  running; frozen, lost and interrupted mean what they say; none means pending.
+- lost and interrupted trials are free: any peer may run them again.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from crdt import Record, Store
+
+from metaopt._records import (
+    CONTROL,
+    EVENT,
+    EXPERIMENT,
+    TRIAL,
+    EventBody,
+    ExperimentSpec,
+    TrialBody,
+    objective_values,
+    parse_control,
+    parse_event,
+    parse_experiment,
+    parse_trial,
+)
+
+__all__ = [
+    "ACTIVE_STATES",
+    "FREE_STATES",
+    "TERMINAL_STATES",
+    "ExperimentState",
+    "TrialView",
+    "list_experiments",
+]
+
+TERMINAL_STATES = frozenset({"completed", "failed", "killed"})
+FREE_STATES = frozenset({"lost", "interrupted"})
+# Trials that hold their point: the search must not suggest it again and treats it as pending.
+ACTIVE_STATES = frozenset({"pending", "running", "frozen"})
+_RUNNING_SIGNALS = frozenset({"started", "thawed", "progress", "heartbeat"})
+_LIFECYCLE = _RUNNING_SIGNALS | {"frozen", "lost", "interrupted"}
+_TERMINAL_RANK = {"completed": 0, "failed": 1, "killed": 1}
+
+
+@dataclass(frozen=True)
+class TrialView:
+    """One trial as the replica knows it now."""
+
+    key: bytes
+    experiment: bytes
+    params: Mapping[str, Any]
+    node: bytes
+    counter: int
+    created: int
+    state: str
+    runner: bytes | None = None
+    values: tuple[float, ...] | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    curve: tuple[tuple[int, float], ...] = ()
+    last_seen: int = 0
+    exit_code: int | None = None
+    reason: str | None = None
+    attempts: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.key.hex()
+
+    @property
+    def value(self) -> float | None:
+        """The first objective, for single-objective use."""
+        return None if self.values is None else self.values[0]
+
+    @property
+    def last_step(self) -> int:
+        return self.curve[-1][0] if self.curve else 0
+
+
+def _trial_view(
+    key: bytes,
+    trial: TrialBody,
+    created: int,
+    events: Sequence[tuple[int, bytes, EventBody]],
+    spec: ExperimentSpec,
+) -> TrialView:
+    ordered = sorted(events, key=lambda e: (e[0], e[1]))
+    terminal: tuple[int, int, bytes, EventBody] | None = None
+    lifecycle: EventBody | None = None
+    runner: bytes | None = None
+    steps: dict[int, float] = {}
+    metrics: dict[str, Any] = {}
+    last_seen = created
+    attempts = 0
+    first = spec.objectives[0]
+    for time, ekey, event in ordered:
+        last_seen = max(last_seen, time)
+        if event.kind in ("started", "thawed"):
+            attempts += event.kind == "started"
+            runner = event.node
+        if event.kind in _TERMINAL_RANK:
+            rank = (_TERMINAL_RANK[event.kind], time, ekey, event)
+            if terminal is None or rank[:3] < terminal[:3]:
+                terminal = rank
+        elif event.kind in _LIFECYCLE:
+            lifecycle = event
+        if event.kind == "progress":
+            metrics.update(event.metrics)
+            value = event.metrics.get(first)
+            if event.step is not None and isinstance(value, int | float):
+                steps[event.step] = float(value)
+    curve = tuple(sorted(steps.items()))
+    exit_code: int | None = None
+    reason: str | None = None
+    values: tuple[float, ...] | None = None
+    if terminal is not None:
+        event = terminal[3]
+        state = event.kind
+        metrics.update(event.metrics)
+        exit_code, reason = event.exit_code, event.reason
+        if state == "completed":
+            values = objective_values(metrics, spec.objectives)
+            if values is None:
+                state, reason = "failed", f"completed without a numeric {', '.join(spec.objectives)}"
+    elif lifecycle is None:
+        state = "pending"
+    elif lifecycle.kind in _RUNNING_SIGNALS:
+        state = "running"
+    else:
+        state = lifecycle.kind
+        reason = lifecycle.reason
+    return TrialView(
+        key=key,
+        experiment=trial.experiment,
+        params=trial.params,
+        node=trial.node,
+        counter=trial.counter,
+        created=created,
+        state=state,
+        runner=runner,
+        values=values,
+        metrics=metrics,
+        curve=curve,
+        last_seen=last_seen,
+        exit_code=exit_code,
+        reason=reason,
+        attempts=attempts,
+    )
+
+
+class ExperimentState:
+    """An experiment's trials, kept up to date record by record (idempotent, order-free)."""
+
+    def __init__(self, key: bytes, spec: ExperimentSpec) -> None:
+        self.key = key
+        self.spec = spec
+        self.stopped = False
+        self._trials: dict[bytes, tuple[TrialBody, int]] = {}
+        self._events: dict[bytes, dict[bytes, tuple[int, bytes, EventBody]]] = defaultdict(dict)
+        self._views: dict[bytes, TrialView] = {}
+        self.skipped = 0
+
+    @classmethod
+    def from_store(cls, store: Store, key: bytes) -> ExperimentState | None:
+        """Fold one experiment out of a store through its link index, or None if unknown."""
+        record = store.get(key)
+        spec = None if record is None else parse_experiment(record)
+        if spec is None:
+            return None
+        state = cls(key, spec)
+        state.apply_all(store.linked(key))
+        return state
+
+    def apply_all(self, records: Iterable[Record]) -> None:
+        for record in records:
+            self.apply(record)
+
+    def apply(self, record: Record) -> bool:
+        """Fold in one record; True if it concerned this experiment and was well-formed."""
+        if record.kind == TRIAL:
+            trial = parse_trial(record)
+            if trial is None or trial.experiment != self.key:
+                self.skipped += trial is None
+                return False
+            self._trials[record.key] = (trial, record.time)
+            self._views.pop(record.key, None)
+            return True
+        if record.kind == EVENT:
+            event = parse_event(record)
+            if event is None or event.experiment != self.key:
+                self.skipped += event is None
+                return False
+            self._events[event.trial][record.key] = (record.time, record.key, event)
+            self._views.pop(event.trial, None)
+            return True
+        if record.kind == CONTROL:
+            control = parse_control(record)
+            if control is None or control.experiment != self.key:
+                return False
+            self.stopped = self.stopped or control.action == "stop"
+            return True
+        return False
+
+    def trial(self, key: bytes) -> TrialView | None:
+        view = self._views.get(key)
+        if view is None and key in self._trials:
+            trial, created = self._trials[key]
+            events = list(self._events.get(key, {}).values())
+            view = self._views[key] = _trial_view(key, trial, created, events, self.spec)
+        return view
+
+    def trials(self) -> list[TrialView]:
+        """Every known trial, oldest first (by creation time, then key)."""
+        keys = sorted(self._trials, key=lambda k: (self._trials[k][1], k))
+        return [view for key in keys if (view := self.trial(key)) is not None]
+
+    def __len__(self) -> int:
+        return len(self._trials)
+
+    @property
+    def budget_spent(self) -> bool:
+        return self.spec.max_trials is not None and len(self._trials) >= self.spec.max_trials
+
+    @property
+    def active(self) -> bool:
+        """Whether peers should still start trials for it."""
+        return not self.stopped and not self.budget_spent
+
+    @property
+    def finished(self) -> bool:
+        """Stopped or budget spent, and nothing left running, pending or free."""
+        if self.active:
+            return False
+        return all(t.state in TERMINAL_STATES for t in self.trials()) or self.stopped
+
+    def signed(self, values: Sequence[float]) -> tuple[float, ...]:
+        """Objective values turned into ones to minimise."""
+        return tuple(
+            v if d == "minimize" else -v for v, d in zip(values, self.spec.directions, strict=True)
+        )
+
+    def best(self) -> list[TrialView]:
+        """The best completed trial (single objective) or the Pareto front (several)."""
+        done = [t for t in self.trials() if t.state == "completed" and t.values is not None]
+        if not done:
+            return []
+        scored = [(self.signed(t.values or ()), t) for t in done]
+        if len(self.spec.objectives) == 1:
+            return [min(scored, key=lambda st: (st[0], st[1].created, st[1].key))[1]]
+        front = []
+        for s, t in scored:
+            dominated = any(
+                all(a <= b for a, b in zip(o, s, strict=True)) and o != s for o, _ in scored
+            )
+            if not dominated:
+                front.append(t)
+        return sorted(front, key=lambda t: self.signed(t.values or ()))
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for trial in self.trials():
+            out[trial.state] += 1
+        return dict(out)
+
+
+def list_experiments(store: Store) -> list[tuple[bytes, ExperimentSpec]]:
+    """Every well-formed experiment in the store, by name then key."""
+    found = []
+    for record in store.of_kind(EXPERIMENT):
+        spec = parse_experiment(record)
+        if spec is not None:
+            found.append((record.key, spec))
+    return sorted(found, key=lambda ks: (ks[1].name, ks[0]))

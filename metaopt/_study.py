@@ -1,0 +1,244 @@
+"""metaopt.Study: the in-process ask/tell API over one crdt replica.
+
+A Study is a node: it has an id, writes records under it, and folds its replica into views.
+Two Studies on one experiment (same definition, different node ids) explore it together by
+``sync``-ing their replicas through the crdt reconciliation protocol, exactly as peers do over
+HTTP; that is how the simulations run many peers in one process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crdt import ORIGIN_SIZE, LevelDBStore, MemoryStore, Record, Store
+
+from metaopt._errors import MetaoptError
+from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment_record
+from metaopt._state import FREE_STATES, ExperimentState, TrialView
+from metaopt._suggest import Suggester
+from metaopt._writer import NodeWriter
+from metaopt.search import Algorithm
+
+__all__ = ["Study", "Trial", "sync_stores"]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A trial handed out by ``Study.ask``: evaluate ``params``, then ``tell`` the result."""
+
+    key: bytes
+    params: Mapping[str, Any]
+    counter: int
+    resume_step: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.key.hex()
+
+
+def sync_stores(a: Store, b: Store) -> int:
+    """Reconcile two stores in process through the crdt protocol; return round trips used."""
+    from crdt import Initiator, respond
+
+    session = Initiator(a)
+    message: bytes | None = session.start()
+    while message is not None:
+        message = session.receive(respond(b, message))
+    return int(session.stats.round_trips)
+
+
+def _node_id_for(seed: int, path: Path | None) -> bytes:
+    if path is None:
+        # Reproducible by default: Study(seed=s) twice gives the same suggestions. Studies that
+        # explore together must be given distinct node_id values.
+        return hashlib.blake2b(b"study-node-%d" % seed, digest_size=ORIGIN_SIZE).digest()
+    id_file = path / "node_id"
+    if id_file.exists():
+        return bytes.fromhex(id_file.read_text().strip())
+    node_id = secrets.token_bytes(ORIGIN_SIZE)
+    path.mkdir(parents=True, exist_ok=True)
+    id_file.write_text(node_id.hex())
+    return node_id
+
+
+class Study:
+    """Ask/tell hyperparameter search over a grow-only replica (in memory or LevelDB).
+
+    Args:
+        space: parameter name → prior, e.g. {"lr": "loguniform(1e-5, 1)"}.
+        algorithm: "auto" (default), "gp", "evolution", "random", or an Algorithm instance.
+        seed: seeds this node's random streams (with the node id, experiment and counter).
+        minimize: direction of every objective (or pass ``directions``).
+        objective: the name of the objective, or a list of names for several objectives.
+        node_id: this node's 16-byte id (or its hex); distinct for Studies exploring together.
+        path: a directory to keep the replica in (LevelDB) and reopen it from.
+        name: the experiment's name; with the space and objectives it names the experiment.
+        max_trials: the experiment's global budget, across every node.
+        clock: seconds since the epoch (record times); time.time by default.
+    """
+
+    def __init__(
+        self,
+        space: Mapping[str, str],
+        *,
+        algorithm: str | Algorithm = "auto",
+        seed: int = 0,
+        minimize: bool = True,
+        objective: str | Sequence[str] = "objective",
+        directions: Sequence[str] | None = None,
+        node_id: bytes | str | None = None,
+        path: str | os.PathLike[str] | None = None,
+        name: str = "study",
+        max_trials: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        objectives = (objective,) if isinstance(objective, str) else tuple(objective)
+        if directions is None:
+            directions = ["minimize" if minimize else "maximize"] * len(objectives)
+        if len(directions) != len(objectives):
+            raise MetaoptError(
+                f"{len(objectives)} objectives but {len(directions)} directions; give one each"
+            )
+        algo_name = algorithm if isinstance(algorithm, str) else algorithm.name
+        spec = ExperimentSpec(
+            name=name,
+            space=dict(space),
+            objectives=objectives,
+            directions=tuple(directions),
+            algorithm=algo_name,
+            max_trials=max_trials,
+        )
+        root = None if path is None else Path(path)
+        if isinstance(node_id, str):
+            node_id = bytes.fromhex(node_id)
+        if node_id is not None and len(node_id) != ORIGIN_SIZE:
+            raise MetaoptError(f"node_id must be {ORIGIN_SIZE} bytes (or their hex)")
+        self.node_id = node_id or _node_id_for(seed, root)
+        self.store: Store = MemoryStore() if root is None else LevelDBStore(root / "replica")
+        self._writer = NodeWriter(self.store, self.node_id, clock)
+        exp = experiment_record(spec)
+        self.store.add([exp])
+        self.experiment_key = exp.key
+        state = ExperimentState.from_store(self.store, exp.key)
+        assert state is not None
+        self._state = state
+        self._unsubscribe = self.store.subscribe(self._on_records)
+        self._suggester = Suggester(
+            state,
+            self.node_id,
+            seed=seed,
+            algorithm=None if isinstance(algorithm, str) else algorithm,
+        )
+
+    def _on_records(self, records: list[Record]) -> None:
+        for record in records:
+            if self.experiment_key in record.links:
+                self._state.apply(record)
+
+    @property
+    def space(self) -> Any:
+        return self._suggester.space
+
+    @property
+    def state(self) -> ExperimentState:
+        return self._state
+
+    def ask(self) -> Trial:
+        """A trial to evaluate: a free (lost/interrupted) one first, else a new point."""
+        for view in self._state.trials():
+            if view.state in FREE_STATES:
+                self._event(view.key, "started")
+                return Trial(view.key, dict(view.params), view.counter, view.last_step)
+        params, counter = self._suggester.suggest()
+        body = {"params": params, "node": self.node_id, "counter": counter}
+        record = self._writer.write(TRIAL, body, [self.experiment_key])
+        return Trial(record.key, params, counter)
+
+    def tell(
+        self,
+        trial: Trial | TrialView | str | bytes,
+        value: float | Mapping[str, float] | None = None,
+        *,
+        failed: bool = False,
+        reason: str | None = None,
+    ) -> TrialView:
+        """Record a result: a number, a dict of objectives (and other metrics), or a failure."""
+        key = self._key(trial)
+        objectives = self._state.spec.objectives
+        if value is None or failed:
+            self._event(key, "failed", reason=reason or "reported as failed")
+        else:
+            metrics = dict(value) if isinstance(value, Mapping) else {objectives[0]: value}
+            missing = [o for o in objectives if o not in metrics]
+            if missing:
+                raise MetaoptError(
+                    f"tell() is missing objective(s) {', '.join(missing)}; pass a dict with"
+                    f" {', '.join(objectives)}"
+                )
+            self._event(key, "completed", metrics={k: float(v) for k, v in metrics.items()})
+        view = self._state.trial(key)
+        assert view is not None
+        return view
+
+    def report(self, trial: Trial | str | bytes, step: int, value: float) -> None:
+        """Record an intermediate value of the first objective at a step (a learning curve)."""
+        metrics = {self._state.spec.objectives[0]: float(value)}
+        self._event(self._key(trial), "progress", step=step, metrics=metrics)
+
+    def _key(self, trial: Trial | TrialView | str | bytes) -> bytes:
+        if isinstance(trial, Trial | TrialView):
+            key = trial.key
+        elif isinstance(trial, str):
+            key = bytes.fromhex(trial)
+        else:
+            key = trial
+        if self._state.trial(key) is None:
+            raise MetaoptError(f"unknown trial {key.hex()[:12]}; pass a trial from ask()")
+        return key
+
+    def _event(
+        self,
+        trial: bytes,
+        kind: str,
+        *,
+        step: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        body = EventBody(
+            trial, self.experiment_key, kind, self.node_id, step, dict(metrics or {}), None, reason
+        )
+        self._writer.write(EVENT, body.to_body(), [trial, self.experiment_key])
+
+    @property
+    def trials(self) -> list[TrialView]:
+        return self._state.trials()
+
+    @property
+    def best(self) -> TrialView | list[TrialView] | None:
+        """The best completed trial; with several objectives, the Pareto front (a list)."""
+        best = self._state.best()
+        if len(self._state.spec.objectives) > 1:
+            return best
+        return best[0] if best else None
+
+    def sync(self, other: Study) -> int:
+        """Bring both replicas to their union; returns the round trips it took."""
+        return sync_stores(self.store, other.store)
+
+    def close(self) -> None:
+        self._unsubscribe()
+        self.store.close()
+
+    def __enter__(self) -> Study:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

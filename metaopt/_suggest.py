@@ -1,0 +1,113 @@
+"""Choosing a node's next point for one experiment from the replicated history, with no locks.
+
+Each call draws from its own random stream, seeded from (seed, node id, experiment key,
+counter): two nodes never share a stream, and one node never repeats its own. Every node's
+pending trials are in the replica, so the algorithm sees them (GP fantasies, occupied
+individuals), and a point equal to any known trial — completed, pending, failed or free — is
+never suggested: the suggester retries, then falls back to the prior.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from metaopt._errors import SearchError
+from metaopt._state import ACTIVE_STATES, ExperimentState, TrialView
+from metaopt.search import Algorithm, Observations, make_algorithm
+from metaopt.space import Space
+
+__all__ = ["Suggester", "params_key", "stream"]
+
+_RETRIES = 8
+_PRIOR_DRAWS = 64
+
+
+def params_key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A hashable identity of a point; floats compared exactly, as stored."""
+    return tuple(sorted((k, (type(v).__name__, v)) for k, v in params.items()))
+
+
+def _words(data: bytes) -> list[int]:
+    return [int.from_bytes(data[i : i + 4], "little") for i in range(0, len(data), 4)]
+
+
+def stream(seed: int, node_id: bytes, experiment: bytes, counter: int) -> np.random.Generator:
+    """The random stream of one suggestion: one per (seed, node, experiment, counter)."""
+    entropy = [seed & 0xFFFFFFFF, *_words(node_id), *_words(experiment[:16]), counter]
+    return np.random.default_rng(np.random.SeedSequence(entropy))
+
+
+class Suggester:
+    """One node's search over one experiment; keeps the algorithm for its warm starts."""
+
+    def __init__(
+        self,
+        state: ExperimentState,
+        node_id: bytes,
+        *,
+        seed: int = 0,
+        algorithm: Algorithm | None = None,
+    ) -> None:
+        self.state = state
+        self.node_id = node_id
+        self.seed = seed
+        self.space = Space.from_dict(state.spec.space)
+        self.algorithm = algorithm or make_algorithm(state.spec.algorithm)
+
+    def next_counter(self) -> int:
+        mine = [t.counter for t in self.state.trials() if t.node == self.node_id]
+        return max(mine, default=0) + 1
+
+    def observations(self, trials: list[TrialView] | None = None) -> Observations:
+        """The history in the unit cube; trials whose params no longer fit the space are skipped."""
+        space = self.space
+        X, Y, pending, failed = [], [], [], []
+        for trial in self.state.trials() if trials is None else trials:
+            try:
+                u = space.to_unit(trial.params)
+            except Exception:  # a peer's malformed params must not stop the search
+                continue
+            if trial.state == "completed" and trial.values is not None:
+                X.append(u)
+                Y.append(self.state.signed(trial.values))
+            elif trial.state in ACTIVE_STATES:
+                pending.append(u)
+            elif trial.state in ("failed", "killed"):
+                failed.append(u)
+        d, m = space.d, len(self.state.spec.objectives)
+
+        def arr(rows: list[Any], width: int) -> np.ndarray:
+            return np.asarray(rows, dtype=np.float64).reshape(len(rows), width)
+
+        return Observations(arr(X, d), arr(Y, m), arr(pending, d), arr(failed, d))
+
+    def suggest(self) -> tuple[dict[str, Any], int]:
+        """(params, counter) of a new point no known trial has."""
+        counter = self.next_counter()
+        rng = stream(self.seed, self.node_id, self.state.key, counter)
+        trials = self.state.trials()
+        known = {params_key(t.params) for t in trials}
+        obs = self.observations(trials)
+        space = self.space
+        for _ in range(_RETRIES):
+            points = self.algorithm.suggest(space, obs, rng, 1)
+            params = self._with_fidelity(space.from_unit(points[0]))
+            if params_key(params) not in known:
+                return params, counter
+        for u in space.sample(rng, _PRIOR_DRAWS):
+            params = self._with_fidelity(space.from_unit(u))
+            if params_key(params) not in known:
+                return params, counter
+        raise SearchError(
+            f"experiment {self.state.spec.name!r}: every point drawn is already a trial;"
+            " the space is exhausted — widen it or lower --max-trials"
+        )
+
+    def _with_fidelity(self, params: dict[str, Any]) -> dict[str, Any]:
+        fidelity = self.space.fidelity
+        if fidelity is not None and self.space.fidelity_name is not None:
+            params[self.space.fidelity_name] = fidelity.high
+        return params

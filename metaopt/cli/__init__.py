@@ -1,0 +1,45 @@
+"""The `metaopt` command: peer start/stop/status/key, submit, status, best, export, stop, logs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from metaopt._errors import MetaoptError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    from metaopt.cli._peer import add_peer_commands
+    from metaopt.cli._read import add_read_commands
+    from metaopt.cli._submit import add_submit_command
+
+    parser = argparse.ArgumentParser(
+        prog="metaopt", description="Hyperparameter search with no master."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_peer_commands(sub)
+    add_submit_command(sub)
+    add_read_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user's mistake is one line on stderr and exit status 2."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MetaoptError as exc:
+        print(f"metaopt: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from crdt import CrdtError
+
+        if isinstance(exc, CrdtError):
+            print(f"metaopt: {exc}", file=sys.stderr)
+            return 2
+        raise

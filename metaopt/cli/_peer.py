@@ -1,0 +1,240 @@
+"""`metaopt peer start|stop|status|key`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from metaopt._errors import MetaoptError
+from metaopt.cli._format import table
+from metaopt.peer._config import PeerConfig, Timing
+from metaopt.peer._identity import DataDir
+from metaopt.peer._local import LocalPeer, resolve_data_dir
+
+__all__ = ["add_peer_commands"]
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"METAOPT_{name}", default)
+
+
+def add_peer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    peer = sub.add_parser("peer", help="run and inspect this machine's peer")
+    psub = peer.add_subparsers(dest="peer_command", required=True)
+
+    start = psub.add_parser("start", help="start this machine's peer (foreground)")
+    start.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="address to bind")
+    start.add_argument("--port", type=int, default=int(_env("PORT", "7787") or 7787))
+    start.add_argument("--data-dir", default=None, help="replica and node id (METAOPT_DATA_DIR)")
+    start.add_argument(
+        "--join",
+        action="append",
+        default=[j for j in (_env("JOIN") or "").split(",") if j],
+        metavar="HOST:PORT",
+        help="a peer to contact (repeatable); one is enough",
+    )
+    start.add_argument("--gpus", default=_env("GPUS", "auto"), help="auto, none, or 0,1,...")
+    start.add_argument("--slots", type=int, default=int(_env("SLOTS", "1") or 1))
+    start.add_argument("--key", default=_env("KEY"), help="the cluster key")
+    start.add_argument("--key-file", default=_env("KEY_FILE"), help="a file holding the key")
+    start.add_argument("--name", default=_env("NAME", ""), help="a name shown to other peers")
+    start.add_argument("--no-mdns", action="store_true", help="do not use mDNS discovery")
+    start.add_argument("--detach", action="store_true", help="run in the background")
+    start.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    start.add_argument("--timing", default=_env("TIMING", ""), help=argparse.SUPPRESS)
+    start.set_defaults(func=_start)
+
+    stop = psub.add_parser("stop", help="stop this machine's peer gracefully")
+    stop.add_argument("--data-dir", default=None)
+    stop.add_argument("--timeout", type=float, default=60.0)
+    stop.set_defaults(func=_stop)
+
+    status = psub.add_parser("status", help="this peer: id, address, peers, records, slots")
+    status.add_argument("--data-dir", default=None)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_status)
+
+    key = psub.add_parser("key", help="print the command that joins another machine")
+    key.add_argument("--data-dir", default=None)
+    key.set_defaults(func=_key)
+
+
+def _parse_timing(text: str) -> Timing:
+    timing = Timing()
+    if not text:
+        return timing
+    fields = {f.name: f.type for f in dataclasses.fields(Timing)}
+    changes: dict[str, float | int] = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if name not in fields:
+            raise MetaoptError(f"unknown timing {name!r}; known: {', '.join(fields)}")
+        try:
+            changes[name] = int(value) if name == "push_fanout" else float(value)
+        except ValueError:
+            raise MetaoptError(f"timing {name} needs a number, got {value!r}") from None
+    return dataclasses.replace(timing, **changes)
+
+
+def _config(args: argparse.Namespace) -> PeerConfig:
+    key_text = args.key
+    if args.key_file:
+        try:
+            key_text = Path(args.key_file).read_text().strip()
+        except OSError as exc:
+            raise MetaoptError(f"cannot read --key-file {args.key_file}: {exc.strerror}") from None
+    if args.slots < 1:
+        raise MetaoptError("--slots must be at least 1")
+    return PeerConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=resolve_data_dir(args.data_dir),
+        join=tuple(args.join),
+        gpus=args.gpus,
+        slots=args.slots,
+        key_text=key_text,
+        name=args.name,
+        mdns=not args.no_mdns,
+        timing=_parse_timing(args.timing),
+    )
+
+
+def _start(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if args.detach:
+        return _detach(config)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    return asyncio.run(_run(config))
+
+
+async def _run(config: PeerConfig) -> int:
+    from metaopt.peer._node import Node
+
+    node = Node(config)
+    await node.start()
+    if node.generated_key:
+        print(
+            "This is a new cluster. To add another machine, run there:\n"
+            f"  metaopt peer start --key {node.key.to_text()} --join {node.addr}\n"
+            "(`metaopt peer key` prints this again.)",
+            flush=True,
+        )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, node.request_stop)
+    try:
+        await node.run_until_stopped()
+    finally:
+        await node.stop()
+    return 0
+
+
+def _detach(config: PeerConfig) -> int:
+    dirs = DataDir(config.data_dir)
+    dirs.ensure()
+    argv = [sys.executable, "-m", "metaopt", "peer", "start"]
+    argv += ["--host", config.host, "--port", str(config.port), "--data-dir", str(dirs.root)]
+    for seed in config.join:
+        argv += ["--join", seed]
+    argv += ["--gpus", config.gpus, "--slots", str(config.slots)]
+    if config.name:
+        argv += ["--name", config.name]
+    if not config.mdns:
+        argv.append("--no-mdns")
+    env = dict(os.environ)
+    if config.key_text:
+        env["METAOPT_KEY"] = config.key_text  # not on the command line, where ps shows it
+    with contextlib.suppress(FileNotFoundError):
+        dirs.address_file.unlink()  # left by a peer that died; its reappearance means "up"
+    log_path = dirs.root / "peer.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env=env,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if dirs.address_file.exists():
+            print(f"peer started (pid {proc.pid}), log in {log_path}")
+            print(f"pid file: {dirs.pid_file}")
+            return 0
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+            raise MetaoptError(f"the peer exited at once: {' '.join(tail) or 'see ' + str(log_path)}")
+        time.sleep(0.1)
+    raise MetaoptError(f"the peer did not come up within 30 s; see {log_path}")
+
+
+def _stop(args: argparse.Namespace) -> int:
+    data_dir = resolve_data_dir(args.data_dir)
+    dirs = DataDir(data_dir)
+    pid = int(dirs.pid_file.read_text()) if dirs.pid_file.exists() else None
+    LocalPeer(data_dir).call("api.shutdown")
+    deadline = time.monotonic() + args.timeout
+    while pid is not None and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        if pid is not None:
+            raise MetaoptError(f"peer pid {pid} is still running after {args.timeout:.0f} s")
+    print("peer stopped")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = LocalPeer(resolve_data_dir(args.data_dir)).call("api.status")
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"node      {status['node_id']}  ({status['name']})")
+    print(f"address   {status['address']}  pid {status['pid']}")
+    print(f"data dir  {status['data_dir']}")
+    print(f"records   {status['records']}   experiments {status['experiments']}")
+    print(f"cluster   {status['fingerprint']}")
+    peers = status["peers"]
+    print(f"\npeers ({sum(p['live'] for p in peers)} live of {len(peers)})")
+    if peers:
+        rows = [
+            [p["node_id"][:12], p["address"], p["last_contact"], "yes" if p["live"] else "no"]
+            for p in peers
+        ]
+        print(table(["node", "address", "last contact (s)", "live"], rows))
+    print("\nslots")
+    rows = [
+        [s["index"], s.get("gpu") or "cpu", s.get("trial") or "idle", s.get("experiment") or ""]
+        for s in status["slots"]
+    ]
+    print(table(["slot", "device", "trial", "experiment"], rows))
+    return 0
+
+
+def _key(args: argparse.Namespace) -> int:
+    dirs = DataDir(resolve_data_dir(args.data_dir))
+    key = dirs.read_key()
+    if key is None:
+        raise MetaoptError(f"no cluster key in {dirs.root} yet; `metaopt peer start` creates one")
+    addr = dirs.address_file.read_text().strip() if dirs.address_file.exists() else "HOST:PORT"
+    print(f"metaopt peer start --key {key} --join {addr}")
+    return 0

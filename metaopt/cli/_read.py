@@ -1,0 +1,162 @@
+"""`metaopt status|best|export|stop|logs`: what this machine's replica knows, now."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from typing import Any
+
+from metaopt._errors import MetaoptError
+from metaopt.cli._format import fmt_value, table
+from metaopt.peer._local import LocalPeer, resolve_data_dir
+
+__all__ = ["add_read_commands"]
+
+
+def _peer(args: argparse.Namespace) -> LocalPeer:
+    return LocalPeer(resolve_data_dir(args.data_dir))
+
+
+def add_read_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = sub.add_parser("status", help="experiments, or one experiment's trials")
+    status.add_argument("experiment", nargs="?")
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--data-dir", default=None)
+    status.set_defaults(func=_status)
+
+    best = sub.add_parser("best", help="the best trial (or Pareto front) of an experiment")
+    best.add_argument("experiment")
+    best.add_argument("--json", action="store_true")
+    best.add_argument("--data-dir", default=None)
+    best.set_defaults(func=_best)
+
+    export = sub.add_parser("export", help="every trial of an experiment as CSV or JSON")
+    export.add_argument("experiment")
+    export.add_argument("--format", choices=("csv", "json"), default="csv")
+    export.add_argument("--data-dir", default=None)
+    export.set_defaults(func=_export)
+
+    stop = sub.add_parser("stop", help="stop an experiment on every peer (no new trials)")
+    stop.add_argument("experiment")
+    stop.add_argument("--data-dir", default=None)
+    stop.set_defaults(func=_stop)
+
+    logs = sub.add_parser("logs", help="a trial's output, or where it ran")
+    logs.add_argument("trial")
+    logs.add_argument("--data-dir", default=None)
+    logs.set_defaults(func=_logs)
+
+
+def _status(args: argparse.Namespace) -> int:
+    peer = _peer(args)
+    if args.experiment is None:
+        experiments = peer.call("api.experiments")
+        if args.json:
+            print(json.dumps(experiments, indent=2))
+            return 0
+        if not experiments:
+            print("no experiments yet; submit one with `metaopt submit train.py --x~'uniform(0, 1)'`")
+            return 0
+        rows = []
+        for e in experiments:
+            c = e["counts"]
+            state = "stopped" if e["stopped"] else "finished" if e["finished"] else "active"
+            best = e["best"][0]["value"] if e["best"] else None
+            rows.append(
+                [
+                    e["name"],
+                    e["id"][:12],
+                    state,
+                    f"{e['trials']}/{e['max_trials'] or '∞'}",
+                    c.get("completed", 0),
+                    c.get("running", 0) + c.get("pending", 0),
+                    c.get("failed", 0) + c.get("killed", 0),
+                    best,
+                ]
+            )
+        print(table(["name", "id", "state", "trials", "done", "running", "failed", "best"], rows))
+        return 0
+    info = peer.call("api.experiment", args.experiment)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(_experiment_header(info))
+    names = sorted(info["space"])
+    rows = [
+        [t["id"][:12], t["state"], t["value"], t["last_step"] or "", (t["runner"] or t["node"])[:8]]
+        + [t["params"].get(n) for n in names]
+        for t in info["trial_list"]
+    ]
+    print(table(["trial", "state", info["objectives"][0], "step", "node", *names], rows))
+    return 0
+
+
+def _experiment_header(info: dict[str, Any]) -> str:
+    c = info["counts"]
+    parts = ", ".join(f"{v} {k}" for k, v in sorted(c.items()))
+    direction = "/".join(info["directions"])
+    return (
+        f"{info['name']} ({info['id'][:12]}): {info['trials']}/{info['max_trials'] or '∞'} trials"
+        f" ({parts or 'none yet'}); {direction} {', '.join(info['objectives'])}"
+    )
+
+
+def _best(args: argparse.Namespace) -> int:
+    info = _peer(args).call("api.experiment", args.experiment)
+    best = info["best"]
+    if args.json:
+        print(json.dumps(best if len(info["objectives"]) > 1 else (best[0] if best else None)))
+        return 0
+    if not best:
+        print(f"{info['name']}: no completed trial yet")
+        return 1
+    for trial in best:
+        objectives = trial["objectives"] or {}
+        values = ", ".join(f"{k} {fmt_value(v)}" for k, v in objectives.items())
+        where = (trial["runner"] or trial["node"])[:8]
+        print(f"{trial['id'][:12]}  {values}  on node {where}  {json.dumps(trial['params'])}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    info = _peer(args).call("api.experiment", args.experiment)
+    trials = info["trial_list"]
+    if args.format == "json":
+        print(json.dumps(trials, indent=2))
+        return 0
+    names = sorted(info["space"])
+    metrics = sorted({k for t in trials for k in (t["metrics"] or {})})
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["trial", "state", "node", "runner", *names, *metrics, "reason"])
+    for t in trials:
+        writer.writerow(
+            [t["id"], t["state"], t["node"], t["runner"] or ""]
+            + [t["params"].get(n) for n in names]
+            + [t["metrics"].get(m) for m in metrics]
+            + [t["reason"] or ""]
+        )
+    sys.stdout.write(out.getvalue())
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    key = _peer(args).call("api.stop", args.experiment)
+    print(f"experiment {key[:12]} stopped: no peer starts new trials for it")
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    info = _peer(args).call("api.logs", args.trial)
+    if info["here"]:
+        sys.stdout.write(info["text"])
+        return 0
+    if info["runner"] is None:
+        raise MetaoptError(f"trial {args.trial} has not started on any peer yet")
+    where = info["address"] or "an unknown address"
+    print(f"trial {args.trial} ran on node {info['runner'][:12]} at {where}; run `metaopt logs`"
+          " there")
+    return 0

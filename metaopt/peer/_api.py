@@ -1,0 +1,161 @@
+"""The local API the CLI talks to (same authenticated frames as peers): reads and a few writes.
+
+Reads answer from this peer's own replica, so they work on any node, even while partitioned:
+they show what this node knows now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from crdt import Record, RecordError
+
+from metaopt._errors import MetaoptError
+from metaopt._records import BLOB, EXPERIMENT, parse_experiment
+from metaopt._state import ExperimentState, TrialView
+from metaopt.peer._wire import Request
+
+if TYPE_CHECKING:
+    from metaopt.peer._node import Node
+
+__all__ = ["LocalApi", "experiment_json", "trial_json"]
+
+MAX_SUBMIT_RECORDS = 4096
+
+
+def trial_json(state: ExperimentState, trial: TrialView) -> dict[str, Any]:
+    return {
+        "id": trial.id,
+        "experiment": state.spec.name,
+        "params": dict(trial.params),
+        "state": trial.state,
+        "objectives": dict(zip(state.spec.objectives, trial.values, strict=True))
+        if trial.values
+        else None,
+        "value": trial.value,
+        "metrics": dict(trial.metrics),
+        "node": trial.node.hex(),
+        "runner": trial.runner.hex() if trial.runner else None,
+        "created": trial.created / 1000,
+        "last_seen": trial.last_seen / 1000,
+        "last_step": trial.last_step,
+        "steps": len(trial.curve),
+        "attempts": trial.attempts,
+        "exit_code": trial.exit_code,
+        "reason": trial.reason,
+    }
+
+
+def experiment_json(state: ExperimentState) -> dict[str, Any]:
+    spec = state.spec
+    best = state.best()
+    return {
+        "id": state.key.hex(),
+        "name": spec.name,
+        "space": dict(spec.space),
+        "objectives": list(spec.objectives),
+        "directions": list(spec.directions),
+        "algorithm": spec.algorithm,
+        "max_trials": spec.max_trials,
+        "command": list(spec.command) if spec.command else None,
+        "early_stopping": spec.early_stopping,
+        "trials": len(state),
+        "counts": state.counts(),
+        "stopped": state.stopped,
+        "active": state.active,
+        "finished": state.finished,
+        "best": [trial_json(state, t) for t in best],
+    }
+
+
+class LocalApi:
+    """Operations under the ``api.`` prefix."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def handlers(self) -> dict[str, Callable[[Request], Any]]:
+        return {
+            "api.status": self.status,
+            "api.experiments": self.experiments,
+            "api.experiment": self.experiment,
+            "api.add": self.add,
+            "api.stop": self.stop,
+            "api.logs": self.logs,
+            "api.shutdown": self.shutdown,
+        }
+
+    def _experiment(self, body: Any) -> ExperimentState:
+        if not isinstance(body, str) or not body:
+            raise MetaoptError("name an experiment (its name or id)")
+        state = self.node.replica.find_experiment(body)
+        if state is None:
+            raise MetaoptError(
+                f"no experiment {body!r} on this peer yet; `metaopt status` lists them"
+            )
+        return state
+
+    async def status(self, request: Request) -> Any:
+        return self.node.status()
+
+    async def experiments(self, request: Request) -> Any:
+        states = sorted(self.node.replica.experiments.values(), key=lambda s: (s.spec.name, s.key))
+        return [experiment_json(s) for s in states]
+
+    async def experiment(self, request: Request) -> Any:
+        state = self._experiment(request.body)
+        out = experiment_json(state)
+        out["trial_list"] = [trial_json(state, t) for t in state.trials()]
+        return out
+
+    async def add(self, request: Request) -> Any:
+        """Records built by `metaopt submit` (experiment and code blobs), all or nothing."""
+        body = request.body
+        if not isinstance(body, list) or not 0 < len(body) <= MAX_SUBMIT_RECORDS:
+            raise MetaoptError(f"submit between 1 and {MAX_SUBMIT_RECORDS} records")
+        records = []
+        for data in body:
+            try:
+                record = Record.decode(data)
+            except RecordError as exc:
+                raise MetaoptError(f"a submitted record is invalid: {exc}") from None
+            if record.kind not in (EXPERIMENT, BLOB):
+                raise MetaoptError(f"submit carries experiment and blob records, not {record.kind}")
+            if record.kind == EXPERIMENT and parse_experiment(record) is None:
+                raise MetaoptError("the submitted experiment record is malformed")
+            records.append(record)
+        self.node.store.add(records)
+        return [r.key for r in records if r.kind == EXPERIMENT]
+
+    async def stop(self, request: Request) -> Any:
+        state = self._experiment(request.body)
+        self.node.stop_experiment(state)
+        return state.key.hex()
+
+    async def logs(self, request: Request) -> Any:
+        body = request.body
+        if not isinstance(body, str):
+            raise MetaoptError("name a trial by its id (or a prefix of at least 4 characters)")
+        found = self.node.replica.find_trial(body)
+        if found is None:
+            raise MetaoptError(f"no trial {body!r} on this peer; `metaopt status EXP` lists them")
+        state, key = found
+        log_path = self.node.runner.log_path(key)
+        if log_path.exists():
+            with log_path.open("rb") as f:
+                f.seek(0, 2)
+                size = f.tell()
+                f.seek(max(0, size - (1 << 20)))
+                return {"here": True, "text": f.read().decode(errors="replace")}
+        trial = state.trial(key)
+        runner = trial.runner if trial else None
+        where = None
+        if runner is not None:
+            peer = self.node.peers.get(runner)
+            where = peer.addr if peer else None
+        return {"here": False, "runner": runner.hex() if runner else None, "address": where}
+
+    async def shutdown(self, request: Request) -> Any:
+        self.node.request_stop()
+        return True

@@ -1,0 +1,42 @@
+"""Everything a peer can be tuned by, in one frozen value passed to its parts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["PeerConfig", "Timing"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Intervals and timeouts in seconds; tests shrink them, defaults suit a real cluster."""
+
+    anti_entropy: float = 2.0  # one reconciliation with a random live peer this often
+    push_fanout: int = 3  # peers each new record is pushed to at once
+    gossip: float = 5.0  # exchange peer tables this often
+    peer_timeout: float = 30.0  # a peer unheard of for this long is not live
+    heartbeat: float = 10.0  # a running trial with no report for this long gets a heartbeat
+    lost_after: float = 60.0  # another node's trial unheard of for this long is lost
+    schedule: float = 0.5  # look for free slots and lost trials this often
+    stop_grace: float = 10.0  # stop file → SIGTERM → SIGKILL, each after this long
+    request_timeout: float = 10.0
+    monitor: float = 2.0  # early-stopping decisions this often
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    host: str = "127.0.0.1"
+    port: int = 7787
+    data_dir: Path = Path("metaopt-data")
+    join: tuple[str, ...] = ()
+    gpus: str = "auto"
+    slots: int = 1
+    key_text: str | None = None
+    name: str = ""
+    mdns: bool = True
+    timing: Timing = field(default_factory=Timing)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"

@@ -1,0 +1,93 @@
+"""A peer's data directory: its node id, its cluster key and its replica.
+
+The node id is random and lives only here, so a data directory that is lost means a new node
+id: sequence numbers are never reused under an old id by a node that forgot what it wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from crdt import ORIGIN_SIZE
+
+from metaopt._errors import MetaoptError
+
+__all__ = ["DataDir", "default_data_dir"]
+
+
+def default_data_dir() -> Path:
+    """The user's data directory (XDG_DATA_HOME), where a peer keeps its replica by default."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "metaopt"
+
+
+class DataDir:
+    """Paths and small files inside one peer's data directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    @property
+    def replica(self) -> Path:
+        return self.root / "replica"
+
+    @property
+    def trials(self) -> Path:
+        return self.root / "trials"
+
+    @property
+    def bundles(self) -> Path:
+        return self.root / "bundles"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "peer.pid"
+
+    @property
+    def address_file(self) -> Path:
+        return self.root / "peer.address"
+
+    @property
+    def key_file(self) -> Path:
+        return self.root / "cluster.key"
+
+    def ensure(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.trials.mkdir(exist_ok=True)
+            self.bundles.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise MetaoptError(
+                f"cannot create the data directory {self.root}: {exc.strerror};"
+                " choose another with --data-dir"
+            ) from None
+
+    def node_id(self) -> bytes:
+        """This directory's node id, created on first use."""
+        path = self.root / "node_id"
+        if path.exists():
+            text = path.read_text().strip()
+            try:
+                value = bytes.fromhex(text)
+            except ValueError:
+                value = b""
+            if len(value) != ORIGIN_SIZE:
+                raise MetaoptError(f"{path} is corrupt; move the data directory aside to start anew")
+            return value
+        value = secrets.token_bytes(ORIGIN_SIZE)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(value.hex() + "\n")
+        os.replace(tmp, path)
+        return value
+
+    def read_key(self) -> str | None:
+        return self.key_file.read_text().strip() if self.key_file.exists() else None
+
+    def write_key(self, text: str) -> None:
+        tmp = self.key_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+        os.replace(tmp, self.key_file)

@@ -1,0 +1,383 @@
+"""The peer: one asyncio process per machine tying replica, network, discovery and slots together.
+
+Everything here is shell: decisions live in pure modules (_scheduler, metaopt._suggest,
+metaopt.freezethaw, crdt's reconciliation) and this class only feeds them the clock, the
+network and child processes, on a handful of periodic loops:
+
+- anti-entropy: reconcile with a random live peer every ``timing.anti_entropy`` seconds;
+- gossip: swap peer tables so one contact is enough to learn the whole cluster;
+- schedule: mark lost trials, then fill free slots (free trials first, then new points);
+- monitor: early-stopping decisions for this node's own running trials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from crdt import ClusterKey, FrameCodec, LevelDBStore, Record, StoreError, respond
+
+from metaopt._errors import MetaoptError
+from metaopt._records import CONTROL, EVENT, TRIAL, EventBody
+from metaopt._state import ExperimentState, TrialView
+from metaopt._suggest import Suggester
+from metaopt._writer import NodeWriter
+from metaopt.peer._api import LocalApi
+from metaopt.peer._config import PeerConfig
+from metaopt.peer._gossip import PeerTable
+from metaopt.peer._identity import DataDir
+from metaopt.peer._replica import Replica
+from metaopt.peer._replication import Replicator
+from metaopt.peer._runner import TrialRunner
+from metaopt.peer._scheduler import find_lost, plan_work
+from metaopt.peer._transport import Client, PeerUnreachable, RemoteError, Server
+from metaopt.peer._wire import Request
+
+__all__ = ["Node", "PROTOCOL_VERSION"]
+
+log = logging.getLogger("metaopt.peer")
+PROTOCOL_VERSION = 1
+
+
+class Node:
+    """A running peer. ``await start()``, then ``await run_until_stopped()``."""
+
+    def __init__(self, config: PeerConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.dirs = DataDir(config.data_dir)
+        self.dirs.ensure()
+        self.node_id = self.dirs.node_id()
+        self.key = self._load_key()
+        self.codec = FrameCodec([self.key])
+        self.rng = random.Random(int.from_bytes(self.node_id, "big") ^ time.time_ns())
+        try:
+            self.store = LevelDBStore(self.dirs.replica)
+        except StoreError as exc:
+            raise MetaoptError(str(exc)) from None
+        self.replica = Replica(self.store)
+        self.writer = NodeWriter(self.store, self.node_id, clock)
+        self.peers = PeerTable()
+        self.port = config.port
+        self.addr = config.address
+        self.client = Client(
+            self.codec, self.node_id, self.addr, timeout=config.timing.request_timeout
+        )
+        self.replicator = Replicator(
+            self.store,
+            self.node_id,
+            self.peers,
+            self.client,
+            clock=clock,
+            rng=self.rng,
+            push_fanout=config.timing.push_fanout,
+            peer_timeout=config.timing.peer_timeout,
+        )
+        self.store.subscribe(self.replicator.on_new)
+        self.runner = TrialRunner(self, config)
+        self.api = LocalApi(self)
+        self.server = Server(self.codec, self._handlers())
+        self._suggesters: dict[bytes, Suggester] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self._discovery: Any = None
+        self.started_at = clock()
+        self.generated_key = False
+
+    def _load_key(self) -> ClusterKey:
+        text = self.config.key_text or self.dirs.read_key()
+        if text is None:
+            key = ClusterKey.generate(os.urandom(32))
+            self.dirs.write_key(key.to_text())
+            self.generated_key = True
+            return key
+        try:
+            key = ClusterKey.from_text(text)
+        except Exception as exc:
+            raise MetaoptError(f"the cluster key is not valid: {exc}") from None
+        if self.dirs.read_key() != key.to_text():
+            self.dirs.write_key(key.to_text())
+        return key
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        self.port = await self.server.start(self.config.host, self.config.port)
+        self.addr = f"{self.config.host}:{self.port}"
+        self.client = Client(
+            self.codec, self.node_id, self.addr, timeout=self.config.timing.request_timeout
+        )
+        self.replicator.client = self.client
+        self.dirs.address_file.write_text(self.addr + "\n")
+        self.dirs.pid_file.write_text(f"{os.getpid()}\n")
+        for seed in self.config.join:
+            self.peers.add_seed(seed)
+        self._mark_orphans()
+        if self.config.mdns:
+            await self._start_discovery()
+        timing = self.config.timing
+        self._tasks = [
+            asyncio.ensure_future(self._every(timing.anti_entropy, self._anti_entropy)),
+            asyncio.ensure_future(self._every(timing.gossip, self._gossip)),
+            asyncio.ensure_future(self._every(timing.schedule, self._schedule)),
+            asyncio.ensure_future(self._every(timing.monitor, self.runner.monitor)),
+        ]
+        log.info(
+            "peer %s (%s) listening on %s, %d slot(s), data in %s",
+            self.node_id.hex()[:8],
+            self.config.name or socket.gethostname(),
+            self.addr,
+            len(self.runner.slots),
+            self.dirs.root,
+        )
+
+    async def _start_discovery(self) -> None:
+        try:
+            from metaopt.peer._discovery import Discovery, DiscoveryConfig
+        except ImportError:  # pragma: no cover - the module ships with metaopt
+            return
+        config = DiscoveryConfig(
+            host=self.config.host,
+            port=self.port,
+            node_id=self.node_id.hex(),
+            cluster_fingerprint=self.key.fingerprint,
+            protocol_version=PROTOCOL_VERSION,
+            name=self.config.name or socket.gethostname(),
+        )
+        self._discovery = Discovery(config, on_found=self._on_found, on_foreign=self._on_foreign)
+        try:
+            await self._discovery.start()
+        except Exception as exc:  # no multicast here: --join seeds still work
+            log.warning("mDNS discovery is off (%s); use --join HOST:PORT", exc)
+            self._discovery = None
+
+    def _on_found(self, info: Any) -> None:
+        try:
+            node = bytes.fromhex(info.node_id)
+        except ValueError:
+            return
+        self.peers.add(node, f"{info.host}:{info.port}", self.clock(), contacted=False)
+
+    def _on_foreign(self, info: Any) -> None:
+        log.info(
+            "ignoring peer %s at %s:%s of another cluster (fingerprint %s); to join it, restart"
+            " this peer with that cluster's key: metaopt peer start --key <key from"
+            " `metaopt peer key` there>",
+            getattr(info, "name", "?"),
+            info.host,
+            info.port,
+            info.fingerprint,
+        )
+
+    async def _every(self, interval: float, step: Callable[[], Any]) -> None:
+        while not self._stopping.is_set():
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one failed round must not end the loop
+                log.exception("periodic task %s failed", getattr(step, "__name__", step))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=interval)
+
+    async def run_until_stopped(self) -> None:
+        await self._stopping.wait()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        """Graceful: running trials are recorded as interrupted, pushed, then everything closes."""
+        self._stopping.set()
+        await self.runner.interrupt_all("its peer was stopped")
+        await self.replicator.drain(timeout=2.0)
+        # One last reconciliation so the interrupted events reach someone even if pushes failed.
+        live = self.peers.random_live(self.rng, 2, self.clock(), self.config.timing.peer_timeout)
+        for peer in live:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.replicator.reconcile(peer.addr), timeout=3.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._discovery is not None:
+            with contextlib.suppress(Exception):
+                await self._discovery.stop()
+        await self.server.stop()
+        await self.client.close()
+        self.replica.close()
+        self.store.close()
+        for path in (self.dirs.pid_file, self.dirs.address_file):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    # ------------------------------------------------------------------------------ network
+
+    def _handlers(self) -> dict[str, Callable[[Request], Any]]:
+        handlers: dict[str, Callable[[Request], Any]] = {
+            "sync": self._on_sync,
+            "gossip": self._on_gossip,
+        }
+        handlers.update(self.api.handlers())
+        return handlers
+
+    def _contact(self, request: Request) -> None:
+        if request.addr and request.sender != self.node_id and len(request.sender) == 16:
+            self.peers.add(request.sender, request.addr, self.clock(), contacted=True)
+
+    async def _on_sync(self, request: Request) -> bytes:
+        self._contact(request)
+        if not isinstance(request.body, bytes):
+            raise MetaoptError("a sync request carries bytes")
+        return respond(self.store, request.body)
+
+    async def _on_gossip(self, request: Request) -> Any:
+        self._contact(request)
+        self.peers.merge_gossip(request.body, self.clock(), exclude=self.node_id)
+        return self.peers.to_gossip(self.clock(), self.config.timing.peer_timeout)
+
+    async def _anti_entropy(self) -> None:
+        addr = await self.replicator.anti_entropy_once()
+        if addr is not None:
+            self.peers.touch_addr(addr, self.clock())
+
+    async def _gossip(self) -> None:
+        now = self.clock()
+        live = self.peers.random_live(self.rng, 1, now, self.config.timing.peer_timeout)
+        targets = [p.addr for p in live] + self.peers.seed_addrs()
+        for addr in dict.fromkeys(targets):
+            try:
+                reply = await self.client.call(
+                    addr, "gossip", self.peers.to_gossip(now, self.config.timing.peer_timeout)
+                )
+            except (PeerUnreachable, RemoteError) as exc:
+                log.debug("gossip with %s failed: %s", addr, exc)
+                continue
+            self.peers.touch_addr(addr, self.clock())
+            self.peers.merge_gossip(reply, self.clock(), exclude=self.node_id)
+
+    def is_alive(self, node: bytes) -> bool:
+        if node == self.node_id:
+            return True
+        return self.peers.is_alive(node, self.clock(), self.config.timing.peer_timeout)
+
+    def live_nodes(self) -> list[bytes]:
+        now = self.clock()
+        return [self.node_id] + [
+            p.node_id for p in self.peers.live(now, self.config.timing.peer_timeout)
+        ]
+
+    # ----------------------------------------------------------------------------- records
+
+    def write_event(
+        self,
+        experiment: bytes,
+        trial: bytes,
+        kind: str,
+        *,
+        step: int | None = None,
+        metrics: dict[str, Any] | None = None,
+        exit_code: int | None = None,
+        reason: str | None = None,
+    ) -> Record:
+        body = EventBody(
+            trial, experiment, kind, self.node_id, step, metrics or {}, exit_code, reason
+        )
+        return self.writer.write(EVENT, body.to_body(), [trial, experiment])
+
+    def stop_experiment(self, state: ExperimentState) -> Record:
+        return self.writer.write(CONTROL, {"action": "stop"}, [state.key])
+
+    def suggester(self, state: ExperimentState) -> Suggester:
+        suggester = self._suggesters.get(state.key)
+        if suggester is None:
+            seed = int.from_bytes(self.node_id[:4], "little")
+            suggester = self._suggesters[state.key] = Suggester(state, self.node_id, seed=seed)
+        return suggester
+
+    def new_trial(self, state: ExperimentState) -> TrialView:
+        params, counter = self.suggester(state).suggest()
+        body = {"params": params, "node": self.node_id, "counter": counter}
+        record = self.writer.write(TRIAL, body, [state.key])
+        view = state.trial(record.key)
+        assert view is not None
+        return view
+
+    # --------------------------------------------------------------------------- scheduling
+
+    def _mark_orphans(self) -> None:
+        """Trials this node was running when it died are lost (it restarted, they did not)."""
+        runnable = [s for s in self.replica.experiments.values() if s.spec.command is not None]
+        for lost in find_lost(runnable, self.node_id, 0, 1 << 62, lambda n: True, set()):
+            self.write_event(lost.experiment, lost.trial, "lost", reason=lost.reason)
+
+    async def _schedule(self) -> None:
+        now_ms = int(self.clock() * 1000)
+        timing = self.config.timing
+        runnable = [s for s in self.replica.experiments.values() if s.spec.command is not None]
+        for lost in find_lost(
+            runnable,
+            self.node_id,
+            now_ms,
+            int(timing.lost_after * 1000),
+            self.is_alive,
+            self.runner.running_keys(),
+        ):
+            log.info("trial %s is lost: %s", lost.trial.hex()[:12], lost.reason)
+            self.write_event(lost.experiment, lost.trial, "lost", reason=lost.reason)
+        work = plan_work(
+            runnable,
+            self.node_id,
+            self.runner.free_slots(),
+            self.runner.running_keys(),
+            self.live_nodes(),
+            now_ms,
+            int(timing.anti_entropy * 2000),
+            self.runner.can_run,
+        )
+        for item in work:
+            state = self.replica.experiments[item.experiment]
+            try:
+                view = state.trial(item.trial) if item.trial else self.new_trial(state)
+            except MetaoptError as exc:
+                log.warning("experiment %s: %s", state.spec.name, exc)
+                continue
+            if view is not None:
+                await self.runner.launch(state, view)
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        return {
+            "node_id": self.node_id.hex(),
+            "name": self.config.name or socket.gethostname(),
+            "address": self.addr,
+            "pid": os.getpid(),
+            "data_dir": str(self.dirs.root),
+            "fingerprint": self.key.fingerprint,
+            "uptime": now - self.started_at,
+            "records": len(self.store),
+            "peers": [
+                {
+                    "node_id": p.node_id.hex(),
+                    "address": p.addr,
+                    "last_contact": None if p.last_contact is None else now - p.last_contact,
+                    "live": self.peers.is_alive(p.node_id, now, self.config.timing.peer_timeout),
+                }
+                for p in self.peers.all()
+            ],
+            "slots": self.runner.describe(),
+            "experiments": len(self.replica.experiments),
+        }
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dirs.root

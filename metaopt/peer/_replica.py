@@ -1,0 +1,75 @@
+"""The peer's replica and the live folds over it: every experiment's state, kept current.
+
+Records reach the store from three places — this node's own writes, eager pushes and
+anti-entropy — and in any order (an event may arrive before its trial, a trial before its
+experiment). Folding is idempotent and order-free (metaopt._state), so every record is simply
+applied to the experiment it links to, and an experiment that arrives late is folded from its
+link index when it does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from crdt import Record, Store
+
+from metaopt._records import EXPERIMENT, parse_experiment
+from metaopt._state import ExperimentState, list_experiments
+
+__all__ = ["Replica"]
+
+
+class Replica:
+    """A store plus the ExperimentState of each experiment in it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.experiments: dict[bytes, ExperimentState] = {}
+        self._listeners: list[Callable[[list[Record]], None]] = []
+        for key, _spec in list_experiments(store):
+            state = ExperimentState.from_store(store, key)
+            if state is not None:
+                self.experiments[key] = state
+        self._unsubscribe = store.subscribe(self._on_records)
+
+    def listen(self, callback: Callable[[list[Record]], None]) -> None:
+        """Hear of new records after they are durable and folded."""
+        self._listeners.append(callback)
+
+    def _on_records(self, records: list[Record]) -> None:
+        for record in records:
+            if record.kind == EXPERIMENT:
+                if record.key not in self.experiments and parse_experiment(record) is not None:
+                    state = ExperimentState.from_store(self.store, record.key)
+                    if state is not None:
+                        self.experiments[record.key] = state
+                continue
+            for link in record.links:
+                state = self.experiments.get(link)
+                if state is not None:
+                    state.apply(record)
+                    break
+        for callback in list(self._listeners):
+            callback(records)
+
+    def find_experiment(self, text: str) -> ExperimentState | None:
+        """By name (latest of that name wins) or by key hex prefix."""
+        text = text.strip()
+        by_name = [s for s in self.experiments.values() if s.spec.name == text]
+        if by_name:
+            return max(by_name, key=lambda s: (len(s), s.key))
+        matches = [s for k, s in self.experiments.items() if k.hex().startswith(text.lower())]
+        return matches[0] if len(matches) == 1 and len(text) >= 4 else None
+
+    def find_trial(self, text: str) -> tuple[ExperimentState, bytes] | None:
+        text = text.strip().lower()
+        if len(text) < 4:
+            return None
+        for state in self.experiments.values():
+            for trial in state.trials():
+                if trial.key.hex().startswith(text):
+                    return state, trial.key
+        return None
+
+    def close(self) -> None:
+        self._unsubscribe()

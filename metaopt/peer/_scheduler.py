@@ -1,0 +1,148 @@
+"""What a peer should do next with its slots, and which trials have been lost (pure).
+
+No locks: each peer decides for its own slots from its replica. Free trials (lost or
+interrupted) are claimed by rendezvous hashing — every live node ranks itself by
+BLAKE2b(node id + trial key) and the k-th ranked waits k claim delays before taking it — so
+usually exactly one peer re-runs a freed point, and if that one is gone too, the next does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+
+from metaopt._state import FREE_STATES, ExperimentState
+
+__all__ = ["Lost", "Work", "find_lost", "plan_work", "rendezvous_rank"]
+
+
+@dataclass(frozen=True)
+class Work:
+    """Run a trial of ``experiment``: the free trial ``trial``, or a new point when None."""
+
+    experiment: bytes
+    trial: bytes | None
+
+
+@dataclass(frozen=True)
+class Lost:
+    experiment: bytes
+    trial: bytes
+    reason: str
+
+
+def rendezvous_rank(me: bytes, others: Iterable[bytes], trial: bytes) -> int:
+    """How many live nodes come before this one in the claim order for ``trial``."""
+
+    def score(node: bytes) -> bytes:
+        return hashlib.blake2b(node + trial, digest_size=8).digest()
+
+    mine = score(me)
+    return sum(1 for node in set(others) if node != me and score(node) < mine)
+
+
+def find_lost(
+    experiments: Iterable[ExperimentState],
+    me: bytes,
+    now_ms: int,
+    lost_after_ms: int,
+    is_alive: Callable[[bytes], bool],
+    running_here: Collection[bytes],
+) -> list[Lost]:
+    """Trials that claim to run but whose node has gone quiet, and this node's own orphans.
+
+    A trial of another node is lost when nothing was heard of it for ``lost_after_ms`` and its
+    node is not live either (a live peer with a slow trial is only slow). A trial this node
+    was running but no longer runs — it was killed -9 and restarted — is lost at once.
+    """
+    out: list[Lost] = []
+    for state in experiments:
+        for trial in state.trials():
+            if trial.state not in ("running", "pending"):
+                continue
+            owner = trial.runner or trial.node
+            if owner == me:
+                if trial.key not in running_here:
+                    out.append(Lost(state.key, trial.key, "its peer restarted while it ran"))
+                continue
+            quiet = now_ms - trial.last_seen
+            if quiet > lost_after_ms and not is_alive(owner):
+                out.append(
+                    Lost(
+                        state.key,
+                        trial.key,
+                        f"no news from node {owner.hex()[:8]} for {quiet // 1000} s",
+                    )
+                )
+    return out
+
+
+def plan_work(
+    experiments: Iterable[ExperimentState],
+    me: bytes,
+    free_slots: int,
+    running_here: Collection[bytes],
+    live_nodes: Collection[bytes],
+    now_ms: int,
+    claim_delay_ms: int,
+    runnable: Callable[[ExperimentState], bool],
+) -> list[Work]:
+    """Work for up to ``free_slots`` slots: free trials this node may claim, then new points.
+
+    Experiments take turns, the one with the fewest trials running here first, so several
+    experiments share a peer's slots instead of the oldest starving the rest.
+    """
+    if free_slots <= 0:
+        return []
+    candidates = [s for s in experiments if s.active and runnable(s)]
+    running_count = {s.key: 0 for s in candidates}
+    for s in candidates:
+        for t in s.trials():
+            if t.key in running_here:
+                running_count[s.key] += 1
+    out: list[Work] = []
+    claimed: set[bytes] = set()
+    planned_new: dict[bytes, int] = {}
+    while len(out) < free_slots and candidates:
+        candidates.sort(key=lambda s: (running_count[s.key], s.key))
+        progressed = False
+        for state in candidates:
+            work = _next_for(
+                state, me, running_here, claimed, live_nodes, now_ms, claim_delay_ms, planned_new
+            )
+            if work is None:
+                continue
+            out.append(work)
+            running_count[state.key] += 1
+            if work.trial is not None:
+                claimed.add(work.trial)
+            else:
+                planned_new[state.key] = planned_new.get(state.key, 0) + 1
+            progressed = True
+            break
+        if not progressed:
+            break
+    return out
+
+
+def _next_for(
+    state: ExperimentState,
+    me: bytes,
+    running_here: Collection[bytes],
+    claimed: set[bytes],
+    live_nodes: Collection[bytes],
+    now_ms: int,
+    claim_delay_ms: int,
+    planned_new: dict[bytes, int],
+) -> Work | None:
+    for trial in state.trials():
+        if trial.state not in FREE_STATES or trial.key in running_here or trial.key in claimed:
+            continue
+        rank = rendezvous_rank(me, live_nodes, trial.key)
+        if now_ms - trial.last_seen >= rank * claim_delay_ms:
+            return Work(state.key, trial.key)
+    max_trials = state.spec.max_trials
+    if max_trials is not None and len(state) + planned_new.get(state.key, 0) >= max_trials:
+        return None
+    return Work(state.key, None)

@@ -1,0 +1,146 @@
+"""HTTP between peers (and from the CLI to its peer): one POST route carrying sealed frames.
+
+The frame codec is sans-IO; this module is the only place that gives it the wall clock and
+fresh nonces, and the only place aiohttp appears on either side of a peer conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from crdt import FrameCodec, FrameConfig, FrameError
+
+from metaopt._errors import MetaoptError
+from metaopt.peer._wire import Reply, Request, WireError, decode_reply, decode_request
+
+__all__ = ["Client", "PeerUnreachable", "RemoteError", "Server"]
+
+log = logging.getLogger("metaopt.peer")
+PATH = "/v1"
+Handler = Callable[[Request], Awaitable[Any]]
+
+
+class PeerUnreachable(MetaoptError):
+    """No answer from a peer (refused, timed out, or not speaking our protocol)."""
+
+
+class RemoteError(MetaoptError):
+    """The peer answered with an error."""
+
+
+def _seal(codec: FrameCodec, payload: bytes) -> bytes:
+    return codec.seal(payload, now=time.time(), nonce=os.urandom(16))
+
+
+class Server:
+    """The aiohttp side: open the frame, dispatch on op, seal the reply."""
+
+    def __init__(
+        self, codec: FrameCodec, handlers: dict[str, Handler], max_bytes: int = 64 << 20
+    ) -> None:
+        self._codec = codec
+        self._handlers = handlers
+        self._runner: web.AppRunner | None = None
+        self.app = web.Application(client_max_size=max_bytes)
+        self.app.router.add_post(PATH, self._handle)
+        self.rejected = 0
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        try:
+            frame = await request.read()
+            payload = self._codec.open(frame, now=time.time())
+            message = decode_request(payload)
+        except (FrameError, WireError) as exc:
+            self.rejected += 1
+            log.warning("rejected a request from %s: %s", request.remote, exc)
+            return web.Response(status=401, text=f"{type(exc).__name__}: {exc}")
+        handler = self._handlers.get(message.op)
+        if handler is None:
+            reply = Reply(False, error=f"unknown operation {message.op!r}; upgrade this peer")
+        else:
+            try:
+                reply = Reply(True, await handler(message))
+            except MetaoptError as exc:
+                reply = Reply(False, error=str(exc))
+            except Exception as exc:  # a bug in one handler must not take the peer down
+                log.exception("handler %s failed", message.op)
+                reply = Reply(False, error=f"internal error in {message.op}: {exc}")
+        return web.Response(
+            body=_seal(self._codec, reply.encode()), content_type="application/octet-stream"
+        )
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen; return the bound port (useful with port 0)."""
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=False)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise MetaoptError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc};"
+                " is another peer running there? choose another --port"
+            ) from None
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+class Client:
+    """Sends requests to peers; one aiohttp session per process side."""
+
+    def __init__(self, codec: FrameCodec, sender: bytes, addr: str, timeout: float = 10.0) -> None:
+        self._codec = codec
+        self._sender = sender
+        self._addr = addr
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def call(self, addr: str, op: str, body: Any = None) -> Any:
+        """Send one request to host:port and return the reply body, or raise."""
+        payload = Request(op, self._sender, self._addr, body).encode()
+        session = await self._get_session()
+        try:
+            async with session.post(
+                f"http://{addr}{PATH}",
+                data=_seal(self._codec, payload),
+                headers={"Content-Type": "application/octet-stream"},
+            ) as response:
+                data = await response.read()
+                if response.status == 401:
+                    raise RemoteError(f"{addr} refused us: {data.decode(errors='replace')}")
+                if response.status != 200:
+                    raise PeerUnreachable(f"{addr} answered HTTP {response.status}")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise PeerUnreachable(f"no answer from {addr} ({type(exc).__name__})") from None
+        try:
+            reply = decode_reply(self._codec.open(data, now=time.time()))
+        except (FrameError, WireError) as exc:
+            raise PeerUnreachable(f"{addr} sent a bad reply: {exc}") from None
+        if not reply.ok:
+            raise RemoteError(f"{addr}: {reply.error}")
+        return reply.body
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

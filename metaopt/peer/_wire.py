@@ -1,0 +1,80 @@
+"""Peer messages inside authenticated frames: what travels between peers and from the CLI.
+
+A request is the msgpack map {op, from, addr, body}; a reply is {ok, body} or {ok: false, error}.
+The frame around it (crdt._frames) authenticates it under the cluster key and stops replays;
+here we only name the operations and check shapes, so garbage is a one-line error, never a crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from metaopt._errors import MetaoptError
+
+__all__ = ["Reply", "Request", "WireError", "decode_reply", "decode_request", "encode"]
+
+MAX_DEPTH_BODY = 1 << 26
+
+
+class WireError(MetaoptError):
+    """A message inside a valid frame had the wrong shape."""
+
+
+@dataclass(frozen=True)
+class Request:
+    op: str
+    sender: bytes
+    addr: str
+    body: Any
+
+    def encode(self) -> bytes:
+        return encode({"op": self.op, "from": self.sender, "addr": self.addr, "body": self.body})
+
+
+@dataclass(frozen=True)
+class Reply:
+    ok: bool
+    body: Any = None
+    error: str | None = None
+
+    def encode(self) -> bytes:
+        if self.ok:
+            return encode({"ok": True, "body": self.body})
+        return encode({"ok": False, "error": self.error or "error"})
+
+
+def encode(value: Any) -> bytes:
+    data: bytes = msgpack.packb(value, use_bin_type=True)
+    return data
+
+
+def _unpack(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise WireError(f"undecodable message ({type(exc).__name__})") from None
+
+
+def decode_request(data: bytes) -> Request:
+    value = _unpack(data)
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("op"), str)
+        or not isinstance(value.get("from"), bytes)
+        or not isinstance(value.get("addr"), str)
+    ):
+        raise WireError("a request is a map with op, from and addr")
+    return Request(value["op"], value["from"], value["addr"], value.get("body"))
+
+
+def decode_reply(data: bytes) -> Reply:
+    value = _unpack(data)
+    if not isinstance(value, dict) or not isinstance(value.get("ok"), bool):
+        raise WireError("a reply is a map with ok")
+    if value["ok"]:
+        return Reply(True, value.get("body"))
+    error = value.get("error")
+    return Reply(False, None, error if isinstance(error, str) else "error")

@@ -1,0 +1,86 @@
+"""Slot planning and lost-trial detection, as pure functions of the replica."""
+
+from __future__ import annotations
+
+from crdt import Record
+
+from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment_record, parse_experiment
+from metaopt._state import ExperimentState
+from metaopt.peer._scheduler import find_lost, plan_work, rendezvous_rank
+
+ME = b"m" * 16
+OTHER = b"o" * 16
+THIRD = b"t" * 16
+
+
+def _state(max_trials: int | None = None) -> ExperimentState:
+    rec = experiment_record(
+        ExperimentSpec(
+            name="e", space={"x": "uniform(0, 1)"}, command=("t.py",), max_trials=max_trials
+        )
+    )
+    spec = parse_experiment(rec)
+    assert spec is not None
+    return ExperimentState(rec.key, spec)
+
+
+def _trial(state: ExperimentState, node: bytes, seq: int, time: int = 0) -> Record:
+    body = {"params": {"x": seq / 100}, "node": node, "counter": seq}
+    rec = Record.create(TRIAL, node, seq, time, body, [state.key])
+    state.apply(rec)
+    return rec
+
+
+def _event(state: ExperimentState, trial: Record, node: bytes, seq: int, kind: str, time: int) -> None:
+    body = EventBody(trial.key, state.key, kind, node).to_body()
+    state.apply(Record.create(EVENT, node, seq, time, body, [trial.key, state.key]))
+
+
+def test_a_quiet_trial_of_a_dead_node_is_lost_but_not_of_a_live_one() -> None:
+    state = _state()
+    t = _trial(state, OTHER, 1)
+    _event(state, t, OTHER, 2, "started", 1_000)
+    args = (ME, 100_000, 60_000)
+    assert [x.trial for x in find_lost([state], *args, lambda n: False, set())] == [t.key]
+    assert find_lost([state], *args, lambda n: True, set()) == []
+    assert find_lost([state], ME, 30_000, 60_000, lambda n: False, set()) == []
+
+
+def test_own_trials_not_running_here_are_orphans() -> None:
+    state = _state()
+    t = _trial(state, ME, 1)
+    _event(state, t, ME, 2, "started", 1_000)
+    assert [x.trial for x in find_lost([state], ME, 2_000, 60_000, lambda n: True, set())] == [t.key]
+    assert find_lost([state], ME, 2_000, 60_000, lambda n: True, {t.key}) == []
+
+
+def test_rendezvous_gives_one_claimer_rank_zero() -> None:
+    nodes = [ME, OTHER, THIRD]
+    trial = b"x" * 32
+    ranks = sorted(rendezvous_rank(n, nodes, trial) for n in nodes)
+    assert ranks == [0, 1, 2]
+
+
+def test_plan_respects_budget_and_claims_free_trials_first() -> None:
+    state = _state(max_trials=3)
+    t = _trial(state, OTHER, 1)
+    _event(state, t, OTHER, 2, "started", 1_000)
+    _event(state, t, THIRD, 1, "lost", 2_000)
+    live = [ME]
+    work = plan_work([state], ME, 4, set(), live, 2_000, 1_000, lambda s: True)
+    assert work[0].trial == t.key
+    # one existing trial + two new points = the budget of 3
+    assert [w.trial for w in work[1:]] == [None, None]
+    assert plan_work([state], ME, 4, set(), live, 2_000, 1_000, lambda s: False) == []
+
+
+def test_a_higher_ranked_node_waits_its_turn() -> None:
+    state = _state()
+    t = _trial(state, OTHER, 1)
+    _event(state, t, THIRD, 1, "lost", 10_000)
+    live = [ME, OTHER, THIRD]
+    rank = rendezvous_rank(ME, live, t.key)
+    soon = plan_work([state], ME, 1, set(), live, 10_000, 5_000, lambda s: True)
+    later = plan_work([state], ME, 1, set(), live, 10_000 + rank * 5_000, 5_000, lambda s: True)
+    assert later[0].trial == t.key
+    assert (soon[0].trial == t.key) == (rank == 0)

@@ -1,0 +1,174 @@
+"""The fold from records to trial views: order-free, idempotent, robust to garbage."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crdt import MemoryStore, Record
+
+from metaopt._records import (
+    CONTROL,
+    EVENT,
+    TRIAL,
+    EventBody,
+    ExperimentSpec,
+    experiment_record,
+)
+from metaopt._state import ExperimentState, list_experiments
+
+NODE_A = b"a" * 16
+NODE_B = b"b" * 16
+
+
+def _spec(**kw: object) -> ExperimentSpec:
+    base: dict[str, object] = {"name": "exp", "space": {"x": "uniform(0, 1)"}}
+    base.update(kw)
+    return ExperimentSpec(**base)  # type: ignore[arg-type]
+
+
+class Log:
+    """Writes records for one experiment with per-node sequence numbers."""
+
+    def __init__(self, spec: ExperimentSpec | None = None) -> None:
+        self.experiment = experiment_record(spec or _spec())
+        self.records: list[Record] = [self.experiment]
+        self.seq: dict[bytes, int] = {}
+
+    def _next(self, node: bytes) -> int:
+        self.seq[node] = self.seq.get(node, 0) + 1
+        return self.seq[node]
+
+    def trial(self, node: bytes, x: float, time: int = 1000) -> Record:
+        body = {"params": {"x": x}, "node": node, "counter": self.seq.get(node, 0) + 1}
+        rec = Record.create(TRIAL, node, self._next(node), time, body, [self.experiment.key])
+        self.records.append(rec)
+        return rec
+
+    def event(self, trial: Record, node: bytes, kind: str, time: int, **kw: object) -> Record:
+        body = EventBody(trial.key, self.experiment.key, kind, node, **kw).to_body()  # type: ignore[arg-type]
+        rec = Record.create(
+            EVENT, node, self._next(node), time, body, [trial.key, self.experiment.key]
+        )
+        self.records.append(rec)
+        return rec
+
+    def state(self, records: list[Record] | None = None) -> ExperimentState:
+        spec = _spec() if self.experiment.body["name"] == "exp" else None
+        from metaopt._records import parse_experiment
+
+        spec = parse_experiment(self.experiment)
+        assert spec is not None
+        state = ExperimentState(self.experiment.key, spec)
+        state.apply_all(records if records is not None else self.records)
+        return state
+
+
+def _views(state: ExperimentState) -> list[tuple[object, ...]]:
+    return [(t.key, t.state, t.values, t.curve, t.runner, t.attempts) for t in state.trials()]
+
+
+def test_lifecycle_states() -> None:
+    log = Log()
+    t1 = log.trial(NODE_A, 0.1)
+    t2 = log.trial(NODE_A, 0.2)
+    t3 = log.trial(NODE_B, 0.3)
+    t4 = log.trial(NODE_B, 0.4)
+    log.event(t1, NODE_A, "started", 1100)
+    log.event(t1, NODE_A, "progress", 1200, step=1, metrics={"objective": 0.5})
+    log.event(t1, NODE_A, "completed", 1300, metrics={"objective": 0.25})
+    log.event(t2, NODE_A, "started", 1100)
+    log.event(t3, NODE_B, "started", 1100)
+    log.event(t3, NODE_A, "lost", 5000, reason="quiet")
+    log.event(t4, NODE_B, "started", 1100)
+    log.event(t4, NODE_B, "failed", 1500, exit_code=1, reason="boom")
+    state = log.state()
+    by_key = {t.key: t for t in state.trials()}
+    assert by_key[t1.key].state == "completed"
+    assert by_key[t1.key].value == 0.25
+    assert by_key[t1.key].curve == ((1, 0.5),)
+    assert by_key[t2.key].state == "running"
+    assert by_key[t3.key].state == "lost"
+    assert by_key[t4.key].state == "failed"
+    assert by_key[t4.key].exit_code == 1
+    assert state.best()[0].key == t1.key
+
+
+def test_completed_outranks_a_later_lost_and_a_partitioned_runner_comes_back() -> None:
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    log.event(t, NODE_A, "started", 1000)
+    log.event(t, NODE_B, "lost", 9000, reason="quiet")
+    assert log.state().trial(t.key).state == "lost"  # type: ignore[union-attr]
+    log.event(t, NODE_A, "progress", 9500, step=3, metrics={"objective": 1.0})
+    assert log.state().trial(t.key).state == "running"  # type: ignore[union-attr]
+    log.event(t, NODE_A, "completed", 9600, metrics={"objective": 0.7})
+    assert log.state().trial(t.key).state == "completed"  # type: ignore[union-attr]
+
+
+def test_completed_without_objective_is_a_failure_with_a_reason() -> None:
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    log.event(t, NODE_A, "completed", 1000, metrics={"accuracy": 0.9})
+    view = log.state().trial(t.key)
+    assert view is not None and view.state == "failed"
+    assert view.reason is not None and "objective" in view.reason
+
+
+@given(st.randoms(use_true_random=False), st.integers(min_value=0, max_value=3))
+def test_fold_is_order_free_and_idempotent(rnd: random.Random, dup: int) -> None:
+    log = Log()
+    trials = [log.trial(NODE_A if i % 2 else NODE_B, i / 10, 1000 + i) for i in range(5)]
+    for i, t in enumerate(trials):
+        log.event(t, NODE_A, "started", 2000 + i)
+        if i % 3 == 0:
+            log.event(t, NODE_A, "completed", 3000 + i, metrics={"objective": float(i)})
+        elif i % 3 == 1:
+            log.event(t, NODE_B, "lost", 3000 + i)
+    expected = _views(log.state())
+    shuffled = list(log.records)
+    rnd.shuffle(shuffled)
+    shuffled += shuffled[:dup]
+    assert _views(log.state(shuffled)) == expected
+
+
+def test_malformed_bodies_are_skipped_not_fatal() -> None:
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    junk = [
+        Record.create(TRIAL, NODE_B, 1, 1, {"params": "nope"}, [log.experiment.key]),
+        Record.create(EVENT, NODE_B, 2, 1, {"kind": "exploded"}, [t.key, log.experiment.key]),
+        Record.create(EVENT, NODE_B, 3, 1, [1, 2, 3], [t.key, log.experiment.key]),
+        Record.create(CONTROL, NODE_B, 4, 1, {"action": "explode"}, [log.experiment.key]),
+    ]
+    state = log.state(log.records + junk)
+    assert [v.key for v in state.trials()] == [t.key]
+    assert state.skipped >= 3
+    assert not state.stopped
+
+
+def test_budget_stop_and_pareto_front() -> None:
+    spec = _spec(objectives=("loss", "latency"), directions=("minimize", "minimize"), max_trials=3)
+    log = Log(spec)
+    points = [(0.1, 3.0), (0.2, 2.0), (0.3, 3.5)]
+    for i, (loss, lat) in enumerate(points):
+        t = log.trial(NODE_A, i / 10)
+        log.event(t, NODE_A, "completed", 2000 + i, metrics={"loss": loss, "latency": lat})
+    state = log.state()
+    assert state.budget_spent and not state.active and state.finished
+    front = {t.values for t in state.best()}
+    assert front == {(0.1, 3.0), (0.2, 2.0)}
+    stop = Record.create(CONTROL, NODE_B, 99, 1, {"action": "stop"}, [log.experiment.key])
+    assert log.state(log.records + [stop]).stopped
+
+
+def test_experiment_records_are_content_derived() -> None:
+    a = experiment_record(_spec())
+    b = experiment_record(_spec())
+    c = experiment_record(_spec(nonce="other"))
+    assert a.key == b.key and a.key != c.key
+    store = MemoryStore()
+    store.add([a, c])
+    assert sorted(k for k, _ in list_experiments(store)) == sorted([a.key, c.key])
