@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m simulations.demo
+	$(BIN)/python examples/run_demo.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -74,7 +74,8 @@ class LevelDBStore:
         new: list[Record] = []
         seen: set[bytes] = set()
         db = self._db
-        with db.write_batch(sync=True) as batch:
+        # transaction=True: if anything raises mid-batch, nothing of the batch is written.
+        with db.write_batch(sync=True, transaction=True) as batch:
             for record in records:
                 key = record.key
                 if key in seen or db.get(b"r" + key) is not None:

@@ -127,9 +127,14 @@ class Record:
         links = tuple(links)
         _check_header(kind, origin, seq, time, links)
         body = _canonical(body)
-        data = msgpack.packb(
-            [FORMAT, kind, origin, seq, time, list(links), body], use_bin_type=True
-        )
+        try:
+            data = msgpack.packb(
+                [FORMAT, kind, origin, seq, time, list(links), body], use_bin_type=True
+            )
+        except UnicodeEncodeError:
+            raise RecordError("strings must be valid Unicode (no lone surrogates)") from None
+        except ValueError as exc:  # msgpack's nesting limit
+            raise RecordError(f"cannot encode the record: {exc}") from None
         if len(data) > max_size:
             raise OversizedRecord(
                 f"a {kind} record of {len(data)} bytes exceeds the {max_size}-byte limit;"
@@ -166,7 +171,7 @@ class Record:
         if not isinstance(links, list):
             raise MalformedRecord("links must be an array")
         if not _is_plain(body):
-            raise MalformedRecord("record body holds a value of a type records do not carry")
+            raise MalformedRecord("record body holds NaN or a value of a type records do not carry")
         try:
             _check_header(kind, origin, seq, time, tuple(links))
         except RecordError as exc:
@@ -212,6 +217,8 @@ def _is_plain(value: Any) -> bool:
     stack = [value]
     while stack:
         v = stack.pop()
+        if isinstance(v, float) and math.isnan(v):
+            return False  # create refuses NaN; its many bit patterns would give one value many keys
         if isinstance(v, _SCALARS):
             continue
         if isinstance(v, list):
@@ -224,8 +231,9 @@ def _is_plain(value: Any) -> bool:
 
 
 def _check_header(kind: Any, origin: Any, seq: Any, time: Any, links: tuple[Any, ...]) -> None:
-    if not isinstance(kind, str) or not 0 < len(kind) <= MAX_KIND:
-        raise RecordError(f"kind must be a string of 1 to {MAX_KIND} characters")
+    # Bytes, not characters: the LevelDB index prefixes the kind with a one-byte length.
+    if not isinstance(kind, str) or not 0 < len(kind.encode("utf-8", "replace")) <= MAX_KIND:
+        raise RecordError(f"kind must be a string of 1 to {MAX_KIND} UTF-8 bytes")
     if not isinstance(origin, bytes) or len(origin) != ORIGIN_SIZE:
         raise RecordError(f"origin must be {ORIGIN_SIZE} bytes")
     if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq < 2**63:

@@ -157,7 +157,10 @@ class VersionVector:
             origin, flat = entry
             if not isinstance(origin, bytes) or not isinstance(flat, list) or len(flat) % 2:
                 raise ValueError("version vector entry must be [bytes, [lo, hi, ...]]")
+            if origin in out:
+                raise ValueError("version vector lists an origin twice")
             seqs = SeqSet()
+            prev = -1
             for lo, hi in zip(flat[::2], flat[1::2], strict=True):
                 if (
                     isinstance(lo, bool)
@@ -167,6 +170,11 @@ class VersionVector:
                     or not 1 <= lo <= hi < 2**63
                 ):
                     raise ValueError("version vector runs must be 1 <= lo <= hi")
+                # to_wire's runs ascend with gaps; requiring that keeps parsing linear (each run
+                # takes add_run's append path) instead of quadratic on adversarial orderings.
+                if lo <= prev + 1:
+                    raise ValueError("version vector runs must ascend and not touch")
+                prev = hi
                 seqs.add_run(lo, hi)
             out[origin] = seqs
         return cls(out)

@@ -28,12 +28,12 @@ from typing import Any
 from crdt import ORIGIN_SIZE, Record
 
 __all__ = [
+    "BLOB",
     "CONTROL",
     "EVENT",
     "EVENT_KINDS",
     "EXPERIMENT",
     "TRIAL",
-    "BLOB",
     "ControlBody",
     "EventBody",
     "ExperimentSpec",
@@ -159,9 +159,8 @@ def parse_experiment(record: Record) -> ExperimentSpec | None:
         and isinstance(b.get("nonce", ""), str)
         and isinstance(b.get("options", {}), dict)
     )
-    if not ok:
+    if not ok or not isinstance(space, dict) or objectives is None or directions is None:
         return None
-    assert objectives is not None and directions is not None
     return ExperimentSpec(
         name=b["name"],
         space=dict(space),
@@ -170,7 +169,7 @@ def parse_experiment(record: Record) -> ExperimentSpec | None:
         algorithm=b["algorithm"],
         max_trials=max_trials,
         command=None if command is None else tuple(command),
-        bundle=b.get("bundle"),
+        bundle=b.get("bundle") or None,
         objective_regex=b.get("objective_regex"),
         early_stopping=b.get("early_stopping"),
         max_step=max_step,
@@ -219,6 +218,7 @@ class EventBody:
     metrics: Mapping[str, Any] = field(default_factory=dict)
     exit_code: int | None = None
     reason: str | None = None
+    stderr: str | None = None  # the last lines a failed trial wrote to stderr
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"kind": self.kind, "node": self.node}
@@ -230,6 +230,8 @@ class EventBody:
             body["exit_code"] = self.exit_code
         if self.reason is not None:
             body["reason"] = self.reason
+        if self.stderr is not None:
+            body["stderr"] = self.stderr
         return body
 
 
@@ -239,7 +241,7 @@ def parse_event(record: Record) -> EventBody | None:
         return None
     kind, node = b.get("kind"), b.get("node")
     step, metrics = b.get("step"), b.get("metrics", {})
-    exit_code, reason = b.get("exit_code"), b.get("reason")
+    exit_code, reason, stderr = b.get("exit_code"), b.get("reason"), b.get("stderr")
     if (
         kind not in EVENT_KINDS
         or not isinstance(node, bytes)
@@ -248,9 +250,12 @@ def parse_event(record: Record) -> EventBody | None:
         or not all(isinstance(k, str) and _is_metric(v) for k, v in metrics.items())
         or (exit_code is not None and type(exit_code) is not int)
         or (reason is not None and not isinstance(reason, str))
+        or (stderr is not None and not isinstance(stderr, str))
     ):
         return None
-    return EventBody(record.links[0], record.links[1], kind, node, step, metrics, exit_code, reason)
+    return EventBody(
+        record.links[0], record.links[1], kind, node, step, metrics, exit_code, reason, stderr
+    )
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crdt import Record, Store
-
 from metaopt._records import (
     CONTROL,
     EVENT,
@@ -72,6 +71,7 @@ class TrialView:
     last_seen: int = 0
     exit_code: int | None = None
     reason: str | None = None
+    stderr: str | None = None
     attempts: int = 0
 
     @property
@@ -123,16 +123,20 @@ def _trial_view(
     curve = tuple(sorted(steps.items()))
     exit_code: int | None = None
     reason: str | None = None
+    stderr: str | None = None
     values: tuple[float, ...] | None = None
     if terminal is not None:
         event = terminal[3]
         state = event.kind
         metrics.update(event.metrics)
-        exit_code, reason = event.exit_code, event.reason
+        exit_code, reason, stderr = event.exit_code, event.reason, event.stderr
         if state == "completed":
             values = objective_values(metrics, spec.objectives)
             if values is None:
-                state, reason = "failed", f"completed without a numeric {', '.join(spec.objectives)}"
+                state, reason = (
+                    "failed",
+                    f"completed without a numeric {', '.join(spec.objectives)}",
+                )
     elif lifecycle is None:
         state = "pending"
     elif lifecycle.kind in _RUNNING_SIGNALS:
@@ -155,6 +159,7 @@ def _trial_view(
         last_seen=last_seen,
         exit_code=exit_code,
         reason=reason,
+        stderr=stderr,
         attempts=attempts,
     )
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from crdt import ORIGIN_SIZE, LevelDBStore, MemoryStore, Record, Store
-
 from metaopt._errors import MetaoptError
 from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment_record
 from metaopt._state import FREE_STATES, ExperimentState, TrialView

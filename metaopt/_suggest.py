@@ -107,7 +107,10 @@ class Suggester:
         )
 
     def _with_fidelity(self, params: dict[str, Any]) -> dict[str, Any]:
+        # Without a scheduler choosing budgets, a trial runs to the fidelity's full budget; the
+        # early-stopping monitor then cuts it short from its learning curve.
         fidelity = self.space.fidelity
-        if fidelity is not None and self.space.fidelity_name is not None:
-            params[self.space.fidelity_name] = fidelity.high
+        if fidelity is not None:
+            high = fidelity.args[1]
+            params[fidelity.name] = int(high) if float(high).is_integer() else high
         return params

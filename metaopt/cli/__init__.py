@@ -10,6 +10,12 @@ from metaopt._errors import MetaoptError
 __all__ = ["main"]
 
 
+def _run_submit(args: argparse.Namespace) -> int:
+    from metaopt.cli._submit import submit
+
+    return submit(args)
+
+
 def _parser() -> argparse.ArgumentParser:
     from metaopt.cli._peer import add_peer_commands
     from metaopt.cli._read import add_read_commands
@@ -28,7 +34,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a user's mistake is one line on stderr and exit status 2."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words[:1] == ["submit"] and not set(words[1:2]) & {"-h", "--help"}:
+        # submit's words are a command template with our options mixed in: argparse would
+        # mistake the template's own options for ours, so submit splits them itself.
+        args = argparse.Namespace(words=words[1:], func=_run_submit)
+    else:
+        args = parser.parse_args(words)
     try:
         return int(args.func(args) or 0)
     except MetaoptError as exc:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from metaopt._errors import MetaoptError
 from metaopt.cli._format import table
@@ -74,7 +75,7 @@ def _parse_timing(text: str) -> Timing:
     if not text:
         return timing
     fields = {f.name: f.type for f in dataclasses.fields(Timing)}
-    changes: dict[str, float | int] = {}
+    changes: dict[str, Any] = {}
     for item in text.split(","):
         name, _, value = item.partition("=")
         name = name.strip()
@@ -179,7 +180,9 @@ def _detach(config: PeerConfig) -> int:
             return 0
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
-            raise MetaoptError(f"the peer exited at once: {' '.join(tail) or 'see ' + str(log_path)}")
+            raise MetaoptError(
+                f"the peer exited at once: {' '.join(tail) or 'see ' + str(log_path)}"
+            )
         time.sleep(0.1)
     raise MetaoptError(f"the peer did not come up within 30 s; see {log_path}")
 

@@ -58,7 +58,9 @@ def _status(args: argparse.Namespace) -> int:
             print(json.dumps(experiments, indent=2))
             return 0
         if not experiments:
-            print("no experiments yet; submit one with `metaopt submit train.py --x~'uniform(0, 1)'`")
+            print(
+                "no experiments yet; submit one with `metaopt submit train.py --x~'uniform(0, 1)'`"
+            )
             return 0
         rows = []
         for e in experiments:
@@ -157,6 +159,7 @@ def _logs(args: argparse.Namespace) -> int:
     if info["runner"] is None:
         raise MetaoptError(f"trial {args.trial} has not started on any peer yet")
     where = info["address"] or "an unknown address"
-    print(f"trial {args.trial} ran on node {info['runner'][:12]} at {where}; run `metaopt logs`"
-          " there")
+    print(
+        f"trial {args.trial} ran on node {info['runner'][:12]} at {where}; run `metaopt logs` there"
+    )
     return 0

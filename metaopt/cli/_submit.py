@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from crdt import ORIGIN_SIZE, Record
-
 from metaopt._errors import MetaoptError
 from metaopt._records import BLOB, ExperimentSpec, experiment_record
 from metaopt.cli._format import fmt_value
@@ -26,7 +25,7 @@ from metaopt.peer._local import LocalPeer, resolve_data_dir
 from metaopt.peer._template import parse_template
 from metaopt.space import Space
 
-__all__ = ["add_submit_command", "split_submit_args"]
+__all__ = ["add_submit_command", "build_submission", "split_submit_args", "submit"]
 
 # option name -> (takes a value, destination)
 _OPTIONS: dict[str, tuple[bool, str]] = {
@@ -57,7 +56,7 @@ def add_submit_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         " after --) is the command; each --x~prior, --x=~prior or ~prior word is a parameter.",
     )
     p.add_argument("words", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_submit)
+    p.set_defaults(func=submit)
 
 
 def split_submit_args(words: list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -185,7 +184,7 @@ def build_submission(
     return experiment_record(spec), blobs
 
 
-def _submit(args: argparse.Namespace) -> int:
+def submit(args: argparse.Namespace) -> int:
     options, words = split_submit_args(list(args.words))
     experiment, blobs = build_submission(options, words, Path.cwd())
     peer = LocalPeer(resolve_data_dir(options.get("data_dir")))
@@ -223,8 +222,8 @@ def wait_for(peer: LocalPeer, experiment: str, interval: float = 1.0) -> int:
         best = info["best"][0]["value"] if info["best"] else None
         total = info["max_trials"] or "∞"
         line = (
-            f"{info['name']}: {counts.get('completed', 0)} done, {counts.get('running', 0)} running,"
-            f" {counts.get('failed', 0)} failed, {info['trials']}/{total} trials,"
+            f"{info['name']}: {counts.get('completed', 0)} done,"
+            f" {counts.get('running', 0)} running, {counts.get('failed', 0)} failed, {info['trials']}/{total} trials,"
             f" best {fmt_value(best)}"
         )
         if line != last:

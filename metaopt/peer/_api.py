@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from crdt import Record, RecordError
-
 from metaopt._errors import MetaoptError
 from metaopt._records import BLOB, EXPERIMENT, parse_experiment
 from metaopt._state import ExperimentState, TrialView
@@ -44,6 +43,7 @@ def trial_json(state: ExperimentState, trial: TrialView) -> dict[str, Any]:
         "attempts": trial.attempts,
         "exit_code": trial.exit_code,
         "reason": trial.reason,
+        "stderr": trial.stderr,
     }
 
 

@@ -11,7 +11,6 @@ import secrets
 from pathlib import Path
 
 from crdt import ORIGIN_SIZE
-
 from metaopt._errors import MetaoptError
 
 __all__ = ["DataDir", "default_data_dir"]
@@ -74,7 +73,9 @@ class DataDir:
             except ValueError:
                 value = b""
             if len(value) != ORIGIN_SIZE:
-                raise MetaoptError(f"{path} is corrupt; move the data directory aside to start anew")
+                raise MetaoptError(
+                    f"{path} is corrupt; move the data directory aside to start anew"
+                )
             return value
         value = secrets.token_bytes(ORIGIN_SIZE)
         tmp = path.with_suffix(".tmp")

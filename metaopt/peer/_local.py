@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from crdt import ClusterKey, FrameCodec
-
 from metaopt._errors import MetaoptError
 from metaopt.peer._identity import DataDir, default_data_dir
 from metaopt.peer._transport import Client, PeerUnreachable

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import socket
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from crdt import ClusterKey, FrameCodec, LevelDBStore, Record, StoreError, respond
-
 from metaopt._errors import MetaoptError
 from metaopt._records import CONTROL, EVENT, TRIAL, EventBody
 from metaopt._state import ExperimentState, TrialView
@@ -41,10 +41,21 @@ from metaopt.peer._scheduler import find_lost, plan_work
 from metaopt.peer._transport import Client, PeerUnreachable, RemoteError, Server
 from metaopt.peer._wire import Request
 
-__all__ = ["Node", "PROTOCOL_VERSION"]
+__all__ = ["PROTOCOL_VERSION", "Node"]
 
 log = logging.getLogger("metaopt.peer")
 PROTOCOL_VERSION = 1
+
+
+def _recordable(value: Any) -> bool:
+    """A metric value a record can carry: a finite number or a short string."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str) and len(value) <= 1000
 
 
 class Node:
@@ -56,6 +67,7 @@ class Node:
         self.dirs = DataDir(config.data_dir)
         self.dirs.ensure()
         self.node_id = self.dirs.node_id()
+        self.generated_key = False
         self.key = self._load_key()
         self.codec = FrameCodec([self.key])
         self.rng = random.Random(int.from_bytes(self.node_id, "big") ^ time.time_ns())
@@ -88,9 +100,9 @@ class Node:
         self._suggesters: dict[bytes, Suggester] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._schedule_lock = asyncio.Lock()
         self._discovery: Any = None
         self.started_at = clock()
-        self.generated_key = False
 
     def _load_key(self) -> ClusterKey:
         text = self.config.key_text or self.dirs.read_key()
@@ -288,9 +300,15 @@ class Node:
         metrics: dict[str, Any] | None = None,
         exit_code: int | None = None,
         reason: str | None = None,
+        stderr: str | None = None,
     ) -> Record:
+        clean = {k: v for k, v in (metrics or {}).items() if _recordable(v)}
+        if reason is not None and len(reason) > 4000:
+            reason = reason[:2000] + " … " + reason[-1900:]
+        if stderr is not None and len(stderr) > 8000:
+            stderr = stderr[-8000:]
         body = EventBody(
-            trial, experiment, kind, self.node_id, step, metrics or {}, exit_code, reason
+            trial, experiment, kind, self.node_id, step, clean, exit_code, reason, stderr
         )
         return self.writer.write(EVENT, body.to_body(), [trial, experiment])
 
@@ -305,8 +323,15 @@ class Node:
         return suggester
 
     def new_trial(self, state: ExperimentState) -> TrialView:
+        began = time.perf_counter()
         params, counter = self.suggester(state).suggest()
-        body = {"params": params, "node": self.node_id, "counter": counter}
+        suggest_ms = round((time.perf_counter() - began) * 1000, 3)
+        body = {
+            "params": params,
+            "node": self.node_id,
+            "counter": counter,
+            "suggest_ms": suggest_ms,
+        }
         record = self.writer.write(TRIAL, body, [state.key])
         view = state.trial(record.key)
         assert view is not None
@@ -320,7 +345,20 @@ class Node:
         for lost in find_lost(runnable, self.node_id, 0, 1 << 62, lambda n: True, set()):
             self.write_event(lost.experiment, lost.trial, "lost", reason=lost.reason)
 
+    def kick(self) -> None:
+        """Schedule now rather than at the next tick: a slot just came free."""
+        if not self._stopping.is_set():
+            task = asyncio.ensure_future(self._schedule())
+            self._tasks.append(task)
+            task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
     async def _schedule(self) -> None:
+        if self._schedule_lock.locked():
+            return
+        async with self._schedule_lock:
+            await self._schedule_once()
+
+    async def _schedule_once(self) -> None:
         now_ms = int(self.clock() * 1000)
         timing = self.config.timing
         runnable = [s for s in self.replica.experiments.values() if s.spec.command is not None]

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from crdt import Record, Store
-
 from metaopt._records import EXPERIMENT, parse_experiment
 from metaopt._state import ExperimentState, list_experiments
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from crdt import Initiator, Record, Store, push_message
-
 from metaopt.peer._gossip import PeerTable
 from metaopt.peer._transport import Client, PeerUnreachable, RemoteError
 
@@ -75,8 +75,8 @@ class Replicator:
         for peer in targets:
             self._spawn(self._push(peer.addr, message))
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -95,7 +95,8 @@ def plan_work(
     """
     if free_slots <= 0:
         return []
-    candidates = [s for s in experiments if s.active and runnable(s)]
+    # A spent budget still lets free trials run again: they are part of it, not beyond it.
+    candidates = [s for s in experiments if not s.stopped and runnable(s)]
     running_count = {s.key: 0 for s in candidates}
     for s in candidates:
         for t in s.trials():

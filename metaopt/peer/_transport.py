@@ -6,7 +6,6 @@ fresh nonces, and the only place aiohttp appears on either side of a peer conver
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -16,8 +15,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from crdt import FrameCodec, FrameConfig, FrameError
-
+from crdt import FrameCodec, FrameError
 from metaopt._errors import MetaoptError
 from metaopt.peer._wire import Reply, Request, WireError, decode_reply, decode_request
 
@@ -81,7 +79,9 @@ class Server:
         """Listen; return the bound port (useful with port 0)."""
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=False)
+        # SO_REUSEADDR lets a restarted peer rebind past TIME_WAIT; on Linux it never lets two
+        # live listeners share a port, so "port in use" is still caught.
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
         try:
             await site.start()
         except OSError as exc:
@@ -130,7 +130,7 @@ class Client:
                     raise RemoteError(f"{addr} refused us: {data.decode(errors='replace')}")
                 if response.status != 200:
                     raise PeerUnreachable(f"{addr} answered HTTP {response.status}")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise PeerUnreachable(f"no answer from {addr} ({type(exc).__name__})") from None
         try:
             reply = decode_reply(self._codec.open(data, now=time.time()))

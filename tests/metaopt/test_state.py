@@ -8,7 +8,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crdt import MemoryStore, Record
-
 from metaopt._records import (
     CONTROL,
     EVENT,
@@ -161,7 +160,7 @@ def test_budget_stop_and_pareto_front() -> None:
     front = {t.values for t in state.best()}
     assert front == {(0.1, 3.0), (0.2, 2.0)}
     stop = Record.create(CONTROL, NODE_B, 99, 1, {"action": "stop"}, [log.experiment.key])
-    assert log.state(log.records + [stop]).stopped
+    assert log.state([*log.records, stop]).stopped
 
 
 def test_experiment_records_are_content_derived() -> None:

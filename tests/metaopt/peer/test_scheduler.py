@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from crdt import Record
-
-from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment_record, parse_experiment
+from metaopt._records import (
+    EVENT,
+    TRIAL,
+    EventBody,
+    ExperimentSpec,
+    experiment_record,
+    parse_experiment,
+)
 from metaopt._state import ExperimentState
 from metaopt.peer._scheduler import find_lost, plan_work, rendezvous_rank
 
@@ -31,7 +37,9 @@ def _trial(state: ExperimentState, node: bytes, seq: int, time: int = 0) -> Reco
     return rec
 
 
-def _event(state: ExperimentState, trial: Record, node: bytes, seq: int, kind: str, time: int) -> None:
+def _event(
+    state: ExperimentState, trial: Record, node: bytes, seq: int, kind: str, time: int
+) -> None:
     body = EventBody(trial.key, state.key, kind, node).to_body()
     state.apply(Record.create(EVENT, node, seq, time, body, [trial.key, state.key]))
 
@@ -50,7 +58,9 @@ def test_own_trials_not_running_here_are_orphans() -> None:
     state = _state()
     t = _trial(state, ME, 1)
     _event(state, t, ME, 2, "started", 1_000)
-    assert [x.trial for x in find_lost([state], ME, 2_000, 60_000, lambda n: True, set())] == [t.key]
+    assert [x.trial for x in find_lost([state], ME, 2_000, 60_000, lambda n: True, set())] == [
+        t.key
+    ]
     assert find_lost([state], ME, 2_000, 60_000, lambda n: True, {t.key}) == []
 
 

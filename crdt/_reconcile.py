@@ -1,0 +1,431 @@
+"""Sans-IO reconciliation: two replicas reach their union exchanging close to only the difference.
+
+Pure session objects (bytes in, bytes out; no sockets, clocks or threads). The responder is a
+stateless function, ``respond(store, request)``, so it fits one HTTP request/response and a
+replayed or duplicated request is harmless; the ``Initiator`` holds the little state a session
+has (queues of records to push and keys to fetch, the ranges under way).
+
+Why this shape, and not Merkle buckets:
+
+* **Fast path, per-origin version vectors.** Records carry (origin, seq), and replicas receive
+  most records by eager push, so nearly every difference is "what origin X wrote after seq s"
+  or a hole in a run. The request carries the initiator's vector (O(origins + holes) bytes) and
+  the set fingerprint. Equal fingerprints: one round trip, a few hundred bytes. Otherwise the
+  responder answers with exactly the records the initiator lacks plus its own vector, and the
+  initiator's second request pushes exactly what the responder lacks: a healed partition costs
+  two round trips and almost nothing beyond the records themselves.
+* **Backstop, range-based set reconciliation (crdt._ranges).** Version vectors trust that one
+  (origin, seq) names one record. A node that lost its disk but kept its id, or a buggy peer,
+  breaks that, and the fingerprints then still differ after the fast path. The backstop needs
+  no such trust: it compares fingerprints of (time, key) ranges and recurses only into those
+  that differ. Range-based reconciliation beats Merkle buckets here because its ranges are cut
+  at the sender's own items (equal counts, no fixed tree to keep in step on both sides, no
+  per-bucket state in the store) and because ordering by time puts a partition's recent
+  records into a few adjacent ranges. The responder starts it in the very reply that finds the
+  vectors equal but the fingerprints not, so no round trip is spent asking.
+
+Messages are msgpack maps with one-letter fields:
+
+* request ``{"k": "sync", "f": fingerprint, "v"?: vector, "vh"?: its digest, "b"?: open the
+  backstop if the vectors agree but the sets do not, "p"?: records,
+  "w"?: wanted keys, "r"?: ranges}`` and ``{"k": "push", "p": records}`` (eager push);
+* response ``{"s": in sync, "f": fingerprint, "d"?: records, "v"?: vector, "m"?: more,
+  "w"?: keys the responder wants, "h"?: keys it has but could not fit, "r"?: ranges}``.
+
+Records travel as their exact bytes and are re-decoded on receipt (the key is re-hashed); one
+malformed record makes the whole message a ProtocolError and nothing of it is stored. Messages
+are capped (``SyncConfig``): records beyond ``max_message_bytes`` wait for the next round trip
+(the initiator asks again with its grown vector, or fetches the keys the responder listed), so
+a catch-up of a whole replica streams in chunks, each chunk one round trip in ``stats``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from crdt._errors import CrdtError, ProtocolError, RecordError
+from crdt._ranges import decode_ranges, encode_ranges, initial_ranges, process_ranges
+from crdt._record import KEY_SIZE, Record
+from crdt._store import Store
+from crdt._vector import VersionVector
+
+__all__ = ["Initiator", "SyncConfig", "SyncStats", "push_message", "respond"]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    """Limits and tuning of reconciliation; both peers should use the same limits."""
+
+    max_message_bytes: int = 4 << 20  # record bytes per message (a bigger record goes alone)
+    max_records: int = 16384  # records per message
+    max_keys: int = 1 << 16  # keys listed per message (wants, haves, range key lists)
+    max_ranges: int = 4096  # ranges per message
+    max_origins: int = 1 << 16  # origins in a version vector
+    initial_fanout: int = 64  # ranges of the backstop's first message
+    fanout: int = 16  # sub-ranges a mismatching range is split into
+    leaf_size: int = 8  # ranges with at most this many items are sent as key lists
+    fast_path: bool = True  # start with version vectors (False: backstop only, for tests)
+    max_rounds: int = 4  # fresh starts when a round ends without convergence
+    max_idle_round_trips: int = 64  # round trips in a row that move no record
+    max_round_trips: int = 1 << 16  # hard stop for a session against a misbehaving peer
+
+    def __post_init__(self) -> None:
+        if self.fanout < 2 or self.initial_fanout < 2 or self.leaf_size < 1:
+            raise ValueError("fanout and initial_fanout must be >= 2 and leaf_size >= 1")
+        if self.max_ranges < 2 * self.fanout + 2 or self.max_ranges < self.initial_fanout:
+            raise ValueError("max_ranges must exceed 2 * fanout + 2 and initial_fanout")
+        if self.max_message_bytes < 1 or self.max_records < 1 or self.max_keys < KEY_SIZE:
+            raise ValueError("message limits must be positive")
+
+
+DEFAULT_CONFIG = SyncConfig()
+
+
+@dataclass(slots=True)
+class SyncStats:
+    """What a session cost and how it ended."""
+
+    round_trips: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    records_sent: int = 0
+    records_received: int = 0
+    record_bytes_sent: int = 0
+    record_bytes_received: int = 0
+    rounds: int = 1
+    phase: str = ""  # "equal", "fast", "backstop" or "gave-up"
+    converged: bool = False
+
+
+def _pack(message: dict[str, Any]) -> bytes:
+    data: bytes = msgpack.packb(message, use_bin_type=True)
+    return data
+
+
+def _unpack(data: bytes, what: str) -> dict[str, Any]:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtocolError(f"a {what} is bytes, not {type(data).__name__}")
+    try:
+        value = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise ProtocolError(f"undecodable {what}: {type(exc).__name__}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"a {what} is a map")
+    return value
+
+
+def _records(value: object, config: SyncConfig) -> list[Record]:
+    """Decode every record of a message before any is stored."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > config.max_records:
+        raise ProtocolError(f"records must be a list of at most {config.max_records}")
+    try:
+        return [Record.decode(data) for data in value]
+    except RecordError as exc:
+        raise ProtocolError(f"a received record is invalid: {exc}") from None
+
+
+def _keys(value: object, config: SyncConfig) -> list[bytes]:
+    if value is None:
+        return []
+    if not isinstance(value, bytes) or len(value) % KEY_SIZE:
+        raise ProtocolError("a key list is bytes of 32-byte keys")
+    if len(value) // KEY_SIZE > config.max_keys:
+        raise ProtocolError(f"{len(value) // KEY_SIZE} keys exceed the limit of {config.max_keys}")
+    return [value[i : i + KEY_SIZE] for i in range(0, len(value), KEY_SIZE)]
+
+
+def _vector(value: object, config: SyncConfig) -> VersionVector:
+    try:
+        return VersionVector.from_wire(value, max_origins=config.max_origins)
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(f"malformed version vector: {exc}") from None
+
+
+def _fingerprint(value: object) -> bytes:
+    if not isinstance(value, bytes) or len(value) != 16:
+        raise ProtocolError("a set fingerprint is 16 bytes")
+    return value
+
+
+class _Batch:
+    """Records for one message, up to the byte and count caps (always at least one)."""
+
+    __slots__ = ("config", "data", "size")
+
+    def __init__(self, config: SyncConfig) -> None:
+        self.config = config
+        self.data: list[bytes] = []
+        self.size = 0
+
+    def take(self, record: Record) -> bool:
+        if self.data and (
+            self.size + len(record.data) > self.config.max_message_bytes
+            or len(self.data) >= self.config.max_records
+        ):
+            return False
+        self.data.append(record.data)
+        self.size += len(record.data)
+        return True
+
+
+def vector_digest(vector: VersionVector) -> bytes:
+    """16 bytes naming a version vector, so a request can say "mine is still this" cheaply."""
+    return hashlib.blake2b(_pack({"v": vector.to_wire()}), digest_size=16).digest()
+
+
+def push_message(records: list[Record]) -> bytes:
+    """An eager push of new records; ``respond`` stores them and acknowledges."""
+    return _pack({"k": "push", "p": [r.data for r in records]})
+
+
+def respond(store: Store, request: bytes, config: SyncConfig = DEFAULT_CONFIG) -> bytes:
+    """Answer one request of a session (or an eager push) from this replica's store.
+
+    Args:
+        store: this replica; records the request carries are added to it.
+        request: the initiator's message bytes.
+        config: limits; requests beyond them raise ProtocolError.
+    Returns:
+        The response bytes.
+    """
+    message = _unpack(request, "request")
+    kind = message.get("k")
+    if kind not in ("sync", "push"):
+        raise ProtocolError(f"unknown request kind {kind!r}")
+    incoming = _records(message.get("p"), config)
+    if kind == "push":
+        return _pack({"k": "ack", "n": len(store.add(incoming)) if incoming else 0})
+    theirs = _fingerprint(message.get("f"))
+    wanted = _keys(message.get("w"), config)
+    ranges = decode_ranges(message["r"], config) if message.get("r") is not None else None
+    their_vv = _vector(message["v"], config) if message.get("v") is not None else None
+    their_hash = _fingerprint(message["vh"]) if message.get("vh") is not None else None
+    if incoming:
+        store.add(incoming)
+    digest = store.fingerprint().digest()
+    if digest == theirs:
+        return _pack({"s": True, "f": digest})
+    out: dict[str, Any] = {"s": False, "f": digest}
+    batch = _Batch(config)
+    overflow: list[bytes] = []
+
+    def offer(keys: list[bytes]) -> None:
+        for key in keys:
+            record = store.get(key)
+            if record is not None and not batch.take(record) and len(overflow) < config.max_keys:
+                overflow.append(key)
+
+    offer(wanted)
+    if ranges is not None:
+        outcome = process_ranges(store, ranges, config)
+        if outcome.open:
+            out["r"] = encode_ranges(outcome.reply)
+        offer(outcome.have)
+        if outcome.need:
+            out["w"] = b"".join(outcome.need[: config.max_keys])
+    mine = store.version_vector()
+    same_vectors = True
+    if their_vv is not None:
+        same_vectors = their_vv == mine
+        more = False
+        for origin, lo, hi in mine.missing_from(their_vv):
+            for record in store.by_origin(origin, lo, hi):
+                if not batch.take(record):
+                    more = True
+                    break
+            if more:
+                break
+        out["v"] = mine.to_wire()
+        if more:
+            out["m"] = True
+    elif their_hash is not None:
+        same_vectors = vector_digest(mine) == their_hash
+        if not same_vectors:
+            out["v"] = mine.to_wire()
+    if ranges is None and message.get("b") and same_vectors and not batch.data:
+        # Same (origin, seq) pairs, different sets: only the backstop can find the difference.
+        out["r"] = encode_ranges(initial_ranges(store, config))
+    if batch.data:
+        out["d"] = batch.data
+    if overflow:
+        out["h"] = b"".join(overflow)
+    return _pack(out)
+
+
+class Initiator:
+    """The stateful side of one reconciliation session with one peer.
+
+    Args:
+        store: this replica; records received are added to it.
+        config: limits and tuning (the peer should use the same limits).
+    """
+
+    def __init__(self, store: Store, config: SyncConfig = DEFAULT_CONFIG) -> None:
+        self.store = store
+        self.config = config
+        self.stats = SyncStats()
+        self.done = False
+        self._started = False
+        self._push_keys: deque[bytes] = deque()
+        self._push_runs: list[tuple[bytes, int, int]] = []
+        self._push_iter: Iterator[Record] | None = None
+        self._carry: Record | None = None
+        self._want: deque[bytes] = deque()
+        self._backstop = False
+        self._full_vector = False
+        self._idle = 0
+
+    def start(self) -> bytes:
+        """The first request."""
+        if self._started:
+            raise CrdtError("start() was already called; make a new Initiator per session")
+        self._started = True
+        return self._opening()
+
+    def _opening(self) -> bytes:
+        message: dict[str, Any] = {"k": "sync", "f": self.store.fingerprint().digest(), "b": True}
+        if self.config.fast_path:
+            message["v"] = self.store.version_vector().to_wire()
+        self._backstop = False
+        return self._send(message)
+
+    def _send(self, message: dict[str, Any]) -> bytes:
+        data = _pack(message)
+        self.stats.bytes_sent += len(data)
+        return data
+
+    def _finish(self, converged: bool, phase: str) -> None:
+        self.done = True
+        self.stats.converged = converged
+        self.stats.phase = phase
+
+    def receive(self, response: bytes) -> bytes | None:
+        """Take the peer's response; return the next request, or None when the session is over.
+
+        Raises ProtocolError (and stores nothing of the response) if the response is malformed.
+        """
+        if self.done or not self._started:
+            raise CrdtError("receive() needs a started session that is not done")
+        stats = self.stats
+        stats.round_trips += 1
+        stats.bytes_received += len(response)
+        message = _unpack(response, "response")
+        in_sync = message.get("s")
+        if not isinstance(in_sync, bool):
+            raise ProtocolError("a response says whether the sets are in sync")
+        theirs = _fingerprint(message.get("f"))
+        records = _records(message.get("d"), self.config)
+        their_vv = _vector(message["v"], self.config) if message.get("v") is not None else None
+        wants = _keys(message.get("w"), self.config)
+        haves = _keys(message.get("h"), self.config)
+        ranges = decode_ranges(message["r"], self.config) if message.get("r") is not None else None
+        more = message.get("m") is True
+        if records:
+            self.store.add(records)
+            stats.records_received += len(records)
+            stats.record_bytes_received += sum(len(r.data) for r in records)
+        if in_sync:
+            self._finish(True, self._phase())
+            return None
+        if their_vv is not None:
+            # The peer's vector already counts what it took from our last request, so this
+            # replaces (never adds to) the queue of what it lacks.
+            self._push_runs = list(self.store.version_vector().missing_from(their_vv))
+            # It holds what we lack only if it truncated its answer or wrote meanwhile; then it
+            # needs our whole vector again, otherwise its digest says "nothing new here".
+            self._full_vector = any(
+                True for _ in their_vv.missing_from(self.store.version_vector())
+            )
+            self._push_iter = None
+            carry, self._carry = self._carry, None
+            if carry is not None and their_vv.contains(carry.origin, carry.seq):
+                # Asked for by key (the backstop's doing), so the new runs do not cover it.
+                self._push_keys.appendleft(carry.key)
+        self._push_keys.extend(wants)
+        self._want.extend(haves)
+        reply_ranges = None
+        if ranges is not None:
+            self._backstop = True
+            outcome = process_ranges(self.store, ranges, self.config)
+            self._push_keys.extend(outcome.have)
+            self._want.extend(outcome.need)
+            if outcome.open:
+                reply_ranges = outcome.reply
+        batch = self._fill()
+        want = [self._want.popleft() for _ in range(min(len(self._want), self.config.max_keys))]
+        mine = self.store.fingerprint().digest()
+        if not (batch.data or want or reply_ranges or more):
+            if mine == theirs:
+                self._finish(True, self._phase())
+                return None
+            if stats.rounds >= self.config.max_rounds:
+                self._finish(False, "gave-up")
+                return None
+            stats.rounds += 1
+            return self._opening()
+        moved = bool(records or batch.data)
+        self._idle = 0 if moved else self._idle + 1
+        if (
+            self._idle > self.config.max_idle_round_trips
+            or stats.round_trips >= self.config.max_round_trips
+        ):
+            self._finish(False, "gave-up")
+            return None
+        out: dict[str, Any] = {"k": "sync", "f": mine}
+        if batch.data:
+            out["p"] = batch.data
+            stats.records_sent += len(batch.data)
+            stats.record_bytes_sent += batch.size
+        if want:
+            out["w"] = b"".join(want)
+        if reply_ranges is not None:
+            out["r"] = encode_ranges(reply_ranges)
+        if more or (self.config.fast_path and not self._backstop):
+            vector = self.store.version_vector()
+            if more or self._full_vector:
+                out["v"] = vector.to_wire()
+            else:
+                out["vh"] = vector_digest(vector)
+            out["b"] = not self._backstop
+        return self._send(out)
+
+    def _phase(self) -> str:
+        if self._backstop:
+            return "backstop"
+        return (
+            "equal" if self.stats.round_trips == 1 and not self.stats.records_received else "fast"
+        )
+
+    def _pending(self) -> Iterator[Record]:
+        """Records the peer lacks: first those it asked for by key, then its vector's gaps."""
+        store = self.store
+        while self._push_keys:
+            record = store.get(self._push_keys.popleft())
+            if record is not None:
+                yield record
+        while self._push_runs:
+            origin, lo, hi = self._push_runs.pop(0)
+            yield from store.by_origin(origin, lo, hi)
+
+    def _fill(self) -> _Batch:
+        batch = _Batch(self.config)
+        if self._carry is not None:
+            batch.take(self._carry)
+            self._carry = None
+        if self._push_iter is None:
+            self._push_iter = self._pending()
+        for record in self._push_iter:
+            if not batch.take(record):
+                self._carry = record
+                break
+        else:
+            self._push_iter = None
+        return batch

@@ -1,0 +1,380 @@
+"""What a peer does with its own trials: continue, freeze, kill or thaw, and the freeze-thaw rule.
+
+The freeze-thaw policy (a practical stand-in for the paper's entropy search, which costs far
+more than a 100 ms decision allows):
+
+* A trial with no reports, too few points (< min_points) or too few steps (< min_steps) is
+  never stopped; one that reported nan/inf, or whose recent values rise significantly after
+  giving back more than div_frac of its improvement, is killed (diverged).
+* Otherwise p = P(value at max_step < best - eps) under the curve model, where best is the
+  best smoothed value any *other* trial reached. p < p_freeze freezes a running trial;
+  p < p_kill with at least kill_min_points points kills it (running or frozen: frozen for good).
+* Late-bloomer guard: a trial whose last window improved by more than bloom_z noise standard
+  deviations, at least bloom_ratio as steeply as the window before (not decelerating the way
+  exponential and power-law curves do), and whose linear trend would beat best within
+  bloom_horizon of its remaining steps, is left running whatever the model says.
+* Thaw (only with free slots): a frozen trial with p >= p_thaw is thawed when its expected
+  improvement at max_step, per remaining step when cost_aware, beats that of a fresh
+  configuration: the asymptote GP's EI at n_candidates uniform points (their max, or their
+  mean when fresh points come from random search), per max_step steps when cost_aware.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from metaopt._errors import MetaoptError
+from metaopt.freezethaw._model import (
+    CurveView,
+    FittedModel,
+    FreezeThawConfig,
+    FreezeThawModel,
+    expected_improvement,
+)
+
+if TYPE_CHECKING:
+    from metaopt.freezethaw._asha import AshaConfig
+    from metaopt.freezethaw._median import MedianConfig
+
+__all__ = [
+    "Action",
+    "Decision",
+    "EarlyStopper",
+    "FreezeThawPolicyConfig",
+    "FreezeThawStopper",
+    "NoStopper",
+    "make_stopper",
+]
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class Action(enum.Enum):
+    """What to do with one of this peer's trials."""
+
+    CONTINUE = "continue"
+    FREEZE = "freeze"
+    KILL = "kill"
+    THAW = "thaw"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One action for one trial, with a short human-readable reason."""
+
+    trial_id: str
+    action: Action
+    reason: str
+
+
+class EarlyStopper(Protocol):
+    """Decides for this peer's running and frozen trials from every replicated curve.
+
+    Every own running trial gets exactly one decision; an own frozen trial gets one only when it
+    is thawed or killed. THAW is returned only when free_slots > 0, at most free_slots times.
+    """
+
+    def decide(
+        self,
+        curves: Sequence[CurveView],
+        own: Collection[str],
+        free_slots: int,
+        rng: np.random.Generator,
+    ) -> list[Decision]: ...
+
+
+@dataclass(frozen=True)
+class FreezeThawPolicyConfig:
+    """Tunables of the freeze-thaw decision rule (see the module docstring)."""
+
+    model: FreezeThawConfig = FreezeThawConfig()
+    min_steps: int = 3
+    min_points: int = 3
+    kill_min_points: int = 12
+    p_freeze: float = 0.05
+    p_kill: float = 0.002
+    p_thaw: float = 0.10
+    eps: float = 0.0  # required improvement over best, in units of the model's value scale
+    refit_every: int = 10  # hyperparameters are refitted on every k-th model use, else reused
+    bloom_window: int = 5
+    bloom_z: float = 3.0
+    bloom_ratio: float = 0.8
+    bloom_horizon: float = 0.5
+    div_window: int = 5
+    div_frac: float = 0.5
+    div_z: float = 3.0
+    n_candidates: int = 128
+    fresh_ei: Literal["max", "mean"] = "max"
+    cost_aware: bool = True
+    smooth_window: int = 3
+
+
+def finite_prefix(c: CurveView) -> tuple[FloatArray, FloatArray, bool]:
+    """Steps and values up to the first nan/inf, and whether a non-finite value was reported."""
+    v = np.asarray(c.values, dtype=np.float64)
+    s = np.asarray(c.steps, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(v))
+    if bad.size:
+        return s[: bad[0]], v[: bad[0]], True
+    return s, v, False
+
+
+def _slope(s: FloatArray, v: FloatArray) -> tuple[float, float]:
+    """Least-squares slope of v over s and its standard error (inf when undetermined)."""
+    n = s.shape[0]
+    sc = s - s.mean()
+    sxx = float(sc @ sc)
+    if n < 3 or sxx <= 0.0:
+        return 0.0, math.inf
+    b = float(sc @ (v - v.mean())) / sxx
+    resid = v - v.mean() - b * sc
+    return b, math.sqrt(float(resid @ resid) / (n - 2) / sxx)
+
+
+def diverged(c: CurveView, window: int, frac: float, z: float) -> bool:
+    """True when the curve reported nan/inf, or rises clearly after giving back > frac of its gain.
+
+    "Clearly" means a rising trend over the last window with t-statistic above z and a rise of
+    more than 10 z noise standard deviations (estimated from consecutive differences), so a
+    noisy plateau is never taken for divergence.
+    """
+    s, v, broken = finite_prefix(c)
+    if broken:
+        return True
+    if v.shape[0] < max(window, 3):
+        return False
+    low = float(v.min())
+    gained = float(v[0]) - low
+    rise = float(v[-1]) - low
+    noise = 1.4826 * float(np.median(np.abs(np.diff(v)))) / math.sqrt(2.0)
+    if rise <= frac * max(gained, 0.0) or rise <= 10.0 * z * noise:
+        return False
+    b, se = _slope(s[-window:], v[-window:])
+    return b > 0.0 and b > z * se
+
+
+def smoothed_best(c: CurveView, window: int) -> float:
+    """Best moving average of window consecutive finite values (inf if none): denoised best."""
+    _, v, _ = finite_prefix(c)
+    if v.shape[0] == 0:
+        return math.inf
+    w = min(window, v.shape[0])
+    ma = np.convolve(v, np.ones(w) / w, mode="valid")
+    return float(ma.min())
+
+
+def best_of_others(curves: Sequence[CurveView], window: int) -> dict[str, float]:
+    """For every trial id, the best smoothed value any other trial reached (inf if none)."""
+    vals = sorted((smoothed_best(c, window), c.trial_id) for c in curves)
+    out: dict[str, float] = {}
+    first = vals[0] if vals else (math.inf, "")
+    second = vals[1][0] if len(vals) > 1 else math.inf
+    for c in curves:
+        out[c.trial_id] = second if c.trial_id == first[1] else first[0]
+    return out
+
+
+class FreezeThawStopper:
+    """The freeze-thaw policy; holds a model whose hyperparameters warm-start across calls."""
+
+    def __init__(self, config: FreezeThawPolicyConfig | None = None) -> None:
+        self.config = config or FreezeThawPolicyConfig()
+        self.model = FreezeThawModel(self.config.model)
+        self._uses = 0
+        self.last_fit: FittedModel | None = None
+
+    def _bloomer(self, c: CurveView, best: float, noise_sd: float) -> bool:
+        cfg = self.config
+        s, v, _ = finite_prefix(c)
+        w = cfg.bloom_window
+        if v.shape[0] < 2 * w:
+            return False
+        b_now, _ = _slope(s[-w:], v[-w:])
+        b_before, _ = _slope(s[-2 * w : -w], v[-2 * w : -w])
+        drop = -b_now * float(s[-1] - s[-w])
+        if drop <= cfg.bloom_z * noise_sd or b_now >= 0.0:
+            return False
+        if b_before < 0.0 and b_now > cfg.bloom_ratio * b_before:
+            return False  # decelerating: the exponential-decay kernel models this well
+        fitted_last = float(v[-w:].mean()) + b_now * float(s[-1] - s[-w:].mean())
+        horizon = cfg.bloom_horizon * max(c.max_step - float(s[-1]), 0.0)
+        return fitted_last + b_now * horizon < best
+
+    def decide(
+        self,
+        curves: Sequence[CurveView],
+        own: Collection[str],
+        free_slots: int,
+        rng: np.random.Generator,
+    ) -> list[Decision]:
+        """Decisions for own running and frozen trials (see the module docstring for the rule).
+
+        Args:
+            curves: every known curve, any peer, any state.
+            own: ids of this peer's trials; no decision is made for any other.
+            free_slots: idle slots on this peer; bounds the number of thaws.
+            rng: the only source of randomness (fresh candidate points).
+
+        Returns:
+            One decision per own running trial, plus thaws and kills of own frozen trials.
+        """
+        cfg = self.config
+        mine = sorted(
+            (c for c in curves if c.trial_id in own and c.state in ("running", "frozen")),
+            key=lambda c: c.trial_id,
+        )
+        out: list[Decision] = []
+        modelled: list[CurveView] = []
+        for c in mine:
+            s, v, broken = finite_prefix(c)
+            if c.state == "running" and v.shape[0] == 0 and not broken:
+                out.append(Decision(c.trial_id, Action.CONTINUE, "no reports yet"))
+            elif diverged(c, cfg.div_window, cfg.div_frac, cfg.div_z):
+                out.append(Decision(c.trial_id, Action.KILL, "diverged"))
+            elif c.state == "running" and (
+                v.shape[0] < cfg.min_points or float(s[-1]) < cfg.min_steps
+            ):
+                out.append(Decision(c.trial_id, Action.CONTINUE, "too little data"))
+            elif c.state == "running" and float(s[-1]) >= c.max_step:
+                out.append(Decision(c.trial_id, Action.CONTINUE, "at its budget"))
+            elif v.shape[0] > 0:
+                modelled.append(c)
+        if not modelled:
+            return out
+        best = best_of_others(curves, cfg.smooth_window)
+        if all(math.isinf(best[c.trial_id]) for c in modelled):
+            out.extend(
+                Decision(c.trial_id, Action.CONTINUE, "nothing to compare with")
+                for c in modelled
+                if c.state == "running"
+            )
+            return out
+        fm = self.model.fit(curves, optimise=self._uses % cfg.refit_every == 0)
+        self._uses += 1
+        self.last_fit = fm
+        margin = cfg.eps * fm.value_scale
+        noise = max(fm.noise_sd, 1e-3 * fm.value_scale)
+        thaw_candidates: list[tuple[float, str]] = []
+        for c in modelled:
+            tid = c.trial_id
+            target = best[tid] - margin
+            if math.isinf(target):
+                if c.state == "running":
+                    out.append(Decision(tid, Action.CONTINUE, "nothing to compare with"))
+                continue
+            p = fm.prob_beats(tid, target)
+            n_pts = finite_prefix(c)[1].shape[0]
+            if c.state == "running":
+                if self._bloomer(c, target, noise):
+                    out.append(Decision(tid, Action.CONTINUE, f"late bloomer (p={p:.3g})"))
+                elif p < cfg.p_kill and n_pts >= cfg.kill_min_points:
+                    out.append(Decision(tid, Action.KILL, f"p={p:.3g} < p_kill"))
+                elif p < cfg.p_freeze:
+                    out.append(Decision(tid, Action.FREEZE, f"p={p:.3g} < p_freeze"))
+                else:
+                    out.append(Decision(tid, Action.CONTINUE, f"p={p:.3g}"))
+            elif p < cfg.p_kill and n_pts >= cfg.kill_min_points:
+                out.append(Decision(tid, Action.KILL, f"frozen and p={p:.3g} < p_kill"))
+            elif free_slots > 0 and p >= cfg.p_thaw:
+                thaw_candidates.append((p, tid))
+        if thaw_candidates:
+            out.extend(self._thaws(fm, mine, thaw_candidates, best, free_slots, rng))
+        return out
+
+    def _thaws(
+        self,
+        fm: FittedModel,
+        mine: Sequence[CurveView],
+        candidates: Sequence[tuple[float, str]],
+        best: dict[str, float],
+        free_slots: int,
+        rng: np.random.Generator,
+    ) -> list[Decision]:
+        cfg = self.config
+        by_id = {c.trial_id: c for c in mine}
+        incumbent = min(best.values())
+        d = fm.data.X.shape[1]
+        budget = max(c.max_step for c in mine)
+        X = rng.random((cfg.n_candidates, d))
+        m, v = fm.fresh_final(X, budget)
+        ei = expected_improvement(m, v, incumbent)
+        fresh = float(ei.max() if cfg.fresh_ei == "max" else ei.mean())
+        if cfg.cost_aware:
+            fresh /= budget
+        scored: list[tuple[float, str]] = []
+        for _, tid in candidates:
+            c = by_id[tid]
+            own_ei = fm.expected_improvement(tid, incumbent)
+            if cfg.cost_aware:
+                last = float(finite_prefix(c)[0][-1])
+                own_ei /= max(c.max_step - last, 1.0)
+            if own_ei > fresh:
+                scored.append((own_ei, tid))
+        scored.sort(key=lambda e: (-e[0], e[1]))
+        return [
+            Decision(tid, Action.THAW, f"EI {e:.3g} > fresh {fresh:.3g}")
+            for e, tid in scored[:free_slots]
+        ]
+
+
+class NoStopper:
+    """No early stopping: every own running trial continues, frozen ones stay frozen."""
+
+    def decide(
+        self,
+        curves: Sequence[CurveView],
+        own: Collection[str],
+        free_slots: int,
+        rng: np.random.Generator,
+    ) -> list[Decision]:
+        """CONTINUE for every own running trial."""
+        return [
+            Decision(c.trial_id, Action.CONTINUE, "no early stopping")
+            for c in sorted(curves, key=lambda c: c.trial_id)
+            if c.trial_id in own and c.state == "running"
+        ]
+
+
+def make_stopper(
+    name: Literal["freeze-thaw", "asha", "median", "none"],
+    config: FreezeThawPolicyConfig | AshaConfig | MedianConfig | None = None,
+) -> EarlyStopper:
+    """Build an early stopper by name.
+
+    Args:
+        name: "freeze-thaw", "asha", "median" or "none".
+        config: that stopper's config dataclass, or None for its defaults.
+
+    Returns:
+        A fresh stopper (stateful only through caches; same inputs give the same decisions).
+    """
+    # Imported here because those modules import this one for the shared types.
+    from metaopt.freezethaw._asha import AshaConfig, AshaStopper
+    from metaopt.freezethaw._median import MedianConfig, MedianStopper
+
+    def _check(kind: type[Any]) -> Any:
+        if config is not None and not isinstance(config, kind):
+            raise MetaoptError(
+                f"make_stopper({name!r}) needs a {kind.__name__}, got "
+                f"{type(config).__name__}; pass the matching config or None"
+            )
+        return config
+
+    if name == "freeze-thaw":
+        return FreezeThawStopper(_check(FreezeThawPolicyConfig))
+    if name == "asha":
+        return AshaStopper(_check(AshaConfig))
+    if name == "median":
+        return MedianStopper(_check(MedianConfig))
+    if name == "none":
+        return NoStopper()
+    raise MetaoptError(
+        f"unknown early stopper {name!r}; use 'freeze-thaw', 'asha', 'median' or 'none'"
+    )

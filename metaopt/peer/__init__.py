@@ -1,0 +1,1 @@
+"""The asyncio shell of a peer: node, replication, scheduler, executor, slots, bundles."""

@@ -1,0 +1,304 @@
+"""The script's folder as content-addressed chunks, so machines without a shared disk run it.
+
+Which files: inside a git work tree, the files git knows of under the folder (tracked, plus
+untracked ones that are not ignored, so a new ``train.py`` not yet added still goes); elsewhere,
+every file under the folder except in hidden folders, ``__pycache__``, ``venv`` and
+``node_modules``. Symlinks go as copies of their target when it is a file inside the folder, and
+are left out otherwise. The files, in path order, are one byte stream cut into chunks of at most
+1 MiB, each keyed by its BLAKE2b-256 digest. The manifest is plain data (msgpack-ready)::
+
+    {"version": 1, "size": total bytes,
+     "files": [[path, mode, size, blake2b-256 digest], ...],   # posix paths, sorted
+     "chunks": [digest, ...]}                                   # in stream order
+
+``materialize_bundle`` reverses it into a fresh folder, checking every digest and refusing paths
+that are absolute or climb out with ``..``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from metaopt._errors import MetaoptError
+
+__all__ = [
+    "CHUNK_BYTES",
+    "DEFAULT_MAX_BYTES",
+    "BundleError",
+    "collect_bundle",
+    "manifest_paths",
+    "materialize_bundle",
+]
+
+DEFAULT_MAX_BYTES = 50 << 20
+CHUNK_BYTES = 1 << 20
+_SKIP_DIRS = frozenset({"__pycache__", "venv", "node_modules"})
+_MiB = float(1 << 20)
+
+
+class BundleError(MetaoptError):
+    """A folder that cannot be bundled, or a bundle that cannot be materialised."""
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=32).digest()
+
+
+def collect_bundle(
+    root: Path | str,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> tuple[dict[str, Any], dict[bytes, bytes]]:
+    """Bundle a folder.
+
+    Args:
+        root: the folder (usually the script's).
+        max_bytes: refuse folders holding more than this many bytes of files.
+        chunk_bytes: the largest chunk.
+
+    Returns:
+        ``(manifest, chunks)`` where ``chunks`` maps each digest named in the manifest to its
+        bytes.
+
+    Raises:
+        BundleError: ``root`` is not a folder, or its files exceed ``max_bytes``.
+    """
+    if chunk_bytes < 1:
+        raise BundleError(f"chunk size must be positive, got {chunk_bytes}")
+    base = Path(root)
+    if not base.is_dir():
+        raise BundleError(f"{base}: not a folder; bundle the folder that holds the script")
+    base = base.resolve()
+    names = _git_files(base)
+    paths = sorted(set(names)) if names is not None else sorted(_walk(base))
+    chosen: list[tuple[str, Path, int, int]] = []
+    total = 0
+    for rel in paths:
+        found = _regular(base, rel)
+        if found is None:
+            continue
+        path, mode, size = found
+        chosen.append((rel, path, mode, size))
+        total += size
+    _check_cap(base, total, max_bytes, chosen)
+    files: list[list[Any]] = []
+    chunks: dict[bytes, bytes] = {}
+    order: list[bytes] = []
+    pending = bytearray()
+    total = 0
+    for rel, path, mode, _ in chosen:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BundleError(f"cannot read {rel} in {base}: {exc.strerror}") from None
+        total += len(data)
+        _check_cap(base, total, max_bytes, chosen)
+        files.append([rel, mode, len(data), _digest(data)])
+        pending += data
+        while len(pending) >= chunk_bytes:
+            _cut(pending, chunk_bytes, chunks, order)
+    if pending:
+        _cut(pending, len(pending), chunks, order)
+    manifest = {"version": 1, "size": total, "files": files, "chunks": order}
+    return manifest, chunks
+
+
+def manifest_paths(manifest: Mapping[str, Any]) -> list[str]:
+    """The relative paths a manifest holds, sorted.
+
+    Raises:
+        BundleError: the manifest is malformed.
+    """
+    return [entry[0] for entry in _check_manifest(manifest)[0]]
+
+
+def materialize_bundle(
+    manifest: Mapping[str, Any],
+    chunk: Callable[[bytes], bytes] | Mapping[bytes, bytes],
+    dest: Path | str,
+) -> None:
+    """Write a bundle's files into ``dest`` (created; it must be empty if it exists).
+
+    Args:
+        manifest: as made by :func:`collect_bundle`, possibly from another machine.
+        chunk: the bytes of a chunk by digest; whatever it raises for a missing chunk
+            propagates, so the caller can retry later.
+        dest: the folder to fill.
+
+    Raises:
+        BundleError: a malformed manifest, an unsafe path, or a chunk or file whose digest does
+            not match.
+    """
+    files, order = _check_manifest(manifest)
+    fetch = chunk.__getitem__ if isinstance(chunk, Mapping) else chunk
+    target = Path(dest)
+    target.mkdir(parents=True, exist_ok=True)
+    if any(target.iterdir()):
+        raise BundleError(f"{target} is not empty; a bundle is materialised into a fresh folder")
+    stream = _Stream(fetch, order)
+    for rel, mode, size, digest in files:
+        data = stream.take(size)
+        if len(data) != size or _digest(data) != digest:
+            raise BundleError(f"bundle file {rel} does not match its digest; the bundle is corrupt")
+        path = target.joinpath(*PurePosixPath(rel).parts)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.chmod(path, mode)
+        except OSError as exc:
+            raise BundleError(f"cannot write bundle file {rel} in {target}: {exc}") from None
+    if stream.take(1):
+        raise BundleError("bundle chunks hold more bytes than its files; the bundle is corrupt")
+
+
+class _Stream:
+    """The concatenated chunks, fetched and checked one at a time as files need them."""
+
+    def __init__(self, fetch: Callable[[bytes], bytes], order: list[bytes]) -> None:
+        self._fetch = fetch
+        self._order: Iterator[bytes] = iter(order)
+        self._buf = bytearray()
+
+    def take(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            digest = next(self._order, None)
+            if digest is None:
+                break
+            data = self._fetch(digest)
+            if not isinstance(data, bytes) or _digest(data) != digest:
+                raise BundleError(f"bundle chunk {digest.hex()[:16]} does not match its digest")
+            self._buf += data
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+
+def _cut(pending: bytearray, n: int, chunks: dict[bytes, bytes], order: list[bytes]) -> None:
+    piece = bytes(pending[:n])
+    del pending[:n]
+    key = _digest(piece)
+    chunks[key] = piece
+    order.append(key)
+
+
+def _check_cap(
+    base: Path, total: int, max_bytes: int, chosen: list[tuple[str, Path, int, int]]
+) -> None:
+    if total <= max_bytes:
+        return
+    largest = max(chosen, key=lambda c: c[3])
+    raise BundleError(
+        f"{base} holds {total / _MiB:.1f} MiB of files, over the {max_bytes / _MiB:.1f} MiB "
+        f"bundle cap (largest: {largest[0]}, {largest[3] / _MiB:.1f} MiB); move data out of the "
+        "folder, raise --max-bundle-mb, or use --no-bundle on a shared file system"
+    )
+
+
+def _git_files(base: Path) -> list[str] | None:
+    """Paths git knows of under ``base`` (relative to it), or None outside a work tree."""
+    try:
+        inside = subprocess.run(
+            ["git", "-C", str(base), "rev-parse", "--is-inside-work-tree"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        if inside.returncode != 0 or inside.stdout.strip() != b"true":
+            return None
+        listed = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(base),
+                "ls-files",
+                "-z",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+            ],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None  # no git on this machine: bundle the folder as it is
+    if listed.returncode != 0:
+        return None
+    return [os.fsdecode(p) for p in listed.stdout.split(b"\0") if p]
+
+
+def _walk(base: Path) -> Iterator[str]:
+    for folder, dirs, names in os.walk(base):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS)
+        rel_folder = Path(folder).relative_to(base)
+        for name in names:
+            if not name.endswith(".pyc"):
+                yield (rel_folder / name).as_posix()
+
+
+def _regular(base: Path, rel: str) -> tuple[Path, int, int] | None:
+    """The file to read for ``rel``, its mode and size, or None when it is not bundled."""
+    if not _safe(rel):
+        return None
+    path = base / rel
+    try:
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            real = path.resolve()
+            if not real.is_relative_to(base):
+                return None
+            path, info = real, real.stat()
+    except (OSError, RuntimeError):
+        return None  # deleted since git listed it, or a symlink loop
+    if not stat.S_ISREG(info.st_mode):
+        return None  # submodules, sockets, folders
+    mode = 0o755 if info.st_mode & 0o111 else 0o644
+    return path, mode, info.st_size
+
+
+def _safe(rel: object) -> bool:
+    if not isinstance(rel, str) or not rel or "\0" in rel or len(rel) > 4096:
+        return False
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or rel != pure.as_posix():
+        return False
+    return all(part not in ("", ".", "..") for part in pure.parts)
+
+
+def _check_manifest(manifest: Any) -> tuple[list[tuple[str, int, int, bytes]], list[bytes]]:
+    if not isinstance(manifest, Mapping) or manifest.get("version") != 1:
+        raise BundleError("bundle manifest is malformed or from a newer metaopt; upgrade")
+    raw_files, raw_chunks = manifest.get("files"), manifest.get("chunks")
+    if not isinstance(raw_files, list | tuple) or not isinstance(raw_chunks, list | tuple):
+        raise BundleError("bundle manifest lacks its file or chunk list")
+    files: list[tuple[str, int, int, bytes]] = []
+    seen: set[str] = set()
+    for entry in raw_files:
+        if not isinstance(entry, list | tuple) or len(entry) != 4:
+            raise BundleError("bundle manifest has a malformed file entry")
+        rel, mode, size, digest = entry
+        if not _safe(rel):
+            raise BundleError(f"bundle path {rel!r} is absolute or leaves the folder; refused")
+        if rel in seen:
+            raise BundleError(f"bundle path {rel!r} appears twice; refused")
+        if mode not in (0o644, 0o755) or isinstance(mode, bool):
+            raise BundleError(f"bundle file {rel!r} has mode {mode!r}; only 0644 and 0755")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise BundleError(f"bundle file {rel!r} has a bad size {size!r}")
+        if not isinstance(digest, bytes) or len(digest) != 32:
+            raise BundleError(f"bundle file {rel!r} has a bad digest")
+        seen.add(rel)
+        files.append((rel, mode, size, digest))
+    chunks = list(raw_chunks)
+    if not all(isinstance(c, bytes) and len(c) == 32 for c in chunks):
+        raise BundleError("bundle manifest has a malformed chunk digest")
+    return files, chunks

@@ -1,0 +1,351 @@
+"""One trial as a child process: start it, read what it reports, stop it, say how it ended.
+
+The child gets its own session (so its own process group: signals reach the workers it forks
+too), stdin from /dev/null, and stdout and stderr appended to one log file as they arrive and
+parsed by :mod:`metaopt.peer._output`. ``PYTHONUNBUFFERED=1`` is set unless the spec overrides
+it, so reports and regex matches arrive live. Events go to a callback as ``(kind, data)``:
+
+=============  ===========================================================================
+``started``    ``pid``
+``progress``   ``step``, ``metrics`` (one report; ``step`` is the report's own, else the last
+               explicit step, else ``step_offset`` + the number of reports)
+``heartbeat``  ``step`` (sent when nothing was reported for ``heartbeat`` seconds)
+``completed``  ``exit_code`` 0, ``objectives``, ``metrics`` (the last value of every metric)
+``failed``     ``exit_code`` (None if it never started), ``reason``, ``stderr_tail``
+``interrupted`` ``exit_code``, ``reason``, ``stage`` (stop-file, SIGTERM, SIGKILL, kill,
+               cancelled)
+=============  ===========================================================================
+
+Every ``data`` also has ``time`` from the ``clock`` given. A process that exits 0 without
+reporting every objective has failed. A stop request creates the stop file, sends SIGTERM to
+the group ``grace`` seconds later if it still runs, and SIGKILL another ``grace`` later. When
+the child exits, whatever is left of its group is killed, so no stray worker holds a GPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from metaopt.peer._output import OutputConfig, OutputParser
+from metaopt.worker import MetricValue
+
+__all__ = ["ExecutorConfig", "TrialOutcome", "TrialProcess", "TrialSpec", "run_trial"]
+
+log = logging.getLogger("metaopt.peer")
+
+_EXIT_POLL = 0.05  # seconds between looks at whether the child has exited
+EventCallback = Callable[[str, dict[str, Any]], None]
+Status = Literal["completed", "failed", "interrupted"]
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Timings (seconds) and limits of one trial process."""
+
+    heartbeat: float = 10.0  # quiet this long → a heartbeat event
+    grace: float = 10.0  # stop file → SIGTERM → SIGKILL, each after this long
+    stderr_lines: int = 20  # last stderr lines kept for a failure
+    read_bytes: int = 65536
+    drain: float = 5.0  # after exit, how long to wait for the pipes to close
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What to run and where."""
+
+    argv: Sequence[str]
+    cwd: Path
+    log_path: Path
+    env: Mapping[str, str] = field(default_factory=dict)  # added to this process's environment
+    objectives: tuple[str, ...] = ("loss",)
+    objective_regex: str | None = None  # its matches report objectives[0]
+    stop_file: Path | None = None
+    step_offset: int = 0  # the resume step of a thawed trial
+    config: ExecutorConfig = field(default_factory=ExecutorConfig)
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How a trial process ended."""
+
+    status: Status
+    exit_code: int | None  # negative: killed by that signal; None: never started
+    metrics: dict[str, MetricValue]
+    objectives: dict[str, float]
+    reason: str | None = None
+    stderr_tail: tuple[str, ...] = ()
+    stage: str | None = None  # how far a stop had to go, for an interrupted trial
+
+
+class TrialProcess:
+    """Runs one trial; :meth:`run` returns its outcome, the callback hears its events."""
+
+    def __init__(
+        self, spec: TrialSpec, on_event: EventCallback, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.spec = spec
+        self.pid: int | None = None
+        self._on_event = on_event
+        self._clock = clock
+        self._stop_reason: str | None = None
+        self._kill_reason: str | None = None
+        self._stage: str | None = None
+        self._exited = asyncio.Event()
+        self._escalation: asyncio.Task[None] | None = None
+        self._last_activity = 0.0
+        self._last_step: int | None = None
+        self._explicit_step = False
+        self._reports = 0
+        self._log: IO[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None and not self._exited.is_set()
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask the trial to stop at its next report, escalating to SIGTERM and SIGKILL."""
+        if self._stop_reason is not None or self._exited.is_set():
+            return
+        self._stop_reason = reason
+        if self.pid is not None:
+            self._escalation = asyncio.get_running_loop().create_task(self._escalate())
+
+    def kill(self, reason: str = "killed") -> None:
+        """SIGKILL the trial's process group now."""
+        if self._exited.is_set():
+            return
+        self._kill_reason = reason
+        self._stage = "kill"
+        self._signal(signal.SIGKILL)
+
+    async def run(self) -> TrialOutcome:
+        """Start the process and return once it has ended and its output is read."""
+        spec = self.spec
+        cfg = spec.config
+        try:
+            parser = OutputParser(
+                OutputConfig(
+                    objective=spec.objectives[0] if spec.objectives else "loss",
+                    objective_regex=spec.objective_regex,
+                    stderr_lines=cfg.stderr_lines,
+                    step_offset=spec.step_offset,
+                )
+            )
+        except re.error as exc:
+            return self._finish_early(f"objective regex {spec.objective_regex!r} is invalid: {exc}")
+        if not spec.argv:
+            return self._finish_early("empty command; nothing to run")
+        if not Path(spec.cwd).is_dir():
+            return self._finish_early(f"working directory {spec.cwd} does not exist")
+        try:
+            spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(spec.log_path, "ab")  # noqa: SIM115 - closed in the finally below
+            if spec.stop_file is not None:
+                # A thawed trial reuses its stop file path; the old request must not stop it.
+                with contextlib.suppress(FileNotFoundError):
+                    spec.stop_file.unlink()
+        except OSError as exc:
+            return self._finish_early(f"cannot prepare the trial: {exc}")
+        try:
+            return await self._run(parser)
+        finally:
+            self._log.close()
+
+    async def _run(self, parser: OutputParser) -> TrialOutcome:
+        spec = self.spec
+        cfg = spec.config
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *spec.argv,
+                cwd=spec.cwd,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            what = exc.strerror or str(exc)
+            return self._finish_early(f"cannot start {spec.argv[0]!r}: {what}; check the command")
+        loop = asyncio.get_running_loop()
+        self.pid = proc.pid
+        self._last_activity = loop.time()
+        self._emit("started", pid=proc.pid)
+        if self._kill_reason is not None:
+            self._signal(signal.SIGKILL)
+        elif self._stop_reason is not None:
+            self._escalation = loop.create_task(self._escalate())
+        assert proc.stdout is not None and proc.stderr is not None
+        pumps = [
+            loop.create_task(self._pump(proc.stdout, parser, stdout=True)),
+            loop.create_task(self._pump(proc.stderr, parser, stdout=False)),
+        ]
+        beat = loop.create_task(self._heartbeat())
+        # Process.wait() also waits for the pipes to close, which a forked worker of the trial
+        # can hold open for ever; the exit itself shows in returncode, so watch that instead.
+        waiter = loop.create_task(proc.wait())
+        try:
+            while proc.returncode is None and not waiter.done():
+                await asyncio.wait({waiter}, timeout=_EXIT_POLL)
+        except asyncio.CancelledError:
+            self._stage = "cancelled"
+            self._signal(signal.SIGKILL)
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(waiter), cfg.drain)
+            self._exited.set()
+            self._cleanup([*pumps, waiter], beat)
+            self._emit(
+                "interrupted", exit_code=proc.returncode, reason="cancelled", stage="cancelled"
+            )
+            raise
+        code = proc.returncode
+        assert code is not None
+        self._exited.set()
+        self._signal(signal.SIGKILL)  # stray members of the group, if any
+        _done, late = await asyncio.wait([*pumps, waiter], timeout=cfg.drain)
+        self._cleanup(list(late), beat)
+        for report in parser.finish():
+            self._progress(report)
+        return self._conclude(code, parser)
+
+    def _conclude(self, code: int, parser: OutputParser) -> TrialOutcome:
+        spec = self.spec
+        tail = tuple(parser.stderr_tail())
+        metrics = dict(parser.latest)
+        objectives = {n: v for n in spec.objectives if (v := parser.objective(n)) is not None}
+        if self._kill_reason is not None or self._stop_reason is not None:
+            reason = self._kill_reason or self._stop_reason
+            outcome = TrialOutcome(
+                "interrupted", code, metrics, objectives, reason, tail, self._stage or "stop-file"
+            )
+            self._emit(
+                "interrupted", exit_code=code, reason=reason, stage=outcome.stage, metrics=metrics
+            )
+            return outcome
+        if code == 0 and len(objectives) == len(spec.objectives):
+            self._emit("completed", exit_code=0, objectives=objectives, metrics=metrics)
+            return TrialOutcome("completed", 0, metrics, objectives, None, tail)
+        if code == 0:
+            reason = "no objective reported: " + parser.explain_missing(tuple(spec.objectives))
+        else:
+            reason = _describe_exit(code)
+            if tail:
+                reason += f"; last stderr: {tail[-1].strip()[:200]}"
+        self._emit("failed", exit_code=code, reason=reason, stderr_tail=list(tail), metrics=metrics)
+        return TrialOutcome("failed", code, metrics, objectives, reason, tail)
+
+    def _finish_early(self, reason: str) -> TrialOutcome:
+        self._exited.set()
+        self._emit("failed", exit_code=None, reason=reason, stderr_tail=[])
+        return TrialOutcome("failed", None, {}, {}, reason)
+
+    def _cleanup(self, tasks: list[asyncio.Task[Any]], beat: asyncio.Task[None]) -> None:
+        for task in [*tasks, beat]:
+            task.cancel()
+        if self._escalation is not None:
+            self._escalation.cancel()
+
+    async def _pump(
+        self, stream: asyncio.StreamReader, parser: OutputParser, *, stdout: bool
+    ) -> None:
+        size = self.spec.config.read_bytes
+        while chunk := await stream.read(size):
+            if self._log is not None:
+                try:
+                    self._log.write(chunk)
+                    self._log.flush()
+                except OSError as exc:  # a full disk must not stop the trial being read
+                    log.warning("cannot write %s: %s", self.spec.log_path, exc)
+                    self._log = None
+            for report in parser.feed(chunk, stdout=stdout):
+                self._progress(report)
+
+    def _progress(self, report: dict[str, MetricValue]) -> None:
+        self._reports += 1
+        step = report.get("step")
+        if isinstance(step, int):
+            self._explicit_step = True
+        elif self._explicit_step and self._last_step is not None:
+            step = self._last_step
+        else:
+            step = self.spec.step_offset + self._reports
+        self._last_step = step
+        self._last_activity = asyncio.get_running_loop().time()
+        self._emit("progress", step=step, metrics=dict(report))
+
+    async def _heartbeat(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = self.spec.config.heartbeat
+        while True:
+            await asyncio.sleep(max(self._last_activity + period - loop.time(), period / 100))
+            if loop.time() - self._last_activity >= period:
+                self._last_activity = loop.time()
+                self._emit("heartbeat", step=self._last_step)
+
+    async def _escalate(self) -> None:
+        grace = self.spec.config.grace
+        if self.spec.stop_file is not None:
+            self._stage = "stop-file"
+            try:
+                self.spec.stop_file.parent.mkdir(parents=True, exist_ok=True)
+                self.spec.stop_file.touch()
+            except OSError as exc:
+                log.warning("cannot create stop file %s: %s", self.spec.stop_file, exc)
+            if await self._exits_within(grace):
+                return
+        self._stage = "SIGTERM"
+        self._signal(signal.SIGTERM)
+        if await self._exits_within(grace):
+            return
+        self._stage = "SIGKILL"
+        self._signal(signal.SIGKILL)
+
+    async def _exits_within(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self._exited.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.pid is None:
+            return
+        # The group outlives its leader only while members remain, so this cannot reach a
+        # stranger's group; ESRCH just means nobody is left.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        data["time"] = self._clock()
+        try:
+            self._on_event(kind, data)
+        except Exception:  # a broken listener must not orphan the child or lose its outcome
+            log.exception("event listener failed on %s", kind)
+
+
+async def run_trial(
+    spec: TrialSpec, on_event: EventCallback, *, clock: Callable[[], float] = time.time
+) -> TrialOutcome:
+    """Run one trial to its end (see :class:`TrialProcess`)."""
+    return await TrialProcess(spec, on_event, clock=clock).run()
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}"
+    return f"exited with code {code}"

@@ -1,0 +1,223 @@
+"""The peer table: who is out there, at which address, and how recently anyone heard of them.
+
+Soft state only. Each entry keeps the time of this node's own last contact and the freshest
+evidence of life from anyone (its own contact, mDNS, or a gossiping peer's report). Gossip
+carries *ages*, not timestamps, so clocks need not agree, and an age only grows as it is passed
+on: a dead peer cannot be kept alive by peers repeating each other. Entries unheard of for
+``expire_after`` seconds are dropped; seeds (``--join`` addresses) are kept forever.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+__all__ = ["KnownPeer", "PeerTable", "PeerTableConfig"]
+
+NODE_ID_SIZE = 16
+
+
+@dataclass(frozen=True)
+class PeerTableConfig:
+    """Bounds of the table; defaults suit a cluster of up to a few hundred peers."""
+
+    expire_after: float = 600.0  # drop an entry unheard of for this long
+    max_peers: int = 1024  # a table never grows past this (a bad peer cannot flood it)
+    max_gossip: int = 256  # entries sent per gossip message, freshest first
+    max_addr_len: int = 262  # host (a DNS name is at most 255) + ":" + port
+
+
+@dataclass(frozen=True)
+class KnownPeer:
+    """One entry: ``last_contact`` is this node's own contact, ``heard`` the freshest evidence."""
+
+    node_id: bytes
+    addr: str
+    heard: float
+    last_contact: float | None = None
+
+    def age(self, now: float) -> float:
+        return max(0.0, now - self.heard)
+
+
+@dataclass
+class PeerTable:
+    """Known peers by node id, at most one per address, plus the seed addresses."""
+
+    config: PeerTableConfig = field(default_factory=PeerTableConfig)
+    _peers: dict[bytes, KnownPeer] = field(default_factory=dict)
+    _by_addr: dict[str, bytes] = field(default_factory=dict)
+    _seeds: list[str] = field(default_factory=list)
+
+    # ----------------------------------------------------------------------------- updates
+
+    def add_seed(self, addr: str) -> None:
+        """Remember a ``--join`` address for good (its node id is learned on contact)."""
+        if addr not in self._seeds:
+            self._seeds.append(addr)
+
+    def add(self, node_id: bytes, addr: str, now: float, *, contacted: bool) -> None:
+        """Record evidence that ``node_id`` is at ``addr`` now; ``contacted`` if we talked to it."""
+        self._put(node_id, addr, now, now if contacted else None, authoritative=contacted)
+        self.expire(now)
+
+    def seen(self, node_id: bytes, now: float) -> None:
+        """This node just talked to ``node_id`` at its known address."""
+        peer = self._peers.get(node_id)
+        if peer is not None:
+            self._peers[node_id] = replace(peer, heard=max(peer.heard, now), last_contact=now)
+
+    def touch_addr(self, addr: str, now: float) -> None:
+        """This node just talked to whoever is at ``addr`` (no-op if nobody known is there)."""
+        node_id = self._by_addr.get(addr)
+        if node_id is not None:
+            self.seen(node_id, now)
+        self.expire(now)
+
+    def merge_gossip(self, entries: Any, now: float, *, exclude: bytes | None = None) -> int:
+        """Fold a peer's gossip (see ``to_gossip``) in; malformed entries are skipped.
+
+        Args:
+            entries: the decoded message, untrusted: a list of ``[node_id, addr, age]``.
+            now: this node's clock.
+            exclude: this node's own id, never entered in its own table.
+
+        Returns:
+            How many entries were well-formed and used.
+        """
+        if not isinstance(entries, list | tuple):
+            return 0
+        used = 0
+        for entry in entries[: self.config.max_gossip]:
+            parsed = self._parse_entry(entry)
+            if parsed is None or parsed[0] == exclude:
+                continue
+            node_id, addr, age = parsed
+            self._put(node_id, addr, now - age, None, authoritative=False)
+            used += 1
+        self.expire(now)
+        return used
+
+    def expire(self, now: float) -> None:
+        """Drop entries unheard of for ``expire_after`` seconds."""
+        limit = self.config.expire_after
+        for node_id in [n for n, p in self._peers.items() if now - p.heard > limit]:
+            self._remove(node_id)
+
+    # ----------------------------------------------------------------------------- queries
+
+    def get(self, node_id: bytes) -> KnownPeer | None:
+        return self._peers.get(node_id)
+
+    def all(self) -> list[KnownPeer]:
+        return sorted(self._peers.values(), key=lambda p: p.node_id)
+
+    def seed_addrs(self) -> list[str]:
+        return list(self._seeds)
+
+    def is_alive(self, node_id: bytes, now: float, timeout: float) -> bool:
+        """Heard of (by anyone) within ``timeout`` seconds."""
+        peer = self._peers.get(node_id)
+        return peer is not None and now - peer.heard <= timeout
+
+    def live(self, now: float, timeout: float) -> list[KnownPeer]:
+        """Live peers, in node id order so callers stay deterministic."""
+        return [p for p in self.all() if now - p.heard <= timeout]
+
+    def random_live(
+        self,
+        rng: random.Random | np.random.Generator,
+        k: int,
+        now: float,
+        timeout: float,
+    ) -> list[KnownPeer]:
+        """Up to ``k`` distinct live peers drawn uniformly with the given generator."""
+        live = self.live(now, timeout)
+        if k <= 0 or not live:
+            return []
+        if k >= len(live):
+            k = len(live)
+        if isinstance(rng, np.random.Generator):
+            picks = rng.choice(len(live), size=k, replace=False)
+            return [live[int(i)] for i in picks]
+        return rng.sample(live, k)
+
+    def to_gossip(self, now: float, timeout: float) -> list[list[Any]]:
+        """The live entries, freshest first, as ``[node_id, addr, age]`` (msgpack-ready)."""
+        fresh = sorted(self.live(now, timeout), key=lambda p: (-p.heard, p.node_id))
+        return [[p.node_id, p.addr, p.age(now)] for p in fresh[: self.config.max_gossip]]
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._peers
+
+    # ---------------------------------------------------------------------------- internals
+
+    def _put(
+        self,
+        node_id: bytes,
+        addr: str,
+        heard: float,
+        contact: float | None,
+        *,
+        authoritative: bool,
+    ) -> None:
+        old = self._peers.get(node_id)
+        holder = self._by_addr.get(addr)
+        if holder is not None and holder != node_id:
+            # Two ids at one address: a restarted peer (new data dir) or a stale report. Only
+            # fresher evidence moves the address, so a dead id cannot shadow its successor.
+            rival = self._peers[holder]
+            if not authoritative and heard <= rival.heard:
+                return
+            self._remove(holder)
+        if old is None:
+            if len(self._peers) >= self.config.max_peers:
+                return
+            self._peers[node_id] = KnownPeer(node_id, addr, heard, contact)
+            self._by_addr[addr] = node_id
+            return
+        new_addr = old.addr
+        if addr != old.addr and (authoritative or heard > old.heard):
+            self._by_addr.pop(old.addr, None)
+            self._by_addr[addr] = node_id
+            new_addr = addr
+        self._peers[node_id] = KnownPeer(
+            node_id,
+            new_addr,
+            max(old.heard, heard),
+            contact if contact is not None else old.last_contact,
+        )
+
+    def _remove(self, node_id: bytes) -> None:
+        peer = self._peers.pop(node_id, None)
+        if peer is not None and self._by_addr.get(peer.addr) == node_id:
+            del self._by_addr[peer.addr]
+
+    def _parse_entry(self, entry: Any) -> tuple[bytes, str, float] | None:
+        if not isinstance(entry, list | tuple) or len(entry) != 3:
+            return None
+        node_id, addr, age = entry
+        if not isinstance(node_id, bytes) or len(node_id) != NODE_ID_SIZE:
+            return None
+        if not isinstance(addr, str) or not _valid_addr(addr, self.config.max_addr_len):
+            return None
+        if isinstance(age, bool) or not isinstance(age, int | float):
+            return None
+        age = float(age)
+        if not math.isfinite(age) or age < 0:
+            return None
+        return node_id, addr, age
+
+
+def _valid_addr(addr: str, max_len: int) -> bool:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or len(addr) > max_len or not port.isdigit():
+        return False
+    return 0 < int(port) < 65536

@@ -1,0 +1,105 @@
+"""This machine's slots: one per GPU, each trial pinned to its GPU by CUDA_VISIBLE_DEVICES.
+
+``--gpus auto`` takes the GPUs this process may use: those ``CUDA_VISIBLE_DEVICES`` lists when
+it is set (a scheduler's allocation is respected; empty or ``-1`` means none), else every GPU
+NVIDIA's NVML reports (by UUID, which unlike an index means the same device to NVML and CUDA),
+else none. ``--gpus 0,1`` names them; ``--gpus none`` runs on CPU and hides GPUs from trials.
+With no GPU there are ``slots`` CPU slots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from metaopt._errors import MetaoptError
+
+__all__ = ["Slot", "detect_slots", "nvml_gpus"]
+
+_VISIBLE = "CUDA_VISIBLE_DEVICES"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one trial runs: a GPU (its CUDA_VISIBLE_DEVICES entry) or a CPU slot (None)."""
+
+    index: int
+    gpu: str | None
+    env: Mapping[str, str] = field(default_factory=dict)  # added to the trial's environment
+
+
+def nvml_gpus() -> list[str] | None:
+    """UUIDs of the GPUs NVML sees, or None when NVML (nvidia-ml-py or a driver) is absent."""
+    try:
+        import pynvml  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # a binding with no driver raises its own NVMLError
+        return None
+    try:
+        out: list[str] = []
+        for i in range(int(pynvml.nvmlDeviceGetCount())):
+            uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i))
+            out.append(uuid.decode() if isinstance(uuid, bytes) else str(uuid))
+        return out
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+def detect_slots(
+    gpus: str = "auto",
+    slots: int = 1,
+    *,
+    environ: Mapping[str, str] | None = None,
+    probe: Callable[[], list[str] | None] = nvml_gpus,
+) -> list[Slot]:
+    """The slots of this peer.
+
+    Args:
+        gpus: ``auto``, ``none``, or a comma-separated list of GPU indices or UUIDs.
+        slots: the number of CPU slots when there is no GPU.
+        environ: the environment to read CUDA_VISIBLE_DEVICES from (``os.environ``).
+        probe: lists the GPUs when CUDA_VISIBLE_DEVICES is unset (NVML).
+
+    Returns:
+        One slot per GPU, or ``slots`` CPU slots.
+
+    Raises:
+        MetaoptError: ``gpus`` or ``slots`` is not valid.
+    """
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise MetaoptError(f"--slots {slots!r}: give a whole number of at least 1")
+    env = os.environ if environ is None else environ
+    choice = gpus.strip().lower()
+    if choice == "none":
+        return [Slot(i, None, {_VISIBLE: ""}) for i in range(slots)]
+    if choice == "auto":
+        visible = env.get(_VISIBLE)
+        devices = _visible(visible) if visible is not None else (probe() or [])
+    else:
+        devices = [d.strip() for d in gpus.split(",")]
+        if not gpus.strip() or any(not d for d in devices) or len(set(devices)) != len(devices):
+            raise MetaoptError(
+                f"--gpus {gpus!r}: use auto, none, or distinct GPU indices such as 0,1"
+            )
+    if not devices:
+        return [Slot(i, None, {}) for i in range(slots)]
+    return [Slot(i, d, {_VISIBLE: d}) for i, d in enumerate(devices)]
+
+
+def _visible(text: str) -> list[str]:
+    devices = [d.strip() for d in text.split(",")]
+    # CUDA stops at the first invalid entry, and -1 is the usual way to hide every device.
+    out: list[str] = []
+    for d in devices:
+        if not d or d.startswith("-"):
+            break
+        out.append(d)
+    return out

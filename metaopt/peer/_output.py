@@ -1,0 +1,172 @@
+"""Reading a trial's output: METAOPT report lines, an objective regex, the tail of stderr.
+
+Pure and incremental: bytes go in as they arrive (lines may be split across chunks, ``\\r`` and
+``\\n`` both end a line), reports come out. Whatever the program prints, nothing here raises.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import deque
+from dataclasses import dataclass
+
+from metaopt._errors import WorkerError
+from metaopt.worker import REPORT_PREFIX, MetricValue, check_metric
+
+__all__ = ["OutputConfig", "OutputParser"]
+
+_LINE_END = re.compile(rb"[\r\n]")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """How a trial's output is read."""
+
+    objective: str = "loss"  # the metric a regex match is reported as
+    objective_regex: str | None = None  # group 1 (or the whole match) of the last match wins
+    stderr_lines: int = 20  # how many of the last stderr lines are kept
+    max_line_bytes: int = 65536  # longer lines are cut to this and never parsed as reports
+    max_notes: int = 10  # problems kept to explain a missing objective
+    step_offset: int = 0  # added to the match count a regex report carries as its step
+
+
+class OutputParser:
+    """Turns stdout and stderr bytes into reports (one metric dict per METAOPT line or match).
+
+    A regex match on either stream becomes ``{objective: value, "step": n}`` with n counting the
+    matches, so an unmodified program still yields a learning curve.
+    """
+
+    def __init__(self, config: OutputConfig = OutputConfig()) -> None:
+        self.config = config
+        self._regex = re.compile(config.objective_regex) if config.objective_regex else None
+        self._pending = {True: bytearray(), False: bytearray()}
+        self._overlong = {True: False, False: False}
+        self._stderr: deque[str] = deque(maxlen=max(config.stderr_lines, 0))
+        self.report_count = 0
+        self.latest: dict[str, MetricValue] = {}
+        self.stdout_lines = 0
+        self.matches = 0
+        self.notes: deque[str] = deque(maxlen=max(config.max_notes, 1))
+
+    def feed(self, data: bytes, *, stdout: bool = True) -> list[dict[str, MetricValue]]:
+        """The reports completed by this chunk of one stream."""
+        buf = self._pending[stdout]
+        out: list[dict[str, MetricValue]] = []
+        start = 0
+        for match in _LINE_END.finditer(data):
+            self._take(buf, data[start : match.start()], stdout)
+            self._line(bytes(buf), stdout, out)
+            buf.clear()
+            self._overlong[stdout] = False
+            start = match.end()
+        self._take(buf, data[start:], stdout)
+        return out
+
+    def finish(self) -> list[dict[str, MetricValue]]:
+        """Reports from the unterminated last lines of both streams, once the process ended."""
+        out: list[dict[str, MetricValue]] = []
+        for stdout in (True, False):
+            buf = self._pending[stdout]
+            if buf:
+                self._line(bytes(buf), stdout, out)
+                buf.clear()
+        return out
+
+    def stderr_tail(self) -> list[str]:
+        """The last stderr lines (empty lines left out), oldest first."""
+        return list(self._stderr)
+
+    def objective(self, name: str | None = None) -> float | None:
+        """The last numeric value reported for ``name`` (the configured objective by default)."""
+        value = self.latest.get(name or self.config.objective)
+        if isinstance(value, (int, float)):
+            return float(value)
+        return None
+
+    def explain_missing(self, names: tuple[str, ...] | None = None) -> str:
+        """One line saying why no objective was found, for a failure reason."""
+        wanted = names or (self.config.objective,)
+        missing = [n for n in wanted if self.objective(n) is None]
+        parts = [f"no numeric {', '.join(repr(n) for n in missing)} in {self.report_count} reports"]
+        if self._regex is not None:
+            parts.append(f"regex {self._regex.pattern!r} matched {self.matches} times")
+        parts.append(f"{self.stdout_lines} stdout lines")
+        if self.notes:
+            parts.append(f"last problem: {self.notes[-1]}")
+        return "; ".join(parts)
+
+    def _take(self, buf: bytearray, chunk: bytes, stdout: bool) -> None:
+        room = self.config.max_line_bytes - len(buf)
+        if len(chunk) > room:
+            buf += chunk[: max(room, 0)]
+            self._overlong[stdout] = True
+        else:
+            buf += chunk
+
+    def _line(self, raw: bytes, stdout: bool, out: list[dict[str, MetricValue]]) -> None:
+        text = raw.decode("utf-8", errors="replace")
+        overlong = self._overlong[stdout]
+        if not stdout:
+            if text.strip():
+                self._stderr.append(text[:500])
+        else:
+            self.stdout_lines += 1
+            stripped = text.strip()
+            if stripped.startswith(REPORT_PREFIX.strip()):
+                if overlong:
+                    self._note(f"a METAOPT line over {self.config.max_line_bytes} bytes")
+                else:
+                    self._report_line(stripped, out)
+                return
+        if self._regex is not None and not overlong:
+            self._match(text, out)
+
+    def _report_line(self, line: str, out: list[dict[str, MetricValue]]) -> None:
+        body = line[len(REPORT_PREFIX.strip()) :].strip()
+        try:
+            value = json.loads(body)
+        except (ValueError, RecursionError):
+            self._note(f"METAOPT line is not JSON: {body[:80]!r}")
+            return
+        if not isinstance(value, dict):
+            self._note(f"METAOPT line is not a JSON object: {body[:80]!r}")
+            return
+        clean: dict[str, MetricValue] = {}
+        for name, metric in value.items():
+            try:
+                clean[name] = check_metric(name, metric)
+            except WorkerError as exc:
+                self._note(str(exc))
+        if clean:
+            self._emit(clean, out)
+
+    def _match(self, text: str, out: list[dict[str, MetricValue]]) -> None:
+        assert self._regex is not None
+        found = None
+        for found in self._regex.finditer(text):  # noqa: B007 - the last match wins
+            pass
+        if found is None:
+            return
+        group = found.group(1) if self._regex.groups else found.group(0)
+        try:
+            number = float(group) if group is not None else math.nan
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            self._note(f"regex matched {group!r}, not a finite number")
+            return
+        self.matches += 1
+        self._emit(
+            {self.config.objective: number, "step": self.config.step_offset + self.matches}, out
+        )
+
+    def _emit(self, report: dict[str, MetricValue], out: list[dict[str, MetricValue]]) -> None:
+        self.report_count += 1
+        self.latest.update(report)
+        out.append(report)
+
+    def _note(self, text: str) -> None:
+        self.notes.append(text)

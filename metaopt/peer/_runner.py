@@ -1,0 +1,309 @@
+"""This peer's slots: launching trials as child processes and recording what happens to them.
+
+A slot is a GPU (or a CPU slot when there is none). A launch writes the trial's ``started``
+event before the process starts, gives it its own working directory (the experiment's code,
+materialised from the replicated blobs once per experiment and hard-linked per trial), and
+turns what the executor reports into events: progress (per report), heartbeat (when quiet),
+completed, failed (exit code and the last stderr lines), frozen, killed or interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from metaopt._errors import MetaoptError
+from metaopt._state import ExperimentState, TrialView
+from metaopt.peer._bundle import materialize_bundle
+from metaopt.peer._config import PeerConfig
+from metaopt.peer._executor import ExecutorConfig, TrialProcess, TrialSpec
+from metaopt.peer._gpus import Slot, detect_slots
+from metaopt.peer._template import parse_template
+
+if TYPE_CHECKING:
+    from metaopt.peer._node import Node
+
+__all__ = ["TrialRunner"]
+
+log = logging.getLogger("metaopt.peer")
+_METAOPT_PARENT = str(Path(__file__).resolve().parents[2])
+
+
+@dataclass
+class Running:
+    slot: Slot
+    experiment: bytes
+    trial: bytes
+    process: TrialProcess | None = None
+    task: asyncio.Task[None] | None = None
+    last_event: float = 0.0
+    outcome: str | None = None  # set when this peer decided how it ends (frozen, killed, ...)
+    reason: str | None = None
+    last_step: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TrialRunner:
+    """Owns the slots of one peer."""
+
+    def __init__(self, node: Node, config: PeerConfig) -> None:
+        self.node = node
+        self.config = config
+        self.slots = detect_slots(config.gpus, config.slots)
+        self.running: dict[int, Running] = {}
+        self._bundles: dict[bytes, Path] = {}
+        self._stopper: Any = None
+
+    # --------------------------------------------------------------------------- queries
+
+    def free_slots(self) -> int:
+        return len(self.slots) - len(self.running)
+
+    def running_keys(self) -> set[bytes]:
+        return {r.trial for r in self.running.values()}
+
+    def trial_dir(self, trial: bytes) -> Path:
+        return self.node.dirs.trials / trial.hex()[:16]
+
+    def log_path(self, trial: bytes) -> Path:
+        return self.trial_dir(trial) / "output.log"
+
+    def describe(self) -> list[dict[str, Any]]:
+        out = []
+        for slot in self.slots:
+            running = self.running.get(slot.index)
+            state = self.node.replica.experiments.get(running.experiment) if running else None
+            out.append(
+                {
+                    "index": slot.index,
+                    "gpu": slot.gpu,
+                    "trial": running.trial.hex()[:12] if running else None,
+                    "experiment": state.spec.name if state else None,
+                }
+            )
+        return out
+
+    def can_run(self, state: ExperimentState) -> bool:
+        """Whether this peer holds everything needed to run the experiment's trials."""
+        if state.spec.command is None:
+            return False
+        bundle = state.spec.bundle or {}
+        if "manifest" not in bundle:
+            return True
+        if state.key in self._bundles:
+            return True
+        try:
+            self._bundles[state.key] = self._materialize(state)
+        except _MissingBlob:
+            return False  # its code has not replicated here yet; try again next round
+        except MetaoptError as exc:
+            log.warning("experiment %s cannot run here: %s", state.spec.name, exc)
+            return False
+        return True
+
+    def _materialize(self, state: ExperimentState) -> Path:
+        dest = self.node.dirs.bundles / state.key.hex()[:16]
+        manifest = (state.spec.bundle or {})["manifest"]
+
+        def chunk(digest: bytes) -> bytes:
+            for record in self.node.store.linked(digest):
+                data = record.body.get("data") if isinstance(record.body, dict) else None
+                if record.kind == "blob" and isinstance(data, bytes):
+                    return data
+            raise _MissingBlob(digest.hex())
+
+        if not dest.exists():
+            tmp = dest.with_name(dest.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            materialize_bundle(manifest, chunk, tmp)
+            os.replace(tmp, dest)
+        return dest
+
+    # ---------------------------------------------------------------------------- launch
+
+    async def launch(self, state: ExperimentState, view: TrialView, *, thaw: bool = False) -> None:
+        free = [s for s in self.slots if s.index not in self.running]
+        if not free:
+            return
+        slot = free[0]
+        run = Running(slot, state.key, view.key, last_event=self.node.clock())
+        self.running[slot.index] = run
+        resume = view.last_step if thaw else 0
+        self.node.write_event(
+            state.key, view.key, "thawed" if thaw else "started", step=resume or None
+        )
+        try:
+            spec = self._spec(state, view, slot, resume)
+        except (MetaoptError, OSError) as exc:
+            self.running.pop(slot.index, None)
+            self.node.write_event(state.key, view.key, "failed", reason=f"cannot start: {exc}")
+            return
+        process = TrialProcess(spec, lambda kind, data: self._on_event(run, kind, data))
+        run.process = process
+        run.task = asyncio.ensure_future(self._supervise(run, process))
+        log.info(
+            "slot %d runs trial %s of %s: %s",
+            slot.index,
+            view.key.hex()[:12],
+            state.spec.name,
+            json.dumps(dict(view.params)),
+        )
+
+    def _spec(self, state: ExperimentState, view: TrialView, slot: Slot, resume: int) -> TrialSpec:
+        spec = state.spec
+        assert spec.command is not None
+        trial_dir = self.trial_dir(view.key)
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint = trial_dir / "checkpoint"
+        checkpoint.mkdir(exist_ok=True)
+        bundle = spec.bundle or {}
+        if "manifest" in bundle:
+            cwd = trial_dir / "code"
+            if not cwd.exists():
+                _link_tree(self._bundles[state.key], cwd)
+        elif "shared_dir" in bundle:
+            cwd = Path(bundle["shared_dir"])
+        else:
+            cwd = trial_dir
+        argv = parse_template(list(spec.command)).render(dict(view.params))
+        if argv and argv[0].endswith(".py"):
+            argv = [sys.executable, *argv]
+        env = dict(slot.env)
+        env.update(
+            {
+                "METAOPT_TRIAL_ID": view.key.hex(),
+                "METAOPT_EXPERIMENT": spec.name,
+                "METAOPT_PARAMS": json.dumps(dict(view.params)),
+                "METAOPT_TRIAL_DIR": str(trial_dir),
+                "METAOPT_DATA_DIR": str(self.node.dirs.root),
+                "METAOPT_CHECKPOINT_DIR": str(checkpoint),
+                "METAOPT_STOP_FILE": str(trial_dir / "stop"),
+                "METAOPT_OBJECTIVE": spec.objectives[0],
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (_METAOPT_PARENT, os.environ.get("PYTHONPATH", "")) if p
+                ),
+            }
+        )
+        if resume:
+            env["METAOPT_RESUME_STEP"] = str(resume)
+        timing = self.config.timing
+        return TrialSpec(
+            argv=argv,
+            cwd=cwd,
+            env=env,
+            log_path=self.log_path(view.key),
+            objectives=tuple(spec.objectives),
+            objective_regex=spec.objective_regex,
+            stop_file=trial_dir / "stop",
+            step_offset=resume,
+            config=ExecutorConfig(heartbeat=timing.heartbeat, grace=timing.stop_grace),
+        )
+
+    # ----------------------------------------------------------------------------- events
+
+    def _on_event(self, run: Running, kind: str, data: dict[str, Any]) -> None:
+        node = self.node
+        run.last_event = node.clock()
+        if kind == "progress":
+            step = data.get("step")
+            metrics = {k: v for k, v in data.get("metrics", {}).items() if k != "step"}
+            if isinstance(step, int):
+                run.last_step = step
+            node.write_event(run.experiment, run.trial, "progress", step=step, metrics=metrics)
+        elif kind == "heartbeat":
+            node.write_event(run.experiment, run.trial, "heartbeat")
+        elif kind == "started" and isinstance(data.get("pid"), int):
+            # Lets a supervisor (or a test) find the trial's process group after a crash.
+            with contextlib.suppress(OSError):
+                (self.trial_dir(run.trial) / "pid").write_text(f"{data['pid']}\n")
+
+    async def _supervise(self, run: Running, process: TrialProcess) -> None:
+        try:
+            self._record_outcome(run, await process.run())
+        except Exception as exc:  # the executor must never leave a slot taken forever
+            log.exception("trial %s crashed the executor", run.trial.hex()[:12])
+            self.node.write_event(
+                run.experiment, run.trial, "failed", reason=f"executor error: {exc}"
+            )
+        finally:
+            # The result is recorded before the slot frees, so the next suggestion sees it.
+            self.running.pop(run.slot.index, None)
+            self.node.kick()
+
+    def _record_outcome(self, run: Running, outcome: Any) -> None:
+        write = self.node.write_event
+        if run.outcome is not None:
+            write(
+                run.experiment,
+                run.trial,
+                run.outcome,
+                step=run.last_step or None,
+                reason=run.reason,
+            )
+        elif outcome.status == "completed":
+            write(
+                run.experiment,
+                run.trial,
+                "completed",
+                metrics=outcome.metrics,
+                exit_code=outcome.exit_code,
+            )
+        else:
+            write(
+                run.experiment,
+                run.trial,
+                "failed",
+                exit_code=outcome.exit_code,
+                metrics=outcome.metrics,
+                reason=outcome.reason,
+                stderr="\n".join(outcome.stderr_tail) or None,
+            )
+        log.info("trial %s ended: %s", run.trial.hex()[:12], run.outcome or outcome.status)
+
+    async def end(self, trial: bytes, outcome: str, reason: str) -> None:
+        """Stop a running trial of this peer, recording ``outcome`` (frozen, killed, ...)."""
+        for run in list(self.running.values()):
+            if run.trial == trial and run.process is not None and run.outcome is None:
+                run.outcome, run.reason = outcome, reason
+                run.process.request_stop()
+
+    async def interrupt_all(self, reason: str) -> None:
+        runs = list(self.running.values())
+        for run in runs:
+            if run.process is not None and run.outcome is None:
+                run.outcome, run.reason = "interrupted", reason
+                run.process.request_stop()
+        tasks = [r.task for r in runs if r.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=3 * self.config.timing.stop_grace + 5)
+
+    async def monitor(self) -> None:
+        """Early stopping for this peer's own running trials (see metaopt.freezethaw)."""
+        return None
+
+
+class _MissingBlob(Exception):
+    pass
+
+
+def _link_tree(src: Path, dest: Path) -> None:
+    """A per-trial copy of the code as hard links (cheap), falling back to copies."""
+    for path in src.rglob("*"):
+        target = dest / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+    dest.mkdir(parents=True, exist_ok=True)

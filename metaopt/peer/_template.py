@@ -1,0 +1,146 @@
+"""The command line as a template: which words are priors, and the argv a trial runs.
+
+A word is a prior when what follows its ``~`` looks like a call, ``name(...)``:
+
+====================  =========  ===========================
+word                  name       renders as
+====================  =========  ===========================
+``--lr~'uniform(…)'``  ``lr``     ``--lr`` ``0.01`` (2 words)
+``--lr=~'uniform(…)'`` ``lr``     ``--lr=0.01``
+``-l~'uniform(…)'``    ``l``      ``-l`` ``0.01``
+``~'uniform(…)'``      ``argN``   ``0.01`` (N counts unnamed positional priors from 0)
+``~lr~'uniform(…)'``   ``lr``     ``0.01``
+====================  =========  ===========================
+
+Any other word is literal, so ``~/data`` or ``--out=~/runs`` stay as typed. Floats render as
+their shortest round-trip text (``1e-05``), ints and strings as themselves.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from metaopt._errors import MetaoptError, SpaceError
+
+__all__ = ["CommandTemplate", "Placeholder", "format_value", "parse_template", "render"]
+
+_CALL = re.compile(r"[A-Za-z_]\w*\s*\(.*\)\s*", re.DOTALL)
+_OPTION = re.compile(r"(--?)([A-Za-z_][A-Za-z0-9_.-]*)(=?)~(.+)", re.DOTALL)
+_NAMED = re.compile(r"~([A-Za-z_][A-Za-z0-9_.-]*)~(.+)", re.DOTALL)
+
+Style = Literal["separate", "equals", "positional"]
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    """One prior in the template: where its value goes and how it is written."""
+
+    name: str
+    prior: str
+    style: Style
+    flag: str = ""  # the option as typed, e.g. "--lr"; empty for positional priors
+
+
+@dataclass(frozen=True)
+class CommandTemplate:
+    """A parsed command line: literal words and placeholders, in order."""
+
+    words: tuple[str, ...]
+    parts: tuple[str | Placeholder, ...]
+
+    @property
+    def priors(self) -> dict[str, str]:
+        """Prior text by parameter name, in command-line order."""
+        return {p.name: p.prior for p in self.parts if isinstance(p, Placeholder)}
+
+    def render(self, params: Mapping[str, Any]) -> list[str]:
+        """The argv for one trial.
+
+        Raises:
+            MetaoptError: a placeholder has no value in ``params``.
+        """
+        return render(self, params)
+
+
+def parse_template(words: Sequence[str]) -> CommandTemplate:
+    """Find the priors in a command line.
+
+    Args:
+        words: the command as argv words, program first.
+
+    Returns:
+        The template; ``template.priors`` maps names to prior text for ``Space.from_dict``.
+
+    Raises:
+        SpaceError: two priors share a name, or a word is not a string.
+    """
+    parts: list[str | Placeholder] = []
+    seen: set[str] = set()
+    positional = 0
+    for word in words:
+        if not isinstance(word, str):
+            raise SpaceError(f"command word {word!r} is not a string")
+        part = _placeholder(word, positional)
+        if isinstance(part, Placeholder):
+            if part.name in seen:
+                raise SpaceError(
+                    f"parameter {part.name!r} appears twice in the command; rename one"
+                )
+            seen.add(part.name)
+            if part.style == "positional" and part.name == f"arg{positional}":
+                positional += 1
+        parts.append(part)
+    return CommandTemplate(tuple(words), tuple(parts))
+
+
+def render(template: CommandTemplate, params: Mapping[str, Any]) -> list[str]:
+    """The argv for one trial: each placeholder replaced by its value in ``params``."""
+    argv: list[str] = []
+    for part in template.parts:
+        if isinstance(part, str):
+            argv.append(part)
+            continue
+        if part.name not in params:
+            raise MetaoptError(
+                f"the command needs parameter {part.name!r} but the trial has none; "
+                "the space and the command disagree"
+            )
+        value = format_value(params[part.name])
+        if part.style == "separate":
+            argv += [part.flag, value]
+        elif part.style == "equals":
+            argv.append(f"{part.flag}={value}")
+        else:
+            argv.append(value)
+    return argv
+
+
+def format_value(value: Any) -> str:
+    """A parameter value as one command-line word."""
+    if isinstance(value, (bool, str)):
+        return str(value)
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        return repr(float(value))  # float() because numpy's float64 repr names its type
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item):
+        return format_value(item())
+    return str(value)
+
+
+def _placeholder(word: str, positional: int) -> str | Placeholder:
+    option = _OPTION.fullmatch(word)
+    if option is not None and _CALL.fullmatch(option.group(4)):
+        dashes, name, equals, prior = option.groups()
+        style: Style = "equals" if equals else "separate"
+        return Placeholder(name, prior.strip(), style, dashes + name)
+    named = _NAMED.fullmatch(word)
+    if named is not None and _CALL.fullmatch(named.group(2)):
+        return Placeholder(named.group(1), named.group(2).strip(), "positional")
+    if word.startswith("~") and _CALL.fullmatch(word[1:]):
+        return Placeholder(f"arg{positional}", word[1:].strip(), "positional")
+    return word

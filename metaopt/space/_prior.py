@@ -1,0 +1,467 @@
+"""Oríon-style prior strings parsed safely (``ast``, literals only) into one-coordinate dimensions.
+
+Grammar: ``uniform(a, b)``, ``loguniform(a, b)``, ``normal(mu, sigma)`` (alias ``gaussian``),
+``randint(a, b)`` (b exclusive, as scipy and Oríon), ``choices([...])``, ``choices(x, y, ...)``,
+``choices({value: weight, ...})`` and ``fidelity(low, high, base=2)``. Keyword options:
+``discrete=True`` (uniform, loguniform, normal: integer values; ``uniform(a, b, discrete=True)``
+includes b), ``precision=`` (significant digits of a real value) and ``default_value=``.
+
+Every search dimension is ONE unit-cube coordinate. Reals are linear in the prior's natural scale
+(log for loguniform, the normal CDF for normal, so the cube is uniform under the prior); integers
+and categoricals of k values own k equal cells and snap to the cell centres.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy.special import ndtr, ndtri
+
+from metaopt._errors import SpaceError
+
+__all__ = ["Dimension", "parse_prior"]
+
+FloatArray = npt.NDArray[np.float64]
+
+_PRIORS = ("uniform", "loguniform", "normal", "randint", "choices", "fidelity")
+_ALIASES = {"gaussian": "normal"}
+_OPTIONS = {
+    "uniform": ("discrete", "precision", "default_value"),
+    "loguniform": ("discrete", "precision", "default_value"),
+    "normal": ("discrete", "precision", "default_value"),
+    "randint": ("default_value",),
+    "choices": ("default_value",),
+    "fidelity": ("base",),
+}
+# The normal CDF is clipped so that the cube's faces map to finite values (about ±7 sigma).
+_CDF_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One parsed prior: the parameter's name, the prior's kind and its validated arguments.
+
+    ``args`` holds (low, high) for uniform/loguniform/randint/fidelity and (mu, sigma) for normal;
+    ``choices``/``weights`` describe a categorical; ``base`` belongs to fidelity only.
+    """
+
+    name: str
+    prior: str
+    args: tuple[float, ...] = ()
+    choices: tuple[Any, ...] = ()
+    weights: tuple[float, ...] = ()
+    discrete: bool = False
+    precision: int | None = None
+    has_default: bool = False
+    default_value: Any = None
+    base: float = 2.0
+
+    @property
+    def kind(self) -> str:
+        """``real``, ``int``, ``cat`` or ``fidelity``."""
+        if self.prior == "fidelity":
+            return "fidelity"
+        if self.prior == "choices":
+            return "cat"
+        if self.prior == "randint" or self.discrete:
+            return "int"
+        return "real"
+
+    @property
+    def low(self) -> float:
+        """First numeric argument: low (mu for normal); 0 for choices."""
+        return self.args[0] if self.args else 0.0
+
+    @property
+    def high(self) -> float:
+        """Second numeric argument: high (sigma for normal; exclusive for randint)."""
+        return self.args[1] if self.args else float(len(self.choices))
+
+    @property
+    def int_bounds(self) -> tuple[int, int] | None:
+        """Inclusive integer range of an integer dimension with finite bounds, else None."""
+        if self.prior == "randint":
+            return int(self.args[0]), int(self.args[1]) - 1
+        if self.discrete and self.prior in ("uniform", "loguniform"):
+            return math.ceil(self.args[0]), math.floor(self.args[1])
+        return None
+
+    @property
+    def n_values(self) -> int | None:
+        """How many distinct values the dimension holds; None when unbounded or real."""
+        if self.prior == "choices":
+            return len(self.choices)
+        bounds = self.int_bounds
+        return None if bounds is None else bounds[1] - bounds[0] + 1
+
+    @property
+    def rungs(self) -> tuple[float, ...]:
+        """Fidelity budgets low, low*base, ... up to and including high."""
+        if self.prior != "fidelity":
+            raise SpaceError(f"{self.name}: rungs are defined for fidelity(...) only")
+        low, high = self.args
+        out = [low]
+        while out[-1] * self.base < high * (1 - 1e-12):
+            out.append(out[-1] * self.base)
+        if out[-1] < high:
+            out.append(high)
+        return tuple(out)
+
+    # -- unit cube ---------------------------------------------------------------------------
+
+    def decode(self, u: FloatArray) -> FloatArray:
+        """Unit coordinates (n,) -> numeric values (n,); a categorical's value is its index."""
+        u = np.clip(np.asarray(u, dtype=np.float64), 0.0, 1.0)
+        n_cells = self._cells()
+        if n_cells is not None:
+            lo = self._cell_origin()
+            return lo + np.minimum(np.floor(u * n_cells), n_cells - 1)
+        if self.prior == "uniform":
+            low, high = self.args
+            v = low + u * (high - low)
+        elif self.prior == "loguniform":
+            low, high = self._log_range()
+            v = np.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+        elif self.prior == "normal":
+            mu, sigma = self.args
+            v = mu + sigma * ndtri(np.clip(u, _CDF_EPS, 1.0 - _CDF_EPS))
+        else:
+            raise SpaceError(f"{self.name}: {self.prior} is not a search dimension")
+        return self._snap(np.asarray(v, dtype=np.float64))
+
+    def encode(self, v: FloatArray) -> FloatArray:
+        """Numeric values (n,) -> unit coordinates (n,); inverse of ``decode`` on its image."""
+        v = np.asarray(v, dtype=np.float64)
+        n_cells = self._cells()
+        if n_cells is not None:
+            return (v - self._cell_origin() + 0.5) / n_cells
+        if self.prior == "uniform":
+            low, high = self.args
+            u = (v - low) / (high - low)
+        elif self.prior == "loguniform":
+            low, high = self._log_range()
+            u = (np.log(v) - math.log(low)) / (math.log(high) - math.log(low))
+        elif self.prior == "normal":
+            mu, sigma = self.args
+            u = ndtr((v - mu) / sigma)
+        else:
+            raise SpaceError(f"{self.name}: {self.prior} is not a search dimension")
+        return np.asarray(np.clip(u, 0.0, 1.0), dtype=np.float64)
+
+    def round(self, u: FloatArray) -> FloatArray:
+        """Snap unit coordinates (n,) to representable values; idempotent."""
+        u = np.clip(np.asarray(u, dtype=np.float64), 0.0, 1.0)
+        if self.kind == "real" and self.precision is None:
+            return u
+        return self.encode(self.decode(u))
+
+    def sample_unit(self, rng: np.random.Generator, n: int) -> FloatArray:
+        """n rounded unit coordinates (n,) distributed as the prior."""
+        if self.prior == "choices" and self.weights:
+            p = np.asarray(self.weights, dtype=np.float64)
+            idx = rng.choice(len(self.choices), size=n, p=p / p.sum())
+            return (idx + 0.5) / len(self.choices)
+        return self.round(rng.random(n))
+
+    def to_python(self, x: float) -> Any:
+        """A decoded numeric value -> the plain Python value a trial receives."""
+        if self.prior == "choices":
+            return self.choices[int(x)]
+        if self.kind == "int":
+            return round(x)
+        return float(x)
+
+    def from_python(self, value: Any) -> float:
+        """A trial's value -> its numeric value; raises SpaceError if outside the dimension."""
+        if self.prior == "choices":
+            for i, c in enumerate(self.choices):
+                if type(c) is type(value) and c == value:
+                    return float(i)
+            for i, c in enumerate(self.choices):
+                if c == value and not isinstance(value, bool) and not isinstance(c, bool):
+                    return float(i)
+            raise SpaceError(f"{self.name}: {value!r} is not one of {list(self.choices)!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+            raise SpaceError(
+                f"{self.name}: expected a number for {self.to_string()}, got {value!r}"
+            )
+        x = float(value)
+        if not math.isfinite(x):
+            raise SpaceError(f"{self.name}: {value!r} is not finite")
+        if self.kind == "int" and x != round(x):
+            raise SpaceError(
+                f"{self.name}: expected an integer for {self.to_string()}, got {value!r}"
+            )
+        if not self._contains(x):
+            raise SpaceError(f"{self.name}: {value!r} is outside {self.to_string()}")
+        return x
+
+    def to_string(self) -> str:
+        """Canonical prior text; ``parse_prior(name, d.to_string()) == d``."""
+        if self.prior == "choices":
+            if self.weights:
+                body = (
+                    "{"
+                    + ", ".join(
+                        f"{c!r}: {w!r}" for c, w in zip(self.choices, self.weights, strict=True)
+                    )
+                    + "}"
+                )
+            else:
+                body = repr(list(self.choices))
+            parts = [body]
+        else:
+            parts = [repr(a) for a in self.args]
+        if self.prior == "fidelity":
+            parts.append(f"base={self.base!r}")
+        if self.discrete:
+            parts.append("discrete=True")
+        if self.precision is not None:
+            parts.append(f"precision={self.precision!r}")
+        if self.has_default:
+            parts.append(f"default_value={self.default_value!r}")
+        return f"{self.prior}({', '.join(parts)})"
+
+    def _cells(self) -> int | None:
+        if self.prior in ("choices", "randint") or (self.prior == "uniform" and self.discrete):
+            return self.n_values
+        return None
+
+    def _log_range(self) -> tuple[float, float]:
+        bounds = self.int_bounds
+        if bounds is None:
+            return self.args[0], self.args[1]
+        # Widened by half a step so that the end integers get their full share of the log scale.
+        return bounds[0] - 0.5, bounds[1] + 0.5
+
+    def _cell_origin(self) -> float:
+        bounds = self.int_bounds
+        return 0.0 if bounds is None else float(bounds[0])
+
+    def _snap(self, v: FloatArray) -> FloatArray:
+        bounds = self.int_bounds
+        if bounds is not None:
+            return np.clip(np.round(v), bounds[0], bounds[1])
+        if self.kind == "int":
+            return np.round(v)
+        if self.precision is not None:
+            v = _round_significant(v, self.precision)
+        if self.prior != "normal":
+            # Round-off of exp/log may step a hair outside the bounds a user wrote.
+            v = np.clip(v, self.args[0], self.args[1])
+        return v
+
+    def _contains(self, x: float) -> bool:
+        bounds = self.int_bounds
+        if bounds is not None:
+            return bounds[0] <= x <= bounds[1]
+        if self.prior in ("uniform", "loguniform"):
+            low, high = self.args
+            slack = 1e-12 * max(abs(low), abs(high))
+            return low - slack <= x <= high + slack
+        return True
+
+
+def _round_significant(v: FloatArray, digits: int) -> FloatArray:
+    out = np.array(v, dtype=np.float64)
+    nz = out != 0
+    mag = np.floor(np.log10(np.abs(out[nz])))
+    factor = 10.0 ** (digits - 1 - mag)
+    out[nz] = np.round(out[nz] * factor) / factor
+    return out
+
+
+class _Bad(Exception):
+    """Internal: what was expected, turned into one SpaceError line by parse_prior."""
+
+
+def parse_prior(name: str, text: str) -> Dimension:
+    """Parse an Oríon-style prior such as ``loguniform(1e-5, 1)`` for parameter ``name``.
+
+    Args:
+        name: the parameter's name, quoted in every error.
+        text: the prior; a leading ``~`` (command-line form) is ignored.
+
+    Returns:
+        The validated Dimension.
+
+    Raises:
+        SpaceError: one line naming the parameter, the text and what was expected.
+    """
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise SpaceError(
+            f"{name!r}: a parameter name must be a non-empty string without surrounding spaces"
+        )
+    if not isinstance(text, str):
+        raise SpaceError(f"{name}: expected a prior string such as 'uniform(0, 1)', got {text!r}")
+    try:
+        return _parse(name, text)
+    except _Bad as exc:
+        raise SpaceError(f"{name}: cannot parse {text!r}: {exc}") from None
+
+
+def _parse(name: str, text: str) -> Dimension:
+    src = text.strip()
+    if src.startswith("~"):
+        src = src[1:].strip()
+    try:
+        tree = ast.parse(src, mode="eval")
+    except SyntaxError:
+        raise _Bad(f"expected one of {', '.join(_PRIORS)} called with literal arguments") from None
+    call = tree.body
+    if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
+        raise _Bad(f"expected a call such as uniform(0, 1); priors are {', '.join(_PRIORS)}")
+    prior = _ALIASES.get(call.func.id, call.func.id)
+    if prior not in _PRIORS:
+        raise _Bad(f"unknown prior {call.func.id!r}; expected one of {', '.join(_PRIORS)}")
+    args = [_literal(node, f"argument {i + 1}") for i, node in enumerate(call.args)]
+    kwargs: dict[str, Any] = {}
+    for kw in call.keywords:
+        if kw.arg is None:
+            raise _Bad("**kwargs are not allowed; write each option as name=value")
+        if kw.arg not in _OPTIONS[prior]:
+            allowed = ", ".join(_OPTIONS[prior]) or "none"
+            raise _Bad(f"{prior} takes no option {kw.arg!r} (options: {allowed})")
+        kwargs[kw.arg] = _literal(kw.value, kw.arg)
+    if prior == "choices":
+        dim = _choices(name, args)
+    elif prior == "fidelity":
+        dim = _fidelity(name, args, kwargs)
+    else:
+        dim = _numeric(name, prior, args, kwargs)
+    if "default_value" in kwargs:
+        dim = _with_default(dim, kwargs["default_value"])
+    return dim
+
+
+def _literal(node: ast.expr, what: str) -> Any:
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise _Bad(f"{what} must be a literal (number, string, list or dict)") from None
+
+
+def _number(x: Any, what: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+        raise _Bad(f"{what} must be a finite number, got {x!r}")
+    return float(x)
+
+
+def _integer(x: Any, what: str) -> int:
+    v = _number(x, what)
+    if v != round(v):
+        raise _Bad(f"{what} must be an integer, got {x!r}")
+    return int(v)
+
+
+def _numeric(name: str, prior: str, args: list[Any], kwargs: dict[str, Any]) -> Dimension:
+    if len(args) != 2:
+        names = "(mu, sigma)" if prior == "normal" else "(low, high)"
+        raise _Bad(f"{prior} needs exactly two arguments {names}, got {len(args)}")
+    discrete = kwargs.get("discrete", False)
+    if not isinstance(discrete, bool):
+        raise _Bad(f"discrete must be True or False, got {discrete!r}")
+    precision = kwargs.get("precision")
+    if precision is not None:
+        if (
+            isinstance(precision, bool)
+            or not isinstance(precision, int)
+            or not 1 <= precision <= 15
+        ):
+            raise _Bad(
+                f"precision must be a number of significant digits in 1..15, got {precision!r}"
+            )
+        if discrete:
+            raise _Bad("precision applies to real values only, not with discrete=True")
+    if prior == "randint":
+        low, high = _integer(args[0], "low"), _integer(args[1], "high")
+        if not low < high:
+            raise _Bad("randint needs integers low < high (high is exclusive)")
+        return Dimension(name, prior, (low, high))
+    a, b = _number(args[0], _arg_name(prior, 0)), _number(args[1], _arg_name(prior, 1))
+    if prior == "uniform" and not a < b:
+        raise _Bad("uniform needs low < high")
+    if prior == "loguniform" and not 0 < a < b:
+        raise _Bad("loguniform needs 0 < low < high")
+    if prior == "normal" and not b > 0:
+        raise _Bad("normal needs sigma > 0")
+    if discrete and prior != "normal" and math.ceil(a) > math.floor(b):
+        raise _Bad(f"{prior} with discrete=True needs an integer between low and high")
+    return Dimension(name, prior, (a, b), discrete=discrete, precision=precision)
+
+
+def _arg_name(prior: str, i: int) -> str:
+    """The name of a numeric prior's i-th argument, for messages."""
+    return ("mu", "sigma")[i] if prior == "normal" else ("low", "high")[i]
+
+
+def _hashable_literal(x: Any) -> bool:
+    if isinstance(x, float):
+        return math.isfinite(x)
+    return x is None or isinstance(x, str | int | bool)
+
+
+def _choices(name: str, args: list[Any]) -> Dimension:
+    weights: tuple[float, ...] = ()
+    if len(args) == 1 and isinstance(args[0], list | tuple):
+        values = tuple(args[0])
+    elif len(args) == 1 and isinstance(args[0], dict):
+        values = tuple(args[0].keys())
+        weights = tuple(_number(w, f"weight of {k!r}") for k, w in args[0].items())
+        if any(w <= 0 for w in weights):
+            raise _Bad("choices weights must be positive numbers")
+    elif len(args) >= 2:
+        values = tuple(args)
+    else:
+        raise _Bad("choices needs a list [a, b, ...] or a dict {value: weight, ...}")
+    if not values:
+        raise _Bad("choices needs at least one value")
+    if not all(_hashable_literal(v) for v in values):
+        raise _Bad("choices values must be strings, numbers, booleans or None")
+    for i, v in enumerate(values):
+        if any(type(v) is type(w) and v == w for w in values[:i]):
+            raise _Bad(f"choices values must be distinct; {v!r} repeats")
+    return Dimension(name, "choices", choices=values, weights=weights)
+
+
+def _fidelity(name: str, args: list[Any], kwargs: dict[str, Any]) -> Dimension:
+    if len(args) != 2:
+        raise _Bad(f"fidelity needs (low, high) and optionally base=, got {len(args)} arguments")
+    low, high = _number(args[0], "low"), _number(args[1], "high")
+    base = _number(kwargs.get("base", 2), "base")
+    if not 0 < low < high:
+        raise _Bad("fidelity needs 0 < low < high")
+    if not base > 1:
+        raise _Bad("fidelity needs base > 1")
+    keep = tuple(int(x) if x == round(x) else x for x in (low, high))
+    return Dimension(name, "fidelity", keep, base=float(base))
+
+
+def _with_default(dim: Dimension, value: Any) -> Dimension:
+    try:
+        x = dim.from_python(value)
+    except SpaceError:
+        raise _Bad(f"default_value {value!r} is not a value of this prior") from None
+    if dim.prior == "choices":
+        value = dim.choices[int(x)]
+    elif dim.kind == "int":
+        value = int(x)
+    else:
+        value = float(x)
+    return Dimension(
+        dim.name,
+        dim.prior,
+        dim.args,
+        dim.choices,
+        dim.weights,
+        dim.discrete,
+        dim.precision,
+        has_default=True,
+        default_value=value,
+        base=dim.base,
+    )

@@ -1,0 +1,290 @@
+"""What a training script imports: report results, read its parameters, honour stop requests.
+
+The peer talks to a trial through its environment only, so any language can take part:
+
+==========================  ====================================================================
+``METAOPT_TRIAL_ID``        the trial's id (hex)
+``METAOPT_PARAMS``          the trial's parameters as one JSON object
+``METAOPT_TRIAL_DIR``       a directory that belongs to this trial alone
+``METAOPT_DATA_DIR``        the peer's data directory
+``METAOPT_CHECKPOINT_DIR``  where to save checkpoints; the same directory again after a thaw
+``METAOPT_STOP_FILE``       a path; once a file exists there, save a checkpoint and exit
+``METAOPT_RESUME_STEP``     set on a thaw: the last step reported before the freeze
+==========================  ====================================================================
+
+Results go to stdout as one line each, ``METAOPT {"loss": 0.12, "step": 3}``. A metric name is
+1–64 characters of letters, digits, ``_ . / -`` starting with a letter or ``_``; a value is a
+finite number or a string of at most 256 characters (booleans, NaN and infinities are refused);
+``step``, when given, is an integer ≥ 0 (a whole float such as 3.0 is read as 3). A stop
+request is the stop file; if the trial has not exited ``grace`` seconds later the peer sends
+SIGTERM to its process group, and SIGKILL after another ``grace``.
+
+With no peer (no ``METAOPT_PARAMS``) the script still runs by hand: :func:`params` reads
+``--name value`` / ``--name=value`` from ``sys.argv`` and :func:`report` still prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from metaopt._errors import WorkerError
+
+__all__ = [
+    "ENV_CHECKPOINT_DIR",
+    "ENV_DATA_DIR",
+    "ENV_PARAMS",
+    "ENV_RESUME_STEP",
+    "ENV_STOP_FILE",
+    "ENV_TRIAL_DIR",
+    "ENV_TRIAL_ID",
+    "REPORT_PREFIX",
+    "MetricValue",
+    "check_metric",
+    "checkpoint_dir",
+    "data_dir",
+    "params",
+    "report",
+    "resume_step",
+    "should_stop",
+    "trial_dir",
+    "trial_id",
+]
+
+ENV_TRIAL_ID = "METAOPT_TRIAL_ID"
+ENV_PARAMS = "METAOPT_PARAMS"
+ENV_TRIAL_DIR = "METAOPT_TRIAL_DIR"
+ENV_DATA_DIR = "METAOPT_DATA_DIR"
+ENV_CHECKPOINT_DIR = "METAOPT_CHECKPOINT_DIR"
+ENV_STOP_FILE = "METAOPT_STOP_FILE"
+ENV_RESUME_STEP = "METAOPT_RESUME_STEP"
+REPORT_PREFIX = "METAOPT "
+
+MetricValue = int | float | str
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]{0,63}")
+_MAX_STR = 256
+_MAX_METRICS = 64
+_INT_LIMIT = 2**63
+_INT_TEXT = re.compile(r"[+-]?\d+")
+_OPTION = re.compile(r"--([A-Za-z_][A-Za-z0-9_.-]*)(?:=(.*))?", re.DOTALL)
+
+# The process's own parameters, parsed once; keyed by their source so a changed environment
+# (tests, or a script that edits os.environ) is re-read rather than served stale.
+_params_cache: tuple[tuple[str | None, tuple[str, ...]], dict[str, Any]] | None = None
+
+
+def check_metric(name: object, value: object) -> MetricValue:
+    """The value as it will be reported, or WorkerError saying why it cannot be."""
+    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+        raise WorkerError(
+            f"metric name {name!r} is not allowed; use 1-64 letters, digits or _./- "
+            "starting with a letter or _"
+        )
+    if isinstance(value, bool):
+        raise WorkerError(f"metric {name!r} is a bool; report 0 or 1 instead")
+    if isinstance(value, numbers.Integral):
+        number = int(value)
+        if not -_INT_LIMIT < number < _INT_LIMIT:
+            raise WorkerError(f"metric {name!r} = {number} does not fit in 64 bits")
+        if name == "step" and number < 0:
+            raise WorkerError(f"step must be an integer >= 0, got {number}")
+        return number
+    if name == "step":
+        # Languages without an integer type print 3.0 for 3; only a whole step is a step.
+        whole = float(value) if isinstance(value, numbers.Real) else math.nan
+        if whole.is_integer() and whole >= 0:
+            return check_metric(name, int(whole))
+        raise WorkerError(f"step must be an integer >= 0, got {value!r}")
+    if isinstance(value, numbers.Real):
+        real = float(value)
+        if not math.isfinite(real):
+            raise WorkerError(f"metric {name!r} is {real}; report only finite numbers")
+        return real
+    if isinstance(value, str):
+        if len(value) > _MAX_STR:
+            raise WorkerError(f"metric {name!r} is a string over {_MAX_STR} characters")
+        return value
+    raise WorkerError(
+        f"metric {name!r} is a {type(value).__name__}; report a float, int or str "
+        "(e.g. loss.item())"
+    )
+
+
+def report(metrics: Mapping[str, object] | None = None, /, **kw: object) -> None:
+    """Print one ``METAOPT {json}`` line to stdout and flush it.
+
+    Args:
+        metrics: metrics whose names are not Python identifiers (``{"val/loss": 0.1}``).
+        **kw: more metrics, e.g. ``loss=0.12, step=3``.
+
+    Raises:
+        WorkerError: no metric, or a name or value outside the rule in the module docstring.
+    """
+    given: dict[str, object] = dict(metrics or {})
+    given.update(kw)
+    if not given:
+        raise WorkerError("report() needs at least one metric, e.g. report(loss=0.12, step=3)")
+    if len(given) > _MAX_METRICS:
+        raise WorkerError(f"report() got {len(given)} metrics; at most {_MAX_METRICS} per call")
+    clean = {name: check_metric(name, value) for name, value in given.items()}
+    line = REPORT_PREFIX + json.dumps(clean, separators=(",", ":"), allow_nan=False) + "\n"
+    sys.stdout.write(line)
+    sys.stdout.flush()
+
+
+def params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """This trial's parameters over ``defaults``.
+
+    Under a peer they come from ``METAOPT_PARAMS``. By hand they come from ``--name value`` and
+    ``--name=value`` in ``sys.argv`` (a bare ``--flag`` is True), with ``true``/``false``, ints
+    and finite floats recognised; a value whose default is a float, bool or str is read as one.
+
+    Args:
+        defaults: values for the names the trial or the command line do not set.
+
+    Returns:
+        A new dict each call.
+
+    Raises:
+        WorkerError: ``METAOPT_PARAMS`` is not a JSON object.
+    """
+    global _params_cache
+    source = (os.environ.get(ENV_PARAMS), tuple(sys.argv[1:]))
+    if _params_cache is None or _params_cache[0] != source:
+        parsed = _parse_env(source[0]) if source[0] is not None else _parse_argv(source[1])
+        _params_cache = (source, parsed)
+    found = _params_cache[1]
+    out = dict(defaults or {})
+    if source[0] is not None:
+        out.update(found)
+        return out
+    for name, raw in found.items():
+        out[name] = _like(out[name], raw) if name in out else _infer(raw)
+    return out
+
+
+def should_stop() -> bool:
+    """Whether the peer asked this trial to save a checkpoint and exit (False with no peer)."""
+    path = os.environ.get(ENV_STOP_FILE)
+    return bool(path) and os.path.exists(path)  # type: ignore[arg-type]
+
+
+def checkpoint_dir() -> Path:
+    """The directory to save and load checkpoints in, created if missing.
+
+    ``METAOPT_CHECKPOINT_DIR`` under a peer; ``./metaopt-checkpoint`` when run by hand.
+    """
+    path = Path(os.environ.get(ENV_CHECKPOINT_DIR) or "metaopt-checkpoint")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resume_step() -> int | None:
+    """The step to resume after (``METAOPT_RESUME_STEP``), or None when this is a fresh start.
+
+    Raises:
+        WorkerError: the variable is set but is not an integer >= 0.
+    """
+    text = os.environ.get(ENV_RESUME_STEP, "").strip()
+    if not text:
+        return None
+    if not text.isdigit():
+        raise WorkerError(f"{ENV_RESUME_STEP}={text!r} is not an integer >= 0; unset it")
+    return int(text)
+
+
+def trial_id() -> str | None:
+    """This trial's id, or None when run by hand."""
+    return os.environ.get(ENV_TRIAL_ID) or None
+
+
+def trial_dir() -> Path | None:
+    """The directory that belongs to this trial alone, or None when run by hand."""
+    path = os.environ.get(ENV_TRIAL_DIR)
+    return Path(path) if path else None
+
+
+def data_dir() -> Path | None:
+    """The peer's data directory, or None when run by hand."""
+    path = os.environ.get(ENV_DATA_DIR)
+    return Path(path) if path else None
+
+
+def _parse_env(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise WorkerError(
+            f"{ENV_PARAMS} is not valid JSON ({exc}); the peer sets it, unset it to run by hand"
+        ) from None
+    if not isinstance(value, dict):
+        raise WorkerError(f"{ENV_PARAMS} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _parse_argv(argv: tuple[str, ...]) -> dict[str, str | bool]:
+    """Raw option values by name; True for a bare flag."""
+    out: dict[str, str | bool] = {}
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        i += 1
+        if word == "--":
+            break
+        match = _OPTION.fullmatch(word)
+        if match is None:
+            continue
+        name, text = match.group(1), match.group(2)
+        if text is None:
+            if i < len(argv) and (not argv[i].startswith("-") or _is_number(argv[i])):
+                text = argv[i]
+                i += 1
+            else:
+                out[name] = True
+                continue
+        out[name] = text
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _infer(raw: str | bool) -> Any:
+    if isinstance(raw, bool):
+        return raw
+    text = raw.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if _INT_TEXT.fullmatch(text):
+        return int(text)
+    if _is_number(text):
+        return float(text)
+    return raw
+
+
+def _like(default: Any, raw: str | bool) -> Any:
+    """``raw`` read as the type of ``default`` where that is unambiguous, else inferred."""
+    if isinstance(raw, bool) or isinstance(default, bool):
+        text = str(raw).strip().lower()
+        if text in ("1", "yes", "on", "true"):
+            return True
+        if text in ("0", "no", "off", "false"):
+            return False
+        return _infer(raw)
+    if isinstance(default, str):
+        return raw
+    if isinstance(default, float) and _is_number(raw):
+        return float(raw)
+    return _infer(raw)

@@ -1,0 +1,1 @@
+"""Simulations and benchmarks, each runnable as ``python -m simulations.NAME``."""

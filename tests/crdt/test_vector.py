@@ -1,0 +1,125 @@
+"""SeqSet and VersionVector agree with a plain Python set model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crdt import SeqSet, VersionVector
+
+runs = st.lists(st.tuples(st.integers(1, 60), st.integers(0, 8)), max_size=25).map(
+    lambda pairs: [(lo, lo + n) for lo, n in pairs]
+)
+
+
+def model(pairs: list[tuple[int, int]]) -> set[int]:
+    return {n for lo, hi in pairs for n in range(lo, hi + 1)}
+
+
+def runs_of(numbers: set[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for n in sorted(numbers):
+        if out and out[-1][1] + 1 == n:
+            out[-1] = (out[-1][0], n)
+        else:
+            out.append((n, n))
+    return out
+
+
+@given(runs)
+def test_seqset_matches_set_model(pairs: list[tuple[int, int]]) -> None:
+    seqs = SeqSet()
+    held: set[int] = set()
+    for lo, hi in pairs:
+        added = seqs.add_run(lo, hi)
+        new = set(range(lo, hi + 1)) - held
+        assert added == len(new)
+        held |= new
+        assert seqs.runs() == runs_of(held)  # sorted, disjoint, non-adjacent
+    assert len(seqs) == len(held)
+    assert seqs.high == max(held, default=0)
+    for n in range(0, 75):
+        assert (n in seqs) == (n in held)
+    assert seqs == SeqSet(runs_of(held))
+
+
+@given(st.lists(st.integers(1, 80), max_size=60))
+def test_add_reports_newness(numbers: list[int]) -> None:
+    seqs = SeqSet()
+    held: set[int] = set()
+    for n in numbers:
+        assert seqs.add(n) == (n not in held)
+        held.add(n)
+    assert seqs.runs() == runs_of(held)
+
+
+@given(runs, runs)
+def test_missing_from_is_set_difference(
+    mine: list[tuple[int, int]], theirs: list[tuple[int, int]]
+) -> None:
+    a, b = SeqSet(mine), SeqSet(theirs)
+    assert list(a.missing_from(b)) == runs_of(model(mine) - model(theirs))
+
+
+origins = st.sampled_from([bytes([i]) * 16 for i in range(4)])
+vv_entries = st.lists(st.tuples(origins, st.integers(1, 40)), max_size=40)
+
+
+def build(entries: list[tuple[bytes, int]]) -> VersionVector:
+    vv = VersionVector()
+    for origin, seq in entries:
+        vv.add(origin, seq)
+    return vv
+
+
+@given(vv_entries, vv_entries)
+def test_version_vector_matches_model(
+    mine: list[tuple[bytes, int]], theirs: list[tuple[bytes, int]]
+) -> None:
+    a, b = build(mine), build(theirs)
+    for origin, seq in mine:
+        assert a.contains(origin, seq)
+    missing = {(o, n) for o, lo, hi in a.missing_from(b) for n in range(lo, hi + 1)}
+    assert missing == set(mine) - set(theirs)
+    assert a.origins() == sorted({o for o, _ in mine})
+    for origin in a.origins():
+        assert a.high(origin) == max(s for o, s in mine if o == origin)
+
+
+@given(vv_entries)
+def test_wire_round_trip(entries: list[tuple[bytes, int]]) -> None:
+    vv = build(entries)
+    wire = msgpack.unpackb(msgpack.packb(vv.to_wire()))
+    assert VersionVector.from_wire(wire) == vv
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        None,
+        b"x",
+        {"a": 1},
+        [1],
+        [[b"o"]],
+        [[b"o", [1]]],
+        [["o", [1, 2]]],
+        [[b"o", [0, 2]]],
+        [[b"o", [3, 2]]],
+        [[b"o", [1, True]]],
+        [[b"o", [1, 2.0]]],
+        [[b"o", [1, 2**63]]],
+        [[b"o", "runs"]],
+    ],
+)
+def test_from_wire_rejects_junk(junk: Any) -> None:
+    with pytest.raises(ValueError):
+        VersionVector.from_wire(junk)
+
+
+def test_from_wire_bounds_origins() -> None:
+    with pytest.raises(ValueError):
+        VersionVector.from_wire([[bytes([i]), [1, 1]] for i in range(5)], max_origins=4)

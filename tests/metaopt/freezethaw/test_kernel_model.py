@@ -1,0 +1,142 @@
+"""Laws of the freeze-thaw kernel and curve model."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from metaopt.freezethaw import CurveView, FreezeThawModel, exp_decay, matern52
+from metaopt.freezethaw._model import FreezeThawConfig, Hyper, _neg_mll, _prepare
+
+FloatArray = npt.NDArray[np.float64]
+
+times = arrays(np.float64, st.integers(1, 25), elements=st.floats(0.0, 50.0))
+
+
+@given(times, st.floats(0.05, 10.0), st.floats(1e-3, 10.0))
+def test_exp_decay_is_positive_semidefinite(t: FloatArray, alpha: float, beta: float) -> None:
+    K = exp_decay(t, t, alpha, beta)
+    assert np.allclose(K, K.T)
+    assert np.linalg.eigvalsh(K).min() >= -1e-9 * max(1.0, float(np.abs(K).max()))
+
+
+@given(times, times, st.floats(0.05, 10.0), st.floats(1e-3, 10.0), st.floats(0.1, 5.0))
+def test_exp_decay_matches_closed_form(
+    t1: FloatArray, t2: FloatArray, alpha: float, beta: float, amp: float
+) -> None:
+    K = exp_decay(t1, t2, alpha, beta, amp)
+    for i, a in enumerate(t1):
+        for j, b in enumerate(t2):
+            assert np.isclose(K[i, j], amp * beta**alpha / (a + b + beta) ** alpha, rtol=1e-9)
+
+
+def test_exp_decay_is_the_exponential_mixture() -> None:
+    # k(t, t') = ∫ e^{-λt} e^{-λt'} Gamma(λ; α, β) dλ, checked by quadrature.
+    from scipy import integrate, stats
+
+    alpha, beta, t, u = 1.7, 0.6, 0.3, 1.1
+    val, _ = integrate.quad(
+        lambda lam: np.exp(-lam * (t + u)) * stats.gamma.pdf(lam, alpha, scale=1 / beta), 0, np.inf
+    )
+    assert np.isclose(exp_decay(np.array([t]), np.array([u]), alpha, beta)[0, 0], val, rtol=1e-6)
+
+
+@given(arrays(np.float64, (12, 3), elements=st.floats(0.0, 1.0)))
+@settings(max_examples=30)
+def test_matern_is_positive_semidefinite(X: FloatArray) -> None:
+    K = matern52(X, X, np.array([0.3, 1.0, 2.0]), 1.5)
+    assert np.allclose(np.diag(K), 1.5)
+    assert np.linalg.eigvalsh(K).min() >= -1e-9
+
+
+def _curves(rng: np.random.Generator, n: int, T: int, noise: float) -> list[CurveView]:
+    out = []
+    for i in range(n):
+        x = rng.random(2)
+        Tn = int(rng.integers(2, T + 1))
+        s = np.arange(1, Tn + 1)
+        v = x.sum() + np.exp(-s / (3 + 10 * x[0])) + noise * rng.standard_normal(Tn)
+        out.append(CurveView(f"t{i:02d}", x, s, v, "running", T))
+    out.append(CurveView("odd", rng.random(2), np.array([2, 7, 9]), np.ones(3), "frozen", T))
+    out.append(CurveView("new", rng.random(2), np.zeros(0, np.int64), np.zeros(0), "running", T))
+    return out
+
+
+def test_block_inference_equals_dense_inference() -> None:
+    rng = np.random.default_rng(3)
+    curves = _curves(rng, 9, 12, 0.02)
+    fm = FreezeThawModel().fit(curves)
+    data, h = fm.data, fm.hyper
+    rows = [(i, t, y) for i in range(len(data.ids)) for t, y in zip(data.t[i], data.y[i])]
+    cid = np.array([r[0] for r in rows])
+    tt = np.array([r[1] for r in rows])
+    y = np.array([r[2] for r in rows])
+    O = (cid[:, None] == np.arange(len(data.ids))[None, :]).astype(float)
+    Kx = matern52(data.X, data.X, h.lengthscales, h.amp_x) + 1e-8 * np.eye(len(data.ids))
+    Kt = exp_decay(tt, tt, h.alpha, h.beta, h.amp_t) * (cid[:, None] == cid[None, :])
+    S = Kt + (h.noise + 1e-8) * np.eye(len(rows)) + O @ Kx @ O.T
+    r = y - h.mean
+    nll = 0.5 * (r @ np.linalg.solve(S, r) + np.linalg.slogdet(S)[1] + len(rows) * np.log(2 * np.pi))
+    assert np.isclose(nll, _neg_mll(data, np.arange(len(data.ids)), h, 1e-8), rtol=1e-8)
+    for i, tid in enumerate(data.ids):
+        ts = data.t_final[i]
+        kt = exp_decay(tt, np.array([ts]), h.alpha, h.beta, h.amp_t)[:, 0] * (cid == i)
+        ks = kt + O @ Kx[:, i]
+        kss = exp_decay(np.array([ts]), np.array([ts]), h.alpha, h.beta, h.amp_t)[0, 0] + Kx[i, i]
+        mean = data.centre + data.scale * (h.mean + ks @ np.linalg.solve(S, r))
+        var = data.scale**2 * (kss - ks @ np.linalg.solve(S, ks))
+        m, v = fm.predict(tid)
+        assert np.isclose(m, mean, rtol=1e-6, atol=1e-9)
+        assert np.isclose(v, var, rtol=1e-5, atol=1e-9)
+
+
+def test_noiseless_exponential_curves_recover_their_asymptotes() -> None:
+    rng = np.random.default_rng(0)
+    curves = []
+    asym = {}
+    for i in range(8):
+        x = rng.random(2)
+        a, b, lam = 0.5 + x[0], 1.0 + x[1], 0.15 + 0.1 * x[0]
+        s = np.arange(1, 41)
+        curves.append(CurveView(f"e{i}", x, s, a + b * np.exp(-lam * s), "running", 100))
+        asym[f"e{i}"] = a
+    fm = FreezeThawModel().fit(curves)
+    for tid, a in asym.items():
+        m, v = fm.asymptote(tid)
+        assert abs(m - a) < 0.03, (tid, m, a)
+        final, _ = fm.predict(tid)
+        assert abs(final - a) < 0.03
+
+
+def test_fit_ignores_input_order_and_is_deterministic() -> None:
+    rng = np.random.default_rng(5)
+    curves = _curves(rng, 10, 15, 0.05)
+    a = FreezeThawModel().fit(curves)
+    b = FreezeThawModel().fit(list(reversed(curves)))
+    assert np.array_equal(a.hyper.pack(), b.hyper.pack())
+    for tid in a.trial_ids:
+        assert a.predict(tid) == b.predict(tid)
+
+
+def test_prefix_grids_share_one_factorisation() -> None:
+    rng = np.random.default_rng(2)
+    curves = _curves(rng, 10, 15, 0.05)
+    data = _prepare(curves, FreezeThawConfig())
+    assert len(data.grids) == 2  # the 1..T prefixes and the one irregular curve
+
+
+def test_prob_beats_is_monotone_in_best() -> None:
+    rng = np.random.default_rng(4)
+    fm = FreezeThawModel().fit(_curves(rng, 8, 20, 0.02))
+    ps = [fm.prob_beats("t03", b) for b in np.linspace(-1.0, 4.0, 11)]
+    assert all(p <= q for p, q in zip(ps, ps[1:], strict=False))
+    assert ps[0] < 0.01 < 0.99 < ps[-1]
+
+
+def test_hyper_pack_round_trips() -> None:
+    h = Hyper(1.5, 0.2, 0.7, 1e-3, 2.0, -0.4, np.array([0.1, 3.0]))
+    h2 = Hyper.unpack(h.pack())
+    assert np.allclose(h2.pack(), h.pack())

@@ -1,0 +1,143 @@
+"""Laws of the early-stopping decisions: freeze-thaw, ASHA, median rule, none."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metaopt import MetaoptError
+from metaopt.freezethaw import (
+    Action,
+    AshaConfig,
+    CurveView,
+    FreezeThawPolicyConfig,
+    MedianConfig,
+    make_stopper,
+)
+
+NAMES = ("freeze-thaw", "asha", "median", "none")
+T = 30
+
+
+def _pool(seed: int, n: int = 14) -> list[CurveView]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        x = rng.random(2)
+        k = int(rng.integers(0, T + 1))
+        s = np.arange(1, k + 1)
+        v = 0.2 + x[0] + np.exp(-s / (2 + 8 * x[1])) + 0.01 * rng.standard_normal(k)
+        state = "completed" if k == T else ("frozen" if i % 5 == 0 and k else "running")
+        out.append(CurveView(f"t{i:02d}", x, s, v, state, T))  # type: ignore[arg-type]
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+@given(seed=st.integers(0, 10_000))
+@settings(max_examples=3, deadline=None)
+def test_decisions_are_deterministic_and_only_for_own_trials(name: str, seed: int) -> None:
+    curves = _pool(seed)
+    own = {c.trial_id for c in curves[::2]}
+    a = make_stopper(name).decide(curves, own, 1, np.random.default_rng(1))
+    b = make_stopper(name).decide(curves, own, 1, np.random.default_rng(1))
+    assert a == b
+    assert all(d.trial_id in own for d in a)
+    running = {c.trial_id for c in curves if c.trial_id in own and c.state == "running"}
+    decided = [d.trial_id for d in a if d.action is not Action.THAW]
+    assert running <= set(decided)
+    assert sum(d.action is Action.THAW for d in a) <= 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_trial_with_no_reports_is_never_stopped(name: str) -> None:
+    curves = [*_pool(3), CurveView("fresh", np.array([0.5, 0.5]), np.zeros(0, np.int64),
+                                   np.zeros(0), "running", T)]
+    for _ in range(3):
+        out = make_stopper(name).decide(curves, {"fresh"}, 0, np.random.default_rng(0))
+        assert [(d.trial_id, d.action) for d in out] == [("fresh", Action.CONTINUE)]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_thaw_without_free_slots(name: str) -> None:
+    curves = _pool(8, 20)
+    own = {c.trial_id for c in curves}
+    out = make_stopper(name).decide(curves, own, 0, np.random.default_rng(0))
+    assert not any(d.action is Action.THAW for d in out)
+
+
+def _flat(tid: str, level: float, k: int, x: float) -> CurveView:
+    s = np.arange(1, k + 1)
+    v = level + 0.5 * np.exp(-s / 3.0)
+    return CurveView(tid, np.array([x, x]), s, v, "running", T)
+
+
+def test_freeze_thaw_never_acts_before_min_steps() -> None:
+    best = CurveView("best", np.array([0.1, 0.1]), np.arange(1, T + 1), np.zeros(T), "completed", T)
+    cfg = FreezeThawPolicyConfig(min_steps=4, min_points=4)
+    bad = _flat("bad", 5.0, 3, 0.9)
+    out = make_stopper("freeze-thaw", cfg).decide([best, bad], {"bad"}, 0, np.random.default_rng(0))
+    assert out[0].action is Action.CONTINUE
+
+
+def test_freeze_thaw_freezes_a_hopeless_run_and_kills_a_diverged_one() -> None:
+    curves = [_flat(f"g{i}", 0.1 + 0.01 * i, T, 0.1 + 0.02 * i) for i in range(6)]
+    curves = [CurveView(c.trial_id, c.x, c.steps, c.values, "completed", T) for c in curves]
+    curves.append(_flat("hopeless", 3.0, 8, 0.9))
+    nan = _flat("nan", 0.5, 8, 0.5)
+    curves.append(CurveView("nan", nan.x, nan.steps, np.r_[nan.values[:-1], np.nan], "running", T))
+    out = make_stopper("freeze-thaw").decide(
+        curves, {"hopeless", "nan"}, 0, np.random.default_rng(0)
+    )
+    acts = {d.trial_id: d.action for d in out}
+    assert acts["hopeless"] in (Action.FREEZE, Action.KILL)
+    assert acts["nan"] is Action.KILL
+
+
+def test_freeze_thaw_spares_a_late_bloomer() -> None:
+    curves = [_flat(f"g{i}", 0.1 + 0.01 * i, T, 0.1 + 0.02 * i) for i in range(6)]
+    s = np.arange(1, 16)
+    # Flat at 1.0, then dropping faster and faster: nothing like a decaying exponential.
+    bloom = 1.0 - 0.002 * np.maximum(s - 5, 0) ** 2.2
+    curves.append(CurveView("bloom", np.array([0.9, 0.9]), s, bloom, "running", T))
+    # p_freeze above 1 would freeze anything, so only the guard can keep it running.
+    cfg = FreezeThawPolicyConfig(p_freeze=1.01)
+    out = make_stopper("freeze-thaw", cfg).decide(curves, {"bloom"}, 0, np.random.default_rng(0))
+    assert out[0].action is Action.CONTINUE
+    assert "late bloomer" in out[0].reason
+    decel = np.r_[bloom[:5], 1.0 - 0.3 * (1 - np.exp(-(s[5:] - 5) / 3.0))]
+    curves[-1] = CurveView("bloom", np.array([0.9, 0.9]), s, decel, "running", T)
+    out = make_stopper("freeze-thaw", cfg).decide(curves, {"bloom"}, 0, np.random.default_rng(0))
+    assert out[0].action is Action.FREEZE
+
+
+def test_asha_kills_outside_the_top_third_at_a_rung() -> None:
+    stopper = make_stopper("asha", AshaConfig(min_resource=3, reduction_factor=3))
+    good = [_flat(f"g{i}", 0.1 * i, 4, 0.5) for i in range(6)]
+    worse = _flat("w", 2.0, 3, 0.5)
+    out = stopper.decide([*good, worse], {"w", "g0"}, 0, np.random.default_rng(0))
+    acts = {d.trial_id: d.action for d in out}
+    assert acts == {"w": Action.KILL, "g0": Action.CONTINUE}
+
+
+def test_asha_rungs_follow_the_fidelity_prior() -> None:
+    assert AshaConfig.from_fidelity(1, 3).rungs(81) == [1, 3, 9, 27]
+    with pytest.raises(MetaoptError):
+        AshaConfig(reduction_factor=1)
+
+
+def test_median_rule_kills_below_median_after_warmup() -> None:
+    stopper = make_stopper("median", MedianConfig(n_warmup_steps=5, n_min_trials=3))
+    others = [_flat(f"o{i}", 0.1 * i, 10, 0.5) for i in range(5)]
+    out = stopper.decide([*others, _flat("w", 3.0, 6, 0.5)], {"w"}, 0, np.random.default_rng(0))
+    assert out[0].action is Action.KILL
+    early = stopper.decide([*others, _flat("e", 3.0, 4, 0.5)], {"e"}, 0, np.random.default_rng(0))
+    assert early[0].action is Action.CONTINUE
+
+
+def test_make_stopper_rejects_unknown_names_and_wrong_configs() -> None:
+    with pytest.raises(MetaoptError):
+        make_stopper("hyperband")  # type: ignore[arg-type]
+    with pytest.raises(MetaoptError):
+        make_stopper("asha", MedianConfig())

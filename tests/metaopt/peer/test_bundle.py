@@ -1,0 +1,204 @@
+"""Bundling a script's folder and materialising it elsewhere."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metaopt.peer._bundle import (
+    BundleError,
+    collect_bundle,
+    manifest_paths,
+    materialize_bundle,
+)
+
+
+def _tree(root: Path) -> dict[str, tuple[bytes, bool]]:
+    out = {}
+    for path in root.rglob("*"):
+        if path.is_file():
+            out[path.relative_to(root).as_posix()] = (
+                path.read_bytes(),
+                bool(path.stat().st_mode & 0o100),
+            )
+    return out
+
+
+def _folder(root: Path) -> None:
+    (root / "pkg").mkdir(parents=True)
+    (root / "train.py").write_text("print('hi')\n")
+    (root / "pkg" / "model.py").write_bytes(os.urandom(3000))
+    (root / "run.sh").write_text("#!/bin/sh\n")
+    (root / "run.sh").chmod(0o755)
+    for skipped in (".git", ".venv", "__pycache__", ".hidden"):
+        (root / skipped).mkdir()
+        (root / skipped / "x.py").write_text("skip")
+    (root / "pkg" / "m.pyc").write_bytes(b"\0")
+
+
+def test_a_plain_folder_round_trips(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _folder(src)
+    manifest, chunks = collect_bundle(src, chunk_bytes=1000)
+    assert manifest_paths(manifest) == ["pkg/model.py", "run.sh", "train.py"]
+    assert all(len(c) <= 1000 for c in chunks.values())
+    assert all(hashlib.blake2b(c, digest_size=32).digest() == k for k, c in chunks.items())
+    assert len(manifest["chunks"]) == 4
+    materialize_bundle(manifest, chunks, tmp_path / "dest")
+    expected = {k: v for k, v in _tree(src).items() if k in manifest_paths(manifest)}
+    assert _tree(tmp_path / "dest") == expected
+    assert expected["run.sh"][1] is True
+
+
+def test_the_same_folder_gives_the_same_bundle(tmp_path: Path) -> None:
+    _folder(tmp_path / "a")
+    assert collect_bundle(tmp_path / "a") == collect_bundle(tmp_path / "a")
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_in_a_git_work_tree_only_files_git_knows_go(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    src = repo / "exp"
+    _folder(src)
+    (src / "big.bin").write_bytes(b"x" * 100)
+    (repo / ".gitignore").write_text("*.bin\n")
+    (repo / "outside.py").write_text("not under exp")
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    subprocess.run(["git", "init", "-q", str(repo)], check=True, env=env)
+    subprocess.run(["git", "-C", str(repo), "add", "exp/train.py"], check=True, env=env)
+    manifest, _ = collect_bundle(src)
+    # Tracked, plus untracked but not ignored; never ignored files or files outside the folder.
+    paths = manifest_paths(manifest)
+    assert "train.py" in paths and "pkg/model.py" in paths and "run.sh" in paths
+    assert "big.bin" not in paths and "outside.py" not in paths
+
+
+def test_symlinks_inside_go_as_copies_and_outside_are_left_out(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.py").write_text("a")
+    (tmp_path / "secret").write_text("s")
+    (src / "link.py").symlink_to(src / "a.py")
+    (src / "out").symlink_to(tmp_path / "secret")
+    manifest, chunks = collect_bundle(src)
+    assert manifest_paths(manifest) == ["a.py", "link.py"]
+    materialize_bundle(manifest, chunks, tmp_path / "d")
+    assert not (tmp_path / "d" / "link.py").is_symlink()
+    assert (tmp_path / "d" / "link.py").read_text() == "a"
+
+
+def test_over_the_cap_is_a_one_line_error_naming_no_bundle(tmp_path: Path) -> None:
+    (tmp_path / "data.csv").write_bytes(b"1" * 5000)
+    (tmp_path / "train.py").write_text("x")
+    with pytest.raises(BundleError) as info:
+        collect_bundle(tmp_path, max_bytes=4096)
+    message = str(info.value)
+    assert "--no-bundle" in message and "data.csv" in message and "\n" not in message
+
+
+def test_not_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="not a folder"):
+        collect_bundle(tmp_path / "missing")
+
+
+def test_empty_folder_is_an_empty_bundle(tmp_path: Path) -> None:
+    manifest, chunks = collect_bundle(tmp_path)
+    assert manifest["files"] == [] and chunks == {}
+    materialize_bundle(manifest, chunks, tmp_path / "d")
+    assert list((tmp_path / "d").iterdir()) == []
+
+
+def _one_file(tmp_path: Path) -> tuple[dict[str, Any], dict[bytes, bytes]]:
+    src = tmp_path / "one"
+    src.mkdir()
+    (src / "f.py").write_text("content")
+    return collect_bundle(src)
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../up.py", "a/../../b", "a//b", "./a", ""])
+def test_unsafe_paths_are_refused(tmp_path: Path, path: str) -> None:
+    manifest, chunks = _one_file(tmp_path)
+    manifest["files"][0][0] = path
+    with pytest.raises(BundleError):
+        materialize_bundle(manifest, chunks, tmp_path / "d")
+    assert not (tmp_path / "up.py").exists()
+
+
+def test_corrupt_chunks_and_files_are_refused(tmp_path: Path) -> None:
+    manifest, chunks = _one_file(tmp_path)
+    key = manifest["chunks"][0]
+    with pytest.raises(BundleError, match="digest"):
+        materialize_bundle(manifest, {key: b"tampered"}, tmp_path / "d1")
+    manifest["files"][0][3] = b"\0" * 32
+    with pytest.raises(BundleError, match="digest"):
+        materialize_bundle(manifest, chunks, tmp_path / "d2")
+
+
+def test_missing_chunks_propagate_the_fetchers_error(tmp_path: Path) -> None:
+    manifest, _ = _one_file(tmp_path)
+
+    def fetch(digest: bytes) -> bytes:
+        raise LookupError(digest.hex())
+
+    with pytest.raises(LookupError):
+        materialize_bundle(manifest, fetch, tmp_path / "d")
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        None,
+        {},
+        {"version": 2},
+        {"version": 1, "files": "x", "chunks": []},
+        {"version": 1, "files": [["a", 0o777, 1, b"\0" * 32]], "chunks": []},
+        {"version": 1, "files": [["a", 0o644, -1, b"\0" * 32]], "chunks": []},
+        {"version": 1, "files": [], "chunks": ["nothex"]},
+    ],
+)
+def test_malformed_manifests_are_refused(tmp_path: Path, manifest: Any) -> None:
+    with pytest.raises(BundleError):
+        materialize_bundle(manifest, {}, tmp_path / "d")
+
+
+def test_a_non_empty_destination_is_refused(tmp_path: Path) -> None:
+    manifest, chunks = _one_file(tmp_path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_text("x")
+    with pytest.raises(BundleError, match="not empty"):
+        materialize_bundle(manifest, chunks, tmp_path / "d")
+
+
+_files = st.dictionaries(
+    st.lists(st.from_regex(r"[a-z]{1,6}", fullmatch=True), min_size=1, max_size=3).map("/".join),
+    st.binary(max_size=300),
+    max_size=6,
+)
+
+
+@settings(max_examples=25)
+@given(_files, st.integers(1, 257))
+def test_any_folder_round_trips(
+    tmp_path_factory: pytest.TempPathFactory, files: dict[str, bytes], chunk: int
+) -> None:
+    src = tmp_path_factory.mktemp("src")
+    written = {}
+    for rel, data in files.items():
+        path = src / rel
+        if any(p.is_file() for p in path.parents) or path.is_dir():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        written[rel] = data
+    manifest, chunks = collect_bundle(src, chunk_bytes=chunk)
+    dest = tmp_path_factory.mktemp("dest")
+    materialize_bundle(manifest, chunks, dest)
+    assert {k: v[0] for k, v in _tree(dest).items()} == written

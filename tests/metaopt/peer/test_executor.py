@@ -1,0 +1,339 @@
+"""Real child processes through the executor: reports, failures, stop escalation, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from metaopt.peer._executor import ExecutorConfig, TrialOutcome, TrialProcess, TrialSpec
+
+_REPO = str(Path(__file__).resolve().parents[3])
+_FAST = ExecutorConfig(heartbeat=30.0, grace=0.3, drain=5.0)
+
+Events = list[tuple[str, dict[str, Any]]]
+
+
+def _script(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "train.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def _spec(tmp_path: Path, script: Path, *args: str, **kw: Any) -> TrialSpec:
+    env = {"PYTHONPATH": _REPO, "METAOPT_STOP_FILE": str(tmp_path / "stop"), **kw.pop("env", {})}
+    return TrialSpec(
+        argv=[sys.executable, str(script), *args],
+        cwd=tmp_path,
+        log_path=tmp_path / "logs" / "output.log",
+        env=env,
+        stop_file=tmp_path / "stop",
+        config=kw.pop("config", _FAST),
+        **kw,
+    )
+
+
+async def _run(
+    spec: TrialSpec,
+    react: Callable[[TrialProcess, str, dict[str, Any]], None] | None = None,
+) -> tuple[TrialOutcome, Events]:
+    events: Events = []
+    holder: list[TrialProcess] = []
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        events.append((kind, data))
+        if react is not None:
+            react(holder[0], kind, data)
+
+    process = TrialProcess(spec, on_event, clock=lambda: 123.0)
+    holder.append(process)
+    outcome = await asyncio.wait_for(process.run(), 60)
+    return outcome, events
+
+
+def _kinds(events: Events) -> list[str]:
+    return [k for k, _ in events if k != "heartbeat"]
+
+
+EPOCHS = """
+    import sys
+    import metaopt.worker as w
+    for epoch in range(1, 4):
+        w.report(loss=1.0 / epoch, step=epoch)
+    print("done")
+    print("a warning", file=sys.stderr)
+"""
+
+
+@pytest.mark.asyncio
+async def test_per_epoch_reports_then_completed(tmp_path: Path) -> None:
+    outcome, events = await _run(_spec(tmp_path, _script(tmp_path, EPOCHS)))
+    assert _kinds(events) == ["started", "progress", "progress", "progress", "completed"]
+    assert isinstance(events[0][1]["pid"], int)
+    assert [d["step"] for k, d in events if k == "progress"] == [1, 2, 3]
+    assert all(d["time"] == 123.0 for _, d in events)
+    assert outcome.status == "completed" and outcome.exit_code == 0
+    assert outcome.objectives == {"loss": pytest.approx(1 / 3)}
+    assert outcome.stderr_tail == ("a warning",)
+    log = (tmp_path / "logs" / "output.log").read_text()
+    assert "done" in log and "a warning" in log and 'METAOPT {"loss":1.0,"step":1}' in log
+
+
+@pytest.mark.asyncio
+async def test_a_script_that_crashes_at_once_fails_with_its_stderr(tmp_path: Path) -> None:
+    script = _script(tmp_path, "import sys\nprint('bad config', file=sys.stderr)\nsys.exit(3)\n")
+    outcome, events = await _run(_spec(tmp_path, script))
+    assert _kinds(events) == ["started", "failed"]
+    assert outcome.status == "failed" and outcome.exit_code == 3
+    assert outcome.reason == "exited with code 3; last stderr: bad config"
+    assert events[-1][1]["stderr_tail"] == ["bad config"]
+
+
+@pytest.mark.asyncio
+async def test_an_exception_fails_with_the_traceback_tail(tmp_path: Path) -> None:
+    outcome, _ = await _run(_spec(tmp_path, _script(tmp_path, "raise ValueError('nope')\n")))
+    assert outcome.exit_code == 1
+    assert outcome.reason is not None and "ValueError: nope" in outcome.reason
+    assert any("Traceback" in line for line in outcome.stderr_tail)
+
+
+@pytest.mark.asyncio
+async def test_output_that_never_matches_the_regex_is_a_failure(tmp_path: Path) -> None:
+    script = _script(tmp_path, "print('loss is low')\nprint('bye')\n")
+    spec = _spec(tmp_path, script, objective_regex=r"accuracy = ([0-9.]+)", objectives=("acc",))
+    outcome, events = await _run(spec)
+    assert outcome.status == "failed" and outcome.exit_code == 0
+    assert outcome.reason is not None
+    assert outcome.reason.startswith("no objective reported: no numeric 'acc'")
+    assert "matched 0 times" in outcome.reason and "2 stdout lines" in outcome.reason
+    assert _kinds(events) == ["started", "failed"]
+
+
+@pytest.mark.asyncio
+async def test_an_unmodified_program_through_the_regex(tmp_path: Path) -> None:
+    script = _script(tmp_path, "for a in (0.5, 0.75, 0.7):\n    print(f'accuracy = {a}')\n")
+    spec = _spec(tmp_path, script, objective_regex=r"accuracy = ([0-9.]+)", objectives=("acc",))
+    outcome, events = await _run(spec)
+    assert outcome.status == "completed"
+    assert outcome.objectives == {"acc": 0.7}
+    assert [(d["step"], d["metrics"]["acc"]) for k, d in events if k == "progress"] == [
+        (1, 0.5),
+        (2, 0.75),
+        (3, 0.7),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_exit_zero_without_reports_is_a_failure(tmp_path: Path) -> None:
+    outcome, _ = await _run(_spec(tmp_path, _script(tmp_path, "print('hello')\n")))
+    assert outcome.status == "failed"
+    assert outcome.reason == "no objective reported: no numeric 'loss' in 0 reports; 1 stdout lines"
+
+
+@pytest.mark.asyncio
+async def test_a_missing_executable_is_a_recorded_failure(tmp_path: Path) -> None:
+    spec = TrialSpec(
+        argv=["./no-such-program", "--x", "1"], cwd=tmp_path, log_path=tmp_path / "log"
+    )
+    outcome, events = await _run(spec)
+    assert outcome.status == "failed" and outcome.exit_code is None
+    assert outcome.reason is not None and outcome.reason.startswith(
+        "cannot start './no-such-program'"
+    )
+    assert _kinds(events) == ["failed"]
+
+
+@pytest.mark.asyncio
+async def test_a_missing_script_fails_through_python(tmp_path: Path) -> None:
+    outcome, _ = await _run(_spec(tmp_path, tmp_path / "missing.py"))
+    assert outcome.status == "failed" and outcome.exit_code == 2
+    assert outcome.reason is not None and "No such file" in outcome.reason
+
+
+@pytest.mark.asyncio
+async def test_bad_regex_and_missing_cwd_fail_before_starting(tmp_path: Path) -> None:
+    script = _script(tmp_path, EPOCHS)
+    outcome, _ = await _run(_spec(tmp_path, script, objective_regex="(unclosed"))
+    assert outcome.reason is not None and "regex" in outcome.reason
+    spec = TrialSpec(
+        argv=[sys.executable, str(script)], cwd=tmp_path / "gone", log_path=tmp_path / "log"
+    )
+    outcome, _ = await _run(spec)
+    assert outcome.reason is not None and "does not exist" in outcome.reason
+
+
+LOOP = """
+    import os, signal, sys, time
+    import metaopt.worker as w
+    MODE = sys.argv[1]
+    if MODE == "ignore-term":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if os.fork() == 0:  # a worker of the trial, as data loaders fork
+        time.sleep(60)
+        os._exit(0)
+    for step in range(1, 600):
+        w.report(loss=1.0 / step, step=step)
+        if MODE == "honour" and w.should_stop():
+            (w.checkpoint_dir() / "ckpt").write_text(str(step))
+            sys.exit(0)
+        time.sleep(0.05)
+"""
+
+
+def _stop_at_first_progress(process: TrialProcess, kind: str, data: dict[str, Any]) -> None:
+    if kind == "progress" and data["step"] == 1:
+        process.request_stop("frozen")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("mode", "stage", "code"),
+    [("honour", "stop-file", 0), ("ignore-stop", "SIGTERM", -15), ("ignore-term", "SIGKILL", -9)],
+)
+async def test_stop_escalates_from_stop_file_to_sigterm_to_sigkill(
+    tmp_path: Path, mode: str, stage: str, code: int
+) -> None:
+    spec = _spec(
+        tmp_path,
+        _script(tmp_path, LOOP),
+        mode,
+        env={"METAOPT_CHECKPOINT_DIR": str(tmp_path / "ckpt")},
+    )
+    outcome, events = await _run(spec, _stop_at_first_progress)
+    assert outcome.status == "interrupted"
+    assert (outcome.stage, outcome.exit_code, outcome.reason) == (stage, code, "frozen")
+    assert events[-1][0] == "interrupted" and events[-1][1]["stage"] == stage
+    assert (tmp_path / "stop").exists()
+    if mode == "honour":
+        assert (tmp_path / "ckpt" / "ckpt").read_text().isdigit()
+    # The forked worker went with the group.
+    pid = events[0][1]["pid"]
+    assert _group_gone(pid)
+
+
+def _group_gone(pgid: int) -> bool:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return False
+    return True
+
+
+@pytest.mark.asyncio
+async def test_a_stale_stop_file_does_not_stop_a_thawed_trial(tmp_path: Path) -> None:
+    (tmp_path / "stop").touch()
+    script = _script(tmp_path, LOOP.replace("range(1, 600)", "range(1, 4)"))
+    outcome, _ = await _run(_spec(tmp_path, script, "honour"))
+    assert outcome.status == "completed"
+    assert outcome.metrics["step"] == 3
+
+
+@pytest.mark.asyncio
+async def test_kill_ends_the_group_at_once(tmp_path: Path) -> None:
+    def react(process: TrialProcess, kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress" and data["step"] == 2:
+            process.kill("peer shutting down")
+
+    outcome, events = await _run(_spec(tmp_path, _script(tmp_path, LOOP), "ignore-term"), react)
+    assert (outcome.status, outcome.stage, outcome.exit_code) == ("interrupted", "kill", -9)
+    assert outcome.reason == "peer shutting down"
+    assert _group_gone(events[0][1]["pid"])
+
+
+@pytest.mark.asyncio
+async def test_cancelling_the_run_kills_the_child(tmp_path: Path) -> None:
+    events: Events = []
+    process = TrialProcess(
+        _spec(tmp_path, _script(tmp_path, LOOP), "ignore-term"), lambda k, d: events.append((k, d))
+    )
+    task = asyncio.ensure_future(process.run())
+    for _ in range(600):
+        if any(k == "progress" for k, _ in events):
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert events[-1][0] == "interrupted" and events[-1][1]["stage"] == "cancelled"
+    assert _group_gone(events[0][1]["pid"])
+
+
+RESUME = """
+    import json, os
+    import metaopt.worker as w
+    start = w.resume_step() or 0
+    p = w.params({"lr": 0.5, "epochs": 2})
+    w.report(loss=p["lr"], resumed_from=start, trial=w.trial_id())
+    w.report(loss=p["lr"] / 2)
+"""
+
+
+@pytest.mark.asyncio
+async def test_resume_step_params_and_steps_after_a_thaw(tmp_path: Path) -> None:
+    env = {
+        "METAOPT_RESUME_STEP": "7",
+        "METAOPT_PARAMS": json.dumps({"lr": 0.1}),
+        "METAOPT_TRIAL_ID": "t1",
+    }
+    spec = _spec(tmp_path, _script(tmp_path, RESUME), env=env, step_offset=7)
+    outcome, events = await _run(spec)
+    progress = [d for k, d in events if k == "progress"]
+    assert [d["step"] for d in progress] == [8, 9]
+    assert progress[0]["metrics"] == {"loss": 0.1, "resumed_from": 7, "trial": "t1"}
+    assert outcome.objectives == {"loss": 0.05}
+    assert outcome.metrics == {"loss": 0.05, "resumed_from": 7, "trial": "t1"}
+
+
+GO = """
+    import os, time
+    import metaopt.worker as w
+    for _ in range(600):
+        if os.path.exists("go"):
+            break
+        time.sleep(0.05)
+    w.report(loss=1.0)
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_quiet_trial_gets_heartbeats(tmp_path: Path) -> None:
+    def react(process: TrialProcess, kind: str, data: dict[str, Any]) -> None:
+        if kind == "heartbeat":
+            (tmp_path / "go").touch()
+
+    config = ExecutorConfig(heartbeat=0.1, grace=0.3)
+    outcome, events = await _run(_spec(tmp_path, _script(tmp_path, GO), config=config), react)
+    assert outcome.status == "completed"
+    beats = [d for k, d in events if k == "heartbeat"]
+    assert beats and beats[0]["step"] is None
+
+
+@pytest.mark.asyncio
+async def test_a_failing_listener_does_not_break_the_run(tmp_path: Path) -> None:
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        raise RuntimeError("listener bug")
+
+    process = TrialProcess(_spec(tmp_path, _script(tmp_path, EPOCHS)), on_event)
+    outcome = await asyncio.wait_for(process.run(), 60)
+    assert outcome.status == "completed"
+
+
+def test_python_children_are_unbuffered_unless_the_spec_says_otherwise(tmp_path: Path) -> None:
+    script = _script(
+        tmp_path, "import os\nprint('METAOPT {\"loss\": %s}' % os.environ['PYTHONUNBUFFERED'])\n"
+    )
+    outcome, _ = asyncio.run(_run(_spec(tmp_path, script)))
+    assert outcome.objectives == {"loss": 1.0}
+    outcome, _ = asyncio.run(_run(_spec(tmp_path, script, env={"PYTHONUNBUFFERED": "0"})))
+    assert outcome.objectives == {"loss": 0.0}

@@ -1,0 +1,184 @@
+"""The peer table: liveness from contact and gossip ages, expiry, seeds, untrusted gossip."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metaopt.peer._gossip import PeerTable, PeerTableConfig
+
+A, B, C, D = (bytes([i]) * 16 for i in range(1, 5))
+TIMEOUT = 30.0
+
+
+def test_a_contacted_peer_is_live_until_the_timeout_passes() -> None:
+    table = PeerTable()
+    table.add(A, "10.0.0.1:7787", 100.0, contacted=True)
+    assert table.is_alive(A, 130.0, TIMEOUT)
+    assert not table.is_alive(A, 130.5, TIMEOUT)
+    peer = table.get(A)
+    assert peer is not None and peer.last_contact == 100.0
+
+
+def test_touching_an_address_refreshes_the_peer_there() -> None:
+    table = PeerTable()
+    table.add(A, "h:1", 0.0, contacted=False)
+    table.touch_addr("h:1", 25.0)
+    table.touch_addr("unknown:2", 25.0)
+    peer = table.get(A)
+    assert peer is not None and (peer.heard, peer.last_contact) == (25.0, 25.0)
+    assert table.is_alive(A, 50.0, TIMEOUT)
+
+
+def test_seeds_are_kept_forever_and_once() -> None:
+    table = PeerTable(PeerTableConfig(expire_after=10.0))
+    table.add_seed("s:1")
+    table.add_seed("s:1")
+    table.add(A, "h:1", 0.0, contacted=True)
+    table.add(B, "h:2", 1000.0, contacted=True)  # expires A on the way
+    assert table.seed_addrs() == ["s:1"]
+    assert table.get(A) is None and table.get(B) is not None
+
+
+def test_gossip_carries_ages_so_a_second_hand_entry_is_never_fresher() -> None:
+    alice, bob = PeerTable(), PeerTable()
+    alice.add(C, "h:3", 100.0, contacted=True)
+    # Bob's clock is 1000 s ahead of Alice's; ages make that irrelevant.
+    bob.merge_gossip(alice.to_gossip(110.0, TIMEOUT), 1110.0, exclude=B)
+    peer = bob.get(C)
+    assert peer is not None
+    assert peer.heard == pytest.approx(1100.0)
+    assert peer.last_contact is None
+    # Echoing the entry back does not refresh it at Alice.
+    alice.merge_gossip(bob.to_gossip(1120.0, TIMEOUT), 120.0, exclude=A)
+    back = alice.get(C)
+    assert back is not None and back.heard == 100.0
+
+
+def test_gossip_lists_only_live_peers_freshest_first_and_is_bounded() -> None:
+    table = PeerTable(PeerTableConfig(max_gossip=2))
+    table.add(A, "h:1", 10.0, contacted=True)
+    table.add(B, "h:2", 30.0, contacted=True)
+    table.add(C, "h:3", 20.0, contacted=True)
+    table.add(D, "h:4", -100.0, contacted=True)
+    gossip = table.to_gossip(40.0, TIMEOUT)
+    assert gossip == [[B, "h:2", 10.0], [C, "h:3", 20.0]]
+
+
+def test_merge_excludes_this_node_itself() -> None:
+    table = PeerTable()
+    assert table.merge_gossip([[A, "h:1", 0.0], [B, "h:2", 0.0]], 5.0, exclude=A) == 1
+    assert A not in table and B in table
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        None,
+        "text",
+        {"a": 1},
+        [[A, "h:1"]],
+        [[A[:15], "h:1", 0.0]],
+        [["aa" * 16, "h:1", 0.0]],
+        [[A, "no-port", 0.0]],
+        [[A, "h:0", 0.0]],
+        [[A, "h:70000", 0.0]],
+        [[A, ":1", 0.0]],
+        [[A, "h" * 300 + ":1", 0.0]],
+        [[A, "h:1", -1.0]],
+        [[A, "h:1", float("nan")]],
+        [[A, "h:1", float("inf")]],
+        [[A, "h:1", True]],
+        [[A, "h:1", "3"]],
+    ],
+)
+def test_malformed_gossip_is_skipped_not_raised(bad: Any) -> None:
+    table = PeerTable()
+    assert table.merge_gossip(bad, 0.0) == 0
+    assert len(table) == 0
+
+
+def test_a_flood_of_gossip_cannot_grow_the_table_past_its_bound() -> None:
+    table = PeerTable(PeerTableConfig(max_peers=5, max_gossip=50))
+    flood = [[i.to_bytes(16, "big"), f"h:{i + 1}", 0.0] for i in range(40)]
+    table.merge_gossip(flood, 0.0)
+    assert len(table) == 5
+
+
+def test_a_new_node_at_an_old_address_replaces_the_dead_one() -> None:
+    table = PeerTable()
+    table.add(A, "h:1", 0.0, contacted=True)
+    table.add(B, "h:1", 5.0, contacted=True)  # the peer restarted with a new data dir
+    assert table.get(A) is None
+    table.touch_addr("h:1", 20.0)
+    peer = table.get(B)
+    assert peer is not None and peer.heard == 20.0
+    # A stale report of the old id cannot take the address back.
+    table.merge_gossip([[A, "h:1", 10.0]], 21.0)
+    assert table.get(A) is None and table.get(B) is not None
+
+
+def test_a_fresher_report_moves_a_peer_to_its_new_address() -> None:
+    table = PeerTable()
+    table.add(A, "h:1", 0.0, contacted=True)
+    table.merge_gossip([[A, "h:9", 1.0]], 10.0)
+    peer = table.get(A)
+    assert peer is not None and peer.addr == "h:9" and peer.heard == 9.0
+    table.merge_gossip([[A, "h:5", 5.0]], 11.0)  # older news than what we hold
+    assert table.get(A).addr == "h:9"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("rng", [random.Random(3), np.random.default_rng(3)])
+def test_random_live_draws_distinct_live_peers(rng: random.Random | np.random.Generator) -> None:
+    table = PeerTable()
+    for i, node in enumerate((A, B, C)):
+        table.add(node, f"h:{i + 1}", 100.0, contacted=True)
+    table.add(D, "h:4", 0.0, contacted=True)
+    picks = table.random_live(rng, 2, 110.0, TIMEOUT)
+    assert len(picks) == 2 and len({p.node_id for p in picks}) == 2
+    assert D not in {p.node_id for p in picks}
+    assert len(table.random_live(rng, 10, 110.0, TIMEOUT)) == 3
+    assert table.random_live(rng, 0, 110.0, TIMEOUT) == []
+
+
+def test_random_live_is_reproducible_from_the_seed() -> None:
+    table = PeerTable()
+    for i in range(20):
+        table.add(i.to_bytes(16, "big"), f"h:{i + 1}", 0.0, contacted=True)
+    first = table.random_live(np.random.default_rng(7), 5, 1.0, TIMEOUT)
+    second = table.random_live(np.random.default_rng(7), 5, 1.0, TIMEOUT)
+    assert [p.node_id for p in first] == [p.node_id for p in second]
+
+
+ids = st.integers(0, 7).map(lambda i: i.to_bytes(16, "big"))
+entries = st.lists(
+    st.tuples(ids, st.integers(1, 6).map(lambda p: f"h:{p}"), st.floats(0, 100)), max_size=12
+)
+
+
+@given(entries)
+def test_one_address_holds_at_most_one_node_and_ages_are_never_negative(
+    reports: list[tuple[bytes, str, float]],
+) -> None:
+    table = PeerTable()
+    table.merge_gossip([list(r) for r in reports], 100.0)
+    addrs = [p.addr for p in table.all()]
+    assert len(addrs) == len(set(addrs))
+    assert all(age >= 0 for _, _, age in table.to_gossip(100.0, 1000.0))
+
+
+@given(entries, entries)
+def test_merging_gossip_never_makes_an_entry_fresher_than_its_freshest_report(
+    first: list[tuple[bytes, str, float]], second: list[tuple[bytes, str, float]]
+) -> None:
+    table = PeerTable()
+    table.merge_gossip([list(r) for r in first], 100.0)
+    table.merge_gossip([list(r) for r in second], 100.0)
+    for peer in table.all():
+        reported = [100.0 - age for node, _, age in first + second if node == peer.node_id]
+        assert peer.heard <= max(reported)

@@ -1,0 +1,58 @@
+"""Slot detection: explicit GPUs, CUDA_VISIBLE_DEVICES, NVML, CPU slots."""
+
+from __future__ import annotations
+
+import pytest
+
+from metaopt._errors import MetaoptError
+from metaopt.peer._gpus import Slot, detect_slots
+
+
+def _no_nvml() -> list[str] | None:
+    return None
+
+
+def test_cpu_slots_when_there_is_no_gpu() -> None:
+    slots = detect_slots("auto", 3, environ={}, probe=_no_nvml)
+    assert slots == [Slot(0, None, {}), Slot(1, None, {}), Slot(2, None, {})]
+
+
+def test_nvml_gpus_by_uuid() -> None:
+    slots = detect_slots("auto", 4, environ={}, probe=lambda: ["GPU-a", "GPU-b"])
+    assert [(s.index, s.gpu, dict(s.env)) for s in slots] == [
+        (0, "GPU-a", {"CUDA_VISIBLE_DEVICES": "GPU-a"}),
+        (1, "GPU-b", {"CUDA_VISIBLE_DEVICES": "GPU-b"}),
+    ]
+
+
+def test_an_allocation_in_cuda_visible_devices_wins_over_nvml() -> None:
+    slots = detect_slots("auto", environ={"CUDA_VISIBLE_DEVICES": "2,3"}, probe=lambda: ["X"])
+    assert [s.gpu for s in slots] == ["2", "3"]
+
+
+@pytest.mark.parametrize("visible", ["", "-1", "-1,0"])
+def test_hidden_gpus_mean_cpu_slots(visible: str) -> None:
+    slots = detect_slots("auto", 2, environ={"CUDA_VISIBLE_DEVICES": visible}, probe=lambda: ["X"])
+    assert [s.gpu for s in slots] == [None, None]
+
+
+def test_explicit_list_and_none() -> None:
+    assert [s.gpu for s in detect_slots(" 0, 1 ", environ={}, probe=_no_nvml)] == ["0", "1"]
+    slots = detect_slots("none", 2, environ={"CUDA_VISIBLE_DEVICES": "0"})
+    assert [dict(s.env) for s in slots] == [{"CUDA_VISIBLE_DEVICES": ""}] * 2
+
+
+@pytest.mark.parametrize("gpus", ["", "0,,1", "0,0"])
+def test_bad_gpu_lists_are_one_line_errors(gpus: str) -> None:
+    with pytest.raises(MetaoptError, match="--gpus"):
+        detect_slots(gpus, environ={}, probe=_no_nvml)
+
+
+@pytest.mark.parametrize("slots", [0, -1])
+def test_bad_slot_counts_are_one_line_errors(slots: int) -> None:
+    with pytest.raises(MetaoptError, match="--slots"):
+        detect_slots("auto", slots, environ={}, probe=_no_nvml)
+
+
+def test_the_real_probe_runs_on_this_machine() -> None:
+    assert len(detect_slots("auto", 1)) >= 1

@@ -1,0 +1,109 @@
+"""Reading trial output: reports, regex matches, stderr tail, split lines, garbage."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metaopt.peer._output import OutputConfig, OutputParser
+
+
+def test_report_lines_become_metric_dicts() -> None:
+    parser = OutputParser()
+    out = parser.feed(b'epoch 1\nMETAOPT {"loss": 0.5, "step": 1}\nMETAOPT {"loss": 0.25}\n')
+    assert out == [{"loss": 0.5, "step": 1}, {"loss": 0.25}]
+    assert parser.objective() == 0.25
+    assert parser.stdout_lines == 3
+
+
+def test_lines_split_across_chunks_and_crlf() -> None:
+    parser = OutputParser()
+    assert parser.feed(b'METAOPT {"lo') == []
+    assert parser.feed(b'ss": 1.5}\r') == [{"loss": 1.5}]
+    assert parser.feed(b'\nMETAOPT {"loss": 2}') == []
+    assert parser.finish() == [{"loss": 2}]
+
+
+def test_invalid_values_are_dropped_and_explained() -> None:
+    parser = OutputParser()
+    out = parser.feed(b'METAOPT {"loss": NaN, "acc": 0.9, "ok": true}\nMETAOPT [1]\nMETAOPT {x\n')
+    assert out == [{"acc": 0.9}]
+    assert parser.objective() is None
+    why = parser.explain_missing()
+    assert "'loss'" in why and "1 reports" in why and "not JSON" in why
+
+
+def test_regex_last_match_wins_on_either_stream_and_counts_steps() -> None:
+    parser = OutputParser(OutputConfig(objective="acc", objective_regex=r"acc = ([0-9.]+)"))
+    assert parser.feed(b"acc = 0.5 then acc = 0.6\n") == [{"acc": 0.6, "step": 1}]
+    assert parser.feed(b"acc = 0.7\n", stdout=False) == [{"acc": 0.7, "step": 2}]
+    assert parser.feed(b"acc = .\n") == []
+    assert parser.objective() == 0.7
+    assert parser.matches == 2
+
+
+def test_regex_without_a_group_uses_the_whole_match_and_offset_steps() -> None:
+    parser = OutputParser(OutputConfig(objective_regex=r"[0-9]+\.[0-9]+", step_offset=10))
+    assert parser.feed(b"loss 0.125\n") == [{"loss": 0.125, "step": 11}]
+
+
+def test_never_matching_regex_explains_itself() -> None:
+    parser = OutputParser(OutputConfig(objective_regex=r"accuracy = ([0-9.]+)"))
+    parser.feed(b"hello\nworld\n")
+    why = parser.explain_missing()
+    assert "matched 0 times" in why and "2 stdout lines" in why
+
+
+def test_stderr_tail_keeps_the_last_lines() -> None:
+    parser = OutputParser(OutputConfig(stderr_lines=2))
+    parser.feed(b"one\n\ntwo\nthr", stdout=False)
+    parser.feed(b"ee\n", stdout=False)
+    assert parser.stderr_tail() == ["two", "three"]
+    assert parser.feed(b'METAOPT {"loss": 1}\n', stdout=False) == []
+
+
+def test_overlong_lines_are_cut_and_never_parsed() -> None:
+    parser = OutputParser(OutputConfig(max_line_bytes=32))
+    line = b'METAOPT {"loss": 1, "pad": "' + b"x" * 100 + b'"}\n'
+    assert parser.feed(line[:20]) == []
+    assert parser.feed(line[20:] + b'METAOPT {"loss": 2}\n') == [{"loss": 2}]
+    assert "over 32 bytes" in parser.explain_missing(("nope",))
+
+
+def test_invalid_utf8_does_not_crash() -> None:
+    parser = OutputParser()
+    assert parser.feed(b'\xff\xfeMETAOPT\n METAOPT {"loss": 3}\n') == [{"loss": 3}]
+
+
+@given(st.lists(st.binary(max_size=64), max_size=20))
+def test_garbage_never_crashes(chunks: list[bytes]) -> None:
+    parser = OutputParser(OutputConfig(objective_regex=r"([0-9.]+)", max_line_bytes=16))
+    for i, chunk in enumerate(chunks):
+        parser.feed(chunk, stdout=i % 2 == 0)
+    parser.finish()
+    parser.explain_missing()
+
+
+@given(st.binary(max_size=200), st.lists(st.integers(0, 200), max_size=6))
+def test_chunking_does_not_change_the_reports(data: bytes, cuts: list[int]) -> None:
+    text = data + b'\nMETAOPT {"loss": 0.5}\n' + data
+    whole = OutputParser(OutputConfig(objective_regex=r"(\d+)"))
+    expected = whole.feed(text) + whole.finish()
+    split = OutputParser(OutputConfig(objective_regex=r"(\d+)"))
+    got = []
+    start = 0
+    for cut in sorted(c % (len(text) + 1) for c in cuts):
+        got += split.feed(text[start:cut])
+        start = max(start, cut)
+    got += split.feed(text[start:]) + split.finish()
+    assert got == expected
+
+
+def test_a_whole_float_step_from_another_language_is_an_integer_step() -> None:
+    parser = OutputParser()
+    assert parser.feed(
+        b'METAOPT {"loss": 1.0, "step": 3.0}\nMETAOPT {"loss": 1, "step": 2.5}\n'
+    ) == [
+        {"loss": 1.0, "step": 3},
+        {"loss": 1},
+    ]

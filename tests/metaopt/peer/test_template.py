@@ -1,0 +1,85 @@
+"""Command-line templates: finding priors and rendering a trial's argv."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metaopt._errors import MetaoptError, SpaceError
+from metaopt.peer._template import format_value, parse_template, render
+
+
+def test_the_three_forms_and_literals() -> None:
+    words = [
+        "train.py",
+        "--lr~loguniform(1e-5, 1)",
+        "--layers=~randint(1, 6)",
+        "-d~uniform(0, 0.5)",
+        "~choices(['a', 'b'])",
+        "~epochs~fidelity(1, 81, base=3)",
+        "~/data",
+        "--out=~/runs",
+        "data.csv",
+    ]
+    template = parse_template(words)
+    assert template.priors == {
+        "lr": "loguniform(1e-5, 1)",
+        "layers": "randint(1, 6)",
+        "d": "uniform(0, 0.5)",
+        "arg0": "choices(['a', 'b'])",
+        "epochs": "fidelity(1, 81, base=3)",
+    }
+    params = {"lr": 1e-5, "layers": 3, "d": 0.25, "arg0": "b", "epochs": 9, "extra": 1}
+    assert template.render(params) == [
+        "train.py",
+        "--lr",
+        "1e-05",
+        "--layers=3",
+        "-d",
+        "0.25",
+        "b",
+        "9",
+        "~/data",
+        "--out=~/runs",
+        "data.csv",
+    ]
+    assert template.words == tuple(words)
+
+
+def test_unnamed_positional_priors_are_numbered_in_order() -> None:
+    template = parse_template(["prog", "~uniform(0, 1)", "x", "~normal(0, 1)"])
+    assert list(template.priors) == ["arg0", "arg1"]
+
+
+def test_a_duplicate_name_is_a_space_error() -> None:
+    with pytest.raises(SpaceError, match="twice"):
+        parse_template(["p", "--x~uniform(0, 1)", "--x=~uniform(0, 2)"])
+
+
+def test_a_missing_value_is_a_one_line_error() -> None:
+    template = parse_template(["p", "--x~uniform(0, 1)"])
+    with pytest.raises(MetaoptError, match="'x'"):
+        render(template, {})
+
+
+def test_values_render_as_single_words() -> None:
+    assert format_value(0.1) == "0.1"
+    assert format_value(True) == "True"
+    assert format_value(7) == "7"
+    assert format_value("a b") == "a b"
+    np = pytest.importorskip("numpy")
+    assert format_value(np.float64(0.5)) == "0.5"
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_floats_round_trip_through_their_text(x: float) -> None:
+    argv = parse_template(["p", "--x=~uniform(0, 1)"]).render({"x": x})
+    assert float(argv[1].removeprefix("--x=")) == x
+
+
+@given(st.lists(st.text(alphabet="ab-=~ /", max_size=8), max_size=6))
+def test_words_without_a_call_stay_literal(words: list[str]) -> None:
+    template = parse_template(["p", *words])
+    assert template.priors == {}
+    assert template.render({}) == ["p", *words]

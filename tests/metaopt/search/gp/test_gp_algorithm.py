@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metaopt.search import Observations, is_known, make_algorithm
+from metaopt.search.gp import GPAlgorithm, GPConfig, chebyshev_scalarise
+from metaopt.space import Space
+
+MIXED = Space.from_dict(
+    {
+        "lr": "loguniform(1e-4, 1)",
+        "n": "randint(2, 9)",
+        "act": "choices(['relu', 'tanh', 'gelu'])",
+        "w": "uniform(-1, 1)",
+    }
+)
+
+
+def mixed_f(p: dict[str, Any]) -> float:
+    return float(
+        (np.log10(p["lr"]) + 2) ** 2
+        + 0.1 * (p["n"] - 5) ** 2
+        + (p["act"] != "tanh")
+        + (p["w"] - 0.3) ** 2
+    )
+
+
+def run(
+    alg: Any, space: Space, f: Callable[[dict[str, Any]], float], budget: int, seed: int
+) -> Observations:
+    rng = np.random.default_rng(seed)
+    obs = Observations.empty(space.d)
+    for _ in range(budget):
+        u = alg.suggest(space, obs, rng, 1)
+        y = f(space.from_unit(u[0]))
+        obs = Observations(np.vstack([obs.X, u]), np.vstack([obs.Y, [[y]]]))
+    return obs
+
+
+def history(space: Space, n: int, seed: int, f: Callable[[dict[str, Any]], float]) -> Observations:
+    X = space.sample(np.random.default_rng(seed), n)
+    Y = np.array([[f(space.from_unit(x))] for x in X])
+    return Observations(X, Y)
+
+
+def _valid(space: Space, U: np.ndarray) -> None:
+    assert np.all((U >= 0) & (U <= 1))
+    assert np.array_equal(space.round_unit(U), U)
+    for u in U:
+        np.testing.assert_allclose(space.to_unit(space.from_unit(u)), u, atol=1e-9)
+
+
+def test_finds_the_optimum_of_a_smooth_function() -> None:
+    space = Space.from_dict({"x": "uniform(-2, 2)", "y": "uniform(-2, 2)"})
+
+    def f(p: dict[str, Any]) -> float:
+        return float((p["x"] - 0.7) ** 2 + 2 * (p["y"] + 0.4) ** 2)
+
+    obs = run(GPAlgorithm(), space, f, 25, seed=0)
+    assert obs.Y.min() < 1e-3
+
+
+def test_finds_the_optimum_of_a_mixed_function() -> None:
+    obs = run(GPAlgorithm(), MIXED, mixed_f, 30, seed=1)
+    best = MIXED.from_unit(obs.X[int(np.argmin(obs.Y))])
+    assert best["act"] == "tanh" and best["n"] == 5
+    assert obs.Y.min() < 0.05
+
+
+@settings(max_examples=5, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 4))
+def test_suggestions_valid_new_and_reproducible(seed: int, n: int) -> None:
+    obs = history(MIXED, 12, seed, mixed_f)
+    pending = MIXED.sample(np.random.default_rng(seed + 1), 3)
+    obs = Observations(obs.X, obs.Y, pending, MIXED.sample(np.random.default_rng(seed + 2), 2))
+    a = GPAlgorithm().suggest(MIXED, obs, np.random.default_rng(seed), n)
+    b = GPAlgorithm().suggest(MIXED, obs, np.random.default_rng(seed), n)
+    assert a.shape == (n, MIXED.d) and np.array_equal(a, b)
+    _valid(MIXED, a)
+    assert not is_known(a, np.vstack([obs.X, obs.pending, obs.failed])).any()
+    assert len({tuple(u) for u in a}) == n
+
+
+def test_same_call_history_gives_same_suggestions() -> None:
+    seqs = [run(GPAlgorithm(), MIXED, mixed_f, 16, seed=5).X for _ in range(2)]
+    assert np.array_equal(seqs[0], seqs[1])
+
+
+def test_pending_points_spread_a_parallel_batch() -> None:
+    space = Space.from_dict({"x": "uniform(0, 1)", "y": "uniform(0, 1)"})
+
+    def f(p: dict[str, Any]) -> float:
+        return float((p["x"] - 0.3) ** 2 + (p["y"] - 0.6) ** 2)
+
+    obs = history(space, 12, 3, f)
+    alg = GPAlgorithm()
+    batch = alg.suggest(space, obs, np.random.default_rng(0), 6)
+    dist = np.sqrt(((batch[:, None] - batch[None]) ** 2).sum(-1))
+    assert dist[np.triu_indices(6, 1)].min() > 1e-3
+    # Another peer's pending point is not proposed again, nor one right next to it.
+    first = alg.suggest(space, obs, np.random.default_rng(1), 1)
+    seen = Observations(obs.X, obs.Y, first)
+    second = alg.suggest(space, seen, np.random.default_rng(1), 1)
+    assert np.sqrt(((second - first) ** 2).sum()) > 1e-3
+
+
+def test_exhausts_a_small_finite_space_without_repeats() -> None:
+    space = Space.from_dict({"i": "randint(0, 4)", "c": "choices(['a', 'b'])"})
+
+    def f(p: dict[str, Any]) -> float:
+        return float(abs(p["i"] - 2) + (p["c"] == "a"))
+
+    obs = run(GPAlgorithm(GPConfig(n_init=2)), space, f, 8, seed=0)
+    assert len({tuple(u) for u in obs.X}) == 8
+
+
+def test_failed_and_non_finite_trials_are_not_suggested_again() -> None:
+    obs = history(MIXED, 15, 7, mixed_f)
+    Y = obs.Y.copy()
+    Y[:3] = np.nan
+    failed = MIXED.sample(np.random.default_rng(8), 4)
+    obs = Observations(obs.X, Y, np.zeros((0, MIXED.d)), failed)
+    u = GPAlgorithm().suggest(MIXED, obs, np.random.default_rng(0), 3)
+    _valid(MIXED, u)
+    assert not is_known(u, np.vstack([obs.X, failed])).any()
+
+
+def test_several_objectives_are_scalarised() -> None:
+    obs = history(MIXED, 14, 9, mixed_f)
+    Y = np.hstack([obs.Y, -obs.Y + np.random.default_rng(0).normal(size=obs.Y.shape)])
+    u = GPAlgorithm().suggest(MIXED, Observations(obs.X, Y), np.random.default_rng(0), 2)
+    _valid(MIXED, u)
+    s = chebyshev_scalarise(np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0]]), np.array([0.5, 0.5]), 0)
+    np.testing.assert_allclose(s, [0.5, 0.5, 0.0])
+
+
+def test_large_history_uses_a_bounded_subset() -> None:
+    space = Space.from_dict({f"x{i}": "uniform(0, 1)" for i in range(3)})
+
+    def f(p: dict[str, Any]) -> float:
+        return float(sum((v - 0.5) ** 2 for v in p.values()))
+
+    obs = history(space, 500, 0, f)
+    alg = GPAlgorithm(GPConfig(max_points=100))
+    X, y = alg._subset(obs.X, obs.Y[:, 0], np.random.default_rng(0))
+    assert X.shape == (100, 3)
+    assert y.min() == obs.Y.min()
+    u = alg.suggest(space, obs, np.random.default_rng(0), 1)
+    _valid(space, u)
+
+
+def test_make_algorithm_builds_the_gp() -> None:
+    assert make_algorithm("gp").name == "gp"
+
+
+@pytest.mark.slow
+def test_auto_with_gp_beats_random_on_branin() -> None:
+    space = Space.from_dict({"x0": "uniform(-5, 10)", "x1": "uniform(0, 15)"})
+
+    def branin(p: dict[str, Any]) -> float:
+        x1, x2 = p["x0"], p["x1"]
+        b, c, t = 5.1 / (4 * np.pi**2), 5 / np.pi, 1 / (8 * np.pi)
+        return float((x2 - b * x1**2 + c * x1 - 6) ** 2 + 10 * (1 - t) * np.cos(x1) + 10)
+
+    obs = run(make_algorithm("auto"), space, branin, 30, seed=2)
+    assert obs.Y.min() - 0.397887 < 1e-2

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metaopt._errors import SearchError
+from metaopt.search import (
+    EvolutionAlgorithm,
+    EvolutionConfig,
+    Observations,
+    hypervolume_2d,
+    is_known,
+    make_algorithm,
+    pareto_front,
+)
+from metaopt.space import Space
+
+MIXED = Space.from_dict(
+    {"x": "uniform(-2, 2)", "n": "randint(0, 10)", "c": "choices(['a', 'b', 'c', 'd'])"}
+)
+
+
+def run(
+    alg: Any,
+    space: Space,
+    f: Callable[[dict[str, Any]], list[float]],
+    budget: int,
+    seed: int,
+    batch: int = 1,
+) -> Observations:
+    rng = np.random.default_rng(seed)
+    m = len(f(space.from_unit(np.full(space.d, 0.5))))
+    obs = Observations.empty(space.d, m)
+    while obs.n < budget:
+        U = alg.suggest(space, obs, rng, batch)
+        Y = np.array([f(space.from_unit(u)) for u in U])
+        obs = Observations(np.vstack([obs.X, U]), np.vstack([obs.Y, Y]), obs.pending, obs.failed)
+    return obs
+
+
+def sphere(p: dict[str, Any]) -> list[float]:
+    return [sum((p[k] - 0.3) ** 2 for k in ("a", "b", "c"))]
+
+
+def mixed(p: dict[str, Any]) -> list[float]:
+    return [(p["x"] - 1) ** 2 + abs(p["n"] - 7) + (p["c"] != "c")]
+
+
+def test_finds_optimum_of_sphere() -> None:
+    space = Space.from_dict({k: "uniform(-1, 1)" for k in ("a", "b", "c")})
+    best = [run(EvolutionAlgorithm(), space, sphere, 200, seed).Y.min() for seed in range(3)]
+    assert max(best) < 5e-3
+
+
+def test_finds_optimum_of_mixed_function() -> None:
+    obs = run(EvolutionAlgorithm(), MIXED, mixed, 150, seed=0)
+    p = MIXED.from_unit(obs.X[int(np.argmin(obs.Y[:, 0]))])
+    assert p["n"] == 7 and p["c"] == "c" and abs(p["x"] - 1) < 0.1
+
+
+def test_global_random_state_untouched_and_not_used() -> None:
+    obs = run(EvolutionAlgorithm(), MIXED, mixed, 20, seed=4)
+    results = []
+    for g in (1, 2):
+        random.seed(g)
+        before = random.getstate()
+        out = EvolutionAlgorithm().suggest(MIXED, obs, np.random.default_rng(9), 5)
+        assert random.getstate() == before
+        results.append(out)
+    assert np.array_equal(results[0], results[1])
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 8))
+def test_suggestions_valid_distinct_and_avoid_pending(seed: int, n: int) -> None:
+    rng = np.random.default_rng(seed)
+    X = MIXED.sample(rng, 30)
+    Y = rng.normal(size=(30, 1))
+    obs = Observations(X, Y, MIXED.sample(rng, 10), MIXED.sample(rng, 3))
+    out = EvolutionAlgorithm().suggest(MIXED, obs, np.random.default_rng(seed), n)
+    assert out.shape == (n, 3) and np.array_equal(MIXED.round_unit(out), out)
+    assert not is_known(out, np.vstack([obs.X, obs.pending, obs.failed])).any()
+    assert len({tuple(u) for u in out}) == n
+    again = EvolutionAlgorithm().suggest(MIXED, obs, np.random.default_rng(seed), n)
+    assert np.array_equal(out, again)
+
+
+def test_small_history_uses_space_filling_start() -> None:
+    obs = Observations(MIXED.sample(np.random.default_rng(0), 3), np.zeros((3, 1)))
+    alg = EvolutionAlgorithm(EvolutionConfig(min_history=8))
+    out = alg.suggest(MIXED, obs, np.random.default_rng(0), 4)
+    assert out.shape == (4, 3) and not is_known(out, obs.X).any()
+
+
+def test_exhausted_space_raises() -> None:
+    space = Space.from_dict({"i": "randint(0, 3)"})
+    grid = space.grid()
+    obs = Observations(np.vstack([grid] * 3), np.arange(9.0)[:, None])
+    with pytest.raises(SearchError, match="already tried"):
+        EvolutionAlgorithm(EvolutionConfig(min_history=2)).suggest(
+            space, obs, np.random.default_rng(0)
+        )
+
+
+def zdt1(p: dict[str, Any]) -> list[float]:
+    f1 = p["x1"]
+    g = 1 + 9 * (p["x2"] + p["x3"]) / 2
+    return [f1, g * (1 - np.sqrt(f1 / g))]
+
+
+@pytest.mark.slow
+def test_nsga2_front_approaches_known_front() -> None:
+    space = Space.from_dict({k: "uniform(0, 1)" for k in ("x1", "x2", "x3")})
+    obs = run(make_algorithm("evolution"), space, zdt1, 400, seed=0, batch=8)
+    f1 = np.linspace(0, 1, 2001)
+    true_hv = hypervolume_2d(np.column_stack([f1, 1 - np.sqrt(f1)]), (1.1, 1.1))
+    front = obs.Y[pareto_front(obs.Y)]
+    assert hypervolume_2d(front, (1.1, 1.1)) > 0.95 * true_hv
+    # Points on the front are close to the true front f2 = 1 - sqrt(f1).
+    gap = front[:, 1] - (1 - np.sqrt(front[:, 0]))
+    assert np.median(gap) < 0.05

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metaopt._errors import SearchError
+from metaopt.search import Observations, RandomAlgorithm, SobolStart, is_known, make_algorithm
+from metaopt.space import Space
+
+SPACE = Space.from_dict(
+    {
+        "lr": "loguniform(1e-4, 1)",
+        "n": "randint(2, 9)",
+        "act": "choices(['relu', 'tanh', 'gelu'])",
+        "w": "normal(0, 1)",
+    }
+)
+
+
+def run(
+    alg: Any, space: Space, f: Callable[[dict[str, Any]], float], budget: int, seed: int
+) -> Observations:
+    rng = np.random.default_rng(seed)
+    obs = Observations.empty(space.d)
+    for _ in range(budget):
+        u = alg.suggest(space, obs, rng, 1)
+        y = f(space.from_unit(u[0]))
+        obs = Observations(
+            np.vstack([obs.X, u]), np.vstack([obs.Y, [[y]]]), obs.pending, obs.failed
+        )
+    return obs
+
+
+def _valid(space: Space, U: np.ndarray) -> None:
+    assert np.array_equal(space.round_unit(U), U)
+    for u in U:
+        p = space.from_unit(u)
+        np.testing.assert_allclose(space.to_unit(p), u, atol=1e-9)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 6))
+def test_suggestions_valid_and_reproducible(seed: int, n: int) -> None:
+    for alg in (RandomAlgorithm(), SobolStart()):
+        a = alg.suggest(SPACE, Observations.empty(SPACE.d), np.random.default_rng(seed), n)
+        b = alg.suggest(SPACE, Observations.empty(SPACE.d), np.random.default_rng(seed), n)
+        assert a.shape == (n, SPACE.d) and np.array_equal(a, b)
+        _valid(SPACE, a)
+
+
+def test_random_exhausts_a_finite_space_and_finds_its_optimum() -> None:
+    space = Space.from_dict({"i": "randint(0, 20)", "c": "choices(['a', 'b', 'c'])"})
+    target = {"i": 13, "c": "b"}
+
+    def f(p: dict[str, Any]) -> float:
+        return float(abs(p["i"] - target["i"]) + (p["c"] != target["c"]))
+
+    obs = run(RandomAlgorithm(), space, f, 60, seed=1)
+    assert obs.Y.min() == 0.0
+    assert len({tuple(x) for x in obs.X}) == 60
+
+
+def test_pending_and_failed_never_repeated() -> None:
+    space = Space.from_dict({"i": "randint(0, 6)"})
+    grid = space.grid()
+    obs = Observations(grid[:2], np.zeros((2, 1)), grid[2:4], grid[4:5])
+    for seed in range(20):
+        out = RandomAlgorithm().suggest(space, obs, np.random.default_rng(seed), 1)
+        np.testing.assert_allclose(out, grid[5:6])
+
+
+def test_sobol_fills_space_and_avoids_pending() -> None:
+    space = Space.from_dict({"x": "uniform(0, 1)", "y": "uniform(0, 1)"})
+    rng = np.random.default_rng(0)
+    U = SobolStart().suggest(space, Observations.empty(2), rng, 16)
+    dist = np.sqrt(((U[:, None] - U[None]) ** 2).sum(-1)) + np.eye(16)
+    rand = space.sample(np.random.default_rng(0), 16)
+    rdist = np.sqrt(((rand[:, None] - rand[None]) ** 2).sum(-1)) + np.eye(16)
+    assert dist.min() > 0.12 > rdist.min()
+    pending = np.array([[0.5, 0.5]])
+    obs = Observations(np.zeros((0, 2)), np.zeros((0, 1)), pending, np.zeros((0, 2)))
+    v = SobolStart().suggest(space, obs, rng, 1)
+    assert np.linalg.norm(v - pending) > 0.4
+    assert not is_known(v, pending).any()
+
+
+def test_make_algorithm_names() -> None:
+    assert make_algorithm("random").name == "random"
+    assert make_algorithm("sobol").name == "sobol"
+    assert make_algorithm("evolution").name == "evolution"
+    assert make_algorithm("auto").name == "auto"
+    with pytest.raises(SearchError, match="unknown algorithm 'tpe'"):
+        make_algorithm("tpe")

@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metaopt._errors import MetaoptError, SpaceError
+from metaopt.space import Dimension, parse_prior
+
+
+@pytest.mark.parametrize(
+    ("text", "prior", "kind", "args", "n_values"),
+    [
+        ("uniform(0, 1)", "uniform", "real", (0.0, 1.0), None),
+        ("uniform(-2.5, 3)", "uniform", "real", (-2.5, 3.0), None),
+        ("loguniform(1e-5, 1)", "loguniform", "real", (1e-5, 1.0), None),
+        ("normal(0, 2)", "normal", "real", (0.0, 2.0), None),
+        ("gaussian(1, 0.5)", "normal", "real", (1.0, 0.5), None),
+        ("randint(1, 10)", "randint", "int", (1, 10), 9),
+        ("randint(-3, -1)", "randint", "int", (-3, -1), 2),
+        ("uniform(1, 5, discrete=True)", "uniform", "int", (1.0, 5.0), 5),
+        ("loguniform(1, 100, discrete=True)", "loguniform", "int", (1.0, 100.0), 100),
+        ("normal(0, 3, discrete=True)", "normal", "int", (0.0, 3.0), None),
+        ("  ~uniform(0, 1)  ", "uniform", "real", (0.0, 1.0), None),
+    ],
+)
+def test_numeric_priors(
+    text: str, prior: str, kind: str, args: tuple[float, ...], n_values: int | None
+) -> None:
+    d = parse_prior("p", text)
+    assert (d.prior, d.kind, d.args, d.n_values) == (prior, kind, args, n_values)
+
+
+def test_choices_forms() -> None:
+    assert parse_prior("a", "choices(['relu', 'tanh'])").choices == ("relu", "tanh")
+    assert parse_prior("a", "choices('x', 'y', 3)").choices == ("x", "y", 3)
+    assert parse_prior("a", "choices((1, 2.5, True, None))").choices == (1, 2.5, True, None)
+    w = parse_prior("a", "choices({'a': 1, 'b': 3})")
+    assert w.choices == ("a", "b") and w.weights == (1.0, 3.0) and w.kind == "cat"
+    assert w.n_values == 2
+
+
+def test_fidelity() -> None:
+    f = parse_prior("epochs", "fidelity(1, 81, base=3)")
+    assert f.kind == "fidelity" and f.args == (1, 81) and f.base == 3.0
+    assert f.rungs == (1, 3, 9, 27, 81)
+    assert parse_prior("e", "fidelity(1, 10)").rungs == (1, 2, 4, 8, 10)
+
+
+def test_options() -> None:
+    d = parse_prior("w", "normal(0, 1, precision=3, default_value=0.5)")
+    assert d.precision == 3 and d.has_default and d.default_value == 0.5
+    assert parse_prior("k", "randint(1, 4, default_value=2)").default_value == 2
+    assert parse_prior("c", "choices(['a', 'b'], default_value='b')").default_value == "b"
+    assert not parse_prior("x", "uniform(0, 1)").has_default
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "uniform(0, 1)",
+        "uniform(-1.5, 2.25, precision=2, default_value=0.5)",
+        "loguniform(1e-05, 1.0, discrete=False)",
+        "loguniform(2, 64, discrete=True, default_value=8)",
+        "normal(0, 1, precision=4)",
+        "randint(0, 7, default_value=3)",
+        "choices(['a', 1, 2.5, True, None], default_value=None)",
+        "choices({'x': 0.1, 'y': 0.7, 'z': 0.2})",
+        "fidelity(2, 100, base=4)",
+    ],
+)
+def test_canonical_string_round_trips(text: str) -> None:
+    d = parse_prior("p", text)
+    again = parse_prior("p", d.to_string())
+    assert again == d
+    assert again.to_string() == d.to_string()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("loguniform(0, 1)", "loguniform needs 0 < low < high"),
+        ("loguniform(-1, 1)", "loguniform needs 0 < low < high"),
+        ("uniform(1, 1)", "uniform needs low < high"),
+        ("uniform(2, 1)", "uniform needs low < high"),
+        ("uniform(1)", "exactly two arguments"),
+        ("uniform(1, 2, 3)", "exactly two arguments"),
+        ("normal(0, 0)", "sigma > 0"),
+        ("normal(0, -1)", "sigma > 0"),
+        ("randint(1, 1)", "low < high"),
+        ("randint(1.5, 3)", "must be an integer"),
+        ("randint(0, 5, discrete=True)", "takes no option 'discrete'"),
+        ("uniform(0, 1, bad=2)", "takes no option 'bad'"),
+        ("uniform(0, 1, **{'a': 1})", "**kwargs are not allowed"),
+        ("uniform(0, 1, discrete='yes')", "discrete must be True or False"),
+        ("uniform(0, 1, precision=0)", "precision must be"),
+        ("uniform(0, 1, precision=2.5)", "precision must be"),
+        ("uniform(0, 10, discrete=True, precision=2)", "real values only"),
+        ("uniform(0.2, 0.8, discrete=True)", "needs an integer between"),
+        ("uniform(0, 1, default_value=2)", "default_value 2 is not a value"),
+        ("randint(0, 3, default_value=3)", "default_value 3 is not a value"),
+        ("choices(['a'], default_value='b')", "default_value 'b' is not a value"),
+        ("uniform('a', 1)", "must be a finite number"),
+        ("uniform(True, 2)", "must be a finite number"),
+        ("uniform(0, float('inf'))", "must be a literal"),
+        ("uniform(0, 1e999)", "must be a finite number"),
+        ("uniform(x, 1)", "must be a literal"),
+        ("uniform(__import__('os').system('true'), 1)", "must be a literal"),
+        ("uniform(0, 1)(2)", "expected a call"),
+        ("os.system('true')", "expected a call"),
+        ("foo(1, 2)", "unknown prior 'foo'"),
+        ("uniform(0, 1", "called with literal arguments"),
+        ("", "called with literal arguments"),
+        ("0.5", "expected a call"),
+        ("choices([])", "at least one value"),
+        ("choices()", "needs a list"),
+        ("choices(['a', 'a'])", "must be distinct"),
+        ("choices([[1], [2]])", "strings, numbers, booleans or None"),
+        ("choices({'a': 0})", "weights must be positive"),
+        ("choices({'a': 'x'})", "must be a finite number"),
+        ("fidelity(1)", "fidelity needs (low, high)"),
+        ("fidelity(0, 10)", "0 < low < high"),
+        ("fidelity(1, 10, base=1)", "base > 1"),
+        ("fidelity(1, 10, discrete=True)", "takes no option 'discrete'"),
+    ],
+)
+def test_malformed_prior_is_one_clear_line(text: str, expected: str) -> None:
+    with pytest.raises(SpaceError) as info:
+        parse_prior("lr", text)
+    msg = str(info.value)
+    assert msg.startswith(f"lr: cannot parse {text!r}: ")
+    assert expected in msg
+    assert "\n" not in msg
+    assert isinstance(info.value, MetaoptError) and isinstance(info.value, ValueError)
+
+
+def test_bad_name_and_non_string() -> None:
+    with pytest.raises(SpaceError, match="non-empty"):
+        parse_prior("", "uniform(0, 1)")
+    with pytest.raises(SpaceError, match="lr: expected a prior string"):
+        parse_prior("lr", 0.5)  # type: ignore[arg-type]
+
+
+def test_from_python_validation() -> None:
+    d = parse_prior("n", "randint(1, 10)")
+    assert d.from_python(3) == 3.0 and d.from_python(np.int64(9)) == 9.0
+    for bad in (10, 0, 2.5, "3", True, float("nan")):
+        with pytest.raises(SpaceError, match=r"^n: "):
+            d.from_python(bad)
+    c = parse_prior("c", "choices([1, True, 'a'])")
+    assert c.from_python(True) == 1.0 and c.from_python(1) == 0.0 and c.from_python(1.0) == 0.0
+    with pytest.raises(SpaceError, match="is not one of"):
+        c.from_python("b")
+
+
+def test_precision_rounds_significant_digits() -> None:
+    d = parse_prior("x", "loguniform(1e-4, 1, precision=2)")
+    values = d.decode(np.linspace(0, 1, 101))
+    for v in values:
+        assert float(f"{v:.1e}") == pytest.approx(v, rel=1e-12)
+    assert values.min() >= 1e-4 and values.max() <= 1.0
+
+
+def test_dimension_is_frozen_value() -> None:
+    a = parse_prior("x", "uniform(0, 1)")
+    assert a == Dimension("x", "uniform", (0.0, 1.0)) and hash(a) == hash(
+        parse_prior("x", "uniform(0.0, 1.0)")
+    )
+
+
+finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def prior_texts(draw: st.DrawFn) -> str:
+    kind = draw(st.sampled_from(["uniform", "loguniform", "normal", "randint", "choices"]))
+    if kind == "uniform":
+        a = draw(finite)
+        b = a + draw(st.floats(1e-3, 1e6))
+        opt = draw(st.sampled_from(["", ", precision=3", ", discrete=True"]))
+        if opt == ", discrete=True":
+            b = a + 1 + draw(st.floats(0, 1e3))
+        return f"uniform({a!r}, {b!r}{opt})"
+    if kind == "loguniform":
+        a = draw(st.floats(1e-8, 1e3))
+        b = a * draw(st.floats(1.5, 1e6))
+        opt = draw(st.sampled_from(["", ", precision=2", ", discrete=True"]))
+        if opt == ", discrete=True":
+            a, b = float(draw(st.integers(1, 50))), float(draw(st.integers(60, 10_000)))
+        return f"loguniform({a!r}, {b!r}{opt})"
+    if kind == "normal":
+        return f"normal({draw(finite)!r}, {draw(st.floats(1e-3, 1e3))!r})"
+    if kind == "randint":
+        a = draw(st.integers(-1000, 1000))
+        return f"randint({a}, {a + draw(st.integers(1, 1000))})"
+    values = draw(
+        st.lists(
+            st.one_of(st.text(max_size=5), st.integers(-9, 9)),
+            min_size=1,
+            max_size=6,
+            unique_by=lambda v: (type(v), v),
+        )
+    )
+    return f"choices({values!r})"
+
+
+@settings(max_examples=200, deadline=None)
+@given(prior_texts(), st.floats(0, 1))
+def test_any_valid_prior_round_trips(text: str, u: float) -> None:
+    d = parse_prior("p", text)
+    assert parse_prior("p", d.to_string()) == d
+    r = d.round(np.array([u]))
+    assert np.array_equal(d.round(r), r)
+    value = d.to_python(float(d.decode(r)[0]))
+    np.testing.assert_allclose(d.encode(np.array([d.from_python(value)])), r, atol=1e-9)

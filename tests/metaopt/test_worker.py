@@ -1,0 +1,220 @@
+"""The worker API a training script uses, with and without a peer."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metaopt import worker
+from metaopt._errors import WorkerError
+from metaopt.peer._output import OutputParser
+
+_PROTOCOL = (
+    "METAOPT_TRIAL_ID",
+    "METAOPT_PARAMS",
+    "METAOPT_TRIAL_DIR",
+    "METAOPT_DATA_DIR",
+    "METAOPT_CHECKPOINT_DIR",
+    "METAOPT_STOP_FILE",
+    "METAOPT_RESUME_STEP",
+)
+
+
+@pytest.fixture(autouse=True)
+def no_peer(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _PROTOCOL:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+
+
+def test_report_prints_one_flushed_line(capsys: pytest.CaptureFixture[str]) -> None:
+    worker.report(loss=0.25, step=3, phase="train")
+    out = capsys.readouterr().out
+    assert out == 'METAOPT {"loss":0.25,"step":3,"phase":"train"}\n'
+
+
+def test_report_accepts_a_mapping_for_names_that_are_not_identifiers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    worker.report({"val/loss": 1}, step=0)
+    assert json.loads(capsys.readouterr().out.removeprefix("METAOPT ")) == {
+        "val/loss": 1,
+        "step": 0,
+    }
+
+
+class _Tensor:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("metrics", "words"),
+    [
+        ({}, "at least one metric"),
+        ({"loss": math.nan}, "finite"),
+        ({"loss": math.inf}, "finite"),
+        ({"ok": True}, "bool"),
+        ({"loss": _Tensor()}, "_Tensor"),
+        ({"step": -1}, "step"),
+        ({"step": 1.5}, "step"),
+        ({"1x": 0.1}, "name"),
+        ({"": 0.1}, "name"),
+        ({"x" * 65: 0.1}, "name"),
+        ({"note": "y" * 257}, "256"),
+        ({"big": 2**63}, "64 bits"),
+        ({f"m{i}": i for i in range(65)}, "at most 64"),
+    ],
+)
+def test_report_refuses_misuse_with_one_line(
+    metrics: dict[str, object], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(WorkerError) as info:
+        worker.report(metrics)
+    assert words in str(info.value)
+    assert "\n" not in str(info.value)
+    assert capsys.readouterr().out == ""
+
+
+def test_numpy_scalars_are_reported_as_plain_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    np = pytest.importorskip("numpy")
+    worker.report(loss=np.float32(0.5), step=np.int64(2))
+    assert capsys.readouterr().out == 'METAOPT {"loss":0.5,"step":2}\n'
+
+
+_values = st.one_of(
+    st.integers(-(2**63) + 1, 2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=256),
+)
+_names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_./-]{0,63}", fullmatch=True)
+
+
+@given(st.dictionaries(_names, _values, min_size=1, max_size=8))
+def test_what_report_prints_the_output_parser_reads_back(metrics: dict[str, object]) -> None:
+    metrics.pop("step", None)
+    if not metrics:
+        return
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        worker.report(metrics)
+    reports = OutputParser().feed(buf.getvalue().encode())
+    assert reports == [metrics]
+
+
+def test_params_come_from_the_environment_under_a_peer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METAOPT_PARAMS", json.dumps({"lr": 0.01, "act": "relu"}))
+    monkeypatch.setattr(sys, "argv", ["train.py", "--lr", "5"])
+    assert worker.params({"lr": 1.0, "epochs": 3}) == {"lr": 0.01, "act": "relu", "epochs": 3}
+
+
+def test_params_returns_a_fresh_dict(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METAOPT_PARAMS", '{"lr": 0.01}')
+    worker.params()["lr"] = 7
+    assert worker.params() == {"lr": 0.01}
+
+
+@pytest.mark.parametrize("text", ["{", "[1, 2]", '"lr"'])
+def test_malformed_params_env_is_a_worker_error(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.setenv("METAOPT_PARAMS", text)
+    with pytest.raises(WorkerError, match="METAOPT_PARAMS"):
+        worker.params()
+
+
+def test_by_hand_params_come_from_argv_with_types_inferred(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    argv = [
+        "train.py",
+        "data.csv",
+        "--lr=1e-3",
+        "--layers",
+        "4",
+        "--act",
+        "tanh",
+        "--shift",
+        "-2",
+        "--debug",
+        "--bn",
+        "false",
+        "--",
+        "--ignored",
+        "1",
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert worker.params({"lr": 0.1, "epochs": 10}) == {
+        "lr": 0.001,
+        "epochs": 10,
+        "layers": 4,
+        "act": "tanh",
+        "shift": -2,
+        "debug": True,
+        "bn": False,
+    }
+
+
+def test_by_hand_values_take_the_type_of_their_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        sys, "argv", ["t", "--lr", "1", "--name", "007", "--flag", "yes", "--n", "3"]
+    )
+    got = worker.params({"lr": 0.5, "name": "x", "flag": False, "n": 1})
+    assert got == {"lr": 1.0, "name": "007", "flag": True, "n": 3}
+    assert isinstance(got["lr"], float)
+
+
+def test_by_hand_params_follow_a_changed_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["t", "--x", "1"])
+    assert worker.params() == {"x": 1}
+    monkeypatch.setattr(sys, "argv", ["t", "--x", "2"])
+    assert worker.params() == {"x": 2}
+
+
+def test_should_stop_follows_the_stop_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert worker.should_stop() is False
+    stop = tmp_path / "stop"
+    monkeypatch.setenv("METAOPT_STOP_FILE", str(stop))
+    assert worker.should_stop() is False
+    stop.touch()
+    assert worker.should_stop() is True
+
+
+def test_checkpoint_dir_is_created(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert worker.checkpoint_dir() == Path("metaopt-checkpoint")
+    assert (tmp_path / "metaopt-checkpoint").is_dir()
+    monkeypatch.setenv("METAOPT_CHECKPOINT_DIR", str(tmp_path / "a" / "b"))
+    assert worker.checkpoint_dir() == tmp_path / "a" / "b"
+    assert (tmp_path / "a" / "b").is_dir()
+
+
+def test_resume_step_and_ids(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert worker.resume_step() is None
+    assert worker.trial_id() is None
+    assert worker.trial_dir() is None
+    assert worker.data_dir() is None
+    monkeypatch.setenv("METAOPT_RESUME_STEP", "12")
+    monkeypatch.setenv("METAOPT_TRIAL_ID", "abc")
+    monkeypatch.setenv("METAOPT_TRIAL_DIR", str(tmp_path))
+    monkeypatch.setenv("METAOPT_DATA_DIR", str(tmp_path / "d"))
+    assert worker.resume_step() == 12
+    assert worker.trial_id() == "abc"
+    assert worker.trial_dir() == tmp_path
+    assert worker.data_dir() == tmp_path / "d"
+    monkeypatch.setenv("METAOPT_RESUME_STEP", "-3")
+    with pytest.raises(WorkerError, match="METAOPT_RESUME_STEP"):
+        worker.resume_step()
+
+
+def test_the_package_exports_the_worker_api() -> None:
+    import metaopt
+
+    assert metaopt.report is worker.report
+    assert metaopt.params is worker.params
