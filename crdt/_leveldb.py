@@ -74,20 +74,27 @@ class LevelDBStore:
         new: list[Record] = []
         seen: set[bytes] = set()
         db = self._db
+        held = self._vv.contains
+        pack = _U64.pack
         # transaction=True: if anything raises mid-batch, nothing of the batch is written.
         with db.write_batch(sync=True, transaction=True) as batch:
+            put = batch.put
             for record in records:
                 key = record.key
-                if key in seen or db.get(b"r" + key) is not None:
+                if key in seen:
+                    continue
+                # A key names bytes that hold one (origin, seq), so a pair not yet held proves the
+                # key new and the disk probe is needed only for duplicates and equivocations.
+                if held(record.origin, record.seq) and db.get(b"r" + key) is not None:
                     continue
                 seen.add(key)
-                tk = _U64.pack(record.time) + key
-                batch.put(b"r" + key, record.data)
-                batch.put(b"o" + record.origin + _U64.pack(record.seq) + key, b"")
-                batch.put(b"t" + tk, b"")
+                tk = pack(record.time) + key
+                put(b"r" + key, record.data)
+                put(b"o" + record.origin + pack(record.seq) + key, b"")
+                put(b"t" + tk, b"")
                 for link in record.links:
-                    batch.put(_prefixed(b"l", link) + tk, b"")
-                batch.put(_prefixed(b"k", record.kind.encode()) + tk, b"")
+                    put(_prefixed(b"l", link) + tk, b"")
+                put(_prefixed(b"k", record.kind.encode()) + tk, b"")
                 new.append(record)
         # Only now, with the batch synced, do the in-memory summaries and listeners see them.
         for record in new:
@@ -113,12 +120,18 @@ class LevelDBStore:
         return self._vv
 
     def by_origin(self, origin: bytes, lo: int, hi: int) -> Iterator[Record]:
+        for key, data in self.raw_by_origin(origin, lo, hi):
+            yield Record.load(key, data)
+
+    def raw_by_origin(self, origin: bytes, lo: int, hi: int) -> Iterator[tuple[bytes, bytes]]:
         start = b"o" + origin + _U64.pack(lo)
         stop = b"o" + origin + _U64.pack(hi + 1) if hi + 1 < 2**64 else b"o" + origin + b"\xff"
+        get = self._db.get
         for raw in self._db.iterator(start=start, stop=stop, include_value=False):
-            record = self.get(raw[-KEY_SIZE:])
-            if record is not None:
-                yield record
+            key = raw[-KEY_SIZE:]
+            data = get(b"r" + key)
+            if data is not None:
+                yield key, data
 
     def _index_scan(self, prefix: bytes) -> Iterator[Record]:
         for raw in self._db.iterator(prefix=prefix, include_value=False):

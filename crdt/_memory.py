@@ -93,6 +93,10 @@ class MemoryStore:
             for seq in sorted(s for s in seqs if lo <= s <= hi):
                 yield from seqs[seq]
 
+    def raw_by_origin(self, origin: bytes, lo: int, hi: int) -> Iterator[tuple[bytes, bytes]]:
+        for record in self.by_origin(origin, lo, hi):
+            yield record.key, record.data
+
     def _resolve(self, bounds: Iterable[Bound]) -> Iterator[Record]:
         records = self._records
         for _, key in bounds:

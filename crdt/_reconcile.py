@@ -127,7 +127,7 @@ def _records(value: object, config: SyncConfig) -> list[Record]:
     if not isinstance(value, list) or len(value) > config.max_records:
         raise ProtocolError(f"records must be a list of at most {config.max_records}")
     try:
-        return [Record.decode(data) for data in value]
+        return Record.decode_many(value)
     except RecordError as exc:
         raise ProtocolError(f"a received record is invalid: {exc}") from None
 
@@ -165,14 +165,14 @@ class _Batch:
         self.data: list[bytes] = []
         self.size = 0
 
-    def take(self, record: Record) -> bool:
+    def take(self, data: bytes) -> bool:
         if self.data and (
-            self.size + len(record.data) > self.config.max_message_bytes
+            self.size + len(data) > self.config.max_message_bytes
             or len(self.data) >= self.config.max_records
         ):
             return False
-        self.data.append(record.data)
-        self.size += len(record.data)
+        self.data.append(data)
+        self.size += len(data)
         return True
 
 
@@ -220,7 +220,11 @@ def respond(store: Store, request: bytes, config: SyncConfig = DEFAULT_CONFIG) -
     def offer(keys: list[bytes]) -> None:
         for key in keys:
             record = store.get(key)
-            if record is not None and not batch.take(record) and len(overflow) < config.max_keys:
+            if (
+                record is not None
+                and not batch.take(record.data)
+                and len(overflow) < config.max_keys
+            ):
                 overflow.append(key)
 
     offer(wanted)
@@ -237,8 +241,8 @@ def respond(store: Store, request: bytes, config: SyncConfig = DEFAULT_CONFIG) -
         same_vectors = their_vv == mine
         more = False
         for origin, lo, hi in mine.missing_from(their_vv):
-            for record in store.by_origin(origin, lo, hi):
-                if not batch.take(record):
+            for _, data in store.raw_by_origin(origin, lo, hi):
+                if not batch.take(data):
                     more = True
                     break
             if more:
@@ -418,12 +422,12 @@ class Initiator:
     def _fill(self) -> _Batch:
         batch = _Batch(self.config)
         if self._carry is not None:
-            batch.take(self._carry)
+            batch.take(self._carry.data)
             self._carry = None
         if self._push_iter is None:
             self._push_iter = self._pending()
         for record in self._push_iter:
-            if not batch.take(record):
+            if not batch.take(record.data):
                 self._carry = record
                 break
         else:

@@ -77,6 +77,13 @@ class Store(Protocol):
         """Records of one origin with lo <= seq <= hi, by seq."""
         ...
 
+    def raw_by_origin(self, origin: bytes, lo: int, hi: int) -> Iterator[tuple[bytes, bytes]]:
+        """(key, bytes) of by_origin's records, in its order, without rebuilding the records.
+
+        For answering peers, who only re-send the bytes; they re-check them on receipt.
+        """
+        ...
+
     def linked(self, link: bytes) -> Iterator[Record]:
         """Records that list ``link`` among their links, in (time, key) order."""
         ...

@@ -186,9 +186,17 @@ class TrialBody:
     params: Mapping[str, Any]
     node: bytes
     counter: int
+    suggest_ms: float | None = None  # how long the suggesting node took to choose it
 
     def to_body(self) -> dict[str, Any]:
-        return {"params": dict(self.params), "node": self.node, "counter": self.counter}
+        body: dict[str, Any] = {
+            "params": dict(self.params),
+            "node": self.node,
+            "counter": self.counter,
+        }
+        if self.suggest_ms is not None:
+            body["suggest_ms"] = self.suggest_ms
+        return body
 
 
 def parse_trial(record: Record) -> TrialBody | None:
@@ -203,7 +211,10 @@ def parse_trial(record: Record) -> TrialBody | None:
         or type(counter) is not int
     ):
         return None
-    return TrialBody(record.links[0], params, node, counter)
+    suggest_ms = b.get("suggest_ms")
+    if isinstance(suggest_ms, bool) or not isinstance(suggest_ms, int | float):
+        suggest_ms = None  # optional, and only informative: a bad one never drops the trial
+    return TrialBody(record.links[0], params, node, counter, suggest_ms)
 
 
 @dataclass(frozen=True)

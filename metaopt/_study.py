@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from crdt import ORIGIN_SIZE, LevelDBStore, MemoryStore, Record, Store
+from metaopt._curves import STOPPERS, curve_views, stopper_for
 from metaopt._errors import MetaoptError
 from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment_record
 from metaopt._state import FREE_STATES, ExperimentState, TrialView
-from metaopt._suggest import Suggester
+from metaopt._suggest import Suggester, stream
 from metaopt._writer import NodeWriter
+from metaopt.freezethaw import Action, Decision, EarlyStopper
 from metaopt.search import Algorithm
 
 __all__ = ["Study", "Trial", "sync_stores"]
@@ -80,6 +82,9 @@ class Study:
         path: a directory to keep the replica in (LevelDB) and reopen it from.
         name: the experiment's name; with the space and objectives it names the experiment.
         max_trials: the experiment's global budget, across every node.
+        early_stopping: "freeze-thaw", "asha", "median" or "none"; by default freeze-thaw once
+            the space has a fidelity, a max_step is given, or step reports exist.
+        max_step: the step a trial runs to when not stopped (else the fidelity's high end).
         clock: seconds since the epoch (record times); time.time by default.
     """
 
@@ -96,6 +101,8 @@ class Study:
         path: str | os.PathLike[str] | None = None,
         name: str = "study",
         max_trials: int | None = None,
+        early_stopping: str | None = None,
+        max_step: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         objectives = (objective,) if isinstance(objective, str) else tuple(objective)
@@ -113,7 +120,13 @@ class Study:
             directions=tuple(directions),
             algorithm=algo_name,
             max_trials=max_trials,
+            early_stopping=early_stopping,
+            max_step=max_step,
         )
+        if early_stopping is not None and early_stopping not in STOPPERS:
+            raise MetaoptError(
+                f"early_stopping={early_stopping!r}: choose one of {', '.join(STOPPERS)}"
+            )
         root = None if path is None else Path(path)
         if isinstance(node_id, str):
             node_id = bytes.fromhex(node_id)
@@ -135,6 +148,8 @@ class Study:
             seed=seed,
             algorithm=None if isinstance(algorithm, str) else algorithm,
         )
+        self._stopper: EarlyStopper | None = None
+        self._decisions = 0
 
     def _on_records(self, records: list[Record]) -> None:
         for record in records:
@@ -150,7 +165,14 @@ class Study:
         return self._state
 
     def ask(self) -> Trial:
-        """A trial to evaluate: a free (lost/interrupted) one first, else a new point."""
+        """A trial to evaluate: a frozen one worth resuming, a free one, else a new point.
+
+        A resumed trial carries ``resume_step``: continue from there (from its checkpoint), or
+        from 0 if it has none — its new reports simply replace the old ones.
+        """
+        thawed = self._thaw()
+        if thawed is not None:
+            return thawed
         for view in self._state.trials():
             if view.state in FREE_STATES:
                 self._event(view.key, "started")
@@ -190,6 +212,53 @@ class Study:
         """Record an intermediate value of the first objective at a step (a learning curve)."""
         metrics = {self._state.spec.objectives[0]: float(value)}
         self._event(self._key(trial), "progress", step=step, metrics=metrics)
+
+    def should_stop(self, trial: Trial | str | bytes) -> bool:
+        """Ask the early stopper about a running trial; True means stop it now (recorded)."""
+        key = self._key(trial)
+        decision = self._decide({key.hex()}, free_slots=0).get(key.hex())
+        if decision is None or decision.action not in (Action.FREEZE, Action.KILL):
+            return False
+        kind = "frozen" if decision.action is Action.FREEZE else "killed"
+        view = self._state.trial(key)
+        step = view.last_step if view is not None and view.curve else None
+        self._event(key, kind, step=step, reason=decision.reason)
+        return True
+
+    def _own(self) -> set[str]:
+        return {
+            t.id
+            for t in self._state.trials()
+            if (t.runner or t.node) == self.node_id and t.state in ("running", "pending", "frozen")
+        }
+
+    def _decide(self, own: set[str], free_slots: int) -> dict[str, Decision]:
+        space = self._suggester.space
+        if self._stopper is None:
+            self._stopper = stopper_for(self._state, space)
+        if self._stopper is None:
+            return {}
+        self._decisions += 1
+        # Counters from 2^31 up: decision streams never share one with a suggestion.
+        rng = stream(
+            self._suggester.seed, self.node_id, self.experiment_key, (1 << 31) + self._decisions
+        )
+        curves = curve_views(self._state, space)
+        decisions = self._stopper.decide(curves, own, free_slots, rng)
+        return {d.trial_id: d for d in decisions}
+
+    def _thaw(self) -> Trial | None:
+        own_frozen = {t.id for t in self._state.trials() if t.state == "frozen"} & self._own()
+        if not own_frozen:
+            return None
+        for trial_id, decision in sorted(self._decide(own_frozen, free_slots=1).items()):
+            if decision.action is Action.THAW:
+                key = bytes.fromhex(trial_id)
+                view = self._state.trial(key)
+                assert view is not None
+                self._event(key, "thawed", step=view.last_step or None, reason=decision.reason)
+                return Trial(key, dict(view.params), view.counter, view.last_step)
+        return None
 
     def _key(self, trial: Trial | TrialView | str | bytes) -> bytes:
         if isinstance(trial, Trial | TrialView):

@@ -35,6 +35,7 @@ from metaopt.freezethaw import (
     Action,
     AshaConfig,
     CurveView,
+    Decision,
     EarlyStopper,
     FreezeThawPolicyConfig,
     make_stopper,
@@ -88,7 +89,9 @@ class _Ours(_Policy):
         self.rng = np.random.default_rng(seed)
         self.latency: list[float] = []
 
-    def _decide(self, owner: int, trials: list[_Trial], T: int, X: np.ndarray, free: int):
+    def _decide(
+        self, owner: int, trials: list[_Trial], T: int, X: np.ndarray, free: int
+    ) -> list[Decision]:
         own = {t.tid for t in trials if t.owner == owner}
         t0 = time.perf_counter()
         out = self.stopper.decide(_views(trials, T, X), own, free, self.rng)
@@ -101,7 +104,8 @@ class _Ours(_Policy):
             return Action.CONTINUE
         for d in self._decide(t.owner, trials, T, X, 0):
             if d.trial_id == t.tid:
-                return d.action
+                act: Action = d.action
+                return act
             if d.action is Action.KILL:  # a frozen trial of this peer killed for good
                 next(o for o in trials if o.tid == d.trial_id).state = "killed"
         return Action.CONTINUE
@@ -111,7 +115,8 @@ class _Ours(_Policy):
             return None
         for d in self._decide(owner, trials, T, X, 1):
             if d.action is Action.THAW:
-                return d.trial_id
+                tid: str = d.trial_id
+                return tid
         return None
 
 
@@ -132,7 +137,10 @@ class _Optuna(_Policy):
         return Action.CONTINUE
 
     def finish(self, t: _Trial) -> None:
-        self.study.tell(self.live[t.tid], t.values[-1])
+        if math.isfinite(t.values[-1]):
+            self.study.tell(self.live[t.tid], t.values[-1])
+        else:
+            self.study.tell(self.live[t.tid], state=optuna.trial.TrialState.FAIL)
 
 
 @dataclass
@@ -180,9 +188,10 @@ def simulate(
         if all(s is None for s in slot):
             break
         for w in range(workers):
-            t = slot[w]
-            if t is None:
+            cur = slot[w]
+            if cur is None:
                 continue
+            t = cur
             t.values.append(float(pool.curves[t.cfg, t.k]))
             t.k += 1
             steps += 1
@@ -258,31 +267,53 @@ def run_pool(
         order = np.random.default_rng(1000 + s).permutation(pool.n)
         for m in methods:
             t0 = time.perf_counter()
-            r = simulate(pool, order, _policy(m, pool, s, every), workers, 20 * pool.T,
-                         pool.n * pool.T, target)
+            r = simulate(
+                pool,
+                order,
+                _policy(m, pool, s, every),
+                workers,
+                20 * pool.T,
+                pool.n * pool.T,
+                target,
+            )
             secs[m] += time.perf_counter() - t0
             rows[m].append(r)
     base = np.median([r.steps_to_target for r in rows["none"]]) if "none" in rows else math.nan
-    print(f"\n{name}: {workers} peer(s), {seeds} seeds, budget for regret = 20 full runs, "
-          f"target = top 3% of the pool")
-    print(f"{'method':18s} {'regret@20T':>11s} {'steps→target':>18s} {'×fewer':>7s} "
-          f"{'best lost':>9s} {'trials':>7s} {'sim s':>6s}")
+    print(
+        f"\n{name}: {workers} peer(s), {seeds} seeds, budget for regret = 20 full runs, "
+        f"target = top 3% of the pool"
+    )
+    print(
+        f"{'method':18s} {'regret@20T':>11s} {'steps→target':>18s} {'×fewer':>7s} "
+        f"{'best lost':>9s} {'trials':>7s} {'sim s':>6s}"
+    )
     for m in methods:
         rr = rows[m]
         st = [r.steps_to_target for r in rr]
-        med = np.median([x for x in st if math.isfinite(x)]) if any(map(math.isfinite, st)) else math.nan
-        print(f"{m:18s} {np.median([r.regret_at for r in rr]):11.4f} {_fmt(st):>18s} "
-              f"{base / med:7.2f} {sum(r.best_lost for r in rr):>4d}/{len(rr):<4d} "
-              f"{np.mean([r.n_started for r in rr]):7.1f} {secs[m]:6.1f}")
+        med = (
+            np.median([x for x in st if math.isfinite(x)])
+            if any(map(math.isfinite, st))
+            else math.nan
+        )
+        print(
+            f"{m:18s} {np.median([r.regret_at for r in rr]):11.4f} {_fmt(st):>18s} "
+            f"{base / med:7.2f} {sum(r.best_lost for r in rr):>4d}/{len(rr):<4d} "
+            f"{np.mean([r.n_started for r in rr]):7.1f} {secs[m]:6.1f}"
+        )
 
 
 def latency(n: int = 200, T: int = 100, calls: int = 12) -> None:
     pool = synthetic_pool(np.random.default_rng(7), n=n, T=T)
     rng = np.random.default_rng(0)
     curves = [
-        CurveView(f"t{i:04d}", pool.X[i], np.arange(1, T + 1 - (i % 7)),
-                  np.nan_to_num(pool.curves[i, : T - (i % 7)], nan=5.0),
-                  "running" if i % 3 else "frozen", T)
+        CurveView(
+            f"t{i:04d}",
+            pool.X[i],
+            np.arange(1, T + 1 - (i % 7)),
+            np.nan_to_num(pool.curves[i, : T - (i % 7)], nan=5.0),
+            "running" if i % 3 else "frozen",
+            T,
+        )
         for i in range(n)
     ]
     own = {c.trial_id for c in curves[::4]}
@@ -297,10 +328,14 @@ def latency(n: int = 200, T: int = 100, calls: int = 12) -> None:
     refit = rest[cfg.refit_every - 1] if rest.shape[0] >= cfg.refit_every else math.nan
     cached = np.delete(rest, cfg.refit_every - 1) if rest.shape[0] >= cfg.refit_every else rest
     print(f"\ndecision latency, {n} curves × {T} steps, {len(own)} own trials (ms):")
-    print(f"{'first (cold fit)':>18s} {'warm refit':>11s} {'cached median':>14s} "
-          f"{'cached max':>11s} {'mean/call':>10s}")
-    print(f"{cold * 1e3:18.1f} {refit * 1e3:11.1f} {np.median(cached) * 1e3:14.1f} "
-          f"{cached.max() * 1e3:11.1f} {np.mean(times) * 1e3:10.1f}")
+    print(
+        f"{'first (cold fit)':>18s} {'warm refit':>11s} {'cached median':>14s} "
+        f"{'cached max':>11s} {'mean/call':>10s}"
+    )
+    print(
+        f"{cold * 1e3:18.1f} {refit * 1e3:11.1f} {np.median(cached) * 1e3:14.1f} "
+        f"{cached.max() * 1e3:11.1f} {np.mean(times) * 1e3:10.1f}"
+    )
 
 
 def main() -> None:
@@ -316,8 +351,13 @@ def main() -> None:
     methods = tuple(args.methods.split(","))
     latency()
     for workers in (1, 4):
-        run_pool(lambda s: synthetic_pool(np.random.default_rng(s), n=n_pool), seeds, workers,
-                 args.every, methods)
+        run_pool(
+            lambda s: synthetic_pool(np.random.default_rng(s), n=n_pool),
+            seeds,
+            workers,
+            args.every,
+            methods,
+        )
     sgd = load_sgd_pool()
     for workers in (1, 4):
         run_pool(lambda s: sgd, seeds, workers, args.every, methods)

@@ -44,6 +44,15 @@ def add_read_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     stop.add_argument("--data-dir", default=None)
     stop.set_defaults(func=_stop)
 
+    for verb, text in (
+        ("freeze", "pause a trial running on this peer (it checkpoints and exits)"),
+        ("thaw", "resume a trial this peer froze, from its checkpoint"),
+    ):
+        cmd = sub.add_parser(verb, help=text)
+        cmd.add_argument("trial")
+        cmd.add_argument("--data-dir", default=None)
+        cmd.set_defaults(func=_freeze_thaw, verb=verb)
+
     logs = sub.add_parser("logs", help="a trial's output, or where it ran")
     logs.add_argument("trial")
     logs.add_argument("--data-dir", default=None)
@@ -148,6 +157,12 @@ def _export(args: argparse.Namespace) -> int:
 def _stop(args: argparse.Namespace) -> int:
     key = _peer(args).call("api.stop", args.experiment)
     print(f"experiment {key[:12]} stopped: no peer starts new trials for it")
+    return 0
+
+
+def _freeze_thaw(args: argparse.Namespace) -> int:
+    trial = _peer(args).call(f"api.{args.verb}", args.trial)
+    print(f"trial {trial[:12]}: {'freezing' if args.verb == 'freeze' else 'thawed'}")
     return 0
 
 

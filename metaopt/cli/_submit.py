@@ -177,7 +177,7 @@ def build_submission(
         command=command,
         bundle=bundle,
         objective_regex=options.get("objective_regex"),
-        early_stopping=None if early in (None, "none") else early,
+        early_stopping=early,
         max_step=_as_int(options, "max_step", "--max-step"),
         nonce=secrets.token_hex(8),
     )

@@ -1,4 +1,4 @@
-"""Freeze-thaw early stopping: a learning-curve model and the decisions a peer takes on its trials."""
+"""Freeze-thaw early stopping: a learning-curve model and a peer's decisions on its trials."""
 
 from __future__ import annotations
 

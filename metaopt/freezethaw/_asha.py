@@ -24,7 +24,7 @@ __all__ = ["AshaConfig", "AshaStopper"]
 
 @dataclass(frozen=True)
 class AshaConfig:
-    """Rung ladder of ASHA: rungs at min_resource * reduction_factor**(k + min_early_stopping_rate)."""
+    """ASHA's rungs: min_resource * reduction_factor**(k + min_early_stopping_rate), k >= 0."""
 
     min_resource: int = 1
     reduction_factor: int = 3

@@ -15,7 +15,7 @@ _SQRT5 = float(np.sqrt(5.0))
 def exp_decay(
     t1: FloatArray, t2: FloatArray, alpha: float, beta: float, amplitude: float = 1.0
 ) -> FloatArray:
-    """Freeze-thaw kernel amplitude * beta**alpha / (t + t' + beta)**alpha; t1 (n,), t2 (m,) -> (n, m).
+    """amplitude * beta**alpha / (t + t' + beta)**alpha for t1 (n,), t2 (m,) -> (n, m).
 
     It is the covariance of an infinite mixture of decaying exponentials exp(-lambda t) with
     lambda ~ Gamma(alpha, beta), so samples decay towards zero as t grows (Swersky et al. 2014).

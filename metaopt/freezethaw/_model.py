@@ -134,7 +134,7 @@ def _prepare(curves: Sequence[CurveView], cfg: FreezeThawConfig) -> _Data:
         s = np.asarray(c.steps, dtype=np.float64)
         v = np.asarray(c.values, dtype=np.float64)
         bad = np.flatnonzero(~np.isfinite(v))
-        # Points after a nan/inf belong to a broken run; keeping the finite prefix keeps grids shared.
+        # Points after a nan/inf belong to a broken run; a finite prefix keeps grids shared.
         cut = int(bad[0]) if bad.size else v.shape[0]
         steps.append(s[:cut])
         vals.append(v[:cut])
@@ -216,7 +216,7 @@ def _blocks(data: _Data, idx: IntArray, h: Hyper, jitter: float) -> _Blocks:
         T = grid.shape[0]
         K = exp_decay(grid, grid, h.alpha, h.beta, h.amp_t)
         K[np.diag_indices_from(K)] += h.noise + jitter
-        L = np.linalg.cholesky(K)
+        L = np.asarray(np.linalg.cholesky(K), dtype=np.float64)
         zo = sla.solve_triangular(L, np.ones(T), lower=True, check_finite=False)
         chol[int(g)] = L
         z_one[int(g)] = zo
@@ -500,7 +500,7 @@ class FittedModel:
     def expected_improvement(self, trial_id: str, best: float) -> float:
         """E[max(best - y_final, 0)] for the trial's value at its max_step."""
         m, v = self.predict(trial_id)
-        return _ei(np.array([m]), np.array([v]), best)[0].item()
+        return float(_ei(np.array([m]), np.array([v]), best)[0])
 
     def fresh_final(self, X: FloatArray, max_step: int) -> tuple[FloatArray, FloatArray]:
         """Predicted final value of untried points X (n, d) run to max_step; means, vars (n,)."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
@@ -94,7 +94,7 @@ class EarlyStopper(Protocol):
 class FreezeThawPolicyConfig:
     """Tunables of the freeze-thaw decision rule (see the module docstring)."""
 
-    model: FreezeThawConfig = FreezeThawConfig()
+    model: FreezeThawConfig = field(default_factory=FreezeThawConfig)
     min_steps: int = 3
     min_points: int = 3
     kill_min_points: int = 12

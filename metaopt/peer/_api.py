@@ -38,6 +38,9 @@ def trial_json(state: ExperimentState, trial: TrialView) -> dict[str, Any]:
         "runner": trial.runner.hex() if trial.runner else None,
         "created": trial.created / 1000,
         "last_seen": trial.last_seen / 1000,
+        "started_at": None if trial.started_at is None else trial.started_at / 1000,
+        "ended_at": None if trial.ended_at is None else trial.ended_at / 1000,
+        "suggest_ms": trial.suggest_ms,
         "last_step": trial.last_step,
         "steps": len(trial.curve),
         "attempts": trial.attempts,
@@ -84,6 +87,8 @@ class LocalApi:
             "api.stop": self.stop,
             "api.logs": self.logs,
             "api.shutdown": self.shutdown,
+            "api.freeze": self.freeze,
+            "api.thaw": self.thaw,
         }
 
     def _experiment(self, body: Any) -> ExperimentState:
@@ -155,6 +160,33 @@ class LocalApi:
             peer = self.node.peers.get(runner)
             where = peer.addr if peer else None
         return {"here": False, "runner": runner.hex() if runner else None, "address": where}
+
+    def _trial(self, body: Any) -> tuple[ExperimentState, TrialView]:
+        found = self.node.replica.find_trial(body) if isinstance(body, str) else None
+        if found is None:
+            raise MetaoptError(f"no trial {body!r} on this peer; `metaopt status EXP` lists them")
+        state, key = found
+        view = state.trial(key)
+        assert view is not None
+        return state, view
+
+    async def freeze(self, request: Request) -> Any:
+        """Pause a trial running on this peer; it can be thawed later (here)."""
+        state, view = self._trial(request.body)
+        if view.key not in self.node.runner.running_keys():
+            raise MetaoptError(f"trial {view.id[:12]} is not running on this peer")
+        await self.node.runner.end(view.key, "frozen", "frozen by the user")
+        return view.id
+
+    async def thaw(self, request: Request) -> Any:
+        """Resume a trial this peer froze, from its checkpoint, in a free slot."""
+        state, view = self._trial(request.body)
+        if view.state != "frozen" or view.runner != self.node.node_id:
+            raise MetaoptError(f"trial {view.id[:12]} is {view.state}, not frozen on this peer")
+        if self.node.runner.free_slots() <= 0:
+            raise MetaoptError("no free slot on this peer; try again when a trial ends")
+        await self.node.runner.launch(state, view, thaw=True)
+        return view.id
 
     async def shutdown(self, request: Request) -> Any:
         self.node.request_stop()

@@ -359,6 +359,7 @@ class Node:
             await self._schedule_once()
 
     async def _schedule_once(self) -> None:
+        await self.runner.thaw()
         now_ms = int(self.clock() * 1000)
         timing = self.config.timing
         runnable = [s for s in self.replica.experiments.values() if s.spec.command is not None]
@@ -413,6 +414,14 @@ class Node:
                 for p in self.peers.all()
             ],
             "slots": self.runner.describe(),
+            # Frame bytes on the wire (requests and replies, both directions), peers and CLI.
+            "wire": {
+                "client_sent": self.client.bytes_out,
+                "client_received": self.client.bytes_in,
+                "server_received": self.server.bytes_in,
+                "server_sent": self.server.bytes_out,
+            },
+            "sync_sessions": self.replicator.sessions,
             "experiments": len(self.replica.experiments),
         }
 

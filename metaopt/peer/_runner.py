@@ -20,8 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from metaopt._curves import curve_views, stopper_for
 from metaopt._errors import MetaoptError
 from metaopt._state import ExperimentState, TrialView
+from metaopt.freezethaw import Action, Decision, EarlyStopper
 from metaopt.peer._bundle import materialize_bundle
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._executor import ExecutorConfig, TrialProcess, TrialSpec
@@ -60,7 +64,8 @@ class TrialRunner:
         self.slots = detect_slots(config.gpus, config.slots)
         self.running: dict[int, Running] = {}
         self._bundles: dict[bytes, Path] = {}
-        self._stopper: Any = None
+        self._stoppers: dict[bytes, EarlyStopper | None] = {}
+        self._decisions = 0
 
     # --------------------------------------------------------------------------- queries
 
@@ -285,9 +290,69 @@ class TrialRunner:
         if tasks:
             await asyncio.wait(tasks, timeout=3 * self.config.timing.stop_grace + 5)
 
+    def _stopper(self, state: ExperimentState) -> EarlyStopper | None:
+        if state.key not in self._stoppers:
+            self._stoppers[state.key] = stopper_for(state, self.node.suggester(state).space)
+        return self._stoppers[state.key]
+
+    def _decide(self, state: ExperimentState, own: set[str], free_slots: int) -> list[Decision]:
+        stopper = self._stopper(state)
+        if stopper is None or not own:
+            return []
+        self._decisions += 1
+        rng = np.random.default_rng([self._decisions, *self.node.node_id[:8]])
+        curves = curve_views(state, self.node.suggester(state).space)
+        return stopper.decide(curves, own, free_slots, rng)
+
+    def _own_frozen(self, state: ExperimentState) -> set[str]:
+        me = self.node.node_id
+        return {t.id for t in state.trials() if t.state == "frozen" and t.runner == me}
+
     async def monitor(self) -> None:
-        """Early stopping for this peer's own running trials (see metaopt.freezethaw)."""
-        return None
+        """Freeze or kill this peer's running trials whose curves will not win (freeze-thaw)."""
+        for state in list(self.node.replica.experiments.values()):
+            if state.spec.command is None:
+                continue
+            running = {
+                r.trial.hex(): r
+                for r in self.running.values()
+                if r.experiment == state.key and r.outcome is None
+            }
+            frozen = self._own_frozen(state)
+            for decision in self._decide(state, set(running) | frozen, 0):
+                key = bytes.fromhex(decision.trial_id)
+                if decision.action in (Action.FREEZE, Action.KILL) and decision.trial_id in running:
+                    outcome = "frozen" if decision.action is Action.FREEZE else "killed"
+                    log.info("%s trial %s: %s", outcome, key.hex()[:12], decision.reason)
+                    await self.end(key, outcome, decision.reason)
+                elif decision.action is Action.KILL and decision.trial_id in frozen:
+                    self.node.write_event(state.key, key, "killed", reason=decision.reason)
+            idle = not running and self.free_slots() == len(self.slots)
+            if self._stopper(state) is not None and state.budget_spent and idle and frozen:
+                # Nothing new will start, and the stopper would not thaw these: they stay
+                # stopped for good, so the experiment can finish.
+                for trial_id in sorted(frozen):
+                    self.node.write_event(
+                        state.key,
+                        bytes.fromhex(trial_id),
+                        "killed",
+                        reason="frozen when the budget ran out and not worth resuming",
+                    )
+
+    async def thaw(self) -> None:
+        """Resume this peer's frozen trials that are a better bet than a new configuration."""
+        for state in list(self.node.replica.experiments.values()):
+            if self.free_slots() <= 0 or state.spec.command is None or state.stopped:
+                continue
+            frozen = self._own_frozen(state)
+            if not frozen:
+                continue
+            for decision in self._decide(state, frozen, self.free_slots()):
+                if decision.action is Action.THAW and self.free_slots() > 0:
+                    view = state.trial(bytes.fromhex(decision.trial_id))
+                    if view is not None:
+                        log.info("thawing trial %s: %s", view.key.hex()[:12], decision.reason)
+                        await self.launch(state, view, thaw=True)
 
 
 class _MissingBlob(Exception):

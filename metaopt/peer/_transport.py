@@ -50,10 +50,13 @@ class Server:
         self.app = web.Application(client_max_size=max_bytes)
         self.app.router.add_post(PATH, self._handle)
         self.rejected = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     async def _handle(self, request: web.Request) -> web.Response:
         try:
             frame = await request.read()
+            self.bytes_in += len(frame)
             payload = self._codec.open(frame, now=time.time())
             message = decode_request(payload)
         except (FrameError, WireError) as exc:
@@ -71,9 +74,9 @@ class Server:
             except Exception as exc:  # a bug in one handler must not take the peer down
                 log.exception("handler %s failed", message.op)
                 reply = Reply(False, error=f"internal error in {message.op}: {exc}")
-        return web.Response(
-            body=_seal(self._codec, reply.encode()), content_type="application/octet-stream"
-        )
+        body = _seal(self._codec, reply.encode())
+        self.bytes_out += len(body)
+        return web.Response(body=body, content_type="application/octet-stream")
 
     async def start(self, host: str, port: int) -> int:
         """Listen; return the bound port (useful with port 0)."""
@@ -109,6 +112,8 @@ class Client:
         self._addr = addr
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self.bytes_out = 0
+        self.bytes_in = 0
 
     async def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -119,13 +124,16 @@ class Client:
         """Send one request to host:port and return the reply body, or raise."""
         payload = Request(op, self._sender, self._addr, body).encode()
         session = await self._get_session()
+        frame = _seal(self._codec, payload)
+        self.bytes_out += len(frame)
         try:
             async with session.post(
                 f"http://{addr}{PATH}",
-                data=_seal(self._codec, payload),
+                data=frame,
                 headers={"Content-Type": "application/octet-stream"},
             ) as response:
                 data = await response.read()
+                self.bytes_in += len(data)
                 if response.status == 401:
                     raise RemoteError(f"{addr} refused us: {data.decode(errors='replace')}")
                 if response.status != 200:

@@ -216,3 +216,86 @@ def test_decode_refuses_nan_like_create() -> None:
     nan = raw(0.5)[:-8] + struct.pack(">Q", 0x7FF8000000000001)
     with pytest.raises(RecordError):
         Record.decode(nan)
+
+
+def test_decode_many_matches_decode() -> None:
+    records = [
+        Record.create(
+            "event", ORIGIN, i, 10 * i, {"m": {"loss": i / 3}, "s": [i, "x"]}, [b"k" * 32]
+        )
+        for i in range(1, 20)
+    ]
+    decoded = Record.decode_many([r.data for r in records])
+    assert [(d.key, d.data, d.body, d.links) for d in decoded] == [
+        (r.key, r.data, r.body, r.links) for r in records
+    ]
+    assert Record.decode_many([]) == []
+    views = iter([bytearray(records[0].data)])
+    assert Record.decode_many(views)[0].key == records[0].key  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        raw({"a": 1})[:-4] + b"\x82\xa1b\x01\xa1a\x02",  # unsorted keys
+        raw(0)[:-1] + b"\xd6\xff" + struct.pack(">I", 0),  # timestamp
+        raw(0) + b"\x00",
+        b"\xc1",
+    ],
+)
+def test_decode_many_refuses_a_batch_with_one_bad_record(bad: bytes) -> None:
+    good = Record.create("trial", ORIGIN, 1, 1, {"a": 1}).data
+    with pytest.raises(RecordError):
+        Record.decode_many([good, bad, good])
+    with pytest.raises(OversizedRecord):
+        Record.decode_many([good, b"\x00" * 50], max_size=40)
+
+
+def _body_bytes(packed_body: bytes) -> bytes:
+    return raw(0)[:-1] + packed_body
+
+
+@pytest.mark.parametrize(
+    ("packed_body", "error"),
+    [
+        # unsorted keys inside a map inside a list inside a map
+        (b"\x81\xa1a\x91\x82\xa1y\x01\xa1x\x02", NonCanonicalRecord),
+        # an integer, a bin and a nil map key, nested
+        (b"\x91\x81\x01\x02", NonCanonicalRecord),
+        (b"\x81\xa1a\x81\xc4\x01k\x02", NonCanonicalRecord),
+        (b"\x91\x81\xc0\x02", NonCanonicalRecord),
+        # NaN at depth
+        (b"\x81\xa1a\x92\x01\xcb" + struct.pack(">d", float("nan")), RecordError),
+        # a timestamp inside a map value
+        (b"\x81\xa1t\xd6\xff" + struct.pack(">I", 7), RecordError),
+    ],
+)
+def test_decode_checks_every_level(packed_body: bytes, error: type[Exception]) -> None:
+    data = _body_bytes(packed_body)
+    with pytest.raises(error):
+        Record.decode(data)
+    with pytest.raises(error):
+        Record.decode_many([data])
+
+
+def test_decode_accepts_infinities_and_deep_nesting_without_recursion() -> None:
+    body: Any = [float("inf"), float("-inf"), {"a": {"b": [{"c": None}]}}]
+    r = Record.create("t", ORIGIN, 1, 1, body)
+    assert Record.decode(r.data).body == body
+    deep = _body_bytes(b"\x91" * 5000 + b"\x01")
+    with pytest.raises(RecordError):  # msgpack's own nesting limit; never a RecursionError
+        Record.decode(deep)
+
+
+@given(plain, st.binary(max_size=6), st.integers(0, 200))
+def test_decode_many_agrees_with_decode_on_mutations(body: Any, junk: bytes, at: int) -> None:
+    data = Record.create("t", ORIGIN, 1, 1, body).data
+    mutated = data[:at] + junk + data[at + len(junk) :]
+    try:
+        one: Record | None = Record.decode(mutated)
+    except RecordError as exc:
+        with pytest.raises(type(exc)):
+            Record.decode_many([mutated])
+        return
+    (many,) = Record.decode_many([mutated])
+    assert one is not None and many.key == one.key and many.data == one.data == mutated

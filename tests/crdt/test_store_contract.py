@@ -257,3 +257,29 @@ def test_leveldb_failed_batch_writes_nothing(tmp_path: Path) -> None:
         assert (len(store), good.key in store, broken.key in store) == (0, False, False)
     with LevelDBStore(tmp_path / "db") as store:
         assert (len(store), good.key in store, broken.key in store) == (0, False, False)
+
+
+def test_raw_by_origin_is_by_origin_without_rebuilding(store: Store) -> None:
+    records = sample()
+    store.add(records)
+    for origin, lo, hi in [(A, 1, 10), (A, 2, 3), (B, 2, 2), (B, 4, 100), (b"C" * 16, 1, 9)]:
+        expect = [(r.key, r.data) for r in store.by_origin(origin, lo, hi)]
+        assert list(store.raw_by_origin(origin, lo, hi)) == expect
+    assert [d for _, d in store.raw_by_origin(A, 1, 2**64 - 1)] == [
+        r.data for r in sorted((r for r in records if r.origin == A), key=lambda r: r.seq)
+    ]
+
+
+def test_equivocating_records_are_both_kept_and_duplicates_dropped(store: Store) -> None:
+    """Two records with one (origin, seq): the second is new although its pair is held."""
+    first = rec(A, 1, 10)
+    twin = rec(A, 1, 10, other=True)
+    assert first.key != twin.key
+    assert store.add([first]) == [first]
+    assert store.add([twin, first]) == [twin]
+    assert store.add([twin, first, twin]) == []
+    assert (len(store), first.key in store, twin.key in store) == (2, True, True)
+    assert {k for k, _ in store.raw_by_origin(A, 1, 1)} == {first.key, twin.key}
+    fresh = rec(A, 2, 20)
+    assert store.add([fresh, fresh, rec(A, 3, 30, x=1), rec(A, 3, 30, x=2)])[:1] == [fresh]
+    assert len(store) == 5

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["KernelSpec", "cat_index", "matern52", "matern52_grad_s", "pair_sqdist", "sqdist"]
+__all__ = [
+    "KernelSpec",
+    "cat_index",
+    "matern52",
+    "matern52_and_grad",
+    "matern52_grad_s",
+    "pair_sqdist",
+    "sqdist",
+]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -93,3 +101,10 @@ def matern52_grad_s(s: FloatArray, signal: float) -> FloatArray:
     """Derivative of ``matern52`` with respect to s (finite at s = 0)."""
     r = np.sqrt(s)
     return np.asarray(-5.0 / 6.0 * signal * (1.0 + _SQRT5 * r) * np.exp(-_SQRT5 * r))
+
+
+def matern52_and_grad(s: FloatArray, signal: float) -> tuple[FloatArray, FloatArray]:
+    """``matern52`` and ``matern52_grad_s`` sharing one square root and exponential."""
+    r5 = np.sqrt(5.0 * s)
+    e = signal * np.exp(-r5)
+    return np.asarray((1.0 + r5 + 5.0 / 3.0 * s) * e), np.asarray(-5.0 / 6.0 * (1.0 + r5) * e)

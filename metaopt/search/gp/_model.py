@@ -21,6 +21,7 @@ from scipy import linalg, optimize, stats
 from metaopt.search.gp._kernel import (
     KernelSpec,
     matern52,
+    matern52_and_grad,
     matern52_grad_s,
     pair_sqdist,
     sqdist,
@@ -176,8 +177,10 @@ def _inverse_from_cholesky(L: FloatArray) -> FloatArray:
     inv, info = linalg.lapack.dpotri(L, lower=1)
     if info != 0:
         return np.asarray(linalg.cho_solve((L, True), np.eye(L.shape[0]), check_finite=False))
-    low = np.tril(inv)
-    return np.asarray(low + np.tril(low, -1).T)
+    # dpotri fills the lower triangle only; L's upper triangle, hence inv's, is zero.
+    full = inv + inv.T
+    full[np.diag_indices_from(full)] *= 0.5
+    return np.asarray(full)
 
 
 def _ls_prior_loc(d: int) -> float:
@@ -201,7 +204,7 @@ def _neg_log_posterior(
     eps = math.exp(theta[d + 1])
     noise = cfg.min_noise + eps
     s = D @ inv_ls2
-    K = matern52(s, signal)
+    K, dKs = matern52_and_grad(s, signal)
     try:
         L = linalg.cholesky(K + noise * np.eye(n), lower=True, check_finite=False)
     except linalg.LinAlgError:
@@ -212,7 +215,7 @@ def _neg_log_posterior(
     W = Kinv - np.outer(alpha, alpha)
     grad = np.empty_like(theta)
     # dK/dlog l_j = -2 s_j dk/ds where s_j = D_j / l_j**2
-    M = W * matern52_grad_s(s, signal)
+    M = W * dKs
     grad[:d] = -(np.einsum("ab,abj->j", M, D)) * inv_ls2
     grad[d] = 0.5 * float((W * K).sum())
     grad[d + 1] = 0.5 * float(np.trace(W)) * eps

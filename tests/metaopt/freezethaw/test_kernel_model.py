@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import numpy.typing as npt
 from hypothesis import given, settings
@@ -70,21 +72,25 @@ def test_block_inference_equals_dense_inference() -> None:
     curves = _curves(rng, 9, 12, 0.02)
     fm = FreezeThawModel().fit(curves)
     data, h = fm.data, fm.hyper
-    rows = [(i, t, y) for i in range(len(data.ids)) for t, y in zip(data.t[i], data.y[i])]
+    rows = [
+        (i, t, y) for i in range(len(data.ids)) for t, y in zip(data.t[i], data.y[i], strict=False)
+    ]
     cid = np.array([r[0] for r in rows])
     tt = np.array([r[1] for r in rows])
     y = np.array([r[2] for r in rows])
-    O = (cid[:, None] == np.arange(len(data.ids))[None, :]).astype(float)
+    Obs = (cid[:, None] == np.arange(len(data.ids))[None, :]).astype(float)
     Kx = matern52(data.X, data.X, h.lengthscales, h.amp_x) + 1e-8 * np.eye(len(data.ids))
     Kt = exp_decay(tt, tt, h.alpha, h.beta, h.amp_t) * (cid[:, None] == cid[None, :])
-    S = Kt + (h.noise + 1e-8) * np.eye(len(rows)) + O @ Kx @ O.T
+    S = Kt + (h.noise + 1e-8) * np.eye(len(rows)) + Obs @ Kx @ Obs.T
     r = y - h.mean
-    nll = 0.5 * (r @ np.linalg.solve(S, r) + np.linalg.slogdet(S)[1] + len(rows) * np.log(2 * np.pi))
+    nll = 0.5 * (
+        r @ np.linalg.solve(S, r) + np.linalg.slogdet(S)[1] + len(rows) * np.log(2 * np.pi)
+    )
     assert np.isclose(nll, _neg_mll(data, np.arange(len(data.ids)), h, 1e-8), rtol=1e-8)
     for i, tid in enumerate(data.ids):
         ts = data.t_final[i]
         kt = exp_decay(tt, np.array([ts]), h.alpha, h.beta, h.amp_t)[:, 0] * (cid == i)
-        ks = kt + O @ Kx[:, i]
+        ks = kt + Obs @ Kx[:, i]
         kss = exp_decay(np.array([ts]), np.array([ts]), h.alpha, h.beta, h.amp_t)[0, 0] + Kx[i, i]
         mean = data.centre + data.scale * (h.mean + ks @ np.linalg.solve(S, r))
         var = data.scale**2 * (kss - ks @ np.linalg.solve(S, ks))
@@ -105,7 +111,7 @@ def test_noiseless_exponential_curves_recover_their_asymptotes() -> None:
         asym[f"e{i}"] = a
     fm = FreezeThawModel().fit(curves)
     for tid, a in asym.items():
-        m, v = fm.asymptote(tid)
+        m, _v = fm.asymptote(tid)
         assert abs(m - a) < 0.03, (tid, m, a)
         final, _ = fm.predict(tid)
         assert abs(final - a) < 0.03
@@ -132,7 +138,7 @@ def test_prob_beats_is_monotone_in_best() -> None:
     rng = np.random.default_rng(4)
     fm = FreezeThawModel().fit(_curves(rng, 8, 20, 0.02))
     ps = [fm.prob_beats("t03", b) for b in np.linspace(-1.0, 4.0, 11)]
-    assert all(p <= q for p, q in zip(ps, ps[1:], strict=False))
+    assert all(p <= q for p, q in itertools.pairwise(ps))
     assert ps[0] < 0.01 < 0.99 < ps[-1]
 
 

@@ -220,3 +220,45 @@ def test_a_peer_with_the_wrong_key_is_refused(cluster: Cluster) -> None:
     status = first.json("peer", "status")
     assert all(not p["live"] for p in status["peers"])
     assert first.proc is not None and first.proc.poll() is None
+
+
+EPOCHS = Path(__file__).parent / "scripts" / "epochs.py"
+
+
+def test_freeze_and_thaw_a_real_process_resumes_from_its_checkpoint(cluster: Cluster) -> None:
+    peer = cluster.start_peer("solo")
+    out = peer.cli(
+        "submit",
+        "--name",
+        "ep",
+        "--max-trials",
+        "1",
+        "--early-stopping",
+        "none",
+        str(EPOCHS),
+        "--x~uniform(0, 1)",
+        "--steps",
+        "60",
+        "--sleep",
+        "0.5",
+    )
+    assert out.returncode == 0, out.stderr
+
+    def trial() -> dict[str, Any]:
+        trials = experiment(peer, "ep")["trial_list"]
+        return dict(trials[0]) if trials else {}
+
+    wait_for(lambda: trial().get("last_step", 0) >= 3, 60, peer.log)
+    frozen = peer.cli("freeze", trial()["id"])
+    assert frozen.returncode == 0, frozen.stderr
+    wait_for(lambda: trial().get("state") == "frozen", 30, peer.log)
+    step = trial()["last_step"]
+    assert 3 <= step < 60
+    thawed = peer.cli("thaw", trial()["id"])
+    assert thawed.returncode == 0, thawed.stderr
+    wait_for(lambda: trial().get("state") == "completed", 90, peer.log)
+    t = trial()
+    assert t["last_step"] == 60 and t["steps"] == 60
+    log = peer.cli("logs", t["id"]).stdout
+    assert "starting at step 1 " in log
+    assert f"starting at step {step + 1} (METAOPT_RESUME_STEP={step})" in log

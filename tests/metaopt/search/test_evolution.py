@@ -117,11 +117,12 @@ def zdt1(p: dict[str, Any]) -> list[float]:
 @pytest.mark.slow
 def test_nsga2_front_approaches_known_front() -> None:
     space = Space.from_dict({k: "uniform(0, 1)" for k in ("x1", "x2", "x3")})
-    obs = run(make_algorithm("evolution"), space, zdt1, 400, seed=0, batch=8)
     f1 = np.linspace(0, 1, 2001)
     true_hv = hypervolume_2d(np.column_stack([f1, 1 - np.sqrt(f1)]), (1.1, 1.1))
-    front = obs.Y[pareto_front(obs.Y)]
-    assert hypervolume_2d(front, (1.1, 1.1)) > 0.95 * true_hv
-    # Points on the front are close to the true front f2 = 1 - sqrt(f1).
-    gap = front[:, 1] - (1 - np.sqrt(front[:, 0]))
-    assert np.median(gap) < 0.05
+    for seed in range(3):
+        obs = run(make_algorithm("evolution"), space, zdt1, 400, seed=seed, batch=8)
+        front = obs.Y[pareto_front(obs.Y)]
+        assert hypervolume_2d(front, (1.1, 1.1)) > 0.93 * true_hv
+        # Points on the front are close to the true front f2 = 1 - sqrt(f1).
+        gap = front[:, 1] - (1 - np.sqrt(front[:, 0]))
+        assert np.median(gap) < 0.05

@@ -177,7 +177,8 @@ def prior_texts(draw: st.DrawFn) -> str:
     kind = draw(st.sampled_from(["uniform", "loguniform", "normal", "randint", "choices"]))
     if kind == "uniform":
         a = draw(finite)
-        b = a + draw(st.floats(1e-3, 1e6))
+        # Narrower than 1e-6 of the magnitude and floats cannot resolve the unit coordinate.
+        b = a + max(1e-6 * abs(a), draw(st.floats(1e-3, 1e6)))
         opt = draw(st.sampled_from(["", ", precision=3", ", discrete=True"]))
         if opt == ", discrete=True":
             b = a + 1 + draw(st.floats(0, 1e3))

@@ -160,7 +160,7 @@ def test_make_algorithm_builds_the_gp() -> None:
 
 
 @pytest.mark.slow
-def test_auto_with_gp_beats_random_on_branin() -> None:
+def test_auto_portfolio_with_the_gp_solves_branin() -> None:
     space = Space.from_dict({"x0": "uniform(-5, 10)", "x1": "uniform(0, 15)"})
 
     def branin(p: dict[str, Any]) -> float:

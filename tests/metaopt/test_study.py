@@ -1,0 +1,157 @@
+"""metaopt.Study: ask/tell over a replica, reproducibility, sync, persistence, early stopping."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metaopt import MetaoptError, Study
+
+SPACE = {"x": "uniform(-2, 2)", "y": "uniform(-2, 2)", "n": "randint(1, 5)"}
+A = bytes.fromhex("aa" * 16)
+B = bytes.fromhex("bb" * 16)
+
+
+def f(p: dict[str, float]) -> float:
+    return (p["x"] - 0.5) ** 2 + (p["y"] + 0.25) ** 2 + 0.1 * p["n"]
+
+
+def run(study: Study, n: int) -> list[dict[str, float]]:
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        study.tell(trial, f(dict(trial.params)))
+        out.append(dict(trial.params))
+    return out
+
+
+def test_ask_tell_best_and_trials() -> None:
+    with Study(SPACE, algorithm="random", seed=1) as study:
+        run(study, 12)
+        assert len(study.trials) == 12
+        best = study.best
+        assert best is not None and best.value == min(t.value for t in study.trials)  # type: ignore[union-attr, type-var]
+        assert all(t.state == "completed" for t in study.trials)
+
+
+def test_same_seed_same_suggestions_other_node_other_suggestions() -> None:
+    a1 = run(Study(SPACE, algorithm="auto", seed=3, node_id=A), 8)
+    a2 = run(Study(SPACE, algorithm="auto", seed=3, node_id=A), 8)
+    b = run(Study(SPACE, algorithm="auto", seed=3, node_id=B), 8)
+    assert a1 == a2
+    assert a1 != b
+
+
+def test_same_suggestions_in_a_spawned_process() -> None:
+    code = (
+        "import json; from metaopt import Study\n"
+        f"s = Study({SPACE!r}, algorithm='auto', seed=3, node_id=bytes.fromhex('{A.hex()}'))\n"
+        "out = []\n"
+        "for _ in range(8):\n"
+        "    t = s.ask(); p = dict(t.params)\n"
+        "    s.tell(t, (p['x'] - 0.5) ** 2 + (p['y'] + 0.25) ** 2 + 0.1 * p['n']); out.append(p)\n"
+        "print(json.dumps(out))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == run(Study(SPACE, algorithm="auto", seed=3, node_id=A), 8)
+
+
+def test_pending_trials_are_never_duplicated() -> None:
+    study = Study({"n": "randint(0, 6)"}, algorithm="auto", seed=0)
+    asked = [study.ask() for _ in range(6)]  # never told: all pending
+    values = [t.params["n"] for t in asked]
+    assert sorted(values) == list(range(6))
+    with pytest.raises(MetaoptError, match="already tried or pending"):
+        study.ask()
+
+
+def test_two_studies_synced_converge_without_duplicates() -> None:
+    a = Study(SPACE, algorithm="auto", seed=0, node_id=A)
+    b = Study(SPACE, algorithm="auto", seed=0, node_id=B)
+    assert a.experiment_key == b.experiment_key
+    for _ in range(6):
+        run(a, 1)
+        run(b, 1)
+        a.sync(b)
+    assert [t.key for t in a.trials] == [t.key for t in b.trials]
+    assert len(a.trials) == 12
+    assert a.best.key == b.best.key  # type: ignore[union-attr]
+    params = [tuple(sorted(t.params.items())) for t in a.trials]
+    assert len(set(params)) == len(params)
+    assert a.sync(b) == 1  # in sync: one round trip
+
+
+def test_path_keeps_the_replica_and_node_id(tmp_path: Path) -> None:
+    with Study(SPACE, algorithm="random", seed=0, path=tmp_path / "s") as s:
+        run(s, 5)
+        node, keys = s.node_id, [t.key for t in s.trials]
+    with Study(SPACE, algorithm="random", seed=0, path=tmp_path / "s") as s:
+        assert s.node_id == node
+        assert [t.key for t in s.trials] == keys
+        run(s, 2)
+        assert len(s.trials) == 7
+
+
+def test_failures_and_missing_objectives() -> None:
+    study = Study({"x": "uniform(0, 1)"}, objective=["loss", "latency"], algorithm="random")
+    t = study.ask()
+    assert study.tell(t, None, reason="out of memory").state == "failed"
+    t2 = study.ask()
+    with pytest.raises(MetaoptError, match="latency"):
+        study.tell(t2, {"loss": 1.0})
+
+
+def test_multi_objective_front_is_the_pareto_set() -> None:
+    study = Study({"x": "uniform(0, 1)"}, objective=["f1", "f2"], algorithm="auto", seed=0)
+    for _ in range(25):
+        t = study.ask()
+        x = float(t.params["x"])
+        study.tell(t, {"f1": x, "f2": (1 - x) ** 2 + 0.1})
+    front = study.best
+    assert isinstance(front, list) and len(front) == len(study.trials)  # every point is optimal
+    dominated = Study({"x": "uniform(0, 1)"}, objective=["f1", "f2"], algorithm="random", seed=1)
+    for value in ({"f1": 1.0, "f2": 1.0}, {"f1": 0.5, "f2": 0.5}, {"f1": 0.2, "f2": 2.0}):
+        dominated.tell(dominated.ask(), value)
+    assert sorted(t.values for t in dominated.best) == [(0.2, 2.0), (0.5, 0.5)]  # type: ignore[union-attr]
+
+
+def test_freeze_thaw_stops_a_hopeless_curve_and_can_resume_it() -> None:
+    study = Study(
+        {"x": "uniform(0, 1)"},
+        algorithm="random",
+        seed=0,
+        max_step=30,
+        early_stopping="freeze-thaw",
+    )
+    # Three good runs to the end, then a run whose curve sits far above them.
+    for i in range(3):
+        t = study.ask()
+        for step in range(1, 31):
+            study.report(t, step, 0.1 + 0.05 * i + math.exp(-step / 5))
+        study.tell(t, 0.1 + 0.05 * i)
+    bad = study.ask()
+    stopped_at = None
+    for step in range(1, 31):
+        study.report(bad, step, 5.0 + math.exp(-step / 5))
+        if study.should_stop(bad):
+            stopped_at = step
+            break
+    assert stopped_at is not None and stopped_at < 30
+    view = next(t for t in study.trials if t.key == bad.key)
+    assert view.state in ("frozen", "killed")
+    # A trial with no reports is never stopped.
+    fresh = study.ask()
+    assert fresh.key != bad.key
+    assert not study.should_stop(fresh)
