@@ -223,7 +223,8 @@ def wait_for(peer: LocalPeer, experiment: str, interval: float = 1.0) -> int:
         total = info["max_trials"] or "∞"
         line = (
             f"{info['name']}: {counts.get('completed', 0)} done,"
-            f" {counts.get('running', 0)} running, {counts.get('failed', 0)} failed, {info['trials']}/{total} trials,"
+            f" {counts.get('running', 0)} running, {counts.get('failed', 0)} failed,"
+            f" {info['trials']}/{total} trials,"
             f" best {fmt_value(best)}"
         )
         if line != last:

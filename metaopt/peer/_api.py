@@ -172,7 +172,7 @@ class LocalApi:
 
     async def freeze(self, request: Request) -> Any:
         """Pause a trial running on this peer; it can be thawed later (here)."""
-        state, view = self._trial(request.body)
+        _state, view = self._trial(request.body)
         if view.key not in self.node.runner.running_keys():
             raise MetaoptError(f"trial {view.id[:12]} is not running on this peer")
         await self.node.runner.end(view.key, "frozen", "frozen by the user")
