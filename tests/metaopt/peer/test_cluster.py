@@ -262,3 +262,20 @@ def test_freeze_and_thaw_a_real_process_resumes_from_its_checkpoint(cluster: Clu
     log = peer.cli("logs", t["id"]).stdout
     assert "starting at step 1 " in log
     assert f"starting at step {step + 1} (METAOPT_RESUME_STEP={step})" in log
+
+
+def test_three_peers_find_each_other_by_mdns_on_loopback(cluster: Cluster) -> None:
+    first = cluster.start_peer("m0", mdns=True, join=False)
+    peers = [first] + [cluster.start_peer(f"m{i}", mdns=True, join=False) for i in (1, 2)]
+
+    def all_live() -> bool:
+        return all(
+            sum(p["live"] for p in peer.json("peer", "status")["peers"]) == 2 for peer in peers
+        )
+
+    wait_for(all_live, 60, lambda: "\n".join(p.log()[-1500:] for p in peers))
+    submit(first, trials=6, steps=3, sleep=0.3)
+    wait_for(lambda: experiment(first)["finished"], 120, first.log)
+    wait_for(lambda: all_agree(peers), 30, lambda: str([summary(p) for p in peers]))
+    runners = {t["runner"] for t in experiment(peers[1])["trial_list"]}
+    assert len(runners) >= 2, "the experiment did not spread beyond the peer it was submitted on"
