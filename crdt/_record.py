@@ -149,8 +149,7 @@ class Record:
         Returns:
             The records, in the order given.
         """
-        # One Packer for the batch: re-encoding is half the cost of a check, and building a
-        # Packer per record (what msgpack.packb does) is a third of that.
+        # One Packer for the whole batch; msgpack.packb builds one per call.
         pack = msgpack.Packer(use_bin_type=True).pack
         return [_decode(data, max_size, pack) for data in datas]
 
@@ -241,8 +240,8 @@ def _check_body(body: Any) -> None:
             for k in keys:
                 if type(k) is not str:
                     raise NonCanonicalRecord("map keys must be strings")
-            # Strictly ascending is enough: a dict cannot hold a key twice (the re-encoding
-            # catches a duplicated key on the wire, which decodes to a shorter map).
+            # A dict holds each key once, so sorted here means strictly ascending; a key sent
+            # twice decodes to a shorter map, which the re-encoding then catches.
             if keys != sorted(keys):
                 raise NonCanonicalRecord("map keys are not in sorted order")
             items = items.values()
@@ -251,9 +250,8 @@ def _check_body(body: Any) -> None:
             if t is dict or t is list:
                 push(v)
             elif t is float:
-                if (
-                    v != v
-                ):  # create refuses NaN; its many bit patterns would give one value many keys
+                # create refuses NaN; its many bit patterns would give one value many keys.
+                if v != v:
                     raise MalformedRecord("record body holds NaN; a missing value is None")
             elif t not in _LEAVES:
                 raise MalformedRecord(
