@@ -127,20 +127,16 @@ def main() -> int:
         print(f"demo wall time: {time.monotonic() - started:.1f} s")
         return 0 if same and best else 1
     finally:
-        for proc, ddir, _ in peers:
+        # Graceful stop of every peer we started (running trials become "interrupted"), by pid.
+        for proc, _, _ in peers:
             if proc.poll() is None:
-                subprocess.run(
-                    [PY, "-m", "metaopt", "peer", "stop", "--data-dir", str(ddir)],
-                    capture_output=True,
-                    timeout=60,
-                    cwd=ROOT,
-                )
+                proc.send_signal(signal.SIGTERM)
         for proc, _, _ in peers:
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
+                proc.kill()
+                proc.wait(timeout=10)
         print("peers stopped")
 
 

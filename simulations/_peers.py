@@ -192,7 +192,7 @@ class ApiClient:
     """The peers' local API over loopback, one kept-alive client each, counting its own bytes.
 
     The peers count every frame they receive and send (``wire`` in their status), this client's
-    included; ``bytes`` lets a benchmark subtract its own share.
+    included; ``sent`` and ``received`` let a benchmark subtract its own share.
     """
 
     def __init__(self, peers: Sequence[PeerProcess], key_text: str, timeout: float = 10) -> None:

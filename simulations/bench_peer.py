@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -56,6 +58,7 @@ POLL = 0.02  # seconds between two looks at one peer while timing replication
 
 SH_TRIAL = """\
 t0=$(date +%s.%N)
+[ -n "$2" ] && sleep "$2"
 echo "METAOPT {\\"loss\\": $1, \\"t0\\": $t0, \\"t1\\": $(date +%s.%N)}"
 """
 PY_TRIAL = """\
@@ -139,12 +142,12 @@ async def submit(
     return experiment.key.hex()
 
 
-def write_trial(workdir: Path, kind: str) -> list[str]:
+def write_trial(workdir: Path, kind: str, sleep: float = 0.0) -> list[str]:
     """The trial program in ``workdir``; the template words that run it."""
     workdir.mkdir(parents=True, exist_ok=True)
     if kind == "sh":
         (workdir / "trial.sh").write_text(SH_TRIAL)
-        return ["sh", "trial.sh", "~uniform(0, 1)"]
+        return ["sh", "trial.sh", "~uniform(0, 1)"] + ([str(sleep)] if sleep else [])
     (workdir / "trial.py").write_text(PY_TRIAL)
     return ["trial.py", "~uniform(0, 1)"]
 
@@ -355,10 +358,14 @@ async def _spread_once(
     return list(await asyncio.gather(*(_arrival(api, p, exp, check, t0) for p in others)))
 
 
+async def _nothing() -> None:
+    return None
+
+
 def bench_spread(
-    root: Path, n: int, reps: int, idle_window: float | None
+    root: Path, n: int, reps: int, idle_window: float | None, timing: str = "", adds: bool = True
 ) -> tuple[list[SpreadResult], CpuResult | None, float]:
-    with LoopbackCluster(root / f"spread{n}") as cluster:
+    with LoopbackCluster(root / f"spread{n}-{timing or 'default'}", timing=timing) as cluster:
         began = time.monotonic()
         peers = cluster.start(n)
         assert cluster.key is not None
@@ -379,8 +386,9 @@ def bench_spread(
 
         async def go() -> list[SpreadResult]:
             api = ApiClient(peers, key)
-            added = SpreadResult(n, "experiment via api.add (submit)", [], [], 0)
-            stopped = SpreadResult(n, "control record (metaopt stop)", [], [], 0)
+            note = f" [{timing}]" if timing else ""
+            added = SpreadResult(n, "experiment via api.add (submit)" + note, [], [], 0)
+            stopped = SpreadResult(n, "control record (metaopt stop)" + note, [], [], 0)
             try:
                 for rep in range(reps):
                     source = peers[rep % n]
@@ -392,6 +400,9 @@ def bench_spread(
                     )
                     record = experiment_record(spec)  # no command: no peer runs it
                     exp = record.key.hex()
+                    if not adds:  # only the stop is timed: add the experiment and let it settle
+                        await api.call(source, "api.add", [record.data])
+                        await _spread_once(api, peers, source, _nothing, exp, lambda info: True)
                     for result, write, check in (
                         (
                             added,
@@ -404,6 +415,8 @@ def bench_spread(
                             lambda info: bool(info["stopped"]),
                         ),
                     ):
+                        if result is added and not adds:
+                            continue
                         times = await _spread_once(api, peers, source, write, exp, check)
                         got = [t for t in times if t is not None]
                         result.missing += len(times) - len(got)
@@ -413,7 +426,7 @@ def bench_spread(
                         await asyncio.sleep(0.2)
             finally:
                 await api.close()
-            return [stopped, added]
+            return [stopped, added] if adds else [stopped]
 
         return asyncio.run(go()), idle, joined
 
@@ -477,7 +490,8 @@ class WireWindow:
 
 @dataclass
 class WireResult:
-    trials: int
+    budget: int
+    trials: int  # what ran: concurrent starts may overshoot the budget by a few
     busy: WireWindow
     idle: WireWindow
     cpu: CpuResult
@@ -521,15 +535,16 @@ def _window(label: str, a: _Snapshot, b: _Snapshot, own_between: int) -> WireWin
     )
 
 
-def bench_wire(root: Path, trials: int, idle_cap: float) -> WireResult:
+def bench_wire(root: Path, trials: int, idle_floor: float) -> WireResult:
     with LoopbackCluster(root / "wire") as cluster:
         peers = cluster.start(3)
         assert cluster.key is not None
         key = cluster.key
         workdir = root / "trial-wire"
-        words = write_trial(workdir, "sh")
+        # Trials of a second each, so that all three peers take part as in real use.
+        words = write_trial(workdir, "sh", sleep=1.0)
 
-        async def busy() -> tuple[WireWindow, _Snapshot]:
+        async def busy() -> tuple[WireWindow, _Snapshot, int]:
             api = ApiClient(peers, key)
             try:
                 await wait_joined(api, peers, 120)
@@ -537,16 +552,16 @@ def bench_wire(root: Path, trials: int, idle_cap: float) -> WireResult:
                 mark = api.sent + api.received
                 options = {"name": "wire", "max_trials": trials, "algorithm": "random"}
                 exp = await submit(api, peers[0], workdir, options, words)
-                await wait_finished(api, peers, exp, trials, 60 + 10 * trials)
+                ran = await wait_finished(api, peers, exp, trials, 60 + 10 * trials)
                 between = api.sent + api.received - mark
                 s1 = await _snapshot(api, peers)
-                return _window("experiment", s0, s1, between), s1
+                return _window("experiment", s0, s1, between), s1, len(ran)
             finally:
                 await api.close()
 
-        window, s1 = asyncio.run(busy())
-        # An idle window as long as the experiment's (capped, to bound the run).
-        idle_seconds = min(window.seconds, idle_cap)
+        window, s1, ran = asyncio.run(busy())
+        # An idle window as long as the experiment's, but long enough for a steady rate.
+        idle_seconds = max(window.seconds, idle_floor)
         cpu = measure_idle("3 peers, cluster, after the experiment", peers, idle_seconds)
 
         async def after() -> _Snapshot:
@@ -559,7 +574,7 @@ def bench_wire(root: Path, trials: int, idle_cap: float) -> WireResult:
         s2 = asyncio.run(after())
         # s1's replies went to another client; its bytes are in s1.reply_bytes all the same.
         idle = _window("idle", s1, s2, 0)
-        return WireResult(trials, window, idle, cpu)
+        return WireResult(trials, ran, window, idle, cpu)
 
 
 def print_wire(r: WireResult) -> None:
@@ -601,8 +616,14 @@ def print_wire(r: WireResult) -> None:
             f"{(r.busy.peer_bytes - anti_entropy) / r.trials:.0f}",
         ],
         ["records per trial", f"{r.busy.records / r.trials:.1f}"],
+        [
+            "bytes per record copy (the rest / records / 2 other peers)",
+            f"{(r.busy.peer_bytes - anti_entropy) / max(1, r.busy.records) / 2:.0f}",
+        ],
     ]
-    print(table([f"per trial ({r.trials} trials of `sh trial.sh`)", "bytes"], rows))
+    title = f"per trial ({r.trials} trials ran, budget {r.budget}, `sh trial.sh X 1`)"
+    print(table([title, "bytes"], rows))
+    print("(frame bytes as the peers count them: HTTP and TCP headers are not included)")
 
 
 # ------------------------------------------------------------------------------- idle CPU
@@ -637,6 +658,27 @@ def print_idle(results: Sequence[CpuResult]) -> None:
 # ----------------------------------------------------------------------------------- demo
 
 
+def stop_leftovers(data: Path) -> None:
+    """Peers the demo started and failed to stop: SIGTERM, then SIGKILL, each by its pid."""
+    pids = []
+    for pid_file in data.glob("*/peer.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text())
+            # Only a peer of this data directory: the pid may have been reused since.
+            if str(pid_file.parent) in Path(f"/proc/{pid}/cmdline").read_text():
+                os.kill(pid, signal.SIGTERM)
+                pids.append(pid)
+    deadline = time.monotonic() + 20
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if Path(f"/proc/{p}").exists()]
+        time.sleep(0.2)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    if pids:
+        print(f"(killed {len(pids)} demo peer(s) that did not stop)")
+
+
 def bench_demo(root: Path, timeout: float) -> None:
     data = root / "demo-data"
     began = time.monotonic()
@@ -649,16 +691,28 @@ def bench_demo(root: Path, timeout: float) -> None:
             timeout=timeout,
         )
     except subprocess.TimeoutExpired:
-        # run_demo stops its own peers in a finally; a timeout here kills only its process.
         print(f"the demo did not finish within {timeout:.0f} s")
         return
+    finally:
+        stop_leftovers(data)
     wall = time.monotonic() - began
-    lines = (proc.stdout + proc.stderr).strip().splitlines()
-    print("\n".join("  | " + line for line in lines[-7:]))
+    output = proc.stdout + proc.stderr
+    (root / "demo-output.txt").write_text(output)
+    lines = output.strip().splitlines()
+    print("\n".join("  | " + line for line in lines[-(7 if proc.returncode == 0 else 40) :]))
+    # The demo's own figure: from its first peer's start to its verdict, before it stops them.
+    own = [line.split(":")[1].strip() for line in lines if line.startswith("demo wall time:")]
     print(
         table(
-            ["demo", "wall s", "exit status"],
-            [["python examples/run_demo.py (3 peers, 18 trials)", f"{wall:.1f}", proc.returncode]],
+            ["demo", "wall s (whole run)", "to its verdict", "exit status"],
+            [
+                [
+                    "python examples/run_demo.py (3 peers, 18 trials)",
+                    f"{wall:.1f}",
+                    own[-1] if own else "-",
+                    proc.returncode,
+                ]
+            ],
         )
     )
 
@@ -690,9 +744,12 @@ def main() -> int:
         print_slot(slot)
 
         spread: list[SpreadResult] = []
-        for n in (3, 10):
-            section(f"replication delay: {n} peers joined by --join, default timings")
-            results, cpu_n, joined = bench_spread(root, n, reps, idle_window if n == 3 else None)
+        for n, timing in ((3, ""), (10, ""), (10, "push_fanout=9")):
+            what = f"--timing {timing}" if timing else "default timings"
+            section(f"replication delay: {n} peers joined by --join, {what}")
+            results, cpu_n, joined = bench_spread(
+                root, n, reps, idle_window if n == 3 else None, timing, adds=not timing
+            )
             print(f"(all {n} peers counted each other live after {joined:.1f} s)")
             if cpu_n is not None:
                 idle.append(cpu_n)
@@ -700,7 +757,7 @@ def main() -> int:
             spread.extend(results)
 
         section(f"wire bytes: {wire_trials} trials on 3 peers, default timings")
-        wire = bench_wire(root, wire_trials, 2 * idle_window)
+        wire = bench_wire(root, wire_trials, idle_window)
         idle.append(wire.cpu)
         print_wire(wire)
 

@@ -193,17 +193,22 @@ def _stop(args: argparse.Namespace) -> int:
     pid = int(dirs.pid_file.read_text()) if dirs.pid_file.exists() else None
     LocalPeer(data_dir).call("api.shutdown")
     deadline = time.monotonic() + args.timeout
-    while pid is not None and time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        if pid is not None:
+    # The peer removes its pid file last thing on a clean stop; a zombie (a peer whose parent
+    # has not reaped it yet) has stopped too.
+    while pid is not None and dirs.pid_file.exists() and not _gone(pid):
+        if time.monotonic() > deadline:
             raise MetaoptError(f"peer pid {pid} is still running after {args.timeout:.0f} s")
+        time.sleep(0.1)
     print("peer stopped")
     return 0
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -322,8 +322,11 @@ class FreezeThawModel:
             return self._default(data, with_data)
         idx = with_data
         if idx.shape[0] > cfg.fit_max_curves:
-            pick = np.linspace(0, idx.shape[0] - 1, cfg.fit_max_curves).round().astype(np.int64)
-            idx = idx[np.unique(pick)]
+            # The longest curves: early stopping leaves many short ones, and only long ones
+            # show how slowly a curve can still fall and where the asymptotes lie.
+            lens = np.array([data.y[i].shape[0] for i in idx])
+            keep = np.argsort(-lens, kind="stable")[: cfg.fit_max_curves]
+            idx = np.sort(idx[keep])
         fit_data = _thin(data, idx, cfg.fit_max_points)
         fit_idx = np.arange(idx.shape[0], dtype=np.int64)
         d = data.X.shape[1]
@@ -450,6 +453,16 @@ class FittedModel:
                 var[i] = kss - cu[Tn - 1] + omega * omega * self._cdiag[i]
         self._final_cache = (mean, np.maximum(var, 1e-12))
         return self._final_cache
+
+    def finals(self) -> tuple[FloatArray, FloatArray]:
+        """Posterior means and variances (N,) of every curve at its max_step, in trial_ids order.
+
+        Returns:
+            (means, variances) in the original value units, aligned with trial_ids.
+        """
+        fm, fv = self._finals()
+        sc = self.data.scale
+        return self.data.centre + sc * fm, sc * sc * fv
 
     def predict(self, trial_id: str, step: float | None = None) -> tuple[float, float]:
         """Posterior mean and variance of the noiseless curve value at step (default: max_step).

@@ -1,22 +1,28 @@
 """What a peer does with its own trials: continue, freeze, kill or thaw, and the freeze-thaw rule.
 
 The freeze-thaw policy (a practical stand-in for the paper's entropy search, which costs far
-more than a 100 ms decision allows):
+more than a 100 ms decision allows) spends steps where a better final value is most likely:
 
 * A trial with no reports, too few points (< min_points) or too few steps (< min_steps) is
   never stopped; one that reported nan/inf, or whose recent values rise significantly after
   giving back more than div_frac of its improvement, is killed (diverged).
-* Otherwise p = P(value at max_step < best - eps) under the curve model, where best is the
-  best smoothed value any *other* trial reached. p < p_freeze freezes a running trial;
-  p < p_kill with at least kill_min_points points kills it (running or frozen: frozen for good).
+* The bar a trial must beat is the best other trial's final value: a completed trial's smoothed
+  last values, or an unfinished one's predicted final mean + ref_z sd (a value it will probably
+  reach). Partial values are never the bar: they are not where the other trial will end.
+* p = P(value at max_step < bar - eps) under the curve model, with its predictive variance
+  multiplied by var_inflation (the exact GP is overconfident on curves it has seen few steps
+  of). Its rate is p per remaining step; the fresh rate is the chance that a new configuration
+  run to max_step beats the best bar, averaged over uniform points, per max_step steps.
+* A running trial whose rate is below freeze_ratio × the fresh rate is frozen (a new trial is
+  a better use of the slot); p < p_kill with at least kill_min_points points kills it (running
+  or frozen: frozen for good).
 * Late-bloomer guard: a trial whose last window improved by more than bloom_z noise standard
   deviations, at least bloom_ratio as steeply as the window before (not decelerating the way
-  exponential and power-law curves do), and whose linear trend would beat best within
+  exponential and power-law curves do), and whose linear trend would beat the bar within
   bloom_horizon of its remaining steps, is left running whatever the model says.
-* Thaw (only with free slots): a frozen trial with p >= p_thaw is thawed when its expected
-  improvement at max_step, per remaining step when cost_aware, beats that of a fresh
-  configuration: the asymptote GP's EI at n_candidates uniform points (their max, or their
-  mean when fresh points come from random search), per max_step steps when cost_aware.
+* Thaw (only with free slots): the frozen trials whose rate exceeds thaw_ratio × the fresh
+  rate, best first. thaw_ratio > freeze_ratio is the hysteresis that stops a trial from being
+  frozen and thawed in turn while nothing new is learnt.
 """
 
 from __future__ import annotations
@@ -31,12 +37,13 @@ import numpy as np
 import numpy.typing as npt
 
 from metaopt._errors import MetaoptError
+from scipy.special import ndtr
+
 from metaopt.freezethaw._model import (
     CurveView,
     FittedModel,
     FreezeThawConfig,
     FreezeThawModel,
-    expected_improvement,
 )
 
 if TYPE_CHECKING:
@@ -98,10 +105,12 @@ class FreezeThawPolicyConfig:
     min_steps: int = 3
     min_points: int = 3
     kill_min_points: int = 12
-    p_freeze: float = 0.05
     p_kill: float = 0.002
-    p_thaw: float = 0.10
-    eps: float = 0.0  # required improvement over best, in units of the model's value scale
+    freeze_ratio: float = 0.5  # freeze when p / remaining < freeze_ratio * fresh p / max_step
+    thaw_ratio: float = 1.0  # thaw when p / remaining > thaw_ratio * fresh p / max_step
+    var_inflation: float = 2.0  # predictive variances are multiplied by this (calibration)
+    ref_z: float = 1.0  # another unfinished trial sets the bar at its mean + ref_z sd
+    eps: float = 0.0  # required improvement over the bar, in units of the model's value scale
     refit_every: int = 10  # hyperparameters are refitted on every k-th model use, else reused
     bloom_window: int = 5
     bloom_z: float = 3.0
@@ -111,8 +120,6 @@ class FreezeThawPolicyConfig:
     div_frac: float = 0.5
     div_z: float = 3.0
     n_candidates: int = 128
-    fresh_ei: Literal["max", "mean"] = "max"
-    cost_aware: bool = True
     smooth_window: int = 3
 
 
@@ -168,17 +175,6 @@ def smoothed_best(c: CurveView, window: int) -> float:
     w = min(window, v.shape[0])
     ma = np.convolve(v, np.ones(w) / w, mode="valid")
     return float(ma.min())
-
-
-def best_of_others(curves: Sequence[CurveView], window: int) -> dict[str, float]:
-    """For every trial id, the best smoothed value any other trial reached (inf if none)."""
-    vals = sorted((smoothed_best(c, window), c.trial_id) for c in curves)
-    out: dict[str, float] = {}
-    first = vals[0] if vals else (math.inf, "")
-    second = vals[1][0] if len(vals) > 1 else math.inf
-    for c in curves:
-        out[c.trial_id] = second if c.trial_id == first[1] else first[0]
-    return out
 
 
 class FreezeThawStopper:
@@ -248,8 +244,7 @@ class FreezeThawStopper:
                 modelled.append(c)
         if not modelled:
             return out
-        best = best_of_others(curves, cfg.smooth_window)
-        if all(math.isinf(best[c.trial_id]) for c in modelled):
+        if len(curves) < 2:
             out.extend(
                 Decision(c.trial_id, Action.CONTINUE, "nothing to compare with")
                 for c in modelled
@@ -259,69 +254,94 @@ class FreezeThawStopper:
         fm = self.model.fit(curves, optimise=self._uses % cfg.refit_every == 0)
         self._uses += 1
         self.last_fit = fm
+        bars = self._bars(curves, fm)
         margin = cfg.eps * fm.value_scale
+        finite_bars = [b for b in bars.values() if math.isfinite(b)]
+        if not finite_bars:
+            out.extend(
+                Decision(c.trial_id, Action.CONTINUE, "nothing to compare with")
+                for c in modelled
+                if c.state == "running"
+            )
+            return out
+        budget = max(c.max_step for c in modelled)
+        fresh = self._fresh_rate(fm, min(finite_bars) - margin, budget, rng)
+        means, variances = fm.finals()
+        index = {tid: i for i, tid in enumerate(fm.trial_ids)}
         noise = max(fm.noise_sd, 1e-3 * fm.value_scale)
         thaw_candidates: list[tuple[float, str]] = []
         for c in modelled:
             tid = c.trial_id
-            target = best[tid] - margin
+            target = bars[tid] - margin
             if math.isinf(target):
                 if c.state == "running":
                     out.append(Decision(tid, Action.CONTINUE, "nothing to compare with"))
                 continue
-            p = fm.prob_beats(tid, target)
-            n_pts = finite_prefix(c)[1].shape[0]
+            i = index[tid]
+            sd = math.sqrt(max(cfg.var_inflation * float(variances[i]), 1e-300))
+            p = float(ndtr((target - float(means[i])) / sd))
+            s, v, _ = finite_prefix(c)
+            rate = p / max(c.max_step - float(s[-1]), 1.0)
+            why = f"p={p:.3g}, rate {rate:.3g} vs fresh {fresh:.3g}"
             if c.state == "running":
                 if self._bloomer(c, target, noise):
-                    out.append(Decision(tid, Action.CONTINUE, f"late bloomer (p={p:.3g})"))
-                elif p < cfg.p_kill and n_pts >= cfg.kill_min_points:
+                    out.append(Decision(tid, Action.CONTINUE, f"late bloomer ({why})"))
+                elif p < cfg.p_kill and v.shape[0] >= cfg.kill_min_points:
                     out.append(Decision(tid, Action.KILL, f"p={p:.3g} < p_kill"))
-                elif p < cfg.p_freeze:
-                    out.append(Decision(tid, Action.FREEZE, f"p={p:.3g} < p_freeze"))
+                elif rate < cfg.freeze_ratio * fresh:
+                    out.append(Decision(tid, Action.FREEZE, why))
                 else:
-                    out.append(Decision(tid, Action.CONTINUE, f"p={p:.3g}"))
-            elif p < cfg.p_kill and n_pts >= cfg.kill_min_points:
+                    out.append(Decision(tid, Action.CONTINUE, why))
+            elif p < cfg.p_kill and v.shape[0] >= cfg.kill_min_points:
                 out.append(Decision(tid, Action.KILL, f"frozen and p={p:.3g} < p_kill"))
-            elif free_slots > 0 and p >= cfg.p_thaw:
-                thaw_candidates.append((p, tid))
-        if thaw_candidates:
-            out.extend(self._thaws(fm, mine, thaw_candidates, best, free_slots, rng))
+            elif free_slots > 0 and rate > cfg.thaw_ratio * fresh:
+                thaw_candidates.append((rate, tid))
+        thaw_candidates.sort(key=lambda e: (-e[0], e[1]))
+        out.extend(
+            Decision(tid, Action.THAW, f"rate {r:.3g} > fresh {fresh:.3g}")
+            for r, tid in thaw_candidates[:free_slots]
+        )
         return out
 
-    def _thaws(
-        self,
-        fm: FittedModel,
-        mine: Sequence[CurveView],
-        candidates: Sequence[tuple[float, str]],
-        best: dict[str, float],
-        free_slots: int,
-        rng: np.random.Generator,
-    ) -> list[Decision]:
+    def _bars(self, curves: Sequence[CurveView], fm: FittedModel) -> dict[str, float]:
+        """For every trial, the value it must beat: the best other completed or likely one.
+
+        A completed trial offers its smoothed last values; an unfinished one with enough points
+        its predicted final mean plus ref_z inflated standard deviations, a value it will
+        probably reach, so one optimistic forecast cannot freeze everyone else.
+        """
         cfg = self.config
-        by_id = {c.trial_id: c for c in mine}
-        incumbent = min(best.values())
-        d = fm.data.X.shape[1]
-        budget = max(c.max_step for c in mine)
-        X = rng.random((cfg.n_candidates, d))
+        means, variances = fm.finals()
+        index = {tid: i for i, tid in enumerate(fm.trial_ids)}
+        offers: list[tuple[float, str]] = []
+        for c in curves:
+            _, v, broken = finite_prefix(c)
+            if broken or v.shape[0] == 0 or c.trial_id not in index:
+                continue
+            if c.state == "completed":
+                offers.append((float(v[-cfg.smooth_window :].mean()), c.trial_id))
+            elif c.state in ("running", "frozen") and v.shape[0] >= cfg.min_points:
+                i = index[c.trial_id]
+                sd = math.sqrt(cfg.var_inflation * float(variances[i]))
+                offers.append((float(means[i]) + cfg.ref_z * sd, c.trial_id))
+        offers.sort()
+        first = offers[0] if offers else (math.inf, "")
+        second = offers[1][0] if len(offers) > 1 else math.inf
+        return {c.trial_id: second if c.trial_id == first[1] else first[0] for c in curves}
+
+    def _fresh_rate(
+        self, fm: FittedModel, bar: float, budget: int, rng: np.random.Generator
+    ) -> float:
+        """Chance per step that a fresh configuration run to budget ends below bar.
+
+        The chance is averaged over uniform points, since the next configuration comes from the
+        search algorithm, not from this model.
+        """
+        cfg = self.config
+        X = rng.random((cfg.n_candidates, fm.data.X.shape[1]))
         m, v = fm.fresh_final(X, budget)
-        ei = expected_improvement(m, v, incumbent)
-        fresh = float(ei.max() if cfg.fresh_ei == "max" else ei.mean())
-        if cfg.cost_aware:
-            fresh /= budget
-        scored: list[tuple[float, str]] = []
-        for _, tid in candidates:
-            c = by_id[tid]
-            own_ei = fm.expected_improvement(tid, incumbent)
-            if cfg.cost_aware:
-                last = float(finite_prefix(c)[0][-1])
-                own_ei /= max(c.max_step - last, 1.0)
-            if own_ei > fresh:
-                scored.append((own_ei, tid))
-        scored.sort(key=lambda e: (-e[0], e[1]))
-        return [
-            Decision(tid, Action.THAW, f"EI {e:.3g} > fresh {fresh:.3g}")
-            for e, tid in scored[:free_slots]
-        ]
+        sd = np.sqrt(np.maximum(cfg.var_inflation * v, 1e-300))
+        return float(ndtr((bar - m) / sd).mean()) / max(budget, 1)
 
 
 class NoStopper:

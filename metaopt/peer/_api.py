@@ -130,7 +130,9 @@ class LocalApi:
             if record.kind == EXPERIMENT and parse_experiment(record) is None:
                 raise MetaoptError("the submitted experiment record is malformed")
             records.append(record)
-        self.node.store.add(records)
+        # Submitted records carry other origins (a blob's is random, an experiment's derived
+        # from its content), so they are pushed explicitly rather than as this node's own.
+        self.node.replicator.push(self.node.store.add(records))
         return [r.key for r in records if r.kind == EXPERIMENT]
 
     async def stop(self, request: Request) -> Any:

@@ -13,7 +13,9 @@ class Timing:
     """Intervals and timeouts in seconds; tests shrink them, defaults suit a real cluster."""
 
     anti_entropy: float = 2.0  # one reconciliation with a random live peer this often
-    push_fanout: int = 3  # peers each new record is pushed to at once
+    # Peers each new record is pushed to at once. A lab cluster is small, so by default every
+    # live peer hears of a record directly (one hop); anti-entropy covers larger clusters.
+    push_fanout: int = 16
     gossip: float = 5.0  # exchange peer tables this often
     peer_timeout: float = 30.0  # a peer unheard of for this long is not live
     heartbeat: float = 10.0  # a running trial with no report for this long gets a heartbeat

@@ -22,13 +22,12 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crdt import ClusterKey, FrameCodec, LevelDBStore, Record, StoreError, respond
 from metaopt._errors import MetaoptError
 from metaopt._records import CONTROL, EVENT, TRIAL, EventBody
 from metaopt._state import ExperimentState, TrialView
-from metaopt._suggest import Suggester
 from metaopt._writer import NodeWriter
 from metaopt.peer._api import LocalApi
 from metaopt.peer._config import PeerConfig
@@ -40,6 +39,9 @@ from metaopt.peer._runner import TrialRunner
 from metaopt.peer._scheduler import find_lost, plan_work
 from metaopt.peer._transport import Client, PeerUnreachable, RemoteError, Server
 from metaopt.peer._wire import Request
+
+if TYPE_CHECKING:
+    from metaopt._suggest import Suggester
 
 __all__ = ["PROTOCOL_VERSION", "Node"]
 
@@ -316,6 +318,10 @@ class Node:
         return self.writer.write(CONTROL, {"action": "stop"}, [state.key])
 
     def suggester(self, state: ExperimentState) -> Suggester:
+        # Imported on first use: the search stack (scipy) costs seconds to import, and a peer
+        # should answer its peers before it has anything to suggest.
+        from metaopt._suggest import Suggester
+
         suggester = self._suggesters.get(state.key)
         if suggester is None:
             seed = int.from_bytes(self.node_id[:4], "little")

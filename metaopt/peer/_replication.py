@@ -24,6 +24,23 @@ __all__ = ["Replicator"]
 log = logging.getLogger("metaopt.peer")
 
 
+# A push stays well under the reconciliation message limit (4 MiB); bigger bursts (a code
+# bundle) go as several pushes.
+_PUSH_BYTES = 2 << 20
+
+
+def _batches(records: list[Record], limit: int) -> list[list[Record]]:
+    out: list[list[Record]] = [[]]
+    size = 0
+    for record in records:
+        if out[-1] and size + len(record.data) > limit:
+            out.append([])
+            size = 0
+        out[-1].append(record)
+        size += len(record.data)
+    return out
+
+
 class Replicator:
     """Moves records between this peer's store and its peers' stores."""
 
@@ -55,10 +72,13 @@ class Replicator:
 
     def on_new(self, records: list[Record]) -> None:
         """Store subscriber: queue this node's own new records for an eager push."""
-        own = [r for r in records if r.origin == self.node_id]
-        if not own:
+        self.push([r for r in records if r.origin == self.node_id])
+
+    def push(self, records: list[Record]) -> None:
+        """Queue records for an eager push (records submitted here carry other origins)."""
+        if not records:
             return
-        self._outbox.extend(own)
+        self._outbox.extend(records)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -71,9 +91,10 @@ class Replicator:
         targets = self.peers.random_live(self._rng, self._fanout, self._clock(), self._peer_timeout)
         if not targets:
             return
-        message = push_message(records)
-        for peer in targets:
-            self._spawn(self._push(peer.addr, message))
+        for batch in _batches(records, _PUSH_BYTES):
+            message = push_message(batch)
+            for peer in targets:
+                self._spawn(self._push(peer.addr, message))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)

@@ -20,12 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from metaopt._curves import curve_views, stopper_for
 from metaopt._errors import MetaoptError
 from metaopt._state import ExperimentState, TrialView
-from metaopt.freezethaw import Action, Decision, EarlyStopper
 from metaopt.peer._bundle import materialize_bundle
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._executor import ExecutorConfig, TrialProcess, TrialSpec
@@ -33,6 +29,7 @@ from metaopt.peer._gpus import Slot, detect_slots
 from metaopt.peer._template import parse_template
 
 if TYPE_CHECKING:
+    from metaopt.freezethaw import Decision, EarlyStopper
     from metaopt.peer._node import Node
 
 __all__ = ["TrialRunner"]
@@ -291,11 +288,18 @@ class TrialRunner:
             await asyncio.wait(tasks, timeout=3 * self.config.timing.stop_grace + 5)
 
     def _stopper(self, state: ExperimentState) -> EarlyStopper | None:
+        # The curve model (scipy) loads on first use, not at peer start.
+        from metaopt._curves import stopper_for
+
         if state.key not in self._stoppers:
             self._stoppers[state.key] = stopper_for(state, self.node.suggester(state).space)
         return self._stoppers[state.key]
 
     def _decide(self, state: ExperimentState, own: set[str], free_slots: int) -> list[Decision]:
+        import numpy as np
+
+        from metaopt._curves import curve_views
+
         stopper = self._stopper(state)
         if stopper is None or not own:
             return []
@@ -310,6 +314,8 @@ class TrialRunner:
 
     async def monitor(self) -> None:
         """Freeze or kill this peer's running trials whose curves will not win (freeze-thaw)."""
+        from metaopt.freezethaw import Action
+
         for state in list(self.node.replica.experiments.values()):
             if state.spec.command is None:
                 continue
@@ -341,6 +347,8 @@ class TrialRunner:
 
     async def thaw(self) -> None:
         """Resume this peer's frozen trials that are a better bet than a new configuration."""
+        from metaopt.freezethaw import Action
+
         for state in list(self.node.replica.experiments.values()):
             if self.free_slots() <= 0 or state.spec.command is None or state.stopped:
                 continue

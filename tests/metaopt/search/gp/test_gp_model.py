@@ -90,21 +90,32 @@ def test_log_ei_gradient_matches_finite_differences(seed: int) -> None:
     assert np.all(grad[:, list(MIXED.cat)] == 0.0)
 
 
-def test_fantasy_extension_equals_refitting_with_believed_values() -> None:
+def test_fantasy_extension_equals_dense_conditioning_on_believed_values() -> None:
     X = _points(3, 20)
     y = np.random.default_rng(3).normal(size=20)
-    theta = np.array([-1.0, 0.0, -1.0, -0.5, 0.0, -6.0])
+    theta = np.array([-1.0, 0.0, -1.0, -0.5, 0.0, -4.0])
     model = GPModel(X, y, theta, MIXED, 1e-6)
     P = _points(4, 3)
     ext = model.with_fantasies(P)
     mu, _ = model.predict(P)
-    full = GPModel(np.vstack([X, P]), np.concatenate([y, mu]), theta, MIXED, 1e-6)
+    # Dense reference: the believed values are conditioned on nearly noiselessly (they are not
+    # measurements), the real observations with the fitted noise.
+    Xa = np.vstack([X, P])
+    fantasy_noise = min(model.noise, 1e-6 * model.signal)
+    noise = np.concatenate([np.full(len(X), model.noise), np.full(len(P), fantasy_noise)])
+    K = model.kernel(Xa, Xa) + np.diag(noise)
     Q = _points(5, 10)
-    for a, b in zip(ext.predict(Q), full.predict(Q), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
-    # The believer leaves the mean alone and shrinks the variance at the pending points.
+    kQ = model.kernel(Xa, Q)
+    ref_mu = kQ.T @ np.linalg.solve(K, np.concatenate([y, mu]))
+    ref_var = model.signal - np.einsum("nq,nq->q", kQ, np.linalg.solve(K, kQ))
+    got_mu, got_var = ext.predict(Q)
+    np.testing.assert_allclose(got_mu, ref_mu, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(
+        got_var, np.maximum(ref_var, 1e-12 * model.signal), rtol=1e-5, atol=1e-8
+    )
+    # The believer leaves the mean alone and collapses the variance at the pending points.
     np.testing.assert_allclose(ext.predict(P)[0], mu, atol=1e-6)
-    assert np.all(ext.predict(P)[1] <= 1.01 * model.noise)
+    assert np.all(ext.predict(P)[1] <= 1.01 * fantasy_noise + 1e-12)
     assert np.all(model.predict(P)[1] > 10 * model.noise)
 
 
