@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from threadpoolctl import threadpool_limits
+
 from crdt import ORIGIN_SIZE, LevelDBStore, MemoryStore, Record, Store
 from metaopt._curves import STOPPERS, curve_views, stopper_for
 from metaopt._errors import MetaoptError
@@ -244,7 +246,9 @@ class Study:
             self._suggester.seed, self.node_id, self.experiment_key, (1 << 31) + self._decisions
         )
         curves = curve_views(self._state, space)
-        decisions = self._stopper.decide(curves, own, free_slots, rng)
+        # Small matrices: one BLAS thread is many times faster than several on shared cores.
+        with threadpool_limits(limits=1):
+            decisions = self._stopper.decide(curves, own, free_slots, rng)
         return {d.trial_id: d for d in decisions}
 
     def _thaw(self) -> Trial | None:

@@ -306,7 +306,11 @@ class TrialRunner:
         self._decisions += 1
         rng = np.random.default_rng([self._decisions, *self.node.node_id[:8]])
         curves = curve_views(state, self.node.suggester(state).space)
-        return stopper.decide(curves, own, free_slots, rng)
+        from threadpoolctl import threadpool_limits
+
+        # Small matrices: one BLAS thread is many times faster than several on shared cores.
+        with threadpool_limits(limits=1):
+            return stopper.decide(curves, own, free_slots, rng)
 
     def _own_frozen(self, state: ExperimentState) -> set[str]:
         me = self.node.node_id
