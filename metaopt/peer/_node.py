@@ -245,8 +245,13 @@ class Node:
         return handlers
 
     def _contact(self, request: Request) -> None:
-        if request.addr and request.sender != self.node_id and len(request.sender) == 16:
-            self.peers.add(request.sender, request.addr, self.clock(), contacted=True)
+        if not request.addr or request.sender == self.node_id or len(request.sender) != 16:
+            return
+        host, _, port = request.addr.rpartition(":")
+        if host in ("0.0.0.0", "::", "[::]", "") and request.remote:
+            # A peer bound to every interface names itself by the address we see it at.
+            host = f"[{request.remote}]" if ":" in request.remote else request.remote
+        self.peers.add(request.sender, f"{host}:{port}", self.clock(), contacted=True)
 
     async def _on_sync(self, request: Request) -> bytes:
         self._contact(request)

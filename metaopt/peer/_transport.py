@@ -6,6 +6,7 @@ fresh nonces, and the only place aiohttp appears on either side of a peer conver
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -58,7 +59,7 @@ class Server:
             frame = await request.read()
             self.bytes_in += len(frame)
             payload = self._codec.open(frame, now=time.time())
-            message = decode_request(payload)
+            message = dataclasses.replace(decode_request(payload), remote=request.remote)
         except (FrameError, WireError) as exc:
             self.rejected += 1
             log.warning("rejected a request from %s: %s", request.remote, exc)

@@ -29,6 +29,7 @@ class Request:
     sender: bytes
     addr: str
     body: Any
+    remote: str | None = None  # the IP the request came from (set by the server, not sent)
 
     def encode(self) -> bytes:
         return encode({"op": self.op, "from": self.sender, "addr": self.addr, "body": self.body})
