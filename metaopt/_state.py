@@ -252,10 +252,14 @@ class ExperimentState:
 
     @property
     def finished(self) -> bool:
-        """Stopped or budget spent, and nothing left running, pending or free."""
+        """Nothing more will happen: stopped with nothing running, or budget spent and done."""
         if self.active:
             return False
-        return all(t.state in TERMINAL_STATES for t in self.trials()) or self.stopped
+        states = [t.state for t in self.trials()]
+        if self.stopped:
+            # Running trials finish; pending, frozen and free ones never start again.
+            return all(state != "running" for state in states)
+        return all(state in TERMINAL_STATES for state in states)
 
     def signed(self, values: Sequence[float]) -> tuple[float, ...]:
         """Objective values turned into ones to minimise."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -279,3 +283,61 @@ def test_three_peers_find_each_other_by_mdns_on_loopback(cluster: Cluster) -> No
     wait_for(lambda: all_agree(peers), 30, lambda: str([summary(p) for p in peers]))
     runners = {t["runner"] for t in experiment(peers[1])["trial_list"]}
     assert len(runners) >= 2, "the experiment did not spread beyond the peer it was submitted on"
+
+
+def test_config_file_export_stop_key_and_detach(cluster: Cluster, tmp_path: Path) -> None:
+    peer = cluster.start_peer("solo")
+    config = tmp_path / "sweep.yaml"
+    config.write_text(
+        "name: fromconfig\nmax-trials: 3\nobjective: loss\n"
+        f"command: [{json.dumps(str(SCRIPT))}, '--x~uniform(-1, 1)', '--steps', '2']\n"
+    )
+    out = peer.cli("submit", "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: experiment(peer, "fromconfig")["finished"], 60, peer.log)
+    as_json = json.loads(peer.cli("export", "fromconfig", "--format", "json").stdout)
+    assert len(as_json) == 3 and {t["state"] for t in as_json} == {"completed"}
+    rows = list(csv.DictReader(io.StringIO(peer.cli("export", "fromconfig").stdout)))
+    assert sorted(r["trial"] for r in rows) == sorted(t["id"] for t in as_json)
+    assert all(
+        float(r["loss"]) == t["value"]
+        for r, t in zip(
+            sorted(rows, key=lambda r: r["trial"]),
+            sorted(as_json, key=lambda t: t["id"]),
+            strict=True,
+        )
+    )
+    # A stopped experiment starts nothing more, on any peer.
+    out = peer.cli("submit", "--name", "stopme", str(SCRIPT), "--x~uniform(-1, 1)", "--sleep", "1")
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: len(experiment(peer, "stopme")["trial_list"]) >= 1, 30, peer.log)
+    assert peer.cli("stop", "stopme").returncode == 0
+    at_stop = len(experiment(peer, "stopme")["trial_list"])
+    wait_for(lambda: experiment(peer, "stopme")["finished"], 60, peer.log)
+    assert experiment(peer, "stopme")["stopped"]
+    assert len(experiment(peer, "stopme")["trial_list"]) == at_stop
+    # `peer key` prints the exact command that joins another machine.
+    key_line = peer.cli("peer", "key").stdout.strip()
+    assert key_line == f"metaopt peer start --key {cluster.key} --join {peer.addr}"
+    # --detach: a background peer with a pid file, stopped by `peer stop`.
+    ddir = tmp_path / "detached"
+    started = run_cli(
+        "peer",
+        "start",
+        "--detach",
+        "--no-mdns",
+        "--port",
+        "0",
+        "--data-dir",
+        str(ddir),
+        timeout=60,
+    )
+    assert started.returncode == 0, started.stderr
+    pid = int((ddir / "peer.pid").read_text())
+    try:
+        assert Path(f"/proc/{pid}").exists()
+        assert run_cli("peer", "stop", "--data-dir", str(ddir)).returncode == 0
+        wait_for(lambda: not (ddir / "peer.pid").exists(), 30)
+    finally:
+        if (ddir / "peer.pid").exists():
+            os.kill(pid, signal.SIGKILL)
