@@ -133,9 +133,9 @@ def _prepare(curves: Sequence[CurveView], cfg: FreezeThawConfig) -> _Data:
     for c in cs:
         s = np.asarray(c.steps, dtype=np.float64)
         v = np.asarray(c.values, dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(v))
+        ok = np.isfinite(v)
         # Points after a nan/inf belong to a broken run; a finite prefix keeps grids shared.
-        cut = int(bad[0]) if bad.size else v.shape[0]
+        cut = v.shape[0] if ok.all() else int(np.argmin(ok))
         steps.append(s[:cut])
         vals.append(v[:cut])
     pooled = np.concatenate(vals) if vals else np.zeros(0)

@@ -35,10 +35,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
-
-from metaopt._errors import MetaoptError
 from scipy.special import ndtr
 
+from metaopt._errors import MetaoptError
 from metaopt.freezethaw._model import (
     CurveView,
     FittedModel,
@@ -109,6 +108,7 @@ class FreezeThawPolicyConfig:
     freeze_ratio: float = 0.5  # freeze when p / remaining < freeze_ratio * fresh p / max_step
     thaw_ratio: float = 1.0  # thaw when p / remaining > thaw_ratio * fresh p / max_step
     var_inflation: float = 2.0  # predictive variances are multiplied by this (calibration)
+    fresh_inflation: float = 2.0  # the same for a fresh configuration's prior forecast
     ref_z: float = 1.0  # another unfinished trial sets the bar at its mean + ref_z sd
     eps: float = 0.0  # required improvement over the bar, in units of the model's value scale
     refit_every: int = 10  # hyperparameters are refitted on every k-th model use, else reused
@@ -122,15 +122,25 @@ class FreezeThawPolicyConfig:
     n_candidates: int = 128
     smooth_window: int = 3
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.freeze_ratio <= self.thaw_ratio or not (
+            self.var_inflation > 0.0 and self.fresh_inflation > 0.0
+        ):
+            raise MetaoptError(
+                "FreezeThawPolicyConfig needs 0 < freeze_ratio <= thaw_ratio and positive "
+                "var_inflation and fresh_inflation; fix the config"
+            )
+
 
 def finite_prefix(c: CurveView) -> tuple[FloatArray, FloatArray, bool]:
     """Steps and values up to the first nan/inf, and whether a non-finite value was reported."""
     v = np.asarray(c.values, dtype=np.float64)
     s = np.asarray(c.steps, dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(v))
-    if bad.size:
-        return s[: bad[0]], v[: bad[0]], True
-    return s, v, False
+    ok = np.isfinite(v)
+    if ok.all():
+        return s, v, False
+    cut = int(np.argmin(ok))
+    return s[:cut], v[:cut], True
 
 
 def _slope(s: FloatArray, v: FloatArray) -> tuple[float, float]:
@@ -160,8 +170,10 @@ def diverged(c: CurveView, window: int, frac: float, z: float) -> bool:
     low = float(v.min())
     gained = float(v[0]) - low
     rise = float(v[-1]) - low
+    if rise <= frac * max(gained, 0.0):
+        return False
     noise = 1.4826 * float(np.median(np.abs(np.diff(v)))) / math.sqrt(2.0)
-    if rise <= frac * max(gained, 0.0) or rise <= 10.0 * z * noise:
+    if rise <= 10.0 * z * noise:
         return False
     b, se = _slope(s[-window:], v[-window:])
     return b > 0.0 and b > z * se
@@ -340,7 +352,7 @@ class FreezeThawStopper:
         cfg = self.config
         X = rng.random((cfg.n_candidates, fm.data.X.shape[1]))
         m, v = fm.fresh_final(X, budget)
-        sd = np.sqrt(np.maximum(cfg.var_inflation * v, 1e-300))
+        sd = np.sqrt(np.maximum(cfg.fresh_inflation * v, 1e-300))
         return float(ndtr((bar - m) / sd).mean()) / max(budget, 1)
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from typing import Literal
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,11 +17,13 @@ from metaopt.freezethaw import (
     AshaConfig,
     CurveView,
     FreezeThawPolicyConfig,
+    FreezeThawStopper,
     MedianConfig,
     make_stopper,
 )
 
-NAMES = ("freeze-thaw", "asha", "median", "none")
+Name = Literal["freeze-thaw", "asha", "median", "none"]
+NAMES: tuple[Name, ...] = ("freeze-thaw", "asha", "median", "none")
 T = 30
 
 
@@ -38,7 +44,7 @@ def _pool(seed: int, n: int = 14) -> list[CurveView]:
 @pytest.mark.parametrize("name", NAMES)
 @given(seed=st.integers(0, 10_000))
 @settings(max_examples=3, deadline=None)
-def test_decisions_are_deterministic_and_only_for_own_trials(name: str, seed: int) -> None:
+def test_decisions_are_deterministic_and_only_for_own_trials(name: Name, seed: int) -> None:
     curves = _pool(seed)
     own = {c.trial_id for c in curves[::2]}
     a = make_stopper(name).decide(curves, own, 1, np.random.default_rng(1))
@@ -52,7 +58,7 @@ def test_decisions_are_deterministic_and_only_for_own_trials(name: str, seed: in
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_a_trial_with_no_reports_is_never_stopped(name: str) -> None:
+def test_a_trial_with_no_reports_is_never_stopped(name: Name) -> None:
     curves = [
         *_pool(3),
         CurveView("fresh", np.array([0.5, 0.5]), np.zeros(0, np.int64), np.zeros(0), "running", T),
@@ -63,7 +69,7 @@ def test_a_trial_with_no_reports_is_never_stopped(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_no_thaw_without_free_slots(name: str) -> None:
+def test_no_thaw_without_free_slots(name: Name) -> None:
     curves = _pool(8, 20)
     own = {c.trial_id for c in curves}
     out = make_stopper(name).decide(curves, own, 0, np.random.default_rng(0))
@@ -104,8 +110,8 @@ def test_freeze_thaw_spares_a_late_bloomer() -> None:
     # Flat at 1.0, then dropping faster and faster: nothing like a decaying exponential.
     bloom = 1.0 - 0.004 * np.maximum(s - 5, 0) ** 2.2
     curves.append(CurveView("bloom", np.array([0.9, 0.9]), s, bloom, "running", T))
-    # p_freeze above 1 would freeze anything, so only the guard can keep it running.
-    cfg = FreezeThawPolicyConfig(p_freeze=1.01)
+    # A huge freeze_ratio would freeze anything, so only the guard can keep it running.
+    cfg = FreezeThawPolicyConfig(freeze_ratio=1e9, thaw_ratio=1e9)
     out = make_stopper("freeze-thaw", cfg).decide(curves, {"bloom"}, 0, np.random.default_rng(0))
     assert out[0].action is Action.CONTINUE
     assert "late bloomer" in out[0].reason
@@ -144,3 +150,53 @@ def test_make_stopper_rejects_unknown_names_and_wrong_configs() -> None:
         make_stopper("hyperband")  # type: ignore[arg-type]
     with pytest.raises(MetaoptError):
         make_stopper("asha", MedianConfig())
+
+
+def _done(tid: str, level: float, x: float) -> CurveView:
+    c = _flat(tid, level, T, x)
+    return CurveView(tid, c.x, c.steps, c.values, "completed", T)
+
+
+def test_the_bar_is_a_final_value_never_a_partial_one() -> None:
+    stopper = FreezeThawStopper()
+    done = _done("done", 0.5, 0.2)
+    # An unfinished curve offers its forecast plus ref_z sd, a completed one its last values.
+    early = _flat("early", 0.05, 4, 0.8)
+    new = _flat("new", 0.6, 6, 0.5)
+    curves = [done, early, new]
+    fm = stopper.model.fit(curves)
+    bars = stopper._bars(curves, fm)
+    mean, var = fm.predict("early")
+    offer_early = mean + stopper.config.ref_z * math.sqrt(stopper.config.var_inflation * var)
+    smoothed_done = float(done.values[-stopper.config.smooth_window :].mean())
+    assert bars["new"] == pytest.approx(min(smoothed_done, offer_early))
+    # The best offer's own bar is the runner-up's: a trial never has to beat itself.
+    best = min((smoothed_done, "done"), (offer_early, "early"))[1]
+    assert bars[best] == pytest.approx(max(smoothed_done, offer_early))
+
+
+def test_freeze_thaw_does_not_thaw_what_it_just_froze() -> None:
+    curves = [_done(f"g{i}", 0.1 + 0.01 * i, 0.1 + 0.02 * i) for i in range(6)]
+    curves.append(_flat("slow", 1.5, 10, 0.9))
+    stopper = make_stopper("freeze-thaw")
+    first = stopper.decide(curves, {"slow"}, 0, np.random.default_rng(0))
+    assert first[0].action is Action.FREEZE
+    frozen = [*curves[:-1], dataclasses.replace(curves[-1], state="frozen")]
+    again = stopper.decide(frozen, {"slow"}, 1, np.random.default_rng(0))
+    assert not any(d.action is Action.THAW for d in again)
+
+
+def test_freeze_thaw_thaws_a_frozen_trial_that_now_leads() -> None:
+    # The others got worse news than the frozen trial: it is the best bet for a free slot.
+    curves = [_done(f"g{i}", 1.0 + 0.05 * i, 0.1 + 0.02 * i) for i in range(6)]
+    lead = _flat("lead", 0.2, 10, 0.5)
+    curves.append(dataclasses.replace(lead, state="frozen"))
+    out = make_stopper("freeze-thaw").decide(curves, {"lead"}, 1, np.random.default_rng(0))
+    assert [(d.trial_id, d.action) for d in out] == [("lead", Action.THAW)]
+
+
+def test_freeze_thaw_config_rejects_a_thaw_ratio_below_the_freeze_ratio() -> None:
+    with pytest.raises(MetaoptError):
+        FreezeThawPolicyConfig(freeze_ratio=1.0, thaw_ratio=0.5)
+    with pytest.raises(MetaoptError):
+        FreezeThawPolicyConfig(var_inflation=0.0)
