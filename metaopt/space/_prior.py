@@ -271,8 +271,14 @@ def _round_significant(v: FloatArray, digits: int) -> FloatArray:
     out = np.array(v, dtype=np.float64)
     nz = out != 0
     mag = np.floor(np.log10(np.abs(out[nz])))
-    factor = 10.0 ** (digits - 1 - mag)
-    out[nz] = np.round(out[nz] * factor) / factor
+    # 10**(digits - 1 - mag) overflows near the ends of the float range; decimal formatting
+    # rounds those few values exactly instead.
+    extreme = np.abs(mag) > 290
+    vals = out[nz]
+    factor = 10.0 ** (digits - 1 - mag[~extreme])
+    vals[~extreme] = np.round(vals[~extreme] * factor) / factor
+    vals[extreme] = [float(f"{x:.{digits}g}") for x in vals[extreme]]
+    out[nz] = vals
     return out
 
 
@@ -386,6 +392,8 @@ def _numeric(name: str, prior: str, args: list[Any], kwargs: dict[str, Any]) -> 
     a, b = _number(args[0], _arg_name(prior, 0)), _number(args[1], _arg_name(prior, 1))
     if prior == "uniform" and not a < b:
         raise _Bad("uniform needs low < high")
+    if prior == "uniform" and not math.isfinite(b - a):
+        raise _Bad("uniform needs high - low to be a finite number")
     if prior == "loguniform" and not 0 < a < b:
         raise _Bad("loguniform needs 0 < low < high")
     if prior == "normal" and not b > 0:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from metaopt._errors import MetaoptError, SpaceError
@@ -84,6 +84,7 @@ def test_canonical_string_round_trips(text: str) -> None:
         ("loguniform(-1, 1)", "loguniform needs 0 < low < high"),
         ("uniform(1, 1)", "uniform needs low < high"),
         ("uniform(2, 1)", "uniform needs low < high"),
+        ("uniform(-1e308, 1.7e308)", "high - low to be a finite number"),
         ("uniform(1)", "exactly two arguments"),
         ("uniform(1, 2, 3)", "exactly two arguments"),
         ("normal(0, 0)", "sigma > 0"),
@@ -208,6 +209,9 @@ def prior_texts(draw: st.DrawFn) -> str:
 
 @settings(max_examples=200, deadline=None)
 @given(prior_texts(), st.floats(0, 1))
+# Rounding to a precision once overflowed for bounds near the ends of the float range.
+@example("uniform(1.1125369292536007e-308, 1.0, precision=3)", 0.0)
+@example("uniform(-1e300, 1.7e308, precision=2)", 1.0)
 def test_any_valid_prior_round_trips(text: str, u: float) -> None:
     d = parse_prior("p", text)
     assert parse_prior("p", d.to_string()) == d
