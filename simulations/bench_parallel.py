@@ -2,10 +2,15 @@
 
 Each peer is its own metaopt.Study (its own node id and replica) running one evaluation at a
 time; evaluation durations are drawn at random; every ``--sync`` virtual seconds each peer
-reconciles with one random other peer through the crdt protocol, as real peers do. Time to
-target is the virtual time of the first completed evaluation whose regret is below the target.
+reconciles with one random other peer through the crdt protocol (anti-entropy). With
+``--push L`` every record a peer writes (a new trial, a result) also reaches every other peer L
+virtual seconds later, as the real peer pushes each new record to every live peer at once
+(peer/_replication.py); ``--push off`` leaves anti-entropy alone. Both modes print by default.
+Time to target is the virtual time of the first completed evaluation whose regret is below the
+target.
 
-    python -m simulations.bench_parallel [--seeds 5] [--problems branin,hartmann6] [--quick]
+    python -m simulations.bench_parallel [--seeds 5] [--problems branin,hartmann6]
+        [--push 0.02,off] [--quick]
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ def run(
     sync_every: float,
     max_time: float,
     algorithm: str,
+    push: float | None = None,
 ) -> RunResult:
     problem = get_problem(problem_name)
     assert problem.optimum is not None
@@ -66,10 +72,26 @@ def run(
     began = time.perf_counter()
     queue: list[tuple[float, int, str, int, object, float]] = []
     counter = 0
+    pushed = [0] * k  # the highest own seq each peer has pushed so far
+
+    def push_new(i: int, now: float) -> None:
+        """Send peer i's records written since its last push to every other peer."""
+        nonlocal counter
+        if push is None or k == 1:
+            return
+        own = studies[i].node_id
+        high = studies[i].store.version_vector().high(own)
+        records = list(studies[i].store.by_origin(own, pushed[i] + 1, high))
+        pushed[i] = high
+        for j in range(k):
+            if j != i:
+                counter += 1
+                heapq.heappush(queue, (now + push, counter, "push", j, records, 0.0))
 
     def start(i: int, now: float) -> None:
         nonlocal counter
         trial = studies[i].ask()
+        push_new(i, now)
         value = problem.objective(trial.params)
         duration = float(rng.uniform(0.5, 1.5))
         counter += 1
@@ -94,7 +116,11 @@ def run(
             counter += 1
             heapq.heappush(queue, (now + sync_every, counter, "sync", i, None, 0.0))
             continue
+        if kind == "push":
+            studies[i].store.add(trial)  # type: ignore[arg-type]
+            continue
         studies[i].tell(trial, value)  # type: ignore[arg-type]
+        push_new(i, now)
         evaluations += 1
         if value - problem.optimum <= target:
             reached = now
@@ -123,6 +149,11 @@ def main() -> None:
     parser.add_argument("--problems", default="branin,hartmann6")
     parser.add_argument("--peers", default="1,2,4,8")
     parser.add_argument("--sync", type=float, default=0.5, help="virtual seconds between syncs")
+    parser.add_argument(
+        "--push",
+        default="0.02,off",
+        help="comma-separated push latencies in virtual s, 'off' for anti-entropy only",
+    )
     parser.add_argument("--max-time", type=float, default=120.0)
     parser.add_argument("--algorithm", default="auto")
     parser.add_argument("--quick", action="store_true", help="2 seeds, branin only")
@@ -130,17 +161,19 @@ def main() -> None:
     seeds = 2 if args.quick else args.seeds
     problems = ["branin"] if args.quick else args.problems.split(",")
     ks = [int(k) for k in args.peers.split(",")]
+    pushes = [None if p == "off" else float(p) for p in args.push.split(",")]
     print(
         f"bench_parallel: algorithm={args.algorithm}, {seeds} seeds, durations U(0.5, 1.5),"
-        f" sync every {args.sync} virtual s, cap {args.max_time} virtual s"
+        f" anti-entropy with a random peer every {args.sync} virtual s, cap {args.max_time}"
+        " virtual s; push = latency of the push of each new record to every peer"
     )
     header = (
-        f"{'problem':<11} {'target':>7} {'k':>2} {'median t':>9} {'speed-up':>9}"
+        f"{'problem':<11} {'target':>7} {'push':>5} {'k':>2} {'median t':>9} {'speed-up':>9}"
         f" {'reached':>8} {'evals':>6} {'exact dup':>9} {'near dup':>8} {'wall s':>7}"
     )
     print(header)
     print("-" * len(header))
-    for name in problems:
+    for name, push in ((n, p) for n in problems for p in pushes):
         target = TARGETS.get(name, 0.1)
         base: float | None = None
         for k in ks:
@@ -153,6 +186,7 @@ def main() -> None:
                     sync_every=args.sync,
                     max_time=args.max_time,
                     algorithm=args.algorithm,
+                    push=push,
                 )
                 for seed in range(seeds)
             ]
@@ -164,7 +198,8 @@ def main() -> None:
             reached = sum(math.isfinite(t) for t in times)
             evals = statistics.median(r.evaluations for r in results)
             print(
-                f"{name:<11} {target:>7.3g} {k:>2} {med:>9.2f} {speedup:>8.2f}x"
+                f"{name:<11} {target:>7.3g} {'off' if push is None else push:>5} {k:>2}"
+                f" {med:>9.2f} {speedup:>8.2f}x"
                 f" {reached:>4}/{seeds:<3} {evals:>6.0f}"
                 f" {sum(r.exact_duplicates for r in results):>9}"
                 f" {sum(r.near_duplicates for r in results):>8}"
