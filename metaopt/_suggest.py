@@ -65,7 +65,11 @@ class Suggester:
         """The history in the unit cube; trials whose params no longer fit the space are skipped."""
         space = self.space
         X, Y, pending, failed = [], [], [], []
-        for trial in self.state.trials() if trials is None else trials:
+        # In (node, counter) order, not creation time: two trials written in the same
+        # millisecond are ordered by their keys, which hash the time, so a time-ordered history
+        # made the same seed give other suggestions under another clock.
+        listed = self.state.trials() if trials is None else trials
+        for trial in sorted(listed, key=lambda t: (t.node, t.counter, t.key)):
             try:
                 u = space.to_unit(trial.params)
             except Exception:  # a peer's malformed params must not stop the search

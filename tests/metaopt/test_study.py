@@ -48,6 +48,16 @@ def test_same_seed_same_suggestions_other_node_other_suggestions() -> None:
     assert a1 != b
 
 
+def test_suggestions_do_not_depend_on_the_clock() -> None:
+    # Records carry their time, so their keys (and a time-ordered history) change with it; the
+    # search must see the same history whatever the clock says.
+    runs = [
+        run(Study(SPACE, algorithm="auto", seed=3, node_id=A, clock=lambda c=c: c), 8)
+        for c in (1000.0, 2000.0, 1e9)
+    ]
+    assert runs[0] == runs[1] == runs[2]
+
+
 def test_same_suggestions_in_a_spawned_process() -> None:
     code = (
         "import json; from metaopt import Study\n"

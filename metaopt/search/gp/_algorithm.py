@@ -42,6 +42,8 @@ class GPConfig:
 
     n_init: known trials before the GP takes over; None means clamp(2 d, 5, 10).
     power_transform: Yeo-Johnson the standardised outputs (tames heavy tails such as Rosenbrock).
+    stall_radius: a log-EI optimum closer than this (Euclidean, unit cube) to a known point is
+        a stall, and a space-filling point is taken instead (see ``_suggest``); 0 disables.
     """
 
     n_init: int | None = None
@@ -49,10 +51,16 @@ class GPConfig:
     max_points: int = 200
     local_fraction: float = 0.75
     max_fantasies: int = 128
+    stall_radius: float = 1e-4
     impute_failed: bool = True
     chebyshev_rho: float = 0.05
     fit: FitConfig = field(default_factory=FitConfig)
     acquisition: AcqConfig = field(default_factory=AcqConfig)
+
+
+def _as_known(points: FloatArray, d: int) -> Observations:
+    """Points to keep away from, as pending observations."""
+    return Observations(np.zeros((0, d)), np.zeros((0, 1)), points, np.zeros((0, d)))
 
 
 def chebyshev_scalarise(Y: FloatArray, weights: FloatArray, rho: float) -> FloatArray:
@@ -139,12 +147,24 @@ class GPAlgorithm:
             u = maximise_log_ei(model, space, best, anchors, taken, rng, self.config.acquisition)
             if u is None:
                 u = dedupe(space, space.sample(rng, 1), taken, rng)[0]
+            elif self._stalled(u, taken):
+                # The model is sure of itself everywhere but next to a point it has measured,
+                # and would spend trial after trial refining it (seen on Branin: 100 evaluations
+                # creeping along a boundary 1.5 above the optimum). Only new data can correct
+                # an overconfident model, so this one goes where nothing is known yet.
+                u = self._start.suggest(space, _as_known(taken, space.d), rng, 1)[0]
             out[i] = u
             taken = np.vstack([taken, u])
             if i + 1 < n:
                 model = model.with_fantasies(u[None, :])
                 best = float(model.y.min())
         return dedupe(space, out, obs, rng)
+
+    def _stalled(self, u: FloatArray, taken: FloatArray) -> bool:
+        radius = self.config.stall_radius
+        if radius <= 0.0 or taken.shape[0] == 0:
+            return False
+        return bool((((taken - u) ** 2).sum(axis=1) < radius * radius).any())
 
     def _training_data(
         self, obs: Observations, ok: npt.NDArray[np.bool_], rng: np.random.Generator
