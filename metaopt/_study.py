@@ -248,7 +248,9 @@ class Study:
         curves = curve_views(self._state, space)
         # Small matrices: one BLAS thread is many times faster than several on shared cores.
         with threadpool_limits(limits=1):
-            decisions = self._stopper.decide(curves, own, free_slots, rng)
+            decisions = self._stopper.decide(
+                curves, own, free_slots, rng, fresh_available=not self._state.budget_spent
+            )
         return {d.trial_id: d for d in decisions}
 
     def _thaw(self) -> Trial | None:

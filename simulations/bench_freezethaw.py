@@ -59,6 +59,9 @@ class _Trial:
 class _Policy:
     """What the simulator asks: on each report whether to go on, and on a free slot what to thaw."""
 
+    # fresh: whether a new configuration could still start (False once the pool is used up).
+    fresh = True
+
     def start(self, t: _Trial) -> None: ...
     def report(self, t: _Trial, trials: list[_Trial], T: int, X: np.ndarray) -> Action:
         return Action.CONTINUE
@@ -95,7 +98,9 @@ class _Ours(_Policy):
     ) -> list[Decision]:
         own = {t.tid for t in trials if t.owner == owner}
         t0 = time.perf_counter()
-        out = self.stopper.decide(_views(trials, T, X), own, free, self.rng)
+        out = self.stopper.decide(
+            _views(trials, T, X), own, free, self.rng, fresh_available=self.fresh
+        )
         self.latency.append(time.perf_counter() - t0)
         return out
 
@@ -174,6 +179,7 @@ def simulate(
     while steps < max_steps and (steps < equal_steps or math.isinf(to_target)):
         for w in range(workers):
             if slot[w] is None:
+                policy.fresh = nxt < order.shape[0]
                 tid = policy.thaw(w, trials, T, pool.X)
                 if tid is not None:
                     t = next(o for o in trials if o.tid == tid)
@@ -206,6 +212,7 @@ def simulate(
                     if incumbent[1] - best_true <= target and math.isinf(to_target):
                         to_target = steps
                 continue
+            policy.fresh = nxt < order.shape[0]
             act = policy.report(t, trials, T, pool.X)
             if act is Action.KILL:
                 t.state = "killed"

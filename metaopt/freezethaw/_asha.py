@@ -76,6 +76,8 @@ class AshaStopper:
         own: Collection[str],
         free_slots: int,
         rng: np.random.Generator,
+        *,
+        fresh_available: bool = True,
     ) -> list[Decision]:
         """KILL own running trials that fall outside the top 1/eta at a newly reached rung.
 
@@ -84,6 +86,7 @@ class AshaStopper:
             own: this peer's trial ids.
             free_slots: unused (ASHA never thaws).
             rng: unused (ASHA is deterministic).
+            fresh_available: unused (only thawing depends on it).
 
         Returns:
             One decision per own running trial.

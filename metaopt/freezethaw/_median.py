@@ -45,6 +45,8 @@ class MedianStopper:
         own: Collection[str],
         free_slots: int,
         rng: np.random.Generator,
+        *,
+        fresh_available: bool = True,
     ) -> list[Decision]:
         """KILL own running trials whose best so far is worse than the others' median.
 
@@ -53,6 +55,7 @@ class MedianStopper:
             own: this peer's trial ids.
             free_slots: unused (the median rule never thaws).
             rng: unused.
+            fresh_available: unused (only thawing depends on it).
 
         Returns:
             One decision per own running trial.

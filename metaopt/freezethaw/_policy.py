@@ -21,8 +21,10 @@ more than a 100 ms decision allows) spends steps where a better final value is m
   exponential and power-law curves do), and whose linear trend would beat the bar within
   bloom_horizon of its remaining steps, is left running whatever the model says.
 * Thaw (only with free slots): the frozen trials whose rate exceeds thaw_ratio × the fresh
-  rate, best first. thaw_ratio > freeze_ratio is the hysteresis that stops a trial from being
-  frozen and thawed in turn while nothing new is learnt.
+  rate, best first. Once no new trial may start (the budget is spent) the fresh rate is 0:
+  nothing is frozen, and every frozen trial with p >= p_kill is worth a free slot.
+  thaw_ratio > freeze_ratio is the hysteresis that stops a trial from being frozen and thawed
+  in turn while nothing new is learnt.
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ class EarlyStopper(Protocol):
 
     Every own running trial gets exactly one decision; an own frozen trial gets one only when it
     is thawed or killed. THAW is returned only when free_slots > 0, at most free_slots times.
+    fresh_available=False says no new configuration can start (the budget is spent): a free
+    slot then has no better use than a frozen trial with a real chance.
     """
 
     def decide(
@@ -93,6 +97,8 @@ class EarlyStopper(Protocol):
         own: Collection[str],
         free_slots: int,
         rng: np.random.Generator,
+        *,
+        fresh_available: bool = True,
     ) -> list[Decision]: ...
 
 
@@ -221,6 +227,8 @@ class FreezeThawStopper:
         own: Collection[str],
         free_slots: int,
         rng: np.random.Generator,
+        *,
+        fresh_available: bool = True,
     ) -> list[Decision]:
         """Decisions for own running and frozen trials (see the module docstring for the rule).
 
@@ -229,6 +237,8 @@ class FreezeThawStopper:
             own: ids of this peer's trials; no decision is made for any other.
             free_slots: idle slots on this peer; bounds the number of thaws.
             rng: the only source of randomness (fresh candidate points).
+            fresh_available: False once no new trial may start; the fresh rate is then 0, so
+                nothing is frozen and any frozen trial not bad enough to kill may be thawed.
 
         Returns:
             One decision per own running trial, plus thaws and kills of own frozen trials.
@@ -277,7 +287,9 @@ class FreezeThawStopper:
             )
             return out
         budget = max(c.max_step for c in modelled)
-        fresh = self._fresh_rate(fm, min(finite_bars) - margin, budget, rng)
+        fresh = (
+            self._fresh_rate(fm, min(finite_bars) - margin, budget, rng) if fresh_available else 0.0
+        )
         means, variances = fm.finals()
         index = {tid: i for i, tid in enumerate(fm.trial_ids)}
         noise = max(fm.noise_sd, 1e-3 * fm.value_scale)
@@ -300,13 +312,13 @@ class FreezeThawStopper:
                     out.append(Decision(tid, Action.CONTINUE, f"late bloomer ({why})"))
                 elif p < cfg.p_kill and v.shape[0] >= cfg.kill_min_points:
                     out.append(Decision(tid, Action.KILL, f"p={p:.3g} < p_kill"))
-                elif rate < cfg.freeze_ratio * fresh:
+                elif fresh_available and rate < cfg.freeze_ratio * fresh:
                     out.append(Decision(tid, Action.FREEZE, why))
                 else:
                     out.append(Decision(tid, Action.CONTINUE, why))
             elif p < cfg.p_kill and v.shape[0] >= cfg.kill_min_points:
                 out.append(Decision(tid, Action.KILL, f"frozen and p={p:.3g} < p_kill"))
-            elif free_slots > 0 and rate > cfg.thaw_ratio * fresh:
+            elif free_slots > 0 and rate > cfg.thaw_ratio * fresh and p >= cfg.p_kill:
                 thaw_candidates.append((rate, tid))
         thaw_candidates.sort(key=lambda e: (-e[0], e[1]))
         out.extend(
@@ -365,6 +377,8 @@ class NoStopper:
         own: Collection[str],
         free_slots: int,
         rng: np.random.Generator,
+        *,
+        fresh_available: bool = True,
     ) -> list[Decision]:
         """CONTINUE for every own running trial."""
         return [

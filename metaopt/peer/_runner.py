@@ -310,7 +310,9 @@ class TrialRunner:
 
         # Small matrices: one BLAS thread is many times faster than several on shared cores.
         with threadpool_limits(limits=1):
-            return stopper.decide(curves, own, free_slots, rng)
+            return stopper.decide(
+                curves, own, free_slots, rng, fresh_available=not state.budget_spent
+            )
 
     def _own_frozen(self, state: ExperimentState) -> set[str]:
         me = self.node.node_id
@@ -339,9 +341,14 @@ class TrialRunner:
                     self.node.write_event(state.key, key, "killed", reason=decision.reason)
             idle = not running and self.free_slots() == len(self.slots)
             if self._stopper(state) is not None and state.budget_spent and idle and frozen:
-                # Nothing new will start, and the stopper would not thaw these: they stay
-                # stopped for good, so the experiment can finish.
-                for trial_id in sorted(frozen):
+                # Nothing new will start: the frozen trials still worth a slot are thawed (by
+                # thaw()); the rest stay stopped for good, so the experiment can finish.
+                worth = {
+                    d.trial_id
+                    for d in self._decide(state, frozen, len(frozen))
+                    if d.action is Action.THAW
+                }
+                for trial_id in sorted(frozen - worth):
                     self.node.write_event(
                         state.key,
                         bytes.fromhex(trial_id),

@@ -200,3 +200,29 @@ def test_freeze_thaw_config_rejects_a_thaw_ratio_below_the_freeze_ratio() -> Non
         FreezeThawPolicyConfig(freeze_ratio=1.0, thaw_ratio=0.5)
     with pytest.raises(MetaoptError):
         FreezeThawPolicyConfig(var_inflation=0.0)
+
+
+def test_with_no_new_trial_possible_a_frozen_trial_with_a_chance_is_thawed() -> None:
+    # Worth less than a fresh configuration while one may start; once the budget is spent a free
+    # slot has nothing better to do than resume it.
+    curves = [_done(f"g{i}", 0.3 + 0.01 * i, 0.1 + 0.02 * i) for i in range(6)]
+    curves.append(dataclasses.replace(_flat("mid", 0.3, 6, 0.3), state="frozen"))
+
+    def thaws(fresh: bool) -> list[str]:
+        out = make_stopper("freeze-thaw").decide(
+            curves, {"mid"}, 1, np.random.default_rng(0), fresh_available=fresh
+        )
+        return [d.trial_id for d in out if d.action is Action.THAW]
+
+    assert thaws(True) == []
+    assert thaws(False) == ["mid"]
+
+
+def test_with_no_new_trial_possible_nothing_is_frozen() -> None:
+    curves = [_done(f"g{i}", 0.1 + 0.01 * i, 0.1 + 0.02 * i) for i in range(6)]
+    curves.append(_flat("slow", 0.8, 10, 0.9))
+    stopper = make_stopper("freeze-thaw")
+    rng = np.random.default_rng(0)
+    assert stopper.decide(curves, {"slow"}, 0, rng)[0].action is Action.FREEZE
+    kept = stopper.decide(curves, {"slow"}, 0, rng, fresh_available=False)
+    assert kept[0].action is Action.CONTINUE
