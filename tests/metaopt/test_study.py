@@ -167,3 +167,34 @@ def test_freeze_thaw_stops_a_hopeless_curve_and_can_resume_it() -> None:
     fresh = study.ask()
     assert fresh.key != bad.key
     assert not study.should_stop(fresh)
+
+
+@pytest.mark.parametrize("max_trials", [5, None])
+def test_once_the_budget_is_spent_ask_resumes_a_frozen_trial_with_a_chance(
+    max_trials: int | None,
+) -> None:
+    study = Study(
+        {"x": "uniform(0, 1)"},
+        algorithm="random",
+        seed=0,
+        max_step=30,
+        early_stopping="freeze-thaw",
+        max_trials=max_trials,
+    )
+    for i in range(3):
+        t = study.ask()
+        for step in range(1, 31):
+            study.report(t, step, 0.1 + 0.05 * i + math.exp(-step / 5))
+        study.tell(t, 0.1 + 0.05 * i)
+    # Not hopeless, but a new configuration is the better bet while one may start.
+    mid = study.ask()
+    for step in range(1, 31):
+        study.report(mid, step, 0.2 + math.exp(-step / 5))
+        if study.should_stop(mid):
+            break
+    assert next(t for t in study.trials if t.key == mid.key).state == "frozen"
+    study.tell(study.ask(), 0.9)  # the fifth trial: a budget of 5 is now spent
+    resumed = study.ask()
+    assert (resumed.key == mid.key) is (max_trials is not None)
+    if max_trials is not None:
+        assert resumed.resume_step > 0
