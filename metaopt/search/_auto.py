@@ -28,6 +28,7 @@ import numpy.typing as npt
 from metaopt.search._base import Algorithm, Observations
 from metaopt.search._dedupe import dedupe
 from metaopt.search._evolution import EvolutionAlgorithm
+from metaopt.search._pareto import chebyshev_scalarise
 from metaopt.search._random import SobolStart
 from metaopt.space import Space
 
@@ -52,11 +53,7 @@ class AutoConfig:
     parego_rho: float = 0.05
 
 
-def parego_scalarise(Y: FloatArray, weights: FloatArray, rho: float = 0.05) -> FloatArray:
-    """Augmented Chebyshev scalarisation (n,) of Y (n, m) normalised to [0, 1] per objective."""
-    lo, hi = Y.min(axis=0), Y.max(axis=0)
-    Z = (Y - lo) / np.where(hi > lo, hi - lo, 1.0)
-    return np.asarray((Z * weights).max(axis=1) + rho * (Z * weights).sum(axis=1), dtype=np.float64)
+parego_scalarise = chebyshev_scalarise
 
 
 class AutoAlgorithm:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["crowding_distance", "hypervolume_2d", "non_dominated_sort", "pareto_front"]
+__all__ = [
+    "chebyshev_scalarise",
+    "crowding_distance",
+    "hypervolume_2d",
+    "non_dominated_sort",
+    "pareto_front",
+]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -77,3 +83,14 @@ def hypervolume_2d(Y: FloatArray, ref: tuple[float, float]) -> float:
         area += (ref[0] - x) * (prev_y - y)
         prev_y = y
     return float(area)
+
+
+def chebyshev_scalarise(Y: FloatArray, weights: FloatArray, rho: float = 0.05) -> FloatArray:
+    """Augmented Chebyshev scalarisation (n,) of Y (n, m) normalised to [0, 1] per objective.
+
+    ParEGO's: a random weight vector per call turns several objectives into one whose minima
+    are Pareto-optimal, rho > 0 breaking ties towards points good in every objective.
+    """
+    lo, hi = Y.min(axis=0), Y.max(axis=0)
+    Z = (Y - lo) / np.where(hi > lo, hi - lo, 1.0)
+    return np.asarray((Z * weights).max(axis=1) + rho * (Z * weights).sum(axis=1), np.float64)

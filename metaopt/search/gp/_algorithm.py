@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from metaopt.search._base import Observations
 from metaopt.search._dedupe import dedupe, known_points
+from metaopt.search._pareto import chebyshev_scalarise
 from metaopt.search._random import SobolStart
 from metaopt.search.gp._kernel import KernelSpec
 from metaopt.search.gp._model import FitConfig, fit_gp, warp_outputs
@@ -61,13 +62,6 @@ class GPConfig:
 def _as_known(points: FloatArray, d: int) -> Observations:
     """Points to keep away from, as pending observations."""
     return Observations(np.zeros((0, d)), np.zeros((0, 1)), points, np.zeros((0, d)))
-
-
-def chebyshev_scalarise(Y: FloatArray, weights: FloatArray, rho: float) -> FloatArray:
-    """Augmented Chebyshev scalarisation (n,) of Y (n, m) normalised to [0, 1] per objective."""
-    lo, hi = Y.min(axis=0), Y.max(axis=0)
-    Z = (Y - lo) / np.where(hi > lo, hi - lo, 1.0)
-    return np.asarray((Z * weights).max(axis=1) + rho * (Z * weights).sum(axis=1), np.float64)
 
 
 @functools.cache
