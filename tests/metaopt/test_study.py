@@ -139,20 +139,27 @@ def test_multi_objective_front_is_the_pareto_set() -> None:
     assert sorted(t.values for t in dominated.best) == [(0.2, 2.0), (0.5, 0.5)]  # type: ignore[union-attr]
 
 
-def test_freeze_thaw_stops_a_hopeless_curve_and_can_resume_it() -> None:
+def _three_good_runs(max_trials: int | None = None) -> Study:
+    """A freeze-thaw Study holding three runs completed at 0.1, 0.15 and 0.2 after 30 steps."""
     study = Study(
         {"x": "uniform(0, 1)"},
         algorithm="random",
         seed=0,
         max_step=30,
         early_stopping="freeze-thaw",
+        max_trials=max_trials,
     )
-    # Three good runs to the end, then a run whose curve sits far above them.
     for i in range(3):
         t = study.ask()
         for step in range(1, 31):
             study.report(t, step, 0.1 + 0.05 * i + math.exp(-step / 5))
         study.tell(t, 0.1 + 0.05 * i)
+    return study
+
+
+def test_freeze_thaw_stops_a_hopeless_curve_and_can_resume_it() -> None:
+    # Three good runs to the end, then a run whose curve sits far above them.
+    study = _three_good_runs()
     bad = study.ask()
     stopped_at = None
     for step in range(1, 31):
@@ -173,19 +180,7 @@ def test_freeze_thaw_stops_a_hopeless_curve_and_can_resume_it() -> None:
 def test_once_the_budget_is_spent_ask_resumes_a_frozen_trial_with_a_chance(
     max_trials: int | None,
 ) -> None:
-    study = Study(
-        {"x": "uniform(0, 1)"},
-        algorithm="random",
-        seed=0,
-        max_step=30,
-        early_stopping="freeze-thaw",
-        max_trials=max_trials,
-    )
-    for i in range(3):
-        t = study.ask()
-        for step in range(1, 31):
-            study.report(t, step, 0.1 + 0.05 * i + math.exp(-step / 5))
-        study.tell(t, 0.1 + 0.05 * i)
+    study = _three_good_runs(max_trials)
     # Not hopeless, but a new configuration is the better bet while one may start.
     mid = study.ask()
     for step in range(1, 31):
