@@ -29,7 +29,9 @@ from metaopt.peer._gpus import Slot, detect_slots
 from metaopt.peer._template import parse_template
 
 if TYPE_CHECKING:
-    from metaopt.freezethaw import Decision, EarlyStopper
+    import numpy as np
+
+    from metaopt.freezethaw import CurveView, Decision, EarlyStopper
     from metaopt.peer._node import Node
 
 __all__ = ["TrialRunner"]
@@ -63,6 +65,8 @@ class TrialRunner:
         self._bundles: dict[bytes, Path] = {}
         self._stoppers: dict[bytes, EarlyStopper | None] = {}
         self._decisions = 0
+        # A stopper keeps fitted hyperparameters between calls: one decision at a time.
+        self._deciding = asyncio.Lock()
 
     # --------------------------------------------------------------------------- queries
 
@@ -295,7 +299,15 @@ class TrialRunner:
             self._stoppers[state.key] = stopper_for(state, self.node.suggester(state).space)
         return self._stoppers[state.key]
 
-    def _decide(self, state: ExperimentState, own: set[str], free_slots: int) -> list[Decision]:
+    async def _decide(
+        self, state: ExperimentState, own: set[str], free_slots: int
+    ) -> list[Decision]:
+        """The stopper's decisions, computed in a worker thread on a snapshot of the curves.
+
+        A decision takes tens of milliseconds, the first fit of an experiment's curve model a
+        few hundred: on the event loop that would hold up replication, heartbeats and the API.
+        The caller re-checks what it acts on, since trials may have moved on meanwhile.
+        """
         import numpy as np
 
         from metaopt._curves import curve_views
@@ -303,16 +315,18 @@ class TrialRunner:
         stopper = self._stopper(state)
         if stopper is None or not own:
             return []
-        self._decisions += 1
-        rng = np.random.default_rng([self._decisions, *self.node.node_id[:8]])
-        curves = curve_views(state, self.node.suggester(state).space)
-        from threadpoolctl import threadpool_limits
-
-        # Small matrices: one BLAS thread is many times faster than several on shared cores.
-        with threadpool_limits(limits=1):
-            return stopper.decide(
-                curves, own, free_slots, rng, fresh_available=not state.budget_spent
+        async with self._deciding:
+            self._decisions += 1
+            rng = np.random.default_rng([self._decisions, *self.node.node_id[:8]])
+            curves = curve_views(state, self.node.suggester(state).space)
+            fresh = not state.budget_spent
+            return await asyncio.to_thread(
+                _decide_in_thread, stopper, curves, set(own), free_slots, rng, fresh
             )
+
+    def _still_frozen(self, state: ExperimentState, trial: bytes) -> bool:
+        view = state.trial(trial)
+        return view is not None and view.state == "frozen"
 
     def _own_frozen(self, state: ExperimentState) -> set[str]:
         me = self.node.node_id
@@ -331,13 +345,13 @@ class TrialRunner:
                 if r.experiment == state.key and r.outcome is None
             }
             frozen = self._own_frozen(state)
-            for decision in self._decide(state, set(running) | frozen, 0):
+            for decision in await self._decide(state, set(running) | frozen, 0):
                 key = bytes.fromhex(decision.trial_id)
                 if decision.action in (Action.FREEZE, Action.KILL) and decision.trial_id in running:
                     outcome = "frozen" if decision.action is Action.FREEZE else "killed"
                     log.info("%s trial %s: %s", outcome, key.hex()[:12], decision.reason)
-                    await self.end(key, outcome, decision.reason)
-                elif decision.action is Action.KILL and decision.trial_id in frozen:
+                    await self.end(key, outcome, decision.reason)  # a no-op if it has ended
+                elif decision.action is Action.KILL and self._still_frozen(state, key):
                     self.node.write_event(state.key, key, "killed", reason=decision.reason)
             idle = not running and self.free_slots() == len(self.slots)
             if self._stopper(state) is not None and state.budget_spent and idle and frozen:
@@ -345,10 +359,12 @@ class TrialRunner:
                 # thaw()); the rest stay stopped for good, so the experiment can finish.
                 worth = {
                     d.trial_id
-                    for d in self._decide(state, frozen, len(frozen))
+                    for d in await self._decide(state, frozen, len(frozen))
                     if d.action is Action.THAW
                 }
                 for trial_id in sorted(frozen - worth):
+                    if not self._still_frozen(state, bytes.fromhex(trial_id)):
+                        continue  # thawed while the decision was being made
                     self.node.write_event(
                         state.key,
                         bytes.fromhex(trial_id),
@@ -366,12 +382,27 @@ class TrialRunner:
             frozen = self._own_frozen(state)
             if not frozen:
                 continue
-            for decision in self._decide(state, frozen, self.free_slots()):
+            for decision in await self._decide(state, frozen, self.free_slots()):
                 if decision.action is Action.THAW and self.free_slots() > 0:
                     view = state.trial(bytes.fromhex(decision.trial_id))
-                    if view is not None:
+                    if view is not None and view.state == "frozen":
                         log.info("thawing trial %s: %s", view.key.hex()[:12], decision.reason)
                         await self.launch(state, view, thaw=True)
+
+
+def _decide_in_thread(
+    stopper: EarlyStopper,
+    curves: list[CurveView],
+    own: set[str],
+    free_slots: int,
+    rng: np.random.Generator,
+    fresh_available: bool,
+) -> list[Decision]:
+    from threadpoolctl import threadpool_limits
+
+    # Small matrices: one BLAS thread is many times faster than several on shared cores.
+    with threadpool_limits(limits=1):
+        return stopper.decide(curves, own, free_slots, rng, fresh_available=fresh_available)
 
 
 class _MissingBlob(Exception):

@@ -341,3 +341,32 @@ def test_config_file_export_stop_key_and_detach(cluster: Cluster, tmp_path: Path
     finally:
         if (ddir / "peer.pid").exists():
             os.kill(pid, signal.SIGKILL)
+
+
+def test_the_freeze_thaw_monitor_runs_an_experiment_to_its_end(cluster: Cluster) -> None:
+    # The monitor decides in a worker thread on snapshots; whatever it freezes on the way, a
+    # spent budget ends with every trial completed or killed, none left frozen or running.
+    peer = cluster.start_peer("solo")
+    out = peer.cli(
+        "submit",
+        "--name",
+        "ft",
+        "--max-trials",
+        "8",
+        "--early-stopping",
+        "freeze-thaw",
+        "--max-step",
+        "15",
+        str(EPOCHS),
+        "--x~uniform(0, 1)",
+        "--steps",
+        "15",
+        "--sleep",
+        "0.05",
+    )
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: experiment(peer, "ft").get("finished") is True, 150, peer.log)
+    states = [t["state"] for t in experiment(peer, "ft")["trial_list"]]
+    assert len(states) == 8
+    assert set(states) <= {"completed", "killed"}, states
+    assert "Traceback" not in peer.log()
