@@ -10,6 +10,7 @@ never suggested: the suggester retries, then falls back to the prior.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from metaopt._state import ACTIVE_STATES, ExperimentState, TrialView
 from metaopt.search import Algorithm, Observations, make_algorithm
 from metaopt.space import Space
 
-__all__ = ["Suggester", "params_key", "stream"]
+__all__ = ["Draw", "Suggester", "params_key", "stream"]
 
 _RETRIES = 8
 _PRIOR_DRAWS = 64
@@ -40,8 +41,26 @@ def stream(seed: int, node_id: bytes, experiment: bytes, counter: int) -> np.ran
     return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
+@dataclass(frozen=True)
+class Draw:
+    """What one suggestion needs, taken from the replica at one moment.
+
+    ``Suggester.compute`` reads only this (never the live state), so it may run in a worker
+    thread while the event loop goes on changing the replica.
+    """
+
+    counter: int
+    rng: np.random.Generator
+    known: frozenset[tuple[tuple[str, Any], ...]]
+    obs: Observations
+
+
 class Suggester:
-    """One node's search over one experiment; keeps the algorithm for its warm starts."""
+    """One node's search over one experiment; keeps the algorithm for its warm starts.
+
+    ``suggest()`` is ``compute(prepare())``. Only one ``compute`` may run at a time: the
+    algorithm keeps warm-start state between calls.
+    """
 
     def __init__(
         self,
@@ -90,11 +109,22 @@ class Suggester:
 
     def suggest(self) -> tuple[dict[str, Any], int]:
         """(params, counter) of a new point no known trial has."""
+        return self.compute(self.prepare())
+
+    def prepare(self) -> Draw:
+        """A snapshot of the history for the next suggestion (cheap; reads the replica)."""
         counter = self.next_counter()
-        rng = stream(self.seed, self.node_id, self.state.key, counter)
         trials = self.state.trials()
-        known = {params_key(t.params) for t in trials}
-        obs = self.observations(trials)
+        return Draw(
+            counter,
+            stream(self.seed, self.node_id, self.state.key, counter),
+            frozenset(params_key(t.params) for t in trials),
+            self.observations(trials),
+        )
+
+    def compute(self, draw: Draw) -> tuple[dict[str, Any], int]:
+        """(params, counter) of a new point not in the draw's history (the costly part)."""
+        counter, rng, known, obs = draw.counter, draw.rng, draw.known, draw.obs
         space = self.space
         for _ in range(_RETRIES):
             points = self.algorithm.suggest(space, obs, rng, 1)

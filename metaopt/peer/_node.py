@@ -103,6 +103,7 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._schedule_lock = asyncio.Lock()
+        self._schedule_again = False
         self._discovery: Any = None
         self.started_at = clock()
 
@@ -333,10 +334,20 @@ class Node:
             suggester = self._suggesters[state.key] = Suggester(state, self.node_id, seed=seed)
         return suggester
 
-    def new_trial(self, state: ExperimentState) -> TrialView:
+    async def new_trial(self, state: ExperimentState) -> TrialView | None:
+        """Suggest and record a new trial; None if the budget ran out meanwhile.
+
+        The suggestion (a GP fit and acquisition search: up to a few hundred milliseconds on a
+        long history) runs in a worker thread on a snapshot, so replication, heartbeats and the
+        API go on meanwhile. Calls are serialised by the schedule lock.
+        """
+        suggester = self.suggester(state)
+        draw = suggester.prepare()
         began = time.perf_counter()
-        params, counter = self.suggester(state).suggest()
+        params, counter = await asyncio.to_thread(suggester.compute, draw)
         suggest_ms = round((time.perf_counter() - began) * 1000, 3)
+        if state.budget_spent or state.stopped:
+            return None  # other peers' trials or a stop arrived while this one was chosen
         body = {
             "params": params,
             "node": self.node_id,
@@ -364,10 +375,15 @@ class Node:
             task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
     async def _schedule(self) -> None:
+        # A request during a pass is not dropped: the pass planned before the slot came free,
+        # so it runs once more.
+        self._schedule_again = True
         if self._schedule_lock.locked():
             return
         async with self._schedule_lock:
-            await self._schedule_once()
+            while self._schedule_again:
+                self._schedule_again = False
+                await self._schedule_once()
 
     async def _schedule_once(self) -> None:
         await self.runner.thaw()
@@ -397,7 +413,7 @@ class Node:
         for item in work:
             state = self.replica.experiments[item.experiment]
             try:
-                view = state.trial(item.trial) if item.trial else self.new_trial(state)
+                view = state.trial(item.trial) if item.trial else await self.new_trial(state)
             except MetaoptError as exc:
                 log.warning("experiment %s: %s", state.spec.name, exc)
                 continue
