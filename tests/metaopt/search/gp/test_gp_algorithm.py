@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -8,9 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from metaopt import Study
 from metaopt.search import Observations, is_known, make_algorithm
-from metaopt.search.gp import GPAlgorithm, GPConfig, chebyshev_scalarise
+from metaopt.search.gp import GPAlgorithm, GPConfig, _algorithm, chebyshev_scalarise
 from metaopt.space import Space
+from simulations._problems import get_problem
 
 MIXED = Space.from_dict(
     {
@@ -171,3 +174,39 @@ def test_auto_portfolio_with_the_gp_solves_branin() -> None:
 
     obs = run(make_algorithm("auto"), space, branin, 30, seed=2)
     assert obs.Y.min() - 0.397887 < 1e-2
+
+
+def test_a_log_ei_optimum_next_to_a_known_point_is_replaced_by_a_new_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    space = Space.from_dict({"a": "uniform(0, 1)", "b": "uniform(0, 1)"})
+    rng = np.random.default_rng(0)
+    X = rng.random((12, 2))
+    obs = Observations(X, ((X - 0.3) ** 2).sum(axis=1, keepdims=True))
+    # An overconfident model's optimum: a hair away from a point already measured.
+    stalled = X[3] + 1e-6
+    monkeypatch.setattr(_algorithm, "maximise_log_ei", lambda *args, **kwargs: stalled.copy())
+    far = GPAlgorithm().suggest(space, obs, np.random.default_rng(1), 1)[0]
+    assert np.sqrt(((X - far) ** 2).sum(axis=1)).min() > 0.05
+    kept = GPAlgorithm(GPConfig(stall_radius=0.0)).suggest(space, obs, np.random.default_rng(1), 1)
+    assert np.allclose(kept[0], stalled, atol=1e-9)
+
+
+def test_no_gp_suggestion_lands_next_to_a_known_point_on_a_history_that_stalled() -> None:
+    # The one-peer Study of the parallel benchmark's seed 8 on Branin, where the GP once spent
+    # 100 evaluations creeping along a boundary 1.5 above the optimum.
+    problem = get_problem("branin")
+    study = Study(
+        dict(problem.priors),
+        algorithm="auto",
+        seed=8,
+        node_id=hashlib.blake2b(b"bench-8-0", digest_size=16).digest(),
+        name="parallel-branin",
+        clock=lambda: 0.0,  # the experiment's key, and so every random stream, hashes its time
+    )
+    for _ in range(30):
+        trial = study.ask()
+        study.tell(trial, problem.objective(trial.params))
+    U = np.array([study.space.to_unit(t.params) for t in study.trials])
+    d = np.sqrt(((U[:, None, :] - U[None, :, :]) ** 2).sum(-1))[np.triu_indices(len(U), 1)]
+    assert d.min() >= 1e-4  # the default stall radius
