@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from metaopt._errors import MetaoptError
-from metaopt.freezethaw._model import CurveView
-from metaopt.freezethaw._policy import Action, Decision, finite_prefix
+from metaopt.freezethaw._model import CurveView, finite_prefix
+from metaopt.freezethaw._policy import Action, Decision
 
 __all__ = ["AshaConfig", "AshaStopper"]
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metaopt.freezethaw._model import CurveView
-from metaopt.freezethaw._policy import Action, Decision, finite_prefix
+from metaopt.freezethaw._model import CurveView, finite_prefix
+from metaopt.freezethaw._policy import Action, Decision
 
 __all__ = ["MedianConfig", "MedianStopper"]
 

@@ -31,6 +31,7 @@ __all__ = [
     "FreezeThawModel",
     "Hyper",
     "expected_improvement",
+    "finite_prefix",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -124,6 +125,17 @@ class _Data:
     time_scale: float
 
 
+def finite_prefix(c: CurveView) -> tuple[FloatArray, FloatArray, bool]:
+    """Steps and values up to the first nan/inf, and whether a non-finite value was reported."""
+    v = np.asarray(c.values, dtype=np.float64)
+    s = np.asarray(c.steps, dtype=np.float64)
+    ok = np.isfinite(v)
+    if ok.all():
+        return s, v, False
+    cut = int(np.argmin(ok))
+    return s[:cut], v[:cut], True
+
+
 def _prepare(curves: Sequence[CurveView], cfg: FreezeThawConfig) -> _Data:
     cs = sorted(curves, key=lambda c: c.trial_id)
     d = max((int(np.asarray(c.x).shape[0]) for c in cs), default=0)
@@ -131,13 +143,10 @@ def _prepare(curves: Sequence[CurveView], cfg: FreezeThawConfig) -> _Data:
     steps: list[FloatArray] = []
     vals: list[FloatArray] = []
     for c in cs:
-        s = np.asarray(c.steps, dtype=np.float64)
-        v = np.asarray(c.values, dtype=np.float64)
-        ok = np.isfinite(v)
         # Points after a nan/inf belong to a broken run; a finite prefix keeps grids shared.
-        cut = v.shape[0] if ok.all() else int(np.argmin(ok))
-        steps.append(s[:cut])
-        vals.append(v[:cut])
+        s, v, _ = finite_prefix(c)
+        steps.append(s)
+        vals.append(v)
     pooled = np.concatenate(vals) if vals else np.zeros(0)
     centre = float(np.median(pooled)) if pooled.size else 0.0
     if pooled.size > 1:

@@ -45,6 +45,7 @@ from metaopt.freezethaw._model import (
     FittedModel,
     FreezeThawConfig,
     FreezeThawModel,
+    finite_prefix,
 )
 
 if TYPE_CHECKING:
@@ -136,17 +137,6 @@ class FreezeThawPolicyConfig:
                 "FreezeThawPolicyConfig needs 0 < freeze_ratio <= thaw_ratio and positive "
                 "var_inflation and fresh_inflation; fix the config"
             )
-
-
-def finite_prefix(c: CurveView) -> tuple[FloatArray, FloatArray, bool]:
-    """Steps and values up to the first nan/inf, and whether a non-finite value was reported."""
-    v = np.asarray(c.values, dtype=np.float64)
-    s = np.asarray(c.steps, dtype=np.float64)
-    ok = np.isfinite(v)
-    if ok.all():
-        return s, v, False
-    cut = int(np.argmin(ok))
-    return s[:cut], v[:cut], True
 
 
 def _slope(s: FloatArray, v: FloatArray) -> tuple[float, float]:
