@@ -345,7 +345,15 @@ class TrialRunner:
                 if r.experiment == state.key and r.outcome is None
             }
             frozen = self._own_frozen(state)
-            for decision in await self._decide(state, set(running) | frozen, 0):
+            idle = not running and self.free_slots() == len(self.slots)
+            # Nothing new will start: the frozen trials still worth a slot are thawed (by
+            # thaw()); the rest stay stopped for good, so the experiment can finish.
+            ending = state.budget_spent and idle and bool(frozen)
+            worth: set[str] = set()
+            decisions = await self._decide(
+                state, set(running) | frozen, len(frozen) if ending else 0
+            )
+            for decision in decisions:
                 key = bytes.fromhex(decision.trial_id)
                 if decision.action in (Action.FREEZE, Action.KILL) and decision.trial_id in running:
                     outcome = "frozen" if decision.action is Action.FREEZE else "killed"
@@ -353,15 +361,9 @@ class TrialRunner:
                     await self.end(key, outcome, decision.reason)  # a no-op if it has ended
                 elif decision.action is Action.KILL and self._still_frozen(state, key):
                     self.node.write_event(state.key, key, "killed", reason=decision.reason)
-            idle = not running and self.free_slots() == len(self.slots)
-            if self._stopper(state) is not None and state.budget_spent and idle and frozen:
-                # Nothing new will start: the frozen trials still worth a slot are thawed (by
-                # thaw()); the rest stay stopped for good, so the experiment can finish.
-                worth = {
-                    d.trial_id
-                    for d in await self._decide(state, frozen, len(frozen))
-                    if d.action is Action.THAW
-                }
+                elif decision.action is Action.THAW:
+                    worth.add(decision.trial_id)
+            if ending and self._stopper(state) is not None:
                 for trial_id in sorted(frozen - worth):
                     if not self._still_frozen(state, bytes.fromhex(trial_id)):
                         continue  # thawed while the decision was being made

@@ -229,24 +229,33 @@ def test_a_peer_with_the_wrong_key_is_refused(cluster: Cluster) -> None:
 EPOCHS = Path(__file__).parent / "scripts" / "epochs.py"
 
 
-def test_freeze_and_thaw_a_real_process_resumes_from_its_checkpoint(cluster: Cluster) -> None:
-    peer = cluster.start_peer("solo")
+def submit_epochs(
+    peer: Peer, name: str, *, trials: int, steps: int, sleep: float, early_stopping: str
+) -> None:
+    """Submit the checkpointing epochs script: loss x + 1/step for ``steps`` steps."""
     out = peer.cli(
         "submit",
         "--name",
-        "ep",
+        name,
         "--max-trials",
-        "1",
+        str(trials),
         "--early-stopping",
-        "none",
+        early_stopping,
+        "--max-step",
+        str(steps),
         str(EPOCHS),
         "--x~uniform(0, 1)",
         "--steps",
-        "60",
+        str(steps),
         "--sleep",
-        "0.5",
+        str(sleep),
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_freeze_and_thaw_a_real_process_resumes_from_its_checkpoint(cluster: Cluster) -> None:
+    peer = cluster.start_peer("solo")
+    submit_epochs(peer, "ep", trials=1, steps=60, sleep=0.5, early_stopping="none")
 
     def trial() -> dict[str, Any]:
         trials = experiment(peer, "ep")["trial_list"]
@@ -347,24 +356,7 @@ def test_the_freeze_thaw_monitor_runs_an_experiment_to_its_end(cluster: Cluster)
     # The monitor decides in a worker thread on snapshots; whatever it freezes on the way, a
     # spent budget ends with every trial completed or killed, none left frozen or running.
     peer = cluster.start_peer("solo")
-    out = peer.cli(
-        "submit",
-        "--name",
-        "ft",
-        "--max-trials",
-        "8",
-        "--early-stopping",
-        "freeze-thaw",
-        "--max-step",
-        "15",
-        str(EPOCHS),
-        "--x~uniform(0, 1)",
-        "--steps",
-        "15",
-        "--sleep",
-        "0.05",
-    )
-    assert out.returncode == 0, out.stderr
+    submit_epochs(peer, "ft", trials=8, steps=15, sleep=0.05, early_stopping="freeze-thaw")
     wait_for(lambda: experiment(peer, "ft").get("finished") is True, 150, peer.log)
     states = [t["state"] for t in experiment(peer, "ft")["trial_list"]]
     assert len(states) == 8
