@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from metaopt.freezethaw import CurveView, FreezeThawModel, exp_decay, matern52
-from metaopt.freezethaw._model import FreezeThawConfig, Hyper, _neg_mll, _prepare
+from metaopt.freezethaw._model import (
+    FreezeThawConfig,
+    Hyper,
+    _neg_mll,
+    _neg_mll_and_grad,
+    _prepare,
+)
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -65,6 +71,25 @@ def _curves(rng: np.random.Generator, n: int, T: int, noise: float) -> list[Curv
     out.append(CurveView("odd", rng.random(2), np.array([2, 7, 9]), np.ones(3), "frozen", T))
     out.append(CurveView("new", rng.random(2), np.zeros(0, np.int64), np.zeros(0), "running", T))
     return out
+
+
+@given(st.integers(0, 2**32 - 1))
+@settings(max_examples=15, deadline=None)
+def test_the_marginal_likelihood_gradient_matches_central_differences(seed: int) -> None:
+    # Curves on one shared grid and on a grid of their own ("odd"), a curve with no points.
+    rng = np.random.default_rng(seed)
+    data = _prepare(_curves(rng, 7, 10, 0.05), FreezeThawConfig())
+    idx = np.flatnonzero(data.group >= 0)
+    theta = Hyper(1.3, 0.4, 0.8, 0.03, 1.2, 0.1, np.array([0.4, 0.9])).pack()
+    theta = theta + 0.5 * rng.standard_normal(theta.shape[0])
+    value, grad = _neg_mll_and_grad(data, idx, Hyper.unpack(theta), 1e-8)
+    assert np.isclose(value, _neg_mll(data, idx, Hyper.unpack(theta), 1e-8), rtol=1e-12)
+    for k in range(theta.shape[0]):
+        step = np.zeros_like(theta)
+        step[k] = 1e-5
+        up = _neg_mll(data, idx, Hyper.unpack(theta + step), 1e-8)
+        down = _neg_mll(data, idx, Hyper.unpack(theta - step), 1e-8)
+        assert np.isclose(grad[k], (up - down) / 2e-5, rtol=1e-4, atol=1e-5), k
 
 
 def test_block_inference_equals_dense_inference() -> None:
