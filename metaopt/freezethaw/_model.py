@@ -199,12 +199,42 @@ def _group_by_prefix(steps: Sequence[FloatArray]) -> tuple[list[FloatArray], Int
 
 
 @dataclass(frozen=True)
+class _GridCurves:
+    """The curves of one shared grid as padded columns: fixed while hyperparameters change."""
+
+    grid: int
+    ks: IntArray  # (n_g,) positions in idx of the grid's curves
+    lens: IntArray  # (n_g,) each curve's number of points
+    mask: npt.NDArray[np.bool_]  # (T_g, n_g) True where a curve has a point
+    Y: FloatArray  # (T_g, n_g) each curve's values in its column, zero beyond its length
+
+
+def _layout(data: _Data, idx: IntArray) -> tuple[_GridCurves, ...]:
+    """Group the curves idx by grid; one solve per grid then serves all of its curves."""
+    groups = data.group[idx]
+    out: list[_GridCurves] = []
+    for g in np.unique(groups[groups >= 0]):
+        T = data.grids[int(g)].shape[0]
+        ks = np.flatnonzero(groups == g)
+        lens = np.array([data.y[int(idx[k])].shape[0] for k in ks], dtype=np.int64)
+        Y = np.zeros((T, ks.shape[0]))
+        for col, k in enumerate(ks):
+            Y[: lens[col], col] = data.y[int(idx[k])]
+        mask = np.arange(T)[:, None] < lens[None, :]
+        out.append(_GridCurves(int(g), ks, lens, mask, Y))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class _Blocks:
     """Per-curve sufficient statistics of the time-kernel blocks."""
 
-    chol: tuple[FloatArray, ...]  # per grid (T_g, T_g) lower Cholesky of K_t + noise
-    z_one: tuple[FloatArray, ...]  # per grid (T_g,) L⁻¹ 1
-    z_res: tuple[FloatArray, ...]  # per curve (T_n,) L⁻¹ (y_n - m)
+    layout: tuple[_GridCurves, ...]
+    K0: tuple[FloatArray, ...]  # per grid in layout (T_g, T_g) time kernel without noise
+    chol: dict[int, FloatArray]  # by grid, (T_g, T_g) lower Cholesky of K_t + noise
+    z_one: dict[int, FloatArray]  # by grid, (T_g,) L⁻¹ 1
+    Z: dict[int, FloatArray]  # by grid, (T_g, n_g) L⁻¹ (y_n - m), zero-padded
+    col: IntArray  # (N,) each curve's column in its grid's Z (-1: no points)
     lam: FloatArray  # (N,) 1ᵀ K⁻¹ 1
     gam: FloatArray  # (N,) 1ᵀ K⁻¹ (y - m)
     quad: float  # Σ (y - m)ᵀ K⁻¹ (y - m)
@@ -212,44 +242,50 @@ class _Blocks:
     n_obs: int
 
 
-def _blocks(data: _Data, idx: IntArray, h: Hyper, jitter: float) -> _Blocks:
+def _blocks(
+    data: _Data,
+    idx: IntArray,
+    h: Hyper,
+    jitter: float,
+    layout: tuple[_GridCurves, ...] | None = None,
+) -> _Blocks:
+    if layout is None:
+        layout = _layout(data, idx)
     n = idx.shape[0]
     lam = np.zeros(n)
     gam = np.zeros(n)
-    z_res: list[FloatArray] = [np.zeros(0)] * n
-    chol: list[FloatArray] = [np.zeros((0, 0))] * len(data.grids)
-    z_one: list[FloatArray] = [np.zeros(0)] * len(data.grids)
+    col = np.full(n, -1, dtype=np.int64)
+    K0s: list[FloatArray] = []
+    Zs: dict[int, FloatArray] = {}
+    chol: dict[int, FloatArray] = {}
+    z_one: dict[int, FloatArray] = {}
     quad = 0.0
     logdet = 0.0
     n_obs = 0
-    groups = data.group[idx]
-    for g in np.unique(groups[groups >= 0]):
-        grid = data.grids[int(g)]
+    for gc in layout:
+        grid = data.grids[gc.grid]
         T = grid.shape[0]
-        K = exp_decay(grid, grid, h.alpha, h.beta, h.amp_t)
+        K0 = exp_decay(grid, grid, h.alpha, h.beta, h.amp_t)
+        K = K0.copy()
         K[np.diag_indices_from(K)] += h.noise + jitter
         L = np.asarray(np.linalg.cholesky(K), dtype=np.float64)
         zo = sla.solve_triangular(L, np.ones(T), lower=True, check_finite=False)
-        chol[int(g)] = L
-        z_one[int(g)] = zo
-        ks = np.flatnonzero(groups == g)
-        lens = np.array([data.y[int(idx[k])].shape[0] for k in ks])
         # One solve for all the grid's curves: forward substitution never looks past a
         # prefix, so zero padding beyond each curve's length is harmless.
-        mask = np.arange(T)[:, None] < lens[None, :]
-        R = np.zeros((T, ks.shape[0]))
-        for col, k in enumerate(ks):
-            R[: lens[col], col] = data.y[int(idx[k])]
-        R = np.where(mask, R - h.mean, 0.0)
-        Z = sla.solve_triangular(L, R, lower=True, check_finite=False) * mask
-        lam[ks] = np.cumsum(zo * zo)[lens - 1]
-        gam[ks] = zo @ Z
+        R = np.where(gc.mask, gc.Y - h.mean, 0.0)
+        Z = sla.solve_triangular(L, R, lower=True, check_finite=False) * gc.mask
+        last = gc.lens - 1
+        lam[gc.ks] = np.cumsum(zo * zo)[last]
+        gam[gc.ks] = zo @ Z
+        col[gc.ks] = np.arange(gc.ks.shape[0])
         quad += float((Z * Z).sum())
-        logdet += 2.0 * float(np.cumsum(np.log(np.diag(L)))[lens - 1].sum())
-        n_obs += int(lens.sum())
-        for col, k in enumerate(ks):
-            z_res[int(k)] = Z[: lens[col], col]
-    return _Blocks(tuple(chol), tuple(z_one), tuple(z_res), lam, gam, quad, logdet, n_obs)
+        logdet += 2.0 * float(np.cumsum(np.log(np.diag(L)))[last].sum())
+        n_obs += int(gc.lens.sum())
+        chol[gc.grid] = L
+        z_one[gc.grid] = zo
+        K0s.append(K0)
+        Zs[gc.grid] = Z
+    return _Blocks(layout, tuple(K0s), chol, z_one, Zs, col, lam, gam, quad, logdet, n_obs)
 
 
 def _thin(data: _Data, idx: IntArray, max_points: int) -> _Data:
@@ -294,8 +330,14 @@ class _Evidence:
     value: float  # the negative log marginal likelihood
 
 
-def _evidence(data: _Data, idx: IntArray, h: Hyper, jitter: float) -> _Evidence:
-    b = _blocks(data, idx, h, jitter)
+def _evidence(
+    data: _Data,
+    idx: IntArray,
+    h: Hyper,
+    jitter: float,
+    layout: tuple[_GridCurves, ...] | None = None,
+) -> _Evidence:
+    b = _blocks(data, idx, h, jitter, layout)
     Kx = matern52(data.X[idx], data.X[idx], h.lengthscales, h.amp_x)
     Kx[np.diag_indices_from(Kx)] += jitter
     s = np.sqrt(b.lam)
@@ -309,13 +351,33 @@ def _evidence(data: _Data, idx: IntArray, h: Hyper, jitter: float) -> _Evidence:
     return _Evidence(b, Kx, s, LB, w, v, value)
 
 
-def _neg_mll(data: _Data, idx: IntArray, h: Hyper, jitter: float) -> float:
+def _neg_mll(
+    data: _Data,
+    idx: IntArray,
+    h: Hyper,
+    jitter: float,
+    layout: tuple[_GridCurves, ...] | None = None,
+) -> float:
     """Negative log marginal likelihood of the curves idx under h, via the Woodbury identity."""
-    return _evidence(data, idx, h, jitter).value
+    return _evidence(data, idx, h, jitter, layout).value
+
+
+def _inverse_from_cholesky(L: FloatArray) -> FloatArray:
+    """A⁻¹ from A's lower Cholesky factor L (n, n), by LAPACK's potri: half a cho_solve's work."""
+    inv, info = sla.lapack.dpotri(L, lower=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"dpotri failed with info={info}")
+    low = np.tril(inv)
+    out: FloatArray = low + np.tril(low, -1).T
+    return out
 
 
 def _neg_mll_and_grad(
-    data: _Data, idx: IntArray, h: Hyper, jitter: float
+    data: _Data,
+    idx: IntArray,
+    h: Hyper,
+    jitter: float,
+    layout: tuple[_GridCurves, ...] | None = None,
 ) -> tuple[float, FloatArray]:
     """_neg_mll and its gradient with respect to the packed hyperparameters (Hyper.pack order).
 
@@ -333,7 +395,7 @@ def _neg_mll_and_grad(
     With it L-BFGS-B needs a few dozen evaluations where finite differences cost one more
     evaluation per hyperparameter for every gradient (hundreds for a cold fit).
     """
-    ev = _evidence(data, idx, h, jitter)
+    ev = _evidence(data, idx, h, jitter, layout)
     b, Kx, s, LB = ev.blocks, ev.Kx, ev.s, ev.LB
     n = idx.shape[0]
     back = sla.solve_triangular(LB.T, ev.v, lower=False, check_finite=False)
@@ -342,39 +404,29 @@ def _neg_mll_and_grad(
     m_diag = np.diag(Kx) - (V * V).sum(0)
     grad = np.zeros(_N_FIXED + h.lengthscales.shape[0])
     bvec = np.zeros(n)
-    groups = data.group[idx]
-    for g in np.unique(groups[groups >= 0]):
-        grid = data.grids[int(g)]
+    for gc, K0 in zip(b.layout, b.K0, strict=True):
+        grid = data.grids[gc.grid]
+        Z = b.Z[gc.grid]
         T = grid.shape[0]
-        L = b.chol[int(g)]
-        zo = b.z_one[int(g)]
-        ks = np.flatnonzero(groups == g)
-        lens = np.array([b.z_res[int(k)].shape[0] for k in ks])
-        mask = np.arange(T)[:, None] < lens[None, :]
-        Za = np.zeros((T, ks.shape[0]))
-        for col, k in enumerate(ks):
-            Za[: lens[col], col] = b.z_res[int(k)]
-        Za = (Za - zo[:, None] * c[ks][None, :]) * mask  # L⁻¹ (r_n - c_n 1), per curve
-        Z1 = zo[:, None] * mask
-        bvec[ks] = (Z1 * Za).sum(0)
+        L = b.chol[gc.grid]
+        Z1 = b.z_one[gc.grid][:, None] * gc.mask
+        Za = Z - Z1 * c[gc.ks][None, :]  # L⁻¹ (r_n - c_n 1), per curve
+        bvec[gc.ks] = (Z1 * Za).sum(0)
         tsum = grid[:, None] + grid[None, :]
-        K0 = exp_decay(grid, grid, h.alpha, h.beta, h.amp_t)
-        dKs = (
-            (_ALPHA, h.alpha * np.log(h.beta / (tsum + h.beta)) * K0),
-            (_BETA, h.alpha * tsum / (tsum + h.beta) * K0),
-            (_AMP_T, K0),
-            (_NOISE, h.noise * np.eye(T)),
-        )
-        for p, dK in dKs:
-            A = sla.solve_triangular(L, dK, lower=True, check_finite=False)
-            G = sla.solve_triangular(L, A.T, lower=True, check_finite=False).T
-            trace = np.cumsum(np.diag(G))[lens - 1].sum()
-            quad_one = (Z1 * (G @ Z1)).sum(0) @ m_diag[ks]
-            quad_a = float((Za * (G @ Za)).sum())
-            grad[p] += 0.5 * (trace - quad_one - quad_a)
+        dK = np.empty((4, T, T))
+        dK[0] = h.alpha * np.log(h.beta / (tsum + h.beta)) * K0  # d/d log alpha
+        dK[1] = h.alpha * tsum / (tsum + h.beta) * K0  # d/d log beta
+        dK[2] = K0  # d/d log amp_t
+        dK[3] = h.noise * np.eye(T)  # d/d log noise
+        Linv = sla.solve_triangular(L, np.eye(T), lower=True, check_finite=False)
+        G = Linv @ dK @ Linv.T  # (4, T, T) whitened derivatives
+        trace = np.cumsum(np.diagonal(G, axis1=1, axis2=2), axis=1)[:, gc.lens - 1].sum(1)
+        quad_one = ((Z1 * (G @ Z1)).sum(1) * m_diag[gc.ks]).sum(1)
+        quad_a = (Za * (G @ Za)).sum((1, 2))
+        grad[[_ALPHA, _BETA, _AMP_T, _NOISE]] += 0.5 * (trace - quad_one - quad_a)
     grad[_MEAN] = -float(bvec.sum())
     # Space kernel: ½ tr((S B⁻¹ S - b bᵀ) dKx) for the amplitude and each lengthscale.
-    Binv = sla.cho_solve((LB, True), np.eye(n), check_finite=False)
+    Binv = _inverse_from_cholesky(LB)
     R = s[:, None] * Binv * s[None, :] - np.outer(bvec, bvec)
     X = data.X[idx]
     Kx0 = Kx - jitter * np.eye(n)
@@ -432,6 +484,7 @@ class FreezeThawModel:
             idx = np.sort(idx[keep])
         fit_data = _thin(data, idx, cfg.fit_max_points)
         fit_idx = np.arange(idx.shape[0], dtype=np.int64)
+        layout = _layout(fit_data, fit_idx)
         d = data.X.shape[1]
         bounds = [
             np.log(cfg.alpha_bounds),
@@ -457,14 +510,16 @@ class FreezeThawModel:
 
         def objective(theta: FloatArray) -> float:
             try:
-                val = _neg_mll(fit_data, fit_idx, Hyper.unpack(theta), cfg.jitter)
+                val = _neg_mll(fit_data, fit_idx, Hyper.unpack(theta), cfg.jitter, layout)
             except np.linalg.LinAlgError:
                 return 1e25
             return val if math.isfinite(val) else 1e25
 
         def with_grad(theta: FloatArray) -> tuple[float, FloatArray]:
             try:
-                val, grad = _neg_mll_and_grad(fit_data, fit_idx, Hyper.unpack(theta), cfg.jitter)
+                val, grad = _neg_mll_and_grad(
+                    fit_data, fit_idx, Hyper.unpack(theta), cfg.jitter, layout
+                )
             except np.linalg.LinAlgError:
                 return 1e25, np.zeros_like(theta)
             if not (math.isfinite(val) and np.isfinite(grad).all()):
@@ -555,11 +610,13 @@ class FittedModel:
             cu = np.cumsum(u * u)
             co = np.cumsum(u * self._b.z_one[g])
             kss = float(exp_decay(np.array([t]), np.array([t]), h.alpha, h.beta, h.amp_t)[0, 0])
-            for i in np.flatnonzero((data.group == g) & (tf == t)):
-                Tn = data.y[i].shape[0]
-                omega = 1.0 - co[Tn - 1]
-                mean[i] = h.mean + u[:Tn] @ self._b.z_res[i] + omega * (self._mu[i] - h.mean)
-                var[i] = kss - cu[Tn - 1] + omega * omega * self._cdiag[i]
+            ii = np.flatnonzero((data.group == g) & (tf == t))
+            last = np.array([data.y[i].shape[0] - 1 for i in ii], dtype=np.int64)
+            omega = 1.0 - co[last]
+            # Z is zero beyond each curve's length, so u @ Z equals u[:T_n] @ z_n.
+            fitted = u @ self._b.Z[g][:, self._b.col[ii]]
+            mean[ii] = h.mean + fitted + omega * (self._mu[ii] - h.mean)
+            var[ii] = kss - cu[last] + omega * omega * self._cdiag[ii]
         self._final_cache = (mean, np.maximum(var, 1e-12))
         return self._final_cache
 
@@ -603,7 +660,8 @@ class FittedModel:
         L = self._b.chol[g][:Tn, :Tn]
         U = sla.solve_triangular(L, exp_decay(grid, ts, h.alpha, h.beta, h.amp_t), lower=True)
         omega = 1.0 - self._b.z_one[g][:Tn] @ U
-        mean = h.mean + U.T @ self._b.z_res[i] + omega * (mu - h.mean)
+        z = self._b.Z[g][:Tn, self._b.col[i]]
+        mean = h.mean + U.T @ z + omega * (mu - h.mean)
         var = prior_var - (U * U).sum(0) + omega * omega * cnn
         return mean, np.maximum(var, 1e-12)
 
