@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError
 from typing import Any
 
 import msgpack
@@ -39,12 +40,16 @@ KEY_SIZE = 32
 ORIGIN_SIZE = 16
 MAX_RECORD_SIZE = 1 << 20
 MAX_LINKS = 16
+MAX_LINK = 64
 MAX_KIND = 64
+_U63 = 1 << 63
+_blake2b = hashlib.blake2b
+_unpackb = msgpack.unpackb
 
 
 def key_of(data: bytes) -> bytes:
     """The record key: BLAKE2b-256 of the exact bytes."""
-    return hashlib.blake2b(data, digest_size=KEY_SIZE).digest()
+    return _blake2b(data, digest_size=KEY_SIZE).digest()
 
 
 def _canonical(value: Any) -> Any:
@@ -76,9 +81,15 @@ def canonical_packb(value: Any) -> bytes:
     return data
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Record:
-    """One immutable record; equality and hashing are by key."""
+class _Fields:
+    """Record's slots, writable: a record is built as one of these and then becomes a Record.
+
+    Assigning each slot and then ``__class__`` is a quarter of what a frozen dataclass's
+    ``__init__`` costs (an ``object.__setattr__`` per field), and replicas build one record per
+    record received; the Record that results refuses assignment all the same.
+    """
+
+    __slots__ = ("body", "data", "key", "kind", "links", "origin", "seq", "time")
 
     key: bytes
     data: bytes
@@ -88,6 +99,38 @@ class Record:
     time: int
     links: tuple[bytes, ...]
     body: Any
+
+
+_blank = _Fields.__new__
+
+
+class Record(_Fields):
+    """One immutable record; equality and hashing are by key."""
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        key: bytes,
+        data: bytes,
+        kind: str,
+        origin: bytes,
+        seq: int,
+        time: int,
+        links: tuple[bytes, ...],
+        body: Any,
+    ) -> Record:
+        record = _blank(_Fields)
+        record.key = key
+        record.data = data
+        record.kind = kind
+        record.origin = origin
+        record.seq = seq
+        record.time = time
+        record.links = links
+        record.body = body
+        record.__class__ = Record  # the same slots, so allowed; from here on it is immutable
+        return record  # type: ignore[return-value]  # a Record since the line above
 
     @classmethod
     def create(
@@ -130,7 +173,7 @@ class Record:
                 f"a {kind} record of {len(data)} bytes exceeds the {max_size}-byte limit;"
                 " split it into smaller records"
             )
-        return cls(key_of(data), data, kind, origin, seq, time, links, body)
+        return _new(Record, key_of(data), data, kind, origin, seq, time, links, body)
 
     @classmethod
     def decode(cls, data: bytes, *, max_size: int = MAX_RECORD_SIZE) -> Record:
@@ -159,7 +202,29 @@ class Record:
         _fmt, kind, origin, seq, time, links, body = msgpack.unpackb(
             data, raw=False, strict_map_key=False
         )
-        return cls(key, data, kind, origin, seq, time, tuple(links), body)
+        return _new(Record, key, data, kind, origin, seq, time, tuple(links), body)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}: records are immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}: records are immutable")
+
+    def __reduce__(self) -> tuple[type[Record], tuple[Any, ...]]:
+        # copy and pickle would otherwise restore the slots through the refused __setattr__.
+        return (
+            Record,
+            (
+                self.key,
+                self.data,
+                self.kind,
+                self.origin,
+                self.seq,
+                self.time,
+                self.links,
+                self.body,
+            ),
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Record) and other.key == self.key
@@ -174,6 +239,10 @@ class Record:
         )
 
 
+# Record(...) minus type.__call__'s detour (a fifth of building one): _new(Record, ...).
+_new = Record.__new__
+
+
 def _reject_ext(code: int, data: bytes) -> Any:
     raise MalformedRecord(f"msgpack extension type {code} is not allowed in records")
 
@@ -184,6 +253,15 @@ def _packb(value: Any) -> bytes:
 
 
 def _decode(data: Any, max_size: int, pack: Callable[[Any], bytes]) -> Record:
+    """Record.decode: a fast path for the common record, the exact checks for anything else.
+
+    The fast path accepts only what the exact checks (``_decode_exact``) accept, and anything
+    it is unsure of goes to them for the verdict, so both give the same record or the same
+    error. It saves the Python walk over the body (a third of the decoding cost): msgpack calls
+    ``_sorted_str_keys`` on each map as it builds it, Timestamps arrive as integers (which
+    re-encode differently, so they fail the byte comparison), and a NaN can only hide where the
+    bytes hold float64's NaN pattern, which one regular-expression scan rules out.
+    """
     if type(data) is not bytes:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise MalformedRecord(f"a record is bytes, not {type(data).__name__}")
@@ -191,7 +269,74 @@ def _decode(data: Any, max_size: int, pack: Callable[[Any], bytes]) -> Record:
     if len(data) > max_size:
         raise OversizedRecord(f"record of {len(data)} bytes exceeds the {max_size}-byte limit")
     try:
-        value = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_reject_ext)
+        value = _unpackb(
+            data, raw=False, timestamp=2, object_hook=_sorted_str_keys, ext_hook=_reject_ext
+        )
+    except Exception:
+        return _decode_exact(data, pack)
+    if type(value) is not list or len(value) != 7:
+        return _decode_exact(data, pack)
+    fmt, kind, origin, seq, time, links, body = value
+    # unpackb makes exact types, and 16 characters are at most 64 UTF-8 bytes.
+    if not (
+        type(fmt) is int
+        and fmt == FORMAT
+        and type(kind) is str
+        and 0 < len(kind) <= MAX_KIND // 4
+        and type(origin) is bytes
+        and len(origin) == ORIGIN_SIZE
+        and type(seq) is int
+        and 0 < seq < _U63
+        and type(time) is int
+        and 0 <= time < _U63
+        and type(links) is list
+        and len(links) <= MAX_LINKS
+    ):
+        return _decode_exact(data, pack)
+    for link in links:
+        if type(link) is not bytes or not 0 < len(link) <= MAX_LINK:
+            return _decode_exact(data, pack)
+    if _NAN_BYTES(data) is not None:
+        return _decode_exact(data, pack)
+    try:
+        canonical = pack(value) == data
+    except Exception:
+        canonical = False
+    if not canonical:
+        return _decode_exact(data, pack)
+    return _new(
+        Record,
+        _blake2b(data, digest_size=KEY_SIZE).digest(),
+        data,
+        kind,
+        origin,
+        seq,
+        time,
+        tuple(links),
+        body,
+    )
+
+
+class _Unsure(Exception):
+    """Raised inside the fast path's unpacking: let the exact checks decide."""
+
+
+def _sorted_str_keys(mapping: dict[Any, Any]) -> dict[Any, Any]:
+    keys = [*mapping]
+    # strict_map_key leaves only str and bytes keys, and sorting a mix of the two raises.
+    if keys != sorted(keys) or (keys and type(keys[0]) is not str):
+        raise _Unsure
+    return mapping
+
+
+# float64 NaN is 0xcb, then a sign bit and eleven exponent bits all set (infinities match too).
+_NAN_BYTES = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]").search
+
+
+def _decode_exact(data: bytes, pack: Callable[[Any], bytes]) -> Record:
+    """Every check, in the order that decides which error a bad record gets."""
+    try:
+        value = _unpackb(data, raw=False, strict_map_key=False, ext_hook=_reject_ext)
     except RecordError:
         raise
     except Exception as exc:  # msgpack raises several unrelated types on garbage
@@ -217,7 +362,7 @@ def _decode(data: Any, max_size: int, pack: Callable[[Any], bytes]) -> Record:
         raise MalformedRecord(f"unencodable record: {type(exc).__name__}") from None
     if again != data:
         raise NonCanonicalRecord("record bytes are not in canonical msgpack form")
-    return Record(key_of(data), data, kind, origin, seq, time, links, body)
+    return _new(Record, key_of(data), data, kind, origin, seq, time, links, body)
 
 
 # What unpackb yields besides containers and floats; msgpack's Timestamp is not among them.
@@ -247,13 +392,15 @@ def _check_body(body: Any) -> None:
             items = items.values()
         for v in items:
             t = type(v)
-            if t is dict or t is list:
-                push(v)
-            elif t is float:
+            if t in _LEAVES:
+                continue
+            if t is float:
                 # create refuses NaN; its many bit patterns would give one value many keys.
                 if v != v:
                     raise MalformedRecord("record body holds NaN; a missing value is None")
-            elif t not in _LEAVES:
+            elif t is dict or t is list:
+                push(v)
+            else:
                 raise MalformedRecord(
                     f"record body holds a {t.__name__}, which records do not carry"
                 )
@@ -272,5 +419,5 @@ def _check_header(kind: Any, origin: Any, seq: Any, time: Any, links: tuple[Any,
     if len(links) > MAX_LINKS:
         raise RecordError(f"at most {MAX_LINKS} links")
     for link in links:
-        if not isinstance(link, bytes) or not 0 < len(link) <= 64:
+        if not isinstance(link, bytes) or not 0 < len(link) <= MAX_LINK:
             raise RecordError("a link is 1 to 64 bytes")

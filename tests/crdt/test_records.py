@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
+import pickle
 import struct
 from typing import Any
 
@@ -49,6 +52,27 @@ def test_known_bytes_are_stable() -> None:
     )
     assert r.data == expected
     assert r.key == hashlib.blake2b(expected, digest_size=32).digest() == key_of(expected)
+
+
+def test_records_are_immutable_and_copy_by_value() -> None:
+    r = Record.create("event", ORIGIN, 7, 123, {"m": [1, 2]}, [b"k" * 32])
+    for field in ("key", "data", "kind", "origin", "seq", "time", "links", "body", "other"):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(r, field, None)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            delattr(r, field)
+    built = Record(r.key, r.data, r.kind, r.origin, r.seq, r.time, r.links, r.body)
+    for twin in (built, copy.copy(r), copy.deepcopy(r), pickle.loads(pickle.dumps(r))):
+        assert type(twin) is Record and twin == r and hash(twin) == hash(r)
+        assert (twin.key, twin.data, twin.kind, twin.origin, twin.seq, twin.time) == (
+            r.key,
+            r.data,
+            r.kind,
+            r.origin,
+            r.seq,
+            r.time,
+        )
+        assert (twin.links, twin.body) == (r.links, r.body)
 
 
 def test_decode_round_trip_keeps_exact_bytes() -> None:
@@ -299,3 +323,57 @@ def test_decode_many_agrees_with_decode_on_mutations(body: Any, junk: bytes, at:
         return
     (many,) = Record.decode_many([mutated])
     assert one is not None and many.key == one.key and many.data == one.data == mutated
+
+
+# Raw msgpack values as a peer might send them: maps in any order and with any key types, NaN,
+# timestamps, byte strings shaped like a float64 NaN.
+_raw_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=6)
+    | st.binary(max_size=6)
+    | st.just(b"\xcb\x7f\xf8\x00")
+    | st.builds(msgpack.Timestamp, st.integers(0, 2**34 - 1), st.integers(0, 10**9 - 1))
+)
+_raw_value = st.recursive(
+    _raw_leaf,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(max_size=3) | st.binary(max_size=2) | st.integers(0, 3), children, max_size=4
+        )
+    ),
+    max_leaves=12,
+)
+_raw_header = st.tuples(
+    st.sampled_from([1, 1, 1.0, True, 2]),
+    st.sampled_from(["event", "x" * 16, "x" * 17, "\u00e9" * 16, "\U0001f600" * 17, "", 5]),
+    st.sampled_from([ORIGIN, b"short"]),
+    st.sampled_from([1, 2**63 - 1, 2**63, 0, True, 1.0]),
+    st.sampled_from([0, 2**63 - 1, 2**63, -1]),
+    st.sampled_from([[], [b"k" * 32], [b"k" * 64, b"x"], [b""], [b"k" * 65], ["s"], [b"x"] * 17]),
+)
+
+
+def _verdict(decode: Any, data: bytes) -> tuple[Any, ...]:
+    try:
+        r = decode(data)
+    except RecordError as exc:
+        return (type(exc), str(exc))
+    return (r.key, r.data, r.kind, r.origin, r.seq, r.time, r.links, canonical_packb(r.body))
+
+
+@given(_raw_header, _raw_value, st.booleans())
+def test_fast_decoding_gives_the_exact_checks_verdict(
+    header: tuple[Any, ...], body: Any, plain_header: bool
+) -> None:
+    """Record.decode skips the body walk when it can prove the walk would pass; never otherwise."""
+    from crdt._record import _decode_exact, _packb
+
+    fields = [1, "event", ORIGIN, 3, 5, [b"k" * 32]] if plain_header else list(header)
+    data = msgpack.packb([*fields, body], use_bin_type=True)
+    exact = _verdict(lambda d: _decode_exact(d, _packb), data)
+    assert _verdict(Record.decode, data) == exact
+    assert _verdict(lambda d: Record.decode_many([d])[0], data) == exact
