@@ -118,6 +118,15 @@ class VersionVector:
             seqs = self._by_origin[origin] = SeqSet()
         return seqs.add(seq)
 
+    def add_run(self, origin: bytes, lo: int, hi: int) -> int:
+        """Add origin's lo..hi inclusive at once; return how many were new."""
+        if lo > hi:
+            return 0
+        seqs = self._by_origin.get(origin)
+        if seqs is None:
+            seqs = self._by_origin[origin] = SeqSet()
+        return seqs.add_run(lo, hi)
+
     def get(self, origin: bytes) -> SeqSet:
         return self._by_origin.get(origin) or SeqSet()
 

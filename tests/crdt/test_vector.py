@@ -90,6 +90,18 @@ def test_version_vector_matches_model(
         assert a.high(origin) == max(s for o, s in mine if o == origin)
 
 
+@given(st.lists(st.tuples(origins, st.integers(1, 40), st.integers(0, 6)), max_size=20))
+def test_add_run_is_adding_each(entries: list[tuple[bytes, int, int]]) -> None:
+    by_runs, one_by_one = VersionVector(), VersionVector()
+    for origin, lo, n in entries:
+        hi = lo + n
+        added = sum(one_by_one.add(origin, seq) for seq in range(lo, hi + 1))
+        assert by_runs.add_run(origin, lo, hi) == added
+        assert by_runs == one_by_one
+    assert by_runs.add_run(b"\x09" * 16, 5, 4) == 0  # an empty run adds nothing
+    assert by_runs == one_by_one and b"\x09" * 16 not in by_runs.origins()
+
+
 @given(vv_entries)
 def test_wire_round_trip(entries: list[tuple[bytes, int]]) -> None:
     vv = build(entries)
