@@ -240,13 +240,21 @@ def respond(store: Store, request: bytes, config: SyncConfig = DEFAULT_CONFIG) -
     if their_vv is not None:
         same_vectors = their_vv == mine
         more = False
+        # batch.take inlined: this loop is every record of a catch-up.
+        datas = batch.data
+        size = batch.size
+        cap = config.max_message_bytes
+        count_cap = config.max_records
         for origin, lo, hi in mine.missing_from(their_vv):
             for _, data in store.raw_by_origin(origin, lo, hi):
-                if not batch.take(data):
+                if datas and (size + len(data) > cap or len(datas) >= count_cap):
                     more = True
                     break
+                datas.append(data)
+                size += len(data)
             if more:
                 break
+        batch.size = size
         out["v"] = mine.to_wire()
         if more:
             out["m"] = True

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgpack
+import plyvel
 import pytest
 
 from crdt import (
@@ -283,3 +285,56 @@ def test_equivocating_records_are_both_kept_and_duplicates_dropped(store: Store)
     fresh = rec(A, 2, 20)
     assert store.add([fresh, fresh, rec(A, 3, 30, x=1), rec(A, 3, 30, x=2)])[:1] == [fresh]
     assert len(store) == 5
+
+
+def _write_first_layout(path: Path, records: list[Record]) -> None:
+    """Entries as LevelDBStore wrote them before the bytes moved into the o entries."""
+    u64 = struct.Struct(">Q").pack
+    db = plyvel.DB(str(path), create_if_missing=True, compression=None)
+    with db.write_batch(sync=True) as batch:
+        for r in records:
+            tk = u64(r.time) + r.key
+            batch.put(b"r" + r.key, r.data)
+            batch.put(b"o" + r.origin + u64(r.seq) + r.key, b"")
+            batch.put(b"t" + tk, b"")
+            for link in r.links:
+                batch.put(b"l" + bytes([len(link)]) + link + tk, b"")
+            batch.put(b"k" + bytes([len(r.kind.encode())]) + r.kind.encode() + tk, b"")
+    db.close()
+
+
+def test_leveldb_reads_a_store_of_the_first_layout(tmp_path: Path) -> None:
+    """A replica written before the layout change opens as it is and takes new records beside."""
+    records = sample()
+    old, later = records[:4], records[4:]
+    _write_first_layout(tmp_path / "db", old)
+    for reopen in range(2):
+        with LevelDBStore(tmp_path / "db") as store:
+            held = old if reopen == 0 else records
+            assert len(store) == len(held)
+            assert store.add(old) == []  # known by key in the old layout too
+            if reopen == 0:
+                assert store.add(later) == later
+                held = records
+            for r in held:
+                got = store.get(r.key)
+                assert got is not None and (got.data, got.body) == (r.data, r.body)
+                assert r.key in store
+            expected = SetFingerprint.of(r.key for r in held)
+            assert (store.fingerprint().total, store.fingerprint().count) == (
+                expected.total,
+                expected.count,
+            )
+            vv = VersionVector()
+            for r in held:
+                vv.add(r.origin, r.seq)
+            assert store.version_vector() == vv
+            assert list(store.ordered()) == [(r.time, r.key) for r in order(held)]
+            for link in (EXP1, EXP2, b"t1", b"t2"):
+                assert list(store.linked(link)) == order([r for r in held if link in r.links])
+            for kind in ("experiment", "trial", "event"):
+                assert list(store.of_kind(kind)) == order([r for r in held if r.kind == kind])
+            for origin in (A, B):
+                mine = sorted((r for r in held if r.origin == origin), key=lambda r: r.seq)
+                assert [r.data for r in store.by_origin(origin, 1, 99)] == [r.data for r in mine]
+                assert list(store.raw_by_origin(origin, 1, 99)) == [(r.key, r.data) for r in mine]
