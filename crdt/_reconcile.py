@@ -343,7 +343,7 @@ class Initiator:
         if records:
             self.store.add(records)
             stats.records_received += len(records)
-            stats.record_bytes_received += sum(len(r.data) for r in records)
+            stats.record_bytes_received += sum(map(len, message["d"]))
         if in_sync:
             self._finish(True, self._phase())
             return None

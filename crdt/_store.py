@@ -60,7 +60,13 @@ class Store(Protocol):
     """A replica's grow-only set of records."""
 
     def add(self, records: Iterable[Record]) -> list[Record]:
-        """Add records durably; return those that were new, in the order given."""
+        """Add records durably in one atomic write; return those that were new, in order given.
+
+        All or nothing: if the write fails, none of the batch is stored. Records arrive here
+        already validated: a received message holding one bad record is refused whole
+        (Record.decode_many raises before anything is stored), good records of it included;
+        a well-behaved peer offers those again in its next session.
+        """
         ...
 
     def get(self, key: bytes) -> Record | None: ...

@@ -18,6 +18,7 @@ from crdt import (
     MemoryStore,
     ProtocolError,
     Record,
+    RecordError,
     Store,
     SyncConfig,
     SyncStats,
@@ -237,6 +238,32 @@ def test_a_malformed_response_stores_nothing() -> None:
     with pytest.raises(ProtocolError):
         session.receive(bad)
     assert len(store) == 0
+
+
+# A record whose body map has its keys out of order: valid msgpack, not canonical.
+UNSORTED = POOL[0].data[:-4] + b"\x82\xa1j\x01\xa1i\x00"
+
+
+@pytest.mark.parametrize("bad", [UNSORTED, POOL[1].data + b"\x00", b"\xc0"])
+def test_one_bad_record_keeps_its_whole_message_out_of_leveldb(tmp_path: Path, bad: bytes) -> None:
+    """Validate all, then write: the good records beside a bad one are not stored either."""
+    with pytest.raises(RecordError):
+        Record.decode(bad)
+    good = [r.data for r in POOL[2:12]]
+    with LevelDBStore(tmp_path / "a") as store:
+        with pytest.raises(ProtocolError):
+            respond(store, push_message_of([*good, bad, *good[:2]]))
+        session = Initiator(store)
+        session.start()
+        with pytest.raises(ProtocolError):
+            session.receive(msgpack.packb({"s": False, "f": bytes(16), "d": [*good, bad]}))
+        assert (len(store), list(store.ordered())) == (0, [])
+    with LevelDBStore(tmp_path / "a") as store:
+        assert len(store) == 0 and store.version_vector().origins() == []
+
+
+def push_message_of(datas: list[bytes]) -> bytes:
+    return bytes(msgpack.packb({"k": "push", "p": datas}, use_bin_type=True))
 
 
 def test_session_misuse_is_a_local_error() -> None:
