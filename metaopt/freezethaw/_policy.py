@@ -12,7 +12,11 @@ more than a 100 ms decision allows) spends steps where a better final value is m
 * p = P(value at max_step < bar - eps) under the curve model, with its predictive variance
   multiplied by var_inflation (the exact GP is overconfident on curves it has seen few steps
   of). Its rate is p per remaining step; the fresh rate is the chance that a new configuration
-  run to max_step beats the best bar, averaged over uniform points, per max_step steps.
+  run to max_step beats the best bar, per max_step steps: the mean chance of the
+  configurations tried so far (once fresh_min_trials have enough points; a completed one's is
+  0 or 1), which came from the same search as the next one will; before that, the model's
+  forecast averaged over uniform points. (Uniform points alone made the fresh rate several
+  times what the tried configurations bore out, so promising slow curves were frozen.)
 * A running trial whose rate is below freeze_ratio × the fresh rate is frozen (a new trial is
   a better use of the slot); p < p_kill with at least kill_min_points points kills it (running
   or frozen: frozen for good).
@@ -127,6 +131,7 @@ class FreezeThawPolicyConfig:
     div_frac: float = 0.5
     div_z: float = 3.0
     n_candidates: int = 128
+    fresh_min_trials: int = 8  # tried configurations needed before the fresh chance is empirical
     smooth_window: int = 3
 
     def __post_init__(self) -> None:
@@ -266,7 +271,7 @@ class FreezeThawStopper:
         fm = self.model.fit(curves, optimise=self._uses % cfg.refit_every == 0)
         self._uses += 1
         self.last_fit = fm
-        bars = self._bars(curves, fm)
+        bars, leader = self._bars(curves, fm)
         margin = cfg.eps * fm.value_scale
         finite_bars = [b for b in bars.values() if math.isfinite(b)]
         if not finite_bars:
@@ -278,7 +283,9 @@ class FreezeThawStopper:
             return out
         budget = max(c.max_step for c in modelled)
         fresh = (
-            self._fresh_rate(fm, min(finite_bars) - margin, budget, rng) if fresh_available else 0.0
+            self._fresh_rate(curves, fm, leader, min(finite_bars) - margin, budget, rng)
+            if fresh_available
+            else 0.0
         )
         means, variances = fm.finals()
         index = {tid: i for i, tid in enumerate(fm.trial_ids)}
@@ -317,12 +324,13 @@ class FreezeThawStopper:
         )
         return out
 
-    def _bars(self, curves: Sequence[CurveView], fm: FittedModel) -> dict[str, float]:
+    def _bars(self, curves: Sequence[CurveView], fm: FittedModel) -> tuple[dict[str, float], str]:
         """For every trial, the value it must beat: the best other completed or likely one.
 
         A completed trial offers its smoothed last values; an unfinished one with enough points
         its predicted final mean plus ref_z inflated standard deviations, a value it will
-        probably reach, so one optimistic forecast cannot freeze everyone else.
+        probably reach, so one optimistic forecast cannot freeze everyone else. Also returns the
+        id of the trial that made the best offer ("" if none).
         """
         cfg = self.config
         means, variances = fm.finals()
@@ -341,21 +349,48 @@ class FreezeThawStopper:
         offers.sort()
         first = offers[0] if offers else (math.inf, "")
         second = offers[1][0] if len(offers) > 1 else math.inf
-        return {c.trial_id: second if c.trial_id == first[1] else first[0] for c in curves}
+        bars = {c.trial_id: second if c.trial_id == first[1] else first[0] for c in curves}
+        return bars, first[1]
 
     def _fresh_rate(
-        self, fm: FittedModel, bar: float, budget: int, rng: np.random.Generator
+        self,
+        curves: Sequence[CurveView],
+        fm: FittedModel,
+        leader: str,
+        bar: float,
+        budget: int,
+        rng: np.random.Generator,
     ) -> float:
         """Chance per step that a fresh configuration run to budget ends below bar.
 
-        The chance is averaged over uniform points, since the next configuration comes from the
-        search algorithm, not from this model.
+        The configurations tried so far are the best sample there is of what the next one will
+        be (they came from the same search): once fresh_min_trials of them have min_points
+        points, the chance is the mean of their own chances of ending below bar (a completed
+        curve's is 0 or 1, a broken one's 0, the others' from the model), leaving out the
+        trial that set the bar. Before that, it is the model's forecast for uniform points.
         """
         cfg = self.config
+        means, variances = fm.finals()
+        index = {tid: i for i, tid in enumerate(fm.trial_ids)}
+        chances: list[float] = []
+        for c in curves:
+            _, v, broken = finite_prefix(c)
+            if c.trial_id == leader or c.trial_id not in index:
+                continue
+            if broken:
+                chances.append(0.0)
+            elif c.state == "completed" and v.shape[0] > 0:
+                chances.append(float(v[-cfg.smooth_window :].mean() < bar))
+            elif v.shape[0] >= cfg.min_points:
+                i = index[c.trial_id]
+                sd = math.sqrt(max(cfg.var_inflation * float(variances[i]), 1e-300))
+                chances.append(float(ndtr((bar - float(means[i])) / sd)))
+        if len(chances) >= cfg.fresh_min_trials:
+            return float(np.mean(chances)) / max(budget, 1)
         X = rng.random((cfg.n_candidates, fm.data.X.shape[1]))
-        m, v = fm.fresh_final(X, budget)
-        sd = np.sqrt(np.maximum(cfg.fresh_inflation * v, 1e-300))
-        return float(ndtr((bar - m) / sd).mean()) / max(budget, 1)
+        m, var = fm.fresh_final(X, budget)
+        sd_f = np.sqrt(np.maximum(cfg.fresh_inflation * var, 1e-300))
+        return float(ndtr((bar - m) / sd_f).mean()) / max(budget, 1)
 
 
 class NoStopper:

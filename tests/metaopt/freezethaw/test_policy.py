@@ -165,7 +165,7 @@ def test_the_bar_is_a_final_value_never_a_partial_one() -> None:
     new = _flat("new", 0.6, 6, 0.5)
     curves = [done, early, new]
     fm = stopper.model.fit(curves)
-    bars = stopper._bars(curves, fm)
+    bars, leader = stopper._bars(curves, fm)
     mean, var = fm.predict("early")
     offer_early = mean + stopper.config.ref_z * math.sqrt(stopper.config.var_inflation * var)
     smoothed_done = float(done.values[-stopper.config.smooth_window :].mean())
@@ -173,6 +173,7 @@ def test_the_bar_is_a_final_value_never_a_partial_one() -> None:
     # The best offer's own bar is the runner-up's: a trial never has to beat itself.
     best = min((smoothed_done, "done"), (offer_early, "early"))[1]
     assert bars[best] == pytest.approx(max(smoothed_done, offer_early))
+    assert leader == best
 
 
 def test_freeze_thaw_does_not_thaw_what_it_just_froze() -> None:
@@ -227,3 +228,20 @@ def test_with_no_new_trial_possible_nothing_is_frozen() -> None:
     assert stopper.decide(curves, {"slow"}, 0, rng)[0].action is Action.FREEZE
     kept = stopper.decide(curves, {"slow"}, 0, rng, fresh_available=False)
     assert kept[0].action is Action.CONTINUE
+
+
+def test_the_fresh_chance_comes_from_the_configurations_tried_so_far() -> None:
+    # The same running trial, a little above the leader: while every other configuration tried
+    # ended hopeless a new one is no better bet, so it continues; among young configurations
+    # that may well beat the leader it is frozen for a fresh one.
+    hopeless = [_done(f"h{i}", 1.0 + 0.05 * i, 0.2 + 0.06 * i) for i in range(10)]
+    young = [_flat(f"y{i}", 0.21, 4, 0.2 + 0.06 * i) for i in range(10)]
+    assert len(hopeless) >= FreezeThawPolicyConfig().fresh_min_trials
+
+    def action(others: list[CurveView]) -> Action:
+        curves = [_done("lead", 0.2, 0.1), *others, _flat("mid", 0.22, 10, 0.5)]
+        out = make_stopper("freeze-thaw").decide(curves, {"mid"}, 0, np.random.default_rng(0))
+        return out[0].action
+
+    assert action(hopeless) is Action.CONTINUE
+    assert action(young) is Action.FREEZE
