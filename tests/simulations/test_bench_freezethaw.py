@@ -1,0 +1,55 @@
+"""The freeze-thaw benchmark's simulator: steps, incumbents and regret are counted right."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from simulations._curves import synthetic_pool
+from simulations.bench_freezethaw import _policy, simulate
+
+
+def _small_pool(seed: int):  # type: ignore[no-untyped-def]
+    return synthetic_pool(np.random.default_rng(seed), n=40, T=30)
+
+
+def test_without_early_stopping_every_trial_runs_to_the_end_one_after_another() -> None:
+    pool = _small_pool(0)
+    order = np.random.default_rng(1).permutation(pool.n)
+    T = pool.T
+    best = float(np.min(pool.truth))
+    # The target is met by the first configuration in the order within 0.05 of the best.
+    target = 0.05
+    first_hit = next(j for j, c in enumerate(order) if pool.truth[c] - best <= target)
+    r = simulate(pool, order, _policy("none", pool, 0, 5), 1, 5 * T, pool.n * T, target)
+    # One slot, no stopping: trial j ends at step (j + 1) T, and the incumbent is the
+    # configuration with the lowest observed final value among those finished.
+    assert r.best_fate == "kept"
+    assert r.steps_to_target >= (first_hit + 1) * T
+    assert r.steps_to_target % T == 0
+    finals = [pool.curves[c, -1] for c in order[:5]]
+    incumbent = order[int(np.nanargmin(finals))]
+    assert r.regret_at == pool.truth[incumbent] - best
+
+
+def test_the_simulation_is_a_function_of_its_inputs() -> None:
+    pool = _small_pool(2)
+    order = np.random.default_rng(3).permutation(pool.n)
+    runs = [
+        simulate(pool, order, _policy("freeze-thaw", pool, 7, 2), 2, 8 * pool.T, 40 * pool.T, 0.1)
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1]
+    assert runs[0].best_fate in ("kept", "killed", "frozen")
+    assert math.isfinite(runs[0].regret_at)
+
+
+def test_asha_stops_trials_early_so_it_starts_more_than_no_stopping() -> None:
+    pool = _small_pool(4)
+    order = np.random.default_rng(5).permutation(pool.n)
+    budget = 6 * pool.T
+    none = simulate(pool, order, _policy("none", pool, 0, 5), 1, budget, budget, 0.0)
+    asha = simulate(pool, order, _policy("asha", pool, 0, 5), 1, budget, budget, 0.0)
+    assert none.n_started == 6
+    assert asha.n_started > none.n_started
