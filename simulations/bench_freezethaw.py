@@ -1,7 +1,7 @@
 """Freeze-thaw vs ASHA, Optuna's Median/Hyperband pruners and no early stopping.
 
-python -m simulations.bench_freezethaw [--seeds N] [--quick] [--pools synthetic,sgd] [--workers 1,4]
-    [--methods freeze-thaw,asha,...] [--no-latency]
+python -m simulations.bench_freezethaw [--seeds N (10)] [--quick] [--every K (1)]
+    [--pools synthetic,sgd] [--workers 1,4] [--methods freeze-thaw,asha,...] [--no-latency]
 
 Peers run trials drawn in a fixed random order from a pool of configurations with known
 ground truth (simulations._curves). Every step is one report and one unit of virtual time.
@@ -354,9 +354,14 @@ def latency(n: int = 200, T: int = 100, calls: int = 12) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="freeze-thaw early stopping benchmark")
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="2 seeds")
-    ap.add_argument("--every", type=int, default=5, help="freeze-thaw decides every k steps")
+    ap.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        help="freeze-thaw decides every k steps (the peer: ~every report)",
+    )
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--pools", default="synthetic,sgd", help="comma-separated: synthetic, sgd")
     ap.add_argument("--workers", default="1,4", help="comma-separated peer counts")
