@@ -26,13 +26,24 @@ def cluster(tmp_path: Path) -> Any:
     c.close()
 
 
-def submit(peer: Peer, *extra: str, trials: int = 6, steps: int = 3, sleep: float = 0.05) -> str:
+def submit(
+    peer: Peer,
+    *extra: str,
+    trials: int = 6,
+    steps: int = 3,
+    sleep: float = 0.05,
+    early_stopping: str = "none",
+) -> str:
+    # No early stopping unless asked: these tests count completed trials to check budgets,
+    # crashes and replication, and a trial frozen or killed on its merits is none of that.
     out = peer.cli(
         "submit",
         "--name",
         "quad",
         "--max-trials",
         str(trials),
+        "--early-stopping",
+        early_stopping,
         "--json",
         str(SCRIPT),
         "--x~uniform(-1, 1)",
