@@ -96,3 +96,16 @@ def test_make_algorithm_names() -> None:
     assert make_algorithm("auto").name == "auto"
     with pytest.raises(SearchError, match="unknown algorithm 'tpe'"):
         make_algorithm("tpe")
+
+
+def test_start_keeps_away_from_every_peers_trials() -> None:
+    # One result and seven other peers' pending trials: the start's next point is in a gap
+    # (torus distance; a uniform draw lands ~0.16 from the nearest one, often far less).
+    space = Space.from_dict({"x": "uniform(0, 1)", "y": "uniform(0, 1)"})
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        done, pending = rng.random((1, 2)), rng.random((7, 2))
+        obs = Observations(done, np.zeros((1, 1)), pending, np.zeros((0, 2)))
+        v = SobolStart().suggest(space, obs, rng, 1)
+        gap = np.abs(np.vstack([done, pending]) - v)
+        assert np.sqrt((np.minimum(gap, 1 - gap) ** 2).sum(axis=1)).min() > 0.25
