@@ -128,6 +128,15 @@ class PeerTable:
         """Live peers, in node id order so callers stay deterministic."""
         return [p for p in self.all() if now - p.heard <= timeout]
 
+    def silent(self, now: float, timeout: float) -> list[KnownPeer]:
+        """Known peers not heard of within ``timeout`` (not yet expired), in node id order.
+
+        They are worth an occasional call: after a stall or an outage longer than the timeout
+        every peer may count every other one dead, and a peer found by mDNS is no seed, so
+        without these calls such a cluster would never speak again.
+        """
+        return [p for p in self.all() if now - p.heard > timeout]
+
     def random_live(
         self,
         rng: random.Random | np.random.Generator,

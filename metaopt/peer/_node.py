@@ -272,8 +272,13 @@ class Node:
 
     async def _gossip(self) -> None:
         now = self.clock()
-        live = self.peers.random_live(self.rng, 1, now, self.config.timing.peer_timeout)
-        targets = [p.addr for p in live] + self.peers.seed_addrs()
+        timeout = self.config.timing.peer_timeout
+        live = self.peers.random_live(self.rng, 1, now, timeout)
+        # One silent peer a round as well: a cluster whose peers all went quiet at once (a
+        # stall, a switch rebooting) finds itself again, seeds or none.
+        silent = self.peers.silent(now, timeout)
+        retry = [self.rng.choice(silent).addr] if silent else []
+        targets = [p.addr for p in live] + self.peers.seed_addrs() + retry
         for addr in dict.fromkeys(targets):
             try:
                 reply = await self.client.call(

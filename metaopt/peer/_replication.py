@@ -130,10 +130,14 @@ class Replicator:
         return True
 
     async def anti_entropy_once(self) -> str | None:
-        """Reconcile with one random live peer (or a seed when none is live)."""
+        """Reconcile with one random live peer (else a seed, else a silent known peer)."""
         now = self._clock()
         live = self.peers.random_live(self._rng, 1, now, self._peer_timeout)
-        candidates = [p.addr for p in live] or self.peers.seed_addrs()
+        candidates = (
+            [p.addr for p in live]
+            or self.peers.seed_addrs()
+            or [p.addr for p in self.peers.silent(now, self._peer_timeout)]
+        )
         if not candidates:
             return None
         addr = self._rng.choice(candidates)

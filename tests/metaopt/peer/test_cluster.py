@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +304,24 @@ def test_three_peers_find_each_other_by_mdns_on_loopback(cluster: Cluster) -> No
     wait_for(lambda: all_agree(peers), 30, lambda: str([summary(p) for p in peers]))
     runners = {t["runner"] for t in experiment(peers[1])["trial_list"]}
     assert len(runners) >= 2, "the experiment did not spread beyond the peer it was submitted on"
+
+
+def test_mdns_peers_that_all_went_quiet_find_each_other_again(cluster: Cluster) -> None:
+    # Stopped past the peer timeout, each counts the other dead, and peers found by mDNS are
+    # no seeds: only a call to a silent peer can bring them back together.
+    peers = [cluster.start_peer(f"q{i}", mdns=True, join=False) for i in range(2)]
+
+    def live_counts() -> list[int]:
+        return [sum(p["live"] for p in peer.json("peer", "status")["peers"]) for peer in peers]
+
+    wait_for(lambda: live_counts() == [1, 1], 60, lambda: "\n".join(p.log() for p in peers))
+    for peer in peers:
+        cluster.kill(peer, signal.SIGSTOP)
+    time.sleep(6.0)  # past peer_timeout (2 s) and request_timeout (3 s) of the FAST timings
+    for peer in peers:
+        cluster.kill(peer, signal.SIGCONT)
+    submit(peers[1], trials=1, steps=1)
+    wait_for(lambda: bool(experiment(peers[0])["trial_list"]), 60, peers[0].log)
 
 
 def test_config_file_export_stop_key_and_detach(cluster: Cluster, tmp_path: Path) -> None:

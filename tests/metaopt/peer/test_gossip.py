@@ -182,3 +182,15 @@ def test_merging_gossip_never_makes_an_entry_fresher_than_its_freshest_report(
     for peer in table.all():
         reported = [100.0 - age for node, _, age in first + second if node == peer.node_id]
         assert peer.heard <= max(reported)
+
+
+def test_silent_peers_are_the_known_ones_past_the_timeout_and_not_yet_expired() -> None:
+    table = PeerTable(PeerTableConfig(expire_after=100.0))
+    table.add(A, "h:1", 0.0, contacted=True)
+    table.add(B, "h:2", 50.0, contacted=True)
+    table.add(C, "h:3", 75.0, contacted=False)
+    # At 90 s with a 30 s timeout: C is live, A and B are silent; none has expired yet.
+    assert [p.node_id for p in table.silent(90.0, TIMEOUT)] == [A, B]
+    assert [p.node_id for p in table.live(90.0, TIMEOUT)] == [C]
+    table.expire(101.0)  # A was last heard of 101 s ago: gone, not silent
+    assert [p.node_id for p in table.silent(101.0, TIMEOUT)] == [B]

@@ -1,0 +1,59 @@
+"""Anti-entropy picks a partner even when nobody is live and no seed was given."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+from crdt import MemoryStore
+from metaopt.peer._gossip import PeerTable
+from metaopt.peer._replication import Replicator
+from metaopt.peer._transport import PeerUnreachable
+
+A, B = (bytes([i]) * 16 for i in (1, 2))
+TIMEOUT = 2.0
+
+
+class _Recorder:
+    """A Client that reaches nobody and remembers whom it was asked to call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def call(self, addr: str, op: str, body: Any = None) -> Any:
+        self.calls.append((addr, op))
+        raise PeerUnreachable(f"no answer from {addr}")
+
+
+def _replicator(table: PeerTable, client: _Recorder, now: float) -> Replicator:
+    return Replicator(
+        MemoryStore(),
+        bytes(16),
+        table,
+        client,  # type: ignore[arg-type]
+        clock=lambda: now,
+        rng=random.Random(0),
+        push_fanout=4,
+        peer_timeout=TIMEOUT,
+    )
+
+
+def test_with_every_peer_silent_and_no_seed_anti_entropy_still_calls_one() -> None:
+    # Peers found by mDNS are no seeds: after a stall longer than the timeout each counts the
+    # others dead, and only such a call lets the cluster find itself again.
+    table = PeerTable()
+    table.add(A, "127.0.0.1:1001", 0.0, contacted=True)
+    table.add(B, "127.0.0.1:1002", 0.0, contacted=True)
+    client = _Recorder()
+    assert asyncio.run(_replicator(table, client, 10.0).anti_entropy_once()) is None
+    assert client.calls and client.calls[0][0] in ("127.0.0.1:1001", "127.0.0.1:1002")
+
+
+def test_a_live_peer_is_preferred_to_a_silent_one() -> None:
+    table = PeerTable()
+    table.add(A, "127.0.0.1:1001", 0.0, contacted=True)
+    table.add(B, "127.0.0.1:1002", 9.5, contacted=True)
+    client = _Recorder()
+    asyncio.run(_replicator(table, client, 10.0).anti_entropy_once())
+    assert client.calls == [("127.0.0.1:1002", "sync")]
