@@ -1,13 +1,17 @@
-"""Log expected improvement, numerically stable far below the incumbent (Ament et al. 2023).
+"""Acquisitions: log expected improvement (Ament et al. 2023) and a lower confidence bound.
 
 ``log_h(z) = log(phi(z) + z Phi(z))`` is evaluated directly for z > -1, through ``erfcx`` and
 ``log1mexp`` down to -1/sqrt(eps), and by its asymptote below, so the acquisition keeps a useful
 gradient where plain EI underflows to zero.
+
+``LogEI`` and ``NegativeLCB`` are what the optimiser maximises: a value (q,) and its gradient
+(q, d) at query points (q, d).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -15,7 +19,7 @@ from scipy import special
 
 from metaopt.search.gp._model import GPModel
 
-__all__ = ["log_ei", "log_ei_grad", "log_h"]
+__all__ = ["Acquisition", "LogEI", "NegativeLCB", "log_ei", "log_ei_grad", "log_h"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -69,3 +73,41 @@ def log_ei_grad(model: GPModel, Xq: FloatArray, best: float) -> tuple[FloatArray
     dz = (-dmu - z[:, None] * dsd) / sd[:, None]
     grad = dlh[:, None] * dz + dsd / sd[:, None]
     return lh + np.log(sd), grad
+
+
+class Acquisition(Protocol):
+    """A function of the query points to maximise, with its gradient."""
+
+    def __call__(self, Xq: FloatArray) -> FloatArray: ...
+
+    def with_grad(self, Xq: FloatArray) -> tuple[FloatArray, FloatArray]: ...
+
+
+class LogEI:
+    """log EI of improving on ``best``."""
+
+    def __init__(self, model: GPModel, best: float) -> None:
+        self.model, self.best = model, best
+
+    def __call__(self, Xq: FloatArray) -> FloatArray:
+        return log_ei(self.model, Xq, self.best)
+
+    def with_grad(self, Xq: FloatArray) -> tuple[FloatArray, FloatArray]:
+        return log_ei_grad(self.model, Xq, self.best)
+
+
+class NegativeLCB:
+    """beta sigma - mu: the lower confidence bound mu - beta sigma, negated to be maximised."""
+
+    def __init__(self, model: GPModel, beta: float) -> None:
+        self.model, self.beta = model, beta
+
+    def __call__(self, Xq: FloatArray) -> FloatArray:
+        mu, var = self.model.predict(Xq)
+        return np.asarray(self.beta * np.sqrt(var) - mu, dtype=np.float64)
+
+    def with_grad(self, Xq: FloatArray) -> tuple[FloatArray, FloatArray]:
+        mu, var, dmu, dvar = self.model.predict_grad(Xq)
+        sd = np.sqrt(var)
+        grad = self.beta * dvar / (2.0 * sd[:, None]) - dmu
+        return np.asarray(self.beta * sd - mu, dtype=np.float64), grad

@@ -1,4 +1,4 @@
-"""Maximise log-EI over a mixed unit cube: Sobol + local candidates, L-BFGS-B, discrete moves.
+"""Maximise an acquisition over a mixed unit cube: Sobol and local candidates, L-BFGS-B, moves.
 
 1. Score a scrambled Sobol set plus Gaussian perturbations of the best observed points, all
    snapped by ``space.round_unit``.
@@ -20,11 +20,11 @@ from scipy import optimize
 from scipy.stats import qmc
 
 from metaopt.search._dedupe import is_known
-from metaopt.search.gp._acquisition import log_ei, log_ei_grad
+from metaopt.search.gp._acquisition import Acquisition, LogEI, NegativeLCB
 from metaopt.search.gp._model import GPModel
 from metaopt.space import Space
 
-__all__ = ["AcqConfig", "maximise_log_ei"]
+__all__ = ["AcqConfig", "maximise", "maximise_log_ei", "minimise_lcb"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -56,20 +56,45 @@ def maximise_log_ei(
 
     anchors (a, d): observed points, best first, around which local candidates are drawn.
     """
+    return maximise(LogEI(model, best), space, anchors, known, rng, cfg)
+
+
+def minimise_lcb(
+    model: GPModel,
+    space: Space,
+    beta: float,
+    anchors: FloatArray,
+    known: FloatArray,
+    rng: np.random.Generator,
+    cfg: AcqConfig,
+) -> FloatArray | None:
+    """Best rounded point (d,) by the bound mu - beta sigma not in ``known``, or None."""
+    return maximise(NegativeLCB(model, beta), space, anchors, known, rng, cfg)
+
+
+def maximise(
+    acq: Acquisition,
+    space: Space,
+    anchors: FloatArray,
+    known: FloatArray,
+    rng: np.random.Generator,
+    cfg: AcqConfig,
+) -> FloatArray | None:
+    """Best rounded point (d,) by ``acq`` not in ``known`` (k, d), or None if every one is known."""
     d = space.d
     m = 1 << max(1, math.ceil(math.log2(max(2, cfg.candidates))))
     cand = qmc.Sobol(d, scramble=True, seed=int(rng.integers(2**63 - 1))).random(m)
     local = _local_candidates(space, anchors[: cfg.local_anchors], rng, cfg)
     pool = space.round_unit(np.vstack([cand, local]))
-    vals = log_ei(model, pool, best)
+    vals = acq(pool)
     order = np.argsort(-vals, kind="stable")
     starts = _distinct(pool[order], cfg.starts, cfg.atol)
     cont = [i for i, k in enumerate(space.kinds) if k != "cat"]
     if cont and starts.shape[0]:
-        starts = np.vstack([starts, _lbfgs(model, starts, cont, best, cfg)])
-    refined = _discrete_climb(model, space, space.round_unit(starts), best, cfg)
+        starts = np.vstack([starts, _lbfgs(acq, starts, cont, cfg)])
+    refined = _discrete_climb(acq, space, space.round_unit(starts), cfg)
     allpts = np.vstack([refined, pool])
-    allvals = np.concatenate([log_ei(model, refined, best), vals])
+    allvals = np.concatenate([acq(refined), vals])
     order = np.argsort(-allvals, kind="stable")
     allpts = allpts[order]
     # Checked in order and in small chunks: the first free point is almost always near the top.
@@ -109,9 +134,7 @@ def _distinct(points: FloatArray, k: int, atol: float) -> FloatArray:
     return np.array(chosen) if chosen else np.zeros((0, points.shape[1]))
 
 
-def _lbfgs(
-    model: GPModel, starts: FloatArray, cont: list[int], best: float, cfg: AcqConfig
-) -> FloatArray:
+def _lbfgs(acq: Acquisition, starts: FloatArray, cont: list[int], cfg: AcqConfig) -> FloatArray:
     """Locally optimised copies (b, d) of the starts over the coordinates in ``cont``."""
     b, c = starts.shape[0], len(cont)
     fixed = starts.copy()
@@ -119,7 +142,7 @@ def _lbfgs(
     def fun(v: FloatArray) -> tuple[float, FloatArray]:
         X = fixed.copy()
         X[:, cont] = v.reshape(b, c)
-        val, grad = log_ei_grad(model, X, best)
+        val, grad = acq.with_grad(X)
         return -float(val.sum()), -grad[:, cont].ravel()
 
     with np.errstate(all="ignore"):
@@ -161,19 +184,19 @@ def _neighbours(space: Space, u: FloatArray) -> FloatArray:
 
 
 def _discrete_climb(
-    model: GPModel, space: Space, points: FloatArray, best: float, cfg: AcqConfig
+    acq: Acquisition, space: Space, points: FloatArray, cfg: AcqConfig
 ) -> FloatArray:
     if not any(k in ("int", "cat") for k in space.kinds) or points.shape[0] == 0:
         return points
     out = points.copy()
     for b in range(out.shape[0]):
         cur = out[b]
-        cur_val = float(log_ei(model, cur[None, :], best)[0])
+        cur_val = float(acq(cur[None, :])[0])
         for _ in range(cfg.discrete_passes):
             nb = _neighbours(space, cur)
             if nb.shape[0] == 0:
                 break
-            vals = log_ei(model, nb, best)
+            vals = acq(nb)
             j = int(np.argmax(vals))
             if vals[j] <= cur_val:
                 break

@@ -210,3 +210,72 @@ def test_no_gp_suggestion_lands_next_to_a_known_point_on_a_history_that_stalled(
     U = np.array([study.space.to_unit(t.params) for t in study.trials])
     d = np.sqrt(((U[:, None, :] - U[None, :, :]) ** 2).sum(-1))[np.triu_indices(len(U), 1)]
     assert d.min() >= 1e-4  # the default stall radius
+
+
+def _pending_history() -> tuple[Space, Observations]:
+    space = Space.from_dict({"a": "uniform(0, 1)", "b": "uniform(0, 1)"})
+    rng = np.random.default_rng(0)
+    X, P = rng.random((12, 2)), rng.random((3, 2))
+    return space, Observations(X, ((X - 0.3) ** 2).sum(axis=1, keepdims=True), P)
+
+
+def test_with_trials_pending_the_gp_minimises_the_confidence_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    space, obs = _pending_history()
+    calls: list[str] = []
+    real_lcb, real_ei = _algorithm.minimise_lcb, _algorithm.maximise_log_ei
+
+    def lcb(*args: Any, **kwargs: Any) -> Any:
+        calls.append("lcb")
+        return real_lcb(*args, **kwargs)
+
+    def ei(*args: Any, **kwargs: Any) -> Any:
+        calls.append("ei")
+        return real_ei(*args, **kwargs)
+
+    monkeypatch.setattr(_algorithm, "minimise_lcb", lcb)
+    monkeypatch.setattr(_algorithm, "maximise_log_ei", ei)
+    rng = np.random.default_rng(1)
+    GPAlgorithm().suggest(space, obs, rng, 1)
+    assert calls == ["lcb"]
+    calls.clear()
+    # Nothing pending: log-EI; the rest of one batch sees its first point as pending.
+    GPAlgorithm().suggest(space, Observations(obs.X, obs.Y), rng, 3)
+    assert calls == ["ei", "lcb", "lcb"]
+    calls.clear()
+    GPAlgorithm(GPConfig(pending_beta=None)).suggest(space, obs, rng, 2)
+    assert calls == ["ei", "ei"]
+
+
+def test_a_bound_optimum_next_to_a_known_point_is_replaced_by_a_new_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    space, obs = _pending_history()
+    # Inside the bound's stall radius (1e-3), outside log-EI's (1e-4): the bound, unlike EI,
+    # does not vanish at a measured point and would come back to it.
+    stalled = obs.X[3] + 4e-4
+    monkeypatch.setattr(_algorithm, "minimise_lcb", lambda *args, **kwargs: stalled.copy())
+    far = GPAlgorithm().suggest(space, obs, np.random.default_rng(1), 1)[0]
+    assert np.sqrt(((obs.X - far) ** 2).sum(axis=1)).min() > 0.05
+    cfg = GPConfig(pending_stall_radius=0.0)
+    kept = GPAlgorithm(cfg).suggest(space, obs, np.random.default_rng(1), 1)
+    assert np.allclose(kept[0], stalled, atol=1e-9)
+
+
+@settings(max_examples=4, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_a_batch_beside_pending_trials_keeps_apart_from_every_known_point(seed: int) -> None:
+    space = Space.from_dict({"x": "uniform(-2, 2)", "y": "uniform(-2, 2)", "z": "uniform(0, 1)"})
+
+    def f(p: dict[str, Any]) -> float:
+        return float((p["x"] - 0.7) ** 2 + 2 * (p["y"] + 0.4) ** 2 + p["z"])
+
+    done = history(space, 10, seed, f)
+    pending = space.sample(np.random.default_rng(seed + 1), 5)
+    obs = Observations(done.X, done.Y, pending)
+    U = GPAlgorithm().suggest(space, obs, np.random.default_rng(seed), 4)
+    _valid(space, U)
+    known = np.vstack([done.X, pending, U])
+    d = np.sqrt(((known[:, None, :] - known[None, :, :]) ** 2).sum(-1))
+    assert d[np.triu_indices(len(known), 1)].min() >= 1e-3

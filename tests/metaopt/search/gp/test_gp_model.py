@@ -7,7 +7,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import linalg, special
 
-from metaopt.search.gp import FitConfig, GPModel, KernelSpec, fit_gp, log_ei, log_h, warp_outputs
+from metaopt.search.gp import (
+    FitConfig,
+    GPModel,
+    KernelSpec,
+    NegativeLCB,
+    fit_gp,
+    log_ei,
+    log_h,
+    warp_outputs,
+)
 from metaopt.search.gp._acquisition import log_ei_grad
 from metaopt.search.gp._kernel import matern52, pair_sqdist, sqdist
 from metaopt.search.gp._model import _neg_log_posterior
@@ -88,6 +97,41 @@ def test_log_ei_gradient_matches_finite_differences(seed: int) -> None:
         num = (log_ei(model, Q + e, best) - log_ei(model, Q - e, best)) / 2e-6
         np.testing.assert_allclose(grad[:, col], num, rtol=1e-4, atol=1e-5)
     assert np.all(grad[:, list(MIXED.cat)] == 0.0)
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.floats(0.0, 3.0))
+def test_lcb_gradient_matches_finite_differences(seed: int, beta: float) -> None:
+    X = _points(seed, 20)
+    y = np.random.default_rng(seed).normal(size=20)
+    model = GPModel(X, y, np.array([-1.0, 0.0, -1.0, -0.5, 0.0, -6.0]), MIXED, 1e-6)
+    # With believed points, as the GP uses it: their variance is collapsed, their mean kept.
+    model = model.with_fantasies(_points(seed + 2, 3))
+    acq = NegativeLCB(model, beta)
+    Q = _points(seed + 1, 5)
+    val, grad = acq.with_grad(Q)
+    mu, var = model.predict(Q)
+    np.testing.assert_allclose(val, beta * np.sqrt(var) - mu, rtol=1e-12)
+    for col in MIXED.cont:
+        e = np.zeros_like(Q)
+        e[:, col] = 1e-6
+        num = (acq(Q + e) - acq(Q - e)) / 2e-6
+        np.testing.assert_allclose(grad[:, col], num, rtol=1e-4, atol=1e-5)
+    assert np.all(grad[:, list(MIXED.cat)] == 0.0)
+
+
+def test_believed_values_keep_the_mean_and_shrink_the_variance() -> None:
+    # Why a confidence bound on the fantasy model is GP-BUCB: conditioning on the posterior mean
+    # changes no prediction of the mean, only the variances.
+    X = _points(5, 15)
+    model = GPModel(
+        X, np.sin(X.sum(axis=1)), np.array([-1.0, 0.0, -1.0, -0.5, 0.0, -6.0]), MIXED, 1e-6
+    )
+    ext = model.with_fantasies(_points(6, 4))
+    Q = _points(7, 50)
+    (mu0, var0), (mu1, var1) = model.predict(Q), ext.predict(Q)
+    np.testing.assert_allclose(mu1, mu0, atol=1e-6)
+    assert np.all(var1 <= var0 + 1e-12)
 
 
 def test_fantasy_extension_equals_dense_conditioning_on_believed_values() -> None:
