@@ -1,7 +1,8 @@
 """Freeze-thaw vs ASHA, Optuna's Median/Hyperband pruners and no early stopping.
 
-python -m simulations.bench_freezethaw [--seeds N (10)] [--quick] [--every K (1)]
-    [--pools synthetic,sgd] [--workers 1,4] [--methods freeze-thaw,asha,...] [--no-latency]
+python -m simulations.bench_freezethaw [--seeds N (10)] [--first-seed S (0)] [--quick]
+    [--every K (1)] [--pools synthetic,sgd] [--workers 1,4] [--methods freeze-thaw,asha,...]
+    [--no-latency]
 
 Peers run trials drawn in a fixed random order from a pool of configurations with known
 ground truth (simulations._curves). Every step is one report and one unit of virtual time.
@@ -264,12 +265,16 @@ def _fmt(xs: list[float]) -> str:
 
 
 def run_pool(
-    make_pool: Callable[[int], Pool], seeds: int, workers: int, every: int, methods: tuple[str, ...]
+    make_pool: Callable[[int], Pool],
+    seeds: range,
+    workers: int,
+    every: int,
+    methods: tuple[str, ...],
 ) -> None:
     rows: dict[str, list[RunResult]] = {m: [] for m in methods}
     secs: dict[str, float] = dict.fromkeys(methods, 0.0)
     name = ""
-    for s in range(seeds):
+    for s in seeds:
         pool = make_pool(s)
         name = pool.name
         fin = np.sort(pool.truth[np.isfinite(pool.truth)])
@@ -293,8 +298,8 @@ def run_pool(
             rows[m].append(r)
     base = np.median([r.steps_to_target for r in rows["none"]]) if "none" in rows else math.nan
     print(
-        f"\n{name}: {workers} peer(s), {seeds} seeds, budget for regret = 20 full runs, "
-        f"target = top 3% of the pool"
+        f"\n{name}: {workers} peer(s), {len(seeds)} seeds ({seeds.start}-{seeds.stop - 1}), "
+        f"budget for regret = 20 full runs, target = top 3% of the pool"
     )
     print(
         f"{'method':18s} {'regret@20T':>11s} {'steps→target':>18s} {'×fewer':>7s} "
@@ -355,6 +360,9 @@ def latency(n: int = 200, T: int = 100, calls: int = 12) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description="freeze-thaw early stopping benchmark")
     ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument(
+        "--first-seed", type=int, default=0, help="seeds run from here up (tune on held-out ones)"
+    )
     ap.add_argument("--quick", action="store_true", help="2 seeds")
     ap.add_argument(
         "--every",
@@ -377,7 +385,7 @@ def _run(args: argparse.Namespace) -> None:
     import optuna
 
     optuna.logging.set_verbosity(logging.WARNING)
-    seeds = 2 if args.quick else args.seeds
+    seeds = range(args.first_seed, args.first_seed + (2 if args.quick else args.seeds))
     n_pool = 1000
     methods = tuple(args.methods.split(","))
     pools = args.pools.split(",")
