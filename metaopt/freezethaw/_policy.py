@@ -6,6 +6,12 @@ more than a 100 ms decision allows) spends steps where a better final value is m
 * A trial with no reports, too few points (< min_points) or too few steps (< min_steps) is
   never stopped; one that reported nan/inf, or whose recent values rise significantly after
   giving back more than div_frac of its improvement, is killed (diverged).
+* Nothing else is frozen or killed before warmup_completed runs (any peer's) have completed.
+  Until a curve shows where runs end, the model cannot tell a slow start from an early
+  plateau and forecasts too little improvement for every short curve; on the synthetic
+  benchmark that froze the slow, best configurations at step 3, again and again (held-out
+  seeds 100-109: median steps to target 1929 with two seeds never reaching it, against 782
+  with a warm-up of two runs).
 * The bar a trial must beat is the best other trial's final value: a completed trial's smoothed
   last values, or an unfinished one's predicted final mean + ref_z sd (a value it will probably
   reach). Partial values are never the bar: they are not where the other trial will end.
@@ -19,7 +25,10 @@ more than a 100 ms decision allows) spends steps where a better final value is m
   times what the tried configurations bore out, so promising slow curves were frozen.)
 * A running trial whose rate is below freeze_ratio × the fresh rate is frozen (a new trial is
   a better use of the slot); p < p_kill with at least kill_min_points points kills it (running
-  or frozen: frozen for good).
+  or frozen: frozen for good). A kill cannot be undone, so it waits for 30 points: at 12, a
+  plateau that was about to drop (a late bloomer) was killed as the best configuration in 7
+  of 20 held-out seeds; at 30 in 1 of 20, for about the same steps to target (geometric
+  mean over the seeds 972 against 976).
 * Late-bloomer guard: a trial whose last window improved by more than bloom_z noise standard
   deviations, at least bloom_ratio as steeply as the window before (not decelerating the way
   exponential and power-law curves do), and whose linear trend would beat the bar within
@@ -114,7 +123,7 @@ class FreezeThawPolicyConfig:
     model: FreezeThawConfig = field(default_factory=FreezeThawConfig)
     min_steps: int = 3
     min_points: int = 3
-    kill_min_points: int = 12
+    kill_min_points: int = 30
     p_kill: float = 0.002
     freeze_ratio: float = 0.5  # freeze when p / remaining < freeze_ratio * fresh p / max_step
     thaw_ratio: float = 1.0  # thaw when p / remaining > thaw_ratio * fresh p / max_step
@@ -133,6 +142,7 @@ class FreezeThawPolicyConfig:
     n_candidates: int = 128
     fresh_min_trials: int = 8  # tried configurations needed before the fresh chance is empirical
     smooth_window: int = 3
+    warmup_completed: int = 2  # no freeze or kill (bar divergence) before this many completed
 
     def __post_init__(self) -> None:
         if not 0.0 < self.freeze_ratio <= self.thaw_ratio or not (
@@ -245,6 +255,7 @@ class FreezeThawStopper:
         )
         out: list[Decision] = []
         modelled: list[CurveView] = []
+        completed = sum(c.state == "completed" for c in curves)
         for c in mine:
             s, v, broken = finite_prefix(c)
             if c.state == "running" and v.shape[0] == 0 and not broken:
@@ -257,6 +268,9 @@ class FreezeThawStopper:
                 out.append(Decision(c.trial_id, Action.CONTINUE, "too little data"))
             elif c.state == "running" and float(s[-1]) >= c.max_step:
                 out.append(Decision(c.trial_id, Action.CONTINUE, "at its budget"))
+            elif c.state == "running" and completed < cfg.warmup_completed:
+                why = f"warm-up: {completed} of {cfg.warmup_completed} runs completed"
+                out.append(Decision(c.trial_id, Action.CONTINUE, why))
             elif v.shape[0] > 0:
                 modelled.append(c)
         if not modelled:

@@ -104,14 +104,32 @@ def test_freeze_thaw_freezes_a_hopeless_run_and_kills_a_diverged_one() -> None:
     assert acts["nan"] is Action.KILL
 
 
+def test_freeze_thaw_stops_nothing_until_enough_runs_have_completed() -> None:
+    done = [_flat(f"g{i}", 0.1 + 0.01 * i, T, 0.1 + 0.02 * i) for i in range(3)]
+    done = [CurveView(c.trial_id, c.x, c.steps, c.values, "completed", T) for c in done]
+    hopeless = _flat("hopeless", 3.0, 8, 0.9)
+    cfg = FreezeThawPolicyConfig(warmup_completed=3)
+    early = make_stopper("freeze-thaw", cfg).decide(
+        [*done[:2], hopeless], {"hopeless"}, 0, np.random.default_rng(0)
+    )
+    assert [(d.action, d.reason) for d in early] == [
+        (Action.CONTINUE, "warm-up: 2 of 3 runs completed")
+    ]
+    later = make_stopper("freeze-thaw", cfg).decide(
+        [*done, hopeless], {"hopeless"}, 0, np.random.default_rng(0)
+    )
+    assert later[0].action in (Action.FREEZE, Action.KILL)
+
+
 def test_freeze_thaw_spares_a_late_bloomer() -> None:
     curves = [_flat(f"g{i}", 0.1 + 0.01 * i, T, 0.1 + 0.02 * i) for i in range(6)]
     s = np.arange(1, 16)
     # Flat at 1.0, then dropping faster and faster: nothing like a decaying exponential.
     bloom = 1.0 - 0.004 * np.maximum(s - 5, 0) ** 2.2
     curves.append(CurveView("bloom", np.array([0.9, 0.9]), s, bloom, "running", T))
-    # A huge freeze_ratio would freeze anything, so only the guard can keep it running.
-    cfg = FreezeThawPolicyConfig(freeze_ratio=1e9, thaw_ratio=1e9)
+    # A huge freeze_ratio would freeze anything, so only the guard can keep it running (no
+    # warm-up: the other runs are unfinished, and the warm-up rule is tested on its own).
+    cfg = FreezeThawPolicyConfig(freeze_ratio=1e9, thaw_ratio=1e9, warmup_completed=0)
     out = make_stopper("freeze-thaw", cfg).decide(curves, {"bloom"}, 0, np.random.default_rng(0))
     assert out[0].action is Action.CONTINUE
     assert "late bloomer" in out[0].reason
@@ -240,7 +258,9 @@ def test_the_fresh_chance_comes_from_the_configurations_tried_so_far() -> None:
 
     def action(others: list[CurveView]) -> Action:
         curves = [_done("lead", 0.2, 0.1), *others, _flat("mid", 0.22, 10, 0.5)]
-        out = make_stopper("freeze-thaw").decide(curves, {"mid"}, 0, np.random.default_rng(0))
+        # One completed run, the leader, is warm-up enough here: the rule under test comes after.
+        cfg = FreezeThawPolicyConfig(warmup_completed=1)
+        out = make_stopper("freeze-thaw", cfg).decide(curves, {"mid"}, 0, np.random.default_rng(0))
         return out[0].action
 
     assert action(hopeless) is Action.CONTINUE
