@@ -84,12 +84,15 @@ def test_the_marginal_likelihood_gradient_matches_central_differences(seed: int)
     theta = theta + 0.5 * rng.standard_normal(theta.shape[0])
     value, grad = _neg_mll_and_grad(data, idx, Hyper.unpack(theta), 1e-8)
     assert np.isclose(value, _neg_mll(data, idx, Hyper.unpack(theta), 1e-8), rtol=1e-12)
+    # A step of 1e-4: at 1e-5 the rounding error of two likelihoods near 100 (Cholesky of an
+    # ill-conditioned draw) divided by the step exceeded the tolerance (1 draw in 300, seed
+    # 151); at 1e-4 none of 300 does, and the truncation error is still ~1e-8.
     for k in range(theta.shape[0]):
         step = np.zeros_like(theta)
-        step[k] = 1e-5
+        step[k] = 1e-4
         up = _neg_mll(data, idx, Hyper.unpack(theta + step), 1e-8)
         down = _neg_mll(data, idx, Hyper.unpack(theta - step), 1e-8)
-        assert np.isclose(grad[k], (up - down) / 2e-5, rtol=1e-4, atol=1e-5), k
+        assert np.isclose(grad[k], (up - down) / 2e-4, rtol=1e-4, atol=1e-5), k
 
 
 def test_block_inference_equals_dense_inference() -> None:

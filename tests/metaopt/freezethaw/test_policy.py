@@ -121,6 +121,31 @@ def test_freeze_thaw_stops_nothing_until_enough_runs_have_completed() -> None:
     assert later[0].action in (Action.FREEZE, Action.KILL)
 
 
+def test_freeze_thaw_freezes_a_run_most_others_beat_at_the_same_step() -> None:
+    # Five runs already past step 8, all below the last one at step 8. A forecast this vague
+    # and a freeze_ratio this small leave the model nothing to freeze, so only the equal-step
+    # ranking can.
+    done = [_flat(f"g{i}", 0.1 + 0.01 * i, T, 0.1 + 0.02 * i) for i in range(5)]
+    done = [CurveView(c.trial_id, c.x, c.steps, c.values, "completed", T) for c in done]
+    last = _flat("last", 0.16, 8, 0.2)
+    cfg = FreezeThawPolicyConfig(freeze_ratio=1e-9, thaw_ratio=1e-9, var_inflation=1e6)
+    out = make_stopper("freeze-thaw", cfg).decide(
+        [*done, last], {"last"}, 0, np.random.default_rng(0)
+    )
+    assert out[0].action is Action.FREEZE
+    assert out[0].reason.startswith("100% of 5 runs better at step 8")
+    off = dataclasses.replace(cfg, rank_freeze=None)
+    out = make_stopper("freeze-thaw", off).decide(
+        [*done, last], {"last"}, 0, np.random.default_rng(0)
+    )
+    assert out[0].action is Action.CONTINUE
+    # Once no new trial may start, a free slot has nothing better to run.
+    out = make_stopper("freeze-thaw", cfg).decide(
+        [*done, last], {"last"}, 0, np.random.default_rng(0), fresh_available=False
+    )
+    assert out[0].action is Action.CONTINUE
+
+
 def test_freeze_thaw_spares_a_late_bloomer() -> None:
     curves = [_flat(f"g{i}", 0.1 + 0.01 * i, T, 0.1 + 0.02 * i) for i in range(6)]
     s = np.arange(1, 16)
