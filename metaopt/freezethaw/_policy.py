@@ -34,7 +34,8 @@ more than a 100 ms decision allows) spends steps where a better final value is m
   forecast of a short curve can be far too kind as well as too harsh; the equal-step ranking
   ASHA uses cannot be misled by it, and a frozen run can still be thawed when the model rates
   it. Held-out seeds 100-119 of the synthetic benchmark: geometric mean of steps to target 972
-  without it, 882 with it, the best configuration killed in none.
+  without it, 882 with it, the best configuration killed in none (1 peer; with 4 peers
+  no clear difference on seeds 100-109).
 * Late-bloomer guard: a trial whose last window improved by more than bloom_z noise standard
   deviations, at least bloom_ratio as steeply as the window before (not decelerating the way
   exponential and power-law curves do), and whose linear trend would beat the bar within
