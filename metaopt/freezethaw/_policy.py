@@ -6,7 +6,8 @@ more than a 100 ms decision allows) spends steps where a better final value is m
 * A trial with no reports, too few points (< min_points) or too few steps (< min_steps) is
   never stopped; one that reported nan/inf, or whose recent values rise significantly after
   giving back more than div_frac of its improvement, is killed (diverged).
-* Nothing else is frozen or killed before warmup_completed runs (any peer's) have completed.
+* No other running trial is frozen or killed before warmup_completed runs (any peer's) have
+  completed.
   Until a curve shows where runs end, the model cannot tell a slow start from an early
   plateau and forecasts too little improvement for every short curve; on the synthetic
   benchmark that froze the slow, best configurations at step 3, again and again (held-out
