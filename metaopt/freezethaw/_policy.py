@@ -7,9 +7,8 @@ more than a 100 ms decision allows) spends steps where a better final value is m
   never stopped; one that reported nan/inf, or whose recent values rise significantly after
   giving back more than div_frac of its improvement, is killed (diverged).
 * No other running trial is frozen or killed before warmup_completed runs (any peer's) have
-  completed.
-  Until a curve shows where runs end, the model cannot tell a slow start from an early
-  plateau and forecasts too little improvement for every short curve; on the synthetic
+  completed. Until a curve shows where runs end, the model cannot tell a slow start from an
+  early plateau and forecasts too little improvement for every short curve; on the synthetic
   benchmark that froze the slow, best configurations at step 3, again and again (held-out
   seeds 100-109: median steps to target 1929 with two seeds never reaching it, against 782
   with a warm-up of two runs).
