@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from metaopt._errors import MetaoptError
-from metaopt.freezethaw._model import CurveView, finite_prefix
+from metaopt.freezethaw._model import CurveView, finite_prefix, value_at
 from metaopt.freezethaw._policy import Action, Decision
 
 __all__ = ["AshaConfig", "AshaStopper"]
@@ -52,15 +52,6 @@ class AshaConfig:
                 return out
             out.append(r)
             k += 1
-
-
-def _value_at(c: CurveView, step: int) -> float | None:
-    """The curve's value at the last report at or before step, if it reached step."""
-    s, v, _ = finite_prefix(c)
-    if s.shape[0] == 0 or s[-1] < step:
-        return None
-    i = int(np.searchsorted(s, step, side="right")) - 1
-    return None if i < 0 else float(v[i])
 
 
 class AshaStopper:
@@ -108,11 +99,11 @@ class AshaStopper:
             for k, r in enumerate(rungs):
                 if k <= self._judged.get(c.trial_id, -1):
                     continue
-                mine = _value_at(c, r)
+                mine = value_at(c, r)
                 if mine is None:
                     break
                 self._judged[c.trial_id] = k
-                others = [_value_at(o, r) for o in curves]
+                others = [value_at(o, r) for o in curves]
                 competing = sorted(x for x in others if x is not None)
                 cut = competing[max(len(competing) // eta - 1, 0)]
                 if mine > cut:

@@ -34,6 +34,7 @@ __all__ = [
     "Hyper",
     "expected_improvement",
     "finite_prefix",
+    "value_at",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -137,6 +138,15 @@ def finite_prefix(c: CurveView) -> tuple[FloatArray, FloatArray, bool]:
         return s, v, False
     cut = int(np.argmin(ok))
     return s[:cut], v[:cut], True
+
+
+def value_at(c: CurveView, step: float) -> float | None:
+    """The curve's value at its last report at or before step, if it reached step."""
+    s, v, _ = finite_prefix(c)
+    if s.shape[0] == 0 or s[-1] < step:
+        return None
+    i = int(np.searchsorted(s, step, side="right")) - 1
+    return None if i < 0 else float(v[i])
 
 
 def _prepare(curves: Sequence[CurveView], cfg: FreezeThawConfig) -> _Data:

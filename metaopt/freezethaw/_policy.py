@@ -66,6 +66,7 @@ from metaopt.freezethaw._model import (
     FreezeThawConfig,
     FreezeThawModel,
     finite_prefix,
+    value_at,
 )
 
 if TYPE_CHECKING:
@@ -221,17 +222,12 @@ def rank_at_step(c: CurveView, curves: Sequence[CurveView]) -> tuple[float, int]
     s, v, _ = finite_prefix(c)
     if v.shape[0] == 0:
         return 0.0, 0
-    step, mine = float(s[-1]), float(v[-1])
-    better = reached = 0
-    for o in curves:
-        if o.trial_id == c.trial_id:
-            continue
-        os_, ov, _ = finite_prefix(o)
-        j = int(np.searchsorted(os_, step))
-        if j < os_.shape[0] and os_[j] == step:
-            reached += 1
-            better += int(ov[j] < mine)
-    return (better / reached if reached else 0.0), reached
+    mine = float(v[-1])
+    theirs = [value_at(o, float(s[-1])) for o in curves if o.trial_id != c.trial_id]
+    reached = [x for x in theirs if x is not None]
+    if not reached:
+        return 0.0, 0
+    return sum(x < mine for x in reached) / len(reached), len(reached)
 
 
 class FreezeThawStopper:
@@ -260,12 +256,15 @@ class FreezeThawStopper:
         horizon = cfg.bloom_horizon * max(c.max_step - float(s[-1]), 0.0)
         return fitted_last + b_now * horizon < best
 
-    def _ranked_low(self, c: CurveView, curves: Sequence[CurveView]) -> bool:
+    def _ranked_low(self, c: CurveView, curves: Sequence[CurveView]) -> str | None:
+        """Why c is to be frozen by the equal-step ranking, or None if it is not."""
         cfg = self.config
         if cfg.rank_freeze is None:
-            return False
+            return None
         frac, reached = rank_at_step(c, curves)
-        return reached >= cfg.rank_min_runs and frac >= cfg.rank_freeze
+        if reached < cfg.rank_min_runs or frac < cfg.rank_freeze:
+            return None
+        return f"{frac:.0%} of {reached} runs better at step {float(c.steps[-1]):.0f}"
 
     def decide(
         self,
@@ -366,10 +365,8 @@ class FreezeThawStopper:
                     out.append(Decision(tid, Action.KILL, f"p={p:.3g} < p_kill"))
                 elif fresh_available and rate < cfg.freeze_ratio * fresh:
                     out.append(Decision(tid, Action.FREEZE, why))
-                elif fresh_available and self._ranked_low(c, curves):
-                    frac, reached = rank_at_step(c, curves)
-                    why = f"{frac:.0%} of {reached} runs better at step {s[-1]:.0f} ({why})"
-                    out.append(Decision(tid, Action.FREEZE, why))
+                elif fresh_available and (low := self._ranked_low(c, curves)) is not None:
+                    out.append(Decision(tid, Action.FREEZE, f"{low} ({why})"))
                 else:
                     out.append(Decision(tid, Action.CONTINUE, why))
             elif p < cfg.p_kill and v.shape[0] >= cfg.kill_min_points:
