@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from metaopt._state import ExperimentState, TrialView
-from metaopt.freezethaw import CurveView, EarlyStopper, make_stopper
+from metaopt.freezethaw import AshaConfig, CurveView, EarlyStopper, make_stopper
 from metaopt.space import Space
 
 __all__ = ["curve_views", "max_step_of", "stopper_for"]
@@ -81,4 +81,8 @@ def stopper_for(state: ExperimentState, space: Space) -> EarlyStopper | None:
         if no_horizon and not any(t.curve for t in state.trials()):
             return None
         choice = "freeze-thaw"
+    if choice == "asha" and space.fidelity is not None:
+        # The ladder the user wrote: fidelity(low, high, base) has its rungs at low * base**k.
+        low, base = space.fidelity.args[0], space.fidelity.base
+        return make_stopper("asha", AshaConfig.from_fidelity(int(low), round(base)))
     return make_stopper(choice)  # type: ignore[arg-type]

@@ -176,6 +176,27 @@ def test_freeze_thaw_stops_a_hopeless_curve_and_can_resume_it() -> None:
     assert not study.should_stop(fresh)
 
 
+def test_asha_takes_its_rungs_from_the_fidelity_prior() -> None:
+    # fidelity(2, 32, base=2) puts the rungs at 2, 4, 8 and 16, not at ASHA's default 1, 3, 9.
+    study = Study(
+        {"x": "uniform(0, 1)", "epochs": "fidelity(2, 32, base=2)"},
+        algorithm="random",
+        seed=0,
+        early_stopping="asha",
+    )
+    good = study.ask()
+    for step in range(1, 5):
+        study.report(good, step, 1.0 / step)
+    bad = study.ask()
+    stopped_at = None
+    for step in range(1, 5):
+        study.report(bad, step, 10.0)
+        if study.should_stop(bad):
+            stopped_at = step
+            break
+    assert stopped_at == 2
+
+
 @pytest.mark.parametrize("max_trials", [5, None])
 def test_once_the_budget_is_spent_ask_resumes_a_frozen_trial_with_a_chance(
     max_trials: int | None,
