@@ -15,6 +15,17 @@ incumbent the believed values lower: the pending trials already explore. Measure
 (bench_parallel, 100 held-out seeds), Branin reached its target 9% sooner, Hartmann6 3%. Unlike
 EI, the bound does not vanish at a measured point, so its stall radius is wider.
 
+The bound's GP has a pessimistic prior mean, the ``pending_prior_quantile`` (0.75) quantile of
+the warped observations, instead of their mean. Once the pending trials crowd the promising
+basin, their believed values have shrunk the variance there, and with a neutral prior the bound
+sends the next peers to the corners, where the variance is largest and the mean merely average
+(seen on Branin and Hartmann6 traces: coordinates pinned at 0 or 1). Assuming the unexplored
+worse than most of what was measured keeps them refining near the good points, where a pending
+trial's true value would have sent them. Measured with 8 peers on 150 held-out seeds (100-249,
+median time to target): Hartmann6 5.72 -> 5.23 (mean paired log-ratio -0.092 +- 0.017), Branin
+3.74 -> 3.67 (a tie: +0.008 +- 0.018). On 30 of those seeds 0.5 gained nothing and 0.9 matched
+0.75 on Hartmann6 but not on Branin. Sequential search never uses the bound.
+
 Bounded cost: above ``max_points`` completed trials the GP is fitted on a local subset, the
 ``local_fraction`` nearest to the incumbent plus a random remainder (a trust-region-like model
 that is exact near the best point and coarse far from it); fantasies are capped at
@@ -36,7 +47,7 @@ from metaopt.search._dedupe import dedupe, known_points
 from metaopt.search._pareto import chebyshev_scalarise
 from metaopt.search._random import SobolStart
 from metaopt.search.gp._kernel import KernelSpec
-from metaopt.search.gp._model import FitConfig, fit_gp, warp_outputs
+from metaopt.search.gp._model import FitConfig, GPModel, fit_gp, warp_outputs
 from metaopt.search.gp._optimize import AcqConfig, maximise_log_ei, minimise_lcb
 from metaopt.space import Space
 
@@ -56,6 +67,8 @@ class GPConfig:
     pending_beta: with trials pending, minimise mu - pending_beta sigma (GP-BUCB) instead of
         maximising log-EI; None keeps log-EI.
     pending_stall_radius: the stall radius of that bound's optimum.
+    pending_prior_quantile: the bound's GP has this quantile of the warped observations as its
+        prior mean (far from data a point is assumed that bad); None keeps their mean.
     """
 
     n_init: int | None = None
@@ -66,6 +79,7 @@ class GPConfig:
     stall_radius: float = 1e-4
     pending_beta: float | None = 1.0
     pending_stall_radius: float = 1e-3
+    pending_prior_quantile: float | None = 0.75
     impute_failed: bool = True
     chebyshev_rho: float = 0.05
     fit: FitConfig = field(default_factory=FitConfig)
@@ -141,9 +155,10 @@ class GPAlgorithm:
         spec = KernelSpec.from_kinds(space.kinds, space.n_values)
         warp = warp_outputs(y, self.config.power_transform)
         key = space.kinds
-        model = fit_gp(X, warp.y, spec, self.config.fit, rng, self._theta.get(key))
-        self._theta[key] = model.theta
-        model = model.with_fantasies(self._fantasies(obs, rng))
+        fitted = fit_gp(X, warp.y, spec, self.config.fit, rng, self._theta.get(key))
+        self._theta[key] = fitted.theta
+        fantasies = self._fantasies(obs, rng)
+        model = fitted.with_fantasies(fantasies)
         # Believed values count as observed, else EI keeps pointing at an optimistic fantasy.
         best = float(model.y.min())
         anchors = X[np.argsort(warp.y, kind="stable")]
@@ -151,11 +166,15 @@ class GPAlgorithm:
         taken = space.round_unit(taken) if taken.shape[0] else np.zeros((0, space.d))
         out = np.zeros((n, space.d))
         cfg = self.config
+        bound: GPModel | None = None  # the bound's model, built when first needed
         for i in range(n):
             pending = obs.pending.shape[0] > 0 or i > 0
             if pending and cfg.pending_beta is not None:
+                if bound is None:
+                    believed = np.vstack([fantasies, out[:i]])
+                    bound = self._bound_model(fitted).with_fantasies(believed)
                 u = minimise_lcb(
-                    model, space, cfg.pending_beta, anchors, taken, rng, cfg.acquisition
+                    bound, space, cfg.pending_beta, anchors, taken, rng, cfg.acquisition
                 )
                 radius = cfg.pending_stall_radius
             else:
@@ -174,7 +193,19 @@ class GPAlgorithm:
             if i + 1 < n:
                 model = model.with_fantasies(u[None, :])
                 best = float(model.y.min())
+                if bound is not None:
+                    bound = bound.with_fantasies(u[None, :])
         return dedupe(space, out, obs, rng)
+
+    def _bound_model(self, fitted: GPModel) -> GPModel:
+        """The fitted GP with prior mean at ``pending_prior_quantile`` of its outputs.
+
+        Its predictions are shifted by that constant, which moves no optimum of the bound.
+        """
+        q = self.config.pending_prior_quantile
+        if q is None:
+            return fitted
+        return fitted.with_prior_mean(float(np.quantile(fitted.y, q)))
 
     @staticmethod
     def _stalled(u: FloatArray, taken: FloatArray, radius: float) -> bool:

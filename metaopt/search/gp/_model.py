@@ -142,6 +142,13 @@ class GPModel:
         dvar[var <= floor] = 0.0
         return mu, np.maximum(var, floor), dmu, dvar
 
+    def with_prior_mean(self, c: float) -> GPModel:
+        """This posterior under the constant prior mean c instead of 0, its predictions less c.
+
+        Only the outputs move (to y - c); the Cholesky factor is shared.
+        """
+        return GPModel._raw(self.X, self.y - c, self.L, template=self)
+
     def with_fantasies(self, Xp: FloatArray) -> GPModel:
         """The model with Xp (p, d) observed at its posterior mean (kriging believer).
 

@@ -248,6 +248,32 @@ def test_with_trials_pending_the_gp_minimises_the_confidence_bound(
     assert calls == ["ei", "ei"]
 
 
+@pytest.mark.parametrize("quantile", [0.75, None])
+def test_the_bound_assumes_the_unexplored_as_bad_as_the_prior_quantile(
+    monkeypatch: pytest.MonkeyPatch, quantile: float | None
+) -> None:
+    space, obs = _pending_history()
+    seen: list[Any] = []
+    real_lcb = _algorithm.minimise_lcb
+
+    def lcb(model: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(model)
+        return real_lcb(model, *args, **kwargs)
+
+    monkeypatch.setattr(_algorithm, "minimise_lcb", lcb)
+    cfg = GPConfig(pending_prior_quantile=quantile)
+    GPAlgorithm(cfg).suggest(space, obs, np.random.default_rng(1), 2)
+    assert len(seen) == 2
+    n = obs.X.shape[0]
+    # The bound's outputs are the warped observations less the prior mean; then the fantasies
+    # (the pending trials, then the batch's first point).
+    assert seen[0].X.shape[0] == n + 3 and seen[1].X.shape[0] == n + 4
+    y = seen[0].y[:n]
+    centre = float(np.quantile(y, 0.75)) if quantile is not None else float(y.mean())
+    assert abs(centre) < 1e-9
+    np.testing.assert_allclose(seen[1].y[: n + 3], seen[0].y)
+
+
 def test_a_bound_optimum_next_to_a_known_point_is_replaced_by_a_new_place(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

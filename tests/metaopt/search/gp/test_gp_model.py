@@ -163,6 +163,27 @@ def test_fantasy_extension_equals_dense_conditioning_on_believed_values() -> Non
     assert np.all(model.predict(P)[1] > 10 * model.noise)
 
 
+def test_a_prior_mean_moves_predictions_towards_it_far_from_the_data() -> None:
+    X = _points(8, 12)
+    y = np.random.default_rng(8).normal(size=12)
+    theta = np.array([-2.0, 0.0, -2.0, -1.5, 0.0, -8.0])
+    model = GPModel(X, y, theta, MIXED, 1e-6)
+    c = 1.5
+    shifted = model.with_prior_mean(c)
+    # Dense reference: the posterior under prior mean c is c + k K^-1 (y - c).
+    K = model.kernel(X, X) + model.noise * np.eye(len(X))
+    Q = _points(9, 20)
+    ref = c + model.kernel(Q, X) @ np.linalg.solve(K, y - c)
+    mu, var = shifted.predict(Q)
+    np.testing.assert_allclose(mu + c, ref, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(var, model.predict(Q)[1])
+    # At the data nothing moves beyond the noise; far from it the prediction is the prior mean
+    # (less c: 0).
+    np.testing.assert_allclose(shifted.predict(X)[0] + c, model.predict(X)[0], atol=5e-3)
+    far = GPModel(X, y, np.array([-6.0, 0.0, -6.0, -6.0, 0.0, -8.0]), MIXED, 1e-6)
+    assert np.abs(far.with_prior_mean(c).predict(_points(10, 5))[0]).max() < 1e-3
+
+
 def test_map_fit_recovers_a_short_and_a_long_lengthscale() -> None:
     spec = KernelSpec.from_kinds(("real", "real"), (None, None))
     rng = np.random.default_rng(0)
