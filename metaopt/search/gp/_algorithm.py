@@ -158,15 +158,15 @@ class GPAlgorithm:
         fitted = fit_gp(X, warp.y, spec, self.config.fit, rng, self._theta.get(key))
         self._theta[key] = fitted.theta
         fantasies = self._fantasies(obs, rng)
-        model = fitted.with_fantasies(fantasies)
-        # Believed values count as observed, else EI keeps pointing at an optimistic fantasy.
-        best = float(model.y.min())
         anchors = X[np.argsort(warp.y, kind="stable")]
         taken = known_points(obs)
         taken = space.round_unit(taken) if taken.shape[0] else np.zeros((0, space.d))
         out = np.zeros((n, space.d))
         cfg = self.config
-        bound: GPModel | None = None  # the bound's model, built when first needed
+        # Each is built when first needed, with the pending trials and this batch's points so far
+        # as fantasies: log-EI's model under the neutral prior, the bound's under the pessimistic.
+        ei_model: GPModel | None = None
+        bound: GPModel | None = None
         for i in range(n):
             pending = obs.pending.shape[0] > 0 or i > 0
             if pending and cfg.pending_beta is not None:
@@ -178,7 +178,12 @@ class GPAlgorithm:
                 )
                 radius = cfg.pending_stall_radius
             else:
-                u = maximise_log_ei(model, space, best, anchors, taken, rng, cfg.acquisition)
+                if ei_model is None:
+                    ei_model = fitted.with_fantasies(np.vstack([fantasies, out[:i]]))
+                # Believed values count as observed, else EI keeps pointing at an optimistic
+                # fantasy.
+                best = float(ei_model.y.min())
+                u = maximise_log_ei(ei_model, space, best, anchors, taken, rng, cfg.acquisition)
                 radius = cfg.stall_radius
             if u is None:
                 u = dedupe(space, space.sample(rng, 1), taken, rng)[0]
@@ -191,16 +196,17 @@ class GPAlgorithm:
             out[i] = u
             taken = np.vstack([taken, u])
             if i + 1 < n:
-                model = model.with_fantasies(u[None, :])
-                best = float(model.y.min())
+                if ei_model is not None:
+                    ei_model = ei_model.with_fantasies(u[None, :])
                 if bound is not None:
                     bound = bound.with_fantasies(u[None, :])
         return dedupe(space, out, obs, rng)
 
     def _bound_model(self, fitted: GPModel) -> GPModel:
-        """The fitted GP with prior mean at ``pending_prior_quantile`` of its outputs.
+        """The fitted GP under a prior mean at ``pending_prior_quantile`` of its outputs.
 
-        Its predictions are shifted by that constant, which moves no optimum of the bound.
+        Far from data its mean tends to that quantile instead of the outputs' mean; it predicts
+        in the fitted model's units less that constant, which moves no optimum of the bound.
         """
         q = self.config.pending_prior_quantile
         if q is None:
