@@ -257,14 +257,19 @@ class Study:
         own_frozen = {t.id for t in self._state.trials() if t.state == "frozen"} & self._own()
         if not own_frozen:
             return None
+        thawed: Trial | None = None
         for trial_id, decision in sorted(self._decide(own_frozen, free_slots=1).items()):
-            if decision.action is Action.THAW:
-                key = bytes.fromhex(trial_id)
-                view = self._state.trial(key)
-                assert view is not None
+            key = bytes.fromhex(trial_id)
+            view = self._state.trial(key)
+            assert view is not None
+            if decision.action is Action.KILL:
+                # Frozen for good: recorded, so status shows it killed and it is not
+                # judged again at every ask().
+                self._event(key, "killed", step=view.last_step or None, reason=decision.reason)
+            elif decision.action is Action.THAW and thawed is None:
                 self._event(key, "thawed", step=view.last_step or None, reason=decision.reason)
-                return Trial(key, dict(view.params), view.counter, view.last_step)
-        return None
+                thawed = Trial(key, dict(view.params), view.counter, view.last_step)
+        return thawed
 
     def _key(self, trial: Trial | TrialView | str | bytes) -> bytes:
         if isinstance(trial, Trial | TrialView):

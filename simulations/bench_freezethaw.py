@@ -117,11 +117,13 @@ class _Ours(_Policy):
     def thaw(self, owner: int, trials: list[_Trial], T: int, X: np.ndarray) -> str | None:
         if not any(t.owner == owner and t.state == "frozen" for t in trials):
             return None
+        thawed: str | None = None
         for d in self._decide(owner, trials, T, X, 1):
-            if d.action is Action.THAW:
-                tid: str = d.trial_id
-                return tid
-        return None
+            if d.action is Action.THAW and thawed is None:
+                thawed = d.trial_id
+            elif d.action is Action.KILL:  # a frozen trial of this peer killed for good
+                next(o for o in trials if o.tid == d.trial_id).state = "killed"
+        return thawed
 
 
 class _Optuna(_Policy):

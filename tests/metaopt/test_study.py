@@ -7,11 +7,14 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from metaopt import MetaoptError, Study
+from metaopt.freezethaw import Action, CurveView, Decision
 
 SPACE = {"x": "uniform(-2, 2)", "y": "uniform(-2, 2)", "n": "randint(1, 5)"}
 A = bytes.fromhex("aa" * 16)
@@ -214,3 +217,40 @@ def test_once_the_budget_is_spent_ask_resumes_a_frozen_trial_with_a_chance(
     assert (resumed.key == mid.key) is (max_trials is not None)
     if max_trials is not None:
         assert resumed.resume_step > 0
+
+
+class _FreezeThenKill:
+    """A stopper that freezes every running trial and kills every frozen one."""
+
+    def decide(
+        self,
+        curves: Sequence[CurveView],
+        own: Collection[str],
+        free_slots: int,
+        rng: np.random.Generator,
+        *,
+        fresh_available: bool = True,
+    ) -> list[Decision]:
+        return [
+            Decision(c.trial_id, Action.FREEZE if c.state == "running" else Action.KILL, "test")
+            for c in curves
+            if c.trial_id in own and c.state in ("running", "frozen")
+        ]
+
+
+def test_ask_records_the_kill_of_an_own_frozen_trial() -> None:
+    # A frozen trial the stopper later judges hopeless must end killed, not stay frozen.
+    study = Study(
+        {"x": "uniform(0, 1)", "epochs": "fidelity(1, 10)"},
+        algorithm="random",
+        seed=0,
+        early_stopping="freeze-thaw",
+    )
+    study._stopper = _FreezeThenKill()
+    first = study.ask()
+    study.report(first, 1, 1.0)
+    assert study.should_stop(first)
+    assert next(t for t in study.trials if t.key == first.key).state == "frozen"
+    second = study.ask()
+    assert second.key != first.key
+    assert next(t for t in study.trials if t.key == first.key).state == "killed"
