@@ -290,3 +290,53 @@ def test_the_fresh_chance_comes_from_the_configurations_tried_so_far() -> None:
 
     assert action(hopeless) is Action.CONTINUE
     assert action(young) is Action.FREEZE
+
+
+class _Misfit:
+    """A fitted model that forecasts every unfinished curve to end at 5.0, with certainty."""
+
+    def __init__(self, curves: list[CurveView]) -> None:
+        self.trial_ids = tuple(sorted(c.trial_id for c in curves))
+        self.value_scale = 1.0
+        self.noise_sd = 0.01
+        done = {c.trial_id: float(c.values[-1]) for c in curves if c.state == "completed"}
+        self._means = np.array([done.get(t, 5.0) for t in self.trial_ids])
+
+    def finals(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._means, np.full(self._means.shape, 1e-6)
+
+
+class _MisfitModel:
+    def fit(self, curves: list[CurveView], optimise: bool = True) -> _Misfit:
+        return _Misfit(curves)
+
+
+def test_freeze_thaw_never_kills_a_run_already_below_the_bar() -> None:
+    # Eight completed runs end at 1.0 and above; "ahead" is at 0.5 and falling after 40 steps,
+    # but the model forecasts 5.0 for it. A kill cannot be undone, so the forecast must not
+    # kill a run that is already better than the bar; "behind" (at 3.0) is killed.
+    long_t = 100
+    curves = [
+        CurveView(
+            f"done{i}",
+            np.array([0.1 * i, 0.5]),
+            np.arange(1, long_t + 1),
+            np.full(long_t, 1.0 + 0.1 * i),
+            "completed",
+            long_t,
+        )
+        for i in range(8)
+    ]
+    s = np.arange(1, 41)
+    for tid, level in (("ahead", 0.5), ("behind", 3.0)):
+        curves.append(
+            CurveView(tid, np.array([0.9, 0.9]), s, level + np.exp(-s / 10.0), "running", long_t)
+        )
+    stopper = FreezeThawStopper()
+    stopper.model = _MisfitModel()  # type: ignore[assignment]
+    acts = {
+        d.trial_id: d.action
+        for d in stopper.decide(curves, {"ahead", "behind"}, 0, np.random.default_rng(0))
+    }
+    assert acts["behind"] is Action.KILL
+    assert acts["ahead"] is not Action.KILL
