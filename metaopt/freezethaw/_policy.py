@@ -261,8 +261,8 @@ class FreezeThawStopper:
 
         Such a run is never killed, whatever the forecast: a kill cannot be undone, and a
         forecast that the run will end above where it already is says the model misfits this
-        curve (seen on the synthetic benchmark: a final forecast of 0.52 for a run at 0.27 and
-        falling, with a bar of 0.31), not that the run is hopeless.
+        curve (seen on the synthetic benchmark under an experimental rule: a final forecast of
+        0.52 for a run at 0.27 and falling, with a bar of 0.31), not that the run is hopeless.
         """
         _, v, _ = finite_prefix(c)
         w = min(self.config.smooth_window, v.shape[0])
