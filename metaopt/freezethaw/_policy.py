@@ -256,17 +256,15 @@ class FreezeThawStopper:
         horizon = cfg.bloom_horizon * max(c.max_step - float(s[-1]), 0.0)
         return fitted_last + b_now * horizon < best
 
-    def _already_below(self, c: CurveView, target: float) -> bool:
-        """Whether c's recent values (smoothed) are below target already.
+    def _already_below(self, v: FloatArray, target: float) -> bool:
+        """Whether a curve's recent finite values v (smoothed) are below target already.
 
         Such a run is never killed, whatever the forecast: a kill cannot be undone, and a
         forecast that the run will end above where it already is says the model misfits this
         curve (seen on the synthetic benchmark under an experimental rule: a final forecast of
         0.52 for a run at 0.27 and falling, with a bar of 0.31), not that the run is hopeless.
         """
-        _, v, _ = finite_prefix(c)
-        w = min(self.config.smooth_window, v.shape[0])
-        return w > 0 and float(v[-w:].mean()) < target
+        return v.shape[0] > 0 and float(v[-self.config.smooth_window :].mean()) < target
 
     def _ranked_low(self, c: CurveView, curves: Sequence[CurveView]) -> str | None:
         """Why c is to be frozen by the equal-step ranking, or None if it is not."""
@@ -370,14 +368,15 @@ class FreezeThawStopper:
             s, v, _ = finite_prefix(c)
             rate = p / max(c.max_step - float(s[-1]), 1.0)
             why = f"p={p:.3g}, rate {rate:.3g} vs fresh {fresh:.3g}"
+            hopeless = (
+                p < cfg.p_kill
+                and v.shape[0] >= cfg.kill_min_points
+                and not self._already_below(v, target)
+            )
             if c.state == "running":
                 if self._bloomer(c, target, noise):
                     out.append(Decision(tid, Action.CONTINUE, f"late bloomer ({why})"))
-                elif (
-                    p < cfg.p_kill
-                    and v.shape[0] >= cfg.kill_min_points
-                    and not self._already_below(c, target)
-                ):
+                elif hopeless:
                     out.append(Decision(tid, Action.KILL, f"p={p:.3g} < p_kill"))
                 elif fresh_available and rate < cfg.freeze_ratio * fresh:
                     out.append(Decision(tid, Action.FREEZE, why))
@@ -385,11 +384,7 @@ class FreezeThawStopper:
                     out.append(Decision(tid, Action.FREEZE, f"{low} ({why})"))
                 else:
                     out.append(Decision(tid, Action.CONTINUE, why))
-            elif (
-                p < cfg.p_kill
-                and v.shape[0] >= cfg.kill_min_points
-                and not self._already_below(c, target)
-            ):
+            elif hopeless:
                 out.append(Decision(tid, Action.KILL, f"frozen and p={p:.3g} < p_kill"))
             elif free_slots > 0 and rate > cfg.thaw_ratio * fresh and p >= cfg.p_kill:
                 thaw_candidates.append((rate, tid))
