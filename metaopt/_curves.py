@@ -13,7 +13,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from metaopt._state import ExperimentState, TrialView
-from metaopt.freezethaw import AshaConfig, CurveView, EarlyStopper, make_stopper
+from metaopt.freezethaw import (
+    AshaConfig,
+    CurveView,
+    EarlyStopper,
+    FreezeThawPolicyConfig,
+    make_stopper,
+)
 from metaopt.space import Space
 
 __all__ = ["curve_views", "max_step_of", "stopper_for"]
@@ -81,8 +87,10 @@ def stopper_for(state: ExperimentState, space: Space) -> EarlyStopper | None:
         if no_horizon and not any(t.curve for t in state.trials()):
             return None
         choice = "freeze-thaw"
-    if choice == "asha" and space.fidelity is not None:
+    if choice in ("asha", "freeze-thaw") and space.fidelity is not None:
         # The ladder the user wrote: fidelity(low, high, base) has its rungs at low * base**k.
-        low, base = space.fidelity.args[0], space.fidelity.base
-        return make_stopper("asha", AshaConfig.from_fidelity(int(low), round(base)))
+        low, base = int(space.fidelity.args[0]), round(space.fidelity.base)
+        if choice == "asha":
+            return make_stopper("asha", AshaConfig.from_fidelity(low, base))
+        return make_stopper("freeze-thaw", FreezeThawPolicyConfig.from_fidelity(low, base))
     return make_stopper(choice)  # type: ignore[arg-type]

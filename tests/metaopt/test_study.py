@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -179,13 +180,14 @@ def test_freeze_thaw_stops_a_hopeless_curve_and_can_resume_it() -> None:
     assert not study.should_stop(fresh)
 
 
-def test_asha_takes_its_rungs_from_the_fidelity_prior() -> None:
-    # fidelity(2, 32, base=2) puts the rungs at 2, 4, 8 and 16, not at ASHA's default 1, 3, 9.
+@pytest.mark.parametrize("method", ["asha", "freeze-thaw"])
+def test_rungs_follow_the_fidelity_prior(method: Literal["asha", "freeze-thaw"]) -> None:
+    # fidelity(2, 32, base=2) puts the rungs at 2, 4, 8 and 16, not at the default 1, 3, 9.
     study = Study(
         {"x": "uniform(0, 1)", "epochs": "fidelity(2, 32, base=2)"},
         algorithm="random",
         seed=0,
-        early_stopping="asha",
+        early_stopping=method,
     )
     good = study.ask()
     for step in range(1, 5):

@@ -82,12 +82,23 @@ def _flat(tid: str, level: float, k: int, x: float) -> CurveView:
     return CurveView(tid, np.array([x, x]), s, v, "running", T)
 
 
-def test_freeze_thaw_never_acts_before_min_steps() -> None:
-    best = CurveView("best", np.array([0.1, 0.1]), np.arange(1, T + 1), np.zeros(T), "completed", T)
-    cfg = FreezeThawPolicyConfig(min_steps=4, min_points=4)
+def _steep(tid: str, level: float, k: int, x: float, state: str = "completed") -> CurveView:
+    """Far above everything early, then down to level: beats no one at the early rungs."""
+    s = np.arange(1, k + 1)
+    v = level + 20.0 * np.exp(-s / 5.0)
+    return CurveView(tid, np.array([x, x]), s, v, state, T)  # type: ignore[arg-type]
+
+
+def test_freeze_thaw_model_never_acts_before_min_steps() -> None:
+    # "bad" leads at its rung (3) but flattens far above where "best" ended.
+    best = _steep("best", 0.0, T, 0.1)
+    cfg = FreezeThawPolicyConfig(min_steps=4, min_points=4, warmup_completed=1, model_min_points=1)
     bad = _flat("bad", 5.0, 3, 0.9)
     out = make_stopper("freeze-thaw", cfg).decide([best, bad], {"bad"}, 0, np.random.default_rng(0))
-    assert out[0].action is Action.CONTINUE
+    assert [(d.action, d.reason) for d in out] == [(Action.CONTINUE, "too little data")]
+    bad = _flat("bad", 5.0, 4, 0.9)
+    out = make_stopper("freeze-thaw", cfg).decide([best, bad], {"bad"}, 0, np.random.default_rng(0))
+    assert out[0].action in (Action.FREEZE, Action.KILL)
 
 
 def test_freeze_thaw_freezes_a_hopeless_run_and_kills_a_diverged_one() -> None:
@@ -104,11 +115,11 @@ def test_freeze_thaw_freezes_a_hopeless_run_and_kills_a_diverged_one() -> None:
     assert acts["nan"] is Action.KILL
 
 
-def test_freeze_thaw_stops_nothing_until_enough_runs_have_completed() -> None:
-    done = [_flat(f"g{i}", 0.1 + 0.01 * i, T, 0.1 + 0.02 * i) for i in range(3)]
-    done = [CurveView(c.trial_id, c.x, c.steps, c.values, "completed", T) for c in done]
+def test_freeze_thaw_model_stops_nothing_until_enough_runs_have_completed() -> None:
+    # "hopeless" leads at its rung, so only the model could stop it.
+    done = [_steep(f"g{i}", 0.1 + 0.01 * i, T, 0.1 + 0.02 * i) for i in range(3)]
     hopeless = _flat("hopeless", 3.0, 8, 0.9)
-    cfg = FreezeThawPolicyConfig(warmup_completed=3)
+    cfg = FreezeThawPolicyConfig(warmup_completed=3, model_min_points=1)
     early = make_stopper("freeze-thaw", cfg).decide(
         [*done[:2], hopeless], {"hopeless"}, 0, np.random.default_rng(0)
     )
@@ -121,40 +132,101 @@ def test_freeze_thaw_stops_nothing_until_enough_runs_have_completed() -> None:
     assert later[0].action in (Action.FREEZE, Action.KILL)
 
 
-def test_freeze_thaw_freezes_a_run_most_others_beat_at_the_same_step() -> None:
-    # Five runs already past step 8, all below the last one at step 8. A forecast this vague
-    # and a freeze_ratio this small leave the model nothing to freeze, so only the equal-step
-    # ranking can.
-    done = [_flat(f"g{i}", 0.1 + 0.01 * i, T, 0.1 + 0.02 * i) for i in range(5)]
-    done = [CurveView(c.trial_id, c.x, c.steps, c.values, "completed", T) for c in done]
-    last = _flat("last", 0.16, 8, 0.2)
+def test_freeze_thaw_freezes_a_run_outside_the_top_at_its_rung() -> None:
+    # Rungs at 1, 3, 9, 27 (T = 30). A forecast this vague and a freeze_ratio this small leave
+    # the model nothing to freeze, so only the rungs can; and no run has completed (warm-up).
     cfg = FreezeThawPolicyConfig(freeze_ratio=1e-9, thaw_ratio=1e-9, var_inflation=1e6)
-    out = make_stopper("freeze-thaw", cfg).decide(
-        [*done, last], {"last"}, 0, np.random.default_rng(0)
+    five = [_flat(f"g{i}", 0.1 + 0.01 * i, 12, 0.1 + 0.02 * i) for i in range(5)]
+
+    def decide(
+        last: CurveView, fresh: bool = True, others: list[CurveView] = five
+    ) -> tuple[Action, str]:
+        out = make_stopper("freeze-thaw", cfg).decide(
+            [*others, last], {"last"}, 0, np.random.default_rng(0), fresh_available=fresh
+        )
+        return out[0].action, out[0].reason
+
+    # At step 8 the latest rung is 3, where all five others were better.
+    assert decide(_flat("last", 0.16, 8, 0.2)) == (
+        Action.FREEZE,
+        "5 of 5 runs better at rung 3",
     )
-    assert out[0].action is Action.FREEZE
-    assert out[0].reason.startswith("100% of 5 runs better at step 8")
-    off = dataclasses.replace(cfg, rank_freeze=None)
-    out = make_stopper("freeze-thaw", off).decide(
-        [*done, last], {"last"}, 0, np.random.default_rng(0)
-    )
-    assert out[0].action is Action.CONTINUE
+    # The first to reach a rung is in its top; so is the 2nd of 6 (the top is 6 // 3 = 2).
+    assert decide(_flat("last", 0.16, 2, 0.2))[0] is Action.FREEZE  # rung 1
+    assert decide(_flat("last", 0.105, 10, 0.2))[0] is Action.CONTINUE  # 1 better at rung 9
+    assert decide(_flat("last", 0.0, 13, 0.2))[0] is Action.CONTINUE  # the best at rung 9
+    short = [_flat(f"s{i}", 0.01 * i, 2, 0.5) for i in range(5)]
+    assert decide(_flat("last", 5.0, 4, 0.2), others=short)[0] is Action.CONTINUE  # 1st at 3
     # Once no new trial may start, a free slot has nothing better to run.
-    out = make_stopper("freeze-thaw", cfg).decide(
-        [*done, last], {"last"}, 0, np.random.default_rng(0), fresh_available=False
+    assert decide(_flat("last", 0.16, 8, 0.2), fresh=False)[0] is Action.CONTINUE
+
+
+def test_freeze_thaw_thaws_only_a_trial_in_the_top_of_its_rung() -> None:
+    # The model rates the frozen trial's chance far above a fresh one's (all others ended
+    # hopeless); once runs that were better at step 9 (and then got worse) exist, "low" trails
+    # most runs at its rung, so it waits while a new trial may start.
+    others = [_steep(f"h{i}", 2.0 + 0.05 * i, T, 0.2 + 0.06 * i) for i in range(6)]
+    s = np.arange(1, T + 1)
+    behind = [
+        CurveView(
+            f"b{i}", np.array([0.9, 0.1 * i]), s, np.where(s <= 9, 0.01 * i, 3.0), "completed", T
+        )
+        for i in range(6)
+    ]
+    low = dataclasses.replace(_flat("low", 0.3, 9, 0.5), state="frozen")
+    cfg = FreezeThawPolicyConfig(warmup_completed=1)
+
+    def thaws(curves: list[CurveView], fresh: bool = True) -> list[str]:
+        out = make_stopper("freeze-thaw", cfg).decide(
+            curves, {"low"}, 1, np.random.default_rng(0), fresh_available=fresh
+        )
+        return [d.trial_id for d in out if d.action is Action.THAW]
+
+    assert thaws([*others, low]) == ["low"]
+    assert thaws([*others, *behind, low]) == []
+    assert thaws([*others, *behind, low], fresh=False) == ["low"]
+
+
+def test_the_model_freezes_nothing_before_model_min_points() -> None:
+    # "slow" leads at its rung, but the model sees it end far above the others.
+    done = [_steep(f"g{i}", 0.1 + 0.01 * i, T, 0.1 + 0.02 * i) for i in range(6)]
+    slow = _flat("slow", 1.5, 10, 0.9)
+
+    def action(min_points: int) -> Action:
+        cfg = FreezeThawPolicyConfig(model_min_points=min_points)
+        out = make_stopper("freeze-thaw", cfg).decide(
+            [*done, slow], {"slow"}, 0, np.random.default_rng(0)
+        )
+        return out[0].action
+
+    assert action(11) is Action.CONTINUE
+    assert action(10) is Action.FREEZE
+    default = make_stopper("freeze-thaw").decide(
+        [*done, slow], {"slow"}, 0, np.random.default_rng(0)
     )
-    assert out[0].action is Action.CONTINUE
+    assert default[0].action is Action.CONTINUE  # by default the model freezes no running trial
+
+
+def test_freeze_thaw_rungs_follow_the_fidelity_prior() -> None:
+    cfg = FreezeThawPolicyConfig.from_fidelity(2, 4)
+    assert [cfg.latest_rung(s, 100) for s in (1, 2, 7, 8, 31, 32, 99)] == [None, 2, 2, 8, 8, 32, 32]
+    assert cfg.latest_rung(40, 32) == 8  # the budget itself is no rung
+    with pytest.raises(MetaoptError):
+        FreezeThawPolicyConfig(rung_base=1)
 
 
 def test_freeze_thaw_spares_a_late_bloomer() -> None:
-    curves = [_flat(f"g{i}", 0.1 + 0.01 * i, T, 0.1 + 0.02 * i) for i in range(6)]
+    # The others start far above "bloom", so it leads at its rungs and only the model judges it.
+    curves = [_steep(f"g{i}", 0.1 + 0.01 * i, T, 0.1 + 0.02 * i) for i in range(6)]
     s = np.arange(1, 16)
     # Flat at 1.0, then dropping faster and faster: nothing like a decaying exponential.
     bloom = 1.0 - 0.004 * np.maximum(s - 5, 0) ** 2.2
     curves.append(CurveView("bloom", np.array([0.9, 0.9]), s, bloom, "running", T))
     # A huge freeze_ratio would freeze anything, so only the guard can keep it running (no
     # warm-up: the other runs are unfinished, and the warm-up rule is tested on its own).
-    cfg = FreezeThawPolicyConfig(freeze_ratio=1e9, thaw_ratio=1e9, warmup_completed=0)
+    cfg = FreezeThawPolicyConfig(
+        freeze_ratio=1e9, thaw_ratio=1e9, warmup_completed=0, model_min_points=1
+    )
     out = make_stopper("freeze-thaw", cfg).decide(curves, {"bloom"}, 0, np.random.default_rng(0))
     assert out[0].action is Action.CONTINUE
     assert "late bloomer" in out[0].reason
@@ -284,7 +356,7 @@ def test_the_fresh_chance_comes_from_the_configurations_tried_so_far() -> None:
     def action(others: list[CurveView]) -> Action:
         curves = [_done("lead", 0.2, 0.1), *others, _flat("mid", 0.22, 10, 0.5)]
         # One completed run, the leader, is warm-up enough here: the rule under test comes after.
-        cfg = FreezeThawPolicyConfig(warmup_completed=1)
+        cfg = FreezeThawPolicyConfig(warmup_completed=1, model_min_points=1)
         out = make_stopper("freeze-thaw", cfg).decide(curves, {"mid"}, 0, np.random.default_rng(0))
         return out[0].action
 
@@ -314,7 +386,8 @@ class _MisfitModel:
 def test_freeze_thaw_never_kills_a_run_already_below_the_bar() -> None:
     # Eight completed runs end at 1.0 and above; "ahead" is at 0.5 and falling after 40 steps,
     # but the model forecasts 5.0 for it. A kill cannot be undone, so the forecast must not
-    # kill a run that is already better than the bar; "behind" (at 3.0) is killed.
+    # kill a run that is already better than the bar; "behind" (at 3.0, frozen since it
+    # trailed everyone at rung 27) is killed.
     long_t = 100
     curves = [
         CurveView(
@@ -328,11 +401,12 @@ def test_freeze_thaw_never_kills_a_run_already_below_the_bar() -> None:
         for i in range(8)
     ]
     s = np.arange(1, 41)
-    for tid, level in (("ahead", 0.5), ("behind", 3.0)):
+    for tid, level, state in (("ahead", 0.5, "running"), ("behind", 3.0, "frozen")):
         curves.append(
-            CurveView(tid, np.array([0.9, 0.9]), s, level + np.exp(-s / 10.0), "running", long_t)
+            CurveView(tid, np.array([0.9, 0.9]), s, level + np.exp(-s / 10.0), state, long_t)
         )
-    stopper = FreezeThawStopper()
+    # The model may judge running trials here (by default it leaves them to the rungs).
+    stopper = FreezeThawStopper(FreezeThawPolicyConfig(model_min_points=1))
     stopper.model = _MisfitModel()  # type: ignore[assignment]
     acts = {
         d.trial_id: d.action
