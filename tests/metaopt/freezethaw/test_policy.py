@@ -161,6 +161,22 @@ def test_freeze_thaw_freezes_a_run_outside_the_top_at_its_rung() -> None:
     assert decide(_flat("last", 0.16, 8, 0.2), fresh=False)[0] is Action.CONTINUE
 
 
+def test_a_running_trial_in_the_top_of_a_rung_is_not_judged_there_again() -> None:
+    # As in ASHA a run promoted at rung 3 goes on to rung 9, whatever reaches rung 3 after it
+    # (another peer's runs, say); a new stopper, which never saw it pass, would freeze it.
+    cfg = FreezeThawPolicyConfig(freeze_ratio=1e-9, thaw_ratio=1e-9, var_inflation=1e6)
+    worse = [_flat(f"w{i}", 1.0 + 0.1 * i, 3, 0.5) for i in range(2)]
+    better = [_flat(f"b{i}", 0.01 * i, 3, 0.5) for i in range(6)]
+    stopper = make_stopper("freeze-thaw", cfg)
+    rng = np.random.default_rng(0)
+    first = stopper.decide([*worse, _flat("run", 0.5, 3, 0.2)], {"run"}, 0, rng)
+    assert first[0].action is Action.CONTINUE
+    later = [*worse, *better, _flat("run", 0.5, 5, 0.2)]
+    assert stopper.decide(later, {"run"}, 0, rng)[0].action is Action.CONTINUE
+    fresh = make_stopper("freeze-thaw", cfg).decide(later, {"run"}, 0, rng)
+    assert (fresh[0].action, fresh[0].reason) == (Action.FREEZE, "6 of 8 runs better at rung 3")
+
+
 def test_freeze_thaw_thaws_only_a_trial_in_the_top_of_its_rung() -> None:
     # The model rates the frozen trial's chance far above a fresh one's (all others ended
     # hopeless); once runs that were better at step 9 (and then got worse) exist, "low" trails
