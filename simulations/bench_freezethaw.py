@@ -84,6 +84,11 @@ def _views(trials: list[_Trial], T: int, X: np.ndarray) -> list[CurveView]:
     ]
 
 
+def _kill_frozen(trials: list[_Trial], tid: str) -> None:
+    """A frozen trial of this peer killed for good by its stopper."""
+    next(o for o in trials if o.tid == tid).state = "killed"
+
+
 class _Ours(_Policy):
     def __init__(self, stopper: EarlyStopper, every: int, seed: int) -> None:
         self.stopper = stopper
@@ -110,8 +115,8 @@ class _Ours(_Policy):
             if d.trial_id == t.tid:
                 act: Action = d.action
                 return act
-            if d.action is Action.KILL:  # a frozen trial of this peer killed for good
-                next(o for o in trials if o.tid == d.trial_id).state = "killed"
+            if d.action is Action.KILL:
+                _kill_frozen(trials, d.trial_id)
         return Action.CONTINUE
 
     def thaw(self, owner: int, trials: list[_Trial], T: int, X: np.ndarray) -> str | None:
@@ -121,8 +126,8 @@ class _Ours(_Policy):
         for d in self._decide(owner, trials, T, X, 1):
             if d.action is Action.THAW and thawed is None:
                 thawed = d.trial_id
-            elif d.action is Action.KILL:  # a frozen trial of this peer killed for good
-                next(o for o in trials if o.tid == d.trial_id).state = "killed"
+            elif d.action is Action.KILL:
+                _kill_frozen(trials, d.trial_id)
         return thawed
 
 

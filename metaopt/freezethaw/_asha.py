@@ -17,7 +17,7 @@ import numpy as np
 
 from metaopt._errors import MetaoptError
 from metaopt.freezethaw._model import CurveView, finite_prefix, value_at
-from metaopt.freezethaw._policy import Action, Decision
+from metaopt.freezethaw._policy import Action, Decision, rung_ladder
 
 __all__ = ["AshaConfig", "AshaStopper"]
 
@@ -44,14 +44,9 @@ class AshaConfig:
 
     def rungs(self, max_step: int) -> list[int]:
         """Rung steps strictly below max_step (the last rung is the budget itself)."""
-        out: list[int] = []
-        k = self.min_early_stopping_rate
-        while True:
-            r = self.min_resource * self.reduction_factor**k
-            if r >= max_step:
-                return out
-            out.append(r)
-            k += 1
+        return rung_ladder(
+            self.min_resource, self.reduction_factor, max_step, self.min_early_stopping_rate
+        )
 
 
 class AshaStopper:

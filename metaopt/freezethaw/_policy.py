@@ -189,12 +189,22 @@ class FreezeThawPolicyConfig:
 
     def latest_rung(self, step: float, max_step: int) -> int | None:
         """The highest rung at or below step and below max_step, or None before the first."""
-        if step < self.rung_min:
-            return None
-        r = self.rung_min
-        while r * self.rung_base <= step and r * self.rung_base < max_step:
-            r *= self.rung_base
-        return r if r < max_step else None
+        passed = [r for r in rung_ladder(self.rung_min, self.rung_base, max_step) if r <= step]
+        return passed[-1] if passed else None
+
+
+def rung_ladder(low: int, base: int, max_step: int, first: int = 0) -> list[int]:
+    """Rung steps low * base**k for k >= first, strictly below max_step (the budget is none).
+
+    The one ladder of the fidelity prior fidelity(low, high, base), shared by ASHA and the
+    freeze-thaw rungs.
+    """
+    out: list[int] = []
+    r = low * base**first
+    while r < max_step:
+        out.append(r)
+        r *= base
+    return out
 
 
 def _slope(s: FloatArray, v: FloatArray) -> tuple[float, float]:
