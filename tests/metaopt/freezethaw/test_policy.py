@@ -177,6 +177,21 @@ def test_a_running_trial_in_the_top_of_a_rung_is_not_judged_there_again() -> Non
     assert (fresh[0].action, fresh[0].reason) == (Action.FREEZE, "6 of 8 runs better at rung 3")
 
 
+def test_the_model_is_fitted_only_when_a_frozen_trial_can_take_a_free_slot() -> None:
+    # Running trials are left to the rungs (model_min_points=None) and a frozen one can only be
+    # thawed or killed into a free slot: with every slot busy, the peer's monitor tick must not
+    # pay for a curve-model fit whose result no decision uses.
+    curves = [_done(f"d{i}", 0.1 * i, 0.1 * i) for i in range(3)]
+    curves += [_flat("run", 0.0, 12, 0.5)]
+    curves += [dataclasses.replace(_flat("cold", 0.05, 9, 0.7), state="frozen")]
+    stopper = FreezeThawStopper()
+    busy = stopper.decide(curves, {"run", "cold"}, 0, np.random.default_rng(0))
+    assert [(d.trial_id, d.action) for d in busy] == [("run", Action.CONTINUE)]
+    assert stopper.last_fit is None
+    stopper.decide(curves, {"run", "cold"}, 1, np.random.default_rng(0))
+    assert stopper.last_fit is not None
+
+
 def test_freeze_thaw_thaws_only_a_trial_in_the_top_of_its_rung() -> None:
     # The model rates the frozen trial's chance far above a fresh one's (all others ended
     # hopeless); once runs that were better at step 9 (and then got worse) exist, "low" trails
@@ -426,7 +441,7 @@ def test_freeze_thaw_never_kills_a_run_already_below_the_bar() -> None:
     stopper.model = _MisfitModel()  # type: ignore[assignment]
     acts = {
         d.trial_id: d.action
-        for d in stopper.decide(curves, {"ahead", "behind"}, 0, np.random.default_rng(0))
+        for d in stopper.decide(curves, {"ahead", "behind"}, 1, np.random.default_rng(0))
     }
     assert acts["behind"] is Action.KILL
     assert acts["ahead"] is not Action.KILL
