@@ -1,6 +1,6 @@
 """Freeze-thaw vs ASHA, Optuna's Median/Hyperband pruners and no early stopping.
 
-python -m simulations.bench_freezethaw [--seeds N (10)] [--first-seed S (0)] [--quick]
+python -m simulations.bench_freezethaw [--seeds N (30)] [--first-seed S (0)] [--quick]
     [--every K (1)] [--pools synthetic,sgd] [--workers 1,4] [--methods freeze-thaw,asha,...]
     [--no-latency]
 
@@ -263,12 +263,27 @@ def _policy(name: str, pool: Pool, seed: int, every: int) -> _Policy:
 
 
 def _fmt(xs: list[float]) -> str:
+    """The median over every seed, a run that never got there counting as infinitely long."""
     a = np.array(xs)
-    fin = a[np.isfinite(a)]
-    if fin.size == 0:
-        return "   never"
+    med = float(np.median(a))
     miss = int((~np.isfinite(a)).sum())
-    return f"{np.median(fin):8.0f}" + (f" ({miss} never)" if miss else "")
+    return ("   never" if math.isinf(med) else f"{med:8.0f}") + (f" ({miss} never)" if miss else "")
+
+
+def _paired(rows: list[RunResult], ref: list[RunResult], cap: float) -> str:
+    """Seed-by-seed steps to target against a reference method on the same seeds.
+
+    The geometric mean of the per-seed ratios with its standard error (as a factor), and
+    how many seeds were better/worse by more than 1%. A run that never reached the target
+    counts as cap steps, which flatters it. This, not a ratio of medians, is the figure to
+    read for "fewer steps than" the reference: freeze-thaw's median was 11% below ASHA's on
+    synthetic seeds 0-9 (1 peer), while seed for seed over seeds 200-259 it took 5% more.
+    """
+    pairs = zip(rows, ref, strict=True)
+    d = np.log([min(a.steps_to_target, cap) / min(b.steps_to_target, cap) for a, b in pairs])
+    se = float(d.std(ddof=1)) / math.sqrt(d.shape[0]) if d.shape[0] > 1 else math.nan
+    better, worse = int((d < -0.01).sum()), int((d > 0.01).sum())
+    return f"×{math.exp(d.mean()):.3f} ±{se:.3f}  {better:>2d}+ {worse:>2d}-"
 
 
 def run_pool(
@@ -281,6 +296,7 @@ def run_pool(
     rows: dict[str, list[RunResult]] = {m: [] for m in methods}
     secs: dict[str, float] = dict.fromkeys(methods, 0.0)
     name = ""
+    max_steps = 0
     for s in seeds:
         pool = make_pool(s)
         name = pool.name
@@ -304,6 +320,7 @@ def run_pool(
             secs[m] += time.perf_counter() - t0
             rows[m].append(r)
     base = np.median([r.steps_to_target for r in rows["none"]]) if "none" in rows else math.nan
+    ref = "asha" if "asha" in rows else ""
     print(
         f"\n{name}: {workers} peer(s), {len(seeds)} seeds ({seeds.start}-{seeds.stop - 1}), "
         f"budget for regret = 20 full runs, target = top 3% of the pool"
@@ -311,20 +328,18 @@ def run_pool(
     print(
         f"{'method':18s} {'regret@20T':>11s} {'steps→target':>18s} {'×fewer':>7s} "
         f"{'best lost':>9s} {'of which killed':>15s} {'trials':>7s} {'sim s':>6s}"
+        + (f" {'paired vs ' + ref:>20s}" if ref else "")
     )
     for m in methods:
         rr = rows[m]
         st = [r.steps_to_target for r in rr]
-        med = (
-            np.median([x for x in st if math.isfinite(x)])
-            if any(map(math.isfinite, st))
-            else math.nan
-        )
+        med = float(np.median(st))
         print(
             f"{m:18s} {np.median([r.regret_at for r in rr]):11.4f} {_fmt(st):>18s} "
             f"{base / med:7.2f} {sum(r.best_fate != 'kept' for r in rr):>4d}/{len(rr):<4d} "
             f"{sum(r.best_fate == 'killed' for r in rr):>15d} "
             f"{np.mean([r.n_started for r in rr]):7.1f} {secs[m]:6.1f}"
+            + (f" {_paired(rr, rows[ref], max_steps):>20s}" if ref else "")
         )
 
 
@@ -366,7 +381,7 @@ def latency(n: int = 200, T: int = 100, calls: int = 12) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="freeze-thaw early stopping benchmark")
-    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--seeds", type=int, default=30)
     ap.add_argument(
         "--first-seed", type=int, default=0, help="seeds run from here up (tune on held-out ones)"
     )

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from simulations._curves import synthetic_pool
-from simulations.bench_freezethaw import _policy, simulate
+from simulations.bench_freezethaw import RunResult, _paired, _policy, simulate
 
 
 def _small_pool(seed: int):  # type: ignore[no-untyped-def]
@@ -53,3 +53,18 @@ def test_asha_stops_trials_early_so_it_starts_more_than_no_stopping() -> None:
     asha = simulate(pool, order, _policy("asha", pool, 0, 5), 1, budget, budget, 0.0)
     assert none.n_started == 6
     assert asha.n_started > none.n_started
+
+
+def test_the_paired_ratio_is_seed_by_seed_and_caps_a_run_that_never_got_there() -> None:
+    def runs(steps: list[float]) -> list[RunResult]:
+        return [RunResult(0.0, s, "kept", 1) for s in steps]
+
+    ref = runs([100.0, 400.0, 1000.0])
+    assert _paired(ref, ref, 5000).startswith("×1.000 ±0.000")
+    # Twice the steps on two seeds, half on one: geometric mean 2^(1/3), two seeds worse.
+    out = _paired(runs([200.0, 800.0, 500.0]), ref, 5000)
+    assert out.startswith(f"×{2 ** (1 / 3):.3f}")
+    assert out.endswith(" 1+  2-")
+    # A run that never reached the target counts as the cap (5000 = 5x the 1000 it is paired to).
+    never = _paired(runs([100.0, 400.0, math.inf]), ref, 5000)
+    assert never.startswith(f"×{5 ** (1 / 3):.3f}")
