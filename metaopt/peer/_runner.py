@@ -385,7 +385,11 @@ class TrialRunner:
             if not frozen:
                 continue
             for decision in await self._decide(state, frozen, self.free_slots()):
-                if decision.action is Action.THAW and self.free_slots() > 0:
+                key = bytes.fromhex(decision.trial_id)
+                if decision.action is Action.KILL and self._still_frozen(state, key):
+                    # Judged hopeless where a slot could have taken it: frozen for good.
+                    self.node.write_event(state.key, key, "killed", reason=decision.reason)
+                elif decision.action is Action.THAW and self.free_slots() > 0:
                     view = state.trial(bytes.fromhex(decision.trial_id))
                     if view is not None and view.state == "frozen":
                         log.info("thawing trial %s: %s", view.key.hex()[:12], decision.reason)

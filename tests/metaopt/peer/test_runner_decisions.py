@@ -1,0 +1,93 @@
+"""The peer's trial runner acts on its stopper's decisions for frozen trials."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from crdt import Record
+from metaopt._records import (
+    EVENT,
+    TRIAL,
+    EventBody,
+    ExperimentSpec,
+    experiment_record,
+    parse_experiment,
+)
+from metaopt._state import ExperimentState
+from metaopt.freezethaw import Action, CurveView, Decision
+from metaopt.peer._runner import TrialRunner
+from metaopt.space import Space
+
+ME = b"m" * 16
+
+
+class _KillFrozen:
+    """A stopper that judges every own frozen trial hopeless, and notes the free slots."""
+
+    def __init__(self) -> None:
+        self.free: list[int] = []
+
+    def decide(
+        self,
+        curves: Sequence[CurveView],
+        own: Collection[str],
+        free_slots: int,
+        rng: np.random.Generator,
+        *,
+        fresh_available: bool = True,
+    ) -> list[Decision]:
+        self.free.append(free_slots)
+        frozen = [c.trial_id for c in curves if c.trial_id in own and c.state == "frozen"]
+        return [Decision(t, Action.KILL, "hopeless") for t in sorted(frozen)]
+
+
+class _Node:
+    """What the runner reads and writes of its node: the replica and event records."""
+
+    def __init__(self, state: ExperimentState, space: Space) -> None:
+        self.node_id = ME
+        self.replica = SimpleNamespace(experiments={state.key: state})
+        self.written: list[tuple[bytes, str, str | None]] = []
+        self._space = space
+        self._seq = 100
+
+    def suggester(self, state: ExperimentState) -> Any:
+        return SimpleNamespace(space=self._space)
+
+    def write_event(self, experiment: bytes, trial: bytes, kind: str, **kw: Any) -> None:
+        self.written.append((trial, kind, kw.get("reason")))
+        self._seq += 1
+        body = EventBody(trial, experiment, kind, ME, reason=kw.get("reason")).to_body()
+        state = self.replica.experiments[experiment]
+        state.apply(Record.create(EVENT, ME, self._seq, 5_000, body, [trial, experiment]))
+
+
+def test_a_free_slot_kills_a_hopeless_frozen_trial_for_good() -> None:
+    # The stopper judges frozen trials only where a slot could take them: the runner's thaw
+    # pass must record its kills, or a hopeless trial stays frozen until the budget ends.
+    spec = ExperimentSpec(name="e", space={"x": "uniform(0, 1)"}, command=("t.py",), max_step=10)
+    rec = experiment_record(spec)
+    parsed = parse_experiment(rec)
+    assert parsed is not None
+    state = ExperimentState(rec.key, parsed)
+    body = {"params": {"x": 0.5}, "node": ME, "counter": 1}
+    trial = Record.create(TRIAL, ME, 1, 0, body, [rec.key])
+    state.apply(trial)
+    for seq, (kind, step) in enumerate((("started", None), ("progress", 1), ("frozen", 1)), 2):
+        metrics = {"objective": 0.5} if kind == "progress" else {}
+        body = EventBody(trial.key, rec.key, kind, ME, step, metrics).to_body()
+        state.apply(Record.create(EVENT, ME, seq, 1_000 * seq, body, [trial.key, rec.key]))
+    assert state.trial(trial.key).state == "frozen"  # type: ignore[union-attr]
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    stopper = _KillFrozen()
+    runner._stoppers[state.key] = stopper
+    asyncio.run(runner.thaw())
+    assert stopper.free == [1]
+    assert node.written == [(trial.key, "killed", "hopeless")]
+    assert state.trial(trial.key).state == "killed"  # type: ignore[union-attr]
