@@ -390,7 +390,7 @@ class TrialRunner:
                     # Judged hopeless where a slot could have taken it: frozen for good.
                     self.node.write_event(state.key, key, "killed", reason=decision.reason)
                 elif decision.action is Action.THAW and self.free_slots() > 0:
-                    view = state.trial(bytes.fromhex(decision.trial_id))
+                    view = state.trial(key)
                     if view is not None and view.state == "frozen":
                         log.info("thawing trial %s: %s", view.key.hex()[:12], decision.reason)
                         await self.launch(state, view, thaw=True)
