@@ -73,6 +73,7 @@ class TrialView:
     reason: str | None = None
     stderr: str | None = None
     attempts: int = 0
+    thaws: int = 0  # times it was resumed after a freeze
     started_at: int | None = None  # ms: its first started or thawed event
     ended_at: int | None = None  # ms: the terminal event that decided its state
     suggest_ms: float | None = None
@@ -106,12 +107,14 @@ def _trial_view(
     metrics: dict[str, Any] = {}
     last_seen = created
     attempts = 0
+    thaws = 0
     started_at: int | None = None
     first = spec.objectives[0]
     for time, ekey, event in ordered:
         last_seen = max(last_seen, time)
         if event.kind in ("started", "thawed"):
             attempts += event.kind == "started"
+            thaws += event.kind == "thawed"
             started_at = time if started_at is None else started_at
             runner = event.node
         if event.kind in _TERMINAL_RANK:
@@ -166,6 +169,7 @@ def _trial_view(
         reason=reason,
         stderr=stderr,
         attempts=attempts,
+        thaws=thaws,
         started_at=started_at,
         ended_at=None if terminal is None else terminal[1],
         suggest_ms=trial.suggest_ms,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["fmt_value", "table"]
+__all__ = ["fmt_value", "state_summary", "table", "trial_state"]
+
+_OPTIONAL_STATES = ("frozen", "killed", "lost", "interrupted")
 
 
 def fmt_value(value: Any) -> str:
@@ -19,6 +21,29 @@ def fmt_value(value: Any) -> str:
             return f"{value:.4g}"
         return f"{value:.5g}"
     return str(value)
+
+
+def state_summary(counts: Mapping[str, int], thawed: int = 0) -> str:
+    """How many trials are in each state, e.g. "4 done, 2 running, 1 frozen, 1 killed, 0 failed".
+
+    Done, running (pending included) and failed always show; the early-stopping states
+    (frozen, killed), the trials waiting for a peer to rerun them (lost, interrupted) and the
+    trials ever resumed after a freeze (thawed, in any state now) show when there are any.
+    """
+    parts = [
+        f"{counts.get('completed', 0)} done",
+        f"{counts.get('running', 0) + counts.get('pending', 0)} running",
+    ]
+    parts += [f"{counts[s]} {s}" for s in _OPTIONAL_STATES if counts.get(s)]
+    if thawed:
+        parts.append(f"{thawed} thawed")
+    parts.append(f"{counts.get('failed', 0)} failed")
+    return ", ".join(parts)
+
+
+def trial_state(state: str, thaws: int) -> str:
+    """A trial's state, with how often it was resumed after a freeze if it was."""
+    return f"{state}, thawed {thaws}x" if thaws else state
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from metaopt._errors import MetaoptError
-from metaopt.cli._format import fmt_value, table
+from metaopt.cli._format import fmt_value, table, trial_state
 from metaopt.peer._local import LocalPeer, resolve_data_dir
 
 __all__ = ["add_read_commands"]
@@ -84,11 +84,14 @@ def _status(args: argparse.Namespace) -> int:
                     f"{e['trials']}/{e['max_trials'] or '∞'}",
                     c.get("completed", 0),
                     c.get("running", 0) + c.get("pending", 0),
-                    c.get("failed", 0) + c.get("killed", 0),
+                    c.get("frozen", 0),
+                    c.get("killed", 0),
+                    c.get("failed", 0),
                     best,
                 ]
             )
-        print(table(["name", "id", "state", "trials", "done", "running", "failed", "best"], rows))
+        headers = ["name", "id", "state", "trials", "done", "running", "frozen", "killed"]
+        print(table([*headers, "failed", "best"], rows))
         return 0
     info = peer.call("api.experiment", args.experiment)
     if args.json:
@@ -97,7 +100,13 @@ def _status(args: argparse.Namespace) -> int:
     print(_experiment_header(info))
     names = sorted(info["space"])
     rows = [
-        [t["id"][:12], t["state"], t["value"], t["last_step"] or "", (t["runner"] or t["node"])[:8]]
+        [
+            t["id"][:12],
+            trial_state(t["state"], t["thaws"]),
+            t["value"],
+            t["last_step"] or "",
+            (t["runner"] or t["node"])[:8],
+        ]
         + [t["params"].get(n) for n in names]
         for t in info["trial_list"]
     ]
@@ -108,6 +117,8 @@ def _status(args: argparse.Namespace) -> int:
 def _experiment_header(info: dict[str, Any]) -> str:
     c = info["counts"]
     parts = ", ".join(f"{v} {k}" for k, v in sorted(c.items()))
+    if info["thawed"]:
+        parts += f"; {info['thawed']} thawed at least once"
     direction = "/".join(info["directions"])
     return (
         f"{info['name']} ({info['id'][:12]}): {info['trials']}/{info['max_trials'] or '∞'} trials"

@@ -19,7 +19,7 @@ from typing import Any
 from crdt import ORIGIN_SIZE, Record
 from metaopt._errors import MetaoptError
 from metaopt._records import BLOB, ExperimentSpec, experiment_record
-from metaopt.cli._format import fmt_value
+from metaopt.cli._format import fmt_value, state_summary
 from metaopt.peer._bundle import DEFAULT_MAX_BYTES, collect_bundle
 from metaopt.peer._local import LocalPeer, resolve_data_dir
 from metaopt.peer._template import parse_template
@@ -222,10 +222,8 @@ def wait_for(peer: LocalPeer, experiment: str, interval: float = 1.0) -> int:
         best = info["best"][0]["value"] if info["best"] else None
         total = info["max_trials"] or "∞"
         line = (
-            f"{info['name']}: {counts.get('completed', 0)} done,"
-            f" {counts.get('running', 0)} running, {counts.get('failed', 0)} failed,"
-            f" {info['trials']}/{total} trials,"
-            f" best {fmt_value(best)}"
+            f"{info['name']}: {state_summary(counts, info['thawed'])},"
+            f" {info['trials']}/{total} trials, best {fmt_value(best)}"
         )
         if line != last:
             print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)

@@ -107,6 +107,26 @@ def test_completed_outranks_a_later_lost_and_a_partitioned_runner_comes_back() -
     assert log.state().trial(t.key).state == "completed"  # type: ignore[union-attr]
 
 
+def test_freeze_and_thaw_are_counted_and_a_thawed_trial_runs_again() -> None:
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    log.event(t, NODE_A, "started", 1000)
+    log.event(t, NODE_A, "progress", 1100, step=3, metrics={"objective": 0.9})
+    log.event(t, NODE_A, "frozen", 1200, reason="outside the top at rung 3")
+    frozen = log.state().trial(t.key)
+    assert frozen is not None
+    assert (frozen.state, frozen.thaws, frozen.attempts) == ("frozen", 0, 1)
+    assert frozen.reason == "outside the top at rung 3"
+    log.event(t, NODE_A, "thawed", 1300, step=3)
+    log.event(t, NODE_A, "frozen", 1400)
+    log.event(t, NODE_A, "thawed", 1500, step=3)
+    thawed = log.state().trial(t.key)
+    assert thawed is not None
+    # A thaw resumes the same attempt: it is not a new start.
+    assert (thawed.state, thawed.thaws, thawed.attempts) == ("running", 2, 1)
+    assert thawed.started_at == 1000
+
+
 def test_completed_without_objective_is_a_failure_with_a_reason() -> None:
     log = Log()
     t = log.trial(NODE_A, 0.5)

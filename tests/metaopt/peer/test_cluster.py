@@ -279,11 +279,19 @@ def test_freeze_and_thaw_a_real_process_resumes_from_its_checkpoint(cluster: Clu
     wait_for(lambda: trial().get("state") == "frozen", 30, peer.log)
     step = trial()["last_step"]
     assert 3 <= step < 60
+    listed = peer.cli("status").stdout.splitlines()
+    assert listed[0].split()[4:8] == ["done", "running", "frozen", "killed"]
+    assert listed[2].split()[4:8] == ["0", "0", "1", "0"]
+    assert "1 frozen" in peer.cli("status", "ep").stdout
     thawed = peer.cli("thaw", trial()["id"])
     assert thawed.returncode == 0, thawed.stderr
     wait_for(lambda: trial().get("state") == "completed", 90, peer.log)
     t = trial()
     assert t["last_step"] == 60 and t["steps"] == 60
+    assert t["thaws"] == 1 and t["attempts"] == 1
+    assert experiment(peer, "ep")["thawed"] == 1
+    shown = peer.cli("status", "ep").stdout
+    assert "1 thawed at least once" in shown and "completed, thawed 1x" in shown
     log = peer.cli("logs", t["id"]).stdout
     assert "starting at step 1 " in log
     assert f"starting at step {step + 1} (METAOPT_RESUME_STEP={step})" in log
