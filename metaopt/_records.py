@@ -254,7 +254,8 @@ def parse_event(record: Record) -> EventBody | None:
     step, metrics = b.get("step"), b.get("metrics", {})
     exit_code, reason, stderr = b.get("exit_code"), b.get("reason"), b.get("stderr")
     if (
-        kind not in EVENT_KINDS
+        not isinstance(kind, str)  # first: a list or map from the wire is unhashable
+        or kind not in EVENT_KINDS
         or not isinstance(node, bytes)
         or (step is not None and type(step) is not int)
         or not isinstance(metrics, dict)
@@ -279,9 +280,10 @@ def parse_control(record: Record) -> ControlBody | None:
     b = record.body
     if record.kind != CONTROL or not isinstance(b, dict) or len(record.links) != 1:
         return None
-    if b.get("action") not in CONTROL_ACTIONS:
+    action = b.get("action")
+    if not isinstance(action, str) or action not in CONTROL_ACTIONS:
         return None
-    return ControlBody(record.links[0], b["action"])
+    return ControlBody(record.links[0], action)
 
 
 def objective_values(

@@ -24,6 +24,7 @@ from crdt import (
     canonical_packb,
     key_of,
 )
+from tests.strategies import record_values
 
 ORIGIN = b"o" * 16
 
@@ -195,22 +196,8 @@ def test_create_checks_header() -> None:
             Record.create(*args, body=None)
 
 
-plain = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=20)
-    | st.binary(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=20,
-)
-
-
 @given(
-    plain,
+    record_values,
     st.text(min_size=1, max_size=16),
     st.integers(1, 2**63 - 1),
     st.integers(0, 2**63 - 1),
@@ -311,7 +298,7 @@ def test_decode_accepts_infinities_and_deep_nesting_without_recursion() -> None:
         Record.decode(deep)
 
 
-@given(plain, st.binary(max_size=6), st.integers(0, 200))
+@given(record_values, st.binary(max_size=6), st.integers(0, 200))
 def test_decode_many_agrees_with_decode_on_mutations(body: Any, junk: bytes, at: int) -> None:
     data = Record.create("t", ORIGIN, 1, 1, body).data
     mutated = data[:at] + junk + data[at + len(junk) :]

@@ -11,12 +11,15 @@ from crdt import MemoryStore, Record
 from metaopt._records import (
     CONTROL,
     EVENT,
+    EXPERIMENT,
     TRIAL,
     EventBody,
     ExperimentSpec,
     experiment_record,
+    parse_experiment,
 )
 from metaopt._state import ExperimentState, list_experiments
+from tests.strategies import record_values
 
 NODE_A = b"a" * 16
 NODE_B = b"b" * 16
@@ -55,9 +58,6 @@ class Log:
         return rec
 
     def state(self, records: list[Record] | None = None) -> ExperimentState:
-        spec = _spec() if self.experiment.body["name"] == "exp" else None
-        from metaopt._records import parse_experiment
-
         spec = parse_experiment(self.experiment)
         assert spec is not None
         state = ExperimentState(self.experiment.key, spec)
@@ -166,6 +166,38 @@ def test_malformed_bodies_are_skipped_not_fatal() -> None:
     assert [v.key for v in state.trials()] == [t.key]
     assert state.skipped >= 3
     assert not state.stopped
+
+
+_FIELDS = (
+    "kind", "node", "step", "metrics", "exit_code", "reason", "stderr", "action",
+    "params", "counter", "suggest_ms", "name", "space", "objectives", "directions",
+    "algorithm", "max_trials", "max_step", "command", "bundle", "nonce", "options",
+)  # fmt: skip
+_BODIES = record_values | st.dictionaries(st.sampled_from(_FIELDS), record_values, max_size=8)
+
+
+@given(bodies=st.lists(st.tuples(st.sampled_from([TRIAL, EVENT, CONTROL]), _BODIES), max_size=6))
+def test_any_wire_body_folds_without_raising(bodies: list[tuple[str, object]]) -> None:
+    # A peer stores a record before folding it and folds every stored record again on start,
+    # so a body that made the fold raise would stop that peer from starting ever again.
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    links = {EVENT: [t.key, log.experiment.key], TRIAL: [log.experiment.key]}
+    junk = [
+        Record.create(kind, NODE_B, i + 1, 1, body, links.get(kind, [log.experiment.key]))
+        for i, (kind, body) in enumerate(bodies)
+    ]
+    state = log.state(log.records + junk)
+    assert t.key in {v.key for v in state.trials()}
+    state.best()
+    state.counts()
+
+
+@given(body=_BODIES)
+def test_any_wire_body_parses_or_is_rejected_as_an_experiment(body: object) -> None:
+    record = Record.create(EXPERIMENT, NODE_B, 1, 1, body, [])
+    spec = parse_experiment(record)
+    assert spec is None or isinstance(spec.name, str)
 
 
 def test_budget_stop_and_pareto_front() -> None:
