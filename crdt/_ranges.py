@@ -97,6 +97,8 @@ def decode_ranges(value: object, config: SyncConfig) -> list[Range]:
                 raise ProtocolError("the last range must extend to the end")
             if isinstance(dt, bool) or not isinstance(dt, int) or not 0 <= dt < 2**63:
                 raise ProtocolError("a range bound's time delta must be a non-negative integer")
+            if prev[0] + dt >= 2**63:  # bounds are record times, which are below 2**63
+                raise ProtocolError("a range bound's time is past any record's time")
             if not isinstance(prefix, bytes) or len(prefix) > KEY_SIZE:
                 raise ProtocolError("a range bound's key prefix must be at most 32 bytes")
             upper = (prev[0] + dt, prefix)

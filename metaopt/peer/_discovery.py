@@ -277,7 +277,11 @@ class Discovery:
         node_id, fp, version = props.get("id"), props.get("fp"), props.get("v")
         if node_id is None or fp is None or version is None or info.port is None:
             return None
-        if len(node_id) != 32 or not _is_hex(node_id) or not version.isdigit() or len(fp) > 256:
+        if (
+            not _is_hex(node_id, 32)
+            or not (version.isascii() and version.isdigit())  # "²" is a digit to isdigit
+            or len(fp) > 256
+        ):
             log.debug("ignoring %s: malformed TXT record", name)
             return None
         host = self._pick_address(info.parsed_addresses(IPVersion.V4Only))
@@ -330,12 +334,9 @@ class Discovery:
         self._on_found(peer)
 
 
-def _is_hex(text: str) -> bool:
-    try:
-        bytes.fromhex(text)
-    except ValueError:
-        return False
-    return True
+def _is_hex(text: str, length: int) -> bool:
+    """Exactly length hex digits (bytes.fromhex would also take spaces between pairs)."""
+    return len(text) == length and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
 def _engine_sockets(azc: AsyncZeroconf) -> list[Any]:

@@ -9,8 +9,10 @@ on: a dead peer cannot be kept alive by peers repeating each other. Entries unhe
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -61,7 +63,12 @@ class PeerTable:
             self._seeds.append(addr)
 
     def add(self, node_id: bytes, addr: str, now: float, *, contacted: bool) -> None:
-        """Record evidence that ``node_id`` is at ``addr`` now; ``contacted`` if we talked to it."""
+        """Record evidence that ``node_id`` is at ``addr`` now; ``contacted`` if we talked to it.
+
+        An address no URL can be made of (see ``valid_addr``) is not recorded.
+        """
+        if not valid_addr(addr, self.config.max_addr_len):
+            return
         self._put(node_id, addr, now, now if contacted else None, authoritative=contacted)
         self.expire(now)
 
@@ -215,7 +222,7 @@ class PeerTable:
         node_id, addr, age = entry
         if not isinstance(node_id, bytes) or len(node_id) != NODE_ID_SIZE:
             return None
-        if not isinstance(addr, str) or not _valid_addr(addr, self.config.max_addr_len):
+        if not isinstance(addr, str) or not valid_addr(addr, self.config.max_addr_len):
             return None
         if isinstance(age, bool) or not isinstance(age, int | float):
             return None
@@ -225,8 +232,25 @@ class PeerTable:
         return node_id, addr, age
 
 
-def _valid_addr(addr: str, max_len: int) -> bool:
+# A DNS label (1-63 characters; "_" is seen in the wild) or an IPv4 address's part.
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def valid_addr(addr: str, max_len: int) -> bool:
+    """Whether addr is host:port that a URL can be made of: a name, IPv4 or [IPv6], a port.
+
+    Addresses arrive from other peers unauthenticated (gossip, a request's sender address), so
+    anything else, such as a 64-character label that IDNA refuses, is dropped on arrival.
+    """
     host, sep, port = addr.rpartition(":")
-    if not sep or not host or len(addr) > max_len or not port.isdigit():
+    if not sep or not host or len(addr) > max_len or not (port.isascii() and port.isdigit()):
         return False
-    return 0 < int(port) < 65536
+    if not 0 < int(port) < 65536:
+        return False
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return False
+        return True
+    return all(_LABEL.fullmatch(label) for label in host.removesuffix(".").split("."))

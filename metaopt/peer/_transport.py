@@ -133,13 +133,15 @@ class Client:
                 data=frame,
                 headers={"Content-Type": "application/octet-stream"},
             ) as response:
-                data = await response.read()
+                data = await self._read_capped(addr, response)
                 self.bytes_in += len(data)
                 if response.status == 401:
                     raise RemoteError(f"{addr} refused us: {data.decode(errors='replace')}")
                 if response.status != 200:
                     raise PeerUnreachable(f"{addr} answered HTTP {response.status}")
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            # ValueError: an address aiohttp cannot even form a URL from (UnicodeError, from
+            # IDNA, is one): a gossiped or announced address can be anything.
             raise PeerUnreachable(f"no answer from {addr} ({type(exc).__name__})") from None
         try:
             reply = decode_reply(self._codec.open(data, now=time.time()))
@@ -148,6 +150,22 @@ class Client:
         if not reply.ok:
             raise RemoteError(f"{addr}: {reply.error}")
         return reply.body
+
+    async def _read_capped(self, addr: str, response: aiohttp.ClientResponse) -> bytes:
+        """The reply's bytes, refused past the frame limit before they are all held in memory.
+
+        Anyone who answers at an address we were given (by gossip or mDNS, unauthenticated)
+        could otherwise stream an endless body into this process until the timeout.
+        """
+        limit = self._codec.config.max_frame_bytes
+        if (response.content_length or 0) > limit:
+            raise PeerUnreachable(f"{addr} announced a {response.content_length}-byte reply")
+        data = bytearray()
+        async for piece in response.content.iter_chunked(1 << 16):
+            data += piece
+            if len(data) > limit:
+                raise PeerUnreachable(f"{addr} sent a reply over {limit} bytes")
+        return bytes(data)
 
     async def close(self) -> None:
         if self._session is not None:

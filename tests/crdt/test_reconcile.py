@@ -219,6 +219,8 @@ def _request(**fields: object) -> bytes:
         _request(r=[5, b"", 0, None]),
         _request(r=[None, b"", 1, b"short"]),
         _request(r=[0, b"", 0, None] * 5000 + [None, b"", 0, None]),
+        # Each delta below 2**63, their sum not: past any record time (and LevelDB's keys).
+        _request(r=[2**63 - 1, b"", 0, None, 2**63 - 1, b"", 0, None, None, b"", 0, None]),
         msgpack.packb({"k": "push", "p": [POOL[0].data, b"\x93\x01\x02\x03"]}),
     ],
 )

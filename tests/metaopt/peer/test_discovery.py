@@ -100,6 +100,32 @@ def _collect(into: dict[str, PeerInfo]) -> Callable[[PeerInfo], None]:
     return found
 
 
+@pytest.mark.parametrize(
+    "props",
+    [
+        {"id": "ab" * 16, "fp": "f" * 16, "v": "\u00b2"},  # a digit to isdigit, not to int()
+        {"id": "ab cd ef 01 23 45 67 89 abcdef01", "fp": "f" * 16, "v": "1"},  # fromhex takes it
+        {"id": "zz" * 16, "fp": "f" * 16, "v": "1"},
+        {b"id": b"\xff" * 32, b"fp": b"\xfe", b"v": b"1"},
+        {"id": "ab" * 16, "v": "1"},
+    ],
+)
+def test_a_malformed_announcement_is_ignored_not_raised(props: dict[Any, Any]) -> None:
+    from zeroconf.asyncio import AsyncServiceInfo
+
+    from metaopt.peer._discovery import SERVICE_TYPE
+
+    disc = Discovery(_config(_fingerprint(), 1, "me"), on_found=lambda p: None)
+    name = f"x.{SERVICE_TYPE}"
+    info = AsyncServiceInfo(SERVICE_TYPE, name, port=9, properties=props)
+    info.addresses = [socket.inet_aton("127.0.0.1")]
+    assert disc._parse(name, info) is None
+    good = {"id": "ab" * 16, "fp": "f" * 16, "v": "1"}
+    info = AsyncServiceInfo(SERVICE_TYPE, name, port=9, properties=good)
+    info.addresses = [socket.inet_aton("127.0.0.1")]
+    assert disc._parse(name, info) is not None  # the same, well formed, is a peer
+
+
 async def _wait_until(predicate: Any, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -90,6 +90,12 @@ def test_merge_excludes_this_node_itself() -> None:
         [[A, "h:70000", 0.0]],
         [[A, ":1", 0.0]],
         [[A, "h" * 300 + ":1", 0.0]],
+        [[A, "h" * 64 + ".lan:1", 0.0]],  # a DNS label is at most 63 characters
+        [[A, "a..b:1", 0.0]],
+        [[A, "h:\u00b2", 0.0]],  # a digit to str.isdigit, not to int()
+        [[A, "[not-ipv6]:1", 0.0]],
+        [[A, "h/x?y#:1", 0.0]],
+        [[A, "h\r\nX: y:1", 0.0]],
         [[A, "h:1", -1.0]],
         [[A, "h:1", float("nan")]],
         [[A, "h:1", float("inf")]],
@@ -101,6 +107,15 @@ def test_malformed_gossip_is_skipped_not_raised(bad: Any) -> None:
     table = PeerTable()
     assert table.merge_gossip(bad, 0.0) == 0
     assert len(table) == 0
+
+
+def test_addresses_a_url_can_be_made_of_are_kept_and_others_are_not() -> None:
+    table = PeerTable()
+    good = ["h:1", "gpu-3.lab.local.:7787", "10.0.0.2:80", "[fe80::1]:7787", "a_b:9"]
+    for i, addr in enumerate(good):
+        table.add(bytes([i]) * 16, addr, 0.0, contacted=True)
+    table.add(b"z" * 16, "h" * 64 + ".lan:1", 0.0, contacted=True)  # what _contact may hear
+    assert sorted(p.addr for p in table.all()) == sorted(good)
 
 
 def test_a_flood_of_gossip_cannot_grow_the_table_past_its_bound() -> None:
