@@ -20,7 +20,7 @@ from crdt import ORIGIN_SIZE, Record
 from metaopt._errors import MetaoptError
 from metaopt._records import BLOB, ExperimentSpec, experiment_record
 from metaopt.cli._format import fmt_value, state_summary
-from metaopt.peer._bundle import DEFAULT_MAX_BYTES, collect_bundle
+from metaopt.peer._bundle import DEFAULT_MAX_BYTES, HARD_MAX_BYTES, collect_bundle
 from metaopt.peer._local import LocalPeer, resolve_data_dir
 from metaopt.peer._template import parse_template
 from metaopt.space import Space
@@ -157,6 +157,11 @@ def build_submission(
     else:
         root = program_path.parent if program_path.exists() else cwd
         max_mb = _as_int(options, "max_bundle_mb", "--max-bundle-mb")
+        if max_mb and max_mb > HARD_MAX_BYTES >> 20:
+            raise MetaoptError(
+                f"--max-bundle-mb can be at most {HARD_MAX_BYTES >> 20}: peers refuse larger "
+                "bundles; keep data out of the script's folder or use --no-bundle"
+            )
         max_bytes = max_mb * (1 << 20) if max_mb else DEFAULT_MAX_BYTES
         manifest, chunks = collect_bundle(root, max_bytes=max_bytes)
         bundle = {"manifest": manifest, "root": str(root.resolve())}

@@ -30,13 +30,19 @@ from metaopt._errors import MetaoptError
 __all__ = [
     "CHUNK_BYTES",
     "DEFAULT_MAX_BYTES",
+    "HARD_MAX_BYTES",
     "BundleError",
+    "BundleWriteError",
     "collect_bundle",
     "manifest_paths",
     "materialize_bundle",
 ]
 
 DEFAULT_MAX_BYTES = 50 << 20
+# The most any bundle may hold, on either side: a manifest may name one chunk thousands of
+# times, so without a cap a 1 MiB record could ask a peer to write tens of GiB. Every peer
+# stores every bundle's chunks, so anything near this is data, not code, and belongs elsewhere.
+HARD_MAX_BYTES = 1 << 30
 CHUNK_BYTES = 1 << 20
 _SKIP_DIRS = frozenset({"__pycache__", "venv", "node_modules"})
 _MiB = float(1 << 20)
@@ -44,6 +50,10 @@ _MiB = float(1 << 20)
 
 class BundleError(MetaoptError):
     """A folder that cannot be bundled, or a bundle that cannot be materialised."""
+
+
+class BundleWriteError(BundleError):
+    """A sound bundle this machine could not write (disk full, permissions): may pass later."""
 
 
 def _digest(data: bytes) -> bytes:
@@ -139,24 +149,32 @@ def materialize_bundle(
     files, order = _check_manifest(manifest)
     fetch = chunk.__getitem__ if isinstance(chunk, Mapping) else chunk
     target = Path(dest)
-    target.mkdir(parents=True, exist_ok=True)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BundleWriteError(f"cannot create {target} for a bundle: {exc}") from None
     if any(target.iterdir()):
         raise BundleError(f"{target} is not empty; a bundle is materialised into a fresh folder")
     stream = _Stream(fetch, order)
     for rel, mode, size, digest in files:
-        data = stream.take(size)
-        if len(data) != size or _digest(data) != digest:
-            raise BundleError(f"bundle file {rel} does not match its digest; the bundle is corrupt")
         path = target.joinpath(*PurePosixPath(rel).parts)
+        check = hashlib.blake2b(digest_size=32)
+        left = size
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
             with os.fdopen(fd, "wb") as out:
-                out.write(data)
+                # Piece by piece: memory stays at one chunk whatever size a manifest claims.
+                while left and (piece := stream.read(left)):
+                    check.update(piece)
+                    out.write(piece)
+                    left -= len(piece)
             os.chmod(path, mode)
         except OSError as exc:
-            raise BundleError(f"cannot write bundle file {rel} in {target}: {exc}") from None
-    if stream.take(1):
+            raise BundleWriteError(f"cannot write bundle file {rel} in {target}: {exc}") from None
+        if left or check.digest() != digest:
+            raise BundleError(f"bundle file {rel} does not match its digest; the bundle is corrupt")
+    if stream.read(1):
         raise BundleError("bundle chunks hold more bytes than its files; the bundle is corrupt")
 
 
@@ -166,19 +184,20 @@ class _Stream:
     def __init__(self, fetch: Callable[[bytes], bytes], order: list[bytes]) -> None:
         self._fetch = fetch
         self._order: Iterator[bytes] = iter(order)
-        self._buf = bytearray()
+        self._buf = memoryview(b"")
 
-    def take(self, n: int) -> bytes:
-        while len(self._buf) < n:
+    def read(self, n: int) -> bytes:
+        """Up to n next bytes (fewer at a chunk boundary); b"" once the chunks are used up."""
+        if not self._buf:
             digest = next(self._order, None)
             if digest is None:
-                break
+                return b""
             data = self._fetch(digest)
             if not isinstance(data, bytes) or _digest(data) != digest:
                 raise BundleError(f"bundle chunk {digest.hex()[:16]} does not match its digest")
-            self._buf += data
+            self._buf = memoryview(data)
         out = bytes(self._buf[:n])
-        del self._buf[:n]
+        self._buf = self._buf[n:]
         return out
 
 
@@ -301,4 +320,10 @@ def _check_manifest(manifest: Any) -> tuple[list[tuple[str, int, int, bytes]], l
     chunks = list(raw_chunks)
     if not all(isinstance(c, bytes) and len(c) == 32 for c in chunks):
         raise BundleError("bundle manifest has a malformed chunk digest")
+    total = sum(f[2] for f in files)
+    if total > HARD_MAX_BYTES:
+        raise BundleError(
+            f"bundle holds {total / _MiB:.0f} MiB, over the {HARD_MAX_BYTES / _MiB:.0f} MiB any "
+            "peer accepts; refused"
+        )
     return files, chunks

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from metaopt._errors import MetaoptError
 from metaopt._state import ExperimentState, TrialView
-from metaopt.peer._bundle import materialize_bundle
+from metaopt.peer._bundle import BundleWriteError, materialize_bundle
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._executor import ExecutorConfig, TrialProcess, TrialSpec
 from metaopt.peer._gpus import Slot, detect_slots
@@ -63,6 +63,9 @@ class TrialRunner:
         self.slots = detect_slots(config.gpus, config.slots)
         self.running: dict[int, Running] = {}
         self._bundles: dict[bytes, Path] = {}
+        # Experiments whose bundle is broken for good (a manifest never changes): not tried
+        # again on every scheduling pass, nor logged again.
+        self._unrunnable: set[bytes] = set()
         self._stoppers: dict[bytes, EarlyStopper | None] = {}
         self._decisions = 0
         # A stopper keeps fitted hyperparameters between calls: one decision at a time.
@@ -106,12 +109,18 @@ class TrialRunner:
             return True
         if state.key in self._bundles:
             return True
+        if state.key in self._unrunnable:
+            return False
         try:
             self._bundles[state.key] = self._materialize(state)
         except _MissingBlob:
             return False  # its code has not replicated here yet; try again next round
+        except BundleWriteError as exc:
+            log.warning("experiment %s cannot run here yet: %s", state.spec.name, exc)
+            return False
         except MetaoptError as exc:
             log.warning("experiment %s cannot run here: %s", state.spec.name, exc)
+            self._unrunnable.add(state.key)
             return False
         return True
 
@@ -129,7 +138,11 @@ class TrialRunner:
         if not dest.exists():
             tmp = dest.with_name(dest.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            materialize_bundle(manifest, chunk, tmp)
+            try:
+                materialize_bundle(manifest, chunk, tmp)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)  # no half-written code left behind
+                raise
             os.replace(tmp, dest)
         return dest
 

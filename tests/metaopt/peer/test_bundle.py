@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metaopt.peer._bundle import (
+    HARD_MAX_BYTES,
     BundleError,
     collect_bundle,
     manifest_paths,
@@ -167,6 +168,31 @@ def test_missing_chunks_propagate_the_fetchers_error(tmp_path: Path) -> None:
 def test_malformed_manifests_are_refused(tmp_path: Path, manifest: Any) -> None:
     with pytest.raises(BundleError):
         materialize_bundle(manifest, {}, tmp_path / "d")
+
+
+def test_a_manifest_naming_one_chunk_many_times_is_capped(tmp_path: Path) -> None:
+    # A 1 MiB record holds ~30,000 digests: one chunk named that often would be ~30 GiB.
+    chunk = os.urandom(1 << 20)
+    key = hashlib.blake2b(chunk, digest_size=32).digest()
+    files = [["big", 0o644, HARD_MAX_BYTES + 1, b"\0" * 32]]
+    manifest = {"version": 1, "files": files, "chunks": [key] * 1025}
+    with pytest.raises(BundleError, match="over the 1024 MiB"):
+        materialize_bundle(manifest, {key: chunk}, tmp_path / "d")
+    assert not (tmp_path / "d" / "big").exists()
+
+
+def test_a_file_is_written_piece_by_piece_and_checked_whole(tmp_path: Path) -> None:
+    # Six chunks of one file: the stream hands out at most one chunk at a time, and a file
+    # whose chunks are sound but whose whole digest is not is still refused.
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.bin").write_bytes(os.urandom(6000))
+    manifest, chunks = collect_bundle(src, chunk_bytes=1000)
+    materialize_bundle(manifest, chunks, tmp_path / "ok")
+    assert (tmp_path / "ok" / "f.bin").read_bytes() == (src / "f.bin").read_bytes()
+    manifest["chunks"] = [manifest["chunks"][i] for i in (1, 0, 2, 3, 4, 5)]
+    with pytest.raises(BundleError, match="does not match its digest"):
+        materialize_bundle(manifest, chunks, tmp_path / "swapped")
 
 
 def test_a_non_empty_destination_is_refused(tmp_path: Path) -> None:
