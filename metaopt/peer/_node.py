@@ -100,6 +100,9 @@ class Node:
         self.api = LocalApi(self)
         self.server = Server(self.codec, self._handlers())
         self._suggesters: dict[bytes, Suggester] = {}
+        # Experiments whose spec cannot be searched (a bad space from another peer or an older
+        # metaopt): the spec never changes, so they are skipped, not retried on every pass.
+        self._unsearchable: set[bytes] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._schedule_lock = asyncio.Lock()
@@ -336,7 +339,12 @@ class Node:
         suggester = self._suggesters.get(state.key)
         if suggester is None:
             seed = int.from_bytes(self.node_id[:4], "little")
-            suggester = self._suggesters[state.key] = Suggester(state, self.node_id, seed=seed)
+            try:
+                suggester = Suggester(state, self.node_id, seed=seed)
+            except MetaoptError:
+                self._unsearchable.add(state.key)
+                raise
+            self._suggesters[state.key] = suggester
         return suggester
 
     async def new_trial(self, state: ExperimentState) -> TrialView | None:
@@ -413,7 +421,7 @@ class Node:
             self.live_nodes(),
             now_ms,
             int(timing.anti_entropy * 2000),
-            self.runner.can_run,
+            lambda state: state.key not in self._unsearchable and self.runner.can_run(state),
         )
         for item in work:
             state = self.replica.experiments[item.experiment]
@@ -421,6 +429,15 @@ class Node:
                 view = state.trial(item.trial) if item.trial else await self.new_trial(state)
             except MetaoptError as exc:
                 log.warning("experiment %s: %s", state.spec.name, exc)
+                continue
+            except Exception:
+                # A bug in the search for one experiment must not starve the others, which it
+                # would if retried first on every pass (it never has a trial running here).
+                log.exception(
+                    "experiment %s: the search failed; set aside on this peer until it restarts",
+                    state.spec.name,
+                )
+                self._unsearchable.add(state.key)
                 continue
             if view is not None:
                 await self.runner.launch(state, view)

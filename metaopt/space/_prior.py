@@ -359,6 +359,8 @@ def _number(x: Any, what: str) -> float:
 
 
 def _integer(x: Any, what: str) -> int:
+    if isinstance(x, int) and not isinstance(x, bool):
+        return x  # exactly: through a float, 2**53 + 1 would pass for 2**53
     v = _number(x, what)
     if v != round(v):
         raise _Bad(f"{what} must be an integer, got {x!r}")
@@ -388,6 +390,9 @@ def _numeric(name: str, prior: str, args: list[Any], kwargs: dict[str, Any]) -> 
         low, high = _integer(args[0], "low"), _integer(args[1], "high")
         if not low < high:
             raise _Bad("randint needs integers low < high (high is exclusive)")
+        if max(abs(low), abs(high)) > _MAX_EXACT_INT:
+            # Values travel as float64 through the unit cube: past 2**53 they lose digits.
+            raise _Bad(f"randint bounds must lie within +-2**53 ({_MAX_EXACT_INT})")
         return Dimension(name, prior, (low, high))
     a, b = _number(args[0], _arg_name(prior, 0)), _number(args[1], _arg_name(prior, 1))
     if prior == "uniform" and not a < b:
@@ -401,6 +406,9 @@ def _numeric(name: str, prior: str, args: list[Any], kwargs: dict[str, Any]) -> 
     if discrete and prior != "normal" and math.ceil(a) > math.floor(b):
         raise _Bad(f"{prior} with discrete=True needs an integer between low and high")
     return Dimension(name, prior, (a, b), discrete=discrete, precision=precision)
+
+
+_MAX_EXACT_INT = 2**53
 
 
 def _arg_name(prior: str, i: int) -> str:
@@ -421,8 +429,8 @@ def _choices(name: str, args: list[Any]) -> Dimension:
     elif len(args) == 1 and isinstance(args[0], dict):
         values = tuple(args[0].keys())
         weights = tuple(_number(w, f"weight of {k!r}") for k, w in args[0].items())
-        if any(w <= 0 for w in weights):
-            raise _Bad("choices weights must be positive numbers")
+        if any(w <= 0 for w in weights) or not math.isfinite(sum(weights)):
+            raise _Bad("choices weights must be positive numbers with a finite sum")
     elif len(args) >= 2:
         values = tuple(args)
     else:
@@ -431,9 +439,11 @@ def _choices(name: str, args: list[Any]) -> Dimension:
         raise _Bad("choices needs at least one value")
     if not all(_hashable_literal(v) for v in values):
         raise _Bad("choices values must be strings, numbers, booleans or None")
-    for i, v in enumerate(values):
-        if any(type(v) is type(w) and v == w for w in values[:i]):
+    seen: set[tuple[type, Any]] = set()  # by type too: 1, 1.0 and True are three choices
+    for v in values:
+        if (type(v), v) in seen:
             raise _Bad(f"choices values must be distinct; {v!r} repeats")
+        seen.add((type(v), v))
     return Dimension(name, "choices", choices=values, weights=weights)
 
 

@@ -1,0 +1,65 @@
+"""A peer's scheduling pass with an experiment it cannot search beside one it can."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from crdt import Record
+from metaopt._records import ExperimentSpec, experiment_record
+from metaopt._suggest import Suggester
+from metaopt.peer._config import PeerConfig
+from metaopt.peer._node import Node
+
+pytestmark = pytest.mark.integration
+
+
+def _experiment(name: str, space: dict[str, str], nonce: str = "") -> Record:
+    command = (sys.executable, "-c", "pass")
+    spec = ExperimentSpec(name, space, algorithm="random", command=command, nonce=nonce)
+    return experiment_record(spec)
+
+
+def _sorted_first(space: dict[str, str], other: Record) -> Record:
+    """An experiment on space whose key sorts before other's: it is offered the slot first."""
+    for i in range(1000):
+        record = _experiment("broken", space, nonce=str(i))
+        if record.key < other.key:
+            return record
+    raise AssertionError("no nonce gave a smaller key")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("failure", ["bad space", "search bug"])
+async def test_an_experiment_that_cannot_be_searched_is_set_aside_and_others_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    # With one slot, an experiment whose search fails on every pass and is always offered the
+    # slot first (no trial of it ever runs here) would starve every other experiment.
+    good = _experiment("good", {"x": "uniform(0, 1)"})
+    if failure == "bad space":
+        broken = _sorted_first({"x": "choices({'a': 1e308, 'b': 1e308})"}, good)
+    else:
+        broken = _sorted_first({"y": "uniform(0, 1)"}, good)
+        compute = Suggester.compute
+
+        def failing(self: Suggester, draw: object) -> object:
+            if self.state.key == broken.key:
+                raise RuntimeError("a bug in the search")
+            return compute(self, draw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(Suggester, "compute", failing)
+    node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1))
+    try:
+        node.store.add([broken, good])
+        for _ in range(3):
+            await node._schedule_once()
+            if len(node.replica.experiments[good.key]):
+                break
+        assert len(node.replica.experiments[broken.key]) == 0
+        assert len(node.replica.experiments[good.key]) == 1
+        assert broken.key in node._unsearchable
+    finally:
+        await node.stop()
