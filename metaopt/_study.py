@@ -17,17 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from threadpoolctl import threadpool_limits
 
-from crdt import ORIGIN_SIZE, LevelDBStore, MemoryStore, Record, Store
+from crdt import ORIGIN_SIZE, LevelDBStore, MemoryStore, Record, Store, StoreLocked
 from metaopt._curves import STOPPERS, curve_views, stopper_for
-from metaopt._errors import MetaoptError
+from metaopt._errors import MetaoptError, WorkerError
 from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment_record
-from metaopt._state import FREE_STATES, ExperimentState, TrialView
+from metaopt._state import FREE_STATES, TERMINAL_STATES, ExperimentState, TrialView
 from metaopt._suggest import Suggester, stream
 from metaopt._writer import NodeWriter
 from metaopt.freezethaw import Action, Decision, EarlyStopper
 from metaopt.search import Algorithm
+from metaopt.space import Space
+from metaopt.worker import MetricValue, check_metric
 
 __all__ = ["Study", "Trial", "sync_stores"]
 
@@ -63,12 +66,112 @@ def _node_id_for(seed: int, path: Path | None) -> bytes:
         # explore together must be given distinct node_id values.
         return hashlib.blake2b(b"study-node-%d" % seed, digest_size=ORIGIN_SIZE).digest()
     id_file = path / "node_id"
-    if id_file.exists():
-        return bytes.fromhex(id_file.read_text().strip())
-    node_id = secrets.token_bytes(ORIGIN_SIZE)
-    path.mkdir(parents=True, exist_ok=True)
-    id_file.write_text(node_id.hex())
+    try:
+        if id_file.exists():
+            return bytes.fromhex(id_file.read_text().strip())
+        node_id = secrets.token_bytes(ORIGIN_SIZE)
+        path.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(node_id.hex())
+    except (OSError, ValueError) as exc:
+        raise MetaoptError(
+            f"cannot keep a Study in {path}: {getattr(exc, 'strerror', None) or exc}; "
+            "pass path= a directory of its own"
+        ) from None
     return node_id
+
+
+def _checked_spec(
+    space: Mapping[str, str],
+    *,
+    name: str,
+    objective: str | Sequence[str],
+    directions: Sequence[str] | None,
+    minimize: bool,
+    algorithm: str,
+    max_trials: int | None,
+    early_stopping: str | None,
+    max_step: int | None,
+) -> ExperimentSpec:
+    """The experiment a Study's arguments define, each argument checked with a one-line error."""
+    if not isinstance(space, Mapping) or not space or not all(map(_is_str, space.values())):
+        raise MetaoptError(
+            "space must be a non-empty dict of parameter name -> prior string, "
+            "e.g. {'lr': 'loguniform(1e-5, 1)'}"
+        )
+    Space.from_dict(dict(space))  # SpaceError names the parameter and what was expected
+    if not isinstance(name, str) or not name:
+        raise MetaoptError(f"name must be a non-empty string, got {name!r}")
+    objectives = (objective,) if isinstance(objective, str) else tuple(objective)
+    if not objectives or not all(isinstance(o, str) and o for o in objectives):
+        raise MetaoptError(f"objective must be a name or a list of names, got {objective!r}")
+    if len(set(objectives)) != len(objectives):
+        raise MetaoptError(f"objective names repeat in {list(objectives)}; give each once")
+    if directions is None:
+        directions = ["minimize" if minimize else "maximize"] * len(objectives)
+    directions = tuple(directions)
+    if len(directions) != len(objectives):
+        raise MetaoptError(
+            f"{len(objectives)} objectives but {len(directions)} directions; give one each"
+        )
+    if not all(d in ("minimize", "maximize") for d in directions):
+        raise MetaoptError(f"directions must be 'minimize' or 'maximize', got {list(directions)}")
+    for what, number in (("max_trials", max_trials), ("max_step", max_step)):
+        if number is not None and (type(number) is not int or number < 1):
+            raise MetaoptError(f"{what} must be a whole number >= 1 or None, got {number!r}")
+    if early_stopping is not None and early_stopping not in STOPPERS:
+        raise MetaoptError(
+            f"early_stopping={early_stopping!r}: choose one of {', '.join(STOPPERS)}"
+        )
+    return ExperimentSpec(
+        name=name,
+        space=dict(space),
+        objectives=objectives,
+        directions=directions,
+        algorithm=algorithm,
+        max_trials=max_trials,
+        early_stopping=early_stopping,
+        max_step=max_step,
+    )
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _checked_node_id(node_id: bytes | str | None) -> bytes | None:
+    if node_id is None:
+        return None
+    raw: object = node_id
+    if isinstance(node_id, str):
+        try:
+            raw = bytes.fromhex(node_id)
+        except ValueError:
+            raw = None
+    if not isinstance(raw, bytes) or len(raw) != ORIGIN_SIZE:
+        raise MetaoptError(f"node_id must be {ORIGIN_SIZE} bytes (or their hex), got {node_id!r}")
+    return raw
+
+
+def _open_store(path: Path) -> LevelDBStore:
+    try:
+        return LevelDBStore(path)
+    except StoreLocked:
+        raise MetaoptError(
+            f"{path} is open in another Study or process; close() that Study first"
+        ) from None
+
+
+def _checked_metric(call: str, name: str, value: object, objective: bool) -> MetricValue:
+    """A told or reported value as recorded, or a one-line MetaoptError saying why not."""
+    try:
+        checked = check_metric(name, value)
+    except WorkerError as exc:
+        raise MetaoptError(
+            f"{call}: {exc}; tell(trial, failed=True) records a failed run"
+        ) from None
+    if objective and isinstance(checked, str):
+        raise MetaoptError(f"{call}: objective {name!r} is {value!r}, not a number")
+    return checked
 
 
 class Study:
@@ -107,49 +210,45 @@ class Study:
         max_step: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        objectives = (objective,) if isinstance(objective, str) else tuple(objective)
-        if directions is None:
-            directions = ["minimize" if minimize else "maximize"] * len(objectives)
-        if len(directions) != len(objectives):
-            raise MetaoptError(
-                f"{len(objectives)} objectives but {len(directions)} directions; give one each"
-            )
         algo_name = algorithm if isinstance(algorithm, str) else algorithm.name
-        spec = ExperimentSpec(
+        spec = _checked_spec(
+            space,
             name=name,
-            space=dict(space),
-            objectives=objectives,
-            directions=tuple(directions),
+            objective=objective,
+            directions=directions,
+            minimize=minimize,
             algorithm=algo_name,
             max_trials=max_trials,
             early_stopping=early_stopping,
             max_step=max_step,
         )
-        if early_stopping is not None and early_stopping not in STOPPERS:
-            raise MetaoptError(
-                f"early_stopping={early_stopping!r}: choose one of {', '.join(STOPPERS)}"
-            )
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise MetaoptError(f"seed must be an integer, got {seed!r}")
+        seed = int(seed)
         root = None if path is None else Path(path)
-        if isinstance(node_id, str):
-            node_id = bytes.fromhex(node_id)
-        if node_id is not None and len(node_id) != ORIGIN_SIZE:
-            raise MetaoptError(f"node_id must be {ORIGIN_SIZE} bytes (or their hex)")
-        self.node_id = node_id or _node_id_for(seed, root)
-        self.store: Store = MemoryStore() if root is None else LevelDBStore(root / "replica")
-        self._writer = NodeWriter(self.store, self.node_id, clock)
-        exp = experiment_record(spec)
-        self.store.add([exp])
-        self.experiment_key = exp.key
-        state = ExperimentState.from_store(self.store, exp.key)
-        assert state is not None
-        self._state = state
-        self._unsubscribe = self.store.subscribe(self._on_records)
-        self._suggester = Suggester(
-            state,
-            self.node_id,
-            seed=seed,
-            algorithm=None if isinstance(algorithm, str) else algorithm,
-        )
+        self.node_id = _checked_node_id(node_id) or _node_id_for(seed, root)
+        # Everything the user passed is checked before the store opens: a failed Study must not
+        # leave a LevelDB lock held, nor an experiment record behind.
+        self.store: Store = MemoryStore() if root is None else _open_store(root / "replica")
+        try:
+            self._writer = NodeWriter(self.store, self.node_id, clock)
+            exp = experiment_record(spec)
+            self.store.add([exp])
+            self.experiment_key = exp.key
+            state = ExperimentState.from_store(self.store, exp.key)
+            if state is None:  # pragma: no cover - _checked_spec accepts only what parses
+                raise MetaoptError("the experiment definition does not round-trip; report a bug")
+            self._state = state
+            self._unsubscribe = self.store.subscribe(self._on_records)
+            self._suggester = Suggester(
+                state,
+                self.node_id,
+                seed=seed,
+                algorithm=None if isinstance(algorithm, str) else algorithm,
+            )
+        except BaseException:
+            self.store.close()
+            raise
         self._stopper: EarlyStopper | None = None
         self._decisions = 0
 
@@ -179,6 +278,13 @@ class Study:
             if view.state in FREE_STATES:
                 self._event(view.key, "started")
                 return Trial(view.key, dict(view.params), view.counter, view.last_step)
+        if self._state.stopped:
+            raise MetaoptError("the experiment was stopped; no new trials are handed out")
+        if self._state.budget_spent:
+            raise MetaoptError(
+                f"the budget of {self._state.spec.max_trials} trials is spent (across every "
+                "node); stop asking, or make a Study with a larger max_trials"
+            )
         params, counter = self._suggester.suggest()
         body = {"params": params, "node": self.node_id, "counter": counter}
         record = self._writer.write(TRIAL, body, [self.experiment_key])
@@ -192,32 +298,60 @@ class Study:
         failed: bool = False,
         reason: str | None = None,
     ) -> TrialView:
-        """Record a result: a number, a dict of objectives (and other metrics), or a failure."""
+        """Record a result: a number, a dict of objectives (and other metrics), or a failure.
+
+        Values follow the worker's rule (metaopt.report): finite numbers, or strings for metrics
+        that are not objectives. A run that diverged is ``tell(trial, failed=True)``. Each trial
+        is told once; a second tell() raises rather than being silently ignored.
+        """
         key = self._key(trial)
+        view = self._state.trial(key)
+        if view is not None and view.state in TERMINAL_STATES:
+            raise MetaoptError(
+                f"trial {key.hex()[:12]} is already {view.state}; tell() each trial once"
+            )
         objectives = self._state.spec.objectives
         if value is None or failed:
             self._event(key, "failed", reason=reason or "reported as failed")
         else:
-            metrics = dict(value) if isinstance(value, Mapping) else {objectives[0]: value}
-            missing = [o for o in objectives if o not in metrics]
+            given = dict(value) if isinstance(value, Mapping) else {objectives[0]: value}
+            missing = [o for o in objectives if o not in given]
             if missing:
                 raise MetaoptError(
                     f"tell() is missing objective(s) {', '.join(missing)}; pass a dict with"
                     f" {', '.join(objectives)}"
                 )
-            self._event(key, "completed", metrics={k: float(v) for k, v in metrics.items()})
+            metrics = {
+                k: _checked_metric("tell()", k, v, k in objectives) for k, v in given.items()
+            }
+            self._event(key, "completed", metrics=metrics)
         view = self._state.trial(key)
         assert view is not None
         return view
 
     def report(self, trial: Trial | str | bytes, step: int, value: float) -> None:
-        """Record an intermediate value of the first objective at a step (a learning curve)."""
-        metrics = {self._state.spec.objectives[0]: float(value)}
-        self._event(self._key(trial), "progress", step=step, metrics=metrics)
+        """Record an intermediate value of the first objective at a step (a learning curve).
+
+        step is an integer >= 0 and value a finite number, as for metaopt.report.
+        """
+        key = self._key(trial)
+        name = self._state.spec.objectives[0]
+        try:
+            step = int(check_metric("step", step))
+        except WorkerError as exc:
+            raise MetaoptError(f"report(): {exc}") from None
+        metrics = {name: _checked_metric("report()", name, value, True)}
+        self._event(key, "progress", step=step, metrics=metrics)
 
     def should_stop(self, trial: Trial | str | bytes) -> bool:
-        """Ask the early stopper about a running trial; True means stop it now (recorded)."""
+        """Ask the early stopper about a running trial; True means stop it now (recorded).
+
+        Only this node's own trials are judged: another node's trial (seen after a sync) is
+        that node's to stop, so the answer for it is False and nothing is recorded.
+        """
         key = self._key(trial)
+        if key.hex() not in self._own():
+            return False
         decision = self._decide({key.hex()}, free_slots=0).get(key.hex())
         if decision is None or decision.action not in (Action.FREEZE, Action.KILL):
             return False
@@ -272,14 +406,15 @@ class Study:
         return thawed
 
     def _key(self, trial: Trial | TrialView | str | bytes) -> bytes:
-        if isinstance(trial, Trial | TrialView):
-            key = trial.key
-        elif isinstance(trial, str):
-            key = bytes.fromhex(trial)
-        else:
-            key = trial
-        if self._state.trial(key) is None:
-            raise MetaoptError(f"unknown trial {key.hex()[:12]}; pass a trial from ask()")
+        key: object = trial.key if isinstance(trial, Trial | TrialView) else trial
+        if isinstance(key, str):
+            try:
+                key = bytes.fromhex(key)
+            except ValueError:
+                key = None
+        if not isinstance(key, bytes) or self._state.trial(key) is None:
+            shown = key.hex()[:12] if isinstance(key, bytes) else repr(trial)[:40]
+            raise MetaoptError(f"unknown trial {shown}; pass a trial from ask()")
         return key
 
     def _event(

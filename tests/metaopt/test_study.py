@@ -129,6 +129,112 @@ def test_failures_and_missing_objectives() -> None:
         study.tell(t2, {"loss": 1.0})
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (math.inf, "is inf"),
+        (math.nan, "is nan"),
+        ("0.5", "not a number"),
+        (True, "is a bool"),
+        (10**400, "does not fit in 64 bits"),
+        ({"objective": 1.0, "aux": math.inf}, "'aux' is inf"),
+        ({"objective": [1.0]}, "is a list"),
+    ],
+)
+def test_a_value_that_cannot_be_recorded_is_refused_and_the_trial_stays_open(
+    value: object, expected: str
+) -> None:
+    # Each was once written as an event that the fold dropped (or a raw traceback), which left
+    # the trial pending for ever with its result lost.
+    study = Study({"x": "uniform(0, 1)"}, algorithm="random")
+    t = study.ask()
+    with pytest.raises(MetaoptError, match=expected) as info:
+        study.tell(t, value)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+    assert study.tell(t, {"objective": np.float32(0.25), "note": "ok"}).value == 0.25
+
+
+@pytest.mark.parametrize(
+    ("step", "value", "expected"),
+    [(1.5, 0.1, "step must be"), (-3, 0.1, "step must be"), (2**64, 0.1, "64 bits"),
+     (True, 0.1, "bool"), (1, math.nan, "is nan"), (1, "x", "not a number")],
+)  # fmt: skip
+def test_a_report_that_cannot_be_recorded_is_refused(
+    step: object, value: object, expected: str
+) -> None:
+    study = Study({"x": "uniform(0, 1)"}, algorithm="random")
+    t = study.ask()
+    with pytest.raises(MetaoptError, match=expected):
+        study.report(t, step, value)  # type: ignore[arg-type]
+    study.report(t, np.int64(3), 0.5)  # type: ignore[arg-type]
+    assert study.trials[0].curve == ((3, 0.5),)
+
+
+def test_a_trial_is_told_once() -> None:
+    study = Study({"x": "uniform(0, 1)"}, algorithm="random")
+    t = study.ask()
+    study.tell(t, 1.0)
+    for again in (0.5, None):
+        with pytest.raises(MetaoptError, match="already completed"):
+            study.tell(t, again)
+    assert study.best is not None and study.best.value == 1.0
+
+
+def test_ask_stops_at_the_budget() -> None:
+    study = Study({"x": "uniform(0, 1)"}, algorithm="random", max_trials=3)
+    for _ in range(3):
+        study.tell(study.ask(), 0.5)
+    with pytest.raises(MetaoptError, match="budget of 3 trials is spent"):
+        study.ask()
+    assert len(study.trials) == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"space": {}}, "non-empty dict"),
+        ({"space": {"x": 0.5}}, "prior string"),
+        ({"space": {"x": "uniform(1, 0)"}}, "low < high"),
+        ({"max_trials": 0}, "max_trials must be"),
+        ({"max_trials": 2.0}, "max_trials must be"),
+        ({"max_step": 0}, "max_step must be"),
+        ({"directions": ["up"]}, "'minimize' or 'maximize'"),
+        ({"objective": []}, "objective must be"),
+        ({"objective": ["a", "a"]}, "repeat"),
+        ({"name": 3}, "name must be"),
+        ({"seed": 1.5}, "seed must be an integer"),
+        ({"node_id": "zz"}, "node_id must be"),
+        ({"early_stopping": "sometimes"}, "early_stopping="),
+    ],
+)
+def test_bad_study_arguments_are_one_line_errors_and_leave_nothing_behind(
+    tmp_path: Path, kwargs: dict[str, object], expected: str
+) -> None:
+    args: dict[str, object] = {"space": {"x": "uniform(0, 1)"}, "path": tmp_path / "s"}
+    args.update(kwargs)
+    with pytest.raises(MetaoptError, match=expected) as info:
+        Study(**args)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+    # No LevelDB lock held and no experiment written: the directory is usable at once.
+    with Study({"x": "uniform(0, 1)"}, path=tmp_path / "s") as study:
+        assert len(study.store) == 1
+
+
+def test_should_stop_leaves_another_nodes_trial_alone() -> None:
+    a = Study({"x": "uniform(0, 1)", "e": "fidelity(1, 27, base=3)"}, node_id=A,
+              early_stopping="asha", algorithm="random")  # fmt: skip
+    b = Study({"x": "uniform(0, 1)", "e": "fidelity(1, 27, base=3)"}, node_id=B,
+              early_stopping="asha", algorithm="random")  # fmt: skip
+    good, bad = a.ask(), b.ask()
+    a.report(good, 1, 0.1)
+    b.report(bad, 1, 0.9)
+    a.sync(b)
+    assert a.should_stop(bad) is False  # B's to judge; ASHA would stop it
+    a.sync(b)
+    assert next(t for t in b.trials if t.key == bad.key).state == "running"
+    assert b.should_stop(bad) is True
+
+
 def test_multi_objective_front_is_the_pareto_set() -> None:
     study = Study({"x": "uniform(0, 1)"}, objective=["f1", "f2"], algorithm="auto", seed=0)
     for _ in range(25):
