@@ -19,6 +19,7 @@ from typing import Any
 from metaopt._errors import MetaoptError
 from metaopt.cli._format import table
 from metaopt.peer._config import PeerConfig, Timing
+from metaopt.peer._gossip import valid_addr
 from metaopt.peer._identity import DataDir
 from metaopt.peer._local import LocalPeer, resolve_data_dir
 
@@ -35,7 +36,9 @@ def add_peer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     start = psub.add_parser("start", help="start this machine's peer (foreground)")
     start.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="address to bind")
-    start.add_argument("--port", type=int, default=int(_env("PORT", "7787") or 7787))
+    # Numbers are checked in _config, not by argparse: a bad METAOPT_PORT in the environment
+    # must be one line for `peer start`, not a traceback for every command.
+    start.add_argument("--port", default=_env("PORT", "7787"))
     start.add_argument("--data-dir", default=None, help="replica and node id (METAOPT_DATA_DIR)")
     start.add_argument(
         "--join",
@@ -45,7 +48,7 @@ def add_peer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="a peer to contact (repeatable); one is enough",
     )
     start.add_argument("--gpus", default=_env("GPUS", "auto"), help="auto, none, or 0,1,...")
-    start.add_argument("--slots", type=int, default=int(_env("SLOTS", "1") or 1))
+    start.add_argument("--slots", default=_env("SLOTS", "1"))
     start.add_argument("--key", default=_env("KEY"), help="the cluster key")
     start.add_argument("--key-file", default=_env("KEY_FILE"), help="a file holding the key")
     start.add_argument("--name", default=_env("NAME", ""), help="a name shown to other peers")
@@ -88,6 +91,16 @@ def _parse_timing(text: str) -> Timing:
     return dataclasses.replace(timing, **changes)
 
 
+def _whole(what: str, text: object, low: int, high: int) -> int:
+    try:
+        value = int(str(text))
+    except ValueError:
+        raise MetaoptError(f"{what} needs a whole number, got {text!r}") from None
+    if not low <= value <= high:
+        raise MetaoptError(f"{what} must be between {low} and {high}, got {value}")
+    return value
+
+
 def _config(args: argparse.Namespace) -> PeerConfig:
     key_text = args.key
     if args.key_file:
@@ -95,15 +108,20 @@ def _config(args: argparse.Namespace) -> PeerConfig:
             key_text = Path(args.key_file).read_text().strip()
         except OSError as exc:
             raise MetaoptError(f"cannot read --key-file {args.key_file}: {exc.strerror}") from None
-    if args.slots < 1:
-        raise MetaoptError("--slots must be at least 1")
+    port = _whole("--port (or METAOPT_PORT)", args.port, 0, 65535)
+    slots = _whole("--slots (or METAOPT_SLOTS)", args.slots, 1, 1024)
+    for seed in args.join:
+        if not valid_addr(seed, 262):
+            raise MetaoptError(
+                f"--join {seed!r}: expected HOST:PORT of another peer, e.g. 192.168.1.20:7787"
+            )
     return PeerConfig(
         host=args.host,
-        port=args.port,
+        port=port,
         data_dir=resolve_data_dir(args.data_dir),
         join=tuple(args.join),
         gpus=args.gpus,
-        slots=args.slots,
+        slots=slots,
         key_text=key_text,
         name=args.name,
         mdns=not args.no_mdns,

@@ -10,20 +10,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
+import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from crdt import ORIGIN_SIZE, Record
-from metaopt._errors import MetaoptError
+from metaopt._errors import MetaoptError, WorkerError
 from metaopt._records import BLOB, ExperimentSpec, experiment_record
 from metaopt.cli._format import fmt_value, state_summary
 from metaopt.peer._bundle import DEFAULT_MAX_BYTES, HARD_MAX_BYTES, collect_bundle
 from metaopt.peer._local import LocalPeer, resolve_data_dir
 from metaopt.peer._template import parse_template
 from metaopt.space import Space
+from metaopt.worker import check_metric
 
 __all__ = ["add_submit_command", "build_submission", "split_submit_args", "submit"]
 
@@ -92,16 +96,55 @@ def split_submit_args(words: list[str]) -> tuple[dict[str, Any], list[str]]:
 
 
 def _load_config(path: str) -> dict[str, Any]:
-    text = Path(path).read_text()
-    if path.endswith((".yaml", ".yml")):
-        import yaml
+    """The options in a --config file (YAML or JSON), named as on the command line."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        raise MetaoptError(f"cannot read --config {path}: {why}") from None
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
 
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except ValueError as exc:  # json.JSONDecodeError
+        raise MetaoptError(f"--config {path} is not valid JSON: {exc}") from None
+    except Exception as exc:  # yaml.YAMLError; its text spans lines
+        first = " ".join(str(exc).split())
+        raise MetaoptError(f"--config {path} is not valid YAML: {first}") from None
     if not isinstance(data, dict):
-        raise MetaoptError(f"{path} must hold a mapping of submit options")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+        raise MetaoptError(f"--config {path} must hold a mapping of submit options")
+    options = {str(k).replace("-", "_"): v for k, v in data.items()}
+    known = {dest for _, dest in _OPTIONS.values()} | {"command"}
+    unknown = sorted(set(options) - known - {"config"})
+    if unknown:
+        raise MetaoptError(
+            f"--config {path}: unknown option(s) {', '.join(unknown)}; known: "
+            + ", ".join(sorted(known))
+        )
+    command = options.get("command")
+    if isinstance(command, str):
+        options["command"] = shlex.split(command)
+    elif command is not None and not (
+        isinstance(command, list) and all(isinstance(w, str) for w in command)
+    ):
+        raise MetaoptError(f"--config {path}: command must be a string or a list of strings")
+    objective = options.get("objective")
+    if isinstance(objective, list) and all(isinstance(o, str) for o in objective):
+        options["objective"] = ",".join(objective)
+    return options
+
+
+def merge_config(options: dict[str, Any]) -> dict[str, Any]:
+    """The command-line options over those of their --config file, if any."""
+    if not options.get("config"):
+        return options
+    merged = _load_config(str(options["config"]))
+    merged.update(options)
+    del merged["config"]  # applied: merging again is a no-op
+    return merged
 
 
 def _as_int(options: dict[str, Any], key: str, flag: str) -> int | None:
@@ -121,11 +164,8 @@ def build_submission(
     options: dict[str, Any], template_words: list[str], cwd: Path
 ) -> tuple[Record, list[Record]]:
     """The experiment record and its code blobs, validated; nothing is sent yet."""
-    if options.get("config"):
-        merged = _load_config(options["config"])
-        merged.update(options)
-        options = merged
-        template_words = template_words or list(merged.get("command") or [])
+    options = merge_config(options)
+    template_words = template_words or list(options.get("command") or [])
     if not template_words:
         raise MetaoptError(
             "nothing to run: metaopt submit train.py --lr~'loguniform(1e-5, 1)'"
@@ -139,8 +179,7 @@ def build_submission(
     space = Space.from_dict(template.priors)
     program = template_words[0]
     program_path = (cwd / program) if not os.path.isabs(program) else Path(program)
-    if program.endswith(".py") and not program_path.is_file():
-        raise MetaoptError(f"{program}: no such script in {cwd}; check the path")
+    _check_program(program, program_path, cwd)
     algorithm = str(options.get("algorithm") or "auto")
     if algorithm not in _ALGORITHMS:
         raise MetaoptError(f"--algorithm {algorithm!r}: choose one of {', '.join(_ALGORITHMS)}")
@@ -149,6 +188,21 @@ def build_submission(
         raise MetaoptError(f"--early-stopping {early!r}: choose one of {', '.join(_EARLY)}")
     objective = options.get("objective") or "loss"
     objectives = tuple(o.strip() for o in str(objective).split(",") if o.strip())
+    if not objectives:
+        raise MetaoptError("--objective needs at least one name, e.g. --objective loss")
+    for name in objectives:
+        try:
+            check_metric(name, 0.0)
+        except WorkerError as exc:
+            raise MetaoptError(f"--objective: {exc}") from None
+    regex = options.get("objective_regex")
+    if regex is not None:
+        try:
+            re.compile(str(regex))
+        except re.error as exc:
+            raise MetaoptError(
+                f"--objective-regex {regex!r} is not a regular expression: {exc}"
+            ) from None
     direction = "maximize" if options.get("maximize") else "minimize"
     blobs: list[Record] = []
     bundle: dict[str, Any] | None
@@ -170,7 +224,9 @@ def build_submission(
         for seq, (digest, data) in enumerate(sorted(chunks.items()), start=1):
             blobs.append(Record.create(BLOB, origin, seq, now, {"data": data}, [digest]))
         if program_path.exists():
-            program = str(program_path.resolve().relative_to(root.resolve()))
+            program = program_path.resolve().relative_to(root.resolve()).as_posix()
+            if not program.endswith(".py"):
+                program = "./" + program  # a bare "train" would be looked up on PATH
     command = (program, *template_words[1:])
     spec = ExperimentSpec(
         name=str(options.get("name") or Path(template_words[0]).stem),
@@ -181,7 +237,7 @@ def build_submission(
         max_trials=_as_int(options, "max_trials", "--max-trials"),
         command=command,
         bundle=bundle,
-        objective_regex=options.get("objective_regex"),
+        objective_regex=None if regex is None else str(regex),
         early_stopping=early,
         max_step=_as_int(options, "max_step", "--max-step"),
         nonce=secrets.token_hex(8),
@@ -189,8 +245,30 @@ def build_submission(
     return experiment_record(spec), blobs
 
 
+def _check_program(program: str, path: Path, cwd: Path) -> None:
+    """Refuse a program no peer could start: missing, or a file without the execute bit."""
+    if program.endswith(".py"):
+        if not path.is_file():
+            raise MetaoptError(f"{program}: no such script in {cwd}; check the path")
+        return  # run with the peer's Python
+    if "/" not in program and not path.is_file():
+        if shutil.which(program) is None:
+            raise MetaoptError(
+                f"{program}: not a file in {cwd} nor a command on PATH; check the name"
+            )
+        return
+    if not path.is_file():
+        raise MetaoptError(f"{program}: no such program; check the path")
+    if not os.access(path, os.X_OK):
+        raise MetaoptError(
+            f"{program} is not executable; chmod +x {program}, or name its interpreter "
+            f"first (e.g. bash {program})"
+        )
+
+
 def submit(args: argparse.Namespace) -> int:
     options, words = split_submit_args(list(args.words))
+    options = merge_config(options)
     experiment, blobs = build_submission(options, words, Path.cwd())
     peer = LocalPeer(resolve_data_dir(options.get("data_dir")))
     # Blobs first in their own calls so a large bundle never makes one huge request, and the

@@ -159,6 +159,10 @@ class LocalApi:
                 return {"here": True, "text": f.read().decode(errors="replace")}
         trial = state.trial(key)
         runner = trial.runner if trial else None
+        if runner == self.node.node_id:
+            # Ran here but wrote no log: it failed before its process started.
+            why = (trial.reason if trial else None) or "no output was recorded"
+            return {"here": True, "text": f"(no log: the trial ended before it wrote any; {why})\n"}
         where = None
         if runner is not None:
             peer = self.node.peers.get(runner)

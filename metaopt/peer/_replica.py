@@ -24,11 +24,14 @@ class Replica:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.experiments: dict[bytes, ExperimentState] = {}
+        self._created: dict[bytes, int] = {}  # experiment key -> its record's time (ms)
         self._listeners: list[Callable[[list[Record]], None]] = []
         for key, _spec in list_experiments(store):
             state = ExperimentState.from_store(store, key)
-            if state is not None:
+            record = store.get(key)
+            if state is not None and record is not None:
                 self.experiments[key] = state
+                self._created[key] = record.time
         self._unsubscribe = store.subscribe(self._on_records)
 
     def listen(self, callback: Callable[[list[Record]], None]) -> None:
@@ -42,6 +45,7 @@ class Replica:
                     state = ExperimentState.from_store(self.store, record.key)
                     if state is not None:
                         self.experiments[record.key] = state
+                        self._created[record.key] = record.time
                 continue
             for link in record.links:
                 state = self.experiments.get(link)
@@ -52,11 +56,11 @@ class Replica:
             callback(records)
 
     def find_experiment(self, text: str) -> ExperimentState | None:
-        """By name (latest of that name wins) or by key hex prefix."""
+        """By name (the latest submitted of that name wins) or by key hex prefix."""
         text = text.strip()
         by_name = [s for s in self.experiments.values() if s.spec.name == text]
         if by_name:
-            return max(by_name, key=lambda s: (len(s), s.key))
+            return max(by_name, key=lambda s: (self._created.get(s.key, 0), s.key))
         matches = [s for k, s in self.experiments.items() if k.hex().startswith(text.lower())]
         return matches[0] if len(matches) == 1 and len(text) >= 4 else None
 

@@ -132,7 +132,23 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+# After a ~: a call begun but not closed ("uniform(0, 1"), or nothing at all ("--lr~" then
+# "uniform(0, 1)" as the next word, when a space slipped in): a prior the shell or a typo broke.
+_BROKEN = re.compile(r"(?:--?[A-Za-z_][A-Za-z0-9_.-]*=?|~[A-Za-z_][A-Za-z0-9_.-]*)?~"
+                     r"(?:\s*[A-Za-z_]\w*\s*\(.*)?", re.DOTALL)  # fmt: skip
+
+
 def _placeholder(word: str, positional: int) -> str | Placeholder:
+    part = _prior_or_literal(word, positional)
+    if isinstance(part, str) and _BROKEN.fullmatch(word) and word != "~":
+        raise SpaceError(
+            f"{word!r} looks like an unfinished prior; write it as one quoted word, "
+            "e.g. --lr~'loguniform(1e-5, 1)'"
+        )
+    return part
+
+
+def _prior_or_literal(word: str, positional: int) -> str | Placeholder:
     option = _OPTION.fullmatch(word)
     if option is not None and _CALL.fullmatch(option.group(4)):
         dashes, name, equals, prior = option.groups()

@@ -7,6 +7,7 @@ fresh nonces, and the only place aiohttp appears on either side of a peer conver
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import time
@@ -88,12 +89,16 @@ class Server:
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         try:
             await site.start()
-        except OSError as exc:
+        except (OSError, OverflowError) as exc:
             await self._runner.cleanup()
-            raise MetaoptError(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc};"
-                " is another peer running there? choose another --port"
-            ) from None
+            in_use = isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE
+            hint = (
+                "is another peer running there? choose another --port"
+                if in_use
+                else "check --host (an address of this machine) and --port (0-65535)"
+            )
+            why = getattr(exc, "strerror", None) or exc
+            raise MetaoptError(f"cannot listen on {host}:{port}: {why}; {hint}") from None
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         return int(sockets[0].getsockname()[1]) if sockets else port

@@ -1,0 +1,111 @@
+"""`metaopt submit` and `metaopt peer start` input checks, without a peer: one line each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from metaopt._errors import MetaoptError
+from metaopt.cli import main
+from metaopt.cli._submit import build_submission, merge_config, split_submit_args
+
+
+def _build(cwd: Path, *words: str) -> dict[str, object]:
+    options, template = split_submit_args(list(words))
+    record, _ = build_submission(merge_config(options), template, cwd)
+    body: dict[str, object] = record.body
+    return body
+
+
+def _refused(cwd: Path, *words: str) -> str:
+    with pytest.raises(MetaoptError) as info:
+        _build(cwd, *words)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_bundled_program_keeps_its_dot_slash(tmp_path: Path) -> None:
+    # "train" alone is looked up on PATH by exec: every trial failed with "No such file".
+    program = tmp_path / "train"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "run").write_text("#!/bin/sh\n")
+    (tmp_path / "sub" / "run").chmod(0o755)
+    assert _build(tmp_path, "--", "./train", "--x~uniform(0, 1)")["command"][0] == "./train"  # type: ignore[index]
+    assert _build(tmp_path, "--", "train", "--x~uniform(0, 1)")["command"][0] == "./train"  # type: ignore[index]
+    assert _build(tmp_path, "sub/run", "--x~uniform(0, 1)")["command"][0] == "./run"  # type: ignore[index]
+    (tmp_path / "t.py").write_text("")
+    assert _build(tmp_path, "t.py", "--x~uniform(0, 1)")["command"][0] == "t.py"  # type: ignore[index]
+    assert _build(tmp_path, "--", "sh", "t.py", "--x~uniform(0, 1)")["command"][0] == "sh"  # type: ignore[index]
+
+
+def test_programs_no_peer_could_start_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "run.sh").write_text("#!/bin/sh\n")
+    assert "not executable" in _refused(tmp_path, "./run.sh", "--x~uniform(0, 1)")
+    assert "no such program" in _refused(tmp_path, "./trian", "--x~uniform(0, 1)")
+    assert "nor a command on PATH" in _refused(tmp_path, "no-such-cmd-x", "--x~uniform(0, 1)")
+
+
+def test_objective_names_and_regex_are_checked_at_submit(tmp_path: Path) -> None:
+    (tmp_path / "t.py").write_text("")
+    base = ("t.py", "--x~uniform(0, 1)")
+    assert "not allowed" in _refused(tmp_path, "--objective", "val loss", *base)
+    assert "at least one name" in _refused(tmp_path, "--objective", ",", *base)
+    assert "not a regular expression" in _refused(tmp_path, "--objective-regex", "(", *base)
+    body = _build(tmp_path, "--objective", "loss,acc", "--objective-regex", "l=(\\S+)", *base)
+    assert body["objectives"] == ["loss", "acc"] and body["objective_regex"] == "l=(\\S+)"
+
+
+def test_config_files(tmp_path: Path) -> None:
+    (tmp_path / "t.py").write_text("")
+    assert "cannot read --config" in _refused(tmp_path, "--config", str(tmp_path / "no.yaml"))
+    assert "cannot read --config" in _refused(tmp_path, "--config", str(tmp_path))
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("name: [unclosed\n  max_trials: 3\n")
+    assert "not valid YAML" in _refused(tmp_path, "--config", str(bad_yaml))
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{name: 1")
+    assert "not valid JSON" in _refused(tmp_path, "--config", str(bad_json))
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("maxtrials: 7\n")
+    assert "unknown option(s) maxtrials" in _refused(tmp_path, "--config", str(typo))
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "name: c\nmax-trials: 4\nobjective: [loss, acc]\n"
+        f"command: {tmp_path / 't.py'} --x~'uniform(0, 1)' --steps 2\n"
+    )
+    body = _build(tmp_path, "--config", str(good))
+    assert body["objectives"] == ["loss", "acc"] and body["max_trials"] == 4
+    assert body["command"] == ["t.py", "--x~uniform(0, 1)", "--steps", "2"]
+    assert merge_config({"config": str(good), "wait": True})["wait"] is True
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["peer", "start", "--port", "70000"], {}, "between 0 and 65535"),
+        (["peer", "start", "--port", "x"], {}, "--port (or METAOPT_PORT) needs a whole number"),
+        (["peer", "start"], {"METAOPT_PORT": "abc"}, "needs a whole number, got 'abc'"),
+        (["peer", "start", "--slots", "two"], {}, "--slots (or METAOPT_SLOTS)"),
+        (["peer", "start", "--join", "garbage"], {}, "expected HOST:PORT"),
+        (["peer", "start", "--join", "http://h:1"], {}, "expected HOST:PORT"),
+        (["status"], {"METAOPT_PORT": "abc", "METAOPT_SLOTS": "?"}, "no peer"),
+    ],
+)
+def test_peer_options_are_one_line_errors(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    env: dict[str, str],
+    expected: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    # A data dir with no peer in it: nothing here may start a peer or reach one.
+    assert main([*argv, "--data-dir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1, err

@@ -1,0 +1,69 @@
+"""The peer's replica and local API: experiments and trials found by name or id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from crdt import MemoryStore, Record
+from metaopt._records import EVENT, EXPERIMENT, TRIAL, EventBody, ExperimentSpec
+from metaopt.peer._api import LocalApi
+from metaopt.peer._replica import Replica
+from metaopt.peer._wire import Request
+
+NODE = b"n" * 16
+
+
+def test_a_name_finds_the_latest_submitted_experiment_of_that_name() -> None:
+    # Resubmitting under the same name and asking for its status must show the new one, not
+    # the older one that happens to have more trials.
+    old, new = (
+        Record.create(EXPERIMENT, NODE, seq, time, ExperimentSpec("sweep", {"x": "uniform(0, 1)"},
+                      nonce=str(seq)).to_body(), [])
+        for seq, time in ((1, 1000), (2, 5000))
+    )  # fmt: skip
+    assert old.key != new.key
+    store = MemoryStore()
+    store.add([new])
+    replica = Replica(store)
+    trials = [
+        Record.create(TRIAL, NODE, 10 + i, 2000, {"params": {"x": i / 4}, "node": NODE,
+                      "counter": i + 1}, [old.key])
+        for i in range(3)
+    ]  # fmt: skip
+    store.add([old, *trials])  # the older one arrives later, with more trials
+    assert len(replica.experiments[old.key]) == 3 and len(replica.experiments[new.key]) == 0
+    found = replica.find_experiment("sweep")
+    assert found is not None and found.key == new.key
+    assert Replica(store).find_experiment("sweep").key == new.key  # type: ignore[union-attr]
+    assert replica.find_experiment(old.key.hex()[:8]).key == old.key  # type: ignore[union-attr]
+
+
+@pytest.mark.asyncio
+async def test_logs_of_a_trial_that_failed_here_before_it_ran_say_so(tmp_path: Path) -> None:
+    # It used to send the user to "node <this node> at an unknown address".
+    store = MemoryStore()
+    exp = Record.create(
+        EXPERIMENT, NODE, 1, 1000, ExperimentSpec("e", {"x": "uniform(0, 1)"}).to_body(), []
+    )
+    trial = Record.create(
+        TRIAL, NODE, 2, 1001, {"params": {"x": 0.5}, "node": NODE, "counter": 1}, [exp.key]
+    )
+    failed = EventBody(trial.key, exp.key, "failed", NODE, reason="objective regex '(' is invalid")
+    started = EventBody(trial.key, exp.key, "started", NODE)  # launch writes it, then fails
+    events = [
+        Record.create(EVENT, NODE, 3 + i, 1002 + i, body.to_body(), [trial.key, exp.key])
+        for i, body in enumerate((started, failed))
+    ]
+    store.add([exp, trial, *events])
+    node = SimpleNamespace(
+        node_id=NODE,
+        replica=Replica(store),
+        runner=SimpleNamespace(log_path=lambda key: tmp_path / "none.log"),
+        peers=SimpleNamespace(get=lambda node_id: None),
+    )
+    api = LocalApi(node)  # type: ignore[arg-type]
+    out = await api.logs(Request("api.logs", NODE, "", trial.key.hex()[:8]))
+    assert out["here"] is True and "regex '(' is invalid" in out["text"]
