@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -149,7 +150,7 @@ async def _run(config: PeerConfig) -> int:
     if node.generated_key:
         print(
             "This is a new cluster. To add another machine, run there:\n"
-            f"  metaopt peer start --key {node.key.to_text()} --join {node.addr}\n"
+            f"  {join_command(node.key.to_text(), node.addr)}\n"
             "(`metaopt peer key` prints this again.)",
             flush=True,
         )
@@ -262,5 +263,21 @@ def _key(args: argparse.Namespace) -> int:
     if key is None:
         raise MetaoptError(f"no cluster key in {dirs.root} yet; `metaopt peer start` creates one")
     addr = dirs.address_file.read_text().strip() if dirs.address_file.exists() else "HOST:PORT"
-    print(f"metaopt peer start --key {key} --join {addr}")
+    print(join_command(key, addr))
     return 0
+
+
+def join_command(key: str, addr: str) -> str:
+    """The command that adds another machine to the cluster of the peer bound at addr.
+
+    A peer bound to every interface (0.0.0.0) is joined at one of this machine's other
+    addresses, and the new peer is told to bind every interface too.
+    """
+    host, _, port = addr.rpartition(":")
+    if host != "0.0.0.0":
+        return f"metaopt peer start --key {key} --join {addr}"
+    from metaopt.peer._discovery import local_adapters
+
+    outside = [a for _, a, _ in local_adapters() if not ipaddress.IPv4Address(a).is_loopback]
+    reachable = outside[0] if outside else "THIS-MACHINE"
+    return f"metaopt peer start --host 0.0.0.0 --key {key} --join {reachable}:{port}"

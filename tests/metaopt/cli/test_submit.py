@@ -1,4 +1,4 @@
-"""`metaopt submit` and `metaopt peer start` input checks, without a peer: one line each."""
+"""`metaopt submit` and `metaopt peer start` input checks and messages, without a peer."""
 
 from __future__ import annotations
 
@@ -109,3 +109,12 @@ def test_peer_options_are_one_line_errors(
     assert main([*argv, "--data-dir", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1, err
+
+
+def test_the_join_command_names_an_address_another_machine_can_reach() -> None:
+    from metaopt.cli._peer import join_command
+
+    assert join_command("K", "10.0.0.5:7787") == "metaopt peer start --key K --join 10.0.0.5:7787"
+    everywhere = join_command("K", "0.0.0.0:7787")
+    assert everywhere.startswith("metaopt peer start --host 0.0.0.0 --key K --join ")
+    assert "0.0.0.0:7787" not in everywhere and everywhere.endswith(":7787")
