@@ -81,7 +81,11 @@ def split_submit_args(words: list[str]) -> tuple[dict[str, Any], list[str]]:
             continue
         takes_value, dest = spec
         if not takes_value:
-            options[dest] = True
+            if eq and inline.lower() not in ("true", "yes", "1", "false", "no", "0"):
+                raise MetaoptError(
+                    f"{name} is a flag; give it alone (or ={inline!r} as true/false)"
+                )
+            options[dest] = not eq or inline.lower() in ("true", "yes", "1")
             i += 1
             continue
         if eq:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -85,13 +86,21 @@ def detect_slots(
         devices = _visible(visible) if visible is not None else (probe() or [])
     else:
         devices = [d.strip() for d in gpus.split(",")]
-        if not gpus.strip() or any(not d for d in devices) or len(set(devices)) != len(devices):
+        if (
+            not gpus.strip()
+            or not all(_DEVICE.fullmatch(d) for d in devices)
+            or len(set(devices)) != len(devices)
+        ):
             raise MetaoptError(
                 f"--gpus {gpus!r}: use auto, none, or distinct GPU indices such as 0,1"
             )
     if not devices:
         return [Slot(i, None, {}) for i in range(slots)]
     return [Slot(i, d, {_VISIBLE: d}) for i, d in enumerate(devices)]
+
+
+# What CUDA_VISIBLE_DEVICES takes: an index, or a GPU or MIG UUID as nvidia-smi -L prints it.
+_DEVICE = re.compile(r"\d+|(?:GPU|MIG)-[0-9A-Za-z/-]+")
 
 
 def _visible(text: str) -> list[str]:

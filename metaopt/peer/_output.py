@@ -91,6 +91,12 @@ class OutputParser:
         wanted = names or (self.config.objective,)
         missing = [n for n in wanted if self.objective(n) is None]
         parts = [f"no numeric {', '.join(repr(n) for n in missing)} in {self.report_count} reports"]
+        texts = [n for n in missing if isinstance(self.latest.get(n), str)]
+        if texts:  # report(loss="0.5"): say so, or the user hunts for a missing report
+            parts.append(
+                ", ".join(f"{n!r} was the string {self.latest[n]!r}" for n in texts)
+                + " (report a number)"
+            )
         if self._regex is not None:
             parts.append(f"regex {self._regex.pattern!r} matched {self.matches} times")
         parts.append(f"{self.stdout_lines} stdout lines")

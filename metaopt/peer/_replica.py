@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from crdt import Record, Store
+from metaopt._errors import MetaoptError
 from metaopt._records import EXPERIMENT, parse_experiment
 from metaopt._state import ExperimentState, list_experiments
 
@@ -65,14 +66,26 @@ class Replica:
         return matches[0] if len(matches) == 1 and len(text) >= 4 else None
 
     def find_trial(self, text: str) -> tuple[ExperimentState, bytes] | None:
+        """The trial whose id starts with text (at least 4 hex digits), None if there is none.
+
+        Raises:
+            MetaoptError: text is shorter than 4 characters, or more than one trial matches.
+        """
         text = text.strip().lower()
         if len(text) < 4:
-            return None
-        for state in self.experiments.values():
-            for trial in state.trials():
-                if trial.key.hex().startswith(text):
-                    return state, trial.key
-        return None
+            raise MetaoptError(f"trial id {text!r} is too short; give at least 4 characters")
+        found = [
+            (state, trial.key)
+            for state in self.experiments.values()
+            for trial in state.trials()
+            if trial.key.hex().startswith(text)
+        ]
+        if len(found) > 1:
+            shown = ", ".join(key.hex()[:12] for _, key in found[:5])
+            raise MetaoptError(
+                f"trial id {text!r} matches {len(found)} trials ({shown}); give more characters"
+            )
+        return found[0] if found else None
 
     def close(self) -> None:
         self._unsubscribe()

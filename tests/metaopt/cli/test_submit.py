@@ -118,3 +118,35 @@ def test_the_join_command_names_an_address_another_machine_can_reach() -> None:
     everywhere = join_command("K", "0.0.0.0:7787")
     assert everywhere.startswith("metaopt peer start --host 0.0.0.0 --key K --join ")
     assert "0.0.0.0:7787" not in everywhere and everywhere.endswith(":7787")
+
+
+def test_a_flag_with_a_value_is_read_as_true_or_false() -> None:
+    assert split_submit_args(["--maximize=false", "t.py"])[0] == {"maximize": False}
+    assert split_submit_args(["--wait=yes", "t.py"])[0] == {"wait": True}
+    assert split_submit_args(["--wait", "t.py"])[0] == {"wait": True}
+    with pytest.raises(MetaoptError, match="is a flag"):
+        split_submit_args(["--maximize=sometimes", "t.py"])
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
+    # `metaopt peer key | head -0`: the reader is gone before the line is written. The read
+    # end is closed before the child has even imported metaopt, so its write always fails.
+    import os
+    import subprocess
+    import sys
+
+    from crdt import ClusterKey
+    from metaopt.peer._identity import DataDir
+
+    DataDir(tmp_path).write_key(ClusterKey.generate(os.urandom(32)).to_text())
+    child = subprocess.Popen(
+        [sys.executable, "-m", "metaopt", "peer", "key", "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()
+    with child.stderr:
+        err = child.stderr.read().decode()
+    assert child.wait(timeout=60) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

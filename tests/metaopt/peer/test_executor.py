@@ -131,6 +131,14 @@ async def test_an_unmodified_program_through_the_regex(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+async def test_an_objective_reported_as_text_is_named_in_the_failure(tmp_path: Path) -> None:
+    script = _script(tmp_path, 'print(\'METAOPT {"loss": "0.5"}\')\n')
+    outcome, _ = await _run(_spec(tmp_path, script))
+    assert outcome.status == "failed" and outcome.reason is not None
+    assert "'loss' was the string '0.5' (report a number)" in outcome.reason
+
+
+@pytest.mark.asyncio
 async def test_exit_zero_without_reports_is_a_failure(tmp_path: Path) -> None:
     outcome, _ = await _run(_spec(tmp_path, _script(tmp_path, "print('hello')\n")))
     assert outcome.status == "failed"

@@ -42,7 +42,13 @@ def test_explicit_list_and_none() -> None:
     assert [dict(s.env) for s in slots] == [{"CUDA_VISIBLE_DEVICES": ""}] * 2
 
 
-@pytest.mark.parametrize("gpus", ["", "0,,1", "0,0"])
+def test_gpu_uuids_are_devices() -> None:
+    uuid = "GPU-8f3c2a1e-6b7d-4c5e-9f0a-1b2c3d4e5f60"
+    mig = "MIG-GPU-8f3c2a1e-6b7d-4c5e-9f0a-1b2c3d4e5f60/1/0"
+    assert [s.gpu for s in detect_slots(f"{uuid},{mig}", environ={}, probe=_no_nvml)] == [uuid, mig]
+
+
+@pytest.mark.parametrize("gpus", ["", "0,,1", "0,0", "all", "bogus", "0,cuda:1"])
 def test_bad_gpu_lists_are_one_line_errors(gpus: str) -> None:
     with pytest.raises(MetaoptError, match="--gpus"):
         detect_slots(gpus, environ={}, probe=_no_nvml)

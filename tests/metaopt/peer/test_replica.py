@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from crdt import MemoryStore, Record
+from metaopt._errors import MetaoptError
 from metaopt._records import EVENT, EXPERIMENT, TRIAL, EventBody, ExperimentSpec
 from metaopt.peer._api import LocalApi
 from metaopt.peer._replica import Replica
@@ -67,3 +68,27 @@ async def test_logs_of_a_trial_that_failed_here_before_it_ran_say_so(tmp_path: P
     api = LocalApi(node)  # type: ignore[arg-type]
     out = await api.logs(Request("api.logs", NODE, "", trial.key.hex()[:8]))
     assert out["here"] is True and "regex '(' is invalid" in out["text"]
+
+
+def test_a_trial_id_prefix_must_be_long_enough_and_match_one_trial() -> None:
+    store = MemoryStore()
+    exp = Record.create(
+        EXPERIMENT, NODE, 1, 1000, ExperimentSpec("e", {"x": "uniform(0, 1)"}).to_body(), []
+    )
+    store.add([exp])
+    by_prefix: dict[str, Record] = {}
+    for i in range(5000):  # until two ids share their first 4 hex digits (~300 expected)
+        body = {"params": {"x": i / 5000}, "node": NODE, "counter": i + 1}
+        trial = Record.create(TRIAL, NODE, 2 + i, 1001, body, [exp.key])
+        store.add([trial])
+        if trial.key.hex()[:4] in by_prefix:
+            break
+        by_prefix[trial.key.hex()[:4]] = trial
+    shared = trial.key.hex()[:4]
+    replica = Replica(store)
+    with pytest.raises(MetaoptError, match="at least 4"):
+        replica.find_trial(shared[:3])
+    with pytest.raises(MetaoptError, match="matches 2 trials"):
+        replica.find_trial(shared)
+    found = replica.find_trial(trial.key.hex()[:16])
+    assert found is not None and found[1] == trial.key
