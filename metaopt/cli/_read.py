@@ -98,6 +98,8 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(_experiment_header(info))
+    if info.get("blocked_here"):
+        print(f"this peer starts none of its trials: {info['blocked_here']}")
     names = sorted(info["space"])
     rows = [
         [

@@ -114,6 +114,7 @@ class LocalApi:
         state = self._experiment(request.body)
         out = experiment_json(state)
         out["trial_list"] = [trial_json(state, t) for t in state.trials()]
+        out["blocked_here"] = self.node.blocked_here(state.key)
         return out
 
     async def add(self, request: Request) -> Any:

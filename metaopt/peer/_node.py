@@ -102,7 +102,7 @@ class Node:
         self._suggesters: dict[bytes, Suggester] = {}
         # Experiments whose spec cannot be searched (a bad space from another peer or an older
         # metaopt): the spec never changes, so they are skipped, not retried on every pass.
-        self._unsearchable: set[bytes] = set()
+        self._unsearchable: dict[bytes, str] = {}  # experiment key -> why
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._schedule_lock = asyncio.Lock()
@@ -341,11 +341,15 @@ class Node:
             seed = int.from_bytes(self.node_id[:4], "little")
             try:
                 suggester = Suggester(state, self.node_id, seed=seed)
-            except MetaoptError:
-                self._unsearchable.add(state.key)
+            except MetaoptError as exc:
+                self._unsearchable[state.key] = str(exc)
                 raise
             self._suggesters[state.key] = suggester
         return suggester
+
+    def blocked_here(self, experiment: bytes) -> str | None:
+        """Why this peer starts no trial of the experiment, or None if it may."""
+        return self._unsearchable.get(experiment) or self.runner.unrunnable.get(experiment)
 
     async def new_trial(self, state: ExperimentState) -> TrialView | None:
         """Suggest and record a new trial; None if the budget ran out meanwhile.
@@ -437,7 +441,7 @@ class Node:
                     "experiment %s: the search failed; set aside on this peer until it restarts",
                     state.spec.name,
                 )
-                self._unsearchable.add(state.key)
+                self._unsearchable[state.key] = "its search failed here (see this peer's log)"
                 continue
             if view is not None:
                 await self.runner.launch(state, view)

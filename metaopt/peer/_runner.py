@@ -65,7 +65,7 @@ class TrialRunner:
         self._bundles: dict[bytes, Path] = {}
         # Experiments whose bundle is broken for good (a manifest never changes): not tried
         # again on every scheduling pass, nor logged again.
-        self._unrunnable: set[bytes] = set()
+        self.unrunnable: dict[bytes, str] = {}  # experiment key -> why
         self._stoppers: dict[bytes, EarlyStopper | None] = {}
         self._decisions = 0
         # A stopper keeps fitted hyperparameters between calls: one decision at a time.
@@ -109,7 +109,7 @@ class TrialRunner:
             return True
         if state.key in self._bundles:
             return True
-        if state.key in self._unrunnable:
+        if state.key in self.unrunnable:
             return False
         try:
             self._bundles[state.key] = self._materialize(state)
@@ -120,7 +120,7 @@ class TrialRunner:
             return False
         except MetaoptError as exc:
             log.warning("experiment %s cannot run here: %s", state.spec.name, exc)
-            self._unrunnable.add(state.key)
+            self.unrunnable[state.key] = str(exc)
             return False
         return True
 

@@ -60,6 +60,8 @@ async def test_an_experiment_that_cannot_be_searched_is_set_aside_and_others_run
                 break
         assert len(node.replica.experiments[broken.key]) == 0
         assert len(node.replica.experiments[good.key]) == 1
-        assert broken.key in node._unsearchable
+        why = node.blocked_here(broken.key)  # what `metaopt status NAME` shows
+        assert why is not None and ("weights" in why if failure == "bad space" else "log" in why)
+        assert node.blocked_here(good.key) is None
     finally:
         await node.stop()
