@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -368,7 +369,11 @@ def latency(n: int = 200, T: int = 100, calls: int = 12) -> None:
     cfg = FreezeThawPolicyConfig()
     refit = rest[cfg.refit_every - 1] if rest.shape[0] >= cfg.refit_every else math.nan
     cached = np.delete(rest, cfg.refit_every - 1) if rest.shape[0] >= cfg.refit_every else rest
-    print(f"\ndecision latency, {n} curves × {T} steps, {len(own)} own trials (ms):")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"\ndecision latency, {n} curves × {T} steps, {len(own)} own trials (ms),"
+        f" load average {load}:"
+    )
     print(
         f"{'first (cold fit)':>18s} {'warm refit':>11s} {'cached median':>14s} "
         f"{'cached max':>11s} {'mean/call':>10s} {'mean after 1st':>15s}"

@@ -460,7 +460,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if sink is not None:
             sink.close()
     print(_report_lines(lines, methods, problems, args.budget))
-    print(f"\nwall time {time.time() - t0:.0f} s on {os.cpu_count()} cores ({args.jobs} workers)")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"\nwall time {time.time() - t0:.0f} s on {os.cpu_count()} cores ({args.jobs} workers),"
+        f" load average {load}"
+    )
     return 0
 
 

@@ -270,14 +270,21 @@ def _key(args: argparse.Namespace) -> int:
 def join_command(key: str, addr: str) -> str:
     """The command that adds another machine to the cluster of the peer bound at addr.
 
-    A peer bound to every interface (0.0.0.0) is joined at one of this machine's other
-    addresses, and the new peer is told to bind every interface too.
+    A peer on a LAN address is joined there, and the new peer binds every interface so that
+    the others can reach it too (its own default, 127.0.0.1, would not do); a peer bound to
+    every interface (0.0.0.0) is joined at one of this machine's other addresses. A peer on
+    loopback is a local trial: its command stays on loopback.
     """
     host, _, port = addr.rpartition(":")
-    if host != "0.0.0.0":
+    try:
+        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
         return f"metaopt peer start --key {key} --join {addr}"
-    from metaopt.peer._discovery import local_adapters
+    if host == "0.0.0.0":
+        from metaopt.peer._discovery import local_adapters
 
-    outside = [a for _, a, _ in local_adapters() if not ipaddress.IPv4Address(a).is_loopback]
-    reachable = outside[0] if outside else "THIS-MACHINE"
-    return f"metaopt peer start --host 0.0.0.0 --key {key} --join {reachable}:{port}"
+        outside = [a for _, a, _ in local_adapters() if not ipaddress.IPv4Address(a).is_loopback]
+        addr = f"{outside[0] if outside else 'THIS-MACHINE'}:{port}"
+    return f"metaopt peer start --host 0.0.0.0 --key {key} --join {addr}"

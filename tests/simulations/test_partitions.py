@@ -14,20 +14,30 @@ from simulations.partitions import run
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _again(nodes: int, seed: int, chaos: float) -> str:
+    """The command line that replays a run event for event (printed when a test fails)."""
+    return (
+        f"replay: python -m simulations.partitions --nodes {nodes} --seed {seed} --chaos {chaos:g}"
+        " --events"
+    )
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_partitions_converge_without_loss(seed: int) -> None:
     result = run(nodes=8, seed=seed, chaos=30.0)
-    assert result.converged
-    assert result.lost == 0 and result.invented == 0
-    assert result.written > 50
-    assert result.rounds_to_converge <= 10
+    again = _again(8, seed, 30.0)
+    assert result.converged, again
+    assert result.lost == 0 and result.invented == 0, again
+    assert result.written > 50, again
+    assert result.rounds_to_converge <= 10, again
 
 
 @pytest.mark.slow
 def test_twenty_nodes_converge_within_ten_rounds_of_the_heal() -> None:
-    result = run(nodes=20, seed=1)
-    assert result.converged and result.lost == 0 and result.invented == 0
-    assert result.rounds_to_converge <= 10
+    result = run(nodes=20, seed=1, chaos=60.0)
+    again = _again(20, 1, 60.0)
+    assert result.converged and result.lost == 0 and result.invented == 0, again
+    assert result.rounds_to_converge <= 10, again
 
 
 def test_same_seed_gives_the_same_trace_in_another_process() -> None:

@@ -114,7 +114,10 @@ def test_peer_options_are_one_line_errors(
 def test_the_join_command_names_an_address_another_machine_can_reach() -> None:
     from metaopt.cli._peer import join_command
 
-    assert join_command("K", "10.0.0.5:7787") == "metaopt peer start --key K --join 10.0.0.5:7787"
+    local = join_command("K", "127.0.0.1:7787")
+    assert local == "metaopt peer start --key K --join 127.0.0.1:7787"
+    lan = join_command("K", "10.0.0.5:7787")
+    assert lan == "metaopt peer start --host 0.0.0.0 --key K --join 10.0.0.5:7787"
     everywhere = join_command("K", "0.0.0.0:7787")
     assert everywhere.startswith("metaopt peer start --host 0.0.0.0 --key K --join ")
     assert "0.0.0.0:7787" not in everywhere and everywhere.endswith(":7787")
