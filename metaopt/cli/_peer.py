@@ -155,7 +155,9 @@ async def _run(config: PeerConfig) -> int:
             flush=True,
         )
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: a closed terminal or a dropped ssh session must stop the peer the graceful
+    # way (its trials recorded as interrupted and stopped), not kill it and orphan them.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, node.request_stop)
     try:
         await node.run_until_stopped()

@@ -33,6 +33,7 @@ from metaopt.peer._api import LocalApi
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._gossip import PeerTable
 from metaopt.peer._identity import DataDir
+from metaopt.peer._orphans import kill_orphans
 from metaopt.peer._replica import Replica
 from metaopt.peer._replication import Replicator
 from metaopt.peer._runner import TrialRunner
@@ -138,7 +139,13 @@ class Node:
         self.dirs.pid_file.write_text(f"{os.getpid()}\n")
         for seed in self.config.join:
             self.peers.add_seed(seed)
-        self._mark_orphans()
+        orphans = kill_orphans(self.dirs.root)  # we hold the data directory's lock by now
+        if orphans:
+            log.warning(
+                "stopped %d process(es) of trials left running when this peer last died: %s",
+                len(orphans),
+                ", ".join(map(str, orphans)),
+            )
         if self.config.mdns:
             await self._start_discovery()
         timing = self.config.timing
@@ -378,11 +385,16 @@ class Node:
 
     # --------------------------------------------------------------------------- scheduling
 
-    def _mark_orphans(self) -> None:
-        """Trials this node was running when it died are lost (it restarted, they did not)."""
-        runnable = [s for s in self.replica.experiments.values() if s.spec.command is not None]
-        for lost in find_lost(runnable, self.node_id, 0, 1 << 62, lambda n: True, set()):
-            self.write_event(lost.experiment, lost.trial, "lost", reason=lost.reason)
+    def caught_up(self) -> bool:
+        """Whether this replica may judge other peers' trials and claim free ones.
+
+        Only after one full anti-entropy session, or once peer_timeout has passed with none
+        (nobody to catch up with). Before that a peer that just joined or restarted holds a
+        partial history: a trial whose completion has not arrived yet looks lost, and a trial
+        another peer already re-runs looks free; both were run twice.
+        """
+        waited = self.clock() - self.started_at >= self.config.timing.peer_timeout
+        return self.replicator.sessions > 0 or waited
 
     def kick(self) -> None:
         """Schedule now rather than at the next tick: a slot just came free."""
@@ -407,13 +419,18 @@ class Node:
         now_ms = int(self.clock() * 1000)
         timing = self.config.timing
         runnable = [s for s in self.replica.experiments.values() if s.spec.command is not None]
-        for lost in find_lost(
-            runnable,
-            self.node_id,
-            now_ms,
-            int(timing.lost_after * 1000),
-            self.is_alive,
-            self.runner.running_keys(),
+        caught_up = self.caught_up()
+        for lost in (
+            find_lost(
+                runnable,
+                self.node_id,
+                now_ms,
+                int(timing.lost_after * 1000),
+                self.is_alive,
+                self.runner.running_keys(),
+            )
+            if caught_up
+            else []
         ):
             log.info("trial %s is lost: %s", lost.trial.hex()[:12], lost.reason)
             self.write_event(lost.experiment, lost.trial, "lost", reason=lost.reason)
@@ -426,6 +443,7 @@ class Node:
             now_ms,
             int(timing.anti_entropy * 2000),
             lambda state: state.key not in self._unsearchable and self.runner.can_run(state),
+            claim_free=caught_up,
         )
         for item in work:
             state = self.replica.experiments[item.experiment]

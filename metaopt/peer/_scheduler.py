@@ -54,26 +54,28 @@ def find_lost(
 
     A trial of another node is lost when nothing was heard of it for ``lost_after_ms`` and its
     node is not live either (a live peer with a slow trial is only slow). A trial this node
-    was running but no longer runs — it was killed -9 and restarted — is lost at once.
+    was running but no longer runs — it was killed -9 and restarted — is lost at once. A trial
+    frozen on another node that has been gone as long is lost too: only its own node may thaw
+    it, so it would otherwise hold its point and its experiment open for ever.
+
+    The caller must hold a caught-up replica (see ``Node.caught_up``): on a stale one a trial
+    that completed, or that another peer already re-runs, would look lost.
     """
     out: list[Lost] = []
     for state in experiments:
         for trial in state.trials():
-            if trial.state not in ("running", "pending"):
+            if trial.state not in ("running", "pending", "frozen"):
                 continue
             owner = trial.runner or trial.node
             if owner == me:
-                if trial.key not in running_here:
+                if trial.state != "frozen" and trial.key not in running_here:
                     out.append(Lost(state.key, trial.key, "its peer restarted while it ran"))
                 continue
             quiet = now_ms - trial.last_seen
             if quiet > lost_after_ms and not is_alive(owner):
+                what = "frozen on node" if trial.state == "frozen" else "no news from node"
                 out.append(
-                    Lost(
-                        state.key,
-                        trial.key,
-                        f"no news from node {owner.hex()[:8]} for {quiet // 1000} s",
-                    )
+                    Lost(state.key, trial.key, f"{what} {owner.hex()[:8]}, gone {quiet // 1000} s")
                 )
     return out
 
@@ -87,11 +89,15 @@ def plan_work(
     now_ms: int,
     claim_delay_ms: int,
     runnable: Callable[[ExperimentState], bool],
+    *,
+    claim_free: bool = True,
 ) -> list[Work]:
     """Work for up to ``free_slots`` slots: free trials this node may claim, then new points.
 
     Experiments take turns, the one with the fewest trials running here first, so several
-    experiments share a peer's slots instead of the oldest starving the rest.
+    experiments share a peer's slots instead of the oldest starving the rest. With
+    ``claim_free`` False (a replica not yet caught up) no free trial is claimed: another peer
+    may already be re-running it.
     """
     if free_slots <= 0:
         return []
@@ -110,7 +116,14 @@ def plan_work(
         progressed = False
         for state in candidates:
             work = _next_for(
-                state, me, running_here, claimed, live_nodes, now_ms, claim_delay_ms, planned_new
+                state,
+                me,
+                running_here,
+                claimed if claim_free else None,
+                live_nodes,
+                now_ms,
+                claim_delay_ms,
+                planned_new,
             )
             if work is None:
                 continue
@@ -131,14 +144,16 @@ def _next_for(
     state: ExperimentState,
     me: bytes,
     running_here: Collection[bytes],
-    claimed: set[bytes],
+    claimed: set[bytes] | None,
     live_nodes: Collection[bytes],
     now_ms: int,
     claim_delay_ms: int,
     planned_new: dict[bytes, int],
 ) -> Work | None:
-    for trial in state.trials():
-        if trial.state not in FREE_STATES or trial.key in running_here or trial.key in claimed:
+    """The next work for one experiment; claimed None means no free trial may be claimed."""
+    free = [] if claimed is None else [t for t in state.trials() if t.key not in claimed]
+    for trial in free:
+        if trial.state not in FREE_STATES or trial.key in running_here:
             continue
         rank = rendezvous_rank(me, live_nodes, trial.key)
         if now_ms - trial.last_seen >= rank * claim_delay_ms:

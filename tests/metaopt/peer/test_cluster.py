@@ -13,11 +13,13 @@ from typing import Any
 
 import pytest
 
+from metaopt.peer._orphans import find_orphans, kill_orphans
 from tests.metaopt.peer.cluster import Cluster, Peer, run_cli, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 
 SCRIPT = Path(__file__).parent / "scripts" / "quad.py"
+SPAWNER = Path(__file__).parent / "scripts" / "spawner.py"
 
 
 @pytest.fixture
@@ -400,3 +402,33 @@ def test_the_freeze_thaw_monitor_runs_an_experiment_to_its_end(cluster: Cluster)
     assert len(states) == 8
     assert set(states) <= {"completed", "killed"}, states
     assert "Traceback" not in peer.log()
+
+
+def test_no_trial_process_outlives_its_peer_killed_or_hung_up(cluster: Cluster) -> None:
+    # A trial's silent child used to survive a kill -9 of the peer and run beside the re-run
+    # of its trial after a restart; a SIGHUP (closed terminal) killed the peer the same way.
+    peer = cluster.start_peer("solo")
+    try:
+        _outlive(cluster, peer)
+    finally:  # whatever failed, none of this test's trial processes may outlive it
+        kill_orphans(peer.data_dir)
+
+
+def _outlive(cluster: Cluster, peer: Peer) -> None:
+    out = peer.cli("submit", "--max-trials", "1", "--early-stopping", "none",
+                   str(SPAWNER), "--x~uniform(0, 1)")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: len(find_orphans(peer.data_dir)) >= 2, 60, peer.log)
+    first = set(find_orphans(peer.data_dir))
+    cluster.kill(peer, signal.SIGKILL)
+    assert first <= set(find_orphans(peer.data_dir))  # the peer is gone, its trial is not
+    cluster.restart(peer)
+    wait_for(lambda: not first & set(find_orphans(peer.data_dir)), 30, peer.log)
+    assert "left running when this peer last died" in peer.log()
+    # Once caught up, the orphaned trial is lost and re-run; hang up on the peer meanwhile.
+    wait_for(lambda: len(find_orphans(peer.data_dir)) >= 2, 60, peer.log)
+    assert peer.proc is not None
+    peer.proc.send_signal(signal.SIGHUP)
+    assert peer.proc.wait(timeout=30) == 0
+    assert find_orphans(peer.data_dir) == {}
+    assert not (peer.data_dir / "peer.pid").exists()

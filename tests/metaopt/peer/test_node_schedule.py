@@ -1,14 +1,15 @@
-"""A peer's scheduling pass with an experiment it cannot search beside one it can."""
+"""A peer's scheduling pass: experiments it cannot search, and a replica not yet caught up."""
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from crdt import Record
-from metaopt._records import ExperimentSpec, experiment_record
+from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment_record, parse_event
 from metaopt._suggest import Suggester
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._node import Node
@@ -16,9 +17,13 @@ from metaopt.peer._node import Node
 pytestmark = pytest.mark.integration
 
 
-def _experiment(name: str, space: dict[str, str], nonce: str = "") -> Record:
+def _experiment(
+    name: str, space: dict[str, str], nonce: str = "", max_trials: int | None = None
+) -> Record:
     command = (sys.executable, "-c", "pass")
-    spec = ExperimentSpec(name, space, algorithm="random", command=command, nonce=nonce)
+    spec = ExperimentSpec(
+        name, space, algorithm="random", command=command, nonce=nonce, max_trials=max_trials
+    )
     return experiment_record(spec)
 
 
@@ -63,5 +68,32 @@ async def test_an_experiment_that_cannot_be_searched_is_set_aside_and_others_run
         why = node.blocked_here(broken.key)  # what `metaopt status NAME` shows
         assert why is not None and ("weights" in why if failure == "bad space" else "log" in why)
         assert node.blocked_here(good.key) is None
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_judges_other_peers_trials_only_once_caught_up(tmp_path: Path) -> None:
+    # A peer that just joined or restarted holds part of the history: a trial another peer
+    # completed (its end not yet arrived) or already re-runs must not look lost or free.
+    good = _experiment("good", {"x": "uniform(0, 1)"}, max_trials=1)  # no new trial: a slot
+    other = b"o" * 16
+    long_ago = int(time.time() * 1000) - 3_600_000
+    body = {"params": {"x": 0.5}, "node": other, "counter": 1}
+    trial = Record.create(TRIAL, other, 1, long_ago, body, [good.key])
+    started = EventBody(trial.key, good.key, "started", other).to_body()
+    event = Record.create(EVENT, other, 2, long_ago + 1, started, [trial.key, good.key])
+    node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1))
+    try:
+        node.store.add([good, trial, event])
+        assert not node.caught_up()
+        await node._schedule_once()
+        view = node.replica.experiments[good.key].trial(trial.key)
+        assert view is not None and view.state == "running" and view.attempts == 1
+        node.replicator.sessions = 1  # one full anti-entropy session has completed
+        assert node.caught_up()
+        await node._schedule_once()
+        kinds = [parse_event(r).kind for r in node.store.linked(trial.key) if r.kind == EVENT]  # type: ignore[union-attr]
+        assert "lost" in kinds and kinds.count("started") == 2  # lost, then re-run here
     finally:
         await node.stop()

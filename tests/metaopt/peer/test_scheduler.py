@@ -94,3 +94,29 @@ def test_a_higher_ranked_node_waits_its_turn() -> None:
     later = plan_work([state], ME, 1, set(), live, 10_000 + rank * 5_000, 5_000, lambda s: True)
     assert later[0].trial == t.key
     assert (soon[0].trial == t.key) == (rank == 0)
+
+
+def test_a_trial_frozen_on_a_node_that_is_gone_is_lost() -> None:
+    # Only its own node may thaw it: it used to stay frozen for ever and hold the experiment.
+    state = _state()
+    theirs, mine = _trial(state, OTHER, 1), _trial(state, ME, 2)
+    for seq, (t, node) in enumerate(((theirs, OTHER), (mine, ME)), start=10):
+        _event(state, t, node, seq, "started", 1_000)
+        _event(state, t, node, seq + 10, "frozen", 2_000)
+    gone = find_lost([state], ME, 100_000, 60_000, lambda n: False, set())
+    assert [(x.trial, x.reason.split(",")[0]) for x in gone] == [
+        (theirs.key, f"frozen on node {OTHER.hex()[:8]}")
+    ]
+    assert find_lost([state], ME, 100_000, 60_000, lambda n: True, set()) == []  # only slow
+    assert find_lost([state], ME, 30_000, 60_000, lambda n: False, set()) == []  # not yet
+
+
+def test_a_replica_not_caught_up_claims_no_free_trial_but_may_start_new_ones() -> None:
+    state = _state()
+    t = _trial(state, OTHER, 1)
+    _event(state, t, OTHER, 2, "started", 1_000)
+    _event(state, t, THIRD, 1, "lost", 2_000)
+    claim = plan_work([state], ME, 1, set(), [ME], 9_000, 1_000, lambda s: True)
+    assert [w.trial for w in claim] == [t.key]
+    wait = plan_work([state], ME, 1, set(), [ME], 9_000, 1_000, lambda s: True, claim_free=False)
+    assert [w.trial for w in wait] == [None]

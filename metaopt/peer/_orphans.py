@@ -1,0 +1,62 @@
+"""Trial processes a peer left behind when it was killed -9: found on restart and stopped.
+
+Every trial runs in its own process group with ``METAOPT_TRIAL_ID`` and ``METAOPT_DATA_DIR``
+(the peer's data directory) in its environment, which everything it starts inherits. A peer
+that dies without stopping them leaves them holding their GPU, writing into the trial
+directory, and running beside the re-run of the same trial. The data directory is locked by
+one live peer at a time, so once the restarted peer holds the lock, every process of a trial
+of that data directory is an orphan. Linux only (it reads /proc); elsewhere nothing is found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+__all__ = ["find_orphans", "kill_orphans"]
+
+_TRIAL = b"METAOPT_TRIAL_ID="
+
+
+def find_orphans(data_dir: Path | str, proc: Path = Path("/proc")) -> dict[int, int]:
+    """Process id -> process group of every trial process of this data directory.
+
+    Only processes this user may read are seen, which are the only ones a peer starts.
+    """
+    mark = b"METAOPT_DATA_DIR=" + os.fsencode(str(data_dir))
+    found: dict[int, int] = {}
+    try:
+        entries = list(proc.iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            # The 5th field of stat, after the command in parentheses, is the process group.
+            stat = (entry / "stat").read_bytes()
+            pgid = int(stat[stat.rindex(b")") + 2 :].split()[2])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, another user's, or not a process
+        if mark in environ and any(item.startswith(_TRIAL) for item in environ):
+            found[int(entry.name)] = pgid
+    return found
+
+
+def kill_orphans(data_dir: Path | str, proc: Path = Path("/proc")) -> list[int]:
+    """SIGKILL every trial process of this data directory and its process group.
+
+    Call it only while holding the data directory's lock (no live peer of it then runs any
+    trial). Returns the process ids found.
+    """
+    found = find_orphans(data_dir, proc)
+    mine = os.getpgid(0)
+    for pid, pgid in found.items():
+        with contextlib.suppress(OSError):
+            if pgid != mine:
+                os.killpg(pgid, signal.SIGKILL)  # its children too, whatever their environment
+            os.kill(pid, signal.SIGKILL)
+    return sorted(found)

@@ -1,0 +1,68 @@
+"""Trial processes left by a peer killed -9 are found by their environment and stopped."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from metaopt.peer._orphans import find_orphans, kill_orphans
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc"),
+]
+
+SLEEPER = "import time; time.sleep(60)"
+# A trial that starts a child which does not print: only the process group reaches it.
+WRAPPER = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', " + repr(
+    "import time; time.sleep(60)"
+) + "]); time.sleep(60)"  # fmt: skip
+
+
+def _spawn(code: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", code], env={**os.environ, **env}, start_new_session=True
+    )
+
+
+def _wait_gone(pid: int) -> bool:
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_only_this_data_dirs_trial_processes_are_killed_with_their_groups(tmp_path: Path) -> None:
+    ours = str(tmp_path / "peer")
+    trial = {"METAOPT_TRIAL_ID": "ab" * 16, "METAOPT_DATA_DIR": ours}
+    orphan = _spawn(WRAPPER, trial)
+    # The user's shell may carry METAOPT_DATA_DIR to configure the peer: not a trial.
+    shell = _spawn(SLEEPER, {"METAOPT_DATA_DIR": ours})
+    other_peer = _spawn(SLEEPER, {**trial, "METAOPT_DATA_DIR": str(tmp_path / "other")})
+    spawned = [orphan, shell, other_peer]
+    try:
+        deadline = time.monotonic() + 20
+        while len(find_orphans(ours)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the wrapper's child has started
+        found = find_orphans(ours)
+        assert orphan.pid in found and len(found) == 2
+        group = [pid for pid, pgid in found.items() if pgid == orphan.pid]
+        assert sorted(group) == sorted(found)
+        assert kill_orphans(ours) == sorted(found)
+        orphan.wait(timeout=10)
+        assert all(_wait_gone(pid) for pid in found)
+        assert shell.poll() is None and other_peer.poll() is None
+        assert find_orphans(ours) == {}
+    finally:
+        for process in spawned:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=10)
