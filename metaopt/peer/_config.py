@@ -24,6 +24,7 @@ class Timing:
     stop_grace: float = 10.0  # stop file → SIGTERM → SIGKILL, each after this long
     request_timeout: float = 10.0
     monitor: float = 2.0  # early-stopping decisions this often
+    report_interval: float = 0.2  # a trial's progress records at most this often (thinned)
 
 
 @dataclass(frozen=True)
