@@ -57,6 +57,9 @@ class ExecutorConfig:
     stderr_lines: int = 20  # last stderr lines kept for a failure
     read_bytes: int = 65536
     drain: float = 5.0  # after exit, how long to wait for the pipes to close
+    # The log is kept to its latest output: past half of this, it moves to <log>.1 (replacing
+    # the one before) and starts afresh, so a chatty trial cannot fill the replica's disk.
+    max_log_bytes: int = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,8 @@ class TrialProcess:
         try:
             return await self._run(parser)
         finally:
-            self._log.close()
+            if self._log is not None:
+                self._log.close()
 
     async def _run(self, parser: OutputParser) -> TrialOutcome:
         spec = self.spec
@@ -263,6 +267,7 @@ class TrialProcess:
         while chunk := await stream.read(size):
             if self._log is not None:
                 try:
+                    self._rotate_log(len(chunk))
                     self._log.write(chunk)
                     self._log.flush()
                 except OSError as exc:  # a full disk must not stop the trial being read
@@ -270,6 +275,16 @@ class TrialProcess:
                     self._log = None
             for report in parser.feed(chunk, stdout=stdout):
                 self._progress(report)
+
+    def _rotate_log(self, incoming: int) -> None:
+        """Move the log to <log>.1 first if this write would take it past half the cap."""
+        assert self._log is not None
+        if self._log.tell() + incoming <= self.spec.config.max_log_bytes // 2:
+            return
+        self._log.close()
+        path = self.spec.log_path
+        os.replace(path, path.with_name(path.name + ".1"))
+        self._log = open(path, "ab")  # noqa: SIM115 - closed where the first one was
 
     def _progress(self, report: dict[str, MetricValue]) -> None:
         self._reports += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 import textwrap
@@ -357,3 +358,19 @@ def test_python_children_are_unbuffered_unless_the_spec_says_otherwise(tmp_path:
     assert outcome.objectives == {"loss": 1.0}
     outcome, _ = asyncio.run(_run(_spec(tmp_path, script, env={"PYTHONUNBUFFERED": "0"})))
     assert outcome.objectives == {"loss": 0.0}
+
+
+@pytest.mark.asyncio
+async def test_a_chatty_trial_keeps_only_its_latest_output_on_disk(tmp_path: Path) -> None:
+    # One trial wrote 814 MB of log in 8 s; the log is on the replica's disk.
+    body = (
+        "for i in range(4000):\n    print(f'line {i:05d} ' + 'x' * 60)\n"
+        "print('METAOPT {\"loss\": 0.5}')\n"
+    )
+    config = dataclasses.replace(_FAST, max_log_bytes=64 << 10)
+    outcome, _ = await _run(_spec(tmp_path, _script(tmp_path, body), config=config))
+    assert outcome.status == "completed"
+    log, older = tmp_path / "logs" / "output.log", tmp_path / "logs" / "output.log.1"
+    assert log.stat().st_size + older.stat().st_size <= (64 << 10) + 65536  # + one read
+    assert log.read_text().rstrip().endswith('METAOPT {"loss": 0.5}')
+    assert "line 03999" in log.read_text() + older.read_text()
