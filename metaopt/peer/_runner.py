@@ -158,7 +158,7 @@ class TrialRunner:
         slot = free[0]
         run = Running(slot, state.key, view.key, last_event=self.node.clock())
         self.running[slot.index] = run
-        resume = view.last_step if thaw else 0
+        resume = view.last_step if thaw or self._has_checkpoint(view.key) else 0
         self.node.write_event(
             state.key, view.key, "thawed" if thaw else "started", step=resume or None
         )
@@ -178,6 +178,18 @@ class TrialRunner:
             state.spec.name,
             json.dumps(dict(view.params)),
         )
+
+    def _has_checkpoint(self, trial: bytes) -> bool:
+        """Whether a trial run here before left a checkpoint (it was interrupted or lost).
+
+        Such a re-run resumes like a thaw: METAOPT_RESUME_STEP set, the same checkpoint dir.
+        On another peer, or with no checkpoint, it starts from step 0.
+        """
+        checkpoint = self.trial_dir(trial) / "checkpoint"
+        try:
+            return any(checkpoint.iterdir())
+        except OSError:
+            return False
 
     def _spec(self, state: ExperimentState, view: TrialView, slot: Slot, resume: int) -> TrialSpec:
         spec = state.spec

@@ -432,3 +432,28 @@ def _outlive(cluster: Cluster, peer: Peer) -> None:
     assert peer.proc.wait(timeout=30) == 0
     assert find_orphans(peer.data_dir) == {}
     assert not (peer.data_dir / "peer.pid").exists()
+
+
+def test_a_trial_interrupted_by_a_graceful_stop_resumes_from_its_checkpoint(
+    cluster: Cluster,
+) -> None:
+    # It saved a checkpoint when asked to stop; re-run from step 0 after the restart, that
+    # work was thrown away.
+    peer = cluster.start_peer("solo")
+    submit_epochs(peer, "ep", trials=1, steps=12, sleep=0.3, early_stopping="none")
+
+    def trial() -> dict[str, Any]:
+        trials = experiment(peer, "ep")["trial_list"]
+        return dict(trials[0]) if trials else {}
+
+    wait_for(lambda: trial().get("last_step", 0) >= 3, 60, peer.log)
+    cluster.kill(peer, signal.SIGTERM)  # graceful: the trial is recorded interrupted
+    cluster.restart(peer)
+    wait_for(lambda: trial().get("state") == "completed", 90, peer.log)
+    t = trial()
+    assert t["attempts"] == 2 and t["last_step"] == 12
+    log = peer.cli("logs", t["id"]).stdout
+    resumed = [line for line in log.splitlines() if "METAOPT_RESUME_STEP=" in line][-1]
+    assert "METAOPT_RESUME_STEP=None" not in resumed, log
+    step = int(resumed.split("METAOPT_RESUME_STEP=")[1].rstrip(")"))
+    assert step >= 3 and f"starting at step {step + 1} " in resumed
