@@ -222,7 +222,11 @@ class Node:
     async def stop(self) -> None:
         """Graceful: running trials are recorded as interrupted, pushed, then everything closes."""
         self._stopping.set()
-        await self.runner.interrupt_all("its peer was stopped")
+        # A scheduling pass in flight (waiting on a suggestion) may still launch a trial: let
+        # it end first, or that trial would miss the interrupt and be killed with the loop,
+        # with no end event, and show as running until it is found lost.
+        async with self._schedule_lock:
+            await self.runner.interrupt_all("its peer was stopped")
         await self.replicator.drain(timeout=2.0)
         # One last reconciliation so the interrupted events reach someone even if pushes failed.
         live = self.peers.random_live(self.rng, 2, self.clock(), self.config.timing.peer_timeout)
@@ -461,7 +465,7 @@ class Node:
                 )
                 self._unsearchable[state.key] = "its search failed here (see this peer's log)"
                 continue
-            if view is not None:
+            if view is not None and not self._stopping.is_set():
                 await self.runner.launch(state, view)
 
     def status(self) -> dict[str, Any]:
