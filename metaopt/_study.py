@@ -106,6 +106,11 @@ def _checked_spec(
         raise MetaoptError(f"objective must be a name or a list of names, got {objective!r}")
     if len(set(objectives)) != len(objectives):
         raise MetaoptError(f"objective names repeat in {list(objectives)}; give each once")
+    for each in objectives:  # the rule every metric name follows, here and in metaopt.report
+        try:
+            check_metric(each, 0.0)
+        except WorkerError as exc:
+            raise MetaoptError(f"objective: {exc}") from None
     if directions is None:
         directions = ["minimize" if minimize else "maximize"] * len(objectives)
     directions = tuple(directions)

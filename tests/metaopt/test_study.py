@@ -201,6 +201,7 @@ def test_ask_stops_at_the_budget() -> None:
         ({"directions": ["up"]}, "'minimize' or 'maximize'"),
         ({"objective": []}, "objective must be"),
         ({"objective": ["a", "a"]}, "repeat"),
+        ({"objective": "val loss"}, "not allowed"),
         ({"name": 3}, "name must be"),
         ({"seed": 1.5}, "seed must be an integer"),
         ({"node_id": "zz"}, "node_id must be"),
