@@ -206,7 +206,7 @@ def parse_trial(record: Record) -> TrialBody | None:
     params, node, counter = b.get("params"), b.get("node"), b.get("counter")
     if (
         not isinstance(params, dict)
-        or not all(isinstance(v, int | float | str | bool) for v in params.values())
+        or not all(v is None or isinstance(v, int | float | str | bool) for v in params.values())
         or not isinstance(node, bytes)
         or type(counter) is not int
     ):

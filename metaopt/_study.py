@@ -98,7 +98,8 @@ def _checked_spec(
             "space must be a non-empty dict of parameter name -> prior string, "
             "e.g. {'lr': 'loguniform(1e-5, 1)'}"
         )
-    Space.from_dict(dict(space))  # SpaceError names the parameter and what was expected
+    if Space.from_dict(dict(space)).d == 0:  # SpaceError names a bad prior's parameter
+        raise MetaoptError("space has no parameter to search besides its fidelity; add one")
     if not isinstance(name, str) or not name:
         raise MetaoptError(f"name must be a non-empty string, got {name!r}")
     objectives = (objective,) if isinstance(objective, str) else tuple(objective)
@@ -121,8 +122,8 @@ def _checked_spec(
     if not all(d in ("minimize", "maximize") for d in directions):
         raise MetaoptError(f"directions must be 'minimize' or 'maximize', got {list(directions)}")
     for what, number in (("max_trials", max_trials), ("max_step", max_step)):
-        if number is not None and (type(number) is not int or number < 1):
-            raise MetaoptError(f"{what} must be a whole number >= 1 or None, got {number!r}")
+        if number is not None and (type(number) is not int or not 1 <= number <= 2**53):
+            raise MetaoptError(f"{what} must be a whole number in 1..2**53 or None, got {number!r}")
     if early_stopping is not None and early_stopping not in STOPPERS:
         raise MetaoptError(
             f"early_stopping={early_stopping!r}: choose one of {', '.join(STOPPERS)}"
@@ -396,8 +397,13 @@ class Study:
         own_frozen = {t.id for t in self._state.trials() if t.state == "frozen"} & self._own()
         if not own_frozen:
             return None
+        # Once the budget is spent every frozen trial is judged at once (as the peer does):
+        # those not worth resuming are killed, or they would stay frozen for ever and the
+        # experiment would never finish.
+        ending = self._state.budget_spent
+        decisions = self._decide(own_frozen, free_slots=len(own_frozen) if ending else 1)
         thawed: Trial | None = None
-        for trial_id, decision in sorted(self._decide(own_frozen, free_slots=1).items()):
+        for trial_id, decision in decisions.items():  # the stopper's order: best thaw first
             key = bytes.fromhex(trial_id)
             view = self._state.trial(key)
             assert view is not None
@@ -408,6 +414,14 @@ class Study:
             elif decision.action is Action.THAW and thawed is None:
                 self._event(key, "thawed", step=view.last_step or None, reason=decision.reason)
                 thawed = Trial(key, dict(view.params), view.counter, view.last_step)
+        if ending and self._stopper is not None:
+            worth = {t for t, d in decisions.items() if d.action in (Action.THAW, Action.KILL)}
+            for trial_id in sorted(own_frozen - worth):
+                key = bytes.fromhex(trial_id)
+                view = self._state.trial(key)
+                step = view.last_step if view is not None else None
+                reason = "frozen when the budget ran out and not worth resuming"
+                self._event(key, "killed", step=step or None, reason=reason)
         return thawed
 
     def _key(self, trial: Trial | TrialView | str | bytes) -> bytes:

@@ -159,8 +159,8 @@ def _as_int(options: dict[str, Any], key: str, flag: str) -> int | None:
         number = int(value)
     except (TypeError, ValueError):
         raise MetaoptError(f"{flag} needs a whole number, got {value!r}") from None
-    if number < 1:
-        raise MetaoptError(f"{flag} must be at least 1")
+    if not 1 <= number <= 2**53:
+        raise MetaoptError(f"{flag} must be between 1 and 2**53")
     return number
 
 
@@ -181,6 +181,8 @@ def build_submission(
             "no parameter to search: mark them with ~, e.g. --lr~'loguniform(1e-5, 1)'"
         )
     space = Space.from_dict(template.priors)
+    if space.d == 0:
+        raise MetaoptError("no parameter to search besides the fidelity; add one, e.g. --lr~...")
     program = template_words[0]
     program_path = (cwd / program) if not os.path.isabs(program) else Path(program)
     _check_program(program, program_path, cwd)

@@ -161,6 +161,11 @@ def _prepare(curves: Sequence[CurveView], cfg: FreezeThawConfig) -> _Data:
         steps.append(s)
         vals.append(v)
     pooled = np.concatenate(vals) if vals else np.zeros(0)
+    # Values near the float maximum (1e308 as "diverged") would overflow the spread and the
+    # differences below: they are taken in units of the largest value, folded back into scale.
+    big = float(np.abs(pooled).max()) if pooled.size else 0.0
+    unit = big if big > 1e150 else 1.0
+    pooled = pooled / unit
     centre = float(np.median(pooled)) if pooled.size else 0.0
     if pooled.size > 1:
         # Winsorised so a few diverging values cannot set the scale.
@@ -168,11 +173,12 @@ def _prepare(curves: Sequence[CurveView], cfg: FreezeThawConfig) -> _Data:
         scale = float(np.std(np.clip(pooled, lo, hi)))
     else:
         scale = 0.0
-    if not scale > 1e-12:
+    if not scale > 1e-12 / unit:
         scale = 1.0
     tmax = max((c.max_step for c in cs), default=1)
     ts = float(cfg.time_scale) if cfg.time_scale is not None else float(max(tmax, 1))
-    y = tuple(np.minimum((v - centre) / scale, cfg.clip_sd) for v in vals)
+    y = tuple(np.minimum((v / unit - centre) / scale, cfg.clip_sd) for v in vals)
+    centre, scale = centre * unit, scale * unit
     t = tuple(s / ts for s in steps)
     grids, group = _group_by_prefix(steps)
     return _Data(

@@ -254,7 +254,8 @@ def diverged(c: CurveView, window: int, frac: float, z: float) -> bool:
     rise = float(v[-1]) - low
     if rise <= frac * max(gained, 0.0):
         return False
-    noise = 1.4826 * float(np.median(np.abs(np.diff(v)))) / math.sqrt(2.0)
+    with np.errstate(over="ignore"):  # steps of ~1e308 overflow to inf: a rise, not an error
+        noise = 1.4826 * float(np.median(np.abs(np.diff(v)))) / math.sqrt(2.0)
     if rise <= 10.0 * z * noise:
         return False
     b, se = _slope(s[-window:], v[-window:])

@@ -91,6 +91,8 @@ def chebyshev_scalarise(Y: FloatArray, weights: FloatArray, rho: float = 0.05) -
     ParEGO's: a random weight vector per call turns several objectives into one whose minima
     are Pareto-optimal, rho > 0 breaking ties towards points good in every objective.
     """
+    big = np.abs(Y).max(axis=0) if Y.size else np.zeros(Y.shape[1])
+    Y = Y / np.where(big > 1e150, big, 1.0)  # hi - lo would overflow; the scale cancels
     lo, hi = Y.min(axis=0), Y.max(axis=0)
     Z = (Y - lo) / np.where(hi > lo, hi - lo, 1.0)
     return np.asarray((Z * weights).max(axis=1) + rho * (Z * weights).sum(axis=1), np.float64)

@@ -405,6 +405,13 @@ def _numeric(name: str, prior: str, args: list[Any], kwargs: dict[str, Any]) -> 
         raise _Bad("normal needs sigma > 0")
     if discrete and prior != "normal" and math.ceil(a) > math.floor(b):
         raise _Bad(f"{prior} with discrete=True needs an integer between low and high")
+    if (
+        discrete
+        and max(abs(a), abs(b), abs(a) + 40 * abs(b) * (prior == "normal")) > _MAX_EXACT_INT
+    ):
+        raise _Bad(f"{prior} with discrete=True needs values within +-2**53 ({_MAX_EXACT_INT})")
+    if prior == "normal" and not math.isfinite(abs(a) + 40 * b):
+        raise _Bad("normal needs mu +- 40 sigma to be finite numbers")
     return Dimension(name, prior, (a, b), discrete=discrete, precision=precision)
 
 
@@ -439,6 +446,8 @@ def _choices(name: str, args: list[Any]) -> Dimension:
         raise _Bad("choices needs at least one value")
     if not all(_hashable_literal(v) for v in values):
         raise _Bad("choices values must be strings, numbers, booleans or None")
+    if any(isinstance(v, int) and not -(2**63) <= v < 2**63 for v in values):
+        raise _Bad("choices integers must fit in 64 bits")
     seen: set[tuple[type, Any]] = set()  # by type too: 1, 1.0 and True are three choices
     for v in values:
         if (type(v), v) in seen:
@@ -456,6 +465,10 @@ def _fidelity(name: str, args: list[Any], kwargs: dict[str, Any]) -> Dimension:
         raise _Bad("fidelity needs 0 < low < high")
     if not base > 1:
         raise _Bad("fidelity needs base > 1")
+    if high > _MAX_EXACT_INT:
+        raise _Bad(f"fidelity's high end must be at most 2**53 ({_MAX_EXACT_INT}) steps")
+    if math.log(high / low) / math.log(base) > 64:
+        raise _Bad("fidelity's ladder low, low*base, ... would pass 64 rungs; raise base")
     keep = tuple(int(x) if x == round(x) else x for x in (low, high))
     return Dimension(name, "fidelity", keep, base=float(base))
 

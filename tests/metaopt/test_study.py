@@ -198,6 +198,7 @@ def test_ask_stops_at_the_budget() -> None:
         ({"max_trials": 0}, "max_trials must be"),
         ({"max_trials": 2.0}, "max_trials must be"),
         ({"max_step": 0}, "max_step must be"),
+        ({"max_step": 2**70}, "max_step must be"),
         ({"directions": ["up"]}, "'minimize' or 'maximize'"),
         ({"objective": []}, "objective must be"),
         ({"objective": ["a", "a"]}, "repeat"),
@@ -363,3 +364,48 @@ def test_ask_records_the_kill_of_an_own_frozen_trial() -> None:
     second = study.ask()
     assert second.key != first.key
     assert next(t for t in study.trials if t.key == first.key).state == "killed"
+
+
+def test_once_the_budget_is_spent_no_trial_stays_frozen_for_ever() -> None:
+    # The peer kills the frozen trials not worth resuming when the budget runs out; the Study
+    # left them frozen, so its experiment never finished.
+    study = Study({"x": "uniform(0, 1)"}, early_stopping="freeze-thaw", max_step=20,
+                  max_trials=15, seed=1)  # fmt: skip
+    with pytest.raises(MetaoptError, match="budget of 15 trials is spent"):
+        for _ in range(100):
+            trial = study.ask()
+            for step in range(trial.resume_step + 1, 21):
+                study.report(trial, step, trial.params["x"] + 0.3 * math.exp(-step / 3))
+                if study.should_stop(trial):
+                    break
+            else:
+                study.tell(trial, trial.params["x"] + 0.3 * math.exp(-20 / 3))
+    states = [t.state for t in study.trials]
+    assert "frozen" not in states and "killed" in states and study.state.finished
+
+
+def test_huge_objective_values_such_as_a_float_max_penalty_are_searched() -> None:
+    # sys.float_info.max for an infeasible point: the GP's standardisation overflowed.
+    study = Study({"x": "uniform(0, 1)", "y": "uniform(0, 1)"}, seed=0)
+    for _ in range(14):
+        trial = study.ask()
+        x = trial.params["x"]
+        study.tell(trial, sys.float_info.max if x > 0.5 else (x - 0.2) ** 2)
+    assert study.best is not None and study.best.value is not None
+    assert study.best.value < 0.25
+
+
+def test_a_none_choice_is_a_trial_like_any_other() -> None:
+    study = Study({"c": "choices(['a', None, 'b'])"}, algorithm="random", seed=0)
+    seen = []
+    for _ in range(3):
+        trial = study.ask()
+        study.tell(trial, 1.0)
+        seen.append(trial.params["c"])
+    assert set(seen) == {"a", None, "b"}
+    assert len(study.trials) == 3
+
+
+def test_a_space_with_only_a_fidelity_is_refused() -> None:
+    with pytest.raises(MetaoptError, match="no parameter to search besides its fidelity"):
+        Study({"epochs": "fidelity(1, 10)"})

@@ -74,6 +74,9 @@ def warp_outputs(y: FloatArray, power: bool) -> OutputWarp:
 
 
 def _standardise(y: FloatArray) -> FloatArray:
+    big = float(np.abs(y).max()) if y.size else 0.0
+    if big > 1e150:  # the sum of squares would overflow (1e308 is a common "infeasible" value)
+        y = y / big  # any positive scale cancels below; this one keeps std() finite
     sd = float(y.std())
     return np.asarray((y - y.mean()) / (sd if sd > 0 else 1.0), dtype=np.float64)
 

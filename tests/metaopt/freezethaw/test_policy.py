@@ -445,3 +445,19 @@ def test_freeze_thaw_never_kills_a_run_already_below_the_bar() -> None:
     }
     assert acts["behind"] is Action.KILL
     assert acts["ahead"] is not Action.KILL
+
+
+def test_curves_near_the_float_maximum_are_decided_not_raised() -> None:
+    # Values a Study accepts (finite); their spread and differences overflowed float64.
+    steps = np.arange(1, 11)
+    alt = np.where(steps % 2 == 0, 1e308, -1e308)
+    states = ["completed", "completed", "frozen", "running"]
+    curves = [
+        CurveView(f"t{i}", np.array([i / 5]), steps, alt, state, 20)  # type: ignore[arg-type]
+        for i, state in enumerate(states)
+    ]
+    decisions = make_stopper("freeze-thaw").decide(
+        curves, {"t2", "t3"}, 1, np.random.default_rng(0)
+    )
+    assert {d.trial_id for d in decisions} <= {"t2", "t3"}
+    assert any(d.trial_id == "t3" for d in decisions)

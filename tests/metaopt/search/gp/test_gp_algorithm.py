@@ -142,6 +142,9 @@ def test_several_objectives_are_scalarised() -> None:
     _valid(MIXED, u)
     s = chebyshev_scalarise(np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0]]), np.array([0.5, 0.5]), 0)
     np.testing.assert_allclose(s, [0.5, 0.5, 0.0])
+    # Objectives spanning -1e308..1e308 (a float-max penalty): hi - lo overflowed to inf.
+    huge = np.array([[-1e308, 1.0], [1e308, 0.0], [0.0, 0.5]])
+    np.testing.assert_allclose(chebyshev_scalarise(huge, np.array([0.5, 0.5]), 0), [0.5, 0.5, 0.25])
 
 
 def test_large_history_uses_a_bounded_subset() -> None:
