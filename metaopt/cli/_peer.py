@@ -133,7 +133,7 @@ def _config(args: argparse.Namespace) -> PeerConfig:
 def _start(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.detach:
-        return _detach(config)
+        return _detach(config, args.log_level, args.timing)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(message)s",
@@ -166,7 +166,7 @@ async def _run(config: PeerConfig) -> int:
     return 0
 
 
-def _detach(config: PeerConfig) -> int:
+def _detach(config: PeerConfig, log_level: str, timing: str) -> int:
     dirs = DataDir(config.data_dir)
     dirs.ensure()
     argv = [sys.executable, "-m", "metaopt", "peer", "start"]
@@ -178,6 +178,7 @@ def _detach(config: PeerConfig) -> int:
         argv += ["--name", config.name]
     if not config.mdns:
         argv.append("--no-mdns")
+    argv += ["--log-level", log_level] + (["--timing", timing] if timing else [])
     env = dict(os.environ)
     if config.key_text:
         env["METAOPT_KEY"] = config.key_text  # not on the command line, where ps shows it

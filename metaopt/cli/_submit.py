@@ -17,7 +17,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from crdt import ORIGIN_SIZE, Record
 from metaopt._errors import MetaoptError, WorkerError
@@ -297,14 +297,18 @@ def submit(args: argparse.Namespace) -> int:
         print(f"submitted experiment {name!r} ({experiment.key.hex()[:12]})")
         print(f"follow it with: metaopt status {name}")
     if options.get("wait"):
-        return wait_for(peer, experiment.key.hex())
+        # With --json, stdout holds only the JSON line: progress goes to stderr.
+        return wait_for(peer, experiment.key.hex(), out=sys.stderr if options.get("json") else None)
     return 0
 
 
-def wait_for(peer: LocalPeer, experiment: str, interval: float = 1.0) -> int:
-    """Show live progress until the experiment's budget is spent and nothing runs."""
+def wait_for(
+    peer: LocalPeer, experiment: str, interval: float = 1.0, out: TextIO | None = None
+) -> int:
+    """Show live progress on out (stdout) until the budget is spent and nothing runs."""
+    out = out or sys.stdout
     last = ""
-    tty = sys.stdout.isatty()
+    tty = out.isatty()
     while True:
         info = peer.call("api.experiment", experiment)
         counts = info["counts"]
@@ -315,14 +319,15 @@ def wait_for(peer: LocalPeer, experiment: str, interval: float = 1.0) -> int:
             f" {info['trials']}/{total} trials, best {fmt_value(best)}"
         )
         if line != last:
-            print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
+            print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True, file=out)
             last = line
         if info["finished"]:
             break
         time.sleep(interval)
     if tty:
-        print()
+        print(file=out)
     if info["best"]:
         best_trial = info["best"][0]
-        print(f"best {fmt_value(best_trial['value'])} with {json.dumps(best_trial['params'])}")
+        params = json.dumps(best_trial["params"])
+        print(f"best {fmt_value(best_trial['value'])} with {params}", file=out)
     return 0

@@ -379,12 +379,16 @@ def test_config_file_export_stop_key_and_detach(cluster: Cluster, tmp_path: Path
         "0",
         "--data-dir",
         str(ddir),
+        "--log-level",
+        "DEBUG",
         timeout=60,
     )
     assert started.returncode == 0, started.stderr
     pid = int((ddir / "peer.pid").read_text())
     try:
         assert Path(f"/proc/{pid}").exists()
+        # The background peer got the options of the command that started it.
+        wait_for(lambda: " DEBUG " in (ddir / "peer.log").read_text(), 30)
         assert run_cli("peer", "stop", "--data-dir", str(ddir)).returncode == 0
         wait_for(lambda: not (ddir / "peer.pid").exists(), 30)
     finally:
@@ -457,3 +461,12 @@ def test_a_trial_interrupted_by_a_graceful_stop_resumes_from_its_checkpoint(
     assert "METAOPT_RESUME_STEP=None" not in resumed, log
     step = int(resumed.split("METAOPT_RESUME_STEP=")[1].rstrip(")"))
     assert step >= 3 and f"starting at step {step + 1} " in resumed
+
+
+def test_submit_wait_json_keeps_stdout_to_the_json_line(cluster: Cluster) -> None:
+    peer = cluster.start_peer("solo")
+    flags = ("--name", "wj", "--max-trials", "2", "--wait", "--json")
+    out = peer.cli("submit", *flags, str(SCRIPT), "--x~uniform(-1, 1)", "--y~uniform(-1, 1)")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["name"] == "wj"  # one JSON document, nothing else
+    assert "2/2 trials" in out.stderr and "best " in out.stderr
