@@ -77,6 +77,7 @@ class TrialView:
     started_at: int | None = None  # ms: its first started or thawed event
     ended_at: int | None = None  # ms: the terminal event that decided its state
     suggest_ms: float | None = None
+    reported_step: int = 0  # the highest step any event carried (progress, frozen, thawed)
 
     @property
     def id(self) -> str:
@@ -89,7 +90,8 @@ class TrialView:
 
     @property
     def last_step(self) -> int:
-        return self.curve[-1][0] if self.curve else 0
+        """The last step it reported, of any metric (its curve holds the first objective's)."""
+        return max(self.curve[-1][0] if self.curve else 0, self.reported_step)
 
 
 def _trial_view(
@@ -110,8 +112,11 @@ def _trial_view(
     thaws = 0
     started_at: int | None = None
     first = spec.objectives[0]
+    reported_step = 0
     for time, ekey, event in ordered:
         last_seen = max(last_seen, time)
+        if event.step is not None and event.kind in ("progress", "frozen", "thawed"):
+            reported_step = max(reported_step, event.step)
         if event.kind in ("started", "thawed"):
             attempts += event.kind == "started"
             thaws += event.kind == "thawed"
@@ -173,6 +178,7 @@ def _trial_view(
         started_at=started_at,
         ended_at=None if terminal is None else terminal[1],
         suggest_ms=trial.suggest_ms,
+        reported_step=reported_step,
     )
 
 

@@ -223,3 +223,18 @@ def test_experiment_records_are_content_derived() -> None:
     store = MemoryStore()
     store.add([a, c])
     assert sorted(k for k, _ in list_experiments(store)) == sorted([a.key, c.key])
+
+
+def test_the_last_step_counts_steps_of_any_metric_and_of_a_freeze() -> None:
+    # A thaw resumes from last_step: a run reporting its steps with another metric than the
+    # objective used to be resumed from 0, as if it had no checkpoint.
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    log.event(t, NODE_A, "started", 1100)
+    for step in (1, 2, 3):
+        log.event(t, NODE_A, "progress", 1100 + step, step=step, metrics={"acc": 0.5})
+    view = log.state().trial(t.key)
+    assert view is not None and view.curve == () and view.last_step == 3
+    log.event(t, NODE_A, "frozen", 1200, step=4)
+    frozen = log.state().trial(t.key)
+    assert frozen is not None and frozen.state == "frozen" and frozen.last_step == 4
