@@ -259,6 +259,12 @@ class TrialRunner:
                 return
             run.last_progress, run.held = run.last_event, None
             node.write_event(run.experiment, run.trial, "progress", step=step, metrics=metrics)
+        elif kind == "heartbeat" and run.held is not None:
+            # Quiet since a report was held back: write it now, so that the curve the
+            # stoppers read is at most one heartbeat old (it is news of the trial as well).
+            step, metrics = run.held
+            run.last_progress, run.held = run.last_event, None
+            node.write_event(run.experiment, run.trial, "progress", step=step, metrics=metrics)
         elif kind == "heartbeat":
             node.write_event(run.experiment, run.trial, "heartbeat")
         elif kind == "started" and isinstance(data.get("pid"), int):

@@ -112,6 +112,14 @@ def test_a_flood_of_reports_is_thinned_and_the_last_one_still_recorded() -> None
         runner._on_event(run, "progress", {"step": step, "metrics": {"loss": 1 / step}})
     assert [s for k, s in written] == [1, 257, 513, 769]
     assert run.last_step == 1024
+    clock[0] = 10.0  # quiet since: the heartbeat carries the report held back
+    runner._on_event(run, "heartbeat", {})
+    assert written[-1] == ("progress", 1024) and run.held is None
+    clock[0] = 10.5
+    runner._on_event(run, "progress", {"step": 1025, "metrics": {"loss": 0.001}})
+    clock[0] = 10.625
+    runner._on_event(run, "progress", {"step": 1026, "metrics": {"loss": 0.001}})
+    assert written[-1] == ("progress", 1025)  # 1026 held: within report_interval of 1025
     outcome = SimpleNamespace(status="completed", metrics={"loss": 0.001}, exit_code=0)
     runner._record_outcome(run, outcome)
-    assert written[-2:] == [("progress", 1024), ("completed", None)]
+    assert written[-2:] == [("progress", 1026), ("completed", None)]
