@@ -214,6 +214,8 @@ def build_submission(
     bundle: dict[str, Any] | None
     if options.get("no_bundle"):
         bundle = {"shared_dir": str(cwd.resolve())}
+        if "/" not in program and not program.endswith(".py") and program_path.is_file():
+            program = "./" + program  # a file here, not a command on PATH
     else:
         root = program_path.parent if program_path.exists() else cwd
         max_mb = _as_int(options, "max_bundle_mb", "--max-bundle-mb")

@@ -37,6 +37,8 @@ def test_a_bundled_program_keeps_its_dot_slash(tmp_path: Path) -> None:
     assert _build(tmp_path, "--", "./train", "--x~uniform(0, 1)")["command"][0] == "./train"  # type: ignore[index]
     assert _build(tmp_path, "--", "train", "--x~uniform(0, 1)")["command"][0] == "./train"  # type: ignore[index]
     assert _build(tmp_path, "sub/run", "--x~uniform(0, 1)")["command"][0] == "./run"  # type: ignore[index]
+    shared = _build(tmp_path, "--no-bundle", "--", "train", "--x~uniform(0, 1)")
+    assert shared["command"][0] == "./train"  # type: ignore[index]
     (tmp_path / "t.py").write_text("")
     assert _build(tmp_path, "t.py", "--x~uniform(0, 1)")["command"][0] == "t.py"  # type: ignore[index]
     assert _build(tmp_path, "--", "sh", "t.py", "--x~uniform(0, 1)")["command"][0] == "sh"  # type: ignore[index]
