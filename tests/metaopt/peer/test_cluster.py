@@ -74,6 +74,12 @@ def summary(peer: Peer) -> tuple[list[tuple[str, str]], list[str]]:
     return trials, [b["id"] for b in info["best"]]
 
 
+def only_trial(peer: Peer, name: str) -> dict[str, Any]:
+    """The first (in a one-trial experiment, the only) trial of an experiment; {} before it."""
+    trials = experiment(peer, name)["trial_list"]
+    return dict(trials[0]) if trials else {}
+
+
 def all_agree(peers: list[Peer]) -> bool:
     views = [summary(p) for p in peers]
     return all(v == views[0] for v in views) and bool(views[0][0])
@@ -272,8 +278,7 @@ def test_freeze_and_thaw_a_real_process_resumes_from_its_checkpoint(cluster: Clu
     submit_epochs(peer, "ep", trials=1, steps=60, sleep=0.5, early_stopping="none")
 
     def trial() -> dict[str, Any]:
-        trials = experiment(peer, "ep")["trial_list"]
-        return dict(trials[0]) if trials else {}
+        return only_trial(peer, "ep")
 
     wait_for(lambda: trial().get("last_step", 0) >= 3, 60, peer.log)
     frozen = peer.cli("freeze", trial()["id"])
@@ -447,8 +452,7 @@ def test_a_trial_interrupted_by_a_graceful_stop_resumes_from_its_checkpoint(
     submit_epochs(peer, "ep", trials=1, steps=12, sleep=0.3, early_stopping="none")
 
     def trial() -> dict[str, Any]:
-        trials = experiment(peer, "ep")["trial_list"]
-        return dict(trials[0]) if trials else {}
+        return only_trial(peer, "ep")
 
     wait_for(lambda: trial().get("last_step", 0) >= 3, 60, peer.log)
     cluster.kill(peer, signal.SIGTERM)  # graceful: the trial is recorded interrupted
