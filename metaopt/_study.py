@@ -30,7 +30,7 @@ from metaopt._writer import NodeWriter
 from metaopt.freezethaw import Action, Decision, EarlyStopper
 from metaopt.search import Algorithm
 from metaopt.space import Space
-from metaopt.worker import MetricValue, check_metric
+from metaopt.worker import MetricValue, check_metric, check_name
 
 __all__ = ["Study", "Trial", "sync_stores"]
 
@@ -109,7 +109,7 @@ def _checked_spec(
         raise MetaoptError(f"objective names repeat in {list(objectives)}; give each once")
     for each in objectives:  # the rule every metric name follows, here and in metaopt.report
         try:
-            check_metric(each, 0.0)
+            check_name(each)
         except WorkerError as exc:
             raise MetaoptError(f"objective: {exc}") from None
     if directions is None:

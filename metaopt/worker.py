@@ -48,6 +48,7 @@ __all__ = [
     "REPORT_PREFIX",
     "MetricValue",
     "check_metric",
+    "check_name",
     "checkpoint_dir",
     "data_dir",
     "params",
@@ -81,13 +82,19 @@ _OPTION = re.compile(r"--([A-Za-z_][A-Za-z0-9_.-]*)(?:=(.*))?", re.DOTALL)
 _params_cache: tuple[tuple[str | None, tuple[str, ...]], dict[str, Any]] | None = None
 
 
-def check_metric(name: object, value: object) -> MetricValue:
-    """The value as it will be reported, or WorkerError saying why it cannot be."""
+def check_name(name: object) -> str:
+    """A metric (or objective) name, or WorkerError saying why it is not allowed."""
     if not isinstance(name, str) or _NAME.fullmatch(name) is None:
         raise WorkerError(
             f"metric name {name!r} is not allowed; use 1-64 letters, digits or _./- "
             "starting with a letter or _"
         )
+    return name
+
+
+def check_metric(name: object, value: object) -> MetricValue:
+    """The value as it will be reported, or WorkerError saying why it cannot be."""
+    check_name(name)
     if isinstance(value, bool):
         raise WorkerError(f"metric {name!r} is a bool; report 0 or 1 instead")
     if isinstance(value, numbers.Integral):

@@ -27,7 +27,7 @@ from metaopt.peer._bundle import DEFAULT_MAX_BYTES, HARD_MAX_BYTES, collect_bund
 from metaopt.peer._local import LocalPeer, resolve_data_dir
 from metaopt.peer._template import parse_template
 from metaopt.space import Space
-from metaopt.worker import check_metric
+from metaopt.worker import check_name
 
 __all__ = ["add_submit_command", "build_submission", "split_submit_args", "submit"]
 
@@ -167,8 +167,10 @@ def _as_int(options: dict[str, Any], key: str, flag: str) -> int | None:
 def build_submission(
     options: dict[str, Any], template_words: list[str], cwd: Path
 ) -> tuple[Record, list[Record]]:
-    """The experiment record and its code blobs, validated; nothing is sent yet."""
-    options = merge_config(options)
+    """The experiment record and its code blobs, validated; nothing is sent yet.
+
+    options are the command line's merged with its --config file (``merge_config``).
+    """
     template_words = template_words or list(options.get("command") or [])
     if not template_words:
         raise MetaoptError(
@@ -198,7 +200,7 @@ def build_submission(
         raise MetaoptError("--objective needs at least one name, e.g. --objective loss")
     for name in objectives:
         try:
-            check_metric(name, 0.0)
+            check_name(name)
         except WorkerError as exc:
             raise MetaoptError(f"--objective: {exc}") from None
     regex = options.get("objective_regex")
@@ -214,8 +216,6 @@ def build_submission(
     bundle: dict[str, Any] | None
     if options.get("no_bundle"):
         bundle = {"shared_dir": str(cwd.resolve())}
-        if "/" not in program and not program.endswith(".py") and program_path.is_file():
-            program = "./" + program  # a file here, not a command on PATH
     else:
         root = program_path.parent if program_path.exists() else cwd
         max_mb = _as_int(options, "max_bundle_mb", "--max-bundle-mb")
@@ -233,8 +233,8 @@ def build_submission(
             blobs.append(Record.create(BLOB, origin, seq, now, {"data": data}, [digest]))
         if program_path.exists():
             program = program_path.resolve().relative_to(root.resolve()).as_posix()
-            if not program.endswith(".py"):
-                program = "./" + program  # a bare "train" would be looked up on PATH
+    if "/" not in program and not program.endswith(".py") and program_path.is_file():
+        program = "./" + program  # a file, not a command: exec would look "train" up on PATH
     command = (program, *template_words[1:])
     spec = ExperimentSpec(
         name=str(options.get("name") or Path(template_words[0]).stem),
