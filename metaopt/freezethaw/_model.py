@@ -70,6 +70,7 @@ class FreezeThawConfig:
     time_scale: float | None = None  # steps are divided by this; None: the largest max_step
     fit_max_curves: int = 64  # hyperparameters are global, so a spread subset fits them well
     fit_max_points: int = 24  # per curve, on a thinned shared grid, when fitting only
+    max_points: int = 256  # per shared grid when forecasting (plus each curve's last point)
     fit_maxfun_cold: int = 60  # marginal likelihood and gradient evaluations
     fit_maxfun_warm: int = 12
     clip_sd: float = 8.0  # standardised values above this are clipped: diverging runs
@@ -304,19 +305,29 @@ def _blocks(
     return _Blocks(layout, tuple(K0s), chol, z_one, Zs, col, lam, gam, quad, logdet, n_obs)
 
 
-def _thin(data: _Data, idx: IntArray, max_points: int) -> _Data:
-    """The curves idx on grids thinned to at most max_points shared points (for fitting only)."""
+def _thin(data: _Data, idx: IntArray, max_points: int, keep_ends: bool = False) -> _Data:
+    """The curves idx on grids thinned to max_points evenly spaced shared points.
+
+    keep_ends also keeps every curve's last point (so at most max_points + len(idx) per
+    grid): a forecast must see where each curve is now, while a fit of the global
+    hyperparameters does not need it.
+    """
     keep_of = [
         np.unique(np.linspace(0, g.shape[0] - 1, max_points).round().astype(np.int64))
         if g.shape[0] > max_points
         else np.arange(g.shape[0])
         for g in data.grids
     ]
+    if keep_ends:
+        for g in range(len(data.grids)):
+            if data.grids[g].shape[0] > max_points:
+                ends = [data.y[i].shape[0] - 1 for i in idx if data.group[i] == g]
+                keep_of[g] = np.union1d(keep_of[g], np.array(ends, dtype=np.int64))
     ys: list[FloatArray] = []
     ts: list[FloatArray] = []
     for i in idx:
         g = int(data.group[i])
-        keep = keep_of[g][keep_of[g] < data.y[i].shape[0]]
+        keep = keep_of[g][keep_of[g] < data.y[i].shape[0]] if g >= 0 else np.zeros(0, np.int64)
         ys.append(data.y[i][keep])
         ts.append(data.t[i][keep])
     return _Data(
@@ -479,6 +490,11 @@ class FreezeThawModel:
             self.hyper = None
         if optimise or self.hyper is None:
             self.hyper = self._optimise(data, with_data)
+        if any(g.shape[0] > self.config.max_points for g in data.grids):
+            # Factorising a grid costs T³: a run reporting for hours (thousands of points)
+            # took seconds per decision; evenly spaced points say as much about its shape.
+            everyone = np.arange(len(data.ids), dtype=np.int64)
+            data = _thin(data, everyone, self.config.max_points, keep_ends=True)
         return FittedModel(data, self.hyper, self.config.jitter)
 
     def _default(self, data: _Data, idx: IntArray) -> Hyper:

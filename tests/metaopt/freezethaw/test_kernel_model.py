@@ -174,3 +174,30 @@ def test_hyper_pack_round_trips() -> None:
     h = Hyper(1.5, 0.2, 0.7, 1e-3, 2.0, -0.4, np.array([0.1, 3.0]))
     h2 = Hyper.unpack(h.pack())
     assert np.allclose(h2.pack(), h.pack())
+
+
+def test_long_curves_are_forecast_from_a_bounded_thinned_grid() -> None:
+    # Runs reporting for hours give thousands of points; factorising those grids took seconds
+    # per decision. The forecast conditions on at most max_points evenly spaced points per
+    # grid plus each curve's latest point, and barely moves.
+    rng = np.random.default_rng(3)
+    curves = []
+    for i in range(6):
+        n = 1500 + 300 * i
+        s = np.arange(1, n + 1)
+        v = 0.3 + 0.1 * i + np.exp(-s / (200.0 + 50 * i)) + 0.005 * rng.standard_normal(n)
+        curves.append(CurveView(f"l{i}", rng.random(2), s, v, "running", 4000))
+    thinned_model = FreezeThawModel()
+    thinned = thinned_model.fit(curves)
+    full_model = FreezeThawModel(FreezeThawConfig(max_points=10**6))
+    full_model.hyper = thinned_model.hyper
+    full = full_model.fit(curves, optimise=False)
+    cap = FreezeThawConfig().max_points + len(curves)
+    assert all(g.shape[0] <= cap for g in thinned.data.grids)
+    for c, t in zip(curves, thinned.data.t, strict=True):
+        assert t[-1] * thinned.data.time_scale == c.steps[-1]  # where the curve is now
+    for c in curves:
+        m_thin, v_thin = thinned.predict(c.trial_id)
+        m_full, v_full = full.predict(c.trial_id)
+        assert abs(m_thin - m_full) < 0.02, (c.trial_id, m_thin, m_full)
+        assert v_thin >= v_full * (1 - 1e-6)  # fewer points: never more confident
