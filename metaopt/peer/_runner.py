@@ -158,10 +158,8 @@ class TrialRunner:
         slot = free[0]
         run = Running(slot, state.key, view.key, last_event=self.node.clock())
         self.running[slot.index] = run
-        resume = view.last_step if thaw or self._has_checkpoint(view.key) else 0
-        self.node.write_event(
-            state.key, view.key, "thawed" if thaw else "started", step=resume or None
-        )
+        resume = self._resume_step(view, thaw)
+        self.node.write_event(state.key, view.key, "thawed" if thaw else "started", step=resume)
         try:
             spec = self._spec(state, view, slot, resume)
         except (MetaoptError, OSError) as exc:
@@ -179,6 +177,14 @@ class TrialRunner:
             json.dumps(dict(view.params)),
         )
 
+    def _resume_step(self, view: TrialView, thaw: bool) -> int | None:
+        """The step a (re-)launched trial resumes after, or None for a fresh start.
+
+        A resume at step 0 (frozen before reporting a step past 0) is still a resume: the
+        script must be told to load its checkpoint.
+        """
+        return view.last_step if thaw or self._has_checkpoint(view.key) else None
+
     def _has_checkpoint(self, trial: bytes) -> bool:
         """Whether a trial run here before left a checkpoint (it was interrupted or lost).
 
@@ -191,7 +197,9 @@ class TrialRunner:
         except OSError:
             return False
 
-    def _spec(self, state: ExperimentState, view: TrialView, slot: Slot, resume: int) -> TrialSpec:
+    def _spec(
+        self, state: ExperimentState, view: TrialView, slot: Slot, resume: int | None
+    ) -> TrialSpec:
         spec = state.spec
         assert spec.command is not None
         trial_dir = self.trial_dir(view.key)
@@ -226,7 +234,7 @@ class TrialRunner:
                 ),
             }
         )
-        if resume:
+        if resume is not None:
             env["METAOPT_RESUME_STEP"] = str(resume)
         timing = self.config.timing
         return TrialSpec(
@@ -237,7 +245,7 @@ class TrialRunner:
             objectives=tuple(spec.objectives),
             objective_regex=spec.objective_regex,
             stop_file=trial_dir / "stop",
-            step_offset=resume,
+            step_offset=resume or 0,
             config=ExecutorConfig(heartbeat=timing.heartbeat, grace=timing.stop_grace),
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection, Sequence
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -123,3 +124,33 @@ def test_a_flood_of_reports_is_thinned_and_the_last_one_still_recorded() -> None
     outcome = SimpleNamespace(status="completed", metrics={"loss": 0.001}, exit_code=0)
     runner._record_outcome(run, outcome)
     assert written[-2:] == [("progress", 1026), ("completed", None)]
+
+
+def test_a_trial_frozen_at_step_0_is_told_it_resumes(tmp_path: Path) -> None:
+    # Scripts counting steps from 0 can be frozen at step 0; METAOPT_RESUME_STEP=0 is still a
+    # resume (load the checkpoint), and an unset variable would have read as a fresh start.
+    spec = ExperimentSpec(name="e", space={"x": "uniform(0, 1)"}, command=("t.py",), max_step=10)
+    rec = experiment_record(spec)
+    parsed = parse_experiment(rec)
+    assert parsed is not None
+    state = ExperimentState(rec.key, parsed)
+    body = {"params": {"x": 0.5}, "node": ME, "counter": 1}
+    trial = Record.create(TRIAL, ME, 1, 0, body, [rec.key])
+    state.apply(trial)
+    for seq, (kind, step) in enumerate((("started", None), ("progress", 0), ("frozen", 0)), 2):
+        metrics = {"objective": 0.5} if kind == "progress" else {}
+        body = EventBody(trial.key, rec.key, kind, ME, step, metrics).to_body()
+        state.apply(Record.create(EVENT, ME, seq, 1_000 * seq, body, [trial.key, rec.key]))
+    view = state.trial(trial.key)
+    assert view is not None and view.state == "frozen" and view.last_step == 0
+    node = SimpleNamespace(
+        node_id=ME,
+        clock=lambda: 0.0,
+        dirs=SimpleNamespace(trials=tmp_path / "trials", root=tmp_path),
+        write_event=lambda *a, **kw: None,
+    )
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1, timing=Timing()))  # type: ignore[arg-type]
+    resume = runner._resume_step(view, thaw=True)
+    assert runner._spec(state, view, runner.slots[0], resume).env["METAOPT_RESUME_STEP"] == "0"
+    fresh = runner._spec(state, view, runner.slots[0], runner._resume_step(view, thaw=False))
+    assert "METAOPT_RESUME_STEP" not in fresh.env  # no checkpoint left here: a fresh start
