@@ -69,9 +69,8 @@ class _Node:
         state.apply(Record.create(EVENT, ME, self._seq, 5_000, body, [trial, experiment]))
 
 
-def test_a_free_slot_kills_a_hopeless_frozen_trial_for_good() -> None:
-    # The stopper judges frozen trials only where a slot could take them: the runner's thaw
-    # pass must record its kills, or a hopeless trial stays frozen until the budget ends.
+def _frozen_trial(step: int) -> tuple[ExperimentState, bytes]:
+    """An experiment with one trial of this peer, started, reported at step and frozen there."""
     spec = ExperimentSpec(name="e", space={"x": "uniform(0, 1)"}, command=("t.py",), max_step=10)
     rec = experiment_record(spec)
     parsed = parse_experiment(rec)
@@ -80,19 +79,26 @@ def test_a_free_slot_kills_a_hopeless_frozen_trial_for_good() -> None:
     body = {"params": {"x": 0.5}, "node": ME, "counter": 1}
     trial = Record.create(TRIAL, ME, 1, 0, body, [rec.key])
     state.apply(trial)
-    for seq, (kind, step) in enumerate((("started", None), ("progress", 1), ("frozen", 1)), 2):
+    for seq, (kind, at) in enumerate((("started", None), ("progress", step), ("frozen", step)), 2):
         metrics = {"objective": 0.5} if kind == "progress" else {}
-        body = EventBody(trial.key, rec.key, kind, ME, step, metrics).to_body()
+        body = EventBody(trial.key, rec.key, kind, ME, at, metrics).to_body()
         state.apply(Record.create(EVENT, ME, seq, 1_000 * seq, body, [trial.key, rec.key]))
     assert state.trial(trial.key).state == "frozen"  # type: ignore[union-attr]
+    return state, trial.key
+
+
+def test_a_free_slot_kills_a_hopeless_frozen_trial_for_good() -> None:
+    # The stopper judges frozen trials only where a slot could take them: the runner's thaw
+    # pass must record its kills, or a hopeless trial stays frozen until the budget ends.
+    state, trial = _frozen_trial(1)
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
     stopper = _KillFrozen()
     runner._stoppers[state.key] = stopper
     asyncio.run(runner.thaw())
     assert stopper.free == [1]
-    assert node.written == [(trial.key, "killed", "hopeless")]
-    assert state.trial(trial.key).state == "killed"  # type: ignore[union-attr]
+    assert node.written == [(trial, "killed", "hopeless")]
+    assert state.trial(trial).state == "killed"  # type: ignore[union-attr]
 
 
 def test_a_flood_of_reports_is_thinned_and_the_last_one_still_recorded() -> None:
@@ -129,20 +135,9 @@ def test_a_flood_of_reports_is_thinned_and_the_last_one_still_recorded() -> None
 def test_a_trial_frozen_at_step_0_is_told_it_resumes(tmp_path: Path) -> None:
     # Scripts counting steps from 0 can be frozen at step 0; METAOPT_RESUME_STEP=0 is still a
     # resume (load the checkpoint), and an unset variable would have read as a fresh start.
-    spec = ExperimentSpec(name="e", space={"x": "uniform(0, 1)"}, command=("t.py",), max_step=10)
-    rec = experiment_record(spec)
-    parsed = parse_experiment(rec)
-    assert parsed is not None
-    state = ExperimentState(rec.key, parsed)
-    body = {"params": {"x": 0.5}, "node": ME, "counter": 1}
-    trial = Record.create(TRIAL, ME, 1, 0, body, [rec.key])
-    state.apply(trial)
-    for seq, (kind, step) in enumerate((("started", None), ("progress", 0), ("frozen", 0)), 2):
-        metrics = {"objective": 0.5} if kind == "progress" else {}
-        body = EventBody(trial.key, rec.key, kind, ME, step, metrics).to_body()
-        state.apply(Record.create(EVENT, ME, seq, 1_000 * seq, body, [trial.key, rec.key]))
-    view = state.trial(trial.key)
-    assert view is not None and view.state == "frozen" and view.last_step == 0
+    state, trial = _frozen_trial(0)
+    view = state.trial(trial)
+    assert view is not None and view.last_step == 0
     node = SimpleNamespace(
         node_id=ME,
         clock=lambda: 0.0,
