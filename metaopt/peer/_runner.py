@@ -299,6 +299,8 @@ class TrialRunner:
             step, metrics = run.held
             write(run.experiment, run.trial, "progress", step=step, metrics=metrics)
             run.held = None
+        if run.outcome is not None and outcome.status == "completed" and self._ran_to_end(run):
+            run.outcome = None  # the stop came too late: it ended on its own, with its result
         if run.outcome is not None:
             write(
                 run.experiment,
@@ -326,6 +328,16 @@ class TrialRunner:
                 stderr="\n".join(outcome.stderr_tail) or None,
             )
         log.info("trial %s ended: %s", run.trial.hex()[:12], run.outcome or outcome.status)
+
+    def _ran_to_end(self, run: Running) -> bool:
+        """Whether the run reported the experiment's last step (so exit 0 was its natural end)."""
+        from metaopt._curves import max_step_of
+
+        state = self.node.replica.experiments.get(run.experiment)
+        if state is None:
+            return False
+        final = max_step_of(state, self.node.suggester(state).space, state.trials())
+        return final is not None and run.last_step >= final
 
     async def end(self, trial: bytes, outcome: str, reason: str) -> None:
         """Stop a running trial of this peer, recording ``outcome`` (frozen, killed, ...)."""

@@ -149,3 +149,16 @@ def test_a_trial_frozen_at_step_0_is_told_it_resumes(tmp_path: Path) -> None:
     assert runner._spec(state, view, runner.slots[0], resume).env["METAOPT_RESUME_STEP"] == "0"
     fresh = runner._spec(state, view, runner.slots[0], runner._resume_step(view, thaw=False))
     assert "METAOPT_RESUME_STEP" not in fresh.env  # no checkpoint left here: a fresh start
+
+
+def test_a_stop_landing_after_the_last_step_records_the_trial_completed() -> None:
+    # A freeze decided from a report at step 9 reaches a script that then reports step 10 (its
+    # last) and exits 0: it finished, and "frozen" would hide its result from the search.
+    state, trial = _frozen_trial(1)
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    done = SimpleNamespace(status="completed", metrics={"objective": 0.1}, exit_code=0)
+    for last_step, recorded in ((10, "completed"), (5, "frozen")):
+        run = Running(runner.slots[0], state.key, trial, outcome="frozen", last_step=last_step)
+        runner._record_outcome(run, done)
+        assert node.written[-1][:2] == (trial, recorded)
