@@ -89,7 +89,7 @@ def stopper_for(state: ExperimentState, space: Space) -> EarlyStopper | None:
         choice = "freeze-thaw"
     if choice in ("asha", "freeze-thaw") and space.fidelity is not None:
         # The ladder the user wrote: fidelity(low, high, base) has its rungs at low * base**k.
-        low, base = int(space.fidelity.args[0]), round(space.fidelity.base)
+        low, base = float(space.fidelity.args[0]), space.fidelity.base
         if choice == "asha":
             return make_stopper("asha", AshaConfig.from_fidelity(low, base))
         return make_stopper("freeze-thaw", FreezeThawPolicyConfig.from_fidelity(low, base))

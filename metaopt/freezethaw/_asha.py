@@ -26,21 +26,25 @@ __all__ = ["AshaConfig", "AshaStopper"]
 class AshaConfig:
     """ASHA's rungs: min_resource * reduction_factor**(k + min_early_stopping_rate), k >= 0."""
 
-    min_resource: int = 1
-    reduction_factor: int = 3
+    min_resource: float = 1.0
+    reduction_factor: float = 3.0
     min_early_stopping_rate: int = 0
 
     def __post_init__(self) -> None:
-        if self.min_resource < 1 or self.reduction_factor < 2 or self.min_early_stopping_rate < 0:
+        if (
+            not self.min_resource > 0.0
+            or not self.reduction_factor > 1.0
+            or self.min_early_stopping_rate < 0
+        ):
             raise MetaoptError(
-                "AshaConfig needs min_resource >= 1, reduction_factor >= 2 and "
+                "AshaConfig needs min_resource > 0, reduction_factor > 1 and "
                 "min_early_stopping_rate >= 0; fix the fidelity prior or the config"
             )
 
     @classmethod
-    def from_fidelity(cls, low: int, base: int) -> AshaConfig:
+    def from_fidelity(cls, low: float, base: float) -> AshaConfig:
         """The ladder of a fidelity(low, high, base) prior."""
-        return cls(min_resource=max(int(low), 1), reduction_factor=max(int(base), 2))
+        return cls(min_resource=low, reduction_factor=base)
 
     def rungs(self, max_step: int) -> list[int]:
         """Rung steps strictly below max_step (the last rung is the budget itself)."""
@@ -100,10 +104,10 @@ class AshaStopper:
                 self._judged[c.trial_id] = k
                 others = [value_at(o, r) for o in curves]
                 competing = sorted(x for x in others if x is not None)
-                cut = competing[max(len(competing) // eta - 1, 0)]
+                cut = competing[max(int(len(competing) // eta) - 1, 0)]
                 if mine > cut:
                     decision = Decision(
-                        c.trial_id, Action.KILL, f"not in the top 1/{eta} at rung {r}"
+                        c.trial_id, Action.KILL, f"not in the top 1/{eta:g} at rung {r}"
                     )
                     break
                 decision = Decision(c.trial_id, Action.CONTINUE, f"promoted past rung {r}")

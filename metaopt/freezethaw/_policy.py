@@ -115,6 +115,7 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float64]
+_MAX_RUNGS = 256  # a fidelity prior has at most 64 rungs; this bounds a hand-made config
 
 
 class Action(enum.Enum):
@@ -181,8 +182,8 @@ class FreezeThawPolicyConfig:
     n_candidates: int = 128
     fresh_min_trials: int = 8  # tried configurations needed before the fresh chance is empirical
     smooth_window: int = 3
-    rung_min: int = 1  # rungs at rung_min * rung_base**k: the fidelity prior's ladder
-    rung_base: int = 3  # ... and a trial must be in the best 1/rung_base at its latest rung
+    rung_min: float = 1.0  # rungs at rung_min * rung_base**k: the fidelity prior's ladder
+    rung_base: float = 3.0  # ... and a trial must be in the best 1/rung_base at its latest rung
     model_min_points: int | None = None  # the model freezes or kills no running trial with
     # fewer points (None: none at all; the rungs do); it always judges frozen ones
     warmup_completed: int = 2  # no model freeze or kill before this many runs completed
@@ -191,19 +192,19 @@ class FreezeThawPolicyConfig:
         if (
             not 0.0 < self.freeze_ratio <= self.thaw_ratio
             or not (self.var_inflation > 0.0 and self.fresh_inflation > 0.0)
-            or self.rung_min < 1
-            or self.rung_base < 2
+            or not self.rung_min > 0.0
+            or not self.rung_base > 1.0
         ):
             raise MetaoptError(
                 "FreezeThawPolicyConfig needs 0 < freeze_ratio <= thaw_ratio, positive "
-                "var_inflation and fresh_inflation, rung_min >= 1 and rung_base >= 2; "
+                "var_inflation and fresh_inflation, rung_min > 0 and rung_base > 1; "
                 "fix the config"
             )
 
     @classmethod
-    def from_fidelity(cls, low: int, base: int) -> FreezeThawPolicyConfig:
+    def from_fidelity(cls, low: float, base: float) -> FreezeThawPolicyConfig:
         """The defaults with the rungs of a fidelity(low, high, base) prior."""
-        return cls(rung_min=max(int(low), 1), rung_base=max(int(base), 2))
+        return cls(rung_min=low, rung_base=base)
 
     def latest_rung(self, step: float, max_step: int) -> int | None:
         """The highest rung at or below step and below max_step, or None before the first."""
@@ -211,17 +212,21 @@ class FreezeThawPolicyConfig:
         return passed[-1] if passed else None
 
 
-def rung_ladder(low: int, base: int, max_step: int, first: int = 0) -> list[int]:
+def rung_ladder(low: float, base: float, max_step: int, first: int = 0) -> list[int]:
     """Rung steps low * base**k for k >= first, strictly below max_step (the budget is none).
 
     The one ladder of the fidelity prior fidelity(low, high, base), shared by ASHA and the
-    freeze-thaw rungs.
+    freeze-thaw rungs. Steps are whole: a rung between two steps is the next step up (2.5 is
+    reached at step 3), and rungs that round to the same step count once.
     """
     out: list[int] = []
-    r = low * base**first
-    while r < max_step:
-        out.append(r)
-        r *= base
+    for k in range(first, first + _MAX_RUNGS):
+        # The tolerance keeps 0.1 * 10**k, say, from rounding up a step past 10**(k-1).
+        r = max(math.ceil(low * base**k * (1.0 - 1e-12)), 1)
+        if r >= max_step:
+            break
+        if not out or r > out[-1]:
+            out.append(r)
     return out
 
 

@@ -282,6 +282,25 @@ def test_asha_rungs_follow_the_fidelity_prior() -> None:
         AshaConfig(reduction_factor=1)
 
 
+def test_a_fractional_fidelity_ladder_is_kept_not_rounded() -> None:
+    # fidelity(2.5, 100, base=2.5) has its rungs at 2.5, 6.25, 15.6, 39.1, 97.7: reached at
+    # steps 3, 7, 16, 40, 98. Rounding low and base first gave 2, 4, 8, 16, 32, 64.
+    assert AshaConfig.from_fidelity(2.5, 2.5).rungs(100) == [3, 7, 16, 40, 98]
+    cfg = FreezeThawPolicyConfig.from_fidelity(2.5, 2.5)
+    assert [cfg.latest_rung(s, 100) for s in (2, 3, 6, 7, 99)] == [None, 3, 3, 7, 98]
+    assert AshaConfig.from_fidelity(0.1, 10).rungs(1000) == [1, 10, 100]  # no 0.1*10 = 1.0000001
+    assert AshaConfig.from_fidelity(1, 1.2).rungs(3) == [1, 2]  # 1.2 and 1.44 are both step 2
+    # With eta = 1.5 a trial must be in the best 2/3: of 3 at the rung, the worst is killed.
+    stopper = make_stopper("asha", AshaConfig(min_resource=1, reduction_factor=1.5))
+    trio = [_flat(f"t{i}", 0.1 * i, 2, 0.5) for i in range(3)]
+    out = stopper.decide(trio, {"t0", "t1", "t2"}, 0, np.random.default_rng(0))
+    assert {d.trial_id: d.action for d in out} == {
+        "t0": Action.CONTINUE,
+        "t1": Action.CONTINUE,
+        "t2": Action.KILL,
+    }
+
+
 def test_median_rule_kills_below_median_after_warmup() -> None:
     stopper = make_stopper("median", MedianConfig(n_warmup_steps=5, n_min_trials=3))
     others = [_flat(f"o{i}", 0.1 * i, 10, 0.5) for i in range(5)]
