@@ -19,6 +19,7 @@ from crdt._errors import (
     StoreLocked,
 )
 from crdt._frames import (
+    TICKET_SIZE,
     ClusterKey,
     FrameCodec,
     FrameConfig,
@@ -43,6 +44,7 @@ __all__ = [
     "KEY_SIZE",
     "MAX_RECORD_SIZE",
     "ORIGIN_SIZE",
+    "TICKET_SIZE",
     "Bound",
     "ClusterKey",
     "CrdtError",

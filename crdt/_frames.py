@@ -35,6 +35,7 @@ __all__ = [
     "FRAME_OVERHEAD",
     "FRAME_VERSION",
     "NONCE_SIZE",
+    "TICKET_SIZE",
     "ClusterKey",
     "FrameCodec",
     "FrameConfig",
@@ -62,6 +63,9 @@ _LEN_AT = 40
 _HEADER = 44  # bytes before the payload
 _TRAILER = 2 + MAC_SIZE
 FRAME_OVERHEAD = _HEADER + _TRAILER
+TICKET_SIZE = _HEADER + MAC_SIZE
+# The MAC context of tickets; open() is never called with it, so a ticket is never a frame MAC.
+_TICKET_CONTEXT = b"metaopt frame ticket"
 _MAX_PAYLOAD = (1 << 32) - 1
 
 _U32 = struct.Struct(">I")
@@ -344,8 +348,14 @@ class FrameCodec:
         """
         return self.open_frame(frame, now=now, associated=associated).payload
 
-    def open_frame(self, frame: bytes, *, now: float, associated: bytes = b"") -> OpenedFrame:
-        """``open``, also returning the authenticated header fields."""
+    def open_frame(
+        self, frame: bytes, *, now: float, associated: bytes = b"", ticket: bytes | None = None
+    ) -> OpenedFrame:
+        """``open``, also returning the authenticated header fields.
+
+        ticket: the ticket the frame was announced with (``check_ticket``), if any; a frame
+        whose header differs from it is refused.
+        """
         if not isinstance(frame, bytes | bytearray | memoryview):
             raise MalformedFrame(f"a frame is bytes, not {type(frame).__name__}")
         frame = bytes(frame)
@@ -356,29 +366,19 @@ class FrameCodec:
                 " send smaller batches (or raise max_frame_bytes on every peer)"
             )
         payload_len = self._check_layout(frame)
-        key = self._keys.get(frame[_KEY_ID_AT : _KEY_ID_AT + KEY_ID_SIZE])
-        if key is None:
-            fingerprint = frame[_KEY_ID_AT : _KEY_ID_AT + KEY_ID_SIZE].hex()
-            raise UnknownKey(
-                f"frame sealed with cluster key {fingerprint}, which this peer does not hold;"
-                " use the cluster's key (run `metaopt peer key` on a member)"
-            )
+        if ticket is not None and frame[:_HEADER] != ticket[:_HEADER]:
+            raise TamperedFrame("frame does not match the ticket it was announced with; resend it")
+        key = self._key_of(frame)
         signed = frame[: _HEADER + payload_len]
         if not hmac.compare_digest(self._mac(key, signed, associated), frame[-MAC_SIZE:]):
             raise TamperedFrame(
                 "frame authentication failed (MAC mismatch): it was altered in transit or sealed"
                 " with another secret of the same id; check the network path and the key text"
             )
-        time_ms = int.from_bytes(frame[_TIME_AT : _TIME_AT + 8], "big")
-        now_ms = math.floor(now * 1000)
-        if abs(time_ms - now_ms) > self._skew_ms:
-            raise StaleFrame(
-                f"frame time is {(time_ms - now_ms) / 1000:+.1f} s off this peer's clock (window"
-                f" ±{self.config.max_skew:g} s); synchronise the peers' clocks (NTP) and resend"
-            )
+        time_ms = self._check_time(frame, now)
         nonce = frame[_NONCE_AT : _NONCE_AT + NONCE_SIZE]
         cache = self._nonces
-        cache.expire(now_ms - self._skew_ms)
+        cache.expire(math.floor(now * 1000) - self._skew_ms)
         if nonce in cache:
             raise ReplayedFrame(
                 "frame nonce was already accepted within the window: a replay or a duplicate"
@@ -392,9 +392,67 @@ class FrameCodec:
         cache.add(time_ms, nonce)
         return OpenedFrame(frame[_HEADER : _HEADER + payload_len], key.key_id, time_ms, nonce)
 
+    def ticket(self, frame: bytes) -> bytes:
+        """A sealed frame's ticket: its header with a MAC of its own (TICKET_SIZE bytes).
+
+        A receiver checks it (``check_ticket``) before reading the frame, so a sender without
+        the cluster key cannot make it hold a single frame in memory. Not secret; the frame
+        itself is still checked in full by ``open``.
+        """
+        header = bytes(frame[:_HEADER])
+        self._check_header(header)
+        return header + self._mac(self._key_of(header), header, _TICKET_CONTEXT)
+
+    def check_ticket(self, ticket: bytes, *, now: float) -> int:
+        """Check a ticket; return the size in bytes of the frame it announces.
+
+        Raises the FrameError subclass ``open`` would for the same header (unknown key,
+        tampered, stale, oversized, replayed nonce). Nothing is remembered: the frame's nonce
+        is recorded when the frame is opened.
+        """
+        if not isinstance(ticket, bytes) or len(ticket) != TICKET_SIZE:
+            raise MalformedFrame(
+                f"a frame ticket is {TICKET_SIZE} bytes; is the sender a metaopt peer?"
+            )
+        header = ticket[:_HEADER]
+        payload_len = self._check_header(header)
+        size = _HEADER + payload_len + _TRAILER
+        if size > self.config.max_frame_bytes:
+            raise OversizedFrame(
+                f"a ticket announces a {size}-byte frame, over the"
+                f" {self.config.max_frame_bytes}-byte limit; have the sender send smaller batches"
+            )
+        key = self._key_of(header)
+        if not hmac.compare_digest(self._mac(key, header, _TICKET_CONTEXT), ticket[_HEADER:]):
+            raise TamperedFrame("frame ticket authentication failed (MAC mismatch); check the key")
+        self._check_time(header, now)
+        if header[_NONCE_AT : _NONCE_AT + NONCE_SIZE] in self._nonces:
+            raise ReplayedFrame("a ticket names a frame already accepted: a replay; drop it")
+        return size
+
+    def _key_of(self, header: bytes) -> ClusterKey:
+        key = self._keys.get(header[_KEY_ID_AT : _KEY_ID_AT + KEY_ID_SIZE])
+        if key is None:
+            fingerprint = header[_KEY_ID_AT : _KEY_ID_AT + KEY_ID_SIZE].hex()
+            raise UnknownKey(
+                f"frame sealed with cluster key {fingerprint}, which this peer does not hold;"
+                " use the cluster's key (run `metaopt peer key` on a member)"
+            )
+        return key
+
+    def _check_time(self, header: bytes, now: float) -> int:
+        time_ms = int.from_bytes(header[_TIME_AT : _TIME_AT + 8], "big")
+        now_ms = math.floor(now * 1000)
+        if abs(time_ms - now_ms) > self._skew_ms:
+            raise StaleFrame(
+                f"frame time is {(time_ms - now_ms) / 1000:+.1f} s off this peer's clock (window"
+                f" ±{self.config.max_skew:g} s); synchronise the peers' clocks (NTP) and resend"
+            )
+        return time_ms
+
     @staticmethod
-    def _check_layout(frame: bytes) -> int:
-        """Check structure and version; return the payload length."""
+    def _check_header(frame: bytes) -> int:
+        """Check the version and the header's layout; return the declared payload length."""
         version = _peek_version(frame)
         if version is None:
             raise MalformedFrame(
@@ -406,7 +464,7 @@ class FrameCodec:
                 " run the same metaopt version on every peer"
             )
         if (
-            len(frame) < FRAME_OVERHEAD
+            len(frame) < _HEADER
             or frame[0] != 0x96
             or frame[2:4] != b"\xc4\x08"
             or frame[_TIME_AT - 1] != 0xCF
@@ -417,7 +475,12 @@ class FrameCodec:
                 f"frame header does not match version {FRAME_VERSION}'s layout;"
                 " is the sender a metaopt peer?"
             )
-        payload_len = int.from_bytes(frame[_LEN_AT:_HEADER], "big")
+        return int.from_bytes(frame[_LEN_AT:_HEADER], "big")
+
+    @classmethod
+    def _check_layout(cls, frame: bytes) -> int:
+        """Check structure and version; return the payload length."""
+        payload_len = cls._check_header(frame)
         if _HEADER + payload_len + _TRAILER != len(frame):
             raise MalformedFrame(
                 f"frame length {len(frame)} does not match its declared payload of"

@@ -6,6 +6,8 @@ fresh nonces, and the only place aiohttp appears on either side of a peer conver
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import errno
 import logging
@@ -25,6 +27,9 @@ __all__ = ["Client", "PeerUnreachable", "RemoteError", "Server"]
 
 log = logging.getLogger("metaopt.peer")
 PATH = "/v1"
+# Every request carries its frame's ticket here (FrameCodec.ticket): the server checks it
+# before reading the body, so only holders of the cluster key can make a peer hold a frame.
+TICKET = "X-Metaopt-Ticket"
 Handler = Callable[[Request], Awaitable[Any]]
 
 
@@ -57,10 +62,11 @@ class Server:
 
     async def _handle(self, request: web.Request) -> web.Response:
         try:
+            ticket = self._ticket(request)
             frame = await request.read()
             self.bytes_in += len(frame)
-            payload = self._codec.open(frame, now=time.time())
-            message = dataclasses.replace(decode_request(payload), remote=request.remote)
+            opened = self._codec.open_frame(frame, now=time.time(), ticket=ticket)
+            message = dataclasses.replace(decode_request(opened.payload), remote=request.remote)
         except (FrameError, WireError) as exc:
             self.rejected += 1
             log.warning("rejected a request from %s: %s", request.remote, exc)
@@ -79,6 +85,28 @@ class Server:
         body = _seal(self._codec, reply.encode())
         self.bytes_out += len(body)
         return web.Response(body=body, content_type="application/octet-stream")
+
+    def _ticket(self, request: web.Request) -> bytes:
+        """The request's checked ticket; raises WireError or FrameError before any body is read.
+
+        Until the body is read aiohttp buffers only a few pages per connection, so a sender
+        without the cluster key costs this peer next to nothing however much it sends.
+        """
+        try:
+            ticket = base64.b64decode(request.headers.get(TICKET, ""), validate=True)
+        except (binascii.Error, ValueError):
+            raise WireError(
+                f"the {TICKET} header is not base64; is the sender a metaopt peer?"
+            ) from None
+        if not ticket:
+            raise WireError(f"no {TICKET} header; is the sender a metaopt peer of this version?")
+        size = self._codec.check_ticket(ticket, now=time.time())
+        if request.content_length != size:
+            raise WireError(
+                f"the ticket announces a {size}-byte frame but the body is"
+                f" {request.content_length} bytes; resend it"
+            )
+        return ticket
 
     async def start(self, host: str, port: int) -> int:
         """Listen; return the bound port (useful with port 0)."""
@@ -136,7 +164,10 @@ class Client:
             async with session.post(
                 f"http://{addr}{PATH}",
                 data=frame,
-                headers={"Content-Type": "application/octet-stream"},
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    TICKET: base64.b64encode(self._codec.ticket(frame)).decode("ascii"),
+                },
             ) as response:
                 data = await self._read_capped(addr, response)
                 self.bytes_in += len(data)

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crdt import (
+    TICKET_SIZE,
     ClusterKey,
     FrameCodec,
     FrameConfig,
@@ -249,6 +250,8 @@ def test_random_bytes_only_raise_frame_errors(data: bytes) -> None:
     receiver = codec()
     with pytest.raises(FrameError):
         receiver.open(data, now=T0)
+    with pytest.raises(FrameError):
+        receiver.check_ticket(data, now=T0)
     assert receiver.cached_nonces == 0
 
 
@@ -273,3 +276,48 @@ def test_mutated_frames_only_raise_frame_errors(
         assert receiver.open(bytes(frame), now=T0) == payload
     except FrameError:
         assert receiver.cached_nonces == 0
+
+
+def test_a_ticket_announces_its_frame_and_proves_the_key() -> None:
+    sender, receiver = codec(), codec()
+    frame = sender.seal(b"payload", now=T0, nonce=nonce(1))
+    ticket = sender.ticket(frame)
+    assert len(ticket) == TICKET_SIZE
+    assert receiver.check_ticket(ticket, now=T0 + 1) == len(frame)
+    assert receiver.open_frame(frame, now=T0 + 1, ticket=ticket).payload == b"payload"
+    with pytest.raises(ReplayedFrame):  # its frame was accepted: the ticket is spent
+        receiver.check_ticket(ticket, now=T0 + 2)
+    with pytest.raises(UnknownKey):
+        FrameCodec([OTHER]).check_ticket(ticket, now=T0)
+    forged = ticket[:-1] + bytes([ticket[-1] ^ 1])
+    with pytest.raises(TamperedFrame):
+        receiver.check_ticket(forged, now=T0)
+    longer = bytearray(ticket)  # a claim to a bigger frame breaks the ticket's MAC
+    longer[TICKET_SIZE - 33] ^= 1
+    with pytest.raises(TamperedFrame):
+        codec().check_ticket(bytes(longer), now=T0)
+    with pytest.raises(StaleFrame):
+        codec().check_ticket(ticket, now=T0 + 3600)
+    with pytest.raises(MalformedFrame):
+        codec().check_ticket(ticket[:-1], now=T0)
+    with pytest.raises(OversizedFrame):
+        codec(max_frame_bytes=len(frame) - 1).check_ticket(ticket, now=T0)
+
+
+def test_a_frame_must_match_its_ticket() -> None:
+    sender = codec()
+    first = sender.seal(b"one", now=T0, nonce=nonce(1))
+    second = sender.seal(b"two", now=T0, nonce=nonce(2))
+    with pytest.raises(TamperedFrame, match="ticket"):
+        codec().open_frame(second, now=T0, ticket=sender.ticket(first))
+
+
+def test_a_ticket_is_not_a_frame_mac() -> None:
+    # The ticket's MAC is made in a context open() never uses: an empty frame built from a
+    # ticket's header and MAC does not open.
+    sender = codec()
+    empty = sender.seal(b"", now=T0, nonce=nonce(3))
+    ticket = sender.ticket(empty)
+    forged = empty[:-32] + ticket[-32:]
+    with pytest.raises(TamperedFrame):
+        codec().open(forged, now=T0)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import os
+from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from crdt import ClusterKey, FrameCodec, FrameConfig
-from metaopt.peer._transport import Client, PeerUnreachable
+from metaopt.peer._transport import PATH, TICKET, Client, PeerUnreachable, Server, _seal
+from metaopt.peer._wire import Request
 
 pytestmark = pytest.mark.integration
 
@@ -77,3 +82,37 @@ async def test_an_address_no_url_can_be_made_of_is_unreachable(addr: str) -> Non
             await client.call(addr, "gossip", [])
     finally:
         await client.close()
+
+
+@pytest.mark.asyncio
+async def test_a_request_without_a_valid_ticket_is_refused_unread() -> None:
+    # A sender without the cluster key made the server read up to 64 MiB per request before
+    # the frame's MAC could refuse it; the ticket is checked before the body is read.
+    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
+
+    async def echo(message: Request) -> Any:
+        return message.body
+
+    server = Server(codec, {"echo": echo})
+    port = await server.start("127.0.0.1", 0)
+    addr = f"127.0.0.1:{port}"
+    client = Client(codec, os.urandom(16), "127.0.0.1:1", timeout=10)
+    frame = _seal(codec, Request("echo", os.urandom(16), "127.0.0.1:1", "hi").encode())
+    stranger = FrameCodec([ClusterKey.generate(os.urandom(32))])
+    theirs = _seal(stranger, Request("echo", os.urandom(16), "127.0.0.1:1", "hi").encode())
+    try:
+        async with aiohttp.ClientSession() as session:
+            for headers, body in (
+                ({}, b"\0" * (8 << 20)),
+                ({TICKET: "not base64!"}, frame),
+                ({TICKET: base64.b64encode(stranger.ticket(theirs)).decode()}, theirs),
+                ({TICKET: base64.b64encode(codec.ticket(frame)).decode()}, frame + b"\0"),
+            ):
+                data = io.BytesIO(body)  # raw bytes this large warn of a blocked event loop
+                async with session.post(f"http://{addr}{PATH}", data=data, headers=headers) as r:
+                    assert r.status == 401, await r.text()
+        assert server.bytes_in == 0 and server.rejected == 4
+        assert await client.call(addr, "echo", "hi") == "hi"  # a peer's own request goes through
+    finally:
+        await client.close()
+        await server.stop()
