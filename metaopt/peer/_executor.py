@@ -230,22 +230,33 @@ class TrialProcess:
         objectives = {n: v for n in spec.objectives if (v := parser.objective(n)) is not None}
         if self._kill_reason is not None or self._stop_reason is not None:
             reason = self._kill_reason or self._stop_reason
-            outcome = TrialOutcome(
-                "interrupted", code, metrics, objectives, reason, tail, self._stage or "stop-file"
-            )
-            self._emit(
-                "interrupted", exit_code=code, reason=reason, stage=outcome.stage, metrics=metrics
-            )
+            stage = self._stage or "stop-file"
+            if self._kill_reason is None and stage == "stop-file" and code != 0:
+                # Asked to save a checkpoint and exit 0, it ended otherwise before any signal:
+                # it crashed (while checkpointing, say), and its checkpoint is not to be trusted.
+                why = f"crashed when asked to stop ({reason}): {_describe_exit(code)}"
+                return self._failed(code, why, tail, metrics, objectives)
+            outcome = TrialOutcome("interrupted", code, metrics, objectives, reason, tail, stage)
+            self._emit("interrupted", exit_code=code, reason=reason, stage=stage, metrics=metrics)
             return outcome
         if code == 0 and len(objectives) == len(spec.objectives):
             self._emit("completed", exit_code=0, objectives=objectives, metrics=metrics)
             return TrialOutcome("completed", 0, metrics, objectives, None, tail)
         if code == 0:
-            reason = "no objective reported: " + parser.explain_missing(tuple(spec.objectives))
+            why = "no objective reported: " + parser.explain_missing(tuple(spec.objectives))
         else:
-            reason = _describe_exit(code)
-            if tail:
-                reason += f"; last stderr: {tail[-1].strip()[:200]}"
+            why = _describe_exit(code)
+        return self._failed(code, why, tail, metrics, objectives)
+
+    def _failed(
+        self,
+        code: int,
+        why: str,
+        tail: tuple[str, ...],
+        metrics: dict[str, MetricValue],
+        objectives: dict[str, float],
+    ) -> TrialOutcome:
+        reason = why + (f"; last stderr: {tail[-1].strip()[:200]}" if code != 0 and tail else "")
         self._emit("failed", exit_code=code, reason=reason, stderr_tail=list(tail), metrics=metrics)
         return TrialOutcome("failed", code, metrics, objectives, reason, tail)
 

@@ -299,8 +299,11 @@ class TrialRunner:
             step, metrics = run.held
             write(run.experiment, run.trial, "progress", step=step, metrics=metrics)
             run.held = None
-        if run.outcome is not None and outcome.status == "completed" and self._ran_to_end(run):
-            run.outcome = None  # the stop came too late: it ended on its own, with its result
+        status = outcome.status
+        if run.outcome is not None and status == "failed":
+            run.outcome = None  # it crashed when asked to stop: a failure, not a freeze
+        elif run.outcome is not None and self._finished_anyway(run, outcome):
+            status, run.outcome = "completed", None  # the stop came too late to matter
         if run.outcome is not None:
             write(
                 run.experiment,
@@ -309,7 +312,7 @@ class TrialRunner:
                 step=run.last_step or None,
                 reason=run.reason,
             )
-        elif outcome.status == "completed":
+        elif status == "completed":
             write(
                 run.experiment,
                 run.trial,
@@ -327,14 +330,17 @@ class TrialRunner:
                 reason=outcome.reason,
                 stderr="\n".join(outcome.stderr_tail) or None,
             )
-        log.info("trial %s ended: %s", run.trial.hex()[:12], run.outcome or outcome.status)
+        log.info("trial %s ended: %s", run.trial.hex()[:12], run.outcome or status)
 
-    def _ran_to_end(self, run: Running) -> bool:
-        """Whether the run reported the experiment's last step (so exit 0 was its natural end)."""
+    def _finished_anyway(self, run: Running, outcome: Any) -> bool:
+        """Whether a run asked to stop had reported the experiment's last step and its
+        objectives and exited 0: it ended on its own, and its result must not be lost."""
         from metaopt._curves import max_step_of
 
         state = self.node.replica.experiments.get(run.experiment)
-        if state is None:
+        if state is None or outcome.exit_code != 0:
+            return False
+        if len(outcome.objectives) < len(state.spec.objectives):
             return False
         final = max_step_of(state, self.node.suggester(state).space, state.trials())
         return final is not None and run.last_step >= final

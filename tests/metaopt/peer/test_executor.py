@@ -192,6 +192,8 @@ LOOP = """
         if MODE == "honour" and w.should_stop():
             (w.checkpoint_dir() / "ckpt").write_text(str(step))
             sys.exit(0)
+        if MODE == "crash-on-stop" and w.should_stop():
+            raise OSError("disk full while saving the checkpoint")
         time.sleep(0.05)
 """
 
@@ -225,6 +227,18 @@ async def test_stop_escalates_from_stop_file_to_sigterm_to_sigkill(
     # The forked worker went with the group.
     pid = events[0][1]["pid"]
     assert _group_gone(pid)
+
+
+@pytest.mark.asyncio
+async def test_a_crash_while_stopping_is_a_failure_not_a_stop(tmp_path: Path) -> None:
+    # Asked to checkpoint and exit 0, it raised instead: recorded interrupted (frozen, say), it
+    # would be thawed from a broken checkpoint and its traceback lost.
+    spec = _spec(tmp_path, _script(tmp_path, LOOP), "crash-on-stop")
+    outcome, events = await _run(spec, _stop_at_first_progress)
+    assert (outcome.status, outcome.exit_code) == ("failed", 1)
+    assert outcome.reason is not None and outcome.reason.startswith("crashed when asked to stop")
+    assert "disk full" in outcome.reason
+    assert events[-1][0] == "failed" and any("disk full" in x for x in events[-1][1]["stderr_tail"])
 
 
 def _group_gone(pgid: int, within: float = 5.0) -> bool:

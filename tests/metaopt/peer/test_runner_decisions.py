@@ -153,12 +153,21 @@ def test_a_trial_frozen_at_step_0_is_told_it_resumes(tmp_path: Path) -> None:
 
 def test_a_stop_landing_after_the_last_step_records_the_trial_completed() -> None:
     # A freeze decided from a report at step 9 reaches a script that then reports step 10 (its
-    # last) and exits 0: it finished, and "frozen" would hide its result from the search.
+    # last) and exits 0: it finished, and "frozen" would hide its result from the search. One
+    # that crashed when asked to stop failed: thawed, it would resume from a broken checkpoint.
     state, trial = _frozen_trial(1)
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
-    done = SimpleNamespace(status="completed", metrics={"objective": 0.1}, exit_code=0)
-    for last_step, recorded in ((10, "completed"), (5, "frozen")):
+    done = {"objective": 0.1}
+    cases = (
+        (10, SimpleNamespace(status="interrupted", exit_code=0, objectives=done), "completed"),
+        (5, SimpleNamespace(status="interrupted", exit_code=0, objectives=done), "frozen"),
+        (10, SimpleNamespace(status="interrupted", exit_code=0, objectives={}), "frozen"),
+        (10, SimpleNamespace(status="interrupted", exit_code=-15, objectives=done), "frozen"),
+        (5, SimpleNamespace(status="failed", exit_code=1, objectives={}), "failed"),
+    )
+    for last_step, outcome, recorded in cases:
+        outcome.metrics, outcome.reason, outcome.stderr_tail = {}, "crashed", ()
         run = Running(runner.slots[0], state.key, trial, outcome="frozen", last_step=last_step)
-        runner._record_outcome(run, done)
-        assert node.written[-1][:2] == (trial, recorded)
+        runner._record_outcome(run, outcome)
+        assert node.written[-1][:2] == (trial, recorded), (last_step, outcome)
