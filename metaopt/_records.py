@@ -116,12 +116,16 @@ class ExperimentSpec:
         }
 
 
-def experiment_record(spec: ExperimentSpec) -> Record:
-    """The content-derived record of an experiment definition."""
+def experiment_record(spec: ExperimentSpec, time_ms: int = 0) -> Record:
+    """The content-derived record of an experiment definition.
+
+    time_ms is when it was submitted: the latest submission of a name is the one a name
+    finds. A Study leaves it 0, so the same spec always gives the same key.
+    """
     body = spec.to_body()
     probe = Record.create(EXPERIMENT, bytes(ORIGIN_SIZE), 1, 0, body)
     origin = hashlib.blake2b(probe.data, digest_size=ORIGIN_SIZE, person=b"metaopt-exp").digest()
-    return Record.create(EXPERIMENT, origin, 1, 0, body)
+    return Record.create(EXPERIMENT, origin, 1, time_ms, body)
 
 
 def _str_tuple(value: Any) -> tuple[str, ...] | None:

@@ -250,7 +250,8 @@ def build_submission(
         max_step=_as_int(options, "max_step", "--max-step"),
         nonce=secrets.token_hex(8),
     )
-    return experiment_record(spec), blobs
+    # The submit time, not 0: `status NAME` and `stop NAME` act on the latest of a name.
+    return experiment_record(spec, time_ms=int(time.time() * 1000)), blobs
 
 
 def _check_program(program: str, path: Path, cwd: Path) -> None:

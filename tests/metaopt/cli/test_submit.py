@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,16 @@ def _refused(cwd: Path, *words: str) -> str:
     message = str(info.value)
     assert "\n" not in message
     return message
+
+
+def test_a_submission_carries_its_submit_time(tmp_path: Path) -> None:
+    # A name finds the latest submission of that name by its record's time; at 0 for every
+    # submission the older run was found about one time in three (by key order).
+    (tmp_path / "train.py").write_text("print(1)\n")
+    options, template = split_submit_args(["train.py", "--x~uniform(0, 1)"])
+    before = int(time.time() * 1000)
+    record, _ = build_submission(merge_config(options), template, tmp_path)
+    assert before <= record.time <= int(time.time() * 1000)
 
 
 def test_a_bundled_program_keeps_its_dot_slash(tmp_path: Path) -> None:
