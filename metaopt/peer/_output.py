@@ -2,6 +2,12 @@
 
 Pure and incremental: bytes go in as they arrive (lines may be split across chunks, ``\\r`` and
 ``\\n`` both end a line), reports come out. Whatever the program prints, nothing here raises.
+
+A report is found anywhere in a stdout line, after colour codes and a byte-order mark are
+taken out: a script that printed ``epoch 1 ... `` without a newline, a progress bar or another
+thread writing to the same line lost its reports when only a line's start was looked at. The
+regex is matched once per line as it was left on screen: text a ``\\r`` returned over (a
+progress bar's refreshes) is not a step of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from metaopt.worker import REPORT_PREFIX, MetricValue, check_metric
 __all__ = ["OutputConfig", "OutputParser"]
 
 _LINE_END = re.compile(rb"[\r\n]")
+_REPORT_AT = re.compile(re.escape(REPORT_PREFIX.strip()) + r"\s*(?=\{)")
+_INVISIBLE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\ufeff")  # ANSI CSI sequences, BOM
+_JSON = json.JSONDecoder()
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class OutputParser:
         self._regex = re.compile(config.objective_regex) if config.objective_regex else None
         self._pending = {True: bytearray(), False: bytearray()}
         self._overlong = {True: False, False: False}
+        self._returned = {True: "", False: ""}  # a line a \r ended, still on screen
         self._stderr: deque[str] = deque(maxlen=max(config.stderr_lines, 0))
         self.report_count = 0
         self.latest: dict[str, MetricValue] = {}
@@ -58,7 +68,7 @@ class OutputParser:
         start = 0
         for match in _LINE_END.finditer(data):
             self._take(buf, data[start : match.start()], stdout)
-            self._line(bytes(buf), stdout, out)
+            self._line(bytes(buf), stdout, out, returned=match.group() == b"\r")
             buf.clear()
             self._overlong[stdout] = False
             start = match.end()
@@ -73,6 +83,9 @@ class OutputParser:
             if buf:
                 self._line(bytes(buf), stdout, out)
                 buf.clear()
+            elif self._returned[stdout]:
+                self._match(self._returned[stdout], out)
+                self._returned[stdout] = ""
         return out
 
     def stderr_tail(self) -> list[str]:
@@ -112,7 +125,14 @@ class OutputParser:
         else:
             buf += chunk
 
-    def _line(self, raw: bytes, stdout: bool, out: list[dict[str, MetricValue]]) -> None:
+    def _line(
+        self,
+        raw: bytes,
+        stdout: bool,
+        out: list[dict[str, MetricValue]],
+        *,
+        returned: bool = False,
+    ) -> None:
         text = raw.decode("utf-8", errors="replace")
         overlong = self._overlong[stdout]
         if not stdout:
@@ -120,26 +140,43 @@ class OutputParser:
                 self._stderr.append(text[:500])
         else:
             self.stdout_lines += 1
-            stripped = text.strip()
-            if stripped.startswith(REPORT_PREFIX.strip()):
-                if overlong:
-                    self._note(f"a METAOPT line over {self.config.max_line_bytes} bytes")
-                else:
-                    self._report_line(stripped, out)
+            if self._reports(text, overlong, out):
                 return
-        if self._regex is not None and not overlong:
-            self._match(text, out)
+        if self._regex is None or overlong:
+            return
+        if returned:  # a \r: what follows on this line overwrites it
+            self._returned[stdout] = text
+            return
+        shown = text if text.strip() else self._returned[stdout]  # "\r\n" ends a line too
+        self._returned[stdout] = ""
+        self._match(shown, out)
 
-    def _report_line(self, line: str, out: list[dict[str, MetricValue]]) -> None:
-        body = line[len(REPORT_PREFIX.strip()) :].strip()
+    def _reports(self, text: str, overlong: bool, out: list[dict[str, MetricValue]]) -> bool:
+        """Parse every METAOPT report in a stdout line; whether the line held any."""
+        clean = _INVISIBLE.sub("", text)
+        prefix = REPORT_PREFIX.strip()
+        if prefix not in clean:
+            return False
+        if overlong:
+            self._note(f"a METAOPT line over {self.config.max_line_bytes} bytes")
+            return True
+        found = False
+        at = 0
+        while (match := _REPORT_AT.search(clean, at)) is not None:
+            found = True
+            at = self._report(clean, match.end(), out)
+        if not found and clean.strip().startswith(prefix):
+            self._note(f"METAOPT line is not a JSON object: {clean.strip()[:80]!r}")
+            return True
+        return found
+
+    def _report(self, line: str, start: int, out: list[dict[str, MetricValue]]) -> int:
+        """Emit the JSON object at line[start:]; return where scanning goes on."""
         try:
-            value = json.loads(body)
+            value, end = _JSON.raw_decode(line, start)
         except (ValueError, RecursionError):
-            self._note(f"METAOPT line is not JSON: {body[:80]!r}")
-            return
-        if not isinstance(value, dict):
-            self._note(f"METAOPT line is not a JSON object: {body[:80]!r}")
-            return
+            self._note(f"METAOPT line is not JSON: {line[start : start + 80]!r}")
+            return start + 1
         clean: dict[str, MetricValue] = {}
         for name, metric in value.items():
             try:
@@ -148,6 +185,7 @@ class OutputParser:
                 self._note(str(exc))
         if clean:
             self._emit(clean, out)
+        return end
 
     def _match(self, text: str, out: list[dict[str, MetricValue]]) -> None:
         assert self._regex is not None

@@ -107,3 +107,32 @@ def test_a_whole_float_step_from_another_language_is_an_integer_step() -> None:
         {"loss": 1.0, "step": 3},
         {"loss": 1},
     ]
+
+
+def test_a_report_is_found_anywhere_in_a_line() -> None:
+    # print("epoch 1 ... ", end="") then report(), colour codes, a BOM, another thread's text
+    # on the same line: each report was dropped when only a line's start was read.
+    parser = OutputParser()
+    out = parser.feed(
+        b'epoch 1 ... METAOPT {"loss": 1.0, "step": 1}\n'
+        b'\x1b[32mMETAOPT {"loss": 0.5, "step": 2}\x1b[0m\n'
+        b'\xef\xbb\xbfMETAOPT {"loss": 0.4, "step": 3}\n'
+        b'METAOPT {"loss": 0.3, "step": 4}METAOPT {"loss": 0.2, "step": 5} (thread 2)\n'
+        b'METAOPT {"note": "METAOPT {x}", "loss": 0.1}\n'
+        b"METAOPT_PARAMS={}\n"
+    )
+    assert [r.get("step") for r in out] == [1, 2, 3, 4, 5, None]
+    assert out[-1] == {"note": "METAOPT {x}", "loss": 0.1}
+    assert not any("JSON:" in n for n in parser.notes)  # the report inside a value is no report
+
+
+def test_a_progress_bar_redrawn_with_cr_is_one_regex_step() -> None:
+    # tqdm redraws its bar with \r many times per epoch: each redraw counted as a step, so
+    # steps 1-96 for 3 epochs, and the rungs compared runs at unrelated points.
+    parser = OutputParser(OutputConfig(objective_regex=r"loss=([0-9.]+)"))
+    epoch = b"\r  0%| loss=0.9\r 50%| loss=0.5\r100%| loss=0.4"
+    out = parser.feed(epoch + b"\n" + epoch.replace(b"0.4", b"0.3") + b"\n")
+    assert out == [{"loss": 0.4, "step": 1}, {"loss": 0.3, "step": 2}]
+    assert parser.feed(b"loss=0.25\r\n") == [{"loss": 0.25, "step": 3}]  # CRLF: one line
+    assert parser.feed(b"\rloss=0.2\rloss=0.15\r") == []
+    assert parser.finish() == [{"loss": 0.15, "step": 4}]  # what was left on screen
