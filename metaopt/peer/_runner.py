@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["TrialRunner"]
 
 log = logging.getLogger("metaopt.peer")
-_METAOPT_PARENT = str(Path(__file__).resolve().parents[2])
+_METAOPT_PACKAGE = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -177,6 +177,30 @@ class TrialRunner:
             json.dumps(dict(view.params)),
         )
 
+    def _worker_path(self) -> str:
+        """A directory holding only the metaopt package, for the trials' PYTHONPATH.
+
+        So `import metaopt` works in a trial run by any Python. The package's own parent is
+        site-packages after a pip install: put on PYTHONPATH, it set metaopt's numpy, scipy
+        and aiohttp before those of the trial's interpreter (a user venv's numpy then failed
+        to import).
+        """
+        root = self.node.dirs.root / "pythonpath"
+        link = root / "metaopt"
+        try:
+            if not (link.is_symlink() and link.resolve() == _METAOPT_PACKAGE):
+                root.mkdir(parents=True, exist_ok=True)
+                fresh = root / f".metaopt.{os.getpid()}"
+                fresh.unlink(missing_ok=True)
+                fresh.symlink_to(_METAOPT_PACKAGE, target_is_directory=True)
+                os.replace(fresh, link)  # a link to another install is swapped atomically
+        except OSError as exc:
+            log.warning(
+                "cannot link the metaopt package into %s (%s); trials get its parent", root, exc
+            )
+            return str(_METAOPT_PACKAGE.parent)
+        return str(root)
+
     def _resume_step(self, view: TrialView, thaw: bool) -> int | None:
         """The step a (re-)launched trial resumes after, or None for a fresh start.
 
@@ -230,7 +254,7 @@ class TrialRunner:
                 "METAOPT_STOP_FILE": str(trial_dir / "stop"),
                 "METAOPT_OBJECTIVE": spec.objectives[0],
                 "PYTHONPATH": os.pathsep.join(
-                    p for p in (_METAOPT_PARENT, os.environ.get("PYTHONPATH", "")) if p
+                    p for p in (self._worker_path(), os.environ.get("PYTHONPATH", "")) if p
                 ),
             }
         )

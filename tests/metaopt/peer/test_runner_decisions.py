@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -132,19 +135,43 @@ def test_a_flood_of_reports_is_thinned_and_the_last_one_still_recorded() -> None
     assert written[-2:] == [("progress", 1026), ("completed", None)]
 
 
+def _runner_in(data_dir: Path) -> TrialRunner:
+    """A runner whose node has a data directory and writes nothing (to build trial specs)."""
+    node = SimpleNamespace(
+        node_id=ME,
+        clock=lambda: 0.0,
+        dirs=SimpleNamespace(trials=data_dir / "trials", root=data_dir),
+        write_event=lambda *a, **kw: None,
+    )
+    config = SimpleNamespace(gpus="none", slots=1, timing=Timing())
+    return TrialRunner(node, config)  # type: ignore[arg-type]
+
+
+def test_trials_get_only_the_metaopt_package_on_their_python_path(tmp_path: Path) -> None:
+    # The package's parent is site-packages after a pip install: on PYTHONPATH it put
+    # metaopt's numpy before the trial interpreter's own, which then failed to import.
+    state, trial = _frozen_trial(1)
+    view = state.trial(trial)
+    assert view is not None
+    runner = _runner_in(tmp_path)
+    for _ in range(2):  # the second launch finds the link in place
+        env = runner._spec(state, view, runner.slots[0], None).env
+        first = Path(env["PYTHONPATH"].split(os.pathsep)[0])
+        assert [p.name for p in first.iterdir()] == ["metaopt"]
+    probe = "import metaopt.worker, importlib.util as u; print(u.find_spec('numpy') is None)"
+    ran = subprocess.run(
+        [sys.executable, "-S", "-c", probe], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert ran.stdout.strip() == "True", ran.stderr  # metaopt imports, numpy is not lent
+
+
 def test_a_trial_frozen_at_step_0_is_told_it_resumes(tmp_path: Path) -> None:
     # Scripts counting steps from 0 can be frozen at step 0; METAOPT_RESUME_STEP=0 is still a
     # resume (load the checkpoint), and an unset variable would have read as a fresh start.
     state, trial = _frozen_trial(0)
     view = state.trial(trial)
     assert view is not None and view.last_step == 0
-    node = SimpleNamespace(
-        node_id=ME,
-        clock=lambda: 0.0,
-        dirs=SimpleNamespace(trials=tmp_path / "trials", root=tmp_path),
-        write_event=lambda *a, **kw: None,
-    )
-    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1, timing=Timing()))  # type: ignore[arg-type]
+    runner = _runner_in(tmp_path)
     resume = runner._resume_step(view, thaw=True)
     assert runner._spec(state, view, runner.slots[0], resume).env["METAOPT_RESUME_STEP"] == "0"
     fresh = runner._spec(state, view, runner.slots[0], runner._resume_step(view, thaw=False))
