@@ -33,7 +33,7 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from metaopt._errors import WorkerError
 
@@ -68,7 +68,8 @@ ENV_STOP_FILE = "METAOPT_STOP_FILE"
 ENV_RESUME_STEP = "METAOPT_RESUME_STEP"
 REPORT_PREFIX = "METAOPT "
 
-MetricValue = int | float | str
+# Union, not int | float | str: trials may run under Python 3.9, where | of types fails.
+MetricValue = Union[int, float, str]  # noqa: UP007
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]{0,63}")
 _MAX_STR = 256

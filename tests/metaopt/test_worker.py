@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -218,3 +221,35 @@ def test_the_package_exports_the_worker_api() -> None:
 
     assert metaopt.report is worker.report
     assert metaopt.params is worker.params
+
+
+def _older_pythons() -> list[str]:
+    """Python 3.8-3.10 interpreters that run here (a pyenv shim may exist and not run)."""
+    found = []
+    for name in ("python3.8", "python3.9", "python3.10", "pypy3"):
+        path = shutil.which(name)
+        probe = "import sys; assert sys.version_info < (3, 11)"
+        if path and subprocess.run([path, "-c", probe], capture_output=True).returncode == 0:
+            found.append(path)
+    return found
+
+
+_OLDER_PYTHONS = _older_pythons()
+
+
+@pytest.mark.skipif(not _OLDER_PYTHONS, reason="no Python 3.8-3.10 interpreter on this machine")
+def test_the_worker_api_runs_under_an_older_python(tmp_path: Path) -> None:
+    # A trial may run under its own environment's Python; `int | float | str` at import time
+    # made `import metaopt` raise TypeError on 3.9.
+    (tmp_path / "metaopt").symlink_to(Path(worker.__file__).parent, target_is_directory=True)
+    probe = (
+        "import sys, metaopt; assert sys.version_info < (3, 11)\n"
+        "metaopt.report(loss=0.5, step=1)\n"
+        "print(metaopt.params()['x'], metaopt.should_stop(), metaopt.resume_step())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "METAOPT_PARAMS": '{"x": 2}'}
+    ran = subprocess.run(
+        [_OLDER_PYTHONS[0], "-c", probe], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == ['METAOPT {"loss":0.5,"step":1}', "2 False None"]
