@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from crdt import ORIGIN_SIZE, Record
+from crdt import KEY_SIZE, ORIGIN_SIZE, Record
 
 __all__ = [
     "BLOB",
@@ -70,6 +70,7 @@ EVENT_KINDS = frozenset(
     }
 )
 CONTROL_ACTIONS = frozenset({"stop"})
+MAX_SUPERSEDES = 64  # free events one (re)start may answer; more is not a real history
 
 
 def _is_metric(value: Any) -> bool:
@@ -234,6 +235,10 @@ class EventBody:
     exit_code: int | None = None
     reason: str | None = None
     stderr: str | None = None  # the last lines a failed trial wrote to stderr
+    # A (re)start's causal past: the keys of the lost/interrupted events that freed the trial.
+    # Event times are each writer's wall clock, so with clock skew a re-run's "started" can sort
+    # before the "lost" it answers; the fold drops superseded free events whatever the times.
+    supersedes: tuple[bytes, ...] = ()
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"kind": self.kind, "node": self.node}
@@ -247,6 +252,8 @@ class EventBody:
             body["reason"] = self.reason
         if self.stderr is not None:
             body["stderr"] = self.stderr
+        if self.supersedes:
+            body["supersedes"] = list(self.supersedes)
         return body
 
 
@@ -257,6 +264,7 @@ def parse_event(record: Record) -> EventBody | None:
     kind, node = b.get("kind"), b.get("node")
     step, metrics = b.get("step"), b.get("metrics", {})
     exit_code, reason, stderr = b.get("exit_code"), b.get("reason"), b.get("stderr")
+    supersedes = b.get("supersedes", [])
     if (
         not isinstance(kind, str)  # first: a list or map from the wire is unhashable
         or kind not in EVENT_KINDS
@@ -267,10 +275,22 @@ def parse_event(record: Record) -> EventBody | None:
         or (exit_code is not None and type(exit_code) is not int)
         or (reason is not None and not isinstance(reason, str))
         or (stderr is not None and not isinstance(stderr, str))
+        or not isinstance(supersedes, list)
+        or len(supersedes) > MAX_SUPERSEDES
+        or not all(isinstance(k, bytes) and len(k) == KEY_SIZE for k in supersedes)
     ):
         return None
     return EventBody(
-        record.links[0], record.links[1], kind, node, step, metrics, exit_code, reason, stderr
+        record.links[0],
+        record.links[1],
+        kind,
+        node,
+        step,
+        metrics,
+        exit_code,
+        reason,
+        stderr,
+        tuple(supersedes),
     )
 
 

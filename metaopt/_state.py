@@ -78,6 +78,7 @@ class TrialView:
     ended_at: int | None = None  # ms: the terminal event that decided its state
     suggest_ms: float | None = None
     reported_step: int = 0  # the highest step any event carried (progress, frozen, thawed)
+    free_events: tuple[bytes, ...] = ()  # keys of the lost/interrupted events that freed it
 
     @property
     def id(self) -> str:
@@ -101,6 +102,9 @@ def _trial_view(
     events: Sequence[tuple[int, bytes, EventBody]],
     spec: ExperimentSpec,
 ) -> TrialView:
+    # A free event answered by a later (re)start (see EventBody.supersedes) no longer counts
+    # for the lifecycle, whatever the writers' clocks say about their order.
+    answered = {k for _, _, event in events for k in event.supersedes}
     ordered = sorted(events, key=lambda e: (e[0], e[1]))
     terminal: tuple[int, int, bytes, EventBody] | None = None
     lifecycle: EventBody | None = None
@@ -113,6 +117,7 @@ def _trial_view(
     started_at: int | None = None
     first = spec.objectives[0]
     reported_step = 0
+    free: tuple[bytes, ...] = ()  # the free events in effect, latest last
     for time, ekey, event in ordered:
         last_seen = max(last_seen, time)
         if event.step is not None and event.kind in ("progress", "frozen", "thawed"):
@@ -126,8 +131,9 @@ def _trial_view(
             rank = (_TERMINAL_RANK[event.kind], time, ekey, event)
             if terminal is None or rank[:3] < terminal[:3]:
                 terminal = rank
-        elif event.kind in _LIFECYCLE:
+        elif event.kind in _LIFECYCLE and ekey not in answered:
             lifecycle = event
+            free = (*free, ekey) if event.kind in FREE_STATES else ()
         if event.kind == "progress":
             metrics.update(event.metrics)
             value = event.metrics.get(first)
@@ -179,6 +185,7 @@ def _trial_view(
         ended_at=None if terminal is None else terminal[1],
         suggest_ms=trial.suggest_ms,
         reported_step=reported_step,
+        free_events=free if state in FREE_STATES else (),
     )
 
 

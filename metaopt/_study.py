@@ -282,7 +282,7 @@ class Study:
             return thawed
         for view in self._state.trials():
             if view.state in FREE_STATES:
-                self._event(view.key, "started")
+                self._event(view.key, "started", supersedes=view.free_events)
                 return Trial(view.key, dict(view.params), view.counter, view.last_step)
         if self._state.stopped:
             raise MetaoptError("the experiment was stopped; no new trials are handed out")
@@ -444,9 +444,18 @@ class Study:
         step: int | None = None,
         metrics: Mapping[str, Any] | None = None,
         reason: str | None = None,
+        supersedes: tuple[bytes, ...] = (),
     ) -> None:
         body = EventBody(
-            trial, self.experiment_key, kind, self.node_id, step, dict(metrics or {}), None, reason
+            trial,
+            self.experiment_key,
+            kind,
+            self.node_id,
+            step,
+            dict(metrics or {}),
+            None,
+            reason,
+            supersedes=supersedes,
         )
         self._writer.write(EVENT, body.to_body(), [trial, self.experiment_key])
 

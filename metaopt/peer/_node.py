@@ -328,6 +328,7 @@ class Node:
         exit_code: int | None = None,
         reason: str | None = None,
         stderr: str | None = None,
+        supersedes: tuple[bytes, ...] = (),
     ) -> Record:
         clean = {k: v for k, v in (metrics or {}).items() if _recordable(v)}
         if reason is not None and len(reason) > 4000:
@@ -335,7 +336,16 @@ class Node:
         if stderr is not None and len(stderr) > 8000:
             stderr = stderr[-8000:]
         body = EventBody(
-            trial, experiment, kind, self.node_id, step, clean, exit_code, reason, stderr
+            trial,
+            experiment,
+            kind,
+            self.node_id,
+            step,
+            clean,
+            exit_code,
+            reason,
+            stderr,
+            supersedes,
         )
         return self.writer.write(EVENT, body.to_body(), [trial, experiment])
 

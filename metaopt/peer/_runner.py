@@ -159,7 +159,13 @@ class TrialRunner:
         run = Running(slot, state.key, view.key, last_event=self.node.clock())
         self.running[slot.index] = run
         resume = self._resume_step(view, thaw)
-        self.node.write_event(state.key, view.key, "thawed" if thaw else "started", step=resume)
+        self.node.write_event(
+            state.key,
+            view.key,
+            "thawed" if thaw else "started",
+            step=resume,
+            supersedes=view.free_events,
+        )
         try:
             spec = self._spec(state, view, slot, resume)
         except (MetaoptError, OSError) as exc:

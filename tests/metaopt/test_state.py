@@ -23,6 +23,7 @@ from tests.strategies import record_values
 
 NODE_A = b"a" * 16
 NODE_B = b"b" * 16
+NODE_C = b"c" * 16
 
 
 def _spec(**kw: object) -> ExperimentSpec:
@@ -107,6 +108,30 @@ def test_completed_outranks_a_later_lost_and_a_partitioned_runner_comes_back() -
     assert log.state().trial(t.key).state == "completed"  # type: ignore[union-attr]
 
 
+def test_a_rerun_answers_the_lost_event_it_saw_whatever_the_clocks_say() -> None:
+    # B marks A's trial lost at 70 s; C, whose clock is 10 s slow, re-runs it at "60 s". By
+    # time alone the lost event is the latest and every peer would think the trial free, so
+    # a third peer claimed it again while C ran it (found by a review).
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    log.event(t, NODE_A, "started", 1000)
+    lost = log.event(t, NODE_B, "lost", 70_000, reason="quiet")
+    view = log.state().trial(t.key)
+    assert view is not None and view.state == "lost" and view.free_events == (lost.key,)
+    before = list(log.records)
+    log.event(t, NODE_C, "started", 60_000)
+    log.event(t, NODE_C, "progress", 61_000, step=1, metrics={"objective": 0.5})
+    assert log.state().trial(t.key).state == "lost"  # type: ignore[union-attr]
+    log.records = before  # the same re-run, naming the loss it answers
+    log.event(t, NODE_C, "started", 60_000, supersedes=(lost.key,))
+    log.event(t, NODE_C, "progress", 61_000, step=1, metrics={"objective": 0.5})
+    rerun = log.state().trial(t.key)
+    assert rerun is not None and (rerun.state, rerun.runner) == ("running", NODE_C)
+    assert rerun.free_events == ()
+    log.event(t, NODE_B, "lost", 200_000, reason="quiet again")  # a later loss is not answered
+    assert log.state().trial(t.key).state == "lost"  # type: ignore[union-attr]
+
+
 def test_freeze_and_thaw_are_counted_and_a_thawed_trial_runs_again() -> None:
     log = Log()
     t = log.trial(NODE_A, 0.5)
@@ -171,7 +196,7 @@ def test_malformed_bodies_are_skipped_not_fatal() -> None:
 _FIELDS = (
     "kind", "node", "step", "metrics", "exit_code", "reason", "stderr", "action",
     "params", "counter", "suggest_ms", "name", "space", "objectives", "directions",
-    "algorithm", "max_trials", "max_step", "command", "bundle", "nonce", "options",
+    "algorithm", "max_trials", "max_step", "command", "bundle", "nonce", "options", "supersedes",
 )  # fmt: skip
 _BODIES = record_values | st.dictionaries(st.sampled_from(_FIELDS), record_values, max_size=8)
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from crdt import Record
+from metaopt._errors import MetaoptError
 from metaopt._records import (
     EVENT,
     TRIAL,
@@ -56,6 +57,9 @@ class _Node:
 
     def __init__(self, state: ExperimentState, space: Space) -> None:
         self.node_id = ME
+        self.clock = lambda: 0.0
+        gone = Path("/nonexistent/metaopt-test")  # no checkpoint is ever found there
+        self.dirs = SimpleNamespace(trials=gone / "trials", root=gone)
         self.replica = SimpleNamespace(experiments={state.key: state})
         self.written: list[tuple[bytes, str, str | None]] = []
         self._space = space
@@ -67,7 +71,10 @@ class _Node:
     def write_event(self, experiment: bytes, trial: bytes, kind: str, **kw: Any) -> None:
         self.written.append((trial, kind, kw.get("reason")))
         self._seq += 1
-        body = EventBody(trial, experiment, kind, ME, reason=kw.get("reason")).to_body()
+        supersedes = kw.get("supersedes", ())
+        body = EventBody(
+            trial, experiment, kind, ME, reason=kw.get("reason"), supersedes=supersedes
+        ).to_body()
         state = self.replica.experiments[experiment]
         state.apply(Record.create(EVENT, ME, self._seq, 5_000, body, [trial, experiment]))
 
@@ -198,3 +205,23 @@ def test_a_stop_landing_after_the_last_step_records_the_trial_completed() -> Non
         run = Running(runner.slots[0], state.key, trial, outcome="frozen", last_step=last_step)
         runner._record_outcome(run, outcome)
         assert node.written[-1][:2] == (trial, recorded), (last_step, outcome)
+
+
+def test_a_rerun_of_a_lost_trial_names_the_loss_it_answers() -> None:
+    # Event times are each writer's clock: a re-run whose "started" sorts before the "lost" it
+    # answers must still read as running everywhere, so its start names that lost event.
+    state, trial = _frozen_trial(1)
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    node.write_event(state.key, trial, "lost", reason="its peer went quiet")
+    view = state.trial(trial)
+    assert view is not None and view.state == "lost" and len(view.free_events) == 1
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+
+    def cannot_start(*args: Any) -> Any:
+        raise MetaoptError("no program here")
+
+    runner._spec = cannot_start  # type: ignore[method-assign]
+    asyncio.run(runner.launch(state, view))
+    assert [k for t, k, r in node.written] == ["lost", "started", "failed"]
+    started = [e for e in state._events[trial].values() if e[2].kind == "started"][-1][2]
+    assert started.supersedes == view.free_events
