@@ -403,12 +403,20 @@ class Node:
         """Whether this replica may judge other peers' trials and claim free ones.
 
         Only after one full anti-entropy session, or once peer_timeout has passed with none
-        (nobody to catch up with). Before that a peer that just joined or restarted holds a
-        partial history: a trial whose completion has not arrived yet looks lost, and a trial
-        another peer already re-runs looks free; both were run twice.
+        (nobody to catch up with), or two anti-entropy periods after start for a peer that
+        has no seed and has heard of no other peer. Before that a peer that just joined or
+        restarted holds a partial history: a trial whose completion has not arrived yet looks
+        lost, a trial another peer already re-runs looks free (both were run twice), and a
+        budgeted experiment's count of trials is short (a finished 8/8 went to 9/8).
         """
-        waited = self.clock() - self.started_at >= self.config.timing.peer_timeout
-        return self.replicator.sessions > 0 or waited
+        timing = self.config.timing
+        waited = self.clock() - self.started_at
+        if self.replicator.sessions > 0 or waited >= timing.peer_timeout:
+            return True
+        # No seed and nobody heard of since two anti-entropy periods (mDNS answers come
+        # sooner): a peer alone need not wait peer_timeout before its budgeted experiments.
+        alone = not self.peers.all() and not self.peers.seed_addrs()
+        return alone and waited >= 2 * timing.anti_entropy
 
     def kick(self) -> None:
         """Schedule now rather than at the next tick: a slot just came free."""

@@ -96,8 +96,9 @@ def plan_work(
 
     Experiments take turns, the one with the fewest trials running here first, so several
     experiments share a peer's slots instead of the oldest starving the rest. With
-    ``claim_free`` False (a replica not yet caught up) no free trial is claimed: another peer
-    may already be re-running it.
+    ``claim_free`` False (a replica not yet caught up) no free trial is claimed (another peer
+    may already be re-running it) and no new trial of an experiment with a budget is started
+    (its count may be stale).
     """
     if free_slots <= 0:
         return []
@@ -150,7 +151,9 @@ def _next_for(
     claim_delay_ms: int,
     planned_new: dict[bytes, int],
 ) -> Work | None:
-    """The next work for one experiment; claimed None means no free trial may be claimed."""
+    """The next work for one experiment; claimed None (a replica not caught up) means no free
+    trial may be claimed and no new trial of a budgeted experiment started: its count of
+    trials may be stale (a restarted peer took a finished 8/8 experiment to 9/8)."""
     free = [] if claimed is None else [t for t in state.trials() if t.key not in claimed]
     for trial in free:
         if trial.state not in FREE_STATES or trial.key in running_here:
@@ -159,6 +162,8 @@ def _next_for(
         if now_ms - trial.last_seen >= rank * claim_delay_ms:
             return Work(state.key, trial.key)
     max_trials = state.spec.max_trials
+    if max_trials is not None and claimed is None:
+        return None
     if max_trials is not None and len(state) + planned_new.get(state.key, 0) >= max_trials:
         return None
     return Work(state.key, None)

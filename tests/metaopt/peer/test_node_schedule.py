@@ -97,3 +97,22 @@ async def test_a_peer_judges_other_peers_trials_only_once_caught_up(tmp_path: Pa
         assert "lost" in kinds and kinds.count("started") == 2  # lost, then re-run here
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_alone_is_caught_up_soon_and_one_with_a_seed_waits_for_a_session(
+    tmp_path: Path,
+) -> None:
+    # Budgeted experiments start nothing until the replica has caught up; a peer with no seed
+    # that has heard of nobody has nobody to catch up with, and should not idle peer_timeout.
+    node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1))
+    try:
+        assert not node.caught_up()
+        node.started_at -= 2 * node.config.timing.anti_entropy
+        assert node.caught_up()
+        node.peers.add_seed("127.0.0.1:9")  # a --join seed: wait for one full session
+        assert not node.caught_up()
+        node.replicator.sessions = 1
+        assert node.caught_up()
+    finally:
+        await node.stop()

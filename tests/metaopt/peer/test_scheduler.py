@@ -111,7 +111,7 @@ def test_a_trial_frozen_on_a_node_that_is_gone_is_lost() -> None:
     assert find_lost([state], ME, 30_000, 60_000, lambda n: False, set()) == []  # not yet
 
 
-def test_a_replica_not_caught_up_claims_no_free_trial_but_may_start_new_ones() -> None:
+def test_a_replica_not_caught_up_claims_no_free_trial_and_no_budgeted_new_one() -> None:
     state = _state()
     t = _trial(state, OTHER, 1)
     _event(state, t, OTHER, 2, "started", 1_000)
@@ -119,4 +119,11 @@ def test_a_replica_not_caught_up_claims_no_free_trial_but_may_start_new_ones() -
     claim = plan_work([state], ME, 1, set(), [ME], 9_000, 1_000, lambda s: True)
     assert [w.trial for w in claim] == [t.key]
     wait = plan_work([state], ME, 1, set(), [ME], 9_000, 1_000, lambda s: True, claim_free=False)
-    assert [w.trial for w in wait] == [None]
+    assert [w.trial for w in wait] == [None]  # no budget: a new point cannot overshoot
+    # With a budget the count may be stale: a restarted peer took a finished 8/8 to 9/8.
+    budgeted = _state(max_trials=8)
+    assert plan_work([budgeted], ME, 1, set(), [ME], 9_000, 1_000, lambda s: True) != []
+    stale = plan_work(
+        [budgeted], ME, 1, set(), [ME], 9_000, 1_000, lambda s: True, claim_free=False
+    )
+    assert stale == []
