@@ -182,6 +182,13 @@ def _detach(config: PeerConfig, log_level: str, timing: str) -> int:
     env = dict(os.environ)
     if config.key_text:
         env["METAOPT_KEY"] = config.key_text  # not on the command line, where ps shows it
+    running = _running_peer(dirs)
+    if running is not None:
+        # Removing its address file below would cut the CLI off from it for good.
+        raise MetaoptError(
+            f"a peer is already running on {dirs.root} (pid {running});"
+            " use it, or run `metaopt peer stop` first"
+        )
     with contextlib.suppress(FileNotFoundError):
         dirs.address_file.unlink()  # left by a peer that died; its reappearance means "up"
     log_path = dirs.root / "peer.log"
@@ -223,6 +230,17 @@ def _stop(args: argparse.Namespace) -> int:
         time.sleep(0.1)
     print("peer stopped")
     return 0
+
+
+def _running_peer(dirs: DataDir) -> int | None:
+    """The pid of a live metaopt process named by the data dir's pid file, if there is one."""
+    try:
+        pid = int(dirs.pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    # A pid file left by a crash may name a pid reused since by something else.
+    return pid if b"metaopt" in cmdline and not _gone(pid) else None
 
 
 def _gone(pid: int) -> bool:
