@@ -280,6 +280,8 @@ def submit(args: argparse.Namespace) -> int:
     options = merge_config(options)
     experiment, blobs = build_submission(options, words, Path.cwd())
     peer = LocalPeer(resolve_data_dir(options.get("data_dir")))
+    name = experiment.body["name"]
+    earlier = [e["id"][:12] for e in peer.call("api.experiments") if e.get("name") == name]
     # Blobs first in their own calls so a large bundle never makes one huge request, and the
     # experiment last, so no peer ever sees an experiment whose code has not been stored here.
     batch: list[bytes] = []
@@ -293,12 +295,23 @@ def submit(args: argparse.Namespace) -> int:
     if batch:
         peer.call("api.add", batch)
     peer.call("api.add", [experiment.data])
-    name = experiment.body["name"]
     if options.get("json"):
         print(json.dumps({"id": experiment.key.hex(), "name": name}))
     else:
         print(f"submitted experiment {name!r} ({experiment.key.hex()[:12]})")
         print(f"follow it with: metaopt status {name}")
+    if earlier:
+        print(
+            f"note: the name {name!r} now means this experiment; its earlier namesakes are"
+            f" reached by id: {', '.join(earlier)}",
+            file=sys.stderr,
+        )
+    if options.get("wait") and experiment.body.get("max_trials") is None:
+        print(
+            "note: no --max-trials, so the search goes on until `metaopt stop"
+            f" {name}`; --wait follows it until then (Ctrl-C leaves it running)",
+            file=sys.stderr,
+        )
     if options.get("wait"):
         # With --json, stdout holds only the JSON line: progress goes to stderr.
         return wait_for(peer, experiment.key.hex(), out=sys.stderr if options.get("json") else None)

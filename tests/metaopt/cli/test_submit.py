@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -124,6 +127,27 @@ def test_peer_options_are_one_line_errors(
     assert expected in err and err.count("\n") == 1, err
 
 
+def test_a_second_detached_start_leaves_the_running_peer_reachable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It used to delete the running peer's address file before failing on the locked replica,
+    # and `peer status` / `peer stop` then said no peer was running. A stand-in process whose
+    # command line names metaopt plays the running peer here.
+    data = tmp_path / "d"
+    data.mkdir()
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "metaopt"])
+    try:
+        (data / "peer.pid").write_text(f"{stand_in.pid}\n")
+        (data / "peer.address").write_text("127.0.0.1:9\n")
+        assert main(["peer", "start", "--detach", "--no-mdns", "--data-dir", str(data)]) == 2
+        err = capsys.readouterr().err
+        assert f"already running on {data} (pid {stand_in.pid})" in err, err
+        assert (data / "peer.address").exists()
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+
+
 def test_the_join_command_names_an_address_another_machine_can_reach() -> None:
     from metaopt.cli._peer import join_command
 
@@ -166,3 +190,42 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
         err = child.stderr.read().decode()
     assert child.wait(timeout=60) == 141, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+class _FakePeer:
+    """What `metaopt submit` asks its peer, answered from a list of known experiments."""
+
+    known: ClassVar[list[dict[str, object]]] = []
+    added: ClassVar[list[list[bytes]]] = []
+
+    def __init__(self, data_dir: Path) -> None: ...
+
+    def call(self, op: str, body: object = None) -> object:
+        if op == "api.experiments":
+            return self.known
+        assert op == "api.add" and isinstance(body, list)
+        self.added.append(body)
+        return None
+
+
+def test_a_submit_says_when_its_name_hides_an_earlier_experiment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The name then means the new one for status, stop and best; the old one only by id.
+    (tmp_path / "train.py").write_text("print(1)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("metaopt.cli._submit.LocalPeer", _FakePeer)
+    _FakePeer.known = [{"id": "ab" * 32, "name": "train"}, {"id": "cd" * 32, "name": "other"}]
+    assert main(["submit", "--max-trials", "3", "train.py", "--x~uniform(0, 1)"]) == 0
+    err = capsys.readouterr().err
+    assert "'train' now means this experiment" in err and "abababababab" in err, err
+    assert "cdcdcd" not in err and "--max-trials" not in err
+    _FakePeer.known = []
+    assert main(["submit", "train.py", "--x~uniform(0, 1)"]) == 0
+    assert capsys.readouterr().err == ""
+    # --wait with no budget follows a search that only `metaopt stop` ends: say so.
+    monkeypatch.setattr("metaopt.cli._submit.wait_for", lambda *a, **kw: 0)
+    assert main(["submit", "--wait", "train.py", "--x~uniform(0, 1)"]) == 0
+    assert "no --max-trials, so the search goes on until `metaopt stop train`" in (
+        capsys.readouterr().err
+    )
