@@ -75,7 +75,10 @@ def _status(args: argparse.Namespace) -> int:
         for e in experiments:
             c = e["counts"]
             state = "stopped" if e["stopped"] else "finished" if e["finished"] else "active"
-            best = e["best"][0]["value"] if e["best"] else None
+            if len(e["objectives"]) > 1:  # a Pareto front: no one value is the best
+                best = f"front of {len(e['best'])}" if e["best"] else None
+            else:
+                best = e["best"][0]["value"] if e["best"] else None
             rows.append(
                 [
                     e["name"],
@@ -101,19 +104,23 @@ def _status(args: argparse.Namespace) -> int:
     if info.get("blocked_here"):
         print(f"this peer starts none of its trials: {info['blocked_here']}")
     names = sorted(info["space"])
+    objectives = info["objectives"]
     rows = [
-        [
-            t["id"][:12],
-            trial_state(t["state"], t["thaws"]),
-            t["value"],
-            t["last_step"] or "",
-            (t["runner"] or t["node"])[:8],
-        ]
+        [t["id"][:12], trial_state(t["state"], t["thaws"])]
+        + [_shown_value(t, o) for o in objectives]
+        + [t["last_step"] or "", (t["runner"] or t["node"])[:8]]
         + [t["params"].get(n) for n in names]
         for t in info["trial_list"]
     ]
-    print(table(["trial", "state", info["objectives"][0], "step", "node", *names], rows))
+    print(table(["trial", "state", *objectives, "step", "node", *names], rows))
     return 0
+
+
+def _shown_value(trial: dict[str, Any], objective: str) -> Any:
+    """A trial's final value of an objective, else the last one it reported (running, frozen
+    and killed trials have no final value, but their curves say where they stand)."""
+    final = trial["objectives"] or {}
+    return final[objective] if objective in final else trial["metrics"].get(objective)
 
 
 def _experiment_header(info: dict[str, Any]) -> str:
@@ -131,9 +138,9 @@ def _experiment_header(info: dict[str, Any]) -> str:
 def _best(args: argparse.Namespace) -> int:
     info = _peer(args).call("api.experiment", args.experiment)
     best = info["best"]
-    if args.json:
+    if args.json:  # a list for a Pareto front, else one trial; null (exit 1) if none yet
         print(json.dumps(best if len(info["objectives"]) > 1 else (best[0] if best else None)))
-        return 0
+        return 0 if best else 1
     if not best:
         print(f"{info['name']}: no completed trial yet")
         return 1
@@ -152,16 +159,20 @@ def _export(args: argparse.Namespace) -> int:
         print(json.dumps(trials, indent=2))
         return 0
     names = sorted(info["space"])
-    metrics = sorted({k for t in trials for k in (t["metrics"] or {})})
+    # The objectives always have a column, whatever the trials reported: the header keeps
+    # its shape for a script reading it (with no completed trial they used to vanish).
+    objectives = list(info["objectives"])
+    others = sorted({k for t in trials for k in (t["metrics"] or {})} - set(objectives))
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["trial", "state", "node", "runner", *names, *metrics, "reason"])
+    header = ["trial", "state", "node", "runner", *names, *objectives, *others, "step", "reason"]
+    writer.writerow(header)
     for t in trials:
         writer.writerow(
             [t["id"], t["state"], t["node"], t["runner"] or ""]
             + [t["params"].get(n) for n in names]
-            + [t["metrics"].get(m) for m in metrics]
-            + [t["reason"] or ""]
+            + [t["metrics"].get(m) for m in (*objectives, *others)]
+            + [t["last_step"] or "", t["reason"] or ""]
         )
     sys.stdout.write(out.getvalue())
     return 0

@@ -1,0 +1,94 @@
+"""What `metaopt status`, `best` and `export` print, from a peer's answers (no peer needed)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+import pytest
+
+from metaopt.cli import main
+
+
+def _trial(tid: str, state: str, metrics: dict[str, float], final: bool) -> dict[str, Any]:
+    return {
+        "id": tid * 16,
+        "state": state,
+        "thaws": 0,
+        "objectives": dict(metrics) if final else None,
+        "value": metrics.get("f1") if final else None,
+        "metrics": dict(metrics),
+        "last_step": 7,
+        "runner": None,
+        "node": "ab" * 16,
+        "params": {"x": 0.5},
+        "reason": None if final else "not in the top third at rung 3",
+    }
+
+
+def _info(trials: list[dict[str, Any]], objectives: list[str]) -> dict[str, Any]:
+    done = [t for t in trials if t["objectives"]]
+    return {
+        "id": "ee" * 32,
+        "name": "mo",
+        "space": {"x": "uniform(0, 1)"},
+        "objectives": objectives,
+        "directions": ["minimize"] * len(objectives),
+        "max_trials": 4,
+        "trials": len(trials),
+        "counts": {t["state"]: 1 for t in trials},
+        "thawed": 0,
+        "stopped": False,
+        "finished": False,
+        "best": done,
+        "trial_list": trials,
+        "blocked_here": None,
+    }
+
+
+class _Peer:
+    info: dict[str, Any] = {}  # noqa: RUF012 - replaced whole by each test
+
+    def call(self, op: str, body: object = None) -> object:
+        return [self.info] if op == "api.experiments" else self.info
+
+
+@pytest.fixture
+def peer(monkeypatch: pytest.MonkeyPatch) -> type[_Peer]:
+    monkeypatch.setattr("metaopt.cli._read._peer", lambda args: _Peer())
+    return _Peer
+
+
+def test_every_objective_has_a_column_and_an_unfinished_trial_shows_its_last_value(
+    peer: type[_Peer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Only the first objective was shown, and a killed trial's last loss showed as "-".
+    peer.info = _info(
+        [
+            _trial("a", "completed", {"f1": 0.25, "f2": 3.0}, final=True),
+            _trial("b", "killed", {"f1": 0.75, "f2": 9.0}, final=False),
+        ],
+        ["f1", "f2"],
+    )
+    assert main(["status", "mo"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("trial"))
+    assert header.split()[:6] == ["trial", "state", "f1", "f2", "step", "node"]
+    killed = next(line for line in lines if line.startswith("b" * 12))
+    assert killed.split()[1:4] == ["killed", "0.75", "9"]
+    assert main(["status"]) == 0
+    assert "front of 1" in capsys.readouterr().out  # a front, not one trial's f1
+
+
+def test_export_keeps_its_columns_and_best_says_when_nothing_completed(
+    peer: type[_Peer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    peer.info = _info([_trial("b", "failed", {}, final=False)], ["loss"])
+    assert main(["export", "mo"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == ["trial", "state", "node", "runner", "x", "loss", "step", "reason"]
+    assert main(["best", "mo", "--json"]) == 1  # as without --json: nothing completed
+    assert json.loads(capsys.readouterr().out) is None
+    assert main(["best", "mo"]) == 1
