@@ -190,10 +190,18 @@ class LocalApi:
     async def thaw(self, request: Request) -> Any:
         """Resume a trial this peer froze, from its checkpoint, in a free slot."""
         state, view = self._trial(request.body)
-        if view.state != "frozen" or view.runner != self.node.node_id:
-            raise MetaoptError(f"trial {view.id[:12]} is {view.state}, not frozen on this peer")
+        if view.state != "frozen":
+            raise MetaoptError(f"trial {view.id[:12]} is {view.state}; only a frozen one thaws")
+        if view.runner != self.node.node_id:
+            where = view.runner.hex()[:8] if view.runner else "another peer"
+            raise MetaoptError(
+                f"trial {view.id[:12]} is frozen on node {where}; run `metaopt thaw` there"
+            )
         if self.node.runner.free_slots() <= 0:
-            raise MetaoptError("no free slot on this peer; try again when a trial ends")
+            # The scheduler fills a slot as soon as it frees, so "wait" rarely helps.
+            raise MetaoptError(
+                "no free slot on this peer; freeze a running trial first (`metaopt freeze TRIAL`)"
+            )
         await self.node.runner.launch(state, view, thaw=True)
         return view.id
 

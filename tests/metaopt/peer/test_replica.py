@@ -92,3 +92,40 @@ def test_a_trial_id_prefix_must_be_long_enough_and_match_one_trial() -> None:
         replica.find_trial(shared)
     found = replica.find_trial(trial.key.hex()[:16])
     assert found is not None and found[1] == trial.key
+
+
+@pytest.mark.asyncio
+async def test_a_thaw_that_cannot_happen_says_why_and_what_to_do() -> None:
+    store = MemoryStore()
+    spec = ExperimentSpec("e", {"x": "uniform(0, 1)"}, command=("t.py",))
+    exp = Record.create(EXPERIMENT, NODE, 1, 1000, spec.to_body(), [])
+    other = b"o" * 16
+    trials = [
+        Record.create(TRIAL, NODE, 2 + i, 1001, {"params": {"x": i / 4}, "node": NODE,
+                      "counter": i + 1}, [exp.key])
+        for i in range(3)
+    ]  # fmt: skip
+    frozen_by = {trials[0].key: NODE, trials[1].key: other}
+    events = [
+        Record.create(EVENT, node, 10 + i, 1100 + i, EventBody(t, exp.key, kind, node, 1).to_body(),
+                      [t, exp.key])
+        for i, (t, node, kind) in enumerate(
+            [(t, n, k) for t, n in frozen_by.items() for k in ("started", "frozen")]
+            + [(trials[2].key, NODE, "started")]
+        )
+    ]  # fmt: skip
+    store.add([exp, *trials, *events])
+    node = SimpleNamespace(
+        node_id=NODE, replica=Replica(store), runner=SimpleNamespace(free_slots=lambda: 0)
+    )
+    api = LocalApi(node)  # type: ignore[arg-type]
+
+    async def refusal(trial: Record) -> str:
+        with pytest.raises(MetaoptError) as info:
+            await api.thaw(Request("api.thaw", NODE, "", trial.key.hex()[:8]))
+        return str(info.value)
+
+    assert "freeze a running trial first" in await refusal(trials[0])
+    elsewhere = f"frozen on node {other.hex()[:8]}; run `metaopt thaw` there"
+    assert elsewhere in await refusal(trials[1])
+    assert "is running; only a frozen one thaws" in await refusal(trials[2])
