@@ -126,7 +126,9 @@ class Replicator:
         except Exception as exc:  # a protocol error from a bad peer: drop the session only
             log.warning("anti-entropy with %s aborted: %s", addr, exc)
             return False
-        self.sessions += 1
+        # A session that gave up (the partner's set kept changing for max_rounds rounds)
+        # moved records but proves no catch-up: Node.caught_up counts converged ones only.
+        self.sessions += session.stats.converged
         return True
 
     async def anti_entropy_once(self) -> str | None:

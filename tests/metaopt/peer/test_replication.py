@@ -57,3 +57,28 @@ def test_a_live_peer_is_preferred_to_a_silent_one() -> None:
     client = _Recorder()
     asyncio.run(_replicator(table, client, 10.0).anti_entropy_once())
     assert client.calls == [("127.0.0.1:1002", "sync")]
+
+
+def test_only_a_converged_session_counts_as_caught_up(monkeypatch: Any) -> None:
+    # A session that gave up after max_rounds proves nothing about what this replica holds.
+    class _Session:
+        converged = False
+
+        def __init__(self, store: Any) -> None:
+            self.stats = type("Stats", (), {"converged": _Session.converged})()
+
+        def start(self) -> bytes:
+            return b"open"
+
+        def receive(self, reply: bytes) -> bytes | None:
+            return None
+
+    class _Answers:
+        async def call(self, addr: str, op: str, body: Any = None) -> Any:
+            return b"reply"
+
+    monkeypatch.setattr("metaopt.peer._replication.Initiator", _Session)
+    rep = _replicator(PeerTable(), _Answers(), 0.0)  # type: ignore[arg-type]
+    assert asyncio.run(rep.reconcile("127.0.0.1:1001")) and rep.sessions == 0
+    _Session.converged = True
+    assert asyncio.run(rep.reconcile("127.0.0.1:1001")) and rep.sessions == 1
