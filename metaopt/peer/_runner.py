@@ -372,7 +372,11 @@ class TrialRunner:
             return False
         if len(outcome.objectives) < len(state.spec.objectives):
             return False
-        final = max_step_of(state, self.node.suggester(state).space, state.trials())
+        try:
+            space = self.node.suggester(state).space
+        except MetaoptError:  # a space this peer cannot search: no horizon to judge by
+            return False
+        final = max_step_of(state, space, state.trials())
         return final is not None and run.last_step >= final
 
     async def end(self, trial: bytes, outcome: str, reason: str) -> None:
