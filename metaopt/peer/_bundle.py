@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from crdt import MAX_RECORD_SIZE
 from metaopt._errors import MetaoptError
 
 __all__ = [
@@ -43,7 +44,9 @@ DEFAULT_MAX_BYTES = 50 << 20
 # times, so without a cap a 1 MiB record could ask a peer to write tens of GiB. Every peer
 # stores every bundle's chunks, so anything near this is data, not code, and belongs elsewhere.
 HARD_MAX_BYTES = 1 << 30
-CHUNK_BYTES = 1 << 20
+# A chunk travels as one blob record, whose kind, origin, times, link and msgpack framing
+# must fit beside it: chunks of a whole MiB made every bundle over 1 MiB fail to submit.
+CHUNK_BYTES = MAX_RECORD_SIZE - (16 << 10)
 _SKIP_DIRS = frozenset({"__pycache__", "venv", "node_modules"})
 _MiB = float(1 << 20)
 
