@@ -54,6 +54,10 @@ class PeerTable:
     _peers: dict[bytes, KnownPeer] = field(default_factory=dict)
     _by_addr: dict[str, bytes] = field(default_factory=dict)
     _seeds: list[str] = field(default_factory=list)
+    # This node's own address: no other id is ever entered there. A stale report of a dead
+    # predecessor at our address (a peer restarted on the port with a new data dir) was
+    # entered, our own calls to that address then "reached" it, and the ghost stayed live.
+    own_addr: str | None = None
 
     # ----------------------------------------------------------------------------- updates
 
@@ -80,7 +84,7 @@ class PeerTable:
 
     def touch_addr(self, addr: str, now: float) -> None:
         """This node just talked to whoever is at ``addr`` (no-op if nobody known is there)."""
-        node_id = self._by_addr.get(addr)
+        node_id = self._by_addr.get(addr) if addr != self.own_addr else None
         if node_id is not None:
             self.seen(node_id, now)
         self.expire(now)
@@ -184,6 +188,8 @@ class PeerTable:
         *,
         authoritative: bool,
     ) -> None:
+        if addr == self.own_addr:
+            return
         old = self._peers.get(node_id)
         holder = self._by_addr.get(addr)
         if holder is not None and holder != node_id:

@@ -209,3 +209,14 @@ def test_silent_peers_are_the_known_ones_past_the_timeout_and_not_yet_expired() 
     assert [p.node_id for p in table.live(90.0, TIMEOUT)] == [C]
     table.expire(101.0)  # A was last heard of 101 s ago: gone, not silent
     assert [p.node_id for p in table.silent(101.0, TIMEOUT)] == [B]
+
+
+def test_no_other_id_is_ever_entered_at_this_nodes_own_address() -> None:
+    # A peer restarted on its port with a new data dir heard of its dead predecessor at its
+    # own address; its calls to that address reached itself and kept the ghost "live".
+    table = PeerTable(own_addr="h:2")
+    table.merge_gossip([[A, "h:2", 0.0], [B, "h:3", 0.0]], 10.0)
+    table.add(C, "h:2", 10.0, contacted=True)
+    assert table.get(A) is None and table.get(C) is None and table.get(B) is not None
+    table.touch_addr("h:2", 20.0)  # a call to our own address proves nobody else alive
+    assert [p.node_id for p in table.all()] == [B]
