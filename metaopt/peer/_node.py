@@ -71,20 +71,30 @@ class Node:
         self.dirs.ensure()
         self.node_id = self.dirs.node_id()
         self.generated_key = False
-        self.key = self._load_key()
-        self.codec = FrameCodec([self.key])
-        self.rng = random.Random(int.from_bytes(self.node_id, "big") ^ time.time_ns())
         try:
             self.store = LevelDBStore(self.dirs.replica)
         except StoreError as exc:
             raise MetaoptError(str(exc)) from None
+        # Only with the data directory's lock held: a second start that fails on it wrote its
+        # --key over the running peer's, which the CLI then could not reach or stop.
+        try:
+            self.key = self._load_key()
+        except BaseException:
+            self.store.close()
+            raise
+        self.codec = FrameCodec([self.key])
+        self.rng = random.Random(int.from_bytes(self.node_id, "big") ^ time.time_ns())
         self.replica = Replica(self.store)
         self.writer = NodeWriter(self.store, self.node_id, clock)
         self.peers = PeerTable()
         self.port = config.port
         self.addr = config.address
         self.client = Client(
-            self.codec, self.node_id, self.addr, timeout=config.timing.request_timeout
+            self.codec,
+            self.node_id,
+            self.addr,
+            timeout=config.timing.request_timeout,
+            warn_refusals=True,
         )
         self.replicator = Replicator(
             self.store,
@@ -132,9 +142,14 @@ class Node:
         self.port = await self.server.start(self.config.host, self.config.port)
         self.addr = f"{self.config.host}:{self.port}"
         self.client = Client(
-            self.codec, self.node_id, self.addr, timeout=self.config.timing.request_timeout
+            self.codec,
+            self.node_id,
+            self.addr,
+            timeout=self.config.timing.request_timeout,
+            warn_refusals=True,
         )
         self.replicator.client = self.client
+        self.peers.own_addr = self.addr
         self.dirs.address_file.write_text(self.addr + "\n")
         self.dirs.pid_file.write_text(f"{os.getpid()}\n")
         for seed in self.config.join:

@@ -57,6 +57,7 @@ class Server:
         self.app = web.Application(client_max_size=max_bytes)
         self.app.router.add_post(PATH, self._handle)
         self.rejected = 0
+        self._refused: set[tuple[str | None, str]] = set()  # (sender, error) already logged
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -69,7 +70,12 @@ class Server:
             message = dataclasses.replace(decode_request(opened.payload), remote=request.remote)
         except (FrameError, WireError) as exc:
             self.rejected += 1
-            log.warning("rejected a request from %s: %s", request.remote, exc)
+            # Once per sender and kind: a peer of another cluster retries every few seconds
+            # for ever, and one line says all there is to say (`peer status` counts the rest).
+            kind = (request.remote, type(exc).__name__)
+            level = logging.DEBUG if kind in self._refused else logging.WARNING
+            self._refused.add(kind)
+            log.log(level, "rejected a request from %s: %s", request.remote, exc)
             return web.Response(status=401, text=f"{type(exc).__name__}: {exc}")
         handler = self._handlers.get(message.op)
         if handler is None:
@@ -140,7 +146,17 @@ class Server:
 class Client:
     """Sends requests to peers; one aiohttp session per process side."""
 
-    def __init__(self, codec: FrameCodec, sender: bytes, addr: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        codec: FrameCodec,
+        sender: bytes,
+        addr: str,
+        timeout: float = 10.0,
+        *,
+        warn_refusals: bool = False,
+    ) -> None:
+        """warn_refusals: log (once per address) a peer refusing our frames; a peer's client
+        does, the CLI's does not (its error line already says it)."""
         self._codec = codec
         self._sender = sender
         self._addr = addr
@@ -148,6 +164,8 @@ class Client:
         self._session: aiohttp.ClientSession | None = None
         self.bytes_out = 0
         self.bytes_in = 0
+        self._refused_by: set[str] = set()  # addresses whose refusal was logged
+        self._warn_refusals = warn_refusals
 
     async def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -172,7 +190,17 @@ class Client:
                 data = await self._read_capped(addr, response)
                 self.bytes_in += len(data)
                 if response.status == 401:
-                    raise RemoteError(f"{addr} refused us: {data.decode(errors='replace')}")
+                    why = data.decode(errors="replace")
+                    if self._warn_refusals and addr not in self._refused_by:  # retried for ever
+                        self._refused_by.add(addr)
+                        log.warning(
+                            "%s refuses this peer's frames (%s); if it is of this cluster,"
+                            " start this peer with the cluster's key (`metaopt peer key` on"
+                            " a member prints the command)",
+                            addr,
+                            why,
+                        )
+                    raise RemoteError(f"{addr} refused us: {why}")
                 if response.status != 200:
                     raise PeerUnreachable(f"{addr} answered HTTP {response.status}")
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import os
 from typing import Any
 
@@ -12,7 +13,15 @@ import pytest
 from aiohttp import web
 
 from crdt import ClusterKey, FrameCodec, FrameConfig
-from metaopt.peer._transport import PATH, TICKET, Client, PeerUnreachable, Server, _seal
+from metaopt.peer._transport import (
+    PATH,
+    TICKET,
+    Client,
+    PeerUnreachable,
+    RemoteError,
+    Server,
+    _seal,
+)
 from metaopt.peer._wire import Request
 
 pytestmark = pytest.mark.integration
@@ -116,3 +125,31 @@ async def test_a_request_without_a_valid_ticket_is_refused_unread() -> None:
     finally:
         await client.close()
         await server.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_of_another_cluster_is_logged_once_on_each_side(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # It retries every few seconds for ever: the peer it called logged a warning each time
+    # (60k lines a day) while the caller logged nothing at all.
+    ours = FrameCodec([ClusterKey.generate(os.urandom(32))])
+    theirs = FrameCodec([ClusterKey.generate(os.urandom(32))])
+    server = Server(ours, {})
+    port = await server.start("127.0.0.1", 0)
+    addr = f"127.0.0.1:{port}"
+    stranger = Client(theirs, os.urandom(16), "127.0.0.1:1", timeout=10, warn_refusals=True)
+    cli = Client(theirs, os.urandom(16), "", timeout=10)
+    caplog.set_level(logging.DEBUG, logger="metaopt.peer")
+    try:
+        for client in (stranger, stranger, stranger, cli):
+            with pytest.raises(RemoteError, match="refused us"):
+                await client.call(addr, "gossip", [])
+    finally:
+        await stranger.close()
+        await cli.close()
+        await server.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert server.rejected == 4
+    assert sum("rejected a request" in w for w in warnings) == 1
+    assert sum(w.startswith(f"{addr} refuses this peer's frames") for w in warnings) == 1
