@@ -294,7 +294,8 @@ def join_command(key: str, addr: str) -> str:
     A peer on a LAN address is joined there, and the new peer binds every interface so that
     the others can reach it too (its own default, 127.0.0.1, would not do); a peer bound to
     every interface (0.0.0.0) is joined at one of this machine's other addresses. A peer on
-    loopback is a local trial: its command stays on loopback.
+    loopback is a local trial: its command stays on loopback, with a data directory and port
+    of its own.
     """
     host, _, port = addr.rpartition(":")
     try:
@@ -302,7 +303,9 @@ def join_command(key: str, addr: str) -> str:
     except ValueError:
         loopback = host == "localhost"
     if loopback:
-        return f"metaopt peer start --key {key} --join {addr}"
+        # Another peer on this machine needs its own data directory and port, or it stops at
+        # "in use" (the same default data dir, the same default port).
+        return f"metaopt peer start --key {key} --join {addr} --port 0 --data-dir ./metaopt-peer2"
     if host == "0.0.0.0":
         from metaopt.peer._discovery import local_adapters
 

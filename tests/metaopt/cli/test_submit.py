@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ from typing import ClassVar
 
 import pytest
 
+from crdt import MAX_RECORD_SIZE
 from metaopt._errors import MetaoptError
 from metaopt.cli import main
 from metaopt.cli._submit import build_submission, merge_config, split_submit_args
@@ -135,8 +137,13 @@ def test_a_second_detached_start_leaves_the_running_peer_reachable(
     # command line names metaopt plays the running peer here.
     data = tmp_path / "d"
     data.mkdir()
-    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "metaopt"])
+    stand_in = subprocess.Popen(
+        [sys.executable, "-c", "import time; print(flush=True); time.sleep(60)", "metaopt"],
+        stdout=subprocess.PIPE,
+    )
     try:
+        assert stand_in.stdout is not None
+        stand_in.stdout.readline()  # it runs (exec'd, so its command line is its own)
         (data / "peer.pid").write_text(f"{stand_in.pid}\n")
         (data / "peer.address").write_text("127.0.0.1:9\n")
         assert main(["peer", "start", "--detach", "--no-mdns", "--data-dir", str(data)]) == 2
@@ -145,14 +152,17 @@ def test_a_second_detached_start_leaves_the_running_peer_reachable(
         assert (data / "peer.address").exists()
     finally:
         stand_in.kill()
-        stand_in.wait()
+        stand_in.communicate()  # reaps it and closes its pipe
 
 
 def test_the_join_command_names_an_address_another_machine_can_reach() -> None:
     from metaopt.cli._peer import join_command
 
     local = join_command("K", "127.0.0.1:7787")
-    assert local == "metaopt peer start --key K --join 127.0.0.1:7787"
+    # Another peer on this machine: its own data dir and a free port, or "in use".
+    assert local == (
+        "metaopt peer start --key K --join 127.0.0.1:7787 --port 0 --data-dir ./metaopt-peer2"
+    )
     lan = join_command("K", "10.0.0.5:7787")
     assert lan == "metaopt peer start --host 0.0.0.0 --key K --join 10.0.0.5:7787"
     everywhere = join_command("K", "0.0.0.0:7787")
@@ -229,3 +239,16 @@ def test_a_submit_says_when_its_name_hides_an_earlier_experiment(
     assert "no --max-trials, so the search goes on until `metaopt stop train`" in (
         capsys.readouterr().err
     )
+
+
+def test_a_folder_over_a_mebibyte_is_submitted_as_blobs_that_each_fit_a_record(
+    tmp_path: Path,
+) -> None:
+    # Chunks of a whole MiB plus the record's own fields overflowed the 1 MiB record limit:
+    # every bundle over 1 MiB failed with "a blob record of 1048657 bytes exceeds ...".
+    (tmp_path / "train.py").write_text("print(1)\n")
+    (tmp_path / "weights.bin").write_bytes(os.urandom(5 << 19))  # 2.5 MiB
+    options, template = split_submit_args(["train.py", "--x~uniform(0, 1)"])
+    _, blobs = build_submission(merge_config(options), template, tmp_path)
+    assert len(blobs) == 3 and all(len(b.data) <= MAX_RECORD_SIZE for b in blobs)
+    assert sum(len(b.body["data"]) for b in blobs) == (5 << 19) + len("print(1)\n")

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from crdt import ClusterKey
 from metaopt.peer._orphans import find_orphans, kill_orphans
 from tests.metaopt.peer.cluster import Cluster, Peer, run_cli, wait_for
 
@@ -208,11 +209,18 @@ def test_bad_input_is_one_line(cluster: Cluster, tmp_path: Path) -> None:
     missing = peer.cli("submit", str(tmp_path / "nope.py"), "--x~uniform(0, 1)")
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
     assert "nope.py" in missing.stderr
-    # A second peer on a data directory already in use, and a port already in use.
+    # A second peer on a data directory already in use (with another key, which it wrote
+    # over the running peer's before failing: the CLI then could not reach it), and a port
+    # already in use.
+    key_before = peer.cli("peer", "key").stdout
+    other_key = ClusterKey.generate(os.urandom(32)).to_text()
     same_dir = run_cli(
-        "peer", "start", "--no-mdns", "--port", "0", "--data-dir", str(peer.data_dir), timeout=30
-    )
+        "peer", "start", "--no-mdns", "--port", "0", "--data-dir", str(peer.data_dir),
+        "--key", other_key, timeout=30,
+    )  # fmt: skip
     assert same_dir.returncode == 2 and "in use" in same_dir.stderr
+    assert peer.cli("peer", "key").stdout == key_before
+    assert peer.cli("peer", "status").returncode == 0
     busy_port = run_cli(
         "peer",
         "start",
@@ -372,7 +380,10 @@ def test_config_file_export_stop_key_and_detach(cluster: Cluster, tmp_path: Path
     assert len(experiment(peer, "stopme")["trial_list"]) == at_stop
     # `peer key` prints the exact command that joins another machine.
     key_line = peer.cli("peer", "key").stdout.strip()
-    assert key_line == f"metaopt peer start --key {cluster.key} --join {peer.addr}"
+    assert key_line == (
+        f"metaopt peer start --key {cluster.key} --join {peer.addr}"
+        " --port 0 --data-dir ./metaopt-peer2"
+    )
     # --detach: a background peer with a pid file, stopped by `peer stop`.
     ddir = tmp_path / "detached"
     started = run_cli(
