@@ -134,13 +134,16 @@ def test_a_second_detached_start_leaves_the_running_peer_reachable(
 ) -> None:
     # It used to delete the running peer's address file before failing on the locked replica,
     # and `peer status` / `peer stop` then said no peer was running. A stand-in process whose
-    # command line names metaopt plays the running peer here.
+    # command line names metaopt plays the running peer here; it holds the replica's lock as a
+    # peer does, so a start that got past the check would exit at once, not linger.
     data = tmp_path / "d"
     data.mkdir()
+    hold = "import plyvel, sys, time; db = plyvel.DB(sys.argv[1], create_if_missing=True)"
     stand_in = subprocess.Popen(
-        [sys.executable, "-c", "import time; print(flush=True); time.sleep(60)", "metaopt"],
+        [sys.executable, "-c", f"{hold}; print(flush=True); time.sleep(60)", str(data / "replica"),
+         "metaopt"],
         stdout=subprocess.PIPE,
-    )
+    )  # fmt: skip
     try:
         assert stand_in.stdout is not None
         stand_in.stdout.readline()  # it runs (exec'd, so its command line is its own)
