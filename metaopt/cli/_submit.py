@@ -321,7 +321,10 @@ def submit(args: argparse.Namespace) -> int:
 def wait_for(
     peer: LocalPeer, experiment: str, interval: float = 1.0, out: TextIO | None = None
 ) -> int:
-    """Show live progress on out (stdout) until the budget is spent and nothing runs."""
+    """Show live progress on out (stdout) until the budget is spent and nothing runs.
+
+    Returns the exit code: 0 with a completed trial, 1 when every trial failed or was killed.
+    """
     out = out or sys.stdout
     last = ""
     tty = out.isatty()
@@ -346,4 +349,7 @@ def wait_for(
         best_trial = info["best"][0]
         params = json.dumps(best_trial["params"])
         print(f"best {fmt_value(best_trial['value'])} with {params}", file=out)
-    return 0
+        return 0
+    # Exit 1, as `metaopt best` does: `submit --wait && next-step` must not go on.
+    print(f"{info['name']}: no trial completed; `metaopt status {info['name']}` says why", file=out)
+    return 1

@@ -62,6 +62,7 @@ def experiment_json(state: ExperimentState) -> dict[str, Any]:
         "directions": list(spec.directions),
         "algorithm": spec.algorithm,
         "max_trials": spec.max_trials,
+        "max_step": spec.max_step,
         "command": list(spec.command) if spec.command else None,
         "early_stopping": spec.early_stopping,
         "trials": len(state),

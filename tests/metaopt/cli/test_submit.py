@@ -255,3 +255,22 @@ def test_a_folder_over_a_mebibyte_is_submitted_as_blobs_that_each_fit_a_record(
     _, blobs = build_submission(merge_config(options), template, tmp_path)
     assert len(blobs) == 3 and all(len(b.data) <= MAX_RECORD_SIZE for b in blobs)
     assert sum(len(b.body["data"]) for b in blobs) == (5 << 19) + len("print(1)\n")
+
+
+def test_wait_exits_1_when_no_trial_completed(capsys: pytest.CaptureFixture[str]) -> None:
+    # `submit --wait && next-step` went on after every trial had failed.
+    from metaopt.cli._submit import wait_for
+
+    info: dict[str, object] = {
+        "name": "crash", "counts": {"failed": 2}, "thawed": 0, "best": [], "max_trials": 2,
+        "trials": 2, "finished": True,
+    }  # fmt: skip
+
+    class _Done:
+        def call(self, op: str, body: object = None) -> object:
+            return info
+
+    assert wait_for(_Done(), "crash", interval=0.0) == 1  # type: ignore[arg-type]
+    assert "crash: no trial completed" in capsys.readouterr().out
+    info["best"] = [{"value": 0.5, "params": {"x": 1}}]
+    assert wait_for(_Done(), "crash", interval=0.0) == 0  # type: ignore[arg-type]
