@@ -89,13 +89,7 @@ class Node:
         self.peers = PeerTable()
         self.port = config.port
         self.addr = config.address
-        self.client = Client(
-            self.codec,
-            self.node_id,
-            self.addr,
-            timeout=config.timing.request_timeout,
-            warn_refusals=True,
-        )
+        self.client = self._new_client()
         self.replicator = Replicator(
             self.store,
             self.node_id,
@@ -121,6 +115,15 @@ class Node:
         self._discovery: Any = None
         self.started_at = clock()
 
+    def _new_client(self) -> Client:
+        return Client(
+            self.codec,
+            self.node_id,
+            self.addr,
+            timeout=self.config.timing.request_timeout,
+            warn_refusals=True,
+        )
+
     def _load_key(self) -> ClusterKey:
         text = self.config.key_text or self.dirs.read_key()
         if text is None:
@@ -141,13 +144,7 @@ class Node:
     async def start(self) -> None:
         self.port = await self.server.start(self.config.host, self.config.port)
         self.addr = f"{self.config.host}:{self.port}"
-        self.client = Client(
-            self.codec,
-            self.node_id,
-            self.addr,
-            timeout=self.config.timing.request_timeout,
-            warn_refusals=True,
-        )
+        self.client = self._new_client()  # it names the bound address to its peers
         self.replicator.client = self.client
         self.peers.own_addr = self.addr
         self.dirs.address_file.write_text(self.addr + "\n")
