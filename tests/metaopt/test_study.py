@@ -409,3 +409,21 @@ def test_a_none_choice_is_a_trial_like_any_other() -> None:
 def test_a_space_with_only_a_fidelity_is_refused() -> None:
     with pytest.raises(MetaoptError, match="no parameter to search besides its fidelity"):
         Study({"epochs": "fidelity(1, 10)"})
+
+
+def test_a_study_rerunning_a_lost_trial_is_running_whatever_its_clock_says() -> None:
+    # Its clock is 100 s behind the peer that marked the trial lost: by time alone its
+    # "started" sorts before the "lost", and the trial would still look free to everyone.
+    from crdt import Record
+    from metaopt._records import EVENT, EventBody
+
+    study = Study({"x": "uniform(0, 1)"}, seed=3, clock=lambda: 100.0)
+    first = study.ask()
+    other = b"o" * 16
+    lost = EventBody(first.key, study.experiment_key, "lost", other, reason="quiet")
+    study.store.add(
+        [Record.create(EVENT, other, 1, 200_000, lost.to_body(), [first.key, study.experiment_key])]
+    )
+    assert [t.state for t in study.trials] == ["lost"]
+    again = study.ask()
+    assert again.id == first.id and [t.state for t in study.trials] == ["running"]
