@@ -13,12 +13,13 @@ import ipaddress
 import math
 import random
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-__all__ = ["KnownPeer", "PeerTable", "PeerTableConfig"]
+__all__ = ["KnownPeer", "PeerTable", "PeerTableConfig", "own_addresses"]
 
 NODE_ID_SIZE = 16
 
@@ -54,10 +55,10 @@ class PeerTable:
     _peers: dict[bytes, KnownPeer] = field(default_factory=dict)
     _by_addr: dict[str, bytes] = field(default_factory=dict)
     _seeds: list[str] = field(default_factory=list)
-    # This node's own address: no other id is ever entered there. A stale report of a dead
-    # predecessor at our address (a peer restarted on the port with a new data dir) was
-    # entered, our own calls to that address then "reached" it, and the ghost stayed live.
-    own_addr: str | None = None
+    # This node's own addresses (see own_addresses): no other id is ever entered there. A
+    # stale report of a dead predecessor at our address (a peer restarted on the port with a
+    # new data dir) was entered, our own calls there then "reached" it, and it stayed live.
+    own_addrs: frozenset[str] = frozenset()
 
     # ----------------------------------------------------------------------------- updates
 
@@ -84,7 +85,7 @@ class PeerTable:
 
     def touch_addr(self, addr: str, now: float) -> None:
         """This node just talked to whoever is at ``addr`` (no-op if nobody known is there)."""
-        node_id = self._by_addr.get(addr) if addr != self.own_addr else None
+        node_id = self._by_addr.get(addr) if addr not in self.own_addrs else None
         if node_id is not None:
             self.seen(node_id, now)
         self.expire(now)
@@ -188,7 +189,7 @@ class PeerTable:
         *,
         authoritative: bool,
     ) -> None:
-        if addr == self.own_addr:
+        if addr in self.own_addrs:
             return
         old = self._peers.get(node_id)
         holder = self._by_addr.get(addr)
@@ -260,3 +261,12 @@ def valid_addr(addr: str, max_len: int) -> bool:
             return False
         return True
     return all(_LABEL.fullmatch(label) for label in host.removesuffix(".").split("."))
+
+
+def own_addresses(host: str, port: int, local_ips: Iterable[str]) -> frozenset[str]:
+    """The addresses others may know this peer by: the one it bound and, bound to 0.0.0.0
+    (every interface), each of this machine's addresses at its port."""
+    out = {f"{host}:{port}"}
+    if host in ("0.0.0.0", ""):
+        out |= {f"{ip}:{port}" for ip in local_ips}
+    return frozenset(out)

@@ -31,7 +31,7 @@ from metaopt._state import ExperimentState, TrialView
 from metaopt._writer import NodeWriter
 from metaopt.peer._api import LocalApi
 from metaopt.peer._config import PeerConfig
-from metaopt.peer._gossip import PeerTable
+from metaopt.peer._gossip import PeerTable, own_addresses
 from metaopt.peer._identity import DataDir
 from metaopt.peer._orphans import kill_orphans
 from metaopt.peer._replica import Replica
@@ -146,7 +146,12 @@ class Node:
         self.addr = f"{self.config.host}:{self.port}"
         self.client = self._new_client()  # it names the bound address to its peers
         self.replicator.client = self.client
-        self.peers.own_addr = self.addr
+        local: list[str] = []
+        if self.config.host == "0.0.0.0":  # others know us by this machine's addresses
+            from metaopt.peer._discovery import local_adapters
+
+            local = [ip for _, ip, _ in local_adapters()]
+        self.peers.own_addrs = own_addresses(self.config.host, self.port, local)
         self.dirs.address_file.write_text(self.addr + "\n")
         self.dirs.pid_file.write_text(f"{os.getpid()}\n")
         for seed in self.config.join:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metaopt.peer._gossip import PeerTable, PeerTableConfig
+from metaopt.peer._gossip import PeerTable, PeerTableConfig, own_addresses
 
 A, B, C, D = (bytes([i]) * 16 for i in range(1, 5))
 TIMEOUT = 30.0
@@ -214,9 +214,19 @@ def test_silent_peers_are_the_known_ones_past_the_timeout_and_not_yet_expired() 
 def test_no_other_id_is_ever_entered_at_this_nodes_own_address() -> None:
     # A peer restarted on its port with a new data dir heard of its dead predecessor at its
     # own address; its calls to that address reached itself and kept the ghost "live".
-    table = PeerTable(own_addr="h:2")
+    table = PeerTable(own_addrs=frozenset({"h:2"}))
     table.merge_gossip([[A, "h:2", 0.0], [B, "h:3", 0.0]], 10.0)
     table.add(C, "h:2", 10.0, contacted=True)
     assert table.get(A) is None and table.get(C) is None and table.get(B) is not None
     table.touch_addr("h:2", 20.0)  # a call to our own address proves nobody else alive
     assert [p.node_id for p in table.all()] == [B]
+
+
+def test_a_peer_bound_to_every_interface_owns_each_of_its_addresses() -> None:
+    # Others know a peer bound to 0.0.0.0 by its LAN address, where a ghost could sit too.
+    assert own_addresses("0.0.0.0", 7787, ["127.0.0.1", "10.0.0.5"]) == {
+        "0.0.0.0:7787",
+        "127.0.0.1:7787",
+        "10.0.0.5:7787",
+    }
+    assert own_addresses("127.0.0.1", 7787, ["10.0.0.5"]) == {"127.0.0.1:7787"}
