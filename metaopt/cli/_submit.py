@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from crdt import ORIGIN_SIZE, Record
+from crdt import Record
 from metaopt._errors import MetaoptError, WorkerError
 from metaopt._records import BLOB, ExperimentSpec, experiment_record
 from metaopt.cli._format import fmt_value, state_summary
@@ -213,6 +213,7 @@ def build_submission(
             ) from None
     direction = "maximize" if options.get("maximize") else "minimize"
     blobs: list[Record] = []
+    chunks: dict[bytes, bytes] = {}
     bundle: dict[str, Any] | None
     if options.get("no_bundle"):
         bundle = {"shared_dir": str(cwd.resolve())}
@@ -227,10 +228,6 @@ def build_submission(
         max_bytes = max_mb * (1 << 20) if max_mb else DEFAULT_MAX_BYTES
         manifest, chunks = collect_bundle(root, max_bytes=max_bytes)
         bundle = {"manifest": manifest, "root": str(root.resolve())}
-        origin = secrets.token_bytes(ORIGIN_SIZE)
-        now = int(time.time() * 1000)
-        for seq, (digest, data) in enumerate(sorted(chunks.items()), start=1):
-            blobs.append(Record.create(BLOB, origin, seq, now, {"data": data}, [digest]))
         if program_path.exists():
             program = program_path.resolve().relative_to(root.resolve()).as_posix()
     if "/" not in program and not program.endswith(".py") and program_path.is_file():
@@ -251,7 +248,13 @@ def build_submission(
         nonce=secrets.token_hex(8),
     )
     # The submit time, not 0: `status NAME` and `stop NAME` act on the latest of a name.
-    return experiment_record(spec, time_ms=int(time.time() * 1000)), blobs
+    now = int(time.time() * 1000)
+    experiment = experiment_record(spec, time_ms=now)
+    # The code's blobs follow the experiment (seq 1) under its origin, derived from this
+    # submission alone: each origin is one more entry in every version vector, for good.
+    for seq, (digest, data) in enumerate(sorted(chunks.items()), start=2):
+        blobs.append(Record.create(BLOB, experiment.origin, seq, now, {"data": data}, [digest]))
+    return experiment, blobs
 
 
 def _check_program(program: str, path: Path, cwd: Path) -> None:

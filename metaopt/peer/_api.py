@@ -134,8 +134,8 @@ class LocalApi:
             if record.kind == EXPERIMENT and parse_experiment(record) is None:
                 raise MetaoptError("the submitted experiment record is malformed")
             records.append(record)
-        # Submitted records carry other origins (a blob's is random, an experiment's derived
-        # from its content), so they are pushed explicitly rather than as this node's own.
+        # Submitted records carry another origin (the experiment's, derived from its content,
+        # with its blobs after it), so they are pushed explicitly rather than as this node's.
         self.node.replicator.push(self.node.store.add(records))
         return [r.key for r in records if r.kind == EXPERIMENT]
 

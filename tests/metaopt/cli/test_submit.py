@@ -252,8 +252,12 @@ def test_a_folder_over_a_mebibyte_is_submitted_as_blobs_that_each_fit_a_record(
     (tmp_path / "train.py").write_text("print(1)\n")
     (tmp_path / "weights.bin").write_bytes(os.urandom(5 << 19))  # 2.5 MiB
     options, template = split_submit_args(["train.py", "--x~uniform(0, 1)"])
-    _, blobs = build_submission(merge_config(options), template, tmp_path)
+    experiment, blobs = build_submission(merge_config(options), template, tmp_path)
     assert len(blobs) == 3 and all(len(b.data) <= MAX_RECORD_SIZE for b in blobs)
+    # One origin per submission (each origin stays in every version vector for good): the
+    # blobs follow the experiment record under its own.
+    assert {b.origin for b in blobs} == {experiment.origin}
+    assert sorted(b.seq for b in blobs) == [2, 3, 4] and experiment.seq == 1
     assert sum(len(b.body["data"]) for b in blobs) == (5 << 19) + len("print(1)\n")
 
 
