@@ -432,7 +432,7 @@ class Node:
             return True
         # No seed and nobody heard of since two anti-entropy periods (mDNS answers come
         # sooner): a peer alone need not wait peer_timeout before its budgeted experiments.
-        alone = not self.peers.all() and not self.peers.seed_addrs()
+        alone = len(self.peers) == 0 and not self.peers.seed_addrs()
         return alone and waited >= 2 * timing.anti_entropy
 
     def kick(self) -> None:

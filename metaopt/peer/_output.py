@@ -153,10 +153,10 @@ class OutputParser:
 
     def _reports(self, text: str, overlong: bool, out: list[dict[str, MetricValue]]) -> bool:
         """Parse every METAOPT report in a stdout line; whether the line held any."""
-        clean = _INVISIBLE.sub("", text)
         prefix = REPORT_PREFIX.strip()
-        if prefix not in clean:
+        if prefix not in text:  # most lines: no clean-up on the way (this runs per line)
             return False
+        clean = _INVISIBLE.sub("", text)
         if overlong:
             self._note(f"a METAOPT line over {self.config.max_line_bytes} bytes")
             return True
