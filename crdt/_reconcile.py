@@ -13,7 +13,12 @@ Why this shape, and not Merkle buckets:
   the set fingerprint. Equal fingerprints: one round trip, a few hundred bytes. Otherwise the
   responder answers with exactly the records the initiator lacks plus its own vector, and the
   initiator's second request pushes exactly what the responder lacks: a healed partition costs
-  two round trips and almost nothing beyond the records themselves.
+  two round trips and almost nothing beyond the records themselves. Past
+  ``open_vector_origins`` origins (every experiment is one) the opening carries the vector's
+  16-byte digest instead: an idle session stays one small round trip, and the responder
+  answers a differing one with its vector; the initiator then pushes what the responder
+  lacks and asks by (origin, lo, hi) run for what it lacks, still two round trips. After the
+  opening, vectors go only from responder to initiator, which asks for the rest by run.
 * **Backstop, range-based set reconciliation (crdt._ranges).** Version vectors trust that one
   (origin, seq) names one record. A node that lost its disk but kept its id, or a buggy peer,
   breaks that, and the fingerprints then still differ after the fast path. The backstop needs
@@ -27,31 +32,32 @@ Why this shape, and not Merkle buckets:
 Messages are msgpack maps with one-letter fields:
 
 * request ``{"k": "sync", "f": fingerprint, "v"?: vector, "vh"?: its digest, "b"?: open the
-  backstop if the vectors agree but the sets do not, "p"?: records,
-  "w"?: wanted keys, "r"?: ranges}`` and ``{"k": "push", "p": records}`` (eager push);
+  backstop if the vectors agree but the sets do not, "p"?: records, "g"?: wanted runs
+  [[origin, lo, hi], ...] of the responder's vector, "w"?: wanted keys, "r"?: ranges}`` and
+  ``{"k": "push", "p": records}`` (eager push);
 * response ``{"s": in sync, "f": fingerprint, "d"?: records, "v"?: vector, "m"?: more,
   "w"?: keys the responder wants, "h"?: keys it has but could not fit, "r"?: ranges}``.
 
 Records travel as their exact bytes and are re-decoded on receipt (the key is re-hashed); one
 malformed record makes the whole message a ProtocolError and nothing of it is stored. Messages
 are capped (``SyncConfig``): records beyond ``max_message_bytes`` wait for the next round trip
-(the initiator asks again with its grown vector, or fetches the keys the responder listed), so
+(the initiator asks for the runs it still lacks, or fetches the keys the responder listed), so
 a catch-up of a whole replica streams in chunks, each chunk one round trip in ``stats``.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import msgpack
 
 from crdt._errors import CrdtError, ProtocolError, RecordError
 from crdt._ranges import decode_ranges, encode_ranges, initial_ranges, process_ranges
-from crdt._record import KEY_SIZE, Record
+from crdt._record import KEY_SIZE, ORIGIN_SIZE, Record
 from crdt._store import Store
 from crdt._vector import VersionVector
 
@@ -67,6 +73,12 @@ class SyncConfig:
     max_keys: int = 1 << 16  # keys listed per message (wants, haves, range key lists)
     max_ranges: int = 4096  # ranges per message
     max_origins: int = 1 << 16  # origins in a version vector
+    # A session opens with the whole vector (the responder can answer with the records at
+    # once) up to this many origins, and past it with the vector's digest: an idle session
+    # then costs one small round trip however many origins there are (every experiment is
+    # one); a catching-up one learns the responder's vector first, so records the initiator
+    # lacks come a round trip later.
+    open_vector_origins: int = 256
     initial_fanout: int = 64  # ranges of the backstop's first message
     fanout: int = 16  # sub-ranges a mismatching range is split into
     leaf_size: int = 8  # ranges with at most this many items are sent as key lists
@@ -176,9 +188,44 @@ class _Batch:
         return True
 
 
-def vector_digest(vector: VersionVector) -> bytes:
-    """16 bytes naming a version vector, so a request can say "mine is still this" cheaply."""
-    return hashlib.blake2b(_pack({"v": vector.to_wire()}), digest_size=16).digest()
+def _runs(value: object, config: SyncConfig) -> list[tuple[bytes, int, int]]:
+    """The (origin, lo, hi) runs a request asks for: [[origin, lo, hi], ...]."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > config.max_origins:
+        raise ProtocolError(f"wanted runs must be a list of at most {config.max_origins}")
+    out = []
+    for entry in value:
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 3
+            or not isinstance(entry[0], bytes)
+            or len(entry[0]) != ORIGIN_SIZE
+            or not all(type(n) is int and 1 <= n < 2**63 for n in entry[1:])
+            or entry[1] > entry[2]
+        ):
+            raise ProtocolError("a wanted run is [origin, lo, hi] with 1 <= lo <= hi")
+        out.append((entry[0], entry[1], entry[2]))
+    return out
+
+
+def _serve_runs(store: Store, runs: Iterable[tuple[bytes, int, int]], batch: _Batch) -> bool:
+    """Add the runs' records to batch until it is full; True if some did not fit."""
+    # batch.take inlined: this loop is every record of a catch-up.
+    datas = batch.data
+    size = batch.size
+    cap = batch.config.max_message_bytes
+    count_cap = batch.config.max_records
+    try:
+        for origin, lo, hi in runs:
+            for _, data in store.raw_by_origin(origin, lo, hi):
+                if datas and (size + len(data) > cap or len(datas) >= count_cap):
+                    return True
+                datas.append(data)
+                size += len(data)
+        return False
+    finally:
+        batch.size = size
 
 
 def push_message(records: list[Record]) -> bytes:
@@ -208,6 +255,7 @@ def respond(store: Store, request: bytes, config: SyncConfig = DEFAULT_CONFIG) -
     ranges = decode_ranges(message["r"], config) if message.get("r") is not None else None
     their_vv = _vector(message["v"], config) if message.get("v") is not None else None
     their_hash = _fingerprint(message["vh"]) if message.get("vh") is not None else None
+    runs = _runs(message.get("g"), config)
     if incoming:
         store.add(incoming)
     digest = store.fingerprint().digest()
@@ -237,29 +285,15 @@ def respond(store: Store, request: bytes, config: SyncConfig = DEFAULT_CONFIG) -
             out["w"] = b"".join(outcome.need[: config.max_keys])
     mine = store.version_vector()
     same_vectors = True
+    if runs and _serve_runs(store, runs, batch):
+        out["m"] = True
     if their_vv is not None:
         same_vectors = their_vv == mine
-        more = False
-        # batch.take inlined: this loop is every record of a catch-up.
-        datas = batch.data
-        size = batch.size
-        cap = config.max_message_bytes
-        count_cap = config.max_records
-        for origin, lo, hi in mine.missing_from(their_vv):
-            for _, data in store.raw_by_origin(origin, lo, hi):
-                if datas and (size + len(data) > cap or len(datas) >= count_cap):
-                    more = True
-                    break
-                datas.append(data)
-                size += len(data)
-            if more:
-                break
-        batch.size = size
-        out["v"] = mine.to_wire()
-        if more:
+        if _serve_runs(store, mine.missing_from(their_vv), batch):
             out["m"] = True
+        out["v"] = mine.to_wire()
     elif their_hash is not None:
-        same_vectors = vector_digest(mine) == their_hash
+        same_vectors = mine.digest() == their_hash
         if not same_vectors:
             out["v"] = mine.to_wire()
     if ranges is None and message.get("b") and same_vectors and not batch.data:
@@ -292,7 +326,9 @@ class Initiator:
         self._carry: Record | None = None
         self._want: deque[bytes] = deque()
         self._backstop = False
-        self._full_vector = False
+        # The peer's vector as its last response listed it: what to ask it for by run.
+        self._their_vv: VersionVector | None = None
+        self._asked_runs = False  # the last request asked for runs of the peer's vector
         self._idle = 0
 
     def start(self) -> bytes:
@@ -305,11 +341,17 @@ class Initiator:
     def _opening(self) -> bytes:
         message: dict[str, Any] = {"k": "sync", "f": self.store.fingerprint().digest(), "b": True}
         if self.config.fast_path:
-            message["v"] = self.store.version_vector().to_wire()
+            vector = self.store.version_vector()
+            if len(vector) <= self.config.open_vector_origins:
+                message["v"] = vector.to_wire()
+            else:
+                message["vh"] = vector.digest()
         self._backstop = False
+        self._their_vv = None
         return self._send(message)
 
     def _send(self, message: dict[str, Any]) -> bytes:
+        self._asked_runs = "g" in message
         data = _pack(message)
         self.stats.bytes_sent += len(data)
         return data
@@ -351,16 +393,16 @@ class Initiator:
             # The peer's vector already counts what it took from our last request, so this
             # replaces (never adds to) the queue of what it lacks.
             self._push_runs = list(self.store.version_vector().missing_from(their_vv))
-            # It holds what we lack only if it truncated its answer or wrote meanwhile; then it
-            # needs our whole vector again, otherwise its digest says "nothing new here".
-            self._full_vector = any(
-                True for _ in their_vv.missing_from(self.store.version_vector())
-            )
+            self._their_vv = their_vv
             self._push_iter = None
             carry, self._carry = self._carry, None
             if carry is not None and their_vv.contains(carry.origin, carry.seq):
                 # Asked for by key (the backstop's doing), so the new runs do not cover it.
                 self._push_keys.appendleft(carry.key)
+        if self._asked_runs and not records:
+            # Its vector listed runs it did not send when asked (lost, or a lie): stop asking;
+            # a fresh round compares the sets again.
+            self._their_vv = None
         self._push_keys.extend(wants)
         self._want.extend(haves)
         reply_ranges = None
@@ -374,7 +416,8 @@ class Initiator:
         batch = self._fill()
         want = [self._want.popleft() for _ in range(min(len(self._want), self.config.max_keys))]
         mine = self.store.fingerprint().digest()
-        if not (batch.data or want or reply_ranges or more):
+        lacking = self._lacking()
+        if not (batch.data or want or reply_ranges or more or lacking):
             if mine == theirs:
                 self._finish(True, self._phase())
                 return None
@@ -400,14 +443,22 @@ class Initiator:
             out["w"] = b"".join(want)
         if reply_ranges is not None:
             out["r"] = encode_ranges(reply_ranges)
-        if more or (self.config.fast_path and not self._backstop):
-            vector = self.store.version_vector()
-            if more or self._full_vector:
-                out["v"] = vector.to_wire()
-            else:
-                out["vh"] = vector_digest(vector)
-            out["b"] = not self._backstop
+        if lacking:
+            # By run, not by sending our vector again: a vector lists every origin there is.
+            out["g"] = [[origin, lo, hi] for origin, lo, hi in lacking]
+        elif self.config.fast_path and not self._backstop:
+            # "Mine is now this": if the peer's differs, it answers with its vector.
+            out["vh"] = self.store.version_vector().digest()
+            out["b"] = True
         return self._send(out)
+
+    def _lacking(self) -> list[tuple[bytes, int, int]]:
+        """Runs the peer's last vector lists that this replica still lacks (a bounded list)."""
+        if self._their_vv is None or self._backstop:
+            return []
+        missing = self._their_vv.missing_from(self.store.version_vector())
+        # Every run yields at least one record and an answer holds at most max_records.
+        return list(islice(missing, min(self.config.max_origins, self.config.max_records)))
 
     def _phase(self) -> str:
         if self._backstop:

@@ -8,8 +8,11 @@ round trip; the summary is O(origins + holes), not O(records).
 
 from __future__ import annotations
 
+import hashlib
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping
+
+import msgpack
 
 __all__ = ["SeqSet", "VersionVector"]
 
@@ -107,16 +110,20 @@ class SeqSet:
 class VersionVector:
     """origin id → SeqSet of the sequence numbers held from that origin."""
 
-    __slots__ = ("_by_origin",)
+    __slots__ = ("_by_origin", "_digest")
 
     def __init__(self, by_origin: Mapping[bytes, SeqSet] | None = None) -> None:
         self._by_origin: dict[bytes, SeqSet] = dict(by_origin or {})
+        self._digest: bytes | None = None
 
     def add(self, origin: bytes, seq: int) -> bool:
         seqs = self._by_origin.get(origin)
         if seqs is None:
             seqs = self._by_origin[origin] = SeqSet()
-        return seqs.add(seq)
+        if seqs.add(seq):
+            self._digest = None
+            return True
+        return False
 
     def add_run(self, origin: bytes, lo: int, hi: int) -> int:
         """Add origin's lo..hi inclusive at once; return how many were new."""
@@ -125,7 +132,25 @@ class VersionVector:
         seqs = self._by_origin.get(origin)
         if seqs is None:
             seqs = self._by_origin[origin] = SeqSet()
-        return seqs.add_run(lo, hi)
+        added = seqs.add_run(lo, hi)
+        if added:
+            self._digest = None
+        return added
+
+    def __len__(self) -> int:
+        """How many origins are listed."""
+        return len(self._by_origin)
+
+    def digest(self) -> bytes:
+        """16 bytes naming this vector, so a request can say "mine is this" without listing it.
+
+        Kept until the vector changes: a store's vector with tens of thousands of origins takes
+        tens of milliseconds to serialise, and every reconciliation session asks for it.
+        """
+        if self._digest is None:
+            wire = msgpack.packb({"v": self.to_wire()}, use_bin_type=True)
+            self._digest = hashlib.blake2b(wire, digest_size=16).digest()
+        return self._digest
 
     def get(self, origin: bytes) -> SeqSet:
         return self._by_origin.get(origin) or SeqSet()

@@ -1,6 +1,6 @@
 """Reconciliation benchmark: what two replicas exchange to reach their union.
 
-``python -m simulations.sync_bench [--big] [--seed S]`` prints two tables.
+``python -m simulations.sync_bench [--big] [--seed S]`` prints three tables.
 
 The first crosses replica sizes n with the differences between them: d scattered records (half
 missing on each side, anywhere in the set) and a partition's worth (1,000 fresh records written
@@ -9,7 +9,10 @@ off, as if every difference were invisible to version vectors (a node that lost 
 kept its id), to show what the backstop costs alone. "extra" is every byte both ways minus the
 bytes of the records that had to move; round trips count every request/response pair.
 
-The second has an empty LevelDB replica catch up on 10^5 event-sized records from another
+The second shows why a session past a few hundred origins opens with its vector's digest: with
+every experiment an origin, a whole vector in every idle session grew to hundreds of KB.
+
+The third has an empty LevelDB replica catch up on 10^5 event-sized records from another
 LevelDB replica through the same sessions (chunked at ``max_message_bytes``/``max_records``,
 each chunk one round trip), and reports records/s and wire bytes over the records' raw bytes;
 beside it, the same reading, decoding and storing without the protocol, in the same chunks.
@@ -176,6 +179,45 @@ def reconcile_table(sizes: list[int], seed: int) -> str:
     return _table(headers, rows)
 
 
+def origins_table(seed: int, counts: tuple[int, ...] = (20, 2_000, 20_000)) -> str:
+    """Sessions between replicas with many origins (every experiment is one), opened with the
+    whole version vector or with its digest: idle, and with a few records new on one side."""
+    rng = random.Random(seed)
+    nodes = sorted(rng.randbytes(16) for _ in range(ORIGINS))
+    events = make_records(rng, 1_000, nodes, T0)
+    modes = [("vector", SyncConfig(open_vector_origins=1 << 30)), ("digest", SyncConfig())]
+    rows = []
+    for count in counts:
+        experiments = [
+            Record.create("experiment", rng.randbytes(16), 1, T0, {"i": i}) for i in range(count)
+        ]
+        fresh = _continue(rng, 10, nodes, {r.origin: r.seq for r in events}, events[-1].time)
+        for mode, config in modes:
+            a, b = _pair(experiments + events, [], [])
+            # The second idle session is the steady state: a vector's digest is kept until
+            # the vector changes.
+            idle = [sync(a, b, config), sync(a, b, config)]
+            b.add(fresh)
+            catch_up = sync(a, b, config)
+            if a.fingerprint().digest() != b.fingerprint().digest():
+                raise SystemExit("replicas did not converge; the benchmark is invalid")
+            labels = ("idle, first", "idle, again", "10 new at responder")
+            for label, (stats, seconds) in zip(labels, [*idle, catch_up], strict=True):
+                total = stats.bytes_sent + stats.bytes_received
+                rows.append(
+                    [
+                        f"{count:,}",
+                        label,
+                        mode,
+                        str(stats.round_trips),
+                        _kb(total),
+                        f"{1000 * seconds:.2f}",
+                    ]
+                )
+    headers = ["origins", "difference", "opening", "RTs", "bytes", "ms"]
+    return _table(headers, rows)
+
+
 def catch_up_table(n: int, seed: int, repeats: int = 3) -> str:
     """The catch-up through the protocol and, beside it, the same store work without it.
 
@@ -286,6 +328,13 @@ def main(argv: list[str] | None = None) -> None:
     print(reconcile_table(sizes, args.seed))
     if not args.big:
         print("n = 10^6 skipped: building its replicas takes minutes here; run with --big")
+    print()
+    print(
+        f"Replicas of 1,000 events from {ORIGINS} nodes plus one record per experiment origin;"
+        " the opening carries the whole vector or, past open_vector_origins"
+        f" ({SyncConfig().open_vector_origins}), its digest"
+    )
+    print(origins_table(args.seed))
     print()
     print("An empty LevelDB replica catching up from another LevelDB replica")
     print(catch_up_table(100_000, args.seed))

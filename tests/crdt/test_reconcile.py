@@ -22,6 +22,7 @@ from crdt import (
     Store,
     SyncConfig,
     SyncStats,
+    VersionVector,
     push_message,
     respond,
 )
@@ -32,7 +33,17 @@ ORIGINS = [bytes([i]) * 16 for i in range(1, 5)]
 TIGHT = SyncConfig(
     fanout=2, initial_fanout=2, leaf_size=1, max_ranges=6, max_records=3, max_message_bytes=300
 )
-CONFIGS = [SyncConfig(), SyncConfig(fast_path=False), TIGHT, replace(TIGHT, fast_path=False)]
+# digest: every session opens with its vector's digest, as one with many origins does.
+DIGEST = SyncConfig(open_vector_origins=0)
+CONFIGS = [
+    SyncConfig(),
+    SyncConfig(fast_path=False),
+    TIGHT,
+    replace(TIGHT, fast_path=False),
+    DIGEST,
+    replace(TIGHT, open_vector_origins=0),
+]
+CONFIG_IDS = ["default", "ranges", "tight", "tight-ranges", "digest", "tight-digest"]
 
 
 def make_pool(n: int, seed: int = 0, origins: list[bytes] = ORIGINS, pad: int = 0) -> list[Record]:
@@ -77,7 +88,7 @@ def sync(a: Store, b: Store, config: SyncConfig | None = None) -> SyncStats:
 subsets = st.lists(st.integers(0, len(POOL) - 1), unique=True).map(lambda ix: [POOL[i] for i in ix])
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["default", "ranges", "tight", "tight-ranges"])
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 @given(left=subsets, right=subsets)
 def test_any_two_sets_reach_their_union(
     config: SyncConfig, left: list[Record], right: list[Record]
@@ -108,6 +119,37 @@ def test_identical_replicas_cost_one_small_round_trip() -> None:
     stats = sync(store_of(pool), store_of(pool))
     assert stats.round_trips == 1
     assert stats.bytes_sent + stats.bytes_received < 1024
+
+
+def test_idle_session_stays_small_however_many_origins() -> None:
+    # Every experiment is an origin; a replica of thousands used to send its whole vector
+    # (22 bytes an origin) every anti-entropy period even when nothing had changed.
+    origins = [i.to_bytes(16, "big") for i in range(1, 3001)]
+    pool = [Record.create("event", o, 1, 1000, {"i": i}) for i, o in enumerate(origins)]
+    stats = sync(store_of(pool), store_of(pool))
+    assert (stats.round_trips, stats.phase) == (1, "equal")
+    assert stats.bytes_sent + stats.bytes_received < 1024
+
+
+def test_digest_opening_heals_a_partition_in_two_round_trips() -> None:
+    pool = make_pool(2400, seed=2, pad=150)
+    base, side_a, side_b = pool[:400], pool[400:1400], pool[1400:]
+    a, b = store_of(base + side_a), store_of(base + side_b)
+    stats = sync(a, b, DIGEST)
+    moved = sum(len(r.data) for r in side_a + side_b)
+    assert keys(a) == keys(b) == {r.key for r in pool}
+    # The responder sends its vector first, our records go with ours, its with its answer.
+    assert stats.round_trips == 2 and stats.phase == "fast"
+    assert stats.bytes_sent + stats.bytes_received - moved <= 0.05 * moved
+
+
+def test_vector_digest_follows_every_change() -> None:
+    a = store_of(POOL[:30])
+    before = a.version_vector().digest()
+    assert a.version_vector().digest() == before  # cached, and the same
+    a.add(POOL[30:31])
+    assert a.version_vector().digest() != before
+    assert a.version_vector().digest() == store_of(POOL[:31]).version_vector().digest()
 
 
 def test_healed_partition_takes_two_round_trips_and_little_beyond_the_records() -> None:
@@ -214,6 +256,12 @@ def _request(**fields: object) -> bytes:
         _request(p=[POOL[0].data, POOL[1].data + b"\x00"]),
         _request(w=b"\x01" * 33),
         _request(v=[[b"o" * 16, [3, 1]]]),
+        _request(g=[[b"o" * 16, 3, 1]]),
+        _request(g=[[b"o" * 16, 0, 1]]),
+        _request(g=[[b"o" * 15, 1, 1]]),
+        _request(g=[[b"o" * 16, True, 1]]),
+        _request(g=[[b"o" * 16, 1]]),
+        _request(g=[[b"o" * 16, 1, 1]] * (1 << 16 + 1)),
         _request(r=[None, b"", 9, None]),
         _request(r=[5, b"", 0, None, 0, b"", 0, None, None, b"", 0, None]),
         _request(r=[5, b"", 0, None]),
@@ -290,6 +338,39 @@ def test_a_peer_that_never_agrees_cannot_keep_a_session_going() -> None:
     assert count == 3
 
 
+def test_a_vector_listing_records_its_peer_cannot_send_ends_the_session() -> None:
+    """A peer whose vector claims runs it never sends (lost, or lying) is not asked forever."""
+    store = store_of(POOL[:5])
+    liar = VersionVector()
+    for record in POOL[:5]:
+        liar.add(record.origin, record.seq)
+    liar.add_run(b"\x09" * 16, 1, 50)
+    answer = msgpack.packb({"s": False, "f": b"\x07" * 16, "v": liar.to_wire()})
+    session = Initiator(store, SyncConfig(max_rounds=3))
+    message: bytes | None = session.start()
+    count = 0
+    while message is not None:
+        count += 1
+        message = session.receive(answer)
+    assert not session.stats.converged and session.stats.phase == "gave-up"
+    assert count <= 6
+
+
+def test_catch_up_over_many_origins_sends_the_vector_once() -> None:
+    # 3,000 experiment-like origins, 1,000 of them new to the initiator, 100 records a message:
+    # the responder's vector (about 70 KB) goes once, the initiator's never; the rest of the
+    # catch-up asks by run. Resending whole vectors each round trip cost 20 times the records.
+    origins = [i.to_bytes(16, "big") for i in range(1, 3001)]
+    pool = [Record.create("event", o, 1, 1000, {"i": i}) for i, o in enumerate(origins)]
+    a, b = store_of(pool[:2000]), store_of(pool)
+    config = SyncConfig(max_records=100)
+    stats = sync(a, b, config)
+    assert keys(a) == keys(b) and stats.converged
+    vector_bytes = len(msgpack.packb(b.version_vector().to_wire(), use_bin_type=True))
+    extra = stats.bytes_sent + stats.bytes_received - stats.record_bytes_received
+    assert extra < 1.5 * vector_bytes
+
+
 def test_config_refuses_nonsense() -> None:
     with pytest.raises(ValueError):
         SyncConfig(fanout=1)
@@ -321,7 +402,7 @@ def test_duplicated_requests_mid_session_still_give_the_union(
     assert keys(a) == keys(b) == union
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["default", "ranges", "tight", "tight-ranges"])
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 def test_writes_during_a_session_do_not_derail_it(config: SyncConfig) -> None:
     late = make_pool(20, seed=9, origins=[b"\x09" * 16])
     a, b = store_of(POOL[:35]), store_of(POOL[25:])
