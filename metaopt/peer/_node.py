@@ -47,7 +47,9 @@ if TYPE_CHECKING:
 __all__ = ["PROTOCOL_VERSION", "Node"]
 
 log = logging.getLogger("metaopt.peer")
-PROTOCOL_VERSION = 1
+# Peers of other versions are ignored (discovery says so). 2: a reconciliation session may ask
+# for (origin, lo, hi) runs, which version 1 peers do not answer.
+PROTOCOL_VERSION = 2
 
 
 def _recordable(value: Any) -> bool:
