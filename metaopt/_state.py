@@ -99,13 +99,15 @@ def _trial_view(
     key: bytes,
     trial: TrialBody,
     created: int,
-    events: Sequence[tuple[int, bytes, EventBody]],
+    events: Sequence[tuple[int, bytes, int, bytes, EventBody]],
     spec: ExperimentSpec,
 ) -> TrialView:
     # A free event answered by a later (re)start (see EventBody.supersedes) no longer counts
     # for the lifecycle, whatever the writers' clocks say about their order.
-    answered = {k for _, _, event in events for k in event.supersedes}
-    ordered = sorted(events, key=lambda e: (e[0], e[1]))
+    answered = {k for *_, event in events for k in event.supersedes}
+    # By time, and within one millisecond one writer's events in the order it wrote them (its
+    # seq): a trial frozen right after a report must not sort the freeze first by key.
+    ordered = sorted(events, key=lambda e: e[:4])
     terminal: tuple[int, int, bytes, EventBody] | None = None
     lifecycle: EventBody | None = None
     runner: bytes | None = None
@@ -118,7 +120,7 @@ def _trial_view(
     first = spec.objectives[0]
     reported_step = 0
     free: tuple[bytes, ...] = ()  # the free events in effect, latest last
-    for time, ekey, event in ordered:
+    for time, _, _, ekey, event in ordered:
         last_seen = max(last_seen, time)
         if event.step is not None and event.kind in ("progress", "frozen", "thawed"):
             reported_step = max(reported_step, event.step)
@@ -197,7 +199,10 @@ class ExperimentState:
         self.spec = spec
         self.stopped = False
         self._trials: dict[bytes, tuple[TrialBody, int]] = {}
-        self._events: dict[bytes, dict[bytes, tuple[int, bytes, EventBody]]] = defaultdict(dict)
+        # trial -> event key -> (time, origin, seq, key, event)
+        self._events: dict[bytes, dict[bytes, tuple[int, bytes, int, bytes, EventBody]]] = (
+            defaultdict(dict)
+        )
         self._views: dict[bytes, TrialView] = {}
         self.skipped = 0
 
@@ -231,7 +236,13 @@ class ExperimentState:
             if event is None or event.experiment != self.key:
                 self.skipped += event is None
                 return False
-            self._events[event.trial][record.key] = (record.time, record.key, event)
+            self._events[event.trial][record.key] = (
+                record.time,
+                record.origin,
+                record.seq,
+                record.key,
+                event,
+            )
             self._views.pop(event.trial, None)
             return True
         if record.kind == CONTROL:

@@ -8,14 +8,17 @@ HTTP; that is how the simulations run many peers in one process.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -24,15 +27,26 @@ from crdt import ORIGIN_SIZE, LevelDBStore, MemoryStore, Record, Store, StoreLoc
 from metaopt._curves import STOPPERS, curve_views, stopper_for
 from metaopt._errors import MetaoptError, WorkerError
 from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment_record
-from metaopt._state import FREE_STATES, TERMINAL_STATES, ExperimentState, TrialView
+from metaopt._state import (
+    FREE_STATES,
+    TERMINAL_STATES,
+    ExperimentState,
+    TrialView,
+    list_experiments,
+)
 from metaopt._suggest import Suggester, stream
 from metaopt._writer import NodeWriter
 from metaopt.freezethaw import Action, Decision, EarlyStopper
-from metaopt.search import Algorithm
+from metaopt.search import Algorithm, make_algorithm
 from metaopt.space import Space
-from metaopt.worker import MetricValue, check_metric, check_name
+from metaopt.worker import MAX_METRICS, MetricValue, check_metric, check_name
 
 __all__ = ["Study", "Trial", "sync_stores"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+# What a failure's reason may hold: as much as the peer keeps of a failed run's stderr.
+_MAX_REASON = 4096
 
 
 @dataclass(frozen=True)
@@ -85,7 +99,7 @@ def _checked_spec(
     *,
     name: str,
     objective: str | Sequence[str],
-    directions: Sequence[str] | None,
+    directions: str | Sequence[str] | None,
     minimize: bool,
     algorithm: str,
     max_trials: int | None,
@@ -114,7 +128,7 @@ def _checked_spec(
             raise MetaoptError(f"objective: {exc}") from None
     if directions is None:
         directions = ["minimize" if minimize else "maximize"] * len(objectives)
-    directions = tuple(directions)
+    directions = (directions,) if isinstance(directions, str) else tuple(directions)
     if len(directions) != len(objectives):
         raise MetaoptError(
             f"{len(objectives)} objectives but {len(directions)} directions; give one each"
@@ -180,6 +194,49 @@ def _checked_metric(call: str, name: str, value: object, objective: bool) -> Met
     return checked
 
 
+# The settings that, with the name, make an experiment: a Study reopened with other values of
+# them would be another experiment, and find none of the first one's trials.
+_SETTINGS = ("space", "objectives", "directions", "algorithm", "max_trials", "early_stopping",
+             "max_step")  # fmt: skip
+
+
+def _other_settings(store: Store, key: bytes, spec: ExperimentSpec) -> str | None:
+    """How an experiment of spec's name already in store differs from spec, or None."""
+    for other_key, other in list_experiments(store):
+        if other.name == spec.name and other_key != key:
+            differ = [
+                f"{field} {getattr(other, field)!r}, not {getattr(spec, field)!r}"
+                for field in _SETTINGS
+                if getattr(other, field) != getattr(spec, field)
+            ]
+            return "; ".join(differ) or "other settings"
+    return None
+
+
+def _detached(view: TrialView) -> TrialView:
+    """A view whose params and metrics the caller may change without touching the replica."""
+    return dataclasses.replace(view, params=dict(view.params), metrics=dict(view.metrics))
+
+
+def _serialised(
+    method: Callable[Concatenate[Study, _P], _R],
+) -> Callable[Concatenate[Study, _P], _R]:
+    """One call at a time per Study, and none once it is closed.
+
+    A Study reads its node's next record number and suggestion counter, then writes them: two
+    threads asking at once wrote two trials under one (origin, seq) and drew the same point.
+    """
+
+    def call(study: Study, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with study._lock:
+            if study._closed:
+                raise MetaoptError("this Study is closed; make a new Study(...) to go on")
+            return method(study, *args, **kwargs)
+
+    functools.update_wrapper(call, method)
+    return call
+
+
 class Study:
     """Ask/tell hyperparameter search over a grow-only replica (in memory or LevelDB).
 
@@ -207,7 +264,7 @@ class Study:
         seed: int = 0,
         minimize: bool = True,
         objective: str | Sequence[str] = "objective",
-        directions: Sequence[str] | None = None,
+        directions: str | Sequence[str] | None = None,
         node_id: bytes | str | None = None,
         path: str | os.PathLike[str] | None = None,
         name: str = "study",
@@ -231,6 +288,8 @@ class Study:
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
             raise MetaoptError(f"seed must be an integer, got {seed!r}")
         seed = int(seed)
+        if isinstance(algorithm, str):
+            make_algorithm(algorithm)  # an unknown name is a one-line SearchError, here
         root = None if path is None else Path(path)
         self.node_id = _checked_node_id(node_id) or _node_id_for(seed, root)
         # Everything the user passed is checked before the store opens: a failed Study must not
@@ -239,6 +298,12 @@ class Study:
         try:
             self._writer = NodeWriter(self.store, self.node_id, clock)
             exp = experiment_record(spec)
+            differ = None if root is None else _other_settings(self.store, exp.key, spec)
+            if differ is not None:
+                raise MetaoptError(
+                    f"{root} holds a Study named {spec.name!r} with other settings ({differ});"
+                    " reopen it with the same arguments, or pass another name= or path="
+                )
             self.store.add([exp])
             self.experiment_key = exp.key
             state = ExperimentState.from_store(self.store, exp.key)
@@ -257,6 +322,21 @@ class Study:
             raise
         self._stopper: EarlyStopper | None = None
         self._decisions = 0
+        self._lock = threading.RLock()
+        self._closed = False
+        if root is not None:
+            self._free_orphans()
+
+    def _free_orphans(self) -> None:
+        """Hand out again the trials this node asked for but never told (its process ended).
+
+        Only one Study holds a path at a time, so this node's pending or running trials found
+        on opening belong to no live caller; as interrupted trials, ask() returns them first.
+        """
+        for view in self._state.trials():
+            if (view.runner or view.node) == self.node_id and view.state in ("pending", "running"):
+                reason = "asked but not told before its Study was closed"
+                self._event(view.key, "interrupted", reason=reason)
 
     def _on_records(self, records: list[Record]) -> None:
         for record in records:
@@ -271,6 +351,7 @@ class Study:
     def state(self) -> ExperimentState:
         return self._state
 
+    @_serialised
     def ask(self) -> Trial:
         """A trial to evaluate: a frozen one worth resuming, a free one, else a new point.
 
@@ -289,38 +370,58 @@ class Study:
         if self._state.budget_spent:
             raise MetaoptError(
                 f"the budget of {self._state.spec.max_trials} trials is spent (across every "
-                "node); stop asking, or make a Study with a larger max_trials"
+                "node); stop asking (a larger max_trials makes another experiment: give it"
+                " another name=)"
             )
         params, counter = self._suggester.suggest()
         body = {"params": params, "node": self.node_id, "counter": counter}
         record = self._writer.write(TRIAL, body, [self.experiment_key])
         return Trial(record.key, params, counter)
 
+    @_serialised
     def tell(
         self,
         trial: Trial | TrialView | str | bytes,
         value: float | Mapping[str, float] | None = None,
         *,
         failed: bool = False,
-        reason: str | None = None,
+        reason: object = None,
     ) -> TrialView:
         """Record a result: a number, a dict of objectives (and other metrics), or a failure.
 
         Values follow the worker's rule (metaopt.report): finite numbers, or strings for metrics
         that are not objectives. A run that diverged is ``tell(trial, failed=True)``. Each trial
-        is told once; a second tell() raises rather than being silently ignored.
+        is told once; a second tell() raises rather than being silently ignored. A trial that
+        should_stop() stopped is not told: ask() hands a frozen one back if it is worth resuming.
+        reason (failures only) is kept as text, e.g. the exception that ended the run.
         """
         key = self._key(trial)
         view = self._state.trial(key)
-        if view is not None and view.state in TERMINAL_STATES:
+        shown = key.hex()[:12]
+        if view is not None and view.state == "frozen":
             raise MetaoptError(
-                f"trial {key.hex()[:12]} is already {view.state}; tell() each trial once"
+                f"trial {shown} was frozen by should_stop(); do not tell() it: ask() hands it"
+                " back when it is worth resuming"
+            )
+        if view is not None and view.state == "killed":
+            raise MetaoptError(f"trial {shown} was stopped early (killed); it needs no tell()")
+        if view is not None and view.state in TERMINAL_STATES:
+            raise MetaoptError(f"trial {shown} is already {view.state}; tell() each trial once")
+        if failed and value is not None:
+            raise MetaoptError("tell(): pass a value or failed=True, not both")
+        if value is None and not failed:
+            raise MetaoptError(
+                f"tell() got no value for trial {shown}; pass the objective's value (a dict for"
+                " several objectives), or failed=True for a run that failed"
             )
         objectives = self._state.spec.objectives
-        if value is None or failed:
-            self._event(key, "failed", reason=reason or "reported as failed")
+        if failed:
+            text = "reported as failed" if reason is None else str(reason)[:_MAX_REASON]
+            self._event(key, "failed", reason=text or "reported as failed")
         else:
             given = dict(value) if isinstance(value, Mapping) else {objectives[0]: value}
+            if len(given) > MAX_METRICS:
+                raise MetaoptError(f"tell() got {len(given)} metrics; at most {MAX_METRICS}")
             missing = [o for o in objectives if o not in given]
             if missing:
                 raise MetaoptError(
@@ -333,14 +434,20 @@ class Study:
             self._event(key, "completed", metrics=metrics)
         view = self._state.trial(key)
         assert view is not None
-        return view
+        return _detached(view)
 
+    @_serialised
     def report(self, trial: Trial | str | bytes, step: int, value: float) -> None:
         """Record an intermediate value of the first objective at a step (a learning curve).
 
         step is an integer >= 0 and value a finite number, as for metaopt.report.
         """
         key = self._key(trial)
+        view = self._state.trial(key)
+        if view is not None and (view.state in TERMINAL_STATES or view.state == "frozen"):
+            raise MetaoptError(
+                f"trial {key.hex()[:12]} is {view.state}; report() is for a trial still running"
+            )
         name = self._state.spec.objectives[0]
         try:
             step = int(check_metric("step", step))
@@ -349,6 +456,7 @@ class Study:
         metrics = {name: _checked_metric("report()", name, value, True)}
         self._event(key, "progress", step=step, metrics=metrics)
 
+    @_serialised
     def should_stop(self, trial: Trial | str | bytes) -> bool:
         """Ask the early stopper about a running trial; True means stop it now (recorded).
 
@@ -461,23 +569,53 @@ class Study:
 
     @property
     def trials(self) -> list[TrialView]:
-        return self._state.trials()
+        """Every trial (copies: changing one changes nothing recorded), oldest first."""
+        with self._lock:
+            return [_detached(view) for view in self._state.trials()]
 
     @property
     def best(self) -> TrialView | list[TrialView] | None:
         """The best completed trial; with several objectives, the Pareto front (a list)."""
-        best = self._state.best()
+        with self._lock:
+            best = [_detached(view) for view in self._state.best()]
         if len(self._state.spec.objectives) > 1:
             return best
         return best[0] if best else None
 
     def sync(self, other: Study) -> int:
-        """Bring both replicas to their union; returns the round trips it took."""
-        return sync_stores(self.store, other.store)
+        """Bring both replicas to their union; returns the round trips it took.
+
+        Both Studies must define the same experiment, under distinct node ids (the default
+        node id follows the seed: give each Study its own seed or node_id).
+        """
+        if not isinstance(other, Study):
+            raise MetaoptError(f"sync() takes another Study, got {type(other).__name__}")
+        if other is self:
+            return 0
+        if other.experiment_key != self.experiment_key:
+            raise MetaoptError(
+                "sync(): the other Study is another experiment (its name, space, objectives or"
+                " settings differ); sync Studies made with the same arguments"
+            )
+        if other.node_id == self.node_id:
+            raise MetaoptError(
+                f"sync(): both Studies have node id {self.node_id.hex()[:12]}, so their trials"
+                " would collide; give each its own seed= or node_id="
+            )
+        first, second = sorted((self, other), key=id)
+        with first._lock, second._lock:
+            if self._closed or other._closed:
+                raise MetaoptError("sync(): a Study is closed; make a new Study(...) to go on")
+            return sync_stores(self.store, other.store)
 
     def close(self) -> None:
-        self._unsubscribe()
-        self.store.close()
+        """Close the replica (a path's LevelDB lock is released); later calls raise."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._unsubscribe()
+            self.store.close()
 
     def __enter__(self) -> Study:
         return self

@@ -73,7 +73,7 @@ MetricValue = Union[int, float, str]  # noqa: UP007
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]{0,63}")
 _MAX_STR = 256
-_MAX_METRICS = 64
+MAX_METRICS = 64
 _INT_LIMIT = 2**63
 _INT_TEXT = re.compile(r"[+-]?\d+")
 _OPTION = re.compile(r"--([A-Za-z_][A-Za-z0-9_.-]*)(?:=(.*))?", re.DOTALL)
@@ -140,8 +140,8 @@ def report(metrics: Mapping[str, object] | None = None, /, **kw: object) -> None
     given.update(kw)
     if not given:
         raise WorkerError("report() needs at least one metric, e.g. report(loss=0.12, step=3)")
-    if len(given) > _MAX_METRICS:
-        raise WorkerError(f"report() got {len(given)} metrics; at most {_MAX_METRICS} per call")
+    if len(given) > MAX_METRICS:
+        raise WorkerError(f"report() got {len(given)} metrics; at most {MAX_METRICS} per call")
     clean = {name: check_metric(name, value) for name, value in given.items()}
     line = REPORT_PREFIX + json.dumps(clean, separators=(",", ":"), allow_nan=False) + "\n"
     sys.stdout.write(line)

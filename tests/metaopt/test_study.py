@@ -123,7 +123,12 @@ def test_path_keeps_the_replica_and_node_id(tmp_path: Path) -> None:
 def test_failures_and_missing_objectives() -> None:
     study = Study({"x": "uniform(0, 1)"}, objective=["loss", "latency"], algorithm="random")
     t = study.ask()
-    assert study.tell(t, None, reason="out of memory").state == "failed"
+    with pytest.raises(MetaoptError, match="got no value"):
+        study.tell(t, None)  # a train() that forgot its return is not a failed run
+    with pytest.raises(MetaoptError, match="not both"):
+        study.tell(t, {"loss": 1.0, "latency": 2.0}, failed=True)
+    failure = study.tell(t, failed=True, reason=MemoryError("out of memory"))
+    assert (failure.state, failure.reason) == ("failed", "out of memory")
     t2 = study.ask()
     with pytest.raises(MetaoptError, match="latency"):
         study.tell(t2, {"loss": 1.0})
@@ -207,6 +212,7 @@ def test_ask_stops_at_the_budget() -> None:
         ({"seed": 1.5}, "seed must be an integer"),
         ({"node_id": "zz"}, "node_id must be"),
         ({"early_stopping": "sometimes"}, "early_stopping="),
+        ({"algorithm": "gpp"}, "unknown algorithm 'gpp'"),
     ],
 )
 def test_bad_study_arguments_are_one_line_errors_and_leave_nothing_behind(
@@ -427,3 +433,130 @@ def test_a_study_rerunning_a_lost_trial_is_running_whatever_its_clock_says() -> 
     assert [t.state for t in study.trials] == ["lost"]
     again = study.ask()
     assert again.id == first.id and [t.state for t in study.trials] == ["running"]
+
+
+def test_changing_a_returned_trial_changes_nothing_recorded() -> None:
+    study = Study(SPACE, algorithm="random", seed=3)
+    run(study, 4)
+    first = study.trials[0]
+    recorded = dict(first.params)
+    trial = study.ask()
+    asked = dict(trial.params)
+    for params in (study.best.params, first.params, trial.params):  # type: ignore[union-attr]
+        params["x"] = 99.0  # type: ignore[index]
+        params["epochs"] = 100  # type: ignore[index]
+    study.trials[0].metrics["objective"] = -1.0
+    views = {t.key: t for t in study.trials}
+    assert views[first.key].params == recorded and views[first.key].value != -1.0
+    assert views[trial.key].params == asked
+
+
+def test_reopening_a_path_with_other_settings_says_so(tmp_path: Path) -> None:
+    with Study({"x": "uniform(0, 1)"}, path=tmp_path / "s", max_trials=3) as study:
+        for _ in range(3):
+            study.tell(study.ask(), 0.5)
+        with pytest.raises(MetaoptError, match="another name="):
+            study.ask()
+    with pytest.raises(MetaoptError, match="max_trials 3, not 5") as info:
+        Study({"x": "uniform(0, 1)"}, path=tmp_path / "s", max_trials=5)
+    assert "\n" not in str(info.value)
+    with Study({"x": "uniform(0, 1)"}, path=tmp_path / "s", max_trials=5, name="more") as more:
+        assert more.trials == []
+    with Study({"x": "uniform(0, 1)"}, path=tmp_path / "s", max_trials=3) as study:
+        assert len(study.trials) == 3
+
+
+def test_a_trial_asked_but_never_told_is_handed_out_again_on_reopening(tmp_path: Path) -> None:
+    with Study({"x": "uniform(0, 1)"}, path=tmp_path / "s", max_trials=2) as study:
+        orphan = study.ask()  # the script crashed before tell()
+    with Study({"x": "uniform(0, 1)"}, path=tmp_path / "s", max_trials=2) as study:
+        again = study.ask()
+        assert again.key == orphan.key and dict(again.params) == dict(orphan.params)
+        study.tell(again, 0.3)
+        study.tell(study.ask(), 0.4)
+        assert [t.state for t in study.trials] == ["completed", "completed"]
+
+
+def test_sync_refuses_studies_that_cannot_explore_together() -> None:
+    a = Study(SPACE, algorithm="random")
+    with pytest.raises(MetaoptError, match="own seed= or node_id="):
+        a.sync(Study(SPACE, algorithm="random"))  # both seed 0: one node id
+    with pytest.raises(MetaoptError, match="another experiment"):
+        a.sync(Study({"x": "uniform(0, 1)"}, algorithm="random", seed=1))
+    b = Study(SPACE, algorithm="random", seed=1)
+    run(a, 2)
+    run(b, 2)
+    a.sync(b)
+    assert len(a.trials) == len(b.trials) == 4
+
+
+def test_a_stopped_trial_is_not_told_and_a_finished_one_not_reported() -> None:
+    space = {"x": "uniform(0, 1)", "e": "fidelity(1, 27, base=3)"}
+    study = Study(space, early_stopping="asha", algorithm="random", seed=2)
+    good, bad = study.ask(), study.ask()
+    study.report(good, 1, 0.1)
+    study.report(bad, 1, 0.9)
+    assert study.should_stop(bad) is True
+    with pytest.raises(MetaoptError, match="stopped early"):
+        study.tell(bad, 0.9)
+    with pytest.raises(MetaoptError, match="still running"):
+        study.report(bad, 2, 0.8)
+    study.tell(good, 0.05)
+    with pytest.raises(MetaoptError, match="still running"):
+        study.report(good, 28, 0.01)
+
+
+def test_a_closed_study_says_so(tmp_path: Path) -> None:
+    for path in (None, tmp_path / "s"):
+        study = Study({"x": "uniform(0, 1)"}, algorithm="random", path=path)
+        trial = study.ask()
+        study.close()
+        study.close()  # twice is harmless
+        with pytest.raises(MetaoptError, match="Study is closed"):
+            study.ask()
+        with pytest.raises(MetaoptError, match="Study is closed"):
+            study.tell(trial, 0.5)
+        with pytest.raises(MetaoptError, match="Study is closed"):
+            study.report(trial, 1, 0.5)
+        assert len(study.trials) == 1  # what it knew can still be read
+
+
+def test_one_writers_events_in_one_millisecond_keep_their_order() -> None:
+    # Same time, so only the write order can tell which report came last; ordering by record
+    # key kept the earlier value about half the time.
+    study = Study({"x": "uniform(0, 1)"}, algorithm="random", clock=lambda: 1_000.0)
+    for i in range(24):
+        trial = study.ask()
+        study.report(trial, 1, 0.9 + i)
+        study.report(trial, 1, 0.1 + i)
+    assert sorted(t.curve for t in study.trials) == [((1, 0.1 + i),) for i in range(24)]
+
+
+def test_threads_may_share_a_study() -> None:
+    import threading
+
+    study = Study(SPACE, algorithm="random", seed=4)
+
+    def work() -> None:
+        for _ in range(15):
+            trial = study.ask()
+            study.tell(trial, f(dict(trial.params)))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    trials = study.trials
+    assert len(trials) == 60 and all(t.state == "completed" for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 60
+
+
+def test_tell_limits_and_directions_as_a_string() -> None:
+    study = Study({"x": "uniform(0, 1)"}, algorithm="random", directions="maximize")
+    assert study.state.spec.directions == ("maximize",)
+    trial = study.ask()
+    with pytest.raises(MetaoptError, match="at most 64"):
+        study.tell(trial, {"objective": 1.0, **{f"m{i}": 0.0 for i in range(64)}})
+    long = study.tell(trial, failed=True, reason="x" * 100_000)
+    assert long.reason is not None and len(long.reason) == 4096

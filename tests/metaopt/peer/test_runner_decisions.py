@@ -223,5 +223,5 @@ def test_a_rerun_of_a_lost_trial_names_the_loss_it_answers() -> None:
     runner._spec = cannot_start  # type: ignore[method-assign]
     asyncio.run(runner.launch(state, view))
     assert [k for t, k, r in node.written] == ["lost", "started", "failed"]
-    started = [e for e in state._events[trial].values() if e[2].kind == "started"][-1][2]
+    started = [e[-1] for e in state._events[trial].values() if e[-1].kind == "started"][-1]
     assert started.supersedes == view.free_events
