@@ -135,9 +135,7 @@ def _checked_spec(
         )
     if not all(d in ("minimize", "maximize") for d in directions):
         raise MetaoptError(f"directions must be 'minimize' or 'maximize', got {list(directions)}")
-    for what, number in (("max_trials", max_trials), ("max_step", max_step)):
-        if number is not None and (type(number) is not int or not 1 <= number <= 2**53):
-            raise MetaoptError(f"{what} must be a whole number in 1..2**53 or None, got {number!r}")
+    max_trials, max_step = _whole("max_trials", max_trials), _whole("max_step", max_step)
     if early_stopping is not None and early_stopping not in STOPPERS:
         raise MetaoptError(
             f"early_stopping={early_stopping!r}: choose one of {', '.join(STOPPERS)}"
@@ -152,6 +150,17 @@ def _checked_spec(
         early_stopping=early_stopping,
         max_step=max_step,
     )
+
+
+def _whole(what: str, number: object) -> int | None:
+    """A count argument as an int (numpy integers too), or a one-line MetaoptError."""
+    if number is None:
+        return None
+    if isinstance(number, np.integer):
+        number = int(number)
+    if type(number) is not int or not 1 <= number <= 2**53:
+        raise MetaoptError(f"{what} must be a whole number in 1..2**53 or None, got {number!r}")
+    return number
 
 
 def _is_str(value: object) -> bool:

@@ -186,7 +186,7 @@ def test_a_trial_is_told_once() -> None:
 
 
 def test_ask_stops_at_the_budget() -> None:
-    study = Study({"x": "uniform(0, 1)"}, algorithm="random", max_trials=3)
+    study = Study({"x": "uniform(0, 1)"}, algorithm="random", max_trials=np.int64(3))  # type: ignore[arg-type]
     for _ in range(3):
         study.tell(study.ask(), 0.5)
     with pytest.raises(MetaoptError, match="budget of 3 trials is spent"):
