@@ -100,7 +100,7 @@ def _checked_spec(
     name: str,
     objective: str | Sequence[str],
     directions: str | Sequence[str] | None,
-    minimize: bool,
+    minimize: bool | None,
     algorithm: str,
     max_trials: int | None,
     early_stopping: str | None,
@@ -127,7 +127,9 @@ def _checked_spec(
         except WorkerError as exc:
             raise MetaoptError(f"objective: {exc}") from None
     if directions is None:
-        directions = ["minimize" if minimize else "maximize"] * len(objectives)
+        directions = ["maximize" if minimize is False else "minimize"] * len(objectives)
+    elif minimize is not None:
+        raise MetaoptError("give minimize= or directions=, not both (directions= is per objective)")
     directions = (directions,) if isinstance(directions, str) else tuple(directions)
     if len(directions) != len(objectives):
         raise MetaoptError(
@@ -253,7 +255,7 @@ class Study:
         space: parameter name → prior, e.g. {"lr": "loguniform(1e-5, 1)"}.
         algorithm: "auto" (default), "gp", "evolution", "random", or an Algorithm instance.
         seed: seeds this node's random streams (with the node id, experiment and counter).
-        minimize: direction of every objective (or pass ``directions``).
+        minimize: direction of every objective, True by default (or pass ``directions``).
         objective: the name of the objective, or a list of names for several objectives.
         node_id: this node's 16-byte id (or its hex); distinct for Studies exploring together.
         path: a directory to keep the replica in (LevelDB) and reopen it from.
@@ -271,7 +273,7 @@ class Study:
         *,
         algorithm: str | Algorithm = "auto",
         seed: int = 0,
-        minimize: bool = True,
+        minimize: bool | None = None,
         objective: str | Sequence[str] = "objective",
         directions: str | Sequence[str] | None = None,
         node_id: bytes | str | None = None,

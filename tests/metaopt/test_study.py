@@ -205,6 +205,7 @@ def test_ask_stops_at_the_budget() -> None:
         ({"max_step": 0}, "max_step must be"),
         ({"max_step": 2**70}, "max_step must be"),
         ({"directions": ["up"]}, "'minimize' or 'maximize'"),
+        ({"directions": ["maximize"], "minimize": False}, "not both"),
         ({"objective": []}, "objective must be"),
         ({"objective": ["a", "a"]}, "repeat"),
         ({"objective": "val loss"}, "not allowed"),
