@@ -39,7 +39,7 @@ from metaopt.peer._replication import Replicator
 from metaopt.peer._runner import TrialRunner
 from metaopt.peer._scheduler import find_lost, plan_work
 from metaopt.peer._transport import Client, PeerUnreachable, RemoteError, Server
-from metaopt.peer._wire import Request
+from metaopt.peer._wire import PROTOCOL_VERSION, Request
 
 if TYPE_CHECKING:
     from metaopt._suggest import Suggester
@@ -47,9 +47,6 @@ if TYPE_CHECKING:
 __all__ = ["PROTOCOL_VERSION", "Node"]
 
 log = logging.getLogger("metaopt.peer")
-# Peers of other versions are ignored (discovery says so). 2: a reconciliation session may ask
-# for (origin, lo, hi) runs, which version 1 peers do not answer.
-PROTOCOL_VERSION = 2
 
 
 def _recordable(value: Any) -> bool:

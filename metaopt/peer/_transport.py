@@ -21,7 +21,15 @@ from aiohttp import web
 
 from crdt import FrameCodec, FrameError
 from metaopt._errors import MetaoptError
-from metaopt.peer._wire import Reply, Request, WireError, decode_reply, decode_request
+from metaopt.peer._wire import (
+    PROTOCOL_VERSION,
+    Reply,
+    Request,
+    WireError,
+    decode_reply,
+    decode_request,
+    other_version,
+)
 
 __all__ = ["Client", "PeerUnreachable", "RemoteError", "Server"]
 
@@ -49,9 +57,16 @@ class Server:
     """The aiohttp side: open the frame, dispatch on op, seal the reply."""
 
     def __init__(
-        self, codec: FrameCodec, handlers: dict[str, Handler], max_bytes: int = 64 << 20
+        self,
+        codec: FrameCodec,
+        handlers: dict[str, Handler],
+        max_bytes: int = 64 << 20,
+        *,
+        protocol: int | None = PROTOCOL_VERSION,
     ) -> None:
+        """protocol: the version its replies carry (another only in tests of mixed versions)."""
         self._codec = codec
+        self._protocol = protocol
         self._handlers = handlers
         self._runner: web.AppRunner | None = None
         self.app = web.Application(client_max_size=max_bytes)
@@ -78,16 +93,26 @@ class Server:
             log.log(level, "rejected a request from %s: %s", request.remote, exc)
             return web.Response(status=401, text=f"{type(exc).__name__}: {exc}")
         handler = self._handlers.get(message.op)
-        if handler is None:
-            reply = Reply(False, error=f"unknown operation {message.op!r}; upgrade this peer")
+        mismatch = other_version(message.protocol)
+        if mismatch is not None:
+            # Once per sender: an old peer found by --join retries every few seconds.
+            kind = (request.remote, "protocol")
+            level = logging.DEBUG if kind in self._refused else logging.WARNING
+            self._refused.add(kind)
+            log.log(level, "refused a request from %s: %s", request.remote, mismatch)
+            reply = Reply(False, error=f"refused, {mismatch}", protocol=self._protocol)
+        elif handler is None:
+            error = f"unknown operation {message.op!r}; upgrade this peer"
+            reply = Reply(False, error=error, protocol=self._protocol)
         else:
             try:
-                reply = Reply(True, await handler(message))
+                reply = Reply(True, await handler(message), protocol=self._protocol)
             except MetaoptError as exc:
-                reply = Reply(False, error=str(exc))
+                reply = Reply(False, error=str(exc), protocol=self._protocol)
             except Exception as exc:  # a bug in one handler must not take the peer down
                 log.exception("handler %s failed", message.op)
-                reply = Reply(False, error=f"internal error in {message.op}: {exc}")
+                error = f"internal error in {message.op}: {exc}"
+                reply = Reply(False, error=error, protocol=self._protocol)
         body = _seal(self._codec, reply.encode())
         self.bytes_out += len(body)
         return web.Response(body=body, content_type="application/octet-stream")
@@ -154,10 +179,13 @@ class Client:
         timeout: float = 10.0,
         *,
         warn_refusals: bool = False,
+        protocol: int | None = PROTOCOL_VERSION,
     ) -> None:
-        """warn_refusals: log (once per address) a peer refusing our frames; a peer's client
-        does, the CLI's does not (its error line already says it)."""
+        """warn_refusals: log (once per address) a peer refusing our frames or speaking another
+        protocol version; a peer's client does, the CLI's does not (its error line says it).
+        protocol: the version its requests carry (another only in tests of mixed versions)."""
         self._codec = codec
+        self._protocol = protocol
         self._sender = sender
         self._addr = addr
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -174,7 +202,7 @@ class Client:
 
     async def call(self, addr: str, op: str, body: Any = None) -> Any:
         """Send one request to host:port and return the reply body, or raise."""
-        payload = Request(op, self._sender, self._addr, body).encode()
+        payload = Request(op, self._sender, self._addr, body, protocol=self._protocol).encode()
         session = await self._get_session()
         frame = _seal(self._codec, payload)
         self.bytes_out += len(frame)
@@ -211,6 +239,12 @@ class Client:
             reply = decode_reply(self._codec.open(data, now=time.time()))
         except (FrameError, WireError) as exc:
             raise PeerUnreachable(f"{addr} sent a bad reply: {exc}") from None
+        mismatch = other_version(reply.protocol)
+        if mismatch is not None:
+            if self._warn_refusals and addr not in self._refused_by:  # retried for ever
+                self._refused_by.add(addr)
+                log.warning("ignoring %s: %s", addr, mismatch)
+            raise RemoteError(f"{addr}: {mismatch}")
         if not reply.ok:
             raise RemoteError(f"{addr}: {reply.error}")
         return reply.body

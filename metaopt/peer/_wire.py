@@ -1,6 +1,7 @@
 """Peer messages inside authenticated frames: what travels between peers and from the CLI.
 
-A request is the msgpack map {op, from, addr, body}; a reply is {ok, body} or {ok: false, error}.
+A request is the msgpack map {op, from, addr, body, proto}; a reply is {ok, body, proto} or
+{ok: false, error, proto}. proto is the sender's PROTOCOL_VERSION (absent before version 2).
 The frame around it (crdt._frames) authenticates it under the cluster key and stops replays;
 here we only name the operations and check shapes, so garbage is a one-line error, never a crash.
 """
@@ -14,9 +15,21 @@ import msgpack
 
 from metaopt._errors import MetaoptError
 
-__all__ = ["Reply", "Request", "WireError", "decode_reply", "decode_request", "encode"]
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Reply",
+    "Request",
+    "WireError",
+    "decode_reply",
+    "decode_request",
+    "encode",
+]
 
 MAX_DEPTH_BODY = 1 << 26
+# What peers say to each other, versioned: a peer refuses requests and replies of another
+# version (and discovery ignores its announcements). 2: a reconciliation session may ask for
+# (origin, lo, hi) runs, which version 1 peers do not answer. See CONTRIBUTING for when to bump.
+PROTOCOL_VERSION = 2
 
 
 class WireError(MetaoptError):
@@ -30,9 +43,18 @@ class Request:
     addr: str
     body: Any
     remote: str | None = None  # the IP the request came from (set by the server, not sent)
+    protocol: int | None = PROTOCOL_VERSION  # the sender's; None from a peer before version 2
 
     def encode(self) -> bytes:
-        return encode({"op": self.op, "from": self.sender, "addr": self.addr, "body": self.body})
+        return encode(
+            {
+                "op": self.op,
+                "from": self.sender,
+                "addr": self.addr,
+                "body": self.body,
+                "proto": self.protocol,
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -40,11 +62,12 @@ class Reply:
     ok: bool
     body: Any = None
     error: str | None = None
+    protocol: int | None = PROTOCOL_VERSION  # the answering peer's; None before version 2
 
     def encode(self) -> bytes:
         if self.ok:
-            return encode({"ok": True, "body": self.body})
-        return encode({"ok": False, "error": self.error or "error"})
+            return encode({"ok": True, "body": self.body, "proto": self.protocol})
+        return encode({"ok": False, "error": self.error or "error", "proto": self.protocol})
 
 
 def encode(value: Any) -> bytes:
@@ -68,7 +91,14 @@ def decode_request(data: bytes) -> Request:
         or not isinstance(value.get("addr"), str)
     ):
         raise WireError("a request is a map with op, from and addr")
-    return Request(value["op"], value["from"], value["addr"], value.get("body"))
+    return Request(
+        value["op"], value["from"], value["addr"], value.get("body"), None, _protocol(value)
+    )
+
+
+def _protocol(value: dict[Any, Any]) -> int | None:
+    proto = value.get("proto")
+    return proto if type(proto) is int else None
 
 
 def decode_reply(data: bytes) -> Reply:
@@ -76,6 +106,17 @@ def decode_reply(data: bytes) -> Reply:
     if not isinstance(value, dict) or not isinstance(value.get("ok"), bool):
         raise WireError("a reply is a map with ok")
     if value["ok"]:
-        return Reply(True, value.get("body"))
+        return Reply(True, value.get("body"), None, _protocol(value))
     error = value.get("error")
-    return Reply(False, None, error if isinstance(error, str) else "error")
+    return Reply(False, None, error if isinstance(error, str) else "error", _protocol(value))
+
+
+def other_version(protocol: int | None) -> str | None:
+    """Why a message of this protocol version is refused here, or None if it is ours."""
+    if protocol == PROTOCOL_VERSION:
+        return None
+    theirs = "from before version 2" if protocol is None else f"version {protocol}"
+    return (
+        f"metaopt protocol {theirs} against version {PROTOCOL_VERSION} here;"
+        " run the same metaopt release on every peer"
+    )

@@ -153,3 +153,42 @@ async def test_a_peer_of_another_cluster_is_logged_once_on_each_side(
     assert server.rejected == 4
     assert sum("rejected a request" in w for w in warnings) == 1
     assert sum(w.startswith(f"{addr} refuses this peer's frames") for w in warnings) == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("old", [None, 1])
+async def test_peers_of_another_protocol_version_refuse_each_other_once_logged(
+    caplog: pytest.LogCaptureFixture, old: int | None
+) -> None:
+    # Found by --join (discovery already ignores their announcements), an older peer synced with
+    # this one, and past 256 experiments its sessions quietly never converged.
+    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
+    calls: list[Any] = []
+
+    async def echo(message: Request) -> Any:
+        calls.append(message.body)
+        return message.body
+
+    new_server, old_server = (
+        Server(codec, {"sync": echo}),
+        Server(codec, {"sync": echo}, protocol=old),
+    )
+    new_addr = f"127.0.0.1:{await new_server.start('127.0.0.1', 0)}"
+    old_addr = f"127.0.0.1:{await old_server.start('127.0.0.1', 0)}"
+    new_client = Client(codec, os.urandom(16), "127.0.0.1:1", timeout=10, warn_refusals=True)
+    old_client = Client(codec, os.urandom(16), "127.0.0.1:2", timeout=10, protocol=old)
+    caplog.set_level(logging.DEBUG, logger="metaopt.peer")
+    try:
+        for _ in range(3):
+            with pytest.raises(RemoteError, match="same metaopt release"):
+                await old_client.call(new_addr, "sync", b"x")  # refused before the handler
+            with pytest.raises(RemoteError, match="same metaopt release"):
+                await new_client.call(old_addr, "sync", b"x")  # its answer is not taken
+        assert await new_client.call(new_addr, "sync", b"ok") == b"ok"
+    finally:
+        for closing in (new_client, old_client, new_server, old_server):
+            await (closing.close() if isinstance(closing, Client) else closing.stop())
+    assert calls == [b"x"] * 3 + [b"ok"]  # only the old server ran the old requests' handler
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sum("refused a request" in w and "protocol" in w for w in warnings) == 1
+    assert sum(w.startswith(f"ignoring {old_addr}") for w in warnings) == 1
