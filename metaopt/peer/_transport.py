@@ -100,19 +100,18 @@ class Server:
             level = logging.DEBUG if kind in self._refused else logging.WARNING
             self._refused.add(kind)
             log.log(level, "refused a request from %s: %s", request.remote, mismatch)
-            reply = Reply(False, error=f"refused, {mismatch}", protocol=self._protocol)
+            reply = Reply(False, error=f"refused, {mismatch}")
         elif handler is None:
-            error = f"unknown operation {message.op!r}; upgrade this peer"
-            reply = Reply(False, error=error, protocol=self._protocol)
+            reply = Reply(False, error=f"unknown operation {message.op!r}; upgrade this peer")
         else:
             try:
-                reply = Reply(True, await handler(message), protocol=self._protocol)
+                reply = Reply(True, await handler(message))
             except MetaoptError as exc:
-                reply = Reply(False, error=str(exc), protocol=self._protocol)
+                reply = Reply(False, error=str(exc))
             except Exception as exc:  # a bug in one handler must not take the peer down
                 log.exception("handler %s failed", message.op)
-                error = f"internal error in {message.op}: {exc}"
-                reply = Reply(False, error=error, protocol=self._protocol)
+                reply = Reply(False, error=f"internal error in {message.op}: {exc}")
+        reply = dataclasses.replace(reply, protocol=self._protocol)
         body = _seal(self._codec, reply.encode())
         self.bytes_out += len(body)
         return web.Response(body=body, content_type="application/octet-stream")
