@@ -37,7 +37,7 @@ from metaopt.peer._orphans import kill_orphans
 from metaopt.peer._replica import Replica
 from metaopt.peer._replication import Replicator
 from metaopt.peer._runner import TrialRunner
-from metaopt.peer._scheduler import find_lost, plan_work
+from metaopt.peer._scheduler import BACKOFF_AFTER, failure_streak, find_lost, plan_work
 from metaopt.peer._transport import Client, PeerUnreachable, RemoteError, Server
 from metaopt.peer._wire import PROTOCOL_VERSION, Request
 
@@ -107,6 +107,7 @@ class Node:
         # Experiments whose spec cannot be searched (a bad space from another peer or an older
         # metaopt): the spec never changes, so they are skipped, not retried on every pass.
         self._unsearchable: dict[bytes, str] = {}  # experiment key -> why
+        self._failing: set[bytes] = set()  # experiments warned of as failing run after run
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._schedule_lock = asyncio.Lock()
@@ -452,6 +453,26 @@ class Node:
                 self._schedule_again = False
                 await self._schedule_once()
 
+    def _warn_failing(self, experiments: list[ExperimentState]) -> None:
+        """One warning when an experiment's runs start failing one after another (the
+        scheduler then slows its new trials down), and none again until one completes."""
+        for state in experiments:
+            streak, _ = failure_streak(state)
+            if streak < BACKOFF_AFTER:
+                self._failing.discard(state.key)
+            elif state.key not in self._failing and state.active:
+                self._failing.add(state.key)
+                failed = [t for t in state.trials() if t.state == "failed" and t.ended_at]
+                latest = max(failed, key=lambda t: t.ended_at or 0)
+                log.warning(
+                    "experiment %s: its last %d trials failed (latest: %s); new ones now wait"
+                    " a while after each failure; `metaopt status %s` and `metaopt logs TRIAL`",
+                    state.spec.name,
+                    streak,
+                    (latest.reason or "no reason recorded").splitlines()[0][:200],
+                    state.spec.name,
+                )
+
     async def _schedule_once(self) -> None:
         await self.runner.thaw()
         now_ms = int(self.clock() * 1000)
@@ -472,6 +493,7 @@ class Node:
         ):
             log.info("trial %s is lost: %s", lost.trial.hex()[:12], lost.reason)
             self.write_event(lost.experiment, lost.trial, "lost", reason=lost.reason)
+        self._warn_failing(runnable)
         work = plan_work(
             runnable,
             self.node_id,

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 from metaopt._state import FREE_STATES, ExperimentState
 
-__all__ = ["Lost", "Work", "find_lost", "plan_work", "rendezvous_rank"]
+__all__ = ["Lost", "Work", "failure_streak", "find_lost", "plan_work", "rendezvous_rank"]
+
+# After this many trials in a row failed (anywhere, with no completion since), new trials of
+# the experiment wait 1 s after the last failure, doubling with each further one up to a
+# minute: a script that fails at once ran ~35 trials a second on 2 peers, each a record every
+# replica keeps for good, and spent a budget of 20 in 2 s. A completion ends the wait.
+BACKOFF_AFTER = 3
+BACKOFF_MAX_MS = 60_000
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,33 @@ def find_lost(
     return out
 
 
+def failure_streak(state: ExperimentState) -> tuple[int, int]:
+    """How many of the experiment's latest ended runs failed in a row, and when the last ended.
+
+    Runs ended by completing or failing count, by their end time; a kill (early stopping)
+    neither breaks nor extends the streak.
+    """
+    ended = sorted(
+        (t.ended_at, t.state == "failed")
+        for t in state.trials()
+        if t.ended_at is not None and t.state in ("completed", "failed")
+    )
+    streak = 0
+    for _, failed in reversed(ended):
+        if not failed:
+            break
+        streak += 1
+    return streak, (ended[-1][0] if streak else 0)
+
+
+def _backing_off(state: ExperimentState, now_ms: int) -> bool:
+    streak, last_ms = failure_streak(state)
+    if streak < BACKOFF_AFTER:
+        return False
+    wait = min(1000 << min(streak - BACKOFF_AFTER, 16), BACKOFF_MAX_MS)
+    return now_ms - last_ms < wait
+
+
 def plan_work(
     experiments: Iterable[ExperimentState],
     me: bytes,
@@ -94,8 +128,10 @@ def plan_work(
 ) -> list[Work]:
     """Work for up to ``free_slots`` slots: free trials this node may claim, then new points.
 
-    Experiments take turns, the one with the fewest trials running here first, so several
-    experiments share a peer's slots instead of the oldest starving the rest. With
+    A new trial of an experiment whose last runs all failed waits (BACKOFF_AFTER, above).
+    Experiments take turns: the one with the fewest trials running here first, then the one
+    with the fewest running anywhere, then an order of this node's own (a hash of node and
+    experiment), so several experiments share the cluster's slots. With
     ``claim_free`` False (a replica not yet caught up) no free trial is claimed (another peer
     may already be re-running it) and no new trial of an experiment with a budget is started
     (its count may be stale).
@@ -105,15 +141,24 @@ def plan_work(
     # A spent budget still lets free trials run again: they are part of it, not beyond it.
     candidates = [s for s in experiments if not s.stopped and runnable(s)]
     running_count = {s.key: 0 for s in candidates}
+    # Ties on the count here went to the lowest key on every peer alike: with 3 experiments
+    # on 2 peers of 2 slots, the slot a trial freed went back to its own experiment (now at 0
+    # here, as the starved one) and the highest key ran nothing while both others ran.
+    running_anywhere = {s.key: 0 for s in candidates}
+    own_order = {s.key: hashlib.blake2b(me + s.key, digest_size=8).digest() for s in candidates}
     for s in candidates:
         for t in s.trials():
             if t.key in running_here:
                 running_count[s.key] += 1
+            if t.state in ("running", "pending"):
+                running_anywhere[s.key] += 1
     out: list[Work] = []
     claimed: set[bytes] = set()
     planned_new: dict[bytes, int] = {}
     while len(out) < free_slots and candidates:
-        candidates.sort(key=lambda s: (running_count[s.key], s.key))
+        candidates.sort(
+            key=lambda s: (running_count[s.key], running_anywhere[s.key], own_order[s.key])
+        )
         progressed = False
         for state in candidates:
             work = _next_for(
@@ -130,6 +175,7 @@ def plan_work(
                 continue
             out.append(work)
             running_count[state.key] += 1
+            running_anywhere[state.key] += 1
             if work.trial is not None:
                 claimed.add(work.trial)
             else:
@@ -161,6 +207,8 @@ def _next_for(
         rank = rendezvous_rank(me, live_nodes, trial.key)
         if now_ms - trial.last_seen >= rank * claim_delay_ms:
             return Work(state.key, trial.key)
+    if _backing_off(state, now_ms):
+        return None
     max_trials = state.spec.max_trials
     if max_trials is not None and claimed is None:
         return None

@@ -12,7 +12,13 @@ from metaopt._records import (
     parse_experiment,
 )
 from metaopt._state import ExperimentState
-from metaopt.peer._scheduler import find_lost, plan_work, rendezvous_rank
+from metaopt.peer._scheduler import (
+    BACKOFF_AFTER,
+    failure_streak,
+    find_lost,
+    plan_work,
+    rendezvous_rank,
+)
 
 ME = b"m" * 16
 OTHER = b"o" * 16
@@ -127,3 +133,66 @@ def test_a_replica_not_caught_up_claims_no_free_trial_and_no_budgeted_new_one() 
         [budgeted], ME, 1, set(), [ME], 9_000, 1_000, lambda s: True, claim_free=False
     )
     assert stale == []
+
+
+def _named_state(name: str, max_trials: int | None = None) -> ExperimentState:
+    spec = ExperimentSpec(
+        name=name, space={"x": "uniform(0, 1)"}, command=("t.py",), max_trials=max_trials
+    )
+    rec = experiment_record(spec)
+    parsed = parse_experiment(rec)
+    assert parsed is not None
+    return ExperimentState(rec.key, parsed)
+
+
+def test_three_experiments_on_two_peers_of_two_slots_each_all_run() -> None:
+    # Seen on real peers: the slot a trial freed went back to its own experiment (0 running
+    # here, tied with the starved one) by key order on every peer, and the experiment with the
+    # highest key ran nothing while the two others ran two trials each.
+    low, mid, high = sorted((_named_state(n) for n in "XYZ"), key=lambda s: s.key)
+    here: set[bytes] = set()
+    seq = {ME: 0, OTHER: 0}
+    trials = {}
+    for node, state in ((ME, low), (ME, mid), (OTHER, low), (OTHER, mid)):
+        seq[node] += 1
+        t = _trial(state, node, seq[node])
+        _event(state, t, node, 100 + seq[node], "started", 1_000)
+        if node == ME:
+            here.add(t.key)
+            trials[state.key] = t
+    # ME's trial of `low` completes: its slot must go to `high`, not back to `low`.
+    _event(low, trials[low.key], ME, 200, "completed", 2_000)
+    here.discard(trials[low.key].key)
+    for me in (ME, OTHER):  # on whichever peer the slot frees
+        work = plan_work([low, mid, high], me, 1, here if me == ME else set(), [ME, OTHER],
+                         2_000, 1_000, lambda s: True)  # fmt: skip
+        assert [w.experiment for w in work] == [high.key]
+
+
+def test_an_experiment_whose_runs_keep_failing_waits_longer_each_time() -> None:
+    state = _named_state("broken")
+    other = _named_state("fine")
+
+    def plan(now: int) -> list[bytes]:
+        work = plan_work([state], ME, 1, set(), [ME], now, 1_000, lambda s: True)
+        return [w.experiment for w in work]
+
+    ended = 10_000
+    for n in range(1, 7):
+        t = _trial(state, ME, 2 * n - 1)
+        _event(state, t, ME, 2 * n, "failed", ended)
+        streak = failure_streak(state)
+        assert streak == (n, ended)
+        if n < BACKOFF_AFTER:
+            assert plan(ended) == [state.key]  # a failure or two: no wait
+        else:
+            wait = 1000 << (n - BACKOFF_AFTER)
+            assert plan(ended + wait - 1) == []
+            assert plan(ended + wait) == [state.key]
+        ended += 100
+    # A completion ends the streak; another experiment was never held back.
+    t = _trial(state, ME, 100)
+    body = EventBody(t.key, state.key, "completed", ME, None, {"objective": 0.5}).to_body()
+    state.apply(Record.create(EVENT, ME, 101, ended, body, [t.key, state.key]))
+    assert failure_streak(state) == (0, 0) and plan(ended) == [state.key]
+    assert plan_work([other], ME, 1, set(), [ME], 0, 1_000, lambda s: True) != []
