@@ -180,7 +180,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _stop(args: argparse.Namespace) -> int:
     key = _peer(args).call("api.stop", args.experiment)
-    print(f"experiment {key[:12]} stopped: no peer starts new trials for it")
+    print(f"experiment {args.experiment} ({key[:12]}) stopped: no peer starts new trials for it")
     return 0
 
 

@@ -141,6 +141,14 @@ class LocalApi:
 
     async def stop(self, request: Request) -> Any:
         state = self._experiment(request.body)
+        if state.stopped:
+            raise MetaoptError(f"{state.spec.name} ({state.key.hex()[:12]}) is already stopped")
+        if state.finished:
+            # A stop record would relabel a finished experiment "stopped" for good.
+            raise MetaoptError(
+                f"{state.spec.name} ({state.key.hex()[:12]}) is already finished"
+                f" ({len(state)}/{state.spec.max_trials} trials); nothing to stop"
+            )
         self.node.stop_experiment(state)
         return state.key.hex()
 

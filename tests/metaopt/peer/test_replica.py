@@ -129,3 +129,23 @@ async def test_a_thaw_that_cannot_happen_says_why_and_what_to_do() -> None:
     elsewhere = f"frozen on node {other.hex()[:8]}; run `metaopt thaw` there"
     assert elsewhere in await refusal(trials[1])
     assert "is running; only a frozen one thaws" in await refusal(trials[2])
+
+
+@pytest.mark.asyncio
+async def test_stop_refuses_a_finished_or_stopped_experiment() -> None:
+    # `metaopt stop` on a finished 6/6 experiment wrote a stop record, and status called it
+    # "stopped" for good.
+    store = MemoryStore()
+    spec = ExperimentSpec("e", {"x": "uniform(0, 1)"}, command=("t.py",), max_trials=1)
+    exp = Record.create(EXPERIMENT, NODE, 1, 1000, spec.to_body(), [])
+    trial = Record.create(TRIAL, NODE, 2, 1001, {"params": {"x": 0.5}, "node": NODE,
+                          "counter": 1}, [exp.key])  # fmt: skip
+    done = EventBody(trial.key, exp.key, "completed", NODE, None, {"objective": 0.1}).to_body()
+    store.add([exp, trial, Record.create(EVENT, NODE, 3, 1002, done, [trial.key, exp.key])])
+    written: list[object] = []
+    replica = Replica(store)
+    node = SimpleNamespace(replica=replica, stop_experiment=written.append)
+    api = LocalApi(node)  # type: ignore[arg-type]
+    with pytest.raises(MetaoptError, match=r"already finished \(1/1 trials\); nothing to stop"):
+        await api.stop(Request("api.stop", NODE, "", "e"))
+    assert written == []
