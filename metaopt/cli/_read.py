@@ -110,10 +110,20 @@ def _status(args: argparse.Namespace) -> int:
         + [_shown_value(t, o) for o in objectives]
         + [t["last_step"] or "", (t["runner"] or t["node"])[:8]]
         + [t["params"].get(n) for n in names]
+        + [_why(t)]
         for t in info["trial_list"]
     ]
-    print(table(["trial", "state", *objectives, "step", "node", *names], rows))
+    print(table(["trial", "state", *objectives, "step", "node", *names, "why"], rows))
     return 0
+
+
+def _why(trial: dict[str, Any]) -> str:
+    """Why a trial failed, was killed or lost: the first line of its reason, cut short (the
+    whole of it is in --json, export and `metaopt logs`)."""
+    if trial["state"] in ("completed", "running", "pending") or not trial["reason"]:
+        return ""
+    line = str(trial["reason"]).splitlines()[0] if str(trial["reason"]).strip() else ""
+    return line if len(line) <= 60 else line[:57] + "..."
 
 
 def _shown_value(trial: dict[str, Any], objective: str) -> Any:

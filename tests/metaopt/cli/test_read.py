@@ -92,3 +92,21 @@ def test_export_keeps_its_columns_and_best_says_when_nothing_completed(
     assert main(["best", "mo", "--json"]) == 1  # as without --json: nothing completed
     assert json.loads(capsys.readouterr().out) is None
     assert main(["best", "mo"]) == 1
+
+
+def test_status_says_why_a_trial_failed(
+    peer: type[_Peer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `submit --wait` sends the user to `metaopt status NAME` when nothing completed, which
+    # showed no reason at all.
+    failed = _trial("c", "failed", {}, final=False)
+    failed["reason"] = "exited with code 1; last stderr: " + "boom " * 30 + "\nTraceback ..."
+    peer.info = _info([_trial("a", "completed", {"f1": 0.25}, final=True), failed], ["f1"])
+    assert main(["status", "mo"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert next(line for line in lines if line.startswith("trial")).split()[-1] == "why"
+    row = next(line for line in lines if line.startswith("c" * 12))
+    assert "exited with code 1; last stderr: boom" in row and row.endswith("...")
+    assert "Traceback" not in row  # one line of the reason, cut short
+    done = next(line for line in lines if line.startswith("a" * 12))
+    assert "exited" not in done
