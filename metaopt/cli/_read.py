@@ -152,7 +152,11 @@ def _best(args: argparse.Namespace) -> int:
         print(json.dumps(best if len(info["objectives"]) > 1 else (best[0] if best else None)))
         return 0 if best else 1
     if not best:
-        print(f"{info['name']}: no completed trial yet")
+        if info["finished"]:
+            name = info["name"]
+            print(f"{name}: finished with no completed trial; `metaopt status {name}` says why")
+        else:
+            print(f"{info['name']}: no completed trial yet")
         return 1
     for trial in best:
         objectives = trial["objectives"] or {}

@@ -92,6 +92,10 @@ def test_export_keeps_its_columns_and_best_says_when_nothing_completed(
     assert main(["best", "mo", "--json"]) == 1  # as without --json: nothing completed
     assert json.loads(capsys.readouterr().out) is None
     assert main(["best", "mo"]) == 1
+    assert capsys.readouterr().out == "mo: no completed trial yet\n"
+    peer.info["finished"] = True
+    assert main(["best", "mo"]) == 1
+    assert "finished with no completed trial" in capsys.readouterr().out
 
 
 def test_status_says_why_a_trial_failed(
