@@ -122,7 +122,7 @@ def _why(trial: dict[str, Any]) -> str:
     whole of it is in --json, export and `metaopt logs`)."""
     if trial["state"] in ("completed", "running", "pending") or not trial["reason"]:
         return ""
-    line = str(trial["reason"]).splitlines()[0] if str(trial["reason"]).strip() else ""
+    line = str(trial["reason"]).strip().split("\n", 1)[0]
     return line if len(line) <= 60 else line[:57] + "..."
 
 

@@ -85,21 +85,12 @@ class Server:
             message = dataclasses.replace(decode_request(opened.payload), remote=request.remote)
         except (FrameError, WireError) as exc:
             self.rejected += 1
-            # Once per sender and kind: a peer of another cluster retries every few seconds
-            # for ever, and one line says all there is to say (`peer status` counts the rest).
-            kind = (request.remote, type(exc).__name__)
-            level = logging.DEBUG if kind in self._refused else logging.WARNING
-            self._refused.add(kind)
-            log.log(level, "rejected a request from %s: %s", request.remote, exc)
+            self._log_refusal(request.remote, type(exc).__name__, "rejected", exc)
             return web.Response(status=401, text=f"{type(exc).__name__}: {exc}")
         handler = self._handlers.get(message.op)
         mismatch = other_version(message.protocol)
         if mismatch is not None:
-            # Once per sender: an old peer found by --join retries every few seconds.
-            kind = (request.remote, "protocol")
-            level = logging.DEBUG if kind in self._refused else logging.WARNING
-            self._refused.add(kind)
-            log.log(level, "refused a request from %s: %s", request.remote, mismatch)
+            self._log_refusal(request.remote, "protocol", "refused", mismatch)
             reply = Reply(False, error=f"refused, {mismatch}")
         elif handler is None:
             reply = Reply(False, error=f"unknown operation {message.op!r}; upgrade this peer")
@@ -115,6 +106,14 @@ class Server:
         body = _seal(self._codec, reply.encode())
         self.bytes_out += len(body)
         return web.Response(body=body, content_type="application/octet-stream")
+
+    def _log_refusal(self, remote: str | None, kind: str, verb: str, why: object) -> None:
+        """A warning once per sender and kind of refusal, debug lines after: a peer of another
+        cluster or release retries every few seconds for ever, and one line says all there is
+        to say (`peer status` counts the rest)."""
+        level = logging.DEBUG if (remote, kind) in self._refused else logging.WARNING
+        self._refused.add((remote, kind))
+        log.log(level, "%s a request from %s: %s", verb, remote, why)
 
     def _ticket(self, request: web.Request) -> bytes:
         """The request's checked ticket; raises WireError or FrameError before any body is read.
@@ -218,15 +217,13 @@ class Client:
                 self.bytes_in += len(data)
                 if response.status == 401:
                     why = data.decode(errors="replace")
-                    if self._warn_refusals and addr not in self._refused_by:  # retried for ever
-                        self._refused_by.add(addr)
-                        log.warning(
-                            "%s refuses this peer's frames (%s); if it is of this cluster,"
-                            " start this peer with the cluster's key (`metaopt peer key` on"
-                            " a member prints the command)",
-                            addr,
-                            why,
-                        )
+                    self._warn_once(
+                        addr,
+                        "%s refuses this peer's frames (%s); if it is of this cluster, start"
+                        " this peer with the cluster's key (`metaopt peer key` on a member"
+                        " prints the command)",
+                        why,
+                    )
                     raise RemoteError(f"{addr} refused us: {why}")
                 if response.status != 200:
                     raise PeerUnreachable(f"{addr} answered HTTP {response.status}")
@@ -240,13 +237,18 @@ class Client:
             raise PeerUnreachable(f"{addr} sent a bad reply: {exc}") from None
         mismatch = other_version(reply.protocol)
         if mismatch is not None:
-            if self._warn_refusals and addr not in self._refused_by:  # retried for ever
-                self._refused_by.add(addr)
-                log.warning("ignoring %s: %s", addr, mismatch)
+            self._warn_once(addr, "ignoring %s: %s", mismatch)
             raise RemoteError(f"{addr}: {mismatch}")
         if not reply.ok:
             raise RemoteError(f"{addr}: {reply.error}")
         return reply.body
+
+    def _warn_once(self, addr: str, message: str, why: str) -> None:
+        """Log message (addr, why) once per address, if this client warns: a refusing peer is
+        retried for ever."""
+        if self._warn_refusals and addr not in self._refused_by:
+            self._refused_by.add(addr)
+            log.warning(message, addr, why)
 
     async def _read_capped(self, addr: str, response: aiohttp.ClientResponse) -> bytes:
         """The reply's bytes, refused past the frame limit before they are all held in memory.

@@ -25,10 +25,10 @@ OTHER = b"o" * 16
 THIRD = b"t" * 16
 
 
-def _state(max_trials: int | None = None) -> ExperimentState:
+def _state(max_trials: int | None = None, name: str = "e") -> ExperimentState:
     rec = experiment_record(
         ExperimentSpec(
-            name="e", space={"x": "uniform(0, 1)"}, command=("t.py",), max_trials=max_trials
+            name=name, space={"x": "uniform(0, 1)"}, command=("t.py",), max_trials=max_trials
         )
     )
     spec = parse_experiment(rec)
@@ -135,21 +135,11 @@ def test_a_replica_not_caught_up_claims_no_free_trial_and_no_budgeted_new_one() 
     assert stale == []
 
 
-def _named_state(name: str, max_trials: int | None = None) -> ExperimentState:
-    spec = ExperimentSpec(
-        name=name, space={"x": "uniform(0, 1)"}, command=("t.py",), max_trials=max_trials
-    )
-    rec = experiment_record(spec)
-    parsed = parse_experiment(rec)
-    assert parsed is not None
-    return ExperimentState(rec.key, parsed)
-
-
 def test_three_experiments_on_two_peers_of_two_slots_each_all_run() -> None:
     # Seen on real peers: the slot a trial freed went back to its own experiment (0 running
     # here, tied with the starved one) by key order on every peer, and the experiment with the
     # highest key ran nothing while the two others ran two trials each.
-    low, mid, high = sorted((_named_state(n) for n in "XYZ"), key=lambda s: s.key)
+    low, mid, high = sorted((_state(name=n) for n in "XYZ"), key=lambda s: s.key)
     here: set[bytes] = set()
     seq = {ME: 0, OTHER: 0}
     trials = {}
@@ -170,8 +160,8 @@ def test_three_experiments_on_two_peers_of_two_slots_each_all_run() -> None:
 
 
 def test_an_experiment_whose_runs_keep_failing_waits_longer_each_time() -> None:
-    state = _named_state("broken")
-    other = _named_state("fine")
+    state = _state(name="broken")
+    other = _state(name="fine")
 
     def plan(now: int) -> list[bytes]:
         work = plan_work([state], ME, 1, set(), [ME], now, 1_000, lambda s: True)
