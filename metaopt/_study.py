@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import math
 import os
 import secrets
 import threading
@@ -197,9 +198,11 @@ def _checked_metric(call: str, name: str, value: object, objective: bool) -> Met
     try:
         checked = check_metric(name, value)
     except WorkerError as exc:
-        raise MetaoptError(
-            f"{call}: {exc}; tell(trial, failed=True) records a failed run"
-        ) from None
+        # Only a nan or inf usually means the run itself failed; a misspelt metric name or a
+        # fractional step is the caller's to fix, and pointing at failed=True would mislead.
+        non_finite = isinstance(value, float | np.floating) and not math.isfinite(value)
+        hint = "; tell(trial, failed=True) records a failed run" if non_finite else ""
+        raise MetaoptError(f"{call}: {exc}{hint}") from None
     if objective and isinstance(checked, str):
         raise MetaoptError(f"{call}: objective {name!r} is {value!r}, not a number")
     return checked

@@ -160,6 +160,20 @@ def test_a_value_that_cannot_be_recorded_is_refused_and_the_trial_stays_open(
 
 
 @pytest.mark.parametrize(
+    ("value", "hinted"),
+    [(math.nan, True), (np.float32("inf"), True), (True, False), ({"objective": [1.0]}, False)],
+)
+def test_only_a_non_finite_value_points_at_failed_true(value: object, hinted: bool) -> None:
+    # The hint used to follow every refusal, also a bool or a list, where recording the run
+    # as failed is not what the caller needs.
+    study = Study({"x": "uniform(0, 1)"}, algorithm="random")
+    t = study.ask()
+    with pytest.raises(MetaoptError) as info:
+        study.tell(t, value)  # type: ignore[arg-type]
+    assert ("failed=True" in str(info.value)) is hinted
+
+
+@pytest.mark.parametrize(
     ("step", "value", "expected"),
     [(1.5, 0.1, "step must be"), (-3, 0.1, "step must be"), (2**64, 0.1, "64 bits"),
      (True, 0.1, "bool"), (1, math.nan, "is nan"), (1, "x", "not a number")],
