@@ -193,8 +193,11 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    key = _peer(args).call("api.stop", args.experiment)
+    reply = _peer(args).call("api.stop", args.experiment)
+    key = reply["key"]
     print(f"experiment {args.experiment} ({key[:12]}) stopped: no peer starts new trials for it")
+    for older in (key[:12] for key in reply["older_open"]):
+        print(f"an earlier {args.experiment} ({older}) still runs; `metaopt stop {older}` stops it")
     return 0
 
 

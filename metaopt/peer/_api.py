@@ -150,7 +150,14 @@ class LocalApi:
                 f" ({len(state)}/{state.spec.max_trials} trials); nothing to stop"
             )
         self.node.stop_experiment(state)
-        return state.key.hex()
+        # A name stops its latest submission only; an earlier one of that name still open would
+        # go on running trials unnoticed (the user resubmitted and meant to replace it).
+        older = [
+            s.key.hex()
+            for s in self.node.replica.named(state.spec.name)
+            if s.key != state.key and not (s.stopped or s.finished)
+        ]
+        return {"key": state.key.hex(), "older_open": older}
 
     async def logs(self, request: Request) -> Any:
         body = request.body

@@ -57,13 +57,30 @@ class Replica:
             callback(records)
 
     def find_experiment(self, text: str) -> ExperimentState | None:
-        """By name (the latest submitted of that name wins) or by key hex prefix."""
+        """By name (the latest submitted of that name wins) or by key hex prefix.
+
+        Raises:
+            MetaoptError: text is an id prefix of more than one experiment.
+        """
         text = text.strip()
-        by_name = [s for s in self.experiments.values() if s.spec.name == text]
+        by_name = self.named(text)
         if by_name:
-            return max(by_name, key=lambda s: (self._created.get(s.key, 0), s.key))
+            return by_name[0]
+        if len(text) < 4:
+            return None
         matches = [s for k, s in self.experiments.items() if k.hex().startswith(text.lower())]
-        return matches[0] if len(matches) == 1 and len(text) >= 4 else None
+        if len(matches) > 1:
+            shown = ", ".join(f"{s.spec.name} {s.key.hex()[:12]}" for s in matches[:5])
+            raise MetaoptError(
+                f"experiment id {text!r} matches {len(matches)} experiments ({shown});"
+                " give more characters"
+            )
+        return matches[0] if matches else None
+
+    def named(self, name: str) -> list[ExperimentState]:
+        """The experiments submitted under name, the latest first."""
+        found = [s for s in self.experiments.values() if s.spec.name == name]
+        return sorted(found, key=lambda s: (self._created.get(s.key, 0), s.key), reverse=True)
 
     def find_trial(self, text: str) -> tuple[ExperimentState, bytes] | None:
         """The trial whose id starts with text (at least 4 hex digits), None if there is none.

@@ -373,7 +373,17 @@ def test_config_file_export_stop_key_and_detach(cluster: Cluster, tmp_path: Path
     out = peer.cli("submit", "--name", "stopme", str(SCRIPT), "--x~uniform(-1, 1)", "--sleep", "1")
     assert out.returncode == 0, out.stderr
     wait_for(lambda: len(experiment(peer, "stopme")["trial_list"]) >= 1, 30, peer.log)
-    assert peer.cli("stop", "stopme").returncode == 0
+    first = experiment(peer, "stopme")["id"]
+    # Resubmitted under the same name: stopping the name stops the new one and points at the
+    # first, which would otherwise go on unnoticed.
+    out = peer.cli("submit", "--name", "stopme", str(SCRIPT), "--x~uniform(-1, 1)", "--sleep", "1")
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: experiment(peer, "stopme")["id"] != first, 30, peer.log)
+    out = peer.cli("stop", "stopme")
+    assert out.returncode == 0, out.stderr
+    assert f"an earlier stopme ({first[:12]}) still runs; `metaopt stop {first[:12]}`" in out.stdout
+    assert peer.cli("stop", first[:12]).returncode == 0
+    wait_for(lambda: experiment(peer, first)["finished"], 60, peer.log)
     at_stop = len(experiment(peer, "stopme")["trial_list"])
     wait_for(lambda: experiment(peer, "stopme")["finished"], 60, peer.log)
     assert experiment(peer, "stopme")["stopped"]

@@ -9,7 +9,7 @@ import pytest
 
 from crdt import MemoryStore, Record
 from metaopt._errors import MetaoptError
-from metaopt._records import EVENT, EXPERIMENT, TRIAL, EventBody, ExperimentSpec
+from metaopt._records import CONTROL, EVENT, EXPERIMENT, TRIAL, EventBody, ExperimentSpec
 from metaopt.peer._api import LocalApi
 from metaopt.peer._replica import Replica
 from metaopt.peer._wire import Request
@@ -149,3 +149,43 @@ async def test_stop_refuses_a_finished_or_stopped_experiment() -> None:
     with pytest.raises(MetaoptError, match=r"already finished \(1/1 trials\); nothing to stop"):
         await api.stop(Request("api.stop", NODE, "", "e"))
     assert written == []
+
+
+def _experiment(name: str, seq: int, time: int, nonce: str = "") -> Record:
+    spec = ExperimentSpec(name, {"x": "uniform(0, 1)"}, command=("t.py",), nonce=nonce)
+    return Record.create(EXPERIMENT, NODE, seq, time, spec.to_body(), [])
+
+
+def test_an_id_prefix_of_two_experiments_says_so() -> None:
+    # It answered "no experiment 'abcd' on this peer yet", as if nothing matched.
+    seen: dict[str, Record] = {}
+    for i in range(5000):
+        rec = _experiment(f"e{i}", i + 1, 1000 + i)
+        prefix = rec.key.hex()[:4]
+        if prefix in seen:
+            break
+        seen[prefix] = rec
+    else:
+        raise AssertionError("no two of 5,000 keys share 4 hex digits")
+    store = MemoryStore()
+    store.add([seen[prefix], rec])
+    replica = Replica(store)
+    with pytest.raises(MetaoptError, match=rf"'{prefix}' matches 2 experiments .*more characters"):
+        replica.find_experiment(prefix)
+    assert replica.find_experiment(rec.key.hex()[:12]).key == rec.key  # type: ignore[union-attr]
+    assert replica.find_experiment("nothing-like-it") is None
+
+
+@pytest.mark.asyncio
+async def test_stopping_a_name_points_at_an_earlier_one_of_that_name_still_open() -> None:
+    # Only the latest submission of a name is stopped; the earlier one went on unnoticed.
+    older, oldest, latest = (_experiment("e", i, t, nonce=str(i)) for i, t in
+                             ((1, 2000), (2, 1000), (3, 3000)))  # fmt: skip
+    stop_oldest = Record.create(CONTROL, NODE, 9, 1500, {"action": "stop"}, [oldest.key])
+    store = MemoryStore()
+    store.add([older, oldest, latest, stop_oldest])
+    written: list[object] = []
+    node = SimpleNamespace(replica=Replica(store), stop_experiment=written.append)
+    reply = await LocalApi(node).stop(Request("api.stop", NODE, "", "e"))  # type: ignore[arg-type]
+    assert reply == {"key": latest.key.hex(), "older_open": [older.key.hex()]}
+    assert [s.key for s in written] == [latest.key]  # type: ignore[attr-defined]
