@@ -479,13 +479,18 @@ class Node:
         timing = self.config.timing
         runnable = [s for s in self.replica.experiments.values() if s.spec.command is not None]
         caught_up = self.caught_up()
+        # Another node unheard of since this one started may just not have called yet (a
+        # --join seed is known by address until it does): nobody is presumed gone before this
+        # node has listened for peer_timeout. A peer that joined took a live peer's trial
+        # frozen a minute before for lost and re-ran it from step 0, away from its checkpoint.
+        listened = self.clock() - self.started_at >= timing.peer_timeout
         for lost in (
             find_lost(
                 runnable,
                 self.node_id,
                 now_ms,
                 int(timing.lost_after * 1000),
-                self.is_alive,
+                self.is_alive if listened else lambda node: True,
                 self.runner.running_keys(),
             )
             if caught_up
