@@ -116,6 +116,7 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 _MAX_RUNGS = 256  # a fidelity prior has at most 64 rungs; this bounds a hand-made config
+_NO_BAR = "nothing to compare with"
 
 
 class Action(enum.Enum):
@@ -439,12 +440,7 @@ class FreezeThawStopper:
         if not modelled:
             return out
         if len(curves) < 2:
-            out.extend(
-                Decision(c.trial_id, Action.CONTINUE, "nothing to compare with")
-                for c in modelled
-                if c.state == "running"
-            )
-            return out
+            return out + _without_a_bar(modelled, free_slots, fresh_available)
         fm = self.model.fit(curves, optimise=self._uses % cfg.refit_every == 0)
         self._uses += 1
         self.last_fit = fm
@@ -452,12 +448,7 @@ class FreezeThawStopper:
         margin = cfg.eps * fm.value_scale
         finite_bars = [b for b in bars.values() if math.isfinite(b)]
         if not finite_bars:
-            out.extend(
-                Decision(c.trial_id, Action.CONTINUE, "nothing to compare with")
-                for c in modelled
-                if c.state == "running"
-            )
-            return out
+            return out + _without_a_bar(modelled, free_slots, fresh_available)
         budget = max(c.max_step for c in modelled)
         fresh = (
             self._fresh_rate(curves, fm, leader, min(finite_bars) - margin, budget, rng)
@@ -471,9 +462,11 @@ class FreezeThawStopper:
         for c in modelled:
             tid = c.trial_id
             target = bars[tid] - margin
-            if math.isinf(target):
+            if math.isinf(target):  # it sets the bar itself, or nothing does
                 if c.state == "running":
-                    out.append(Decision(tid, Action.CONTINUE, "nothing to compare with"))
+                    out.append(Decision(tid, Action.CONTINUE, _NO_BAR))
+                elif free_slots > 0 and not fresh_available:
+                    thaw_candidates.append((math.inf, tid))
                 continue
             i = index[tid]
             sd = math.sqrt(max(cfg.var_inflation * float(variances[i]), 1e-300))
@@ -578,6 +571,23 @@ class FreezeThawStopper:
         m, var = fm.fresh_final(X, budget)
         sd_f = np.sqrt(np.maximum(cfg.fresh_inflation * var, 1e-300))
         return float(ndtr((bar - m) / sd_f).mean()) / max(budget, 1)
+
+
+def _without_a_bar(
+    curves: Sequence[CurveView], free_slots: int, fresh_available: bool
+) -> list[Decision]:
+    """Decisions with nothing to compare with: running trials go on, and once no new trial
+    may start, frozen ones are resumed while slots are free (no evidence says they are
+    hopeless, and nothing else can use the slot). The peer kills an own frozen trial left
+    without a thaw when the budget is spent: with no decision here, the only trial of a
+    1-trial experiment, frozen by hand, was killed and the experiment ended with no result.
+    """
+    out = [Decision(c.trial_id, Action.CONTINUE, _NO_BAR) for c in curves if c.state == "running"]
+    if not fresh_available:
+        frozen = [c.trial_id for c in curves if c.state == "frozen"]
+        why = f"{_NO_BAR}, and no new trial may start"
+        out.extend(Decision(t, Action.THAW, why) for t in frozen[: max(free_slots, 0)])
+    return out
 
 
 class NoStopper:

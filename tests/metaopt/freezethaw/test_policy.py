@@ -385,6 +385,28 @@ def test_with_no_new_trial_possible_a_frozen_trial_with_a_chance_is_thawed() -> 
     assert thaws(False) == ["mid"]
 
 
+@pytest.mark.parametrize("others", [0, 1])
+def test_with_nothing_to_compare_with_a_frozen_trial_is_thawed_once_nothing_new_may_start(
+    others: int,
+) -> None:
+    # The only trial of a 1-trial experiment, frozen by hand: with no other curve (or none
+    # with enough points to set a bar, so its own bar is the absent second best) the policy
+    # said nothing about it, and the peer killed it when the budget ran out, ending the
+    # experiment with no result.
+    frozen = dataclasses.replace(_flat("only", 0.3, 9, 0.3), state="frozen")
+    curves = [frozen] + [_flat(f"young{i}", 0.9, 2, 0.8) for i in range(others)]
+
+    def actions(fresh: bool, free: int) -> list[tuple[str, Action]]:
+        out = make_stopper("freeze-thaw").decide(
+            curves, {"only"}, free, np.random.default_rng(0), fresh_available=fresh
+        )
+        return [(d.trial_id, d.action) for d in out]
+
+    assert actions(False, 1) == [("only", Action.THAW)]
+    assert actions(True, 1) == []  # a new configuration is as good a bet: it stays frozen
+    assert actions(False, 0) == []  # no slot to take it
+
+
 def test_with_no_new_trial_possible_nothing_is_frozen() -> None:
     curves = [_done(f"g{i}", 0.1 + 0.01 * i, 0.1 + 0.02 * i) for i in range(6)]
     curves.append(_flat("slow", 0.8, 10, 0.9))
