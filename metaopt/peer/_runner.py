@@ -400,9 +400,15 @@ class TrialRunner:
         # The curve model (scipy) loads on first use, not at peer start.
         from metaopt._curves import stopper_for
 
-        if state.key not in self._stoppers:
-            self._stoppers[state.key] = stopper_for(state, self.node.suggester(state).space)
-        return self._stoppers[state.key]
+        if state.key in self._stoppers:
+            return self._stoppers[state.key]
+        stopper = stopper_for(state, self.node.suggester(state).space)
+        # By default an experiment with no horizon gets freeze-thaw once a trial reports a
+        # step: "none yet" is not kept, or the first monitor pass (before any report) would
+        # have switched early stopping off on this peer for good.
+        if stopper is not None or state.spec.early_stopping is not None:
+            self._stoppers[state.key] = stopper
+        return stopper
 
     async def _decide(
         self, state: ExperimentState, own: set[str], free_slots: int

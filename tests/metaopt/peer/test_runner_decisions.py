@@ -111,6 +111,29 @@ def test_a_free_slot_kills_a_hopeless_frozen_trial_for_good() -> None:
     assert state.trial(trial).state == "killed"  # type: ignore[union-attr]
 
 
+def test_default_early_stopping_starts_once_a_trial_reports_a_step() -> None:
+    # With no max_step and no fidelity prior, freeze-thaw applies once curves exist; the first
+    # monitor pass, before any report, cached "no stopper" and early stopping never began.
+    spec = ExperimentSpec(name="e", space={"x": "uniform(0, 1)"}, command=("t.py",))
+    rec = experiment_record(spec)
+    parsed = parse_experiment(rec)
+    assert parsed is not None
+    state = ExperimentState(rec.key, parsed)
+    trial = Record.create(TRIAL, ME, 1, 0, {"params": {"x": 0.5}, "node": ME, "counter": 1},
+                          [rec.key])  # fmt: skip
+    state.apply(trial)
+    runner = TrialRunner(
+        _Node(state, Space.from_dict({"x": "uniform(0, 1)"})),  # type: ignore[arg-type]
+        SimpleNamespace(gpus="none", slots=1),  # type: ignore[arg-type]
+    )
+    assert runner._stopper(state) is None
+    for seq, kind in enumerate(("started", "progress"), 2):
+        metrics = {"objective": 0.5} if kind == "progress" else {}
+        body = EventBody(trial.key, rec.key, kind, ME, 1 if metrics else None, metrics)
+        state.apply(Record.create(EVENT, ME, seq, seq, body.to_body(), [trial.key, rec.key]))
+    assert type(runner._stopper(state)).__name__ == "FreezeThawStopper"
+
+
 def test_a_flood_of_reports_is_thinned_and_the_last_one_still_recorded() -> None:
     # Each progress record is replicated to and kept by every peer: a script reporting every
     # minibatch wrote ~3,000 records a second before.
