@@ -198,14 +198,27 @@ class LocalApi:
     async def freeze(self, request: Request) -> Any:
         """Pause a trial running on this peer; it can be thawed later (here)."""
         _state, view = self._trial(request.body)
-        if view.key not in self.node.runner.running_keys():
-            raise MetaoptError(f"trial {view.id[:12]} is not running on this peer")
-        await self.node.runner.end(view.key, "frozen", "frozen by the user")
+        runner = self.node.runner
+        if view.key not in runner.running_keys():
+            if view.state != "running":
+                what = f"trial {view.id[:12]} is {view.state}"
+                raise MetaoptError(f"{what}; only a running one freezes")
+            where = (view.runner or view.node).hex()[:8]
+            raise MetaoptError(
+                f"trial {view.id[:12]} is running on node {where}; run `metaopt freeze` there"
+            )
+        if (stopping := runner.stopping_as(view.key)) is not None:
+            raise MetaoptError(f"trial {view.id[:12]} is already stopping (as {stopping})")
+        await runner.end(view.key, "frozen", "frozen by the user")
         return view.id
 
     async def thaw(self, request: Request) -> Any:
         """Resume a trial this peer froze, from its checkpoint, in a free slot."""
         state, view = self._trial(request.body)
+        if self.node.runner.stopping_as(view.key) == "frozen":
+            raise MetaoptError(
+                f"trial {view.id[:12]} is still being frozen; thaw it once it has stopped"
+            )
         if view.state != "frozen":
             raise MetaoptError(f"trial {view.id[:12]} is {view.state}; only a frozen one thaws")
         if view.runner != self.node.node_id:

@@ -82,6 +82,10 @@ class TrialRunner:
     def running_keys(self) -> set[bytes]:
         return {r.trial for r in self.running.values()}
 
+    def stopping_as(self, trial: bytes) -> str | None:
+        """What a trial running here was asked to stop as (frozen, killed, ...), if it was."""
+        return next((r.outcome for r in self.running.values() if r.trial == trial), None)
+
     def trial_dir(self, trial: bytes) -> Path:
         return self.node.dirs.trials / trial.hex()[:16]
 

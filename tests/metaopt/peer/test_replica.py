@@ -95,7 +95,7 @@ def test_a_trial_id_prefix_must_be_long_enough_and_match_one_trial() -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_thaw_that_cannot_happen_says_why_and_what_to_do() -> None:
+async def test_a_freeze_or_thaw_that_cannot_happen_says_why_and_what_to_do() -> None:
     store = MemoryStore()
     spec = ExperimentSpec("e", {"x": "uniform(0, 1)"}, command=("t.py",))
     exp = Record.create(EXPERIMENT, NODE, 1, 1000, spec.to_body(), [])
@@ -115,20 +115,27 @@ async def test_a_thaw_that_cannot_happen_says_why_and_what_to_do() -> None:
         )
     ]  # fmt: skip
     store.add([exp, *trials, *events])
-    node = SimpleNamespace(
-        node_id=NODE, replica=Replica(store), runner=SimpleNamespace(free_slots=lambda: 0)
+    stopping: dict[bytes, str] = {}
+    runner = SimpleNamespace(
+        free_slots=lambda: 0, running_keys=lambda: {trials[2].key}, stopping_as=stopping.get
     )
+    node = SimpleNamespace(node_id=NODE, replica=Replica(store), runner=runner)
     api = LocalApi(node)  # type: ignore[arg-type]
 
-    async def refusal(trial: Record) -> str:
+    async def refusal(trial: Record, op: str = "thaw") -> str:
         with pytest.raises(MetaoptError) as info:
-            await api.thaw(Request("api.thaw", NODE, "", trial.key.hex()[:8]))
+            await getattr(api, op)(Request(f"api.{op}", NODE, "", trial.key.hex()[:8]))
         return str(info.value)
 
     assert "freeze a running trial first" in await refusal(trials[0])
     elsewhere = f"frozen on node {other.hex()[:8]}; run `metaopt thaw` there"
     assert elsewhere in await refusal(trials[1])
     assert "is running; only a frozen one thaws" in await refusal(trials[2])
+    # Each used to be "not running on this peer" (as if it ran elsewhere) or "is running".
+    assert "is frozen; only a running one freezes" in await refusal(trials[0], "freeze")
+    stopping[trials[2].key] = "frozen"
+    assert "is still being frozen; thaw it once it has stopped" in await refusal(trials[2])
+    assert "is already stopping (as frozen)" in await refusal(trials[2], "freeze")
 
 
 @pytest.mark.asyncio
