@@ -388,14 +388,14 @@ class TrialRunner:
         for run in list(self.running.values()):
             if run.trial == trial and run.process is not None and run.outcome is None:
                 run.outcome, run.reason = outcome, reason
-                run.process.request_stop()
+                run.process.request_stop(reason)
 
     async def interrupt_all(self, reason: str) -> None:
         runs = list(self.running.values())
         for run in runs:
             if run.process is not None and run.outcome is None:
                 run.outcome, run.reason = "interrupted", reason
-                run.process.request_stop()
+                run.process.request_stop(reason)
         tasks = [r.task for r in runs if r.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=3 * self.config.timing.stop_grace + 5)

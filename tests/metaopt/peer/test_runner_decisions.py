@@ -159,6 +159,22 @@ def test_a_trial_frozen_by_hand_resumes_once_the_budget_is_spent_where_nothing_t
     assert node.written == []  # neither killed nor otherwise touched
 
 
+def test_a_trial_asked_to_stop_is_told_why() -> None:
+    # The reason a crash on stopping is recorded with was always "stop requested", never
+    # "frozen by the user" or the stopper's reason.
+    state, trial = _frozen_trial(1)
+    runner = TrialRunner(
+        _Node(state, Space.from_dict({"x": "uniform(0, 1)"})),  # type: ignore[arg-type]
+        SimpleNamespace(gpus="none", slots=1),  # type: ignore[arg-type]
+    )
+    asked: list[str] = []
+    process = SimpleNamespace(request_stop=asked.append)
+    runner.running[0] = Running(runner.slots[0], state.key, trial, process=process)  # type: ignore[arg-type]
+    asyncio.run(runner.end(trial, "frozen", "frozen by the user"))
+    assert asked == ["frozen by the user"]
+    assert runner.stopping_as(trial) == "frozen"
+
+
 def test_a_flood_of_reports_is_thinned_and_the_last_one_still_recorded() -> None:
     # Each progress record is replicated to and kept by every peer: a script reporting every
     # minibatch wrote ~3,000 records a second before.
