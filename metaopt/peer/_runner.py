@@ -414,14 +414,6 @@ class TrialRunner:
             self._stoppers[state.key] = stopper
         return stopper
 
-    def _thaws_itself(self, state: ExperimentState) -> bool:
-        """Whether the experiment's stopper may freeze and thaw (freeze-thaw), rather than
-        only kill (ASHA, the median rule) or do nothing (no early stopping)."""
-        from metaopt.freezethaw import AshaStopper, MedianStopper
-
-        stopper = self._stopper(state)
-        return stopper is not None and not isinstance(stopper, AshaStopper | MedianStopper)
-
     async def _decide(
         self, state: ExperimentState, own: set[str], free_slots: int
     ) -> list[Decision]:
@@ -486,7 +478,7 @@ class TrialRunner:
                     self.node.write_event(state.key, key, "killed", reason=decision.reason)
                 elif decision.action is Action.THAW:
                     worth.add(decision.trial_id)
-            if ending and self._thaws_itself(state):
+            if ending and self._stopper(state) is not None:
                 for trial_id in sorted(frozen - worth):
                     if not self._still_frozen(state, bytes.fromhex(trial_id)):
                         continue  # thawed while the decision was being made
@@ -506,18 +498,6 @@ class TrialRunner:
                 continue
             frozen = self._own_frozen(state)
             if not frozen:
-                continue
-            if not self._thaws_itself(state):
-                # ASHA, the median rule and no early stopping never freeze, so these trials
-                # were frozen by hand. Once the budget is spent no new trial can use the slot,
-                # and left frozen they would hold the experiment open for ever (`submit
-                # --wait` never returned).
-                if state.budget_spent:
-                    for trial_id in sorted(frozen)[: self.free_slots()]:
-                        view = state.trial(bytes.fromhex(trial_id))
-                        if view is not None and view.state == "frozen":
-                            log.info("resuming trial %s: the budget is spent", trial_id[:12])
-                            await self.launch(state, view, thaw=True)
                 continue
             for decision in await self._decide(state, frozen, self.free_slots()):
                 key = bytes.fromhex(decision.trial_id)

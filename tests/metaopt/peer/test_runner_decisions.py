@@ -12,7 +12,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-import pytest
 
 from crdt import Record
 from metaopt._errors import MetaoptError
@@ -80,11 +79,9 @@ class _Node:
         state.apply(Record.create(EVENT, ME, self._seq, 5_000, body, [trial, experiment]))
 
 
-def _frozen_trial(step: int, **spec: Any) -> tuple[ExperimentState, bytes]:
+def _frozen_trial(step: int) -> tuple[ExperimentState, bytes]:
     """An experiment with one trial of this peer, started, reported at step and frozen there."""
-    spec = ExperimentSpec(
-        name="e", space={"x": "uniform(0, 1)"}, command=("t.py",), max_step=10, **spec
-    )
+    spec = ExperimentSpec(name="e", space={"x": "uniform(0, 1)"}, command=("t.py",), max_step=10)
     rec = experiment_record(spec)
     parsed = parse_experiment(rec)
     assert parsed is not None
@@ -135,28 +132,6 @@ def test_default_early_stopping_starts_once_a_trial_reports_a_step() -> None:
         body = EventBody(trial.key, rec.key, kind, ME, 1 if metrics else None, metrics)
         state.apply(Record.create(EVENT, ME, seq, seq, body.to_body(), [trial.key, rec.key]))
     assert type(runner._stopper(state)).__name__ == "FreezeThawStopper"
-
-
-@pytest.mark.parametrize("early_stopping", ["asha", "median", "none"])
-@pytest.mark.parametrize("max_trials", [1, None])
-def test_a_trial_frozen_by_hand_resumes_once_the_budget_is_spent_where_nothing_thaws(
-    early_stopping: str, max_trials: int | None
-) -> None:
-    # These stoppers never freeze or thaw: a trial frozen by hand held a spent experiment
-    # open for ever (none), or was killed at the budget's end (asha, median).
-    state, trial = _frozen_trial(4, early_stopping=early_stopping, max_trials=max_trials)
-    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
-    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
-    launched: list[tuple[bytes, bool]] = []
-
-    async def launch(state: ExperimentState, view: Any, thaw: bool = False) -> None:
-        launched.append((view.key, thaw))
-
-    runner.launch = launch  # type: ignore[method-assign]
-    asyncio.run(runner.thaw())
-    asyncio.run(runner.monitor())
-    assert launched == ([(trial, True)] if max_trials == 1 else [])
-    assert node.written == []  # neither killed nor otherwise touched
 
 
 def test_a_trial_asked_to_stop_is_told_why() -> None:
