@@ -24,7 +24,7 @@ from metaopt._records import (
     parse_experiment,
 )
 from metaopt._state import ExperimentState
-from metaopt.freezethaw import Action, CurveView, Decision
+from metaopt.freezethaw import Action, CurveView, Decision, FreezeThawStopper
 from metaopt.peer._config import Timing
 from metaopt.peer._runner import Running, TrialRunner
 from metaopt.space import Space
@@ -131,7 +131,7 @@ def test_default_early_stopping_starts_once_a_trial_reports_a_step() -> None:
         metrics = {"objective": 0.5} if kind == "progress" else {}
         body = EventBody(trial.key, rec.key, kind, ME, 1 if metrics else None, metrics)
         state.apply(Record.create(EVENT, ME, seq, seq, body.to_body(), [trial.key, rec.key]))
-    assert type(runner._stopper(state)).__name__ == "FreezeThawStopper"
+    assert isinstance(runner._stopper(state), FreezeThawStopper)
 
 
 def test_a_trial_asked_to_stop_is_told_why() -> None:
