@@ -48,6 +48,8 @@ TERMINAL_STATES = frozenset({"completed", "failed", "killed"})
 FREE_STATES = frozenset({"lost", "interrupted"})
 # Trials that hold their point: the search must not suggest it again and treats it as pending.
 ACTIVE_STATES = frozenset({"pending", "running", "frozen"})
+# The reason `metaopt freeze` records: a pause only the user ends (thaw, or stop the experiment).
+FROZEN_BY_HAND = "frozen by the user"
 _RUNNING_SIGNALS = frozenset({"started", "thawed", "progress", "heartbeat"})
 _LIFECYCLE = _RUNNING_SIGNALS | {"frozen", "lost", "interrupted"}
 _TERMINAL_RANK = {"completed": 0, "failed": 1, "killed": 1}
@@ -88,6 +90,11 @@ class TrialView:
     def value(self) -> float | None:
         """The first objective, for single-objective use."""
         return None if self.values is None else self.values[0]
+
+    @property
+    def frozen_by_hand(self) -> bool:
+        """Paused by `metaopt freeze`: no early stopper thaws or kills it."""
+        return self.state == "frozen" and self.reason == FROZEN_BY_HAND
 
     @property
     def last_step(self) -> int:

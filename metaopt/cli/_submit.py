@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from crdt import Record
 from metaopt._errors import MetaoptError, WorkerError
 from metaopt._records import BLOB, ExperimentSpec, experiment_record
+from metaopt._state import FROZEN_BY_HAND, TERMINAL_STATES
 from metaopt.cli._format import fmt_value, state_summary
 from metaopt.peer._bundle import DEFAULT_MAX_BYTES, HARD_MAX_BYTES, collect_bundle
 from metaopt.peer._local import LocalPeer, resolve_data_dir
@@ -321,6 +322,17 @@ def submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _only_paused(info: dict[str, Any]) -> int:
+    """How many trials frozen by hand are all that keep a spent experiment open (else 0)."""
+    trials = info.get("trial_list", [])
+    spent = info["max_trials"] is not None and info["trials"] >= info["max_trials"]
+    if not spent or any(t["state"] in ("pending", "running") for t in trials):
+        return 0
+    open_ = [t for t in trials if t["state"] not in TERMINAL_STATES]
+    hand = [t for t in open_ if t["state"] == "frozen" and t["reason"] == FROZEN_BY_HAND]
+    return len(hand) if len(hand) == len(open_) else 0
+
+
 def wait_for(
     peer: LocalPeer, experiment: str, interval: float = 1.0, out: TextIO | None = None
 ) -> int:
@@ -331,6 +343,7 @@ def wait_for(
     out = out or sys.stdout
     last = ""
     tty = out.isatty()
+    hinted = False
     while True:
         info = peer.call("api.experiment", experiment)
         counts = info["counts"]
@@ -345,6 +358,17 @@ def wait_for(
             last = line
         if info["finished"]:
             break
+        paused = _only_paused(info)
+        if paused and not hinted:
+            name = info["name"]
+            print(
+                ("\n" if tty else "")  # after the progress line, which had none
+                + f"{name}: the budget is spent and {paused} trial(s) frozen by hand keep it"
+                f" open; `metaopt thaw TRIAL` resumes one, `metaopt stop {name}` ends it",
+                flush=True,
+                file=out,
+            )
+            hinted = True
         time.sleep(interval)
     if tty:
         print(file=out)

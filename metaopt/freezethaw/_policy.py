@@ -579,8 +579,8 @@ def _without_a_bar(
     """Decisions with nothing to compare with: running trials go on, and once no new trial
     may start, frozen ones are resumed while slots are free (no evidence says they are
     hopeless, and nothing else can use the slot). The peer kills an own frozen trial left
-    without a thaw when the budget is spent: with no decision here, the only trial of a
-    1-trial experiment, frozen by hand, was killed and the experiment ended with no result.
+    without a thaw when the budget is spent, so no decision here killed a trial that led
+    everything (its bar, the second best, absent), or the only one, without a look.
     """
     out = [Decision(c.trial_id, Action.CONTINUE, _NO_BAR) for c in curves if c.state == "running"]
     if not fresh_available:

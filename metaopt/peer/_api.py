@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from crdt import Record, RecordError
 from metaopt._errors import MetaoptError
 from metaopt._records import BLOB, EXPERIMENT, parse_experiment
-from metaopt._state import ExperimentState, TrialView
+from metaopt._state import FROZEN_BY_HAND, ExperimentState, TrialView
 from metaopt.peer._wire import Request
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ class LocalApi:
             )
         if (stopping := runner.stopping_as(view.key)) is not None:
             raise MetaoptError(f"trial {view.id[:12]} is already stopping (as {stopping})")
-        await runner.end(view.key, "frozen", "frozen by the user")
+        await runner.end(view.key, "frozen", FROZEN_BY_HAND)
         return view.id
 
     async def thaw(self, request: Request) -> Any:

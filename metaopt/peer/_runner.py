@@ -444,8 +444,15 @@ class TrialRunner:
         return view is not None and view.state == "frozen"
 
     def _own_frozen(self, state: ExperimentState) -> set[str]:
+        """This peer's frozen trials its stopper may thaw or kill: not those frozen by hand,
+        a pause the user ends (a stopper resumed such a trial, or killed it once the budget
+        was spent)."""
         me = self.node.node_id
-        return {t.id for t in state.trials() if t.state == "frozen" and t.runner == me}
+        return {
+            t.id
+            for t in state.trials()
+            if t.state == "frozen" and t.runner == me and not t.frozen_by_hand
+        }
 
     async def monitor(self) -> None:
         """Freeze or kill this peer's running trials whose curves will not win (freeze-thaw)."""

@@ -278,3 +278,31 @@ def test_wait_exits_1_when_no_trial_completed(capsys: pytest.CaptureFixture[str]
     assert "crash: no trial completed" in capsys.readouterr().out
     info["best"] = [{"value": 0.5, "params": {"x": 1}}]
     assert wait_for(_Done(), "crash", interval=0.0) == 0  # type: ignore[arg-type]
+
+
+def test_wait_says_what_keeps_a_spent_experiment_open_when_only_hand_frozen_trials_do(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `submit --wait` ran on for ever with "1 frozen" and nothing saying what to do.
+    from metaopt.cli._submit import wait_for
+
+    paused = {"state": "frozen", "reason": "frozen by the user"}
+    polls = [
+        {"name": "p", "counts": {"completed": 1, "frozen": 1}, "thawed": 0, "best": [],
+         "max_trials": 2, "trials": 2, "finished": finished,
+         "trial_list": [{"state": "completed", "reason": None}, trial]}
+        for trial, finished in (
+            ({"state": "frozen", "reason": "3 of 9 runs better at rung 3"}, False),
+            (paused, False), (paused, False), ({"state": "killed", "reason": "x"}, True),
+        )
+    ]  # fmt: skip
+
+    class _Peer:
+        def call(self, op: str, body: object = None) -> object:
+            return polls.pop(0)
+
+    wait_for(_Peer(), "p", interval=0.0)  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    hint = "p: the budget is spent and 1 trial(s) frozen by hand keep it open; `metaopt thaw"
+    assert out.count(hint) == 1  # once, and not for the policy's own freeze
+    assert "`metaopt stop p` ends it" in out

@@ -389,10 +389,9 @@ def test_with_no_new_trial_possible_a_frozen_trial_with_a_chance_is_thawed() -> 
 def test_with_nothing_to_compare_with_a_frozen_trial_is_thawed_once_nothing_new_may_start(
     others: int,
 ) -> None:
-    # The only trial of a 1-trial experiment, frozen by hand: with no other curve (or none
-    # with enough points to set a bar, so its own bar is the absent second best) the policy
-    # said nothing about it, and the peer killed it when the budget ran out, ending the
-    # experiment with no result.
+    # With no other curve (or none with enough points to set a bar, so its own bar is the
+    # absent second best) the policy said nothing about a frozen trial, and the peer killed
+    # it when the budget ran out: a 1-trial experiment ended with no result.
     frozen = dataclasses.replace(_flat("only", 0.3, 9, 0.3), state="frozen")
     curves = [frozen] + [_flat(f"young{i}", 0.9, 2, 0.8) for i in range(others)]
 

@@ -23,7 +23,7 @@ from metaopt._records import (
     experiment_record,
     parse_experiment,
 )
-from metaopt._state import ExperimentState
+from metaopt._state import FROZEN_BY_HAND, ExperimentState
 from metaopt.freezethaw import Action, CurveView, Decision, FreezeThawStopper
 from metaopt.peer._config import Timing
 from metaopt.peer._runner import Running, TrialRunner
@@ -79,9 +79,14 @@ class _Node:
         state.apply(Record.create(EVENT, ME, self._seq, 5_000, body, [trial, experiment]))
 
 
-def _frozen_trial(step: int) -> tuple[ExperimentState, bytes]:
+def _frozen_trial(
+    step: int, reason: str | None = None, max_trials: int | None = None
+) -> tuple[ExperimentState, bytes]:
     """An experiment with one trial of this peer, started, reported at step and frozen there."""
-    spec = ExperimentSpec(name="e", space={"x": "uniform(0, 1)"}, command=("t.py",), max_step=10)
+    spec = ExperimentSpec(
+        name="e", space={"x": "uniform(0, 1)"}, command=("t.py",), max_step=10,
+        max_trials=max_trials,
+    )  # fmt: skip
     rec = experiment_record(spec)
     parsed = parse_experiment(rec)
     assert parsed is not None
@@ -91,7 +96,8 @@ def _frozen_trial(step: int) -> tuple[ExperimentState, bytes]:
     state.apply(trial)
     for seq, (kind, at) in enumerate((("started", None), ("progress", step), ("frozen", step)), 2):
         metrics = {"objective": 0.5} if kind == "progress" else {}
-        body = EventBody(trial.key, rec.key, kind, ME, at, metrics).to_body()
+        why = reason if kind == "frozen" else None
+        body = EventBody(trial.key, rec.key, kind, ME, at, metrics, reason=why).to_body()
         state.apply(Record.create(EVENT, ME, seq, 1_000 * seq, body, [trial.key, rec.key]))
     assert state.trial(trial.key).state == "frozen"  # type: ignore[union-attr]
     return state, trial.key
@@ -148,6 +154,20 @@ def test_a_trial_asked_to_stop_is_told_why() -> None:
     asyncio.run(runner.end(trial, "frozen", "frozen by the user"))
     assert asked == ["frozen by the user"]
     assert runner.stopping_as(trial) == "frozen"
+
+
+def test_a_trial_frozen_by_hand_is_left_to_the_user() -> None:
+    # A stopper judged it like its own freezes: it could thaw it (undoing the pause) or kill
+    # it, which it did once the budget was spent (asha and median even when it had a chance).
+    state, trial = _frozen_trial(1, reason=FROZEN_BY_HAND, max_trials=1)
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    stopper = _KillFrozen()
+    runner._stoppers[state.key] = stopper
+    asyncio.run(runner.thaw())
+    asyncio.run(runner.monitor())  # the budget is spent and every slot is idle
+    assert node.written == [] and state.trial(trial).frozen_by_hand  # type: ignore[union-attr]
+    assert stopper.free == []  # never asked about it
 
 
 def test_a_flood_of_reports_is_thinned_and_the_last_one_still_recorded() -> None:
