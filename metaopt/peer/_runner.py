@@ -55,6 +55,7 @@ class Running:
     extra: dict[str, Any] = field(default_factory=dict)
     last_progress: float = -math.inf  # when its last progress record was written
     held: tuple[int | None, dict[str, Any]] | None = None  # a report thinned out, kept for the end
+    resumed_after: int | None = None  # the step it was resumed after (thawed or re-run), if any
 
 
 class TrialRunner:
@@ -160,9 +161,9 @@ class TrialRunner:
         if not free:
             return
         slot = free[0]
-        run = Running(slot, state.key, view.key, last_event=self.node.clock())
-        self.running[slot.index] = run
         resume = self._resume_step(view, thaw)
+        run = Running(slot, state.key, view.key, last_event=self.node.clock(), resumed_after=resume)
+        self.running[slot.index] = run
         self.node.write_event(
             state.key,
             view.key,
@@ -334,6 +335,8 @@ class TrialRunner:
             write(run.experiment, run.trial, "progress", step=step, metrics=metrics)
             run.held = None
         status = outcome.status
+        if run.outcome is None and status == "failed" and self._done_before_resume(run, outcome):
+            status = "completed"
         if run.outcome is not None and status == "failed":
             run.outcome = None  # it crashed when asked to stop: a failure, not a freeze
         elif run.outcome is not None and self._finished_anyway(run, outcome):
@@ -365,6 +368,20 @@ class TrialRunner:
                 stderr="\n".join(outcome.stderr_tail) or None,
             )
         log.info("trial %s ended: %s", run.trial.hex()[:12], run.outcome or status)
+
+    def _done_before_resume(self, run: Running, outcome: Any) -> bool:
+        """Whether a resumed run that exited 0 reporting nothing had its objectives from an
+        earlier attempt: it had finished when it was frozen (its last report landed just as
+        the freeze did) and on resuming found nothing left to do. The completed event then
+        takes them from the curve's reports; recorded failed, its result was lost."""
+        state = self.node.replica.experiments.get(run.experiment)
+        if state is None or run.resumed_after is None or outcome.exit_code != 0:
+            return False
+        if outcome.objectives:
+            return False  # it reported some, and not all: a real failure
+        view = state.trial(run.trial)
+        reported = view.metrics if view is not None else {}
+        return all(isinstance(reported.get(n), int | float) for n in state.spec.objectives)
 
     def _finished_anyway(self, run: Running, outcome: Any) -> bool:
         """Whether a run asked to stop had reported the experiment's last step and its
