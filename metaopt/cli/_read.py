@@ -196,8 +196,9 @@ def _stop(args: argparse.Namespace) -> int:
     reply = _peer(args).call("api.stop", args.experiment)
     key = reply["key"]
     print(f"experiment {args.experiment} ({key[:12]}) stopped: no peer starts new trials for it")
-    for older in (key[:12] for key in reply["older_open"]):
-        print(f"an earlier {args.experiment} ({older}) still runs; `metaopt stop {older}` stops it")
+    for older in reply["older_open"]:
+        short = older[:12]
+        print(f"an earlier {args.experiment} ({short}) still runs; `metaopt stop {short}` stops it")
     return 0
 
 
