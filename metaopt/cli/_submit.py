@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from crdt import Record
+from crdt import MAX_RECORD_SIZE, OversizedRecord, Record
 from metaopt._errors import MetaoptError, WorkerError
 from metaopt._records import BLOB, ExperimentSpec, experiment_record
 from metaopt._state import FROZEN_BY_HAND, TERMINAL_STATES
@@ -250,7 +250,16 @@ def build_submission(
     )
     # The submit time, not 0: `status NAME` and `stop NAME` act on the latest of a name.
     now = int(time.time() * 1000)
-    experiment = experiment_record(spec, time_ms=now)
+    try:
+        experiment = experiment_record(spec, time_ms=now)
+    except OversizedRecord:
+        if bundle is None or "manifest" not in bundle:
+            raise
+        raise MetaoptError(
+            f"{bundle['root']} holds {len(bundle['manifest']['files'])} files, more than one"
+            f" experiment record ({MAX_RECORD_SIZE >> 20} MiB) can list; move data out of the"
+            " folder, or use --no-bundle on a shared file system"
+        ) from None
     # The code's blobs follow the experiment (seq 1) under its origin, derived from this
     # submission alone: each origin is one more entry in every version vector, for good.
     for seq, (digest, data) in enumerate(sorted(chunks.items()), start=2):

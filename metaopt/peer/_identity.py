@@ -52,6 +52,11 @@ class DataDir:
     def key_file(self) -> Path:
         return self.root / "cluster.key"
 
+    @staticmethod
+    def holds_peer(path: Path) -> bool:
+        """Whether ``path`` is a peer's data directory (it has a node id and a replica)."""
+        return (path / "node_id").is_file() and (path / "replica").is_dir()
+
     def ensure(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)

@@ -261,6 +261,20 @@ def test_a_folder_over_a_mebibyte_is_submitted_as_blobs_that_each_fit_a_record(
     assert sum(len(b.body["data"]) for b in blobs) == (5 << 19) + len("print(1)\n")
 
 
+def test_a_folder_of_more_files_than_a_record_can_list_is_a_one_line_error(
+    tmp_path: Path,
+) -> None:
+    # It said "a experiment record of 7517875 bytes exceeds the 1048576-byte limit; split it
+    # into smaller records", which a user cannot do.
+    (tmp_path / "train.py").write_text("print(1)\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(5000):  # ~250 bytes of manifest each
+        (data / f"{i:05d}-{'x' * 200}.txt").write_text("1")
+    message = _refused(tmp_path, "train.py", "--x~uniform(0, 1)")
+    assert "5001 files" in message and "--no-bundle" in message and "move data out" in message
+
+
 def test_wait_exits_1_when_no_trial_completed(capsys: pytest.CaptureFixture[str]) -> None:
     # `submit --wait && next-step` went on after every trial had failed.
     from metaopt.cli._submit import wait_for

@@ -20,6 +20,7 @@ from metaopt.peer._bundle import (
     manifest_paths,
     materialize_bundle,
 )
+from metaopt.peer._identity import DataDir
 
 
 def _tree(root: Path) -> dict[str, tuple[bytes, bool]]:
@@ -80,6 +81,33 @@ def test_in_a_git_work_tree_only_files_git_knows_go(tmp_path: Path) -> None:
     paths = manifest_paths(manifest)
     assert "train.py" in paths and "pkg/model.py" in paths and "run.sh" in paths
     assert "big.bin" not in paths and "outside.py" not in paths
+
+
+@pytest.mark.parametrize("git", [False, True])
+def test_a_peers_data_directory_inside_the_folder_is_left_out(tmp_path: Path, git: bool) -> None:
+    # With --data-dir inside the script's folder each submission bundled the replica and every
+    # trial's copy of the code so far, nesting deeper with each one.
+    src = tmp_path / "src"
+    _folder(src)
+    data = DataDir(src / "runs" / "peer-data")
+    data.ensure()
+    data.node_id()
+    data.replica.mkdir()
+    (data.replica / "000005.ldb").write_bytes(b"x")
+    (data.trials / "t1" / "code").mkdir(parents=True)
+    (data.trials / "t1" / "code" / "train.py").write_text("print('hi')\n")
+    (src / "runs" / "notes.txt").write_text("kept")
+    (src / "replica").mkdir()  # named like a replica, in no data directory: kept
+    (src / "replica" / "r.py").write_text("kept")
+    if git:
+        if shutil.which("git") is None:
+            pytest.skip("needs git")
+        env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+        subprocess.run(["git", "init", "-q", str(src)], check=True, env=env)
+    paths = manifest_paths(collect_bundle(src)[0])
+    assert not [p for p in paths if p.startswith("runs/peer-data/")]
+    kept = ["pkg/model.py", "replica/r.py", "run.sh", "runs/notes.txt", "train.py"]
+    assert set(kept) <= set(paths) and (git or paths == kept)
 
 
 def test_symlinks_inside_go_as_copies_and_outside_are_left_out(tmp_path: Path) -> None:
