@@ -20,10 +20,13 @@ from metaopt._state import ACTIVE_STATES, ExperimentState, TrialView
 from metaopt.search import Algorithm, Observations, make_algorithm
 from metaopt.space import Space
 
-__all__ = ["Draw", "Suggester", "params_key", "stream"]
+__all__ = ["NEAR", "Draw", "Suggester", "params_key", "stream"]
 
 _RETRIES = 8
 _PRIOR_DRAWS = 64
+# Two points closer than this in the unit cube (Euclidean) are the same trial in effect; the
+# parallel benchmark counts such pairs as near duplicates.
+NEAR = 1e-3
 
 
 def params_key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -35,9 +38,13 @@ def _words(data: bytes) -> list[int]:
     return [int.from_bytes(data[i : i + 4], "little") for i in range(0, len(data), 4)]
 
 
-def stream(seed: int, node_id: bytes, experiment: bytes, counter: int) -> np.random.Generator:
-    """The random stream of one suggestion: one per (seed, node, experiment, counter)."""
+def stream(
+    seed: int, node_id: bytes, experiment: bytes, counter: int, look: int = 0
+) -> np.random.Generator:
+    """The random stream of one suggestion: one per (seed, node, experiment, counter, look)."""
     entropy = [seed & 0xFFFFFFFF, *_words(node_id), *_words(experiment[:16]), counter]
+    if look:  # a second look at the same counter draws afresh; the first keeps its old stream
+        entropy.append(look)
     return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
@@ -111,13 +118,17 @@ class Suggester:
         """(params, counter) of a new point no known trial has."""
         return self.compute(self.prepare())
 
-    def prepare(self) -> Draw:
-        """A snapshot of the history for the next suggestion (cheap; reads the replica)."""
+    def prepare(self, look: int = 0) -> Draw:
+        """A snapshot of the history for the next suggestion (cheap; reads the replica).
+
+        ``look`` > 0 is another try at the same trial after ``crowded`` (below) said yes: the
+        history now holds the trial that crowded it, and the stream is a fresh one.
+        """
         counter = self.next_counter()
         trials = self.state.trials()
         return Draw(
             counter,
-            stream(self.seed, self.node_id, self.state.key, counter),
+            stream(self.seed, self.node_id, self.state.key, counter, look),
             frozenset(params_key(t.params) for t in trials),
             self.observations(trials),
         )
@@ -139,6 +150,27 @@ class Suggester:
             f"experiment {self.state.spec.name!r}: every point drawn is already a trial;"
             " the space is exhausted — widen it or lower --max-trials"
         )
+
+    def crowded(self, draw: Draw, params: Mapping[str, Any]) -> bool:
+        """Whether a trial that reached the replica after ``draw`` was taken lies within NEAR
+        of ``params``.
+
+        Two peers that ask at the same moment from the same history, before either hears of
+        the other's new trial, get the same optimum of the same acquisition (a real 2-peer run
+        drew x = 0.28072450930 and 0.28072450936, 40 ms apart): the peer that finds the other's
+        point next to its own asks again, with that point pending.
+        """
+        u = self.space.to_unit(dict(params))
+        for trial in self.state.trials():
+            if params_key(trial.params) in draw.known:
+                continue
+            try:
+                v = self.space.to_unit(trial.params)
+            except Exception:  # a peer's malformed params crowd nothing
+                continue
+            if float(np.linalg.norm(u - v)) < NEAR:
+                return True
+        return False
 
     def _nudge(self, u: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Move real coordinates by ~1e-9 of their range, inward, from this node's stream.

@@ -21,6 +21,9 @@ class Timing:
     heartbeat: float = 10.0  # a running trial with no report for this long gets a heartbeat
     lost_after: float = 60.0  # another node's trial unheard of for this long is lost
     schedule: float = 0.5  # look for free slots and lost trials this often
+    # A new point waits (its rank among live peers) x this before it is recorded, so that of
+    # peers asking at the same moment each hears of the ones before it (see Node.new_trial).
+    settle: float = 0.05
     stop_grace: float = 10.0  # stop file → SIGTERM → SIGKILL, each after this long
     request_timeout: float = 10.0
     monitor: float = 2.0  # early-stopping decisions this often

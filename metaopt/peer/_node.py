@@ -37,7 +37,13 @@ from metaopt.peer._orphans import kill_orphans
 from metaopt.peer._replica import Replica
 from metaopt.peer._replication import Replicator
 from metaopt.peer._runner import TrialRunner
-from metaopt.peer._scheduler import BACKOFF_AFTER, failure_streak, find_lost, plan_work
+from metaopt.peer._scheduler import (
+    BACKOFF_AFTER,
+    failure_streak,
+    find_lost,
+    plan_work,
+    settle_rank,
+)
 from metaopt.peer._transport import Client, PeerUnreachable, RemoteError, Server
 from metaopt.peer._wire import PROTOCOL_VERSION, Request
 
@@ -47,6 +53,10 @@ if TYPE_CHECKING:
 __all__ = ["PROTOCOL_VERSION", "Node"]
 
 log = logging.getLogger("metaopt.peer")
+
+# Tries at a new point that no trial arriving meanwhile lies next to (Node.new_trial); after
+# the last the point is recorded anyway: a near one, never an equal one.
+_LOOKS = 3
 
 
 def _recordable(value: Any) -> bool:
@@ -395,19 +405,36 @@ class Node:
         The suggestion (a GP fit and acquisition search: up to a few hundred milliseconds on a
         long history) runs in a worker thread on a snapshot, so replication, heartbeats and the
         API go on meanwhile. Calls are serialised by the schedule lock.
+
+        Peers asking at the same moment from the same history get the same point, so before
+        recording it a peer waits its turn (``settle_rank`` x ``Timing.settle``: none for the
+        first, and for a peer alone) and, if a trial that arrived meanwhile lies next to its
+        point, asks again with that trial pending (up to ``_LOOKS`` times).
         """
         suggester = self.suggester(state)
-        draw = suggester.prepare()
-        began = time.perf_counter()
-        params, counter = await asyncio.to_thread(suggester.compute, draw)
-        suggest_ms = round((time.perf_counter() - began) * 1000, 3)
-        if state.budget_spent or state.stopped:
-            return None  # other peers' trials or a stop arrived while this one was chosen
+        suggest_ms = 0.0
+        for look in range(_LOOKS):
+            draw = suggester.prepare(look)
+            began = time.perf_counter()
+            params, counter = await asyncio.to_thread(suggester.compute, draw)
+            suggest_ms += (time.perf_counter() - began) * 1000
+            rank = settle_rank(self.node_id, self.live_nodes(), state.key, len(state))
+            if rank:
+                await asyncio.sleep(rank * self.config.timing.settle)
+            if state.budget_spent or state.stopped:
+                return None  # other peers' trials or a stop arrived while this one was chosen
+            if not suggester.crowded(draw, params):
+                break
+            log.info(
+                "experiment %s: another peer's new trial lies next to the point chosen here;"
+                " choosing again",
+                state.spec.name,
+            )
         body = {
             "params": params,
             "node": self.node_id,
             "counter": counter,
-            "suggest_ms": suggest_ms,
+            "suggest_ms": round(suggest_ms, 3),
         }
         record = self.writer.write(TRIAL, body, [state.key])
         view = state.trial(record.key)

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 from metaopt._state import FREE_STATES, ExperimentState
 
-__all__ = ["Lost", "Work", "failure_streak", "find_lost", "plan_work", "rendezvous_rank"]
+__all__ = [
+    "Lost",
+    "Work",
+    "failure_streak",
+    "find_lost",
+    "plan_work",
+    "rendezvous_rank",
+    "settle_rank",
+]
 
 # After this many trials in a row failed (anywhere, with no completion since), new trials of
 # the experiment wait 1 s after the last failure, doubling with each further one up to a
@@ -47,6 +55,17 @@ def rendezvous_rank(me: bytes, others: Iterable[bytes], trial: bytes) -> int:
 
     mine = score(me)
     return sum(1 for node in set(others) if node != me and score(node) < mine)
+
+
+def settle_rank(me: bytes, live_nodes: Iterable[bytes], experiment: bytes, known: int) -> int:
+    """This node's turn, among the live ones, to record a new point of ``experiment`` whose
+    replica holds ``known`` trials.
+
+    Peers with the same history rank alike, so of two that ask from it at once one records
+    first and the other, waiting its turn, hears of that point before it records its own; the
+    order changes with each new trial, so no peer always waits longest.
+    """
+    return rendezvous_rank(me, live_nodes, experiment + known.to_bytes(8, "little"))
 
 
 def find_lost(

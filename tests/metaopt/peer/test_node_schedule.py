@@ -133,3 +133,39 @@ async def test_a_peer_alone_is_caught_up_soon_and_one_with_a_seed_waits_for_a_se
         assert node.caught_up()
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_point_another_peer_recorded_next_to_meanwhile_is_chosen_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two peers asking at once from one history get the same optimum; the one that hears of
+    # the other's trial before recording its own must not record a point next to it.
+    exp = _experiment("e", {"x": "uniform(0, 1)"})
+    other = b"o" * 16
+    node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1))
+    compute = Suggester.compute
+    calls: list[float] = []
+
+    def racing(self: Suggester, draw: object) -> tuple[dict[str, object], int]:
+        params, counter = compute(self, draw)  # type: ignore[arg-type]
+        calls.append(params["x"])
+        if len(calls) == 1:  # the other peer's trial, a hair away, lands during the search
+            body = {"params": {"x": params["x"] + 1e-9}, "node": other, "counter": 1}
+            now = int(time.time() * 1000)
+            node.store.add([Record.create(TRIAL, other, 1, now, body, [exp.key])])
+        return params, counter
+
+    monkeypatch.setattr(Suggester, "compute", racing)
+    try:
+        node.store.add([exp])
+        state = node.replica.experiments[exp.key]
+        view = await node.new_trial(state)
+        assert view is not None and len(calls) == 2
+        assert abs(view.params["x"] - calls[0]) > 1e-3
+        assert view.params["x"] == calls[1] and len(state) == 2
+        # Trials the search already saw crowd nothing: they were pending in its history.
+        suggester = node.suggester(state)
+        assert not suggester.crowded(suggester.prepare(), {"x": calls[0]})
+    finally:
+        await node.stop()

@@ -18,6 +18,7 @@ from metaopt.peer._scheduler import (
     find_lost,
     plan_work,
     rendezvous_rank,
+    settle_rank,
 )
 
 ME = b"m" * 16
@@ -75,6 +76,17 @@ def test_rendezvous_gives_one_claimer_rank_zero() -> None:
     trial = b"x" * 32
     ranks = sorted(rendezvous_rank(n, nodes, trial) for n in nodes)
     assert ranks == [0, 1, 2]
+
+
+def test_peers_with_one_history_take_distinct_turns_to_record_and_the_order_moves() -> None:
+    nodes = [ME, OTHER, THIRD]
+    experiment = b"e" * 32
+    for known in range(20):
+        assert sorted(settle_rank(n, nodes, experiment, known) for n in nodes) == [0, 1, 2]
+    assert settle_rank(ME, [ME], experiment, 5) == 0  # alone: no wait
+    # No peer always waits longest: over successive histories each one is last sometimes.
+    last = {next(n for n in nodes if settle_rank(n, nodes, experiment, k) == 2) for k in range(20)}
+    assert last == set(nodes)
 
 
 def test_plan_respects_budget_and_claims_free_trials_first() -> None:
