@@ -216,7 +216,9 @@ def _logs(args: argparse.Namespace) -> int:
     if info["runner"] is None:
         raise MetaoptError(f"trial {args.trial} has not started on any peer yet")
     where = info["address"] or "an unknown address"
-    print(
-        f"trial {args.trial} ran on node {info['runner'][:12]} at {where}; run `metaopt logs` there"
-    )
+    line = f"trial {args.trial} ran on node {info['runner'][:12]} at {where}"
+    line += "; run `metaopt logs` there"
+    if info.get("earlier"):
+        line += f" (this peer holds only an earlier attempt's output, cut short: {info['earlier']})"
+    print(line)
     return 0

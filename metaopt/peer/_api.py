@@ -167,15 +167,16 @@ class LocalApi:
         if found is None:
             raise MetaoptError(f"no trial {body!r} on this peer; `metaopt status EXP` lists them")
         state, key = found
+        trial = state.trial(key)
+        runner = trial.runner if trial else None
         log_path = self.node.runner.log_path(key)
-        if log_path.exists():
+        ran_here_last = runner is None or runner == self.node.node_id
+        if log_path.exists() and ran_here_last:
             with log_path.open("rb") as f:
                 f.seek(0, 2)
                 size = f.tell()
                 f.seek(max(0, size - (1 << 20)))
                 return {"here": True, "text": f.read().decode(errors="replace")}
-        trial = state.trial(key)
-        runner = trial.runner if trial else None
         if runner == self.node.node_id:
             # Ran here but wrote no log: it failed before its process started.
             why = (trial.reason if trial else None) or "no output was recorded"
@@ -184,7 +185,14 @@ class LocalApi:
         if runner is not None:
             peer = self.node.peers.get(runner)
             where = peer.addr if peer else None
-        return {"here": False, "runner": runner.hex() if runner else None, "address": where}
+        return {
+            "here": False,
+            "runner": runner.hex() if runner else None,
+            "address": where,
+            # An attempt cut short here (this peer died or restarted) before another re-ran it:
+            # its partial output is not the run that counts.
+            "earlier": str(log_path) if log_path.exists() else None,
+        }
 
     def _trial(self, body: Any) -> tuple[ExperimentState, TrialView]:
         found = self.node.replica.find_trial(body) if isinstance(body, str) else None

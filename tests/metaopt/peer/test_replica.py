@@ -70,6 +70,45 @@ async def test_logs_of_a_trial_that_failed_here_before_it_ran_say_so(tmp_path: P
     assert out["here"] is True and "regex '(' is invalid" in out["text"]
 
 
+@pytest.mark.asyncio
+async def test_logs_of_a_trial_cut_short_here_and_rerun_elsewhere_point_to_the_rerun(
+    tmp_path: Path,
+) -> None:
+    # A peer killed -9 mid-trial and restarted printed its cut-short attempt's output ("resume
+    # 0") as the trial's log, while status showed the trial completed by another node's re-run.
+    store = MemoryStore()
+    other = b"o" * 16
+    exp = Record.create(
+        EXPERIMENT, NODE, 1, 1000, ExperimentSpec("e", {"x": "uniform(0, 1)"}).to_body(), []
+    )
+    trial = Record.create(
+        TRIAL, NODE, 2, 1001, {"params": {"x": 0.5}, "node": NODE, "counter": 1}, [exp.key]
+    )
+    steps = [
+        (NODE, EventBody(trial.key, exp.key, "started", NODE)),
+        (other, EventBody(trial.key, exp.key, "lost", other, reason="no news from node")),
+        (other, EventBody(trial.key, exp.key, "started", other)),
+        (other, EventBody(trial.key, exp.key, "completed", other, metrics={"loss": 0.2})),
+    ]
+    events = [
+        Record.create(EVENT, node, 3 + i, 1002 + i, body.to_body(), [trial.key, exp.key])
+        for i, (node, body) in enumerate(steps)
+    ]
+    store.add([exp, trial, *events])
+    log = tmp_path / "output.log"
+    log.write_text("resume 0\n")
+    node = SimpleNamespace(
+        node_id=NODE,
+        replica=Replica(store),
+        runner=SimpleNamespace(log_path=lambda key: log),
+        peers=SimpleNamespace(get=lambda node_id: SimpleNamespace(addr="127.0.0.1:9")),
+    )
+    api = LocalApi(node)  # type: ignore[arg-type]
+    out = await api.logs(Request("api.logs", NODE, "", trial.key.hex()[:8]))
+    assert out["here"] is False and out["runner"] == other.hex()
+    assert out["address"] == "127.0.0.1:9" and out["earlier"] == str(log)
+
+
 def test_a_trial_id_prefix_must_be_long_enough_and_match_one_trial() -> None:
     store = MemoryStore()
     exp = Record.create(
