@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["fmt_value", "state_summary", "table", "trial_state"]
+__all__ = ["best_summary", "fmt_value", "state_summary", "table", "trial_state"]
 
 _OPTIONAL_STATES = ("frozen", "killed", "lost", "interrupted")
 
@@ -21,6 +21,15 @@ def fmt_value(value: Any) -> str:
             return f"{value:.4g}"
         return f"{value:.5g}"
     return str(value)
+
+
+def best_summary(info: Mapping[str, Any]) -> Any:
+    """An experiment's best value, or "front of N" with several objectives (no one value is
+    the best); None before any trial completed."""
+    best = info["best"]
+    if not best:
+        return None
+    return f"front of {len(best)}" if len(info["objectives"]) > 1 else best[0]["value"]
 
 
 def state_summary(counts: Mapping[str, int], thawed: int = 0) -> str:

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from metaopt._errors import MetaoptError
-from metaopt.cli._format import fmt_value, table, trial_state
+from metaopt.cli._format import best_summary, fmt_value, table, trial_state
 from metaopt.peer._local import LocalPeer, resolve_data_dir
 
 __all__ = ["add_read_commands"]
@@ -75,10 +75,6 @@ def _status(args: argparse.Namespace) -> int:
         for e in experiments:
             c = e["counts"]
             state = "stopped" if e["stopped"] else "finished" if e["finished"] else "active"
-            if len(e["objectives"]) > 1:  # a Pareto front: no one value is the best
-                best = f"front of {len(e['best'])}" if e["best"] else None
-            else:
-                best = e["best"][0]["value"] if e["best"] else None
             rows.append(
                 [
                     e["name"],
@@ -90,7 +86,7 @@ def _status(args: argparse.Namespace) -> int:
                     c.get("frozen", 0),
                     c.get("killed", 0),
                     c.get("failed", 0),
-                    best,
+                    best_summary(e),
                 ]
             )
         headers = ["name", "id", "state", "trials", "done", "running", "frozen", "killed"]

@@ -23,7 +23,7 @@ from crdt import MAX_RECORD_SIZE, OversizedRecord, Record
 from metaopt._errors import MetaoptError, WorkerError
 from metaopt._records import BLOB, ExperimentSpec, experiment_record
 from metaopt._state import FROZEN_BY_HAND, TERMINAL_STATES
-from metaopt.cli._format import fmt_value, state_summary
+from metaopt.cli._format import best_summary, fmt_value, state_summary
 from metaopt.peer._bundle import DEFAULT_MAX_BYTES, HARD_MAX_BYTES, collect_bundle
 from metaopt.peer._local import LocalPeer, resolve_data_dir
 from metaopt.peer._template import parse_template
@@ -49,6 +49,8 @@ _OPTIONS: dict[str, tuple[bool, str]] = {
     "--wait": (False, "wait"),
     "--json": (False, "json"),
 }
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
+_FLAGS = ("wait", "json", "no_bundle")
 _ALGORITHMS = ("auto", "gp", "evolution", "random")
 _EARLY = ("freeze-thaw", "asha", "median", "none")
 
@@ -82,11 +84,14 @@ def split_submit_args(words: list[str]) -> tuple[dict[str, Any], list[str]]:
             continue
         takes_value, dest = spec
         if not takes_value:
-            if eq and inline.lower() not in ("true", "yes", "1", "false", "no", "0"):
-                raise MetaoptError(
-                    f"{name} is a flag; give it alone (or ={inline!r} as true/false)"
-                )
-            options[dest] = not eq or inline.lower() in ("true", "yes", "1")
+            if eq and inline.lower() not in _TRUE + _FALSE:
+                if dest != "maximize":
+                    raise MetaoptError(
+                        f"{name} is a flag; give it alone (or ={inline!r} as true/false)"
+                    )
+                options[dest] = inline  # --maximize=acc: these objectives only
+            else:
+                options[dest] = not eq or inline.lower() in _TRUE
             i += 1
             continue
         if eq:
@@ -128,6 +133,17 @@ def _load_config(path: str) -> dict[str, Any]:
         raise MetaoptError(
             f"--config {path}: unknown option(s) {', '.join(unknown)}; known: "
             + ", ".join(sorted(known))
+            + "; if --config is your program's own option, put the program after `--`"
+        )
+    for flag in _FLAGS:
+        if not isinstance(options.get(flag, False), bool):
+            raise MetaoptError(f"--config {path}: {flag} must be true or false")
+    maximize = options.get("maximize")
+    if isinstance(maximize, list) and all(isinstance(o, str) for o in maximize):
+        options["maximize"] = ",".join(maximize)
+    elif maximize is not None and not isinstance(maximize, bool | str):
+        raise MetaoptError(
+            f"--config {path}: maximize must be true, false or the objectives to maximize"
         )
     command = options.get("command")
     if isinstance(command, str):
@@ -157,6 +173,9 @@ def _as_int(options: dict[str, Any], key: str, flag: str) -> int | None:
     if value is None:
         return None
     try:
+        # Not int(2.9) == 2 nor int(True) == 1: a config file's 2.9 or true is a mistake.
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
         number = int(value)
     except (TypeError, ValueError):
         raise MetaoptError(f"{flag} needs a whole number, got {value!r}") from None
@@ -204,15 +223,22 @@ def build_submission(
             check_name(name)
         except WorkerError as exc:
             raise MetaoptError(f"--objective: {exc}") from None
+    if len(set(objectives)) < len(objectives):
+        raise MetaoptError(f"--objective {','.join(objectives)} names an objective twice")
     regex = options.get("objective_regex")
     if regex is not None:
+        if len(objectives) > 1:
+            raise MetaoptError(
+                "--objective-regex reports one objective; with several, have the program "
+                "print a METAOPT {json} line or call metaopt.report"
+            )
         try:
             re.compile(str(regex))
         except re.error as exc:
             raise MetaoptError(
                 f"--objective-regex {regex!r} is not a regular expression: {exc}"
             ) from None
-    direction = "maximize" if options.get("maximize") else "minimize"
+    directions = _directions(options.get("maximize"), objectives)
     blobs: list[Record] = []
     chunks: dict[bytes, bytes] = {}
     bundle: dict[str, Any] | None
@@ -238,7 +264,7 @@ def build_submission(
         name=str(options.get("name") or Path(template_words[0]).stem),
         space=space.to_dict(),
         objectives=objectives,
-        directions=(direction,) * len(objectives),
+        directions=directions,
         algorithm=algorithm,
         max_trials=_as_int(options, "max_trials", "--max-trials"),
         command=command,
@@ -267,6 +293,22 @@ def build_submission(
     return experiment, blobs
 
 
+def _directions(maximize: Any, objectives: tuple[str, ...]) -> tuple[str, ...]:
+    """Each objective's direction: --maximize alone maximizes all, --maximize=a,b those."""
+    if maximize is None or isinstance(maximize, bool):
+        return ("maximize" if maximize else "minimize",) * len(objectives)
+    if str(maximize).lower() in _TRUE + _FALSE:
+        return _directions(str(maximize).lower() in _TRUE, objectives)
+    chosen = {o.strip() for o in str(maximize).split(",") if o.strip()}
+    strangers = sorted(chosen - set(objectives))
+    if strangers or not chosen:
+        raise MetaoptError(
+            f"--maximize={maximize} names {', '.join(strangers) or 'no objective'}, not one of"
+            f" the objectives ({', '.join(objectives)}); give it alone to maximize them all"
+        )
+    return tuple("maximize" if o in chosen else "minimize" for o in objectives)
+
+
 def _check_program(program: str, path: Path, cwd: Path) -> None:
     """Refuse a program no peer could start: missing, or a file without the execute bit."""
     if program.endswith(".py"):
@@ -285,6 +327,17 @@ def _check_program(program: str, path: Path, cwd: Path) -> None:
         raise MetaoptError(
             f"{program} is not executable; chmod +x {program}, or name its interpreter "
             f"first (e.g. bash {program})"
+        )
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError:
+        return  # unreadable here; the peer says why if it cannot start it either
+    if head[:2] != b"#!" and head != b"\x7fELF":
+        # A shell runs such a file itself; exec (how a peer starts a trial) refuses it.
+        raise MetaoptError(
+            f"{program} has no #! line, so it cannot be started on its own; add one "
+            f"(e.g. #!/bin/sh), or name its interpreter first (e.g. sh {program})"
         )
 
 
@@ -356,11 +409,10 @@ def wait_for(
     while True:
         info = peer.call("api.experiment", experiment)
         counts = info["counts"]
-        best = info["best"][0]["value"] if info["best"] else None
         total = info["max_trials"] or "∞"
         line = (
             f"{info['name']}: {state_summary(counts, info['thawed'])},"
-            f" {info['trials']}/{total} trials, best {fmt_value(best)}"
+            f" {info['trials']}/{total} trials, best {fmt_value(best_summary(info))}"
         )
         if line != last:
             print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True, file=out)
@@ -381,6 +433,12 @@ def wait_for(
         time.sleep(interval)
     if tty:
         print(file=out)
+    if info["best"] and len(info["objectives"]) > 1:
+        print(
+            f"best: a front of {len(info['best'])}; `metaopt best {info['name']}` lists it",
+            file=out,
+        )
+        return 0
     if info["best"]:
         best_trial = info["best"][0]
         params = json.dumps(best_trial["params"])

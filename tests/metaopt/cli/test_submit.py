@@ -73,8 +73,12 @@ def test_objective_names_and_regex_are_checked_at_submit(tmp_path: Path) -> None
     assert "not allowed" in _refused(tmp_path, "--objective", "val loss", *base)
     assert "at least one name" in _refused(tmp_path, "--objective", ",", *base)
     assert "not a regular expression" in _refused(tmp_path, "--objective-regex", "(", *base)
-    body = _build(tmp_path, "--objective", "loss,acc", "--objective-regex", "l=(\\S+)", *base)
-    assert body["objectives"] == ["loss", "acc"] and body["objective_regex"] == "l=(\\S+)"
+    body = _build(tmp_path, "--objective", "acc", "--objective-regex", "a=(\\S+)", *base)
+    assert body["objectives"] == ["acc"] and body["objective_regex"] == "a=(\\S+)"
+    # A regex reports one objective: with two, every trial failed for want of the second.
+    several = _refused(tmp_path, "--objective", "acc,loss", "--objective-regex", "a=(\\S+)", *base)
+    assert "reports one objective" in several and "METAOPT" in several
+    assert "twice" in _refused(tmp_path, "--objective", "loss,loss", *base)
 
 
 def test_config_files(tmp_path: Path) -> None:
@@ -178,7 +182,75 @@ def test_a_flag_with_a_value_is_read_as_true_or_false() -> None:
     assert split_submit_args(["--wait=yes", "t.py"])[0] == {"wait": True}
     assert split_submit_args(["--wait", "t.py"])[0] == {"wait": True}
     with pytest.raises(MetaoptError, match="is a flag"):
-        split_submit_args(["--maximize=sometimes", "t.py"])
+        split_submit_args(["--wait=sometimes", "t.py"])
+    # --maximize=NAMES maximizes those objectives only.
+    assert split_submit_args(["--maximize=acc", "t.py"])[0] == {"maximize": "acc"}
+
+
+def test_maximize_names_the_objectives_it_maximizes(tmp_path: Path) -> None:
+    # Low loss with high accuracy could not be asked for: --maximize turned both around.
+    (tmp_path / "t.py").write_text("")
+    base = ("t.py", "--x~uniform(0, 1)")
+    two = ("--objective", "loss,acc")
+    assert _build(tmp_path, *two, *base)["directions"] == ["minimize", "minimize"]
+    assert _build(tmp_path, *two, "--maximize", *base)["directions"] == ["maximize", "maximize"]
+    assert _build(tmp_path, *two, "--maximize=acc", *base)["directions"] == ["minimize", "maximize"]
+    assert _build(tmp_path, *two, "--maximize=no", *base)["directions"] == ["minimize", "minimize"]
+    message = _refused(tmp_path, *two, "--maximize=accuracy", *base)
+    assert "accuracy, not one of the objectives (loss, acc)" in message
+    config = tmp_path / "c.yaml"
+    config.write_text("objective: [loss, acc]\nmaximize: [acc]\n")
+    directions = _build(tmp_path, "--config", str(config), *base)["directions"]
+    assert directions == ["minimize", "maximize"]
+
+
+@pytest.mark.parametrize(
+    ("line", "flag", "expected"),
+    [
+        ('"maximize": "acc"', "--maximize", "not one of the objectives (loss)"),
+        ('"maximize": 1', "maximize", "must be true, false or the objectives"),
+        ('"wait": "yes"', "wait", "must be true or false"),
+        ('"max_trials": 2.9', "--max-trials", "whole number"),
+        ('"max_trials": true', "--max-trials", "whole number"),
+    ],
+)
+def test_a_config_value_of_the_wrong_kind_is_refused_not_guessed_at(
+    tmp_path: Path, line: str, flag: str, expected: str
+) -> None:
+    # JSON "maximize": "no" maximized (a non-empty string is true), and 2.9 trials became 2.
+    (tmp_path / "t.py").write_text("")
+    config = tmp_path / "c.json"
+    config.write_text("{" + line + "}")
+    message = _refused(tmp_path, "--config", str(config), "t.py", "--x~uniform(0, 1)")
+    assert flag in message and expected in message
+    config.write_text('{"maximize": "no"}')  # as --maximize=no on the command line
+    assert _build(tmp_path, "--config", str(config), "t.py", "--x~uniform(0, 1)")["directions"] == [
+        "minimize"
+    ]
+    config.write_text('{"max_trials": 3.0}')  # a whole number written as a float is one
+    assert _build(tmp_path, "--config", str(config), "t.py", "--x~uniform(0, 1)")["max_trials"] == 3
+
+
+def test_a_program_option_taken_for_a_submit_option_points_to_the_double_dash(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "t.py").write_text("")
+    (tmp_path / "model.yaml").write_text("layers: 3\n")
+    message = _refused(
+        tmp_path, "t.py", "--config", str(tmp_path / "model.yaml"), "--x~uniform(0, 1)"
+    )
+    assert "unknown option(s) layers" in message and "after `--`" in message
+
+
+def test_an_executable_without_a_shebang_is_refused_at_submit(tmp_path: Path) -> None:
+    # Every trial failed with "cannot start './run.sh': Exec format error".
+    script = tmp_path / "run.sh"
+    script.write_text("echo METAOPT '{\"loss\": 1}'\n")
+    script.chmod(0o755)
+    message = _refused(tmp_path, "--", "./run.sh", "--x~uniform(0, 1)")
+    assert "no #! line" in message and "sh ./run.sh" in message
+    script.write_text("#!/bin/sh\necho METAOPT '{\"loss\": 1}'\n")
+    assert _build(tmp_path, "--", "./run.sh", "--x~uniform(0, 1)")["command"][0] == "./run.sh"  # type: ignore[index]
 
 
 def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
@@ -281,7 +353,7 @@ def test_wait_exits_1_when_no_trial_completed(capsys: pytest.CaptureFixture[str]
 
     info: dict[str, object] = {
         "name": "crash", "counts": {"failed": 2}, "thawed": 0, "best": [], "max_trials": 2,
-        "trials": 2, "finished": True,
+        "trials": 2, "finished": True, "objectives": ["loss"],
     }  # fmt: skip
 
     class _Done:
@@ -292,6 +364,14 @@ def test_wait_exits_1_when_no_trial_completed(capsys: pytest.CaptureFixture[str]
     assert "crash: no trial completed" in capsys.readouterr().out
     info["best"] = [{"value": 0.5, "params": {"x": 1}}]
     assert wait_for(_Done(), "crash", interval=0.0) == 0  # type: ignore[arg-type]
+    assert "best 0.5 with" in capsys.readouterr().out
+    # Several objectives: a front, not one member's first value as "the best".
+    info["objectives"] = ["loss", "acc"]
+    info["best"] = [{"value": 0.5, "params": {"x": 1}}, {"value": 0.7, "params": {"x": 2}}]
+    assert wait_for(_Done(), "crash", interval=0.0) == 0  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert "best front of 2" in out and "a front of 2; `metaopt best crash` lists it" in out
+    assert "0.5" not in out
 
 
 def test_wait_says_what_keeps_a_spent_experiment_open_when_only_hand_frozen_trials_do(
