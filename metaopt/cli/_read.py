@@ -172,7 +172,8 @@ def _export(args: argparse.Namespace) -> int:
     # The objectives always have a column, whatever the trials reported: the header keeps
     # its shape for a script reading it (with no completed trial they used to vanish).
     objectives = list(info["objectives"])
-    others = sorted({k for t in trials for k in (t["metrics"] or {})} - set(objectives))
+    # A report's "step" is the step column's (the trial's last step), not a second one.
+    others = sorted({k for t in trials for k in (t["metrics"] or {})} - {*objectives, "step"})
     out = io.StringIO()
     writer = csv.writer(out)
     header = ["trial", "state", "node", "runner", *names, *objectives, *others, "step", "reason"]
@@ -190,11 +191,11 @@ def _export(args: argparse.Namespace) -> int:
 
 def _stop(args: argparse.Namespace) -> int:
     reply = _peer(args).call("api.stop", args.experiment)
-    key = reply["key"]
-    print(f"experiment {args.experiment} ({key[:12]}) stopped: no peer starts new trials for it")
+    key, name = reply["key"], reply["name"]
+    print(f"experiment {name} ({key[:12]}) stopped: no peer starts new trials for it")
     for older in reply["older_open"]:
         short = older[:12]
-        print(f"an earlier {args.experiment} ({short}) still runs; `metaopt stop {short}` stops it")
+        print(f"an earlier {name} ({short}) still runs; `metaopt stop {short}` stops it")
     return 0
 
 

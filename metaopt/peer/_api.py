@@ -157,7 +157,7 @@ class LocalApi:
             for s in self.node.replica.named(state.spec.name)
             if s.key != state.key and not (s.stopped or s.finished)
         ]
-        return {"key": state.key.hex(), "older_open": older}
+        return {"key": state.key.hex(), "name": state.spec.name, "older_open": older}
 
     async def logs(self, request: Request) -> Any:
         body = request.body

@@ -98,6 +98,33 @@ def test_export_keeps_its_columns_and_best_says_when_nothing_completed(
     assert "finished with no completed trial" in capsys.readouterr().out
 
 
+def test_export_has_one_step_column_however_the_trials_reported_their_step(
+    peer: type[_Peer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A report's "step" became a metric column of its own beside the step column.
+    running = _trial("r", "running", {"loss": 0.5, "step": 3, "acc": 0.9}, final=False)
+    peer.info = _info([running], ["loss"])
+    assert main(["export", "mo"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == ["trial", "state", "node", "runner", "x", "loss", "acc", "step", "reason"]
+    assert rows[1][5:8] == ["0.5", "0.9", "7"]
+
+
+def test_stop_names_the_experiment_it_stopped(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `metaopt stop 12b7` said "experiment 12b7 (12b744f02436) stopped".
+    class _Stopping:
+        def call(self, op: str, body: object = None) -> object:
+            return {"key": "12b7" + "0" * 60, "name": "sweep", "older_open": ["ab" * 32]}
+
+    monkeypatch.setattr("metaopt.cli._read._peer", lambda args: _Stopping())
+    assert main(["stop", "12b7"]) == 0
+    out = capsys.readouterr().out
+    assert "experiment sweep (12b700000000) stopped" in out
+    assert "an earlier sweep (abababababab) still runs" in out
+
+
 def test_status_says_why_a_trial_failed(
     peer: type[_Peer], capsys: pytest.CaptureFixture[str]
 ) -> None:

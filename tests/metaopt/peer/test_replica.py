@@ -233,5 +233,5 @@ async def test_stopping_a_name_points_at_an_earlier_one_of_that_name_still_open(
     written: list[object] = []
     node = SimpleNamespace(replica=Replica(store), stop_experiment=written.append)
     reply = await LocalApi(node).stop(Request("api.stop", NODE, "", "e"))  # type: ignore[arg-type]
-    assert reply == {"key": latest.key.hex(), "older_open": [older.key.hex()]}
+    assert reply == {"key": latest.key.hex(), "name": "e", "older_open": [older.key.hex()]}
     assert [s.key for s in written] == [latest.key]  # type: ignore[attr-defined]
