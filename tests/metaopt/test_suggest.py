@@ -1,0 +1,64 @@
+"""A node's suggester over a replicated experiment: what it counts as taken, and crowding."""
+
+from __future__ import annotations
+
+import pytest
+
+from crdt import Record
+from metaopt._records import (
+    EVENT,
+    TRIAL,
+    EventBody,
+    ExperimentSpec,
+    experiment_record,
+    parse_experiment,
+)
+from metaopt._state import ExperimentState
+from metaopt._suggest import NEAR, Suggester
+
+ME = b"m" * 16
+OTHER = b"o" * 16
+
+
+def _state() -> ExperimentState:
+    record = experiment_record(ExperimentSpec("e", {"x": "uniform(0, 1)"}, command=("t.py",)))
+    spec = parse_experiment(record)
+    assert spec is not None
+    return ExperimentState(record.key, spec)
+
+
+def _trial(state: ExperimentState, x: float, seq: int, *events: str) -> None:
+    body = {"params": {"x": x}, "node": OTHER, "counter": seq}
+    trial = Record.create(TRIAL, OTHER, 100 * seq, 1000, body, [state.key])
+    state.apply(trial)
+    for i, kind in enumerate(events, start=1):
+        event = EventBody(trial.key, state.key, kind, OTHER).to_body()
+        state.apply(
+            Record.create(EVENT, OTHER, 100 * seq + i, 1000 + i, event, [trial.key, state.key])
+        )
+
+
+@pytest.mark.parametrize(("events", "taken"), [
+    (("started",), True),
+    (("started", "lost"), True),  # run again by whoever claims it: still taken
+    (("started", "interrupted"), True),
+    (("started", "failed"), False),
+])  # fmt: skip
+def test_a_trial_that_will_run_again_holds_its_point(events: tuple[str, ...], taken: bool) -> None:
+    state = _state()
+    _trial(state, 0.25, 1, *events)
+    obs = Suggester(state, ME).prepare().obs
+    assert obs.pending.shape[0] == (1 if taken else 0)
+    assert obs.failed.shape[0] == (0 if taken else 1)
+
+
+def test_only_a_trial_that_arrived_after_the_draw_and_lies_within_near_crowds_a_point() -> None:
+    state = _state()
+    _trial(state, 0.5, 1, "started")
+    suggester = Suggester(state, ME)
+    draw = suggester.prepare()
+    assert not suggester.crowded(draw, {"x": 0.5 + NEAR / 2})  # seen: the search avoided it
+    _trial(state, 0.8, 2, "started")
+    assert not suggester.crowded(draw, {"x": 0.8 + 2 * NEAR})  # arrived, but not next to it
+    assert suggester.crowded(draw, {"x": 0.8 + NEAR / 2})
+    assert not suggester.crowded(suggester.prepare(), {"x": 0.8 + NEAR / 2})
