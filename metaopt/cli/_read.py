@@ -115,7 +115,10 @@ def _status(args: argparse.Namespace) -> int:
 
 def _why(trial: dict[str, Any]) -> str:
     """Why a trial failed, was killed or lost: the first line of its reason, cut short (the
-    whole of it is in --json, export and `metaopt logs`)."""
+    whole of it is in --json, export and `metaopt logs`); or why a running one may not be."""
+    quiet = trial.get("quiet")
+    if quiet is not None:
+        return f"node silent {quiet['seconds']} s; re-run elsewhere at {quiet['lost_after']:g} s"
     if trial["state"] in ("completed", "running", "pending") or not trial["reason"]:
         return ""
     line = str(trial["reason"]).strip().split("\n", 1)[0]

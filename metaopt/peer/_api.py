@@ -114,8 +114,18 @@ class LocalApi:
     async def experiment(self, request: Request) -> Any:
         state = self._experiment(request.body)
         out = experiment_json(state)
-        out["trial_list"] = [trial_json(state, t) for t in state.trials()]
+        trials = state.trials()
+        out["trial_list"] = [trial_json(state, t) for t in trials]
         out["blocked_here"] = self.node.blocked_here(state.key)
+        # A running trial whose node went quiet shows as running until it is taken for lost;
+        # say so meanwhile (a user saw a dead peer's trials "running" for a minute, unexplained).
+        now, lost_after = self.node.clock(), self.node.config.timing.lost_after
+        for shown, trial in zip(out["trial_list"], trials, strict=True):
+            if trial.state in ("running", "pending") and not self.node.is_alive(
+                trial.runner or trial.node
+            ):
+                quiet = max(0, round(now - trial.last_seen / 1000))
+                shown["quiet"] = {"seconds": quiet, "lost_after": lost_after}
         return out
 
     async def add(self, request: Request) -> Any:

@@ -110,6 +110,19 @@ def test_export_has_one_step_column_however_the_trials_reported_their_step(
     assert rows[1][5:8] == ["0.5", "0.9", "7"]
 
 
+def test_status_says_a_running_trials_node_is_silent(
+    peer: type[_Peer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    silent = _trial("s", "running", {"loss": 0.5}, final=False)
+    silent["quiet"] = {"seconds": 25, "lost_after": 60.0}
+    peer.info = _info([silent, _trial("r", "running", {"loss": 0.4}, final=False)], ["loss"])
+    assert main(["status", "mo"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if line.startswith("s" * 12))
+    assert row.endswith("node silent 25 s; re-run elsewhere at 60 s")
+    assert "silent" not in next(line for line in lines if line.startswith("r" * 12))
+
+
 def test_stop_names_the_experiment_it_stopped(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -109,6 +109,33 @@ async def test_logs_of_a_trial_cut_short_here_and_rerun_elsewhere_point_to_the_r
     assert out["address"] == "127.0.0.1:9" and out["earlier"] == str(log)
 
 
+@pytest.mark.asyncio
+async def test_a_running_trial_of_a_silent_node_says_how_long_it_has_been_silent() -> None:
+    store = MemoryStore()
+    other = b"o" * 16
+    exp = Record.create(
+        EXPERIMENT, NODE, 1, 1000, ExperimentSpec("e", {"x": "uniform(0, 1)"}).to_body(), []
+    )
+    records = [exp]
+    for seq, node in ((2, NODE), (4, other)):
+        body = {"params": {"x": seq / 10}, "node": node, "counter": 1}
+        trial = Record.create(TRIAL, node, seq, 1001, body, [exp.key])
+        started = EventBody(trial.key, exp.key, "started", node).to_body()
+        records += [trial, Record.create(EVENT, node, seq + 1, 2000, started, [trial.key, exp.key])]
+    store.add(records)
+    node = SimpleNamespace(
+        node_id=NODE,
+        replica=Replica(store),
+        blocked_here=lambda key: None,
+        clock=lambda: 27.4,
+        config=SimpleNamespace(timing=SimpleNamespace(lost_after=60.0)),
+        is_alive=lambda node_id: node_id == NODE,
+    )
+    out = await LocalApi(node).experiment(Request("api.experiment", NODE, "", "e"))  # type: ignore[arg-type]
+    quiet = {t["node"][:2]: t.get("quiet") for t in out["trial_list"]}
+    assert quiet == {NODE.hex()[:2]: None, other.hex()[:2]: {"seconds": 25, "lost_after": 60.0}}
+
+
 def test_a_trial_id_prefix_must_be_long_enough_and_match_one_trial() -> None:
     store = MemoryStore()
     exp = Record.create(
