@@ -406,8 +406,18 @@ def wait_for(
     last = ""
     tty = out.isatty()
     hinted = False
+    info: dict[str, Any] | None = None
     while True:
-        info = peer.call("api.experiment", experiment)
+        try:
+            info = peer.call("api.experiment", experiment)
+        except MetaoptError as exc:
+            if info is None:
+                raise
+            name = info["name"]
+            raise MetaoptError(
+                f"{exc}; {name} goes on on the other peers: `metaopt status {name}` on one of"
+                " them (or here once this peer is back) follows it"
+            ) from None
         counts = info["counts"]
         total = info["max_trials"] or "∞"
         line = (

@@ -374,6 +374,32 @@ def test_wait_exits_1_when_no_trial_completed(capsys: pytest.CaptureFixture[str]
     assert "0.5" not in out
 
 
+def test_wait_whose_peer_stops_answering_says_the_experiment_goes_on_elsewhere(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from metaopt.cli._submit import wait_for
+
+    info = {
+        "name": "sweep", "counts": {"running": 1}, "thawed": 0, "best": [], "max_trials": 4,
+        "trials": 1, "finished": False, "objectives": ["loss"],
+    }  # fmt: skip
+    calls = []
+
+    class _Dying:
+        def call(self, op: str, body: object = None) -> object:
+            calls.append(op)
+            if len(calls) > 1:
+                raise MetaoptError("the peer of /d at 127.0.0.1:9 does not answer (refused)")
+            return info
+
+    with pytest.raises(MetaoptError) as caught:
+        wait_for(_Dying(), "sweep", interval=0.0)  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert message.startswith("the peer of /d at 127.0.0.1:9 does not answer")
+    assert "sweep goes on on the other peers: `metaopt status sweep`" in message
+    assert "\n" not in message
+
+
 def test_wait_says_what_keeps_a_spent_experiment_open_when_only_hand_frozen_trials_do(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
