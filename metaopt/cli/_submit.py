@@ -261,7 +261,7 @@ def build_submission(
         program = "./" + program  # a file, not a command: exec would look "train" up on PATH
     command = (program, *template_words[1:])
     spec = ExperimentSpec(
-        name=str(options.get("name") or Path(template_words[0]).stem),
+        name=_name(options.get("name"), template_words, cwd),
         space=space.to_dict(),
         objectives=objectives,
         directions=directions,
@@ -291,6 +291,20 @@ def build_submission(
     for seq, (digest, data) in enumerate(sorted(chunks.items()), start=2):
         blobs.append(Record.create(BLOB, experiment.origin, seq, now, {"data": data}, [digest]))
     return experiment, blobs
+
+
+def _name(given: Any, words: list[str], cwd: Path) -> str:
+    """--name, else the stem of the script run: `sh s3/train.sh` and `python -u train.py` are
+    both "train", not "sh" and "python"."""
+    if given is None or given == "":
+        files = (w for w in words if "~" not in w and (cwd / w).is_file())
+        return Path(next(files, words[0])).stem or "experiment"
+    name = str(given)
+    if len(name) > 64 or name.startswith("-") or not name.isprintable():
+        raise MetaoptError(
+            f"--name {name[:70]!r}: a name is 1-64 printable characters, not starting with '-'"
+        )
+    return name
 
 
 def _directions(maximize: Any, objectives: tuple[str, ...]) -> tuple[str, ...]:

@@ -99,8 +99,10 @@ class LocalApi:
             raise MetaoptError("name an experiment (its name or id)")
         state = self.node.replica.find_experiment(body)
         if state is None:
+            short = len(body) < 4 and all(c in "0123456789abcdefABCDEF" for c in body)
+            hint = " (an id needs at least 4 characters)" if short else ""
             raise MetaoptError(
-                f"no experiment {body!r} on this peer yet; `metaopt status` lists them"
+                f"no experiment {body!r} on this peer yet{hint}; `metaopt status` lists them"
             )
         return state
 

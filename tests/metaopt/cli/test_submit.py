@@ -333,6 +333,20 @@ def test_a_folder_over_a_mebibyte_is_submitted_as_blobs_that_each_fit_a_record(
     assert sum(len(b.body["data"]) for b in blobs) == (5 << 19) + len("print(1)\n")
 
 
+def test_an_experiment_is_named_after_its_script_and_a_bad_name_is_refused(tmp_path: Path) -> None:
+    # `-- sh s3/train.sh` was named "sh", like every other shell-script sweep.
+    (tmp_path / "s3").mkdir()
+    (tmp_path / "s3" / "train.sh").write_text("echo\n")
+    (tmp_path / "train.py").write_text("")
+    prior = "--x~uniform(0, 1)"
+    assert _build(tmp_path, "--", "sh", "s3/train.sh", prior)["name"] == "train"
+    assert _build(tmp_path, "--", "python3", "-u", "train.py", prior)["name"] == "train"
+    assert _build(tmp_path, "--", "true", prior)["name"] == "true"
+    assert _build(tmp_path, "--name", "sweep-1", "train.py", prior)["name"] == "sweep-1"
+    for bad in ("x" * 65, "-x", "a\tb"):
+        assert "1-64 printable characters" in _refused(tmp_path, f"--name={bad}", "train.py", prior)
+
+
 def test_a_folder_of_more_files_than_a_record_can_list_is_a_one_line_error(
     tmp_path: Path,
 ) -> None:

@@ -262,3 +262,15 @@ async def test_stopping_a_name_points_at_an_earlier_one_of_that_name_still_open(
     reply = await LocalApi(node).stop(Request("api.stop", NODE, "", "e"))  # type: ignore[arg-type]
     assert reply == {"key": latest.key.hex(), "name": "e", "older_open": [older.key.hex()]}
     assert [s.key for s in written] == [latest.key]  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_an_id_too_short_to_look_up_says_how_long_one_must_be() -> None:
+    # `status 5b8` said only "no experiment '5b8'", where `logs 9b2` said 4 characters.
+    store = MemoryStore()
+    store.add([_experiment("e", 1, 1000)])
+    api = LocalApi(SimpleNamespace(replica=Replica(store)))  # type: ignore[arg-type]
+    for text, hinted in (("5b8", True), ("xyz", False), ("nothing-like-it", False)):
+        with pytest.raises(MetaoptError) as caught:
+            await api.experiment(Request("api.experiment", NODE, "", text))
+        assert ("at least 4 characters" in str(caught.value)) is hinted
