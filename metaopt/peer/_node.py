@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crdt import ClusterKey, FrameCodec, LevelDBStore, Record, StoreError, respond
-from metaopt._errors import MetaoptError
+from metaopt._errors import MetaoptError, SearchError
 from metaopt._records import CONTROL, EVENT, TRIAL, EventBody
 from metaopt._state import ExperimentState, TrialView
 from metaopt._writer import NodeWriter
@@ -117,6 +117,10 @@ class Node:
         # Experiments whose spec cannot be searched (a bad space from another peer or an older
         # metaopt): the spec never changes, so they are skipped, not retried on every pass.
         self._unsearchable: dict[bytes, str] = {}  # experiment key -> why
+        # Experiment key -> (its trial count, why) when every point drawn was already a trial:
+        # no new suggestion is tried until a trial arrives (a finite space stays exhausted; it
+        # was searched again, and warned of, on every scheduling pass).
+        self._exhausted: dict[bytes, tuple[int, str]] = {}
         self._failing: set[bytes] = set()  # experiments warned of as failing run after run
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -397,7 +401,20 @@ class Node:
 
     def blocked_here(self, experiment: bytes) -> str | None:
         """Why this peer starts no trial of the experiment, or None if it may."""
-        return self._unsearchable.get(experiment) or self.runner.unrunnable.get(experiment)
+        return (
+            self._unsearchable.get(experiment)
+            or self.runner.unrunnable.get(experiment)
+            or self._exhausted_now(experiment)
+        )
+
+    def _exhausted_now(self, experiment: bytes) -> str | None:
+        """Why no new point of the experiment is searched for: every point drawn was already a
+        trial, and no trial has arrived since (lost ones are still run again)."""
+        exhausted = self._exhausted.get(experiment)
+        state = self.replica.experiments.get(experiment)
+        if exhausted is None or state is None or exhausted[0] != len(state):
+            return None
+        return exhausted[1]
 
     async def new_trial(self, state: ExperimentState) -> TrialView | None:
         """Suggest and record a new trial; None if the budget ran out meanwhile.
@@ -536,11 +553,16 @@ class Node:
             int(timing.anti_entropy * 2000),
             lambda state: state.key not in self._unsearchable and self.runner.can_run(state),
             claim_free=caught_up,
+            may_suggest=lambda state: self._exhausted_now(state.key) is None,
         )
         for item in work:
             state = self.replica.experiments[item.experiment]
             try:
                 view = state.trial(item.trial) if item.trial else await self.new_trial(state)
+            except SearchError as exc:
+                self._exhausted[state.key] = (len(state), str(exc))
+                log.warning("experiment %s: %s", state.spec.name, exc)
+                continue
             except MetaoptError as exc:
                 log.warning("experiment %s: %s", state.spec.name, exc)
                 continue

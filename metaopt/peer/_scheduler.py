@@ -144,6 +144,7 @@ def plan_work(
     runnable: Callable[[ExperimentState], bool],
     *,
     claim_free: bool = True,
+    may_suggest: Callable[[ExperimentState], bool] = lambda state: True,
 ) -> list[Work]:
     """Work for up to ``free_slots`` slots: free trials this node may claim, then new points.
 
@@ -153,7 +154,8 @@ def plan_work(
     experiment), so several experiments share the cluster's slots. With
     ``claim_free`` False (a replica not yet caught up) no free trial is claimed (another peer
     may already be re-running it) and no new trial of an experiment with a budget is started
-    (its count may be stale).
+    (its count may be stale). An experiment ``may_suggest`` refuses (its space is exhausted)
+    gets free trials only.
     """
     if free_slots <= 0:
         return []
@@ -189,6 +191,7 @@ def plan_work(
                 now_ms,
                 claim_delay_ms,
                 planned_new,
+                may_suggest(state),
             )
             if work is None:
                 continue
@@ -215,6 +218,7 @@ def _next_for(
     now_ms: int,
     claim_delay_ms: int,
     planned_new: dict[bytes, int],
+    may_suggest: bool,
 ) -> Work | None:
     """The next work for one experiment; claimed None (a replica not caught up) means no free
     trial may be claimed and no new trial of a budgeted experiment started: its count of
@@ -226,7 +230,7 @@ def _next_for(
         rank = rendezvous_rank(me, live_nodes, trial.key)
         if now_ms - trial.last_seen >= rank * claim_delay_ms:
             return Work(state.key, trial.key)
-    if _backing_off(state, now_ms):
+    if not may_suggest or _backing_off(state, now_ms):
         return None
     max_trials = state.spec.max_trials
     if max_trials is not None and claimed is None:

@@ -169,3 +169,40 @@ async def test_a_point_another_peer_recorded_next_to_meanwhile_is_chosen_again(
         assert not suggester.crowded(suggester.prepare(), {"x": calls[0]})
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_an_exhausted_space_is_not_searched_again_until_a_trial_arrives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every scheduling pass (twice a second) searched a finite space whose every point was
+    # already a trial, and logged the same warning each time.
+    exp = _experiment("e", {"n": "randint(0, 2)"})
+    other = b"o" * 16
+    node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1))
+    compute = Suggester.compute
+    calls = []
+
+    def counted(self: Suggester, draw: object) -> object:
+        calls.append(1)
+        return compute(self, draw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Suggester, "compute", counted)
+
+    def trial(n: int) -> Record:
+        body = {"params": {"n": n}, "node": other, "counter": n + 1}
+        return Record.create(TRIAL, other, n + 1, int(time.time() * 1000), body, [exp.key])
+
+    try:
+        node.store.add([exp, trial(0), trial(1)])
+        for _ in range(3):
+            await node._schedule_once()
+        assert len(calls) == 1 and len(node.replica.experiments[exp.key]) == 2
+        why = node.blocked_here(exp.key)
+        assert why is not None and "already tried" in why
+        node.store.add([trial(5)])  # a trial arrived (from a peer with a wider idea of it)
+        assert node.blocked_here(exp.key) is None
+        await node._schedule_once()
+        assert len(calls) == 2
+    finally:
+        await node.stop()

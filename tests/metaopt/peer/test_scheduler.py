@@ -14,6 +14,7 @@ from metaopt._records import (
 from metaopt._state import ExperimentState
 from metaopt.peer._scheduler import (
     BACKOFF_AFTER,
+    Work,
     failure_streak,
     find_lost,
     plan_work,
@@ -87,6 +88,21 @@ def test_peers_with_one_history_take_distinct_turns_to_record_and_the_order_move
     # No peer always waits longest: over successive histories each one is last sometimes.
     last = {next(n for n in nodes if settle_rank(n, nodes, experiment, k) == 2) for k in range(20)}
     assert last == set(nodes)
+
+
+def test_an_experiment_that_may_not_suggest_still_gets_its_free_trials() -> None:
+    state = _state()
+    t = _trial(state, OTHER, 1)
+    _event(state, t, OTHER, 2, "started", 1_000)
+    _event(state, t, THIRD, 1, "lost", 2_000)
+
+    def plan(may: bool) -> list[Work]:
+        return plan_work(
+            [state], ME, 2, set(), [ME], 2_000, 1_000, lambda s: True, may_suggest=lambda s: may
+        )
+
+    assert [w.trial for w in plan(True)] == [t.key, None]
+    assert [w.trial for w in plan(False)] == [t.key]
 
 
 def test_plan_respects_budget_and_claims_free_trials_first() -> None:
