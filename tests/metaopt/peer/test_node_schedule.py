@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from crdt import Record
 from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment_record, parse_event
-from metaopt._suggest import Suggester
+from metaopt._suggest import Draw, Suggester
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._node import Node
 
@@ -135,6 +137,32 @@ async def test_a_peer_alone_is_caught_up_soon_and_one_with_a_seed_waits_for_a_se
         await node.stop()
 
 
+OTHER = b"o" * 16
+
+
+def _others_trial(exp: Record, params: dict[str, object], seq: int) -> Record:
+    body = {"params": params, "node": OTHER, "counter": seq}
+    return Record.create(TRIAL, OTHER, seq, int(time.time() * 1000), body, [exp.key])
+
+
+def _watch_compute(
+    monkeypatch: pytest.MonkeyPatch, after: Callable[[dict[str, Any]], None] = lambda p: None
+) -> list[Draw]:
+    """Suggester.compute as it is, calling ``after`` with each point it returns; the list
+    returned fills with the draws it is called on (raising or not)."""
+    compute = Suggester.compute
+    draws: list[Draw] = []
+
+    def watched(self: Suggester, draw: Draw) -> tuple[dict[str, Any], int]:
+        draws.append(draw)
+        params, counter = compute(self, draw)
+        after(params)
+        return params, counter
+
+    monkeypatch.setattr(Suggester, "compute", watched)
+    return draws
+
+
 @pytest.mark.asyncio
 async def test_a_point_another_peer_recorded_next_to_meanwhile_is_chosen_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -142,21 +170,15 @@ async def test_a_point_another_peer_recorded_next_to_meanwhile_is_chosen_again(
     # Two peers asking at once from one history get the same optimum; the one that hears of
     # the other's trial before recording its own must not record a point next to it.
     exp = _experiment("e", {"x": "uniform(0, 1)"})
-    other = b"o" * 16
     node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1))
-    compute = Suggester.compute
     calls: list[float] = []
 
-    def racing(self: Suggester, draw: object) -> tuple[dict[str, object], int]:
-        params, counter = compute(self, draw)  # type: ignore[arg-type]
+    def racing(params: dict[str, Any]) -> None:
         calls.append(params["x"])
         if len(calls) == 1:  # the other peer's trial, a hair away, lands during the search
-            body = {"params": {"x": params["x"] + 1e-9}, "node": other, "counter": 1}
-            now = int(time.time() * 1000)
-            node.store.add([Record.create(TRIAL, other, 1, now, body, [exp.key])])
-        return params, counter
+            node.store.add([_others_trial(exp, {"x": params["x"] + 1e-9}, 1)])
 
-    monkeypatch.setattr(Suggester, "compute", racing)
+    _watch_compute(monkeypatch, racing)
     try:
         node.store.add([exp])
         state = node.replica.experiments[exp.key]
@@ -178,20 +200,11 @@ async def test_an_exhausted_space_is_not_searched_again_until_a_trial_arrives(
     # Every scheduling pass (twice a second) searched a finite space whose every point was
     # already a trial, and logged the same warning each time.
     exp = _experiment("e", {"n": "randint(0, 2)"})
-    other = b"o" * 16
     node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1))
-    compute = Suggester.compute
-    calls = []
-
-    def counted(self: Suggester, draw: object) -> object:
-        calls.append(1)
-        return compute(self, draw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Suggester, "compute", counted)
+    calls = _watch_compute(monkeypatch)
 
     def trial(n: int) -> Record:
-        body = {"params": {"n": n}, "node": other, "counter": n + 1}
-        return Record.create(TRIAL, other, n + 1, int(time.time() * 1000), body, [exp.key])
+        return _others_trial(exp, {"n": n}, n + 1)
 
     try:
         node.store.add([exp, trial(0), trial(1)])
