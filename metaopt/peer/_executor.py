@@ -153,6 +153,9 @@ class TrialProcess:
         try:
             spec.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(spec.log_path, "ab")  # noqa: SIM115 - closed in the finally below
+            if self._log.tell():  # an earlier attempt's output (thawed, or re-run after a loss)
+                start = f"step {spec.step_offset}" if spec.step_offset else "the start"
+                self._log.write(f"--- metaopt: another attempt, from {start} ---\n".encode())
             if spec.stop_file is not None:
                 # A thawed trial reuses its stop file path; the old request must not stop it.
                 with contextlib.suppress(FileNotFoundError):

@@ -88,6 +88,18 @@ async def test_per_epoch_reports_then_completed(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_later_attempt_of_a_trial_is_marked_off_in_its_log(tmp_path: Path) -> None:
+    # `metaopt logs` ran both attempts of a resumed trial together with nothing between them.
+    script = _script(tmp_path, EPOCHS)
+    await _run(_spec(tmp_path, script))
+    await _run(_spec(tmp_path, script, step_offset=3))
+    log = (tmp_path / "logs" / "output.log").read_text()
+    first, second = log.split("--- metaopt: another attempt, from step 3 ---\n")
+    assert "another attempt" not in first
+    assert first.count("done") == 1 and second.count("done") == 1
+
+
+@pytest.mark.asyncio
 async def test_a_script_that_crashes_at_once_fails_with_its_stderr(tmp_path: Path) -> None:
     script = _script(tmp_path, "import sys\nprint('bad config', file=sys.stderr)\nsys.exit(3)\n")
     outcome, events = await _run(_spec(tmp_path, script))
