@@ -25,7 +25,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from crdt import ORIGIN_SIZE, LevelDBStore, MemoryStore, Record, Store, StoreLocked
-from metaopt._curves import STOPPERS, curve_views, stopper_for
+from metaopt._curves import STOPPERS, curve_views, max_step_of, stopper_for
 from metaopt._errors import MetaoptError, WorkerError
 from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment_record
 from metaopt._state import (
@@ -127,8 +127,14 @@ def _checked_spec(
             check_name(each)
         except WorkerError as exc:
             raise MetaoptError(f"objective: {exc}") from None
+    if "step" in objectives:
+        raise MetaoptError("objective 'step' is the step of a report; name the objective otherwise")
+    if minimize is not None and not isinstance(minimize, bool | np.bool_):
+        raise MetaoptError(f"minimize must be True or False, got {minimize!r}")
     if directions is None:
-        directions = ["maximize" if minimize is False else "minimize"] * len(objectives)
+        directions = ["maximize" if minimize is not None and not minimize else "minimize"] * len(
+            objectives
+        )
     elif minimize is not None:
         raise MetaoptError("give minimize= or directions=, not both (directions= is per objective)")
     directions = (directions,) if isinstance(directions, str) else tuple(directions)
@@ -189,7 +195,8 @@ def _open_store(path: Path) -> LevelDBStore:
         return LevelDBStore(path)
     except StoreLocked:
         raise MetaoptError(
-            f"{path} is open in another Study or process; close() that Study first"
+            f"{path} is held by another Study, in this process or another; close() it (or let"
+            " that process end) first, or pass another path="
         ) from None
 
 
@@ -256,8 +263,12 @@ class Study:
 
     Args:
         space: parameter name → prior, e.g. {"lr": "loguniform(1e-5, 1)"}.
-        algorithm: "auto" (default), "gp", "evolution", "random", or an Algorithm instance.
+        algorithm: "auto" (default), "gp", "evolution", "random", "sobol" (quasi-random), or
+            an Algorithm instance.
         seed: seeds this node's random streams (with the node id, experiment and counter).
+            In memory the node id follows the seed, so the same seed gives the same
+            suggestions; with path= the node id is the directory's own (drawn on first use),
+            so pass node_id= as well to reproduce a run in another directory.
         minimize: direction of every objective, True by default (or pass ``directions``).
         objective: the name of the objective, or a list of names for several objectives.
         node_id: this node's 16-byte id (or its hex); distinct for Studies exploring together.
@@ -287,6 +298,11 @@ class Study:
         max_step: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if not isinstance(algorithm, str) and not hasattr(algorithm, "suggest"):
+            raise MetaoptError(
+                f"algorithm must be 'auto', 'gp', 'evolution', 'random', 'sobol' or an"
+                f" Algorithm, got {algorithm!r}"
+            )
         algo_name = algorithm if isinstance(algorithm, str) else algorithm.name
         spec = _checked_spec(
             space,
@@ -412,6 +428,11 @@ class Study:
         key = self._key(trial)
         view = self._state.trial(key)
         shown = key.hex()[:12]
+        if not isinstance(failed, bool | np.bool_):
+            raise MetaoptError(f"tell(): failed must be True or False, got {failed!r}")
+        if reason is not None and not failed:
+            raise MetaoptError("tell(): reason= goes with failed=True (why the run failed)")
+        self._check_own("tell()", key)
         if view is not None and view.state == "frozen":
             raise MetaoptError(
                 f"trial {shown} was frozen by should_stop(); do not tell() it: ask() hands it"
@@ -458,6 +479,12 @@ class Study:
         """
         key = self._key(trial)
         view = self._state.trial(key)
+        self._check_own("report()", key)
+        if view is not None and view.state in FREE_STATES:
+            raise MetaoptError(
+                f"trial {key.hex()[:12]} is {view.state} (its Study was closed before it was"
+                " told); ask() hands it back to run again"
+            )
         if view is not None and (view.state in TERMINAL_STATES or view.state == "frozen"):
             raise MetaoptError(
                 f"trial {key.hex()[:12]} is {view.state}; report() is for a trial still running"
@@ -480,6 +507,10 @@ class Study:
         key = self._key(trial)
         if key.hex() not in self._own():
             return False
+        view = self._state.trial(key)
+        final = max_step_of(self._state, self._suggester.space, [])
+        if view is not None and final is not None and view.last_step >= final:
+            return False  # it has run its course: tell() its result (a kill here lost it)
         decision = self._decide({key.hex()}, free_slots=0).get(key.hex())
         if decision is None or decision.action not in (Action.FREEZE, Action.KILL):
             return False
@@ -488,6 +519,17 @@ class Study:
         step = view.last_step if view is not None and view.curve else None
         self._event(key, kind, step=step, reason=decision.reason)
         return True
+
+    def _check_own(self, call: str, key: bytes) -> None:
+        """Refuse to record for a trial another node runs: its result is that node's to
+        tell, and two results for one trial leave one of them silently replaced."""
+        view = self._state.trial(key)
+        runner = None if view is None else (view.runner or view.node)
+        if runner is not None and runner != self.node_id:
+            raise MetaoptError(
+                f"{call}: trial {key.hex()[:12]} is node {runner.hex()[:8]}'s (seen through"
+                " sync); only the Study that asked for it records its results"
+            )
 
     def _own(self) -> set[str]:
         return {

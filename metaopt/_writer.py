@@ -22,9 +22,19 @@ class NodeWriter:
         self.store = store
         self.node_id = node_id
         self._clock = clock
+        high = store.version_vector().high(node_id)
+        last = next(iter(store.by_origin(node_id, high, high)), None) if high else None
+        self._last_ms = last.time if last is not None else 0
 
     def now_ms(self) -> int:
-        return int(self._clock() * 1000)
+        """The clock in ms, never before this node's previous record.
+
+        A node's events are ordered by time first: a clock stepped back (NTP, a data directory
+        moved to another machine) wrote a freeze before the start it followed, and the trial
+        read "running" for good.
+        """
+        self._last_ms = max(self._last_ms, int(self._clock() * 1000))
+        return self._last_ms
 
     def write(self, kind: str, body: Any, links: Iterable[bytes] = ()) -> Record:
         """Create one record and return it once it is durable."""

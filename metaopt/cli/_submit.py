@@ -225,6 +225,10 @@ def build_submission(
             raise MetaoptError(f"--objective: {exc}") from None
     if len(set(objectives)) < len(objectives):
         raise MetaoptError(f"--objective {','.join(objectives)} names an objective twice")
+    if "step" in objectives:
+        raise MetaoptError(
+            "--objective step: 'step' is a report's step; name the objective otherwise"
+        )
     regex = options.get("objective_regex")
     if regex is not None:
         if len(objectives) > 1:

@@ -127,6 +127,10 @@ def test_failures_and_missing_objectives() -> None:
         study.tell(t, None)  # a train() that forgot its return is not a failed run
     with pytest.raises(MetaoptError, match="not both"):
         study.tell(t, {"loss": 1.0, "latency": 2.0}, failed=True)
+    with pytest.raises(MetaoptError, match="failed must be True or False"):
+        study.tell(t, failed="no")  # recorded a failure: any non-empty string is true
+    with pytest.raises(MetaoptError, match="reason= goes with failed=True"):
+        study.tell(t, {"loss": 1.0, "latency": 2.0}, reason="x")  # the reason was dropped
     failure = study.tell(t, failed=True, reason=MemoryError("out of memory"))
     assert (failure.state, failure.reason) == ("failed", "out of memory")
     t2 = study.ask()
@@ -228,6 +232,10 @@ def test_ask_stops_at_the_budget() -> None:
         ({"node_id": "zz"}, "node_id must be"),
         ({"early_stopping": "sometimes"}, "early_stopping="),
         ({"algorithm": "gpp"}, "unknown algorithm 'gpp'"),
+        ({"algorithm": None}, "algorithm must be"),  # was an AttributeError
+        ({"minimize": 0}, "minimize must be True or False"),  # 0 minimized, as "false" did
+        ({"minimize": "false"}, "minimize must be True or False"),
+        ({"objective": "step"}, "objective 'step' is the step of a report"),
     ],
 )
 def test_bad_study_arguments_are_one_line_errors_and_leave_nothing_behind(
@@ -575,3 +583,81 @@ def test_tell_limits_and_directions_as_a_string() -> None:
         study.tell(trial, {"objective": 1.0, **{f"m{i}": 0.0 for i in range(64)}})
     long = study.tell(trial, failed=True, reason="x" * 100_000)
     assert long.reason is not None and len(long.reason) == 4096
+
+
+def _run_curves(study: Study, n: int) -> None:
+    """n trials reporting 1/step for steps 1-9, each told 1/9."""
+    for _ in range(n):
+        t = study.ask()
+        for step in range(1, 10):
+            study.report(t, step, 1.0 / step)
+        study.tell(t, 1 / 9)
+
+
+@pytest.mark.parametrize("stopper", ["freeze-thaw", "asha", "median"])
+def test_a_trial_that_reached_its_last_step_is_not_stopped_but_told(stopper: str) -> None:
+    # Reported every step up to max_step, then should_stop(): the median rule killed it there
+    # and tell() refused its result, lost for good.
+    study = Study({"x": "uniform(0, 1)"}, early_stopping=stopper, max_step=9, seed=0)
+    _run_curves(study, 6)
+    late = study.ask()
+    for step in range(1, 10):
+        study.report(late, step, 5.0)
+    assert study.should_stop(late) is False
+    assert study.tell(late, 5.0).state == "completed"
+
+
+def test_a_clock_stepped_back_keeps_a_nodes_events_in_the_order_it_wrote_them() -> None:
+    # A freeze written with a clock 60 s behind the report it followed sorted first: the
+    # trial read "running" for good, though should_stop() had said to stop it.
+    offset = [0.0]
+    study = Study(
+        {"x": "uniform(0, 1)"},
+        early_stopping="freeze-thaw",
+        max_step=9,
+        seed=0,
+        clock=lambda: 1_000_000.0 + offset[0],
+    )
+    _run_curves(study, 5)
+    t = study.ask()
+    study.report(t, 1, 50.0)
+    offset[0] = -60.0
+    assert study.should_stop(t) is True
+    assert next(v for v in study.trials if v.key == t.key).state == "frozen"
+    with pytest.raises(MetaoptError, match="is frozen"):
+        study.report(t, 2, 40.0)
+
+
+def test_a_reopened_study_writes_after_its_last_record_whatever_the_clock_says(
+    tmp_path: Path,
+) -> None:
+    # Reopened with a clock behind the records it holds (moved to another machine): the
+    # orphan it hands back must read interrupted, not stay "running" behind its own start.
+    space = {"x": "uniform(0, 1)"}
+    with Study(space, path=tmp_path / "s", clock=lambda: 2_000_000.0) as study:
+        t = study.ask()
+        study.report(t, 1, 0.5)
+    with Study(space, path=tmp_path / "s", clock=lambda: 1_000_000.0) as study:
+        assert next(v for v in study.trials if v.key == t.key).state == "interrupted"
+        # The old handle's report turned the interrupted trial back into "running".
+        with pytest.raises(MetaoptError, match=r"interrupted .* ask\(\) hands it back"):
+            study.report(t, 2, 0.4)
+        again = study.ask()
+        assert again.key == t.key and again.resume_step == 1
+        study.report(again, 2, 0.4)
+        assert study.tell(again, 0.3).state == "completed"
+
+
+def test_only_the_study_that_asked_for_a_trial_records_its_results() -> None:
+    # b told a's trial (seen through sync), then a told it too: after the next sync the trial
+    # read b's value on both, a's own result silently replaced.
+    a = Study({"x": "uniform(0, 1)"}, node_id=A, algorithm="random")
+    b = Study({"x": "uniform(0, 1)"}, node_id=B, algorithm="random")
+    t = a.ask()
+    a.sync(b)
+    for call in (lambda: b.tell(t, 0.1), lambda: b.report(t, 1, 0.1)):
+        with pytest.raises(MetaoptError, match="only the Study that asked for it"):
+            call()
+    a.tell(t, 0.2)
+    a.sync(b)
+    assert [v.value for v in b.trials] == [0.2]

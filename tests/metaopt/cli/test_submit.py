@@ -79,6 +79,7 @@ def test_objective_names_and_regex_are_checked_at_submit(tmp_path: Path) -> None
     several = _refused(tmp_path, "--objective", "acc,loss", "--objective-regex", "a=(\\S+)", *base)
     assert "reports one objective" in several and "METAOPT" in several
     assert "twice" in _refused(tmp_path, "--objective", "loss,loss", *base)
+    assert "a report's step" in _refused(tmp_path, "--objective", "step", *base)
 
 
 def test_config_files(tmp_path: Path) -> None:
