@@ -104,13 +104,18 @@ def _status(args: argparse.Namespace) -> int:
     rows = [
         [t["id"][:12], trial_state(t["state"], t["thaws"])]
         + [_shown_value(t, o) for o in objectives]
-        + [t["last_step"] or "", (t["runner"] or t["node"])[:8]]
+        + [_step(t), (t["runner"] or t["node"])[:8]]
         + [t["params"].get(n) for n in names]
         + [_why(t)]
         for t in info["trial_list"]
     ]
     print(table(["trial", "state", *objectives, "step", "node", *names, "why"], rows))
     return 0
+
+
+def _step(trial: dict[str, Any]) -> Any:
+    """The last step a trial reported; blank if it reported none (a step 0 report shows 0)."""
+    return trial["last_step"] if trial["last_step"] or trial.get("steps") else ""
 
 
 def _why(trial: dict[str, Any]) -> str:
@@ -186,7 +191,7 @@ def _export(args: argparse.Namespace) -> int:
             [t["id"], t["state"], t["node"], t["runner"] or ""]
             + [t["params"].get(n) for n in names]
             + [t["metrics"].get(m) for m in (*objectives, *others)]
-            + [t["last_step"] or "", t["reason"] or ""]
+            + [_step(t), t["reason"] or ""]
         )
     sys.stdout.write(out.getvalue())
     return 0

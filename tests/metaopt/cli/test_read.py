@@ -123,6 +123,19 @@ def test_status_says_a_running_trials_node_is_silent(
     assert "silent" not in next(line for line in lines if line.startswith("r" * 12))
 
 
+def test_a_step_0_report_shows_as_step_0_and_no_report_as_blank(
+    peer: type[_Peer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    at_zero = _trial("z", "running", {"loss": 0.5}, final=False)
+    at_zero.update(last_step=0, steps=1)
+    silent = _trial("n", "running", {}, final=False)
+    silent.update(last_step=0, steps=0)
+    peer.info = _info([at_zero, silent], ["loss"])
+    assert main(["export", "mo"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert [row[rows[0].index("step")] for row in rows[1:]] == ["0", ""]
+
+
 def test_stop_names_the_experiment_it_stopped(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
