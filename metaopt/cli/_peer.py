@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import ipaddress
 import json
@@ -41,17 +40,19 @@ def add_peer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     # must be one line for `peer start`, not a traceback for every command.
     start.add_argument("--port", default=_env("PORT", "7787"))
     start.add_argument("--data-dir", default=None, help="replica and node id (METAOPT_DATA_DIR)")
+    # --join, --key and --key-file read the environment in _config, so that one given on the
+    # command line replaces the environment's rather than mixing with it.
     start.add_argument(
         "--join",
         action="append",
-        default=[j for j in (_env("JOIN") or "").split(",") if j],
+        default=None,
         metavar="HOST:PORT",
-        help="a peer to contact (repeatable); one is enough",
+        help="a peer to contact (repeatable); one is enough (METAOPT_JOIN, comma-separated)",
     )
     start.add_argument("--gpus", default=_env("GPUS", "auto"), help="auto, none, or 0,1,...")
     start.add_argument("--slots", default=_env("SLOTS", "1"))
-    start.add_argument("--key", default=_env("KEY"), help="the cluster key")
-    start.add_argument("--key-file", default=_env("KEY_FILE"), help="a file holding the key")
+    start.add_argument("--key", default=None, help="the cluster key (METAOPT_KEY)")
+    start.add_argument("--key-file", default=None, help="a file holding the key (METAOPT_KEY_FILE)")
     start.add_argument("--name", default=_env("NAME", ""), help="a name shown to other peers")
     start.add_argument("--no-mdns", action="store_true", help="do not use mDNS discovery")
     start.add_argument("--detach", action="store_true", help="run in the background")
@@ -103,15 +104,22 @@ def _whole(what: str, text: object, low: int, high: int) -> int:
 
 
 def _config(args: argparse.Namespace) -> PeerConfig:
-    key_text = args.key
-    if args.key_file:
+    # The command line first, then the environment: METAOPT_KEY_FILE left in a shell must not
+    # override a --key typed now (the peer joined the other cluster).
+    key_text, key_file = args.key, args.key_file
+    if key_text is not None and key_file is not None:
+        raise MetaoptError("give --key or --key-file, not both")
+    if key_text is None and key_file is None:
+        key_text, key_file = _env("KEY"), _env("KEY_FILE")
+    if key_text is None and key_file:
         try:
-            key_text = Path(args.key_file).read_text().strip()
+            key_text = Path(key_file).read_text().strip()
         except OSError as exc:
-            raise MetaoptError(f"cannot read --key-file {args.key_file}: {exc.strerror}") from None
+            raise MetaoptError(f"cannot read --key-file {key_file}: {exc.strerror}") from None
+    join = args.join if args.join is not None else [j for j in (_env("JOIN") or "").split(",") if j]
     port = _whole("--port (or METAOPT_PORT)", args.port, 0, 65535)
     slots = _whole("--slots (or METAOPT_SLOTS)", args.slots, 1, 1024)
-    for seed in args.join:
+    for seed in join:
         if not valid_addr(seed, 262):
             raise MetaoptError(
                 f"--join {seed!r}: expected HOST:PORT of another peer, e.g. 192.168.1.20:7787"
@@ -120,7 +128,7 @@ def _config(args: argparse.Namespace) -> PeerConfig:
         host=args.host,
         port=port,
         data_dir=resolve_data_dir(args.data_dir),
-        join=tuple(args.join),
+        join=tuple(join),
         gpus=args.gpus,
         slots=slots,
         key_text=key_text,
@@ -147,7 +155,7 @@ async def _run(config: PeerConfig) -> int:
 
     node = Node(config)
     await node.start()
-    if node.generated_key:
+    if node.new_cluster:
         print(
             "This is a new cluster. To add another machine, run there:\n"
             f"  {join_command(node.key.to_text(), node.addr)}\n"
@@ -189,10 +197,21 @@ def _detach(config: PeerConfig, log_level: str, timing: str) -> int:
             f"a peer is already running on {dirs.root} (pid {running});"
             " use it, or run `metaopt peer stop` first"
         )
-    with contextlib.suppress(FileNotFoundError):
+    try:
         dirs.address_file.unlink()  # left by a peer that died; its reappearance means "up"
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise MetaoptError(f"cannot write in {dirs.root}: {exc.strerror}") from None
     log_path = dirs.root / "peer.log"
-    with log_path.open("ab") as log:
+    # Owner-only, as cluster.key: a new cluster's first start writes its join command, key
+    # and all, here.
+    try:
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise MetaoptError(f"cannot write {log_path}: {exc.strerror}") from None
+    os.chmod(log_path, 0o600)
+    with os.fdopen(fd, "ab") as log:
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,

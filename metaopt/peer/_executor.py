@@ -62,6 +62,10 @@ class ExecutorConfig:
     max_log_bytes: int = 64 << 20
 
 
+# Environment variables of the peer that its trials never inherit.
+_PEER_SECRETS = frozenset({"METAOPT_KEY", "METAOPT_KEY_FILE"})
+
+
 @dataclass(frozen=True)
 class TrialSpec:
     """What to run and where."""
@@ -171,7 +175,10 @@ class TrialProcess:
     async def _run(self, parser: OutputParser) -> TrialOutcome:
         spec = self.spec
         cfg = spec.config
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
+        # The peer's cluster key is not the trial's business: tools that capture the
+        # environment (trackers, crash reporters) would carry it off.
+        inherited = {k: v for k, v in os.environ.items() if k not in _PEER_SECRETS}
+        env = {**inherited, "PYTHONUNBUFFERED": "1", **spec.env}
         try:
             proc = await asyncio.create_subprocess_exec(
                 *spec.argv,

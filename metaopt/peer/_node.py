@@ -79,7 +79,6 @@ class Node:
         self.dirs = DataDir(config.data_dir)
         self.dirs.ensure()
         self.node_id = self.dirs.node_id()
-        self.generated_key = False
         try:
             self.store = LevelDBStore(self.dirs.replica)
         except StoreError as exc:
@@ -139,17 +138,42 @@ class Node:
         )
 
     def _load_key(self) -> ClusterKey:
-        text = self.config.key_text or self.dirs.read_key()
-        if text is None:
+        """The cluster key: the one given, else the data directory's, else a new cluster's.
+
+        Sets ``new_cluster`` when nothing says this peer joins an existing cluster (no key
+        given, no seed, an empty replica), so the CLI prints the join command, also on the
+        first start that succeeds after a failed one had already written the key.
+        """
+        given, stored = self.config.key_text, self.dirs.read_key()
+        self.new_cluster = given is None and not self.config.join and len(self.store) == 0
+        if given is None and stored is None:
+            if self.config.join:
+                # A new key would be refused by every seed: the peer would sit alone, saying
+                # only "this is a new cluster".
+                raise MetaoptError(
+                    "--join needs the cluster's key: pass --key or --key-file (`metaopt peer"
+                    " key` on a peer of that cluster prints them)"
+                )
             key = ClusterKey.generate(os.urandom(32))
             self.dirs.write_key(key.to_text())
-            self.generated_key = True
             return key
         try:
-            key = ClusterKey.from_text(text)
+            key = ClusterKey.from_text(given or stored or "")
         except Exception as exc:
             raise MetaoptError(f"the cluster key is not valid: {exc}") from None
-        if self.dirs.read_key() != key.to_text():
+        if stored is not None and stored != key.to_text() and len(self.store):
+            # Its replica would flow into the other cluster (code, history and all, and its
+            # open experiments would run there).
+            try:
+                mine = ClusterKey.from_text(stored).fingerprint
+            except Exception:
+                mine = "unreadable"
+            raise MetaoptError(
+                f"{self.dirs.root} holds the replica of another cluster (key {mine}, not"
+                f" {key.fingerprint}); start it with that cluster's key, or use a fresh"
+                " --data-dir for this one"
+            )
+        if stored != key.to_text():
             self.dirs.write_key(key.to_text())
         return key
 

@@ -116,6 +116,7 @@ def test_config_files(tmp_path: Path) -> None:
         (["peer", "start", "--join", "garbage"], {}, "expected HOST:PORT"),
         (["peer", "start", "--join", "http://h:1"], {}, "expected HOST:PORT"),
         (["status"], {"METAOPT_PORT": "abc", "METAOPT_SLOTS": "?"}, "no peer"),
+        (["peer", "start", "--key", "k", "--key-file", "f"], {}, "--key or --key-file, not both"),
     ],
 )
 def test_peer_options_are_one_line_errors(
@@ -132,6 +133,35 @@ def test_peer_options_are_one_line_errors(
     assert main([*argv, "--data-dir", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1, err
+
+
+def test_a_key_or_seed_on_the_command_line_replaces_the_environments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # METAOPT_KEY_FILE left in the shell beat a --key typed now: the peer joined the other
+    # cluster; METAOPT_JOIN's seeds were added to --join's.
+    import argparse
+
+    from metaopt.cli._peer import _config
+
+    (tmp_path / "a.key").write_text("key-of-a\n")
+    monkeypatch.setenv("METAOPT_KEY_FILE", str(tmp_path / "a.key"))
+    monkeypatch.setenv("METAOPT_JOIN", "127.0.0.1:1,127.0.0.1:2")
+
+    def config(**given: object) -> tuple[object, tuple[str, ...]]:
+        args = argparse.Namespace(
+            key=None, key_file=None, join=None, host="127.0.0.1", port="0", slots="1",
+            data_dir=str(tmp_path / "d"), gpus="none", name="", no_mdns=True, timing="",
+        )  # fmt: skip
+        for name, value in given.items():
+            setattr(args, name, value)
+        built = _config(args)
+        return built.key_text, built.join
+
+    assert config() == ("key-of-a", ("127.0.0.1:1", "127.0.0.1:2"))
+    assert config(key="key-of-b", join=["127.0.0.1:3"]) == ("key-of-b", ("127.0.0.1:3",))
+    monkeypatch.setenv("METAOPT_KEY", "key-of-c")  # the environment's key over its key file
+    assert config()[0] == "key-of-c"
 
 
 def test_a_second_detached_start_leaves_the_running_peer_reachable(

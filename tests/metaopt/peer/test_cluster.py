@@ -240,7 +240,8 @@ def test_bad_input_is_one_line(cluster: Cluster, tmp_path: Path) -> None:
 
 def test_a_peer_with_the_wrong_key_is_refused(cluster: Cluster) -> None:
     first = cluster.start_peer("p0")
-    stranger = cluster.start_peer("p1", key="")  # no key: it makes its own cluster
+    other_key = ClusterKey.generate(os.urandom(32)).to_text()
+    stranger = cluster.start_peer("p1", key=other_key)  # another cluster's key
     assert (stranger.data_dir / "cluster.key").read_text() != (
         first.data_dir / "cluster.key"
     ).read_text()

@@ -100,6 +100,29 @@ async def test_a_later_attempt_of_a_trial_is_marked_off_in_its_log(tmp_path: Pat
 
 
 @pytest.mark.asyncio
+async def test_a_trial_does_not_inherit_the_peers_cluster_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A detached peer holds its key in METAOPT_KEY; every trial's environment carried it.
+    monkeypatch.setenv("METAOPT_KEY", "mo1-secret")
+    monkeypatch.setenv("METAOPT_KEY_FILE", "/secret/key")
+    monkeypatch.setenv("METAOPT_UNRELATED", "kept")
+    script = _script(
+        tmp_path,
+        """
+        import os
+        keys = sorted(k for k in os.environ if k.startswith("METAOPT_K"))
+        print(keys, os.environ.get("METAOPT_UNRELATED"))
+        print('METAOPT {"loss": 1}')
+        """,
+    )
+    outcome, _ = await _run(_spec(tmp_path, script))
+    assert outcome.status == "completed"
+    log = (tmp_path / "logs" / "output.log").read_text()
+    assert "[] kept" in log and "secret" not in log
+
+
+@pytest.mark.asyncio
 async def test_a_script_that_crashes_at_once_fails_with_its_stderr(tmp_path: Path) -> None:
     script = _script(tmp_path, "import sys\nprint('bad config', file=sys.stderr)\nsys.exit(3)\n")
     outcome, events = await _run(_spec(tmp_path, script))

@@ -1,0 +1,74 @@
+"""Which cluster key a peer starts with, and the starts it refuses."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from crdt import ClusterKey, Record
+from metaopt._errors import MetaoptError
+from metaopt._records import EXPERIMENT, ExperimentSpec
+from metaopt.peer._config import PeerConfig
+from metaopt.peer._node import Node
+
+pytestmark = pytest.mark.integration
+
+
+def _key() -> str:
+    return ClusterKey.generate(os.urandom(32)).to_text()
+
+
+def _node(data: Path, **kw: object) -> Node:
+    return Node(PeerConfig(data_dir=data, port=0, mdns=False, **kw))  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_a_replica_of_one_cluster_is_not_started_with_another_clusters_key(
+    tmp_path: Path,
+) -> None:
+    # Restarted with cluster B's key, a member of cluster A poured A's whole history (code,
+    # experiments, trials) into B, which then ran A's open experiments.
+    first = _node(tmp_path / "d", key_text=_key())
+    spec = ExperimentSpec("e", {"x": "uniform(0, 1)"}).to_body()
+    first.store.add([Record.create(EXPERIMENT, first.node_id, 1, 1000, spec, [])])
+    stored = (tmp_path / "d" / "cluster.key").read_text()
+    await first.stop()
+    with pytest.raises(MetaoptError, match="holds the replica of another cluster") as caught:
+        _node(tmp_path / "d", key_text=_key())
+    assert "\n" not in str(caught.value)
+    assert (tmp_path / "d" / "cluster.key").read_text() == stored  # not overwritten
+    again = _node(tmp_path / "d", key_text=stored.strip())  # its own key still starts it
+    await again.stop()
+    # An empty replica takes a new key: nothing of the old cluster would travel.
+    empty = _node(tmp_path / "e", key_text=_key())
+    await empty.stop()
+    fresh = _node(tmp_path / "e", key_text=_key())
+    await fresh.stop()
+
+
+@pytest.mark.asyncio
+async def test_joining_without_a_key_is_refused_and_a_new_cluster_says_so_until_used(
+    tmp_path: Path,
+) -> None:
+    # --join without --key made a new cluster's key, which the seed refused: the peer sat
+    # alone, its only word "This is a new cluster".
+    with pytest.raises(MetaoptError, match="--join needs the cluster's key"):
+        _node(tmp_path / "j", join=("127.0.0.1:9",))
+    assert not (tmp_path / "j" / "cluster.key").exists()
+    # A first start that failed after writing the key still leaves the join command to print.
+    node = _node(tmp_path / "n")
+    assert node.new_cluster
+    await node.stop()
+    node = _node(tmp_path / "n")
+    assert node.new_cluster  # nothing happened in it yet
+    spec = ExperimentSpec("e", {"x": "uniform(0, 1)"}).to_body()
+    node.store.add([Record.create(EXPERIMENT, node.node_id, 1, 1000, spec, [])])
+    await node.stop()
+    node = _node(tmp_path / "n")
+    assert not node.new_cluster
+    await node.stop()
+    joining = _node(tmp_path / "k", key_text=_key())
+    assert not joining.new_cluster
+    await joining.stop()
