@@ -129,6 +129,17 @@ def _trial_view(
     free: tuple[bytes, ...] = ()  # the free events in effect, latest last
     for time, _, _, ekey, event in ordered:
         last_seen = max(last_seen, time)
+        if runner is not None and event.node != runner and event.kind == "progress":
+            continue  # a run its peer lost track of (partitioned, then re-run elsewhere)
+        if event.kind == "started":
+            # An attempt starts from the step it resumes after (its started event's), or from
+            # scratch: the earlier attempt's later steps are not this one's (a re-run from 0
+            # was told to resume at the step its predecessor had reached).
+            since = -1 if event.step is None else event.step
+            steps = {s: v for s, v in steps.items() if s <= since}
+            reported_step = max(since, 0)
+            if event.step is None:
+                metrics = {}
         if event.step is not None and event.kind in ("progress", "frozen", "thawed"):
             reported_step = max(reported_step, event.step)
         if event.kind in ("started", "thawed"):

@@ -393,7 +393,9 @@ class Study:
             return thawed
         for view in self._state.trials():
             if view.state in FREE_STATES:
-                self._event(view.key, "started", supersedes=view.free_events)
+                # It resumes after its last step (from its checkpoint, if the caller has one).
+                step = view.last_step
+                self._event(view.key, "started", step=step, supersedes=view.free_events)
                 return Trial(view.key, dict(view.params), view.counter, view.last_step)
         if self._state.stopped:
             raise MetaoptError("the experiment was stopped; no new trials are handed out")
