@@ -68,7 +68,11 @@ class LevelDBStore:
             # compressed by an older version stay readable.
             self._db = plyvel.DB(str(self.path), create_if_missing=True, compression=None)
         except plyvel.IOError as exc:
-            if "lock" in str(exc).lower():
+            # Only a lock held elsewhere: "IO error: lock .../LOCK: already held by process"
+            # (or "Resource temporarily unavailable"). A read-only disk names the LOCK file too
+            # ("IO error: .../LOCK: Read-only file system") and is not another process.
+            why = str(exc).lower()
+            if "already held" in why or "temporarily unavailable" in why:
                 raise StoreLocked(
                     f"the data directory {self.path} is in use by another process;"
                     " stop that peer or choose another --data-dir"

@@ -18,6 +18,7 @@ from crdt import (
     RecordError,
     SetFingerprint,
     Store,
+    StoreError,
     StoreLocked,
     VersionVector,
 )
@@ -215,6 +216,22 @@ def test_leveldb_second_open_is_locked(tmp_path: Path) -> None:
         LevelDBStore(tmp_path / "db")
     message = str(info.value)
     assert "\n" not in message and "in use" in message
+
+
+def test_a_read_only_leveldb_directory_is_not_said_to_be_in_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # plyvel names the LOCK file in this error too; the operator went looking for a process.
+    import plyvel
+
+    def read_only(path: str, **kw: object) -> None:
+        raise plyvel.IOError(f"IO error: {path}/LOCK: Read-only file system".encode())
+
+    monkeypatch.setattr(plyvel, "DB", read_only)
+    with pytest.raises(StoreError) as info:
+        LevelDBStore(tmp_path / "db")
+    assert not isinstance(info.value, StoreLocked)
+    assert "Read-only file system" in str(info.value) and "in use" not in str(info.value)
 
 
 def test_leveldb_durable_before_advertised(tmp_path: Path) -> None:
