@@ -121,6 +121,7 @@ class Node:
         # was searched again, and warned of, on every scheduling pass).
         self._exhausted: dict[bytes, tuple[int, str]] = {}
         self._failing: set[bytes] = set()  # experiments warned of as failing run after run
+        self._seeds_heard: dict[str, bool] = {}  # --join address -> answered (warned once if not)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._schedule_lock = asyncio.Lock()
@@ -355,7 +356,19 @@ class Node:
                 )
             except (PeerUnreachable, RemoteError) as exc:
                 log.debug("gossip with %s failed: %s", addr, exc)
+                if addr in self.peers.seed_addrs() and addr not in self._seeds_heard:
+                    # Once: a mistyped --join was silent, the peer alone with no word why.
+                    self._seeds_heard[addr] = False
+                    log.warning(
+                        "--join %s does not answer (%s); still trying every %g s",
+                        addr,
+                        exc,
+                        self.config.timing.gossip,
+                    )
                 continue
+            if self._seeds_heard.get(addr) is False:
+                log.info("--join %s answers now", addr)
+            self._seeds_heard[addr] = True
             self.peers.touch_addr(addr, self.clock())
             self.peers.merge_gossip(reply, self.clock(), exclude=self.node_id)
 

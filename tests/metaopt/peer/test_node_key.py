@@ -72,3 +72,25 @@ async def test_joining_without_a_key_is_refused_and_a_new_cluster_says_so_until_
     joining = _node(tmp_path / "k", key_text=_key())
     assert not joining.new_cluster
     await joining.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_join_seed_that_does_not_answer_is_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A mistyped --join port was silent: nothing at INFO, nothing in peer status.
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    node = _node(tmp_path / "s", key_text=_key(), join=(f"127.0.0.1:{port}",))
+    node.peers.add_seed(f"127.0.0.1:{port}")
+    try:
+        with caplog.at_level("INFO", logger="metaopt.peer"):
+            await node._gossip()
+            await node._gossip()
+        said = [r.getMessage() for r in caplog.records if "does not answer" in r.getMessage()]
+        assert len(said) == 1 and f"--join 127.0.0.1:{port}" in said[0]
+    finally:
+        await node.stop()
