@@ -288,6 +288,8 @@ def _status(args: argparse.Namespace) -> int:
             for p in peers
         ]
         print(table(["node", "address", "last contact (s)", "live"], rows))
+    for seed in status.get("silent_seeds", []):
+        print(f"--join {seed}: no answer yet (see this peer's log)")
     print("\nslots")
     rows = [
         [s["index"], s.get("gpu") or "cpu", s.get("trial") or "idle", s.get("experiment") or ""]

@@ -630,12 +630,16 @@ class Node:
                 {
                     "node_id": p.node_id.hex(),
                     "address": p.addr,
-                    "last_contact": None if p.last_contact is None else now - p.last_contact,
+                    "last_contact": (
+                        None if p.last_contact is None else round(now - p.last_contact, 1)
+                    ),
                     "live": self.peers.is_alive(p.node_id, now, self.config.timing.peer_timeout),
                 }
                 for p in self.peers.all()
             ],
             "slots": self.runner.describe(),
+            # --join addresses that have not answered since this peer started.
+            "silent_seeds": [a for a in self.peers.seed_addrs() if not self._seeds_heard.get(a)],
             # Frame bytes on the wire (requests and replies, both directions), peers and CLI.
             "wire": {
                 "client_sent": self.client.bytes_out,

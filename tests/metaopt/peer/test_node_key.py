@@ -92,5 +92,6 @@ async def test_a_join_seed_that_does_not_answer_is_said_once(
             await node._gossip()
         said = [r.getMessage() for r in caplog.records if "does not answer" in r.getMessage()]
         assert len(said) == 1 and f"--join 127.0.0.1:{port}" in said[0]
+        assert node.status()["silent_seeds"] == [f"127.0.0.1:{port}"]  # `peer status` too
     finally:
         await node.stop()
