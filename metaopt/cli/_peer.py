@@ -171,6 +171,8 @@ async def _run(config: PeerConfig) -> int:
         await node.run_until_stopped()
     finally:
         await node.stop()
+        # So a clean stop and a kill -9 can be told apart in the peer's log.
+        logging.getLogger("metaopt.peer").info("peer stopped")
     return 0
 
 
@@ -239,6 +241,8 @@ def _stop(args: argparse.Namespace) -> int:
     data_dir = resolve_data_dir(args.data_dir)
     dirs = DataDir(data_dir)
     pid = int(dirs.pid_file.read_text()) if dirs.pid_file.exists() else None
+    if not dirs.address_file.exists():
+        raise MetaoptError(f"no peer is running on {dirs.root}; nothing to stop")
     LocalPeer(data_dir).call("api.shutdown")
     deadline = time.monotonic() + args.timeout
     # The peer removes its pid file last thing on a clean stop; a zombie (a peer whose parent

@@ -58,6 +58,8 @@ class DataDir:
         return (path / "node_id").is_file() and (path / "replica").is_dir()
 
     def ensure(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise MetaoptError(f"{self.root} is a file, not a directory; choose another --data-dir")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self.trials.mkdir(exist_ok=True)

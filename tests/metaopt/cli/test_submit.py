@@ -117,6 +117,7 @@ def test_config_files(tmp_path: Path) -> None:
         (["peer", "start", "--join", "http://h:1"], {}, "expected HOST:PORT"),
         (["status"], {"METAOPT_PORT": "abc", "METAOPT_SLOTS": "?"}, "no peer"),
         (["peer", "start", "--key", "k", "--key-file", "f"], {}, "--key or --key-file, not both"),
+        (["peer", "stop"], {}, "nothing to stop"),  # it said "start one"
     ],
 )
 def test_peer_options_are_one_line_errors(
@@ -133,6 +134,15 @@ def test_peer_options_are_one_line_errors(
     assert main([*argv, "--data-dir", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1, err
+
+
+def test_a_data_dir_that_is_a_file_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "f").write_text("")
+    args = ["peer", "start", "--no-mdns", "--port", "0", "--data-dir", str(tmp_path / "f")]
+    assert main(args) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
 
 
 def test_a_key_or_seed_on_the_command_line_replaces_the_environments(
