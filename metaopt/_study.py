@@ -132,9 +132,8 @@ def _checked_spec(
     if minimize is not None and not isinstance(minimize, bool | np.bool_):
         raise MetaoptError(f"minimize must be True or False, got {minimize!r}")
     if directions is None:
-        directions = ["maximize" if minimize is not None and not minimize else "minimize"] * len(
-            objectives
-        )
+        maximize = minimize is not None and not minimize
+        directions = ["maximize" if maximize else "minimize"] * len(objectives)
     elif minimize is not None:
         raise MetaoptError("give minimize= or directions=, not both (directions= is per objective)")
     directions = (directions,) if isinstance(directions, str) else tuple(directions)
