@@ -308,8 +308,16 @@ def _key(args: argparse.Namespace) -> int:
     key = dirs.read_key()
     if key is None:
         raise MetaoptError(f"no cluster key in {dirs.root} yet; `metaopt peer start` creates one")
-    addr = dirs.address_file.read_text().strip() if dirs.address_file.exists() else "HOST:PORT"
-    print(join_command(key, addr))
+    if not dirs.address_file.exists():
+        # Its address (hence the command's --join and --host) is known once it runs.
+        print(f"metaopt peer start --key {key} --join HOST:PORT")
+        print(
+            f"(no peer runs on {dirs.root} now: HOST:PORT is a running peer's; start this one"
+            " and `metaopt peer key` names its address)",
+            file=sys.stderr,
+        )
+        return 0
+    print(join_command(key, dirs.address_file.read_text().strip()))
     return 0
 
 

@@ -136,6 +136,19 @@ def test_peer_options_are_one_line_errors(
     assert expected in err and err.count("\n") == 1, err
 
 
+def test_peer_key_of_a_stopped_peer_gives_the_key_and_says_the_address_is_to_come(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It printed a LAN command (--host 0.0.0.0) for a cluster that might be on loopback.
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "cluster.key").write_text("mo1-k\n")
+    assert main(["peer", "key", "--data-dir", str(data)]) == 0
+    out, err = capsys.readouterr()
+    assert out == "metaopt peer start --key mo1-k --join HOST:PORT\n"
+    assert "no peer runs on" in err and "0.0.0.0" not in out
+
+
 def test_a_data_dir_that_is_a_file_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
