@@ -6,6 +6,7 @@ they show what this node knows now.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,11 @@ if TYPE_CHECKING:
 __all__ = ["LocalApi", "experiment_json", "trial_json"]
 
 MAX_SUBMIT_RECORDS = 4096
+
+
+def _natural(name: str) -> list[tuple[int, int | str]]:
+    """A name's sort key with its numbers as numbers: exp2 before exp10."""
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", name) if p]
 
 
 def trial_json(state: ExperimentState, trial: TrialView) -> dict[str, Any]:
@@ -110,7 +116,9 @@ class LocalApi:
         return self.node.status()
 
     async def experiments(self, request: Request) -> Any:
-        states = sorted(self.node.replica.experiments.values(), key=lambda s: (s.spec.name, s.key))
+        states = sorted(
+            self.node.replica.experiments.values(), key=lambda s: (_natural(s.spec.name), s.key)
+        )
         return [experiment_json(s) for s in states]
 
     async def experiment(self, request: Request) -> Any:

@@ -274,3 +274,12 @@ async def test_an_id_too_short_to_look_up_says_how_long_one_must_be() -> None:
         with pytest.raises(MetaoptError) as caught:
             await api.experiment(Request("api.experiment", NODE, "", text))
         assert ("at least 4 characters" in str(caught.value)) is hinted
+
+
+@pytest.mark.asyncio
+async def test_experiments_are_listed_with_their_numbers_in_order() -> None:
+    store = MemoryStore()
+    store.add([_experiment(name, i + 1, 1000 + i) for i, name in enumerate(["exp10", "b", "exp2"])])
+    api = LocalApi(SimpleNamespace(replica=Replica(store)))  # type: ignore[arg-type]
+    listed = await api.experiments(Request("api.experiments", NODE, "", None))
+    assert [e["name"] for e in listed] == ["b", "exp2", "exp10"]
