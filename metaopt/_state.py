@@ -81,6 +81,10 @@ class TrialView:
     suggest_ms: float | None = None
     reported_step: int = 0  # the highest step any event carried (progress, frozen, thawed)
     free_events: tuple[bytes, ...] = ()  # keys of the lost/interrupted events that freed it
+    # The step its freeze recorded: where the run that was frozen had got to. A trial re-run
+    # from 0 after a loss keeps its earlier attempt's higher steps in its curve, so this, not
+    # last_step, is where a thaw resumes from its checkpoint.
+    frozen_step: int | None = None
 
     @property
     def id(self) -> str:
@@ -129,17 +133,6 @@ def _trial_view(
     free: tuple[bytes, ...] = ()  # the free events in effect, latest last
     for time, _, _, ekey, event in ordered:
         last_seen = max(last_seen, time)
-        if runner is not None and event.node != runner and event.kind == "progress":
-            continue  # a run its peer lost track of (partitioned, then re-run elsewhere)
-        if event.kind == "started":
-            # An attempt starts from the step it resumes after (its started event's), or from
-            # scratch: the earlier attempt's later steps are not this one's (a re-run from 0
-            # was told to resume at the step its predecessor had reached).
-            since = -1 if event.step is None else event.step
-            steps = {s: v for s, v in steps.items() if s <= since}
-            reported_step = max(since, 0)
-            if event.step is None:
-                metrics = {}
         if event.step is not None and event.kind in ("progress", "frozen", "thawed"):
             reported_step = max(reported_step, event.step)
         if event.kind in ("started", "thawed"):
@@ -206,6 +199,7 @@ def _trial_view(
         suggest_ms=trial.suggest_ms,
         reported_step=reported_step,
         free_events=free if state in FREE_STATES else (),
+        frozen_step=lifecycle.step if state == "frozen" and lifecycle is not None else None,
     )
 
 

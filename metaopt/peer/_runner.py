@@ -218,6 +218,8 @@ class TrialRunner:
         A resume at step 0 (frozen before reporting a step past 0) is still a resume: the
         script must be told to load its checkpoint.
         """
+        if thaw and view.frozen_step is not None:
+            return view.frozen_step  # where the frozen run got to, whatever earlier runs did
         return view.last_step if thaw or self._has_checkpoint(view.key) else None
 
     def _has_checkpoint(self, trial: bytes) -> bool:

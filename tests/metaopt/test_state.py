@@ -265,28 +265,22 @@ def test_the_last_step_counts_steps_of_any_metric_and_of_a_freeze() -> None:
     assert frozen is not None and frozen.state == "frozen" and frozen.last_step == 4
 
 
-def test_an_attempt_from_scratch_starts_a_new_curve_and_a_resumed_one_keeps_its_steps() -> None:
-    # Re-run from 0 elsewhere after a loss, a trial whose first attempt had reached step 8
-    # was resumed (after a freeze) at step 8 though its checkpoint was at step 4.
+def test_a_frozen_trial_knows_the_step_its_frozen_run_reached() -> None:
+    # Re-run from 0 elsewhere after a loss, a trial whose first attempt had reached step 8 was
+    # frozen at step 7 and thawed with METAOPT_RESUME_STEP=8: its checkpoint held step 7.
     log = Log()
     t = log.trial(NODE_A, 0.5)
     log.event(t, NODE_A, "started", 1100)
     for step in range(1, 9):
         log.event(t, NODE_A, "progress", 1100 + step, step=step, metrics={"objective": 9.0})
     log.event(t, NODE_B, "lost", 2000, reason="no news from node")
-    log.event(t, NODE_B, "started", 2001)  # no step: from scratch
-    view = log.state().trial(t.key)
-    assert view is not None and view.curve == () and view.last_step == 0
-    assert "objective" not in view.metrics  # the earlier attempt's value is not this one's
-    for step in range(1, 5):
+    log.event(t, NODE_B, "started", 2001)
+    for step in range(1, 8):
         log.event(t, NODE_B, "progress", 2001 + step, step=step, metrics={"objective": 1.0})
-    log.event(t, NODE_A, "progress", 2010, step=9, metrics={"objective": 9.0})  # the lost run
+    log.event(t, NODE_B, "frozen", 2100, step=7)
     view = log.state().trial(t.key)
-    assert view is not None and view.curve == tuple((s, 1.0) for s in range(1, 5))
-    assert view.last_step == 4 and view.metrics["objective"] == 1.0
-    # Restarted from its checkpoint at step 3: steps up to 3 stay, the rest is to come.
-    log.event(t, NODE_B, "interrupted", 2100)
-    log.event(t, NODE_B, "started", 2101, step=3)
-    view = log.state().trial(t.key)
-    assert view is not None and view.curve == ((1, 1.0), (2, 1.0), (3, 1.0))
-    assert view.last_step == 3 and view.attempts == 3
+    assert view is not None and view.state == "frozen"
+    assert view.frozen_step == 7 and view.last_step == 8
+    log.event(t, NODE_B, "thawed", 2200, step=7)
+    thawed = log.state().trial(t.key)
+    assert thawed is not None and thawed.frozen_step is None

@@ -244,6 +244,20 @@ def test_a_trial_frozen_at_step_0_is_told_it_resumes(tmp_path: Path) -> None:
     assert "METAOPT_RESUME_STEP" not in fresh.env  # no checkpoint left here: a fresh start
 
 
+def test_a_thaw_resumes_where_the_frozen_run_got_to_not_where_an_earlier_run_did(
+    tmp_path: Path,
+) -> None:
+    # Re-run from 0 after a loss, frozen at step 7, the trial was thawed with
+    # METAOPT_RESUME_STEP=8: the step its lost first attempt had reached.
+    state, trial = _frozen_trial(7)
+    other = b"o" * 16
+    earlier = EventBody(trial, state.key, "progress", other, 8, {"objective": 0.9}).to_body()
+    state.apply(Record.create(EVENT, other, 1, 500, earlier, [trial, state.key]))
+    view = state.trial(trial)
+    assert view is not None and view.last_step == 8 and view.frozen_step == 7
+    assert _runner_in(tmp_path)._resume_step(view, thaw=True) == 7
+
+
 def test_a_stop_landing_after_the_last_step_records_the_trial_completed() -> None:
     # A freeze decided from a report at step 9 reaches a script that then reports step 10 (its
     # last) and exits 0: it finished, and "frozen" would hide its result from the search. One
