@@ -59,6 +59,15 @@ log = logging.getLogger("metaopt.peer")
 _LOOKS = 3
 
 
+def _canonical(key_text: str) -> str | None:
+    """A key's text as ClusterKey writes it (None if it is not a key): hand-written case and
+    spacing must not make a cluster's own key look like another's."""
+    try:
+        return ClusterKey.from_text(key_text).to_text()
+    except Exception:
+        return None
+
+
 def _recordable(value: Any) -> bool:
     """A metric value a record can carry: a finite number or a short string."""
     if isinstance(value, bool):
@@ -162,7 +171,7 @@ class Node:
             key = ClusterKey.from_text(given or stored or "")
         except Exception as exc:
             raise MetaoptError(f"the cluster key is not valid: {exc}") from None
-        if stored is not None and stored != key.to_text() and len(self.store):
+        if stored is not None and _canonical(stored) != key.to_text() and len(self.store):
             # Its replica would flow into the other cluster (code, history and all, and its
             # open experiments would run there).
             try:
@@ -594,10 +603,11 @@ class Node:
         )
         for item in work:
             state = self.replica.experiments[item.experiment]
+            known = len(state)  # what the search sees: trials arriving during it are news
             try:
                 view = state.trial(item.trial) if item.trial else await self.new_trial(state)
             except SearchError as exc:
-                self._exhausted[state.key] = (len(state), str(exc))
+                self._exhausted[state.key] = (known, str(exc))
                 log.warning("experiment %s: %s", state.spec.name, exc)
                 continue
             except MetaoptError as exc:

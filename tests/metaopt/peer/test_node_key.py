@@ -41,6 +41,10 @@ async def test_a_replica_of_one_cluster_is_not_started_with_another_clusters_key
     assert (tmp_path / "d" / "cluster.key").read_text() == stored  # not overwritten
     again = _node(tmp_path / "d", key_text=stored.strip())  # its own key still starts it
     await again.stop()
+    # Written by hand in another case and spacing, it is still this cluster's key.
+    (tmp_path / "d" / "cluster.key").write_text(" " + stored.strip().upper() + " \n")
+    again = _node(tmp_path / "d", key_text=stored.strip())
+    await again.stop()
     # An empty replica takes a new key: nothing of the old cluster would travel.
     empty = _node(tmp_path / "e", key_text=_key())
     await empty.stop()
