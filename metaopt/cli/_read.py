@@ -98,7 +98,7 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     print(_experiment_header(info))
     if info.get("blocked_here"):
-        print(f"this peer starts none of its trials: {info['blocked_here']}")
+        print(f"this peer starts no new trial of it: {info['blocked_here']}")
     names = sorted(info["space"])
     objectives = info["objectives"]
     rows = [
