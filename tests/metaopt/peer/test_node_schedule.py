@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sys
 import time
@@ -16,6 +17,7 @@ from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment
 from metaopt._suggest import Draw, Suggester
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._node import Node
+from metaopt.peer._scheduler import settle_rank
 
 pytestmark = pytest.mark.integration
 
@@ -217,5 +219,34 @@ async def test_an_exhausted_space_is_not_searched_again_until_a_trial_arrives(
         assert node.blocked_here(exp.key) is None
         await node._schedule_once()
         assert len(calls) == 2
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_new_point_waits_its_turn_and_no_more_than_eight_turns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exp = _experiment("e", {"x": "uniform(0, 1)"})
+    node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1))
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recorded(delay: float) -> None:
+        waits.append(delay)
+        await real_sleep(0)
+
+    others = [bytes([i]) * 16 for i in range(1, 20)]  # 19 other live peers
+    monkeypatch.setattr(node, "live_nodes", lambda: [node.node_id, *others])
+    monkeypatch.setattr("metaopt.peer._node.asyncio.sleep", recorded)
+    try:
+        node.store.add([exp])
+        state = node.replica.experiments[exp.key]
+        settle = node.config.timing.settle
+        for _ in range(12):
+            rank = settle_rank(node.node_id, node.live_nodes(), exp.key, len(state))
+            waits.clear()
+            assert await node.new_trial(state) is not None
+            assert waits == ([min(rank, 8) * settle] if rank else [])
     finally:
         await node.stop()
