@@ -433,7 +433,7 @@ class Study:
             raise MetaoptError(f"tell(): failed must be True or False, got {failed!r}")
         if reason is not None and not failed:
             raise MetaoptError("tell(): reason= goes with failed=True (why the run failed)")
-        self._check_own("tell()", key)
+        self._check_own("tell()", key, view)
         if view is not None and view.state == "frozen":
             raise MetaoptError(
                 f"trial {shown} was frozen by should_stop(); do not tell() it: ask() hands it"
@@ -480,7 +480,7 @@ class Study:
         """
         key = self._key(trial)
         view = self._state.trial(key)
-        self._check_own("report()", key)
+        self._check_own("report()", key, view)
         if view is not None and view.state in FREE_STATES:
             raise MetaoptError(
                 f"trial {key.hex()[:12]} is {view.state} (its Study was closed before it was"
@@ -521,10 +521,9 @@ class Study:
         self._event(key, kind, step=step, reason=decision.reason)
         return True
 
-    def _check_own(self, call: str, key: bytes) -> None:
+    def _check_own(self, call: str, key: bytes, view: TrialView | None) -> None:
         """Refuse to record for a trial another node runs: its result is that node's to
         tell, and two results for one trial leave one of them silently replaced."""
-        view = self._state.trial(key)
         runner = None if view is None else (view.runner or view.node)
         if runner is not None and runner != self.node_id:
             raise MetaoptError(

@@ -63,11 +63,11 @@ _LOOKS = 3
 _MAX_SETTLE_TURNS = 8
 
 
-def _canonical(key_text: str) -> str | None:
-    """A key's text as ClusterKey writes it (None if it is not a key): hand-written case and
-    spacing must not make a cluster's own key look like another's."""
+def _parsed(key_text: str) -> ClusterKey | None:
+    """The key a text holds, None if it holds none; compared as keys, hand-written case and
+    spacing do not make a cluster's own key look like another's."""
     try:
-        return ClusterKey.from_text(key_text).to_text()
+        return ClusterKey.from_text(key_text)
     except Exception:
         return None
 
@@ -175,13 +175,11 @@ class Node:
             key = ClusterKey.from_text(given or stored or "")
         except Exception as exc:
             raise MetaoptError(f"the cluster key is not valid: {exc}") from None
-        if stored is not None and _canonical(stored) != key.to_text() and len(self.store):
+        own = None if stored is None else _parsed(stored)
+        if stored is not None and (own is None or own != key) and len(self.store):
             # Its replica would flow into the other cluster (code, history and all, and its
             # open experiments would run there).
-            try:
-                mine = ClusterKey.from_text(stored).fingerprint
-            except Exception:
-                mine = "unreadable"
+            mine = "unreadable" if own is None else own.fingerprint
             raise MetaoptError(
                 f"{self.dirs.root} holds the replica of another cluster (key {mine}, not"
                 f" {key.fingerprint}); start it with that cluster's key, or use a fresh"

@@ -32,6 +32,11 @@ def _experiment(
     return experiment_record(spec)
 
 
+def _lone_node(tmp_path: Path) -> Node:
+    """A node of one slot on loopback, not started, that knows no other peer."""
+    return Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1))
+
+
 def _sorted_first(space: dict[str, str], other: Record, node_id: bytes) -> Record:
     """An experiment on space that node_id offers a slot before other (the scheduler's own
     order among experiments with nothing running: a hash of node id and experiment key)."""
@@ -54,7 +59,7 @@ async def test_an_experiment_that_cannot_be_searched_is_set_aside_and_others_run
     # With one slot, an experiment whose search fails on every pass and is always offered the
     # slot first (no trial of it ever runs here) would starve every other experiment.
     good = _experiment("good", {"x": "uniform(0, 1)"})
-    node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1))
+    node = _lone_node(tmp_path)
     if failure == "bad space":
         broken = _sorted_first({"x": "choices({'a': 1e308, 'b': 1e308})"}, good, node.node_id)
     else:
@@ -95,7 +100,7 @@ async def test_a_peer_judges_other_peers_trials_only_once_caught_up_and_listened
     trial = Record.create(TRIAL, other, 1, long_ago, body, [good.key])
     started = EventBody(trial.key, good.key, "started", other).to_body()
     event = Record.create(EVENT, other, 2, long_ago + 1, started, [trial.key, good.key])
-    node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1))
+    node = _lone_node(tmp_path)
     try:
         node.store.add([good, trial, event])
         assert not node.caught_up()
@@ -126,7 +131,7 @@ async def test_a_peer_alone_is_caught_up_soon_and_one_with_a_seed_waits_for_a_se
 ) -> None:
     # Budgeted experiments start nothing until the replica has caught up; a peer with no seed
     # that has heard of nobody has nobody to catch up with, and should not idle peer_timeout.
-    node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1))
+    node = _lone_node(tmp_path)
     try:
         assert not node.caught_up()
         node.started_at -= 2 * node.config.timing.anti_entropy
@@ -172,7 +177,7 @@ async def test_a_point_another_peer_recorded_next_to_meanwhile_is_chosen_again(
     # Two peers asking at once from one history get the same optimum; the one that hears of
     # the other's trial before recording its own must not record a point next to it.
     exp = _experiment("e", {"x": "uniform(0, 1)"})
-    node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1))
+    node = _lone_node(tmp_path)
     calls: list[float] = []
 
     def racing(params: dict[str, Any]) -> None:
@@ -202,7 +207,7 @@ async def test_an_exhausted_space_is_not_searched_again_until_a_trial_arrives(
     # Every scheduling pass (twice a second) searched a finite space whose every point was
     # already a trial, and logged the same warning each time.
     exp = _experiment("e", {"n": "randint(0, 2)"})
-    node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1))
+    node = _lone_node(tmp_path)
     calls = _watch_compute(monkeypatch)
 
     def trial(n: int) -> Record:
@@ -228,7 +233,7 @@ async def test_a_new_point_waits_its_turn_and_no_more_than_eight_turns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     exp = _experiment("e", {"x": "uniform(0, 1)"})
-    node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1))
+    node = _lone_node(tmp_path)
     waits: list[float] = []
     real_sleep = asyncio.sleep
 
