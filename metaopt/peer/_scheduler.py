@@ -228,7 +228,10 @@ def _next_for(
         if trial.state not in FREE_STATES or trial.key in running_here:
             continue
         rank = rendezvous_rank(me, live_nodes, trial.key)
-        if now_ms - trial.last_seen >= rank * claim_delay_ms:
+        # The first in line claims at once, even when the event that freed the trial carries a
+        # later time than this pass's clock (written a moment after it, or by a peer whose
+        # clock runs ahead): its claim waited a pass, or until this clock caught up.
+        if rank == 0 or now_ms - trial.last_seen >= rank * claim_delay_ms:
             return Work(state.key, trial.key)
     if not may_suggest or _backing_off(state, now_ms):
         return None

@@ -105,6 +105,18 @@ def test_an_experiment_that_may_not_suggest_still_gets_its_free_trials() -> None
     assert [w.trial for w in plan(False)] == [t.key]
 
 
+def test_the_first_in_line_claims_a_freed_trial_even_if_its_event_is_stamped_later() -> None:
+    state = _state()
+    t = _trial(state, OTHER, 1)
+    _event(state, t, OTHER, 2, "started", 1_000)
+    _event(state, t, OTHER, 3, "lost", 5_000)  # a clock ahead of this pass's (2,000 ms)
+    work = plan_work([state], ME, 1, set(), [ME], 2_000, 1_000, lambda s: True)
+    assert [w.trial for w in work] == [t.key]
+    second = next(n for n in (OTHER, THIRD, b"x" * 16) if rendezvous_rank(n, [ME, n], t.key))
+    waits = plan_work([state], second, 1, set(), [ME, second], 2_000, 1_000, lambda s: True)
+    assert waits == [Work(state.key, None)]  # the second in line still waits its turn
+
+
 def test_plan_respects_budget_and_claims_free_trials_first() -> None:
     state = _state(max_trials=3)
     t = _trial(state, OTHER, 1)
