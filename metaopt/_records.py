@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crdt import KEY_SIZE, ORIGIN_SIZE, Record
+from metaopt._errors import WorkerError
+from metaopt.worker import check_name
 
 __all__ = [
     "BLOB",
@@ -39,6 +41,8 @@ __all__ = [
     "ExperimentSpec",
     "TrialBody",
     "experiment_record",
+    "is_metric",
+    "name_problem",
     "parse_control",
     "parse_event",
     "parse_experiment",
@@ -71,14 +75,56 @@ EVENT_KINDS = frozenset(
 )
 CONTROL_ACTIONS = frozenset({"stop"})
 MAX_SUPERSEDES = 64  # free events one (re)start may answer; more is not a real history
+# What an honest writer ever puts in an event's text fields (peer/_node.write_event and
+# Study cut longer ones). A reader refuses more: a listing of 5,000 failed trials with
+# megabyte reasons would not fit in one reply frame.
+MAX_REASON = 4096
+MAX_STDERR = 8192
+# A trial counter stays exact as a float and far from msgpack's 64-bit limit: a peer that
+# numbers its next trial max(counter) + 1 must never be handed 2**64 - 1.
+MAX_COUNTER = 2**53
+MAX_INT = 2**63  # steps and integer metrics, as metaopt.report takes them
+MAX_METRIC_TEXT = 1000
+MAX_NAME = 64
 
 
-def _is_metric(value: Any) -> bool:
+def name_problem(name: object) -> str | None:
+    """Why name cannot name an experiment (None if it can): it is shown and logged as is, and
+    typed after an option (a leading '-' would read as one)."""
+    if (
+        isinstance(name, str)
+        and 0 < len(name) <= MAX_NAME
+        and name.isprintable()
+        and not name.startswith("-")
+    ):
+        return None
     return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and (not isinstance(value, float) or math.isfinite(value))
-    ) or isinstance(value, str)
+        f"a name is 1-{MAX_NAME} printable characters, not starting with '-'; got {repr(name)[:70]}"
+    )
+
+
+def _plain(text: object) -> bool:
+    """A string that can become an argument, an environment value or a path: no NUL byte."""
+    return isinstance(text, str) and "\x00" not in text
+
+
+def _metric_name(name: str) -> bool:
+    try:
+        check_name(name)
+    except WorkerError:
+        return False
+    return True
+
+
+def is_metric(value: Any) -> bool:
+    """A metric value a record can carry: a finite number in 64 bits or a short string."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -MAX_INT <= value < MAX_INT
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str) and len(value) <= MAX_METRIC_TEXT
 
 
 @dataclass(frozen=True)
@@ -130,9 +176,20 @@ def experiment_record(spec: ExperimentSpec, time_ms: int = 0) -> Record:
 
 
 def _str_tuple(value: Any) -> tuple[str, ...] | None:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list) or not value or not all(map(_plain, value)):
         return None
     return tuple(value)
+
+
+def _bundle_ok(bundle: Any) -> bool:
+    """None, a shared directory's path, or a manifest (checked in full where it is used)."""
+    if bundle is None:
+        return True
+    if not isinstance(bundle, dict):
+        return False
+    if "manifest" in bundle:
+        return isinstance(bundle["manifest"], dict) and _plain(bundle.get("root", ""))
+    return "shared_dir" in bundle and _plain(bundle["shared_dir"])
 
 
 def parse_experiment(record: Record) -> ExperimentSpec | None:
@@ -147,10 +204,12 @@ def parse_experiment(record: Record) -> ExperimentSpec | None:
     max_trials = b.get("max_trials")
     max_step = b.get("max_step")
     ok = (
-        isinstance(b.get("name"), str)
+        name_problem(b.get("name")) is None
         and isinstance(space, dict)
-        and all(isinstance(k, str) and isinstance(v, str) for k, v in space.items())
+        and bool(space)
+        and all(_plain(k) and _plain(v) for k, v in space.items())
         and objectives is not None
+        and all(_metric_name(o) for o in objectives)
         and directions is not None
         and len(objectives) == len(directions)
         and all(d in ("minimize", "maximize") for d in directions)
@@ -158,7 +217,7 @@ def parse_experiment(record: Record) -> ExperimentSpec | None:
         and (max_trials is None or (type(max_trials) is int and max_trials > 0))
         and (max_step is None or (type(max_step) is int and max_step > 0))
         and (command is None or _str_tuple(command) is not None)
-        and (b.get("bundle") is None or isinstance(b.get("bundle"), dict))
+        and _bundle_ok(b.get("bundle"))
         and (b.get("objective_regex") is None or isinstance(b.get("objective_regex"), str))
         and (b.get("early_stopping") is None or isinstance(b.get("early_stopping"), str))
         and isinstance(b.get("nonce", ""), str)
@@ -212,8 +271,9 @@ def parse_trial(record: Record) -> TrialBody | None:
     if (
         not isinstance(params, dict)
         or not all(v is None or isinstance(v, int | float | str | bool) for v in params.values())
-        or not isinstance(node, bytes)
+        or node != record.origin  # a trial is written by the node that chose it
         or type(counter) is not int
+        or not 0 < counter < MAX_COUNTER
     ):
         return None
     suggest_ms = b.get("suggest_ms")
@@ -268,13 +328,13 @@ def parse_event(record: Record) -> EventBody | None:
     if (
         not isinstance(kind, str)  # first: a list or map from the wire is unhashable
         or kind not in EVENT_KINDS
-        or not isinstance(node, bytes)
-        or (step is not None and type(step) is not int)
+        or node != record.origin  # an event is written by the node it speaks for
+        or (step is not None and (type(step) is not int or not 0 <= step < MAX_INT))
         or not isinstance(metrics, dict)
-        or not all(isinstance(k, str) and _is_metric(v) for k, v in metrics.items())
+        or not all(isinstance(k, str) and is_metric(v) for k, v in metrics.items())
         or (exit_code is not None and type(exit_code) is not int)
-        or (reason is not None and not isinstance(reason, str))
-        or (stderr is not None and not isinstance(stderr, str))
+        or (reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON))
+        or (stderr is not None and (not isinstance(stderr, str) or len(stderr) > MAX_STDERR))
         or not isinstance(supersedes, list)
         or len(supersedes) > MAX_SUPERSEDES
         or not all(isinstance(k, bytes) and len(k) == KEY_SIZE for k in supersedes)

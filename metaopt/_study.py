@@ -27,7 +27,15 @@ from threadpoolctl import threadpool_limits
 from crdt import ORIGIN_SIZE, LevelDBStore, MemoryStore, Record, Store, StoreLocked
 from metaopt._curves import STOPPERS, curve_views, max_step_of, stopper_for
 from metaopt._errors import MetaoptError, WorkerError
-from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment_record
+from metaopt._records import (
+    EVENT,
+    MAX_REASON,
+    TRIAL,
+    EventBody,
+    ExperimentSpec,
+    experiment_record,
+    name_problem,
+)
 from metaopt._state import (
     FREE_STATES,
     TERMINAL_STATES,
@@ -47,7 +55,6 @@ __all__ = ["Study", "Trial", "sync_stores"]
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 # What a failure's reason may hold: as much as the peer keeps of a failed run's stderr.
-_MAX_REASON = 4096
 
 
 @dataclass(frozen=True)
@@ -115,8 +122,8 @@ def _checked_spec(
         )
     if Space.from_dict(dict(space)).d == 0:  # SpaceError names a bad prior's parameter
         raise MetaoptError("space has no parameter to search besides its fidelity; add one")
-    if not isinstance(name, str) or not name:
-        raise MetaoptError(f"name must be a non-empty string, got {name!r}")
+    if (problem := name_problem(name)) is not None:
+        raise MetaoptError(f"name: {problem}")
     objectives = (objective,) if isinstance(objective, str) else tuple(objective)
     if not objectives or not all(isinstance(o, str) and o for o in objectives):
         raise MetaoptError(f"objective must be a name or a list of names, got {objective!r}")
@@ -452,7 +459,7 @@ class Study:
             )
         objectives = self._state.spec.objectives
         if failed:
-            text = "reported as failed" if reason is None else str(reason)[:_MAX_REASON]
+            text = "reported as failed" if reason is None else str(reason)[:MAX_REASON]
             self._event(key, "failed", reason=text or "reported as failed")
         else:
             given = dict(value) if isinstance(value, Mapping) else {objectives[0]: value}

@@ -226,4 +226,6 @@ def _logs(args: argparse.Namespace) -> int:
     if info.get("earlier"):
         line += f" (this peer holds only an earlier attempt's output, cut short: {info['earlier']})"
     print(line)
+    if info.get("stderr"):
+        print(f"the last lines of its stderr, as recorded:\n{info['stderr']}")
     return 0

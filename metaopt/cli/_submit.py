@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from crdt import MAX_RECORD_SIZE, OversizedRecord, Record
 from metaopt._errors import MetaoptError, WorkerError
-from metaopt._records import BLOB, ExperimentSpec, experiment_record
+from metaopt._records import BLOB, MAX_NAME, ExperimentSpec, experiment_record, name_problem
 from metaopt._state import FROZEN_BY_HAND, TERMINAL_STATES
 from metaopt.cli._format import best_summary, fmt_value, state_summary
 from metaopt.peer._bundle import DEFAULT_MAX_BYTES, HARD_MAX_BYTES, collect_bundle
@@ -302,12 +302,11 @@ def _name(given: Any, words: list[str], cwd: Path) -> str:
     both "train", not "sh" and "python"."""
     if given is None or given == "":
         files = (w for w in words if "~" not in w and (cwd / w).is_file())
-        return Path(next(files, words[0])).stem or "experiment"
+        stem = Path(next(files, words[0])).stem[:MAX_NAME]
+        return "experiment" if name_problem(stem) else stem
     name = str(given)
-    if len(name) > 64 or name.startswith("-") or not name.isprintable():
-        raise MetaoptError(
-            f"--name {name[:70]!r}: a name is 1-64 printable characters, not starting with '-'"
-        )
+    if (problem := name_problem(name)) is not None:
+        raise MetaoptError(f"--name: {problem}")
     return name
 
 

@@ -53,7 +53,6 @@ def trial_json(state: ExperimentState, trial: TrialView) -> dict[str, Any]:
         "thaws": trial.thaws,
         "exit_code": trial.exit_code,
         "reason": trial.reason,
-        "stderr": trial.stderr,
     }
 
 
@@ -212,6 +211,8 @@ class LocalApi:
             # An attempt cut short here (this peer died or restarted) before another re-ran it:
             # its partial output is not the run that counts.
             "earlier": str(log_path) if log_path.exists() else None,
+            # What every peer holds of it: the last lines of stderr of a run that failed.
+            "stderr": trial.stderr if trial else None,
         }
 
     def _trial(self, body: Any) -> tuple[ExperimentState, TrialView]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import random
 import socket
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from crdt import ClusterKey, FrameCodec, LevelDBStore, Record, StoreError, respond
 from metaopt._errors import MetaoptError, SearchError
-from metaopt._records import CONTROL, EVENT, TRIAL, EventBody
+from metaopt._records import CONTROL, EVENT, MAX_REASON, MAX_STDERR, TRIAL, EventBody, is_metric
 from metaopt._state import ExperimentState, TrialView
 from metaopt._writer import NodeWriter
 from metaopt.peer._api import LocalApi
@@ -70,17 +69,6 @@ def _parsed(key_text: str) -> ClusterKey | None:
         return ClusterKey.from_text(key_text)
     except Exception:
         return None
-
-
-def _recordable(value: Any) -> bool:
-    """A metric value a record can carry: a finite number or a short string."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return -(2**63) <= value < 2**63
-    if isinstance(value, float):
-        return math.isfinite(value)
-    return isinstance(value, str) and len(value) <= 1000
 
 
 class Node:
@@ -409,11 +397,11 @@ class Node:
         stderr: str | None = None,
         supersedes: tuple[bytes, ...] = (),
     ) -> Record:
-        clean = {k: v for k, v in (metrics or {}).items() if _recordable(v)}
-        if reason is not None and len(reason) > 4000:
+        clean = {k: v for k, v in (metrics or {}).items() if is_metric(v)}
+        if reason is not None and len(reason) > MAX_REASON:
             reason = reason[:2000] + " … " + reason[-1900:]
-        if stderr is not None and len(stderr) > 8000:
-            stderr = stderr[-8000:]
+        if stderr is not None and len(stderr) > MAX_STDERR:
+            stderr = stderr[-MAX_STDERR:]
         body = EventBody(
             trial,
             experiment,

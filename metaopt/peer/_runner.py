@@ -173,7 +173,8 @@ class TrialRunner:
         )
         try:
             spec = self._spec(state, view, slot, resume)
-        except (MetaoptError, OSError) as exc:
+        except Exception as exc:  # whatever a peer's definition holds: the started event is
+            # written and the slot taken, so the trial fails and the slot is freed, never wedged
             self.running.pop(slot.index, None)
             self.node.write_event(state.key, view.key, "failed", reason=f"cannot start: {exc}")
             return
@@ -425,7 +426,12 @@ class TrialRunner:
 
         if state.key in self._stoppers:
             return self._stoppers[state.key]
-        stopper = stopper_for(state, self.node.suggester(state).space)
+        try:
+            stopper = stopper_for(state, self.node.suggester(state).space)
+        except MetaoptError:
+            # A space, algorithm or early stopping this peer cannot read (from another peer's
+            # definition): without a stopper the trials it runs of it just run on.
+            return None
         # By default an experiment with no horizon gets freeze-thaw once a trial reports a
         # step: "none yet" is not kept, or the first monitor pass (before any report) would
         # have switched early stopping off on this peer for good.
@@ -446,8 +452,8 @@ class TrialRunner:
 
         from metaopt._curves import curve_views
 
-        stopper = self._stopper(state)
-        if stopper is None or not own:
+        stopper = self._stopper(state) if own else None
+        if stopper is None:
             return []
         async with self._deciding:
             self._decisions += 1

@@ -18,8 +18,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from crdt import FrameCodec, FrameError
+from crdt import CrdtError, FrameCodec, FrameError
 from metaopt._errors import MetaoptError
 from metaopt.peer._wire import (
     PROTOCOL_VERSION,
@@ -34,6 +35,7 @@ from metaopt.peer._wire import (
 __all__ = ["Client", "PeerUnreachable", "RemoteError", "Server"]
 
 log = logging.getLogger("metaopt.peer")
+_MAX_NOTED = 1024  # senders and kinds of malformed HTTP noted; beyond, the rest is dropped
 PATH = "/v1"
 # Every request carries its frame's ticket here (FrameCodec.ticket): the server checks it
 # before reading the body, so only holders of the cluster key can make a peer hold a frame.
@@ -47,6 +49,34 @@ class PeerUnreachable(MetaoptError):
 
 class RemoteError(MetaoptError):
     """The peer answered with an error."""
+
+
+class _OneLineBadHttp(logging.Filter):
+    """aiohttp logs every malformed HTTP request with a traceback, and anyone can send one (no
+    key is needed to reach the parser): one line per sender and kind of error is enough."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[tuple[object, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        kind = (remote, type(exc).__name__)
+        if kind in self._seen or len(self._seen) >= _MAX_NOTED:
+            return False
+        self._seen.add(kind)
+        said = " ".join(str(exc).split())[:200].replace("%", "%%")  # its messages span lines
+        record.msg = f"a malformed HTTP request from %s: {type(exc).__name__}: {said}"
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_http_log = logging.getLogger("metaopt.peer.http")
+_http_log.addFilter(_OneLineBadHttp())
 
 
 def _seal(codec: FrameCodec, payload: bytes) -> bytes:
@@ -79,7 +109,11 @@ class Server:
     async def _handle(self, request: web.Request) -> web.Response:
         try:
             ticket = self._ticket(request)
-            frame = await request.read()
+            try:
+                frame = await request.read()
+            except ConnectionError as exc:  # the sender hung up (or died) mid-body
+                log.debug("a request from %s broke off: %s", request.remote, exc)
+                return web.Response(status=400, text="the request body broke off")
             self.bytes_in += len(frame)
             opened = self._codec.open_frame(frame, now=time.time(), ticket=ticket)
             message = dataclasses.replace(decode_request(opened.payload), remote=request.remote)
@@ -99,11 +133,22 @@ class Server:
                 reply = Reply(True, await handler(message))
             except MetaoptError as exc:
                 reply = Reply(False, error=str(exc))
+            except CrdtError as exc:  # a sealed message whose content breaks the protocol
+                why = f"{type(exc).__name__}: {exc}"
+                self._log_refusal(request.remote, type(exc).__name__, "refused", why)
+                reply = Reply(False, error=why)
             except Exception as exc:  # a bug in one handler must not take the peer down
                 log.exception("handler %s failed", message.op)
                 reply = Reply(False, error=f"internal error in {message.op}: {exc}")
         reply = dataclasses.replace(reply, protocol=self._protocol)
-        body = _seal(self._codec, reply.encode())
+        try:
+            body = _seal(self._codec, reply.encode())
+        except FrameError as exc:  # a reply over the frame limit: say so, in a frame that fits
+            log.warning("the reply to %s does not fit in a frame: %s", message.op, exc)
+            refusal = Reply(False, error=f"the reply to {message.op} is too large: {exc}")
+            body = _seal(
+                self._codec, dataclasses.replace(refusal, protocol=self._protocol).encode()
+            )
         self.bytes_out += len(body)
         return web.Response(body=body, content_type="application/octet-stream")
 
@@ -139,7 +184,7 @@ class Server:
 
     async def start(self, host: str, port: int) -> int:
         """Listen; return the bound port (useful with port 0)."""
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = web.AppRunner(self.app, access_log=None, logger=_http_log)
         await self._runner.setup()
         # SO_REUSEADDR lets a restarted peer rebind past TIME_WAIT; on Linux it never lets two
         # live listeners share a port, so "port in use" is still caught.

@@ -25,7 +25,6 @@ __all__ = [
     "encode",
 ]
 
-MAX_DEPTH_BODY = 1 << 26
 # What peers say to each other, versioned: a peer refuses requests and replies of another
 # version (and discovery ignores its announcements). 2: a reconciliation session may ask for
 # (origin, lo, hi) runs, which version 1 peers do not answer. See CONTRIBUTING for when to bump.

@@ -12,6 +12,8 @@ from metaopt._records import (
     CONTROL,
     EVENT,
     EXPERIMENT,
+    MAX_REASON,
+    MAX_STDERR,
     TRIAL,
     EventBody,
     ExperimentSpec,
@@ -191,6 +193,61 @@ def test_malformed_bodies_are_skipped_not_fatal() -> None:
     assert [v.key for v in state.trials()] == [t.key]
     assert state.skipped >= 3
     assert not state.stopped
+
+
+def test_records_a_hostile_peer_could_write_are_refused_by_every_reader() -> None:
+    # Found by fuzzing a live peer with the cluster key: a trial claiming another node's id
+    # with counter 2**64 - 1 made that node's next trial number overflow (its search was set
+    # aside for good), and megabyte reasons made a status reply exceed the frame limit.
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    links = [t.key, log.experiment.key]
+    forged = [
+        # A trial or event whose body names another node than the one that wrote it.
+        Record.create(TRIAL, NODE_B, 1, 1, {"params": {"x": 0.2}, "node": NODE_A, "counter": 7},
+                      [log.experiment.key]),
+        Record.create(EVENT, NODE_B, 2, 1, EventBody(t.key, log.experiment.key, "lost", NODE_A)
+                      .to_body(), links),
+        Record.create(TRIAL, NODE_B, 3, 1, {"params": {"x": 0.3}, "node": NODE_B,
+                      "counter": 2**64 - 1}, [log.experiment.key]),
+        Record.create(TRIAL, NODE_B, 4, 1, {"params": {"x": 0.4}, "node": NODE_B, "counter": 0},
+                      [log.experiment.key]),
+        Record.create(EVENT, NODE_B, 5, 1, {"kind": "progress", "node": NODE_B, "step": -1},
+                      links),
+        Record.create(EVENT, NODE_B, 6, 1, {"kind": "failed", "node": NODE_B,
+                      "reason": "x" * (MAX_REASON + 1)}, links),
+        Record.create(EVENT, NODE_B, 7, 1, {"kind": "failed", "node": NODE_B,
+                      "stderr": "x" * (MAX_STDERR + 1)}, links),
+        Record.create(EVENT, NODE_B, 8, 1, {"kind": "progress", "node": NODE_B, "step": 1,
+                      "metrics": {"objective": "x" * 1001}}, links),
+    ]  # fmt: skip
+    state = log.state(log.records + forged)
+    assert [(v.key, v.counter, v.state) for v in state.trials()] == [(t.key, 1, "pending")]
+    assert state.skipped == len(forged)
+    fair = Record.create(TRIAL, NODE_B, 9, 1, {"params": {"x": 0.6}, "node": NODE_B,
+                         "counter": 2**53 - 1}, [log.experiment.key])  # fmt: skip
+    assert fair.key in {v.key for v in log.state([*log.records, fair]).trials()}
+
+
+def test_experiment_definitions_that_could_not_run_or_be_shown_are_refused() -> None:
+    good = _spec(command=("python", "train.py"), bundle={"shared_dir": "/tmp/x"}).to_body()
+    assert parse_experiment(Record.create(EXPERIMENT, NODE_B, 1, 1, good, [])) is not None
+    bad: list[dict[str, object]] = [
+        {"name": "two\nlines"},  # would forge a line in every peer's log
+        {"name": "\x1b[31mred"},
+        {"name": "-x"},
+        {"name": "x" * 65},
+        {"space": {}},  # nothing to search: the search raised on every pass
+        {"command": ["python", "a\x00b"]},  # no child process can be given a NUL byte
+        {"space": {"x\x00": "uniform(0, 1)"}},
+        {"objectives": ["lo ss"]},  # not a metric name any report could carry
+        {"bundle": {"shared_dir": 5}},  # wedged a slot: the launch raised TypeError
+        {"bundle": {"manifest": "nope"}},
+        {"bundle": {}},
+    ]
+    for change in bad:
+        body = {**good, **change}
+        assert parse_experiment(Record.create(EXPERIMENT, NODE_B, 1, 1, body, [])) is None, change
 
 
 _FIELDS = (

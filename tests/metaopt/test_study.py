@@ -227,7 +227,7 @@ def test_ask_stops_at_the_budget() -> None:
         ({"objective": []}, "objective must be"),
         ({"objective": ["a", "a"]}, "repeat"),
         ({"objective": "val loss"}, "not allowed"),
-        ({"name": 3}, "name must be"),
+        ({"name": 3}, "name: a name is 1-64"),
         ({"seed": 1.5}, "seed must be an integer"),
         ({"node_id": "zz"}, "node_id must be"),
         ({"early_stopping": "sometimes"}, "early_stopping="),

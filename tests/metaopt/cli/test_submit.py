@@ -397,6 +397,11 @@ def test_an_experiment_is_named_after_its_script_and_a_bad_name_is_refused(tmp_p
     assert _build(tmp_path, "--", "python3", "-u", "train.py", prior)["name"] == "train"
     assert _build(tmp_path, "--", "true", prior)["name"] == "true"
     assert _build(tmp_path, "--name", "sweep-1", "train.py", prior)["name"] == "sweep-1"
+    # A name every peer can read back: a script's long or odd name is cut or replaced.
+    (tmp_path / ("t" * 70 + ".py")).write_text("")
+    assert _build(tmp_path, "--", "t" * 70 + ".py", prior)["name"] == "t" * 64
+    (tmp_path / "-odd.py").write_text("")
+    assert _build(tmp_path, "--", "python3", "./-odd.py", prior)["name"] == "experiment"
     for bad in ("x" * 65, "-x", "a\tb"):
         assert "1-64 printable characters" in _refused(tmp_path, f"--name={bad}", "train.py", prior)
 

@@ -42,16 +42,22 @@ def test_a_name_finds_the_latest_submitted_experiment_of_that_name() -> None:
     assert replica.find_experiment(old.key.hex()[:8]).key == old.key  # type: ignore[union-attr]
 
 
-@pytest.mark.asyncio
-async def test_logs_of_a_trial_that_failed_here_before_it_ran_say_so(tmp_path: Path) -> None:
-    # It used to send the user to "node <this node> at an unknown address".
-    store = MemoryStore()
+def _experiment_and_trial() -> tuple[Record, Record]:
+    """An experiment and one trial of it, both written by NODE."""
     exp = Record.create(
         EXPERIMENT, NODE, 1, 1000, ExperimentSpec("e", {"x": "uniform(0, 1)"}).to_body(), []
     )
     trial = Record.create(
         TRIAL, NODE, 2, 1001, {"params": {"x": 0.5}, "node": NODE, "counter": 1}, [exp.key]
     )
+    return exp, trial
+
+
+@pytest.mark.asyncio
+async def test_logs_of_a_trial_that_failed_here_before_it_ran_say_so(tmp_path: Path) -> None:
+    # It used to send the user to "node <this node> at an unknown address".
+    store = MemoryStore()
+    exp, trial = _experiment_and_trial()
     failed = EventBody(trial.key, exp.key, "failed", NODE, reason="objective regex '(' is invalid")
     started = EventBody(trial.key, exp.key, "started", NODE)  # launch writes it, then fails
     events = [
@@ -78,12 +84,7 @@ async def test_logs_of_a_trial_cut_short_here_and_rerun_elsewhere_point_to_the_r
     # 0") as the trial's log, while status showed the trial completed by another node's re-run.
     store = MemoryStore()
     other = b"o" * 16
-    exp = Record.create(
-        EXPERIMENT, NODE, 1, 1000, ExperimentSpec("e", {"x": "uniform(0, 1)"}).to_body(), []
-    )
-    trial = Record.create(
-        TRIAL, NODE, 2, 1001, {"params": {"x": 0.5}, "node": NODE, "counter": 1}, [exp.key]
-    )
+    exp, trial = _experiment_and_trial()
     steps = [
         (NODE, EventBody(trial.key, exp.key, "started", NODE)),
         (other, EventBody(trial.key, exp.key, "lost", other, reason="no news from node")),
@@ -107,6 +108,36 @@ async def test_logs_of_a_trial_cut_short_here_and_rerun_elsewhere_point_to_the_r
     out = await api.logs(Request("api.logs", NODE, "", trial.key.hex()[:8]))
     assert out["here"] is False and out["runner"] == other.hex()
     assert out["address"] == "127.0.0.1:9" and out["earlier"] == str(log)
+    assert out["stderr"] is None
+
+
+@pytest.mark.asyncio
+async def test_logs_of_a_trial_that_failed_elsewhere_show_its_recorded_stderr() -> None:
+    # README: a failed trial is recorded "with the reason and the last lines of its stderr";
+    # they were in every replica but no command showed them.
+    store = MemoryStore()
+    other = b"o" * 16
+    exp, trial = _experiment_and_trial()
+    tail = "Traceback (most recent call last):\nValueError: lr must be positive"
+    events = [
+        EventBody(trial.key, exp.key, "started", other),
+        EventBody(trial.key, exp.key, "failed", other, exit_code=1, reason="exit 1", stderr=tail),
+    ]
+    store.add([exp, trial])
+    store.add(
+        [
+            Record.create(EVENT, other, i, 1002 + i, body.to_body(), [trial.key, exp.key])
+            for i, body in enumerate(events, 1)
+        ]
+    )
+    node = SimpleNamespace(
+        node_id=NODE,
+        replica=Replica(store),
+        runner=SimpleNamespace(log_path=lambda key: Path("/nonexistent/metaopt/output.log")),
+        peers=SimpleNamespace(get=lambda node_id: None),
+    )
+    out = await LocalApi(node).logs(Request("api.logs", NODE, "", trial.key.hex()[:8]))  # type: ignore[arg-type]
+    assert out["here"] is False and out["stderr"] == tail
 
 
 @pytest.mark.asyncio

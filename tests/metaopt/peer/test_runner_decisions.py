@@ -323,3 +323,39 @@ def test_a_rerun_of_a_lost_trial_names_the_loss_it_answers() -> None:
     assert [k for t, k, r in node.written] == ["lost", "started", "failed"]
     started = [e[-1] for e in state._events[trial].values() if e[-1].kind == "started"][-1]
     assert started.supersedes == view.free_events
+
+
+def test_a_launch_that_fails_in_any_way_fails_the_trial_and_frees_its_slot() -> None:
+    # A peer's definition with a bundle path of the wrong type raised TypeError after the
+    # "started" event: the slot stayed taken for good and no other trial ever ran there.
+    state, trial = _frozen_trial(1)
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    node.write_event(state.key, trial, "lost", reason="its peer went quiet")
+    view = state.trial(trial)
+    assert view is not None
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+
+    def broken(*args: Any) -> Any:
+        raise TypeError("expected str, bytes or os.PathLike object, not int")
+
+    runner._spec = broken  # type: ignore[method-assign]
+    asyncio.run(runner.launch(state, view))
+    assert node.written[-1][1:] == ("failed", "cannot start: expected str, bytes or os.PathLike "
+                                    "object, not int")  # fmt: skip
+    assert runner.free_slots() == 1
+
+
+def test_an_experiment_this_peer_cannot_read_gets_no_decisions_and_no_error() -> None:
+    # A space no peer can parse (written by another peer) made every monitor pass raise,
+    # twice a second, and the experiments after it in the pass got no decisions at all.
+    state, trial = _frozen_trial(1)
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+
+    def unreadable(state: ExperimentState) -> Any:
+        raise MetaoptError("x: cannot parse 'uniform(1, 0)'")
+
+    node.suggester = unreadable  # type: ignore[method-assign]
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    assert asyncio.run(runner._decide(state, {trial.hex()}, 1)) == []
+    asyncio.run(runner.monitor())
+    asyncio.run(runner.thaw())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
@@ -12,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from crdt import ClusterKey, FrameCodec, FrameConfig
+from crdt import ClusterKey, FrameCodec, FrameConfig, ProtocolError
 from metaopt.peer._transport import (
     PATH,
     TICKET,
@@ -192,3 +193,57 @@ async def test_peers_of_another_protocol_version_refuse_each_other_once_logged(
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert sum("refused a request" in w and "protocol" in w for w in warnings) == 1
     assert sum(w.startswith(f"ignoring {old_addr}") for w in warnings) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_peer_says_what_is_wrong_in_one_line_and_no_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Found by fuzzing a live peer: a sealed sync message breaking the protocol logged a
+    # traceback as a handler bug, a reply over the frame limit (a listing of thousands of
+    # failed trials) came back as HTTP 500 ("is the peer running?"), and malformed HTTP from
+    # anyone, no key needed, logged a traceback each.
+    codec = FrameCodec([ClusterKey.generate(os.urandom(32))], FrameConfig(max_frame_bytes=LIMIT))
+
+    async def sync(message: Request) -> Any:
+        raise ProtocolError("a range list is not a list")
+
+    async def listing(message: Request) -> Any:
+        return b"x" * (2 * LIMIT)
+
+    server = Server(codec, {"sync": sync, "listing": listing}, max_bytes=LIMIT)
+    addr = f"127.0.0.1:{await server.start('127.0.0.1', 0)}"
+    client = Client(codec, os.urandom(16), "127.0.0.1:1", timeout=10)
+    caplog.set_level(logging.DEBUG)
+    try:
+        for _ in range(2):
+            with pytest.raises(RemoteError, match="ProtocolError: a range list is not a list"):
+                await client.call(addr, "sync", b"x")
+        with pytest.raises(RemoteError, match="the reply to listing is too large"):
+            await client.call(addr, "listing", None)
+        host, port = addr.split(":")
+        frame = _seal(codec, Request("sync", os.urandom(16), "127.0.0.1:1", "%s%d").encode())
+        ticket = base64.b64encode(codec.ticket(frame)).decode()
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"POST {PATH} HTTP/1.1\r\nHost: x\r\n{TICKET}: {ticket}\r\n"
+            f"Content-Length: {len(frame)}\r\n\r\n".encode()
+            + frame[:10]
+        )
+        await writer.drain()
+        writer.close()  # the sender dies mid-body
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                b"POST /v1 HTTP/1.1\r\nHost: x\r\n" + b"X: %s" + b"y" * 20000 + b"\r\n\r\n"
+            )
+            await writer.drain()
+            await reader.read()
+            writer.close()
+    finally:
+        await client.close()
+        await server.stop()
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sum("ProtocolError" in w for w in warnings) == 1
+    assert sum("a malformed HTTP request from 127.0.0.1" in w for w in warnings) == 1
