@@ -249,6 +249,12 @@ class TrialProcess:
             outcome = TrialOutcome("interrupted", code, metrics, objectives, reason, tail, stage)
             self._emit("interrupted", exit_code=code, reason=reason, stage=stage, metrics=metrics)
             return outcome
+        diverged = [
+            f"{n} = {parser.nonfinite[n]}" for n in spec.objectives if n in parser.nonfinite
+        ]
+        if code == 0 and diverged:
+            why = f"diverged: its last report was {', '.join(diverged)}"
+            return self._failed(code, why, tail, metrics, objectives)
         if code == 0 and len(objectives) == len(spec.objectives):
             self._emit("completed", exit_code=0, objectives=objectives, metrics=metrics)
             return TrialOutcome("completed", 0, metrics, objectives, None, tail)

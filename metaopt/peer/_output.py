@@ -60,6 +60,9 @@ class OutputParser:
         self.stdout_lines = 0
         self.matches = 0
         self.notes: deque[str] = deque(maxlen=max(config.max_notes, 1))
+        # Metrics whose latest report was nan or inf, as written: a run that diverged must
+        # not complete with the last finite value it reported before.
+        self.nonfinite: dict[str, str] = {}
 
     def feed(self, data: bytes, *, stdout: bool = True) -> list[dict[str, MetricValue]]:
         """The reports completed by this chunk of one stream."""
@@ -183,6 +186,8 @@ class OutputParser:
                 clean[name] = check_metric(name, metric)
             except WorkerError as exc:
                 self._note(str(exc))
+                if isinstance(metric, float) and not math.isfinite(metric):
+                    self.nonfinite[name] = str(metric)
         if clean:
             self._emit(clean, out)
         return end
@@ -196,11 +201,13 @@ class OutputParser:
             return
         group = found.group(1) if self._regex.groups else found.group(0)
         try:
-            number = float(group) if group is not None else math.nan
+            number = float(group) if group is not None else None
         except ValueError:
-            number = math.nan
-        if not math.isfinite(number):
+            number = None
+        if number is None or not math.isfinite(number):
             self._note(f"regex matched {group!r}, not a finite number")
+            if number is not None:  # nan or inf: the run diverged
+                self.nonfinite[self.config.objective] = str(group)
             return
         self.matches += 1
         self._emit(
@@ -210,6 +217,8 @@ class OutputParser:
     def _emit(self, report: dict[str, MetricValue], out: list[dict[str, MetricValue]]) -> None:
         self.report_count += 1
         self.latest.update(report)
+        for name in report:
+            self.nonfinite.pop(name, None)
         out.append(report)
 
     def _note(self, text: str) -> None:

@@ -216,12 +216,17 @@ class TrialRunner:
     def _resume_step(self, view: TrialView, thaw: bool) -> int | None:
         """The step a (re-)launched trial resumes after, or None for a fresh start.
 
-        A resume at step 0 (frozen before reporting a step past 0) is still a resume: the
+        Only a run that left something in its checkpoint directory resumes: a thawed program
+        read by a regex started again at epoch 1 while its matches were counted on from the
+        frozen step (step 37 recorded the loss of epoch 1, and it ran 117 of 81 epochs). A
+        resume at step 0 (frozen before reporting a step past 0) is still a resume: the
         script must be told to load its checkpoint.
         """
+        if not self._has_checkpoint(view.key):
+            return None
         if thaw and view.frozen_step is not None:
             return view.frozen_step  # where the frozen run got to, whatever earlier runs did
-        return view.last_step if thaw or self._has_checkpoint(view.key) else None
+        return view.last_step
 
     def _has_checkpoint(self, trial: bytes) -> bool:
         """Whether a trial run here before left a checkpoint (it was interrupted or lost).

@@ -167,6 +167,16 @@ async def test_an_unmodified_program_through_the_regex(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_run_whose_last_report_is_nan_fails_as_diverged(tmp_path: Path) -> None:
+    script = _script(tmp_path, "for v in ('0.05', 'nan'):\n    print(f'val_loss={v}')\n")
+    spec = _spec(tmp_path, script, objective_regex=r"val_loss=(\S+)")
+    outcome, events = await _run(spec)
+    assert outcome.status == "failed" and outcome.exit_code == 0
+    assert outcome.reason == "diverged: its last report was loss = nan"
+    assert _kinds(events) == ["started", "progress", "failed"]
+
+
+@pytest.mark.asyncio
 async def test_an_objective_reported_as_text_is_named_in_the_failure(tmp_path: Path) -> None:
     script = _script(tmp_path, 'print(\'METAOPT {"loss": "0.5"}\')\n')
     outcome, _ = await _run(_spec(tmp_path, script))

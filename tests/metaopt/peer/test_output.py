@@ -136,3 +136,19 @@ def test_a_progress_bar_redrawn_with_cr_is_one_regex_step() -> None:
     assert parser.feed(b"loss=0.25\r\n") == [{"loss": 0.25, "step": 3}]  # CRLF: one line
     assert parser.feed(b"\rloss=0.2\rloss=0.15\r") == []
     assert parser.finish() == [{"loss": 0.15, "step": 4}]  # what was left on screen
+
+
+def test_a_nan_or_inf_as_the_latest_value_is_kept_as_a_divergence() -> None:
+    # A bash program printing val_loss=0.05, then nan, then inf was recorded completed at 0.05
+    # (and became the best); in Python, metaopt.report raises on the nan.
+    parser = OutputParser(OutputConfig(objective_regex=r"val_loss=(\S+)"))
+    parser.feed(b"val_loss=0.05\nval_loss=nan\nval_loss=inf\n")
+    assert parser.objective() == 0.05 and parser.nonfinite == {"loss": "inf"}
+    parser.feed(b"val_loss=0.04\n")  # it recovered: the last report wins, as ever
+    assert parser.nonfinite == {}
+    lines = OutputParser()
+    lines.feed(b'METAOPT {"loss": 0.7, "step": 1}\nMETAOPT {"loss": NaN, "acc": 0.1, "step": 2}\n')
+    assert lines.objective() == 0.7 and lines.nonfinite == {"loss": "nan"}
+    words = OutputParser(OutputConfig(objective_regex=r"val_loss=(\S+)"))
+    words.feed(b"val_loss=0.05\nval_loss=pending\n")
+    assert words.nonfinite == {}  # not a number at all: no report, not a divergence

@@ -238,10 +238,24 @@ def test_a_trial_frozen_at_step_0_is_told_it_resumes(tmp_path: Path) -> None:
     view = state.trial(trial)
     assert view is not None and view.last_step == 0
     runner = _runner_in(tmp_path)
+    _checkpoint_of(runner, trial)
     resume = runner._resume_step(view, thaw=True)
     assert runner._spec(state, view, runner.slots[0], resume).env["METAOPT_RESUME_STEP"] == "0"
-    fresh = runner._spec(state, view, runner.slots[0], runner._resume_step(view, thaw=False))
-    assert "METAOPT_RESUME_STEP" not in fresh.env  # no checkpoint left here: a fresh start
+
+
+def test_a_run_that_saved_no_checkpoint_starts_again_from_step_0(tmp_path: Path) -> None:
+    # A thawed program read by a regex began again at epoch 1 while its matches were counted
+    # on from the frozen step: step 37 held epoch 1's loss, and it ran 117 epochs of 81.
+    state, trial = _frozen_trial(36)
+    view = state.trial(trial)
+    assert view is not None
+    runner = _runner_in(tmp_path)
+    for thaw in (True, False):
+        fresh = runner._spec(state, view, runner.slots[0], runner._resume_step(view, thaw))
+        assert "METAOPT_RESUME_STEP" not in fresh.env
+    _checkpoint_of(runner, trial)
+    assert runner._resume_step(view, thaw=True) == 36
+    assert runner._resume_step(view, thaw=False) == 36  # a lost run's re-run here resumes too
 
 
 def test_a_thaw_resumes_where_the_frozen_run_got_to_not_where_an_earlier_run_did(
@@ -255,7 +269,16 @@ def test_a_thaw_resumes_where_the_frozen_run_got_to_not_where_an_earlier_run_did
     state.apply(Record.create(EVENT, other, 1, 500, earlier, [trial, state.key]))
     view = state.trial(trial)
     assert view is not None and view.last_step == 8 and view.frozen_step == 7
-    assert _runner_in(tmp_path)._resume_step(view, thaw=True) == 7
+    runner = _runner_in(tmp_path)
+    _checkpoint_of(runner, trial)
+    assert runner._resume_step(view, thaw=True) == 7
+
+
+def _checkpoint_of(runner: TrialRunner, trial: bytes) -> None:
+    """What a script saving its state leaves in the trial's checkpoint directory."""
+    folder = runner.trial_dir(trial) / "checkpoint"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "state.json").write_text("{}")
 
 
 def test_a_stop_landing_after_the_last_step_records_the_trial_completed() -> None:
