@@ -299,6 +299,10 @@ class EventBody:
     # Event times are each writer's wall clock, so with clock skew a re-run's "started" can sort
     # before the "lost" it answers; the fold drops superseded free events whatever the times.
     supersedes: tuple[bytes, ...] = ()
+    # A lost event's causal past: the latest time among the trial's events its writer had
+    # seen. The fold places it after them, so a runner whose clock ran ahead (its last
+    # heartbeat stamped after the loss was noticed) no longer reads as running on.
+    seen: int | None = None
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"kind": self.kind, "node": self.node}
@@ -314,6 +318,8 @@ class EventBody:
             body["stderr"] = self.stderr
         if self.supersedes:
             body["supersedes"] = list(self.supersedes)
+        if self.seen is not None:
+            body["seen"] = self.seen
         return body
 
 
@@ -324,7 +330,7 @@ def parse_event(record: Record) -> EventBody | None:
     kind, node = b.get("kind"), b.get("node")
     step, metrics = b.get("step"), b.get("metrics", {})
     exit_code, reason, stderr = b.get("exit_code"), b.get("reason"), b.get("stderr")
-    supersedes = b.get("supersedes", [])
+    supersedes, seen = b.get("supersedes", []), b.get("seen")
     if (
         not isinstance(kind, str)  # first: a list or map from the wire is unhashable
         or kind not in EVENT_KINDS
@@ -338,6 +344,7 @@ def parse_event(record: Record) -> EventBody | None:
         or not isinstance(supersedes, list)
         or len(supersedes) > MAX_SUPERSEDES
         or not all(isinstance(k, bytes) and len(k) == KEY_SIZE for k in supersedes)
+        or (seen is not None and (type(seen) is not int or not 0 <= seen < MAX_INT))
     ):
         return None
     return EventBody(
@@ -351,6 +358,7 @@ def parse_event(record: Record) -> EventBody | None:
         reason,
         stderr,
         tuple(supersedes),
+        seen,
     )
 
 

@@ -106,6 +106,26 @@ class TrialView:
         return max(self.curve[-1][0] if self.curve else 0, self.reported_step)
 
 
+def _causal_times(events: Sequence[tuple[int, bytes, int, bytes, EventBody]]) -> dict[bytes, int]:
+    """Each event's time for ordering: its own, but a lost event after every event its writer
+    had seen (EventBody.seen), and a (re)start after the free events it answers.
+
+    A runner whose clock ran an hour ahead stamped its last heartbeat after the loss another
+    peer noticed: by time alone the trial read "running" for that hour, and the re-run's start
+    sorted before the dead runner's, which stayed its runner.
+    """
+    seen = {
+        key: max(time, event.seen + 1) if event.kind == "lost" and event.seen is not None else time
+        for time, _, _, key, event in events
+    }
+    # Read from `seen` alone, never from what this loop wrote: the result must not depend on
+    # the order the events arrived in (a hostile chain of supersedes links would make it).
+    return {
+        key: max([seen[key], *(seen[k] + 1 for k in event.supersedes if k in seen)])
+        for _, _, _, key, event in events
+    }
+
+
 def _trial_view(
     key: bytes,
     trial: TrialBody,
@@ -117,8 +137,10 @@ def _trial_view(
     # for the lifecycle, whatever the writers' clocks say about their order.
     answered = {k for *_, event in events for k in event.supersedes}
     # By time, and within one millisecond one writer's events in the order it wrote them (its
-    # seq): a trial frozen right after a report must not sort the freeze first by key.
-    ordered = sorted(events, key=lambda e: e[:4])
+    # seq): a trial frozen right after a report must not sort the freeze first by key. Causal
+    # links order what the clocks may not (see _causal_times).
+    when = _causal_times(events)
+    ordered = sorted(events, key=lambda e: (when[e[3]], *e[1:4]))
     terminal: tuple[int, int, bytes, EventBody] | None = None
     lifecycle: EventBody | None = None
     runner: bytes | None = None

@@ -82,7 +82,9 @@ def _status(args: argparse.Namespace) -> int:
                     state,
                     f"{e['trials']}/{e['max_trials'] or '∞'}",
                     c.get("completed", 0),
-                    c.get("running", 0) + c.get("pending", 0),
+                    # Lost and interrupted trials wait for a peer to run them again: they
+                    # were in no column, and the columns did not add up to the trials.
+                    sum(c.get(s, 0) for s in ("running", "pending", "lost", "interrupted")),
                     c.get("frozen", 0),
                     c.get("killed", 0),
                     c.get("failed", 0),
@@ -208,8 +210,13 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _freeze_thaw(args: argparse.Namespace) -> int:
-    trial = _peer(args).call(f"api.{args.verb}", args.trial)
-    print(f"trial {trial[:12]}: {'freezing' if args.verb == 'freeze' else 'thawed'}")
+    answer = _peer(args).call(f"api.{args.verb}", args.trial)
+    if args.verb == "freeze":
+        print(f"trial {answer[:12]}: freezing")
+    elif answer["from_step_0"]:
+        print(f"trial {answer['id'][:12]}: its peer is gone; running here again from step 0")
+    else:
+        print(f"trial {answer['id'][:12]}: thawed")
     return 0
 
 

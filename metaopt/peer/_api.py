@@ -133,7 +133,7 @@ class LocalApi:
             if trial.state in ("running", "pending") and not self.node.is_alive(
                 trial.runner or trial.node
             ):
-                quiet = max(0, round(now - trial.last_seen / 1000))
+                quiet = max(0, round(now - self.node.replica.last_news(trial) / 1000))
                 shown["quiet"] = {"seconds": quiet, "lost_after": lost_after}
         return out
 
@@ -250,7 +250,11 @@ class LocalApi:
             )
         if view.state != "frozen":
             raise MetaoptError(f"trial {view.id[:12]} is {view.state}; only a frozen one thaws")
-        if view.runner != self.node.node_id:
+        # A trial frozen by hand on a peer that is gone is nobody else's to re-run (see
+        # find_lost): any peer may take it over when told to, from step 0 (its checkpoint
+        # went with its peer).
+        taken_over = view.runner != self.node.node_id
+        if taken_over and (view.runner is None or self.node.is_alive(view.runner)):
             where = view.runner.hex()[:8] if view.runner else "another peer"
             raise MetaoptError(
                 f"trial {view.id[:12]} is frozen on node {where}; run `metaopt thaw` there"
@@ -261,7 +265,7 @@ class LocalApi:
                 "no free slot on this peer; freeze a running trial first (`metaopt freeze TRIAL`)"
             )
         await self.node.runner.launch(state, view, thaw=True)
-        return view.id
+        return {"id": view.id, "from_step_0": taken_over}
 
     async def shutdown(self, request: Request) -> Any:
         self.node.request_stop()

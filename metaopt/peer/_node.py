@@ -93,7 +93,7 @@ class Node:
             raise
         self.codec = FrameCodec([self.key])
         self.rng = random.Random(int.from_bytes(self.node_id, "big") ^ time.time_ns())
-        self.replica = Replica(self.store)
+        self.replica = Replica(self.store, clock)
         self.writer = NodeWriter(self.store, self.node_id, clock)
         self.peers = PeerTable()
         self.port = config.port
@@ -396,6 +396,7 @@ class Node:
         reason: str | None = None,
         stderr: str | None = None,
         supersedes: tuple[bytes, ...] = (),
+        seen: int | None = None,
     ) -> Record:
         clean = {k: v for k, v in (metrics or {}).items() if is_metric(v)}
         if reason is not None and len(reason) > MAX_REASON:
@@ -413,6 +414,7 @@ class Node:
             reason,
             stderr,
             supersedes,
+            seen,
         )
         return self.writer.write(EVENT, body.to_body(), [trial, experiment])
 
@@ -572,12 +574,15 @@ class Node:
                 int(timing.lost_after * 1000),
                 self.is_alive if listened else lambda node: True,
                 self.runner.running_keys(),
+                self.replica.last_news,
             )
             if caught_up
             else []
         ):
             log.info("trial %s is lost: %s", lost.trial.hex()[:12], lost.reason)
-            self.write_event(lost.experiment, lost.trial, "lost", reason=lost.reason)
+            self.write_event(
+                lost.experiment, lost.trial, "lost", reason=lost.reason, seen=lost.seen
+            )
         self._warn_failing(runnable)
         work = plan_work(
             runnable,
@@ -590,6 +595,7 @@ class Node:
             lambda state: state.key not in self._unsearchable and self.runner.can_run(state),
             claim_free=caught_up,
             may_suggest=lambda state: self._exhausted_now(state.key) is None,
+            last_news=self.replica.last_news,
         )
         for item in work:
             state = self.replica.experiments[item.experiment]

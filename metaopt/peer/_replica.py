@@ -9,12 +9,13 @@ link index when it does.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from crdt import Record, Store
 from metaopt._errors import MetaoptError
-from metaopt._records import EXPERIMENT, parse_experiment
-from metaopt._state import ExperimentState, list_experiments
+from metaopt._records import EVENT, EXPERIMENT, TRIAL, parse_experiment
+from metaopt._state import ExperimentState, TrialView, list_experiments
 
 __all__ = ["Replica"]
 
@@ -22,8 +23,14 @@ __all__ = ["Replica"]
 class Replica:
     """A store plus the ExperimentState of each experiment in it."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.store = store
+        self._clock = clock
+        self._opened_ms = int(clock() * 1000)
+        # trial key -> when (this node's clock, ms) a record of it last arrived: how long a
+        # trial has been quiet is measured here, not by its writers' stamps, which a clock
+        # running ahead (or a hostile peer) puts in the future.
+        self._heard: dict[bytes, int] = {}
         self.experiments: dict[bytes, ExperimentState] = {}
         self._created: dict[bytes, int] = {}  # experiment key -> its record's time (ms)
         self._listeners: list[Callable[[list[Record]], None]] = []
@@ -40,6 +47,7 @@ class Replica:
         self._listeners.append(callback)
 
     def _on_records(self, records: list[Record]) -> None:
+        now_ms = int(self._clock() * 1000)
         for record in records:
             if record.kind == EXPERIMENT:
                 if record.key not in self.experiments and parse_experiment(record) is not None:
@@ -47,14 +55,23 @@ class Replica:
                     if state is not None:
                         self.experiments[record.key] = state
                         self._created[record.key] = record.time
+                        self._heard.update((t.key, now_ms) for t in state.trials())
                 continue
             for link in record.links:
                 state = self.experiments.get(link)
                 if state is not None:
-                    state.apply(record)
+                    if state.apply(record) and record.kind in (TRIAL, EVENT):
+                        trial = record.key if record.kind == TRIAL else record.links[0]
+                        self._heard[trial] = now_ms
                     break
         for callback in list(self._listeners):
             callback(records)
+
+    def last_news(self, trial: TrialView) -> int:
+        """When (ms) the latest news of a trial came: its last event's stamp, unless that is
+        later than when this node received it (or, for trials it held when it opened, than
+        its opening)."""
+        return min(trial.last_seen, self._heard.get(trial.key, self._opened_ms))
 
     def find_experiment(self, text: str) -> ExperimentState | None:
         """By name (the latest submitted of that name wins) or by key hex prefix.

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
-from metaopt._state import FREE_STATES, ExperimentState
+from metaopt._state import FREE_STATES, ExperimentState, TrialView
 
 __all__ = [
     "Lost",
@@ -45,6 +45,13 @@ class Lost:
     experiment: bytes
     trial: bytes
     reason: str
+    seen: int | None = None  # the trial's latest event time this node had seen (EventBody.seen)
+
+
+def _stamped(trial: TrialView) -> int:
+    """A trial's latest news by its events' stamps alone (the peer measures on its own clock,
+    see Replica.last_news)."""
+    return trial.last_seen
 
 
 def rendezvous_rank(me: bytes, others: Iterable[bytes], trial: bytes) -> int:
@@ -75,14 +82,17 @@ def find_lost(
     lost_after_ms: int,
     is_alive: Callable[[bytes], bool],
     running_here: Collection[bytes],
+    last_news: Callable[[TrialView], int] = _stamped,
 ) -> list[Lost]:
     """Trials that claim to run but whose node has gone quiet, and this node's own orphans.
 
-    A trial of another node is lost when nothing was heard of it for ``lost_after_ms`` and its
-    node is not live either (a live peer with a slow trial is only slow). A trial this node
-    was running but no longer runs — it was killed -9 and restarted — is lost at once. A trial
-    frozen on another node that has been gone as long is lost too: only its own node may thaw
-    it, so it would otherwise hold its point and its experiment open for ever.
+    A trial of another node is lost when nothing was heard of it for ``lost_after_ms`` (by
+    ``last_news``) and its node is not live either (a live peer with a slow trial is only
+    slow). A trial this node was running but no longer runs — it was killed -9 and restarted —
+    is lost at once. A trial frozen on another node that has been gone as long is lost too:
+    only its own node may thaw it, so it would otherwise hold its point and its experiment
+    open for ever; but not one frozen by hand, a pause only the user ends (`metaopt thaw` on
+    any peer takes it over once its node is gone).
 
     The caller must hold a caught-up replica (see ``Node.caught_up``): on a stale one a trial
     that completed, or that another peer already re-runs, would look lost.
@@ -97,12 +107,17 @@ def find_lost(
                 if trial.state != "frozen" and trial.key not in running_here:
                     out.append(Lost(state.key, trial.key, "its peer restarted while it ran"))
                 continue
-            quiet = now_ms - trial.last_seen
+            if trial.frozen_by_hand:
+                continue
+            quiet = now_ms - last_news(trial)
             if quiet > lost_after_ms and not is_alive(owner):
-                what = "frozen on node" if trial.state == "frozen" else "no news from node"
-                out.append(
-                    Lost(state.key, trial.key, f"{what} {owner.hex()[:8]}, gone {quiet // 1000} s")
+                # A frozen trial is quiet since its freeze, however long its node has been gone.
+                why = (
+                    f"frozen on node {owner.hex()[:8]}, which is gone"
+                    if trial.state == "frozen"
+                    else f"no news from node {owner.hex()[:8]} for {quiet // 1000} s"
                 )
+                out.append(Lost(state.key, trial.key, why, trial.last_seen))
     return out
 
 
@@ -145,6 +160,7 @@ def plan_work(
     *,
     claim_free: bool = True,
     may_suggest: Callable[[ExperimentState], bool] = lambda state: True,
+    last_news: Callable[[TrialView], int] = _stamped,
 ) -> list[Work]:
     """Work for up to ``free_slots`` slots: free trials this node may claim, then new points.
 
@@ -192,6 +208,7 @@ def plan_work(
                 claim_delay_ms,
                 planned_new,
                 may_suggest(state),
+                last_news,
             )
             if work is None:
                 continue
@@ -219,6 +236,7 @@ def _next_for(
     claim_delay_ms: int,
     planned_new: dict[bytes, int],
     may_suggest: bool,
+    last_news: Callable[[TrialView], int],
 ) -> Work | None:
     """The next work for one experiment; claimed None (a replica not caught up) means no free
     trial may be claimed and no new trial of a budgeted experiment started: its count of
@@ -231,7 +249,7 @@ def _next_for(
         # The first in line claims at once, even when the event that freed the trial carries a
         # later time than this pass's clock (written a moment after it, or by a peer whose
         # clock runs ahead): its claim waited a pass, or until this clock caught up.
-        if rank == 0 or now_ms - trial.last_seen >= rank * claim_delay_ms:
+        if rank == 0 or now_ms - last_news(trial) >= rank * claim_delay_ms:
             return Work(state.key, trial.key)
     if not may_suggest or _backing_off(state, now_ms):
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -216,7 +217,10 @@ async def test_a_freeze_or_thaw_that_cannot_happen_says_why_and_what_to_do() -> 
     runner = SimpleNamespace(
         free_slots=lambda: 0, running_keys=lambda: {trials[2].key}, stopping_as=stopping.get
     )
-    node = SimpleNamespace(node_id=NODE, replica=Replica(store), runner=runner)
+    alive = {NODE, other}
+    node = SimpleNamespace(
+        node_id=NODE, replica=Replica(store), runner=runner, is_alive=alive.__contains__
+    )
     api = LocalApi(node)  # type: ignore[arg-type]
 
     async def refusal(trial: Record, op: str = "thaw") -> str:
@@ -233,6 +237,18 @@ async def test_a_freeze_or_thaw_that_cannot_happen_says_why_and_what_to_do() -> 
     stopping[trials[2].key] = "frozen"
     assert "is still being frozen; thaw it once it has stopped" in await refusal(trials[2])
     assert "is already stopping (as frozen)" in await refusal(trials[2], "freeze")
+    # Its node gone, a frozen trial (one frozen by hand is re-run by no one unless told) is
+    # taken over here when the user thaws it.
+    alive.discard(other)
+    launched: list[tuple[bytes, bool]] = []
+
+    async def launch(state: object, view: Any, *, thaw: bool = False) -> None:
+        launched.append((view.key, thaw))
+
+    runner.free_slots, runner.launch = (lambda: 1), launch
+    answer = await api.thaw(Request("api.thaw", NODE, "", trials[1].key.hex()[:8]))
+    assert answer == {"id": trials[1].key.hex(), "from_step_0": True}
+    assert launched == [(trials[1].key, True)]
 
 
 @pytest.mark.asyncio
@@ -314,3 +330,24 @@ async def test_experiments_are_listed_with_their_numbers_in_order() -> None:
     api = LocalApi(SimpleNamespace(replica=Replica(store)))  # type: ignore[arg-type]
     listed = await api.experiments(Request("api.experiments", NODE, "", None))
     assert [e["name"] for e in listed] == ["b", "exp2", "exp10"]
+
+
+def test_a_trials_latest_news_is_when_it_arrived_if_stamped_later() -> None:
+    # A record stamped in the future (a writer's clock running ahead, or a hostile one at
+    # 2**63 - 1) kept its trial "running, node silent 0 s" and never lost.
+    now = [100.0]
+    store = MemoryStore()
+    exp, trial = _experiment_and_trial()
+    store.add([exp, trial])
+    replica = Replica(store, lambda: now[0])
+    state = replica.experiments[exp.key]
+    view = state.trial(trial.key)
+    assert view is not None and replica.last_news(view) == 1001  # stamped in the past: as is
+    other = b"o" * 16
+    future = EventBody(trial.key, exp.key, "started", other).to_body()
+    now[0] = 150.0
+    store.add([Record.create(EVENT, other, 1, 2**63 - 1, future, [trial.key, exp.key])])
+    view = state.trial(trial.key)
+    assert view is not None and view.last_seen == 2**63 - 1
+    assert replica.last_news(view) == 150_000
+    assert Replica(store, lambda: 200.0).last_news(view) == 200_000  # held when it opened

@@ -11,7 +11,7 @@ from metaopt._records import (
     experiment_record,
     parse_experiment,
 )
-from metaopt._state import ExperimentState
+from metaopt._state import FROZEN_BY_HAND, ExperimentState
 from metaopt.peer._scheduler import (
     BACKOFF_AFTER,
     Work,
@@ -226,3 +226,47 @@ def test_an_experiment_whose_runs_keep_failing_waits_longer_each_time() -> None:
     state.apply(Record.create(EVENT, ME, 101, ended, body, [t.key, state.key]))
     assert failure_streak(state) == (0, 0) and plan(ended) == [state.key]
     assert plan_work([other], ME, 1, set(), [ME], 0, 1_000, lambda s: True) != []
+
+
+def test_a_trial_frozen_by_hand_on_a_node_that_is_gone_waits_for_the_user() -> None:
+    # README: "a pause only you end"; it was re-run elsewhere from step 0 a minute after its
+    # peer stopped, and the reason said "gone 437 s" of a peer gone 30 s (quiet since the freeze).
+    state = _state()
+    by_hand, auto = _trial(state, OTHER, 1), _trial(state, OTHER, 2)
+    for seq, t in enumerate((by_hand, auto), start=10):
+        _event(state, t, OTHER, seq, "started", 1_000)
+    for seq, (t, why) in enumerate(((by_hand, FROZEN_BY_HAND), (auto, None)), start=20):
+        body = EventBody(t.key, state.key, "frozen", OTHER, 3, reason=why).to_body()
+        state.apply(Record.create(EVENT, OTHER, seq, 2_000, body, [t.key, state.key]))
+    gone = find_lost([state], ME, 500_000, 60_000, lambda n: False, set())
+    assert [(x.trial, x.reason) for x in gone] == [
+        (auto.key, f"frozen on node {OTHER.hex()[:8]}, which is gone")
+    ]
+
+
+def test_a_dead_runner_whose_clock_ran_ahead_is_lost_on_this_nodes_clock() -> None:
+    # Its heartbeats were stamped an hour ahead: its trial read "running" (node silent 0 s)
+    # for that hour after it died, and a loss noticed meanwhile sorted before them.
+    state = _state()
+    t = _trial(state, OTHER, 1, time=3_600_000)
+    _event(state, t, OTHER, 2, "started", 3_601_000)
+    _event(state, t, OTHER, 3, "heartbeat", 3_610_000)
+    view = state.trial(t.key)
+    assert view is not None and view.last_seen == 3_610_000
+    heard = {t.key: 10_000}  # when this node received its last record, by its own clock
+    news = lambda trial: min(trial.last_seen, heard[trial.key])  # noqa: E731
+    assert find_lost([state], ME, 50_000, 60_000, lambda n: False, set(), news) == []
+    [lost] = find_lost([state], ME, 71_000, 60_000, lambda n: False, set(), news)
+    assert lost.reason == f"no news from node {OTHER.hex()[:8]} for 61 s"
+    assert lost.seen == 3_610_000
+    body = EventBody(t.key, state.key, "lost", ME, reason=lost.reason, seen=lost.seen)
+    loss = Record.create(EVENT, ME, 1, 71_000, body.to_body(), [t.key, state.key])
+    state.apply(loss)
+    view = state.trial(t.key)
+    assert view is not None and view.state == "lost"  # after all it had seen, not at 71 s
+    # Its re-run here answers the loss: it runs, and here, though stamped before the dead
+    # runner's start.
+    rerun = EventBody(t.key, state.key, "started", ME, supersedes=(loss.key,)).to_body()
+    state.apply(Record.create(EVENT, ME, 2, 72_000, rerun, [t.key, state.key]))
+    view = state.trial(t.key)
+    assert view is not None and (view.state, view.runner) == ("running", ME)
