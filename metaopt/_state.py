@@ -182,6 +182,9 @@ def _trial_view(
     if terminal is not None:
         event = terminal[3]
         state = event.kind
+        # The run that decided it, not the latest to start: across a partition both sides ran
+        # it, and `metaopt logs` sent the user to the other side's redundant re-run.
+        runner = event.node
         metrics.update(event.metrics)
         exit_code, reason, stderr = event.exit_code, event.reason, event.stderr
         if state == "completed":

@@ -45,6 +45,19 @@ __all__ = [
 
 log = logging.getLogger("metaopt.peer.discovery")
 
+
+class _SocketErrorsInOneLine(logging.Filter):
+    """zeroconf logs a socket error (a peer started while its interface is down, say) with a
+    traceback, though its message already names the error: one line is all it says."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], OSError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("zeroconf").addFilter(_SocketErrorsInOneLine())
+
 SERVICE_TYPE = "_metaopt._tcp.local."
 ALL_INTERFACES = "0.0.0.0"
 _IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)  # Linux; absent from older Pythons

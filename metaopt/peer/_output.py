@@ -114,7 +114,7 @@ class OutputParser:
                 + " (report a number)"
             )
         if self._regex is not None:
-            parts.append(f"regex {self._regex.pattern!r} matched {self.matches} times")
+            parts.append(f"regex {self._regex.pattern!r} gave {self.matches} numbers")
         parts.append(f"{self.stdout_lines} stdout lines")
         if self.notes:
             parts.append(f"last problem: {self.notes[-1]}")
@@ -145,6 +145,10 @@ class OutputParser:
             self.stdout_lines += 1
             if self._reports(text, overlong, out):
                 return
+        if overlong and stdout:
+            # Its end, where a report may have been, was never kept: say so, or a report
+            # after 64 KiB of text on one line just went missing.
+            self._note(f"a stdout line over {self.config.max_line_bytes} bytes was cut, unread")
         if self._regex is None or overlong:
             return
         if returned:  # a \r: what follows on this line overwrites it

@@ -41,6 +41,10 @@ log = logging.getLogger("metaopt.peer")
 _METAOPT_PACKAGE = Path(__file__).resolve().parents[1]
 
 
+# Running.outcome of a run stopped because another peer completed its trial: it records nothing.
+SUPERSEDED = "superseded"
+
+
 @dataclass
 class Running:
     slot: Slot
@@ -338,6 +342,9 @@ class TrialRunner:
 
     def _record_outcome(self, run: Running, outcome: Any) -> None:
         write = self.node.write_event
+        if run.outcome == SUPERSEDED:  # its result is another peer's: nothing to add
+            log.info("trial %s ended here: %s elsewhere", run.trial.hex()[:12], run.reason)
+            return
         if run.held is not None:  # the curve ends where the trial did
             step, metrics = run.held
             write(run.experiment, run.trial, "progress", step=step, metrics=metrics)
@@ -484,6 +491,26 @@ class TrialRunner:
             if t.state == "frozen" and t.runner == me and not t.frozen_by_hand
         }
 
+    def _stop_completed_elsewhere(self, state: ExperimentState) -> None:
+        """Stop this peer's runs of trials another peer has completed meanwhile.
+
+        Across a partition both sides may run a trial (one took the other's for lost); after
+        the heal the run here went on to its end, hours of a slot for a result already
+        recorded. A failure or kill elsewhere does not stop it: a completion here still counts.
+        """
+        for run in list(self.running.values()):
+            view = state.trial(run.trial) if run.experiment == state.key else None
+            if view is None or view.state != "completed" or run.outcome is not None:
+                continue
+            if run.process is None:
+                continue
+            by = view.runner.hex()[:8] if view.runner else "another peer"
+            run.outcome, run.reason = SUPERSEDED, f"completed on node {by}"
+            log.info(
+                "trial %s: completed on node %s; stopping the run here", run.trial.hex()[:12], by
+            )
+            run.process.request_stop(run.reason)
+
     async def monitor(self) -> None:
         """Freeze or kill this peer's running trials whose curves will not win (freeze-thaw)."""
         from metaopt.freezethaw import Action
@@ -491,6 +518,7 @@ class TrialRunner:
         for state in list(self.node.replica.experiments.values()):
             if state.spec.command is None:
                 continue
+            self._stop_completed_elsewhere(state)
             running = {
                 r.trial.hex(): r
                 for r in self.running.values()

@@ -341,3 +341,17 @@ def test_a_frozen_trial_knows_the_step_its_frozen_run_reached() -> None:
     log.event(t, NODE_B, "thawed", 2200, step=7)
     thawed = log.state().trial(t.key)
     assert thawed is not None and thawed.frozen_step is None
+
+
+def test_the_runner_of_an_ended_trial_is_the_run_that_ended_it() -> None:
+    # Across a partition B took A's trial for lost and re-ran it; A (cut off, not dead)
+    # completed it. The trial named B, the latest to start, as its runner, and `metaopt logs`
+    # sent the user to B's redundant run.
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    log.event(t, NODE_A, "started", 1_000)
+    loss = log.event(t, NODE_B, "lost", 62_000, reason="no news", seen=1_000)
+    log.event(t, NODE_B, "started", 62_500, supersedes=(loss.key,))
+    log.event(t, NODE_A, "completed", 90_000, metrics={"objective": 0.25})
+    view = log.state().trial(t.key)
+    assert view is not None and (view.state, view.runner, view.value) == ("completed", NODE_A, 0.25)

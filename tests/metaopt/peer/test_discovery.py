@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import os
 import selectors
 import shutil
@@ -352,3 +353,18 @@ def test_three_peers_in_separate_namespaces_find_each_other_by_multicast(
         for j, node_id in enumerate(ids):
             if j != i:
                 assert (found[node_id]["host"], found[node_id]["port"]) == (lan[j][1], 7100 + j)
+
+
+def test_a_socket_error_zeroconf_reports_is_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    # A peer started while its interface was down logged "Error with socket 13 ...: [Errno 101]
+    # Network is unreachable" and then a whole traceback.
+    from zeroconf._logger import QuietLogger
+
+    caplog.set_level(logging.DEBUG, logger="zeroconf")
+    try:
+        raise OSError(101, "Network is unreachable")
+    except OSError as exc:
+        QuietLogger.log_exception_once(exc, "Error with socket test-101): %s", exc)
+    [record] = [r for r in caplog.records if r.name == "zeroconf"]
+    assert record.getMessage().endswith("Network is unreachable") and record.exc_info is None
+    assert "Traceback" not in caplog.text

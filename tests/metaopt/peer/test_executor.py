@@ -148,7 +148,7 @@ async def test_output_that_never_matches_the_regex_is_a_failure(tmp_path: Path) 
     assert outcome.status == "failed" and outcome.exit_code == 0
     assert outcome.reason is not None
     assert outcome.reason.startswith("no objective reported: no numeric 'acc'")
-    assert "matched 0 times" in outcome.reason and "2 stdout lines" in outcome.reason
+    assert "gave 0 numbers" in outcome.reason and "2 stdout lines" in outcome.reason
     assert _kinds(events) == ["started", "failed"]
 
 

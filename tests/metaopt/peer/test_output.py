@@ -51,7 +51,7 @@ def test_never_matching_regex_explains_itself() -> None:
     parser = OutputParser(OutputConfig(objective_regex=r"accuracy = ([0-9.]+)"))
     parser.feed(b"hello\nworld\n")
     why = parser.explain_missing()
-    assert "matched 0 times" in why and "2 stdout lines" in why
+    assert "gave 0 numbers" in why and "2 stdout lines" in why
 
 
 def test_stderr_tail_keeps_the_last_lines() -> None:
@@ -68,6 +68,11 @@ def test_overlong_lines_are_cut_and_never_parsed() -> None:
     assert parser.feed(line[:20]) == []
     assert parser.feed(line[20:] + b'METAOPT {"loss": 2}\n') == [{"loss": 2}]
     assert "over 32 bytes" in parser.explain_missing(("nope",))
+    # A report after a long run of other text on its line went missing without a word.
+    hidden = OutputParser(OutputConfig(max_line_bytes=32))
+    hidden.feed(b"x" * 40 + b' METAOPT {"loss": 0.2}\n')
+    assert hidden.objective() is None
+    assert "a stdout line over 32 bytes was cut, unread" in hidden.explain_missing()
 
 
 def test_invalid_utf8_does_not_crash() -> None:

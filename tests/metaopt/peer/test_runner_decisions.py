@@ -382,3 +382,26 @@ def test_an_experiment_this_peer_cannot_read_gets_no_decisions_and_no_error() ->
     assert asyncio.run(runner._decide(state, {trial.hex()}, 1)) == []
     asyncio.run(runner.monitor())
     asyncio.run(runner.thaw())
+
+
+def test_a_run_here_of_a_trial_completed_elsewhere_is_stopped_and_records_nothing() -> None:
+    # After a partition healed, re-runs of trials the other side had completed ran on to
+    # their end (90 s each here; hours with real trials) while status said "finished".
+    state, trial = _frozen_trial(1)
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    asked: list[str] = []
+    process = SimpleNamespace(request_stop=asked.append)
+    run = Running(runner.slots[0], state.key, trial, process=process)  # type: ignore[arg-type]
+    runner.running[0] = run
+    asyncio.run(runner.monitor())
+    assert asked == []  # not completed: no reason to stop
+    other = b"o" * 16
+    done = EventBody(trial, state.key, "completed", other, 10, {"objective": 0.1}).to_body()
+    state.apply(Record.create(EVENT, other, 1, 9_000, done, [trial, state.key]))
+    asyncio.run(runner.monitor())
+    assert asked == [f"completed on node {other.hex()[:8]}"]
+    written = len(node.written)
+    outcome = SimpleNamespace(status="interrupted", exit_code=0, metrics={}, objectives={})
+    runner._record_outcome(run, outcome)
+    assert len(node.written) == written  # the trial's result is the other peer's
