@@ -292,6 +292,13 @@ def _status(args: argparse.Namespace) -> int:
             for p in peers
         ]
         print(table(["node", "address", "last contact (s)", "live"], rows))
+    if peers and not any(p["live"] for p in peers):
+        # A peer cut off from the rest showed only "0 live of 3": say what it means.
+        print(
+            "this peer hears none of the others (cut off, or they stopped): it runs on alone,"
+            " and takes their running trials for lost once they have been silent"
+            f" {status.get('lost_after', 60):g} s"
+        )
     for seed in status.get("silent_seeds", []):
         print(f"--join {seed}: no answer yet (see this peer's log)")
     print("\nslots")

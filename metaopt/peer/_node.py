@@ -646,6 +646,7 @@ class Node:
             "slots": self.runner.describe(),
             # --join addresses that have not answered since this peer started.
             "silent_seeds": [a for a in self.peers.seed_addrs() if not self._seeds_heard.get(a)],
+            "lost_after": self.config.timing.lost_after,
             # Frame bytes on the wire (requests and replies, both directions), peers and CLI.
             "wire": {
                 "client_sent": self.client.bytes_out,

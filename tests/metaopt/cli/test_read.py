@@ -167,3 +167,32 @@ def test_status_says_why_a_trial_failed(
     assert "Traceback" not in row  # one line of the reason, cut short
     done = next(line for line in lines if line.startswith("a" * 12))
     assert "exited" not in done
+
+
+def test_a_peer_that_hears_no_other_says_what_that_means(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Cut off from the others, a peer showed only "peers (0 live of 3)" while it prepared to
+    # re-run their trials itself.
+    status: dict[str, Any] = {
+        "node_id": "ab" * 16, "name": "lab1", "address": "127.0.0.1:7777", "pid": 1,
+        "data_dir": "/d", "records": 9, "experiments": 1, "fingerprint": "f", "slots": [],
+        "lost_after": 60.0,
+        "peers": [{"node_id": "cd" * 16, "address": "127.0.0.1:7778", "last_contact": 45.0,
+                   "live": False}],
+    }  # fmt: skip
+
+    class _Status:
+        def __init__(self, data_dir: object) -> None: ...
+
+        def call(self, op: str, body: object = None) -> object:
+            return status
+
+    monkeypatch.setattr("metaopt.cli._peer.LocalPeer", _Status)
+    assert main(["peer", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "hears none of the others (cut off, or they stopped)" in out
+    assert "silent 60 s" in out
+    status["peers"][0]["live"] = True
+    assert main(["peer", "status"]) == 0
+    assert "hears none" not in capsys.readouterr().out
