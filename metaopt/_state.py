@@ -107,23 +107,35 @@ class TrialView:
 
 
 def _causal_times(events: Sequence[tuple[int, bytes, int, bytes, EventBody]]) -> dict[bytes, int]:
-    """Each event's time for ordering: its own, but a lost event after every event its writer
-    had seen (EventBody.seen), and a (re)start after the free events it answers.
+    """Each event's time for ordering: its own, moved later where a causal link says so.
 
-    A runner whose clock ran an hour ahead stamped its last heartbeat after the loss another
-    peer noticed: by time alone the trial read "running" for that hour, and the re-run's start
-    sorted before the dead runner's, which stayed its runner.
+    A lost event comes after every event its writer had seen (EventBody.seen), a (re)start
+    after the free events it answers (EventBody.supersedes), and each writer's events stay in
+    the order it wrote them (its seq). A runner whose clock ran an hour ahead stamped its last
+    heartbeat after the loss another peer noticed, so by time alone its trial read "running"
+    for that hour; and a re-run's reports, stamped by a clock behind, sorted before its start.
     """
-    seen = {
+    when = {
         key: max(time, event.seen + 1) if event.kind == "lost" and event.seen is not None else time
         for time, _, _, key, event in events
     }
-    # Read from `seen` alone, never from what this loop wrote: the result must not depend on
-    # the order the events arrived in (a hostile chain of supersedes links would make it).
-    return {
-        key: max([seen[key], *(seen[k] + 1 for k in event.supersedes if k in seen)])
-        for _, _, _, key, event in events
-    }
+    by_writer = sorted(events, key=lambda e: (e[1], e[2], e[3]))
+    # Each pass reads the last one's times only, so the result is a function of the set, not of
+    # the order events arrived in. Honest chains settle in two passes (a loss, the re-run that
+    # answers it, that run's reports); the bound ends a hostile cycle of links.
+    for _ in range(3):
+        moved = {
+            key: max([when[key], *(when[k] + 1 for k in event.supersedes if k in when)])
+            for _, _, _, key, event in events
+        }
+        writer, latest = None, 0
+        for _, origin, _, key, _ in by_writer:
+            latest = moved[key] if origin != writer else max(latest, moved[key])
+            writer, moved[key] = origin, latest
+        if moved == when:
+            break
+        when = moved
+    return when
 
 
 def _trial_view(
@@ -155,13 +167,23 @@ def _trial_view(
     free: tuple[bytes, ...] = ()  # the free events in effect, latest last
     for time, _, _, ekey, event in ordered:
         last_seen = max(last_seen, time)
-        if event.step is not None and event.kind in ("progress", "frozen", "thawed"):
-            reported_step = max(reported_step, event.step)
         if event.kind in ("started", "thawed"):
             attempts += event.kind == "started"
             thaws += event.kind == "thawed"
             started_at = time if started_at is None else started_at
             runner = event.node
+            # A run goes on from its resume step, or starts afresh (step None): what earlier
+            # attempts reported past that point is not this run's curve. A re-run from 0 after
+            # a loss showed the lost run's step 8 beside its own loss at step 4, and the
+            # stoppers judged the mixed curve.
+            if event.step is None:
+                steps, reported_step = {}, 0
+                metrics = {}
+            else:
+                steps = {s: v for s, v in steps.items() if s <= event.step}
+                reported_step = min(reported_step, event.step)
+        if event.step is not None and event.kind in ("progress", "frozen", "thawed"):
+            reported_step = max(reported_step, event.step)
         if event.kind in _TERMINAL_RANK:
             rank = (_TERMINAL_RANK[event.kind], time, ekey, event)
             if terminal is None or rank[:3] < terminal[:3]:

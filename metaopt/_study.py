@@ -583,7 +583,9 @@ class Study:
                 # judged again at every ask().
                 self._event(key, "killed", step=view.last_step or None, reason=decision.reason)
             elif decision.action is Action.THAW and thawed is None:
-                self._event(key, "thawed", step=view.last_step or None, reason=decision.reason)
+                # Its step even at 0: a thaw without one is a fresh start (the fold drops the
+                # curve so far).
+                self._event(key, "thawed", step=view.last_step, reason=decision.reason)
                 thawed = Trial(key, dict(view.params), view.counter, view.last_step)
         if ending and self._stopper is not None:
             worth = {t for t, d in decisions.items() if d.action in (Action.THAW, Action.KILL)}

@@ -337,7 +337,9 @@ def test_a_frozen_trial_knows_the_step_its_frozen_run_reached() -> None:
     log.event(t, NODE_B, "frozen", 2100, step=7)
     view = log.state().trial(t.key)
     assert view is not None and view.state == "frozen"
-    assert view.frozen_step == 7 and view.last_step == 8
+    # The lost attempt's step 8 is no longer in its curve: the re-run started afresh.
+    assert view.frozen_step == 7 and view.last_step == 7
+    assert view.curve == tuple((step, 1.0) for step in range(1, 8))
     log.event(t, NODE_B, "thawed", 2200, step=7)
     thawed = log.state().trial(t.key)
     assert thawed is not None and thawed.frozen_step is None
@@ -355,3 +357,28 @@ def test_the_runner_of_an_ended_trial_is_the_run_that_ended_it() -> None:
     log.event(t, NODE_A, "completed", 90_000, metrics={"objective": 0.25})
     view = log.state().trial(t.key)
     assert view is not None and (view.state, view.runner, view.value) == ("completed", NODE_A, 0.25)
+
+
+def test_a_rerun_from_0_shows_its_own_curve_whatever_the_clocks() -> None:
+    # A re-run from 0 after a loss showed the lost run's step 8 beside its own step-4 loss.
+    # B's clock is 10 s behind A's: its start, its reports and its freeze are all stamped
+    # before A's last report, yet they follow the loss that saw that report.
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    log.event(t, NODE_A, "started", 20_000)
+    for step in range(1, 9):
+        log.event(t, NODE_A, "progress", 20_000 + step, step=step, metrics={"objective": 9.0})
+    loss = log.event(t, NODE_C, "lost", 15_000, reason="no news from node", seen=20_008)
+    log.event(t, NODE_B, "started", 10_000, supersedes=(loss.key,))
+    for step in range(1, 5):
+        log.event(t, NODE_B, "progress", 10_000 + step, step=step, metrics={"objective": 1.0})
+    records = list(log.records)
+    for order in (records, records[::-1]):
+        view = log.state(order).trial(t.key)
+        assert view is not None and (view.state, view.runner) == ("running", NODE_B)
+        assert view.curve == tuple((step, 1.0) for step in range(1, 5)) and view.last_step == 4
+    # A resume keeps what the resumed run had reached, and drops what a later attempt did.
+    log.event(t, NODE_B, "frozen", 10_010, step=4)
+    log.event(t, NODE_B, "thawed", 10_020, step=2)
+    view = log.state().trial(t.key)
+    assert view is not None and view.curve == ((1, 1.0), (2, 1.0)) and view.last_step == 2
