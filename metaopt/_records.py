@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crdt import KEY_SIZE, ORIGIN_SIZE, Record
-from metaopt._errors import WorkerError
-from metaopt.worker import check_name
 
 __all__ = [
     "BLOB",
@@ -106,14 +104,6 @@ def name_problem(name: object) -> str | None:
 def _plain(text: object) -> bool:
     """A string that can become an argument, an environment value or a path: no NUL byte."""
     return isinstance(text, str) and "\x00" not in text
-
-
-def _metric_name(name: str) -> bool:
-    try:
-        check_name(name)
-    except WorkerError:
-        return False
-    return True
 
 
 def is_metric(value: Any) -> bool:
@@ -204,12 +194,14 @@ def parse_experiment(record: Record) -> ExperimentSpec | None:
     max_trials = b.get("max_trials")
     max_step = b.get("max_step")
     ok = (
-        name_problem(b.get("name")) is None
+        # Any string: metaopt wrote names of any length and characters before the rule of
+        # name_problem (now checked where a name is written); a reader that refused them
+        # would make those experiments vanish. The peer's log escapes what is unprintable.
+        isinstance(b.get("name"), str)
         and isinstance(space, dict)
         and bool(space)
         and all(_plain(k) and _plain(v) for k, v in space.items())
         and objectives is not None
-        and all(_metric_name(o) for o in objectives)
         and directions is not None
         and len(objectives) == len(directions)
         and all(d in ("minimize", "maximize") for d in directions)
@@ -299,10 +291,11 @@ class EventBody:
     # Event times are each writer's wall clock, so with clock skew a re-run's "started" can sort
     # before the "lost" it answers; the fold drops superseded free events whatever the times.
     supersedes: tuple[bytes, ...] = ()
-    # A lost event's causal past: the latest time among the trial's events its writer had
-    # seen. The fold places it after them, so a runner whose clock ran ahead (its last
-    # heartbeat stamped after the loss was noticed) no longer reads as running on.
-    seen: int | None = None
+    # A lost event's causal past: the key of the trial's latest event its writer had seen.
+    # The fold orders it after that event, so a runner whose clock ran ahead (its last
+    # heartbeat stamped after the loss was noticed) no longer reads as running on. A key, not
+    # a time: nothing a peer stamps can put a loss beyond reach.
+    after: bytes | None = None
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"kind": self.kind, "node": self.node}
@@ -318,8 +311,8 @@ class EventBody:
             body["stderr"] = self.stderr
         if self.supersedes:
             body["supersedes"] = list(self.supersedes)
-        if self.seen is not None:
-            body["seen"] = self.seen
+        if self.after is not None:
+            body["after"] = self.after
         return body
 
 
@@ -330,7 +323,7 @@ def parse_event(record: Record) -> EventBody | None:
     kind, node = b.get("kind"), b.get("node")
     step, metrics = b.get("step"), b.get("metrics", {})
     exit_code, reason, stderr = b.get("exit_code"), b.get("reason"), b.get("stderr")
-    supersedes, seen = b.get("supersedes", []), b.get("seen")
+    supersedes, after = b.get("supersedes", []), b.get("after")
     if (
         not isinstance(kind, str)  # first: a list or map from the wire is unhashable
         or kind not in EVENT_KINDS
@@ -344,7 +337,7 @@ def parse_event(record: Record) -> EventBody | None:
         or not isinstance(supersedes, list)
         or len(supersedes) > MAX_SUPERSEDES
         or not all(isinstance(k, bytes) and len(k) == KEY_SIZE for k in supersedes)
-        or (seen is not None and (type(seen) is not int or not 0 <= seen < MAX_INT))
+        or (after is not None and (not isinstance(after, bytes) or len(after) != KEY_SIZE))
     ):
         return None
     return EventBody(
@@ -358,7 +351,7 @@ def parse_event(record: Record) -> EventBody | None:
         reason,
         stderr,
         tuple(supersedes),
-        seen,
+        after,
     )
 
 

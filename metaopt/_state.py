@@ -53,6 +53,7 @@ FROZEN_BY_HAND = "frozen by the user"
 _RUNNING_SIGNALS = frozenset({"started", "thawed", "progress", "heartbeat"})
 _LIFECYCLE = _RUNNING_SIGNALS | {"frozen", "lost", "interrupted"}
 _TERMINAL_RANK = {"completed": 0, "failed": 1, "killed": 1}
+_MAX_LINK_PASSES = 64
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,9 @@ class TrialView:
     # from 0 after a loss keeps its earlier attempt's higher steps in its curve, so this, not
     # last_step, is where a thaw resumes from its checkpoint.
     frozen_step: int | None = None
+    # The key of its latest event in causal order: what a loss written now follows
+    # (EventBody.after).
+    latest: bytes | None = None
 
     @property
     def id(self) -> str:
@@ -109,23 +113,27 @@ class TrialView:
 def _causal_times(events: Sequence[tuple[int, bytes, int, bytes, EventBody]]) -> dict[bytes, int]:
     """Each event's time for ordering: its own, moved later where a causal link says so.
 
-    A lost event comes after every event its writer had seen (EventBody.seen), a (re)start
-    after the free events it answers (EventBody.supersedes), and each writer's events stay in
-    the order it wrote them (its seq). A runner whose clock ran an hour ahead stamped its last
-    heartbeat after the loss another peer noticed, so by time alone its trial read "running"
-    for that hour; and a re-run's reports, stamped by a clock behind, sorted before its start.
+    A lost event comes after the latest event its writer had seen (EventBody.after), a
+    (re)start after the free events it answers (EventBody.supersedes), and each writer's
+    events stay in the order it wrote them (its seq). A runner whose clock ran an hour ahead
+    stamped its last heartbeat after the loss another peer noticed, so by time alone its
+    trial read "running" for that hour; and a re-run's reports, stamped by a clock behind,
+    sorted before its start.
     """
-    when = {
-        key: max(time, event.seen + 1) if event.kind == "lost" and event.seen is not None else time
-        for time, _, _, key, event in events
-    }
+    when = {key: time for time, _, _, key, _ in events}
     by_writer = sorted(events, key=lambda e: (e[1], e[2], e[3]))
-    # Each pass reads the last one's times only, so the result is a function of the set, not of
-    # the order events arrived in. Honest chains settle in two passes (a loss, the re-run that
-    # answers it, that run's reports); the bound ends a hostile cycle of links.
-    for _ in range(3):
+    # Each pass reads the last one's times only, so the result is a function of the set, not
+    # of the order events arrived in; a chain of k links settles in k passes (a trial lost and
+    # re-run n times: about 2n). The bound ends a hostile cycle of links.
+    for _ in range(_MAX_LINK_PASSES):
         moved = {
-            key: max([when[key], *(when[k] + 1 for k in event.supersedes if k in when)])
+            key: max(
+                [
+                    when[key],
+                    *(when[k] + 1 for k in event.supersedes if k in when),
+                    *([when[event.after] + 1] if event.after in when else []),
+                ]
+            )
             for _, _, _, key, event in events
         }
         writer, latest = None, 0
@@ -247,6 +255,7 @@ def _trial_view(
         reported_step=reported_step,
         free_events=free if state in FREE_STATES else (),
         frozen_step=lifecycle.step if state == "frozen" and lifecycle is not None else None,
+        latest=ordered[-1][3] if ordered else None,
     )
 
 
@@ -319,6 +328,10 @@ class ExperimentState:
             events = list(self._events.get(key, {}).values())
             view = self._views[key] = _trial_view(key, trial, created, events, self.spec)
         return view
+
+    def trial_keys(self) -> list[bytes]:
+        """Every known trial's key, without folding its view."""
+        return list(self._trials)
 
     def trials(self) -> list[TrialView]:
         """Every known trial, oldest first (by creation time, then key)."""

@@ -54,7 +54,6 @@ __all__ = ["Study", "Trial", "sync_stores"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-# What a failure's reason may hold: as much as the peer keeps of a failed run's stderr.
 
 
 @dataclass(frozen=True)

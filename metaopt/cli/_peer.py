@@ -147,7 +147,19 @@ def _start(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_printable_lines)
     return asyncio.run(_run(config))
+
+
+def _printable_lines(record: logging.LogRecord) -> bool:
+    """Escape what a log line cannot show: a name from another peer's record with a newline or
+    a terminal escape in it forged lines in every peer's log."""
+    message = record.getMessage()
+    if not message.isprintable():
+        record.msg = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+        record.args = ()
+    return True
 
 
 async def _run(config: PeerConfig) -> int:

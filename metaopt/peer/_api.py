@@ -253,11 +253,19 @@ class LocalApi:
         # A trial frozen by hand on a peer that is gone is nobody else's to re-run (see
         # find_lost): any peer may take it over when told to, from step 0 (its checkpoint
         # went with its peer).
-        taken_over = view.runner != self.node.node_id
-        if taken_over and (view.runner is None or self.node.is_alive(view.runner)):
-            where = view.runner.hex()[:8] if view.runner else "another peer"
+        runner = view.runner
+        taken_over = runner != self.node.node_id
+        if taken_over and (runner is None or self.node.is_alive(runner)):
+            where = runner.hex()[:8] if runner else "another peer"
             raise MetaoptError(
                 f"trial {view.id[:12]} is frozen on node {where}; run `metaopt thaw` there"
+            )
+        if taken_over and runner and not (self.node.listened() and self.node.caught_up()):
+            # Just started, it has heard from nobody yet: a live peer looks gone.
+            raise MetaoptError(
+                f"trial {view.id[:12]} is frozen on node {runner.hex()[:8]}, which this peer"
+                " has not heard from since it started; try again in a minute, or run"
+                " `metaopt thaw` there"
             )
         if self.node.runner.free_slots() <= 0:
             # The scheduler fills a slot as soon as it frees, so "wait" rarely helps.

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import os
 import re
@@ -75,7 +76,10 @@ def _dies_with_its_peer() -> Callable[[], None] | None:
     A peer killed -9 (or by the OOM killer) and not restarted left its trials running beside
     their re-runs on other peers: two processes on the same parameters until the orphan next
     wrote to its closed pipe. libc and the function are looked up here, before any fork: the
-    child only makes the one call.
+    child only makes the one call (no lock another thread could hold). The signal reaches
+    the trial's own process only, not what it starts (the restart's orphan sweep stops
+    those), and comes when the thread that forked it ends: the peer's event loop runs on its
+    main thread, which lives as long as the peer.
     """
     if not sys.platform.startswith("linux"):
         return None
@@ -121,6 +125,7 @@ class TrialOutcome:
     reason: str | None = None
     stderr_tail: tuple[str, ...] = ()
     stage: str | None = None  # how far a stop had to go, for an interrupted trial
+    diverged: bool = False  # failed because its last report of an objective was nan or inf
 
 
 class TrialProcess:
@@ -284,7 +289,8 @@ class TrialProcess:
         ]
         if code == 0 and diverged:
             why = f"diverged: its last report was {', '.join(diverged)}"
-            return self._failed(code, why, tail, metrics, objectives)
+            failed = self._failed(code, why, tail, metrics, objectives)
+            return dataclasses.replace(failed, diverged=True)
         if code == 0 and len(objectives) == len(spec.objectives):
             self._emit("completed", exit_code=0, objectives=objectives, metrics=metrics)
             return TrialOutcome("completed", 0, metrics, objectives, None, tail)

@@ -396,7 +396,7 @@ class Node:
         reason: str | None = None,
         stderr: str | None = None,
         supersedes: tuple[bytes, ...] = (),
-        seen: int | None = None,
+        after: bytes | None = None,
     ) -> Record:
         clean = {k: v for k, v in (metrics or {}).items() if is_metric(v)}
         if reason is not None and len(reason) > MAX_REASON:
@@ -414,7 +414,7 @@ class Node:
             reason,
             stderr,
             supersedes,
-            seen,
+            after,
         )
         return self.writer.write(EVENT, body.to_body(), [trial, experiment])
 
@@ -498,6 +498,16 @@ class Node:
 
     # --------------------------------------------------------------------------- scheduling
 
+    def listened(self) -> bool:
+        """Whether this node may presume another gone: it has listened for the peer timeout.
+
+        Another node unheard of since this one started may just not have called yet (a
+        --join seed is known by address until it does). A peer that joined took a live peer's
+        trial frozen a minute before for lost and re-ran it from step 0, away from its
+        checkpoint.
+        """
+        return self.clock() - self.started_at >= self.config.timing.peer_timeout
+
     def caught_up(self) -> bool:
         """Whether this replica may judge other peers' trials and claim free ones.
 
@@ -561,11 +571,7 @@ class Node:
         timing = self.config.timing
         runnable = [s for s in self.replica.experiments.values() if s.spec.command is not None]
         caught_up = self.caught_up()
-        # Another node unheard of since this one started may just not have called yet (a
-        # --join seed is known by address until it does): nobody is presumed gone before this
-        # node has listened for peer_timeout. A peer that joined took a live peer's trial
-        # frozen a minute before for lost and re-ran it from step 0, away from its checkpoint.
-        listened = self.clock() - self.started_at >= timing.peer_timeout
+        listened = self.listened()
         for lost in (
             find_lost(
                 runnable,
@@ -581,7 +587,7 @@ class Node:
         ):
             log.info("trial %s is lost: %s", lost.trial.hex()[:12], lost.reason)
             self.write_event(
-                lost.experiment, lost.trial, "lost", reason=lost.reason, seen=lost.seen
+                lost.experiment, lost.trial, "lost", reason=lost.reason, after=lost.after
             )
         self._warn_failing(runnable)
         work = plan_work(

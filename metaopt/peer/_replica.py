@@ -55,7 +55,7 @@ class Replica:
                     if state is not None:
                         self.experiments[record.key] = state
                         self._created[record.key] = record.time
-                        self._heard.update((t.key, now_ms) for t in state.trials())
+                        self._heard.update(dict.fromkeys(state.trial_keys(), now_ms))
                 continue
             for link in record.links:
                 state = self.experiments.get(link)

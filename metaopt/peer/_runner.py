@@ -392,8 +392,8 @@ class TrialRunner:
         state = self.node.replica.experiments.get(run.experiment)
         if state is None or run.resumed_after is None or outcome.exit_code != 0:
             return False
-        if outcome.objectives:
-            return False  # it reported some, and not all: a real failure
+        if outcome.objectives or outcome.diverged:
+            return False  # it reported some, and not all, or nan: a real failure
         view = state.trial(run.trial)
         reported = view.metrics if view is not None else {}
         return all(isinstance(reported.get(n), int | float) for n in state.spec.objectives)

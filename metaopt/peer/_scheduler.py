@@ -45,7 +45,7 @@ class Lost:
     experiment: bytes
     trial: bytes
     reason: str
-    seen: int | None = None  # the trial's latest event time this node had seen (EventBody.seen)
+    after: bytes | None = None  # the trial's latest event this node had seen (EventBody.after)
 
 
 def _stamped(trial: TrialView) -> int:
@@ -105,7 +105,8 @@ def find_lost(
             owner = trial.runner or trial.node
             if owner == me:
                 if trial.state != "frozen" and trial.key not in running_here:
-                    out.append(Lost(state.key, trial.key, "its peer restarted while it ran"))
+                    why = "its peer restarted while it ran"
+                    out.append(Lost(state.key, trial.key, why, trial.latest))
                 continue
             if trial.frozen_by_hand:
                 continue
@@ -117,7 +118,7 @@ def find_lost(
                     if trial.state == "frozen"
                     else f"no news from node {owner.hex()[:8]} for {quiet // 1000} s"
                 )
-                out.append(Lost(state.key, trial.key, why, trial.last_seen))
+                out.append(Lost(state.key, trial.key, why, trial.latest))
     return out
 
 

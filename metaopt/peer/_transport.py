@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from crdt import CrdtError, FrameCodec, FrameError
+from crdt import FrameCodec, FrameError, ProtocolError, RecordError
 from metaopt._errors import MetaoptError
 from metaopt.peer._wire import (
     PROTOCOL_VERSION,
@@ -133,7 +133,7 @@ class Server:
                 reply = Reply(True, await handler(message))
             except MetaoptError as exc:
                 reply = Reply(False, error=str(exc))
-            except CrdtError as exc:  # a sealed message whose content breaks the protocol
+            except (ProtocolError, RecordError) as exc:  # sealed, but breaking the protocol
                 why = f"{type(exc).__name__}: {exc}"
                 self._log_refusal(request.remote, type(exc).__name__, "refused", why)
                 reply = Reply(False, error=why)

@@ -27,8 +27,11 @@ __all__ = [
 
 # What peers say to each other, versioned: a peer refuses requests and replies of another
 # version (and discovery ignores its announcements). 2: a reconciliation session may ask for
-# (origin, lo, hi) runs, which version 1 peers do not answer. See CONTRIBUTING for when to bump.
-PROTOCOL_VERSION = 2
+# (origin, lo, hi) runs, which version 1 peers do not answer. 3: records are folded in causal
+# order (a lost event's `after`, which version 2 ignores) and a trial or event must be
+# written by the node it names, so the two would show one history differently. See
+# CONTRIBUTING for when to bump.
+PROTOCOL_VERSION = 3
 
 
 class WireError(MetaoptError):

@@ -218,8 +218,14 @@ async def test_a_freeze_or_thaw_that_cannot_happen_says_why_and_what_to_do() -> 
         free_slots=lambda: 0, running_keys=lambda: {trials[2].key}, stopping_as=stopping.get
     )
     alive = {NODE, other}
+    listened = [False]
     node = SimpleNamespace(
-        node_id=NODE, replica=Replica(store), runner=runner, is_alive=alive.__contains__
+        node_id=NODE,
+        replica=Replica(store),
+        runner=runner,
+        is_alive=alive.__contains__,
+        listened=lambda: listened[0],
+        caught_up=lambda: True,
     )
     api = LocalApi(node)  # type: ignore[arg-type]
 
@@ -246,6 +252,9 @@ async def test_a_freeze_or_thaw_that_cannot_happen_says_why_and_what_to_do() -> 
         launched.append((view.key, thaw))
 
     runner.free_slots, runner.launch = (lambda: 1), launch
+    # Not before this peer has listened long enough to tell a gone peer from a quiet one.
+    assert "has not heard from since it started; try again" in await refusal(trials[1])
+    listened[0] = True
     answer = await api.thaw(Request("api.thaw", NODE, "", trials[1].key.hex()[:8]))
     assert answer == {"id": trials[1].key.hex(), "from_step_0": True}
     assert launched == [(trials[1].key, True)]

@@ -307,23 +307,26 @@ def test_a_stop_landing_after_the_last_step_records_the_trial_completed() -> Non
 def test_a_resumed_run_with_nothing_left_to_do_keeps_its_earlier_result() -> None:
     # Its last report landed as a freeze did; thawed, it exited 0 at once with nothing to
     # report and was recorded failed ("no objective reported"), its curve's result lost.
-    cases = ((10, 0, "completed"), (None, 0, "failed"), (10, 1, "failed"))
-    for resumed_after, code, recorded in cases:
+    # A resumed run whose only report was nan diverged: it was recorded completed at the
+    # value from before its freeze.
+    cases = ((10, 0, False, "completed"), (None, 0, False, "failed"), (10, 1, False, "failed"),
+             (10, 0, True, "failed"))  # fmt: skip
+    for resumed_after, code, diverged, recorded in cases:
         state, trial = _frozen_trial(10)  # it reported objective 0.5 at step 10
         node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
         runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
         outcome = SimpleNamespace(
             status="failed", exit_code=code, objectives={}, metrics={},
-            reason="no objective reported", stderr_tail=(),
+            reason="no objective reported", stderr_tail=(), diverged=diverged,
         )  # fmt: skip
         run = Running(runner.slots[0], state.key, trial, resumed_after=resumed_after)
         runner._record_outcome(run, outcome)
-        assert node.written[-1][:2] == (trial, recorded), (resumed_after, code)
+        assert node.written[-1][:2] == (trial, recorded), (resumed_after, code, diverged)
     assert state.trial(trial).state == "failed"  # type: ignore[union-attr]
     state, trial = _frozen_trial(10)
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
-    outcome.exit_code = 0
+    outcome.exit_code, outcome.diverged = 0, False
     runner._record_outcome(Running(runner.slots[0], state.key, trial, resumed_after=10), outcome)
     done = state.trial(trial)
     assert done is not None and (done.state, done.value) == ("completed", 0.5)

@@ -258,8 +258,8 @@ def test_a_dead_runner_whose_clock_ran_ahead_is_lost_on_this_nodes_clock() -> No
     assert find_lost([state], ME, 50_000, 60_000, lambda n: False, set(), news) == []
     [lost] = find_lost([state], ME, 71_000, 60_000, lambda n: False, set(), news)
     assert lost.reason == f"no news from node {OTHER.hex()[:8]} for 61 s"
-    assert lost.seen == 3_610_000
-    body = EventBody(t.key, state.key, "lost", ME, reason=lost.reason, seen=lost.seen)
+    assert lost.after is not None and lost.after == view.latest  # its last heartbeat
+    body = EventBody(t.key, state.key, "lost", ME, reason=lost.reason, after=lost.after)
     loss = Record.create(EVENT, ME, 1, 71_000, body.to_body(), [t.key, state.key])
     state.apply(loss)
     view = state.trial(t.key)
