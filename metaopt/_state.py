@@ -1,19 +1,25 @@
 """Pure folds from records to views: what an experiment and each of its trials look like now.
 
 The fold is order-free: applying the same set of records in any order gives the same views,
-because a trial's state is computed from all its events sorted by (time, key), never from the
-order they arrived in. That is what lets every peer, each with its own arrival order, agree.
+because a trial's state is computed from all its events sorted by a causal time (each event's
+stamp, moved after what its links name and after its writer's earlier events: see
+_causal_times), never from the order they arrived in. That is what lets every peer, each with
+its own arrival order and its own clock, agree.
 
 State rules (see TrialView.state):
 - completed, failed and killed are terminal; the first terminal event in (time, key) order wins,
   with completed beating the others (a result outranks a verdict reached without it).
 - otherwise the latest lifecycle signal decides: started, thawed, progress and heartbeat mean
-  running; frozen, lost and interrupted mean what they say; none means pending.
+  running; frozen, lost and interrupted mean what they say; none means pending. A run's
+  reports, heartbeats and stops count only while it is the current run (the latest start).
+- the curve is one run's: the run that ended the trial, else the current one; a start keeps
+  the reports of that node's earlier run up to its resume step (none without one).
 - lost and interrupted trials are free: any peer may run them again.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +59,6 @@ FROZEN_BY_HAND = "frozen by the user"
 _RUNNING_SIGNALS = frozenset({"started", "thawed", "progress", "heartbeat"})
 _LIFECYCLE = _RUNNING_SIGNALS | {"frozen", "lost", "interrupted"}
 _TERMINAL_RANK = {"completed": 0, "failed": 1, "killed": 1}
-_MAX_LINK_PASSES = 64
 
 
 @dataclass(frozen=True)
@@ -110,40 +115,124 @@ class TrialView:
         return max(self.curve[-1][0] if self.curve else 0, self.reported_step)
 
 
-def _causal_times(events: Sequence[tuple[int, bytes, int, bytes, EventBody]]) -> dict[bytes, int]:
+_Event = tuple[int, bytes, int, bytes, EventBody]  # time, origin, seq, key, body
+
+
+def _causal_times(events: Sequence[_Event]) -> dict[bytes, int]:
     """Each event's time for ordering: its own, moved later where a causal link says so.
 
-    A lost event comes after the latest event its writer had seen (EventBody.after), a
-    (re)start after the free events it answers (EventBody.supersedes), and each writer's
-    events stay in the order it wrote them (its seq). A runner whose clock ran an hour ahead
-    stamped its last heartbeat after the loss another peer noticed, so by time alone its
-    trial read "running" for that hour; and a re-run's reports, stamped by a clock behind,
-    sorted before its start.
+    A lost event comes after the latest event its writer had seen (EventBody.after; a start
+    taking over a trial too), a (re)start after the free events it answers
+    (EventBody.supersedes), and each writer's events stay in the order it wrote them (its
+    seq). A runner whose clock ran an hour ahead stamped its last heartbeat after the loss
+    another peer noticed, so by time alone its trial read "running" for that hour; and a
+    re-run's reports, stamped by a clock behind, sorted before its start.
+
+    The longest path over those links, in one pass in topological order. Honest links form
+    no cycle (a key is the hash of a record, so a record can only name an older one); a
+    hostile writer can make one with its seq order, and the links inside a cycle are ignored
+    (its events keep their stamps), while links into and out of it still hold.
     """
     when = {key: time for time, _, _, key, _ in events}
-    by_writer = sorted(events, key=lambda e: (e[1], e[2], e[3]))
-    # Each pass reads the last one's times only, so the result is a function of the set, not
-    # of the order events arrived in; a chain of k links settles in k passes (a trial lost and
-    # re-run n times: about 2n). The bound ends a hostile cycle of links.
-    for _ in range(_MAX_LINK_PASSES):
-        moved = {
-            key: max(
-                [
-                    when[key],
-                    *(when[k] + 1 for k in event.supersedes if k in when),
-                    *([when[event.after] + 1] if event.after in when else []),
-                ]
-            )
-            for _, _, _, key, event in events
-        }
-        writer, latest = None, 0
-        for _, origin, _, key, _ in by_writer:
-            latest = moved[key] if origin != writer else max(latest, moved[key])
-            writer, moved[key] = origin, latest
-        if moved == when:
-            break
-        when = moved
+    preds: dict[bytes, list[tuple[bytes, int]]] = {key: [] for key in when}
+    writer_order = sorted(events, key=lambda e: (e[1], e[2], e[3]))
+    for before, after in itertools.pairwise(writer_order):
+        if before[1] == after[1]:
+            preds[after[3]].append((before[3], 0))
+    for _, _, _, key, event in events:
+        links = (*event.supersedes, *(() if event.after is None else (event.after,)))
+        preds[key].extend((k, 1) for k in links if k in when and k != key)
+    cycle = _cycle_members(preds)
+    kept = {
+        key: [(k, w) for k, w in ps if cycle.get(k) is None or cycle.get(k) != cycle.get(key)]
+        for key, ps in preds.items()
+    }
+    waiting = {key: len(ps) for key, ps in kept.items()}
+    succ: dict[bytes, list[bytes]] = {key: [] for key in when}
+    for key, ps in kept.items():
+        for k, _ in ps:
+            succ[k].append(key)
+    ready = [key for key, n in waiting.items() if n == 0]
+    while ready:
+        key = ready.pop()
+        when[key] = max([when[key], *(when[k] + w for k, w in kept[key])])
+        for nxt in succ[key]:
+            waiting[nxt] -= 1
+            if waiting[nxt] == 0:
+                ready.append(nxt)
     return when
+
+
+def _cycle_members(preds: Mapping[bytes, list[tuple[bytes, int]]]) -> dict[bytes, bytes]:
+    """The events on a cycle of links, each mapped to one member of its cycle (Tarjan's
+    strongly connected components, iterative; which member names a cycle does not matter)."""
+    index: dict[bytes, int] = {}
+    low: dict[bytes, int] = {}
+    stack: list[bytes] = []
+    on_stack: set[bytes] = set()
+    out: dict[bytes, bytes] = {}
+    for root in preds:
+        if root in index:
+            continue
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        work = [(root, iter(preds[root]))]
+        while work:
+            node, todo = work[-1]
+            for nxt, _ in todo:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(preds[nxt])))
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    members = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        members.append(member)
+                        if member == node:
+                            break
+                    if len(members) > 1:
+                        out.update(dict.fromkeys(members, node))
+    return out
+
+
+# Events a run writes about itself: they count for the trial only while it is the current run.
+_RUN_OWN = frozenset({"progress", "heartbeat", "frozen", "interrupted"})
+
+
+@dataclass
+class _Run:
+    """What one node's latest run of a trial reported."""
+
+    steps: dict[int, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    reported: int = 0  # the highest step any of its events carried
+
+    def resumed_at(self, step: int | None) -> _Run:
+        """This run restarted at step: afresh (None), or keeping what it had up to step."""
+        if step is None:
+            return _Run()
+        kept = {s: v for s, v in self.steps.items() if s <= step}
+        return _Run(kept, dict(self.metrics), min(self.reported, step))
+
+    def report(self, event: EventBody, objective: str) -> None:
+        if event.step is not None:
+            self.reported = max(self.reported, event.step)
+        if event.kind == "progress":
+            self.metrics.update(event.metrics)
+            value = event.metrics.get(objective)
+            if event.step is not None and isinstance(value, int | float):
+                self.steps[event.step] = float(value)
 
 
 def _trial_view(
@@ -164,46 +253,53 @@ def _trial_view(
     terminal: tuple[int, int, bytes, EventBody] | None = None
     lifecycle: EventBody | None = None
     runner: bytes | None = None
-    steps: dict[int, float] = {}
-    metrics: dict[str, Any] = {}
+    runs: dict[bytes, _Run] = {}  # each node's latest run of it: its curve and metrics
     last_seen = created
     attempts = 0
     thaws = 0
     started_at: int | None = None
     first = spec.objectives[0]
-    reported_step = 0
     free: tuple[bytes, ...] = ()  # the free events in effect, latest last
+    latest_report: bytes | None = None
+    run_began = -1  # the causal time of the current run's start
     for time, _, _, ekey, event in ordered:
         last_seen = max(last_seen, time)
         if event.kind in ("started", "thawed"):
             attempts += event.kind == "started"
             thaws += event.kind == "thawed"
             started_at = time if started_at is None else started_at
-            runner = event.node
+            runner, run_began = event.node, when[ekey]
             # A run goes on from its resume step, or starts afresh (step None): what earlier
-            # attempts reported past that point is not this run's curve. A re-run from 0 after
-            # a loss showed the lost run's step 8 beside its own loss at step 4, and the
-            # stoppers judged the mixed curve.
-            if event.step is None:
-                steps, reported_step = {}, 0
-                metrics = {}
-            else:
-                steps = {s: v for s, v in steps.items() if s <= event.step}
-                reported_step = min(reported_step, event.step)
-        if event.step is not None and event.kind in ("progress", "frozen", "thawed"):
-            reported_step = max(reported_step, event.step)
+            # runs reported past that point is not its curve. A re-run from 0 after a loss
+            # showed the lost run's step 8 beside its own loss at step 4, and the stoppers
+            # judged the mixed curve.
+            runs[runner] = runs.get(runner, _Run()).resumed_at(event.step)
+        # Reports, heartbeats and stops of a run that is no longer the trial's (the runner a
+        # re-run replaced, cut off but alive, or heard late) are its own business: a late
+        # report from a dead runner whose clock ran fast read as the trial running again.
+        current = runner is None or event.node == runner or event.kind not in _RUN_OWN
+        if event.kind == "lost" and event.after in when:
+            # A loss of a run that another has replaced since (its writer had not heard of
+            # the re-run yet) would free a trial that runs: it would be run twice.
+            current = when[event.after] >= run_began
         if event.kind in _TERMINAL_RANK:
             rank = (_TERMINAL_RANK[event.kind], time, ekey, event)
             if terminal is None or rank[:3] < terminal[:3]:
                 terminal = rank
-        elif event.kind in _LIFECYCLE and ekey not in answered:
+        elif event.kind in _LIFECYCLE and ekey not in answered and current:
             lifecycle = event
             free = (*free, ekey) if event.kind in FREE_STATES else ()
-        if event.kind == "progress":
-            metrics.update(event.metrics)
-            value = event.metrics.get(first)
-            if event.step is not None and isinstance(value, int | float):
-                steps[event.step] = float(value)
+        if event.kind in ("progress", "frozen", "thawed"):
+            run = runs.setdefault(event.node, _Run())
+            run.report(event, first)
+            latest_report = event.node
+    # The curve of the run that ended it, else of the current run: across a partition both
+    # sides ran it, and their reports interleaved in one curve.
+    shown = runs.get(terminal[3].node if terminal is not None else runner or latest_report or b"")
+    shown = shown if shown is not None else _Run()
+    metrics: dict[str, Any] = dict(shown.metrics)
+    reported_step = shown.reported
+    steps = shown.steps
     curve = tuple(sorted(steps.items()))
     exit_code: int | None = None
     reason: str | None = None

@@ -174,6 +174,9 @@ class TrialRunner:
             "thawed" if thaw else "started",
             step=resume,
             supersedes=view.free_events,
+            # After all this peer knew of the trial, whatever the clocks: a trial frozen by
+            # hand on a gone peer whose clock ran ahead stayed "frozen" after a takeover.
+            after=view.latest,
         )
         try:
             spec = self._spec(state, view, slot, resume)

@@ -20,7 +20,7 @@ from metaopt._records import (
     experiment_record,
     parse_experiment,
 )
-from metaopt._state import ExperimentState, list_experiments
+from metaopt._state import FROZEN_BY_HAND, ExperimentState, list_experiments
 from tests.strategies import record_values
 
 NODE_A = b"a" * 16
@@ -70,7 +70,11 @@ class Log:
 
 
 def _views(state: ExperimentState) -> list[tuple[object, ...]]:
-    return [(t.key, t.state, t.values, t.curve, t.runner, t.attempts) for t in state.trials()]
+    return [
+        (t.key, t.state, t.values, t.curve, t.runner, t.attempts, t.latest, t.free_events,
+         t.frozen_step, t.last_step)
+        for t in state.trials()
+    ]  # fmt: skip
 
 
 def test_lifecycle_states() -> None:
@@ -425,3 +429,94 @@ def test_a_rerun_after_a_loss_to_a_fast_clock_can_freeze_stop_and_be_lost_again(
         records = list(log.records)
         random.Random(stamp).shuffle(records)
         assert _views(log.state(records)) == _views(log.state())
+
+
+def test_a_cycle_of_links_cannot_keep_a_trial_from_being_lost() -> None:
+    # Found by review: D's first event names its own second one (stamped 2**62) in `after`,
+    # a cycle with its seq order; the links were followed a bounded number of times, the
+    # cycle's times rose with each, and every loss written after it sorted first: the trial
+    # stayed running and each lost-trial pass wrote another loss.
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    body = EventBody(t.key, log.experiment.key, "heartbeat", NODE_D).to_body()
+    beat = Record.create(EVENT, NODE_D, 2, 2**62, body, [t.key, log.experiment.key])
+    body = EventBody(t.key, log.experiment.key, "started", NODE_D, after=beat.key).to_body()
+    start = Record.create(EVENT, NODE_D, 1, 2**62, body, [t.key, log.experiment.key])
+    log.records += [beat, start]
+    view = log.state().trial(t.key)
+    assert view is not None and view.state == "running" and view.latest is not None
+    log.event(t, NODE_B, "lost", 1_000_000, reason="no news", after=view.latest)
+    view = log.state().trial(t.key)
+    assert view is not None and view.state == "lost"
+
+
+def test_a_late_report_of_a_replaced_run_does_not_undo_the_current_runs_freeze() -> None:
+    # A's clock runs an hour fast; B took it for lost after its step 8, and A's step 9 came
+    # late. C's re-run from 0 froze at step 3, yet the trial read running again, with A's
+    # step 9 in C's curve, and C then took its own trial for an orphan.
+    log, t = _lost_to_a_fast_clock(1_000 + HOUR)
+    log.event(t, NODE_A, "progress", 2_000 + HOUR, step=9, metrics={"objective": 9.0})
+    for step in range(1, 4):
+        log.event(t, NODE_C, "progress", 101_000 + step, step=step, metrics={"objective": 1.0})
+    log.event(t, NODE_C, "frozen", 102_000, step=3)
+    view = log.state().trial(t.key)
+    assert view is not None and (view.state, view.runner) == ("frozen", NODE_C)
+    assert view.curve == ((1, 1.0), (2, 1.0), (3, 1.0)) and view.last_step == 3
+
+
+def test_a_trial_run_on_both_sides_of_a_partition_shows_the_curve_of_the_run_that_ended_it() -> (
+    None
+):
+    # A, cut off, ran on to step 20 and completed it; C had re-run it to step 15. The
+    # completed trial's curve was C's steps 1-15 with A's 16-20.
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    log.event(t, NODE_A, "started", 1_000)
+    for step in range(1, 21):
+        log.event(t, NODE_A, "progress", 1_000 + step * 100, step=step, metrics={"objective": 9.0})
+    first = log.state().trial(t.key)
+    assert first is not None
+    loss = log.event(t, NODE_B, "lost", 1_500, reason="no news", after=first.latest)
+    log.event(t, NODE_C, "started", 1_501, supersedes=(loss.key,))
+    for step in range(1, 16):
+        log.event(t, NODE_C, "progress", 1_501 + step, step=step, metrics={"objective": 1.0})
+    running = log.state().trial(t.key)
+    assert running is not None and running.runner == NODE_C and running.last_step == 15
+    log.event(t, NODE_A, "completed", 3_100, metrics={"objective": 9.0})
+    done = log.state().trial(t.key)
+    assert done is not None and (done.state, done.runner, done.value) == ("completed", NODE_A, 9.0)
+    assert done.curve == tuple((step, 9.0) for step in range(1, 21))
+
+
+def test_a_takeover_of_a_trial_frozen_on_a_fast_clock_runs() -> None:
+    # `metaopt thaw` on B of a trial frozen by hand on A, gone, whose clock ran ahead: B's
+    # thaw sorted before A's freeze, and the trial still read "frozen by the user".
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    log.event(t, NODE_A, "started", 1_000 + HOUR)
+    log.event(t, NODE_A, "frozen", 2_000 + HOUR, step=4, reason=FROZEN_BY_HAND)
+    frozen = log.state().trial(t.key)
+    assert frozen is not None and frozen.frozen_by_hand
+    log.event(t, NODE_B, "thawed", 5_000, after=frozen.latest)
+    log.event(t, NODE_B, "progress", 5_100, step=1, metrics={"objective": 0.3})
+    view = log.state().trial(t.key)
+    assert view is not None and (view.state, view.runner, view.curve) == (
+        "running",
+        NODE_B,
+        ((1, 0.3),),
+    )
+
+
+def test_a_loss_of_a_run_already_replaced_does_not_free_the_trial() -> None:
+    # D had not heard of C's re-run when it, too, took A's run for lost: by its stamp its
+    # loss came after C's start and freed a trial C was running, for a third peer to run.
+    log, t = _lost_to_a_fast_clock(2_000)  # clocks in step this time
+    [a_last] = [r for r in log.records if r.kind == EVENT and r.origin == NODE_A][-1:]
+    log.event(t, NODE_C, "progress", 102_000, step=1, metrics={"objective": 0.5})
+    log.event(t, NODE_D, "lost", 103_000, reason="no news", after=a_last.key)
+    view = log.state().trial(t.key)
+    assert view is not None and (view.state, view.runner) == ("running", NODE_C)
+    # A loss of C's own run still counts.
+    log.event(t, NODE_D, "lost", 600_000, reason="no news", after=view.latest)
+    view = log.state().trial(t.key)
+    assert view is not None and view.state == "lost"

@@ -395,6 +395,39 @@ def test_ask_records_the_kill_of_an_own_frozen_trial() -> None:
     assert next(t for t in study.trials if t.key == first.key).state == "killed"
 
 
+class _FreezeThenThaw:
+    """A stopper that freezes every running trial and thaws every frozen one."""
+
+    def decide(
+        self,
+        curves: Sequence[CurveView],
+        own: Collection[str],
+        free_slots: int,
+        rng: np.random.Generator,
+        *,
+        fresh_available: bool = True,
+    ) -> list[Decision]:
+        return [
+            Decision(c.trial_id, Action.FREEZE if c.state == "running" else Action.THAW, "test")
+            for c in curves
+            if c.trial_id in own and c.state in ("running", "frozen")
+        ]
+
+
+def test_a_thaw_from_step_0_keeps_the_report_at_step_0() -> None:
+    # A thaw that names no step is a fresh start, whose curve begins again: a Study resuming
+    # a trial frozen at step 0 wrote none and lost its report there.
+    study = Study({"x": "uniform(0, 1)"}, algorithm="random", seed=0, max_step=10)
+    study._stopper = _FreezeThenThaw()
+    first = study.ask()
+    study.report(first, 0, 0.75)
+    assert study.should_stop(first)
+    again = study.ask()
+    assert again.key == first.key and again.resume_step == 0
+    view = next(t for t in study.trials if t.key == first.key)
+    assert view.state == "running" and view.curve == ((0, 0.75),)
+
+
 def test_once_the_budget_is_spent_no_trial_stays_frozen_for_ever() -> None:
     # The peer kills the frozen trials not worth resuming when the budget runs out; the Study
     # left them frozen, so its experiment never finished.

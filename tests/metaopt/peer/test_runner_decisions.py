@@ -73,7 +73,13 @@ class _Node:
         self._seq += 1
         supersedes = kw.get("supersedes", ())
         body = EventBody(
-            trial, experiment, kind, ME, reason=kw.get("reason"), supersedes=supersedes
+            trial,
+            experiment,
+            kind,
+            ME,
+            reason=kw.get("reason"),
+            supersedes=supersedes,
+            after=kw.get("after"),
         ).to_body()
         state = self.replica.experiments[experiment]
         state.apply(Record.create(EVENT, ME, self._seq, 5_000, body, [trial, experiment]))
@@ -258,21 +264,25 @@ def test_a_run_that_saved_no_checkpoint_starts_again_from_step_0(tmp_path: Path)
     assert runner._resume_step(view, thaw=False) == 36  # a lost run's re-run here resumes too
 
 
-def test_a_thaw_resumes_where_the_frozen_run_got_to_not_where_an_earlier_run_did(
+def test_a_thaw_resumes_where_the_frozen_run_got_to_not_where_its_reports_did(
     tmp_path: Path,
 ) -> None:
-    # Re-run from 0 after a loss, frozen at step 7, the trial was thawed with
-    # METAOPT_RESUME_STEP=8: the step its lost first attempt had reached.
-    state, trial = _frozen_trial(7)
-    other = b"o" * 16
-    earlier = EventBody(trial, state.key, "progress", other, 8, {"objective": 0.9}).to_body()
-    state.apply(Record.create(EVENT, other, 1, 500, earlier, [trial, state.key]))
+    # A thaw resumed at the trial's last reported step (8, by a lost earlier run); its
+    # checkpoint held the step its freeze recorded (7). Here a report landed after the
+    # checkpoint the freeze recorded: the thaw must still name the checkpoint's step.
+    state, trial = _frozen_trial(6)
+    history = [("started", None), ("progress", 6), ("progress", 7), ("frozen", 6)]
+    for seq, (kind, step) in enumerate(history, start=20):
+        metrics = {"objective": 0.4} if kind == "progress" else {}
+        body = EventBody(trial, state.key, kind, ME, step, metrics).to_body()
+        state.apply(Record.create(EVENT, ME, seq, 10_000 + seq, body, [trial, state.key]))
     view = state.trial(trial)
-    # The earlier attempt's step 8 is not this run's (it started afresh after it).
-    assert view is not None and view.last_step == 7 and view.frozen_step == 7
+    assert view is not None and view.state == "frozen"
+    assert view.last_step == 7 and view.frozen_step == 6
     runner = _runner_in(tmp_path)
     _checkpoint_of(runner, trial)
-    assert runner._resume_step(view, thaw=True) == 7
+    assert runner._resume_step(view, thaw=True) == 6
+    assert runner._resume_step(view, thaw=False) == 7  # a restart resumes at its last report
 
 
 def _checkpoint_of(runner: TrialRunner, trial: bytes) -> None:
@@ -350,6 +360,9 @@ def test_a_rerun_of_a_lost_trial_names_the_loss_it_answers() -> None:
     assert [k for t, k, r in node.written] == ["lost", "started", "failed"]
     started = [e[-1] for e in state._events[trial].values() if e[-1].kind == "started"][-1]
     assert started.supersedes == view.free_events
+    # ... and follows all it knew of the trial (a takeover of a trial frozen on a gone peer
+    # whose clock ran ahead sorted before that freeze, and changed nothing).
+    assert started.after == view.latest is not None
 
 
 def test_a_launch_that_fails_in_any_way_fails_the_trial_and_frees_its_slot() -> None:
