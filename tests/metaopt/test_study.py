@@ -358,8 +358,11 @@ def test_once_the_budget_is_spent_ask_resumes_a_frozen_trial_with_a_chance(
         assert resumed.resume_step > 0
 
 
-class _FreezeThenKill:
-    """A stopper that freezes every running trial and kills every frozen one."""
+class _FreezeThen:
+    """A stopper that freezes every running trial, then kills or thaws every frozen one."""
+
+    def __init__(self, then: Action) -> None:
+        self.then = then
 
     def decide(
         self,
@@ -371,7 +374,7 @@ class _FreezeThenKill:
         fresh_available: bool = True,
     ) -> list[Decision]:
         return [
-            Decision(c.trial_id, Action.FREEZE if c.state == "running" else Action.KILL, "test")
+            Decision(c.trial_id, Action.FREEZE if c.state == "running" else self.then, "test")
             for c in curves
             if c.trial_id in own and c.state in ("running", "frozen")
         ]
@@ -385,7 +388,7 @@ def test_ask_records_the_kill_of_an_own_frozen_trial() -> None:
         seed=0,
         early_stopping="freeze-thaw",
     )
-    study._stopper = _FreezeThenKill()
+    study._stopper = _FreezeThen(Action.KILL)
     first = study.ask()
     study.report(first, 1, 1.0)
     assert study.should_stop(first)
@@ -395,30 +398,11 @@ def test_ask_records_the_kill_of_an_own_frozen_trial() -> None:
     assert next(t for t in study.trials if t.key == first.key).state == "killed"
 
 
-class _FreezeThenThaw:
-    """A stopper that freezes every running trial and thaws every frozen one."""
-
-    def decide(
-        self,
-        curves: Sequence[CurveView],
-        own: Collection[str],
-        free_slots: int,
-        rng: np.random.Generator,
-        *,
-        fresh_available: bool = True,
-    ) -> list[Decision]:
-        return [
-            Decision(c.trial_id, Action.FREEZE if c.state == "running" else Action.THAW, "test")
-            for c in curves
-            if c.trial_id in own and c.state in ("running", "frozen")
-        ]
-
-
 def test_a_thaw_from_step_0_keeps_the_report_at_step_0() -> None:
     # A thaw that names no step is a fresh start, whose curve begins again: a Study resuming
     # a trial frozen at step 0 wrote none and lost its report there.
     study = Study({"x": "uniform(0, 1)"}, algorithm="random", seed=0, max_step=10)
-    study._stopper = _FreezeThenThaw()
+    study._stopper = _FreezeThen(Action.THAW)
     first = study.ask()
     study.report(first, 0, 0.75)
     assert study.should_stop(first)
