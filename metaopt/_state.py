@@ -134,8 +134,15 @@ def _causal_times(events: Sequence[_Event]) -> dict[bytes, int]:
     (its events keep their stamps), while links into and out of it still hold.
     """
     when = {key: time for time, _, _, key, _ in events}
-    preds: dict[bytes, list[tuple[bytes, int]]] = {key: [] for key in when}
     writer_order = sorted(events, key=lambda e: (e[1], e[2], e[3]))
+    if not any(e[4].supersedes or e[4].after is not None for e in events):
+        # Most trials (never lost or taken over): each writer's order alone, the fold's hot
+        # path (a trial's view is rebuilt on each of its reports).
+        for before, after in itertools.pairwise(writer_order):
+            if before[1] == after[1] and when[after[3]] < when[before[3]]:
+                when[after[3]] = when[before[3]]
+        return when
+    preds: dict[bytes, list[tuple[bytes, int]]] = {key: [] for key in when}
     for before, after in itertools.pairwise(writer_order):
         if before[1] == after[1]:
             preds[after[3]].append((before[3], 0))
