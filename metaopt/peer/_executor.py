@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import logging
 import os
 import re
 import signal
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,36 +65,6 @@ class ExecutorConfig:
 
 # Environment variables of the peer that its trials never inherit.
 _PEER_SECRETS = frozenset({"METAOPT_KEY", "METAOPT_KEY_FILE"})
-_PR_SET_PDEATHSIG = 1
-
-
-def _dies_with_its_peer() -> Callable[[], None] | None:
-    """A preexec_fn that has the kernel send the trial SIGTERM when its peer dies (Linux).
-
-    A peer killed -9 (or by the OOM killer) and not restarted left its trials running beside
-    their re-runs on other peers: two processes on the same parameters until the orphan next
-    wrote to its closed pipe. libc and the function are looked up here, before any fork: the
-    child only makes the one call (no lock another thread could hold). The signal reaches
-    the trial's own process only, not what it starts (the restart's orphan sweep stops
-    those), and comes when the thread that forked it ends: the peer's event loop runs on its
-    main thread, which lives as long as the peer.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    parent = os.getpid()
-
-    def arm() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:  # the peer died before the signal was armed
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return arm
 
 
 @dataclass(frozen=True)
@@ -221,8 +189,7 @@ class TrialProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-                preexec_fn=_dies_with_its_peer(),
+                start_new_session=True,  # its own group: the watchdog and stops reach all of it
             )
         except OSError as exc:
             what = exc.strerror or str(exc)

@@ -282,6 +282,7 @@ class Node:
         # with no end event, and show as running until it is found lost.
         async with self._schedule_lock:
             await self.runner.interrupt_all("its peer was stopped")
+        self.runner.watchdog.close()
         await self.replicator.drain(timeout=2.0)
         # One last reconciliation so the interrupted events reach someone even if pushes failed.
         live = self.peers.random_live(self.rng, 2, self.clock(), self.config.timing.peer_timeout)

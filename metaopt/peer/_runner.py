@@ -28,6 +28,7 @@ from metaopt.peer._config import PeerConfig
 from metaopt.peer._executor import ExecutorConfig, TrialProcess, TrialSpec
 from metaopt.peer._gpus import Slot, detect_slots
 from metaopt.peer._template import parse_template
+from metaopt.peer._watchdog import Watchdog
 
 if TYPE_CHECKING:
     import numpy as np
@@ -76,6 +77,7 @@ class TrialRunner:
         self.unrunnable: dict[bytes, str] = {}  # experiment key -> why
         self._stoppers: dict[bytes, EarlyStopper | None] = {}
         self._decisions = 0
+        self.watchdog = Watchdog(lambda: self.config.timing.stop_grace)
         # A stopper keeps fitted hyperparameters between calls: one decision at a time.
         self._deciding = asyncio.Lock()
 
@@ -329,6 +331,7 @@ class TrialRunner:
             # Lets a supervisor (or a test) find the trial's process group after a crash.
             with contextlib.suppress(OSError):
                 (self.trial_dir(run.trial) / "pid").write_text(f"{data['pid']}\n")
+            self.watchdog.watch(data["pid"])  # its own group: it leads a new session
 
     async def _supervise(self, run: Running, process: TrialProcess) -> None:
         try:
@@ -339,6 +342,8 @@ class TrialRunner:
                 run.experiment, run.trial, "failed", reason=f"executor error: {exc}"
             )
         finally:
+            if process.pid is not None:
+                self.watchdog.release(process.pid)
             # The result is recorded before the slot frees, so the next suggestion sees it.
             self.running.pop(run.slot.index, None)
             self.node.kick()

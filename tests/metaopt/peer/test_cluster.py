@@ -437,7 +437,8 @@ def test_the_freeze_thaw_monitor_runs_an_experiment_to_its_end(cluster: Cluster)
 
 def test_no_trial_process_outlives_its_peer_killed_or_hung_up(cluster: Cluster) -> None:
     # A trial's silent child used to survive a kill -9 of the peer and run beside the re-run
-    # of its trial after a restart; a SIGHUP (closed terminal) killed the peer the same way.
+    # of its trial (elsewhere, or here after a restart); a SIGHUP (closed terminal) killed the
+    # peer the same way.
     peer = cluster.start_peer("solo")
     try:
         _outlive(cluster, peer)
@@ -445,17 +446,36 @@ def test_no_trial_process_outlives_its_peer_killed_or_hung_up(cluster: Cluster) 
         kill_orphans(peer.data_dir)
 
 
+def _watchdog_of(pid: int) -> int:
+    """The pid of the peer's trial watchdog (a child of the peer running _watchdog.py)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"_watchdog.py" in cmdline:
+                return int(entry.name)
+    raise AssertionError(f"peer {pid} has no watchdog")
+
+
 def _outlive(cluster: Cluster, peer: Peer) -> None:
     out = peer.cli("submit", "--max-trials", "1", "--early-stopping", "none",
                    str(SPAWNER), "--x~uniform(0, 1)")  # fmt: skip
     assert out.returncode == 0, out.stderr
     wait_for(lambda: len(find_orphans(peer.data_dir)) >= 2, 60, peer.log)
-    first = set(find_orphans(peer.data_dir))
+    # Killed -9, the peer's watchdog stops the trial and the child it started.
     cluster.kill(peer, signal.SIGKILL)
-    # The trial's own process dies with its peer (SIGTERM from the kernel); the silent child
-    # it started is in its group, not tied to the peer: it lives until the restart.
-    wait_for(lambda: set(find_orphans(peer.data_dir)) < first, 30, peer.log)
-    assert set(find_orphans(peer.data_dir))
+    wait_for(lambda: not find_orphans(peer.data_dir), 30, peer.log)
+    # With its watchdog killed as well, the restart stops them.
+    cluster.restart(peer)
+    wait_for(lambda: len(find_orphans(peer.data_dir)) >= 2, 60, peer.log)
+    first = set(find_orphans(peer.data_dir))
+    assert peer.proc is not None
+    os.kill(_watchdog_of(peer.proc.pid), signal.SIGKILL)
+    cluster.kill(peer, signal.SIGKILL)
+    assert first <= set(find_orphans(peer.data_dir))  # the peer is gone, its trial is not
     cluster.restart(peer)
     wait_for(lambda: not first & set(find_orphans(peer.data_dir)), 30, peer.log)
     assert "left running when this peer last died" in peer.log()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -69,50 +68,58 @@ def test_only_this_data_dirs_trial_processes_are_killed_with_their_groups(tmp_pa
             process.wait(timeout=10)
 
 
-# A stand-in for a peer: it runs one silent trial through the executor, prints the trial's
-# pid, and waits to be killed -9.
+# A stand-in for a peer: it runs one silent trial (which starts a silent child of its own, as
+# a shell script does) through the executor under the watchdog, prints the trial's pid, and
+# waits to be killed -9.
 _PEER = """
 import asyncio, sys
 from pathlib import Path
 from metaopt.peer._executor import TrialSpec, run_trial
+from metaopt.peer._watchdog import Watchdog
+
+WRAPPER = sys.argv[2]
 
 async def main():
+    watchdog = Watchdog(lambda: 5.0)
     def on_event(kind, data):
         if kind == "started":
+            watchdog.watch(data["pid"])
             print(data["pid"], flush=True)
     folder = Path(sys.argv[1])
-    spec = TrialSpec(argv=[sys.executable, "-c", "import time; time.sleep(120)"], cwd=folder,
-                     log_path=folder / "output.log", env={}, stop_file=folder / "stop")
+    spec = TrialSpec(argv=[sys.executable, "-c", WRAPPER], cwd=folder,
+                     log_path=folder / "output.log", env={"METAOPT_TRIAL_ID": "ab" * 16,
+                     "METAOPT_DATA_DIR": str(folder)}, stop_file=folder / "stop")
     await run_trial(spec, on_event)
 
 asyncio.run(main())
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_a_trial_dies_with_its_peer_even_when_it_never_writes(tmp_path: Path) -> None:
-    # A peer killed -9 and not restarted left a silent trial running beside its re-run on
-    # another peer: it died only on its next write to its closed pipe, or when its peer
-    # restarted (kill_orphans above).
+def test_a_trial_and_what_it_started_die_with_their_peer_even_when_silent(tmp_path: Path) -> None:
+    # A peer killed -9 and not restarted left its silent trial, and the children of a shell
+    # script, running beside the re-run on another peer: the trial died only on its next
+    # write to its closed pipe, or when its peer restarted (kill_orphans above).
     repo = str(Path(__file__).resolve().parents[3])
     peer = subprocess.Popen(
-        [sys.executable, "-c", _PEER, str(tmp_path)],
+        [sys.executable, "-c", _PEER, str(tmp_path), WRAPPER],
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": repo},
     )
-    trial = 0
+    left: dict[int, int] = {}
     try:
         assert peer.stdout is not None
         trial = int(peer.stdout.readline())
-        os.kill(trial, 0)  # it runs
+        deadline = time.monotonic() + 20
+        while len(left := find_orphans(str(tmp_path))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the trial's child has started
+        assert trial in left and len(left) == 2
         peer.kill()
         peer.wait(timeout=10)
-        assert _wait_gone(trial)
+        assert all(_wait_gone(pid) for pid in left)
     finally:
         if peer.poll() is None:
             peer.kill()
         peer.wait(timeout=10)
         if peer.stdout is not None:
             peer.stdout.close()
-        if trial and not _wait_gone(trial):
-            os.kill(trial, signal.SIGKILL)
+        kill_orphans(str(tmp_path))
