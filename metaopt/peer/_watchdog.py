@@ -37,11 +37,14 @@ class Watchdog:
         self._grace = grace
         self._process: subprocess.Popen[bytes] | None = None
         self._warned = False
+        self._groups: set[int] = set()  # what a watchdog started again must be told
 
     def watch(self, pgid: int) -> None:
+        self._groups.add(pgid)
         self._say(f"+{pgid}\n")
 
     def release(self, pgid: int) -> None:
+        self._groups.discard(pgid)
         self._say(f"-{pgid}\n")
 
     def close(self) -> None:
@@ -56,12 +59,16 @@ class Watchdog:
     def _say(self, line: str) -> None:
         try:
             if self._process is None or self._process.poll() is not None:
+                if self._process is not None and self._process.stdin is not None:
+                    self._process.stdin.close()
                 self._process = subprocess.Popen(
                     [sys.executable, "-I", os.path.abspath(__file__), str(self._grace())],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL,
                     start_new_session=True,  # a signal to the peer's group is not its end
                 )
+                # A watchdog that died (killed by hand, say) knew groups this one must too.
+                line = "".join(f"+{pgid}\n" for pgid in sorted(self._groups)) + line
             assert self._process.stdin is not None
             self._process.stdin.write(line.encode())
             self._process.stdin.flush()

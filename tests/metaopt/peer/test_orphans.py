@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -123,3 +124,28 @@ def test_a_trial_and_what_it_started_die_with_their_peer_even_when_silent(tmp_pa
         if peer.stdout is not None:
             peer.stdout.close()
         kill_orphans(str(tmp_path))
+
+
+def test_a_watchdog_started_again_still_stops_the_groups_the_first_one_knew(
+    tmp_path: Path,
+) -> None:
+    # Killed by hand, the watchdog was started again at the next trial knowing that trial only.
+    from metaopt.peer._watchdog import Watchdog
+
+    env = {"METAOPT_TRIAL_ID": "cd" * 16, "METAOPT_DATA_DIR": str(tmp_path)}
+    first, second = _spawn(SLEEPER, env), _spawn(SLEEPER, env)
+    # Our own children stay zombies (not gone to the watchdog) until we reap them: a short
+    # grace lets the watchdog give up on them and exit before close() stops waiting.
+    watchdog = Watchdog(lambda: 1.0)
+    try:
+        watchdog.watch(first.pid)
+        assert watchdog._process is not None
+        watchdog._process.kill()
+        watchdog._process.wait(timeout=10)
+        watchdog.watch(second.pid)
+        watchdog.close()  # its input ends, as when the peer dies
+        assert first.wait(timeout=10) == second.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        for sleeper in (first, second):
+            sleeper.kill()
+            sleeper.wait(timeout=10)
