@@ -38,6 +38,7 @@ class Watchdog:
         self._process: subprocess.Popen[bytes] | None = None
         self._warned = False
         self._groups: set[int] = set()  # what a watchdog started again must be told
+        self._closed = False
 
     def watch(self, pgid: int) -> None:
         self._groups.add(pgid)
@@ -48,21 +49,30 @@ class Watchdog:
         self._say(f"-{pgid}\n")
 
     def close(self) -> None:
-        """End the watchdog (on a clean stop, once no trial is left): it exits at the EOF."""
+        """End the watchdog (on a clean stop): at the EOF it stops what is still listed and
+        exits, and it is never started again (a trial ending after the stop has nothing left
+        to tell it). With nothing listed it exits at once and is reaped here; a trial still
+        listed (one ignoring its stop) would hold it for the grace, which the peer's loop
+        does not wait for."""
+        self._closed = True
         if self._process is not None and self._process.stdin is not None:
             with contextlib.suppress(OSError):
                 self._process.stdin.close()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._process.wait(timeout=5)
-        self._process = None
+            if not self._groups:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._process.wait(timeout=2)
 
     def _say(self, line: str) -> None:
+        if self._closed:
+            return
         try:
             if self._process is None or self._process.poll() is not None:
                 if self._process is not None and self._process.stdin is not None:
-                    self._process.stdin.close()
+                    with contextlib.suppress(OSError):  # its reader is gone
+                        self._process.stdin.close()
                 self._process = subprocess.Popen(
                     [sys.executable, "-I", os.path.abspath(__file__), str(self._grace())],
+                    bufsize=0,  # each line reaches it whole, or fails here and now
                     stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL,
                     start_new_session=True,  # a signal to the peer's group is not its end
@@ -70,8 +80,9 @@ class Watchdog:
                 # A watchdog that died (killed by hand, say) knew groups this one must too.
                 line = "".join(f"+{pgid}\n" for pgid in sorted(self._groups)) + line
             assert self._process.stdin is not None
-            self._process.stdin.write(line.encode())
-            self._process.stdin.flush()
+            data = line.encode()
+            while data:  # unbuffered: a long replay may go in parts
+                data = data[self._process.stdin.write(data) or 0 :]
         except OSError as exc:
             if not self._warned:
                 self._warned = True

@@ -145,6 +145,12 @@ def test_a_watchdog_started_again_still_stops_the_groups_the_first_one_knew(
         watchdog.watch(second.pid)
         watchdog.close()  # its input ends, as when the peer dies
         assert first.wait(timeout=10) == second.wait(timeout=10) == -signal.SIGTERM
+        # Closed (the peer stopped), it is not started again by a trial ending after that.
+        ended = watchdog._process
+        assert ended is not None
+        watchdog.release(second.pid)
+        assert watchdog._process is ended
+        ended.wait(timeout=10)
     finally:
         for sleeper in (first, second):
             sleeper.kill()
