@@ -499,7 +499,7 @@ class TrialRunner:
             if t.state == "frozen" and t.runner == me and not t.frozen_by_hand
         }
 
-    def _stop_completed_elsewhere(self, state: ExperimentState) -> None:
+    def _stop_completed_elsewhere(self) -> None:
         """Stop this peer's runs of trials another peer has completed meanwhile.
 
         Across a partition both sides may run a trial (one took the other's for lost); after
@@ -507,7 +507,8 @@ class TrialRunner:
         recorded. A failure or kill elsewhere does not stop it: a completion here still counts.
         """
         for run in list(self.running.values()):
-            view = state.trial(run.trial) if run.experiment == state.key else None
+            state = self.node.replica.experiments.get(run.experiment)
+            view = state.trial(run.trial) if state is not None else None
             if view is None or view.state != "completed" or run.outcome is not None:
                 continue
             if run.process is None:
@@ -523,10 +524,10 @@ class TrialRunner:
         """Freeze or kill this peer's running trials whose curves will not win (freeze-thaw)."""
         from metaopt.freezethaw import Action
 
+        self._stop_completed_elsewhere()
         for state in list(self.node.replica.experiments.values()):
             if state.spec.command is None:
                 continue
-            self._stop_completed_elsewhere(state)
             running = {
                 r.trial.hex(): r
                 for r in self.running.values()
