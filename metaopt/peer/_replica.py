@@ -32,14 +32,17 @@ class Replica:
         # running ahead (or a hostile peer) puts in the future.
         self._heard: dict[bytes, int] = {}
         self.experiments: dict[bytes, ExperimentState] = {}
-        self._created: dict[bytes, int] = {}  # experiment key -> its record's time (ms)
+        # experiment key -> when it was submitted (ms): its record's stamp, capped like
+        # last_news at its arrival here (at this node's opening for one held then), so a clock
+        # running ahead does not make it the one its name finds until the clocks pass it.
+        self._created: dict[bytes, int] = {}
         self._listeners: list[Callable[[list[Record]], None]] = []
         for key, _spec in list_experiments(store):
             state = ExperimentState.from_store(store, key)
             record = store.get(key)
             if state is not None and record is not None:
                 self.experiments[key] = state
-                self._created[key] = record.time
+                self._created[key] = min(record.time, self._opened_ms)
         self._unsubscribe = store.subscribe(self._on_records)
 
     def listen(self, callback: Callable[[list[Record]], None]) -> None:
@@ -54,7 +57,7 @@ class Replica:
                     state = ExperimentState.from_store(self.store, record.key)
                     if state is not None:
                         self.experiments[record.key] = state
-                        self._created[record.key] = record.time
+                        self._created[record.key] = min(record.time, now_ms)
                         self._heard.update(dict.fromkeys(state.trial_keys(), now_ms))
                 continue
             for link in record.links:

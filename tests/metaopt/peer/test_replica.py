@@ -360,3 +360,23 @@ def test_a_trials_latest_news_is_when_it_arrived_if_stamped_later() -> None:
     assert view is not None and view.last_seen == 2**63 - 1
     assert replica.last_news(view) == 150_000
     assert Replica(store, lambda: 200.0).last_news(view) == 200_000  # held when it opened
+
+
+def test_a_name_submitted_with_a_clock_ahead_does_not_hide_the_next_submission() -> None:
+    # A same-name experiment stamped an hour ahead (a fast clock, or a peer with the key) was
+    # the one `status NAME` and `stop NAME` found until the clocks passed it.
+    now = [100.0]
+    store = MemoryStore()
+    replica = Replica(store, lambda: now[0])
+
+    def submit(seq: int, stamp_ms: int) -> Record:
+        spec = ExperimentSpec("sweep", {"x": "uniform(0, 1)"}, nonce=str(seq))
+        record = Record.create(EXPERIMENT, NODE, seq, stamp_ms, spec.to_body(), [])
+        store.add([record])
+        return record
+
+    submit(1, 99_000)
+    submit(2, 100_000 + 3_600_000)  # arrives at 100 s, stamped 1 h ahead
+    now[0] = 160.0
+    honest = submit(3, 160_000)  # submitted a minute later by a peer with the right time
+    assert replica.find_experiment("sweep").key == honest.key  # type: ignore[union-attr]
