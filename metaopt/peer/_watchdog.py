@@ -8,6 +8,12 @@ starts and ends, through a pipe. When the pipe reaches its end — the peer exit
 died, for the kernel closes a dead process's files — the watchdog sends SIGTERM to every
 group still listed, SIGKILL to what is left after the grace period, and exits.
 
+The peer never waits on the pipe: a watchdog that stops reading (stopped with SIGSTOP, say)
+filled it after a few thousand trial starts, and the next write held up the peer's whole
+event loop. What the pipe does not take is kept as the difference between the groups the
+watchdog must know and those it was told, so it stays as small as the running trials however
+long the watchdog does not read, and a watchdog started again is simply told every group.
+
 Run as ``python -I path/to/_watchdog.py GRACE`` (as a file: importing the metaopt package
 would load numpy), it reads lines ``+PGID`` and ``-PGID``. It imports nothing beyond the
 standard library, so it starts in a few tens of milliseconds.
@@ -15,13 +21,16 @@ standard library, so it starts in a few tens of milliseconds.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import weakref
 from collections.abc import Callable
 
 __all__ = ["Watchdog"]
@@ -30,59 +39,65 @@ log = logging.getLogger("metaopt.peer")
 
 
 class Watchdog:
-    """The peer's side: starts the watchdog process and tells it the trials' groups."""
+    """The peer's side: starts the watchdog process and tells it the trials' groups.
+
+    Its methods never block. Run on an event loop, what the pipe does not take now is written
+    when the pipe takes it; without one, at the next call.
+    """
 
     def __init__(self, grace: Callable[[], float]) -> None:
         """grace: SIGTERM to SIGKILL, in seconds (read when the watchdog starts)."""
         self._grace = grace
         self._process: subprocess.Popen[bytes] | None = None
+        self._pipe: int | None = None  # its write end, non-blocking
+        # Closes the pipe whatever ends this side: close(), a start again, or being dropped
+        # unclosed (never a kill -9, which the watchdog must outlive: the kernel closes it).
+        self._end: Callable[[], object] | None = None
+        self._groups: set[int] = set()  # what the watchdog must know
+        self._told: set[int] = set()  # what it knows once it has read its pipe
+        self._writer: tuple[asyncio.AbstractEventLoop, int] | None = None
+        self._held = False  # the pipe was full at the last write
         self._warned = False
-        self._groups: set[int] = set()  # what a watchdog started again must be told
         self._closed = False
+
+    @property
+    def backlog(self) -> int:
+        """How many changes to its groups the watchdog has not been told yet."""
+        return len(self._groups ^ self._told)
 
     def watch(self, pgid: int) -> None:
         self._groups.add(pgid)
-        self._say(f"+{pgid}\n")
+        self._tell()
 
     def release(self, pgid: int) -> None:
         self._groups.discard(pgid)
-        self._say(f"-{pgid}\n")
+        self._tell()
 
     def close(self) -> None:
-        """End the watchdog (on a clean stop): at the EOF it stops what is still listed and
+        """End the watchdog (on a clean stop): at the EOF it stops what it still lists and
         exits, and it is never started again (a trial ending after the stop has nothing left
-        to tell it). With nothing listed it exits at once and is reaped here; a trial still
-        listed (one ignoring its stop) would hold it for the grace, which the peer's loop
-        does not wait for."""
-        self._closed = True
-        if self._process is not None and self._process.stdin is not None:
+        to tell it). What its pipe does not take now is not waited for, nor is its exit: a
+        trial still listed (one ignoring its stop) holds it for the grace."""
+        if self._pipe is not None and not self._closed:
             with contextlib.suppress(OSError):
-                self._process.stdin.close()
-            if not self._groups:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._process.wait(timeout=2)
+                self._write_pending()
+        self._closed = True
+        self._stop_writing()
+        if self._end is not None:
+            self._end()
 
-    def _say(self, line: str) -> None:
+    def _tell(self) -> None:
+        """Tell the watchdog what it does not know yet, as far as its pipe takes it now."""
         if self._closed:
             return
         try:
             if self._process is None or self._process.poll() is not None:
-                if self._process is not None and self._process.stdin is not None:
-                    with contextlib.suppress(OSError):  # its reader is gone
-                        self._process.stdin.close()
-                self._process = subprocess.Popen(
-                    [sys.executable, "-I", os.path.abspath(__file__), str(self._grace())],
-                    bufsize=0,  # each line reaches it whole, or fails here and now
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL,
-                    start_new_session=True,  # a signal to the peer's group is not its end
-                )
-                # A watchdog that died (killed by hand, say) knew groups this one must too.
-                line = "".join(f"+{pgid}\n" for pgid in sorted(self._groups)) + line
-            assert self._process.stdin is not None
-            data = line.encode()
-            while data:  # unbuffered: a long replay may go in parts
-                data = data[self._process.stdin.write(data) or 0 :]
+                self._start()
+            try:
+                self._write_pending()
+            except BrokenPipeError:  # it died since it was last seen running
+                self._start()
+                self._write_pending()
         except OSError as exc:
             if not self._warned:
                 self._warned = True
@@ -91,6 +106,81 @@ class Watchdog:
                     " is killed; its restart stops them",
                     exc,
                 )
+
+    def _start(self) -> None:
+        """Start a watchdog, again if one died (killed by hand, say): it knows no group yet,
+        so it is told every group the last one knew, and none that ended meanwhile."""
+        self._stop_writing()
+        if self._end is not None:
+            self._end()  # a dead reader's pipe closes quietly
+        self._process = self._pipe = self._end = None
+        self._told = set()
+        self._held = False
+        read, write = os.pipe()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-I", os.path.abspath(__file__), str(self._grace())],
+                stdin=read,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,  # a signal to the peer's group is not its end
+            )
+        except BaseException:
+            os.close(write)
+            raise
+        finally:
+            os.close(read)
+        os.set_blocking(write, False)
+        self._process, self._pipe = process, write
+        self._end = weakref.finalize(self, os.close, write)
+        # Reaped whenever it exits, however this side ended: after a close or a drop it runs
+        # on for the grace when a trial is still listed, and must not be left a zombie.
+        threading.Thread(target=process.wait, name="metaopt-watchdog", daemon=True).start()
+
+    def _write_pending(self) -> None:
+        assert self._process is not None and self._pipe is not None
+        changes = [(pgid, False) for pgid in sorted(self._told - self._groups)]
+        changes += [(pgid, True) for pgid in sorted(self._groups - self._told)]
+        for pgid, listed in changes:
+            try:
+                # A line a write: under PIPE_BUF, a pipe takes all of it or none of it.
+                os.write(self._pipe, f"{'+' if listed else '-'}{pgid}\n".encode())
+            except BlockingIOError:
+                if not self._held:
+                    self._held = True
+                    log.warning(
+                        "the trial watchdog (pid %d) does not read its pipe (stopped?): it"
+                        " is told the trials' groups once it does",
+                        self._process.pid,
+                    )
+                self._write_later()
+                return
+            if listed:
+                self._told.add(pgid)
+            else:
+                self._told.discard(pgid)
+        if self._held:
+            self._held = False
+            log.info("the trial watchdog (pid %d) reads its pipe again", self._process.pid)
+        self._stop_writing()
+
+    def _write_later(self) -> None:
+        """Write the rest when the pipe takes it (or its reader is gone), if a loop runs."""
+        assert self._pipe is not None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._writer != (loop, self._pipe):
+            self._stop_writing()
+            loop.add_writer(self._pipe, self._tell)
+            self._writer = (loop, self._pipe)
+
+    def _stop_writing(self) -> None:
+        if self._writer is not None:
+            loop, fd = self._writer
+            self._writer = None
+            if not loop.is_closed():
+                loop.remove_writer(fd)
 
 
 def _signal_groups(groups: set[int], sig: int) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -155,3 +159,91 @@ def test_a_watchdog_started_again_still_stops_the_groups_the_first_one_knew(
         for sleeper in (first, second):
             sleeper.kill()
             sleeper.wait(timeout=10)
+
+
+@pytest.mark.timeout(30)  # on a write blocking the loop: fail, not hang for the default
+@pytest.mark.parametrize("then", ["continued", "killed"])
+def test_a_watchdog_that_stops_reading_never_blocks_its_peer_and_learns_what_it_missed(
+    then: str,
+) -> None:
+    # Stopped (SIGSTOP), the watchdog read nothing: after ~3,600 trial starts its pipe was
+    # full and the next write held up the peer's whole event loop, for as long as it stayed
+    # stopped. What the pipe does not take waits in the peer, and reaches the watchdog once it
+    # reads again, or a watchdog started again in its place once it is killed.
+    from metaopt.peer._watchdog import Watchdog
+
+    env = {"METAOPT_TRIAL_ID": "ef" * 16, "METAOPT_DATA_DIR": "/nonexistent/metaopt-test"}
+    ended, kept = _spawn(SLEEPER, env), _spawn(SLEEPER, env)
+    # Trials of a moment, as groups no process can have: more lines than any pipe holds.
+    nobody = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+    burst = range(nobody, nobody + 2 * 16 * os.sysconf("SC_PAGESIZE") // 9)
+
+    async def peer(watchdog: Watchdog) -> None:
+        watchdog.watch(ended.pid)
+        first = watchdog._process
+        assert first is not None
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            for pgid in burst:
+                watchdog.watch(pgid)
+                watchdog.release(pgid)
+            watchdog.release(ended.pid)
+            watchdog.watch(kept.pid)
+            # However long it is stopped: the ended and the kept trial, and at most the burst's
+            # trial told just before the pipe filled.
+            assert 2 <= watchdog.backlog <= 3
+        finally:
+            os.kill(first.pid, signal.SIGKILL if then == "killed" else signal.SIGCONT)
+        while watchdog.backlog:
+            await asyncio.sleep(0.01)  # the loop writes the rest when the pipe takes it
+        assert (watchdog._process is first) == (then == "continued")
+
+    watchdog = Watchdog(lambda: 1.0)
+    try:
+        asyncio.run(peer(watchdog))
+        watchdog.close()  # its input ends, as when the peer dies
+        assert kept.wait(timeout=10) == -signal.SIGTERM
+        assert watchdog._process is not None
+        watchdog._process.wait(timeout=10)  # done with what it listed ...
+        assert ended.poll() is None  # ... which no longer held the trial that had ended
+    finally:
+        watchdog.close()
+        for sleeper in (ended, kept):
+            sleeper.kill()
+            sleeper.wait(timeout=10)
+
+
+@pytest.mark.parametrize("closed", [False, True])
+def test_a_runner_gone_without_its_peers_stop_leaves_no_watchdog_behind(
+    tmp_path: Path, closed: bool
+) -> None:
+    # Dropped without Node.stop, a runner left its watchdog running to the end of the process,
+    # unreaped ("subprocess is still running"); closed with a trial still listed, unreaped too.
+    from metaopt.peer._config import Timing
+    from metaopt.peer._runner import Running, TrialRunner
+
+    sleeper = _spawn(SLEEPER, {"METAOPT_TRIAL_ID": "12" * 16, "METAOPT_DATA_DIR": str(tmp_path)})
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            node = SimpleNamespace(clock=lambda: 0.0, dirs=SimpleNamespace(trials=tmp_path))
+            config = SimpleNamespace(gpus="none", slots=1, timing=Timing(stop_grace=1.0))
+            runner = TrialRunner(node, config)  # type: ignore[arg-type]
+            run = Running(runner.slots[0], b"e" * 32, b"t" * 32)
+            runner._on_event(run, "started", {"pid": sleeper.pid})
+            process = runner.watchdog._process
+            assert process is not None
+            if closed:
+                runner.watchdog.close()
+            del runner
+            gc.collect()
+            # Its input ended: the watchdog stops the trial it listed, exits, and is reaped.
+            assert sleeper.wait(timeout=10) == -signal.SIGTERM
+            pid = process.pid
+            del process
+            assert _wait_gone(pid)  # a zombie until its parent waits for it
+            gc.collect()
+        assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=10)
