@@ -401,6 +401,10 @@ def submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _by_hand(trial: dict[str, Any]) -> bool:
+    return bool(trial["state"] == "frozen" and trial["reason"] == FROZEN_BY_HAND)
+
+
 def _only_paused(info: dict[str, Any]) -> int:
     """How many trials frozen by hand are all that keep a spent experiment open (else 0)."""
     trials = info.get("trial_list", [])
@@ -408,14 +412,30 @@ def _only_paused(info: dict[str, Any]) -> int:
     if not spent or any(t["state"] in ("pending", "running") for t in trials):
         return 0
     open_ = [t for t in trials if t["state"] not in TERMINAL_STATES]
-    hand = [t for t in open_ if t["state"] == "frozen" and t["reason"] == FROZEN_BY_HAND]
+    hand = [t for t in open_ if _by_hand(t)]
     return len(hand) if len(hand) == len(open_) else 0
 
 
+def _stalled_here(info: dict[str, Any]) -> str | None:
+    """Why nothing will happen to an unfinished experiment, as far as this peer knows: it
+    starts no new trial (a finite space all tried, say) and no trial runs or waits to."""
+    why = info.get("blocked_here")
+    open_ = [t for t in info.get("trial_list", []) if t["state"] not in TERMINAL_STATES]
+    if not why or not all(_by_hand(t) for t in open_):
+        return None
+    return str(why)
+
+
 def wait_for(
-    peer: LocalPeer, experiment: str, interval: float = 1.0, out: TextIO | None = None
+    peer: LocalPeer,
+    experiment: str,
+    interval: float = 1.0,
+    out: TextIO | None = None,
+    patience: int = 5,
 ) -> int:
-    """Show live progress on out (stdout) until the budget is spent and nothing runs.
+    """Show live progress on out (stdout) until the budget is spent and nothing runs, or until
+    patience polls in a row find the experiment stalled here (see ``_stalled_here``; the
+    polls leave other peers, which may start what this one cannot, time to).
 
     Returns the exit code: 0 with a completed trial, 1 when every trial failed or was killed.
     """
@@ -423,6 +443,7 @@ def wait_for(
     last = ""
     tty = out.isatty()
     hinted = False
+    stalled = 0
     info: dict[str, Any] | None = None
     while True:
         try:
@@ -457,6 +478,18 @@ def wait_for(
                 file=out,
             )
             hinted = True
+        why = _stalled_here(info)
+        stalled = stalled + 1 if why else 0
+        if stalled >= patience:
+            name = info["name"]
+            print(
+                ("\n" if tty else "")
+                + f"{name}: nothing runs and this peer starts no new trial: {why}; --wait"
+                f" stops here (`metaopt stop {name}` ends the experiment)",
+                flush=True,
+                file=out,
+            )
+            break
         time.sleep(interval)
     if tty:
         print(file=out)

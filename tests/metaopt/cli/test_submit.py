@@ -499,3 +499,32 @@ def test_wait_says_what_keeps_a_spent_experiment_open_when_only_hand_frozen_tria
     hint = "p: the budget is spent and 1 trial(s) frozen by hand keep it open; `metaopt thaw"
     assert out.count(hint) == 1  # once, and not for the policy's own freeze
     assert "`metaopt stop p` ends it" in out
+
+
+def test_wait_stops_when_nothing_runs_and_its_peer_starts_no_new_trial(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A space of two points and --max-trials 3: `submit --wait` printed "2 done, 2/3 trials"
+    # and then nothing, for ever; the reason was only in the peer's log and `metaopt status`.
+    from metaopt.cli._submit import wait_for
+
+    why = "all 2 points of the space are already tried or pending; widen the space"
+    running = {"state": "running", "reason": None}
+    done = {"state": "completed", "reason": None}
+    polls = [
+        {"name": "prog", "counts": {"completed": 1, "running": 1}, "thawed": 0,
+         "best": [{"value": 0.77, "params": {"k": 1}}], "max_trials": 3, "trials": 2,
+         "finished": False, "objectives": ["acc"], "trial_list": [done, trial],
+         "blocked_here": blocked}
+        for trial, blocked in ((running, None), (running, why), (done, None), *[(done, why)] * 3)
+    ]  # fmt: skip
+
+    class _Peer:
+        def call(self, op: str, body: object = None) -> object:
+            return polls.pop(0)
+
+    assert wait_for(_Peer(), "prog", interval=0.0, patience=3) == 0  # type: ignore[arg-type]
+    assert not polls  # a running trial, or a peer that may start one again, kept it waiting
+    out = capsys.readouterr().out
+    assert f"prog: nothing runs and this peer starts no new trial: {why}; --wait stops" in out
+    assert out.rstrip().endswith('best 0.77 with {"k": 1}')
