@@ -14,8 +14,10 @@ The peer talks to a trial through its environment only, so any language can take
 
 Results go to stdout as one line each, ``METAOPT {"loss": 0.12, "step": 3}``. A metric name is
 1–64 characters of letters, digits, ``_ . / -`` starting with a letter or ``_``; a value is a
-finite number or a string of at most 256 characters (booleans, NaN and infinities are refused);
-``step``, when given, is an integer ≥ 0 (a whole float such as 3.0 is read as 3). A stop
+finite number or a string of at most 256 characters (booleans are refused; ``NaN``,
+``Infinity`` and ``-Infinity`` are read as a run that diverged: one that ends on such a report
+of its objective is recorded failed, "diverged"); ``step``, when given, is an integer ≥ 0 (a
+whole float such as 3.0 is read as 3). A stop
 request is the stop file; if the trial has not exited ``grace`` seconds later the peer sends
 SIGTERM to its process group, and SIGKILL after another ``grace``.
 
@@ -126,6 +128,18 @@ def check_metric(name: object, value: object) -> MetricValue:
     )
 
 
+def _reportable(name: object, value: object) -> MetricValue:
+    """check_metric, except that nan and inf pass: a loss that blew up is the training's news,
+    not the script's error (raising here ended a run that could have recovered, and a crash
+    is recorded with a traceback where the peer records "diverged")."""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        real = float(value)
+        if not math.isfinite(real) and name != "step":
+            check_name(name)
+            return real
+    return check_metric(name, value)
+
+
 def report(metrics: Mapping[str, object] | None = None, /, **kw: object) -> None:
     """Print one ``METAOPT {json}`` line to stdout and flush it.
 
@@ -134,7 +148,8 @@ def report(metrics: Mapping[str, object] | None = None, /, **kw: object) -> None
         **kw: more metrics, e.g. ``loss=0.12, step=3``.
 
     Raises:
-        WorkerError: no metric, or a name or value outside the rule in the module docstring.
+        WorkerError: no metric, or a name or value outside the rule in the module docstring
+            (nan and inf are reported: the peer records a run that ends on one as diverged).
     """
     given: dict[str, object] = dict(metrics or {})
     given.update(kw)
@@ -142,8 +157,8 @@ def report(metrics: Mapping[str, object] | None = None, /, **kw: object) -> None
         raise WorkerError("report() needs at least one metric, e.g. report(loss=0.12, step=3)")
     if len(given) > MAX_METRICS:
         raise WorkerError(f"report() got {len(given)} metrics; at most {MAX_METRICS} per call")
-    clean = {name: check_metric(name, value) for name, value in given.items()}
-    line = REPORT_PREFIX + json.dumps(clean, separators=(",", ":"), allow_nan=False) + "\n"
+    clean = {name: _reportable(name, value) for name, value in given.items()}
+    line = REPORT_PREFIX + json.dumps(clean, separators=(",", ":")) + "\n"
     sys.stdout.write(line)
     sys.stdout.flush()
 

@@ -60,8 +60,8 @@ class _Tensor:
     ("metrics", "words"),
     [
         ({}, "at least one metric"),
-        ({"loss": math.nan}, "finite"),
-        ({"loss": math.inf}, "finite"),
+        ({"step": math.nan}, "step"),
+        ({"1x": math.inf}, "name"),
         ({"ok": True}, "bool"),
         ({"loss": _Tensor()}, "_Tensor"),
         ({"step": -1}, "step"),
@@ -82,6 +82,21 @@ def test_report_refuses_misuse_with_one_line(
     assert words in str(info.value)
     assert "\n" not in str(info.value)
     assert capsys.readouterr().out == ""
+
+
+def test_a_nan_or_inf_is_reported_for_the_peer_to_record_the_run_diverged(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # report(loss=nan) raised, so the script crashed with a traceback (recorded "exited with
+    # code 1") where a METAOPT line with NaN is recorded "diverged", as the README says.
+    np = pytest.importorskip("numpy")
+    worker.report(loss=math.nan, step=3)
+    worker.report({"val/loss": np.float32("inf"), "acc": -math.inf})
+    out = capsys.readouterr().out
+    assert out == 'METAOPT {"loss":NaN,"step":3}\nMETAOPT {"val/loss":Infinity,"acc":-Infinity}\n'
+    parser = OutputParser()
+    assert parser.feed(out.encode()) == [{"step": 3}]
+    assert parser.nonfinite == {"loss": "nan", "val/loss": "inf", "acc": "-inf"}
 
 
 def test_numpy_scalars_are_reported_as_plain_numbers(capsys: pytest.CaptureFixture[str]) -> None:
