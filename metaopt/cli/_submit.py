@@ -26,6 +26,7 @@ from metaopt._state import FROZEN_BY_HAND, TERMINAL_STATES
 from metaopt.cli._format import best_summary, fmt_value, state_summary
 from metaopt.peer._bundle import DEFAULT_MAX_BYTES, HARD_MAX_BYTES, collect_bundle
 from metaopt.peer._local import LocalPeer, resolve_data_dir
+from metaopt.peer._output import CAPTURE_HINT
 from metaopt.peer._template import parse_template
 from metaopt.space import Space
 from metaopt.worker import check_name
@@ -237,11 +238,17 @@ def build_submission(
                 "print a METAOPT {json} line or call metaopt.report"
             )
         try:
-            re.compile(str(regex))
+            groups = re.compile(str(regex)).groups
         except re.error as exc:
             raise MetaoptError(
                 f"--objective-regex {regex!r} is not a regular expression: {exc}"
             ) from None
+        if not groups:
+            print(
+                f"note: --objective-regex {regex!r} has no group, so all it matches must be"
+                f" the number{CAPTURE_HINT}",
+                file=sys.stderr,
+            )
     directions = _directions(options.get("maximize"), objectives)
     blobs: list[Record] = []
     chunks: dict[bytes, bytes] = {}

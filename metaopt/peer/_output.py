@@ -27,6 +27,7 @@ _LINE_END = re.compile(rb"[\r\n]")
 _REPORT_AT = re.compile(re.escape(REPORT_PREFIX.strip()) + r"\s*(?=\{)")
 _INVISIBLE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\ufeff")  # ANSI CSI sequences, BOM
 _JSON = json.JSONDecoder()
+CAPTURE_HINT = "; put the number in a group, e.g. 'acc=([0-9.]+)'"
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,10 @@ class OutputParser:
         except ValueError:
             number = None
         if number is None or not math.isfinite(number):
-            self._note(f"regex matched {group!r}, not a finite number")
+            # A regex without a group must match the number alone; 'acc=[0-9.]+' is the usual
+            # slip (seen: every trial failed until the user found this).
+            hint = "" if self._regex.groups or number is not None else CAPTURE_HINT
+            self._note(f"regex matched {group!r}, not a finite number{hint}")
             if number is not None:  # nan or inf: the run diverged
                 self.nonfinite[self.config.objective] = str(group)
             return

@@ -82,6 +82,18 @@ def test_objective_names_and_regex_are_checked_at_submit(tmp_path: Path) -> None
     assert "a report's step" in _refused(tmp_path, "--objective", "step", *base)
 
 
+def test_a_regex_without_a_group_is_noted_at_submit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "t.py").write_text("")
+    base = ("t.py", "--x~uniform(0, 1)")
+    _build(tmp_path, "--objective-regex", "acc=[0-9.]+", *base)
+    note = capsys.readouterr().err
+    assert "has no group, so all it matches must be the number" in note and note.count("\n") == 1
+    _build(tmp_path, "--objective-regex", "acc=([0-9.]+)", *base)
+    assert capsys.readouterr().err == ""
+
+
 def test_config_files(tmp_path: Path) -> None:
     (tmp_path / "t.py").write_text("")
     assert "cannot read --config" in _refused(tmp_path, "--config", str(tmp_path / "no.yaml"))

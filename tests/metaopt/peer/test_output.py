@@ -47,6 +47,16 @@ def test_regex_without_a_group_uses_the_whole_match_and_offset_steps() -> None:
     assert parser.feed(b"loss 0.125\n") == [{"loss": 0.125, "step": 11}]
 
 
+def test_a_regex_whose_whole_match_is_no_number_says_to_capture_it() -> None:
+    # 'acc=[0-9.]+' failed every trial with "regex matched 'acc=0.42', not a finite number".
+    parser = OutputParser(OutputConfig(objective_regex=r"acc=[0-9.]+"))
+    assert parser.feed(b"acc=0.42\n") == []
+    assert "put the number in a group, e.g. 'acc=([0-9.]+)'" in parser.explain_missing()
+    captured = OutputParser(OutputConfig(objective_regex=r"acc=([0-9a-z.]+)"))
+    assert captured.feed(b"acc=0.4x\n") == []
+    assert "put the number in a group" not in captured.explain_missing()
+
+
 def test_never_matching_regex_explains_itself() -> None:
     parser = OutputParser(OutputConfig(objective_regex=r"accuracy = ([0-9.]+)"))
     parser.feed(b"hello\nworld\n")
