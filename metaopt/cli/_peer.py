@@ -257,9 +257,10 @@ def _stop(args: argparse.Namespace) -> int:
         raise MetaoptError(f"no peer is running on {dirs.root}; nothing to stop")
     LocalPeer(data_dir).call("api.shutdown")
     deadline = time.monotonic() + args.timeout
-    # The peer removes its pid file last thing on a clean stop; a zombie (a peer whose parent
-    # has not reaped it yet) has stopped too.
-    while pid is not None and dirs.pid_file.exists() and not _gone(pid):
+    # Until the process is gone, not only its pid file (which its stop removes before the
+    # interpreter exits: "peer stopped" was printed with the peer still there for seconds); a
+    # zombie (a peer whose parent has not reaped it yet) has stopped.
+    while pid is not None and not _gone(pid):
         if time.monotonic() > deadline:
             raise MetaoptError(f"peer pid {pid} is still running after {args.timeout:.0f} s")
         time.sleep(0.1)

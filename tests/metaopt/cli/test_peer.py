@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
-from metaopt.cli._peer import _printable_lines
+import pytest
+
+from metaopt.cli._peer import _printable_lines, _stop
+from metaopt.peer._identity import DataDir
 
 
 def test_a_log_line_cannot_be_forged_by_a_name_from_another_peer() -> None:
@@ -20,3 +27,31 @@ def test_a_log_line_cannot_be_forged_by_a_name_from_another_peer() -> None:
     plain = logging.LogRecord("metaopt.peer", logging.INFO, __file__, 1, "slot %d runs %s",
                               (0, "x"), None)  # fmt: skip
     assert _printable_lines(plain) and plain.getMessage() == "slot 0 runs x" and plain.args
+
+
+def test_peer_stop_says_stopped_once_the_process_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The peer removes its pid file before its interpreter exits; "peer stopped" came while
+    # `ps` still showed it.
+    dirs = DataDir(tmp_path)
+    dirs.address_file.write_text("127.0.0.1:9\n")
+    exiting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    dirs.pid_file.write_text(f"{exiting.pid}\n")
+
+    class _Peer:
+        def __init__(self, data_dir: Path) -> None:
+            pass
+
+        def call(self, op: str, body: object = None) -> object:
+            dirs.pid_file.unlink()  # what the peer's stop does, before it exits
+            return None
+
+    monkeypatch.setattr("metaopt.cli._peer.LocalPeer", _Peer)
+    try:
+        assert _stop(argparse.Namespace(data_dir=str(tmp_path), timeout=30.0)) == 0
+        assert exiting.poll() is not None  # exited (a zombie until this reaped it)
+        assert capsys.readouterr().out == "peer stopped\n"
+    finally:
+        exiting.kill()
+        exiting.wait()
