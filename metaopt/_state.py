@@ -56,6 +56,7 @@ FREE_STATES = frozenset({"lost", "interrupted"})
 ACTIVE_STATES = frozenset({"pending", "running", "frozen"})
 # The reason `metaopt freeze` records: a pause only the user ends (thaw, or stop the experiment).
 FROZEN_BY_HAND = "frozen by the user"
+KILLED_BY_HAND = "killed by the user"  # `metaopt kill`
 _RUNNING_SIGNALS = frozenset({"started", "thawed", "progress", "heartbeat"})
 _LIFECYCLE = _RUNNING_SIGNALS | {"frozen", "lost", "interrupted"}
 _TERMINAL_RANK = {"completed": 0, "failed": 1, "killed": 1}

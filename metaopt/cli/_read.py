@@ -47,6 +47,7 @@ def add_read_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     for verb, text in (
         ("freeze", "pause a trial running on this peer (it checkpoints and exits)"),
         ("thaw", "resume a trial this peer froze, from its checkpoint"),
+        ("kill", "end a trial running on (or frozen by) this peer for good"),
     ):
         cmd = sub.add_parser(verb, help=text)
         cmd.add_argument("trial")
@@ -213,6 +214,8 @@ def _freeze_thaw(args: argparse.Namespace) -> int:
     answer = _peer(args).call(f"api.{args.verb}", args.trial)
     if args.verb == "freeze":
         print(f"trial {answer[:12]}: freezing")
+    elif args.verb == "kill":
+        print(f"trial {answer[:12]}: killed")
     elif answer["from_step_0"]:
         print(f"trial {answer['id'][:12]}: its peer is gone; running here again from step 0")
     else:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from crdt import Record, RecordError
 from metaopt._errors import MetaoptError
 from metaopt._records import BLOB, EXPERIMENT, parse_experiment
-from metaopt._state import FROZEN_BY_HAND, ExperimentState, TrialView
+from metaopt._state import FROZEN_BY_HAND, KILLED_BY_HAND, ExperimentState, TrialView
 from metaopt.peer._wire import Request
 
 if TYPE_CHECKING:
@@ -97,6 +97,7 @@ class LocalApi:
             "api.shutdown": self.shutdown,
             "api.freeze": self.freeze,
             "api.thaw": self.thaw,
+            "api.kill": self.kill,
         }
 
     def _experiment(self, body: Any) -> ExperimentState:
@@ -241,6 +242,54 @@ class LocalApi:
         await runner.end(view.key, "frozen", FROZEN_BY_HAND)
         return view.id
 
+    def _take_over_frozen(self, view: TrialView, verb: str) -> bool:
+        """Whether frozen view is another peer's, gone, so this one may act on it; raises if
+        that peer may be live.
+
+        A trial frozen by hand on a peer that is gone is nobody else's to re-run (see
+        find_lost): any peer may take it over when told to, from step 0 (its checkpoint went
+        with its peer), or kill it.
+        """
+        runner = view.runner
+        if runner == self.node.node_id:
+            return False
+        if runner is None or self.node.is_alive(runner):
+            where = runner.hex()[:8] if runner else "another peer"
+            raise MetaoptError(
+                f"trial {view.id[:12]} is frozen on node {where}; run `metaopt {verb}` there"
+            )
+        if not (self.node.listened() and self.node.caught_up()):
+            # Just started, it has heard from nobody yet: a live peer looks gone.
+            raise MetaoptError(
+                f"trial {view.id[:12]} is frozen on node {runner.hex()[:8]}, which this peer"
+                f" has not heard from since it started; try again in a minute, or run"
+                f" `metaopt {verb}` there"
+            )
+        return True
+
+    async def kill(self, request: Request) -> Any:
+        """End a trial for good: one running on this peer is stopped, a frozen one of this
+        peer (or of one that is gone) is never resumed. Its checkpoint stays on disk."""
+        state, view = self._trial(request.body)
+        runner = self.node.runner
+        if view.key in runner.running_keys():
+            if (stopping := runner.stopping_as(view.key)) is not None:
+                raise MetaoptError(f"trial {view.id[:12]} is already stopping (as {stopping})")
+            await runner.end(view.key, "killed", KILLED_BY_HAND)
+            return view.id
+        if view.state == "running":
+            where = (view.runner or view.node).hex()[:8]
+            raise MetaoptError(
+                f"trial {view.id[:12]} is running on node {where}; run `metaopt kill` there"
+            )
+        if view.state != "frozen":
+            raise MetaoptError(
+                f"trial {view.id[:12]} is {view.state}; only a running or frozen one is killed"
+            )
+        self._take_over_frozen(view, "kill")
+        self.node.write_event(state.key, view.key, "killed", reason=KILLED_BY_HAND)
+        return view.id
+
     async def thaw(self, request: Request) -> Any:
         """Resume a trial this peer froze, from its checkpoint, in a free slot."""
         state, view = self._trial(request.body)
@@ -250,23 +299,7 @@ class LocalApi:
             )
         if view.state != "frozen":
             raise MetaoptError(f"trial {view.id[:12]} is {view.state}; only a frozen one thaws")
-        # A trial frozen by hand on a peer that is gone is nobody else's to re-run (see
-        # find_lost): any peer may take it over when told to, from step 0 (its checkpoint
-        # went with its peer).
-        runner = view.runner
-        taken_over = runner != self.node.node_id
-        if taken_over and (runner is None or self.node.is_alive(runner)):
-            where = runner.hex()[:8] if runner else "another peer"
-            raise MetaoptError(
-                f"trial {view.id[:12]} is frozen on node {where}; run `metaopt thaw` there"
-            )
-        if taken_over and runner and not (self.node.listened() and self.node.caught_up()):
-            # Just started, it has heard from nobody yet: a live peer looks gone.
-            raise MetaoptError(
-                f"trial {view.id[:12]} is frozen on node {runner.hex()[:8]}, which this peer"
-                " has not heard from since it started; try again in a minute, or run"
-                " `metaopt thaw` there"
-            )
+        taken_over = self._take_over_frozen(view, "thaw")
         if self.node.runner.free_slots() <= 0:
             # The scheduler fills a slot as soon as it frees, so "wait" rarely helps.
             raise MetaoptError(

@@ -380,3 +380,71 @@ def test_a_name_submitted_with_a_clock_ahead_does_not_hide_the_next_submission()
     now[0] = 160.0
     honest = submit(3, 160_000)  # submitted a minute later by a peer with the right time
     assert replica.find_experiment("sweep").key == honest.key  # type: ignore[union-attr]
+
+
+@pytest.mark.asyncio
+async def test_kill_ends_a_trial_of_this_peer_for_good_and_says_where_another_is() -> None:
+    # There was no way to end one trial: `metaopt stop` leaves running trials alone, and a
+    # freeze is a pause (a hung script held its slot until someone froze it and never thawed).
+    store = MemoryStore()
+    spec = ExperimentSpec("e", {"x": "uniform(0, 1)"}, command=("t.py",))
+    exp = Record.create(EXPERIMENT, NODE, 1, 1000, spec.to_body(), [])
+    other, gone = b"o" * 16, b"g" * 16
+    trials = [
+        Record.create(TRIAL, NODE, 2 + i, 1001, {"params": {"x": i / 8}, "node": NODE,
+                      "counter": i + 1}, [exp.key])
+        for i in range(5)
+    ]  # fmt: skip
+    run, mine, elsewhere, done, orphan = (t.key for t in trials)
+    history = [(run, NODE, "started"), (mine, NODE, "started"), (mine, NODE, "frozen"),
+               (elsewhere, other, "started"), (elsewhere, other, "frozen"),
+               (done, NODE, "started"), (done, NODE, "completed"),
+               (orphan, gone, "started"), (orphan, gone, "frozen")]  # fmt: skip
+    seq = iter(range(10, 100))
+    store.add([exp, *trials])
+    store.add([
+        Record.create(EVENT, node, next(seq), 1100, EventBody(t, exp.key, kind, node, 1,
+                      {"objective": 0.5} if kind == "completed" else {}).to_body(),
+                      [t, exp.key])
+        for t, node, kind in history
+    ])  # fmt: skip
+    ended: list[tuple[bytes, str, str]] = []
+
+    async def end(trial: bytes, outcome: str, reason: str) -> None:
+        ended.append((trial, outcome, reason))
+
+    def write_event(experiment: bytes, trial: bytes, kind: str, *, reason: str) -> None:
+        body = EventBody(trial, experiment, kind, NODE, reason=reason).to_body()
+        store.add([Record.create(EVENT, NODE, next(seq), 1200, body, [trial, experiment])])
+
+    replica = Replica(store)
+    node = SimpleNamespace(
+        node_id=NODE,
+        replica=replica,
+        runner=SimpleNamespace(running_keys=lambda: {run}, stopping_as=lambda key: None, end=end),
+        is_alive={NODE, other}.__contains__,
+        listened=lambda: True,
+        caught_up=lambda: True,
+        write_event=write_event,
+    )
+    api = LocalApi(node)  # type: ignore[arg-type]
+
+    async def kill(trial: bytes) -> str:
+        return str(await api.kill(Request("api.kill", NODE, "", trial.hex()[:8])))
+
+    async def refusal(trial: bytes) -> str:
+        with pytest.raises(MetaoptError) as info:
+            await kill(trial)
+        assert "\n" not in str(info.value)
+        return str(info.value)
+
+    assert await kill(run) == run.hex() and ended == [(run, "killed", "killed by the user")]
+    assert await kill(mine) == mine.hex()
+    assert f"frozen on node {other.hex()[:8]}; run `metaopt kill` there" in await refusal(elsewhere)
+    assert "is completed; only a running or frozen one is killed" in await refusal(done)
+    assert await kill(orphan) == orphan.hex()  # its peer is gone: nobody else would end it
+    state = replica.experiments[exp.key]
+    for key in (mine, orphan):
+        view = state.trial(key)
+        assert view is not None and (view.state, view.reason) == ("killed", "killed by the user")
+    assert state.trial(elsewhere).state == "frozen"  # type: ignore[union-attr]
