@@ -276,7 +276,7 @@ class LocalApi:
             if (stopping := runner.stopping_as(view.key)) is not None:
                 raise MetaoptError(f"trial {view.id[:12]} is already stopping (as {stopping})")
             await runner.end(view.key, "killed", KILLED_BY_HAND)
-            return view.id
+            return {"id": view.id, "stopping": True}
         if view.state == "running":
             where = (view.runner or view.node).hex()[:8]
             raise MetaoptError(
@@ -288,7 +288,7 @@ class LocalApi:
             )
         self._take_over_frozen(view, "kill")
         self.node.write_event(state.key, view.key, "killed", reason=KILLED_BY_HAND)
-        return view.id
+        return {"id": view.id, "stopping": False}
 
     async def thaw(self, request: Request) -> Any:
         """Resume a trial this peer froze, from its checkpoint, in a free slot."""

@@ -430,7 +430,9 @@ async def test_kill_ends_a_trial_of_this_peer_for_good_and_says_where_another_is
     api = LocalApi(node)  # type: ignore[arg-type]
 
     async def kill(trial: bytes) -> str:
-        return str(await api.kill(Request("api.kill", NODE, "", trial.hex()[:8])))
+        answer = await api.kill(Request("api.kill", NODE, "", trial.hex()[:8]))
+        assert answer["stopping"] is (trial == run)
+        return str(answer["id"])
 
     async def refusal(trial: bytes) -> str:
         with pytest.raises(MetaoptError) as info:
