@@ -139,9 +139,13 @@ class Suggester:
         """(params, counter) of a new point not in the draw's history (the costly part)."""
         counter, rng, known, obs = draw.counter, draw.rng, draw.known, draw.obs
         space = self.space
+        # An experiment's first point takes every default_value= given (the rest as the search
+        # draws them), so the configuration a user trusts is measured first, as a baseline.
+        first = {} if known else space.defaults
         for _ in range(_RETRIES):
             points = self.algorithm.suggest(space, obs, rng, 1)
             params = self._with_fidelity(space.from_unit(self._nudge(points[0], rng)))
+            params.update(first)
             if params_key(params) not in known:
                 return params, counter
         for u in space.sample(rng, _PRIOR_DRAWS):

@@ -62,3 +62,21 @@ def test_only_a_trial_that_arrived_after_the_draw_and_lies_within_near_crowds_a_
     assert not suggester.crowded(draw, {"x": 0.8 + 2 * NEAR})  # arrived, but not next to it
     assert suggester.crowded(draw, {"x": 0.8 + NEAR / 2})
     assert not suggester.crowded(suggester.prepare(), {"x": 0.8 + NEAR / 2})
+
+
+def test_the_first_point_takes_the_default_values_and_later_ones_are_searched() -> None:
+    # default_value= was parsed and then used by nothing: the configuration a user trusts
+    # was never measured unless the search happened on it.
+    space = {"lr": "loguniform(1e-5, 1, default_value=0.001)", "act": "choices(['a', 'b'],"
+             " default_value='b')", "depth": "randint(1, 10)"}  # fmt: skip
+    record = experiment_record(ExperimentSpec("e", space, command=("t.py",)))
+    spec = parse_experiment(record)
+    assert spec is not None
+    state = ExperimentState(record.key, spec)
+    first, counter = Suggester(state, ME).suggest()
+    assert (first["lr"], first["act"], counter) == (0.001, "b", 1)
+    trial = Record.create(TRIAL, ME, 1, 1000, {"params": first, "node": ME, "counter": 1},
+                          [state.key])  # fmt: skip
+    state.apply(trial)
+    later = [Suggester(state, node).suggest()[0] for node in (ME, OTHER)]
+    assert all((p["lr"], p["act"]) != (0.001, "b") for p in later)
