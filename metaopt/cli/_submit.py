@@ -8,6 +8,7 @@ collide with ours.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import re
@@ -340,6 +341,15 @@ def _check_program(program: str, path: Path, cwd: Path) -> None:
             raise MetaoptError(f"{program}: no such script in {cwd}; check the path")
         return  # run with the peer's Python
     if "/" not in program and not path.is_file():
+        option = program.split("=", 1)[0]
+        close = difflib.get_close_matches(option, _OPTIONS, n=1, cutoff=0.75)
+        if program.startswith("--") and close:
+            # The first word submit does not know starts the program: a misspelt option
+            # was taken for the program's name.
+            raise MetaoptError(
+                f"{option}: not an option of submit; did you mean {close[0]}? (the program"
+                " starts at the first word submit does not know)"
+            )
         if shutil.which(program) is None:
             raise MetaoptError(
                 f"{program}: not a file in {cwd} nor a command on PATH; check the name"

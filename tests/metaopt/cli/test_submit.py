@@ -540,3 +540,13 @@ def test_wait_stops_when_nothing_runs_and_its_peer_starts_no_new_trial(
     out = capsys.readouterr().out
     assert f"prog: nothing runs and this peer starts no new trial: {why}; --wait stops" in out
     assert out.rstrip().endswith('best 0.77 with {"k": 1}')
+
+
+def test_a_misspelt_option_is_named_as_one_not_taken_for_the_program(tmp_path: Path) -> None:
+    # `--max-trial 2` said "--max-trial: not a file in ... nor a command on PATH".
+    (tmp_path / "t.py").write_text("")
+    prior = "--x~uniform(0, 1)"
+    message = _refused(tmp_path, "--max-trial", "2", "t.py", prior)
+    assert message.startswith("--max-trial: not an option of submit; did you mean --max-trials?")
+    assert "did you mean --wait?" in _refused(tmp_path, "--wiat", "t.py", prior)
+    assert "nor a command on PATH" in _refused(tmp_path, "--frobnicate", "t.py", prior)
