@@ -34,7 +34,11 @@ bound model over 1,536 candidates, Branin 4.15 against 3.78 on seeds 100-129 and
 cost; log-EI times local penalisers around the pending points with a Lipschitz constant
 estimated from the mean's gradient (Gonzalez et al. 2016), 4.02 / 5.65 on seeds 100-149
 (this rule 3.70 / 5.02 there). Told the pending outcomes (bench_parallel's clairvoyant
-reference) auto takes 2.82 / 4.03.
+reference) auto takes 2.82 / 4.03. Most of that gap is in finding the basin, not refining it:
+to a coarse target (regret 0.5 / 1.0, seeds 100-149) auto takes 3.15 / 3.67 and the
+clairvoyant 2.23 / 2.92. Holding the GP back until more trials have completed (the first
+round's points are pending, so it starts from 2 completed ones) took longer: n_init completed,
+3.91 / 5.70; half of n_init, 3.68 / 5.25 (seeds 100-199).
 
 Bounded cost: above ``max_points`` completed trials the GP is fitted on a local subset, the
 ``local_fraction`` nearest to the incumbent plus a random remainder (a trust-region-like model
