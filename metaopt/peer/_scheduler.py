@@ -1,9 +1,11 @@
 """What a peer should do next with its slots, and which trials have been lost (pure).
 
 No locks: each peer decides for its own slots from its replica. Free trials (lost or
-interrupted) are claimed by rendezvous hashing — every live node ranks itself by
-BLAKE2b(node id + trial key) and the k-th ranked waits k claim delays before taking it — so
-usually exactly one peer re-runs a freed point, and if that one is gone too, the next does.
+interrupted) are claimed in an order every peer computes alike (see ``claim_rank``): the node
+that ran the trial last first while it is live, then the other live nodes by rendezvous
+hashing (BLAKE2b(node id + trial key)); the k-th in line waits k claim delays before taking
+it. So usually exactly one peer re-runs a freed point, and if that one is gone too, the next
+does.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from metaopt._state import FREE_STATES, ExperimentState, TrialView
 __all__ = [
     "Lost",
     "Work",
+    "claim_rank",
     "failure_streak",
     "find_lost",
     "plan_work",
@@ -62,6 +65,23 @@ def rendezvous_rank(me: bytes, others: Iterable[bytes], trial: bytes) -> int:
 
     mine = score(me)
     return sum(1 for node in set(others) if node != me and score(node) < mine)
+
+
+def claim_rank(me: bytes, live_nodes: Collection[bytes], trial: TrialView) -> int:
+    """This node's place in line to re-run a free trial.
+
+    Its last runner comes first while it is live: only there can the re-run resume from the
+    trial's checkpoint directory, which other peers cannot see. A peer killed -9 and
+    restarted within seconds marked its own trial lost and a peer ranked before it by the
+    hash alone re-ran it from step 0 beside the idle holder of its checkpoint. The others
+    follow by rendezvous, one claim delay later, in case the runner has no free slot.
+    """
+    runner = trial.runner
+    if runner == me:
+        return 0
+    if runner is None or runner not in live_nodes:
+        return rendezvous_rank(me, live_nodes, trial.key)
+    return 1 + rendezvous_rank(me, [n for n in live_nodes if n != runner], trial.key)
 
 
 def settle_rank(me: bytes, live_nodes: Iterable[bytes], experiment: bytes, known: int) -> int:
@@ -246,7 +266,7 @@ def _next_for(
     for trial in free:
         if trial.state not in FREE_STATES or trial.key in running_here:
             continue
-        rank = rendezvous_rank(me, live_nodes, trial.key)
+        rank = claim_rank(me, live_nodes, trial)
         # The first in line claims at once, even when the event that freed the trial carries a
         # later time than this pass's clock (written a moment after it, or by a peer whose
         # clock runs ahead): its claim waited a pass, or until this clock caught up.

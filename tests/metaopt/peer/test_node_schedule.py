@@ -17,7 +17,7 @@ from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment
 from metaopt._suggest import Draw, Suggester
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._node import Node
-from metaopt.peer._scheduler import settle_rank
+from metaopt.peer._scheduler import rendezvous_rank, settle_rank
 
 pytestmark = pytest.mark.integration
 
@@ -121,6 +121,46 @@ async def test_a_peer_judges_other_peers_trials_only_once_caught_up_and_listened
         node.started_at -= node.config.timing.peer_timeout
         await node._schedule_once()
         assert "lost" in kinds() and kinds().count("started") == 2  # lost, then re-run here
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_restarted_after_a_kill_reruns_its_lost_trial_from_its_checkpoint(
+    tmp_path: Path,
+) -> None:
+    # Killed -9 and restarted at once, it marked its own running trial lost, and a live peer
+    # ranked before it by the hash alone re-ran the trial from step 0 while this one, holding
+    # the trial's checkpoint, sat idle.
+    exp = _experiment("good", {"x": "uniform(0, 1)"}, max_trials=1)  # no new trial: a slot
+    node = _lone_node(tmp_path)
+    me, now_ms = node.node_id, int(time.time() * 1000)
+    for i in range(1000):
+        body = {"params": {"x": i / 1000}, "node": me, "counter": 1}
+        trial = Record.create(TRIAL, me, 1, now_ms - 5_000, body, [exp.key])
+        if rendezvous_rank(me, [me, OTHER], trial.key) == 1:
+            break
+    ran = [
+        EventBody(trial.key, exp.key, "started", me),
+        EventBody(trial.key, exp.key, "progress", me, 3, {"objective": 0.5}),
+    ]
+    events = [
+        Record.create(EVENT, me, seq, now_ms - 4_000 + seq, e.to_body(), [trial.key, exp.key])
+        for seq, e in enumerate(ran, start=2)
+    ]
+    checkpoint = node.runner.trial_dir(trial.key) / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "state.json").write_text('{"step": 3}')
+    try:
+        node.store.add([exp, trial, *events])
+        node.peers.add(OTHER, "127.0.0.1:9", node.clock(), contacted=True)  # live, idle
+        node.replicator.sessions = 1  # caught up
+        await node._schedule_once()
+        records = [r for r in node.store.linked(trial.key) if r.kind == EVENT]
+        records.sort(key=lambda r: r.seq)
+        written = [(e.kind, e.step) for e in map(parse_event, records) if e is not None]
+        # Lost, then re-run here at once, resuming after step 3 (METAOPT_RESUME_STEP=3).
+        assert written[2:] == [("lost", None), ("started", 3)]
     finally:
         await node.stop()
 

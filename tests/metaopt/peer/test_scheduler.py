@@ -25,6 +25,7 @@ from metaopt.peer._scheduler import (
 ME = b"m" * 16
 OTHER = b"o" * 16
 THIRD = b"t" * 16
+GONE = b"g" * 16  # a node no longer live: its trials go by rendezvous alone
 
 
 def _state(max_trials: int | None = None, name: str = "e") -> ExperimentState:
@@ -107,9 +108,9 @@ def test_an_experiment_that_may_not_suggest_still_gets_its_free_trials() -> None
 
 def test_the_first_in_line_claims_a_freed_trial_even_if_its_event_is_stamped_later() -> None:
     state = _state()
-    t = _trial(state, OTHER, 1)
-    _event(state, t, OTHER, 2, "started", 1_000)
-    _event(state, t, OTHER, 3, "lost", 5_000)  # a clock ahead of this pass's (2,000 ms)
+    t = _trial(state, GONE, 1)
+    _event(state, t, GONE, 2, "started", 1_000)
+    _event(state, t, GONE, 3, "lost", 5_000)  # a clock ahead of this pass's (2,000 ms)
     work = plan_work([state], ME, 1, set(), [ME], 2_000, 1_000, lambda s: True)
     assert [w.trial for w in work] == [t.key]
     second = next(n for n in (OTHER, THIRD, b"x" * 16) if rendezvous_rank(n, [ME, n], t.key))
@@ -270,3 +271,44 @@ def test_a_dead_runner_whose_clock_ran_ahead_is_lost_on_this_nodes_clock() -> No
     state.apply(Record.create(EVENT, ME, 2, 72_000, rerun, [t.key, state.key]))
     view = state.trial(t.key)
     assert view is not None and (view.state, view.runner) == ("running", ME)
+
+
+def _freed_last_by_hash(
+    runner: bytes, live: list[bytes], kind: str
+) -> tuple[ExperimentState, Record]:
+    """A one-trial experiment (budget spent: no new point to plan) whose trial ``runner`` ran
+    and that is now free (``kind``: lost or interrupted), picked so that the rendezvous hash
+    alone ranks ``runner`` last among ``live``."""
+    for seq in range(1, 1000):
+        state = _state(max_trials=1)
+        t = _trial(state, runner, seq)
+        if rendezvous_rank(runner, live, t.key) == len(live) - 1:
+            _event(state, t, runner, 1_000 + seq, "started", 1_000)
+            _event(state, t, runner, 2_000 + seq, kind, 10_000)
+            return state, t
+    raise AssertionError("no trial ranks its runner last")
+
+
+def _claims(state: ExperimentState, me: bytes, now: int, live: list[bytes]) -> list[bytes | None]:
+    work = plan_work([state], me, 1, set(), live, now, 1_000, lambda s: True)
+    return [w.trial for w in work]
+
+
+def test_the_last_runner_of_a_free_trial_claims_it_first_and_the_others_a_turn_later() -> None:
+    # A peer killed -9 and restarted at once marked its own trial lost, and another peer,
+    # first by the hash, re-ran it from step 0 while the restarted peer, holding its
+    # checkpoint, sat idle. Only the runner can see its checkpoint; all can see who ran it.
+    live = [ME, OTHER, THIRD]
+    for kind in ("lost", "interrupted"):
+        state, t = _freed_last_by_hash(ME, live, kind)
+        assert _claims(state, ME, 10_000, live) == [t.key]
+        assert _claims(state, ME, 10_000, [ME]) == [t.key]  # restarted, it may know no peer yet
+        first, second = sorted((OTHER, THIRD), key=lambda n: rendezvous_rank(n, live, t.key))
+        # The others wait a turn for it, then take it in their order (it may have no free
+        # slot, or be gone without a word).
+        assert _claims(state, first, 10_000, live) == _claims(state, second, 10_000, live) == []
+        assert _claims(state, first, 11_000, live) == [t.key]
+        assert _claims(state, second, 11_000, live) == []
+        assert _claims(state, second, 12_000, live) == [t.key]
+        # Once it is gone the hash alone decides: the first of the others claims at once.
+        assert _claims(state, first, 10_000, [OTHER, THIRD]) == [t.key]
