@@ -4,7 +4,8 @@ Soft state only. Each entry keeps the time of this node's own last contact and t
 evidence of life from anyone (its own contact, mDNS, or a gossiping peer's report). Gossip
 carries *ages*, not timestamps, so clocks need not agree, and an age only grows as it is passed
 on: a dead peer cannot be kept alive by peers repeating each other. Entries unheard of for
-``expire_after`` seconds are dropped; seeds (``--join`` addresses) are kept forever.
+``expire_after`` seconds are dropped; seeds (``--join`` addresses) are kept forever. A peer
+that said it was leaving (a graceful stop) is not live until it speaks to this node itself.
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ class PeerTableConfig:
 
 @dataclass(frozen=True)
 class KnownPeer:
-    """One entry: ``last_contact`` is this node's own contact, ``heard`` the freshest evidence."""
+    """One entry: ``last_contact`` is this node's own contact, ``heard`` the freshest evidence;
+    ``left``: it said it was leaving, and has not spoken to this node since."""
 
     node_id: bytes
     addr: str
     heard: float
     last_contact: float | None = None
+    left: bool = False
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.heard)
@@ -81,7 +84,22 @@ class PeerTable:
         """This node just talked to ``node_id`` at its known address."""
         peer = self._peers.get(node_id)
         if peer is not None:
-            self._peers[node_id] = replace(peer, heard=max(peer.heard, now), last_contact=now)
+            self._peers[node_id] = replace(
+                peer, heard=max(peer.heard, now), last_contact=now, left=False
+            )
+
+    def leave(self, node_id: bytes) -> None:
+        """``node_id`` said it is stopping: not live from now on, until it speaks to us again.
+
+        Only its own word brings it back (a request from it, or an answer to ours), not
+        gossip or mDNS: a third peer that has not yet heard of its leaving may report it with
+        an age that, after the time in flight, reads as news from after the leave, and it
+        would be live again for the timeout. It stays known (and among the silent ones,
+        called now and then), so a restart on its address is noticed.
+        """
+        peer = self._peers.get(node_id)
+        if peer is not None:
+            self._peers[node_id] = replace(peer, left=True)
 
     def touch_addr(self, addr: str, now: float) -> None:
         """This node just talked to whoever is at ``addr`` (no-op if nobody known is there)."""
@@ -132,13 +150,13 @@ class PeerTable:
         return list(self._seeds)
 
     def is_alive(self, node_id: bytes, now: float, timeout: float) -> bool:
-        """Heard of (by anyone) within ``timeout`` seconds."""
+        """Heard of (by anyone) within ``timeout`` seconds, and not left since."""
         peer = self._peers.get(node_id)
-        return peer is not None and now - peer.heard <= timeout
+        return peer is not None and _live(peer, now, timeout)
 
     def live(self, now: float, timeout: float) -> list[KnownPeer]:
         """Live peers, in node id order so callers stay deterministic."""
-        return [p for p in self.all() if now - p.heard <= timeout]
+        return [p for p in self.all() if _live(p, now, timeout)]
 
     def silent(self, now: float, timeout: float) -> list[KnownPeer]:
         """Known peers not heard of within ``timeout`` (not yet expired), in node id order.
@@ -147,7 +165,7 @@ class PeerTable:
         every peer may count every other one dead, and a peer found by mDNS is no seed, so
         without these calls such a cluster would never speak again.
         """
-        return [p for p in self.all() if now - p.heard > timeout]
+        return [p for p in self.all() if not _live(p, now, timeout)]
 
     def random_live(
         self,
@@ -192,6 +210,8 @@ class PeerTable:
         if addr in self.own_addrs:
             return
         old = self._peers.get(node_id)
+        if old is not None and old.left and not authoritative:
+            return  # see leave(): second-hand news does not bring it back
         holder = self._by_addr.get(addr)
         if holder is not None and holder != node_id:
             # Two ids at one address: a restarted peer (new data dir) or a stale report. Only
@@ -237,6 +257,10 @@ class PeerTable:
         if not math.isfinite(age) or age < 0:
             return None
         return node_id, addr, age
+
+
+def _live(peer: KnownPeer, now: float, timeout: float) -> bool:
+    return not peer.left and now - peer.heard <= timeout
 
 
 # A DNS label (1-63 characters; "_" is seen in the wild) or an IPv4 address's part.

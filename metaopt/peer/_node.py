@@ -60,6 +60,8 @@ _LOOKS = 3
 # record together (the crowding check still sees every point recorded before them). Without a
 # cap, 20 peers waited up to 0.95 s a trial, holding the schedule lock.
 _MAX_SETTLE_TURNS = 8
+# How long a stopping peer waits, at most, for its peers to hear that it is leaving.
+_LEAVE_WAIT = 2.0
 
 
 def _parsed(key_text: str) -> ClusterKey | None:
@@ -297,7 +299,10 @@ class Node:
         if self._discovery is not None:
             with contextlib.suppress(Exception):
                 await self._discovery.stop()
+        # Told after the server has stopped: a call of theirs answered after the leave would
+        # have counted as word from this peer and made it live again.
         await self.server.stop()
+        await self._leave()
         await self.client.close()
         self.replica.close()
         self.store.close()
@@ -305,12 +310,32 @@ class Node:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
+    async def _leave(self) -> None:
+        """Tell the live peers this one is stopping, so they count it gone now rather than
+        after peer_timeout: its interrupted trials re-run elsewhere at once, and its frozen
+        ones may be thawed there. Best effort and bounded: a peer that misses it (or one of an
+        older release, which answers "unknown operation") finds out by the timeout."""
+        live = self.peers.live(self.clock(), self.config.timing.peer_timeout)
+
+        async def tell(addr: str) -> None:
+            with contextlib.suppress(PeerUnreachable, RemoteError):
+                await self.client.call(addr, "leave")
+
+        tasks = [asyncio.ensure_future(tell(peer.addr)) for peer in live]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=_LEAVE_WAIT)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
     # ------------------------------------------------------------------------------ network
 
     def _handlers(self) -> dict[str, Callable[[Request], Any]]:
         handlers: dict[str, Callable[[Request], Any]] = {
             "sync": self._on_sync,
             "gossip": self._on_gossip,
+            "leave": self._on_leave,
         }
         handlers.update(self.api.handlers())
         return handlers
@@ -334,6 +359,13 @@ class Node:
         self._contact(request)
         self.peers.merge_gossip(request.body, self.clock(), exclude=self.node_id)
         return self.peers.to_gossip(self.clock(), self.config.timing.peer_timeout)
+
+    async def _on_leave(self, request: Request) -> bool:
+        # Not a contact: its word that it is going must not count as a sign of life.
+        if request.sender != self.node_id and request.sender in self.peers:
+            log.info("peer %s is leaving", request.sender.hex()[:8])
+            self.peers.leave(request.sender)
+        return True
 
     async def _anti_entropy(self) -> None:
         addr = await self.replicator.anti_entropy_once()

@@ -30,7 +30,9 @@ __all__ = [
 # (origin, lo, hi) runs, which version 1 peers do not answer. 3: records are folded in causal
 # order (a lost event's `after`, which version 2 ignores) and a trial or event must be
 # written by the node it names, so the two would show one history differently. See
-# CONTRIBUTING for when to bump.
+# CONTRIBUTING for when to bump. No bump for an operation an older peer may ignore without
+# harm: it answers "unknown operation", which the sender expects. So "leave" (a stopping
+# peer's notice): an older peer counts it gone after peer_timeout, as it always did.
 PROTOCOL_VERSION = 3
 
 

@@ -230,3 +230,25 @@ def test_a_peer_bound_to_every_interface_owns_each_of_its_addresses() -> None:
         "10.0.0.5:7787",
     }
     assert own_addresses("127.0.0.1", 7787, ["10.0.0.5"]) == {"127.0.0.1:7787"}
+
+
+def test_a_peer_that_left_is_gone_until_it_speaks_to_us_itself() -> None:
+    table = PeerTable()
+    table.add(A, "h:1", 100.0, contacted=True)
+    table.add(B, "h:2", 100.0, contacted=True)
+    table.leave(A)
+    table.leave(C)  # unknown: nothing to do
+    assert not table.is_alive(A, 100.0, TIMEOUT)
+    assert [p.node_id for p in table.live(100.0, TIMEOUT)] == [B]
+    assert [p.node_id for p in table.silent(100.0, TIMEOUT)] == [A]  # still called now and then
+    assert [e[0] for e in table.to_gossip(100.0, TIMEOUT)] == [B]  # not passed on as live
+    # Second-hand news (gossip, mDNS) of it, however fresh, does not bring it back.
+    table.merge_gossip([[A, "h:1", 0.0]], 101.0)
+    table.add(A, "h:1", 101.0, contacted=False)
+    assert not table.is_alive(A, 101.0, TIMEOUT) and C not in table
+    # Its own word does: a request from it, or its answer to ours.
+    table.add(A, "h:1", 102.0, contacted=True)
+    assert table.is_alive(A, 102.0, TIMEOUT)
+    table.leave(A)
+    table.touch_addr("h:1", 103.0)
+    assert table.is_alive(A, 103.0, TIMEOUT)
