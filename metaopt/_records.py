@@ -153,6 +153,16 @@ class ExperimentSpec:
         }
 
 
+def trial_timeout(spec: ExperimentSpec) -> int | None:
+    """Seconds one run of a trial may take (``submit --trial-timeout``), None for no limit.
+
+    Kept in ``options``, which peers of earlier versions read and ignore (they run trials
+    without the limit); a value no submit writes is no limit either.
+    """
+    value = spec.options.get("trial_timeout")
+    return value if type(value) is int and 1 <= value <= MAX_COUNTER else None
+
+
 def experiment_record(spec: ExperimentSpec, time_ms: int = 0) -> Record:
     """The content-derived record of an experiment definition.
 

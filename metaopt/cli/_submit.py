@@ -44,6 +44,7 @@ _OPTIONS: dict[str, tuple[bool, str]] = {
     "--objective-regex": (True, "objective_regex"),
     "--early-stopping": (True, "early_stopping"),
     "--max-step": (True, "max_step"),
+    "--trial-timeout": (True, "trial_timeout"),
     "--config": (True, "config"),
     "--data-dir": (True, "data_dir"),
     "--no-bundle": (False, "no_bundle"),
@@ -186,6 +187,29 @@ def _as_int(options: dict[str, Any], key: str, flag: str) -> int | None:
     return number
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _as_seconds(options: dict[str, Any], key: str, flag: str) -> int | None:
+    """A duration: whole seconds, or a number with a unit s, m, h or d (90m, 1.5h)."""
+    value = options.get(key)
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    unit = _UNITS.get(text[-1:], 0)
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        seconds = float(text[:-1] if unit else text) * (unit or 1)
+    except ValueError:
+        raise MetaoptError(
+            f"{flag} needs a duration such as 3600, 90m or 2h, got {value!r}"
+        ) from None
+    if not 1 <= seconds <= 2**53:
+        raise MetaoptError(f"{flag} must be at least 1 s")
+    return round(seconds)
+
+
 def build_submission(
     options: dict[str, Any], template_words: list[str], cwd: Path
 ) -> tuple[Record, list[Record]]:
@@ -285,6 +309,7 @@ def build_submission(
         early_stopping=early,
         max_step=_as_int(options, "max_step", "--max-step"),
         nonce=secrets.token_hex(8),
+        options=_spec_options(options),
     )
     # The submit time, not 0: `status NAME` and `stop NAME` act on the latest of a name.
     now = int(time.time() * 1000)
@@ -316,6 +341,15 @@ def _name(given: Any, words: list[str], cwd: Path) -> str:
     if (problem := name_problem(name)) is not None:
         raise MetaoptError(f"--name: {problem}")
     return name
+
+
+def _spec_options(options: dict[str, Any]) -> dict[str, Any]:
+    """What goes in the spec's options (read by _records' accessors)."""
+    out: dict[str, Any] = {}
+    timeout = _as_seconds(options, "trial_timeout", "--trial-timeout")
+    if timeout is not None:
+        out["trial_timeout"] = timeout
+    return out
 
 
 def _directions(maximize: Any, objectives: tuple[str, ...]) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metaopt._errors import MetaoptError
+from metaopt._records import trial_timeout
 from metaopt._state import ExperimentState, TrialView
 from metaopt.peer._bundle import BundleWriteError, materialize_bundle
 from metaopt.peer._config import PeerConfig
@@ -61,6 +62,7 @@ class Running:
     last_progress: float = -math.inf  # when its last progress record was written
     held: tuple[int | None, dict[str, Any]] | None = None  # a report thinned out, kept for the end
     resumed_after: int | None = None  # the step it was resumed after (thawed or re-run), if any
+    began: float = 0.0  # when it was launched (the node's clock): the trial timeout counts from it
 
 
 class TrialRunner:
@@ -168,7 +170,8 @@ class TrialRunner:
             return
         slot = free[0]
         resume = self._resume_step(view, thaw)
-        run = Running(slot, state.key, view.key, last_event=self.node.clock(), resumed_after=resume)
+        now = self.node.clock()
+        run = Running(slot, state.key, view.key, last_event=now, resumed_after=resume, began=now)
         self.running[slot.index] = run
         self.node.write_event(
             state.key,
@@ -520,11 +523,26 @@ class TrialRunner:
             )
             run.process.request_stop(run.reason)
 
+    def _stop_overtime(self) -> None:
+        """Kill this peer's runs that have run longer than their experiment's trial timeout
+        (a hung script otherwise held its slot until someone noticed)."""
+        now = self.node.clock()
+        for run in list(self.running.values()):
+            state = self.node.replica.experiments.get(run.experiment)
+            limit = trial_timeout(state.spec) if state is not None else None
+            if limit is None or run.process is None or run.outcome is not None:
+                continue
+            if now - run.began > limit:
+                run.outcome, run.reason = "killed", f"ran longer than its trial timeout ({limit} s)"
+                log.info("trial %s: %s", run.trial.hex()[:12], run.reason)
+                run.process.request_stop(run.reason)
+
     async def monitor(self) -> None:
         """Freeze or kill this peer's running trials whose curves will not win (freeze-thaw)."""
         from metaopt.freezethaw import Action
 
         self._stop_completed_elsewhere()
+        self._stop_overtime()
         for state in list(self.node.replica.experiments.values()):
             if state.spec.command is None:
                 continue

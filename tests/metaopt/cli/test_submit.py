@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -550,3 +551,25 @@ def test_a_misspelt_option_is_named_as_one_not_taken_for_the_program(tmp_path: P
     assert message.startswith("--max-trial: not an option of submit; did you mean --max-trials?")
     assert "did you mean --wait?" in _refused(tmp_path, "--wiat", "t.py", prior)
     assert "nor a command on PATH" in _refused(tmp_path, "--frobnicate", "t.py", prior)
+
+
+def test_a_trial_timeout_is_a_duration_kept_in_the_spec_options(tmp_path: Path) -> None:
+    from metaopt._records import parse_experiment, trial_timeout
+
+    (tmp_path / "t.py").write_text("")
+    base = ("t.py", "--x~uniform(0, 1)")
+    for given, seconds in (("600", 600), ("90m", 5400), ("1.5h", 5400), ("2d", 172800)):
+        body = _build(tmp_path, "--trial-timeout", given, *base)
+        assert body["options"] == {"trial_timeout": seconds}
+    assert _build(tmp_path, *base)["options"] == {}
+    assert "needs a duration such as 3600, 90m or 2h" in _refused(
+        tmp_path, "--trial-timeout", "soon", *base
+    )
+    assert "at least 1 s" in _refused(tmp_path, "--trial-timeout=0.2", *base)
+    options, template = split_submit_args(["--trial-timeout", "2h", *base])
+    record, _ = build_submission(options, template, tmp_path)
+    spec = parse_experiment(record)
+    assert spec is not None and trial_timeout(spec) == 7200
+    # What no submit writes (another version's, or a hostile peer's) is no limit.
+    for odd in (0, -5, 2.5, "1h", True, 2**60):
+        assert trial_timeout(dataclasses.replace(spec, options={"trial_timeout": odd})) is None

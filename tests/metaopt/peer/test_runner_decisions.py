@@ -422,3 +422,34 @@ def test_a_run_here_of_a_trial_completed_elsewhere_is_stopped_and_records_nothin
     outcome = SimpleNamespace(status="interrupted", exit_code=0, metrics={}, objectives={})
     runner._record_outcome(run, outcome)
     assert len(node.written) == written  # the trial's result is the other peer's
+
+
+def test_a_run_over_its_trial_timeout_is_stopped_and_recorded_killed() -> None:
+    # There was no way to bound a trial: a hung script held its slot until someone noticed.
+    spec = ExperimentSpec(name="e", space={"x": "uniform(0, 1)"}, command=("t.py",),
+                          options={"trial_timeout": 60})  # fmt: skip
+    rec = experiment_record(spec)
+    parsed = parse_experiment(rec)
+    assert parsed is not None
+    state = ExperimentState(rec.key, parsed)
+    trial = Record.create(TRIAL, ME, 1, 0, {"params": {"x": 0.5}, "node": ME, "counter": 1},
+                          [rec.key])  # fmt: skip
+    state.apply(trial)
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    asked: list[str] = []
+    process = SimpleNamespace(request_stop=asked.append)
+    run = Running(runner.slots[0], state.key, trial.key, process=process, began=100.0)  # type: ignore[arg-type]
+    runner.running[0] = run
+    node.clock = lambda: 160.0  # a minute: within the limit
+    asyncio.run(runner.monitor())
+    assert asked == []
+    node.clock = lambda: 160.5
+    asyncio.run(runner.monitor())
+    asyncio.run(runner.monitor())  # asked once
+    assert asked == ["ran longer than its trial timeout (60 s)"]
+    outcome = SimpleNamespace(status="interrupted", exit_code=-15, metrics={}, objectives={})
+    runner._record_outcome(run, outcome)
+    assert node.written[-1] == (trial.key, "killed", "ran longer than its trial timeout (60 s)")
+    view = state.trial(trial.key)
+    assert view is not None and view.state == "killed"
