@@ -11,13 +11,26 @@ from typing import Any
 
 from metaopt._errors import MetaoptError
 from metaopt.cli._format import best_summary, fmt_value, table, trial_state
+from metaopt.peer._identity import DataDir
 from metaopt.peer._local import LocalPeer, resolve_data_dir
+from metaopt.peer._offline import OfflinePeer
 
 __all__ = ["add_read_commands"]
 
 
-def _peer(args: argparse.Namespace) -> LocalPeer:
-    return LocalPeer(resolve_data_dir(args.data_dir))
+def _peer(args: argparse.Namespace, read: bool = False) -> LocalPeer | OfflinePeer:
+    """The peer of the data directory, or its replica read in place if no peer runs there
+    (``read``: the command only reads, and is told so)."""
+    data_dir = resolve_data_dir(args.data_dir)
+    if DataDir(data_dir).address_file.exists():
+        return LocalPeer(data_dir)
+    offline = OfflinePeer(data_dir)
+    if read:
+        print(
+            f"(no peer runs on {offline.dirs.root}: its replica as it was when it stopped)",
+            file=sys.stderr,
+        )
+    return offline
 
 
 def add_read_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,7 +74,7 @@ def add_read_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _status(args: argparse.Namespace) -> int:
-    peer = _peer(args)
+    peer = _peer(args, read=True)
     if args.experiment is None:
         experiments = peer.call("api.experiments")
         if args.json:
@@ -153,7 +166,7 @@ def _experiment_header(info: dict[str, Any]) -> str:
 
 
 def _best(args: argparse.Namespace) -> int:
-    info = _peer(args).call("api.experiment", args.experiment)
+    info = _peer(args, read=True).call("api.experiment", args.experiment)
     best = info["best"]
     if args.json:  # a list for a Pareto front, else one trial; null (exit 1) if none yet
         print(json.dumps(best if len(info["objectives"]) > 1 else (best[0] if best else None)))
@@ -174,7 +187,7 @@ def _best(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    info = _peer(args).call("api.experiment", args.experiment)
+    info = _peer(args, read=True).call("api.experiment", args.experiment)
     trials = info["trial_list"]
     if args.format == "json":
         print(json.dumps(trials, indent=2))
@@ -225,7 +238,7 @@ def _freeze_thaw(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    info = _peer(args).call("api.logs", args.trial)
+    info = _peer(args, read=True).call("api.logs", args.trial)
     if info["here"]:
         sys.stdout.write(info["text"])
         return 0

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from metaopt.freezethaw import CurveView, Decision, EarlyStopper
+    from metaopt.peer._identity import DataDir
     from metaopt.peer._node import Node
 
 __all__ = ["TrialRunner"]
@@ -45,6 +46,16 @@ _METAOPT_PACKAGE = Path(__file__).resolve().parents[1]
 
 # Running.outcome of a run stopped because another peer completed its trial: it records nothing.
 SUPERSEDED = "superseded"
+
+
+def trial_dir(dirs: DataDir, trial: bytes) -> Path:
+    """The directory of a trial's runs on this peer (checkpoint, output log)."""
+    return dirs.trials / trial.hex()[:16]
+
+
+def trial_log_path(dirs: DataDir, trial: bytes) -> Path:
+    """Where a trial's output on this peer is kept (its latest run's)."""
+    return trial_dir(dirs, trial) / "output.log"
 
 
 @dataclass
@@ -96,10 +107,10 @@ class TrialRunner:
         return next((r.outcome for r in self.running.values() if r.trial == trial), None)
 
     def trial_dir(self, trial: bytes) -> Path:
-        return self.node.dirs.trials / trial.hex()[:16]
+        return trial_dir(self.node.dirs, trial)
 
     def log_path(self, trial: bytes) -> Path:
-        return self.trial_dir(trial) / "output.log"
+        return trial_log_path(self.node.dirs, trial)
 
     def describe(self) -> list[dict[str, Any]]:
         out = []

@@ -57,7 +57,7 @@ class _Peer:
 
 @pytest.fixture
 def peer(monkeypatch: pytest.MonkeyPatch) -> type[_Peer]:
-    monkeypatch.setattr("metaopt.cli._read._peer", lambda args: _Peer())
+    monkeypatch.setattr("metaopt.cli._read._peer", lambda args, read=False: _Peer())
     return _Peer
 
 
@@ -196,3 +196,16 @@ def test_a_peer_that_hears_no_other_says_what_that_means(
     status["peers"][0]["live"] = True
     assert main(["peer", "status"]) == 0
     assert "hears none" not in capsys.readouterr().out
+
+
+def test_status_and_best_of_a_stopped_peer_read_its_replica(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.metaopt.peer.test_offline import _stopped_peer
+
+    _stopped_peer(tmp_path)
+    assert main(["status", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert "sweep" in out.out and "no peer runs on" in out.err
+    assert main(["best", "sweep", "--data-dir", str(tmp_path)]) == 0
+    assert "0.25" in capsys.readouterr().out

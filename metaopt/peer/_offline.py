@@ -1,0 +1,106 @@
+"""A stopped peer's replica, read in place: status, best, export and logs without a peer.
+
+The replica is on disk whether or not its peer runs, and a user whose peer is stopped (or
+whose machine is off the network) still wants to read the results. The store is opened for
+the one call and closed at once: LevelDB allows one process at a time, so a peer started
+meanwhile finds it free again, and a read while a peer starts is told to try again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crdt import LevelDBStore, StoreError
+from metaopt._errors import MetaoptError
+from metaopt.peer._api import LocalApi
+from metaopt.peer._config import Timing
+from metaopt.peer._identity import DataDir
+from metaopt.peer._replica import Replica
+from metaopt.peer._wire import Request
+
+__all__ = ["READ_ONLY", "OfflinePeer"]
+
+# What needs no running peer: reading the replica and trial logs.
+READ_ONLY = frozenset({"api.experiments", "api.experiment", "api.logs"})
+
+
+@dataclass
+class _PeerConfig:
+    timing: Timing = field(default_factory=Timing)
+
+
+class _StoppedRunner:
+    def __init__(self, dirs: DataDir) -> None:
+        self._dirs = dirs
+
+    def log_path(self, trial: bytes) -> Path:
+        from metaopt.peer._runner import trial_log_path
+
+        return trial_log_path(self._dirs, trial)
+
+
+class _NoPeers:
+    def get(self, node_id: bytes) -> None:
+        return None
+
+
+class _StoppedNode:
+    """What LocalApi reads of its node, for one that is not running: it hears no peer (so
+    none is live), starts nothing (so nothing is blocked) and knows no peer's address."""
+
+    def __init__(self, dirs: DataDir, replica: Replica) -> None:
+        self.node_id = dirs.node_id()
+        self.replica = replica
+        self.runner = _StoppedRunner(dirs)
+        self.peers = _NoPeers()
+        self.config = _PeerConfig()
+
+    def clock(self) -> float:
+        return time.time()
+
+    def is_alive(self, node_id: bytes) -> bool:
+        return False
+
+    def blocked_here(self, experiment: bytes) -> str | None:
+        return None
+
+
+class OfflinePeer:
+    """Answers the read-only API calls from the replica of a data directory no peer runs on."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.dirs = DataDir(data_dir)
+        root = self.dirs.root
+        if not DataDir.holds_peer(root):
+            raise MetaoptError(
+                f"no peer is running on {root}, nor has one run there; start one with"
+                f" `metaopt peer start --data-dir {root}`"
+            )
+
+    def call(self, op: str, body: Any = None) -> Any:
+        root = self.dirs.root
+        if op not in READ_ONLY:
+            raise MetaoptError(
+                f"no peer is running on {root}; start one with `metaopt peer start"
+                f" --data-dir {root}` (without one, only status, best, export and logs work)"
+            )
+        try:
+            store = LevelDBStore(self.dirs.replica)
+        except StoreError:
+            raise MetaoptError(
+                f"the peer of {root} is starting (its replica is in use); try again in a moment"
+            ) from None
+        try:
+            replica = Replica(store)
+            try:
+                node = _StoppedNode(self.dirs, replica)
+                handler = LocalApi(node).handlers()[op]  # type: ignore[arg-type]
+                return asyncio.run(handler(Request(op, node.node_id, "", body)))
+            finally:
+                replica.close()
+        finally:
+            store.close()

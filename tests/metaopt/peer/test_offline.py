@@ -1,0 +1,73 @@
+"""A stopped peer's replica read in place: `status`, `best`, `export` and `logs` need no peer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from crdt import LevelDBStore, Record
+from metaopt._errors import MetaoptError
+from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment_record
+from metaopt.peer._identity import DataDir
+from metaopt.peer._offline import OfflinePeer
+from metaopt.peer._runner import trial_log_path
+
+
+def _stopped_peer(root: Path) -> Record:
+    """A data directory as a peer leaves it: a node id, a replica with one completed trial
+    that ran here, and its output log; returns the trial."""
+    dirs = DataDir(root)
+    dirs.ensure()
+    me = dirs.node_id()
+    exp = experiment_record(ExperimentSpec("sweep", {"x": "uniform(0, 1)"}, command=("t.py",)))
+    trial = Record.create(TRIAL, me, 1, 1000, {"params": {"x": 0.5}, "node": me, "counter": 1},
+                          [exp.key])  # fmt: skip
+    events = [
+        Record.create(EVENT, me, 2 + i, 1001 + i, body.to_body(), [trial.key, exp.key])
+        for i, body in enumerate((
+            EventBody(trial.key, exp.key, "started", me),
+            EventBody(trial.key, exp.key, "completed", me, 3, {"objective": 0.25}),
+        ))
+    ]  # fmt: skip
+    store = LevelDBStore(dirs.replica)
+    store.add([exp, trial, *events])
+    store.close()
+    log = trial_log_path(dirs, trial.key)
+    log.parent.mkdir(parents=True)
+    log.write_text("epoch 3 loss 0.25\n")
+    return trial
+
+
+def test_a_stopped_peers_results_are_read_from_its_replica(tmp_path: Path) -> None:
+    # `metaopt status` said "no peer is running" with every result on disk beside it.
+    trial = _stopped_peer(tmp_path)
+    peer = OfflinePeer(tmp_path)
+    [listed] = peer.call("api.experiments")
+    assert listed["name"] == "sweep" and listed["counts"] == {"completed": 1}
+    info = peer.call("api.experiment", "sweep")
+    assert [t["id"] for t in info["trial_list"]] == [trial.key.hex()]
+    assert info["best"][0]["value"] == 0.25
+    logs = peer.call("api.logs", trial.key.hex()[:8])
+    assert logs == {"here": True, "text": "epoch 3 loss 0.25\n"}
+    # The store is closed after each call: a peer starting now finds it free.
+    LevelDBStore(DataDir(tmp_path).replica).close()
+
+
+def test_without_a_peer_what_would_change_the_replica_says_to_start_one(tmp_path: Path) -> None:
+    trial = _stopped_peer(tmp_path)
+    peer = OfflinePeer(tmp_path)
+    for op, body in (("api.stop", "sweep"), ("api.kill", trial.key.hex()), ("api.add", [])):
+        with pytest.raises(MetaoptError) as info:
+            peer.call(op, body)
+        assert "no peer is running" in str(info.value) and "metaopt peer start" in str(info.value)
+    held = LevelDBStore(DataDir(tmp_path).replica)  # as a peer starting holds it
+    try:
+        with pytest.raises(MetaoptError) as info:
+            peer.call("api.experiments")
+        assert "is starting (its replica is in use); try again" in str(info.value)
+    finally:
+        held.close()
+    with pytest.raises(MetaoptError) as info:
+        OfflinePeer(tmp_path / "elsewhere")
+    assert "nor has one run there" in str(info.value)
