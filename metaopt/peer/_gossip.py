@@ -80,22 +80,24 @@ class PeerTable:
         self._put(node_id, addr, now, now if contacted else None, authoritative=contacted)
         self.expire(now)
 
-    def seen(self, node_id: bytes, now: float) -> None:
-        """This node just talked to ``node_id`` at its known address."""
+    def seen(self, node_id: bytes, now: float, *, itself: bool = True) -> None:
+        """This node just talked to ``node_id`` at its known address; ``itself``: a request
+        that named it as its sender, which (unlike an answer from its address) undoes a leave."""
         peer = self._peers.get(node_id)
         if peer is not None:
             self._peers[node_id] = replace(
-                peer, heard=max(peer.heard, now), last_contact=now, left=False
+                peer, heard=max(peer.heard, now), last_contact=now, left=peer.left and not itself
             )
 
     def leave(self, node_id: bytes) -> None:
         """``node_id`` said it is stopping: not live from now on, until it speaks to us again.
 
-        Only its own word brings it back (a request from it, or an answer to ours), not
-        gossip or mDNS: a third peer that has not yet heard of its leaving may report it with
-        an age that, after the time in flight, reads as news from after the leave, and it
-        would be live again for the timeout. It stays known (and among the silent ones,
-        called now and then), so a restart on its address is noticed.
+        Only its own word brings it back, a request that names it as its sender: not gossip
+        or mDNS (a third peer that has not yet heard of its leaving may report it with an age
+        that, after the time in flight, reads as news from after the leave), and not an answer
+        from its address, which names no sender (another peer may have started there). It
+        stays known (and among the silent ones, called now and then), so a restart on its
+        address is noticed once it calls.
         """
         peer = self._peers.get(node_id)
         if peer is not None:
@@ -105,7 +107,7 @@ class PeerTable:
         """This node just talked to whoever is at ``addr`` (no-op if nobody known is there)."""
         node_id = self._by_addr.get(addr) if addr not in self.own_addrs else None
         if node_id is not None:
-            self.seen(node_id, now)
+            self.seen(node_id, now, itself=False)
         self.expire(now)
 
     def merge_gossip(self, entries: Any, now: float, *, exclude: bytes | None = None) -> int:
@@ -153,6 +155,14 @@ class PeerTable:
         """Heard of (by anyone) within ``timeout`` seconds, and not left since."""
         peer = self._peers.get(node_id)
         return peer is not None and _live(peer, now, timeout)
+
+    def heard_within(self, node_id: bytes, now: float, timeout: float) -> bool:
+        """Heard of within ``timeout`` seconds, even if it said it was leaving since: a peer
+        stopped gracefully may be back in a moment (restarted to upgrade, say), and what only
+        its return can resume well (its frozen trials, whose checkpoints it holds) waits for
+        the timeout, as it did before peers said they were leaving."""
+        peer = self._peers.get(node_id)
+        return peer is not None and now - peer.heard <= timeout
 
     def live(self, now: float, timeout: float) -> list[KnownPeer]:
         """Live peers, in node id order so callers stay deterministic."""

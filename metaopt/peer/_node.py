@@ -409,6 +409,13 @@ class Node:
             return True
         return self.peers.is_alive(node, self.clock(), self.config.timing.peer_timeout)
 
+    def _not_gone(self, node: bytes) -> bool:
+        """is_alive, except that a peer that said it was leaving counts until the timeout:
+        the judge of whether its trials are lost (see PeerTable.heard_within)."""
+        if node == self.node_id:
+            return True
+        return self.peers.heard_within(node, self.clock(), self.config.timing.peer_timeout)
+
     def live_nodes(self) -> list[bytes]:
         now = self.clock()
         return [self.node_id] + [
@@ -611,7 +618,7 @@ class Node:
                 self.node_id,
                 now_ms,
                 int(timing.lost_after * 1000),
-                self.is_alive if listened else lambda node: True,
+                self._not_gone if listened else lambda node: True,
                 self.runner.running_keys(),
                 self.replica.last_news,
             )

@@ -246,9 +246,17 @@ def test_a_peer_that_left_is_gone_until_it_speaks_to_us_itself() -> None:
     table.merge_gossip([[A, "h:1", 0.0]], 101.0)
     table.add(A, "h:1", 101.0, contacted=False)
     assert not table.is_alive(A, 101.0, TIMEOUT) and C not in table
-    # Its own word does: a request from it, or its answer to ours.
+    # Nor does an answer from its address, which names no sender (another peer may have
+    # started there); its own word does: a request from it.
+    table.touch_addr("h:1", 101.5)
+    assert not table.is_alive(A, 101.5, TIMEOUT)
     table.add(A, "h:1", 102.0, contacted=True)
     assert table.is_alive(A, 102.0, TIMEOUT)
     table.leave(A)
-    table.touch_addr("h:1", 103.0)
+    table.seen(A, 103.0)
     assert table.is_alive(A, 103.0, TIMEOUT)
+    # Gone, but heard of within the timeout: its trials are not judged lost before the
+    # timeout (a peer stopped to restart keeps its frozen trials for its checkpoints).
+    table.leave(A)
+    assert table.heard_within(A, 103.0 + TIMEOUT, TIMEOUT) and not table.is_alive(A, 103.0, TIMEOUT)
+    assert not table.heard_within(A, 103.1 + TIMEOUT, TIMEOUT)
