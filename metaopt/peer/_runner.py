@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,7 +74,9 @@ class Running:
     last_progress: float = -math.inf  # when its last progress record was written
     held: tuple[int | None, dict[str, Any]] | None = None  # a report thinned out, kept for the end
     resumed_after: int | None = None  # the step it was resumed after (thawed or re-run), if any
-    began: float = 0.0  # when it was launched (the node's clock): the trial timeout counts from it
+    # When it was launched, on the monotonic clock: the trial timeout counts from it (a wall
+    # clock stepped forward by NTP would have killed every run at once).
+    began: float = field(default_factory=time.monotonic)
 
 
 class TrialRunner:
@@ -84,6 +87,7 @@ class TrialRunner:
         self.config = config
         self.slots = detect_slots(config.gpus, config.slots)
         self.running: dict[int, Running] = {}
+        self.monotonic = time.monotonic  # how long runs have run (a parameter for the tests)
         self._bundles: dict[bytes, Path] = {}
         # Experiments whose bundle is broken for good (a manifest never changes): not tried
         # again on every scheduling pass, nor logged again.
@@ -181,8 +185,7 @@ class TrialRunner:
             return
         slot = free[0]
         resume = self._resume_step(view, thaw)
-        now = self.node.clock()
-        run = Running(slot, state.key, view.key, last_event=now, resumed_after=resume, began=now)
+        run = Running(slot, state.key, view.key, last_event=self.node.clock(), resumed_after=resume)
         self.running[slot.index] = run
         self.node.write_event(
             state.key,
@@ -537,7 +540,7 @@ class TrialRunner:
     def _stop_overtime(self) -> None:
         """Kill this peer's runs that have run longer than their experiment's trial timeout
         (a hung script otherwise held its slot until someone noticed)."""
-        now = self.node.clock()
+        now = self.monotonic()
         for run in list(self.running.values()):
             state = self.node.replica.experiments.get(run.experiment)
             limit = trial_timeout(state.spec) if state is not None else None

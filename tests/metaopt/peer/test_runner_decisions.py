@@ -441,10 +441,11 @@ def test_a_run_over_its_trial_timeout_is_stopped_and_recorded_killed() -> None:
     process = SimpleNamespace(request_stop=asked.append)
     run = Running(runner.slots[0], state.key, trial.key, process=process, began=100.0)  # type: ignore[arg-type]
     runner.running[0] = run
-    node.clock = lambda: 160.0  # a minute: within the limit
+    node.clock = lambda: 1e9  # the wall clock stepped forward: not how long it ran
+    runner.monotonic = lambda: 160.0  # a minute: within the limit
     asyncio.run(runner.monitor())
     assert asked == []
-    node.clock = lambda: 160.5
+    runner.monotonic = lambda: 160.5
     asyncio.run(runner.monitor())
     asyncio.run(runner.monitor())  # asked once
     assert asked == ["ran longer than its trial timeout (60 s)"]
