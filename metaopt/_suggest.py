@@ -10,7 +10,7 @@ never suggested: the suggester retries, then falls back to the prior.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,8 @@ class Draw:
     rng: np.random.Generator
     known: frozenset[tuple[tuple[str, Any], ...]]
     obs: Observations
+    # The experiment's first point takes these (its default_value= options), see prepare.
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Suggester:
@@ -120,11 +122,15 @@ class Suggester:
         """(params, counter) of a new point no known trial has."""
         return self.compute(self.prepare())
 
-    def prepare(self, look: int = 0) -> Draw:
+    def prepare(self, look: int = 0, *, lead: bool = True) -> Draw:
         """A snapshot of the history for the next suggestion (cheap; reads the replica).
 
         ``look`` > 0 is another try at the same trial after ``crowded`` (below) said yes: the
         history now holds the trial that crowded it, and the stream is a fresh one.
+        ``lead``: this node is the one to take the experiment's first point, which takes every
+        default_value= given (the rest as the search draws them), so the configuration a user
+        trusts is measured first. Only one node may: every node's own stream keeps the others'
+        points apart, but the defaults are the same everywhere.
         """
         counter = self.next_counter()
         trials = self.state.trials()
@@ -133,19 +139,17 @@ class Suggester:
             stream(self.seed, self.node_id, self.state.key, counter, look),
             frozenset(params_key(t.params) for t in trials),
             self.observations(trials),
+            self.space.defaults if lead and not trials else {},
         )
 
     def compute(self, draw: Draw) -> tuple[dict[str, Any], int]:
         """(params, counter) of a new point not in the draw's history (the costly part)."""
         counter, rng, known, obs = draw.counter, draw.rng, draw.known, draw.obs
         space = self.space
-        # An experiment's first point takes every default_value= given (the rest as the search
-        # draws them), so the configuration a user trusts is measured first, as a baseline.
-        first = {} if known else space.defaults
         for _ in range(_RETRIES):
             points = self.algorithm.suggest(space, obs, rng, 1)
             params = self._with_fidelity(space.from_unit(self._nudge(points[0], rng)))
-            params.update(first)
+            params.update(draw.defaults)
             if params_key(params) not in known:
                 return params, counter
         for u in space.sample(rng, _PRIOR_DRAWS):
