@@ -32,17 +32,18 @@ class Replica:
         # running ahead (or a hostile peer) puts in the future.
         self._heard: dict[bytes, int] = {}
         self.experiments: dict[bytes, ExperimentState] = {}
-        # experiment key -> when it was submitted (ms): its record's stamp, capped like
+        # experiment key -> (when it was submitted, its stamp) in ms: the stamp capped like
         # last_news at its arrival here (at this node's opening for one held then), so a clock
-        # running ahead does not make it the one its name finds until the clocks pass it.
-        self._created: dict[bytes, int] = {}
+        # running ahead does not make it the one its name finds until the clocks pass it; the
+        # stamp orders those capped alike (all of them, on a node whose clock runs behind).
+        self._created: dict[bytes, tuple[int, int]] = {}
         self._listeners: list[Callable[[list[Record]], None]] = []
         for key, _spec in list_experiments(store):
             state = ExperimentState.from_store(store, key)
             record = store.get(key)
             if state is not None and record is not None:
                 self.experiments[key] = state
-                self._created[key] = min(record.time, self._opened_ms)
+                self._created[key] = (min(record.time, self._opened_ms), record.time)
         self._unsubscribe = store.subscribe(self._on_records)
 
     def listen(self, callback: Callable[[list[Record]], None]) -> None:
@@ -57,7 +58,7 @@ class Replica:
                     state = ExperimentState.from_store(self.store, record.key)
                     if state is not None:
                         self.experiments[record.key] = state
-                        self._created[record.key] = min(record.time, now_ms)
+                        self._created[record.key] = (min(record.time, now_ms), record.time)
                         self._heard.update(dict.fromkeys(state.trial_keys(), now_ms))
                 continue
             for link in record.links:
@@ -100,7 +101,7 @@ class Replica:
     def named(self, name: str) -> list[ExperimentState]:
         """The experiments submitted under name, the latest first."""
         found = [s for s in self.experiments.values() if s.spec.name == name]
-        return sorted(found, key=lambda s: (self._created.get(s.key, 0), s.key), reverse=True)
+        return sorted(found, key=lambda s: (self._created.get(s.key, (0, 0)), s.key), reverse=True)
 
     def find_trial(self, text: str) -> tuple[ExperimentState, bytes] | None:
         """The trial whose id starts with text (at least 4 hex digits), None if there is none.

@@ -375,11 +375,16 @@ def test_a_name_submitted_with_a_clock_ahead_does_not_hide_the_next_submission()
         store.add([record])
         return record
 
-    submit(1, 99_000)
+    first = submit(1, 99_000)
     submit(2, 100_000 + 3_600_000)  # arrives at 100 s, stamped 1 h ahead
     now[0] = 160.0
     honest = submit(3, 160_000)  # submitted a minute later by a peer with the right time
     assert replica.find_experiment("sweep").key == honest.key  # type: ignore[union-attr]
+    # A node whose clock runs an hour behind: every honest stamp is ahead of it, so they cap
+    # alike when it opens; their stamps still order them (the key did, at random).
+    behind = Replica(store, lambda: 100.0 - 3600)
+    assert behind.find_experiment("sweep").key != honest.key  # type: ignore[union-attr]
+    assert [s.key for s in behind.named("sweep")][1:] == [honest.key, first.key]
 
 
 @pytest.mark.asyncio
