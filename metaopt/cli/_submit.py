@@ -468,11 +468,12 @@ def _only_paused(info: dict[str, Any]) -> int:
 
 
 def _stalled_here(info: dict[str, Any]) -> str | None:
-    """Why nothing will happen to an unfinished experiment, as far as this peer knows: it
-    starts no new trial (a finite space all tried, say) and no trial runs or waits to."""
+    """Why nothing will happen to an unfinished experiment: every point of its space is tried,
+    so no peer starts a new trial, and no trial runs or waits to. (A reason of this peer's
+    alone, a program it cannot run say, is not one: another peer may run it.)"""
     why = info.get("blocked_here")
     open_ = [t for t in info.get("trial_list", []) if t["state"] not in TERMINAL_STATES]
-    if not why or not all(_by_hand(t) for t in open_):
+    if not why or not info.get("exhausted") or not all(_by_hand(t) for t in open_):
         return None
     return str(why)
 
@@ -535,8 +536,8 @@ def wait_for(
             name = info["name"]
             print(
                 ("\n" if tty else "")
-                + f"{name}: nothing runs and this peer starts no new trial: {why}; --wait"
-                f" stops here (`metaopt stop {name}` ends the experiment)",
+                + f"{name}: nothing runs and no new trial can start: {why}; --wait stops"
+                f" here (`metaopt stop {name}` ends the experiment)",
                 flush=True,
                 file=out,
             )

@@ -127,6 +127,9 @@ class LocalApi:
         trials = state.trials()
         out["trial_list"] = [trial_json(state, t) for t in trials]
         out["blocked_here"] = self.node.blocked_here(state.key)
+        # Every point of the space is tried: no peer can start a new trial (unlike a program
+        # this peer cannot run, say), which is what lets `submit --wait` stop.
+        out["exhausted"] = self.node.exhausted_now(state.key) is not None
         # A running trial whose node went quiet shows as running until it is taken for lost;
         # say so meanwhile (a user saw a dead peer's trials "running" for a minute, unexplained).
         now, lost_after = self.node.clock(), self.node.config.timing.lost_after

@@ -482,10 +482,10 @@ class Node:
         return (
             self._unsearchable.get(experiment)
             or self.runner.unrunnable.get(experiment)
-            or self._exhausted_now(experiment)
+            or self.exhausted_now(experiment)
         )
 
-    def _exhausted_now(self, experiment: bytes) -> str | None:
+    def exhausted_now(self, experiment: bytes) -> str | None:
         """Why no new point of the experiment is searched for: every point drawn was already a
         trial, and no trial has arrived since (lost ones are still run again)."""
         exhausted = self._exhausted.get(experiment)
@@ -642,7 +642,7 @@ class Node:
             int(timing.anti_entropy * 2000),
             lambda state: state.key not in self._unsearchable and self.runner.can_run(state),
             claim_free=caught_up,
-            may_suggest=lambda state: self._exhausted_now(state.key) is None,
+            may_suggest=lambda state: self.exhausted_now(state.key) is None,
             last_news=self.replica.last_news,
         )
         for item in work:

@@ -528,8 +528,13 @@ def test_wait_stops_when_nothing_runs_and_its_peer_starts_no_new_trial(
         {"name": "prog", "counts": {"completed": 1, "running": 1}, "thawed": 0,
          "best": [{"value": 0.77, "params": {"k": 1}}], "max_trials": 3, "trials": 2,
          "finished": False, "objectives": ["acc"], "trial_list": [done, trial],
-         "blocked_here": blocked}
-        for trial, blocked in ((running, None), (running, why), (done, None), *[(done, why)] * 3)
+         "blocked_here": blocked, "exhausted": exhausted}
+        for trial, blocked, exhausted in (
+            (running, None, False), (running, why, True), (done, None, False),
+            # This peer cannot run the program: another peer may, so it waits on.
+            (done, "python3.12: not found here", False),
+            *[(done, why, True)] * 3,
+        )
     ]  # fmt: skip
 
     class _Peer:
@@ -539,7 +544,7 @@ def test_wait_stops_when_nothing_runs_and_its_peer_starts_no_new_trial(
     assert wait_for(_Peer(), "prog", interval=0.0, patience=3) == 0  # type: ignore[arg-type]
     assert not polls  # a running trial, or a peer that may start one again, kept it waiting
     out = capsys.readouterr().out
-    assert f"prog: nothing runs and this peer starts no new trial: {why}; --wait stops" in out
+    assert f"prog: nothing runs and no new trial can start: {why}; --wait stops" in out
     assert out.rstrip().endswith('best 0.77 with {"k": 1}')
 
 
