@@ -159,6 +159,7 @@ async def test_a_running_trial_of_a_silent_node_says_how_long_it_has_been_silent
         node_id=NODE,
         replica=Replica(store),
         blocked_here=lambda key: None,
+        exhausted_now=lambda key: None,
         clock=lambda: 27.4,
         config=SimpleNamespace(timing=SimpleNamespace(lost_after=60.0)),
         is_alive=lambda node_id: node_id == NODE,
