@@ -228,7 +228,7 @@ def _freeze_thaw(args: argparse.Namespace) -> int:
     if args.verb == "freeze":
         print(f"trial {answer[:12]}: freezing")
     elif args.verb == "kill":
-        done = "stopping; recorded killed once it exits" if answer["stopping"] else "killed"
+        done = "stopping it" if answer["stopping"] else "killed"
         print(f"trial {answer['id'][:12]}: {done}")
     elif answer["from_step_0"]:
         print(f"trial {answer['id'][:12]}: its peer is gone; running here again from step 0")

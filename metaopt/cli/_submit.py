@@ -205,8 +205,8 @@ def _as_seconds(options: dict[str, Any], key: str, flag: str) -> int | None:
         raise MetaoptError(
             f"{flag} needs a duration such as 3600, 90m or 2h, got {value!r}"
         ) from None
-    if not 1 <= seconds <= 2**53:
-        raise MetaoptError(f"{flag} must be at least 1 s")
+    if not 1 <= seconds <= 2**53:  # also refuses nan and inf
+        raise MetaoptError(f"{flag} must be a duration between 1 s and 2**53 s, got {value!r}")
     return round(seconds)
 
 

@@ -236,14 +236,26 @@ class LocalApi:
             if view.state != "running":
                 what = f"trial {view.id[:12]} is {view.state}"
                 raise MetaoptError(f"{what}; only a running one freezes")
-            where = (view.runner or view.node).hex()[:8]
-            raise MetaoptError(
-                f"trial {view.id[:12]} is running on node {where}; run `metaopt freeze` there"
-            )
+            raise self._not_running_here(view, "freeze")
         if (stopping := runner.stopping_as(view.key)) is not None:
             raise MetaoptError(f"trial {view.id[:12]} is already stopping (as {stopping})")
         await runner.end(view.key, "frozen", FROZEN_BY_HAND)
         return view.id
+
+    def _not_running_here(self, view: TrialView, verb: str) -> MetaoptError:
+        """Why a trial recorded running cannot be frozen or killed here, and where it can."""
+        where = view.runner or view.node
+        if where == self.node.node_id:
+            # This peer ran it before it restarted: it is taken for lost, and re-run here.
+            return MetaoptError(
+                f"trial {view.id[:12]} ran on this peer before it restarted and is not running"
+                f" now; it is run again shortly (`metaopt status` shows it), then `metaopt"
+                f" {verb}` it"
+            )
+        node = where.hex()[:8]
+        return MetaoptError(
+            f"trial {view.id[:12]} is running on node {node}; run `metaopt {verb}` there"
+        )
 
     def _take_over_frozen(self, view: TrialView, verb: str) -> bool:
         """Whether frozen view is another peer's, gone, so this one may act on it; raises if
@@ -281,10 +293,7 @@ class LocalApi:
             await runner.end(view.key, "killed", KILLED_BY_HAND)
             return {"id": view.id, "stopping": True}
         if view.state == "running":
-            where = (view.runner or view.node).hex()[:8]
-            raise MetaoptError(
-                f"trial {view.id[:12]} is running on node {where}; run `metaopt kill` there"
-            )
+            raise self._not_running_here(view, "kill")
         if view.state != "frozen":
             raise MetaoptError(
                 f"trial {view.id[:12]} is {view.state}; only a running or frozen one is killed"

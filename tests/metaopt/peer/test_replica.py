@@ -399,13 +399,14 @@ async def test_kill_ends_a_trial_of_this_peer_for_good_and_says_where_another_is
     trials = [
         Record.create(TRIAL, NODE, 2 + i, 1001, {"params": {"x": i / 8}, "node": NODE,
                       "counter": i + 1}, [exp.key])
-        for i in range(5)
+        for i in range(6)
     ]  # fmt: skip
-    run, mine, elsewhere, done, orphan = (t.key for t in trials)
+    run, mine, elsewhere, done, orphan, stale = (t.key for t in trials)
     history = [(run, NODE, "started"), (mine, NODE, "started"), (mine, NODE, "frozen"),
                (elsewhere, other, "started"), (elsewhere, other, "frozen"),
                (done, NODE, "started"), (done, NODE, "completed"),
-               (orphan, gone, "started"), (orphan, gone, "frozen")]  # fmt: skip
+               (orphan, gone, "started"), (orphan, gone, "frozen"),
+               (stale, NODE, "started")]  # fmt: skip
     seq = iter(range(10, 100))
     store.add([exp, *trials])
     store.add([
@@ -450,6 +451,9 @@ async def test_kill_ends_a_trial_of_this_peer_for_good_and_says_where_another_is
     assert await kill(mine) == mine.hex()
     assert f"frozen on node {other.hex()[:8]}; run `metaopt kill` there" in await refusal(elsewhere)
     assert "is completed; only a running or frozen one is killed" in await refusal(done)
+    # Recorded running here, but not running: this peer restarted since (it said "running on
+    # node <this node>; run `metaopt kill` there").
+    assert "ran on this peer before it restarted" in await refusal(stale)
     assert await kill(orphan) == orphan.hex()  # its peer is gone: nobody else would end it
     state = replica.experiments[exp.key]
     for key in (mine, orphan):
