@@ -28,6 +28,7 @@ class Timing:
     request_timeout: float = 10.0
     monitor: float = 2.0  # early-stopping decisions this often
     report_interval: float = 0.2  # a trial's progress records at most this often (thinned)
+    leave_wait: float = 2.0  # a stopping peer waits at most this long for peers to hear it leave
 
 
 @dataclass(frozen=True)

@@ -60,8 +60,6 @@ _LOOKS = 3
 # record together (the crowding check still sees every point recorded before them). Without a
 # cap, 20 peers waited up to 0.95 s a trial, holding the schedule lock.
 _MAX_SETTLE_TURNS = 8
-# How long a stopping peer waits, at most, for its peers to hear that it is leaving.
-_LEAVE_WAIT = 2.0
 
 
 def _parsed(key_text: str) -> ClusterKey | None:
@@ -324,7 +322,7 @@ class Node:
         tasks = [asyncio.ensure_future(tell(peer.addr)) for peer in live]
         if not tasks:
             return
-        _, pending = await asyncio.wait(tasks, timeout=_LEAVE_WAIT)
+        _, pending = await asyncio.wait(tasks, timeout=self.config.timing.leave_wait)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

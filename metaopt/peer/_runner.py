@@ -49,6 +49,16 @@ _METAOPT_PACKAGE = Path(__file__).resolve().parents[1]
 SUPERSEDED = "superseded"
 
 
+def _request_end(run: Running, outcome: str, reason: str) -> bool:
+    """Ask a run's process to stop, to be recorded as ``outcome``; False if it has no process
+    yet or was already asked (the first decision stands)."""
+    if run.process is None or run.outcome is not None:
+        return False
+    run.outcome, run.reason = outcome, reason
+    run.process.request_stop(reason)
+    return True
+
+
 def trial_dir(dirs: DataDir, trial: bytes) -> Path:
     """The directory of a trial's runs on this peer (checkpoint, output log)."""
     return dirs.trials / trial.hex()[:16]
@@ -443,9 +453,8 @@ class TrialRunner:
     async def end(self, trial: bytes, outcome: str, reason: str) -> None:
         """Stop a running trial of this peer, recording ``outcome`` (frozen, killed, ...)."""
         for run in list(self.running.values()):
-            if run.trial == trial and run.process is not None and run.outcome is None:
-                run.outcome, run.reason = outcome, reason
-                run.process.request_stop(reason)
+            if run.trial == trial:
+                _request_end(run, outcome, reason)
 
     async def interrupt_all(self, reason: str) -> None:
         runs = list(self.running.values())
@@ -526,16 +535,15 @@ class TrialRunner:
         for run in list(self.running.values()):
             state = self.node.replica.experiments.get(run.experiment)
             view = state.trial(run.trial) if state is not None else None
-            if view is None or view.state != "completed" or run.outcome is not None:
-                continue
-            if run.process is None:
+            if view is None or view.state != "completed":
                 continue
             by = view.runner.hex()[:8] if view.runner else "another peer"
-            run.outcome, run.reason = SUPERSEDED, f"completed on node {by}"
-            log.info(
-                "trial %s: completed on node %s; stopping the run here", run.trial.hex()[:12], by
-            )
-            run.process.request_stop(run.reason)
+            if _request_end(run, SUPERSEDED, f"completed on node {by}"):
+                log.info(
+                    "trial %s: completed on node %s; stopping the run here",
+                    run.trial.hex()[:12],
+                    by,
+                )
 
     def _stop_overtime(self) -> None:
         """Kill this peer's runs that have run longer than their experiment's trial timeout
@@ -544,12 +552,9 @@ class TrialRunner:
         for run in list(self.running.values()):
             state = self.node.replica.experiments.get(run.experiment)
             limit = trial_timeout(state.spec) if state is not None else None
-            if limit is None or run.process is None or run.outcome is not None:
-                continue
-            if now - run.began > limit:
-                run.outcome, run.reason = "killed", f"ran longer than its trial timeout ({limit} s)"
-                log.info("trial %s: %s", run.trial.hex()[:12], run.reason)
-                run.process.request_stop(run.reason)
+            why = f"ran longer than its trial timeout ({limit} s)"
+            if limit is not None and now - run.began > limit and _request_end(run, "killed", why):
+                log.info("trial %s: %s", run.trial.hex()[:12], why)
 
     async def monitor(self) -> None:
         """Freeze or kill this peer's running trials whose curves will not win (freeze-thaw)."""
