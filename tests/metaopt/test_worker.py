@@ -239,14 +239,19 @@ def test_the_package_exports_the_worker_api() -> None:
 
 
 def _older_pythons() -> list[str]:
-    """Python 3.8-3.10 interpreters that run here (a pyenv shim may exist and not run)."""
-    found = []
-    for name in ("python3.8", "python3.9", "python3.10", "pypy3"):
-        path = shutil.which(name)
-        probe = "import sys; assert sys.version_info < (3, 11)"
-        if path and subprocess.run([path, "-c", probe], capture_output=True).returncode == 0:
-            found.append(path)
-    return found
+    """Python 3.8-3.10 interpreters that run here: on PATH, or installed by pyenv (whose
+    shims on PATH may exist and not run)."""
+    names = ("python3.8", "python3.9", "python3.10", "pypy3")
+    candidates = [shutil.which(name) for name in names]
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates += sorted(str(p) for p in pyenv.glob("3.[89]*/bin/python3"))
+    candidates += sorted(str(p) for p in pyenv.glob("3.10*/bin/python3"))
+    probe = "import sys; assert (3, 8) <= sys.version_info < (3, 11)"
+    return [
+        path
+        for path in candidates
+        if path and subprocess.run([path, "-c", probe], capture_output=True).returncode == 0
+    ]
 
 
 _OLDER_PYTHONS = _older_pythons()
@@ -260,6 +265,7 @@ def test_the_worker_api_runs_under_an_older_python(tmp_path: Path) -> None:
     probe = (
         "import sys, metaopt; assert sys.version_info < (3, 11)\n"
         "metaopt.report(loss=0.5, step=1)\n"
+        "metaopt.report(loss=float('nan'))\n"
         "print(metaopt.params()['x'], metaopt.should_stop(), metaopt.resume_step())\n"
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "METAOPT_PARAMS": '{"x": 2}'}
@@ -267,4 +273,8 @@ def test_the_worker_api_runs_under_an_older_python(tmp_path: Path) -> None:
         [_OLDER_PYTHONS[0], "-c", probe], env=env, capture_output=True, text=True, timeout=120
     )
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.splitlines() == ['METAOPT {"loss":0.5,"step":1}', "2 False None"]
+    assert ran.stdout.splitlines() == [
+        'METAOPT {"loss":0.5,"step":1}',
+        'METAOPT {"loss":NaN}',
+        "2 False None",
+    ]
