@@ -195,7 +195,14 @@ class TrialRunner:
             return
         slot = free[0]
         resume = self._resume_step(view, thaw)
-        run = Running(slot, state.key, view.key, last_event=self.node.clock(), resumed_after=resume)
+        run = Running(
+            slot,
+            state.key,
+            view.key,
+            last_event=self.node.clock(),
+            resumed_after=resume,
+            began=self.monotonic(),
+        )
         self.running[slot.index] = run
         self.node.write_event(
             state.key,
