@@ -174,6 +174,16 @@ class Node:
                 " --data-dir for this one"
             )
         if stored != key.to_text():
+            if own is not None:
+                # Its replica is empty, so nothing leaves the old cluster; but say so, or a
+                # mistyped --key makes a peer of a new, one-peer cluster without a word.
+                log.warning(
+                    "%s held the key of cluster %s, with an empty replica: it now belongs to"
+                    " cluster %s",
+                    self.dirs.root,
+                    own.fingerprint,
+                    key.fingerprint,
+                )
             self.dirs.write_key(key.to_text())
         return key
 

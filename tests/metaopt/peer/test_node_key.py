@@ -26,7 +26,7 @@ def _node(data: Path, **kw: object) -> Node:
 
 @pytest.mark.asyncio
 async def test_a_replica_of_one_cluster_is_not_started_with_another_clusters_key(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Restarted with cluster B's key, a member of cluster A poured A's whole history (code,
     # experiments, trials) into B, which then ran A's open experiments.
@@ -45,11 +45,20 @@ async def test_a_replica_of_one_cluster_is_not_started_with_another_clusters_key
     (tmp_path / "d" / "cluster.key").write_text(" " + stored.strip().upper() + " \n")
     again = _node(tmp_path / "d", key_text=stored.strip())
     await again.stop()
-    # An empty replica takes a new key: nothing of the old cluster would travel.
-    empty = _node(tmp_path / "e", key_text=_key())
+    # An empty replica takes a new key: nothing of the old cluster would travel. It says so
+    # (a mistyped --key made a one-peer cluster without a word).
+    old_key, new_key = _key(), _key()
+    empty = _node(tmp_path / "e", key_text=old_key)
     await empty.stop()
-    fresh = _node(tmp_path / "e", key_text=_key())
+    caplog.clear()
+    fresh = _node(tmp_path / "e", key_text=new_key)
     await fresh.stop()
+    old_print, new_print = (ClusterKey.from_text(k).fingerprint for k in (old_key, new_key))
+    said = [r.getMessage() for r in caplog.records if "now belongs to" in r.getMessage()]
+    assert said == [
+        f"{(tmp_path / 'e').resolve()} held the key of cluster {old_print}, with an empty"
+        f" replica: it now belongs to cluster {new_print}"
+    ]
 
 
 @pytest.mark.asyncio
