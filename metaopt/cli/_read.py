@@ -91,7 +91,8 @@ def _status(args: argparse.Namespace) -> int:
             state = "stopped" if e["stopped"] else "finished" if e["finished"] else "active"
             rows.append(
                 [
-                    e["name"],
+                    # A name finds its latest submission; the earlier ones are reached by id.
+                    e["name"] if e.get("latest", True) else f"{e['name']} (earlier)",
                     e["id"][:12],
                     state,
                     f"{e['trials']}/{e['max_trials'] or '∞'}",

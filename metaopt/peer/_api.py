@@ -116,10 +116,14 @@ class LocalApi:
         return self.node.status()
 
     async def experiments(self, request: Request) -> Any:
-        states = sorted(
-            self.node.replica.experiments.values(), key=lambda s: (_natural(s.spec.name), s.key)
-        )
-        return [experiment_json(s) for s in states]
+        replica = self.node.replica
+        names = sorted({s.spec.name for s in replica.experiments.values()}, key=_natural)
+        out = []
+        for name in names:
+            # Namesakes oldest first; the latest is the one the name finds.
+            same = replica.named(name)[::-1]
+            out += [{**experiment_json(s), "latest": s is same[-1]} for s in same]
+        return out
 
     async def experiment(self, request: Request) -> Any:
         state = self._experiment(request.body)

@@ -340,6 +340,14 @@ async def test_experiments_are_listed_with_their_numbers_in_order() -> None:
     api = LocalApi(SimpleNamespace(replica=Replica(store)))  # type: ignore[arg-type]
     listed = await api.experiments(Request("api.experiments", NODE, "", None))
     assert [e["name"] for e in listed] == ["b", "exp2", "exp10"]
+    # Namesakes oldest first (they were in key order), and which one the name finds.
+    namesakes = [_experiment("b", 10 + i, 5000 - 1000 * i) for i in range(3)]
+    store.add(namesakes)
+    listed = await api.experiments(Request("api.experiments", NODE, "", None))
+    bs = [e for e in listed if e["name"] == "b"]
+    assert [e["latest"] for e in bs] == [False, False, False, True]
+    stamps = {r.key.hex(): r.time for r in namesakes}
+    assert [stamps.get(e["id"], 1001) for e in bs] == [1001, 3000, 4000, 5000]
 
 
 def test_a_trials_latest_news_is_when_it_arrived_if_stamped_later() -> None:
