@@ -204,7 +204,7 @@ def _detach(config: PeerConfig, log_level: str, timing: str) -> int:
     env = dict(os.environ)
     if config.key_text:
         env["METAOPT_KEY"] = config.key_text  # not on the command line, where ps shows it
-    running = _running_peer(dirs)
+    running = running_peer(dirs)
     if running is not None:
         # Removing its address file below would cut the CLI off from it for good.
         raise MetaoptError(
@@ -268,7 +268,7 @@ def _stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def _running_peer(dirs: DataDir) -> int | None:
+def running_peer(dirs: DataDir) -> int | None:
     """The pid of a live metaopt process named by the data dir's pid file, if there is one."""
     try:
         pid = int(dirs.pid_file.read_text())

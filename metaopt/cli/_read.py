@@ -11,6 +11,7 @@ from typing import Any
 
 from metaopt._errors import MetaoptError
 from metaopt.cli._format import best_summary, fmt_value, table, trial_state
+from metaopt.cli._peer import running_peer
 from metaopt.peer._identity import DataDir
 from metaopt.peer._local import LocalPeer, resolve_data_dir
 from metaopt.peer._offline import OfflinePeer
@@ -22,7 +23,9 @@ def _peer(args: argparse.Namespace, read: bool = False) -> LocalPeer | OfflinePe
     """The peer of the data directory, or its replica read in place if no peer runs there
     (``read``: the command only reads, and is told so)."""
     data_dir = resolve_data_dir(args.data_dir)
-    if DataDir(data_dir).address_file.exists():
+    dirs = DataDir(data_dir)
+    # A peer killed -9 leaves its address file: the pid file says whether it runs.
+    if dirs.address_file.exists() and (running_peer(dirs) or not dirs.pid_file.exists()):
         return LocalPeer(data_dir)
     offline = OfflinePeer(data_dir)
     if read:

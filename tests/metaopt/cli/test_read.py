@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -209,3 +211,11 @@ def test_status_and_best_of_a_stopped_peer_read_its_replica(
     assert "sweep" in out.out and "no peer runs on" in out.err
     assert main(["best", "sweep", "--data-dir", str(tmp_path)]) == 0
     assert "0.25" in capsys.readouterr().out
+    # Killed -9, a peer leaves its address and pid files: they name no running peer.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    (tmp_path / "peer.pid").write_text(dead)
+    (tmp_path / "peer.address").write_text("127.0.0.1:9\n")
+    assert main(["status", "sweep", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert "no peer runs on" in out.err and "completed" in out.out
