@@ -122,24 +122,28 @@ class Suggester:
         """(params, counter) of a new point no known trial has."""
         return self.compute(self.prepare())
 
-    def prepare(self, look: int = 0, *, lead: bool = True) -> Draw:
+    def prepare(self, look: int = 0) -> Draw:
         """A snapshot of the history for the next suggestion (cheap; reads the replica).
 
         ``look`` > 0 is another try at the same trial after ``crowded`` (below) said yes: the
         history now holds the trial that crowded it, and the stream is a fresh one.
-        ``lead``: this node is the one to take the experiment's first point, which takes every
-        default_value= given (the rest as the search draws them), so the configuration a user
-        trusts is measured first. Only one node may: every node's own stream keeps the others'
-        points apart, but the defaults are the same everywhere.
+
+        Until a trial carries every default_value= given, the next point takes them (the rest
+        as the search draws them), so the configuration a user trusts is measured first: the
+        same point on every peer, whose settle turns and crowding check (as for any two peers
+        asking from one history) keep it to one trial.
         """
         counter = self.next_counter()
         trials = self.state.trials()
+        defaults = self.space.defaults
+        if any(all(t.params.get(k) == v for k, v in defaults.items()) for t in trials):
+            defaults = {}
         return Draw(
             counter,
             stream(self.seed, self.node_id, self.state.key, counter, look),
             frozenset(params_key(t.params) for t in trials),
             self.observations(trials),
-            self.space.defaults if lead and not trials else {},
+            defaults,
         )
 
     def compute(self, draw: Draw) -> tuple[dict[str, Any], int]:

@@ -516,10 +516,8 @@ class Node:
         """
         suggester = self.suggester(state)
         suggest_ms = 0.0
-        # The first in turn for an empty history takes its first point (the defaults).
-        lead = settle_rank(self.node_id, self.live_nodes(), state.key, 0) == 0
         for look in range(_LOOKS):
-            draw = suggester.prepare(look, lead=lead)
+            draw = suggester.prepare(look)
             began = time.perf_counter()
             params, counter = await asyncio.to_thread(suggester.compute, draw)
             suggest_ms += (time.perf_counter() - began) * 1000
