@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crdt import ClusterKey, FrameCodec, LevelDBStore, Record, StoreError, respond
+from crdt import ClusterKey, FrameCodec, LevelDBStore, Record, StoreError, StoreLocked, respond
 from metaopt._errors import MetaoptError, SearchError
 from metaopt._records import CONTROL, EVENT, MAX_REASON, MAX_STDERR, TRIAL, EventBody, is_metric
 from metaopt._state import ExperimentState, TrialView
@@ -62,6 +62,22 @@ _LOOKS = 3
 _MAX_SETTLE_TURNS = 8
 
 
+def _open_store(dirs: DataDir, patience: float = 5.0) -> LevelDBStore:
+    """The replica's store. A read of a stopped peer's replica (`metaopt status`, `best`,
+    `export`, `logs`) holds its lock for a moment, so a locked store is tried again for a few
+    seconds; a running peer holds it for good, and a start beside it fails with the error."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return LevelDBStore(dirs.replica)
+        except StoreLocked as exc:
+            if time.monotonic() > deadline:
+                raise MetaoptError(f"{exc} (or a `metaopt status` read held it)") from None
+            time.sleep(0.1)
+        except StoreError as exc:
+            raise MetaoptError(str(exc)) from None
+
+
 def _parsed(key_text: str) -> ClusterKey | None:
     """The key a text holds, None if it holds none; compared as keys, hand-written case and
     spacing do not make a cluster's own key look like another's."""
@@ -80,10 +96,7 @@ class Node:
         self.dirs = DataDir(config.data_dir)
         self.dirs.ensure()
         self.node_id = self.dirs.node_id()
-        try:
-            self.store = LevelDBStore(self.dirs.replica)
-        except StoreError as exc:
-            raise MetaoptError(str(exc)) from None
+        self.store = _open_store(self.dirs)
         # Only with the data directory's lock held: a second start that fails on it wrote its
         # --key over the running peer's, which the CLI then could not reach or stop.
         try:
@@ -174,7 +187,7 @@ class Node:
                 " --data-dir for this one"
             )
         if stored != key.to_text():
-            if own is not None:
+            if own is not None and own != key:
                 # Its replica is empty, so nothing leaves the old cluster; but say so, or a
                 # mistyped --key makes a peer of a new, one-peer cluster without a word.
                 log.warning(

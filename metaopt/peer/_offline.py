@@ -2,8 +2,9 @@
 
 The replica is on disk whether or not its peer runs, and a user whose peer is stopped (or
 whose machine is off the network) still wants to read the results. The store is opened for
-the one call and closed at once: LevelDB allows one process at a time, so a peer started
-meanwhile finds it free again, and a read while a peer starts is told to try again.
+the one call and closed at once: LevelDB allows one process at a time, so a peer starting
+meanwhile waits a moment for it (see Node's _open_store), and a read while a peer starts is
+told to try again.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crdt import LevelDBStore, StoreError
+from crdt import LevelDBStore, StoreError, StoreLocked
 from metaopt._errors import MetaoptError
 from metaopt.peer._api import LocalApi
 from metaopt.peer._config import Timing
@@ -49,8 +50,9 @@ class _NoPeers:
 
 
 class _StoppedNode:
-    """What LocalApi reads of its node, for one that is not running: it hears no peer (so
-    none is live), starts nothing (so nothing is blocked) and knows no peer's address."""
+    """What LocalApi reads of its node, for one that is not running: it starts nothing (so
+    nothing is blocked) and knows no peer's address. It calls every node live: what it holds
+    is a snapshot, and "node silent for a day" would be a claim about a peer it cannot know."""
 
     def __init__(self, dirs: DataDir, replica: Replica) -> None:
         self.node_id = dirs.node_id()
@@ -63,7 +65,7 @@ class _StoppedNode:
         return time.time()
 
     def is_alive(self, node_id: bytes) -> bool:
-        return False
+        return True
 
     def blocked_here(self, experiment: bytes) -> str | None:
         return None
@@ -93,10 +95,12 @@ class OfflinePeer:
             )
         try:
             store = LevelDBStore(self.dirs.replica)
-        except StoreError:
+        except StoreLocked:
             raise MetaoptError(
                 f"the peer of {root} is starting (its replica is in use); try again in a moment"
             ) from None
+        except StoreError as exc:
+            raise MetaoptError(str(exc)) from None
         try:
             replica = Replica(store)
             try:

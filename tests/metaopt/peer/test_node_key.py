@@ -41,10 +41,13 @@ async def test_a_replica_of_one_cluster_is_not_started_with_another_clusters_key
     assert (tmp_path / "d" / "cluster.key").read_text() == stored  # not overwritten
     again = _node(tmp_path / "d", key_text=stored.strip())  # its own key still starts it
     await again.stop()
-    # Written by hand in another case and spacing, it is still this cluster's key.
+    # Written by hand in another case and spacing, it is still this cluster's key (and no
+    # word of another cluster: it said "it now belongs to cluster X" of its own cluster).
     (tmp_path / "d" / "cluster.key").write_text(" " + stored.strip().upper() + " \n")
+    caplog.clear()
     again = _node(tmp_path / "d", key_text=stored.strip())
     await again.stop()
+    assert not [r for r in caplog.records if "now belongs to" in r.getMessage()]
     # An empty replica takes a new key: nothing of the old cluster would travel. It says so
     # (a mistyped --key made a one-peer cluster without a word).
     old_key, new_key = _key(), _key()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -9,14 +11,17 @@ import pytest
 from crdt import LevelDBStore, Record
 from metaopt._errors import MetaoptError
 from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment_record
+from metaopt.peer._config import PeerConfig
 from metaopt.peer._identity import DataDir
+from metaopt.peer._node import Node
 from metaopt.peer._offline import OfflinePeer
 from metaopt.peer._runner import trial_log_path
 
 
-def _stopped_peer(root: Path) -> Record:
+def _stopped_peer(root: Path, running: bool = False) -> Record:
     """A data directory as a peer leaves it: a node id, a replica with one completed trial
-    that ran here, and its output log; returns the trial."""
+    that ran here (still running: as a peer killed -9 leaves it), and its output log; returns
+    the trial."""
     dirs = DataDir(root)
     dirs.ensure()
     me = dirs.node_id()
@@ -28,7 +33,7 @@ def _stopped_peer(root: Path) -> Record:
         for i, body in enumerate((
             EventBody(trial.key, exp.key, "started", me),
             EventBody(trial.key, exp.key, "completed", me, 3, {"objective": 0.25}),
-        ))
+        )[: 1 if running else 2])
     ]  # fmt: skip
     store = LevelDBStore(dirs.replica)
     store.add([exp, trial, *events])
@@ -52,6 +57,28 @@ def test_a_stopped_peers_results_are_read_from_its_replica(tmp_path: Path) -> No
     assert logs == {"here": True, "text": "epoch 3 loss 0.25\n"}
     # The store is closed after each call: a peer starting now finds it free.
     LevelDBStore(DataDir(tmp_path).replica).close()
+
+
+def test_a_peer_starting_while_a_read_holds_its_replica_waits_for_it(tmp_path: Path) -> None:
+    # It failed with "the data directory is in use by another process" with no peer running.
+    _stopped_peer(tmp_path)
+    held = LevelDBStore(DataDir(tmp_path).replica)  # as an offline read holds it
+    release = threading.Timer(0.3, held.close)
+    release.start()
+    try:
+        node = Node(PeerConfig(data_dir=tmp_path, port=0, mdns=False))
+        asyncio.run(node.stop())
+    finally:
+        release.join()
+
+
+def test_a_stopped_replica_makes_no_claim_about_other_peers(tmp_path: Path) -> None:
+    # Read a day later, a trial running elsewhere showed "node silent 86400 s; re-run
+    # elsewhere at 60 s": a snapshot cannot know that.
+    trial = _stopped_peer(tmp_path, running=True)
+    info = OfflinePeer(tmp_path).call("api.experiment", "sweep")
+    [shown] = [t for t in info["trial_list"] if t["id"] == trial.key.hex()]
+    assert shown["state"] == "running" and "quiet" not in shown
 
 
 def test_without_a_peer_what_would_change_the_replica_says_to_start_one(tmp_path: Path) -> None:
