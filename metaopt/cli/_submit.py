@@ -471,9 +471,9 @@ def _stalled_here(info: dict[str, Any]) -> str | None:
     """Why nothing will happen to an unfinished experiment: every point of its space is tried,
     so no peer starts a new trial, and no trial runs or waits to. (A reason of this peer's
     alone, a program it cannot run say, is not one: another peer may run it.)"""
-    why = info.get("blocked_here")
+    why = info.get("exhausted")
     open_ = [t for t in info.get("trial_list", []) if t["state"] not in TERMINAL_STATES]
-    if not why or not info.get("exhausted") or not all(_by_hand(t) for t in open_):
+    if not why or not all(_by_hand(t) for t in open_):
         return None
     return str(why)
 

@@ -15,6 +15,7 @@ from metaopt._errors import MetaoptError
 from metaopt._records import BLOB, EXPERIMENT, parse_experiment
 from metaopt._state import FROZEN_BY_HAND, KILLED_BY_HAND, ExperimentState, TrialView
 from metaopt.peer._wire import Request
+from metaopt.space import Space
 
 if TYPE_CHECKING:
     from metaopt.peer._node import Node
@@ -22,6 +23,25 @@ if TYPE_CHECKING:
 __all__ = ["LocalApi", "experiment_json", "trial_json"]
 
 MAX_SUBMIT_RECORDS = 4096
+
+
+def _all_points_tried(state: ExperimentState) -> str | None:
+    """Why no peer can start a new trial of the experiment: every point of its finite space
+    is a trial already (a point is never tried twice). None if not, or if its space cannot
+    be read here. From the replica alone, so every peer says the same."""
+    try:
+        space = Space.from_dict(state.spec.space)
+    except MetaoptError:
+        return None
+    card = space.cardinality
+    if card is None:
+        return None
+    names = space.names
+    taken = {
+        tuple((type(v).__name__, v) for v in (t.params.get(n) for n in names))
+        for t in state.trials()
+    }
+    return f"all {card} points of the space are tried" if len(taken) >= card else None
 
 
 def _natural(name: str) -> list[tuple[int, int | str]]:
@@ -117,7 +137,9 @@ class LocalApi:
 
     async def experiments(self, request: Request) -> Any:
         replica = self.node.replica
-        names = sorted({s.spec.name for s in replica.experiments.values()}, key=_natural)
+        names = sorted(
+            {s.spec.name for s in replica.experiments.values()}, key=lambda n: (_natural(n), n)
+        )
         out = []
         for name in names:
             # Namesakes oldest first; the latest is the one the name finds.
@@ -131,9 +153,9 @@ class LocalApi:
         trials = state.trials()
         out["trial_list"] = [trial_json(state, t) for t in trials]
         out["blocked_here"] = self.node.blocked_here(state.key)
-        # Every point of the space is tried: no peer can start a new trial (unlike a program
-        # this peer cannot run, say), which is what lets `submit --wait` stop.
-        out["exhausted"] = self.node.exhausted_now(state.key) is not None
+        # Why no peer can start a new trial (unlike a program this peer cannot run, say):
+        # what lets `submit --wait` stop.
+        out["exhausted"] = _all_points_tried(state)
         # A running trial whose node went quiet shows as running until it is taken for lost;
         # say so meanwhile (a user saw a dead peer's trials "running" for a minute, unexplained).
         now, lost_after = self.node.clock(), self.node.config.timing.lost_after

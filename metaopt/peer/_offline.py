@@ -70,9 +70,6 @@ class _StoppedNode:
     def blocked_here(self, experiment: bytes) -> str | None:
         return None
 
-    def exhausted_now(self, experiment: bytes) -> str | None:
-        return None
-
 
 class OfflinePeer:
     """Answers the read-only API calls from the replica of a data directory no peer runs on."""

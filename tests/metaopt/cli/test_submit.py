@@ -521,7 +521,7 @@ def test_wait_stops_when_nothing_runs_and_its_peer_starts_no_new_trial(
     # and then nothing, for ever; the reason was only in the peer's log and `metaopt status`.
     from metaopt.cli._submit import wait_for
 
-    why = "all 2 points of the space are already tried or pending; widen the space"
+    why = "all 2 points of the space are tried"
     running = {"state": "running", "reason": None}
     done = {"state": "completed", "reason": None}
     polls = [
@@ -530,10 +530,10 @@ def test_wait_stops_when_nothing_runs_and_its_peer_starts_no_new_trial(
          "finished": False, "objectives": ["acc"], "trial_list": [done, trial],
          "blocked_here": blocked, "exhausted": exhausted}
         for trial, blocked, exhausted in (
-            (running, None, False), (running, why, True), (done, None, False),
+            (running, None, None), (running, why, why), (done, None, None),
             # This peer cannot run the program: another peer may, so it waits on.
-            (done, "python3.12: not found here", False),
-            *[(done, why, True)] * 3,
+            (done, "python3.12: not found here", None),
+            *[(done, "python3.12: not found here", why)] * 3,
         )
     ]  # fmt: skip
 

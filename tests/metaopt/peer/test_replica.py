@@ -159,7 +159,6 @@ async def test_a_running_trial_of_a_silent_node_says_how_long_it_has_been_silent
         node_id=NODE,
         replica=Replica(store),
         blocked_here=lambda key: None,
-        exhausted_now=lambda key: None,
         clock=lambda: 27.4,
         config=SimpleNamespace(timing=SimpleNamespace(lost_after=60.0)),
         is_alive=lambda node_id: node_id == NODE,
@@ -468,3 +467,28 @@ async def test_kill_ends_a_trial_of_this_peer_for_good_and_says_where_another_is
         view = state.trial(key)
         assert view is not None and (view.state, view.reason) == ("killed", "killed by the user")
     assert state.trial(elsewhere).state == "frozen"  # type: ignore[union-attr]
+
+
+@pytest.mark.asyncio
+async def test_an_experiment_whose_every_point_is_a_trial_says_so_on_every_peer() -> None:
+    # `submit --wait` stops on it; it was this peer's own search failure, which a peer that
+    # cannot run the program (and so never searches) never had: its --wait ran for ever.
+    store = MemoryStore()
+    spec = ExperimentSpec("few", {"k": "choices([1, 2])", "e": "fidelity(1, 9, base=3)"},
+                          command=("t.py",))  # fmt: skip
+    exp = Record.create(EXPERIMENT, NODE, 1, 1000, spec.to_body(), [])
+    store.add([exp])
+    timing = SimpleNamespace(lost_after=60)
+    node = SimpleNamespace(replica=Replica(store), blocked_here=lambda key: None,
+                           clock=lambda: 2.0, is_alive=lambda node: True,
+                           config=SimpleNamespace(timing=timing))  # fmt: skip
+    api = LocalApi(node)  # type: ignore[arg-type]
+
+    async def exhausted() -> object:
+        return (await api.experiment(Request("api.experiment", NODE, "", "few")))["exhausted"]
+
+    for i, k in enumerate((1, 1, 2)):  # the same point twice (a re-run) counts once
+        assert await exhausted() is None
+        body = {"params": {"k": k, "e": 9}, "node": NODE, "counter": i + 1}
+        store.add([Record.create(TRIAL, NODE, 2 + i, 1001 + i, body, [exp.key])])
+    assert await exhausted() == "all 2 points of the space are tried"
