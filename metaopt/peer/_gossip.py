@@ -80,7 +80,7 @@ class PeerTable:
         self._put(node_id, addr, now, now if contacted else None, authoritative=contacted)
         self.expire(now)
 
-    def seen(self, node_id: bytes, now: float, *, itself: bool = True) -> None:
+    def seen(self, node_id: bytes, now: float, *, itself: bool) -> None:
         """This node just talked to ``node_id`` at its known address; ``itself``: a request
         that named it as its sender, which (unlike an answer from its address) undoes a leave."""
         peer = self._peers.get(node_id)

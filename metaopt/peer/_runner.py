@@ -466,9 +466,7 @@ class TrialRunner:
     async def interrupt_all(self, reason: str) -> None:
         runs = list(self.running.values())
         for run in runs:
-            if run.process is not None and run.outcome is None:
-                run.outcome, run.reason = "interrupted", reason
-                run.process.request_stop(reason)
+            _request_end(run, "interrupted", reason)
         tasks = [r.task for r in runs if r.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=3 * self.config.timing.stop_grace + 5)

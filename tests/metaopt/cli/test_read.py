@@ -219,3 +219,20 @@ def test_status_and_best_of_a_stopped_peer_read_its_replica(
     assert main(["status", "sweep", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr()
     assert "no peer runs on" in out.err and "completed" in out.out
+
+
+def test_an_earlier_namesake_is_marked_in_the_list(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `train.py` and `./train.sh` both named "train": two rows, not saying which a name finds.
+    earlier = {**_info([], ["loss"]), "name": "train", "latest": False, "id": "aa" * 32}
+    latest = {**_info([], ["loss"]), "name": "train", "latest": True, "id": "bb" * 32}
+
+    class _Two(_Peer):
+        def call(self, op: str, body: object = None) -> object:
+            return [earlier, latest]
+
+    monkeypatch.setattr("metaopt.cli._read._peer", lambda args, read=False: _Two())
+    assert main(["status"]) == 0
+    rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert rows == [["train", "(earlier)"], ["train", "bbbbbbbbbbbb"]]

@@ -253,7 +253,7 @@ def test_a_peer_that_left_is_gone_until_it_speaks_to_us_itself() -> None:
     table.add(A, "h:1", 102.0, contacted=True)
     assert table.is_alive(A, 102.0, TIMEOUT)
     table.leave(A)
-    table.seen(A, 103.0)
+    table.seen(A, 103.0, itself=True)
     assert table.is_alive(A, 103.0, TIMEOUT)
     # Gone, but heard of within the timeout: its trials are not judged lost before the
     # timeout (a peer stopped to restart keeps its frozen trials for its checkpoints).
