@@ -295,3 +295,36 @@ async def test_a_new_point_waits_its_turn_and_no_more_than_eight_turns(
             assert waits == ([min(rank, 8) * settle] if rank else [])
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_that_said_it_was_leaving_keeps_its_frozen_trials_for_the_timeout(
+    tmp_path: Path,
+) -> None:
+    # Its leave made it gone at once, and with it every trial its stopper had frozen a minute
+    # before: lost and re-run elsewhere from step 0, though it was stopped only to restart.
+    exp = _experiment("good", {"x": "uniform(0, 1)"}, max_trials=1)
+    node = _lone_node(tmp_path)
+    now_ms = int(time.time() * 1000)
+    body = {"params": {"x": 0.5}, "node": OTHER, "counter": 1}
+    trial = Record.create(TRIAL, OTHER, 1, now_ms - 100_000, body, [exp.key])
+    ran = [
+        EventBody(trial.key, exp.key, "started", OTHER),
+        EventBody(trial.key, exp.key, "progress", OTHER, 3, {"objective": 0.5}),
+        EventBody(trial.key, exp.key, "frozen", OTHER, 3, reason="3 of 9 runs better"),
+    ]
+    events = [
+        Record.create(EVENT, OTHER, seq, now_ms - 99_000 + seq, e.to_body(), [trial.key, exp.key])
+        for seq, e in enumerate(ran, start=2)
+    ]
+    try:
+        node.store.add([exp, trial, *events])
+        node.peers.add(OTHER, "127.0.0.1:9", node.clock(), contacted=True)
+        node.peers.leave(OTHER)
+        node.replicator.sessions = 1  # caught up
+        node.started_at -= node.config.timing.peer_timeout  # has listened long enough
+        await node._schedule_once()
+        kinds = [e.kind for e in map(parse_event, node.store.linked(trial.key)) if e is not None]
+        assert "lost" not in kinds and not node.is_alive(OTHER)
+    finally:
+        await node.stop()
