@@ -13,13 +13,23 @@ from pathlib import Path
 from crdt import ORIGIN_SIZE
 from metaopt._errors import MetaoptError
 
-__all__ = ["DataDir", "default_data_dir"]
+__all__ = ["DataDir", "default_data_dir", "trial_dir", "trial_log_path"]
 
 
 def default_data_dir() -> Path:
     """The user's data directory (XDG_DATA_HOME), where a peer keeps its replica by default."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "metaopt"
+
+
+def trial_dir(dirs: DataDir, trial: bytes) -> Path:
+    """The directory of a trial's runs on this peer (checkpoint, output log)."""
+    return dirs.trials / trial.hex()[:16]
+
+
+def trial_log_path(dirs: DataDir, trial: bytes) -> Path:
+    """Where a trial's output on this peer is kept (its latest run's)."""
+    return trial_dir(dirs, trial) / "output.log"
 
 
 class DataDir:

@@ -19,7 +19,7 @@ from crdt import LevelDBStore, StoreError, StoreLocked
 from metaopt._errors import MetaoptError
 from metaopt.peer._api import LocalApi
 from metaopt.peer._config import Timing
-from metaopt.peer._identity import DataDir
+from metaopt.peer._identity import DataDir, trial_log_path
 from metaopt.peer._replica import Replica
 from metaopt.peer._wire import Request
 
@@ -39,8 +39,6 @@ class _StoppedRunner:
         self._dirs = dirs
 
     def log_path(self, trial: bytes) -> Path:
-        from metaopt.peer._runner import trial_log_path
-
         return trial_log_path(self._dirs, trial)
 
 

@@ -29,6 +29,7 @@ from metaopt.peer._bundle import BundleWriteError, materialize_bundle
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._executor import ExecutorConfig, TrialProcess, TrialSpec
 from metaopt.peer._gpus import Slot, detect_slots
+from metaopt.peer._identity import trial_dir, trial_log_path
 from metaopt.peer._template import parse_template
 from metaopt.peer._watchdog import Watchdog
 
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     import numpy as np
 
     from metaopt.freezethaw import CurveView, Decision, EarlyStopper
-    from metaopt.peer._identity import DataDir
     from metaopt.peer._node import Node
 
 __all__ = ["TrialRunner"]
@@ -57,16 +57,6 @@ def _request_end(run: Running, outcome: str, reason: str) -> bool:
     run.outcome, run.reason = outcome, reason
     run.process.request_stop(reason)
     return True
-
-
-def trial_dir(dirs: DataDir, trial: bytes) -> Path:
-    """The directory of a trial's runs on this peer (checkpoint, output log)."""
-    return dirs.trials / trial.hex()[:16]
-
-
-def trial_log_path(dirs: DataDir, trial: bytes) -> Path:
-    """Where a trial's output on this peer is kept (its latest run's)."""
-    return trial_dir(dirs, trial) / "output.log"
 
 
 @dataclass

@@ -12,10 +12,9 @@ from crdt import LevelDBStore, Record
 from metaopt._errors import MetaoptError
 from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment_record
 from metaopt.peer._config import PeerConfig
-from metaopt.peer._identity import DataDir
+from metaopt.peer._identity import DataDir, trial_log_path
 from metaopt.peer._node import Node
 from metaopt.peer._offline import OfflinePeer
-from metaopt.peer._runner import trial_log_path
 
 
 def _stopped_peer(root: Path, running: bool = False) -> Record:
