@@ -94,6 +94,7 @@ def detect_slots(
             raise MetaoptError(
                 f"--gpus {gpus!r}: use auto, none, or distinct GPU indices such as 0,1"
             )
+        _check_named(gpus, devices, probe())
     if not devices:
         return [Slot(i, None, {}) for i in range(slots)]
     return [Slot(i, d, {_VISIBLE: d}) for i, d in enumerate(devices)]
@@ -101,6 +102,22 @@ def detect_slots(
 
 # What CUDA_VISIBLE_DEVICES takes: an index, or a GPU or MIG UUID as nvidia-smi -L prints it.
 _DEVICE = re.compile(r"\d+|(?:GPU|MIG)-[0-9A-Za-z/-]+")
+
+
+def _check_named(given: str, devices: list[str], seen: list[str] | None) -> None:
+    """Refuse a GPU NVML says this machine does not have (``--gpus 7`` here ran every trial
+    with CUDA_VISIBLE_DEVICES=7, on no GPU). Without NVML nothing can be checked; a MIG
+    device is not among the GPUs NVML lists."""
+    if seen is None:
+        return
+    for d in devices:
+        known = (d.isdigit() and int(d) < len(seen)) or d in seen or d.startswith("MIG-")
+        if not known:
+            have = f"GPUs 0-{len(seen) - 1}" if seen else "no GPU"
+            raise MetaoptError(
+                f"--gpus {given!r}: this machine has no GPU {d} (NVML sees {have});"
+                " use auto, none, or one it has"
+            )
 
 
 def _visible(text: str) -> list[str]:

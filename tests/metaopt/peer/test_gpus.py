@@ -48,6 +48,17 @@ def test_gpu_uuids_are_devices() -> None:
     assert [s.gpu for s in detect_slots(f"{uuid},{mig}", environ={}, probe=_no_nvml)] == [uuid, mig]
 
 
+def test_a_named_gpu_nvml_does_not_see_is_refused() -> None:
+    # `--gpus 7` on a machine without GPUs was taken: every trial got CUDA_VISIBLE_DEVICES=7.
+    two = ["GPU-a", "GPU-b"]
+    assert [s.gpu for s in detect_slots("1,GPU-a", environ={}, probe=lambda: two)] == ["1", "GPU-a"]
+    for gpus, seen, have in (("7", [], "no GPU"), ("2", two, "GPUs 0-1"), ("GPU-c", two, "0-1")):
+        with pytest.raises(MetaoptError) as info:
+            detect_slots(gpus, environ={}, probe=lambda seen=seen: seen)
+        message = str(info.value)
+        assert f"has no GPU {gpus}" in message and have in message and "\n" not in message
+
+
 @pytest.mark.parametrize("gpus", ["", "0,,1", "0,0", "all", "bogus", "0,cuda:1"])
 def test_bad_gpu_lists_are_one_line_errors(gpus: str) -> None:
     with pytest.raises(MetaoptError, match="--gpus"):
