@@ -302,8 +302,12 @@ def _trial_view(
             run.report(event, first)
             latest_report = event.node
     # The curve of the run that ended it, else of the current run: across a partition both
-    # sides ran it, and their reports interleaved in one curve.
-    shown = runs.get(terminal[3].node if terminal is not None else runner or latest_report or b"")
+    # sides ran it, and their reports interleaved in one curve. A node that ended it without
+    # running it (`metaopt kill` of a trial frozen on a peer that is gone) decides its state
+    # only: its view showed no values and that node as the runner, with no log to show.
+    decider = terminal[3].node if terminal is not None else None
+    decider = decider if decider in runs else None
+    shown = runs.get(decider or runner or latest_report or b"")
     shown = shown if shown is not None else _Run()
     metrics: dict[str, Any] = dict(shown.metrics)
     reported_step = shown.reported
@@ -318,7 +322,7 @@ def _trial_view(
         state = event.kind
         # The run that decided it, not the latest to start: across a partition both sides ran
         # it, and `metaopt logs` sent the user to the other side's redundant re-run.
-        runner = event.node
+        runner = decider or runner
         metrics.update(event.metrics)
         exit_code, reason, stderr = event.exit_code, event.reason, event.stderr
         if state == "completed":

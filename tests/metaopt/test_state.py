@@ -365,6 +365,20 @@ def test_the_runner_of_an_ended_trial_is_the_run_that_ended_it() -> None:
     assert view is not None and (view.state, view.runner, view.value) == ("completed", NODE_A, 0.25)
 
 
+def test_a_trial_killed_by_a_node_that_never_ran_it_keeps_its_runs_curve_and_runner() -> None:
+    # `metaopt kill` on B of a trial frozen on A, gone: its loss and step vanished, B showed
+    # as its runner, and `metaopt logs` on B said it ended before it wrote any output.
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    log.event(t, NODE_A, "started", 1_000)
+    log.event(t, NODE_A, "progress", 2_000, step=7, metrics={"objective": 0.9})
+    log.event(t, NODE_A, "frozen", 3_000, step=7, reason="frozen by the user")
+    log.event(t, NODE_B, "killed", 90_000, reason="killed by the user")
+    view = log.state().trial(t.key)
+    assert view is not None and (view.state, view.reason) == ("killed", "killed by the user")
+    assert (view.runner, view.metrics, view.last_step) == (NODE_A, {"objective": 0.9}, 7)
+
+
 def test_a_rerun_from_0_shows_its_own_curve_whatever_the_clocks() -> None:
     # A re-run from 0 after a loss showed the lost run's step 8 beside its own step-4 loss.
     # B's clock is 10 s behind A's: its start, its reports and its freeze are all stamped
