@@ -122,21 +122,24 @@ class Suggester:
         """(params, counter) of a new point no known trial has."""
         return self.compute(self.prepare())
 
-    def prepare(self, look: int = 0) -> Draw:
+    def prepare(self, look: int = 0, *, lead: bool = True) -> Draw:
         """A snapshot of the history for the next suggestion (cheap; reads the replica).
 
         ``look`` > 0 is another try at the same trial after ``crowded`` (below) said yes: the
         history now holds the trial that crowded it, and the stream is a fresh one.
 
         Until a trial carries every default_value= given, the next point takes them (the rest
-        as the search draws them), so the configuration a user trusts is measured first: the
-        same point on every peer, whose settle turns and crowding check (as for any two peers
-        asking from one history) keep it to one trial.
+        as the search draws them), so the configuration a user trusts is measured first. It is
+        the same point on every peer, and peers that start an experiment together asked from
+        an empty history within milliseconds, before any heard of the other's: both recorded
+        it. So from an empty history only the ``lead`` (the first peer in turn) takes them;
+        once any trial exists, whoever asks next does (the lead may have had no free slot).
         """
         counter = self.next_counter()
         trials = self.state.trials()
         defaults = self.space.defaults
-        if any(all(t.params.get(k) == v for k, v in defaults.items()) for t in trials):
+        taken = any(all(t.params.get(k) == v for k, v in defaults.items()) for t in trials)
+        if taken or not (lead or trials):
             defaults = {}
         return Draw(
             counter,

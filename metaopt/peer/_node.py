@@ -529,8 +529,10 @@ class Node:
         """
         suggester = self.suggester(state)
         suggest_ms = 0.0
+        # The first in turn from an empty history takes the experiment's defaults (prepare).
+        lead = settle_rank(self.node_id, self.live_nodes(), state.key, 0) == 0
         for look in range(_LOOKS):
-            draw = suggester.prepare(look)
+            draw = suggester.prepare(look, lead=lead)
             began = time.perf_counter()
             params, counter = await asyncio.to_thread(suggester.compute, draw)
             suggest_ms += (time.perf_counter() - began) * 1000

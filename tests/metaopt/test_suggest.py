@@ -75,12 +75,15 @@ def test_the_first_point_takes_the_default_values_and_later_ones_are_searched() 
     state = ExperimentState(record.key, spec)
     first, counter = Suggester(state, ME).suggest()
     assert (first["lr"], first["act"], counter) == (0.001, "b", 1)
-    # Another node asking from a history where no trial carries them takes them too (its
-    # slot freed first, say); the settle turns and the crowding check keep it to one trial.
+    # From an empty history only the lead takes them: two peers starting it together took
+    # them both, within milliseconds. Once a trial exists, a peer that is not the lead does
+    # (the lead had no free slot, say).
+    other = Suggester(state, OTHER)
+    assert other.compute(other.prepare(lead=False))[0]["lr"] != 0.001
     searched = Record.create(TRIAL, OTHER, 1, 999, {"params": {"lr": 0.5, "act": "a", "depth": 3},
                              "node": OTHER, "counter": 1}, [state.key])  # fmt: skip
     state.apply(searched)
-    assert Suggester(state, OTHER).suggest()[0]["lr"] == 0.001
+    assert other.compute(other.prepare(lead=False))[0]["lr"] == 0.001
     trial = Record.create(TRIAL, ME, 1, 1000, {"params": first, "node": ME, "counter": 1},
                           [state.key])  # fmt: skip
     state.apply(trial)
