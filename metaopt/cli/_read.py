@@ -141,6 +141,8 @@ def _step(trial: dict[str, Any]) -> Any:
 def _why(trial: dict[str, Any]) -> str:
     """Why a trial failed, was killed or lost: the first line of its reason, cut short (the
     whole of it is in --json, export and `metaopt logs`); or why a running one may not be."""
+    if trial.get("stopping"):
+        return f"being stopped here (to be recorded {trial['stopping']})"
     quiet = trial.get("quiet")
     if quiet is not None:
         return f"node silent {quiet['seconds']} s; re-run elsewhere at {quiet['lost_after']:g} s"

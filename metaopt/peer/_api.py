@@ -160,6 +160,11 @@ class LocalApi:
         # say so meanwhile (a user saw a dead peer's trials "running" for a minute, unexplained).
         now, lost_after = self.node.clock(), self.node.config.timing.lost_after
         for shown, trial in zip(out["trial_list"], trials, strict=True):
+            # Asked to stop here (a kill, a freeze, a timeout), it shows running until it
+            # exits: seconds, or the grace twice over for one that ignores its stop.
+            stopping = self.node.runner.stopping_as(trial.key)
+            if trial.state == "running" and stopping is not None:
+                shown["stopping"] = stopping
             if trial.state in ("running", "pending") and not self.node.is_alive(
                 trial.runner or trial.node
             ):

@@ -41,6 +41,9 @@ class _StoppedRunner:
     def log_path(self, trial: bytes) -> Path:
         return trial_log_path(self._dirs, trial)
 
+    def stopping_as(self, trial: bytes) -> str | None:
+        return None
+
 
 class _NoPeers:
     def get(self, node_id: bytes) -> None:

@@ -236,3 +236,12 @@ def test_an_earlier_namesake_is_marked_in_the_list(
     assert main(["status"]) == 0
     rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()[2:]]
     assert rows == [["train", "(earlier)"], ["train", "bbbbbbbbbbbb"]]
+
+
+def test_a_trial_being_stopped_here_says_so(
+    peer: type[_Peer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    running = {**_trial("a", "running", {"f1": 0.5}, False), "reason": None, "stopping": "killed"}
+    peer.info = _info([running], ["f1"])
+    assert main(["status", "mo"]) == 0
+    assert "being stopped here (to be recorded killed)" in capsys.readouterr().out

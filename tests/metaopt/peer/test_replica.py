@@ -162,10 +162,14 @@ async def test_a_running_trial_of_a_silent_node_says_how_long_it_has_been_silent
         clock=lambda: 27.4,
         config=SimpleNamespace(timing=SimpleNamespace(lost_after=60.0)),
         is_alive=lambda node_id: node_id == NODE,
+        # This peer's own trial is being killed: it showed "running" with no word of it.
+        runner=SimpleNamespace(stopping_as={records[1].key: "killed"}.get),
     )
     out = await LocalApi(node).experiment(Request("api.experiment", NODE, "", "e"))  # type: ignore[arg-type]
     quiet = {t["node"][:2]: t.get("quiet") for t in out["trial_list"]}
     assert quiet == {NODE.hex()[:2]: None, other.hex()[:2]: {"seconds": 25, "lost_after": 60.0}}
+    stopping = {t["node"][:2]: t.get("stopping") for t in out["trial_list"]}
+    assert stopping == {NODE.hex()[:2]: "killed", other.hex()[:2]: None}
 
 
 def test_a_trial_id_prefix_must_be_long_enough_and_match_one_trial() -> None:
@@ -481,7 +485,8 @@ async def test_an_experiment_whose_every_point_is_a_trial_says_so_on_every_peer(
     timing = SimpleNamespace(lost_after=60)
     node = SimpleNamespace(replica=Replica(store), blocked_here=lambda key: None,
                            clock=lambda: 2.0, is_alive=lambda node: True,
-                           config=SimpleNamespace(timing=timing))  # fmt: skip
+                           config=SimpleNamespace(timing=timing),
+                           runner=SimpleNamespace(stopping_as=lambda key: None))  # fmt: skip
     api = LocalApi(node)  # type: ignore[arg-type]
 
     async def exhausted() -> object:
