@@ -413,9 +413,11 @@ def test_a_run_here_of_a_trial_completed_elsewhere_is_stopped_and_records_nothin
     runner.running[0] = run
     asyncio.run(runner.monitor())
     assert asked == []  # not completed: no reason to stop
-    other = b"o" * 16
+    other = b"o" * 16  # the other side of a partition, which re-ran it to its end
+    rerun = EventBody(trial, state.key, "started", other).to_body()
+    state.apply(Record.create(EVENT, other, 1, 8_000, rerun, [trial, state.key]))
     done = EventBody(trial, state.key, "completed", other, 10, {"objective": 0.1}).to_body()
-    state.apply(Record.create(EVENT, other, 1, 9_000, done, [trial, state.key]))
+    state.apply(Record.create(EVENT, other, 2, 9_000, done, [trial, state.key]))
     asyncio.run(runner.monitor())
     assert asked == [f"completed on node {other.hex()[:8]}"]
     written = len(node.written)
