@@ -85,6 +85,20 @@ class _Node:
         state.apply(Record.create(EVENT, ME, self._seq, 5_000, body, [trial, experiment]))
 
 
+def _one_trial(**spec: Any) -> tuple[ExperimentState, Record]:
+    """An experiment (ExperimentSpec options given as spec) with one trial of this peer."""
+    rec = experiment_record(
+        ExperimentSpec(name="e", space={"x": "uniform(0, 1)"}, command=("t.py",), **spec)
+    )
+    parsed = parse_experiment(rec)
+    assert parsed is not None
+    state = ExperimentState(rec.key, parsed)
+    trial = Record.create(TRIAL, ME, 1, 0, {"params": {"x": 0.5}, "node": ME, "counter": 1},
+                          [rec.key])  # fmt: skip
+    state.apply(trial)
+    return state, trial
+
+
 def _frozen_trial(
     step: int, reason: str | None = None, max_trials: int | None = None
 ) -> tuple[ExperimentState, bytes]:
@@ -126,14 +140,7 @@ def test_a_free_slot_kills_a_hopeless_frozen_trial_for_good() -> None:
 def test_default_early_stopping_starts_once_a_trial_reports_a_step() -> None:
     # With no max_step and no fidelity prior, freeze-thaw applies once curves exist; the first
     # monitor pass, before any report, cached "no stopper" and early stopping never began.
-    spec = ExperimentSpec(name="e", space={"x": "uniform(0, 1)"}, command=("t.py",))
-    rec = experiment_record(spec)
-    parsed = parse_experiment(rec)
-    assert parsed is not None
-    state = ExperimentState(rec.key, parsed)
-    trial = Record.create(TRIAL, ME, 1, 0, {"params": {"x": 0.5}, "node": ME, "counter": 1},
-                          [rec.key])  # fmt: skip
-    state.apply(trial)
+    state, trial = _one_trial()
     runner = TrialRunner(
         _Node(state, Space.from_dict({"x": "uniform(0, 1)"})),  # type: ignore[arg-type]
         SimpleNamespace(gpus="none", slots=1),  # type: ignore[arg-type]
@@ -141,8 +148,8 @@ def test_default_early_stopping_starts_once_a_trial_reports_a_step() -> None:
     assert runner._stopper(state) is None
     for seq, kind in enumerate(("started", "progress"), 2):
         metrics = {"objective": 0.5} if kind == "progress" else {}
-        body = EventBody(trial.key, rec.key, kind, ME, 1 if metrics else None, metrics)
-        state.apply(Record.create(EVENT, ME, seq, seq, body.to_body(), [trial.key, rec.key]))
+        body = EventBody(trial.key, state.key, kind, ME, 1 if metrics else None, metrics)
+        state.apply(Record.create(EVENT, ME, seq, seq, body.to_body(), [trial.key, state.key]))
     assert isinstance(runner._stopper(state), FreezeThawStopper)
 
 
@@ -428,15 +435,7 @@ def test_a_run_here_of_a_trial_completed_elsewhere_is_stopped_and_records_nothin
 
 def test_a_run_over_its_trial_timeout_is_stopped_and_recorded_killed() -> None:
     # There was no way to bound a trial: a hung script held its slot until someone noticed.
-    spec = ExperimentSpec(name="e", space={"x": "uniform(0, 1)"}, command=("t.py",),
-                          options={"trial_timeout": 60})  # fmt: skip
-    rec = experiment_record(spec)
-    parsed = parse_experiment(rec)
-    assert parsed is not None
-    state = ExperimentState(rec.key, parsed)
-    trial = Record.create(TRIAL, ME, 1, 0, {"params": {"x": 0.5}, "node": ME, "counter": 1},
-                          [rec.key])  # fmt: skip
-    state.apply(trial)
+    state, trial = _one_trial(options={"trial_timeout": 60})
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
     asked: list[str] = []
