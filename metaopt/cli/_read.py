@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from metaopt._errors import MetaoptError
+from metaopt._state import TERMINAL_STATES
 from metaopt.cli._format import best_summary, fmt_value, table, trial_state
 from metaopt.cli._peer import running_peer
 from metaopt.peer._identity import DataDir
@@ -91,7 +92,7 @@ def _status(args: argparse.Namespace) -> int:
         rows = []
         for e in experiments:
             c = e["counts"]
-            state = "stopped" if e["stopped"] else "finished" if e["finished"] else "active"
+            state = _listed_state(e)
             rows.append(
                 [
                     # A name finds its latest submission; the earlier ones are reached by id.
@@ -117,6 +118,8 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(_experiment_header(info))
+    if _listed_state(info) == "exhausted":
+        print(f"no peer starts a new trial of it: {info['exhausted']}")
     if info.get("blocked_here"):
         print(f"this peer starts no new trial of it: {info['blocked_here']}")
     names = sorted(info["space"])
@@ -131,6 +134,17 @@ def _status(args: argparse.Namespace) -> int:
     ]
     print(table(["trial", "state", *objectives, "step", "node", *names, "why"], rows))
     return 0
+
+
+def _listed_state(e: dict[str, Any]) -> str:
+    """stopped, finished, exhausted (every point of its finite space is a trial and none is
+    open: nothing more will happen, though no budget ended it) or active."""
+    if e["stopped"]:
+        return "stopped"
+    if e["finished"]:
+        return "finished"
+    open_ = sum(n for s, n in e["counts"].items() if s not in TERMINAL_STATES)
+    return "exhausted" if e.get("exhausted") and not open_ else "active"
 
 
 def _step(trial: dict[str, Any]) -> Any:

@@ -96,6 +96,9 @@ def experiment_json(state: ExperimentState) -> dict[str, Any]:
         "stopped": state.stopped,
         "active": state.active,
         "finished": state.finished,
+        # Why no peer can start a new trial (unlike a program this peer cannot run, say):
+        # what lets `submit --wait` stop and the listing say so.
+        "exhausted": _all_points_tried(state),
         "best": [trial_json(state, t) for t in best],
     }
 
@@ -153,9 +156,6 @@ class LocalApi:
         trials = state.trials()
         out["trial_list"] = [trial_json(state, t) for t in trials]
         out["blocked_here"] = self.node.blocked_here(state.key)
-        # Why no peer can start a new trial (unlike a program this peer cannot run, say):
-        # what lets `submit --wait` stop.
-        out["exhausted"] = _all_points_tried(state)
         # A running trial whose node went quiet shows as running until it is taken for lost;
         # say so meanwhile (a user saw a dead peer's trials "running" for a minute, unexplained).
         now, lost_after = self.node.clock(), self.node.config.timing.lost_after

@@ -245,3 +245,20 @@ def test_a_trial_being_stopped_here_says_so(
     peer.info = _info([running], ["f1"])
     assert main(["status", "mo"]) == 0
     assert "being stopped here (to be recorded killed)" in capsys.readouterr().out
+
+
+def test_an_exhausted_experiment_is_listed_so_once_nothing_is_open(
+    peer: type[_Peer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    done = _trial("a", "completed", {"f1": 0.5}, final=True)
+    for other, shown in (("frozen", "active"), ("running", "active"), ("failed", "exhausted")):
+        peer.info = {
+            **_info([done, _trial("b", other, {"f1": 0.7}, final=False)], ["f1"]),
+            "max_trials": None,
+            "exhausted": "all 2 points of the space are tried",
+        }
+        assert main(["status"]) == 0
+        assert capsys.readouterr().out.splitlines()[2].split()[2] == shown
+        assert main(["status", "mo"]) == 0
+        said = "no peer starts a new trial of it: all 2 points" in capsys.readouterr().out
+        assert said is (shown == "exhausted")

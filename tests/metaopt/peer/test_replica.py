@@ -497,3 +497,21 @@ async def test_an_experiment_whose_every_point_is_a_trial_says_so_on_every_peer(
         body = {"params": {"k": k, "e": 9}, "node": NODE, "counter": i + 1}
         store.add([Record.create(TRIAL, NODE, 2 + i, 1001 + i, body, [exp.key])])
     assert await exhausted() == "all 2 points of the space are tried"
+
+
+@pytest.mark.asyncio
+async def test_an_experiment_whose_every_point_is_a_trial_is_listed_as_exhausted() -> None:
+    # A finite space fully tried with no budget showed "active" forever, though no peer would
+    # ever start another trial of it.
+    store = MemoryStore()
+    spec = ExperimentSpec("grid", {"n": "randint(0, 2)"})
+    exp = Record.create(EXPERIMENT, NODE, 1, 1000, spec.to_body(), [])
+    store.add([exp])
+    api = LocalApi(SimpleNamespace(replica=Replica(store)))  # type: ignore[arg-type]
+    for n in range(2):
+        listed = await api.experiments(Request("api.experiments", NODE, "", None))
+        assert listed[0]["exhausted"] is None
+        body = {"params": {"n": n}, "node": NODE, "counter": n + 1}
+        store.add([Record.create(TRIAL, NODE, 2 + n, 1001, body, [exp.key])])
+    listed = await api.experiments(Request("api.experiments", NODE, "", None))
+    assert listed[0]["exhausted"] == "all 2 points of the space are tried"
