@@ -335,11 +335,14 @@ def _name(given: Any, words: list[str], cwd: Path) -> str:
     both "train", not "sh" and "python"."""
     if given is None or given == "":
         files = (w for w in words if "~" not in w and (cwd / w).is_file())
-        stem = Path(next(files, words[0])).stem[:MAX_NAME]
+        stem = Path(next(files, words[0])).stem[:MAX_NAME].strip()
         return "experiment" if name_problem(stem) else stem
     name = str(given)
     if (problem := name_problem(name)) is not None:
         raise MetaoptError(f"--name: {problem}")
+    if name != name.strip():
+        # Shown in a table it reads as its stripped self, which then finds nothing.
+        raise MetaoptError(f"--name {name!r} starts or ends with a space; give {name.strip()!r}")
     return name
 
 

@@ -417,6 +417,10 @@ def test_an_experiment_is_named_after_its_script_and_a_bad_name_is_refused(tmp_p
     assert _build(tmp_path, "--", "python3", "./-odd.py", prior)["name"] == "experiment"
     for bad in ("x" * 65, "-x", "a\tb"):
         assert "1-64 printable characters" in _refused(tmp_path, f"--name={bad}", "train.py", prior)
+    # " sweep" was taken, listed as "sweep", and `status sweep` found nothing.
+    assert "give 'sweep'" in _refused(tmp_path, "--name= sweep ", "train.py", prior)
+    (tmp_path / "my run .py").write_text("")
+    assert _build(tmp_path, "--", "my run .py", prior)["name"] == "my run"
 
 
 def test_a_folder_of_more_files_than_a_record_can_list_is_a_one_line_error(
