@@ -238,7 +238,9 @@ class TrialProcess:
     def _conclude(self, code: int, parser: OutputParser) -> TrialOutcome:
         spec = self.spec
         tail = tuple(parser.stderr_tail())
-        metrics = dict(parser.latest)
+        # A metric whose latest report was nan or inf is recorded as written, as text: not
+        # dropped, and not the last finite value it reported before.
+        metrics = {**parser.latest, **parser.nonfinite}
         objectives = {n: v for n in spec.objectives if (v := parser.objective(n)) is not None}
         if self._kill_reason is not None or self._stop_reason is not None:
             reason = self._kill_reason or self._stop_reason

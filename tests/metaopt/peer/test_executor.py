@@ -177,6 +177,18 @@ async def test_a_run_whose_last_report_is_nan_fails_as_diverged(tmp_path: Path) 
 
 
 @pytest.mark.asyncio
+async def test_a_metric_whose_last_report_is_nan_is_recorded_as_nan(tmp_path: Path) -> None:
+    # It was dropped without a word, and a run that had reported it finite before completed
+    # showing that earlier value.
+    lines = ('{"loss": 0.5, "acc": 0.9}', '{"loss": 0.25, "acc": NaN, "grad": Infinity}')
+    script = _script(tmp_path, "".join(f"print('METAOPT {line}')\n" for line in lines))
+    outcome, events = await _run(_spec(tmp_path, script))
+    assert outcome.status == "completed" and outcome.objectives == {"loss": 0.25}
+    assert outcome.metrics == {"loss": 0.25, "acc": "nan", "grad": "inf"}
+    assert events[-1][1]["metrics"] == outcome.metrics
+
+
+@pytest.mark.asyncio
 async def test_an_objective_reported_as_text_is_named_in_the_failure(tmp_path: Path) -> None:
     script = _script(tmp_path, 'print(\'METAOPT {"loss": "0.5"}\')\n')
     outcome, _ = await _run(_spec(tmp_path, script))
