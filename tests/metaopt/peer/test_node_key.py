@@ -111,3 +111,43 @@ async def test_a_join_seed_that_does_not_answer_is_said_once(
         assert node.status()["silent_seeds"] == [f"127.0.0.1:{port}"]  # `peer status` too
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_gossip_after_a_hung_peer_times_out_tells_its_true_age(tmp_path: Path) -> None:
+    # A peer stopped with SIGSTOP accepts connections and never answers: each call to it
+    # takes the request timeout, and the gossip sent next carried ages as of before that
+    # call, 10 s too young, so peers kept it live for 73 s instead of the 30 s timeout.
+    from metaopt.peer._transport import PeerUnreachable
+
+    now = [100.0]
+    node = Node(
+        PeerConfig(data_dir=tmp_path / "n", port=0, mdns=False, key_text=_key()),
+        clock=lambda: now[0],
+    )
+    hung, others = "127.0.0.1:9", ["127.0.0.1:10", "127.0.0.1:11"]
+    for i, addr in enumerate([hung, *others]):
+        node.peers.add(bytes([i + 1]) * 16, addr, now[0], contacted=True)
+        node.peers.add_seed(addr)
+    sent: list[tuple[str, float, list[list[object]]]] = []
+
+    class _Client:
+        async def call(self, addr: str, op: str, body: list[list[object]]) -> object:
+            sent.append((addr, now[0], body))
+            if addr == hung:
+                now[0] += 10.0  # the request timeout
+                raise PeerUnreachable("timed out")
+            return []
+
+    real, node.client = node.client, _Client()  # type: ignore[assignment]
+    try:
+        now[0] = 105.0
+        await node._gossip()
+        after = sent[[addr for addr, *_ in sent].index(hung) + 1 :]
+        assert after  # some peer was told about the hung one after the timeout
+        for _addr, at, body in after:
+            ages = {addr: age for _node_id, addr, age in body}
+            assert ages[hung] == pytest.approx(at - 100.0)
+    finally:
+        node.client = real
+        await node.stop()
