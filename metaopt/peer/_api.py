@@ -205,13 +205,17 @@ class LocalApi:
             )
         self.node.stop_experiment(state)
         # A name stops its latest submission only; an earlier one of that name still open would
-        # go on running trials unnoticed (the user resubmitted and meant to replace it).
-        older = [
-            s.key.hex()
-            for s in self.node.replica.named(state.spec.name)
-            if s.key != state.key and not (s.stopped or s.finished)
-        ]
-        return {"key": state.key.hex(), "name": state.spec.name, "older_open": older}
+        # go on running trials unnoticed (the user resubmitted and meant to replace it). An id
+        # may stop an earlier one, and then a later one runs on.
+        namesakes = self.node.replica.named(state.spec.name)  # the latest first
+        at = [s.key for s in namesakes].index(state.key)
+        open_ = {i: s.key.hex() for i, s in enumerate(namesakes) if not (s.stopped or s.finished)}
+        return {
+            "key": state.key.hex(),
+            "name": state.spec.name,
+            "older_open": [key for i, key in open_.items() if i > at],
+            "newer_open": [key for i, key in open_.items() if i < at],
+        }
 
     async def logs(self, request: Request) -> Any:
         body = request.body

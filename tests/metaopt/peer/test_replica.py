@@ -320,8 +320,16 @@ async def test_stopping_a_name_points_at_an_earlier_one_of_that_name_still_open(
     written: list[object] = []
     node = SimpleNamespace(replica=Replica(store), stop_experiment=written.append)
     reply = await LocalApi(node).stop(Request("api.stop", NODE, "", "e"))  # type: ignore[arg-type]
-    assert reply == {"key": latest.key.hex(), "name": "e", "older_open": [older.key.hex()]}
+    assert reply == {
+        "key": latest.key.hex(),
+        "name": "e",
+        "older_open": [older.key.hex()],
+        "newer_open": [],
+    }
     assert [s.key for s in written] == [latest.key]  # type: ignore[attr-defined]
+    # Stopped by its id, the earlier one names the latest as later, not earlier.
+    reply = await LocalApi(node).stop(Request("api.stop", NODE, "", older.key.hex()))  # type: ignore[arg-type]
+    assert reply["older_open"] == [] and reply["newer_open"] == [latest.key.hex()]
 
 
 @pytest.mark.asyncio
