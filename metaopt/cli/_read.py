@@ -178,10 +178,11 @@ def _experiment_header(info: dict[str, Any]) -> str:
     parts = ", ".join(f"{v} {k}" for k, v in sorted(c.items()))
     if info["thawed"]:
         parts += f"; {info['thawed']} thawed at least once"
-    direction = "/".join(info["directions"])
+    pairs = zip(info["directions"], info["objectives"], strict=True)
+    goals = ", ".join(f"{direction} {objective}" for direction, objective in pairs)
     return (
         f"{info['name']} ({info['id'][:12]}): {info['trials']}/{info['max_trials'] or '∞'} trials"
-        f" ({parts or 'none yet'}); {direction} {', '.join(info['objectives'])}"
+        f" ({parts or 'none yet'}); {goals}"
     )
 
 
@@ -237,9 +238,10 @@ def _stop(args: argparse.Namespace) -> int:
     reply = _peer(args).call("api.stop", args.experiment)
     key, name = reply["key"], reply["name"]
     print(f"experiment {name} ({key[:12]}) stopped: no peer starts new trials for it")
-    for older in reply["older_open"]:
-        short = older[:12]
-        print(f"an earlier {name} ({short}) still runs; `metaopt stop {short}` stops it")
+    for which, field in (("an earlier", "older_open"), ("a later", "newer_open")):
+        for other in reply.get(field, []):
+            short = other[:12]
+            print(f"{which} {name} ({short}) still runs; `metaopt stop {short}` stops it")
     return 0
 
 

@@ -171,7 +171,8 @@ def merge_config(options: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _as_int(options: dict[str, Any], key: str, flag: str) -> int | None:
+def _as_int(options: dict[str, Any], key: str, flag: str, *, ranged: bool = True) -> int | None:
+    """options[key] as a whole number, in [1, 2**53] if ``ranged`` (else the caller's range)."""
     value = options.get(key)
     if value is None:
         return None
@@ -182,7 +183,7 @@ def _as_int(options: dict[str, Any], key: str, flag: str) -> int | None:
         number = int(value)
     except (TypeError, ValueError):
         raise MetaoptError(f"{flag} needs a whole number, got {value!r}") from None
-    if not 1 <= number <= 2**53:
+    if ranged and not 1 <= number <= 2**53:
         raise MetaoptError(f"{flag} must be between 1 and 2**53")
     return number
 
@@ -240,10 +241,14 @@ def build_submission(
     early = options.get("early_stopping")
     if early is not None and early not in _EARLY:
         raise MetaoptError(f"--early-stopping {early!r}: choose one of {', '.join(_EARLY)}")
-    objective = options.get("objective") or "loss"
-    objectives = tuple(o.strip() for o in str(objective).split(",") if o.strip())
-    if not objectives:
-        raise MetaoptError("--objective needs at least one name, e.g. --objective loss")
+    objective = options.get("objective")
+    objectives = tuple(o.strip() for o in str("loss" if objective is None else objective).split(","))
+    if not all(objectives):
+        # '' and 'loss,,acc' ran as loss and loss,acc: a slip in a script went unnoticed.
+        raise MetaoptError(
+            f"--objective {objective!r} has an empty name; give names separated by commas,"
+            " e.g. --objective loss,acc"
+        )
     for name in objectives:
         try:
             check_name(name)
@@ -282,10 +287,11 @@ def build_submission(
         bundle = {"shared_dir": str(cwd.resolve())}
     else:
         root = program_path.parent if program_path.exists() else cwd
-        max_mb = _as_int(options, "max_bundle_mb", "--max-bundle-mb")
-        if max_mb and max_mb > HARD_MAX_BYTES >> 20:
+        most = HARD_MAX_BYTES >> 20
+        max_mb = _as_int(options, "max_bundle_mb", "--max-bundle-mb", ranged=False)
+        if max_mb is not None and not 1 <= max_mb <= most:
             raise MetaoptError(
-                f"--max-bundle-mb can be at most {HARD_MAX_BYTES >> 20}: peers refuse larger "
+                f"--max-bundle-mb must be between 1 and {most}: peers refuse larger "
                 "bundles; keep data out of the script's folder or use --no-bundle"
             )
         max_bytes = max_mb * (1 << 20) if max_mb else DEFAULT_MAX_BYTES
@@ -363,10 +369,15 @@ def _directions(maximize: Any, objectives: tuple[str, ...]) -> tuple[str, ...]:
         return _directions(str(maximize).lower() in _TRUE, objectives)
     chosen = {o.strip() for o in str(maximize).split(",") if o.strip()}
     strangers = sorted(chosen - set(objectives))
-    if strangers or not chosen:
+    if not chosen:
         raise MetaoptError(
-            f"--maximize={maximize} names {', '.join(strangers) or 'no objective'}, not one of"
-            f" the objectives ({', '.join(objectives)}); give it alone to maximize them all"
+            f"--maximize={maximize} names no objective; give --maximize alone to maximize"
+            f" them all, or --maximize=NAME for some of {', '.join(objectives)}"
+        )
+    if strangers:
+        raise MetaoptError(
+            f"--maximize={maximize} names {', '.join(strangers)}, not one of the objectives"
+            f" ({', '.join(objectives)}); give it alone to maximize them all"
         )
     return tuple("maximize" if o in chosen else "minimize" for o in objectives)
 
@@ -436,7 +447,7 @@ def submit(args: argparse.Namespace) -> int:
         print(json.dumps({"id": experiment.key.hex(), "name": name}))
     else:
         print(f"submitted experiment {name!r} ({experiment.key.hex()[:12]})")
-        print(f"follow it with: metaopt status {name}")
+        print(f"follow it with: metaopt status {shlex.quote(name)}")
     if earlier:
         print(
             f"note: the name {name!r} now means this experiment; its earlier namesakes are"

@@ -78,6 +78,7 @@ def test_every_objective_has_a_column_and_an_unfinished_trial_shows_its_last_val
     lines = capsys.readouterr().out.splitlines()
     header = next(line for line in lines if line.startswith("trial"))
     assert header.split()[:6] == ["trial", "state", "f1", "f2", "step", "node"]
+    assert lines[0].endswith("; minimize f1, minimize f2")  # was "minimize/minimize f1, f2"
     killed = next(line for line in lines if line.startswith("b" * 12))
     assert killed.split()[1:4] == ["killed", "0.75", "9"]
     assert main(["status"]) == 0
@@ -144,13 +145,19 @@ def test_stop_names_the_experiment_it_stopped(
     # `metaopt stop 12b7` said "experiment 12b7 (12b744f02436) stopped".
     class _Stopping:
         def call(self, op: str, body: object = None) -> object:
-            return {"key": "12b7" + "0" * 60, "name": "sweep", "older_open": ["ab" * 32]}
+            return {
+                "key": "12b7" + "0" * 60,
+                "name": "sweep",
+                "older_open": ["ab" * 32],
+                "newer_open": ["cd" * 32],
+            }
 
     monkeypatch.setattr("metaopt.cli._read._peer", lambda args: _Stopping())
     assert main(["stop", "12b7"]) == 0
     out = capsys.readouterr().out
     assert "experiment sweep (12b700000000) stopped" in out
     assert "an earlier sweep (abababababab) still runs" in out
+    assert "a later sweep (cdcdcdcdcdcd) still runs" in out  # it was called earlier too
 
 
 def test_status_says_why_a_trial_failed(

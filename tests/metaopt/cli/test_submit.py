@@ -72,7 +72,13 @@ def test_objective_names_and_regex_are_checked_at_submit(tmp_path: Path) -> None
     (tmp_path / "t.py").write_text("")
     base = ("t.py", "--x~uniform(0, 1)")
     assert "not allowed" in _refused(tmp_path, "--objective", "val loss", *base)
-    assert "at least one name" in _refused(tmp_path, "--objective", ",", *base)
+    # '' and 'loss,,acc' ran as loss and loss,acc.
+    for empty in (",", "", "loss,,acc", "loss,"):
+        assert "has an empty name" in _refused(tmp_path, "--objective", empty, *base)
+    assert "names no objective; give --maximize alone" in _refused(tmp_path, "--maximize=", *base)
+    for size in ("0", "5000"):
+        said = _refused(tmp_path, "--max-bundle-mb", size, *base)
+        assert said.startswith("--max-bundle-mb must be between 1 and 1024")
     assert "not a regular expression" in _refused(tmp_path, "--objective-regex", "(", *base)
     body = _build(tmp_path, "--objective", "acc", "--objective-regex", "a=(\\S+)", *base)
     assert body["objectives"] == ["acc"] and body["objective_regex"] == "a=(\\S+)"
