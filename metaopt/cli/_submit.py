@@ -242,7 +242,8 @@ def build_submission(
     if early is not None and early not in _EARLY:
         raise MetaoptError(f"--early-stopping {early!r}: choose one of {', '.join(_EARLY)}")
     objective = options.get("objective")
-    objectives = tuple(o.strip() for o in str("loss" if objective is None else objective).split(","))
+    given = "loss" if objective is None else str(objective)
+    objectives = tuple(o.strip() for o in given.split(","))
     if not all(objectives):
         # '' and 'loss,,acc' ran as loss and loss,acc: a slip in a script went unnoticed.
         raise MetaoptError(
