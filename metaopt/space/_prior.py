@@ -160,6 +160,15 @@ class Dimension:
             return u
         return self.encode(self.decode(u))
 
+    @property
+    def weight_edges(self) -> FloatArray | None:
+        """A weighted categorical's cells in its prior's CDF, edges (k + 1,) from 0 to 1;
+        None for any other dimension, or equal weights (the cube's equal cells are its CDF)."""
+        if self.prior != "choices" or len(set(self.weights)) < 2:
+            return None
+        p = np.asarray(self.weights, dtype=np.float64)
+        return np.concatenate([[0.0], np.cumsum(p) / p.sum()])
+
     def sample_unit(self, rng: np.random.Generator, n: int) -> FloatArray:
         """n rounded unit coordinates (n,) distributed as the prior."""
         if self.prior == "choices" and self.weights:

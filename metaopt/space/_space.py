@@ -187,6 +187,18 @@ class Space:
             out[:, i] = dim.round(U[:, i])
         return out
 
+    def from_prior_cdf(self, C: FloatArray) -> FloatArray:
+        """Points (n, d) in the priors' CDF space -> rounded unit-cube points. The cube is that
+        space but for weighted categoricals, whose cells there are as wide as their weights
+        (uniform draws there follow the weights; in the cube every choice has an equal cell)."""
+        U = np.array(np.atleast_2d(C), dtype=np.float64)
+        for i, dim in enumerate(self._dims):
+            edges = dim.weight_edges
+            if edges is not None:
+                idx = np.clip(np.searchsorted(edges, U[:, i], side="right") - 1, 0, len(edges) - 2)
+                U[:, i] = (idx + 0.5) / (len(edges) - 1)
+        return self.round_unit(U)
+
     def sample(self, rng: np.random.Generator, n: int) -> FloatArray:
         """n points (n, d) drawn from the priors, rounded."""
         out = np.empty((n, self.d), dtype=np.float64)

@@ -109,3 +109,34 @@ def test_start_keeps_away_from_every_peers_trials() -> None:
         v = SobolStart().suggest(space, obs, rng, 1)
         gap = np.abs(np.vstack([done, pending]) - v)
         assert np.sqrt((np.minimum(gap, 1 - gap) ** 2).sum(axis=1)).min() > 0.25
+
+
+def test_the_start_takes_weighted_choices_about_as_often_as_their_weights() -> None:
+    # choices({'relu': 0.9, 'tanh': 0.1}) started about half relu, half tanh: maximin gave each
+    # choice its turn, and the weights shaped random search alone.
+    space = Space.from_dict({"act": "choices({'relu': 9, 'tanh': 1})", "x": "uniform(0, 1)"})
+    picks = []
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        obs = Observations.empty(space.d)
+        for _ in range(5):  # one at a time, each earlier point pending, as peers ask
+            v = SobolStart().suggest(space, obs, rng, 1)
+            obs = Observations(obs.X, obs.Y, np.vstack([obs.pending, v]), obs.failed)
+            picks.append(space.from_unit(v[0])["act"])
+    assert 0.8 <= picks.count("relu") / len(picks) <= 0.97
+    # Unweighted, the choices alternate as before: maximin spreads them.
+    space = Space.from_dict({"act": "choices(['relu', 'tanh'])", "x": "uniform(0, 1)"})
+    first_two = [
+        space.from_unit(p)["act"] for p in SobolStart().suggest(space, Observations.empty(2),
+                                                                np.random.default_rng(0), 2)
+    ]  # fmt: skip
+    assert sorted(first_two) == ["relu", "tanh"]
+
+
+def test_points_in_the_priors_cdf_space_land_in_cells_as_wide_as_the_weights() -> None:
+    space = Space.from_dict({"a": "choices({'p': 3, 'q': 1})", "x": "uniform(0, 1)"})
+    C = np.array([[0.0, 0.2], [0.74, 0.5], [0.76, 0.5], [1.0, 0.9]])
+    assert [space.from_unit(u)["a"] for u in space.from_prior_cdf(C)] == ["p", "p", "q", "q"]
+    assert space.from_prior_cdf(C)[:, 1].tolist() == [0.2, 0.5, 0.5, 0.9]
+    unweighted = Space.from_dict({"a": "choices({'p': 1, 'q': 1})"})
+    assert unweighted.from_prior_cdf(np.array([[0.3]])).tolist() == [[0.25]]
