@@ -242,9 +242,9 @@ def _detach(config: PeerConfig, log_level: str, timing: str) -> int:
             return 0
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
-            raise MetaoptError(
-                f"the peer exited at once: {' '.join(tail) or 'see ' + str(log_path)}"
-            )
+            # Its last line is its own one-line error, "metaopt: ..." as this one will be.
+            why = " ".join(tail).removeprefix("metaopt: ")
+            raise MetaoptError(f"the peer exited at once: {why or 'see ' + str(log_path)}")
         time.sleep(0.1)
     raise MetaoptError(f"the peer did not come up within 30 s; see {log_path}")
 

@@ -55,3 +55,18 @@ def test_peer_stop_says_stopped_once_the_process_is_gone(
     finally:
         exiting.kill()
         exiting.wait()
+
+
+@pytest.mark.integration
+def test_a_detached_peer_that_cannot_start_says_why_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It said "metaopt: the peer exited at once: metaopt: --join needs ...".
+    from metaopt.cli import main
+
+    argv = ["peer", "start", "--data-dir", str(tmp_path), "--host", "127.0.0.1", "--port", "0",
+            "--no-mdns", "--join", "127.0.0.1:9", "--detach"]  # fmt: skip
+    assert main(argv) == 2
+    said = capsys.readouterr().err
+    assert said.startswith("metaopt: the peer exited at once: --join needs the cluster's key")
+    assert said.count("\n") == 1
