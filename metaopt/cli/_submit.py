@@ -8,6 +8,7 @@ collide with ours.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import os
@@ -242,7 +243,15 @@ def build_submission(
     if early is not None and early not in _EARLY:
         raise MetaoptError(f"--early-stopping {early!r}: choose one of {', '.join(_EARLY)}")
     objective = options.get("objective")
-    given = "loss" if objective is None else str(objective)
+    regex = options.get("objective_regex")
+    given, source = "loss" if objective is None else str(objective), "--objective"
+    if objective is None and regex is not None:
+        # 'accuracy = (?P<accuracy>[0-9.]+)' names what it reads: "maximize loss" was
+        # shown for an accuracy.
+        with contextlib.suppress(re.error):  # said below
+            named = list(re.compile(str(regex)).groupindex)
+            if len(named) == 1:
+                given, source = named[0], "--objective-regex's group"
     objectives = tuple(o.strip() for o in given.split(","))
     if not all(objectives):
         # '' and 'loss,,acc' ran as loss and loss,acc: a slip in a script went unnoticed.
@@ -259,9 +268,8 @@ def build_submission(
         raise MetaoptError(f"--objective {','.join(objectives)} names an objective twice")
     if "step" in objectives:
         raise MetaoptError(
-            "--objective step: 'step' is a report's step; name the objective otherwise"
+            f"{source} step: 'step' is a report's step; name the objective otherwise"
         )
-    regex = options.get("objective_regex")
     if regex is not None:
         if len(objectives) > 1:
             raise MetaoptError(

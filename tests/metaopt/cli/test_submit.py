@@ -86,6 +86,14 @@ def test_objective_names_and_regex_are_checked_at_submit(tmp_path: Path) -> None
     several = _refused(tmp_path, "--objective", "acc,loss", "--objective-regex", "a=(\\S+)", *base)
     assert "reports one objective" in several and "METAOPT" in several
     assert "twice" in _refused(tmp_path, "--objective", "loss,loss", *base)
+    # A named group names the objective ("maximize loss" was shown for an accuracy), unless
+    # --objective does.
+    named = ("--objective-regex", "acc = (?P<accuracy>[0-9.]+)")
+    assert _build(tmp_path, *named, *base)["objectives"] == ["accuracy"]
+    assert _build(tmp_path, "--objective", "acc", *named, *base)["objectives"] == ["acc"]
+    assert _build(tmp_path, "--objective-regex", "acc = ([0-9.]+)", *base)["objectives"] == ["loss"]
+    said = _refused(tmp_path, "--objective-regex", "(?P<step>[0-9]+)", *base)
+    assert said.startswith("--objective-regex's group step: 'step' is a report's step")
     assert "a report's step" in _refused(tmp_path, "--objective", "step", *base)
 
 
