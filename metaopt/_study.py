@@ -419,12 +419,13 @@ class Study:
     def tell(
         self,
         trial: Trial | TrialView | str | bytes,
-        value: float | Mapping[str, float] | None = None,
+        value: float | Sequence[float] | Mapping[str, float] | None = None,
         *,
         failed: bool = False,
         reason: object = None,
     ) -> TrialView:
-        """Record a result: a number, a dict of objectives (and other metrics), or a failure.
+        """Record a result: a number, the objectives' values in their order, a dict of
+        objectives (and other metrics), or a failure.
 
         Values follow the worker's rule (metaopt.report): finite numbers, or strings for metrics
         that are not objectives. A run that diverged is ``tell(trial, failed=True)``. Each trial
@@ -461,7 +462,18 @@ class Study:
             text = "reported as failed" if reason is None else str(reason)[:MAX_REASON]
             self._event(key, "failed", reason=text or "reported as failed")
         else:
-            given = dict(value) if isinstance(value, Mapping) else {objectives[0]: value}
+            if isinstance(value, Mapping):
+                given = dict(value)
+            elif isinstance(value, list | tuple):
+                # In objective order; [0.3, 0.4] said "missing objective(s) b".
+                if len(value) != len(objectives):
+                    raise MetaoptError(
+                        f"tell() got {len(value)} values for the objectives"
+                        f" {', '.join(objectives)}; pass one each, in that order, or a dict"
+                    )
+                given = dict(zip(objectives, value, strict=True))
+            else:
+                given = {objectives[0]: value}
             if len(given) > MAX_METRICS:
                 raise MetaoptError(f"tell() got {len(given)} metrics; at most {MAX_METRICS}")
             missing = [o for o in objectives if o not in given]

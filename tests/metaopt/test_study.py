@@ -136,6 +136,10 @@ def test_failures_and_missing_objectives() -> None:
     t2 = study.ask()
     with pytest.raises(MetaoptError, match="latency"):
         study.tell(t2, {"loss": 1.0})
+    # Values in objective order ([0.3, 0.4] said "missing objective(s) latency").
+    with pytest.raises(MetaoptError, match="got 1 values for the objectives loss, latency"):
+        study.tell(t2, [0.3])
+    assert study.tell(t2, (0.3, 0.4)).values == (0.3, 0.4)
 
 
 @pytest.mark.parametrize(
