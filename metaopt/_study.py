@@ -462,6 +462,7 @@ class Study:
             text = "reported as failed" if reason is None else str(reason)[:MAX_REASON]
             self._event(key, "failed", reason=text or "reported as failed")
         else:
+            given: dict[str, Any]
             if isinstance(value, Mapping):
                 given = dict(value)
             elif isinstance(value, list | tuple):
