@@ -53,7 +53,11 @@ def add_peer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     start.add_argument("--slots", default=_env("SLOTS", "1"))
     start.add_argument("--key", default=None, help="the cluster key (METAOPT_KEY)")
     start.add_argument("--key-file", default=None, help="a file holding the key (METAOPT_KEY_FILE)")
-    start.add_argument("--name", default=_env("NAME", ""), help="a name shown to other peers")
+    start.add_argument(
+        "--name",
+        default=_env("NAME", ""),
+        help="this peer's name in its `peer status` and mDNS announcement (default: host name)",
+    )
     start.add_argument("--no-mdns", action="store_true", help="do not use mDNS discovery")
     start.add_argument("--detach", action="store_true", help="run in the background")
     start.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
