@@ -98,8 +98,10 @@ class OutputParser:
 
     def objective(self, name: str | None = None) -> float | None:
         """The last numeric value reported for ``name`` (the configured objective by default)."""
-        value = self.latest.get(name or self.config.objective)
-        if isinstance(value, (int, float)):
+        name = name or self.config.objective
+        value = self.latest.get(name)
+        # One whose latest report was nan or inf has no value now, not its earlier one.
+        if isinstance(value, (int, float)) and name not in self.nonfinite:
             return float(value)
         return None
 
@@ -191,8 +193,8 @@ class OutputParser:
                 clean[name] = check_metric(name, metric)
             except WorkerError as exc:
                 self._note(str(exc))
-                if isinstance(metric, float) and not math.isfinite(metric):
-                    self.nonfinite[name] = str(metric)
+                if isinstance(metric, float) and not math.isfinite(metric) and name != "step":
+                    self.nonfinite[name] = str(metric)  # (a nan step is a malformed report)
         if clean:
             self._emit(clean, out)
         return end

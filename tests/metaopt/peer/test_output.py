@@ -158,12 +158,16 @@ def test_a_nan_or_inf_as_the_latest_value_is_kept_as_a_divergence() -> None:
     # (and became the best); in Python, metaopt.report raises on the nan.
     parser = OutputParser(OutputConfig(objective_regex=r"val_loss=(\S+)"))
     parser.feed(b"val_loss=0.05\nval_loss=nan\nval_loss=inf\n")
-    assert parser.objective() == 0.05 and parser.nonfinite == {"loss": "inf"}
+    # No value now, not the earlier 0.05: a stopped run that exited 0 at its last step was
+    # taken as completed by the objective while its metrics said nan.
+    assert parser.objective() is None and parser.nonfinite == {"loss": "inf"}
     parser.feed(b"val_loss=0.04\n")  # it recovered: the last report wins, as ever
-    assert parser.nonfinite == {}
+    assert parser.nonfinite == {} and parser.objective() == 0.04
     lines = OutputParser()
     lines.feed(b'METAOPT {"loss": 0.7, "step": 1}\nMETAOPT {"loss": NaN, "acc": 0.1, "step": 2}\n')
-    assert lines.objective() == 0.7 and lines.nonfinite == {"loss": "nan"}
+    assert lines.objective() is None and lines.nonfinite == {"loss": "nan"}
+    lines.feed(b'METAOPT {"loss": 0.6, "step": NaN}\n')  # a nan step: malformed, not diverged
+    assert lines.objective() == 0.6 and lines.nonfinite == {}
     words = OutputParser(OutputConfig(objective_regex=r"val_loss=(\S+)"))
     words.feed(b"val_loss=0.05\nval_loss=pending\n")
     assert words.nonfinite == {}  # not a number at all: no report, not a divergence
