@@ -249,9 +249,15 @@ def build_submission(
         # 'accuracy = (?P<accuracy>[0-9.]+)' names what it reads: "maximize loss" was
         # shown for an accuracy.
         with contextlib.suppress(re.error):  # said below
-            named = list(re.compile(str(regex)).groupindex)
+            named = re.compile(str(regex)).groupindex
             if len(named) == 1:
-                given, source = named[0], "--objective-regex's group"
+                (given, number), source = next(iter(named.items())), "--objective-regex's group"
+                if number != 1:
+                    # Peers read the first group: it would have recorded another number.
+                    raise MetaoptError(
+                        f"--objective-regex {regex!r}: make (?P<{given}>...) its first group"
+                        " (write the others as (?:...))"
+                    )
     objectives = tuple(o.strip() for o in given.split(","))
     if not all(objectives):
         # '' and 'loss,,acc' ran as loss and loss,acc: a slip in a script went unnoticed.
@@ -263,7 +269,7 @@ def build_submission(
         try:
             check_name(name)
         except WorkerError as exc:
-            raise MetaoptError(f"--objective: {exc}") from None
+            raise MetaoptError(f"{source}: {exc}") from None
     if len(set(objectives)) < len(objectives):
         raise MetaoptError(f"--objective {','.join(objectives)} names an objective twice")
     if "step" in objectives:

@@ -94,6 +94,11 @@ def test_objective_names_and_regex_are_checked_at_submit(tmp_path: Path) -> None
     assert _build(tmp_path, "--objective-regex", "acc = ([0-9.]+)", *base)["objectives"] == ["loss"]
     said = _refused(tmp_path, "--objective-regex", "(?P<step>[0-9]+)", *base)
     assert said.startswith("--objective-regex's group step: 'step' is a report's step")
+    # Peers read the first group: one in front recorded the epoch as the accuracy.
+    said = _refused(tmp_path, "--objective-regex", r"epoch (\d+) acc=(?P<acc>[0-9.]+)", *base)
+    assert "make (?P<acc>...) its first group" in said
+    ok = _build(tmp_path, "--objective-regex", r"epoch (?:\d+) acc=(?P<acc>[0-9.]+)", *base)
+    assert ok["objectives"] == ["acc"]
     assert "a report's step" in _refused(tmp_path, "--objective", "step", *base)
 
 
