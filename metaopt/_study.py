@@ -465,8 +465,9 @@ class Study:
             given: dict[str, Any]
             if isinstance(value, Mapping):
                 given = dict(value)
-            elif isinstance(value, list | tuple):
+            elif isinstance(value, np.ndarray | Sequence) and not isinstance(value, str | bytes):
                 # In objective order; [0.3, 0.4] said "missing objective(s) b".
+                value = list(np.ravel(value) if isinstance(value, np.ndarray) else value)
                 if len(value) != len(objectives):
                     raise MetaoptError(
                         f"tell() got {len(value)} values for the objectives"
@@ -481,7 +482,7 @@ class Study:
             if missing:
                 raise MetaoptError(
                     f"tell() is missing objective(s) {', '.join(missing)}; pass a dict with"
-                    f" {', '.join(objectives)}"
+                    f" {', '.join(objectives)}, or a list in that order"
                 )
             metrics = {
                 k: _checked_metric("tell()", k, v, k in objectives) for k, v in given.items()

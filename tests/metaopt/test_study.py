@@ -140,6 +140,7 @@ def test_failures_and_missing_objectives() -> None:
     with pytest.raises(MetaoptError, match="got 1 values for the objectives loss, latency"):
         study.tell(t2, [0.3])
     assert study.tell(t2, (0.3, 0.4)).values == (0.3, 0.4)
+    assert study.tell(study.ask(), np.array([0.5, 0.6])).values == (0.5, 0.6)  # model.evaluate()
 
 
 @pytest.mark.parametrize(
