@@ -76,6 +76,9 @@ class SobolStart:
             dmin = _torus_distance(where[:, None, :], taken[None, :, :]).min(axis=1)
         else:
             dmin = np.full(m, np.inf)
+        if len(weighted) == space.d:
+            # Nothing left to spread: the candidates are prior draws as they come.
+            return dedupe(space, cand[:n], obs, rng)
         chosen = np.empty((n, space.d))
         for i in range(n):
             # With nothing known all tie; the first scrambled point is as random as any.

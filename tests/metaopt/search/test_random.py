@@ -131,6 +131,13 @@ def test_the_start_takes_weighted_choices_about_as_often_as_their_weights() -> N
                                                                 np.random.default_rng(0), 2)
     ]  # fmt: skip
     assert sorted(first_two) == ["relu", "tanh"]
+    # Only weighted choices: a batch was one candidate n times, then nudged apart at random.
+    space = Space.from_dict({"a": "choices({'p': 9, 'q': 1})", "b": "choices({'r': 1, 's': 3})"})
+    rare = 0
+    for seed in range(200):
+        batch = SobolStart().suggest(space, Observations.empty(2), np.random.default_rng(seed), 2)
+        rare += sum(space.from_unit(u) == {"a": "q", "b": "r"} for u in batch)
+    assert rare / 400 < 0.06  # the prior gives (q, r) 0.025
 
 
 def test_points_in_the_priors_cdf_space_land_in_cells_as_wide_as_the_weights() -> None:
