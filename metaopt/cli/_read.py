@@ -6,6 +6,7 @@ import argparse
 import csv
 import io
 import json
+import shlex
 import sys
 from typing import Any
 
@@ -195,7 +196,8 @@ def _best(args: argparse.Namespace) -> int:
     if not best:
         if info["finished"]:
             name = info["name"]
-            print(f"{name}: finished with no completed trial; `metaopt status {name}` says why")
+            again = f"metaopt status {shlex.quote(name)}"
+            print(f"{name}: finished with no completed trial; `{again}` says why")
         else:
             print(f"{info['name']}: no completed trial yet")
         return 1

@@ -305,10 +305,9 @@ def build_submission(
         most = HARD_MAX_BYTES >> 20
         max_mb = _as_int(options, "max_bundle_mb", "--max-bundle-mb", ranged=False)
         if max_mb is not None and not 1 <= max_mb <= most:
-            raise MetaoptError(
-                f"--max-bundle-mb must be between 1 and {most}: peers refuse larger "
-                "bundles; keep data out of the script's folder or use --no-bundle"
-            )
+            why = ": peers refuse larger bundles; keep data out of the script's folder or use"
+            why = f"{why} --no-bundle" if max_mb > most else ""
+            raise MetaoptError(f"--max-bundle-mb must be between 1 and {most}{why}")
         max_bytes = max_mb * (1 << 20) if max_mb else DEFAULT_MAX_BYTES
         manifest, chunks = collect_bundle(root, max_bytes=max_bytes)
         bundle = {"manifest": manifest, "root": str(root.resolve())}
@@ -534,7 +533,8 @@ def wait_for(
                 raise
             name = info["name"]
             raise MetaoptError(
-                f"{exc}; {name} goes on on the other peers: `metaopt status {name}` on one of"
+                f"{exc}; {name} goes on on the other peers: `metaopt status {shlex.quote(name)}`"
+                " on one of"
                 " them (or here once this peer is back) follows it"
             ) from None
         counts = info["counts"]
@@ -554,7 +554,8 @@ def wait_for(
             print(
                 ("\n" if tty else "")  # after the progress line, which had none
                 + f"{name}: the budget is spent and {paused} trial(s) frozen by hand keep it"
-                f" open; `metaopt thaw TRIAL` resumes one, `metaopt stop {name}` ends it",
+                f" open; `metaopt thaw TRIAL` resumes one, `metaopt stop {shlex.quote(name)}`"
+                " ends it",
                 flush=True,
                 file=out,
             )
@@ -566,7 +567,7 @@ def wait_for(
             print(
                 ("\n" if tty else "")
                 + f"{name}: nothing runs and no new trial can start: {why}; --wait stops"
-                f" here (`metaopt stop {name}` ends the experiment)",
+                f" here (`metaopt stop {shlex.quote(name)}` ends the experiment)",
                 flush=True,
                 file=out,
             )
@@ -586,5 +587,6 @@ def wait_for(
         print(f"best {fmt_value(best_trial['value'])} with {params}", file=out)
         return 0
     # Exit 1, as `metaopt best` does: `submit --wait && next-step` must not go on.
-    print(f"{info['name']}: no trial completed; `metaopt status {info['name']}` says why", file=out)
+    name = info["name"]
+    print(f"{name}: no trial completed; `metaopt status {shlex.quote(name)}` says why", file=out)
     return 1

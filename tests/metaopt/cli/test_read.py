@@ -97,8 +97,10 @@ def test_export_keeps_its_columns_and_best_says_when_nothing_completed(
     assert main(["best", "mo"]) == 1
     assert capsys.readouterr().out == "mo: no completed trial yet\n"
     peer.info["finished"] = True
+    peer.info["name"] = "my run"
     assert main(["best", "mo"]) == 1
-    assert "finished with no completed trial" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "finished with no completed trial; `metaopt status 'my run'` says why" in said
 
 
 def test_export_has_one_step_column_however_the_trials_reported_their_step(
