@@ -42,6 +42,7 @@ from metaopt.peer._scheduler import (
     find_lost,
     plan_work,
     settle_rank,
+    settle_wait,
 )
 from metaopt.peer._transport import Client, PeerUnreachable, RemoteError, Server
 from metaopt.peer._wire import PROTOCOL_VERSION, Request
@@ -56,10 +57,14 @@ log = logging.getLogger("metaopt.peer")
 # Tries at a new point that no trial arriving meanwhile lies next to (Node.new_trial); after
 # the last the point is recorded anyway: a near one, never an equal one.
 _LOOKS = 3
-# At most this many turns of Timing.settle before a new point is recorded: peers ranked past it
-# record together (the crowding check still sees every point recorded before them). Without a
-# cap, 20 peers waited up to 0.95 s a trial, holding the schedule lock.
+# At most this many turns of Timing.settle in a round of turns: peers ranked past it share
+# turns (the crowding check still sees every point recorded before them). Without a cap, 20
+# peers waited up to 0.95 s a trial, holding the schedule lock.
 _MAX_SETTLE_TURNS = 8
+# At most this many waits for a turn before a new point gives up until the next pass: each
+# wait after the first means another peer's trial arrived (the cluster is not idle), or this
+# peer's loop was too busy to wake in time.
+_MAX_WAITS = 4
 
 
 def _open_store(dirs: DataDir, patience: float = 5.0) -> LevelDBStore:
@@ -135,6 +140,10 @@ class Node:
         # was searched again, and warned of, on every scheduling pass).
         self._exhausted: dict[bytes, tuple[int, str]] = {}
         self._failing: set[bytes] = set()  # experiments warned of as failing run after run
+        # Experiment key -> (its trial count, when (ms, this clock) the replica came to hold
+        # that many): where the turns to record its next point are counted from (settle_wait).
+        self._count_since: dict[bytes, tuple[int, int]] = {}
+        self.replica.listen(self._on_records)
         self._seeds_heard: dict[str, bool] = {}  # --join address -> answered (warned once if not)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -439,6 +448,17 @@ class Node:
             return True
         return self.peers.heard_within(node, self.clock(), self.config.timing.peer_timeout)
 
+    def turn_nodes(self) -> list[bytes]:
+        """The nodes that take turns at new points: the live ones and those that said they
+        were leaving, until the timeout (see heard_within). A peer restarted in a moment was
+        gone, for the others, from its leave until it called each again, while it counted
+        them: two peers took one turn. A peer that did leave costs an empty turn a round."""
+        now, timeout = self.clock(), self.config.timing.peer_timeout
+        heard = [
+            p.node_id for p in self.peers.all() if self.peers.heard_within(p.node_id, now, timeout)
+        ]
+        return [self.node_id, *heard]
+
     def live_nodes(self) -> list[bytes]:
         now = self.clock()
         return [self.node_id] + [
@@ -481,6 +501,34 @@ class Node:
         )
         return self.writer.write(EVENT, body.to_body(), [trial, experiment])
 
+    def _on_records(self, records: list[Record]) -> None:
+        """Note when an experiment's count of trials changed: by the stamp of what changed it
+        (an experiment, its trials), unless that is later than its arrival here. Not by the
+        arrival alone: a peer whose loop was busy (its first search imports scipy) took a
+        trial in late, counted its turns 68 ms late, and recorded a point 14 ms after another
+        peer had, in that one's turn."""
+        now_ms = int(self.clock() * 1000)
+        stamps: dict[bytes, int] = {}
+        for record in records:
+            if record.kind == EVENT:
+                continue
+            for key in (record.key, *record.links):  # an experiment, or a trial of one
+                if key in self.replica.experiments:
+                    stamps[key] = max(stamps.get(key, 0), record.time)
+        for key, stamp in stamps.items():
+            count = len(self.replica.experiments[key])
+            if self._count_since.get(key, (-1, 0))[0] != count:
+                self._count_since[key] = (count, min(stamp, now_ms))
+
+    def _turns_since(self, state: ExperimentState) -> int:
+        """When (ms) this replica came to hold the experiment's trials as they are now; for
+        a count it did not see arrive (held when it opened), now."""
+        known = self._count_since.get(state.key)
+        if known is None or known[0] != len(state):
+            known = (len(state), int(self.clock() * 1000))
+            self._count_since[state.key] = known
+        return known[1]
+
     def stop_experiment(self, state: ExperimentState) -> Record:
         return self.writer.write(CONTROL, {"action": "stop"}, [state.key])
 
@@ -518,32 +566,63 @@ class Node:
         return exhausted[1]
 
     async def new_trial(self, state: ExperimentState) -> TrialView | None:
-        """Suggest and record a new trial; None if the budget ran out meanwhile.
+        """Suggest and record a new trial; None if the budget ran out meanwhile, or the turn
+        to record it kept moving (the next pass asks again).
 
         The suggestion (a GP fit and acquisition search: up to a few hundred milliseconds on a
         long history) runs in a worker thread on a snapshot, so replication, heartbeats and the
         API go on meanwhile. Calls are serialised by the schedule lock.
 
-        Peers asking at the same moment from the same history get the same point, so before
-        recording it a peer waits its turn (``settle_rank`` x ``Timing.settle``: none for the
-        first, and for a peer alone) and, if a trial that arrived meanwhile lies next to its
-        point, asks again with that trial pending (up to ``_LOOKS`` times).
+        Peers asking at the same moment from the same history get the same point, so a peer
+        records only at the start of its turn (``settle_wait``: turns of ``Timing.settle``
+        counted from the latest trial; none for a peer alone), by when it has heard of the
+        points recorded in the turns before; if one of them lies next to its own, it asks
+        again with that trial pending (up to ``_LOOKS`` times).
         """
+        from metaopt._suggest import params_key  # imported with the suggester, see suggester()
+
         suggester = self.suggester(state)
         suggest_ms = 0.0
+        timing = self.config.timing
         # The first in turn from an empty history takes the experiment's defaults (prepare).
-        lead = settle_rank(self.node_id, self.live_nodes(), state.key, 0) == 0
-        for look in range(_LOOKS):
+        lead = settle_rank(self.node_id, self.turn_nodes(), state.key, 0) == 0
+        look = waits = 0
+        while True:
             draw = suggester.prepare(look, lead=lead)
             began = time.perf_counter()
             params, counter = await asyncio.to_thread(suggester.compute, draw)
             suggest_ms += (time.perf_counter() - began) * 1000
-            rank = settle_rank(self.node_id, self.live_nodes(), state.key, len(state))
-            if rank:
-                await asyncio.sleep(min(rank, _MAX_SETTLE_TURNS) * self.config.timing.settle)
-            if state.budget_spent or state.stopped:
-                return None  # other peers' trials or a stop arrived while this one was chosen
-            if not suggester.crowded(draw, params):
+            while True:
+                if state.budget_spent or state.stopped:
+                    return None  # other peers' trials or a stop arrived while this one was chosen
+                crowded = suggester.crowded(draw, params)
+                if crowded:
+                    break
+                # Asked again after each wait: a trial that arrived meanwhile moved the turns
+                # (they count from it), and a wake too late is in the next peer's turn.
+                wait_ms = settle_wait(
+                    self.node_id,
+                    self.turn_nodes(),
+                    state.key,
+                    len(state),
+                    self._turns_since(state),
+                    int(self.clock() * 1000),
+                    int(timing.settle * 1000),
+                    _MAX_SETTLE_TURNS,
+                )
+                if not wait_ms:
+                    break
+                if waits == _MAX_WAITS:
+                    return None
+                waits += 1
+                await asyncio.sleep(wait_ms / 1000)
+            if not crowded:
+                break
+            look += 1
+            if look == _LOOKS:
+                # A near point after the last look, but never an equal one.
+                if params_key(params) in {params_key(t.params) for t in state.trials()}:
+                    return None
                 break
             log.info(
                 "experiment %s: another peer's new trial lies next to the point chosen here;"

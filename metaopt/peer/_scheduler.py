@@ -5,7 +5,8 @@ interrupted) are claimed in an order every peer computes alike (see ``claim_rank
 that ran the trial last first while it is live, then the other live nodes by rendezvous
 hashing (BLAKE2b(node id + trial key)); the k-th in line waits k claim delays before taking
 it. So usually exactly one peer re-runs a freed point, and if that one is gone too, the next
-does.
+does. New points are recorded in turns the same way (``settle_wait``), so that each peer has
+heard of the points recorded before its own.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "plan_work",
     "rendezvous_rank",
     "settle_rank",
+    "settle_wait",
 ]
 
 # After this many trials in a row failed (anywhere, with no completion since), new trials of
@@ -93,6 +95,42 @@ def settle_rank(me: bytes, live_nodes: Iterable[bytes], experiment: bytes, known
     order changes with each new trial, so no peer always waits longest.
     """
     return rendezvous_rank(me, live_nodes, experiment + known.to_bytes(8, "little"))
+
+
+def settle_wait(
+    me: bytes,
+    nodes: Collection[bytes],
+    experiment: bytes,
+    known: int,
+    since_ms: int,
+    now_ms: int,
+    turn_ms: int,
+    max_turns: int,
+) -> int:
+    """How long (ms) this node waits before it records a new point of ``experiment``: until
+    the start of its turn among ``nodes``, the turns counted from ``since_ms``, when the
+    replica came to hold the ``known`` trials it holds, and coming round again every
+    ``len(nodes)`` turns (at most ``max_turns``). No wait for a node alone, nor for one
+    less than half a turn past the start of its turn.
+
+    The turns are times, the same on every peer that holds those trials, not delays from
+    whenever a peer asked: with delays, a peer that recorded at its turn and asked again for
+    its second slot at once (a new count, so a new rank) woke with the ones still waiting on
+    the old count, 1 ms apart, each to record before hearing of the other's point. Recording
+    only near the start of its own turn, two peers that agree on the nodes record at least
+    half a turn apart, and the later one has heard of the earlier one's trial by then.
+    """
+    everyone = set(nodes) | {me}
+    if len(everyone) == 1 or turn_ms <= 0:
+        return 0
+    cycle = min(len(everyone), max_turns)
+    start = since_ms + settle_rank(me, everyone, experiment, known) % cycle * turn_ms
+    if now_ms < start:
+        return start - now_ms
+    late = (now_ms - start) % (cycle * turn_ms)
+    # A wake is a millisecond or two late; one later than half a turn (a busy event loop)
+    # would record in the next node's turn.
+    return 0 if late <= turn_ms // 2 else cycle * turn_ms - late
 
 
 def find_lost(

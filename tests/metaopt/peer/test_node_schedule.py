@@ -269,30 +269,39 @@ async def test_an_exhausted_space_is_not_searched_again_until_a_trial_arrives(
 
 
 @pytest.mark.asyncio
-async def test_a_new_point_waits_its_turn_and_no_more_than_eight_turns(
+async def test_a_new_point_waits_its_turn_from_the_latest_trial_and_no_more_than_eight_turns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    exp = _experiment("e", {"x": "uniform(0, 1)"})
-    node = _lone_node(tmp_path)
+    # The clock moves only by the waits (half a ms into a ms: no rounding down), so every
+    # turn counts from the trial this node just recorded.
+    now = [0.0]
+    config = PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1)
+    node = Node(config, clock=lambda: now[0])
     waits: list[float] = []
     real_sleep = asyncio.sleep
 
     async def recorded(delay: float) -> None:
         waits.append(delay)
+        now[0] += delay
         await real_sleep(0)
 
     others = [bytes([i]) * 16 for i in range(1, 20)]  # 19 other live peers
-    monkeypatch.setattr(node, "live_nodes", lambda: [node.node_id, *others])
+    monkeypatch.setattr(node, "turn_nodes", lambda: [node.node_id, *others])
     monkeypatch.setattr("metaopt.peer._node.asyncio.sleep", recorded)
     try:
+        exp = _experiment("e", {"x": "uniform(0, 1)"})
+        now[0] = exp.time / 1000 + 0.0005  # it arrives as it is submitted
         node.store.add([exp])
         state = node.replica.experiments[exp.key]
         settle = node.config.timing.settle
+        turns = []
         for _ in range(12):
-            rank = settle_rank(node.node_id, node.live_nodes(), exp.key, len(state))
+            rank = settle_rank(node.node_id, node.turn_nodes(), exp.key, len(state))
+            turns.append(rank % 8)  # 20 peers share 8 turns
             waits.clear()
             assert await node.new_trial(state) is not None
-            assert waits == ([min(rank, 8) * settle] if rank else [])
+            assert waits == ([pytest.approx(turns[-1] * settle)] if turns[-1] else [])
+        assert any(turns) and not all(turns)
     finally:
         await node.stop()
 

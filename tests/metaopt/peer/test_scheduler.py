@@ -20,6 +20,7 @@ from metaopt.peer._scheduler import (
     plan_work,
     rendezvous_rank,
     settle_rank,
+    settle_wait,
 )
 
 ME = b"m" * 16
@@ -89,6 +90,39 @@ def test_peers_with_one_history_take_distinct_turns_to_record_and_the_order_move
     # No peer always waits longest: over successive histories each one is last sometimes.
     last = {next(n for n in nodes if settle_rank(n, nodes, experiment, k) == 2) for k in range(20)}
     assert last == set(nodes)
+
+
+def test_turns_to_record_are_times_from_the_latest_trial_so_peers_asking_late_keep_apart() -> None:
+    # With turns as delays from whenever a peer asked, a peer that recorded at once and asked
+    # again for its second slot (a new rank at the new count) woke 1 ms from a peer still
+    # waiting its turn at the old count: both recorded the same point. As times from when
+    # the count was reached, two peers never record within half a turn of each other,
+    # whenever each asks.
+    nodes = [ME, OTHER, THIRD]
+    experiment, since, turn = b"e" * 32, 1_000_000, 50
+    for known in range(12):
+        rank = {n: settle_rank(n, nodes, experiment, known) for n in nodes}
+        for n in nodes:
+            assert settle_wait(n, nodes, experiment, known, since, since, turn, 8) == rank[n] * turn
+        records: dict[bytes, set[int]] = {n: set() for n in nodes}
+        for now in range(since, since + 400, 7):  # asking at any moment, late ones too
+            for n in nodes:
+                wait = settle_wait(n, nodes, experiment, known, since, now, turn, 8)
+                assert 0 <= wait < 3 * turn
+                records[n].add(now + wait)
+        for a in nodes:
+            for b in nodes:
+                if a != b:
+                    assert min(abs(x - y) for x in records[a] for y in records[b]) >= turn // 2
+    assert settle_wait(ME, [ME], experiment, 3, since, since + 9, turn, 8) == 0  # alone
+    first = next(n for n in nodes if settle_rank(n, nodes, experiment, 0) == 0)
+    assert settle_wait(first, nodes, experiment, 0, since, since + turn // 2, turn, 8) == 0
+    late = settle_wait(first, nodes, experiment, 0, since, since + turn // 2 + 1, turn, 8)
+    assert late == 3 * turn - turn // 2 - 1  # a wake too late waits for the next round
+    # Past the cap, peers share turns: a round is never longer than 8 turns.
+    many = [bytes([i]) * 16 for i in range(20)]
+    waits = [settle_wait(n, many, experiment, 0, since, since + 1, turn, 8) for n in many]
+    assert max(waits) < 8 * turn and len(set(waits)) == 8
 
 
 def test_an_experiment_that_may_not_suggest_still_gets_its_free_trials() -> None:
