@@ -275,8 +275,24 @@ async def test_a_new_point_waits_its_turn_from_the_latest_trial_and_no_more_than
     # The clock moves only by the waits (half a ms into a ms: no rounding down), so every
     # turn counts from the trial this node just recorded.
     now = [0.0]
+    exp = _experiment("e", {"x": "uniform(0, 1)"})
+    others = [bytes([i]) * 16 for i in range(1, 20)]  # 19 other live peers
+
+    def turns_of(me: bytes) -> list[int]:
+        return [settle_rank(me, [me, *others], exp.key, n) % 8 for n in range(12)]
+
+    # A node id whose 12 trials include turns of both kinds, the first and a later one (with
+    # a random id, one run in seven had no first turn).
+    me = next(
+        i
+        for i in (bytes([128 + j]) * 16 for j in range(64))
+        if any(turns_of(i)) and 0 in turns_of(i)
+    )
+    (tmp_path / "peer").mkdir()
+    (tmp_path / "peer" / "node_id").write_text(me.hex())
     config = PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1)
     node = Node(config, clock=lambda: now[0])
+    assert node.node_id == me
     waits: list[float] = []
     real_sleep = asyncio.sleep
 
@@ -285,11 +301,9 @@ async def test_a_new_point_waits_its_turn_from_the_latest_trial_and_no_more_than
         now[0] += delay
         await real_sleep(0)
 
-    others = [bytes([i]) * 16 for i in range(1, 20)]  # 19 other live peers
     monkeypatch.setattr(node, "turn_nodes", lambda: [node.node_id, *others])
     monkeypatch.setattr("metaopt.peer._node.asyncio.sleep", recorded)
     try:
-        exp = _experiment("e", {"x": "uniform(0, 1)"})
         now[0] = exp.time / 1000 + 0.0005  # it arrives as it is submitted
         node.store.add([exp])
         state = node.replica.experiments[exp.key]
