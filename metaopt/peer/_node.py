@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import random
@@ -65,6 +66,11 @@ _MAX_SETTLE_TURNS = 8
 # wait after the first means another peer's trial arrived (the cluster is not idle), or this
 # peer's loop was too busy to wake in time.
 _MAX_WAITS = 4
+
+
+def _import_search_stack() -> None:
+    for module in ("metaopt._suggest", "metaopt.search.gp", "metaopt.freezethaw"):
+        importlib.import_module(module)
 
 
 def _open_store(dirs: DataDir, patience: float = 5.0) -> LevelDBStore:
@@ -241,6 +247,10 @@ class Node:
             asyncio.ensure_future(self._every(timing.gossip, self._gossip)),
             asyncio.ensure_future(self._every(timing.schedule, self._schedule)),
             asyncio.ensure_future(self._every(timing.monitor, self.runner.monitor)),
+            # The search and early-stopping stacks (scipy) take seconds to import; imported on
+            # the loop at the first suggestion, they stalled replies, heartbeats and the turns
+            # to record new points (a trial taken in 68 ms late). A thread imports them now.
+            asyncio.ensure_future(asyncio.to_thread(_import_search_stack)),
         ]
         log.info(
             "peer %s (%s) listening on %s, %d slot(s), data in %s",
