@@ -40,6 +40,19 @@ clairvoyant 2.23 / 2.92. Holding the GP back until more trials have completed (t
 round's points are pending, so it starts from 2 completed ones) took longer: n_init completed,
 3.91 / 5.70; half of n_init, 3.68 / 5.25 (seeds 100-199).
 
+On traces, the peers that ask when 2 trials have completed and 6 are pending crowd around the
+better of the two even when both are poor; whatever made that phase explore more helped Branin
+and cost Hartmann6, whose descent is slow and steady. Measured on seeds 200-299 (this rule
+3.64 / 5.30), all while fewer than n_init trials have completed: lengthscales doubled, 3.46 /
+5.45; fixed at the prior's mode, 3.53 / 5.27 (on seeds 100-199 3.71 / 5.33, this rule 3.68 /
+5.08); the bound averaged over lengthscales scaled 0.5-2 (by posterior weight), 3.56 / 5.37;
+a neutral prior mean, 3.52 / 5.37; log-EI, 3.58 / 5.33; beta 2, 3.56 / 5.33; beta 0.5, 3.64 /
+5.35. Pending trials believed at mu + 0.5 sigma, 3.67 / 5.49; at mu - 0.5 sigma, 3.71 / 5.22
+(3.86 / 5.23 on seeds 100-199); at mu - sigma, 3.88 / 5.74. A first round laid out as one
+shared Sobol design (peer i takes its point i, an index masterless peers do not have) gave
+3.90 / 5.33: the blind first round's layout is not where the gap is. With 8 peers 7 trials
+are pending at nearly every ask, so a beta that depends on the number pending is a fixed one.
+
 Bounded cost: above ``max_points`` completed trials the GP is fitted on a local subset, the
 ``local_fraction`` nearest to the incumbent plus a random remainder (a trust-region-like model
 that is exact near the best point and coarse far from it); fantasies are capped at
