@@ -121,7 +121,7 @@ def _status(args: argparse.Namespace) -> int:
     print(_experiment_header(info))
     if _listed_state(info) == "exhausted":
         print(f"no peer starts a new trial of it: {info['exhausted']}")
-    if info.get("blocked_here"):
+    elif info.get("blocked_here"):  # (exhausted, this peer says the same in other words)
         print(f"this peer starts no new trial of it: {info['blocked_here']}")
     names = sorted(info["space"])
     objectives = info["objectives"]

@@ -265,9 +265,12 @@ def test_an_exhausted_experiment_is_listed_so_once_nothing_is_open(
             **_info([done, _trial("b", other, {"f1": 0.7}, final=False)], ["f1"]),
             "max_trials": None,
             "exhausted": "all 2 points of the space are tried",
+            "blocked_here": "all 2 points of the space are already tried or pending",
         }
         assert main(["status"]) == 0
         assert capsys.readouterr().out.splitlines()[2].split()[2] == shown
         assert main(["status", "mo"]) == 0
-        said = "no peer starts a new trial of it: all 2 points" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        said = "no peer starts a new trial of it: all 2 points" in out
         assert said is (shown == "exhausted")
+        assert ("this peer starts no new trial" in out) is (shown != "exhausted")  # said once
