@@ -381,6 +381,9 @@ class ExperimentState:
         )
         self._views: dict[bytes, TrialView] = {}
         self.skipped = 0
+        # The latest trial record's stamp (ms; 0 before any): the same on every replica that
+        # holds the same trials, whatever order they came in (the peers' turns count from it).
+        self.latest_trial_ms = 0
 
     @classmethod
     def from_store(cls, store: Store, key: bytes) -> ExperimentState | None:
@@ -405,6 +408,7 @@ class ExperimentState:
                 self.skipped += trial is None
                 return False
             self._trials[record.key] = (trial, record.time)
+            self.latest_trial_ms = max(self.latest_trial_ms, record.time)
             self._views.pop(record.key, None)
             return True
         if record.kind == EVENT:

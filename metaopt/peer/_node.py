@@ -512,32 +512,39 @@ class Node:
         return self.writer.write(EVENT, body.to_body(), [trial, experiment])
 
     def _on_records(self, records: list[Record]) -> None:
-        """Note when an experiment's count of trials changed: by the stamp of what changed it
-        (an experiment, its trials), unless that is later than its arrival here. Not by the
-        arrival alone: a peer whose loop was busy (its first search imports scipy) took a
-        trial in late, counted its turns 68 ms late, and recorded a point 14 ms after another
-        peer had, in that one's turn."""
+        """Note when each experiment's count of trials changed here (see _turns_since)."""
         now_ms = int(self.clock() * 1000)
-        stamps: dict[bytes, int] = {}
-        for record in records:
-            if record.kind == EVENT:
-                continue
-            for key in (record.key, *record.links):  # an experiment, or a trial of one
-                if key in self.replica.experiments:
-                    stamps[key] = max(stamps.get(key, 0), record.time)
-        for key, stamp in stamps.items():
-            count = len(self.replica.experiments[key])
-            if self._count_since.get(key, (-1, 0))[0] != count:
-                self._count_since[key] = (count, min(stamp, now_ms))
+        for key in {k for r in records if r.kind != EVENT for k in (r.key, *r.links)}:
+            state = self.replica.experiments.get(key)  # an experiment, or one a trial is of
+            if state is not None and self._count_since.get(key, (-1, 0))[0] != len(state):
+                self._count_since[key] = (len(state), now_ms)
 
-    def _turns_since(self, state: ExperimentState) -> int:
-        """When (ms) this replica came to hold the experiment's trials as they are now; for
-        a count it did not see arrive (held when it opened), now."""
+    def _turns_since(self, state: ExperimentState, now_ms: int) -> int:
+        """When (ms) the turns at the experiment's next point count from: its latest trial's
+        stamp (its submission's before any), the same on every peer that holds the same trials
+        whatever order they arrived in, capped at when this count arrived here (a writer's
+        clock running ahead) and at now (this clock stepped back). Not the arrival alone: a
+        peer whose loop was busy took a trial in 68 ms late, counted its turns late, and
+        recorded a point 14 ms after another peer had, in that one's turn."""
         known = self._count_since.get(state.key)
-        if known is None or known[0] != len(state):
-            known = (len(state), int(self.clock() * 1000))
-            self._count_since[state.key] = known
-        return known[1]
+        if known is None or known[0] != len(state):  # a count held since this node opened
+            known = self._count_since[state.key] = (len(state), now_ms)
+        stamp = state.latest_trial_ms if len(state) else self.replica.submitted_ms(state.key)
+        return min(stamp, known[1], now_ms)
+
+    def _turn_wait(self, state: ExperimentState) -> int:
+        """How long (ms) this node waits for its turn to record the experiment's next point."""
+        now_ms = int(self.clock() * 1000)
+        return settle_wait(
+            self.node_id,
+            self.turn_nodes(),
+            state.key,
+            len(state),
+            self._turns_since(state, now_ms),
+            now_ms,
+            int(self.config.timing.settle * 1000),
+            _MAX_SETTLE_TURNS,
+        )
 
     def stop_experiment(self, state: ExperimentState) -> Record:
         return self.writer.write(CONTROL, {"action": "stop"}, [state.key])
@@ -593,7 +600,6 @@ class Node:
 
         suggester = self.suggester(state)
         suggest_ms = 0.0
-        timing = self.config.timing
         # The first in turn from an empty history takes the experiment's defaults (prepare).
         lead = settle_rank(self.node_id, self.turn_nodes(), state.key, 0) == 0
         look = waits = 0
@@ -602,38 +608,27 @@ class Node:
             began = time.perf_counter()
             params, counter = await asyncio.to_thread(suggester.compute, draw)
             suggest_ms += (time.perf_counter() - began) * 1000
+            last = look + 1 == _LOOKS
             while True:
-                if state.budget_spent or state.stopped:
+                if state.budget_spent or state.stopped or self._stopping.is_set():
                     return None  # other peers' trials or a stop arrived while this one was chosen
                 crowded = suggester.crowded(draw, params)
-                if crowded:
+                if crowded and not last:
                     break
+                if crowded and params_key(params) in {params_key(t.params) for t in state.trials()}:
+                    return None  # after the last look a near point, but never an equal one
                 # Asked again after each wait: a trial that arrived meanwhile moved the turns
                 # (they count from it), and a wake too late is in the next peer's turn.
-                wait_ms = settle_wait(
-                    self.node_id,
-                    self.turn_nodes(),
-                    state.key,
-                    len(state),
-                    self._turns_since(state),
-                    int(self.clock() * 1000),
-                    int(timing.settle * 1000),
-                    _MAX_SETTLE_TURNS,
-                )
+                wait_ms = self._turn_wait(state)
                 if not wait_ms:
                     break
                 if waits == _MAX_WAITS:
                     return None
                 waits += 1
                 await asyncio.sleep(wait_ms / 1000)
-            if not crowded:
+            if not crowded or last:
                 break
             look += 1
-            if look == _LOOKS:
-                # A near point after the last look, but never an equal one.
-                if params_key(params) in {params_key(t.params) for t in state.trials()}:
-                    return None
-                break
             log.info(
                 "experiment %s: another peer's new trial lies next to the point chosen here;"
                 " choosing again",

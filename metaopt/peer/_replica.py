@@ -46,6 +46,11 @@ class Replica:
                 self._created[key] = (min(record.time, self._opened_ms), record.time)
         self._unsubscribe = store.subscribe(self._on_records)
 
+    def submitted_ms(self, key: bytes) -> int:
+        """An experiment's submission stamp (ms), capped at its arrival here (or this node's
+        opening for one held then)."""
+        return self._created.get(key, (0, 0))[0]
+
     def listen(self, callback: Callable[[list[Record]], None]) -> None:
         """Hear of new records after they are durable and folded."""
         self._listeners.append(callback)

@@ -126,7 +126,7 @@ def settle_wait(
     cycle = min(len(everyone), max_turns)
     start = since_ms + settle_rank(me, everyone, experiment, known) % cycle * turn_ms
     if now_ms < start:
-        return start - now_ms
+        return min(start - now_ms, cycle * turn_ms)  # (a clock stepped back: at most a round)
     late = (now_ms - start) % (cycle * turn_ms)
     # A wake is a millisecond or two late; one later than half a turn (a busy event loop)
     # would record in the next node's turn.

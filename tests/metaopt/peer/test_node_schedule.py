@@ -351,3 +351,85 @@ async def test_a_peer_that_said_it_was_leaving_keeps_its_frozen_trials_for_the_t
         assert "lost" not in kinds and not node.is_alive(OTHER)
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_turns_count_from_the_same_moment_whatever_order_the_trials_arrived_in(
+    tmp_path: Path,
+) -> None:
+    # Each batch set the turns' origin to its own latest stamp: a trial arriving after a later
+    # one (pushes crossing), trials before their experiment, and a reopened replica each
+    # counted from another moment, and two peers took one turn.
+    exp = _experiment("e", {"x": "uniform(0, 1)"})
+    now_ms = exp.time + 5_000
+    trials = [_others_trial(exp, {"x": i / 4}, i + 1) for i in range(2)]
+    trials = [
+        Record.create(TRIAL, OTHER, i + 1, exp.time + 1_000 + 400 * i, t.body, [exp.key])
+        for i, t in enumerate(trials)
+    ]
+    orders = {
+        "in order": [[exp], [trials[0]], [trials[1]]],
+        "crossed": [[exp], [trials[1]], [trials[0]]],
+        "trials first": [[trials[0], trials[1]], [exp]],
+    }
+    seen = {}
+    for i, (name, batches) in enumerate(orders.items()):
+        node = Node(
+            PeerConfig(data_dir=tmp_path / str(i), port=0, mdns=False, slots=1),
+            clock=lambda: now_ms / 1000,
+        )
+        try:
+            for batch in batches:
+                node.store.add(batch)
+            state = node.replica.experiments[exp.key]
+            seen[name] = node._turns_since(state, now_ms)
+        finally:
+            await node.stop()
+    reopened = Node(
+        PeerConfig(data_dir=tmp_path / "0", port=0, mdns=False, slots=1),
+        clock=lambda: (now_ms + 123) / 1000,
+    )
+    try:
+        state = reopened.replica.experiments[exp.key]
+        seen["reopened"] = reopened._turns_since(state, now_ms + 123)
+        # A clock stepped back before the latest trial: from now, never from the future.
+        seen_back = reopened._turns_since(state, exp.time + 500)
+    finally:
+        await reopened.stop()
+    assert set(seen.values()) == {exp.time + 1_400}, seen
+    assert seen_back == exp.time + 500
+
+
+@pytest.mark.asyncio
+async def test_a_peer_stopping_while_it_waits_its_turn_records_no_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It recorded the trial after its wait and never launched it: a trial in the budget that
+    # no one ran until it was taken for lost.
+    exp = _experiment("e", {"x": "uniform(0, 1)"})
+    others = [bytes([i]) * 16 for i in range(1, 3)]
+    now = [exp.time / 1000 + 0.0005]
+    node = Node(
+        PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1), clock=lambda: now[0]
+    )
+    monkeypatch.setattr(node, "turn_nodes", lambda: [*others, node.node_id])
+    waited: list[float] = []
+
+    async def stop_meanwhile(delay: float) -> None:
+        waited.append(delay)
+        now[0] += delay  # its turn has come
+        node._stopping.set()
+
+    monkeypatch.setattr("metaopt.peer._node.asyncio.sleep", stop_meanwhile)
+    try:
+        node.store.add([exp])
+        state = node.replica.experiments[exp.key]
+        if settle_rank(node.node_id, node.turn_nodes(), exp.key, 0) == 0:
+            others.append(bytes([9]) * 16)  # (the first in turn does not wait: make it second)
+            while settle_rank(node.node_id, node.turn_nodes(), exp.key, 0) == 0:
+                others[-1] = bytes([others[-1][0] + 1]) * 16
+        assert await node.new_trial(state) is None
+        assert waited and len(state) == 0
+    finally:
+        monkeypatch.undo()
+        await node.stop()

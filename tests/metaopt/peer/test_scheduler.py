@@ -123,6 +123,9 @@ def test_turns_to_record_are_times_from_the_latest_trial_so_peers_asking_late_ke
     many = [bytes([i]) * 16 for i in range(20)]
     waits = [settle_wait(n, many, experiment, 0, since, since + 1, turn, 8) for n in many]
     assert max(waits) < 8 * turn and len(set(waits)) == 8
+    # A clock stepped back an hour: the peer slept that hour, holding the schedule lock.
+    for n in nodes:
+        assert settle_wait(n, nodes, experiment, 2, since, since - 3_600_000, turn, 8) <= 3 * turn
 
 
 def test_an_experiment_that_may_not_suggest_still_gets_its_free_trials() -> None:
