@@ -152,6 +152,7 @@ class Node:
         self.replica.listen(self._on_records)
         self._seeds_heard: dict[str, bool] = {}  # --join address -> answered (warned once if not)
         self._tasks: list[asyncio.Task[None]] = []
+        self._search_imported: asyncio.Future[None] | None = None  # see start()
         self._stopping = asyncio.Event()
         self._schedule_lock = asyncio.Lock()
         self._schedule_again = False
@@ -242,15 +243,17 @@ class Node:
         if self.config.mdns:
             await self._start_discovery()
         timing = self.config.timing
+        # The search and early-stopping stacks (scipy) take seconds to import; imported on the
+        # loop at the first suggestion, they stalled replies, heartbeats and the turns to
+        # record new points (a trial taken in 68 ms late). A thread imports them now, and the
+        # first suggestion waits for it rather than import on the loop meanwhile.
+        self._search_imported = asyncio.ensure_future(asyncio.to_thread(_import_search_stack))
         self._tasks = [
             asyncio.ensure_future(self._every(timing.anti_entropy, self._anti_entropy)),
             asyncio.ensure_future(self._every(timing.gossip, self._gossip)),
             asyncio.ensure_future(self._every(timing.schedule, self._schedule)),
             asyncio.ensure_future(self._every(timing.monitor, self.runner.monitor)),
-            # The search and early-stopping stacks (scipy) take seconds to import; imported on
-            # the loop at the first suggestion, they stalled replies, heartbeats and the turns
-            # to record new points (a trial taken in 68 ms late). A thread imports them now.
-            asyncio.ensure_future(asyncio.to_thread(_import_search_stack)),
+            self._search_imported,
         ]
         log.info(
             "peer %s (%s) listening on %s, %d slot(s), data in %s",
@@ -598,6 +601,8 @@ class Node:
         """
         from metaopt._suggest import params_key  # imported with the suggester, see suggester()
 
+        if self._search_imported is not None and not self._search_imported.done():
+            await asyncio.wait([self._search_imported])  # (its failure is the import's below)
         suggester = self.suggester(state)
         suggest_ms = 0.0
         # The first in turn from an empty history takes the experiment's defaults (prepare).
