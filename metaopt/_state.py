@@ -381,9 +381,6 @@ class ExperimentState:
         )
         self._views: dict[bytes, TrialView] = {}
         self.skipped = 0
-        # The latest trial record's stamp (ms; 0 before any): the same on every replica that
-        # holds the same trials, whatever order they came in (the peers' turns count from it).
-        self.latest_trial_ms = 0
 
     @classmethod
     def from_store(cls, store: Store, key: bytes) -> ExperimentState | None:
@@ -408,7 +405,6 @@ class ExperimentState:
                 self.skipped += trial is None
                 return False
             self._trials[record.key] = (trial, record.time)
-            self.latest_trial_ms = max(self.latest_trial_ms, record.time)
             self._views.pop(record.key, None)
             return True
         if record.kind == EVENT:
@@ -449,6 +445,10 @@ class ExperimentState:
         """Every known trial, oldest first (by creation time, then key)."""
         keys = sorted(self._trials, key=lambda k: (self._trials[k][1], k))
         return [view for key in keys if (view := self.trial(key)) is not None]
+
+    def trial_stamps(self) -> list[int]:
+        """Each trial record's stamp (ms, its writer's clock)."""
+        return [stamp for _, stamp in self._trials.values()]
 
     def __len__(self) -> int:
         return len(self._trials)

@@ -149,6 +149,13 @@ class Node:
         # Experiment key -> (its trial count, when (ms, this clock) the replica came to hold
         # that many): where the turns to record its next point are counted from (settle_wait).
         self._count_since: dict[bytes, tuple[int, int]] = {}
+        # Experiment key -> its latest trial's stamp, each capped at the trial's arrival here
+        # (at this opening for those held): where those turns count from (_turns_since).
+        opened_ms = int(self.clock() * 1000)
+        self._latest_stamp: dict[bytes, int] = {
+            key: max((min(t, opened_ms) for t in state.trial_stamps()), default=0)
+            for key, state in self.replica.experiments.items()
+        }
         self.replica.listen(self._on_records)
         self._seeds_heard: dict[str, bool] = {}  # --join address -> answered (warned once if not)
         self._tasks: list[asyncio.Task[None]] = []
@@ -515,8 +522,13 @@ class Node:
         return self.writer.write(EVENT, body.to_body(), [trial, experiment])
 
     def _on_records(self, records: list[Record]) -> None:
-        """Note when each experiment's count of trials changed here (see _turns_since)."""
+        """Note each experiment's latest trial stamp and when its count changed here."""
         now_ms = int(self.clock() * 1000)
+        for record in records:
+            if record.kind == TRIAL:
+                for key in record.links:  # its experiment, known here yet or not
+                    stamp = min(record.time, now_ms)
+                    self._latest_stamp[key] = max(self._latest_stamp.get(key, 0), stamp)
         for key in {k for r in records if r.kind != EVENT for k in (r.key, *r.links)}:
             state = self.replica.experiments.get(key)  # an experiment, or one a trial is of
             if state is not None and self._count_since.get(key, (-1, 0))[0] != len(state):
@@ -525,15 +537,17 @@ class Node:
     def _turns_since(self, state: ExperimentState, now_ms: int) -> int:
         """When (ms) the turns at the experiment's next point count from: its latest trial's
         stamp (its submission's before any), the same on every peer that holds the same trials
-        whatever order they arrived in, capped at when this count arrived here (a writer's
-        clock running ahead) and at now (this clock stepped back). Not the arrival alone: a
-        peer whose loop was busy took a trial in 68 ms late, counted its turns late, and
-        recorded a point 14 ms after another peer had, in that one's turn."""
+        whatever order they arrived in; each stamp capped at its arrival (a writer's clock
+        running ahead moves the turns of that count alone), and the whole at when this count
+        arrived here, or now for a clock stepped back since (once, so the turns stay put). Not
+        the arrival alone: a peer whose loop was busy took a trial in 68 ms late, counted its
+        turns late, and recorded a point 14 ms after another peer had, in that one's turn."""
         known = self._count_since.get(state.key)
-        if known is None or known[0] != len(state):  # a count held since this node opened
+        if known is None or known[0] != len(state) or known[1] > now_ms:
             known = self._count_since[state.key] = (len(state), now_ms)
-        stamp = state.latest_trial_ms if len(state) else self.replica.submitted_ms(state.key)
-        return min(stamp, known[1], now_ms)
+        if not len(state):
+            return min(self.replica.submitted_ms(state.key), known[1])
+        return min(self._latest_stamp.get(state.key, 0), known[1])
 
     def _turn_wait(self, state: ExperimentState) -> int:
         """How long (ms) this node waits for its turn to record the experiment's next point."""
@@ -599,10 +613,10 @@ class Node:
         points recorded in the turns before; if one of them lies next to its own, it asks
         again with that trial pending (up to ``_LOOKS`` times).
         """
-        from metaopt._suggest import params_key  # imported with the suggester, see suggester()
-
         if self._search_imported is not None and not self._search_imported.done():
             await asyncio.wait([self._search_imported])  # (its failure is the import's below)
+        from metaopt._suggest import params_key  # imported with the suggester, see suggester()
+
         suggester = self.suggester(state)
         suggest_ms = 0.0
         # The first in turn from an empty history takes the experiment's defaults (prepare).

@@ -400,6 +400,20 @@ async def test_turns_count_from_the_same_moment_whatever_order_the_trials_arrive
     assert seen_back == exp.time + 500
 
 
+def _second_in_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exp: Record, now: list[float]
+) -> Node:
+    """A node on the clock ``now`` that takes turns with two others, not first at count 0."""
+    others = [bytes([i]) * 16 for i in range(1, 3)]
+    node = Node(
+        PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1), clock=lambda: now[0]
+    )
+    monkeypatch.setattr(node, "turn_nodes", lambda: [*others, node.node_id])
+    while settle_rank(node.node_id, node.turn_nodes(), exp.key, 0) == 0:
+        others[-1] = bytes([others[-1][0] + 1]) * 16
+    return node
+
+
 @pytest.mark.asyncio
 async def test_a_peer_stopping_while_it_waits_its_turn_records_no_trial(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -407,12 +421,8 @@ async def test_a_peer_stopping_while_it_waits_its_turn_records_no_trial(
     # It recorded the trial after its wait and never launched it: a trial in the budget that
     # no one ran until it was taken for lost.
     exp = _experiment("e", {"x": "uniform(0, 1)"})
-    others = [bytes([i]) * 16 for i in range(1, 3)]
     now = [exp.time / 1000 + 0.0005]
-    node = Node(
-        PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1), clock=lambda: now[0]
-    )
-    monkeypatch.setattr(node, "turn_nodes", lambda: [*others, node.node_id])
+    node = _second_in_turn(tmp_path, monkeypatch, exp, now)
     waited: list[float] = []
 
     async def stop_meanwhile(delay: float) -> None:
@@ -424,12 +434,63 @@ async def test_a_peer_stopping_while_it_waits_its_turn_records_no_trial(
     try:
         node.store.add([exp])
         state = node.replica.experiments[exp.key]
-        if settle_rank(node.node_id, node.turn_nodes(), exp.key, 0) == 0:
-            others.append(bytes([9]) * 16)  # (the first in turn does not wait: make it second)
-            while settle_rank(node.node_id, node.turn_nodes(), exp.key, 0) == 0:
-                others[-1] = bytes([others[-1][0] + 1]) * 16
         assert await node.new_trial(state) is None
         assert waited and len(state) == 0
+    finally:
+        monkeypatch.undo()
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_trial_stamped_ahead_moves_only_its_own_counts_turns(tmp_path: Path) -> None:
+    # The latest stamp was a running maximum: after one trial stamped an hour ahead, every
+    # later count was capped at each peer's own arrival time, and peers counted from moments
+    # tens of ms apart again.
+    exp = _experiment("e", {"x": "uniform(0, 1)"})
+    body = _others_trial(exp, {"x": 0.5}, 1).body
+
+    def trial(seq: int, stamp: int) -> Record:
+        return Record.create(TRIAL, OTHER, seq, stamp, {**body, "counter": seq}, [exp.key])
+
+    ahead, honest = trial(1, exp.time + 3_600_000), trial(2, exp.time + 3_000)
+    seen = []
+    for i, late in enumerate((5, 40)):  # the honest trial reaches each peer this many ms late
+        now = [(exp.time + 2_000) / 1000]
+        node = Node(
+            PeerConfig(data_dir=tmp_path / str(i), port=0, mdns=False, slots=1),
+            clock=lambda now=now: now[0],  # type: ignore[misc]
+        )
+        try:
+            node.store.add([exp, ahead])
+            now[0] = (honest.time + late) / 1000
+            node.store.add([honest])
+            state = node.replica.experiments[exp.key]
+            seen.append(node._turns_since(state, honest.time + late))
+        finally:
+            await node.stop()
+    assert seen == [honest.time, honest.time]
+
+
+@pytest.mark.asyncio
+async def test_a_peer_whose_clock_stepped_back_still_gets_its_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The turns counted from "now" at every look after the step, so a peer not first in turn
+    # waited its turn four times over and gave up, pass after pass, until another trial came.
+    exp = _experiment("e", {"x": "uniform(0, 1)"})
+    now = [exp.time / 1000 + 10.0]
+    node = _second_in_turn(tmp_path, monkeypatch, exp, now)  # it must wait its turn
+
+    async def waits(delay: float) -> None:
+        now[0] += delay
+
+    monkeypatch.setattr("metaopt.peer._node.asyncio.sleep", waits)
+    try:
+        node.store.add([exp])
+        state = node.replica.experiments[exp.key]
+        assert node._turns_since(state, int(now[0] * 1000)) == exp.time  # (its submission)
+        now[0] -= 3600.0  # NTP stepped the clock back an hour
+        assert await node.new_trial(state) is not None
     finally:
         monkeypatch.undo()
         await node.stop()
