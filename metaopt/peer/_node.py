@@ -62,7 +62,7 @@ _LOOKS = 3
 # turns (the crowding check still sees every point recorded before them). Without a cap, 20
 # peers waited up to 0.95 s a trial, holding the schedule lock.
 _MAX_SETTLE_TURNS = 8
-# At most this many waits for a turn before a new point gives up until the next pass: each
+# At most this many waits for a turn before a new point gives up and the pass runs again: each
 # wait after the first means another peer's trial arrived (the cluster is not idle), or this
 # peer's loop was too busy to wake in time.
 _MAX_WAITS = 4
@@ -642,6 +642,9 @@ class Node:
                 if not wait_ms:
                     break
                 if waits == _MAX_WAITS:
+                    # The slot is still free: one more pass at once rather than at the next
+                    # tick, which left it idle up to half a second on a busy cluster.
+                    self._schedule_again = True
                     return None
                 waits += 1
                 await asyncio.sleep(wait_ms / 1000)

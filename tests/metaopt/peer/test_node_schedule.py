@@ -15,6 +15,7 @@ import pytest
 from crdt import Record
 from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment_record, parse_event
 from metaopt._suggest import Draw, Suggester
+from metaopt.peer import _node
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._node import Node
 from metaopt.peer._scheduler import rendezvous_rank, settle_rank
@@ -438,6 +439,25 @@ async def test_a_peer_stopping_while_it_waits_its_turn_records_no_trial(
         assert waited and len(state) == 0
     finally:
         monkeypatch.undo()
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_point_that_gave_up_on_its_turn_is_asked_for_again_in_the_same_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After _MAX_WAITS turns that kept moving the slot stayed free until the next tick
+    # (half a second), though nothing stopped this peer from asking again at once.
+    exp = _experiment("e", {"x": "uniform(0, 1)"})
+    node = _lone_node(tmp_path)
+    waits = iter([1] * (_node._MAX_WAITS + 1))  # every wait, then the give-up, then its turn
+    monkeypatch.setattr(node, "_turn_wait", lambda state: next(waits, 0))
+    try:
+        node.store.add([exp])
+        await node._schedule()
+        assert next(waits, None) is None  # the turn was asked for after the give-up
+        assert len(node.replica.experiments[exp.key]) == 1
+    finally:
         await node.stop()
 
 
