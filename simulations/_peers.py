@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from crdt import ClusterKey, FrameCodec
+from metaopt.peer._identity import DataDir
 from metaopt.peer._transport import Client
 
 __all__ = [
@@ -96,6 +97,10 @@ class PeerProcess:
 
     def up(self) -> bool:
         return (self.data_dir / "peer.address").exists()
+
+    def node_id(self) -> bytes:
+        """The peer's node id (its data directory's), which its API requests must name."""
+        return DataDir(self.data_dir).node_id()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -201,7 +206,7 @@ class ApiClient:
         self._clients = {p.addr: Client(codec, os.urandom(16), "", timeout=timeout) for p in peers}
 
     async def call(self, peer: PeerProcess, op: str, body: Any = None) -> Any:
-        return await self._clients[peer.addr].call(peer.addr, op, body)
+        return await self._clients[peer.addr].call(peer.addr, op, body, to=peer.node_id())
 
     @property
     def sent(self) -> int:

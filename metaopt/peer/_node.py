@@ -136,7 +136,7 @@ class Node:
         self.store.subscribe(self.replicator.on_new)
         self.runner = TrialRunner(self, config)
         self.api = LocalApi(self)
-        self.server = Server(self.codec, self._handlers())
+        self.server = Server(self.codec, self._handlers(), node_id=self.node_id)
         self._suggesters: dict[bytes, Suggester] = {}
         # Experiments whose spec cannot be searched (a bad space from another peer or an older
         # metaopt): the spec never changes, so they are skipped, not retried on every pass.
@@ -367,11 +367,11 @@ class Node:
         older release, which answers "unknown operation") finds out by the timeout."""
         live = self.peers.live(self.clock(), self.config.timing.peer_timeout)
 
-        async def tell(addr: str) -> None:
+        async def tell(addr: str, node: bytes) -> None:
             with contextlib.suppress(PeerUnreachable, RemoteError):
-                await self.client.call(addr, "leave")
+                await self.client.call(addr, "leave", to=node)
 
-        tasks = [asyncio.ensure_future(tell(peer.addr)) for peer in live]
+        tasks = [asyncio.ensure_future(tell(peer.addr, peer.node_id)) for peer in live]
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=self.config.timing.leave_wait)

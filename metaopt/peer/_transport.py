@@ -20,15 +20,17 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from crdt import FrameCodec, FrameError, ProtocolError, RecordError
+from crdt import FrameCodec, FrameError, ProtocolError, RecordError, TamperedFrame
 from metaopt._errors import MetaoptError
 from metaopt.peer._wire import (
+    MISADDRESSED,
     PROTOCOL_VERSION,
     Reply,
     Request,
     WireError,
     decode_reply,
     decode_request,
+    needs_addressee,
     other_version,
 )
 
@@ -79,8 +81,8 @@ _http_log = logging.getLogger("metaopt.peer.http")
 _http_log.addFilter(_OneLineBadHttp())
 
 
-def _seal(codec: FrameCodec, payload: bytes) -> bytes:
-    return codec.seal(payload, now=time.time(), nonce=os.urandom(16))
+def _seal(codec: FrameCodec, payload: bytes, nonce: bytes, associated: bytes = b"") -> bytes:
+    return codec.seal(payload, now=time.time(), nonce=nonce, associated=associated)
 
 
 class Server:
@@ -92,10 +94,13 @@ class Server:
         handlers: dict[str, Handler],
         max_bytes: int = 64 << 20,
         *,
+        node_id: bytes,
         protocol: int | None = PROTOCOL_VERSION,
     ) -> None:
-        """protocol: the version its replies carry (another only in tests of mixed versions)."""
+        """node_id: this peer's, which a request may name and some must (needs_addressee).
+        protocol: the version its replies carry (another only in tests of mixed versions)."""
         self._codec = codec
+        self._node_id = node_id
         self._protocol = protocol
         self._handlers = handlers
         self._runner: web.AppRunner | None = None
@@ -123,9 +128,13 @@ class Server:
             return web.Response(status=401, text=f"{type(exc).__name__}: {exc}")
         handler = self._handlers.get(message.op)
         mismatch = other_version(message.protocol)
+        misaddressed = self._misaddressed(message)
         if mismatch is not None:
             self._log_refusal(request.remote, "protocol", "refused", mismatch)
             reply = Reply(False, error=f"refused, {mismatch}")
+        elif misaddressed is not None:
+            self._log_refusal(request.remote, "misaddressed", "refused", misaddressed)
+            reply = Reply(False, error=f"{MISADDRESSED} {misaddressed}")
         elif handler is None:
             reply = Reply(False, error=f"unknown operation {message.op!r}; upgrade this peer")
         else:
@@ -141,16 +150,29 @@ class Server:
                 log.exception("handler %s failed", message.op)
                 reply = Reply(False, error=f"internal error in {message.op}: {exc}")
         reply = dataclasses.replace(reply, protocol=self._protocol)
+        # Bound to the request: a reply recorded earlier cannot answer this one. Not for a
+        # peer of another version, which could not open it to read why it was refused.
+        bound = opened.nonce if mismatch is None else b""
         try:
-            body = _seal(self._codec, reply.encode())
+            body = _seal(self._codec, reply.encode(), os.urandom(16), bound)
         except FrameError as exc:  # a reply over the frame limit: say so, in a frame that fits
             log.warning("the reply to %s does not fit in a frame: %s", message.op, exc)
             refusal = Reply(False, error=f"the reply to {message.op} is too large: {exc}")
-            body = _seal(
-                self._codec, dataclasses.replace(refusal, protocol=self._protocol).encode()
-            )
+            refusal = dataclasses.replace(refusal, protocol=self._protocol)
+            body = _seal(self._codec, refusal.encode(), os.urandom(16), bound)
         self.bytes_out += len(body)
         return web.Response(body=body, content_type="application/octet-stream")
+
+    def _misaddressed(self, message: Request) -> str | None:
+        """Why a request is not for this peer, or None if it is."""
+        if message.to is not None and message.to != self._node_id:
+            return (
+                f"this is node {self._node_id.hex()[:12]}, not node {message.to.hex()[:12]}"
+                " the request was for"
+            )
+        if message.to is None and needs_addressee(message.op):
+            return f"{message.op} must name the node it is for"
+        return None
 
     def _log_refusal(self, remote: str | None, kind: str, verb: str, why: object) -> None:
         """A warning once per sender and kind of refusal, debug lines after: a peer of another
@@ -243,11 +265,14 @@ class Client:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         return self._session
 
-    async def call(self, addr: str, op: str, body: Any = None) -> Any:
-        """Send one request to host:port and return the reply body, or raise."""
-        payload = Request(op, self._sender, self._addr, body, protocol=self._protocol).encode()
+    async def call(self, addr: str, op: str, body: Any = None, *, to: bytes | None = None) -> Any:
+        """Send one request to host:port and return the reply body, or raise.
+
+        to: the node id of the peer expected there (needed for ops of needs_addressee)."""
+        request = Request(op, self._sender, self._addr, body, protocol=self._protocol, to=to)
         session = await self._get_session()
-        frame = _seal(self._codec, payload)
+        nonce = os.urandom(16)
+        frame = _seal(self._codec, request.encode(), nonce)
         self.bytes_out += len(frame)
         try:
             async with session.post(
@@ -276,10 +301,7 @@ class Client:
             # ValueError: an address aiohttp cannot even form a URL from (UnicodeError, from
             # IDNA, is one): a gossiped or announced address can be anything.
             raise PeerUnreachable(f"no answer from {addr} ({type(exc).__name__})") from None
-        try:
-            reply = decode_reply(self._codec.open(data, now=time.time()))
-        except (FrameError, WireError) as exc:
-            raise PeerUnreachable(f"{addr} sent a bad reply: {exc}") from None
+        reply = self._open_reply(addr, data, nonce)
         mismatch = other_version(reply.protocol)
         if mismatch is not None:
             self._warn_once(addr, "ignoring %s: %s", mismatch)
@@ -287,6 +309,22 @@ class Client:
         if not reply.ok:
             raise RemoteError(f"{addr}: {reply.error}")
         return reply.body
+
+    def _open_reply(self, addr: str, data: bytes, nonce: bytes) -> Reply:
+        """The reply to the request sealed with nonce. A peer of another protocol version
+        answers unbound; such a reply is read only to say which version refused us."""
+        try:
+            return decode_reply(self._codec.open(data, now=time.time(), associated=nonce))
+        except TamperedFrame:
+            try:
+                older = decode_reply(self._codec.open(data, now=time.time()))
+            except (FrameError, WireError):
+                older = None
+            if older is not None and not older.ok and older.protocol != self._protocol:
+                return older
+            raise PeerUnreachable(f"{addr} sent a reply that is not to this request") from None
+        except (FrameError, WireError) as exc:
+            raise PeerUnreachable(f"{addr} sent a bad reply: {exc}") from None
 
     def _warn_once(self, addr: str, message: str, why: str) -> None:
         """Log message (addr, why) once per address, if this client warns: a refusing peer is

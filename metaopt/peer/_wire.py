@@ -1,9 +1,12 @@
 """Peer messages inside authenticated frames: what travels between peers and from the CLI.
 
-A request is the msgpack map {op, from, addr, body, proto}; a reply is {ok, body, proto} or
-{ok: false, error, proto}. proto is the sender's PROTOCOL_VERSION (absent before version 2).
-The frame around it (crdt._frames) authenticates it under the cluster key and stops replays;
-here we only name the operations and check shapes, so garbage is a one-line error, never a crash.
+A request is the msgpack map {op, from, addr, body, proto[, to]}; a reply is {ok, body, proto}
+or {ok: false, error, proto}. proto is the sender's PROTOCOL_VERSION (absent before version 2);
+to is the node id of the peer the request is for. The frame around it (crdt._frames)
+authenticates it under the cluster key and stops replays to the same peer; ``to`` stops a
+frame recorded on its way to one peer from being played to another (each peer's replay cache
+is its own), and the reply's frame is bound to the request's nonce. Here we only name the
+operations and check shapes, so garbage is a one-line error, never a crash.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import msgpack
 from metaopt._errors import MetaoptError
 
 __all__ = [
+    "MISADDRESSED",
     "PROTOCOL_VERSION",
     "Reply",
     "Request",
@@ -23,6 +27,7 @@ __all__ = [
     "decode_reply",
     "decode_request",
     "encode",
+    "needs_addressee",
 ]
 
 # What peers say to each other, versioned: a peer refuses requests and replies of another
@@ -32,8 +37,24 @@ __all__ = [
 # written by the node it names, so the two would show one history differently. See
 # CONTRIBUTING for when to bump. No bump for an operation an older peer may ignore without
 # harm: it answers "unknown operation", which the sender expects. So "leave" (a stopping
-# peer's notice): an older peer counts it gone after peer_timeout, as it always did.
-PROTOCOL_VERSION = 3
+# peer's notice): an older peer counts it gone after peer_timeout, as it always did. 4: a reply
+# is sealed bound to its request's nonce, and the CLI's operations and "leave" name the peer
+# they are for (``to``), which an older peer would neither check nor answer in a frame the
+# newer one opens.
+PROTOCOL_VERSION = 4
+
+# The start of a refusal of a request that named another peer: the CLI says its data
+# directory's peer.address is stale rather than "refused".
+MISADDRESSED = "misaddressed:"
+
+
+def needs_addressee(op: str) -> bool:
+    """Whether a request of op must name the peer it is for. The CLI's operations (stop a
+    peer or an experiment, kill a trial, add records) and "leave" act once on the peer that
+    opens them; a frame recorded on its way to one peer and played to another would act there
+    too. Replication and gossip only share what every peer may have: they may go to a --join
+    seed whose node id is not known yet."""
+    return op.startswith("api.") or op == "leave"
 
 
 class WireError(MetaoptError):
@@ -48,17 +69,19 @@ class Request:
     body: Any
     remote: str | None = None  # the IP the request came from (set by the server, not sent)
     protocol: int | None = PROTOCOL_VERSION  # the sender's; None from a peer before version 2
+    to: bytes | None = None  # the node id of the peer it is for, where the sender knows it
 
     def encode(self) -> bytes:
-        return encode(
-            {
-                "op": self.op,
-                "from": self.sender,
-                "addr": self.addr,
-                "body": self.body,
-                "proto": self.protocol,
-            }
-        )
+        message = {
+            "op": self.op,
+            "from": self.sender,
+            "addr": self.addr,
+            "body": self.body,
+            "proto": self.protocol,
+        }
+        if self.to is not None:
+            message["to"] = self.to
+        return encode(message)
 
 
 @dataclass(frozen=True)
@@ -93,10 +116,17 @@ def decode_request(data: bytes) -> Request:
         or not isinstance(value.get("op"), str)
         or not isinstance(value.get("from"), bytes)
         or not isinstance(value.get("addr"), str)
+        or not isinstance(value.get("to", b""), bytes)
     ):
-        raise WireError("a request is a map with op, from and addr")
+        raise WireError("a request is a map with op, from and addr (and to, a node id)")
     return Request(
-        value["op"], value["from"], value["addr"], value.get("body"), None, _protocol(value)
+        value["op"],
+        value["from"],
+        value["addr"],
+        value.get("body"),
+        None,
+        _protocol(value),
+        value.get("to"),
     )
 
 

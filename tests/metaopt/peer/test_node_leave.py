@@ -32,7 +32,7 @@ async def test_a_stopped_peer_is_gone_at_once_until_it_speaks_again(tmp_path: Pa
 
     a = node("a")
     b = node("b", a.key.to_text())
-    older = Server(a.codec, {})  # answers every operation with "unknown operation"
+    older = Server(a.codec, {}, node_id=OLDER)  # answers every operation with "unknown operation"
     running = [a, b]  # stopped at the end, unless the test stopped them
     try:
         await a.start()

@@ -28,6 +28,8 @@ from metaopt.peer._wire import Request
 pytestmark = pytest.mark.integration
 
 LIMIT = 4096
+NODE = b"n" * 16  # the node id of the servers here
+NONCE = b"\x01" * 16  # of frames sealed by hand
 
 
 def _client() -> Client:
@@ -103,13 +105,13 @@ async def test_a_request_without_a_valid_ticket_is_refused_unread() -> None:
     async def echo(message: Request) -> Any:
         return message.body
 
-    server = Server(codec, {"echo": echo})
+    server = Server(codec, {"echo": echo}, node_id=NODE)
     port = await server.start("127.0.0.1", 0)
     addr = f"127.0.0.1:{port}"
     client = Client(codec, os.urandom(16), "127.0.0.1:1", timeout=10)
-    frame = _seal(codec, Request("echo", os.urandom(16), "127.0.0.1:1", "hi").encode())
+    frame = _seal(codec, Request("echo", os.urandom(16), "127.0.0.1:1", "hi").encode(), NONCE)
     stranger = FrameCodec([ClusterKey.generate(os.urandom(32))])
-    theirs = _seal(stranger, Request("echo", os.urandom(16), "127.0.0.1:1", "hi").encode())
+    theirs = _seal(stranger, Request("echo", os.urandom(16), "127.0.0.1:1", "hi").encode(), NONCE)
     try:
         async with aiohttp.ClientSession() as session:
             for headers, body in (
@@ -136,7 +138,7 @@ async def test_a_peer_of_another_cluster_is_logged_once_on_each_side(
     # (60k lines a day) while the caller logged nothing at all.
     ours = FrameCodec([ClusterKey.generate(os.urandom(32))])
     theirs = FrameCodec([ClusterKey.generate(os.urandom(32))])
-    server = Server(ours, {})
+    server = Server(ours, {}, node_id=NODE)
     port = await server.start("127.0.0.1", 0)
     addr = f"127.0.0.1:{port}"
     stranger = Client(theirs, os.urandom(16), "127.0.0.1:1", timeout=10, warn_refusals=True)
@@ -171,8 +173,8 @@ async def test_peers_of_another_protocol_version_refuse_each_other_once_logged(
         return message.body
 
     new_server, old_server = (
-        Server(codec, {"sync": echo}),
-        Server(codec, {"sync": echo}, protocol=old),
+        Server(codec, {"sync": echo}, node_id=NODE),
+        Server(codec, {"sync": echo}, node_id=NODE, protocol=old),
     )
     new_addr = f"127.0.0.1:{await new_server.start('127.0.0.1', 0)}"
     old_addr = f"127.0.0.1:{await old_server.start('127.0.0.1', 0)}"
@@ -211,7 +213,7 @@ async def test_a_peer_says_what_is_wrong_in_one_line_and_no_traceback(
     async def listing(message: Request) -> Any:
         return b"x" * (2 * LIMIT)
 
-    server = Server(codec, {"sync": sync, "listing": listing}, max_bytes=LIMIT)
+    server = Server(codec, {"sync": sync, "listing": listing}, max_bytes=LIMIT, node_id=NODE)
     addr = f"127.0.0.1:{await server.start('127.0.0.1', 0)}"
     client = Client(codec, os.urandom(16), "127.0.0.1:1", timeout=10)
     caplog.set_level(logging.DEBUG)
@@ -222,7 +224,7 @@ async def test_a_peer_says_what_is_wrong_in_one_line_and_no_traceback(
         with pytest.raises(RemoteError, match="the reply to listing is too large"):
             await client.call(addr, "listing", None)
         host, port = addr.split(":")
-        frame = _seal(codec, Request("sync", os.urandom(16), "127.0.0.1:1", "%s%d").encode())
+        frame = _seal(codec, Request("sync", os.urandom(16), "127.0.0.1:1", "%s%d").encode(), NONCE)
         ticket = base64.b64encode(codec.ticket(frame)).decode()
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(
@@ -247,3 +249,88 @@ async def test_a_peer_says_what_is_wrong_in_one_line_and_no_traceback(
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert sum("ProtocolError" in w for w in warnings) == 1
     assert sum("a malformed HTTP request from 127.0.0.1" in w for w in warnings) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_frame_played_to_another_peer_than_its_own_is_refused() -> None:
+    # Each peer's replay cache is its own: a `metaopt peer stop` recorded on its way to one
+    # peer stopped every other peer of the cluster it was played to.
+    key = ClusterKey.generate(os.urandom(32))
+    codec = FrameCodec([key])
+    stops: list[bytes] = []
+
+    def server(node: bytes) -> Server:
+        async def stop(message: Request) -> Any:
+            stops.append(node)
+            return True
+
+        handlers = {"api.stop": stop, "leave": stop, "sync": stop}
+        return Server(FrameCodec([key]), handlers, node_id=node)  # a replay cache each
+
+    ours, other = server(NODE), server(b"o" * 16)
+    ours_addr = f"127.0.0.1:{await ours.start('127.0.0.1', 0)}"
+    other_addr = f"127.0.0.1:{await other.start('127.0.0.1', 0)}"
+    client = Client(codec, os.urandom(16), "", timeout=10)
+    frame = _seal(codec, Request("api.stop", os.urandom(16), "", None, to=NODE).encode(), NONCE)
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def play(addr: str) -> bytes:
+                headers = {TICKET: base64.b64encode(codec.ticket(frame)).decode()}
+                async with session.post(f"http://{addr}{PATH}", data=frame, headers=headers) as r:
+                    assert r.status == 200
+                    return await r.read()
+
+            await play(ours_addr)
+            assert stops == [NODE]
+            await play(other_addr)  # the same bytes, to another peer: refused there
+            assert stops == [NODE]
+        for op in ("api.stop", "leave"):  # these must say whom they are for
+            with pytest.raises(RemoteError, match="must name the node it is for"):
+                await client.call(other_addr, op)
+        with pytest.raises(RemoteError, match="misaddressed: this is node 6f6f"):
+            await client.call(other_addr, "sync", to=NODE)
+        assert await client.call(other_addr, "sync")  # replication may go to a --join seed
+        assert await client.call(ours_addr, "leave", to=NODE)
+        assert stops == [NODE, b"o" * 16, NODE]
+    finally:
+        await client.close()
+        await ours.stop()
+        await other.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_reply_recorded_earlier_does_not_answer_another_request() -> None:
+    # Replies were sealed unbound: whoever sat on the path could answer a request with any
+    # reply of the cluster recorded before (a status, a "stopped").
+    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
+    answers = iter(["first", "second"])
+
+    async def answer(message: Request) -> Any:
+        return next(answers)
+
+    server = Server(codec, {"sync": answer}, node_id=NODE)
+    addr = f"127.0.0.1:{await server.start('127.0.0.1', 0)}"
+    recorded: list[bytes] = []
+
+    async def replaying(request: web.Request) -> web.Response:
+        if not recorded:  # the first request goes through, its reply recorded
+            headers = {TICKET: request.headers[TICKET]}
+            body = await request.read()
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(f"http://{addr}{PATH}", data=body, headers=headers) as r,
+            ):
+                recorded.append(await r.read())
+        return web.Response(body=recorded[0])
+
+    runner, proxy = await _serve(replaying)
+    client = Client(codec, os.urandom(16), "", timeout=10)
+    try:
+        assert await client.call(proxy, "sync") == "first"
+        with pytest.raises(PeerUnreachable, match="not to this request"):
+            await client.call(proxy, "sync")
+    finally:
+        await client.close()
+        await runner.cleanup()
+        await server.stop()
