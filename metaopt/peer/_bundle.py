@@ -38,6 +38,7 @@ __all__ = [
     "BundleError",
     "BundleWriteError",
     "collect_bundle",
+    "content_digest",
     "manifest_paths",
     "materialize_bundle",
 ]
@@ -62,7 +63,7 @@ class BundleWriteError(BundleError):
     """A sound bundle this machine could not write (disk full, permissions): may pass later."""
 
 
-def _digest(data: bytes) -> bytes:
+def content_digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=32).digest()
 
 
@@ -116,7 +117,7 @@ def collect_bundle(
             raise BundleError(f"cannot read {rel} in {base}: {exc.strerror}") from None
         total += len(data)
         _check_cap(base, total, max_bytes, chosen)
-        files.append([rel, mode, len(data), _digest(data)])
+        files.append([rel, mode, len(data), content_digest(data)])
         pending += data
         while len(pending) >= chunk_bytes:
             _cut(pending, chunk_bytes, chunks, order)
@@ -199,7 +200,7 @@ class _Stream:
             if digest is None:
                 return b""
             data = self._fetch(digest)
-            if not isinstance(data, bytes) or _digest(data) != digest:
+            if not isinstance(data, bytes) or content_digest(data) != digest:
                 raise BundleError(f"bundle chunk {digest.hex()[:16]} does not match its digest")
             self._buf = memoryview(data)
         out = bytes(self._buf[:n])
@@ -210,7 +211,7 @@ class _Stream:
 def _cut(pending: bytearray, n: int, chunks: dict[bytes, bytes], order: list[bytes]) -> None:
     piece = bytes(pending[:n])
     del pending[:n]
-    key = _digest(piece)
+    key = content_digest(piece)
     chunks[key] = piece
     order.append(key)
 

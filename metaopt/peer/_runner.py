@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from metaopt._errors import MetaoptError
 from metaopt._records import trial_timeout
 from metaopt._state import ExperimentState, TrialView
-from metaopt.peer._bundle import BundleWriteError, materialize_bundle
+from metaopt.peer._bundle import BundleWriteError, content_digest, materialize_bundle
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._executor import ExecutorConfig, TrialProcess, TrialSpec
 from metaopt.peer._gpus import Slot, detect_slots
@@ -160,9 +160,16 @@ class TrialRunner:
         manifest = (state.spec.bundle or {})["manifest"]
 
         def chunk(digest: bytes) -> bytes:
+            # Any peer may link a blob to any digest: one whose bytes do not match is passed
+            # over, or a forged one would make the code unrunnable for good (it stays in every
+            # replica, and a later submit of the same code links to the same digest).
             for record in self.node.store.linked(digest):
                 data = record.body.get("data") if isinstance(record.body, dict) else None
-                if record.kind == "blob" and isinstance(data, bytes):
+                if (
+                    isinstance(data, bytes)
+                    and record.kind == "blob"
+                    and content_digest(data) == digest
+                ):
                     return data
             raise _MissingBlob(digest.hex())
 

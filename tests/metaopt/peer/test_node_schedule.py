@@ -13,9 +13,18 @@ from typing import Any
 import pytest
 
 from crdt import Record
-from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment_record, parse_event
+from metaopt._records import (
+    BLOB,
+    EVENT,
+    TRIAL,
+    EventBody,
+    ExperimentSpec,
+    experiment_record,
+    parse_event,
+)
 from metaopt._suggest import Draw, Suggester
 from metaopt.peer import _node
+from metaopt.peer._bundle import collect_bundle
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._node import Node
 from metaopt.peer._scheduler import rendezvous_rank, settle_rank
@@ -513,4 +522,36 @@ async def test_a_peer_whose_clock_stepped_back_still_gets_its_turn(
         assert await node.new_trial(state) is not None
     finally:
         monkeypatch.undo()
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_forged_code_chunk_is_passed_over_for_the_real_one(tmp_path: Path) -> None:
+    # Any peer may link a blob to any digest: the first one linked was taken, and a forged
+    # chunk made the experiment unrunnable on every peer, for good (and every later submit of
+    # the same code, which links to the same digest).
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("print('METAOPT {\"loss\": 1}')\n")
+    manifest, chunks = collect_bundle(code)
+    [(digest, data)] = chunks.items()
+    spec = ExperimentSpec(
+        "bundled",
+        {"x": "uniform(0, 1)"},
+        algorithm="random",
+        command=(sys.executable, "train.py"),
+        bundle={"manifest": manifest, "root": str(code)},
+    )
+    exp = experiment_record(spec)
+    forged = [Record.create(BLOB, bytes([i]) * 16, 1, 1, {"data": b"x"}, [digest]) for i in (1, 2)]
+    node = _lone_node(tmp_path)
+    try:
+        node.store.add([exp, *forged])
+        state = node.replica.experiments[exp.key]
+        assert not node.runner.can_run(state)  # only forged chunks: not here yet, not broken
+        node.store.add([Record.create(BLOB, exp.origin, 2, 1, {"data": data}, [digest])])
+        assert node.runner.can_run(state)
+        bundles = list(node.dirs.bundles.iterdir())
+        assert [(b / "train.py").read_bytes() for b in bundles] == [data]
+    finally:
         await node.stop()
