@@ -1,7 +1,7 @@
 """Train a linear classifier on scikit-learn's bundled digits, reporting validation loss per epoch.
 
 Runs by hand (`python train.py --lr 0.01`) and under metaopt, which passes the same options and
-reads the `metaopt.report` lines. With a checkpoint directory it resumes where it stopped.
+reads the `metaopt.report` lines. Resumed by metaopt (thawed), it goes on from its checkpoint.
 """
 
 from __future__ import annotations
@@ -45,9 +45,10 @@ def main() -> None:
         random_state=0,
     )
     start = 0
-    checkpoint = metaopt.checkpoint_dir()
-    state_file = Path(checkpoint) / "model.pkl" if checkpoint else None
-    if state_file is not None and state_file.exists():
+    state_file = Path(metaopt.checkpoint_dir()) / "model.pkl"
+    # Only a resumed trial loads it: run by hand (or as a fresh trial), whatever an earlier
+    # run left there belongs to other hyperparameters.
+    if metaopt.resume_step() is not None and state_file.exists():
         model, start = pickle.loads(state_file.read_bytes())
 
     rng = np.random.default_rng(0)
@@ -59,8 +60,7 @@ def main() -> None:
         proba = np.clip(model.predict_proba(X_val), 1e-12, 1.0)
         loss = float(log_loss(y_val, proba, labels=classes))
         accuracy = float((model.predict(X_val) == y_val).mean())
-        if state_file is not None:
-            state_file.write_bytes(pickle.dumps((model, epoch)))
+        state_file.write_bytes(pickle.dumps((model, epoch)))
         metaopt.report(loss=min(loss, 1e6), accuracy=accuracy, step=epoch)
         if metaopt.should_stop():
             return

@@ -13,6 +13,11 @@ from pathlib import Path
 from crdt import ORIGIN_SIZE
 from metaopt._errors import MetaoptError
 
+# Peers' addresses kept in a data directory (DataDir.peers_file): enough to find a cluster of
+# any size again (one live peer's gossip names the rest), few enough that calling them all,
+# one after another, while none answers does not hold up a gossip round for long.
+MAX_REMEMBERED = 16
+
 __all__ = ["DataDir", "default_data_dir", "trial_dir", "trial_log_path"]
 
 
@@ -61,6 +66,24 @@ class DataDir:
     @property
     def key_file(self) -> Path:
         return self.root / "cluster.key"
+
+    @property
+    def peers_file(self) -> Path:
+        return self.root / "peers"
+
+    def read_peers(self) -> list[str]:
+        """The addresses of the peers this one last talked to, one a line (write_peers); none
+        if the file is missing or unreadable. Unchecked: callers validate each address."""
+        try:
+            text = self.peers_file.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return []
+        return [line.strip() for line in text.splitlines() if line.strip()][:MAX_REMEMBERED]
+
+    def write_peers(self, addrs: list[str]) -> None:
+        tmp = self.peers_file.with_suffix(".tmp")
+        tmp.write_text("".join(f"{a}\n" for a in addrs[:MAX_REMEMBERED]), encoding="utf-8")
+        os.replace(tmp, self.peers_file)
 
     @staticmethod
     def holds_peer(path: Path) -> bool:

@@ -31,7 +31,7 @@ from metaopt._state import ExperimentState, TrialView
 from metaopt._writer import NodeWriter
 from metaopt.peer._api import LocalApi
 from metaopt.peer._config import PeerConfig
-from metaopt.peer._gossip import PeerTable, own_addresses
+from metaopt.peer._gossip import PeerTable, own_addresses, valid_addr
 from metaopt.peer._identity import DataDir
 from metaopt.peer._orphans import kill_orphans
 from metaopt.peer._replica import Replica
@@ -158,6 +158,10 @@ class Node:
         }
         self.replica.listen(self._on_records)
         self._seeds_heard: dict[str, bool] = {}  # --join address -> answered (warned once if not)
+        # The addresses of the peers this one talked to when it last ran (see _recall_peers).
+        self._recalled: list[str] = []
+        self._remembered: list[str] = []  # what the data directory's peers file says now
+        self._warned_alone = False  # or it talked to a peer since it started
         self._tasks: list[asyncio.Task[None]] = []
         self._search_imported: asyncio.Future[None] | None = None  # see start()
         self._stopping = asyncio.Event()
@@ -240,6 +244,7 @@ class Node:
         self.dirs.pid_file.write_text(f"{os.getpid()}\n")
         for seed in self.config.join:
             self.peers.add_seed(seed)
+        self._recall_peers()
         orphans = kill_orphans(self.dirs.root)  # we hold the data directory's lock by now
         if orphans:
             log.warning(
@@ -431,6 +436,8 @@ class Node:
         silent = self.peers.silent(now, timeout)
         retry = [self.rng.choice(silent).addr] if silent else []
         targets = [p.addr for p in live] + self.peers.seed_addrs() + retry
+        if not self.peers.live(now, timeout):
+            targets += self._recalled
         for addr in dict.fromkeys(targets):
             # Ages as of this call: one to a hung peer takes the whole request timeout, and
             # ages told as of before it made every peer 10 s younger, each round (a peer
@@ -455,6 +462,46 @@ class Node:
             self._seeds_heard[addr] = True
             self.peers.touch_addr(addr, self.clock())
             self.peers.merge_gossip(reply, self.clock(), exclude=self.node_id)
+        self._remember_peers()
+
+    def _recall_peers(self) -> None:
+        """Call the peers this one talked to when it last ran while it hears of none.
+
+        Without them a peer restarted on its data directory without --join (on a new port,
+        or after its peers stopped calling its old address) ran alone: from its own copy of
+        the history a finished experiment looked open (57 trials ran of --max-trials 40), and
+        live peers' trials looked lost. mDNS finds peers on one LAN; this finds them anywhere.
+        """
+        self._remembered = self.dirs.read_peers()
+        limit = self.peers.config.max_addr_len
+        self._recalled = [
+            a for a in self._remembered if valid_addr(a, limit) and a not in self.peers.own_addrs
+        ]
+
+    def _remember_peers(self) -> None:
+        """Keep the addresses of the peers this one talks to now in its data directory; while
+        it talks to none (cut off, or they are all down) the last ones are kept. Says once if
+        it has reached none of them since it started."""
+        now, timeout = self.clock(), self.config.timing.peer_timeout
+        talking = [p.addr for p in self.peers.live(now, timeout) if p.last_contact is not None]
+        if talking:
+            self._warned_alone = True  # a partition later is no longer what the warning says
+        if talking and talking != self._remembered:
+            try:
+                self.dirs.write_peers(talking)
+            except OSError as exc:
+                log.debug("cannot keep the peers' addresses in %s: %s", self.dirs.root, exc)
+                return
+            self._remembered = talking
+        elif not talking and self._recalled and not self._warned_alone and self.listened():
+            self._warned_alone = True
+            log.warning(
+                "none of the peers this one knew (%s) has answered for %g s: it runs alone,"
+                " on its own copy of the history; to rejoin the cluster, restart it with"
+                " --join HOST:PORT of a running peer",
+                ", ".join(self._recalled[:3]) + (", ..." if len(self._recalled) > 3 else ""),
+                self.config.timing.peer_timeout,
+            )
 
     def is_alive(self, node: bytes) -> bool:
         if node == self.node_id:
@@ -695,7 +742,7 @@ class Node:
             return True
         # No seed and nobody heard of since two anti-entropy periods (mDNS answers come
         # sooner): a peer alone need not wait peer_timeout before its budgeted experiments.
-        alone = len(self.peers) == 0 and not self.peers.seed_addrs()
+        alone = len(self.peers) == 0 and not self.peers.seed_addrs() and not self._recalled
         return alone and waited >= 2 * timing.anti_entropy
 
     def kick(self) -> None:
