@@ -33,6 +33,7 @@ from metaopt.peer._api import LocalApi
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._gossip import PeerTable, own_addresses, valid_addr
 from metaopt.peer._identity import DataDir
+from metaopt.peer._limits import LoopGuard, raise_fd_limit
 from metaopt.peer._orphans import kill_orphans
 from metaopt.peer._replica import Replica
 from metaopt.peer._replication import Replicator
@@ -162,6 +163,7 @@ class Node:
         self._recalled: list[str] = []
         self._remembered: list[str] = []  # what the data directory's peers file says now
         self._warned_alone = False  # or it talked to a peer since it started
+        self._loop_guard = LoopGuard()
         self._tasks: list[asyncio.Task[None]] = []
         self._search_imported: asyncio.Future[None] | None = None  # see start()
         self._stopping = asyncio.Event()
@@ -230,6 +232,8 @@ class Node:
     # ----------------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        raise_fd_limit()
+        self._loop_guard.install(asyncio.get_running_loop())
         self.port = await self.server.start(self.config.host, self.config.port)
         self.addr = f"{self.config.host}:{self.port}"
         self.client = self._new_client()  # it names the bound address to its peers
@@ -364,6 +368,7 @@ class Node:
         for path in (self.dirs.pid_file, self.dirs.address_file):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        self._loop_guard.uninstall()
 
     async def _leave(self) -> None:
         """Tell the live peers this one is stopping, so they count it gone now rather than
