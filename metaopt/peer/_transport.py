@@ -6,8 +6,10 @@ fresh nonces, and the only place aiohttp appears on either side of a peer conver
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import collections
 import dataclasses
 import errno
 import logging
@@ -101,6 +103,8 @@ class Server:
         protocol: the version its replies carry (another only in tests of mixed versions)."""
         self._codec = codec
         self._node_id = node_id
+        self._listener: asyncio.Server | None = None
+        self.max_connections_per_host = 256
         self._protocol = protocol
         self._handlers = handlers
         self._runner: web.AppRunner | None = None
@@ -208,11 +212,18 @@ class Server:
         """Listen; return the bound port (useful with port 0)."""
         self._runner = web.AppRunner(self.app, access_log=None, logger=_http_log)
         await self._runner.setup()
-        # SO_REUSEADDR lets a restarted peer rebind past TIME_WAIT; on Linux it never lets two
-        # live listeners share a port, so "port in use" is still caught.
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        handlers = self._runner.server
+        assert handlers is not None
+        cap = _HostCap(self.max_connections_per_host)
         try:
-            await site.start()
+            # SO_REUSEADDR lets a restarted peer rebind past TIME_WAIT; on Linux it never lets
+            # two live listeners share a port, so "port in use" is still caught.
+            self._listener = await asyncio.get_running_loop().create_server(
+                lambda: _CappedConnection(handlers, cap),
+                host,
+                port,
+                reuse_address=True,
+            )
         except (OSError, OverflowError) as exc:
             await self._runner.cleanup()
             in_use = isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE
@@ -223,14 +234,92 @@ class Server:
             )
             why = getattr(exc, "strerror", None) or exc
             raise MetaoptError(f"cannot listen on {host}:{port}: {why}; {hint}") from None
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
+        sockets = self._listener.sockets
         return int(sockets[0].getsockname()[1]) if sockets else port
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()  # it closes the connections still open
             self._runner = None
+
+
+class _HostCap:
+    """Open connections per sending host, at most ``cap`` each (see _CappedConnection)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._open: collections.Counter[str] = collections.Counter()
+        self._told: set[str] = set()  # hosts at the cap whose refusal was logged
+
+    def take(self, host: str) -> bool:
+        if self._open[host] < self.cap:
+            self._open[host] += 1
+            return True
+        if host not in self._told:
+            self._told.add(host)
+            log.warning(
+                "%s holds %d connections to this peer; refusing more until some close",
+                host,
+                self.cap,
+            )
+        return False
+
+    def release(self, host: str) -> None:
+        self._open[host] -= 1
+        self._told.discard(host)
+        if not self._open[host]:
+            del self._open[host]
+
+
+class _CappedConnection(asyncio.Protocol):
+    """aiohttp's handler of one connection, unless its host holds the cap open already.
+
+    A connection that never finishes a request costs its sender nothing and needs no key;
+    aiohttp sets no deadline on receiving one. Without a cap, held connections from one host
+    used up the peer's file descriptors, and no trial could start. Peers keep a few pooled
+    connections each, so a cap far above that bounds one sender's share without ever being
+    reached by peers.
+    """
+
+    def __init__(self, make: Callable[[], asyncio.Protocol], cap: _HostCap) -> None:
+        self._make = make
+        self._cap = cap
+        self._host: str | None = None
+        self._inner: asyncio.Protocol | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if not self._cap.take(host):
+            transport.close()
+            return
+        self._host = host
+        self._inner = self._make()
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._host is not None:
+            self._cap.release(self._host)
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
 
 
 class Client:

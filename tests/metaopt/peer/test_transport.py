@@ -334,3 +334,42 @@ async def test_a_reply_recorded_earlier_does_not_answer_another_request() -> Non
         await client.close()
         await runner.cleanup()
         await server.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_host_holding_connections_open_is_refused_more_past_the_cap(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Connections that never finish a request need no key: 300 of them from one host used
+    # up a peer's file descriptors (behind a soft limit of 256), and no trial could start.
+    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
+
+    async def echo(message: Request) -> Any:
+        return message.body
+
+    server = Server(codec, {"sync": echo}, node_id=NODE)
+    server.max_connections_per_host = 4
+    port = await server.start("127.0.0.1", 0)
+    client = Client(codec, os.urandom(16), "", timeout=10)
+    held = []
+    caplog.set_level(logging.WARNING, logger="metaopt.peer")
+    try:
+        for _ in range(4):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /v1 HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+            held.append(writer)
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed at once
+            writer.close()
+        with pytest.raises(PeerUnreachable):
+            await client.call(f"127.0.0.1:{port}", "sync", b"x")
+        for writer in held:
+            writer.close()
+        await asyncio.sleep(0.1)
+        assert await client.call(f"127.0.0.1:{port}", "sync", b"x") == b"x"
+    finally:
+        await client.close()
+        await server.stop()
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "127.0.0.1 holds 4 connections" in warning
