@@ -116,6 +116,7 @@ class TrialProcess:
         self._explicit_step = False
         self._reports = 0
         self._log: IO[bytes] | None = None
+        self._broken: str | None = None  # its output became unreadable (see OutputParser.broken)
 
     @property
     def running(self) -> bool:
@@ -233,6 +234,7 @@ class TrialProcess:
         self._cleanup(list(late), beat)
         for report in parser.finish():
             self._progress(report)
+        self._check_broken(parser)
         return self._conclude(code, parser)
 
     def _conclude(self, code: int, parser: OutputParser) -> TrialOutcome:
@@ -242,6 +244,8 @@ class TrialProcess:
         # dropped, and not the last finite value it reported before.
         metrics = {**parser.latest, **parser.nonfinite}
         objectives = {n: v for n in spec.objectives if (v := parser.objective(n)) is not None}
+        if parser.broken is not None:  # killed for it: its stderr is no part of the story
+            return self._failed(code, parser.broken, tail, metrics, objectives, with_stderr=False)
         if self._kill_reason is not None or self._stop_reason is not None:
             reason = self._kill_reason or self._stop_reason
             stage = self._stage or "stop-file"
@@ -276,8 +280,11 @@ class TrialProcess:
         tail: tuple[str, ...],
         metrics: dict[str, MetricValue],
         objectives: dict[str, float],
+        *,
+        with_stderr: bool = True,
     ) -> TrialOutcome:
-        reason = why + (f"; last stderr: {tail[-1].strip()[:200]}" if code != 0 and tail else "")
+        stderr = with_stderr and code != 0 and tail
+        reason = why + (f"; last stderr: {tail[-1].strip()[:200]}" if stderr else "")
         self._emit("failed", exit_code=code, reason=reason, stderr_tail=list(tail), metrics=metrics)
         return TrialOutcome("failed", code, metrics, objectives, reason, tail)
 
@@ -307,6 +314,15 @@ class TrialProcess:
                     self._log = None
             for report in parser.feed(chunk, stdout=stdout):
                 self._progress(report)
+            self._check_broken(parser)
+
+    def _check_broken(self, parser: OutputParser) -> None:
+        if parser.broken is not None and self._broken is None:
+            # Its output can no longer be read, so its objective never will be: end it now
+            # rather than let it hold a slot (and, line after line, the event loop).
+            self._broken = parser.broken
+            log.warning("trial of %s: %s", self.spec.log_path, parser.broken)
+            self._signal(signal.SIGKILL)
 
     def _rotate_log(self, incoming: int) -> None:
         """Move the log to <log>.1 first if this write would take it past half the cap."""

@@ -15,19 +15,43 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
+
+import regex
 
 from metaopt._errors import WorkerError
-from metaopt.worker import REPORT_PREFIX, MetricValue, check_metric
+from metaopt.worker import REPORT_PREFIX, MetricValue, check_metric, check_name
 
-__all__ = ["OutputConfig", "OutputParser"]
+__all__ = ["OutputConfig", "OutputParser", "compile_objective_regex"]
 
 _LINE_END = re.compile(rb"[\r\n]")
 _REPORT_AT = re.compile(re.escape(REPORT_PREFIX.strip()) + r"\s*(?=\{)")
 _INVISIBLE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\ufeff")  # ANSI CSI sequences, BOM
 _JSON = json.JSONDecoder()
+_SURROGATE = re.compile("[\ud800-\udfff]")
 CAPTURE_HINT = "; put the number in a group, e.g. 'acc=([0-9.]+)'"
+
+
+def compile_objective_regex(pattern: str) -> Any:
+    """The pattern as the peer matches it (a ``regex`` module pattern, which takes a timeout),
+    or re.error saying why it is refused.
+
+    Python's ``re`` holds the event loop for as long as a match backtracks ('(a|aa)+b' over
+    a line of 'a's froze a peer for a minute, and the peers that took its trial for lost
+    froze in turn), and nothing can interrupt it. ``regex`` in its VERSION0 mode reads
+    ``re``'s syntax the ``re`` way; it accepts more, so ``re`` says first what is allowed:
+    the documented syntax, and what older peers compile.
+    """
+    re.compile(pattern)
+    with warnings.catch_warnings():  # re just said the same ("possible nested set")
+        warnings.simplefilter("ignore")
+        try:
+            return regex.compile(pattern, flags=regex.VERSION0)
+        except regex.error as exc:
+            raise re.error(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -40,6 +64,9 @@ class OutputConfig:
     max_line_bytes: int = 65536  # longer lines are cut to this and never parsed as reports
     max_notes: int = 10  # problems kept to explain a missing objective
     step_offset: int = 0  # added to the match count a regex report carries as its step
+    # Seconds one line may take to match: the parser runs on the peer's event loop, which
+    # replication and heartbeats share; a line over it fails the trial (see ``broken``).
+    regex_timeout: float = 0.5
 
 
 class OutputParser:
@@ -51,7 +78,8 @@ class OutputParser:
 
     def __init__(self, config: OutputConfig = OutputConfig()) -> None:
         self.config = config
-        self._regex = re.compile(config.objective_regex) if config.objective_regex else None
+        pattern = config.objective_regex
+        self._regex = compile_objective_regex(pattern) if pattern else None
         self._pending = {True: bytearray(), False: bytearray()}
         self._overlong = {True: False, False: False}
         self._returned = {True: "", False: ""}  # a line a \r ended, still on screen
@@ -64,6 +92,9 @@ class OutputParser:
         # Metrics whose latest report was nan or inf, as written: a run that diverged must
         # not complete with the last finite value it reported before.
         self.nonfinite: dict[str, str] = {}
+        # Why the trial's output can no longer be read (its regex took too long on a line):
+        # the trial has failed; nothing more is matched.
+        self.broken: str | None = None
 
     def feed(self, data: bytes, *, stdout: bool = True) -> list[dict[str, MetricValue]]:
         """The reports completed by this chunk of one stream."""
@@ -87,7 +118,7 @@ class OutputParser:
             if buf:
                 self._line(bytes(buf), stdout, out)
                 buf.clear()
-            elif self._returned[stdout]:
+            elif self._returned[stdout] and self.broken is None:
                 self._match(self._returned[stdout], out)
                 self._returned[stdout] = ""
         return out
@@ -152,7 +183,7 @@ class OutputParser:
             # Its end, where a report may have been, was never kept: say so, or a report
             # after 64 KiB of text on one line just went missing.
             self._note(f"a stdout line over {self.config.max_line_bytes} bytes was cut, unread")
-        if self._regex is None or overlong:
+        if self._regex is None or overlong or self.broken is not None:
             return
         if returned:  # a \r: what follows on this line overwrites it
             self._returned[stdout] = text
@@ -190,11 +221,16 @@ class OutputParser:
         clean: dict[str, MetricValue] = {}
         for name, metric in value.items():
             try:
-                clean[name] = check_metric(name, metric)
+                clean[name] = check_metric(name, _recordable(metric))
             except WorkerError as exc:
                 self._note(str(exc))
-                if isinstance(metric, float) and not math.isfinite(metric) and name != "step":
-                    self.nonfinite[name] = str(metric)  # (a nan step is a malformed report)
+                if (
+                    isinstance(metric, float)
+                    and not math.isfinite(metric)
+                    and name != "step"  # (a nan step is a malformed report)
+                    and _is_name(name)  # a bad name is not recorded, even as text
+                ):
+                    self.nonfinite[name] = str(metric)
         if clean:
             self._emit(clean, out)
         return end
@@ -202,8 +238,17 @@ class OutputParser:
     def _match(self, text: str, out: list[dict[str, MetricValue]]) -> None:
         assert self._regex is not None
         found = None
-        for found in self._regex.finditer(text):  # noqa: B007 - the last match wins
-            pass
+        try:
+            # The last match wins; the timeout bounds the whole line's matching.
+            for found in self._regex.finditer(text, timeout=self.config.regex_timeout):  # noqa: B007
+                pass
+        except TimeoutError:
+            self.broken = (
+                f"objective regex {self._regex.pattern!r} took over"
+                f" {self.config.regex_timeout:g} s on one output line; simplify it (nested"
+                " repeats such as '(a+)+' backtrack without end) and submit again"
+            )
+            return
         if found is None:
             return
         group = found.group(1) if self._regex.groups else found.group(0)
@@ -233,3 +278,28 @@ class OutputParser:
 
     def _note(self, text: str) -> None:
         self.notes.append(text)
+
+
+def _recordable(metric: object) -> object:
+    """A string metric as a record can hold it: JSON's \\ud800 escape reads as a lone
+    surrogate, which no record encodes (the whole report failed to record, and the trial
+    with it). A replacement character stands for each, keeping the rest of the text."""
+    if isinstance(metric, str) and not _encodable(metric):
+        return _SURROGATE.sub("\ufffd", metric)
+    return metric
+
+
+def _is_name(name: str) -> bool:
+    try:
+        check_name(name)
+    except WorkerError:
+        return False
+    return True
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -167,6 +167,33 @@ async def test_an_unmodified_program_through_the_regex(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_regex_that_backtracks_without_end_fails_the_trial_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # '(a|aa)+b' over a line of a's held the peer's event loop for a minute with re, and the
+    # peers that took the trial for lost re-ran it and froze in turn.
+    script = _script(tmp_path, "import time\nprint('a' * 60, flush=True)\ntime.sleep(60)\n")
+    spec = _spec(tmp_path, script, objective_regex=r"(a|aa)+b")
+    outcome, events = await _run(spec)
+    assert outcome.status == "failed" and outcome.exit_code == -9  # killed, not waited for
+    assert outcome.reason is not None and "\n" not in outcome.reason
+    assert outcome.reason.startswith("objective regex '(a|aa)+b' took over 0.5 s")
+    assert "simplify it" in outcome.reason
+    assert _kinds(events) == ["started", "failed"]
+    warned = [r for r in caplog.records if "(a|aa)+b" in r.getMessage()]
+    assert len(warned) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_lone_surrogate_in_a_report_keeps_the_trial(tmp_path: Path) -> None:
+    line = 'METAOPT {"loss": 0.1, "s": "\\ud800"}'
+    script = _script(tmp_path, f"print({line!r})\n")
+    outcome, _ = await _run(_spec(tmp_path, script))
+    assert outcome.status == "completed" and outcome.objectives == {"loss": 0.1}
+    assert outcome.metrics == {"loss": 0.1, "s": "\ufffd"}
+
+
+@pytest.mark.asyncio
 async def test_a_run_whose_last_report_is_nan_fails_as_diverged(tmp_path: Path) -> None:
     script = _script(tmp_path, "for v in ('0.05', 'nan'):\n    print(f'val_loss={v}')\n")
     spec = _spec(tmp_path, script, objective_regex=r"val_loss=(\S+)")

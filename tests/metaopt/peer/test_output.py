@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import re
+import warnings
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metaopt.peer._output import OutputConfig, OutputParser
+from crdt import Record, RecordError
+from metaopt.peer._output import OutputConfig, OutputParser, compile_objective_regex
+from metaopt.worker import report
 
 
 def test_report_lines_become_metric_dicts() -> None:
@@ -171,3 +178,73 @@ def test_a_nan_or_inf_as_the_latest_value_is_kept_as_a_divergence() -> None:
     words = OutputParser(OutputConfig(objective_regex=r"val_loss=(\S+)"))
     words.feed(b"val_loss=0.05\nval_loss=pending\n")
     assert words.nonfinite == {}  # not a number at all: no report, not a divergence
+
+
+# Lone surrogates included, as JSON's \ud800 escape makes them (st.text drops them whatever
+# its alphabet, so the characters are joined by hand).
+_SURROGATE = st.sampled_from("\ud800\udbff\udc00\udfff")
+_ANY_TEXT = st.lists(st.characters() | _SURROGATE, max_size=8).map("".join)
+_NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_./-]{0,8}", fullmatch=True)
+
+
+def _recordable(report: dict[str, object]) -> bool:
+    try:
+        Record.create("event", bytes(16), 1, 0, {"metrics": report})
+    except RecordError:
+        return False
+    return True
+
+
+def test_a_lone_surrogate_in_a_report_is_made_valid_and_the_rest_kept() -> None:
+    # JSON's \ud800 escape reads as a lone surrogate, which no record encodes: the peer's
+    # listener failed on the report, then on the completion, and the trial was recorded failed.
+    parser = OutputParser()
+    line = rb'METAOPT {"loss": 0.1, "s": "ok \ud800", "\udc00x": 1, "\ud800": Infinity}' + b"\n"
+    out = parser.feed(line)
+    assert out == [{"loss": 0.1, "s": "ok \ufffd"}]  # the bad name is dropped, with a note
+    assert all(_recordable(report) for report in out)
+    assert parser.objective() == 0.1 and parser.nonfinite == {}
+    assert len(parser.notes) == 2 and all(note.isascii() for note in parser.notes)
+
+
+def test_what_metaopt_report_prints_of_a_lone_surrogate_is_recordable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report(loss=0.1, s="\ud800")
+    parser = OutputParser()
+    out = parser.feed(capsys.readouterr().out.encode())
+    assert out == [{"loss": 0.1, "s": "\ufffd"}] and _recordable(out[0])
+
+
+@given(st.dictionaries(_NAMES | _ANY_TEXT, st.one_of(_ANY_TEXT, st.floats())))
+def test_every_report_is_recordable(metrics: dict[str, object]) -> None:
+    parser = OutputParser(OutputConfig(objective_regex=r"loss=(\S+)"))
+    line = b"METAOPT " + json.dumps(metrics).encode() + b" loss=0.5\n"
+    for out in parser.feed(line) + parser.finish():
+        assert _recordable(out)
+    assert _recordable(dict(parser.nonfinite))
+
+
+def test_a_regex_that_backtracks_without_end_breaks_the_parser_in_bounded_time() -> None:
+    # Python's re froze the peer's event loop on it for over a minute.
+    config = OutputConfig(objective_regex=r"(a|aa)+b", regex_timeout=0.05)
+    parser = OutputParser(config)
+    assert parser.feed(b"a" * 60 + b"\n") == []
+    assert parser.broken is not None
+    assert parser.broken.startswith("objective regex '(a|aa)+b' took over 0.05 s")
+    assert "simplify it" in parser.broken and "\n" not in parser.broken
+    # Broken for good: no more matching (each line would take as long again), reports still read.
+    assert parser.feed(b"a" * 60 + b'\nMETAOPT {"loss": 1}\n') == [{"loss": 1}]
+
+
+def test_the_regex_keeps_re_syntax_and_meaning() -> None:
+    # The peer matches with the regex module (it has a timeout); it reads re's syntax as re.
+    for pattern in (r"\p{L}", r"(?<=a+)b", r"a(?i)b"):  # regex takes these, re does not
+        with pytest.raises(re.error):
+            compile_objective_regex(pattern)
+    text = "Loss: 0.5 step 3 loss: 0.25"
+    for pattern in (r"(?i)loss: ([0-9.]+)", r"\d+", r"(?P<loss>[0-9.]+)\s", r"[[a-z]"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # re's "possible nested set"
+            ours = [m.group(0) for m in compile_objective_regex(pattern).finditer(text)]
+            assert ours == [m.group(0) for m in re.finditer(pattern, text)]
