@@ -32,10 +32,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _undecodable(words: list[str]) -> str | None:
+    """Why an argument cannot be taken, if one is not UTF-8: Python hands its bytes on as lone
+    surrogates, which every later step refused with a traceback of its own (a record, a
+    request, a prior's parser)."""
+    for i, word in enumerate(words, 1):
+        try:
+            word.encode("utf-8")
+        except UnicodeEncodeError:
+            try:
+                raw = word.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:  # not from the command line's bytes (main(argv))
+                raw = word.encode("utf-8", "backslashreplace")
+            shown = raw.decode("utf-8", "backslashreplace")
+            return f"argument {i} ({shown}) is not valid UTF-8; type it in UTF-8"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a user's mistake is one line on stderr and exit status 2."""
     parser = _parser()
     words = sys.argv[1:] if argv is None else list(argv)
+    bad = _undecodable(words)
+    if bad is not None:
+        print(f"metaopt: {bad}", file=sys.stderr)
+        return 2
     if words[:1] == ["submit"] and not set(words[1:2]) & {"-h", "--help"}:
         # submit's words are a command template with our options mixed in: argparse would
         # mistake the template's own options for ours, so submit splits them itself.

@@ -2,13 +2,51 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["best_summary", "fmt_value", "state_summary", "table", "trial_state"]
+__all__ = [
+    "best_summary",
+    "fmt_value",
+    "json_text",
+    "printable",
+    "state_summary",
+    "table",
+    "trial_state",
+]
 
 _OPTIONAL_STATES = ("frozen", "killed", "lost", "interrupted")
+
+
+def printable(text: str, *, lines: bool = False) -> str:
+    """text with what a terminal would act on written as escapes (\\n, \\x1b, ...): names,
+    params and reasons come from other peers' records, and one with a newline or a terminal
+    escape in it forged lines of a table or a log, or recoloured the terminal. ``lines``
+    keeps the newlines, for text shown as lines."""
+    if text.isprintable():  # nearly always: no copy
+        return text
+    if lines:
+        return "\n".join(printable(line) for line in text.split("\n"))
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """value as valid JSON: a float that is not finite (a parameter from another peer's
+    record may be) is the string "Infinity", "-Infinity" or "NaN", not JSON's missing token.
+    ``options`` go to json.dumps."""
+    return json.dumps(_finite(value), allow_nan=False, **options)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def fmt_value(value: Any) -> str:
@@ -20,7 +58,7 @@ def fmt_value(value: Any) -> str:
         if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
             return f"{value:.4g}"
         return f"{value:.5g}"
-    return str(value)
+    return printable(str(value))
 
 
 def best_summary(info: Mapping[str, Any]) -> Any:
@@ -56,6 +94,7 @@ def trial_state(state: str, thaws: int) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    headers = [printable(h) for h in headers]
     cells = [[fmt_value(c) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import dataclasses
 import ipaddress
-import json
 import logging
 import os
 import signal
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from metaopt._errors import MetaoptError
-from metaopt.cli._format import table
+from metaopt.cli._format import json_text, printable, table
 from metaopt.peer._config import PeerConfig, Timing
 from metaopt.peer._gossip import valid_addr
 from metaopt.peer._identity import DataDir
@@ -161,7 +160,7 @@ def _printable_lines(record: logging.LogRecord) -> bool:
     a terminal escape in it forged lines in every peer's log."""
     message = record.getMessage()
     if not message.isprintable():
-        record.msg = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+        record.msg = printable(message)
         record.args = ()
     return True
 
@@ -256,7 +255,7 @@ def _detach(config: PeerConfig, log_level: str, timing: str) -> int:
 def _stop(args: argparse.Namespace) -> int:
     data_dir = resolve_data_dir(args.data_dir)
     dirs = DataDir(data_dir)
-    pid = int(dirs.pid_file.read_text()) if dirs.pid_file.exists() else None
+    pid = read_pid(dirs)
     if not dirs.address_file.exists():
         raise MetaoptError(f"no peer is running on {dirs.root}; nothing to stop")
     LocalPeer(data_dir).call("api.shutdown")
@@ -272,12 +271,24 @@ def _stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def running_peer(dirs: DataDir) -> int | None:
-    """The pid of a live metaopt process named by the data dir's pid file, if there is one."""
+def read_pid(dirs: DataDir) -> int | None:
+    """The pid the data dir's pid file names; None if there is none, or no pid in it (a file
+    cut short by a full disk, or edited: `peer stop` failed on it with a traceback)."""
     try:
         pid = int(dirs.pid_file.read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
+        return None
+    return pid if pid > 0 else None
+
+
+def running_peer(dirs: DataDir) -> int | None:
+    """The pid of a live metaopt process named by the data dir's pid file, if there is one."""
+    pid = read_pid(dirs)
+    if pid is None:
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
         return None
     # A pid file left by a crash may name a pid reused since by something else.
     return pid if b"metaopt" in cmdline and not _gone(pid) else None
@@ -294,9 +305,9 @@ def _gone(pid: int) -> bool:
 def _status(args: argparse.Namespace) -> int:
     status = LocalPeer(resolve_data_dir(args.data_dir)).call("api.status")
     if args.json:
-        print(json.dumps(status, indent=2))
+        print(json_text(status, indent=2))
         return 0
-    print(f"node      {status['node_id']}  ({status['name']})")
+    print(f"node      {status['node_id']}  ({printable(str(status['name']))})")
     print(f"address   {status['address']}  pid {status['pid']}")
     print(f"data dir  {status['data_dir']}")
     print(f"records   {status['records']}   experiments {status['experiments']}")

@@ -5,20 +5,29 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import shlex
 import sys
 from typing import Any
 
 from metaopt._errors import MetaoptError
 from metaopt._state import TERMINAL_STATES
-from metaopt.cli._format import best_summary, fmt_value, table, trial_state
-from metaopt.cli._peer import running_peer
+from metaopt.cli._format import (
+    best_summary,
+    fmt_value,
+    json_text,
+    printable,
+    table,
+    trial_state,
+)
+from metaopt.cli._peer import read_pid, running_peer
 from metaopt.peer._identity import DataDir
 from metaopt.peer._local import LocalPeer, resolve_data_dir
 from metaopt.peer._offline import OfflinePeer
 
 __all__ = ["add_read_commands"]
+
+# JSON has no token for them: what json.dumps writes by default (Infinity, NaN) is not JSON.
+_JSON_HELP = "as JSON (a number that is not finite as the string Infinity, -Infinity or NaN)"
 
 
 def _peer(args: argparse.Namespace, read: bool = False) -> LocalPeer | OfflinePeer:
@@ -26,8 +35,9 @@ def _peer(args: argparse.Namespace, read: bool = False) -> LocalPeer | OfflinePe
     (``read``: the command only reads, and is told so)."""
     data_dir = resolve_data_dir(args.data_dir)
     dirs = DataDir(data_dir)
-    # A peer killed -9 leaves its address file: the pid file says whether it runs.
-    if dirs.address_file.exists() and (running_peer(dirs) or not dirs.pid_file.exists()):
+    # A peer killed -9 leaves its address file: the pid file says whether it runs (one that
+    # names no pid says nothing: the address is tried).
+    if dirs.address_file.exists() and (running_peer(dirs) or read_pid(dirs) is None):
         return LocalPeer(data_dir)
     offline = OfflinePeer(data_dir)
     if read:
@@ -41,19 +51,21 @@ def _peer(args: argparse.Namespace, read: bool = False) -> LocalPeer | OfflinePe
 def add_read_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = sub.add_parser("status", help="experiments, or one experiment's trials")
     status.add_argument("experiment", nargs="?")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help=_JSON_HELP)
     status.add_argument("--data-dir", default=None)
     status.set_defaults(func=_status)
 
     best = sub.add_parser("best", help="the best trial (or Pareto front) of an experiment")
     best.add_argument("experiment")
-    best.add_argument("--json", action="store_true")
+    best.add_argument("--json", action="store_true", help=_JSON_HELP)
     best.add_argument("--data-dir", default=None)
     best.set_defaults(func=_best)
 
     export = sub.add_parser("export", help="every trial of an experiment as CSV or JSON")
     export.add_argument("experiment")
-    export.add_argument("--format", choices=("csv", "json"), default="csv")
+    export.add_argument(
+        "--format", choices=("csv", "json"), default="csv", help=f"csv, or json: {_JSON_HELP}"
+    )
     export.add_argument("--data-dir", default=None)
     export.set_defaults(func=_export)
 
@@ -83,7 +95,7 @@ def _status(args: argparse.Namespace) -> int:
     if args.experiment is None:
         experiments = peer.call("api.experiments")
         if args.json:
-            print(json.dumps(experiments, indent=2))
+            print(json_text(experiments, indent=2))
             return 0
         if not experiments:
             print(
@@ -116,13 +128,13 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     info = peer.call("api.experiment", args.experiment)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json_text(info, indent=2))
         return 0
     print(_experiment_header(info))
     if _listed_state(info) == "exhausted":
-        print(f"no peer starts a new trial of it: {info['exhausted']}")
+        print(f"no peer starts a new trial of it: {printable(str(info['exhausted']))}")
     elif info.get("blocked_here"):  # (exhausted, this peer says the same in other words)
-        print(f"this peer starts no new trial of it: {info['blocked_here']}")
+        print(f"this peer starts no new trial of it: {printable(str(info['blocked_here']))}")
     names = sorted(info["space"])
     objectives = info["objectives"]
     rows = [
@@ -181,7 +193,7 @@ def _experiment_header(info: dict[str, Any]) -> str:
         parts += f"; {info['thawed']} thawed at least once"
     pairs = zip(info["directions"], info["objectives"], strict=True)
     goals = ", ".join(f"{direction} {objective}" for direction, objective in pairs)
-    return (
+    return printable(
         f"{info['name']} ({info['id'][:12]}): {info['trials']}/{info['max_trials'] or '∞'} trials"
         f" ({parts or 'none yet'}); {goals}"
     )
@@ -191,21 +203,22 @@ def _best(args: argparse.Namespace) -> int:
     info = _peer(args, read=True).call("api.experiment", args.experiment)
     best = info["best"]
     if args.json:  # a list for a Pareto front, else one trial; null (exit 1) if none yet
-        print(json.dumps(best if len(info["objectives"]) > 1 else (best[0] if best else None)))
+        print(json_text(best if len(info["objectives"]) > 1 else (best[0] if best else None)))
         return 0 if best else 1
     if not best:
         if info["finished"]:
             name = info["name"]
             again = f"metaopt status {shlex.quote(name)}"
-            print(f"{name}: finished with no completed trial; `{again}` says why")
+            print(printable(f"{name}: finished with no completed trial; `{again}` says why"))
         else:
-            print(f"{info['name']}: no completed trial yet")
+            print(printable(f"{info['name']}: no completed trial yet"))
         return 1
     for trial in best:
         objectives = trial["objectives"] or {}
         values = ", ".join(f"{k} {fmt_value(v)}" for k, v in objectives.items())
         where = (trial["runner"] or trial["node"])[:8]
-        print(f"{trial['id'][:12]}  {values}  on node {where}  {json.dumps(trial['params'])}")
+        line = f"{trial['id'][:12]}  {values}  on node {where}  {json_text(trial['params'])}"
+        print(printable(line))
     return 0
 
 
@@ -213,7 +226,7 @@ def _export(args: argparse.Namespace) -> int:
     info = _peer(args, read=True).call("api.experiment", args.experiment)
     trials = info["trial_list"]
     if args.format == "json":
-        print(json.dumps(trials, indent=2))
+        print(json_text(trials, indent=2))
         return 0
     names = sorted(info["space"])
     # The objectives always have a column, whatever the trials reported: the header keeps
@@ -239,11 +252,13 @@ def _export(args: argparse.Namespace) -> int:
 def _stop(args: argparse.Namespace) -> int:
     reply = _peer(args).call("api.stop", args.experiment)
     key, name = reply["key"], reply["name"]
-    print(f"experiment {name} ({key[:12]}) stopped: no peer starts new trials for it")
+    print(printable(f"experiment {name} ({key[:12]}) stopped: no peer starts new trials for it"))
     for which, field in (("an earlier", "older_open"), ("a later", "newer_open")):
         for other in reply.get(field, []):
             short = other[:12]
-            print(f"{which} {name} ({short}) still runs; `metaopt stop {short}` stops it")
+            print(
+                printable(f"{which} {name} ({short}) still runs; `metaopt stop {short}` stops it")
+            )
     return 0
 
 
@@ -273,7 +288,8 @@ def _logs(args: argparse.Namespace) -> int:
     line += "; run `metaopt logs` there"
     if info.get("earlier"):
         line += f" (this peer holds only an earlier attempt's output, cut short: {info['earlier']})"
-    print(line)
-    if info.get("stderr"):
-        print(f"the last lines of its stderr, as recorded:\n{info['stderr']}")
+    print(printable(line))
+    if info.get("stderr"):  # another peer's record: its lines, not its terminal escapes
+        stderr = printable(str(info["stderr"]), lines=True)
+        print(f"the last lines of its stderr, as recorded:\n{stderr}")
     return 0

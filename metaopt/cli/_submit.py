@@ -25,10 +25,10 @@ from crdt import MAX_RECORD_SIZE, OversizedRecord, Record
 from metaopt._errors import MetaoptError, WorkerError
 from metaopt._records import BLOB, MAX_NAME, ExperimentSpec, experiment_record, name_problem
 from metaopt._state import FROZEN_BY_HAND, TERMINAL_STATES
-from metaopt.cli._format import best_summary, fmt_value, state_summary
+from metaopt.cli._format import best_summary, fmt_value, json_text, state_summary
 from metaopt.peer._bundle import DEFAULT_MAX_BYTES, HARD_MAX_BYTES, collect_bundle
 from metaopt.peer._local import LocalPeer, resolve_data_dir
-from metaopt.peer._output import CAPTURE_HINT
+from metaopt.peer._output import CAPTURE_HINT, compile_objective_regex
 from metaopt.peer._template import parse_template
 from metaopt.space import Space
 from metaopt.worker import check_name
@@ -249,7 +249,7 @@ def build_submission(
         # 'accuracy = (?P<accuracy>[0-9.]+)' names what it reads: "maximize loss" was
         # shown for an accuracy.
         with contextlib.suppress(re.error):  # said below
-            named = re.compile(str(regex)).groupindex
+            named = compile_objective_regex(str(regex)).groupindex
             if len(named) == 1:
                 (given, number), source = next(iter(named.items())), "--objective-regex's group"
                 if number != 1:
@@ -283,7 +283,8 @@ def build_submission(
                 "print a METAOPT {json} line or call metaopt.report"
             )
         try:
-            groups = re.compile(str(regex)).groups
+            # As the peers compile it: one they would refuse is refused here.
+            groups = compile_objective_regex(str(regex)).groups
         except re.error as exc:
             raise MetaoptError(
                 f"--objective-regex {regex!r} is not a regular expression: {exc}"
@@ -583,7 +584,7 @@ def wait_for(
         return 0
     if info["best"]:
         best_trial = info["best"][0]
-        params = json.dumps(best_trial["params"])
+        params = json_text(best_trial["params"])
         print(f"best {fmt_value(best_trial['value'])} with {params}", file=out)
         return 0
     # Exit 1, as `metaopt best` does: `submit --wait && next-step` must not go on.
