@@ -15,6 +15,9 @@ State rules (see TrialView.state):
 - the curve is one run's: the run that ended the trial, else the current one; a start keeps
   the reports of that node's earlier run up to its resume step (none without one).
 - lost and interrupted trials are free: any peer may run them again.
+- a trial whose params are not a point of the experiment's space (a buggy or forged record:
+  x = "abc" for a uniform, a parameter missing or unknown) is failed whatever its events say,
+  so it is never the best, never run, and never in the search's history.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from metaopt._records import (
     parse_experiment,
     parse_trial,
 )
+from metaopt.space import Space
 
 __all__ = [
     "ACTIVE_STATES",
@@ -249,6 +253,7 @@ def _trial_view(
     created: int,
     events: Sequence[tuple[int, bytes, int, bytes, EventBody]],
     spec: ExperimentSpec,
+    misfit: str | None = None,
 ) -> TrialView:
     # A free event answered by a later (re)start (see EventBody.supersedes) no longer counts
     # for the lifecycle, whatever the writers' clocks say about their order.
@@ -339,6 +344,9 @@ def _trial_view(
     else:
         state = lifecycle.kind
         reason = lifecycle.reason
+    if misfit is not None:
+        state, values = "failed", None
+        reason = f"its params are not a point of the experiment's space: {misfit}"
     return TrialView(
         key=key,
         experiment=trial.experiment,
@@ -381,6 +389,11 @@ class ExperimentState:
         )
         self._views: dict[bytes, TrialView] = {}
         self.skipped = 0
+        # Why a trial's params are not a point of the space, by trial: checked once, when its
+        # record arrives (see _misfit), not on each fold of its view.
+        self._misfits: dict[bytes, str] = {}
+        self._space: Space | None = None
+        self._space_read = False
 
     @classmethod
     def from_store(cls, store: Store, key: bytes) -> ExperimentState | None:
@@ -404,6 +417,10 @@ class ExperimentState:
             if trial is None or trial.experiment != self.key:
                 self.skipped += trial is None
                 return False
+            if record.key not in self._trials:
+                misfit = self._misfit(trial.params)
+                if misfit is not None:
+                    self._misfits[record.key] = misfit
             self._trials[record.key] = (trial, record.time)
             self._views.pop(record.key, None)
             return True
@@ -434,8 +451,39 @@ class ExperimentState:
         if view is None and key in self._trials:
             trial, created = self._trials[key]
             events = list(self._events.get(key, {}).values())
-            view = self._views[key] = _trial_view(key, trial, created, events, self.spec)
+            misfit = self._misfits.get(key)
+            view = self._views[key] = _trial_view(key, trial, created, events, self.spec, misfit)
         return view
+
+    def _misfit(self, params: Mapping[str, Any]) -> str | None:
+        """Why params are not a point of the space (None if they are): each search parameter
+        a value of its prior, as Space.to_unit (the search's reading) checks them, a fidelity
+        value if one is given, and no other name. Per value, not through to_unit's arrays: a
+        replica catching up folds many thousand trials on the event loop."""
+        if not self._space_read:
+            self._space_read = True
+            try:
+                self._space = Space.from_dict(self.spec.space)
+            except Exception:  # an experiment no peer can run: its trials are left as they are
+                self._space = None
+        space = self._space
+        if space is None:
+            return None
+        fidelity = space.fidelity
+        dims = (*space.dimensions, *(() if fidelity is None else (fidelity,)))
+        known = {dim.name for dim in dims}
+        extra = next((name for name in params if name not in known), None)
+        if extra is not None:
+            return f"{extra!r} is not a parameter of the space"
+        try:
+            for dim in dims:
+                if dim.name in params:
+                    dim.from_python(params[dim.name])
+                elif dim is not fidelity:  # (a fidelity is optional, as in to_unit)
+                    return f"{dim.name!r} has no value"
+        except Exception as exc:  # a peer's malformed params must not stop the fold
+            return str(exc)
+        return None
 
     def trial_keys(self) -> list[bytes]:
         """Every known trial's key, without folding its view."""

@@ -534,3 +534,57 @@ def test_a_loss_of_a_run_already_replaced_does_not_free_the_trial() -> None:
     log.event(t, NODE_D, "lost", 600_000, reason="no news", after=view.latest)
     view = log.state().trial(t.key)
     assert view is not None and view.state == "lost"
+
+
+def _forged(log: Log, node: bytes, params: dict[str, object], counter: int) -> Record:
+    body = {"params": params, "node": node, "counter": counter}
+    rec = Record.create(TRIAL, node, log._next(node), 1000, body, [log.experiment.key])
+    log.records.append(rec)
+    return rec
+
+
+def test_a_trial_outside_the_space_is_failed_never_the_best_nor_in_the_search() -> None:
+    # A buggy or forged peer's trials with x = "abc", inf or -1e308 for a uniform(0, 1), or a
+    # parameter missing or unknown, were counted completed, and one became the best.
+    spec = _spec(space={"x": "uniform(0, 1)", "f": "fidelity(1, 8)"}, objectives=("loss",))
+    log = Log(spec)
+    honest = log.trial(NODE_A, 0.5)
+    log.event(honest, NODE_A, "completed", 2000, metrics={"loss": 1.0})
+    forged = [
+        _forged(log, NODE_B, params, counter)
+        for counter, params in enumerate(
+            [
+                {"x": "abc"},
+                {"x": float("inf")},
+                {"x": -1e308},
+                {},
+                {"x": 0.25, "y": 1},
+                {"x": 0.25, "f": float("-inf")},
+            ],
+            1,
+        )
+    ]
+    for trial in forged:
+        log.event(trial, NODE_B, "completed", 2000, metrics={"loss": -1.0})
+    fine = _forged(log, NODE_C, {"x": 0.75, "f": 8}, 1)  # a fidelity value is a parameter
+    log.event(fine, NODE_C, "completed", 2000, metrics={"loss": 2.0})
+    state = log.state()
+    assert [t.key for t in state.best()] == [honest.key]
+    views = {t.key: t for t in state.trials()}
+    assert state.counts() == {"completed": 2, "failed": len(forged)}
+    for trial in forged:
+        view = views[trial.key]
+        assert view.state == "failed" and view.values is None
+        assert view.reason is not None and view.reason.startswith(
+            "its params are not a point of the experiment's space: "
+        )
+    assert "'abc'" in (views[forged[0].key].reason or "")
+    assert "'y' is not a parameter" in (views[forged[4].key].reason or "")
+    from metaopt._suggest import Suggester
+
+    obs = Suggester(state, NODE_D).observations()
+    assert sorted(obs.X[:, 0]) == [0.5, 0.75]  # the honest two alone
+    # The only one the search reads is a point of its space (x = 0.25; its fidelity aside),
+    # as a failure.
+    assert obs.failed.tolist() == [[0.25]] and obs.pending.shape == (0, 1)
+    assert _views(log.state(list(reversed(log.records)))) == _views(state)  # still order-free
