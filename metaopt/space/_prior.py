@@ -145,6 +145,9 @@ class Dimension:
             u = (v - low) / (high - low)
         elif self.prior == "loguniform":
             low, high = self._log_range()
+            # A value at or below 0 (an integer neighbour of the lowest, say) clips to 0, as
+            # any value out of range does, without numpy's divide-by-zero warning.
+            v = np.maximum(v, np.finfo(np.float64).tiny)
             u = (np.log(v) - math.log(low)) / (math.log(high) - math.log(low))
         elif self.prior == "normal":
             mu, sigma = self.args

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
@@ -229,3 +231,13 @@ def test_any_valid_prior_round_trips(text: str, u: float) -> None:
     assert np.array_equal(d.round(r), r)
     value = d.to_python(float(d.decode(r)[0]))
     np.testing.assert_allclose(d.encode(np.array([d.from_python(value)])), r, atol=1e-9)
+
+
+@pytest.mark.parametrize("text", ["loguniform(1, 1000, discrete=True)", "loguniform(1e-5, 1)"])
+def test_a_log_value_at_or_below_zero_encodes_to_zero_without_a_warning(text: str) -> None:
+    # The GP's integer neighbours of the lowest value of loguniform(1, 1000, discrete=True)
+    # include 0: numpy warned "divide by zero encountered in log" in every Study using it.
+    dim = parse_prior("x", text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dim.encode(np.array([0.0, -1.0])).tolist() == [0.0, 0.0]
