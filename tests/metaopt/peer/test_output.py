@@ -237,6 +237,21 @@ def test_a_regex_that_backtracks_without_end_breaks_the_parser_in_bounded_time()
     assert parser.feed(b"a" * 60 + b'\nMETAOPT {"loss": 1}\n') == [{"loss": 1}]
 
 
+def test_many_lines_just_under_the_time_limit_break_the_parser_by_their_sum() -> None:
+    # The limit was per line: 20 lines of 0.14 s each held the event loop 2.9 s, and a chunk
+    # of output holds thousands of lines. Each line here "takes" 0.1 s of a virtual clock.
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.05  # read twice a line: at its start and by the next one's
+        return now[0]
+
+    parser = OutputParser(OutputConfig(objective_regex=r"loss=([0-9.]+)", regex_timeout=0.5), clock)
+    assert len(parser.feed(b"loss=1\n" * 4)) == 4 and parser.broken is None
+    assert len(parser.feed(b"loss=1\n" * 20)) < 10  # a new chunk, a new 0.5 s, used up
+    assert parser.broken is not None and "one chunk of output" in parser.broken
+
+
 def test_the_regex_keeps_re_syntax_and_meaning() -> None:
     # The peer matches with the regex module (it has a timeout); it reads re's syntax as re.
     for pattern in (r"\p{L}", r"(?<=a+)b", r"a(?i)b"):  # regex takes these, re does not
