@@ -14,8 +14,8 @@ from crdt import ORIGIN_SIZE
 from metaopt._errors import MetaoptError
 
 # Peers' addresses kept in a data directory (DataDir.peers_file): enough to find a cluster of
-# any size again (one live peer's gossip names the rest), few enough that calling them all,
-# one after another, while none answers does not hold up a gossip round for long.
+# any size again (one live peer's gossip names the rest), few enough to call them all at once
+# each gossip round while none answers.
 MAX_REMEMBERED = 16
 
 __all__ = ["DataDir", "default_data_dir", "trial_dir", "trial_log_path"]
@@ -105,22 +105,28 @@ class DataDir:
 
     def node_id(self) -> bytes:
         """This directory's node id, created on first use."""
-        path = self.root / "node_id"
-        if path.exists():
-            text = path.read_text().strip()
-            try:
-                value = bytes.fromhex(text)
-            except ValueError:
-                value = b""
-            if len(value) != ORIGIN_SIZE:
-                raise MetaoptError(
-                    f"{path} is corrupt; move the data directory aside to start anew"
-                )
+        value = self.read_node_id()
+        if value is not None:
             return value
+        path = self.root / "node_id"
         value = secrets.token_bytes(ORIGIN_SIZE)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(value.hex() + "\n")
         os.replace(tmp, path)
+        return value
+
+    def read_node_id(self) -> bytes | None:
+        """This directory's node id, or None if it has none yet (never created here: a reader
+        such as the CLI must not give a data directory a new identity)."""
+        path = self.root / "node_id"
+        if not path.exists():
+            return None
+        try:
+            value = bytes.fromhex(path.read_text().strip())
+        except ValueError:
+            value = b""
+        if len(value) != ORIGIN_SIZE:
+            raise MetaoptError(f"{path} is corrupt; move the data directory aside to start anew")
         return value
 
     def read_key(self) -> str | None:

@@ -10,8 +10,7 @@ from typing import Any
 from crdt import ClusterKey, FrameCodec
 from metaopt._errors import MetaoptError
 from metaopt.peer._identity import DataDir, default_data_dir
-from metaopt.peer._transport import Client, PeerUnreachable, RemoteError
-from metaopt.peer._wire import MISADDRESSED
+from metaopt.peer._transport import Client, Misaddressed, OtherRelease, PeerUnreachable
 
 __all__ = ["LocalPeer", "resolve_data_dir"]
 
@@ -38,7 +37,13 @@ class LocalPeer:
         if key_text is None:
             raise MetaoptError(f"{self.dirs.key_file} is missing; restart the peer")
         self.key = ClusterKey.from_text(key_text)
-        self.node_id = self.dirs.node_id()
+        node_id = self.dirs.read_node_id()
+        if node_id is None:
+            raise MetaoptError(
+                f"{self.dirs.root} has a peer.address but no node_id: it is not a peer's data"
+                " directory; choose the right one with --data-dir"
+            )
+        self.node_id = node_id
         self._codec = FrameCodec([self.key])
         self._timeout = timeout
 
@@ -54,14 +59,19 @@ class LocalPeer:
                 f"the peer of {self.dirs.root} at {self.addr} does not answer ({exc});"
                 " is it running? `metaopt peer start` starts it"
             ) from None
-        except RemoteError as exc:
-            if MISADDRESSED not in str(exc):
-                raise
+        except Misaddressed as exc:
             # Its peer died and left peer.address behind, and another took the port.
             raise MetaoptError(
                 f"the peer at {self.addr} is not the peer of {self.dirs.root} (its peer.address"
-                f" is stale: {str(exc).partition(MISADDRESSED)[2].strip()}); is that peer"
-                f" running? `metaopt peer start --data-dir {self.dirs.root}` starts it"
+                f" is stale: {str(exc).partition(': ')[2]}); is that peer running?"
+                f" `metaopt peer start --data-dir {self.dirs.root}` starts it"
+            ) from None
+        except OtherRelease:
+            # Upgraded while it ran: this CLI cannot even ask it to stop.
+            pid = self.dirs.pid_file.read_text().strip() if self.dirs.pid_file.exists() else "?"
+            raise MetaoptError(
+                f"the peer of {self.dirs.root} (pid {pid}) runs another metaopt release than"
+                f" this command; stop it (`kill {pid}`) and start it again with this release"
             ) from None
         finally:
             await client.close()

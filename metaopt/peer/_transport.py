@@ -13,6 +13,7 @@ import collections
 import dataclasses
 import errno
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -36,7 +37,7 @@ from metaopt.peer._wire import (
     other_version,
 )
 
-__all__ = ["Client", "PeerUnreachable", "RemoteError", "Server"]
+__all__ = ["Client", "Misaddressed", "OtherRelease", "PeerUnreachable", "RemoteError", "Server"]
 
 log = logging.getLogger("metaopt.peer")
 _MAX_NOTED = 1024  # senders and kinds of malformed HTTP noted; beyond, the rest is dropped
@@ -53,6 +54,14 @@ class PeerUnreachable(MetaoptError):
 
 class RemoteError(MetaoptError):
     """The peer answered with an error."""
+
+
+class OtherRelease(RemoteError):
+    """The peer speaks another protocol version (another metaopt release)."""
+
+
+class Misaddressed(RemoteError):
+    """The peer that answered is not the node the request named."""
 
 
 class _OneLineBadHttp(logging.Filter):
@@ -246,20 +255,25 @@ class Server:
             self._runner = None
 
 
+_CONNECTIONS_PER_PEER = 16  # a client's pool per peer (Client._get_session)
+_CAP_TOLD_EVERY = 60.0  # seconds between warnings that a host is at the cap
+
+
 class _HostCap:
     """Open connections per sending host, at most ``cap`` each (see _CappedConnection)."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self._open: collections.Counter[str] = collections.Counter()
-        self._told: set[str] = set()  # hosts at the cap whose refusal was logged
+        self._told: dict[str, float] = {}  # host -> when its refusal was last logged
 
     def take(self, host: str) -> bool:
         if self._open[host] < self.cap:
             self._open[host] += 1
             return True
-        if host not in self._told:
-            self._told.add(host)
+        now = time.monotonic()
+        if now - self._told.get(host, -math.inf) >= _CAP_TOLD_EVERY:
+            self._told[host] = now
             log.warning(
                 "%s holds %d connections to this peer; refusing more until some close",
                 host,
@@ -269,9 +283,9 @@ class _HostCap:
 
     def release(self, host: str) -> None:
         self._open[host] -= 1
-        self._told.discard(host)
         if not self._open[host]:
             del self._open[host]
+            self._told.pop(host, None)
 
 
 class _CappedConnection(asyncio.Protocol):
@@ -351,7 +365,11 @@ class Client:
 
     async def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            # A few connections to each peer are plenty (its Server caps a host's at
+            # max_connections_per_host); aiohttp's default of 100 let a burst of pushes from
+            # three peers on one host reach the cap and be refused.
+            connector = aiohttp.TCPConnector(limit_per_host=_CONNECTIONS_PER_PEER)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
         return self._session
 
     async def call(self, addr: str, op: str, body: Any = None, *, to: bytes | None = None) -> Any:
@@ -394,7 +412,9 @@ class Client:
         mismatch = other_version(reply.protocol)
         if mismatch is not None:
             self._warn_once(addr, "ignoring %s: %s", mismatch)
-            raise RemoteError(f"{addr}: {mismatch}")
+            raise OtherRelease(f"{addr}: {mismatch}")
+        if not reply.ok and (reply.error or "").startswith(MISADDRESSED):
+            raise Misaddressed(f"{addr}: {(reply.error or '').removeprefix(MISADDRESSED).strip()}")
         if not reply.ok:
             raise RemoteError(f"{addr}: {reply.error}")
         return reply.body

@@ -43,8 +43,8 @@ __all__ = [
 # newer one opens.
 PROTOCOL_VERSION = 4
 
-# The start of a refusal of a request that named another peer: the CLI says its data
-# directory's peer.address is stale rather than "refused".
+# The start of a refusal of a request that named another peer (the client raises
+# Misaddressed: the CLI says its data directory's peer.address is stale).
 MISADDRESSED = "misaddressed:"
 
 

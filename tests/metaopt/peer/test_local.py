@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
+from crdt import ClusterKey, FrameCodec
 from metaopt._errors import MetaoptError
 from metaopt.peer._config import PeerConfig
+from metaopt.peer._identity import DataDir
 from metaopt.peer._local import LocalPeer
 from metaopt.peer._node import Node
+from metaopt.peer._transport import PATH
+from metaopt.peer._wire import Reply
 
 pytestmark = pytest.mark.integration
 
@@ -35,3 +42,35 @@ async def test_a_stale_peer_address_does_not_reach_the_peer_that_took_the_port(
     finally:
         await alive.stop()
         dead.store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_of_another_release_is_named_with_how_to_stop_it(tmp_path: Path) -> None:
+    # Upgraded while its peer ran, `metaopt peer stop` said only "run the same metaopt
+    # release on every peer", and could not stop it.
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    key = ClusterKey.generate(os.urandom(32))
+    dirs.key_file.write_text(key.to_text())
+    dirs.node_id()
+    dirs.pid_file.write_text("4242\n")
+
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        reply = Reply(False, error="refused, metaopt protocol version 4 against 3", protocol=3)
+        sealed = FrameCodec([key]).seal(reply.encode(), now=time.time(), nonce=os.urandom(16))
+        return web.Response(body=sealed)
+
+    app = web.Application()
+    app.router.add_post(PATH, refuse)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    dirs.address_file.write_text(f"127.0.0.1:{port}\n")
+    try:
+        with pytest.raises(MetaoptError, match=r"another metaopt release.*kill 4242"):
+            await LocalPeer(tmp_path).acall("api.shutdown")
+    finally:
+        await runner.cleanup()

@@ -18,12 +18,14 @@ from metaopt.peer._transport import (
     PATH,
     TICKET,
     Client,
+    Misaddressed,
+    OtherRelease,
     PeerUnreachable,
     RemoteError,
     Server,
     _seal,
 )
-from metaopt.peer._wire import Request
+from metaopt.peer._wire import Reply, Request
 
 pytestmark = pytest.mark.integration
 
@@ -288,7 +290,7 @@ async def test_a_frame_played_to_another_peer_than_its_own_is_refused() -> None:
         for op in ("api.stop", "leave"):  # these must say whom they are for
             with pytest.raises(RemoteError, match="must name the node it is for"):
                 await client.call(other_addr, op)
-        with pytest.raises(RemoteError, match="misaddressed: this is node 6f6f"):
+        with pytest.raises(Misaddressed, match="this is node 6f6f"):
             await client.call(other_addr, "sync", to=NODE)
         assert await client.call(other_addr, "sync")  # replication may go to a --join seed
         assert await client.call(ours_addr, "leave", to=NODE)
@@ -373,3 +375,52 @@ async def test_a_host_holding_connections_open_is_refused_more_past_the_cap(
         await server.stop()
     [warning] = [r.getMessage() for r in caplog.records]
     assert "127.0.0.1 holds 4 connections" in warning
+
+
+async def _older_release(codec: FrameCodec) -> tuple[web.AppRunner, str]:
+    """A peer of protocol 3, as it answers a request of ours: a refusal sealed unbound."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        reply = Reply(False, error="refused, metaopt protocol version 4 against 3", protocol=3)
+        return web.Response(body=_seal(codec, reply.encode(), os.urandom(16)))
+
+    return await _serve(refuse)
+
+
+@pytest.mark.asyncio
+async def test_a_refusal_from_a_peer_of_an_older_release_is_read_and_named() -> None:
+    # Its reply is bound to nothing: read only to say which release refused us.
+    key = ClusterKey.generate(os.urandom(32))
+    codec = FrameCodec([key])
+    runner, addr = await _older_release(FrameCodec([key]))
+    client = Client(codec, os.urandom(16), "", timeout=10)
+    try:
+        with pytest.raises(OtherRelease, match="version 3 against version 4"):
+            await client.call(addr, "sync", b"x")
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_a_burst_of_requests_stays_under_the_servers_cap_per_host() -> None:
+    # aiohttp's pool allowed 100 connections a peer: three peers on one host pushing at once
+    # reached the cap of 256, and 80 of 360 calls were refused.
+    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
+
+    async def slow(message: Request) -> Any:
+        await asyncio.sleep(0.05)
+        return message.body
+
+    server = Server(codec, {"sync": slow}, node_id=NODE)
+    server.max_connections_per_host = 40
+    addr = f"127.0.0.1:{await server.start('127.0.0.1', 0)}"
+    clients = [Client(codec, os.urandom(16), "", timeout=10) for _ in range(2)]
+    try:
+        calls = [c.call(addr, "sync", b"x") for c in clients for _ in range(60)]
+        assert await asyncio.gather(*calls) == [b"x"] * 120
+    finally:
+        for client in clients:
+            await client.close()
+        await server.stop()
