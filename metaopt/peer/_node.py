@@ -32,7 +32,7 @@ from metaopt._writer import NodeWriter
 from metaopt.peer._api import LocalApi
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._gossip import PeerTable, own_addresses, valid_addr
-from metaopt.peer._identity import DataDir
+from metaopt.peer._identity import MAX_REMEMBERED, DataDir
 from metaopt.peer._limits import LoopGuard, raise_fd_limit
 from metaopt.peer._orphans import kill_orphans
 from metaopt.peer._replica import Replica
@@ -233,8 +233,8 @@ class Node:
 
     async def start(self) -> None:
         raise_fd_limit()
-        self._loop_guard.install(asyncio.get_running_loop())
         self.port = await self.server.start(self.config.host, self.config.port)
+        self._loop_guard.install(asyncio.get_running_loop())
         self.addr = f"{self.config.host}:{self.port}"
         self.client = self._new_client()  # it names the bound address to its peers
         self.replicator.client = self.client
@@ -441,33 +441,39 @@ class Node:
         silent = self.peers.silent(now, timeout)
         retry = [self.rng.choice(silent).addr] if silent else []
         targets = [p.addr for p in live] + self.peers.seed_addrs() + retry
-        if not self.peers.live(now, timeout):
-            targets += self._recalled
+        if not self.peers.live(now, timeout) and self._recalled:
+            # All at once: up to 16 addresses of machines that may be gone for good, each
+            # taking the request timeout, held up the round for minutes when called in turn.
+            recalled = [a for a in self._recalled if a not in targets]
+            await asyncio.gather(*(self._gossip_with(addr, timeout) for addr in recalled))
         for addr in dict.fromkeys(targets):
-            # Ages as of this call: one to a hung peer takes the whole request timeout, and
-            # ages told as of before it made every peer 10 s younger, each round (a peer
-            # stopped with SIGSTOP stayed live for 73 s instead of 30).
-            gossip = self.peers.to_gossip(self.clock(), timeout)
-            try:
-                reply = await self.client.call(addr, "gossip", gossip)
-            except (PeerUnreachable, RemoteError) as exc:
-                log.debug("gossip with %s failed: %s", addr, exc)
-                if addr in self.peers.seed_addrs() and addr not in self._seeds_heard:
-                    # Once: a mistyped --join was silent, the peer alone with no word why.
-                    self._seeds_heard[addr] = False
-                    log.warning(
-                        "--join %s does not answer (%s); still trying every %g s",
-                        addr,
-                        exc,
-                        self.config.timing.gossip,
-                    )
-                continue
-            if self._seeds_heard.get(addr) is False:
-                log.info("--join %s answers now", addr)
-            self._seeds_heard[addr] = True
-            self.peers.touch_addr(addr, self.clock())
-            self.peers.merge_gossip(reply, self.clock(), exclude=self.node_id)
+            await self._gossip_with(addr, timeout)
         self._remember_peers()
+
+    async def _gossip_with(self, addr: str, timeout: float) -> None:
+        # Ages as of this call: one to a hung peer takes the whole request timeout, and
+        # ages told as of before it made every peer 10 s younger, each round (a peer
+        # stopped with SIGSTOP stayed live for 73 s instead of 30).
+        gossip = self.peers.to_gossip(self.clock(), timeout)
+        try:
+            reply = await self.client.call(addr, "gossip", gossip)
+        except (PeerUnreachable, RemoteError) as exc:
+            log.debug("gossip with %s failed: %s", addr, exc)
+            if addr in self.peers.seed_addrs() and addr not in self._seeds_heard:
+                # Once: a mistyped --join was silent, the peer alone with no word why.
+                self._seeds_heard[addr] = False
+                log.warning(
+                    "--join %s does not answer (%s); still trying every %g s",
+                    addr,
+                    exc,
+                    self.config.timing.gossip,
+                )
+            return
+        if self._seeds_heard.get(addr) is False:
+            log.info("--join %s answers now", addr)
+        self._seeds_heard[addr] = True
+        self.peers.touch_addr(addr, self.clock())
+        self.peers.merge_gossip(reply, self.clock(), exclude=self.node_id)
 
     def _recall_peers(self) -> None:
         """Call the peers this one talked to when it last ran while it hears of none.
@@ -488,7 +494,8 @@ class Node:
         it talks to none (cut off, or they are all down) the last ones are kept. Says once if
         it has reached none of them since it started."""
         now, timeout = self.clock(), self.config.timing.peer_timeout
-        talking = [p.addr for p in self.peers.live(now, timeout) if p.last_contact is not None]
+        live = self.peers.live(now, timeout)
+        talking = [p.addr for p in live if p.last_contact is not None][:MAX_REMEMBERED]
         if talking:
             self._warned_alone = True  # a partition later is no longer what the warning says
         if talking and talking != self._remembered:
@@ -497,7 +504,8 @@ class Node:
             except OSError as exc:
                 log.debug("cannot keep the peers' addresses in %s: %s", self.dirs.root, exc)
                 return
-            self._remembered = talking
+            # Called again if all of these go quiet later, rather than the ones at the start.
+            self._remembered = self._recalled = talking
         elif not talking and self._recalled and not self._warned_alone and self.listened():
             self._warned_alone = True
             log.warning(
