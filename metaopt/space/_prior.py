@@ -14,6 +14,7 @@ and categoricals of k values own k equal cells and snap to the cell centres.
 from __future__ import annotations
 
 import ast
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -180,6 +181,31 @@ class Dimension:
             return (idx + 0.5) / len(self.choices)
         return self.round(rng.random(n))
 
+    @functools.cached_property
+    def _choice_index(self) -> tuple[dict[tuple[type, Any], int], dict[float, int]]:
+        """Choices (strings, numbers, booleans or None) by (type, value), numbers by value."""
+        exact: dict[tuple[type, Any], int] = {}
+        numeric: dict[float, int] = {}
+        for i, c in enumerate(self.choices):
+            exact.setdefault((type(c), c), i)
+            if isinstance(c, int | float) and not isinstance(c, bool):
+                numeric.setdefault(float(c), i)
+        return exact, numeric
+
+    def _choice_at(self, value: Any) -> int | None:
+        """The index of the choice value is: of its type first, else an equal number (2 for
+        2.0, never True for 1). By lookup, not a scan: a replica catching up checks every
+        trial's values (100k trials of a 5,000-value choice took 11.6 s scanned)."""
+        exact, numeric = self._choice_index
+        try:
+            found = exact.get((type(value), value))
+        except TypeError:  # an unhashable value (a list from a forged record) is none of them
+            found = None
+        number = isinstance(value, int | float | np.integer | np.floating)
+        if found is None and number and not isinstance(value, bool):
+            found = numeric.get(float(value))
+        return found
+
     def to_python(self, x: float) -> Any:
         """A decoded numeric value -> the plain Python value a trial receives."""
         if self.prior == "choices":
@@ -191,13 +217,12 @@ class Dimension:
     def from_python(self, value: Any) -> float:
         """A trial's value -> its numeric value; raises SpaceError if outside the dimension."""
         if self.prior == "choices":
-            for i, c in enumerate(self.choices):
-                if type(c) is type(value) and c == value:
-                    return float(i)
-            for i, c in enumerate(self.choices):
-                if c == value and not isinstance(value, bool) and not isinstance(c, bool):
-                    return float(i)
-            raise SpaceError(f"{self.name}: {value!r} is not one of {list(self.choices)!r}")
+            found = self._choice_at(value)
+            if found is None:
+                shown = repr(list(self.choices))
+                shown = shown if len(shown) <= 200 else shown[:200] + "...]"
+                raise SpaceError(f"{self.name}: {value!r} is not one of {shown}")
+            return float(found)
         if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
             raise SpaceError(
                 f"{self.name}: expected a number for {self.to_string()}, got {value!r}"

@@ -241,3 +241,17 @@ def test_a_log_value_at_or_below_zero_encodes_to_zero_without_a_warning(text: st
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert dim.encode(np.array([0.0, -1.0])).tolist() == [0.0, 0.0]
+
+
+def test_a_choice_is_found_by_its_type_first_then_as_an_equal_number() -> None:
+    dim = parse_prior("c", "choices([1, 2.0, 'a', True, None, -0.0])")
+    found = [(1, 0), (1.0, 0), (2, 1), (np.int64(2), 1), ("a", 2), (True, 3), (None, 4), (0, 5)]
+    for value, index in found:
+        assert dim.from_python(value) == index
+    for value in ("b", False, 3, [1], {"x": 1}):
+        with pytest.raises(SpaceError, match="is not one of"):
+            dim.from_python(value)
+    many = parse_prior("c", f"choices({list(range(5000))!r})")
+    with pytest.raises(SpaceError) as caught:
+        many.from_python(-1)
+    assert len(str(caught.value)) < 300  # not all 5,000 of them
