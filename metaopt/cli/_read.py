@@ -115,8 +115,10 @@ def _status(args: argparse.Namespace) -> int:
                     f"{e['trials']}/{e['max_trials'] or '∞'}",
                     c.get("completed", 0),
                     # Lost and interrupted trials wait for a peer to run them again: they
-                    # were in no column, and the columns did not add up to the trials.
-                    sum(c.get(s, 0) for s in ("running", "pending", "lost", "interrupted")),
+                    # were in no column, and the columns did not add up to the trials. Not
+                    # once it is stopped: then nothing starts again, and a lost trial there
+                    # showed as running for good.
+                    sum(c.get(s, 0) for s in _WAITING if not e["stopped"] or s == "running"),
                     c.get("frozen", 0),
                     c.get("killed", 0),
                     c.get("failed", 0),
@@ -147,6 +149,9 @@ def _status(args: argparse.Namespace) -> int:
     ]
     print(table(["trial", "state", *objectives, "step", "node", *names, "why"], rows))
     return 0
+
+
+_WAITING = ("running", "pending", "lost", "interrupted")  # the list's "running" column
 
 
 def _listed_state(e: dict[str, Any]) -> str:

@@ -274,3 +274,15 @@ def test_an_exhausted_experiment_is_listed_so_once_nothing_is_open(
         said = "no peer starts a new trial of it: all 2 points" in out
         assert said is (shown == "exhausted")
         assert ("this peer starts no new trial" in out) is (shown != "exhausted")  # said once
+
+
+def test_a_lost_trial_counts_as_running_only_while_its_experiment_may_run_it_again(
+    peer: type[_Peer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A stopped experiment's lost trial is never run again, yet it showed as running for good.
+    trials = [_trial(k, s, {"f1": 0.5}, final=False) for k, s in (("a", "running"), ("b", "lost"))]
+    for stopped, running in ((False, "2"), (True, "1")):
+        peer.info = {**_info(trials, ["f1"]), "stopped": stopped}
+        assert main(["status"]) == 0
+        row = capsys.readouterr().out.splitlines()[2].split()
+        assert row[2] == ("stopped" if stopped else "active") and row[5] == running
