@@ -182,14 +182,18 @@ class Dimension:
         return self.round(rng.random(n))
 
     @functools.cached_property
-    def _choice_index(self) -> tuple[dict[tuple[type, Any], int], dict[float, int]]:
-        """Choices (strings, numbers, booleans or None) by (type, value), numbers by value."""
+    def _choice_index(self) -> tuple[dict[tuple[type, Any], int], dict[Any, int]]:
+        """Choices (strings, numbers, booleans or None) by (type, value), numbers by value.
+
+        Numbers are keyed as they are, not as floats: int and float hash and compare exactly
+        across types, and a float loses integers above 2**53 (2**62 - 1 found 2**62 + 1).
+        """
         exact: dict[tuple[type, Any], int] = {}
-        numeric: dict[float, int] = {}
+        numeric: dict[Any, int] = {}
         for i, c in enumerate(self.choices):
             exact.setdefault((type(c), c), i)
             if isinstance(c, int | float) and not isinstance(c, bool):
-                numeric.setdefault(float(c), i)
+                numeric.setdefault(c, i)
         return exact, numeric
 
     def _choice_at(self, value: Any) -> int | None:
@@ -203,7 +207,7 @@ class Dimension:
             found = None
         number = isinstance(value, int | float | np.integer | np.floating)
         if found is None and number and not isinstance(value, bool):
-            found = numeric.get(float(value))
+            found = numeric.get(value)
         return found
 
     def to_python(self, x: float) -> Any:
@@ -219,23 +223,27 @@ class Dimension:
         if self.prior == "choices":
             found = self._choice_at(value)
             if found is None:
-                shown = repr(list(self.choices))
-                shown = shown if len(shown) <= 200 else shown[:200] + "...]"
-                raise SpaceError(f"{self.name}: {value!r} is not one of {shown}")
+                raise SpaceError(
+                    f"{self.name}: {_cut(repr(value))} is not one of"
+                    f" {_cut(repr(list(self.choices)))}"
+                )
             return float(found)
         if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
             raise SpaceError(
-                f"{self.name}: expected a number for {self.to_string()}, got {value!r}"
+                f"{self.name}: expected a number for {self.to_string()}, got {_cut(repr(value))}"
             )
-        x = float(value)
+        try:
+            x = float(value)
+        except OverflowError:  # an int past float's range (from another peer's record)
+            x = math.inf
         if not math.isfinite(x):
-            raise SpaceError(f"{self.name}: {value!r} is not finite")
+            raise SpaceError(f"{self.name}: {_cut(repr(value))} is not finite")
         if self.kind == "int" and x != round(x):
             raise SpaceError(
-                f"{self.name}: expected an integer for {self.to_string()}, got {value!r}"
+                f"{self.name}: expected an integer for {self.to_string()}, got {_cut(repr(value))}"
             )
         if not self._contains(x):
-            raise SpaceError(f"{self.name}: {value!r} is outside {self.to_string()}")
+            raise SpaceError(f"{self.name}: {_cut(repr(value))} is outside {self.to_string()}")
         return x
 
     def to_string(self) -> str:
@@ -533,3 +541,8 @@ def _with_default(dim: Dimension, value: Any) -> Dimension:
         default_value=value,
         base=dim.base,
     )
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    """text, cut to limit characters: a value from another peer's record can be any size."""
+    return text if len(text) <= limit else text[:limit] + "..."

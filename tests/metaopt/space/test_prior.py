@@ -255,3 +255,17 @@ def test_a_choice_is_found_by_its_type_first_then_as_an_equal_number() -> None:
     with pytest.raises(SpaceError) as caught:
         many.from_python(-1)
     assert len(str(caught.value)) < 300  # not all 5,000 of them
+
+
+def test_a_large_integer_is_found_exactly_among_the_choices() -> None:
+    # Looked up as floats, 2**62 - 1 was taken for the choice 2**62 + 1, and a default of
+    # 10**400 raised OverflowError (a traceback at submit) instead of one line.
+    dim = parse_prior("c", f"choices([{2**62 + 1}, 'x'])")
+    assert dim.from_python(2**62 + 1) == 0
+    with pytest.raises(SpaceError):
+        dim.from_python(2**62 - 1)
+    with pytest.raises(SpaceError, match=r"default_value .* is not a value of this prior"):
+        parse_prior("c", "choices([1, 2], default_value=1" + "0" * 400 + ")")
+    with pytest.raises(SpaceError) as caught:
+        dim.from_python("y" * 10_000)
+    assert len(str(caught.value)) < 500
