@@ -19,7 +19,7 @@ from metaopt._errors import MetaoptError
 from metaopt.cli._format import json_text, printable, table
 from metaopt.peer._config import PeerConfig, Timing
 from metaopt.peer._gossip import valid_addr
-from metaopt.peer._identity import DataDir
+from metaopt.peer._identity import DataDir, pid_gone
 from metaopt.peer._local import LocalPeer, resolve_data_dir
 
 __all__ = ["add_peer_commands"]
@@ -207,7 +207,7 @@ def _detach(config: PeerConfig, log_level: str, timing: str) -> int:
     env = dict(os.environ)
     if config.key_text:
         env["METAOPT_KEY"] = config.key_text  # not on the command line, where ps shows it
-    running = running_peer(dirs)
+    running = dirs.running_pid()
     if running is not None:
         # Removing its address file below would cut the CLI off from it for good.
         raise MetaoptError(
@@ -255,7 +255,7 @@ def _detach(config: PeerConfig, log_level: str, timing: str) -> int:
 def _stop(args: argparse.Namespace) -> int:
     data_dir = resolve_data_dir(args.data_dir)
     dirs = DataDir(data_dir)
-    pid = read_pid(dirs)
+    pid = dirs.read_pid()
     if not dirs.address_file.exists():
         raise MetaoptError(f"no peer is running on {dirs.root}; nothing to stop")
     LocalPeer(data_dir).call("api.shutdown")
@@ -263,43 +263,12 @@ def _stop(args: argparse.Namespace) -> int:
     # Until the process is gone, not only its pid file (which its stop removes before the
     # interpreter exits: "peer stopped" was printed with the peer still there for seconds); a
     # zombie (a peer whose parent has not reaped it yet) has stopped.
-    while pid is not None and not _gone(pid):
+    while pid is not None and not pid_gone(pid):
         if time.monotonic() > deadline:
             raise MetaoptError(f"peer pid {pid} is still running after {args.timeout:.0f} s")
         time.sleep(0.1)
     print("peer stopped")
     return 0
-
-
-def read_pid(dirs: DataDir) -> int | None:
-    """The pid the data dir's pid file names; None if there is none, or no pid in it (a file
-    cut short by a full disk, or edited: `peer stop` failed on it with a traceback)."""
-    try:
-        pid = int(dirs.pid_file.read_text())
-    except (OSError, ValueError):
-        return None
-    return pid if pid > 0 else None
-
-
-def running_peer(dirs: DataDir) -> int | None:
-    """The pid of a live metaopt process named by the data dir's pid file, if there is one."""
-    pid = read_pid(dirs)
-    if pid is None:
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    # A pid file left by a crash may name a pid reused since by something else.
-    return pid if b"metaopt" in cmdline and not _gone(pid) else None
-
-
-def _gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -19,7 +19,6 @@ from metaopt.cli._format import (
     table,
     trial_state,
 )
-from metaopt.cli._peer import read_pid, running_peer
 from metaopt.peer._identity import DataDir
 from metaopt.peer._local import LocalPeer, resolve_data_dir
 from metaopt.peer._offline import OfflinePeer
@@ -37,7 +36,7 @@ def _peer(args: argparse.Namespace, read: bool = False) -> LocalPeer | OfflinePe
     dirs = DataDir(data_dir)
     # A peer killed -9 leaves its address file: the pid file says whether it runs (one that
     # names no pid says nothing: the address is tried).
-    if dirs.address_file.exists() and (running_peer(dirs) or read_pid(dirs) is None):
+    if dirs.address_file.exists() and (dirs.running_pid() or dirs.read_pid() is None):
         return LocalPeer(data_dir)
     offline = OfflinePeer(data_dir)
     if read:

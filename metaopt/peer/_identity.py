@@ -37,6 +37,15 @@ def trial_log_path(dirs: DataDir, trial: bytes) -> Path:
     return trial_dir(dirs, trial) / "output.log"
 
 
+def pid_gone(pid: int) -> bool:
+    """Whether no process pid runs (none, or a zombie not yet reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+
+
 class DataDir:
     """Paths and small files inside one peer's data directory."""
 
@@ -128,6 +137,27 @@ class DataDir:
         if len(value) != ORIGIN_SIZE:
             raise MetaoptError(f"{path} is corrupt; move the data directory aside to start anew")
         return value
+
+    def read_pid(self) -> int | None:
+        """The pid the pid file names; None if there is none, or no pid in it (a file cut
+        short by a full disk, or edited: `peer stop` failed on it with a traceback)."""
+        try:
+            pid = int(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if pid > 0 else None
+
+    def running_pid(self) -> int | None:
+        """The pid of a live metaopt process the pid file names, if there is one: a pid file
+        left by a crash may name a pid reused since by something else."""
+        pid = self.read_pid()
+        if pid is None:
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return pid if b"metaopt" in cmdline and not pid_gone(pid) else None
 
     def read_key(self) -> str | None:
         return self.key_file.read_text().strip() if self.key_file.exists() else None

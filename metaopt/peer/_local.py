@@ -67,8 +67,16 @@ class LocalPeer:
                 f" `metaopt peer start --data-dir {self.dirs.root}` starts it"
             ) from None
         except OtherRelease:
-            # Upgraded while it ran: this CLI cannot even ask it to stop.
-            pid = self.dirs.pid_file.read_text().strip() if self.dirs.pid_file.exists() else "?"
+            # Upgraded while it ran: this CLI cannot even ask it to stop. An older peer does
+            # not check whom a request is for, so the one answering may not be this
+            # directory's: a pid is named only if the pid file's is a live metaopt process.
+            pid = self.dirs.running_pid()
+            if pid is None:
+                raise MetaoptError(
+                    f"the peer at {self.addr} runs another metaopt release than this command,"
+                    f" and no peer of {self.dirs.root} is running (its peer.address may be"
+                    " stale); stop that peer with the release it runs"
+                ) from None
             raise MetaoptError(
                 f"the peer of {self.dirs.root} (pid {pid}) runs another metaopt release than"
                 f" this command; stop it (`kill {pid}`) and start it again with this release"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -53,7 +55,6 @@ async def test_a_peer_of_another_release_is_named_with_how_to_stop_it(tmp_path: 
     key = ClusterKey.generate(os.urandom(32))
     dirs.key_file.write_text(key.to_text())
     dirs.node_id()
-    dirs.pid_file.write_text("4242\n")
 
     async def refuse(request: web.Request) -> web.Response:
         await request.read()
@@ -69,8 +70,19 @@ async def test_a_peer_of_another_release_is_named_with_how_to_stop_it(tmp_path: 
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     dirs.address_file.write_text(f"127.0.0.1:{port}\n")
+    # A live metaopt process is named with how to stop it; a pid file naming none is not (an
+    # older peer does not check whom a request is for: the one answering may be another's).
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "metaopt"])
     try:
-        with pytest.raises(MetaoptError, match=r"another metaopt release.*kill 4242"):
+        dirs.pid_file.write_text(f"{alive.pid}\n")
+        with pytest.raises(MetaoptError, match=rf"another metaopt release.*kill {alive.pid}"):
             await LocalPeer(tmp_path).acall("api.shutdown")
+        alive.kill()
+        alive.wait()
+        with pytest.raises(MetaoptError, match=r"no peer of .* is running") as caught:
+            await LocalPeer(tmp_path).acall("api.shutdown")
+        assert "kill" not in str(caught.value)
     finally:
+        alive.kill()
+        alive.wait()
         await runner.cleanup()
