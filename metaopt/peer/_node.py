@@ -445,7 +445,10 @@ class Node:
             # All at once: up to 16 addresses of machines that may be gone for good, each
             # taking the request timeout, held up the round for minutes when called in turn.
             recalled = [a for a in self._recalled if a not in targets]
-            await asyncio.gather(*(self._gossip_with(addr, timeout) for addr in recalled))
+            calls = (self._gossip_with(addr, timeout) for addr in recalled)
+            for failed in await asyncio.gather(*calls, return_exceptions=True):
+                if isinstance(failed, Exception):  # a bug: the other calls still complete
+                    log.error("gossip with a remembered peer failed: %r", failed)
         for addr in dict.fromkeys(targets):
             await self._gossip_with(addr, timeout)
         self._remember_peers()
@@ -495,17 +498,20 @@ class Node:
         it has reached none of them since it started."""
         now, timeout = self.clock(), self.config.timing.peer_timeout
         live = self.peers.live(now, timeout)
-        talking = [p.addr for p in live if p.last_contact is not None][:MAX_REMEMBERED]
+        talking = [p.addr for p in live if p.last_contact is not None]
         if talking:
             self._warned_alone = True  # a partition later is no longer what the warning says
-        if talking and talking != self._remembered:
+            # The ones it talks to first, then the others it knew, most recent first: if the
+            # few it talks to now die, the rest may still answer.
+            known = (talking + [a for a in self._recalled if a not in talking])[:MAX_REMEMBERED]
+            self._recalled = known
+        if talking and known != self._remembered:
             try:
-                self.dirs.write_peers(talking)
+                self.dirs.write_peers(known)
             except OSError as exc:
                 log.debug("cannot keep the peers' addresses in %s: %s", self.dirs.root, exc)
                 return
-            # Called again if all of these go quiet later, rather than the ones at the start.
-            self._remembered = self._recalled = talking
+            self._remembered = known
         elif not talking and self._recalled and not self._warned_alone and self.listened():
             self._warned_alone = True
             log.warning(

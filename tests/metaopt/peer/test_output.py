@@ -239,11 +239,11 @@ def test_a_regex_that_backtracks_without_end_breaks_the_parser_in_bounded_time()
 
 def test_many_lines_just_under_the_time_limit_break_the_parser_by_their_sum() -> None:
     # The limit was per line: 20 lines of 0.14 s each held the event loop 2.9 s, and a chunk
-    # of output holds thousands of lines. Each line here "takes" 0.1 s of a virtual clock.
+    # of output holds thousands of lines. Each line here "takes" 0.05 s of a virtual clock.
     now = [0.0]
 
     def clock() -> float:
-        now[0] += 0.05  # read twice a line: at its start and by the next one's
+        now[0] += 0.05  # read once a line (and once a chunk)
         return now[0]
 
     parser = OutputParser(OutputConfig(objective_regex=r"loss=([0-9.]+)", regex_timeout=0.5), clock)
