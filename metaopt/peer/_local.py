@@ -10,7 +10,7 @@ from typing import Any
 from crdt import ClusterKey, FrameCodec
 from metaopt._errors import MetaoptError
 from metaopt.peer._identity import DataDir, default_data_dir
-from metaopt.peer._transport import Client, Misaddressed, OtherRelease, PeerUnreachable
+from metaopt.peer._transport import Client, Misaddressed, OtherRelease, PeerUnreachable, Refused
 
 __all__ = ["LocalPeer", "resolve_data_dir"]
 
@@ -55,16 +55,18 @@ class LocalPeer:
         try:
             return await client.call(self.addr, op, body, to=self.node_id)
         except PeerUnreachable as exc:
-            raise MetaoptError(
-                f"the peer of {self.dirs.root} at {self.addr} does not answer ({exc});"
-                " is it running? `metaopt peer start` starts it"
-            ) from None
-        except Misaddressed as exc:
-            # Its peer died and left peer.address behind, and another took the port.
-            raise MetaoptError(
-                f"the peer at {self.addr} is not the peer of {self.dirs.root} (its peer.address"
-                f" is stale: {str(exc).partition(': ')[2]}); is that peer running?"
+            raise self._stale(f"nothing answers at {self.addr}") or MetaoptError(
+                f"the peer of {self.dirs.root} does not answer at {self.addr}"
+                f" ({str(exc).rpartition('(')[2].rstrip(')')}); is it running?"
                 f" `metaopt peer start --data-dir {self.dirs.root}` starts it"
+            ) from None
+        except (Misaddressed, Refused) as exc:
+            # Its peer died and left peer.address behind, and another took the port: one of
+            # this cluster (it names another node) or of another (it refuses the key).
+            why = str(exc).partition(": ")[2]
+            raise self._stale(f"another peer answers at {self.addr}: {why}") or MetaoptError(
+                f"the peer at {self.addr} is not the peer of {self.dirs.root} ({why}); is that"
+                f" peer running? `metaopt peer start --data-dir {self.dirs.root}` starts it"
             ) from None
         except OtherRelease:
             # Upgraded while it ran: this CLI cannot even ask it to stop. An older peer does
@@ -83,3 +85,13 @@ class LocalPeer:
             ) from None
         finally:
             await client.close()
+
+    def _stale(self, why: str) -> MetaoptError | None:
+        """The error to give when the pid file names no live metaopt process: the peer died
+        and left its peer.address behind. None while one runs (then say what went wrong)."""
+        if self.dirs.running_pid() is not None:
+            return None
+        return MetaoptError(
+            f"no peer is running on {self.dirs.root} (its peer.address is left from one that"
+            f" died; {why}); start one with `metaopt peer start --data-dir {self.dirs.root}`"
+        )

@@ -37,7 +37,15 @@ from metaopt.peer._wire import (
     other_version,
 )
 
-__all__ = ["Client", "Misaddressed", "OtherRelease", "PeerUnreachable", "RemoteError", "Server"]
+__all__ = [
+    "Client",
+    "Misaddressed",
+    "OtherRelease",
+    "PeerUnreachable",
+    "Refused",
+    "RemoteError",
+    "Server",
+]
 
 log = logging.getLogger("metaopt.peer")
 _MAX_NOTED = 1024  # senders and kinds of malformed HTTP noted; beyond, the rest is dropped
@@ -62,6 +70,10 @@ class OtherRelease(RemoteError):
 
 class Misaddressed(RemoteError):
     """The peer that answered is not the node the request named."""
+
+
+class Refused(RemoteError):
+    """The peer refused our frames (another cluster's key, or none it holds)."""
 
 
 class _OneLineBadHttp(logging.Filter):
@@ -401,7 +413,7 @@ class Client:
                         " prints the command)",
                         why,
                     )
-                    raise RemoteError(f"{addr} refused us: {why}")
+                    raise Refused(f"{addr} refused us: {why}")
                 if response.status != 200:
                     raise PeerUnreachable(f"{addr} answered HTTP {response.status}")
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:

@@ -23,24 +23,43 @@ from metaopt.peer._wire import Reply
 pytestmark = pytest.mark.integration
 
 
+def _a_metaopt_process() -> subprocess.Popen[bytes]:
+    """A live process whose command line names metaopt, as a running peer's does."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "metaopt"])
+
+
 @pytest.mark.asyncio
+@pytest.mark.parametrize("cluster", ["the same", "another"])
 async def test_a_stale_peer_address_does_not_reach_the_peer_that_took_the_port(
-    tmp_path: Path,
+    tmp_path: Path, cluster: str
 ) -> None:
     # A peer killed with -9 leaves peer.address behind; another (of the same cluster) started
-    # on that port later, and `metaopt peer stop` on the dead one's data directory stopped it.
+    # on that port later, and `metaopt peer stop` on the dead one's data directory stopped it;
+    # one of another cluster was told to use "the cluster's key".
     alive = Node(PeerConfig(data_dir=tmp_path / "alive", port=0, mdns=False))
     dead = Node(PeerConfig(data_dir=tmp_path / "dead", port=0, mdns=False, key_text=None))
     try:
         await alive.start()
-        (tmp_path / "dead").mkdir(exist_ok=True)
-        dead.dirs.key_file.write_text(alive.key.to_text())  # the same cluster
+        if cluster == "the same":
+            dead.dirs.key_file.write_text(alive.key.to_text())
         dead.dirs.address_file.write_text(alive.addr)  # what the killed peer left behind
         assert (await LocalPeer(tmp_path / "alive").acall("api.status"))["pid"]
-        with pytest.raises(MetaoptError, match=r"is not the peer of .*dead.*stale") as caught:
+        stale = r"no peer is running on .*dead \(its peer.address is left from one that died"
+        with pytest.raises(MetaoptError, match=stale) as caught:
             await LocalPeer(tmp_path / "dead").acall("api.shutdown")
-        assert "\n" not in str(caught.value)
+        assert "\n" not in str(caught.value) and "key" not in str(caught.value).split(";")[-1]
         assert not alive._stopping.is_set()
+        # While a metaopt process the pid file names runs, it says which peer answered.
+        alive_pid = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)", "metaopt"]
+        )
+        try:
+            dead.dirs.pid_file.write_text(f"{alive_pid.pid}\n")
+            with pytest.raises(MetaoptError, match=r"the peer at .* is not the peer of .*dead"):
+                await LocalPeer(tmp_path / "dead").acall("api.shutdown")
+        finally:
+            alive_pid.kill()
+            alive_pid.wait()
     finally:
         await alive.stop()
         dead.store.close()
@@ -72,7 +91,7 @@ async def test_a_peer_of_another_release_is_named_with_how_to_stop_it(tmp_path: 
     dirs.address_file.write_text(f"127.0.0.1:{port}\n")
     # A live metaopt process is named with how to stop it; a pid file naming none is not (an
     # older peer does not check whom a request is for: the one answering may be another's).
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "metaopt"])
+    alive = _a_metaopt_process()
     try:
         dirs.pid_file.write_text(f"{alive.pid}\n")
         with pytest.raises(MetaoptError, match=rf"another metaopt release.*kill {alive.pid}"):
