@@ -516,8 +516,8 @@ class Node:
             self._warned_alone = True
             log.warning(
                 "none of the peers this one knew (%s) has answered for %g s: it runs alone,"
-                " on its own copy of the history; to rejoin the cluster, restart it with"
-                " --join HOST:PORT of a running peer",
+                " on its own copy of the history, and keeps calling them; if they all moved"
+                " to other addresses, restart it with --join HOST:PORT of a running peer",
                 ", ".join(self._recalled[:3]) + (", ..." if len(self._recalled) > 3 else ""),
                 self.config.timing.peer_timeout,
             )

@@ -62,7 +62,7 @@ async def test_a_restarted_peer_calls_the_peers_it_talked_to_and_says_if_none_an
         for _ in range(2):
             await alone._gossip()
         [warning] = [r.getMessage() for r in caplog.records if "runs alone" in r.getMessage()]
-        assert a.addr in warning and "--join" in warning
+        assert a.addr in warning and "keeps calling them" in warning and "--join" in warning
         assert (tmp_path / "b" / "peers").read_text() == f"{a.addr}\n"  # kept while alone
     finally:
         for peer in running:
