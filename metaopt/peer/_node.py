@@ -479,7 +479,8 @@ class Node:
         self.peers.merge_gossip(reply, self.clock(), exclude=self.node_id)
 
     def _recall_peers(self) -> None:
-        """Call the peers this one talked to when it last ran while it hears of none.
+        """Read the addresses of the peers this one talked to when it last ran, to call while
+        it hears of none (see _gossip).
 
         Without them a peer restarted on its data directory without --join (on a new port,
         or after its peers stopped calling its old address) ran alone: from its own copy of
@@ -493,34 +494,37 @@ class Node:
         ]
 
     def _remember_peers(self) -> None:
-        """Keep the addresses of the peers this one talks to now in its data directory; while
+        """Keep the addresses of the peers this one talks to now in its data directory, then
+        the others it knew (if the few it talks to now die, the rest may still answer); while
         it talks to none (cut off, or they are all down) the last ones are kept. Says once if
         it has reached none of them since it started."""
         now, timeout = self.clock(), self.config.timing.peer_timeout
         live = self.peers.live(now, timeout)
         talking = [p.addr for p in live if p.last_contact is not None]
-        if talking:
-            self._warned_alone = True  # a partition later is no longer what the warning says
-            # The ones it talks to first, then the others it knew, most recent first: if the
-            # few it talks to now die, the rest may still answer.
-            known = (talking + [a for a in self._recalled if a not in talking])[:MAX_REMEMBERED]
-            self._recalled = known
-        if talking and known != self._remembered:
-            try:
-                self.dirs.write_peers(known)
-            except OSError as exc:
-                log.debug("cannot keep the peers' addresses in %s: %s", self.dirs.root, exc)
-                return
-            self._remembered = known
-        elif not talking and self._recalled and not self._warned_alone and self.listened():
-            self._warned_alone = True
-            log.warning(
-                "none of the peers this one knew (%s) has answered for %g s: it runs alone,"
-                " on its own copy of the history, and keeps calling them; if they all moved"
-                " to other addresses, restart it with --join HOST:PORT of a running peer",
-                ", ".join(self._recalled[:3]) + (", ..." if len(self._recalled) > 3 else ""),
-                self.config.timing.peer_timeout,
-            )
+        if not talking:
+            if self._recalled and not self._warned_alone and self.listened():
+                self._warned_alone = True
+                log.warning(
+                    "none of the peers this one knew (%s) has answered for %g s: it runs"
+                    " alone, on its own copy of the history, and keeps calling them; if they"
+                    " all moved to other addresses, restart it with --join HOST:PORT of a"
+                    " running peer",
+                    ", ".join(self._recalled[:3]) + (", ..." if len(self._recalled) > 3 else ""),
+                    self.config.timing.peer_timeout,
+                )
+            return
+        self._warned_alone = True  # a partition later is not what that warning says
+        self._recalled = (talking + [a for a in self._recalled if a not in talking])[
+            :MAX_REMEMBERED
+        ]
+        if self._recalled == self._remembered:
+            return
+        try:
+            self.dirs.write_peers(self._recalled)
+        except OSError as exc:
+            log.debug("cannot keep the peers' addresses in %s: %s", self.dirs.root, exc)
+            return
+        self._remembered = self._recalled
 
     def is_alive(self, node: bytes) -> bool:
         if node == self.node_id:
