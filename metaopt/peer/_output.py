@@ -297,7 +297,7 @@ def _recordable(metric: object) -> object:
     """A string metric as a record can hold it: JSON's \\ud800 escape reads as a lone
     surrogate, which no record encodes (the whole report failed to record, and the trial
     with it). A replacement character stands for each, keeping the rest of the text."""
-    if isinstance(metric, str) and not _encodable(metric):
+    if isinstance(metric, str):
         return _SURROGATE.sub("\ufffd", metric)
     return metric
 
@@ -306,13 +306,5 @@ def _is_name(name: str) -> bool:
     try:
         check_name(name)
     except WorkerError:
-        return False
-    return True
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
         return False
     return True
