@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +182,7 @@ def test_text_views_escape_what_other_peers_wrote(
 
 
 def test_peer_status_escapes_other_peers_text(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    peer_status: Callable[[dict[str, Any]], None], capsys: pytest.CaptureFixture[str]
 ) -> None:
     status: dict[str, Any] = {
         "node_id": "ab" * 16, "name": _HOSTILE, "address": "127.0.0.1:7777", "pid": 1,
@@ -190,14 +191,7 @@ def test_peer_status_escapes_other_peers_text(
         "peers": [{"node_id": "cd" * 16, "address": _HOSTILE, "last_contact": 1.0,
                    "live": True}],
     }  # fmt: skip
-
-    class _Status:
-        def __init__(self, data_dir: object) -> None: ...
-
-        def call(self, op: str, body: object = None) -> object:
-            return status
-
-    monkeypatch.setattr("metaopt.cli._peer.LocalPeer", _Status)
+    peer_status(status)
     assert main(["peer", "status"]) == 0
     _shown_safely(capsys.readouterr().out)
 

@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -181,7 +182,7 @@ def test_status_says_why_a_trial_failed(
 
 
 def test_a_peer_that_hears_no_other_says_what_that_means(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    peer_status: Callable[[dict[str, Any]], None], capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Cut off from the others, a peer showed only "peers (0 live of 3)" while it prepared to
     # re-run their trials itself.
@@ -192,14 +193,7 @@ def test_a_peer_that_hears_no_other_says_what_that_means(
         "peers": [{"node_id": "cd" * 16, "address": "127.0.0.1:7778", "last_contact": 45.0,
                    "live": False}],
     }  # fmt: skip
-
-    class _Status:
-        def __init__(self, data_dir: object) -> None: ...
-
-        def call(self, op: str, body: object = None) -> object:
-            return status
-
-    monkeypatch.setattr("metaopt.cli._peer.LocalPeer", _Status)
+    peer_status(status)
     assert main(["peer", "status"]) == 0
     out = capsys.readouterr().out
     assert "hears none of the others (cut off, or they stopped)" in out
