@@ -66,10 +66,10 @@ class OutputConfig:
     max_line_bytes: int = 65536  # longer lines are cut to this and never parsed as reports
     max_notes: int = 10  # problems kept to explain a missing objective
     step_offset: int = 0  # added to the match count a regex report carries as its step
-    # Seconds the lines of one chunk of output (up to 64 KiB) may take to match together:
-    # the parser runs on the peer's event loop, which replication and heartbeats share; a
-    # chunk over it fails the trial (see ``broken``). Per chunk, not per line: 20 lines of
-    # 0.14 s each held the loop 2.9 s, and a chunk holds thousands of lines.
+    # Seconds the lines of one chunk of output (up to 64 KiB) may take to match together; a
+    # chunk over it fails the trial (see ``broken``). The executor matches in a thread (the
+    # match releases the GIL), so this bounds a core's time, not the event loop's. Per chunk,
+    # not per line: 20 lines of 0.14 s each took 2.9 s, and a chunk holds thousands of lines.
     regex_timeout: float = 0.5
 
 
@@ -253,7 +253,8 @@ class OutputParser:
             if left <= 0:
                 raise TimeoutError
             # The last match wins; the timeout bounds what is left of the chunk's time.
-            for found in self._regex.finditer(text, timeout=left):  # noqa: B007
+            # concurrent: the GIL is released while it matches (a str cannot change meanwhile).
+            for found in self._regex.finditer(text, concurrent=True, timeout=left):  # noqa: B007
                 pass
         except TimeoutError:
             self.broken = (

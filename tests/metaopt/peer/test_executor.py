@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import sys
 import textwrap
@@ -182,6 +183,29 @@ async def test_a_regex_that_backtracks_without_end_fails_the_trial_at_once(
     assert _kinds(events) == ["started", "failed"]
     warned = [r for r in caplog.records if "(a|aa)+b" in r.getMessage()]
     assert len(warned) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_backtracking_regex_does_not_hold_the_event_loop(tmp_path: Path) -> None:
+    # Matched on the loop, the chunk's 0.5 s held replication, heartbeats and turns with it
+    # (a budget of 2 once ran 4). Off the loop, a ticker runs all through the match.
+    script = _script(tmp_path, "import time\nprint('a' * 60, flush=True)\ntime.sleep(60)\n")
+    spec = _spec(tmp_path, script, objective_regex=r"(a|aa)+b")
+    ticks: list[float] = []
+
+    async def tick() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    ticker = asyncio.get_running_loop().create_task(tick())
+    try:
+        outcome, _ = await _run(spec)
+    finally:
+        ticker.cancel()
+    assert outcome.reason is not None and outcome.reason.startswith("objective regex")
+    longest = max(b - a for a, b in itertools.pairwise(ticks))
+    assert longest < 0.4  # the match alone takes 0.5 s; on the loop no tick comes in between
 
 
 @pytest.mark.asyncio
