@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from crdt import Initiator, Record, Store, push_message
+from crdt import Initiator, Record, Store, SyncConfig, push_message
 from metaopt.peer._gossip import PeerTable
 from metaopt.peer._transport import Client, PeerUnreachable, RemoteError
 
@@ -24,16 +24,19 @@ __all__ = ["Replicator"]
 log = logging.getLogger("metaopt.peer")
 
 
-# A push stays well under the reconciliation message limit (4 MiB); bigger bursts (a code
-# bundle) go as several pushes.
+# A push stays well under the reconciliation message's limits, in bytes (4 MiB) and in
+# records (the receiver refuses a push of more, and only says so in its debug log: 2 MiB of
+# small progress events is 17,000 of them); bigger bursts (a code bundle, a backlog of
+# events) go as several pushes.
 _PUSH_BYTES = 2 << 20
+_PUSH_RECORDS = SyncConfig().max_records // 2
 
 
-def _batches(records: list[Record], limit: int) -> list[list[Record]]:
+def _batches(records: list[Record], limit: int, count: int) -> list[list[Record]]:
     out: list[list[Record]] = [[]]
     size = 0
     for record in records:
-        if out[-1] and size + len(record.data) > limit:
+        if out[-1] and (size + len(record.data) > limit or len(out[-1]) >= count):
             out.append([])
             size = 0
         out[-1].append(record)
@@ -91,7 +94,7 @@ class Replicator:
         targets = self.peers.random_live(self._rng, self._fanout, self._clock(), self._peer_timeout)
         if not targets:
             return
-        for batch in _batches(records, _PUSH_BYTES):
+        for batch in _batches(records, _PUSH_BYTES, _PUSH_RECORDS):
             message = push_message(batch)
             for peer in targets:
                 self._spawn(self._push(peer.addr, message))

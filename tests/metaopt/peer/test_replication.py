@@ -6,7 +6,7 @@ import asyncio
 import random
 from typing import Any
 
-from crdt import MemoryStore
+from crdt import MemoryStore, Record, respond
 from metaopt.peer._gossip import PeerTable
 from metaopt.peer._replication import Replicator
 from metaopt.peer._transport import PeerUnreachable
@@ -82,3 +82,26 @@ def test_only_a_converged_session_counts_as_caught_up(monkeypatch: Any) -> None:
     assert asyncio.run(rep.reconcile("127.0.0.1:1001")) and rep.sessions == 0
     _Session.converged = True
     assert asyncio.run(rep.reconcile("127.0.0.1:1001")) and rep.sessions == 1
+
+
+def test_a_burst_of_many_small_records_is_pushed_in_pieces_the_receiver_takes() -> None:
+    # 20,000 progress events fit in 2 MiB, but a push of more than max_records (16,384) is
+    # refused whole, and the receiver says so only in its debug log.
+    far = MemoryStore()
+
+    class _Receiver:
+        async def call(self, addr: str, op: str, body: Any = None) -> Any:
+            return respond(far, body)
+
+    events = [Record.create("event", A, seq, 1000 + seq, {"s": seq}) for seq in range(1, 20001)]
+    assert sum(len(r.data) for r in events) < 2 << 20
+
+    async def burst() -> None:
+        table = PeerTable()
+        table.add(B, "127.0.0.1:1002", 10.0, contacted=True)
+        rep = _replicator(table, _Receiver(), 10.0)  # type: ignore[arg-type]
+        rep.push(events)
+        await rep.drain(timeout=30)
+
+    asyncio.run(burst())
+    assert len(far) == len(events)
