@@ -38,7 +38,7 @@ import plyvel
 
 from crdt._errors import StoreError, StoreLocked
 from crdt._record import KEY_SIZE, ORIGIN_SIZE, Record
-from crdt._store import Bound, SetFingerprint, Subscriber
+from crdt._store import Bound, SetFingerprint, Subscriber, notify
 from crdt._vector import VersionVector
 
 __all__ = ["LevelDBStore"]
@@ -147,8 +147,7 @@ class LevelDBStore:
         # Only now, with the batch synced, do the in-memory summaries and listeners see them.
         if new:
             self._note(new, seen)
-            for callback in list(self._subscribers):
-                callback(new)
+            notify(self._subscribers, new)
         return new
 
     def _note(self, new: list[Record], keys: set[bytes]) -> None:

@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 
 from crdt._record import Record
-from crdt._store import Bound, SetFingerprint, Subscriber
+from crdt._store import Bound, SetFingerprint, Subscriber, notify
 from crdt._vector import VersionVector
 
 __all__ = ["MemoryStore"]
@@ -56,8 +56,7 @@ class MemoryStore:
             self._index(record)
             new.append(record)
         if new:
-            for callback in list(self._subscribers):
-                callback(new)
+            notify(self._subscribers, new)
         return new
 
     def _index(self, record: Record) -> None:

@@ -8,6 +8,7 @@ records only after that, so nothing is advertised to peers before it would survi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
@@ -21,6 +22,7 @@ Subscriber = Callable[[list[Record]], None]
 Bound = tuple[int, bytes]
 
 _MOD = 1 << (8 * KEY_SIZE)
+_log = logging.getLogger("crdt")
 
 
 class SetFingerprint:
@@ -54,6 +56,19 @@ class SetFingerprint:
             total += int.from_bytes(key, "little")
             count += 1
         return cls(total % _MOD, count)
+
+
+def notify(subscribers: Iterable[Subscriber], records: list[Record]) -> None:
+    """Tell every subscriber of a durable batch; one that raises is logged, never propagated.
+
+    The batch is already written when this runs: an exception escaping ``add`` would tell its
+    caller the write failed, and the subscribers after the failing one would never hear of it.
+    """
+    for callback in list(subscribers):
+        try:
+            callback(records)
+        except Exception:
+            _log.exception("a store subscriber failed on %d new records", len(records))
 
 
 class Store(Protocol):
@@ -107,7 +122,11 @@ class Store(Protocol):
         ...
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        """Call back with each batch of new records once durable; returns an unsubscribe."""
+        """Call back with each batch of new records once durable; returns an unsubscribe.
+
+        A callback that raises is logged and skipped: ``add`` still returns normally and the
+        other callbacks still hear of the batch.
+        """
         ...
 
     def close(self) -> None: ...

@@ -185,6 +185,23 @@ def test_subscribers_hear_only_new_records_after_add(store: Store) -> None:
     assert len(heard) == 2
 
 
+def test_a_failing_subscriber_neither_fails_add_nor_silences_the_others(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = sample()
+    heard: list[list[Record]] = []
+
+    def broken(batch: list[Record]) -> None:
+        raise RuntimeError("subscriber bug")
+
+    store.subscribe(broken)
+    store.subscribe(heard.append)
+    with caplog.at_level("ERROR", logger="crdt"):
+        assert store.add(records[:2]) == records[:2]
+    assert heard == [records[:2]]
+    assert "subscriber failed" in caplog.text
+
+
 def test_never_shrinks(store: Store) -> None:
     records = sample()
     sizes = []
