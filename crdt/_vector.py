@@ -11,10 +11,13 @@ from __future__ import annotations
 import hashlib
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping
+from operator import itemgetter
 
 import msgpack
 
 __all__ = ["SeqSet", "VersionVector"]
+
+_start = itemgetter(0)
 
 
 class SeqSet:
@@ -44,8 +47,9 @@ class SeqSet:
             added = max(0, hi - runs[-1][1])
             runs[-1][1] = max(runs[-1][1], hi)
             return added
-        starts = [r[0] for r in runs]
-        i = bisect_right(starts, lo) - 1
+        # Bisect on the runs themselves: a list of their starts built here made every
+        # out-of-order add O(runs) (100k shuffled adds took about a minute).
+        i = bisect_right(runs, lo, key=_start) - 1
         start = i if i >= 0 and runs[i][1] + 1 >= lo else i + 1
         j = start
         new_lo, new_hi = lo, hi

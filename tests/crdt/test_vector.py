@@ -47,6 +47,16 @@ def test_seqset_matches_set_model(pairs: list[tuple[int, int]]) -> None:
     assert seqs == SeqSet(runs_of(held))
 
 
+@given(st.permutations(range(1, 400)))
+def test_shuffled_adds_end_as_one_run(numbers: list[int]) -> None:
+    seqs = SeqSet()
+    for i, n in enumerate(numbers):
+        assert seqs.add(n)
+        if i % 50 == 0:
+            assert seqs.runs() == runs_of(set(numbers[: i + 1]))
+    assert seqs.runs() == [(1, 399)]
+
+
 @given(st.lists(st.integers(1, 80), max_size=60))
 def test_add_reports_newness(numbers: list[int]) -> None:
     seqs = SeqSet()
