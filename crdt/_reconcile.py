@@ -92,8 +92,18 @@ class SyncConfig:
             raise ValueError("fanout and initial_fanout must be >= 2 and leaf_size >= 1")
         if self.max_ranges < 2 * self.fanout + 2 or self.max_ranges < self.initial_fanout:
             raise ValueError("max_ranges must exceed 2 * fanout + 2 and initial_fanout")
-        if self.max_message_bytes < 1 or self.max_records < 1 or self.max_keys < KEY_SIZE:
-            raise ValueError("message limits must be positive")
+        limits = (self.max_message_bytes, self.max_records, self.max_keys, self.max_origins)
+        if min(limits) < 1 or self.max_rounds < 1 or self.max_round_trips < 1:
+            raise ValueError("message limits, max_rounds and max_round_trips must be positive")
+        if self.max_idle_round_trips < 0 or self.open_vector_origins < 0:
+            raise ValueError("max_idle_round_trips and open_vector_origins must not be negative")
+        # A backstop message can hold max_ranges ranges listing up to leaf_size keys each; a
+        # peer with the same config refuses more than max_keys of them.
+        if self.max_keys < self.max_ranges * self.leaf_size:
+            raise ValueError(
+                f"max_keys ({self.max_keys}) must be at least max_ranges * leaf_size"
+                f" ({self.max_ranges * self.leaf_size}): peers refuse the backstop's key lists"
+            )
 
 
 DEFAULT_CONFIG = SyncConfig()
@@ -342,7 +352,8 @@ class Initiator:
         message: dict[str, Any] = {"k": "sync", "f": self.store.fingerprint().digest(), "b": True}
         if self.config.fast_path:
             vector = self.store.version_vector()
-            if len(vector) <= self.config.open_vector_origins:
+            # Never a vector longer than the peer accepts: past that its digest goes instead.
+            if len(vector) <= min(self.config.open_vector_origins, self.config.max_origins):
                 message["v"] = vector.to_wire()
             else:
                 message["vh"] = vector.digest()

@@ -376,6 +376,31 @@ def test_config_refuses_nonsense() -> None:
         SyncConfig(fanout=1)
     with pytest.raises(ValueError):
         SyncConfig(max_ranges=4)
+    with pytest.raises(ValueError, match="max_keys"):
+        SyncConfig(max_keys=1000)  # 4096 ranges of up to 8 keys: its own peers would refuse
+    for field in ("max_records", "max_origins", "max_rounds", "max_round_trips"):
+        with pytest.raises(ValueError):
+            SyncConfig(**{field: 0})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+@given(left=subsets, right=subsets)
+def test_the_fewest_keys_a_config_accepts_still_reach_the_union(
+    fast_path: bool, left: list[Record], right: list[Record]
+) -> None:
+    """max_keys is a count of keys (it was compared with a key's byte size, refusing 6)."""
+    config = replace(TIGHT, max_keys=TIGHT.max_ranges * TIGHT.leaf_size, fast_path=fast_path)
+    a, b = store_of(left), store_of(right)
+    assert sync(a, b, config).converged
+    assert keys(a) == keys(b) == {r.key for r in left} | {r.key for r in right}
+
+
+def test_an_opening_vector_never_exceeds_what_the_peer_accepts() -> None:
+    config = SyncConfig(max_origins=2)  # open_vector_origins stays at 256
+    a, b = store_of(POOL), MemoryStore()
+    assert len(a.version_vector()) > 2
+    assert sync(a, b, config).converged
+    assert keys(b) == {r.key for r in POOL}
 
 
 @given(
