@@ -50,6 +50,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import islice
 from typing import Any
 
@@ -57,7 +58,7 @@ import msgpack
 
 from crdt._errors import CrdtError, ProtocolError, RecordError
 from crdt._ranges import decode_ranges, encode_ranges, initial_ranges, process_ranges
-from crdt._record import KEY_SIZE, ORIGIN_SIZE, Record
+from crdt._record import KEY_SIZE, MAX_RECORD_SIZE, ORIGIN_SIZE, Record
 from crdt._store import Store
 from crdt._vector import VersionVector
 
@@ -130,13 +131,76 @@ def _pack(message: dict[str, Any]) -> bytes:
     return data
 
 
-def _unpack(data: bytes, what: str) -> dict[str, Any]:
+# The only things a valid message's lists hold: records, keys and key prefixes (bytes), run
+# bounds and range time deltas (int), open ends and absent payloads (None), vector entries
+# (list). A list holding anything else is refused as soon as it is built.
+_LISTED_TYPES = frozenset({bytes, int, type(None), list})
+
+
+class _Shape:
+    """Refuses, while msgpack builds a message, what no valid message holds.
+
+    Length caps alone do not bound memory: 16 MiB of one-byte empty arrays become 16 million
+    Python lists (1.1 GiB). Counting containers and checking what lists hold keeps a decoded
+    message within a small multiple of what a valid one of that size costs.
+    """
+
+    __slots__ = ("lists", "maps")
+
+    def __init__(self, max_lists: int) -> None:
+        self.lists = max_lists
+        self.maps = 1  # the message itself; fields never hold maps
+
+    def list_hook(self, items: list[Any]) -> list[Any]:
+        self.lists -= 1
+        if self.lists < 0:
+            raise ValueError("more lists than a message holds")
+        if not _LISTED_TYPES.issuperset(map(type, items)):
+            raise ValueError("a list holds a type no message lists")
+        return items
+
+    def object_hook(self, fields: dict[str, Any]) -> dict[str, Any]:
+        self.maps -= 1
+        if self.maps < 0:
+            raise ValueError("a map inside a message")
+        return fields
+
+
+@lru_cache(maxsize=8)
+def _unpack_limits(config: SyncConfig) -> dict[str, int]:
+    """msgpack's per-object caps: the most any field of a valid message under config holds."""
+    return {
+        "max_str_len": 16,  # field names and request kinds
+        "max_bin_len": max(MAX_RECORD_SIZE, config.max_keys * KEY_SIZE),
+        # A vector's flat runs of one origin are capped like its origins: 2 numbers a run.
+        "max_array_len": max(config.max_records, 2 * config.max_origins, 4 * config.max_ranges),
+        "max_map_len": 32,
+        "max_ext_len": 0,
+    }
+
+
+def _max_lists(config: SyncConfig) -> int:
+    # A vector: one list, and two per origin; wanted runs: one, and one per run; a few more
+    # for records, keys and ranges.
+    return 3 * config.max_origins + 16
+
+
+def _unpack(data: bytes, what: str, config: SyncConfig) -> dict[str, Any]:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ProtocolError(f"a {what} is bytes, not {type(data).__name__}")
+    shape = _Shape(_max_lists(config))
     try:
-        value = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+        value = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            list_hook=shape.list_hook,
+            object_hook=shape.object_hook,
+            **_unpack_limits(config),
+        )
     except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise ProtocolError(f"undecodable {what}: {type(exc).__name__}") from None
+        raise ProtocolError(f"undecodable {what}: {type(exc).__name__}: {exc}") from None
     if not isinstance(value, dict):
         raise ProtocolError(f"a {what} is a map")
     return value
@@ -253,7 +317,7 @@ def respond(store: Store, request: bytes, config: SyncConfig = DEFAULT_CONFIG) -
     Returns:
         The response bytes.
     """
-    message = _unpack(request, "request")
+    message = _unpack(request, "request", config)
     kind = message.get("k")
     if kind not in ("sync", "push"):
         raise ProtocolError(f"unknown request kind {kind!r}")
@@ -382,7 +446,7 @@ class Initiator:
         stats = self.stats
         stats.round_trips += 1
         stats.bytes_received += len(response)
-        message = _unpack(response, "response")
+        message = _unpack(response, "response", self.config)
         in_sync = message.get("s")
         if not isinstance(in_sync, bool):
             raise ProtocolError("a response says whether the sets are in sync")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import tracemalloc
 from dataclasses import replace
 from pathlib import Path
 
@@ -278,6 +279,35 @@ def test_malformed_requests_are_refused_and_nothing_is_stored(request_bytes: byt
     with pytest.raises(ProtocolError):
         respond(store, request_bytes)
     assert store.fingerprint().digest() == before
+
+
+def _array(n: int) -> bytes:
+    return b"\xdc" + n.to_bytes(2, "big")
+
+
+# About 1 MiB each of what decodes into far more Python objects than a valid message of its size.
+SWELLING = {
+    # 4,096 lists of 255 empty lists: a million lists, 64 MB decoded.
+    "empty lists": _array(4096) + (_array(255) + b"\x90" * 255) * 4096,
+    # Strings are never listed; two-character ones cost 50 bytes each.
+    "strings": _array(64) + (_array(5000) + b"\xa2ab" * 5000) * 64,
+    # Maps are never inside a message.
+    "maps": _array(16) + (_array(65535) + b"\x80" * 65535) * 16,
+}
+
+
+@pytest.mark.parametrize("body", SWELLING.values(), ids=SWELLING.keys())
+def test_a_request_that_would_swell_when_decoded_is_refused_early(body: bytes) -> None:
+    request = b"\x82\xa1k\xa4sync\xa1p" + body
+    config = SyncConfig(max_origins=16)  # a vector of 16 origins needs a few dozen lists
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError, match="undecodable"):
+            respond(MemoryStore(), request, config)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * len(request)
 
 
 def test_a_malformed_response_stores_nothing() -> None:
