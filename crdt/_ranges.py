@@ -169,27 +169,34 @@ def process_ranges(store: Store, ranges: Sequence[Range], config: SyncConfig) ->
     # which keeps every message under max_ranges however many differences there are.
     budget = config.max_ranges - config.fanout - 1
     for r in ranges:
-        if len(reply) >= budget and r.mode != SKIP:
+        if r.mode == SKIP:
+            # Agreed already: its items are not read (a late round is mostly SKIP ranges).
+            _append(reply, Range(r.upper, SKIP))
+        elif len(reply) >= budget:
             rest = list(store.ordered(lower, None))
             _append(reply, Range(None, FINGERPRINT, _digest(rest)))
             return outcome
-        items = list(store.ordered(lower, r.upper))
-        if r.mode == SKIP:
-            _append(reply, Range(r.upper, SKIP))
-        elif r.mode == FINGERPRINT:
-            if _digest(items) == r.payload:
-                _append(reply, Range(r.upper, SKIP))
-            else:
-                reply.extend(_split(items, r.upper, config.fanout, config))
         else:
-            payload = r.payload
-            theirs = [payload[i : i + KEY_SIZE] for i in range(0, len(payload), KEY_SIZE)]
-            their_set = set(theirs)
-            mine = [k for _, k in items]
-            mine_set = set(mine)
-            outcome.have.extend(k for k in mine if k not in their_set)
-            outcome.need.extend(k for k in theirs if k not in mine_set)
-            _append(reply, Range(r.upper, SKIP))
+            _answer(list(store.ordered(lower, r.upper)), r, outcome, config)
         if r.upper is not None:
             lower = r.upper
     return outcome
+
+
+def _answer(items: list[Bound], r: Range, outcome: RangeOutcome, config: SyncConfig) -> None:
+    """Answer one FINGERPRINT or IDS range from this side's items in it."""
+    reply = outcome.reply
+    if r.mode == FINGERPRINT:
+        if _digest(items) == r.payload:
+            _append(reply, Range(r.upper, SKIP))
+        else:
+            reply.extend(_split(items, r.upper, config.fanout, config))
+        return
+    payload = r.payload
+    theirs = [payload[i : i + KEY_SIZE] for i in range(0, len(payload), KEY_SIZE)]
+    their_set = set(theirs)
+    mine = [k for _, k in items]
+    mine_set = set(mine)
+    outcome.have.extend(k for k in mine if k not in their_set)
+    outcome.need.extend(k for k in theirs if k not in mine_set)
+    _append(reply, Range(r.upper, SKIP))
