@@ -165,7 +165,7 @@ class LevelDBStore:
         self._fp = SetFingerprint(total % _MOD, self._fp.count + len(new))
         self._count += len(new)
 
-    def _data(self, key: bytes) -> bytes | None:
+    def raw_get(self, key: bytes) -> bytes | None:
         held: bytes | None = self._db.get(b"r" + key)
         if held is not None and len(held) == _WHERE:
             found: bytes | None = self._db.get(b"o" + held + key)
@@ -173,7 +173,7 @@ class LevelDBStore:
         return held  # the bytes themselves, in a store written before the o layout
 
     def get(self, key: bytes) -> Record | None:
-        data = self._data(key)
+        data = self.raw_get(key)
         return None if data is None else Record.load(key, data)
 
     def __contains__(self, key: object) -> bool:
@@ -192,7 +192,7 @@ class LevelDBStore:
     def raw_by_origin(self, origin: bytes, lo: int, hi: int) -> Iterator[tuple[bytes, bytes]]:
         start = b"o" + origin + _U64.pack(lo)
         stop = b"o" + origin + _U64.pack(hi + 1) if hi + 1 < 2**64 else b"o" + origin + b"\xff"
-        data_of = self._data
+        data_of = self.raw_get
         for raw, data in self._db.iterator(start=start, stop=stop):
             key = raw[-KEY_SIZE:]
             if data:
@@ -204,7 +204,7 @@ class LevelDBStore:
 
     def _index_scan(self, prefix: bytes) -> Iterator[Record]:
         get = self._db.get
-        data_of = self._data
+        data_of = self.raw_get
         for raw, where in self._db.iterator(prefix=prefix):
             key = raw[-KEY_SIZE:]
             data = get(b"o" + where + key) if where else data_of(key)

@@ -72,6 +72,10 @@ class MemoryStore:
     def get(self, key: bytes) -> Record | None:
         return self._records.get(key)
 
+    def raw_get(self, key: bytes) -> bytes | None:
+        record = self._records.get(key)
+        return None if record is None else record.data
+
     def __contains__(self, key: object) -> bool:
         return key in self._records
 

@@ -341,12 +341,8 @@ def respond(store: Store, request: bytes, config: SyncConfig = DEFAULT_CONFIG) -
 
     def offer(keys: list[bytes]) -> None:
         for key in keys:
-            record = store.get(key)
-            if (
-                record is not None
-                and not batch.take(record.data)
-                and len(overflow) < config.max_keys
-            ):
+            data = store.raw_get(key)
+            if data is not None and not batch.take(data) and len(overflow) < config.max_keys:
                 overflow.append(key)
 
     offer(wanted)
@@ -380,6 +376,13 @@ def respond(store: Store, request: bytes, config: SyncConfig = DEFAULT_CONFIG) -
     return _pack(out)
 
 
+def _held_by(vector: VersionVector, key: bytes, data: bytes) -> bool:
+    """Whether vector lists the (origin, seq) of this replica's record (key, data)."""
+    # Rebuilt only here, for at most one record a response: the carry decides by its pair.
+    record = Record.load(key, data)
+    return vector.contains(record.origin, record.seq)
+
+
 class Initiator:
     """The stateful side of one reconciliation session with one peer.
 
@@ -396,8 +399,9 @@ class Initiator:
         self._started = False
         self._push_keys: deque[bytes] = deque()
         self._push_runs: list[tuple[bytes, int, int]] = []
-        self._push_iter: Iterator[Record] | None = None
-        self._carry: Record | None = None
+        # (key, bytes) of records to send: only the bytes travel, so none is rebuilt.
+        self._push_iter: Iterator[tuple[bytes, bytes]] | None = None
+        self._carry: tuple[bytes, bytes] | None = None
         self._want: deque[bytes] = deque()
         self._backstop = False
         # The peer's vector as its last response listed it: what to ask it for by run.
@@ -471,9 +475,9 @@ class Initiator:
             self._their_vv = their_vv
             self._push_iter = None
             carry, self._carry = self._carry, None
-            if carry is not None and their_vv.contains(carry.origin, carry.seq):
+            if carry is not None and _held_by(their_vv, *carry):
                 # Asked for by key (the backstop's doing), so the new runs do not cover it.
-                self._push_keys.appendleft(carry.key)
+                self._push_keys.appendleft(carry[0])
         if self._asked_runs and not records:
             # Its vector listed runs it did not send when asked (lost, or a lie): stop asking;
             # a fresh round compares the sets again.
@@ -542,27 +546,28 @@ class Initiator:
             "equal" if self.stats.round_trips == 1 and not self.stats.records_received else "fast"
         )
 
-    def _pending(self) -> Iterator[Record]:
-        """Records the peer lacks: first those it asked for by key, then its vector's gaps."""
+    def _pending(self) -> Iterator[tuple[bytes, bytes]]:
+        """(key, bytes) the peer lacks: first what it asked for by key, then its vector's gaps."""
         store = self.store
         while self._push_keys:
-            record = store.get(self._push_keys.popleft())
-            if record is not None:
-                yield record
+            key = self._push_keys.popleft()
+            data = store.raw_get(key)
+            if data is not None:
+                yield key, data
         while self._push_runs:
             origin, lo, hi = self._push_runs.pop(0)
-            yield from store.by_origin(origin, lo, hi)
+            yield from store.raw_by_origin(origin, lo, hi)
 
     def _fill(self) -> _Batch:
         batch = _Batch(self.config)
         if self._carry is not None:
-            batch.take(self._carry.data)
+            batch.take(self._carry[1])
             self._carry = None
         if self._push_iter is None:
             self._push_iter = self._pending()
-        for record in self._push_iter:
-            if not batch.take(record.data):
-                self._carry = record
+        for key, data in self._push_iter:
+            if not batch.take(data):
+                self._carry = (key, data)
                 break
         else:
             self._push_iter = None

@@ -86,6 +86,13 @@ class Store(Protocol):
 
     def get(self, key: bytes) -> Record | None: ...
 
+    def raw_get(self, key: bytes) -> bytes | None:
+        """The exact bytes of the record with this key, without rebuilding the record.
+
+        For answering peers, who only re-send the bytes; they re-check them on receipt.
+        """
+        ...
+
     def __contains__(self, key: object) -> bool: ...
 
     def __len__(self) -> int: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import tracemalloc
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -209,6 +210,28 @@ def test_catch_up_into_leveldb(tmp_path: Path) -> None:
         b.add(pool[100:])
         sync(b, a, SyncConfig(max_message_bytes=2000))
         assert keys(a) == keys(b) == {r.key for r in pool}
+
+
+class SendsRawOnly(LevelDBStore):
+    """A replica that refuses to rebuild records: sending one must take its bytes as they are."""
+
+    def get(self, key: bytes) -> Record | None:
+        raise AssertionError("a record was rebuilt from the store to be sent")
+
+    def by_origin(self, origin: bytes, lo: int, hi: int) -> Iterator[Record]:
+        raise AssertionError("a record was rebuilt from the store to be sent")
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+def test_records_are_sent_from_their_stored_bytes(tmp_path: Path, config: SyncConfig) -> None:
+    origin = ORIGINS[0]
+    old = [Record.create("event", origin, s, 1000 + s, {"life": 1}) for s in range(1, 21)]
+    new = [Record.create("event", origin, s, 5000 + s, {"life": 2}) for s in range(1, 11)]
+    with SendsRawOnly(tmp_path / "a") as a, SendsRawOnly(tmp_path / "b") as b:
+        a.add(old + POOL[:35])  # equivocations make the backstop ask by key, both ways
+        b.add(new + POOL[25:])
+        assert sync(a, b, config).converged
+        assert keys(a) == keys(b) == {r.key for r in old + new + POOL}
 
 
 def test_replayed_and_duplicated_messages_change_nothing() -> None:

@@ -306,6 +306,14 @@ def test_raw_by_origin_is_by_origin_without_rebuilding(store: Store) -> None:
     ]
 
 
+def test_raw_get_is_get_without_rebuilding(store: Store) -> None:
+    records = sample()
+    store.add(records)
+    for r in records:
+        assert store.raw_get(r.key) == r.data
+    assert store.raw_get(b"\x00" * 32) is None
+
+
 def test_equivocating_records_are_both_kept_and_duplicates_dropped(store: Store) -> None:
     """Two records with one (origin, seq): the second is new although its pair is held."""
     first = rec(A, 1, 10)
@@ -353,6 +361,7 @@ def test_leveldb_reads_a_store_of_the_first_layout(tmp_path: Path) -> None:
             for r in held:
                 got = store.get(r.key)
                 assert got is not None and (got.data, got.body) == (r.data, r.body)
+                assert store.raw_get(r.key) == r.data
                 assert r.key in store
             expected = SetFingerprint.of(r.key for r in held)
             assert (store.fingerprint().total, store.fingerprint().count) == (
