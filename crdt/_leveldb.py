@@ -31,7 +31,6 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from functools import partial
 from pathlib import Path
 
 import plyvel
@@ -44,10 +43,8 @@ from crdt._vector import VersionVector
 __all__ = ["LevelDBStore"]
 
 _U64 = struct.Struct(">Q")
-_MOD = 1 << (8 * KEY_SIZE)
 _MAX_KIND_PREFIXES = 256
 _WHERE = ORIGIN_SIZE + 8  # a pointer to an o entry: origin and seq
-_key_int = partial(int.from_bytes, byteorder="little")
 _LENGTH = tuple(bytes((n,)) for n in range(256))  # one byte; longer names raise IndexError
 
 
@@ -82,20 +79,20 @@ class LevelDBStore:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from None
         self._vv = VersionVector()
         self._fp = SetFingerprint()
-        self._count = 0
         self._subscribers: list[Subscriber] = []
         self._kind_prefixes: dict[str, bytes] = {}
         self._rebuild()
 
     def _rebuild(self) -> None:
-        total = 0
+        self._fp.extend(self._held_keys())
+
+    def _held_keys(self) -> Iterator[bytes]:
+        """Every key held, noting its (origin, seq) in the vector on the way (one scan for both)."""
+        add = self._vv.add
         for raw in self._db.iterator(prefix=b"o", include_value=False):
-            origin = raw[1 : 1 + ORIGIN_SIZE]
             (seq,) = _U64.unpack_from(raw, 1 + ORIGIN_SIZE)
-            self._vv.add(origin, seq)
-            total += int.from_bytes(raw[-KEY_SIZE:], "little")
-            self._count += 1
-        self._fp = SetFingerprint(total % _MOD, self._count)
+            add(raw[1 : 1 + ORIGIN_SIZE], seq)
+            yield raw[-KEY_SIZE:]
 
     def add(self, records: Iterable[Record]) -> list[Record]:
         """Add records in one atomic, synced write batch; return the new ones, in order.
@@ -161,9 +158,7 @@ class LevelDBStore:
                 add_run(origin, lo, hi)
                 origin, lo, hi = record.origin, record.seq, record.seq
         add_run(origin, lo, hi)
-        total = self._fp.total + sum(map(_key_int, keys))
-        self._fp = SetFingerprint(total % _MOD, self._fp.count + len(new))
-        self._count += len(new)
+        self._fp.extend(keys)
 
     def raw_get(self, key: bytes) -> bytes | None:
         held: bytes | None = self._db.get(b"r" + key)
@@ -180,7 +175,7 @@ class LevelDBStore:
         return isinstance(key, bytes) and self._db.get(b"r" + key) is not None
 
     def __len__(self) -> int:
-        return self._count
+        return self._fp.count
 
     def version_vector(self) -> VersionVector:
         return self._vv

@@ -8,6 +8,7 @@ records only after that, so nothing is advertised to peers before it would survi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
@@ -41,21 +42,26 @@ class SetFingerprint:
         self.total = (self.total + int.from_bytes(key, "little")) % _MOD
         self.count += 1
 
+    def extend(self, keys: Iterable[bytes]) -> None:
+        """Add many keys (new to the set) at once: one reduction for the whole batch."""
+        total = self.total
+        count = self.count
+        for key in keys:
+            total += int.from_bytes(key, "little")
+            count += 1
+        self.total = total % _MOD
+        self.count = count
+
     def digest(self) -> bytes:
         """16 bytes naming the set; equal sets give equal digests."""
-        import hashlib
-
         raw = self.total.to_bytes(KEY_SIZE, "little") + self.count.to_bytes(8, "little")
         return hashlib.blake2b(raw, digest_size=16).digest()
 
     @classmethod
     def of(cls, keys: Iterable[bytes]) -> SetFingerprint:
-        total = 0
-        count = 0
-        for key in keys:
-            total += int.from_bytes(key, "little")
-            count += 1
-        return cls(total % _MOD, count)
+        fingerprint = cls()
+        fingerprint.extend(keys)
+        return fingerprint
 
 
 def notify(subscribers: Iterable[Subscriber], records: list[Record]) -> None:
