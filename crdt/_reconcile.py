@@ -302,6 +302,15 @@ def _serve_runs(store: Store, runs: Iterable[tuple[bytes, int, int]], batch: _Ba
         batch.size = size
 
 
+def _listable(vector: VersionVector, config: SyncConfig) -> list[list[object]] | None:
+    """The vector's wire form if a peer with this config accepts it, else None."""
+    # Each origin's runs go as one flat array of two numbers a run, which msgpack caps.
+    too_many_runs = 2 * vector.most_runs() > _unpack_limits(config)["max_array_len"]
+    if len(vector) > config.max_origins or too_many_runs:
+        return None
+    return vector.to_wire()
+
+
 def push_message(records: list[Record]) -> bytes:
     """An eager push of new records; ``respond`` stores them and acknowledges."""
     return _pack({"k": "push", "p": [r.data for r in records]})
@@ -355,19 +364,27 @@ def respond(store: Store, request: bytes, config: SyncConfig = DEFAULT_CONFIG) -
             out["w"] = b"".join(outcome.need[: config.max_keys])
     mine = store.version_vector()
     same_vectors = True
+    send_vector = False
     if runs and _serve_runs(store, runs, batch):
         out["m"] = True
     if their_vv is not None:
         same_vectors = their_vv == mine
         if _serve_runs(store, mine.missing_from(their_vv), batch):
             out["m"] = True
-        out["v"] = mine.to_wire()
+        send_vector = True
     elif their_hash is not None:
         same_vectors = mine.digest() == their_hash
-        if not same_vectors:
-            out["v"] = mine.to_wire()
-    if ranges is None and message.get("b") and same_vectors and not batch.data:
+        send_vector = not same_vectors
+    unlistable = False
+    if send_vector:
+        wire = _listable(mine, config)
+        unlistable = wire is None
+        if wire is not None:
+            out["v"] = wire
+    backstop_now = unlistable or (same_vectors and not batch.data)
+    if ranges is None and message.get("b") and backstop_now:
         # Same (origin, seq) pairs, different sets: only the backstop can find the difference.
+        # A vector too long for the peer to accept: the backstop finds it without one.
         out["r"] = encode_ranges(initial_ranges(store, config))
     if batch.data:
         out["d"] = batch.data

@@ -79,6 +79,10 @@ class SeqSet:
     def runs(self) -> list[tuple[int, int]]:
         return [(a, b) for a, b in self._runs]
 
+    @property
+    def run_count(self) -> int:
+        return len(self._runs)
+
     def __len__(self) -> int:
         return sum(b - a + 1 for a, b in self._runs)
 
@@ -155,6 +159,10 @@ class VersionVector:
             wire = msgpack.packb({"v": self.to_wire()}, use_bin_type=True)
             self._digest = hashlib.blake2b(wire, digest_size=16).digest()
         return self._digest
+
+    def most_runs(self) -> int:
+        """The most runs any one origin has (0 when empty)."""
+        return max((seqs.run_count for seqs in self._by_origin.values()), default=0)
 
     def get(self, origin: bytes) -> SeqSet:
         return self._by_origin.get(origin) or SeqSet()

@@ -424,6 +424,32 @@ def test_catch_up_over_many_origins_sends_the_vector_once() -> None:
     assert extra < 1.5 * vector_bytes
 
 
+FEW_ORIGINS = [SyncConfig(max_origins=3), replace(TIGHT, max_origins=3)]
+
+
+@pytest.mark.parametrize("config", FEW_ORIGINS, ids=["default", "tight"])
+@given(left=subsets, right=subsets)
+def test_a_vector_longer_than_the_peer_accepts_falls_back_to_the_backstop(
+    config: SyncConfig, left: list[Record], right: list[Record]
+) -> None:
+    """Every experiment is an origin: past max_origins a session still converges, vectorless."""
+    a, b = store_of(left), store_of(right)
+    stats = sync(a, b, config)
+    assert stats.converged
+    assert keys(a) == keys(b) == {r.key for r in left} | {r.key for r in right}
+
+
+def test_an_origin_with_more_runs_than_the_peer_accepts_falls_back_to_the_backstop() -> None:
+    origin = ORIGINS[0]
+    holey = [Record.create("event", origin, s, 1000 + s, {}) for s in range(1, 141, 2)]
+    config = SyncConfig(max_origins=4, max_records=8, max_ranges=32, fanout=2, initial_fanout=2)
+    a, b = store_of(POOL[:3]), store_of(holey)
+    assert 2 * b.version_vector().most_runs() > 4 * 32  # max_array_len
+    stats = sync(a, b, config)
+    assert stats.converged and stats.phase == "backstop"
+    assert keys(a) == keys(b)
+
+
 def test_config_refuses_nonsense() -> None:
     with pytest.raises(ValueError):
         SyncConfig(fanout=1)
