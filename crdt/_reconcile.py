@@ -27,7 +27,10 @@ Why this shape, and not Merkle buckets:
   at the sender's own items (equal counts, no fixed tree to keep in step on both sides, no
   per-bucket state in the store) and because ordering by time puts a partition's recent
   records into a few adjacent ranges. The responder starts it in the very reply that finds the
-  vectors equal but the fingerprints not, so no round trip is spent asking.
+  vectors equal but the fingerprints not, so no round trip is spent asking; also in place of a
+  vector longer than its peer accepts (past ``max_origins`` origins). Every round after the
+  first opens straight into it: a peer that keeps writing has a different vector at every
+  look, so a fast path re-run would never reach it.
 
 Messages are msgpack maps with one-letter fields:
 
@@ -435,7 +438,11 @@ class Initiator:
 
     def _opening(self) -> bytes:
         message: dict[str, Any] = {"k": "sync", "f": self.store.fingerprint().digest(), "b": True}
-        if self.config.fast_path:
+        # Only the first round opens with the vector. A later one follows a round that ended
+        # with the sets still apart: under steady churn the vectors differ at every look, so
+        # the fast path would never hand over to the backstop, and an equivocation would never
+        # heal. An opening without a vector has the responder start the backstop at once.
+        if self.config.fast_path and self.stats.rounds == 1:
             vector = self.store.version_vector()
             # Never a vector longer than the peer accepts: past that its digest goes instead.
             if len(vector) <= min(self.config.open_vector_origins, self.config.max_origins):

@@ -520,3 +520,37 @@ def test_writes_during_a_session_do_not_derail_it(config: SyncConfig) -> None:
     assert keys(a) >= {r.key for r in POOL} and keys(b) >= {r.key for r in POOL}
     sync(a, b, config)
     assert keys(a) == keys(b)
+
+
+def sync_under_churn(a: Store, b: Store, config: SyncConfig) -> SyncStats:
+    """A session whose responder gains a new record before every response, without end."""
+    churn = b"\x0c" * 16
+    session = Initiator(a, config)
+    message: bytes | None = session.start()
+    for n in range(1, 1000):
+        if message is None:
+            break
+        b.add([Record.create("event", churn, n, 10**6 + n, {"churn": n})])
+        message = session.receive(respond(b, message, config))
+    assert session.done
+    return session.stats
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+def test_an_equivocation_heals_while_the_responder_keeps_writing(config: SyncConfig) -> None:
+    origin = ORIGINS[0]
+    old = [Record.create("event", origin, s, 1000 + s, {"life": 1}) for s in range(1, 6)]
+    new = [Record.create("event", origin, s, 5000 + s, {"life": 2}) for s in range(1, 6)]
+    a, b = store_of(old + POOL), store_of(new + POOL)
+    sync_under_churn(a, b, config)
+    at_start = {r.key for r in old + new + POOL}
+    assert keys(a) >= at_start and keys(b) >= at_start
+
+
+def test_a_session_over_many_origins_converges_while_the_responder_keeps_writing() -> None:
+    origins = [i.to_bytes(16, "big") for i in range(1, 400)]  # past open_vector_origins
+    pool = [Record.create("event", o, 1, 1000, {"i": i}) for i, o in enumerate(origins)]
+    a, b = store_of(pool[:300]), store_of(pool[100:])
+    stats = sync_under_churn(a, b, SyncConfig())
+    assert keys(a) >= {r.key for r in pool} and keys(b) >= {r.key for r in pool}
+    assert stats.converged and stats.phase == "backstop"
