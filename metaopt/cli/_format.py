@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
     "best_summary",
+    "command",
+    "experiment_word",
     "fmt_value",
     "json_text",
     "printable",
@@ -47,6 +50,22 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
+
+
+def command(*words: str, data_dir: str | None = None) -> str:
+    """A metaopt command as it can be pasted into a shell: each word quoted, and ``data_dir``,
+    the --data-dir the user gave, if any (without it the command asks another peer)."""
+    if data_dir is not None:
+        words = (*words, "--data-dir", data_dir)
+    return " ".join(["metaopt", *(shlex.quote(w) for w in words)])
+
+
+def experiment_word(info: Mapping[str, Any], given: str | None) -> str:
+    """The word that reaches an experiment in a printed command: its name if ``given`` (what
+    the user typed, or None) is that name, which finds the latest of the name; else the start
+    of its id, which finds this one (an earlier namesake, or one the user reached by id)."""
+    name = str(info["name"])
+    return name if given is not None and given.strip() == name else str(info["id"])[:12]
 
 
 def fmt_value(value: Any) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import shlex
 import sys
 from typing import Any
 
@@ -13,6 +12,8 @@ from metaopt._errors import MetaoptError
 from metaopt._state import TERMINAL_STATES
 from metaopt.cli._format import (
     best_summary,
+    command,
+    experiment_word,
     fmt_value,
     json_text,
     printable,
@@ -211,9 +212,9 @@ def _best(args: argparse.Namespace) -> int:
         return 0 if best else 1
     if not best:
         if info["finished"]:
-            name = info["name"]
-            again = f"metaopt status {shlex.quote(name)}"
-            print(printable(f"{name}: finished with no completed trial; `{again}` says why"))
+            again = command("status", experiment_word(info, args.experiment))
+            said = f"{info['name']}: finished with no completed trial; `{again}` says why"
+            print(printable(said))
         else:
             print(printable(f"{info['name']}: no completed trial yet"))
         return 1
@@ -260,9 +261,8 @@ def _stop(args: argparse.Namespace) -> int:
     for which, field in (("an earlier", "older_open"), ("a later", "newer_open")):
         for other in reply.get(field, []):
             short = other[:12]
-            print(
-                printable(f"{which} {name} ({short}) still runs; `metaopt stop {short}` stops it")
-            )
+            again = command("stop", short)
+            print(printable(f"{which} {name} ({short}) still runs; `{again}` stops it"))
     return 0
 
 

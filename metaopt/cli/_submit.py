@@ -25,7 +25,14 @@ from crdt import MAX_RECORD_SIZE, OversizedRecord, Record
 from metaopt._errors import MetaoptError, WorkerError
 from metaopt._records import BLOB, MAX_NAME, ExperimentSpec, experiment_record, name_problem
 from metaopt._state import FROZEN_BY_HAND, TERMINAL_STATES
-from metaopt.cli._format import best_summary, fmt_value, json_text, state_summary
+from metaopt.cli._format import (
+    best_summary,
+    command,
+    experiment_word,
+    fmt_value,
+    json_text,
+    state_summary,
+)
 from metaopt.peer._bundle import DEFAULT_MAX_BYTES, HARD_MAX_BYTES, collect_bundle
 from metaopt.peer._local import LocalPeer, resolve_data_dir
 from metaopt.peer._output import CAPTURE_HINT, compile_objective_regex
@@ -532,10 +539,10 @@ def wait_for(
         except MetaoptError as exc:
             if info is None:
                 raise
-            name = info["name"]
+            # By id: whether a later submission took the name, no peer here can say.
+            again = command("status", experiment_word(info, None))
             raise MetaoptError(
-                f"{exc}; {name} goes on on the other peers: `metaopt status {shlex.quote(name)}`"
-                " on one of"
+                f"{exc}; {info['name']} goes on on the other peers: `{again}` on one of"
                 " them (or here once this peer is back) follows it"
             ) from None
         counts = info["counts"]
@@ -551,12 +558,11 @@ def wait_for(
             break
         paused = _only_paused(info)
         if paused and not hinted:
-            name = info["name"]
             print(
                 ("\n" if tty else "")  # after the progress line, which had none
-                + f"{name}: the budget is spent and {paused} trial(s) frozen by hand keep it"
-                f" open; `metaopt thaw TRIAL` resumes one, `metaopt stop {shlex.quote(name)}`"
-                " ends it",
+                + f"{info['name']}: the budget is spent and {paused} trial(s) frozen by hand"
+                f" keep it open; `{command('thaw', 'TRIAL')}` resumes one,"
+                f" `{command('stop', _word(peer, info))}` ends it",
                 flush=True,
                 file=out,
             )
@@ -564,11 +570,10 @@ def wait_for(
         why = _stalled_here(info)
         stalled = stalled + 1 if why else 0
         if stalled >= patience:
-            name = info["name"]
             print(
                 ("\n" if tty else "")
-                + f"{name}: nothing runs and no new trial can start: {why}; --wait stops"
-                f" here (`metaopt stop {shlex.quote(name)}` ends the experiment)",
+                + f"{info['name']}: nothing runs and no new trial can start: {why}; --wait"
+                f" stops here (`{command('stop', _word(peer, info))}` ends the experiment)",
                 flush=True,
                 file=out,
             )
@@ -577,10 +582,8 @@ def wait_for(
     if tty:
         print(file=out)
     if info["best"] and len(info["objectives"]) > 1:
-        print(
-            f"best: a front of {len(info['best'])}; `metaopt best {info['name']}` lists it",
-            file=out,
-        )
+        again = command("best", _word(peer, info))
+        print(f"best: a front of {len(info['best'])}; `{again}` lists it", file=out)
         return 0
     if info["best"]:
         best_trial = info["best"][0]
@@ -588,6 +591,17 @@ def wait_for(
         print(f"best {fmt_value(best_trial['value'])} with {params}", file=out)
         return 0
     # Exit 1, as `metaopt best` does: `submit --wait && next-step` must not go on.
-    name = info["name"]
-    print(f"{name}: no trial completed; `metaopt status {shlex.quote(name)}` says why", file=out)
+    again = command("status", _word(peer, info))
+    print(f"{info['name']}: no trial completed; `{again}` says why", file=out)
     return 1
+
+
+def _word(peer: LocalPeer, info: dict[str, Any]) -> str:
+    """How a printed command names the experiment --wait follows: by its name while the name
+    finds it, else (a later submission took the name, or the peer cannot say) by its id."""
+    try:
+        listed = peer.call("api.experiments")
+    except MetaoptError:
+        listed = []
+    latest = any(e["id"] == info["id"] and e.get("latest", True) for e in listed)
+    return experiment_word(info, info["name"] if latest else None)

@@ -99,9 +99,19 @@ def test_export_keeps_its_columns_and_best_says_when_nothing_completed(
     assert capsys.readouterr().out == "mo: no completed trial yet\n"
     peer.info["finished"] = True
     peer.info["name"] = "my run"
-    assert main(["best", "mo"]) == 1
+    assert main(["best", "my run"]) == 1
     said = capsys.readouterr().out
     assert "finished with no completed trial; `metaopt status 'my run'` says why" in said
+
+
+def test_a_hint_names_an_experiment_reached_by_id_by_its_id(
+    peer: type[_Peer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `best ID` of an earlier namesake said `metaopt status NAME`, which shows the later one.
+    peer.info = {**_info([_trial("b", "failed", {}, final=False)], ["loss"]), "finished": True}
+    assert main(["best", "eeeeee"]) == 1
+    said = capsys.readouterr().out
+    assert said == "mo: finished with no completed trial; `metaopt status eeeeeeeeeeee` says why\n"
 
 
 def test_export_has_one_step_column_however_the_trials_reported_their_step(

@@ -461,13 +461,13 @@ def test_wait_exits_1_when_no_trial_completed(capsys: pytest.CaptureFixture[str]
     from metaopt.cli._submit import wait_for
 
     info: dict[str, object] = {
-        "name": "crash", "counts": {"failed": 2}, "thawed": 0, "best": [], "max_trials": 2,
-        "trials": 2, "finished": True, "objectives": ["loss"],
+        "id": "c1" * 32, "name": "crash", "counts": {"failed": 2}, "thawed": 0, "best": [],
+        "max_trials": 2, "trials": 2, "finished": True, "objectives": ["loss"],
     }  # fmt: skip
 
     class _Done:
         def call(self, op: str, body: object = None) -> object:
-            return info
+            return [{**info, "latest": True}] if op == "api.experiments" else info
 
     assert wait_for(_Done(), "crash", interval=0.0) == 1  # type: ignore[arg-type]
     assert "crash: no trial completed" in capsys.readouterr().out
@@ -483,14 +483,40 @@ def test_wait_exits_1_when_no_trial_completed(capsys: pytest.CaptureFixture[str]
     assert "0.5" not in out
 
 
+def test_wait_names_its_experiment_by_id_once_a_later_submission_took_its_name(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `metaopt status NAME` would have shown the later namesake, not the experiment followed.
+    from metaopt.cli._submit import wait_for
+
+    info: dict[str, object] = {
+        "id": "0d" * 32, "name": "nc", "counts": {"failed": 1}, "thawed": 0, "best": [],
+        "max_trials": 1, "trials": 1, "finished": True, "objectives": ["loss"],
+    }  # fmt: skip
+    later = {**info, "id": "ee" * 32, "latest": True}
+
+    class _Peer:
+        def call(self, op: str, body: object = None) -> object:
+            return [{**info, "latest": False}, later] if op == "api.experiments" else info
+
+    assert wait_for(_Peer(), "0d" * 32, interval=0.0) == 1  # type: ignore[arg-type]
+    assert "nc: no trial completed; `metaopt status 0d0d0d0d0d0d` says why" in (
+        capsys.readouterr().out
+    )
+    info["objectives"] = ["loss", "acc"]
+    info["best"] = [{"value": 0.5, "params": {"x": 1}}, {"value": 0.7, "params": {"x": 2}}]
+    assert wait_for(_Peer(), "0d" * 32, interval=0.0) == 0  # type: ignore[arg-type]
+    assert "`metaopt best 0d0d0d0d0d0d` lists it" in capsys.readouterr().out
+
+
 def test_wait_whose_peer_stops_answering_says_the_experiment_goes_on_elsewhere(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from metaopt.cli._submit import wait_for
 
     info = {
-        "name": "sweep", "counts": {"running": 1}, "thawed": 0, "best": [], "max_trials": 4,
-        "trials": 1, "finished": False, "objectives": ["loss"],
+        "id": "5e" * 32, "name": "sweep", "counts": {"running": 1}, "thawed": 0, "best": [],
+        "max_trials": 4, "trials": 1, "finished": False, "objectives": ["loss"],
     }  # fmt: skip
     calls = []
 
@@ -505,7 +531,8 @@ def test_wait_whose_peer_stops_answering_says_the_experiment_goes_on_elsewhere(
         wait_for(_Dying(), "sweep", interval=0.0)  # type: ignore[arg-type]
     message = str(caught.value)
     assert message.startswith("the peer of /d at 127.0.0.1:9 does not answer")
-    assert "sweep goes on on the other peers: `metaopt status sweep`" in message
+    # By id: a later submission may have taken the name meanwhile, and no peer here can say.
+    assert "sweep goes on on the other peers: `metaopt status 5e5e5e5e5e5e`" in message
     assert "\n" not in message
 
 
@@ -517,7 +544,8 @@ def test_wait_says_what_keeps_a_spent_experiment_open_when_only_hand_frozen_tria
 
     paused = {"state": "frozen", "reason": "frozen by the user"}
     polls = [
-        {"name": "p", "counts": {"completed": 1, "frozen": 1}, "thawed": 0, "best": [],
+        {"id": "70" * 32, "name": "p", "counts": {"completed": 1, "frozen": 1}, "thawed": 0,
+         "best": [],
          "max_trials": 2, "trials": 2, "finished": finished,
          "trial_list": [{"state": "completed", "reason": None}, trial]}
         for trial, finished in (
@@ -528,6 +556,8 @@ def test_wait_says_what_keeps_a_spent_experiment_open_when_only_hand_frozen_tria
 
     class _Peer:
         def call(self, op: str, body: object = None) -> object:
+            if op == "api.experiments":
+                return [{"id": "70" * 32, "name": "p", "latest": True}]
             return polls.pop(0)
 
     wait_for(_Peer(), "p", interval=0.0)  # type: ignore[arg-type]
@@ -548,7 +578,7 @@ def test_wait_stops_when_nothing_runs_and_its_peer_starts_no_new_trial(
     running = {"state": "running", "reason": None}
     done = {"state": "completed", "reason": None}
     polls = [
-        {"name": "prog", "counts": {"completed": 1, "running": 1}, "thawed": 0,
+        {"id": "9a" * 32, "name": "prog", "counts": {"completed": 1, "running": 1}, "thawed": 0,
          "best": [{"value": 0.77, "params": {"k": 1}}], "max_trials": 3, "trials": 2,
          "finished": False, "objectives": ["acc"], "trial_list": [done, trial],
          "blocked_here": blocked, "exhausted": exhausted}
@@ -562,6 +592,8 @@ def test_wait_stops_when_nothing_runs_and_its_peer_starts_no_new_trial(
 
     class _Peer:
         def call(self, op: str, body: object = None) -> object:
+            if op == "api.experiments":
+                return [{"id": "9a" * 32, "name": "prog", "latest": True}]
             return polls.pop(0)
 
     assert wait_for(_Peer(), "prog", interval=0.0, patience=3) == 0  # type: ignore[arg-type]
