@@ -10,6 +10,7 @@ from typing import Any
 
 __all__ = [
     "best_summary",
+    "column_names",
     "command",
     "experiment_word",
     "fmt_value",
@@ -50,6 +51,22 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
+
+
+def column_names(
+    fixed: Sequence[str], params: Sequence[str], metrics: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """The headers of a table's parameter and metric columns, none twice in the table: a name
+    that is also a fixed column's or one of the other kind's is prefixed ``param:`` or
+    ``metric:`` (a CSV reader keyed by header lost one of the two columns). The others keep
+    their name; a name with a colon is prefixed too, so a prefixed header is never another
+    column's name (metric names have none)."""
+    fixed_set, param_set, metric_set = set(fixed), set(params), set(metrics)
+
+    def side(names: Sequence[str], other: set[str], prefix: str) -> list[str]:
+        return [f"{prefix}:{n}" if n in fixed_set or n in other or ":" in n else n for n in names]
+
+    return side(params, metric_set, "param"), side(metrics, param_set, "metric")
 
 
 def command(*words: str, data_dir: str | None = None) -> str:

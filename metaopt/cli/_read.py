@@ -12,6 +12,7 @@ from metaopt._errors import MetaoptError
 from metaopt._state import TERMINAL_STATES
 from metaopt.cli._format import (
     best_summary,
+    column_names,
     command,
     experiment_word,
     fmt_value,
@@ -147,7 +148,11 @@ def _status(args: argparse.Namespace) -> int:
         + [_why(t)]
         for t in info["trial_list"]
     ]
-    print(table(["trial", "state", *objectives, "step", "node", *names, "why"], rows))
+    shown_names, shown_objectives = column_names(
+        ["trial", "state", "step", "node", "why"], names, objectives
+    )
+    headers = ["trial", "state", *shown_objectives, "step", "node", *shown_names, "why"]
+    print(table(headers, rows))
     return 0
 
 
@@ -241,8 +246,9 @@ def _export(args: argparse.Namespace) -> int:
     others = sorted({k for t in trials for k in (t["metrics"] or {})} - {*objectives, "step"})
     out = io.StringIO()
     writer = csv.writer(out)
-    header = ["trial", "state", "node", "runner", *names, *objectives, *others, "step", "reason"]
-    writer.writerow(header)
+    fixed = ["trial", "state", "node", "runner", "step", "reason"]
+    shown_names, shown_metrics = column_names(fixed, names, [*objectives, *others])
+    writer.writerow([*fixed[:4], *shown_names, *shown_metrics, *fixed[4:]])
     for t in trials:
         writer.writerow(
             [t["id"], t["state"], t["node"], t["runner"] or ""]

@@ -290,3 +290,34 @@ def test_a_lost_trial_counts_as_running_only_while_its_experiment_may_run_it_aga
         assert main(["status"]) == 0
         row = capsys.readouterr().out.splitlines()[2].split()
         assert row[2] == ("stopped" if stopped else "active") and row[5] == running
+
+
+def test_no_column_name_repeats_when_a_parameter_and_a_metric_share_a_name(
+    peer: type[_Peer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The header read trial,state,node,runner,a,mode,err,acc,mode,step,reason: a CSV reader
+    # keyed by name kept one of the two mode columns and lost the other without a word.
+    trial = _trial("a", "completed", {"err": 0.25, "mode": 3.0, "trial": 1.0}, final=True)
+    trial["params"] = {"a": 0.5, "mode": "fast", "state": 2}
+    peer.info = {**_info([trial], ["err"]), "space": dict.fromkeys(trial["params"], "~")}
+    assert main(["export", "mo"]) == 0
+    text = capsys.readouterr().out
+    header = next(csv.reader(io.StringIO(text)))
+    assert header == [
+        "trial", "state", "node", "runner", "a", "param:mode", "param:state",
+        "err", "metric:mode", "metric:trial", "step", "reason",
+    ]  # fmt: skip
+    row = next(csv.DictReader(io.StringIO(text)))
+    assert row["param:mode"] == "fast" and row["metric:mode"] == "3.0"
+    assert row["param:state"] == "2" and row["state"] == "completed"
+    assert row["metric:trial"] == "1.0" and row["trial"] == "a" * 16
+    # The status table: an objective named as a parameter, or as a fixed column.
+    peer.info["objectives"], peer.info["directions"] = ["mode", "why"], ["minimize"] * 2
+    trial["objectives"] = {"mode": 3.0, "why": 1.0}
+    assert main(["status", "mo"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    shown = next(line for line in lines if line.startswith("trial")).split()
+    assert shown == [
+        "trial", "state", "metric:mode", "metric:why", "step", "node", "a", "param:mode",
+        "param:state", "why",
+    ]  # fmt: skip
