@@ -693,6 +693,10 @@ class Node:
         lead = settle_rank(self.node_id, self.turn_nodes(), state.key, 0) == 0
         look = waits = 0
         while True:
+            if state.budget_spent or state.stopped:
+                # An earlier slot of this pass, or other peers, spent it: a space whose last
+                # point went that way has none left, and was taken for exhausted for good.
+                return None
             draw = suggester.prepare(look, lead=lead)
             began = time.perf_counter()
             params, counter = await asyncio.to_thread(suggester.compute, draw)

@@ -279,6 +279,37 @@ async def test_an_exhausted_space_is_not_searched_again_until_a_trial_arrives(
 
 
 @pytest.mark.asyncio
+async def test_a_budget_spent_during_the_pass_is_no_exhausted_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A pass planned two new trials of a 3-point space with a budget of 3 and one trial; the
+    # first recorded the last but one point and another peer's trial took the last: the
+    # second slot searched a space with every point a trial, and the peer showed the finished
+    # experiment as exhausted ("widen the space") for good, on it alone, warning at each start.
+    exp = _experiment("e", {"n": "randint(0, 3)"}, max_trials=3)
+    node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=2))
+    monkeypatch.setattr(node, "caught_up", lambda: True)
+
+    def another_takes_the_last_point(params: dict[str, Any]) -> None:
+        taken = {0, params["n"]}
+        if len(node.replica.experiments[exp.key]) == 1:
+            (last,) = {0, 1, 2} - taken
+            node.store.add([_others_trial(exp, {"n": last}, 7)])
+
+    calls = _watch_compute(monkeypatch, another_takes_the_last_point)
+    try:
+        node.store.add([exp, _others_trial(exp, {"n": 0}, 1)])
+        await node._schedule_once()
+        state = node.replica.experiments[exp.key]
+        assert len(state) == 3 and state.budget_spent
+        assert len(calls) == 1
+        assert node.blocked_here(exp.key) is None
+        assert not [r for r in caplog.records if "already tried" in r.getMessage()]
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
 async def test_a_new_point_waits_its_turn_from_the_latest_trial_and_no_more_than_eight_turns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
