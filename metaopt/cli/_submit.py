@@ -257,14 +257,9 @@ def build_submission(
         # shown for an accuracy.
         with contextlib.suppress(re.error):  # said below
             named = compile_objective_regex(str(regex)).groupindex
-            if len(named) == 1:
-                (given, number), source = next(iter(named.items())), "--objective-regex's group"
-                if number != 1:
-                    # Peers read the first group: it would have recorded another number.
-                    raise MetaoptError(
-                        f"--objective-regex {regex!r}: make (?P<{given}>...) its first group"
-                        " (write the others as (?:...))"
-                    )
+            first = [n for n, i in named.items() if i == 1]
+            if first or len(named) == 1:  # (a lone group that is not the first is refused below)
+                given, source = (first or list(named))[0], "--objective-regex's group"
     objectives = tuple(o.strip() for o in given.split(","))
     if not all(objectives):
         # '' and 'loss,,acc' ran as loss and loss,acc: a slip in a script went unnoticed.
@@ -291,17 +286,12 @@ def build_submission(
             )
         try:
             # As the peers compile it: one they would refuse is refused here.
-            groups = compile_objective_regex(str(regex)).groups
+            pattern = compile_objective_regex(str(regex))
         except re.error as exc:
             raise MetaoptError(
                 f"--objective-regex {regex!r} is not a regular expression: {exc}"
             ) from None
-        if not groups:
-            print(
-                f"note: --objective-regex {regex!r} has no group, so all it matches must be"
-                f" the number{CAPTURE_HINT}",
-                file=sys.stderr,
-            )
+        _check_groups(str(regex), pattern, objectives[0])
     directions = _directions(options.get("maximize"), objectives)
     blobs: list[Record] = []
     chunks: dict[bytes, bytes] = {}
@@ -356,6 +346,31 @@ def build_submission(
     for seq, (digest, data) in enumerate(sorted(chunks.items()), start=2):
         blobs.append(Record.create(BLOB, experiment.origin, seq, now, {"data": data}, [digest]))
     return experiment, blobs
+
+
+def _check_groups(regex: str, pattern: Any, objective: str) -> None:
+    """Refuse a regex whose number (peers read its first group) is not the objective's: a
+    first group named otherwise (`--objective loss` with (?P<accuracy>...) minimised the
+    accuracies as the loss), or the objective's named group behind another; note one that
+    has no group."""
+    named: dict[str, int] = dict(pattern.groupindex)
+    first = next((n for n, i in named.items() if i == 1), None)
+    if first is not None and first != objective:
+        raise MetaoptError(
+            f"--objective-regex {regex!r} names its number {first!r}, but --objective is"
+            f" {objective!r}; name the group (?P<{objective}>...) or leave out --objective"
+        )
+    if named.get(objective, 1) != 1:
+        raise MetaoptError(
+            f"--objective-regex {regex!r}: make (?P<{objective}>...) its first group"
+            " (write the others as (?:...))"
+        )
+    if not pattern.groups:
+        print(
+            f"note: --objective-regex {regex!r} has no group, so all it matches must be"
+            f" the number{CAPTURE_HINT}",
+            file=sys.stderr,
+        )
 
 
 def _name(given: Any, words: list[str], cwd: Path) -> str:

@@ -90,12 +90,22 @@ def test_objective_names_and_regex_are_checked_at_submit(tmp_path: Path) -> None
     # --objective does.
     named = ("--objective-regex", "acc = (?P<accuracy>[0-9.]+)")
     assert _build(tmp_path, *named, *base)["objectives"] == ["accuracy"]
-    assert _build(tmp_path, "--objective", "acc", *named, *base)["objectives"] == ["acc"]
+    # One that disagrees is refused: `--objective loss` minimised the accuracies as the loss.
+    said = _refused(tmp_path, "--objective", "loss", *named, *base)
+    assert said == (
+        "--objective-regex 'acc = (?P<accuracy>[0-9.]+)' names its number 'accuracy', but"
+        " --objective is 'loss'; name the group (?P<loss>...) or leave out --objective"
+    )
+    assert _build(tmp_path, "--objective", "accuracy", *named, *base)["objectives"] == ["accuracy"]
     assert _build(tmp_path, "--objective-regex", "acc = ([0-9.]+)", *base)["objectives"] == ["loss"]
     said = _refused(tmp_path, "--objective-regex", "(?P<step>[0-9]+)", *base)
     assert said.startswith("--objective-regex's group step: 'step' is a report's step")
     # Peers read the first group: one in front recorded the epoch as the accuracy.
     said = _refused(tmp_path, "--objective-regex", r"epoch (\d+) acc=(?P<acc>[0-9.]+)", *base)
+    assert "make (?P<acc>...) its first group" in said
+    said = _refused(
+        tmp_path, "--objective=acc", "--objective-regex", r"(\d+) a=(?P<acc>\S+)", *base
+    )
     assert "make (?P<acc>...) its first group" in said
     ok = _build(tmp_path, "--objective-regex", r"epoch (?:\d+) acc=(?P<acc>[0-9.]+)", *base)
     assert ok["objectives"] == ["acc"]
