@@ -376,11 +376,15 @@ def _check_groups(regex: str, pattern: Any, objective: str) -> None:
 def _name(given: Any, words: list[str], cwd: Path) -> str:
     """--name, else the stem of the script run: `sh s3/train.sh` and `python -u train.py` are
     both "train", not "sh" and "python"."""
-    if given is None or given == "":
+    if given is None:
         files = (w for w in words if "~" not in w and (cwd / w).is_file())
         stem = Path(next(files, words[0])).stem[:MAX_NAME].strip()
         return "experiment" if name_problem(stem) else stem
     name = str(given)
+    if not name:
+        # It fell back to the script's name: a script's `--name "$RUN"` with RUN unset
+        # replaced the previous run of that script unnoticed.
+        raise MetaoptError("--name is empty; give a name, or leave out --name for the script's")
     if (problem := name_problem(name)) is not None:
         raise MetaoptError(f"--name: {problem}")
     if name != name.strip():

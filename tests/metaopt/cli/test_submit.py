@@ -446,6 +446,10 @@ def test_an_experiment_is_named_after_its_script_and_a_bad_name_is_refused(tmp_p
     assert _build(tmp_path, "--", "python3", "./-odd.py", prior)["name"] == "experiment"
     for bad in ("x" * 65, "-x", "a\tb"):
         assert "1-64 printable characters" in _refused(tmp_path, f"--name={bad}", "train.py", prior)
+    # An empty name (a script's --name "$RUN" with RUN unset) took the script's name.
+    for empty in (("--name", ""), ("--name=",)):
+        said = _refused(tmp_path, *empty, "train.py", prior)
+        assert said == "--name is empty; give a name, or leave out --name for the script's"
     # " sweep" was taken, listed as "sweep", and `status sweep` found nothing.
     assert "give 'sweep'" in _refused(tmp_path, "--name= sweep ", "train.py", prior)
     (tmp_path / "my run .py").write_text("")
