@@ -99,6 +99,9 @@ class TrialView:
     # The key of its latest event in causal order: what a loss written now follows
     # (EventBody.after).
     latest: bytes | None = None
+    # Lost while frozen (its node is gone, and the checkpoint with it): a re-run starts from
+    # step 0, and once the budget is spent only if the early stopper finds it worth that.
+    lost_frozen: bool = False
 
     @property
     def id(self) -> str:
@@ -275,6 +278,7 @@ def _trial_view(
     free: tuple[bytes, ...] = ()  # the free events in effect, latest last
     latest_report: bytes | None = None
     run_began = -1  # the causal time of the current run's start
+    lost_frozen = False
     for time, _, _, ekey, event in ordered:
         last_seen = max(last_seen, time)
         if event.kind in ("started", "thawed"):
@@ -300,6 +304,11 @@ def _trial_view(
             if terminal is None or rank[:3] < terminal[:3]:
                 terminal = rank
         elif event.kind in _LIFECYCLE and ekey not in answered and current:
+            # (Two peers may each write the loss: the second still follows a freeze.)
+            was = lifecycle.kind if lifecycle is not None else None
+            lost_frozen = event.kind == "lost" and (
+                was == "frozen" or (was == "lost" and lost_frozen)
+            )
             lifecycle = event
             free = (*free, ekey) if event.kind in FREE_STATES else ()
         if event.kind in ("progress", "frozen", "thawed"):
@@ -372,6 +381,7 @@ def _trial_view(
         free_events=free if state in FREE_STATES else (),
         frozen_step=lifecycle.step if state == "frozen" and lifecycle is not None else None,
         latest=ordered[-1][3] if ordered else None,
+        lost_frozen=lost_frozen and state == "lost",
     )
 
 

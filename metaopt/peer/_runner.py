@@ -18,7 +18,8 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -487,10 +488,41 @@ class TrialRunner:
             self._stoppers[state.key] = stopper
         return stopper
 
+    async def worth_rerun(self, state: ExperimentState, view: TrialView) -> bool:
+        """Whether to run again, from step 0, a trial lost while frozen on a peer now gone,
+        once its experiment's budget is spent; if not, it is recorded killed.
+
+        Such a trial's own peer would have judged it among its frozen ones, thawing it only
+        if worth a slot, killing it otherwise; taken over as a lost one it was run in full,
+        its rungs unchecked (nothing new may start), after the live peers' frozen trials had
+        been killed as not worth resuming. The stopper judges it as one frozen here.
+        """
+        from metaopt.freezethaw import Action
+
+        if not (view.lost_frozen and state.budget_spent) or self._stopper(state) is None:
+            return True
+        decisions = await self._decide(state, {view.id}, 1, frozen={view.id})
+        now = state.trial(view.key)  # (it may have moved on while the stopper thought)
+        if now is None or now.state != "lost":
+            return False
+        if any(d.trial_id == view.id and d.action is Action.THAW for d in decisions):
+            return True
+        why = next((d.reason for d in decisions if d.trial_id == view.id), "no thaw")
+        reason = f"lost while frozen, when the budget was spent; not worth a re-run ({why})"
+        log.info("trial %s: %s", view.key.hex()[:12], reason)
+        self.node.write_event(state.key, view.key, "killed", reason=reason, after=now.latest)
+        return False
+
     async def _decide(
-        self, state: ExperimentState, own: set[str], free_slots: int
+        self,
+        state: ExperimentState,
+        own: set[str],
+        free_slots: int,
+        *,
+        frozen: Collection[str] = (),
     ) -> list[Decision]:
-        """The stopper's decisions, computed in a worker thread on a snapshot of the curves.
+        """The stopper's decisions, computed in a worker thread on a snapshot of the curves;
+        the trials in ``frozen`` are shown to it as frozen ones (see worth_rerun).
 
         A decision takes tens of milliseconds, the first fit of an experiment's curve model a
         few hundred: on the event loop that would hold up replication, heartbeats and the API.
@@ -506,7 +538,10 @@ class TrialRunner:
         async with self._deciding:
             self._decisions += 1
             rng = np.random.default_rng([self._decisions, *self.node.node_id[:8]])
-            curves = curve_views(state, self.node.suggester(state).space)
+            curves = [
+                replace(c, state="frozen") if c.trial_id in frozen else c
+                for c in curve_views(state, self.node.suggester(state).space)
+            ]
             fresh = not state.budget_spent
             return await asyncio.to_thread(
                 _decide_in_thread, stopper, curves, set(own), free_slots, rng, fresh

@@ -455,3 +455,59 @@ def test_a_run_over_its_trial_timeout_is_stopped_and_recorded_killed() -> None:
     assert node.written[-1] == (trial.key, "killed", "ran longer than its trial timeout (60 s)")
     view = state.trial(trial.key)
     assert view is not None and view.state == "killed"
+
+
+class _ThawFrozen(_KillFrozen):
+    """A stopper that thaws every own frozen trial."""
+
+    def decide(
+        self,
+        curves: Sequence[CurveView],
+        own: Collection[str],
+        free_slots: int,
+        rng: np.random.Generator,
+        *,
+        fresh_available: bool = True,
+    ) -> list[Decision]:
+        kills = super().decide(curves, own, free_slots, rng, fresh_available=fresh_available)
+        return [Decision(d.trial_id, Action.THAW, "a good bet") for d in kills]
+
+
+def _lost_while_frozen(max_trials: int | None) -> tuple[ExperimentState, bytes, _Node, TrialRunner]:
+    state, trial = _frozen_trial(1, max_trials=max_trials)
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    node.write_event(state.key, trial, "lost", reason="frozen on node 6f0e2a11, which is gone")
+    node.write_event(state.key, trial, "lost", reason="a second peer saw it too")
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    return state, trial, node, runner
+
+
+def test_a_trial_lost_while_frozen_is_judged_before_a_rerun_once_the_budget_is_spent() -> None:
+    # Taken over as a lost trial, it ran in full from step 0 with nothing to stop it (no new
+    # trial may start, so no rung freezes), while the live peers' frozen trials were killed
+    # as not worth resuming: the stopper judges it as a frozen one first.
+    state, trial, node, runner = _lost_while_frozen(max_trials=1)
+    view = state.trial(trial)
+    assert view is not None and view.state == "lost" and view.lost_frozen and state.budget_spent
+    runner._stoppers[state.key] = _KillFrozen()
+    assert not asyncio.run(runner.worth_rerun(state, view))
+    ((_, kind, reason),) = node.written[2:]
+    assert kind == "killed" and reason is not None and "not worth a re-run (hopeless)" in reason
+    assert state.trial(trial).state == "killed"  # type: ignore[union-attr]
+
+    state, trial, node, runner = _lost_while_frozen(max_trials=1)
+    runner._stoppers[state.key] = _ThawFrozen()
+    assert asyncio.run(runner.worth_rerun(state, state.trial(trial)))  # type: ignore[arg-type]
+    assert len(node.written) == 2
+
+
+def test_a_trial_lost_while_frozen_before_the_budget_is_spent_or_while_running_is_rerun() -> None:
+    state, trial, node, runner = _lost_while_frozen(max_trials=None)
+    stopper = runner._stoppers[state.key] = _KillFrozen()
+    assert asyncio.run(runner.worth_rerun(state, state.trial(trial)))  # type: ignore[arg-type]
+    assert stopper.free == [] and len(node.written) == 2  # its rungs judge the re-run
+
+    node.write_event(state.key, trial, "started")
+    node.write_event(state.key, trial, "lost", reason="its peer went quiet")
+    view = state.trial(trial)
+    assert view is not None and view.state == "lost" and not view.lost_frozen
