@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from metaopt._errors import MetaoptError
-from metaopt.cli._format import json_text, printable, table
+from metaopt.cli._format import command, json_text, printable, table
 from metaopt.peer._config import PeerConfig, Timing
 from metaopt.peer._gossip import valid_addr
 from metaopt.peer._identity import DataDir, pid_gone
@@ -144,7 +144,7 @@ def _config(args: argparse.Namespace) -> PeerConfig:
 def _start(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.detach:
-        return _detach(config, args.log_level, args.timing)
+        return _detach(config, args.log_level, args.timing, args.data_dir)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(message)s",
@@ -152,7 +152,7 @@ def _start(args: argparse.Namespace) -> int:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(_printable_lines)
-    return asyncio.run(_run(config))
+    return asyncio.run(_run(config, args.data_dir))
 
 
 def _printable_lines(record: logging.LogRecord) -> bool:
@@ -165,7 +165,9 @@ def _printable_lines(record: logging.LogRecord) -> bool:
     return True
 
 
-async def _run(config: PeerConfig) -> int:
+async def _run(config: PeerConfig, data_dir: str | None = None) -> int:
+    """Run the peer until it is stopped; ``data_dir`` is the --data-dir the user gave, for
+    the commands it prints."""
     from metaopt.peer._node import Node
 
     node = Node(config)
@@ -174,7 +176,7 @@ async def _run(config: PeerConfig) -> int:
         print(
             "This is a new cluster. To add another machine, run there:\n"
             f"  {join_command(node.key.to_text(), node.addr)}\n"
-            "(`metaopt peer key` prints this again.)",
+            f"(`{command('peer', 'key', data_dir=data_dir)}` prints this again.)",
             flush=True,
         )
     loop = asyncio.get_running_loop()
@@ -191,7 +193,7 @@ async def _run(config: PeerConfig) -> int:
     return 0
 
 
-def _detach(config: PeerConfig, log_level: str, timing: str) -> int:
+def _detach(config: PeerConfig, log_level: str, timing: str, data_dir: str | None = None) -> int:
     dirs = DataDir(config.data_dir)
     dirs.ensure()
     argv = [sys.executable, "-m", "metaopt", "peer", "start"]
@@ -212,7 +214,7 @@ def _detach(config: PeerConfig, log_level: str, timing: str) -> int:
         # Removing its address file below would cut the CLI off from it for good.
         raise MetaoptError(
             f"a peer is already running on {dirs.root} (pid {running});"
-            " use it, or run `metaopt peer stop` first"
+            f" use it, or run `{command('peer', 'stop', data_dir=data_dir)}` first"
         )
     try:
         dirs.address_file.unlink()  # left by a peer that died; its reappearance means "up"
@@ -311,13 +313,14 @@ def _key(args: argparse.Namespace) -> int:
     dirs = DataDir(resolve_data_dir(args.data_dir))
     key = dirs.read_key()
     if key is None:
-        raise MetaoptError(f"no cluster key in {dirs.root} yet; `metaopt peer start` creates one")
+        start = command("peer", "start", data_dir=args.data_dir)
+        raise MetaoptError(f"no cluster key in {dirs.root} yet; `{start}` creates one")
     if not dirs.address_file.exists():
         # Its address (hence the command's --join and --host) is known once it runs.
         print(f"metaopt peer start --key {key} --join HOST:PORT")
         print(
             f"(no peer runs on {dirs.root} now: HOST:PORT is a running peer's; start this one"
-            " and `metaopt peer key` names its address)",
+            f" and `{command('peer', 'key', data_dir=args.data_dir)}` names its address)",
             file=sys.stderr,
         )
         return 0

@@ -99,9 +99,8 @@ def _status(args: argparse.Namespace) -> int:
             print(json_text(experiments, indent=2))
             return 0
         if not experiments:
-            print(
-                "no experiments yet; submit one with `metaopt submit train.py --x~'uniform(0, 1)'`"
-            )
+            example = command("submit", "train.py", "--x~uniform(0, 1)", data_dir=args.data_dir)
+            print(printable(f"no experiments yet; submit one with `{example}`"))
             return 0
         rows = []
         for e in experiments:
@@ -217,7 +216,8 @@ def _best(args: argparse.Namespace) -> int:
         return 0 if best else 1
     if not best:
         if info["finished"]:
-            again = command("status", experiment_word(info, args.experiment))
+            word = experiment_word(info, args.experiment)
+            again = command("status", word, data_dir=args.data_dir)
             said = f"{info['name']}: finished with no completed trial; `{again}` says why"
             print(printable(said))
         else:
@@ -267,7 +267,7 @@ def _stop(args: argparse.Namespace) -> int:
     for which, field in (("an earlier", "older_open"), ("a later", "newer_open")):
         for other in reply.get(field, []):
             short = other[:12]
-            again = command("stop", short)
+            again = command("stop", short, data_dir=args.data_dir)
             print(printable(f"{which} {name} ({short}) still runs; `{again}` stops it"))
     return 0
 

@@ -468,7 +468,10 @@ def submit(args: argparse.Namespace) -> int:
     options, words = split_submit_args(list(args.words))
     options = merge_config(options)
     experiment, blobs = build_submission(options, words, Path.cwd())
-    peer = LocalPeer(resolve_data_dir(options.get("data_dir")))
+    given_dir = options.get("data_dir")
+    # The printed commands ask the same peer: without it they asked another.
+    data_dir = None if given_dir is None else str(given_dir)
+    peer = LocalPeer(resolve_data_dir(given_dir))
     name = experiment.body["name"]
     earlier = [e["id"][:12] for e in peer.call("api.experiments") if e.get("name") == name]
     # Blobs first in their own calls so a large bundle never makes one huge request, and the
@@ -488,7 +491,7 @@ def submit(args: argparse.Namespace) -> int:
         print(json.dumps({"id": experiment.key.hex(), "name": name}))
     else:
         print(f"submitted experiment {name!r} ({experiment.key.hex()[:12]})")
-        print(f"follow it with: metaopt status {shlex.quote(name)}")
+        print(f"follow it with: {command('status', name, data_dir=data_dir)}")
     if earlier:
         print(
             f"note: the name {name!r} now means this experiment; its earlier namesakes are"
@@ -497,13 +500,15 @@ def submit(args: argparse.Namespace) -> int:
         )
     if options.get("wait") and experiment.body.get("max_trials") is None:
         print(
-            "note: no --max-trials, so the search goes on until `metaopt stop"
-            f" {name}`; --wait follows it until then (Ctrl-C leaves it running)",
+            "note: no --max-trials, so the search goes on until"
+            f" `{command('stop', name, data_dir=data_dir)}`; --wait follows it until then"
+            " (Ctrl-C leaves it running)",
             file=sys.stderr,
         )
     if options.get("wait"):
         # With --json, stdout holds only the JSON line: progress goes to stderr.
-        return wait_for(peer, experiment.key.hex(), out=sys.stderr if options.get("json") else None)
+        out = sys.stderr if options.get("json") else None
+        return wait_for(peer, experiment.key.hex(), out=out, data_dir=data_dir)
     return 0
 
 
@@ -539,12 +544,14 @@ def wait_for(
     interval: float = 1.0,
     out: TextIO | None = None,
     patience: int = 5,
+    data_dir: str | None = None,
 ) -> int:
     """Show live progress on out (stdout) until the budget is spent and nothing runs, or until
     patience polls in a row find the experiment stalled here (see ``_stalled_here``; the
     polls leave other peers, which may start what this one cannot, time to).
 
     Returns the exit code: 0 with a completed trial, 1 when every trial failed or was killed.
+    ``data_dir`` is the --data-dir the user gave, for the commands it prints.
     """
     out = out or sys.stdout
     last = ""
@@ -580,8 +587,8 @@ def wait_for(
             print(
                 ("\n" if tty else "")  # after the progress line, which had none
                 + f"{info['name']}: the budget is spent and {paused} trial(s) frozen by hand"
-                f" keep it open; `{command('thaw', 'TRIAL')}` resumes one,"
-                f" `{command('stop', _word(peer, info))}` ends it",
+                f" keep it open; `{command('thaw', 'TRIAL', data_dir=data_dir)}` resumes one,"
+                f" `{command('stop', _word(peer, info), data_dir=data_dir)}` ends it",
                 flush=True,
                 file=out,
             )
@@ -592,7 +599,8 @@ def wait_for(
             print(
                 ("\n" if tty else "")
                 + f"{info['name']}: nothing runs and no new trial can start: {why}; --wait"
-                f" stops here (`{command('stop', _word(peer, info))}` ends the experiment)",
+                f" stops here (`{command('stop', _word(peer, info), data_dir=data_dir)}` ends"
+                " the experiment)",
                 flush=True,
                 file=out,
             )
@@ -601,7 +609,7 @@ def wait_for(
     if tty:
         print(file=out)
     if info["best"] and len(info["objectives"]) > 1:
-        again = command("best", _word(peer, info))
+        again = command("best", _word(peer, info), data_dir=data_dir)
         print(f"best: a front of {len(info['best'])}; `{again}` lists it", file=out)
         return 0
     if info["best"]:
@@ -610,7 +618,7 @@ def wait_for(
         print(f"best {fmt_value(best_trial['value'])} with {params}", file=out)
         return 0
     # Exit 1, as `metaopt best` does: `submit --wait && next-step` must not go on.
-    again = command("status", _word(peer, info))
+    again = command("status", _word(peer, info), data_dir=data_dir)
     print(f"{info['name']}: no trial completed; `{again}` says why", file=out)
     return 1
 

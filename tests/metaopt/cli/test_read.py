@@ -112,6 +112,10 @@ def test_a_hint_names_an_experiment_reached_by_id_by_its_id(
     assert main(["best", "eeeeee"]) == 1
     said = capsys.readouterr().out
     assert said == "mo: finished with no completed trial; `metaopt status eeeeeeeeeeee` says why\n"
+    # With the --data-dir given, as typed: without it the command read another peer.
+    assert main(["best", "mo", "--data-dir", "~/my peer"]) == 1
+    said = capsys.readouterr().out
+    assert "`metaopt status mo --data-dir '~/my peer'` says why" in said
 
 
 def test_export_has_one_step_column_however_the_trials_reported_their_step(

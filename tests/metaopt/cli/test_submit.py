@@ -189,6 +189,8 @@ def test_peer_key_of_a_stopped_peer_gives_the_key_and_says_the_address_is_to_com
     out, err = capsys.readouterr()
     assert out == "metaopt peer start --key mo1-k --join HOST:PORT\n"
     assert "no peer runs on" in err and "0.0.0.0" not in out
+    # The command it names asks the same peer (it asked the default data directory's).
+    assert f"`metaopt peer key --data-dir {data}` names its address" in err
 
 
 def test_a_data_dir_that_is_a_file_says_so(
@@ -389,19 +391,26 @@ class _FakePeer:
         return None
 
 
-def test_a_submit_says_when_its_name_hides_an_earlier_experiment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # The name then means the new one for status, stop and best; the old one only by id.
+@pytest.fixture
+def fake_peer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> type[_FakePeer]:
+    """A train.py in the working directory, and submit's peer a _FakePeer that knows nothing."""
     (tmp_path / "train.py").write_text("print(1)\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("metaopt.cli._submit.LocalPeer", _FakePeer)
-    _FakePeer.known = [{"id": "ab" * 32, "name": "train"}, {"id": "cd" * 32, "name": "other"}]
+    _FakePeer.known = []
+    return _FakePeer
+
+
+def test_a_submit_says_when_its_name_hides_an_earlier_experiment(
+    fake_peer: type[_FakePeer], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The name then means the new one for status, stop and best; the old one only by id.
+    fake_peer.known = [{"id": "ab" * 32, "name": "train"}, {"id": "cd" * 32, "name": "other"}]
     assert main(["submit", "--max-trials", "3", "train.py", "--x~uniform(0, 1)"]) == 0
     err = capsys.readouterr().err
     assert "'train' now means this experiment" in err and "abababababab" in err, err
     assert "cdcdcd" not in err and "--max-trials" not in err
-    _FakePeer.known = []
+    fake_peer.known = []
     assert main(["submit", "train.py", "--x~uniform(0, 1)"]) == 0
     assert capsys.readouterr().err == ""
     # --wait with no budget follows a search that only `metaopt stop` ends: say so.
@@ -410,6 +419,17 @@ def test_a_submit_says_when_its_name_hides_an_earlier_experiment(
     assert "no --max-trials, so the search goes on until `metaopt stop train`" in (
         capsys.readouterr().err
     )
+
+
+def test_the_commands_submit_prints_ask_the_peer_it_asked(
+    fake_peer: type[_FakePeer], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `submit --data-dir p1` said `metaopt status train`, which reads another peer's replica.
+    monkeypatch.setattr("metaopt.cli._submit.wait_for", lambda *a, **kw: kw["data_dir"] == "p 1")
+    assert main(["submit", "--data-dir", "p 1", "--wait", "train.py", "--x~uniform(0, 1)"]) == 1
+    out, err = capsys.readouterr()
+    assert "follow it with: metaopt status train --data-dir 'p 1'\n" in out
+    assert "goes on until `metaopt stop train --data-dir 'p 1'`" in err
 
 
 def test_a_folder_over_a_mebibyte_is_submitted_as_blobs_that_each_fit_a_record(
@@ -519,8 +539,8 @@ def test_wait_names_its_experiment_by_id_once_a_later_submission_took_its_name(
     )
     info["objectives"] = ["loss", "acc"]
     info["best"] = [{"value": 0.5, "params": {"x": 1}}, {"value": 0.7, "params": {"x": 2}}]
-    assert wait_for(_Peer(), "0d" * 32, interval=0.0) == 0  # type: ignore[arg-type]
-    assert "`metaopt best 0d0d0d0d0d0d` lists it" in capsys.readouterr().out
+    assert wait_for(_Peer(), "0d" * 32, interval=0.0, data_dir="p1") == 0  # type: ignore[arg-type]
+    assert "`metaopt best 0d0d0d0d0d0d --data-dir p1` lists it" in capsys.readouterr().out
 
 
 def test_wait_whose_peer_stops_answering_says_the_experiment_goes_on_elsewhere(
