@@ -274,6 +274,9 @@ class TrialProcess:
             why = f"diverged: its last report was {', '.join(diverged)}"
             failed = self._failed(code, why, tail, metrics, objectives)
             return dataclasses.replace(failed, diverged=True)
+        if code == 0 and parser.unread is not None:
+            # Its latest report went unread: what was read before is not its result.
+            return self._failed(code, parser.unread, tail, metrics, objectives)
         if code == 0 and len(objectives) == len(spec.objectives):
             self._emit("completed", exit_code=0, objectives=objectives, metrics=metrics)
             return TrialOutcome("completed", 0, metrics, objectives, None, tail)

@@ -35,6 +35,8 @@ _INVISIBLE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\ufeff")  # ANSI CSI sequenc
 _JSON = json.JSONDecoder()
 _SURROGATE = re.compile("[\ud800-\udfff]")
 CAPTURE_HINT = "; put the number in a group, e.g. 'acc=([0-9.]+)'"
+_PREFIX_BYTES = REPORT_PREFIX.strip().encode()
+_PREFIX_LEN = len(_PREFIX_BYTES) - 1  # bytes that may hold a prefix's start
 
 
 def compile_objective_regex(pattern: str) -> Any:
@@ -103,6 +105,11 @@ class OutputParser:
         # Why the trial's output can no longer be read (its regex took too long on a line):
         # the trial has failed; nothing more is matched.
         self.broken: str | None = None
+        # Set while the latest report printed went unread (it was on a stdout line past
+        # max_line_bytes): the objective read before it is not the run's latest, and a run
+        # must not complete with it (a 70 KB line ending in a report recorded the one before).
+        self.unread: str | None = None
+        self._dropped_end = b""  # the last bytes cut from the stdout line (see _take)
 
     def feed(self, data: bytes, *, stdout: bool = True) -> list[dict[str, MetricValue]]:
         """The reports completed by this chunk of one stream."""
@@ -115,6 +122,7 @@ class OutputParser:
             self._line(bytes(buf), stdout, out, returned=match.group() == b"\r")
             buf.clear()
             self._overlong[stdout] = False
+            self._dropped_end = b"" if stdout else self._dropped_end
             start = match.end()
         self._take(buf, data[start:], stdout)
         return out
@@ -166,11 +174,20 @@ class OutputParser:
 
     def _take(self, buf: bytearray, chunk: bytes, stdout: bool) -> None:
         room = self.config.max_line_bytes - len(buf)
-        if len(chunk) > room:
-            buf += chunk[: max(room, 0)]
-            self._overlong[stdout] = True
-        else:
+        if len(chunk) <= room:
             buf += chunk
+            return
+        kept = max(room, 0)
+        buf += chunk[:kept]
+        self._overlong[stdout] = True
+        if stdout:
+            # What is cut is never read; a report in it must not pass unnoticed. The prefix
+            # may straddle two chunks, or the kept part's end: the bytes before are looked at.
+            before = bytes(buf[-_PREFIX_LEN:]) if kept else self._dropped_end
+            dropped = before + chunk[kept:]
+            if _PREFIX_BYTES in dropped:
+                self._unread_report()
+            self._dropped_end = dropped[-_PREFIX_LEN:]
 
     def _line(
         self,
@@ -209,7 +226,7 @@ class OutputParser:
             return False
         clean = _INVISIBLE.sub("", text)
         if overlong:
-            self._note(f"a METAOPT line over {self.config.max_line_bytes} bytes")
+            self._unread_report()
             return True
         found = False
         at = 0
@@ -283,8 +300,16 @@ class OutputParser:
             {self.config.objective: number, "step": self.config.step_offset + self.matches}, out
         )
 
+    def _unread_report(self) -> None:
+        self.unread = (
+            f"a METAOPT report on a stdout line over {self.config.max_line_bytes} bytes was"
+            " not read; print each report on a line of its own"
+        )
+        self._note(self.unread)
+
     def _emit(self, report: dict[str, MetricValue], out: list[dict[str, MetricValue]]) -> None:
         self.report_count += 1
+        self.unread = None  # what it read before no longer matters
         self.latest.update(report)
         for name in report:
             self.nonfinite.pop(name, None)

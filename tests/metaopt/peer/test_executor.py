@@ -209,6 +209,17 @@ async def test_a_backtracking_regex_does_not_hold_the_event_loop(tmp_path: Path)
 
 
 @pytest.mark.asyncio
+async def test_a_last_report_past_the_line_limit_fails_the_run_not_completes_it(
+    tmp_path: Path,
+) -> None:
+    body = "print('METAOPT {\"loss\": 0.25}')\nprint('x' * 70000 + 'METAOPT {\"loss\": 0.75}')\n"
+    outcome, events = await _run(_spec(tmp_path, _script(tmp_path, body)))
+    assert outcome.status == "failed" and outcome.exit_code == 0
+    assert outcome.reason is not None and "over 65536 bytes was not read" in outcome.reason
+    assert _kinds(events)[-1] == "failed"
+
+
+@pytest.mark.asyncio
 async def test_a_lone_surrogate_in_a_report_keeps_the_trial(tmp_path: Path) -> None:
     line = 'METAOPT {"loss": 0.1, "s": "\\ud800"}'
     script = _script(tmp_path, f"print({line!r})\n")

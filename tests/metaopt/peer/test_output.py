@@ -92,6 +92,30 @@ def test_overlong_lines_are_cut_and_never_parsed() -> None:
     assert "a stdout line over 32 bytes was cut, unread" in hidden.explain_missing()
 
 
+def test_a_report_cut_from_an_overlong_line_leaves_the_result_unread_until_the_next() -> None:
+    # A 70 KB line ending in a report was cut before it, and the run completed with the
+    # report before it, saying nothing.
+    parser = OutputParser(OutputConfig(max_line_bytes=32))
+    parser.feed(b'METAOPT {"loss": 0.25}\n')
+    assert parser.unread is None
+    line = b"x" * 50 + b'METAOPT {"loss": 0.75}\n'
+    for at in range(0, len(line), 7):  # in pieces that split the prefix
+        parser.feed(line[at : at + 7])
+    assert parser.unread is not None and "over 32 bytes was not read" in parser.unread
+    assert parser.objective() == 0.25
+    parser.feed(b'METAOPT {"loss": 0.5}\n')
+    assert parser.unread is None and parser.objective() == 0.5
+    # In the part kept (such a line is not parsed) or straddling where it was cut, too.
+    for head in (b"", b"x" * 28):
+        cut = OutputParser(OutputConfig(max_line_bytes=32))
+        cut.feed(head + b'METAOPT {"loss": 0.75, "pad": "' + b"p" * 40 + b'"}\n')
+        assert cut.unread is not None
+    # Text alone over the limit leaves nothing unread.
+    plain = OutputParser(OutputConfig(max_line_bytes=32))
+    plain.feed(b"METAOPT" + b"x" * 24 + b"\n" + b"y" * 80 + b"\n")
+    assert plain.unread is None
+
+
 def test_invalid_utf8_does_not_crash() -> None:
     parser = OutputParser()
     assert parser.feed(b'\xff\xfeMETAOPT\n METAOPT {"loss": 3}\n') == [{"loss": 3}]
