@@ -63,6 +63,9 @@ class Trial:
     key: bytes
     params: Mapping[str, Any]
     counter: int
+    # The last step a resumed trial reached: go on from resume_step + 1. A number always (0
+    # for a fresh trial), so `range(trial.resume_step + 1, n)` needs no case of its own; the
+    # worker's metaopt.resume_step() is None for a fresh run, as its environment says nothing.
     resume_step: int = 0
 
     @property
