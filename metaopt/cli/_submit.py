@@ -473,7 +473,10 @@ def submit(args: argparse.Namespace) -> int:
     data_dir = None if given_dir is None else str(given_dir)
     peer = LocalPeer(resolve_data_dir(given_dir))
     name = experiment.body["name"]
-    earlier = [e["id"][:12] for e in peer.call("api.experiments") if e.get("name") == name]
+    namesakes = [e for e in peer.call("api.experiments") if e.get("name") == name]
+    earlier = [e["id"][:12] for e in namesakes]
+    # As `metaopt stop` counts them: resubmitting does not stop the earlier one.
+    running = [e["id"][:12] for e in namesakes if not (e.get("stopped") or e.get("finished"))]
     # Blobs first in their own calls so a large bundle never makes one huge request, and the
     # experiment last, so no peer ever sees an experiment whose code has not been stored here.
     batch: list[bytes] = []
@@ -498,6 +501,9 @@ def submit(args: argparse.Namespace) -> int:
             f" reached by id: {', '.join(earlier)}",
             file=sys.stderr,
         )
+    for short in running:
+        again = command("stop", short, data_dir=data_dir)
+        print(f"note: the earlier {name} ({short}) still runs; `{again}` stops it", file=sys.stderr)
     if options.get("wait") and experiment.body.get("max_trials") is None:
         print(
             "note: no --max-trials, so the search goes on until"

@@ -410,6 +410,18 @@ def test_a_submit_says_when_its_name_hides_an_earlier_experiment(
     err = capsys.readouterr().err
     assert "'train' now means this experiment" in err and "abababababab" in err, err
     assert "cdcdcd" not in err and "--max-trials" not in err
+    # One still running goes on: say so, and how to stop it (it only said the name moved).
+    assert "note: the earlier train (abababababab) still runs; `metaopt stop abababababab`" in err
+    fake_peer.known = [
+        {"id": "ab" * 32, "name": "train", "stopped": True, "finished": False},
+        {"id": "ef" * 32, "name": "train", "stopped": False, "finished": True},
+        {"id": "12" * 32, "name": "train", "stopped": False, "finished": False},
+    ]
+    assert main(["submit", "--data-dir", "d", "train.py", "--x~uniform(0, 1)"]) == 0
+    err = capsys.readouterr().err
+    assert "reached by id: abababababab, efefefefefef, 121212121212\n" in err
+    assert err.count("still runs") == 1
+    assert "(121212121212) still runs; `metaopt stop 121212121212 --data-dir d` stops it" in err
     fake_peer.known = []
     assert main(["submit", "train.py", "--x~uniform(0, 1)"]) == 0
     assert capsys.readouterr().err == ""
