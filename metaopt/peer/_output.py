@@ -202,6 +202,9 @@ class OutputParser:
         if not stdout:
             if text.strip():
                 self._stderr.append(text[:500])
+            if REPORT_PREFIX.strip() in text and _REPORT_AT.search(_INVISIBLE.sub("", text)):
+                # (logging's default handler, for one, writes there)
+                self._note("a METAOPT report was printed to stderr; reports are read from stdout")
         else:
             self.stdout_lines += 1
             if self._reports(text, overlong, out):

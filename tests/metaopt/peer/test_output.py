@@ -77,6 +77,8 @@ def test_stderr_tail_keeps_the_last_lines() -> None:
     parser.feed(b"ee\n", stdout=False)
     assert parser.stderr_tail() == ["two", "three"]
     assert parser.feed(b'METAOPT {"loss": 1}\n', stdout=False) == []
+    # A failed run said only "0 stdout lines" when its reports went to stderr.
+    assert "printed to stderr; reports are read from stdout" in parser.explain_missing()
 
 
 def test_overlong_lines_are_cut_and_never_parsed() -> None:
