@@ -352,7 +352,7 @@ def _check_groups(regex: str, pattern: Any, objective: str) -> None:
     """Refuse a regex whose number (peers read its first group) is not the objective's: a
     first group named otherwise (`--objective loss` with (?P<accuracy>...) minimised the
     accuracies as the loss), or the objective's named group behind another; note one that
-    has no group."""
+    has no group, or several with the first unnamed (which one is the number)."""
     named: dict[str, int] = dict(pattern.groupindex)
     first = next((n for n, i in named.items() if i == 1), None)
     if first is not None and first != objective:
@@ -369,6 +369,14 @@ def _check_groups(regex: str, pattern: Any, objective: str) -> None:
         print(
             f"note: --objective-regex {regex!r} has no group, so all it matches must be"
             f" the number{CAPTURE_HINT}",
+            file=sys.stderr,
+        )
+    elif pattern.groups > 1 and first is None:
+        # 'epoch (\d+): acc = ([0-9.]+)' recorded the epoch, without a word.
+        print(
+            f"note: --objective-regex {regex!r} has {pattern.groups} groups; the number is"
+            " group 1's: write the others as (?:...), or name the number's group first"
+            f" (?P<{objective}>...)",
             file=sys.stderr,
         )
 

@@ -122,6 +122,14 @@ def test_a_regex_without_a_group_is_noted_at_submit(
     assert "has no group, so all it matches must be the number" in note and note.count("\n") == 1
     _build(tmp_path, "--objective-regex", "acc=([0-9.]+)", *base)
     assert capsys.readouterr().err == ""
+    # Several groups: the first is the number ('epoch (\d+): ...' recorded the epoch, unsaid).
+    _build(tmp_path, "--objective-regex", r"epoch (\d+): accuracy = ([0-9.]+)", *base)
+    note = capsys.readouterr().err
+    assert note.count("\n") == 1 and "has 2 groups; the number is group 1's" in note
+    assert "(?:...)" in note and "(?P<loss>...)" in note
+    for one in (r"epoch (?:\d+): acc = ([0-9.]+)", r"(?P<acc>[0-9.]+) in epoch (\d+)"):
+        _build(tmp_path, "--objective-regex", one, *base)
+        assert capsys.readouterr().err == ""
 
 
 def test_config_files(tmp_path: Path) -> None:
