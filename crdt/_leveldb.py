@@ -52,11 +52,29 @@ def _prefixed(tag: bytes, name: bytes) -> bytes:
     return tag + _LENGTH[len(name)] + name
 
 
+def _holds_data(path: Path) -> bool:
+    """Whether a directory holds a LevelDB database's tables, logs or manifests."""
+    if not path.is_dir():
+        return False
+    return any(
+        f.suffix in (".ldb", ".sst", ".log") or f.name.startswith("MANIFEST-")
+        for f in path.iterdir()
+    )
+
+
 class LevelDBStore:
     """A grow-only set of records in a LevelDB directory owned by one process."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        # A database is created only where there is none: in a directory whose CURRENT file
+        # is gone (a bad restore, a stray rm), LevelDB would write a new, empty one and delete
+        # the old tables as obsolete: a plain `metaopt status` wiped a replica so.
+        if _holds_data(self.path) and not (self.path / "CURRENT").exists():
+            raise StoreError(
+                f"the store at {self.path} is damaged (its CURRENT file is missing); restore it"
+                " from a copy, or move it aside to start afresh"
+            )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             # No block compression: records are mostly keys, ids and floats that snappy barely
