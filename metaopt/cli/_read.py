@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import sys
 from typing import Any
 
@@ -192,7 +193,18 @@ def _shown_value(trial: dict[str, Any], objective: str) -> Any:
     """A trial's final value of an objective, else the last one it reported (running, frozen
     and killed trials have no final value, but their curves say where they stand)."""
     final = trial["objectives"] or {}
-    return final[objective] if objective in final else trial["metrics"].get(objective)
+    value = final[objective] if objective in final else trial["metrics"].get(objective)
+    if isinstance(value, str) and not _not_finite(value):
+        # A report of the text "0.3" failed the trial, and showed as the number 0.3.
+        return json_text(value)
+    return value  # (a diverged run's "nan" or "inf", as the peer records it, shows as such)
+
+
+def _not_finite(text: str) -> bool:
+    try:
+        return not math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _experiment_header(info: dict[str, Any]) -> str:

@@ -325,3 +325,17 @@ def test_no_column_name_repeats_when_a_parameter_and_a_metric_share_a_name(
         "trial", "state", "metric:mode", "metric:why", "step", "node", "a", "param:mode",
         "param:state", "why",
     ]  # fmt: skip
+
+
+def test_a_text_reported_as_an_objective_is_shown_quoted_not_as_a_number(
+    peer: type[_Peer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A trial failed for reporting loss "0.3", and its loss column read 0.3.
+    text = _trial("t", "failed", {"loss": "0.3"}, final=False)  # type: ignore[dict-item]
+    diverged = _trial("n", "failed", {"loss": "nan"}, final=False)  # type: ignore[dict-item]
+    number = _trial("u", "killed", {"loss": 0.3}, final=False)
+    peer.info = _info([text, diverged, number], ["loss"])
+    assert main(["status", "mo"]) == 0
+    lines = capsys.readouterr().out.splitlines()[3:]  # the experiment, the header, its rule
+    shown = {line.split()[0][:1]: line.split()[2] for line in lines if line[:1] in "tnu"}
+    assert shown == {"t": '"0.3"', "n": "nan", "u": "0.3"}
