@@ -102,7 +102,14 @@ class LevelDBStore:
         self._rebuild()
 
     def _rebuild(self) -> None:
-        self._fp.extend(self._held_keys())
+        try:
+            self._fp.extend(self._held_keys())
+        except plyvel.Error as exc:  # a table cut short or garbled on disk: unreadable
+            self._db.close()
+            raise StoreError(
+                f"cannot read the store at {self.path}: {exc}; restore it from a copy, or move"
+                " it aside to start afresh"
+            ) from None
 
     def _held_keys(self) -> Iterator[bytes]:
         """Every key held, noting its (origin, seq) in the vector on the way (one scan for both)."""
