@@ -40,8 +40,11 @@ __all__ = [
 # peer's notice): an older peer counts it gone after peer_timeout, as it always did. 4: a reply
 # is sealed bound to its request's nonce, and the CLI's operations and "leave" name the peer
 # they are for (``to``), which an older peer would neither check nor answer in a frame the
-# newer one opens.
-PROTOCOL_VERSION = 4
+# newer one opens. 5: a version vector's digest (a session's "vh" opening) is a sum of
+# per-origin hashes, kept up to date as records arrive; version 4's never matches it, so
+# every session between the two would send the whole vector. Sync messages are decoded with
+# caps only what version 5 sends fits.
+PROTOCOL_VERSION = 5
 
 # The start of a refusal of a request that named another peer (the client raises
 # Misaddressed: the CLI says its data directory's peer.address is stale).

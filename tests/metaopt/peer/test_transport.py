@@ -25,7 +25,7 @@ from metaopt.peer._transport import (
     Server,
     _seal,
 )
-from metaopt.peer._wire import Reply, Request
+from metaopt.peer._wire import PROTOCOL_VERSION, Reply, Request
 
 pytestmark = pytest.mark.integration
 
@@ -396,7 +396,7 @@ async def test_a_refusal_from_a_peer_of_an_older_release_is_read_and_named() -> 
     runner, addr = await _older_release(FrameCodec([key]))
     client = Client(codec, os.urandom(16), "", timeout=10)
     try:
-        with pytest.raises(OtherRelease, match="version 3 against version 4"):
+        with pytest.raises(OtherRelease, match=f"version 3 against version {PROTOCOL_VERSION}"):
             await client.call(addr, "sync", b"x")
     finally:
         await client.close()
