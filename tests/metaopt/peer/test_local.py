@@ -24,8 +24,19 @@ pytestmark = pytest.mark.integration
 
 
 def _a_metaopt_process() -> subprocess.Popen[bytes]:
-    """A live process whose command line names metaopt, as a running peer's does."""
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "metaopt"])
+    """A live process whose command line names metaopt, as a running peer's does.
+
+    Just started, its /proc cmdline reads empty for a moment (195 times in 200 read at once):
+    a check then took it for no metaopt process, one test run in three.
+    """
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "metaopt"])
+    cmdline = Path(f"/proc/{process.pid}/cmdline")
+    for _ in range(500):
+        if b"metaopt" in cmdline.read_bytes():
+            return process
+        time.sleep(0.01)
+    process.kill()
+    raise AssertionError("the process never showed its command line")
 
 
 @pytest.mark.asyncio
@@ -50,9 +61,7 @@ async def test_a_stale_peer_address_does_not_reach_the_peer_that_took_the_port(
         assert "\n" not in str(caught.value) and "key" not in str(caught.value).split(";")[-1]
         assert not alive._stopping.is_set()
         # While a metaopt process the pid file names runs, it says which peer answered.
-        alive_pid = subprocess.Popen(
-            [sys.executable, "-c", "import time; time.sleep(60)", "metaopt"]
-        )
+        alive_pid = _a_metaopt_process()
         try:
             dead.dirs.pid_file.write_text(f"{alive_pid.pid}\n")
             with pytest.raises(MetaoptError, match=r"the peer at .* is not the peer of .*dead"):
