@@ -6,6 +6,7 @@ id: sequence numbers are never reused under an old id by a node that forgot what
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -90,9 +91,9 @@ class DataDir:
         return [line.strip() for line in text.splitlines() if line.strip()][:MAX_REMEMBERED]
 
     def write_peers(self, addrs: list[str]) -> None:
-        tmp = self.peers_file.with_suffix(".tmp")
-        tmp.write_text("".join(f"{a}\n" for a in addrs[:MAX_REMEMBERED]), encoding="utf-8")
-        os.replace(tmp, self.peers_file)
+        """Remember these addresses (best effort: a full disk leaves the last list)."""
+        with contextlib.suppress(MetaoptError):
+            self._replace(self.peers_file, "".join(f"{a}\n" for a in addrs[:MAX_REMEMBERED]))
 
     @staticmethod
     def holds_peer(path: Path) -> bool:
@@ -117,26 +118,69 @@ class DataDir:
         value = self.read_node_id()
         if value is not None:
             return value
-        path = self.root / "node_id"
         value = secrets.token_bytes(ORIGIN_SIZE)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(value.hex() + "\n")
-        os.replace(tmp, path)
+        self._replace(self.root / "node_id", value.hex() + "\n")
         return value
 
     def read_node_id(self) -> bytes | None:
         """This directory's node id, or None if it has none yet (never created here: a reader
         such as the CLI must not give a data directory a new identity)."""
         path = self.root / "node_id"
-        if not path.exists():
+        text = self._read(path)
+        if text is None:
             return None
         try:
-            value = bytes.fromhex(path.read_text().strip())
+            value = bytes.fromhex(text.strip())
         except ValueError:
             value = b""
         if len(value) != ORIGIN_SIZE:
             raise MetaoptError(f"{path} is corrupt; move the data directory aside to start anew")
         return value
+
+    def read_address(self) -> str | None:
+        """The address its running peer listens on (peer.address), None if there is none."""
+        text = self._read(self.address_file)
+        return None if text is None else text.strip()
+
+    def write_started(self, addr: str) -> None:
+        """Say where this directory's peer listens, and its pid (for the CLI). The address
+        comes last: it says the peer is up (a pid file that could not be written left one
+        behind, and `peer start --detach` said the peer had started)."""
+        self._replace(self.pid_file, f"{os.getpid()}\n")
+        self._replace(self.address_file, addr + "\n")
+
+    def _read(self, path: Path) -> str | None:
+        """A small file of this directory as text; None if it does not exist.
+
+        A file made unreadable (a directory in its place, bytes that are not text) is one line
+        saying so: it was a traceback from every command that read it.
+        """
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not text"
+            raise MetaoptError(
+                f"cannot read {path} ({why}); it is not what a peer writes there: remove it, or"
+                " move the data directory aside to start anew"
+            ) from None
+
+    def _replace(self, path: Path, text: str, mode: int = 0o644) -> None:
+        """Write a small file whole (through a temporary file and a rename) or not at all."""
+        tmp = path.with_suffix(".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise MetaoptError(
+                f"cannot write {path}: {exc.strerror}; free some space on its disk (or fix its"
+                " permissions), or choose another --data-dir"
+            ) from None
 
     def read_pid(self) -> int | None:
         """The pid the pid file names; None if there is none, or no pid in it (a file cut
@@ -160,11 +204,8 @@ class DataDir:
         return pid if b"metaopt" in cmdline and not pid_gone(pid) else None
 
     def read_key(self) -> str | None:
-        return self.key_file.read_text().strip() if self.key_file.exists() else None
+        text = self._read(self.key_file)
+        return None if text is None else text.strip()
 
     def write_key(self, text: str) -> None:
-        tmp = self.key_file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, self.key_file)
+        self._replace(self.key_file, text + "\n", mode=0o600)

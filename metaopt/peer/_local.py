@@ -27,12 +27,13 @@ class LocalPeer:
 
     def __init__(self, data_dir: Path, timeout: float = 30.0) -> None:
         self.dirs = DataDir(data_dir)
-        if not self.dirs.address_file.exists():
+        addr = self.dirs.read_address()
+        if addr is None:
             raise MetaoptError(
                 f"no peer is running on {self.dirs.root}; start one with"
                 f" `metaopt peer start --data-dir {self.dirs.root}`"
             )
-        self.addr = self.dirs.address_file.read_text().strip()
+        self.addr = addr
         key_text = self.dirs.read_key()
         if key_text is None:
             raise MetaoptError(f"{self.dirs.key_file} is missing; restart the peer")

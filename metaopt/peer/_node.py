@@ -244,8 +244,7 @@ class Node:
 
             local = [ip for _, ip, _ in local_adapters()]
         self.peers.own_addrs = own_addresses(self.config.host, self.port, local)
-        self.dirs.address_file.write_text(self.addr + "\n")
-        self.dirs.pid_file.write_text(f"{os.getpid()}\n")
+        self.dirs.write_started(self.addr)
         for seed in self.config.join:
             self.peers.add_seed(seed)
         self._recall_peers()

@@ -1,0 +1,54 @@
+"""A data directory's small files: unreadable or unwritable ones are one line, not a traceback."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from crdt import ClusterKey
+from metaopt._errors import MetaoptError
+from metaopt.peer._identity import DataDir
+from metaopt.peer._local import LocalPeer
+
+
+@pytest.mark.parametrize("name", ["cluster.key", "peer.address", "node_id"])
+@pytest.mark.parametrize("damage", ["bytes", "directory"])
+def test_a_small_file_that_is_not_text_is_one_line(tmp_path: Path, name: str, damage: str) -> None:
+    # '\xff\xfe' in cluster.key or peer.address, or a directory in their place, was a
+    # UnicodeDecodeError or IsADirectoryError traceback from `peer start`, `status`, `stop`.
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    dirs.node_id()
+    dirs.write_key(ClusterKey.generate(os.urandom(32)).to_text())
+    dirs.write_started("127.0.0.1:1")
+    path = tmp_path / name
+    path.unlink()
+    if damage == "bytes":
+        path.write_bytes(b"\xff\xfe\x00")
+    else:
+        path.mkdir()
+    read = {"cluster.key": dirs.read_key, "peer.address": dirs.read_address}
+    with pytest.raises(MetaoptError, match=rf"cannot read .*{name} .*it is not what a peer writes"):
+        read.get(name, dirs.read_node_id)()
+    with pytest.raises(MetaoptError) as caught:
+        LocalPeer(tmp_path)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_file_that_cannot_be_written_is_one_line_and_leaves_no_partial_file(
+    tmp_path: Path,
+) -> None:
+    # A new peer on a full disk: an OSError traceback from node_id(), and a node_id.tmp left.
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    (tmp_path / "peer.pid").mkdir()  # the rename over it fails as a full disk's write does
+    with pytest.raises(MetaoptError, match=r"cannot write .*peer.pid: .*another --data-dir"):
+        dirs.write_started("127.0.0.1:1")
+    assert not dirs.address_file.exists()  # (it says the peer is up: never before the pid)
+    assert sorted(os.listdir(tmp_path)) == ["bundles", "peer.pid", "trials"]
+    dirs.write_peers(["127.0.0.1:2"])  # a cache: never an error
+    (tmp_path / "peers").unlink()
+    (tmp_path / "peers").mkdir()
+    dirs.write_peers(["127.0.0.1:3"])
