@@ -46,6 +46,7 @@ from metaopt.peer._scheduler import (
     settle_rank,
     settle_wait,
 )
+from metaopt.peer._storage import StorageTrouble
 from metaopt.peer._transport import Client, PeerUnreachable, RemoteError, Server
 from metaopt.peer._wire import PROTOCOL_VERSION, Request
 
@@ -164,6 +165,7 @@ class Node:
         self._remembered: list[str] = []  # what the data directory's peers file says now
         self._warned_alone = False  # or it talked to a peer since it started
         self._loop_guard = LoopGuard()
+        self.storage = StorageTrouble()  # a disk refusing writes (see _storage)
         self._tasks: list[asyncio.Task[None]] = []
         self._search_imported: asyncio.Future[None] | None = None  # see start()
         self._stopping = asyncio.Event()
@@ -323,8 +325,10 @@ class Node:
                 await step()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # one failed round must not end the loop
-                log.exception("periodic task %s failed", getattr(step, "__name__", step))
+            except Exception as exc:  # one failed round must not end the loop
+                name = getattr(step, "__name__", str(step))
+                if not self.storage.note(exc, name):
+                    log.exception("periodic task %s failed", name)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=interval)
 
@@ -409,12 +413,26 @@ class Node:
         self.peers.add(request.sender, f"{host}:{port}", self.clock(), contacted=True)
 
     async def _on_sync(self, request: Request) -> bytes:
+        self._hold_back_while_storage_fails()
         self._contact(request)
         if not isinstance(request.body, bytes):
             raise MetaoptError("a sync request carries bytes")
-        return respond(self.store, request.body)
+        try:
+            return respond(self.store, request.body)
+        except Exception as exc:
+            if self.storage.note(exc, "a sync"):
+                self._hold_back_while_storage_fails()
+            raise
+
+    def _hold_back_while_storage_fails(self) -> None:
+        """Refuse a peer's call while this replica cannot be written: answered, the caller
+        counts this peer live, and its trials showed running for as long as its disk was full."""
+        problem = self.storage.problem()
+        if problem is not None:
+            raise MetaoptError(f"this peer {problem}")
 
     async def _on_gossip(self, request: Request) -> Any:
+        self._hold_back_while_storage_fails()
         self._contact(request)
         self.peers.merge_gossip(request.body, self.clock(), exclude=self.node_id)
         return self.peers.to_gossip(self.clock(), self.config.timing.peer_timeout)
@@ -427,11 +445,15 @@ class Node:
         return True
 
     async def _anti_entropy(self) -> None:
+        if self.storage.problem():  # (see _hold_back_while_storage_fails)
+            return
         addr = await self.replicator.anti_entropy_once()
         if addr is not None:
             self.peers.touch_addr(addr, self.clock())
 
     async def _gossip(self) -> None:
+        if self.storage.problem():  # (see _hold_back_while_storage_fails)
+            return
         now = self.clock()
         timeout = self.config.timing.peer_timeout
         live = self.peers.random_live(self.rng, 1, now, timeout)
@@ -592,6 +614,7 @@ class Node:
 
     def _on_records(self, records: list[Record]) -> None:
         """Note each experiment's latest trial stamp and when its count changed here."""
+        self.storage.recovered()  # (they were written)
         now_ms = int(self.clock() * 1000)
         for record in records:
             if record.kind == TRIAL:
@@ -810,6 +833,8 @@ class Node:
                 )
 
     async def _schedule_once(self) -> None:
+        if self.storage.problem():  # nothing it starts, finds lost or claims could be recorded
+            return
         await self.runner.thaw()
         now_ms = int(self.clock() * 1000)
         timing = self.config.timing
@@ -899,6 +924,7 @@ class Node:
             # --join addresses that have not answered since this peer started.
             "silent_seeds": [a for a in self.peers.seed_addrs() if not self._seeds_heard.get(a)],
             "lost_after": self.config.timing.lost_after,
+            "storage": self.storage.problem(),  # why it holds back (see _storage), or None
             # Frame bytes on the wire (requests and replies, both directions), peers and CLI.
             "wire": {
                 "client_sent": self.client.bytes_out,

@@ -336,6 +336,13 @@ class TrialRunner:
     # ----------------------------------------------------------------------------- events
 
     def _on_event(self, run: Running, kind: str, data: dict[str, Any]) -> None:
+        try:
+            self._record_event(run, kind, data)
+        except Exception as exc:
+            if not self.node.storage.note(exc, f"a trial's {kind} event"):
+                raise  # (the executor logs it)
+
+    def _record_event(self, run: Running, kind: str, data: dict[str, Any]) -> None:
         node = self.node
         run.last_event = node.clock()
         if kind == "progress":

@@ -1,0 +1,86 @@
+"""What a peer does while its disk refuses writes: full, read-only, or failing.
+
+A peer that cannot write its replica can record nothing: not a trial it starts, not a result,
+not a record another peer sends. It logged a traceback for each refused write (547 KB in 65 s,
+on the full disk where its log was too), kept answering its peers, so its trials showed
+"running" everywhere for as long as the disk stayed full, and took its own trials for lost
+at every pass. While a write failed within the last ``hold`` seconds it says so once a minute,
+starts nothing, and stops talking to its peers, who then see it gone and run its trials
+elsewhere; the first write that succeeds (a trial's report, say) ends it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Callable
+
+__all__ = ["StorageTrouble", "storage_failure"]
+
+log = logging.getLogger("metaopt.peer")
+
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO})
+# How LevelDB (through plyvel.IOError) words the same, after "IO error: <path>: ".
+_DISK_WORDS = ("No space left on device", "Read-only file system", "Disk quota exceeded")
+
+
+def storage_failure(exc: BaseException) -> str | None:
+    """What a write error says of the disk, if it is the disk's fault (full, read-only,
+    failing); None for anything else, which is a bug to report in full."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+        return exc.strerror or str(exc)
+    text = str(exc)
+    if type(exc).__module__.startswith("plyvel"):
+        return next((w for w in _DISK_WORDS if w in text), None)
+    return None
+
+
+class StorageTrouble:
+    """The peer's memory of its disk refusing writes (see the module docstring)."""
+
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, every: float = 60.0, hold: float = 10.0
+    ) -> None:
+        self._clock = clock
+        self._every = every
+        self._hold = hold
+        self._failed_at: float | None = None
+        self._said_at: float | None = None
+        self._why = ""
+        self.suppressed = 0
+
+    def note(self, exc: BaseException, where: str) -> bool:
+        """Take note of exc if it is the disk's fault (logging it at most once a minute);
+        whether it was."""
+        why = storage_failure(exc)
+        if why is None:
+            return False
+        now = self._clock()
+        self._failed_at, self._why = now, why
+        if self._said_at is not None and now - self._said_at < self._every:
+            self.suppressed += 1
+            return True
+        self._said_at = now
+        log.error(
+            "cannot write the replica (%s, in %s; %d more such failures since the last line):"
+            " this peer records nothing, starts no trial and stops answering its peers until"
+            " it can; free space on its disk",
+            why,
+            where,
+            self.suppressed,
+        )
+        self.suppressed = 0
+        return True
+
+    def recovered(self) -> None:
+        """A write succeeded."""
+        if self._failed_at is not None:
+            log.warning("the replica can be written again: this peer goes on")
+        self._failed_at = None
+
+    def problem(self) -> str | None:
+        """Why this peer holds back now, or None: a write failed within ``hold`` seconds."""
+        if self._failed_at is None or self._clock() - self._failed_at > self._hold:
+            return None
+        return f"cannot write its replica ({self._why})"
