@@ -1,4 +1,5 @@
-"""Trial processes a peer left behind when it was killed -9: found on restart and stopped.
+"""Trial processes left behind: by a peer killed -9 (found on restart and stopped), or by a
+trial whose children left its process group (``setsid``), found when its run ends.
 
 Every trial runs in its own process group with ``METAOPT_TRIAL_ID`` and ``METAOPT_DATA_DIR``
 (the peer's data directory) in its environment, which everything it starts inherits. A peer
@@ -20,12 +21,16 @@ __all__ = ["find_orphans", "kill_orphans"]
 _TRIAL = b"METAOPT_TRIAL_ID="
 
 
-def find_orphans(data_dir: Path | str, proc: Path = Path("/proc")) -> dict[int, int]:
-    """Process id -> process group of every trial process of this data directory.
+def find_orphans(
+    data_dir: Path | str, proc: Path = Path("/proc"), trial: str | None = None
+) -> dict[int, int]:
+    """Process id -> process group of every trial process of this data directory (of one
+    trial, given its id in hex).
 
     Only processes this user may read are seen, which are the only ones a peer starts.
     """
     mark = b"METAOPT_DATA_DIR=" + os.fsencode(str(data_dir))
+    wanted = _TRIAL if trial is None else _TRIAL + trial.encode()
     found: dict[int, int] = {}
     try:
         entries = list(proc.iterdir())
@@ -41,18 +46,23 @@ def find_orphans(data_dir: Path | str, proc: Path = Path("/proc")) -> dict[int, 
             pgid = int(stat[stat.rindex(b")") + 2 :].split()[2])
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile, another user's, or not a process
-        if mark in environ and any(item.startswith(_TRIAL) for item in environ):
+        if mark in environ and any(
+            item.startswith(_TRIAL) and (trial is None or item == wanted) for item in environ
+        ):
             found[int(entry.name)] = pgid
     return found
 
 
-def kill_orphans(data_dir: Path | str, proc: Path = Path("/proc")) -> list[int]:
-    """SIGKILL every trial process of this data directory and its process group.
+def kill_orphans(
+    data_dir: Path | str, proc: Path = Path("/proc"), trial: str | None = None
+) -> list[int]:
+    """SIGKILL every trial process of this data directory (of one trial, given its id in
+    hex) and its process group.
 
-    Call it only while holding the data directory's lock (no live peer of it then runs any
-    trial). Returns the process ids found.
+    Call it only while holding the data directory's lock, and for a trial only once its run
+    here has ended: no live run's process may be among them. Returns the process ids found.
     """
-    found = find_orphans(data_dir, proc)
+    found = find_orphans(data_dir, proc, trial)
     mine = os.getpgid(0)
     for pid, pgid in found.items():
         with contextlib.suppress(OSError):

@@ -31,6 +31,7 @@ from metaopt.peer._config import PeerConfig
 from metaopt.peer._executor import ExecutorConfig, TrialProcess, TrialSpec
 from metaopt.peer._gpus import Slot, detect_slots
 from metaopt.peer._identity import trial_dir, trial_log_path
+from metaopt.peer._orphans import kill_orphans
 from metaopt.peer._template import parse_template
 from metaopt.peer._watchdog import Watchdog
 
@@ -383,6 +384,17 @@ class TrialRunner:
         finally:
             if process.pid is not None:
                 self.watchdog.release(process.pid)
+                # Its group was killed as it ended; children that left the group (setsid, a
+                # daemon) outlived the trial and the peer's own stop, holding its GPU and its
+                # output pipes, until the next start of the peer found them.
+                escaped = kill_orphans(self.node.dirs.root, trial=run.trial.hex())
+                if escaped:
+                    log.warning(
+                        "trial %s: stopped %d process(es) it left running outside its group: %s",
+                        run.trial.hex()[:12],
+                        len(escaped),
+                        ", ".join(map(str, escaped)),
+                    )
             # The result is recorded before the slot frees, so the next suggestion sees it.
             self.running.pop(run.slot.index, None)
             self.node.kick()

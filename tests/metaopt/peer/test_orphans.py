@@ -73,6 +73,28 @@ def test_only_this_data_dirs_trial_processes_are_killed_with_their_groups(tmp_pa
             process.wait(timeout=10)
 
 
+def test_one_trials_escaped_processes_are_killed_and_no_other_trials(tmp_path: Path) -> None:
+    # A trial's child that left its group (setsid) outlived the trial and a graceful stop of
+    # the peer, until the peer's next start: its run's end now stops it, and it alone.
+    ours = str(tmp_path / "peer")
+    env = {"METAOPT_DATA_DIR": ours}
+    escaped = _spawn(SLEEPER, {**env, "METAOPT_TRIAL_ID": "ab" * 16})
+    running = _spawn(SLEEPER, {**env, "METAOPT_TRIAL_ID": "cd" * 16})
+    try:
+        deadline = time.monotonic() + 20
+        while len(find_orphans(ours)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert find_orphans(ours, trial="ab" * 16) == {escaped.pid: escaped.pid}
+        assert kill_orphans(ours, trial="ab" * 16) == [escaped.pid]
+        assert escaped.wait(timeout=10) == -signal.SIGKILL
+        assert running.poll() is None
+    finally:
+        for process in (escaped, running):
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=10)
+
+
 # A stand-in for a peer: it runs one silent trial (which starts a silent child of its own, as
 # a shell script does) through the executor under the watchdog, prints the trial's pid, and
 # waits to be killed -9.
