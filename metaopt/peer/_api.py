@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from crdt import Record, RecordError
 from metaopt._errors import MetaoptError
-from metaopt._records import BLOB, EXPERIMENT, parse_experiment
+from metaopt._records import BLOB, EXPERIMENT, parse_experiment, trial_timeout
 from metaopt._state import FROZEN_BY_HAND, KILLED_BY_HAND, ExperimentState, TrialView
 from metaopt.peer._wire import Request
 from metaopt.space import Space
@@ -90,6 +90,8 @@ def experiment_json(state: ExperimentState) -> dict[str, Any]:
         "max_step": spec.max_step,
         "command": list(spec.command) if spec.command else None,
         "early_stopping": spec.early_stopping,
+        "objective_regex": spec.objective_regex,
+        "trial_timeout": trial_timeout(spec),
         "trials": len(state),
         "counts": state.counts(),
         "thawed": sum(t.thaws > 0 for t in state.trials()),

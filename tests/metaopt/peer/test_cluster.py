@@ -382,7 +382,8 @@ def test_config_file_export_stop_key_and_detach(cluster: Cluster, tmp_path: Path
     wait_for(lambda: experiment(peer, "stopme")["id"] != first, 30, peer.log)
     out = peer.cli("stop", "stopme")
     assert out.returncode == 0, out.stderr
-    assert f"an earlier stopme ({first[:12]}) still runs; `metaopt stop {first[:12]}`" in out.stdout
+    hint = f"an earlier stopme ({first[:12]}) still runs; `metaopt stop {first[:12]} --data-dir"
+    assert hint in out.stdout
     assert peer.cli("stop", first[:12]).returncode == 0
     wait_for(lambda: experiment(peer, first)["finished"], 60, peer.log)
     at_stop = len(experiment(peer, "stopme")["trial_list"])

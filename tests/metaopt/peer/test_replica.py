@@ -523,3 +523,18 @@ async def test_an_experiment_whose_every_point_is_a_trial_is_listed_as_exhausted
         store.add([Record.create(TRIAL, NODE, 2 + n, 1001, body, [exp.key])])
     listed = await api.experiments(Request("api.experiments", NODE, "", None))
     assert listed[0]["exhausted"] == "all 2 points of the space are tried"
+
+
+def test_an_experiments_json_carries_its_regex_and_trial_timeout() -> None:
+    # `status NAME --json` left out settings it was submitted with.
+    from metaopt._state import ExperimentState
+    from metaopt.peer._api import experiment_json
+
+    spec = ExperimentSpec(
+        "e", {"x": "uniform(0, 1)"}, objective_regex=r"acc=([0-9.]+)",
+        options={"trial_timeout": 7200},
+    )  # fmt: skip
+    shown = experiment_json(ExperimentState(b"k" * 32, spec))
+    assert shown["objective_regex"] == r"acc=([0-9.]+)" and shown["trial_timeout"] == 7200
+    plain = experiment_json(ExperimentState(b"k" * 32, ExperimentSpec("e", {})))
+    assert plain["trial_timeout"] is None and plain["objective_regex"] is None
