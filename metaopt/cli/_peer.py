@@ -298,6 +298,11 @@ def _status(args: argparse.Namespace) -> int:
             " and takes their running trials for lost once they have been silent"
             f" {status.get('lost_after', 60):g} s"
         )
+    if status.get("storage"):
+        print(
+            f"this peer {status['storage']}: it records nothing, starts no trial and does not"
+            " answer its peers until it can; free space on its disk"
+        )
     for seed in status.get("silent_seeds", []):
         print(f"--join {seed}: no answer yet (see this peer's log)")
     print("\nslots")
@@ -315,7 +320,8 @@ def _key(args: argparse.Namespace) -> int:
     if key is None:
         start = command("peer", "start", data_dir=args.data_dir)
         raise MetaoptError(f"no cluster key in {dirs.root} yet; `{start}` creates one")
-    if not dirs.address_file.exists():
+    addr = dirs.read_address()
+    if addr is None:
         # Its address (hence the command's --join and --host) is known once it runs.
         print(f"metaopt peer start --key {key} --join HOST:PORT")
         print(
@@ -324,7 +330,7 @@ def _key(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 0
-    print(join_command(key, dirs.address_file.read_text().strip()))
+    print(join_command(key, addr))
     return 0
 
 

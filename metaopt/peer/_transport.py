@@ -406,13 +406,15 @@ class Client:
                 self.bytes_in += len(data)
                 if response.status == 401:
                     why = data.decode(errors="replace")
-                    self._warn_once(
-                        addr,
-                        "%s refuses this peer's frames (%s); if it is of this cluster, start"
-                        " this peer with the cluster's key (`metaopt peer key` on a member"
-                        " prints the command)",
-                        why,
+                    # A clock off by minutes is refused too, and the key is then right: its
+                    # refusal already says what to do (a user was told to change the key).
+                    advice = (
+                        ""
+                        if why.startswith(("StaleFrame", "ReplayedFrame"))
+                        else "; if it is of this cluster, start this peer with the cluster's"
+                        " key (`metaopt peer key` on a member prints the command)"
                     )
+                    self._warn_once(addr, "%s refuses this peer's frames (%s)" + advice, why)
                     raise Refused(f"{addr} refused us: {why}")
                 if response.status != 200:
                     raise PeerUnreachable(f"{addr} answered HTTP {response.status}")

@@ -215,6 +215,12 @@ def test_a_peer_that_hears_no_other_says_what_that_means(
     status["peers"][0]["live"] = True
     assert main(["peer", "status"]) == 0
     assert "hears none" not in capsys.readouterr().out
+    # A full disk: the peer holds back, and the user (whose log is on that disk) reads why.
+    status["storage"] = "cannot write its replica (No space left on device)"
+    assert main(["peer", "status"]) == 0
+    assert "this peer cannot write its replica (No space left on device): it" in (
+        capsys.readouterr().out
+    )
 
 
 def test_status_and_best_of_a_stopped_peer_read_its_replica(

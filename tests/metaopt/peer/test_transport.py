@@ -21,6 +21,7 @@ from metaopt.peer._transport import (
     Misaddressed,
     OtherRelease,
     PeerUnreachable,
+    Refused,
     RemoteError,
     Server,
     _seal,
@@ -130,6 +131,30 @@ async def test_a_request_without_a_valid_ticket_is_refused_unread() -> None:
     finally:
         await client.close()
         await server.stop()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("refusal", ["StaleFrame", "UnknownKey"])
+async def test_a_refusal_for_a_clock_off_by_minutes_does_not_advise_another_key(
+    caplog: pytest.LogCaptureFixture, refusal: str
+) -> None:
+    # A peer whose clock ran an hour ahead was told to start with the cluster's key, which it
+    # had: its frames were refused as stale, and the refusal said to synchronise the clocks.
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=401, text=f"{refusal}: frame time is +3598.5 s off (NTP)")
+
+    runner, addr = await _serve(refuse)
+    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
+    client = Client(codec, os.urandom(16), "127.0.0.1:1", timeout=10, warn_refusals=True)
+    try:
+        with pytest.raises(Refused):
+            await client.call(addr, "gossip", [])
+    finally:
+        await client.close()
+        await runner.cleanup()
+    (warned,) = [r.getMessage() for r in caplog.records if "refuses this peer" in r.getMessage()]
+    assert ("cluster's key" in warned) == (refusal == "UnknownKey")
 
 
 @pytest.mark.asyncio
