@@ -115,6 +115,9 @@ class OutputParser:
         """The reports completed by this chunk of one stream."""
         self._regex_until = self._clock() + self.config.regex_timeout
         buf = self._pending[stdout]
+        if stdout and self._regex is None and not self._may_report(buf, data):
+            self._skim(buf, data)
+            return []
         out: list[dict[str, MetricValue]] = []
         start = 0
         for match in _LINE_END.finditer(data):
@@ -126,6 +129,37 @@ class OutputParser:
             start = match.end()
         self._take(buf, data[start:], stdout)
         return out
+
+    @staticmethod
+    def _may_report(buf: bytearray, data: bytes) -> bool:
+        """Whether the line under way and this chunk may hold a report (its prefix, in
+        either, or split between the two)."""
+        if _PREFIX_BYTES in data or _PREFIX_BYTES in buf:
+            return True
+        return _PREFIX_BYTES in bytes(buf[-_PREFIX_LEN:]) + data[:_PREFIX_LEN]
+
+    def _skim(self, buf: bytearray, data: bytes) -> None:
+        """Read stdout that holds no report, with no regex to match: its lines are only
+        counted, as the line by line reading would, but in C (a program printing 2-byte lines
+        was read at 1.7 MB/s, its peer's loop at 83% of a core)."""
+        ends = data.count(b"\n") + data.count(b"\r")
+        if not ends:
+            self._take(buf, data, True)
+            return
+        first = min(i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0)
+        last = max(data.rfind(b"\n"), data.rfind(b"\r"))
+        limit = self.config.max_line_bytes
+        cut = int(self._overlong[True] or len(buf) + first > limit)  # lines cut, noted each
+        if last - first - 1 > limit:  # (else no line between them is that long)
+            middle = data[first + 1 : last].replace(b"\r", b"\n").split(b"\n")
+            cut += sum(len(line) > limit for line in middle)
+        self.stdout_lines += ends
+        for _ in range(min(cut, self.notes.maxlen or 0)):
+            self._note(f"a stdout line over {limit} bytes was cut, unread")
+        buf.clear()
+        self._overlong[True] = False
+        self._dropped_end = b""
+        self._take(buf, data[last + 1 :], True)
 
     def finish(self) -> list[dict[str, MetricValue]]:
         """Reports from the unterminated last lines of both streams, once the process ended."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from crdt import Record, RecordError
@@ -145,6 +146,36 @@ def test_chunking_does_not_change_the_reports(data: bytes, cuts: list[int]) -> N
         start = max(start, cut)
     got += split.feed(text[start:]) + split.finish()
     assert got == expected
+
+
+@given(
+    st.lists(st.sampled_from([b"ab", b"\r", b"\n", b"x" * 40, b"METAOPT", b' {"loss": 1}']),
+             max_size=40),
+    st.lists(st.integers(0, 2000), max_size=6),
+)  # fmt: skip
+@example([b"ab", b"\n", b"x" * 40, b"\n", b"ab"], [])  # a long line inside one chunk
+def test_output_without_reports_is_skimmed_as_it_is_read_line_by_line(
+    pieces: list[bytes], cuts: list[int]
+) -> None:
+    # Stdout that holds no report is only counted, in C; what it counts, notes and leaves
+    # under way must be what reading it line by line does (a regex that never matches forces
+    # that reading, and changes nothing else for such output).
+    text = b"".join(pieces)
+    parsers = [OutputParser(OutputConfig(max_line_bytes=32, objective_regex=r)) for r in
+               (None, r"(?!)")]  # fmt: skip
+    outs: list[list[Any]] = [[], []]
+    for parser, out in zip(parsers, outs, strict=True):
+        start = 0
+        for cut in sorted(c % (len(text) + 1) for c in cuts):
+            out += parser.feed(text[start:cut])
+            start = max(start, cut)
+        out += parser.feed(text[start:])
+        out += parser.feed(b'\nMETAOPT {"loss": 0.5}\ntail') + parser.finish()
+    skimmed, read = parsers
+    assert outs[0] == outs[1]
+    assert skimmed.stdout_lines == read.stdout_lines
+    assert list(skimmed.notes) == list(read.notes)
+    assert skimmed.unread == read.unread
 
 
 def test_a_whole_float_step_from_another_language_is_an_integer_step() -> None:
