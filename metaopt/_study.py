@@ -260,7 +260,19 @@ def _serialised(
         with study._lock:
             if study._closed:
                 raise MetaoptError("this Study is closed; make a new Study(...) to go on")
-            return method(study, *args, **kwargs)
+            try:
+                return method(study, *args, **kwargs)
+            except Exception as exc:
+                # A full (or read-only) disk under path=: one line, not plyvel's IOError.
+                from metaopt.peer._storage import storage_failure
+
+                why = storage_failure(exc)
+                if why is None:
+                    raise
+                raise MetaoptError(
+                    f"{method.__name__}(): cannot write the Study's store ({why}); free space"
+                    " on its disk and call it again"
+                ) from None
 
     functools.update_wrapper(call, method)
     return call

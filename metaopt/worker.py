@@ -95,6 +95,15 @@ def check_name(name: object) -> str:
     return name
 
 
+def _shown(number: int) -> str:
+    """An integer as an error shows it: 10**400 filled the message with 401 digits (and
+    past 4,300 digits str() itself refuses)."""
+    if number.bit_length() < 128:
+        return str(number)
+    sign = "a negative" if number < 0 else "an"
+    return f"{sign} integer of about {number.bit_length() * 0.30103:.0f} digits"
+
+
 def check_metric(name: object, value: object) -> MetricValue:
     """The value as it will be reported, or WorkerError saying why it cannot be."""
     check_name(name)
@@ -103,7 +112,7 @@ def check_metric(name: object, value: object) -> MetricValue:
     if isinstance(value, numbers.Integral):
         number = int(value)
         if not -_INT_LIMIT < number < _INT_LIMIT:
-            raise WorkerError(f"metric {name!r} = {number} does not fit in 64 bits")
+            raise WorkerError(f"metric {name!r} = {_shown(number)} does not fit in 64 bits")
         if name == "step" and number < 0:
             raise WorkerError(f"step must be an integer >= 0, got {number}")
         return number

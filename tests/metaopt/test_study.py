@@ -150,7 +150,8 @@ def test_failures_and_missing_objectives() -> None:
         (math.nan, "is nan"),
         ("0.5", "not a number"),
         (True, "is a bool"),
-        (10**400, "does not fit in 64 bits"),
+        (10**400, "= an integer of about 400 digits does not fit in 64 bits"),
+        pytest.param(-(10**5000), "= a negative integer of about 5000 digits", id="str-refuses"),
         ({"objective": 1.0, "aux": math.inf}, "'aux' is inf"),
         ({"objective": [1.0]}, "is a list"),
     ],
@@ -494,6 +495,24 @@ def test_changing_a_returned_trial_changes_nothing_recorded() -> None:
     views = {t.key: t for t in study.trials}
     assert views[first.key].params == recorded and views[first.key].value != -1.0
     assert views[trial.key].params == asked
+
+
+def test_a_full_disk_under_path_is_one_line_and_the_study_goes_on_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import plyvel
+
+    with Study({"x": "uniform(0, 1)"}, path=tmp_path / "s") as study:
+        add = study.store.add
+
+        def full(records: object) -> object:
+            raise plyvel.IOError("IO error: s/000007.log: No space left on device")
+
+        monkeypatch.setattr(study.store, "add", full)
+        with pytest.raises(MetaoptError, match=r"^ask\(\): cannot write .*No space left on dev"):
+            study.ask()
+        monkeypatch.setattr(study.store, "add", add)
+        study.tell(study.ask(), 0.5)
 
 
 def test_reopening_a_path_with_other_settings_says_so(tmp_path: Path) -> None:
