@@ -82,4 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, CrdtError):
             print(f"metaopt: {exc}", file=sys.stderr)
             return 2
+        if type(exc).__module__.startswith("plyvel"):
+            # A replica damaged on disk past what its opening reads (a table cut short).
+            print(
+                f"metaopt: cannot read the replica ({exc}); restore it from a copy, or move the"
+                " data directory aside",
+                file=sys.stderr,
+            )
+            return 2
         raise

@@ -345,3 +345,18 @@ def test_a_text_reported_as_an_objective_is_shown_quoted_not_as_a_number(
     lines = capsys.readouterr().out.splitlines()[3:]  # the experiment, the header, its rule
     shown = {line.split()[0][:1]: line.split()[2] for line in lines if line[:1] in "tnu"}
     assert shown == {"t": '"0.3"', "n": "nan", "u": "0.3"}
+
+
+def test_a_replica_unreadable_past_its_opening_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A table cut short that the opening's scan did not touch: a plyvel traceback.
+    import plyvel
+
+    def damaged(args: object) -> int:
+        raise plyvel.IOError("IO error: /d/replica/000005.ldb: Invalid argument")
+
+    monkeypatch.setattr("metaopt.cli._read._status", damaged)
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metaopt: cannot read the replica (IO error") and err.count("\n") == 1
