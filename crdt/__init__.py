@@ -17,6 +17,7 @@ from crdt._errors import (
     RecordError,
     StoreError,
     StoreLocked,
+    StoreWriteFailed,
 )
 from crdt._frames import (
     TICKET_SIZE,
@@ -71,6 +72,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreLocked",
+    "StoreWriteFailed",
     "Subscriber",
     "SyncConfig",
     "SyncStats",

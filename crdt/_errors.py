@@ -49,3 +49,12 @@ class StoreError(CrdtError):
 
 class StoreLocked(StoreError):
     """Another process holds the store's data directory."""
+
+
+class StoreWriteFailed(StoreError):
+    """The disk refused a write (full, read-only, failing): nothing of the batch is stored.
+    ``disk`` is the system's word for why (e.g. "No space left on device")."""
+
+    def __init__(self, message: str, disk: str) -> None:
+        super().__init__(message)
+        self.disk = disk

@@ -28,6 +28,7 @@ second copy that could disagree with the records.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import plyvel
 
-from crdt._errors import StoreError, StoreLocked
+from crdt._errors import StoreError, StoreLocked, StoreWriteFailed
 from crdt._record import KEY_SIZE, ORIGIN_SIZE, Record
 from crdt._store import Bound, SetFingerprint, Subscriber, notify
 from crdt._vector import VersionVector
@@ -45,6 +46,7 @@ __all__ = ["LevelDBStore"]
 _U64 = struct.Struct(">Q")
 _MAX_KIND_PREFIXES = 256
 _WHERE = ORIGIN_SIZE + 8  # a pointer to an o entry: origin and seq
+_PROBE = b"~probe"  # written and deleted to check the disk takes writes (no record prefix)
 _LENGTH = tuple(bytes((n,)) for n in range(256))  # one byte; longer names raise IndexError
 
 
@@ -53,13 +55,22 @@ def _prefixed(tag: bytes, name: bytes) -> bytes:
 
 
 def _holds_data(path: Path) -> bool:
-    """Whether a directory holds a LevelDB database's tables, logs or manifests."""
+    """Whether a directory holds a LevelDB database's records: tables, or a log with writes
+    in it (a crash while creating one leaves a manifest and an empty log, and no CURRENT)."""
     if not path.is_dir():
         return False
     return any(
-        f.suffix in (".ldb", ".sst", ".log") or f.name.startswith("MANIFEST-")
+        f.suffix in (".ldb", ".sst") or (f.suffix == ".log" and f.stat().st_size > 0)
         for f in path.iterdir()
     )
+
+
+def _write_failed(path: Path, exc: plyvel.Error) -> StoreWriteFailed:
+    """plyvel's error as one, its message as text ("IO error: <file>: No space left on
+    device"; plyvel gives it as bytes) and its last part as the disk's reason."""
+    said = exc.args[0] if exc.args else exc
+    text = said.decode(errors="replace") if isinstance(said, bytes) else str(said)
+    return StoreWriteFailed(f"cannot write the store at {path}: {text}", text.rsplit(": ", 1)[-1])
 
 
 class LevelDBStore:
@@ -67,21 +78,29 @@ class LevelDBStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        # A database is created only where there is none: in a directory whose CURRENT file
-        # is gone (a bad restore, a stray rm), LevelDB would write a new, empty one and delete
-        # the old tables as obsolete: a plain `metaopt status` wiped a replica so.
-        if _holds_data(self.path) and not (self.path / "CURRENT").exists():
-            raise StoreError(
-                f"the store at {self.path} is damaged (its CURRENT file is missing); restore it"
-                " from a copy, or move it aside to start afresh"
-            )
+        self._db = self._open()
+        self._vv = VersionVector()
+        self._fp = SetFingerprint()
+        self._subscribers: list[Subscriber] = []
+        self._kind_prefixes: dict[str, bytes] = {}
+        self._rebuild()
+
+    def _open(self) -> plyvel.DB:
         try:
+            # A database is created only where there is none: in a directory whose CURRENT
+            # file is gone (a bad restore, a stray rm), LevelDB would write a new, empty one
+            # and delete the old tables as obsolete: a plain `metaopt status` wiped a replica.
+            if _holds_data(self.path) and not (self.path / "CURRENT").exists():
+                raise StoreError(
+                    f"the store at {self.path} is damaged (its CURRENT file is missing);"
+                    " restore it from a copy, or move it aside to start afresh"
+                )
             self.path.mkdir(parents=True, exist_ok=True)
             # No block compression: records are mostly keys, ids and floats that snappy barely
             # shrinks (4% on event records), while decompressing a block on every random read
             # halved how fast a replica reads records out to a catching-up peer. Tables written
             # compressed by an older version stay readable.
-            self._db = plyvel.DB(str(self.path), create_if_missing=True, compression=None)
+            return plyvel.DB(str(self.path), create_if_missing=True, compression=None)
         except plyvel.IOError as exc:
             # Only a lock held elsewhere: "IO error: lock .../LOCK: already held by process"
             # (or "Resource temporarily unavailable"). A read-only disk names the LOCK file too
@@ -95,11 +114,6 @@ class LevelDBStore:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from None
         except (plyvel.Error, OSError) as exc:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from None
-        self._vv = VersionVector()
-        self._fp = SetFingerprint()
-        self._subscribers: list[Subscriber] = []
-        self._kind_prefixes: dict[str, bytes] = {}
-        self._rebuild()
 
     def _rebuild(self) -> None:
         try:
@@ -130,6 +144,28 @@ class LevelDBStore:
         seen: set[bytes] = set()
         db = self._db
         vv = self._vv
+        if db.closed:  # a failed write closed it, and it could not be opened again since
+            self.probe()
+            db, vv = self._db, self._vv
+        try:
+            self._write(db, records, new, seen, vv)
+        except plyvel.Error as exc:
+            self._reopen_after(exc)
+        # Only now, with the batch synced, do the in-memory summaries and listeners see them.
+        if new:
+            self._note(new, seen)
+            notify(self._subscribers, new)
+        return new
+
+    def _write(
+        self,
+        db: plyvel.DB,
+        records: Iterable[Record],
+        new: list[Record],
+        seen: set[bytes],
+        vv: VersionVector,
+    ) -> None:
+        """Write the records not held yet in one synced batch, listing them in new."""
         pack = _U64.pack
         kinds = self._kind_prefixes
         run_origin = b""
@@ -166,11 +202,40 @@ class LevelDBStore:
                         kinds[record.kind] = kind
                 put(kind + tk, where)
                 new.append(record)
-        # Only now, with the batch synced, do the in-memory summaries and listeners see them.
-        if new:
-            self._note(new, seen)
-            notify(self._subscribers, new)
-        return new
+
+    def _reopen_after(self, exc: plyvel.Error) -> None:
+        """After a write the disk refused, close the database and open it again before any
+        other write; raise StoreWriteFailed.
+
+        LevelDB's log is damaged by a failed synced write: the writes after it succeeded, were
+        acknowledged (and pushed to other peers), and were gone when the store was next opened,
+        their (origin, seq) then handed out again for other records. Opened again at once, it
+        keeps everything acknowledged. The summaries are rebuilt from what the disk holds.
+        """
+        self._db.close()
+        with contextlib.suppress(StoreError):
+            self.probe()  # (a full disk may refuse the opening too: the next write retries)
+        raise _write_failed(self.path, exc) from None
+
+    def probe(self) -> None:
+        """Check that the store takes writes, after one failed: open it again if a failed
+        write closed it, and write and delete a scratch entry, synced.
+
+        Raises:
+            StoreWriteFailed: the disk still refuses (or the store cannot be opened).
+        """
+        try:
+            if self._db.closed:
+                self._db = self._open()
+                self._vv = VersionVector()
+                self._fp = SetFingerprint()
+                self._rebuild()
+            self._db.put(_PROBE, b"", sync=True)
+            self._db.delete(_PROBE, sync=True)
+        except plyvel.Error as exc:
+            raise _write_failed(self.path, exc) from None
+        except StoreError as exc:
+            raise StoreWriteFailed(str(exc), str(exc)) from None
 
     def _note(self, new: list[Record], keys: set[bytes]) -> None:
         # Catch-up delivers each origin's records as ascending runs: one SeqSet update per run.

@@ -24,7 +24,15 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from crdt import ORIGIN_SIZE, LevelDBStore, MemoryStore, Record, Store, StoreLocked
+from crdt import (
+    ORIGIN_SIZE,
+    LevelDBStore,
+    MemoryStore,
+    Record,
+    Store,
+    StoreLocked,
+    StoreWriteFailed,
+)
 from metaopt._curves import STOPPERS, curve_views, max_step_of, stopper_for
 from metaopt._errors import MetaoptError, WorkerError
 from metaopt._records import (
@@ -262,16 +270,10 @@ def _serialised(
                 raise MetaoptError("this Study is closed; make a new Study(...) to go on")
             try:
                 return method(study, *args, **kwargs)
-            except Exception as exc:
-                # A full (or read-only) disk under path=: one line, not plyvel's IOError.
-                from metaopt.peer._storage import storage_failure
-
-                why = storage_failure(exc)
-                if why is None:
-                    raise
+            except StoreWriteFailed as exc:  # a full (or read-only) disk under path=
                 raise MetaoptError(
-                    f"{method.__name__}(): cannot write the Study's store ({why}); free space"
-                    " on its disk and call it again"
+                    f"{method.__name__}(): cannot write the Study's store ({exc.disk}); free"
+                    " space on its disk and call it again"
                 ) from None
 
     functools.update_wrapper(call, method)

@@ -424,6 +424,19 @@ class Node:
                 self._hold_back_while_storage_fails()
             raise
 
+    def _probe_storage(self) -> None:
+        """Try the store again, now and then, while its writes fail (see _storage)."""
+        probe = getattr(self.store, "probe", None)  # (an in-memory store never fails)
+        if not self.storage.probe_due() or probe is None:
+            return
+        try:
+            probe()
+        except Exception as exc:
+            if not self.storage.note(exc, "a probe"):
+                raise
+            return
+        self.storage.recovered()
+
     def _hold_back_while_storage_fails(self) -> None:
         """Refuse a peer's call while this replica cannot be written: answered, the caller
         counts this peer live, and its trials showed running for as long as its disk was full."""
@@ -834,6 +847,7 @@ class Node:
 
     async def _schedule_once(self) -> None:
         if self.storage.problem():  # nothing it starts, finds lost or claims could be recorded
+            self._probe_storage()
             return
         await self.runner.thaw()
         now_ms = int(self.clock() * 1000)

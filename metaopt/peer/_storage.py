@@ -4,9 +4,9 @@ A peer that cannot write its replica can record nothing: not a trial it starts, 
 not a record another peer sends. It logged a traceback for each refused write (547 KB in 65 s,
 on the full disk where its log was too), kept answering its peers, so its trials showed
 "running" everywhere for as long as the disk stayed full, and took its own trials for lost
-at every pass. While a write failed within the last ``hold`` seconds it says so once a minute,
-starts nothing, and stops talking to its peers, who then see it gone and run its trials
-elsewhere; the first write that succeeds (a trial's report, say) ends it.
+at every pass. Once a write fails it says so once a minute, starts nothing and stops talking to
+its peers, who then see it gone and run its trials elsewhere, until a write succeeds again: the
+store is probed every ``hold`` seconds (crdt's LevelDBStore.probe, which also opens it again).
 """
 
 from __future__ import annotations
@@ -16,23 +16,22 @@ import logging
 import time
 from collections.abc import Callable
 
+from crdt import StoreWriteFailed
+
 __all__ = ["StorageTrouble", "storage_failure"]
 
 log = logging.getLogger("metaopt.peer")
 
-_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO})
-# How LevelDB (through plyvel.IOError) words the same, after "IO error: <path>: ".
-_DISK_WORDS = ("No space left on device", "Read-only file system", "Disk quota exceeded")
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO, errno.EFBIG})
 
 
 def storage_failure(exc: BaseException) -> str | None:
     """What a write error says of the disk, if it is the disk's fault (full, read-only,
     failing); None for anything else, which is a bug to report in full."""
+    if isinstance(exc, StoreWriteFailed):
+        return exc.disk
     if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
         return exc.strerror or str(exc)
-    text = str(exc)
-    if type(exc).__module__.startswith("plyvel"):
-        return next((w for w in _DISK_WORDS if w in text), None)
     return None
 
 
@@ -46,6 +45,7 @@ class StorageTrouble:
         self._every = every
         self._hold = hold
         self._failed_at: float | None = None
+        self._probed_at = 0.0
         self._said_at: float | None = None
         self._why = ""
         self.suppressed = 0
@@ -57,7 +57,9 @@ class StorageTrouble:
         if why is None:
             return False
         now = self._clock()
-        self._failed_at, self._why = now, why
+        if self._failed_at is None:
+            self._failed_at = self._probed_at = now
+        self._why = why
         if self._said_at is not None and now - self._said_at < self._every:
             self.suppressed += 1
             return True
@@ -80,7 +82,13 @@ class StorageTrouble:
         self._failed_at = None
 
     def problem(self) -> str | None:
-        """Why this peer holds back now, or None: a write failed within ``hold`` seconds."""
-        if self._failed_at is None or self._clock() - self._failed_at > self._hold:
-            return None
-        return f"cannot write its replica ({self._why})"
+        """Why this peer holds back now, or None: a write failed, and none succeeded since."""
+        return None if self._failed_at is None else f"cannot write its replica ({self._why})"
+
+    def probe_due(self) -> bool:
+        """Whether to try the store again now (every ``hold`` seconds while it fails)."""
+        now = self._clock()
+        if self._failed_at is None or now - self._probed_at < self._hold:
+            return False
+        self._probed_at = now
+        return True

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,13 @@ def test_a_store_without_its_current_file_is_refused_and_left_as_it_is(tmp_path:
     with pytest.raises(StoreError, match="CURRENT file is missing"):
         LevelDBStore(path)
     assert sorted(p.name for p in path.iterdir()) == before
+    # A crash while LevelDB created a store leaves a manifest and an empty log but no
+    # CURRENT (it writes that last): nothing to lose, and not refused for good.
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    for name in ("LOCK", "LOG", "MANIFEST-000002", "000001.log"):
+        (crashed / name).write_bytes(b"")
+    LevelDBStore(crashed).close()
     # A new directory, or an empty one, is still a new store.
     for fresh in (tmp_path / "new", tmp_path / "empty"):
         if fresh.name == "empty":
@@ -42,3 +52,52 @@ def test_a_table_cut_short_is_one_error_not_a_traceback(tmp_path: Path) -> None:
         f.truncate(table.stat().st_size // 2)
     with pytest.raises(StoreError, match="restore it from a copy"):
         LevelDBStore(path)
+
+
+_FILL_THEN_FREE = """
+import os, resource, signal, sys
+from crdt import LevelDBStore, Record, StoreWriteFailed
+
+path = sys.argv[1]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+store = LevelDBStore(path)
+seq = acked = refused = 0
+
+def add():
+    global seq, acked, refused
+    seq += 1
+    try:
+        store.add([Record.create("event", b"o" * 16, seq, seq, {"pad": "x" * 300})])
+        acked = seq
+    except StoreWriteFailed as exc:
+        refused += 1
+        seq -= 1
+        assert "File too large" in exc.disk
+
+for _ in range(10):
+    add()
+log = next(f for f in os.listdir(path) if f.endswith(".log"))
+size = os.path.getsize(os.path.join(path, log))
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 2000, resource.RLIM_INFINITY))
+while refused < 3:  # the disk is full
+    add()
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+for _ in range(5):  # space is freed
+    add()
+store.close()
+print(acked, len(LevelDBStore(path)))
+"""
+
+
+def test_writes_acknowledged_after_a_full_disk_are_kept(tmp_path: Path) -> None:
+    # A synced write the disk refused left LevelDB's log damaged: the writes after it were
+    # acknowledged (a peer pushed them on) and were gone when the store was next opened, and
+    # their (origin, seq) handed out again for other records (18 acknowledged, 13 kept).
+    repo = str(Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", _FILL_THEN_FREE, str(tmp_path / "db")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": repo},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    acked, kept = map(int, out.stdout.split())
+    assert acked >= 15 and kept == acked

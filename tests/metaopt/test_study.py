@@ -500,13 +500,14 @@ def test_changing_a_returned_trial_changes_nothing_recorded() -> None:
 def test_a_full_disk_under_path_is_one_line_and_the_study_goes_on_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import plyvel
+    from crdt import StoreWriteFailed
 
     with Study({"x": "uniform(0, 1)"}, path=tmp_path / "s") as study:
         add = study.store.add
 
         def full(records: object) -> object:
-            raise plyvel.IOError("IO error: s/000007.log: No space left on device")
+            why = "No space left on device"
+            raise StoreWriteFailed(f"cannot write the store: IO error: s/000007.log: {why}", why)
 
         monkeypatch.setattr(study.store, "add", full)
         with pytest.raises(MetaoptError, match=r"^ask\(\): cannot write .*No space left on dev"):

@@ -9,18 +9,23 @@ from typing import Any
 import plyvel
 import pytest
 
-from crdt import Record, push_message
+from crdt import Record, StoreWriteFailed, push_message
 from metaopt._errors import MetaoptError
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._node import Node
 from metaopt.peer._storage import StorageTrouble, storage_failure
 from metaopt.peer._wire import Request
 
-FULL = plyvel.IOError(b"IO error: /d/replica/000012.log: No space left on device".decode())
+FULL = StoreWriteFailed(
+    "cannot write the store at /d/replica: IO error: /d/replica/000012.log: No space left on"
+    " device",
+    "No space left on device",
+)
 
 
 def test_the_disk_s_faults_are_told_from_bugs() -> None:
     assert storage_failure(FULL) == "No space left on device"
+    assert storage_failure(plyvel.IOError("IO error: x: No space left on device")) is None
     assert storage_failure(OSError(errno.EROFS, "Read-only file system")) == "Read-only file system"
     assert storage_failure(OSError(errno.ENOENT, "No such file")) is None
     assert storage_failure(ValueError("No space left on device")) is None  # not the disk's word
@@ -39,8 +44,13 @@ def test_one_line_a_minute_and_the_trouble_ends_on_its_own(
     trouble.note(FULL, "a sync")
     said = [r.getMessage() for r in caplog.records if "cannot write the replica" in r.getMessage()]
     assert len(said) == 2 and "499 more such failures" in said[1]
-    now[0] = 72.0  # nothing failed for the hold: it tries again
-    assert trouble.problem() is None
+    # It holds until a write succeeds, trying the store every 10 s (nothing else writes).
+    assert trouble.problem() is not None and trouble.probe_due()
+    assert not trouble.probe_due()
+    now[0] = 72.0
+    assert trouble.probe_due() and trouble.problem() is not None
+    trouble.recovered()
+    assert trouble.problem() is None and not trouble.probe_due()
 
 
 @pytest.mark.asyncio
@@ -55,6 +65,8 @@ async def test_a_peer_that_cannot_write_holds_back(
     def full(records: Any) -> Any:
         raise FULL
 
+    now = [0.0]
+    node.storage = StorageTrouble(clock=lambda: now[0])
     try:
         monkeypatch.setattr(node.store, "add", full)
         pushed = push_message([Record.create("event", b"o" * 16, 1, 1, {"i": 1})])
@@ -69,9 +81,18 @@ async def test_a_peer_that_cannot_write_holds_back(
         monkeypatch.setattr(node.runner, "thaw", lambda: passes.append(1))
         await node._schedule_once()
         assert passes == []
+        # It holds for as long as the disk refuses (it lapsed after 10 s, and the peer was
+        # live again for the others, its trials "running", while nothing could be recorded).
+        monkeypatch.setattr(node.store, "probe", lambda: full([]))
+        now[0] = 25.0
+        await node._schedule_once()
+        with pytest.raises(MetaoptError, match="this peer cannot write its replica"):
+            await node._on_gossip(Request("gossip", b"p" * 16, "127.0.0.1:9", []))
         monkeypatch.undo()
-        node.store.add([Record.create("event", b"o" * 16, 2, 2, {"i": 2})])
+        now[0] = 50.0
+        await node._schedule_once()  # the probe succeeds: it goes on
         assert node.status()["storage"] is None
+        node.store.add([Record.create("event", b"o" * 16, 2, 2, {"i": 2})])
     finally:
         await node.stop()
     lines = [r for r in caplog.records if "cannot write the replica" in r.getMessage()]
