@@ -37,6 +37,8 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 CAPTURE_HINT = "; put the number in a group, e.g. 'acc=([0-9.]+)'"
 _PREFIX_BYTES = REPORT_PREFIX.strip().encode()
 _PREFIX_LEN = len(_PREFIX_BYTES) - 1  # bytes that may hold a prefix's start
+_REPORT_BYTES = re.compile(re.escape(_PREFIX_BYTES) + rb"\s*\{")  # a report's start, as bytes
+_CUT_TAIL = 64  # bytes of a cut part kept to find a report's start split across chunks
 
 
 def compile_objective_regex(pattern: str) -> Any:
@@ -130,13 +132,15 @@ class OutputParser:
         self._take(buf, data[start:], stdout)
         return out
 
-    @staticmethod
-    def _may_report(buf: bytearray, data: bytes) -> bool:
+    def _may_report(self, buf: bytearray, data: bytes) -> bool:
         """Whether the line under way and this chunk may hold a report (its prefix, in
-        either, or split between the two)."""
+        either, or split between them: the kept part's end, or what was cut last, and this)."""
         if _PREFIX_BYTES in data or _PREFIX_BYTES in buf:
             return True
-        return _PREFIX_BYTES in bytes(buf[-_PREFIX_LEN:]) + data[:_PREFIX_LEN]
+        head = data[:_PREFIX_LEN]
+        return _PREFIX_BYTES in bytes(buf[-_PREFIX_LEN:]) + head or _PREFIX_BYTES in (
+            self._dropped_end + head
+        )
 
     def _skim(self, buf: bytearray, data: bytes) -> None:
         """Read stdout that holds no report, with no regex to match: its lines are only
@@ -215,13 +219,15 @@ class OutputParser:
         buf += chunk[:kept]
         self._overlong[stdout] = True
         if stdout:
-            # What is cut is never read; a report in it must not pass unnoticed. The prefix
+            # What is cut is never read; a report in it must not pass unnoticed. Its start
             # may straddle two chunks, or the kept part's end: the bytes before are looked at.
-            before = bytes(buf[-_PREFIX_LEN:]) if kept else self._dropped_end
+            # A report, not the word alone (a dict printed with a METAOPT_ key in it failed a
+            # run that had reported well).
+            before = bytes(buf[-_CUT_TAIL:]) if kept else self._dropped_end
             dropped = before + chunk[kept:]
-            if _PREFIX_BYTES in dropped:
+            if _REPORT_BYTES.search(dropped):
                 self._unread_report()
-            self._dropped_end = dropped[-_PREFIX_LEN:]
+            self._dropped_end = dropped[-_CUT_TAIL:]
 
     def _line(
         self,
@@ -263,6 +269,8 @@ class OutputParser:
             return False
         clean = _INVISIBLE.sub("", text)
         if overlong:
+            if _REPORT_AT.search(clean) is None:
+                return False  # the word alone; the line's cut part is _take's business
             self._unread_report()
             return True
         found = False

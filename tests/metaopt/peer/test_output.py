@@ -113,6 +113,19 @@ def test_a_report_cut_from_an_overlong_line_leaves_the_result_unread_until_the_n
         cut = OutputParser(OutputConfig(max_line_bytes=32))
         cut.feed(head + b'METAOPT {"loss": 0.75, "pad": "' + b"p" * 40 + b'"}\n')
         assert cut.unread is not None
+    # A report's start split between what was cut and the next chunk, read without a regex
+    # (the fast path for output without reports looked only at the kept part's end).
+    split = OutputParser(OutputConfig(max_line_bytes=64))
+    split.feed(b'METAOPT {"loss": 0.9}\n')
+    split.feed(b"x" * 100 + b"METAOP")
+    split.feed(b'T {"loss": 0.1}\n')
+    assert split.unread is not None
+    # The word alone is no report: a dict printed with a METAOPT_ key failed a good run.
+    word = OutputParser(OutputConfig(max_line_bytes=64))
+    word.feed(b'METAOPT {"loss": 0.3}\n')
+    word.feed(b"{'METAOPT_TRIAL_ID': '" + b"v" * 200 + b"'}\n")
+    word.feed(b"{'METAOPT_TRIAL_ID': '" + b"v" * 20 + b"'}" + b"w" * 100 + b"\n")
+    assert word.unread is None and word.objective() == 0.3
     # Text alone over the limit leaves nothing unread.
     plain = OutputParser(OutputConfig(max_line_bytes=32))
     plain.feed(b"METAOPT" + b"x" * 24 + b"\n" + b"y" * 80 + b"\n")
@@ -154,6 +167,7 @@ def test_chunking_does_not_change_the_reports(data: bytes, cuts: list[int]) -> N
     st.lists(st.integers(0, 2000), max_size=6),
 )  # fmt: skip
 @example([b"ab", b"\n", b"x" * 40, b"\n", b"ab"], [])  # a long line inside one chunk
+@example([b"x" * 40, b"METAOPT", b' {"loss": 1}', b"\n"], [44])  # a start cut in two
 def test_output_without_reports_is_skimmed_as_it_is_read_line_by_line(
     pieces: list[bytes], cuts: list[int]
 ) -> None:
