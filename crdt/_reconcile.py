@@ -444,9 +444,11 @@ class Initiator:
         # heal. An opening without a vector has the responder start the backstop at once.
         if self.config.fast_path and self.stats.rounds == 1:
             vector = self.store.version_vector()
-            # Never a vector longer than the peer accepts: past that its digest goes instead.
-            if len(vector) <= min(self.config.open_vector_origins, self.config.max_origins):
-                message["v"] = vector.to_wire()
+            # Never a vector the peer refuses (too many origins, or an origin of more runs than
+            # a message array holds: every session it opened failed): its digest goes instead.
+            wire = _listable(vector, self.config)
+            if wire is not None and len(vector) <= self.config.open_vector_origins:
+                message["v"] = wire
             else:
                 message["vh"] = vector.digest()
         self._backstop = False

@@ -448,6 +448,10 @@ def test_an_origin_with_more_runs_than_the_peer_accepts_falls_back_to_the_backst
     stats = sync(a, b, config)
     assert stats.converged and stats.phase == "backstop"
     assert keys(a) == keys(b)
+    # Opened by that replica: its vector went whole, and every session it opened failed.
+    c, d = store_of(POOL[:3]), store_of(holey)
+    stats = sync(d, c, config)
+    assert stats.converged and keys(c) == keys(d)
 
 
 def test_config_refuses_nonsense() -> None:
