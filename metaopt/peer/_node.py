@@ -907,8 +907,8 @@ class Node:
                 )
                 self._unsearchable[state.key] = "its search failed here (see this peer's log)"
                 continue
-            if view is not None and item.trial and not await self.runner.worth_rerun(state, view):
-                continue
+            if view is not None and item.trial:
+                view = await self.runner.worth_rerun(state, view)
             if view is not None and not self._stopping.is_set():
                 await self.runner.launch(state, view)
 

@@ -507,9 +507,10 @@ class TrialRunner:
             self._stoppers[state.key] = stopper
         return stopper
 
-    async def worth_rerun(self, state: ExperimentState, view: TrialView) -> bool:
-        """Whether to run again, from step 0, a trial lost while frozen on a peer now gone,
-        once its experiment's budget is spent; if not, it is recorded killed.
+    async def worth_rerun(self, state: ExperimentState, view: TrialView) -> TrialView | None:
+        """The trial to run again (as it is now), from step 0, if a trial lost while frozen
+        on a peer now gone is worth that once its experiment's budget is spent; None if it is
+        not (it is recorded killed) or it moved on meanwhile. Any other trial is run as it is.
 
         Such a trial's own peer would have judged it among its frozen ones, thawing it only
         if worth a slot, killing it otherwise; taken over as a lost one it was run in full,
@@ -519,18 +520,18 @@ class TrialRunner:
         from metaopt.freezethaw import Action
 
         if not (view.lost_frozen and state.budget_spent) or self._stopper(state) is None:
-            return True
+            return view
         decisions = await self._decide(state, {view.id}, 1, frozen={view.id})
         now = state.trial(view.key)  # (it may have moved on while the stopper thought)
         if now is None or now.state != "lost":
-            return False
+            return None
         if any(d.trial_id == view.id and d.action is Action.THAW for d in decisions):
-            return True
+            return now
         why = next((d.reason for d in decisions if d.trial_id == view.id), "no thaw")
         reason = f"lost while frozen, when the budget was spent; not worth a re-run ({why})"
         log.info("trial %s: %s", view.key.hex()[:12], reason)
         self.node.write_event(state.key, view.key, "killed", reason=reason, after=now.latest)
-        return False
+        return None
 
     async def _decide(
         self,

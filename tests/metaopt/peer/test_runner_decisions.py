@@ -490,15 +490,15 @@ def test_a_trial_lost_while_frozen_is_judged_before_a_rerun_once_the_budget_is_s
     view = state.trial(trial)
     assert view is not None and view.state == "lost" and view.lost_frozen and state.budget_spent
     runner._stoppers[state.key] = _KillFrozen()
-    assert not asyncio.run(runner.worth_rerun(state, view))
+    assert asyncio.run(runner.worth_rerun(state, view)) is None
     ((_, kind, reason),) = node.written[2:]
     assert kind == "killed" and reason is not None and "not worth a re-run (hopeless)" in reason
     assert state.trial(trial).state == "killed"  # type: ignore[union-attr]
 
     state, trial, node, runner = _lost_while_frozen(max_trials=1)
     runner._stoppers[state.key] = _ThawFrozen()
-    assert asyncio.run(runner.worth_rerun(state, state.trial(trial)))  # type: ignore[arg-type]
-    assert len(node.written) == 2
+    again = asyncio.run(runner.worth_rerun(state, state.trial(trial)))  # type: ignore[arg-type]
+    assert again is not None and again.state == "lost" and len(node.written) == 2
 
 
 def test_a_trial_lost_while_frozen_before_the_budget_is_spent_or_while_running_is_rerun() -> None:
