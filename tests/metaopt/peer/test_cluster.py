@@ -448,16 +448,23 @@ def test_no_trial_process_outlives_its_peer_killed_or_hung_up(cluster: Cluster) 
 
 
 def _watchdog_of(pid: int) -> int:
-    """The pid of the peer's trial watchdog (a child of the peer running _watchdog.py)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"_watchdog.py" in cmdline:
-                return int(entry.name)
+    """The pid of the peer's trial watchdog (a child of the peer running _watchdog.py).
+
+    Looked for over a few seconds: the peer starts it as the trial's start is recorded, and a
+    process just started shows an empty /proc cmdline for a moment (the test failed so).
+    """
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                    cmdline = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"_watchdog.py" in cmdline:
+                    return int(entry.name)
+        time.sleep(0.05)
     raise AssertionError(f"peer {pid} has no watchdog")
 
 
