@@ -173,6 +173,11 @@ class Node:
         self._schedule_again = False
         self._discovery: Any = None
         self.started_at = clock()
+        # Since when this peer has listened to the others, and the anti-entropy sessions it
+        # had converged by then: a start, or the end of a hold for a disk that refused
+        # writes, when it had heard nobody (see _rejoin).
+        self._listening_since = self.started_at
+        self._sessions_before = 0
 
     def _new_client(self) -> Client:
         return Client(
@@ -435,7 +440,15 @@ class Node:
             if not self.storage.note(exc, "a probe"):
                 raise
             return
-        self.storage.recovered()
+        if self.storage.recovered():
+            self._rejoin()
+
+    def _rejoin(self) -> None:
+        """After a hold for a disk that refused writes, judge others' trials as a peer that
+        has just started does: it heard nobody meanwhile, so their trials looked lost ("no
+        news for 141 s") and completed ones ran again, before it had caught up."""
+        self._listening_since = self.clock()
+        self._sessions_before = self.replicator.sessions
 
     def _hold_back_while_storage_fails(self) -> None:
         """Refuse a peer's call while this replica cannot be written: answered, the caller
@@ -627,7 +640,8 @@ class Node:
 
     def _on_records(self, records: list[Record]) -> None:
         """Note each experiment's latest trial stamp and when its count changed here."""
-        self.storage.recovered()  # (they were written)
+        if self.storage.recovered():  # (they were written)
+            self._rejoin()
         now_ms = int(self.clock() * 1000)
         for record in records:
             if record.kind == TRIAL:
@@ -786,7 +800,7 @@ class Node:
         trial frozen a minute before for lost and re-ran it from step 0, away from its
         checkpoint.
         """
-        return self.clock() - self.started_at >= self.config.timing.peer_timeout
+        return self.clock() - self._listening_since >= self.config.timing.peer_timeout
 
     def caught_up(self) -> bool:
         """Whether this replica may judge other peers' trials and claim free ones.
@@ -799,8 +813,8 @@ class Node:
         budgeted experiment's count of trials is short (a finished 8/8 went to 9/8).
         """
         timing = self.config.timing
-        waited = self.clock() - self.started_at
-        if self.replicator.sessions > 0 or waited >= timing.peer_timeout:
+        waited = self.clock() - self._listening_since
+        if self.replicator.sessions > self._sessions_before or waited >= timing.peer_timeout:
             return True
         # No seed and nobody heard of since two anti-entropy periods (mDNS answers come
         # sooner): a peer alone need not wait peer_timeout before its budgeted experiments.

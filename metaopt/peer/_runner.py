@@ -377,10 +377,14 @@ class TrialRunner:
         try:
             self._record_outcome(run, await process.run())
         except Exception as exc:  # the executor must never leave a slot taken forever
-            log.exception("trial %s crashed the executor", run.trial.hex()[:12])
-            self.node.write_event(
-                run.experiment, run.trial, "failed", reason=f"executor error: {exc}"
-            )
+            if self.node.storage.note(exc, "a trial's outcome"):
+                # (nothing can be recorded: the trial is found lost and run again elsewhere)
+                log.warning("trial %s ended; its outcome could not be recorded", run.trial.hex())
+            else:
+                log.exception("trial %s crashed the executor", run.trial.hex()[:12])
+                self.node.write_event(
+                    run.experiment, run.trial, "failed", reason=f"executor error: {exc}"
+                )
         finally:
             if process.pid is not None:
                 self.watchdog.release(process.pid)

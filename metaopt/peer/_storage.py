@@ -75,11 +75,13 @@ class StorageTrouble:
         self.suppressed = 0
         return True
 
-    def recovered(self) -> None:
-        """A write succeeded."""
-        if self._failed_at is not None:
-            log.warning("the replica can be written again: this peer goes on")
+    def recovered(self) -> bool:
+        """A write succeeded; whether that ends a failure (the peer was holding back)."""
+        if self._failed_at is None:
+            return False
+        log.warning("the replica can be written again: this peer goes on")
         self._failed_at = None
+        return True
 
     def problem(self) -> str | None:
         """Why this peer holds back now, or None: a write failed, and none succeeded since."""

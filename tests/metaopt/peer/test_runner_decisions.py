@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
 
 from crdt import Record
 from metaopt._errors import MetaoptError
@@ -511,3 +512,30 @@ def test_a_trial_lost_while_frozen_before_the_budget_is_spent_or_while_running_i
     node.write_event(state.key, trial, "lost", reason="its peer went quiet")
     view = state.trial(trial)
     assert view is not None and view.state == "lost" and not view.lost_frozen
+
+
+def test_an_outcome_the_disk_refuses_is_one_line_and_the_slot_frees(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A trial ending while the disk was full: "crashed the executor" with a traceback, and a
+    # "failed" event that could not be written either.
+    from crdt import StoreWriteFailed
+    from metaopt.peer._storage import StorageTrouble
+
+    state, trial = _one_trial()
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    node.storage = StorageTrouble()  # type: ignore[attr-defined]
+    node.kick = lambda: None  # type: ignore[attr-defined]
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+
+    def refused(run: Running, outcome: Any) -> None:
+        raise StoreWriteFailed("cannot write the store: No space left on device", "full")
+
+    runner._record_outcome = refused  # type: ignore[method-assign]
+    run = Running(runner.slots[0], state.key, trial.key)
+    runner.running[0] = run
+    process = SimpleNamespace(run=lambda: asyncio.sleep(0, "an outcome"), pid=None)
+    asyncio.run(runner._supervise(run, process))  # type: ignore[arg-type]
+    assert runner.running == {} and node.written == []
+    assert node.storage.problem() is not None  # type: ignore[attr-defined]
+    assert not [r for r in caplog.records if r.exc_info]

@@ -67,6 +67,10 @@ async def test_a_peer_that_cannot_write_holds_back(
 
     now = [0.0]
     node.storage = StorageTrouble(clock=lambda: now[0])
+    node.replicator.sessions = 3  # caught up with its peers, long since
+    later = node.started_at + 1000
+    node.clock = lambda: later  # type: ignore[method-assign]
+    assert node.caught_up() and node.listened()
     try:
         monkeypatch.setattr(node.store, "add", full)
         pushed = push_message([Record.create("event", b"o" * 16, 1, 1, {"i": 1})])
@@ -92,6 +96,11 @@ async def test_a_peer_that_cannot_write_holds_back(
         now[0] = 50.0
         await node._schedule_once()  # the probe succeeds: it goes on
         assert node.status()["storage"] is None
+        # ... as a peer that has just started: it heard nobody meanwhile, and took their
+        # trials for lost ("no news for 141 s"), running completed ones again.
+        assert not node.caught_up() and not node.listened()
+        node.replicator.sessions = 4
+        assert node.caught_up()
         node.store.add([Record.create("event", b"o" * 16, 2, 2, {"i": 2})])
     finally:
         await node.stop()
