@@ -221,7 +221,10 @@ def _detach(config: PeerConfig, log_level: str, timing: str, data_dir: str | Non
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise MetaoptError(f"cannot write in {dirs.root}: {exc.strerror}") from None
+        raise MetaoptError(
+            f"cannot remove {dirs.address_file}: {exc.strerror}; it is not what a peer writes"
+            " there: remove it by hand"
+        ) from None
     log_path = dirs.root / "peer.log"
     # Owner-only, as cluster.key: a new cluster's first start writes its join command, key
     # and all, here.

@@ -98,7 +98,9 @@ class DataDir:
     @staticmethod
     def holds_peer(path: Path) -> bool:
         """Whether ``path`` is a peer's data directory (it has a node id and a replica)."""
-        return (path / "node_id").is_file() and (path / "replica").is_dir()
+        # (exists, not is_file: a node_id made a directory is a damaged peer's, said so by
+        # read_node_id, not "no peer has run there")
+        return (path / "node_id").exists() and (path / "replica").is_dir()
 
     def ensure(self) -> None:
         if self.root.exists() and not self.root.is_dir():
@@ -177,6 +179,11 @@ class DataDir:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            if path.is_dir():
+                raise MetaoptError(
+                    f"cannot write {path}: it is a directory, not what a peer writes there;"
+                    " remove it"
+                ) from None
             raise MetaoptError(
                 f"cannot write {path}: {exc.strerror}; free some space on its disk (or fix its"
                 " permissions), or choose another --data-dir"

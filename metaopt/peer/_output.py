@@ -249,7 +249,11 @@ class OutputParser:
             self.stdout_lines += 1
             if self._reports(text, overlong, out):
                 return
-        if overlong and stdout:
+        if overlong and stdout and self._regex is not None and self.broken is None:
+            # Never matched: the objective it may have held must not leave the earlier one as
+            # the run's result (a 70 KB line ending in 'loss = 0.1' completed with 0.5).
+            self._unread_report("matched against the objective regex")
+        elif overlong and stdout:
             # Its end, where a report may have been, was never kept: say so, or a report
             # after 64 KiB of text on one line just went missing.
             self._note(f"a stdout line over {self.config.max_line_bytes} bytes was cut, unread")
@@ -345,10 +349,14 @@ class OutputParser:
             {self.config.objective: number, "step": self.config.step_offset + self.matches}, out
         )
 
-    def _unread_report(self) -> None:
+    def _unread_report(self, how: str = "") -> None:
+        limit = self.config.max_line_bytes
         self.unread = (
-            f"a METAOPT report on a stdout line over {self.config.max_line_bytes} bytes was"
-            " not read; print each report on a line of its own"
+            f"a stdout line over {limit} bytes was not {how}; print the objective on a shorter"
+            " line"
+            if how
+            else f"a METAOPT report on a stdout line over {limit} bytes was not read; print each"
+            " report on a line of its own"
         )
         self._note(self.unread)
 

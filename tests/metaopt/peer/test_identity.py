@@ -44,7 +44,7 @@ def test_a_file_that_cannot_be_written_is_one_line_and_leaves_no_partial_file(
     dirs = DataDir(tmp_path)
     dirs.ensure()
     (tmp_path / "peer.pid").mkdir()  # the rename over it fails as a full disk's write does
-    with pytest.raises(MetaoptError, match=r"cannot write .*peer.pid: .*another --data-dir"):
+    with pytest.raises(MetaoptError, match=r"cannot write .*peer.pid: it is a directory"):
         dirs.write_started("127.0.0.1:1")
     assert not dirs.address_file.exists()  # (it says the peer is up: never before the pid)
     assert sorted(os.listdir(tmp_path)) == ["bundles", "peer.pid", "trials"]
@@ -52,3 +52,12 @@ def test_a_file_that_cannot_be_written_is_one_line_and_leaves_no_partial_file(
     (tmp_path / "peers").unlink()
     (tmp_path / "peers").mkdir()
     dirs.write_peers(["127.0.0.1:3"])
+
+
+def test_a_node_id_made_a_directory_is_a_damaged_peer_not_none(tmp_path: Path) -> None:
+    # `status` said "no peer is running on D, nor has one run there" beside its history.
+    (tmp_path / "node_id").mkdir()
+    (tmp_path / "replica").mkdir()
+    assert DataDir.holds_peer(tmp_path)
+    with pytest.raises(MetaoptError, match=r"cannot read .*node_id"):
+        DataDir(tmp_path).read_node_id()

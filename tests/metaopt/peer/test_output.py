@@ -126,6 +126,15 @@ def test_a_report_cut_from_an_overlong_line_leaves_the_result_unread_until_the_n
     word.feed(b"{'METAOPT_TRIAL_ID': '" + b"v" * 200 + b"'}\n")
     word.feed(b"{'METAOPT_TRIAL_ID': '" + b"v" * 20 + b"'}" + b"w" * 100 + b"\n")
     assert word.unread is None and word.objective() == 0.3
+    # With a regex, a line cut is a line never matched: 'loss = 0.5', then 70 KB ending in
+    # 'loss = 0.1', completed with 0.5.
+    matched = OutputParser(OutputConfig(max_line_bytes=32, objective_regex=r"loss = ([0-9.]+)"))
+    matched.feed(b"loss = 0.5\n" + b"x" * 40 + b"loss = 0.1\n")
+    assert matched.unread is not None and "not matched against the objective regex" in (
+        matched.unread
+    )
+    matched.feed(b"loss = 0.2\n")
+    assert matched.unread is None and matched.objective() == 0.2
     # Text alone over the limit leaves nothing unread.
     plain = OutputParser(OutputConfig(max_line_bytes=32))
     plain.feed(b"METAOPT" + b"x" * 24 + b"\n" + b"y" * 80 + b"\n")
@@ -172,11 +181,10 @@ def test_output_without_reports_is_skimmed_as_it_is_read_line_by_line(
     pieces: list[bytes], cuts: list[int]
 ) -> None:
     # Stdout that holds no report is only counted, in C; what it counts, notes and leaves
-    # under way must be what reading it line by line does (a regex that never matches forces
-    # that reading, and changes nothing else for such output).
+    # under way must be what reading it line by line does (forced on the second parser).
     text = b"".join(pieces)
-    parsers = [OutputParser(OutputConfig(max_line_bytes=32, objective_regex=r)) for r in
-               (None, r"(?!)")]  # fmt: skip
+    parsers = [OutputParser(OutputConfig(max_line_bytes=32)) for _ in range(2)]
+    parsers[1]._may_report = lambda buf, data: True  # type: ignore[method-assign]
     outs: list[list[Any]] = [[], []]
     for parser, out in zip(parsers, outs, strict=True):
         start = 0
