@@ -351,14 +351,15 @@ class OutputParser:
 
     def _unread_report(self, how: str = "") -> None:
         limit = self.config.max_line_bytes
-        self.unread = (
-            f"a stdout line over {limit} bytes was not {how}; print the objective on a shorter"
-            " line"
-            if how
-            else f"a METAOPT report on a stdout line over {limit} bytes was not read; print each"
-            " report on a line of its own"
-        )
-        self._note(self.unread)
+        if how:
+            why = f"a stdout line over {limit} bytes was not {how}; print it on shorter lines"
+        else:
+            why = (
+                f"a METAOPT report on a stdout line over {limit} bytes was not read; print"
+                " each report on a line of its own"
+            )
+        self.unread = why
+        self._note(why)
 
     def _emit(self, report: dict[str, MetricValue], out: list[dict[str, MetricValue]]) -> None:
         self.report_count += 1
