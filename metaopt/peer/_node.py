@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import math
 import os
 import random
 import socket
@@ -173,10 +174,9 @@ class Node:
         self._schedule_again = False
         self._discovery: Any = None
         self.started_at = clock()
-        # Since when this peer has listened to the others, and the anti-entropy sessions it
-        # had converged by then: a start, or the end of a hold for a disk that refused
-        # writes, when it had heard nobody (see _rejoin).
-        self._listening_since = self.started_at
+        # The end of the latest hold for a disk that refused writes, when it had heard nobody,
+        # and the anti-entropy sessions it had converged by then (see _rejoin).
+        self._rejoined_at = -math.inf
         self._sessions_before = 0
 
     def _new_client(self) -> Client:
@@ -447,7 +447,7 @@ class Node:
         """After a hold for a disk that refused writes, judge others' trials as a peer that
         has just started does: it heard nobody meanwhile, so their trials looked lost ("no
         news for 141 s") and completed ones ran again, before it had caught up."""
-        self._listening_since = self.clock()
+        self._rejoined_at = self.clock()
         self._sessions_before = self.replicator.sessions
 
     def _hold_back_while_storage_fails(self) -> None:
@@ -800,7 +800,11 @@ class Node:
         trial frozen a minute before for lost and re-ran it from step 0, away from its
         checkpoint.
         """
-        return self.clock() - self._listening_since >= self.config.timing.peer_timeout
+        return self.clock() - self._listening_since() >= self.config.timing.peer_timeout
+
+    def _listening_since(self) -> float:
+        """Since when this peer has listened to the others: its start, or its rejoin."""
+        return max(self.started_at, self._rejoined_at)
 
     def caught_up(self) -> bool:
         """Whether this replica may judge other peers' trials and claim free ones.
@@ -813,7 +817,7 @@ class Node:
         budgeted experiment's count of trials is short (a finished 8/8 went to 9/8).
         """
         timing = self.config.timing
-        waited = self.clock() - self._listening_since
+        waited = self.clock() - self._listening_since()
         if self.replicator.sessions > self._sessions_before or waited >= timing.peer_timeout:
             return True
         # No seed and nobody heard of since two anti-entropy periods (mDNS answers come
