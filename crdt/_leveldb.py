@@ -31,8 +31,10 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import plyvel
 
@@ -46,6 +48,7 @@ __all__ = ["LevelDBStore"]
 _U64 = struct.Struct(">Q")
 _MAX_KIND_PREFIXES = 256
 _WHERE = ORIGIN_SIZE + 8  # a pointer to an o entry: origin and seq
+_RETRY_AFTER = 1.0  # seconds between attempts to open again a store whose write failed
 _PROBE = b"~probe"  # written and deleted to check the disk takes writes (no record prefix)
 _LENGTH = tuple(bytes((n,)) for n in range(256))  # one byte; longer names raise IndexError
 
@@ -79,11 +82,14 @@ class LevelDBStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._db = self._open()
-        self._vv = VersionVector()
-        self._fp = SetFingerprint()
+        self._vv, self._fp = self._scan()
         self._subscribers: list[Subscriber] = []
         self._kind_prefixes: dict[str, bytes] = {}
-        self._rebuild()
+        # After a write the disk refused: that failure, the batch it was writing (it may be on
+        # disk after all), and when to try the disk again (see probe).
+        self._failure: StoreWriteFailed | None = None
+        self._unconfirmed: list[Record] = []
+        self._retry_at = 0.0
 
     def _open(self) -> plyvel.DB:
         try:
@@ -115,19 +121,22 @@ class LevelDBStore:
         except (plyvel.Error, OSError) as exc:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from None
 
-    def _rebuild(self) -> None:
+    def _scan(self) -> tuple[VersionVector, SetFingerprint]:
+        """The version vector and fingerprint of what the disk holds (one scan for both)."""
+        vv, fp = VersionVector(), SetFingerprint()
         try:
-            self._fp.extend(self._held_keys())
+            fp.extend(self._held_keys(vv))
         except plyvel.Error as exc:  # a table cut short or garbled on disk: unreadable
             self._db.close()
             raise StoreError(
                 f"cannot read the store at {self.path}: {exc}; restore it from a copy, or move"
                 " it aside to start afresh"
             ) from None
+        return vv, fp
 
-    def _held_keys(self) -> Iterator[bytes]:
-        """Every key held, noting its (origin, seq) in the vector on the way (one scan for both)."""
-        add = self._vv.add
+    def _held_keys(self, vv: VersionVector) -> Iterator[bytes]:
+        """Every key held, noting its (origin, seq) in vv on the way."""
+        add = vv.add
         for raw in self._db.iterator(prefix=b"o", include_value=False):
             (seq,) = _U64.unpack_from(raw, 1 + ORIGIN_SIZE)
             add(raw[1 : 1 + ORIGIN_SIZE], seq)
@@ -140,17 +149,15 @@ class LevelDBStore:
         message before any of it reaches here), so a batch is all or nothing: if writing any
         entry fails, nothing of the batch is stored and the summaries are untouched.
         """
+        if self._failure is not None:
+            self.probe()  # (raises while the disk still refuses)
         new: list[Record] = []
         seen: set[bytes] = set()
-        db = self._db
-        vv = self._vv
-        if db.closed:  # a failed write closed it, and it could not be opened again since
-            self.probe()
-            db, vv = self._db, self._vv
         try:
-            self._write(db, records, new, seen, vv)
+            self._write(self._db, records, new, seen, self._vv)
         except plyvel.Error as exc:
-            self._reopen_after(exc)
+            self._unconfirmed = new
+            self._fail(_write_failed(self.path, exc))
         # Only now, with the batch synced, do the in-memory summaries and listeners see them.
         if new:
             self._note(new, seen)
@@ -203,39 +210,47 @@ class LevelDBStore:
                 put(kind + tk, where)
                 new.append(record)
 
-    def _reopen_after(self, exc: plyvel.Error) -> None:
-        """After a write the disk refused, close the database and open it again before any
-        other write; raise StoreWriteFailed.
+    def _fail(self, failure: StoreWriteFailed) -> NoReturn:
+        """After a write the disk refused: close the database, and refuse every write until
+        probe() has opened it again and written to it.
 
         LevelDB's log is damaged by a failed synced write: the writes after it succeeded, were
         acknowledged (and pushed to other peers), and were gone when the store was next opened,
-        their (origin, seq) then handed out again for other records. Opened again at once, it
-        keeps everything acknowledged. The summaries are rebuilt from what the disk holds.
+        their (origin, seq) then handed out again for other records. Opened again first, it
+        keeps everything acknowledged, its summaries rebuilt from what the disk holds.
         """
-        self._db.close()
-        with contextlib.suppress(StoreError):
-            self.probe()  # (a full disk may refuse the opening too: the next write retries)
-        raise _write_failed(self.path, exc) from None
+        self._failure = failure
+        self._retry_at = time.monotonic() + _RETRY_AFTER
+        with contextlib.suppress(plyvel.Error):
+            self._db.close()
+        raise failure
 
     def probe(self) -> None:
-        """Check that the store takes writes, after one failed: open it again if a failed
-        write closed it, and write and delete a scratch entry, synced.
+        """Check that the store takes writes: after one failed, open it again (at most once a
+        second) and write and delete a scratch entry, synced.
 
         Raises:
             StoreWriteFailed: the disk still refuses (or the store cannot be opened).
         """
+        if self._failure is not None and time.monotonic() < self._retry_at:
+            raise StoreWriteFailed(str(self._failure), self._failure.disk)
         try:
             if self._db.closed:
                 self._db = self._open()
-                self._vv = VersionVector()
-                self._fp = SetFingerprint()
-                self._rebuild()
+                self._vv, self._fp = self._scan()
             self._db.put(_PROBE, b"", sync=True)
             self._db.delete(_PROBE, sync=True)
         except plyvel.Error as exc:
-            raise _write_failed(self.path, exc) from None
+            self._fail(_write_failed(self.path, exc))
         except StoreError as exc:
-            raise StoreWriteFailed(str(exc), str(exc)) from None
+            self._fail(StoreWriteFailed(str(exc), str(exc)))
+        self._failure = None
+        # A batch whose write failed may be on disk all the same (its data written, its sync
+        # refused): now in the summaries, its records are told to the listeners as new.
+        landed = [r for r in self._unconfirmed if self._db.get(b"r" + r.key) is not None]
+        self._unconfirmed = []
+        if landed:
+            notify(self._subscribers, landed)
 
     def _note(self, new: list[Record], keys: set[bytes]) -> None:
         # Catch-up delivers each origin's records as ascending runs: one SeqSet update per run.
