@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from crdt import Initiator, Record, Store, SyncConfig, push_message
+from crdt import Initiator, Record, Store, StoreError, SyncConfig, push_message
 from metaopt.peer._gossip import PeerTable
 from metaopt.peer._transport import Client, PeerUnreachable, RemoteError
 
@@ -126,6 +126,8 @@ class Replicator:
         except (PeerUnreachable, RemoteError) as exc:
             log.debug("anti-entropy with %s failed: %s", addr, exc)
             return False
+        except StoreError:
+            raise  # this peer's own disk, not the partner's fault (the node holds back)
         except Exception as exc:  # a protocol error from a bad peer: drop the session only
             log.warning("anti-entropy with %s aborted: %s", addr, exc)
             return False

@@ -6,6 +6,8 @@ import asyncio
 import random
 from typing import Any
 
+import pytest
+
 from crdt import MemoryStore, Record, respond
 from metaopt.peer._gossip import PeerTable
 from metaopt.peer._replication import Replicator
@@ -105,3 +107,25 @@ def test_a_burst_of_many_small_records_is_pushed_in_pieces_the_receiver_takes() 
 
     asyncio.run(burst())
     assert len(far) == len(events)
+
+
+def test_this_peers_own_disk_refusing_a_session_s_records_is_not_the_partners_fault() -> None:
+    # Swallowed as "anti-entropy aborted" every round, it never reached the node's hold: a
+    # peer catching up on a full disk kept answering its peers.
+    from crdt import StoreWriteFailed
+
+    theirs = MemoryStore()
+    theirs.add([Record.create("event", A, 1, 1, {"i": 1})])
+
+    class _Answers:
+        async def call(self, addr: str, op: str, body: Any = None) -> Any:
+            return respond(theirs, body)
+
+    rep = _replicator(PeerTable(), _Answers(), 0.0)  # type: ignore[arg-type]
+
+    def full(records: Any) -> Any:
+        raise StoreWriteFailed("cannot write the store: No space left on device", "full")
+
+    rep.store.add = full  # type: ignore[method-assign]
+    with pytest.raises(StoreWriteFailed):
+        asyncio.run(rep.reconcile("127.0.0.1:1001"))
