@@ -37,7 +37,9 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 CAPTURE_HINT = "; put the number in a group, e.g. 'acc=([0-9.]+)'"
 _PREFIX_BYTES = REPORT_PREFIX.strip().encode()
 _PREFIX_LEN = len(_PREFIX_BYTES) - 1  # bytes that may hold a prefix's start
-_REPORT_BYTES = re.compile(re.escape(_PREFIX_BYTES) + rb"\s*\{")  # a report's start, as bytes
+# A report's start, as bytes: colour codes may stand between its word and its brace, as they
+# may in the lines read (see _INVISIBLE).
+_REPORT_BYTES = re.compile(re.escape(_PREFIX_BYTES) + rb"(?:\s|\x1b\[[0-9;?]*[ -/]*[@-~])*\{")
 _CUT_TAIL = 64  # bytes of a cut part kept to find a report's start split across chunks
 
 
@@ -249,9 +251,10 @@ class OutputParser:
             self.stdout_lines += 1
             if self._reports(text, overlong, out):
                 return
-        if overlong and stdout and self._regex is not None and self.broken is None:
-            # Never matched: the objective it may have held must not leave the earlier one as
-            # the run's result (a 70 KB line ending in 'loss = 0.1' completed with 0.5).
+        if overlong and self._regex is not None and self.broken is None:
+            # Never matched (stdout or stderr, as logging writes): the objective it may have
+            # held must not leave the earlier one as the run's result (a 70 KB line ending in
+            # 'loss = 0.1' completed with 0.5).
             self._unread_report("matched against the objective regex")
         elif overlong and stdout:
             # Its end, where a report may have been, was never kept: say so, or a report

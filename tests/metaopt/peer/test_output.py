@@ -135,6 +135,11 @@ def test_a_report_cut_from_an_overlong_line_leaves_the_result_unread_until_the_n
     )
     matched.feed(b"loss = 0.2\n")
     assert matched.unread is None and matched.objective() == 0.2
+    matched.feed(b"x" * 40 + b"loss = 0.1\n", stdout=False)  # the regex reads stderr too
+    assert matched.unread is not None
+    coloured = OutputParser(OutputConfig(max_line_bytes=32))
+    coloured.feed(b"x" * 40 + b'METAOPT \x1b[0m{"loss": 0.1}\n')
+    assert coloured.unread is not None
     # Text alone over the limit leaves nothing unread.
     plain = OutputParser(OutputConfig(max_line_bytes=32))
     plain.feed(b"METAOPT" + b"x" * 24 + b"\n" + b"y" * 80 + b"\n")
