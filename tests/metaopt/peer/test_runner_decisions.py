@@ -33,11 +33,13 @@ from metaopt.space import Space
 ME = b"m" * 16
 
 
-class _KillFrozen:
-    """A stopper that judges every own frozen trial hopeless, and notes the free slots."""
+class _JudgeFrozen:
+    """A stopper that decides ``action`` (by default KILL, "hopeless") for every own frozen
+    trial, and notes the free slots."""
 
-    def __init__(self) -> None:
+    def __init__(self, action: Action = Action.KILL, why: str = "hopeless") -> None:
         self.free: list[int] = []
+        self._action, self._why = action, why
 
     def decide(
         self,
@@ -50,7 +52,7 @@ class _KillFrozen:
     ) -> list[Decision]:
         self.free.append(free_slots)
         frozen = [c.trial_id for c in curves if c.trial_id in own and c.state == "frozen"]
-        return [Decision(t, Action.KILL, "hopeless") for t in sorted(frozen)]
+        return [Decision(t, self._action, self._why) for t in sorted(frozen)]
 
 
 class _Node:
@@ -130,7 +132,7 @@ def test_a_free_slot_kills_a_hopeless_frozen_trial_for_good() -> None:
     state, trial = _frozen_trial(1)
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
-    stopper = _KillFrozen()
+    stopper = _JudgeFrozen()
     runner._stoppers[state.key] = stopper
     asyncio.run(runner.thaw())
     assert stopper.free == [1]
@@ -176,7 +178,7 @@ def test_a_trial_frozen_by_hand_is_left_to_the_user() -> None:
     state, trial = _frozen_trial(1, reason=FROZEN_BY_HAND, max_trials=1)
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
-    stopper = _KillFrozen()
+    stopper = _JudgeFrozen()
     runner._stoppers[state.key] = stopper
     asyncio.run(runner.thaw())
     asyncio.run(runner.monitor())  # the budget is spent and every slot is idle
@@ -458,22 +460,6 @@ def test_a_run_over_its_trial_timeout_is_stopped_and_recorded_killed() -> None:
     assert view is not None and view.state == "killed"
 
 
-class _ThawFrozen(_KillFrozen):
-    """A stopper that thaws every own frozen trial."""
-
-    def decide(
-        self,
-        curves: Sequence[CurveView],
-        own: Collection[str],
-        free_slots: int,
-        rng: np.random.Generator,
-        *,
-        fresh_available: bool = True,
-    ) -> list[Decision]:
-        kills = super().decide(curves, own, free_slots, rng, fresh_available=fresh_available)
-        return [Decision(d.trial_id, Action.THAW, "a good bet") for d in kills]
-
-
 def _lost_while_frozen(max_trials: int | None) -> tuple[ExperimentState, bytes, _Node, TrialRunner]:
     state, trial = _frozen_trial(1, max_trials=max_trials)
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
@@ -490,21 +476,21 @@ def test_a_trial_lost_while_frozen_is_judged_before_a_rerun_once_the_budget_is_s
     state, trial, node, runner = _lost_while_frozen(max_trials=1)
     view = state.trial(trial)
     assert view is not None and view.state == "lost" and view.lost_frozen and state.budget_spent
-    runner._stoppers[state.key] = _KillFrozen()
+    runner._stoppers[state.key] = _JudgeFrozen()
     assert asyncio.run(runner.worth_rerun(state, view)) is None
     ((_, kind, reason),) = node.written[2:]
     assert kind == "killed" and reason is not None and "not worth a re-run (hopeless)" in reason
     assert state.trial(trial).state == "killed"  # type: ignore[union-attr]
 
     state, trial, node, runner = _lost_while_frozen(max_trials=1)
-    runner._stoppers[state.key] = _ThawFrozen()
+    runner._stoppers[state.key] = _JudgeFrozen(Action.THAW, "a good bet")
     again = asyncio.run(runner.worth_rerun(state, state.trial(trial)))  # type: ignore[arg-type]
     assert again is not None and again.state == "lost" and len(node.written) == 2
 
 
 def test_a_trial_lost_while_frozen_before_the_budget_is_spent_or_while_running_is_rerun() -> None:
     state, trial, node, runner = _lost_while_frozen(max_trials=None)
-    stopper = runner._stoppers[state.key] = _KillFrozen()
+    stopper = runner._stoppers[state.key] = _JudgeFrozen()
     assert asyncio.run(runner.worth_rerun(state, state.trial(trial)))  # type: ignore[arg-type]
     assert stopper.free == [] and len(node.written) == 2  # its rungs judge the re-run
 
