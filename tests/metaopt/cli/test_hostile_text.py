@@ -54,23 +54,28 @@ def test_an_undecodable_argument_from_a_real_command_line_is_one_line(tmp_path: 
         b" type it in UTF-8\n"  # fmt: skip
 
 
-def test_peer_stop_with_a_pid_file_that_names_no_pid(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    dirs = DataDir(tmp_path)
-    dirs.address_file.write_text("127.0.0.1:9\n")
-    dirs.pid_file.write_text("xyz")
-    calls = []
+def _recording_peer(ops: list[str], answer: object) -> type:
+    """A LocalPeer stand-in that notes each operation asked of it and answers ``answer``."""
 
     class _Peer:
         def __init__(self, data_dir: Path) -> None:
             pass
 
         def call(self, op: str, body: object = None) -> object:
-            calls.append(op)
-            return None
+            ops.append(op)
+            return answer
 
-    monkeypatch.setattr("metaopt.cli._peer.LocalPeer", _Peer)
+    return _Peer
+
+
+def test_peer_stop_with_a_pid_file_that_names_no_pid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dirs = DataDir(tmp_path)
+    dirs.address_file.write_text("127.0.0.1:9\n")
+    dirs.pid_file.write_text("xyz")
+    calls: list[str] = []
+    monkeypatch.setattr("metaopt.cli._peer.LocalPeer", _recording_peer(calls, None))
     assert _stop(argparse.Namespace(data_dir=str(tmp_path), timeout=1.0)) == 0
     assert calls == ["api.shutdown"] and capsys.readouterr().out == "peer stopped\n"
 
@@ -82,17 +87,8 @@ def test_status_with_a_pid_file_that_names_no_pid_asks_the_peer(
     dirs = DataDir(tmp_path)
     dirs.address_file.write_text("127.0.0.1:9\n")
     dirs.pid_file.write_text("xyz")
-    asked = []
-
-    class _Peer:
-        def __init__(self, data_dir: Path) -> None:
-            pass
-
-        def call(self, op: str, body: object = None) -> object:
-            asked.append(op)
-            return []
-
-    monkeypatch.setattr("metaopt.cli._read.LocalPeer", _Peer)
+    asked: list[str] = []
+    monkeypatch.setattr("metaopt.cli._read.LocalPeer", _recording_peer(asked, []))
     assert main(["status", "--data-dir", str(tmp_path)]) == 0
     assert asked == ["api.experiments"]
 
