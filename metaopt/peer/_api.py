@@ -348,6 +348,10 @@ class LocalApi:
             )
         if view.state != "frozen":
             raise MetaoptError(f"trial {view.id[:12]} is {view.state}; only a frozen one thaws")
+        if self.node.stopping:
+            # Its stop has already interrupted the running trials: one started now would run
+            # on unrecorded after the peer is gone, and be re-run from step 0 elsewhere.
+            raise MetaoptError("this peer is stopping; thaw the trial once it has restarted")
         taken_over = self._take_over_frozen(view, "thaw")
         if self.node.runner.free_slots() <= 0:
             # The scheduler fills a slot as soon as it frees, so "wait" rarely helps.

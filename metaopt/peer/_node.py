@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from crdt import ClusterKey, FrameCodec, LevelDBStore, Record, StoreError, StoreLocked, respond
 from metaopt._errors import MetaoptError, SearchError
 from metaopt._records import CONTROL, EVENT, MAX_REASON, MAX_STDERR, TRIAL, EventBody, is_metric
-from metaopt._state import ExperimentState, TrialView
+from metaopt._state import FREE_STATES, ExperimentState, TrialView
 from metaopt._writer import NodeWriter
 from metaopt.peer._api import LocalApi
 from metaopt.peer._config import PeerConfig
@@ -342,6 +342,11 @@ class Node:
 
     def request_stop(self) -> None:
         self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether this peer is stopping: it starts no trial any more."""
+        return self._stopping.is_set()
 
     async def stop(self) -> None:
         """Graceful: running trials are recorded as interrupted, pushed, then everything closes."""
@@ -927,8 +932,18 @@ class Node:
                 continue
             if view is not None and item.trial:
                 view = await self.runner.worth_rerun(state, view)
+                # The searches and the stopper above awaited: another peer may have claimed
+                # the trial meanwhile, or it completed; run it only while it is still free.
+                view = view and self._still_free(state, view)
             if view is not None and not self._stopping.is_set():
                 await self.runner.launch(state, view)
+
+    def _still_free(self, state: ExperimentState, view: TrialView) -> TrialView | None:
+        """The free trial as it stands now, or None if it is no longer free to claim."""
+        now = state.trial(view.key)
+        if now is None or now.state not in FREE_STATES or now.key in self.runner.running_keys():
+            return None
+        return now
 
     def status(self) -> dict[str, Any]:
         now = self.clock()

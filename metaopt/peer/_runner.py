@@ -203,16 +203,22 @@ class TrialRunner:
             began=self.monotonic(),
         )
         self.running[slot.index] = run
-        self.node.write_event(
-            state.key,
-            view.key,
-            "thawed" if thaw else "started",
-            step=resume,
-            supersedes=view.free_events,
-            # After all this peer knew of the trial, whatever the clocks: a trial frozen by
-            # hand on a gone peer whose clock ran ahead stayed "frozen" after a takeover.
-            after=view.latest,
-        )
+        try:
+            self.node.write_event(
+                state.key,
+                view.key,
+                "thawed" if thaw else "started",
+                step=resume,
+                supersedes=view.free_events,
+                # After all this peer knew of the trial, whatever the clocks: a trial frozen by
+                # hand on a gone peer whose clock ran ahead stayed "frozen" after a takeover.
+                after=view.latest,
+            )
+        except BaseException:
+            # Not started (the disk refused the event): a slot kept for it would be held
+            # until a restart, and the trial pending here with it.
+            self.running.pop(slot.index, None)
+            raise
         try:
             spec = self._spec(state, view, slot, resume)
         except Exception as exc:  # whatever a peer's definition holds: the started event is
