@@ -230,6 +230,7 @@ async def test_a_freeze_or_thaw_that_cannot_happen_says_why_and_what_to_do() -> 
         is_alive=alive.__contains__,
         listened=lambda: listened[0],
         caught_up=lambda: True,
+        stopping=False,
     )
     api = LocalApi(node)  # type: ignore[arg-type]
 
