@@ -160,7 +160,7 @@ class LocalApi:
         out["blocked_here"] = self.node.blocked_here(state.key)
         # A running trial whose node went quiet shows as running until it is taken for lost;
         # say so meanwhile (a user saw a dead peer's trials "running" for a minute, unexplained).
-        now, lost_after = self.node.clock(), self.node.config.timing.lost_after
+        lost_after = self.node.config.timing.lost_after
         for shown, trial in zip(out["trial_list"], trials, strict=True):
             # Asked to stop here (a kill, a freeze, a timeout), it shows running until it
             # exits: seconds, or the grace twice over for one that ignores its stop.
@@ -170,7 +170,7 @@ class LocalApi:
             if trial.state in ("running", "pending") and not self.node.is_alive(
                 trial.runner or trial.node
             ):
-                quiet = max(0, round(now - self.node.replica.last_news(trial) / 1000))
+                quiet = round(self.node.replica.quiet_ms(trial) / 1000)  # as find_lost counts
                 shown["quiet"] = {"seconds": quiet, "lost_after": lost_after}
         return out
 

@@ -3,9 +3,11 @@
 Soft state only. Each entry keeps the time of this node's own last contact and the freshest
 evidence of life from anyone (its own contact, mDNS, or a gossiping peer's report). Gossip
 carries *ages*, not timestamps, so clocks need not agree, and an age only grows as it is passed
-on: a dead peer cannot be kept alive by peers repeating each other. Entries unheard of for
-``expire_after`` seconds are dropped; seeds (``--join`` addresses) are kept forever. A peer
-that said it was leaving (a graceful stop) is not live until it speaks to this node itself.
+on: a dead peer cannot be kept alive by peers repeating each other. No time in the table leaves
+the node, so its owner passes ``now`` from a monotonic clock (a wall clock stepped forward made
+every peer look silent at once). Entries unheard of for ``expire_after`` seconds are dropped;
+seeds (``--join`` addresses) are kept forever. A peer that said it was leaving (a graceful
+stop) is not live until it speaks to this node itself.
 """
 
 from __future__ import annotations

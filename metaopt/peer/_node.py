@@ -104,9 +104,20 @@ def _parsed(key_text: str) -> ClusterKey | None:
 class Node:
     """A running peer. ``await start()``, then ``await run_until_stopped()``."""
 
-    def __init__(self, config: PeerConfig, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: PeerConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
+        # Two clocks: the wall clock stamps records and is compared with their stamps (turns,
+        # the failure back-off); liveness and a trial's quiet time are measured on the
+        # monotonic one, which NTP does not step: a step forward past lost_after made every
+        # live peer's running trial look lost here, and run again.
         self.clock = clock
+        self.monotonic = monotonic
         self.dirs = DataDir(config.data_dir)
         self.dirs.ensure()
         self.node_id = self.dirs.node_id()
@@ -120,7 +131,7 @@ class Node:
             raise
         self.codec = FrameCodec([self.key])
         self.rng = random.Random(int.from_bytes(self.node_id, "big") ^ time.time_ns())
-        self.replica = Replica(self.store, clock)
+        self.replica = Replica(self.store, clock, monotonic)
         self.writer = NodeWriter(self.store, self.node_id, clock)
         self.peers = PeerTable()
         self.port = config.port
@@ -131,7 +142,7 @@ class Node:
             self.node_id,
             self.peers,
             self.client,
-            clock=clock,
+            clock=monotonic,  # (it reads the clock for the peer table only)
             rng=self.rng,
             push_fanout=config.timing.push_fanout,
             peer_timeout=config.timing.peer_timeout,
@@ -173,7 +184,7 @@ class Node:
         self._schedule_lock = asyncio.Lock()
         self._schedule_again = False
         self._discovery: Any = None
-        self.started_at = clock()
+        self.started_at = monotonic()
         # The end of the latest hold for a disk that refused writes, when it had heard nobody,
         # and the anti-entropy sessions it had converged by then (see _rejoin).
         self._rejoined_at = -math.inf
@@ -311,7 +322,7 @@ class Node:
             node = bytes.fromhex(info.node_id)
         except ValueError:
             return
-        self.peers.add(node, f"{info.host}:{info.port}", self.clock(), contacted=False)
+        self.peers.add(node, f"{info.host}:{info.port}", self.monotonic(), contacted=False)
 
     def _on_foreign(self, info: Any) -> None:
         log.info(
@@ -359,7 +370,9 @@ class Node:
         self.runner.watchdog.close()
         await self.replicator.drain(timeout=2.0)
         # One last reconciliation so the interrupted events reach someone even if pushes failed.
-        live = self.peers.random_live(self.rng, 2, self.clock(), self.config.timing.peer_timeout)
+        live = self.peers.random_live(
+            self.rng, 2, self.monotonic(), self.config.timing.peer_timeout
+        )
         for peer in live:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.replicator.reconcile(peer.addr), timeout=3.0)
@@ -388,7 +401,7 @@ class Node:
         after peer_timeout: its interrupted trials re-run elsewhere at once, and its frozen
         ones may be thawed there. Best effort and bounded: a peer that misses it (or one of an
         older release, which answers "unknown operation") finds out by the timeout."""
-        live = self.peers.live(self.clock(), self.config.timing.peer_timeout)
+        live = self.peers.live(self.monotonic(), self.config.timing.peer_timeout)
 
         async def tell(addr: str, node: bytes) -> None:
             with contextlib.suppress(PeerUnreachable, RemoteError):
@@ -420,7 +433,7 @@ class Node:
         if host in ("0.0.0.0", "::", "[::]", "") and request.remote:
             # A peer bound to every interface names itself by the address we see it at.
             host = f"[{request.remote}]" if ":" in request.remote else request.remote
-        self.peers.add(request.sender, f"{host}:{port}", self.clock(), contacted=True)
+        self.peers.add(request.sender, f"{host}:{port}", self.monotonic(), contacted=True)
 
     async def _on_sync(self, request: Request) -> bytes:
         self._hold_back_while_storage_fails()
@@ -452,7 +465,7 @@ class Node:
         """After a hold for a disk that refused writes, judge others' trials as a peer that
         has just started does: it heard nobody meanwhile, so their trials looked lost ("no
         news for 141 s") and completed ones ran again, before it had caught up."""
-        self._rejoined_at = self.clock()
+        self._rejoined_at = self.monotonic()
         self._sessions_before = self.replicator.sessions
 
     def _hold_back_while_storage_fails(self) -> None:
@@ -465,8 +478,8 @@ class Node:
     async def _on_gossip(self, request: Request) -> Any:
         self._hold_back_while_storage_fails()
         self._contact(request)
-        self.peers.merge_gossip(request.body, self.clock(), exclude=self.node_id)
-        return self.peers.to_gossip(self.clock(), self.config.timing.peer_timeout)
+        self.peers.merge_gossip(request.body, self.monotonic(), exclude=self.node_id)
+        return self.peers.to_gossip(self.monotonic(), self.config.timing.peer_timeout)
 
     async def _on_leave(self, request: Request) -> bool:
         # Not a contact: its word that it is going must not count as a sign of life.
@@ -480,12 +493,12 @@ class Node:
             return
         addr = await self.replicator.anti_entropy_once()
         if addr is not None:
-            self.peers.touch_addr(addr, self.clock())
+            self.peers.touch_addr(addr, self.monotonic())
 
     async def _gossip(self) -> None:
         if self.storage.problem():  # (see _hold_back_while_storage_fails)
             return
-        now = self.clock()
+        now = self.monotonic()
         timeout = self.config.timing.peer_timeout
         live = self.peers.random_live(self.rng, 1, now, timeout)
         # One silent peer a round as well: a cluster whose peers all went quiet at once (a
@@ -509,7 +522,7 @@ class Node:
         # Ages as of this call: one to a hung peer takes the whole request timeout, and
         # ages told as of before it made every peer 10 s younger, each round (a peer
         # stopped with SIGSTOP stayed live for 73 s instead of 30).
-        gossip = self.peers.to_gossip(self.clock(), timeout)
+        gossip = self.peers.to_gossip(self.monotonic(), timeout)
         try:
             reply = await self.client.call(addr, "gossip", gossip)
         except (PeerUnreachable, RemoteError) as exc:
@@ -527,8 +540,8 @@ class Node:
         if self._seeds_heard.get(addr) is False:
             log.info("--join %s answers now", addr)
         self._seeds_heard[addr] = True
-        self.peers.touch_addr(addr, self.clock())
-        self.peers.merge_gossip(reply, self.clock(), exclude=self.node_id)
+        self.peers.touch_addr(addr, self.monotonic())
+        self.peers.merge_gossip(reply, self.monotonic(), exclude=self.node_id)
 
     def _recall_peers(self) -> None:
         """Read the addresses of the peers this one talked to when it last ran, to call while
@@ -550,7 +563,7 @@ class Node:
         the others it knew (if the few it talks to now die, the rest may still answer); while
         it talks to none (cut off, or they are all down) the last ones are kept. Says once if
         it has reached none of them since it started."""
-        now, timeout = self.clock(), self.config.timing.peer_timeout
+        now, timeout = self.monotonic(), self.config.timing.peer_timeout
         live = self.peers.live(now, timeout)
         talking = [p.addr for p in live if p.last_contact is not None]
         if not talking:
@@ -581,28 +594,28 @@ class Node:
     def is_alive(self, node: bytes) -> bool:
         if node == self.node_id:
             return True
-        return self.peers.is_alive(node, self.clock(), self.config.timing.peer_timeout)
+        return self.peers.is_alive(node, self.monotonic(), self.config.timing.peer_timeout)
 
     def _not_gone(self, node: bytes) -> bool:
         """is_alive, except that a peer that said it was leaving counts until the timeout:
         the judge of whether its trials are lost (see PeerTable.heard_within)."""
         if node == self.node_id:
             return True
-        return self.peers.heard_within(node, self.clock(), self.config.timing.peer_timeout)
+        return self.peers.heard_within(node, self.monotonic(), self.config.timing.peer_timeout)
 
     def turn_nodes(self) -> list[bytes]:
         """The nodes that take turns at new points: the live ones and those that said they
         were leaving, until the timeout (see heard_within). A peer restarted in a moment was
         gone, for the others, from its leave until it called each again, while it counted
         them: two peers took one turn. A peer that did leave costs an empty turn a round."""
-        now, timeout = self.clock(), self.config.timing.peer_timeout
+        now, timeout = self.monotonic(), self.config.timing.peer_timeout
         heard = [
             p.node_id for p in self.peers.all() if self.peers.heard_within(p.node_id, now, timeout)
         ]
         return [self.node_id, *heard]
 
     def live_nodes(self) -> list[bytes]:
-        now = self.clock()
+        now = self.monotonic()
         return [self.node_id] + [
             p.node_id for p in self.peers.live(now, self.config.timing.peer_timeout)
         ]
@@ -805,7 +818,7 @@ class Node:
         trial frozen a minute before for lost and re-ran it from step 0, away from its
         checkpoint.
         """
-        return self.clock() - self._listening_since() >= self.config.timing.peer_timeout
+        return self.monotonic() - self._listening_since() >= self.config.timing.peer_timeout
 
     def _listening_since(self) -> float:
         """Since when this peer has listened to the others: its start, or its rejoin."""
@@ -822,7 +835,7 @@ class Node:
         budgeted experiment's count of trials is short (a finished 8/8 went to 9/8).
         """
         timing = self.config.timing
-        waited = self.clock() - self._listening_since()
+        waited = self.monotonic() - self._listening_since()
         if self.replicator.sessions > self._sessions_before or waited >= timing.peer_timeout:
             return True
         # No seed and nobody heard of since two anti-entropy periods (mDNS answers come
@@ -882,11 +895,10 @@ class Node:
             find_lost(
                 runnable,
                 self.node_id,
-                now_ms,
+                self.replica.quiet_ms,
                 int(timing.lost_after * 1000),
                 self._not_gone if listened else lambda node: True,
                 self.runner.running_keys(),
-                self.replica.last_news,
             )
             if caught_up
             else []
@@ -907,7 +919,7 @@ class Node:
             lambda state: state.key not in self._unsearchable and self.runner.can_run(state),
             claim_free=caught_up,
             may_suggest=lambda state: self.exhausted_now(state.key) is None,
-            last_news=self.replica.last_news,
+            quiet_ms=self.replica.quiet_ms,
         )
         for item in work:
             state = self.replica.experiments[item.experiment]
@@ -946,7 +958,7 @@ class Node:
         return now
 
     def status(self) -> dict[str, Any]:
-        now = self.clock()
+        now = self.monotonic()
         return {
             "node_id": self.node_id.hex(),
             "name": self.config.name or socket.gethostname(),

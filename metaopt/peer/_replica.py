@@ -23,17 +23,26 @@ __all__ = ["Replica"]
 class Replica:
     """A store plus the ExperimentState of each experiment in it."""
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self._clock = clock
+        self._monotonic = monotonic
         self._opened_ms = int(clock() * 1000)
-        # trial key -> when (this node's clock, ms) a record of it last arrived: how long a
-        # trial has been quiet is measured here, not by its writers' stamps, which a clock
-        # running ahead (or a hostile peer) puts in the future.
+        self._opened_mono_ms = int(monotonic() * 1000)
+        # trial key -> when (this node's monotonic clock, ms) a record of it last arrived: how
+        # long a trial has been quiet is measured from here alone. Not by its writers' stamps:
+        # a clock running ahead (or a hostile peer) puts them in the future, one running behind
+        # made a heartbeat that had just arrived read as that much silence; and not on the wall
+        # clock, which NTP may step forward past lost_after, every live peer's trial at once.
         self._heard: dict[bytes, int] = {}
         self.experiments: dict[bytes, ExperimentState] = {}
-        # experiment key -> (when it was submitted, its stamp) in ms: the stamp capped like
-        # last_news at its arrival here (at this node's opening for one held then), so a clock
+        # experiment key -> (when it was submitted, its stamp) in ms: the stamp capped at its
+        # arrival here, by the wall clock (at this node's opening for one held then), so a clock
         # running ahead does not make it the one its name finds until the clocks pass it; the
         # stamp orders those capped alike (all of them, on a node whose clock runs behind).
         self._created: dict[bytes, tuple[int, int]] = {}
@@ -57,6 +66,7 @@ class Replica:
 
     def _on_records(self, records: list[Record]) -> None:
         now_ms = int(self._clock() * 1000)
+        arrived_ms = int(self._monotonic() * 1000)
         for record in records:
             if record.kind == EXPERIMENT:
                 if record.key not in self.experiments and parse_experiment(record) is not None:
@@ -64,23 +74,28 @@ class Replica:
                     if state is not None:
                         self.experiments[record.key] = state
                         self._created[record.key] = (min(record.time, now_ms), record.time)
-                        self._heard.update(dict.fromkeys(state.trial_keys(), now_ms))
+                        self._heard.update(dict.fromkeys(state.trial_keys(), arrived_ms))
                 continue
             for link in record.links:
                 state = self.experiments.get(link)
                 if state is not None:
                     if state.apply(record) and record.kind in (TRIAL, EVENT):
                         trial = record.key if record.kind == TRIAL else record.links[0]
-                        self._heard[trial] = now_ms
+                        self._heard[trial] = arrived_ms
                     break
         for callback in list(self._listeners):
             callback(records)
 
-    def last_news(self, trial: TrialView) -> int:
-        """When (ms) the latest news of a trial came: its last event's stamp, unless that is
-        later than when this node received it (or, for trials it held when it opened, than
-        its opening)."""
-        return min(trial.last_seen, self._heard.get(trial.key, self._opened_ms))
+    def quiet_ms(self, trial: TrialView) -> int:
+        """How long (ms, this node's monotonic clock) since the latest record of a trial arrived
+        here (for trials it held when it opened, since its opening).
+
+        An old record first delivered late (a partition healing, a restarted peer catching up)
+        counts as news, so such a trial is taken over up to lost_after later than its stamps
+        would say: taking a live peer's trial for lost, and running it twice, costs more.
+        """
+        since = self._heard.get(trial.key, self._opened_mono_ms)
+        return max(0, int(self._monotonic() * 1000) - since)
 
     def find_experiment(self, text: str) -> ExperimentState | None:
         """By name (the latest submitted of that name wins) or by key hex prefix.

@@ -53,12 +53,6 @@ class Lost:
     after: bytes | None = None  # the trial's latest event this node had seen (EventBody.after)
 
 
-def _stamped(trial: TrialView) -> int:
-    """A trial's latest news by its events' stamps alone (the peer measures on its own clock,
-    see Replica.last_news)."""
-    return trial.last_seen
-
-
 def rendezvous_rank(me: bytes, others: Iterable[bytes], trial: bytes) -> int:
     """How many live nodes come before this one in the claim order for ``trial``."""
 
@@ -136,21 +130,21 @@ def settle_wait(
 def find_lost(
     experiments: Iterable[ExperimentState],
     me: bytes,
-    now_ms: int,
+    quiet_ms: Callable[[TrialView], int],
     lost_after_ms: int,
     is_alive: Callable[[bytes], bool],
     running_here: Collection[bytes],
-    last_news: Callable[[TrialView], int] = _stamped,
 ) -> list[Lost]:
     """Trials that claim to run but whose node has gone quiet, and this node's own orphans.
 
     A trial of another node is lost when nothing was heard of it for ``lost_after_ms`` (by
-    ``last_news``) and its node is not live either (a live peer with a slow trial is only
-    slow). A trial this node was running but no longer runs — it was killed -9 and restarted —
-    is lost at once. A trial frozen on another node that has been gone as long is lost too:
-    only its own node may thaw it, so it would otherwise hold its point and its experiment
-    open for ever; but not one frozen by hand, a pause only the user ends (`metaopt thaw` on
-    any peer takes it over once its node is gone).
+    ``quiet_ms``, the peer's Replica.quiet_ms: since its latest record arrived there, never by
+    the writers' stamps) and its node is not live either (a live peer with a slow trial is
+    only slow). A trial this node was running but no longer runs — it was killed -9 and
+    restarted — is lost at once. A trial frozen on another node that has been gone as long is
+    lost too: only its own node may thaw it, so it would otherwise hold its point and its
+    experiment open for ever; but not one frozen by hand, a pause only the user ends
+    (`metaopt thaw` on any peer takes it over once its node is gone).
 
     The caller must hold a caught-up replica (see ``Node.caught_up``): on a stale one a trial
     that completed, or that another peer already re-runs, would look lost.
@@ -168,7 +162,7 @@ def find_lost(
                 continue
             if trial.frozen_by_hand:
                 continue
-            quiet = now_ms - last_news(trial)
+            quiet = quiet_ms(trial)
             if quiet > lost_after_ms and not is_alive(owner):
                 # A frozen trial is quiet since its freeze, however long its node has been gone.
                 why = (
@@ -219,11 +213,13 @@ def plan_work(
     *,
     claim_free: bool = True,
     may_suggest: Callable[[ExperimentState], bool] = lambda state: True,
-    last_news: Callable[[TrialView], int] = _stamped,
+    quiet_ms: Callable[[TrialView], int],
 ) -> list[Work]:
     """Work for up to ``free_slots`` slots: free trials this node may claim, then new points.
 
-    A new trial of an experiment whose last runs all failed waits (BACKOFF_AFTER, above).
+    The k-th in line for a free trial claims it once ``quiet_ms`` (see find_lost) reaches k
+    claim delays; ``now_ms`` (the wall clock) is compared with record stamps only: a new
+    trial of an experiment whose last runs all failed waits (BACKOFF_AFTER, above).
     Experiments take turns: the one with the fewest trials running here first, then the one
     with the fewest running anywhere, then an order of this node's own (a hash of node and
     experiment), so several experiments share the cluster's slots. With
@@ -267,7 +263,7 @@ def plan_work(
                 claim_delay_ms,
                 planned_new,
                 may_suggest(state),
-                last_news,
+                quiet_ms,
             )
             if work is None:
                 continue
@@ -295,7 +291,7 @@ def _next_for(
     claim_delay_ms: int,
     planned_new: dict[bytes, int],
     may_suggest: bool,
-    last_news: Callable[[TrialView], int],
+    quiet_ms: Callable[[TrialView], int],
 ) -> Work | None:
     """The next work for one experiment; claimed None (a replica not caught up) means no free
     trial may be claimed and no new trial of a budgeted experiment started: its count of
@@ -305,10 +301,7 @@ def _next_for(
         if trial.state not in FREE_STATES or trial.key in running_here:
             continue
         rank = claim_rank(me, live_nodes, trial)
-        # The first in line claims at once, even when the event that freed the trial carries a
-        # later time than this pass's clock (written a moment after it, or by a peer whose
-        # clock runs ahead): its claim waited a pass, or until this clock caught up.
-        if rank == 0 or now_ms - last_news(trial) >= rank * claim_delay_ms:
+        if rank == 0 or quiet_ms(trial) >= rank * claim_delay_ms:
             return Work(state.key, trial.key)
     if not may_suggest or _backing_off(state, now_ms):
         return None

@@ -124,6 +124,7 @@ async def test_gossip_after_a_hung_peer_times_out_tells_its_true_age(tmp_path: P
     node = Node(
         PeerConfig(data_dir=tmp_path / "n", port=0, mdns=False, key_text=_key()),
         clock=lambda: now[0],
+        monotonic=lambda: now[0],
     )
     hung, others = "127.0.0.1:9", ["127.0.0.1:10", "127.0.0.1:11"]
     for i, addr in enumerate([hung, *others]):

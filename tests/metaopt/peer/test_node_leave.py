@@ -28,7 +28,7 @@ async def test_a_stopped_peer_is_gone_at_once_until_it_speaks_again(tmp_path: Pa
 
     def node(name: str, key: str | None = None) -> Node:
         config = PeerConfig(data_dir=tmp_path / name, port=0, mdns=False, key_text=key)
-        return Node(config, clock=clock)
+        return Node(config, clock=clock, monotonic=clock)
 
     a = node("a")
     b = node("b", a.key.to_text())

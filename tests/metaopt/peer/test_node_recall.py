@@ -24,7 +24,7 @@ async def test_a_restarted_peer_calls_the_peers_it_talked_to_and_says_if_none_an
 
     def node(name: str, key: str | None = None, join: tuple[str, ...] = ()) -> Node:
         config = PeerConfig(data_dir=tmp_path / name, port=0, mdns=False, key_text=key, join=join)
-        return Node(config, clock=lambda: now[0])
+        return Node(config, clock=lambda: now[0], monotonic=lambda: now[0])
 
     a = node("a")
     running: list[Node] = []

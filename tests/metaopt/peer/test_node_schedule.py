@@ -110,9 +110,15 @@ async def test_a_peer_judges_other_peers_trials_only_once_caught_up_and_listened
     trial = Record.create(TRIAL, other, 1, long_ago, body, [good.key])
     started = EventBody(trial.key, good.key, "started", other).to_body()
     event = Record.create(EVENT, other, 2, long_ago + 1, started, [trial.key, good.key])
-    node = _lone_node(tmp_path)
+    mono = [1000.0]
+    config = PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1)
+    node = Node(config, monotonic=lambda: mono[0])
     try:
         node.store.add([good, trial, event])
+        # Quiet here for longer than lost_after, heard of before this peer began to listen
+        # (as after a hold for a disk that refused writes, see Node._rejoin).
+        mono[0] += node.config.timing.lost_after + 1
+        node.started_at = mono[0]
         assert not node.caught_up()
         await node._schedule_once()
         view = node.replica.experiments[good.key].trial(trial.key)
@@ -163,7 +169,7 @@ async def test_a_peer_restarted_after_a_kill_reruns_its_lost_trial_from_its_chec
     (checkpoint / "state.json").write_text('{"step": 3}')
     try:
         node.store.add([exp, trial, *events])
-        node.peers.add(OTHER, "127.0.0.1:9", node.clock(), contacted=True)  # live, idle
+        node.peers.add(OTHER, "127.0.0.1:9", node.monotonic(), contacted=True)  # live, idle
         node.replicator.sessions = 1  # caught up
         await node._schedule_once()
         records = [r for r in node.store.linked(trial.key) if r.kind == EVENT]
@@ -337,7 +343,7 @@ async def test_a_new_point_waits_its_turn_from_the_latest_trial_and_no_more_than
     (tmp_path / "peer").mkdir()
     (tmp_path / "peer" / "node_id").write_text(me.hex())
     config = PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1)
-    node = Node(config, clock=lambda: now[0])
+    node = Node(config, clock=lambda: now[0], monotonic=lambda: now[0])
     assert node.node_id == me
     waits: list[float] = []
     real_sleep = asyncio.sleep
@@ -388,7 +394,7 @@ async def test_a_peer_that_said_it_was_leaving_keeps_its_frozen_trials_for_the_t
     ]
     try:
         node.store.add([exp, trial, *events])
-        node.peers.add(OTHER, "127.0.0.1:9", node.clock(), contacted=True)
+        node.peers.add(OTHER, "127.0.0.1:9", node.monotonic(), contacted=True)
         node.peers.leave(OTHER)
         node.replicator.sessions = 1  # caught up
         node.started_at -= node.config.timing.peer_timeout  # has listened long enough
@@ -423,6 +429,7 @@ async def test_turns_count_from_the_same_moment_whatever_order_the_trials_arrive
         node = Node(
             PeerConfig(data_dir=tmp_path / str(i), port=0, mdns=False, slots=1),
             clock=lambda: now_ms / 1000,
+            monotonic=lambda: now_ms / 1000,
         )
         try:
             for batch in batches:
@@ -434,6 +441,7 @@ async def test_turns_count_from_the_same_moment_whatever_order_the_trials_arrive
     reopened = Node(
         PeerConfig(data_dir=tmp_path / "0", port=0, mdns=False, slots=1),
         clock=lambda: (now_ms + 123) / 1000,
+        monotonic=lambda: (now_ms + 123) / 1000,
     )
     try:
         state = reopened.replica.experiments[exp.key]
@@ -452,7 +460,9 @@ def _second_in_turn(
     """A node on the clock ``now`` that takes turns with two others, not first at count 0."""
     others = [bytes([i]) * 16 for i in range(1, 3)]
     node = Node(
-        PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1), clock=lambda: now[0]
+        PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1),
+        clock=lambda: now[0],
+        monotonic=lambda: now[0],
     )
     monkeypatch.setattr(node, "turn_nodes", lambda: [*others, node.node_id])
     while settle_rank(node.node_id, node.turn_nodes(), exp.key, 0) == 0:
@@ -524,6 +534,7 @@ async def test_a_trial_stamped_ahead_moves_only_its_own_counts_turns(tmp_path: P
         node = Node(
             PeerConfig(data_dir=tmp_path / str(i), port=0, mdns=False, slots=1),
             clock=lambda now=now: now[0],  # type: ignore[misc]
+            monotonic=lambda now=now: now[0],  # type: ignore[misc]
         )
         try:
             node.store.add([exp, ahead])

@@ -104,7 +104,7 @@ def _cluster(
         data.mkdir()
         (data / "node_id").write_text(node_id.hex())
         config = PeerConfig(data_dir=data, port=0, mdns=False, slots=2)
-        nodes.append(Node(config, clock=vt.clock))
+        nodes.append(Node(config, clock=vt.clock, monotonic=vt.clock))
     for node in nodes:
         monkeypatch.setattr(node.replicator, "push", lambda records: None)  # no sockets
         for other in nodes:

@@ -154,12 +154,14 @@ async def test_a_running_trial_of_a_silent_node_says_how_long_it_has_been_silent
         trial = Record.create(TRIAL, node, seq, 1001, body, [exp.key])
         started = EventBody(trial.key, exp.key, "started", node).to_body()
         records += [trial, Record.create(EVENT, node, seq + 1, 2000, started, [trial.key, exp.key])]
-    store.add(records)
+    mono = [3.0]
+    replica = Replica(store, monotonic=lambda: mono[0])
+    store.add(records)  # they arrive
+    mono[0] += 25.4
     node = SimpleNamespace(
         node_id=NODE,
-        replica=Replica(store),
+        replica=replica,
         blocked_here=lambda key: None,
-        clock=lambda: 27.4,
         config=SimpleNamespace(timing=SimpleNamespace(lost_after=60.0)),
         is_alive=lambda node_id: node_id == NODE,
         # This peer's own trial is being killed: it showed "running" with no word of it.
@@ -362,25 +364,30 @@ async def test_experiments_are_listed_with_their_numbers_in_order() -> None:
     assert [stamps.get(e["id"], 1001) for e in bs] == [1001, 3000, 4000, 5000]
 
 
-def test_a_trials_latest_news_is_when_it_arrived_if_stamped_later() -> None:
-    # A record stamped in the future (a writer's clock running ahead, or a hostile one at
-    # 2**63 - 1) kept its trial "running, node silent 0 s" and never lost.
-    now = [100.0]
+def test_a_trial_is_quiet_since_its_latest_record_arrived_whatever_its_stamp() -> None:
+    # Stamps only capped at the arrival: a record stamped in the future (a writer's clock
+    # running ahead, or a hostile one at 2**63 - 1) counted as news from its arrival, but one
+    # from a runner whose clock ran 90 s behind read as 90 s of silence on arrival, and its
+    # trial was lost after a liveness gap just over the peer timeout.
+    wall, mono = [100.0], [5.0]
     store = MemoryStore()
     exp, trial = _experiment_and_trial()
     store.add([exp, trial])
-    replica = Replica(store, lambda: now[0])
+    replica = Replica(store, lambda: wall[0], lambda: mono[0])
     state = replica.experiments[exp.key]
     view = state.trial(trial.key)
-    assert view is not None and replica.last_news(view) == 1001  # stamped in the past: as is
+    assert view is not None and replica.quiet_ms(view) == 0  # held when it opened: from then
+    mono[0] += 20.0
+    assert replica.quiet_ms(view) == 20_000
     other = b"o" * 16
-    future = EventBody(trial.key, exp.key, "started", other).to_body()
-    now[0] = 150.0
-    store.add([Record.create(EVENT, other, 1, 2**63 - 1, future, [trial.key, exp.key])])
-    view = state.trial(trial.key)
-    assert view is not None and view.last_seen == 2**63 - 1
-    assert replica.last_news(view) == 150_000
-    assert Replica(store, lambda: 200.0).last_news(view) == 200_000  # held when it opened
+    for seq, stamp in enumerate((2**63 - 1, int(wall[0] * 1000) - 90_000), start=1):
+        news = EventBody(trial.key, exp.key, "heartbeat", other).to_body()
+        store.add([Record.create(EVENT, other, seq, stamp, news, [trial.key, exp.key])])
+        view = state.trial(trial.key)
+        assert view is not None and replica.quiet_ms(view) == 0
+        mono[0] += 31.0
+        wall[0] += 3600.0  # NTP stepped the wall clock: the quiet time does not move
+        assert replica.quiet_ms(view) == 31_000
 
 
 def test_a_name_submitted_with_a_clock_ahead_does_not_hide_the_next_submission() -> None:

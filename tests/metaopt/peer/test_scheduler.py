@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from crdt import Record
 from metaopt._records import (
     EVENT,
@@ -11,7 +14,7 @@ from metaopt._records import (
     experiment_record,
     parse_experiment,
 )
-from metaopt._state import FROZEN_BY_HAND, ExperimentState
+from metaopt._state import FROZEN_BY_HAND, ExperimentState, TrialView
 from metaopt.peer._scheduler import (
     BACKOFF_AFTER,
     Work,
@@ -54,24 +57,36 @@ def _event(
     state.apply(Record.create(EVENT, node, seq, time, body, [trial.key, state.key]))
 
 
+def _since(now: int) -> Callable[[TrialView], int]:
+    """Quiet times as if each record had arrived at its stamp, ``now`` being a pass's time
+    (a peer counts from the arrivals alone, see Replica.quiet_ms)."""
+    return lambda trial: now - trial.last_seen
+
+
+def _plan(*args: Any, **kw: Any) -> list[Work]:
+    """plan_work (its arguments but quiet_ms), each record having arrived at its stamp, the
+    pass's ``now_ms`` being the sixth argument (see _since)."""
+    return plan_work(*args, quiet_ms=_since(args[5]), **kw)
+
+
 def test_a_quiet_trial_of_a_dead_node_is_lost_but_not_of_a_live_one() -> None:
     state = _state()
     t = _trial(state, OTHER, 1)
     _event(state, t, OTHER, 2, "started", 1_000)
-    args = (ME, 100_000, 60_000)
+    args = (ME, _since(100_000), 60_000)
     assert [x.trial for x in find_lost([state], *args, lambda n: False, set())] == [t.key]
     assert find_lost([state], *args, lambda n: True, set()) == []
-    assert find_lost([state], ME, 30_000, 60_000, lambda n: False, set()) == []
+    assert find_lost([state], ME, _since(30_000), 60_000, lambda n: False, set()) == []
 
 
 def test_own_trials_not_running_here_are_orphans() -> None:
     state = _state()
     t = _trial(state, ME, 1)
     _event(state, t, ME, 2, "started", 1_000)
-    assert [x.trial for x in find_lost([state], ME, 2_000, 60_000, lambda n: True, set())] == [
-        t.key
-    ]
-    assert find_lost([state], ME, 2_000, 60_000, lambda n: True, {t.key}) == []
+    assert [
+        x.trial for x in find_lost([state], ME, _since(2_000), 60_000, lambda n: True, set())
+    ] == [t.key]
+    assert find_lost([state], ME, _since(2_000), 60_000, lambda n: True, {t.key}) == []
 
 
 def test_rendezvous_gives_one_claimer_rank_zero() -> None:
@@ -135,7 +150,7 @@ def test_an_experiment_that_may_not_suggest_still_gets_its_free_trials() -> None
     _event(state, t, THIRD, 1, "lost", 2_000)
 
     def plan(may: bool) -> list[Work]:
-        return plan_work(
+        return _plan(
             [state], ME, 2, set(), [ME], 2_000, 1_000, lambda s: True, may_suggest=lambda s: may
         )
 
@@ -143,16 +158,26 @@ def test_an_experiment_that_may_not_suggest_still_gets_its_free_trials() -> None
     assert [w.trial for w in plan(False)] == [t.key]
 
 
-def test_the_first_in_line_claims_a_freed_trial_even_if_its_event_is_stamped_later() -> None:
+def test_a_freed_trial_waits_claim_delays_from_the_arrival_of_its_freeing_event() -> None:
+    # Counted from the stamps, a trial freed by a peer whose clock ran behind was freed "long
+    # ago" for every peer in line, and they all claimed it at once. The stamps do not count.
     state = _state()
     t = _trial(state, GONE, 1)
     _event(state, t, GONE, 2, "started", 1_000)
-    _event(state, t, GONE, 3, "lost", 5_000)  # a clock ahead of this pass's (2,000 ms)
-    work = plan_work([state], ME, 1, set(), [ME], 2_000, 1_000, lambda s: True)
-    assert [w.trial for w in work] == [t.key]
+    _event(state, t, GONE, 3, "lost", 5_000)
     second = next(n for n in (OTHER, THIRD, b"x" * 16) if rendezvous_rank(n, [ME, n], t.key))
-    waits = plan_work([state], second, 1, set(), [ME, second], 2_000, 1_000, lambda s: True)
-    assert waits == [Work(state.key, None)]  # the second in line still waits its turn
+
+    def claims(me: bytes, now: int, quiet: int) -> list[bytes | None]:
+        live = [ME, second]
+        work = plan_work(
+            [state], me, 1, set(), live, now, 1_000, lambda s: True, quiet_ms=lambda trial: quiet
+        )
+        return [w.trial for w in work]
+
+    for now in (2_000, 5_000 + 3_600_000):  # stamped ahead of this clock, or an hour behind
+        assert claims(ME, now, 0) == [t.key]  # the first in line at once
+        assert claims(second, now, 999) == [None]  # the second waits its turn
+        assert claims(second, now, 1_000) == [t.key]
 
 
 def test_plan_respects_budget_and_claims_free_trials_first() -> None:
@@ -161,11 +186,11 @@ def test_plan_respects_budget_and_claims_free_trials_first() -> None:
     _event(state, t, OTHER, 2, "started", 1_000)
     _event(state, t, THIRD, 1, "lost", 2_000)
     live = [ME]
-    work = plan_work([state], ME, 4, set(), live, 2_000, 1_000, lambda s: True)
+    work = _plan([state], ME, 4, set(), live, 2_000, 1_000, lambda s: True)
     assert work[0].trial == t.key
     # one existing trial + two new points = the budget of 3
     assert [w.trial for w in work[1:]] == [None, None]
-    assert plan_work([state], ME, 4, set(), live, 2_000, 1_000, lambda s: False) == []
+    assert _plan([state], ME, 4, set(), live, 2_000, 1_000, lambda s: False) == []
 
 
 def test_a_higher_ranked_node_waits_its_turn() -> None:
@@ -174,8 +199,8 @@ def test_a_higher_ranked_node_waits_its_turn() -> None:
     _event(state, t, THIRD, 1, "lost", 10_000)
     live = [ME, OTHER, THIRD]
     rank = rendezvous_rank(ME, live, t.key)
-    soon = plan_work([state], ME, 1, set(), live, 10_000, 5_000, lambda s: True)
-    later = plan_work([state], ME, 1, set(), live, 10_000 + rank * 5_000, 5_000, lambda s: True)
+    soon = _plan([state], ME, 1, set(), live, 10_000, 5_000, lambda s: True)
+    later = _plan([state], ME, 1, set(), live, 10_000 + rank * 5_000, 5_000, lambda s: True)
     assert later[0].trial == t.key
     assert (soon[0].trial == t.key) == (rank == 0)
 
@@ -187,12 +212,12 @@ def test_a_trial_frozen_on_a_node_that_is_gone_is_lost() -> None:
     for seq, (t, node) in enumerate(((theirs, OTHER), (mine, ME)), start=10):
         _event(state, t, node, seq, "started", 1_000)
         _event(state, t, node, seq + 10, "frozen", 2_000)
-    gone = find_lost([state], ME, 100_000, 60_000, lambda n: False, set())
+    gone = find_lost([state], ME, _since(100_000), 60_000, lambda n: False, set())
     assert [(x.trial, x.reason.split(",")[0]) for x in gone] == [
         (theirs.key, f"frozen on node {OTHER.hex()[:8]}")
     ]
-    assert find_lost([state], ME, 100_000, 60_000, lambda n: True, set()) == []  # only slow
-    assert find_lost([state], ME, 30_000, 60_000, lambda n: False, set()) == []  # not yet
+    assert find_lost([state], ME, _since(100_000), 60_000, lambda n: True, set()) == []  # only slow
+    assert find_lost([state], ME, _since(30_000), 60_000, lambda n: False, set()) == []  # not yet
 
 
 def test_a_replica_not_caught_up_claims_no_free_trial_and_no_budgeted_new_one() -> None:
@@ -200,16 +225,14 @@ def test_a_replica_not_caught_up_claims_no_free_trial_and_no_budgeted_new_one() 
     t = _trial(state, OTHER, 1)
     _event(state, t, OTHER, 2, "started", 1_000)
     _event(state, t, THIRD, 1, "lost", 2_000)
-    claim = plan_work([state], ME, 1, set(), [ME], 9_000, 1_000, lambda s: True)
+    claim = _plan([state], ME, 1, set(), [ME], 9_000, 1_000, lambda s: True)
     assert [w.trial for w in claim] == [t.key]
-    wait = plan_work([state], ME, 1, set(), [ME], 9_000, 1_000, lambda s: True, claim_free=False)
+    wait = _plan([state], ME, 1, set(), [ME], 9_000, 1_000, lambda s: True, claim_free=False)
     assert [w.trial for w in wait] == [None]  # no budget: a new point cannot overshoot
     # With a budget the count may be stale: a restarted peer took a finished 8/8 to 9/8.
     budgeted = _state(max_trials=8)
-    assert plan_work([budgeted], ME, 1, set(), [ME], 9_000, 1_000, lambda s: True) != []
-    stale = plan_work(
-        [budgeted], ME, 1, set(), [ME], 9_000, 1_000, lambda s: True, claim_free=False
-    )
+    assert _plan([budgeted], ME, 1, set(), [ME], 9_000, 1_000, lambda s: True) != []
+    stale = _plan([budgeted], ME, 1, set(), [ME], 9_000, 1_000, lambda s: True, claim_free=False)
     assert stale == []
 
 
@@ -232,7 +255,7 @@ def test_three_experiments_on_two_peers_of_two_slots_each_all_run() -> None:
     _event(low, trials[low.key], ME, 200, "completed", 2_000)
     here.discard(trials[low.key].key)
     for me in (ME, OTHER):  # on whichever peer the slot frees
-        work = plan_work([low, mid, high], me, 1, here if me == ME else set(), [ME, OTHER],
+        work = _plan([low, mid, high], me, 1, here if me == ME else set(), [ME, OTHER],
                          2_000, 1_000, lambda s: True)  # fmt: skip
         assert [w.experiment for w in work] == [high.key]
 
@@ -242,7 +265,7 @@ def test_an_experiment_whose_runs_keep_failing_waits_longer_each_time() -> None:
     other = _state(name="fine")
 
     def plan(now: int) -> list[bytes]:
-        work = plan_work([state], ME, 1, set(), [ME], now, 1_000, lambda s: True)
+        work = _plan([state], ME, 1, set(), [ME], now, 1_000, lambda s: True)
         return [w.experiment for w in work]
 
     ended = 10_000
@@ -263,7 +286,7 @@ def test_an_experiment_whose_runs_keep_failing_waits_longer_each_time() -> None:
     body = EventBody(t.key, state.key, "completed", ME, None, {"objective": 0.5}).to_body()
     state.apply(Record.create(EVENT, ME, 101, ended, body, [t.key, state.key]))
     assert failure_streak(state) == (0, 0) and plan(ended) == [state.key]
-    assert plan_work([other], ME, 1, set(), [ME], 0, 1_000, lambda s: True) != []
+    assert _plan([other], ME, 1, set(), [ME], 0, 1_000, lambda s: True) != []
 
 
 def test_a_trial_frozen_by_hand_on_a_node_that_is_gone_waits_for_the_user() -> None:
@@ -276,7 +299,7 @@ def test_a_trial_frozen_by_hand_on_a_node_that_is_gone_waits_for_the_user() -> N
     for seq, (t, why) in enumerate(((by_hand, FROZEN_BY_HAND), (auto, None)), start=20):
         body = EventBody(t.key, state.key, "frozen", OTHER, 3, reason=why).to_body()
         state.apply(Record.create(EVENT, OTHER, seq, 2_000, body, [t.key, state.key]))
-    gone = find_lost([state], ME, 500_000, 60_000, lambda n: False, set())
+    gone = find_lost([state], ME, _since(500_000), 60_000, lambda n: False, set())
     assert [(x.trial, x.reason) for x in gone] == [
         (auto.key, f"frozen on node {OTHER.hex()[:8]}, which is gone")
     ]
@@ -292,9 +315,12 @@ def test_a_dead_runner_whose_clock_ran_ahead_is_lost_on_this_nodes_clock() -> No
     view = state.trial(t.key)
     assert view is not None and view.last_seen == 3_610_000
     heard = {t.key: 10_000}  # when this node received its last record, by its own clock
-    news = lambda trial: min(trial.last_seen, heard[trial.key])  # noqa: E731
-    assert find_lost([state], ME, 50_000, 60_000, lambda n: False, set(), news) == []
-    [lost] = find_lost([state], ME, 71_000, 60_000, lambda n: False, set(), news)
+
+    def since_heard(now: int) -> Callable[[TrialView], int]:
+        return lambda trial: now - heard[trial.key]
+
+    assert find_lost([state], ME, since_heard(50_000), 60_000, lambda n: False, set()) == []
+    [lost] = find_lost([state], ME, since_heard(71_000), 60_000, lambda n: False, set())
     assert lost.reason == f"no news from node {OTHER.hex()[:8]} for 61 s"
     assert lost.after is not None and lost.after == view.latest  # its last heartbeat
     body = EventBody(t.key, state.key, "lost", ME, reason=lost.reason, after=lost.after)
@@ -327,7 +353,7 @@ def _freed_last_by_hash(
 
 
 def _claims(state: ExperimentState, me: bytes, now: int, live: list[bytes]) -> list[bytes | None]:
-    work = plan_work([state], me, 1, set(), live, now, 1_000, lambda s: True)
+    work = _plan([state], me, 1, set(), live, now, 1_000, lambda s: True)
     return [w.trial for w in work]
 
 

@@ -69,7 +69,7 @@ async def test_a_peer_that_cannot_write_holds_back(
     node.storage = StorageTrouble(clock=lambda: now[0])
     node.replicator.sessions = 3  # caught up with its peers, long since
     later = node.started_at + 1000
-    node.clock = lambda: later  # type: ignore[method-assign]
+    node.monotonic = lambda: later  # type: ignore[method-assign]
     assert node.caught_up() and node.listened()
     try:
         monkeypatch.setattr(node.store, "add", full)

@@ -1,0 +1,124 @@
+"""A peer judging other peers' trials through clock trouble: its own wall clock stepped by NTP,
+and a runner whose clock runs behind."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from crdt import Record
+from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment_record, parse_event
+from metaopt.peer._config import PeerConfig
+from metaopt.peer._node import Node
+
+pytestmark = pytest.mark.integration
+
+OTHER = b"o" * 16  # runs the trial
+
+
+class _Clocks:
+    """A wall clock and a monotonic one that the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.wall = 1_800_000_000.0
+        self.mono = 1_000.0
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+
+@pytest.fixture
+def clocks() -> _Clocks:
+    return _Clocks()
+
+
+@pytest.fixture
+def node(tmp_path: Path, clocks: _Clocks) -> Node:
+    config = PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1)
+    node = Node(config, clock=lambda: clocks.wall, monotonic=lambda: clocks.mono)
+    node.replicator.sessions = 1  # caught up
+    node.started_at -= node.config.timing.peer_timeout  # and has listened long enough
+    return node  # (each test stops it: stop() awaits)
+
+
+class _Runner:
+    """OTHER, running one trial of a one-trial experiment, its stamps ``behind`` s late."""
+
+    def __init__(self, node: Node, clocks: _Clocks, behind: float = 0.0) -> None:
+        spec = ExperimentSpec(
+            "e", {"x": "uniform(0, 1)"}, command=(sys.executable, "-c", "pass"), max_trials=1
+        )
+        self.node, self.clocks, self.behind = node, clocks, behind
+        self.exp = experiment_record(spec)
+        self.seq = 1
+        body = {"params": {"x": 0.5}, "node": OTHER, "counter": 1}
+        self.trial = Record.create(TRIAL, OTHER, self.seq, self._stamp(), body, [self.exp.key])
+        node.store.add([self.exp, self.trial])
+        self.say("started")
+
+    def _stamp(self) -> int:
+        return int((self.clocks.wall - self.behind) * 1000)
+
+    def say(self, kind: str) -> None:
+        """A record of the trial arrives now, and with it word from its runner."""
+        self.seq += 1
+        body = EventBody(self.trial.key, self.exp.key, kind, OTHER).to_body()
+        links = [self.trial.key, self.exp.key]
+        self.node.store.add([Record.create(EVENT, OTHER, self.seq, self._stamp(), body, links)])
+        self.node.peers.add(OTHER, "127.0.0.1:9", self.node.monotonic(), contacted=True)
+
+    def events(self) -> list[tuple[str, bytes]]:
+        records = sorted(
+            (r for r in self.node.store.linked(self.trial.key) if r.kind == EVENT),
+            key=lambda r: (r.origin, r.seq),
+        )
+        return [(e.kind, e.node) for e in map(parse_event, records) if e is not None]
+
+
+@pytest.mark.asyncio
+async def test_a_wall_clock_stepped_forward_does_not_make_a_live_peers_trial_lost(
+    node: Node, clocks: _Clocks
+) -> None:
+    # Liveness and quiet time were on the wall clock: after NTP stepped it 120 s forward every
+    # peer looked unheard and every trial quiet, and a live peer's running trial was written
+    # lost and run again here (events: heartbeat, lost by this node, started here).
+    runner = _Runner(node, clocks)
+    try:
+        runner.say("heartbeat")
+        clocks.wall += 120.0
+        await node._schedule_once()
+        assert runner.events() == [("started", OTHER), ("heartbeat", OTHER)]
+        status = node.status()
+        assert status["uptime"] < 60 and status["peers"][0]["last_contact"] == 0.0
+        # The same 120 s of real silence (the set-up is a real judgment): lost, run here.
+        clocks.mono += 120.0
+        await node._schedule_once()
+        assert ("lost", node.node_id) in runner.events()
+        assert ("started", node.node_id) in runner.events()
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_heartbeat_from_a_runner_whose_clock_is_behind_is_news_when_it_arrives(
+    node: Node, clocks: _Clocks
+) -> None:
+    # Its stamp, capped at the arrival, read as 90 s of silence the moment it arrived: a
+    # liveness gap just over the peer timeout took its trial for lost (a peer with a right
+    # clock needs lost_after of real silence).
+    timing = node.config.timing
+    runner = _Runner(node, clocks, behind=90.0)
+    try:
+        runner.say("heartbeat")
+        clocks.advance(timing.peer_timeout + 1)
+        assert not node.is_alive(OTHER)
+        await node._schedule_once()
+        assert ("lost", node.node_id) not in runner.events()
+        clocks.advance(timing.lost_after - timing.peer_timeout)  # lost_after of silence
+        await node._schedule_once()
+        assert ("lost", node.node_id) in runner.events()
+    finally:
+        await node.stop()
