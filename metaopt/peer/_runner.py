@@ -198,7 +198,7 @@ class TrialRunner:
             slot,
             state.key,
             view.key,
-            last_event=self.node.clock(),
+            last_event=self.monotonic(),
             resumed_after=resume,
             began=self.monotonic(),
         )
@@ -351,7 +351,7 @@ class TrialRunner:
 
     def _record_event(self, run: Running, kind: str, data: dict[str, Any]) -> None:
         node = self.node
-        run.last_event = node.clock()
+        run.last_event = self.monotonic()  # (thinning: a wall clock stepped back held reports)
         if kind == "progress":
             step = data.get("step")
             metrics = {k: v for k, v in data.get("metrics", {}).items() if k != "step"}

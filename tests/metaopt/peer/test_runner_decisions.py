@@ -198,6 +198,8 @@ def test_a_flood_of_reports_is_thinned_and_the_last_one_still_recorded() -> None
     )
     config = SimpleNamespace(gpus="none", slots=1, timing=Timing(report_interval=0.25))
     runner = TrialRunner(node, config)  # type: ignore[arg-type]
+    runner.monotonic = lambda: clock[0]  # thinned on the monotonic clock, not the wall clock
+    node.clock = lambda: -1.0  # (a wall clock stepped back once held every report)
     run = Running(runner.slots[0], b"e" * 32, b"t" * 32)
     for step in range(1, 1025):  # 1,024 reports in one second (binary fractions: exact)
         clock[0] = step / 1024
