@@ -130,7 +130,8 @@ def _checked_spec(
             "space must be a non-empty dict of parameter name -> prior string, "
             "e.g. {'lr': 'loguniform(1e-5, 1)'}"
         )
-    if Space.from_dict(dict(space)).d == 0:  # SpaceError names a bad prior's parameter
+    parsed = Space.from_dict(dict(space))  # SpaceError names a bad prior's parameter
+    if parsed.d == 0:
         raise MetaoptError("space has no parameter to search besides its fidelity; add one")
     if (problem := name_problem(name)) is not None:
         raise MetaoptError(f"name: {problem}")
@@ -161,6 +162,8 @@ def _checked_spec(
     if not all(d in ("minimize", "maximize") for d in directions):
         raise MetaoptError(f"directions must be 'minimize' or 'maximize', got {list(directions)}")
     max_trials, max_step = _whole("max_trials", max_trials), _whole("max_step", max_step)
+    if (conflict := parsed.max_step_conflict(max_step)) is not None:
+        raise MetaoptError(f"max_step={conflict}")
     if early_stopping is not None and early_stopping not in STOPPERS:
         raise MetaoptError(
             f"early_stopping={early_stopping!r}: choose one of {', '.join(STOPPERS)}"

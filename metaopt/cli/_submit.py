@@ -314,6 +314,9 @@ def build_submission(
     if "/" not in program and not program.endswith(".py") and program_path.is_file():
         program = "./" + program  # a file, not a command: exec would look "train" up on PATH
     command = (program, *template_words[1:])
+    max_step = _as_int(options, "max_step", "--max-step")
+    if (conflict := space.max_step_conflict(max_step)) is not None:
+        raise MetaoptError(f"--max-step {conflict}")
     spec = ExperimentSpec(
         name=_name(options.get("name"), template_words, cwd),
         space=space.to_dict(),
@@ -325,7 +328,7 @@ def build_submission(
         bundle=bundle,
         objective_regex=None if regex is None else str(regex),
         early_stopping=early,
-        max_step=_as_int(options, "max_step", "--max-step"),
+        max_step=max_step,
         nonce=secrets.token_hex(8),
         options=_spec_options(options),
     )
@@ -598,10 +601,16 @@ def wait_for(
             break
         paused = _only_paused(info)
         if paused and not hinted:
+            # Only the peer that froze a trial may thaw it (while it is live): name that peer.
+            hand = [t for t in info["trial_list"] if _by_hand(t)]
+            where = ", ".join(
+                f"{t['id'][:12]} on node {(t['runner'] or '?')[:8]}" for t in hand[:3]
+            )
             print(
                 ("\n" if tty else "")  # after the progress line, which had none
                 + f"{info['name']}: the budget is spent and {paused} trial(s) frozen by hand"
-                f" keep it open; `{command('thaw', 'TRIAL', data_dir=data_dir)}` resumes one,"
+                f" keep it open ({where}{', ...' if len(hand) > 3 else ''});"
+                " `metaopt thaw TRIAL` on the peer that froze it resumes one,"
                 f" `{command('stop', _word(peer, info), data_dir=data_dir)}` ends it",
                 flush=True,
                 file=out,

@@ -109,6 +109,23 @@ class Space:
         """Name of the fidelity dimension, if any."""
         return None if self.fidelity is None else self.fidelity.name
 
+    def max_step_conflict(self, max_step: int | None) -> str | None:
+        """Why max_step contradicts the fidelity prior (None if it does not): a trial runs to
+        the fidelity value it is given, and the stoppers' rungs come from that prior.
+
+        Below its high end, every trial past max_step looked "at its budget" and was never
+        stopped; above it, the stoppers waited for steps no trial reaches.
+        """
+        if max_step is None or self.fidelity is None:
+            return None
+        high = int(self.fidelity.args[1])
+        if max_step == high:
+            return None
+        return (
+            f"{max_step} disagrees with the fidelity prior of {self.fidelity.name!r}, whose"
+            f" trials run to step {high}; leave it out (the fidelity sets it)"
+        )
+
     @property
     def names(self) -> tuple[str, ...]:
         """Search dimension names in coordinate order (sorted), fidelity excluded."""

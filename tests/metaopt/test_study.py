@@ -242,6 +242,11 @@ def test_ask_stops_at_the_budget() -> None:
         ({"minimize": 0}, "minimize must be True or False"),  # 0 minimized, as "false" did
         ({"minimize": "false"}, "minimize must be True or False"),
         ({"objective": "step"}, "objective 'step' is the step of a report"),
+        # Trials run to the fidelity's value: past max_step 10 none was ever stopped.
+        (
+            {"space": {"x": "uniform(0, 1)", "e": "fidelity(1, 20)"}, "max_step": 10},
+            "max_step=10 disagrees with the fidelity prior of 'e', whose trials run to step 20",
+        ),
     ],
 )
 def test_bad_study_arguments_are_one_line_errors_and_leave_nothing_behind(

@@ -337,6 +337,16 @@ def test_a_config_value_of_the_wrong_kind_is_refused_not_guessed_at(
     assert _build(tmp_path, "--config", str(config), "t.py", "--x~uniform(0, 1)")["max_trials"] == 3
 
 
+def test_a_max_step_the_fidelity_prior_contradicts_is_refused(tmp_path: Path) -> None:
+    # Trials ran to the fidelity's 20 while the stoppers took step 10 for the end: every
+    # trial past it was "at its budget" and never stopped.
+    (tmp_path / "t.py").write_text("")
+    space = ("--x~uniform(0, 1)", "--epochs~fidelity(1, 20)")
+    message = _refused(tmp_path, "--max-step", "10", "t.py", *space)
+    assert "--max-step 10 disagrees with the fidelity prior of 'epochs'" in message
+    assert _build(tmp_path, "--max-step", "20", "t.py", *space)["max_step"] == 20
+
+
 def test_a_program_option_taken_for_a_submit_option_points_to_the_double_dash(
     tmp_path: Path,
 ) -> None:
@@ -596,7 +606,12 @@ def test_wait_says_what_keeps_a_spent_experiment_open_when_only_hand_frozen_tria
     # `submit --wait` ran on for ever with "1 frozen" and nothing saying what to do.
     from metaopt.cli._submit import wait_for
 
-    paused = {"state": "frozen", "reason": "frozen by the user"}
+    paused = {
+        "state": "frozen",
+        "reason": "frozen by the user",
+        "id": "ab" * 32,
+        "runner": "94e08333" * 4,
+    }
     polls = [
         {"id": "70" * 32, "name": "p", "counts": {"completed": 1, "frozen": 1}, "thawed": 0,
          "best": [],
@@ -616,8 +631,10 @@ def test_wait_says_what_keeps_a_spent_experiment_open_when_only_hand_frozen_tria
 
     wait_for(_Peer(), "p", interval=0.0)  # type: ignore[arg-type]
     out = capsys.readouterr().out
-    hint = "p: the budget is spent and 1 trial(s) frozen by hand keep it open; `metaopt thaw"
+    hint = "p: the budget is spent and 1 trial(s) frozen by hand keep it open"
     assert out.count(hint) == 1  # once, and not for the policy's own freeze
+    # Only the peer that froze it may thaw it: `thaw` with this peer's --data-dir was refused.
+    assert "(abababababab on node 94e08333); `metaopt thaw TRIAL` on the peer that froze it" in out
     assert "`metaopt stop p` ends it" in out
 
 
