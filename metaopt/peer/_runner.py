@@ -653,19 +653,20 @@ class TrialRunner:
                     log.info("%s trial %s: %s", outcome, key.hex()[:12], decision.reason)
                     await self.end(key, outcome, decision.reason)  # a no-op if it has ended
                 elif decision.action is Action.KILL and self._still_frozen(state, key):
-                    self.node.write_event(state.key, key, "killed", reason=decision.reason)
+                    self._kill_frozen(state, key, decision.reason)
                 elif decision.action is Action.THAW:
                     worth.add(decision.trial_id)
             if ending and self._stopper(state) is not None:
                 for trial_id in sorted(frozen - worth):
                     if not self._still_frozen(state, bytes.fromhex(trial_id)):
                         continue  # thawed while the decision was being made
-                    self.node.write_event(
-                        state.key,
-                        bytes.fromhex(trial_id),
-                        "killed",
-                        reason="frozen when the budget ran out and not worth resuming",
-                    )
+                    why = "frozen when the budget ran out and not worth resuming"
+                    self._kill_frozen(state, bytes.fromhex(trial_id), why)
+
+    def _kill_frozen(self, state: ExperimentState, key: bytes, reason: str) -> None:
+        """End one of this peer's frozen trials for good, in its log as its freezes are."""
+        log.info("killed frozen trial %s: %s", key.hex()[:12], reason)
+        self.node.write_event(state.key, key, "killed", reason=reason)
 
     async def thaw(self) -> None:
         """Resume this peer's frozen trials that are a better bet than a new configuration."""
@@ -681,7 +682,7 @@ class TrialRunner:
                 key = bytes.fromhex(decision.trial_id)
                 if decision.action is Action.KILL and self._still_frozen(state, key):
                     # Judged hopeless where a slot could have taken it: frozen for good.
-                    self.node.write_event(state.key, key, "killed", reason=decision.reason)
+                    self._kill_frozen(state, key, decision.reason)
                 elif decision.action is Action.THAW and self.free_slots() > 0:
                     view = state.trial(key)
                     if view is not None and view.state == "frozen":

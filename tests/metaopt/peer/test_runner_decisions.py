@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -126,9 +127,12 @@ def _frozen_trial(
     return state, trial.key
 
 
-def test_a_free_slot_kills_a_hopeless_frozen_trial_for_good() -> None:
+def test_a_free_slot_kills_a_hopeless_frozen_trial_for_good(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # The stopper judges frozen trials only where a slot could take them: the runner's thaw
     # pass must record its kills, or a hopeless trial stays frozen until the budget ends.
+    caplog.set_level(logging.INFO, logger="metaopt")
     state, trial = _frozen_trial(1)
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
@@ -138,6 +142,8 @@ def test_a_free_slot_kills_a_hopeless_frozen_trial_for_good() -> None:
     assert stopper.free == [1]
     assert node.written == [(trial, "killed", "hopeless")]
     assert state.trial(trial).state == "killed"  # type: ignore[union-attr]
+    # In the peer's log, as its freezes and thaws are (the kills were silent).
+    assert f"killed frozen trial {trial.hex()[:12]}: hopeless" in caplog.text
 
 
 def test_default_early_stopping_starts_once_a_trial_reports_a_step() -> None:
