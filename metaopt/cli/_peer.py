@@ -272,6 +272,12 @@ def _stop(args: argparse.Namespace) -> int:
         if time.monotonic() > deadline:
             raise MetaoptError(f"peer pid {pid} is still running after {args.timeout:.0f} s")
         time.sleep(0.1)
+    if pid is not None and dirs.read_pid() == pid:
+        # A stop that completes removes the pid file: this one died on the way (killed).
+        raise MetaoptError(
+            f"peer pid {pid} ended before its stop completed (killed?): its running trials"
+            " were not recorded interrupted; other peers take them over as lost"
+        )
     print("peer stopped")
     return 0
 

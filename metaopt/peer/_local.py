@@ -56,10 +56,17 @@ class LocalPeer:
         try:
             return await client.call(self.addr, op, body, to=self.node_id)
         except PeerUnreachable as exc:
-            raise self._stale(f"nothing answers at {self.addr}") or MetaoptError(
-                f"the peer of {self.dirs.root} does not answer at {self.addr}"
-                f" ({str(exc).rpartition('(')[2].rstrip(')')}); is it running?"
-                f" `metaopt peer start --data-dir {self.dirs.root}` starts it"
+            why = str(exc).rpartition("(")[2].rstrip(")")
+            stale = self._stale(f"nothing answers at {self.addr}")
+            if stale is not None:
+                raise stale from None
+            # Its process is alive (_stale found it), so "is it running?" sent a user to
+            # `peer start`, which refused: it was paused (SIGSTOP) or hung.
+            pid = self.dirs.running_pid()
+            raise MetaoptError(
+                f"the peer of {self.dirs.root} (pid {pid}) runs but does not answer at"
+                f" {self.addr} ({why}): paused, hung or overloaded; try again, or stop it"
+                f" with `kill {pid}`"
             ) from None
         except (Misaddressed, Refused) as exc:
             # Its peer died and left peer.address behind, and another took the port: one of

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from metaopt._errors import MetaoptError
 from metaopt.cli._peer import _printable_lines, _stop
 from metaopt.peer._identity import DataDir
 
@@ -55,6 +56,33 @@ def test_peer_stop_says_stopped_once_the_process_is_gone(
     finally:
         exiting.kill()
         exiting.wait()
+
+
+def test_peer_stop_says_when_the_peer_died_before_its_stop_completed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Killed -9 during its stop, it left its pid file and recorded no trial interrupted, and
+    # `peer stop` said "peer stopped" all the same.
+    dirs = DataDir(tmp_path)
+    dirs.address_file.write_text("127.0.0.1:9\n")
+    dying = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    dirs.pid_file.write_text(f"{dying.pid}\n")
+
+    class _Peer:
+        def __init__(self, data_dir: Path) -> None:
+            pass
+
+        def call(self, op: str, body: object = None) -> object:
+            return None  # answered, then died without removing its pid file
+
+    monkeypatch.setattr("metaopt.cli._peer.LocalPeer", _Peer)
+    try:
+        with pytest.raises(MetaoptError, match="ended before its stop completed") as info:
+            _stop(argparse.Namespace(data_dir=str(tmp_path), timeout=30.0))
+        assert "\n" not in str(info.value) and capsys.readouterr().out == ""
+    finally:
+        dying.kill()
+        dying.wait()
 
 
 @pytest.mark.integration

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -113,4 +114,42 @@ async def test_a_peer_of_another_release_is_named_with_how_to_stop_it(tmp_path: 
     finally:
         alive.kill()
         alive.wait()
+        await runner.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_that_runs_but_does_not_answer_is_not_sent_to_peer_start(
+    tmp_path: Path,
+) -> None:
+    # A peer paused with SIGSTOP: `peer stop` said "is it running? `metaopt peer start`
+    # starts it", and `peer start` refused, since it runs.
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    dirs.key_file.write_text(ClusterKey.generate(os.urandom(32)).to_text())
+    dirs.node_id()
+
+    async def never_answer(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(30)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post(PATH, never_answer)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    dirs.address_file.write_text(f"127.0.0.1:{port}\n")
+    paused = _a_metaopt_process()
+    try:
+        dirs.pid_file.write_text(f"{paused.pid}\n")
+        with pytest.raises(MetaoptError) as caught:
+            await LocalPeer(tmp_path, timeout=0.5).acall("api.shutdown")
+        said = str(caught.value)
+        assert f"(pid {paused.pid}) runs but does not answer" in said
+        assert f"`kill {paused.pid}`" in said and "peer start" not in said and "\n" not in said
+    finally:
+        paused.kill()
+        paused.wait()
         await runner.cleanup()
