@@ -30,11 +30,16 @@ def test_a_log_line_cannot_be_forged_by_a_name_from_another_peer() -> None:
     assert _printable_lines(plain) and plain.getMessage() == "slot 0 runs x" and plain.args
 
 
-def test_peer_stop_says_stopped_once_the_process_is_gone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("graceful", [True, False])
+def test_peer_stop_says_stopped_once_the_process_is_gone_and_only_if_its_stop_completed(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    graceful: bool,
 ) -> None:
     # The peer removes its pid file before its interpreter exits; "peer stopped" came while
-    # `ps` still showed it.
+    # `ps` still showed it. Killed -9 during its stop, it left its pid file and recorded no
+    # trial interrupted, and `peer stop` said "peer stopped" all the same.
     dirs = DataDir(tmp_path)
     dirs.address_file.write_text("127.0.0.1:9\n")
     exiting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
@@ -45,44 +50,24 @@ def test_peer_stop_says_stopped_once_the_process_is_gone(
             pass
 
         def call(self, op: str, body: object = None) -> object:
-            dirs.pid_file.unlink()  # what the peer's stop does, before it exits
+            if graceful:
+                dirs.pid_file.unlink()  # what the peer's stop does, before it exits
             return None
 
     monkeypatch.setattr("metaopt.cli._peer.LocalPeer", _Peer)
+    args = argparse.Namespace(data_dir=str(tmp_path), timeout=30.0)
     try:
-        assert _stop(argparse.Namespace(data_dir=str(tmp_path), timeout=30.0)) == 0
-        assert exiting.poll() is not None  # exited (a zombie until this reaped it)
-        assert capsys.readouterr().out == "peer stopped\n"
+        if graceful:
+            assert _stop(args) == 0
+            assert exiting.poll() is not None  # exited (a zombie until this reaped it)
+            assert capsys.readouterr().out == "peer stopped\n"
+        else:
+            with pytest.raises(MetaoptError, match="ended before its stop completed") as info:
+                _stop(args)
+            assert "\n" not in str(info.value) and capsys.readouterr().out == ""
     finally:
         exiting.kill()
         exiting.wait()
-
-
-def test_peer_stop_says_when_the_peer_died_before_its_stop_completed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # Killed -9 during its stop, it left its pid file and recorded no trial interrupted, and
-    # `peer stop` said "peer stopped" all the same.
-    dirs = DataDir(tmp_path)
-    dirs.address_file.write_text("127.0.0.1:9\n")
-    dying = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
-    dirs.pid_file.write_text(f"{dying.pid}\n")
-
-    class _Peer:
-        def __init__(self, data_dir: Path) -> None:
-            pass
-
-        def call(self, op: str, body: object = None) -> object:
-            return None  # answered, then died without removing its pid file
-
-    monkeypatch.setattr("metaopt.cli._peer.LocalPeer", _Peer)
-    try:
-        with pytest.raises(MetaoptError, match="ended before its stop completed") as info:
-            _stop(argparse.Namespace(data_dir=str(tmp_path), timeout=30.0))
-        assert "\n" not in str(info.value) and capsys.readouterr().out == ""
-    finally:
-        dying.kill()
-        dying.wait()
 
 
 @pytest.mark.integration

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,21 @@ def _a_metaopt_process() -> subprocess.Popen[bytes]:
         time.sleep(0.01)
     process.kill()
     raise AssertionError("the process never showed its command line")
+
+
+async def _serve(
+    dirs: DataDir, handler: Callable[[web.Request], Awaitable[web.Response]]
+) -> web.AppRunner:
+    """A stand-in peer on loopback answering with handler, at the data directory's address."""
+    app = web.Application()
+    app.router.add_post(PATH, handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    dirs.address_file.write_text(f"127.0.0.1:{port}\n")
+    return runner
 
 
 @pytest.mark.asyncio
@@ -91,14 +107,7 @@ async def test_a_peer_of_another_release_is_named_with_how_to_stop_it(tmp_path: 
         sealed = FrameCodec([key]).seal(reply.encode(), now=time.time(), nonce=os.urandom(16))
         return web.Response(body=sealed)
 
-    app = web.Application()
-    app.router.add_post(PATH, refuse)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    dirs.address_file.write_text(f"127.0.0.1:{port}\n")
+    runner = await _serve(dirs, refuse)
     # A live metaopt process is named with how to stop it; a pid file naming none is not (an
     # older peer does not check whom a request is for: the one answering may be another's).
     alive = _a_metaopt_process()
@@ -133,14 +142,7 @@ async def test_a_peer_that_runs_but_does_not_answer_is_not_sent_to_peer_start(
         await asyncio.sleep(30)
         return web.Response()
 
-    app = web.Application()
-    app.router.add_post(PATH, never_answer)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    dirs.address_file.write_text(f"127.0.0.1:{port}\n")
+    runner = await _serve(dirs, never_answer)
     paused = _a_metaopt_process()
     try:
         dirs.pid_file.write_text(f"{paused.pid}\n")
