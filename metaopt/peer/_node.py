@@ -943,10 +943,10 @@ class Node:
                 self._unsearchable[state.key] = "its search failed here (see this peer's log)"
                 continue
             if view is not None and item.trial:
-                view = await self.runner.worth_rerun(state, view)
+                rerun = await self.runner.worth_rerun(state, view)
                 # The searches and the stopper above awaited: another peer may have claimed
                 # the trial meanwhile, or it completed; run it only while it is still free.
-                view = view and self._still_free(state, view)
+                view = None if rerun is None else self._still_free(state, rerun)
             if view is not None and not self._stopping.is_set():
                 await self.runner.launch(state, view)
 
