@@ -211,18 +211,19 @@ class LevelDBStore:
                 new.append(record)
 
     def _fail(self, failure: StoreWriteFailed) -> NoReturn:
-        """After a write the disk refused: close the database, and refuse every write until
-        probe() has opened it again and written to it.
+        """After a write the disk refused: refuse every write until probe() has closed and
+        opened the database again and written to it. Reads go on meanwhile.
 
         LevelDB's log is damaged by a failed synced write: the writes after it succeeded, were
         acknowledged (and pushed to other peers), and were gone when the store was next opened,
         their (origin, seq) then handed out again for other records. Opened again first, it
-        keeps everything acknowledged, its summaries rebuilt from what the disk holds.
+        keeps everything acknowledged, its summaries rebuilt from what the disk holds. It is
+        left open until then for reads (a closed one failed every status call with plyvel's
+        RuntimeError): what it serves was written before the failure, since LevelDB applies a
+        batch to its memory only once the log took it.
         """
         self._failure = failure
         self._retry_at = time.monotonic() + _RETRY_AFTER
-        with contextlib.suppress(plyvel.Error):
-            self._db.close()
         raise failure
 
     def probe(self) -> None:
@@ -235,7 +236,9 @@ class LevelDBStore:
         if self._failure is not None and time.monotonic() < self._retry_at:
             raise StoreWriteFailed(str(self._failure), self._failure.disk)
         try:
-            if self._db.closed:
+            if self._failure is not None or self._db.closed:
+                with contextlib.suppress(plyvel.Error):
+                    self._db.close()
                 self._db = self._open()
                 self._vv, self._fp = self._scan()
             self._db.put(_PROBE, b"", sync=True)

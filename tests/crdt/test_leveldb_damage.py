@@ -81,6 +81,10 @@ size = os.path.getsize(os.path.join(path, log))
 resource.setrlimit(resource.RLIMIT_FSIZE, (size + 2000, resource.RLIM_INFINITY))
 while refused < 3:  # the disk is full
     add()
+# Reads go on meanwhile (a closed store raised plyvel's RuntimeError on every one).
+held = [r.seq for r in store.by_origin(b"o" * 16, 1, acked)]
+assert held == list(range(1, acked + 1)) and len(store) == acked, (held, acked)
+assert store.get(next(store.by_origin(b"o" * 16, 1, 1)).key) is not None
 resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 time.sleep(1.1)  # (a store tries the disk again at most once a second)
 add()  # opened again
