@@ -96,8 +96,9 @@ class TrialView:
     # from 0 after a loss keeps its earlier attempt's higher steps in its curve, so this, not
     # last_step, is where a thaw resumes from its checkpoint.
     frozen_step: int | None = None
-    # The key of its latest event in causal order: what a loss written now follows
-    # (EventBody.after).
+    # The key of its latest event in causal order that counts for its current run (not a
+    # late report of a run a re-run replaced): what a loss written now follows
+    # (EventBody.after), so that the loss counts.
     latest: bytes | None = None
     # Lost while frozen (its node is gone, and the checkpoint with it): a re-run starts from
     # step 0, and once the budget is spent only if the early stopper finds it worth that.
@@ -250,6 +251,12 @@ class _Run:
                 self.steps[event.step] = float(value)
 
 
+def _of_run(event: EventBody, runner: bytes | None) -> bool:
+    """Whether an event counts for the current run of runner: reports, heartbeats and stops
+    count only from the runner itself (see _trial_view); anything else from anyone."""
+    return runner is None or event.node == runner or event.kind not in _RUN_OWN
+
+
 def _trial_view(
     key: bytes,
     trial: TrialBody,
@@ -259,8 +266,16 @@ def _trial_view(
     misfit: str | None = None,
 ) -> TrialView:
     # A free event answered by a later (re)start (see EventBody.supersedes) no longer counts
-    # for the lifecycle, whatever the writers' clocks say about their order.
-    answered = {k for *_, event in events for k in event.supersedes}
+    # for the lifecycle, whatever the writers' clocks say about their order. Only a (re)start
+    # answers, and only a free event: a heartbeat naming a freeze erased it.
+    by_key = {ekey: event for *_, ekey, event in events}
+    answered = {
+        k
+        for *_, event in events
+        if event.kind in ("started", "thawed")
+        for k in event.supersedes
+        if k in by_key and by_key[k].kind in FREE_STATES
+    }
     # By time, and within one millisecond one writer's events in the order it wrote them (its
     # seq): a trial frozen right after a report must not sort the freeze first by key. Causal
     # links order what the clocks may not (see _causal_times).
@@ -279,6 +294,7 @@ def _trial_view(
     latest_report: bytes | None = None
     run_began = -1  # the causal time of the current run's start
     lost_frozen = False
+    latest: bytes | None = None  # the latest event that counts for the current run
     for time, _, _, ekey, event in ordered:
         last_seen = max(last_seen, time)
         if event.kind in ("started", "thawed"):
@@ -294,11 +310,16 @@ def _trial_view(
         # Reports, heartbeats and stops of a run that is no longer the trial's (the runner a
         # re-run replaced, cut off but alive, or heard late) are its own business: a late
         # report from a dead runner whose clock ran fast read as the trial running again.
-        current = runner is None or event.node == runner or event.kind not in _RUN_OWN
+        current = _of_run(event, runner)
         if event.kind == "lost" and event.after in when:
             # A loss of a run that another has replaced since (its writer had not heard of
-            # the re-run yet) would free a trial that runs: it would be run twice.
-            current = when[event.after] >= run_began
+            # the re-run yet) would free a trial that runs: it would be run twice. By what it
+            # names, not by time alone: the replaced run's own late events (its runner cut
+            # off but alive) sort after the re-run's start, and a loss naming one freed it.
+            named = by_key[event.after]
+            current = when[event.after] >= run_began and _of_run(named, runner)
+        if current:
+            latest = ekey
         if event.kind in _TERMINAL_RANK:
             rank = (_TERMINAL_RANK[event.kind], time, ekey, event)
             if terminal is None or rank[:3] < terminal[:3]:
@@ -380,7 +401,7 @@ def _trial_view(
         reported_step=reported_step,
         free_events=free if state in FREE_STATES else (),
         frozen_step=lifecycle.step if state == "frozen" and lifecycle is not None else None,
-        latest=ordered[-1][3] if ordered else None,
+        latest=latest,
         lost_frozen=lost_frozen and state == "lost",
     )
 

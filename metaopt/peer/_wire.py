@@ -43,8 +43,11 @@ __all__ = [
 # newer one opens. 5: a version vector's digest (a session's "vh" opening) is a sum of
 # per-origin hashes, kept up to date as records arrive; version 4's never matches it, so
 # every session between the two would send the whole vector. Sync messages are decoded with
-# caps only what version 5 sends fits.
-PROTOCOL_VERSION = 5
+# caps only what version 5 sends fits. 6: the fold counts a loss only if the event it follows
+# belongs to the trial's current run (version 5 compared times, and a late report of a run a
+# re-run had replaced let a loss free the re-run), and only a (re)start answers a free event:
+# the two versions would show one history differently.
+PROTOCOL_VERSION = 6
 
 # The start of a refusal of a request that named another peer (the client raises
 # Misaddressed: the CLI says its data directory's peer.address is stale).

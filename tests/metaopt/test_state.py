@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,6 +28,7 @@ NODE_A = b"a" * 16
 NODE_B = b"b" * 16
 NODE_C = b"c" * 16
 NODE_D = b"d" * 16
+NODE_E = b"e" * 16
 
 
 def _spec(**kw: object) -> ExperimentSpec:
@@ -534,6 +536,45 @@ def test_a_loss_of_a_run_already_replaced_does_not_free_the_trial() -> None:
     log.event(t, NODE_D, "lost", 600_000, reason="no news", after=view.latest)
     view = log.state().trial(t.key)
     assert view is not None and view.state == "lost"
+
+
+@pytest.mark.parametrize("order", range(6))
+def test_a_late_loss_of_a_replaced_runs_late_report_does_not_free_the_rerun(order: int) -> None:
+    # A ran the trial; C took it for lost and B re-ran it; A, cut off but alive, heartbeat on
+    # after B's start (by the clocks); then E, who never heard of B, wrote A's run lost after
+    # that heartbeat. Compared by time, that loss followed B's start: the trial read free, for
+    # a third run while B ran it.
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    log.event(t, NODE_A, "started", 10)
+    h1 = log.event(t, NODE_A, "heartbeat", 20)
+    l1 = log.event(t, NODE_C, "lost", 100, reason="quiet", after=h1.key)
+    log.event(t, NODE_B, "started", 110, supersedes=(l1.key,))
+    h2 = log.event(t, NODE_A, "heartbeat", 120)
+    log.event(t, NODE_B, "heartbeat", 130)
+    log.event(t, NODE_E, "lost", 300, reason="quiet", after=h2.key)
+    records = list(log.records)
+    random.Random(order).shuffle(records)
+    view = log.state(records).trial(t.key)
+    assert view is not None and (view.state, view.runner) == ("running", NODE_B)
+    assert view.free_events == ()
+    # What a loss of B's run names is B's latest, not A's late heartbeat: that one counts.
+    log.event(t, NODE_D, "lost", 400, reason="quiet", after=view.latest)
+    view = log.state().trial(t.key)
+    assert view is not None and (view.state, view.runner) == ("lost", NODE_B)
+
+
+def test_only_a_restart_answers_and_only_a_free_event() -> None:
+    # A heartbeat of another node naming the freeze in its supersedes erased it (the trial
+    # read running), and a start naming a start answered that.
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    started = log.event(t, NODE_A, "started", 10)
+    frozen = log.event(t, NODE_A, "frozen", 20, step=3)
+    log.event(t, NODE_C, "heartbeat", 30, supersedes=(frozen.key,))
+    log.event(t, NODE_C, "progress", 31, step=1, supersedes=(started.key,))
+    view = log.state().trial(t.key)
+    assert view is not None and (view.state, view.frozen_step) == ("frozen", 3)
 
 
 def _forged(log: Log, node: bytes, params: dict[str, object], counter: int) -> Record:
