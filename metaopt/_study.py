@@ -29,6 +29,7 @@ from crdt import (
     LevelDBStore,
     MemoryStore,
     Record,
+    RecordError,
     Store,
     StoreLocked,
     StoreWriteFailed,
@@ -278,6 +279,8 @@ def _serialised(
                     f"{method.__name__}(): cannot write the Study's store ({exc.disk}); free"
                     " space on its disk and call it again"
                 ) from None
+            except RecordError as exc:  # a value no record can hold (a lone surrogate, say)
+                raise MetaoptError(f"{method.__name__}(): {exc}; nothing was recorded") from None
 
     functools.update_wrapper(call, method)
     return call
@@ -379,6 +382,10 @@ class Study:
         self._decisions = 0
         self._lock = threading.RLock()
         self._closed = False
+        # Free or frozen trials this Study handed out again: another node may have resumed
+        # the same one meanwhile (and be its runner after a sync), yet this one's result is
+        # a result all the same.
+        self._asked: set[bytes] = set()
         if root is not None:
             self._free_orphans()
 
@@ -413,17 +420,19 @@ class Study:
         A resumed trial carries ``resume_step``: continue from there (from its checkpoint), or
         from 0 if it has none — its new reports simply replace the old ones.
         """
+        if self._state.stopped:  # (nor a frozen or free one: nothing starts again)
+            raise MetaoptError("the experiment was stopped; no new trials are handed out")
         thawed = self._thaw()
         if thawed is not None:
+            self._asked.add(thawed.key)
             return thawed
         for view in self._state.trials():
             if view.state in FREE_STATES:
                 # It resumes after its last step (from its checkpoint, if the caller has one).
                 step = view.last_step
                 self._event(view.key, "started", step=step, supersedes=view.free_events)
+                self._asked.add(view.key)
                 return Trial(view.key, dict(view.params), view.counter, view.last_step)
-        if self._state.stopped:
-            raise MetaoptError("the experiment was stopped; no new trials are handed out")
         if self._state.budget_spent:
             raise MetaoptError(
                 f"the budget of {self._state.spec.max_trials} trials is spent (across every "
@@ -565,7 +574,7 @@ class Study:
         """Refuse to record for a trial another node runs: its result is that node's to
         tell, and two results for one trial leave one of them silently replaced."""
         runner = None if view is None else (view.runner or view.node)
-        if runner is not None and runner != self.node_id:
+        if runner is not None and runner != self.node_id and key not in self._asked:
             raise MetaoptError(
                 f"{call}: trial {key.hex()[:12]} is node {runner.hex()[:8]}'s (seen through"
                 " sync); only the Study that asked for it records its results"

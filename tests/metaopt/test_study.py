@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from metaopt import MetaoptError, Study
+from metaopt._records import CONTROL
 from metaopt.freezethaw import Action, CurveView, Decision
 
 SPACE = {"x": "uniform(-2, 2)", "y": "uniform(-2, 2)", "n": "randint(1, 5)"}
@@ -708,3 +709,61 @@ def test_only_the_study_that_asked_for_a_trial_records_its_results() -> None:
     a.tell(t, 0.2)
     a.sync(b)
     assert [v.value for v in b.trials] == [0.2]
+
+
+def _handed_back(tmp_path: Path, seed: int) -> Study:
+    """A reopened Study whose first trial, asked and reported but never told, is free again."""
+    args: dict[str, object] = {"space": {"x": "uniform(0, 1)"}, "algorithm": "random"}
+    with Study(**args, path=tmp_path / "a", seed=seed) as first:  # type: ignore[arg-type]
+        first.report(first.ask(), 1, 0.5)
+    return Study(**args, path=tmp_path / "a", seed=seed)  # type: ignore[arg-type]
+
+
+def test_a_stopped_experiment_hands_out_no_free_trial_either(tmp_path: Path) -> None:
+    # `ask()` resumed the interrupted trial of a stopped experiment: nothing starts again
+    # once it is stopped (ExperimentState.finished says so).
+    study = _handed_back(tmp_path, 0)
+    try:
+        body = {"action": "stop"}
+        study._writer.write(CONTROL, body, [study.experiment_key])
+        with pytest.raises(MetaoptError, match="the experiment was stopped"):
+            study.ask()
+        assert [t.state for t in study.trials] == ["interrupted"]
+    finally:
+        study.close()
+
+
+def test_two_studies_that_resume_one_free_trial_may_both_record_their_result(
+    tmp_path: Path,
+) -> None:
+    # Both handed the interrupted trial back; after a sync the later start's node was its
+    # runner, and the other's report() and tell() were refused as "node B's".
+    a = _handed_back(tmp_path, 0)
+    b = Study({"x": "uniform(0, 1)"}, algorithm="random", seed=1)
+    try:
+        b.sync(a)
+        ta, tb = a.ask(), b.ask()
+        assert ta.key == tb.key
+        a.report(ta, 2, 0.4)
+        b.report(tb, 2, 0.45)
+        a.sync(b)
+        assert a.tell(ta, 0.3).state == "completed"
+        # A node that never asked for it is still refused.
+        c = Study({"x": "uniform(0, 1)"}, algorithm="random", seed=2)
+        c.sync(a)
+        with pytest.raises(MetaoptError, match="only the Study that asked for it"):
+            c.report(ta.key, 3, 0.2)
+    finally:
+        a.close()
+
+
+def test_a_value_no_record_can_hold_is_a_one_line_metaopt_error() -> None:
+    study = Study({"x": "uniform(0, 1)"}, algorithm="random")
+    trial = study.ask()
+    for call in (
+        lambda: study.tell(trial, failed=True, reason="\ud800"),
+        lambda: study.tell(trial, {"objective": 1.0, "note": "\ud800"}),
+    ):
+        with pytest.raises(MetaoptError, match=r"tell\(\): .*Unicode.*nothing was recorded"):
+            call()
+    assert study.tell(trial, 0.5).state == "completed"
