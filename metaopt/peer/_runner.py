@@ -90,6 +90,7 @@ class TrialRunner:
         self.slots = detect_slots(config.gpus, config.slots)
         self.running: dict[int, Running] = {}
         self.monotonic = time.monotonic  # how long runs have run (a parameter for the tests)
+        self._undecidable: set[bytes] = set()  # experiments whose stopper failed (logged once)
         self._bundles: dict[bytes, Path] = {}
         # Experiments whose bundle is broken for good (a manifest never changes): not tried
         # again on every scheduling pass, nor logged again.
@@ -568,14 +569,25 @@ class TrialRunner:
         async with self._deciding:
             self._decisions += 1
             rng = np.random.default_rng([self._decisions, *self.node.node_id[:8]])
-            curves = [
-                replace(c, state="frozen") if c.trial_id in frozen else c
-                for c in curve_views(state, self.node.suggester(state).space)
-            ]
-            fresh = not state.budget_spent
-            return await asyncio.to_thread(
-                _decide_in_thread, stopper, curves, set(own), free_slots, rng, fresh
-            )
+            try:
+                curves = [
+                    replace(c, state="frozen") if c.trial_id in frozen else c
+                    for c in curve_views(state, self.node.suggester(state).space)
+                ]
+                fresh = not state.budget_spent
+                return await asyncio.to_thread(
+                    _decide_in_thread, stopper, curves, set(own), free_slots, rng, fresh
+                )
+            except Exception:
+                # A bug in one experiment's stopper must not end every scheduling pass (the
+                # thaws come first in each): its trials run on unjudged, the others as usual.
+                if state.key not in self._undecidable:
+                    self._undecidable.add(state.key)
+                    log.exception(
+                        "experiment %s: its early stopper failed; its trials run on unjudged",
+                        state.spec.name,
+                    )
+                return []
 
     def _still_frozen(self, state: ExperimentState, trial: bytes) -> bool:
         view = state.trial(trial)

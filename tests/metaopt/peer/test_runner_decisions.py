@@ -419,6 +419,27 @@ def test_an_experiment_this_peer_cannot_read_gets_no_decisions_and_no_error() ->
     asyncio.run(runner.thaw())
 
 
+def test_a_stopper_that_fails_for_one_experiment_is_logged_once_and_decides_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The thaws come first in every scheduling pass: a stopper raising for one experiment
+    # ended each pass there, and no trial was found lost or started anywhere.
+    state, trial = _frozen_trial(1)
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+
+    class _Broken:
+        def decide(self, *args: object, **kw: object) -> list[Decision]:
+            raise ZeroDivisionError("a bug in the stopper")
+
+    runner._stoppers[state.key] = _Broken()  # type: ignore[assignment]
+    for _ in range(3):
+        asyncio.run(runner.thaw())
+        asyncio.run(runner.monitor())
+    assert node.written == []
+    assert caplog.text.count("its early stopper failed") == 1
+
+
 def test_a_run_here_of_a_trial_completed_elsewhere_is_stopped_and_records_nothing() -> None:
     # After a partition healed, re-runs of trials the other side had completed ran on to
     # their end (90 s each here; hours with real trials) while status said "finished".
