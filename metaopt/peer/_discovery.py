@@ -33,6 +33,7 @@ from zeroconf import (
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from metaopt._errors import MetaoptError
+from metaopt.peer._once import OnceEach
 
 __all__ = [
     "SERVICE_TYPE",
@@ -175,8 +176,8 @@ class Discovery:
         self._info: AsyncServiceInfo | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._resolving = asyncio.Semaphore(config.max_resolving)
-        self._reported_foreign: set[str] = set()
-        self._reported_version: set[str] = set()
+        self._reported_foreign = OnceEach()  # node ids from announcements: bounded
+        self._reported_version = OnceEach()
         self.service_name = f"{_instance_label(config.name, config.node_id)}.{SERVICE_TYPE}"
 
     @property
@@ -318,8 +319,7 @@ class Discovery:
         if peer.node_id == self.config.node_id.lower():
             return
         if peer.fingerprint != self.config.cluster_fingerprint:
-            if peer.node_id not in self._reported_foreign:
-                self._reported_foreign.add(peer.node_id)
+            if self._reported_foreign.first(peer.node_id):
                 if self._on_foreign is not None:
                     self._on_foreign(peer)
                 else:
@@ -332,8 +332,7 @@ class Discovery:
                     )
             return
         if peer.protocol_version != self.config.protocol_version:
-            if peer.node_id not in self._reported_version:
-                self._reported_version.add(peer.node_id)
+            if self._reported_version.first(peer.node_id):
                 log.warning(
                     "ignoring peer %s at %s:%d: it speaks protocol %d, this peer %d;"
                     " run the same metaopt version on both",

@@ -25,6 +25,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from crdt import FrameCodec, FrameError, ProtocolError, RecordError, TamperedFrame
 from metaopt._errors import MetaoptError
+from metaopt.peer._once import OnceEach
 from metaopt.peer._wire import (
     MISADDRESSED,
     PROTOCOL_VERSION,
@@ -132,7 +133,7 @@ class Server:
         self.app = web.Application(client_max_size=max_bytes)
         self.app.router.add_post(PATH, self._handle)
         self.rejected = 0
-        self._refused: set[tuple[str | None, str]] = set()  # (sender, error) already logged
+        self._refused = OnceEach()  # (sender, error) already logged
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -203,8 +204,7 @@ class Server:
         """A warning once per sender and kind of refusal, debug lines after: a peer of another
         cluster or release retries every few seconds for ever, and one line says all there is
         to say (`peer status` counts the rest)."""
-        level = logging.DEBUG if (remote, kind) in self._refused else logging.WARNING
-        self._refused.add((remote, kind))
+        level = logging.WARNING if self._refused.first((remote, kind)) else logging.DEBUG
         log.log(level, "%s a request from %s: %s", verb, remote, why)
 
     def _ticket(self, request: web.Request) -> bytes:
@@ -372,7 +372,7 @@ class Client:
         self._session: aiohttp.ClientSession | None = None
         self.bytes_out = 0
         self.bytes_in = 0
-        self._refused_by: set[str] = set()  # addresses whose refusal was logged
+        self._refused_by = OnceEach()  # addresses whose refusal was logged
         self._warn_refusals = warn_refusals
 
     async def _get_session(self) -> aiohttp.ClientSession:
@@ -452,8 +452,7 @@ class Client:
     def _warn_once(self, addr: str, message: str, why: str) -> None:
         """Log message (addr, why) once per address, if this client warns: a refusing peer is
         retried for ever."""
-        if self._warn_refusals and addr not in self._refused_by:
-            self._refused_by.add(addr)
+        if self._warn_refusals and self._refused_by.first(addr):
             log.warning(message, addr, why)
 
     async def _read_capped(self, addr: str, response: aiohttp.ClientResponse) -> bytes:
