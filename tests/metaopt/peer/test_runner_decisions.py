@@ -424,7 +424,7 @@ def test_a_stopper_that_fails_for_one_experiment_is_logged_once_and_decides_noth
 ) -> None:
     # The thaws come first in every scheduling pass: a stopper raising for one experiment
     # ended each pass there, and no trial was found lost or started anywhere.
-    state, trial = _frozen_trial(1)
+    state, _trial = _frozen_trial(1)
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
 
