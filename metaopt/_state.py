@@ -292,7 +292,7 @@ def _trial_view(
     first = spec.objectives[0]
     free: tuple[bytes, ...] = ()  # the free events in effect, latest last
     latest_report: bytes | None = None
-    run_began = -1  # the causal time of the current run's start
+    counted: set[bytes] = set()  # the events that counted since the current run's start
     lost_frozen = False
     latest: bytes | None = None  # the latest event that counts for the current run
     for time, _, _, ekey, event in ordered:
@@ -301,7 +301,8 @@ def _trial_view(
             attempts += event.kind == "started"
             thaws += event.kind == "thawed"
             started_at = time if started_at is None else started_at
-            runner, run_began = event.node, when[ekey]
+            runner = event.node
+            counted = set()
             # A run goes on from its resume step, or starts afresh (step None): what earlier
             # runs reported past that point is not its curve. A re-run from 0 after a loss
             # showed the lost run's step 8 beside its own loss at step 4, and the stoppers
@@ -313,13 +314,14 @@ def _trial_view(
         current = _of_run(event, runner)
         if event.kind == "lost" and event.after in when:
             # A loss of a run that another has replaced since (its writer had not heard of
-            # the re-run yet) would free a trial that runs: it would be run twice. By what it
-            # names, not by time alone: the replaced run's own late events (its runner cut
-            # off but alive) sort after the re-run's start, and a loss naming one freed it.
-            named = by_key[event.after]
-            current = when[event.after] >= run_began and _of_run(named, runner)
+            # the re-run yet) would free a trial that runs: it would be run twice. It counts
+            # only if what it follows counted for the current run: not by time, since the
+            # replaced run's own late events (its runner cut off but alive, or a clock
+            # stepped back) sort after the re-run's start, and a loss naming one freed it.
+            current = event.after in counted
         if current:
             latest = ekey
+            counted.add(ekey)
         if event.kind in _TERMINAL_RANK:
             rank = (_TERMINAL_RANK[event.kind], time, ekey, event)
             if terminal is None or rank[:3] < terminal[:3]:

@@ -564,6 +564,31 @@ def test_a_late_loss_of_a_replaced_runs_late_report_does_not_free_the_rerun(orde
     assert view is not None and (view.state, view.runner) == ("lost", NODE_B)
 
 
+@pytest.mark.parametrize("order", range(4))
+def test_a_loss_naming_a_replaced_runs_event_that_ties_with_the_new_start_does_not_count(
+    order: int,
+) -> None:
+    # A's run was replaced by B's; A, cut off with a fast clock, froze at "5000"; B's run was
+    # lost; A re-ran the trial after its clock stepped back ("2000", lifted to 5000 by its seq
+    # order, sorting after the freeze); E, who never heard of B, wrote A's run lost after
+    # that freeze. By time, the freeze was not before A's new start: the loss freed it.
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    log.event(t, NODE_A, "started", 10)
+    h1 = log.event(t, NODE_A, "heartbeat", 20)
+    l1 = log.event(t, NODE_C, "lost", 100, reason="quiet", after=h1.key)
+    log.event(t, NODE_B, "started", 110, supersedes=(l1.key,))
+    freeze = log.event(t, NODE_A, "frozen", 5000, step=2)
+    hb = log.event(t, NODE_B, "heartbeat", 130)
+    l2 = log.event(t, NODE_D, "lost", 200, reason="quiet", after=hb.key)
+    log.event(t, NODE_A, "started", 2000, supersedes=(l2.key,))
+    log.event(t, NODE_E, "lost", 300, reason="quiet", after=freeze.key)
+    records = list(log.records)
+    random.Random(order).shuffle(records)
+    view = log.state(records).trial(t.key)
+    assert view is not None and (view.state, view.runner) == ("running", NODE_A)
+
+
 def test_only_a_restart_answers_and_only_a_free_event() -> None:
     # A heartbeat of another node naming the freeze in its supersedes erased it (the trial
     # read running), and a start naming a start answered that.
