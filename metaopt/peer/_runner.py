@@ -211,8 +211,9 @@ class TrialRunner:
                 "thawed" if thaw else "started",
                 step=resume,
                 supersedes=view.free_events,
-                # After all this peer knew of the trial, whatever the clocks: a trial frozen by
-                # hand on a gone peer whose clock ran ahead stayed "frozen" after a takeover.
+                # After the latest event of its current run this peer knew of, whatever the
+                # clocks: a trial frozen by hand on a gone peer whose clock ran ahead stayed
+                # "frozen" after a takeover.
                 after=view.latest,
             )
         except BaseException:
@@ -536,6 +537,8 @@ class TrialRunner:
         now = state.trial(view.key)  # (it may have moved on while the stopper thought)
         if now is None or now.state != "lost":
             return None
+        if decisions is None:  # its stopper failed: run unjudged, as with none
+            return now
         if any(d.trial_id == view.id and d.action is Action.THAW for d in decisions):
             return now
         why = next((d.reason for d in decisions if d.trial_id == view.id), "no thaw")
@@ -551,9 +554,10 @@ class TrialRunner:
         free_slots: int,
         *,
         frozen: Collection[str] = (),
-    ) -> list[Decision]:
+    ) -> list[Decision] | None:
         """The stopper's decisions, computed in a worker thread on a snapshot of the curves;
-        the trials in ``frozen`` are shown to it as frozen ones (see worth_rerun).
+        the trials in ``frozen`` are shown to it as frozen ones (see worth_rerun). None if
+        the stopper failed: nothing may be concluded (an empty list says "no thaw").
 
         A decision takes tens of milliseconds, the first fit of an experiment's curve model a
         few hundred: on the event loop that would hold up replication, heartbeats and the API.
@@ -587,7 +591,7 @@ class TrialRunner:
                         "experiment %s: its early stopper failed; its trials run on unjudged",
                         state.spec.name,
                     )
-                return []
+                return None
 
     def _still_frozen(self, state: ExperimentState, trial: bytes) -> bool:
         view = state.trial(trial)
@@ -658,6 +662,8 @@ class TrialRunner:
             decisions = await self._decide(
                 state, set(running) | frozen, len(frozen) if ending else 0
             )
+            if decisions is None:  # its stopper failed: no trial is judged, none killed
+                continue
             for decision in decisions:
                 key = bytes.fromhex(decision.trial_id)
                 if decision.action in (Action.FREEZE, Action.KILL) and decision.trial_id in running:
@@ -690,7 +696,7 @@ class TrialRunner:
             frozen = self._own_frozen(state)
             if not frozen:
                 continue
-            for decision in await self._decide(state, frozen, self.free_slots()):
+            for decision in await self._decide(state, frozen, self.free_slots()) or []:
                 key = bytes.fromhex(decision.trial_id)
                 if decision.action is Action.KILL and self._still_frozen(state, key):
                     # Judged hopeless where a slot could have taken it: frozen for good.

@@ -423,8 +423,10 @@ def test_a_stopper_that_fails_for_one_experiment_is_logged_once_and_decides_noth
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # The thaws come first in every scheduling pass: a stopper raising for one experiment
-    # ended each pass there, and no trial was found lost or started anywhere.
-    state, _trial = _frozen_trial(1)
+    # ended each pass there, and no trial was found lost or started anywhere. Nor may its
+    # silence pass for a verdict: with the budget spent, a frozen trial no decision thawed
+    # was killed as "not worth resuming".
+    state, _trial = _frozen_trial(1, max_trials=1)
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
 
