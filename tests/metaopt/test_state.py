@@ -538,18 +538,24 @@ def test_a_loss_of_a_run_already_replaced_does_not_free_the_trial() -> None:
     assert view is not None and view.state == "lost"
 
 
-@pytest.mark.parametrize("order", range(6))
-def test_a_late_loss_of_a_replaced_runs_late_report_does_not_free_the_rerun(order: int) -> None:
-    # A ran the trial; C took it for lost and B re-ran it; A, cut off but alive, heartbeat on
-    # after B's start (by the clocks); then E, who never heard of B, wrote A's run lost after
-    # that heartbeat. Compared by time, that loss followed B's start: the trial read free, for
-    # a third run while B ran it.
+def _replaced_by_b() -> tuple[Log, Record]:
+    """A trial A ran and C took for lost at 100, re-run by B from 110."""
     log = Log()
     t = log.trial(NODE_A, 0.5)
     log.event(t, NODE_A, "started", 10)
     h1 = log.event(t, NODE_A, "heartbeat", 20)
     l1 = log.event(t, NODE_C, "lost", 100, reason="quiet", after=h1.key)
     log.event(t, NODE_B, "started", 110, supersedes=(l1.key,))
+    return log, t
+
+
+@pytest.mark.parametrize("order", range(6))
+def test_a_late_loss_of_a_replaced_runs_late_report_does_not_free_the_rerun(order: int) -> None:
+    # A ran the trial; C took it for lost and B re-ran it; A, cut off but alive, heartbeat on
+    # after B's start (by the clocks); then E, who never heard of B, wrote A's run lost after
+    # that heartbeat. Compared by time, that loss followed B's start: the trial read free, for
+    # a third run while B ran it.
+    log, t = _replaced_by_b()
     h2 = log.event(t, NODE_A, "heartbeat", 120)
     log.event(t, NODE_B, "heartbeat", 130)
     log.event(t, NODE_E, "lost", 300, reason="quiet", after=h2.key)
@@ -572,12 +578,7 @@ def test_a_loss_naming_a_replaced_runs_event_that_ties_with_the_new_start_does_n
     # lost; A re-ran the trial after its clock stepped back ("2000", lifted to 5000 by its seq
     # order, sorting after the freeze); E, who never heard of B, wrote A's run lost after
     # that freeze. By time, the freeze was not before A's new start: the loss freed it.
-    log = Log()
-    t = log.trial(NODE_A, 0.5)
-    log.event(t, NODE_A, "started", 10)
-    h1 = log.event(t, NODE_A, "heartbeat", 20)
-    l1 = log.event(t, NODE_C, "lost", 100, reason="quiet", after=h1.key)
-    log.event(t, NODE_B, "started", 110, supersedes=(l1.key,))
+    log, t = _replaced_by_b()
     freeze = log.event(t, NODE_A, "frozen", 5000, step=2)
     hb = log.event(t, NODE_B, "heartbeat", 130)
     l2 = log.event(t, NODE_D, "lost", 200, reason="quiet", after=hb.key)
