@@ -237,6 +237,7 @@ class LevelDBStore:
             raise StoreWriteFailed(str(self._failure), self._failure.disk)
         try:
             if self._failure is not None or self._db.closed:
+                self._check_room()
                 with contextlib.suppress(plyvel.Error):
                     self._db.close()
                 self._db = self._open()
@@ -247,6 +248,9 @@ class LevelDBStore:
             self._fail(_write_failed(self.path, exc))
         except StoreError as exc:
             self._fail(StoreWriteFailed(str(exc), str(exc)))
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            self._fail(StoreWriteFailed(f"cannot write to the store at {self.path}: {why}", why))
         self._failure = None
         # A batch whose write failed may be on disk all the same (its data written, its sync
         # refused): now in the summaries, its records are told to the listeners as new.
@@ -254,6 +258,27 @@ class LevelDBStore:
         self._unconfirmed = []
         if landed:
             notify(self._subscribers, landed)
+
+    def _check_room(self) -> None:
+        """Raise OSError unless the disk takes a synced file as large as the log that opening
+        the store again turns into a table.
+
+        Closed to be opened again on a disk still full, the store failed to open, and every
+        read then raised (a reader of a store left open is served from what it held).
+        """
+        path = Path(self.path)
+        size = max((f.stat().st_size for f in path.glob("*.log")), default=0) + (64 << 10)
+        scratch = path / "~room"
+        chunk = bytes(min(size, 1 << 20))
+        try:
+            with open(scratch, "wb") as out:
+                for start in range(0, size, len(chunk)):
+                    out.write(chunk[: size - start])
+                out.flush()
+                os.fsync(out.fileno())
+        finally:
+            with contextlib.suppress(OSError):
+                scratch.unlink()
 
     def _note(self, new: list[Record], keys: set[bytes]) -> None:
         # Catch-up delivers each origin's records as ascending runs: one SeqSet update per run.

@@ -85,6 +85,16 @@ while refused < 3:  # the disk is full
 held = [r.seq for r in store.by_origin(b"o" * 16, 1, acked)]
 assert held == list(range(1, acked + 1)) and len(store) == acked, (held, acked)
 assert store.get(next(store.by_origin(b"o" * 16, 1, 1)).key) is not None
+# A probe while the disk is full to the last byte (opening the store again writes a table
+# and a manifest): it fails, and the store stays readable (closed first, reads then raised).
+resource.setrlimit(resource.RLIMIT_FSIZE, (100, resource.RLIM_INFINITY))
+time.sleep(1.1)
+try:
+    store.probe()
+    raise AssertionError("the probe took a write the disk refuses")
+except StoreWriteFailed:
+    pass
+assert len(list(store.by_origin(b"o" * 16, 1, acked))) == acked
 resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 time.sleep(1.1)  # (a store tries the disk again at most once a second)
 add()  # opened again
