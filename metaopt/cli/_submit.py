@@ -507,11 +507,7 @@ def submit(args: argparse.Namespace) -> int:
         print(f"submitted experiment {name!r} ({experiment.key.hex()[:12]})")
         print(f"follow it with: {command('status', name, data_dir=data_dir)}")
     if earlier:
-        print(
-            f"note: the name {name!r} now means this experiment; its earlier namesakes are"
-            f" reached by id: {', '.join(earlier)}",
-            file=sys.stderr,
-        )
+        print(_name_note(peer, name, experiment.key.hex(), earlier), file=sys.stderr)
     for short in running:
         again = command("stop", short, data_dir=data_dir)
         print(f"note: the earlier {name} ({short}) still runs; `{again}` stops it", file=sys.stderr)
@@ -531,6 +527,24 @@ def submit(args: argparse.Namespace) -> int:
 
 def _by_hand(trial: dict[str, Any]) -> bool:
     return bool(trial["state"] == "frozen" and trial["reason"] == FROZEN_BY_HAND)
+
+
+def _name_note(peer: LocalPeer, name: str, mine: str, earlier: list[str]) -> str:
+    """What the name means now that this experiment is submitted under it: this one, unless
+    a namesake carries a later stamp (submitted where the clock runs ahead; see
+    Replica.named), which every peer then takes for the latest."""
+    listed = peer.call("api.experiments")
+    me = next((e for e in listed if e.get("id") == mine), None)
+    if me is None or me.get("latest", True):
+        return (
+            f"note: the name {name!r} now means this experiment; its earlier namesakes are"
+            f" reached by id: {', '.join(earlier)}"
+        )
+    winner = next((e["id"][:12] for e in listed if e.get("name") == name and e.get("latest")), "?")
+    return (
+        f"note: the name {name!r} still means {winner}, stamped later than this one (where it"
+        f" was submitted the clock runs ahead); reach this one by its id {mine[:12]}"
+    )
 
 
 def _only_paused(info: dict[str, Any]) -> int:

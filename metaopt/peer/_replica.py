@@ -42,9 +42,8 @@ class Replica:
         self._heard: dict[bytes, int] = {}
         self.experiments: dict[bytes, ExperimentState] = {}
         # experiment key -> (when it was submitted, its stamp) in ms: the stamp capped at its
-        # arrival here, by the wall clock (at this node's opening for one held then), so a clock
-        # running ahead does not make it the one its name finds until the clocks pass it; the
-        # stamp orders those capped alike (all of them, on a node whose clock runs behind).
+        # arrival here, by the wall clock (at this node's opening for one held then), for the
+        # turns (Node._turns_since); and the stamp itself, which alone orders namesakes.
         self._created: dict[bytes, tuple[int, int]] = {}
         self._listeners: list[Callable[[list[Record]], None]] = []
         for key, _spec in list_experiments(store):
@@ -119,9 +118,20 @@ class Replica:
         return matches[0] if matches else None
 
     def named(self, name: str) -> list[ExperimentState]:
-        """The experiments submitted under name, the latest first."""
+        """The experiments submitted under name, the latest first.
+
+        Latest by their submission stamps alone (then by key): the same on every peer, and
+        across restarts. Capped at their arrival here, as once, an experiment stamped by a
+        clock running ahead lost the name to a later one, until a restart capped it at the
+        opening, by then past its stamp: `stop NAME` stopped another experiment after the
+        restart, and on other peers. Peers refuse each other's frames past 120 s of skew, so
+        an honest stamp runs ahead by less than that; `metaopt submit` says when its new
+        experiment does not take the name.
+        """
         found = [s for s in self.experiments.values() if s.spec.name == name]
-        return sorted(found, key=lambda s: (self._created.get(s.key, (0, 0)), s.key), reverse=True)
+        return sorted(
+            found, key=lambda s: (self._created.get(s.key, (0, 0))[1], s.key), reverse=True
+        )
 
     def find_trial(self, text: str) -> tuple[ExperimentState, bytes] | None:
         """The trial whose id starts with text (at least 4 hex digits), None if there is none.

@@ -419,6 +419,30 @@ def fake_peer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> type[_FakePeer
     return _FakePeer
 
 
+def test_a_submit_says_when_a_namesake_stamped_ahead_keeps_the_name(
+    fake_peer: type[_FakePeer], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A name means the namesake with the latest stamp on every peer: one submitted where the
+    # clock runs ahead keeps it for a while, and "now means this experiment" was false.
+    from crdt import Record
+
+    ahead = {"id": "ab" * 32, "name": "train", "latest": True}
+    fake_peer.known = [ahead]
+
+    class _Listing(_FakePeer):
+        def call(self, op: str, body: object = None) -> object:
+            if op == "api.add" and isinstance(body, list) and len(body) == 1:
+                mine = Record.decode(body[0]).key.hex()
+                self.known = [ahead, {"id": mine, "name": "train", "latest": False}]
+            return super().call(op, body)
+
+    monkeypatch.setattr("metaopt.cli._submit.LocalPeer", _Listing)
+    assert main(["submit", "train.py", "--x~uniform(0, 1)"]) == 0
+    err = capsys.readouterr().err
+    assert "note: the name 'train' still means abababababab, stamped later" in err, err
+    assert "now means" not in err
+
+
 def test_a_submit_says_when_its_name_hides_an_earlier_experiment(
     fake_peer: type[_FakePeer], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

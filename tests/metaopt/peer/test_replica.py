@@ -390,9 +390,10 @@ def test_a_trial_is_quiet_since_its_latest_record_arrived_whatever_its_stamp() -
         assert replica.quiet_ms(view) == 31_000
 
 
-def test_a_name_submitted_with_a_clock_ahead_does_not_hide_the_next_submission() -> None:
-    # A same-name experiment stamped an hour ahead (a fast clock, or a peer with the key) was
-    # the one `status NAME` and `stop NAME` found until the clocks passed it.
+def test_a_name_means_the_same_experiment_on_every_peer_and_after_a_restart() -> None:
+    # Stamps were capped at their arrival: a submission stamped by a clock 100 s ahead lost
+    # its name to one made 15 s later, until a restart capped it at the opening, by then past
+    # its stamp: `stop NAME` stopped another experiment after the restart, and on other peers.
     now = [100.0]
     store = MemoryStore()
     replica = Replica(store, lambda: now[0])
@@ -404,15 +405,14 @@ def test_a_name_submitted_with_a_clock_ahead_does_not_hide_the_next_submission()
         return record
 
     first = submit(1, 99_000)
-    submit(2, 100_000 + 3_600_000)  # arrives at 100 s, stamped 1 h ahead
-    now[0] = 160.0
-    honest = submit(3, 160_000)  # submitted a minute later by a peer with the right time
-    assert replica.find_experiment("sweep").key == honest.key  # type: ignore[union-attr]
-    # A node whose clock runs an hour behind: every honest stamp is ahead of it, so they cap
-    # alike when it opens; their stamps still order them (the key did, at random).
-    behind = Replica(store, lambda: 100.0 - 3600)
-    assert behind.find_experiment("sweep").key != honest.key  # type: ignore[union-attr]
-    assert [s.key for s in behind.named("sweep")][1:] == [honest.key, first.key]
+    ahead = submit(2, 100_000 + 100_000)  # arrives at 100 s, stamped 100 s ahead
+    now[0] = 115.0
+    later = submit(3, 115_000)
+    expected = [ahead.key, later.key, first.key]
+    for clock in (115.0, 250.0, 100.0 - 3600):  # as it runs, restarted later, a clock behind
+        opened = Replica(store, lambda clock=clock: clock)  # type: ignore[misc]
+        assert [s.key for s in opened.named("sweep")] == expected
+    assert [s.key for s in replica.named("sweep")] == expected
 
 
 @pytest.mark.asyncio
