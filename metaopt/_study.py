@@ -571,8 +571,9 @@ class Study:
         return True
 
     def _check_own(self, call: str, key: bytes, view: TrialView | None) -> None:
-        """Refuse to record for a trial another node runs: its result is that node's to
-        tell, and two results for one trial leave one of them silently replaced."""
+        """Refuse to record for a trial another node runs and this Study never asked for:
+        its result is that node's to tell. (Two Studies that both resumed one free trial
+        may each tell it; the fold then keeps one of the two results.)"""
         runner = None if view is None else (view.runner or view.node)
         if runner is not None and runner != self.node_id and key not in self._asked:
             raise MetaoptError(

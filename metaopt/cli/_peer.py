@@ -275,8 +275,9 @@ def _stop(args: argparse.Namespace) -> int:
     if pid is not None and dirs.read_pid() == pid:
         # A stop that completes removes the pid file: this one died on the way (killed).
         raise MetaoptError(
-            f"peer pid {pid} ended before its stop completed (killed?): its running trials"
-            " were not recorded interrupted; other peers take them over as lost"
+            f"peer pid {pid} ended before its stop completed (killed, or it failed: see its"
+            " log); trials it ran may not be recorded interrupted: other peers then take"
+            " them over as lost"
         )
     print("peer stopped")
     return 0

@@ -57,12 +57,11 @@ class LocalPeer:
             return await client.call(self.addr, op, body, to=self.node_id)
         except PeerUnreachable as exc:
             why = str(exc).rpartition("(")[2].rstrip(")")
-            stale = self._stale(f"nothing answers at {self.addr}")
-            if stale is not None:
-                raise stale from None
-            # Its process is alive (_stale found it), so "is it running?" sent a user to
-            # `peer start`, which refused: it was paused (SIGSTOP) or hung.
             pid = self.dirs.running_pid()
+            if pid is None:
+                raise self._stale(f"nothing answers at {self.addr}") from None
+            # Its process is alive, so "is it running?" sent a user to `peer start`, which
+            # refused: it was paused (SIGSTOP) or hung.
             raise MetaoptError(
                 f"the peer of {self.dirs.root} (pid {pid}) runs but does not answer at"
                 f" {self.addr} ({why}): paused, hung or overloaded; try again, or stop it"
@@ -72,7 +71,9 @@ class LocalPeer:
             # Its peer died and left peer.address behind, and another took the port: one of
             # this cluster (it names another node) or of another (it refuses the key).
             why = str(exc).partition(": ")[2]
-            raise self._stale(f"another peer answers at {self.addr}: {why}") or MetaoptError(
+            if self.dirs.running_pid() is None:
+                raise self._stale(f"another peer answers at {self.addr}: {why}") from None
+            raise MetaoptError(
                 f"the peer at {self.addr} is not the peer of {self.dirs.root} ({why}); is that"
                 f" peer running? `metaopt peer start --data-dir {self.dirs.root}` starts it"
             ) from None
@@ -94,11 +95,9 @@ class LocalPeer:
         finally:
             await client.close()
 
-    def _stale(self, why: str) -> MetaoptError | None:
+    def _stale(self, why: str) -> MetaoptError:
         """The error to give when the pid file names no live metaopt process: the peer died
-        and left its peer.address behind. None while one runs (then say what went wrong)."""
-        if self.dirs.running_pid() is not None:
-            return None
+        and left its peer.address behind."""
         return MetaoptError(
             f"no peer is running on {self.dirs.root} (its peer.address is left from one that"
             f" died; {why}); start one with `metaopt peer start --data-dir {self.dirs.root}`"
