@@ -193,12 +193,16 @@ def failure_streak(state: ExperimentState) -> tuple[int, int]:
     return streak, (ended[-1][0] if streak else 0)
 
 
-def _backing_off(state: ExperimentState, now_ms: int) -> bool:
+def _backing_off(state: ExperimentState, now_ms: int, quiet_ms: Callable[[TrialView], int]) -> bool:
     streak, last_ms = failure_streak(state)
     if streak < BACKOFF_AFTER:
         return False
     wait = min(1000 << min(streak - BACKOFF_AFTER, 16), BACKOFF_MAX_MS)
-    return now_ms - last_ms < wait
+    # How long ago the last failure was, by its stamp or since it arrived here, whichever is
+    # longer: measured by stamps alone, a failure stamped by a clock 100 s ahead held every
+    # other peer back 100 s more, and only the peer ahead started trials.
+    last = [t for t in state.trials() if t.state == "failed" and t.ended_at == last_ms]
+    return max(now_ms - last_ms, *map(quiet_ms, last)) < wait
 
 
 def plan_work(
@@ -303,7 +307,7 @@ def _next_for(
         rank = claim_rank(me, live_nodes, trial)
         if rank == 0 or quiet_ms(trial) >= rank * claim_delay_ms:
             return Work(state.key, trial.key)
-    if not may_suggest or _backing_off(state, now_ms):
+    if not may_suggest or _backing_off(state, now_ms, quiet_ms):
         return None
     max_trials = state.spec.max_trials
     if max_trials is not None and claimed is None:

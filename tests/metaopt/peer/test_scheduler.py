@@ -289,6 +289,21 @@ def test_an_experiment_whose_runs_keep_failing_waits_longer_each_time() -> None:
     assert _plan([other], ME, 1, set(), [ME], 0, 1_000, lambda s: True) != []
 
 
+def test_failures_stamped_by_a_clock_ahead_hold_no_peer_back_longer() -> None:
+    # Measured by stamps alone, failures stamped 100 s ahead held every other peer back
+    # 100 s more than the wait: only the peer whose clock ran ahead started trials.
+    state = _state(name="broken")
+    ahead = 100_000
+    for n in range(1, BACKOFF_AFTER + 1):
+        t = _trial(state, OTHER, 2 * n - 1)
+        _event(state, t, OTHER, 2 * n, "failed", 10_000 + ahead)
+    now = 10_000  # the wall clock here, as the last failure arrives
+    for arrived_ago, expected in ((0, []), (999, []), (1_000, [state.key])):
+        work = plan_work([state], ME, 1, set(), [ME], now + arrived_ago, 1_000,
+                         lambda s: True, quiet_ms=lambda trial, ago=arrived_ago: ago)  # fmt: skip
+        assert [w.experiment for w in work] == expected
+
+
 def test_a_trial_frozen_by_hand_on_a_node_that_is_gone_waits_for_the_user() -> None:
     # README: "a pause only you end"; it was re-run elsewhere from step 0 a minute after its
     # peer stopped, and the reason said "gone 437 s" of a peer gone 30 s (quiet since the freeze).
