@@ -539,6 +539,15 @@ class ExperimentState:
         return self.spec.max_trials is not None and len(self._trials) >= self.spec.max_trials
 
     @property
+    def budget_used_up(self) -> bool:
+        """Whether as many trials have ended as the budget allows: a trial still free then is
+        beyond it (recorded where nobody heard of it until the others had spent it)."""
+        budget = self.spec.max_trials
+        return (
+            budget is not None and sum(t.state in TERMINAL_STATES for t in self.trials()) >= budget
+        )
+
+    @property
     def active(self) -> bool:
         """Whether peers should still start trials for it."""
         return not self.stopped and not self.budget_spent

@@ -427,7 +427,10 @@ class Study:
             self._asked.add(thawed.key)
             return thawed
         for view in self._state.trials():
-            if view.state in FREE_STATES:
+            if view.state in FREE_STATES and self._state.budget_used_up:
+                why = f"the budget of {self._state.spec.max_trials} trials was used up meanwhile"
+                self._event(view.key, "killed", reason=why)  # (beyond it: not handed out)
+            elif view.state in FREE_STATES:
                 # It resumes after its last step (from its checkpoint, if the caller has one).
                 step = view.last_step
                 self._event(view.key, "started", step=step, supersedes=view.free_events)

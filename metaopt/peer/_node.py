@@ -942,6 +942,14 @@ class Node:
                 )
                 self._unsearchable[state.key] = "its search failed here (see this peer's log)"
                 continue
+            if view is not None and item.trial and state.budget_used_up:
+                # More trials than the budget, every one it allows ended: this one was recorded
+                # where it could not be told of yet (its peer killed a moment after), and the
+                # others spent the budget meanwhile. Run, it took the experiment past it.
+                reason = f"the budget of {state.spec.max_trials} trials was used up meanwhile"
+                log.info("trial %s: %s", view.key.hex()[:12], reason)
+                self.write_event(state.key, view.key, "killed", reason=reason, after=view.latest)
+                continue
             if view is not None and item.trial:
                 rerun = await self.runner.worth_rerun(state, view)
                 # The searches and the stopper above awaited: another peer may have claimed

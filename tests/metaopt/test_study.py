@@ -767,3 +767,22 @@ def test_a_value_no_record_can_hold_is_a_one_line_metaopt_error() -> None:
         with pytest.raises(MetaoptError, match=r"tell\(\): .*Unicode.*nothing was recorded"):
             call()
     assert study.tell(trial, 0.5).state == "completed"
+
+
+def test_a_free_trial_beyond_a_budget_another_study_used_up_is_killed_not_handed_out(
+    tmp_path: Path,
+) -> None:
+    # Each asked before hearing of the other: two trials for a budget of one. B's completed;
+    # A's, never told, came back free on reopening and was handed out again, past the budget.
+    args: dict[str, object] = {"space": {"x": "uniform(0, 1)"}, "algorithm": "random"}
+    with Study(**args, path=tmp_path / "a", max_trials=1) as first:  # type: ignore[arg-type]
+        orphan = first.ask()
+    b = Study(**args, seed=1, max_trials=1)  # type: ignore[arg-type]
+    b.tell(b.ask(), 0.2)
+    with Study(**args, path=tmp_path / "a", max_trials=1) as a:  # type: ignore[arg-type]
+        a.sync(b)
+        with pytest.raises(MetaoptError, match="budget"):
+            a.ask()
+        view = next(t for t in a.trials if t.key == orphan.key)
+        assert view.state == "killed" and "used up" in str(view.reason)
+        assert a.state.finished

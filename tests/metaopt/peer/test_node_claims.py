@@ -24,10 +24,15 @@ FINDER = b"f" * 16  # noticed, and wrote it lost
 RIVAL = b"r" * 16  # a live peer that claims it too
 
 
-def _experiment(max_trials: int | None) -> Record:
+def _experiment(max_trials: int | None, nonce: str = "") -> Record:
     command = (sys.executable, "-c", "pass")
     spec = ExperimentSpec(
-        "e", {"x": "uniform(0, 1)"}, algorithm="random", command=command, max_trials=max_trials
+        "e",
+        {"x": "uniform(0, 1)"},
+        algorithm="random",
+        command=command,
+        max_trials=max_trials,
+        nonce=nonce,
     )
     return experiment_record(spec)
 
@@ -87,7 +92,7 @@ async def test_a_free_trial_that_moved_on_during_the_pass_is_not_run_again(
         assert node.runner.free_slots() == 1
         # Without the news the same pass claims it (the test's set-up is a real claim).
         monkeypatch.setattr(node.runner, "worth_rerun", worth_rerun)
-        other = _experiment(max_trials=1)
+        other = _experiment(max_trials=1, nonce="another")
         trial2, events2 = _lost_trial(other)
         node.store.add([other, trial2, *events2])
         await node._schedule_once()
@@ -153,5 +158,28 @@ async def test_a_peer_that_is_stopping_thaws_nothing_by_hand(tmp_path: Path) -> 
             await api.thaw(Request())  # type: ignore[arg-type]
         assert not node.runner.running_keys()
         assert ("thawed", me) not in _kinds(node, trial)
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_free_trial_beyond_a_budget_the_others_used_up_is_killed_not_run(
+    tmp_path: Path,
+) -> None:
+    # Recorded by a peer killed a moment later, it reached the others only after they had
+    # spent the budget: taken for lost on the restart, it was run, and the experiment ended
+    # 41/40.
+    exp = _experiment(max_trials=1)
+    trial, events = _lost_trial(exp)
+    body = {"params": {"x": 0.75}, "node": RIVAL, "counter": 1}
+    done = Record.create(TRIAL, RIVAL, 1, int(time.time() * 1000), body, [exp.key])
+    completed = EventBody(done.key, exp.key, "completed", RIVAL, None, {"objective": 0.5})
+    node = _node(tmp_path)
+    try:
+        node.store.add([exp, trial, *events, done, _event(exp, done, completed, RIVAL, 2)])
+        await node._schedule_once()
+        assert ("started", node.node_id) not in _kinds(node, trial)
+        assert ("killed", node.node_id) in _kinds(node, trial)
+        assert node.replica.experiments[exp.key].finished
     finally:
         await node.stop()
