@@ -91,6 +91,7 @@ class TrialRunner:
         self.running: dict[int, Running] = {}
         self.monotonic = time.monotonic  # how long runs have run (a parameter for the tests)
         self._undecidable: set[bytes] = set()  # experiments whose stopper failed (logged once)
+        self._bundle_warned: dict[bytes, float] = {}  # when a bundle's write was last refused
         self._bundles: dict[bytes, Path] = {}
         # Experiments whose bundle is broken for good (a manifest never changes): not tried
         # again on every scheduling pass, nor logged again.
@@ -141,7 +142,8 @@ class TrialRunner:
         bundle = state.spec.bundle or {}
         if "manifest" not in bundle:
             return True
-        if state.key in self._bundles:
+        held = self._bundles.get(state.key)
+        if held is not None and held.is_dir():  # (a user may have deleted it to free space)
             return True
         if state.key in self.unrunnable:
             return False
@@ -150,7 +152,11 @@ class TrialRunner:
         except _MissingBlob:
             return False  # its code has not replicated here yet; try again next round
         except BundleWriteError as exc:
-            log.warning("experiment %s cannot run here yet: %s", state.spec.name, exc)
+            # Tried again at every pass (twice a second): said once a minute.
+            now = self.monotonic()
+            if now >= self._bundle_warned.get(state.key, -math.inf) + 60.0:
+                self._bundle_warned[state.key] = now
+                log.warning("experiment %s cannot run here yet: %s", state.spec.name, exc)
             return False
         except MetaoptError as exc:
             log.warning("experiment %s cannot run here: %s", state.spec.name, exc)

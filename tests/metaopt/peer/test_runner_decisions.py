@@ -556,3 +556,41 @@ def test_an_outcome_the_disk_refuses_is_one_line_and_the_slot_frees(
     assert runner.running == {} and node.written == []
     assert node.storage.problem() is not None  # type: ignore[attr-defined]
     assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_a_bundle_the_disk_refuses_is_said_once_a_minute_and_a_deleted_one_is_written_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Tried at every pass, a read-only bundle cache logged a warning twice a second; and a
+    # bundle deleted to free space was still taken for held: its trials failed with an
+    # empty code folder until the peer restarted.
+    from metaopt.peer._bundle import BundleWriteError
+
+    caplog.set_level(logging.INFO, logger="metaopt")
+    spec = ExperimentSpec(
+        name="e", space={"x": "uniform(0, 1)"}, command=("t.py",),
+        bundle={"manifest": {"files": {}}, "root": "/r"},
+    )  # fmt: skip
+    state = ExperimentState(b"k" * 32, spec)
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    now = [0.0]
+    runner.monotonic = lambda: now[0]
+    written = tmp_path / "bundle"
+    refuse = [True]
+
+    def materialize(state: ExperimentState) -> Path:
+        if refuse[0]:
+            raise BundleWriteError("cannot create the bundle: Read-only file system")
+        written.mkdir(exist_ok=True)
+        return written
+
+    runner._materialize = materialize  # type: ignore[method-assign]
+    for second in (0.0, 0.5, 30.0, 61.0):
+        now[0] = second
+        assert not runner.can_run(state)
+    assert caplog.text.count("cannot run here yet") == 2  # at 0 s and 61 s
+    refuse[0] = False
+    assert runner.can_run(state) and written.is_dir()
+    written.rmdir()  # a user freeing space
+    assert runner.can_run(state) and written.is_dir()  # written again, not taken for held

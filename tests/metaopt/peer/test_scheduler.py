@@ -304,6 +304,25 @@ def test_failures_stamped_by_a_clock_ahead_hold_no_peer_back_longer() -> None:
         assert [w.experiment for w in work] == expected
 
 
+def test_an_experiment_with_no_work_left_is_not_asked_whether_it_can_run() -> None:
+    # Asking materialises its code: a peer that joined late wrote the bundles of 25 finished
+    # experiments (1.4 GB), and one whose bundle disk was read-only warned twice a second.
+    done = _state(max_trials=1, name="done")
+    t = _trial(done, OTHER, 1)
+    _event(done, t, OTHER, 2, "completed", 1_000)
+    lost = _state(max_trials=1, name="lost")
+    t = _trial(lost, OTHER, 1)
+    _event(lost, t, OTHER, 2, "lost", 1_000)
+    asked: list[str] = []
+
+    def runnable(state: ExperimentState) -> bool:
+        asked.append(state.spec.name)
+        return True
+
+    _plan([done, lost, _state(name="open")], ME, 2, set(), [ME], 2_000, 1_000, runnable)
+    assert sorted(asked) == ["lost", "open"]
+
+
 def test_a_trial_frozen_by_hand_on_a_node_that_is_gone_waits_for_the_user() -> None:
     # README: "a pause only you end"; it was re-run elsewhere from step 0 a minute after its
     # peer stopped, and the reason said "gone 437 s" of a peer gone 30 s (quiet since the freeze).
