@@ -310,7 +310,14 @@ def build_submission(
         manifest, chunks = collect_bundle(root, max_bytes=max_bytes)
         bundle = {"manifest": manifest, "root": str(root.resolve())}
         if program_path.exists():
-            program = program_path.resolve().relative_to(root.resolve()).as_posix()
+            try:
+                program = program_path.resolve().relative_to(root.resolve()).as_posix()
+            except ValueError:  # a link to a file outside the folder that is bundled
+                raise MetaoptError(
+                    f"{program} links to {program_path.resolve()}, outside {root.resolve()},"
+                    " the folder sent to the peers; copy it into the folder, submit the"
+                    " file it links to, or use --no-bundle on a shared file system"
+                ) from None
     if "/" not in program and not program.endswith(".py") and program_path.is_file():
         program = "./" + program  # a file, not a command: exec would look "train" up on PATH
     command = (program, *template_words[1:])

@@ -98,6 +98,11 @@ def collect_bundle(
     chosen: list[tuple[str, Path, int, int]] = []
     total = 0
     for rel in paths:
+        if not _utf8(rel):
+            raise BundleError(
+                f"{base}: the file name {rel!r} is not valid UTF-8 (peers could not store it);"
+                " rename it, or move it out of the folder"
+            )
         found = _regular(base, rel)
         if found is None:
             continue
@@ -125,6 +130,20 @@ def collect_bundle(
         _cut(pending, len(pending), chunks, order)
     manifest = {"version": 1, "size": total, "files": files, "chunks": order}
     return manifest, chunks
+
+
+def _a_repository(dot_git: Path) -> bool:
+    """Whether dot_git looks like a git repository (a HEAD in it, or a worktree's .git file),
+    not a folder merely named so."""
+    return dot_git.is_file() or (dot_git / "HEAD").is_file()
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a byte os.fsdecode kept as a lone surrogate
+        return False
+    return True
 
 
 def manifest_paths(manifest: Mapping[str, Any]) -> list[str]:
@@ -230,7 +249,13 @@ def _check_cap(
 
 
 def _git_files(base: Path) -> list[str] | None:
-    """Paths git knows of under ``base`` (relative to it), or None outside a work tree."""
+    """Paths git knows of under ``base`` (relative to it), or None outside a work tree.
+
+    Raises:
+        BundleError: ``base`` is in a work tree (a ``.git`` above it) that git refuses to
+            read (a repository owned by another user: "dubious ownership"). Bundled whole, its
+            ignored files (secrets, data) went into every replica, for good.
+    """
     try:
         inside = subprocess.run(
             ["git", "-C", str(base), "rev-parse", "--is-inside-work-tree"],
@@ -238,6 +263,14 @@ def _git_files(base: Path) -> list[str] | None:
             timeout=30,
             check=False,
         )
+        if inside.returncode != 0 and any(_a_repository(d / ".git") for d in (base, *base.parents)):
+            said = inside.stderr.decode(errors="replace").strip().splitlines()
+            why = said[0].removeprefix("fatal: ") if said else f"exit {inside.returncode}"
+            raise BundleError(
+                f"git cannot read the work tree of {base} ({why}), so its .gitignore cannot"
+                " keep files out of the bundle; fix that (for another user's repository:"
+                " `git config --global --add safe.directory DIR`), or submit with --no-bundle"
+            )
         if inside.returncode != 0 or inside.stdout.strip() != b"true":
             return None
         listed = subprocess.run(

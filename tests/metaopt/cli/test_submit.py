@@ -337,6 +337,16 @@ def test_a_config_value_of_the_wrong_kind_is_refused_not_guessed_at(
     assert _build(tmp_path, "--config", str(config), "t.py", "--x~uniform(0, 1)")["max_trials"] == 3
 
 
+def test_a_script_linking_outside_its_folder_is_a_one_line_error(tmp_path: Path) -> None:
+    # It was a 21-line ValueError traceback (relative_to).
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "real_train.py").write_text("print(1)\n")
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "train.py").symlink_to(tmp_path / "elsewhere" / "real_train.py")
+    message = _refused(tmp_path / "w", "train.py", "--x~uniform(0, 1)")
+    assert "train.py links to" in message and "outside" in message and "--no-bundle" in message
+
+
 def test_a_max_step_the_fidelity_prior_contradicts_is_refused(tmp_path: Path) -> None:
     # Trials ran to the fidelity's 20 while the stoppers took step 10 for the end: every
     # trial past it was "at its budget" and never stopped.

@@ -133,6 +133,27 @@ def test_over_the_cap_is_a_one_line_error_naming_no_bundle(tmp_path: Path) -> No
     assert "--no-bundle" in message and "data.csv" in message and "\n" not in message
 
 
+def test_a_work_tree_git_cannot_read_is_refused_not_bundled_whole(tmp_path: Path) -> None:
+    # A repository owned by another user ("dubious ownership"): git refused it and the whole
+    # folder was bundled, the files .gitignore keeps out (secrets, data) with it, into every
+    # replica for good. A .git git cannot read stands in for it here.
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_text("not a ref\n")
+    (tmp_path / "train.py").write_text("print(1)\n")
+    (tmp_path / "secret.env").write_text("KEY=1\n")
+    with pytest.raises(BundleError, match=r"git cannot read the work tree .*--no-bundle") as info:
+        collect_bundle(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_file_name_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    # It said only "strings must be valid Unicode (no lone surrogates)".
+    (tmp_path / "train.py").write_text("print(1)\n")
+    (tmp_path / os.fsdecode(b"bad\xffname.txt")).write_text("x")
+    with pytest.raises(BundleError, match=r"the file name 'bad\\udcffname.txt' is not valid UTF-8"):
+        collect_bundle(tmp_path)
+
+
 def test_not_a_folder(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="not a folder"):
         collect_bundle(tmp_path / "missing")
