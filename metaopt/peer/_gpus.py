@@ -10,12 +10,15 @@ With no GPU there are ``slots`` CPU slots.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from metaopt._errors import MetaoptError
+
+log = logging.getLogger("metaopt.peer")
 
 __all__ = ["Slot", "detect_slots", "nvml_gpus"]
 
@@ -109,6 +112,12 @@ def _check_named(given: str, devices: list[str], seen: list[str] | None) -> None
     with CUDA_VISIBLE_DEVICES=7, on no GPU). Without NVML nothing can be checked; a MIG
     device is not among the GPUs NVML lists."""
     if seen is None:
+        # Said, not refused: a driver without NVML's Python binding still runs CUDA.
+        log.warning(
+            "--gpus %s: NVML (nvidia-ml-py and an NVIDIA driver) is not here to check that this"
+            " machine has those GPUs; trials get CUDA_VISIBLE_DEVICES as given",
+            given,
+        )
         return
     for d in devices:
         known = (d.isdigit() and int(d) < len(seen)) or d in seen or d.startswith("MIG-")

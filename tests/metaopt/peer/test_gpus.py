@@ -59,6 +59,16 @@ def test_a_named_gpu_nvml_does_not_see_is_refused() -> None:
         assert f"has no GPU {gpus}" in message and have in message and "\n" not in message
 
 
+def test_named_gpus_nvml_cannot_check_are_taken_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # `--gpus 0,1` on a machine with no NVML was taken without a word: 2 slots, each trial
+    # given a GPU that may not exist.
+    slots = detect_slots("0,1", environ={}, probe=_no_nvml)
+    assert [s.gpu for s in slots] == ["0", "1"]
+    assert "--gpus 0,1: NVML" in caplog.text and "not here to check" in caplog.text
+
+
 @pytest.mark.parametrize("gpus", ["", "0,,1", "0,0", "all", "bogus", "0,cuda:1"])
 def test_bad_gpu_lists_are_one_line_errors(gpus: str) -> None:
     with pytest.raises(MetaoptError, match="--gpus"):
