@@ -358,6 +358,11 @@ class LocalApi:
             raise MetaoptError(
                 "no free slot on this peer; freeze a running trial first (`metaopt freeze TRIAL`)"
             )
+        if not self.node.runner.can_run(state):
+            raise MetaoptError(
+                f"this peer cannot run {state.spec.name} (yet): its code has not reached it or"
+                " cannot be laid out here (see its log); try again, or thaw it on another peer"
+            )
         await self.node.runner.launch(state, view, thaw=True)
         return {"id": view.id, "from_step_0": taken_over}
 

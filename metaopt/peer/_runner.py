@@ -197,8 +197,8 @@ class TrialRunner:
 
     async def launch(self, state: ExperimentState, view: TrialView, *, thaw: bool = False) -> None:
         free = [s for s in self.slots if s.index not in self.running]
-        if not free:
-            return
+        if not free or not self.can_run(state):
+            return  # (its code not laid out here: the callers check can_run first)
         slot = free[0]
         resume = self._resume_step(view, thaw)
         run = Running(
@@ -694,7 +694,7 @@ class TrialRunner:
 
     async def thaw(self) -> None:
         """Resume this peer's frozen trials that are a better bet than a new configuration."""
-        from metaopt.freezethaw import Action
+        from metaopt.freezethaw import Action, Decision
 
         for state in list(self.node.replica.experiments.values()):
             if self.free_slots() <= 0 or state.spec.command is None or state.stopped:
@@ -702,7 +702,13 @@ class TrialRunner:
             frozen = self._own_frozen(state)
             if not frozen:
                 continue
-            for decision in await self._decide(state, frozen, self.free_slots()) or []:
+            decisions = await self._decide(state, frozen, self.free_slots())
+            if decisions is None:
+                # Its stopper failed: resumed unjudged as slots allow (as a trial lost while
+                # frozen is re-run), or they would stay frozen and the experiment open for good.
+                why = "its early stopper failed; resumed unjudged"
+                decisions = [Decision(t, Action.THAW, why) for t in sorted(frozen)]
+            for decision in decisions:
                 key = bytes.fromhex(decision.trial_id)
                 if decision.action is Action.KILL and self._still_frozen(state, key):
                     # Judged hopeless where a slot could have taken it: frozen for good.

@@ -183,3 +183,39 @@ async def test_a_free_trial_beyond_a_budget_the_others_used_up_is_killed_not_run
         assert node.replica.experiments[exp.key].finished
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_thaw_by_hand_of_an_experiment_whose_code_is_not_here_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Taken over from a gone peer once the budget was spent, the experiment's code had not
+    # been laid out here (nothing else would run): the launch failed the user's paused trial
+    # with "cannot start: b'...'" (a KeyError), for good.
+    exp = _experiment(max_trials=1)
+    node = _node(tmp_path)
+    me = node.node_id
+    body = {"params": {"x": 0.5}, "node": me, "counter": 1}
+    trial = Record.create(TRIAL, me, 1, int(time.time() * 1000), body, [exp.key])
+    ran = [
+        EventBody(trial.key, exp.key, "started", me),
+        EventBody(trial.key, exp.key, "frozen", me, 2),
+    ]
+    node.store.add([exp, trial, *(_event(exp, trial, e, me, i) for i, e in enumerate(ran, 2))])
+    monkeypatch.setattr(node.runner, "can_run", lambda state: False)
+
+    class Request:
+        body = trial.key.hex()
+
+    try:
+        with pytest.raises(MetaoptError, match="cannot run e \\(yet\\)"):
+            await LocalApi(node).thaw(Request())  # type: ignore[arg-type]
+        assert ("failed", me) not in _kinds(node, trial) and not node.runner.running_keys()
+        await node.runner.launch(
+            node.replica.experiments[exp.key],
+            node.replica.experiments[exp.key].trial(trial.key),
+            thaw=True,
+        )  # type: ignore[arg-type]
+        assert ("thawed", me) not in _kinds(node, trial)  # the runner refuses it as well
+    finally:
+        await node.stop()

@@ -419,16 +419,23 @@ def test_an_experiment_this_peer_cannot_read_gets_no_decisions_and_no_error() ->
     asyncio.run(runner.thaw())
 
 
-def test_a_stopper_that_fails_for_one_experiment_is_logged_once_and_decides_nothing(
+def test_a_stopper_that_fails_for_one_experiment_is_logged_once_and_kills_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # The thaws come first in every scheduling pass: a stopper raising for one experiment
     # ended each pass there, and no trial was found lost or started anywhere. Nor may its
     # silence pass for a verdict: with the budget spent, a frozen trial no decision thawed
-    # was killed as "not worth resuming".
-    state, _trial = _frozen_trial(1, max_trials=1)
+    # was killed as "not worth resuming"; nor may it leave them frozen for good (the
+    # experiment would never finish): they are resumed unjudged as slots allow.
+    state, trial = _frozen_trial(1, max_trials=1)
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    launched: list[tuple[bytes, bool]] = []
+
+    async def launch(state: ExperimentState, view: Any, *, thaw: bool = False) -> None:
+        launched.append((view.key, thaw))
+
+    runner.launch = launch  # type: ignore[method-assign]
 
     class _Broken:
         def decide(self, *args: object, **kw: object) -> list[Decision]:
@@ -436,9 +443,10 @@ def test_a_stopper_that_fails_for_one_experiment_is_logged_once_and_decides_noth
 
     runner._stoppers[state.key] = _Broken()  # type: ignore[assignment]
     for _ in range(3):
-        asyncio.run(runner.thaw())
         asyncio.run(runner.monitor())
     assert node.written == []
+    asyncio.run(runner.thaw())
+    assert launched == [(trial, True)]
     assert caplog.text.count("its early stopper failed") == 1
 
 
