@@ -508,20 +508,21 @@ def submit(args: argparse.Namespace) -> int:
     if batch:
         peer.call("api.add", batch)
     peer.call("api.add", [experiment.data])
+    note, word = _name_note(peer, name, experiment.key.hex(), earlier) if earlier else ("", name)
     if options.get("json"):
         print(json.dumps({"id": experiment.key.hex(), "name": name}))
     else:
         print(f"submitted experiment {name!r} ({experiment.key.hex()[:12]})")
-        print(f"follow it with: {command('status', name, data_dir=data_dir)}")
-    if earlier:
-        print(_name_note(peer, name, experiment.key.hex(), earlier), file=sys.stderr)
+        print(f"follow it with: {command('status', word, data_dir=data_dir)}")
+    if note:
+        print(note, file=sys.stderr)
     for short in running:
         again = command("stop", short, data_dir=data_dir)
         print(f"note: the earlier {name} ({short}) still runs; `{again}` stops it", file=sys.stderr)
     if options.get("wait") and experiment.body.get("max_trials") is None:
         print(
             "note: no --max-trials, so the search goes on until"
-            f" `{command('stop', name, data_dir=data_dir)}`; --wait follows it until then"
+            f" `{command('stop', word, data_dir=data_dir)}`; --wait follows it until then"
             " (Ctrl-C leaves it running)",
             file=sys.stderr,
         )
@@ -536,22 +537,26 @@ def _by_hand(trial: dict[str, Any]) -> bool:
     return bool(trial["state"] == "frozen" and trial["reason"] == FROZEN_BY_HAND)
 
 
-def _name_note(peer: LocalPeer, name: str, mine: str, earlier: list[str]) -> str:
-    """What the name means now that this experiment is submitted under it: this one, unless
-    a namesake carries a later stamp (submitted where the clock runs ahead; see
-    Replica.named), which every peer then takes for the latest."""
-    listed = peer.call("api.experiments")
+def _name_note(peer: LocalPeer, name: str, mine: str, earlier: list[str]) -> tuple[str, str]:
+    """What the name means now that this experiment is submitted under it, and the word that
+    reaches this one: the name, unless a namesake carries a later stamp (submitted where the
+    clock ran ahead, or this one's behind; see Replica.named), which every peer then takes
+    for the latest."""
+    try:
+        listed = peer.call("api.experiments")
+    except MetaoptError:  # (submitted all the same; the peer went away just after)
+        listed = []
     me = next((e for e in listed if e.get("id") == mine), None)
     if me is None or me.get("latest", True):
         return (
             f"note: the name {name!r} now means this experiment; its earlier namesakes are"
             f" reached by id: {', '.join(earlier)}"
-        )
+        ), name
     winner = next((e["id"][:12] for e in listed if e.get("name") == name and e.get("latest")), "?")
     return (
-        f"note: the name {name!r} still means {winner}, stamped later than this one (where it"
-        f" was submitted the clock runs ahead); reach this one by its id {mine[:12]}"
-    )
+        f"note: the name {name!r} still means {winner}, stamped later than this one (a clock"
+        f" ahead where that was submitted, or behind here); reach this one by its id {mine[:12]}"
+    ), mine[:12]
 
 
 def _only_paused(info: dict[str, Any]) -> int:

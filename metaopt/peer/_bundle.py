@@ -132,12 +132,6 @@ def collect_bundle(
     return manifest, chunks
 
 
-def _a_repository(dot_git: Path) -> bool:
-    """Whether dot_git looks like a git repository (a HEAD in it, or a worktree's .git file),
-    not a folder merely named so."""
-    return dot_git.is_file() or (dot_git / "HEAD").is_file()
-
-
 def _utf8(name: str) -> bool:
     try:
         name.encode("utf-8")
@@ -252,9 +246,9 @@ def _git_files(base: Path) -> list[str] | None:
     """Paths git knows of under ``base`` (relative to it), or None outside a work tree.
 
     Raises:
-        BundleError: ``base`` is in a work tree (a ``.git`` above it) that git refuses to
-            read (a repository owned by another user: "dubious ownership"). Bundled whole, its
-            ignored files (secrets, data) went into every replica, for good.
+        BundleError: ``base`` is in a work tree git refuses to read, a repository owned by
+            another user ("dubious ownership"). Bundled whole, its ignored files (secrets,
+            data) went into every replica, for good.
     """
     try:
         inside = subprocess.run(
@@ -263,9 +257,9 @@ def _git_files(base: Path) -> list[str] | None:
             timeout=30,
             check=False,
         )
-        if inside.returncode != 0 and any(_a_repository(d / ".git") for d in (base, *base.parents)):
-            said = inside.stderr.decode(errors="replace").strip().splitlines()
-            why = said[0].removeprefix("fatal: ") if said else f"exit {inside.returncode}"
+        said = inside.stderr.decode(errors="replace").strip().splitlines()
+        if inside.returncode != 0 and any("dubious ownership" in line for line in said):
+            why = said[0].removeprefix("fatal: ")
             raise BundleError(
                 f"git cannot read the work tree of {base} ({why}), so its .gitignore cannot"
                 " keep files out of the bundle; fix that (for another user's repository:"

@@ -119,8 +119,8 @@ class Space:
         if max_step is None or self.fidelity is None:
             return None
         high = float(self.fidelity.args[1])
-        if max_step == high or high < 1 or not high.is_integer():
-            return None  # (a fractional fidelity, a share of the data say, counts no steps)
+        if max_step == high or high <= 1 or not high.is_integer():
+            return None  # (a fidelity up to 1 or fractional, a share of the data say, is no step)
         return (
             f"{max_step} disagrees with the fidelity prior of {self.fidelity.name!r}, whose"
             f" trials run to step {int(high)}; leave it out (the fidelity sets it)"

@@ -355,6 +355,10 @@ def test_a_max_step_the_fidelity_prior_contradicts_is_refused(tmp_path: Path) ->
     message = _refused(tmp_path, "--max-step", "10", "t.py", *space)
     assert "--max-step 10 disagrees with the fidelity prior of 'epochs'" in message
     assert _build(tmp_path, "--max-step", "20", "t.py", *space)["max_step"] == 20
+    # A fidelity up to 1 (a share of the data) counts no steps: any --max-step goes with it.
+    for share in ("fidelity(0.1, 1.0)", "fidelity(0.125, 0.5)"):
+        built = _build(tmp_path, "--max-step", "100", "t.py", "--x~uniform(0, 1)", f"--f~{share}")
+        assert built["max_step"] == 100
 
 
 def test_a_program_option_taken_for_a_submit_option_points_to_the_double_dash(
@@ -448,9 +452,12 @@ def test_a_submit_says_when_a_namesake_stamped_ahead_keeps_the_name(
 
     monkeypatch.setattr("metaopt.cli._submit.LocalPeer", _Listing)
     assert main(["submit", "train.py", "--x~uniform(0, 1)"]) == 0
-    err = capsys.readouterr().err
+    said = capsys.readouterr()
+    err, out = said.err, said.out
     assert "note: the name 'train' still means abababababab, stamped later" in err, err
     assert "now means" not in err
+    mine = out.split("(")[1].split(")")[0]  # "submitted experiment 'train' (<id>)"
+    assert f"follow it with: metaopt status {mine}" in out  # its id: the name finds the other
 
 
 def test_a_submit_says_when_its_name_hides_an_earlier_experiment(

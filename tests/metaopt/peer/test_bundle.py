@@ -133,16 +133,23 @@ def test_over_the_cap_is_a_one_line_error_naming_no_bundle(tmp_path: Path) -> No
     assert "--no-bundle" in message and "data.csv" in message and "\n" not in message
 
 
-def test_a_work_tree_git_cannot_read_is_refused_not_bundled_whole(tmp_path: Path) -> None:
-    # A repository owned by another user ("dubious ownership"): git refused it and the whole
+@pytest.mark.skipif(
+    shutil.which("git") is None or os.geteuid() != 0, reason="needs git, and root to chown"
+)
+def test_a_repository_of_another_user_is_refused_not_bundled_whole(tmp_path: Path) -> None:
+    # git refused a repository owned by another user ("dubious ownership") and the whole
     # folder was bundled, the files .gitignore keeps out (secrets, data) with it, into every
-    # replica for good. A .git git cannot read stands in for it here.
-    (tmp_path / ".git").mkdir()
-    (tmp_path / ".git" / "HEAD").write_text("not a ref\n")
-    (tmp_path / "train.py").write_text("print(1)\n")
-    (tmp_path / "secret.env").write_text("KEY=1\n")
-    with pytest.raises(BundleError, match=r"git cannot read the work tree .*--no-bundle") as info:
-        collect_bundle(tmp_path)
+    # replica for good. A folder merely named .git (not a repository) is bundled as before.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / ".gitignore").write_text("secret.env\n")
+    (repo / "train.py").write_text("print(1)\n")
+    (repo / "secret.env").write_text("KEY=1\n")
+    for path in (repo, *repo.rglob("*")):
+        os.chown(path, 65534, 65534, follow_symlinks=False)  # nobody's
+    with pytest.raises(BundleError, match=r"dubious ownership.*--no-bundle") as info:
+        collect_bundle(repo)
     assert "\n" not in str(info.value)
 
 
