@@ -57,6 +57,21 @@ def _kinds(node: Node, trial: Record) -> list[tuple[str, bytes]]:
     return sorted((e.kind, e.node) for e in events if e is not None)
 
 
+def _frozen_here(tmp_path: Path) -> tuple[Node, Record, Record]:
+    """A caught-up node holding an experiment of budget 1 whose one trial it froze at step 2."""
+    exp = _experiment(max_trials=1)
+    node = _node(tmp_path)
+    me = node.node_id
+    body = {"params": {"x": 0.5}, "node": me, "counter": 1}
+    trial = Record.create(TRIAL, me, 1, int(time.time() * 1000), body, [exp.key])
+    ran = [
+        EventBody(trial.key, exp.key, "started", me),
+        EventBody(trial.key, exp.key, "frozen", me, 2),
+    ]
+    node.store.add([exp, trial, *(_event(exp, trial, e, me, i) for i, e in enumerate(ran, 2))])
+    return node, exp, trial
+
+
 def _node(tmp_path: Path) -> Node:
     node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1))
     node.replicator.sessions = 1  # caught up: free trials may be claimed
@@ -137,16 +152,8 @@ async def test_a_start_the_disk_refuses_gives_its_slot_back(
 async def test_a_peer_that_is_stopping_thaws_nothing_by_hand(tmp_path: Path) -> None:
     # Its stop had already interrupted the running trials: a trial thawed then ran on
     # unrecorded after the peer was gone, and was re-run from step 0 elsewhere.
-    exp = _experiment(max_trials=1)
-    node = _node(tmp_path)
+    node, _exp, trial = _frozen_here(tmp_path)
     me = node.node_id
-    body = {"params": {"x": 0.5}, "node": me, "counter": 1}
-    trial = Record.create(TRIAL, me, 1, int(time.time() * 1000), body, [exp.key])
-    ran = [
-        EventBody(trial.key, exp.key, "started", me),
-        EventBody(trial.key, exp.key, "frozen", me, 2),
-    ]
-    node.store.add([exp, trial, *(_event(exp, trial, e, me, i) for i, e in enumerate(ran, 2))])
     api = LocalApi(node)
 
     class Request:
@@ -192,16 +199,8 @@ async def test_a_thaw_by_hand_of_an_experiment_whose_code_is_not_here_is_refused
     # Taken over from a gone peer once the budget was spent, the experiment's code had not
     # been laid out here (nothing else would run): the launch failed the user's paused trial
     # with "cannot start: b'...'" (a KeyError), for good.
-    exp = _experiment(max_trials=1)
-    node = _node(tmp_path)
+    node, exp, trial = _frozen_here(tmp_path)
     me = node.node_id
-    body = {"params": {"x": 0.5}, "node": me, "counter": 1}
-    trial = Record.create(TRIAL, me, 1, int(time.time() * 1000), body, [exp.key])
-    ran = [
-        EventBody(trial.key, exp.key, "started", me),
-        EventBody(trial.key, exp.key, "frozen", me, 2),
-    ]
-    node.store.add([exp, trial, *(_event(exp, trial, e, me, i) for i, e in enumerate(ran, 2))])
     monkeypatch.setattr(node.runner, "can_run", lambda state: False)
 
     class Request:
