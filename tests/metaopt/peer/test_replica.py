@@ -221,7 +221,10 @@ async def test_a_freeze_or_thaw_that_cannot_happen_says_why_and_what_to_do() -> 
     store.add([exp, *trials, *events])
     stopping: dict[bytes, str] = {}
     runner = SimpleNamespace(
-        free_slots=lambda: 0, running_keys=lambda: {trials[2].key}, stopping_as=stopping.get
+        free_slots=lambda: 0,
+        running_keys=lambda: {trials[2].key},
+        stopping_as=stopping.get,
+        can_run=lambda state: True,
     )
     alive = {NODE, other}
     listened = [False]
