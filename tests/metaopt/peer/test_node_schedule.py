@@ -465,9 +465,13 @@ def _second_in_turn(
         monotonic=lambda: now[0],
     )
     monkeypatch.setattr(node, "turn_nodes", lambda: [*others, node.node_id])
-    while settle_rank(node.node_id, node.turn_nodes(), exp.key, 0) == 0:
-        others[-1] = bytes([others[-1][0] + 1]) * 16
-    return node
+    # Another node id until this one is not first: 254 one-byte ids ran out once in a few
+    # hundred runs (this node's random id ranked first against every one of them).
+    for i in range(3, 1 << 20):
+        if settle_rank(node.node_id, node.turn_nodes(), exp.key, 0) != 0:
+            return node
+        others[-1] = i.to_bytes(16, "big")
+    raise AssertionError("no node id ranks before this one")
 
 
 @pytest.mark.asyncio
