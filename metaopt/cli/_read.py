@@ -1,4 +1,4 @@
-"""`metaopt status|best|export|stop|logs`: what this machine's replica knows, now."""
+"""`metaopt status|best|export|stop|logs|clean`: what this machine's replica knows, now."""
 
 from __future__ import annotations
 
@@ -90,6 +90,22 @@ def add_read_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     logs.add_argument("trial")
     logs.add_argument("--data-dir", default=None)
     logs.set_defaults(func=_logs)
+
+    clean = sub.add_parser(
+        "clean", help="delete this machine's folders of ended trials (all but the best)"
+    )
+    clean.add_argument("experiment", nargs="*", help="by name or id; every experiment if none")
+    clean.add_argument(
+        "--keep",
+        type=int,
+        default=1,
+        metavar="N",
+        help="keep the folders of the N best completed trials of each experiment (default 1;"
+        " with several objectives, the Pareto front)",
+    )
+    clean.add_argument("--dry-run", action="store_true", help="only say what it would free")
+    clean.add_argument("--data-dir", default=None)
+    clean.set_defaults(func=_clean)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -314,4 +330,33 @@ def _logs(args: argparse.Namespace) -> int:
     if info.get("stderr"):  # another peer's record: its lines, not its terminal escapes
         stderr = printable(str(info["stderr"]), lines=True)
         print(f"the last lines of its stderr, as recorded:\n{stderr}")
+    return 0
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    power = min(int(math.log(n, 1024)), 3)
+    return f"{n / 1024**power:.1f} {('KiB', 'MiB', 'GiB')[power - 1]}"
+
+
+def _counted(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _clean(args: argparse.Namespace) -> int:
+    if args.keep < 0:
+        raise MetaoptError(f"--keep {args.keep}: keep 0 or more trials")
+    body = {"experiments": args.experiment, "keep": args.keep, "dry_run": args.dry_run}
+    done = _peer(args).call("api.clean", body)
+    verb = "would free" if args.dry_run else "freed"
+    what = [f"the folders of {_counted(done['trials'], 'ended trial')}"]
+    if done["bundles"]:
+        what.append(f"{_counted(done['bundles'], 'code bundle')} no trial needs now")
+    print(f"{verb} {_size(done['freed'])}: {', '.join(what)}")
+    kept = done["kept"]
+    if kept:
+        ids = f": {', '.join(t[:12] for t in kept)}" if len(kept) <= 10 else ""
+        best = "best trial" if len(kept) == 1 else f"{len(kept)} best trials"
+        print(f"kept the folders of the {best}{ids}")
     return 0

@@ -6,6 +6,7 @@ they show what this node knows now.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from crdt import Record, RecordError
 from metaopt._errors import MetaoptError
 from metaopt._records import BLOB, EXPERIMENT, parse_experiment, trial_timeout
 from metaopt._state import FROZEN_BY_HAND, KILLED_BY_HAND, ExperimentState, TrialView
+from metaopt.peer._clean import carry_out, plan_clean
 from metaopt.peer._wire import Request
 from metaopt.space import Space
 
@@ -123,6 +125,7 @@ class LocalApi:
             "api.freeze": self.freeze,
             "api.thaw": self.thaw,
             "api.kill": self.kill,
+            "api.clean": self.clean,
         }
 
     def _experiment(self, body: Any) -> ExperimentState:
@@ -365,6 +368,28 @@ class LocalApi:
             )
         await self.node.runner.launch(state, view, thaw=True)
         return {"id": view.id, "from_step_0": taken_over}
+
+    async def clean(self, request: Request) -> Any:
+        """Delete the folders of this peer's ended trials (but the best) and the code bundles
+        no trial needs now (see _clean); ``dry_run`` only says what that would free."""
+        body = request.body
+        if not isinstance(body, dict):
+            raise MetaoptError("clean takes experiments, keep and dry_run")
+        names, keep = body.get("experiments") or [], body.get("keep", 1)
+        if not isinstance(names, list) or not isinstance(keep, int) or keep < 0:
+            raise MetaoptError("clean takes a list of experiments and a keep of 0 or more")
+        replica = self.node.replica
+        states = [self._experiment(n) for n in names] if names else replica.experiments.values()
+        plan = plan_clean(states, self.node.dirs, self.node.runner.running_keys(), keep)
+        if not body.get("dry_run"):
+            # Off the loop: a thousand checkpoints take a while to delete.
+            await asyncio.to_thread(carry_out, plan)
+        return {
+            "trials": plan.trials,
+            "bundles": plan.bundles,
+            "kept": plan.kept,
+            "freed": plan.freed,
+        }
 
     async def shutdown(self, request: Request) -> Any:
         self.node.request_stop()

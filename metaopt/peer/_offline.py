@@ -23,10 +23,11 @@ from metaopt.peer._identity import DataDir, trial_log_path
 from metaopt.peer._replica import Replica
 from metaopt.peer._wire import Request
 
-__all__ = ["READ_ONLY", "OfflinePeer"]
+__all__ = ["WITHOUT_PEER", "OfflinePeer"]
 
-# What needs no running peer: reading the replica and trial logs.
-READ_ONLY = frozenset({"api.experiments", "api.experiment", "api.logs"})
+# What needs no running peer: reading the replica and trial logs, and deleting the folders
+# of ended trials (a stopped peer runs none).
+WITHOUT_PEER = frozenset({"api.experiments", "api.experiment", "api.logs", "api.clean"})
 
 
 @dataclass
@@ -44,6 +45,9 @@ class _StoppedRunner:
     def stopping_as(self, trial: bytes) -> str | None:
         return None
 
+    def running_keys(self) -> frozenset[bytes]:
+        return frozenset()
+
 
 class _NoPeers:
     def get(self, node_id: bytes) -> None:
@@ -57,6 +61,7 @@ class _StoppedNode:
 
     def __init__(self, dirs: DataDir, replica: Replica) -> None:
         self.node_id = dirs.node_id()
+        self.dirs = dirs
         self.replica = replica
         self.runner = _StoppedRunner(dirs)
         self.peers = _NoPeers()
@@ -86,10 +91,10 @@ class OfflinePeer:
 
     def call(self, op: str, body: Any = None) -> Any:
         root = self.dirs.root
-        if op not in READ_ONLY:
+        if op not in WITHOUT_PEER:
             raise MetaoptError(
                 f"no peer is running on {root}; start one with `metaopt peer start"
-                f" --data-dir {root}` (without one, only status, best, export and logs work)"
+                f" --data-dir {root}` (without one, only status, best, export, logs and clean work)"
             )
         try:
             store = LevelDBStore(self.dirs.replica)

@@ -27,6 +27,7 @@ __all__ = [
     "rendezvous_rank",
     "settle_rank",
     "settle_wait",
+    "work_left",
 ]
 
 # After this many trials in a row failed (anywhere, with no completion since), new trials of
@@ -205,7 +206,7 @@ def _backing_off(state: ExperimentState, now_ms: int, quiet_ms: Callable[[TrialV
     return max(now_ms - last_ms, *map(quiet_ms, last)) < wait
 
 
-def _work_left(state: ExperimentState) -> bool:
+def work_left(state: ExperimentState) -> bool:
     """Whether a trial of the experiment may still start: a new one, or a free one again."""
     if state.stopped:
         return False
@@ -244,7 +245,7 @@ def plan_work(
     # A spent budget still lets free trials run again: they are part of it, not beyond it.
     # Asked only of experiments with work left: runnable() materialises an experiment's code
     # (a peer that joined late wrote the bundles of 25 finished experiments, 1.4 GB).
-    candidates = [s for s in experiments if _work_left(s) and runnable(s)]
+    candidates = [s for s in experiments if work_left(s) and runnable(s)]
     running_count = {s.key: 0 for s in candidates}
     # Ties on the count here went to the lowest key on every peer alike: with 3 experiments
     # on 2 peers of 2 slots, the slot a trial freed went back to its own experiment (now at 0

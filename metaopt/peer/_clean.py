@@ -1,0 +1,135 @@
+"""Freeing disk: the folders of this peer's ended trials, and code bundles no trial needs now.
+
+A peer keeps each trial's folder after the trial ends: its checkpoints, its copy of the code
+and whatever it wrote in its working directory. Over months of searches that fills the disk
+(a thousand trials with a 100 MB checkpoint each is 100 GB), and nothing tells a user which
+folders are safe to delete. ``metaopt clean`` deletes, on this machine only:
+
+* the folder of every trial that has ended for good (completed, failed, killed: a terminal
+  state never changes, so no run will need it again) and does not run here now (a trial ended
+  by another peer's event may still be stopping here), except the ``keep`` best completed
+  trials of each experiment (with several objectives, its Pareto front), whose checkpoints
+  are what a search is for. The output log and the pid file stay: ``metaopt logs`` reads the
+  one, and a restarted peer checks the other for a process its last life left behind.
+* the code bundle laid out for an experiment that no trial can start or resume from: no
+  work left (see the scheduler) and nothing frozen (``metaopt thaw`` needs the code). It is
+  only a copy of blobs every replica holds, and laid out again if a lost trial brings work
+  back.
+
+What it frees is counted by file, each inode once, and only when every link to it goes: a
+trial's code is a tree of hard links to its bundle's files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from metaopt._state import TERMINAL_STATES, ExperimentState, TrialView
+from metaopt.peer._identity import DataDir, trial_dir
+from metaopt.peer._scheduler import work_left
+
+__all__ = ["KEPT_FILES", "CleanPlan", "carry_out", "kept_trials", "plan_clean"]
+
+# What stays in an ended trial's folder: small, and read later (see the module docstring).
+KEPT_FILES = frozenset({"output.log", "pid"})
+
+
+@dataclass
+class CleanPlan:
+    """What ``carry_out`` deletes, and what it frees."""
+
+    paths: list[Path] = field(default_factory=list)  # files and folders, each deleted whole
+    trials: int = 0  # trial folders emptied
+    bundles: int = 0  # code bundles deleted
+    kept: list[str] = field(default_factory=list)  # ids of the trials kept as the best
+    freed: int = 0  # bytes on disk
+
+
+def kept_trials(state: ExperimentState, keep: int) -> list[TrialView]:
+    """The trials whose folders stay: the ``keep`` best completed ones, or the Pareto front."""
+    if keep <= 0:
+        return []
+    if len(state.spec.objectives) > 1:
+        return state.best()
+    done = [t for t in state.trials() if t.state == "completed" and t.values is not None]
+    done.sort(key=lambda t: (state.signed(t.values or ()), t.created, t.key))
+    return done[:keep]
+
+
+def plan_clean(
+    experiments: Iterable[ExperimentState],
+    dirs: DataDir,
+    running_here: Collection[bytes],
+    keep: int,
+) -> CleanPlan:
+    """What to delete of the experiments' trials and bundles on this peer (nothing yet)."""
+    plan = CleanPlan()
+    for state in experiments:
+        kept = {t.key for t in kept_trials(state, keep)}
+        for trial in state.trials():
+            folder = trial_dir(dirs, trial.key)
+            if trial.key in kept and folder.is_dir():
+                plan.kept.append(trial.id)
+                continue
+            if trial.state not in TERMINAL_STATES or trial.key in running_here:
+                continue
+            doomed = _entries(folder)
+            if doomed:
+                plan.paths += doomed
+                plan.trials += 1
+        bundle = dirs.bundles / state.key.hex()[:16]
+        frozen = any(t.state == "frozen" for t in state.trials())
+        if not work_left(state) and not frozen and bundle.is_dir():
+            plan.paths.append(bundle)
+            plan.bundles += 1
+    plan.freed = _freed(plan.paths)
+    return plan
+
+
+def carry_out(plan: CleanPlan) -> None:
+    """Delete what the plan holds; a path already gone (or going) is no error."""
+    for path in plan.paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.name not in KEPT_FILES)
+    except OSError:  # no folder: it never ran here
+        return []
+
+
+def _files(paths: Iterable[Path]) -> Iterator[os.stat_result]:
+    for path in paths:
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        if not path.is_dir() or path.is_symlink():
+            yield st
+            continue
+        for root, _dirs, names in os.walk(path):
+            for name in names:
+                try:
+                    yield os.lstat(os.path.join(root, name))
+                except OSError:
+                    continue
+
+
+def _freed(paths: Iterable[Path]) -> int:
+    """Bytes on disk that deleting the paths gives back: a file's blocks once all its links
+    are among them (a kept trial's code may link to a deleted bundle's files)."""
+    links: dict[tuple[int, int], int] = {}
+    stats: dict[tuple[int, int], os.stat_result] = {}
+    for st in _files(paths):
+        inode = (st.st_dev, st.st_ino)
+        links[inode] = links.get(inode, 0) + 1
+        stats[inode] = st
+    return sum(st.st_blocks * 512 for i, st in stats.items() if links[i] >= st.st_nlink)
