@@ -69,6 +69,8 @@ _MAX_SETTLE_TURNS = 8
 # wait after the first means another peer's trial arrived (the cluster is not idle), or this
 # peer's loop was too busy to wake in time.
 _MAX_WAITS = 4
+# Seconds between two tracebacks of a periodic task that keeps failing.
+_FAILURE_LOG_EVERY = 60.0
 
 
 def _import_search_stack() -> None:
@@ -336,6 +338,8 @@ class Node:
         )
 
     async def _every(self, interval: float, step: Callable[[], Any]) -> None:
+        said_at = -math.inf  # when this task's failure was last logged
+        unsaid = 0  # its failures since
         while not self._stopping.is_set():
             try:
                 await step()
@@ -344,7 +348,13 @@ class Node:
             except Exception as exc:  # one failed round must not end the loop
                 name = getattr(step, "__name__", str(step))
                 if not self.storage.note(exc, name):
-                    log.exception("periodic task %s failed", name)
+                    # A fault met at every round logged its traceback twice a second, for
+                    # good: once a minute, with how often it failed meanwhile.
+                    unsaid += 1
+                    if self.monotonic() - said_at >= _FAILURE_LOG_EVERY:
+                        more = f" ({unsaid - 1} more times since it was last logged)"
+                        log.exception("periodic task %s failed%s", name, more if unsaid > 1 else "")
+                        said_at, unsaid = self.monotonic(), 0
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=interval)
 

@@ -122,3 +122,32 @@ async def test_a_heartbeat_from_a_runner_whose_clock_is_behind_is_news_when_it_a
         assert ("lost", node.node_id) in runner.events()
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_periodic_task_that_keeps_failing_logs_its_traceback_once_a_minute(
+    node: Node, clocks: _Clocks, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A fault met at every round logged a traceback twice a second, for good.
+    rounds = 0
+
+    async def broken() -> None:
+        nonlocal rounds
+        rounds += 1
+        clocks.advance(1.0)
+        if rounds == 130:
+            node.request_stop()
+        raise KeyError("a bug")
+
+    try:
+        with caplog.at_level("ERROR", logger="metaopt.peer"):
+            await node._every(0.0, broken)
+    finally:
+        await node.stop()
+    said = [r.getMessage() for r in caplog.records if "periodic task broken" in r.getMessage()]
+    assert said == [
+        "periodic task broken failed",
+        "periodic task broken failed (59 more times since it was last logged)",
+        "periodic task broken failed (59 more times since it was last logged)",
+    ]
+    assert all(r.exc_info for r in caplog.records if "periodic task broken" in r.getMessage())
