@@ -13,7 +13,10 @@ word                  name       renders as
 ====================  =========  ===========================
 
 Any other word is literal, so ``~/data`` or ``--out=~/runs`` stay as typed. Floats render as
-their shortest round-trip text (``1e-05``), ints and strings as themselves.
+their shortest round-trip text (``1e-05``), a negative one with an exponent in positional
+notation (``-0.00005``: argparse takes ``-5e-05`` for an option, as its pattern for negative
+numbers has no exponent, and the trial failed "expected one argument"); ints and strings as
+themselves.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal
 
 from metaopt._errors import MetaoptError, SpaceError
@@ -125,7 +129,10 @@ def format_value(value: Any) -> str:
     if isinstance(value, int):
         return str(int(value))
     if isinstance(value, float):
-        return repr(float(value))  # float() because numpy's float64 repr names its type
+        text = repr(float(value))  # float() because numpy's float64 repr names its type
+        if text.startswith("-") and "e" in text:
+            return format(Decimal(text), "f")  # (see the module docstring); exact
+        return text
     item = getattr(value, "item", None)  # numpy scalars
     if callable(item):
         return format_value(item())
