@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from crdt import MAX_RECORD_SIZE, OversizedRecord, Record
-from metaopt._errors import MetaoptError, WorkerError
+from metaopt._errors import MetaoptError, SpaceError, WorkerError
 from metaopt._records import BLOB, MAX_NAME, ExperimentSpec, experiment_record, name_problem
 from metaopt._state import FROZEN_BY_HAND, TERMINAL_STATES
 from metaopt.cli._format import (
@@ -77,10 +77,14 @@ def add_submit_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.set_defaults(func=submit)
 
 
-def split_submit_args(words: list[str]) -> tuple[dict[str, Any], list[str]]:
-    """(options, template words) from a submit command line."""
+def split_submit_args(
+    words: list[str], notes: list[str] | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """(options, template words) from a submit command line; ``notes`` gets what the user
+    should hear of words left to the program."""
     options: dict[str, Any] = {}
     template: list[str] = []
+    after_maximize: str | None = None  # the word after a bare --maximize
     i = 0
     while i < len(words):
         word = words[i]
@@ -88,8 +92,20 @@ def split_submit_args(words: list[str]) -> tuple[dict[str, Any], list[str]]:
             template.extend(words[i + 1 :])
             break
         name, eq, inline = word.partition("=")
-        spec = _OPTIONS.get(name) if "~" not in word else None
+        # A parameter of the program may share an option's name (--name~choices(...)); a
+        # value holding a ~ (--name=run~2, --data-dir=~/peers) is still the option's.
+        prior = _is_prior(word)
+        spec = None if prior else _OPTIONS.get(name)
         if spec is None:
+            if notes is not None and word.startswith("--") and template and not prior:
+                # Past the program's name, a misspelt option went to the program unnoticed:
+                # --max-trails 5 ran without a budget.
+                close = difflib.get_close_matches(name, _OPTIONS, n=1, cutoff=0.75)
+                if close:
+                    notes.append(
+                        f"note: {name} goes to the program, not to submit (did you mean"
+                        f" {close[0]}?); words after -- go to the program without this note"
+                    )
             template.append(word)
             i += 1
             continue
@@ -103,6 +119,8 @@ def split_submit_args(words: list[str]) -> tuple[dict[str, Any], list[str]]:
                 options[dest] = inline  # --maximize=acc: these objectives only
             else:
                 options[dest] = not eq or inline.lower() in _TRUE
+                if dest == "maximize" and not eq and i + 1 < len(words):
+                    after_maximize = words[i + 1]
             i += 1
             continue
         if eq:
@@ -113,7 +131,26 @@ def split_submit_args(words: list[str]) -> tuple[dict[str, Any], list[str]]:
             i += 2
         else:
             raise MetaoptError(f"{name} needs a value")
+    if options.get("maximize") is True and after_maximize is not None:
+        # `--maximize acc` maximised every objective (loss too) and gave acc to the program.
+        objectives = {o.strip() for o in str(options.get("objective") or "loss").split(",")}
+        named = {w.strip() for w in after_maximize.split(",")}
+        if named <= objectives:
+            raise MetaoptError(
+                f"--maximize {after_maximize}: write --maximize={after_maximize} to maximize"
+                f" only {after_maximize} (--maximize alone maximizes every objective)"
+            )
     return options, template
+
+
+def _is_prior(word: str) -> bool:
+    """Whether the word marks a parameter of the program (or a broken attempt at one)."""
+    if "~" not in word:
+        return False
+    try:
+        return bool(parse_template([word]).priors)
+    except SpaceError:
+        return True  # the template says what is wrong with it
 
 
 def _load_config(path: str) -> dict[str, Any]:
@@ -395,7 +432,8 @@ def _name(given: Any, words: list[str], cwd: Path) -> str:
     """--name, else the stem of the script run: `sh s3/train.sh` and `python -u train.py` are
     both "train", not "sh" and "python"."""
     if given is None:
-        files = (w for w in words if "~" not in w and (cwd / w).is_file())
+        # (os.path: Path.is_file raises on a word too long for a file name, `-c "<code>"`)
+        files = (w for w in words if "~" not in w and os.path.isfile(cwd / w))
         stem = Path(next(files, words[0])).stem[:MAX_NAME].strip()
         return "experiment" if name_problem(stem) else stem
     name = str(given)
@@ -483,7 +521,10 @@ def _check_program(program: str, path: Path, cwd: Path) -> None:
 
 
 def submit(args: argparse.Namespace) -> int:
-    options, words = split_submit_args(list(args.words))
+    notes: list[str] = []
+    options, words = split_submit_args(list(args.words), notes)
+    for note in notes:
+        print(note, file=sys.stderr)
     options = merge_config(options)
     experiment, blobs = build_submission(options, words, Path.cwd())
     given_dir = options.get("data_dir")

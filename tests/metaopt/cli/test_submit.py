@@ -293,6 +293,52 @@ def test_a_flag_with_a_value_is_read_as_true_or_false() -> None:
     assert split_submit_args(["--maximize=acc", "t.py"])[0] == {"maximize": "acc"}
 
 
+def test_maximize_followed_by_an_objective_is_refused_not_read_as_all_of_them() -> None:
+    # `--maximize acc` maximised loss as well, and gave "acc" to the program.
+    with pytest.raises(MetaoptError, match="write --maximize=acc to maximize only acc"):
+        split_submit_args(["--objective", "loss,acc", "--maximize", "acc", "t.py"])
+    with pytest.raises(MetaoptError, match="--maximize=loss"):
+        split_submit_args(["t.py", "--maximize", "loss"])
+    # Followed by the program (or anything not an objective) it maximizes them all.
+    assert split_submit_args(["--maximize", "t.py"])[0] == {"maximize": True}
+    assert split_submit_args(["--objective", "acc", "t.py", "--maximize", "--x", "acc"])[0] == {
+        "objective": "acc",
+        "maximize": True,
+    }
+
+
+def test_an_options_value_may_hold_a_tilde() -> None:
+    # --name=run~2 was "not an option of submit", --data-dir=~/peers "no such program", and an
+    # --objective-regex with a ~ went to the program unread.
+    options, template = split_submit_args(
+        ["--name=run~2", "t.py", "--x~uniform(0, 1)", "--objective-regex=a~ ([0-9]+)"]
+    )
+    assert options == {"name": "run~2", "objective_regex": "a~ ([0-9]+)"}
+    assert template == ["t.py", "--x~uniform(0, 1)"]
+    assert split_submit_args(["--data-dir=~/peers", "t.py"])[0] == {"data_dir": "~/peers"}
+    # A parameter of the program named as an option is still the program's.
+    assert split_submit_args(["t.py", "--name=~choices(['a', 'b'])"]) == (
+        {},
+        ["t.py", "--name=~choices(['a', 'b'])"],
+    )
+
+
+def test_a_misspelt_option_past_the_program_is_noted() -> None:
+    # --max-trails 5 went to the program, and the search ran without a budget, unsaid.
+    notes: list[str] = []
+    options, template = split_submit_args(
+        ["t.py", "--x~uniform(0, 1)", "--max-trails", "5", "--epochs", "3"], notes
+    )
+    assert options == {} and template[2:] == ["--max-trails", "5", "--epochs", "3"]
+    assert notes == [
+        "note: --max-trails goes to the program, not to submit (did you mean --max-trials?);"
+        " words after -- go to the program without this note"
+    ]
+    notes.clear()
+    split_submit_args(["t.py", "--x~uniform(0, 1)", "--", "--max-trails", "5"], notes)
+    assert notes == []
+
+
 def test_maximize_names_the_objectives_it_maximizes(tmp_path: Path) -> None:
     # Low loss with high accuracy could not be asked for: --maximize turned both around.
     (tmp_path / "t.py").write_text("")
@@ -748,3 +794,10 @@ def test_a_trial_timeout_is_a_duration_kept_in_the_spec_options(tmp_path: Path) 
     # What no submit writes (another version's, or a hostile peer's) is no limit.
     for odd in (0, -5, 2.5, "1h", True, 2**60):
         assert trial_timeout(dataclasses.replace(spec, options={"trial_timeout": odd})) is None
+
+
+def test_a_word_too_long_for_a_file_name_is_no_traceback(tmp_path: Path) -> None:
+    # `submit python3 -c "<346 characters>" --x~...` raised OSError: File name too long.
+    code = "echo " + "x" * 300
+    body = _build(tmp_path, "--no-bundle", "sh", "-c", code, "--x~uniform(0, 1)")
+    assert body["name"] == "sh"
