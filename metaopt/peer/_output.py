@@ -260,10 +260,15 @@ class OutputParser:
             # Its end, where a report may have been, was never kept: say so, or a report
             # after 64 KiB of text on one line just went missing.
             self._note(f"a stdout line over {self.config.max_line_bytes} bytes was cut, unread")
+        if overlong:
+            # It overwrote what a \r left on screen: that is no later value (a run completed
+            # with the value its overlong line had overwritten).
+            self._returned[stdout] = ""
         if self._regex is None or overlong or self.broken is not None:
             return
         if returned:  # a \r: what follows on this line overwrites it
-            self._returned[stdout] = text
+            if text.strip():  # (an empty stretch, "\r\r", overwrites nothing)
+                self._returned[stdout] = text
             return
         shown = text if text.strip() else self._returned[stdout]  # "\r\n" ends a line too
         self._returned[stdout] = ""

@@ -244,6 +244,18 @@ def test_a_progress_bar_redrawn_with_cr_is_one_regex_step() -> None:
     assert parser.finish() == [{"loss": 0.15, "step": 4}]  # what was left on screen
 
 
+def test_an_overlong_line_overwrites_what_a_cr_left_on_screen() -> None:
+    # "loss: 0.5\r" then a 70 KB line with the real value completed at 0.5, where a run whose
+    # last value went unread fails.
+    parser = OutputParser(OutputConfig(objective_regex=r"loss: ([0-9.]+)", max_line_bytes=64))
+    parser.feed(b"training... loss: 0.5\r" + b"loss: 0.98 " + b"x" * 100 + b"\n")
+    assert parser.finish() == [] and parser.unread is not None
+    assert parser.objective() is None
+    # An empty stretch between two \r overwrites nothing: what is on screen still counts.
+    again = OutputParser(OutputConfig(objective_regex=r"acc=([0-9.]+)"))
+    assert again.feed(b"acc=0.5\r\r\n") == [{"loss": 0.5, "step": 1}]
+
+
 def test_a_nan_or_inf_as_the_latest_value_is_kept_as_a_divergence() -> None:
     # A bash program printing val_loss=0.05, then nan, then inf was recorded completed at 0.05
     # (and became the best); in Python, metaopt.report raises on the nan.
