@@ -318,6 +318,12 @@ def _logs(args: argparse.Namespace) -> int:
     info = _peer(args, read=True).call("api.logs", args.trial)
     if info["here"]:
         sys.stdout.write(info["text"])
+        if "size" in info:
+            sys.stdout.flush()
+            print(
+                f"(its last lines only, of {_size(info['size'])}; the whole log: {info['path']})",
+                file=sys.stderr,
+            )
         return 0
     if info["runner"] is None:
         raise MetaoptError(f"trial {args.trial} has not started on any peer yet")

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["LocalApi", "experiment_json", "trial_json"]
 
 MAX_SUBMIT_RECORDS = 4096
+_LOG_TAIL = 1 << 20  # the bytes of a trial's log `metaopt logs` shows, its end
 
 
 def _all_points_tried(state: ExperimentState) -> str | None:
@@ -238,8 +239,14 @@ class LocalApi:
             with log_path.open("rb") as f:
                 f.seek(0, 2)
                 size = f.tell()
-                f.seek(max(0, size - (1 << 20)))
-                return {"here": True, "text": f.read().decode(errors="replace")}
+                f.seek(max(0, size - _LOG_TAIL))
+                tail = f.read()
+            if size <= _LOG_TAIL:
+                return {"here": True, "text": tail.decode(errors="replace")}
+            # From a line's start, and saying so: the cut was silent, mid-line.
+            tail = tail[tail.find(b"\n") + 1 :]
+            text = tail.decode(errors="replace")
+            return {"here": True, "text": text, "size": size, "path": str(log_path)}
         if runner == self.node.node_id:
             # Ran here but wrote no log: it failed before its process started.
             why = (trial.reason if trial else None) or "no output was recorded"

@@ -97,3 +97,20 @@ def test_without_a_peer_what_would_change_the_replica_says_to_start_one(tmp_path
     with pytest.raises(MetaoptError) as info:
         OfflinePeer(tmp_path / "elsewhere")
     assert "nor has one run there" in str(info.value)
+
+
+def test_a_long_log_is_shown_from_a_line_start_and_says_it_was_cut(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A 2.9 MB log printed its last 1 MiB, mid-line, without a word.
+    from metaopt.cli import main
+
+    trial = _stopped_peer(tmp_path)
+    log = trial_log_path(DataDir(tmp_path), trial.key)
+    log.write_text("".join(f"line {i:07d} {'y' * 40}\n" for i in range(60_000)))
+    assert main(["logs", trial.key.hex()[:8], "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("line ") and out.out.endswith("line 0059999 " + "y" * 40 + "\n")
+    assert len(out.out) <= 1 << 20
+    size = log.stat().st_size / (1 << 20)
+    assert f"the whole log: {log}" in out.err and f"of {size:.1f} MiB" in out.err
