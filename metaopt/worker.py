@@ -160,6 +160,12 @@ def report(metrics: Mapping[str, object] | None = None, /, **kw: object) -> None
         WorkerError: no metric, or a name or value outside the rule in the module docstring
             (nan and inf are reported: the peer records a run that ends on one as diverged).
     """
+    if metrics is not None and not isinstance(metrics, Mapping):
+        # report(0.12) raised "'float' object is not iterable".
+        raise WorkerError(
+            f"report() takes metrics by name, e.g. report(loss={metrics!r}, step=3), or a"
+            f" dict of them; got {type(metrics).__name__} {metrics!r}"
+        )
     given: dict[str, object] = dict(metrics or {})
     given.update(kw)
     if not given:

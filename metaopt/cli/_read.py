@@ -276,14 +276,19 @@ def _export(args: argparse.Namespace) -> int:
     writer = csv.writer(out)
     fixed = ["trial", "state", "node", "runner", "step", "reason"]
     shown_names, shown_metrics = column_names(fixed, names, [*objectives, *others])
-    writer.writerow([*fixed[:4], *shown_names, *shown_metrics, *fixed[4:]])
+    # Raw for a file or a pipe; on a terminal, other peers' text as status shows it: escapes
+    # in a failed trial's reason (its stderr) reached the terminal through export.
+    cell = (lambda v: printable(v) if isinstance(v, str) else v) if sys.stdout.isatty() else None
+    header = [*fixed[:4], *shown_names, *shown_metrics, *fixed[4:]]
+    writer.writerow(map(cell, header) if cell else header)
     for t in trials:
-        writer.writerow(
+        row = (
             [t["id"], t["state"], t["node"], t["runner"] or ""]
             + [t["params"].get(n) for n in names]
             + [t["metrics"].get(m) for m in (*objectives, *others)]
             + [_step(t), t["reason"] or ""]
         )
+        writer.writerow(map(cell, row) if cell else row)
     sys.stdout.write(out.getvalue())
     return 0
 

@@ -662,7 +662,10 @@ def wait_for(
             f" {info['trials']}/{total} trials, best {fmt_value(best_summary(info))}"
         )
         if line != last:
-            print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True, file=out)
+            # On a terminal the line is rewritten in place, its old end erased (a shorter line
+            # left "best 0.0959est 0.34508" on screen).
+            shown = f"\r{line}\x1b[K" if tty else line
+            print(shown, end="" if tty else "\n", flush=True, file=out)
             last = line
         if info["finished"]:
             break

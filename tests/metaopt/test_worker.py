@@ -72,10 +72,13 @@ class _Tensor:
         ({"note": "y" * 257}, "256"),
         ({"big": 2**63}, "64 bits"),
         ({f"m{i}": i for i in range(65)}, "at most 64"),
+        # report(0.12) and report("loss") raised Python's own TypeError and ValueError.
+        (0.12, "e.g. report(loss=0.12, step=3)"),
+        ("loss", "takes metrics by name"),
     ],
 )
 def test_report_refuses_misuse_with_one_line(
-    metrics: dict[str, object], words: str, capsys: pytest.CaptureFixture[str]
+    metrics: object, words: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(WorkerError) as info:
         worker.report(metrics)

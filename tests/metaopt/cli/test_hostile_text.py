@@ -214,3 +214,16 @@ def test_json_of_non_finite_numbers_is_valid_json(
         assert "Infinity" in text  # as a string
         json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} is not JSON"))
     assert json.loads(json_text({"x": float("-inf")})) == {"x": "-Infinity"}
+
+
+def test_export_to_a_terminal_escapes_what_other_peers_wrote_and_to_a_pipe_keeps_it(
+    peer: type[_Peer], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A failed trial's stderr with terminal escapes reached the terminal through export.
+    peer.info = _info([_trial({_HOSTILE: 0.5, "x": 0.5}, {})], [])
+    assert main(["export", "x"]) == 0
+    assert "\x1b[31m" in capsys.readouterr().out  # a file or a pipe gets the data as it is
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert main(["export", "x"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\\x1b[31m" in out and out.count("\n") == 2

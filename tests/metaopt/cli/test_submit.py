@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import subprocess
 import sys
@@ -801,3 +802,32 @@ def test_a_word_too_long_for_a_file_name_is_no_traceback(tmp_path: Path) -> None
     code = "echo " + "x" * 300
     body = _build(tmp_path, "--no-bundle", "sh", "-c", code, "--x~uniform(0, 1)")
     assert body["name"] == "sh"
+
+
+def test_wait_on_a_terminal_erases_the_end_of_a_longer_line_before(tmp_path: Path) -> None:
+    # "10 running" then "9 running" left "best 0.0959est 0.34508" on screen.
+    from metaopt.cli._submit import wait_for
+
+    class _Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    infos = [
+        {"id": "c1" * 32, "name": "e", "counts": counts, "thawed": 0, "max_trials": 12,
+         "trials": 12, "finished": finished, "objectives": ["loss"], "trial_list": [],
+         "best": [{"value": 0.5, "params": {"x": 1}}], "stopped": False}
+        for counts, finished in (({"running": 10, "completed": 2}, False),
+                                 ({"running": 9, "completed": 3}, True))
+    ]  # fmt: skip
+
+    class _Peer:
+        def call(self, op: str, body: object = None) -> object:
+            if op == "api.experiments":
+                return [{**infos[0], "latest": True}]
+            return infos.pop(0) if len(infos) > 1 else infos[0]
+
+    out = _Tty()
+    wait_for(_Peer(), "e", interval=0.0, out=out)  # type: ignore[arg-type]
+    lines = out.getvalue().split("\r")[1:]
+    assert len(lines) == 2 and all(line.endswith("\x1b[K") for line in lines[:1])
+    assert lines[1].startswith("e: 3 done") and "\x1b[K" in lines[1]
