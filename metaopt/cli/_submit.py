@@ -275,6 +275,10 @@ def build_submission(
             "no parameter to search: mark them with ~, e.g. --lr~'loguniform(1e-5, 1)'"
         )
     space = Space.from_dict(template.priors)
+    for dim in space.dimensions:
+        if any(isinstance(c, str) and "\x00" in c for c in dim.choices):
+            # No command line carries it: every trial with it would fail to start.
+            raise MetaoptError(f"{dim.name}: a choice holds a NUL character; no program gets it")
     if space.d == 0:
         raise MetaoptError("no parameter to search besides the fidelity; add one, e.g. --lr~...")
     program = template_words[0]

@@ -205,6 +205,10 @@ class TrialProcess:
         except OSError as exc:
             what = exc.strerror or str(exc)
             return self._finish_early(f"cannot start {spec.argv[0]!r}: {what}; check the command")
+        except ValueError as exc:  # "embedded null byte": no command line or environment
+            # carries a NUL (a choice's value, a name from another peer); one line, not a
+            # traceback of the executor at every trial.
+            return self._finish_early(f"cannot start {spec.argv[0]!r}: {exc} in its arguments")
         loop = asyncio.get_running_loop()
         self.pid = proc.pid
         self._last_activity = loop.time()

@@ -53,13 +53,17 @@ def compile_objective_regex(pattern: str) -> Any:
     ``re``'s syntax the ``re`` way; it accepts more, so ``re`` says first what is allowed:
     the documented syntax, and what older peers compile.
     """
-    re.compile(pattern)
-    with warnings.catch_warnings():  # re just said the same ("possible nested set")
-        warnings.simplefilter("ignore")
-        try:
-            return regex.compile(pattern, flags=regex.VERSION0)
-        except regex.error as exc:
-            raise re.error(str(exc)) from None
+    try:
+        re.compile(pattern)
+        with warnings.catch_warnings():  # re just said the same ("possible nested set")
+            warnings.simplefilter("ignore")
+            try:
+                return regex.compile(pattern, flags=regex.VERSION0)
+            except regex.error as exc:
+                raise re.error(str(exc)) from None
+    except (RecursionError, MemoryError):
+        # 3,000 nested groups: each trial's start logged a traceback of thousands of lines.
+        raise re.error("it is nested too deeply") from None
 
 
 @dataclass(frozen=True)

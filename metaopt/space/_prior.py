@@ -350,10 +350,16 @@ def parse_prior(name: str, text: str) -> Dimension:
         )
     if not isinstance(text, str):
         raise SpaceError(f"{name}: expected a prior string such as 'uniform(0, 1)', got {text!r}")
+    # (A prior from another peer may be 100 KB long: its start names it well enough.)
+    shown = repr(text) if len(text) <= 200 else f"{text[:200]!r}..."
     try:
         return _parse(name, text)
     except _Bad as exc:
-        raise SpaceError(f"{name}: cannot parse {text!r}: {exc}") from None
+        raise SpaceError(f"{name}: cannot parse {shown}: {exc}") from None
+    except (RecursionError, MemoryError):
+        # ast gives up on deep nesting ("uniform(" + "1+" * 5000 ...): one experiment record
+        # of that made every peer's `metaopt status` and `submit` an internal error.
+        raise SpaceError(f"{name}: cannot parse {shown}: it is nested too deeply") from None
 
 
 def _parse(name: str, text: str) -> Dimension:

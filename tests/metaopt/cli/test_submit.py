@@ -831,3 +831,10 @@ def test_wait_on_a_terminal_erases_the_end_of_a_longer_line_before(tmp_path: Pat
     lines = out.getvalue().split("\r")[1:]
     assert len(lines) == 2 and all(line.endswith("\x1b[K") for line in lines[:1])
     assert lines[1].startswith("e: 3 done") and "\x1b[K" in lines[1]
+
+
+def test_a_choice_with_a_nul_character_is_refused(tmp_path: Path) -> None:
+    # No command line carries it: every trial failed to start.
+    (tmp_path / "t.py").write_text("")
+    message = _refused(tmp_path, "t.py", "--x~choices(['a\\x00b', 'c'])")
+    assert message == "x: a choice holds a NUL character; no program gets it"

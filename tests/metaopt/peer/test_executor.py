@@ -305,6 +305,27 @@ async def test_bad_regex_and_missing_cwd_fail_before_starting(tmp_path: Path) ->
     outcome, _ = await _run(spec)
     assert outcome.reason is not None and "does not exist" in outcome.reason
 
+    # 3,000 nested groups made the regex compiler's RecursionError a traceback at every trial.
+    deep = "(?:" * 3000 + "a" + ")" * 3000
+    outcome, _ = await _run(_spec(tmp_path, script, objective_regex=deep))
+    assert outcome.reason is not None and "nested too deeply" in outcome.reason
+
+
+@pytest.mark.asyncio
+async def test_a_nul_in_the_command_line_or_environment_is_a_one_line_failure(
+    tmp_path: Path,
+) -> None:
+    # "embedded null byte" (a choice's value, a name from another peer) was a traceback of
+    # the executor at every trial.
+    for argv, env in (
+        ([sys.executable, "-c", "pass", "a\x00b"], {}),
+        ([sys.executable], {"E": "a\x00"}),
+    ):
+        spec = TrialSpec(argv=argv, cwd=tmp_path, log_path=tmp_path / "log", env=env)
+        outcome, events = await _run(spec)
+        assert outcome.status == "failed" and _kinds(events) == ["failed"]
+        assert outcome.reason is not None and "null byte" in outcome.reason
+
 
 LOOP = """
     import os, signal, sys, time

@@ -269,3 +269,13 @@ def test_a_large_integer_is_found_exactly_among_the_choices() -> None:
     with pytest.raises(SpaceError) as caught:
         dim.from_python("y" * 10_000)
     assert len(str(caught.value)) < 500
+
+
+def test_a_prior_nested_too_deeply_is_one_short_line() -> None:
+    # ast's RecursionError escaped: one experiment record with such a prior made every peer's
+    # `metaopt status` an internal error.
+    for text in ("uniform(" + "1+" * 5000 + "1, 2)", "choices(" + "[" * 5000 + "]" * 5000 + ")"):
+        with pytest.raises(SpaceError) as info:
+            parse_prior("lr", text)
+        msg = str(info.value)
+        assert msg.startswith("lr: cannot parse ") and len(msg) < 400 and "\n" not in msg
