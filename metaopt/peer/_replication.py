@@ -17,6 +17,7 @@ from typing import Any
 
 from crdt import Initiator, Record, Store, StoreError, SyncConfig, push_message
 from metaopt.peer._gossip import PeerTable
+from metaopt.peer._once import OnceEach
 from metaopt.peer._transport import Client, PeerUnreachable, RemoteError
 
 __all__ = ["Replicator"]
@@ -63,6 +64,7 @@ class Replicator:
         self.node_id = node_id
         self.peers = peers
         self.client = client
+        self._said = OnceEach()  # (partner, fault) pairs warned of
         self._clock = clock
         self._rng = rng
         self._fanout = push_fanout
@@ -120,7 +122,7 @@ class Replicator:
                 self.bytes_sent += len(message)
                 reply = await self.client.call(addr, "sync", message)
                 if not isinstance(reply, bytes):
-                    log.warning("%s sent a sync reply that is not bytes", addr)
+                    self._aborted(addr, "reply", "it sent a sync reply that is not bytes")
                     return False
                 message = session.receive(reply)
         except (PeerUnreachable, RemoteError) as exc:
@@ -129,12 +131,20 @@ class Replicator:
         except StoreError:
             raise  # this peer's own disk, not the partner's fault (the node holds back)
         except Exception as exc:  # a protocol error from a bad peer: drop the session only
-            log.warning("anti-entropy with %s aborted: %s", addr, exc)
+            self._aborted(addr, type(exc).__name__, str(exc))
             return False
         # A session that gave up (the partner's set kept changing for max_rounds rounds)
         # moved records but proves no catch-up: Node.caught_up counts converged ones only.
         self.sessions += session.stats.converged
         return True
+
+    def _aborted(self, addr: str, kind: str, why: str) -> None:
+        """A session a partner broke: warned once per partner and kind of fault (a faulty peer
+        broke every session with it, a warning twice a second on every peer), then at debug."""
+        if self._said.first((addr, kind)):
+            log.warning("anti-entropy with %s aborted: %s (said once)", addr, why)
+        else:
+            log.debug("anti-entropy with %s aborted: %s", addr, why)
 
     async def anti_entropy_once(self) -> str | None:
         """Reconcile with one random live peer (else a seed, else a silent known peer)."""

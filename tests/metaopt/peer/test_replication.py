@@ -129,3 +129,23 @@ def test_this_peers_own_disk_refusing_a_session_s_records_is_not_the_partners_fa
     rep.store.add = full  # type: ignore[method-assign]
     with pytest.raises(StoreWriteFailed):
         asyncio.run(rep.reconcile("127.0.0.1:1001"))
+
+
+def test_a_partner_that_breaks_every_session_is_warned_of_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A faulty (or hostile) peer broke every session with it: a warning twice a second on
+    # every peer, for good.
+    class _Garbage:
+        async def call(self, addr: str, op: str, body: Any = None) -> Any:
+            return b"\xc1 not a sync message" if addr.endswith("1") else {"not": "bytes"}
+
+    rep = _replicator(PeerTable(), _Garbage(), 0.0)  # type: ignore[arg-type]
+    with caplog.at_level("DEBUG", logger="metaopt.peer"):
+        for _ in range(5):
+            for addr in ("127.0.0.1:1001", "127.0.0.1:1002"):
+                assert asyncio.run(rep.reconcile(addr)) is False
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 2 and all("(said once)" in w for w in warned)
+    assert "127.0.0.1:1001" in warned[0] and "not bytes" in warned[1]
+    assert sum("aborted" in r.getMessage() for r in caplog.records) == 10
