@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,6 +93,7 @@ class TrialRunner:
         self._undecidable: set[bytes] = set()  # experiments whose stopper failed (logged once)
         self._bundle_warned: dict[bytes, float] = {}  # when a bundle's write was last refused
         self._bundles: dict[bytes, Path] = {}
+        self._laying_out: dict[bytes, asyncio.Task[None]] = {}  # bundles being written
         # Experiments whose bundle is broken for good (a manifest never changes): not tried
         # again on every scheduling pass, nor logged again.
         self.unrunnable: dict[bytes, str] = {}  # experiment key -> why
@@ -136,7 +137,11 @@ class TrialRunner:
         return out
 
     def can_run(self, state: ExperimentState) -> bool:
-        """Whether this peer holds everything needed to run the experiment's trials."""
+        """Whether this peer holds everything needed to run the experiment's trials.
+
+        A bundle not laid out here yet is written in a thread, from then on: False until it
+        is (a bundle of 1 GiB held the event loop for 13 s, past the request timeout).
+        """
         if state.spec.command is None:
             return False
         bundle = state.spec.bundle or {}
@@ -145,43 +150,43 @@ class TrialRunner:
         held = self._bundles.get(state.key)
         if held is not None and held.is_dir():  # (a user may have deleted it to free space)
             return True
-        if state.key in self.unrunnable:
+        if state.key in self.unrunnable or state.key in self._laying_out:
             return False
+        dest = self.node.dirs.bundles / state.key.hex()[:16]
+        if dest.is_dir():  # laid out by this peer's last life
+            self._bundles[state.key] = dest
+            return True
+        task = asyncio.ensure_future(self._lay_out(state))
+        self._laying_out[state.key] = task
+        task.add_done_callback(lambda _: self._laying_out.pop(state.key, None))
+        return False
+
+    async def _lay_out(self, state: ExperimentState) -> None:
+        """Write the experiment's bundle in a thread; what fails is said as can_run did."""
+        loop = asyncio.get_running_loop()
+
+        def chunk(digest: bytes) -> bytes:  # (in the thread)
+            return asyncio.run_coroutine_threadsafe(self._chunk(digest), loop).result()
+
         try:
-            self._bundles[state.key] = self._materialize(state)
+            self._bundles[state.key] = await asyncio.to_thread(self._materialize, state, chunk)
         except _MissingBlob:
-            return False  # its code has not replicated here yet; try again next round
+            pass  # its code has not replicated here yet; tried again next round
         except BundleWriteError as exc:
             # Tried again at every pass (twice a second): said once a minute.
             now = self.monotonic()
             if now >= self._bundle_warned.get(state.key, -math.inf) + 60.0:
                 self._bundle_warned[state.key] = now
                 log.warning("experiment %s cannot run here yet: %s", state.spec.name, exc)
-            return False
         except MetaoptError as exc:
             log.warning("experiment %s cannot run here: %s", state.spec.name, exc)
             self.unrunnable[state.key] = str(exc)
-            return False
-        return True
 
-    def _materialize(self, state: ExperimentState) -> Path:
+    def _materialize(self, state: ExperimentState, chunk: Callable[[bytes], bytes]) -> Path:
+        """Lay out the bundle, in a worker thread: ``chunk`` reads each chunk on the event
+        loop, which alone touches the store (a probe may close and reopen it)."""
         dest = self.node.dirs.bundles / state.key.hex()[:16]
         manifest = (state.spec.bundle or {})["manifest"]
-
-        def chunk(digest: bytes) -> bytes:
-            # Any peer may link a blob to any digest: one whose bytes do not match is passed
-            # over, or a forged one would make the code unrunnable for good (it stays in every
-            # replica, and a later submit of the same code links to the same digest).
-            for record in self.node.store.linked(digest):
-                data = record.body.get("data") if isinstance(record.body, dict) else None
-                if (
-                    isinstance(data, bytes)
-                    and record.kind == "blob"
-                    and content_digest(data) == digest
-                ):
-                    return data
-            raise _MissingBlob(digest.hex())
-
         if not dest.exists():
             tmp = dest.with_name(dest.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -192,6 +197,16 @@ class TrialRunner:
                 raise
             os.replace(tmp, dest)
         return dest
+
+    async def _chunk(self, digest: bytes) -> bytes:
+        # Any peer may link a blob to any digest: one whose bytes do not match is passed
+        # over, or a forged one would make the code unrunnable for good (it stays in every
+        # replica, and a later submit of the same code links to the same digest).
+        for record in self.node.store.linked(digest):
+            data = record.body.get("data") if isinstance(record.body, dict) else None
+            if isinstance(data, bytes) and record.kind == "blob" and content_digest(data) == digest:
+                return data
+        raise _MissingBlob(digest.hex())
 
     # ---------------------------------------------------------------------------- launch
 

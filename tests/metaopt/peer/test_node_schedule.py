@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +26,11 @@ from metaopt._records import (
 )
 from metaopt._suggest import Draw, Suggester
 from metaopt.peer import _node
-from metaopt.peer._bundle import collect_bundle
+from metaopt.peer._bundle import CHUNK_BYTES, collect_bundle
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._node import Node
 from metaopt.peer._scheduler import rendezvous_rank, settle_rank
+from tests.metaopt.peer.test_runner_decisions import can_run_once_laid_out
 
 pytestmark = pytest.mark.integration
 
@@ -599,10 +602,58 @@ async def test_a_forged_code_chunk_is_passed_over_for_the_real_one(tmp_path: Pat
     try:
         node.store.add([exp, *forged])
         state = node.replica.experiments[exp.key]
-        assert not node.runner.can_run(state)  # only forged chunks: not here yet, not broken
+        assert not await can_run_once_laid_out(node.runner, state)  # not here yet, not broken
+        assert exp.key not in node.runner.unrunnable
         node.store.add([Record.create(BLOB, exp.origin, 2, 1, {"data": data}, [digest])])
-        assert node.runner.can_run(state)
+        assert await can_run_once_laid_out(node.runner, state)
         bundles = list(node.dirs.bundles.iterdir())
         assert [(b / "train.py").read_bytes() for b in bundles] == [data]
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_bundle_is_written_off_the_event_loop_and_read_on_it(tmp_path: Path) -> None:
+    # Laid out on the loop, a bundle of 1 GiB held the peer's event loop for 13 s (its API
+    # and heartbeats waited past the request timeout); the store is read on the loop alone.
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("print('METAOPT {\"loss\": 1}')\n")
+    (code / "data.bin").write_bytes(os.urandom(3 * CHUNK_BYTES))  # several chunks
+    manifest, chunks = collect_bundle(code)
+    spec = ExperimentSpec(
+        "bundled",
+        {"x": "uniform(0, 1)"},
+        command=(sys.executable, "train.py"),
+        bundle={"manifest": manifest, "root": str(code)},
+    )
+    exp = experiment_record(spec)
+    blobs = [
+        Record.create(BLOB, exp.origin, 2 + i, 1, {"data": data}, [digest])
+        for i, (digest, data) in enumerate(chunks.items())
+    ]
+    node = _lone_node(tmp_path)
+    loop_thread = threading.get_ident()
+    threads: dict[str, set[int]] = {"write": set(), "read": set()}
+    materialize, chunk = node.runner._materialize, node.runner._chunk
+
+    def spy_materialize(state: Any, fetch: Any) -> Path:
+        threads["write"].add(threading.get_ident())
+        return materialize(state, fetch)
+
+    async def spy_chunk(digest: bytes) -> bytes:
+        threads["read"].add(threading.get_ident())
+        return await chunk(digest)
+
+    node.runner._materialize = spy_materialize  # type: ignore[method-assign]
+    node.runner._chunk = spy_chunk  # type: ignore[method-assign]
+    try:
+        node.store.add([exp, *blobs])
+        state = node.replica.experiments[exp.key]
+        assert not node.runner.can_run(state)  # being laid out
+        assert await can_run_once_laid_out(node.runner, state)
+        assert threads["read"] == {loop_thread} and loop_thread not in threads["write"]
+        [bundle] = node.dirs.bundles.iterdir()
+        assert (bundle / "data.bin").read_bytes() == (code / "data.bin").read_bytes()
     finally:
         await node.stop()

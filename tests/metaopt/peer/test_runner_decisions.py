@@ -566,7 +566,18 @@ def test_an_outcome_the_disk_refuses_is_one_line_and_the_slot_frees(
     assert not [r for r in caplog.records if r.exc_info]
 
 
-def test_a_bundle_the_disk_refuses_is_said_once_a_minute_and_a_deleted_one_is_written_again(
+async def can_run_once_laid_out(runner: TrialRunner, state: ExperimentState) -> bool:
+    """can_run, after the bundle layout its first call may start (in a thread) has ended."""
+    if runner.can_run(state):
+        return True
+    task = runner._laying_out.get(state.key)
+    if task is not None:
+        await task
+    return runner.can_run(state)
+
+
+@pytest.mark.asyncio
+async def test_a_bundle_the_disk_refuses_is_said_once_a_minute_and_a_deleted_one_is_written_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Tried at every pass, a read-only bundle cache logged a warning twice a second; and a
@@ -581,13 +592,14 @@ def test_a_bundle_the_disk_refuses_is_said_once_a_minute_and_a_deleted_one_is_wr
     )  # fmt: skip
     state = ExperimentState(b"k" * 32, spec)
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    node.dirs.bundles = tmp_path / "bundles"
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
     now = [0.0]
     runner.monotonic = lambda: now[0]
     written = tmp_path / "bundle"
     refuse = [True]
 
-    def materialize(state: ExperimentState) -> Path:
+    def materialize(state: ExperimentState, chunk: Any) -> Path:
         if refuse[0]:
             raise BundleWriteError("cannot create the bundle: Read-only file system")
         written.mkdir(exist_ok=True)
@@ -596,9 +608,10 @@ def test_a_bundle_the_disk_refuses_is_said_once_a_minute_and_a_deleted_one_is_wr
     runner._materialize = materialize  # type: ignore[method-assign]
     for second in (0.0, 0.5, 30.0, 61.0):
         now[0] = second
-        assert not runner.can_run(state)
+        assert not await can_run_once_laid_out(runner, state)
     assert caplog.text.count("cannot run here yet") == 2  # at 0 s and 61 s
     refuse[0] = False
-    assert runner.can_run(state) and written.is_dir()
+    assert await can_run_once_laid_out(runner, state) and written.is_dir()
     written.rmdir()  # a user freeing space
-    assert runner.can_run(state) and written.is_dir()  # written again, not taken for held
+    assert not runner.can_run(state)  # not taken for held: written again
+    assert await can_run_once_laid_out(runner, state) and written.is_dir()
