@@ -388,9 +388,8 @@ class LocalApi:
         replica = self.node.replica
         states = [self._experiment(n) for n in names] if names else replica.experiments.values()
         plan = plan_clean(states, self.node.dirs, self.node.runner.running_keys(), keep)
-        if not body.get("dry_run"):
-            # Off the loop: a thousand checkpoints take a while to delete.
-            await asyncio.to_thread(carry_out, plan)
+        # Off the loop: a thousand checkpoints take a while to count and delete.
+        await asyncio.to_thread(carry_out, plan, dry_run=bool(body.get("dry_run")))
         return {
             "trials": plan.trials,
             "bundles": plan.bundles,

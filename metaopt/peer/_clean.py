@@ -46,7 +46,7 @@ class CleanPlan:
     trials: int = 0  # trial folders emptied
     bundles: int = 0  # code bundles deleted
     kept: list[str] = field(default_factory=list)  # ids of the trials kept as the best
-    freed: int = 0  # bytes on disk
+    freed: int = 0  # bytes on disk (counted by carry_out)
 
 
 def kept_trials(state: ExperimentState, keep: int) -> list[TrialView]:
@@ -66,7 +66,8 @@ def plan_clean(
     running_here: Collection[bytes],
     keep: int,
 ) -> CleanPlan:
-    """What to delete of the experiments' trials and bundles on this peer (nothing yet)."""
+    """What to delete of the experiments' trials and bundles on this peer (nothing yet, and
+    not what it frees: see carry_out)."""
     plan = CleanPlan()
     for state in experiments:
         kept = {t.key for t in kept_trials(state, keep)}
@@ -86,17 +87,21 @@ def plan_clean(
         if not work_left(state) and not frozen and bundle.is_dir():
             plan.paths.append(bundle)
             plan.bundles += 1
-    plan.freed = _freed(plan.paths)
     return plan
 
 
-def carry_out(plan: CleanPlan) -> None:
-    """Delete what the plan holds; a path already gone (or going) is no error."""
+def carry_out(plan: CleanPlan, *, dry_run: bool = False) -> CleanPlan:
+    """Count what the plan frees (``plan.freed``), then delete it unless ``dry_run``; a path
+    already gone (or going) is no error. Walks the folders: off the event loop."""
+    plan.freed = _freed(plan.paths)
+    if dry_run:
+        return plan
     for path in plan.paths:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+    return plan
 
 
 def _entries(folder: Path) -> list[Path]:
