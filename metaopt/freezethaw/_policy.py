@@ -81,6 +81,11 @@ more than a 100 ms decision allows) spends steps where a better final value is m
   is fitted only then or when it judges a running trial: with every slot busy nothing it could
   say changes what runs. (Judging frozen trials at every report as well gave the same steps to
   target on the synthetic benchmark, within a few steps per seed, at 3-4x the decision time.)
+* The model is fitted on at most max_model_curves curves: those it judges, the best
+  max_model_curves // 4 of the others by their best value (where the bar and the leader
+  are), and a random sample of the rest (for the fresh rate). Its exact posterior costs the
+  cube of the curves and their square in memory: at 8,000 curves a decision took 26 s and
+  3 GB, and scipy's triangular solve holds the GIL, so a peer's event loop stalled with it.
 * Thaw (only with free slots): the frozen trials in the top of their latest rung whose rate
   exceeds thaw_ratio × the fresh rate, best first. Once no new trial may start (the budget
   is spent) the fresh rate is 0: nothing is frozen, and every frozen trial with p >= p_kill
@@ -225,6 +230,7 @@ class FreezeThawPolicyConfig:
     model_min_points: int | None = None  # the model freezes or kills no running trial with
     # fewer points (None: none at all; the rungs do); it always judges frozen ones
     warmup_completed: int = 2  # no model freeze or kill before this many runs completed
+    max_model_curves: int = 600  # the model is fitted on at most this many (see the docstring)
 
     def __post_init__(self) -> None:
         if (
@@ -478,6 +484,7 @@ class FreezeThawStopper:
             return out
         if len(curves) < 2:
             return out + _without_a_bar(modelled, free_slots, fresh_available)
+        curves = _model_subset(curves, modelled, cfg.max_model_curves, rng)
         fm = self.model.fit(curves, optimise=self._uses % cfg.refit_every == 0)
         self._uses += 1
         self.last_fit = fm
@@ -608,6 +615,30 @@ class FreezeThawStopper:
         m, var = fm.fresh_final(X, budget)
         sd_f = np.sqrt(np.maximum(cfg.fresh_inflation * var, 1e-300))
         return float(ndtr((bar - m) / sd_f).mean()) / max(budget, 1)
+
+
+def _model_subset(
+    curves: Sequence[CurveView],
+    judged: Sequence[CurveView],
+    cap: int,
+    rng: np.random.Generator,
+) -> Sequence[CurveView]:
+    """At most ``cap`` curves for the model: the judged ones, the best others, a random rest."""
+    if len(curves) <= cap:
+        return curves
+    judged_ids = {c.trial_id for c in judged}
+    others = [c for c in curves if c.trial_id not in judged_ids]
+
+    def best(c: CurveView) -> float:
+        _, v, _ = finite_prefix(c)
+        return float(v.min()) if v.shape[0] else math.inf
+
+    by_value = sorted(others, key=lambda c: (best(c), c.trial_id))
+    room = max(cap - len(judged), 0)
+    top = by_value[: room // 4]
+    rest = by_value[room // 4 :]
+    picked = rng.choice(len(rest), size=min(room - len(top), len(rest)), replace=False)
+    return [*judged, *top, *(rest[i] for i in sorted(picked))]
 
 
 def _without_a_bar(
