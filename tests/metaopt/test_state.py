@@ -655,3 +655,22 @@ def test_a_trial_outside_the_space_is_failed_never_the_best_nor_in_the_search() 
     # as a failure.
     assert obs.failed.tolist() == [[0.25]] and obs.pending.shape == (0, 1)
     assert _views(log.state(list(reversed(log.records)))) == _views(state)  # still order-free
+
+
+def test_the_trial_list_kept_between_folds_follows_every_new_record() -> None:
+    # trials() is kept while nothing is folded in (the scheduler reads it twice a second);
+    # whatever arrives next, in any order, shows in the next listing.
+    log = Log()
+    late = log.trial(NODE_A, 0.1, time=2000)
+    state = log.state()
+    listed = state.trials()
+    listed.clear()  # a caller's copy: the kept one stays whole
+    assert [t.key for t in state.trials()] == [late.key]
+    early = log.trial(NODE_B, 0.2, time=1000)
+    state.apply(early)
+    assert [t.key for t in state.trials()] == [early.key, late.key]
+    state.apply(log.event(late, NODE_A, "started", 2100))
+    assert [t.state for t in state.trials()] == ["pending", "running"]
+    state.apply(log.event(late, NODE_A, "completed", 2200, metrics={"objective": 0.5}))
+    assert [t.state for t in state.trials()] == ["pending", "completed"]
+    assert _views(state) == _views(log.state())
