@@ -288,6 +288,7 @@ class Node:
             asyncio.ensure_future(self._every(timing.gossip, self._gossip)),
             asyncio.ensure_future(self._every(timing.schedule, self._schedule)),
             asyncio.ensure_future(self._every(timing.monitor, self.runner.monitor)),
+            asyncio.ensure_future(self._watch_for_stalls()),
             self._search_imported,
         ]
         log.info(
@@ -471,10 +472,38 @@ class Node:
         if self.storage.recovered():
             self._rejoin()
 
+    async def _watch_for_stalls(self, tick: float = 1.0) -> None:
+        """Notice when this peer's event loop did not run for a while (see _loop_held)."""
+        last = self.monotonic()
+        while not self._stopping.is_set():
+            await asyncio.sleep(tick)
+            now = self.monotonic()
+            self._loop_held(now - last - tick)
+            last = now
+
+    def _loop_held(self, held: float) -> None:
+        """After the event loop was held ``held`` seconds, listen again before judging others.
+
+        Held, this peer heard nobody: the trials of every other peer looked quiet for that
+        long, so after a 77 s fold of a large history (or the process stopped with SIGSTOP, a
+        VM paused) their running trials were taken for lost and run again. Past half the peer
+        timeout it judges other peers' trials as a peer just started does.
+        """
+        if held < self.config.timing.peer_timeout / 2:
+            return
+        log.warning(
+            "this peer did not run for %.0f s (a long computation on its event loop, or the"
+            " process was paused); it takes no other peer's trial for lost until it has heard"
+            " from them again",
+            held,
+        )
+        self._rejoin()
+
     def _rejoin(self) -> None:
-        """After a hold for a disk that refused writes, judge others' trials as a peer that
-        has just started does: it heard nobody meanwhile, so their trials looked lost ("no
-        news for 141 s") and completed ones ran again, before it had caught up."""
+        """After a hold for a disk that refused writes (or a stalled loop), judge others'
+        trials as a peer that has just started does: it heard nobody meanwhile, so their
+        trials looked lost ("no news for 141 s") and completed ones ran again, before it had
+        caught up."""
         self._rejoined_at = self.monotonic()
         self._sessions_before = self.replicator.sessions
 

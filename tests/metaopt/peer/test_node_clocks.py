@@ -151,3 +151,53 @@ async def test_a_periodic_task_that_keeps_failing_logs_its_traceback_once_a_minu
         "periodic task broken failed (59 more times since it was last logged)",
     ]
     assert all(r.exc_info for r in caplog.records if "periodic task broken" in r.getMessage())
+
+
+@pytest.mark.asyncio
+async def test_after_its_loop_was_held_a_peer_listens_again_before_taking_trials_for_lost(
+    node: Node, clocks: _Clocks, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A 77 s fold of a large history (or a SIGSTOP) held the loop: nothing was heard meanwhile,
+    # and a live peer's running trial, quiet that long here, was written lost and run again.
+    timing = node.config.timing
+    runner = _Runner(node, clocks)
+    try:
+        node._loop_held(timing.peer_timeout / 4)  # a short hold changes nothing
+        clocks.advance(timing.lost_after + 17)  # the loop held this long
+        with caplog.at_level("WARNING", logger="metaopt.peer"):
+            node._loop_held(timing.lost_after + 17)
+        assert "this peer did not run for 77 s" in caplog.text
+        await node._schedule_once()
+        assert ("lost", node.node_id) not in runner.events()
+        runner.say("heartbeat")  # heard from again: it was alive all along
+        await node._schedule_once()
+        assert ("lost", node.node_id) not in runner.events()
+        # Real silence after that, as long as ever, still takes it for lost.
+        node.replicator.sessions += 1  # (a session converged since)
+        clocks.advance(timing.lost_after + 1)
+        await node._schedule_once()
+        assert ("lost", node.node_id) in runner.events()
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_the_stall_watcher_measures_how_long_the_loop_was_held(
+    node: Node, clocks: _Clocks
+) -> None:
+    held: list[float] = []
+
+    def note(seconds: float) -> None:
+        held.append(round(seconds, 6))
+        clocks.mono += 1.0 if len(held) != 2 else 41.0  # the loop runs, then is held 40 s
+        if len(held) == 4:
+            node.request_stop()
+
+    node._loop_held = note  # type: ignore[method-assign]
+    clocks.mono += 1.0
+    try:
+        await node._watch_for_stalls(tick=1.0 / 1e6)  # (real sleeps of a microsecond)
+    finally:
+        await node.stop()
+    # What the clock moved between two ticks, less the tick: 41 s once the loop was held.
+    assert held == pytest.approx([0.0, 1.0, 41.0, 1.0], abs=1e-5)
