@@ -52,9 +52,10 @@ the prior quantile drawn per ask from U(0.5, 0.9), 3.65 / 5.25, beta from log-U(
 3.79 / 5.28; the believed values given noise (weaker repulsion), 3.82 / 5.39, a second
 variance factor (stronger), 3.82 / 5.13, half the lengthscales (narrower), 3.63 / 5.34;
 log-EI on the pessimistic-prior model, 3.80 / 5.31. Twice the acquisition search effort left
-99 of 100 Branin seeds unchanged: the optimiser converges; the limit is what the model knows. Holding the GP back until more trials have completed (the first
-round's points are pending, so it starts from 2 completed ones) took longer: n_init completed,
-3.91 / 5.70; half of n_init, 3.68 / 5.25 (seeds 100-199).
+99 of 100 Branin seeds unchanged: the optimiser converges; the limit is what the model knows.
+Holding the GP back until more trials have completed (the first round's points are pending,
+so it starts from 2 completed ones) took longer: n_init completed, 3.91 / 5.70; half of
+n_init, 3.68 / 5.25 (seeds 100-199).
 
 On traces, the peers that ask when 2 trials have completed and 6 are pending crowd around the
 better of the two even when both are poor; whatever made that phase explore more helped Branin
