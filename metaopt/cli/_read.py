@@ -356,8 +356,8 @@ def _counted(n: int, word: str) -> str:
 
 
 def _clean(args: argparse.Namespace) -> int:
-    if args.keep < 0:
-        raise MetaoptError(f"--keep {args.keep}: keep 0 or more trials")
+    if not 0 <= args.keep <= 2**31:
+        raise MetaoptError(f"--keep {args.keep}: keep between 0 and 2**31 trials")
     body = {"experiments": args.experiment, "keep": args.keep, "dry_run": args.dry_run}
     done = _peer(args).call("api.clean", body)
     verb = "would free" if args.dry_run else "freed"
@@ -370,4 +370,16 @@ def _clean(args: argparse.Namespace) -> int:
         ids = f": {', '.join(t[:12] for t in kept)}" if len(kept) <= 10 else ""
         best = "best trial" if len(kept) == 1 else f"{len(kept)} best trials"
         print(f"kept the folders of the {best}{ids}")
+    if done.get("failures"):
+        # Left behind, and not counted as freed: a file its owner or the disk would not let go.
+        for line in done["failed"]:
+            print(printable(f"could not delete {line}"), file=sys.stderr)
+        more = done["failures"] - len(done["failed"])
+        print(
+            f"{_counted(done['failures'], 'path')} could not be deleted"
+            + (f" ({more} more not shown)" if more > 0 else "")
+            + "; fix their permissions and run clean again",
+            file=sys.stderr,
+        )
+        return 1
     return 0

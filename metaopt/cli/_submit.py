@@ -668,7 +668,11 @@ def wait_for(
         if line != last:
             # On a terminal the line is rewritten in place, its old end erased (a shorter line
             # left "best 0.0959est 0.34508" on screen).
-            shown = f"\r{line}\x1b[K" if tty else line
+            # Cut to the terminal's width: a wrapped line's first rows stayed on screen, as
+            # \r returns to the start of the last row only.
+            width = shutil.get_terminal_size().columns - 1
+            cut = line if len(line) <= width else line[: max(width - 3, 0)] + "..."
+            shown = f"\r{cut}\x1b[K" if tty else line
             print(shown, end="" if tty else "\n", flush=True, file=out)
             last = line
         if info["finished"]:

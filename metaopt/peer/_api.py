@@ -15,7 +15,7 @@ from crdt import Record, RecordError
 from metaopt._errors import MetaoptError
 from metaopt._records import BLOB, EXPERIMENT, parse_experiment, trial_timeout
 from metaopt._state import FROZEN_BY_HAND, KILLED_BY_HAND, ExperimentState, TrialView
-from metaopt.peer._clean import carry_out, plan_clean
+from metaopt.peer._clean import CleanPlan, carry_out, clean_reply, plan_clean
 from metaopt.peer._wire import Request
 from metaopt.space import Space
 
@@ -376,10 +376,8 @@ class LocalApi:
         await self.node.runner.launch(state, view, thaw=True)
         return {"id": view.id, "from_step_0": taken_over}
 
-    async def clean(self, request: Request) -> Any:
-        """Delete the folders of this peer's ended trials (but the best) and the code bundles
-        no trial needs now (see _clean); ``dry_run`` only says what that would free."""
-        body = request.body
+    def clean_plan(self, body: Any) -> tuple[CleanPlan, bool]:
+        """What `metaopt clean` deletes here (see _clean), and whether it is a dry run."""
         if not isinstance(body, dict):
             raise MetaoptError("clean takes experiments, keep and dry_run")
         names, keep = body.get("experiments") or [], body.get("keep", 1)
@@ -388,14 +386,15 @@ class LocalApi:
         replica = self.node.replica
         states = [self._experiment(n) for n in names] if names else replica.experiments.values()
         plan = plan_clean(states, self.node.dirs, self.node.runner.running_keys(), keep)
+        return plan, bool(body.get("dry_run"))
+
+    async def clean(self, request: Request) -> Any:
+        """Delete the folders of this peer's ended trials (but the best) and the code bundles
+        no trial needs now (see _clean); ``dry_run`` only says what that would free."""
+        plan, dry_run = self.clean_plan(request.body)
         # Off the loop: a thousand checkpoints take a while to count and delete.
-        await asyncio.to_thread(carry_out, plan, dry_run=bool(body.get("dry_run")))
-        return {
-            "trials": plan.trials,
-            "bundles": plan.bundles,
-            "kept": plan.kept,
-            "freed": plan.freed,
-        }
+        await asyncio.to_thread(carry_out, plan, self.node.dirs.clean_lock, dry_run=dry_run)
+        return clean_reply(plan)
 
     async def shutdown(self, request: Request) -> Any:
         self.node.request_stop()

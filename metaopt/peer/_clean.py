@@ -22,20 +22,24 @@ trial's code is a tree of hard links to its bundle's files.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from metaopt._state import TERMINAL_STATES, ExperimentState, TrialView
 from metaopt.peer._identity import DataDir, trial_dir
 from metaopt.peer._scheduler import work_left
 
-__all__ = ["KEPT_FILES", "CleanPlan", "carry_out", "kept_trials", "plan_clean"]
+__all__ = ["KEPT_FILES", "CleanPlan", "carry_out", "clean_reply", "kept_trials", "plan_clean"]
 
-# What stays in an ended trial's folder: small, and read later (see the module docstring).
-KEPT_FILES = frozenset({"output.log", "pid"})
+# What stays in an ended trial's folder: small, and read later (see the module docstring);
+# the output log's older half, once it passed its size limit, too (output.log.1).
+KEPT_FILES = frozenset({"output.log", "output.log.1", "pid"})
 
 
 @dataclass
@@ -46,7 +50,8 @@ class CleanPlan:
     trials: int = 0  # trial folders emptied
     bundles: int = 0  # code bundles deleted
     kept: list[str] = field(default_factory=list)  # ids of the trials kept as the best
-    freed: int = 0  # bytes on disk (counted by carry_out)
+    freed: int = 0  # bytes on disk given back (counted by carry_out)
+    failed: list[str] = field(default_factory=list)  # "path: why" of what could not go
 
 
 def kept_trials(state: ExperimentState, keep: int) -> list[TrialView]:
@@ -73,8 +78,9 @@ def plan_clean(
         kept = {t.key for t in kept_trials(state, keep)}
         for trial in state.trials():
             folder = trial_dir(dirs, trial.key)
-            if trial.key in kept and folder.is_dir():
-                plan.kept.append(trial.id)
+            if trial.key in kept:
+                if _entries(folder):  # (not one an earlier clean with --keep 0 emptied)
+                    plan.kept.append(trial.id)
                 continue
             if trial.state not in TERMINAL_STATES or trial.key in running_here:
                 continue
@@ -90,18 +96,62 @@ def plan_clean(
     return plan
 
 
-def carry_out(plan: CleanPlan, *, dry_run: bool = False) -> CleanPlan:
-    """Count what the plan frees (``plan.freed``), then delete it unless ``dry_run``; a path
-    already gone (or going) is no error. Walks the folders: off the event loop."""
-    plan.freed = _freed(plan.paths)
-    if dry_run:
-        return plan
-    for path in plan.paths:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+def carry_out(plan: CleanPlan, lock: Path, *, dry_run: bool = False) -> CleanPlan:
+    """Count what the plan frees, then delete it unless ``dry_run``; a path already gone is
+    no error, one that cannot be deleted is named in ``plan.failed``. Walks the folders: run
+    it off the event loop. ``lock`` (a file in the data directory) keeps two cleans, the
+    peer's and one run with the peer stopped, from counting the same files twice."""
+    with _locked(lock):
+        before = _freed(plan.paths)
+        if dry_run:
+            plan.freed = before
+            return plan
+        gone: list[Path] = []  # where each path was deleted from
+        for path in plan.paths:
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    # Out of the way first, at once: a bundle half deleted was still a bundle
+                    # to link a starting trial's code from (a lost trial brought work back).
+                    aside = path.with_name(f".{path.name}.deleting-{os.getpid()}")
+                    with contextlib.suppress(OSError):  # (else deleted where it is)
+                        path = path.rename(aside)
+                    gone.append(path)
+                    shutil.rmtree(path, onerror=lambda _f, p, e: _failed(plan, p, e[1]))
+                else:
+                    gone.append(path)
+                    path.unlink(missing_ok=True)
+            except OSError as exc:
+                _failed(plan, str(path), exc)
+        # What is still there was not freed (a file the disk or its owner would not let go).
+        plan.freed = before - _freed(gone)
     return plan
+
+
+def clean_reply(plan: CleanPlan) -> dict[str, Any]:
+    """What the CLI is told of a clean carried out."""
+    return {
+        "trials": plan.trials,
+        "bundles": plan.bundles,
+        "kept": plan.kept,
+        "freed": plan.freed,
+        "failed": plan.failed[:20],
+        "failures": len(plan.failed),
+    }
+
+
+def _failed(plan: CleanPlan, path: object, exc: BaseException) -> None:
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    plan.failed.append(f"{path}: {why}")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _entries(folder: Path) -> list[Path]:

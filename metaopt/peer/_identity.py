@@ -66,6 +66,11 @@ class DataDir:
         return self.root / "bundles"
 
     @property
+    def clean_lock(self) -> Path:
+        """Held while `metaopt clean` counts and deletes (by the peer, or with it stopped)."""
+        return self.root / "clean.lock"
+
+    @property
     def pid_file(self) -> Path:
         return self.root / "peer.pid"
 

@@ -18,6 +18,7 @@ from typing import Any
 from crdt import LevelDBStore, StoreError, StoreLocked
 from metaopt._errors import MetaoptError
 from metaopt.peer._api import LocalApi
+from metaopt.peer._clean import carry_out, clean_reply
 from metaopt.peer._config import Timing
 from metaopt.peer._identity import DataDir, trial_log_path
 from metaopt.peer._replica import Replica
@@ -108,9 +109,15 @@ class OfflinePeer:
             replica = Replica(store)
             try:
                 node = _StoppedNode(self.dirs, replica)
-                handler = LocalApi(node).handlers()[op]  # type: ignore[arg-type]
-                return asyncio.run(handler(Request(op, node.node_id, "", body)))
+                api = LocalApi(node)  # type: ignore[arg-type]
+                if op == "api.clean":
+                    plan, dry_run = api.clean_plan(body)
+                else:
+                    return asyncio.run(api.handlers()[op](Request(op, node.node_id, "", body)))
             finally:
                 replica.close()
         finally:
             store.close()
+        # The replica is free again before the deletion, which may take long: a peer started
+        # meanwhile gave up waiting for it.
+        return clean_reply(carry_out(plan, self.dirs.clean_lock, dry_run=dry_run))

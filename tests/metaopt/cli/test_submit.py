@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -804,7 +805,9 @@ def test_a_word_too_long_for_a_file_name_is_no_traceback(tmp_path: Path) -> None
     assert body["name"] == "sh"
 
 
-def test_wait_on_a_terminal_erases_the_end_of_a_longer_line_before(tmp_path: Path) -> None:
+def test_wait_on_a_terminal_erases_the_end_of_a_longer_line_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # "10 running" then "9 running" left "best 0.0959est 0.34508" on screen.
     from metaopt.cli._submit import wait_for
 
@@ -828,6 +831,12 @@ def test_wait_on_a_terminal_erases_the_end_of_a_longer_line_before(tmp_path: Pat
 
     out = _Tty()
     wait_for(_Peer(), "e", interval=0.0, out=out)  # type: ignore[arg-type]
+    # Wider than the terminal it would wrap, and \r redraws its last row only: cut to fit.
+    narrow = _Tty()
+    infos.append(dict(infos[0]))
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda: os.terminal_size((20, 24)))
+    wait_for(_Peer(), "e", interval=0.0, out=narrow)  # type: ignore[arg-type]
+    assert narrow.getvalue().startswith("\re: 3 done, 9 run...\x1b[K\n")
     lines = out.getvalue().split("\r")[1:]
     assert len(lines) == 2 and all(line.endswith("\x1b[K") for line in lines[:1])
     assert lines[1].startswith("e: 3 done") and "\x1b[K" in lines[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,8 +102,8 @@ def test_ended_trials_lose_their_folders_but_the_best_and_the_live_ones_keep_the
     assert sorted(plan.kept) == sorted([best.hex(), second.hex()])
     assert plan.trials == 3 and plan.bundles == 0
     # Three checkpoints and three results files, counted by blocks on disk.
-    assert carry_out(plan, dry_run=True).freed >= 3 * 50_000
-    carry_out(plan)
+    assert carry_out(plan, dirs.clean_lock, dry_run=True).freed >= 3 * 50_000
+    carry_out(plan, dirs.clean_lock)
     whole = {"checkpoint", "output.log", "pid", "results.txt"}
     for trial in (best, second, running, frozen, lost, ended_but_stopping_here):
         assert _left(dirs, trial) == whole
@@ -111,8 +112,8 @@ def test_ended_trials_lose_their_folders_but_the_best_and_the_live_ones_keep_the
     # Nothing more to free while the killed trial is still stopping; then it goes, and keep 0
     # lets the best go too.
     again = plan_clean([h.state()], dirs, {running, ended_but_stopping_here}, keep=2)
-    assert carry_out(again, dry_run=True).freed == 0
-    carry_out(plan_clean([h.state()], dirs, {running}, keep=0))
+    assert carry_out(again, dirs.clean_lock, dry_run=True).freed == 0
+    carry_out(plan_clean([h.state()], dirs, {running}, keep=0), dirs.clean_lock)
     for trial in (best, ended_but_stopping_here):
         assert _left(dirs, trial) == {"output.log", "pid"}
 
@@ -125,7 +126,7 @@ def test_several_objectives_keep_the_pareto_front(tmp_path: Path) -> None:
     dominated = h.trial("started", "completed", value=(0.6, 3.5))
     plan = plan_clean([h.state()], dirs, set(), keep=1)
     assert sorted(plan.kept) == sorted([fast.hex(), accurate.hex()])
-    carry_out(plan)
+    carry_out(plan, dirs.clean_lock)
     assert _left(dirs, dominated) == {"output.log", "pid"}
 
 
@@ -160,10 +161,10 @@ def test_a_bundle_goes_once_no_trial_can_start_or_thaw_and_hard_links_count_once
     assert kept_code.bundles == 1 and kept_code.kept == [first.hex()]
     # The bundle's file is still linked from the best trial's code: deleting it frees nothing
     # of it (the frozen trial's checkpoint is what it frees).
-    assert 50_000 <= carry_out(kept_code, dry_run=True).freed < 90_000
+    assert 50_000 <= carry_out(kept_code, dirs.clean_lock, dry_run=True).freed < 90_000
     all_code = plan_clean([h.state()], dirs, set(), keep=0)
-    assert carry_out(all_code, dry_run=True).freed >= 50_000 * 2 + 40_000
-    carry_out(kept_code)
+    assert carry_out(all_code, dirs.clean_lock, dry_run=True).freed >= 50_000 * 2 + 40_000
+    carry_out(kept_code, dirs.clean_lock)
     assert not bundle.exists() and (code / "train.py").read_bytes() == b"#" * 40_000
 
 
@@ -225,3 +226,83 @@ def test_a_running_peer_cleans_its_ended_trials_and_their_logs_stay_readable(
             assert logs.returncode == 0 and logs.stdout, logs.stderr
     finally:
         cluster.close()
+
+
+def test_what_cannot_be_deleted_is_named_and_not_counted_and_the_logs_stay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An undeletable file was reported freed (and again at every clean), with exit 0; and the
+    # log's older half (output.log.1) went with the checkpoints.
+    dirs = DataDir(tmp_path)
+    h = _History(dirs)
+    stuck = h.trial("started", "completed", value=0.5)
+    other = h.trial("started", "completed", value=0.6)
+    (trial_dir(dirs, other) / "output.log.1").write_text("the log's older half\n")
+    real_unlink = os.unlink
+
+    def refuse(path: Any, *args: Any, **kw: Any) -> None:
+        if str(path) == "model.pt" and kw.get("dir_fd") is not None and not refused:
+            refused.append(path)
+            raise PermissionError(1, "Operation not permitted")
+        real_unlink(path, *args, **kw)
+
+    refused: list[Any] = []
+    monkeypatch.setattr(os, "unlink", refuse)
+    plan = carry_out(plan_clean([h.state()], dirs, set(), keep=0), dirs.clean_lock)
+    assert any(f.endswith("model.pt: Operation not permitted") for f in plan.failed)
+    # Two checkpoints and results planned; one checkpoint stayed, and is not counted.
+    assert 50_000 <= plan.freed < 2 * 50_000 + 8192
+    assert {"output.log", "output.log.1", "pid"} <= _left(dirs, other)
+    # What could not go was set aside whole, out of the trial's way.
+    aside = f".checkpoint.deleting-{os.getpid()}"
+    assert _left(dirs, stuck) == {"output.log", "pid", aside}
+
+
+def test_a_clean_with_the_peer_stopped_frees_the_replica_before_deleting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It held the replica's lock for the whole deletion: a peer started meanwhile gave up.
+    import metaopt.peer._offline as offline
+
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    dirs.node_id()
+    h = _History(dirs)
+    h.trial("started", "completed", value=0.1)
+    h.trial("started", "failed")
+    store = LevelDBStore(dirs.replica)
+    store.add(h.records)
+    store.close()
+    real = offline.carry_out
+    opened: list[bool] = []
+
+    def deleting(plan: Any, lock: Path, *, dry_run: bool = False) -> Any:
+        LevelDBStore(dirs.replica).close()  # as a peer starting now opens it
+        opened.append(True)
+        return real(plan, lock, dry_run=dry_run)
+
+    monkeypatch.setattr(offline, "carry_out", deleting)
+    assert main(["clean", "--data-dir", str(tmp_path)]) == 0
+    assert opened == [True] and "the folders of 1 ended trial" in capsys.readouterr().out
+    # And --keep past what a record holds is one line, not msgpack's traceback.
+    assert main(["clean", "--keep", str(2**64), "--data-dir", str(tmp_path)]) == 2
+    assert "--keep 18446744073709551616: keep between 0 and 2**31" in capsys.readouterr().err
+
+
+def test_clean_exits_1_naming_what_it_could_not_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import metaopt.cli._read as read
+
+    class _Peer:
+        def call(self, op: str, body: Any = None) -> Any:
+            failed = ["/d/trials/ab/checkpoint/model.pt: Operation not permitted"]
+            return {"trials": 1, "bundles": 0, "kept": [], "freed": 4096, "failed": failed,
+                    "failures": 3}  # fmt: skip
+
+    monkeypatch.setattr(read, "_peer", lambda args, read=False: _Peer())
+    assert main(["clean"]) == 1
+    out = capsys.readouterr()
+    assert out.out == "freed 4.0 KiB: the folders of 1 ended trial\n"
+    assert "could not delete /d/trials/ab/checkpoint/model.pt: Operation not permitted" in out.err
+    assert "3 paths could not be deleted (2 more not shown); fix their permissions" in out.err
