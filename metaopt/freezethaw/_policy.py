@@ -81,11 +81,12 @@ more than a 100 ms decision allows) spends steps where a better final value is m
   is fitted only then or when it judges a running trial: with every slot busy nothing it could
   say changes what runs. (Judging frozen trials at every report as well gave the same steps to
   target on the synthetic benchmark, within a few steps per seed, at 3-4x the decision time.)
-* The model is fitted on at most max_model_curves curves: those it judges, the best
-  max_model_curves // 4 of the others by their best value (where the bar and the leader
-  are), and a random sample of the rest (for the fresh rate). Its exact posterior costs the
-  cube of the curves and their square in memory: at 8,000 curves a decision took 26 s and
-  3 GB, and scipy's triangular solve holds the GIL, so a peer's event loop stalled with it.
+* The model is fitted on at most max_model_curves curves: those it judges, a uniform sample
+  of the others (the fresh rate's mean runs over it and the judged alone), and the best
+  max_model_curves // 4 of the rest by their best value (where the bar and the leader are).
+  Its exact posterior costs the cube of the curves and their square in memory: at 8,000
+  curves a decision took 26 s and 3 GB, and scipy's triangular solve holds the GIL, so a
+  peer's event loop stalled with it.
 * Thaw (only with free slots): the frozen trials in the top of their latest rung whose rate
   exceeds thaw_ratio × the fresh rate, best first. Once no new trial may start (the budget
   is spent) the fresh rate is 0: nothing is frozen, and every frozen trial with p >= p_kill
@@ -484,7 +485,7 @@ class FreezeThawStopper:
             return out
         if len(curves) < 2:
             return out + _without_a_bar(modelled, free_slots, fresh_available)
-        curves = _model_subset(curves, modelled, cfg.max_model_curves, rng)
+        curves, population = _model_subset(curves, modelled, cfg.max_model_curves, rng)
         fm = self.model.fit(curves, optimise=self._uses % cfg.refit_every == 0)
         self._uses += 1
         self.last_fit = fm
@@ -495,7 +496,7 @@ class FreezeThawStopper:
             return out + _without_a_bar(modelled, free_slots, fresh_available)
         budget = max(c.max_step for c in modelled)
         fresh = (
-            self._fresh_rate(curves, fm, leader, min(finite_bars) - margin, budget, rng)
+            self._fresh_rate(population, fm, leader, min(finite_bars) - margin, budget, rng)
             if fresh_available
             else 0.0
         )
@@ -622,23 +623,29 @@ def _model_subset(
     judged: Sequence[CurveView],
     cap: int,
     rng: np.random.Generator,
-) -> Sequence[CurveView]:
-    """At most ``cap`` curves for the model: the judged ones, the best others, a random rest."""
+) -> tuple[Sequence[CurveView], Sequence[CurveView]]:
+    """At most ``cap`` curves for the model: the judged ones, a uniform sample of the others,
+    and the best others not sampled (where the bar and the leader are); and the judged plus
+    the sample alone, which stand for every configuration tried (the fresh rate's mean: with
+    the best ones in it, it was ten times too high)."""
     if len(curves) <= cap:
-        return curves
+        return curves, curves
     judged_ids = {c.trial_id for c in judged}
     others = [c for c in curves if c.trial_id not in judged_ids]
+    room = max(cap - len(judged), 0)
+    n_top = room // 4
+    picked = rng.choice(len(others), size=min(room - n_top, len(others)), replace=False)
+    chosen = set(picked.tolist())
+    sample = [others[i] for i in sorted(chosen)]
 
     def best(c: CurveView) -> float:
         _, v, _ = finite_prefix(c)
         return float(v.min()) if v.shape[0] else math.inf
 
-    by_value = sorted(others, key=lambda c: (best(c), c.trial_id))
-    room = max(cap - len(judged), 0)
-    top = by_value[: room // 4]
-    rest = by_value[room // 4 :]
-    picked = rng.choice(len(rest), size=min(room - len(top), len(rest)), replace=False)
-    return [*judged, *top, *(rest[i] for i in sorted(picked))]
+    rest = sorted((i for i in range(len(others)) if i not in chosen),
+                  key=lambda i: (best(others[i]), others[i].trial_id))  # fmt: skip
+    top = [others[i] for i in rest[:n_top]]
+    return [*judged, *top, *sample], [*judged, *sample]
 
 
 def _without_a_bar(

@@ -131,7 +131,8 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         text = repr(float(value))  # float() because numpy's float64 repr names its type
         if text.startswith("-") and "e" in text:
-            return format(Decimal(text), "f")  # (see the module docstring); exact
+            text = format(Decimal(text), "f")  # (see the module docstring); exact
+            return text if "." in text else f"{text}.0"  # still a float (-1e16), not an int
         return text
     item = getattr(value, "item", None)  # numpy scalars
     if callable(item):

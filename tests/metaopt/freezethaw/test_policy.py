@@ -521,3 +521,19 @@ def test_the_model_is_fitted_on_a_bounded_subset_with_the_judged_and_the_best_cu
     whole = FreezeThawStopper()
     whole.decide(curves, {"lead"}, 1, np.random.default_rng(0))
     assert whole.last_fit is not None and len(whole.last_fit.trial_ids) == len(curves)
+
+
+def test_the_subset_stands_for_every_curve_in_the_fresh_rate_and_keeps_the_best_for_the_bar() -> (
+    None
+):
+    # The best quarter, there for the bar, made the fresh rate's mean ten times too high.
+    from metaopt.freezethaw._policy import _model_subset
+
+    curves = [_done(f"g{i:04d}", 1.0 + 0.001 * i, (i % 17) / 17) for i in range(1000)]
+    judged = [dataclasses.replace(_flat("lead", 0.2, 10, 0.5), state="frozen")]
+    fitted, population = _model_subset([*curves, *judged], judged, 100, np.random.default_rng(0))
+    ids = [c.trial_id for c in fitted]
+    assert len(ids) == len(set(ids)) == 100 and "lead" in ids
+    assert {f"g{i:04d}" for i in range(24)} <= set(ids)  # the best, for the bar
+    assert len(population) == 1 + 75 and {c.trial_id for c in population} <= set(ids)
+    assert sum(c.trial_id < "g0050" for c in population) <= 12  # ~4 expected of a uniform draw

@@ -69,6 +69,8 @@ def test_values_render_as_single_words() -> None:
     assert format_value(0.1) == "0.1"
     assert format_value(True) == "True"
     assert format_value(7) == "7"
+    # Negative with an exponent: positional (argparse), and still a float, not an int.
+    assert format_value(-5e-05) == "-0.00005" and format_value(-1e16) == "-10000000000000000.0"
     assert format_value("a b") == "a b"
     np = pytest.importorskip("numpy")
     assert format_value(np.float64(0.5)) == "0.5"
