@@ -15,7 +15,13 @@ from crdt import Record, RecordError
 from metaopt._errors import MetaoptError
 from metaopt._records import BLOB, EXPERIMENT, parse_experiment, trial_timeout
 from metaopt._state import FROZEN_BY_HAND, KILLED_BY_HAND, ExperimentState, TrialView
-from metaopt.peer._clean import CleanPlan, carry_out, clean_reply, plan_clean
+from metaopt.peer._clean import (
+    CleanPlan,
+    carry_out,
+    clean_reply,
+    plan_clean,
+    set_bundles_aside,
+)
 from metaopt.peer._wire import Request
 from metaopt.space import Space
 
@@ -392,6 +398,8 @@ class LocalApi:
         """Delete the folders of this peer's ended trials (but the best) and the code bundles
         no trial needs now (see _clean); ``dry_run`` only says what that would free."""
         plan, dry_run = self.clean_plan(request.body)
+        if not dry_run:
+            set_bundles_aside(plan, self.node.dirs.bundles)  # (here, between two launches)
         # Off the loop: a thousand checkpoints take a while to count and delete.
         await asyncio.to_thread(carry_out, plan, self.node.dirs.clean_lock, dry_run=dry_run)
         return clean_reply(plan)

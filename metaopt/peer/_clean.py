@@ -35,7 +35,15 @@ from metaopt._state import TERMINAL_STATES, ExperimentState, TrialView
 from metaopt.peer._identity import DataDir, trial_dir
 from metaopt.peer._scheduler import work_left
 
-__all__ = ["KEPT_FILES", "CleanPlan", "carry_out", "clean_reply", "kept_trials", "plan_clean"]
+__all__ = [
+    "KEPT_FILES",
+    "CleanPlan",
+    "carry_out",
+    "clean_reply",
+    "kept_trials",
+    "plan_clean",
+    "set_bundles_aside",
+]
 
 # What stays in an ended trial's folder: small, and read later (see the module docstring);
 # the output log's older half, once it passed its size limit, too (output.log.1).
@@ -93,7 +101,19 @@ def plan_clean(
         if not work_left(state) and not frozen and bundle.is_dir():
             plan.paths.append(bundle)
             plan.bundles += 1
+    # What an earlier clean set aside and could not delete whole.
+    plan.paths += sorted(dirs.bundles.glob(f".*{_ASIDE}*"))
     return plan
+
+
+def set_bundles_aside(plan: CleanPlan, bundles: Path) -> None:
+    """Rename the plan's bundles out of the way at once. On the peer's event loop, where
+    trials are launched: deleted from a thread, a bundle half gone was still one to link a
+    starting trial's code from (a lost trial had brought work back meanwhile)."""
+    for i, path in enumerate(plan.paths):
+        if path.parent == bundles and not path.name.startswith("."):
+            with contextlib.suppress(OSError):  # (else deleted where it is)
+                plan.paths[i] = path.rename(_aside(path))
 
 
 def carry_out(plan: CleanPlan, lock: Path, *, dry_run: bool = False) -> CleanPlan:
@@ -112,9 +132,9 @@ def carry_out(plan: CleanPlan, lock: Path, *, dry_run: bool = False) -> CleanPla
                 if path.is_dir() and not path.is_symlink():
                     # Out of the way first, at once: a bundle half deleted was still a bundle
                     # to link a starting trial's code from (a lost trial brought work back).
-                    aside = path.with_name(f".{path.name}.deleting-{os.getpid()}")
-                    with contextlib.suppress(OSError):  # (else deleted where it is)
-                        path = path.rename(aside)
+                    if not path.name.startswith("."):
+                        with contextlib.suppress(OSError):  # (else deleted where it is)
+                            path = path.rename(_aside(path))
                     gone.append(path)
                     shutil.rmtree(path, onerror=lambda _f, p, e: _failed(plan, p, e[1]))
                 else:
@@ -137,6 +157,13 @@ def clean_reply(plan: CleanPlan) -> dict[str, Any]:
         "failed": plan.failed[:20],
         "failures": len(plan.failed),
     }
+
+
+_ASIDE = ".deleting-"
+
+
+def _aside(path: Path) -> Path:
+    return path.with_name(f".{path.name}{_ASIDE}{os.getpid()}")
 
 
 def _failed(plan: CleanPlan, path: object, exc: BaseException) -> None:

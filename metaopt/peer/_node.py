@@ -71,6 +71,8 @@ _MAX_SETTLE_TURNS = 8
 _MAX_WAITS = 4
 # Seconds between two tracebacks of a periodic task that keeps failing.
 _FAILURE_LOG_EVERY = 60.0
+# Seconds between two looks of the stall watcher (see Node._loop_held).
+_STALL_TICK = 1.0
 
 
 def _import_search_stack() -> None:
@@ -190,6 +192,9 @@ class Node:
         # The end of the latest hold for a disk that refused writes, when it had heard nobody,
         # and the anti-entropy sessions it had converged by then (see _rejoin).
         self._rejoined_at = -math.inf
+        # The stall watcher's last look, and whether it runs (see _watch_for_stalls).
+        self._last_tick = self.monotonic()
+        self._watching = False
         self._sessions_before = 0
 
     def _new_client(self) -> Client:
@@ -400,6 +405,7 @@ class Node:
         await self.server.stop()
         await self._leave()
         await self.client.close()
+        await self.runner.settle_layouts()  # (their threads read the store through the loop)
         self.replica.close()
         self.store.close()
         for path in (self.dirs.pid_file, self.dirs.address_file):
@@ -472,14 +478,25 @@ class Node:
         if self.storage.recovered():
             self._rejoin()
 
-    async def _watch_for_stalls(self, tick: float = 1.0) -> None:
+    async def _watch_for_stalls(self, tick: float = _STALL_TICK) -> None:
         """Notice when this peer's event loop did not run for a while (see _loop_held)."""
-        last = self.monotonic()
+        self._last_tick = self.monotonic()
+        self._watching = True
         while not self._stopping.is_set():
             await asyncio.sleep(tick)
-            now = self.monotonic()
-            self._loop_held(now - last - tick)
-            last = now
+            self._check_stall(tick)
+            self._last_tick = self.monotonic()
+
+    def _check_stall(self, tick: float = _STALL_TICK) -> None:
+        """Report a hold since the watcher's last tick (beyond the tick), once: the
+        scheduling pass looks too, as the watcher may not have run since a hold ended."""
+        if not self._watching:
+            return
+        now = self.monotonic()
+        held = now - self._last_tick - tick
+        if held > 0:
+            self._last_tick = now - tick  # (measured: not measured again)
+        self._loop_held(held)
 
     def _loop_held(self, held: float) -> None:
         """After the event loop was held ``held`` seconds, listen again before judging others.
@@ -925,6 +942,9 @@ class Node:
             self._probe_storage()
             return
         await self.runner.thaw()
+        # A hold since the watcher last ran (a launch's code copy, SIGSTOP right here) is
+        # noticed before anything is judged lost, not after.
+        self._check_stall()
         now_ms = int(self.clock() * 1000)
         timing = self.config.timing
         runnable = [s for s in self.replica.experiments.values() if s.spec.command is not None]

@@ -94,6 +94,7 @@ class TrialRunner:
         self._bundle_warned: dict[bytes, float] = {}  # when a bundle's write was last refused
         self._bundles: dict[bytes, Path] = {}
         self._laying_out: dict[bytes, asyncio.Task[None]] = {}  # bundles being written
+        self._closing = False  # the peer is stopping: layouts end (see settle_layouts)
         # Experiments whose bundle is broken for good (a manifest never changes): not tried
         # again on every scheduling pass, nor logged again.
         self.unrunnable: dict[bytes, str] = {}  # experiment key -> why
@@ -150,7 +151,7 @@ class TrialRunner:
         held = self._bundles.get(state.key)
         if held is not None and held.is_dir():  # (a user may have deleted it to free space)
             return True
-        if state.key in self.unrunnable or state.key in self._laying_out:
+        if state.key in self.unrunnable or state.key in self._laying_out or self._closing:
             return False
         dest = self.node.dirs.bundles / state.key.hex()[:16]
         if dest.is_dir():  # laid out by this peer's last life
@@ -166,6 +167,8 @@ class TrialRunner:
         loop = asyncio.get_running_loop()
 
         def chunk(digest: bytes) -> bytes:  # (in the thread)
+            if self._closing:
+                raise _MissingBlob("the peer is stopping")  # (laid out again at its restart)
             return asyncio.run_coroutine_threadsafe(self._chunk(digest), loop).result()
 
         try:
@@ -181,6 +184,24 @@ class TrialRunner:
         except MetaoptError as exc:
             log.warning("experiment %s cannot run here: %s", state.spec.name, exc)
             self.unrunnable[state.key] = str(exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the store failing, say: tried again next round, said
+            # once a minute (each pass starts a layout anew), never an unretrieved task error
+            if self.node.storage.note(exc, "a bundle's layout"):
+                return
+            now = self.monotonic()
+            if now >= self._bundle_warned.get(state.key, -math.inf) + 60.0:
+                self._bundle_warned[state.key] = now
+                log.warning("experiment %s: laying out its code failed: %s", state.spec.name, exc)
+
+    async def settle_layouts(self) -> None:
+        """End the bundle layouts under way, their threads at their next chunk, and wait for
+        them: a peer stopping closes the store they read through the loop."""
+        self._closing = True
+        for task in list(self._laying_out.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     def _materialize(self, state: ExperimentState, chunk: Callable[[bytes], bytes]) -> Path:
         """Lay out the bundle, in a worker thread: ``chunk`` reads each chunk on the event

@@ -306,3 +306,26 @@ def test_clean_exits_1_naming_what_it_could_not_delete(
     assert out.out == "freed 4.0 KiB: the folders of 1 ended trial\n"
     assert "could not delete /d/trials/ab/checkpoint/model.pt: Operation not permitted" in out.err
     assert "3 paths could not be deleted (2 more not shown); fix their permissions" in out.err
+
+
+def test_a_bundle_is_set_aside_at_once_and_a_leftover_is_deleted_later(tmp_path: Path) -> None:
+    # Deleted from a thread, a bundle half gone was still one to link a starting trial's code
+    # from; set aside on the loop it is gone at once, and laid out again if work comes back.
+    from metaopt.peer._clean import set_bundles_aside
+
+    dirs = DataDir(tmp_path)
+    h = _History(dirs, max_trials=1)
+    h.trial("started", "completed", value=0.1)
+    bundle = dirs.bundles / h.key.hex()[:16]
+    bundle.mkdir(parents=True)
+    (bundle / "train.py").write_text("print(1)\n")
+    plan = plan_clean([h.state()], dirs, set(), keep=1)
+    set_bundles_aside(plan, dirs.bundles)
+    assert not bundle.exists() and plan.paths[-1].name.startswith(f".{bundle.name}.deleting-")
+    leftover = dirs.bundles / ".0123456789abcdef.deleting-1"  # an earlier clean's, stuck
+    leftover.mkdir()
+    again = plan_clean([h.state()], dirs, set(), keep=1)
+    assert leftover in again.paths
+    carry_out(plan, dirs.clean_lock)
+    carry_out(again, dirs.clean_lock)
+    assert list(dirs.bundles.iterdir()) == []

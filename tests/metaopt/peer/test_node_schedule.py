@@ -657,3 +657,42 @@ async def test_a_bundle_is_written_off_the_event_loop_and_read_on_it(tmp_path: P
         assert (bundle / "data.bin").read_bytes() == (code / "data.bin").read_bytes()
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_layout_that_fails_is_said_once_a_minute_and_a_stop_ends_one_under_way(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A store read failing in a layout was an unretrieved task exception at every pass; and
+    # a peer stopping closed the store under a layout's thread.
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("print(1)\n")
+    manifest, chunks = collect_bundle(code)
+    spec = ExperimentSpec(
+        "bundled",
+        {"x": "uniform(0, 1)"},
+        command=(sys.executable, "train.py"),
+        bundle={"manifest": manifest, "root": str(code)},
+    )
+    exp = experiment_record(spec)
+    node = _lone_node(tmp_path)
+
+    async def broken(digest: bytes) -> bytes:
+        raise RuntimeError("Database is closed")
+
+    node.runner._chunk = broken  # type: ignore[method-assign]
+    try:
+        node.store.add([exp])
+        state = node.replica.experiments[exp.key]
+        with caplog.at_level("WARNING", logger="metaopt"):
+            for _ in range(3):
+                assert not await can_run_once_laid_out(node.runner, state)
+        assert caplog.text.count("laying out its code failed: Database is closed") == 1
+        assert "never retrieved" not in caplog.text
+        node.runner._chunk = lambda digest: asyncio.sleep(0.05, chunks[digest])  # type: ignore[method-assign]
+        assert not node.runner.can_run(state)  # a layout under way...
+    finally:
+        await node.stop()  # ...ended, not left reading a closed store
+    assert not node.runner._laying_out
+    assert not any(p.name.endswith(".tmp") for p in node.dirs.bundles.glob("*"))
