@@ -616,18 +616,9 @@ async def test_a_forged_code_chunk_is_passed_over_for_the_real_one(tmp_path: Pat
 async def test_a_bundle_is_written_off_the_event_loop_and_read_on_it(tmp_path: Path) -> None:
     # Laid out on the loop, a bundle of 1 GiB held the peer's event loop for 13 s (its API
     # and heartbeats waited past the request timeout); the store is read on the loop alone.
+    train = b"print('METAOPT {\"loss\": 1}')\n"
+    exp, chunks = _bundled(tmp_path, {"train.py": train, "data.bin": os.urandom(3 * CHUNK_BYTES)})
     code = tmp_path / "code"
-    code.mkdir()
-    (code / "train.py").write_text("print('METAOPT {\"loss\": 1}')\n")
-    (code / "data.bin").write_bytes(os.urandom(3 * CHUNK_BYTES))  # several chunks
-    manifest, chunks = collect_bundle(code)
-    spec = ExperimentSpec(
-        "bundled",
-        {"x": "uniform(0, 1)"},
-        command=(sys.executable, "train.py"),
-        bundle={"manifest": manifest, "root": str(code)},
-    )
-    exp = experiment_record(spec)
     blobs = [
         Record.create(BLOB, exp.origin, 2 + i, 1, {"data": data}, [digest])
         for i, (digest, data) in enumerate(chunks.items())
@@ -665,17 +656,7 @@ async def test_a_layout_that_fails_is_said_once_a_minute_and_a_stop_ends_one_und
 ) -> None:
     # A store read failing in a layout was an unretrieved task exception at every pass; and
     # a peer stopping closed the store under a layout's thread.
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "train.py").write_text("print(1)\n")
-    manifest, chunks = collect_bundle(code)
-    spec = ExperimentSpec(
-        "bundled",
-        {"x": "uniform(0, 1)"},
-        command=(sys.executable, "train.py"),
-        bundle={"manifest": manifest, "root": str(code)},
-    )
-    exp = experiment_record(spec)
+    exp, chunks = _bundled(tmp_path, {"train.py": b"print(1)\n"})
     node = _lone_node(tmp_path)
 
     async def broken(digest: bytes) -> bytes:
@@ -696,3 +677,20 @@ async def test_a_layout_that_fails_is_said_once_a_minute_and_a_stop_ends_one_und
         await node.stop()  # ...ended, not left reading a closed store
     assert not node.runner._laying_out
     assert not any(p.name.endswith(".tmp") for p in node.dirs.bundles.glob("*"))
+
+
+def _bundled(tmp_path: Path, files: dict[str, bytes]) -> tuple[Record, dict[bytes, bytes]]:
+    """An experiment whose code is the files (bundled), and its chunks by digest."""
+    code = tmp_path / "code"
+    code.mkdir()
+    for name, data in files.items():
+        (code / name).write_bytes(data)
+    manifest, chunks = collect_bundle(code)
+    spec = ExperimentSpec(
+        "bundled",
+        {"x": "uniform(0, 1)"},
+        algorithm="random",
+        command=(sys.executable, "train.py"),
+        bundle={"manifest": manifest, "root": str(code)},
+    )
+    return experiment_record(spec), chunks
