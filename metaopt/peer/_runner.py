@@ -418,10 +418,11 @@ class TrialRunner:
         elif kind == "heartbeat":
             node.write_event(run.experiment, run.trial, "heartbeat")
         elif kind == "started" and isinstance(data.get("pid"), int):
-            # Lets a supervisor (or a test) find the trial's process group after a crash.
+            self.watchdog.watch(data["pid"])  # its own group: it leads a new session
+            # Lets a supervisor (or a test) find the trial's process group after a crash;
+            # written once the watchdog has been told, so it says the watchdog knows.
             with contextlib.suppress(OSError):
                 (self.trial_dir(run.trial) / "pid").write_text(f"{data['pid']}\n")
-            self.watchdog.watch(data["pid"])  # its own group: it leads a new session
 
     async def _supervise(self, run: Running, process: TrialProcess) -> None:
         try:

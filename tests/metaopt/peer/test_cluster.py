@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -469,11 +470,24 @@ def _watchdog_of(pid: int) -> int:
     raise AssertionError(f"peer {pid} has no watchdog")
 
 
+def _watched(peer: Peer) -> bool:
+    """Whether the peer has told its watchdog of the running trial's group: it writes the
+    trial's pid file as it does so. A trial and its child show in /proc before the peer's
+    loop has taken the trial's start in; killed then (a loaded CI machine), the watchdog
+    knew no group to stop, and the test failed."""
+    groups = set(find_orphans(peer.data_dir).values())
+    for pid_file in (peer.data_dir / "trials").glob("*/pid"):
+        with contextlib.suppress(OSError, ValueError):
+            if int(pid_file.read_text()) in groups:
+                return True
+    return False
+
+
 def _outlive(cluster: Cluster, peer: Peer) -> None:
     out = peer.cli("submit", "--max-trials", "1", "--early-stopping", "none",
                    str(SPAWNER), "--x~uniform(0, 1)")  # fmt: skip
     assert out.returncode == 0, out.stderr
-    wait_for(lambda: len(find_orphans(peer.data_dir)) >= 2, 60, peer.log)
+    wait_for(lambda: len(find_orphans(peer.data_dir)) >= 2 and _watched(peer), 60, peer.log)
     # Killed -9, the peer's watchdog stops the trial and the child it started.
     cluster.kill(peer, signal.SIGKILL)
     wait_for(lambda: not find_orphans(peer.data_dir), 30, peer.log)
