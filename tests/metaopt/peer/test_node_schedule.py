@@ -584,19 +584,8 @@ async def test_a_forged_code_chunk_is_passed_over_for_the_real_one(tmp_path: Pat
     # Any peer may link a blob to any digest: the first one linked was taken, and a forged
     # chunk made the experiment unrunnable on every peer, for good (and every later submit of
     # the same code, which links to the same digest).
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "train.py").write_text("print('METAOPT {\"loss\": 1}')\n")
-    manifest, chunks = collect_bundle(code)
+    exp, chunks = _bundled(tmp_path, {"train.py": b"print('METAOPT {\"loss\": 1}')\n"})
     [(digest, data)] = chunks.items()
-    spec = ExperimentSpec(
-        "bundled",
-        {"x": "uniform(0, 1)"},
-        algorithm="random",
-        command=(sys.executable, "train.py"),
-        bundle={"manifest": manifest, "root": str(code)},
-    )
-    exp = experiment_record(spec)
     forged = [Record.create(BLOB, bytes([i]) * 16, 1, 1, {"data": b"x"}, [digest]) for i in (1, 2)]
     node = _lone_node(tmp_path)
     try:
