@@ -23,7 +23,7 @@ from metaopt.cli._format import (
     trial_state,
 )
 from metaopt.peer._identity import DataDir
-from metaopt.peer._local import LocalPeer, resolve_data_dir
+from metaopt.peer._local import LocalPeer, fetch_experiment, resolve_data_dir
 from metaopt.peer._offline import OfflinePeer
 
 __all__ = ["add_read_commands"]
@@ -145,7 +145,7 @@ def _status(args: argparse.Namespace) -> int:
         headers = ["name", "id", "state", "trials", "done", "running", "frozen", "killed"]
         print(table([*headers, "failed", "best"], rows))
         return 0
-    info = peer.call("api.experiment", args.experiment)
+    info = fetch_experiment(peer, args.experiment)
     if args.json:
         print(json_text(info, indent=2))
         return 0
@@ -237,7 +237,7 @@ def _experiment_header(info: dict[str, Any]) -> str:
 
 
 def _best(args: argparse.Namespace) -> int:
-    info = _peer(args, read=True).call("api.experiment", args.experiment)
+    info = fetch_experiment(_peer(args, read=True), args.experiment, trials="none")
     best = info["best"]
     if args.json:  # a list for a Pareto front, else one trial; null (exit 1) if none yet
         print(json_text(best if len(info["objectives"]) > 1 else (best[0] if best else None)))
@@ -261,7 +261,7 @@ def _best(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    info = _peer(args, read=True).call("api.experiment", args.experiment)
+    info = fetch_experiment(_peer(args, read=True), args.experiment)
     trials = info["trial_list"]
     if args.format == "json":
         print(json_text(trials, indent=2))

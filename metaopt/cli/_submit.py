@@ -34,7 +34,7 @@ from metaopt.cli._format import (
     state_summary,
 )
 from metaopt.peer._bundle import DEFAULT_MAX_BYTES, HARD_MAX_BYTES, collect_bundle
-from metaopt.peer._local import LocalPeer, resolve_data_dir
+from metaopt.peer._local import LocalPeer, fetch_experiment, resolve_data_dir
 from metaopt.peer._output import CAPTURE_HINT, compile_objective_regex
 from metaopt.peer._template import parse_template
 from metaopt.space import Space
@@ -649,7 +649,9 @@ def wait_for(
     info: dict[str, Any] | None = None
     while True:
         try:
-            info = peer.call("api.experiment", experiment)
+            # The trials not ended are all a poll needs (see _only_paused): the whole list
+            # of a long experiment, every second, was most of a peer's work.
+            info = fetch_experiment(peer, experiment, trials="open")
         except MetaoptError as exc:
             if info is None:
                 raise

@@ -22,6 +22,7 @@ from metaopt.peer._clean import (
     plan_clean,
     set_bundles_aside,
 )
+from metaopt.peer._pages import TrialPages
 from metaopt.peer._wire import Request
 from metaopt.space import Space
 
@@ -163,15 +164,25 @@ class LocalApi:
         return out
 
     async def experiment(self, request: Request) -> Any:
-        state = self._experiment(request.body)
+        """An experiment's summary and a page of its trials, oldest first (see ``TrialPages``).
+
+        The body is its name or id, or a dict: experiment, trials ("all", "open" for those not
+        ended, "none"), after (the previous page's ``next``) and page_bytes (None: one page).
+        A whole list did not fit in one reply: 60,000 trials with wide parameters passed the
+        64 MiB frame limit, and `metaopt status NAME`, best and export failed.
+        """
+        query = TrialPages.parse(request.body)
+        state = self._experiment(query.experiment)
         out = experiment_json(state)
-        trials = state.trials()
-        out["trial_list"] = [trial_json(state, t) for t in trials]
         out["blocked_here"] = self.node.blocked_here(state.key)
+        if query.trials == "none":
+            return out
+        trials, rows, out["next"] = query.page(state, lambda t: trial_json(state, t))
+        out["trial_list"] = rows
         # A running trial whose node went quiet shows as running until it is taken for lost;
         # say so meanwhile (a user saw a dead peer's trials "running" for a minute, unexplained).
         lost_after = self.node.config.timing.lost_after
-        for shown, trial in zip(out["trial_list"], trials, strict=True):
+        for shown, trial in zip(rows, trials, strict=True):
             # Asked to stop here (a kill, a freeze, a timeout), it shows running until it
             # exits: seconds, or the grace twice over for one that ignores its stop.
             stopping = self.node.runner.stopping_as(trial.key)

@@ -5,14 +5,33 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from crdt import ClusterKey, FrameCodec
 from metaopt._errors import MetaoptError
 from metaopt.peer._identity import DataDir, default_data_dir
 from metaopt.peer._transport import Client, Misaddressed, OtherRelease, PeerUnreachable, Refused
 
-__all__ = ["LocalPeer", "resolve_data_dir"]
+__all__ = ["LocalPeer", "fetch_experiment", "resolve_data_dir"]
+
+
+class _Caller(Protocol):
+    def call(self, op: str, body: Any = None) -> Any: ...
+
+
+def fetch_experiment(
+    peer: _Caller, experiment: str, trials: Literal["all", "open", "none"] = "all"
+) -> dict[str, Any]:
+    """api.experiment with every page of its trial list (see metaopt.peer._pages) joined."""
+    info: dict[str, Any] = peer.call("api.experiment", {"experiment": experiment, "trials": trials})
+    after = info.pop("next", None)
+    while after is not None:
+        # By id from here on: a namesake submitted meanwhile takes the name, not this listing.
+        query = {"experiment": info["id"], "trials": trials, "after": after}
+        page = peer.call("api.experiment", query)
+        info["trial_list"] += page["trial_list"]
+        after = page["next"]
+    return info
 
 
 def resolve_data_dir(value: str | None) -> Path:

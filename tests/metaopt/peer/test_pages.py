@@ -1,0 +1,122 @@
+"""api.experiment's trial list in pages: every trial once, in order, each reply bounded."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import msgpack
+import pytest
+
+from crdt import FrameConfig, MemoryStore, Record
+from metaopt._errors import MetaoptError
+from metaopt._records import EVENT, EXPERIMENT, TRIAL, EventBody, ExperimentSpec
+from metaopt.peer._api import LocalApi
+from metaopt.peer._local import fetch_experiment
+from metaopt.peer._pages import PAGE_BYTES
+from metaopt.peer._replica import Replica
+from metaopt.peer._wire import Request
+
+NODE = b"n" * 16
+EXP = Record.create(
+    EXPERIMENT, NODE, 1, 1000, ExperimentSpec("wide", {"x": "uniform(0, 1)"}).to_body(), []
+)
+
+
+def _trial(i: int, stamp: int, *, completed: bool) -> list[Record]:
+    """A trial (with a wide report, as a trial with many metrics has) and its end, maybe."""
+    body = {"params": {"x": i / 1000}, "node": NODE, "counter": i + 1}
+    trial = Record.create(TRIAL, NODE, 10 * i + 2, stamp, body, [EXP.key])
+    metrics = {f"metric_{m}": float(m) for m in range(20)}
+    kind = "completed" if completed else "progress"
+    event = EventBody(trial.key, EXP.key, kind, NODE, step=1, metrics={**metrics, "objective": 0.5})
+    return [trial, Record.create(EVENT, NODE, 10 * i + 3, stamp + 1, event.to_body(),
+                                 [trial.key, EXP.key])]  # fmt: skip
+
+
+class _Peer:
+    """The CLI's view of a peer: call(op, body), answered by the local API; records every reply."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        node = SimpleNamespace(
+            node_id=NODE,
+            replica=Replica(store),
+            blocked_here=lambda key: None,
+            config=SimpleNamespace(timing=SimpleNamespace(lost_after=60.0)),
+            is_alive=lambda node_id: True,
+            runner=SimpleNamespace(stopping_as=lambda key: None),
+        )
+        self.api = LocalApi(node)  # type: ignore[arg-type]
+        self.replies: list[dict[str, Any]] = []
+        self.row_bytes: list[list[int]] = []  # each reply's rows, msgpack bytes
+        self.before_page: list[Any] = []  # run before each call after the first
+
+    def call(self, op: str, body: Any = None) -> Any:
+        if self.replies and self.before_page:
+            self.before_page.pop(0)()
+        if isinstance(body, dict) and "page_bytes" not in body:
+            body = {**body, "page_bytes": 4000}  # a few trials a page
+        reply = asyncio.run(self.api.experiment(Request(op, NODE, "", body)))
+        self.replies.append(reply)
+        self.row_bytes.append([len(msgpack.packb(r)) for r in reply.get("trial_list", [])])
+        return reply
+
+
+def _store(n: int) -> MemoryStore:
+    store = MemoryStore()
+    store.add([EXP])
+    for i in range(n):
+        store.add(_trial(i, 2000 + 10 * i, completed=i % 3 != 0))
+    return store
+
+
+def test_the_pages_hold_every_trial_once_in_order_each_within_its_bytes() -> None:
+    # 60,000 trials with wide parameters made one reply past the 64 MiB frame limit: `metaopt
+    # status NAME`, best and export failed for the whole experiment.
+    store = _store(60)
+    peer = _Peer(store)
+    info = fetch_experiment(peer, "wide")
+    expected = [t.id for t in peer.api.node.replica.find_experiment("wide").trials()]
+    assert [t["id"] for t in info["trial_list"]] == expected and len(expected) == 60
+    assert len(peer.replies) > 5 and "next" not in info
+    for sizes in peer.row_bytes:
+        # At most one row past the budget (a page holds at least one trial).
+        assert sizes and sum(sizes[:-1]) <= 4000
+    # The default page is far under a frame (a row is at most a few records of 1 MiB).
+    assert FrameConfig().max_frame_bytes > PAGE_BYTES + (4 << 20)
+
+
+def test_a_trial_arriving_between_pages_sends_none_twice_and_skips_none() -> None:
+    # An older-stamped trial from another peer lands before the cursor; an offset would have
+    # sent the last trial of the previous page again.
+    store = _store(30)
+    peer = _Peer(store)
+    peer.before_page = [lambda: store.add(_trial(500, 1500, completed=True))]
+    info = fetch_experiment(peer, "wide")
+    ids = [t["id"] for t in info["trial_list"]]
+    assert len(ids) == len(set(ids)) == 30  # the newcomer sorts first: the next listing has it
+    assert len(fetch_experiment(_Peer(store), "wide")["trial_list"]) == 31
+
+
+def test_open_lists_only_trials_not_ended_and_none_lists_none() -> None:
+    peer = _Peer(_store(30))
+    shown = fetch_experiment(peer, "wide", trials="open")["trial_list"]
+    assert len(shown) == 10 and {t["state"] for t in shown} == {"running"}
+    summary = fetch_experiment(_Peer(_store(30)), "wide", trials="none")
+    assert "trial_list" not in summary and summary["counts"] == {"completed": 20, "running": 10}
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ({"trials": "all"}, "name an experiment"),
+        ({"experiment": "wide", "trials": "some"}, "trials is one of all, open, none"),
+        ({"experiment": "wide", "page_bytes": 0}, "page_bytes is a number of bytes"),
+        ({"experiment": "wide", "after": [1, "zz"]}, "after is the previous page's next"),
+        ({"experiment": "wide", "after": "x"}, "after is the previous page's next"),
+    ],
+)
+def test_a_malformed_query_is_one_line(body: dict[str, Any], said: str) -> None:
+    with pytest.raises(MetaoptError, match=said):
+        _Peer(_store(1)).call("api.experiment", body)
