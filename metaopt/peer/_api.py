@@ -167,14 +167,17 @@ class LocalApi:
         """An experiment's summary and a page of its trials, oldest first (see ``TrialPages``).
 
         The body is its name or id, or a dict: experiment, trials ("all", "open" for those not
-        ended, "none"), after (the previous page's ``next``) and page_bytes (None: one page).
+        ended, "none"), after (the previous page's ``next``; such a page has no summary) and
+        page_bytes (None: one page).
         A whole list did not fit in one reply: 60,000 trials with wide parameters passed the
         64 MiB frame limit, and `metaopt status NAME`, best and export failed.
         """
         query = TrialPages.parse(request.body)
         state = self._experiment(query.experiment)
-        out = experiment_json(state)
-        out["blocked_here"] = self.node.blocked_here(state.key)
+        out: dict[str, Any] = {}
+        if query.after is None:  # (later pages: their trials alone)
+            out = experiment_json(state)
+            out["blocked_here"] = self.node.blocked_here(state.key)
         if query.trials == "none":
             return out
         trials, rows, out["next"] = query.page(state, lambda t: trial_json(state, t))
