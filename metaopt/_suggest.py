@@ -62,6 +62,11 @@ class Draw:
     obs: Observations
     # The experiment's first point takes these (its default_value= options), see prepare.
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    trial_keys: frozenset[bytes] = frozenset()  # the trials it was taken from
+
+    def arrived_since(self, trials: list[TrialView]) -> list[TrialView]:
+        """Those of trials that reached the replica after this draw was taken."""
+        return [t for t in trials if t.key not in self.trial_keys]
 
 
 class Suggester:
@@ -85,9 +90,9 @@ class Suggester:
         self.space = Space.from_dict(state.spec.space)
         self.algorithm = algorithm or make_algorithm(state.spec.algorithm)
 
-    def next_counter(self) -> int:
-        mine = [t.counter for t in self.state.trials() if t.node == self.node_id]
-        return max(mine, default=0) + 1
+    def next_counter(self, trials: list[TrialView] | None = None) -> int:
+        listed = self.state.trials() if trials is None else trials
+        return max((t.counter for t in listed if t.node == self.node_id), default=0) + 1
 
     def observations(self, trials: list[TrialView] | None = None) -> Observations:
         """The history in the unit cube; trials whose params no longer fit the space are skipped."""
@@ -122,8 +127,13 @@ class Suggester:
         """(params, counter) of a new point no known trial has."""
         return self.compute(self.prepare())
 
-    def prepare(self, look: int = 0, *, lead: bool = True) -> Draw:
-        """A snapshot of the history for the next suggestion (cheap; reads the replica).
+    def prepare(
+        self, look: int = 0, *, lead: bool = True, trials: list[TrialView] | None = None
+    ) -> Draw:
+        """A snapshot of the history for the next suggestion.
+
+        Given ``trials`` (``state.trials()``, taken on the event loop) it reads nothing else
+        that changes, so it may run in a worker thread: at 50,000 trials it takes seconds.
 
         ``look`` > 0 is another try at the same trial after ``crowded`` (below) said yes: the
         history now holds the trial that crowded it, and the stream is a fresh one.
@@ -135,8 +145,9 @@ class Suggester:
         it. So from an empty history only the ``lead`` (the first peer in turn) takes them;
         once any trial exists, whoever asks next does (the lead may have had no free slot).
         """
-        counter = self.next_counter()
-        trials = self.state.trials()
+        if trials is None:
+            trials = self.state.trials()
+        counter = self.next_counter(trials)
         defaults = self.space.defaults
         taken = any(all(t.params.get(k) == v for k, v in defaults.items()) for t in trials)
         if taken or not (lead or trials):
@@ -147,6 +158,7 @@ class Suggester:
             frozenset(params_key(t.params) for t in trials),
             self.observations(trials),
             defaults,
+            frozenset(t.key for t in trials),
         )
 
     def compute(self, draw: Draw) -> tuple[dict[str, Any], int]:
@@ -178,9 +190,7 @@ class Suggester:
         point next to its own asks again, with that point pending.
         """
         u = self.space.to_unit(dict(params))
-        for trial in self.state.trials():
-            if params_key(trial.params) in draw.known:
-                continue
+        for trial in draw.arrived_since(self.state.trials()):
             try:
                 v = self.space.to_unit(trial.params)
             except Exception:  # a peer's malformed params crowd nothing

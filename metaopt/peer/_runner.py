@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from metaopt.freezethaw import CurveView, Decision, EarlyStopper
     from metaopt.peer._node import Node
+    from metaopt.space import Space
 
 __all__ = ["TrialRunner"]
 
@@ -608,8 +609,6 @@ class TrialRunner:
         """
         import numpy as np
 
-        from metaopt._curves import curve_views
-
         stopper = self._stopper(state) if own else None
         if stopper is None:
             return []
@@ -617,13 +616,11 @@ class TrialRunner:
             self._decisions += 1
             rng = np.random.default_rng([self._decisions, *self.node.node_id[:8]])
             try:
-                curves = [
-                    replace(c, state="frozen") if c.trial_id in frozen else c
-                    for c in curve_views(state, self.node.suggester(state).space)
-                ]
+                space = self.node.suggester(state).space
+                snapshot = _Snapshot(state, space, state.trials(), frozenset(frozen))
                 fresh = not state.budget_spent
                 return await asyncio.to_thread(
-                    _decide_in_thread, stopper, curves, set(own), free_slots, rng, fresh
+                    _decide_in_thread, stopper, snapshot, set(own), free_slots, rng, fresh
                 )
             except Exception:
                 # A bug in one experiment's stopper must not end every scheduling pass (the
@@ -757,9 +754,28 @@ class TrialRunner:
                         await self.launch(state, view, thaw=True)
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    """An experiment's trials taken on the event loop, for a decision in a worker thread (the
+    curves out of 50,000 trials take seconds to build); frozen: those shown to it as frozen."""
+
+    state: ExperimentState
+    space: Space
+    trials: list[TrialView]
+    frozen: frozenset[str]
+
+    def curves(self) -> list[CurveView]:
+        from metaopt._curves import curve_views
+
+        return [
+            replace(c, state="frozen") if c.trial_id in self.frozen else c
+            for c in curve_views(self.state, self.space, self.trials)
+        ]
+
+
 def _decide_in_thread(
     stopper: EarlyStopper,
-    curves: list[CurveView],
+    snapshot: _Snapshot,
     own: set[str],
     free_slots: int,
     rng: np.random.Generator,
@@ -767,6 +783,7 @@ def _decide_in_thread(
 ) -> list[Decision]:
     from threadpoolctl import threadpool_limits
 
+    curves = snapshot.curves()
     # Small matrices: one BLAS thread is many times faster than several on shared cores.
     with threadpool_limits(limits=1):
         return stopper.decide(curves, own, free_slots, rng, fresh_available=fresh_available)

@@ -602,6 +602,35 @@ async def test_a_forged_code_chunk_is_passed_over_for_the_real_one(tmp_path: Pat
 
 
 @pytest.mark.asyncio
+async def test_a_suggestion_reads_its_history_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The history's snapshot for a suggestion (every trial in the unit cube) took 2-4 s on
+    # the loop at 50,000 trials; only the list of trials is taken there.
+    command = (sys.executable, "-c", "pass")
+    exp = experiment_record(
+        ExperimentSpec("e", {"x": "uniform(0, 1)"}, algorithm="sobol", command=command)
+    )
+    node = _lone_node(tmp_path)
+    loop_thread = threading.get_ident()
+    prepared_on: list[int] = []
+    prepare = Suggester.prepare
+
+    def spy(self: Suggester, *args: Any, **kwargs: Any) -> Draw:
+        prepared_on.append(threading.get_ident())
+        return prepare(self, *args, **kwargs)
+
+    monkeypatch.setattr(Suggester, "prepare", spy)
+    try:
+        node.store.add([exp])
+        state = node.replica.experiments[exp.key]
+        assert await node.new_trial(state) is not None
+        assert prepared_on and loop_thread not in prepared_on
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
 async def test_a_bundle_is_written_off_the_event_loop_and_read_on_it(tmp_path: Path) -> None:
     # Laid out on the loop, a bundle of 1 GiB held the peer's event loop for 13 s (its API
     # and heartbeats waited past the request timeout); the store is read on the loop alone.

@@ -83,8 +83,8 @@ class VirtualTime:
             fn()
 
 
-async def _inline(fn: Callable[..., Any], *args: Any) -> Any:
-    return fn(*args)  # the search in the loop's thread: nothing runs beside the virtual clock
+async def _inline(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)  # the search in the loop's thread: nothing beside the virtual clock
 
 
 def _first_new_point(self: Suggester, draw: Draw) -> tuple[dict[str, Any], int]:

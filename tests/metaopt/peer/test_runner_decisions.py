@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from crdt import Record
+from metaopt import _curves
 from metaopt._errors import MetaoptError
 from metaopt._records import (
     EVENT,
@@ -144,6 +146,28 @@ def test_a_free_slot_kills_a_hopeless_frozen_trial_for_good(
     assert state.trial(trial).state == "killed"  # type: ignore[union-attr]
     # In the peer's log, as its freezes and thaws are (the kills were silent).
     assert f"killed frozen trial {trial.hex()[:12]}: hopeless" in caplog.text
+
+
+def test_the_curves_a_decision_reads_are_built_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Built on the loop, the curves of 50,000 trials held it for 2-3 s at every decision.
+    state, trial = _frozen_trial(1)
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    runner._stoppers[state.key] = stopper = _JudgeFrozen()
+    built_on: list[int] = []
+    real = _curves.curve_views
+
+    def spy(*args: Any) -> list[CurveView]:
+        built_on.append(threading.get_ident())
+        return real(*args)
+
+    monkeypatch.setattr(_curves, "curve_views", spy)
+    assert asyncio.run(runner._decide(state, {trial.hex()}, 1)) == [
+        Decision(trial.hex(), Action.KILL, "hopeless")
+    ]
+    assert built_on and threading.get_ident() not in built_on and stopper.free == [1]
 
 
 def test_default_early_stopping_starts_once_a_trial_reports_a_step() -> None:
