@@ -229,6 +229,12 @@ def _watch_compute(
     return draws
 
 
+def _sobol_experiment() -> Record:
+    command = (sys.executable, "-c", "pass")
+    spec = ExperimentSpec("e", {"x": "uniform(0, 1)"}, algorithm="sobol", command=command)
+    return experiment_record(spec)
+
+
 @pytest.mark.asyncio
 async def test_a_point_another_peer_recorded_next_to_meanwhile_is_chosen_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -237,10 +243,7 @@ async def test_a_point_another_peer_recorded_next_to_meanwhile_is_chosen_again(
     # the other's trial before recording its own must not record a point next to it. (With
     # random search the second look lands within 1e-3 of the first one run in 500 or so, and
     # the test failed so: the space-filling start keeps away from every pending point.)
-    command = (sys.executable, "-c", "pass")
-    exp = experiment_record(
-        ExperimentSpec("e", {"x": "uniform(0, 1)"}, algorithm="sobol", command=command)
-    )
+    exp = _sobol_experiment()
     node = _lone_node(tmp_path)
     calls: list[float] = []
 
@@ -607,10 +610,7 @@ async def test_a_suggestion_reads_its_history_off_the_event_loop(
 ) -> None:
     # The history's snapshot for a suggestion (every trial in the unit cube) took 2-4 s on
     # the loop at 50,000 trials; only the list of trials is taken there.
-    command = (sys.executable, "-c", "pass")
-    exp = experiment_record(
-        ExperimentSpec("e", {"x": "uniform(0, 1)"}, algorithm="sobol", command=command)
-    )
+    exp = _sobol_experiment()
     node = _lone_node(tmp_path)
     loop_thread = threading.get_ident()
     prepared_on: list[int] = []
