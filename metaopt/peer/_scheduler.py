@@ -240,12 +240,14 @@ def plan_work(
     (its count may be stale). An experiment ``may_suggest`` refuses (its space is exhausted)
     gets free trials only.
     """
-    if free_slots <= 0:
-        return []
     # A spent budget still lets free trials run again: they are part of it, not beyond it.
     # Asked only of experiments with work left: runnable() materialises an experiment's code
-    # (a peer that joined late wrote the bundles of 25 finished experiments, 1.4 GB).
+    # (a peer that joined late wrote the bundles of 25 finished experiments, 1.4 GB); and
+    # asked with no slot free, so a new experiment's code is laid out by the time one frees
+    # (laid out only then, the first free slot of every peer went to an older experiment).
     candidates = [s for s in experiments if work_left(s) and runnable(s)]
+    if free_slots <= 0:
+        return []
     running_count = {s.key: 0 for s in candidates}
     # Ties on the count here went to the lowest key on every peer alike: with 3 experiments
     # on 2 peers of 2 slots, the slot a trial freed went back to its own experiment (now at 0

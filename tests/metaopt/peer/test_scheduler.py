@@ -321,6 +321,11 @@ def test_an_experiment_with_no_work_left_is_not_asked_whether_it_can_run() -> No
 
     _plan([done, lost, _state(name="open")], ME, 2, set(), [ME], 2_000, 1_000, runnable)
     assert sorted(asked) == ["lost", "open"]
+    # Asked with every slot busy too, so the code of a new experiment is laid out before a
+    # slot frees: asked only then, every peer gave its first free slot to an older one.
+    asked.clear()
+    assert _plan([done, lost], ME, 0, set(), [ME], 2_000, 1_000, runnable) == []
+    assert asked == ["lost"]
 
 
 def test_a_trial_frozen_by_hand_on_a_node_that_is_gone_waits_for_the_user() -> None:
