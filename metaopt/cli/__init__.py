@@ -18,6 +18,7 @@ def _run_submit(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from metaopt import __version__
     from metaopt.cli._peer import add_peer_commands
     from metaopt.cli._read import add_read_commands
     from metaopt.cli._submit import add_submit_command
@@ -25,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metaopt", description="Hyperparameter search with no master."
     )
+    # Every peer of a cluster runs one release: how to see which one this is.
+    parser.add_argument("--version", action="version", version=f"metaopt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_peer_commands(sub)
     add_submit_command(sub)

@@ -289,7 +289,7 @@ def _status(args: argparse.Namespace) -> int:
         print(json_text(status, indent=2))
         return 0
     print(f"node      {status['node_id']}  ({printable(str(status['name']))})")
-    print(f"address   {status['address']}  pid {status['pid']}")
+    print(f"address   {status['address']}  pid {status['pid']}  metaopt {status['release']}")
     print(f"data dir  {status['data_dir']}")
     print(f"records   {status['records']}   experiments {status['experiments']}")
     print(f"cluster   {status['fingerprint']}")
@@ -315,6 +315,8 @@ def _status(args: argparse.Namespace) -> int:
         )
     for seed in status.get("silent_seeds", []):
         print(f"--join {seed}: no answer yet (see this peer's log)")
+    if status.get("alone") and not status.get("silent_seeds"):
+        print(status["alone"])
     print("\nslots")
     rows = [
         [s["index"], s.get("gpu") or "cpu", s.get("trial") or "idle", s.get("experiment") or ""]

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crdt import ClusterKey, FrameCodec, LevelDBStore, Record, StoreError, StoreLocked, respond
+from metaopt import __version__
 from metaopt._errors import MetaoptError, SearchError
 from metaopt._records import CONTROL, EVENT, MAX_REASON, MAX_STDERR, TRIAL, EventBody, is_metric
 from metaopt._state import FREE_STATES, ExperimentState, TrialView
@@ -178,6 +179,7 @@ class Node:
         self._seeds_heard: dict[str, bool] = {}  # --join address -> answered (warned once if not)
         # The addresses of the peers this one talked to when it last ran (see _recall_peers).
         self._recalled: list[str] = []
+        self._alone_said = False
         self._remembered: list[str] = []  # what the data directory's peers file says now
         self._warned_alone = False  # or it talked to a peer since it started
         self._loop_guard = LoopGuard()
@@ -573,6 +575,22 @@ class Node:
         for addr in dict.fromkeys(targets):
             await self._gossip_with(addr, timeout)
         self._remember_peers()
+        self._say_if_alone(now)
+
+    def _say_if_alone(self, now: float) -> None:
+        """Once: a peer started without --join where mDNS finds nobody ran alone, its log
+        saying only that it listened."""
+        if self._alone_said or now - self.started_at < self.config.timing.peer_timeout:
+            return
+        self._alone_said = True
+        if self.peers.all() or self.peers.seed_addrs() or self._recalled:
+            return
+        log.info("%s; this peer runs alone, every trial here", self.alone_hint())
+
+    def alone_hint(self) -> str:
+        """Why this peer knows no other, and how to join one."""
+        found = "mDNS is off" if not self.config.mdns else "mDNS found none on this interface"
+        return f"no other peer known ({found}); to join a cluster, start with --join HOST:PORT"
 
     async def _gossip_with(self, addr: str, timeout: float) -> None:
         # Ages as of this call: one to a hung peer takes the whole request timeout, and
@@ -1031,6 +1049,7 @@ class Node:
         now = self.monotonic()
         return {
             "node_id": self.node_id.hex(),
+            "release": __version__,
             "name": self.config.name or socket.gethostname(),
             "address": self.addr,
             "pid": os.getpid(),
@@ -1052,6 +1071,7 @@ class Node:
             "slots": self.runner.describe(),
             # --join addresses that have not answered since this peer started.
             "silent_seeds": [a for a in self.peers.seed_addrs() if not self._seeds_heard.get(a)],
+            "alone": None if self.peers.all() else self.alone_hint(),
             "lost_after": self.config.timing.lost_after,
             "storage": self.storage.problem(),  # why it holds back (see _storage), or None
             # Frame bytes on the wire (requests and replies, both directions), peers and CLI.

@@ -83,3 +83,13 @@ def test_a_detached_peer_that_cannot_start_says_why_in_one_line(
     said = capsys.readouterr().err
     assert said.startswith("metaopt: the peer exited at once: --join needs the cluster's key")
     assert said.count("\n") == 1
+
+
+def test_the_release_is_one_flag_away(capsys: pytest.CaptureFixture[str]) -> None:
+    # The README says to run one release on every peer; nothing said which one was installed.
+    from metaopt import __version__
+    from metaopt.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"metaopt {__version__}\n"

@@ -114,6 +114,36 @@ async def test_a_join_seed_that_does_not_answer_is_said_once(
 
 
 @pytest.mark.asyncio
+async def test_a_peer_that_knows_no_other_says_so_once_and_how_to_join(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Started without --join where mDNS finds nobody, a peer ran alone, its log saying only
+    # that it listened and `peer status` "0 live of 0".
+    now = [100.0]
+    node = Node(
+        PeerConfig(data_dir=tmp_path / "n", port=0, mdns=False, key_text=_key()),
+        clock=lambda: now[0],
+        monotonic=lambda: now[0],
+    )
+    try:
+        assert "start with --join HOST:PORT" in node.status()["alone"]
+        with caplog.at_level("INFO", logger="metaopt.peer"):
+            await node._gossip()  # just started: others may yet be found
+            now[0] += node.config.timing.peer_timeout
+            for _ in range(3):
+                await node._gossip()
+        said = [r.getMessage() for r in caplog.records if "no other peer known" in r.getMessage()]
+        assert said == [
+            "no other peer known (mDNS is off); to join a cluster, start with --join HOST:PORT;"
+            " this peer runs alone, every trial here"
+        ]
+        node.peers.add(b"\x01" * 16, "127.0.0.1:9", now[0], contacted=True)
+        assert node.status()["alone"] is None
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
 async def test_gossip_after_a_hung_peer_times_out_tells_its_true_age(tmp_path: Path) -> None:
     # A peer stopped with SIGSTOP accepts connections and never answers: each call to it
     # takes the request timeout, and the gossip sent next carried ages as of before that
