@@ -140,7 +140,29 @@ def split_submit_args(
                 f"--maximize {after_maximize}: write --maximize={after_maximize} to maximize"
                 f" only {after_maximize} (--maximize alone maximizes every objective)"
             )
+        if (
+            template[:1] == [after_maximize]
+            and _NAMES.fullmatch(after_maximize)
+            and not _runnable_word(after_maximize)
+        ):
+            # The objective's name taken for the program: "acc: not a file ... nor a command".
+            raise MetaoptError(
+                f"--maximize {after_maximize}: {after_maximize} is neither a file nor a command;"
+                f" to maximize an objective {after_maximize}, write --objective={after_maximize}"
+                " --maximize (--maximize alone maximizes every objective)"
+            )
     return options, template
+
+
+_NAMES = re.compile(r"[A-Za-z_]\w*(?:,[A-Za-z_]\w*)*")  # what objectives look like, programs not
+
+
+def _runnable_word(word: str) -> bool:
+    """Whether a word names a file here or a command on PATH."""
+    try:
+        return Path(word).exists() or shutil.which(word) is not None
+    except (OSError, ValueError):  # a name too long, a NUL: not a program either
+        return False
 
 
 def _is_prior(word: str) -> bool:

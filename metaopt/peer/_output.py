@@ -41,6 +41,7 @@ _PREFIX_LEN = len(_PREFIX_BYTES) - 1  # bytes that may hold a prefix's start
 # may in the lines read (see _INVISIBLE).
 _REPORT_BYTES = re.compile(re.escape(_PREFIX_BYTES) + rb"(?:\s|\x1b\[[0-9;?]*[ -/]*[@-~])*\{")
 _CUT_TAIL = 64  # bytes of a cut part kept to find a report's start split across chunks
+_NAMES_SHOWN = 8  # metric names a failure's reason lists
 
 
 def compile_objective_regex(pattern: str) -> Any:
@@ -209,6 +210,11 @@ class OutputParser:
                 ", ".join(f"{n!r} was the string {self.latest[n]!r}" for n in texts)
                 + " (report a number)"
             )
+        reported = sorted(self.latest)
+        if reported:  # --objective accuracy where the program reports acc: name what it had
+            shown = ", ".join(repr(n[:40]) for n in reported[:_NAMES_SHOWN])
+            extra = len(reported) - _NAMES_SHOWN
+            parts.append(f"the reports had {shown}" + (f" and {extra} more" if extra > 0 else ""))
         if self._regex is not None:
             parts.append(f"regex {self._regex.pattern!r} gave {self.matches} numbers")
         parts.append(f"{self.stdout_lines} stdout lines")

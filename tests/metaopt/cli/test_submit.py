@@ -301,8 +301,13 @@ def test_maximize_followed_by_an_objective_is_refused_not_read_as_all_of_them() 
         split_submit_args(["--objective", "loss,acc", "--maximize", "acc", "t.py"])
     with pytest.raises(MetaoptError, match="--maximize=loss"):
         split_submit_args(["t.py", "--maximize", "loss"])
+    # Followed by the name of an objective that is not one yet, the name was taken for the
+    # program: "acc: not a file in ... nor a command on PATH".
+    with pytest.raises(MetaoptError, match="to maximize an objective acc, write --objective=acc"):
+        split_submit_args(["--maximize", "acc", "t.py"])
     # Followed by the program (or anything not an objective) it maximizes them all.
     assert split_submit_args(["--maximize", "t.py"])[0] == {"maximize": True}
+    assert split_submit_args(["--maximize", "python3", "t.py"])[0] == {"maximize": True}
     assert split_submit_args(["--objective", "acc", "t.py", "--maximize", "--x", "acc"])[0] == {
         "objective": "acc",
         "maximize": True,

@@ -359,3 +359,14 @@ def test_the_regex_keeps_re_syntax_and_meaning() -> None:
             warnings.simplefilter("ignore", FutureWarning)  # re's "possible nested set"
             ours = [m.group(0) for m in compile_objective_regex(pattern).finditer(text)]
             assert ours == [m.group(0) for m in re.finditer(pattern, text)]
+
+
+def test_a_missing_objective_names_what_the_reports_had() -> None:
+    # --objective accuracy on a program reporting acc said only "no numeric 'accuracy' in 2
+    # reports", and the user guessed at the name.
+    parser = OutputParser(OutputConfig(objective="accuracy"))
+    parser.feed(b'METAOPT {"loss": 0.5, "acc": 0.9}\nMETAOPT {"loss": 0.4, "step": 2}\n')
+    assert "the reports had 'acc', 'loss', 'step'" in parser.explain_missing()
+    wide = OutputParser(OutputConfig(objective="accuracy"))
+    wide.feed(b"METAOPT " + json.dumps({f"m{i:02}": i for i in range(10)}).encode() + b"\n")
+    assert "'m07' and 2 more" in wide.explain_missing()
