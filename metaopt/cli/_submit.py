@@ -31,6 +31,7 @@ from metaopt.cli._format import (
     experiment_word,
     fmt_value,
     json_text,
+    printable,
     state_summary,
 )
 from metaopt.peer._bundle import DEFAULT_MAX_BYTES, HARD_MAX_BYTES, collect_bundle
@@ -668,6 +669,7 @@ def wait_for(
     tty = out.isatty()
     hinted = False
     stalled = 0
+    said_failure = None
     info: dict[str, Any] | None = None
     while True:
         try:
@@ -699,6 +701,19 @@ def wait_for(
             shown = f"\r{cut}\x1b[K" if tty else line
             print(shown, end="" if tty else "\n", flush=True, file=out)
             last = line
+        failure = info.get("last_failed")
+        if failure and failure["reason"] != said_failure:
+            # Trials failing for a reason --wait never said: a script that failed at import
+            # showed "0 done, 8 failed" for good, the why only in the peer's log.
+            said_failure = failure["reason"]
+            print(
+                ("\n" if tty else "")
+                + printable(f"trial {failure['id'][:12]} failed: {said_failure}"),
+                flush=True,
+                file=out,
+            )
+            if tty:
+                last = ""  # the progress line is drawn again below it
         if info["finished"]:
             break
         paused = _only_paused(info)

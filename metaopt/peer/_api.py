@@ -112,7 +112,18 @@ def experiment_json(state: ExperimentState) -> dict[str, Any]:
         # what lets `submit --wait` stop and the listing say so.
         "exhausted": _all_points_tried(state),
         "best": [trial_json(state, t) for t in best],
+        "last_failed": _last_failed(state),
     }
+
+
+def _last_failed(state: ExperimentState) -> dict[str, Any] | None:
+    """The trial that failed last, and the first line of why (`submit --wait` says it)."""
+    failed = [t for t in state.trials() if t.state == "failed"]
+    if not failed:
+        return None
+    last = max(failed, key=lambda t: (t.ended_at or 0, t.key))
+    line = (last.reason or "no reason recorded").strip().split("\n", 1)[0]
+    return {"id": last.id, "reason": line if len(line) <= 200 else line[:197] + "..."}
 
 
 class LocalApi:

@@ -641,6 +641,32 @@ def test_wait_exits_1_when_no_trial_completed(capsys: pytest.CaptureFixture[str]
     assert "0.5" not in out
 
 
+def test_wait_says_why_trials_fail_once_per_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    # A script failing at import showed "0 done, 8 failed" over and over, the why only in the
+    # peer's log.
+    from metaopt.cli._submit import wait_for
+
+    crash = "exited with code 1; last stderr: ModuleNotFoundError: No module named 'torchh'"
+    polls = [
+        {"counts": {"failed": n}, "trials": n, "finished": n == 4,
+         "last_failed": {"id": f"{n:02}" * 32, "reason": crash if n < 4 else "timed out"}}
+        for n in (1, 2, 3, 4)
+    ]  # fmt: skip
+    info = {"id": "c1" * 32, "name": "crash", "thawed": 0, "best": [], "max_trials": 4,
+            "objectives": ["loss"]}  # fmt: skip
+
+    class _Failing:
+        def call(self, op: str, body: object = None) -> object:
+            if op == "api.experiments":
+                return [{**info, **polls[0], "latest": True}]
+            return {**info, **(polls.pop(0) if len(polls) > 1 else polls[0])}
+
+    assert wait_for(_Failing(), "crash", interval=0.0) == 1  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert out.count("No module named 'torchh'") == 1 and "trial 010101010101 failed" in out
+    assert "trial 040404040404 failed: timed out" in out
+
+
 def test_wait_names_its_experiment_by_id_once_a_later_submission_took_its_name(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -120,3 +120,15 @@ def test_open_lists_only_trials_not_ended_and_none_lists_none() -> None:
 def test_a_malformed_query_is_one_line(body: dict[str, Any], said: str) -> None:
     with pytest.raises(MetaoptError, match=said):
         _Peer(_store(1)).call("api.experiment", body)
+
+
+def test_the_summary_names_the_trial_that_failed_last_and_why() -> None:
+    store = _store(0)
+    for i, (stamp, why) in enumerate(((5000, "early\nmore"), (9000, "late\ntraceback"))):
+        trial = _trial(i, stamp, completed=False)[0]
+        failed = EventBody(trial.key, EXP.key, "failed", NODE, reason=why).to_body()
+        store.add([trial, Record.create(EVENT, NODE, 100 + i, stamp + 1, failed,
+                                        [trial.key, EXP.key])])  # fmt: skip
+    summary = fetch_experiment(_Peer(store), "wide", trials="none")
+    assert summary["last_failed"]["reason"] == "late" and summary["counts"] == {"failed": 2}
+    assert fetch_experiment(_Peer(_store(3)), "wide")["last_failed"] is None
