@@ -263,7 +263,15 @@ def _stop(args: argparse.Namespace) -> int:
     pid = dirs.read_pid()
     if not dirs.address_file.exists():
         raise MetaoptError(f"no peer is running on {dirs.root}; nothing to stop")
-    LocalPeer(data_dir).call("api.shutdown")
+    reply = LocalPeer(data_dir).call("api.shutdown")
+    if isinstance(reply, dict) and reply.get("running"):
+        # A trial that ignores the stop file held the stop 20 s without a word.
+        n, grace = reply["running"], reply.get("grace", 10)
+        print(
+            f"stopping {n} trial{'s' if n > 1 else ''} running here (recorded interrupted, run"
+            f" again elsewhere); one that ignores its stop is killed within {2 * grace:g} s",
+            flush=True,
+        )
     deadline = time.monotonic() + args.timeout
     # Until the process is gone, not only its pid file (which its stop removes before the
     # interpreter exits: "peer stopped" was printed with the peer still there for seconds); a
@@ -289,7 +297,8 @@ def _status(args: argparse.Namespace) -> int:
         print(json_text(status, indent=2))
         return 0
     print(f"node      {status['node_id']}  ({printable(str(status['name']))})")
-    print(f"address   {status['address']}  pid {status['pid']}  metaopt {status['release']}")
+    release = f"  metaopt {status['release']}" if "release" in status else ""
+    print(f"address   {status['address']}  pid {status['pid']}{release}")
     print(f"data dir  {status['data_dir']}")
     print(f"records   {status['records']}   experiments {status['experiments']}")
     print(f"cluster   {status['fingerprint']}")

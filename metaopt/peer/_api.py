@@ -430,5 +430,8 @@ class LocalApi:
         return clean_reply(plan)
 
     async def shutdown(self, request: Request) -> Any:
+        """Stop the peer; says how many trials it stops and their grace (`peer stop` waits
+        for them, up to twice the grace for one that ignores its stop)."""
         self.node.request_stop()
-        return True
+        grace = self.node.config.timing.stop_grace
+        return {"running": len(self.node.runner.running_keys()), "grace": grace}

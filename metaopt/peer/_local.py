@@ -116,8 +116,9 @@ class LocalPeer:
 
     def _stale(self, why: str) -> MetaoptError:
         """The error to give when the pid file names no live metaopt process: the peer died
-        and left its peer.address behind."""
+        and left its peer.address behind, or is just stopping (its pid file goes first)."""
         return MetaoptError(
             f"no peer is running on {self.dirs.root} (its peer.address is left from one that"
-            f" died; {why}); start one with `metaopt peer start --data-dir {self.dirs.root}`"
+            f" stopped or died; {why}); start one with `metaopt peer start --data-dir"
+            f" {self.dirs.root}`"
         )

@@ -72,7 +72,7 @@ async def test_a_stale_peer_address_does_not_reach_the_peer_that_took_the_port(
             dead.dirs.key_file.write_text(alive.key.to_text())
         dead.dirs.address_file.write_text(alive.addr)  # what the killed peer left behind
         assert (await LocalPeer(tmp_path / "alive").acall("api.status"))["pid"]
-        stale = r"no peer is running on .*dead \(its peer.address is left from one that died"
+        stale = r"no peer is running on .*dead \(its peer.address is left from one that stopped"
         with pytest.raises(MetaoptError, match=stale) as caught:
             await LocalPeer(tmp_path / "dead").acall("api.shutdown")
         assert "\n" not in str(caught.value) and "key" not in str(caught.value).split(";")[-1]
