@@ -599,6 +599,14 @@ class ExperimentState:
                 self._best = sorted(front, key=lambda t: self.signed(t.values or ()))
         return list(self._best)
 
+    def ended_for_good(self, trial: TrialView) -> bool:
+        """Completed, failed or killed; or, once the experiment is stopped, waiting to start
+        or to run again (pending, lost, interrupted), which no peer does any more. (A frozen
+        trial may still be thawed by hand.)"""
+        if trial.state in TERMINAL_STATES:
+            return True
+        return self.stopped and trial.state in ("pending", *FREE_STATES)
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)
         for trial in self.trials():

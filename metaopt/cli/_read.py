@@ -137,7 +137,10 @@ def _status(args: argparse.Namespace) -> int:
                     # showed as running for good.
                     sum(c.get(s, 0) for s in _WAITING if not e["stopped"] or s == "running"),
                     c.get("frozen", 0),
-                    c.get("killed", 0),
+                    # ...they are ended for good, as killed ones are: in no column, the
+                    # columns did not add up to the trials again.
+                    c.get("killed", 0)
+                    + sum(c.get(s, 0) for s in _WAITING if e["stopped"] and s != "running"),
                     c.get("failed", 0),
                     best_summary(e),
                 ]

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 from crdt import Record, RecordError
 from metaopt._errors import MetaoptError
 from metaopt._records import BLOB, EXPERIMENT, parse_experiment, trial_timeout
-from metaopt._state import FROZEN_BY_HAND, KILLED_BY_HAND, ExperimentState, TrialView
+from metaopt._state import (
+    FROZEN_BY_HAND,
+    KILLED_BY_HAND,
+    TERMINAL_STATES,
+    ExperimentState,
+    TrialView,
+)
 from metaopt.peer._clean import (
     CleanPlan,
     carry_out,
@@ -372,6 +378,11 @@ class LocalApi:
             return {"id": view.id, "stopping": True}
         if view.state == "running":
             raise self._not_running_here(view, "kill")
+        if state.ended_for_good(view) and view.state not in TERMINAL_STATES:
+            raise MetaoptError(
+                f"trial {view.id[:12]} is {view.state} and its experiment is stopped: no peer"
+                " runs it again (`metaopt clean` deletes its folder)"
+            )
         if view.state != "frozen":
             raise MetaoptError(
                 f"trial {view.id[:12]} is {view.state}; only a running or frozen one is killed"

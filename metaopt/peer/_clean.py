@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metaopt._state import TERMINAL_STATES, ExperimentState, TrialView
+from metaopt._state import ExperimentState, TrialView
 from metaopt.peer._identity import DataDir, trial_dir
 from metaopt.peer._scheduler import work_left
 
@@ -90,7 +90,7 @@ def plan_clean(
                 if _entries(folder):  # (not one an earlier clean with --keep 0 emptied)
                     plan.kept.append(trial.id)
                 continue
-            if trial.state not in TERMINAL_STATES or trial.key in running_here:
+            if not state.ended_for_good(trial) or trial.key in running_here:
                 continue
             doomed = _entries(folder)
             if doomed:

@@ -360,3 +360,15 @@ def test_a_replica_unreadable_past_its_opening_is_one_line(
     assert main(["status"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("metaopt: cannot read the replica (IO error") and err.count("\n") == 1
+
+
+def test_a_stopped_experiments_trials_that_were_to_run_again_count_with_the_killed(
+    peer: type[_Peer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # They were in no column: "3/3 done 0 running 0 frozen 0 killed 2 failed 0".
+    trials = [_trial(t, s, {"f1": 0.5}, final=False) for t, s in (("a", "killed"),
+              ("b", "interrupted"), ("c", "lost"), ("d", "running"))]  # fmt: skip
+    peer.info = {**_info(trials, ["f1"]), "stopped": True, "trials": 4, "max_trials": 4}
+    assert main(["status"]) == 0
+    [row] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("mo ")]
+    assert row.split()[4:9] == ["0", "1", "0", "3", "0"]  # done, running, frozen, killed, failed

@@ -10,6 +10,7 @@ import pytest
 
 from crdt import LevelDBStore, Record
 from metaopt._records import (
+    CONTROL,
     EVENT,
     TRIAL,
     EventBody,
@@ -116,6 +117,27 @@ def test_ended_trials_lose_their_folders_but_the_best_and_the_live_ones_keep_the
     carry_out(plan_clean([h.state()], dirs, {running}, keep=0), dirs.clean_lock)
     for trial in (best, ended_but_stopping_here):
         assert _left(dirs, trial) == {"output.log", "pid"}
+
+
+def test_a_stopped_experiments_trials_that_were_to_run_again_are_ended_for_good(
+    tmp_path: Path,
+) -> None:
+    # Stopped, an interrupted trial never runs again, yet clean kept its folder for good (and
+    # kill refused it, and the status list counted it in no column).
+    dirs = DataDir(tmp_path)
+    h = _History(dirs)
+    waiting = [h.trial("started", "interrupted"), h.trial("started", "lost"), h.trial()]
+    frozen, running = h.trial("started", "frozen"), h.trial("started")
+    assert plan_clean([h.state()], dirs, set(), keep=0).trials == 0  # (they may run again)
+    h.seq += 1
+    h.records.append(Record.create(CONTROL, ME, h.seq, 10_000, {"action": "stop"}, [h.key]))
+    state = h.state()
+    assert [state.ended_for_good(t) for t in state.trials()] == [True, True, True, False, False]
+    carry_out(plan_clean([state], dirs, {running}, keep=0), dirs.clean_lock)
+    for trial in waiting:
+        assert _left(dirs, trial) == {"output.log", "pid"}
+    assert _left(dirs, frozen) == _left(dirs, running) == {"checkpoint", "output.log", "pid",
+                                                           "results.txt"}  # fmt: skip
 
 
 def test_several_objectives_keep_the_pareto_front(tmp_path: Path) -> None:

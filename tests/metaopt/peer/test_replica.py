@@ -490,6 +490,15 @@ async def test_kill_ends_a_trial_of_this_peer_for_good_and_says_where_another_is
         view = state.trial(key)
         assert view is not None and (view.state, view.reason) == ("killed", "killed by the user")
     assert state.trial(elsewhere).state == "frozen"  # type: ignore[union-attr]
+    # Stopped, a trial that was to run again never will: nothing to kill ("only a running or
+    # frozen one is killed" left it in no column for good).
+    body = {"params": {"x": 0.99}, "node": NODE, "counter": 9}
+    waiting = Record.create(TRIAL, NODE, 200, 1001, body, [exp.key])
+    interrupted = EventBody(waiting.key, exp.key, "interrupted", NODE).to_body()
+    store.add([waiting, Record.create(EVENT, NODE, 201, 1100, interrupted, [waiting.key, exp.key]),
+               Record.create(CONTROL, NODE, 202, 1300, {"action": "stop"}, [exp.key])])  # fmt: skip
+    said = await refusal(waiting.key)
+    assert "is interrupted and its experiment is stopped: no peer runs it again" in said
 
 
 @pytest.mark.asyncio
