@@ -184,13 +184,20 @@ def test_status_says_why_a_trial_failed(
     # showed no reason at all.
     failed = _trial("c", "failed", {}, final=False)
     failed["reason"] = "exited with code 1; last stderr: " + "boom " * 30 + "\nTraceback ..."
-    peer.info = _info([_trial("a", "completed", {"f1": 0.25}, final=True), failed], ["f1"])
+    stderr = "ModuleNotFoundError: No module named 'torchvision_extra'"
+    missing = {**_trial("d", "failed", {}, final=False), "reason": "exited with code 1; last"
+               f" stderr: {stderr}"}  # fmt: skip
+    peer.info = _info([_trial("a", "completed", {"f1": 0.25}, final=True), failed, missing], ["f1"])
     assert main(["status", "mo"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert next(line for line in lines if line.startswith("trial")).split()[-1] == "why"
     row = next(line for line in lines if line.startswith("c" * 12))
-    assert "exited with code 1; last stderr: boom" in row and row.endswith("...")
+    assert "code 1: ...oom boom" in row
     assert "Traceback" not in row  # one line of the reason, cut short
+    # The end of the last stderr line, where the error says what it is (the module's name
+    # was cut off).
+    row = next(line for line in lines if line.startswith("d" * 12))
+    assert row.endswith("code 1: ...otFoundError: No module named 'torchvision_extra'")
     done = next(line for line in lines if line.startswith("a" * 12))
     assert "exited" not in done
 
