@@ -91,6 +91,13 @@ def _open_store(dirs: DataDir, patience: float = 5.0) -> LevelDBStore:
             return LevelDBStore(dirs.replica)
         except StoreLocked as exc:
             if time.monotonic() > deadline:
+                pid = dirs.running_pid()
+                if pid is not None:  # as `peer start --detach` says it
+                    raise MetaoptError(
+                        f"a peer is already running on {dirs.root} (pid {pid}); stop it with"
+                        f" `metaopt peer stop --data-dir {dirs.root}` or choose another"
+                        " --data-dir"
+                    ) from None
                 raise MetaoptError(f"{exc} (or a `metaopt status` read held it)") from None
             time.sleep(0.1)
         except StoreError as exc:
@@ -231,7 +238,7 @@ class Node:
         try:
             key = ClusterKey.from_text(given or stored or "")
         except Exception as exc:
-            raise MetaoptError(f"the cluster key is not valid: {exc}") from None
+            raise MetaoptError(str(exc)) from None  # (it says what is wrong with the key)
         own = None if stored is None else _parsed(stored)
         if stored is not None and (own is None or own != key) and len(self.store):
             # Its replica would flow into the other cluster (code, history and all, and its

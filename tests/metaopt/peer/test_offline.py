@@ -114,3 +114,22 @@ def test_a_long_log_is_shown_from_a_line_start_and_says_it_was_cut(
     assert len(out.out) <= 1 << 20
     size = log.stat().st_size / (1 << 20)
     assert f"the whole log: {log}" in out.err and f"of {size:.1f} MiB" in out.err
+
+
+def test_a_second_peer_on_a_data_directory_names_the_one_running_there(tmp_path: Path) -> None:
+    # In the foreground it said "the data directory .../replica is in use by another process",
+    # with --detach "a peer is already running on ... (pid N)": the same, said alike.
+    from metaopt.peer._node import _open_store
+    from tests.metaopt.peer.cluster import Cluster
+
+    cluster = Cluster(tmp_path)
+    try:
+        peer = cluster.start_peer("a")
+        assert peer.proc is not None
+        with pytest.raises(MetaoptError) as info:
+            _open_store(DataDir(peer.data_dir), patience=0.2)
+        said = str(info.value)
+        assert f"a peer is already running on {peer.data_dir} (pid {peer.proc.pid})" in said
+        assert "metaopt peer stop --data-dir" in said and "\n" not in said
+    finally:
+        cluster.close()
