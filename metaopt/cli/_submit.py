@@ -107,6 +107,15 @@ def split_submit_args(
                         f"note: {name} goes to the program, not to submit (did you mean"
                         f" {close[0]}?); words after -- go to the program without this note"
                     )
+            if notes is not None and prior and word.startswith("~") and template[-1:]:
+                before = template[-1]
+                if before.startswith("--") and "~" not in before and "=" not in before:
+                    # --lr '~loguniform(...)' (a space too many) searched a parameter arg0
+                    # after a literal --lr, without a word.
+                    notes.append(
+                        f"note: {word} is a parameter of its own (its position names it), after"
+                        f" a fixed {before}; write {before}{word} to search {before}'s value"
+                    )
             template.append(word)
             i += 1
             continue

@@ -314,6 +314,24 @@ def test_maximize_followed_by_an_objective_is_refused_not_read_as_all_of_them() 
     }
 
 
+def test_a_prior_a_space_away_from_its_option_is_noted() -> None:
+    # --lr '~loguniform(1e-5, 1)' searched a parameter "arg0" after a literal --lr, silently.
+    notes: list[str] = []
+    _, template = split_submit_args(["t.py", "--lr", "~loguniform(1e-5, 1)"], notes)
+    assert template == ["t.py", "--lr", "~loguniform(1e-5, 1)"]  # (as given: it may be meant)
+    assert notes == [
+        "note: ~loguniform(1e-5, 1) is a parameter of its own (its position names it), after a"
+        " fixed --lr; write --lr~loguniform(1e-5, 1) to search --lr's value"
+    ]
+    for fine in (
+        ["t.py", "--lr~loguniform(1e-5, 1)", "~uniform(0, 1)"],
+        ["t.py", "~uniform(0, 1)"],
+    ):
+        notes.clear()
+        split_submit_args(fine, notes)
+        assert notes == []
+
+
 def test_an_options_value_may_hold_a_tilde() -> None:
     # --name=run~2 was "not an option of submit", --data-dir=~/peers "no such program", and an
     # --objective-regex with a ~ went to the program unread.
