@@ -149,6 +149,12 @@ _BROKEN = re.compile(r"(?:--?[A-Za-z_][A-Za-z0-9_.-]*=?|~[A-Za-z_][A-Za-z0-9_.-]
 def _placeholder(word: str, positional: int) -> str | Placeholder:
     part = _prior_or_literal(word, positional)
     if isinstance(part, str) and _BROKEN.fullmatch(word) and word != "~":
+        closed = word.rpartition(")")
+        if closed[1] and closed[2].strip():  # "uniform(0, 1)x": not unfinished, but followed
+            raise SpaceError(
+                f"{word!r} has {closed[2]!r} after its prior; a prior ends at its closing"
+                " parenthesis, e.g. --lr~'loguniform(1e-5, 1)'"
+            )
         raise SpaceError(
             f"{word!r} looks like an unfinished prior; write it as one quoted word, "
             "e.g. --lr~'loguniform(1e-5, 1)'"

@@ -369,7 +369,10 @@ def _parse(name: str, text: str) -> Dimension:
     try:
         tree = ast.parse(src, mode="eval")
     except SyntaxError:
-        raise _Bad(f"expected one of {', '.join(_PRIORS)} called with literal arguments") from None
+        raise _Bad(
+            f"expected one of {', '.join(_PRIORS)} called with literal arguments, separated by"
+            " commas: uniform(0, 1)"
+        ) from None
     call = tree.body
     if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
         raise _Bad(f"expected a call such as uniform(0, 1); priors are {', '.join(_PRIORS)}")

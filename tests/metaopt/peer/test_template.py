@@ -117,6 +117,12 @@ def test_an_unfinished_prior_is_an_error_not_a_literal(word: str) -> None:
     assert "\n" not in str(info.value)
 
 
+def test_text_after_a_prior_is_named_not_taken_for_an_unfinished_prior() -> None:
+    with pytest.raises(SpaceError) as info:
+        parse_template(["p.py", "--lr~uniform(0, 1)x"])
+    assert str(info.value).startswith("'--lr~uniform(0, 1)x' has 'x' after its prior")
+
+
 @pytest.mark.parametrize("word", ["~", "~/data", "--out=~/runs", "x~y", "--x~abc", "--x~1e-3"])
 def test_a_tilde_without_a_call_is_still_literal(word: str) -> None:
     assert parse_template(["p.py", word]).parts[1] == word

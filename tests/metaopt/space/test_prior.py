@@ -114,6 +114,7 @@ def test_canonical_string_round_trips(text: str) -> None:
         ("os.system('true')", "expected a call"),
         ("foo(1, 2)", "unknown prior 'foo'"),
         ("uniform(0, 1", "called with literal arguments"),
+        ("loguniform(1e-5 1)", "separated by commas: uniform(0, 1)"),
         ("", "called with literal arguments"),
         ("0.5", "expected a call"),
         ("choices([])", "at least one value"),
