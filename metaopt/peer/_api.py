@@ -323,8 +323,15 @@ class LocalApi:
             raise self._not_running_here(view, "freeze")
         if (stopping := runner.stopping_as(view.key)) is not None:
             raise MetaoptError(f"trial {view.id[:12]} is already stopping (as {stopping})")
-        await runner.end(view.key, "frozen", FROZEN_BY_HAND)
+        if not await runner.end(view.key, "frozen", FROZEN_BY_HAND):
+            raise self._just_ended(view)
         return view.id
+
+    def _just_ended(self, view: TrialView) -> MetaoptError:
+        return MetaoptError(
+            f"trial {view.id[:12]} has just exited; it is recorded as it ended (`metaopt"
+            " status` shows how in a moment)"
+        )
 
     def _not_running_here(self, view: TrialView, verb: str) -> MetaoptError:
         """Why a trial recorded running cannot be frozen or killed here, and where it can."""
@@ -374,7 +381,8 @@ class LocalApi:
         if view.key in runner.running_keys():
             if (stopping := runner.stopping_as(view.key)) is not None:
                 raise MetaoptError(f"trial {view.id[:12]} is already stopping (as {stopping})")
-            await runner.end(view.key, "killed", KILLED_BY_HAND)
+            if not await runner.end(view.key, "killed", KILLED_BY_HAND):
+                raise self._just_ended(view)
             return {"id": view.id, "stopping": True}
         if view.state == "running":
             raise self._not_running_here(view, "kill")

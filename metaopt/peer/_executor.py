@@ -127,6 +127,11 @@ class TrialProcess:
     def running(self) -> bool:
         return self.pid is not None and not self._exited.is_set()
 
+    @property
+    def exited(self) -> bool:
+        """Its process has ended (its output may still be draining)."""
+        return self._exited.is_set()
+
     def request_stop(self, reason: str = "stop requested") -> None:
         """Ask the trial to stop at its next report, escalating to SIGTERM and SIGKILL."""
         if self._stop_reason is not None or self._exited.is_set():

@@ -54,8 +54,10 @@ SUPERSEDED = "superseded"
 
 def _request_end(run: Running, outcome: str, reason: str) -> bool:
     """Ask a run's process to stop, to be recorded as ``outcome``; False if it has no process
-    yet or was already asked (the first decision stands)."""
-    if run.process is None or run.outcome is not None:
+    yet, was already asked (the first decision stands) or has exited: what it exited with is
+    recorded (a stop right after a trial's exit, while its output drained, recorded a
+    completed trial killed, frozen or interrupted, and a freeze or a peer stop ran it twice)."""
+    if run.process is None or run.outcome is not None or run.process.exited:
         return False
     run.outcome, run.reason = outcome, reason
     run.process.request_stop(reason)
@@ -530,11 +532,14 @@ class TrialRunner:
         final = max_step_of(state, space, state.trials())
         return final is not None and run.last_step >= final
 
-    async def end(self, trial: bytes, outcome: str, reason: str) -> None:
-        """Stop a running trial of this peer, recording ``outcome`` (frozen, killed, ...)."""
+    async def end(self, trial: bytes, outcome: str, reason: str) -> bool:
+        """Stop a running trial of this peer, recording ``outcome`` (frozen, killed, ...);
+        False if it is not running here, is already stopping or has just exited."""
+        asked = False
         for run in list(self.running.values()):
             if run.trial == trial:
-                _request_end(run, outcome, reason)
+                asked = _request_end(run, outcome, reason) or asked
+        return asked
 
     async def interrupt_all(self, reason: str) -> None:
         runs = list(self.running.values())
@@ -694,10 +699,12 @@ class TrialRunner:
                 if r.experiment == state.key and r.outcome is None
             }
             frozen = self._own_frozen(state)
-            idle = not running and self.free_slots() == len(self.slots)
             # Nothing new will start: the frozen trials still worth a slot are thawed (by
-            # thaw()); the rest stay stopped for good, so the experiment can finish.
-            ending = state.budget_spent and idle and bool(frozen)
+            # thaw(), first in line for a slot), the rest are stopped for good, so the
+            # experiment can finish, once none of its trials runs here (their ends move the
+            # bar). Not once every slot here is idle: another experiment kept them busy, and
+            # this one open with its frozen trials, for as long as it ran.
+            ending = state.budget_spent and not running and bool(frozen)
             worth: set[str] = set()
             decisions = await self._decide(
                 state, set(running) | frozen, len(frozen) if ending else 0

@@ -245,7 +245,21 @@ def plan_work(
     # (a peer that joined late wrote the bundles of 25 finished experiments, 1.4 GB); and
     # asked with no slot free, so a new experiment's code is laid out by the time one frees
     # (laid out only then, the first free slot of every peer went to an older experiment).
+    experiments = list(experiments)
     candidates = [s for s in experiments if work_left(s) and runnable(s)]
+    if not claim_free:
+        # This peer's own trials that the replica shows running, but not here (its last life
+        # ran them): once caught up it finds them lost and claims them first, to resume them
+        # from their checkpoints. New trials started meanwhile took their slots, and another
+        # peer ran them again from step 0.
+        free_slots -= sum(
+            1
+            for s in experiments
+            for t in s.trials()
+            if t.state in ("running", "pending")
+            and (t.runner or t.node) == me
+            and t.key not in running_here
+        )
     if free_slots <= 0:
         return []
     running_count = {s.key: 0 for s in candidates}

@@ -220,7 +220,7 @@ def test_bad_input_is_one_line(cluster: Cluster, tmp_path: Path) -> None:
         "peer", "start", "--no-mdns", "--port", "0", "--data-dir", str(peer.data_dir),
         "--key", other_key, timeout=30,
     )  # fmt: skip
-    assert same_dir.returncode == 2 and "in use" in same_dir.stderr
+    assert same_dir.returncode == 2 and "a peer is already running on" in same_dir.stderr
     assert peer.cli("peer", "key").stdout == key_before
     assert peer.cli("peer", "status").returncode == 0
     busy_port = run_cli(

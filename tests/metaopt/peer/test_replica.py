@@ -447,8 +447,9 @@ async def test_kill_ends_a_trial_of_this_peer_for_good_and_says_where_another_is
     ])  # fmt: skip
     ended: list[tuple[bytes, str, str]] = []
 
-    async def end(trial: bytes, outcome: str, reason: str) -> None:
+    async def end(trial: bytes, outcome: str, reason: str) -> bool:
         ended.append((trial, outcome, reason))
+        return True
 
     def write_event(experiment: bytes, trial: bytes, kind: str, *, reason: str) -> None:
         body = EventBody(trial, experiment, kind, NODE, reason=reason).to_body()

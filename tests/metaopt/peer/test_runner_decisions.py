@@ -186,20 +186,37 @@ def test_default_early_stopping_starts_once_a_trial_reports_a_step() -> None:
     assert isinstance(runner._stopper(state), FreezeThawStopper)
 
 
-def test_a_trial_asked_to_stop_is_told_why() -> None:
-    # The reason a crash on stopping is recorded with was always "stop requested", never
-    # "frozen by the user" or the stopper's reason.
+def _running_here(*, exited: bool) -> tuple[TrialRunner, bytes, list[str]]:
+    """A runner with one trial in its slot, whose process has exited or not; and the reasons
+    that process is asked to stop with."""
     state, trial = _frozen_trial(1)
     runner = TrialRunner(
         _Node(state, Space.from_dict({"x": "uniform(0, 1)"})),  # type: ignore[arg-type]
         SimpleNamespace(gpus="none", slots=1),  # type: ignore[arg-type]
     )
     asked: list[str] = []
-    process = SimpleNamespace(request_stop=asked.append)
+    process = SimpleNamespace(request_stop=asked.append, exited=exited)
     runner.running[0] = Running(runner.slots[0], state.key, trial, process=process)  # type: ignore[arg-type]
-    asyncio.run(runner.end(trial, "frozen", "frozen by the user"))
+    return runner, trial, asked
+
+
+def test_a_trial_asked_to_stop_is_told_why() -> None:
+    # The reason a crash on stopping is recorded with was always "stop requested", never
+    # "frozen by the user" or the stopper's reason.
+    runner, trial, asked = _running_here(exited=False)
+    assert asyncio.run(runner.end(trial, "frozen", "frozen by the user"))
     assert asked == ["frozen by the user"]
     assert runner.stopping_as(trial) == "frozen"
+
+
+def test_a_trial_whose_process_has_exited_is_not_asked_to_stop() -> None:
+    # Asked while its output drained (an escaped child held its pipes), a trial that had
+    # completed was recorded killed, frozen or interrupted, and a freeze or a peer stop ran it
+    # a second time.
+    runner, trial, asked = _running_here(exited=True)
+    assert not asyncio.run(runner.end(trial, "killed", "killed by the user"))
+    asyncio.run(runner.interrupt_all("the peer is stopping"))
+    assert asked == [] and runner.stopping_as(trial) is None
 
 
 def test_a_trial_frozen_by_hand_is_left_to_the_user() -> None:
@@ -443,6 +460,29 @@ def test_an_experiment_this_peer_cannot_read_gets_no_decisions_and_no_error() ->
     asyncio.run(runner.thaw())
 
 
+def test_a_spent_experiments_frozen_trials_are_settled_while_another_keeps_the_slots_busy() -> None:
+    # Its frozen trials neither worth a thaw nor hopeless waited for every slot of the peer to
+    # be idle: another experiment kept them busy, and this one active at 5/5, for as long as
+    # it ran.
+    state, trial = _frozen_trial(1, max_trials=1)
+    other, busy = _one_trial(max_trials=50)
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    node.replica.experiments[other.key] = other
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    process = SimpleNamespace(request_stop=lambda why: None, exited=False)
+    runner.running[0] = Running(runner.slots[0], other.key, busy.key, process=process)  # type: ignore[arg-type]
+
+    class _Undecided:  # no thaw, no kill: too little data to call it hopeless
+        def decide(self, *args: object, **kw: object) -> list[Decision]:
+            return []
+
+    runner._stoppers[state.key] = _Undecided()  # type: ignore[assignment]
+    runner._stoppers[other.key] = _Undecided()  # type: ignore[assignment]
+    asyncio.run(runner.monitor())
+    assert node.written == [(trial, "killed", "frozen when the budget ran out and not worth"
+                                              " resuming")]  # fmt: skip
+
+
 def test_a_stopper_that_fails_for_one_experiment_is_logged_once_and_kills_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -481,7 +521,7 @@ def test_a_run_here_of_a_trial_completed_elsewhere_is_stopped_and_records_nothin
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
     asked: list[str] = []
-    process = SimpleNamespace(request_stop=asked.append)
+    process = SimpleNamespace(request_stop=asked.append, exited=False)
     run = Running(runner.slots[0], state.key, trial, process=process)  # type: ignore[arg-type]
     runner.running[0] = run
     asyncio.run(runner.monitor())
@@ -505,7 +545,7 @@ def test_a_run_over_its_trial_timeout_is_stopped_and_recorded_killed() -> None:
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
     asked: list[str] = []
-    process = SimpleNamespace(request_stop=asked.append)
+    process = SimpleNamespace(request_stop=asked.append, exited=False)
     run = Running(runner.slots[0], state.key, trial.key, process=process, began=100.0)  # type: ignore[arg-type]
     runner.running[0] = run
     node.clock = lambda: 1e9  # the wall clock stepped forward: not how long it ran

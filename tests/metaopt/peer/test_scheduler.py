@@ -236,6 +236,20 @@ def test_a_replica_not_caught_up_claims_no_free_trial_and_no_budgeted_new_one() 
     assert stale == []
 
 
+def test_a_restarted_peer_keeps_a_slot_for_each_trial_it_ran_before_it_caught_up() -> None:
+    # Restarted after kill -9, a peer filled its slot with a new trial in its first pass; its
+    # own trial, found lost once it had caught up, went to another peer, from step 0.
+    state = _state()
+    mine = _trial(state, ME, 1)
+    _event(state, mine, ME, 2, "started", 1_000)
+    args = ([state], ME, 2, set(), [ME], 9_000, 1_000, lambda s: True)
+    assert [w.trial for w in _plan(*args, claim_free=False)] == [None]  # one slot left of 2
+    assert [w.trial for w in _plan(*args)] == [None, None]  # caught up: it is lost, or running
+    # Running here (not restarted), it needs no slot kept.
+    here = plan_work(*args[:3], {mine.key}, *args[4:], claim_free=False, quiet_ms=_since(9_000))
+    assert [w.trial for w in here] == [None, None]
+
+
 def test_three_experiments_on_two_peers_of_two_slots_each_all_run() -> None:
     # Seen on real peers: the slot a trial freed went back to its own experiment (0 running
     # here, tied with the starved one) by key order on every peer, and the experiment with the
