@@ -54,7 +54,6 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import islice
 from typing import Any
 
 import msgpack
@@ -305,6 +304,18 @@ def _serve_runs(store: Store, runs: Iterable[tuple[bytes, int, int]], batch: _Ba
         batch.size = size
 
 
+def _roots_first(runs: Iterable[tuple[bytes, int, int]]) -> list[tuple[bytes, int, int]]:
+    """Runs to send, the shortest first (then by origin, as listed).
+
+    An origin of a few records is most often one whose records others link to: an experiment
+    is an origin of its own with one record, and its trials and events fill the long runs of
+    the nodes that ran them. Sent by origin alone, an experiment whose origin sorted after
+    theirs came last in a catch-up, and the receiver folded its whole history at once (23 s
+    for a million records); sent first, each message's records fold as they arrive.
+    """
+    return sorted(runs, key=lambda run: run[2] - run[1])
+
+
 def _listable(vector: VersionVector, config: SyncConfig) -> list[list[object]] | None:
     """The vector's wire form if a peer with this config accepts it, else None."""
     # Each origin's runs go as one flat array of two numbers a run, which msgpack caps.
@@ -372,7 +383,7 @@ def respond(store: Store, request: bytes, config: SyncConfig = DEFAULT_CONFIG) -
         out["m"] = True
     if their_vv is not None:
         same_vectors = their_vv == mine
-        if _serve_runs(store, mine.missing_from(their_vv), batch):
+        if _serve_runs(store, _roots_first(mine.missing_from(their_vv)), batch):
             out["m"] = True
         send_vector = True
     elif their_hash is not None:
@@ -497,7 +508,7 @@ class Initiator:
         if their_vv is not None:
             # The peer's vector already counts what it took from our last request, so this
             # replaces (never adds to) the queue of what it lacks.
-            self._push_runs = list(self.store.version_vector().missing_from(their_vv))
+            self._push_runs = _roots_first(self.store.version_vector().missing_from(their_vv))
             self._their_vv = their_vv
             self._push_iter = None
             carry, self._carry = self._carry, None
@@ -561,9 +572,9 @@ class Initiator:
         """Runs the peer's last vector lists that this replica still lacks (a bounded list)."""
         if self._their_vv is None or self._backstop:
             return []
-        missing = self._their_vv.missing_from(self.store.version_vector())
+        missing = _roots_first(self._their_vv.missing_from(self.store.version_vector()))
         # Every run yields at least one record and an answer holds at most max_records.
-        return list(islice(missing, min(self.config.max_origins, self.config.max_records)))
+        return missing[: min(self.config.max_origins, self.config.max_records)]
 
     def _phase(self) -> str:
         if self._backstop:

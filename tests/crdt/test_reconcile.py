@@ -558,3 +558,30 @@ def test_a_session_over_many_origins_converges_while_the_responder_keeps_writing
     stats = sync_under_churn(a, b, SyncConfig())
     assert keys(a) >= {r.key for r in pool} and keys(b) >= {r.key for r in pool}
     assert stats.converged and stats.phase == "backstop"
+
+
+def _node_runs_and_a_root() -> tuple[list[Record], Record]:
+    """Two long runs of node origins, and a one-record origin sorting after them (an
+    experiment is an origin of its own; its trials and events fill the nodes' runs)."""
+    nodes = [bytes([1]) * 16, bytes([2]) * 16]
+    runs = [
+        Record.create("event", origin, seq, 1000 + seq, {"seq": seq})
+        for origin in nodes
+        for seq in range(1, 41)
+    ]
+    return runs, Record.create("experiment", b"\xff" * 16, 1, 999, {"name": "root"})
+
+
+@pytest.mark.parametrize("opening", ["vector", "digest"])
+@pytest.mark.parametrize("direction", ["pull", "push"])
+def test_a_catch_up_sends_one_record_origins_before_long_runs(opening: str, direction: str) -> None:
+    # Sent last, an experiment reached a catching-up peer after its whole history, which the
+    # peer then folded at once (its event loop held for 23 s a million records).
+    runs, root = _node_runs_and_a_root()
+    config = SyncConfig(max_records=10, open_vector_origins=0 if opening == "digest" else 256)
+    full, empty = store_of([*runs, root]), MemoryStore()
+    first: list[list[bytes]] = []
+    empty.subscribe(lambda new: first.append([r.key for r in new]) if not first else None)
+    stats = sync(empty, full, config) if direction == "pull" else sync(full, empty, config)
+    assert keys(empty) == keys(full) and stats.converged
+    assert root.key in first[0] and len(first[0]) == 10
