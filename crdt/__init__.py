@@ -36,7 +36,14 @@ from crdt._frames import (
 )
 from crdt._leveldb import LevelDBStore
 from crdt._memory import MemoryStore
-from crdt._reconcile import Initiator, SyncConfig, SyncStats, push_message, respond
+from crdt._reconcile import (
+    Initiator,
+    SyncConfig,
+    SyncStats,
+    push_message,
+    respond,
+    respond_steps,
+)
 from crdt._record import KEY_SIZE, MAX_RECORD_SIZE, ORIGIN_SIZE, Record, canonical_packb, key_of
 from crdt._store import Bound, SetFingerprint, Store, Subscriber
 from crdt._vector import SeqSet, VersionVector
@@ -84,4 +91,5 @@ __all__ = [
     "key_of",
     "push_message",
     "respond",
+    "respond_steps",
 ]

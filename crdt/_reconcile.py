@@ -46,15 +46,22 @@ malformed record makes the whole message a ProtocolError and nothing of it is st
 are capped (``SyncConfig``): records beyond ``max_message_bytes`` wait for the next round trip
 (the initiator asks for the runs it still lacks, or fetches the keys the responder listed), so
 a catch-up of a whole replica streams in chunks, each chunk one round trip in ``stats``.
+
+A message of records is decoded and stored a slice at a time (``step`` records): ``respond``
+and ``Initiator.receive`` do it all at once, while ``respond_steps`` and
+``Initiator.receive_steps`` are generators that pause between slices, so that a shell can
+let other work run in between (a 4 MiB message of 16,384 records, decoded, written and folded
+by the peer's replica, held its event loop for most of a second). Every record of a message is
+decoded before the first is stored, so a malformed one still keeps the whole message out.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -64,7 +71,18 @@ from crdt._record import KEY_SIZE, MAX_RECORD_SIZE, ORIGIN_SIZE, Record
 from crdt._store import Store
 from crdt._vector import VersionVector
 
-__all__ = ["Initiator", "SyncConfig", "SyncStats", "push_message", "respond"]
+__all__ = [
+    "Initiator",
+    "SyncConfig",
+    "SyncStats",
+    "push_message",
+    "respond",
+    "respond_steps",
+]
+
+_T = TypeVar("_T")
+# Records decoded, or stored, between two pauses: a few tens of milliseconds of work.
+STEP = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,16 +226,41 @@ def _unpack(data: bytes, what: str, config: SyncConfig) -> dict[str, Any]:
     return value
 
 
-def _records(value: object, config: SyncConfig) -> list[Record]:
-    """Decode every record of a message before any is stored."""
+def _finish_steps(steps: Generator[None, None, _T]) -> _T:
+    """Run stepped work to its end without pausing; its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: _T = done.value
+            return result
+
+
+def _records(value: object, config: SyncConfig, step: int) -> Generator[None, None, list[Record]]:
+    """Decode every record of a message before any is stored, pausing between slices."""
     if value is None:
         return []
     if not isinstance(value, list) or len(value) > config.max_records:
         raise ProtocolError(f"records must be a list of at most {config.max_records}")
-    try:
-        return Record.decode_many(value)
-    except RecordError as exc:
-        raise ProtocolError(f"a received record is invalid: {exc}") from None
+    out: list[Record] = []
+    for start in range(0, len(value), step):
+        if start:
+            yield
+        try:
+            out += Record.decode_many(value[start : start + step])
+        except RecordError as exc:
+            raise ProtocolError(f"a received record is invalid: {exc}") from None
+    return out
+
+
+def _store(store: Store, records: list[Record], step: int) -> Generator[None, None, int]:
+    """Add records a slice at a time (each slice one durable batch), pausing before each;
+    how many were new."""
+    new = 0
+    for start in range(0, len(records), step):
+        yield
+        new += len(store.add(records[start : start + step]))
+    return new
 
 
 def _keys(value: object, config: SyncConfig) -> list[bytes]:
@@ -340,21 +383,30 @@ def respond(store: Store, request: bytes, config: SyncConfig = DEFAULT_CONFIG) -
     Returns:
         The response bytes.
     """
+    return _finish_steps(respond_steps(store, request, config))
+
+
+def respond_steps(
+    store: Store, request: bytes, config: SyncConfig = DEFAULT_CONFIG, step: int = STEP
+) -> Generator[None, None, bytes]:
+    """``respond``, pausing after each ``step`` records decoded or stored; returns the response.
+
+    The store may change while it is paused (it reads what it answers from only at the end).
+    """
     message = _unpack(request, "request", config)
     kind = message.get("k")
     if kind not in ("sync", "push"):
         raise ProtocolError(f"unknown request kind {kind!r}")
-    incoming = _records(message.get("p"), config)
+    incoming = yield from _records(message.get("p"), config, step)
     if kind == "push":
-        return _pack({"k": "ack", "n": len(store.add(incoming)) if incoming else 0})
+        return _pack({"k": "ack", "n": (yield from _store(store, incoming, step))})
     theirs = _fingerprint(message.get("f"))
     wanted = _keys(message.get("w"), config)
     ranges = decode_ranges(message["r"], config) if message.get("r") is not None else None
     their_vv = _vector(message["v"], config) if message.get("v") is not None else None
     their_hash = _fingerprint(message["vh"]) if message.get("vh") is not None else None
     runs = _runs(message.get("g"), config)
-    if incoming:
-        store.add(incoming)
+    yield from _store(store, incoming, step)
     digest = store.fingerprint().digest()
     if digest == theirs:
         return _pack({"s": True, "f": digest})
@@ -482,6 +534,13 @@ class Initiator:
 
         Raises ProtocolError (and stores nothing of the response) if the response is malformed.
         """
+        return _finish_steps(self.receive_steps(response))
+
+    def receive_steps(
+        self, response: bytes, step: int = STEP
+    ) -> Generator[None, None, bytes | None]:
+        """``receive``, pausing after each ``step`` records decoded or stored; returns what
+        ``receive`` does. The session takes nothing else until it has returned."""
         if self.done or not self._started:
             raise CrdtError("receive() needs a started session that is not done")
         stats = self.stats
@@ -492,14 +551,14 @@ class Initiator:
         if not isinstance(in_sync, bool):
             raise ProtocolError("a response says whether the sets are in sync")
         theirs = _fingerprint(message.get("f"))
-        records = _records(message.get("d"), self.config)
+        records = yield from _records(message.get("d"), self.config, step)
         their_vv = _vector(message["v"], self.config) if message.get("v") is not None else None
         wants = _keys(message.get("w"), self.config)
         haves = _keys(message.get("h"), self.config)
         ranges = decode_ranges(message["r"], self.config) if message.get("r") is not None else None
         more = message.get("m") is True
         if records:
-            self.store.add(records)
+            yield from _store(self.store, records, step)
             stats.records_received += len(records)
             stats.record_bytes_received += sum(map(len, message["d"]))
         if in_sync:

@@ -25,7 +25,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crdt import ClusterKey, FrameCodec, LevelDBStore, Record, StoreError, StoreLocked, respond
+from crdt import (
+    ClusterKey,
+    FrameCodec,
+    LevelDBStore,
+    Record,
+    StoreError,
+    StoreLocked,
+    respond_steps,
+)
 from metaopt import __version__
 from metaopt._errors import MetaoptError, SearchError
 from metaopt._records import CONTROL, EVENT, MAX_REASON, MAX_STDERR, TRIAL, EventBody, is_metric
@@ -38,7 +46,7 @@ from metaopt.peer._identity import MAX_REMEMBERED, DataDir
 from metaopt.peer._limits import LoopGuard, raise_fd_limit
 from metaopt.peer._orphans import kill_orphans
 from metaopt.peer._replica import Replica
-from metaopt.peer._replication import Replicator
+from metaopt.peer._replication import Replicator, stepped
 from metaopt.peer._runner import TrialRunner
 from metaopt.peer._scheduler import (
     BACKOFF_AFTER,
@@ -467,7 +475,7 @@ class Node:
         if not isinstance(request.body, bytes):
             raise MetaoptError("a sync request carries bytes")
         try:
-            return respond(self.store, request.body)
+            return await stepped(respond_steps(self.store, request.body))
         except Exception as exc:
             if self.storage.note(exc, "a sync"):
                 self._hold_back_while_storage_fails()

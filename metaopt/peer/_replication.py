@@ -12,15 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, TypeVar
 
 from crdt import Initiator, Record, Store, StoreError, SyncConfig, push_message
 from metaopt.peer._gossip import PeerTable
 from metaopt.peer._once import OnceEach
 from metaopt.peer._transport import Client, PeerUnreachable, RemoteError
 
-__all__ = ["Replicator"]
+__all__ = ["Replicator", "stepped"]
 
 log = logging.getLogger("metaopt.peer")
 
@@ -31,6 +31,25 @@ log = logging.getLogger("metaopt.peer")
 # events) go as several pushes.
 _PUSH_BYTES = 2 << 20
 _PUSH_RECORDS = SyncConfig().max_records // 2
+
+
+_T = TypeVar("_T")
+
+
+async def stepped(steps: Generator[None, None, _T]) -> _T:
+    """Run a reconciliation step generator, letting the event loop run between its slices.
+
+    A catch-up message of 16,384 records, decoded, stored and folded in one go, held the loop
+    for most of a second: its heartbeats, API calls and the partner's pushes waited meanwhile.
+    """
+    result: list[_T] = []
+
+    def run() -> Generator[None, None, None]:
+        result.append((yield from steps))
+
+    for _ in run():
+        await asyncio.sleep(0)
+    return result[0]
 
 
 def _batches(records: list[Record], limit: int, count: int) -> list[list[Record]]:
@@ -124,7 +143,7 @@ class Replicator:
                 if not isinstance(reply, bytes):
                     self._aborted(addr, "reply", "it sent a sync reply that is not bytes")
                     return False
-                message = session.receive(reply)
+                message = await stepped(session.receive_steps(reply))
         except (PeerUnreachable, RemoteError) as exc:
             log.debug("anti-entropy with %s failed: %s", addr, exc)
             return False

@@ -27,6 +27,7 @@ from crdt import (
     VersionVector,
     push_message,
     respond,
+    respond_steps,
 )
 
 ORIGINS = [bytes([i]) * 16 for i in range(1, 5)]
@@ -585,3 +586,39 @@ def test_a_catch_up_sends_one_record_origins_before_long_runs(opening: str, dire
     stats = sync(empty, full, config) if direction == "pull" else sync(full, empty, config)
     assert keys(empty) == keys(full) and stats.converged
     assert root.key in first[0] and len(first[0]) == 10
+
+
+def _slices_stored(steps: Iterator[None], store: Store) -> list[int]:
+    """The store's size at each pause of stepped work, to its end."""
+    sizes = []
+    for _ in steps:
+        sizes.append(len(store))
+    return sizes
+
+
+def test_stepped_sessions_store_a_message_a_slice_at_a_time() -> None:
+    # So that a peer's event loop runs between slices of a 16,384-record message.
+    pool = make_pool(50)
+    full = store_of(pool)
+    pulled, pushed = MemoryStore(), MemoryStore()
+    session = Initiator(pulled)
+    reply = respond(full, session.start())
+    assert _slices_stored(session.receive_steps(reply, step=8), pulled)[-1] == 48
+    assert len(pulled) == 50
+    pusher = Initiator(full)
+    request = pusher.receive(respond(pushed, pusher.start()))
+    assert request is not None
+    assert _slices_stored(respond_steps(pushed, request, step=8), pushed)[-1] == 48
+    assert len(pushed) == 50
+
+
+def test_a_bad_record_in_a_later_slice_keeps_the_whole_message_out() -> None:
+    pool = make_pool(30)
+    bad = pool[-1].data + b"\x00"  # trailing bytes: refused
+    store = MemoryStore()
+    request = push_message_of([r.data for r in pool[:-1]] + [bad])
+    steps = respond_steps(store, request, step=4)
+    with pytest.raises(ProtocolError):
+        for _ in steps:
+            pass
+    assert len(store) == 0

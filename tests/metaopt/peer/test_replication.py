@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -72,8 +73,9 @@ def test_only_a_converged_session_counts_as_caught_up(monkeypatch: Any) -> None:
         def start(self) -> bytes:
             return b"open"
 
-        def receive(self, reply: bytes) -> bytes | None:
+        def receive_steps(self, reply: bytes) -> Iterator[None]:
             return None
+            yield
 
     class _Answers:
         async def call(self, addr: str, op: str, body: Any = None) -> Any:
@@ -149,3 +151,34 @@ def test_a_partner_that_breaks_every_session_is_warned_of_once(
     assert len(warned) == 2 and all("(said once)" in w for w in warned)
     assert "127.0.0.1:1001" in warned[0] and "not bytes" in warned[1]
     assert sum("aborted" in r.getMessage() for r in caplog.records) == 10
+
+
+def test_a_catch_up_message_is_stored_in_slices_with_the_loop_running_between() -> None:
+    # 16,384 records a message, decoded, stored and folded in one go, held the joining peer's
+    # event loop for most of a second each; heartbeats and API calls waited.
+    theirs = MemoryStore()
+    theirs.add([Record.create("event", A, seq, 1000 + seq, {"s": seq}) for seq in range(1, 5001)])
+
+    class _Answers:
+        async def call(self, addr: str, op: str, body: Any = None) -> Any:
+            return respond(theirs, body)
+
+    ticks = 0
+    seen: list[int] = []  # the ticker's count at each batch stored
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def catch_up() -> None:
+        rep = _replicator(PeerTable(), _Answers(), 0.0)  # type: ignore[arg-type]
+        rep.store.subscribe(lambda new: seen.append(ticks))
+        task = asyncio.ensure_future(ticker())
+        assert await rep.reconcile("127.0.0.1:1001")
+        task.cancel()
+        assert len(rep.store) == len(theirs)
+
+    asyncio.run(catch_up())
+    assert len(seen) >= 3 and len(set(seen)) == len(seen)
