@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from crdt import MemoryStore, Record
+from crdt import LevelDBStore, MemoryStore, Record
 from metaopt._errors import MetaoptError
 from metaopt._records import CONTROL, EVENT, EXPERIMENT, TRIAL, EventBody, ExperimentSpec
+from metaopt._state import ExperimentState
 from metaopt.peer._api import LocalApi
 from metaopt.peer._replica import Replica
 from metaopt.peer._wire import Request
@@ -559,3 +561,78 @@ def test_an_experiments_json_carries_its_regex_and_trial_timeout() -> None:
     assert shown["objective_regex"] == r"acc=([0-9.]+)" and shown["trial_timeout"] == 7200
     plain = experiment_json(ExperimentState(b"k" * 32, ExperimentSpec("e", {})))
     assert plain["trial_timeout"] is None and plain["objective_regex"] is None
+
+
+def _history(trials: int, events: int) -> tuple[Record, list[Record]]:
+    """An experiment and its trials' records, each trial with a run of progress events."""
+    exp, _ = _experiment_and_trial()
+    out = []
+    seq = 10
+    for i in range(trials):
+        seq += 1
+        body = {"params": {"x": i / trials}, "node": NODE, "counter": i + 1}
+        trial = Record.create(TRIAL, NODE, seq, 2000 + seq, body, [exp.key])
+        out.append(trial)
+        for step in range(events):
+            seq += 1
+            event = EventBody(trial.key, exp.key, "progress", NODE, step, {"objective": step})
+            out.append(Record.create(EVENT, NODE, seq, 2000 + seq, event.to_body(),
+                                     [trial.key, exp.key]))  # fmt: skip
+    return exp, out
+
+
+@pytest.mark.asyncio
+async def test_an_experiment_arriving_after_its_history_is_folded_a_step_at_a_time() -> None:
+    # A catching-up peer that heard of an experiment after its million records folded them
+    # all at once, its event loop held for 23 s (77 s for 3 million).
+    exp, history = _history(trials=30, events=9)
+    early, late = history[:200], history[200:]
+    store = MemoryStore()
+    replica = Replica(store, fold_step=40)
+    told: list[tuple[list[bytes], bool]] = []  # each batch heard, and if exp was listed then
+    replica.listen(lambda new: told.append(([r.key for r in new], exp.key in replica.experiments)))
+    store.add(early)
+    store.add([exp])
+    assert exp.key not in replica.experiments  # not yet folded whole
+    ticks = 0
+    while exp.key not in replica.experiments and ticks < 1000:
+        if ticks == 1:
+            store.add(late)  # arriving mid-fold, folded too
+        await asyncio.sleep(0)
+        ticks += 1
+    assert ticks > 3  # the loop ran between the steps
+    state = replica.experiments[exp.key]
+    whole = ExperimentState.from_store(store, exp.key)
+    assert whole is not None and state.trials() == whole.trials() and len(state) == 30
+    # Listeners hear of the experiment once it is listed, and of nothing twice.
+    heard = [key for keys, _ in told for key in keys]
+    assert sorted(heard) == sorted(r.key for r in [exp, *history])
+    assert [listed for keys, listed in told if exp.key in keys] == [True]
+    replica.close()
+
+
+@pytest.mark.asyncio
+async def test_an_experiment_with_a_short_history_here_is_listed_at_once() -> None:
+    # `metaopt submit` finds the experiment it has just written.
+    exp, history = _history(trials=3, events=2)
+    store = MemoryStore()
+    replica = Replica(store, fold_step=40)
+    store.add(history)
+    store.add([exp])
+    assert len(replica.experiments[exp.key]) == 3
+
+
+@pytest.mark.asyncio
+async def test_a_replica_closed_mid_fold_stops_folding(tmp_path: Path) -> None:
+    exp, history = _history(trials=30, events=9)
+    store = LevelDBStore(tmp_path / "store")
+    replica = Replica(store, fold_step=40)
+    store.add([*history, exp])
+    await asyncio.sleep(0)
+    replica.close()
+    store.close()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert exp.key not in replica.experiments
+    with LevelDBStore(tmp_path / "store") as again:  # folded whole when opened again
+        assert len(Replica(again).experiments[exp.key]) == 30
