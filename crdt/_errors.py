@@ -10,6 +10,7 @@ __all__ = [
     "OversizedRecord",
     "ProtocolError",
     "RecordError",
+    "SessionBusy",
     "StoreError",
     "StoreLocked",
 ]
@@ -37,6 +38,11 @@ class OversizedRecord(RecordError):
 
 class ProtocolError(CrdtError):
     """A peer sent a reconciliation message that breaks the protocol; nothing of it was stored."""
+
+
+class SessionBusy(CrdtError):
+    """The responder refused a session's request: it has a session of its own with the sender
+    under way, and one session between two peers at a time is enough (pushes are still taken)."""
 
 
 class FrameError(CrdtError):

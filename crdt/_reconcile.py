@@ -65,7 +65,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from crdt._errors import CrdtError, ProtocolError, RecordError
+from crdt._errors import CrdtError, ProtocolError, RecordError, SessionBusy
 from crdt._ranges import decode_ranges, encode_ranges, initial_ranges, process_ranges
 from crdt._record import KEY_SIZE, MAX_RECORD_SIZE, ORIGIN_SIZE, Record
 from crdt._store import Store
@@ -387,16 +387,25 @@ def respond(store: Store, request: bytes, config: SyncConfig = DEFAULT_CONFIG) -
 
 
 def respond_steps(
-    store: Store, request: bytes, config: SyncConfig = DEFAULT_CONFIG, step: int = STEP
+    store: Store,
+    request: bytes,
+    config: SyncConfig = DEFAULT_CONFIG,
+    step: int = STEP,
+    *,
+    busy: bool = False,
 ) -> Generator[None, None, bytes]:
     """``respond``, pausing after each ``step`` records decoded or stored; returns the response.
 
     The store may change while it is paused (it reads what it answers from only at the end).
+    busy: refuse a session's request with SessionBusy, storing nothing of it (a push is
+    taken): the caller has a session of its own with the sender under way.
     """
     message = _unpack(request, "request", config)
     kind = message.get("k")
     if kind not in ("sync", "push"):
         raise ProtocolError(f"unknown request kind {kind!r}")
+    if busy and kind == "sync":
+        raise SessionBusy("a session with this peer is under way the other way")
     incoming = yield from _records(message.get("p"), config, step)
     if kind == "push":
         return _pack({"k": "ack", "n": (yield from _store(store, incoming, step))})

@@ -30,6 +30,7 @@ from crdt import (
     FrameCodec,
     LevelDBStore,
     Record,
+    SessionBusy,
     StoreError,
     StoreLocked,
     respond_steps,
@@ -460,22 +461,49 @@ class Node:
         handlers.update(self.api.handlers())
         return handlers
 
-    def _contact(self, request: Request) -> None:
+    def _sender_addr(self, request: Request) -> str | None:
+        """The address a peer's request came from, as this peer would call it back."""
         if not request.addr or request.sender == self.node_id or len(request.sender) != 16:
-            return
+            return None
         host, _, port = request.addr.rpartition(":")
         if host in ("0.0.0.0", "::", "[::]", "") and request.remote:
             # A peer bound to every interface names itself by the address we see it at.
             host = f"[{request.remote}]" if ":" in request.remote else request.remote
-        self.peers.add(request.sender, f"{host}:{port}", self.monotonic(), contacted=True)
+        return f"{host}:{port}"
+
+    def _contact(self, request: Request) -> None:
+        addr = self._sender_addr(request)
+        if addr is not None:
+            self.peers.add(request.sender, addr, self.monotonic(), contacted=True)
+
+    def _busy_with(self, request: Request) -> bool:
+        """Whether to refuse a peer's session: this peer has one of its own with it under way.
+
+        Two sessions between the same two peers, one each way, carried a joining peer's whole
+        catch-up twice: each side worked out from the same vectors what the joiner lacked, and
+        sent it. Only the peer of the lower node id refuses, so of two sessions started at
+        once, one goes on.
+        """
+        addr = self._sender_addr(request)
+        if addr is None or self.node_id > request.sender:
+            return False
+        known = self.peers.get(request.sender)
+        return self.replicator.in_session_with(addr) or (
+            known is not None and self.replicator.in_session_with(known.addr)
+        )
 
     async def _on_sync(self, request: Request) -> bytes:
         self._hold_back_while_storage_fails()
         self._contact(request)
         if not isinstance(request.body, bytes):
             raise MetaoptError("a sync request carries bytes")
+        busy = self._busy_with(request)
         try:
-            return await stepped(respond_steps(self.store, request.body))
+            return await stepped(respond_steps(self.store, request.body, busy=busy))
+        except SessionBusy:
+            raise MetaoptError(
+                "busy: this peer has a session with yours under way; it will sync from there"
+            ) from None
         except Exception as exc:
             if self.storage.note(exc, "a sync"):
                 self._hold_back_while_storage_fails()

@@ -92,6 +92,8 @@ class Replicator:
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.sessions = 0
+        # Addresses this peer has a session of its own with now (see Node._on_sync).
+        self._partners: dict[str, int] = {}
         self.bytes_sent = 0
 
     def on_new(self, records: list[Record]) -> None:
@@ -132,8 +134,21 @@ class Replicator:
         except (PeerUnreachable, RemoteError) as exc:
             log.debug("push to %s failed: %s", addr, exc)
 
+    def in_session_with(self, addr: str) -> bool:
+        """Whether a session of this peer's with the peer at addr is under way."""
+        return addr in self._partners
+
     async def reconcile(self, addr: str) -> bool:
         """One full anti-entropy session with a peer; True if it completed."""
+        self._partners[addr] = self._partners.get(addr, 0) + 1
+        try:
+            return await self._reconcile(addr)
+        finally:
+            self._partners[addr] -= 1
+            if not self._partners[addr]:
+                del self._partners[addr]
+
+    async def _reconcile(self, addr: str) -> bool:
         session = Initiator(self.store)
         message: bytes | None = session.start()
         try:
