@@ -170,7 +170,10 @@ class Replica:
                 await asyncio.sleep(0)
         except Exception:  # (the store's own fault) a restart folds it from the store again
             del self._folding[record.key]
-            log.exception("folding experiment %s failed", record.key.hex()[:12])
+            log.exception(
+                "folding experiment %s failed; restart this peer to fold it again",
+                record.key.hex()[:12],
+            )
             return
         del self._folding[record.key]
         self._publish(state, created)
