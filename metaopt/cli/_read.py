@@ -206,11 +206,11 @@ def _why(trial: dict[str, Any]) -> str:
         return ""
     line = str(trial["reason"]).strip().split("\n", 1)[0]
     why, _, stderr = line.partition("; last stderr: ")
-    if stderr and len(line) > 60:
+    head = f"{why.removeprefix('exited with ')}: "
+    room = 60 - len(head)
+    if stderr and len(line) > 60 and room >= 20:
         # The error is at the end: "exited with code 1; last stderr: ModuleNotFoundError:
         # No ..." lost the module's name.
-        head = f"{why.removeprefix('exited with ')}: "
-        room = 60 - len(head)
         return head + (stderr if len(stderr) <= room else "..." + stderr[3 - room :])
     return line if len(line) <= 60 else line[:57] + "..."
 

@@ -626,12 +626,15 @@ class Node:
         if self._alone_said or now - self.started_at < self.config.timing.peer_timeout:
             return
         self._alone_said = True
-        if self.peers.all() or self.peers.seed_addrs() or self._recalled:
-            return
-        log.info("%s; this peer runs alone, every trial here", self.alone_hint())
+        hint = self.alone_hint()
+        if hint is not None:
+            log.info("%s; this peer runs alone, every trial here", hint)
 
-    def alone_hint(self) -> str:
-        """Why this peer knows no other, and how to join one."""
+    def alone_hint(self) -> str | None:
+        """Why this peer knows no other and calls none, and how to join one; None if it
+        knows or calls one (a --join seed, an address remembered from its last life)."""
+        if self.peers.all() or self.peers.seed_addrs() or self._recalled:
+            return None
         found = "mDNS is off" if not self.config.mdns else "mDNS found none on this interface"
         return f"no other peer known ({found}); to join a cluster, start with --join HOST:PORT"
 
@@ -1114,7 +1117,7 @@ class Node:
             "slots": self.runner.describe(),
             # --join addresses that have not answered since this peer started.
             "silent_seeds": [a for a in self.peers.seed_addrs() if not self._seeds_heard.get(a)],
-            "alone": None if self.peers.all() else self.alone_hint(),
+            "alone": self.alone_hint(),
             "lost_after": self.config.timing.lost_after,
             "storage": self.storage.problem(),  # why it holds back (see _storage), or None
             # Frame bytes on the wire (requests and replies, both directions), peers and CLI.

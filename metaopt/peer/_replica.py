@@ -17,7 +17,7 @@ The folds hold a few objects a record, for as long as the peer runs, and Python'
 cycles walks every object it tracks at each full pass, which comes each time their number grew
 by a quarter: a catch-up of 3 million records held the loop up to 2.6 s in such passes (27 s in
 all). Every ``freeze_every`` records folded, what is tracked then is moved out of its sight
-(``gc.freeze``), after a pass over the young generations so that little garbage goes with it.
+(``gc.freeze``), after a full pass (which skips what is frozen) so that no garbage goes with it.
 """
 
 from __future__ import annotations
@@ -155,7 +155,9 @@ class Replica:
         self._unfrozen += count
         if self._freeze_every and self._unfrozen >= self._freeze_every:
             self._unfrozen = 0
-            gc.collect(1)
+            # A full pass first: cyclic garbage already old would be frozen with the folds and
+            # never freed. It walks only what was made since the last freeze.
+            gc.collect()
             gc.freeze()
 
     async def _fold_rest(

@@ -246,7 +246,6 @@ def plan_work(
     # asked with no slot free, so a new experiment's code is laid out by the time one frees
     # (laid out only then, the first free slot of every peer went to an older experiment).
     experiments = list(experiments)
-    candidates = [s for s in experiments if work_left(s) and runnable(s)]
     if not claim_free:
         # This peer's own trials that the replica shows running, but not here (its last life
         # ran them): once caught up it finds them lost and claims them first, to resume them
@@ -261,7 +260,13 @@ def plan_work(
             and t.key not in running_here
         )
     if free_slots <= 0:
+        # Asked all the same of experiments that may start new trials (a scan of every spent
+        # one's trials for free ones, at each pass of a busy peer, would cost more).
+        for state in experiments:
+            if not state.stopped and not state.budget_spent:
+                runnable(state)
         return []
+    candidates = [s for s in experiments if work_left(s) and runnable(s)]
     running_count = {s.key: 0 for s in candidates}
     # Ties on the count here went to the lowest key on every peer alike: with 3 experiments
     # on 2 peers of 2 slots, the slot a trial freed went back to its own experiment (now at 0

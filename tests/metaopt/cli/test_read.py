@@ -198,6 +198,12 @@ def test_status_says_why_a_trial_failed(
     # was cut off).
     row = next(line for line in lines if line.startswith("d" * 12))
     assert row.endswith("code 1: ...otFoundError: No module named 'torchvision_extra'")
+    # A long account before the stderr leaves it no room: the line cut at 60 as any other.
+    from metaopt.cli._read import _why
+
+    crashed = "crashed when asked to stop (its peer was stopped): exited with code 1"
+    shown = _why({**missing, "reason": f"{crashed}; last stderr: {stderr}"})
+    assert len(shown) == 60 and shown.startswith("crashed when asked to stop")
     done = next(line for line in lines if line.startswith("a" * 12))
     assert "exited" not in done
 

@@ -87,9 +87,9 @@ def test_the_pages_hold_every_trial_once_in_order_each_within_its_bytes() -> Non
     assert FrameConfig().max_frame_bytes > PAGE_BYTES + (4 << 20)
 
 
-def test_a_trial_arriving_between_pages_sends_none_twice_and_skips_none() -> None:
-    # An older-stamped trial from another peer lands before the cursor; an offset would have
-    # sent the last trial of the previous page again.
+def test_a_trial_arriving_between_pages_older_than_the_cursor_waits_for_the_next_listing() -> None:
+    # An older-stamped trial from another peer lands before the cursor: an offset would have
+    # sent the last trial of the previous page again; none is sent twice, none later skipped.
     store = _store(30)
     peer = _Peer(store)
     peer.before_page = [lambda: store.add(_trial(500, 1500, completed=True))]

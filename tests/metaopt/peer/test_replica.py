@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -655,5 +656,18 @@ def test_folds_are_moved_out_of_the_collectors_sight_as_they_grow() -> None:
         Replica(store, freeze_every=0)  # (folds it all again: never freezes)
         assert gc.get_freeze_count() == frozen
         assert len(replica.experiments[exp.key]) == 20
+        # Cyclic garbage already old is collected first, not frozen for good with the folds.
+        garbage = _Cycle()
+        garbage.me = garbage
+        gone = weakref.ref(garbage)
+        gc.collect()  # (now in the oldest generation)
+        del garbage
+        store.add(_history(trials=40, events=9)[1])  # (new records: a freeze comes)
+        gc.collect()
+        assert gone() is None
     finally:
         gc.unfreeze()
+
+
+class _Cycle:
+    me: object = None
