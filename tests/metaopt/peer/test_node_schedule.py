@@ -185,6 +185,36 @@ async def test_a_peer_restarted_after_a_kill_reruns_its_lost_trial_from_its_chec
 
 
 @pytest.mark.asyncio
+async def test_a_catch_up_that_outlasts_the_peer_timeout_is_waited_for(tmp_path: Path) -> None:
+    # A joiner 30 s into a catch-up of 900,000 records took its partial history for whole,
+    # and started trials of experiments whose budget was spent (3005/3000).
+    mono = [1000.0]
+    config = PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1)
+    node = Node(config, monotonic=lambda: mono[0])
+    timing = node.config.timing
+    try:
+        node.peers.add_seed("127.0.0.1:9")
+        node.started_at = mono[0]
+        exp = _experiment("spent", {"x": "uniform(0, 1)"}, max_trials=1)
+        for i in range(12):  # records keep arriving, one anti-entropy period apart
+            mono[0] += timing.anti_entropy
+            body = {"params": {"x": i / 20}, "node": b"o" * 16, "counter": i + 1}
+            node.store.add([Record.create(TRIAL, b"o" * 16, i + 1, 1000, body, [exp.key])])
+        mono[0] = node.started_at + timing.peer_timeout + 1
+        node.store.add([exp])  # (still arriving as the timeout passes)
+        assert not node.caught_up()
+        mono[0] += 2 * timing.anti_entropy  # quiet: nobody is sending any more
+        assert node.caught_up()
+        node.store.add([Record.create(TRIAL, b"p" * 16, 1, 1000, body, [exp.key])])
+        assert not node.caught_up()
+        mono[0] = node.started_at + 10 * timing.peer_timeout  # records for ever: not for ever
+        node.store.add([Record.create(TRIAL, b"p" * 16, 2, 1001, body, [exp.key])])
+        assert node.caught_up()
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
 async def test_a_peer_alone_is_caught_up_soon_and_one_with_a_seed_waits_for_a_session(
     tmp_path: Path,
 ) -> None:
