@@ -589,12 +589,17 @@ class ExperimentState:
         """The best completed trial (single objective) or the Pareto front (several)."""
         if self._best is None:
             done = [t for t in self.trials() if t.state == "completed" and t.values is not None]
-            scored = [(self.signed(t.values or ()), t) for t in done]
-            if not scored:
+            if not done:
                 self._best = []
             elif len(self.spec.objectives) == 1:
-                self._best = [min(scored, key=lambda st: (st[0], st[1].created, st[1].key))[1]]
+                # (Not through signed(): at 60,000 trials of an active experiment, recomputed
+                # after each report, it took 0.2 s of each status call.)
+                sign = -1.0 if self.spec.directions[0] == "maximize" else 1.0
+                self._best = [
+                    min(done, key=lambda t: (sign * (t.values or (0.0,))[0], t.created, t.key))
+                ]
             else:
+                scored = [(self.signed(t.values or ()), t) for t in done]
                 front = _pareto_front(scored)
                 self._best = sorted(front, key=lambda t: self.signed(t.values or ()))
         return list(self._best)

@@ -453,4 +453,4 @@ class LocalApi:
         for them, up to twice the grace for one that ignores its stop)."""
         self.node.request_stop()
         grace = self.node.config.timing.stop_grace
-        return {"running": len(self.node.runner.running_keys()), "grace": grace}
+        return {"running": self.node.runner.stoppable(), "grace": grace}

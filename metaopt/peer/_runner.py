@@ -115,6 +115,10 @@ class TrialRunner:
     def running_keys(self) -> set[bytes]:
         return {r.trial for r in self.running.values()}
 
+    def stoppable(self) -> int:
+        """Runs here whose process has not exited (one that has is only draining its output)."""
+        return sum(r.process is None or not r.process.exited for r in self.running.values())
+
     def stopping_as(self, trial: bytes) -> str | None:
         """What a trial running here was asked to stop as (frozen, killed, ...), if it was."""
         return next((r.outcome for r in self.running.values() if r.trial == trial), None)

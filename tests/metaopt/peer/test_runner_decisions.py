@@ -204,6 +204,7 @@ def test_a_trial_asked_to_stop_is_told_why() -> None:
     # The reason a crash on stopping is recorded with was always "stop requested", never
     # "frozen by the user" or the stopper's reason.
     runner, trial, asked = _running_here(exited=False)
+    assert runner.stoppable() == 1
     assert asyncio.run(runner.end(trial, "frozen", "frozen by the user"))
     assert asked == ["frozen by the user"]
     assert runner.stopping_as(trial) == "frozen"
@@ -214,6 +215,7 @@ def test_a_trial_whose_process_has_exited_is_not_asked_to_stop() -> None:
     # completed was recorded killed, frozen or interrupted, and a freeze or a peer stop ran it
     # a second time.
     runner, trial, asked = _running_here(exited=True)
+    assert runner.stoppable() == 0  # (`peer stop` said it stopped 1 trial running here)
     assert not asyncio.run(runner.end(trial, "killed", "killed by the user"))
     asyncio.run(runner.interrupt_all("the peer is stopping"))
     assert asked == [] and runner.stopping_as(trial) is None
