@@ -8,9 +8,10 @@ fidelity prior, else from the longest curve seen — and with none of those earl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from metaopt._state import ExperimentState, TrialView
 from metaopt.freezethaw import (
@@ -48,12 +49,17 @@ def max_step_of(state: ExperimentState, space: Space, trials: Sequence[TrialView
 
 
 def curve_views(
-    state: ExperimentState, space: Space, trials: Sequence[TrialView] | None = None
+    state: ExperimentState,
+    space: Space,
+    trials: Sequence[TrialView] | None = None,
+    unit: Callable[[TrialView], npt.NDArray[np.float64] | None] | None = None,
 ) -> list[CurveView]:
     """Every trial with at least one step report, as the early stoppers see it.
 
     Given ``trials`` (``state.trials()``, taken on the event loop) it reads nothing else that
-    changes, so it may run in a worker thread: at 50,000 trials it takes seconds.
+    changes, so it may run in a worker thread: at 50,000 trials it takes seconds. ``unit``
+    maps a trial into the unit cube (None: not a point of the space), as a Suggester keeps
+    them; by default each is mapped again.
     """
     if trials is None:
         trials = state.trials()
@@ -65,9 +71,8 @@ def curve_views(
     for trial in trials:
         if not trial.curve and trial.state not in ("running", "pending"):
             continue
-        try:
-            x = space.to_unit(trial.params)
-        except Exception:  # a peer's malformed params must not stop the monitor
+        x = _unit(space, trial) if unit is None else unit(trial)
+        if x is None:  # a peer's malformed params must not stop the monitor
             continue
         steps = np.array([s for s, _ in trial.curve], dtype=np.int64)
         values = sign * np.array([v for _, v in trial.curve], dtype=np.float64)
@@ -82,6 +87,13 @@ def curve_views(
             )
         )
     return out
+
+
+def _unit(space: Space, trial: TrialView) -> npt.NDArray[np.float64] | None:
+    try:
+        return space.to_unit(trial.params)
+    except Exception:
+        return None
 
 
 def stopper_for(state: ExperimentState, space: Space) -> EarlyStopper | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from metaopt._errors import SearchError
 from metaopt._state import ACTIVE_STATES, FREE_STATES, ExperimentState, TrialView
@@ -21,6 +22,8 @@ from metaopt.search import Algorithm, Observations, make_algorithm
 from metaopt.space import Space
 
 __all__ = ["NEAR", "Draw", "Suggester", "params_key", "stream"]
+
+FloatArray = npt.NDArray[np.float64]
 
 _RETRIES = 8
 _PRIOR_DRAWS = 64
@@ -89,6 +92,9 @@ class Suggester:
         self.seed = seed
         self.space = Space.from_dict(state.spec.space)
         self.algorithm = algorithm or make_algorithm(state.spec.algorithm)
+        # Each trial's point in the unit cube (None: not a point of the space), as its params
+        # never change: mapping 50,000 trials took 3.5 s of every suggestion's snapshot.
+        self._units: dict[bytes, FloatArray | None] = {}
 
     def next_counter(self, trials: list[TrialView] | None = None) -> int:
         listed = self.state.trials() if trials is None else trials
@@ -103,9 +109,8 @@ class Suggester:
         # made the same seed give other suggestions under another clock.
         listed = self.state.trials() if trials is None else trials
         for trial in sorted(listed, key=lambda t: (t.node, t.counter, t.key)):
-            try:
-                u = space.to_unit(trial.params)
-            except Exception:  # a peer's malformed params must not stop the search
+            u = self.unit(trial)
+            if u is None:
                 continue
             if trial.state == "completed" and trial.values is not None:
                 X.append(u)
@@ -122,6 +127,18 @@ class Suggester:
             return np.asarray(rows, dtype=np.float64).reshape(len(rows), width)
 
         return Observations(arr(X, d), arr(Y, m), arr(pending, d), arr(failed, d))
+
+    def unit(self, trial: TrialView) -> FloatArray | None:
+        """The trial's point in the unit cube; None if its params are not a point of the space
+        (a peer's malformed params must not stop the search). Kept: params never change.
+        (Its cache is shared by the suggestion's and the stopper's threads: each entry is the
+        same whoever writes it.)"""
+        if trial.key not in self._units:
+            try:
+                self._units[trial.key] = self.space.to_unit(trial.params)
+            except Exception:
+                self._units[trial.key] = None
+        return self._units[trial.key]
 
     def suggest(self) -> tuple[dict[str, Any], int]:
         """(params, counter) of a new point no known trial has."""

@@ -38,9 +38,9 @@ from metaopt.peer._watchdog import Watchdog
 if TYPE_CHECKING:
     import numpy as np
 
+    from metaopt._suggest import Suggester
     from metaopt.freezethaw import CurveView, Decision, EarlyStopper
     from metaopt.peer._node import Node
-    from metaopt.space import Space
 
 __all__ = ["TrialRunner"]
 
@@ -625,8 +625,9 @@ class TrialRunner:
             self._decisions += 1
             rng = np.random.default_rng([self._decisions, *self.node.node_id[:8]])
             try:
-                space = self.node.suggester(state).space
-                snapshot = _Snapshot(state, space, state.trials(), frozenset(frozen))
+                snapshot = _Snapshot(
+                    state, self.node.suggester(state), state.trials(), frozenset(frozen)
+                )
                 fresh = not state.budget_spent
                 return await asyncio.to_thread(
                     _decide_in_thread, stopper, snapshot, set(own), free_slots, rng, fresh
@@ -771,17 +772,15 @@ class _Snapshot:
     curves out of 50,000 trials take seconds to build); frozen: those shown to it as frozen."""
 
     state: ExperimentState
-    space: Space
+    suggester: Suggester  # (its space, and each trial's point in the unit cube, kept)
     trials: list[TrialView]
     frozen: frozenset[str]
 
     def curves(self) -> list[CurveView]:
         from metaopt._curves import curve_views
 
-        return [
-            replace(c, state="frozen") if c.trial_id in self.frozen else c
-            for c in curve_views(self.state, self.space, self.trials)
-        ]
+        views = curve_views(self.state, self.suggester.space, self.trials, self.suggester.unit)
+        return [replace(c, state="frozen") if c.trial_id in self.frozen else c for c in views]
 
 
 def _decide_in_thread(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import pytest
 
 from crdt import Record
+from metaopt._curves import curve_views
 from metaopt._records import (
     EVENT,
     TRIAL,
@@ -15,13 +19,16 @@ from metaopt._records import (
 )
 from metaopt._state import ExperimentState
 from metaopt._suggest import NEAR, Suggester
+from metaopt.space import Space
 
 ME = b"m" * 16
 OTHER = b"o" * 16
 
 
-def _state() -> ExperimentState:
-    record = experiment_record(ExperimentSpec("e", {"x": "uniform(0, 1)"}, command=("t.py",)))
+def _state(**spec: Any) -> ExperimentState:
+    record = experiment_record(
+        ExperimentSpec("e", {"x": "uniform(0, 1)"}, command=("t.py",), **spec)
+    )
     spec = parse_experiment(record)
     assert spec is not None
     return ExperimentState(record.key, spec)
@@ -89,3 +96,27 @@ def test_the_first_point_takes_the_default_values_and_later_ones_are_searched() 
     state.apply(trial)
     later = [Suggester(state, node).suggest()[0] for node in (ME, OTHER)]
     assert all((p["lr"], p["act"]) != (0.001, "b") for p in later)
+
+
+def test_each_trial_is_mapped_into_the_unit_cube_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Mapped again at every suggestion and every freeze-thaw decision: 3.5 s of a suggestion's
+    # snapshot at 50,000 trials.
+    state = _state(max_step=10)
+    for i in range(5):
+        _trial(state, i / 10, i + 1, "started")
+    suggester = Suggester(state, ME)
+    mapped: list[object] = []
+    to_unit = Space.to_unit
+
+    def counted(space: Space, params: Any) -> Any:
+        mapped.append(params)
+        return to_unit(space, params)
+
+    monkeypatch.setattr(Space, "to_unit", counted)
+    first = suggester.prepare().obs
+    _trial(state, 0.9, 6, "started")
+    second = suggester.prepare().obs
+    assert len(mapped) == 6 and second.pending.shape[0] == 6
+    assert np.array_equal(second.pending[:5], first.pending)
+    views = curve_views(state, suggester.space, state.trials(), suggester.unit)
+    assert len(mapped) == 6 and len(views) == 6  # the stopper's curves: from the same points

@@ -72,7 +72,7 @@ class _Node:
         self._seq = 100
 
     def suggester(self, state: ExperimentState) -> Any:
-        return SimpleNamespace(space=self._space)
+        return SimpleNamespace(space=self._space, unit=lambda t: self._space.to_unit(t.params))
 
     def write_event(self, experiment: bytes, trial: bytes, kind: str, **kw: Any) -> None:
         self.written.append((trial, kind, kw.get("reason")))
