@@ -8,10 +8,10 @@ fidelity prior, else from the longest curve seen — and with none of those earl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import numpy.typing as npt
 
 from metaopt._state import ExperimentState, TrialView
 from metaopt.freezethaw import (
@@ -22,6 +22,9 @@ from metaopt.freezethaw import (
     make_stopper,
 )
 from metaopt.space import Space
+
+if TYPE_CHECKING:
+    from metaopt._suggest import Suggester
 
 __all__ = ["curve_views", "max_step_of", "stopper_for"]
 
@@ -49,21 +52,17 @@ def max_step_of(state: ExperimentState, space: Space, trials: Sequence[TrialView
 
 
 def curve_views(
-    state: ExperimentState,
-    space: Space,
-    trials: Sequence[TrialView] | None = None,
-    unit: Callable[[TrialView], npt.NDArray[np.float64] | None] | None = None,
+    state: ExperimentState, suggester: Suggester, trials: Sequence[TrialView] | None = None
 ) -> list[CurveView]:
-    """Every trial with at least one step report, as the early stoppers see it.
+    """Every trial with at least one step report, as the early stoppers see it, each at the
+    point of the unit cube its suggester keeps for it (``Suggester.unit``).
 
     Given ``trials`` (``state.trials()``, taken on the event loop) it reads nothing else that
-    changes, so it may run in a worker thread: at 50,000 trials it takes seconds. ``unit``
-    maps a trial into the unit cube (None: not a point of the space), as a Suggester keeps
-    them; by default each is mapped again.
+    changes, so it may run in a worker thread: at 50,000 trials it takes seconds.
     """
     if trials is None:
         trials = state.trials()
-    final = max_step_of(state, space, trials)
+    final = max_step_of(state, suggester.space, trials)
     if final is None:
         return []
     sign = -1.0 if state.spec.directions[0] == "maximize" else 1.0
@@ -71,7 +70,7 @@ def curve_views(
     for trial in trials:
         if not trial.curve and trial.state not in ("running", "pending"):
             continue
-        x = _unit(space, trial) if unit is None else unit(trial)
+        x = suggester.unit(trial)
         if x is None:  # a peer's malformed params must not stop the monitor
             continue
         steps = np.array([s for s, _ in trial.curve], dtype=np.int64)
@@ -87,13 +86,6 @@ def curve_views(
             )
         )
     return out
-
-
-def _unit(space: Space, trial: TrialView) -> npt.NDArray[np.float64] | None:
-    try:
-        return space.to_unit(trial.params)
-    except Exception:
-        return None
 
 
 def stopper_for(state: ExperimentState, space: Space) -> EarlyStopper | None:

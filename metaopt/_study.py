@@ -602,7 +602,7 @@ class Study:
         rng = stream(
             self._suggester.seed, self.node_id, self.experiment_key, (1 << 31) + self._decisions
         )
-        curves = curve_views(self._state, space)
+        curves = curve_views(self._state, self._suggester)
         # Small matrices: one BLAS thread is many times faster than several on shared cores.
         with threadpool_limits(limits=1):
             decisions = self._stopper.decide(

@@ -779,7 +779,7 @@ class _Snapshot:
     def curves(self) -> list[CurveView]:
         from metaopt._curves import curve_views
 
-        views = curve_views(self.state, self.suggester.space, self.trials, self.suggester.unit)
+        views = curve_views(self.state, self.suggester, self.trials)
         return [replace(c, state="frozen") if c.trial_id in self.frozen else c for c in views]
 
 

@@ -118,5 +118,5 @@ def test_each_trial_is_mapped_into_the_unit_cube_once(monkeypatch: pytest.Monkey
     second = suggester.prepare().obs
     assert len(mapped) == 6 and second.pending.shape[0] == 6
     assert np.array_equal(second.pending[:5], first.pending)
-    views = curve_views(state, suggester.space, state.trials(), suggester.unit)
+    views = curve_views(state, suggester, state.trials())
     assert len(mapped) == 6 and len(views) == 6  # the stopper's curves: from the same points
