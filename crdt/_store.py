@@ -38,6 +38,11 @@ class SetFingerprint:
         self.total = total
         self.count = count
 
+    @classmethod
+    def summed(cls, total: int, count: int) -> SetFingerprint:
+        """The fingerprint of count keys whose little-endian values add up to total."""
+        return cls(total % _MOD, count)
+
     def add(self, key: bytes) -> None:
         self.total = (self.total + int.from_bytes(key, "little")) % _MOD
         self.count += 1

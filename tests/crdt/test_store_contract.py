@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import struct
 from collections.abc import Callable, Iterator
@@ -226,6 +227,24 @@ def test_leveldb_reopen_keeps_everything(tmp_path: Path) -> None:
         assert list(store.ordered()) == listing
         assert list(store.linked(EXP1)) == order([r for r in records if EXP1 in r.links])
         assert store.add(records) == []
+
+
+def test_leveldb_reopen_rebuilds_each_origins_runs_and_holes(tmp_path: Path) -> None:
+    # The opening scan builds the vector a run of consecutive seqs at a time.
+    rng = random.Random(7)
+    origins = [bytes([i]) * 16 for i in range(5)]
+    records = [rec(o, seq, seq) for o in origins for seq in range(1, 200) if rng.random() < 0.8]
+    rng.shuffle(records)
+    with LevelDBStore(tmp_path / "db") as store:
+        store.add(records)
+        vv, fp = store.version_vector(), store.fingerprint()
+    with LevelDBStore(tmp_path / "db") as store:
+        assert store.version_vector() == vv and len(store.version_vector()) == 5
+        assert (store.fingerprint().total, store.fingerprint().count) == (fp.total, fp.count)
+    with LevelDBStore(tmp_path / "empty") as store:
+        pass
+    with LevelDBStore(tmp_path / "empty") as store:
+        assert len(store.version_vector()) == 0 and store.fingerprint().count == 0
 
 
 def test_leveldb_second_open_is_locked(tmp_path: Path) -> None:
