@@ -301,6 +301,12 @@ def _status(args: argparse.Namespace) -> int:
     print(f"address   {status['address']}  pid {status['pid']}{release}")
     print(f"data dir  {status['data_dir']}")
     print(f"records   {status['records']}   experiments {status['experiments']}")
+    if status.get("loading"):
+        done, held = status["loading"]
+        print(
+            f"loading   its history: {done:,} of about {held:,} records folded; it starts"
+            " trials and lists experiments once loaded"
+        )
     print(f"cluster   {status['fingerprint']}")
     peers = status["peers"]
     print(f"\npeers ({sum(p['live'] for p in peers)} live of {len(peers)})")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from crdt import Record, RecordError
@@ -139,19 +139,38 @@ class LocalApi:
         self.node = node
 
     def handlers(self) -> dict[str, Callable[[Request], Any]]:
+        loaded = self._once_loaded
         return {
             "api.status": self.status,
-            "api.experiments": self.experiments,
-            "api.experiment": self.experiment,
-            "api.add": self.add,
-            "api.stop": self.stop,
-            "api.logs": self.logs,
             "api.shutdown": self.shutdown,
-            "api.freeze": self.freeze,
-            "api.thaw": self.thaw,
-            "api.kill": self.kill,
-            "api.clean": self.clean,
+            "api.experiments": loaded(self.experiments),
+            "api.experiment": loaded(self.experiment),
+            "api.add": loaded(self.add),
+            "api.stop": loaded(self.stop),
+            "api.logs": loaded(self.logs),
+            "api.freeze": loaded(self.freeze),
+            "api.thaw": loaded(self.thaw),
+            "api.kill": loaded(self.kill),
+            "api.clean": loaded(self.clean),
         }
+
+    def _once_loaded(
+        self, call: Callable[[Request], Awaitable[Any]]
+    ) -> Callable[[Request], Awaitable[Any]]:
+        """call, refused while the peer loads its replica (Replica.load): it would answer
+        from part of the history (no experiment NAME, a name taken by an older one)."""
+
+        async def once_loaded(request: Request) -> Any:
+            loading = self.node.loading_progress()
+            if loading is not None:
+                done, held = loading
+                raise MetaoptError(
+                    f"this peer is still loading its history ({done:,} of about {held:,}"
+                    " records); try again in a moment"
+                )
+            return await call(request)
+
+        return once_loaded
 
     def _experiment(self, body: Any) -> ExperimentState:
         if not isinstance(body, str) or not body:

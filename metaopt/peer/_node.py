@@ -152,7 +152,8 @@ class Node:
             raise
         self.codec = FrameCodec([self.key])
         self.rng = random.Random(int.from_bytes(self.node_id, "big") ^ time.time_ns())
-        self.replica = Replica(self.store, clock, monotonic)
+        # Folded after the server listens (start(), _load): see Replica.load.
+        self.replica = Replica(self.store, clock, monotonic, defer=True)
         self.writer = NodeWriter(self.store, self.node_id, clock)
         self.peers = PeerTable()
         self.port = config.port
@@ -185,12 +186,11 @@ class Node:
         # that many): where the turns to record its next point are counted from (settle_wait).
         self._count_since: dict[bytes, tuple[int, int]] = {}
         # Experiment key -> its latest trial's stamp, each capped at the trial's arrival here
-        # (at this opening for those held): where those turns count from (_turns_since).
-        opened_ms = int(self.clock() * 1000)
-        self._latest_stamp: dict[bytes, int] = {
-            key: max((min(t, opened_ms) for t in state.trial_stamps()), default=0)
-            for key, state in self.replica.experiments.items()
-        }
+        # (at this opening for those held, noted once loaded): where those turns count from
+        # (_turns_since).
+        self._opened_ms = int(self.clock() * 1000)
+        self._latest_stamp: dict[bytes, int] = {}
+        self._load_lock = asyncio.Lock()
         self._others_arrived_at = -math.inf  # when records of other origins last arrived
         self.replica.listen(self._on_records)
         self._seeds_heard: dict[str, bool] = {}  # --join address -> answered (warned once if not)
@@ -310,10 +310,9 @@ class Node:
         self._tasks = [
             asyncio.ensure_future(self._every(timing.anti_entropy, self._anti_entropy)),
             asyncio.ensure_future(self._every(timing.gossip, self._gossip)),
-            asyncio.ensure_future(self._every(timing.schedule, self._schedule)),
-            asyncio.ensure_future(self._every(timing.monitor, self.runner.monitor)),
             asyncio.ensure_future(self._watch_for_stalls()),
             self._search_imported,
+            asyncio.ensure_future(self._load_and_run()),
         ]
         log.info(
             "peer %s (%s) listening on %s, %d slot(s), data in %s",
@@ -323,6 +322,38 @@ class Node:
             len(self.runner.slots),
             self.dirs.root,
         )
+
+    async def load(self) -> None:
+        """Fold the replica held here (Replica.load) and note its experiments' turns.
+
+        start() does it after the server listens: meanwhile the peer replicates, gossips and
+        answers `peer status`; the API's other calls say it is loading (LocalApi), and nothing
+        is scheduled or judged lost on part of the history.
+        """
+        began = self.monotonic()
+        async with self._load_lock:  # (a second call waits for the first's fold)
+            if not self.replica.loading:
+                return
+            await self.replica.load()
+            for key, state in self.replica.experiments.items():
+                latest = max((min(t, self._opened_ms) for t in state.trial_stamps()), default=0)
+                self._latest_stamp[key] = max(self._latest_stamp.get(key, 0), latest)
+        if self.monotonic() - began >= 1:
+            log.info(
+                "loaded %d experiment(s), %d records, in %.1f s",
+                len(self.replica.experiments),
+                len(self.store),
+                self.monotonic() - began,
+            )
+
+    async def _load_and_run(self) -> None:
+        await self.load()
+        if not self._stopping.is_set():
+            timing = self.config.timing
+            self._tasks += [
+                asyncio.ensure_future(self._every(timing.schedule, self._schedule)),
+                asyncio.ensure_future(self._every(timing.monitor, self.runner.monitor)),
+            ]
 
     async def _start_discovery(self) -> None:
         try:
@@ -961,6 +992,8 @@ class Node:
         lost, a trial another peer already re-runs looks free (both were run twice), and a
         budgeted experiment's count of trials is short (a finished 8/8 went to 9/8).
         """
+        if self.replica.loading:  # (part of its own history, even)
+            return False
         timing = self.config.timing
         now = self.monotonic()
         waited = now - self._listening_since()
@@ -981,7 +1014,7 @@ class Node:
 
     def kick(self) -> None:
         """Schedule now rather than at the next tick: a slot just came free."""
-        if not self._stopping.is_set():
+        if not self._stopping.is_set() and not self.replica.loading:
             task = asyncio.ensure_future(self._schedule())
             self._tasks.append(task)
             task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
@@ -1142,7 +1175,15 @@ class Node:
             },
             "sync_sessions": self.replicator.sessions,
             "experiments": len(self.replica.experiments),
+            # Records folded and held while it loads its replica (Replica.load), else None.
+            "loading": self.loading_progress(),
         }
+
+    def loading_progress(self) -> tuple[int, int] | None:
+        """(records folded, records held) while the peer loads its replica, else None."""
+        if not self.replica.loading:
+            return None
+        return self.replica.folded_records, len(self.store)
 
     @property
     def data_dir(self) -> Path:

@@ -77,6 +77,9 @@ class _StoppedNode:
     def blocked_here(self, experiment: bytes) -> str | None:
         return None
 
+    def loading_progress(self) -> None:
+        return None  # (its replica is folded whole when it is opened)
+
 
 class OfflinePeer:
     """Answers the read-only API calls from the replica of a data directory no peer runs on."""

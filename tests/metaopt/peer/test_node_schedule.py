@@ -480,6 +480,7 @@ async def test_turns_count_from_the_same_moment_whatever_order_the_trials_arrive
         monotonic=lambda: (now_ms + 123) / 1000,
     )
     try:
+        await reopened.load()
         state = reopened.replica.experiments[exp.key]
         seen["reopened"] = reopened._turns_since(state, now_ms + 123)
         # A clock stepped back before the latest trial: from now, never from the future.

@@ -614,6 +614,30 @@ async def test_an_experiment_arriving_after_its_history_is_folded_a_step_at_a_ti
 
 
 @pytest.mark.asyncio
+async def test_a_deferred_replica_loads_what_it_held_a_step_at_a_time() -> None:
+    # A peer folded its whole replica before it listened (21 s for a million records).
+    exp, history = _history(trials=30, events=9)
+    store = MemoryStore()
+    store.add([exp, *history[:200]])
+    replica = Replica(store, fold_step=40, defer=True)
+    assert replica.loading and not replica.experiments
+    loading = asyncio.ensure_future(replica.load())
+    ticks = 0
+    while replica.loading and ticks < 1000:
+        if ticks == 1:
+            store.add(history[200:])  # arriving mid-load, folded too
+        assert exp.key not in replica.experiments  # listed once folded whole
+        await asyncio.sleep(0)
+        ticks += 1
+    await loading
+    assert ticks > 3  # the loop ran between the steps
+    whole = ExperimentState.from_store(store, exp.key)
+    assert whole is not None and replica.experiments[exp.key].trials() == whole.trials()
+    assert replica.folded_records >= 201  # (counted, for `peer status`)
+    replica.close()
+
+
+@pytest.mark.asyncio
 async def test_an_experiment_with_a_short_history_here_is_listed_at_once() -> None:
     # `metaopt submit` finds the experiment it has just written.
     exp, history = _history(trials=3, events=2)

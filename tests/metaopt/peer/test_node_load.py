@@ -1,0 +1,54 @@
+"""A peer listens as soon as it starts, and folds the history it holds afterwards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from metaopt._errors import MetaoptError
+from metaopt.peer._node import Node
+from metaopt.peer._wire import Request
+from tests.metaopt.peer.test_node_schedule import _experiment, _lone_node, _others_trial
+
+pytestmark = pytest.mark.integration
+
+
+async def _call(node: Node, op: str, body: object = None) -> object:
+    return await node.api.handlers()[op](Request(op, node.node_id, "", body))
+
+
+@pytest.mark.asyncio
+async def test_a_restarted_peer_listens_before_it_has_loaded_its_history(tmp_path: Path) -> None:
+    # A peer folded its whole replica before it listened: 21 s for a million records, while
+    # `peer start --detach` gave up after 30 s, `peer status` said no peer ran and the other
+    # peers counted it gone.
+    exp = _experiment("held", {"x": "uniform(0, 1)"}, max_trials=100)
+    trials = [_others_trial(exp, {"x": i / 10}, i + 1) for i in range(10)]
+    first = _lone_node(tmp_path)
+    first.store.add([exp, *trials])
+    await first.stop()
+
+    node = _lone_node(tmp_path)
+    try:
+        await node.start()
+        assert (tmp_path / "peer" / "peer.address").exists()  # it listens
+        assert node.replica.loading and exp.key not in node.replica.experiments
+        status = await _call(node, "api.status")
+        assert isinstance(status, dict) and tuple(status["loading"]) == (0, 11)
+        assert not node.caught_up()  # nothing is judged or claimed on part of the history
+        # Calls that would answer from part of the history say what is going on.
+        for op, body in [("api.experiments", None), ("api.experiment", "held")]:
+            with pytest.raises(MetaoptError, match=r"still loading its history \(0 of about 11"):
+                await _call(node, op, body)
+
+        await node.load()  # (waits for the fold start() began)
+        assert len(node.replica.experiments[exp.key]) == 10
+        assert node.loading_progress() is None
+        listed = await _call(node, "api.experiments")
+        assert isinstance(listed, list) and [e["name"] for e in listed] == ["held"]
+        # Its turns count from the latest trial held, as when the fold came before listening.
+        stamps = [min(t.time, node._opened_ms) for t in trials]
+        assert node._latest_stamp[exp.key] == max(stamps)
+    finally:
+        await node.stop()
