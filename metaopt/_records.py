@@ -329,7 +329,13 @@ class EventBody:
         return body
 
 
-def parse_event(record: Record) -> EventBody | None:
+def parse_event(record: Record, names: dict[bytes, bytes] | None = None) -> EventBody | None:
+    """The event a record holds, None if it holds none.
+
+    names: ids seen before (trial, experiment, node), each kept once: the event then refers
+    to those objects rather than its own copies of them. A fold keeps every event it reads,
+    and the copies were a quarter of its memory (228 of 925 bytes a progress event).
+    """
     b = record.body
     if record.kind != EVENT or not isinstance(b, dict) or len(record.links) != 2:
         return None
@@ -353,9 +359,14 @@ def parse_event(record: Record) -> EventBody | None:
         or (after is not None and (not isinstance(after, bytes) or len(after) != KEY_SIZE))
     ):
         return None
+    trial, experiment = record.links
+    if names is not None:
+        trial = names.setdefault(trial, trial)
+        experiment = names.setdefault(experiment, experiment)
+        node = names.setdefault(node, node)
     return EventBody(
-        record.links[0],
-        record.links[1],
+        trial,
+        experiment,
         kind,
         node,
         step,

@@ -424,6 +424,9 @@ class ExperimentState:
         self._events: dict[bytes, dict[bytes, tuple[int, bytes, int, bytes, EventBody]]] = (
             defaultdict(dict)
         )
+        # Each trial, experiment and node id, kept once for all the events that name it
+        # (parse_event).
+        self._names: dict[bytes, bytes] = {key: key}
         self._views: dict[bytes, TrialView] = {}
         # trials(), kept while nothing new is folded in: the scheduler reads every experiment's
         # trials twice a second, and sorting and listing 50,000 finished ones each time kept
@@ -470,13 +473,13 @@ class ExperimentState:
             self._listed = self._best = None
             return True
         if record.kind == EVENT:
-            event = parse_event(record)
+            event = parse_event(record, self._names)
             if event is None or event.experiment != self.key:
                 self.skipped += event is None
                 return False
             self._events[event.trial][record.key] = (
                 record.time,
-                record.origin,
+                event.node,  # (its origin, and the object the other events of that node hold)
                 record.seq,
                 record.key,
                 event,
