@@ -347,7 +347,12 @@ class Node:
             )
 
     async def _load_and_run(self) -> None:
-        await self.load()
+        try:
+            await self.load()
+        except Exception:  # the store's own fault: refusing every call for good helps nobody
+            log.exception("loading this peer's replica failed; the peer stops")
+            self.request_stop()
+            return
         if not self._stopping.is_set():
             timing = self.config.timing
             self._tasks += [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -50,5 +51,27 @@ async def test_a_restarted_peer_listens_before_it_has_loaded_its_history(tmp_pat
         # Its turns count from the latest trial held, as when the fold came before listening.
         stamps = [min(t.time, node._opened_ms) for t in trials]
         assert node._latest_stamp[exp.key] == max(stamps)
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_that_cannot_read_its_replica_stops_rather_than_load_for_good(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exp = _experiment("held", {"x": "uniform(0, 1)"})
+    first = _lone_node(tmp_path)
+    first.store.add([exp])
+    await first.stop()
+    node = _lone_node(tmp_path)
+
+    def unreadable(key: bytes) -> object:
+        raise OSError("Input/output error")
+
+    monkeypatch.setattr(node.store, "linked", unreadable)
+    try:
+        await node.start()
+        await asyncio.wait_for(node.run_until_stopped(), timeout=10)
+        assert node.stopping
     finally:
         await node.stop()
