@@ -125,8 +125,8 @@ class LevelDBStore:
         """The version vector and fingerprint of what the disk holds (one scan for both).
 
         The index lists each origin's records in seq order, so the vector is built a run of
-        consecutive seqs at a time: noting each key in the vector took 5.2 s of a peer's start
-        at a million records, 4.6 times the scan itself.
+        consecutive seqs at a time: noting each key in it one by one made the scan of a
+        million records 1.47 s (0.63 s now), at every peer start and offline read.
         """
         vv = VersionVector()
         origin_end = 1 + ORIGIN_SIZE

@@ -152,7 +152,7 @@ class Node:
             raise
         self.codec = FrameCodec([self.key])
         self.rng = random.Random(int.from_bytes(self.node_id, "big") ^ time.time_ns())
-        # Folded after the server listens (start(), _load): see Replica.load.
+        # Folded once the server listens (start(), load()): see Replica.load.
         self.replica = Replica(self.store, clock, monotonic, defer=True)
         self.writer = NodeWriter(self.store, self.node_id, clock)
         self.peers = PeerTable()
