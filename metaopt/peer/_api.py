@@ -29,7 +29,7 @@ from metaopt.peer._clean import (
     set_bundles_aside,
 )
 from metaopt.peer._pages import TrialPages
-from metaopt.peer._wire import Request
+from metaopt.peer._wire import LOADING, Request
 from metaopt.space import Space
 
 if TYPE_CHECKING:
@@ -165,8 +165,8 @@ class LocalApi:
             if loading is not None:
                 done, held = loading
                 raise MetaoptError(
-                    f"this peer is still loading its history ({done:,} of about {held:,}"
-                    " records); try again in a moment"
+                    f"{LOADING} the peer is still loading its history ({done:,} of about"
+                    f" {held:,} records)"
                 )
             return await call(request)
 

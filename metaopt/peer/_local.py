@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from crdt import ClusterKey, FrameCodec
 from metaopt._errors import MetaoptError
 from metaopt.peer._identity import DataDir, default_data_dir
-from metaopt.peer._transport import Client, Misaddressed, OtherRelease, PeerUnreachable, Refused
+from metaopt.peer._transport import (
+    Client,
+    Misaddressed,
+    OtherRelease,
+    PeerUnreachable,
+    Refused,
+    StillLoading,
+)
 
 __all__ = ["LocalPeer", "fetch_experiment", "resolve_data_dir"]
+
+# How long a command waits for its peer to load its replica (about 10-20 s a million records;
+# slower on a busy machine).
+LOAD_PATIENCE = 600.0
 
 
 class _Caller(Protocol):
@@ -73,7 +86,7 @@ class LocalPeer:
     async def acall(self, op: str, body: Any = None) -> Any:
         client = Client(self._codec, os.urandom(16), "", timeout=self._timeout)
         try:
-            return await client.call(self.addr, op, body, to=self.node_id)
+            return await self._once_loaded(client, op, body)
         except PeerUnreachable as exc:
             why = str(exc).rpartition("(")[2].rstrip(")")
             pid = self.dirs.running_pid()
@@ -113,6 +126,26 @@ class LocalPeer:
             ) from None
         finally:
             await client.close()
+
+    async def _once_loaded(self, client: Client, op: str, body: Any) -> Any:
+        """The call's reply, once the peer has loaded its replica (it refuses all but status
+        and shutdown until then: a script's `peer start --detach` then `submit` would fail).
+        Says once on stderr that it waits, and gives up after LOAD_PATIENCE seconds."""
+        deadline = time.monotonic() + LOAD_PATIENCE
+        said = False
+        while True:
+            try:
+                return await client.call(self.addr, op, body, to=self.node_id)
+            except StillLoading as exc:
+                if time.monotonic() > deadline:
+                    raise MetaoptError(
+                        f"{exc} after {LOAD_PATIENCE:.0f} s; see its log"
+                        f" ({self.dirs.root / 'peer.log'} if started with --detach)"
+                    ) from None
+                if not said:
+                    print(f"{exc}; waiting for it", file=sys.stderr, flush=True)
+                    said = True
+                await asyncio.sleep(0.5)
 
     def _stale(self, why: str) -> MetaoptError:
         """The error to give when the pid file names no live metaopt process: the peer died

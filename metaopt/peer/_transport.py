@@ -27,6 +27,7 @@ from crdt import FrameCodec, FrameError, ProtocolError, RecordError, TamperedFra
 from metaopt._errors import MetaoptError
 from metaopt.peer._once import OnceEach
 from metaopt.peer._wire import (
+    LOADING,
     MISADDRESSED,
     PROTOCOL_VERSION,
     Reply,
@@ -46,6 +47,7 @@ __all__ = [
     "Refused",
     "RemoteError",
     "Server",
+    "StillLoading",
 ]
 
 log = logging.getLogger("metaopt.peer")
@@ -71,6 +73,10 @@ class OtherRelease(RemoteError):
 
 class Misaddressed(RemoteError):
     """The peer that answered is not the node the request named."""
+
+
+class StillLoading(RemoteError):
+    """The peer is still loading its replica and answers only status and shutdown."""
 
 
 class Refused(RemoteError):
@@ -429,6 +435,8 @@ class Client:
             raise OtherRelease(f"{addr}: {mismatch}")
         if not reply.ok and (reply.error or "").startswith(MISADDRESSED):
             raise Misaddressed(f"{addr}: {(reply.error or '').removeprefix(MISADDRESSED).strip()}")
+        if not reply.ok and (reply.error or "").startswith(LOADING):
+            raise StillLoading((reply.error or "").removeprefix(LOADING).strip())
         if not reply.ok:
             raise RemoteError(f"{addr}: {reply.error}")
         return reply.body

@@ -19,6 +19,7 @@ import msgpack
 from metaopt._errors import MetaoptError
 
 __all__ = [
+    "LOADING",
     "MISADDRESSED",
     "PROTOCOL_VERSION",
     "Reply",
@@ -52,6 +53,9 @@ PROTOCOL_VERSION = 6
 # The start of a refusal of a request that named another peer (the client raises
 # Misaddressed: the CLI says its data directory's peer.address is stale).
 MISADDRESSED = "misaddressed:"
+# The start of a refusal by a peer still loading its replica (the client raises
+# StillLoading: the CLI waits for it).
+LOADING = "loading:"
 
 
 def needs_addressee(op: str) -> bool:

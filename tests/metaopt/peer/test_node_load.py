@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from metaopt._errors import MetaoptError
+from metaopt.peer._local import LocalPeer
 from metaopt.peer._node import Node
 from metaopt.peer._wire import Request
 from tests.metaopt.peer.test_node_schedule import _experiment, _lone_node, _others_trial
@@ -40,7 +41,10 @@ async def test_a_restarted_peer_listens_before_it_has_loaded_its_history(tmp_pat
         assert not node.caught_up()  # nothing is judged or claimed on part of the history
         # Calls that would answer from part of the history say what is going on.
         for op, body in [("api.experiments", None), ("api.experiment", "held")]:
-            with pytest.raises(MetaoptError, match=r"still loading its history \(0 of about 11"):
+            with pytest.raises(
+                MetaoptError,
+                match=r"^loading: the peer is still loading its history \(0 of about 11 records\)$",
+            ):
                 await _call(node, op, body)
 
         await node.load()  # (waits for the fold start() began)
@@ -73,5 +77,42 @@ async def test_a_peer_that_cannot_read_its_replica_stops_rather_than_load_for_go
         await node.start()
         await asyncio.wait_for(node.run_until_stopped(), timeout=10)
         assert node.stopping
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_command_waits_for_its_peer_to_load_and_says_so_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A script's `peer start --detach` then `metaopt submit` would fail on a restarted peer
+    # with a long history: the peer listens before it has loaded it.
+    exp = _experiment("held", {"x": "uniform(0, 1)"})
+    first = _lone_node(tmp_path)
+    first.store.add([exp])
+    await first.stop()
+    node = _lone_node(tmp_path)
+    go_on = asyncio.Event()
+    load = node.replica.load
+
+    async def held_back() -> None:
+        await go_on.wait()
+        await load()
+
+    monkeypatch.setattr(node.replica, "load", held_back)
+    try:
+        await node.start()
+        call = asyncio.ensure_future(LocalPeer(tmp_path / "peer").acall("api.experiments"))
+        for _ in range(200):  # (bounded: 10 s)
+            if "waiting for it" in capsys.readouterr().err:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the command did not say it waits")
+        assert not call.done()
+        go_on.set()
+        listed = await asyncio.wait_for(call, timeout=10)
+        assert [e["name"] for e in listed] == ["held"]
+        assert "waiting" not in capsys.readouterr().err  # (said once)
     finally:
         await node.stop()
