@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from crdt import Record
 from metaopt._errors import MetaoptError
 from metaopt.peer._local import LocalPeer
 from metaopt.peer._node import Node
@@ -20,6 +21,14 @@ async def _call(node: Node, op: str, body: object = None) -> object:
     return await node.api.handlers()[op](Request(op, node.node_id, "", body))
 
 
+async def _restarted_holding(tmp_path: Path, records: list[Record]) -> Node:
+    """A node, not started, over a data directory whose replica holds records."""
+    first = _lone_node(tmp_path)
+    first.store.add(records)
+    await first.stop()
+    return _lone_node(tmp_path)
+
+
 @pytest.mark.asyncio
 async def test_a_restarted_peer_listens_before_it_has_loaded_its_history(tmp_path: Path) -> None:
     # A peer folded its whole replica before it listened: 21 s for a million records, while
@@ -27,11 +36,7 @@ async def test_a_restarted_peer_listens_before_it_has_loaded_its_history(tmp_pat
     # peers counted it gone.
     exp = _experiment("held", {"x": "uniform(0, 1)"}, max_trials=100)
     trials = [_others_trial(exp, {"x": i / 10}, i + 1) for i in range(10)]
-    first = _lone_node(tmp_path)
-    first.store.add([exp, *trials])
-    await first.stop()
-
-    node = _lone_node(tmp_path)
+    node = await _restarted_holding(tmp_path, [exp, *trials])
     try:
         await node.start()
         assert (tmp_path / "peer" / "peer.address").exists()  # it listens
@@ -63,11 +68,7 @@ async def test_a_restarted_peer_listens_before_it_has_loaded_its_history(tmp_pat
 async def test_a_peer_that_cannot_read_its_replica_stops_rather_than_load_for_good(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    exp = _experiment("held", {"x": "uniform(0, 1)"})
-    first = _lone_node(tmp_path)
-    first.store.add([exp])
-    await first.stop()
-    node = _lone_node(tmp_path)
+    node = await _restarted_holding(tmp_path, [_experiment("held", {"x": "uniform(0, 1)"})])
 
     def unreadable(key: bytes) -> object:
         raise OSError("Input/output error")
@@ -87,11 +88,7 @@ async def test_a_command_waits_for_its_peer_to_load_and_says_so_once(
 ) -> None:
     # A script's `peer start --detach` then `metaopt submit` would fail on a restarted peer
     # with a long history: the peer listens before it has loaded it.
-    exp = _experiment("held", {"x": "uniform(0, 1)"})
-    first = _lone_node(tmp_path)
-    first.store.add([exp])
-    await first.stop()
-    node = _lone_node(tmp_path)
+    node = await _restarted_holding(tmp_path, [_experiment("held", {"x": "uniform(0, 1)"})])
     go_on = asyncio.Event()
     load = node.replica.load
 
