@@ -638,6 +638,28 @@ async def test_a_deferred_replica_loads_what_it_held_a_step_at_a_time() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_deferred_replica_of_many_short_experiments_lets_the_loop_run_between_them() -> (
+    None
+):
+    # 4,000 experiments of 240 records each (none a step long) were folded in one go.
+    store = MemoryStore()
+    for i in range(5):
+        spec = ExperimentSpec(f"e{i}", {"x": "uniform(0, 1)"})
+        store.add([Record.create(EXPERIMENT, NODE, 100 + i, 1000, spec.to_body(), [])])
+    replica = Replica(store, fold_step=40, defer=True)
+    loading = asyncio.ensure_future(replica.load())
+    listed = []
+    for _ in range(100):
+        await asyncio.sleep(0)
+        listed.append(len(replica.experiments))
+        if not replica.loading:
+            break
+    await loading
+    assert listed[-1] == 5 and len(set(listed)) >= 5  # one at a time, the loop running between
+    replica.close()
+
+
+@pytest.mark.asyncio
 async def test_an_experiment_with_a_short_history_here_is_listed_at_once() -> None:
     # `metaopt submit` finds the experiment it has just written.
     exp, history = _history(trials=3, events=2)
