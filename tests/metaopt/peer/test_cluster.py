@@ -108,7 +108,9 @@ def test_three_peers_share_one_experiment_and_agree(cluster: Cluster) -> None:
 def test_kill_9_mid_trial_is_lost_rerun_and_the_peer_catches_up(cluster: Cluster) -> None:
     peers = [cluster.start_peer(f"p{i}") for i in range(3)]
     victim = peers[2]
-    submit(peers[0], trials=8, steps=10, sleep=0.2)
+    # 5 s a trial: on a loaded machine a 2 s trial could end between the look that found it
+    # running and the kill (the experiment then finished with nothing lost, the test red).
+    submit(peers[0], trials=8, steps=10, sleep=0.5)
 
     def victim_running() -> bool:
         return any(
