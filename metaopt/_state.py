@@ -468,12 +468,15 @@ class ExperimentState:
                 if misfit is not None:
                     self._misfits[record.key] = misfit
                 self._order = None
-            self._trials[record.key] = (trial, record.time)
+            key = self._names.setdefault(record.key, record.key)  # (its events' too)
+            self._trials[key] = (trial, record.time)
             self._views.pop(record.key, None)
             self._listed = self._best = None
             return True
         if record.kind == EVENT:
-            event = parse_event(record, self._names)
+            # (Ids shared only among this experiment's events: another's are not kept here.)
+            mine = record.links[1:] == (self.key,)
+            event = parse_event(record, self._names if mine else None)
             if event is None or event.experiment != self.key:
                 self.skipped += event is None
                 return False

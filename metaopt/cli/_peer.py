@@ -190,6 +190,8 @@ async def _run(config: PeerConfig, data_dir: str | None = None) -> int:
         await node.stop()
         # So a clean stop and a kill -9 can be told apart in the peer's log.
         logging.getLogger("metaopt.peer").info("peer stopped")
+    if node.failed:  # (a supervisor restarting on failure must see one)
+        raise MetaoptError(node.failed)
     return 0
 
 

@@ -86,7 +86,7 @@ class LocalPeer:
     async def acall(self, op: str, body: Any = None) -> Any:
         client = Client(self._codec, os.urandom(16), "", timeout=self._timeout)
         try:
-            return await self._once_loaded(client, op, body)
+            return await self._call_when_loaded(client, op, body)
         except PeerUnreachable as exc:
             why = str(exc).rpartition("(")[2].rstrip(")")
             pid = self.dirs.running_pid()
@@ -127,7 +127,7 @@ class LocalPeer:
         finally:
             await client.close()
 
-    async def _once_loaded(self, client: Client, op: str, body: Any) -> Any:
+    async def _call_when_loaded(self, client: Client, op: str, body: Any) -> Any:
         """The call's reply, once the peer has loaded its replica (it refuses all but status
         and shutdown until then: a script's `peer start --detach` then `submit` would fail).
         Says once on stderr that it waits, and gives up after LOAD_PATIENCE seconds."""

@@ -191,6 +191,7 @@ class Node:
         self._opened_ms = int(self.clock() * 1000)
         self._latest_stamp: dict[bytes, int] = {}
         self._load_lock = asyncio.Lock()
+        self.failed: str | None = None  # why the peer stopped by itself, if it did
         self._others_arrived_at = -math.inf  # when records of other origins last arrived
         self.replica.listen(self._on_records)
         self._seeds_heard: dict[str, bool] = {}  # --join address -> answered (warned once if not)
@@ -349,8 +350,9 @@ class Node:
     async def _load_and_run(self) -> None:
         try:
             await self.load()
-        except Exception:  # the store's own fault: refusing every call for good helps nobody
+        except Exception as exc:  # the store's own: refusing every call for good helps nobody
             log.exception("loading this peer's replica failed; the peer stops")
+            self.failed = f"cannot load the replica in {self.dirs.replica}: {exc}"
             self.request_stop()
             return
         if not self._stopping.is_set():

@@ -26,6 +26,7 @@ import asyncio
 import gc
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 
 from crdt import Record, Store
@@ -78,8 +79,10 @@ class Replica:
         self._unfrozen = 0
         # With defer, the experiments held at opening are folded by load() (see its
         # docstring); records arriving meanwhile are folded into them as for a late one.
-        self._held: list[tuple[ExperimentState, tuple[int, int]]] = []
-        self.folded_records = 0  # since opening (how far load() has gone)
+        self._held: deque[tuple[ExperimentState, tuple[int, int]]] = deque()
+        # Records read from the store and folded since opening (by load() and late folds; not
+        # those folded on arrival, which a fold may read again): how far load() has gone.
+        self.folded_records = 0
         for key, spec in list_experiments(store):
             record = store.get(key)
             if record is not None:
@@ -116,9 +119,10 @@ class Replica:
             # (none a step long) was folded in one go, the peer deaf for 20-27 s.
             await asyncio.sleep(0)
             del self._folding[state.key]
+            # Not _publish: a trial held at opening counts its quiet time from the opening.
             self.experiments[state.key] = state
             self._created[state.key] = created
-            self._held.pop(0)
+            self._held.popleft()
 
     def submitted_ms(self, key: bytes) -> int:
         """An experiment's submission stamp (ms), capped at its arrival here (or this node's
@@ -183,13 +187,13 @@ class Replica:
         for count, record in enumerate(self.store.linked(state.key), 1):
             state.apply(record)
             if count % self._fold_step == 0:
+                self.folded_records += self._fold_step
                 self._folded(self._fold_step)
                 yield None
         self.folded_records += count % self._fold_step
 
     def _folded(self, count: int) -> None:
         """Note count records folded; past freeze_every, freeze (see the module's docstring)."""
-        self.folded_records += count
         self._unfrozen += count
         if self._freeze_every and self._unfrozen >= self._freeze_every:
             self._unfrozen = 0

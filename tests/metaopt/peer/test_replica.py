@@ -633,7 +633,8 @@ async def test_a_deferred_replica_loads_what_it_held_a_step_at_a_time() -> None:
     assert ticks > 3  # the loop ran between the steps
     whole = ExperimentState.from_store(store, exp.key)
     assert whole is not None and replica.experiments[exp.key].trials() == whole.trials()
-    assert replica.folded_records >= 201  # (counted, for `peer status`)
+    # Counted for `peer status`: the 200 held at opening, and never a record twice.
+    assert 200 <= replica.folded_records <= len(store)
     replica.close()
 
 
