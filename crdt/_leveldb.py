@@ -68,12 +68,24 @@ def _holds_data(path: Path) -> bool:
     )
 
 
-def _write_failed(path: Path, exc: plyvel.Error) -> StoreWriteFailed:
-    """plyvel's error as one, its message as text ("IO error: <file>: No space left on
-    device"; plyvel gives it as bytes) and its last part as the disk's reason."""
+def _said(exc: plyvel.Error) -> str:
+    """plyvel's message as text ("IO error: <file>: No space left on device"; plyvel gives
+    it as bytes, which showed as b'Corruption: bad block type')."""
     said = exc.args[0] if exc.args else exc
-    text = said.decode(errors="replace") if isinstance(said, bytes) else str(said)
+    return said.decode(errors="replace") if isinstance(said, bytes) else str(said)
+
+
+def _write_failed(path: Path, exc: plyvel.Error) -> StoreWriteFailed:
+    """plyvel's error as one, with its last part as the disk's reason."""
+    text = _said(exc)
     return StoreWriteFailed(f"cannot write the store at {path}: {text}", text.rsplit(": ", 1)[-1])
+
+
+def _unreadable(path: Path, exc: plyvel.Error) -> StoreError:
+    return StoreError(
+        f"cannot read the store at {path}: {_said(exc)}; restore it from a copy, or move it"
+        " aside to start afresh"
+    )
 
 
 class LevelDBStore:
@@ -117,8 +129,10 @@ class LevelDBStore:
                     f"the data directory {self.path} is in use by another process;"
                     " stop that peer or choose another --data-dir"
                 ) from None
-            raise StoreError(f"cannot open the store at {self.path}: {exc}") from None
-        except (plyvel.Error, OSError) as exc:
+            raise StoreError(f"cannot open the store at {self.path}: {_said(exc)}") from None
+        except plyvel.Error as exc:
+            raise StoreError(f"cannot open the store at {self.path}: {_said(exc)}") from None
+        except OSError as exc:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from None
 
     def _scan(self) -> tuple[VersionVector, SetFingerprint]:
@@ -146,10 +160,7 @@ class LevelDBStore:
             vv.add_run(origin, lo, hi)
         except plyvel.Error as exc:  # a table cut short or garbled on disk: unreadable
             self._db.close()
-            raise StoreError(
-                f"cannot read the store at {self.path}: {exc}; restore it from a copy, or move"
-                " it aside to start afresh"
-            ) from None
+            raise _unreadable(self.path, exc) from None
         return vv, SetFingerprint.summed(total, count)
 
     def add(self, records: Iterable[Record]) -> list[Record]:
@@ -343,11 +354,14 @@ class LevelDBStore:
     def _index_scan(self, prefix: bytes) -> Iterator[Record]:
         get = self._db.get
         data_of = self.raw_get
-        for raw, where in self._db.iterator(prefix=prefix):
-            key = raw[-KEY_SIZE:]
-            data = get(b"o" + where + key) if where else data_of(key)
-            if data is not None:
-                yield Record.load(key, data)
+        try:
+            for raw, where in self._db.iterator(prefix=prefix):
+                key = raw[-KEY_SIZE:]
+                data = get(b"o" + where + key) if where else data_of(key)
+                if data is not None:
+                    yield Record.load(key, data)
+        except plyvel.Error as exc:  # a table garbled where only this scan reads
+            raise _unreadable(self.path, exc) from None
 
     def linked(self, link: bytes) -> Iterator[Record]:
         return self._index_scan(_prefixed(b"l", link))

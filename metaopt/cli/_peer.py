@@ -307,7 +307,7 @@ def _status(args: argparse.Namespace) -> int:
         done, held = status["loading"]
         print(
             f"loading   its history: {done:,} of about {held:,} records folded; it starts"
-            " trials and lists experiments once loaded"
+            " trials once loaded"
         )
     print(f"cluster   {status['fingerprint']}")
     peers = status["peers"]

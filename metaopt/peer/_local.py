@@ -136,6 +136,16 @@ class LocalPeer:
         while True:
             try:
                 return await client.call(self.addr, op, body, to=self.node_id)
+            except PeerUnreachable:
+                if not said:
+                    raise
+                # (Not "its peer.address is left from one that stopped or died": a stop
+                # removes it, and a peer that could not load its replica says why in its log.)
+                raise MetaoptError(
+                    f"the peer of {self.dirs.root} stopped while this command waited for it to"
+                    f" load its history; see its log ({self.dirs.root / 'peer.log'} if started"
+                    " with --detach)"
+                ) from None
             except StillLoading as exc:
                 if time.monotonic() > deadline:
                     raise MetaoptError(

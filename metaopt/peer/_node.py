@@ -350,9 +350,13 @@ class Node:
     async def _load_and_run(self) -> None:
         try:
             await self.load()
-        except Exception as exc:  # the store's own: refusing every call for good helps nobody
-            log.exception("loading this peer's replica failed; the peer stops")
-            self.failed = f"cannot load the replica in {self.dirs.replica}: {exc}"
+        except Exception as exc:  # refusing every call for good would help nobody
+            if isinstance(exc, StoreError):  # (it says what is wrong and what to do)
+                self.failed = str(exc)
+                log.error("%s; the peer stops", exc)
+            else:
+                self.failed = f"cannot load the replica in {self.dirs.replica}: {exc}"
+                log.exception("loading this peer's replica failed; the peer stops")
             self.request_stop()
             return
         if not self._stopping.is_set():

@@ -268,6 +268,36 @@ def test_a_read_only_leveldb_directory_is_not_said_to_be_in_use(
         LevelDBStore(tmp_path / "db")
     assert not isinstance(info.value, StoreLocked)
     assert "Read-only file system" in str(info.value) and "in use" not in str(info.value)
+    assert "b'" not in str(info.value)  # (plyvel's bytes, as text)
+
+
+def test_a_table_garbled_where_only_a_scan_reads_is_one_readable_error(tmp_path: Path) -> None:
+    # A peer loading its replica met it mid-load: the error came up as plyvel's, bytes and all
+    # (b'Corruption: bad block type'), and with no advice.
+    store = LevelDBStore(tmp_path / "db")
+    store.add(sample())
+
+    class Garbled:
+        closed = False
+
+        def iterator(self, **kw: object) -> object:
+            raise plyvel.CorruptionError(b"Corruption: bad block type")
+
+        get = iterator
+
+        def close(self) -> None:
+            pass
+
+    real, store._db = store._db, Garbled()  # type: ignore[assignment]
+    try:
+        with pytest.raises(StoreError) as info:
+            list(store.linked(EXP1))
+    finally:
+        store._db = real
+        store.close()
+    said = str(info.value)
+    assert said.startswith(f"cannot read the store at {tmp_path / 'db'}: Corruption: bad block")
+    assert "b'" not in said and "restore it from a copy" in said
 
 
 def test_leveldb_durable_before_advertised(tmp_path: Path) -> None:

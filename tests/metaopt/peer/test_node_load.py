@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from crdt import MemoryStore, Record
+from crdt import MemoryStore, Record, StoreError
 from metaopt._errors import MetaoptError
 from metaopt._records import TRIAL
 from metaopt._state import ExperimentState
@@ -75,22 +77,67 @@ async def test_a_restarted_peer_listens_before_it_has_loaded_its_history(tmp_pat
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("error", "said", "traceback"),
+    [
+        (OSError("Input/output error"), r"cannot load the replica in .*: Input/output error", True),
+        # The store's own error says what is wrong and what to do: as it is, in one line.
+        (
+            StoreError("cannot read the store at R: bad block; restore"),
+            r"cannot read .*restore",
+            False,
+        ),
+    ],
+)
 async def test_a_peer_that_cannot_read_its_replica_stops_rather_than_load_for_good(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    error: Exception,
+    said: str,
+    traceback: bool,
 ) -> None:
     node = await _restarted_holding(tmp_path, [_experiment("held", {"x": "uniform(0, 1)"})])
 
     def unreadable(key: bytes) -> object:
-        raise OSError("Input/output error")
+        raise error
 
     monkeypatch.setattr(node.store, "linked", unreadable)
     try:
         await node.start()
         await asyncio.wait_for(node.run_until_stopped(), timeout=10)
         assert node.stopping  # and says why (`peer start` exits with it, not 0)
-        assert node.failed is not None and "Input/output error" in node.failed
+        assert node.failed is not None and re.fullmatch(said, node.failed)
+        logged = [r for r in caplog.records if "the peer stops" in r.getMessage()]
+        assert len(logged) == 1 and (logged[0].exc_info is not None) == traceback
     finally:
         await node.stop()
+
+
+def _hold_back_load(node: Node, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Hold the node's load until the returned event is set."""
+    go_on = asyncio.Event()
+    load = node.replica.load
+
+    async def held_back() -> None:
+        await go_on.wait()
+        await load()
+
+    monkeypatch.setattr(node.replica, "load", held_back)
+    return go_on
+
+
+async def _command_waiting(node: Node, capsys: pytest.CaptureFixture[str]) -> asyncio.Future[Any]:
+    """`metaopt status`'s call to the node, once it has said that it waits for the load."""
+    call = asyncio.ensure_future(LocalPeer(node.dirs.root).acall("api.experiments"))
+    for _ in range(200):  # (bounded: 10 s)
+        if "waiting for it" in capsys.readouterr().err:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the command did not say it waits")
+    assert not call.done()
+    return call
 
 
 @pytest.mark.asyncio
@@ -100,30 +147,33 @@ async def test_a_command_waits_for_its_peer_to_load_and_says_so_once(
     # A script's `peer start --detach` then `metaopt submit` would fail on a restarted peer
     # with a long history: the peer listens before it has loaded it.
     node = await _restarted_holding(tmp_path, [_experiment("held", {"x": "uniform(0, 1)"})])
-    go_on = asyncio.Event()
-    load = node.replica.load
-
-    async def held_back() -> None:
-        await go_on.wait()
-        await load()
-
-    monkeypatch.setattr(node.replica, "load", held_back)
+    go_on = _hold_back_load(node, monkeypatch)
     try:
         await node.start()
-        call = asyncio.ensure_future(LocalPeer(tmp_path / "peer").acall("api.experiments"))
-        for _ in range(200):  # (bounded: 10 s)
-            if "waiting for it" in capsys.readouterr().err:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            pytest.fail("the command did not say it waits")
-        assert not call.done()
+        call = await _command_waiting(node, capsys)
         go_on.set()
         listed = await asyncio.wait_for(call, timeout=10)
         assert [e["name"] for e in listed] == ["held"]
         assert "waiting" not in capsys.readouterr().err  # (said once)
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_command_waiting_on_a_peer_that_stops_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It said "its peer.address is left from one that stopped or died": a stop removes it,
+    # and a peer that could not load its replica says why in its log.
+    node = await _restarted_holding(tmp_path, [_experiment("held", {"x": "uniform(0, 1)"})])
+    _hold_back_load(node, monkeypatch)
+    try:
+        await node.start()
+        call = await _command_waiting(node, capsys)
+    finally:
+        await node.stop()
+    with pytest.raises(MetaoptError, match="stopped while this command waited for it to load"):
+        await asyncio.wait_for(call, timeout=10)
 
 
 @pytest.mark.asyncio
