@@ -137,7 +137,7 @@ class LocalPeer:
             try:
                 return await client.call(self.addr, op, body, to=self.node_id)
             except PeerUnreachable:
-                if not said:
+                if not said or self.dirs.running_pid() is not None:  # (alive: hung, paused)
                     raise
                 # (Not "its peer.address is left from one that stopped or died": a stop
                 # removes it, and a peer that could not load its replica says why in its log.)
