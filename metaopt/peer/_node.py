@@ -90,24 +90,31 @@ def _import_search_stack() -> None:
         importlib.import_module(module)
 
 
-def _open_store(dirs: DataDir, patience: float = 5.0) -> LevelDBStore:
+def _open_store(dirs: DataDir, patience: float = 5.0, read_patience: float = 120.0) -> LevelDBStore:
     """The replica's store. A read of a stopped peer's replica (`metaopt status`, `best`,
-    `export`, `logs`) holds its lock for a moment, so a locked store is tried again for a few
-    seconds; a running peer holds it for good, and a start beside it fails with the error."""
-    deadline = time.monotonic() + patience
+    `export`, `logs`) holds its lock while it folds the replica, so a locked store is tried
+    again: for a few seconds if a peer runs there (it holds it for good, and a start beside
+    it fails with the error), else for as long as such a read may take. (A read of a million
+    records holds it 12-20 s: a peer started meanwhile gave up after 5 s.)"""
+    began = time.monotonic()
+    said = False
     while True:
         try:
             return LevelDBStore(dirs.replica)
         except StoreLocked as exc:
-            if time.monotonic() > deadline:
-                pid = dirs.running_pid()
-                if pid is not None:  # as `peer start --detach` says it
-                    raise MetaoptError(
-                        f"a peer is already running on {dirs.root} (pid {pid}); stop it with"
-                        f" `metaopt peer stop --data-dir {dirs.root}` or choose another"
-                        " --data-dir"
-                    ) from None
+            waited = time.monotonic() - began
+            pid = dirs.running_pid()
+            if pid is not None and waited > patience:  # as `peer start --detach` says it
+                raise MetaoptError(
+                    f"a peer is already running on {dirs.root} (pid {pid}); stop it with"
+                    f" `metaopt peer stop --data-dir {dirs.root}` or choose another"
+                    " --data-dir"
+                ) from None
+            if waited > read_patience:
                 raise MetaoptError(f"{exc} (or a `metaopt status` read held it)") from None
+            if pid is None and waited > patience and not said:
+                log.warning("waiting for another process reading %s to finish", dirs.replica)
+                said = True
             time.sleep(0.1)
         except StoreError as exc:
             raise MetaoptError(str(exc)) from None

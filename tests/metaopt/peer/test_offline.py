@@ -133,3 +133,16 @@ def test_a_second_peer_on_a_data_directory_names_the_one_running_there(tmp_path:
         assert "metaopt peer stop --data-dir" in said and "\n" not in said
     finally:
         cluster.close()
+
+
+def test_a_peer_starting_beside_a_long_read_of_its_replica_waits_for_it(tmp_path: Path) -> None:
+    # A read of a million records holds the replica's lock 12-20 s: a peer started meanwhile
+    # gave up after 5 s ("... in use by another process (or a `metaopt status` read held it)").
+    from metaopt.peer._node import _open_store
+
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    reader = LevelDBStore(dirs.replica)  # (no peer runs here: a read holds it)
+    threading.Timer(1.0, reader.close).start()
+    store = _open_store(dirs, patience=0.2, read_patience=30)
+    store.close()
