@@ -355,18 +355,18 @@ class Node:
             )
 
     async def _load_and_run(self) -> None:
+        # A replica it cannot load stops the peer: refusing every call for good helps nobody.
         try:
             await self.load()
-        except Exception as exc:  # refusing every call for good would help nobody
-            if isinstance(exc, StoreError):  # (it says what is wrong and what to do)
-                self.failed = str(exc)
-                log.error("%s; the peer stops", exc)
-            else:
-                self.failed = f"cannot load the replica in {self.dirs.replica}: {exc}"
-                log.exception("loading this peer's replica failed; the peer stops")
+        except StoreError as exc:  # (it says what is wrong and what to do)
+            self.failed = str(exc)
+            log.error("%s; the peer stops", exc)
+        except Exception as exc:
+            self.failed = f"cannot load the replica in {self.dirs.replica}: {exc}"
+            log.exception("loading this peer's replica failed; the peer stops")
+        if self.failed:
             self.request_stop()
-            return
-        if not self._stopping.is_set():
+        elif not self._stopping.is_set():
             timing = self.config.timing
             self._tasks += [
                 asyncio.ensure_future(self._every(timing.schedule, self._schedule)),
