@@ -41,6 +41,7 @@ __all__ = [
     "carry_out",
     "clean_reply",
     "kept_trials",
+    "list_folders",
     "plan_clean",
     "set_bundles_aside",
 ]
@@ -60,6 +61,10 @@ class CleanPlan:
     kept: list[str] = field(default_factory=list)  # ids of the trials kept as the best
     freed: int = 0  # bytes on disk given back (counted by carry_out)
     failed: list[str] = field(default_factory=list)  # "path: why" of what could not go
+    # Chosen by plan_clean, read by list_folders: the folders of the trials to empty, and
+    # (id, folder) of the kept ones.
+    to_empty: list[Path] = field(default_factory=list)
+    to_keep: list[tuple[str, Path]] = field(default_factory=list)
 
 
 def kept_trials(state: ExperimentState, keep: int) -> list[TrialView]:
@@ -79,23 +84,19 @@ def plan_clean(
     running_here: Collection[bytes],
     keep: int,
 ) -> CleanPlan:
-    """What to delete of the experiments' trials and bundles on this peer (nothing yet, and
-    not what it frees: see carry_out)."""
+    """What to delete of the experiments' trials and bundles on this peer, from their states:
+    the bundles by name, the trials' folders still to be read (list_folders). It reads no
+    trial folder, so the peer runs it on its loop, between two launches, without a stall (a
+    folder each took 0.4-0.8 s at 20,000 trials)."""
     plan = CleanPlan()
     for state in experiments:
         kept = {t.key for t in kept_trials(state, keep)}
         for trial in state.trials():
             folder = trial_dir(dirs, trial.key)
             if trial.key in kept:
-                if _entries(folder):  # (not one an earlier clean with --keep 0 emptied)
-                    plan.kept.append(trial.id)
-                continue
-            if not state.ended_for_good(trial) or trial.key in running_here:
-                continue
-            doomed = _entries(folder)
-            if doomed:
-                plan.paths += doomed
-                plan.trials += 1
+                plan.to_keep.append((trial.id, folder))
+            elif state.ended_for_good(trial) and trial.key not in running_here:
+                plan.to_empty.append(folder)
         bundle = dirs.bundles / state.key.hex()[:16]
         frozen = any(t.state == "frozen" for t in state.trials())
         if not work_left(state) and not frozen and bundle.is_dir():
@@ -103,6 +104,21 @@ def plan_clean(
             plan.bundles += 1
     # What an earlier clean set aside and could not delete whole.
     plan.paths += sorted(dirs.bundles.glob(f".*{_ASIDE}*"))
+    return plan
+
+
+def list_folders(plan: CleanPlan) -> CleanPlan:
+    """Add to the plan what goes of each chosen trial's folder, and name the kept trials
+    whose folders hold anything (not one an earlier clean with keep 0 emptied). Reads every
+    folder: off the event loop. A trial chosen has ended for good, so its folder no longer
+    changes."""
+    for folder in plan.to_empty:
+        doomed = _entries(folder)
+        if doomed:
+            plan.paths += doomed
+            plan.trials += 1
+    plan.kept += [trial_id for trial_id, folder in plan.to_keep if _entries(folder)]
+    plan.to_empty, plan.to_keep = [], []
     return plan
 
 
@@ -117,11 +133,13 @@ def set_bundles_aside(plan: CleanPlan, bundles: Path) -> None:
 
 
 def carry_out(plan: CleanPlan, lock: Path, *, dry_run: bool = False) -> CleanPlan:
-    """Count what the plan frees, then delete it unless ``dry_run``; a path already gone is
-    no error, one that cannot be deleted is named in ``plan.failed``. Walks the folders: run
-    it off the event loop. ``lock`` (a file in the data directory) keeps two cleans, the
-    peer's and one run with the peer stopped, from counting the same files twice."""
+    """List the plan's folders, count what it frees, then delete it unless ``dry_run``; a
+    path already gone is no error, one that cannot be deleted is named in ``plan.failed``.
+    Walks the folders: run it off the event loop. ``lock`` (a file in the data directory)
+    keeps two cleans, the peer's and one run with the peer stopped, from counting the same
+    files twice."""
     with _locked(lock):
+        list_folders(plan)
         before = _freed(plan.paths)
         if dry_run:
             plan.freed = before
