@@ -84,7 +84,9 @@ class LocalPeer:
         return asyncio.run(self.acall(op, body))
 
     async def acall(self, op: str, body: Any = None) -> Any:
-        client = Client(self._codec, os.urandom(16), "", timeout=self._timeout)
+        client = Client(
+            self._codec, os.urandom(16), "", timeout=self._timeout, bounded_replies=False
+        )
         try:
             return await self._call_when_loaded(client, op, body)
         except PeerUnreachable as exc:

@@ -366,11 +366,15 @@ class Client:
         *,
         warn_refusals: bool = False,
         protocol: int | None = PROTOCOL_VERSION,
+        bounded_replies: bool = True,
     ) -> None:
         """warn_refusals: log (once per address) a peer refusing our frames or speaking another
         protocol version; a peer's client does, the CLI's does not (its error line says it).
-        protocol: the version its requests carry (another only in tests of mixed versions)."""
+        protocol: the version its requests carry (another only in tests of mixed versions).
+        bounded_replies: refuse a reply that decodes to more than a peer's reply of its size
+        holds (see _wire); only the CLI, reading pages of trials from its own peer, is not."""
         self._codec = codec
+        self._bounded = bounded_replies
         self._protocol = protocol
         self._sender = sender
         self._addr = addr
@@ -445,7 +449,8 @@ class Client:
         """The reply to the request sealed with nonce. A peer of another protocol version
         answers unbound; such a reply is read only to say which version refused us."""
         try:
-            return decode_reply(self._codec.open(data, now=time.time(), associated=nonce))
+            opened = self._codec.open(data, now=time.time(), associated=nonce)
+            return decode_reply(opened, self._bounded)
         except TamperedFrame:
             try:
                 older = decode_reply(self._codec.open(data, now=time.time()))

@@ -112,9 +112,55 @@ def encode(value: Any) -> bytes:
     return data
 
 
-def _unpack(data: bytes) -> Any:
+# What one message between peers may make msgpack build. Their requests and replies are small
+# maps and lists of bytes (records, sync messages); a list of gossip entries is the largest
+# structure. Unchecked, 16 MiB of one-byte empty arrays became 16 million Python lists: a
+# request of any op, decoded before its op is known, took a peer 1.2 GB and 5 s of its loop.
+_MAX_ITEMS_BASE = 4096
+_BYTES_PER_ITEM = 32  # a record or blob in a list is 100 bytes or more
+_MAX_LIST = 1 << 17  # api.add: 8 MiB of blobs a call
+_MAX_MAP = 64
+
+
+class _Budget:
+    """Counts the lists, maps and their items msgpack builds of one message, refusing it once
+    they pass what a valid message of its size holds. msgpack calls a hook once a container
+    is built, so it overshoots by one list at most (a list's length is capped on its own)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, size: int) -> None:
+        self.left = _MAX_ITEMS_BASE + size // _BYTES_PER_ITEM
+
+    def _spend(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise ValueError("more lists and maps than a message holds")
+
+    def list_hook(self, items: list[Any]) -> list[Any]:
+        self._spend(1 + len(items))
+        return items
+
+    def object_hook(self, fields: dict[Any, Any]) -> dict[Any, Any]:
+        self._spend(1 + 2 * len(fields))
+        return fields
+
+
+def _unpack(data: bytes, bounded: bool = True) -> Any:
+    """The message in data; bounded: refuse one that builds more than a valid message of its
+    size (see _Budget). Only the CLI reads its own peer's replies unbounded (a page of trials
+    with their curves holds a list or number every few bytes)."""
+    limits: dict[str, Any] = {}
+    if bounded:
+        budget = _Budget(len(data))
+        limits = {
+            "list_hook": budget.list_hook,
+            "object_hook": budget.object_hook,
+            "max_array_len": _MAX_LIST,
+            "max_map_len": _MAX_MAP,
+        }
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, **limits)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise WireError(f"undecodable message ({type(exc).__name__})") from None
 
@@ -145,8 +191,8 @@ def _protocol(value: dict[Any, Any]) -> int | None:
     return proto if type(proto) is int else None
 
 
-def decode_reply(data: bytes) -> Reply:
-    value = _unpack(data)
+def decode_reply(data: bytes, bounded: bool = True) -> Reply:
+    value = _unpack(data, bounded)
     if not isinstance(value, dict) or not isinstance(value.get("ok"), bool):
         raise WireError("a reply is a map with ok")
     if value["ok"]:
