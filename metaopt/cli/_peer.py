@@ -106,19 +106,33 @@ def _whole(what: str, text: object, low: int, high: int) -> int:
     return value
 
 
+def _read_key_file(key_file: str, given: str) -> str:
+    """The key the file ``given`` (--key-file or METAOPT_KEY_FILE) names holds."""
+    try:
+        raw = Path(key_file).read_bytes()
+    except OSError as exc:
+        raise MetaoptError(f"cannot read {given} {key_file}: {exc.strerror}") from None
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        # Random bytes, or a binary file named by mistake: a traceback said only "codec".
+        raise MetaoptError(
+            f"{given} {key_file} is not text, so it holds no cluster key; put the key that"
+            " `metaopt peer key` prints on a member in it"
+        ) from None
+
+
 def _config(args: argparse.Namespace) -> PeerConfig:
     # The command line first, then the environment: METAOPT_KEY_FILE left in a shell must not
     # override a --key typed now (the peer joined the other cluster).
     key_text, key_file = args.key, args.key_file
     if key_text is not None and key_file is not None:
         raise MetaoptError("give --key or --key-file, not both")
+    given = "--key-file"
     if key_text is None and key_file is None:
-        key_text, key_file = _env("KEY"), _env("KEY_FILE")
+        key_text, key_file, given = _env("KEY"), _env("KEY_FILE"), "METAOPT_KEY_FILE"
     if key_text is None and key_file:
-        try:
-            key_text = Path(key_file).read_text().strip()
-        except OSError as exc:
-            raise MetaoptError(f"cannot read --key-file {key_file}: {exc.strerror}") from None
+        key_text = _read_key_file(key_file, given)
     join = args.join if args.join is not None else [j for j in (_env("JOIN") or "").split(",") if j]
     port = _whole("--port (or METAOPT_PORT)", args.port, 0, 65535)
     slots = _whole("--slots (or METAOPT_SLOTS)", args.slots, 1, 1024)

@@ -97,3 +97,35 @@ def test_the_release_is_one_flag_away(capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit) as exited:
         main(["--version"])
     assert exited.value.code == 0 and capsys.readouterr().out == f"metaopt {__version__}\n"
+
+
+@pytest.mark.parametrize(
+    "content", [bytes(range(128, 228)), b"mo1-\xff\xfe"], ids=["random", "mo1"]
+)
+@pytest.mark.parametrize("via_env", [False, True])
+def test_a_key_file_that_is_not_text_is_one_line_naming_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes,
+    via_env: bool,
+) -> None:
+    # Random bytes in --key-file (or METAOPT_KEY_FILE) were a 20-line UnicodeDecodeError.
+    from metaopt.cli import main
+
+    key_file = tmp_path / "key"
+    key_file.write_bytes(content)
+    argv = ["peer", "start", "--data-dir", str(tmp_path / "d"), "--port", "0", "--no-mdns"]
+    monkeypatch.delenv("METAOPT_KEY", raising=False)
+    if via_env:
+        monkeypatch.setenv("METAOPT_KEY_FILE", str(key_file))
+    else:
+        monkeypatch.delenv("METAOPT_KEY_FILE", raising=False)
+        argv += ["--key-file", str(key_file)]
+    given = "METAOPT_KEY_FILE" if via_env else "--key-file"
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"metaopt: {given} {key_file} is not text, so it holds no cluster key; put the key"
+        " that `metaopt peer key` prints on a member in it\n"
+    )
+    assert not (tmp_path / "d").exists()
