@@ -113,13 +113,20 @@ def _read_key_file(key_file: str, given: str) -> str:
     except OSError as exc:
         raise MetaoptError(f"cannot read {given} {key_file}: {exc.strerror}") from None
     try:
-        return raw.decode("utf-8").strip()
+        text = raw.decode("utf-8").strip()
     except UnicodeDecodeError:
         # Random bytes, or a binary file named by mistake: a traceback said only "codec".
         raise MetaoptError(
             f"{given} {key_file} is not text, so it holds no cluster key; put the key that"
             " `metaopt peer key` prints on a member in it"
         ) from None
+    if not text:
+        # It was taken for no key at all: a new cluster, or "--join needs the cluster's key".
+        raise MetaoptError(
+            f"{given} {key_file} is empty; put the key that `metaopt peer key` prints on a"
+            " member in it"
+        )
+    return text
 
 
 def _config(args: argparse.Namespace) -> PeerConfig:

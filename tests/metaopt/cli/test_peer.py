@@ -129,3 +129,32 @@ def test_a_key_file_that_is_not_text_is_one_line_naming_it(
         " that `metaopt peer key` prints on a member in it\n"
     )
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("content", ["", " \n\t\n", None], ids=["empty", "blank", "devnull"])
+@pytest.mark.parametrize("join", [False, True])
+def test_an_empty_key_file_is_refused_not_taken_for_no_key(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    content: str | None,
+    join: bool,
+) -> None:
+    # Empty, it was no key: "--join needs the cluster's key: pass --key or --key-file" to a
+    # user who had passed one, or a peer of a new cluster.
+    from metaopt.cli import main
+
+    key_file = Path("/dev/null") if content is None else tmp_path / "key"
+    if content is not None:
+        key_file.write_text(content)
+    monkeypatch.delenv("METAOPT_KEY", raising=False)
+    monkeypatch.delenv("METAOPT_KEY_FILE", raising=False)
+    argv = ["peer", "start", "--data-dir", str(tmp_path / "d"), "--port", "0", "--no-mdns",
+            "--host", "127.0.0.1", "--key-file", str(key_file)]  # fmt: skip
+    argv += ["--join", "127.0.0.1:9"] if join else []
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"metaopt: --key-file {key_file} is empty; put the key that `metaopt peer key` prints"
+        " on a member in it\n"
+    )
+    assert not (tmp_path / "d").exists()
