@@ -235,10 +235,7 @@ def _detach(config: PeerConfig, log_level: str, timing: str, data_dir: str | Non
     running = dirs.running_pid()
     if running is not None:
         # Removing its address file below would cut the CLI off from it for good.
-        raise MetaoptError(
-            f"a peer is already running on {dirs.root} (pid {running});"
-            f" use it, or run `{command('peer', 'stop', data_dir=data_dir)}` first"
-        )
+        raise _already_running(dirs, running, data_dir)
     try:
         dirs.address_file.unlink()  # left by a peer that died; its reappearance means "up"
     except FileNotFoundError:
@@ -267,10 +264,23 @@ def _detach(config: PeerConfig, log_level: str, timing: str, data_dir: str | Non
         )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if dirs.address_file.exists():
-            print(f"peer started (pid {proc.pid}), log in {log_path}")
-            print(f"pid file: {dirs.pid_file}")
-            return 0
+        # Up once the files name this child: another start at the same moment on this data
+        # directory writes them too (and this child then waits for the replica's lock).
+        pid = dirs.read_pid()
+        if dirs.address_file.exists() and pid is not None:
+            if pid == proc.pid:
+                print(f"peer started (pid {proc.pid}), log in {log_path}")
+                print(f"pid file: {dirs.pid_file}")
+                return 0
+            if dirs.running_pid() == pid:
+                # Stopped now, not left to take over should that other peer stop meanwhile.
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                raise _already_running(dirs, pid, data_dir)
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
             # Its last line is its own one-line error, "metaopt: ..." as this one will be.
@@ -278,6 +288,13 @@ def _detach(config: PeerConfig, log_level: str, timing: str, data_dir: str | Non
             raise MetaoptError(f"the peer exited at once: {why or 'see ' + str(log_path)}")
         time.sleep(0.1)
     raise MetaoptError(f"the peer did not come up within 30 s; see {log_path}")
+
+
+def _already_running(dirs: DataDir, pid: int, data_dir: str | None) -> MetaoptError:
+    return MetaoptError(
+        f"a peer is already running on {dirs.root} (pid {pid});"
+        f" use it, or run `{command('peer', 'stop', data_dir=data_dir)}` first"
+    )
 
 
 def _stop(args: argparse.Namespace) -> int:

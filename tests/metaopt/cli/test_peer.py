@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from metaopt._errors import MetaoptError
 from metaopt.cli._peer import _printable_lines, _stop
-from metaopt.peer._identity import DataDir
+from metaopt.peer._identity import DataDir, pid_gone
 
 
 def test_a_log_line_cannot_be_forged_by_a_name_from_another_peer() -> None:
@@ -158,3 +161,49 @@ def test_an_empty_key_file_is_refused_not_taken_for_no_key(
         " on a member in it\n"
     )
     assert not (tmp_path / "d").exists()
+
+
+def _processes_naming(path: Path) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and str(path).encode() in cmdline.split(b"\0"):
+            found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.integration
+def test_two_detached_starts_at_once_on_one_data_dir_start_one_peer_and_the_other_says_so(
+    tmp_path: Path,
+) -> None:
+    # Both said "peer started" and exited 0: the second counted the first's peer.address as
+    # its own, and its peer lingered 5-7 s (taking over if the first stopped meanwhile).
+    data_dir = tmp_path / "d"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METAOPT_")}
+    argv = [sys.executable, "-m", "metaopt", "peer", "start", "--data-dir", str(data_dir),
+            "--host", "127.0.0.1", "--port", "0", "--no-mdns", "--detach"]  # fmt: skip
+    starts = [
+        subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    said = [start.communicate(timeout=60) for start in starts]
+    try:
+        codes = sorted(start.returncode for start in starts)
+        assert codes == [0, 2], said
+        (out, _), (_, err) = sorted(said, key=lambda s: s[1])
+        pid = int(out.split("(pid ", 1)[1].split(")", 1)[0])
+        assert err == (
+            f"metaopt: a peer is already running on {data_dir} (pid {pid}); use it, or run"
+            f" `metaopt peer stop --data-dir {data_dir}` first\n"
+        )
+        assert DataDir(data_dir).read_pid() == pid
+        assert _processes_naming(data_dir) == {pid}  # the other's peer is gone already
+    finally:
+        for pid in _processes_naming(data_dir):
+            os.kill(pid, signal.SIGTERM)
+        for pid in _processes_naming(data_dir):
+            while not pid_gone(pid):
+                time.sleep(0.1)
