@@ -167,6 +167,28 @@ def split_submit_args(
 _NAMES = re.compile(r"[A-Za-z_]\w*(?:,[A-Za-z_]\w*)*")  # what objectives look like, programs not
 
 
+# A word marking a parameter whatever its name (--NAME~prior, --NAME=~prior, ~NAME~prior):
+# one whose name the template does not take stayed a literal word, and ran without it.
+_ANY_NAMED_PRIOR = re.compile(r"(--?|~)([^=~]*)=?~\s*[A-Za-z_]\w*\s*\(.*\)\s*", re.DOTALL)
+_PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+def _check_parameter_name(word: str) -> None:
+    """Refuse a word that marks a parameter with a name no parameter may have."""
+    marked = _ANY_NAMED_PRIOR.fullmatch(word)
+    if marked is None or _PARAMETER_NAME.fullmatch(marked.group(2)):
+        return
+    name = marked.group(2)
+    what = (
+        f"names its parameter {name!r}, which no parameter may be" if name else "names no parameter"
+    )
+    raise MetaoptError(
+        f"{word!r} {what}: write --NAME~prior (or --NAME=~prior, ~NAME~prior),"
+        " NAME being ASCII letters, digits, _, . or - and starting with a letter or _, e.g."
+        " --lr~'loguniform(1e-5, 1)'"
+    )
+
+
 def _runnable_word(word: str) -> bool:
     """Whether a word names a file here or a command on PATH."""
     try:
@@ -301,6 +323,8 @@ def build_submission(
             "nothing to run: metaopt submit train.py --lr~'loguniform(1e-5, 1)'"
             " (or -- ./program --x~'uniform(0, 1)')"
         )
+    for word in template_words:
+        _check_parameter_name(word)
     template = parse_template(template_words)
     if not template.priors:
         raise MetaoptError(

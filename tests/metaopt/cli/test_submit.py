@@ -896,3 +896,32 @@ def test_a_choice_with_a_nul_character_is_refused(tmp_path: Path) -> None:
     (tmp_path / "t.py").write_text("")
     message = _refused(tmp_path, "t.py", "--x~choices(['a\\x00b', 'c'])")
     assert message == "x: a choice holds a NUL character; no program gets it"
+
+
+@pytest.mark.parametrize(
+    ("word", "why"),
+    [
+        ("--lérn~uniform(0, 1)", "names its parameter 'lérn', which no parameter may be"),
+        ("--lérn=~uniform(0, 1)", "names its parameter 'lérn', which no parameter may be"),
+        ("~lérn~uniform(0, 1)", "names its parameter 'lérn', which no parameter may be"),
+        ("--my lr~uniform(0, 1)", "names its parameter 'my lr', which no parameter may be"),
+        ("--~uniform(0, 1)", "names no parameter"),
+        ("--=~uniform(0, 1)", "names no parameter"),
+    ],
+)
+def test_a_parameter_with_a_name_no_parameter_may_have_is_refused_naming_the_word(
+    tmp_path: Path, word: str, why: str
+) -> None:
+    # It went to the program as a literal word, and the experiment ran without it; alone, it
+    # was "no parameter to search: mark them with ~".
+    (tmp_path / "t.py").write_text("")
+    form = (
+        ": write --NAME~prior (or --NAME=~prior, ~NAME~prior), NAME being ASCII letters,"
+        " digits, _, . or - and starting with a letter or _, e.g. --lr~'loguniform(1e-5, 1)'"
+    )
+    for words in (("t.py", "--x~uniform(0, 1)", word), ("t.py", word)):
+        assert _refused(tmp_path, *words) == f"{word!r} {why}{form}"
+    # What is not a parameter's mark stays the program's.
+    assert _build(tmp_path, "t.py", "--x~uniform(0, 1)", "--out=~/runs", "~/d~")["command"] == [
+        "t.py", "--x~uniform(0, 1)", "--out=~/runs", "~/d~"
+    ]  # fmt: skip
