@@ -93,6 +93,8 @@ def _parse_timing(text: str) -> Timing:
             changes[name] = int(value) if name == "push_fanout" else float(value)
         except ValueError:
             raise MetaoptError(f"timing {name} needs a number, got {value!r}") from None
+        if not changes[name] > 0:  # (nan too) a period of 0 spun a loop, a negative one raised
+            raise MetaoptError(f"timing {name} must be more than 0, got {value.strip()!r}")
     return dataclasses.replace(timing, **changes)
 
 
@@ -162,12 +164,22 @@ def _config(args: argparse.Namespace) -> PeerConfig:
     )
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING")
+
+
 def _start(args: argparse.Namespace) -> int:
+    level = str(args.log_level).upper()
+    if level not in _LOG_LEVELS:
+        # It was INFO, without a word.
+        raise MetaoptError(
+            f"--log-level (or METAOPT_LOG_LEVEL) {args.log_level!r}: choose one of"
+            f" {', '.join(_LOG_LEVELS)}"
+        )
     config = _config(args)
     if args.detach:
-        return _detach(config, args.log_level, args.timing, args.data_dir)
+        return _detach(config, level, args.timing, args.data_dir)
     logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        level=getattr(logging, level),
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
@@ -298,6 +310,8 @@ def _already_running(dirs: DataDir, pid: int, data_dir: str | None) -> MetaoptEr
 
 
 def _stop(args: argparse.Namespace) -> int:
+    if not args.timeout >= 0:  # (nan too)
+        raise MetaoptError(f"--timeout must be 0 or more seconds, got {args.timeout:g}")
     data_dir = resolve_data_dir(args.data_dir)
     dirs = DataDir(data_dir)
     pid = dirs.read_pid()

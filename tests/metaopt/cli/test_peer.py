@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from metaopt._errors import MetaoptError
-from metaopt.cli._peer import _printable_lines, _stop
+from metaopt.cli._peer import _parse_timing, _printable_lines, _stop
 from metaopt.peer._identity import DataDir, pid_gone
 
 
@@ -207,3 +207,54 @@ def test_two_detached_starts_at_once_on_one_data_dir_start_one_peer_and_the_othe
         for pid in _processes_naming(data_dir):
             while not pid_gone(pid):
                 time.sleep(0.1)
+
+
+@pytest.mark.parametrize("level", ["LOUD", "", "ERROR2"])
+def test_a_log_level_other_than_those_listed_is_refused(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    level: str,
+) -> None:
+    # --log-level LOUD ran the peer at INFO without a word.
+    from metaopt.cli import main
+
+    started = []
+
+    async def run(*args: object) -> int:
+        started.append(args)
+        return 0
+
+    monkeypatch.setattr("metaopt.cli._peer._run", run)
+    monkeypatch.setattr("metaopt.cli._peer._detach", lambda *args: started.append(args) or 0)
+    start = ["peer", "start", "--no-mdns", "--data-dir", str(tmp_path)]
+    for detach in ([], ["--detach"]):
+        assert main([*start, "--log-level", level, *detach]) == 2
+        assert capsys.readouterr().err == (
+            f"metaopt: --log-level (or METAOPT_LOG_LEVEL) {level!r}: choose one of DEBUG, INFO,"
+            " WARNING\n"
+        )
+    assert main([*start, "--log-level", "debug", "--detach"]) == 0
+    assert started and started[0][1] == "DEBUG"
+
+
+@pytest.mark.parametrize("timeout", ["-5", "nan"])
+def test_peer_stop_refuses_a_negative_timeout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], timeout: str
+) -> None:
+    from metaopt.cli import main
+
+    assert main(["peer", "stop", "--data-dir", str(tmp_path), "--timeout", timeout]) == 2
+    shown = f"{float(timeout):g}"
+    assert capsys.readouterr().err == (
+        f"metaopt: --timeout must be 0 or more seconds, got {shown}\n"
+    )
+
+
+@pytest.mark.parametrize("item", ["gossip=-1", "schedule=0", "push_fanout=0", "settle=nan"])
+def test_a_timing_of_zero_or_less_is_refused(item: str) -> None:
+    name, _, value = item.partition("=")
+    with pytest.raises(MetaoptError) as info:
+        _parse_timing(f"anti_entropy=0.3,{item}")
+    assert str(info.value) == f"timing {name} must be more than 0, got {value!r}"
+    assert _parse_timing("gossip=0.5,push_fanout=2").gossip == 0.5
