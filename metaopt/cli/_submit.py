@@ -63,6 +63,7 @@ _OPTIONS: dict[str, tuple[bool, str]] = {
 }
 _TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
 _FLAGS = ("wait", "json", "no_bundle")
+_TEXTS = ("name", "algorithm", "objective_regex", "early_stopping", "data_dir")
 _ALGORITHMS = ("auto", "gp", "evolution", "random")
 _EARLY = ("freeze-thaw", "asha", "median", "none")
 
@@ -257,6 +258,14 @@ def _load_config(path: str) -> dict[str, Any]:
     objective = options.get("objective")
     if isinstance(objective, list) and all(isinstance(o, str) for o in objective):
         options["objective"] = ",".join(objective)
+    elif objective is not None and not isinstance(objective, str):
+        raise MetaoptError(
+            f"--config {path}: objective must be a string or a list of strings, got {objective!r}"
+        )
+    for key in _TEXTS:
+        # A number was made text: "data_dir": 5 asked the peer of a data directory "5".
+        if options.get(key) is not None and not isinstance(options[key], str):
+            raise MetaoptError(f"--config {path}: {key} must be a string, got {options[key]!r}")
     return options
 
 

@@ -389,6 +389,13 @@ def test_maximize_names_the_objectives_it_maximizes(tmp_path: Path) -> None:
         ('"wait": "yes"', "wait", "must be true or false"),
         ('"max_trials": 2.9', "--max-trials", "whole number"),
         ('"max_trials": true', "--max-trials", "whole number"),
+        ('"name": 5', "name", "must be a string, got 5"),
+        ('"objective_regex": 5', "objective_regex", "must be a string, got 5"),
+        ('"data_dir": 5', "data_dir", "must be a string, got 5"),
+        ('"algorithm": ["gp"]', "algorithm", "must be a string, got ['gp']"),
+        ('"early_stopping": false', "early_stopping", "must be a string, got False"),
+        ('"objective": 5', "objective", "must be a string or a list of strings, got 5"),
+        ('"objective": ["loss", 5]', "objective", "a list of strings, got ['loss', 5]"),
     ],
 )
 def test_a_config_value_of_the_wrong_kind_is_refused_not_guessed_at(
