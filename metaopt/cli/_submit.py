@@ -266,7 +266,21 @@ def _load_config(path: str) -> dict[str, Any]:
         # A number was made text: "data_dir": 5 asked the peer of a data directory "5".
         if options.get(key) is not None and not isinstance(options[key], str):
             raise MetaoptError(f"--config {path}: {key} must be a string, got {options[key]!r}")
+    # Checked here as well as where they are used: one the command line overrides was never
+    # read, so "max_trials": "ten" passed without a word beside --max-trials 5.
+    for key, flag in (("max_trials", "--max-trials"), ("max_step", "--max-step")):
+        _as_int(options, key, f"--config {path}: {flag}")
+    _as_int(options, "max_bundle_mb", f"--config {path}: --max-bundle-mb", ranged=False)
+    _as_seconds(options, "trial_timeout", f"--config {path}: --trial-timeout")
+    _choice(options.get("algorithm"), f"--config {path}: --algorithm", _ALGORITHMS)
+    _choice(options.get("early_stopping"), f"--config {path}: --early-stopping", _EARLY)
     return options
+
+
+def _choice(value: object, flag: str, choices: tuple[str, ...]) -> None:
+    """Refuse a value (None: not given) that is not one of ``choices``."""
+    if value is not None and value not in choices:
+        raise MetaoptError(f"{flag} {value!r}: choose one of {', '.join(choices)}")
 
 
 def merge_config(options: dict[str, Any]) -> dict[str, Any]:
@@ -350,11 +364,9 @@ def build_submission(
     program_path = (cwd / program) if not os.path.isabs(program) else Path(program)
     _check_program(program, program_path, cwd)
     algorithm = str(options.get("algorithm") or "auto")
-    if algorithm not in _ALGORITHMS:
-        raise MetaoptError(f"--algorithm {algorithm!r}: choose one of {', '.join(_ALGORITHMS)}")
+    _choice(algorithm, "--algorithm", _ALGORITHMS)
     early = options.get("early_stopping")
-    if early is not None and early not in _EARLY:
-        raise MetaoptError(f"--early-stopping {early!r}: choose one of {', '.join(_EARLY)}")
+    _choice(early, "--early-stopping", _EARLY)
     objective = options.get("objective")
     regex = options.get("objective_regex")
     given, source = "loss" if objective is None else str(objective), "--objective"

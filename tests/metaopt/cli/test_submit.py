@@ -932,3 +932,26 @@ def test_a_parameter_with_a_name_no_parameter_may_have_is_refused_naming_the_wor
     assert _build(tmp_path, "t.py", "--x~uniform(0, 1)", "--out=~/runs", "~/d~")["command"] == [
         "t.py", "--x~uniform(0, 1)", "--out=~/runs", "~/d~"
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("line", "given", "expected"),
+    [
+        ('"max_trials": "ten"', ["--max-trials", "5"], "--max-trials needs a whole number"),
+        ('"max_trials": 0', ["--max-trials", "5"], "--max-trials must be between 1 and"),
+        ('"max_step": 2.5', ["--max-step", "5"], "--max-step needs a whole number"),
+        ('"max_bundle_mb": "big"', ["--max-bundle-mb", "5"], "--max-bundle-mb needs a whole"),
+        ('"trial_timeout": "soon"', ["--trial-timeout", "5"], "--trial-timeout needs a duration"),
+        ('"algorithm": "bayes"', ["--algorithm", "gp"], "--algorithm 'bayes': choose one of"),
+        ('"early_stopping": "x"', ["--early-stopping", "asha"], "--early-stopping 'x': choose"),
+    ],
+)
+def test_a_config_value_the_command_line_overrides_is_still_checked(
+    tmp_path: Path, line: str, given: list[str], expected: str
+) -> None:
+    # "max_trials": "ten" passed without a word beside --max-trials 5.
+    (tmp_path / "t.py").write_text("")
+    config = tmp_path / "c.json"
+    config.write_text("{" + line + "}")
+    message = _refused(tmp_path, "--config", str(config), *given, "t.py", "--x~uniform(0, 1)")
+    assert message.startswith(f"--config {config}: {expected}")
