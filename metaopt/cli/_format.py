@@ -12,6 +12,7 @@ __all__ = [
     "best_summary",
     "column_names",
     "command",
+    "elided",
     "experiment_word",
     "fmt_value",
     "json_text",
@@ -34,6 +35,15 @@ def printable(text: str, *, lines: bool = False) -> str:
     if lines:
         return "\n".join(printable(line) for line in text.split("\n"))
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def elided(text: str, width: int = 40) -> str:
+    """text shown in at most ``width`` characters, its middle replaced by '…' if it is longer
+    (its start and its end are what tell names apart): a table is as wide as its widest cell."""
+    if len(text) <= width:
+        return text
+    tail = (width - 1) // 3
+    return f"{text[: width - 1 - tail]}…{text[len(text) - tail :]}"
 
 
 def json_text(value: Any, **options: Any) -> str:

@@ -15,6 +15,7 @@ from metaopt.cli._format import (
     best_summary,
     column_names,
     command,
+    elided,
     experiment_word,
     fmt_value,
     json_text,
@@ -123,10 +124,12 @@ def _status(args: argparse.Namespace) -> int:
         for e in experiments:
             c = e["counts"]
             state = _listed_state(e)
+            name = elided(printable(str(e["name"])))
             rows.append(
                 [
                     # A name finds its latest submission; the earlier ones are reached by id.
-                    e["name"] if e.get("latest", True) else f"{e['name']} (earlier)",
+                    # One of 100,000 characters padded every row to as many columns.
+                    name if e.get("latest", True) else f"{name} (earlier)",
                     e["id"][:12],
                     state,
                     f"{e['trials']}/{e['max_trials'] or '∞'}",

@@ -385,3 +385,26 @@ def test_a_stopped_experiments_trials_that_were_to_run_again_count_with_the_kill
     assert main(["status"]) == 0
     [row] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("mo ")]
     assert row.split()[4:9] == ["0", "1", "0", "3", "0"]  # done, running, frozen, killed, failed
+
+
+def test_a_long_name_is_elided_in_the_list_so_its_columns_stay_readable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A name of 100,000 characters padded every row to 100,000 columns (7.6 MB of output).
+    long = {**_info([], ["loss"]), "name": "sweep-" + "x" * 99_988 + "-lr-v2", "id": "aa" * 32}
+    fits = {**_info([], ["loss"]), "name": "n" * 40, "id": "bb" * 32, "latest": False}
+
+    class _Two(_Peer):
+        def call(self, op: str, body: object = None) -> object:
+            return [long, fits]
+
+    monkeypatch.setattr("metaopt.cli._read._peer", lambda args, read=False: _Two())
+    assert main(["status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) < 150
+    assert [line.split()[:2] for line in lines[2:]] == [
+        ["sweep-xxxxxxxxxxxxxxxxxxxx…xxxxxxx-lr-v2", "aaaaaaaaaaaa"],
+        ["n" * 40, "(earlier)"],
+    ]
+    assert main(["status", "--json"]) == 0  # whole there
+    assert [e["name"] for e in json.loads(capsys.readouterr().out)] == [long["name"], "n" * 40]
