@@ -81,9 +81,9 @@ def _write_failed(path: Path, exc: plyvel.Error) -> StoreWriteFailed:
     return StoreWriteFailed(f"cannot write the store at {path}: {text}", text.rsplit(": ", 1)[-1])
 
 
-def _unreadable(path: Path, exc: plyvel.Error) -> StoreError:
+def _unreadable(path: Path, exc: plyvel.Error, doing: str = "read") -> StoreError:
     return StoreError(
-        f"cannot read the store at {path}: {_said(exc)}; restore it from a copy, or move it"
+        f"cannot {doing} the store at {path}: {_said(exc)}; restore it from a copy, or move it"
         " aside to start afresh"
     )
 
@@ -113,6 +113,12 @@ class LevelDBStore:
                     f"the store at {self.path} is damaged (its CURRENT file is missing);"
                     " restore it from a copy, or move it aside to start afresh"
                 )
+            if self.path.exists() and not self.path.is_dir():
+                # mkdir said only "[Errno 17] File exists".
+                raise StoreError(
+                    f"{self.path} is a file, not a store directory; move it aside (the store"
+                    " then starts afresh there), or choose another --data-dir"
+                )
             self.path.mkdir(parents=True, exist_ok=True)
             # No block compression: records are mostly keys, ids and floats that snappy barely
             # shrinks (4% on event records), while decompressing a block on every random read
@@ -130,6 +136,10 @@ class LevelDBStore:
                     " stop that peer or choose another --data-dir"
                 ) from None
             raise StoreError(f"cannot open the store at {self.path}: {_said(exc)}") from None
+        except plyvel.CorruptionError as exc:
+            # CURRENT naming a missing manifest, tables gone, a manifest of garbage: said
+            # with nothing to do about it.
+            raise _unreadable(self.path, exc, "open") from None
         except plyvel.Error as exc:
             raise StoreError(f"cannot open the store at {self.path}: {_said(exc)}") from None
         except OSError as exc:

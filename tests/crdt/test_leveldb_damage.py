@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,56 @@ def test_writes_acknowledged_after_a_full_disk_are_kept(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     acked, kept = map(int, out.stdout.split())
     assert acked >= 18 and kept == acked
+
+
+def _filled(path: Path) -> Path:
+    store = LevelDBStore(path)
+    store.add([Record.create("event", b"o" * 16, seq, seq, {"i": seq}) for seq in range(1, 200)])
+    store.close()
+    LevelDBStore(path).close()  # reopened, its log is written out as a table
+    return path
+
+
+def _current_names_a_missing_manifest(path: Path) -> None:
+    (path / "CURRENT").write_text("MANIFEST-999999\n")
+
+
+def _tables_gone(path: Path) -> None:
+    for table in path.glob("*.ldb"):
+        table.unlink()
+
+
+def _manifest_of_garbage(path: Path) -> None:
+    for manifest in path.glob("MANIFEST-*"):
+        manifest.write_bytes(bytes(range(256)) * 2)
+
+
+@pytest.mark.parametrize(
+    "damage", [_current_names_a_missing_manifest, _tables_gone, _manifest_of_garbage]
+)
+def test_a_store_too_damaged_to_open_says_what_to_do(
+    tmp_path: Path, damage: Callable[[Path], None]
+) -> None:
+    # "cannot open the store at .../replica: Corruption: CURRENT points to a non-existent
+    # file: ..." said nothing about what to do.
+    path = _filled(tmp_path / "replica")
+    damage(path)
+    with pytest.raises(StoreError) as info:
+        LevelDBStore(path)
+    said = str(info.value)
+    assert said.startswith(f"cannot open the store at {path}: Corruption: ")
+    assert said.endswith("; restore it from a copy, or move it aside to start afresh")
+    assert "\n" not in said
+
+
+def test_a_store_path_that_is_a_file_says_so(tmp_path: Path) -> None:
+    # It said "cannot open the store at ...: [Errno 17] File exists".
+    path = tmp_path / "replica"
+    path.write_text("not a store")
+    with pytest.raises(StoreError) as info:
+        LevelDBStore(path)
+    assert str(info.value) == (
+        f"{path} is a file, not a store directory; move it aside (the store then starts"
+        " afresh there), or choose another --data-dir"
+    )
+    assert path.read_text() == "not a store"
