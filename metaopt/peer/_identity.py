@@ -112,13 +112,25 @@ class DataDir:
             raise MetaoptError(f"{self.root} is a file, not a directory; choose another --data-dir")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            self.trials.mkdir(exist_ok=True)
-            self.bundles.mkdir(exist_ok=True)
         except OSError as exc:
             raise MetaoptError(
                 f"cannot create the data directory {self.root}: {exc.strerror};"
                 " choose another with --data-dir"
             ) from None
+        for path in (self.trials, self.bundles):
+            # Named, not the data directory: a file `trials` there read as the directory's
+            # fault ("cannot create the data directory ...: File exists").
+            try:
+                path.mkdir(exist_ok=True)
+            except OSError as exc:
+                what = (
+                    "it is a file, not a directory; move it aside"
+                    if path.exists()
+                    else f"{exc.strerror}; fix the data directory's permissions"
+                )
+                raise MetaoptError(
+                    f"cannot create {path}: {what}, or choose another --data-dir"
+                ) from None
 
     def node_id(self) -> bytes:
         """This directory's node id, created on first use."""

@@ -61,3 +61,15 @@ def test_a_node_id_made_a_directory_is_a_damaged_peer_not_none(tmp_path: Path) -
     assert DataDir.holds_peer(tmp_path)
     with pytest.raises(MetaoptError, match=r"cannot read .*node_id"):
         DataDir(tmp_path).read_node_id()
+
+
+@pytest.mark.parametrize("name", ["trials", "bundles"])
+def test_a_file_where_a_data_directory_needs_a_folder_is_named(tmp_path: Path, name: str) -> None:
+    # A file `trials` said "cannot create the data directory <root>: File exists".
+    (tmp_path / name).write_text("")
+    with pytest.raises(MetaoptError) as info:
+        DataDir(tmp_path).ensure()
+    assert str(info.value) == (
+        f"cannot create {tmp_path / name}: it is a file, not a directory; move it aside, or"
+        " choose another --data-dir"
+    )
