@@ -107,6 +107,9 @@ class TrialView:
     # Lost while frozen (its node is gone, and the checkpoint with it): a re-run starts from
     # step 0, and once the budget is spent only if the early stopper finds it worth that.
     lost_frozen: bool = False
+    # The step its latest (re)start resumed after, from a checkpoint; None if it began at step
+    # 0. A stopper does not judge a resumed run again at the rungs it had passed.
+    resumed_step: int | None = None
 
     @property
     def id(self) -> str:
@@ -299,6 +302,7 @@ def _trial_view(
     counted: set[bytes] = set()  # the events that counted since the current run's start
     lost_frozen = False
     latest: bytes | None = None  # the latest event that counts for the current run
+    resumed_step: int | None = None
     for time, _, _, ekey, event in ordered:
         last_seen = max(last_seen, time)
         if event.kind in ("started", "thawed"):
@@ -306,6 +310,7 @@ def _trial_view(
             thaws += event.kind == "thawed"
             started_at = time if started_at is None else started_at
             runner = event.node
+            resumed_step = event.step
             counted = set()
             # A run goes on from its resume step, or starts afresh (step None): what earlier
             # runs reported past that point is not its curve. A re-run from 0 after a loss
@@ -409,6 +414,7 @@ def _trial_view(
         frozen_step=lifecycle.step if state == "frozen" and lifecycle is not None else None,
         latest=latest,
         lost_frozen=lost_frozen and state == "lost",
+        resumed_step=resumed_step,
     )
 
 

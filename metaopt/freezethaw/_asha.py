@@ -10,6 +10,8 @@ with min_resource=low and eta=base.
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -53,12 +55,19 @@ class AshaConfig:
         )
 
 
+def _in_top(value: float, rivals: list[float], top: int) -> bool:
+    """Whether fewer than top of the sorted rivals are strictly better (lower) than value."""
+    return bisect.bisect_left(rivals, value) < top
+
+
 class AshaStopper:
-    """ASHA; remembers which rungs of which trials it already judged, so each is judged once."""
+    """ASHA; remembers which rungs of which trials it already judged, so each is judged once,
+    and the rung at which it killed each."""
 
     def __init__(self, config: AshaConfig | None = None) -> None:
         self.config = config or AshaConfig()
         self._judged: dict[str, int] = {}
+        self._killed_at: dict[str, int] = {}
 
     def decide(
         self,
@@ -71,6 +80,19 @@ class AshaStopper:
     ) -> list[Decision]:
         """KILL own running trials that fall outside the top 1/eta at a newly reached rung.
 
+        A trial's value counts at a rung only if it went on past the rungs below, as in ASHA,
+        where a trial stopped at rung 1 never reports at rung 9. A peer stops a trial some
+        steps after the rung that stopped it (it judges every few seconds, and the trial
+        exits at its next report), and steps a second apart made a killed trial's later
+        values the competition at rung 9: the trial that had beaten it at rung 1 was killed
+        there in turn, and an experiment ended with no trial completed. So the rungs are
+        judged lowest first across this peer's trials, and a killed trial outranks nobody
+        above the rung it was killed at (this stopper's kills), or above the first rung at
+        which it is outside the top now (another peer's, or `metaopt kill`). It still counts
+        in the number of values there, of which the top 1/eta go on. A trial
+        resumed from a checkpoint is not judged again at the rungs it had passed (the stopper
+        of a restarted peer remembers none).
+
         Args:
             curves: every known curve.
             own: this peer's trial ids.
@@ -82,34 +104,66 @@ class AshaStopper:
             One decision per own running trial.
         """
         eta = self.config.reduction_factor
-        out: list[Decision] = []
+        decisions: dict[str, Decision] = {}
+        judged: dict[str, list[int]] = {}  # own running trial -> its rungs still to judge
         for c in sorted(curves, key=lambda c: c.trial_id):
             if c.trial_id not in own or c.state != "running":
                 continue
             s, _, broken = finite_prefix(c)
-            if broken:
-                out.append(Decision(c.trial_id, Action.KILL, "diverged (nan/inf)"))
-                continue
-            if s.shape[0] == 0:
-                out.append(Decision(c.trial_id, Action.CONTINUE, "no reports yet"))
-                continue
-            decision = Decision(c.trial_id, Action.CONTINUE, "below the next rung")
-            rungs = self.config.rungs(c.max_step)
-            for k, r in enumerate(rungs):
-                if k <= self._judged.get(c.trial_id, -1):
+            if c.trial_id in self._killed_at:  # (still stopping)
+                why = f"not in the top 1/{eta:g} at rung {self._killed_at[c.trial_id]}"
+                decisions[c.trial_id] = Decision(c.trial_id, Action.KILL, why)
+            elif broken:
+                decisions[c.trial_id] = Decision(c.trial_id, Action.KILL, "diverged (nan/inf)")
+            elif s.shape[0] == 0:
+                decisions[c.trial_id] = Decision(c.trial_id, Action.CONTINUE, "no reports yet")
+            else:
+                decisions[c.trial_id] = Decision(c.trial_id, Action.CONTINUE, "below the next rung")
+                judged[c.trial_id] = self._rungs_to_judge(c)
+        # Up to which rung each trial that no longer runs counts (see above).
+        counts_to: dict[str, float] = {
+            c.trial_id: self._killed_at.get(c.trial_id, math.inf)
+            for c in curves
+            if c.state == "killed" or c.trial_id in self._killed_at
+        }
+        by_id = {c.trial_id: c for c in curves}
+        ladder = sorted({r for c in curves for r in self.config.rungs(c.max_step)})
+        for r in ladder:
+            values = {c.trial_id: value_at(c, r) for c in curves}
+            reached = [v for v in values.values() if v is not None]
+            # The top 1/eta of every value at the rung, as in ASHA; but a trial that stopped
+            # below it outranks nobody here.
+            top = max(int(len(reached) // eta), 1)
+            rivals = sorted(
+                v for t, v in values.items() if v is not None and counts_to.get(t, math.inf) >= r
+            )
+            for t, limit in counts_to.items():
+                v = values[t]
+                if math.isinf(limit) and v is not None and not _in_top(v, rivals, top):
+                    counts_to[t] = r
+            for t, rungs in judged.items():
+                if not rungs or rungs[0] != r or decisions[t].action is Action.KILL:
                     continue
-                mine = value_at(c, r)
+                mine = values[t]
                 if mine is None:
-                    break
-                self._judged[c.trial_id] = k
-                others = [value_at(o, r) for o in curves]
-                competing = sorted(x for x in others if x is not None)
-                cut = competing[max(int(len(competing) // eta) - 1, 0)]
-                if mine > cut:
-                    decision = Decision(
-                        c.trial_id, Action.KILL, f"not in the top 1/{eta:g} at rung {r}"
-                    )
-                    break
-                decision = Decision(c.trial_id, Action.CONTINUE, f"promoted past rung {r}")
-            out.append(decision)
-        return out
+                    rungs.clear()  # not there yet: the rungs above wait too
+                    continue
+                rungs.pop(0)
+                self._judged[t] = self.config.rungs(by_id[t].max_step).index(r)
+                if _in_top(mine, rivals, top):
+                    decisions[t] = Decision(t, Action.CONTINUE, f"promoted past rung {r}")
+                else:
+                    self._killed_at[t] = counts_to[t] = r
+                    reason = f"not in the top 1/{eta:g} at rung {r}"
+                    decisions[t] = Decision(t, Action.KILL, reason)
+        return list(decisions.values())
+
+    def _rungs_to_judge(self, c: CurveView) -> list[int]:
+        """The rungs of an own running trial this stopper has yet to judge, lowest first: not
+        those it judged, nor those a resumed run had passed before its checkpoint."""
+        rungs = self.config.rungs(c.max_step)
+        if c.trial_id not in self._judged and c.resumed_step is not None:
+            passed = [k for k, r in enumerate(rungs) if r <= c.resumed_step]
+            if passed:
+                self._judged[c.trial_id] = passed[-1]
+        return rungs[self._judged.get(c.trial_id, -1) + 1 :]

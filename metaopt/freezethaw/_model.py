@@ -61,6 +61,8 @@ class CurveView:
     values: FloatArray
     state: State
     max_step: int
+    # The step its current run resumed after (from a checkpoint); None for a run from step 0.
+    resumed_step: int | None = None
 
 
 @dataclass(frozen=True)

@@ -419,8 +419,9 @@ class FreezeThawStopper:
         As in ASHA, the top of n values at a rung is the best max(n // rung_base, 1) of them,
         so the first trial to reach a rung is in it. A trial is judged at the latest rung its
         reports passed, however rarely decisions are made; a running trial once in the top
-        there is not judged at that rung again (a frozen one always is: it is thawed only
-        from the top as it stands).
+        there is not judged at that rung again, nor one resumed from a checkpoint past it (a
+        restarted peer's stopper has no memory of what passed), but a frozen one always is:
+        it is thawed only from the top as it stands.
         """
         cfg = self.config
         s, _, _ = finite_prefix(c)
@@ -428,7 +429,8 @@ class FreezeThawStopper:
             return None
         rung = cfg.latest_rung(float(s[-1]), c.max_step)
         running = c.state == "running"
-        if rung is None or (running and self._passed.get(c.trial_id, 0) >= rung):
+        passed = max(self._passed.get(c.trial_id, 0), c.resumed_step or 0)
+        if rung is None or (running and passed >= rung):
             return None
         better, reached = table.rank(c.trial_id, rung)
         if better < max((reached + 1) // cfg.rung_base, 1):

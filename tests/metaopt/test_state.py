@@ -159,6 +159,12 @@ def test_freeze_and_thaw_are_counted_and_a_thawed_trial_runs_again() -> None:
     # A thaw resumes the same attempt: it is not a new start.
     assert (thawed.state, thawed.thaws, thawed.attempts) == ("running", 2, 1)
     assert thawed.started_at == 1000
+    # Where the current run resumed (a stopper does not judge it again below that step).
+    assert (frozen.resumed_step, thawed.resumed_step) == (None, 3)
+    log.event(t, NODE_A, "lost", 1600)
+    log.event(t, NODE_B, "started", 1700)
+    rerun = log.state().trial(t.key)
+    assert rerun is not None and rerun.resumed_step is None
 
 
 def test_completed_without_objective_is_a_failure_with_a_reason() -> None:

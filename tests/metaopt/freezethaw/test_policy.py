@@ -175,6 +175,10 @@ def test_a_running_trial_in_the_top_of_a_rung_is_not_judged_there_again() -> Non
     assert stopper.decide(later, {"run"}, 0, rng)[0].action is Action.CONTINUE
     fresh = make_stopper("freeze-thaw", cfg).decide(later, {"run"}, 0, rng)
     assert (fresh[0].action, fresh[0].reason) == (Action.FREEZE, "6 of 8 runs better at rung 3")
+    # Nor does a new stopper (a restarted peer's) judge a run resumed from a checkpoint past it.
+    resumed = dataclasses.replace(later[-1], resumed_step=4)
+    again = make_stopper("freeze-thaw", cfg).decide([*later[:-1], resumed], {"run"}, 0, rng)
+    assert again[0].action is Action.CONTINUE
 
 
 def test_the_model_is_fitted_only_when_a_frozen_trial_can_take_a_free_slot() -> None:
