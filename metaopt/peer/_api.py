@@ -398,6 +398,8 @@ class LocalApi:
         state, view = self._trial(request.body)
         runner = self.node.runner
         if view.key in runner.running_keys():
+            if runner.kill_instead(view.key, KILLED_BY_HAND):  # (being frozen: killed instead)
+                return {"id": view.id, "stopping": True}
             if (stopping := runner.stopping_as(view.key)) is not None:
                 raise MetaoptError(f"trial {view.id[:12]} is already stopping (as {stopping})")
             if not await runner.end(view.key, "killed", KILLED_BY_HAND):

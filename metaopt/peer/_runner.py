@@ -545,6 +545,18 @@ class TrialRunner:
                 asked = _request_end(run, outcome, reason) or asked
         return asked
 
+    def kill_instead(self, trial: bytes, reason: str) -> bool:
+        """Record a run of this peer that is stopping as frozen as killed once it exits: a
+        kill asked for during a freeze's grace (up to twice stop_grace for a script ignoring
+        SIGTERM) was refused, and the frozen trial then had to be killed in turn. False if
+        no run of it here is stopping as frozen."""
+        changed = False
+        for run in self.running.values():
+            if run.trial == trial and run.outcome == "frozen":
+                run.outcome, run.reason = "killed", reason
+                changed = True
+        return changed
+
     async def interrupt_all(self, reason: str) -> None:
         runs = list(self.running.values())
         for run in runs:

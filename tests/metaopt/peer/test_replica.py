@@ -257,6 +257,12 @@ async def test_a_freeze_or_thaw_that_cannot_happen_says_why_and_what_to_do() -> 
     stopping[trials[2].key] = "frozen"
     assert "is still being frozen; thaw it once it has stopped" in await refusal(trials[2])
     assert "is already stopping (as frozen)" in await refusal(trials[2], "freeze")
+    # A kill is not refused: the runner records it killed instead (see kill_instead).
+    killed_instead: list[bytes] = []
+    runner.kill_instead = lambda trial, reason: killed_instead.append(trial) or True
+    answer = await api.kill(Request("api.kill", NODE, "", trials[2].key.hex()[:8]))
+    assert answer == {"id": trials[2].key.hex(), "stopping": True}
+    assert killed_instead == [trials[2].key]
     # Its node gone, a frozen trial (one frozen by hand is re-run by no one unless told) is
     # taken over here when the user thaws it.
     alive.discard(other)
@@ -463,7 +469,12 @@ async def test_kill_ends_a_trial_of_this_peer_for_good_and_says_where_another_is
     node = SimpleNamespace(
         node_id=NODE,
         replica=replica,
-        runner=SimpleNamespace(running_keys=lambda: {run}, stopping_as=lambda key: None, end=end),
+        runner=SimpleNamespace(
+            running_keys=lambda: {run},
+            stopping_as=lambda key: None,
+            end=end,
+            kill_instead=lambda key, why: False,
+        ),
         is_alive={NODE, other}.__contains__,
         listened=lambda: True,
         caught_up=lambda: True,

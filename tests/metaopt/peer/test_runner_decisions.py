@@ -375,6 +375,22 @@ def test_a_stop_landing_after_the_last_step_records_the_trial_completed() -> Non
         assert node.written[-1][:2] == (trial, recorded), (last_step, outcome)
 
 
+def test_a_kill_during_a_freezes_grace_records_the_trial_killed() -> None:
+    # `metaopt kill` right after `metaopt freeze` (a script ignoring SIGTERM takes up to twice
+    # the grace to stop) was refused as "already stopping (as frozen)".
+    state, trial = _frozen_trial(1)
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    run = Running(runner.slots[0], state.key, trial, outcome="frozen", last_step=5)
+    runner.running[0] = run
+    assert not runner.kill_instead(b"x" * 32, FROZEN_BY_HAND)  # (another trial)
+    assert runner.kill_instead(trial, "killed by hand") and runner.stopping_as(trial) == "killed"
+    assert not runner.kill_instead(trial, "killed by hand")  # (once killed, it stays so)
+    outcome = SimpleNamespace(status="interrupted", exit_code=-15, objectives={}, metrics={})
+    runner._record_outcome(run, outcome)
+    assert node.written[-1] == (trial, "killed", "killed by hand")
+
+
 def test_a_resumed_run_with_nothing_left_to_do_keeps_its_earlier_result() -> None:
     # Its last report landed as a freeze did; thawed, it exited 0 at once with nothing to
     # report and was recorded failed ("no objective reported"), its curve's result lost.
