@@ -39,7 +39,11 @@ Messages are msgpack maps with one-letter fields:
   [[origin, lo, hi], ...] of the responder's vector, "w"?: wanted keys, "r"?: ranges}`` and
   ``{"k": "push", "p": records}`` (eager push);
 * response ``{"s": in sync, "f": fingerprint, "d"?: records, "v"?: vector, "m"?: more,
-  "w"?: keys the responder wants, "h"?: keys it has but could not fit, "r"?: ranges}``.
+  "w"?: keys the responder wants, "h"?: keys it has but could not fit, "r"?: ranges, "t"?:
+  keys left out of "h" or "w" for want of room}``. A round that ends after a "t" found a
+  difference too large for its messages, not a set that keeps changing: the fresh round that
+  finds the rest does not count towards ``max_rounds`` (a peer of an earlier release sends no
+  "t", and its rounds all count).
 
 Records travel as their exact bytes and are re-decoded on receipt (the key is re-hashed); one
 malformed record makes the whole message a ProtocolError and nothing of it is stored. Messages
@@ -104,7 +108,8 @@ class SyncConfig:
     fanout: int = 16  # sub-ranges a mismatching range is split into
     leaf_size: int = 8  # ranges with at most this many items are sent as key lists
     fast_path: bool = True  # start with version vectors (False: backstop only, for tests)
-    max_rounds: int = 4  # fresh starts when a round ends without convergence
+    # Fresh starts when a round ends without convergence (not counting those after a "t").
+    max_rounds: int = 4
     max_idle_round_trips: int = 64  # round trips in a row that move no record
     max_round_trips: int = 1 << 16  # hard stop for a session against a misbehaving peer
 
@@ -422,12 +427,18 @@ def respond_steps(
     out: dict[str, Any] = {"s": False, "f": digest}
     batch = _Batch(config)
     overflow: list[bytes] = []
+    left_out = False
 
     def offer(keys: list[bytes]) -> None:
+        nonlocal left_out
         for key in keys:
             data = store.raw_get(key)
-            if data is not None and not batch.take(data) and len(overflow) < config.max_keys:
+            if data is None or batch.take(data):
+                continue
+            if len(overflow) < config.max_keys:
                 overflow.append(key)
+            else:
+                left_out = True
 
     offer(wanted)
     if ranges is not None:
@@ -437,6 +448,7 @@ def respond_steps(
         offer(outcome.have)
         if outcome.need:
             out["w"] = b"".join(outcome.need[: config.max_keys])
+            left_out = left_out or len(outcome.need) > config.max_keys
     mine = store.version_vector()
     same_vectors = True
     send_vector = False
@@ -465,6 +477,8 @@ def respond_steps(
         out["d"] = batch.data
     if overflow:
         out["h"] = b"".join(overflow)
+    if left_out:
+        out["t"] = True
     return _pack(out)
 
 
@@ -500,6 +514,8 @@ class Initiator:
         self._their_vv: VersionVector | None = None
         self._asked_runs = False  # the last request asked for runs of the peer's vector
         self._idle = 0
+        self._left_out = False  # the responder left keys out this round (its "t")
+        self._counted_rounds = 1  # rounds that count towards max_rounds
 
     def start(self) -> bytes:
         """The first request."""
@@ -566,6 +582,7 @@ class Initiator:
         haves = _keys(message.get("h"), self.config)
         ranges = decode_ranges(message["r"], self.config) if message.get("r") is not None else None
         more = message.get("m") is True
+        self._left_out = self._left_out or message.get("t") is True
         if records:
             yield from _store(self.store, records, step)
             stats.records_received += len(records)
@@ -605,9 +622,12 @@ class Initiator:
             if mine == theirs:
                 self._finish(True, self._phase())
                 return None
-            if stats.rounds >= self.config.max_rounds:
-                self._finish(False, "gave-up")
-                return None
+            if not self._left_out:
+                if self._counted_rounds >= self.config.max_rounds:
+                    self._finish(False, "gave-up")
+                    return None
+                self._counted_rounds += 1
+            self._left_out = False
             stats.rounds += 1
             return self._opening()
         moved = bool(records or batch.data)
