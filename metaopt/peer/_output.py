@@ -206,8 +206,10 @@ class OutputParser:
         parts = [f"no numeric {', '.join(repr(n) for n in missing)} in {self.report_count} reports"]
         texts = [n for n in missing if isinstance(self.latest.get(n), str)]
         if texts:  # report(loss="0.5"): say so, or the user hunts for a missing report
+            # The last: the objective is the last value reported (numbers before it, if any,
+            # made "no numeric 'loss' in 40 reports" read as if none had been one).
             parts.append(
-                ", ".join(f"{n!r} was the string {self.latest[n]!r}" for n in texts)
+                ", ".join(f"the last {n!r} was the string {self.latest[n]!r}" for n in texts)
                 + " (report a number)"
             )
         reported = sorted(self.latest)

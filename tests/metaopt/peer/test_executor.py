@@ -261,10 +261,13 @@ async def test_a_metric_whose_last_report_is_nan_is_recorded_as_nan(tmp_path: Pa
 
 @pytest.mark.asyncio
 async def test_an_objective_reported_as_text_is_named_in_the_failure(tmp_path: Path) -> None:
-    script = _script(tmp_path, 'print(\'METAOPT {"loss": "0.5"}\')\n')
+    script = _script(
+        tmp_path, 'print(\'METAOPT {"loss": 0.4}\')\nprint(\'METAOPT {"loss": "0.5"}\')\n'
+    )
     outcome, _ = await _run(_spec(tmp_path, script))
     assert outcome.status == "failed" and outcome.reason is not None
-    assert "'loss' was the string '0.5' (report a number)" in outcome.reason
+    # The last value counts; the one before was a number (the reason read as if none was).
+    assert "the last 'loss' was the string '0.5' (report a number)" in outcome.reason
 
 
 @pytest.mark.asyncio
