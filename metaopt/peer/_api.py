@@ -344,6 +344,7 @@ class LocalApi:
             raise MetaoptError(f"trial {view.id[:12]} is already stopping (as {stopping})")
         if not await runner.end(view.key, "frozen", FROZEN_BY_HAND):
             raise self._just_ended(view)
+        runner.note_stop_request(view.key, "frozen", FROZEN_BY_HAND)
         return view.id
 
     def _just_ended(self, view: TrialView) -> MetaoptError:
@@ -398,12 +399,12 @@ class LocalApi:
         state, view = self._trial(request.body)
         runner = self.node.runner
         if view.key in runner.running_keys():
-            if runner.kill_instead(view.key, KILLED_BY_HAND):  # (being frozen: killed instead)
-                return {"id": view.id, "stopping": True}
-            if (stopping := runner.stopping_as(view.key)) is not None:
-                raise MetaoptError(f"trial {view.id[:12]} is already stopping (as {stopping})")
-            if not await runner.end(view.key, "killed", KILLED_BY_HAND):
-                raise self._just_ended(view)
+            if not runner.kill_instead(view.key, KILLED_BY_HAND):  # (being frozen: killed)
+                if (stopping := runner.stopping_as(view.key)) is not None:
+                    raise MetaoptError(f"trial {view.id[:12]} is already stopping (as {stopping})")
+                if not await runner.end(view.key, "killed", KILLED_BY_HAND):
+                    raise self._just_ended(view)
+            runner.note_stop_request(view.key, "killed", KILLED_BY_HAND)
             return {"id": view.id, "stopping": True}
         if view.state == "running":
             raise self._not_running_here(view, "kill")

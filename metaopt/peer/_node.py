@@ -1093,6 +1093,19 @@ class Node:
             if caught_up
             else []
         ):
+            asked = self.runner.stop_requested(lost.trial)
+            if asked is not None:
+                # Frozen or killed by hand while this peer died: as the user asked, not lost.
+                outcome, reason = asked
+                view = self.replica.experiments[lost.experiment].trial(lost.trial)
+                step = view.last_step if view is not None else None
+                log.info("trial %s: %s before this peer restarted", lost.trial.hex()[:12], reason)
+                self.write_event(
+                    lost.experiment, lost.trial, outcome, step=step or None, reason=reason,
+                    after=lost.after,
+                )  # fmt: skip
+                self.runner.forget_stop_request(lost.trial)
+                continue
             log.info("trial %s is lost: %s", lost.trial.hex()[:12], lost.reason)
             self.write_event(
                 lost.experiment, lost.trial, "lost", reason=lost.reason, after=lost.after

@@ -52,6 +52,13 @@ _METAOPT_PACKAGE = Path(__file__).resolve().parents[1]
 SUPERSEDED = "superseded"
 
 
+# In a trial's folder while a stop asked for by hand (`metaopt freeze` or `kill`) is under
+# way: {"outcome": ..., "reason": ...}. A peer killed -9 during the stop's grace took the trial
+# for lost when it restarted and ran it again, the user's freeze or kill forgotten.
+STOP_REQUEST = "stop-request"
+_BY_HAND_OUTCOMES = ("frozen", "killed")
+
+
 def _request_end(run: Running, outcome: str, reason: str) -> bool:
     """Ask a run's process to stop, to be recorded as ``outcome``; False if it has no process
     yet, was already asked (the first decision stands) or has exited: what it exited with is
@@ -270,6 +277,7 @@ class TrialRunner:
             # until a restart, and the trial pending here with it.
             self.running.pop(slot.index, None)
             raise
+        self.forget_stop_request(view.key)  # (one its last run's end did not live to clear)
         try:
             spec = self._spec(state, view, slot, resume)
         except Exception as exc:  # whatever a peer's definition holds: the started event is
@@ -503,6 +511,7 @@ class TrialRunner:
                 reason=outcome.reason,
                 stderr="\n".join(outcome.stderr_tail) or None,
             )
+        self.forget_stop_request(run.trial)  # (recorded, as asked or otherwise)
         log.info("trial %s ended: %s", run.trial.hex()[:12], run.outcome or status)
 
     def _done_before_resume(self, run: Running, outcome: Any) -> bool:
@@ -544,6 +553,29 @@ class TrialRunner:
             if run.trial == trial:
                 asked = _request_end(run, outcome, reason) or asked
         return asked
+
+    def note_stop_request(self, trial: bytes, outcome: str, reason: str) -> None:
+        """Keep a stop asked for by hand on disk until the trial's end is recorded (see
+        STOP_REQUEST); best effort: without it, a crash in the grace forgets the request."""
+        with contextlib.suppress(OSError):
+            text = json.dumps({"outcome": outcome, "reason": reason})
+            (self.trial_dir(trial) / STOP_REQUEST).write_text(text)
+
+    def stop_requested(self, trial: bytes) -> tuple[str, str] | None:
+        """The (outcome, reason) of a stop asked for by hand that this peer's last life did
+        not live to record, if any."""
+        try:
+            asked = json.loads((self.trial_dir(trial) / STOP_REQUEST).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(asked, dict) or asked.get("outcome") not in _BY_HAND_OUTCOMES:
+            return None
+        reason = asked.get("reason")
+        return asked["outcome"], reason if isinstance(reason, str) else "stopped by hand"
+
+    def forget_stop_request(self, trial: bytes) -> None:
+        with contextlib.suppress(OSError):
+            (self.trial_dir(trial) / STOP_REQUEST).unlink(missing_ok=True)
 
     def kill_instead(self, trial: bytes, reason: str) -> bool:
         """Record a run of this peer that is stopping as frozen as killed once it exits: a

@@ -64,6 +64,18 @@ def _sorted_first(space: dict[str, str], other: Record, node_id: bytes) -> Recor
     raise AssertionError("no nonce gave an earlier experiment")
 
 
+def _ran_to_step_3(me: bytes, exp: Record, trial: Record, now_ms: int) -> list[Record]:
+    """The events of a trial this node started and that reported step 3, 4 s ago."""
+    ran = [
+        EventBody(trial.key, exp.key, "started", me),
+        EventBody(trial.key, exp.key, "progress", me, 3, {"objective": 0.5}),
+    ]
+    return [
+        Record.create(EVENT, me, seq, now_ms - 4_000 + seq, e.to_body(), [trial.key, exp.key])
+        for seq, e in enumerate(ran, start=2)
+    ]
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("failure", ["bad space", "search bug"])
 async def test_an_experiment_that_cannot_be_searched_is_set_aside_and_others_run(
@@ -159,14 +171,7 @@ async def test_a_peer_restarted_after_a_kill_reruns_its_lost_trial_from_its_chec
         trial = Record.create(TRIAL, me, 1, now_ms - 5_000, body, [exp.key])
         if rendezvous_rank(me, [me, OTHER], trial.key) == 1:
             break
-    ran = [
-        EventBody(trial.key, exp.key, "started", me),
-        EventBody(trial.key, exp.key, "progress", me, 3, {"objective": 0.5}),
-    ]
-    events = [
-        Record.create(EVENT, me, seq, now_ms - 4_000 + seq, e.to_body(), [trial.key, exp.key])
-        for seq, e in enumerate(ran, start=2)
-    ]
+    events = _ran_to_step_3(me, exp, trial, now_ms)
     checkpoint = node.runner.trial_dir(trial.key) / "checkpoint"
     checkpoint.mkdir(parents=True)
     (checkpoint / "state.json").write_text('{"step": 3}')
@@ -743,3 +748,38 @@ def _bundled(tmp_path: Path, files: dict[str, bytes]) -> tuple[Record, dict[byte
         bundle={"manifest": manifest, "root": str(code)},
     )
     return experiment_record(spec), chunks
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("outcome", ["frozen", "killed"])
+async def test_a_trial_frozen_or_killed_by_hand_when_its_peer_died_is_not_run_again(
+    tmp_path: Path, outcome: str
+) -> None:
+    # `metaopt freeze` (or kill) of a script that ignores SIGTERM, the peer killed -9 in the
+    # grace: restarted, it took the trial for lost and ran it again, the user's word forgotten.
+    from metaopt._state import FROZEN_BY_HAND, KILLED_BY_HAND
+
+    exp = _experiment("good", {"x": "uniform(0, 1)"}, max_trials=1)
+    node = _lone_node(tmp_path)
+    me, now_ms = node.node_id, int(time.time() * 1000)
+    body = {"params": {"x": 0.5}, "node": me, "counter": 1}
+    trial = Record.create(TRIAL, me, 1, now_ms - 5_000, body, [exp.key])
+    events = _ran_to_step_3(me, exp, trial, now_ms)
+    reason = FROZEN_BY_HAND if outcome == "frozen" else KILLED_BY_HAND
+    node.runner.trial_dir(trial.key).mkdir(parents=True)
+    node.runner.note_stop_request(trial.key, outcome, reason)
+    try:
+        node.store.add([exp, trial, *events])
+        node.replicator.sessions = 1  # caught up
+        await node._schedule_once()
+        records = [r for r in node.store.linked(trial.key) if r.kind == EVENT]
+        records.sort(key=lambda r: r.seq)
+        written = [(e.kind, e.step, e.reason) for e in map(parse_event, records) if e]
+        assert written[2:] == [(outcome, 3, reason)]
+        view = node.replica.experiments[exp.key].trial(trial.key)
+        assert view is not None and view.state == outcome
+        assert node.runner.stop_requested(trial.key) is None  # recorded: the request goes
+        if outcome == "frozen":
+            assert view.frozen_by_hand and view.frozen_step == 3
+    finally:
+        await node.stop()

@@ -229,6 +229,7 @@ async def test_a_freeze_or_thaw_that_cannot_happen_says_why_and_what_to_do() -> 
         running_keys=lambda: {trials[2].key},
         stopping_as=stopping.get,
         can_run=lambda state: True,
+        note_stop_request=lambda *asked: None,
     )
     alive = {NODE, other}
     listened = [False]
@@ -456,6 +457,7 @@ async def test_kill_ends_a_trial_of_this_peer_for_good_and_says_where_another_is
         for t, node, kind in history
     ])  # fmt: skip
     ended: list[tuple[bytes, str, str]] = []
+    noted: list[tuple[bytes, str, str]] = []  # stop requests kept on disk (see the runner)
 
     async def end(trial: bytes, outcome: str, reason: str) -> bool:
         ended.append((trial, outcome, reason))
@@ -474,6 +476,7 @@ async def test_kill_ends_a_trial_of_this_peer_for_good_and_says_where_another_is
             stopping_as=lambda key: None,
             end=end,
             kill_instead=lambda key, why: False,
+            note_stop_request=lambda *asked: noted.append(asked),
         ),
         is_alive={NODE, other}.__contains__,
         listened=lambda: True,
@@ -494,6 +497,7 @@ async def test_kill_ends_a_trial_of_this_peer_for_good_and_says_where_another_is
         return str(info.value)
 
     assert await kill(run) == run.hex() and ended == [(run, "killed", "killed by the user")]
+    assert noted == ended  # kept until recorded: a crash in the grace does not forget it
     assert await kill(mine) == mine.hex()
     assert f"frozen on node {other.hex()[:8]}; run `metaopt kill` there" in await refusal(elsewhere)
     assert "is completed; only a running or frozen one is killed" in await refusal(done)

@@ -244,6 +244,7 @@ def test_a_flood_of_reports_is_thinned_and_the_last_one_still_recorded() -> None
         node_id=ME,
         clock=lambda: clock[0],
         write_event=lambda e, t, kind, **kw: written.append((kind, kw.get("step"))),
+        dirs=SimpleNamespace(trials=Path("/nonexistent/metaopt-test/trials")),
     )
     config = SimpleNamespace(gpus="none", slots=1, timing=Timing(report_interval=0.25))
     runner = TrialRunner(node, config)  # type: ignore[arg-type]
