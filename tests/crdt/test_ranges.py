@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from crdt import Bound, MemoryStore, Record, SetFingerprint, SyncConfig
-from crdt._ranges import FINGERPRINT, SKIP, Range, process_ranges
+import pytest
+
+from crdt import Bound, MemoryStore, ProtocolError, Record, SetFingerprint, SyncConfig
+from crdt._ranges import FINGERPRINT, IDS, SKIP, Range, decode_ranges, process_ranges
 
 
 class CountingStore(MemoryStore):
@@ -37,3 +39,40 @@ def test_skip_ranges_are_not_read() -> None:
     outcome = process_ranges(store, ranges, SyncConfig())
     assert [r.mode for r in outcome.reply] == [SKIP] and not outcome.open
     assert store.listed == len(tail) == 100
+
+
+# The smallest limits a config allows: 6 ranges a message, 6 listed keys.
+SMALL = SyncConfig(fanout=2, initial_fanout=2, leaf_size=1, max_ranges=6, max_keys=6)
+
+
+def _keys(n: int, first: int = 0) -> bytes:
+    return b"".join(bytes([first + i]) * 32 for i in range(n))
+
+
+def test_decode_ranges_accepts_up_to_its_limits() -> None:
+    # The checks below refuse one past each limit; the limit itself passes.
+    six = [1, b"", SKIP, None] * 5 + [None, b"", SKIP, None]
+    assert len(decode_ranges(six, SMALL)) == 6
+    listed = [1, b"", IDS, _keys(3), None, b"", IDS, _keys(3, 3)]
+    assert [r.payload for r in decode_ranges(listed, SMALL)] == [_keys(3), _keys(3, 3)]
+
+
+@pytest.mark.parametrize(
+    "ranges",
+    [
+        # One range more than max_ranges (each bound 1 ms after the last).
+        [1, b"", SKIP, None] * 6 + [None, b"", SKIP, None],
+        # Key lists totalling max_keys + 1 keys, split over two ranges.
+        [1, b"", IDS, _keys(4), None, b"", IDS, _keys(3, 4)],
+        # A key list that is not a whole number of 32-byte keys.
+        [None, b"", IDS, _keys(1) + b"x"],
+        # Two ranges that both extend to the end: only the last may.
+        [None, b"", SKIP, None, None, b"", SKIP, None],
+    ],
+    ids=["ranges", "keys", "ragged-ids", "two-unbounded"],
+)
+def test_decode_ranges_refuses_what_breaks_the_message_limits(ranges: list[object]) -> None:
+    # Each was let through once a check was dropped: a peer could make its partner hold and
+    # answer more than any message of the agreed limits carries, or keys cut mid-way.
+    with pytest.raises(ProtocolError):
+        decode_ranges(ranges, SMALL)

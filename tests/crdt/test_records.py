@@ -150,7 +150,11 @@ def test_rejects_ext_types_including_timestamp(data: bytes) -> None:
         raw(0, seq=0),
         raw(0, seq=-1),
         raw(0, time=-1),
+        # One past the 63-bit range the fast path checks (it once let 2**63 through).
+        raw(0, time=2**63),
+        raw(0, seq=2**63),
         raw(0, links=[b""]),
+        raw(0, links=[b"k" * 65]),  # one byte past MAX_LINK
         raw(0, links=[b"x"] * 17),
         raw(0, links=["text"]),
         msgpack.packb([1, "trial", b"short", 1, 5, [], 0]),

@@ -21,6 +21,7 @@ from crdt import (
     Store,
     StoreError,
     StoreLocked,
+    StoreWriteFailed,
     VersionVector,
 )
 
@@ -166,6 +167,18 @@ def test_fingerprint_version_vector_by_origin(store: Store) -> None:
     assert [r.seq for r in store.by_origin(B, 2, 2)] == [2]
     assert list(store.by_origin(B, 4, 100)) == []
     assert list(store.by_origin(b"C" * 16, 1, 2**63 - 1)) == []
+
+
+def test_the_version_vector_digest_follows_every_add(store: Store) -> None:
+    # The stores update their live vector through add_run only; a digest cached before an
+    # add and kept after it told peers "mine is this" about a vector the replica had outgrown.
+    records = sample()
+    store.add(records[:2])
+    before = store.version_vector().digest()
+    store.add(records[2:])
+    vv = store.version_vector()
+    assert vv.digest() != before
+    assert vv.digest() == VersionVector.from_wire(vv.to_wire()).digest()
 
 
 def test_subscribers_hear_only_new_records_after_add(store: Store) -> None:
@@ -342,6 +355,35 @@ def test_leveldb_failed_batch_writes_nothing(tmp_path: Path) -> None:
         assert (len(store), good.key in store, broken.key in store) == (0, False, False)
     with LevelDBStore(tmp_path / "db") as store:
         assert (len(store), good.key in store, broken.key in store) == (0, False, False)
+
+
+def test_a_failed_write_that_reached_the_disk_is_told_once_the_probe_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch whose data was written but whose sync was refused is on disk all the same. The
+    # probe that reopens the store finds it; unless it then tells the subscribers, replication
+    # never pushes those records and the replica's folds never see them.
+    records = sample()[:3]
+    heard: list[list[Record]] = []
+    monkeypatch.setattr("crdt._leveldb._RETRY_AFTER", 0.0)  # a probe may follow at once
+    with LevelDBStore(tmp_path / "db") as store:
+        store.subscribe(heard.append)
+        write = store._write
+
+        def written_then_refused(*args: object, **kwargs: object) -> None:
+            write(*args, **kwargs)  # type: ignore[arg-type]
+            raise plyvel.IOError(b"IO error: sync refused")
+
+        monkeypatch.setattr(store, "_write", written_then_refused)
+        with pytest.raises(StoreWriteFailed):
+            store.add(records)
+        assert heard == []  # not yet: the write said it failed
+        monkeypatch.undo()
+        store.probe()
+        assert heard == [records]
+        assert all(r.key in store for r in records)
+        store.probe()  # told once only
+        assert heard == [records]
 
 
 def test_raw_by_origin_is_by_origin_without_rebuilding(store: Store) -> None:

@@ -186,3 +186,33 @@ def test_from_wire_rejects_junk(junk: Any) -> None:
 def test_from_wire_bounds_origins() -> None:
     with pytest.raises(ValueError):
         VersionVector.from_wire([[bytes([i]), [1, 1]] for i in range(5)], max_origins=4)
+
+
+def test_from_wire_refuses_an_origin_listed_twice() -> None:
+    # Without the check the second entry silently replaced the first: a peer's vector parsed
+    # as holding less (or other) than it said.
+    o = b"o" * 16
+    with pytest.raises(ValueError, match="twice"):
+        VersionVector.from_wire([[o, [1, 1]], [o, [3, 3]]])
+
+
+def test_digest_follows_add_run_after_it_was_computed() -> None:
+    # Stores update their live vector only through add_run: a digest cached before it and not
+    # invalidated told peers "mine is this" about a vector the replica no longer had.
+    o = b"o" * 16
+    vv = VersionVector()
+    vv.add(o, 1)
+    d0 = vv.digest()
+    assert vv.add_run(o, 5, 9) == 5
+    assert vv.digest() != d0
+    assert vv.digest() == VersionVector.from_wire(vv.to_wire()).digest()
+
+
+def test_an_origin_with_no_seqs_counts_for_nothing_in_equality() -> None:
+    # An origin listed with no runs holds nothing: the vector equals the empty one (digest()
+    # already says so), or a peer's empty entry read as a difference.
+    o = b"o" * 16
+    listed_empty = VersionVector.from_wire([[o, []]])
+    assert listed_empty == VersionVector() and VersionVector() == listed_empty
+    assert VersionVector({o: SeqSet()}) == VersionVector()
+    assert listed_empty != VersionVector.from_wire([[o, [1, 1]]])
