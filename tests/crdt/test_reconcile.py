@@ -627,3 +627,79 @@ def test_a_bad_record_in_a_later_slice_keeps_the_whole_message_out() -> None:
         for _ in steps:
             pass
     assert len(store) == 0
+
+
+# The smallest limits a config allows: 6 ranges and 6 listed keys a message.
+FEW_KEYS = SyncConfig(fanout=2, initial_fanout=2, leaf_size=1, max_ranges=6, max_keys=6)
+
+
+@pytest.mark.parametrize("kind", ["push", "sync"])
+def test_a_message_of_more_records_than_max_records_is_refused_whole(kind: str) -> None:
+    # msgpack's own array cap is far above max_records; without this check a peer's message
+    # of any number of records was decoded and stored.
+    config = SyncConfig(max_records=3)
+    datas = [r.data for r in POOL[:4]]
+    message: dict[str, object] = {"k": kind, "p": datas}
+    if kind == "sync":
+        message["f"] = bytes(16)
+    store = MemoryStore()
+    with pytest.raises(ProtocolError, match="at most 3"):
+        respond(store, bytes(msgpack.packb(message, use_bin_type=True)), config)
+    assert len(store) == 0
+    respond(store, push_message_of(datas[:3]), config)  # max_records itself is taken
+    assert len(store) == 3
+
+
+def test_a_want_list_of_one_key_more_than_max_keys_is_refused() -> None:
+    # (Under the default limits msgpack's byte cap refuses such a list first, which hid an
+    # off-by-one here.)
+    store = store_of(POOL[:3])
+    wanted = b"".join(r.key for r in POOL[:6])
+    with pytest.raises(ProtocolError, match="limit of 6"):
+        respond(store, _request(w=wanted + POOL[6].key), FEW_KEYS)
+    reply = msgpack.unpackb(respond(store, _request(w=wanted), FEW_KEYS))
+    assert sorted(reply["d"]) == sorted(r.data for r in POOL[:3])
+
+
+def test_a_catch_up_of_many_round_trips_that_each_move_a_record_never_gives_up() -> None:
+    # max_idle_round_trips counts round trips in a row that move nothing; one that moves a
+    # record starts the count again, or every catch-up past 65 round trips gave up half done.
+    pool = make_pool(100, seed=11)
+    full, empty = store_of(pool), MemoryStore()
+    stats = sync(empty, full, SyncConfig(max_records=1))
+    assert stats.converged and stats.round_trips > 65
+    assert keys(empty) == keys(full)
+
+
+def test_a_record_carried_over_is_still_sent_when_the_peers_vector_arrives() -> None:
+    # The responder asked by key (the backstop's doing: it holds another record under the same
+    # origin and seq) for two records; one fitted the request, the other was carried over.
+    # A vector arriving then replaces what is queued by run, and lists the carried record's
+    # (origin, seq), so no run covers it: unless put back in the queue by key it was dropped.
+    origin = ORIGINS[0]
+    mine = Record.create("event", origin, 1, 1000, {"life": 1})
+    other = Record.create("event", ORIGINS[1], 1, 1000, {"i": 0})
+    store = store_of([other, mine])
+    session = Initiator(store, SyncConfig(max_records=1))
+    session.start()
+    asked = msgpack.packb({"s": False, "f": b"\x07" * 16, "w": other.key + mine.key})
+    first = session.receive(asked)
+    assert first is not None and msgpack.unpackb(first)["p"] == [other.data]
+    theirs = store.version_vector().to_wire()  # its equivocating twin counts as held
+    second = session.receive(msgpack.packb({"s": False, "f": b"\x07" * 16, "v": theirs}))
+    assert second is not None and msgpack.unpackb(second).get("p") == [mine.data]
+
+
+def test_the_initiators_want_list_never_exceeds_max_keys() -> None:
+    # Keys the responder has but could not fit ("h") and keys a range lists that this side
+    # lacks are queued together; a request asking for all of them at once (7 here) was
+    # refused by a peer of the same limits (6), and the session failed every time.
+    store = MemoryStore()
+    session = Initiator(store, FEW_KEYS)
+    session.start()
+    has = b"".join(r.key for r in POOL[:6])
+    ranges = [None, b"", 2, POOL[6].key]  # one range listing one key (IDS)
+    request = session.receive(msgpack.packb({"s": False, "f": b"\x07" * 16, "h": has, "r": ranges}))
+    assert request is not None
+    wanted = msgpack.unpackb(request)["w"]
+    assert len(wanted) == 6 * 32 and wanted == has
