@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import msgpack
 import pytest
 from hypothesis import given
@@ -131,6 +133,58 @@ def test_associated_data_binds() -> None:
     with pytest.raises(TamperedFrame):
         codec().open(frame, now=T0)
     assert codec().open(frame, now=T0, associated=nonce(1)) == b"reply"
+
+
+def test_known_frame_bytes_are_stable() -> None:
+    """The frame and its MAC are pinned: a change here splits every cluster's peers in two."""
+    frame = codec().seal(b"payload", now=T0, nonce=nonce(1), associated=b"request nonce")
+    assert frame == bytes.fromhex(
+        "9601c408df0d3446f4f9031fcf0000018bcfe56800c410000000000000000000000000000000"
+        "01c6000000077061796c6f6164c420b1e7428c9abed3c10cda7ee7021fa47493b9c8a9a5f025"
+        "9108dc5869a50c64ab"
+    )
+
+
+def test_the_mac_tells_where_the_associated_bytes_end() -> None:
+    # The associated bytes are length-prefixed in the MAC: without it, bytes moved from the
+    # end of the associated data to the start of the signed bytes kept the same MAC.
+    mac = FrameCodec._mac
+    assert mac(KEY, b"bc", b"a") != mac(KEY, b"c", b"ab")
+    assert mac(KEY, b"abc", b"") != mac(KEY, b"bc", b"a")
+
+
+def _ms_to_s(ms: int) -> float:
+    """Seconds that a FrameCodec reads back as exactly ms milliseconds."""
+    now = ms / 1000
+    assert math.floor(now * 1000) == ms
+    return now
+
+
+T0_MS = int(T0 * 1000)
+
+
+@pytest.mark.parametrize("sign", [1, -1], ids=["ahead", "behind"])
+def test_the_window_is_max_skew_to_the_millisecond(sign: int) -> None:
+    # A frame max_skew old (or ahead) is taken, one millisecond more is not: a window
+    # widened by up to a second (the receiver's clock read in whole seconds) went unseen.
+    frame = codec().seal(b"payload", now=T0, nonce=nonce(1))
+    assert codec().open(frame, now=_ms_to_s(T0_MS - sign * 120_000)) == b"payload"
+    with pytest.raises(StaleFrame, match="clock"):
+        codec().open(frame, now=_ms_to_s(T0_MS - sign * 120_001))
+
+
+def test_a_nonce_is_remembered_as_long_as_its_frame_is_inside_the_window() -> None:
+    # Expired a millisecond early, a nonce raised the cache's floor to its frame's time: a
+    # fresh frame of that same millisecond, still inside the window, was refused as stale,
+    # and a replay of the first was said to be stale rather than a replay.
+    receiver = codec()
+    first = codec().seal(b"first", now=T0, nonce=nonce(1))
+    second = codec().seal(b"second", now=T0, nonce=nonce(2))
+    assert receiver.open(first, now=T0) == b"first"
+    edge = _ms_to_s(T0_MS + 120_000)  # both frames exactly max_skew old
+    assert receiver.open(second, now=edge) == b"second"
+    with pytest.raises(ReplayedFrame):
+        receiver.open(first, now=edge)
 
 
 @pytest.mark.parametrize("offset", [-121.0, 121.0, -1e6, 1e6])
