@@ -21,7 +21,7 @@ from metaopt._records import (
     experiment_record,
     parse_experiment,
 )
-from metaopt._state import FROZEN_BY_HAND, ExperimentState, list_experiments
+from metaopt._state import FROZEN_BY_HAND, ExperimentState, TrialView, list_experiments
 from tests.strategies import record_values
 
 NODE_A = b"a" * 16
@@ -760,3 +760,114 @@ def test_the_events_of_a_trial_share_its_ids_rather_than_each_keep_a_copy() -> N
         assert event.trial is first.trial and event.experiment is first.experiment
         assert event.node is first.node and origin is first.node
     assert first.experiment is state.key and first.trial == trial.key
+
+
+def _only(state: ExperimentState) -> TrialView:
+    (view,) = state.trials()
+    return view
+
+
+@pytest.mark.parametrize("killed_at", [20, 5], ids=["killed-later", "killed-earlier"])
+def test_a_completion_outranks_a_kill_whenever_each_was_written(killed_at: int) -> None:
+    # A result outranks a verdict reached without it: a `metaopt kill` that raced a trial's
+    # completion threw its values away when the kill, stamped later, won by time.
+    log = Log()
+    t = log.trial(NODE_A, 0.5, time=1)
+    log.event(t, NODE_A, "completed", 10, metrics={"objective": 0.3})
+    log.event(t, NODE_B, "killed", killed_at, reason="killed by the user")
+    for records in (log.records, list(reversed(log.records))):
+        view = _only(log.state(records))
+        assert (view.state, view.values, view.ended_at) == ("completed", (0.3,), 10)
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [("killed", "failed"), ("failed", "killed")],
+    ids=["kill-first", "fail-first"],
+)
+def test_between_a_kill_and_a_failure_the_earlier_decides(first: str, then: str) -> None:
+    # Killed and failed rank alike: the first in time wins (a kill ranked below a failure
+    # turned a trial killed by hand into one failed a moment later by its dying run).
+    log = Log()
+    t = log.trial(NODE_A, 0.5, time=1)
+    log.event(t, NODE_A, first, 10, reason="first")
+    log.event(t, NODE_B, then, 20, reason="then")
+    for records in (log.records, list(reversed(log.records))):
+        view = _only(log.state(records))
+        assert (view.state, view.reason, view.ended_at) == (first, "first", 10)
+
+
+def test_one_writers_events_keep_its_order_when_its_clock_steps_back() -> None:
+    # Written in this order by one node: started, interrupted, started again. Its clock
+    # stepped back between the last two, and by stamps alone the restart sorted before the
+    # interruption: the trial read "interrupted" (free for anyone) while it ran.
+    log = Log()
+    t = log.trial(NODE_A, 0.5, time=10)
+    log.event(t, NODE_A, "started", 50)
+    log.event(t, NODE_A, "interrupted", 100, reason="signal")
+    log.event(t, NODE_A, "started", 90)
+    for records in (log.records, list(reversed(log.records))):
+        view = _only(log.state(records))
+        assert (view.state, view.attempts, view.free_events) == ("running", 2, ())
+
+
+def test_a_stopped_experiment_is_finished_once_nothing_runs() -> None:
+    # Stopped, trials waiting to start (or to run again) never will: waiting for them kept a
+    # stopped experiment unfinished for good.
+    log = Log()
+    waiting = log.trial(NODE_A, 0.1)
+    lost = log.trial(NODE_A, 0.2)
+    log.event(lost, NODE_A, "started", 1100)
+    log.event(lost, NODE_B, "lost", 5000, reason="quiet")
+    running = log.trial(NODE_A, 0.3)
+    log.event(running, NODE_A, "started", 1100)
+    stop = Record.create(CONTROL, NODE_B, 99, 6000, {"action": "stop"}, [log.experiment.key])
+    log.records.append(stop)
+    state = log.state()
+    assert state.stopped and not state.active
+    assert state.counts() == {"pending": 1, "lost": 1, "running": 1}
+    assert not state.finished  # one still runs
+    log.event(running, NODE_A, "completed", 7000, metrics={"objective": 0.5})
+    state = log.state()
+    assert state.counts() == {"pending": 1, "lost": 1, "completed": 1}
+    assert state.finished and state.trial(waiting.key).state == "pending"  # type: ignore[union-attr]
+
+
+def test_a_trial_that_ended_after_a_loss_lists_no_free_events() -> None:
+    # free_events names the events that freed a trial; a trial completed since is not free,
+    # and a re-run answering them would say it supersedes a loss that no longer counts.
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    log.event(t, NODE_A, "started", 1100)
+    log.event(t, NODE_B, "lost", 5000, reason="quiet")
+    log.event(t, NODE_A, "completed", 6000, metrics={"objective": 0.5})
+    view = _only(log.state())
+    assert (view.state, view.free_events) == ("completed", ())
+
+
+def test_last_seen_is_the_latest_stamp_whatever_the_order_written() -> None:
+    # One writer stamped 100 and then, its clock stepped back, 90: the trial was last seen at
+    # 100, not 90, or it read as quiet for longer than it was.
+    log = Log()
+    t = log.trial(NODE_A, 0.5, time=10)
+    log.event(t, NODE_A, "started", 100)
+    log.event(t, NODE_A, "heartbeat", 90)
+    for records in (log.records, list(reversed(log.records))):
+        assert _only(log.state(records)).last_seen == 100
+
+
+def test_the_best_of_equal_values_is_the_earliest_created_then_the_smallest_key() -> None:
+    # Every peer must name the same best trial: among equal values the earliest created, and
+    # among those created in the same millisecond the smallest key.
+    log = Log()
+    early = log.trial(NODE_A, 0.1, time=1000)
+    late = log.trial(NODE_B, 0.7, time=2000)
+    assert late.key < early.key  # so the key alone would pick the later one
+    for t in (early, late):
+        log.event(t, NODE_A, "completed", 3000, metrics={"objective": 0.5})
+    assert [t.key for t in log.state().best()] == [early.key]
+    log = Log()
+    twins = [log.trial(NODE_A, 0.1, time=1000), log.trial(NODE_B, 0.7, time=1000)]
+    for t in twins:
+        log.event(t, NODE_A, "completed", 3000, metrics={"objective": 0.5})
+    assert [t.key for t in log.state().best()] == [min(t.key for t in twins)]
