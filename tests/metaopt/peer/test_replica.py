@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from crdt import LevelDBStore, MemoryStore, Record
+from crdt._store import notify
 from metaopt._errors import MetaoptError
 from metaopt._records import CONTROL, EVENT, EXPERIMENT, TRIAL, EventBody, ExperimentSpec
 from metaopt._state import ExperimentState
@@ -598,19 +599,35 @@ def _history(trials: int, events: int) -> tuple[Record, list[Record]]:
     return exp, out
 
 
+class _Redelivering(MemoryStore):
+    """A MemoryStore that can tell its subscribers of records again (as a store may after a
+    write it could not confirm)."""
+
+    def redeliver(self, records: list[Record]) -> None:
+        notify(self._subscribers, records)
+
+
 @pytest.mark.asyncio
-async def test_an_experiment_arriving_after_its_history_is_folded_a_step_at_a_time() -> None:
+@pytest.mark.parametrize("heard_twice", [False, True], ids=["once", "heard-twice"])
+async def test_an_experiment_arriving_after_its_history_is_folded_a_step_at_a_time(
+    heard_twice: bool,
+) -> None:
     # A catching-up peer that heard of an experiment after its million records folded them
     # all at once, its event loop held for 23 s (77 s for 3 million).
+    # heard-twice: heard of again while its fold ran in a task, the experiment was folded a
+    # second time from the start; records arriving meanwhile went to the second fold only,
+    # and the first listed the experiment without them.
     exp, history = _history(trials=30, events=9)
     early, late = history[:200], history[200:]
-    store = MemoryStore()
+    store = _Redelivering()
     replica = Replica(store, fold_step=40)
     told: list[tuple[list[bytes], bool]] = []  # each batch heard, and if exp was listed then
     replica.listen(lambda new: told.append(([r.key for r in new], exp.key in replica.experiments)))
     store.add(early)
     store.add([exp])
     assert exp.key not in replica.experiments  # not yet folded whole
+    if heard_twice:
+        store.redeliver([exp])
     ticks = 0
     while exp.key not in replica.experiments and ticks < 1000:
         if ticks == 1:

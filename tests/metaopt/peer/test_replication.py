@@ -7,11 +7,12 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+import msgpack
 import pytest
 
 from crdt import MemoryStore, Record, respond
 from metaopt.peer._gossip import PeerTable
-from metaopt.peer._replication import Replicator
+from metaopt.peer._replication import Replicator, _batches
 from metaopt.peer._transport import PeerUnreachable
 
 A, B = (bytes([i]) * 16 for i in (1, 2))
@@ -182,3 +183,42 @@ def test_a_catch_up_message_is_stored_in_slices_with_the_loop_running_between() 
 
     asyncio.run(catch_up())
     assert len(seen) >= 3 and len(set(seen)) == len(seen)
+
+
+def test_only_this_nodes_own_new_records_are_pushed() -> None:
+    # Records received from others reach this store too, and were pushed on again: every push
+    # bounced through each receiver's peers, a cluster's traffic multiplied by its fanout.
+    mine = Record.create("event", bytes(16), 1, 1000, {"i": 1})  # the replicator's node id
+    theirs = Record.create("event", A, 1, 1000, {"i": 2})
+    pushed: list[list[bytes]] = []
+
+    class _Receiver:
+        async def call(self, addr: str, op: str, body: Any = None) -> Any:
+            pushed.append(list(msgpack.unpackb(body)["p"]))
+            return b"ack"
+
+    async def hear(records: list[Record]) -> None:
+        table = PeerTable()
+        table.add(B, "127.0.0.1:1002", 10.0, contacted=True)
+        rep = _replicator(table, _Receiver(), 10.0)  # type: ignore[arg-type]
+        rep.on_new(records)
+        await asyncio.sleep(0)
+        await rep.drain(timeout=5)
+
+    asyncio.run(hear([theirs]))
+    assert pushed == []
+    asyncio.run(hear([theirs, mine]))
+    assert pushed == [[mine.data]]
+
+
+def test_a_push_batch_stays_under_its_byte_limit() -> None:
+    # A record that would take a batch past the limit starts the next batch: checking the
+    # size before adding it let a batch grow to the limit plus one record (past the 4 MiB a
+    # receiver takes, with records near the 1 MiB cap).
+    records = [Record.create("blob", A, seq, 1000, {"b": b"x" * 900}) for seq in range(1, 4)]
+    size = len(records[0].data)
+    assert all(len(r.data) == size for r in records)
+    batches = _batches(records, limit=2 * size + size // 2, count=100)
+    assert batches == [records[:2], records[2:]]
+    assert _batches(records, limit=3 * size, count=100) == [records]  # the limit itself fits
+    assert _batches(records, limit=3 * size, count=2) == [records[:2], records[2:]]
