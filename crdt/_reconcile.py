@@ -40,10 +40,10 @@ Messages are msgpack maps with one-letter fields:
   ``{"k": "push", "p": records}`` (eager push);
 * response ``{"s": in sync, "f": fingerprint, "d"?: records, "v"?: vector, "m"?: more,
   "w"?: keys the responder wants, "h"?: keys it has but could not fit, "r"?: ranges, "t"?:
-  keys left out of "h" or "w" for want of room}``. A round that ends after a "t" found a
-  difference too large for its messages, not a set that keeps changing: the fresh round that
-  finds the rest does not count towards ``max_rounds`` (a peer of an earlier release sends no
-  "t", and its rounds all count).
+  keys left out of "h" or "w" for want of room}``. A round that moved records and ends after a
+  "t" found a difference too large for its messages, not a set that keeps changing: the fresh
+  round that finds the rest does not count towards ``max_rounds`` (``max_round_trips`` still
+  bounds the session; a peer of an earlier release sends no "t", and its rounds all count).
 
 Records travel as their exact bytes and are re-decoded on receipt (the key is re-hashed); one
 malformed record makes the whole message a ProtocolError and nothing of it is stored. Messages
@@ -515,6 +515,7 @@ class Initiator:
         self._asked_runs = False  # the last request asked for runs of the peer's vector
         self._idle = 0
         self._left_out = False  # the responder left keys out this round (its "t")
+        self._round_moved = False  # records went either way this round
         self._counted_rounds = 1  # rounds that count towards max_rounds
 
     def start(self) -> bytes:
@@ -584,6 +585,7 @@ class Initiator:
         more = message.get("m") is True
         self._left_out = self._left_out or message.get("t") is True
         if records:
+            self._round_moved = True
             yield from _store(self.store, records, step)
             stats.records_received += len(records)
             stats.record_bytes_received += sum(map(len, message["d"]))
@@ -622,15 +624,21 @@ class Initiator:
             if mine == theirs:
                 self._finish(True, self._phase())
                 return None
-            if not self._left_out:
+            # Free only if it moved records: a peer saying "t" to every opening, moving
+            # nothing, would otherwise hold the session for good.
+            if not (self._left_out and self._round_moved):
                 if self._counted_rounds >= self.config.max_rounds:
                     self._finish(False, "gave-up")
                     return None
                 self._counted_rounds += 1
-            self._left_out = False
+            if stats.round_trips >= self.config.max_round_trips:
+                self._finish(False, "gave-up")
+                return None
+            self._left_out = self._round_moved = False
             stats.rounds += 1
             return self._opening()
         moved = bool(records or batch.data)
+        self._round_moved = self._round_moved or moved
         self._idle = 0 if moved else self._idle + 1
         if (
             self._idle > self.config.max_idle_round_trips

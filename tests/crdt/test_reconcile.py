@@ -703,3 +703,20 @@ def test_the_initiators_want_list_never_exceeds_max_keys() -> None:
     assert request is not None
     wanted = msgpack.unpackb(request)["w"]
     assert len(wanted) == 6 * 32 and wanted == has
+
+
+def test_a_peer_that_says_it_left_keys_out_but_sends_nothing_cannot_hold_the_session() -> None:
+    # A round cut short for want of room ("t") does not count towards max_rounds only if it
+    # moved records: answering every opening with "t" and nothing else held the session for
+    # good (200,000 round trips and counting).
+    a, b = store_of([]), store_of(POOL[:5])
+    session = Initiator(a, TIGHT)
+    message: bytes | None = session.start()
+    for _ in range(10_000):
+        if message is None:
+            break
+        honest = msgpack.unpackb(respond(b, message, TIGHT), raw=False)
+        reply = {"s": False, "f": honest["f"], "t": True}
+        message = session.receive(msgpack.packb(reply, use_bin_type=True))
+    assert session.done and not session.stats.converged
+    assert session.stats.rounds == TIGHT.max_rounds and keys(a) == set()
