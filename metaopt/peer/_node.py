@@ -1095,7 +1095,8 @@ class Node:
         ):
             asked = self.runner.stop_requested(lost.trial)
             if asked is not None:
-                # Frozen or killed by hand while this peer died: as the user asked, not lost.
+                # Frozen or killed (by hand, its stopper or its timeout) as this peer died:
+                # recorded as decided, not taken for lost and run again.
                 outcome, reason = asked
                 view = self.replica.experiments[lost.experiment].trial(lost.trial)
                 step = view.last_step if view is not None else None

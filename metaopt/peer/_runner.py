@@ -52,11 +52,12 @@ _METAOPT_PACKAGE = Path(__file__).resolve().parents[1]
 SUPERSEDED = "superseded"
 
 
-# In a trial's folder while a stop asked for by hand (`metaopt freeze` or `kill`) is under
-# way: {"outcome": ..., "reason": ...}. A peer killed -9 during the stop's grace took the trial
-# for lost when it restarted and ran it again, the user's freeze or kill forgotten.
+# In a trial's folder while a freeze or kill this peer decided (by hand, by its early stopper,
+# or for its trial timeout) is under way: {"outcome": ..., "reason": ...}. A peer killed -9
+# during the stop's grace took the trial for lost when it restarted and ran it again: the
+# user's freeze or kill forgotten, and a run its stopper had killed at a rung resumed past it.
 STOP_REQUEST = "stop-request"
-_BY_HAND_OUTCOMES = ("frozen", "killed")
+_KEPT_OUTCOMES = ("frozen", "killed")
 
 
 def _request_end(run: Running, outcome: str, reason: str) -> bool:
@@ -555,20 +556,20 @@ class TrialRunner:
         return asked
 
     def note_stop_request(self, trial: bytes, outcome: str, reason: str) -> None:
-        """Keep a stop asked for by hand on disk until the trial's end is recorded (see
+        """Keep a freeze or kill on disk until the trial's end is recorded (see
         STOP_REQUEST); best effort: without it, a crash in the grace forgets the request."""
         with contextlib.suppress(OSError):
             text = json.dumps({"outcome": outcome, "reason": reason})
             (self.trial_dir(trial) / STOP_REQUEST).write_text(text)
 
     def stop_requested(self, trial: bytes) -> tuple[str, str] | None:
-        """The (outcome, reason) of a stop asked for by hand that this peer's last life did
-        not live to record, if any."""
+        """The (outcome, reason) of a freeze or kill that this peer's last life did not live
+        to record, if any."""
         try:
             asked = json.loads((self.trial_dir(trial) / STOP_REQUEST).read_text())
         except (OSError, ValueError):
             return None
-        if not isinstance(asked, dict) or asked.get("outcome") not in _BY_HAND_OUTCOMES:
+        if not isinstance(asked, dict) or asked.get("outcome") not in _KEPT_OUTCOMES:
             return None
         reason = asked.get("reason")
         return asked["outcome"], reason if isinstance(reason, str) else "stopped by hand"
@@ -731,6 +732,7 @@ class TrialRunner:
             limit = trial_timeout(state.spec) if state is not None else None
             why = f"ran longer than its trial timeout ({limit} s)"
             if limit is not None and now - run.began > limit and _request_end(run, "killed", why):
+                self.note_stop_request(run.trial, "killed", why)
                 log.info("trial %s: %s", run.trial.hex()[:12], why)
 
     async def monitor(self) -> None:
@@ -765,7 +767,8 @@ class TrialRunner:
                 if decision.action in (Action.FREEZE, Action.KILL) and decision.trial_id in running:
                     outcome = "frozen" if decision.action is Action.FREEZE else "killed"
                     log.info("%s trial %s: %s", outcome, key.hex()[:12], decision.reason)
-                    await self.end(key, outcome, decision.reason)  # a no-op if it has ended
+                    if await self.end(key, outcome, decision.reason):  # (not if it has ended)
+                        self.note_stop_request(key, outcome, decision.reason)
                 elif decision.action is Action.KILL and self._still_frozen(state, key):
                     self._kill_frozen(state, key, decision.reason)
                 elif decision.action is Action.THAW:

@@ -210,6 +210,25 @@ def test_a_trial_asked_to_stop_is_told_why() -> None:
     assert runner.stopping_as(trial) == "frozen"
 
 
+def test_a_stop_the_stopper_decided_is_kept_on_disk_until_its_end_is_recorded(
+    tmp_path: Path,
+) -> None:
+    # Killed -9 in the kill's grace, a restarted peer took the trial for lost and resumed it
+    # past the rung it had been killed at (a resumed run is not judged below its checkpoint).
+    runner, trial, asked = _running_here(exited=False)
+    runner.node.dirs = SimpleNamespace(trials=tmp_path / "trials", root=tmp_path)
+    runner.trial_dir(trial).mkdir(parents=True)
+    state = next(iter(runner.node.replica.experiments.values()))
+    # (Its state says frozen, its slot here running: the stopper's kill goes to the run.)
+    runner._stoppers[state.key] = _JudgeFrozen(Action.KILL, "not in the top 1/3 at rung 9")
+    asyncio.run(runner.monitor())
+    assert asked == ["not in the top 1/3 at rung 9"]
+    assert runner.stop_requested(trial) == ("killed", "not in the top 1/3 at rung 9")
+    outcome = SimpleNamespace(status="interrupted", exit_code=-15, objectives={}, metrics={})
+    runner._record_outcome(runner.running[0], outcome)
+    assert runner.stop_requested(trial) is None
+
+
 def test_a_trial_whose_process_has_exited_is_not_asked_to_stop() -> None:
     # Asked while its output drained (an escaped child held its pipes), a trial that had
     # completed was recorded killed, frozen or interrupted, and a freeze or a peer stop ran it
