@@ -785,17 +785,36 @@ class TrialRunner:
         log.info("killed frozen trial %s: %s", key.hex()[:12], reason)
         self.node.write_event(state.key, key, "killed", reason=reason)
 
+    def interrupted_here(self) -> int:
+        """How many of this peer's trials were cut short here and wait to be run again: its
+        last life's (running or lost, but not running now). Their checkpoints are here, so
+        they come before thaws: after a crash both slots went to frozen trials, and another
+        peer re-ran the crashed one from step 0."""
+        me, here = self.node.node_id, self.running_keys()
+        return sum(
+            1
+            for state in self.node.replica.experiments.values()
+            if state.spec.command is not None and not state.stopped
+            for t in state.trials()
+            if t.state in ("running", "lost") and t.runner == me and t.key not in here
+        )
+
     async def thaw(self) -> None:
-        """Resume this peer's frozen trials that are a better bet than a new configuration."""
+        """Resume this peer's frozen trials that are a better bet than a new configuration,
+        in the slots its own interrupted trials do not need (see interrupted_here)."""
         from metaopt.freezethaw import Action, Decision
 
+        reserved = None
         for state in list(self.node.replica.experiments.values()):
             if self.free_slots() <= 0 or state.spec.command is None or state.stopped:
                 continue
             frozen = self._own_frozen(state)
             if not frozen:
                 continue
-            decisions = await self._decide(state, frozen, self.free_slots())
+            reserved = self.interrupted_here() if reserved is None else reserved
+            if self.free_slots() <= reserved:
+                return
+            decisions = await self._decide(state, frozen, self.free_slots() - reserved)
             if decisions is None:
                 # Its stopper failed: resumed unjudged as slots allow (as a trial lost while
                 # frozen is re-run), or they would stay frozen and the experiment open for good.
@@ -806,7 +825,7 @@ class TrialRunner:
                 if decision.action is Action.KILL and self._still_frozen(state, key):
                     # Judged hopeless where a slot could have taken it: frozen for good.
                     self._kill_frozen(state, key, decision.reason)
-                elif decision.action is Action.THAW and self.free_slots() > 0:
+                elif decision.action is Action.THAW and self.free_slots() > reserved:
                     view = state.trial(key)
                     if view is not None and view.state == "frozen":
                         log.info("thawing trial %s: %s", view.key.hex()[:12], decision.reason)

@@ -783,3 +783,55 @@ async def test_a_trial_frozen_or_killed_by_hand_when_its_peer_died_is_not_run_ag
             assert view.frozen_by_hand and view.frozen_step == 3
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_restarted_peer_reruns_its_interrupted_trial_before_it_thaws_a_frozen_one(
+    tmp_path: Path,
+) -> None:
+    # After a kill -9 both slots went to frozen trials its stopper thawed, and another peer
+    # re-ran the interrupted trial from step 0 while its checkpoint sat here.
+    from metaopt.freezethaw import Action
+    from tests.metaopt.peer.test_runner_decisions import _JudgeFrozen
+
+    spec = ExperimentSpec(
+        "good", {"x": "uniform(0, 1)"}, algorithm="random", command=(sys.executable, "-c", "pass"),
+        max_trials=2, max_step=10,
+    )  # fmt: skip
+    exp = experiment_record(spec)
+    node = _lone_node(tmp_path)
+    me, now_ms = node.node_id, int(time.time() * 1000)
+    body = {"params": {"x": 0.25}, "node": me, "counter": 1}
+    cut_short = Record.create(TRIAL, me, 1, now_ms - 5_000, body, [exp.key])
+    frozen = Record.create(
+        TRIAL, me, 10, now_ms - 5_000, {**body, "params": {"x": 0.75}, "counter": 2}, [exp.key]
+    )
+    stopped = [
+        EventBody(frozen.key, exp.key, "started", me),
+        EventBody(frozen.key, exp.key, "progress", me, 2, {"objective": 0.1}),
+        EventBody(frozen.key, exp.key, "frozen", me, 2, reason="not in the top at rung 1"),
+    ]
+    events = _ran_to_step_3(me, exp, cut_short, now_ms) + [
+        Record.create(EVENT, me, seq, now_ms - 3_000 + seq, e.to_body(), [frozen.key, exp.key])
+        for seq, e in enumerate(stopped, start=11)
+    ]
+    node.runner.trial_dir(cut_short.key).mkdir(parents=True)
+    (node.runner.trial_dir(cut_short.key) / "state.json").write_text('{"step": 3}')
+    try:
+        node.store.add([exp, cut_short, frozen, *events])
+        node.replicator.sessions = 1  # caught up
+        state = node.replica.experiments[exp.key]
+        node.runner._stoppers[exp.key] = _JudgeFrozen(Action.THAW, "worth a slot")
+        await node._schedule_once()
+
+        def kinds(trial: Record) -> list[str]:
+            records = sorted(
+                (r for r in node.store.linked(trial.key) if r.kind == EVENT), key=lambda r: r.seq
+            )
+            return [e.kind for e in map(parse_event, records) if e is not None]
+
+        assert kinds(cut_short)[2:] == ["lost", "started"]
+        assert kinds(frozen) == ["started", "progress", "frozen"]  # its turn comes later
+        assert state.trial(frozen.key).state == "frozen"  # type: ignore[union-attr]
+    finally:
+        await node.stop()
