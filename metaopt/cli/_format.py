@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
     "best_summary",
     "column_names",
+    "columns",
     "command",
     "elided",
     "experiment_word",
@@ -37,13 +39,37 @@ def printable(text: str, *, lines: bool = False) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def columns(text: str) -> int:
+    """How many terminal columns text takes: East Asian wide characters take two, combining
+    marks none (a name of 64 CJK characters, counted as 64, pushed every column out of line)."""
+    if text.isascii():
+        return len(text)
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
 def elided(text: str, width: int = 40) -> str:
-    """text shown in at most ``width`` characters, its middle replaced by '…' if it is longer
+    """text shown in at most ``width`` columns, its middle replaced by '…' if it is wider
     (its start and its end are what tell names apart): a table is as wide as its widest cell."""
-    if len(text) <= width:
+    if columns(text) <= width:
         return text
-    tail = (width - 1) // 3
-    return f"{text[: width - 1 - tail]}…{text[len(text) - tail :]}"
+    head, tail = (
+        _fitting(text, width - 1 - (width - 1) // 3),
+        _fitting(text[::-1], (width - 1) // 3),
+    )
+    return f"{head}…{tail[::-1]}"
+
+
+def _fitting(text: str, width: int) -> str:
+    """The longest start of text that fits in width columns."""
+    used = 0
+    for i, c in enumerate(text):
+        used += columns(c)
+        if used > width:
+            return text[:i]
+    return text
 
 
 def json_text(value: Any, **options: Any) -> str:
@@ -142,12 +168,15 @@ def trial_state(state: str, thaws: int) -> str:
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     headers = [printable(h) for h in headers]
     cells = [[fmt_value(c) for c in row] for row in rows]
-    widths = [len(h) for h in headers]
+    widths = [columns(h) for h in headers]
     for row in cells:
         for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in cells:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+            widths[i] = max(widths[i], columns(cell))
+
+    def line(row: Sequence[str]) -> str:
+        padded = (c + " " * (w - columns(c)) for c, w in zip(row, widths, strict=True))
+        return "  ".join(padded).rstrip()
+
+    lines = [line(headers), "  ".join("-" * w for w in widths)]
+    lines += [line(row) for row in cells]
     return "\n".join(lines)

@@ -33,3 +33,17 @@ def test_table_aligns_columns_and_prints_missing_values_as_a_dash() -> None:
         "ab     frozen   0.25",
         "c      running  -",
     ]
+
+
+def test_wide_characters_take_two_columns_in_a_table_and_an_elided_name() -> None:
+    # A name of 64 CJK characters, counted as 64, took 80 columns once elided to "40" and
+    # pushed every column after it out of line.
+    from metaopt.cli._format import columns, elided
+
+    assert columns("abc") == 3 and columns("名字") == 4 and columns("e\u0301") == 1
+    shown = elided("名" * 64)
+    assert columns(shown) <= 40 and "…" in shown
+    assert elided("a" * 100) == "a" * 26 + "…" + "a" * 13  # (ASCII as before)
+    wide, narrow = table(["name", "x"], [["名字名字", 1], ["abc", 2]]).splitlines()[2:]
+    # The second column starts at the same terminal column on both rows.
+    assert columns(wide[: wide.index("1")]) == columns(narrow[: narrow.index("2")]) == 10
