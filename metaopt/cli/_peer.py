@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from metaopt._errors import MetaoptError
@@ -78,6 +77,10 @@ def add_peer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     key.set_defaults(func=_key)
 
 
+# Timings where 0 means "none" rather than a period that would spin a loop.
+_MAY_BE_ZERO = frozenset({"push_fanout", "report_interval", "settle", "leave_wait"})
+
+
 def _parse_timing(text: str) -> Timing:
     timing = Timing()
     if not text:
@@ -93,7 +96,10 @@ def _parse_timing(text: str) -> Timing:
             changes[name] = int(value) if name == "push_fanout" else float(value)
         except ValueError:
             raise MetaoptError(f"timing {name} needs a number, got {value!r}") from None
-        if not changes[name] > 0:  # (nan too) a period of 0 spun a loop, a negative one raised
+        if name in _MAY_BE_ZERO:  # no eager push, no thinning, no settling, no waiting
+            if not changes[name] >= 0:
+                raise MetaoptError(f"timing {name} must be 0 or more, got {value.strip()!r}")
+        elif not changes[name] > 0:  # (nan too) a period of 0 spun a loop, a negative one raised
             raise MetaoptError(f"timing {name} must be more than 0, got {value.strip()!r}")
     return dataclasses.replace(timing, **changes)
 
@@ -108,14 +114,24 @@ def _whole(what: str, text: object, low: int, high: int) -> int:
     return value
 
 
+_KEY_FILE_MAX = 4096  # a key is under 100 bytes
+
+
 def _read_key_file(key_file: str, given: str) -> str:
     """The key the file ``given`` (--key-file or METAOPT_KEY_FILE) names holds."""
     try:
-        raw = Path(key_file).read_bytes()
+        with open(key_file, "rb") as f:
+            raw = f.read(_KEY_FILE_MAX + 1)  # (bounded: /dev/zero was read until memory ran out)
     except OSError as exc:
         raise MetaoptError(f"cannot read {given} {key_file}: {exc.strerror}") from None
+    if len(raw) > _KEY_FILE_MAX or b"\0" in raw:
+        raise MetaoptError(
+            f"{given} {key_file} is not a cluster key file; put the key that `metaopt peer"
+            " key` prints on a member in it"
+        )
     try:
-        text = raw.decode("utf-8").strip()
+        # (utf-8-sig: a BOM, as Notepad saves a file, was taken for part of the key)
+        text = raw.decode("utf-8-sig").strip()
     except UnicodeDecodeError:
         # Random bytes, or a binary file named by mistake: a traceback said only "codec".
         raise MetaoptError(
@@ -164,7 +180,7 @@ def _config(args: argparse.Namespace) -> PeerConfig:
     )
 
 
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -246,17 +262,8 @@ def _detach(config: PeerConfig, log_level: str, timing: str, data_dir: str | Non
         env["METAOPT_KEY"] = config.key_text  # not on the command line, where ps shows it
     running = dirs.running_pid()
     if running is not None:
-        # Removing its address file below would cut the CLI off from it for good.
+        # (At once; a start at the same moment on this directory is told apart below.)
         raise _already_running(dirs, running, data_dir)
-    try:
-        dirs.address_file.unlink()  # left by a peer that died; its reappearance means "up"
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise MetaoptError(
-            f"cannot remove {dirs.address_file}: {exc.strerror}; it is not what a peer writes"
-            " there: remove it by hand"
-        ) from None
     log_path = dirs.root / "peer.log"
     # Owner-only, as cluster.key: a new cluster's first start writes its join command, key
     # and all, here.

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from metaopt._errors import MetaoptError
-from metaopt.cli._peer import _parse_timing, _printable_lines, _stop
+from metaopt.cli._peer import _parse_timing, _printable_lines, _read_key_file, _stop
 from metaopt.peer._identity import DataDir, pid_gone
 
 
@@ -134,6 +134,31 @@ def test_a_key_file_that_is_not_text_is_one_line_naming_it(
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.parametrize(
+    "content", [b"mo1-\x00\x01abc", b"mo1-" + b"a" * 5000], ids=["nul", "huge"]
+)
+def test_a_key_file_that_cannot_hold_a_key_is_refused_unread(
+    tmp_path: Path, content: bytes
+) -> None:
+    # A NUL byte went on to the detached peer's environment (a Popen traceback); /dev/zero was
+    # read until memory ran out.
+    key_file = tmp_path / "key"
+    key_file.write_bytes(content)
+    with pytest.raises(MetaoptError) as info:
+        _read_key_file(str(key_file), "--key-file")
+    assert str(info.value) == (
+        f"--key-file {key_file} is not a cluster key file; put the key that `metaopt peer"
+        " key` prints on a member in it"
+    )
+
+
+def test_a_key_file_saved_with_a_byte_order_mark_holds_its_key(tmp_path: Path) -> None:
+    # Notepad's BOM was read as part of the key: "a cluster key starts with 'mo1-'".
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"\xef\xbb\xbfmo1-abc\r\n")
+    assert _read_key_file(str(key_file), "--key-file") == "mo1-abc"
+
+
 @pytest.mark.parametrize("content", ["", " \n\t\n", None], ids=["empty", "blank", "devnull"])
 @pytest.mark.parametrize("join", [False, True])
 def test_an_empty_key_file_is_refused_not_taken_for_no_key(
@@ -205,7 +230,9 @@ def test_two_detached_starts_at_once_on_one_data_dir_start_one_peer_and_the_othe
         for pid in _processes_naming(data_dir):
             os.kill(pid, signal.SIGTERM)
         for pid in _processes_naming(data_dir):
-            while not pid_gone(pid):
+            for _ in range(300):  # (bounded: 30 s)
+                if pid_gone(pid):
+                    break
                 time.sleep(0.1)
 
 
@@ -232,10 +259,11 @@ def test_a_log_level_other_than_those_listed_is_refused(
         assert main([*start, "--log-level", level, *detach]) == 2
         assert capsys.readouterr().err == (
             f"metaopt: --log-level (or METAOPT_LOG_LEVEL) {level!r}: choose one of DEBUG, INFO,"
-            " WARNING\n"
+            " WARNING, WARN, ERROR, CRITICAL\n"
         )
     assert main([*start, "--log-level", "debug", "--detach"]) == 0
-    assert started and started[0][1] == "DEBUG"
+    assert main([*start, "--log-level", "error", "--detach"]) == 0  # (logging's names all work)
+    assert [args[1] for args in started] == ["DEBUG", "ERROR"]
 
 
 @pytest.mark.parametrize("timeout", ["-5", "nan"])
@@ -251,10 +279,17 @@ def test_peer_stop_refuses_a_negative_timeout(
     )
 
 
-@pytest.mark.parametrize("item", ["gossip=-1", "schedule=0", "push_fanout=0", "settle=nan"])
-def test_a_timing_of_zero_or_less_is_refused(item: str) -> None:
+@pytest.mark.parametrize(
+    ("item", "least"),
+    [("gossip=-1", "more than 0"), ("schedule=0", "more than 0"), ("monitor=nan", "more than 0"),
+     ("push_fanout=-1", "0 or more"), ("settle=nan", "0 or more")],
+)  # fmt: skip
+def test_a_timing_of_zero_or_less_is_refused_where_zero_is_no_period(item: str, least: str) -> None:
     name, _, value = item.partition("=")
     with pytest.raises(MetaoptError) as info:
         _parse_timing(f"anti_entropy=0.3,{item}")
-    assert str(info.value) == f"timing {name} must be more than 0, got {value!r}"
+    assert str(info.value) == f"timing {name} must be {least}, got {value!r}"
     assert _parse_timing("gossip=0.5,push_fanout=2").gossip == 0.5
+    # 0 means none for these: no eager push, no thinning, no settling, no waiting to leave.
+    nothing = _parse_timing("push_fanout=0,report_interval=0,settle=0,leave_wait=0")
+    assert (nothing.push_fanout, nothing.report_interval, nothing.settle) == (0, 0.0, 0.0)
