@@ -203,11 +203,12 @@ class OutputParser:
         """One line saying why no objective was found, for a failure reason."""
         wanted = names or (self.config.objective,)
         missing = [n for n in wanted if self.objective(n) is None]
-        parts = [f"no numeric {', '.join(repr(n) for n in missing)} in {self.report_count} reports"]
         texts = [n for n in missing if isinstance(self.latest.get(n), str)]
+        where = "at the end of" if texts else "in"  # (numbers may have come before the text)
+        named = ", ".join(repr(n) for n in missing)
+        parts = [f"no numeric {named} {where} {self.report_count} reports"]
         if texts:  # report(loss="0.5"): say so, or the user hunts for a missing report
-            # The last: the objective is the last value reported (numbers before it, if any,
-            # made "no numeric 'loss' in 40 reports" read as if none had been one).
+            # The last: the objective is the last value reported.
             parts.append(
                 ", ".join(f"the last {n!r} was the string {self.latest[n]!r}" for n in texts)
                 + " (report a number)"

@@ -267,6 +267,7 @@ async def test_an_objective_reported_as_text_is_named_in_the_failure(tmp_path: P
     outcome, _ = await _run(_spec(tmp_path, script))
     assert outcome.status == "failed" and outcome.reason is not None
     # The last value counts; the one before was a number (the reason read as if none was).
+    assert outcome.reason.startswith("no objective reported: no numeric 'loss' at the end of 2")
     assert "the last 'loss' was the string '0.5' (report a number)" in outcome.reason
 
 
