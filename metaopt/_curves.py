@@ -84,6 +84,7 @@ def curve_views(
                 state=_STATE[trial.state],  # type: ignore[arg-type]
                 max_step=max(final, int(steps[-1]) if len(steps) else 0),
                 resumed_step=trial.resumed_step,
+                stopped_rung=trial.stopped_rung,
             )
         )
     return out

@@ -309,6 +309,9 @@ class EventBody:
     # heartbeat stamped after the loss was noticed) no longer reads as running on. A key, not
     # a time: nothing a peer stamps can put a loss beyond reach.
     after: bytes | None = None
+    # A kill by a rung rule (ASHA): the rung it was judged at. Its run reported past it (a
+    # peer judges every few seconds), and those values must not outrank other runs there.
+    rung: int | None = None
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"kind": self.kind, "node": self.node}
@@ -326,6 +329,8 @@ class EventBody:
             body["supersedes"] = list(self.supersedes)
         if self.after is not None:
             body["after"] = self.after
+        if self.rung is not None:
+            body["rung"] = self.rung
         return body
 
 
@@ -342,7 +347,7 @@ def parse_event(record: Record, names: dict[bytes, bytes] | None = None) -> Even
     kind, node = b.get("kind"), b.get("node")
     step, metrics = b.get("step"), b.get("metrics", {})
     exit_code, reason, stderr = b.get("exit_code"), b.get("reason"), b.get("stderr")
-    supersedes, after = b.get("supersedes", []), b.get("after")
+    supersedes, after, rung = b.get("supersedes", []), b.get("after"), b.get("rung")
     if (
         not isinstance(kind, str)  # first: a list or map from the wire is unhashable
         or kind not in EVENT_KINDS
@@ -357,6 +362,7 @@ def parse_event(record: Record, names: dict[bytes, bytes] | None = None) -> Even
         or len(supersedes) > MAX_SUPERSEDES
         or not all(isinstance(k, bytes) and len(k) == KEY_SIZE for k in supersedes)
         or (after is not None and (not isinstance(after, bytes) or len(after) != KEY_SIZE))
+        or (rung is not None and (type(rung) is not int or not 0 <= rung < MAX_INT))
     ):
         return None
     trial, experiment = record.links
@@ -376,6 +382,7 @@ def parse_event(record: Record, names: dict[bytes, bytes] | None = None) -> Even
         stderr,
         tuple(supersedes),
         after,
+        rung,
     )
 
 

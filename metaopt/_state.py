@@ -110,6 +110,8 @@ class TrialView:
     # The step its latest (re)start resumed after, from a checkpoint; None if it began at step
     # 0. A stopper does not judge a resumed run again at the rungs it had passed.
     resumed_step: int | None = None
+    # Killed by a rung rule: the rung it was judged at (it may have reported past it).
+    stopped_rung: int | None = None
 
     @property
     def id(self) -> str:
@@ -415,6 +417,7 @@ def _trial_view(
         latest=latest,
         lost_frozen=lost_frozen and state == "lost",
         resumed_step=resumed_step,
+        stopped_rung=terminal[3].rung if terminal is not None and state == "killed" else None,
     )
 
 

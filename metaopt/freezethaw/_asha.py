@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from metaopt._errors import MetaoptError
-from metaopt.freezethaw._model import CurveView, finite_prefix, value_at
+from metaopt.freezethaw._model import CurveView, finite_prefix, value_in
 from metaopt.freezethaw._policy import Action, Decision, rung_ladder
 
 __all__ = ["AshaConfig", "AshaStopper"]
@@ -86,10 +86,10 @@ class AshaStopper:
         exits at its next report), and steps a second apart made a killed trial's later
         values the competition at rung 9: the trial that had beaten it at rung 1 was killed
         there in turn, and an experiment ended with no trial completed. So the rungs are
-        judged lowest first across this peer's trials, and a killed trial outranks nobody
-        above the rung it was killed at (this stopper's kills), or above the first rung at
-        which it is outside the top now (another peer's, or `metaopt kill`). It still counts
-        in the number of values there, of which the top 1/eta go on. A trial
+        judged lowest first across this peer's trials, and a trial killed at a rung (by this
+        stopper, or by another peer's: its kill records the rung, CurveView.stopped_rung)
+        counts only up to that rung. One killed for another reason (diverged past every rung,
+        or by hand) had passed the rungs it reached, and counts at them all. A trial
         resumed from a checkpoint is not judged again at the rungs it had passed (the stopper
         of a restarted peer remembers none).
 
@@ -111,8 +111,9 @@ class AshaStopper:
                 continue
             s, _, broken = finite_prefix(c)
             if c.trial_id in self._killed_at:  # (still stopping)
-                why = f"not in the top 1/{eta:g} at rung {self._killed_at[c.trial_id]}"
-                decisions[c.trial_id] = Decision(c.trial_id, Action.KILL, why)
+                at = self._killed_at[c.trial_id]
+                why = f"not in the top 1/{eta:g} at rung {at}"
+                decisions[c.trial_id] = Decision(c.trial_id, Action.KILL, why, at)
             elif broken:
                 decisions[c.trial_id] = Decision(c.trial_id, Action.KILL, "diverged (nan/inf)")
             elif s.shape[0] == 0:
@@ -120,27 +121,26 @@ class AshaStopper:
             else:
                 decisions[c.trial_id] = Decision(c.trial_id, Action.CONTINUE, "below the next rung")
                 judged[c.trial_id] = self._rungs_to_judge(c)
-        # Up to which rung each trial that no longer runs counts (see above).
-        counts_to: dict[str, float] = {
-            c.trial_id: self._killed_at.get(c.trial_id, math.inf)
-            for c in curves
-            if c.state == "killed" or c.trial_id in self._killed_at
-        }
+        waiting = [rungs[-1] for rungs in judged.values() if rungs]
+        if not waiting:
+            return list(decisions.values())
+        # Up to which rung each trial killed at one counts (see above).
+        counts_to: dict[str, float] = {}
+        for c in curves:
+            killed_at = self._killed_at.get(c.trial_id, c.stopped_rung)
+            if killed_at is not None:
+                counts_to[c.trial_id] = killed_at
         by_id = {c.trial_id: c for c in curves}
-        ladder = sorted({r for c in curves for r in self.config.rungs(c.max_step)})
+        prefixes = {c.trial_id: finite_prefix(c)[:2] for c in curves}  # (once, not per rung)
+        highest = max(waiting)
+        ladder = sorted({r for c in curves for r in self.config.rungs(c.max_step) if r <= highest})
         for r in ladder:
-            values = {c.trial_id: value_at(c, r) for c in curves}
-            reached = [v for v in values.values() if v is not None]
-            # The top 1/eta of every value at the rung, as in ASHA; but a trial that stopped
-            # below it outranks nobody here.
-            top = max(int(len(reached) // eta), 1)
+            values = {t: value_in(s, v, r) for t, (s, v) in prefixes.items()}
+            # The top 1/eta of the values of the trials that went on to the rung, as in ASHA.
             rivals = sorted(
                 v for t, v in values.items() if v is not None and counts_to.get(t, math.inf) >= r
             )
-            for t, limit in counts_to.items():
-                v = values[t]
-                if math.isinf(limit) and v is not None and not _in_top(v, rivals, top):
-                    counts_to[t] = r
+            top = max(int(len(rivals) // eta), 1)
             for t, rungs in judged.items():
                 if not rungs or rungs[0] != r or decisions[t].action is Action.KILL:
                     continue
@@ -155,7 +155,7 @@ class AshaStopper:
                 else:
                     self._killed_at[t] = counts_to[t] = r
                     reason = f"not in the top 1/{eta:g} at rung {r}"
-                    decisions[t] = Decision(t, Action.KILL, reason)
+                    decisions[t] = Decision(t, Action.KILL, reason, r)
         return list(decisions.values())
 
     def _rungs_to_judge(self, c: CurveView) -> list[int]:

@@ -63,6 +63,8 @@ class CurveView:
     max_step: int
     # The step its current run resumed after (from a checkpoint); None for a run from step 0.
     resumed_step: int | None = None
+    # Killed by a rung rule: the rung it was judged at (it may have reported past it).
+    stopped_rung: int | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,11 @@ def finite_prefix(c: CurveView) -> tuple[FloatArray, FloatArray, bool]:
 def value_at(c: CurveView, step: float) -> float | None:
     """The curve's value at its last report at or before step, if it reached step."""
     s, v, _ = finite_prefix(c)
+    return value_in(s, v, step)
+
+
+def value_in(s: FloatArray, v: FloatArray, step: float) -> float | None:
+    """value_at of a curve's finite prefix (steps s, values v), taken once for many steps."""
     if s.shape[0] == 0 or s[-1] < step:
         return None
     i = int(np.searchsorted(s, step, side="right")) - 1

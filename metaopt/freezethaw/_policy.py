@@ -194,6 +194,7 @@ class Decision:
     trial_id: str
     action: Action
     reason: str
+    rung: int | None = None  # a kill's rung, by a rung rule (recorded: see EventBody.rung)
 
 
 class EarlyStopper(Protocol):

@@ -805,6 +805,7 @@ class Node:
         stderr: str | None = None,
         supersedes: tuple[bytes, ...] = (),
         after: bytes | None = None,
+        rung: int | None = None,
     ) -> Record:
         clean = {k: v for k, v in (metrics or {}).items() if is_metric(v)}
         if reason is not None and len(reason) > MAX_REASON:
@@ -823,6 +824,7 @@ class Node:
             stderr,
             supersedes,
             after,
+            rung,
         )
         return self.writer.write(EVENT, body.to_body(), [trial, experiment])
 

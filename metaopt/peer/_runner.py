@@ -60,14 +60,14 @@ STOP_REQUEST = "stop-request"
 _KEPT_OUTCOMES = ("frozen", "killed")
 
 
-def _request_end(run: Running, outcome: str, reason: str) -> bool:
+def _request_end(run: Running, outcome: str, reason: str, rung: int | None = None) -> bool:
     """Ask a run's process to stop, to be recorded as ``outcome``; False if it has no process
     yet, was already asked (the first decision stands) or has exited: what it exited with is
     recorded (a stop right after a trial's exit, while its output drained, recorded a
     completed trial killed, frozen or interrupted, and a freeze or a peer stop ran it twice)."""
     if run.process is None or run.outcome is not None or run.process.exited:
         return False
-    run.outcome, run.reason = outcome, reason
+    run.outcome, run.reason, run.rung = outcome, reason, rung
     run.process.request_stop(reason)
     return True
 
@@ -82,6 +82,7 @@ class Running:
     last_event: float = 0.0
     outcome: str | None = None  # set when this peer decided how it ends (frozen, killed, ...)
     reason: str | None = None
+    rung: int | None = None  # of a kill by a rung rule (EventBody.rung)
     last_step: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     last_progress: float = -math.inf  # when its last progress record was written
@@ -493,6 +494,7 @@ class TrialRunner:
                 run.outcome,
                 step=run.last_step or None,
                 reason=run.reason,
+                rung=run.rung if run.outcome == "killed" else None,
             )
         elif status == "completed":
             write(
@@ -546,13 +548,13 @@ class TrialRunner:
         final = max_step_of(state, space, state.trials())
         return final is not None and run.last_step >= final
 
-    async def end(self, trial: bytes, outcome: str, reason: str) -> bool:
+    async def end(self, trial: bytes, outcome: str, reason: str, rung: int | None = None) -> bool:
         """Stop a running trial of this peer, recording ``outcome`` (frozen, killed, ...);
         False if it is not running here, is already stopping or has just exited."""
         asked = False
         for run in list(self.running.values()):
             if run.trial == trial:
-                asked = _request_end(run, outcome, reason) or asked
+                asked = _request_end(run, outcome, reason, rung) or asked
         return asked
 
     def note_stop_request(self, trial: bytes, outcome: str, reason: str) -> None:
@@ -586,7 +588,7 @@ class TrialRunner:
         changed = False
         for run in self.running.values():
             if run.trial == trial and run.outcome == "frozen":
-                run.outcome, run.reason = "killed", reason
+                run.outcome, run.reason, run.rung = "killed", reason, None
                 changed = True
         return changed
 
@@ -767,7 +769,8 @@ class TrialRunner:
                 if decision.action in (Action.FREEZE, Action.KILL) and decision.trial_id in running:
                     outcome = "frozen" if decision.action is Action.FREEZE else "killed"
                     log.info("%s trial %s: %s", outcome, key.hex()[:12], decision.reason)
-                    if await self.end(key, outcome, decision.reason):  # (not if it has ended)
+                    # (Not if it has ended meanwhile.)
+                    if await self.end(key, outcome, decision.reason, decision.rung):
                         self.note_stop_request(key, outcome, decision.reason)
                 elif decision.action is Action.KILL and self._still_frozen(state, key):
                     self._kill_frozen(state, key, decision.reason)

@@ -47,7 +47,9 @@ __all__ = [
 # caps only what version 5 sends fits. 6: the fold counts a loss only if the event it follows
 # belongs to the trial's current run (version 5 compared times, and a late report of a run a
 # re-run had replaced let a loss free the re-run), and only a (re)start answers a free event:
-# the two versions would show one history differently.
+# the two versions would show one history differently. No bump for an event's "rung" (a kill
+# by ASHA's rule): only early stoppers read it, and an older peer's counts the run at every
+# step it reported, as it always did.
 PROTOCOL_VERSION = 6
 
 # The start of a refusal of a request that named another peer (the client raises

@@ -19,6 +19,7 @@ from metaopt._records import (
     EventBody,
     ExperimentSpec,
     experiment_record,
+    parse_event,
     parse_experiment,
 )
 from metaopt._state import FROZEN_BY_HAND, ExperimentState, TrialView, list_experiments
@@ -161,6 +162,7 @@ def test_freeze_and_thaw_are_counted_and_a_thawed_trial_runs_again() -> None:
     assert thawed.started_at == 1000
     # Where the current run resumed (a stopper does not judge it again below that step).
     assert (frozen.resumed_step, thawed.resumed_step) == (None, 3)
+    assert thawed.stopped_rung is None
     log.event(t, NODE_A, "lost", 1600)
     log.event(t, NODE_B, "started", 1700)
     rerun = log.state().trial(t.key)
@@ -871,3 +873,23 @@ def test_the_best_of_equal_values_is_the_earliest_created_then_the_smallest_key(
     for t in twins:
         log.event(t, NODE_A, "completed", 3000, metrics={"objective": 0.5})
     assert [t.key for t in log.state().best()] == [min(t.key for t in twins)]
+
+
+def test_a_kill_at_a_rung_records_the_rung_and_a_malformed_one_is_refused() -> None:
+    # ASHA's kill at rung 1 of a run that reported on to step 12: other peers must know the
+    # rung, or its later values outrank their runs at rungs it never passed in ASHA's eyes.
+    log = Log()
+    at_rung, by_hand = log.trial(NODE_A, 0.25), log.trial(NODE_A, 0.75)
+    for t in (at_rung, by_hand):
+        log.event(t, NODE_A, "started", 1000)
+        log.event(t, NODE_A, "progress", 1100, step=12, metrics={"objective": 0.9})
+    log.event(at_rung, NODE_A, "killed", 1200, step=12, rung=1, reason="not in the top 1/3")
+    log.event(by_hand, NODE_A, "killed", 1200, step=12, reason="killed by the user")
+    state = log.state()
+    assert state.trial(at_rung.key).stopped_rung == 1  # type: ignore[union-attr]
+    assert state.trial(by_hand.key).stopped_rung is None  # type: ignore[union-attr]
+    for rung in (-1, "1", 1.0, 2**63):
+        body = EventBody(at_rung.key, log.experiment.key, "killed", NODE_A).to_body()
+        rec = Record.create(EVENT, NODE_A, 99, 1300, {**body, "rung": rung},
+                            [at_rung.key, log.experiment.key])  # fmt: skip
+        assert parse_event(rec) is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from metaopt.freezethaw import Action, AshaConfig, CurveView, make_stopper
@@ -45,20 +47,37 @@ def test_a_trial_killed_at_a_lower_rung_does_not_outrank_the_one_that_beat_it_th
     out = stopper.decide([slow, fast], {"slow", "fast"}, 0, np.random.default_rng(0))
     assert _acts(out) == {"fast": Action.KILL, "slow": Action.CONTINUE}
     assert {d.trial_id: d.reason for d in out}["slow"] == "promoted past rung 9"
-    # Once its kill is known, and to a stopper that did not kill it (another peer's).
-    killed = _curve("fast", list(fast.values), "killed")
+    assert {d.trial_id: d.rung for d in out} == {"fast": 1, "slow": None}  # (recorded)
+    # Once its kill is recorded too: the stopper remembers the rung, another peer's reads it.
+    killed = dataclasses.replace(fast, state="killed", stopped_rung=1)
     for judge in (stopper, make_stopper("asha", AshaConfig(1, 3))):
         again = judge.decide([slow, killed], {"slow"}, 0, np.random.default_rng(0))
         assert _acts(again) == {"slow": Action.CONTINUE}
+    # Killed for another reason (by hand, or diverged past every rung), it had passed them.
+    by_hand = dataclasses.replace(killed, stopped_rung=None)
+    other = make_stopper("asha", AshaConfig(1, 3))
+    assert _acts(other.decide([slow, by_hand], {"slow"}, 0, np.random.default_rng(0))) == {
+        "slow": Action.KILL
+    }
 
 
-def test_a_killed_trial_still_counts_in_the_number_at_the_rungs_above() -> None:
-    # Its value there outranks nobody, but the top 1/eta is of every value there, as it was:
-    # of 3 at rung 2 with eta 1.5, two go on.
+def test_a_trial_killed_at_a_rung_is_not_counted_at_the_rungs_above() -> None:
+    # In ASHA a trial stopped at rung 1 has no value at rung 2: of the two that went on, the
+    # better one alone is in the top 1/eta there. Counting the killed trial too promoted 9 of
+    # 27 runs judged late past rung 9, where ASHA keeps 1.
     stopper = make_stopper("asha", AshaConfig(min_resource=1, reduction_factor=1.5))
     curves = [_curve("a", [0.1, 0.1]), _curve("b", [0.2, 0.2]), _curve("c", [0.3, 0.3])]
     out = stopper.decide(curves, {"a", "b", "c"}, 0, np.random.default_rng(0))
-    assert _acts(out) == {"a": Action.CONTINUE, "b": Action.CONTINUE, "c": Action.KILL}
+    assert _acts(out) == {"a": Action.CONTINUE, "b": Action.KILL, "c": Action.KILL}
+    reasons = {d.trial_id: d.reason for d in out}
+    assert (reasons["b"], reasons["c"]) == (
+        "not in the top 1/1.5 at rung 2",
+        "not in the top 1/1.5 at rung 1",
+    )
+    late = [_curve(f"t{i:02d}", [float(i)] * 10) for i in range(27)]  # all past rungs 1, 3, 9
+    eta3 = make_stopper("asha", AshaConfig(min_resource=1, reduction_factor=3))
+    out = eta3.decide(late, {c.trial_id for c in late}, 0, np.random.default_rng(0))
+    assert [d.trial_id for d in out if d.action is Action.CONTINUE] == ["t00"]
 
 
 def test_a_run_resumed_from_its_checkpoint_is_not_judged_again_at_the_rungs_it_passed() -> None:

@@ -295,8 +295,9 @@ def test_a_fractional_fidelity_ladder_is_kept_not_rounded() -> None:
     assert AshaConfig.from_fidelity(0.1, 10).rungs(1000) == [1, 10, 100]  # no 0.1*10 = 1.0000001
     assert AshaConfig.from_fidelity(1, 1.2).rungs(3) == [1, 2]  # 1.2 and 1.44 are both step 2
     # With eta = 1.5 a trial must be in the best 2/3: of 3 at the rung, the worst is killed.
+    # (At rung 1 alone: at rung 2 only the two that went on count, and the worse goes too.)
     stopper = make_stopper("asha", AshaConfig(min_resource=1, reduction_factor=1.5))
-    trio = [_flat(f"t{i}", 0.1 * i, 2, 0.5) for i in range(3)]
+    trio = [_flat(f"t{i}", 0.1 * i, 1, 0.5) for i in range(3)]
     out = stopper.decide(trio, {"t0", "t1", "t2"}, 0, np.random.default_rng(0))
     assert {d.trial_id: d.action for d in out} == {
         "t0": Action.CONTINUE,

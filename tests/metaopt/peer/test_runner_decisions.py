@@ -86,6 +86,7 @@ class _Node:
             reason=kw.get("reason"),
             supersedes=supersedes,
             after=kw.get("after"),
+            rung=kw.get("rung"),
         ).to_body()
         state = self.replica.experiments[experiment]
         state.apply(Record.create(EVENT, ME, self._seq, 5_000, body, [trial, experiment]))
@@ -227,6 +228,18 @@ def test_a_stop_the_stopper_decided_is_kept_on_disk_until_its_end_is_recorded(
     outcome = SimpleNamespace(status="interrupted", exit_code=-15, objectives={}, metrics={})
     runner._record_outcome(runner.running[0], outcome)
     assert runner.stop_requested(trial) is None
+
+
+def test_a_kill_at_a_rung_is_recorded_with_its_rung() -> None:
+    # Other peers' ASHA counted the values it reported past the rung (it stops some steps
+    # later) against their own runs there.
+    runner, trial, _ = _running_here(exited=False)
+    assert asyncio.run(runner.end(trial, "killed", "not in the top 1/3 at rung 9", 9))
+    outcome = SimpleNamespace(status="interrupted", exit_code=-15, objectives={}, metrics={})
+    runner._record_outcome(runner.running[0], outcome)
+    state = next(iter(runner.node.replica.experiments.values()))
+    view = state.trial(trial)
+    assert view is not None and (view.state, view.stopped_rung) == ("killed", 9)
 
 
 def test_a_trial_whose_process_has_exited_is_not_asked_to_stop() -> None:
