@@ -757,7 +757,12 @@ class TrialRunner:
             # experiment can finish, once none of its trials runs here (their ends move the
             # bar). Not once every slot here is idle: another experiment kept them busy, and
             # this one open with its frozen trials, for as long as it ran.
-            ending = state.budget_spent and not running and bool(frozen)
+            ending = (
+                state.budget_spent
+                and not running
+                and bool(frozen)
+                and not self.interrupted_here(state)
+            )
             worth: set[str] = set()
             decisions = await self._decide(
                 state, set(running) | frozen, len(frozen) if ending else 0
@@ -788,17 +793,20 @@ class TrialRunner:
         log.info("killed frozen trial %s: %s", key.hex()[:12], reason)
         self.node.write_event(state.key, key, "killed", reason=reason)
 
-    def interrupted_here(self) -> int:
-        """How many of this peer's trials were cut short here and wait to be run again: its
-        last life's (running or lost, but not running now). Their checkpoints are here, so
-        they come before thaws: after a crash both slots went to frozen trials, and another
-        peer re-ran the crashed one from step 0."""
+    def interrupted_here(self, state: ExperimentState | None = None) -> int:
+        """How many of this peer's trials (of ``state``, else of every experiment) were cut
+        short here and wait to be run again: its last life's (running or lost, but not
+        running now). Their checkpoints are here, so they come before thaws (after a crash
+        both slots went to frozen trials, and another peer re-ran the crashed one from step
+        0), and while they wait an experiment is not ending (its frozen trials were killed
+        as not worth resuming in the restarted peer's first second)."""
         me, here = self.node.node_id, self.running_keys()
+        states = self.node.replica.experiments.values() if state is None else (state,)
         return sum(
             1
-            for state in self.node.replica.experiments.values()
-            if state.spec.command is not None and not state.stopped
-            for t in state.trials()
+            for s in states
+            if s.spec.command is not None and not s.stopped
+            for t in s.trials()
             if t.state in ("running", "lost") and t.runner == me and t.key not in here
         )
 

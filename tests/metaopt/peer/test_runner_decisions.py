@@ -511,6 +511,13 @@ def test_an_experiment_this_peer_cannot_read_gets_no_decisions_and_no_error() ->
     asyncio.run(runner.thaw())
 
 
+class _Undecided:
+    """A stopper that neither thaws nor kills: too little data to call a trial hopeless."""
+
+    def decide(self, *args: object, **kw: object) -> list[Decision]:
+        return []
+
+
 def test_a_spent_experiments_frozen_trials_are_settled_while_another_keeps_the_slots_busy() -> None:
     # Its frozen trials neither worth a thaw nor hopeless waited for every slot of the peer to
     # be idle: another experiment kept them busy, and this one active at 5/5, for as long as
@@ -523,13 +530,34 @@ def test_a_spent_experiments_frozen_trials_are_settled_while_another_keeps_the_s
     process = SimpleNamespace(request_stop=lambda why: None, exited=False)
     runner.running[0] = Running(runner.slots[0], other.key, busy.key, process=process)  # type: ignore[arg-type]
 
-    class _Undecided:  # no thaw, no kill: too little data to call it hopeless
-        def decide(self, *args: object, **kw: object) -> list[Decision]:
-            return []
-
     runner._stoppers[state.key] = _Undecided()  # type: ignore[assignment]
     runner._stoppers[other.key] = _Undecided()  # type: ignore[assignment]
     asyncio.run(runner.monitor())
+    assert node.written == [(trial, "killed", "frozen when the budget ran out and not worth"
+                                              " resuming")]  # fmt: skip
+
+
+def test_a_restarted_peer_settles_no_frozen_trial_while_its_interrupted_one_waits() -> None:
+    # Restarted after a kill -9, with the budget spent, its first pass found nothing running
+    # here and killed its frozen trials as not worth resuming, before the trial the crash had
+    # cut short ran again (its end moves the bar they are judged against).
+    state, trial = _frozen_trial(1, max_trials=2)
+    cut = Record.create(TRIAL, ME, 10, 0, {"params": {"x": 0.25}, "node": ME, "counter": 2},
+                        [state.key])  # fmt: skip
+    state.apply(cut)
+    started = EventBody(cut.key, state.key, "started", ME).to_body()
+    state.apply(Record.create(EVENT, ME, 11, 11_000, started, [cut.key, state.key]))
+    assert state.budget_spent and state.trial(cut.key).state == "running"  # type: ignore[union-attr]
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+
+    runner._stoppers[state.key] = _Undecided()  # type: ignore[assignment]
+    assert runner.interrupted_here() == runner.interrupted_here(state) == 1
+    asyncio.run(runner.monitor())
+    assert node.written == []
+    completed = EventBody(cut.key, state.key, "completed", ME, 10, {"objective": 0.2}).to_body()
+    state.apply(Record.create(EVENT, ME, 12, 12_000, completed, [cut.key, state.key]))
+    asyncio.run(runner.monitor())  # its end is known: now the frozen trial is settled
     assert node.written == [(trial, "killed", "frozen when the budget ran out and not worth"
                                               " resuming")]  # fmt: skip
 
