@@ -133,7 +133,8 @@ class AshaStopper:
         by_id = {c.trial_id: c for c in curves}
         prefixes = {c.trial_id: finite_prefix(c)[:2] for c in curves}  # (once, not per rung)
         highest = max(waiting)
-        ladder = sorted({r for c in curves for r in self.config.rungs(c.max_step) if r <= highest})
+        horizons = {c.max_step for c in curves}  # (one ladder each, not one per curve)
+        ladder = sorted({r for m in horizons for r in self.config.rungs(m) if r <= highest})
         for r in ladder:
             values = {t: value_in(s, v, r) for t, (s, v) in prefixes.items()}
             # The top 1/eta of the values of the trials that went on to the rung, as in ASHA.
