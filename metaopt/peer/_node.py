@@ -1099,13 +1099,14 @@ class Node:
             if asked is not None:
                 # Frozen or killed (by hand, its stopper or its timeout) as this peer died:
                 # recorded as decided, not taken for lost and run again.
-                outcome, reason = asked
                 view = self.replica.experiments[lost.experiment].trial(lost.trial)
                 step = view.last_step if view is not None else None
-                log.info("trial %s: %s before this peer restarted", lost.trial.hex()[:12], reason)
+                log.info(
+                    "trial %s: %s before this peer restarted", lost.trial.hex()[:12], asked.reason
+                )
                 self.write_event(
-                    lost.experiment, lost.trial, outcome, step=step or None, reason=reason,
-                    after=lost.after,
+                    lost.experiment, lost.trial, asked.outcome, step=step or None,
+                    reason=asked.reason, after=lost.after, rung=asked.rung,
                 )  # fmt: skip
                 self.runner.forget_stop_request(lost.trial)
                 continue

@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from metaopt._errors import MetaoptError
-from metaopt._records import trial_timeout
+from metaopt._records import MAX_INT, trial_timeout
 from metaopt._state import ExperimentState, TrialView
 from metaopt.peer._bundle import BundleWriteError, content_digest, materialize_bundle
 from metaopt.peer._config import PeerConfig
@@ -70,6 +70,14 @@ def _request_end(run: Running, outcome: str, reason: str, rung: int | None = Non
     run.outcome, run.reason, run.rung = outcome, reason, rung
     run.process.request_stop(reason)
     return True
+
+
+class StopRequest(NamedTuple):
+    """A freeze or kill kept on disk until its trial's end is recorded (see STOP_REQUEST)."""
+
+    outcome: str
+    reason: str
+    rung: int | None = None  # a kill's rung, by a rung rule (EventBody.rung)
 
 
 @dataclass
@@ -557,24 +565,29 @@ class TrialRunner:
                 asked = _request_end(run, outcome, reason, rung) or asked
         return asked
 
-    def note_stop_request(self, trial: bytes, outcome: str, reason: str) -> None:
-        """Keep a freeze or kill on disk until the trial's end is recorded (see
-        STOP_REQUEST); best effort: without it, a crash in the grace forgets the request."""
+    def note_stop_request(
+        self, trial: bytes, outcome: str, reason: str, rung: int | None = None
+    ) -> None:
+        """Keep a freeze or kill (and a kill's rung) on disk until the trial's end is recorded
+        (see STOP_REQUEST); best effort: without it, a crash in the grace forgets the request."""
         with contextlib.suppress(OSError):
-            text = json.dumps({"outcome": outcome, "reason": reason})
+            text = json.dumps({"outcome": outcome, "reason": reason, "rung": rung})
             (self.trial_dir(trial) / STOP_REQUEST).write_text(text)
 
-    def stop_requested(self, trial: bytes) -> tuple[str, str] | None:
-        """The (outcome, reason) of a freeze or kill that this peer's last life did not live
-        to record, if any."""
+    def stop_requested(self, trial: bytes) -> StopRequest | None:
+        """The freeze or kill that this peer's last life did not live to record, if any."""
         try:
             asked = json.loads((self.trial_dir(trial) / STOP_REQUEST).read_text())
         except (OSError, ValueError):
             return None
         if not isinstance(asked, dict) or asked.get("outcome") not in _KEPT_OUTCOMES:
             return None
-        reason = asked.get("reason")
-        return asked["outcome"], reason if isinstance(reason, str) else "stopped by hand"
+        reason, rung = asked.get("reason"), asked.get("rung")
+        return StopRequest(
+            asked["outcome"],
+            reason if isinstance(reason, str) else "stopped by hand",
+            rung if type(rung) is int and 0 <= rung < MAX_INT else None,
+        )
 
     def forget_stop_request(self, trial: bytes) -> None:
         with contextlib.suppress(OSError):
@@ -776,7 +789,7 @@ class TrialRunner:
                     log.info("%s trial %s: %s", outcome, key.hex()[:12], decision.reason)
                     # (Not if it has ended meanwhile.)
                     if await self.end(key, outcome, decision.reason, decision.rung):
-                        self.note_stop_request(key, outcome, decision.reason)
+                        self.note_stop_request(key, outcome, decision.reason, decision.rung)
                 elif decision.action is Action.KILL and self._still_frozen(state, key):
                     self._kill_frozen(state, key, decision.reason)
                 elif decision.action is Action.THAW:

@@ -24,6 +24,7 @@ from metaopt._records import (
     experiment_record,
     parse_event,
 )
+from metaopt._state import FROZEN_BY_HAND, KILLED_BY_HAND
 from metaopt._suggest import Draw, Suggester
 from metaopt.peer import _node
 from metaopt.peer._bundle import CHUNK_BYTES, collect_bundle
@@ -751,33 +752,39 @@ def _bundled(tmp_path: Path, files: dict[str, bytes]) -> tuple[Record, dict[byte
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("outcome", ["frozen", "killed"])
-async def test_a_trial_frozen_or_killed_by_hand_when_its_peer_died_is_not_run_again(
-    tmp_path: Path, outcome: str
+@pytest.mark.parametrize(
+    ("outcome", "reason", "rung"),
+    [
+        ("frozen", FROZEN_BY_HAND, None),
+        ("killed", KILLED_BY_HAND, None),
+        ("killed", "not in the top 1/3 at rung 3", 3),  # its stopper's, at a rung
+    ],
+)
+async def test_a_trial_frozen_or_killed_when_its_peer_died_is_recorded_as_decided(
+    tmp_path: Path, outcome: str, reason: str, rung: int | None
 ) -> None:
     # `metaopt freeze` (or kill) of a script that ignores SIGTERM, the peer killed -9 in the
     # grace: restarted, it took the trial for lost and ran it again, the user's word forgotten.
-    from metaopt._state import FROZEN_BY_HAND, KILLED_BY_HAND
-
+    # A stopper's kill at a rung was recorded with no rung, so other peers' ASHA counted its
+    # values past the rung.
     exp = _experiment("good", {"x": "uniform(0, 1)"}, max_trials=1)
     node = _lone_node(tmp_path)
     me, now_ms = node.node_id, int(time.time() * 1000)
     body = {"params": {"x": 0.5}, "node": me, "counter": 1}
     trial = Record.create(TRIAL, me, 1, now_ms - 5_000, body, [exp.key])
     events = _ran_to_step_3(me, exp, trial, now_ms)
-    reason = FROZEN_BY_HAND if outcome == "frozen" else KILLED_BY_HAND
     node.runner.trial_dir(trial.key).mkdir(parents=True)
-    node.runner.note_stop_request(trial.key, outcome, reason)
+    node.runner.note_stop_request(trial.key, outcome, reason, rung)
     try:
         node.store.add([exp, trial, *events])
         node.replicator.sessions = 1  # caught up
         await node._schedule_once()
         records = [r for r in node.store.linked(trial.key) if r.kind == EVENT]
         records.sort(key=lambda r: r.seq)
-        written = [(e.kind, e.step, e.reason) for e in map(parse_event, records) if e]
-        assert written[2:] == [(outcome, 3, reason)]
+        written = [(e.kind, e.step, e.reason, e.rung) for e in map(parse_event, records) if e]
+        assert written[2:] == [(outcome, 3, reason, rung)]
         view = node.replica.experiments[exp.key].trial(trial.key)
-        assert view is not None and view.state == outcome
+        assert view is not None and view.state == outcome and view.stopped_rung == rung
         assert node.runner.stop_requested(trial.key) is None  # recorded: the request goes
         if outcome == "frozen":
             assert view.frozen_by_hand and view.frozen_step == 3

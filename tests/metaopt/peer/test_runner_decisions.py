@@ -40,9 +40,11 @@ class _JudgeFrozen:
     """A stopper that decides ``action`` (by default KILL, "hopeless") for every own frozen
     trial, and notes the free slots."""
 
-    def __init__(self, action: Action = Action.KILL, why: str = "hopeless") -> None:
+    def __init__(
+        self, action: Action = Action.KILL, why: str = "hopeless", rung: int | None = None
+    ) -> None:
         self.free: list[int] = []
-        self._action, self._why = action, why
+        self._action, self._why, self._rung = action, why, rung
 
     def decide(
         self,
@@ -55,7 +57,7 @@ class _JudgeFrozen:
     ) -> list[Decision]:
         self.free.append(free_slots)
         frozen = [c.trial_id for c in curves if c.trial_id in own and c.state == "frozen"]
-        return [Decision(t, self._action, self._why) for t in sorted(frozen)]
+        return [Decision(t, self._action, self._why, self._rung) for t in sorted(frozen)]
 
 
 class _Node:
@@ -221,10 +223,11 @@ def test_a_stop_the_stopper_decided_is_kept_on_disk_until_its_end_is_recorded(
     runner.trial_dir(trial).mkdir(parents=True)
     state = next(iter(runner.node.replica.experiments.values()))
     # (Its state says frozen, its slot here running: the stopper's kill goes to the run.)
-    runner._stoppers[state.key] = _JudgeFrozen(Action.KILL, "not in the top 1/3 at rung 9")
+    runner._stoppers[state.key] = _JudgeFrozen(Action.KILL, "not in the top 1/3 at rung 9", 9)
     asyncio.run(runner.monitor())
     assert asked == ["not in the top 1/3 at rung 9"]
-    assert runner.stop_requested(trial) == ("killed", "not in the top 1/3 at rung 9")
+    # (With its rung: a restarted peer records the kill as the stopper decided it.)
+    assert runner.stop_requested(trial) == ("killed", "not in the top 1/3 at rung 9", 9)
     outcome = SimpleNamespace(status="interrupted", exit_code=-15, objectives={}, metrics={})
     runner._record_outcome(runner.running[0], outcome)
     assert runner.stop_requested(trial) is None
