@@ -78,7 +78,9 @@ def add_peer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 # Timings where 0 means "none" rather than a period that would spin a loop.
-_MAY_BE_ZERO = frozenset({"push_fanout", "report_interval", "settle", "leave_wait"})
+_MAY_BE_ZERO = frozenset(
+    {"push_fanout", "report_interval", "report_age_fraction", "settle", "leave_wait"}
+)
 
 
 def _parse_timing(text: str) -> Timing:

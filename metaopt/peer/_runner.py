@@ -411,6 +411,15 @@ class TrialRunner:
 
     # ----------------------------------------------------------------------------- events
 
+    def _report_gap(self, run: Running) -> float:
+        """How far apart a run's progress records are at least: report_interval, and as it
+        ages report_age_fraction of its age, up to a heartbeat (news that it runs). A curve
+        keeps its detail where the stoppers' rungs are dense, early on, and a run of hours
+        some thousands of points, not tens of thousands in every peer's memory."""
+        timing = self.config.timing
+        aged = (run.last_event - run.began) * timing.report_age_fraction
+        return max(timing.report_interval, min(aged, timing.heartbeat))
+
     def _on_event(self, run: Running, kind: str, data: dict[str, Any]) -> None:
         try:
             self._record_event(run, kind, data)
@@ -427,9 +436,9 @@ class TrialRunner:
             if isinstance(step, int):
                 run.last_step = step
             # Every record is replicated to, and kept by, every peer for good: a script that
-            # reports each minibatch is thinned to one record per report_interval (the latest
-            # report held back is written when the trial ends), not thousands a second.
-            if run.last_event - run.last_progress < self.config.timing.report_interval:
+            # reports each minibatch is thinned (see _report_gap; the latest report held back
+            # is written when the trial ends), not thousands a second.
+            if run.last_event - run.last_progress < self._report_gap(run):
                 run.held = (step, metrics)
                 return
             run.last_progress, run.held = run.last_event, None

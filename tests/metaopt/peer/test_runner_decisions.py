@@ -304,6 +304,32 @@ def test_a_flood_of_reports_is_thinned_and_the_last_one_still_recorded() -> None
     assert written[-2:] == [("progress", 1026), ("completed", None)]
 
 
+def test_a_long_run_is_thinned_further_as_it_ages() -> None:
+    # At five records a second a two-hour run wrote 36,000, each kept by every peer for good
+    # (a replica's memory, its fold at start-up, and its views grew with them).
+    clock = [0.0]
+    written: list[float] = []
+    node = SimpleNamespace(
+        node_id=ME,
+        clock=lambda: clock[0],
+        write_event=lambda e, t, kind, **kw: written.append(clock[0]),
+        dirs=SimpleNamespace(trials=Path("/nonexistent/metaopt-test/trials")),
+    )
+    config = SimpleNamespace(gpus="none", slots=1, timing=Timing())
+    runner = TrialRunner(node, config)  # type: ignore[arg-type]
+    runner.monotonic = lambda: clock[0]
+    run = Running(runner.slots[0], b"e" * 32, b"t" * 32, began=0.0)
+    for step in range(1, 2 * 3600 * 8 + 1):  # 8 reports a second for two hours
+        clock[0] = step / 8
+        runner._on_event(run, "progress", {"step": step, "metrics": {"loss": 1 / step}})
+    when, gaps = np.array(written[1:]), np.diff(written)
+    early, at_an_hour = gaps[when <= 100], gaps[np.abs(when - 3600) < 60]
+    assert early.max() == 0.25  # (every other report: at most 5 a second)
+    assert 7.0 <= at_an_hour.min() <= at_an_hour.max() <= 7.5  # 1/500 of its age
+    assert gaps[-50:].max() == pytest.approx(10.0, abs=0.125)  # a heartbeat apart, no more
+    assert 2_400 < len(written) < 3_000  # not 36,000
+
+
 def _runner_in(data_dir: Path) -> TrialRunner:
     """A runner whose node has a data directory and writes nothing (to build trial specs)."""
     node = SimpleNamespace(
