@@ -361,8 +361,14 @@ def build_submission(
     if space.d == 0:
         raise MetaoptError("no parameter to search besides the fidelity; add one, e.g. --lr~...")
     program = template_words[0]
-    program_path = (cwd / program) if not os.path.isabs(program) else Path(program)
+    program_path = _path_of(program, cwd)
     _check_program(program, program_path, cwd)
+    # The word naming the code sent to the peers: the program's, unless it is an interpreter
+    # from outside the folder, then its script's (`-- /opt/conda/envs/torch/bin/python
+    # train.py` sent the interpreter's folder, and ran ./python there).
+    at = _script_word(template_words, cwd)
+    script = template_words[at]
+    script_path = _path_of(script, cwd)
     algorithm = str(options.get("algorithm") or "auto")
     _choice(algorithm, "--algorithm", _ALGORITHMS)
     early = options.get("early_stopping")
@@ -417,7 +423,7 @@ def build_submission(
     if options.get("no_bundle"):
         bundle = {"shared_dir": str(cwd.resolve())}
     else:
-        root = program_path.parent if program_path.exists() else cwd
+        root = script_path.parent if script_path.exists() else cwd
         most = HARD_MAX_BYTES >> 20
         max_mb = _as_int(options, "max_bundle_mb", "--max-bundle-mb", ranged=False)
         if max_mb is not None and not 1 <= max_mb <= most:
@@ -427,18 +433,26 @@ def build_submission(
         max_bytes = max_mb * (1 << 20) if max_mb else DEFAULT_MAX_BYTES
         manifest, chunks = collect_bundle(root, max_bytes=max_bytes)
         bundle = {"manifest": manifest, "root": str(root.resolve())}
-        if program_path.exists():
+        if script_path.exists():
             try:
-                program = program_path.resolve().relative_to(root.resolve()).as_posix()
+                script = script_path.resolve().relative_to(root.resolve()).as_posix()
             except ValueError:  # a link to a file outside the folder that is bundled
                 raise MetaoptError(
-                    f"{program} links to {program_path.resolve()}, outside {root.resolve()},"
+                    f"{script} links to {script_path.resolve()}, outside {root.resolve()},"
                     " the folder sent to the peers; copy it into the folder, submit the"
                     " file it links to, or use --no-bundle on a shared file system"
                 ) from None
-    if "/" not in program and not program.endswith(".py") and program_path.is_file():
-        program = "./" + program  # a file, not a command: exec would look "train" up on PATH
-    command = (program, *template_words[1:])
+    if at == 0 and "/" not in script and not script.endswith(".py") and script_path.is_file():
+        script = "./" + script  # a file, not a command: exec would look "train" up on PATH
+    if at > 0 and "/" in program:
+        # An interpreter by its path (a venv's or conda's python): not sent, so run from
+        # where it is, not from the trial's copy of the folder. (Not resolved: a venv's
+        # python is a link, and finds its packages by the link's path.)
+        program = os.path.abspath(program_path)
+        print(f"note: every peer runs {program}: it must be there on each machine", file=sys.stderr)
+    words = [program, *template_words[1:]]
+    words[at] = script
+    command = tuple(words)
     max_step = _as_int(options, "max_step", "--max-step")
     if (conflict := space.max_step_conflict(max_step)) is not None:
         raise MetaoptError(f"--max-step {conflict}")
@@ -558,6 +572,32 @@ def _directions(maximize: Any, objectives: tuple[str, ...]) -> tuple[str, ...]:
             f" ({', '.join(objectives)}); give it alone to maximize them all"
         )
     return tuple("maximize" if o in chosen else "minimize" for o in objectives)
+
+
+def _path_of(word: str, cwd: Path) -> Path:
+    return Path(word) if os.path.isabs(word) else cwd / word
+
+
+def _script_word(words: list[str], cwd: Path) -> int:
+    """Which word names the code to bundle: the program (0), unless it is an interpreter or
+    tool from outside the folder (`python3`, `/opt/conda/envs/torch/bin/python`, `bash`)
+    followed by a file (its script, past any options), then that file's."""
+    program = words[0]
+    path = _path_of(program, cwd)
+    if program.endswith(".py") or (path.is_file() and _inside(path, cwd)):
+        return 0
+    for at, word in enumerate(words[1:], start=1):
+        if "~" in word or word.startswith("-"):
+            continue
+        with contextlib.suppress(OSError, ValueError):  # (a word too long for a file name)
+            if _path_of(word, cwd).is_file():
+                return at
+    return 0
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether path is in folder, links followed: a project's .venv/bin/python links out."""
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def _check_program(program: str, path: Path, cwd: Path) -> None:

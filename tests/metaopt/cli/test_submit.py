@@ -63,6 +63,45 @@ def test_a_bundled_program_keeps_its_dot_slash(tmp_path: Path) -> None:
     assert _build(tmp_path, "--", "sh", "t.py", "--x~uniform(0, 1)")["command"][0] == "sh"  # type: ignore[index]
 
 
+def test_an_interpreter_named_by_its_path_runs_the_script_sent_from_its_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `-- /opt/conda/envs/torch/bin/python train.py` (as the README has it) sent the
+    # interpreter's folder and ran ./python there: every trial failed with "can't open file
+    # train.py"; a venv's python (a link out of its folder) was refused.
+    interpreter = tmp_path / "envs" / "torch" / "bin" / "python"
+    interpreter.parent.mkdir(parents=True)
+    interpreter.write_text("#!/bin/sh\n")
+    interpreter.chmod(0o755)
+    project, other = tmp_path / "project", tmp_path / "w5"
+    (project / ".venv" / "bin").mkdir(parents=True)
+    other.mkdir()
+    (project / "train.py").write_text("print(1)\n")
+    (other / "p.py").write_text("print(2)\n")
+    venv_python = project / ".venv" / "bin" / "python"
+    venv_python.symlink_to(sys.executable)
+
+    def sent(*words: str) -> tuple[list[str], str, list[str]]:
+        body = _build(project, "--", *words, "--x~uniform(0, 1)")
+        bundle: dict[str, object] = body["bundle"]  # type: ignore[assignment]
+        files = [f[0] for f in bundle["manifest"]["files"]]  # type: ignore[index]
+        return list(body["command"])[:-1], str(bundle["root"]), files  # type: ignore[call-overload]
+
+    command, root, files = sent(str(interpreter), "train.py")
+    assert command == [str(interpreter), "train.py"]
+    assert (root, files) == (str(project.resolve()), ["train.py"])
+    assert f"every peer runs {interpreter}" in capsys.readouterr().err
+    # A project's own venv: by its path from here, the link not followed.
+    command, root, _ = sent(".venv/bin/python", "-u", "train.py")
+    assert command == [str(venv_python), "-u", "train.py"] and root == str(project.resolve())
+    # A command on PATH with a script in another folder: that folder is sent.
+    command, root, files = sent("python3", "../w5/p.py")
+    assert (command, root, files) == (["python3", "p.py"], str(other.resolve()), ["p.py"])
+    # A program from elsewhere with no file after it is the code: its folder is sent.
+    command, root, _ = sent(str(interpreter))
+    assert (command, root) == (["./python"], str(interpreter.parent.resolve()))
+
+
 def test_programs_no_peer_could_start_are_refused(tmp_path: Path) -> None:
     (tmp_path / "run.sh").write_text("#!/bin/sh\n")
     assert "not executable" in _refused(tmp_path, "./run.sh", "--x~uniform(0, 1)")
