@@ -235,10 +235,13 @@ def plan_work(
     Experiments take turns: the one with the fewest trials running here first, then the one
     with the fewest running anywhere, then an order of this node's own (a hash of node and
     experiment), so several experiments share the cluster's slots. With
-    ``claim_free`` False (a replica not yet caught up) no free trial is claimed (another peer
-    may already be re-running it) and no new trial of an experiment with a budget is started
-    (its count may be stale). An experiment ``may_suggest`` refuses (its space is exhausted)
-    gets free trials only.
+    ``claim_free`` False (a replica not yet caught up) nothing is planned: a free trial may
+    already be re-running on another peer, a budget's count may be stale (a restarted peer
+    took a finished 8/8 experiment to 9/8), an experiment may have been stopped (a peer that
+    joined started trials of one stopped 16 minutes before, 3 of 13 joins), and this peer's
+    own trials that its last life ran wait to be found lost and resumed here first (new
+    trials took their slots, and another peer ran them again from step 0). An experiment
+    ``may_suggest`` refuses (its space is exhausted) gets free trials only.
     """
     # A spent budget still lets free trials run again: they are part of it, not beyond it.
     # Asked only of experiments with work left: runnable() materialises an experiment's code
@@ -246,20 +249,7 @@ def plan_work(
     # asked with no slot free, so a new experiment's code is laid out by the time one frees
     # (laid out only then, the first free slot of every peer went to an older experiment).
     experiments = list(experiments)
-    if not claim_free:
-        # This peer's own trials that the replica shows running, but not here (its last life
-        # ran them): once caught up it finds them lost and claims them first, to resume them
-        # from their checkpoints. New trials started meanwhile took their slots, and another
-        # peer ran them again from step 0.
-        free_slots -= sum(
-            1
-            for s in experiments
-            for t in s.trials()
-            if t.state in ("running", "pending")
-            and (t.runner or t.node) == me
-            and t.key not in running_here
-        )
-    if free_slots <= 0:
+    if free_slots <= 0 or not claim_free:
         # Asked all the same of experiments that may start new trials (a scan of every spent
         # one's trials for free ones, at each pass of a busy peer, would cost more).
         for state in experiments:
@@ -292,7 +282,7 @@ def plan_work(
                 state,
                 me,
                 running_here,
-                claimed if claim_free else None,
+                claimed,
                 live_nodes,
                 now_ms,
                 claim_delay_ms,
@@ -320,7 +310,7 @@ def _next_for(
     state: ExperimentState,
     me: bytes,
     running_here: Collection[bytes],
-    claimed: set[bytes] | None,
+    claimed: set[bytes],
     live_nodes: Collection[bytes],
     now_ms: int,
     claim_delay_ms: int,
@@ -328,10 +318,8 @@ def _next_for(
     may_suggest: bool,
     quiet_ms: Callable[[TrialView], int],
 ) -> Work | None:
-    """The next work for one experiment; claimed None (a replica not caught up) means no free
-    trial may be claimed and no new trial of a budgeted experiment started: its count of
-    trials may be stale (a restarted peer took a finished 8/8 experiment to 9/8)."""
-    free = [] if claimed is None else [t for t in state.trials() if t.key not in claimed]
+    """The next work for one experiment, none of the trials in claimed."""
+    free = [t for t in state.trials() if t.key not in claimed]
     for trial in free:
         if trial.state not in FREE_STATES or trial.key in running_here:
             continue
@@ -341,8 +329,6 @@ def _next_for(
     if not may_suggest or _backing_off(state, now_ms, quiet_ms):
         return None
     max_trials = state.spec.max_trials
-    if max_trials is not None and claimed is None:
-        return None
     if max_trials is not None and len(state) + planned_new.get(state.key, 0) >= max_trials:
         return None
     return Work(state.key, None)

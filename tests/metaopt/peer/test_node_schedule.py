@@ -46,9 +46,13 @@ def _experiment(
     return experiment_record(spec)
 
 
-def _lone_node(tmp_path: Path) -> Node:
-    """A node of one slot on loopback, not started, that knows no other peer."""
-    return Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1))
+def _lone_node(tmp_path: Path, *, caught_up: bool = False) -> Node:
+    """A node of one slot on loopback, not started, that knows no other peer; caught up: as
+    after its first anti-entropy session (until then it starts no trial)."""
+    node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1))
+    if caught_up:
+        node.replicator.sessions = 1
+    return node
 
 
 def _sorted_first(space: dict[str, str], other: Record, node_id: bytes) -> Record:
@@ -85,7 +89,7 @@ async def test_an_experiment_that_cannot_be_searched_is_set_aside_and_others_run
     # With one slot, an experiment whose search fails on every pass and is always offered the
     # slot first (no trial of it ever runs here) would starve every other experiment.
     good = _experiment("good", {"x": "uniform(0, 1)"})
-    node = _lone_node(tmp_path)
+    node = _lone_node(tmp_path, caught_up=True)
     if failure == "bad space":
         broken = _sorted_first({"x": "choices({'a': 1e308, 'b': 1e308})"}, good, node.node_id)
     else:
@@ -310,7 +314,7 @@ async def test_an_exhausted_space_is_not_searched_again_until_a_trial_arrives(
     # Every scheduling pass (twice a second) searched a finite space whose every point was
     # already a trial, and logged the same warning each time.
     exp = _experiment("e", {"n": "randint(0, 2)"})
-    node = _lone_node(tmp_path)
+    node = _lone_node(tmp_path, caught_up=True)
     calls = _watch_compute(monkeypatch)
 
     def trial(n: int) -> Record:
@@ -551,7 +555,7 @@ async def test_a_point_that_gave_up_on_its_turn_is_asked_for_again_in_the_same_p
     # After _MAX_WAITS turns that kept moving the slot stayed free until the next tick
     # (half a second), though nothing stopped this peer from asking again at once.
     exp = _experiment("e", {"x": "uniform(0, 1)"})
-    node = _lone_node(tmp_path)
+    node = _lone_node(tmp_path, caught_up=True)
     waits = iter([1] * (_node._MAX_WAITS + 1))  # every wait, then the give-up, then its turn
     monkeypatch.setattr(node, "_turn_wait", lambda state: next(waits, 0))
     try:
