@@ -1074,6 +1074,7 @@ class Node:
         if self.storage.problem():  # nothing it starts, finds lost or claims could be recorded
             self._probe_storage()
             return
+        self.runner.record_unrecorded()  # (ends the disk refused: before any is found lost)
         await self.runner.thaw()
         # A hold since the watcher last ran (a launch's code copy, SIGSTOP right here) is
         # noticed before anything is judged lost, not after.

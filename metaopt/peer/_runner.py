@@ -109,6 +109,8 @@ class TrialRunner:
         self.config = config
         self.slots = detect_slots(config.gpus, config.slots)
         self.running: dict[int, Running] = {}
+        # Runs that ended while the disk refused writes, with their outcome (see _supervise).
+        self._unrecorded: dict[bytes, tuple[Running, Any]] = {}
         self.monotonic = time.monotonic  # how long runs have run (a parameter for the tests)
         self._undecidable: set[bytes] = set()  # experiments whose stopper failed (logged once)
         self._bundle_warned: dict[bytes, float] = {}  # when a bundle's write was last refused
@@ -130,7 +132,20 @@ class TrialRunner:
         return len(self.slots) - len(self.running)
 
     def running_keys(self) -> set[bytes]:
-        return {r.trial for r in self.running.values()}
+        """The trials running here, and those that ended here with their end not recorded
+        yet (neither lost nor free)."""
+        return {r.trial for r in self.running.values()} | set(self._unrecorded)
+
+    def record_unrecorded(self) -> None:
+        """Record the ends of runs that the disk refused (see _supervise), now it takes writes."""
+        for trial, (run, outcome) in list(self._unrecorded.items()):
+            try:
+                self._record_outcome(run, outcome)
+            except Exception as exc:
+                if self.node.storage.note(exc, "a trial's outcome"):
+                    return  # (still refused: kept for the next pass)
+                log.exception("trial %s: its outcome could not be recorded", trial.hex()[:12])
+            del self._unrecorded[trial]
 
     def stoppable(self) -> int:
         """Runs here whose process has not exited (one that has is only draining its output)."""
@@ -459,12 +474,23 @@ class TrialRunner:
                 (self.trial_dir(run.trial) / "pid").write_text(f"{data['pid']}\n")
 
     async def _supervise(self, run: Running, process: TrialProcess) -> None:
+        outcome: Any = None
         try:
-            self._record_outcome(run, await process.run())
+            outcome = await process.run()
+            self._record_outcome(run, outcome)
         except Exception as exc:  # the executor must never leave a slot taken forever
             if self.node.storage.note(exc, "a trial's outcome"):
-                # (nothing can be recorded: the trial is found lost and run again elsewhere)
-                log.warning("trial %s ended; its outcome could not be recorded", run.trial.hex())
+                if outcome is not None:
+                    # Recorded once the disk takes writes again (record_unrecorded). Dropped,
+                    # the trial was taken for lost ("its peer restarted while it ran") and
+                    # resumed from its last checkpoint, at its last step: the run reported
+                    # nothing more and was recorded completed with the value recorded before
+                    # the disk filled, not its result (2 of 2 runs).
+                    self._unrecorded[run.trial] = (run, outcome)
+                log.warning(
+                    "trial %s ended; its outcome is recorded once this peer can write again",
+                    run.trial.hex(),
+                )
             else:
                 log.exception("trial %s crashed the executor", run.trial.hex()[:12])
                 self.node.write_event(

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -792,6 +793,34 @@ async def test_a_trial_frozen_or_killed_when_its_peer_died_is_recorded_as_decide
         assert node.runner.stop_requested(trial.key) is None  # recorded: the request goes
         if outcome == "frozen":
             assert view.frozen_by_hand and view.frozen_step == 3
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_run_whose_end_the_disk_refused_is_recorded_not_found_lost(tmp_path: Path) -> None:
+    # Its outcome dropped, a peer whose disk had filled took its own trial for lost ("its peer
+    # restarted while it ran") once the disk had room, and resumed it at its last step.
+    from metaopt.peer._runner import Running
+
+    exp = _experiment("good", {"x": "uniform(0, 1)"}, max_trials=1)
+    node = _lone_node(tmp_path, caught_up=True)
+    me, now_ms = node.node_id, int(time.time() * 1000)
+    body = {"params": {"x": 0.5}, "node": me, "counter": 1}
+    trial = Record.create(TRIAL, me, 1, now_ms - 5_000, body, [exp.key])
+    outcome = SimpleNamespace(
+        status="completed", metrics={"objective": 0.16}, objectives={"objective": 0.16},
+        exit_code=0, diverged=False,
+    )  # fmt: skip
+    try:
+        node.store.add([exp, trial, *_ran_to_step_3(me, exp, trial, now_ms)])
+        run = Running(node.runner.slots[0], exp.key, trial.key)
+        node.runner._unrecorded[trial.key] = (run, outcome)
+        await node._schedule_once()
+        view = node.replica.experiments[exp.key].trial(trial.key)
+        assert view is not None and (view.state, view.value) == ("completed", 0.16)
+        kinds = [e.kind for r in node.store.linked(trial.key) if (e := parse_event(r))]
+        assert "lost" not in kinds
     finally:
         await node.stop()
 

@@ -711,11 +711,13 @@ def test_a_trial_lost_while_frozen_before_the_budget_is_spent_or_while_running_i
     assert view is not None and view.state == "lost" and not view.lost_frozen
 
 
-def test_an_outcome_the_disk_refuses_is_one_line_and_the_slot_frees(
+def test_an_outcome_the_disk_refuses_is_one_line_the_slot_frees_and_it_is_recorded_later(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # A trial ending while the disk was full: "crashed the executor" with a traceback, and a
-    # "failed" event that could not be written either.
+    # "failed" event that could not be written either. Then its outcome was dropped: the
+    # trial was taken for lost ("its peer restarted while it ran") and resumed at its last
+    # step, recorded completed with the value recorded before the disk filled.
     from crdt import StoreWriteFailed
     from metaopt.peer._storage import StorageTrouble
 
@@ -724,18 +726,33 @@ def test_an_outcome_the_disk_refuses_is_one_line_and_the_slot_frees(
     node.storage = StorageTrouble()  # type: ignore[attr-defined]
     node.kick = lambda: None  # type: ignore[attr-defined]
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    full = [True]
+    write = node.write_event
 
-    def refused(run: Running, outcome: Any) -> None:
-        raise StoreWriteFailed("cannot write the store: No space left on device", "full")
+    def write_unless_full(*args: Any, **kw: Any) -> None:
+        if full[0]:
+            raise StoreWriteFailed("cannot write the store: No space left on device", "full")
+        write(*args, **kw)
 
-    runner._record_outcome = refused  # type: ignore[method-assign]
+    node.write_event = write_unless_full  # type: ignore[method-assign]
     run = Running(runner.slots[0], state.key, trial.key)
     runner.running[0] = run
-    process = SimpleNamespace(run=lambda: asyncio.sleep(0, "an outcome"), pid=None)
+    outcome = SimpleNamespace(
+        status="completed", metrics={"objective": 0.16}, objectives={"objective": 0.16},
+        exit_code=0, diverged=False,
+    )  # fmt: skip
+    process = SimpleNamespace(run=lambda: asyncio.sleep(0, outcome), pid=None)
     asyncio.run(runner._supervise(run, process))  # type: ignore[arg-type]
     assert runner.running == {} and node.written == []
     assert node.storage.problem() is not None  # type: ignore[attr-defined]
     assert not [r for r in caplog.records if r.exc_info]
+    assert runner.running_keys() == {trial.key}  # ended here: not lost, not free
+    runner.record_unrecorded()  # (the disk still full: kept)
+    assert runner.running_keys() == {trial.key} and node.written == []
+    full[0] = False
+    runner.record_unrecorded()
+    assert node.written == [(trial.key, "completed", None)]
+    assert runner.running_keys() == set()
 
 
 async def can_run_once_laid_out(runner: TrialRunner, state: ExperimentState) -> bool:
