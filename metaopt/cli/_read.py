@@ -334,14 +334,18 @@ def _freeze_thaw(args: argparse.Namespace) -> int:
 
 def _logs(args: argparse.Namespace) -> int:
     info = _peer(args, read=True).call("api.logs", args.trial)
+    # (Peers of earlier releases send no state or reason.)
+    verdict = f"{info.get('state')}: {info['reason']}" if info.get("reason") else None
     if info["here"]:
         sys.stdout.write(info["text"])
+        sys.stdout.flush()
         if "size" in info:
-            sys.stdout.flush()
             print(
                 f"(its last lines only, of {_size(info['size'])}; the whole log: {info['path']})",
                 file=sys.stderr,
             )
+        if verdict is not None:
+            print(printable(f"({verdict})"), file=sys.stderr)
         return 0
     if info["runner"] is None:
         raise MetaoptError(f"trial {args.trial} has not started on any peer yet")
@@ -351,6 +355,8 @@ def _logs(args: argparse.Namespace) -> int:
     if info.get("earlier"):
         line += f" (this peer holds only an earlier attempt's output, cut short: {info['earlier']})"
     print(printable(line))
+    if verdict is not None:
+        print(printable(verdict))
     if info.get("stderr"):  # another peer's record: its lines, not its terminal escapes
         stderr = printable(str(info["stderr"]), lines=True)
         print(f"the last lines of its stderr, as recorded:\n{stderr}")

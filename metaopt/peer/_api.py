@@ -291,6 +291,12 @@ class LocalApi:
         runner = trial.runner if trial else None
         log_path = self.node.runner.log_path(key)
         ran_here_last = runner is None or runner == self.node.node_id
+        # How it ended and why, as every peer holds it ("no numeric 'loss' in 0 reports; ...",
+        # cut short in `status NAME`, was in no log).
+        verdict = {
+            "state": trial.state if trial else None,
+            "reason": trial.reason if trial else None,
+        }
         if log_path.exists() and ran_here_last:
             with log_path.open("rb") as f:
                 f.seek(0, 2)
@@ -298,11 +304,11 @@ class LocalApi:
                 f.seek(max(0, size - _LOG_TAIL))
                 tail = f.read()
             if size <= _LOG_TAIL:
-                return {"here": True, "text": tail.decode(errors="replace")}
+                return {"here": True, "text": tail.decode(errors="replace"), **verdict}
             # From a line's start, and saying so: the cut was silent, mid-line.
             tail = tail[tail.find(b"\n") + 1 :]
             text = tail.decode(errors="replace")
-            return {"here": True, "text": text, "size": size, "path": str(log_path)}
+            return {"here": True, "text": text, "size": size, "path": str(log_path), **verdict}
         if runner == self.node.node_id:
             # Ran here but wrote no log: it failed before its process started.
             why = (trial.reason if trial else None) or "no output was recorded"
@@ -320,6 +326,7 @@ class LocalApi:
             "earlier": str(log_path) if log_path.exists() else None,
             # What every peer holds of it: the last lines of stderr of a run that failed.
             "stderr": trial.stderr if trial else None,
+            **verdict,
         }
 
     def _trial(self, body: Any) -> tuple[ExperimentState, TrialView]:

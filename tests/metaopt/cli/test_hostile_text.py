@@ -139,7 +139,10 @@ class _Peer:
         if op == "api.stop":
             return {"key": "ee" * 32, "name": _HOSTILE, "older_open": ["ab" * 32]}
         if op == "api.logs":
-            return {"here": False, "runner": "cd" * 16, "address": _HOSTILE, "stderr": _HOSTILE}
+            return {
+                "here": False, "runner": "cd" * 16, "address": _HOSTILE, "stderr": _HOSTILE,
+                "state": "failed", "reason": _HOSTILE,
+            }  # fmt: skip
         return [self.info] if op == "api.experiments" else self.info
 
 
@@ -174,7 +177,9 @@ def test_text_views_escape_what_other_peers_wrote(
     assert main(["stop", "x"]) == 0
     _shown_safely(capsys.readouterr().out, lines=2)
     assert main(["logs", "ab" * 6]) == 0
-    _shown_safely(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    _shown_safely(out)
+    assert "\nfailed: sweep\\n" in out  # how it ended and why, as recorded
 
 
 def test_peer_status_escapes_other_peers_text(

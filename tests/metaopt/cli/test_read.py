@@ -408,3 +408,18 @@ def test_a_long_name_is_elided_in_the_list_so_its_columns_stay_readable(
     ]
     assert main(["status", "--json"]) == 0  # whole there
     assert [e["name"] for e in json.loads(capsys.readouterr().out)] == [long["name"], "n" * 40]
+
+
+def test_logs_of_a_trial_say_how_it_ended_and_why_after_its_output(
+    peer: type[_Peer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The reason a trial failed ("... put the number in a group"), cut short in `status NAME`,
+    # was in no command's output but --json and export.
+    why = "no numeric 'loss' in 0 reports; put the number in a group: loss=([0-9.]+)"
+    peer.info = {"here": True, "text": "epoch 1\n", "state": "failed", "reason": why}
+    assert main(["logs", "ab" * 6]) == 0
+    out, err = capsys.readouterr()
+    assert (out, err) == ("epoch 1\n", f"(failed: {why})\n")
+    peer.info = {"here": True, "text": "epoch 1\n"}  # (a peer of an earlier release)
+    assert main(["logs", "ab" * 6]) == 0
+    assert capsys.readouterr() == ("epoch 1\n", "")

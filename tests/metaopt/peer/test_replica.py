@@ -144,6 +144,8 @@ async def test_logs_of_a_trial_that_failed_elsewhere_show_its_recorded_stderr() 
     )
     out = await LocalApi(node).logs(Request("api.logs", NODE, "", trial.key.hex()[:8]))  # type: ignore[arg-type]
     assert out["here"] is False and out["stderr"] == tail
+    # Why it failed, which `status NAME` cuts short.
+    assert (out["state"], out["reason"]) == ("failed", "exit 1")
 
 
 @pytest.mark.asyncio
