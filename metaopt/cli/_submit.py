@@ -38,7 +38,7 @@ from metaopt.peer._bundle import DEFAULT_MAX_BYTES, HARD_MAX_BYTES, collect_bund
 from metaopt.peer._local import LocalPeer, fetch_experiment, resolve_data_dir
 from metaopt.peer._output import CAPTURE_HINT, compile_objective_regex
 from metaopt.peer._template import parse_template
-from metaopt.space import Space
+from metaopt.space import PRIOR_NAMES, Space
 from metaopt.worker import check_name
 
 __all__ = ["add_submit_command", "build_submission", "split_submit_args", "submit"]
@@ -91,7 +91,10 @@ def split_submit_args(
     while i < len(words):
         word = words[i]
         if word == "--":
-            template.extend(words[i + 1 :])
+            for after in words[i + 1 :]:
+                if notes is not None and template and "~" not in after:
+                    _note_a_prior_without_tilde(after, template[-1], notes)
+                template.append(after)
             break
         name, eq, inline = word.partition("=")
         # A parameter of the program may share an option's name (--name~choices(...)); a
@@ -108,6 +111,8 @@ def split_submit_args(
                         f"note: {name} goes to the program, not to submit (did you mean"
                         f" {close[0]}?); words after -- go to the program without this note"
                     )
+            if notes is not None and not prior and template:
+                _note_a_prior_without_tilde(word, template[-1], notes)
             if notes is not None and prior and word.startswith("~") and template[-1:]:
                 before = template[-1]
                 if before.startswith("--") and "~" not in before and "=" not in before:
@@ -196,6 +201,25 @@ def _runnable_word(word: str) -> bool:
         return Path(word).exists() or shutil.which(word) is not None
     except (OSError, ValueError):  # a name too long, a NUL: not a program either
         return False
+
+
+_A_PRIOR_CALL = re.compile(rf"\s*(?:{'|'.join(PRIOR_NAMES)})\s*\(")
+
+
+def _note_a_prior_without_tilde(word: str, before: str, notes: list[str]) -> None:
+    """Note a prior written without its ~, which the program got as a literal value:
+    `--lr=loguniform(1e-5, 1)` ran every trial with the program's default lr."""
+    name, eq, value = word.partition("=")
+    if eq and name.startswith("-") and _A_PRIOR_CALL.match(value):
+        option, prior = name, value
+    elif _A_PRIOR_CALL.match(word) and before.startswith("-") and "=" not in before:
+        option, prior = before, word
+    else:
+        return
+    notes.append(
+        f"note: {word} goes to the program as it is, not searched; write {option}~'{prior}'"
+        f" to search {option.lstrip('-')}"
+    )
 
 
 def _is_prior(word: str) -> bool:

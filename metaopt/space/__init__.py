@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from metaopt.space._prior import Dimension, parse_prior
+from metaopt.space._prior import PRIOR_NAMES, Dimension, parse_prior
 from metaopt.space._space import Space
 
-__all__ = ["Dimension", "Space", "parse_prior"]
+__all__ = ["PRIOR_NAMES", "Dimension", "Space", "parse_prior"]

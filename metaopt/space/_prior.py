@@ -31,6 +31,7 @@ FloatArray = npt.NDArray[np.float64]
 
 _PRIORS = ("uniform", "loguniform", "normal", "randint", "choices", "fidelity")
 _ALIASES = {"gaussian": "normal"}
+PRIOR_NAMES = (*_PRIORS, *_ALIASES)  # every name a prior is written with
 _OPTIONS = {
     "uniform": ("discrete", "precision", "default_value"),
     "loguniform": ("discrete", "precision", "default_value"),

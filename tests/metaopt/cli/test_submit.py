@@ -403,6 +403,30 @@ def test_a_misspelt_option_past_the_program_is_noted() -> None:
     assert notes == []
 
 
+def test_a_prior_without_its_tilde_is_noted() -> None:
+    # --lr=loguniform(1e-5, 1) went to the program as it was, unsaid: every trial ran with
+    # the program's default lr.
+    for words in (
+        ["t.py", "--x~uniform(0, 1)", "--lr=loguniform(1e-5, 1)"],
+        ["t.py", "--x~uniform(0, 1)", "--lr", "loguniform(1e-5, 1)"],
+        ["--", "python3", "t.py", "--x~uniform(0, 1)", "--lr=loguniform(1e-5, 1)"],
+    ):
+        notes: list[str] = []
+        options, template = split_submit_args(words, notes)
+        assert options == {} and template[-1].endswith("loguniform(1e-5, 1)")
+        assert notes == [
+            f"note: {template[-1]} goes to the program as it is, not searched; write"
+            " --lr~'loguniform(1e-5, 1)' to search lr"
+        ]
+    for fine in (
+        ["t.py", "--lr~loguniform(1e-5, 1)"],
+        ["t.py", "--mode=uniformly", "--x~normal(0, 1)"],
+    ):
+        notes = []
+        split_submit_args(fine, notes)
+        assert notes == []
+
+
 def test_maximize_names_the_objectives_it_maximizes(tmp_path: Path) -> None:
     # Low loss with high accuracy could not be asked for: --maximize turned both around.
     (tmp_path / "t.py").write_text("")
