@@ -58,7 +58,7 @@ from metaopt.peer._scheduler import (
     settle_wait,
 )
 from metaopt.peer._storage import StorageTrouble
-from metaopt.peer._transport import Client, PeerUnreachable, RemoteError, Server
+from metaopt.peer._transport import Client, PeerUnreachable, Refused, RemoteError, Server
 from metaopt.peer._wire import PROTOCOL_VERSION, Request
 
 if TYPE_CHECKING:
@@ -698,14 +698,17 @@ class Node:
         except (PeerUnreachable, RemoteError) as exc:
             log.debug("gossip with %s failed: %s", addr, exc)
             if addr in self.peers.seed_addrs() and addr not in self._seeds_heard:
-                # Once: a mistyped --join was silent, the peer alone with no word why.
+                # Once: a mistyped --join was silent, the peer alone with no word why. (Not
+                # for a refusal, which the transport says, with what to do: "does not answer
+                # (... refused us: UnknownKey)" said it twice, and contradicted itself.)
                 self._seeds_heard[addr] = False
-                log.warning(
-                    "--join %s does not answer (%s); still trying every %g s",
-                    addr,
-                    exc,
-                    self.config.timing.gossip,
-                )
+                if not isinstance(exc, Refused):
+                    log.warning(
+                        "--join %s does not answer (%s); still trying every %g s",
+                        addr,
+                        exc,
+                        self.config.timing.gossip,
+                    )
             return
         if self._seeds_heard.get(addr) is False:
             log.info("--join %s answers now", addr)

@@ -114,6 +114,30 @@ async def test_a_join_seed_that_does_not_answer_is_said_once(
 
 
 @pytest.mark.asyncio
+async def test_a_join_seed_that_refuses_this_peer_is_not_said_not_to_answer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Joined with the wrong key, a peer logged the seed's refusal (with what to do), then
+    # "--join ... does not answer (... refused us: UnknownKey)": twice, contradicting itself.
+    from metaopt.peer._transport import Refused
+
+    node = _node(tmp_path / "s", key_text=_key(), join=("127.0.0.1:9",))
+    node.peers.add_seed("127.0.0.1:9")
+
+    async def refused(addr: str, op: str, body: object) -> object:
+        raise Refused(f"{addr} refused us: UnknownKey")
+
+    node.client.call = refused  # type: ignore[method-assign]
+    try:
+        with caplog.at_level("INFO", logger="metaopt.peer"):
+            await node._gossip()
+        assert not [r for r in caplog.records if "does not answer" in r.getMessage()]
+        assert node.status()["silent_seeds"] == ["127.0.0.1:9"]
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
 async def test_a_peer_that_knows_no_other_says_so_once_and_how_to_join(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
