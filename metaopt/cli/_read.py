@@ -259,7 +259,9 @@ def _best(args: argparse.Namespace) -> int:
         if info["finished"]:
             word = experiment_word(info, args.experiment)
             again = command("status", word, data_dir=args.data_dir)
-            said = f"{info['name']}: finished with no completed trial; `{again}` says why"
+            # (A stopped one was said to have finished: `metaopt stop` ended it.)
+            ended = "stopped" if info.get("stopped") else "finished"
+            said = f"{info['name']}: {ended} with no completed trial; `{again}` says why"
             print(printable(said))
         else:
             print(printable(f"{info['name']}: no completed trial yet"))

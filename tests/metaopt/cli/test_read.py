@@ -102,6 +102,9 @@ def test_export_keeps_its_columns_and_best_says_when_nothing_completed(
     assert main(["best", "my run"]) == 1
     said = capsys.readouterr().out
     assert "finished with no completed trial; `metaopt status 'my run'` says why" in said
+    peer.info["stopped"] = True  # (by `metaopt stop`: it did not finish)
+    assert main(["best", "my run"]) == 1
+    assert "my run: stopped with no completed trial;" in capsys.readouterr().out
 
 
 def test_a_hint_names_an_experiment_reached_by_id_by_its_id(
