@@ -110,7 +110,14 @@ class OfflinePeer:
                 f"the peer of {root} is starting (its replica is in use); try again in a moment"
             ) from None
         except StoreError as exc:
-            raise MetaoptError(str(exc)) from None
+            said = str(exc)
+            if "read-only file system" in said.lower() or "permission denied" in said.lower():
+                # (LevelDB takes a lock file even to read: the error said nothing to do.)
+                said += (
+                    f"; reading it takes a lock file there: copy {root} somewhere writable"
+                    " and read the copy with --data-dir"
+                )
+            raise MetaoptError(said) from None
         try:
             replica = Replica(store)
             try:

@@ -53,9 +53,37 @@ def test_a_stopped_peers_results_are_read_from_its_replica(tmp_path: Path) -> No
     assert [t["id"] for t in info["trial_list"]] == [trial.key.hex()]
     assert info["best"][0]["value"] == 0.25
     logs = peer.call("api.logs", trial.key.hex()[:8])
-    assert logs == {"here": True, "text": "epoch 3 loss 0.25\n"}
+    assert logs == {
+        "here": True,
+        "text": "epoch 3 loss 0.25\n",
+        "state": "completed",
+        "reason": None,
+    }
     # The store is closed after each call: a peer starting now finds it free.
     LevelDBStore(DataDir(tmp_path).replica).close()
+
+
+def test_a_replica_on_a_read_only_disk_says_to_read_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "cannot open the store at ...: IO error: .../LOCK: Read-only file system", with
+    # nothing to do about it (LevelDB takes a lock file even to read).
+    from crdt import StoreError
+
+    _stopped_peer(tmp_path)
+
+    def read_only(path: Path) -> LevelDBStore:
+        raise StoreError(
+            f"cannot open the store at {path}: IO error: {path}/LOCK: Read-only file system"
+        )
+
+    monkeypatch.setattr("metaopt.peer._offline.LevelDBStore", read_only)
+    with pytest.raises(MetaoptError) as said:
+        OfflinePeer(tmp_path).call("api.experiments")
+    assert str(said.value).endswith(
+        f"Read-only file system; reading it takes a lock file there: copy {tmp_path}"
+        " somewhere writable and read the copy with --data-dir"
+    )
 
 
 def test_a_peer_starting_while_a_read_holds_its_replica_waits_for_it(tmp_path: Path) -> None:
