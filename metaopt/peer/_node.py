@@ -38,7 +38,7 @@ from crdt import (
 from metaopt import __version__
 from metaopt._errors import MetaoptError, SearchError
 from metaopt._records import CONTROL, EVENT, MAX_REASON, MAX_STDERR, TRIAL, EventBody, is_metric
-from metaopt._state import FREE_STATES, ExperimentState, TrialView
+from metaopt._state import ACTIVE_STATES, FREE_STATES, ExperimentState, TrialView
 from metaopt._writer import NodeWriter
 from metaopt.peer._api import LocalApi
 from metaopt.peer._config import PeerConfig
@@ -1139,7 +1139,12 @@ class Node:
                 view = state.trial(item.trial) if item.trial else await self.new_trial(state)
             except SearchError as exc:
                 self._exhausted[state.key] = (known, str(exc))
-                log.warning("experiment %s: %s", state.spec.name, exc)
+                # A warning while its last points run; found again after a restart, long
+                # used up (`status` says exhausted), news only: it was a warning at every
+                # start of every peer, for every such experiment.
+                ended = not any(t.state in ACTIVE_STATES for t in state.trials())
+                log.log(logging.INFO if ended else logging.WARNING, "experiment %s: %s",
+                        state.spec.name, exc)  # fmt: skip
                 continue
             except MetaoptError as exc:
                 log.warning("experiment %s: %s", state.spec.name, exc)

@@ -337,6 +337,32 @@ async def test_an_exhausted_space_is_not_searched_again_until_a_trial_arrives(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("ended", [False, True])
+async def test_an_exhausted_space_is_a_warning_while_its_trials_run_and_news_once_they_ended(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, ended: bool
+) -> None:
+    # Found again by every peer at every restart, an experiment used up long ago (`status`
+    # says exhausted) was a warning each time: 32 in one cluster's logs.
+    exp = _experiment("e", {"n": "randint(0, 2)"})
+    node = _lone_node(tmp_path, caught_up=True)
+    trials = [_others_trial(exp, {"n": n}, n + 1) for n in range(2)]
+    done = [
+        Record.create(EVENT, OTHER, 10 + i, int(time.time() * 1000), EventBody(
+            t.key, exp.key, "completed", OTHER, metrics={"objective": 1.0}).to_body(),
+            [t.key, exp.key])
+        for i, t in enumerate(trials)
+    ]  # fmt: skip
+    try:
+        node.store.add([exp, *trials, *(done if ended else [])])
+        with caplog.at_level("INFO", logger="metaopt.peer"):
+            await node._schedule_once()
+        [said] = [r for r in caplog.records if "already tried or pending" in r.getMessage()]
+        assert said.levelname == ("INFO" if ended else "WARNING")
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
 async def test_a_budget_spent_during_the_pass_is_no_exhausted_space(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
