@@ -455,7 +455,17 @@ def build_submission(
             why = f"{why} --no-bundle" if max_mb > most else ""
             raise MetaoptError(f"--max-bundle-mb must be between 1 and {most}{why}")
         max_bytes = max_mb * (1 << 20) if max_mb else DEFAULT_MAX_BYTES
-        manifest, chunks = collect_bundle(root, max_bytes=max_bytes)
+        left_out: list[str] = []
+        manifest, chunks = collect_bundle(root, max_bytes=max_bytes, left_out=left_out)
+        if left_out:
+            shown = ", ".join(left_out[:5]) + (
+                f" and {len(left_out) - 5} more" if len(left_out) > 5 else ""
+            )
+            print(
+                f"note: links left out of the code sent to the peers (to a folder, or out of"
+                f" {root}): {shown}; the trials will not find them on other machines",
+                file=sys.stderr,
+            )
         bundle = {"manifest": manifest, "root": str(root.resolve())}
         if script_path.exists():
             try:

@@ -72,6 +72,7 @@ def collect_bundle(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     chunk_bytes: int = CHUNK_BYTES,
+    left_out: list[str] | None = None,
 ) -> tuple[dict[str, Any], dict[bytes, bytes]]:
     """Bundle a folder.
 
@@ -79,6 +80,8 @@ def collect_bundle(
         root: the folder (usually the script's).
         max_bytes: refuse folders holding more than this many bytes of files.
         chunk_bytes: the largest chunk.
+        left_out: gets the symlinks not bundled (to a folder, or out of the folder), which
+            the trials on other machines will not find.
 
     Returns:
         ``(manifest, chunks)`` where ``chunks`` maps each digest named in the manifest to its
@@ -105,6 +108,8 @@ def collect_bundle(
             )
         found = _regular(base, rel)
         if found is None:
+            if left_out is not None and (base / rel).is_symlink():
+                left_out.append(rel)
             continue
         path, mode, size = found
         chosen.append((rel, path, mode, size))
@@ -312,6 +317,9 @@ def _walk(base: Path) -> Iterator[str]:
         rel_folder = Path(folder).relative_to(base)
         for name in names:
             if not name.endswith(".pyc"):
+                yield (rel_folder / name).as_posix()
+        for name in dirs:  # (links to folders are not walked into: said left out)
+            if os.path.islink(os.path.join(folder, name)):
                 yield (rel_folder / name).as_posix()
 
 

@@ -1018,3 +1018,14 @@ def test_a_config_value_the_command_line_overrides_is_still_checked(
     config.write_text("{" + line + "}")
     message = _refused(tmp_path, "--config", str(config), *given, "t.py", "--x~uniform(0, 1)")
     assert message.startswith(f"--config {config}: {expected}")
+
+
+def test_links_left_out_of_the_code_are_noted(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A link to a data folder was left out silently: the trials on other machines lacked it.
+    (tmp_path / "t.py").write_text("print(1)\n")
+    (tmp_path / "data").symlink_to("/")
+    _build(tmp_path, "t.py", "--x~uniform(0, 1)")
+    said = capfd.readouterr().err
+    assert "note: links left out of the code sent to the peers" in said and ": data;" in said

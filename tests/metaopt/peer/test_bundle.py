@@ -117,8 +117,12 @@ def test_symlinks_inside_go_as_copies_and_outside_are_left_out(tmp_path: Path) -
     (tmp_path / "secret").write_text("s")
     (src / "link.py").symlink_to(src / "a.py")
     (src / "out").symlink_to(tmp_path / "secret")
-    manifest, chunks = collect_bundle(src)
+    (src / "data").symlink_to(tmp_path)  # a folder: not walked into
+    left_out: list[str] = []
+    manifest, chunks = collect_bundle(src, left_out=left_out)
     assert manifest_paths(manifest) == ["a.py", "link.py"]
+    # Said at submit: left out silently, they were missing on other machines' trials.
+    assert sorted(left_out) == ["data", "out"]
     materialize_bundle(manifest, chunks, tmp_path / "d")
     assert not (tmp_path / "d" / "link.py").is_symlink()
     assert (tmp_path / "d" / "link.py").read_text() == "a"
