@@ -17,6 +17,7 @@ import secrets
 import shlex
 import shutil
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -68,14 +69,45 @@ _ALGORITHMS = ("auto", "gp", "evolution", "random")
 _EARLY = ("freeze-thaw", "asha", "median", "none")
 
 
+# What `submit --help` says of each option (the README has the whole story).
+_OPTION_HELP: dict[str, str] = {
+    "--name": "NAME  the experiment's name (default: the script's, e.g. train)",
+    "--max-trials": "N  the budget of trials, across every peer (default: until stopped)",
+    "--algorithm": f"A  the search: {', '.join(_ALGORITHMS)} (default auto)",
+    "--objective": "NAME[,NAME...]  what the program reports to optimise (default loss)",
+    "--maximize": "maximize every objective; --maximize=acc: these ones only",
+    "--objective-regex": "RE  read the objective from the program's output: its first group",
+    "--early-stopping": f"S  {'|'.join(_EARLY)} (default freeze-thaw once trials report steps)",
+    "--max-step": "N  the step a finished trial reaches: the early stoppers' horizon",
+    "--trial-timeout": "T  kill a trial's run past this long (seconds, or 30m, 2h, 1d)",
+    "--config": "FILE  these options (and command:) from YAML or JSON",
+    "--data-dir": "DIR  which local peer to submit through (METAOPT_DATA_DIR)",
+    "--no-bundle": "send no code: the peers share the file system it is submitted from",
+    "--max-bundle-mb": "N  the most code (MiB) to send (default 50, at most 1024)",
+    "--wait": "follow it until it is done; Ctrl-C leaves it running (exit 1: none completed)",
+    "--json": "print its id and name as JSON (--wait's progress then goes to stderr)",
+}
+
+
 def add_submit_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rows = [(f"{name} {text.rpartition('  ')[0]}".strip(), text.rpartition("  ")[2])
+            for name, text in _OPTION_HELP.items()]  # fmt: skip
+    width = max(len(left) for left, _ in rows)
+    about = (
+        "Everything but the options below (and all after --) is the command to run; each"
+        " --x~prior, --x=~prior or ~prior word in it is a parameter to search, e.g. metaopt"
+        " submit train.py --lr~'loguniform(1e-5, 1)' --layers~'randint(1, 5)'"
+    )
     p = sub.add_parser(
         "submit",
         help="submit an experiment: metaopt submit train.py --lr~'loguniform(1e-5, 1)'",
-        description="Options: " + " ".join(sorted(_OPTIONS)) + ". Everything else (and all"
-        " after --) is the command; each --x~prior, --x=~prior or ~prior word is a parameter.",
+        usage="metaopt submit [options] PROGRAM [WORDS...]  (or [options] -- PROGRAM ...)",
+        description=textwrap.fill(about, 88),
+        epilog="submit's options:\n"
+        + "\n".join(f"  {left:<{width}}  {said}" for left, said in rows),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("words", nargs=argparse.REMAINDER)
+    p.add_argument("words", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(func=submit)
 
 

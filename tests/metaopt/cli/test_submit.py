@@ -1029,3 +1029,15 @@ def test_links_left_out_of_the_code_are_noted(
     _build(tmp_path, "t.py", "--x~uniform(0, 1)")
     said = capfd.readouterr().err
     assert "note: links left out of the code sent to the peers" in said and ": data;" in said
+
+
+def test_submit_help_says_what_each_option_does(capsys: pytest.CaptureFixture[str]) -> None:
+    # It listed the options' names only.
+    from metaopt.cli._submit import _OPTION_HELP, _OPTIONS
+
+    assert list(_OPTION_HELP) == list(_OPTIONS)
+    with pytest.raises(SystemExit):
+        main(["submit", "--help"])
+    said = capsys.readouterr().out
+    for name, text in _OPTION_HELP.items():
+        assert f"  {name} " in said and text.rpartition("  ")[2] in said
