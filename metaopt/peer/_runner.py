@@ -487,10 +487,8 @@ class TrialRunner:
                     # nothing more and was recorded completed with the value recorded before
                     # the disk filled, not its result (2 of 2 runs).
                     self._unrecorded[run.trial] = (run, outcome)
-                log.warning(
-                    "trial %s ended; its outcome is recorded once this peer can write again",
-                    run.trial.hex(),
-                )
+                later = "is lost" if outcome is None else "is recorded once it can write again"
+                log.warning("trial %s ended; its outcome %s", run.trial.hex(), later)
             else:
                 log.exception("trial %s crashed the executor", run.trial.hex()[:12])
                 self.node.write_event(
