@@ -170,10 +170,12 @@ def _status(args: argparse.Namespace) -> int:
         + [_why(t)]
         for t in info["trial_list"]
     ]
+    # "runner", as in export: the node that runs (ran) it, else the one that recorded it
+    # ("node" there is always the one that recorded it).
     shown_names, shown_objectives = column_names(
-        ["trial", "state", "step", "node", "why"], names, objectives
+        ["trial", "state", "step", "runner", "why"], names, objectives
     )
-    headers = ["trial", "state", *shown_objectives, "step", "node", *shown_names, "why"]
+    headers = ["trial", "state", *shown_objectives, "step", "runner", *shown_names, "why"]
     print(table(headers, rows))
     return 0
 

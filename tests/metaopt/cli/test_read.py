@@ -78,7 +78,7 @@ def test_every_objective_has_a_column_and_an_unfinished_trial_shows_its_last_val
     assert main(["status", "mo"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = next(line for line in lines if line.startswith("trial"))
-    assert header.split()[:6] == ["trial", "state", "f1", "f2", "step", "node"]
+    assert header.split()[:6] == ["trial", "state", "f1", "f2", "step", "runner"]
     assert lines[0].endswith("; minimize f1, minimize f2")  # was "minimize/minimize f1, f2"
     killed = next(line for line in lines if line.startswith("b" * 12))
     assert killed.split()[1:4] == ["killed", "0.75", "9"]
@@ -344,7 +344,7 @@ def test_no_column_name_repeats_when_a_parameter_and_a_metric_share_a_name(
     lines = capsys.readouterr().out.splitlines()
     shown = next(line for line in lines if line.startswith("trial")).split()
     assert shown == [
-        "trial", "state", "metric:mode", "metric:why", "step", "node", "a", "param:mode",
+        "trial", "state", "metric:mode", "metric:why", "step", "runner", "a", "param:mode",
         "param:state", "why",
     ]  # fmt: skip
 
