@@ -18,24 +18,28 @@ from metaopt._records import (
     parse_experiment,
 )
 from metaopt._state import ExperimentState
-from metaopt._suggest import NEAR, Suggester
+from metaopt._suggest import NEAR, Suggester, _words, params_key, stream
 from metaopt.space import Space
 
 ME = b"m" * 16
 OTHER = b"o" * 16
+# Two defaults: the point a user trusts is lr=0.001, act='b' (depth searched).
+DEFAULTS = {"lr": "loguniform(1e-5, 1, default_value=0.001)", "act": "choices(['a', 'b'],"
+            " default_value='b')", "depth": "randint(1, 10)"}  # fmt: skip
 
 
-def _state(**spec: Any) -> ExperimentState:
+def _state(space: dict[str, str] | None = None, **spec: Any) -> ExperimentState:
     record = experiment_record(
-        ExperimentSpec("e", {"x": "uniform(0, 1)"}, command=("t.py",), **spec)
+        ExperimentSpec("e", space or {"x": "uniform(0, 1)"}, command=("t.py",), **spec)
     )
-    spec = parse_experiment(record)
-    assert spec is not None
-    return ExperimentState(record.key, spec)
+    parsed = parse_experiment(record)
+    assert parsed is not None
+    return ExperimentState(record.key, parsed)
 
 
-def _trial(state: ExperimentState, x: float, seq: int, *events: str) -> None:
-    body = {"params": {"x": x}, "node": OTHER, "counter": seq}
+def _trial(state: ExperimentState, x: float | dict[str, Any], seq: int, *events: str) -> None:
+    """A trial of OTHER at ``x`` (or at these params), and its events."""
+    body = {"params": {"x": x} if isinstance(x, float) else x, "node": OTHER, "counter": seq}
     trial = Record.create(TRIAL, OTHER, 100 * seq, 1000, body, [state.key])
     state.apply(trial)
     for i, kind in enumerate(events, start=1):
@@ -74,12 +78,7 @@ def test_only_a_trial_that_arrived_after_the_draw_and_lies_within_near_crowds_a_
 def test_the_first_point_takes_the_default_values_and_later_ones_are_searched() -> None:
     # default_value= was parsed and then used by nothing: the configuration a user trusts
     # was never measured unless the search happened on it.
-    space = {"lr": "loguniform(1e-5, 1, default_value=0.001)", "act": "choices(['a', 'b'],"
-             " default_value='b')", "depth": "randint(1, 10)"}  # fmt: skip
-    record = experiment_record(ExperimentSpec("e", space, command=("t.py",)))
-    spec = parse_experiment(record)
-    assert spec is not None
-    state = ExperimentState(record.key, spec)
+    state = _state(DEFAULTS)
     first, counter = Suggester(state, ME).suggest()
     assert (first["lr"], first["act"], counter) == (0.001, "b", 1)
     # From an empty history only the lead takes them: two peers starting it together took
@@ -120,3 +119,108 @@ def test_each_trial_is_mapped_into_the_unit_cube_once(monkeypatch: pytest.Monkey
     assert np.array_equal(second.pending[:5], first.pending)
     views = curve_views(state, suggester, state.trials())
     assert len(mapped) == 6 and len(views) == 6  # the stopper's curves: from the same points
+
+
+class _Fixed:
+    """An algorithm that always proposes the same unit point (a deterministic optimiser that
+    lands on a face of the cube, or keeps returning a known point)."""
+
+    name = "fixed"
+
+    def __init__(self, u: list[float]) -> None:
+        self.u = np.asarray([u], dtype=np.float64)
+
+    def suggest(self, space: Any, obs: Any, rng: np.random.Generator, n: int = 1) -> np.ndarray:
+        return self.u.copy()
+
+
+def test_a_points_identity_does_not_depend_on_the_order_of_its_params() -> None:
+    # A trial submitted by hand as y=..., x=... is the same point as x=..., y=...: else the
+    # search could record it again as new.
+    assert params_key({"x": 1, "y": "a"}) == params_key({"y": "a", "x": 1})
+
+
+def test_two_nodes_never_share_a_stream_and_a_second_look_draws_afresh() -> None:
+    # Sharing a stream, two peers would draw the same points; a second look after crowding
+    # on the first's stream would draw the crowded point again.
+    e = b"e" * 32
+    first = stream(0, ME, e, 1).random(4)
+    assert not np.array_equal(first, stream(0, OTHER, e, 1).random(4))
+    assert not np.array_equal(first, stream(0, ME, e, 1, look=1).random(4))
+    # The first look keeps the stream it had before looks existed (same seed, same points).
+    legacy = np.random.default_rng(np.random.SeedSequence([0, *_words(ME), *_words(e[:16]), 1]))
+    assert np.array_equal(first, legacy.random(4))
+
+
+def test_two_nodes_asking_from_one_history_draw_different_points() -> None:
+    # With one stream for all, two peers asking at once would record the same point.
+    state = _state(algorithm="random")
+    points = {Suggester(state, node).suggest()[0]["x"] for node in (ME, OTHER)}
+    assert len(points) == 2
+
+
+def test_a_second_look_after_crowding_draws_another_point() -> None:
+    state = _state(algorithm="random")
+    s = Suggester(state, ME)
+    assert s.compute(s.prepare())[0] != s.compute(s.prepare(look=1))[0]
+
+
+def test_points_on_a_face_of_the_cube_are_nudged_inward_and_apart_per_node() -> None:
+    # Two peers running the same deterministic optimiser on one history land on the same
+    # face point: unnudged they record it twice, nudged outward it leaves the space.
+    state = _state()
+    for face in (0.0, 1.0):
+        xs = [Suggester(state, n, algorithm=_Fixed([face])).suggest()[0]["x"] for n in (ME, OTHER)]
+        assert xs[0] != xs[1]
+        assert all(0.0 < x < 1.0 and abs(x - face) < 1e-8 for x in xs)
+
+
+def test_a_killed_trials_point_is_a_failed_one_to_the_search() -> None:
+    # Not among the failed, an early-stopped point would be drawn again and again.
+    state = _state()
+    _trial(state, 0.25, 1, "started", "killed")
+    obs = Suggester(state, ME).prepare().obs
+    assert obs.failed.shape[0] == 1 and obs.pending.shape[0] == 0
+
+
+def test_defaults_count_as_measured_only_when_one_trial_carries_them_all() -> None:
+    # A trial with one of two defaults is not the configuration the user trusts: taken for
+    # it, that configuration would never be measured.
+    state = _state(DEFAULTS)
+    _trial(state, {"lr": 0.5, "act": "b", "depth": 3}, 1, "started")
+    s = Suggester(state, OTHER)
+    params = s.compute(s.prepare(lead=False))[0]
+    assert (params["lr"], params["act"]) == (0.001, "b")
+
+
+def test_an_algorithm_stuck_on_a_known_point_falls_back_to_the_prior_at_full_budget() -> None:
+    # The space is far from exhausted: it must not say so because the algorithm repeats
+    # itself, and the fallback point still runs the fidelity's full budget.
+    state = _state({"x": "uniform(0, 1)", "epochs": "fidelity(1, 81, base=3)"})
+    s = Suggester(state, ME, algorithm=_Fixed([0.5]))
+    known, _ = s.suggest()
+    _trial(state, known, 1, "started")
+    again = Suggester(state, ME, algorithm=_Fixed([0.5]))
+    # (the nudge is drawn per stream: make the algorithm hit the known point exactly)
+    again.algorithm = _Fixed(list(again.space.to_unit(known)))
+    again._nudge = lambda u, rng: u  # type: ignore[method-assign]
+    params, _ = again.suggest()
+    assert params["x"] != known["x"] and params["epochs"] == 81
+
+
+def test_a_suggestion_runs_at_the_fidelitys_full_budget() -> None:
+    # Without a scheduler choosing budgets, a trial at the fidelity's low end would stop at
+    # its first step.
+    state = _state({"x": "uniform(0, 1)", "epochs": "fidelity(1, 81, base=3)"})
+    for node in (ME, OTHER):
+        assert Suggester(state, node).suggest()[0]["epochs"] == 81
+
+
+def test_a_trial_that_arrived_within_near_crowds_and_one_twice_as_far_does_not() -> None:
+    # NEAR is 1e-3 of the cube: two peers' points 0.9e-3 apart are one trial run twice.
+    state = _state()
+    s = Suggester(state, ME)
+    draw = s.prepare()
+    _trial(state, 0.5, 1, "started")
+    assert s.crowded(draw, {"x": 0.5 + 0.9e-3})
+    assert not s.crowded(draw, {"x": 0.5 + 2.1e-3})

@@ -51,10 +51,18 @@ def _trial(state: ExperimentState, node: bytes, seq: int, time: int = 0) -> Reco
 
 
 def _event(
-    state: ExperimentState, trial: Record, node: bytes, seq: int, kind: str, time: int
-) -> None:
-    body = EventBody(trial.key, state.key, kind, node).to_body()
-    state.apply(Record.create(EVENT, node, seq, time, body, [trial.key, state.key]))
+    state: ExperimentState,
+    trial: Record,
+    node: bytes,
+    seq: int,
+    kind: str,
+    time: int,
+    supersedes: tuple[bytes, ...] = (),
+) -> Record:
+    body = EventBody(trial.key, state.key, kind, node, supersedes=supersedes).to_body()
+    rec = Record.create(EVENT, node, seq, time, body, [trial.key, state.key])
+    state.apply(rec)
+    return rec
 
 
 def _since(now: int) -> Callable[[TrialView], int]:
@@ -278,14 +286,15 @@ def test_three_experiments_on_two_peers_of_two_slots_each_all_run() -> None:
         assert [w.experiment for w in work] == [high.key]
 
 
+def _planned(state: ExperimentState, now: int) -> list[bytes]:
+    """The experiments of the work planned for one free slot at ``now``."""
+    work = _plan([state], ME, 1, set(), [ME], now, 1_000, lambda s: True)
+    return [w.experiment for w in work]
+
+
 def test_an_experiment_whose_runs_keep_failing_waits_longer_each_time() -> None:
     state = _state(name="broken")
     other = _state(name="fine")
-
-    def plan(now: int) -> list[bytes]:
-        work = _plan([state], ME, 1, set(), [ME], now, 1_000, lambda s: True)
-        return [w.experiment for w in work]
-
     ended = 10_000
     for n in range(1, 7):
         t = _trial(state, ME, 2 * n - 1)
@@ -293,17 +302,17 @@ def test_an_experiment_whose_runs_keep_failing_waits_longer_each_time() -> None:
         streak = failure_streak(state)
         assert streak == (n, ended)
         if n < BACKOFF_AFTER:
-            assert plan(ended) == [state.key]  # a failure or two: no wait
+            assert _planned(state, ended) == [state.key]  # a failure or two: no wait
         else:
             wait = 1000 << (n - BACKOFF_AFTER)
-            assert plan(ended + wait - 1) == []
-            assert plan(ended + wait) == [state.key]
+            assert _planned(state, ended + wait - 1) == []
+            assert _planned(state, ended + wait) == [state.key]
         ended += 100
     # A completion ends the streak; another experiment was never held back.
     t = _trial(state, ME, 100)
     body = EventBody(t.key, state.key, "completed", ME, None, {"objective": 0.5}).to_body()
     state.apply(Record.create(EVENT, ME, 101, ended, body, [t.key, state.key]))
-    assert failure_streak(state) == (0, 0) and plan(ended) == [state.key]
+    assert failure_streak(state) == (0, 0) and _planned(state, ended) == [state.key]
     assert _plan([other], ME, 1, set(), [ME], 0, 1_000, lambda s: True) != []
 
 
@@ -432,3 +441,129 @@ def test_the_last_runner_of_a_free_trial_claims_it_first_and_the_others_a_turn_l
         assert _claims(state, second, 12_000, live) == [t.key]
         # Once it is gone the hash alone decides: the first of the others claims at once.
         assert _claims(state, first, 10_000, [OTHER, THIRD]) == [t.key]
+
+
+def _fail(state: ExperimentState, n: int, ended: int) -> None:
+    """``n`` trials of this node, each failed at ``ended``."""
+    for i in range(1, n + 1):
+        _event(state, _trial(state, ME, 2 * i - 1), ME, 2 * i, "failed", ended)
+
+
+def test_readme_three_failures_wait_a_second_and_the_wait_stops_at_a_minute() -> None:
+    # README: "When an experiment's last three trials have all failed, its next trial waits
+    # 1 s after the latest failure, and each further failure doubles the wait up to a minute".
+    # Uncapped, 20 failures in a row would hold the experiment back 18 hours.
+    two = _state(name="two")
+    _fail(two, 2, 10_000)
+    assert _planned(two, 10_000) == [two.key]
+    three = _state(name="three")
+    _fail(three, 3, 10_000)
+    assert _planned(three, 10_999) == [] and _planned(three, 11_000) == [three.key]
+    many = _state(name="many")
+    _fail(many, 20, 10_000)
+    assert _planned(many, 10_000 + 59_999) == []
+    assert _planned(many, 10_000 + 60_000) == [many.key]
+
+
+def test_a_kill_between_failures_neither_breaks_nor_extends_the_streak() -> None:
+    # Counted as a failure, an early stopper's kills alone would hold a healthy experiment
+    # back; counted as a success, they would hide a script that keeps failing.
+    state = _state()
+    seq = 0
+    for kind, ended in (("failed", 1_000), ("failed", 2_000), ("killed", 3_000), ("failed", 4_000)):
+        seq += 2
+        _event(state, _trial(state, ME, seq - 1), ME, seq, kind, ended)
+    assert failure_streak(state) == (3, 4_000)
+
+
+def _rerun(state: ExperimentState, creator: bytes, runner: bytes) -> Record:
+    """A trial ``creator`` recorded and ran, lost, and now re-run by ``runner``."""
+    t = _trial(state, creator, 1)
+    _event(state, t, creator, 2, "started", 1_000)
+    loss = _event(state, t, THIRD, 1, "lost", 2_000)
+    _event(state, t, runner, 3, "started", 3_000, supersedes=(loss.key,))
+    view = state.trial(t.key)
+    assert view is not None and (view.state, view.runner) == ("running", runner)
+    return t
+
+
+def test_a_rerun_is_owned_by_its_runner_not_by_the_node_that_recorded_it() -> None:
+    # Re-run here after its creator lost it, and this peer restarted: it no longer runs it,
+    # so it is lost at once. Owned by its creator, it would read "running" for as long as the
+    # creator lives, and never run again.
+    state = _state()
+    t = _rerun(state, OTHER, ME)
+    lost = find_lost([state], ME, _since(3_500), 60_000, lambda n: True, set())
+    assert [x.trial for x in lost] == [t.key]
+    # Created here but re-run by a live peer: not this peer's orphan, though it does not run
+    # it here (taken for one, it would be marked lost beside its live re-run).
+    state = _state()
+    _rerun(state, ME, OTHER)
+    assert find_lost([state], ME, _since(3_500), 60_000, lambda n: True, set()) == []
+
+
+def test_a_free_trial_still_running_here_is_not_claimed_again() -> None:
+    # Marked lost by a peer that could not reach this one while this one still runs it:
+    # claimed again, a second copy would run on this node beside the first.
+    state = _state(max_trials=1)  # (budget spent: no new point either)
+    t = _trial(state, ME, 1)
+    _event(state, t, ME, 2, "started", 1_000)
+    _event(state, t, OTHER, 1, "lost", 2_000)
+    view = state.trial(t.key)
+    assert view is not None and view.state == "lost"
+    assert _plan([state], ME, 1, {t.key}, [ME, OTHER], 9_000, 1_000, lambda s: True) == []
+
+
+def test_slots_go_first_to_the_experiment_with_fewest_trials_running_here() -> None:
+    # `busy` runs one trial here; `crowded` none here, but two on another peer and two
+    # finished: the fewest running *here* comes first (else this peer's slots would all go
+    # to one experiment while another ran nothing here), then the fewest running anywhere.
+    busy, crowded = _state(name="busy"), _state(name="crowded")
+    mine = _trial(busy, ME, 1)
+    _event(busy, mine, ME, 2, "started", 1_000)
+    for seq in range(1, 5):
+        t = _trial(crowded, OTHER, seq)
+        _event(crowded, t, OTHER, 10 + seq, "started" if seq <= 2 else "completed", 1_000)
+    work = _plan([busy, crowded], ME, 1, {mine.key}, [ME, OTHER], 2_000, 1_000, lambda s: True)
+    assert [w.experiment for w in work] == [crowded.key]
+
+
+def test_the_slots_of_one_pass_are_shared_between_experiments() -> None:
+    # Both run nothing here; `quiet` runs nothing anywhere, `loud` 3 trials on another peer.
+    # `quiet` takes the first slot and then runs one here: the second goes to `loud` (not
+    # counted, every slot of the pass went to `quiet`).
+    quiet, loud = _state(name="quiet"), _state(name="loud")
+    for seq in range(1, 4):
+        _event(loud, _trial(loud, OTHER, seq), OTHER, 10 + seq, "started", 1_000)
+    work = _plan([quiet, loud], ME, 2, set(), [ME, OTHER], 2_000, 1_000, lambda s: True)
+    assert [w.experiment for w in work] == [quiet.key, loud.key]
+
+
+def test_a_slot_planned_in_this_pass_counts_as_running_anywhere_too() -> None:
+    # `x` runs nothing here and one trial elsewhere; `y` one trial here. `x` takes the first
+    # slot; then both run one here, and `x` more anywhere (2 against 1): the second slot goes
+    # to `y`, on every node, whatever the node's own order of the two (not counted, some
+    # nodes gave both slots to `x`).
+    x, y = _state(name="x"), _state(name="y")
+    _event(x, _trial(x, OTHER, 1), OTHER, 10, "started", 1_000)
+    mine = _trial(y, THIRD, 1)
+    _event(y, mine, THIRD, 10, "started", 1_000)
+    for me in (b"a" * 16, b"b" * 16, b"c" * 16, b"d" * 16, b"e" * 16):
+        work = _plan([x, y], me, 2, {mine.key}, [me, OTHER], 2_000, 1_000, lambda s: True)
+        assert [w.experiment for w in work] == [x.key, y.key]
+
+
+def test_a_node_alone_never_waits_for_a_turn() -> None:
+    # Alone (or knowing no peer yet), a peer waited up to a turn before each new point, for
+    # nobody to hear of it.
+    experiment, since, turn = b"e" * 32, 1_000_000, 50
+    for now in range(since, since + 3 * turn, 7):
+        assert settle_wait(ME, [ME], experiment, 3, since, now, turn, 8) == 0
+        assert settle_wait(ME, [], experiment, 3, since, now, turn, 8) == 0
+
+
+def test_no_turns_when_the_turn_is_zero() -> None:
+    # --timing settle=0 means no settling: not a division by a zero round.
+    experiment, since = b"e" * 32, 1_000_000
+    for now in (since - 5, since, since + 7):
+        assert settle_wait(ME, [ME, OTHER, THIRD], experiment, 3, since, now, 0, 8) == 0

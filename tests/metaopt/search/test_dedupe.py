@@ -6,10 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metaopt._errors import SearchError
-from metaopt.search import Observations, dedupe, is_known, known_points
+from metaopt.search import DedupeConfig, Observations, dedupe, is_known, known_points
 from metaopt.space import Space
 
 MIXED = Space.from_dict({"x": "uniform(0, 1)", "n": "randint(0, 3)", "c": "choices(['a', 'b'])"})
+LINE = Space.from_dict({"x": "uniform(0, 1)"})
 
 
 def test_is_known_tolerates_round_off_only() -> None:
@@ -63,3 +64,27 @@ def test_observations_as_known() -> None:
     np.testing.assert_allclose(out, s.grid()[3:4])
     with pytest.raises(SearchError):
         dedupe(s, s.grid()[:2], obs, rng)
+
+
+def test_a_free_point_repeated_within_the_batch_is_kept_once() -> None:
+    # Only repeats of known points were tested: a batch of one free point thrice would run
+    # the same trial three times.
+    out = dedupe(LINE, np.array([[0.3], [0.3], [0.3]]), np.zeros((0, 1)), np.random.default_rng(0))
+    assert out[0, 0] == 0.3
+    assert len({tuple(r) for r in out}) == 3
+
+
+def test_with_no_nudges_a_duplicate_is_resampled_from_the_prior() -> None:
+    # (else it came back unchanged: a known point run again)
+    known = np.array([[0.5]])
+    out = dedupe(LINE, known.copy(), known, np.random.default_rng(0), DedupeConfig(nudges=0))
+    assert not is_known(out, known).any()
+
+
+def test_known_points_are_compared_after_rounding() -> None:
+    # 0.31 and 0.33 are the same cell of randint(0, 10) (both the value 3): compared unrounded,
+    # the point of a trial already run would be suggested again.
+    space = Space.from_dict({"n": "randint(0, 10)"})
+    known = np.array([[0.31]])
+    out = dedupe(space, np.array([[0.33]]), known, np.random.default_rng(0))
+    assert not is_known(out, space.round_unit(known)).any()
