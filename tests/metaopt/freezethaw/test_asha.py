@@ -5,24 +5,39 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 
-from metaopt.freezethaw import Action, AshaConfig, CurveView, make_stopper
+from metaopt import MetaoptError
+from metaopt.freezethaw import (
+    Action,
+    AshaConfig,
+    CurveView,
+    Decision,
+    EarlyStopper,
+    make_stopper,
+)
 
 T = 60
 
 
 def _curve(
-    tid: str, values: list[float], state: str = "running", resumed: int | None = None
+    tid: str,
+    values: list[float],
+    state: str = "running",
+    resumed: int | None = None,
+    rung: int | None = None,
 ) -> CurveView:
+    """A trial's curve, reported at steps 1, 2, ...; ``rung``: the rung it was killed at."""
     steps = np.arange(1, len(values) + 1)
     return CurveView(
         tid,
         np.array([0.5]),
         steps,
         np.array(values),
-        state,
+        state,  # type: ignore[arg-type]
         T,
-        resumed,  # type: ignore[arg-type]
+        resumed,
+        rung,
     )
 
 
@@ -93,3 +108,111 @@ def test_a_run_resumed_from_its_checkpoint_is_not_judged_again_at_the_rungs_it_p
     assert _acts(fresh.decide([*better, from_zero], {"r"}, 0, np.random.default_rng(0))) == {
         "r": Action.KILL
     }
+
+
+def _decide(stopper: EarlyStopper, curves: list[CurveView], own: set[str]) -> list[Decision]:
+    return stopper.decide(curves, own, 0, np.random.default_rng(0))
+
+
+def test_readme_default_rungs_are_steps_1_3_9() -> None:
+    # README: "with its rungs at the fidelity prior's low, low·base, …, else at steps 1, 3, 9, …"
+    assert AshaConfig().rungs(100) == [1, 3, 9, 27, 81]
+
+
+@pytest.mark.parametrize(
+    "kw", [{"min_resource": 0.0}, {"min_early_stopping_rate": -1}], ids=["resource", "rate"]
+)
+def test_a_config_with_no_ladder_is_refused(kw: dict[str, float]) -> None:
+    # (taken, a ladder of rungs at step 0, or below the fidelity's low end, would be judged)
+    with pytest.raises(MetaoptError):
+        AshaConfig(**kw)  # type: ignore[arg-type]
+
+
+def test_only_own_running_trials_get_a_decision() -> None:
+    # A decision for a finished or frozen trial would kill what is done, or another's run.
+    stopper = make_stopper("asha", AshaConfig(1, 3))
+    curves = [_curve("run", [0.1] * 5), _curve("done", [0.9] * 5, "completed"),
+              _curve("frozen", [0.9] * 5, "frozen")]  # fmt: skip
+    out = _decide(stopper, curves, {"run", "done", "frozen"})
+    assert [d.trial_id for d in out] == ["run"]
+
+
+def test_a_diverged_trial_is_killed() -> None:
+    # Its nan would otherwise run on to the budget, a slot wasted.
+    stopper = make_stopper("asha", AshaConfig(1, 3))
+    out = _decide(stopper, [_curve("nan", [0.5, float("nan")])], {"nan"})
+    assert _acts(out) == {"nan": Action.KILL} and out[0].reason == "diverged (nan/inf)"
+
+
+def test_a_trial_killed_at_a_rung_stays_killed_while_it_stops() -> None:
+    # It exits at its next report: meanwhile its later (better) values must not revoke the
+    # kill, which would let it run on past the rung it lost at.
+    stopper = make_stopper("asha", AshaConfig(1, 2))
+    good, bad = _curve("good", [0.1]), _curve("bad", [0.5])
+    assert _acts(_decide(stopper, [good, bad], {"good", "bad"}))["bad"] is Action.KILL
+    later = [_curve("good", [0.1, 0.2, 0.2, 0.2]), _curve("bad", [0.5, 0.01, 0.01, 0.01])]
+    out = _decide(stopper, later, {"good", "bad"})
+    assert _acts(out)["bad"] is Action.KILL and {d.trial_id: d.rung for d in out}["bad"] == 1
+
+
+def test_a_kill_this_stopper_made_counts_only_to_its_rung_before_it_is_recorded() -> None:
+    # Counted at the rungs above with the values it reported while stopping, it would push a
+    # trial that did go on out of the top there.
+    stopper = make_stopper("asha", AshaConfig(1, 2))
+    out = _decide(stopper, [_curve("a", [0.5]), _curve("b", [0.1])], {"a", "b"})
+    assert _acts(out) == {"a": Action.KILL, "b": Action.CONTINUE}
+    # `a` still runs (its kill not yet recorded: no stopped_rung) and did well at step 2: it
+    # did not go on past rung 1, so `b` alone is at rung 2, and is in its top half.
+    out = _decide(stopper, [_curve("a", [0.5, 0.05]), _curve("b", [0.1, 0.2])], {"b"})
+    assert _acts(out) == {"b": Action.CONTINUE}
+
+
+def test_a_trial_killed_at_a_rung_counts_at_that_rung() -> None:
+    # Killed there by another peer, it reached the rung: its value is among the rivals there
+    # (left out, the top 1/eta of a rung would be of fewer runs, and more would go on).
+    stopper = make_stopper("asha", AshaConfig(1, 2))
+    killed = [_curve(f"k{i}", [v], "killed", rung=1) for i, v in enumerate((0.5, 0.6, 0.7))]
+    promoted = _curve("p", [0.1, 0.1, 0.1], "completed")
+    out = _decide(stopper, [*killed, promoted, _curve("t", [0.3])], {"t"})
+    assert _acts(out) == {"t": Action.CONTINUE}  # 2nd of 5: in the top half (2)
+
+
+def test_the_highest_rung_below_the_budget_is_judged() -> None:
+    # Rungs(60) = 1, 3, 9, 27: equal up to step 26, apart from 27 on. Its last rung unjudged,
+    # a run worse there would run to the budget.
+    stopper = make_stopper("asha", AshaConfig(1, 3))
+    a = _curve("a", [0.5] * 26 + [0.1] * 4)
+    b = _curve("b", [0.5] * 26 + [0.9] * 4)
+    out = _decide(stopper, [a, b], {"a", "b"})
+    assert _acts(out) == {"a": Action.CONTINUE, "b": Action.KILL}
+    assert {d.trial_id: d.rung for d in out}["b"] == 27
+
+
+def test_a_rung_passed_is_not_judged_again_when_more_rivals_arrive() -> None:
+    # Judged again, a run promoted at rung 1 would be killed there later by runs that
+    # reached it after it had gone on.
+    stopper = make_stopper("asha", AshaConfig(1, 3))
+    assert _acts(_decide(stopper, [_curve("r", [0.9, 0.9])], {"r"})) == {"r": Action.CONTINUE}
+    better = [_curve(f"b{i}", [0.1 * i] * 2, "completed") for i in range(6)]
+    out = _decide(stopper, [*better, _curve("r", [0.9, 0.9])], {"r"})
+    assert _acts(out) == {"r": Action.CONTINUE}  # (rung 3 not reached yet)
+
+
+def test_a_run_resumed_exactly_at_a_rung_had_passed_it() -> None:
+    # Resumed from its checkpoint at step 9, it was judged at rung 9 before: judged again by
+    # a restarted peer, it would be killed where it had been promoted.
+    better = [_curve(f"b{i}", [0.1 * i] * 12, "killed") for i in range(9)]
+    resumed = _curve("r", [1.0] * 12, resumed=9)
+    stopper = make_stopper("asha", AshaConfig(1, 3))
+    assert _acts(_decide(stopper, [*better, resumed], {"r"})) == {"r": Action.CONTINUE}
+
+
+def test_a_run_thawed_from_an_older_checkpoint_is_not_judged_again_here() -> None:
+    # This stopper judged it up to rung 9; it resumed from a checkpoint at step 2. Its
+    # checkpoint is not what this stopper remembers: judged again from rung 3, it would be
+    # killed at rungs it had passed.
+    stopper = make_stopper("asha", AshaConfig(1, 3))
+    assert _acts(_decide(stopper, [_curve("r", [0.9] * 12)], {"r"})) == {"r": Action.CONTINUE}
+    better = [_curve(f"b{i}", [0.1 * i] * 12, "completed") for i in range(9)]
+    again = _curve("r", [0.9] * 13, resumed=2)
+    assert _acts(_decide(stopper, [*better, again], {"r"})) == {"r": Action.CONTINUE}
