@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import logging
 import os
 import signal
 import subprocess
@@ -16,23 +18,24 @@ from types import SimpleNamespace
 import pytest
 
 from metaopt.peer._orphans import find_orphans, kill_orphans
+from metaopt.peer._watchdog import Watchdog
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc"),
 ]
 
+REPO = str(Path(__file__).resolve().parents[3])
 SLEEPER = "import time; time.sleep(60)"
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
 # A trial that starts a child which does not print: only the process group reaches it.
 WRAPPER = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', " + repr(
     "import time; time.sleep(60)"
 ) + "]); time.sleep(60)"  # fmt: skip
 
 
-def _spawn(code: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-c", code], env={**os.environ, **env}, start_new_session=True
-    )
+def _spawn(code: str, env: dict[str, str], argv0: str = sys.executable) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([argv0, "-c", code], env={**os.environ, **env}, start_new_session=True)
 
 
 def _wait_gone(pid: int) -> bool:
@@ -45,6 +48,44 @@ def _wait_gone(pid: int) -> bool:
     return False
 
 
+def _seen(data_dir: str, n: int) -> None:
+    """Wait (up to 20 s) until ``n`` trial processes of the data directory are seen."""
+    deadline = time.monotonic() + 20
+    while len(find_orphans(data_dir)) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _end(*processes: subprocess.Popen[bytes]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+
+
+def _nobody() -> int:
+    """A process group no process can have (and those above it)."""
+    return int(Path("/proc/sys/kernel/pid_max").read_text())
+
+
+def _stalled(watchdog: Watchdog, pgid: int) -> subprocess.Popen[bytes]:
+    """Tell the watchdog of ``pgid`` (which starts it), stop it (SIGSTOP), and tell it of
+    more trials of a moment than any pipe holds. Returns its process, still stopped: the
+    caller resumes it."""
+    watchdog.watch(pgid)
+    process = watchdog._process
+    assert process is not None
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        nobody = _nobody() + 1
+        for moment in range(nobody, nobody + 2 * 16 * os.sysconf("SC_PAGESIZE") // 9):
+            watchdog.watch(moment)
+            watchdog.release(moment)
+    except BaseException:
+        os.kill(process.pid, signal.SIGCONT)
+        raise
+    return process
+
+
 def test_only_this_data_dirs_trial_processes_are_killed_with_their_groups(tmp_path: Path) -> None:
     ours = str(tmp_path / "peer")
     trial = {"METAOPT_TRIAL_ID": "ab" * 16, "METAOPT_DATA_DIR": ours}
@@ -54,9 +95,7 @@ def test_only_this_data_dirs_trial_processes_are_killed_with_their_groups(tmp_pa
     other_peer = _spawn(SLEEPER, {**trial, "METAOPT_DATA_DIR": str(tmp_path / "other")})
     spawned = [orphan, shell, other_peer]
     try:
-        deadline = time.monotonic() + 20
-        while len(find_orphans(ours)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)  # the wrapper's child has started
+        _seen(ours, 2)  # the wrapper's child has started
         found = find_orphans(ours)
         assert orphan.pid in found and len(found) == 2
         group = [pid for pid, pgid in found.items() if pgid == orphan.pid]
@@ -67,10 +106,7 @@ def test_only_this_data_dirs_trial_processes_are_killed_with_their_groups(tmp_pa
         assert shell.poll() is None and other_peer.poll() is None
         assert find_orphans(ours) == {}
     finally:
-        for process in spawned:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=10)
+        _end(*spawned)
 
 
 def test_one_trials_escaped_processes_are_killed_and_no_other_trials(tmp_path: Path) -> None:
@@ -81,18 +117,13 @@ def test_one_trials_escaped_processes_are_killed_and_no_other_trials(tmp_path: P
     escaped = _spawn(SLEEPER, {**env, "METAOPT_TRIAL_ID": "ab" * 16})
     running = _spawn(SLEEPER, {**env, "METAOPT_TRIAL_ID": "cd" * 16})
     try:
-        deadline = time.monotonic() + 20
-        while len(find_orphans(ours)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _seen(ours, 2)
         assert find_orphans(ours, trial="ab" * 16) == {escaped.pid: escaped.pid}
         assert kill_orphans(ours, trial="ab" * 16) == [escaped.pid]
         assert escaped.wait(timeout=10) == -signal.SIGKILL
         assert running.poll() is None
     finally:
-        for process in (escaped, running):
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=10)
+        _end(escaped, running)
 
 
 # A stand-in for a peer: it runs one silent trial (which starts a silent child of its own, as
@@ -126,11 +157,10 @@ def test_a_trial_and_what_it_started_die_with_their_peer_even_when_silent(tmp_pa
     # A peer killed -9 and not restarted left its silent trial, and the children of a shell
     # script, running beside the re-run on another peer: the trial died only on its next
     # write to its closed pipe, or when its peer restarted (kill_orphans above).
-    repo = str(Path(__file__).resolve().parents[3])
     peer = subprocess.Popen(
         [sys.executable, "-c", _PEER, str(tmp_path), WRAPPER],
         stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": repo},
+        env={**os.environ, "PYTHONPATH": REPO},
     )
     left: dict[int, int] = {}
     try:
@@ -156,8 +186,6 @@ def test_a_watchdog_started_again_still_stops_the_groups_the_first_one_knew(
     tmp_path: Path,
 ) -> None:
     # Killed by hand, the watchdog was started again at the next trial knowing that trial only.
-    from metaopt.peer._watchdog import Watchdog
-
     env = {"METAOPT_TRIAL_ID": "cd" * 16, "METAOPT_DATA_DIR": str(tmp_path)}
     first, second = _spawn(SLEEPER, env), _spawn(SLEEPER, env)
     # Our own children stay zombies (not gone to the watchdog) until we reap them: a short
@@ -192,23 +220,12 @@ def test_a_watchdog_that_stops_reading_never_blocks_its_peer_and_learns_what_it_
     # full and the next write held up the peer's whole event loop, for as long as it stayed
     # stopped. What the pipe does not take waits in the peer, and reaches the watchdog once it
     # reads again, or a watchdog started again in its place once it is killed.
-    from metaopt.peer._watchdog import Watchdog
-
     env = {"METAOPT_TRIAL_ID": "ef" * 16, "METAOPT_DATA_DIR": "/nonexistent/metaopt-test"}
     ended, kept = _spawn(SLEEPER, env), _spawn(SLEEPER, env)
-    # Trials of a moment, as groups no process can have: more lines than any pipe holds.
-    nobody = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
-    burst = range(nobody, nobody + 2 * 16 * os.sysconf("SC_PAGESIZE") // 9)
 
     async def peer(watchdog: Watchdog) -> None:
-        watchdog.watch(ended.pid)
-        first = watchdog._process
-        assert first is not None
-        os.kill(first.pid, signal.SIGSTOP)
+        first = _stalled(watchdog, ended.pid)
         try:
-            for pgid in burst:
-                watchdog.watch(pgid)
-                watchdog.release(pgid)
             watchdog.release(ended.pid)
             watchdog.watch(kept.pid)
             # However long it is stopped: the ended and the kept trial, and at most the burst's
@@ -269,3 +286,206 @@ def test_a_runner_gone_without_its_peers_stop_leaves_no_watchdog_behind(
     finally:
         sleeper.kill()
         sleeper.wait(timeout=10)
+
+
+def test_a_data_dir_whose_name_extends_ours_is_another_peers(tmp_path: Path) -> None:
+    # Two peers on one machine in ~/mo and ~/mo2: restarting the first must not kill the
+    # second's trials.
+    ours = str(tmp_path / "mo")
+    mine = _spawn(SLEEPER, {"METAOPT_TRIAL_ID": "ab" * 16, "METAOPT_DATA_DIR": ours})
+    theirs = _spawn(SLEEPER, {"METAOPT_TRIAL_ID": "ab" * 16, "METAOPT_DATA_DIR": ours + "2"})
+    try:
+        _seen(ours, 1)
+        time.sleep(0.2)  # (the other peer's trial has started too)
+        assert find_orphans(ours) == {mine.pid: mine.pid}
+    finally:
+        _end(mine, theirs)
+
+
+def test_a_trial_process_whose_name_holds_a_parenthesis_is_found_in_its_group(
+    tmp_path: Path,
+) -> None:
+    # /proc/PID/stat puts the command in parentheses, and a command may hold ") 1 2 3": read
+    # up to the first ")", its group was a number of its name, and the wrong group was killed.
+    ours = str(tmp_path / "peer")
+    odd = tmp_path / "x) 1 2 3"
+    odd.symlink_to(sys.executable)
+    p = _spawn(SLEEPER, {"METAOPT_TRIAL_ID": "ab" * 16, "METAOPT_DATA_DIR": ours}, str(odd))
+    try:
+        _seen(ours, 1)
+        assert find_orphans(ours) == {p.pid: p.pid}
+    finally:
+        _end(p)
+
+
+def test_a_fake_proc_with_a_malformed_stat_is_skipped(tmp_path: Path) -> None:
+    # A stat with no group field (not a process as Linux shows one) is passed over: raised,
+    # it would stop the peer's start.
+    entry = tmp_path / "123"
+    entry.mkdir()
+    (entry / "environ").write_bytes(b"METAOPT_DATA_DIR=/data\0METAOPT_TRIAL_ID=ab\0")
+    (entry / "stat").write_bytes(b"123 (x) S 1")
+    assert find_orphans("/data", proc=tmp_path) == {}
+
+
+def test_a_peer_never_takes_itself_for_an_orphan(tmp_path: Path) -> None:
+    # A peer started from a trial's shell (its environment copied) holds both variables: it
+    # would kill itself on its start.
+    ours = str(tmp_path / "peer")
+    code = (
+        "import os; from metaopt.peer._orphans import find_orphans; "
+        f"print(os.getpid() in find_orphans({ours!r}))"
+    )
+    env = {**os.environ, "METAOPT_TRIAL_ID": "ab" * 16, "METAOPT_DATA_DIR": ours,
+           "PYTHONPATH": REPO}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=60, check=True)  # fmt: skip
+    assert out.stdout.strip() == "False"
+
+
+# A stand-in for a restarted peer with a trial process in its own process group (a peer
+# started from a trial's shell shares the shell's group): it kills its orphans and prints
+# whether that one was among them, and how it ended.
+_OWN_GROUP = """
+import os, subprocess, sys
+from metaopt.peer._orphans import kill_orphans
+
+env = {**os.environ, "METAOPT_TRIAL_ID": "ab" * 16, "METAOPT_DATA_DIR": sys.argv[1]}
+trial = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+print(kill_orphans(sys.argv[1]) == [trial.pid], trial.wait(timeout=10), flush=True)
+"""
+
+
+def test_an_orphan_in_the_peers_own_group_is_killed_but_not_its_group(tmp_path: Path) -> None:
+    # Killing the orphan's group would kill the peer itself, at every start. (The peer runs
+    # in a session of its own: were its group killed, the test run would not die with it.)
+    peer = subprocess.Popen(
+        [sys.executable, "-c", _OWN_GROUP, str(tmp_path / "peer")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": REPO},
+        start_new_session=True,
+    )
+    try:
+        out, _ = peer.communicate(timeout=60)
+        assert (peer.returncode, out.split()) == (0, ["True", str(-signal.SIGKILL)])
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(peer.pid, signal.SIGKILL)  # (what is left of its group)
+        peer.communicate()
+
+
+def test_an_orphans_child_with_a_clean_environment_dies_with_its_group(tmp_path: Path) -> None:
+    # Its children too, whatever their environment (env -i, a daemon's sanitised one): found
+    # by neither variable, such a child would hold its GPU for good.
+    ours = str(tmp_path / "peer")
+    wrapper = (
+        "import subprocess, sys, time; "
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], env={}); "
+        "print(c.pid, flush=True); time.sleep(60)"
+    )
+    p = subprocess.Popen([sys.executable, "-c", wrapper], stdout=subprocess.PIPE,
+                         env={**os.environ, "METAOPT_TRIAL_ID": "ab" * 16,
+                              "METAOPT_DATA_DIR": ours}, start_new_session=True)  # fmt: skip
+    child = 0
+    try:
+        assert p.stdout is not None
+        child = int(p.stdout.readline())
+        assert child not in find_orphans(ours)  # not found by its environment ...
+        assert kill_orphans(ours) == [p.pid]
+        assert _wait_gone(child)  # ... but by its group
+    finally:
+        _end(p)
+        if child and not _wait_gone(child):
+            os.kill(child, signal.SIGKILL)
+        if p.stdout is not None:
+            p.stdout.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "grace", "end"),
+    [
+        (SLEEPER, 30.0, -signal.SIGTERM),
+        (STUBBORN, 1.0, -signal.SIGKILL),
+    ],
+    ids=["terminated", "killed"],
+)
+def test_the_watchdog_stops_its_trials_kills_them_after_the_grace_and_exits_once_gone(
+    code: str, grace: float, end: int
+) -> None:
+    # A trial ignoring SIGTERM would outlive its dead peer for good; and a watchdog waiting
+    # out the whole grace after its trials are gone would linger after every peer's stop.
+    env = {"METAOPT_TRIAL_ID": "cd" * 16, "METAOPT_DATA_DIR": "/nonexistent/metaopt-test"}
+    trial = _spawn(code, env)
+    watchdog = Watchdog(lambda: grace)
+    try:
+        time.sleep(0.5)  # (its handler is set)
+        watchdog.watch(trial.pid)
+        process = watchdog._process
+        assert process is not None
+        watchdog.close()
+        assert trial.wait(timeout=15) == end
+        process.wait(timeout=10)  # well within a grace of 30 s
+    finally:
+        _end(trial)
+
+
+def test_what_the_pipe_did_not_take_is_told_before_the_end_on_close() -> None:
+    # No event loop: what a stopped watchdog's pipe did not take waits for the next call; a
+    # close is the last one, and must tell it all before the end of its input, or a trial
+    # started meanwhile outlives its peer.
+    env = {"METAOPT_TRIAL_ID": "ef" * 16, "METAOPT_DATA_DIR": "/nonexistent/metaopt-test"}
+    kept = _spawn(SLEEPER, env)
+    watchdog = Watchdog(lambda: 1.0)
+    try:
+        first = _stalled(watchdog, _nobody())
+        watchdog.release(_nobody())
+        watchdog.watch(kept.pid)
+        assert watchdog.backlog >= 1
+        os.kill(first.pid, signal.SIGCONT)
+        time.sleep(0.5)  # it empties its pipe
+        watchdog.close()
+        assert kept.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        watchdog.close()
+        _end(kept)
+
+
+def test_a_closed_watchdog_is_never_started_again_even_once_it_has_exited() -> None:
+    # Started again by a trial ending after the peer's stop, a watchdog would be left behind.
+    watchdog = Watchdog(lambda: 1.0)
+    watchdog.watch(1 << 30)
+    ended = watchdog._process
+    assert ended is not None
+    watchdog.close()
+    ended.wait(timeout=15)
+    watchdog.release(1 << 30)
+    watchdog.watch((1 << 30) + 1)
+    assert watchdog._process is ended
+
+
+def test_a_stalled_watchdog_is_warned_of_once_and_the_writer_stops_once_it_reads(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A warning at every full pipe would flood the log; a writer left on the loop with
+    # nothing to tell would wake it at every turn.
+
+    async def peer(watchdog: Watchdog) -> None:
+        os.kill(_stalled(watchdog, _nobody()).pid, signal.SIGCONT)
+        while watchdog.backlog:
+            await asyncio.sleep(0.01)
+        assert watchdog._writer is None
+        await asyncio.sleep(0.1)
+        for pgid in (_nobody() + 1, _nobody() + 2):  # (told at once: no warning)
+            watchdog.watch(pgid)
+            watchdog.release(pgid)
+
+    watchdog = Watchdog(lambda: 1.0)
+    with caplog.at_level(logging.INFO, logger="metaopt.peer"):
+        try:
+            asyncio.run(peer(watchdog))
+        finally:
+            watchdog.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("does not read its pipe" in m for m in messages) == 1
+    assert sum("reads its pipe again" in m for m in messages) == 1
