@@ -316,7 +316,8 @@ class TrialFold:
         # causal time (and maybe answers a start), so it cannot just extend the fold.
         self._named: set[bytes] = set()
         self._last: tuple[int, bytes, int, bytes] | None = None  # the sort key folded last
-        self._seqs: dict[bytes, int] = {}  # each writer's highest seq folded
+        # Each writer's highest seq folded, and that event's causal time.
+        self._writers: dict[bytes, tuple[int, int]] = {}
         self._terminal: tuple[int, int, bytes, EventBody] | None = None
         self._lifecycle: EventBody | None = None
         self._runner: bytes | None = None
@@ -357,30 +358,41 @@ class TrialFold:
         # (its seq): a trial frozen right after a report must not sort the freeze first by
         # key. Causal links order what the clocks may not (see _causal_times).
         when = _causal_times(events)
-        for _, origin, seq, ekey, event in sorted(events, key=lambda e: (when[e[3]], *e[1:4])):
-            fold._add(when[ekey], origin, seq, ekey, event, event.after in when)
+        for stamp, origin, seq, ekey, event in sorted(events, key=lambda e: (when[e[3]], *e[1:4])):
+            fold._add(stamp, when[ekey], origin, seq, ekey, event, event.after in when)
         return fold
 
-    def extend(self, time: int, origin: bytes, seq: int, ekey: bytes, event: EventBody) -> bool:
+    def extend(self, stamp: int, origin: bytes, seq: int, ekey: bytes, event: EventBody) -> bool:
         """Fold in one more event if the fold of all would put it last; False (and nothing
         changed) if not: it names an event, is named by one, or sorts before one folded."""
         if event.supersedes or event.after is not None or ekey in self._named:
             return False
-        if seq <= self._seqs.get(origin, -1):
+        seq_before, when_before = self._writers.get(origin, (-1, stamp))
+        if seq <= seq_before:
             return False  # (its writer's later events went first: their causal times move)
-        # Its causal time is its own stamp: one before a folded event's (a clock stepped
-        # back, or a late delivery) sorts before it, after its writer's earlier events.
-        if self._last is not None and (time, origin, seq, ekey) <= self._last:
-            return False
-        self._add(time, origin, seq, ekey, event, False)
+        # Linked to nothing, it comes after its writer's earlier events (_causal_times): a
+        # re-run's reports, its start moved past the loss it answers, sort after the start.
+        when = max(stamp, when_before)
+        if self._last is not None and (when, origin, seq, ekey) <= self._last:
+            return False  # (stamped before a folded event: a clock behind, a late delivery)
+        self._add(stamp, when, origin, seq, ekey, event, False)
         return True
 
     def _add(
-        self, time: int, origin: bytes, seq: int, ekey: bytes, event: EventBody, after_known: bool
+        self,
+        time: int,
+        when: int,
+        origin: bytes,
+        seq: int,
+        ekey: bytes,
+        event: EventBody,
+        after_known: bool,
     ) -> None:
-        """One step of the fold, in causal order."""
-        self._last = (time, origin, seq, ekey)
-        self._seqs[origin] = max(seq, self._seqs.get(origin, -1))
+        """One step of the fold, in causal order: the event's own stamp ``time``, and
+        ``when``, its causal time (see _causal_times), which orders it and nothing else."""
+        self._last = (when, origin, seq, ekey)
+        if seq >= self._writers.get(origin, (-1, when))[0]:  # (equal seqs: in key order)
+            self._writers[origin] = (seq, when)
         self._named.update(event.supersedes)
         if event.after is not None:
             self._named.add(event.after)

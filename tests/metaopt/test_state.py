@@ -22,7 +22,13 @@ from metaopt._records import (
     parse_event,
     parse_experiment,
 )
-from metaopt._state import FROZEN_BY_HAND, ExperimentState, TrialView, list_experiments
+from metaopt._state import (
+    FROZEN_BY_HAND,
+    KILLED_BY_HAND,
+    ExperimentState,
+    TrialView,
+    list_experiments,
+)
 from tests.strategies import record_values
 
 NODE_A = b"a" * 16
@@ -302,6 +308,45 @@ def test_a_report_that_sorts_last_extends_the_kept_fold_and_others_fold_all_agai
     state.apply(log.event(t, NODE_A, "completed", 1300, metrics={"objective": 0.8}))
     assert state.trial(t.key) == log.state().trial(t.key)
     assert t.key not in state._folds
+
+
+def test_a_fold_decides_by_each_events_stamp_and_orders_by_its_causal_time() -> None:
+    # A killed written after a report by a node whose clock is behind sorts after the report
+    # (its causal time), but it is still the first verdict by its stamp: a fold that took
+    # causal times for stamps read "failed" (a later verdict) where peers of the release
+    # before read "killed", and moved its ended_at and last_seen.
+    log = Log()
+    t = log.trial(NODE_A, 0.5, time=900)
+    log.event(t, NODE_A, "started", 1000)
+    report = log.event(t, NODE_A, "progress", 1500, step=1, metrics={"objective": 0.3})
+    log.event(t, NODE_B, "killed", 1200, after=report.key, reason=KILLED_BY_HAND)
+    log.event(t, NODE_C, "failed", 1300, reason="executor error")
+    view = log.state().trial(t.key)
+    assert view is not None
+    assert (view.state, view.reason, view.ended_at) == ("killed", KILLED_BY_HAND, 1200)
+    assert (view.started_at, view.last_seen) == (1000, 1500)
+
+
+def test_a_rerun_by_a_node_whose_clock_is_behind_extends_the_kept_fold() -> None:
+    # Its start sorts after the loss it answers (a causal link), and each of its reports after
+    # its start: compared by stamp alone, each report sorted before the start and folded all
+    # the events again (182 ms a report at 20,000 reports).
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    log.event(t, NODE_A, "started", 1000)
+    lost = log.event(t, NODE_C, "lost", 5000)
+    log.event(t, NODE_B, "started", 3000, supersedes=(lost.key,))  # (B's clock: 2 s behind)
+    state = log.state()
+    assert state.trial(t.key) is not None
+    fold = state._folds[t.key]
+    state.apply(log.event(t, NODE_B, "progress", 3100, step=1, metrics={"objective": 0.5}))
+    view = state.trial(t.key)
+    assert state._folds[t.key] is fold and view == log.state().trial(t.key)
+    assert view is not None and (view.state, view.runner, view.curve) == (
+        "running",
+        NODE_B,
+        ((1, 0.5),),
+    )
 
 
 def test_malformed_bodies_are_skipped_not_fatal() -> None:
