@@ -244,7 +244,7 @@ def _note_a_prior_without_tilde(word: str, before: str, notes: list[str]) -> Non
     name, eq, value = word.partition("=")
     if eq and name.startswith("-") and _A_PRIOR_CALL.match(value):
         option, prior = name, value
-    elif _A_PRIOR_CALL.match(word) and before.startswith("-") and "=" not in before:
+    elif _A_PRIOR_CALL.match(word) and before.startswith("-") and not {"=", "~"} & set(before):
         option, prior = before, word
     else:
         return
@@ -479,7 +479,13 @@ def build_submission(
     if options.get("no_bundle"):
         bundle = {"shared_dir": str(cwd.resolve())}
     else:
-        root = script_path.parent if script_path.exists() else cwd
+        # The program's folder (`sub/run` sends sub/); a script's, for an interpreter, only
+        # when it lies outside the folder submitted from (`python3 ../w5/p.py`): `bash
+        # scripts/run.sh` that runs train.py from here needs all of it.
+        if at == 0:
+            root = script_path.parent if script_path.exists() else cwd
+        else:
+            root = cwd if _inside(script_path, cwd) else script_path.parent
         most = HARD_MAX_BYTES >> 20
         max_mb = _as_int(options, "max_bundle_mb", "--max-bundle-mb", ranged=False)
         if max_mb is not None and not 1 <= max_mb <= most:
@@ -645,14 +651,19 @@ def _path_of(word: str, cwd: Path) -> Path:
 
 
 def _script_word(words: list[str], cwd: Path) -> int:
-    """Which word names the code to bundle: the program (0), unless it is an interpreter or
-    tool from outside the folder (`python3`, `/opt/conda/envs/torch/bin/python`, `bash`)
-    followed by a file (its script, past any options), then that file's."""
+    """Which word names the code to run: the program (0), unless it is an interpreter or
+    tool (`python3`, `bash`, `/opt/conda/envs/torch/bin/python`, a python inside the folder)
+    followed by a file (its script, past any options; none after -m or -c), then that file's
+    (or a file its options name: inside the folder, the folder is sent either way)."""
     program = words[0]
     path = _path_of(program, cwd)
-    if program.endswith(".py") or (path.is_file() and _inside(path, cwd)):
+    if program.endswith(".py") or (
+        path.is_file() and _inside(path, cwd) and not path.name.startswith("python")
+    ):
         return 0
     for at, word in enumerate(words[1:], start=1):
+        if word in ("-m", "-c"):
+            return 0  # a module or a command, not a file
         if "~" in word or word.startswith("-"):
             continue
         with contextlib.suppress(OSError, ValueError):  # (a word too long for a file name)

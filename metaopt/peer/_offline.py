@@ -111,7 +111,7 @@ class OfflinePeer:
             ) from None
         except StoreError as exc:
             said = str(exc)
-            if "read-only file system" in said.lower() or "permission denied" in said.lower():
+            if "read-only file system" in said.lower():
                 # (LevelDB takes a lock file even to read: the error said nothing to do.)
                 said += (
                     f"; reading it takes a lock file there: copy {root} somewhere writable"

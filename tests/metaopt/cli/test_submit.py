@@ -97,6 +97,27 @@ def test_an_interpreter_named_by_its_path_runs_the_script_sent_from_its_folder(
     # A command on PATH with a script in another folder: that folder is sent.
     command, root, files = sent("python3", "../w5/p.py")
     assert (command, root, files) == (["python3", "p.py"], str(other.resolve()), ["p.py"])
+    # A script, module or file inside the folder: the whole folder is sent, the words kept
+    # (only scripts/ went, without the train.py that run.sh runs from here).
+    (project / "scripts").mkdir()
+    (project / "scripts" / "run.sh").write_text("python3 train.py\n")
+    (project / "pkg.py").write_text("")
+    for words in (
+        ["bash", "scripts/run.sh"],
+        ["python3", "-m", "pkg", "--cfg", "scripts/run.sh"],
+        ["env", "python3", "--config_file", "scripts/run.sh", "train.py"],
+        ["sh", "-c", "python3 train.py"],
+    ):
+        command, root, files = sent(*words)
+        assert (command, root) == (words, str(project.resolve()))
+        assert {"train.py", "scripts/run.sh", "pkg.py"} <= set(files)
+    # A python inside the folder (a conda env kept in the project) is an interpreter too.
+    conda = project / "env" / "bin" / "python3.11"
+    conda.parent.mkdir(parents=True)
+    conda.write_text("#!/bin/sh\n")
+    conda.chmod(0o755)
+    command, root, _ = sent("./env/bin/python3.11", "train.py")
+    assert (command, root) == ([str(conda), "train.py"], str(project.resolve()))
     # A program from elsewhere with no file after it is the code: its folder is sent.
     command, root, _ = sent(str(interpreter))
     assert (command, root) == (["./python"], str(interpreter.parent.resolve()))
@@ -421,6 +442,7 @@ def test_a_prior_without_its_tilde_is_noted() -> None:
     for fine in (
         ["t.py", "--lr~loguniform(1e-5, 1)"],
         ["t.py", "--mode=uniformly", "--x~normal(0, 1)"],
+        ["t.py", "--x~uniform(0, 1)", "normal(0, 1)"],  # (no option before it to search)
     ):
         notes = []
         split_submit_args(fine, notes)
