@@ -370,7 +370,7 @@ class Node:
             timing = self.config.timing
             self._tasks += [
                 asyncio.ensure_future(self._every(timing.schedule, self._schedule)),
-                asyncio.ensure_future(self._every(timing.monitor, self.runner.monitor)),
+                asyncio.ensure_future(self._every(timing.monitor, self._monitor)),
             ]
 
     async def _start_discovery(self) -> None:
@@ -443,6 +443,12 @@ class Node:
         """Whether this peer is stopping: it starts no trial any more."""
         return self._stopping.is_set()
 
+    async def _monitor(self) -> None:
+        # Its stopper judges on everyone's curves: not on part of them (a restarted peer's
+        # stopper killed frozen trials by a partial history), nor before an experiment's stop
+        # may have arrived.
+        await self.runner.monitor(judge=self.caught_up())
+
     async def stop(self) -> None:
         """Graceful: running trials are recorded as interrupted, pushed, then everything closes."""
         self._stopping.set()
@@ -451,6 +457,7 @@ class Node:
         # with no end event, and show as running until it is found lost.
         async with self._schedule_lock:
             await self.runner.interrupt_all("its peer was stopped")
+            self.runner.record_unrecorded()  # (a last try: kept in memory only)
         self.runner.watchdog.close()
         await self.replicator.drain(timeout=2.0)
         # One last reconciliation so the interrupted events reach someone even if pushes failed.
@@ -1078,7 +1085,10 @@ class Node:
             self._probe_storage()
             return
         self.runner.record_unrecorded()  # (ends the disk refused: before any is found lost)
-        await self.runner.thaw()
+        self._check_stall()
+        if self.caught_up():
+            # (Not before: its history may lack the experiment's stop, as for new trials.)
+            await self.runner.thaw()
         # A hold since the watcher last ran (a launch's code copy, SIGSTOP right here) is
         # noticed before anything is judged lost, not after.
         self._check_stall()

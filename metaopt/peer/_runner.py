@@ -140,12 +140,25 @@ class TrialRunner:
         """Record the ends of runs that the disk refused (see _supervise), now it takes writes."""
         for trial, (run, outcome) in list(self._unrecorded.items()):
             try:
-                self._record_outcome(run, outcome)
-            except Exception as exc:
-                if self.node.storage.note(exc, "a trial's outcome"):
+                if not self._try_record(run, outcome):
                     return  # (still refused: kept for the next pass)
+            except Exception:
                 log.exception("trial %s: its outcome could not be recorded", trial.hex()[:12])
             del self._unrecorded[trial]
+
+    def _try_record(self, run: Running, outcome: Any) -> bool:
+        """Record how a run ended; False if the disk refused, the run left as it was, so that
+        a later try decides as this one did (a run that crashed when asked to stop, recorded
+        failed, came out completed on the retry)."""
+        decided = (run.outcome, run.reason, run.rung)
+        try:
+            self._record_outcome(run, outcome)
+        except Exception as exc:
+            if not self.node.storage.note(exc, "a trial's outcome"):
+                raise
+            run.outcome, run.reason, run.rung = decided
+            return False
+        return True
 
     def stoppable(self) -> int:
         """Runs here whose process has not exited (one that has is only draining its output)."""
@@ -432,6 +445,8 @@ class TrialRunner:
         keeps its detail where the stoppers' rungs are dense, early on, and a run of hours
         some thousands of points, not tens of thousands in every peer's memory."""
         timing = self.config.timing
+        if timing.report_interval <= 0:
+            return 0.0  # (--timing report_interval=0: every report recorded)
         aged = (run.last_event - run.began) * timing.report_age_fraction
         return max(timing.report_interval, min(aged, timing.heartbeat))
 
@@ -474,21 +489,22 @@ class TrialRunner:
                 (self.trial_dir(run.trial) / "pid").write_text(f"{data['pid']}\n")
 
     async def _supervise(self, run: Running, process: TrialProcess) -> None:
-        outcome: Any = None
         try:
             outcome = await process.run()
-            self._record_outcome(run, outcome)
+            if not self._try_record(run, outcome):
+                # Recorded once the disk takes writes again (record_unrecorded). Dropped, the
+                # trial was taken for lost ("its peer restarted while it ran") and resumed
+                # from its last checkpoint, at its last step: the run reported nothing more
+                # and was recorded completed with the value recorded before the disk filled,
+                # not its result (2 of 2 runs).
+                self._unrecorded[run.trial] = (run, outcome)
+                log.warning(
+                    "trial %s ended; its outcome is recorded once this peer can write again",
+                    run.trial.hex(),
+                )
         except Exception as exc:  # the executor must never leave a slot taken forever
             if self.node.storage.note(exc, "a trial's outcome"):
-                if outcome is not None:
-                    # Recorded once the disk takes writes again (record_unrecorded). Dropped,
-                    # the trial was taken for lost ("its peer restarted while it ran") and
-                    # resumed from its last checkpoint, at its last step: the run reported
-                    # nothing more and was recorded completed with the value recorded before
-                    # the disk filled, not its result (2 of 2 runs).
-                    self._unrecorded[run.trial] = (run, outcome)
-                later = "is lost" if outcome is None else "is recorded once it can write again"
-                log.warning("trial %s ended; its outcome %s", run.trial.hex(), later)
+                log.warning("trial %s ended; its outcome could not be recorded", run.trial.hex())
             else:
                 log.exception("trial %s crashed the executor", run.trial.hex()[:12])
                 self.node.write_event(
@@ -783,12 +799,16 @@ class TrialRunner:
                 self.note_stop_request(run.trial, "killed", why)
                 log.info("trial %s: %s", run.trial.hex()[:12], why)
 
-    async def monitor(self) -> None:
-        """Freeze or kill this peer's running trials whose curves will not win (freeze-thaw)."""
+    async def monitor(self, judge: bool = True) -> None:
+        """Freeze or kill this peer's running trials whose curves will not win (freeze-thaw),
+        and thaw or kill its frozen ones; with ``judge`` False, only stop runs completed
+        elsewhere or over their timeout."""
         from metaopt.freezethaw import Action
 
         self._stop_completed_elsewhere()
         self._stop_overtime()
+        if not judge:
+            return
         for state in list(self.node.replica.experiments.values()):
             if state.spec.command is None:
                 continue

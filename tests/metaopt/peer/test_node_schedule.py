@@ -901,3 +901,32 @@ async def test_a_restarted_peer_reruns_its_interrupted_trial_before_it_thaws_a_f
         assert state.trial(frozen.key).state == "frozen"  # type: ignore[union-attr]
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_thaws_and_judges_nothing_until_it_has_caught_up(tmp_path: Path) -> None:
+    # Restarted, a peer resumed its frozen trials and its stopper killed others by a partial
+    # history: an experiment's stop may not have reached it yet, nor most curves.
+    node = _lone_node(tmp_path)
+    thaws: list[int] = []
+    judged: list[bool] = []
+
+    async def thaw() -> None:
+        thaws.append(1)
+
+    async def monitor(judge: bool = True) -> None:
+        judged.append(judge)
+
+    node.runner.thaw = thaw  # type: ignore[method-assign]
+    node.runner.monitor = monitor  # type: ignore[method-assign]
+    try:
+        assert not node.caught_up()
+        await node._schedule_once()
+        await node._monitor()
+        assert (thaws, judged) == ([], [False])
+        node.replicator.sessions = 1  # caught up
+        await node._schedule_once()
+        await node._monitor()
+        assert (thaws, judged) == ([1], [False, True])
+    finally:
+        await node.stop()

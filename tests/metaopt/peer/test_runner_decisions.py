@@ -233,6 +233,17 @@ def test_a_stop_the_stopper_decided_is_kept_on_disk_until_its_end_is_recorded(
     assert runner.stop_requested(trial) is None
 
 
+def test_a_monitor_told_not_to_judge_asks_no_stopper() -> None:
+    # (Its peer has not caught up: see Node._monitor.)
+    runner, _, asked = _running_here(exited=False)
+    state = next(iter(runner.node.replica.experiments.values()))
+    stopper = runner._stoppers[state.key] = _JudgeFrozen(Action.KILL, "not in the top")
+    asyncio.run(runner.monitor(judge=False))
+    assert (stopper.free, asked) == ([], [])
+    asyncio.run(runner.monitor())
+    assert stopper.free == [0] and asked == ["not in the top"]
+
+
 def test_a_kill_at_a_rung_is_recorded_with_its_rung() -> None:
     # Other peers' ASHA counted the values it reported past the rung (it stops some steps
     # later) against their own runs there.
@@ -328,6 +339,13 @@ def test_a_long_run_is_thinned_further_as_it_ages() -> None:
     assert 7.0 <= at_an_hour.min() <= at_an_hour.max() <= 7.5  # 1/500 of its age
     assert gaps[-50:].max() == pytest.approx(10.0, abs=0.125)  # a heartbeat apart, no more
     assert 2_400 < len(written) < 3_000  # not 36,000
+    # --timing report_interval=0 means no thinning, however old the run.
+    runner.config = SimpleNamespace(gpus="none", slots=1, timing=Timing(report_interval=0))
+    written.clear()
+    for step in range(1, 3):
+        clock[0] = 7200 + step / 8
+        runner._on_event(run, "progress", {"step": step, "metrics": {"loss": 1 / step}})
+    assert written == [7200.125, 7200.25]
 
 
 def _runner_in(data_dir: Path) -> TrialRunner:
@@ -711,8 +729,9 @@ def test_a_trial_lost_while_frozen_before_the_budget_is_spent_or_while_running_i
     assert view is not None and view.state == "lost" and not view.lost_frozen
 
 
+@pytest.mark.parametrize("asked_to_stop", [False, True])
 def test_an_outcome_the_disk_refuses_is_one_line_the_slot_frees_and_it_is_recorded_later(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, asked_to_stop: bool
 ) -> None:
     # A trial ending while the disk was full: "crashed the executor" with a traceback, and a
     # "failed" event that could not be written either. Then its outcome was dropped: the
@@ -741,6 +760,19 @@ def test_an_outcome_the_disk_refuses_is_one_line_the_slot_frees_and_it_is_record
         status="completed", metrics={"objective": 0.16}, objectives={"objective": 0.16},
         exit_code=0, diverged=False,
     )  # fmt: skip
+    ended = "completed"
+    if asked_to_stop:
+        # A resumed run asked to freeze that exits 0 without its objective crashed on the
+        # stop: failed. Retried with the first try's changes to the run, it read as done
+        # before its resume, from the objective an earlier attempt reported: completed.
+        report = EventBody(trial.key, state.key, "progress", ME, 3, {"objective": 0.5})
+        state.apply(Record.create(EVENT, ME, 2, 1, report.to_body(), [trial.key, state.key]))
+        run.outcome, run.reason, run.resumed_after = "frozen", "not in the top", 3
+        outcome = SimpleNamespace(
+            status="failed", metrics={}, objectives={}, exit_code=0, diverged=False,
+            reason="no objective reported", stderr_tail=[],
+        )  # fmt: skip
+        ended = "failed"
     process = SimpleNamespace(run=lambda: asyncio.sleep(0, outcome), pid=None)
     asyncio.run(runner._supervise(run, process))  # type: ignore[arg-type]
     assert runner.running == {} and node.written == []
@@ -749,9 +781,10 @@ def test_an_outcome_the_disk_refuses_is_one_line_the_slot_frees_and_it_is_record
     assert runner.running_keys() == {trial.key}  # ended here: not lost, not free
     runner.record_unrecorded()  # (the disk still full: kept)
     assert runner.running_keys() == {trial.key} and node.written == []
+    assert run.outcome == ("frozen" if asked_to_stop else None)  # as before the tries
     full[0] = False
     runner.record_unrecorded()
-    assert node.written == [(trial.key, "completed", None)]
+    assert [kind for _, kind, _ in node.written] == [ended]
     assert runner.running_keys() == set()
 
 

@@ -251,17 +251,6 @@ def test_a_replica_not_caught_up_claims_no_free_trial_and_starts_no_new_one() ->
         assert laid_out == [states[0].key]  # (its code is laid out meanwhile)
 
 
-def test_a_restarted_peer_starts_nothing_of_its_own_until_it_has_caught_up() -> None:
-    # Restarted after kill -9, a peer filled its slot with a new trial in its first pass; its
-    # own trial, found lost once it had caught up, went to another peer, from step 0.
-    state = _state()
-    mine = _trial(state, ME, 1)
-    _event(state, mine, ME, 2, "started", 1_000)
-    args = ([state], ME, 2, set(), [ME], 9_000, 1_000, lambda s: True)
-    assert _plan(*args, claim_free=False) == []
-    assert [w.trial for w in _plan(*args)] == [None, None]  # caught up: it is lost, or running
-
-
 def test_three_experiments_on_two_peers_of_two_slots_each_all_run() -> None:
     # Seen on real peers: the slot a trial freed went back to its own experiment (0 running
     # here, tied with the starved one) by key order on every peer, and the experiment with the
