@@ -505,7 +505,9 @@ def build_submission(
                 file=sys.stderr,
             )
         bundle = {"manifest": manifest, "root": str(root.resolve())}
-        if script_path.exists():
+        # A script's word as typed, unless the peers would not find it from the bundle's
+        # root: the program (sub/run is ./run there), an absolute path, or outside the folder.
+        if script_path.exists() and (at == 0 or root != cwd or os.path.isabs(script)):
             try:
                 script = script_path.resolve().relative_to(root.resolve()).as_posix()
             except ValueError:  # a link to a file outside the folder that is bundled

@@ -111,6 +111,8 @@ def test_an_interpreter_named_by_its_path_runs_the_script_sent_from_its_folder(
         command, root, files = sent(*words)
         assert (command, root) == (words, str(project.resolve()))
         assert {"train.py", "scripts/run.sh", "pkg.py"} <= set(files)
+    (project / "latest.sh").symlink_to(project / "scripts" / "run.sh")
+    assert sent("bash", "latest.sh")[0] == ["bash", "latest.sh"]  # (a word as typed)
     # A python inside the folder (a conda env kept in the project) is an interpreter too.
     conda = project / "env" / "bin" / "python3.11"
     conda.parent.mkdir(parents=True)
