@@ -339,7 +339,8 @@ def _freeze_thaw(args: argparse.Namespace) -> int:
 def _logs(args: argparse.Namespace) -> int:
     info = _peer(args, read=True).call("api.logs", args.trial)
     # (Peers of earlier releases send no state or reason.)
-    verdict = f"{info.get('state')}: {info['reason']}" if info.get("reason") else None
+    state, reason = info.get("state"), info.get("reason")
+    verdict = f"{state}: {reason}" if reason else state
     if info["here"]:
         sys.stdout.write(info["text"])
         sys.stdout.flush()

@@ -423,6 +423,9 @@ def test_logs_of_a_trial_say_how_it_ended_and_why_after_its_output(
     assert main(["logs", "ab" * 6]) == 0
     out, err = capsys.readouterr()
     assert (out, err) == ("epoch 1\n", f"(failed: {why})\n")
+    peer.info = {"here": True, "text": "epoch 1\n", "state": "completed", "reason": None}
+    assert main(["logs", "ab" * 6]) == 0
+    assert capsys.readouterr() == ("epoch 1\n", "(completed)\n")
     peer.info = {"here": True, "text": "epoch 1\n"}  # (a peer of an earlier release)
     assert main(["logs", "ab" * 6]) == 0
     assert capsys.readouterr() == ("epoch 1\n", "")
