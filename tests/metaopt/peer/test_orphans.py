@@ -194,9 +194,13 @@ def test_a_watchdog_started_again_still_stops_the_groups_the_first_one_knew(
     try:
         watchdog.watch(first.pid)
         assert watchdog._process is not None
+        # Its own session: a signal to the peer's (a hangup, a Ctrl-C) is not its end.
+        assert os.getsid(watchdog._process.pid) != os.getsid(0)
+        fds = len(os.listdir("/proc/self/fd"))
         watchdog._process.kill()
         watchdog._process.wait(timeout=10)
         watchdog.watch(second.pid)
+        assert len(os.listdir("/proc/self/fd")) == fds  # (the dead one's pipe closed)
         watchdog.close()  # its input ends, as when the peer dies
         assert first.wait(timeout=10) == second.wait(timeout=10) == -signal.SIGTERM
         # Closed (the peer stopped), it is not started again by a trial ending after that.

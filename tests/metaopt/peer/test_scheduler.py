@@ -7,6 +7,7 @@ from typing import Any
 
 from crdt import Record
 from metaopt._records import (
+    CONTROL,
     EVENT,
     TRIAL,
     EventBody,
@@ -273,6 +274,21 @@ def test_three_experiments_on_two_peers_of_two_slots_each_all_run() -> None:
         work = _plan([low, mid, high], me, 1, here if me == ME else set(), [ME, OTHER],
                          2_000, 1_000, lambda s: True)  # fmt: skip
         assert [w.experiment for w in work] == [high.key]
+
+
+def test_a_stopped_experiment_gets_no_trial_and_its_code_is_not_laid_out() -> None:
+    # `metaopt stop` before the budget is spent: no peer starts new trials for it, nor lays
+    # out its code for them.
+    state = _state(max_trials=8)
+    _trial(state, OTHER, 1)
+    state.apply(Record.create(CONTROL, OTHER, 2, 0, {"action": "stop"}, [state.key]))
+    assert state.stopped and not state.budget_spent
+    asked: list[bytes] = []
+    for slots in (0, 2):
+        work = _plan(
+            [state], ME, slots, set(), [ME], 9_000, 1_000, lambda s: bool(asked.append(s.key))
+        )
+        assert (work, asked) == ([], [])
 
 
 def _planned(state: ExperimentState, now: int) -> list[bytes]:
