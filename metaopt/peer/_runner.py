@@ -122,7 +122,7 @@ class TrialRunner:
         self.unrunnable: dict[bytes, str] = {}  # experiment key -> why
         self._stoppers: dict[bytes, EarlyStopper | None] = {}
         self._decisions = 0
-        self.watchdog = Watchdog(lambda: self.config.timing.stop_grace)
+        self.watchdog = Watchdog(lambda: self.config.timing.stop_grace, lambda: self.node.dirs.root)
         # A stopper keeps fitted hyperparameters between calls: one decision at a time.
         self._deciding = asyncio.Lock()
 

@@ -6,7 +6,8 @@ children out of reach of any signal sent to the script alone. The watchdog is a 
 of its own session, started with the peer; the peer tells it each trial's process group as it
 starts and ends, through a pipe. When the pipe reaches its end — the peer exited, however it
 died, for the kernel closes a dead process's files — the watchdog sends SIGTERM to every
-group still listed, SIGKILL to what is left after the grace period, and exits.
+group still listed, and to the groups of the peer's trial processes that left theirs (see
+_escaped), SIGKILL to what is left after the grace period, and exits.
 
 The peer never waits on the pipe: a watchdog that stops reading (stopped with SIGSTOP, say)
 filled it after a few thousand trial starts, and the next write held up the peer's whole
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -32,6 +34,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 
 __all__ = ["Watchdog"]
 
@@ -45,9 +48,13 @@ class Watchdog:
     when the pipe takes it; without one, at the next call.
     """
 
-    def __init__(self, grace: Callable[[], float]) -> None:
-        """grace: SIGTERM to SIGKILL, in seconds (read when the watchdog starts)."""
+    def __init__(
+        self, grace: Callable[[], float], data_dir: Callable[[], Path] | None = None
+    ) -> None:
+        """grace: SIGTERM to SIGKILL, in seconds; data_dir: the peer's, whose trial processes
+        that left their groups it stops too (both read when the watchdog starts)."""
         self._grace = grace
+        self._data_dir = data_dir
         self._process: subprocess.Popen[bytes] | None = None
         self._pipe: int | None = None  # its write end, non-blocking
         # Closes the pipe whatever ends this side: close(), a start again, or being dropped
@@ -118,8 +125,9 @@ class Watchdog:
         self._held = False
         read, write = os.pipe()
         try:
+            escaped = [] if self._data_dir is None else [os.fsdecode(self._data_dir())]
             process = subprocess.Popen(
-                [sys.executable, "-I", os.path.abspath(__file__), str(self._grace())],
+                [sys.executable, "-I", os.path.abspath(__file__), str(self._grace()), *escaped],
                 stdin=read,
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,  # a signal to the peer's group is not its end
@@ -193,6 +201,20 @@ def _signal_groups(groups: set[int], sig: int) -> None:
             groups.discard(pgid)
 
 
+def _escaped(data_dir: str) -> set[int]:
+    """The process groups of the trial processes of data_dir (see _orphans), its own aside:
+    children a trial started in a session of their own (setsid, a daemon) left its group,
+    and outlived a peer that died and never came back. Read at the peer's death, before a
+    peer started again there (seconds to load and catch up) can have started a trial."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_orphans.py")
+    spec = importlib.util.spec_from_file_location("_metaopt_orphans", path)
+    if spec is None or spec.loader is None:
+        return set()
+    orphans = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(orphans)  # (as a file: importing metaopt would load numpy)
+    return set(orphans.find_orphans(data_dir).values()) - {os.getpgid(0)}
+
+
 def main(argv: list[str]) -> int:
     grace = float(argv[0]) if argv else 10.0
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C to the peer's terminal
@@ -206,6 +228,9 @@ def main(argv: list[str]) -> int:
             groups.add(pgid)
         elif line[:1] == b"-":
             groups.discard(pgid)
+    if len(argv) > 1:
+        with contextlib.suppress(Exception):  # (the groups it was told go first, whatever)
+            groups |= _escaped(argv[1])
     _signal_groups(groups, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while groups and time.monotonic() < deadline:

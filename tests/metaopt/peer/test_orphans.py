@@ -269,7 +269,8 @@ def test_a_runner_gone_without_its_peers_stop_leaves_no_watchdog_behind(
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            node = SimpleNamespace(clock=lambda: 0.0, dirs=SimpleNamespace(trials=tmp_path))
+            dirs = SimpleNamespace(trials=tmp_path, root=tmp_path)
+            node = SimpleNamespace(clock=lambda: 0.0, dirs=dirs)
             config = SimpleNamespace(gpus="none", slots=1, timing=Timing(stop_grace=1.0))
             runner = TrialRunner(node, config)  # type: ignore[arg-type]
             run = Running(runner.slots[0], b"e" * 32, b"t" * 32)
@@ -290,6 +291,26 @@ def test_a_runner_gone_without_its_peers_stop_leaves_no_watchdog_behind(
     finally:
         sleeper.kill()
         sleeper.wait(timeout=10)
+
+
+def test_the_watchdog_also_stops_what_its_trials_started_outside_their_groups(
+    tmp_path: Path,
+) -> None:
+    # A trial's daemon (setsid) left its group: after a kill -9 of a peer that never came
+    # back, it ran on (until a restart of that peer found it).
+    ours = str(tmp_path / "mo")
+    trial = _spawn(SLEEPER, {"METAOPT_TRIAL_ID": "ab" * 16, "METAOPT_DATA_DIR": ours})
+    escaped = _spawn(SLEEPER, {"METAOPT_TRIAL_ID": "ab" * 16, "METAOPT_DATA_DIR": ours})
+    theirs = _spawn(SLEEPER, {"METAOPT_TRIAL_ID": "ab" * 16, "METAOPT_DATA_DIR": ours + "2"})
+    _seen(ours, 2)
+    watchdog = Watchdog(lambda: 1.0, lambda: Path(ours))
+    try:
+        watchdog.watch(trial.pid)  # (told of the trial's group, not the escaped one's)
+        watchdog.close()  # its input ends, as when the peer dies
+        assert trial.wait(timeout=10) == escaped.wait(timeout=10) == -signal.SIGTERM
+        assert theirs.poll() is None  # another peer's
+    finally:
+        _end(trial, escaped, theirs)
 
 
 def test_a_data_dir_whose_name_extends_ours_is_another_peers(tmp_path: Path) -> None:
