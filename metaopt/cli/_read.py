@@ -358,7 +358,9 @@ def _logs(args: argparse.Namespace) -> int:
     line = f"trial {args.trial} ran on node {info['runner'][:12]} at {where}"
     line += "; run `metaopt logs` there"
     if info.get("earlier"):
-        line += f" (this peer holds only an earlier attempt's output, cut short: {info['earlier']})"
+        # (Not "cut short": a run whose end the disk refused may have run to its end.)
+        earlier = info["earlier"]
+        line += f" (this peer holds an earlier attempt's output, not the counted one: {earlier})"
     print(printable(line))
     if verdict is not None:
         print(printable(verdict))
