@@ -4,9 +4,10 @@ whose replica was moved aside gets it back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -29,16 +30,27 @@ def _factory(root: Path, now: list[float]) -> Callable[..., Node]:
     return node
 
 
-async def _joined_pair(node: Callable[..., Node], running: list[Node]) -> tuple[Node, Node]:
-    """Peer a started, and b started with a as its seed (both listed in running, for the
-    caller to stop)."""
-    a = node("a")
-    await a.start()
-    running.append(a)
-    b = node("b", a.key.to_text(), (a.addr,))
-    await b.start()
-    running.append(b)
-    return a, b
+@contextlib.asynccontextmanager
+async def _joined_pair(
+    root: Path,
+) -> AsyncIterator[tuple[Callable[..., Node], list[float], list[Node]]]:
+    """A node factory on a clock the test moves (``now``), and the nodes running: peer a,
+    and b started with a as its seed, first; whatever the test adds or removes there, the
+    nodes running at the end are stopped."""
+    now = [1_796_422_393.0]
+    node = _factory(root, now)
+    running: list[Node] = []
+    try:
+        a = node("a")
+        await a.start()
+        running.append(a)
+        b = node("b", a.key.to_text(), (a.addr,))
+        await b.start()
+        running.append(b)
+        yield node, now, running
+    finally:
+        for peer in running:
+            await peer.stop()
 
 
 @pytest.mark.asyncio
@@ -48,12 +60,8 @@ async def test_a_restarted_peer_calls_the_peers_it_talked_to_and_says_if_none_an
     # Restarted without --join (the printed join command has --port 0, so it came back on
     # another port), a peer heard of no one, ran alone on its own copy of the history and
     # took a finished experiment of --max-trials 40 to 57 trials.
-    now = [1_796_422_393.0]
-    node = _factory(tmp_path, now)
-
-    running: list[Node] = []
-    try:
-        a, b = await _joined_pair(node, running)
+    async with _joined_pair(tmp_path) as (node, now, running):
+        a, b = running
         await b._gossip()  # b calls its seed; a now knows b
         await a._gossip()  # and calls it back: b knows a by its node id
         await b._gossip()  # and keeps a's address
@@ -84,9 +92,6 @@ async def test_a_restarted_peer_calls_the_peers_it_talked_to_and_says_if_none_an
         [warning] = [r.getMessage() for r in caplog.records if "runs alone" in r.getMessage()]
         assert a.addr in warning and "keeps calling them" in warning and "--join" in warning
         assert (tmp_path / "b" / "peers").read_text() == f"{a.addr}\n"  # kept while alone
-    finally:
-        for peer in running:
-            await peer.stop()
 
 
 def _note(node: Node, name: str) -> Record:
@@ -112,12 +117,8 @@ async def test_a_peer_whose_replica_was_moved_aside_gets_it_back_and_its_new_rec
     # As a damaged replica's error advises, the user moved it aside and restarted. The peer
     # keeps its node id, so it numbers its records from 1 again: each number then names two
     # of its records, which the stores keep both of (an equivocation), and replicate.
-    now = [1_796_422_393.0]
-    node = _factory(tmp_path, now)
-
-    running: list[Node] = []
-    try:
-        a, b = await _joined_pair(node, running)
+    async with _joined_pair(tmp_path) as (node, _, running):
+        a, b = running
         first = _note(b, "one")
         await _reconcile(a, b)
         assert a.store.get(first.key) is not None
@@ -138,6 +139,3 @@ async def test_a_peer_whose_replica_was_moved_aside_gets_it_back_and_its_new_rec
         assert b.store.get(first.key) is not None  # the old records come back from a
         held = [(s.fingerprint().count, s.fingerprint().total) for s in (a.store, b.store)]
         assert held[0] == held[1]
-    finally:
-        for peer in running:
-            await peer.stop()
