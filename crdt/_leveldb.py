@@ -117,7 +117,7 @@ class LevelDBStore:
                 # mkdir said only "[Errno 17] File exists".
                 raise StoreError(
                     f"{self.path} is a file, not a store directory; move it aside (the store"
-                    " then starts afresh there), or choose another --data-dir"
+                    " then starts afresh there), or use another directory"
                 )
             self.path.mkdir(parents=True, exist_ok=True)
             # No block compression: records are mostly keys, ids and floats that snappy barely
@@ -132,8 +132,8 @@ class LevelDBStore:
             why = str(exc).lower()
             if "already held" in why or "temporarily unavailable" in why:
                 raise StoreLocked(
-                    f"the data directory {self.path} is in use by another process;"
-                    " stop that peer or choose another --data-dir"
+                    f"the store {self.path} is in use by another process;"
+                    " stop it or use another directory"
                 ) from None
             raise StoreError(f"cannot open the store at {self.path}: {_said(exc)}") from None
         except plyvel.CorruptionError as exc:

@@ -55,6 +55,7 @@ from metaopt._state import (
 from metaopt._suggest import Suggester, stream
 from metaopt._writer import NodeWriter
 from metaopt.freezethaw import Action, Decision, EarlyStopper
+from metaopt.peer._identity import DataDir
 from metaopt.search import Algorithm, make_algorithm
 from metaopt.space import Space
 from metaopt.worker import MAX_METRICS, MetricValue, check_metric, check_name
@@ -98,10 +99,19 @@ def _node_id_for(seed: int, path: Path | None) -> bytes:
         # Reproducible by default: Study(seed=s) twice gives the same suggestions. Studies that
         # explore together must be given distinct node_id values.
         return hashlib.blake2b(b"study-node-%d" % seed, digest_size=ORIGIN_SIZE).digest()
+    if DataDir(path).key_file.exists():
+        # A peer's data directory has the same node_id and replica/ a Study keeps: opened as
+        # a Study's, it wrote as the peer, and its experiment (no command) went to every peer.
+        raise MetaoptError(
+            f"{path} is a metaopt peer's data directory; a Study keeps its own: pass another path="
+        )
     id_file = path / "node_id"
     try:
         if id_file.exists():
-            return bytes.fromhex(id_file.read_text().strip())
+            node_id = bytes.fromhex(id_file.read_text().strip())
+            if len(node_id) != ORIGIN_SIZE:
+                raise ValueError(f"{id_file} holds {len(node_id)} bytes, not {ORIGIN_SIZE}")
+            return node_id
         node_id = secrets.token_bytes(ORIGIN_SIZE)
         path.mkdir(parents=True, exist_ok=True)
         id_file.write_text(node_id.hex())
@@ -215,19 +225,26 @@ def _open_store(path: Path) -> LevelDBStore:
         return LevelDBStore(path)
     except StoreLocked:
         raise MetaoptError(
-            f"{path} is held by another Study, in this process or another; close() it (or let"
-            " that process end) first, or pass another path="
+            f"{path} is held by another Study, in this process or another (or a `metaopt`"
+            " read of it); close() it (or let that process end) first, or pass another path="
         ) from None
 
 
 def _checked_metric(call: str, name: str, value: object, objective: bool) -> MetricValue:
-    """A told or reported value as recorded, or a one-line MetaoptError saying why not."""
+    """A told or reported value as recorded, or a one-line MetaoptError saying why not.
+
+    A nan or inf of a metric that is no objective is recorded as its text ("nan"), as a peer
+    records a training's last report of it; an objective's means the run failed.
+    """
+    real = float(value) if isinstance(value, float | np.floating) else 0.0
+    non_finite = not math.isfinite(real)
+    if non_finite and not objective and name != "step":
+        value = str(real)
     try:
         checked = check_metric(name, value)
     except WorkerError as exc:
         # Only a nan or inf usually means the run itself failed; a misspelt metric name or a
         # fractional step is the caller's to fix, and pointing at failed=True would mislead.
-        non_finite = isinstance(value, float | np.floating) and not math.isfinite(value)
         hint = "; tell(trial, failed=True) records a failed run" if non_finite else ""
         raise MetaoptError(f"{call}: {exc}{hint}") from None
     if objective and isinstance(checked, str):
@@ -245,13 +262,32 @@ def _other_settings(store: Store, key: bytes, spec: ExperimentSpec) -> str | Non
     """How an experiment of spec's name already in store differs from spec, or None."""
     for other_key, other in list_experiments(store):
         if other.name == spec.name and other_key != key:
-            differ = [
-                f"{field} {getattr(other, field)!r}, not {getattr(spec, field)!r}"
-                for field in _SETTINGS
-                if getattr(other, field) != getattr(spec, field)
-            ]
-            return "; ".join(differ) or "other settings"
+            return _differences(other, spec, _SETTINGS) or "other settings"
     return None
+
+
+def _differences(kept: ExperimentSpec, given: ExperimentSpec, fields: Sequence[str]) -> str:
+    """How two experiments' settings differ, e.g. "max_trials 3, not 5"."""
+    return "; ".join(
+        _difference(f, getattr(kept, f), getattr(given, f))
+        for f in fields
+        if getattr(kept, f) != getattr(given, f)
+    )
+
+
+def _difference(field: str, kept: Any, given: Any) -> str:
+    """How one setting differs, naming the parameters whose priors do: two spaces printed
+    whole differed by a space inside one prior, which the eye does not find."""
+    if field != "space":
+        return f"{field} {kept!r}, not {given!r}"
+    said = [
+        f"{name!r} {kept[name]!r}, not {given[name]!r}"
+        if name in kept and name in given
+        else f"{name!r} {'only there' if name in kept else 'only here'}"
+        for name in sorted(kept.keys() | given.keys())
+        if kept.get(name) != given.get(name)
+    ]
+    return f"space: {', '.join(said)} (priors must match as text, spaces too)"
 
 
 def _detached(view: TrialView) -> TrialView:
@@ -512,9 +548,19 @@ class Study:
                 raise MetaoptError(f"tell() got {len(given)} metrics; at most {MAX_METRICS}")
             missing = [o for o in objectives if o not in given]
             if missing:
+                # A dict of other names alone is most likely a misnamed objective.
+                others = (
+                    ""
+                    if any(k in objectives for k in given)
+                    else (
+                        f" ({', '.join(map(repr, given))}: no objective of this Study, whose"
+                        " objective= names them)"
+                    )
+                )
                 raise MetaoptError(
-                    f"tell() is missing objective(s) {', '.join(missing)}; pass a dict with"
-                    f" {', '.join(objectives)}, or a list in that order"
+                    f"tell() is missing objective(s) {', '.join(map(repr, missing))}{others};"
+                    f" pass a dict with {', '.join(map(repr, objectives))}, or a list in that"
+                    " order"
                 )
             metrics = {
                 k: _checked_metric("tell()", k, v, k in objectives) for k, v in given.items()
@@ -704,9 +750,10 @@ class Study:
         if other is self:
             return 0
         if other.experiment_key != self.experiment_key:
+            differ = _differences(self._state.spec, other._state.spec, ("name", *_SETTINGS))
             raise MetaoptError(
-                "sync(): the other Study is another experiment (its name, space, objectives or"
-                " settings differ); sync Studies made with the same arguments"
+                f"sync(): the other Study is another experiment ({differ or 'other settings'});"
+                " sync Studies made with the same arguments"
             )
         if other.node_id == self.node_id:
             raise MetaoptError(

@@ -101,7 +101,7 @@ def _open_store(dirs: DataDir, patience: float = 5.0, read_patience: float = 120
     while True:
         try:
             return LevelDBStore(dirs.replica)
-        except StoreLocked as exc:
+        except StoreLocked:
             waited = time.monotonic() - began
             pid = dirs.running_pid()
             if pid is not None and waited > patience:  # as `peer start --detach` says it
@@ -111,7 +111,10 @@ def _open_store(dirs: DataDir, patience: float = 5.0, read_patience: float = 120
                     " --data-dir"
                 ) from None
             if waited > read_patience:
-                raise MetaoptError(f"{exc} (or a `metaopt status` read held it)") from None
+                raise MetaoptError(
+                    f"{dirs.replica} is in use by another process (a Study, or a long"
+                    " `metaopt status` read); stop it, or choose another --data-dir"
+                ) from None
             if pid is None and waited > patience and not said:
                 log.warning("waiting for another process reading %s to finish", dirs.replica)
                 said = True

@@ -107,7 +107,8 @@ class OfflinePeer:
             store = LevelDBStore(self.dirs.replica)
         except StoreLocked:
             raise MetaoptError(
-                f"the peer of {root} is starting (its replica is in use); try again in a moment"
+                f"the replica of {root} is in use (its peer is starting, or a Study holds it);"
+                " try again in a moment"
             ) from None
         except StoreError as exc:
             said = str(exc)

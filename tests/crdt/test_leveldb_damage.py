@@ -178,6 +178,6 @@ def test_a_store_path_that_is_a_file_says_so(tmp_path: Path) -> None:
         LevelDBStore(path)
     assert str(info.value) == (
         f"{path} is a file, not a store directory; move it aside (the store then starts"
-        " afresh there), or choose another --data-dir"
+        " afresh there), or use another directory"
     )
     assert path.read_text() == "not a store"

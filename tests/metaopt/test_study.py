@@ -14,9 +14,11 @@ from typing import Literal
 import numpy as np
 import pytest
 
+from crdt import ClusterKey
 from metaopt import MetaoptError, Study
 from metaopt._records import CONTROL
 from metaopt.freezethaw import Action, CurveView, Decision
+from metaopt.peer._identity import DataDir
 
 SPACE = {"x": "uniform(-2, 2)", "y": "uniform(-2, 2)", "n": "randint(1, 5)"}
 A = bytes.fromhex("aa" * 16)
@@ -121,6 +123,50 @@ def test_path_keeps_the_replica_and_node_id(tmp_path: Path) -> None:
         assert len(s.trials) == 7
 
 
+def test_a_peers_data_directory_is_refused_as_a_study_path(tmp_path: Path) -> None:
+    # It opened as the peer's node, wrote into the peer's replica, and the Study's experiment
+    # (no command to run) reached every peer when the peer started again.
+    dirs = DataDir(tmp_path / "peer")
+    dirs.ensure()
+    dirs.write_key(ClusterKey.generate(bytes(32)).to_text())
+    with pytest.raises(MetaoptError) as info:
+        Study(SPACE, path=dirs.root)
+    assert str(info.value) == (
+        f"{dirs.root} is a metaopt peer's data directory; a Study keeps its own: pass another path="
+    )
+    assert not dirs.replica.exists()
+
+
+def test_a_node_id_file_of_the_wrong_length_is_refused_on_opening(tmp_path: Path) -> None:
+    # Short hex opened, and then every ask() failed with "origin must be 16 bytes".
+    (tmp_path / "node_id").write_text("abcd\n")
+    with pytest.raises(MetaoptError) as info:
+        Study(SPACE, path=tmp_path)
+    assert str(info.value) == (
+        f"cannot keep a Study in {tmp_path}: {tmp_path / 'node_id'} holds 2 bytes, not 16;"
+        " pass path= a directory of its own"
+    )
+
+
+def test_a_non_finite_metric_besides_the_objectives_is_recorded_as_its_text() -> None:
+    # As a peer records a training's last report of it; the whole tell() was refused.
+    study = Study({"x": "uniform(0, 1)"}, algorithm="random")
+    told = study.tell(study.ask(), {"objective": 0.5, "grad": math.nan, "gap": -math.inf})
+    assert (told.state, told.value) == ("completed", 0.5)
+    assert (told.metrics["grad"], told.metrics["gap"]) == ("nan", "-inf")
+
+
+def test_a_misnamed_objective_is_said_to_be_no_objective() -> None:
+    # It said only "tell() is missing objective(s) objective".
+    study = Study({"x": "uniform(0, 1)"}, algorithm="random")
+    with pytest.raises(MetaoptError) as info:
+        study.tell(study.ask(), {"loss": 1.0})
+    assert str(info.value) == (
+        "tell() is missing objective(s) 'objective' ('loss': no objective of this Study, whose"
+        " objective= names them); pass a dict with 'objective', or a list in that order"
+    )
+
+
 def test_failures_and_missing_objectives() -> None:
     study = Study({"x": "uniform(0, 1)"}, objective=["loss", "latency"], algorithm="random")
     t = study.ask()
@@ -153,7 +199,7 @@ def test_failures_and_missing_objectives() -> None:
         (True, "is a bool"),
         (10**400, "= an integer of about 400 digits does not fit in 64 bits"),
         pytest.param(-(10**5000), "= a negative integer of about 5000 digits", id="str-refuses"),
-        ({"objective": 1.0, "aux": math.inf}, "'aux' is inf"),
+        ({"objective": 1.0, "aux": 10**400}, "'aux' = an integer of about 400 digits"),
         ({"objective": [1.0]}, "is a list"),
     ],
 )
@@ -531,6 +577,13 @@ def test_reopening_a_path_with_other_settings_says_so(tmp_path: Path) -> None:
     with pytest.raises(MetaoptError, match="max_trials 3, not 5") as info:
         Study({"x": "uniform(0, 1)"}, path=tmp_path / "s", max_trials=5)
     assert "\n" not in str(info.value)
+    # Two spaces printed whole differed by one space inside a prior: the parameter is named.
+    with pytest.raises(MetaoptError) as info:
+        Study({"x": "uniform(0,1)", "y": "randint(1, 4)"}, path=tmp_path / "s", max_trials=3)
+    assert (
+        "(space: 'x' 'uniform(0, 1)', not 'uniform(0,1)', 'y' only here (priors must match as"
+        " text, spaces too))"
+    ) in str(info.value)
     with Study({"x": "uniform(0, 1)"}, path=tmp_path / "s", max_trials=5, name="more") as more:
         assert more.trials == []
     with Study({"x": "uniform(0, 1)"}, path=tmp_path / "s", max_trials=3) as study:
@@ -554,6 +607,15 @@ def test_sync_refuses_studies_that_cannot_explore_together() -> None:
         a.sync(Study(SPACE, algorithm="random"))  # both seed 0: one node id
     with pytest.raises(MetaoptError, match="another experiment"):
         a.sync(Study({"x": "uniform(0, 1)"}, algorithm="random", seed=1))
+    # It did not say what differed, here one space inside a prior.
+    spaced = {**SPACE, "n": SPACE["n"].replace(", ", ",")}
+    with pytest.raises(MetaoptError) as info:
+        a.sync(Study(spaced, algorithm="random", seed=1, name="other"))
+    assert str(info.value) == (
+        "sync(): the other Study is another experiment (name 'study', not 'other'; space: 'n'"
+        f" {SPACE['n']!r}, not {spaced['n']!r} (priors must match as text, spaces too)); sync"
+        " Studies made with the same arguments"
+    )
     b = Study(SPACE, algorithm="random", seed=1)
     run(a, 2)
     run(b, 2)

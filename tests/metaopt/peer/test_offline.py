@@ -119,7 +119,7 @@ def test_without_a_peer_what_would_change_the_replica_says_to_start_one(tmp_path
     try:
         with pytest.raises(MetaoptError) as info:
             peer.call("api.experiments")
-        assert "is starting (its replica is in use); try again" in str(info.value)
+        assert "is in use (its peer is starting, or a Study holds it); try" in str(info.value)
     finally:
         held.close()
     with pytest.raises(MetaoptError) as info:
