@@ -342,7 +342,9 @@ def _logs(args: argparse.Namespace) -> int:
     state, reason = info.get("state"), info.get("reason")
     verdict = f"{state}: {reason}" if reason else state
     if info["here"]:
-        sys.stdout.write(info["text"])
+        text = info["text"]
+        # The footer goes on a line of its own, also after output without a final newline.
+        sys.stdout.write(text if not text or text.endswith("\n") else text + "\n")
         sys.stdout.flush()
         if "size" in info:
             print(

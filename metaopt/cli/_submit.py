@@ -477,6 +477,10 @@ def build_submission(
     chunks: dict[bytes, bytes] = {}
     bundle: dict[str, Any] | None
     if options.get("no_bundle"):
+        if options.get("max_bundle_mb") is not None:  # (it was taken without a word)
+            raise MetaoptError(
+                "--max-bundle-mb bounds a bundle, and --no-bundle sends none; drop one"
+            )
         bundle = {"shared_dir": str(cwd.resolve())}
     else:
         # The program's folder (`sub/run` sends sub/); a script's, for an interpreter, only

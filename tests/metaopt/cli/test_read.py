@@ -429,3 +429,7 @@ def test_logs_of_a_trial_say_how_it_ended_and_why_after_its_output(
     peer.info = {"here": True, "text": "epoch 1\n"}  # (a peer of an earlier release)
     assert main(["logs", "ab" * 6]) == 0
     assert capsys.readouterr() == ("epoch 1\n", "")
+    # Output without a final newline ran on into the footer on a terminal: "…xxxx(failed…".
+    peer.info = {"here": True, "text": "xxxx", "state": "killed", "reason": "timeout"}
+    assert main(["logs", "ab" * 6]) == 0
+    assert capsys.readouterr() == ("xxxx\n", "(killed: timeout)\n")

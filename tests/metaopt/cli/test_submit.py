@@ -143,6 +143,8 @@ def test_objective_names_and_regex_are_checked_at_submit(tmp_path: Path) -> None
     for size in ("0", "5000"):
         said = _refused(tmp_path, "--max-bundle-mb", size, *base)
         assert said.startswith("--max-bundle-mb must be between 1 and 1024")
+    said = _refused(tmp_path, "--no-bundle", "--max-bundle-mb", "5", *base)
+    assert said == "--max-bundle-mb bounds a bundle, and --no-bundle sends none; drop one"
     assert "not a regular expression" in _refused(tmp_path, "--objective-regex", "(", *base)
     body = _build(tmp_path, "--objective", "acc", "--objective-regex", "a=(\\S+)", *base)
     assert body["objectives"] == ["acc"] and body["objective_regex"] == "a=(\\S+)"
