@@ -20,7 +20,7 @@ from metaopt._records import (
 )
 from metaopt._state import ExperimentState
 from metaopt.cli import main
-from metaopt.peer._clean import carry_out, list_folders, plan_clean
+from metaopt.peer._clean import _freed, carry_out, list_folders, plan_clean
 from metaopt.peer._identity import DataDir, trial_dir
 from tests.metaopt.peer.cluster import Cluster, wait_for
 
@@ -372,3 +372,19 @@ def test_the_plan_reads_no_trial_folder_so_a_peer_makes_it_on_its_loop_without_a
     assert read == [] and plan.trials == 0 and plan.kept == []
     assert carry_out(plan, dirs.clean_lock).trials == 1 and plan.kept == [best.hex()]
     assert len(read) == 2
+
+
+def test_what_deleting_folders_frees_counts_the_folders_blocks(tmp_path: Path) -> None:
+    # Folders were left out: the empty folders of 16 ended trials were said to free 0 bytes,
+    # and 28 KiB where df saw 60 KB go.
+    if tmp_path.lstat().st_blocks == 0:
+        pytest.skip("this filesystem gives folders no blocks")
+    empty = tmp_path / "trial" / "checkpoint"
+    (empty / "inner").mkdir(parents=True)
+    (empty / "weights.pt").write_bytes(b"w" * 10_000)
+    folders = sum(p.lstat().st_blocks * 512 for p in (empty, empty / "inner"))
+    file = (empty / "weights.pt").lstat().st_blocks * 512
+    assert _freed([empty]) == folders + file
+    # A file with another name outside still frees nothing; its folder does.
+    os.link(empty / "weights.pt", tmp_path / "kept.pt")
+    assert _freed([empty]) == folders
