@@ -98,6 +98,7 @@ class SyncConfig:
     max_keys: int = 1 << 16  # keys listed per message (wants, haves, range key lists)
     max_ranges: int = 4096  # ranges per message
     max_origins: int = 1 << 16  # origins in a version vector
+    max_vector_runs: int = 1 << 17  # runs of all its origins (about one an origin in use)
     # A session opens with the whole vector (the responder can answer with the records at
     # once) up to this many origins, and past it with the vector's digest: an idle session
     # then costs one small round trip however many origins there are (every experiment is
@@ -118,7 +119,8 @@ class SyncConfig:
             raise ValueError("fanout and initial_fanout must be >= 2 and leaf_size >= 1")
         if self.max_ranges < 2 * self.fanout + 2 or self.max_ranges < self.initial_fanout:
             raise ValueError("max_ranges must exceed 2 * fanout + 2 and initial_fanout")
-        limits = (self.max_message_bytes, self.max_records, self.max_keys, self.max_origins)
+        limits = (self.max_message_bytes, self.max_records, self.max_keys, self.max_origins,
+                  self.max_vector_runs)  # fmt: skip
         if min(limits) < 1 or self.max_rounds < 1 or self.max_round_trips < 1:
             raise ValueError("message limits, max_rounds and max_round_trips must be positive")
         if self.max_idle_round_trips < 0 or self.open_vector_origins < 0:
@@ -166,20 +168,23 @@ class _Shape:
     """Refuses, while msgpack builds a message, what no valid message holds.
 
     Length caps alone do not bound memory: 16 MiB of one-byte empty arrays become 16 million
-    Python lists (1.1 GiB). Counting containers and checking what lists hold keeps a decoded
-    message within a small multiple of what a valid one of that size costs.
+    Python lists (1.1 GiB), and 62 MiB of version-vector runs 21 million ints (2 GB, and 14 s
+    of a peer's event loop). Counting containers and their items and checking what lists hold
+    keeps a decoded message within a small multiple of what a valid one costs.
     """
 
-    __slots__ = ("lists", "maps")
+    __slots__ = ("items", "lists", "maps")
 
-    def __init__(self, max_lists: int) -> None:
+    def __init__(self, max_lists: int, max_items: int) -> None:
         self.lists = max_lists
+        self.items = max_items
         self.maps = 1  # the message itself; fields never hold maps
 
     def list_hook(self, items: list[Any]) -> list[Any]:
         self.lists -= 1
-        if self.lists < 0:
-            raise ValueError("more lists than a message holds")
+        self.items -= len(items)
+        if self.lists < 0 or self.items < 0:
+            raise ValueError("more lists or list items than a message holds")
         if not _LISTED_TYPES.issuperset(map(type, items)):
             raise ValueError("a list holds a type no message lists")
         return items
@@ -210,10 +215,17 @@ def _max_lists(config: SyncConfig) -> int:
     return 3 * config.max_origins + 16
 
 
+def _max_items(config: SyncConfig) -> int:
+    # Records; a vector's entries (origin and runs list each) and two numbers a run; wanted
+    # runs (a list of 3 each); ranges (4 items each); a few more.
+    vector = 3 * config.max_origins + 2 * config.max_vector_runs
+    return config.max_records + vector + 4 * config.max_origins + 4 * config.max_ranges + 64
+
+
 def _unpack(data: bytes, what: str, config: SyncConfig) -> dict[str, Any]:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ProtocolError(f"a {what} is bytes, not {type(data).__name__}")
-    shape = _Shape(_max_lists(config))
+    shape = _Shape(_max_lists(config), _max_items(config))
     try:
         value = msgpack.unpackb(
             data,
@@ -280,7 +292,9 @@ def _keys(value: object, config: SyncConfig) -> list[bytes]:
 
 def _vector(value: object, config: SyncConfig) -> VersionVector:
     try:
-        return VersionVector.from_wire(value, max_origins=config.max_origins)
+        return VersionVector.from_wire(
+            value, max_origins=config.max_origins, max_runs=config.max_vector_runs
+        )
     except (ValueError, TypeError) as exc:
         raise ProtocolError(f"malformed version vector: {exc}") from None
 
@@ -367,7 +381,10 @@ def _roots_first(runs: Iterable[tuple[bytes, int, int]]) -> list[tuple[bytes, in
 def _listable(vector: VersionVector, config: SyncConfig) -> list[list[object]] | None:
     """The vector's wire form if a peer with this config accepts it, else None."""
     # Each origin's runs go as one flat array of two numbers a run, which msgpack caps.
-    too_many_runs = 2 * vector.most_runs() > _unpack_limits(config)["max_array_len"]
+    too_many_runs = (
+        2 * vector.most_runs() > _unpack_limits(config)["max_array_len"]
+        or vector.total_runs() > config.max_vector_runs
+    )
     if len(vector) > config.max_origins or too_many_runs:
         return None
     return vector.to_wire()

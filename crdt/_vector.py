@@ -192,6 +192,10 @@ class VersionVector:
         """The most runs any one origin has (0 when empty)."""
         return max((seqs.run_count for seqs in self._by_origin.values()), default=0)
 
+    def total_runs(self) -> int:
+        """The runs of every origin together (a vector's size on the wire)."""
+        return sum(seqs.run_count for seqs in self._by_origin.values())
+
     def get(self, origin: bytes) -> SeqSet:
         return self._by_origin.get(origin) or SeqSet()
 
@@ -220,11 +224,16 @@ class VersionVector:
         ]
 
     @classmethod
-    def from_wire(cls, value: object, *, max_origins: int = 1 << 16) -> VersionVector:
-        """Parse to_wire's form; raise ValueError on anything else."""
+    def from_wire(
+        cls, value: object, *, max_origins: int = 1 << 16, max_runs: int = 1 << 17
+    ) -> VersionVector:
+        """Parse to_wire's form; raise ValueError on anything else, or past max_runs runs in
+        all (each costs a Python step: 10 million of them in one 62 MiB message held a peer's
+        event loop 14 s and 2 GB)."""
         if not isinstance(value, list) or len(value) > max_origins:
             raise ValueError("version vector must be a list of [origin, runs]")
         out: dict[bytes, SeqSet] = {}
+        runs_left = max_runs
         for entry in value:
             if not isinstance(entry, list) or len(entry) != 2:
                 raise ValueError("version vector entry must be [origin, runs]")
@@ -233,6 +242,9 @@ class VersionVector:
                 raise ValueError("version vector entry must be [bytes, [lo, hi, ...]]")
             if origin in out:
                 raise ValueError("version vector lists an origin twice")
+            runs_left -= len(flat) // 2
+            if runs_left < 0:
+                raise ValueError(f"version vector has more than {max_runs} runs")
             seqs = SeqSet()
             prev = -1
             for lo, hi in zip(flat[::2], flat[1::2], strict=True):

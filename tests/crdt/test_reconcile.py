@@ -317,6 +317,9 @@ SWELLING = {
     "strings": _array(64) + (_array(5000) + b"\xa2ab" * 5000) * 64,
     # Maps are never inside a message.
     "maps": _array(16) + (_array(65535) + b"\x80" * 65535) * 16,
+    # Numbers fill a vector's runs: each costs a list slot (8 bytes) for its one byte, and a
+    # 62 MiB vector of them held a peer 14 s; no valid message lists 786,432 items.
+    "numbers": _array(48) + (_array(16384) + b"\x01" * 16384) * 48,
 }
 
 
@@ -455,6 +458,30 @@ def test_an_origin_with_more_runs_than_the_peer_accepts_falls_back_to_the_backst
     assert stats.converged and keys(c) == keys(d)
 
 
+def test_a_vector_with_more_runs_in_all_than_the_peer_accepts_falls_back_to_the_backstop() -> None:
+    # Holes in every origin: no origin has too many runs, but all of them together do.
+    holey = [Record.create("event", o, s, 1000 + s, {}) for o in ORIGINS for s in range(1, 40, 2)]
+    config = SyncConfig(max_vector_runs=len(ORIGINS) * 20 - 1)
+    vector = store_of(holey).version_vector()
+    assert vector.total_runs() > config.max_vector_runs
+    assert 2 * vector.most_runs() <= SyncConfig().max_records  # (each origin's is fine)
+    for holey_first in (False, True):  # opened by either replica
+        a, b = store_of(POOL[:3]), store_of(holey)
+        stats = sync(b, a, config) if holey_first else sync(a, b, config)
+        assert stats.converged and stats.phase == "backstop"
+        assert keys(a) == keys(b)
+
+
+def test_a_request_whose_vector_has_too_many_runs_is_refused_whole() -> None:
+    store = store_of(POOL[:3])
+    config = SyncConfig(max_vector_runs=4)
+    vector = [[o, [1, 1, 3, 3]] for o in ORIGINS[:3]]  # 6 runs
+    message = msgpack.packb({"k": "sync", "f": bytes(16), "v": vector}, use_bin_type=True)
+    with pytest.raises(ProtocolError, match="more than 4 runs"):
+        respond(store, message, config)
+    assert keys(store) == {r.key for r in POOL[:3]}
+
+
 def test_config_refuses_nonsense() -> None:
     with pytest.raises(ValueError):
         SyncConfig(fanout=1)
@@ -462,7 +489,7 @@ def test_config_refuses_nonsense() -> None:
         SyncConfig(max_ranges=4)
     with pytest.raises(ValueError, match="max_keys"):
         SyncConfig(max_keys=1000)  # 4096 ranges of up to 8 keys: its own peers would refuse
-    for field in ("max_records", "max_origins", "max_rounds", "max_round_trips"):
+    for field in ("max_records", "max_origins", "max_vector_runs", "max_rounds", "max_round_trips"):
         with pytest.raises(ValueError):
             SyncConfig(**{field: 0})  # type: ignore[arg-type]
 

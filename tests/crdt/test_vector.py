@@ -188,6 +188,15 @@ def test_from_wire_bounds_origins() -> None:
         VersionVector.from_wire([[bytes([i]), [1, 1]] for i in range(5)], max_origins=4)
 
 
+def test_from_wire_bounds_the_runs_of_all_origins_together() -> None:
+    # Each origin's runs were capped, not their sum: 331 origins of 32,767 runs each (62 MiB)
+    # held a peer's event loop 14 s and took 2 GB.
+    wire = [[bytes([i]) * 16, [1, 1, 3, 3, 5, 5]] for i in range(4)]
+    assert VersionVector.from_wire(wire, max_runs=12).total_runs() == 12
+    with pytest.raises(ValueError, match="more than 11 runs"):
+        VersionVector.from_wire(wire, max_runs=11)
+
+
 def test_from_wire_refuses_an_origin_listed_twice() -> None:
     # Without the check the second entry silently replaced the first: a peer's vector parsed
     # as holding less (or other) than it said.
