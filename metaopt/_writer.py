@@ -9,22 +9,39 @@ from crdt import Record, Store
 
 __all__ = ["NodeWriter"]
 
+# How far ahead of the clock this node's last record may be and still hold its clock back: a
+# clock stepped back (NTP, a data directory moved to another machine) is minutes or hours; a
+# record stamped years ahead under this node's id is one it never wrote.
+MAX_CLOCK_LEAD_MS = 24 * 3600 * 1000
+
 
 class NodeWriter:
     """Creates and durably adds this node's records, numbering them 1, 2, 3, ... per origin.
 
-    The next number is read back from the store's version vector, so a restart on the same data
-    directory continues the sequence; a node that lost its data directory gets a new id (see
-    peer/_identity), so a sequence number is never reused for a different record.
+    The next number follows the unbroken run 1..n of this node's numbers in the store, so a
+    restart on the same data directory continues the sequence; a node that lost its data
+    directory gets a new id (see peer/_identity), so a sequence number is never reused for a
+    different record.
+
+    Only that run counts, not the highest number held: a record any key holder forged under
+    this node's id with the number 2**63 - 1 (the most a record may carry) left no number to
+    write with, and the peer never wrote again, nor after a restart. Such a record sits past a
+    gap this node's own numbers never leave, and is passed by.
     """
 
     def __init__(self, store: Store, node_id: bytes, clock: Callable[[], float]) -> None:
         self.store = store
         self.node_id = node_id
         self._clock = clock
-        high = store.version_vector().high(node_id)
-        last = next(iter(store.by_origin(node_id, high, high)), None) if high else None
-        self._last_ms = last.time if last is not None else 0
+        last_seq = self._next_seq() - 1
+        last = next(iter(store.by_origin(node_id, last_seq, last_seq)), None) if last_seq else None
+        # A forged record at the run's end may be stamped as far ahead as it likes.
+        lead = int(clock() * 1000) + MAX_CLOCK_LEAD_MS
+        self._last_ms = min(last.time, lead) if last is not None else 0
+
+    def _next_seq(self) -> int:
+        runs = self.store.version_vector().get(self.node_id).runs()
+        return runs[0][1] + 1 if runs and runs[0][0] == 1 else 1
 
     def now_ms(self) -> int:
         """The clock in ms, never before this node's previous record.
@@ -38,7 +55,6 @@ class NodeWriter:
 
     def write(self, kind: str, body: Any, links: Iterable[bytes] = ()) -> Record:
         """Create one record and return it once it is durable."""
-        seq = self.store.version_vector().high(self.node_id) + 1
-        record = Record.create(kind, self.node_id, seq, self.now_ms(), body, links)
+        record = Record.create(kind, self.node_id, self._next_seq(), self.now_ms(), body, links)
         self.store.add([record])
         return record
