@@ -133,6 +133,7 @@ class Server:
         self._node_id = node_id
         self._listener: asyncio.Server | None = None
         self.max_connections_per_host = 256
+        self.max_connections = 4096  # from all hosts together
         self._protocol = protocol
         self._handlers = handlers
         self._runner: web.AppRunner | None = None
@@ -237,11 +238,13 @@ class Server:
 
     async def start(self, host: str, port: int) -> int:
         """Listen; return the bound port (useful with port 0)."""
-        self._runner = web.AppRunner(self.app, access_log=None, logger=_http_log)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, logger=_http_log, **_HEADER_LIMITS
+        )
         await self._runner.setup()
         handlers = self._runner.server
         assert handlers is not None
-        cap = _HostCap(self.max_connections_per_host)
+        cap = _HostCap(self.max_connections_per_host, self.max_connections)
         try:
             # SO_REUSEADDR lets a restarted peer rebind past TIME_WAIT; on Linux it never lets
             # two live listeners share a port, so "port in use" is still caught.
@@ -274,32 +277,52 @@ class Server:
 
 
 _CONNECTIONS_PER_PEER = 16  # a client's pool per peer (Client._get_session)
+# A request of a peer is a request line, a few short headers and a base64 ticket of
+# TICKET_SIZE bytes. aiohttp's defaults (128 headers of 8 KiB) let a connection that never
+# ends its headers hold about 2 MB: 290 of them, from two addresses, took a peer from 240 MB to
+# 814 MB, which it kept.
+_HEADER_LIMITS = {"max_line_size": 1024, "max_field_size": 1024, "max_headers": 32}
 _CAP_TOLD_EVERY = 60.0  # seconds between warnings that a host is at the cap
 
 
 class _HostCap:
-    """Open connections per sending host, at most ``cap`` each (see _CappedConnection)."""
+    """Open connections per sending host, at most ``cap`` each, and ``total`` from all
+    hosts together: the share of one host bounds nothing for a sender of many addresses
+    (see _CappedConnection)."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, total: int) -> None:
         self.cap = cap
+        self.total = total
         self._open: collections.Counter[str] = collections.Counter()
+        self._all = 0
         self._told: dict[str, float] = {}  # host -> when its refusal was last logged
 
     def take(self, host: str) -> bool:
-        if self._open[host] < self.cap:
+        at_cap = self._open[host] >= self.cap
+        if not at_cap and self._all < self.total:
             self._open[host] += 1
+            self._all += 1
             return True
+        who = host if at_cap else ""  # (the total's refusals: one warning, not one a host)
         now = time.monotonic()
-        if now - self._told.get(host, -math.inf) >= _CAP_TOLD_EVERY:
-            self._told[host] = now
-            log.warning(
-                "%s holds %d connections to this peer; refusing more until some close",
-                host,
-                self.cap,
-            )
+        if now - self._told.get(who, -math.inf) >= _CAP_TOLD_EVERY:
+            self._told[who] = now
+            if at_cap:
+                log.warning(
+                    "%s holds %d connections to this peer; refusing more until some close",
+                    host,
+                    self.cap,
+                )
+            else:
+                log.warning(
+                    "hosts together hold %d connections to this peer; refusing more until"
+                    " some close",
+                    self.total,
+                )
         return False
 
     def release(self, host: str) -> None:
+        self._all -= 1
         self._open[host] -= 1
         if not self._open[host]:
             del self._open[host]

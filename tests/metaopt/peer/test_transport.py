@@ -402,6 +402,64 @@ async def test_a_host_holding_connections_open_is_refused_more_past_the_cap(
     assert "127.0.0.1 holds 4 connections" in warning
 
 
+@pytest.mark.asyncio
+async def test_connections_from_many_hosts_are_capped_in_all(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The cap was per host alone: 290 connections from two addresses, each holding unfinished
+    # headers, took a peer from 240 MB to 814 MB.
+    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
+    server = Server(codec, {}, node_id=NODE)
+    server.max_connections_per_host, server.max_connections = 3, 4
+    port = await server.start("127.0.0.1", 0)
+    held = []
+    caplog.set_level(logging.WARNING, logger="metaopt.peer")
+    try:
+        for host in ("127.0.0.2", "127.0.0.3", "127.0.0.2", "127.0.0.3"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(host, 0))
+            writer.write(b"POST /v1 HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+            held.append(writer)
+        await asyncio.sleep(0.1)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, local_addr=("127.0.0.4", 0)
+        )
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # a fifth host: closed at once
+        writer.close()
+        held.pop().close()
+        await asyncio.sleep(0.1)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, local_addr=("127.0.0.4", 0)
+        )
+        writer.write(b"POST /v1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 401")
+        writer.close()
+    finally:
+        for writer in held:
+            writer.close()
+        await server.stop()
+    assert [r.getMessage() for r in caplog.records] == [
+        "hosts together hold 4 connections to this peer; refusing more until some close",
+        "rejected a request from 127.0.0.4: no X-Metaopt-Ticket header; is the sender a metaopt"
+        " peer of this version?",  # (let in once one closed)
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_header_line_longer_than_a_peer_sends_is_refused_before_the_headers_end() -> None:
+    # aiohttp's defaults let one connection hold 128 headers of 8 KiB that never end.
+    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
+    server = Server(codec, {}, node_id=NODE)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /v1 HTTP/1.1\r\nX-Padding: " + b"a" * 2000 + b"\r\n")  # no end
+        status = await asyncio.wait_for(reader.readline(), 5)
+        assert status.startswith(b"HTTP/1.0 400 Bad Request"), status
+        writer.close()
+    finally:
+        await server.stop()
+
+
 async def _older_release(codec: FrameCodec) -> tuple[web.AppRunner, str]:
     """A peer of protocol 3, as it answers a request of ours: a refusal sealed unbound."""
 
