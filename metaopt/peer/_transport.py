@@ -239,7 +239,12 @@ class Server:
     async def start(self, host: str, port: int) -> int:
         """Listen; return the bound port (useful with port 0)."""
         self._runner = web.AppRunner(
-            self.app, access_log=None, logger=_http_log, **_HEADER_LIMITS
+            self.app,
+            access_log=None,
+            logger=_http_log,
+            max_line_size=_MAX_HEADER_LINE,
+            max_field_size=_MAX_HEADER_LINE,
+            max_headers=_MAX_HEADERS,
         )
         await self._runner.setup()
         handlers = self._runner.server
@@ -281,7 +286,8 @@ _CONNECTIONS_PER_PEER = 16  # a client's pool per peer (Client._get_session)
 # TICKET_SIZE bytes. aiohttp's defaults (128 headers of 8 KiB) let a connection that never
 # ends its headers hold about 2 MB: 290 of them, from two addresses, took a peer from 240 MB to
 # 814 MB, which it kept.
-_HEADER_LIMITS = {"max_line_size": 1024, "max_field_size": 1024, "max_headers": 32}
+_MAX_HEADER_LINE = 1024
+_MAX_HEADERS = 32
 _CAP_TOLD_EVERY = 60.0  # seconds between warnings that a host is at the cap
 
 
