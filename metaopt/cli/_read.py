@@ -24,7 +24,7 @@ from metaopt.cli._format import (
     trial_state,
 )
 from metaopt.peer._identity import DataDir
-from metaopt.peer._local import LocalPeer, fetch_experiment, resolve_data_dir
+from metaopt.peer._local import LocalPeer, fetch_experiment, fetch_experiments, resolve_data_dir
 from metaopt.peer._offline import OfflinePeer
 
 __all__ = ["add_read_commands"]
@@ -112,7 +112,7 @@ def add_read_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def _status(args: argparse.Namespace) -> int:
     peer = _peer(args, read=True)
     if args.experiment is None:
-        experiments = peer.call("api.experiments")
+        experiments = fetch_experiments(peer)
         if args.json:
             print(json_text(experiments, indent=2))
             return 0

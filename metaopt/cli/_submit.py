@@ -36,7 +36,7 @@ from metaopt.cli._format import (
     state_summary,
 )
 from metaopt.peer._bundle import DEFAULT_MAX_BYTES, HARD_MAX_BYTES, collect_bundle
-from metaopt.peer._local import LocalPeer, fetch_experiment, resolve_data_dir
+from metaopt.peer._local import LocalPeer, fetch_experiment, fetch_experiments, resolve_data_dir
 from metaopt.peer._output import CAPTURE_HINT, compile_objective_regex
 from metaopt.peer._template import parse_template
 from metaopt.space import PRIOR_NAMES, Space
@@ -736,7 +736,7 @@ def submit(args: argparse.Namespace) -> int:
     data_dir = None if given_dir is None else str(given_dir)
     peer = LocalPeer(resolve_data_dir(given_dir))
     name = experiment.body["name"]
-    namesakes = [e for e in peer.call("api.experiments") if e.get("name") == name]
+    namesakes = [e for e in fetch_experiments(peer) if e.get("name") == name]
     earlier = [e["id"][:12] for e in namesakes]
     # As `metaopt stop` counts them: resubmitting does not stop the earlier one.
     running = [e["id"][:12] for e in namesakes if not (e.get("stopped") or e.get("finished"))]
@@ -788,7 +788,7 @@ def _name_note(peer: LocalPeer, name: str, mine: str, earlier: list[str]) -> tup
     clock ran ahead, or this one's behind; see Replica.named), which every peer then takes
     for the latest."""
     try:
-        listed = peer.call("api.experiments")
+        listed = fetch_experiments(peer)
     except MetaoptError:  # (submitted all the same; the peer went away just after)
         listed = []
     me = next((e for e in listed if e.get("id") == mine), None)
@@ -944,7 +944,7 @@ def _word(peer: LocalPeer, info: dict[str, Any]) -> str:
     """How a printed command names the experiment --wait follows: by its name while the name
     finds it, else (a later submission took the name, or the peer cannot say) by its id."""
     try:
-        listed = peer.call("api.experiments")
+        listed = fetch_experiments(peer)
     except MetaoptError:
         listed = []
     latest = any(e["id"] == info["id"] and e.get("latest", True) for e in listed)

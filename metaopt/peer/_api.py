@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from crdt import Record, RecordError
@@ -28,7 +29,7 @@ from metaopt.peer._clean import (
     plan_clean,
     set_bundles_aside,
 )
-from metaopt.peer._pages import TrialPages
+from metaopt.peer._pages import ListingPages, TrialPages
 from metaopt.peer._wire import LOADING, Request
 from metaopt.space import Space
 
@@ -122,6 +123,11 @@ def experiment_json(state: ExperimentState) -> dict[str, Any]:
     }
 
 
+def _listed(state: ExperimentState, latest: bool) -> dict[str, Any]:
+    """An experiment's row of the listing: whether its name finds it, beside its summary."""
+    return {**experiment_json(state), "latest": latest}
+
+
 def _last_failed(state: ExperimentState) -> dict[str, Any] | None:
     """The trial that failed last, and the first line of why (`submit --wait` says it)."""
     failed = [t for t in state.trials() if t.state == "failed"]
@@ -188,16 +194,22 @@ class LocalApi:
         return self.node.status()
 
     async def experiments(self, request: Request) -> Any:
+        """Every experiment by name, namesakes oldest first: a page of them, {experiments,
+        next}, for a body {after, page_bytes} (see ListingPages); all of them, a list, for no
+        body (as to a CLI of an earlier release)."""
         replica = self.node.replica
         names = sorted(
             {s.spec.name for s in replica.experiments.values()}, key=lambda n: (_natural(n), n)
         )
-        out = []
+        listing = []
         for name in names:
             # Namesakes oldest first; the latest is the one the name finds.
             same = replica.named(name)[::-1]
-            out += [{**experiment_json(s), "latest": s is same[-1]} for s in same]
-        return out
+            listing += [(s.key.hex(), partial(_listed, s, s is same[-1])) for s in same]
+        if request.body is None:
+            return [row() for _, row in listing]
+        rows, after = ListingPages.parse(request.body).page(listing)
+        return {"experiments": rows, "next": after}
 
     async def experiment(self, request: Request) -> Any:
         """An experiment's summary and a page of its trials, oldest first (see ``TrialPages``).

@@ -47,6 +47,18 @@ def fetch_experiment(
     return info
 
 
+def fetch_experiments(peer: _Caller) -> list[dict[str, Any]]:
+    """api.experiments with every page of the listing joined (see metaopt.peer._pages)."""
+    reply = peer.call("api.experiments", {"after": None})
+    if isinstance(reply, list):  # a peer of an earlier release sends it whole
+        return reply
+    listed: list[dict[str, Any]] = list(reply["experiments"])
+    while reply["next"] is not None:
+        reply = peer.call("api.experiments", {"after": reply["next"]})
+        listed += reply["experiments"]
+    return listed
+
+
 def resolve_data_dir(value: str | None) -> Path:
     if value:
         return Path(value)

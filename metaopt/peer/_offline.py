@@ -100,7 +100,7 @@ class OfflinePeer:
                 f"no peer is running on {root}; start one with `metaopt peer start"
                 f" --data-dir {root}` (without one, only status, best, export, logs and clean work)"
             )
-        if op == "api.experiment" and isinstance(body, dict):
+        if op in ("api.experiment", "api.experiments") and isinstance(body, dict):
             # No frame to fit in, and each call opens and folds the whole replica: one page.
             body = {**body, "page_bytes": None}
         try:

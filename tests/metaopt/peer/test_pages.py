@@ -13,7 +13,7 @@ from crdt import FrameConfig, MemoryStore, Record
 from metaopt._errors import MetaoptError
 from metaopt._records import EVENT, EXPERIMENT, TRIAL, EventBody, ExperimentSpec
 from metaopt.peer._api import LocalApi
-from metaopt.peer._local import fetch_experiment
+from metaopt.peer._local import fetch_experiment, fetch_experiments
 from metaopt.peer._pages import PAGE_BYTES
 from metaopt.peer._replica import Replica
 from metaopt.peer._wire import Request
@@ -132,3 +132,69 @@ def test_the_summary_names_the_trial_that_failed_last_and_why() -> None:
     summary = fetch_experiment(_Peer(store), "wide", trials="none")
     assert summary["last_failed"]["reason"] == "late" and summary["counts"] == {"failed": 2}
     assert fetch_experiment(_Peer(_store(3)), "wide")["last_failed"] is None
+
+
+class _Lister(_Peer):
+    """A peer whose api.experiments answers pages of page_bytes (a few experiments each)."""
+
+    def __init__(self, store: MemoryStore, page_bytes: int) -> None:
+        super().__init__(store)
+        self.page_bytes = page_bytes
+
+    def call(self, op: str, body: Any = None) -> Any:
+        assert op == "api.experiments"
+        if self.replies and self.before_page:
+            self.before_page.pop(0)()
+        if isinstance(body, dict):
+            body = {**body, "page_bytes": self.page_bytes}
+        reply = asyncio.run(self.api.experiments(Request(op, NODE, "", body)))
+        self.replies.append(reply)
+        return reply
+
+
+def _experiments(names: list[str], command_bytes: int = 10) -> list[Record]:
+    return [
+        Record.create(EXPERIMENT, NODE, 100 + i, 1000 + i,
+                      ExperimentSpec(name, {"x": "uniform(0, 1)"},
+                                     command=("run", "y" * command_bytes)).to_body(), [])
+        for i, name in enumerate(names)
+    ]  # fmt: skip
+
+
+def test_the_listing_comes_in_pages_that_hold_every_experiment_once_in_order() -> None:
+    # 70 experiments with commands of 1 MB made one reply past the 64 MiB frame limit, and
+    # `metaopt status` and `submit` failed on every peer, for good (records are never deleted).
+    store = MemoryStore()
+    store.add(_experiments(["b", "a", "c10", "c9", "a"], command_bytes=3000))
+    whole = asyncio.run(
+        _Lister(store, 0).api.experiments(Request("api.experiments", NODE, "", None))
+    )
+    assert [(e["name"], e["latest"]) for e in whole] == [
+        ("a", False), ("a", True), ("b", True), ("c9", True), ("c10", True)
+    ]  # fmt: skip
+    peer = _Lister(store, 7000)  # two rows of about 3 KB a page
+    assert fetch_experiments(peer) == whole
+    assert [len(r["experiments"]) for r in peer.replies] == [2, 2, 1]
+    assert [r["next"] for r in peer.replies] == [whole[1]["id"], whole[3]["id"], None]
+    # A row bigger than a page still goes, alone; an experiment arriving between two pages
+    # after the cursor is listed too.
+    small = _Lister(store, 1)
+    small.before_page = [lambda: store.add(_experiments(["z"]))]
+    assert [e["name"] for e in fetch_experiments(small)] == ["a", "a", "b", "c9", "c10", "z"]
+
+
+def test_a_listing_cursor_no_experiment_has_starts_from_the_beginning_and_bad_ones_are_refused() -> (
+    None
+):
+    store = MemoryStore()
+    store.add(_experiments(["a", "b"]))
+    api = _Lister(store, PAGE_BYTES).api
+
+    def page(body: Any) -> Any:
+        return asyncio.run(api.experiments(Request("api.experiments", NODE, "", body)))
+
+    assert [e["name"] for e in page({"after": "00" * 32})["experiments"]] == ["a", "b"]
+    for bad, said in (([], "takes nothing, or"), ({"after": 3}, "an experiment id"),
+                      ({"page_bytes": 0}, "page_bytes is a number")):  # fmt: skip
+        with pytest.raises(MetaoptError, match=said):
+            page(bad)
