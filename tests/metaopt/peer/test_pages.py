@@ -183,9 +183,7 @@ def test_the_listing_comes_in_pages_that_hold_every_experiment_once_in_order() -
     assert [e["name"] for e in fetch_experiments(small)] == ["a", "a", "b", "c9", "c10", "z"]
 
 
-def test_a_listing_cursor_no_experiment_has_starts_from_the_beginning_and_bad_ones_are_refused() -> (
-    None
-):
+def test_a_listing_cursor_of_no_experiment_starts_at_the_top_and_bad_ones_are_refused() -> None:
     store = MemoryStore()
     store.add(_experiments(["a", "b"]))
     api = _Lister(store, PAGE_BYTES).api
