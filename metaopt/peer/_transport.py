@@ -143,15 +143,24 @@ class Server:
         self._refused = OnceEach()  # (sender, error) already logged
         self.bytes_in = 0
         self.bytes_out = 0
+        # Tickets whose frames are being read. A ticket is remembered (its nonce) only once its
+        # frame opens, and it is not secret: one copied off the network let 10 connections at
+        # once each hold a 40 MiB body of junk (see _ticket).
+        self._reading: set[bytes] = set()
 
     async def _handle(self, request: web.Request) -> web.Response:
         try:
             ticket = self._ticket(request)
+            if ticket in self._reading:
+                raise WireError("a ticket already in use on another connection: a replay; drop it")
+            self._reading.add(ticket)
             try:
                 frame = await request.read()
             except ConnectionError as exc:  # the sender hung up (or died) mid-body
                 log.debug("a request from %s broke off: %s", request.remote, exc)
                 return web.Response(status=400, text="the request body broke off")
+            finally:
+                self._reading.discard(ticket)
             self.bytes_in += len(frame)
             opened = self._codec.open_frame(frame, now=time.time(), ticket=ticket)
             message = dataclasses.replace(decode_request(opened.payload), remote=request.remote)

@@ -99,10 +99,8 @@ async def test_an_address_no_url_can_be_made_of_is_unreachable(addr: str) -> Non
         await client.close()
 
 
-@pytest.mark.asyncio
-async def test_a_request_without_a_valid_ticket_is_refused_unread() -> None:
-    # A sender without the cluster key made the server read up to 64 MiB per request before
-    # the frame's MAC could refuse it; the ticket is checked before the body is read.
+async def _echo_server() -> tuple[FrameCodec, Server, int, bytes]:
+    """A started server answering "echo", its codec and port, and a frame of an echo request."""
     codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
 
     async def echo(message: Request) -> Any:
@@ -110,9 +108,17 @@ async def test_a_request_without_a_valid_ticket_is_refused_unread() -> None:
 
     server = Server(codec, {"echo": echo}, node_id=NODE)
     port = await server.start("127.0.0.1", 0)
+    frame = _seal(codec, Request("echo", os.urandom(16), "127.0.0.1:1", "hi").encode(), NONCE)
+    return codec, server, port, frame
+
+
+@pytest.mark.asyncio
+async def test_a_request_without_a_valid_ticket_is_refused_unread() -> None:
+    # A sender without the cluster key made the server read up to 64 MiB per request before
+    # the frame's MAC could refuse it; the ticket is checked before the body is read.
+    codec, server, port, frame = await _echo_server()
     addr = f"127.0.0.1:{port}"
     client = Client(codec, os.urandom(16), "127.0.0.1:1", timeout=10)
-    frame = _seal(codec, Request("echo", os.urandom(16), "127.0.0.1:1", "hi").encode(), NONCE)
     stranger = FrameCodec([ClusterKey.generate(os.urandom(32))])
     theirs = _seal(stranger, Request("echo", os.urandom(16), "127.0.0.1:1", "hi").encode(), NONCE)
     try:
@@ -130,6 +136,34 @@ async def test_a_request_without_a_valid_ticket_is_refused_unread() -> None:
         assert await client.call(addr, "echo", "hi") == "hi"  # a peer's own request goes through
     finally:
         await client.close()
+        await server.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_ticket_in_use_on_one_connection_is_refused_on_another() -> None:
+    # A ticket is not secret, and its nonce was remembered only once its frame opened: one
+    # copied off the network let 10 connections at once each hold a 40 MiB body of junk.
+    codec, server, port, frame = await _echo_server()
+    head = (
+        f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(frame)}\r\n"
+        f"{TICKET}: {base64.b64encode(codec.ticket(frame)).decode()}\r\n\r\n"
+    ).encode()
+    try:
+        first_reader, first = await asyncio.open_connection("127.0.0.1", port)
+        first.write(head + frame[:-1])  # the body all but its last byte: still being read
+        await asyncio.sleep(0.2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head + frame)
+        status = await asyncio.wait_for(reader.readline(), 5)
+        assert status.startswith(b"HTTP/1.1 401"), status
+        assert b"already in use on another connection" in await asyncio.wait_for(
+            reader.read(1 << 16), 5
+        )
+        writer.close()
+        first.write(frame[-1:])  # the first goes through
+        assert (await asyncio.wait_for(first_reader.readline(), 5)).startswith(b"HTTP/1.1 200")
+        first.close()
+    finally:
         await server.stop()
 
 
