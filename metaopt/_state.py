@@ -413,13 +413,16 @@ class TrialFold:
         # re-run replaced, cut off but alive, or heard late) are its own business: a late
         # report from a dead runner whose clock ran fast read as the trial running again.
         current = _of_run(event, self._runner)
-        if event.kind == "lost" and after_known:
+        if event.kind == "lost" and event.after is not None:
             # A loss of a run that another has replaced since (its writer had not heard of
             # the re-run yet) would free a trial that runs: it would be run twice. It counts
             # only if what it follows counted for the current run: not by time, since the
             # replaced run's own late events (its runner cut off but alive, or a clock
             # stepped back) sort after the re-run's start, and a loss naming one freed it.
-            current = event.after in self._counted
+            # Nor before what it follows is here: counted meanwhile as a loss naming
+            # nothing, it freed the re-run until that event came (its writer held it, so it
+            # comes; and should it not, a peer that finds the runner quiet writes its own).
+            current = after_known and event.after in self._counted
         if current:
             self._latest = ekey
             self._counted.add(ekey)

@@ -772,16 +772,23 @@ def _replaced_by_b() -> tuple[Log, Record]:
     return log, t
 
 
+def _late_loss_of_a() -> tuple[Log, Record, Record]:
+    """_replaced_by_b, then A (cut off but alive) heartbeats at 120, B at 130, and E, who
+    never heard of B, writes A's run lost after A's late heartbeat (returned last)."""
+    log, t = _replaced_by_b()
+    late = log.event(t, NODE_A, "heartbeat", 120)
+    log.event(t, NODE_B, "heartbeat", 130)
+    log.event(t, NODE_E, "lost", 300, reason="quiet", after=late.key)
+    return log, t, late
+
+
 @pytest.mark.parametrize("order", range(6))
 def test_a_late_loss_of_a_replaced_runs_late_report_does_not_free_the_rerun(order: int) -> None:
     # A ran the trial; C took it for lost and B re-ran it; A, cut off but alive, heartbeat on
     # after B's start (by the clocks); then E, who never heard of B, wrote A's run lost after
     # that heartbeat. Compared by time, that loss followed B's start: the trial read free, for
     # a third run while B ran it.
-    log, t = _replaced_by_b()
-    h2 = log.event(t, NODE_A, "heartbeat", 120)
-    log.event(t, NODE_B, "heartbeat", 130)
-    log.event(t, NODE_E, "lost", 300, reason="quiet", after=h2.key)
+    log, t, _ = _late_loss_of_a()
     records = list(log.records)
     random.Random(order).shuffle(records)
     view = log.state(records).trial(t.key)
@@ -791,6 +798,30 @@ def test_a_late_loss_of_a_replaced_runs_late_report_does_not_free_the_rerun(orde
     log.event(t, NODE_D, "lost", 400, reason="quiet", after=view.latest)
     view = log.state().trial(t.key)
     assert view is not None and (view.state, view.runner) == ("lost", NODE_B)
+
+
+@pytest.mark.parametrize("order", range(4))
+def test_a_loss_naming_an_event_not_here_yet_frees_nothing_until_it_comes(order: int) -> None:
+    # The case above on a replica that holds E's loss but not yet A's late heartbeat it
+    # names: counted as a loss naming nothing, it freed the trial B runs (for a third run)
+    # until the heartbeat arrived. (A mutation audit found the window.)
+    log, t, late = _late_loss_of_a()
+    records = [r for r in log.records if r.key != late.key]
+    random.Random(order).shuffle(records)
+    view = log.state(records).trial(t.key)
+    assert view is not None and (view.state, view.runner, view.free_events) == (
+        "running", NODE_B, ()
+    )  # fmt: skip
+    # A loss naming what is not here yet waits for it, then counts.
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    log.event(t, NODE_A, "started", 10)
+    beat = log.event(t, NODE_A, "heartbeat", 20)
+    log.event(t, NODE_C, "lost", 100, reason="quiet", after=beat.key)
+    waiting = log.state([r for r in log.records if r.key != beat.key]).trial(t.key)
+    assert waiting is not None and waiting.state == "running"
+    view = log.state().trial(t.key)
+    assert view is not None and view.state == "lost"
 
 
 @pytest.mark.parametrize("order", range(4))
