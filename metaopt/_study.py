@@ -548,15 +548,10 @@ class Study:
                 raise MetaoptError(f"tell() got {len(given)} metrics; at most {MAX_METRICS}")
             missing = [o for o in objectives if o not in given]
             if missing:
-                # A dict of other names alone is most likely a misnamed objective.
-                others = (
-                    ""
-                    if any(k in objectives for k in given)
-                    else (
-                        f" ({', '.join(map(repr, given))}: no objective of this Study, whose"
-                        " objective= names them)"
-                    )
-                )
+                others = ""
+                if not any(k in objectives for k in given):  # most likely a misnamed objective
+                    names = ", ".join(map(repr, given))
+                    others = f" ({names}: no objective of this Study, whose objective= names them)"
                 raise MetaoptError(
                     f"tell() is missing objective(s) {', '.join(map(repr, missing))}{others};"
                     f" pass a dict with {', '.join(map(repr, objectives))}, or a list in that"
