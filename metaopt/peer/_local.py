@@ -107,7 +107,15 @@ class LocalPeer:
             if pid is None:
                 raise self._stale(f"nothing answers at {self.addr}") from None
             # Its process is alive, so "is it running?" sent a user to `peer start`, which
-            # refused: it was paused (SIGSTOP) or hung.
+            # refused: it was paused (SIGSTOP) or hung. Unless it closed the connection at
+            # once: a peer holding all the connections it takes (4096) does that, and was
+            # said to be hung, to be killed.
+            if "Timeout" not in why:
+                raise MetaoptError(
+                    f"the peer of {self.dirs.root} (pid {pid}) runs but closed the connection"
+                    f" at {self.addr} ({why}): starting, stopping, or holding all the"
+                    " connections it takes (its log says); try again in a moment"
+                ) from None
             raise MetaoptError(
                 f"the peer of {self.dirs.root} (pid {pid}) runs but does not answer at"
                 f" {self.addr} ({why}): paused, hung or overloaded; try again, or stop it"

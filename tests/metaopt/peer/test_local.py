@@ -41,6 +41,29 @@ def _a_metaopt_process() -> subprocess.Popen[bytes]:
     raise AssertionError("the process never showed its command line")
 
 
+def _peer_dir(root: Path) -> DataDir:
+    """A peer's data directory: its node id and a cluster key."""
+    dirs = DataDir(root)
+    dirs.ensure()
+    dirs.key_file.write_text(ClusterKey.generate(os.urandom(32)).to_text())
+    dirs.node_id()
+    return dirs
+
+
+async def _said_of_a_live_peer(dirs: DataDir, op: str, *, timeout: float) -> tuple[str, int]:
+    """What a call says of a peer whose process lives (its pid file names a live metaopt
+    process) while its address answers as the test serves it; and that pid."""
+    alive = _a_metaopt_process()
+    try:
+        dirs.pid_file.write_text(f"{alive.pid}\n")
+        with pytest.raises(MetaoptError) as caught:
+            await LocalPeer(dirs.root, timeout=timeout).acall(op)
+        return str(caught.value), alive.pid
+    finally:
+        alive.kill()
+        alive.wait()
+
+
 async def _serve(
     dirs: DataDir, handler: Callable[[web.Request], Awaitable[web.Response]]
 ) -> web.AppRunner:
@@ -132,10 +155,7 @@ async def test_a_peer_that_runs_but_does_not_answer_is_not_sent_to_peer_start(
 ) -> None:
     # A peer paused with SIGSTOP: `peer stop` said "is it running? `metaopt peer start`
     # starts it", and `peer start` refused, since it runs.
-    dirs = DataDir(tmp_path)
-    dirs.ensure()
-    dirs.key_file.write_text(ClusterKey.generate(os.urandom(32)).to_text())
-    dirs.node_id()
+    dirs = _peer_dir(tmp_path)
 
     async def never_answer(request: web.Request) -> web.Response:
         await request.read()
@@ -143,15 +163,33 @@ async def test_a_peer_that_runs_but_does_not_answer_is_not_sent_to_peer_start(
         return web.Response()
 
     runner = await _serve(dirs, never_answer)
-    paused = _a_metaopt_process()
     try:
-        dirs.pid_file.write_text(f"{paused.pid}\n")
-        with pytest.raises(MetaoptError) as caught:
-            await LocalPeer(tmp_path, timeout=0.5).acall("api.shutdown")
-        said = str(caught.value)
-        assert f"(pid {paused.pid}) runs but does not answer" in said
-        assert f"`kill {paused.pid}`" in said and "peer start" not in said and "\n" not in said
+        said, pid = await _said_of_a_live_peer(dirs, "api.shutdown", timeout=0.5)
     finally:
-        paused.kill()
-        paused.wait()
         await runner.cleanup()
+    assert f"(pid {pid}) runs but does not answer" in said
+    assert f"`kill {pid}`" in said and "peer start" not in said and "\n" not in said
+
+
+@pytest.mark.asyncio
+async def test_a_peer_that_closes_the_connection_at_once_is_not_sent_to_kill(
+    tmp_path: Path,
+) -> None:
+    # A peer holding the 4096 connections it takes closes new ones at once: the CLI said it was
+    # "paused, hung or overloaded" and to stop it with kill.
+    dirs = _peer_dir(tmp_path)
+
+    async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(close_at_once, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    dirs.address_file.write_text(f"127.0.0.1:{port}\n")
+    try:
+        said, pid = await _said_of_a_live_peer(dirs, "api.status", timeout=5)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert f"(pid {pid}) runs but closed the connection at 127.0.0.1:{port}" in said
+    assert "holding all the connections it takes" in said
+    assert "kill" not in said and "\n" not in said
