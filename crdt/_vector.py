@@ -95,6 +95,11 @@ class SeqSet:
         """The largest number held, 0 when empty."""
         return self._runs[-1][1] if self._runs else 0
 
+    @property
+    def unbroken(self) -> int:
+        """The largest n with 1..n all held, 0 without 1."""
+        return self._runs[0][1] if self._runs and self._runs[0][0] == 1 else 0
+
     def missing_from(self, other: SeqSet) -> Iterator[tuple[int, int]]:
         """Runs of numbers in self that other lacks."""
         theirs = other._runs

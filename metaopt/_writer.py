@@ -9,10 +9,12 @@ from crdt import Record, Store
 
 __all__ = ["NodeWriter"]
 
-# How far ahead of the clock this node's last record may be and still hold its clock back: a
-# clock stepped back (NTP, a data directory moved to another machine) is minutes or hours; a
-# record stamped years ahead under this node's id is one it never wrote.
-MAX_CLOCK_LEAD_MS = 24 * 3600 * 1000
+# How far ahead of the clock this node's last record may be and still hold its clock back. A
+# clock stepped back (NTP) is seconds to minutes; a record stamped further ahead under this
+# node's id, one it never wrote, would stamp all it writes as far ahead (a day, a re-test
+# found, when this was a day). Past it, a writer's seq order still orders its own events
+# (metaopt._state's causal times).
+MAX_CLOCK_LEAD_MS = 3600 * 1000
 
 
 class NodeWriter:
@@ -40,8 +42,7 @@ class NodeWriter:
         self._last_ms = min(last.time, lead) if last is not None else 0
 
     def _next_seq(self) -> int:
-        runs = self.store.version_vector().get(self.node_id).runs()
-        return runs[0][1] + 1 if runs and runs[0][0] == 1 else 1
+        return self.store.version_vector().get(self.node_id).unbroken + 1
 
     def now_ms(self) -> int:
         """The clock in ms, never before this node's previous record.
