@@ -454,13 +454,14 @@ class Client:
                 self.bytes_in += len(data)
                 if response.status == 401:
                     why = data.decode(errors="replace")
-                    # A clock off by minutes is refused too, and the key is then right: its
-                    # refusal already says what to do (a user was told to change the key).
+                    # Only another key is the key's fault. A clock off by minutes is refused
+                    # too, with the key right, and its refusal says what to do (a user was
+                    # told to change the key); so is a replay, or a ticket in use.
                     advice = (
-                        ""
-                        if why.startswith(("StaleFrame", "ReplayedFrame"))
-                        else "; if it is of this cluster, start this peer with the cluster's"
-                        " key (`metaopt peer key` on a member prints the command)"
+                        "; if it is of this cluster, start this peer with the cluster's key"
+                        " (`metaopt peer key` on a member prints the command)"
+                        if why.startswith(("UnknownKey", "TamperedFrame"))
+                        else ""
                     )
                     self._warn_once(addr, "%s refuses this peer's frames (%s)" + advice, why)
                     raise Refused(f"{addr} refused us: {why}")
