@@ -134,6 +134,9 @@ class Server:
         self._listener: asyncio.Server | None = None
         self.max_connections_per_host = 256
         self.max_connections = 4096  # from all hosts together
+        # Seconds a connection may take to send its first request's headers (see _HostCap).
+        self.first_request_timeout = 15.0
+        self._cap: _HostCap | None = None
         self._protocol = protocol
         self._handlers = handlers
         self._runner: web.AppRunner | None = None
@@ -149,6 +152,8 @@ class Server:
         self._reading: set[bytes] = set()
 
     async def _handle(self, request: web.Request) -> web.Response:
+        if self._cap is not None:
+            self._cap.served(request.transport)
         try:
             ticket = self._ticket(request)
             if ticket in self._reading:
@@ -258,7 +263,9 @@ class Server:
         await self._runner.setup()
         handlers = self._runner.server
         assert handlers is not None
-        cap = _HostCap(self.max_connections_per_host, self.max_connections)
+        cap = self._cap = _HostCap(
+            self.max_connections_per_host, self.max_connections, self.first_request_timeout
+        )
         try:
             # SO_REUSEADDR lets a restarted peer rebind past TIME_WAIT; on Linux it never lets
             # two live listeners share a port, so "port in use" is still caught.
@@ -303,14 +310,27 @@ _CAP_TOLD_EVERY = 60.0  # seconds between warnings that a host is at the cap
 class _HostCap:
     """Open connections per sending host, at most ``cap`` each, and ``total`` from all
     hosts together: the share of one host bounds nothing for a sender of many addresses
-    (see _CappedConnection)."""
+    (see _CappedConnection). A connection that has not sent its first request's headers
+    ``first_request`` seconds after it opened is closed: 4,096 that sent nothing were held
+    for good, and the peer's own CLI could not reach it meanwhile."""
 
-    def __init__(self, cap: int, total: int) -> None:
+    def __init__(self, cap: int, total: int, first_request: float) -> None:
         self.cap = cap
         self.total = total
+        self.first_request = first_request
         self._open: collections.Counter[str] = collections.Counter()
         self._all = 0
         self._told: dict[str, float] = {}  # host -> when its refusal was last logged
+        self._unserved: dict[object, asyncio.TimerHandle] = {}  # transport -> its deadline
+
+    def opened(self, transport: asyncio.BaseTransport) -> None:
+        loop = asyncio.get_running_loop()
+        self._unserved[transport] = loop.call_later(self.first_request, transport.close)
+
+    def served(self, transport: object) -> None:
+        deadline = self._unserved.pop(transport, None)
+        if deadline is not None:
+            deadline.cancel()
 
     def take(self, host: str) -> bool:
         at_cap = self._open[host] >= self.cap
@@ -336,7 +356,8 @@ class _HostCap:
                 )
         return False
 
-    def release(self, host: str) -> None:
+    def release(self, host: str, transport: object) -> None:
+        self.served(transport)
         self._all -= 1
         self._open[host] -= 1
         if not self._open[host]:
@@ -358,6 +379,7 @@ class _CappedConnection(asyncio.Protocol):
         self._make = make
         self._cap = cap
         self._host: str | None = None
+        self._transport: asyncio.BaseTransport | None = None
         self._inner: asyncio.Protocol | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -367,12 +389,14 @@ class _CappedConnection(asyncio.Protocol):
             transport.close()
             return
         self._host = host
+        self._transport = transport
+        self._cap.opened(transport)
         self._inner = self._make()
         self._inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._host is not None:
-            self._cap.release(self._host)
+            self._cap.release(self._host, self._transport)
         if self._inner is not None:
             self._inner.connection_lost(exc)
 

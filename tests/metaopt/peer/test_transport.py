@@ -480,6 +480,43 @@ async def test_connections_from_many_hosts_are_capped_in_all(
 
 
 @pytest.mark.asyncio
+async def test_a_connection_that_sends_no_request_in_time_is_closed_and_a_served_one_is_kept() -> (
+    None
+):
+    # 4,096 connections that sent nothing were held for good: the peer's own CLI could not
+    # reach it meanwhile. A connection's first request has a deadline; later ones do not.
+    server = Server(FrameCodec([ClusterKey.generate(os.urandom(32))]), {}, node_id=NODE)
+    server.first_request_timeout = 0.3
+    port = await server.start("127.0.0.1", 0)
+    request = f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode()
+    try:
+        silent_reader, silent = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        assert (await _response(reader)).startswith(b"HTTP/1.1 401")
+        assert await asyncio.wait_for(silent_reader.read(), 5) == b""  # closed
+        await asyncio.sleep(0.5)  # past the deadline: the served connection is still open
+        writer.write(request)
+        assert (await _response(reader)).startswith(b"HTTP/1.1 401")
+        silent.close()
+        writer.close()
+    finally:
+        await server.stop()
+
+
+async def _response(reader: asyncio.StreamReader) -> bytes:
+    """One HTTP response read off a connection; its status line."""
+    status = await asyncio.wait_for(reader.readline(), 5)
+    length = 0
+    while (line := await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+    await asyncio.wait_for(reader.readexactly(length), 5)
+    return status
+
+
+@pytest.mark.asyncio
 async def test_a_header_line_longer_than_a_peer_sends_is_refused_before_the_headers_end() -> None:
     # aiohttp's defaults let one connection hold 128 headers of 8 KiB that never end.
     codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
