@@ -95,10 +95,13 @@ class SeqSet:
         """The largest number held, 0 when empty."""
         return self._runs[-1][1] if self._runs else 0
 
-    @property
-    def unbroken(self) -> int:
-        """The largest n with 1..n all held, 0 without 1."""
-        return self._runs[0][1] if self._runs and self._runs[0][0] == 1 else 0
+    def high_below(self, limit: int) -> int:
+        """The largest number held below limit, 0 if none."""
+        runs = self._runs
+        if runs and runs[-1][1] < limit:  # (how it always is, for the writer's use)
+            return runs[-1][1]
+        i = bisect_right(runs, limit - 1, key=_start) - 1
+        return 0 if i < 0 else min(runs[i][1], limit - 1)
 
     def missing_from(self, other: SeqSet) -> Iterator[tuple[int, int]]:
         """Runs of numbers in self that other lacks."""

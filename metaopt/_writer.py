@@ -15,20 +15,22 @@ __all__ = ["NodeWriter"]
 # found, when this was a day). Past it, a writer's seq order still orders its own events
 # (metaopt._state's causal times).
 MAX_CLOCK_LEAD_MS = 3600 * 1000
+# No node writes 2**62 records: a number from here up is one forged under its id.
+SEQ_CEILING = 1 << 62
 
 
 class NodeWriter:
     """Creates and durably adds this node's records, numbering them 1, 2, 3, ... per origin.
 
-    The next number follows the unbroken run 1..n of this node's numbers in the store, so a
-    restart on the same data directory continues the sequence; a node that lost its data
-    directory gets a new id (see peer/_identity), so a sequence number is never reused for a
-    different record.
+    The next number follows the highest of this node's numbers in the store, so a restart on
+    the same data directory continues the sequence (and one restored from an older copy
+    continues after the records peers sent back); a node that lost its data directory gets a
+    new id (see peer/_identity), so a sequence number is never reused for a different record.
 
-    Only that run counts, not the highest number held: a record any key holder forged under
-    this node's id with the number 2**63 - 1 (the most a record may carry) left no number to
-    write with, and the peer never wrote again, nor after a restart. Such a record sits past a
-    gap this node's own numbers never leave, and is passed by.
+    Numbers from SEQ_CEILING up are left out: a record any key holder forged under this node's
+    id with the number 2**63 - 1 (the most a record may carry) left no number to write with,
+    and the peer never wrote again, nor after a restart. One forged lower makes the node skip
+    numbers, never reuse one, with 2**62 still left to it.
     """
 
     def __init__(self, store: Store, node_id: bytes, clock: Callable[[], float]) -> None:
@@ -42,7 +44,7 @@ class NodeWriter:
         self._last_ms = min(last.time, lead) if last is not None else 0
 
     def _next_seq(self) -> int:
-        return self.store.version_vector().get(self.node_id).unbroken + 1
+        return self.store.version_vector().get(self.node_id).high_below(SEQ_CEILING) + 1
 
     def now_ms(self) -> int:
         """The clock in ms, never before this node's previous record.

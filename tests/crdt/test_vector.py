@@ -42,7 +42,8 @@ def test_seqset_matches_set_model(pairs: list[tuple[int, int]]) -> None:
         assert seqs.runs() == runs_of(held)  # sorted, disjoint, non-adjacent
     assert len(seqs) == len(held)
     assert seqs.high == max(held, default=0)
-    assert seqs.unbroken == next(n for n in range(len(held) + 1) if n + 1 not in held)
+    for limit in (1, 2, 17, 40, 81):
+        assert seqs.high_below(limit) == max((n for n in held if n < limit), default=0)
     for n in range(0, 75):
         assert (n in seqs) == (n in held)
     assert seqs == SeqSet(runs_of(held))

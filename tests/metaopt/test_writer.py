@@ -32,10 +32,22 @@ def test_a_record_forged_with_the_last_number_under_this_id_is_passed_by() -> No
     assert writer.write("control", {}).seq == 2
     restarted = NodeWriter(store, ME, lambda: NOW)
     assert [restarted.write("control", {}).seq for _ in range(2)] == [3, 4]
-    # One forged a few numbers ahead is passed by once the run reaches it.
+    # One forged a few numbers ahead makes the node skip numbers, never reuse one.
     store.add([Record.create("zzz", ME, 6, int(NOW * 1000), None)])
-    assert [restarted.write("control", {}).seq for _ in range(2)] == [5, 7]
-    assert _seqs(store) == [1, 2, 3, 4, 5, 6, 7, 2**63 - 1]
+    assert [restarted.write("control", {}).seq for _ in range(2)] == [7, 8]
+    assert _seqs(store) == [1, 2, 3, 4, 6, 7, 8, 2**63 - 1]
+
+
+def test_a_node_whose_own_records_have_a_gap_writes_after_the_highest() -> None:
+    # A data directory restored from an older copy, its newer records sent back out of order
+    # by the peers: numbering after the unbroken run 1..4 wrote a different record as 5,
+    # which peers held already (a review of an earlier fix found it).
+    store = MemoryStore()
+    writer = NodeWriter(store, ME, lambda: NOW)
+    records = [writer.write("control", {"n": n}) for n in range(10)]
+    restored = MemoryStore()
+    restored.add(records[:4] + records[6:])
+    assert NodeWriter(restored, ME, lambda: NOW).write("control", {}).seq == 11
 
 
 def test_a_record_forged_far_in_the_future_under_this_id_does_not_drag_the_clock_there() -> None:
