@@ -103,6 +103,12 @@ class SeqSet:
         i = bisect_right(runs, limit - 1, key=_start) - 1
         return 0 if i < 0 else min(runs[i][1], limit - 1)
 
+    def free_after(self, seq: int) -> int:
+        """The smallest number above seq not held."""
+        runs = self._runs
+        i = bisect_right(runs, seq + 1, key=_start) - 1
+        return runs[i][1] + 1 if i >= 0 and runs[i][1] > seq else seq + 1
+
     def missing_from(self, other: SeqSet) -> Iterator[tuple[int, int]]:
         """Runs of numbers in self that other lacks."""
         theirs = other._runs

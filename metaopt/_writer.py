@@ -27,10 +27,10 @@ class NodeWriter:
     continues after the records peers sent back); a node that lost its data directory gets a
     new id (see peer/_identity), so a sequence number is never reused for a different record.
 
-    Numbers from SEQ_CEILING up are left out: a record any key holder forged under this node's
-    id with the number 2**63 - 1 (the most a record may carry) left no number to write with,
-    and the peer never wrote again, nor after a restart. One forged lower makes the node skip
-    numbers, never reuse one, with 2**62 still left to it.
+    Numbers from SEQ_CEILING up count only as the run the highest number below it is part of:
+    a record any key holder forged under this node's id with the number 2**63 - 1 (the most
+    a record may carry) left no number to write with, and the peer never wrote again, nor
+    after a restart. One forged lower makes the node skip numbers, never reuse one.
     """
 
     def __init__(self, store: Store, node_id: bytes, clock: Callable[[], float]) -> None:
@@ -44,7 +44,8 @@ class NodeWriter:
         self._last_ms = min(last.time, lead) if last is not None else 0
 
     def _next_seq(self) -> int:
-        return self.store.version_vector().get(self.node_id).high_below(SEQ_CEILING) + 1
+        seqs = self.store.version_vector().get(self.node_id)
+        return seqs.free_after(seqs.high_below(SEQ_CEILING))
 
     def now_ms(self) -> int:
         """The clock in ms, never before this node's previous record.

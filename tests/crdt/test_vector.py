@@ -45,6 +45,8 @@ def test_seqset_matches_set_model(pairs: list[tuple[int, int]]) -> None:
     for limit in (1, 2, 17, 40, 81):
         assert seqs.high_below(limit) == max((n for n in held if n < limit), default=0)
     for n in range(0, 75):
+        assert seqs.free_after(n) == next(m for m in range(n + 1, 200) if m not in held)
+    for n in range(0, 75):
         assert (n in seqs) == (n in held)
     assert seqs == SeqSet(runs_of(held))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from crdt import MemoryStore, Record
-from metaopt._writer import MAX_CLOCK_LEAD_MS, NodeWriter
+from metaopt._writer import MAX_CLOCK_LEAD_MS, SEQ_CEILING, NodeWriter
 
 ME = b"m" * 16
 NOW = 1_000_000.0  # seconds
@@ -36,6 +36,11 @@ def test_a_record_forged_with_the_last_number_under_this_id_is_passed_by() -> No
     store.add([Record.create("zzz", ME, 6, int(NOW * 1000), None)])
     assert [restarted.write("control", {}).seq for _ in range(2)] == [7, 8]
     assert _seqs(store) == [1, 2, 3, 4, 6, 7, 8, 2**63 - 1]
+    # One forged just below the ceiling: the node goes on above it, one number at a time.
+    store.add([Record.create("zzz", ME, SEQ_CEILING - 1, int(NOW * 1000), None)])
+    assert [restarted.write("control", {}).seq for _ in range(2)] == [SEQ_CEILING, SEQ_CEILING + 1]
+    again = NodeWriter(store, ME, lambda: NOW)
+    assert again.write("control", {}).seq == SEQ_CEILING + 2
 
 
 def test_a_node_whose_own_records_have_a_gap_writes_after_the_highest() -> None:
