@@ -47,6 +47,12 @@ def fetch_experiment(
     return info
 
 
+# How a connection a peer closed at once fails (aiohttp's names for it).
+_CLOSED_AT_ONCE = frozenset(
+    {"ServerDisconnectedError", "ClientOSError", "ClientConnectionResetError"}
+)
+
+
 def fetch_experiments(peer: _Caller) -> list[dict[str, Any]]:
     """api.experiments with every page of the listing joined (see metaopt.peer._pages)."""
     reply = peer.call("api.experiments", {"after": None})
@@ -110,7 +116,7 @@ class LocalPeer:
             # refused: it was paused (SIGSTOP) or hung. Unless it closed the connection at
             # once: a peer holding all the connections it takes (4096) does that, and was
             # said to be hung, to be killed.
-            if "Timeout" not in why:
+            if why in _CLOSED_AT_ONCE:
                 raise MetaoptError(
                     f"the peer of {self.dirs.root} (pid {pid}) runs but closed the connection"
                     f" at {self.addr} ({why}): starting, stopping, or holding all the"

@@ -98,12 +98,15 @@ class ListingPages:
     ) -> tuple[list[dict[str, Any]], str | None]:
         """The next page's rows of listing's (id, row) pairs, and the next cursor (None: done).
 
-        A page starts after the cursor's experiment (from the start if it is unknown) and holds
-        at least one row, and more while they fit page_bytes.
+        A page starts after the cursor's experiment and holds at least one row, and more while
+        they fit page_bytes. Experiments are never deleted, so a cursor this peer does not
+        know is refused (restarting from the top listed rows twice).
         """
         pairs = list(listing)
         ids = [key for key, _ in pairs]
-        start = ids.index(self.after) + 1 if self.after in ids else 0
+        if self.after is not None and self.after not in ids:
+            raise MetaoptError(f"after names no experiment of this peer: {self.after[:64]!r}")
+        start = 0 if self.after is None else ids.index(self.after) + 1
         rows: list[dict[str, Any]] = []
         fits = _Fits(self.page_bytes)
         for i, (_, row) in enumerate(pairs[start:], start):

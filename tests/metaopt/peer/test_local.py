@@ -149,25 +149,39 @@ async def test_a_peer_of_another_release_is_named_with_how_to_stop_it(tmp_path: 
         await runner.cleanup()
 
 
+async def _never_answer(request: web.Request) -> web.Response:
+    await request.read()
+    await asyncio.sleep(30)
+    return web.Response()
+
+
+async def _unavailable(request: web.Request) -> web.Response:
+    await request.read()
+    return web.Response(status=503)
+
+
 @pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("handler", "timeout", "why"),
+    [(_never_answer, 0.5, "TimeoutError"), (_unavailable, 5.0, "answered HTTP 503")],
+    ids=["paused", "http-error"],
+)
 async def test_a_peer_that_runs_but_does_not_answer_is_not_sent_to_peer_start(
     tmp_path: Path,
+    handler: Callable[[web.Request], Awaitable[web.Response]],
+    timeout: float,
+    why: str,
 ) -> None:
     # A peer paused with SIGSTOP: `peer stop` said "is it running? `metaopt peer start`
-    # starts it", and `peer start` refused, since it runs.
+    # starts it", and `peer start` refused, since it runs. (An HTTP error was said, for a
+    # while, to be a connection closed at once.)
     dirs = _peer_dir(tmp_path)
-
-    async def never_answer(request: web.Request) -> web.Response:
-        await request.read()
-        await asyncio.sleep(30)
-        return web.Response()
-
-    runner = await _serve(dirs, never_answer)
+    runner = await _serve(dirs, handler)
     try:
-        said, pid = await _said_of_a_live_peer(dirs, "api.shutdown", timeout=0.5)
+        said, pid = await _said_of_a_live_peer(dirs, "api.shutdown", timeout=timeout)
     finally:
         await runner.cleanup()
-    assert f"(pid {pid}) runs but does not answer" in said
+    assert f"(pid {pid}) runs but does not answer" in said and why in said
     assert f"`kill {pid}`" in said and "peer start" not in said and "\n" not in said
 
 
