@@ -152,12 +152,15 @@ class Server:
         self._reading: set[bytes] = set()
 
     async def _handle(self, request: web.Request) -> web.Response:
-        if self._cap is not None:
-            self._cap.served(request.transport)
         try:
             ticket = self._ticket(request)
             if ticket in self._reading:
                 raise WireError("a ticket already in use on another connection: a replay; drop it")
+            # A sender with the key: its connection keeps no deadline (a large frame may take
+            # long to send). Lifted for any request, one without a ticket a minute kept a
+            # connection for good, and 4,096 of them the peer's own CLI out.
+            if self._cap is not None:
+                self._cap.served(request.transport)
             self._reading.add(ticket)
             try:
                 frame = await request.read()
@@ -172,7 +175,9 @@ class Server:
         except (FrameError, WireError) as exc:
             self.rejected += 1
             self._log_refusal(request.remote, type(exc).__name__, "rejected", exc)
-            return web.Response(status=401, text=f"{type(exc).__name__}: {exc}")
+            denied = web.Response(status=401, text=f"{type(exc).__name__}: {exc}")
+            denied.force_close()  # (nothing more to hear on a connection that sent that)
+            return denied
         handler = self._handlers.get(message.op)
         mismatch = other_version(message.protocol)
         misaddressed = self._misaddressed(message)
@@ -259,6 +264,9 @@ class Server:
             max_line_size=_MAX_HEADER_LINE,
             max_field_size=_MAX_HEADER_LINE,
             max_headers=_MAX_HEADERS,
+            # A peer's pooled connection idles at most 15 s (aiohttp's client), far below
+            # this; aiohttp's own default let an idle one stay an hour.
+            keepalive_timeout=75.0,
         )
         await self._runner.setup()
         handlers = self._runner.server

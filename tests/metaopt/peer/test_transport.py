@@ -484,22 +484,40 @@ async def test_a_connection_that_sends_no_request_in_time_is_closed_and_a_served
     None
 ):
     # 4,096 connections that sent nothing were held for good: the peer's own CLI could not
-    # reach it meanwhile. A connection's first request has a deadline; later ones do not.
-    server = Server(FrameCodec([ClusterKey.generate(os.urandom(32))]), {}, node_id=NODE)
+    # reach it meanwhile. A connection's first request with a valid ticket lifts the deadline;
+    # one without (a 401, a minute apart, kept a connection for good) closes the connection.
+    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
+
+    async def echo(message: Request) -> Any:
+        return message.body
+
+    server = Server(codec, {"echo": echo}, node_id=NODE)
     server.first_request_timeout = 0.3
     port = await server.start("127.0.0.1", 0)
-    request = f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode()
+
+    def sealed() -> bytes:
+        message = Request("echo", os.urandom(16), "127.0.0.1:1", "hi").encode()
+        frame = _seal(codec, message, os.urandom(16))
+        ticket = base64.b64encode(codec.ticket(frame)).decode()
+        head = f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(frame)}\r\n"
+        return f"{head}{TICKET}: {ticket}\r\n\r\n".encode() + frame
+
+    keyless = f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode()
     try:
         silent_reader, silent = await asyncio.open_connection("127.0.0.1", port)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(request)
-        assert (await _response(reader)).startswith(b"HTTP/1.1 401")
-        assert await asyncio.wait_for(silent_reader.read(), 5) == b""  # closed
+        writer.write(sealed())
+        assert (await _response(reader)).startswith(b"HTTP/1.1 200")
+        stranger_reader, stranger = await asyncio.open_connection("127.0.0.1", port)
+        stranger.write(keyless)
+        assert (await _response(stranger_reader)).startswith(b"HTTP/1.1 401")
+        assert await asyncio.wait_for(stranger_reader.read(), 5) == b""  # closed after it
+        assert await asyncio.wait_for(silent_reader.read(), 5) == b""  # closed at the deadline
         await asyncio.sleep(0.5)  # past the deadline: the served connection is still open
-        writer.write(request)
-        assert (await _response(reader)).startswith(b"HTTP/1.1 401")
-        silent.close()
-        writer.close()
+        writer.write(sealed())
+        assert (await _response(reader)).startswith(b"HTTP/1.1 200")
+        for each in (silent, stranger, writer):
+            each.close()
     finally:
         await server.stop()
 
