@@ -98,6 +98,13 @@ more than a 100 ms decision allows) spends steps where a better final value is m
   x1.062 +- 0.023 and x1.042 +- 0.018 (x0.884 against x0.906 on seeds 100-119), but on the
   SGD benchmark (seeds 0-29) x0.965 against x0.922 with 1 peer and x0.981 against x0.956 with
   4, and on synthetic seeds 0-29 medians 1050 and 1274 (1 and 4 peers) against 1086 and 1237.
+* Pricing a fresh configuration by the steps the rungs let it take (3.74 of 100 on the
+  ladder 1, 3, 9, 27, 81, each rung keeping the best third) instead of max_step makes thaws
+  27 times rarer, and the policy ASHA with a rare thaw (measured as a dead end; median steps
+  to target): synthetic seeds 0-29, 1011 with 1 peer (ASHA 1025, this rule 1086; x0.940
+  +- 0.058 seed for seed against ASHA, 2 seeds better, 3 worse, 25 the same) and 1250 with 4
+  (ASHA 1250, this rule 1237); held-out seeds 300-311, 1123 (ASHA 1123); but the SGD pool,
+  276 with 1 peer (ASHA 276, this rule 234): the thaws it drops are the ones that win there.
 * Why 4 peers take more steps than 1 (synthetic seeds 100-139): the winner is the same
   configuration in 37 of 40 seeds, never frozen; while it runs its 100 steps the other three
   peers spend about 300, and before it starts 4 peers spend fewer steps than 1 (median 544
