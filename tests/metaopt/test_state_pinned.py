@@ -18,6 +18,13 @@ from tests.metaopt.test_state import (
 )
 
 
+def _started_on_a() -> tuple[Log, Record, Record]:
+    """A trial of NODE_A's, and its start there at 1000."""
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    return log, t, log.event(t, NODE_A, "started", 1000)
+
+
 def _event_at_seq(
     log: Log, trial: Record, node: bytes, kind: str, time: int, seq: int, **kw: object
 ) -> Record:
@@ -32,9 +39,7 @@ def test_verdicts_of_one_rank_in_one_millisecond_are_decided_by_the_smaller_key(
     # Pins the (time, key) tie-break among killed and failed: not the writers' order, which
     # would make the verdict depend on which node's id sorts first.
     for i in range(64):
-        log = Log()
-        t = log.trial(NODE_A, 0.5)
-        log.event(t, NODE_A, "started", 1000)
+        log, t, _ = _started_on_a()
         kill = log.event(t, NODE_A, "killed", 2000, reason=f"killed by the user {i}")
         failure = log.event(t, NODE_B, "failed", 2000, exit_code=1, reason="boom")
         if failure.key < kill.key:  # the key and the writers' order disagree
@@ -87,9 +92,7 @@ def test_inside_a_cycle_of_links_a_restart_still_answers_the_free_event_it_names
 def test_every_loss_in_effect_is_listed_as_a_free_event_latest_last() -> None:
     # Pins free_events accumulating: two peers each took the run for lost, and a re-run
     # answers both (naming only the last left the other to free the trial again).
-    log = Log()
-    t = log.trial(NODE_A, 0.5)
-    started = log.event(t, NODE_A, "started", 1000)
+    log, t, started = _started_on_a()
     first = log.event(t, NODE_B, "lost", 5000, after=started.key)
     second = log.event(t, NODE_C, "lost", 5100, after=started.key)
     view = _only(log.state())
@@ -100,9 +103,7 @@ def test_a_thaw_taken_over_by_another_node_carries_its_resume_step() -> None:
     # Pins that a thaw's step counts as reported: B thaws A's frozen trial from step 8 (A is
     # gone); B's run has no report yet, and its last step read 0, so the next freeze and thaw
     # resumed it from 0.
-    log = Log()
-    t = log.trial(NODE_A, 0.5)
-    log.event(t, NODE_A, "started", 1000)
+    log, t, _ = _started_on_a()
     log.event(t, NODE_A, "progress", 1100, step=8, metrics={"objective": 0.4})
     frozen = log.event(t, NODE_A, "frozen", 1200, step=8)
     log.event(t, NODE_B, "thawed", 2000, step=8, after=frozen.key)
@@ -127,9 +128,7 @@ def test_reports_heard_before_their_start_show_their_curve() -> None:
 def test_lost_frozen_holds_only_while_the_trial_is_lost() -> None:
     # Pins lost_frozen to the lost state: a trial lost while frozen and then killed is not
     # "lost while frozen" any more.
-    log = Log()
-    t = log.trial(NODE_A, 0.5)
-    log.event(t, NODE_A, "started", 1000)
+    log, t, _ = _started_on_a()
     frozen = log.event(t, NODE_A, "frozen", 1100, step=4)
     log.event(t, NODE_B, "lost", 1200, after=frozen.key)
     lost = _only(log.state())
@@ -142,9 +141,7 @@ def test_lost_frozen_holds_only_while_the_trial_is_lost() -> None:
 def test_an_interruption_written_by_a_replaced_runner_does_not_free_the_rerun() -> None:
     # Pins "interrupted" as a run's own event: A, cut off but alive, stops its replaced run
     # after C re-ran the trial; read as the trial's, it freed a trial C was running.
-    log = Log()
-    t = log.trial(NODE_A, 0.5)
-    started = log.event(t, NODE_A, "started", 1000)
+    log, t, started = _started_on_a()
     lost = log.event(t, NODE_B, "lost", 2000, after=started.key)
     log.event(t, NODE_C, "started", 3000, supersedes=(lost.key,))
     log.event(t, NODE_A, "interrupted", 4000, reason="stopped")
@@ -155,9 +152,7 @@ def test_an_interruption_written_by_a_replaced_runner_does_not_free_the_rerun() 
 def test_a_step_reported_twice_keeps_one_point_the_latest_reports() -> None:
     # Pins the curve's one value a step: a step reported again, last or earlier in the curve,
     # replaced its value rather than adding a second point at that step.
-    log = Log()
-    t = log.trial(NODE_A, 0.5)
-    log.event(t, NODE_A, "started", 1000)
+    log, t, _ = _started_on_a()
     log.event(t, NODE_A, "progress", 1100, step=1, metrics={"objective": 0.5})
     log.event(t, NODE_A, "progress", 1200, step=2, metrics={"objective": 0.4})
     log.event(t, NODE_A, "progress", 1300, step=2, metrics={"objective": 0.3})
@@ -169,9 +164,7 @@ def test_a_step_reported_twice_keeps_one_point_the_latest_reports() -> None:
 def test_the_reported_step_never_goes_back() -> None:
     # Pins reported_step as the highest step any event carried, not the latest event's: a
     # report of another metric at an earlier step, heard after a later one.
-    log = Log()
-    t = log.trial(NODE_A, 0.5)
-    log.event(t, NODE_A, "started", 1000)
+    log, t, _ = _started_on_a()
     log.event(t, NODE_A, "progress", 1100, step=5, metrics={"accuracy": 0.9})
     log.event(t, NODE_A, "progress", 1200, step=3, metrics={"accuracy": 0.8})
     view = _only(log.state())
@@ -181,9 +174,7 @@ def test_the_reported_step_never_goes_back() -> None:
 def test_a_stopped_experiment_with_a_frozen_trial_is_finished() -> None:
     # Pins that a frozen trial does not hold a stopped experiment open (no peer thaws it
     # on its own any more); a running one does.
-    log = Log()
-    t = log.trial(NODE_A, 0.5)
-    log.event(t, NODE_A, "started", 1000)
+    log, t, _ = _started_on_a()
     log.event(t, NODE_A, "frozen", 1100, step=2)
     stop = Record.create(CONTROL, NODE_B, 99, 6000, {"action": "stop"}, [log.experiment.key])
     log.records.append(stop)

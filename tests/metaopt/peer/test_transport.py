@@ -99,14 +99,17 @@ async def test_an_address_no_url_can_be_made_of_is_unreachable(addr: str) -> Non
         await client.close()
 
 
-async def _echo_server() -> tuple[FrameCodec, Server, int, bytes]:
-    """A started server answering "echo", its codec and port, and a frame of an echo request."""
+async def _echo_server(op: str = "echo", **limits: float) -> tuple[FrameCodec, Server, int, bytes]:
+    """A started server answering op with the request's body, its limits (Server attributes)
+    set; its codec and port, and a frame of an echo request."""
     codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
 
     async def echo(message: Request) -> Any:
         return message.body
 
-    server = Server(codec, {"echo": echo}, node_id=NODE)
+    server = Server(codec, {op: echo}, node_id=NODE)
+    for name, value in limits.items():
+        setattr(server, name, value)
     port = await server.start("127.0.0.1", 0)
     frame = _seal(codec, Request("echo", os.urandom(16), "127.0.0.1:1", "hi").encode(), NONCE)
     return codec, server, port, frame
@@ -404,14 +407,7 @@ async def test_a_host_holding_connections_open_is_refused_more_past_the_cap(
 ) -> None:
     # Connections that never finish a request need no key: 300 of them from one host used
     # up a peer's file descriptors (behind a soft limit of 256), and no trial could start.
-    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
-
-    async def echo(message: Request) -> Any:
-        return message.body
-
-    server = Server(codec, {"sync": echo}, node_id=NODE)
-    server.max_connections_per_host = 4
-    port = await server.start("127.0.0.1", 0)
+    codec, server, port, _ = await _echo_server("sync", max_connections_per_host=4)
     client = Client(codec, os.urandom(16), "", timeout=10)
     held = []
     caplog.set_level(logging.WARNING, logger="metaopt.peer")
@@ -443,10 +439,7 @@ async def test_connections_from_many_hosts_are_capped_in_all(
 ) -> None:
     # The cap was per host alone: 290 connections from two addresses, each holding unfinished
     # headers, took a peer from 240 MB to 814 MB.
-    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
-    server = Server(codec, {}, node_id=NODE)
-    server.max_connections_per_host, server.max_connections = 3, 4
-    port = await server.start("127.0.0.1", 0)
+    _, server, port, _ = await _echo_server(max_connections_per_host=3, max_connections=4)
     held = []
     caplog.set_level(logging.WARNING, logger="metaopt.peer")
     try:
@@ -486,14 +479,7 @@ async def test_a_connection_that_sends_no_request_in_time_is_closed_and_a_served
     # 4,096 connections that sent nothing were held for good: the peer's own CLI could not
     # reach it meanwhile. A connection's first request with a valid ticket lifts the deadline;
     # one without (a 401, a minute apart, kept a connection for good) closes the connection.
-    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
-
-    async def echo(message: Request) -> Any:
-        return message.body
-
-    server = Server(codec, {"echo": echo}, node_id=NODE)
-    server.first_request_timeout = 0.3
-    port = await server.start("127.0.0.1", 0)
+    codec, server, port, _ = await _echo_server(first_request_timeout=0.3)
 
     def sealed() -> bytes:
         message = Request("echo", os.urandom(16), "127.0.0.1:1", "hi").encode()
@@ -537,9 +523,7 @@ async def _response(reader: asyncio.StreamReader) -> bytes:
 @pytest.mark.asyncio
 async def test_a_header_line_longer_than_a_peer_sends_is_refused_before_the_headers_end() -> None:
     # aiohttp's defaults let one connection hold 128 headers of 8 KiB that never end.
-    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
-    server = Server(codec, {}, node_id=NODE)
-    port = await server.start("127.0.0.1", 0)
+    _, server, port, _ = await _echo_server()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"POST /v1 HTTP/1.1\r\nX-Padding: " + b"a" * 2000 + b"\r\n")  # no end
