@@ -1088,7 +1088,7 @@ class Node:
             self._probe_storage()
             return
         self.runner.record_unrecorded()  # (ends the disk refused: before any is found lost)
-        self._check_stall()
+        self._check_stall()  # (before caught_up(): after a hold it must listen again first)
         if self.caught_up():
             # (Not before: its history may lack the experiment's stop, as for new trials.)
             await self.runner.thaw()
