@@ -82,7 +82,9 @@ _OPTION = re.compile(r"--([A-Za-z_][A-Za-z0-9_.-]*)(?:=(.*))?", re.DOTALL)
 
 # The process's own parameters, parsed once; keyed by their source so a changed environment
 # (tests, or a script that edits os.environ) is re-read rather than served stale.
-_params_cache: tuple[tuple[str | None, tuple[str, ...]], dict[str, Any]] | None = None
+_params_cache: (
+    tuple[tuple[str | None, tuple[str, ...]], tuple[dict[str, str | bool], dict[str, Any]]] | None
+) = None
 
 
 def check_name(name: object) -> str:
@@ -181,9 +183,11 @@ def report(metrics: Mapping[str, object] | None = None, /, **kw: object) -> None
 def params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """This trial's parameters over ``defaults``.
 
-    Under a peer they come from ``METAOPT_PARAMS``. By hand they come from ``--name value`` and
-    ``--name=value`` in ``sys.argv`` (a bare ``--flag`` is True), with ``true``/``false``, ints
-    and finite floats recognised; a value whose default is a float, bool or str is read as one.
+    They come from ``--name value`` and ``--name=value`` in ``sys.argv`` (a bare ``--flag`` is
+    True), with ``true``/``false``, ints and finite floats recognised; a value whose default is
+    a float, bool or str is read as one. Under a peer ``METAOPT_PARAMS`` then sets the searched
+    parameters exactly as the search chose them; the command line still gives the fixed
+    options a submit passed through (``--epochs 10``), which the environment does not carry.
 
     Args:
         defaults: values for the names the trial or the command line do not set.
@@ -197,15 +201,13 @@ def params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     global _params_cache
     source = (os.environ.get(ENV_PARAMS), tuple(sys.argv[1:]))
     if _params_cache is None or _params_cache[0] != source:
-        parsed = _parse_env(source[0]) if source[0] is not None else _parse_argv(source[1])
-        _params_cache = (source, parsed)
-    found = _params_cache[1]
+        searched = _parse_env(source[0]) if source[0] is not None else {}
+        _params_cache = (source, (_parse_argv(source[1]), searched))
+    given, searched = _params_cache[1]
     out = dict(defaults or {})
-    if source[0] is not None:
-        out.update(found)
-        return out
-    for name, raw in found.items():
+    for name, raw in given.items():
         out[name] = _like(out[name], raw) if name in out else _infer(raw)
+    out.update(searched)
     return out
 
 

@@ -137,6 +137,19 @@ def test_params_come_from_the_environment_under_a_peer(monkeypatch: pytest.Monke
     assert worker.params({"lr": 1.0, "epochs": 3}) == {"lr": 0.01, "act": "relu", "epochs": 3}
 
 
+def test_params_under_a_peer_keep_the_fixed_options_of_the_command_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`submit train.py --lr~'...' --epochs 10` runs `train.py --lr 0.01 --epochs 10`: the
+    environment carries only the searched parameters, and params() gave the script its own
+    default epochs instead of the 10 the user submitted."""
+    monkeypatch.setenv("METAOPT_PARAMS", json.dumps({"lr": 0.01, "opt": "00"}))
+    argv = ["train.py", "--lr", "0.0100000001", "--opt", "00", "--epochs", "10", "--fast"]
+    monkeypatch.setattr(sys, "argv", argv)
+    got = worker.params({"epochs": 3, "fast": False, "seed": 1})
+    assert got == {"lr": 0.01, "opt": "00", "epochs": 10, "fast": True, "seed": 1}
+
+
 def test_params_returns_a_fresh_dict(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("METAOPT_PARAMS", '{"lr": 0.01}')
     worker.params()["lr"] = 7
