@@ -268,6 +268,9 @@ def _best(args: argparse.Namespace) -> int:
         else:
             print(printable(f"{info['name']}: no completed trial yet"))
         return 1
+    if len(info["objectives"]) > 1:
+        print(_front_table(info, best))
+        return 0
     for trial in best:
         objectives = trial["objectives"] or {}
         values = ", ".join(f"{k} {fmt_value(v)}" for k, v in objectives.items())
@@ -275,6 +278,29 @@ def _best(args: argparse.Namespace) -> int:
         line = f"{trial['id'][:12]}  {values}  on node {where}  {json_text(trial['params'])}"
         print(printable(line))
     return 0
+
+
+def _front_table(info: dict[str, Any], front: list[dict[str, Any]]) -> str:
+    """A Pareto front as status shows trials, a column per objective and parameter, best first
+    by the first objective: as one line each, with the values and params in running text, a
+    front of a dozen trials could not be read down a column."""
+    names, objectives = sorted(info["space"]), info["objectives"]
+    first_sign = -1.0 if info["directions"][0] == "maximize" else 1.0
+
+    def first_value(trial: dict[str, Any]) -> float:
+        value = (trial["objectives"] or {}).get(objectives[0])
+        return first_sign * value if isinstance(value, (int, float)) else math.inf
+
+    rows = [
+        [t["id"][:12]]
+        + [(t["objectives"] or {}).get(o) for o in objectives]
+        + [(t["runner"] or t["node"])[:8]]
+        + [t["params"].get(n) for n in names]
+        for t in sorted(front, key=first_value)
+    ]
+    shown_names, shown_objectives = column_names(["trial", "runner"], names, objectives)
+    heading = f"{printable(str(info['name']))}: a Pareto front of {len(front)}"
+    return heading + "\n" + table(["trial", *shown_objectives, "runner", *shown_names], rows)
 
 
 def _export(args: argparse.Namespace) -> int:

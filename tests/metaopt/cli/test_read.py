@@ -86,6 +86,28 @@ def test_every_objective_has_a_column_and_an_unfinished_trial_shows_its_last_val
     assert "front of 1" in capsys.readouterr().out  # a front, not one trial's f1
 
 
+def test_best_of_several_objectives_is_a_table_of_the_front(
+    peer: type[_Peer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A front was printed a trial a line, values and params in running text: a dozen trials
+    could not be read down a column. Now a column each, best first by the first objective."""
+    trials = [
+        _trial("a", "completed", {"f1": 0.75, "f2": 1.0}, final=True),
+        _trial("b", "completed", {"f1": 0.25, "f2": 3.0}, final=True),
+    ]
+    trials[1]["params"] = {"x": 0.125}
+    peer.info = _info(trials, ["f1", "f2"])
+    assert main(["best", "mo"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "mo: a Pareto front of 2"
+    assert lines[1].split() == ["trial", "f1", "f2", "runner", "x"]
+    assert lines[3].split() == ["b" * 12, "0.25", "3", "ab" * 4, "0.125"]
+    assert lines[4].split() == ["a" * 12, "0.75", "1", "ab" * 4, "0.5"]
+    peer.info["directions"] = ["maximize", "minimize"]
+    assert main(["best", "mo"]) == 0
+    assert capsys.readouterr().out.splitlines()[3].startswith("a" * 12)
+
+
 def test_export_keeps_its_columns_and_best_says_when_nothing_completed(
     peer: type[_Peer], capsys: pytest.CaptureFixture[str]
 ) -> None:
