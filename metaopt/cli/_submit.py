@@ -188,16 +188,22 @@ def split_submit_args(
                 f"--maximize {after_maximize}: write --maximize={after_maximize} to maximize"
                 f" only {after_maximize} (--maximize alone maximizes every objective)"
             )
-        if (
-            template[:1] == [after_maximize]
-            and _NAMES.fullmatch(after_maximize)
-            and not _runnable_word(after_maximize)
-        ):
-            # The objective's name taken for the program: "acc: not a file ... nor a command".
+        if _NAMES.fullmatch(after_maximize) and not _runnable_word(after_maximize):
+            # The objective's name taken for the program ("acc: not a file ... nor a
+            # command"), or, after the program, given to it as an argument while --maximize
+            # maximized loss, without a word.
+            first = template[:1] == [after_maximize]
             raise MetaoptError(
-                f"--maximize {after_maximize}: {after_maximize} is neither a file nor a command;"
-                f" to maximize an objective {after_maximize}, write --objective={after_maximize}"
-                " --maximize (--maximize alone maximizes every objective)"
+                f"--maximize {after_maximize}: {after_maximize} is "
+                + ("neither a file nor a command" if first else "not an objective")
+                + f"; to maximize an objective {after_maximize}, write"
+                f" --objective={after_maximize} --maximize (--maximize alone maximizes every"
+                " objective)"
+                + (
+                    ""
+                    if first
+                    else f", or to pass {after_maximize} to the program, put it before --maximize"
+                )
             )
     return options, template
 

@@ -369,6 +369,9 @@ def test_maximize_followed_by_an_objective_is_refused_not_read_as_all_of_them() 
     # program: "acc: not a file in ... nor a command on PATH".
     with pytest.raises(MetaoptError, match="to maximize an objective acc, write --objective=acc"):
         split_submit_args(["--maximize", "acc", "t.py"])
+    # After the program, the name went to it as an argument, and loss was maximized.
+    with pytest.raises(MetaoptError, match="acc is not an objective; to maximize an objective"):
+        split_submit_args(["t.py", "--x~uniform(0, 1)", "--maximize", "acc"])
     # Followed by the program (or anything not an objective) it maximizes them all.
     assert split_submit_args(["--maximize", "t.py"])[0] == {"maximize": True}
     assert split_submit_args(["--maximize", "python3", "t.py"])[0] == {"maximize": True}
