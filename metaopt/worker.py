@@ -206,7 +206,7 @@ def params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     given, searched = _params_cache[1]
     out = dict(defaults or {})
     for name, raw in given.items():
-        out[name] = _like(out[name], raw) if name in out else _infer(raw)
+        out[name] = _like(name, out[name], raw) if name in out else _infer(raw)
     out.update(searched)
     return out
 
@@ -314,17 +314,25 @@ def _infer(raw: str | bool) -> Any:
     return raw
 
 
-def _like(default: Any, raw: str | bool) -> Any:
-    """``raw`` read as the type of ``default`` where that is unambiguous, else inferred."""
-    if isinstance(raw, bool) or isinstance(default, bool):
+def _like(name: str, default: Any, raw: str | bool) -> Any:
+    """``raw`` read as the type of ``default`` where that is unambiguous, else inferred.
+
+    Raises:
+        WorkerError: a number's or a bool's default, and a value that is none (``--lr abc``
+            gave the script the text "abc" for a learning rate, to fail far from the cause).
+    """
+    if isinstance(default, bool):
         text = str(raw).strip().lower()
         if text in ("1", "yes", "on", "true"):
             return True
         if text in ("0", "no", "off", "false"):
             return False
-        return _infer(raw)
-    if isinstance(default, str):
-        return raw
-    if isinstance(default, float) and _is_number(raw):
-        return float(raw)
+        raise WorkerError(f"--{name} {raw}: give true or false (its default is {default})")
+    if isinstance(default, (int, float)):
+        if isinstance(raw, bool) or not _is_number(raw):
+            given = f"--{name}" if isinstance(raw, bool) else f"--{name} {raw}"
+            raise WorkerError(f"{given}: give a number (its default is {default!r})")
+        return float(raw) if isinstance(default, float) else _infer(raw)
+    if isinstance(raw, bool) or isinstance(default, str):
+        return raw  # a bare flag; a text's default keeps "007" a text
     return _infer(raw)

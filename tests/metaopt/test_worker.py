@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -202,6 +203,25 @@ def test_by_hand_values_take_the_type_of_their_default(monkeypatch: pytest.Monke
     got = worker.params({"lr": 0.5, "name": "x", "flag": False, "n": 1})
     assert got == {"lr": 1.0, "name": "007", "flag": True, "n": 3}
     assert isinstance(got["lr"], float)
+
+
+@pytest.mark.parametrize(
+    ("argv", "defaults", "said"),
+    [
+        (["--lr", "abc"], {"lr": 0.1}, "--lr abc: give a number (its default is 0.1)"),
+        (["--n", "many"], {"n": 3}, "--n many: give a number (its default is 3)"),
+        (["--lr"], {"lr": 0.1}, "--lr: give a number (its default is 0.1)"),
+        (["--bn", "maybe"], {"bn": False}, "--bn maybe: give true or false (its default is False)"),
+    ],
+)
+def test_a_value_that_is_not_of_its_defaults_kind_is_refused(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], defaults: dict[str, Any], said: str
+) -> None:
+    """`--lr abc` gave the script the text "abc" for a float, to fail far from the cause."""
+    monkeypatch.setattr(sys, "argv", ["t", *argv])
+    with pytest.raises(WorkerError) as refused:
+        worker.params(defaults)
+    assert str(refused.value) == said
 
 
 def test_by_hand_params_follow_a_changed_argv(monkeypatch: pytest.MonkeyPatch) -> None:
