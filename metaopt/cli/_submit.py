@@ -295,8 +295,13 @@ def _load_config(path: str) -> dict[str, Any]:
     known = {dest for _, dest in _OPTIONS.values()} | {"command"}
     unknown = sorted(set(options) - known - {"config"})
     if unknown:
+        # (max-trails: listed 20 options without pointing at max_trials, as the CLI does.)
+        close = [difflib.get_close_matches(u, known, n=1, cutoff=0.75) for u in unknown]
+        meant = [
+            f"{u} (did you mean {c[0]}?)" if c else u for u, c in zip(unknown, close, strict=True)
+        ]
         raise MetaoptError(
-            f"--config {path}: unknown option(s) {', '.join(unknown)}; known: "
+            f"--config {path}: unknown option(s) {', '.join(meant)}; known: "
             + ", ".join(sorted(known))
             + "; if --config is your program's own option, put the program after `--`"
         )

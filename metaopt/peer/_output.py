@@ -377,7 +377,7 @@ class OutputParser:
         else:
             why = (
                 f"a METAOPT report on a stdout line over {limit} bytes was not read; print"
-                " each report on a line of its own"
+                f" each report on a line of its own, under {limit} bytes"
             )
         self.unread = why
         self._note(why)

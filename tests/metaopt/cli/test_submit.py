@@ -210,7 +210,9 @@ def test_config_files(tmp_path: Path) -> None:
     assert "not valid JSON" in _refused(tmp_path, "--config", str(bad_json))
     typo = tmp_path / "typo.yaml"
     typo.write_text("maxtrials: 7\n")
-    assert "unknown option(s) maxtrials" in _refused(tmp_path, "--config", str(typo))
+    assert "unknown option(s) maxtrials (did you mean max_trials?)" in _refused(
+        tmp_path, "--config", str(typo)
+    )
     good = tmp_path / "good.yaml"
     good.write_text(
         "name: c\nmax-trials: 4\nobjective: [loss, acc]\n"

@@ -105,6 +105,7 @@ def test_a_report_cut_from_an_overlong_line_leaves_the_result_unread_until_the_n
     for at in range(0, len(line), 7):  # in pieces that split the prefix
         parser.feed(line[at : at + 7])
     assert parser.unread is not None and "over 32 bytes was not read" in parser.unread
+    assert parser.unread.endswith("on a line of its own, under 32 bytes")
     assert parser.objective() == 0.25
     parser.feed(b'METAOPT {"loss": 0.5}\n')
     assert parser.unread is None and parser.objective() == 0.5
