@@ -196,7 +196,8 @@ def params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
         A new dict each call.
 
     Raises:
-        WorkerError: ``METAOPT_PARAMS`` is not a JSON object.
+        WorkerError: ``METAOPT_PARAMS`` is not a JSON object, or an option whose default is a
+            number or a bool has a value that is none.
     """
     global _params_cache
     source = (os.environ.get(ENV_PARAMS), tuple(sys.argv[1:]))
