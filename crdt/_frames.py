@@ -515,7 +515,9 @@ def _peek_version(frame: bytes) -> int | None:
         at = 5
     else:
         return None
-    if len(frame) <= at:
+    # An empty array has no first element: the byte after it was read as a version, and
+    # junk was told to "run the same metaopt version" rather than that it is no frame.
+    if len(frame) <= at or first == 0x90 or (at > 1 and not any(frame[1:at])):
         return None
     tag = frame[at]
     if tag < 0x80:

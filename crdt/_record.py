@@ -159,7 +159,10 @@ class Record(_Fields):
         """
         links = tuple(links)
         _check_header(kind, origin, seq, time, links)
-        body = _canonical(body)
+        try:
+            body = _canonical(body)
+        except RecursionError:  # (_canonical recurses; a list costs it two frames a level)
+            raise RecordError("the record body is nested too deeply") from None
         try:
             data = msgpack.packb(
                 [FORMAT, kind, origin, seq, time, list(links), body], use_bin_type=True
