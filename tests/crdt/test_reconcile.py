@@ -688,12 +688,20 @@ def test_a_want_list_of_one_key_more_than_max_keys_is_refused() -> None:
     assert sorted(reply["d"]) == sorted(r.data for r in POOL[:3])
 
 
-def test_a_catch_up_of_many_round_trips_that_each_move_a_record_never_gives_up() -> None:
+@pytest.mark.parametrize("pulling", [True, False], ids=["pull", "push"])
+def test_a_catch_up_of_many_round_trips_that_each_move_a_record_never_gives_up(
+    pulling: bool,
+) -> None:
     # max_idle_round_trips counts round trips in a row that move nothing; one that moves a
     # record starts the count again, or every catch-up past 65 round trips gave up half done.
+    # Records the initiator pushes count as moving as well as those it receives.
     pool = make_pool(100, seed=11)
     full, empty = store_of(pool), MemoryStore()
-    stats = sync(empty, full, SyncConfig(max_records=1))
+    stats = (
+        sync(empty, full, SyncConfig(max_records=1))
+        if pulling
+        else sync(full, empty, SyncConfig(max_records=1))
+    )
     assert stats.converged and stats.round_trips > 65
     assert keys(empty) == keys(full)
 
