@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KnownPeer", "PeerTable", "PeerTableConfig", "own_addresses"]
+__all__ = ["KnownPeer", "LivenessNews", "PeerTable", "PeerTableConfig", "own_addresses"]
 
 NODE_ID_SIZE = 16
 
@@ -269,6 +269,29 @@ class PeerTable:
         if not math.isfinite(age) or age < 0:
             return None
         return node_id, addr, age
+
+
+@dataclass
+class LivenessNews:
+    """Which peers were live at the last look, so that each change is told once: a partition
+    and its heal left no line in a peer's log, only its trials' losses."""
+
+    _live: dict[bytes, KnownPeer] = field(default_factory=dict)
+    _gone: set[bytes] = field(default_factory=set)  # said gone, still in the table
+
+    def changes(
+        self, table: PeerTable, now: float, timeout: float
+    ) -> tuple[list[KnownPeer], list[KnownPeer], list[KnownPeer]]:
+        """The peers live for the first time, live again, and gone since the last call (a
+        gone one as the table has it now, to tell a leave from silence; each in id order)."""
+        live = {p.node_id: p for p in table.live(now, timeout)}
+        found = [p for n, p in live.items() if n not in self._live and n not in self._gone]
+        back = [p for n, p in live.items() if n in self._gone]
+        gone = [table.get(n) or p for n, p in self._live.items() if n not in live]
+        # An entry the table dropped (expired) is news again if it comes back, not a return.
+        self._gone = {n for n in self._gone | {p.node_id for p in gone} if n in table} - set(live)
+        self._live = live
+        return found, back, sorted(gone, key=lambda p: p.node_id)
 
 
 def _live(peer: KnownPeer, now: float, timeout: float) -> bool:

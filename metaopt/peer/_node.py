@@ -42,7 +42,7 @@ from metaopt._state import ACTIVE_STATES, FREE_STATES, ExperimentState, TrialVie
 from metaopt._writer import NodeWriter
 from metaopt.peer._api import LocalApi
 from metaopt.peer._config import PeerConfig
-from metaopt.peer._gossip import PeerTable, own_addresses, valid_addr
+from metaopt.peer._gossip import LivenessNews, PeerTable, own_addresses, valid_addr
 from metaopt.peer._identity import MAX_REMEMBERED, DataDir
 from metaopt.peer._limits import LoopGuard, raise_fd_limit
 from metaopt.peer._orphans import kill_orphans
@@ -166,6 +166,7 @@ class Node:
         self.replica = Replica(self.store, clock, monotonic, defer=True)
         self.writer = NodeWriter(self.store, self.node_id, clock)
         self.peers = PeerTable()
+        self._liveness = LivenessNews()
         self.port = config.port
         self.addr = config.address
         self.client = self._new_client()
@@ -679,6 +680,26 @@ class Node:
             await self._gossip_with(addr, timeout)
         self._remember_peers()
         self._say_if_alone(now)
+        self._say_liveness(self.monotonic(), timeout)
+
+    def _say_liveness(self, now: float, timeout: float) -> None:
+        """A line for each peer that became live, came back, or went silent (not for one
+        that said it was leaving: that was said when it came)."""
+        found, back, gone = self._liveness.changes(self.peers, now, timeout)
+        for peer in found:
+            log.info("peer %s at %s is live", peer.node_id.hex()[:8], peer.addr)
+        for peer in back:
+            log.info("peer %s at %s is live again", peer.node_id.hex()[:8], peer.addr)
+        for peer in gone:
+            if not peer.left:
+                log.info(
+                    "peer %s at %s: nothing heard of it for %g s, counted gone (its running"
+                    " trials re-run elsewhere once unheard of for %g s)",
+                    peer.node_id.hex()[:8],
+                    peer.addr,
+                    timeout,
+                    self.config.timing.lost_after,
+                )
 
     def _say_if_alone(self, now: float) -> None:
         """Once: a peer started without --join where mDNS finds nobody ran alone, its log

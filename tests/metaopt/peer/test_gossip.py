@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metaopt.peer._gossip import PeerTable, PeerTableConfig, own_addresses
+from metaopt.peer._gossip import LivenessNews, PeerTable, PeerTableConfig, own_addresses
 
 A, B, C, D = (bytes([i]) * 16 for i in range(1, 5))
 TIMEOUT = 30.0
@@ -260,3 +260,34 @@ def test_a_peer_that_left_is_gone_until_it_speaks_to_us_itself() -> None:
     table.leave(A)
     assert table.heard_within(A, 103.0 + TIMEOUT, TIMEOUT) and not table.is_alive(A, 103.0, TIMEOUT)
     assert not table.heard_within(A, 103.1 + TIMEOUT, TIMEOUT)
+
+
+def test_liveness_news_tells_each_peer_found_gone_and_back_once() -> None:
+    """A partition and its heal left no line in a peer's log: each change is now told once."""
+    table, news = PeerTable(PeerTableConfig(expire_after=100.0)), LivenessNews()
+
+    def ids(peers: list[Any]) -> list[bytes]:
+        return [p.node_id for p in peers]
+
+    def told(now: float) -> tuple[list[bytes], list[bytes], list[bytes]]:
+        found, back, gone = news.changes(table, now, TIMEOUT)
+        return ids(found), ids(back), ids(gone)
+
+    table.add(B, "h:2", 0.0, contacted=True)
+    table.add(A, "h:1", 0.0, contacted=True)
+    assert told(1.0) == ([A, B], [], [])
+    assert told(2.0) == ([], [], [])
+    table.add(A, "h:1", 20.0, contacted=True)
+    assert told(31.0) == ([], [], [B])  # B is silent past the timeout
+    assert told(32.0) == ([], [], [])
+    table.add(B, "h:2", 33.0, contacted=True)
+    assert told(34.0) == ([], [B], [])  # back, not found
+    table.leave(A)
+    found, back, gone = news.changes(table, 35.0, TIMEOUT)
+    # A gone peer as the table has it now: it said it left.
+    assert (found, back, ids(gone)) == ([], [], [A]) and gone[0].left
+    # Expired from the table while gone, a peer coming back is found anew.
+    table.add(C, "h:3", 200.0, contacted=True)
+    assert told(200.0) == ([C], [], [B])
+    table.add(B, "h:2", 400.0, contacted=True)
+    assert told(400.0) == ([B], [], [C])

@@ -66,3 +66,48 @@ async def test_a_stopped_peer_is_gone_at_once_until_it_speaks_again(tmp_path: Pa
         for peer in running:
             await peer.stop()
         await older.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_logs_another_found_silent_back_and_leaving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A partition and its heal left no line in a peer's log (a chaos run over network
+    namespaces): only its trials' losses said anything."""
+    now = [time.time()]
+
+    def clock() -> float:
+        return now[0]
+
+    def node(name: str, key: str | None = None) -> Node:
+        config = PeerConfig(data_dir=tmp_path / name, port=0, mdns=False, key_text=key)
+        return Node(config, clock=clock, monotonic=clock)
+
+    a = node("a")
+    b = node("b", a.key.to_text())
+    running = [a, b]
+    short = a.node_id.hex()[:8]
+    try:
+        await a.start()
+        await b.start()
+        b.peers.add(a.node_id, a.addr, now[0], contacted=True)
+
+        async def said_after_gossip() -> list[str]:
+            caplog.clear()
+            with caplog.at_level("INFO", logger="metaopt.peer"):
+                await b._gossip()
+            return [r.getMessage() for r in caplog.records if short in r.getMessage()]
+
+        assert await said_after_gossip() == [f"peer {short} at {a.addr} is live"]
+        assert await said_after_gossip() == []
+        running.remove(a)
+        await a.stop()  # it says it is leaving: no second word when it is counted gone
+        assert await said_after_gossip() == []
+        b.peers.add(a.node_id, a.addr, now[0], contacted=True)  # as if it called again
+        assert await said_after_gossip() == [f"peer {short} at {a.addr} is live again"]
+        now[0] += 31.0
+        [silent] = await said_after_gossip()
+        assert silent.startswith(f"peer {short} at {a.addr}: nothing heard of it for 30 s")
+    finally:
+        for peer in running:
+            await peer.stop()
