@@ -42,7 +42,17 @@ from typing import IO, Any, Literal
 from metaopt.peer._output import OutputConfig, OutputParser
 from metaopt.worker import MetricValue
 
-__all__ = ["ExecutorConfig", "TrialOutcome", "TrialProcess", "TrialSpec", "run_trial"]
+__all__ = [
+    "END_METRICS",
+    "ExecutorConfig",
+    "TrialOutcome",
+    "TrialProcess",
+    "TrialSpec",
+    "last_metrics",
+    "run_trial",
+]
+
+END_METRICS = 256  # the most metrics an end event carries (see last_metrics)
 
 log = logging.getLogger("metaopt.peer")
 
@@ -261,7 +271,7 @@ class TrialProcess:
         tail = tuple(parser.stderr_tail())
         # A metric whose latest report was nan or inf is recorded as written, as text: not
         # dropped, and not the last finite value it reported before.
-        metrics = {**parser.latest, **parser.nonfinite}
+        metrics = last_metrics({**parser.latest, **parser.nonfinite}, spec.objectives)
         objectives = {n: v for n in spec.objectives if (v := parser.objective(n)) is not None}
         if parser.broken is not None:  # killed for it: its stderr is no part of the story
             return self._failed(code, parser.broken, tail, metrics, objectives, with_stderr=False)
@@ -438,6 +448,23 @@ async def run_trial(
 ) -> TrialOutcome:
     """Run one trial to its end (see :class:`TrialProcess`)."""
     return await TrialProcess(spec, on_event, clock=clock).run()
+
+
+def last_metrics(
+    metrics: dict[str, MetricValue], objectives: Sequence[str]
+) -> dict[str, MetricValue]:
+    """What an end event carries of a run's metrics: its objectives, then the others, the
+    latest named first, up to END_METRICS in all. Every name a run ever reported was carried,
+    and 30,000 names made a 1.3 MB event, over the record limit: a run that exited 0 with its
+    objective was recorded failed, "executor error" (a mutation audit)."""
+    if len(metrics) <= END_METRICS:
+        return metrics
+    kept = {n: metrics[n] for n in objectives if n in metrics}
+    for name in reversed(metrics):
+        if len(kept) >= END_METRICS:
+            break
+        kept.setdefault(name, metrics[name])
+    return kept
 
 
 def _describe_exit(code: int) -> str:

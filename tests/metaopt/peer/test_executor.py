@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 
-from metaopt.peer._executor import ExecutorConfig, TrialOutcome, TrialProcess, TrialSpec
+from crdt import Record
+from metaopt.peer._executor import (
+    END_METRICS,
+    ExecutorConfig,
+    TrialOutcome,
+    TrialProcess,
+    TrialSpec,
+)
 
 _REPO = str(Path(__file__).resolve().parents[3])
 _FAST = ExecutorConfig(heartbeat=30.0, grace=0.3, drain=5.0)
@@ -257,6 +264,31 @@ async def test_a_metric_whose_last_report_is_nan_is_recorded_as_nan(tmp_path: Pa
     assert outcome.status == "completed" and outcome.objectives == {"loss": 0.25}
     assert outcome.metrics == {"loss": 0.25, "acc": "nan", "grad": "inf"}
     assert events[-1][1]["metrics"] == outcome.metrics
+
+
+@pytest.mark.asyncio
+async def test_a_run_that_named_many_metrics_ends_with_its_objective_in_one_record(
+    tmp_path: Path,
+) -> None:
+    """Its end event carried the last value of every name it ever reported: 30,000 names made
+    a 1.3 MB event, over the record limit, and a run that exited 0 with its loss was recorded
+    failed, "executor error". Now its objectives and the latest-named others, 256 in all.
+    (400 reports of 64 names of 60 characters: 1.6 MB of them.)"""
+    body = """
+        import json
+        for block in range(400):
+            names = {f"m{block}_{i}_" + "x" * 50: 1.5 for i in range(64)}
+            print("METAOPT " + json.dumps(names), flush=True)
+        print('METAOPT {"acc": 0.5, "loss": 0.25}')
+        print('METAOPT {"last": 1}')
+    """
+    outcome, events = await _run(_spec(tmp_path, _script(tmp_path, body)))
+    assert outcome.status == "completed" and outcome.objectives == {"loss": 0.25}
+    assert len(outcome.metrics) == END_METRICS and events[-1][1]["metrics"] == outcome.metrics
+    assert {"loss": 0.25, "acc": 0.5, "last": 1}.items() <= outcome.metrics.items()
+    assert "m399_63_" + "x" * 50 in outcome.metrics and "m0_0_" + "x" * 50 not in outcome.metrics
+    body_of_event = {"kind": "completed", "node": bytes(16), "metrics": outcome.metrics}
+    Record.create("event", bytes(16), 1, 1, body_of_event)  # fits a record (raised before)
 
 
 @pytest.mark.asyncio
