@@ -27,6 +27,7 @@ With no peer (no ``METAOPT_PARAMS``) the script still runs by hand: :func:`param
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
@@ -113,7 +114,7 @@ def check_metric(name: object, value: object) -> MetricValue:
         raise WorkerError(f"metric {name!r} is a bool; report 0 or 1 instead")
     if isinstance(value, numbers.Integral):
         number = int(value)
-        if not -_INT_LIMIT < number < _INT_LIMIT:
+        if not -_INT_LIMIT <= number < _INT_LIMIT:
             raise WorkerError(f"metric {name!r} = {_shown(number)} does not fit in 64 bits")
         if name == "step" and number < 0:
             raise WorkerError(f"step must be an integer >= 0, got {number}")
@@ -330,10 +331,13 @@ def _like(name: str, default: Any, raw: str | bool) -> Any:
             return False
         raise WorkerError(f"--{name} {raw}: give true or false (its default is {default})")
     if isinstance(default, (int, float)):
+        if isinstance(default, float) and not isinstance(raw, bool):
+            with contextlib.suppress(ValueError):
+                return float(raw)  # inf too: `--max-norm inf` is a float's value
         if isinstance(raw, bool) or not _is_number(raw):
             given = f"--{name}" if isinstance(raw, bool) else f"--{name} {raw}"
             raise WorkerError(f"{given}: give a number (its default is {default!r})")
-        return float(raw) if isinstance(default, float) else _infer(raw)
+        return _infer(raw)
     if isinstance(raw, bool) or isinstance(default, str):
         return raw  # a bare flag; a text's default keeps "007" a text
     return _infer(raw)

@@ -72,6 +72,7 @@ class _Tensor:
         ({"x" * 65: 0.1}, "name"),
         ({"note": "y" * 257}, "256"),
         ({"big": 2**63}, "64 bits"),
+        ({"small": -(2**63) - 1}, "64 bits"),
         ({f"m{i}": i for i in range(65)}, "at most 64"),
         # report(0.12) and report("loss") raised Python's own TypeError and ValueError.
         (0.12, "e.g. report(loss=0.12, step=3)"),
@@ -86,6 +87,12 @@ def test_report_refuses_misuse_with_one_line(
     assert words in str(info.value)
     assert "\n" not in str(info.value)
     assert capsys.readouterr().out == ""
+
+
+def test_the_64_bit_integers_are_reported_edge_to_edge(capsys: pytest.CaptureFixture[str]) -> None:
+    """-2**63 fits in 64 bits, and a record takes it: report() said it did not."""
+    worker.report(low=-(2**63), high=2**63 - 1)
+    assert capsys.readouterr().out == f'METAOPT {{"low":{-(2**63)},"high":{2**63 - 1}}}\n'
 
 
 def test_a_nan_or_inf_is_reported_for_the_peer_to_record_the_run_diverged(
