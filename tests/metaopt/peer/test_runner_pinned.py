@@ -1,0 +1,588 @@
+"""The peer's trial runner: launch, events, outcomes, stop requests and the stopper's
+decisions, where the runner tests left behaviour unpinned."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from crdt import Record
+from metaopt._errors import MetaoptError
+from metaopt._records import (
+    EVENT,
+    TRIAL,
+    EventBody,
+    ExperimentSpec,
+    experiment_record,
+    parse_experiment,
+)
+from metaopt._state import ExperimentState
+from metaopt.freezethaw import Action, CurveView, Decision
+from metaopt.peer._gpus import Slot
+from metaopt.peer._runner import SUPERSEDED, Running, TrialRunner
+from metaopt.space import Space
+from tests.metaopt.peer.test_runner_decisions import (
+    ME,
+    _frozen_trial,
+    _JudgeFrozen,
+    _Node,
+    _one_trial,
+    _runner_in,
+)
+
+OTHER = b"o" * 16
+SPACE = {"x": "uniform(0, 1)"}
+
+
+def _runner(state: ExperimentState, slots: int = 1) -> tuple[_Node, TrialRunner]:
+    node = _Node(state, Space.from_dict(SPACE))
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=slots))  # type: ignore[arg-type]
+    return node, runner
+
+
+def _kw_of(node: _Node) -> list[tuple[str, dict[str, Any]]]:
+    """Capture each event's kind and keywords as the node writes it."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    write = node.write_event
+
+    def spy(experiment: bytes, trial: bytes, kind: str, **kw: Any) -> None:
+        seen.append((kind, kw))
+        write(experiment, trial, kind, **kw)
+
+    node.write_event = spy  # type: ignore[method-assign]
+    return seen
+
+
+def _event(state: ExperimentState, trial: bytes, kind: str, node: bytes, seq: int,
+           step: int | None = None, metrics: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """Apply one event of ``node``'s (seq counted past the helpers' own, which use 1-20)."""
+    body = EventBody(trial, state.key, kind, node, step, metrics or {}).to_body()
+    state.apply(Record.create(EVENT, node, 900 + seq, 50_000 + seq, body, [trial, state.key]))
+
+
+def _add_trial(state: ExperimentState, counter: int, x: float, node: bytes = ME) -> bytes:
+    body = {"params": {"x": x}, "node": node, "counter": counter}
+    trial = Record.create(TRIAL, node, 100 + counter, 0, body, [state.key])
+    state.apply(trial)
+    return trial.key
+
+
+def _stopping_process(asked: list[str] | None = None) -> Any:
+    return SimpleNamespace(request_stop=(asked if asked is not None else []).append, exited=False)
+
+
+class _Recording:
+    """A stopper that returns ``decide(curves, own)``'s decisions and records each call
+    (own, free slots, fresh_available); ``during`` runs in the call, as if the replica
+    moved on while the stopper thought."""
+
+    def __init__(
+        self,
+        decide: Callable[[Sequence[CurveView], Collection[str]], list[Decision]],
+        during: Callable[[], None] | None = None,
+    ) -> None:
+        self.calls: list[tuple[set[str], int, bool]] = []
+        self._decide, self._during = decide, during
+
+    def decide(
+        self,
+        curves: Sequence[CurveView],
+        own: Collection[str],
+        free_slots: int,
+        rng: np.random.Generator,
+        *,
+        fresh_available: bool = True,
+    ) -> list[Decision]:
+        self.calls.append((set(own), free_slots, fresh_available))
+        if self._during is not None:
+            self._during()
+        return self._decide(curves, own)
+
+
+def _for_each(
+    action: Action, why: str
+) -> Callable[[Sequence[CurveView], Collection[str]], list[Decision]]:
+    return lambda curves, own: [Decision(t, action, why) for t in sorted(own)]
+
+
+# ------------------------------------------------------------------------------ can_run
+
+
+def test_an_experiment_without_a_command_cannot_run_and_a_shared_dir_one_can() -> None:
+    """A Study's experiment (ask/tell, no command) is never launched by a peer; one whose code
+    is a shared folder (no manifest to lay out) runs at once, in that folder."""
+    study = ExperimentState(b"s" * 32, ExperimentSpec(name="s", space=SPACE))
+    _, runner = _runner(study)
+    assert runner.can_run(study) is False
+    shared = ExperimentState(
+        b"h" * 32,
+        ExperimentSpec(name="h", space=SPACE, command=("t.py",), bundle={"shared_dir": "/srv/c"}),
+    )
+    assert runner.can_run(shared) is True
+    assert runner._laying_out == {}
+
+
+@pytest.mark.asyncio
+async def test_a_bundle_that_can_never_be_laid_out_is_marked_unrunnable_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A broken manifest never changes: the experiment is set aside (said once), not laid out
+    again at every scheduling pass."""
+    spec = ExperimentSpec(
+        name="e", space=SPACE, command=("t.py",), bundle={"manifest": {"files": {}}, "root": "/r"}
+    )
+    state = ExperimentState(b"k" * 32, spec)
+    _, runner = _runner(state)
+    runner.node.dirs.bundles = Path("/nonexistent/metaopt-test/bundles")  # type: ignore[attr-defined]
+    tries: list[int] = []
+
+    def materialize(state: ExperimentState, chunk: Any) -> Path:
+        tries.append(1)
+        raise MetaoptError("the manifest names a file outside the bundle")
+
+    runner._materialize = materialize  # type: ignore[method-assign]
+    for _ in range(3):
+        if not runner.can_run(state) and state.key in runner._laying_out:
+            await runner._laying_out[state.key]
+    assert runner.unrunnable == {state.key: "the manifest names a file outside the bundle"}
+    assert tries == [1] and not runner.can_run(state)
+    assert caplog.text.count("cannot run here") == 1
+
+
+# ------------------------------------------------------------------------------ launch
+
+
+def test_a_thaw_writes_thawed_a_fresh_launch_started_and_a_stale_stop_request_is_dropped(
+    tmp_path: Path,
+) -> None:
+    """A thaw's first event is "thawed" (the state tells a resume from a start by it); and a
+    freeze or kill its last life left on disk is forgotten once the trial runs again, or a
+    restart would record that old request for the new run."""
+    for thaw, kind in ((True, "thawed"), (False, "started")):
+        state, trial = _frozen_trial(3)
+        node, runner = _runner(state)
+        node.dirs = SimpleNamespace(trials=tmp_path / kind / "trials", root=tmp_path / kind)
+        runner.trial_dir(trial).mkdir(parents=True)
+        runner.note_stop_request(trial, "killed", "not in the top 1/3 at rung 3", 3)
+        assert runner.stop_requested(trial) is not None
+
+        def cannot_start(*args: Any) -> Any:
+            raise MetaoptError("no program here")
+
+        runner._spec = cannot_start  # type: ignore[method-assign]
+        view = state.trial(trial)
+        assert view is not None
+        asyncio.run(runner.launch(state, view, thaw=thaw))
+        assert [k for _, k, _ in node.written] == [kind, "failed"]
+        assert runner.stop_requested(trial) is None
+
+
+def test_a_trials_spec_runs_py_with_this_python_in_its_folder_from_its_resume_step(
+    tmp_path: Path,
+) -> None:
+    """`t.py` runs under the peer's Python; a shared-dir experiment runs in that folder; a
+    regex's step count goes on from the resume step; the slot's GPU reaches the trial."""
+    state, trial = _frozen_trial(5)
+    view = state.trial(trial)
+    assert view is not None
+    runner = _runner_in(tmp_path)
+    gpu = Slot(0, "1", {"CUDA_VISIBLE_DEVICES": "1"})
+    spec = runner._spec(state, view, gpu, 5)
+    assert spec.argv == [sys.executable, "t.py"]
+    assert spec.step_offset == 5 and spec.env["METAOPT_RESUME_STEP"] == "5"
+    assert spec.env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert spec.cwd == runner.trial_dir(trial)
+    assert runner._spec(state, view, gpu, None).step_offset == 0
+    shared = ExperimentSpec(name="e", space=SPACE, command=("./run.sh", "--x", "1"),
+                            bundle={"shared_dir": str(tmp_path / "code")})  # fmt: skip
+    other = ExperimentState(state.key, shared)
+    spec = runner._spec(other, view, gpu, None)
+    assert spec.cwd == tmp_path / "code" and spec.argv[0] == "./run.sh"
+
+
+# ------------------------------------------------------------------------------ events
+
+
+def _thinless_runner() -> tuple[TrialRunner, list[tuple[str, dict[str, Any]]]]:
+    from metaopt.peer._config import Timing
+
+    written: list[tuple[str, dict[str, Any]]] = []
+    node = SimpleNamespace(
+        node_id=ME,
+        clock=lambda: 0.0,
+        write_event=lambda e, t, kind, **kw: written.append((kind, kw)),
+        dirs=SimpleNamespace(trials=Path("/nonexistent/metaopt-test/trials")),
+    )
+    config = SimpleNamespace(gpus="none", slots=1, timing=Timing(report_interval=0))
+    return TrialRunner(node, config), written  # type: ignore[arg-type]
+
+
+def test_a_report_without_a_step_keeps_the_last_step_and_step_is_no_metric() -> None:
+    """The step is the event's, not a metric; a report without one (an eval metric) leaves
+    the run's last step as it was, which a freeze is recorded at."""
+    runner, written = _thinless_runner()
+    run = Running(runner.slots[0], b"e" * 32, b"t" * 32)
+    runner._on_event(run, "progress", {"step": 7, "metrics": {"loss": 0.5, "step": 7}})
+    runner._on_event(run, "progress", {"metrics": {"val": 0.25}})
+    assert written == [
+        ("progress", {"step": 7, "metrics": {"loss": 0.5}}),
+        ("progress", {"step": None, "metrics": {"val": 0.25}}),
+    ]
+    assert run.last_step == 7
+
+
+def test_a_quiet_run_with_nothing_held_writes_a_heartbeat() -> None:
+    """With no report held back, a heartbeat is news that the trial still runs: without it,
+    a quiet trial is taken for lost by the other peers."""
+    runner, written = _thinless_runner()
+    run = Running(runner.slots[0], b"e" * 32, b"t" * 32)
+    runner._on_event(run, "heartbeat", {})
+    assert written == [("heartbeat", {})]
+
+
+def test_an_error_that_is_not_the_disks_is_raised_to_the_executor() -> None:
+    """Only a disk refusing writes is noted and passed over; any other error in recording an
+    event is raised (and logged by the executor), never silently dropped."""
+    from metaopt.peer._storage import StorageTrouble
+
+    runner, _ = _thinless_runner()
+    runner.node.storage = StorageTrouble()
+
+    def broken(*args: Any, **kw: Any) -> None:
+        raise ValueError("a bug")
+
+    runner.node.write_event = broken
+    run = Running(runner.slots[0], b"e" * 32, b"t" * 32)
+    with pytest.raises(ValueError, match="a bug"):
+        runner._on_event(run, "heartbeat", {})
+
+
+# ----------------------------------------------------------------------------- outcomes
+
+
+def test_a_freeze_is_recorded_at_the_runs_last_step_and_a_failure_with_its_stderr() -> None:
+    """The frozen event's step is where a thaw resumes (METAOPT_RESUME_STEP); a failure keeps
+    the last stderr lines the user reads in `metaopt show`."""
+    state, trial = _frozen_trial(1)
+    node, runner = _runner(state)
+    seen = _kw_of(node)
+    run = Running(runner.slots[0], state.key, trial, outcome="frozen", reason="low", last_step=7)
+    outcome = SimpleNamespace(status="interrupted", exit_code=-15, objectives={}, metrics={})
+    runner._record_outcome(run, outcome)
+    assert seen[-1] == ("frozen", {"step": 7, "reason": "low", "rung": None})
+    crashed = SimpleNamespace(status="failed", exit_code=1, objectives={}, metrics={},
+                              reason="exited with code 1", diverged=False,
+                              stderr_tail=["Traceback", "KeyError: 'lr'"])  # fmt: skip
+    runner._record_outcome(Running(runner.slots[0], state.key, trial), crashed)
+    assert seen[-1][0] == "failed"
+    assert seen[-1][1]["stderr"] == "Traceback\nKeyError: 'lr'"
+
+
+def test_a_resumed_run_is_done_only_if_its_curve_had_every_objective() -> None:
+    """With two objectives, a resumed run that exits 0 reporting nothing completed earlier
+    only if its curve holds both: one alone is a failure, not a result with a hole."""
+    spec = ExperimentSpec(
+        name="e", space=SPACE, command=("t.py",), objectives=("loss", "time"),
+        directions=("minimize", "minimize"),
+    )  # fmt: skip
+    rec = experiment_record(spec)
+    parsed = parse_experiment(rec)
+    assert parsed is not None
+    for metrics, recorded in (({"loss": 0.5}, "failed"), ({"loss": 0.5, "time": 3.0}, "completed")):
+        state = ExperimentState(rec.key, parsed)
+        trial = _add_trial(state, 1, 0.5)
+        _event(state, trial, "started", ME, 2)
+        _event(state, trial, "progress", ME, 3, 4, metrics)
+        node, runner = _runner(state)
+        outcome = SimpleNamespace(
+            status="failed", exit_code=0, objectives={}, metrics={},
+            reason="no objective reported", stderr_tail=(), diverged=False,
+        )  # fmt: skip
+        run = Running(runner.slots[0], state.key, trial, resumed_after=4)
+        runner._record_outcome(run, outcome)
+        assert node.written[-1][1] == recorded, metrics
+
+
+# ------------------------------------------------------------------------ stop requests
+
+
+@pytest.mark.parametrize(
+    ("kept", "read"),
+    [
+        ({"outcome": "killed", "reason": "r", "rung": 3}, ("killed", "r", 3)),
+        ({"outcome": "frozen", "reason": 5, "rung": None}, ("frozen", "stopped by hand", None)),
+        ({"outcome": "killed", "reason": "r", "rung": -1}, ("killed", "r", None)),
+        ({"outcome": "killed", "reason": "r", "rung": 2**63}, ("killed", "r", None)),
+        ({"outcome": "killed", "reason": "r", "rung": True}, ("killed", "r", None)),
+        ({"outcome": "interrupted", "reason": "r", "rung": None}, None),
+        ({"outcome": "completed", "reason": "r", "rung": None}, None),
+        (["killed"], None),
+    ],
+)
+def test_a_stop_request_on_disk_is_read_only_as_a_freeze_or_kill_with_a_valid_rung(
+    tmp_path: Path, kept: Any, read: Any
+) -> None:
+    """The file is the peer's own, but may be damaged: only a freeze or a kill is replayed
+    after a crash, and a rung a record could not carry is dropped (a killed event with it
+    would be refused, and the trial not recorded at all)."""
+    runner = _runner_in(tmp_path)
+    trial = b"t" * 32
+    runner.trial_dir(trial).mkdir(parents=True)
+    (runner.trial_dir(trial) / "stop-request").write_text(json.dumps(kept))
+    assert runner.stop_requested(trial) == read
+
+
+def test_only_a_run_stopping_as_frozen_is_recorded_killed_instead() -> None:
+    """`metaopt kill` during a peer's stop (interrupted) or of a run another peer completed
+    (superseded) changes nothing: those ends are not a freeze to turn into a kill."""
+    state, trial = _frozen_trial(1)
+    _, runner = _runner(state)
+    for outcome in ("interrupted", SUPERSEDED, None):
+        run = Running(runner.slots[0], state.key, trial, outcome=outcome, reason="why")
+        runner.running[0] = run
+        assert not runner.kill_instead(trial, "killed by hand")
+        assert (run.outcome, run.reason) == (outcome, "why")
+
+
+def test_a_kill_for_the_trial_timeout_is_kept_on_disk(tmp_path: Path) -> None:
+    """Killed -9 in the kill's grace, a restarted peer must still record the timeout's kill,
+    not re-run a hung script from its checkpoint."""
+    state, trial = _one_trial(options={"trial_timeout": 60})
+    node, runner = _runner(state)
+    node.dirs = SimpleNamespace(trials=tmp_path / "trials", root=tmp_path)
+    runner.trial_dir(trial.key).mkdir(parents=True)
+    run = Running(runner.slots[0], state.key, trial.key, process=_stopping_process(), began=0.0)
+    runner.running[0] = run
+    runner.monotonic = lambda: 61.0
+    asyncio.run(runner.monitor(judge=False))
+    why = "ran longer than its trial timeout (60 s)"
+    assert runner.stop_requested(trial.key) == ("killed", why, None)
+
+
+# ---------------------------------------------------------------------------- rerunning
+
+
+def _lost_while_frozen() -> tuple[ExperimentState, bytes, _Node, TrialRunner]:
+    state, trial = _frozen_trial(1, max_trials=1)
+    node, runner = _runner(state)
+    node.write_event(state.key, trial, "lost", reason="frozen on node 6f0e2a11, which is gone")
+    return state, trial, node, runner
+
+
+def test_a_trial_lost_while_frozen_is_rerun_unjudged_when_there_is_no_stopper_or_it_fails() -> None:
+    """No stopper, or one that fails, cannot call the trial hopeless: it is re-run, never
+    killed as "not worth a re-run"."""
+
+    class _Broken:
+        def decide(self, *args: object, **kw: object) -> list[Decision]:
+            raise ZeroDivisionError("a bug in the stopper")
+
+    for stopper in (None, _Broken()):
+        state, trial, node, runner = _lost_while_frozen()
+        runner._stoppers[state.key] = stopper  # type: ignore[assignment]
+        view = state.trial(trial)
+        assert view is not None and view.lost_frozen and state.budget_spent
+        again = asyncio.run(runner.worth_rerun(state, view))
+        assert again is not None and again.state == "lost", stopper
+        assert [k for _, k, _ in node.written] == ["lost"]
+
+
+def test_a_trial_lost_while_frozen_that_moved_on_while_judged_is_not_rerun() -> None:
+    """Taken by another peer while the stopper thought, it is no longer lost: a re-run here
+    would run it twice."""
+    state, trial, node, runner = _lost_while_frozen()
+
+    def taken() -> None:
+        _event(state, trial, "started", OTHER, 1)
+
+    runner._stoppers[state.key] = _Recording(_for_each(Action.THAW, "good bet"), taken)  # type: ignore[assignment]
+    view = state.trial(trial)
+    assert view is not None
+    assert asyncio.run(runner.worth_rerun(state, view)) is None
+    assert [k for _, k, _ in node.written] == ["lost"]
+
+
+# ---------------------------------------------------------------------------- monitoring
+
+
+def test_the_stopper_is_told_no_fresh_trial_is_left_once_the_budget_is_spent() -> None:
+    """A stopper may freeze a run for a fresh configuration only while one can start."""
+    for max_trials, fresh in ((1, False), (None, True)):
+        state, trial = _frozen_trial(1, max_trials=max_trials)
+        _, runner = _runner(state)
+        stopper = _Recording(lambda curves, own: [])
+        runner._stoppers[state.key] = stopper  # type: ignore[assignment]
+        asyncio.run(runner._decide(state, {trial.hex()}, 1))
+        assert stopper.calls == [({trial.hex()}, 1, fresh)]
+
+
+def test_another_peers_frozen_trial_is_not_judged_here() -> None:
+    """Only this peer's frozen trials are its stopper's to thaw or kill; another's are judged
+    by their own peer (both killing or thawing it would clash)."""
+    state, trial = _frozen_trial(1, max_trials=1)
+    _event(state, trial, "thawed", OTHER, 1)
+    _event(state, trial, "frozen", OTHER, 2, 1)
+    assert state.trial(trial).state == "frozen"  # type: ignore[union-attr]
+    assert state.trial(trial).runner == OTHER  # type: ignore[union-attr]
+    node, runner = _runner(state)
+    stopper = _JudgeFrozen()
+    runner._stoppers[state.key] = stopper
+    asyncio.run(runner.thaw())
+    asyncio.run(runner.monitor())
+    assert node.written == [] and stopper.free == []
+
+
+@pytest.mark.parametrize("kind", ["failed", "killed"])
+def test_a_run_here_is_not_stopped_by_a_failure_or_kill_elsewhere(kind: str) -> None:
+    """Only a completion elsewhere makes a run here pointless: this run's completion still
+    counts after a failure or kill on the other side of a partition."""
+    state, trial = _frozen_trial(1)
+    _, runner = _runner(state)
+    asked: list[str] = []
+    runner.running[0] = Running(runner.slots[0], state.key, trial, process=_stopping_process(asked))
+    _event(state, trial, "started", OTHER, 1)
+    _event(state, trial, kind, OTHER, 2)
+    assert state.trial(trial).state == kind  # type: ignore[union-attr]
+    asyncio.run(runner.monitor(judge=False))
+    assert asked == []
+
+
+def test_a_run_already_stopping_is_not_judged_again() -> None:
+    """A run asked to freeze is no longer the stopper's: judged again it is counted as a
+    running trial (its slot taken twice over in the stopper's plan)."""
+    state, busy = _one_trial(max_trials=50)
+    _, runner = _runner(state)
+    run = Running(runner.slots[0], state.key, busy.key, process=_stopping_process())
+    runner.running[0] = run
+    stopper = _Recording(lambda curves, own: [])
+    runner._stoppers[state.key] = stopper  # type: ignore[assignment]
+    asyncio.run(runner.monitor())
+    assert stopper.calls == [({busy.key.hex()}, 0, True)]
+    assert asyncio.run(runner.end(busy.key, "frozen", "low"))
+    asyncio.run(runner.monitor())
+    assert len(stopper.calls) == 1  # nothing of it left to judge
+
+
+def test_frozen_trials_are_not_settled_while_a_trial_of_theirs_runs_here() -> None:
+    """Once the budget is spent the frozen trials are settled only when none of the
+    experiment's trials runs here: its end moves the bar they are judged against."""
+    state, _ = _frozen_trial(1, max_trials=2)
+    running = _add_trial(state, 2, 0.25)
+    _event(state, running, "started", ME, 1)
+    assert state.budget_spent
+    node, runner = _runner(state)
+    runner.running[0] = Running(runner.slots[0], state.key, running, process=_stopping_process())
+    stopper = _Recording(lambda curves, own: [])
+    runner._stoppers[state.key] = stopper  # type: ignore[assignment]
+    asyncio.run(runner.monitor())
+    assert node.written == [] and stopper.calls[0][1] == 0
+
+
+@pytest.mark.parametrize("action", [Action.KILL, Action.CONTINUE])
+def test_a_frozen_trial_thawed_while_judged_is_not_killed(action: Action) -> None:
+    """The stopper decides on a snapshot: a trial thawed meanwhile (by hand, say) is running
+    again and must not be recorded killed, by a KILL or as not worth resuming."""
+    state, trial = _frozen_trial(1, max_trials=1)
+    node, runner = _runner(state)
+
+    def thawed() -> None:
+        _event(state, trial, "thawed", ME, 1)
+
+    stopper = _Recording(_for_each(action, "hopeless"), thawed)
+    runner._stoppers[state.key] = stopper  # type: ignore[assignment]
+    asyncio.run(runner.monitor())
+    assert node.written == []
+    assert state.trial(trial).state == "running"  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------------------- thawing
+
+
+def test_interrupted_here_counts_this_peers_lost_and_running_trials_not_running_here() -> None:
+    """Its last life's trials (running or lost, not running now) wait to be run again here;
+    one running here now, another peer's, or a stopped experiment's does not."""
+    state, _ = _frozen_trial(1)
+    mine_lost = _add_trial(state, 2, 0.2)
+    _event(state, mine_lost, "started", ME, 1)
+    _event(state, mine_lost, "lost", OTHER, 1)
+    mine_now = _add_trial(state, 3, 0.3)
+    _event(state, mine_now, "started", ME, 2)
+    theirs = _add_trial(state, 4, 0.4)
+    _event(state, theirs, "started", OTHER, 2)
+    _, runner = _runner(state, slots=2)
+    assert state.trial(mine_lost).state == "lost"  # type: ignore[union-attr]
+    assert runner.interrupted_here(state) == 2
+    runner.running[0] = Running(runner.slots[0], state.key, mine_now, process=_stopping_process())
+    assert runner.interrupted_here(state) == runner.interrupted_here() == 1
+    state.stopped = True
+    assert runner.interrupted_here() == 0
+
+
+def test_a_thaw_leaves_the_slots_interrupted_trials_need() -> None:
+    """With every free slot reserved for this peer's interrupted trials the stopper is not
+    asked (its kills would settle frozen trials with no slot to offer); with one slot over,
+    one frozen trial is thawed, not two."""
+    state, first = _frozen_trial(1)
+    second = _add_trial(state, 2, 0.2)
+    for seq, kind in enumerate(("started", "frozen"), 1):
+        _event(state, second, kind, ME, seq, 1 if kind == "frozen" else None)
+    cut = _add_trial(state, 3, 0.3)
+    _event(state, cut, "started", ME, 3)
+    node, runner = _runner(state, slots=1)
+    stopper = _Recording(_for_each(Action.KILL, "hopeless"))
+    runner._stoppers[state.key] = stopper  # type: ignore[assignment]
+    asyncio.run(runner.thaw())
+    assert stopper.calls == [] and node.written == []
+
+    node, runner = _runner(state, slots=2)
+    runner._stoppers[state.key] = _Recording(_for_each(Action.THAW, "good bet"))  # type: ignore[assignment]
+    launched: list[bytes] = []
+
+    async def launch(state: ExperimentState, view: Any, *, thaw: bool = False) -> None:
+        launched.append(view.key)
+        slot = next(s for s in runner.slots if s.index not in runner.running)
+        runner.running[slot.index] = Running(slot, state.key, view.key)
+
+    runner.launch = launch  # type: ignore[method-assign]
+    asyncio.run(runner.thaw())
+    assert len(launched) == 1 and launched[0] in (first, second)
+
+
+def test_a_stopped_experiments_frozen_trials_are_not_thawed() -> None:
+    """`metaopt stop` ends an experiment: its frozen trials stay frozen."""
+    state, _ = _frozen_trial(1)
+    state.stopped = True
+    node, runner = _runner(state)
+    stopper = _Recording(_for_each(Action.THAW, "good bet"))
+    runner._stoppers[state.key] = stopper  # type: ignore[assignment]
+    asyncio.run(runner.thaw())
+    assert stopper.calls == [] and node.written == []
+
+
+@pytest.mark.parametrize("action", [Action.THAW, Action.KILL])
+def test_a_thaw_acts_only_on_trials_still_frozen_after_the_decision(action: Action) -> None:
+    """Killed by hand while the stopper thought, a trial is neither launched again nor
+    recorded killed a second time over its new state."""
+    state, trial = _frozen_trial(1)
+    node, runner = _runner(state)
+
+    def killed() -> None:
+        _event(state, trial, "killed", ME, 1)
+
+    runner._stoppers[state.key] = _Recording(_for_each(action, "why"), killed)  # type: ignore[assignment]
+    launched: list[bytes] = []
+
+    async def launch(state: ExperimentState, view: Any, *, thaw: bool = False) -> None:
+        launched.append(view.key)
+
+    runner.launch = launch  # type: ignore[method-assign]
+    asyncio.run(runner.thaw())
+    assert launched == [] and node.written == []
