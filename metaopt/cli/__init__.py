@@ -3,12 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
+from typing import NoReturn, cast
 
 from metaopt._errors import MetaoptError
 
 __all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's mistakes in one line, naming the command's help: it printed the usage of
+    `metaopt` over three lines, then the mistake (`metaopt status --jsn` named no `status`)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}; see `{self.prog} -h`\n")
+
+
+def _deepest(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)command parser that read ``args``: `metaopt peer start`'s for its options."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(str(getattr(args, action.dest, "")))
+            if chosen is not None:
+                return _deepest(chosen, args)
+    return parser
+
+
+def _unrecognised(parser: argparse.ArgumentParser, extra: list[str]) -> str:
+    """What `metaopt CMD` did not take, with the option meant where one is close."""
+    options = [o for a in parser._actions for o in a.option_strings]
+    said = f"{parser.prog}: unrecognized argument(s) {' '.join(extra)}"
+    for word in extra:
+        close = difflib.get_close_matches(word.partition("=")[0], options, n=1, cutoff=0.75)
+        if word.startswith("-") and close:
+            said += f" (did you mean {close[0]}?)"
+            break
+    return f"{said}; see `{parser.prog} -h`"
 
 
 def _run_submit(args: argparse.Namespace) -> int:
@@ -23,12 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     from metaopt.cli._read import add_read_commands
     from metaopt.cli._submit import add_submit_command
 
-    parser = argparse.ArgumentParser(
-        prog="metaopt", description="Hyperparameter search with no master."
-    )
+    parser = _Parser(prog="metaopt", description="Hyperparameter search with no master.")
     # Every peer of a cluster runs one release: how to see which one this is.
     parser.add_argument("--version", action="version", version=f"metaopt {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # (The subcommands' parsers are _Parsers too: argparse makes them of the parent's class.)
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", required=True),
+    )
     add_peer_commands(sub)
     add_submit_command(sub)
     add_read_commands(sub)
@@ -65,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         # mistake the template's own options for ours, so submit splits them itself.
         args = argparse.Namespace(words=words[1:], func=_run_submit)
     else:
-        args = parser.parse_args(words)
+        args, extra = parser.parse_known_args(words)
+        if extra:
+            print(_unrecognised(_deepest(parser, args), extra), file=sys.stderr)
+            return 2
     try:
         return int(args.func(args) or 0)
     except MetaoptError as exc:

@@ -455,3 +455,39 @@ def test_logs_of_a_trial_say_how_it_ended_and_why_after_its_output(
     peer.info = {"here": True, "text": "xxxx", "state": "killed", "reason": "timeout"}
     assert main(["logs", "ab" * 6]) == 0
     assert capsys.readouterr() == ("xxxx\n", "(killed: timeout)\n")
+
+
+@pytest.mark.parametrize(
+    ("words", "said"),
+    [
+        (
+            ["status", "--jsn"],
+            "metaopt status: unrecognized argument(s) --jsn (did you mean --json?);"
+            " see `metaopt status -h`",
+        ),
+        (
+            ["peer", "start", "--slotz", "2"],
+            "metaopt peer start: unrecognized argument(s) --slotz 2 (did you mean --slots?);"
+            " see `metaopt peer start -h`",
+        ),
+        (
+            ["status", "a", "b"],
+            "metaopt status: unrecognized argument(s) b; see `metaopt status -h`",
+        ),
+        (
+            ["logs"],
+            "metaopt logs: the following arguments are required: trial; see `metaopt logs -h`",
+        ),
+    ],
+)
+def test_a_mistyped_command_line_is_one_line_naming_the_command(
+    words: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse printed the usage of `metaopt` over three lines, then the mistake, naming no
+    command (`metaopt status --jsn`), and no option close to the one mistyped."""
+    try:
+        code = main(words)
+    except SystemExit as exited:  # (argparse's own exit, for what it finds missing)
+        code = exited.code  # type: ignore[assignment]
+    assert code == 2
+    assert capsys.readouterr().err == said + "\n"
