@@ -208,7 +208,8 @@ def params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     given, searched = _params_cache[1]
     out = dict(defaults or {})
     for name, raw in given.items():
-        out[name] = _like(name, out[name], raw) if name in out else _infer(raw)
+        if name not in searched:  # (choices(['auto', 0.1]) drew "auto" for a float default)
+            out[name] = _like(name, out[name], raw) if name in out else _infer(raw)
     out.update(searched)
     return out
 

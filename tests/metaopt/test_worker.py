@@ -156,6 +156,10 @@ def test_params_under_a_peer_keep_the_fixed_options_of_the_command_line(
     monkeypatch.setattr(sys, "argv", argv)
     got = worker.params({"epochs": 3, "fast": False, "seed": 1})
     assert got == {"lr": 0.01, "opt": "00", "epochs": 10, "fast": True, "seed": 1}
+    # A searched value is the search's, whatever its default's kind: not refused as no number.
+    monkeypatch.setenv("METAOPT_PARAMS", json.dumps({"lr": "auto"}))
+    monkeypatch.setattr(sys, "argv", ["train.py", "--lr", "auto"])
+    assert worker.params({"lr": 0.1}) == {"lr": "auto"}
 
 
 def test_params_returns_a_fresh_dict(monkeypatch: pytest.MonkeyPatch) -> None:
