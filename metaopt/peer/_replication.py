@@ -25,10 +25,11 @@ __all__ = ["Replicator", "stepped"]
 log = logging.getLogger("metaopt.peer")
 
 
-# A push stays well under the reconciliation message's limits, in bytes (4 MiB) and in
-# records (the receiver refuses a push of more, and only says so in its debug log: 2 MiB of
-# small progress events is 17,000 of them); bigger bursts (a code bundle, a backlog of
-# events) go as several pushes.
+# A push stays well under what a session's message carries, in bytes (4 MiB; a receiver
+# takes a push up to its frame limit, but a push as large as a session's message stays cheap
+# to take in) and in records (the receiver refuses a push of more, and only says so in its
+# debug log: 2 MiB of small progress events is 17,000 of them); bigger bursts (a code bundle,
+# a backlog of events) go as several pushes.
 _PUSH_BYTES = 2 << 20
 _PUSH_RECORDS = SyncConfig().max_records // 2
 
@@ -94,7 +95,6 @@ class Replicator:
         self.sessions = 0
         # Addresses this peer has a session of its own with now (see Node._on_sync).
         self._partners: dict[str, int] = {}
-        self.bytes_sent = 0
 
     def on_new(self, records: list[Record]) -> None:
         """Store subscriber: queue this node's own new records for an eager push."""
@@ -129,7 +129,6 @@ class Replicator:
 
     async def _push(self, addr: str, message: bytes) -> None:
         try:
-            self.bytes_sent += len(message)
             await self.client.call(addr, "sync", message)
         except (PeerUnreachable, RemoteError) as exc:
             log.debug("push to %s failed: %s", addr, exc)
@@ -153,7 +152,6 @@ class Replicator:
         message: bytes | None = session.start()
         try:
             while message is not None:
-                self.bytes_sent += len(message)
                 reply = await self.client.call(addr, "sync", message)
                 if not isinstance(reply, bytes):
                     self._aborted(addr, "reply", "it sent a sync reply that is not bytes")
