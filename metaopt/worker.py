@@ -239,7 +239,7 @@ def resume_step() -> int | None:
     text = os.environ.get(ENV_RESUME_STEP, "").strip()
     if not text:
         return None
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # ("²" is a digit to isdigit, not to int)
         raise WorkerError(f"{ENV_RESUME_STEP}={text!r} is not an integer >= 0; unset it")
     return int(text)
 

@@ -62,8 +62,10 @@ def _all_points_tried(state: ExperimentState) -> str | None:
 
 
 def _natural(name: str) -> list[tuple[int, int | str]]:
-    """A name's sort key with its numbers as numbers: exp2 before exp10."""
-    return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", name) if p]
+    """A name's sort key with its numbers as numbers: exp2 before exp10. (isdecimal, not
+    isdigit: "²" is a digit to isdigit that int() cannot read, and one name holding it broke
+    the listing of every experiment on every peer, for good.)"""
+    return [(0, int(p)) if p.isdecimal() else (1, p) for p in re.split(r"(\d+)", name) if p]
 
 
 def trial_json(state: ExperimentState, trial: TrialView) -> dict[str, Any]:

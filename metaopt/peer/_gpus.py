@@ -120,7 +120,11 @@ def _check_named(given: str, devices: list[str], seen: list[str] | None) -> None
         )
         return
     for d in devices:
-        known = (d.isdigit() and int(d) < len(seen)) or d in seen or d.startswith("MIG-")
+        known = (
+            (d.isascii() and d.isdigit() and int(d) < len(seen))
+            or d in seen
+            or d.startswith("MIG-")
+        )
         if not known:
             have = f"GPUs 0-{len(seen) - 1}" if seen else "no GPU"
             raise MetaoptError(

@@ -273,9 +273,10 @@ def test_resume_step_and_ids(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert worker.trial_id() == "abc"
     assert worker.trial_dir() == tmp_path
     assert worker.data_dir() == tmp_path / "d"
-    monkeypatch.setenv("METAOPT_RESUME_STEP", "-3")
-    with pytest.raises(WorkerError, match="METAOPT_RESUME_STEP"):
-        worker.resume_step()
+    for bad in ("-3", "²"):  # ("²" is a digit to isdigit: int() raised ValueError)
+        monkeypatch.setenv("METAOPT_RESUME_STEP", bad)
+        with pytest.raises(WorkerError, match="METAOPT_RESUME_STEP"):
+            worker.resume_step()
 
 
 def test_the_package_exports_the_worker_api() -> None:

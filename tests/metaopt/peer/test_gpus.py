@@ -52,7 +52,9 @@ def test_a_named_gpu_nvml_does_not_see_is_refused() -> None:
     # `--gpus 7` on a machine without GPUs was taken: every trial got CUDA_VISIBLE_DEVICES=7.
     two = ["GPU-a", "GPU-b"]
     assert [s.gpu for s in detect_slots("1,GPU-a", environ={}, probe=lambda: two)] == ["1", "GPU-a"]
-    for gpus, seen, have in (("7", [], "no GPU"), ("2", two, "GPUs 0-1"), ("GPU-c", two, "0-1")):
+    # An Arabic-Indic one, a digit to int(), was taken: CUDA reads no such index.
+    cases = (("7", [], "no GPU"), ("2", two, "GPUs 0-1"), ("GPU-c", two, "0-1"), ("١", two, "0-1"))
+    for gpus, seen, have in cases:
         with pytest.raises(MetaoptError) as info:
             detect_slots(gpus, environ={}, probe=lambda seen=seen: seen)
         message = str(info.value)
