@@ -611,7 +611,8 @@ class Study:
         kind = "frozen" if decision.action is Action.FREEZE else "killed"
         view = self._state.trial(key)
         step = view.last_step if view is not None and view.curve else None
-        self._event(key, kind, step=step, reason=decision.reason)
+        rung = decision.rung if decision.action is Action.KILL else None
+        self._event(key, kind, step=step, reason=decision.reason, rung=rung)
         return True
 
     def _check_own(self, call: str, key: bytes, view: TrialView | None) -> None:
@@ -668,7 +669,13 @@ class Study:
             if decision.action is Action.KILL:
                 # Frozen for good: recorded, so status shows it killed and it is not
                 # judged again at every ask().
-                self._event(key, "killed", step=view.last_step or None, reason=decision.reason)
+                self._event(
+                    key,
+                    "killed",
+                    step=view.last_step or None,
+                    reason=decision.reason,
+                    rung=decision.rung,
+                )
             elif decision.action is Action.THAW and thawed is None:
                 # Its step even at 0: a thaw without one is a fresh start (the fold drops the
                 # curve so far).
@@ -705,6 +712,7 @@ class Study:
         metrics: Mapping[str, Any] | None = None,
         reason: str | None = None,
         supersedes: tuple[bytes, ...] = (),
+        rung: int | None = None,
     ) -> None:
         body = EventBody(
             trial,
@@ -716,6 +724,7 @@ class Study:
             None,
             reason,
             supersedes=supersedes,
+            rung=rung,
         )
         self._writer.write(EVENT, body.to_body(), [trial, self.experiment_key])
 
