@@ -54,8 +54,9 @@ def max_step_of(state: ExperimentState, space: Space, trials: Sequence[TrialView
 def curve_views(
     state: ExperimentState, suggester: Suggester, trials: Sequence[TrialView] | None = None
 ) -> list[CurveView]:
-    """Every trial with at least one step report, as the early stoppers see it, each at the
-    point of the unit cube its suggester keeps for it (``Suggester.unit``).
+    """Every trial with at least one step report, and every running or pending one (the
+    stoppers owe each own running trial a decision, reports or none), as the early stoppers
+    see it, each at the point of the unit cube its suggester keeps for it (``Suggester.unit``).
 
     Given ``trials`` (``state.trials()``, taken on the event loop) it reads nothing else that
     changes, so it may run in a worker thread: at 50,000 trials it takes seconds.
