@@ -315,7 +315,9 @@ class LocalApi:
             with log_path.open("rb") as f:
                 f.seek(0, 2)
                 size = f.tell()
-                f.seek(max(0, size - _LOG_TAIL))
+                # One byte before the cut as well: it says whether the cut falls at a line's
+                # start (a whole line was dropped when it did).
+                f.seek(max(0, size - _LOG_TAIL - 1))
                 tail = f.read()
             if size <= _LOG_TAIL:
                 return {"here": True, "text": tail.decode(errors="replace"), **verdict}

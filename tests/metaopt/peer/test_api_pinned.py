@@ -301,6 +301,23 @@ def test_a_log_of_exactly_the_shown_size_is_shown_whole(tmp_path: Path) -> None:
     assert len(out["text"]) == 1 << 20 and "size" not in out
 
 
+def test_a_log_cut_at_a_line_start_keeps_that_line(tmp_path: Path) -> None:
+    """The 1 MiB cut goes to the next line's start, unless it falls at one: then the line
+    there was dropped whole as if it had been cut."""
+    exp = _exp()
+    trial = _trial(exp, 2, {"x": 0.5})
+    store = MemoryStore()
+    store.add([exp, trial, *_events(exp, trial, (NODE, "started"))])
+    log = tmp_path / "output.log"
+    kept = b"kept line\n" + b"y" * ((1 << 20) - 10)
+    log.write_bytes(b"dropped\n" + kept)
+    out = _call(_logs_api(store, log), "logs", trial.key.hex()[:8])
+    assert out["text"].encode() == kept and out["size"] == len(kept) + 8
+    log.write_bytes(b"dropped" + kept[1:] + b"\n")  # the cut now falls inside "kept line"
+    out = _call(_logs_api(store, log), "logs", trial.key.hex()[:8])
+    assert out["text"].encode() == b"y" * ((1 << 20) - 10) + b"\n"
+
+
 def test_logs_of_a_trial_no_runner_has_started_show_the_log_here(tmp_path: Path) -> None:
     """A trial whose start has not been recorded yet (pending) but whose output is here: its
     log is shown, not "it ran elsewhere" with no node."""
