@@ -277,18 +277,18 @@ def _load_config(path: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         why = getattr(exc, "strerror", None) or exc
         raise MetaoptError(f"cannot read --config {path}: {why}") from None
+    # The format by the file's name, in its message too: by the exception's type, a YAML
+    # date out of range (a ValueError) was "not valid JSON", a JSON nested too deeply "YAML".
+    is_yaml = path.lower().endswith((".yaml", ".yml"))
+    if is_yaml:
+        import yaml
     try:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except ValueError as exc:  # json.JSONDecodeError
-        raise MetaoptError(f"--config {path} is not valid JSON: {exc}") from None
-    except Exception as exc:  # yaml.YAMLError; its text spans lines
-        first = " ".join(str(exc).split())
-        raise MetaoptError(f"--config {path} is not valid YAML: {first}") from None
+        data = yaml.safe_load(text) if is_yaml else json.loads(text)
+    except Exception as exc:  # JSONDecodeError, YAMLError, a YAML date's ValueError, recursion
+        first = " ".join(str(exc).split())  # (a YAMLError's text spans lines)
+        raise MetaoptError(
+            f"--config {path} is not valid {'YAML' if is_yaml else 'JSON'}: {first}"
+        ) from None
     if not isinstance(data, dict):
         raise MetaoptError(f"--config {path} must hold a mapping of submit options")
     options = {str(k).replace("-", "_"): v for k, v in data.items()}
