@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from metaopt import MetaoptError, Study
 from metaopt.freezethaw import Action, CurveView, Decision
+from tests.metaopt.stoppers import RuleStopper
 from tests.metaopt.test_study import A, B, _FreezeThen
 
 X = {"x": "uniform(0, 1)"}
@@ -178,29 +178,21 @@ def test_ask_thaws_one_frozen_trial_at_a_time() -> None:
     assert {first.key, second.key} == frozen
 
 
-class _ThawUpToSlots:
+def _thaw_up_to_slots(
+    curves: Sequence[CurveView], own: Collection[str], free_slots: int
+) -> list[Decision]:
     """Freezes every running trial; thaws as many frozen ones as there are free slots."""
-
-    def decide(
-        self,
-        curves: Sequence[CurveView],
-        own: Collection[str],
-        free_slots: int,
-        rng: np.random.Generator,
-        *,
-        fresh_available: bool = True,
-    ) -> list[Decision]:
-        mine = sorted((c for c in curves if c.trial_id in own), key=lambda c: c.trial_id)
-        running = [Decision(c.trial_id, Action.FREEZE, "t") for c in mine if c.state == "running"]
-        frozen = [c for c in mine if c.state == "frozen"][:free_slots]
-        return running + [Decision(c.trial_id, Action.THAW, "test") for c in frozen]
+    mine = sorted((c for c in curves if c.trial_id in own), key=lambda c: c.trial_id)
+    running = [Decision(c.trial_id, Action.FREEZE, "t") for c in mine if c.state == "running"]
+    frozen = [c for c in mine if c.state == "frozen"][:free_slots]
+    return running + [Decision(c.trial_id, Action.THAW, "test") for c in frozen]
 
 
 def test_once_the_budget_is_spent_every_frozen_trial_worth_resuming_is_resumed() -> None:
     """At the budget's end the stopper is offered a slot per frozen trial: those it would all
     resume are handed back in turn, not killed as 'not worth resuming' for want of a slot."""
     study = Study(X, algorithm="random", seed=0, max_step=10, max_trials=2)
-    study._stopper = _ThawUpToSlots()
+    study._stopper = RuleStopper(_thaw_up_to_slots)
     frozen = _two_frozen(study)
     resumed = {study.ask().key, study.ask().key}
     assert resumed == frozen

@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pytest
 
 from crdt import Record
@@ -25,7 +23,7 @@ from metaopt._records import (
     parse_experiment,
 )
 from metaopt._state import ExperimentState
-from metaopt.freezethaw import Action, CurveView, Decision
+from metaopt.freezethaw import Action, Decision
 from metaopt.peer._gpus import Slot
 from metaopt.peer._runner import SUPERSEDED, Running, TrialRunner
 from metaopt.space import Space
@@ -37,6 +35,7 @@ from tests.metaopt.peer.test_runner_decisions import (
     _one_trial,
     _runner_in,
 )
+from tests.metaopt.stoppers import Rule, RuleStopper
 
 OTHER = b"o" * 16
 SPACE = {"x": "uniform(0, 1)"}
@@ -79,38 +78,8 @@ def _stopping_process(asked: list[str] | None = None) -> Any:
     return SimpleNamespace(request_stop=(asked if asked is not None else []).append, exited=False)
 
 
-class _Recording:
-    """A stopper that returns ``decide(curves, own)``'s decisions and records each call
-    (own, free slots, fresh_available); ``during`` runs in the call, as if the replica
-    moved on while the stopper thought."""
-
-    def __init__(
-        self,
-        decide: Callable[[Sequence[CurveView], Collection[str]], list[Decision]],
-        during: Callable[[], None] | None = None,
-    ) -> None:
-        self.calls: list[tuple[set[str], int, bool]] = []
-        self._decide, self._during = decide, during
-
-    def decide(
-        self,
-        curves: Sequence[CurveView],
-        own: Collection[str],
-        free_slots: int,
-        rng: np.random.Generator,
-        *,
-        fresh_available: bool = True,
-    ) -> list[Decision]:
-        self.calls.append((set(own), free_slots, fresh_available))
-        if self._during is not None:
-            self._during()
-        return self._decide(curves, own)
-
-
-def _for_each(
-    action: Action, why: str
-) -> Callable[[Sequence[CurveView], Collection[str]], list[Decision]]:
-    return lambda curves, own: [Decision(t, action, why) for t in sorted(own)]
+def _for_each(action: Action, why: str) -> Rule:
+    return lambda curves, own, free: [Decision(t, action, why) for t in sorted(own)]
 
 
 # ------------------------------------------------------------------------------ can_run
@@ -403,7 +372,7 @@ def test_a_trial_lost_while_frozen_that_moved_on_while_judged_is_not_rerun() -> 
     def taken() -> None:
         _event(state, trial, "started", OTHER, 1)
 
-    runner._stoppers[state.key] = _Recording(_for_each(Action.THAW, "good bet"), taken)  # type: ignore[assignment]
+    runner._stoppers[state.key] = RuleStopper(_for_each(Action.THAW, "good bet"), taken)  # type: ignore[assignment]
     view = state.trial(trial)
     assert view is not None
     assert asyncio.run(runner.worth_rerun(state, view)) is None
@@ -418,7 +387,7 @@ def test_the_stopper_is_told_no_fresh_trial_is_left_once_the_budget_is_spent() -
     for max_trials, fresh in ((1, False), (None, True)):
         state, trial = _frozen_trial(1, max_trials=max_trials)
         _, runner = _runner(state)
-        stopper = _Recording(lambda curves, own: [])
+        stopper = RuleStopper(lambda curves, own, free: [])
         runner._stoppers[state.key] = stopper  # type: ignore[assignment]
         asyncio.run(runner._decide(state, {trial.hex()}, 1))
         assert stopper.calls == [({trial.hex()}, 1, fresh)]
@@ -462,7 +431,7 @@ def test_a_run_already_stopping_is_not_judged_again() -> None:
     _, runner = _runner(state)
     run = Running(runner.slots[0], state.key, busy.key, process=_stopping_process())
     runner.running[0] = run
-    stopper = _Recording(lambda curves, own: [])
+    stopper = RuleStopper(lambda curves, own, free: [])
     runner._stoppers[state.key] = stopper  # type: ignore[assignment]
     asyncio.run(runner.monitor())
     assert stopper.calls == [({busy.key.hex()}, 0, True)]
@@ -480,7 +449,7 @@ def test_frozen_trials_are_not_settled_while_a_trial_of_theirs_runs_here() -> No
     assert state.budget_spent
     node, runner = _runner(state)
     runner.running[0] = Running(runner.slots[0], state.key, running, process=_stopping_process())
-    stopper = _Recording(lambda curves, own: [])
+    stopper = RuleStopper(lambda curves, own, free: [])
     runner._stoppers[state.key] = stopper  # type: ignore[assignment]
     asyncio.run(runner.monitor())
     assert node.written == [] and stopper.calls[0][1] == 0
@@ -496,7 +465,7 @@ def test_a_frozen_trial_thawed_while_judged_is_not_killed(action: Action) -> Non
     def thawed() -> None:
         _event(state, trial, "thawed", ME, 1)
 
-    stopper = _Recording(_for_each(action, "hopeless"), thawed)
+    stopper = RuleStopper(_for_each(action, "hopeless"), thawed)
     runner._stoppers[state.key] = stopper  # type: ignore[assignment]
     asyncio.run(runner.monitor())
     assert node.written == []
@@ -537,13 +506,13 @@ def test_a_thaw_leaves_the_slots_interrupted_trials_need() -> None:
     cut = _add_trial(state, 3, 0.3)
     _event(state, cut, "started", ME, 3)
     node, runner = _runner(state, slots=1)
-    stopper = _Recording(_for_each(Action.KILL, "hopeless"))
+    stopper = RuleStopper(_for_each(Action.KILL, "hopeless"))
     runner._stoppers[state.key] = stopper  # type: ignore[assignment]
     asyncio.run(runner.thaw())
     assert stopper.calls == [] and node.written == []
 
     node, runner = _runner(state, slots=2)
-    runner._stoppers[state.key] = _Recording(_for_each(Action.THAW, "good bet"))  # type: ignore[assignment]
+    runner._stoppers[state.key] = RuleStopper(_for_each(Action.THAW, "good bet"))  # type: ignore[assignment]
     launched: list[bytes] = []
 
     async def launch(state: ExperimentState, view: Any, *, thaw: bool = False) -> None:
@@ -561,7 +530,7 @@ def test_a_stopped_experiments_frozen_trials_are_not_thawed() -> None:
     state, _ = _frozen_trial(1)
     state.stopped = True
     node, runner = _runner(state)
-    stopper = _Recording(_for_each(Action.THAW, "good bet"))
+    stopper = RuleStopper(_for_each(Action.THAW, "good bet"))
     runner._stoppers[state.key] = stopper  # type: ignore[assignment]
     asyncio.run(runner.thaw())
     assert stopper.calls == [] and node.written == []
@@ -577,7 +546,7 @@ def test_a_thaw_acts_only_on_trials_still_frozen_after_the_decision(action: Acti
     def killed() -> None:
         _event(state, trial, "killed", ME, 1)
 
-    runner._stoppers[state.key] = _Recording(_for_each(action, "why"), killed)  # type: ignore[assignment]
+    runner._stoppers[state.key] = RuleStopper(_for_each(action, "why"), killed)  # type: ignore[assignment]
     launched: list[bytes] = []
 
     async def launch(state: ExperimentState, view: Any, *, thaw: bool = False) -> None:
