@@ -476,12 +476,16 @@ class LocalApi:
         if not isinstance(body, dict):
             raise MetaoptError("clean takes experiments, keep and dry_run")
         names, keep = body.get("experiments") or [], body.get("keep", 1)
-        if not isinstance(names, list) or not isinstance(keep, int) or keep < 0:
+        dry_run = body.get("dry_run", False)
+        # (type(): True is an int, and {"keep": true} kept one trial as if it said 1.)
+        if not isinstance(names, list) or type(keep) is not int or keep < 0:
             raise MetaoptError("clean takes a list of experiments and a keep of 0 or more")
+        if not isinstance(dry_run, bool):
+            raise MetaoptError("clean takes a dry_run of true or false")
         replica = self.node.replica
         states = [self._experiment(n) for n in names] if names else replica.experiments.values()
         plan = plan_clean(states, self.node.dirs, self.node.runner.running_keys(), keep)
-        return plan, bool(body.get("dry_run"))
+        return plan, dry_run
 
     async def clean(self, request: Request) -> Any:
         """Delete the folders of this peer's ended trials (but the best) and the code bundles

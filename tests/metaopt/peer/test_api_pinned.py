@@ -457,15 +457,18 @@ def _clean_api(tmp_path: Path) -> tuple[LocalApi, Record, Record, Path]:
 
 def test_clean_keeps_the_best_trial_unless_told_a_keep_of_0(tmp_path: Path) -> None:
     """`metaopt clean --keep 0` empties every ended trial's folder; with no keep given the
-    best trial's folder stays (what `best` points the user to); a negative keep is refused."""
+    best trial's folder stays (what `best` points the user to); a negative keep, a keep of
+    true (an int to Python) and a dry_run that is not true or false are refused."""
     api, _e, _f, _bundle = _clean_api(tmp_path)
     plan, dry_run = api.clean_plan({})
     assert len(plan.to_keep) == 1 and len(plan.to_empty) == 1 and dry_run is False
     plan, _ = api.clean_plan({"keep": 0})
     assert plan.to_keep == [] and len(plan.to_empty) == 2
-    for bad in ({"keep": -1}, {"experiments": "e"}, "e", None):
+    for bad in ({"keep": -1}, {"keep": True}, {"keep": 1.0}, {"experiments": "e"}, "e", None):
         with pytest.raises(MetaoptError, match="clean takes"):
             api.clean_plan(bad)
+    with pytest.raises(MetaoptError, match="dry_run of true or false"):
+        api.clean_plan({"dry_run": "no"})
 
 
 def test_clean_of_named_experiments_touches_only_theirs(tmp_path: Path) -> None:
