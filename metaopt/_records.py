@@ -55,11 +55,13 @@ BLOB = "blob"
 
 # started: a node began running the trial; progress: a report (step, metrics); heartbeat: still
 # alive; completed/failed/killed: terminal; frozen: paused by freeze-thaw, may be thawed;
-# thawed: resumed; lost: its node vanished (written by whoever noticed); interrupted: its node
-# stopped gracefully. lost and interrupted trials are free to be run again by any peer.
+# thawed: resumed; restarted: a resumed run began again from step 0 (it had no checkpoint);
+# lost: its node vanished (written by whoever noticed); interrupted: its node stopped
+# gracefully. lost and interrupted trials are free to be run again by any peer.
 EVENT_KINDS = frozenset(
     {
         "started",
+        "restarted",
         "progress",
         "heartbeat",
         "completed",

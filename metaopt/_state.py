@@ -13,7 +13,8 @@ State rules (see TrialView.state):
   running; frozen, lost and interrupted mean what they say; none means pending. A run's
   reports, heartbeats and stops count only while it is the current run (the latest start).
 - the curve is one run's: the run that ended the trial, else the current one; a start keeps
-  the reports of that node's earlier run up to its resume step (none without one).
+  the reports of that node's earlier run up to its resume step (none without one, nor after
+  the run says it restarted from step 0).
 - lost and interrupted trials are free: any peer may run them again.
 - a trial whose params are not a point of the experiment's space (a buggy or forged record:
   x = "abc" for a uniform, a parameter missing or unknown) is failed whatever its events say,
@@ -66,7 +67,7 @@ ACTIVE_STATES = frozenset({"pending", "running", "frozen"})
 # The reason `metaopt freeze` records: a pause only the user ends (thaw, or stop the experiment).
 FROZEN_BY_HAND = "frozen by the user"
 KILLED_BY_HAND = "killed by the user"  # `metaopt kill`
-_RUNNING_SIGNALS = frozenset({"started", "thawed", "progress", "heartbeat"})
+_RUNNING_SIGNALS = frozenset({"started", "thawed", "restarted", "progress", "heartbeat"})
 _LIFECYCLE = _RUNNING_SIGNALS | {"frozen", "lost", "interrupted"}
 _TERMINAL_RANK = {"completed": 0, "failed": 1, "killed": 1}
 
@@ -233,7 +234,7 @@ def _cycle_members(preds: Mapping[bytes, list[tuple[bytes, int]]]) -> dict[bytes
 
 
 # Events a run writes about itself: they count for the trial only while it is the current run.
-_RUN_OWN = frozenset({"progress", "heartbeat", "frozen", "interrupted"})
+_RUN_OWN = frozenset({"progress", "heartbeat", "frozen", "interrupted", "restarted"})
 
 
 @dataclass
@@ -426,6 +427,12 @@ class TrialFold:
         if current:
             self._latest = ekey
             self._counted.add(ekey)
+            if event.kind == "restarted":
+                # Resumed, it began again from step 0 (no checkpoint): the curve it was
+                # resumed with is not its own. Kept, the earlier run's later steps sat beside
+                # the new run's, and a freeze recorded the old run's last step.
+                self._runs[event.node] = _Run()
+                self._resumed_step = None
         if event.kind in _TERMINAL_RANK:
             rank = (_TERMINAL_RANK[event.kind], time, ekey, event)
             if self._terminal is None or rank[:3] < self._terminal[:3]:

@@ -422,6 +422,9 @@ class Study:
         # the same one meanwhile (and be its runner after a sync), yet this one's result is
         # a result all the same.
         self._asked: set[bytes] = set()
+        # The step each trial handed out resumed after, until its first report: a report
+        # below it says the caller started again from step 0 (it had no checkpoint).
+        self._resumed: dict[bytes, int] = {}
         if root is not None:
             self._free_orphans()
 
@@ -454,7 +457,8 @@ class Study:
         """A trial to evaluate: a frozen one worth resuming, a free one, else a new point.
 
         A resumed trial carries ``resume_step``: continue from there (from its checkpoint), or
-        from 0 if it has none — its new reports simply replace the old ones.
+        from 0 if it has none — a first report below resume_step says so, and the curve is
+        then the new run's alone.
         """
         if self._state.stopped:  # (nor a frozen or free one: nothing starts again)
             raise MetaoptError("the experiment was stopped; no new trials are handed out")
@@ -471,6 +475,7 @@ class Study:
                 step = view.last_step
                 self._event(view.key, "started", step=step, supersedes=view.free_events)
                 self._asked.add(view.key)
+                self._resumed[view.key] = step
                 return Trial(view.key, dict(view.params), view.counter, view.last_step)
         if self._state.budget_spent:
             raise MetaoptError(
@@ -589,6 +594,11 @@ class Study:
         except WorkerError as exc:
             raise MetaoptError(f"report(): {exc}") from None
         metrics = {name: _checked_metric("report()", name, value, True)}
+        if step < self._resumed.pop(key, 0):
+            # Handed back to resume after a step, it reports from the start: the caller has
+            # no checkpoint and runs it again from step 0. Recorded, so the earlier run's
+            # later steps leave its curve, and a freeze records where this run got to.
+            self._event(key, "restarted")
         self._event(key, "progress", step=step, metrics=metrics)
 
     @_serialised
@@ -680,6 +690,7 @@ class Study:
                 # Its step even at 0: a thaw without one is a fresh start (the fold drops the
                 # curve so far).
                 self._event(key, "thawed", step=view.last_step, reason=decision.reason)
+                self._resumed[key] = view.last_step
                 thawed = Trial(key, dict(view.params), view.counter, view.last_step)
         if ending and self._stopper is not None:
             worth = {t for t, d in decisions.items() if d.action in (Action.THAW, Action.KILL)}

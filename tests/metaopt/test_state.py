@@ -213,7 +213,7 @@ def _random_history(rnd: random.Random) -> Log:
     trials = [log.trial(NODE_A, 0.25), log.trial(NODE_B, 0.75)]
     events: dict[bytes, list[Record]] = {t.key: [] for t in trials}
     kinds = ["started", "thawed", "progress", "progress", "progress", "heartbeat", "frozen",
-             "lost", "interrupted", "completed", "failed", "killed"]  # fmt: skip
+             "lost", "interrupted", "completed", "failed", "killed", "restarted"]  # fmt: skip
     skew = {node: rnd.choice([0, 0, -40, 25]) for node in nodes}  # each node's clock
     clock = 2000
     for _ in range(rnd.randint(1, 40)):
@@ -629,6 +629,27 @@ def test_a_rerun_from_0_shows_its_own_curve_whatever_the_clocks() -> None:
     log.event(t, NODE_B, "thawed", 10_020, step=2)
     view = log.state().trial(t.key)
     assert view is not None and view.curve == ((1, 1.0), (2, 1.0)) and view.last_step == 2
+
+
+def test_a_restart_of_the_current_run_drops_the_curve_it_was_resumed_with() -> None:
+    # A Study caller with no checkpoint runs a thawed trial again from step 0 and says so
+    # (restarted): the steps the resumed run kept are not the new run's. A restart written by
+    # a node that is not the trial's runner (a run a re-run replaced) changes nothing.
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    log.event(t, NODE_A, "started", 1_000)
+    for step in range(1, 6):
+        log.event(t, NODE_A, "progress", 1_000 + step, step=step, metrics={"objective": 9.0})
+    log.event(t, NODE_A, "frozen", 1_100, step=5)
+    log.event(t, NODE_A, "thawed", 1_200, step=5)
+    log.event(t, NODE_B, "restarted", 1_250)
+    view = log.state().trial(t.key)
+    assert view is not None and view.last_step == 5 and view.resumed_step == 5
+    log.event(t, NODE_A, "restarted", 1_300)
+    log.event(t, NODE_A, "progress", 1_301, step=1, metrics={"objective": 1.0})
+    view = log.state().trial(t.key)
+    assert view is not None and view.state == "running" and view.resumed_step is None
+    assert view.curve == ((1, 1.0),) and view.last_step == 1 and view.thaws == 1
 
 
 HOUR = 3_600_000

@@ -16,6 +16,7 @@ import pytest
 
 from crdt import ClusterKey
 from metaopt import MetaoptError, Study
+from metaopt._study import Trial
 from metaopt._records import CONTROL
 from metaopt.freezethaw import Action, CurveView, Decision
 from metaopt.peer._identity import DataDir
@@ -468,6 +469,64 @@ def test_a_thaw_from_step_0_keeps_the_report_at_step_0() -> None:
     assert again.key == first.key and again.resume_step == 0
     view = next(t for t in study.trials if t.key == first.key)
     assert view.state == "running" and view.curve == ((0, 0.75),)
+
+
+def _frozen_at_5_then_thawed(study: Study) -> Trial:
+    """A trial of study reported at steps 1-5, frozen there, then handed back by ask()."""
+    study._stopper = _FreezeThen(Action.THAW)
+    first = study.ask()
+    for step in range(1, 6):
+        study.report(first, step, 1.0 / step)
+    assert study.should_stop(first)
+    again = study.ask()
+    assert again.key == first.key and again.resume_step == 5
+    return again
+
+
+def test_a_thawed_trial_run_again_from_step_0_has_the_new_run_s_curve_and_freeze_step() -> None:
+    """A Study user without checkpoints runs a thawed trial again from step 0, as ask()
+    allows: its curve is the new run's alone and its freeze records the new run's step. The
+    old run's steps 3-5 stayed beside the new run's 1-2, the freeze said step 5, and the next
+    thaw told the caller to resume after step 5 where the run had reached 2."""
+    study = Study({"x": "uniform(0, 1)"}, algorithm="random", seed=0, max_step=10)
+    again = _frozen_at_5_then_thawed(study)
+    study.report(again, 1, 0.9)
+    study.report(again, 2, 0.8)
+    view = next(t for t in study.trials if t.key == again.key)
+    assert view.curve == ((1, 0.9), (2, 0.8)) and view.last_step == 2
+    assert view.resumed_step is None and view.thaws == 1
+    assert study.should_stop(again)
+    view = next(t for t in study.trials if t.key == again.key)
+    assert view.state == "frozen" and view.frozen_step == 2
+    assert study.ask().resume_step == 2
+
+
+def test_a_thawed_trial_that_goes_on_from_its_checkpoint_keeps_its_curve() -> None:
+    """A caller that resumes from its checkpoint reports after resume_step: the curve so far
+    stays, the new reports extend it."""
+    study = Study({"x": "uniform(0, 1)"}, algorithm="random", seed=0, max_step=10)
+    again = _frozen_at_5_then_thawed(study)
+    study.report(again, 6, 0.1)
+    view = next(t for t in study.trials if t.key == again.key)
+    assert [s for s, _ in view.curve] == [1, 2, 3, 4, 5, 6] and view.resumed_step == 5
+
+
+def test_a_free_trial_run_again_from_step_0_starts_its_curve_afresh(tmp_path: Path) -> None:
+    """A trial interrupted at step 4 (its Study closed before tell) is handed back with
+    resume_step 4; run again from step 0 without a checkpoint, its steps 2-4 of the first
+    run must not stay in its curve."""
+    with Study({"x": "uniform(0, 1)"}, algorithm="random", seed=0, max_step=10,
+               path=tmp_path / "s") as study:  # fmt: skip
+        first = study.ask()
+        for step in range(1, 5):
+            study.report(first, step, 1.0 / step)
+    with Study({"x": "uniform(0, 1)"}, algorithm="random", seed=0, max_step=10,
+               path=tmp_path / "s") as study:  # fmt: skip
+        again = study.ask()
+        assert again.key == first.key and again.resume_step == 4
+        study.report(again, 1, 0.5)
+        view = next(t for t in study.trials if t.key == again.key)
+        assert view.curve == ((1, 0.5),) and view.attempts == 1  # (its restart is no start)
 
 
 def test_once_the_budget_is_spent_no_trial_stays_frozen_for_ever() -> None:
