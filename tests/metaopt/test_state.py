@@ -70,6 +70,14 @@ class Log:
         self.records.append(rec)
         return rec
 
+    def run(self, trial: Record, node: bytes, time: int, steps: int, value: float) -> None:
+        """node starts trial at time and reports value at steps 1..steps, one ms apart."""
+        self.event(trial, node, "started", time)
+        for step in range(1, steps + 1):
+            self.event(
+                trial, node, "progress", time + step, step=step, metrics={"objective": value}
+            )
+
     def state(self, records: list[Record] | None = None) -> ExperimentState:
         spec = parse_experiment(self.experiment)
         assert spec is not None
@@ -558,13 +566,9 @@ def test_a_frozen_trial_knows_the_step_its_frozen_run_reached() -> None:
     # frozen at step 7 and thawed with METAOPT_RESUME_STEP=8: its checkpoint held step 7.
     log = Log()
     t = log.trial(NODE_A, 0.5)
-    log.event(t, NODE_A, "started", 1100)
-    for step in range(1, 9):
-        log.event(t, NODE_A, "progress", 1100 + step, step=step, metrics={"objective": 9.0})
+    log.run(t, NODE_A, 1100, 8, 9.0)
     log.event(t, NODE_B, "lost", 2000, reason="no news from node")
-    log.event(t, NODE_B, "started", 2001)
-    for step in range(1, 8):
-        log.event(t, NODE_B, "progress", 2001 + step, step=step, metrics={"objective": 1.0})
+    log.run(t, NODE_B, 2001, 7, 1.0)
     log.event(t, NODE_B, "frozen", 2100, step=7)
     view = log.state().trial(t.key)
     assert view is not None and view.state == "frozen"
@@ -637,9 +641,7 @@ def test_a_restart_of_the_current_run_drops_the_curve_it_was_resumed_with() -> N
     # a node that is not the trial's runner (a run a re-run replaced) changes nothing.
     log = Log()
     t = log.trial(NODE_A, 0.5)
-    log.event(t, NODE_A, "started", 1_000)
-    for step in range(1, 6):
-        log.event(t, NODE_A, "progress", 1_000 + step, step=step, metrics={"objective": 9.0})
+    log.run(t, NODE_A, 1_000, 5, 9.0)
     log.event(t, NODE_A, "frozen", 1_100, step=5)
     log.event(t, NODE_A, "thawed", 1_200, step=5)
     log.event(t, NODE_B, "restarted", 1_250)

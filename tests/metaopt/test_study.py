@@ -16,8 +16,8 @@ import pytest
 
 from crdt import ClusterKey
 from metaopt import MetaoptError, Study
-from metaopt._study import Trial
 from metaopt._records import CONTROL
+from metaopt._study import Trial
 from metaopt.freezethaw import Action, CurveView, Decision
 from metaopt.peer._identity import DataDir
 
