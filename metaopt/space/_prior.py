@@ -381,6 +381,13 @@ def _parse(name: str, text: str) -> Dimension:
     if prior not in _PRIORS:
         raise _Bad(f"unknown prior {call.func.id!r}; expected one of {', '.join(_PRIORS)}")
     args = [_literal(node, f"argument {i + 1}") for i, node in enumerate(call.args)]
+    if prior == "choices" and len(args) == 1 and isinstance(call.args[0], ast.Dict):
+        # A dict literal keeps the last of equal keys ({'a': 1, 'a': 2}; {1: 1, True: 2} as
+        # 1 == True): refuse them, as the list form refuses a repeated value.
+        keys = [_literal(k, "a choice") for k in call.args[0].keys if k is not None]
+        if len(keys) != len(args[0]):
+            repeat = next(k for i, k in enumerate(keys) if k in keys[:i])
+            raise _Bad(f"choices values must be distinct; {repeat!r} repeats as a dict key")
     kwargs: dict[str, Any] = {}
     for kw in call.keywords:
         if kw.arg is None:
