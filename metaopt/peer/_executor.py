@@ -155,6 +155,8 @@ class TrialProcess:
         if self._exited.is_set():
             return
         self._kill_reason = reason
+        if self._escalation is not None:  # a stop under way would name its own stage
+            self._escalation.cancel()
         self._stage = "kill"
         self._signal(signal.SIGKILL)
 
@@ -343,6 +345,8 @@ class TrialProcess:
                     self._log.flush()
                 except OSError as exc:  # a full disk must not stop the trial being read
                     log.warning("cannot write %s: %s", self.spec.log_path, exc)
+                    with contextlib.suppress(OSError, ValueError):  # (its flush fails again)
+                        self._log.close()
                     self._log = None
             for report in await self._parse(functools.partial(parser.feed, chunk, stdout=stdout)):
                 self._progress(report)

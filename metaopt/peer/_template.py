@@ -31,7 +31,7 @@ from metaopt._errors import MetaoptError, SpaceError
 
 __all__ = ["CommandTemplate", "Placeholder", "format_value", "parse_template", "render"]
 
-_CALL = re.compile(r"[A-Za-z_]\w*\s*\(.*\)\s*", re.DOTALL)
+_CALL = re.compile(r"\s*[A-Za-z_]\w*\s*\(.*\)\s*", re.DOTALL)
 _OPTION = re.compile(r"(--?)([A-Za-z_][A-Za-z0-9_.-]*)(=?)~(.+)", re.DOTALL)
 _NAMED = re.compile(r"~([A-Za-z_][A-Za-z0-9_.-]*)~(.+)", re.DOTALL)
 
