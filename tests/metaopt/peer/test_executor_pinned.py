@@ -1,0 +1,316 @@
+"""Real child processes through the executor, where the executor tests left behaviour
+unpinned: stop and kill requests made before the start or after the exit, how a run that
+ends otherwise than planned is described, steps, the log, and the end event's metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import errno
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from metaopt.peer._executor import (
+    END_METRICS,
+    ExecutorConfig,
+    TrialProcess,
+    TrialSpec,
+    last_metrics,
+)
+from tests.metaopt.peer.test_executor import _FAST, EPOCHS, LOOP, _kinds, _run, _script, _spec
+
+SHORT_LOOP = LOOP.replace("range(1, 600)", "range(1, 60)")  # ~3 s if nothing stops it
+
+
+@pytest.mark.asyncio
+async def test_a_kill_before_the_start_kills_the_process_as_soon_as_it_starts(
+    tmp_path: Path,
+) -> None:
+    """Pins that kill() called before run() is carried out at the start (SIGKILL, stage
+    "kill"): a peer shutting down while a trial is being launched must not let it run."""
+    script = _script(tmp_path, "import time\ntime.sleep(3)\nprint('METAOPT {\"loss\": 1}')\n")
+    events: list[tuple[str, dict[str, Any]]] = []
+    process = TrialProcess(_spec(tmp_path, script), lambda k, d: events.append((k, d)))
+    process.kill("peer shutting down")
+    outcome = await asyncio.wait_for(process.run(), 60)
+    assert (outcome.status, outcome.stage, outcome.exit_code) == ("interrupted", "kill", -9)
+    assert outcome.reason == "peer shutting down" and outcome.objectives == {}
+    assert _kinds(events) == ["started", "interrupted"]
+
+
+@pytest.mark.asyncio
+async def test_a_stop_requested_before_the_start_is_carried_out_once_it_starts(
+    tmp_path: Path,
+) -> None:
+    """Pins that request_stop() before run() escalates once the process is up (the stop
+    file is created, the trial checkpoints and exits): a trial frozen as it is launched must
+    not run to its end."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    spec = _spec(tmp_path, _script(tmp_path, SHORT_LOOP), "honour",
+                 env={"METAOPT_CHECKPOINT_DIR": str(tmp_path / "ckpt")})  # fmt: skip
+    process = TrialProcess(spec, lambda k, d: events.append((k, d)))
+    process.request_stop("frozen")
+    outcome = await asyncio.wait_for(process.run(), 60)
+    assert (outcome.status, outcome.stage, outcome.reason) == ("interrupted", "stop-file", "frozen")
+    assert (tmp_path / "stop").exists()
+    assert int((tmp_path / "ckpt" / "ckpt").read_text()) < 59  # stopped, not run out
+
+
+@pytest.mark.asyncio
+async def test_the_first_stop_request_is_the_one_that_counts(tmp_path: Path) -> None:
+    """Pins that a second request_stop() neither replaces the reason nor starts a second
+    escalation: the reason recorded (frozen, say) decides whether the trial is thawed."""
+
+    def react(process: TrialProcess, kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress" and data["step"] == 1:
+            process.request_stop("frozen")
+            process.request_stop("superseded")
+
+    spec = _spec(tmp_path, _script(tmp_path, SHORT_LOOP), "honour",
+                 env={"METAOPT_CHECKPOINT_DIR": str(tmp_path / "ckpt")})  # fmt: skip
+    outcome, events = await _run(spec, react)
+    assert (outcome.status, outcome.reason) == ("interrupted", "frozen")
+    assert events[-1][1]["reason"] == "frozen"
+
+
+@pytest.mark.asyncio
+async def test_a_kill_after_a_stop_request_names_the_kill(tmp_path: Path) -> None:
+    """Pins that when a stop is overtaken by a kill, the outcome's reason and stage are the
+    kill's: the runner records why the trial really ended (a peer shutting down, not a
+    freeze). The pending escalation said stage "stop-file" for a SIGKILL."""
+
+    def react(process: TrialProcess, kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress" and data["step"] == 1:
+            process.request_stop("frozen")
+            process.kill("peer shutting down")
+
+    outcome, _ = await _run(_spec(tmp_path, _script(tmp_path, SHORT_LOOP), "ignore-stop"), react)
+    assert (outcome.status, outcome.exit_code) == ("interrupted", -9)
+    assert (outcome.reason, outcome.stage) == ("peer shutting down", "kill")
+
+
+@pytest.mark.asyncio
+async def test_a_stop_or_kill_after_the_exit_changes_nothing(tmp_path: Path) -> None:
+    """Pins that requests made once the process has exited are ignored: a run that exited 0
+    with its objective (read at the end, from a last line without a newline) stays
+    completed, and no stop file is created for a thawed run to trip over."""
+
+    def react(process: TrialProcess, kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress" and process.exited:
+            process.kill("too late")
+            process.request_stop("too late")
+
+    script = _script(tmp_path, "print('METAOPT {\"loss\": 0.5}', end='')\n")
+    outcome, events = await _run(_spec(tmp_path, script), react)
+    assert any(k == "progress" for k, _ in events)  # (the react above had its chance)
+    assert (outcome.status, outcome.objectives, outcome.stage) == ("completed", {"loss": 0.5}, None)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not (tmp_path / "stop").exists()
+
+
+@pytest.mark.asyncio
+async def test_without_a_stop_file_a_stop_goes_straight_to_sigterm(tmp_path: Path) -> None:
+    """Pins the escalation of a trial launched without a stop file (stop_file=None): SIGTERM
+    at once, not a crash of the escalation that left the trial running to its end."""
+    spec = dataclasses.replace(
+        _spec(tmp_path, _script(tmp_path, SHORT_LOOP), "ignore-stop"), stop_file=None
+    )
+
+    def react(process: TrialProcess, kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress" and data["step"] == 1:
+            process.request_stop("frozen")
+
+    outcome, _ = await _run(spec, react)
+    assert (outcome.status, outcome.stage, outcome.exit_code) == ("interrupted", "SIGTERM", -15)
+
+
+KILLS_ITSELF_ON_STOP = """
+    import os, signal, time
+    import metaopt.worker as w
+    for step in range(1, 60):
+        w.report(loss=1.0 / step, step=step)
+        if w.should_stop():
+            os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.05)
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_run_killed_by_a_signal_of_its_own_while_stopping_failed(tmp_path: Path) -> None:
+    """Pins that a trial asked to stop that dies of a signal before any was sent (a segfault
+    while checkpointing, say) is failed, not interrupted: its checkpoint is not to be trusted,
+    and the reason names the signal."""
+
+    def react(process: TrialProcess, kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress" and data["step"] == 1:
+            process.request_stop("frozen")
+
+    config = dataclasses.replace(_FAST, grace=30.0)  # no signal of ours comes first
+    spec = _spec(tmp_path, _script(tmp_path, KILLS_ITSELF_ON_STOP), config=config)
+    outcome, events = await _run(spec, react)
+    assert (outcome.status, outcome.exit_code) == ("failed", -10)
+    assert outcome.reason == "crashed when asked to stop (frozen): killed by SIGUSR1"
+    assert events[-1][0] == "failed"
+
+
+@pytest.mark.asyncio
+async def test_a_nan_then_a_crash_is_a_crash_not_a_divergence(tmp_path: Path) -> None:
+    """Pins that "diverged" is said only of a run that exited 0: one that reported nan and
+    then crashed failed for its crash (the exit code and stderr are what the user needs),
+    and is not flagged diverged."""
+    script = _script(
+        tmp_path,
+        "import sys\nprint('METAOPT {\"loss\": NaN}')\nprint('boom', file=sys.stderr)\n"
+        "sys.exit(3)\n",
+    )
+    outcome, _ = await _run(_spec(tmp_path, script))
+    assert (outcome.status, outcome.exit_code, outcome.diverged) == ("failed", 3, False)
+    assert outcome.reason == "exited with code 3; last stderr: boom"
+
+
+@pytest.mark.asyncio
+async def test_a_run_that_ends_on_nan_is_flagged_diverged(tmp_path: Path) -> None:
+    """Pins the ``diverged`` flag of the outcome (the runner records a diverged run with its
+    nan, not as a plain failure): a run that exited 0 on a nan objective."""
+    script = _script(
+        tmp_path, "print('METAOPT {\"loss\": 0.5}')\nprint('METAOPT {\"loss\": NaN}')\n"
+    )
+    outcome, _ = await _run(_spec(tmp_path, script))
+    assert (outcome.status, outcome.diverged) == ("failed", True)
+    assert outcome.reason == "diverged: its last report was loss = nan"
+
+
+@pytest.mark.asyncio
+async def test_an_unread_last_report_then_a_crash_is_described_by_the_crash(
+    tmp_path: Path,
+) -> None:
+    """Pins that a crash is described as a crash even when its last report went unread (over
+    the line limit): the exit code is what went wrong."""
+    body = (
+        "import sys\nprint('x' * 70000 + 'METAOPT {\"loss\": 0.75}')\n"
+        "print('oom', file=sys.stderr)\nsys.exit(137)\n"
+    )
+    outcome, _ = await _run(_spec(tmp_path, _script(tmp_path, body)))
+    assert (outcome.status, outcome.exit_code) == ("failed", 137)
+    assert outcome.reason == "exited with code 137; last stderr: oom"
+
+
+@pytest.mark.asyncio
+async def test_a_run_missing_one_of_several_objectives_fails(tmp_path: Path) -> None:
+    """Pins that with several objectives, every one must be reported to complete: a run that
+    reported the loss but not the latency would otherwise enter the Pareto front with a
+    value it does not have."""
+    script = _script(tmp_path, "print('METAOPT {\"loss\": 0.5}')\n")
+    outcome, events = await _run(_spec(tmp_path, script, objectives=("loss", "latency")))
+    assert (outcome.status, outcome.exit_code) == ("failed", 0)
+    assert outcome.objectives == {"loss": 0.5}
+    assert outcome.reason is not None and outcome.reason.startswith("no objective reported:")
+    assert "latency" in outcome.reason
+    assert _kinds(events)[-1] == "failed"
+
+
+@pytest.mark.asyncio
+async def test_a_run_that_exits_0_without_its_objective_is_not_blamed_on_its_stderr(
+    tmp_path: Path,
+) -> None:
+    """Pins that the stderr line is appended to a failure's reason only for a non-zero exit:
+    an exit 0 without an objective is explained by what it reported, not by a warning it
+    printed (which would send the user after the wrong problem)."""
+    script = _script(tmp_path, "import sys\nprint('a harmless warning', file=sys.stderr)\n")
+    outcome, _ = await _run(_spec(tmp_path, script))
+    assert outcome.status == "failed"
+    assert outcome.reason == "no objective reported: no numeric 'loss' in 0 reports; 0 stdout lines"
+    assert outcome.stderr_tail == ("a harmless warning",)
+
+
+@pytest.mark.asyncio
+async def test_an_empty_command_fails_before_starting_and_frees_its_slot(tmp_path: Path) -> None:
+    """Pins the one-line failure of an empty argv, and that a trial that never started counts
+    as exited (the runner counts busy slots by ``exited``: else the slot is held for ever)."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    spec = TrialSpec(argv=[], cwd=tmp_path, log_path=tmp_path / "log")
+    process = TrialProcess(spec, lambda k, d: events.append((k, d)))
+    outcome = await asyncio.wait_for(process.run(), 60)
+    assert (outcome.status, outcome.exit_code) == ("failed", None)
+    assert outcome.reason == "empty command; nothing to run"
+    assert _kinds(events) == ["failed"]
+    assert process.exited and not process.running
+    gone = TrialProcess(
+        TrialSpec(argv=[sys.executable], cwd=tmp_path / "gone", log_path=tmp_path / "log"),
+        lambda k, d: None,
+    )
+    await gone.run()
+    assert gone.exited
+
+
+@pytest.mark.asyncio
+async def test_a_rerun_from_the_start_is_marked_off_as_such_in_its_log(tmp_path: Path) -> None:
+    """Pins the marker of a second attempt with no resume step ("from the start", not "from
+    step 0"): a user reading `metaopt logs` must see the run started over."""
+    script = _script(tmp_path, EPOCHS)
+    await _run(_spec(tmp_path, script))
+    await _run(_spec(tmp_path, script))
+    log = (tmp_path / "logs" / "output.log").read_text()
+    assert log.count("--- metaopt: another attempt, from the start ---\n") == 1
+
+
+@pytest.mark.asyncio
+async def test_a_report_without_a_step_after_explicit_steps_keeps_the_last_step(
+    tmp_path: Path,
+) -> None:
+    """Pins the step of a report without one once the run has given steps: the last explicit
+    step (not a count of reports), so a curve never jumps back (step 40, then 3)."""
+    lines = ['{"loss": 0.5, "step": 40}', '{"acc": 0.9}', '{"loss": 0.4, "step": 41}']
+    script = _script(tmp_path, "".join(f"print('METAOPT {line}')\n" for line in lines))
+    _, events = await _run(_spec(tmp_path, script))
+    assert [d["step"] for k, d in events if k == "progress"] == [40, 40, 41]
+
+
+@pytest.mark.asyncio
+async def test_a_log_that_cannot_be_written_does_not_stop_the_trial_being_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pins that a full disk under the log (ENOSPC on write) only loses the log: the trial's
+    reports are still read and it completes, with one warning. The log file is closed then,
+    not left to the garbage collector (whose flush of it failed again, unseen: pytest shows
+    it as an unraisable ResourceWarning)."""
+
+    def full(self: TrialProcess, incoming: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(TrialProcess, "_rotate_log", full)
+    with caplog.at_level(logging.WARNING, logger="metaopt.peer"):
+        outcome, _ = await _run(_spec(tmp_path, _script(tmp_path, EPOCHS)))
+    assert outcome.status == "completed" and outcome.objectives == {"loss": pytest.approx(1 / 3)}
+    assert len([r for r in caplog.records if "No space left" in r.getMessage()]) == 1
+
+
+@pytest.mark.asyncio
+async def test_each_log_file_stays_within_half_the_cap(tmp_path: Path) -> None:
+    """Pins the rotation point, half of max_log_bytes per file (so the log and its older half
+    together stay within the cap): at the full cap each, a chatty trial used twice its
+    allowance of the replica's disk."""
+    body = "for i in range(4000):\n    print(f'line {i:05d} ' + 'x' * 60)\n" \
+        "print('METAOPT {\"loss\": 0.5}')\n"  # fmt: skip
+    config = ExecutorConfig(heartbeat=30.0, grace=0.3, read_bytes=4096, max_log_bytes=64 << 10)
+    outcome, _ = await _run(_spec(tmp_path, _script(tmp_path, body), config=config))
+    assert outcome.status == "completed"
+    for name in ("output.log", "output.log.1"):
+        assert (tmp_path / "logs" / name).stat().st_size <= 32 << 10
+
+
+def test_the_end_metrics_keep_the_objectives_however_early_they_were_named() -> None:
+    """Pins that the objectives survive the END_METRICS cut even when named first of
+    thousands: an end event without its objective makes a run that exited 0 with its loss a
+    failure."""
+    metrics: dict[str, Any] = {"loss": 0.25, "acc": 0.5}
+    metrics.update({f"m{i}": float(i) for i in range(1000)})
+    kept = last_metrics(metrics, ("loss", "acc"))
+    assert len(kept) == END_METRICS
+    assert kept["loss"] == 0.25 and kept["acc"] == 0.5
+    assert "m999" in kept and "m0" not in kept
