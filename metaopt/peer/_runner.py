@@ -578,32 +578,42 @@ class TrialRunner:
         """Whether a resumed run that exited 0 reporting nothing had its objectives from an
         earlier attempt: it had finished when it was frozen (its last report landed just as
         the freeze did) and on resuming found nothing left to do. The completed event then
-        takes them from the curve's reports; recorded failed, its result was lost."""
+        takes them from the curve's reports; recorded failed, its result was lost.
+
+        Only if that attempt reached the experiment's last step: a resumed script that exits
+        0 at once (its checkpoint failed to load) was recorded completed with the value of
+        step 25 of 100, and could be the best.
+        """
         state = self.node.replica.experiments.get(run.experiment)
         if state is None or run.resumed_after is None or outcome.exit_code != 0:
             return False
         if outcome.objectives or outcome.diverged:
             return False  # it reported some, and not all, or nan: a real failure
         view = state.trial(run.trial)
-        reported = view.metrics if view is not None else {}
-        return all(isinstance(reported.get(n), int | float) for n in state.spec.objectives)
+        if view is None or not self._reached_final(state, view.last_step):
+            return False
+        return all(isinstance(view.metrics.get(n), int | float) for n in state.spec.objectives)
 
     def _finished_anyway(self, run: Running, outcome: Any) -> bool:
         """Whether a run asked to stop had reported the experiment's last step and its
         objectives and exited 0: it ended on its own, and its result must not be lost."""
-        from metaopt._curves import max_step_of
-
         state = self.node.replica.experiments.get(run.experiment)
         if state is None or outcome.exit_code != 0:
             return False
         if len(outcome.objectives) < len(state.spec.objectives):
             return False
+        return self._reached_final(state, run.last_step)
+
+    def _reached_final(self, state: ExperimentState, step: int) -> bool:
+        """Whether step is the experiment's last (or past it); False when that is unknown."""
+        from metaopt._curves import max_step_of
+
         try:
             space = self.node.suggester(state).space
         except MetaoptError:  # a space this peer cannot search: no horizon to judge by
             return False
         final = max_step_of(state, space, state.trials())
-        return final is not None and run.last_step >= final
+        return final is not None and step >= final
 
     async def end(self, trial: bytes, outcome: str, reason: str, rung: int | None = None) -> bool:
         """Stop a running trial of this peer, recording ``outcome`` (frozen, killed, ...);

@@ -260,7 +260,7 @@ def test_a_resumed_run_is_done_only_if_its_curve_had_every_objective() -> None:
     only if its curve holds both: one alone is a failure, not a result with a hole."""
     spec = ExperimentSpec(
         name="e", space=SPACE, command=("t.py",), objectives=("loss", "time"),
-        directions=("minimize", "minimize"),
+        directions=("minimize", "minimize"), max_step=4,
     )  # fmt: skip
     rec = experiment_record(spec)
     parsed = parse_experiment(rec)
@@ -278,6 +278,34 @@ def test_a_resumed_run_is_done_only_if_its_curve_had_every_objective() -> None:
         run = Running(runner.slots[0], state.key, trial, resumed_after=4)
         runner._record_outcome(run, outcome)
         assert node.written[-1][1] == recorded, metrics
+
+
+@pytest.mark.parametrize(
+    ("max_step", "recorded"), [(100, "failed"), (None, "failed"), (25, "completed")]
+)
+def test_a_resumed_run_that_exits_0_at_once_is_done_only_if_it_had_reached_the_last_step(
+    max_step: int | None, recorded: str
+) -> None:
+    """Thawed after step 25 of 100, a script whose checkpoint fails to load exits 0 without
+    reporting: it was recorded completed with its step-25 loss, which could be the best (the
+    README: a trial that ends without its objective is failed). Only a run that had reached
+    the last step (it finished just as its freeze landed) is done; with no last step known,
+    nothing says it had finished."""
+    spec = ExperimentSpec(name="e", space=SPACE, command=("t.py",), max_step=max_step)
+    rec = experiment_record(spec)
+    parsed = parse_experiment(rec)
+    assert parsed is not None
+    state = ExperimentState(rec.key, parsed)
+    trial = _add_trial(state, 1, 0.5)
+    _event(state, trial, "started", ME, 2)
+    _event(state, trial, "progress", ME, 3, 25, {"objective": 0.5})
+    node, runner = _runner(state)
+    outcome = SimpleNamespace(
+        status="failed", exit_code=0, objectives={}, metrics={},
+        reason="no objective reported", stderr_tail=(), diverged=False,
+    )  # fmt: skip
+    runner._record_outcome(Running(runner.slots[0], state.key, trial, resumed_after=25), outcome)
+    assert node.written[-1][1] == recorded
 
 
 # ------------------------------------------------------------------------ stop requests
