@@ -609,9 +609,14 @@ class Study:
         that node's to stop, so the answer for it is False and nothing is recorded.
         """
         key = self._key(trial)
+        view = self._state.trial(key)
+        mine = view is not None and (view.runner or view.node) == self.node_id
+        if mine and view is not None and view.state in ("frozen", "killed"):
+            # Stopped already (a second call in one step): stop, and record nothing. It said
+            # False, "carry on", and the next report() refused the frozen trial.
+            return True
         if key.hex() not in self._own():
             return False
-        view = self._state.trial(key)
         final = max_step_of(self._state, self._suggester.space, [])
         if view is not None and final is not None and view.last_step >= final:
             return False  # it has run its course: tell() its result (a kill here lost it)

@@ -162,6 +162,21 @@ def _two_frozen(study: Study) -> set[bytes]:
     return {t.key for t in trials}
 
 
+def test_should_stop_again_on_a_trial_it_stopped_says_stop_and_records_nothing() -> None:
+    """A second should_stop() of a trial it froze (or killed) says True and writes no event:
+    it said False, "carry on", and the caller's next report() was refused; a stopper that
+    judges frozen trials recorded a kill of it meanwhile."""
+    study = Study(X, algorithm="random", seed=0, max_step=10)
+    study._stopper = RuleStopper(_thaw_up_to_slots)
+    first = study.ask()
+    study.report(first, 1, 0.5)
+    assert study.should_stop(first)
+    kinds = [t.state for t in study.trials]
+    events = len(study.store)
+    assert study.should_stop(first) and study.should_stop(first.id)
+    assert [t.state for t in study.trials] == kinds == ["frozen"] and len(study.store) == events
+
+
 def test_ask_thaws_one_frozen_trial_at_a_time() -> None:
     """A stopper that would thaw two frozen trials gets one resumed per ask(): the other stays
     frozen (a thaw recorded for it would read running with nobody running it)."""
