@@ -96,6 +96,7 @@ class Running:
     last_progress: float = -math.inf  # when its last progress record was written
     held: tuple[int | None, dict[str, Any]] | None = None  # a report thinned out, kept for the end
     resumed_after: int | None = None  # the step it was resumed after (thawed or re-run), if any
+    stepped: bool = False  # it has reported a step of its own
     # When it was launched, on the monotonic clock: the trial timeout counts from it (a wall
     # clock stepped forward by NTP would have killed every run at once).
     began: float = field(default_factory=time.monotonic)
@@ -464,7 +465,13 @@ class TrialRunner:
             step = data.get("step")
             metrics = {k: v for k, v in data.get("metrics", {}).items() if k != "step"}
             if isinstance(step, int):
-                run.last_step = step
+                after = None if run.stepped else run.resumed_after
+                if after is not None and step < after:
+                    # Resumed, its first step is below the resume step: the script keeps
+                    # checkpoints but started again from step 0 (as a Study's caller may).
+                    # Said, so that its curve is this run's, not the earlier run's beside it.
+                    node.write_event(run.experiment, run.trial, "restarted")
+                run.last_step, run.stepped = step, True
             # Every record is replicated to, and kept by, every peer for good: a script that
             # reports each minibatch is thinned (see _report_gap; the latest report held back
             # is written when the trial ends), not thousands a second.

@@ -208,6 +208,25 @@ def test_a_report_without_a_step_keeps_the_last_step_and_step_is_no_metric() -> 
     assert run.last_step == 7
 
 
+@pytest.mark.parametrize("first", [1, 29, 30, 31])
+def test_a_resumed_run_whose_first_step_is_below_its_resume_step_says_it_restarted(
+    first: int,
+) -> None:
+    """Thawed after step 30, a script that keeps checkpoints but counts from 1 again ran a new
+    curve beside the old one: status showed step 37 with the new run's loss of step 29. Its
+    first step below the resume step is recorded as a restart (once), so the curve is the
+    new run's; a step at or past the resume step goes on from the checkpoint."""
+    runner, written = _thinless_runner()
+    run = Running(runner.slots[0], b"e" * 32, b"t" * 32, resumed_after=30)
+    runner._on_event(run, "progress", {"step": first, "metrics": {"loss": 0.5}})
+    runner._on_event(run, "progress", {"step": 1, "metrics": {"loss": 0.4}})
+    restart = ["restarted"] if first < 30 else []
+    assert [kind for kind, _ in written] == [*restart, "progress", "progress"]
+    fresh = Running(runner.slots[0], b"e" * 32, b"u" * 32)
+    runner._on_event(fresh, "progress", {"step": 1, "metrics": {"loss": 0.5}})
+    assert written[-1][0] == "progress"
+
+
 def test_a_quiet_run_with_nothing_held_writes_a_heartbeat() -> None:
     """With no report held back, a heartbeat is news that the trial still runs: without it,
     a quiet trial is taken for lost by the other peers."""
