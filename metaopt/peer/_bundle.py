@@ -349,7 +349,10 @@ def _safe(rel: object) -> bool:
     pure = PurePosixPath(rel)
     if pure.is_absolute() or rel != pure.as_posix():
         return False
-    return all(part not in ("", ".", "..") for part in pure.parts)
+    # (No parts: "." is the folder itself. A part over 255 bytes no file system takes.)
+    return bool(pure.parts) and all(
+        part not in ("", ".", "..") and len(part.encode()) <= 255 for part in pure.parts
+    )
 
 
 def _check_manifest(manifest: Any) -> tuple[list[tuple[str, int, int, bytes]], list[bytes]]:
@@ -365,10 +368,13 @@ def _check_manifest(manifest: Any) -> tuple[list[tuple[str, int, int, bytes]], l
             raise BundleError("bundle manifest has a malformed file entry")
         rel, mode, size, digest = entry
         if not _safe(rel):
-            raise BundleError(f"bundle path {rel!r} is absolute or leaves the folder; refused")
+            raise BundleError(
+                f"bundle path {rel!r} is absolute, leaves the folder or has a name over 255"
+                " bytes; refused"
+            )
         if rel in seen:
             raise BundleError(f"bundle path {rel!r} appears twice; refused")
-        if mode not in (0o644, 0o755) or isinstance(mode, bool):
+        if type(mode) is not int or mode not in (0o644, 0o755):  # (420.0 == 0o644)
             raise BundleError(f"bundle file {rel!r} has mode {mode!r}; only 0644 and 0755")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise BundleError(f"bundle file {rel!r} has a bad size {size!r}")
@@ -376,6 +382,12 @@ def _check_manifest(manifest: Any) -> tuple[list[tuple[str, int, int, bytes]], l
             raise BundleError(f"bundle file {rel!r} has a bad digest")
         seen.add(rel)
         files.append((rel, mode, size, digest))
+    # A file where another's folder must go (a beside a/b) cannot be laid out: refused here,
+    # it failed as a write error, which the runner retries for ever.
+    for rel in seen:
+        parent = next((str(p) for p in PurePosixPath(rel).parents if str(p) in seen), None)
+        if parent is not None:
+            raise BundleError(f"bundle path {rel!r} is inside {parent!r}, a file; refused")
     chunks = list(raw_chunks)
     if not all(isinstance(c, bytes) and len(c) == 32 for c in chunks):
         raise BundleError("bundle manifest has a malformed chunk digest")

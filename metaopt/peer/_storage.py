@@ -81,6 +81,7 @@ class StorageTrouble:
             return False
         log.warning("the replica can be written again: this peer goes on")
         self._failed_at = None
+        self._said_at, self.suppressed = None, 0  # (a new failure is news at once)
         return True
 
     def problem(self) -> str | None:
