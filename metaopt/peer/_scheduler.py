@@ -166,8 +166,9 @@ def find_lost(
             quiet = quiet_ms(trial)
             if quiet > lost_after_ms and not is_alive(owner):
                 # A frozen trial is quiet since its freeze, however long its node has been gone.
+                # (Worded to stay true once the node is back: the reason outlives the loss.)
                 why = (
-                    f"frozen on node {owner.hex()[:8]}, which is gone"
+                    f"frozen on node {owner.hex()[:8]}, which went away"
                     if trial.state == "frozen"
                     else f"no news from node {owner.hex()[:8]} for {quiet // 1000} s"
                 )

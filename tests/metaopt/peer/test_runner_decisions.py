@@ -692,7 +692,7 @@ def test_a_run_over_its_trial_timeout_is_stopped_and_recorded_killed() -> None:
 def _lost_while_frozen(max_trials: int | None) -> tuple[ExperimentState, bytes, _Node, TrialRunner]:
     state, trial = _frozen_trial(1, max_trials=max_trials)
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
-    node.write_event(state.key, trial, "lost", reason="frozen on node 6f0e2a11, which is gone")
+    node.write_event(state.key, trial, "lost", reason="frozen on node 6f0e2a11, which went away")
     node.write_event(state.key, trial, "lost", reason="a second peer saw it too")
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
     return state, trial, node, runner

@@ -389,7 +389,7 @@ def test_a_kill_for_the_trial_timeout_is_kept_on_disk(tmp_path: Path) -> None:
 def _lost_while_frozen() -> tuple[ExperimentState, bytes, _Node, TrialRunner]:
     state, trial = _frozen_trial(1, max_trials=1)
     node, runner = _runner(state)
-    node.write_event(state.key, trial, "lost", reason="frozen on node 6f0e2a11, which is gone")
+    node.write_event(state.key, trial, "lost", reason="frozen on node 6f0e2a11, which went away")
     return state, trial, node, runner
 
 

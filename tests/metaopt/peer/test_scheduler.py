@@ -372,7 +372,7 @@ def test_a_trial_frozen_by_hand_on_a_node_that_is_gone_waits_for_the_user() -> N
         state.apply(Record.create(EVENT, OTHER, seq, 2_000, body, [t.key, state.key]))
     gone = find_lost([state], ME, _since(500_000), 60_000, lambda n: False, set())
     assert [(x.trial, x.reason) for x in gone] == [
-        (auto.key, f"frozen on node {OTHER.hex()[:8]}, which is gone")
+        (auto.key, f"frozen on node {OTHER.hex()[:8]}, which went away")
     ]
 
 
