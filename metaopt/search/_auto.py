@@ -113,8 +113,11 @@ class AutoAlgorithm:
             return gp.suggest(space, obs, rng, n)
         ok = np.isfinite(obs.Y).all(axis=1)
         weights = rng.dirichlet(np.ones(obs.m))
-        y = parego_scalarise(obs.Y[ok], weights, self.config.parego_rho)
-        scalar = Observations(obs.X[ok], y[:, None], obs.pending, obs.failed)
+        y = np.full(obs.n, np.nan)
+        y[ok] = parego_scalarise(obs.Y[ok], weights, self.config.parego_rho)
+        # Non-finite rows stay, as NaN: the GP imputes them at the worst value, as it does with
+        # one objective, and steers away from them.
+        scalar = Observations(obs.X, y[:, None], obs.pending, obs.failed)
         return gp.suggest(space, scalar, rng, n)
 
     def _gp_algorithm(self) -> Algorithm | None:

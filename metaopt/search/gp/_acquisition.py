@@ -25,7 +25,8 @@ FloatArray = npt.NDArray[np.float64]
 
 _C1 = 0.5 * math.log(2.0 * math.pi)
 _C2 = 0.5 * math.log(math.pi / 2.0)
-_Z_ASYMPTOTE = -1.0 / math.sqrt(np.finfo(np.float64).eps)
+# Below this the middle branch's log1mexp argument (about -1/z^2) is lost to round-off.
+_Z_ASYMPTOTE = -1.0 / np.finfo(np.float64).eps ** (1.0 / 3.0)
 
 
 def _log1mexp(x: FloatArray) -> FloatArray:
@@ -50,7 +51,7 @@ def log_h(z: FloatArray) -> FloatArray:
     out[b] = -0.5 * zb * zb - _C1 + _log1mexp(inner)
     c = ~(a | b)
     zc = z[c]
-    out[c] = -0.5 * zc * zc - _C1 - 2.0 * np.log(np.abs(zc))
+    out[c] = -0.5 * zc * zc - _C1 - 2.0 * np.log(np.abs(zc)) + np.log1p(-3.0 / (zc * zc))
     return out
 
 
