@@ -160,13 +160,16 @@ def _config(args: argparse.Namespace) -> PeerConfig:
         key_text, key_file, given = _env("KEY"), _env("KEY_FILE"), "METAOPT_KEY_FILE"
     if key_text is None and key_file:
         key_text = _read_key_file(key_file, given)
-    join = args.join if args.join is not None else [j for j in (_env("JOIN") or "").split(",") if j]
+    # (METAOPT_JOIN is comma-separated: "a:1, b:2" is two seeds, spaces and all.)
+    joined = [j.strip() for j in (_env("JOIN") or "").split(",")]
+    join = args.join if args.join is not None else [j for j in joined if j]
     port = _whole("--port (or METAOPT_PORT)", args.port, 0, 65535)
     slots = _whole("--slots (or METAOPT_SLOTS)", args.slots, 1, 1024)
     for seed in join:
         if not valid_addr(seed, 262):
+            given = "--join" if args.join is not None else "METAOPT_JOIN"
             raise MetaoptError(
-                f"--join {seed!r}: expected HOST:PORT of another peer, e.g. 192.168.1.20:7787"
+                f"{given} {seed!r}: expected HOST:PORT of another peer, e.g. 192.168.1.20:7787"
             )
     return PeerConfig(
         host=args.host,

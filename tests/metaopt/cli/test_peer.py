@@ -86,7 +86,12 @@ def test_a_detached_peer_that_cannot_start_says_why_in_one_line(
 
     argv = ["peer", "start", "--data-dir", str(tmp_path), "--host", "127.0.0.1", "--port", "0",
             "--no-mdns", "--join", "127.0.0.1:9", "--detach"]  # fmt: skip
-    assert main(argv) == 2
+    try:
+        assert main(argv) == 2
+    finally:  # (a start that wrongly succeeds must not leave a peer running)
+        pid_file = DataDir(tmp_path).pid_file
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
     said = capsys.readouterr().err
     assert said.startswith("metaopt: the peer exited at once: --join needs the cluster's key")
     assert said.count("\n") == 1
