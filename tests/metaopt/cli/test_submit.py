@@ -283,22 +283,15 @@ def test_a_key_or_seed_on_the_command_line_replaces_the_environments(
 ) -> None:
     # METAOPT_KEY_FILE left in the shell beat a --key typed now: the peer joined the other
     # cluster; METAOPT_JOIN's seeds were added to --join's.
-    import argparse
-
     from metaopt.cli._peer import _config
+    from tests.metaopt.cli.test_peer_pinned import _args
 
     (tmp_path / "a.key").write_text("key-of-a\n")
     monkeypatch.setenv("METAOPT_KEY_FILE", str(tmp_path / "a.key"))
     monkeypatch.setenv("METAOPT_JOIN", "127.0.0.1:1,127.0.0.1:2")
 
     def config(**given: object) -> tuple[object, tuple[str, ...]]:
-        args = argparse.Namespace(
-            key=None, key_file=None, join=None, host="127.0.0.1", port="0", slots="1",
-            data_dir=str(tmp_path / "d"), gpus="none", name="", no_mdns=True, timing="",
-        )  # fmt: skip
-        for name, value in given.items():
-            setattr(args, name, value)
-        built = _config(args)
+        built = _config(_args(tmp_path, **given))
         return built.key_text, built.join
 
     assert config() == ("key-of-a", ("127.0.0.1:1", "127.0.0.1:2"))
