@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -12,6 +13,7 @@ from hypothesis.extra.numpy import arrays
 
 from metaopt.freezethaw import CurveView, FreezeThawModel, exp_decay, matern52
 from metaopt.freezethaw._model import (
+    FittedModel,
     FreezeThawConfig,
     Hyper,
     _neg_mll,
@@ -95,13 +97,13 @@ def test_the_marginal_likelihood_gradient_matches_central_differences(seed: int)
         assert np.isclose(grad[k], (up - down) / 2e-4, rtol=1e-4, atol=1e-5), k
 
 
-def test_block_inference_equals_dense_inference() -> None:
-    rng = np.random.default_rng(3)
-    curves = _curves(rng, 9, 12, 0.02)
-    fm = FreezeThawModel().fit(curves)
+def dense_joint(fm: FittedModel) -> tuple[Any, ...]:
+    """The model's joint Gaussian over every observation, built densely: data, hyper, each
+    row's curve and time, the curve-indicator matrix, the asymptote covariance, the full
+    covariance and the centred observations."""
     data, h = fm.data, fm.hyper
     rows = [
-        (i, t, y) for i in range(len(data.ids)) for t, y in zip(data.t[i], data.y[i], strict=False)
+        (i, t, y) for i in range(len(data.ids)) for t, y in zip(data.t[i], data.y[i], strict=True)
     ]
     cid = np.array([r[0] for r in rows])
     tt = np.array([r[1] for r in rows])
@@ -110,10 +112,15 @@ def test_block_inference_equals_dense_inference() -> None:
     Kx = matern52(data.X, data.X, h.lengthscales, h.amp_x) + 1e-8 * np.eye(len(data.ids))
     Kt = exp_decay(tt, tt, h.alpha, h.beta, h.amp_t) * (cid[:, None] == cid[None, :])
     S = Kt + (h.noise + 1e-8) * np.eye(len(rows)) + Obs @ Kx @ Obs.T
-    r = y - h.mean
-    nll = 0.5 * (
-        r @ np.linalg.solve(S, r) + np.linalg.slogdet(S)[1] + len(rows) * np.log(2 * np.pi)
-    )
+    return data, h, cid, tt, Obs, Kx, S, y - h.mean
+
+
+def test_block_inference_equals_dense_inference() -> None:
+    rng = np.random.default_rng(3)
+    curves = _curves(rng, 9, 12, 0.02)
+    fm = FreezeThawModel().fit(curves)
+    data, h, cid, tt, Obs, Kx, S, r = dense_joint(fm)
+    nll = 0.5 * (r @ np.linalg.solve(S, r) + np.linalg.slogdet(S)[1] + len(r) * np.log(2 * np.pi))
     assert np.isclose(nll, _neg_mll(data, np.arange(len(data.ids)), h, 1e-8), rtol=1e-8)
     for i, tid in enumerate(data.ids):
         ts = data.t_final[i]

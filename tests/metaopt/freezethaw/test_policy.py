@@ -196,10 +196,9 @@ def test_the_model_is_fitted_only_when_a_frozen_trial_can_take_a_free_slot() -> 
     assert stopper.last_fit is not None
 
 
-def test_freeze_thaw_thaws_only_a_trial_in_the_top_of_its_rung() -> None:
-    # The model rates the frozen trial's chance far above a fresh one's (all others ended
-    # hopeless); once runs that were better at step 9 (and then got worse) exist, "low" trails
-    # most runs at its rung, so it waits while a new trial may start.
+def hopeless_and_ahead_at_step_9() -> tuple[list[CurveView], list[CurveView]]:
+    """Six completed runs that end hopeless, and six completed runs far ahead of any other at
+    step 9 that then got worse (a frozen run at 0.5 there trails them at its rung)."""
     others = [_steep(f"h{i}", 2.0 + 0.05 * i, T, 0.2 + 0.06 * i) for i in range(6)]
     s = np.arange(1, T + 1)
     behind = [
@@ -208,6 +207,14 @@ def test_freeze_thaw_thaws_only_a_trial_in_the_top_of_its_rung() -> None:
         )
         for i in range(6)
     ]
+    return others, behind
+
+
+def test_freeze_thaw_thaws_only_a_trial_in_the_top_of_its_rung() -> None:
+    # The model rates the frozen trial's chance far above a fresh one's (all others ended
+    # hopeless); once runs that were better at step 9 (and then got worse) exist, "low" trails
+    # most runs at its rung, so it waits while a new trial may start.
+    others, behind = hopeless_and_ahead_at_step_9()
     low = dataclasses.replace(_flat("low", 0.3, 9, 0.5), state="frozen")
     cfg = FreezeThawPolicyConfig(warmup_completed=1)
 
