@@ -519,7 +519,8 @@ def test_a_trial_interrupted_by_a_graceful_stop_resumes_from_its_checkpoint(
     # It saved a checkpoint when asked to stop; re-run from step 0 after the restart, that
     # work was thrown away.
     peer = cluster.start_peer("solo")
-    submit_epochs(peer, "ep", trials=1, steps=12, sleep=0.3, early_stopping="none")
+    # 30 steps, 9 s: with 12 (3.6 s) a loaded machine let the run finish before the stop.
+    submit_epochs(peer, "ep", trials=1, steps=30, sleep=0.3, early_stopping="none")
 
     def trial() -> dict[str, Any]:
         return only_trial(peer, "ep")
@@ -529,7 +530,7 @@ def test_a_trial_interrupted_by_a_graceful_stop_resumes_from_its_checkpoint(
     cluster.restart(peer)
     wait_for(lambda: trial().get("state") == "completed", 90, peer.log)
     t = trial()
-    assert t["attempts"] == 2 and t["last_step"] == 12
+    assert t["attempts"] == 2 and t["last_step"] == 30
     log = peer.cli("logs", t["id"]).stdout
     resumed = [line for line in log.splitlines() if "METAOPT_RESUME_STEP=" in line][-1]
     assert "METAOPT_RESUME_STEP=None" not in resumed, log
