@@ -50,4 +50,11 @@ class PeerConfig:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
+
+
+def host_port(host: str, port: int) -> str:
+    """HOST:PORT as peers gossip it and a URL takes it: an IPv6 host in brackets ("::1" gave
+    "::1:7787", which peers dropped and no URL could be made of)."""
+    bare = ":" in host and not host.startswith("[")
+    return f"[{host}]:{port}" if bare else f"{host}:{port}"

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from metaopt.peer._config import host_port
+
 __all__ = ["KnownPeer", "LivenessNews", "PeerTable", "PeerTableConfig", "own_addresses"]
 
 NODE_ID_SIZE = 16
@@ -325,7 +327,7 @@ def valid_addr(addr: str, max_len: int) -> bool:
 def own_addresses(host: str, port: int, local_ips: Iterable[str]) -> frozenset[str]:
     """The addresses others may know this peer by: the one it bound and, bound to 0.0.0.0
     (every interface), each of this machine's addresses at its port."""
-    out = {f"{host}:{port}"}
+    out = {host_port(host, port)}
     if host in ("0.0.0.0", ""):
-        out |= {f"{ip}:{port}" for ip in local_ips}
+        out |= {host_port(ip, port) for ip in local_ips}
     return frozenset(out)

@@ -135,10 +135,11 @@ def _check_named(given: str, devices: list[str], seen: list[str] | None) -> None
 
 def _visible(text: str) -> list[str]:
     devices = [d.strip() for d in text.split(",")]
-    # CUDA stops at the first invalid entry, and -1 is the usual way to hide every device.
+    # CUDA stops at the first invalid entry, and -1 is the usual way to hide every device
+    # (a word such as NoDevFiles, which some schedulers set, was taken for one GPU).
     out: list[str] = []
     for d in devices:
-        if not d or d.startswith("-"):
+        if not _DEVICE.fullmatch(d):
             break
         out.append(d)
     return out

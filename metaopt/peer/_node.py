@@ -41,7 +41,7 @@ from metaopt._records import CONTROL, EVENT, MAX_REASON, MAX_STDERR, TRIAL, Even
 from metaopt._state import ACTIVE_STATES, FREE_STATES, ExperimentState, TrialView
 from metaopt._writer import NodeWriter
 from metaopt.peer._api import LocalApi
-from metaopt.peer._config import PeerConfig
+from metaopt.peer._config import PeerConfig, host_port
 from metaopt.peer._gossip import LivenessNews, PeerTable, own_addresses, valid_addr
 from metaopt.peer._identity import MAX_REMEMBERED, DataDir
 from metaopt.peer._limits import LoopGuard, raise_fd_limit
@@ -291,7 +291,7 @@ class Node:
         raise_fd_limit()
         self.port = await self.server.start(self.config.host, self.config.port)
         self._loop_guard.install(asyncio.get_running_loop())
-        self.addr = f"{self.config.host}:{self.port}"
+        self.addr = host_port(self.config.host, self.port)
         self.client = self._new_client()  # it names the bound address to its peers
         self.replicator.client = self.client
         local: list[str] = []
