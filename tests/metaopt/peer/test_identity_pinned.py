@@ -1,0 +1,205 @@
+"""A data directory's files, as a mutation audit found unpinned: where it is by default, the
+peers it remembers (at most 16), the key file's permissions, what the pid file may name, when
+a process counts as gone, and small files rewritten over a leftover temporary one."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from metaopt._errors import MetaoptError
+from metaopt.peer._identity import (
+    MAX_REMEMBERED,
+    DataDir,
+    default_data_dir,
+    pid_gone,
+    trial_dir,
+    trial_log_path,
+)
+
+
+def test_the_default_data_directory_follows_xdg_data_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README: the default is $XDG_DATA_HOME/metaopt, else ~/.local/share/metaopt (an empty
+    XDG_DATA_HOME counts as unset, as the XDG spec says)."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_data_dir() == tmp_path / "xdg" / "metaopt"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for unset in (lambda: monkeypatch.setenv("XDG_DATA_HOME", ""),
+                  lambda: monkeypatch.delenv("XDG_DATA_HOME")):  # fmt: skip
+        unset()
+        assert default_data_dir() == tmp_path / "home" / ".local" / "share" / "metaopt"
+
+
+def test_a_trials_folder_is_named_by_the_first_16_hex_digits_of_its_key(tmp_path: Path) -> None:
+    """Folders of trials run by an earlier release must still be found (logs, checkpoints,
+    `metaopt clean`): the name is part of the data directory's format."""
+    dirs = DataDir(tmp_path)
+    key = bytes(range(32))
+    assert trial_dir(dirs, key) == tmp_path.resolve() / "trials" / "0001020304050607"
+    assert trial_log_path(dirs, key) == trial_dir(dirs, key) / "output.log"
+
+
+def test_at_most_16_peers_are_remembered_and_blank_lines_are_skipped(tmp_path: Path) -> None:
+    """The peers file is called all at once each gossip round while none answers: 16 at most
+    whichever way it got longer (written by us, or edited), and blank lines are not peers."""
+    assert MAX_REMEMBERED == 16
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    addrs = [f"10.0.0.{i}:7787" for i in range(20)]
+    dirs.write_peers(addrs)
+    assert dirs.peers_file.read_text().splitlines() == addrs[:16]
+    dirs.peers_file.write_text("\n  \n" + "".join(f" {a} \n\n" for a in addrs))
+    assert dirs.read_peers() == addrs[:16]
+
+
+def test_a_peers_file_that_is_not_text_is_read_not_refused(tmp_path: Path) -> None:
+    """The peers file is a cache: bytes that are not UTF-8 are replaced (the addresses are
+    checked one by one later), never an error that stops a peer from starting."""
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    dirs.peers_file.write_bytes(b"10.0.0.1:7787\n\xff\xfe:1\n")
+    assert dirs.read_peers()[0] == "10.0.0.1:7787" and len(dirs.read_peers()) == 2
+
+
+def test_a_folder_with_a_node_id_but_no_replica_holds_no_peer(tmp_path: Path) -> None:
+    """holds_peer needs both: a node_id alone (a folder a user made, or one cut short) is not
+    a stopped peer to read results from."""
+    (tmp_path / "node_id").write_text("00" * 16 + "\n")
+    assert not DataDir.holds_peer(tmp_path)
+    (tmp_path / "replica").mkdir()
+    assert DataDir.holds_peer(tmp_path)
+
+
+def test_a_data_directory_that_is_a_file_is_named_so(tmp_path: Path) -> None:
+    """--data-dir naming a file says so, not "cannot create the data directory: File exists"."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(MetaoptError) as info:
+        DataDir(tmp_path / "file").ensure()
+    assert str(info.value) == (
+        f"{tmp_path / 'file'} is a file, not a directory; choose another --data-dir"
+    )
+
+
+def test_the_node_id_is_made_once_and_kept(tmp_path: Path) -> None:
+    """A data directory keeps its node id: a new one each start would mean a new node whose
+    sequence numbers and trials are not the old one's."""
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    first = dirs.node_id()
+    assert dirs.node_id() == first == DataDir(tmp_path).read_node_id()
+    assert (tmp_path / "node_id").read_text() == first.hex() + "\n"
+
+
+@pytest.mark.parametrize("text", ["00" * 17, "00" * 15, "zz" * 16, ""])
+def test_a_node_id_of_the_wrong_length_or_not_hex_is_corrupt(tmp_path: Path, text: str) -> None:
+    """A node id longer than 16 bytes is as corrupt as a shorter one: taking a prefix or the
+    whole would sign records under an id no peer knew this node by."""
+    (tmp_path / "node_id").write_text(text + "\n")
+    with pytest.raises(MetaoptError, match="node_id is corrupt"):
+        DataDir(tmp_path).read_node_id()
+
+
+def test_the_cluster_key_file_is_readable_by_its_owner_alone(tmp_path: Path) -> None:
+    """The key authenticates every frame of the cluster: another user on the machine must not
+    be able to read it (and so join, or forge records)."""
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    old = os.umask(0o022)
+    try:
+        dirs.write_key("mo1-secret")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(dirs.key_file.stat().st_mode) == 0o600
+    assert dirs.read_key() == "mo1-secret"
+
+
+def test_small_files_are_whole_over_a_longer_leftover_temporary_file(tmp_path: Path) -> None:
+    """A crash can leave peer.tmp (the temporary of peer.pid and peer.address) behind, longer
+    than what is written next: the new pid file must not end in the old one's bytes."""
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    (tmp_path / "peer.tmp").write_text("9" * 64 + "\n" + "x" * 64)
+    dirs.write_started("127.0.0.1:7787")
+    assert dirs.read_pid() == os.getpid()
+    assert dirs.read_address() == "127.0.0.1:7787"
+    assert dirs.address_file.read_text() == "127.0.0.1:7787\n"
+
+
+@pytest.mark.parametrize("text", ["0\n", "-5\n", "", "12ab\n"])
+def test_a_pid_file_naming_no_process_is_none(tmp_path: Path, text: str) -> None:
+    """pid 0 or a negative one names a process group, not a peer (a signal to it reaches the
+    caller's own group): such a pid file names no peer."""
+    (tmp_path / "peer.pid").write_text(text)
+    assert DataDir(tmp_path).read_pid() is None
+
+
+def _spawn(tmp_path: Path, name: str) -> subprocess.Popen[bytes]:
+    """A process that waits on stdin (no timer), its executable linked under name; returned
+    once it runs that executable (it echoed a line), not while it is still a fork of ours."""
+    link = tmp_path / name
+    link.symlink_to("/bin/cat")
+    # (argv[0] is the bare name: the cmdline must not hold the test folder's path)
+    proc = subprocess.Popen(
+        [name], executable=str(link), stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"up\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline() == b"up\n"
+    return proc
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()
+    proc.wait()
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.close()
+    proc.stdout.close()
+
+
+def test_a_pid_file_naming_another_program_names_no_running_peer(tmp_path: Path) -> None:
+    """A pid left by a crash and reused by another program is not the peer: `peer stop` must
+    not signal it, and `peer start` must not say a peer runs there."""
+    dirs = DataDir(tmp_path)
+    other = _spawn(tmp_path, "not-ours")
+    peer = _spawn(tmp_path, "metaopt-peer")
+    try:
+        dirs.pid_file.write_text(f"{other.pid}\n")
+        assert not pid_gone(other.pid) and dirs.running_pid() is None
+        dirs.pid_file.write_text(f"{peer.pid}\n")
+        assert dirs.running_pid() == peer.pid
+    finally:
+        _end(other)
+        _end(peer)
+    assert pid_gone(peer.pid) and dirs.running_pid() is None
+
+
+def test_a_process_whose_name_holds_a_parenthesis_is_not_taken_for_a_zombie(
+    tmp_path: Path,
+) -> None:
+    """/proc/PID/stat puts the name in parentheses, and a name may hold ") Z (": its state is
+    read after the last parenthesis, or a live process counts as gone."""
+    proc = _spawn(tmp_path, "x) Z (y")
+    try:
+        assert not pid_gone(proc.pid)
+    finally:
+        _end(proc)
+
+
+def test_an_exited_child_not_yet_reaped_is_gone(tmp_path: Path) -> None:
+    """A zombie runs nothing: a peer that died as a child not yet reaped is not running."""
+    proc = _spawn(tmp_path, "metaopt-zombie")
+    try:
+        proc.kill()
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # exited, left unreaped
+        assert pid_gone(proc.pid)
+        (tmp_path / "peer.pid").write_text(f"{proc.pid}\n")
+        assert DataDir(tmp_path).running_pid() is None
+    finally:
+        _end(proc)
