@@ -536,4 +536,4 @@ def test_a_diverged_run_s_reports_do_not_set_the_model_s_scale(huge: int) -> Non
     out = stopper.decide([*done, bad, good, blow], {"bad", "good"}, 2, np.random.default_rng(0),
                          fresh_available=False)  # fmt: skip
     assert {d.trial_id: d.action for d in out} == {"bad": Action.KILL, "good": Action.THAW}
-    assert stopper.last_fit is not None and stopper.last_fit.value_scale < 1.0
+    assert stopper.last_fit is not None and stopper.last_fit.value_scale < 2.0  # (not 2e4)
