@@ -30,7 +30,7 @@ def test_huge_finite_outputs_warp_to_finite_values_in_the_same_order(power: bool
     w = warp_outputs(y, power)
     assert np.all(np.isfinite(w.y))
     order = np.argsort(y, kind="stable")
-    assert np.all(np.diff(w.y[order]) >= 0.0)  # never reversed (ties: see the xfail below)
+    assert np.all(np.diff(w.y[order]) >= 0.0)  # never reversed
     assert w.y[1] == w.y.max() and w.best == float(w.y.min()) == w.y[2]
 
 
