@@ -12,7 +12,7 @@ from metaopt import Study
 from metaopt._curves import curve_views, max_step_of, stopper_for
 from metaopt._records import EVENT, TRIAL, EventBody
 from metaopt.freezethaw import Action, CurveView
-from tests.metaopt.test_study import _FreezeThen
+from tests.metaopt.test_study import _freeze_then
 
 X = {"x": "uniform(0, 1)"}
 OTHER = b"o" * 16
@@ -124,7 +124,7 @@ def test_without_a_horizon_early_stopping_waits_for_a_completed_curve() -> None:
     nothing is judged before one exists; neither a running curve nor a run told without
     reports sets it."""
     study = Study(X, algorithm="random", seed=0)
-    study._stopper = _FreezeThen(Action.KILL)
+    study._stopper = _freeze_then(Action.KILL)
     study.tell(study.ask(), 0.5)  # completed, no curve
     running = study.ask()
     for step in range(1, 4):
@@ -158,7 +158,7 @@ def test_max_step_outranks_a_fractional_fidelity() -> None:
     and a trial at step 5 is still judged rather than taken as having run its course."""
     study = Study({"x": "uniform(0, 1)", "frac": "fidelity(0.1, 1)"}, algorithm="random",
                   max_step=50)  # fmt: skip
-    study._stopper = _FreezeThen(Action.KILL)
+    study._stopper = _freeze_then(Action.KILL)
     assert max_step_of(study.state, study.space, []) == 50
     trial = study.ask()
     for step in range(1, 6):

@@ -20,6 +20,7 @@ from metaopt._records import CONTROL
 from metaopt._study import Trial
 from metaopt.freezethaw import Action, CurveView, Decision
 from metaopt.peer._identity import DataDir
+from tests.metaopt.stoppers import RuleStopper
 
 SPACE = {"x": "uniform(-2, 2)", "y": "uniform(-2, 2)", "n": "randint(1, 5)"}
 A = bytes.fromhex("aa" * 16)
@@ -417,26 +418,17 @@ def test_once_the_budget_is_spent_ask_resumes_a_frozen_trial_with_a_chance(
         assert resumed.resume_step > 0
 
 
-class _FreezeThen:
+def _freeze_then(then: Action) -> RuleStopper:
     """A stopper that freezes every running trial, then kills or thaws every frozen one."""
 
-    def __init__(self, then: Action) -> None:
-        self.then = then
-
-    def decide(
-        self,
-        curves: Sequence[CurveView],
-        own: Collection[str],
-        free_slots: int,
-        rng: np.random.Generator,
-        *,
-        fresh_available: bool = True,
-    ) -> list[Decision]:
+    def rule(curves: Sequence[CurveView], own: Collection[str], free_slots: int) -> list[Decision]:
         return [
-            Decision(c.trial_id, Action.FREEZE if c.state == "running" else self.then, "test")
+            Decision(c.trial_id, Action.FREEZE if c.state == "running" else then, "test")
             for c in curves
             if c.trial_id in own and c.state in ("running", "frozen")
         ]
+
+    return RuleStopper(rule)
 
 
 def test_ask_records_the_kill_of_an_own_frozen_trial() -> None:
@@ -447,7 +439,7 @@ def test_ask_records_the_kill_of_an_own_frozen_trial() -> None:
         seed=0,
         early_stopping="freeze-thaw",
     )
-    study._stopper = _FreezeThen(Action.KILL)
+    study._stopper = _freeze_then(Action.KILL)
     first = study.ask()
     study.report(first, 1, 1.0)
     assert study.should_stop(first)
@@ -461,7 +453,7 @@ def test_a_thaw_from_step_0_keeps_the_report_at_step_0() -> None:
     # A thaw that names no step is a fresh start, whose curve begins again: a Study resuming
     # a trial frozen at step 0 wrote none and lost its report there.
     study = Study({"x": "uniform(0, 1)"}, algorithm="random", seed=0, max_step=10)
-    study._stopper = _FreezeThen(Action.THAW)
+    study._stopper = _freeze_then(Action.THAW)
     first = study.ask()
     study.report(first, 0, 0.75)
     assert study.should_stop(first)
@@ -473,7 +465,7 @@ def test_a_thaw_from_step_0_keeps_the_report_at_step_0() -> None:
 
 def _frozen_at_5_then_thawed(study: Study) -> Trial:
     """A trial of study reported at steps 1-5, frozen there, then handed back by ask()."""
-    study._stopper = _FreezeThen(Action.THAW)
+    study._stopper = _freeze_then(Action.THAW)
     first = study.ask()
     for step in range(1, 6):
         study.report(first, step, 1.0 / step)

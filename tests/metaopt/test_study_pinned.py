@@ -11,7 +11,7 @@ import pytest
 from metaopt import MetaoptError, Study
 from metaopt.freezethaw import Action, CurveView, Decision
 from tests.metaopt.stoppers import RuleStopper
-from tests.metaopt.test_study import A, B, _FreezeThen
+from tests.metaopt.test_study import A, B, _freeze_then
 
 X = {"x": "uniform(0, 1)"}
 
@@ -76,7 +76,7 @@ def test_a_frozen_trial_is_not_told() -> None:
     """A tell() of a trial should_stop() froze is refused (it would end a run a thaw may
     resume), and the trial stays frozen."""
     study = Study(X, algorithm="random", seed=0, max_step=10)
-    study._stopper = _FreezeThen(Action.THAW)
+    study._stopper = _freeze_then(Action.THAW)
     trial = study.ask()
     study.report(trial, 1, 0.5)
     assert study.should_stop(trial)
@@ -181,7 +181,7 @@ def test_ask_thaws_one_frozen_trial_at_a_time() -> None:
     """A stopper that would thaw two frozen trials gets one resumed per ask(): the other stays
     frozen (a thaw recorded for it would read running with nobody running it)."""
     study = Study(X, algorithm="random", seed=0, max_step=10)
-    study._stopper = _FreezeThen(Action.THAW)
+    study._stopper = _freeze_then(Action.THAW)
     frozen = _two_frozen(study)
     first = study.ask()
     assert first.key in frozen

@@ -32,32 +32,29 @@ from metaopt.freezethaw import Action, CurveView, Decision, FreezeThawStopper
 from metaopt.peer._config import Timing
 from metaopt.peer._runner import Running, TrialRunner
 from metaopt.space import Space
+from tests.metaopt.stoppers import RuleStopper
 
 ME = b"m" * 16
 
 
-class _JudgeFrozen:
+class _JudgeFrozen(RuleStopper):
     """A stopper that decides ``action`` (by default KILL, "hopeless") for every own frozen
     trial, and notes the free slots."""
 
     def __init__(
         self, action: Action = Action.KILL, why: str = "hopeless", rung: int | None = None
     ) -> None:
-        self.free: list[int] = []
-        self._action, self._why, self._rung = action, why, rung
+        def rule(
+            curves: Sequence[CurveView], own: Collection[str], free_slots: int
+        ) -> list[Decision]:
+            frozen = [c.trial_id for c in curves if c.trial_id in own and c.state == "frozen"]
+            return [Decision(t, action, why, rung) for t in sorted(frozen)]
 
-    def decide(
-        self,
-        curves: Sequence[CurveView],
-        own: Collection[str],
-        free_slots: int,
-        rng: np.random.Generator,
-        *,
-        fresh_available: bool = True,
-    ) -> list[Decision]:
-        self.free.append(free_slots)
-        frozen = [c.trial_id for c in curves if c.trial_id in own and c.state == "frozen"]
-        return [Decision(t, self._action, self._why, self._rung) for t in sorted(frozen)]
+        super().__init__(rule)
+
+    @property
+    def free(self) -> list[int]:
+        return [free_slots for _, free_slots, _ in self.calls]
 
 
 class _Node:
