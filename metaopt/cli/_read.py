@@ -401,7 +401,10 @@ def _logs(args: argparse.Namespace) -> int:
 def _size(n: int) -> str:
     if n < 1024:
         return f"{n} bytes"
-    power = min(int(math.log(n, 1024)), 3)
+    # The unit is picked on the figure as shown: 1073741823 bytes is "1.0 GiB", not "1024.0 MiB".
+    power = 1
+    while power < 3 and round(n / 1024**power, 1) >= 1024:
+        power += 1
     return f"{n / 1024**power:.1f} {('KiB', 'MiB', 'GiB')[power - 1]}"
 
 

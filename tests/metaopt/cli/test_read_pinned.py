@@ -182,10 +182,14 @@ def test_logs_sent_elsewhere_say_this_peer_holds_an_earlier_attempt(
         (1536 * 1024, "1.5 MiB"),
         (3 * 1024**3, "3.0 GiB"),
         (2 * 1024**4, "2048.0 GiB"),
+        (1024**2 - 1, "1.0 MiB"),  # rounds to 1024.0 KiB: shown in the next unit
+        (1024**3 - 1, "1.0 GiB"),
+        (1024**2 - 52, "1023.9 KiB"),
     ],
 )
 def test_sizes_are_in_binary_units_up_to_gib(size: int, shown: str) -> None:
-    """What clean freed and how big a log is: 1024 bytes is 1.0 KiB; past GiB it stays GiB."""
+    """What clean freed and how big a log is: 1024 bytes is 1.0 KiB; past GiB it stays GiB; a
+    figure that would show as 1024.0 is shown in the next unit."""
     assert _size(size) == shown
 
 
