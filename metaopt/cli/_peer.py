@@ -7,7 +7,9 @@ import asyncio
 import dataclasses
 import ipaddress
 import logging
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -103,14 +105,18 @@ def _parse_timing(text: str) -> Timing:
                 raise MetaoptError(f"timing {name} must be 0 or more, got {value.strip()!r}")
         elif not changes[name] > 0:  # (nan too) a period of 0 spun a loop, a negative one raised
             raise MetaoptError(f"timing {name} must be more than 0, got {value.strip()!r}")
+        if not math.isfinite(changes[name]):  # inf: a loop that never runs, a wait never ends
+            raise MetaoptError(f"timing {name} must be a finite number, got {value.strip()!r}")
     return dataclasses.replace(timing, **changes)
 
 
 def _whole(what: str, text: object, low: int, high: int) -> int:
-    try:
-        value = int(str(text))
-    except ValueError:
-        raise MetaoptError(f"{what} needs a whole number, got {text!r}") from None
+    digits = str(text).strip()
+    # Plain ASCII digits only: int() also takes "7_787", "+7787" and other scripts' digits,
+    # which no other tool reading the same setting would take as that number.
+    if not re.fullmatch(r"-?[0-9]+", digits):
+        raise MetaoptError(f"{what} needs a whole number, got {text!r}")
+    value = int(digits)
     if not low <= value <= high:
         raise MetaoptError(f"{what} must be between {low} and {high}, got {value}")
     return value

@@ -287,9 +287,12 @@ def test_peer_stop_refuses_a_negative_timeout(
 @pytest.mark.parametrize(
     ("item", "least"),
     [("gossip=-1", "more than 0"), ("schedule=0", "more than 0"), ("monitor=nan", "more than 0"),
-     ("push_fanout=-1", "0 or more"), ("settle=nan", "0 or more")],
+     ("push_fanout=-1", "0 or more"), ("settle=nan", "0 or more"),
+     ("gossip=inf", "a finite number"), ("leave_wait=inf", "a finite number")],
 )  # fmt: skip
-def test_a_timing_of_zero_or_less_is_refused_where_zero_is_no_period(item: str, least: str) -> None:
+def test_a_timing_of_zero_or_less_or_infinite_is_refused_where_zero_is_no_period(
+    item: str, least: str
+) -> None:
     name, _, value = item.partition("=")
     with pytest.raises(MetaoptError) as info:
         _parse_timing(f"anti_entropy=0.3,{item}")

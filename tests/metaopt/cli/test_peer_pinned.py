@@ -70,6 +70,16 @@ def test_port_and_slots_are_taken_up_to_their_bounds_and_refused_past_them(
 
 
 @pytest.mark.usefixtures("no_env")
+@pytest.mark.parametrize("text", ["7_787", "+7787", "\u0667\u0667\u0668\u0667", "7787.0", ""])
+def test_a_port_is_plain_digits_not_whatever_int_takes(tmp_path: Path, text: str) -> None:
+    """int() reads "7_787" and Arabic-Indic digits as 7787; a firewall rule or another tool
+    reading the same METAOPT_PORT would not, so the peer refuses it in one line."""
+    with pytest.raises(MetaoptError, match=r"^--port \(or METAOPT_PORT\) needs a whole number"):
+        _config(_args(tmp_path, port=text))
+    assert _config(_args(tmp_path, port=" 7787 ")).port == 7787  # spaces around are fine
+
+
+@pytest.mark.usefixtures("no_env")
 def test_a_key_file_on_the_command_line_beats_the_environments_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
