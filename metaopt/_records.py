@@ -281,7 +281,11 @@ def parse_trial(record: Record) -> TrialBody | None:
     ):
         return None
     suggest_ms = b.get("suggest_ms")
-    if isinstance(suggest_ms, bool) or not isinstance(suggest_ms, int | float):
+    if (
+        isinstance(suggest_ms, bool)
+        or not isinstance(suggest_ms, int | float)
+        or not 0 <= suggest_ms < math.inf  # a duration, shown in status and JSON
+    ):
         suggest_ms = None  # optional, and only informative: a bad one never drops the trial
     return TrialBody(record.links[0], params, node, counter, suggest_ms)
 

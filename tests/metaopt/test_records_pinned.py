@@ -211,10 +211,11 @@ def test_a_trial_links_exactly_one_experiment_and_its_params_are_scalars() -> No
 
 
 def test_a_bad_suggest_time_drops_only_the_time_and_zero_is_kept() -> None:
-    """suggest_ms is informative: True is not a duration (it is dropped, the trial kept), and
-    a 0 ms suggestion survives the round trip through a record."""
-    forged = _trial(suggest_ms=True)
-    assert forged is not None and forged.suggest_ms is None
+    """suggest_ms is informative: True, inf or -1 is no duration (it is dropped, the trial kept;
+    a record cannot hold nan), and a 0 ms suggestion survives the round trip through a record."""
+    for bad in (True, math.inf, -1.0):
+        forged = _trial(suggest_ms=bad)
+        assert forged is not None and forged.suggest_ms is None, bad
     body = TrialBody(EXP.key, {"x": 0.5}, NODE_B, 1, suggest_ms=0.0).to_body()
     parsed = parse_trial(Record.create(TRIAL, NODE_B, 1, 1, body, [EXP.key]))
     assert parsed is not None and parsed.suggest_ms == 0.0
