@@ -107,9 +107,12 @@ class Dimension:
         if self.prior != "fidelity":
             raise SpaceError(f"{self.name}: rungs are defined for fidelity(...) only")
         low, high = self.args
+        # Whole bounds and base give whole rungs (1, 3, 9, not 1, 3.0, 9.0): a rung is a step.
+        whole = all(isinstance(v, int) for v in self.args) and self.base == int(self.base)
+        base = int(self.base) if whole else self.base
         out = [low]
-        while out[-1] * self.base < high * (1 - 1e-12):
-            out.append(out[-1] * self.base)
+        while out[-1] * base < high * (1 - 1e-12):
+            out.append(out[-1] * base)
         if out[-1] < high:
             out.append(high)
         return tuple(out)
@@ -310,7 +313,9 @@ class Dimension:
             low, high = self.args
             slack = 1e-12 * max(abs(low), abs(high))
             return low - slack <= x <= high + slack
-        return True
+        # A discrete normal's integers are exact only within 2**53 (the parser keeps mu +- 40
+        # sigma there); 10**300 from another peer's record is no value of it.
+        return not self.discrete or abs(x) <= _MAX_EXACT_INT
 
 
 def _round_significant(v: FloatArray, digits: int) -> FloatArray:

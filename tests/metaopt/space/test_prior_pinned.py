@@ -39,6 +39,26 @@ def test_fidelity_rungs_end_exactly_at_high_without_a_near_duplicate() -> None:
     assert len(below) == 3 and below[-1] == 6.3
 
 
+def test_whole_fidelity_rungs_are_ints_and_fractional_ones_floats() -> None:
+    """A rung is a step number shown and compared as such: whole bounds and base give ints all
+    the way (not 1, 3.0, 9.0, 81); a fractional base or bound keeps floats."""
+    whole = parse_prior("e", "fidelity(1, 81, base=3)").rungs
+    assert [type(r) for r in whole] == [int] * 5
+    halves = parse_prior("e", "fidelity(1, 10, base=2.5)").rungs
+    assert halves == (1, 2.5, 6.25, 10) and type(halves[1]) is float
+
+
+def test_a_discrete_normal_refuses_an_integer_past_exact_floats() -> None:
+    """The parser keeps a discrete normal within +-2**53; a forged record's 10**300 (or 2**53 +
+    2) is outside it, not a value that encodes to the top of the cube."""
+    d = parse_prior("x", "normal(0, 1, discrete=True)")
+    assert d.from_python(2**53) == 2.0**53 and d.from_python(-7) == -7.0
+    for value in (10**300, 2**53 + 2, -(2**53) - 2):
+        with pytest.raises(SpaceError, match="is outside normal"):
+            d.from_python(value)
+    assert parse_prior("x", "normal(0, 1)").from_python(1e300) == 1e300  # a real normal: any
+
+
 @pytest.mark.parametrize(
     "text",
     [
