@@ -187,9 +187,13 @@ class DataDir:
 
     def _replace(self, path: Path, text: str, mode: int = 0o644) -> None:
         """Write a small file whole (through a temporary file and a rename) or not at all."""
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(path.name + ".tmp")  # one per file: peer.pid's is not peer.address's
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            # A leftover temporary file (a crash between open and rename) would keep its own
+            # mode through O_TRUNC, so a key could land 0644: a new file takes ``mode``.
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
             os.replace(tmp, path)

@@ -119,12 +119,46 @@ def test_the_cluster_key_file_is_readable_by_its_owner_alone(tmp_path: Path) -> 
     assert dirs.read_key() == "mo1-secret"
 
 
-def test_small_files_are_whole_over_a_longer_leftover_temporary_file(tmp_path: Path) -> None:
-    """A crash can leave peer.tmp (the temporary of peer.pid and peer.address) behind, longer
-    than what is written next: the new pid file must not end in the old one's bytes."""
+def test_a_leftover_temporary_key_file_does_not_lend_the_key_its_mode(tmp_path: Path) -> None:
+    """A crash between writing and renaming can leave cluster.key.tmp behind, readable by all:
+    the key written next through it must still be its owner's alone."""
     dirs = DataDir(tmp_path)
     dirs.ensure()
-    (tmp_path / "peer.tmp").write_text("9" * 64 + "\n" + "x" * 64)
+    leftover = tmp_path / "cluster.key.tmp"
+    leftover.write_text("old")
+    leftover.chmod(0o644)
+    dirs.write_key("mo1-secret")
+    assert stat.S_IMODE(dirs.key_file.stat().st_mode) == 0o600
+    assert dirs.read_key() == "mo1-secret" and not leftover.exists()
+
+
+def test_each_small_file_has_its_own_temporary_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """peer.pid and peer.address were both written through peer.tmp: two writers (a peer and a
+    stale second start) could rename each other's content into place."""
+    renamed: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def spy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        renamed.append((Path(src).name, Path(dst).name))
+        real_replace(src, dst)
+
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    monkeypatch.setattr(os, "replace", spy)
+    dirs.write_started("127.0.0.1:7787")
+    assert [dst for _, dst in renamed] == [dirs.pid_file.name, dirs.address_file.name]
+    assert all(src == dst + ".tmp" for src, dst in renamed)
+
+
+def test_small_files_are_whole_over_a_longer_leftover_temporary_file(tmp_path: Path) -> None:
+    """A crash can leave the temporary of peer.pid or peer.address behind, longer than what is
+    written next: the new pid file must not end in the old one's bytes."""
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    for name in ("peer.pid.tmp", "peer.address.tmp"):
+        (tmp_path / name).write_text("9" * 64 + "\n" + "x" * 64)
     dirs.write_started("127.0.0.1:7787")
     assert dirs.read_pid() == os.getpid()
     assert dirs.read_address() == "127.0.0.1:7787"
