@@ -92,7 +92,7 @@ def detect_slots(
         if (
             not gpus.strip()
             or not all(_DEVICE.fullmatch(d) for d in devices)
-            or len(set(devices)) != len(devices)
+            or len({_same(d) for d in devices}) != len(devices)  # 0 and 00 are one GPU
         ):
             raise MetaoptError(
                 f"--gpus {gpus!r}: use auto, none, or distinct GPU indices such as 0,1"
@@ -119,6 +119,7 @@ def _check_named(given: str, devices: list[str], seen: list[str] | None) -> None
             given,
         )
         return
+    named: dict[str, str] = {}  # each GPU's UUID -> how it was named
     for d in devices:
         known = (
             (d.isascii() and d.isdigit() and int(d) < len(seen))
@@ -131,6 +132,17 @@ def _check_named(given: str, devices: list[str], seen: list[str] | None) -> None
                 f"--gpus {given!r}: this machine has no GPU {d} (NVML sees {have});"
                 " use auto, none, or one it has"
             )
+        uuid = seen[int(d)] if d.isdigit() else d
+        if uuid in named:  # two slots would share one GPU, each trial thinking it alone
+            raise MetaoptError(
+                f"--gpus {given!r}: {named[uuid]} and {d} are the same GPU; name each GPU once"
+            )
+        named[uuid] = d
+
+
+def _same(device: str) -> str:
+    """A device as CUDA reads it: index 00 is index 0."""
+    return str(int(device)) if device.isascii() and device.isdigit() else device
 
 
 def _visible(text: str) -> list[str]:

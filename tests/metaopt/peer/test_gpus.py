@@ -71,6 +71,17 @@ def test_named_gpus_nvml_cannot_check_are_taken_with_a_warning(
     assert "--gpus 0,1: NVML" in caplog.text and "not here to check" in caplog.text
 
 
+def test_one_gpu_named_twice_is_refused_however_it_is_spelt() -> None:
+    """Two slots on one GPU run two trials on it, each sized for the whole card: index 0 and
+    its UUID (NVML tells), or 0 and 00 (CUDA reads both as 0), name it twice."""
+    two = ["GPU-a", "GPU-b"]
+    with pytest.raises(MetaoptError, match=r"^--gpus '0,GPU-a': 0 and GPU-a are the same GPU"):
+        detect_slots("0,GPU-a", environ={}, probe=lambda: two)
+    with pytest.raises(MetaoptError, match="distinct GPU indices"):
+        detect_slots("0,00", environ={}, probe=_no_nvml)
+    assert [s.gpu for s in detect_slots("1,GPU-a", environ={}, probe=lambda: two)] == ["1", "GPU-a"]
+
+
 @pytest.mark.parametrize("gpus", ["", "0,,1", "0,0", "all", "bogus", "0,cuda:1"])
 def test_bad_gpu_lists_are_one_line_errors(gpus: str) -> None:
     with pytest.raises(MetaoptError, match="--gpus"):
