@@ -63,6 +63,7 @@ SERVICE_TYPE = "_metaopt._tcp.local."
 ALL_INTERFACES = "0.0.0.0"
 _IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)  # Linux; absent from older Pythons
 _MAX_LABEL = 63
+_RENAME_ROOM = 3  # zeroconf's "-N" on a name clash (it tries up to a few)
 
 
 class DiscoveryError(MetaoptError):
@@ -152,7 +153,11 @@ def _instance_label(name: str, node_id: str) -> str:
     # Dots would split the instance label; the node id suffix keeps names unique per node.
     base = "".join(c if c.isalnum() or c in "-_" else "-" for c in name) or "peer"
     suffix = f"-{node_id[:8]}"
-    return base[: _MAX_LABEL - len(suffix)] + suffix
+    # DNS limits a label to 63 bytes of UTF-8, not characters: cut there, never mid-character
+    # (20 CJK characters made zeroconf refuse the name, and mDNS was off). Room is kept for
+    # the "-2" zeroconf appends on a name clash, which a full label would not take either.
+    room = _MAX_LABEL - len(suffix) - _RENAME_ROOM
+    return base.encode()[:room].decode("utf-8", "ignore") + suffix
 
 
 class Discovery:
@@ -208,19 +213,19 @@ class Discovery:
             await _close_quietly(azc, self.config.close_timeout)
             raise
         self._azc, self._plan = azc, plan
-        info = AsyncServiceInfo(
-            SERVICE_TYPE,
-            self.service_name,
-            port=self.config.port,
-            properties={
-                "id": self.config.node_id,
-                "fp": self.config.cluster_fingerprint,
-                "v": str(self.config.protocol_version),
-            },
-            server=f"metaopt-{self.config.node_id[:16]}.local.",
-            parsed_addresses=plan.addresses,
-        )
         try:
+            info = AsyncServiceInfo(
+                SERVICE_TYPE,
+                self.service_name,
+                port=self.config.port,
+                properties={
+                    "id": self.config.node_id,
+                    "fp": self.config.cluster_fingerprint,
+                    "v": str(self.config.protocol_version),
+                },
+                server=f"metaopt-{self.config.node_id[:16]}.local.",
+                parsed_addresses=plan.addresses,
+            )
             await asyncio.wait_for(
                 azc.async_register_service(info, allow_name_change=True),
                 timeout=self.config.close_timeout,
