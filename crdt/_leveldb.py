@@ -102,6 +102,7 @@ class LevelDBStore:
         self._failure: StoreWriteFailed | None = None
         self._unconfirmed: list[Record] = []
         self._retry_at = 0.0
+        self._closed = False  # by close(): probe() must not open it again (and take its LOCK)
 
     def _open(self) -> plyvel.DB:
         try:
@@ -263,11 +264,15 @@ class LevelDBStore:
 
         Raises:
             StoreWriteFailed: the disk still refuses (or the store cannot be opened).
+            StoreError: the store was closed.
         """
+        if self._closed:
+            # A probe racing a shutdown reopened the database and left it open, locked.
+            raise StoreError(f"the store at {self.path} is closed")
         if self._failure is not None and time.monotonic() < self._retry_at:
             raise StoreWriteFailed(str(self._failure), self._failure.disk)
         try:
-            if self._failure is not None or self._db.closed:
+            if self._failure is not None or self._db.closed:  # (closed: a reopen that failed)
                 self._check_room()
                 with contextlib.suppress(plyvel.Error):
                     self._db.close()
@@ -362,10 +367,19 @@ class LevelDBStore:
                     yield key, held
 
     def _index_scan(self, prefix: bytes) -> Iterator[Record]:
+        # The iterator (LevelDB's snapshot) is made now, not at the first next(): a scan is
+        # of the set as it is at the call, as the in-memory store's.
+        try:
+            entries = self._db.iterator(prefix=prefix)
+        except plyvel.Error as exc:
+            raise _unreadable(self.path, exc) from None
+        return self._records_at(entries)
+
+    def _records_at(self, entries: Iterator[tuple[bytes, bytes]]) -> Iterator[Record]:
         get = self._db.get
         data_of = self.raw_get
         try:
-            for raw, where in self._db.iterator(prefix=prefix):
+            for raw, where in entries:
                 key = raw[-KEY_SIZE:]
                 data = get(b"o" + where + key) if where else data_of(key)
                 if data is not None:
@@ -382,9 +396,8 @@ class LevelDBStore:
     def ordered(self, lower: Bound | None = None, upper: Bound | None = None) -> Iterator[Bound]:
         start = b"t" if lower is None else b"t" + _U64.pack(lower[0]) + lower[1]
         stop = b"u" if upper is None else b"t" + _U64.pack(upper[0]) + upper[1]
-        for raw in self._db.iterator(start=start, stop=stop, include_value=False):
-            (time,) = _U64.unpack_from(raw, 1)
-            yield (time, raw[9:])
+        raws = self._db.iterator(start=start, stop=stop, include_value=False)  # (made now)
+        return ((_U64.unpack_from(raw, 1)[0], raw[9:]) for raw in raws)
 
     def fingerprint(self) -> SetFingerprint:
         return SetFingerprint(self._fp.total, self._fp.count)
@@ -394,6 +407,7 @@ class LevelDBStore:
         return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
 
     def close(self) -> None:
+        self._closed = True
         self._subscribers.clear()
         if not self._db.closed:
             self._db.close()

@@ -124,15 +124,17 @@ class Store(Protocol):
         ...
 
     def linked(self, link: bytes) -> Iterator[Record]:
-        """Records that list ``link`` among their links, in (time, key) order."""
+        """Records that list ``link`` among their links, in (time, key) order, as the set is at
+        the call (records added while it is read are not in it)."""
         ...
 
     def of_kind(self, kind: str) -> Iterator[Record]:
-        """Records of one kind, in (time, key) order."""
+        """Records of one kind, in (time, key) order, as the set is at the call."""
         ...
 
     def ordered(self, lower: Bound | None = None, upper: Bound | None = None) -> Iterator[Bound]:
-        """(time, key) of every record with lower <= (time, key) < upper, ascending."""
+        """(time, key) of every record with lower <= (time, key) < upper, ascending, as the set
+        is at the call."""
         ...
 
     def fingerprint(self) -> SetFingerprint:
