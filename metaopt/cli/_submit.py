@@ -352,6 +352,8 @@ def _choice(value: object, flag: str, choices: tuple[str, ...]) -> None:
 
 def merge_config(options: dict[str, Any]) -> dict[str, Any]:
     """The command-line options over those of their --config file, if any."""
+    if options.get("config") == "":  # `--config "$CFG"` with CFG unset: its budget dropped
+        raise MetaoptError("--config is empty; give a file, or leave out --config")
     if not options.get("config"):
         return options
     merged = _load_config(str(options["config"]))

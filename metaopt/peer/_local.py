@@ -66,6 +66,10 @@ def fetch_experiments(peer: _Caller) -> list[dict[str, Any]]:
 
 
 def resolve_data_dir(value: str | None) -> Path:
+    if value == "":
+        # `--data-dir "$DIR"` with DIR unset: the default peer would be another machine's
+        # role (a second peer's submit reached the first's, a stop stopped it).
+        raise MetaoptError("--data-dir is empty; give a directory, or leave out --data-dir")
     if value:
         return Path(value)
     env = os.environ.get("METAOPT_DATA_DIR")

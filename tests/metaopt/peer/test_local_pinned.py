@@ -194,12 +194,16 @@ def test_a_peer_whose_process_lives_but_stops_answering_mid_load_is_said_to_be_h
 def test_data_dir_given_on_the_command_line_wins_over_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--data-dir names the peer a command talks to even where METAOPT_DATA_DIR is set."""
+    """--data-dir names the peer a command talks to even where METAOPT_DATA_DIR is set; an
+    empty one (`--data-dir "$DIR"` with DIR unset) is refused, not read as the environment's
+    or the default peer, which may be another peer than the one meant."""
     monkeypatch.setenv("METAOPT_DATA_DIR", str(tmp_path / "env"))
     assert resolve_data_dir(str(tmp_path / "flag")) == tmp_path / "flag"
     assert resolve_data_dir(None) == tmp_path / "env"
-    monkeypatch.delenv("METAOPT_DATA_DIR")
-    assert resolve_data_dir("") != tmp_path / "env"
+    with pytest.raises(MetaoptError, match=r"^--data-dir is empty; give a directory"):
+        resolve_data_dir("")
+    monkeypatch.setenv("METAOPT_DATA_DIR", "")  # an empty variable is an unset one
+    assert resolve_data_dir(None) != tmp_path / "env"
 
 
 def test_a_data_directory_without_its_cluster_key_is_one_line(tmp_path: Path) -> None:
