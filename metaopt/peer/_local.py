@@ -67,8 +67,8 @@ def fetch_experiments(peer: _Caller) -> list[dict[str, Any]]:
 
 def resolve_data_dir(value: str | None) -> Path:
     if value == "":
-        # `--data-dir "$DIR"` with DIR unset: the default peer would be another machine's
-        # role (a second peer's submit reached the first's, a stop stopped it).
+        # `--data-dir "$DIR"` with DIR unset: the environment's or the default directory may
+        # hold another peer than the one meant, which a submit or a stop would then reach.
         raise MetaoptError("--data-dir is empty; give a directory, or leave out --data-dir")
     if value:
         return Path(value)
