@@ -50,6 +50,8 @@ def is_known(U: FloatArray, known: FloatArray, atol: float = 1e-9) -> BoolArray:
     U = np.atleast_2d(U)
     if known.shape[0] == 0 or U.shape[0] == 0:
         return np.zeros(U.shape[0], dtype=bool)
+    if U.shape[1] == 0:  # a space of no dimension has one point: known once anything is
+        return np.ones(U.shape[0], dtype=bool)
     out = np.zeros(U.shape[0], dtype=bool)
     # Chunked so that 1,000 x 100,000 comparisons stay within a few MB.
     chunk = max(1, 2_000_000 // max(1, known.shape[0] * max(1, U.shape[1])))

@@ -18,6 +18,15 @@ def test_the_start_works_in_a_space_without_search_dimensions() -> None:
     assert out.shape == (1, 0)
 
 
+def test_a_space_without_search_dimensions_has_one_point_and_then_none() -> None:
+    """Its one point tried, the start says every point is tried, as in any exhausted space
+    (it raised numpy's "zero-size array to reduction operation maximum")."""
+    space = Space.from_dict({})
+    tried = Observations(np.zeros((1, 0)), np.zeros((1, 1)))
+    with pytest.raises(SearchError, match="tried"):
+        SobolStart().suggest(space, tried, np.random.default_rng(0), 1)
+
+
 def test_each_generator_gives_its_own_start() -> None:
     """Pins that the Sobol scramble is seeded from the passed generator: peers (or studies)
     with different streams and nothing known must not all start at one shared point."""
