@@ -230,7 +230,8 @@ def _ls_prior_loc(d: int) -> float:
 
 
 def prior_mode(spec: KernelSpec, cfg: FitConfig) -> FloatArray:
-    """A hyperparameter start at the prior's mode."""
+    """A hyperparameter start: the lengthscale prior's mode, the signal and noise priors'
+    medians (where the fit starts, not a claim about the optimum)."""
     ls = _ls_prior_loc(spec.d) - cfg.ls_prior_scale**2
     noise = math.log(max(math.exp(cfg.noise_prior_loc) - cfg.min_noise, cfg.min_noise))
     return np.concatenate([np.full(spec.d, ls), [0.0, noise]])
