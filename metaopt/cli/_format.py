@@ -108,7 +108,7 @@ def column_names(
 def command(*words: str, data_dir: str | None = None) -> str:
     """A metaopt command as it can be pasted into a shell: each word quoted, and ``data_dir``,
     the --data-dir the user gave, if any (without it the command asks another peer)."""
-    if data_dir:  # (an empty one is the default's)
+    if data_dir:  # (None: the default directory; an empty one is refused before this)
         words = (*words, "--data-dir", data_dir)
     return " ".join(["metaopt", *(shlex.quote(w) for w in words)])
 
