@@ -360,13 +360,15 @@ def parse_event(record: Record, names: dict[bytes, bytes] | None = None) -> Even
         or node != record.origin  # an event is written by the node it speaks for
         or (step is not None and (type(step) is not int or not 0 <= step < MAX_INT))
         or not isinstance(metrics, dict)
-        or not all(isinstance(k, str) and is_metric(v) for k, v in metrics.items())
+        # (Each generator only when there is something to check: most events carry no
+        # supersedes and a start no metrics, and a replica's fold parses every event.)
+        or (metrics and not all(isinstance(k, str) and is_metric(v) for k, v in metrics.items()))
         or (exit_code is not None and type(exit_code) is not int)
         or (reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON))
         or (stderr is not None and (not isinstance(stderr, str) or len(stderr) > MAX_STDERR))
         or not isinstance(supersedes, list)
         or len(supersedes) > MAX_SUPERSEDES
-        or not all(isinstance(k, bytes) and len(k) == KEY_SIZE for k in supersedes)
+        or (supersedes and not all(isinstance(k, bytes) and len(k) == KEY_SIZE for k in supersedes))
         or (after is not None and (not isinstance(after, bytes) or len(after) != KEY_SIZE))
         or (rung is not None and (type(rung) is not int or not 0 <= rung < MAX_INT))
     ):
