@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from crdt import LevelDBStore, StoreError, StoreLocked
+from metaopt._collector import collector_paused
 from metaopt._errors import MetaoptError
 from metaopt.peer._api import LocalApi
 from metaopt.peer._clean import carry_out, clean_reply
@@ -120,16 +121,21 @@ class OfflinePeer:
                 )
             raise MetaoptError(said) from None
         try:
-            replica = Replica(store)
-            try:
-                node = _StoppedNode(self.dirs, replica)
-                api = LocalApi(node)  # type: ignore[arg-type]
-                if op == "api.clean":
-                    plan, dry_run = api.clean_plan(body)
-                else:
-                    return asyncio.run(api.handlers()[op](Request(op, node.node_id, "", body)))
-            finally:
-                replica.close()
+            # The fold is a few objects a record, kept until the call returns: the collector
+            # is held off meanwhile (its passes over them were 0.6 s of 3.6 at 200,000
+            # records), and so the replica need not hide them from it (freeze_every).
+            with collector_paused():
+                replica = Replica(store, freeze_every=0)
+                try:
+                    node = _StoppedNode(self.dirs, replica)
+                    api = LocalApi(node)  # type: ignore[arg-type]
+                    if op == "api.clean":
+                        plan, dry_run = api.clean_plan(body)
+                    else:
+                        request = Request(op, node.node_id, "", body)
+                        return asyncio.run(api.handlers()[op](request))
+                finally:
+                    replica.close()
         finally:
             store.close()
         # The replica is free again before the deletion, which may take long: a peer started

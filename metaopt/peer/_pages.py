@@ -12,6 +12,7 @@ from typing import Any, Literal, cast
 
 import msgpack
 
+from metaopt._collector import collector_paused
 from metaopt._errors import MetaoptError
 from metaopt._state import TERMINAL_STATES, ExperimentState, TrialView
 
@@ -66,13 +67,16 @@ class TrialPages:
         taken: list[TrialView] = []
         rows: list[dict[str, Any]] = []
         fits = _Fits(self.page_bytes)
-        for trial in trials[start:]:
-            shown = row(trial)
-            if not fits(shown):
-                last = taken[-1]
-                return taken, rows, [last.created, last.key.hex()]
-            taken.append(trial)
-            rows.append(shown)
+        # A page's rows are kept until it is sent: the collector's passes walked the rows
+        # built so far again and again, a fifth of building 60,000 (no await in between).
+        with collector_paused():
+            for trial in trials[start:]:
+                shown = row(trial)
+                if not fits(shown):
+                    last = taken[-1]
+                    return taken, rows, [last.created, last.key.hex()]
+                taken.append(trial)
+                rows.append(shown)
         return taken, rows, None
 
 
@@ -123,11 +127,13 @@ class _Fits:
     def __init__(self, page_bytes: int | None) -> None:
         self._left = page_bytes
         self._first = True
+        # One Packer for the page's rows (packb builds one a call: a fifth of the sizing).
+        self._pack = msgpack.Packer(use_bin_type=True).pack
 
     def __call__(self, row: dict[str, Any]) -> bool:
         if self._left is None:
             return True
-        self._left -= len(msgpack.packb(row, use_bin_type=True))
+        self._left -= len(self._pack(row))
         first, self._first = self._first, False
         return first or self._left >= 0
 

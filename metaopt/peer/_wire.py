@@ -11,11 +11,13 @@ operations and check shapes, so garbage is a one-line error, never a crash.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
+from metaopt._collector import collector_paused
 from metaopt._errors import MetaoptError
 
 __all__ = [
@@ -153,6 +155,10 @@ def _unpack(data: bytes, bounded: bool = True) -> Any:
     size (see _Budget). Only the CLI reads its own peer's replies unbounded (a page of trials
     with their curves holds a list or number every few bytes)."""
     limits: dict[str, Any] = {}
+    # The CLI's pages of trials are a million small maps and lists: the collector's passes
+    # while msgpack built them were a third of decoding them (0.1 s of 0.3 at 60,000 trials).
+    # (Not for other peers' messages, which are small, and bounded.)
+    paused = contextlib.nullcontext() if bounded else collector_paused()
     if bounded:
         budget = _Budget(len(data))
         limits = {
@@ -162,7 +168,8 @@ def _unpack(data: bytes, bounded: bool = True) -> Any:
             "max_map_len": _MAX_MAP,
         }
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False, **limits)
+        with paused:
+            return msgpack.unpackb(data, raw=False, strict_map_key=False, **limits)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise WireError(f"undecodable message ({type(exc).__name__})") from None
 
