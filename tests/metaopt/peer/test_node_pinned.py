@@ -33,6 +33,7 @@ from metaopt.peer._storage import StorageTrouble
 from metaopt.peer._wire import Request
 from tests.metaopt.peer.test_node_claims import _lost_trial
 from tests.metaopt.peer.test_node_schedule import OTHER, _experiment, _lone_node, _ran_to_step_3
+from tests.metaopt.peer.test_node_sync import quiet_node
 from tests.metaopt.peer.test_orphans import SLEEPER, _end, _seen, _spawn
 
 pytestmark = pytest.mark.integration
@@ -313,10 +314,6 @@ async def test_a_stop_records_a_run_end_the_disk_refused_once_it_takes_writes(
     assert kinds.count("completed") == 1
 
 
-# Only the sessions a test starts: the periodic ones run once at the start, knowing no peer.
-QUIET = Timing(anti_entropy=600.0, gossip=600.0)
-
-
 @pytest.mark.asyncio
 async def test_a_stopping_peer_hands_what_its_pushes_missed_to_a_live_peer(
     tmp_path: Path,
@@ -325,14 +322,8 @@ async def test_a_stopping_peer_hands_what_its_pushes_missed_to_a_live_peer(
     even when no push carried them: one last reconciliation before it goes, or the others
     learn of them only when it comes back."""
 
-    def node(name: str, key: str | None = None) -> Node:
-        config = PeerConfig(
-            data_dir=tmp_path / name, port=0, mdns=False, key_text=key, timing=QUIET
-        )
-        return Node(config)
-
-    a = node("a")
-    b = node("b", a.key.to_text())
+    a = quiet_node(tmp_path / "a")
+    b = quiet_node(tmp_path / "b", a.key.to_text())
     running = [a, b]
     try:
         for peer in running:

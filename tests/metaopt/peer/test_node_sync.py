@@ -19,18 +19,17 @@ pytestmark = pytest.mark.integration
 QUIET = Timing(anti_entropy=600.0, gossip=600.0)
 
 
+def quiet_node(data_dir: Path, key: str | None = None) -> Node:
+    """A node on loopback whose periodic rounds wait ten minutes: a test drives them."""
+    return Node(PeerConfig(data_dir=data_dir, port=0, mdns=False, key_text=key, timing=QUIET))
+
+
 @pytest.mark.asyncio
 async def test_sessions_both_ways_at_once_carry_a_catch_up_once(tmp_path: Path) -> None:
     # The joiner's anti-entropy pulled the history while its partner's pushed it the same
     # records: a 3-million-record catch-up crossed the wire twice.
-    def node(name: str, key: str | None = None) -> Node:
-        config = PeerConfig(
-            data_dir=tmp_path / name, port=0, mdns=False, key_text=key, timing=QUIET
-        )
-        return Node(config)
-
-    full = node("full")
-    joiner = node("joiner", full.key.to_text())
+    full = quiet_node(tmp_path / "full")
+    joiner = quiet_node(tmp_path / "joiner", full.key.to_text())
     origin = b"\x05" * 16
     history = [
         Record.create("event", origin, seq, 1000 + seq, {"s": seq}) for seq in range(1, 40_001)
