@@ -47,7 +47,7 @@ def add_peer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="append",
         default=None,
         metavar="HOST:PORT",
-        help="a peer to contact (repeatable); one is enough (METAOPT_JOIN, comma-separated)",
+        help="a peer to contact (repeatable, or comma-separated); one is enough (METAOPT_JOIN)",
     )
     start.add_argument("--gpus", default=_env("GPUS", "auto"), help="auto, none, or 0,1,...")
     start.add_argument("--slots", default=_env("SLOTS", "1"))
@@ -166,9 +166,12 @@ def _config(args: argparse.Namespace) -> PeerConfig:
         key_text, key_file, given = _env("KEY"), _env("KEY_FILE"), "METAOPT_KEY_FILE"
     if key_text is None and key_file:
         key_text = _read_key_file(key_file, given)
-    # (METAOPT_JOIN is comma-separated: "a:1, b:2" is two seeds, spaces and all.)
+    # Comma-separated in METAOPT_JOIN and in each --join: "a:1, b:2" is two seeds, spaces and
+    # all (`--join a:1,b:2`, as the README reads, was refused as not HOST:PORT). An empty
+    # --join stays refused; the variable may end in a comma.
     joined = [j.strip() for j in (_env("JOIN") or "").split(",")]
-    join = args.join if args.join is not None else [j for j in joined if j]
+    given_join = None if args.join is None else [s.strip() for j in args.join for s in j.split(",")]
+    join = given_join if given_join is not None else [j for j in joined if j]
     port = _whole("--port (or METAOPT_PORT)", args.port, 0, 65535)
     slots = _whole("--slots (or METAOPT_SLOTS)", args.slots, 1, 1024)
     for seed in join:

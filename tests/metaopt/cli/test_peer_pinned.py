@@ -252,3 +252,14 @@ def test_metaopt_join_takes_spaces_after_its_commas_and_is_named_when_wrong(
         _config(_args(tmp_path, key="k"))
     with pytest.raises(MetaoptError, match=r"^--join 'nowhere': expected HOST:PORT"):
         _config(_args(tmp_path, key="k", join=["nowhere"]))
+
+
+@pytest.mark.usefixtures("no_env")
+def test_a_join_option_takes_commas_as_its_variable_does(tmp_path: Path) -> None:
+    """The README lists `--join` (METAOPT_JOIN, comma-separated): `--join a:1,b:2` was refused
+    as "not HOST:PORT". Commas and repeats mix; an empty seed is still refused, not dropped."""
+    config = _config(_args(tmp_path, key="k", join=["127.0.0.1:1, 127.0.0.1:2", "127.0.0.1:3"]))
+    assert list(config.join) == ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+    for empty in ([""], ["127.0.0.1:1,"]):
+        with pytest.raises(MetaoptError, match=r"^--join '': expected HOST:PORT"):
+            _config(_args(tmp_path, key="k", join=empty))
