@@ -856,7 +856,10 @@ class TrialRunner:
                 key = bytes.fromhex(decision.trial_id)
                 if decision.action in (Action.FREEZE, Action.KILL) and decision.trial_id in running:
                     outcome = "frozen" if decision.action is Action.FREEZE else "killed"
-                    log.info("%s trial %s: %s", outcome, key.hex()[:12], decision.reason)
+                    # "freezing", not "frozen": a run that reaches its last step before it
+                    # stops is completed (its "ended: completed" line follows).
+                    doing = "freezing" if decision.action is Action.FREEZE else "killing"
+                    log.info("%s trial %s: %s", doing, key.hex()[:12], decision.reason)
                     # (Not if it has ended meanwhile.)
                     if await self.end(key, outcome, decision.reason, decision.rung):
                         self.note_stop_request(key, outcome, decision.reason, decision.rung)

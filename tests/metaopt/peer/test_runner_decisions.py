@@ -241,6 +241,22 @@ def test_a_monitor_told_not_to_judge_asks_no_stopper() -> None:
     assert stopper.free == [0] and asked == ["not in the top"]
 
 
+@pytest.mark.parametrize(
+    ("action", "said"), [(Action.FREEZE, "freezing"), (Action.KILL, "killing")]
+)
+def test_a_stop_the_stopper_decides_is_logged_as_asked_not_as_done(
+    caplog: pytest.LogCaptureFixture, action: Action, said: str
+) -> None:
+    """The run may reach its last step before it stops, and is then completed: "frozen trial
+    X" followed by "trial X ended: completed" read as a contradiction (partition run)."""
+    caplog.set_level(logging.INFO, logger="metaopt")
+    runner, trial, _ = _running_here(exited=False)
+    state = next(iter(runner.node.replica.experiments.values()))
+    runner._stoppers[state.key] = _JudgeFrozen(action, "not in the top 1/3 at rung 9", 9)
+    asyncio.run(runner.monitor())
+    assert f"{said} trial {trial.hex()[:12]}: not in the top 1/3 at rung 9" in caplog.text
+
+
 def test_a_kill_at_a_rung_is_recorded_with_its_rung() -> None:
     # Other peers' ASHA counted the values it reported past the rung (it stops some steps
     # later) against their own runs there.
