@@ -115,6 +115,22 @@ async def _echo_server(op: str = "echo", **limits: float) -> tuple[FrameCodec, S
     return codec, server, port, frame
 
 
+async def _hold_half_open(port: int, hosts: list[str], held: list[asyncio.StreamWriter]) -> None:
+    """A connection from each of hosts that sends part of a request's headers and no more,
+    kept in held (for the caller to close, whatever happens)."""
+    for host in hosts:
+        _, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(host, 0))
+        writer.write(b"POST /v1 HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        held.append(writer)
+
+
+async def _closed_at_once(port: int, host: str = "127.0.0.1") -> None:
+    """A connection from host is closed by the server before it sends anything."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(host, 0))
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
 @pytest.mark.asyncio
 async def test_a_request_without_a_valid_ticket_is_refused_unread() -> None:
     # A sender without the cluster key made the server read up to 64 MiB per request before
@@ -409,17 +425,12 @@ async def test_a_host_holding_connections_open_is_refused_more_past_the_cap(
     # up a peer's file descriptors (behind a soft limit of 256), and no trial could start.
     codec, server, port, _ = await _echo_server("sync", max_connections_per_host=4)
     client = Client(codec, os.urandom(16), "", timeout=10)
-    held = []
+    held: list[asyncio.StreamWriter] = []
     caplog.set_level(logging.WARNING, logger="metaopt.peer")
     try:
-        for _ in range(4):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"POST /v1 HTTP/1.1\r\nHost: x\r\n")  # and never the rest
-            held.append(writer)
+        await _hold_half_open(port, ["127.0.0.1"] * 4, held)
         for _ in range(3):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed at once
-            writer.close()
+            await _closed_at_once(port)
         with pytest.raises(PeerUnreachable):
             await client.call(f"127.0.0.1:{port}", "sync", b"x")
         for writer in held:
@@ -440,19 +451,12 @@ async def test_connections_from_many_hosts_are_capped_in_all(
     # The cap was per host alone: 290 connections from two addresses, each holding unfinished
     # headers, took a peer from 240 MB to 814 MB.
     _, server, port, _ = await _echo_server(max_connections_per_host=3, max_connections=4)
-    held = []
+    held: list[asyncio.StreamWriter] = []
     caplog.set_level(logging.WARNING, logger="metaopt.peer")
     try:
-        for host in ("127.0.0.2", "127.0.0.3", "127.0.0.2", "127.0.0.3"):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(host, 0))
-            writer.write(b"POST /v1 HTTP/1.1\r\nHost: x\r\n")  # and never the rest
-            held.append(writer)
+        await _hold_half_open(port, ["127.0.0.2", "127.0.0.3", "127.0.0.2", "127.0.0.3"], held)
         await asyncio.sleep(0.1)
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, local_addr=("127.0.0.4", 0)
-        )
-        assert await asyncio.wait_for(reader.read(), 5) == b""  # a fifth host: closed at once
-        writer.close()
+        await _closed_at_once(port, "127.0.0.4")  # a fifth host
         held.pop().close()
         await asyncio.sleep(0.1)
         reader, writer = await asyncio.open_connection(
@@ -520,16 +524,24 @@ async def _response(reader: asyncio.StreamReader) -> bytes:
     return status
 
 
+async def _status_line_after(port: int, sent: bytes) -> bytes:
+    """The first line the server answers to sent (a request that need not end)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(sent)
+        return await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+
+
 @pytest.mark.asyncio
 async def test_a_header_line_longer_than_a_peer_sends_is_refused_before_the_headers_end() -> None:
     # aiohttp's defaults let one connection hold 128 headers of 8 KiB that never end.
     _, server, port, _ = await _echo_server()
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST /v1 HTTP/1.1\r\nX-Padding: " + b"a" * 2000 + b"\r\n")  # no end
-        status = await asyncio.wait_for(reader.readline(), 5)
+        no_end = b"POST /v1 HTTP/1.1\r\nX-Padding: " + b"a" * 2000 + b"\r\n"
+        status = await _status_line_after(port, no_end)
         assert status.startswith(b"HTTP/1.0 400 Bad Request"), status
-        writer.close()
     finally:
         await server.stop()
 

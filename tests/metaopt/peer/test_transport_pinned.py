@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -33,7 +35,16 @@ from metaopt.peer._transport import (
     _seal,
 )
 from metaopt.peer._wire import LOADING, PROTOCOL_VERSION, Reply, Request, decode_reply
-from tests.metaopt.peer.test_transport import LIMIT, NODE, NONCE, _echo_server, _serve
+from tests.metaopt.peer.test_transport import (
+    LIMIT,
+    NODE,
+    NONCE,
+    _closed_at_once,
+    _echo_server,
+    _hold_half_open,
+    _serve,
+    _status_line_after,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -236,16 +247,11 @@ async def test_refused_connections_free_no_place_under_the_total_cap() -> None:
     """Only accepted connections count; a refused one, when it closes, must not hand back a
     place it never took, or refused attempts would lift the cap for everyone after them."""
     _, server, port, _ = await _echo_server(max_connections=2)
-    held = []
+    held: list[asyncio.StreamWriter] = []
     try:
-        for _ in range(2):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"POST /v1 HTTP/1.1\r\nHost: x\r\n")  # and never the rest
-            held.append(writer)
+        await _hold_half_open(port, ["127.0.0.1"] * 2, held)
         for _ in range(4):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed at once
-            writer.close()
+            await _closed_at_once(port)
             await asyncio.sleep(0)
     finally:
         for writer in held:
@@ -312,11 +318,9 @@ async def test_a_request_line_longer_than_a_peer_sends_is_refused(
         monkeypatch.setattr(noted, "_seen", set())
     _, server, port, _ = await _echo_server()
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST /v1?" + b"a" * 2000 + b" HTTP/1.1\r\nHost: x\r\n")  # no end
-        status = await asyncio.wait_for(reader.readline(), 5)
+        no_end = b"POST /v1?" + b"a" * 2000 + b" HTTP/1.1\r\nHost: x\r\n"
+        status = await _status_line_after(port, no_end)
         assert status.startswith(b"HTTP/1.0 400"), status
-        writer.close()
     finally:
         await server.stop()
 
@@ -377,26 +381,35 @@ async def test_an_operation_without_a_handler_is_unknown_and_logs_no_traceback(
     assert not [r for r in caplog.records if r.exc_info]
 
 
+@contextlib.asynccontextmanager
+async def _refusing(op: str, error: Exception) -> AsyncIterator[tuple[Client, str]]:
+    """A started server whose one handler, op, raises error, and a client of it: (client, its
+    address); both closed after."""
+    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
+
+    async def refuse(message: Request) -> Any:
+        raise error
+
+    server = Server(codec, {op: refuse}, node_id=NODE)
+    addr = f"127.0.0.1:{await server.start('127.0.0.1', 0)}"
+    client = Client(codec, os.urandom(16), "", timeout=10)
+    try:
+        yield client, addr
+    finally:
+        await client.close()
+        await server.stop()
+
+
 @pytest.mark.asyncio
 async def test_a_handlers_refusal_is_its_message_as_it_is_and_logs_no_traceback(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A MetaoptError is a handler saying no (busy, loading, a bad name): the sender gets its
     one line as the handler wrote it, and the peer's log no traceback of a "failed" handler."""
-    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
-
-    async def busy(message: Request) -> Any:
-        raise MetaoptError("busy: this peer has a session with yours under way")
-
-    server = Server(codec, {"sync": busy}, node_id=NODE)
-    addr = f"127.0.0.1:{await server.start('127.0.0.1', 0)}"
-    client = Client(codec, os.urandom(16), "", timeout=10)
-    try:
+    busy = MetaoptError("busy: this peer has a session with yours under way")
+    async with _refusing("sync", busy) as (client, addr):
         with pytest.raises(RemoteError) as info:
             await client.call(addr, "sync")
-    finally:
-        await client.close()
-        await server.stop()
     assert str(info.value) == f"{addr}: busy: this peer has a session with yours under way"
     assert not [r for r in caplog.records if r.exc_info]
 
@@ -407,21 +420,11 @@ async def test_a_sealed_request_carrying_a_bad_record_is_refused_in_one_line(
 ) -> None:
     """A RecordError, as a ProtocolError, is the sender breaking the protocol: refused with one
     warning and no traceback (a handler bug's report would alarm whoever reads the log)."""
-    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
-
-    async def bad(message: Request) -> Any:
-        raise RecordError("a record's key does not match its body")
-
-    server = Server(codec, {"sync": bad}, node_id=NODE)
-    addr = f"127.0.0.1:{await server.start('127.0.0.1', 0)}"
-    client = Client(codec, os.urandom(16), "", timeout=10)
-    try:
+    bad = RecordError("a record's key does not match its body")
+    async with _refusing("sync", bad) as (client, addr):
         for _ in range(2):
             with pytest.raises(RemoteError, match="RecordError: a record's key does not match"):
                 await client.call(addr, "sync")
-    finally:
-        await client.close()
-        await server.stop()
     assert not [r for r in caplog.records if r.exc_info]
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert sum("RecordError" in w for w in warnings) == 1
@@ -431,18 +434,8 @@ async def test_a_sealed_request_carrying_a_bad_record_is_refused_in_one_line(
 async def test_a_peer_still_loading_is_told_apart_from_a_refusal() -> None:
     """The API's "loading:" refusal comes back as StillLoading, its message without the
     marker: the CLI waits on that one (and says how far the peer got) and gives up on others."""
-    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
-
-    async def loading(message: Request) -> Any:
-        raise MetaoptError(f"{LOADING} the peer is still loading its history (1 of about 9)")
-
-    server = Server(codec, {"api.status": loading}, node_id=NODE)
-    addr = f"127.0.0.1:{await server.start('127.0.0.1', 0)}"
-    client = Client(codec, os.urandom(16), "", timeout=10)
-    try:
+    loading = MetaoptError(f"{LOADING} the peer is still loading its history (1 of about 9)")
+    async with _refusing("api.status", loading) as (client, addr):
         with pytest.raises(StillLoading) as info:
             await client.call(addr, "api.status", to=NODE)
-    finally:
-        await client.close()
-        await server.stop()
     assert str(info.value) == "the peer is still loading its history (1 of about 9)"
