@@ -11,43 +11,16 @@ more than a 100 ms decision allows) spends steps where a better final value is m
   the best 1/rung_base of the values every trial reported there is frozen, from the first rung
   on and also during the warm-up: no forecast is needed, and a frozen trial can come back. A
   frozen trial outside that top is not thawed while a new trial may start. On the synthetic
-  benchmark (held-out seeds 100-119, 1 peer), with the model judging only frozen trials
-  (below), this took the geometric mean of steps to target from 880 to 616 (ASHA: 676): the
-  model's forecasts of short curves there are no better than the configuration alone
-  predicts, while the value at the first step ranks the finals well (Spearman 0.74-0.76).
-  Over 60 more seeds (200-259) it took 5% more steps than ASHA seed for seed (±1.4%): its
-  thaws rescue the odd seed where ASHA killed every top configuration, and otherwise mostly
-  resume runs that lose again at the next rung (fewer thaws: thaw_ratio, below). Holding a
-  run frozen at a rung until m runs had reached it (so the first runs are not promoted on
-  thin evidence, as synchronous successive halving would have it) took more steps, not
-  fewer (seeds 100-109, 1 peer, median steps to target; this rule 737, ASHA 782): m = 3,
-  948; m = 9, 3066 with one seed never reaching the target; thawing every frozen run in the
-  top of its rung whatever the model says, 1276 and 2928. Steps to target reward finishing a
-  good run early, and the runs held back include the eventual winners.
-  The top configurations lost to the rungs are slow learners frozen at rungs 3 and 9, when
-  runs that learn fast and end worse overtake them (as the benchmark's curves cross); a thaw
-  that chose exactly those (told the truth) would halve ASHA's steps to target. Thawing first
-  a run frozen at the second or third rung whose first-rung value was in the best 10% did not
-  get there: with rungs freezing and that thaw, 943 steps to target against ASHA's 1075 in
-  pools of 400 configurations (seeds 200-259), but 947 against 874 in the benchmark's pools
-  of 1,000 (870 with the best 5%), and as part of this policy 951 (x1.021 +- 0.082 seed for
-  seed), where good configurations come often enough that a new one beats a second chance.
-  Nor does the model single them out: along ASHA's runs (seeds 100-105), the top-3%
-  configurations' predicted finals sat at mean percentile 0.58 among the runs at rung 3 and
-  0.59 at rung 9 (their values there: 0.31, 0.31), since short curves teach the asymptote GP
-  that slow learners end high; a GP over the configuration fitted to completed runs' finals
-  (0.44, 0.42) and one over (configuration, log step) fitted to every rung value (0.38,
-  0.40) did no better than the values. Told the finals of 20 or 40 random configurations,
-  a GP over the configuration ranks the rest with Spearman 0.86 or 0.98: early in a search
-  no method has them.
+  benchmark the model's forecasts of short curves rank the finals no better than the
+  configuration alone, while the value at the first step ranks them well (Spearman 0.74-0.76);
+  rungs took its steps to target from 880 to 616 (held-out seeds, 1 peer; ASHA 676). The slow
+  learners that end best are the top configurations the rungs lose, and neither the model nor
+  any other ranking measured singles them out early.
 * Otherwise a trial with too few points (< min_points) or too few steps (< min_steps) is
   not stopped.
 * The model freezes or kills no running trial before warmup_completed runs (any peer's) have
   completed. Until a curve shows where runs end, the model cannot tell a slow start from an
-  early plateau and forecasts too little improvement for every short curve; on the synthetic
-  benchmark that froze the slow, best configurations at step 3, again and again (held-out
-  seeds 100-109: median steps to target 1929 with two seeds never reaching it, against 782
-  with a warm-up of two runs).
+  early plateau, and froze the slow, best configurations at step 3, again and again.
 * The bar a trial must beat is the best other trial's final value: a completed trial's smoothed
   last values, or an unfinished one's predicted final mean + ref_z sd (a value it will probably
   reach). Partial values are never the bar: they are not where the other trial will end.
@@ -63,85 +36,34 @@ more than a 100 ms decision allows) spends steps where a better final value is m
   good), unless its recent values already beat the bar; so is a running one, and one whose
   rate is below freeze_ratio × the fresh rate is frozen (a new trial is a better use of the
   slot), once the model judges running trials (model_min_points, below). A kill cannot
-  be undone, so it waits for 30 points: at 12, a plateau that was about to drop (a late
-  bloomer) was killed as the best configuration in 7 of 20 held-out seeds; at 30 in 1 of 20,
-  for about the same steps to target (geometric mean over the seeds 972 against 976).
+  be undone, so it waits for 30 points: at 12, a late bloomer's plateau was killed as the
+  best configuration in 7 of 20 held-out seeds; at 30 in 1 of 20.
 * The model freezes or kills a running trial only once it has model_min_points points, and by
   default (None) never: the rungs decide for running trials, the model for frozen ones (thaw
-  or kill). On the synthetic benchmark its forecasts of young curves rank finals no better
-  than the configuration alone does, and where its variance collapsed (p = 1e-24 for a top-3%
-  run at step 27) model freezes and kills from step 27 on stopped every run that passed rung
-  27: with 4 peers, seeds 0-3 never reached the target; with the model judging only frozen
-  trials all ten seeds 0-9 reach it (median 1411 steps; ASHA 1410).
+  or kill). Its forecasts of young curves rank finals no better than the configuration does,
+  and where its variance collapsed, its freezes stopped every run that passed rung 27.
 * Late-bloomer guard: a trial whose last window improved by more than bloom_z noise standard
   deviations, at least bloom_ratio as steeply as the window before (not decelerating the way
   exponential and power-law curves do), and whose linear trend would beat the bar within
   bloom_horizon of its remaining steps, is left running whatever the model says.
 * The model judges a frozen trial only when a slot is free to take it (free_slots > 0), and
   is fitted only then or when it judges a running trial: with every slot busy nothing it could
-  say changes what runs. (Judging frozen trials at every report as well gave the same steps to
-  target on the synthetic benchmark, within a few steps per seed, at 3-4x the decision time.)
+  say changes what runs.
 * The model is fitted on at most max_model_curves curves: those it judges, a uniform sample
   of the others (the fresh rate's mean runs over it and the judged alone), and the best
   max_model_curves // 4 of the rest by their best value (where the bar and the leader are).
-  Its exact posterior costs the cube of the curves and their square in memory: at 8,000
-  curves a decision took 26 s and 3 GB, and scipy's triangular solve holds the GIL, so a
-  peer's event loop stalled with it.
+  Its exact posterior costs the cube of the curves and their square in memory (26 s and 3 GB
+  at 8,000 curves, holding the GIL and so the peer's event loop).
 * Thaw (only with free slots): the frozen trials in the top of their latest rung whose rate
   exceeds thaw_ratio × the fresh rate, best first. Once no new trial may start (the budget
   is spent) the fresh rate is 0: nothing is frozen, and every frozen trial with p >= p_kill
   is worth a free slot.
   thaw_ratio > freeze_ratio is the hysteresis that stops a trial from being frozen and thawed
-  in turn while nothing new is learnt. Fewer thaws (thaw_ratio 4) were a wash: on the
-  synthetic benchmark (1 peer, seed for seed against ASHA, geometric mean of steps to target)
-  x1.010 +- 0.020 and x1.010 +- 0.015 on seeds 200-229 and 230-259 where thaw_ratio 1 took
-  x1.062 +- 0.023 and x1.042 +- 0.018 (x0.884 against x0.906 on seeds 100-119), but on the
-  SGD benchmark (seeds 0-29) x0.965 against x0.922 with 1 peer and x0.981 against x0.956 with
-  4, and on synthetic seeds 0-29 medians 1050 and 1274 (1 and 4 peers) against 1086 and 1237.
-* Pricing a fresh configuration by the steps the rungs let it take (3.74 of 100 on the
-  ladder 1, 3, 9, 27, 81, each rung keeping the best third) instead of max_step makes thaws
-  27 times rarer, and the policy ASHA with a rare thaw (measured as a dead end; median steps
-  to target): synthetic seeds 0-29, 1011 with 1 peer (ASHA 1025, this rule 1086; x0.940
-  +- 0.058 seed for seed against ASHA, 2 seeds better, 3 worse, 25 the same) and 1250 with 4
-  (ASHA 1250, this rule 1237); held-out seeds 300-311, 1123 (ASHA 1123); but the SGD pool,
-  276 with 1 peer (ASHA 276, this rule 234): the thaws it drops are the ones that win there.
-* Why 4 peers take more steps than 1 (synthetic seeds 100-139): the winner is the same
-  configuration in 37 of 40 seeds, never frozen; while it runs its 100 steps the other three
-  peers spend about 300, and before it starts 4 peers spend fewer steps than 1 (median 544
-  against 654). The rungs are the lever: top-3% configurations sit at mean percentile 0.10
-  at step 1, 0.23 at step 9 and 0.30-0.33 at steps 15-27 (where the benchmark's slow, good
-  curves are overtaken), and only about 13% of them survive the ladder 1, 3, 9, 27, 81.
-  Measured as dead ends (4 peers, median steps to target, this ladder 943): rung_base 4,
-  998; rung_base 2, 1096; rung_min 3, 1127; a rung's value the mean of the last 3, 1000;
-  rungs 1, 27, 81, 1028; the best 1/10 kept at step 1 then the usual ladder, 1039 (2 seeds
-  never reached the target). Ladders fitted to this benchmark's crossing did reach 3x with
-  4 peers but not elsewhere: the best 1/10 kept at step 1 and the best 1/3 at half the
-  budget took 818 and 974 steps on seeds 0-39 and 200-239 (3.91x and 3.90x fewer than no
-  early stopping; ASHA 1286 and 997), but on the SGD pool 270 against 228 (1 peer, x1.071
-  +- 0.055 seed for seed) and 346 against 338 (4 peers), and the model then killed the best
-  configuration frozen at the half-budget rung in 3 of 30 seeds; the best 1/10 at step 1
-  with rungs 27 and 81, 843 on synthetic but 271 against 228 on SGD. Nor can the data pick
-  the rungs to skip: the rank correlation between a rung's values and the next rung's, among
-  the runs that passed the rungs before (what a search could measure), does not tell the two
-  pools apart: Spearman 0.60 and 0.47 at rungs 3 and 9 on synthetic, 0.55 and 0.00 on SGD
-  (pool seed 0), while the rank at those rungs foretells the final there (0.32, -0.09 among
-  the runs that reached them) much worse than on SGD (0.74, 0.56).
-* Ranking a rung by a forecast of each run's final value rather than its value there
-  (measured as dead ends; seed for seed against ASHA unless said): per-curve fits of
-  c + a t^-g and c + a exp(-t/tau) (level and amplitude solved exactly over 32 shapes each,
-  averaged, capped at the last value) at the rungs past a quarter of the budget took
-  synthetic seeds 0-29 to 996 steps with 1 peer (3.11x fewer than none; this policy 1086)
-  and 1173 with 4 (1237), but the SGD pool to 254 (234) and 350 (340): there the rung value
-  ranks finals better than any forecast (Spearman 0.93 against 0.83 at rung 27). At rung 27
-  alone, 794 against this policy's 820 on seeds 300-339 (x0.984 +- 0.012). The forecast
-  ranks the top-3% configurations worse than the value at rungs 3 and 9 (percentile
-  0.41-0.61 against 0.35 and 0.57); weighting the families by fit, fitting the last half of
-  a curve, or capping the drop by its recent trend did worse. Also worse on both pools: the
-  rung value plus c x recent slope x remaining steps (x0.99-x1.21 synthetic, x1.00-x1.42
-  SGD), Hyperband-style brackets in rotation (rung_min 1 and 3, 1/3/9; x1.08-x1.72), and a
-  run's rank averaged over the rungs it passed. Over seeds 300-339 this policy's geometric
-  mean beats ASHA's by 7% (x0.930 +- 0.056) while it loses on 23 of 40 seeds: a few rescues
-  by thaws carry the mean.
+  in turn while nothing new is learnt.
+
+What was measured against this rule (other ladders, forecasts at the rungs, fewer thaws, a
+fresh configuration priced by the steps the rungs let it take, why 4 peers take more steps
+than 1) is in docs/tuning/freeze-thaw.md.
 """
 
 from __future__ import annotations

@@ -26,68 +26,9 @@ median time to target): Hartmann6 5.72 -> 5.23 (mean paired log-ratio -0.092 +- 
 3.74 -> 3.67 (a tie: +0.008 +- 0.018). On 30 of those seeds 0.5 gained nothing and 0.9 matched
 0.75 on Hartmann6 but not on Branin. Sequential search never uses the bound.
 
-Measured worse for pending trials, 8 peers, held-out seeds 100-199 (median time to target,
-Branin / Hartmann6; this rule 3.68 / 5.08): beta 0.5, 3.97 / 5.25; beta 2, 4.10 / 5.77; log-EI
-averaged over 16 joint posterior samples of the pending outcomes, each with its own incumbent
-(Snoek, Larochelle and Adams 2012), 4.52 / 6.15; Thompson sampling from the fantasy-conditioned
-bound model over 1,536 candidates, Branin 4.15 against 3.78 on seeds 100-129 and ten times the
-cost; log-EI times local penalisers around the pending points with a Lipschitz constant
-estimated from the mean's gradient (Gonzalez et al. 2016), 4.02 / 5.65 on seeds 100-149
-(this rule 3.70 / 5.02 there). Told the pending outcomes (bench_parallel's clairvoyant
-reference) auto takes 2.82 / 4.03. To a coarse target (regret 0.5 / 1.0, seeds 100-149) auto
-takes 3.15 / 3.67 and the clairvoyant 2.23 / 2.92; but where the gap lies depends on the
-problem. Told the true values of pending trials only while fewer than 8 trials have completed,
-Branin takes 3.17 instead of 3.64 (seeds 200-299, paired log-ratio -0.17 +- 0.03) and
-Hartmann6 gains nothing (-0.00 +- 0.02); told them only from 8 completed on, Branin 3.32
-(-0.12 +- 0.02) and Hartmann6 4.11 instead of 5.30 (-0.22 +- 0.03): Hartmann6 loses in the
-descent, where the pending trials are the peers' own recent points beside the incumbent and
-their values give the direction. The rule sits on a flat spot; measured on seeds 200-299
-(this rule 3.64 / 5.30; paired log-ratios Branin / Hartmann6): one joint posterior sample of
-the pending outcomes per peer (a stochastic believer), 4.16 / 6.03 (+0.08 / +0.12), its
-deviation scaled by 0.3, 3.62 / 5.43 (-0.02 / +0.04); a TuRBO box around the best completed
-point of side 0.3 lengthscales, 3.54 / 5.28, but 3.70 / 5.18 on seeds 100-199 (-0.01 / +0.00),
-side 0.2 once 8 have completed, 3.58 / 5.56 (Hartmann6 +0.07); pending trials believed no
-better than the best completed point, 3.59 / 5.33, at mu - sigma P(improvement), 3.58 / 5.29;
-the prior quantile drawn per ask from U(0.5, 0.9), 3.65 / 5.25, beta from log-U(0.5, 2),
-3.79 / 5.28; the believed values given noise (weaker repulsion), 3.82 / 5.39, a second
-variance factor (stronger), 3.82 / 5.13, half the lengthscales (narrower), 3.63 / 5.34;
-log-EI on the pessimistic-prior model, 3.80 / 5.31. Twice the acquisition search effort left
-99 of 100 Branin seeds unchanged: the optimiser converges; the limit is what the model knows.
-Holding the GP back until more trials have completed (the first round's points are pending,
-so it starts from 2 completed ones) took longer: n_init completed, 3.91 / 5.70; half of
-n_init, 3.68 / 5.25 (seeds 100-199).
-
-On traces, the peers that ask when 2 trials have completed and 6 are pending crowd around the
-better of the two even when both are poor; whatever made that phase explore more helped Branin
-and cost Hartmann6, whose descent is slow and steady. Measured on seeds 200-299 (this rule
-3.64 / 5.30), all while fewer than n_init trials have completed: lengthscales doubled, 3.46 /
-5.45; fixed at the prior's mode, 3.53 / 5.27 (on seeds 100-199 3.71 / 5.33, this rule 3.68 /
-5.08); the bound averaged over lengthscales scaled 0.5-2 (by posterior weight), 3.56 / 5.37;
-a neutral prior mean, 3.52 / 5.37; log-EI, 3.58 / 5.33; beta 2, 3.56 / 5.33; beta 0.5, 3.64 /
-5.35. Pending trials believed at mu + 0.5 sigma, 3.67 / 5.49; at mu - 0.5 sigma, 3.71 / 5.22
-(3.86 / 5.23 on seeds 100-199); at mu - sigma, 3.88 / 5.74. A first round laid out as one
-shared Sobol design (peer i takes its point i, an index masterless peers do not have) gave
-3.90 / 5.33: the blind first round's layout is not where the gap is. With 8 peers 7 trials
-are pending at nearly every ask, so a beta that depends on the number pending is a fixed one.
-
-Also on the flat spot, 8 peers, seeds 200-259 (this rule 3.68 / 5.34; mean paired
-log-ratios Branin / Hartmann6, negative is sooner): a fixed quarter of the peers (by node id)
-asking as if nothing were pending (log-EI), -0.00 / -0.01; minimising the posterior mean,
--0.00 / +0.03 (an eighth of the peers, -0.01 / +0.02); beta 0.3, -0.01 / -0.01; a neutral
-prior mean, -0.04 / +0.02 (only before 8 have completed, -0.03 / +0.00); beta 2, -0.02 /
-+0.05; log-EI on the fantasy model, -0.02 / +0.04; pure exploration where mu - sigma is below
-the least upper bound (GP-UCB-PE, Contal et al. 2013) on every peer, +0.56 / +0.77, on a
-quarter, -0.04 / +0.04. The bound's hyperparameters refitted with the believed values,
--0.02 / +0.10; believed values from a local linear fit of the d + 2 nearest points, +0.36 /
-+0.70; at mu - 0.5 sigma once 8 have completed, -0.01 / -0.02; the most promising pending
-trial alone believed at mu - sigma, +0.09 / +0.11; the log-EI point unless a pending trial
-lies within 0.1 of it, -0.01 / +0.05. Believed values from a neutral-prior GP while fewer
-than 8 have completed (the bound's prior staying pessimistic), -0.08 / -0.00 there, shrank on
-seeds 100-199 to -0.02 +- 0.02 / -0.00 +- 0.03 (medians 3.67 / 5.17). Told the true values
-of pending trials only within 0.3 of the best completed point, Hartmann6 takes 4.56 (-0.15),
-only beyond it 4.71 (-0.08): the outcomes beside the incumbent carry most of the gap, and the
-clairvoyant's next points lie farther from the incumbent (median 0.43 in the unit cube, this
-rule's 0.27), onto pending trials that turned out better; no believed value imitated that.
+The alternatives measured against this rule (other betas and believers, Thompson sampling,
+local penalisers, trust regions, what a pending trial's true value would have bought) and why
+none was kept are in docs/tuning/parallel-gp.md.
 
 Bounded cost: above ``max_points`` completed trials the GP is fitted on a local subset, the
 ``local_fraction`` nearest to the incumbent plus a random remainder (a trust-region-like model
