@@ -39,6 +39,7 @@ that is exact near the best point and coarse far from it); fantasies are capped 
 from __future__ import annotations
 
 import functools
+import math
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from metaopt._errors import SearchError
 from metaopt.search._base import Observations
 from metaopt.search._dedupe import dedupe, known_points
 from metaopt.search._pareto import chebyshev_scalarise
@@ -88,6 +90,29 @@ class GPConfig:
     chebyshev_rho: float = 0.05
     fit: FitConfig = field(default_factory=FitConfig)
     acquisition: AcqConfig = field(default_factory=AcqConfig)
+
+    def __post_init__(self) -> None:
+        # Checked here, not where used: a bad local_fraction, say, failed only once a history
+        # passed max_points, far from the line that set it.
+        def at_least(x: float | None, low: float) -> bool:
+            return x is None or (math.isfinite(x) and x >= low)
+
+        if not (
+            at_least(self.n_init, 1)
+            and at_least(self.max_points, 1)
+            and 0.0 <= self.local_fraction <= 1.0
+            and at_least(self.max_fantasies, 0)
+            and at_least(self.stall_radius, 0.0)
+            and at_least(self.pending_beta, 0.0)
+            and at_least(self.pending_stall_radius, 0.0)
+            and at_least(self.chebyshev_rho, 0.0)
+            and (self.pending_prior_quantile is None or 0.0 <= self.pending_prior_quantile <= 1.0)
+        ):
+            raise SearchError(
+                "GPConfig needs n_init and max_points >= 1, local_fraction and"
+                " pending_prior_quantile in [0, 1], and finite, non-negative max_fantasies,"
+                " radii, pending_beta and chebyshev_rho; fix the config"
+            )
 
 
 def _as_known(points: FloatArray, d: int) -> Observations:
