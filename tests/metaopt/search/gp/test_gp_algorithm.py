@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metaopt import Study
+from metaopt._errors import SearchError
 from metaopt.search import Observations, is_known, make_algorithm
 from metaopt.search.gp import GPAlgorithm, GPConfig, _algorithm, chebyshev_scalarise
 from metaopt.space import Space
@@ -160,6 +161,39 @@ def test_large_history_uses_a_bounded_subset() -> None:
     assert y.min() == obs.Y.min()
     u = alg.suggest(space, obs, np.random.default_rng(0), 1)
     _valid(space, u)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"n_init": 0},
+        {"max_points": 0},
+        {"local_fraction": 1.5},
+        {"local_fraction": -0.1},
+        {"local_fraction": float("nan")},
+        {"max_fantasies": -1},
+        {"stall_radius": -1e-4},
+        {"pending_beta": float("inf")},
+        {"pending_beta": -1.0},
+        {"pending_stall_radius": float("nan")},
+        {"pending_prior_quantile": 1.5},
+        {"chebyshev_rho": -0.05},
+    ],
+)
+def test_a_bad_gp_config_is_refused_where_it_is_made(bad: dict[str, float]) -> None:
+    """A bad tunable is one error at the line that set it, not a numpy error once a history
+    grows past max_points (local_fraction 1.5 failed there)."""
+    with pytest.raises(SearchError, match="GPConfig needs"):
+        GPConfig(**bad)
+
+
+def test_the_gp_config_edges_are_accepted() -> None:
+    """The ends of each range are settings a user may mean: no local subset, no fantasies,
+    no stall check, log-EI for pending trials, the best or worst output as the prior mean."""
+    GPConfig(n_init=1, max_points=1, local_fraction=0.0, max_fantasies=0, stall_radius=0.0)
+    GPConfig(local_fraction=1.0, pending_beta=None, pending_prior_quantile=0.0)
+    GPConfig(pending_beta=0.0, pending_stall_radius=0.0, pending_prior_quantile=1.0)
+    GPConfig(n_init=None, pending_prior_quantile=None, chebyshev_rho=0.0)
 
 
 def test_make_algorithm_builds_the_gp() -> None:
