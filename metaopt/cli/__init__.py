@@ -36,8 +36,11 @@ def _unrecognised(parser: argparse.ArgumentParser, extra: list[str]) -> str:
     options = [o for a in parser._actions for o in a.option_strings]
     said = f"{parser.prog}: unrecognized argument(s) {' '.join(extra)}"
     for word in extra:
-        close = difflib.get_close_matches(word.partition("=")[0], options, n=1, cutoff=0.75)
-        if word.startswith("-") and close:
+        # A bare word is held to a closer match: `status sweep json` meant --json, but a
+        # stray positional should not be offered any option that shares a few letters.
+        dashed, cutoff = (word, 0.75) if word.startswith("-") else ("--" + word, 0.85)
+        close = difflib.get_close_matches(dashed.partition("=")[0], options, n=1, cutoff=cutoff)
+        if close:
             said += f" (did you mean {close[0]}?)"
             break
     return f"{said}; see `{parser.prog} -h`"
