@@ -475,6 +475,20 @@ def test_logs_of_a_trial_say_how_it_ended_and_why_after_its_output(
             "metaopt status: unrecognized argument(s) b; see `metaopt status -h`",
         ),
         (
+            ["status", "sweep", "json"],
+            "metaopt status: unrecognized argument(s) json (did you mean --json?);"
+            " see `metaopt status -h`",
+        ),
+        (
+            ["peer", "start", "port", "7787"],
+            "metaopt peer start: unrecognized argument(s) port 7787 (did you mean --port?);"
+            " see `metaopt peer start -h`",
+        ),
+        (
+            ["status", "sweep", "csv"],
+            "metaopt status: unrecognized argument(s) csv; see `metaopt status -h`",
+        ),
+        (
             ["logs"],
             "metaopt logs: the following arguments are required: trial; see `metaopt logs -h`",
         ),
