@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 
 from crdt import Record, Store
 from metaopt._errors import MetaoptError
-from metaopt._records import EVENT, EXPERIMENT, TRIAL, parse_experiment
+from metaopt._records import EVENT, EXPERIMENT, TRIAL, ExperimentSpec, parse_experiment
 from metaopt._state import ExperimentState, TrialView, list_experiments
 
 __all__ = ["Replica"]
@@ -51,6 +51,7 @@ class Replica:
         fold_step: int = 2000,
         freeze_every: int = 1 << 16,
         defer: bool = False,
+        only: Callable[[bytes, ExperimentSpec], bool] | None = None,
     ) -> None:
         self.store = store
         self._clock = clock
@@ -84,6 +85,8 @@ class Replica:
         # those folded on arrival, which a fold may read again): how far load() has gone.
         self.folded_records = 0
         for key, spec in list_experiments(store):
+            if only is not None and not only(key, spec):
+                continue  # (a read of a few experiments: the rest is as if not here yet)
             record = store.get(key)
             if record is not None:
                 state = ExperimentState(key, spec)
@@ -238,6 +241,16 @@ class Replica:
         """
         since = self._heard.get(trial.key, self._opened_mono_ms)
         return max(0, int(self._monotonic() * 1000) - since)
+
+    @staticmethod
+    def findable(text: str) -> Callable[[bytes, ExperimentSpec], bool]:
+        """Whether find_experiment(text) looks at an experiment: a replica opened with only
+        these (``only``) finds what the whole one would, or says the same why not."""
+        text = text.strip()
+        prefix = text.lower() if len(text) >= 4 else None
+        return lambda key, spec: (
+            spec.name == text or (prefix is not None and key.hex().startswith(prefix))
+        )
 
     def find_experiment(self, text: str) -> ExperimentState | None:
         """By name (the latest submitted of that name wins) or by key hex prefix.
