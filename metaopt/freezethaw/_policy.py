@@ -665,6 +665,10 @@ def make_stopper(
     if name == "median":
         return MedianStopper(_check(MedianConfig))
     if name == "none":
+        if config is not None:  # (as a wrong config is for the others: a mistake, not a no-op)
+            raise MetaoptError(
+                f"make_stopper('none') takes no config, got {type(config).__name__}; pass None"
+            )
         return NoStopper()
     raise MetaoptError(
         f"unknown early stopper {name!r}; use 'freeze-thaw', 'asha', 'median' or 'none'"
