@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,4 +78,30 @@ def test_an_offline_read_leaves_it_on(tmp_path: Path) -> None:
     assert listed["name"] == "sweep"
     with pytest.raises(MetaoptError, match="no experiment"):
         OfflinePeer(tmp_path).call("api.experiment", "other")
+    assert gc.isenabled()
+
+
+def test_no_collection_runs_in_a_block_nor_when_a_nested_block_ends() -> None:
+    """Pins "no collection inside the block": building far past the collector's threshold
+    (700 containers), and leaving a nested block, start no collection; a collection there is
+    the repeated walk of everything built so far that the pause exists to avoid."""
+    gc.enable()
+    starts: list[dict[str, Any]] = []
+
+    def seen(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            starts.append(info)
+
+    gc.callbacks.append(seen)
+    try:
+        with collector_paused():
+            built = [[i] for i in range(20_000)]
+            with collector_paused():
+                built += [[i] for i in range(20_000)]
+            built += [[i] for i in range(20_000)]
+            inside = len(starts)
+    finally:
+        gc.callbacks.remove(seen)
+    assert len(built) == 60_000
+    assert inside == 0
     assert gc.isenabled()
