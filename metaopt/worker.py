@@ -273,8 +273,13 @@ def _parse_env(text: str) -> dict[str, Any]:
     return value
 
 
+class _NextWord(str):
+    """The word after an option given without ``=``: its value, or, after a flag, an argument
+    of the program's own (``--verbose data.csv``); only the option's default tells which."""
+
+
 def _parse_argv(argv: tuple[str, ...]) -> dict[str, str | bool]:
-    """Raw option values by name; True for a bare flag."""
+    """Raw option values by name; True for a bare flag; a _NextWord for a word after one."""
     out: dict[str, str | bool] = {}
     i = 0
     while i < len(argv):
@@ -288,7 +293,7 @@ def _parse_argv(argv: tuple[str, ...]) -> dict[str, str | bool]:
         name, text = match.group(1), match.group(2)
         if text is None:
             if i < len(argv) and (not argv[i].startswith("-") or _is_number(argv[i])):
-                text = argv[i]
+                text = _NextWord(argv[i])
                 i += 1
             else:
                 out[name] = True
@@ -322,7 +327,8 @@ def _like(name: str, default: Any, raw: str | bool) -> Any:
 
     Raises:
         WorkerError: a number's or a bool's default, and a value that is none (``--lr abc``
-            gave the script the text "abc" for a learning rate, to fail far from the cause).
+            gave the script the text "abc" for a learning rate, to fail far from the cause);
+            for a bool's, only a value given with ``=``: a word after a flag is an argument.
     """
     if isinstance(default, bool):
         text = str(raw).strip().lower()
@@ -330,6 +336,10 @@ def _like(name: str, default: Any, raw: str | bool) -> Any:
             return True
         if text in ("0", "no", "off", "false"):
             return False
+        if isinstance(raw, _NextWord):
+            # A bare flag and then an argument: every trial of `train.py --verbose data.csv`
+            # failed on "give true or false". (`--verbose=maybe` is still refused.)
+            return True
         raise WorkerError(f"--{name} {raw}: give true or false (its default is {default})")
     if isinstance(default, (int, float)):
         if isinstance(default, float) and not isinstance(raw, bool):
