@@ -222,7 +222,7 @@ def test_by_hand_values_take_the_type_of_their_default(monkeypatch: pytest.Monke
         (["--lr", "abc"], {"lr": 0.1}, "--lr abc: give a number (its default is 0.1)"),
         (["--n", "many"], {"n": 3}, "--n many: give a number (its default is 3)"),
         (["--lr"], {"lr": 0.1}, "--lr: give a number (its default is 0.1)"),
-        (["--bn", "maybe"], {"bn": False}, "--bn maybe: give true or false (its default is False)"),
+        (["--bn=maybe"], {"bn": False}, "--bn maybe: give true or false (its default is False)"),
     ],
 )
 def test_a_value_that_is_not_of_its_defaults_kind_is_refused(
@@ -233,6 +233,35 @@ def test_a_value_that_is_not_of_its_defaults_kind_is_refused(
     with pytest.raises(WorkerError) as refused:
         worker.params(defaults)
     assert str(refused.value) == said
+
+
+@pytest.mark.parametrize(
+    ("argv", "got"),
+    [
+        (["--verbose", "data.csv", "--lr", "0.01"], {"verbose": True, "lr": 0.01}),
+        (["--lr", "0.01", "--verbose", "data.csv"], {"verbose": True, "lr": 0.01}),
+        (["--verbose", "no", "data.csv"], {"verbose": False, "lr": 0.1}),
+        (["--verbose", "maybe"], {"verbose": True, "lr": 0.1}),
+    ],
+)
+def test_a_word_after_a_flag_whose_default_is_a_bool_is_an_argument(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], got: dict[str, Any]
+) -> None:
+    """`train.py --verbose data.csv`: the flag is bare and data.csv the program's own argument
+    (as argparse's store_true reads it); every trial of such a command failed on "give true
+    or false", by hand and under a peer. A bool word after it is still its value."""
+    monkeypatch.setattr(sys, "argv", ["t", *argv])
+    assert worker.params({"verbose": False, "lr": 0.1}) == got
+
+
+def test_under_a_peer_a_word_after_a_flag_is_an_argument_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run a peer makes of `submit flag.py --lr~... --verbose data.csv`: the searched lr
+    comes from METAOPT_PARAMS, the flag from the command line."""
+    monkeypatch.setenv("METAOPT_PARAMS", '{"lr": 0.01}')
+    monkeypatch.setattr(sys, "argv", ["flag.py", "--lr", "0.01", "--verbose", "data.csv"])
+    assert worker.params({"verbose": False, "lr": 0.1}) == {"verbose": True, "lr": 0.01}
 
 
 def test_by_hand_params_follow_a_changed_argv(monkeypatch: pytest.MonkeyPatch) -> None:
