@@ -104,7 +104,8 @@ def detect_slots(
 
 
 # What CUDA_VISIBLE_DEVICES takes: an index, or a GPU or MIG UUID as nvidia-smi -L prints it.
-_DEVICE = re.compile(r"\d+|(?:GPU|MIG)-[0-9A-Za-z/-]+")
+# ASCII digits: re's \d takes any script's (Arabic-Indic ٠ passed as GPU 0 and reached CUDA).
+_DEVICE = re.compile(r"[0-9]+|(?:GPU|MIG)-[0-9A-Za-z/-]+")
 
 
 def _check_named(given: str, devices: list[str], seen: list[str] | None) -> None:
@@ -121,11 +122,7 @@ def _check_named(given: str, devices: list[str], seen: list[str] | None) -> None
         return
     named: dict[str, str] = {}  # each GPU's UUID -> how it was named
     for d in devices:
-        known = (
-            (d.isascii() and d.isdigit() and int(d) < len(seen))
-            or d in seen
-            or d.startswith("MIG-")
-        )
+        known = (d.isdigit() and int(d) < len(seen)) or d in seen or d.startswith("MIG-")
         if not known:
             have = f"GPUs 0-{len(seen) - 1}" if seen else "no GPU"
             raise MetaoptError(
@@ -142,7 +139,7 @@ def _check_named(given: str, devices: list[str], seen: list[str] | None) -> None
 
 def _same(device: str) -> str:
     """A device as CUDA reads it: index 00 is index 0."""
-    return str(int(device)) if device.isascii() and device.isdigit() else device
+    return str(int(device)) if device.isdigit() else device
 
 
 def _visible(text: str) -> list[str]:
