@@ -52,13 +52,16 @@ def test_a_named_gpu_nvml_does_not_see_is_refused() -> None:
     # `--gpus 7` on a machine without GPUs was taken: every trial got CUDA_VISIBLE_DEVICES=7.
     two = ["GPU-a", "GPU-b"]
     assert [s.gpu for s in detect_slots("1,GPU-a", environ={}, probe=lambda: two)] == ["1", "GPU-a"]
-    # An Arabic-Indic one, a digit to int(), was taken: CUDA reads no such index.
-    cases = (("7", [], "no GPU"), ("2", two, "GPUs 0-1"), ("GPU-c", two, "0-1"), ("١", two, "0-1"))
+    cases = (("7", [], "no GPU"), ("2", two, "GPUs 0-1"), ("GPU-c", two, "0-1"))
     for gpus, seen, have in cases:
         with pytest.raises(MetaoptError) as info:
             detect_slots(gpus, environ={}, probe=lambda seen=seen: seen)
         message = str(info.value)
         assert f"has no GPU {gpus}" in message and have in message and "\n" not in message
+    # An Arabic-Indic one, a digit to int(), was taken: CUDA reads no such index. It is no
+    # GPU index at all, NVML or not.
+    with pytest.raises(MetaoptError, match=r"^--gpus '١': use auto, none, or distinct GPU indices"):
+        detect_slots("١", environ={}, probe=lambda: two)
 
 
 def test_named_gpus_nvml_cannot_check_are_taken_with_a_warning(

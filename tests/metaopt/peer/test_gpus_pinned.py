@@ -103,10 +103,13 @@ def test_any_negative_entry_ends_the_visible_list_as_cuda_reads_it(
     assert [s.gpu for s in slots] == (gpus or [None])
 
 
-@pytest.mark.parametrize("gpus", ["GPU-", "MIG-", "-1", "0x1", "1.0"])
+@pytest.mark.parametrize(
+    "gpus", ["GPU-", "MIG-", "-1", "0x1", "1.0", "\u0660", "0,\u0661", "\uff11"]
+)
 def test_device_names_that_name_no_device_are_refused(gpus: str) -> None:
     """A bare prefix or a number CUDA does not read is a one-line error, not a slot pinned
-    to a device that does not exist."""
+    to a device that does not exist: digits of other scripts too (Arabic-Indic, full-width),
+    which passed as GPU indices without NVML to check them."""
     with pytest.raises(MetaoptError, match="--gpus"):
         detect_slots(gpus, environ={}, probe=_no_nvml)
 
@@ -119,7 +122,10 @@ def test_a_slot_count_that_is_not_a_whole_number_is_refused(slots: Any) -> None:
         detect_slots("auto", slots, environ={}, probe=_no_nvml)
 
 
-@pytest.mark.parametrize(("visible", "gpus"), [("NoDevFiles", []), ("0,foo,1", ["0"])])
+@pytest.mark.parametrize(
+    ("visible", "gpus"),
+    [("NoDevFiles", []), ("0,foo,1", ["0"]), ("\u0660", []), ("1,\u0662", ["1"])],
+)
 def test_a_word_in_the_visible_list_ends_it_as_cuda_reads_it(visible: str, gpus: list[str]) -> None:
     """CUDA stops at the first entry that names no device, a word too (some schedulers set
     CUDA_VISIBLE_DEVICES=NoDevFiles for a job with no GPU): `--slots 4` there gave one "GPU"
