@@ -102,11 +102,16 @@ class Dimension:
 
     @property
     def rungs(self) -> tuple[float, ...]:
-        """Fidelity budgets low, low*base, ... up to and including high."""
+        """Fidelity budgets low, low*base, ... up to and including high, as the prior has them.
+
+        Budgets, not steps: fidelity(0.5, 64) starts at half a step (a data fraction, say). The
+        early stoppers rank trials at whole steps below the last, these rounded up
+        (freezethaw's rung_ladder).
+        """
         if self.prior != "fidelity":
             raise SpaceError(f"{self.name}: rungs are defined for fidelity(...) only")
         low, high = self.args
-        # Whole bounds and base give whole rungs (1, 3, 9, not 1, 3.0, 9.0): a rung is a step.
+        # Whole bounds and base give whole rungs (1, 3, 9, not 1, 3.0, 9.0), as they were given.
         whole = all(isinstance(v, int) for v in self.args) and self.base == int(self.base)
         base = int(self.base) if whole else self.base
         out = [low]
