@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,26 +94,50 @@ class GPConfig:
 
     def __post_init__(self) -> None:
         # Checked here, not where used: a bad local_fraction, say, failed only once a history
-        # passed max_points, far from the line that set it.
-        def at_least(x: float | None, low: float) -> bool:
-            return x is None or (math.isfinite(x) and x >= low)
+        # passed max_points, far from the line that set it, and max_points=10.5 there too.
+        for name, kind, low, high, optional in _GP_CONFIG_RULES:
+            value = getattr(self, name)
+            if optional and value is None:
+                continue
+            if kind is bool:
+                ok = isinstance(value, bool)
+            elif isinstance(value, bool):  # (an int to Python, never a count or a size)
+                ok = False
+            elif kind is int:
+                ok = isinstance(value, numbers.Integral) and int(value) >= low
+            else:
+                ok = isinstance(value, numbers.Real) and math.isfinite(value)
+                ok = ok and low <= float(value) <= high
+            if not ok:
+                if kind is bool:
+                    rule = "True or False"
+                elif kind is int:
+                    rule = f"a whole number >= {low:g}"
+                else:
+                    rule = (
+                        f"a number in [{low:g}, {high:g}]"
+                        if high < math.inf
+                        else f"a number >= {low:g}"
+                    )
+                raise SearchError(
+                    f"GPConfig {name}={value!r}: give {rule}{' or None' if optional else ''}"
+                )
 
-        if not (
-            at_least(self.n_init, 1)
-            and at_least(self.max_points, 1)
-            and 0.0 <= self.local_fraction <= 1.0
-            and at_least(self.max_fantasies, 0)
-            and at_least(self.stall_radius, 0.0)
-            and at_least(self.pending_beta, 0.0)
-            and at_least(self.pending_stall_radius, 0.0)
-            and at_least(self.chebyshev_rho, 0.0)
-            and (self.pending_prior_quantile is None or 0.0 <= self.pending_prior_quantile <= 1.0)
-        ):
-            raise SearchError(
-                "GPConfig needs n_init and max_points >= 1, local_fraction and"
-                " pending_prior_quantile in [0, 1], and finite, non-negative max_fantasies,"
-                " radii, pending_beta and chebyshev_rho; fix the config"
-            )
+
+# (field, kind, lowest, highest, None allowed) for GPConfig's check.
+_GP_CONFIG_RULES: tuple[tuple[str, type, float, float, bool], ...] = (
+    ("n_init", int, 1, math.inf, True),
+    ("power_transform", bool, 0, 0, False),
+    ("max_points", int, 1, math.inf, False),
+    ("local_fraction", float, 0.0, 1.0, False),
+    ("max_fantasies", int, 0, math.inf, False),
+    ("stall_radius", float, 0.0, math.inf, False),
+    ("pending_beta", float, 0.0, math.inf, True),
+    ("pending_stall_radius", float, 0.0, math.inf, False),
+    ("pending_prior_quantile", float, 0.0, 1.0, True),
+    ("impute_failed", bool, 0, 0, False),
+    ("chebyshev_rho", float, 0.0, math.inf, False),
+)
 
 
 def _as_known(points: FloatArray, d: int) -> Observations:
