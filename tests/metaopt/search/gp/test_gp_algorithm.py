@@ -164,27 +164,38 @@ def test_large_history_uses_a_bounded_subset() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "said"),
     [
-        {"n_init": 0},
-        {"max_points": 0},
-        {"local_fraction": 1.5},
-        {"local_fraction": -0.1},
-        {"local_fraction": float("nan")},
-        {"max_fantasies": -1},
-        {"stall_radius": -1e-4},
-        {"pending_beta": float("inf")},
-        {"pending_beta": -1.0},
-        {"pending_stall_radius": float("nan")},
-        {"pending_prior_quantile": 1.5},
-        {"chebyshev_rho": -0.05},
+        ({"n_init": 0}, "n_init=0: give a whole number >= 1 or None"),
+        ({"n_init": True}, "n_init=True: give a whole number >= 1 or None"),
+        ({"max_points": 0}, "max_points=0: give a whole number >= 1"),
+        ({"max_points": 10.5}, "max_points=10.5: give a whole number >= 1"),
+        ({"max_points": None}, "max_points=None: give a whole number >= 1"),
+        ({"local_fraction": 1.5}, "local_fraction=1.5: give a number in [0, 1]"),
+        ({"local_fraction": -0.1}, "local_fraction=-0.1: give a number in [0, 1]"),
+        ({"local_fraction": float("nan")}, "local_fraction=nan: give a number in [0, 1]"),
+        ({"max_fantasies": -1}, "max_fantasies=-1: give a whole number >= 0"),
+        ({"max_fantasies": 2.5}, "max_fantasies=2.5: give a whole number >= 0"),
+        ({"stall_radius": -1e-4}, "stall_radius=-0.0001: give a number >= 0"),
+        ({"stall_radius": False}, "stall_radius=False: give a number >= 0"),
+        ({"pending_beta": float("inf")}, "pending_beta=inf: give a number >= 0 or None"),
+        ({"pending_beta": -1.0}, "pending_beta=-1.0: give a number >= 0 or None"),
+        ({"pending_stall_radius": float("nan")}, "pending_stall_radius=nan: give a number >= 0"),
+        (
+            {"pending_prior_quantile": 1.5},
+            "pending_prior_quantile=1.5: give a number in [0, 1] or None",
+        ),
+        ({"chebyshev_rho": -0.05}, "chebyshev_rho=-0.05: give a number >= 0"),
+        ({"power_transform": "x"}, "power_transform='x': give True or False"),
+        ({"impute_failed": 1}, "impute_failed=1: give True or False"),
     ],
 )
-def test_a_bad_gp_config_is_refused_where_it_is_made(bad: dict[str, float]) -> None:
-    """A bad tunable is one error at the line that set it, not a numpy error once a history
-    grows past max_points (local_fraction 1.5 failed there)."""
-    with pytest.raises(SearchError, match="GPConfig needs"):
+def test_a_bad_gp_config_is_refused_where_it_is_made(bad: dict[str, Any], said: str) -> None:
+    """A bad tunable is one error naming it at the line that set it, not a numpy error once a
+    history grows past max_points (local_fraction 1.5, max_points 10.5 failed there)."""
+    with pytest.raises(SearchError) as refused:
         GPConfig(**bad)
+    assert str(refused.value) == "GPConfig " + said
 
 
 def test_the_gp_config_edges_are_accepted() -> None:
@@ -194,6 +205,7 @@ def test_the_gp_config_edges_are_accepted() -> None:
     GPConfig(local_fraction=1.0, pending_beta=None, pending_prior_quantile=0.0)
     GPConfig(pending_beta=0.0, pending_stall_radius=0.0, pending_prior_quantile=1.0)
     GPConfig(n_init=None, pending_prior_quantile=None, chebyshev_rho=0.0)
+    GPConfig(max_points=np.int64(50), local_fraction=np.float32(0.5), stall_radius=0)
 
 
 def test_make_algorithm_builds_the_gp() -> None:
