@@ -7,6 +7,7 @@ id: sequence numbers are never reused under an old id by a node that forgot what
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 from pathlib import Path
@@ -45,6 +46,16 @@ def pid_gone(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Remove the temporary files of path that a crash left: those of a process now gone, and
+    the one name an earlier release used for all (``path.tmp``), which may hold a key 0644."""
+    for tmp in path.parent.glob(glob.escape(path.name) + ".*tmp"):
+        pid = tmp.name[len(path.name) + 1 :].split(".")[0]
+        if tmp.name == path.name + ".tmp" or (pid.isdigit() and pid_gone(int(pid))):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 class DataDir:
@@ -187,12 +198,13 @@ class DataDir:
 
     def _replace(self, path: Path, text: str, mode: int = 0o644) -> None:
         """Write a small file whole (through a temporary file and a rename) or not at all."""
-        tmp = path.with_name(path.name + ".tmp")  # one per file: peer.pid's is not peer.address's
+        # A name of this write's own: two processes writing one file (two `peer start` on a
+        # fresh directory both write node_id) each removed or renamed the other's temporary
+        # file when it was one per file, and a leftover one kept its own mode through O_TRUNC
+        # (a key could land 0644). O_EXCL with ``mode`` keeps the umask, as open() does.
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        _remove_leftovers(path)
         try:
-            # A leftover temporary file (a crash between open and rename) would keep its own
-            # mode through O_TRUNC, so a key could land 0644: a new file takes ``mode``.
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
