@@ -149,7 +149,44 @@ def test_each_small_file_has_its_own_temporary_name(
     monkeypatch.setattr(os, "replace", spy)
     dirs.write_started("127.0.0.1:7787")
     assert [dst for _, dst in renamed] == [dirs.pid_file.name, dirs.address_file.name]
-    assert all(src == dst + ".tmp" for src, dst in renamed)
+    assert all(src.startswith(f"{dst}.{os.getpid()}.") for src, dst in renamed)
+
+
+def test_two_writers_of_one_file_keep_out_of_each_others_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `peer start` on a fresh directory both write node_id: with one temporary name per
+    file, the second writer removed the first's temporary file between its write and its
+    rename, and the first failed ("No such file or directory; free some space")."""
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    real_replace = os.replace
+    cut_in: list[str] = []
+
+    def second_writer_first(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if not cut_in:  # the other writer runs whole between this one's write and rename
+            cut_in.append(Path(src).name)
+            dirs._replace(Path(dst), "b\n")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", second_writer_first)
+    dirs._replace(tmp_path / "node_id", "a\n")
+    assert (tmp_path / "node_id").read_text() == "a\n"
+    assert sorted(os.listdir(tmp_path)) == ["bundles", "node_id", "trials"]
+
+
+def test_a_live_writers_temporary_file_is_left_and_a_dead_ones_removed(tmp_path: Path) -> None:
+    """Leftovers of a crash are removed (a process gone, or the one name an earlier release
+    used), never the temporary file of a writer still running."""
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    live = tmp_path / f"peer.pid.{os.getppid()}.0a0b0c0d.tmp"
+    gone = tmp_path / "peer.pid.999999999.0a0b0c0d.tmp"
+    earlier = tmp_path / "peer.pid.tmp"
+    for leftover in (live, gone, earlier):
+        leftover.write_text("x")
+    dirs.write_started("127.0.0.1:7787")
+    assert live.exists() and not gone.exists() and not earlier.exists()
 
 
 def test_small_files_are_whole_over_a_longer_leftover_temporary_file(tmp_path: Path) -> None:
