@@ -169,17 +169,23 @@ def _config(args: argparse.Namespace) -> PeerConfig:
     # Comma-separated in METAOPT_JOIN and in each --join: "a:1, b:2" is two seeds, spaces and
     # all (`--join a:1,b:2`, as the README reads, was refused as not HOST:PORT). An empty
     # --join stays refused; the variable may end in a comma.
-    joined = [j.strip() for j in (_env("JOIN") or "").split(",")]
-    given_join = None if args.join is None else [s.strip() for j in args.join for s in j.split(",")]
-    join = given_join if given_join is not None else [j for j in joined if j]
+    env_join = _env("JOIN") or ""
+    typed = [("METAOPT_JOIN", env_join, j.strip()) for j in env_join.split(",") if j.strip()]
+    if args.join is not None:
+        typed = [("--join", j, s.strip()) for j in args.join for s in j.split(",")]
     port = _whole("--port (or METAOPT_PORT)", args.port, 0, 65535)
     slots = _whole("--slots (or METAOPT_SLOTS)", args.slots, 1, 1024)
-    for seed in join:
+    for given, whole, seed in typed:
+        if not seed:
+            raise MetaoptError(
+                f"{given} {whole!r}: an empty seed (a stray comma, or an unset variable); give"
+                " HOST:PORT of another peer, e.g. 192.168.1.20:7787"
+            )
         if not valid_addr(seed, 262):
-            given = "--join" if args.join is not None else "METAOPT_JOIN"
             raise MetaoptError(
                 f"{given} {seed!r}: expected HOST:PORT of another peer, e.g. 192.168.1.20:7787"
             )
+    join = [seed for _, _, seed in typed]
     return PeerConfig(
         host=args.host,
         port=port,
