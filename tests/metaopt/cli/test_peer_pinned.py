@@ -260,6 +260,11 @@ def test_a_join_option_takes_commas_as_its_variable_does(tmp_path: Path) -> None
     as "not HOST:PORT". Commas and repeats mix; an empty seed is still refused, not dropped."""
     config = _config(_args(tmp_path, key="k", join=["127.0.0.1:1, 127.0.0.1:2", "127.0.0.1:3"]))
     assert list(config.join) == ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
-    for empty in ([""], ["127.0.0.1:1,"]):
-        with pytest.raises(MetaoptError, match=r"^--join '': expected HOST:PORT"):
+    for empty in ([""], ["127.0.0.1:1,"], ["127.0.0.1:1", ",127.0.0.1:2"]):
+        # Named as typed: "--join '': expected HOST:PORT" quoted a seed the user never wrote.
+        with pytest.raises(MetaoptError) as refused:
             _config(_args(tmp_path, key="k", join=empty))
+        assert str(refused.value) == (
+            f"--join {empty[-1]!r}: an empty seed (a stray comma, or an unset variable); give"
+            " HOST:PORT of another peer, e.g. 192.168.1.20:7787"
+        )
