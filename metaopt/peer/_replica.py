@@ -243,11 +243,16 @@ class Replica:
         return max(0, int(self._monotonic() * 1000) - since)
 
     @staticmethod
+    def _id_prefix(text: str) -> str | None:
+        """The id prefix a name-or-id text stands for, if it is long enough to be one."""
+        return text.lower() if len(text) >= 4 else None
+
+    @staticmethod
     def findable(text: str) -> Callable[[bytes, ExperimentSpec], bool]:
         """Whether find_experiment(text) looks at an experiment: a replica opened with only
         these (``only``) finds what the whole one would, or says the same why not."""
         text = text.strip()
-        prefix = text.lower() if len(text) >= 4 else None
+        prefix = Replica._id_prefix(text)
         return lambda key, spec: (
             spec.name == text or (prefix is not None and key.hex().startswith(prefix))
         )
@@ -262,9 +267,10 @@ class Replica:
         by_name = self.named(text)
         if by_name:
             return by_name[0]
-        if len(text) < 4:
+        prefix = self._id_prefix(text)
+        if prefix is None:
             return None
-        matches = [s for k, s in self.experiments.items() if k.hex().startswith(text.lower())]
+        matches = [s for k, s in self.experiments.items() if k.hex().startswith(prefix)]
         if len(matches) > 1:
             shown = ", ".join(f"{s.spec.name} {s.key.hex()[:12]}" for s in matches[:5])
             raise MetaoptError(
