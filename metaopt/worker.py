@@ -209,9 +209,19 @@ def params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     out = dict(defaults or {})
     for name, raw in given.items():
         if name not in searched:  # (choices(['auto', 0.1]) drew "auto" for a float default)
-            out[name] = _like(name, out[name], raw) if name in out else _infer(raw)
-    out.update(searched)
+            key = _key(name, out)
+            out[key] = _like(name, out[key], raw) if key in out else _infer(raw)
+    out.update({_key(name, out): value for name, value in searched.items()})
     return out
+
+
+def _key(name: str, defaults: Mapping[str, Any]) -> str:
+    """Where an option's value goes: ``--learning-rate`` to ``learning_rate`` when that, and
+    not the name as written, is a default, as argparse names it (the search's value went to
+    a key the script never read, and every trial ran with the default learning rate)."""
+    if name not in defaults and "-" in name and name.replace("-", "_") in defaults:
+        return name.replace("-", "_")
+    return name
 
 
 def should_stop() -> bool:
@@ -322,6 +332,13 @@ def _infer(raw: str | bool) -> Any:
     return raw
 
 
+def _as_typed(name: str, raw: str | bool) -> str:
+    """An option as its command line gave it: ``--lr abc``, ``--lr=``, ``--lr``."""
+    if isinstance(raw, bool):
+        return f"--{name}"
+    return f"--{name} {raw}" if isinstance(raw, _NextWord) else f"--{name}={raw}"
+
+
 def _like(name: str, default: Any, raw: str | bool) -> Any:
     """``raw`` read as the type of ``default`` where that is unambiguous, else inferred.
 
@@ -340,14 +357,15 @@ def _like(name: str, default: Any, raw: str | bool) -> Any:
             # A bare flag and then an argument: every trial of `train.py --verbose data.csv`
             # failed on "give true or false". (`--verbose=maybe` is still refused.)
             return True
-        raise WorkerError(f"--{name} {raw}: give true or false (its default is {default})")
+        raise WorkerError(f"{_as_typed(name, raw)}: give true or false (its default is {default})")
+    if isinstance(default, int) and raw is True:
+        return True  # a bare flag counted (argparse's action="count", default 0): `--verbose`
     if isinstance(default, (int, float)):
         if isinstance(default, float) and not isinstance(raw, bool):
             with contextlib.suppress(ValueError):
                 return float(raw)  # inf too: `--max-norm inf` is a float's value
         if isinstance(raw, bool) or not _is_number(raw):
-            given = f"--{name}" if isinstance(raw, bool) else f"--{name} {raw}"
-            raise WorkerError(f"{given}: give a number (its default is {default!r})")
+            raise WorkerError(f"{_as_typed(name, raw)}: give a number (its default is {default!r})")
         return _infer(raw)
     if isinstance(raw, bool) or isinstance(default, str):
         return raw  # a bare flag; a text's default keeps "007" a text
