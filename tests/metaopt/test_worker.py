@@ -222,7 +222,9 @@ def test_by_hand_values_take_the_type_of_their_default(monkeypatch: pytest.Monke
         (["--lr", "abc"], {"lr": 0.1}, "--lr abc: give a number (its default is 0.1)"),
         (["--n", "many"], {"n": 3}, "--n many: give a number (its default is 3)"),
         (["--lr"], {"lr": 0.1}, "--lr: give a number (its default is 0.1)"),
-        (["--bn=maybe"], {"bn": False}, "--bn maybe: give true or false (its default is False)"),
+        (["--bn=maybe"], {"bn": False}, "--bn=maybe: give true or false (its default is False)"),
+        (["--lr="], {"lr": 0.1}, "--lr=: give a number (its default is 0.1)"),
+        (["--n=3.5x"], {"n": 3}, "--n=3.5x: give a number (its default is 3)"),
     ],
 )
 def test_a_value_that_is_not_of_its_defaults_kind_is_refused(
@@ -262,6 +264,31 @@ def test_under_a_peer_a_word_after_a_flag_is_an_argument_too(
     monkeypatch.setenv("METAOPT_PARAMS", '{"lr": 0.01}')
     monkeypatch.setattr(sys, "argv", ["flag.py", "--lr", "0.01", "--verbose", "data.csv"])
     assert worker.params({"verbose": False, "lr": 0.1}) == {"verbose": True, "lr": 0.01}
+
+
+@pytest.mark.parametrize(
+    ("argv", "verbose"), [(["--verbose"], True), (["--verbose", "--verbose"], True), ([], 0)]
+)
+def test_a_bare_flag_whose_default_is_an_int_is_set(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], verbose: Any
+) -> None:
+    """argparse's action="count" (default 0) is a bare flag: `train.py --verbose` was refused
+    with "give a number", and every trial of such a command failed under a peer."""
+    monkeypatch.setattr(sys, "argv", ["t", "--lr", "0.5", *argv])
+    assert worker.params({"lr": 0.1, "verbose": 0}) == {"lr": 0.5, "verbose": verbose}
+
+
+def test_a_dashed_option_reaches_the_key_argparse_would_give_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--learning-rate` is argparse's learning_rate: the searched value and the fixed
+    --batch-size went to keys the script never read, and every trial ran with the default
+    learning rate. A name written with its dash in the defaults keeps it."""
+    monkeypatch.setenv("METAOPT_PARAMS", '{"learning-rate": 0.5}')
+    monkeypatch.setattr(sys, "argv", ["t", "--learning-rate", "0.5", "--batch-size", "64"])
+    got = worker.params({"learning_rate": 0.01, "batch_size": 32})
+    assert got == {"learning_rate": 0.5, "batch_size": 64}
+    assert worker.params({"batch-size": 8}) == {"batch-size": 64, "learning-rate": 0.5}
 
 
 def test_by_hand_params_follow_a_changed_argv(monkeypatch: pytest.MonkeyPatch) -> None:
