@@ -187,7 +187,9 @@ def _prepare(curves: Sequence[CurveView], cfg: FreezeThawConfig) -> _Data:
         # 34,017 fits (seeds 0-29, both pools, 1 and 4 peers) 20 ranges bit in 16, and 10
         # ranges in 537, which moved the SGD pool's median steps to target from 234 to 240.
         lo, hi, q1, q3 = np.percentile(pooled, [1.0, 99.0, 25.0, 75.0])
-        fence = 20.0 * (q3 - q1)
+        # No fence when most points share one value (an error rate that reaches 0 and stays):
+        # a fence of 0 clipped every point to it and the scale fell back to 1, 20x too wide.
+        fence = 20.0 * (q3 - q1) if q3 > q1 else np.inf
         scale = float(np.std(np.clip(pooled, max(lo, q1 - fence), min(hi, q3 + fence))))
     else:
         scale = 0.0
