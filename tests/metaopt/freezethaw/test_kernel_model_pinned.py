@@ -205,3 +205,20 @@ def test_a_diverging_curve_is_clipped_at_clip_sd_standard_deviations() -> None:
     curves.append(CurveView("blow", np.array([0.9]), s, np.r_[np.ones(19), 1e6], "running", 20))
     data = _prepare(curves, FreezeThawConfig())
     assert max(float(y.max()) for y in data.y) == FreezeThawConfig().clip_sd
+
+
+def test_curves_that_reach_a_value_and_stay_there_keep_their_spread_as_the_scale() -> None:
+    """An error rate that drops to 0 and stays: most points are 0, so the quartiles agree and a
+    fence of 20 interquartile ranges was 0; every point was clipped to 0 and the scale fell
+    back to 1, twenty times the curves' spread, which every forecast is measured in."""
+    s = np.arange(1, 101)
+    curves = [
+        CurveView(f"c{i}", np.array([0.08 * i]), s,
+                  np.round((0.3 + 0.02 * i) * np.exp(-s / (1.0 + 0.3 * i)) * 200) / 200,
+                  "running", 100)
+        for i in range(12)
+    ]  # fmt: skip
+    pooled = np.concatenate([c.values for c in curves])
+    assert np.mean(pooled == 0.0) > 0.75  # (the quartiles agree)
+    data = _prepare(curves, FreezeThawConfig())
+    assert 0.5 * np.std(pooled) < data.scale < 2.0 * np.std(pooled)
