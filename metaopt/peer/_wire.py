@@ -51,8 +51,11 @@ __all__ = [
 # re-run had replaced let a loss free the re-run), and only a (re)start answers a free event:
 # the two versions would show one history differently. No bump for an event's "rung" (a kill
 # by ASHA's rule): only early stoppers read it, and an older peer's counts the run at every
-# step it reported, as it always did.
-PROTOCOL_VERSION = 6
+# step it reported, as it always did. 7: the fold knows a "restarted" event (a resumed run
+# that counts its steps from 1 again: its curve starts again), which version 6 folds as more
+# of the old run's curve, and a choices({...}) prior with a repeated key is refused: the two
+# would show one history's curves, and which trials fit their space, differently.
+PROTOCOL_VERSION = 7
 
 # The start of a refusal of a request that named another peer (the client raises
 # Misaddressed: the CLI says its data directory's peer.address is stale).
