@@ -385,9 +385,13 @@ class OutputParser:
     def _emit(self, report: dict[str, MetricValue], out: list[dict[str, MetricValue]]) -> None:
         self.report_count += 1
         self.unread = None  # what it read before no longer matters
-        self.latest.update(report)
         for name in report:
             self.nonfinite.pop(name, None)
+            # Named again, a metric moves last: the end event keeps the latest named (see the
+            # executor's last_metrics), not the first (300 metrics named once at the start
+            # crowded out the val_acc reported at every step).
+            self.latest.pop(name, None)
+        self.latest.update(report)
         out.append(report)
 
     def _note(self, text: str) -> None:
