@@ -190,6 +190,8 @@ class TrialProcess:
                 with contextlib.suppress(FileNotFoundError):
                     spec.stop_file.unlink()
         except OSError as exc:
+            if self._log is not None:  # (the finally below is not reached from here)
+                self._log.close()
             return self._finish_early(f"cannot prepare the trial: {exc}")
         if spec.objective_regex:
             self._matcher = ThreadPoolExecutor(1, thread_name_prefix="metaopt-regex")
