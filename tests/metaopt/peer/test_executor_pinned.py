@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import json
 import logging
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from metaopt.peer._executor import (
     TrialSpec,
     last_metrics,
 )
+from metaopt.peer._output import OutputParser
 from tests.metaopt.peer.test_executor import _FAST, EPOCHS, LOOP, _kinds, _run, _script, _spec
 
 SHORT_LOOP = LOOP.replace("range(1, 600)", "range(1, 60)")  # ~3 s if nothing stops it
@@ -314,3 +316,31 @@ def test_the_end_metrics_keep_the_objectives_however_early_they_were_named() -> 
     assert len(kept) == END_METRICS
     assert kept["loss"] == 0.25 and kept["acc"] == 0.5
     assert "m999" in kept and "m0" not in kept
+
+
+def test_the_end_metrics_keep_the_metrics_named_last_not_first() -> None:
+    """A run names val_acc and train_loss at every step, and 300 per-class metrics once, in
+    its first report: the end event kept the 256 first named, and the metrics reported to the end
+    were the ones dropped."""
+    parser = OutputParser()
+    once = {f"class_{i}": float(i) for i in range(300)}
+    first = {"loss": 1.0, "val_acc": 0.5, "train_loss": 0.2, "step": 0, **once}
+    lines = [f"METAOPT {json.dumps(first)}"]
+    lines += [f'METAOPT {{"val_acc": {0.5 + s / 100}, "train_loss": 0.1, "step": {s}}}'
+              for s in range(1, 4)]  # fmt: skip
+    parser.feed(("\n".join(lines) + "\n").encode())
+    kept = last_metrics(parser.latest, ("loss",))
+    assert len(kept) == END_METRICS
+    assert kept["loss"] == 1.0 and kept["val_acc"] == 0.53 and kept["step"] == 3
+    assert "train_loss" in kept and "class_299" in kept and "class_0" not in kept
+
+
+@pytest.mark.asyncio
+async def test_a_trial_that_cannot_be_prepared_leaves_its_log_closed(tmp_path: Path) -> None:
+    """Its stop file a directory, the trial fails before it starts: the log opened for it was
+    left open (a descriptor a peer lost per such trial, and a ResourceWarning)."""
+    (tmp_path / "stop").mkdir()
+    process = TrialProcess(_spec(tmp_path, _script(tmp_path, LOOP)), lambda kind, data: None)
+    outcome = await process.run()
+    assert outcome.status == "failed" and "cannot prepare the trial" in outcome.reason
+    assert process._log is not None and process._log.closed
