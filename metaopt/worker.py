@@ -210,6 +210,10 @@ def params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     for name, raw in given.items():
         if name not in searched:  # (choices(['auto', 0.1]) drew "auto" for a float default)
             key = _key(name, out)
+            negated = _key(name[3:], out) if name[:3] in ("no-", "no_") else ""
+            if raw is True and key not in out and isinstance(out.get(negated), bool):
+                out[negated] = False  # argparse's BooleanOptionalAction: --no-shuffle
+                continue
             out[key] = _like(name, out[key], raw) if key in out else _infer(raw)
     out.update({_key(name, out): value for name, value in searched.items()})
     return out
