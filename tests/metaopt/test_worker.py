@@ -291,6 +291,15 @@ def test_a_dashed_option_reaches_the_key_argparse_would_give_it(
     assert worker.params({"batch-size": 8}) == {"batch-size": 64, "learning-rate": 0.5}
 
 
+def test_a_no_flag_turns_off_the_bool_it_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """argparse's BooleanOptionalAction: `--no-shuffle` is shuffle=False (it was a new key
+    no-shuffle=True, and the run shuffled). A default that names no-shuffle itself keeps it."""
+    monkeypatch.setattr(sys, "argv", ["t", "--no-shuffle", "--no_data-aug", "--no-such"])
+    got = worker.params({"shuffle": True, "data_aug": True, "such": 3})
+    assert got == {"shuffle": False, "data_aug": False, "such": 3, "no-such": True}
+    assert worker.params({"no-shuffle": False, "shuffle": True})["no-shuffle"] is True
+
+
 def test_by_hand_params_follow_a_changed_argv(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", ["t", "--x", "1"])
     assert worker.params() == {"x": 1}
