@@ -51,6 +51,7 @@ from metaopt.peer._replication import Replicator, stepped
 from metaopt.peer._runner import TrialRunner
 from metaopt.peer._scheduler import (
     BACKOFF_AFTER,
+    backing_off,
     failure_streak,
     find_lost,
     plan_work,
@@ -982,6 +983,11 @@ class Node:
             while True:
                 if state.budget_spent or state.stopped or self._stopping.is_set():
                     return None  # other peers' trials or a stop arrived while this one was chosen
+                if backing_off(state, int(self.clock() * 1000), self.replica.quiet_ms):
+                    # Failures that arrived while this one was chosen or waited for its turn:
+                    # planned before them, the 4th and 5th trials of a crashing script started
+                    # at once instead of 1 s and 2 s after.
+                    return None
                 crowded = suggester.crowded(draw, params)
                 if crowded and not last:
                     break

@@ -20,6 +20,7 @@ from metaopt._state import FREE_STATES, ExperimentState, TrialView
 __all__ = [
     "Lost",
     "Work",
+    "backing_off",
     "claim_rank",
     "failure_streak",
     "find_lost",
@@ -195,7 +196,8 @@ def failure_streak(state: ExperimentState) -> tuple[int, int]:
     return streak, (ended[-1][0] if streak else 0)
 
 
-def _backing_off(state: ExperimentState, now_ms: int, quiet_ms: Callable[[TrialView], int]) -> bool:
+def backing_off(state: ExperimentState, now_ms: int, quiet_ms: Callable[[TrialView], int]) -> bool:
+    """Whether the experiment's latest trials all failed and its next waits (the backoff)."""
     streak, last_ms = failure_streak(state)
     if streak < BACKOFF_AFTER:
         return False
@@ -327,7 +329,7 @@ def _next_for(
         rank = claim_rank(me, live_nodes, trial)
         if rank == 0 or quiet_ms(trial) >= rank * claim_delay_ms:
             return Work(state.key, trial.key)
-    if not may_suggest or _backing_off(state, now_ms, quiet_ms):
+    if not may_suggest or backing_off(state, now_ms, quiet_ms):
         return None
     max_trials = state.spec.max_trials
     if max_trials is not None and len(state) + planned_new.get(state.key, 0) >= max_trials:
