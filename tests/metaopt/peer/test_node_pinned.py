@@ -22,6 +22,7 @@ from metaopt._records import (
     TRIAL,
     EventBody,
     ExperimentSpec,
+    experiment_record,
     parse_event,
 )
 from metaopt.peer import _node as node_module
@@ -918,4 +919,33 @@ async def test_an_experiment_is_warned_of_as_failing_from_backoff_after_failures
         assert len(said) == 1 and f"its last {BACKOFF_AFTER} trials failed" in said[0]
         assert f"boom {BACKOFF_AFTER - 1}" in said[0]
     finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_failure_that_arrives_while_a_new_point_waits_for_its_turn_holds_it_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A point planned before the failures that start the back-off was recorded after them:
+    the 4th and 5th trials of a crashing script started at once on a cluster (4 of 4 runs),
+    not 1 s and 2 s after. Checked again just before it is recorded, it is given up."""
+    spec = ExperimentSpec("e", {"x": "uniform(0, 1)"}, algorithm="random", command=("t.py",))
+    exp = experiment_record(spec, int(time.time() * 1000))  # (the failures follow it: now)
+    node = _lone_node(tmp_path, caught_up=True)
+    runs = _failed_runs(exp, BACKOFF_AFTER)
+    before, last = runs[: 3 * (BACKOFF_AFTER - 1)], runs[3 * (BACKOFF_AFTER - 1) :]
+    turns = iter([7])
+
+    async def sleep(delay: float) -> None:  # the turn's wait, during which the failure lands
+        node.store.add(last)
+
+    monkeypatch.setattr(node, "_turn_wait", lambda state: next(turns, 0))
+    monkeypatch.setattr("metaopt.peer._node.asyncio.sleep", sleep)
+    try:
+        node.store.add([exp, *before])
+        state = node.replica.experiments[exp.key]
+        assert await node.new_trial(state) is None
+        assert len(state) == BACKOFF_AFTER and all(t.state == "failed" for t in state.trials())
+    finally:
+        monkeypatch.undo()
         await node.stop()
