@@ -97,8 +97,12 @@ def _folded_for(op: str, body: Any) -> Callable[[bytes, ExperimentSpec], bool] |
 class OfflinePeer:
     """Answers the read-only API calls from the replica of a data directory no peer runs on."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, patience: float = 30.0) -> None:
         self.dirs = DataDir(data_dir)
+        # How long a read waits for another holding the replica (LevelDB lets one process in
+        # at a time: two `status` at once failed 1 time in 30). A read of a million records
+        # holds it 12-20 s; a Study holds it until it closes.
+        self._patience = patience
         root = self.dirs.root
         if not DataDir.holds_peer(root):
             raise MetaoptError(
@@ -117,11 +121,11 @@ class OfflinePeer:
             # No frame to fit in, and each call opens and folds the whole replica: one page.
             body = {**body, "page_bytes": None}
         try:
-            store = LevelDBStore(self.dirs.replica)
+            store = self._open()
         except StoreLocked:
             raise MetaoptError(
-                f"the replica of {root} is in use (its peer is starting, or a Study holds it);"
-                " try again in a moment"
+                f"the replica of {root} is in use (its peer is starting, a Study holds it, or"
+                " another read has for long); try again in a moment"
             ) from None
         except StoreError as exc:
             said = str(exc)
@@ -153,3 +157,17 @@ class OfflinePeer:
         # The replica is free again before the deletion, which may take long: a peer started
         # meanwhile gave up waiting for it.
         return clean_reply(carry_out(plan, self.dirs.clean_lock, dry_run=dry_run))
+
+    def _open(self) -> LevelDBStore:
+        """The replica's store, waited for while another read holds it (not a peer: one that
+        is starting keeps it, and answers the next try itself)."""
+        began = time.monotonic()
+        while True:
+            try:
+                return LevelDBStore(self.dirs.replica)
+            except StoreLocked:
+                if self.dirs.running_pid() is not None:
+                    raise
+                if time.monotonic() - began > self._patience:
+                    raise
+                time.sleep(0.05)
