@@ -146,11 +146,49 @@ def test_without_a_peer_what_would_change_the_replica_says_to_start_one(tmp_path
         with pytest.raises(MetaoptError) as info:
             peer.call(op, body)
         assert "no peer is running" in str(info.value) and "metaopt peer start" in str(info.value)
-    held = LevelDBStore(DataDir(tmp_path).replica)  # as a peer starting holds it
+    held = LevelDBStore(DataDir(tmp_path).replica)  # as a Study holds it
     try:
         with pytest.raises(MetaoptError) as info:
-            peer.call("api.experiments")
-        assert "is in use (its peer is starting, or a Study holds it); try" in str(info.value)
+            OfflinePeer(tmp_path, patience=0.2).call("api.experiments")
+        assert (
+            "is in use (its peer is starting, a Study holds it, or another read has for long);"
+            " try again in a moment"
+        ) in str(info.value)
+    finally:
+        held.close()
+
+
+def test_a_read_waits_for_another_read_of_the_replica(tmp_path: Path) -> None:
+    """Two offline reads at once (`best` and `export` of a stopped peer): LevelDB lets one in,
+    and the other failed at once with "in use (its peer is starting, or a Study holds it)",
+    though neither was there (1 of 30 reads). It waits for the other to end."""
+    _stopped_peer(tmp_path)
+    held = LevelDBStore(DataDir(tmp_path).replica)  # as the other read holds it
+    release = threading.Timer(0.3, held.close)
+    release.start()
+    try:
+        [listed] = OfflinePeer(tmp_path).call("api.experiments")
+        assert listed["name"] == "sweep"
+    finally:
+        release.join()
+
+
+def test_a_read_does_not_wait_for_a_peer_starting_on_the_replica(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that is starting holds the replica for good (and will answer the next try):
+    the read says so at once rather than waiting out its patience."""
+    _stopped_peer(tmp_path)
+    monkeypatch.setattr(DataDir, "running_pid", lambda self: 4242)  # a peer starting there
+
+    def no_wait(delay: float) -> None:
+        raise AssertionError("waited for a peer that keeps the replica")
+
+    monkeypatch.setattr(_offline.time, "sleep", no_wait)
+    held = LevelDBStore(DataDir(tmp_path).replica)
+    try:
+        with pytest.raises(MetaoptError, match="is in use"):
+            OfflinePeer(tmp_path, patience=60.0).call("api.experiments")
     finally:
         held.close()
     with pytest.raises(MetaoptError) as info:
