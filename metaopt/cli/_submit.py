@@ -908,7 +908,8 @@ def wait_for(
             break
         paused = _only_paused(info)
         if paused and not hinted:
-            # Only the peer that froze a trial may thaw it (while it is live): name that peer.
+            # Only the peer that froze a trial may thaw it while it is live (once it is gone,
+            # any peer may, from step 0 unless it holds the checkpoint): name that peer.
             hand = [t for t in info["trial_list"] if _by_hand(t)]
             where = ", ".join(
                 f"{t['id'][:12]} on node {(t['runner'] or '?')[:8]}" for t in hand[:3]
@@ -917,7 +918,8 @@ def wait_for(
                 ("\n" if tty else "")  # after the progress line, which had none
                 + f"{info['name']}: the budget is spent and {paused} trial(s) frozen by hand"
                 f" keep it open ({where}{', ...' if len(hand) > 3 else ''});"
-                " `metaopt thaw TRIAL` on the peer that froze it resumes one,"
+                " `metaopt thaw TRIAL` on the peer that froze it (on any peer once that one"
+                " is gone) resumes one,"
                 f" `{command('stop', _word(peer, info), data_dir=data_dir)}` ends it",
                 flush=True,
                 file=out,

@@ -866,7 +866,10 @@ def test_wait_says_what_keeps_a_spent_experiment_open_when_only_hand_frozen_tria
     hint = "p: the budget is spent and 1 trial(s) frozen by hand keep it open"
     assert out.count(hint) == 1  # once, and not for the policy's own freeze
     # Only the peer that froze it may thaw it: `thaw` with this peer's --data-dir was refused.
-    assert "(abababababab on node 94e08333); `metaopt thaw TRIAL` on the peer that froze it" in out
+    assert (
+        "(abababababab on node 94e08333); `metaopt thaw TRIAL` on the peer that froze it (on any"
+        " peer once that one is gone) resumes one"
+    ) in out
     assert "`metaopt stop p` ends it" in out
 
 
