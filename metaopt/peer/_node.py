@@ -709,14 +709,23 @@ class Node:
             return
         self._alone_said = True
         hint = self.alone_hint()
-        if hint is not None:
+        if hint is not None and not self._recalled:  # (_remember_peers warns of those)
             log.info("%s; this peer runs alone, every trial here", hint)
 
     def alone_hint(self) -> str | None:
-        """Why this peer knows no other and calls none, and how to join one; None if it
-        knows or calls one (a --join seed, an address remembered from its last life)."""
-        if self.peers.all() or self.peers.seed_addrs() or self._recalled:
+        """Why this peer knows no other, and how to join one; None if it knows one, calls a
+        --join seed, or is still calling the addresses remembered from its last life."""
+        if self.peers.all() or self.peers.seed_addrs():
             return None
+        if self._recalled:
+            if not self.listened():
+                return None
+            # `peer status` said nothing of it: "peers (0 live of 0)" and its log's warning.
+            shown = ", ".join(self._recalled[:3]) + (", ..." if len(self._recalled) > 3 else "")
+            return (
+                f"none of the peers this one knew ({shown}) answers: it runs alone and keeps"
+                " calling them; if they moved, restart it with --join HOST:PORT of a running peer"
+            )
         found = "mDNS is off" if not self.config.mdns else "mDNS found none on this interface"
         return f"no other peer known ({found}); to join a cluster, start with --join HOST:PORT"
 
