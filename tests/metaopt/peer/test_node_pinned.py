@@ -949,3 +949,27 @@ async def test_a_failure_that_arrives_while_a_new_point_waits_for_its_turn_holds
     finally:
         monkeypatch.undo()
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_whose_remembered_peers_never_answer_says_it_runs_alone(
+    tmp_path: Path,
+) -> None:
+    """Restarted alone, its remembered peers all gone: its log warned, but `peer status` said
+    only "peers (0 live of 0)". Once it has listened the peer timeout it says why it is alone
+    and what to do; before that, and once a peer is known, nothing."""
+    now = [1000.0]
+    node = _judging(tmp_path, now)
+    node._recalled = ["127.0.0.1:9"]
+    try:
+        assert node.alone_hint() is None  # still calling them
+        now[0] += node.config.timing.peer_timeout
+        hint = node.alone_hint()
+        assert hint is not None and hint.startswith(
+            "none of the peers this one knew (127.0.0.1:9) answers: it runs alone"
+        )
+        assert node.status()["alone"] == hint
+        node.peers.add(b"\x01" * 16, "127.0.0.1:9", now[0], contacted=True)
+        assert node.alone_hint() is None
+    finally:
+        await node.stop()
