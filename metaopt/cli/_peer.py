@@ -359,7 +359,11 @@ def _stop(args: argparse.Namespace) -> int:
     # zombie (a peer whose parent has not reaped it yet) has stopped.
     while pid is not None and not pid_gone(pid):
         if time.monotonic() > deadline:
-            raise MetaoptError(f"peer pid {pid} is still running after {args.timeout:.0f} s")
+            # Asked, it goes on stopping: the line said only that it ran, read as a failure.
+            raise MetaoptError(
+                f"peer pid {pid} is still stopping after {args.timeout:g} s (its trials get"
+                " their grace); `metaopt peer status` says when it is gone"
+            )
         time.sleep(0.1)
     if pid is not None and dirs.read_pid() == pid:
         # A stop that completes removes the pid file: this one died on the way (killed).
