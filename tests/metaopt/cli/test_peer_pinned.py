@@ -155,6 +155,30 @@ def test_peer_stop_of_one_running_trial_says_trial_not_trials(
     assert capsys.readouterr().out.startswith("stopping 1 trial running here (recorded")
 
 
+def test_peer_stop_that_outlasts_its_timeout_says_the_peer_is_still_stopping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`peer stop --timeout 1` beside a trial that ignores its stop: "is still running after
+    1 s" read as a failed stop, while the peer went on and stopped seconds later."""
+    dirs = DataDir(tmp_path)
+    dirs.address_file.write_text("127.0.0.1:9\n")
+    dirs.pid_file.write_text(f"{os.getpid()}\n")  # a process that will not be gone
+
+    class _Peer:
+        def __init__(self, data_dir: Path) -> None: ...
+
+        def call(self, op: str, body: object = None) -> object:
+            return None
+
+    monkeypatch.setattr("metaopt.cli._peer.LocalPeer", _Peer)
+    with pytest.raises(MetaoptError) as refused:
+        _stop(argparse.Namespace(data_dir=str(tmp_path), timeout=0.0))
+    assert str(refused.value) == (
+        f"peer pid {os.getpid()} is still stopping after 0 s (its trials get their grace);"
+        " `metaopt peer status` says when it is gone"
+    )
+
+
 def _status(**fields: Any) -> dict[str, Any]:
     return {
         "node_id": "ab" * 16, "name": "lab1", "address": "127.0.0.1:7777", "pid": 1,
