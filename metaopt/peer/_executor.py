@@ -52,6 +52,7 @@ __all__ = [
     "run_trial",
 ]
 
+_MAX_NOTES_TOLD = 32  # distinct problems with a trial's output said in its log
 END_METRICS = 256  # the most metrics an end event carries (see last_metrics)
 
 log = logging.getLogger("metaopt.peer")
@@ -128,6 +129,9 @@ class TrialProcess:
         self._explicit_step = False
         self._reports = 0
         self._log: IO[bytes] | None = None
+        # The parser's notes already told in the log (each distinct one once, up to a bound).
+        self._notes_read = 0
+        self._notes_told: set[str] = set()
         self._broken: str | None = None  # its output became unreadable (see OutputParser.broken)
         # Where an objective regex is matched: a thread of its own, not the event loop (see
         # _parse). One worker, so the two streams' chunks are read one at a time, in order.
@@ -267,6 +271,7 @@ class TrialProcess:
         self._cleanup(list(late), beat)
         for report in await self._parse(parser.finish):
             self._progress(report)
+        self._tell_notes(parser)
         self._check_broken(parser)
         return self._conclude(code, parser)
 
@@ -340,19 +345,35 @@ class TrialProcess:
     ) -> None:
         size = self.spec.config.read_bytes
         while chunk := await stream.read(size):
-            if self._log is not None:
-                try:
-                    self._rotate_log(len(chunk))
-                    self._log.write(chunk)
-                    self._log.flush()
-                except OSError as exc:  # a full disk must not stop the trial being read
-                    log.warning("cannot write %s: %s", self.spec.log_path, exc)
-                    with contextlib.suppress(OSError, ValueError):  # (its flush fails again)
-                        self._log.close()
-                    self._log = None
+            self._write_log(chunk)
             for report in await self._parse(functools.partial(parser.feed, chunk, stdout=stdout)):
                 self._progress(report)
+            self._tell_notes(parser)
             self._check_broken(parser)
+
+    def _write_log(self, data: bytes) -> None:
+        if self._log is None:
+            return
+        try:
+            self._rotate_log(len(data))
+            self._log.write(data)
+            self._log.flush()
+        except OSError as exc:  # a full disk must not stop the trial being read
+            log.warning("cannot write %s: %s", self.spec.log_path, exc)
+            with contextlib.suppress(OSError, ValueError):  # (its flush fails again)
+                self._log.close()
+            self._log = None
+
+    def _tell_notes(self, parser: OutputParser) -> None:
+        """Say in the trial's log, once each, what of its output was not read: a metric named
+        "val acc" in a report that also gave the objective was dropped without a word (the
+        notes were shown only as the reason of a run that lacked its objective)."""
+        new = min(parser.note_count - self._notes_read, len(parser.notes))
+        self._notes_read = parser.note_count
+        for note in list(parser.notes)[len(parser.notes) - new :] if new > 0 else ():
+            if note not in self._notes_told and len(self._notes_told) < _MAX_NOTES_TOLD:
+                self._notes_told.add(note)
+                self._write_log(f"--- metaopt: {note} ---\n".encode(errors="replace"))
 
     async def _parse(
         self, read: Callable[[], list[dict[str, MetricValue]]]

@@ -108,6 +108,7 @@ class OutputParser:
         self.stdout_lines = 0
         self.matches = 0
         self.notes: deque[str] = deque(maxlen=max(config.max_notes, 1))
+        self.note_count = 0  # notes ever made (the deque keeps the last few)
         # Metrics whose latest report was nan or inf, as written: a run that diverged must
         # not complete with the last finite value it reported before.
         self.nonfinite: dict[str, str] = {}
@@ -396,6 +397,7 @@ class OutputParser:
 
     def _note(self, text: str) -> None:
         self.notes.append(text)
+        self.note_count += 1
 
 
 def _recordable(metric: object) -> object:
