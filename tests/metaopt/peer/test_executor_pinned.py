@@ -344,3 +344,23 @@ async def test_a_trial_that_cannot_be_prepared_leaves_its_log_closed(tmp_path: P
     outcome = await process.run()
     assert outcome.status == "failed" and "cannot prepare the trial" in outcome.reason
     assert process._log is not None and process._log.closed
+
+
+@pytest.mark.asyncio
+async def test_what_of_a_trials_output_was_not_read_is_said_once_in_its_log(
+    tmp_path: Path,
+) -> None:
+    """A metric with a bad name ("val acc", a space) in a report that also gave the objective
+    was dropped without a word anywhere: its notes were shown only as the reason of a run that
+    lacked its objective. Each distinct problem is now said once in the trial's log."""
+    body = (
+        "for step in range(1, 4):\n"
+        '    print(\'METAOPT {"loss": 0.5, "val acc": 0.9, "step": %d}\' % step)\n'
+        "print('METAOPT [1, 2]')\n"
+    )
+    outcome, _ = await _run(_spec(tmp_path, _script(tmp_path, body)))
+    assert outcome.status == "completed"
+    text = (tmp_path / "logs" / "output.log").read_text()
+    told = [line for line in text.splitlines() if line.startswith("--- metaopt: ")]
+    assert len(told) == 2, told
+    assert "'val acc'" in told[0] and "METAOPT line is not a JSON object" in told[1]
