@@ -211,10 +211,13 @@ def params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
         if name not in searched:  # (choices(['auto', 0.1]) drew "auto" for a float default)
             key = _key(name, out)
             negated = _key(name[3:], out) if name[:3] in ("no-", "no_") else ""
-            if raw is True and key not in out and isinstance(out.get(negated), bool):
+            bare = raw is True or isinstance(raw, _NextWord)  # (a word after it: an argument)
+            if bare and key not in out and isinstance(out.get(negated), bool):
                 out[negated] = False  # argparse's BooleanOptionalAction: --no-shuffle
                 continue
-            out[key] = _like(name, out[key], raw) if key in out else _infer(raw)
+            value = _like(name, out[key], raw) if key in out else _infer(raw)
+            # A plain str, as a script's own: the subclass went into its YAML dumps and pickles.
+            out[key] = str(value) if isinstance(value, _NextWord) else value
     out.update({_key(name, out): value for name, value in searched.items()})
     return out
 
@@ -362,8 +365,12 @@ def _like(name: str, default: Any, raw: str | bool) -> Any:
             # failed on "give true or false". (`--verbose=maybe` is still refused.)
             return True
         raise WorkerError(f"{_as_typed(name, raw)}: give true or false (its default is {default})")
-    if isinstance(default, int) and raw is True:
-        return True  # a bare flag counted (argparse's action="count", default 0): `--verbose`
+    bare = raw is True or (isinstance(raw, _NextWord) and not _is_number(raw))
+    if type(default) is int and default == 0 and bare:
+        # A count (argparse's action="count", default 0): a bare `--verbose`, or one followed
+        # by the program's own argument, counts 1. Another int's bare option stays refused:
+        # `--epochs $EPOCHS` with the variable unset ran every trial for 1 epoch.
+        return 1
     if isinstance(default, (int, float)):
         if isinstance(default, float) and not isinstance(raw, bool):
             with contextlib.suppress(ValueError):
