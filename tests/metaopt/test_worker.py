@@ -267,15 +267,38 @@ def test_under_a_peer_a_word_after_a_flag_is_an_argument_too(
 
 
 @pytest.mark.parametrize(
-    ("argv", "verbose"), [(["--verbose"], True), (["--verbose", "--verbose"], True), ([], 0)]
+    ("argv", "verbose"),
+    [(["--verbose"], 1), (["--verbose", "--verbose"], 1), (["--verbose", "data.csv"], 1), ([], 0)],
 )
-def test_a_bare_flag_whose_default_is_an_int_is_set(
-    monkeypatch: pytest.MonkeyPatch, argv: list[str], verbose: Any
+def test_a_bare_flag_whose_default_is_zero_counts_one(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], verbose: int
 ) -> None:
     """argparse's action="count" (default 0) is a bare flag: `train.py --verbose` was refused
-    with "give a number", and every trial of such a command failed under a peer."""
+    with "give a number", and every trial of such a command failed under a peer. It counts 1
+    (an int, as the default is), also with the program's own argument after it."""
     monkeypatch.setattr(sys, "argv", ["t", "--lr", "0.5", *argv])
-    assert worker.params({"lr": 0.1, "verbose": 0}) == {"lr": 0.5, "verbose": verbose}
+    got = worker.params({"lr": 0.1, "verbose": 0})
+    assert got == {"lr": 0.5, "verbose": verbose} and type(got["verbose"]) is int
+
+
+@pytest.mark.parametrize("argv", [["--epochs"], ["--epochs", "--lr", "0.1"], ["--epochs", "x"]])
+def test_a_bare_option_whose_default_is_another_int_is_refused(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    """`--epochs $EPOCHS` with the variable unset: not a count, so not 1 epoch without a word."""
+    monkeypatch.setattr(sys, "argv", ["t", *argv])
+    with pytest.raises(WorkerError, match="give a number"):
+        worker.params({"epochs": 10, "lr": 0.5})
+
+
+def test_text_values_are_plain_strings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value read from the word after its option came back as a private str subclass, which
+    yaml.safe_dump refused and a pickle tied to metaopt: a script's own parameters must be
+    plain values."""
+    monkeypatch.setattr(sys, "argv", ["t", "--data-dir", "/data/x", "--opt", "adam", "--n=a"])
+    got = worker.params({"data_dir": "/tmp"})
+    assert got == {"data_dir": "/data/x", "opt": "adam", "n": "a"}
+    assert all(type(v) is str for v in got.values())
 
 
 def test_a_dashed_option_reaches_the_key_argparse_would_give_it(
@@ -293,8 +316,11 @@ def test_a_dashed_option_reaches_the_key_argparse_would_give_it(
 
 def test_a_no_flag_turns_off_the_bool_it_names(monkeypatch: pytest.MonkeyPatch) -> None:
     """argparse's BooleanOptionalAction: `--no-shuffle` is shuffle=False (it was a new key
-    no-shuffle=True, and the run shuffled). A default that names no-shuffle itself keeps it."""
-    monkeypatch.setattr(sys, "argv", ["t", "--no-shuffle", "--no_data-aug", "--no-such"])
+    no-shuffle=True, and the run shuffled), also with the program's own argument after it. A
+    default that names no-shuffle itself keeps it."""
+    monkeypatch.setattr(
+        sys, "argv", ["t", "--no-shuffle", "--no_data-aug", "data.csv", "--no-such"]
+    )
     got = worker.params({"shuffle": True, "data_aug": True, "such": 3})
     assert got == {"shuffle": False, "data_aug": False, "such": 3, "no-such": True}
     assert worker.params({"no-shuffle": False, "shuffle": True})["no-shuffle"] is True
