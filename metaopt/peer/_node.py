@@ -992,11 +992,6 @@ class Node:
             while True:
                 if state.budget_spent or state.stopped or self._stopping.is_set():
                     return None  # other peers' trials or a stop arrived while this one was chosen
-                if backing_off(state, int(self.clock() * 1000), self.replica.quiet_ms):
-                    # Failures that arrived while this one was chosen or waited for its turn:
-                    # planned before them, the 4th and 5th trials of a crashing script started
-                    # at once instead of 1 s and 2 s after.
-                    return None
                 crowded = suggester.crowded(draw, params)
                 if crowded and not last:
                     break
@@ -1023,6 +1018,11 @@ class Node:
                 " choosing again",
                 state.spec.name,
             )
+        if backing_off(state, int(self.clock() * 1000), self.replica.quiet_ms):
+            # Failures that arrived while this one was chosen or waited for its turn: planned
+            # before them, the 4th and 5th trials of a crashing script started at once instead
+            # of 1 s and 2 s after. (Once, here: it reads every ended trial.)
+            return None
         body = {
             "params": params,
             "node": self.node_id,
