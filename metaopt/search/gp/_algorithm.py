@@ -100,8 +100,8 @@ class GPConfig:
             if optional and value is None:
                 continue
             if kind is bool:
-                ok = isinstance(value, bool)
-            elif isinstance(value, bool):  # (an int to Python, never a count or a size)
+                ok = isinstance(value, (bool, np.bool_))
+            elif isinstance(value, (bool, np.bool_)):  # (never a count or a size)
                 ok = False
             elif kind is int:
                 ok = isinstance(value, numbers.Integral) and int(value) >= low
@@ -126,7 +126,7 @@ class GPConfig:
 
 # (field, kind, lowest, highest, None allowed) for GPConfig's check.
 _GP_CONFIG_RULES: tuple[tuple[str, type, float, float, bool], ...] = (
-    ("n_init", int, 1, math.inf, True),
+    ("n_init", int, 0, math.inf, True),  # (0: the GP from the 2nd completed trial on)
     ("power_transform", bool, 0, 0, False),
     ("max_points", int, 1, math.inf, False),
     ("local_fraction", float, 0.0, 1.0, False),

@@ -166,8 +166,8 @@ def test_large_history_uses_a_bounded_subset() -> None:
 @pytest.mark.parametrize(
     ("bad", "said"),
     [
-        ({"n_init": 0}, "n_init=0: give a whole number >= 1 or None"),
-        ({"n_init": True}, "n_init=True: give a whole number >= 1 or None"),
+        ({"n_init": -1}, "n_init=-1: give a whole number >= 0 or None"),
+        ({"n_init": True}, "n_init=True: give a whole number >= 0 or None"),
         ({"max_points": 0}, "max_points=0: give a whole number >= 1"),
         ({"max_points": 10.5}, "max_points=10.5: give a whole number >= 1"),
         ({"max_points": None}, "max_points=None: give a whole number >= 1"),
@@ -206,6 +206,7 @@ def test_the_gp_config_edges_are_accepted() -> None:
     GPConfig(pending_beta=0.0, pending_stall_radius=0.0, pending_prior_quantile=1.0)
     GPConfig(n_init=None, pending_prior_quantile=None, chebyshev_rho=0.0)
     GPConfig(max_points=np.int64(50), local_fraction=np.float32(0.5), stall_radius=0)
+    GPConfig(n_init=0, power_transform=np.True_, impute_failed=np.False_)  # (as before checks)
 
 
 def test_make_algorithm_builds_the_gp() -> None:
