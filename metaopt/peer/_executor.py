@@ -132,6 +132,8 @@ class TrialProcess:
         # The parser's notes already told in the log (each distinct one once, up to a bound).
         self._notes_read = 0
         self._notes_told: set[str] = set()
+        self._untold: list[bytes] = []  # told once the log is at a line's start
+        self._mid_line = False  # the log's last byte of output ended no line
         self._broken: str | None = None  # its output became unreadable (see OutputParser.broken)
         # Where an objective regex is matched: a thread of its own, not the event loop (see
         # _parse). One worker, so the two streams' chunks are read one at a time, in order.
@@ -271,7 +273,7 @@ class TrialProcess:
         self._cleanup(list(late), beat)
         for report in await self._parse(parser.finish):
             self._progress(report)
-        self._tell_notes(parser)
+        self._tell_notes(parser, ended=True)
         self._check_broken(parser)
         return self._conclude(code, parser)
 
@@ -346,6 +348,7 @@ class TrialProcess:
         size = self.spec.config.read_bytes
         while chunk := await stream.read(size):
             self._write_log(chunk)
+            self._mid_line = not chunk.endswith(b"\n")
             for report in await self._parse(functools.partial(parser.feed, chunk, stdout=stdout)):
                 self._progress(report)
             self._tell_notes(parser)
@@ -364,7 +367,7 @@ class TrialProcess:
                 self._log.close()
             self._log = None
 
-    def _tell_notes(self, parser: OutputParser) -> None:
+    def _tell_notes(self, parser: OutputParser, *, ended: bool = False) -> None:
         """Say in the trial's log, once each, what of its output was not read: a metric named
         "val acc" in a report that also gave the objective was dropped without a word (the
         notes were shown only as the reason of a run that lacked its objective)."""
@@ -373,7 +376,13 @@ class TrialProcess:
         for note in list(parser.notes)[len(parser.notes) - new :] if new > 0 else ():
             if note not in self._notes_told and len(self._notes_told) < _MAX_NOTES_TOLD:
                 self._notes_told.add(note)
-                self._write_log(f"--- metaopt: {note} ---\n".encode(errors="replace"))
+                self._untold.append(f"--- metaopt: {note} ---\n".encode(errors="replace"))
+        # Not inside a line of the script's (a chunk may end mid-line: "epoch 1: loss " and
+        # the note, then "0.5"), unless its output has ended.
+        if self._untold and (not self._mid_line or ended):
+            self._write_log(b"\n" * self._mid_line + b"".join(self._untold))
+            self._untold.clear()
+            self._mid_line = False
 
     async def _parse(
         self, read: Callable[[], list[dict[str, MetricValue]]]
