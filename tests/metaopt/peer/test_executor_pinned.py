@@ -364,3 +364,22 @@ async def test_what_of_a_trials_output_was_not_read_is_said_once_in_its_log(
     told = [line for line in text.splitlines() if line.startswith("--- metaopt: ")]
     assert len(told) == 2, told
     assert "'val acc'" in told[0] and "METAOPT line is not a JSON object" in told[1]
+
+
+@pytest.mark.asyncio
+async def test_a_note_on_unread_output_never_splits_a_line_of_the_trials_own(
+    tmp_path: Path,
+) -> None:
+    """A chunk of output may end mid-line ("epoch 1: loss ", then "0.5" a moment later): the
+    note was written between the two halves of the script's line."""
+    body = (
+        "import sys, time\n"
+        "sys.stdout.write('METAOPT [1, 2]\\nepoch 1: loss '); sys.stdout.flush()\n"
+        "time.sleep(0.3)\n"
+        "print('0.5'); print('METAOPT {\"loss\": 0.5}')\n"
+    )
+    outcome, _ = await _run(_spec(tmp_path, _script(tmp_path, body)))
+    assert outcome.status == "completed"
+    lines = (tmp_path / "logs" / "output.log").read_text().splitlines()
+    assert "epoch 1: loss 0.5" in lines
+    assert any(line.startswith("--- metaopt: METAOPT line is not a JSON object") for line in lines)
