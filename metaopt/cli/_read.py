@@ -43,7 +43,7 @@ def _peer(args: argparse.Namespace, read: bool = False) -> LocalPeer | OfflinePe
     # names no pid says nothing: the address is tried).
     if dirs.address_file.exists() and (dirs.running_pid() or dirs.read_pid() is None):
         return LocalPeer(data_dir)
-    offline = OfflinePeer(data_dir)
+    offline = OfflinePeer(data_dir, on_wait=lambda said: print(f"({said})", file=sys.stderr))
     if read:
         print(
             f"(no peer runs on {offline.dirs.root}: its replica as it was when it stopped)",

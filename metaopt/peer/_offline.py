@@ -97,8 +97,14 @@ def _folded_for(op: str, body: Any) -> Callable[[bytes, ExperimentSpec], bool] |
 class OfflinePeer:
     """Answers the read-only API calls from the replica of a data directory no peer runs on."""
 
-    def __init__(self, data_dir: Path, patience: float = 30.0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        patience: float = 30.0,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> None:
         self.dirs = DataDir(data_dir)
+        self._on_wait = on_wait  # told once when a read waits for another (a CLI says so)
         # How long a read waits for another holding the replica (LevelDB lets one process in
         # at a time: two `status` at once failed 1 time in 30). A read of a million records
         # holds it 12-20 s; a Study holds it until it closes.
@@ -162,12 +168,20 @@ class OfflinePeer:
         """The replica's store, waited for while another read holds it (not a peer: one that
         is starting keeps it, and answers the next try itself)."""
         began = time.monotonic()
+        said = False
         while True:
             try:
                 return LevelDBStore(self.dirs.replica)
             except StoreLocked:
                 if self.dirs.running_pid() is not None:
                     raise
-                if time.monotonic() - began > self._patience:
+                waited = time.monotonic() - began
+                if waited > self._patience:
                     raise
+                if waited > 1.0 and not said and self._on_wait is not None:
+                    said = True
+                    self._on_wait(
+                        f"waiting for another process reading {self.dirs.replica} (up to"
+                        f" {self._patience:g} s)"
+                    )
                 time.sleep(0.05)
