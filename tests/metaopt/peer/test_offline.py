@@ -164,13 +164,16 @@ def test_a_read_waits_for_another_read_of_the_replica(tmp_path: Path) -> None:
     though neither was there (1 of 30 reads). It waits for the other to end."""
     _stopped_peer(tmp_path)
     held = LevelDBStore(DataDir(tmp_path).replica)  # as the other read holds it
-    release = threading.Timer(0.3, held.close)
+    release = threading.Timer(1.3, held.close)
     release.start()
+    told: list[str] = []
     try:
-        [listed] = OfflinePeer(tmp_path).call("api.experiments")
+        [listed] = OfflinePeer(tmp_path, on_wait=told.append).call("api.experiments")
         assert listed["name"] == "sweep"
     finally:
         release.join()
+    # A second past, the wait is said once (a Study holding it made `status` silent for 30 s).
+    assert told == [f"waiting for another process reading {DataDir(tmp_path).replica} (up to 30 s)"]
 
 
 def test_a_read_does_not_wait_for_a_peer_starting_on_the_replica(
