@@ -178,19 +178,20 @@ def _prepare(curves: Sequence[CurveView], cfg: FreezeThawConfig) -> _Data:
     pooled = pooled / unit
     centre = float(np.median(pooled)) if pooled.size else 0.0
     if pooled.size > 1:
-        # Winsorised so a few diverging values cannot set the scale: at the 1st/99th
-        # percentiles, and no further out than 20 interquartile ranges from the quartiles.
-        # One diverged run (reports of 1e6 among losses near 1) can be more than 1% of the
-        # points: its 9 reports in 879 took the scale from 0.3 to 2e4, and every forecast
-        # with it (a hopeless frozen run was thawed). The fence is wide because real curves
-        # have long tails (a first loss of 2.3 over finals of 0.05): over bench_freezethaw's
-        # 34,017 fits (seeds 0-29, both pools, 1 and 4 peers) 20 ranges bit in 16, and 10
-        # ranges in 537, which moved the SGD pool's median steps to target from 234 to 240.
-        lo, hi, q1, q3 = np.percentile(pooled, [1.0, 99.0, 25.0, 75.0])
-        # No fence when most points share one value (an error rate that reaches 0 and stays):
-        # a fence of 0 clipped every point to it and the scale fell back to 1, 20x too wide.
-        fence = 20.0 * (q3 - q1) if q3 > q1 else np.inf
-        scale = float(np.std(np.clip(pooled, max(lo, q1 - fence), min(hi, q3 + fence))))
+        # A diverged run's reports (1e6 among losses near 1) are left out of the scale: more
+        # than 1% of the points (9 reports in 879), the 1st/99th-percentile trim no longer
+        # held them, the scale went from 0.3 to 2e4 and every forecast with it (a hopeless
+        # frozen run was thawed). Left out are points farther from the median than 100
+        # times the 10th-90th percentile range, wide enough for real curves' long tails (a
+        # first loss of 2.3 over finals of 0.05). A fence of 20 interquartile ranges, clipping,
+        # made the scale 185x too narrow where most points lie on a plateau (curves that all
+        # converge): the quartiles measured the plateau's noise, and every descent was
+        # clipped at clip_sd. A diverged run past 10% of the points is not left out.
+        p10, p90 = np.percentile(pooled, [10.0, 90.0])
+        fence = 100.0 * (p90 - p10)
+        kept = pooled[np.abs(pooled - centre) <= fence] if fence > 0 else pooled
+        lo, hi = np.percentile(kept, [1.0, 99.0])
+        scale = float(np.std(np.clip(kept, lo, hi)))
     else:
         scale = 0.0
     if not scale > 1e-12 / unit:
