@@ -211,9 +211,14 @@ def params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
         if name not in searched:  # (choices(['auto', 0.1]) drew "auto" for a float default)
             key = _key(name, out)
             negated = _key(name[3:], out) if name[:3] in ("no-", "no_") else ""
-            bare = raw is True or isinstance(raw, _NextWord)  # (a word after it: an argument)
-            if bare and key not in out and isinstance(out.get(negated), bool):
-                out[negated] = False  # argparse's BooleanOptionalAction: --no-shuffle
+            if key not in out and isinstance(out.get(negated), bool):
+                # argparse's BooleanOptionalAction: --no-shuffle (a word after it is an
+                # argument). Given a value it became a key of its own, shuffle left on.
+                if not (raw is True or isinstance(raw, _NextWord)):
+                    raise WorkerError(
+                        f"{_as_typed(name, raw)}: give --{name} alone, without a value"
+                    )
+                out[negated] = False
                 continue
             value = _like(name, out[key], raw) if key in out else _infer(raw)
             # A plain str, as a script's own: the subclass went into its YAML dumps and pickles.

@@ -324,6 +324,9 @@ def test_a_no_flag_turns_off_the_bool_it_names(monkeypatch: pytest.MonkeyPatch) 
     got = worker.params({"shuffle": True, "data_aug": True, "such": 3})
     assert got == {"shuffle": False, "data_aug": False, "such": 3, "no-such": True}
     assert worker.params({"no-shuffle": False, "shuffle": True})["no-shuffle"] is True
+    monkeypatch.setattr(sys, "argv", ["t", "--no-shuffle=true"])  # (argparse refuses it too)
+    with pytest.raises(WorkerError, match=r"^--no-shuffle=true: give --no-shuffle alone"):
+        worker.params({"shuffle": True})
 
 
 def test_by_hand_params_follow_a_changed_argv(monkeypatch: pytest.MonkeyPatch) -> None:
