@@ -370,11 +370,10 @@ def _like(name: str, default: Any, raw: str | bool) -> Any:
             # failed on "give true or false". (`--verbose=maybe` is still refused.)
             return True
         raise WorkerError(f"{_as_typed(name, raw)}: give true or false (its default is {default})")
-    bare = raw is True or (isinstance(raw, _NextWord) and not _is_number(raw))
-    if type(default) is int and default == 0 and bare:
-        # A count (argparse's action="count", default 0): a bare `--verbose`, or one followed
-        # by the program's own argument, counts 1. Another int's bare option stays refused:
-        # `--epochs $EPOCHS` with the variable unset ran every trial for 1 epoch.
+    if type(default) is int and default == 0 and raw is True:
+        # A count (argparse's action="count", default 0): a bare `--verbose` counts 1. Not
+        # before a word (`--seed abc`, `--num-workers data/` with $NW unset are mistakes, to
+        # refuse) nor for another int (`--epochs $EPOCHS` unset ran every trial 1 epoch).
         return 1
     if isinstance(default, (int, float)):
         if isinstance(default, float) and not isinstance(raw, bool):

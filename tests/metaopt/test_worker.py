@@ -268,14 +268,19 @@ def test_under_a_peer_a_word_after_a_flag_is_an_argument_too(
 
 @pytest.mark.parametrize(
     ("argv", "verbose"),
-    [(["--verbose"], 1), (["--verbose", "--verbose"], 1), (["--verbose", "data.csv"], 1), ([], 0)],
+    [
+        (["--verbose"], 1),
+        (["--verbose", "--verbose"], 1),
+        (["--verbose", "--lr", "0.5"], 1),
+        ([], 0),
+    ],
 )
 def test_a_bare_flag_whose_default_is_zero_counts_one(
     monkeypatch: pytest.MonkeyPatch, argv: list[str], verbose: int
 ) -> None:
     """argparse's action="count" (default 0) is a bare flag: `train.py --verbose` was refused
     with "give a number", and every trial of such a command failed under a peer. It counts 1
-    (an int, as the default is), also with the program's own argument after it."""
+    (an int, as the default is), however often it is given."""
     monkeypatch.setattr(sys, "argv", ["t", "--lr", "0.5", *argv])
     got = worker.params({"lr": 0.1, "verbose": 0})
     assert got == {"lr": 0.5, "verbose": verbose} and type(got["verbose"]) is int
@@ -289,6 +294,18 @@ def test_a_bare_option_whose_default_is_another_int_is_refused(
     monkeypatch.setattr(sys, "argv", ["t", *argv])
     with pytest.raises(WorkerError, match="give a number"):
         worker.params({"epochs": 10, "lr": 0.5})
+
+
+@pytest.mark.parametrize("argv", [["--seed", "abc"], ["--seed", "0x1F"], ["--seed", "data/"]])
+def test_a_word_that_is_no_number_after_an_option_whose_default_is_zero_is_refused(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    """A default of 0 is not always a count (seed, num_workers, start_epoch): `--seed abc`, or
+    `--num-workers $NW data/` with $NW unset, gave 1 without a word when such a word was
+    taken for the program's own argument after a count."""
+    monkeypatch.setattr(sys, "argv", ["t", *argv])
+    with pytest.raises(WorkerError, match=r"^--seed \S+: give a number \(its default is 0\)"):
+        worker.params({"seed": 0})
 
 
 def test_text_values_are_plain_strings(monkeypatch: pytest.MonkeyPatch) -> None:
