@@ -134,6 +134,7 @@ class TrialProcess:
         self._notes_told: set[str] = set()
         self._untold: list[bytes] = []  # told once the log is at a line's start
         self._mid_line = False  # the log's last byte of output ended no line
+        self._redrawn = False  # and that line is redrawn with \r (a progress bar)
         self._broken: str | None = None  # its output became unreadable (see OutputParser.broken)
         # Where an objective regex is matched: a thread of its own, not the event loop (see
         # _parse). One worker, so the two streams' chunks are read one at a time, in order.
@@ -261,6 +262,7 @@ class TrialProcess:
                 await asyncio.wait_for(asyncio.shield(waiter), cfg.drain)
             self._exited.set()
             self._cleanup([*pumps, waiter], beat)
+            self._tell_notes(parser, ended=True)  # (what it said of the output so far)
             self._emit(
                 "interrupted", exit_code=proc.returncode, reason="cancelled", stage="cancelled"
             )
@@ -348,7 +350,7 @@ class TrialProcess:
         size = self.spec.config.read_bytes
         while chunk := await stream.read(size):
             self._write_log(chunk)
-            self._mid_line = not chunk.endswith(b"\n")
+            self._note_where(chunk)
             for report in await self._parse(functools.partial(parser.feed, chunk, stdout=stdout)):
                 self._progress(report)
             self._tell_notes(parser)
@@ -367,6 +369,16 @@ class TrialProcess:
                 self._log.close()
             self._log = None
 
+    def _note_where(self, chunk: bytes) -> None:
+        """Where the log now ends: inside a line, and whether that line is redrawn (\r)."""
+        if b"\n" in chunk:
+            tail = chunk.rsplit(b"\n", 1)[1]
+            self._redrawn = b"\r" in tail
+        else:
+            tail = chunk
+            self._redrawn = self._redrawn or b"\r" in chunk
+        self._mid_line = bool(tail)
+
     def _tell_notes(self, parser: OutputParser, *, ended: bool = False) -> None:
         """Say in the trial's log, once each, what of its output was not read: a metric named
         "val acc" in a report that also gave the objective was dropped without a word (the
@@ -378,11 +390,12 @@ class TrialProcess:
                 self._notes_told.add(note)
                 self._untold.append(f"--- metaopt: {note} ---\n".encode(errors="replace"))
         # Not inside a line of the script's (a chunk may end mid-line: "epoch 1: loss " and
-        # the note, then "0.5"), unless its output has ended.
-        if self._untold and (not self._mid_line or ended):
+        # the note, then "0.5"), unless its output has ended or the line is a progress bar's,
+        # redrawn with \r (held, the note showed only at the exit).
+        if self._untold and (not self._mid_line or self._redrawn or ended):
             self._write_log(b"\n" * self._mid_line + b"".join(self._untold))
             self._untold.clear()
-            self._mid_line = False
+            self._mid_line = self._redrawn = False
 
     async def _parse(
         self, read: Callable[[], list[dict[str, MetricValue]]]
