@@ -383,3 +383,44 @@ async def test_a_note_on_unread_output_never_splits_a_line_of_the_trials_own(
     lines = (tmp_path / "logs" / "output.log").read_text().splitlines()
     assert "epoch 1: loss 0.5" in lines
     assert any(line.startswith("--- metaopt: METAOPT line is not a JSON object") for line in lines)
+
+
+@pytest.mark.asyncio
+async def test_a_note_is_not_held_back_by_a_progress_bar(tmp_path: Path) -> None:
+    """A progress bar redraws its line with \\r and never ends it: the note on an unread line
+    before it waited for the run's exit (hours, for `metaopt logs` of a long run). The script
+    looks for it in its own log while its bar runs (up to 5 s) and reports what it saw."""
+    log = tmp_path / "logs" / "output.log"
+    body = f"""
+        import sys, time
+        sys.stdout.write("METAOPT [1, 2]\\n\\rstep 0"); sys.stdout.flush()
+        seen, began = 0, time.monotonic()
+        while not seen and time.monotonic() - began < 5:
+            time.sleep(0.05)
+            sys.stdout.write("\\rstep 1"); sys.stdout.flush()
+            seen = int("--- metaopt: METAOPT line is not a JSON" in open({str(log)!r}).read())
+        print('\\nMETAOPT {{"loss": %d}}' % seen)
+    """
+    outcome, _ = await _run(_spec(tmp_path, _script(tmp_path, body)))
+    assert outcome.status == "completed" and outcome.objectives == {"loss": 1}
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_run_still_says_what_of_its_output_was_not_read(
+    tmp_path: Path,
+) -> None:
+    """A run cancelled (its peer's loop torn down) while its log ended mid-line lost the note
+    held for the line's end."""
+    log = tmp_path / "logs" / "output.log"
+    body = "import sys, time\nsys.stdout.write('METAOPT [1, 2]\\nepoch 1: loss ')\n"
+    body += "sys.stdout.flush(); time.sleep(30)\n"
+    process = TrialProcess(_spec(tmp_path, _script(tmp_path, body)), lambda kind, data: None)
+    task = asyncio.ensure_future(process.run())
+    for _ in range(400):  # (the line reaches the log, and is read in the same step)
+        if log.exists() and "epoch 1: loss" in log.read_text():
+            break
+        await asyncio.sleep(0.025)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert "--- metaopt: METAOPT line is not a JSON object" in log.read_text()
