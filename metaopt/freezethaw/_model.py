@@ -181,14 +181,15 @@ def _prepare(curves: Sequence[CurveView], cfg: FreezeThawConfig) -> _Data:
         # A diverged run's reports (1e6 among losses near 1) are left out of the scale: more
         # than 1% of the points (9 reports in 879), the 1st/99th-percentile trim no longer
         # held them, the scale went from 0.3 to 2e4 and every forecast with it (a hopeless
-        # frozen run was thawed). Left out are points farther from the median than 100
-        # times the 10th-90th percentile range, wide enough for real curves' long tails (a
-        # first loss of 2.3 over finals of 0.05). A fence of 20 interquartile ranges, clipping,
-        # made the scale 185x too narrow where most points lie on a plateau (curves that all
-        # converge): the quartiles measured the plateau's noise, and every descent was
-        # clipped at clip_sd. A diverged run past 10% of the points is not left out.
-        p10, p90 = np.percentile(pooled, [10.0, 90.0])
-        fence = 100.0 * (p90 - p10)
+        # frozen run was thawed). Left out are points farther from the median than 100 times
+        # a typical curve's own range (the median over curves of each one's max - min), wide
+        # enough for real curves' long tails (a first loss of 2.3 over finals of 0.05). Not a
+        # spread of the pooled points: where most points lie on a plateau (curves that
+        # converge) their quartiles, and past 80% their 10th-90th percentiles, measure the
+        # plateau's noise, and the scale came out hundreds of times too narrow, every descent
+        # clipped at clip_sd.
+        ranges = [float(np.ptp(v / unit)) for v in vals if v.size > 1]
+        fence = 100.0 * float(np.median(ranges)) if ranges else 0.0
         kept = pooled[np.abs(pooled - centre) <= fence] if fence > 0 else pooled
         lo, hi = np.percentile(kept, [1.0, 99.0])
         scale = float(np.std(np.clip(kept, lo, hi)))
