@@ -208,19 +208,21 @@ def test_a_diverging_curve_is_clipped_at_clip_sd_standard_deviations() -> None:
 
 
 @pytest.mark.parametrize("plateau", ["exact", "jittered", "smooth"])
+@pytest.mark.parametrize("settle", [(1.0, 0.3), (0.5, 0.1)])
 def test_curves_that_reach_a_value_and_stay_there_keep_their_spread_as_the_scale(
-    plateau: str,
+    plateau: str, settle: tuple[float, float]
 ) -> None:
     """Curves that all settle on one value (an error rate at 0, a loss converged): most points
     lie on the plateau, so its quartiles agree to within its noise. A fence of 20
     interquartile ranges made the scale 1 (quartiles equal: 20 times the curves' spread) or
     185 times too narrow (quartiles a hair apart: 169 points, the first 5 of every curve, clipped
-    at clip_sd)."""
+    at clip_sd); one of 100 10th-90th percentile ranges, 222 times too narrow once the curves
+    settle faster (over 80% of the points on the plateau)."""
     s = np.arange(1, 101)
     rng = np.random.default_rng(0)
     curves = []
     for i in range(12):
-        decay = (0.3 + 0.02 * i) * np.exp(-s / (1.0 + 0.3 * i))
+        decay = (0.3 + 0.02 * i) * np.exp(-s / (settle[0] + settle[1] * i))
         values = {
             "exact": np.round(decay * 200) / 200,
             "jittered": np.round(decay * 200) / 200 + 1e-9 * rng.standard_normal(100),
@@ -233,4 +235,4 @@ def test_curves_that_reach_a_value_and_stay_there_keep_their_spread_as_the_scale
     data = _prepare(curves, FreezeThawConfig())
     assert 0.5 * np.std(pooled) < data.scale < 2.0 * np.std(pooled)
     clipped = sum(int((y >= FreezeThawConfig().clip_sd).sum()) for y in data.y)
-    assert clipped <= 12  # (at most a first step a curve, 14 of its sds above the plateau)
+    assert clipped <= 24  # (the first step or two of a curve, 14-40 sds above the plateau)
