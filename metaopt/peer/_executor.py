@@ -349,6 +349,10 @@ class TrialProcess:
     ) -> None:
         size = self.spec.config.read_bytes
         while chunk := await stream.read(size):
+            if self._untold and self._redrawn and chunk.startswith(b"\r"):
+                # Between two frames of a progress bar (its line redrawn with \r, never ended):
+                # held for the line's end, the note showed only at the exit.
+                self._flush_notes()
             self._write_log(chunk)
             self._note_where(chunk)
             for report in await self._parse(functools.partial(parser.feed, chunk, stdout=stdout)):
@@ -390,12 +394,15 @@ class TrialProcess:
                 self._notes_told.add(note)
                 self._untold.append(f"--- metaopt: {note} ---\n".encode(errors="replace"))
         # Not inside a line of the script's (a chunk may end mid-line: "epoch 1: loss " and
-        # the note, then "0.5"), unless its output has ended or the line is a progress bar's,
-        # redrawn with \r (held, the note showed only at the exit).
-        if self._untold and (not self._mid_line or self._redrawn or ended):
-            self._write_log(b"\n" * self._mid_line + b"".join(self._untold))
-            self._untold.clear()
-            self._mid_line = self._redrawn = False
+        # the note, then "0.5"), unless its output has ended; a progress bar's line is left
+        # between two frames (_pump).
+        if self._untold and (not self._mid_line or ended):
+            self._flush_notes()
+
+    def _flush_notes(self) -> None:
+        self._write_log(b"\n" * self._mid_line + b"".join(self._untold))
+        self._untold.clear()
+        self._mid_line = self._redrawn = False
 
     async def _parse(
         self, read: Callable[[], list[dict[str, MetricValue]]]

@@ -372,17 +372,24 @@ async def test_a_note_on_unread_output_never_splits_a_line_of_the_trials_own(
 ) -> None:
     """A chunk of output may end mid-line ("epoch 1: loss ", then "0.5" a moment later): the
     note was written between the two halves of the script's line."""
+    text = await _log_of_two_writes(tmp_path, "METAOPT [1, 2]\\nepoch 1: loss ", "0.5\\n")
+    lines = text.decode().splitlines()
+    assert "epoch 1: loss 0.5" in lines
+    assert any(line.startswith("--- metaopt: METAOPT line is not a JSON object") for line in lines)
+
+
+async def _log_of_two_writes(tmp_path: Path, first: str, then: str) -> bytes:
+    """The log of a run that writes first, pauses (two chunks), then writes then and reports
+    its objective: the strings are Python source literals' contents."""
     body = (
         "import sys, time\n"
-        "sys.stdout.write('METAOPT [1, 2]\\nepoch 1: loss '); sys.stdout.flush()\n"
+        f"sys.stdout.write('{first}'); sys.stdout.flush()\n"
         "time.sleep(0.3)\n"
-        "print('0.5'); print('METAOPT {\"loss\": 0.5}')\n"
+        f"sys.stdout.write('{then}METAOPT {{\"loss\": 0.5}}\\n')\n"
     )
     outcome, _ = await _run(_spec(tmp_path, _script(tmp_path, body)))
     assert outcome.status == "completed"
-    lines = (tmp_path / "logs" / "output.log").read_text().splitlines()
-    assert "epoch 1: loss 0.5" in lines
-    assert any(line.startswith("--- metaopt: METAOPT line is not a JSON object") for line in lines)
+    return (tmp_path / "logs" / "output.log").read_bytes()
 
 
 @pytest.mark.asyncio
@@ -424,3 +431,16 @@ async def test_a_cancelled_run_still_says_what_of_its_output_was_not_read(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert "--- metaopt: METAOPT line is not a JSON object" in log.read_text()
+
+
+@pytest.mark.asyncio
+async def test_a_note_adds_no_blank_line_where_a_crlf_pair_spans_two_chunks(
+    tmp_path: Path,
+) -> None:
+    """A line ended by \\r\\n whose \\r closed one chunk and \\n opened the next: the \\r was
+    taken for a progress bar's, the note written between the two, and a blank line added."""
+    text = await _log_of_two_writes(
+        tmp_path, "METAOPT [1, 2]\\nepoch 1: loss 0.5\\r", "\\nepoch 2: loss 0.4\\r\\n"
+    )
+    assert b"\n\n" not in text and b"epoch 1: loss 0.5\r\nepoch 2: loss 0.4\r\n" in text
+    assert b"--- metaopt: METAOPT line is not a JSON object" in text
