@@ -380,7 +380,14 @@ def _like(name: str, default: Any, raw: str | bool) -> Any:
             with contextlib.suppress(ValueError):
                 return float(raw)  # inf too: `--max-norm inf` is a float's value
         if isinstance(raw, bool) or not _is_number(raw):
-            raise WorkerError(f"{_as_typed(name, raw)}: give a number (its default is {default!r})")
+            count = (
+                f"; if --{name} counts (action='count'), give it after the program's arguments"
+                if type(default) is int and default == 0 and isinstance(raw, _NextWord)
+                else ""
+            )
+            raise WorkerError(
+                f"{_as_typed(name, raw)}: give a number (its default is {default!r}){count}"
+            )
         return _infer(raw)
     if isinstance(raw, bool) or isinstance(default, str):
         return raw  # a bare flag; a text's default keeps "007" a text

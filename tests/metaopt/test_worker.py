@@ -308,6 +308,20 @@ def test_a_word_that_is_no_number_after_an_option_whose_default_is_zero_is_refus
         worker.params({"seed": 0})
 
 
+def test_a_count_flag_before_the_programs_argument_is_refused_saying_where_it_goes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--verbose data.csv` with a count's default reads as `--seed abc` does, which must be
+    refused: the refusal says how to give a count so that it is read as one."""
+    monkeypatch.setattr(sys, "argv", ["t", "--verbose", "data.csv"])
+    with pytest.raises(WorkerError) as refused:
+        worker.params({"verbose": 0})
+    assert str(refused.value) == (
+        "--verbose data.csv: give a number (its default is 0); if --verbose counts"
+        " (action='count'), give it after the program's arguments"
+    )
+
+
 def test_text_values_are_plain_strings(monkeypatch: pytest.MonkeyPatch) -> None:
     """A value read from the word after its option came back as a private str subclass, which
     yaml.safe_dump refused and a pickle tied to metaopt: a script's own parameters must be
