@@ -189,7 +189,10 @@ def _prepare(curves: Sequence[CurveView], cfg: FreezeThawConfig) -> _Data:
         # plateau's noise, and the scale came out hundreds of times too narrow, every descent
         # clipped at clip_sd.
         ranges = [float(np.ptp(v / unit)) for v in vals if v.size > 1]
-        fence = 100.0 * float(np.median(ranges)) if ranges else 0.0
+        p10, p90 = np.percentile(pooled, [10.0, 90.0])
+        # (Or the pooled 10th-90th percentile range, if wider: where most curves are flat, a
+        # run that never learnt, their median range is 0 and would leave no run out.)
+        fence = 100.0 * max(float(np.median(ranges)) if ranges else 0.0, float(p90 - p10))
         kept = pooled[np.abs(pooled - centre) <= fence] if fence > 0 else pooled
         lo, hi = np.percentile(kept, [1.0, 99.0])
         scale = float(np.std(np.clip(kept, lo, hi)))
