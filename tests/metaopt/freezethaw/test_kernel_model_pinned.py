@@ -236,3 +236,25 @@ def test_curves_that_reach_a_value_and_stay_there_keep_their_spread_as_the_scale
     assert 0.5 * np.std(pooled) < data.scale < 2.0 * np.std(pooled)
     clipped = sum(int((y >= FreezeThawConfig().clip_sd).sum()) for y in data.y)
     assert clipped <= 24  # (the first step or two of a curve, 14-40 sds above the plateau)
+
+
+def test_a_diverged_run_is_left_out_of_the_scale_where_most_curves_are_flat() -> None:
+    """Runs that never learn report one value at every step: with most curves flat, the
+    median curve's range is 0, a fence of it left every point in, and one run diverged to
+    1e6 set the scale at 1.6e5 (the symptom the fence exists for: forecasts of 3.5e4)."""
+    s = np.arange(1, 101)
+    rng = np.random.default_rng(0)
+    flat = np.full(100, 2.302585)  # (a loss of ln 10: a classifier that never learnt)
+    curves = [
+        CurveView(f"flat{i}", np.array([0.1 * i]), s, flat, "completed", 100) for i in range(7)
+    ]
+    curves += [
+        CurveView(f"learn{i}", np.array([0.5 + 0.1 * i]), s,
+                  0.3 + 2.0 * np.exp(-s / (5.0 + i)) + 0.01 * rng.standard_normal(100),
+                  "completed", 100)
+        for i in range(5)
+    ]  # fmt: skip
+    curves.append(CurveView("blow", np.array([0.99]), s[:50], np.r_[np.ones(10), np.full(40, 1e6)],
+                            "killed", 100))  # fmt: skip
+    data = _prepare(curves, FreezeThawConfig())
+    assert 0.1 < data.scale < 2.0
