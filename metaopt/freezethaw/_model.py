@@ -184,7 +184,7 @@ def _prepare(curves: Sequence[CurveView], cfg: FreezeThawConfig) -> _Data:
         # frozen run was thawed). Left out are points farther from the median than 100 times
         # a typical curve's own range (the median over curves of each one's max - min), wide
         # enough for real curves' long tails (a first loss of 2.3 over finals of 0.05). Not a
-        # spread of the pooled points: where most points lie on a plateau (curves that
+        # spread of the pooled points alone: where most points lie on a plateau (curves that
         # converge) their quartiles, and past 80% their 10th-90th percentiles, measure the
         # plateau's noise, and the scale came out hundreds of times too narrow, every descent
         # clipped at clip_sd.
