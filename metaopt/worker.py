@@ -84,7 +84,7 @@ _OPTION = re.compile(r"--([A-Za-z_][A-Za-z0-9_.-]*)(?:=(.*))?", re.DOTALL)
 # The process's own parameters, parsed once; keyed by their source so a changed environment
 # (tests, or a script that edits os.environ) is re-read rather than served stale.
 _params_cache: (
-    tuple[tuple[str | None, tuple[str, ...]], tuple[dict[str, str | bool], dict[str, Any]]] | None
+    tuple[tuple[str | None, tuple[str, ...]], tuple[dict[str, _Given], dict[str, Any]]] | None
 ) = None
 
 
@@ -186,9 +186,11 @@ def params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
     They come from ``--name value`` and ``--name=value`` in ``sys.argv`` (a bare ``--flag`` is
     True), with ``true``/``false``, ints and finite floats recognised; a value whose default is
-    a float, bool or str is read as one. Under a peer ``METAOPT_PARAMS`` then sets the searched
-    parameters exactly as the search chose them; the command line still gives the fixed
-    options a submit passed through (``--epochs 10``), which the environment does not carry.
+    a float, bool or str is read as one, and one whose default is a list or tuple takes every
+    word given (``--layers 64 128``), each read as the default's first item. Under a peer
+    ``METAOPT_PARAMS`` then sets the searched parameters exactly as the search chose them; the
+    command line still gives the fixed options a submit passed through (``--epochs 10``),
+    which the environment does not carry.
 
     Args:
         defaults: values for the names the trial or the command line do not set.
@@ -207,7 +209,8 @@ def params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
         _params_cache = (source, (_parse_argv(source[1]), searched))
     given, searched = _params_cache[1]
     out = dict(defaults or {})
-    for name, raw in given.items():
+    for name, option in given.items():
+        raw = option.raw
         if name not in searched:  # (choices(['auto', 0.1]) drew "auto" for a float default)
             key = _key(name, out)
             negated = _key(name[3:], out) if name[:3] in ("no-", "no_") else ""
@@ -220,7 +223,7 @@ def params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
                     )
                 out[negated] = False
                 continue
-            value = _like(name, out[key], raw) if key in out else _infer(raw)
+            value = _like(name, out[key], option) if key in out else _infer(raw)
             # A plain str, as a script's own: the subclass went into its YAML dumps and pickles.
             out[key] = str(value) if isinstance(value, _NextWord) else value
     out.update({_key(name, out): value for name, value in searched.items()})
@@ -300,9 +303,23 @@ class _NextWord(str):
     of the program's own (``--verbose data.csv``); only the option's default tells which."""
 
 
-def _parse_argv(argv: tuple[str, ...]) -> dict[str, str | bool]:
-    """Raw option values by name; True for a bare flag; a _NextWord for a word after one."""
-    out: dict[str, str | bool] = {}
+class _Given:
+    """An option's occurrences on a command line."""
+
+    __slots__ = ("bare", "raw", "words")
+
+    def __init__(self) -> None:
+        self.raw: str | bool = True  # the last one's value: True for a bare flag
+        self.bare = 0  # how many were bare, for a count (``--verbose --verbose`` is 2)
+        # The words of every one, value first and every word up to the next option after it,
+        # for a list's default (argparse's nargs, or action="append" given more than once).
+        self.words: list[str] = []
+
+
+def _parse_argv(argv: tuple[str, ...]) -> dict[str, _Given]:
+    """Each option's occurrences by name; a word after one given without ``=`` is a
+    _NextWord (its value, or the program's own argument after a flag)."""
+    out: dict[str, _Given] = {}
     i = 0
     while i < len(argv):
         word = argv[i]
@@ -313,15 +330,27 @@ def _parse_argv(argv: tuple[str, ...]) -> dict[str, str | bool]:
         if match is None:
             continue
         name, text = match.group(1), match.group(2)
+        option = out.setdefault(name, _Given())
         if text is None:
-            if i < len(argv) and (not argv[i].startswith("-") or _is_number(argv[i])):
+            if i < len(argv) and _is_value(argv[i]):
                 text = _NextWord(argv[i])
-                i += 1
             else:
-                out[name] = True
+                option.raw = True
+                option.bare += 1
                 continue
-        out[name] = text
+        option.raw = text
+        option.words.append(text)
+        if isinstance(text, _NextWord):
+            i += 1
+            while i < len(argv) and _is_value(argv[i]):
+                option.words.append(argv[i])
+                i += 1
     return out
+
+
+def _is_value(word: str) -> bool:
+    """Whether a word after an option is a value rather than another option (``-2`` is)."""
+    return word != "--" and (not word.startswith("-") or _is_number(word))
 
 
 def _is_number(text: str) -> bool:
@@ -351,7 +380,37 @@ def _as_typed(name: str, raw: str | bool) -> str:
     return f"--{name} {raw}" if isinstance(raw, _NextWord) else f"--{name}={raw}"
 
 
-def _like(name: str, default: Any, raw: str | bool) -> Any:
+def _like(name: str, default: Any, option: _Given) -> Any:
+    """An option read as the type of ``default`` (see _read); a list's default takes every
+    word given (argparse's nargs), each read as its first item is, and a count's (an int
+    default of 0) counts the option given bare.
+
+    Raises:
+        WorkerError: as _read, for a word of a list too.
+    """
+    if isinstance(default, (list, tuple)):
+        item = default[0] if default else None
+        words = [str(w) for w in option.words]  # (a word that is no bool is no bool here)
+        try:
+            values = [_infer(w) if item is None else _read(name, item, w) for w in words]
+        except WorkerError:
+            shown = _as_typed(name, option.words[0]) if len(words) == 1 else None
+            raise WorkerError(
+                f"{shown or f'--{name} ' + ' '.join(words)}: give {type(item).__name__} values"
+                f" (its default is {default!r})"
+                + (f"; the program's own arguments go before --{name}" if not shown else "")
+            ) from None
+        return type(default)(values)
+    if type(default) is int and default == 0 and option.raw is True:
+        # A count (argparse's action="count", default 0): a bare `--verbose` counts 1, and
+        # `--verbose --verbose` 2. Not before a word (`--seed abc`, `--num-workers data/` with
+        # $NW unset are mistakes, to refuse) nor for another int (`--epochs $EPOCHS` unset
+        # ran every trial 1 epoch).
+        return option.bare
+    return _read(name, default, option.raw)
+
+
+def _read(name: str, default: Any, raw: str | bool) -> Any:
     """``raw`` read as the type of ``default`` where that is unambiguous, else inferred.
 
     Raises:
@@ -370,11 +429,6 @@ def _like(name: str, default: Any, raw: str | bool) -> Any:
             # failed on "give true or false". (`--verbose=maybe` is still refused.)
             return True
         raise WorkerError(f"{_as_typed(name, raw)}: give true or false (its default is {default})")
-    if type(default) is int and default == 0 and raw is True:
-        # A count (argparse's action="count", default 0): a bare `--verbose` counts 1. Not
-        # before a word (`--seed abc`, `--num-workers data/` with $NW unset are mistakes, to
-        # refuse) nor for another int (`--epochs $EPOCHS` unset ran every trial 1 epoch).
-        return 1
     if isinstance(default, (int, float)):
         if isinstance(default, float) and not isinstance(raw, bool):
             with contextlib.suppress(ValueError):

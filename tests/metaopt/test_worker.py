@@ -270,17 +270,19 @@ def test_under_a_peer_a_word_after_a_flag_is_an_argument_too(
     ("argv", "verbose"),
     [
         (["--verbose"], 1),
-        (["--verbose", "--verbose"], 1),
+        (["--verbose", "--verbose"], 2),
+        (["--verbose", "--lr", "0.5", "--verbose", "--verbose"], 3),
         (["--verbose", "--lr", "0.5"], 1),
         ([], 0),
     ],
 )
-def test_a_bare_flag_whose_default_is_zero_counts_one(
+def test_a_bare_flag_whose_default_is_zero_counts_how_often_it_is_given(
     monkeypatch: pytest.MonkeyPatch, argv: list[str], verbose: int
 ) -> None:
     """argparse's action="count" (default 0) is a bare flag: `train.py --verbose` was refused
-    with "give a number", and every trial of such a command failed under a peer. It counts 1
-    (an int, as the default is), however often it is given."""
+    with "give a number", and every trial of such a command failed under a peer. It counts
+    (an int, as the default is) each time it is given, as argparse does: `--verbose
+    --verbose` was 1."""
     monkeypatch.setattr(sys, "argv", ["t", "--lr", "0.5", *argv])
     got = worker.params({"lr": 0.1, "verbose": 0})
     assert got == {"lr": 0.5, "verbose": verbose} and type(got["verbose"]) is int
@@ -320,6 +322,59 @@ def test_a_count_flag_before_the_programs_argument_is_refused_saying_where_it_go
         "--verbose data.csv: give a number (its default is 0); if --verbose counts"
         " (action='count'), give it after the program's arguments"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "defaults", "got"),
+    [
+        (["--layers", "64", "128", "--lr", "0.5"], {"layers": [32]}, {"layers": [64, 128]}),
+        (["--layers=64"], {"layers": (32, 32)}, {"layers": (64,)}),
+        (["--milestones", "0.5", "-1"], {"milestones": [0.1]}, {"milestones": [0.5, -1.0]}),
+        (["--layers"], {"layers": []}, {"layers": []}),
+        (["--tag", "a", "007", "--tag", "c"], {"tag": ["x"]}, {"tag": ["a", "007", "c"]}),
+        (["--ids", "3", "b", "--", "--ids", "9"], {"ids": []}, {"ids": [3, "b"]}),
+        (["--aug", "yes", "off"], {"aug": [False]}, {"aug": [True, False]}),
+    ],
+)
+def test_an_option_whose_default_is_a_list_takes_every_word_given(
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    defaults: dict[str, Any],
+    got: dict[str, Any],
+) -> None:
+    """argparse's nargs (and action="append" given more than once): `--layers 64 128` gave
+    the int 64 where the script's default is a list, and 128 went nowhere. Each word is read
+    as the default's first item is (inferred for an empty default), as a plain value."""
+    monkeypatch.setattr(sys, "argv", ["t", *argv])
+    read = worker.params(defaults)
+    assert {name: read[name] for name in got} == got
+    assert all(
+        type(a) is type(b) for name in got for a, b in zip(read[name], got[name], strict=True)
+    )
+    assert all(type(read[name]) is type(got[name]) for name in got)
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["--layers", "64", "data.csv"],
+            "--layers 64 data.csv: give int values (its default is [32]);"
+            " the program's own arguments go before --layers",
+        ),
+        (["--layers=64,128"], "--layers=64,128: give int values (its default is [32])"),
+        (["--layers", "x"], "--layers x: give int values (its default is [32])"),
+    ],
+)
+def test_a_word_that_is_not_of_a_lists_kind_is_refused(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], said: str
+) -> None:
+    """As argparse's nargs with type=int refuses it: the words after the option are all its
+    values, so a program's own argument after them would fail far from the cause."""
+    monkeypatch.setattr(sys, "argv", ["t", *argv])
+    with pytest.raises(WorkerError) as refused:
+        worker.params({"layers": [32]})
+    assert str(refused.value) == said
 
 
 def test_text_values_are_plain_strings(monkeypatch: pytest.MonkeyPatch) -> None:
