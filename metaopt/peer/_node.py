@@ -1108,7 +1108,11 @@ class Node:
                 self._failing.discard(state.key)
             elif state.key not in self._failing and state.active:
                 self._failing.add(state.key)
-                failed = [t for t in state.trials() if t.state == "failed" and t.ended_at]
+                # (By ended_at as failure_streak counts them: a stamp of 0 is a stamp, and
+                # an empty list here stopped every scheduling pass of this peer.)
+                failed = [
+                    t for t in state.trials() if t.state == "failed" and t.ended_at is not None
+                ]
                 latest = max(failed, key=lambda t: t.ended_at or 0)
                 log.warning(
                     "experiment %s: its last %d trials failed (latest: %s); new ones now wait"

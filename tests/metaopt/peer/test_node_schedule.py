@@ -930,3 +930,33 @@ async def test_a_peer_thaws_and_judges_nothing_until_it_has_caught_up(tmp_path: 
         assert (thaws, judged) == ([1], [False, True])
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_failures_stamped_at_time_zero_stop_no_scheduling_pass(tmp_path: Path) -> None:
+    """A stamp of 0 is valid (crdt takes 0 <= time): three failures of another peer's trials
+    so stamped made the warning of a failing experiment raise "max() arg is an empty
+    sequence" before anything was planned, in every pass, on every peer holding them."""
+    exp = _experiment("good", {"x": "uniform(0, 1)"})
+    node = _lone_node(tmp_path, caught_up=True)
+    other, now_ms, seq = b"o" * 16, int(time.time() * 1000), 0
+    records: list[Record] = []
+    for i in range(3):
+        body = {"params": {"x": 0.1 * (i + 1)}, "node": other, "counter": i + 1}
+        trial = Record.create(TRIAL, other, seq := seq + 1, now_ms - 10_000, body, [exp.key])
+        records.append(trial)
+        for kind, stamp in (("started", now_ms - 9_000), ("failed", 0)):
+            event = EventBody(trial.key, exp.key, kind, other, reason="boom")
+            records.append(
+                Record.create(
+                    EVENT, other, seq := seq + 1, stamp, event.to_body(), [trial.key, exp.key]
+                )
+            )
+    try:
+        node.store.add([exp, *records])
+        state = node.replica.experiments[exp.key]
+        assert [t.state for t in state.trials()] == ["failed"] * 3
+        await node._schedule_once()
+        assert len(state) == 4  # a new trial: by their stamps the failures are long past
+    finally:
+        await node.stop()
