@@ -593,3 +593,77 @@ async def test_a_burst_of_requests_stays_under_the_servers_cap_per_host() -> Non
         for client in clients:
             await client.close()
         await server.stop()
+
+
+def _head(codec: FrameCodec, frame: bytes, extra: bytes = b"") -> bytes:
+    """A request's head for frame, its ticket and extra header lines included."""
+    ticket = base64.b64encode(codec.ticket(frame))
+    return b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n%s: %s\r\n%s\r\n" % (
+        PATH.encode(),
+        len(frame),
+        TICKET.encode(),
+        ticket,
+        extra,
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("encoding", [b"gzip", b"deflate"])  # (aiohttp refuses br unread)
+async def test_a_compressed_body_is_refused_in_one_line_without_a_traceback(
+    encoding: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp inflates a body it is told is compressed; one that did not inflate was a 500
+    with two tracebacks in the log, and since its frame never opens its ticket is not spent:
+    one ticket seen on the wire repeated it at will. No peer compresses its frames."""
+    codec, server, port, frame = await _echo_server()
+    junk = b"\x1f\x8b" + b"x" * (len(frame) - 2)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            head = _head(codec, frame, b"Content-Encoding: " + encoding + b"\r\n")
+            statuses = [await _status_line_after(port, head + junk) for _ in range(3)]
+    finally:
+        await server.stop()
+    assert statuses == [b"HTTP/1.1 401 Unauthorized\r\n"] * 3
+    assert [r for r in caplog.records if r.exc_info] == []
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and "a compressed body" in said[0], said
+
+
+@pytest.mark.asyncio
+async def test_a_body_that_stalls_is_closed_once_its_frame_could_no_longer_open() -> None:
+    """A valid ticket lifts the deadline on a connection's first request (a large frame may
+    take long to send), and nothing bounded the body after it: a sender stopped mid-body
+    (paused, cut off without a FIN, or a copied ticket) held its connection, and its place
+    under the caps, for good. Past twice max_skew after its ticket passed a frame is stale."""
+    codec = FrameCodec([ClusterKey.generate(os.urandom(32))], FrameConfig(max_skew=0.5))
+    server = Server(codec, {}, node_id=NODE)
+    port = await server.start("127.0.0.1", 0)
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for _ in range(3):
+            request = Request("echo", os.urandom(16), "127.0.0.1:1", "hi").encode()
+            frame = _seal(codec, request, os.urandom(16))
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(_head(codec, frame) + frame[:5])
+            held.append((reader, writer))
+        for reader, _ in held:
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed
+    finally:
+        for _, writer in held:
+            writer.close()
+        await server.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_server_stops_in_seconds_with_a_request_stalled_mid_body() -> None:
+    """A stop waited aiohttp's 60 s for a handler still reading a body: `metaopt peer stop`,
+    which waits 60 s too, said the peer was still stopping, and its leave notices went out a
+    minute late."""
+    codec, server, port, frame = await _echo_server()
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(_head(codec, frame) + frame[:5])
+        await asyncio.sleep(0.3)  # its ticket passed; its body is being read
+        await asyncio.wait_for(server.stop(), 20)
+    finally:
+        writer.close()
