@@ -1202,7 +1202,12 @@ class Node:
             except MetaoptError as exc:
                 log.warning("experiment %s: %s", state.spec.name, exc)
                 continue
-            except Exception:
+            except Exception as exc:
+                if self.storage.note(exc, "recording a new trial"):
+                    # The disk's fault, not the search's: the peer holds back until it can
+                    # write (see _storage). Set aside, the experiment got no trial here again
+                    # until a restart, long after the disk had room.
+                    break
                 # A bug in the search for one experiment must not starve the others, which it
                 # would if retried first on every pass (it never has a trial running here).
                 log.exception(

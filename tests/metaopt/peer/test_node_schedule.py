@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from crdt import Record
+from crdt import Record, StoreWriteFailed
 from metaopt._records import (
     BLOB,
     EVENT,
@@ -32,6 +32,7 @@ from metaopt.peer._bundle import CHUNK_BYTES, collect_bundle
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._node import Node
 from metaopt.peer._scheduler import rendezvous_rank, settle_rank
+from metaopt.peer._storage import StorageTrouble
 from tests.metaopt.peer.test_runner_decisions import can_run_once_laid_out
 
 pytestmark = pytest.mark.integration
@@ -958,5 +959,40 @@ async def test_failures_stamped_at_time_zero_stop_no_scheduling_pass(tmp_path: P
         assert [t.state for t in state.trials()] == ["failed"] * 3
         await node._schedule_once()
         assert len(state) == 4  # a new trial: by their stamps the failures are long past
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_full_disk_while_a_new_trial_is_recorded_holds_the_peer_back_for_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write that failed was taken for a bug in the search: the experiment was set aside
+    on this peer until it restarted, long after the disk had room, and the peer did not hold
+    back (the disk's trouble went unnoticed)."""
+    exp = _experiment("good", {"x": "uniform(0, 1)"})
+    node = _lone_node(tmp_path, caught_up=True)
+    now = [0.0]
+    node.storage = StorageTrouble(clock=lambda: now[0])
+    add = node.store.add
+    full = StoreWriteFailed("cannot write the store at /d: No space left", "No space left")
+
+    def refuse_trials(records: Any) -> Any:
+        if any(r.kind == TRIAL for r in records):
+            raise full
+        return add(records)
+
+    try:
+        node.store.add([exp])
+        monkeypatch.setattr(node.store, "add", refuse_trials)
+        await node._schedule_once()
+        assert node.storage.problem() is not None and node.blocked_here(exp.key) is None
+        monkeypatch.undo()  # room again: the peer goes on with the experiment
+        now[0] = 100.0
+        await node._schedule_once()  # its probe of the disk passes
+        assert node.storage.problem() is None
+        node.replicator.sessions += 1  # and it caught up again (it rejoins after a hold)
+        await node._schedule_once()
+        assert node.blocked_here(exp.key) is None and len(node.replica.experiments[exp.key]) == 1
     finally:
         await node.stop()
