@@ -117,6 +117,7 @@ class TrialProcess:
     ) -> None:
         self.spec = spec
         self.pid: int | None = None
+        self._proc: asyncio.subprocess.Process | None = None
         self._on_event = on_event
         self._clock = clock
         self._stop_reason: str | None = None
@@ -142,16 +143,23 @@ class TrialProcess:
 
     @property
     def running(self) -> bool:
-        return self.pid is not None and not self._exited.is_set()
+        return self.pid is not None and not self.exited
 
     @property
     def exited(self) -> bool:
-        """Its process has ended (its output may still be draining)."""
-        return self._exited.is_set()
+        """Its process has ended (its output may still be draining).
+
+        As soon as its exit status is known, not when _run's poll next looks (up to _EXIT_POLL
+        later): a stop asked in between turned a run that had exited 0 with its result into a
+        freeze, a kill or a run to do again.
+        """
+        return self._exited.is_set() or (
+            self._proc is not None and self._proc.returncode is not None
+        )
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Ask the trial to stop at its next report, escalating to SIGTERM and SIGKILL."""
-        if self._stop_reason is not None or self._exited.is_set():
+        if self._stop_reason is not None or self.exited:
             return
         self._stop_reason = reason
         if self.pid is not None:
@@ -159,7 +167,7 @@ class TrialProcess:
 
     def kill(self, reason: str = "killed") -> None:
         """SIGKILL the trial's process group now."""
-        if self._exited.is_set():
+        if self.exited:
             return
         self._kill_reason = reason
         if self._escalation is not None:  # a stop under way would name its own stage
@@ -236,7 +244,7 @@ class TrialProcess:
             # traceback of the executor at every trial.
             return self._finish_early(f"cannot start {spec.argv[0]!r}: {exc} in its arguments")
         loop = asyncio.get_running_loop()
-        self.pid = proc.pid
+        self.pid, self._proc = proc.pid, proc
         self._last_activity = loop.time()
         self._emit("started", pid=proc.pid)
         if self._kill_reason is not None:

@@ -573,3 +573,36 @@ async def test_a_chatty_trial_keeps_only_its_latest_output_on_disk(tmp_path: Pat
     assert log.stat().st_size + older.stat().st_size <= (64 << 10) + 65536  # + one read
     assert log.read_text().rstrip().endswith('METAOPT {"loss": 0.5}')
     assert "line 03999" in log.read_text() + older.read_text()
+
+
+@pytest.mark.asyncio
+async def test_a_stop_asked_once_the_child_exited_0_leaves_its_result_completed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a worker it forked holds the output pipes, the exit shows only at the executor's
+    next poll of it; a stop asked in between turned a run that had exited 0 with its result
+    into a freeze, a kill or a run to do again. The poll is slowed here to hit that window."""
+    from metaopt.peer import _executor
+
+    monkeypatch.setattr(_executor, "_EXIT_POLL", 3.0)
+    script = _script(
+        tmp_path,
+        """
+        import subprocess, sys
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(6)"])  # holds stdout
+        print('METAOPT {"loss": 0.25}', flush=True)
+        """,
+    )
+    process = TrialProcess(_spec(tmp_path, script), lambda kind, data: None)
+    task = asyncio.ensure_future(process.run())
+    for _ in range(250):  # (within the poll's 3 s)
+        await asyncio.sleep(0.01)
+        if process.exited:
+            break
+    process.request_stop("freeze")  # as the runner asks, once it sees no exit
+    outcome = await task
+    assert (outcome.status, outcome.exit_code, outcome.objectives) == (
+        "completed",
+        0,
+        {"loss": 0.25},
+    )
