@@ -399,7 +399,13 @@ class TrialRunner:
         if "manifest" in bundle:
             cwd = trial_dir / "code"
             if not cwd.exists():
-                _link_tree(self._bundles[state.key], cwd)
+                # Laid out beside it, then renamed into place: a peer killed mid-layout left
+                # part of the tree, which the re-run of its lost trial here took for whole
+                # (failed for good on a module not yet linked).
+                partial = trial_dir / "code.partial"
+                shutil.rmtree(partial, ignore_errors=True)
+                _link_tree(self._bundles[state.key], partial)
+                os.replace(partial, cwd)
         elif "shared_dir" in bundle:
             cwd = Path(bundle["shared_dir"])
         else:

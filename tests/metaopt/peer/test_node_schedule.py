@@ -996,3 +996,40 @@ async def test_a_full_disk_while_a_new_trial_is_recorded_holds_the_peer_back_for
         assert node.blocked_here(exp.key) is None and len(node.replica.experiments[exp.key]) == 1
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_trials_code_laid_out_in_part_is_laid_out_again_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer killed while it laid out a trial's code left part of the tree in the trial's
+    folder; restarted, it re-ran its lost trial there on that part, which failed for good on
+    a module not yet linked (ModuleNotFoundError)."""
+    exp, chunks = _bundled(tmp_path, {"train.py": b"import helper\n", "helper.py": b"X = 1\n"})
+    node = _lone_node(tmp_path)
+    node.runner._chunk = lambda digest: asyncio.sleep(0, chunks[digest])  # type: ignore[method-assign]
+    body = {"params": {"x": 0.5}, "node": node.node_id, "counter": 1}
+    trial = Record.create(TRIAL, node.node_id, 2, int(time.time() * 1000), body, [exp.key])
+    link = os.link
+    linked: list[str] = []
+
+    def killed_after_one(src: Any, dst: Any) -> None:
+        if linked:
+            raise KeyboardInterrupt  # (where a kill -9 would end the layout)
+        linked.append(str(dst))
+        link(src, dst)
+
+    try:
+        node.store.add([exp, trial])
+        state = node.replica.experiments[exp.key]
+        assert await can_run_once_laid_out(node.runner, state)
+        view = state.trial(trial.key)
+        assert view is not None
+        monkeypatch.setattr(os, "link", killed_after_one)
+        with pytest.raises(KeyboardInterrupt):
+            node.runner._spec(state, view, node.runner.slots[0], None)
+        monkeypatch.undo()
+        spec = node.runner._spec(state, view, node.runner.slots[0], None)
+        assert sorted(p.name for p in spec.cwd.iterdir()) == ["helper.py", "train.py"]
+    finally:
+        await node.stop()
