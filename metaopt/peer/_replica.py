@@ -118,6 +118,13 @@ class Replica:
             state, created = self._held[0]
             for _ in self._fold_steps(state):
                 await asyncio.sleep(0)
+            # Its trials' views too, a step at a time: the peer's first scheduling pass lists
+            # every trial (to find lost ones), and folded there, 100,000 trials held the loop
+            # 2 s, a time that grows with the history.
+            for count, key in enumerate(state.trial_keys(), 1):
+                state.trial(key)
+                if count % self._fold_step == 0:
+                    await asyncio.sleep(0)
             # And between experiments: a replica of 4,000 experiments of 240 records each
             # (none a step long) was folded in one go, the peer deaf for 20-27 s.
             await asyncio.sleep(0)

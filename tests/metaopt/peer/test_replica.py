@@ -706,6 +706,39 @@ async def test_a_deferred_replica_loads_what_it_held_a_step_at_a_time() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_deferred_replica_folds_its_trials_views_a_step_at_a_time_as_it_loads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Loading folded the records a step at a time but no trial's view: the peer's first
+    scheduling pass lists every trial (to find lost ones) and folded all their views at once,
+    its loop held 2 s for 100,000 trials. They are folded as the replica loads, a step of
+    them at a time; listing them then folds none."""
+    from metaopt import _state
+
+    exp, history = _history(trials=300, events=2)
+    store = MemoryStore()
+    store.add([exp, *history])
+    replica = Replica(store, fold_step=40, defer=True)
+    folds = [0]
+    of = _state.TrialFold.of.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        folds[0] += 1
+        return of(cls, *args, **kwargs)
+
+    monkeypatch.setattr(_state.TrialFold, "of", classmethod(counted))
+    loading = asyncio.ensure_future(replica.load())
+    most = seen = 0
+    while not loading.done():
+        await asyncio.sleep(0)
+        most, seen = max(most, folds[0] - seen), folds[0]
+    await loading
+    assert folds[0] == 300 and most <= 40  # each once, at most a step between two turns
+    assert len(replica.experiments[exp.key].trials()) == 300 and folds[0] == 300
+    replica.close()
+
+
+@pytest.mark.asyncio
 async def test_a_deferred_replica_of_many_short_experiments_lets_the_loop_run_between_them() -> (
     None
 ):
