@@ -194,6 +194,8 @@ class Node:
         # was searched again, and warned of, on every scheduling pass).
         self._exhausted: dict[bytes, tuple[int, str]] = {}
         self._failing: set[bytes] = set()  # experiments warned of as failing run after run
+        # Each periodic task's failure: when last logged, and how often it failed since.
+        self._failures: dict[str, tuple[float, int]] = {}
         # Experiment key -> (its trial count, when (ms, this clock) the replica came to hold
         # that many): where the turns to record its next point are counted from (settle_wait).
         self._count_since: dict[bytes, tuple[int, int]] = {}
@@ -417,25 +419,31 @@ class Node:
         )
 
     async def _every(self, interval: float, step: Callable[[], Any]) -> None:
-        said_at = -math.inf  # when this task's failure was last logged
-        unsaid = 0  # its failures since
         while not self._stopping.is_set():
-            try:
-                await step()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # one failed round must not end the loop
-                name = getattr(step, "__name__", str(step))
-                if not self.storage.note(exc, name):
-                    # A fault met at every round logged its traceback twice a second, for
-                    # good: once a minute, with how often it failed meanwhile.
-                    unsaid += 1
-                    if self.monotonic() - said_at >= _FAILURE_LOG_EVERY:
-                        more = f" ({unsaid - 1} more times since it was last logged)"
-                        log.exception("periodic task %s failed%s", name, more if unsaid > 1 else "")
-                        said_at, unsaid = self.monotonic(), 0
+            await self._round(step)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=interval)
+
+    async def _round(self, step: Callable[[], Any]) -> None:
+        """One round of a periodic task: its failure is noted, not raised (one failed round
+        must not end the loop, nor a pass that kick() started be a task's lost traceback)."""
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            name = getattr(step, "__name__", str(step))
+            if self.storage.note(exc, name):
+                return
+            # A fault met at every round logged its traceback twice a second, for good: once
+            # a minute, with how often it failed meanwhile.
+            said_at, unsaid = self._failures.get(name, (-math.inf, 0))
+            unsaid += 1
+            if self.monotonic() - said_at >= _FAILURE_LOG_EVERY:
+                more = f" ({unsaid - 1} more times since it was last logged)"
+                log.exception("periodic task %s failed%s", name, more if unsaid > 1 else "")
+                said_at, unsaid = self.monotonic(), 0
+            self._failures[name] = (said_at, unsaid)
 
     async def run_until_stopped(self) -> None:
         await self._stopping.wait()
@@ -1084,7 +1092,7 @@ class Node:
     def kick(self) -> None:
         """Schedule now rather than at the next tick: a slot just came free."""
         if not self._stopping.is_set() and not self.replica.loading:
-            task = asyncio.ensure_future(self._schedule())
+            task = asyncio.ensure_future(self._round(self._schedule))
             self._tasks.append(task)
             task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 

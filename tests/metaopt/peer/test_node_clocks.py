@@ -3,6 +3,8 @@ and a runner whose clock runs behind."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import sys
 from pathlib import Path
 
@@ -151,6 +153,30 @@ async def test_a_periodic_task_that_keeps_failing_logs_its_traceback_once_a_minu
         "periodic task broken failed (59 more times since it was last logged)",
     ]
     assert all(r.exc_info for r in caplog.records if "periodic task broken" in r.getMessage())
+
+
+@pytest.mark.asyncio
+async def test_a_pass_a_free_slot_started_that_fails_is_logged_as_the_periodic_ones_are(
+    node: Node, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """kick() started a scheduling pass as a task of its own, whose failure was a "Task
+    exception was never retrieved" traceback at every kick, not once a minute beside the
+    periodic pass's, and a disk refusing writes there went unnoticed."""
+
+    async def broken() -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(node, "_schedule_once", broken)
+    try:
+        with caplog.at_level("ERROR"):
+            for _ in range(3):
+                node.kick()
+                await asyncio.sleep(0.01)
+            gc.collect()  # (a task's exception unretrieved is logged when it is collected)
+    finally:
+        await node.stop()
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["periodic task _schedule failed"], said
 
 
 @pytest.mark.asyncio
