@@ -58,6 +58,7 @@ SUPERSEDED = "superseded"
 # user's freeze or kill forgotten, and a run its stopper had killed at a rung resumed past it.
 STOP_REQUEST = "stop-request"
 _KEPT_OUTCOMES = ("frozen", "killed")
+_STOP_REQUEST_BYTES = 1 << 16  # a stop request's note is a line of JSON
 
 
 def _request_end(run: Running, outcome: str, reason: str, rung: int | None = None) -> bool:
@@ -648,9 +649,12 @@ class TrialRunner:
 
     def stop_requested(self, trial: bytes) -> StopRequest | None:
         """The freeze or kill that this peer's last life did not live to record, if any."""
+        # The trial may write in its folder, this file too: no more than a note's worth is
+        # read, and JSON nested too deep to parse (RecursionError) is no request.
         try:
-            asked = json.loads((self.trial_dir(trial) / STOP_REQUEST).read_text())
-        except (OSError, ValueError):
+            with open(self.trial_dir(trial) / STOP_REQUEST, "rb") as file:
+                asked = json.loads(file.read(_STOP_REQUEST_BYTES))
+        except (OSError, ValueError, RecursionError):
             return None
         if not isinstance(asked, dict) or asked.get("outcome") not in _KEPT_OUTCOMES:
             return None

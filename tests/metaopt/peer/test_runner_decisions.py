@@ -230,6 +230,16 @@ def test_a_stop_the_stopper_decided_is_kept_on_disk_until_its_end_is_recorded(
     assert runner.stop_requested(trial) is None
 
 
+def test_a_stop_request_file_the_trial_wrote_over_is_no_request(tmp_path: Path) -> None:
+    """The trial may write in its own folder, this file too: JSON nested 100,000 deep raised
+    RecursionError in the scheduling pass that found the trial lost, at every pass."""
+    runner, trial, _ = _running_here(exited=False)
+    runner.node.dirs = SimpleNamespace(trials=tmp_path / "trials", root=tmp_path)
+    runner.trial_dir(trial).mkdir(parents=True)
+    (runner.trial_dir(trial) / "stop-request").write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    assert runner.stop_requested(trial) is None
+
+
 def test_a_monitor_told_not_to_judge_asks_no_stopper() -> None:
     # (Its peer has not caught up: see Node._monitor.)
     runner, _, asked = _running_here(exited=False)
