@@ -159,7 +159,13 @@ def find_lost(
             owner = trial.runner or trial.node
             if owner == me:
                 if trial.state != "frozen" and trial.key not in running_here:
-                    why = "its peer restarted while it ran"
+                    # (A pending one never started: its slot went to a thaw while its point
+                    # was recorded, or its peer restarted in between.)
+                    why = (
+                        "recorded here but never started"
+                        if trial.state == "pending"
+                        else "its peer restarted while it ran"
+                    )
                     out.append(Lost(state.key, trial.key, why, trial.latest))
                 continue
             if trial.frozen_by_hand:

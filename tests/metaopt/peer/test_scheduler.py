@@ -98,6 +98,19 @@ def test_own_trials_not_running_here_are_orphans() -> None:
     assert find_lost([state], ME, _since(2_000), 60_000, lambda n: True, {t.key}) == []
 
 
+def test_an_own_trial_never_started_is_lost_as_such() -> None:
+    """Recorded, then its slot taken by a thaw before it started: it was lost with "its peer
+    restarted while it ran", of a peer that had neither restarted nor run it."""
+    state = _state()
+    pending, ran = _trial(state, ME, 1), _trial(state, ME, 2)
+    _event(state, ran, ME, 3, "started", 1_000)
+    lost = find_lost([state], ME, _since(2_000), 60_000, lambda n: True, set())
+    assert {x.trial: x.reason for x in lost} == {
+        pending.key: "recorded here but never started",
+        ran.key: "its peer restarted while it ran",
+    }
+
+
 def test_rendezvous_gives_one_claimer_rank_zero() -> None:
     nodes = [ME, OTHER, THIRD]
     trial = b"x" * 32
