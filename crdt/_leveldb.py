@@ -39,7 +39,7 @@ from typing import NoReturn
 import plyvel
 
 from crdt._errors import StoreError, StoreLocked, StoreWriteFailed
-from crdt._record import KEY_SIZE, ORIGIN_SIZE, Record
+from crdt._record import KEY_SIZE, ORIGIN_SIZE, Record, key_of
 from crdt._store import Bound, SetFingerprint, Subscriber, notify
 from crdt._vector import VersionVector
 
@@ -81,9 +81,10 @@ def _write_failed(path: Path, exc: plyvel.Error) -> StoreWriteFailed:
     return StoreWriteFailed(f"cannot write the store at {path}: {text}", text.rsplit(": ", 1)[-1])
 
 
-def _unreadable(path: Path, exc: plyvel.Error, doing: str = "read") -> StoreError:
+def _unreadable(path: Path, exc: plyvel.Error | str, doing: str = "read") -> StoreError:
+    said = exc if isinstance(exc, str) else _said(exc)
     return StoreError(
-        f"cannot {doing} the store at {path}: {_said(exc)}; restore it from a copy, or move it"
+        f"cannot {doing} the store at {path}: {said}; restore it from a copy, or move it"
         " aside to start afresh"
     )
 
@@ -329,19 +330,37 @@ class LevelDBStore:
         add_run(origin, lo, hi)
         self._fp.extend(keys)
 
+    def _checked(self, key: bytes, data: bytes) -> bytes:
+        """The bytes read under key, if they are its record's.
+
+        LevelDB checks no block's checksum on a read (plyvel's default; told to, its
+        iterators stopped short in silence), so a bit flipped on disk came back: as a msgpack
+        traceback at peer start and in every read command, or as another record, which the
+        other peers took for a new one and then asked for the old one at every session.
+        """
+        if key_of(data) != key:
+            raise _unreadable(self.path, f"the record {key.hex()[:12]} is damaged")
+        return data
+
     def raw_get(self, key: bytes) -> bytes | None:
-        held: bytes | None = self._db.get(b"r" + key)
-        if held is not None and len(held) == _WHERE:
-            found: bytes | None = self._db.get(b"o" + held + key)
-            return found
-        return held  # the bytes themselves, in a store written before the o layout
+        try:
+            held: bytes | None = self._db.get(b"r" + key)
+            if held is not None and len(held) == _WHERE:
+                held = self._db.get(b"o" + held + key)
+            # (Else the bytes themselves, in a store written before the o layout.)
+        except plyvel.Error as exc:  # a block garbled on disk, where only this read goes
+            raise _unreadable(self.path, exc) from None
+        return None if held is None else self._checked(key, held)
 
     def get(self, key: bytes) -> Record | None:
         data = self.raw_get(key)
         return None if data is None else Record.load(key, data)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, bytes) and self._db.get(b"r" + key) is not None
+        try:
+            return isinstance(key, bytes) and self._db.get(b"r" + key) is not None
+        except plyvel.Error as exc:
+            raise _unreadable(self.path, exc) from None
 
     def __len__(self) -> int:
         return self._fp.count
@@ -356,15 +375,18 @@ class LevelDBStore:
     def raw_by_origin(self, origin: bytes, lo: int, hi: int) -> Iterator[tuple[bytes, bytes]]:
         start = b"o" + origin + _U64.pack(lo)
         stop = b"o" + origin + _U64.pack(hi + 1) if hi + 1 < 2**64 else b"o" + origin + b"\xff"
-        data_of = self.raw_get
-        for raw, data in self._db.iterator(start=start, stop=stop):
-            key = raw[-KEY_SIZE:]
-            if data:
-                yield key, data
-            else:  # an entry of the older layout: the bytes are under r<key>
-                held = data_of(key)
-                if held is not None:
-                    yield key, held
+        data_of, checked = self.raw_get, self._checked
+        try:
+            for raw, data in self._db.iterator(start=start, stop=stop):
+                key = raw[-KEY_SIZE:]
+                if data:
+                    yield key, checked(key, data)
+                else:  # an entry of the older layout: the bytes are under r<key>
+                    held = data_of(key)
+                    if held is not None:
+                        yield key, held
+        except plyvel.Error as exc:
+            raise _unreadable(self.path, exc) from None
 
     def _index_scan(self, prefix: bytes) -> Iterator[Record]:
         # The iterator (LevelDB's snapshot) is made now, not at the first next(): a scan is
@@ -377,11 +399,14 @@ class LevelDBStore:
 
     def _records_at(self, entries: Iterator[tuple[bytes, bytes]]) -> Iterator[Record]:
         get = self._db.get
-        data_of = self.raw_get
+        data_of, checked = self.raw_get, self._checked
         try:
             for raw, where in entries:
                 key = raw[-KEY_SIZE:]
-                data = get(b"o" + where + key) if where else data_of(key)
+                if not where:  # an entry of the older layout (raw_get checks its bytes)
+                    data = data_of(key)
+                elif (data := get(b"o" + where + key)) is not None:
+                    data = checked(key, data)
                 if data is not None:
                     yield Record.load(key, data)
         except plyvel.Error as exc:  # a table garbled where only this scan reads
@@ -396,8 +421,18 @@ class LevelDBStore:
     def ordered(self, lower: Bound | None = None, upper: Bound | None = None) -> Iterator[Bound]:
         start = b"t" if lower is None else b"t" + _U64.pack(lower[0]) + lower[1]
         stop = b"u" if upper is None else b"t" + _U64.pack(upper[0]) + upper[1]
-        raws = self._db.iterator(start=start, stop=stop, include_value=False)  # (made now)
-        return ((_U64.unpack_from(raw, 1)[0], raw[9:]) for raw in raws)
+        try:
+            raws = self._db.iterator(start=start, stop=stop, include_value=False)  # (made now)
+        except plyvel.Error as exc:
+            raise _unreadable(self.path, exc) from None
+        return self._bounds(raws)
+
+    def _bounds(self, raws: Iterator[bytes]) -> Iterator[Bound]:
+        try:
+            for raw in raws:
+                yield _U64.unpack_from(raw, 1)[0], raw[9:]
+        except plyvel.Error as exc:  # a table garbled where only this scan reads
+            raise _unreadable(self.path, exc) from None
 
     def fingerprint(self) -> SetFingerprint:
         return SetFingerprint(self._fp.total, self._fp.count)

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import plyvel
 import pytest
 
 from crdt import LevelDBStore, Record, StoreError
@@ -181,3 +182,92 @@ def test_a_store_path_that_is_a_file_says_so(tmp_path: Path) -> None:
         " afresh there), or use another directory"
     )
     assert path.read_text() == "not a store"
+
+
+_LINK = b"L" * 32
+
+
+def _garbled(path: Path, change: Callable[[bytearray, int], None]) -> Record:
+    """A store of 199 records, one of whose bytes change() altered inside its table (given
+    the table's bytes and where that record's bytes start)."""
+    store = LevelDBStore(path)
+    records = [
+        Record.create("event", b"o" * 16, seq, seq, {"i": seq, "pad": "x" * 50}, [_LINK])
+        for seq in range(1, 200)
+    ]
+    store.add(records)
+    store.close()
+    LevelDBStore(path).close()  # reopened, its log is written out as a table
+    victim = records[99]
+    for table in path.glob("*.ldb"):
+        data = bytearray(table.read_bytes())
+        if (at := data.find(victim.data)) >= 0:
+            change(data, at)
+            table.write_bytes(bytes(data))
+            return victim
+    raise AssertionError("the record is in no table")
+
+
+def _msgpack_never_uses(data: bytearray, at: int) -> None:
+    data[at] = 0xC1
+
+
+def _still_a_record(data: bytearray, at: int) -> None:
+    data[data.find(b"x" * 50, at)] = ord("y")
+
+
+@pytest.mark.parametrize("change", [_msgpack_never_uses, _still_a_record])
+@pytest.mark.parametrize("read", ["get", "raw_get", "linked", "of_kind", "by_origin", "raw"])
+def test_a_record_garbled_on_disk_is_one_error_at_every_read(
+    tmp_path: Path, change: Callable[[bytearray, int], None], read: str
+) -> None:
+    """LevelDB checks no block's checksum on a read (plyvel's default): a bit flipped in a
+    record's bytes came back as a msgpack traceback at peer start and in `metaopt status`,
+    or, still a record, as another one, which a peer served to the others under a key it
+    does not hash to: they stored it as new and asked for the old key at every session."""
+    victim = _garbled(tmp_path / "replica", change)
+    store = LevelDBStore(tmp_path / "replica")  # (opening reads the keys alone)
+    reads: dict[str, Callable[[], object]] = {
+        "get": lambda: store.get(victim.key),
+        "raw_get": lambda: store.raw_get(victim.key),
+        "linked": lambda: list(store.linked(_LINK)),
+        "of_kind": lambda: list(store.of_kind("event")),
+        "by_origin": lambda: list(store.by_origin(b"o" * 16, 1, 300)),
+        "raw": lambda: list(store.raw_by_origin(b"o" * 16, 1, 300)),
+    }
+    try:
+        with pytest.raises(StoreError, match=f"record {victim.key.hex()[:12]} is damaged; restore"):
+            reads[read]()
+        assert len(list(store.by_origin(b"o" * 16, 1, 99))) == 99  # the others read as ever
+    finally:
+        store.close()
+
+
+class _Garbled:
+    """A plyvel database whose point reads meet a block garbled on disk."""
+
+    def __init__(self, db: object) -> None:
+        self._db = db
+
+    def get(self, key: bytes) -> bytes | None:
+        raise plyvel.CorruptionError(b"Corruption: bad entry in block")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
+
+
+def test_a_block_garbled_on_disk_is_one_error_at_a_point_read_too(tmp_path: Path) -> None:
+    """The scans said "cannot read the store ...; restore it from a copy", but get, raw_get
+    and `in` let plyvel's CorruptionError through: in a peer, a sync's traceback."""
+    store = LevelDBStore(tmp_path / "replica")
+    record = Record.create("event", b"o" * 16, 1, 1, {"i": 1})
+    store.add([record])
+    db = store._db
+    store._db = _Garbled(db)  # type: ignore[assignment]
+    try:
+        for read in (store.get, store.raw_get, store.__contains__):
+            with pytest.raises(StoreError, match="bad entry in block; restore it from a copy"):
+                read(record.key)
+    finally:
+        store._db = db
+        store.close()
