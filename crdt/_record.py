@@ -347,7 +347,7 @@ def _decode_exact(data: bytes, pack: Callable[[Any], bytes]) -> Record:
     if type(value) is not list or len(value) != 7:
         raise MalformedRecord("a record is an array of 7 fields")
     fmt, kind, origin, seq, time, links, body = value
-    if fmt != FORMAT or isinstance(fmt, bool):
+    if type(fmt) is not int or fmt != FORMAT:  # (1.0 and True equal 1: second spellings)
         raise MalformedRecord(f"unknown record format {fmt!r}")
     if type(links) is not list:
         raise MalformedRecord("links must be an array")

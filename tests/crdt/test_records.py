@@ -145,6 +145,8 @@ def test_rejects_ext_types_including_timestamp(data: bytes) -> None:
         msgpack.packb({"kind": "trial"}),
         msgpack.packb([2, "trial", ORIGIN, 1, 5, [], 0]),  # unknown format
         msgpack.packb([True, "trial", ORIGIN, 1, 5, [], 0]),
+        # A float equals 1 and re-encodes as itself: a second key for the same record.
+        msgpack.packb([1.0, "trial", ORIGIN, 1, 5, [], 0]),
         raw(0, kind=""),
         raw(0, kind="x" * 65),
         raw(0, seq=0),
