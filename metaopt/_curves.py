@@ -45,8 +45,10 @@ def max_step_of(state: ExperimentState, space: Space, trials: Sequence[TrialView
     """The step a trial runs to when nobody stops it, if it can be known."""
     if state.spec.max_step is not None:
         return state.spec.max_step
-    if space.fidelity is not None:
-        return int(space.fidelity.args[1])
+    if space.fidelity_steps is not None:
+        # (Not a fidelity of a share of the data: its high end, 1, made every run past step 1
+        # "at its budget", never stopped, and a kill or freeze of it recorded completed.)
+        return space.fidelity_steps
     done = [t.last_step for t in trials if t.state == "completed" and t.curve]
     return max(done) if done else None
 
@@ -97,12 +99,13 @@ def stopper_for(state: ExperimentState, space: Space) -> EarlyStopper | None:
     if choice == "none":
         return None
     if choice is None:
-        no_horizon = space.fidelity is None and state.spec.max_step is None
+        no_horizon = space.fidelity_steps is None and state.spec.max_step is None
         if no_horizon and not any(t.curve for t in state.trials()):
             return None
         choice = "freeze-thaw"
-    if choice in ("asha", "freeze-thaw") and space.fidelity is not None:
+    if choice in ("asha", "freeze-thaw") and space.fidelity_steps is not None:
         # The ladder the user wrote: fidelity(low, high, base) has its rungs at low * base**k.
+        assert space.fidelity is not None
         low, base = float(space.fidelity.args[0]), space.fidelity.base
         if choice == "asha":
             return make_stopper("asha", AshaConfig.from_fidelity(low, base))

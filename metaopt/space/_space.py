@@ -116,15 +116,24 @@ class Space:
         Below its high end, every trial past max_step looked "at its budget" and was never
         stopped; above it, the stoppers waited for steps no trial reaches.
         """
-        if max_step is None or self.fidelity is None:
+        steps = self.fidelity_steps
+        if max_step is None or steps is None or max_step == steps:
             return None
-        high = float(self.fidelity.args[1])
-        if max_step == high or high <= 1 or not high.is_integer():
-            return None  # (a fidelity up to 1 or fractional, a share of the data say, is no step)
+        assert self.fidelity is not None
         return (
             f"{max_step} disagrees with the fidelity prior of {self.fidelity.name!r}, whose"
-            f" trials run to step {int(high)}; leave it out (the fidelity sets it)"
+            f" trials run to step {steps}; leave it out (the fidelity sets it)"
         )
+
+    @property
+    def fidelity_steps(self) -> int | None:
+        """The step a trial runs to by its fidelity prior: its high end, when that is a whole
+        number above 1. A fidelity up to 1 or fractional (a share of the data, say) is no step,
+        and sets neither the last step nor the stoppers' rungs."""
+        if self.fidelity is None:
+            return None
+        high = float(self.fidelity.args[1])
+        return int(high) if high > 1 and high.is_integer() else None
 
     @property
     def names(self) -> tuple[str, ...]:

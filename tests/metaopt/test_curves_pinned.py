@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from crdt import Record
 from metaopt import Study
 from metaopt._curves import curve_views, max_step_of, stopper_for
@@ -164,6 +166,29 @@ def test_max_step_outranks_a_fractional_fidelity() -> None:
     for step in range(1, 6):
         study.report(trial, step, 1.0 / step)
     assert study.should_stop(trial) is True
+
+
+@pytest.mark.parametrize("fidelity", ["fidelity(0.1, 1)", "fidelity(0.1, 0.8)", "fidelity(1, 7.5)"])
+def test_a_fidelity_that_is_no_step_sets_no_horizon_and_no_rungs(fidelity: str) -> None:
+    """Without max_step, a fidelity of a share of the data gave its high end, int()-ed, as
+    the last step (1, or 0): every run past step 1 was "at its budget" and never stopped, and
+    on a peer a kill or freeze of it was recorded completed. The horizon is then the longest
+    completed curve's, as with no fidelity, and the rungs are the stoppers' own."""
+    study = Study({"x": "uniform(0, 1)", "frac": fidelity}, algorithm="random", seed=0,
+                  early_stopping="asha")  # fmt: skip
+    assert study.space.fidelity_steps is None
+    assert study.space.max_step_conflict(50) is None
+    done = study.ask()
+    for step in range(1, 10):
+        study.report(done, step, 1.0 / step)
+    assert max_step_of(study.state, study.space, study.state.trials()) is None
+    study.tell(done, 1.0 / 9)
+    assert max_step_of(study.state, study.space, study.state.trials()) == 9
+    assert stopper_for(study.state, study.space).config.min_resource == 1  # type: ignore[union-attr]
+    worse = study.ask()
+    for step in range(1, 4):
+        study.report(worse, step, 10.0 + 1.0 / step)
+    assert study.should_stop(worse) is True  # below the best at rung 3
 
 
 def test_early_stopping_maximises_when_the_direction_says_so() -> None:
