@@ -458,6 +458,11 @@ class TrialFold:
         # decides its state only: its view showed no values and that node as the runner,
         # with no log to show.
         decider = terminal[3].node if terminal is not None else None
+        if terminal is not None and terminal[3].after in self._counted:
+            # A verdict that follows the current run's events is on that run, whoever wrote
+            # it: written by the node of an earlier run the current one replaced, the view
+            # showed that old run (its runner, curve and metrics), and by any other node not.
+            decider = self._runner
         decider = decider if decider in self._runs else None
         runner = self._runner
         shown = self._runs.get(decider or runner or self._latest_report or b"")

@@ -608,6 +608,35 @@ def test_a_trial_killed_by_a_node_that_never_ran_it_keeps_its_runs_curve_and_run
     assert (view.runner, view.metrics, view.last_step) == (NODE_A, {"objective": 0.9}, 7)
 
 
+@pytest.mark.parametrize("killer", [NODE_D, NODE_A], ids=["never-ran-it", "ran-a-replaced-run"])
+def test_a_verdict_on_a_free_trial_shows_its_latest_run_whoever_wrote_it(killer: bytes) -> None:
+    # A ran it to step 4 and was lost; B re-ran it, froze it at step 2 and went away; a live
+    # peer then killed it (not worth a re-run, after the latest it knew). Written by A, the
+    # kill showed A's replaced run: runner A, its curve at 0.9, last step 4, A's metrics.
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    log.event(t, NODE_A, "started", 1000)
+    for step in range(1, 5):
+        last = log.event(t, NODE_A, "progress", 1000 + step, step=step, metrics={"objective": 0.9})
+    lost = log.event(t, NODE_C, "lost", 2000, after=last.key)
+    log.event(t, NODE_B, "started", 2100, supersedes=(lost.key,))
+    log.event(t, NODE_B, "progress", 2101, step=1, metrics={"objective": 0.3})
+    log.event(t, NODE_B, "progress", 2102, step=2, metrics={"objective": 0.2})
+    frozen = log.event(t, NODE_B, "frozen", 2103, step=2)
+    gone = log.event(t, NODE_C, "lost", 3000, after=frozen.key)
+    log.event(t, killer, "killed", 3100, after=gone.key, reason="not worth a re-run")
+    records = list(log.records)
+    for order in (records, records[::-1]):
+        view = log.state(order).trial(t.key)
+        assert view is not None
+        assert (view.state, view.runner, view.curve, view.last_step) == (
+            "killed",
+            NODE_B,
+            ((1, 0.3), (2, 0.2)),
+            2,
+        )
+
+
 def test_a_rerun_from_0_shows_its_own_curve_whatever_the_clocks() -> None:
     # A re-run from 0 after a loss showed the lost run's step 8 beside its own step-4 loss.
     # B's clock is 10 s behind A's: its start, its reports and its freeze are all stamped
