@@ -44,6 +44,7 @@ from metaopt._records import (
     ExperimentSpec,
     experiment_record,
     name_problem,
+    parse_experiment,
 )
 from metaopt._state import (
     FREE_STATES,
@@ -94,14 +95,17 @@ def sync_stores(a: Store, b: Store) -> int:
     return int(session.stats.round_trips)
 
 
-def _node_id_for(seed: int, path: Path | None) -> bytes:
+def _node_id_for(seed: int, path: Path | None, given: bytes | None) -> bytes:
+    """The Study's node id: the one given, else the seed's; with path= the directory's, kept
+    in its node_id file (the one given, on first use)."""
     if path is None:
         # Reproducible by default: Study(seed=s) twice gives the same suggestions. Studies that
         # explore together must be given distinct node_id values.
-        return hashlib.blake2b(b"study-node-%d" % seed, digest_size=ORIGIN_SIZE).digest()
+        return given or hashlib.blake2b(b"study-node-%d" % seed, digest_size=ORIGIN_SIZE).digest()
     if DataDir(path).key_file.exists():
         # A peer's data directory has the same node_id and replica/ a Study keeps: opened as
         # a Study's, it wrote as the peer, and its experiment (no command) went to every peer.
+        # (node_id= given too: it skipped this check and opened the peer's replica.)
         raise MetaoptError(
             f"{path} is a metaopt peer's data directory; a Study keeps its own: pass another path="
         )
@@ -111,15 +115,22 @@ def _node_id_for(seed: int, path: Path | None) -> bytes:
             node_id = bytes.fromhex(id_file.read_text().strip())
             if len(node_id) != ORIGIN_SIZE:
                 raise ValueError(f"{id_file} holds {len(node_id)} bytes, not {ORIGIN_SIZE}")
-            return node_id
-        node_id = secrets.token_bytes(ORIGIN_SIZE)
-        path.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(node_id.hex())
+        else:
+            # Written, the one given too: reopened without node_id=, a Study took a new id and
+            # never handed back the trials asked under the old one (one budget spent for good).
+            node_id = given or secrets.token_bytes(ORIGIN_SIZE)
+            path.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(node_id.hex())
     except (OSError, ValueError) as exc:
         raise MetaoptError(
             f"cannot keep a Study in {path}: {getattr(exc, 'strerror', None) or exc}; "
             "pass path= a directory of its own"
         ) from None
+    if given is not None and given != node_id:
+        raise MetaoptError(
+            f"{path} is the Study of node {node_id.hex()}; reopen it without node_id= (or with"
+            " that one), or pass another path="
+        )
     return node_id
 
 
@@ -385,35 +396,14 @@ class Study:
         if isinstance(algorithm, str):
             make_algorithm(algorithm)  # an unknown name is a one-line SearchError, here
         root = None if path is None else Path(path)
-        self.node_id = _checked_node_id(node_id) or _node_id_for(seed, root)
+        self.node_id = _node_id_for(seed, root, _checked_node_id(node_id))
+        exp = experiment_record(spec)
+        if parse_experiment(exp) is None:  # pragma: no cover - _checked_spec accepts only that
+            # (Before it is written: a record no reader accepts stayed in the store.)
+            raise MetaoptError("the experiment definition does not round-trip; report a bug")
         # Everything the user passed is checked before the store opens: a failed Study must not
         # leave a LevelDB lock held, nor an experiment record behind.
         self.store: Store = MemoryStore() if root is None else _open_store(root / "replica")
-        try:
-            self._writer = NodeWriter(self.store, self.node_id, clock)
-            exp = experiment_record(spec)
-            differ = None if root is None else _other_settings(self.store, exp.key, spec)
-            if differ is not None:
-                raise MetaoptError(
-                    f"{root} holds a Study named {spec.name!r} with other settings ({differ});"
-                    " reopen it with the same arguments, or pass another name= or path="
-                )
-            self.store.add([exp])
-            self.experiment_key = exp.key
-            state = ExperimentState.from_store(self.store, exp.key)
-            if state is None:  # pragma: no cover - _checked_spec accepts only what parses
-                raise MetaoptError("the experiment definition does not round-trip; report a bug")
-            self._state = state
-            self._unsubscribe = self.store.subscribe(self._on_records)
-            self._suggester = Suggester(
-                state,
-                self.node_id,
-                seed=seed,
-                algorithm=None if isinstance(algorithm, str) else algorithm,
-            )
-        except BaseException:
-            self.store.close()
-            raise
         self._stopper: EarlyStopper | None = None
         self._decisions = 0
         self._lock = threading.RLock()
@@ -425,8 +415,38 @@ class Study:
         # The step each trial handed out resumed after, until its first report: a report
         # below it says the caller started again from step 0 (it had no checkpoint).
         self._resumed: dict[bytes, int] = {}
-        if root is not None:
-            self._free_orphans()
+        try:
+            self._writer = NodeWriter(self.store, self.node_id, clock)
+            differ = None if root is None else _other_settings(self.store, exp.key, spec)
+            if differ is not None:
+                raise MetaoptError(
+                    f"{root} holds a Study named {spec.name!r} with other settings ({differ});"
+                    " reopen it with the same arguments, or pass another name= or path="
+                )
+            self.store.add([exp])
+            self.experiment_key = exp.key
+            state = ExperimentState.from_store(self.store, exp.key)
+            assert state is not None  # (its record parsed, above)
+            self._state = state
+            self._unsubscribe = self.store.subscribe(self._on_records)
+            self._suggester = Suggester(
+                state,
+                self.node_id,
+                seed=seed,
+                algorithm=None if isinstance(algorithm, str) else algorithm,
+            )
+            if root is not None:
+                self._free_orphans()
+        except BaseException as exc:
+            # (Its orphans' events too: on a full disk they were a raw StoreWriteFailed, and
+            # the store stayed open, its lock held, until the process ended.)
+            self.store.close()
+            if isinstance(exc, StoreWriteFailed):
+                raise MetaoptError(
+                    f"Study(): cannot write the Study's store ({exc.disk}); free space on its"
+                    " disk and open it again"
+                ) from None
+            raise
 
     def _free_orphans(self) -> None:
         """Hand out again the trials this node asked for but never told (its process ended).

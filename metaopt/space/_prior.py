@@ -361,9 +361,11 @@ def parse_prior(name: str, text: str) -> Dimension:
     Raises:
         SpaceError: one line naming the parameter, the text and what was expected.
     """
-    if not isinstance(name, str) or not name or name != name.strip():
+    if not isinstance(name, str) or not name or name != name.strip() or "\x00" in name:
+        # (A NUL can be no argument nor environment value: every peer refuses the record.)
         raise SpaceError(
             f"{name!r}: a parameter name must be a non-empty string without surrounding spaces"
+            " or NUL bytes"
         )
     if not isinstance(text, str):
         raise SpaceError(f"{name}: expected a prior string such as 'uniform(0, 1)', got {text!r}")

@@ -238,3 +238,68 @@ def test_an_asha_kill_records_its_rung_so_a_reopened_study_does_not_count_later_
         for step in range(1, 4):
             study.report(best, step, 0.3)  # the best value at rungs 1 and 3
         assert study.should_stop(best) is False
+
+
+# ----------------------------------------------------------- a Study kept in a directory
+
+
+def test_node_id_given_does_not_open_a_peers_data_directory(tmp_path: Path) -> None:
+    """Refused without node_id=, a peer's data directory was opened with it: the Study wrote
+    its experiment into the peer's replica, and so to every peer."""
+    data_dir = tmp_path / "peer"
+    data_dir.mkdir()
+    (data_dir / "cluster.key").write_text("mo1-key\n")
+    for node_id in (None, A):
+        with pytest.raises(MetaoptError, match="is a metaopt peer's data directory"):
+            Study(X, path=data_dir, node_id=node_id)
+    assert sorted(p.name for p in data_dir.iterdir()) == ["cluster.key"]
+
+
+def test_a_directory_keeps_the_node_id_given_and_refuses_another(tmp_path: Path) -> None:
+    """Given node_id= the directory kept none: reopened as the README has it (the node id is
+    the directory's), the Study took a new one, and the trial asked and never told was never
+    handed back, its budget spent for good."""
+    path = tmp_path / "s"
+    with Study(X, path=path, node_id=A, max_trials=1) as study:
+        orphan = study.ask()  # (the script died before tell())
+    with Study(X, path=path, max_trials=1) as study:
+        assert study.node_id == A and study.ask().key == orphan.key
+    with pytest.raises(MetaoptError, match=f"is the Study of node {A.hex()}; reopen it without"):
+        Study(X, path=path, node_id=B)
+
+
+def test_a_parameter_name_with_a_nul_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    """Every reader refuses the record (a NUL can be no argument): the Study wrote it, then
+    said "the experiment definition does not round-trip; report a bug"."""
+    with pytest.raises(MetaoptError, match=r"a parameter name must be .* without .* NUL bytes"):
+        Study({"a\x00b": "uniform(0, 1)"}, path=tmp_path / "s")
+    assert not (tmp_path / "s" / "replica").exists()
+
+
+def test_reopening_on_a_full_disk_is_one_line_and_leaves_no_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reopened with a trial asked and never told, the Study records it interrupted: on a
+    full disk that was a raw StoreWriteFailed, and the store stayed open (its lock held), so
+    with room again the directory was "held by another Study" until the process ended."""
+    from crdt import LevelDBStore, StoreWriteFailed
+    from metaopt._records import EVENT
+
+    path = tmp_path / "s"
+    with Study(X, path=path) as study:
+        study.ask()
+    add = LevelDBStore.add
+
+    def full(self: LevelDBStore, records: object) -> object:
+        records = list(records)  # type: ignore[call-overload]
+        if any(r.kind == EVENT for r in records):
+            raise StoreWriteFailed("cannot write the store: No space left on device", "full")
+        return add(self, records)
+
+    monkeypatch.setattr(LevelDBStore, "add", full)
+    with pytest.raises(MetaoptError, match=r"^Study\(\): cannot write the Study's store \(full\)"):
+        Study(X, path=path)
+    monkeypatch.setattr(LevelDBStore, "add", add)
+    Study(X, path=path).close()  # room again: it opens
