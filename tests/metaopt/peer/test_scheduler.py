@@ -557,6 +557,50 @@ def test_the_slots_of_one_pass_are_shared_between_experiments() -> None:
     assert [w.experiment for w in work] == [quiet.key, loud.key]
 
 
+def test_one_slot_goes_to_each_experiment_in_turn() -> None:
+    """Each time the slot frees both experiments run nothing: the same one (by the node's own
+    order) took every trial, and one submitted beside it ran none (0 in 40 s, against 110,
+    on a real peer of one slot). It now goes to the one this node ran longest ago."""
+    a, b = _state(name="a"), _state(name="b")
+    seq, picks = 0, {a.key: 0, b.key: 0}
+    for _ in range(20):
+        now = 1_000_000 + seq * 1_000
+        [work] = _plan([a, b], ME, 1, set(), [ME], now, 1_000, lambda s: True)
+        state = a if work.experiment == a.key else b
+        picks[state.key] += 1
+        trial = _trial(state, ME, seq := seq + 1, now)  # it runs and completes
+        _event(state, trial, ME, seq := seq + 1, "started", now + 1)
+        done = EventBody(trial.key, state.key, "completed", ME, metrics={"objective": 0.5})
+        state.apply(Record.create(EVENT, ME, seq := seq + 1, now + 2, done.to_body(),
+                                  [trial.key, state.key]))  # fmt: skip
+    assert picks == {a.key: 10, b.key: 10}
+
+
+def test_re_runs_of_old_trials_take_turns_with_a_new_experiment() -> None:
+    """A re-run (of a trial interrupted an hour ago, or a thaw) kept the trial's first start
+    as this node's last turn of it: its experiment looked served long ago after each re-run
+    and took every turn but one of 8."""
+    a, b = _state(name="a"), _state(name="b")
+    seq, interrupted = 0, {}
+    for _ in range(6):  # a ran 6 trials here an hour ago; the peer stopped under them
+        t = _trial(a, ME, seq := seq + 1, 1_000)
+        _event(a, t, ME, seq := seq + 1, "started", 1_000)
+        _event(a, t, ME, seq := seq + 1, "interrupted", 2_000)
+        interrupted[t.key] = t
+    picks = []
+    for turn in range(8):
+        now = 3_600_000 + turn * 1_000
+        [work] = _plan([a, b], ME, 1, set(), [ME], now, 1_000, lambda s: True)
+        state = a if work.experiment == a.key else b
+        picks.append(state.spec.name)
+        trial = interrupted[work.trial] if work.trial else _trial(state, ME, seq := seq + 1, now)
+        _event(state, trial, ME, seq := seq + 1, "started", now + 1)
+        done = EventBody(trial.key, state.key, "completed", ME, metrics={"objective": 0.5})
+        state.apply(Record.create(EVENT, ME, seq := seq + 1, now + 2, done.to_body(),
+                                  [trial.key, state.key]))  # fmt: skip
+    assert picks.count("a") == picks.count("b") == 4, "".join(picks)
+
+
 def test_a_slot_planned_in_this_pass_counts_as_running_anywhere_too() -> None:
     # `x` runs nothing here and one trial elsewhere; `y` one trial here. `x` takes the first
     # slot; then both run one here, and `x` more anywhere (2 against 1): the second slot goes
