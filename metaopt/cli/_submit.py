@@ -317,11 +317,18 @@ def _load_config(path: str) -> dict[str, Any]:
         )
     command = options.get("command")
     if isinstance(command, str):
-        options["command"] = shlex.split(command)
+        try:
+            options["command"] = command = shlex.split(command)
+        except ValueError as exc:  # ("No closing quotation": it was a traceback)
+            raise MetaoptError(f"--config {path}: command: {exc}; close its quotes") from None
     elif command is not None and not (
         isinstance(command, list) and all(isinstance(w, str) for w in command)
     ):
         raise MetaoptError(f"--config {path}: command must be a string or a list of strings")
+    if command is not None and (bad := next((w for w in command if "\x00" in w), None)):
+        # No program takes one as an argument, and every peer refused the record, saying
+        # only that it was malformed.
+        raise MetaoptError(f"--config {path}: command word {bad!r} holds a NUL character")
     objective = options.get("objective")
     if isinstance(objective, list) and all(isinstance(o, str) for o in objective):
         options["objective"] = ",".join(objective)
@@ -618,9 +625,10 @@ def _name(given: Any, words: list[str], cwd: Path) -> str:
     """--name, else the stem of the script run: `sh s3/train.sh` and `python -u train.py` are
     both "train", not "sh" and "python"."""
     if given is None:
-        # (os.path: Path.is_file raises on a word too long for a file name, `-c "<code>"`)
-        files = (w for w in words if "~" not in w and os.path.isfile(cwd / w))
-        stem = Path(next(files, words[0])).stem[:MAX_NAME].strip()
+        # The script's word, not the first that is a file: an interpreter given by its path
+        # (`-- /opt/conda/envs/torch/bin/python train.py`, `.venv/bin/python train.py`) named
+        # every such experiment "python".
+        stem = Path(words[_script_word(words, cwd)]).stem[:MAX_NAME].strip()
         return "experiment" if name_problem(stem) else stem
     name = str(given)
     if not name:
@@ -677,18 +685,24 @@ def _script_word(words: list[str], cwd: Path) -> int:
     program = words[0]
     path = _path_of(program, cwd)
     if program.endswith(".py") or (
-        path.is_file() and _inside(path, cwd) and not path.name.startswith("python")
+        _is_file(path) and _inside(path, cwd) and not path.name.startswith("python")
     ):
         return 0
     for at, word in enumerate(words[1:], start=1):
         if word in ("-m", "-c"):
             return 0  # a module or a command, not a file
-        if "~" in word or word.startswith("-"):
-            continue
-        with contextlib.suppress(OSError, ValueError):  # (a word too long for a file name)
-            if _path_of(word, cwd).is_file():
-                return at
+        if "~" not in word and not word.startswith("-") and _is_file(_path_of(word, cwd)):
+            return at
     return 0
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file, false for a word that can be no file's name: it raised on a word too
+    long for one (a program word of 300 characters was a traceback)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -699,10 +713,10 @@ def _inside(path: Path, folder: Path) -> bool:
 def _check_program(program: str, path: Path, cwd: Path) -> None:
     """Refuse a program no peer could start: missing, or a file without the execute bit."""
     if program.endswith(".py"):
-        if not path.is_file():
+        if not _is_file(path):
             raise MetaoptError(f"{program}: no such script in {cwd}; check the path")
         return  # run with the peer's Python
-    if "/" not in program and not path.is_file():
+    if "/" not in program and not _is_file(path):
         option = program.split("=", 1)[0]
         close = difflib.get_close_matches(option, _OPTIONS, n=1, cutoff=0.75)
         if program.startswith("--") and close:
@@ -717,7 +731,7 @@ def _check_program(program: str, path: Path, cwd: Path) -> None:
                 f"{program}: not a file in {cwd} nor a command on PATH; check the name"
             )
         return
-    if not path.is_file():
+    if not _is_file(path):
         raise MetaoptError(f"{program}: no such program; check the path")
     if not os.access(path, os.X_OK):
         raise MetaoptError(

@@ -951,6 +951,25 @@ def test_a_word_too_long_for_a_file_name_is_no_traceback(tmp_path: Path) -> None
     assert body["name"] == "sh"
 
 
+def test_a_program_word_too_long_for_a_file_name_is_one_line(tmp_path: Path) -> None:
+    # A program of 300 characters raised OSError: File name too long (Path.is_file).
+    for program in ("a" * 300 + ".py", "a" * 300, "./" + "a" * 300):
+        assert "\n" not in _refused(tmp_path, "--", program, "--x~uniform(0, 1)")
+
+
+def test_an_interpreter_by_its_path_names_the_experiment_after_its_script(
+    tmp_path: Path,
+) -> None:
+    # `-- /opt/conda/envs/torch/bin/python train.py` (the README's way to another
+    # environment) and `.venv/bin/python train.py` named every such experiment "python".
+    (tmp_path / "train.py").write_text("print(1)\n")
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    for interpreter in (sys.executable, ".venv/bin/python"):
+        body = _build(tmp_path, "--", interpreter, "-u", "train.py", "--x~uniform(0, 1)")
+        assert body["name"] == "train"
+
+
 def test_wait_on_a_terminal_erases_the_end_of_a_longer_line_before(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -47,6 +47,13 @@ def test_a_config_that_is_not_a_mapping_is_a_one_line_refusal(tmp_path: Path) ->
         ('"maximize": ["acc", 1]', "maximize must be true, false or the objectives to maximize"),
         ('"command": 5', "command must be a string or a list of strings"),
         ('"command": ["t.py", 1]', "command must be a string or a list of strings"),
+        # shlex's ValueError was a traceback.
+        (
+            '"command": "t.py --x~\'uniform(0, 1)"',
+            "command: No closing quotation; close its quotes",
+        ),
+        # Built into a record every peer refused, saying only that it was malformed.
+        ('"command": ["t.py", "a\\u0000b"]', "command word 'a\\x00b' holds a NUL character"),
     ],
 )
 def test_a_config_list_or_command_of_the_wrong_kind_is_refused_not_a_traceback(
