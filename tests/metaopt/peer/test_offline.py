@@ -246,3 +246,23 @@ def test_a_peer_starting_beside_a_long_read_of_its_replica_waits_for_it(tmp_path
     threading.Timer(1.0, reader.close).start()
     store = _open_store(dirs, patience=0.2, read_patience=30)
     store.close()
+
+
+@pytest.mark.parametrize("damaged", ["output.log", "clean.lock"])
+def test_a_damaged_data_directory_read_offline_is_one_line(tmp_path: Path, damaged: str) -> None:
+    """The live peer says one line when its handler meets a damaged directory (a log that is
+    a directory, EIO on a failing disk); with the peer stopped, `logs` and `clean` were a
+    traceback."""
+    trial = _stopped_peer(tmp_path)
+    dirs = DataDir(tmp_path)
+    if damaged == "output.log":
+        log = trial_log_path(dirs, trial.key)
+        log.unlink()
+        log.mkdir()
+        op, body, path = "api.logs", trial.key.hex()[:8], log
+    else:
+        dirs.clean_lock.mkdir()
+        op, body, path = "api.clean", {"dry_run": True}, dirs.clean_lock
+    with pytest.raises(MetaoptError) as refused:
+        OfflinePeer(tmp_path).call(op, body)
+    assert str(refused.value) == (f"{path}: Is a directory; check the disk and the data directory")
