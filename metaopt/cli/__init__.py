@@ -9,6 +9,7 @@ import sys
 from typing import NoReturn, cast
 
 from metaopt._errors import MetaoptError
+from metaopt.cli._format import printable
 
 __all__ = ["main"]
 
@@ -109,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except MetaoptError as exc:
-        print(f"metaopt: {exc}", file=sys.stderr)
+        # Escaped: an error may quote what other peers wrote (an experiment's name), and one
+        # with a terminal escape and a newline in it forged lines on the user's screen.
+        print(f"metaopt: {printable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         from crdt import CrdtError
 
         if isinstance(exc, CrdtError):
-            print(f"metaopt: {exc}", file=sys.stderr)
+            print(f"metaopt: {printable(str(exc))}", file=sys.stderr)
             return 2
         if type(exc).__module__.startswith("plyvel"):
             # A replica damaged on disk past what its opening reads (a table cut short).

@@ -505,3 +505,33 @@ def test_a_mistyped_command_line_is_one_line_naming_the_command(
         code = exited.code  # type: ignore[assignment]
     assert code == 2
     assert capsys.readouterr().err == said + "\n"
+
+
+def test_an_error_quoting_another_peers_name_shows_it_escaped(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An id prefix that matches two experiments names them in the error: a name another
+    peer wrote with a terminal escape and a newline in it cleared the screen and forged a
+    line of its own, where tables, logs and every other view escape such text."""
+    from crdt import LevelDBStore
+    from metaopt._records import ExperimentSpec, experiment_record
+    from metaopt.peer._identity import DataDir
+
+    evil = "x\x1b[2J\nmetaopt: forged line"
+    by_prefix: dict[str, Any] = {}
+    for i in range(100_000):  # two experiments whose ids share their first 4 hex digits
+        spec = ExperimentSpec(evil, {"x": "uniform(0, 1)"}, command=("t.py",), nonce=str(i))
+        record = experiment_record(spec, time_ms=1000 + i)
+        if (prefix := record.key.hex()[:4]) in by_prefix:
+            break
+        by_prefix[prefix] = record
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    dirs.node_id()
+    store = LevelDBStore(dirs.replica)
+    store.add([by_prefix[prefix], record])
+    store.close()
+    assert main(["status", prefix, "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "matches 2 experiments" in err and "x\\x1b[2J\\nmetaopt: forged line" in err
+    assert "\x1b" not in err and "\nmetaopt: forged" not in err
