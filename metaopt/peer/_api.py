@@ -483,7 +483,10 @@ class LocalApi:
         if not isinstance(dry_run, bool):
             raise MetaoptError("clean takes a dry_run of true or false")
         replica = self.node.replica
-        states = [self._experiment(n) for n in names] if names else replica.experiments.values()
+        # Each once, named twice (by its name and its id, say): planned once per mention, its
+        # folders, bundles, kept trials and bytes were counted twice.
+        named = {(state := self._experiment(n)).key: state for n in names}
+        states = list(named.values()) if names else replica.experiments.values()
         plan = plan_clean(states, self.node.dirs, self.node.runner.running_keys(), keep)
         return plan, dry_run
 

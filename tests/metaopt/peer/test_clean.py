@@ -216,6 +216,27 @@ def test_clean_works_on_a_stopped_peers_data_directory(
     assert "no experiment 'nope'" in capsys.readouterr().err
 
 
+def test_an_experiment_named_twice_is_cleaned_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`clean sweep sweep`, or its name and its id, planned it once per mention: its trials,
+    its kept trials and the bytes freed were counted twice."""
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    dirs.node_id()
+    h = _History(dirs)
+    h.trial("started", "completed", value=0.1)
+    h.trial("started", "completed", value=0.5)
+    store = LevelDBStore(dirs.replica)
+    store.add(h.records)
+    store.close()
+    said = []
+    for named in (["sweep"], ["sweep", "sweep"], ["sweep", h.key.hex()[:8]]):
+        assert main(["clean", *named, "--dry-run", "--data-dir", str(tmp_path)]) == 0
+        said.append(capsys.readouterr().out)
+    assert said[1] == said[0] and said[2] == said[0]
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(180)
