@@ -39,6 +39,25 @@ def trial_log_path(dirs: DataDir, trial: bytes) -> Path:
     return trial_dir(dirs, trial) / "output.log"
 
 
+def _lock_holders(path: Path) -> set[int] | None:
+    """The processes holding a lock on a file (LevelDB's LOCK: a POSIX lock, listed in
+    /proc/locks by device and inode), or None where that cannot be told."""
+    try:
+        st = path.stat()
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    holders = set()
+    for line in table.splitlines():
+        words = line.split()
+        # "1: POSIX  ADVISORY  WRITE 16293 fe:00:2146477 0 EOF" ("1: -> ..." a waiter)
+        if inode in words and "->" not in words:
+            with contextlib.suppress(ValueError):
+                holders.add(int(words[words.index(inode) - 1]))
+    return holders
+
+
 def pid_gone(pid: int) -> bool:
     """Whether no process pid runs (none, or a zombie not yet reaped)."""
     try:
@@ -241,7 +260,14 @@ class DataDir:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return None
-        return pid if b"metaopt" in cmdline and not pid_gone(pid) else None
+        if b"metaopt" not in cmdline or pid_gone(pid):
+            return None
+        # And it holds the replica, as a running peer does: after a crash, a pid reused by
+        # `tail -f ~/.local/share/metaopt/peer.log` (or anything run from a path naming
+        # metaopt) was the peer, reads did not go to the replica, and the user was told to
+        # kill that process.
+        holders = _lock_holders(self.replica / "LOCK")
+        return pid if holders is None or pid in holders else None
 
     def read_key(self) -> str | None:
         text = self._read(self.key_file)

@@ -25,13 +25,31 @@ from metaopt.peer._wire import Reply
 pytestmark = pytest.mark.integration
 
 
-def _a_metaopt_process() -> subprocess.Popen[bytes]:
-    """A live process whose command line names metaopt, as a running peer's does.
+_HOLD = """
+import sys, time
+from crdt import LevelDBStore
+store = LevelDBStore(sys.argv[1])
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def _a_metaopt_process(holding: Path | None = None) -> subprocess.Popen[bytes]:
+    """A live process whose command line names metaopt, as a running peer's does (holding
+    a replica, if given, as a running peer holds its own).
 
     Just started, its /proc cmdline reads empty for a moment (195 times in 200 read at once):
     a check then took it for no metaopt process, one test run in three.
     """
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "metaopt"])
+    if holding is None:
+        argv = [sys.executable, "-c", "import time; time.sleep(60)", "metaopt"]
+        process = subprocess.Popen(argv)
+    else:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+        argv = [sys.executable, "-c", _HOLD, str(holding), "metaopt"]
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
+        assert process.stdout is not None and process.stdout.readline() == b"held\n"
+        process.stdout.close()
     cmdline = Path(f"/proc/{process.pid}/cmdline")
     for _ in range(500):
         if b"metaopt" in cmdline.read_bytes():
@@ -100,8 +118,10 @@ async def test_a_stale_peer_address_does_not_reach_the_peer_that_took_the_port(
             await LocalPeer(tmp_path / "dead").acall("api.shutdown")
         assert "\n" not in str(caught.value) and "key" not in str(caught.value).split(";")[-1]
         assert not alive._stopping.is_set()
-        # While a metaopt process the pid file names runs, it says which peer answered.
-        alive_pid = _a_metaopt_process()
+        # While a metaopt process the pid file names runs (holding the replica, as a peer
+        # does), it says which peer answered.
+        dead.store.close()
+        alive_pid = _a_metaopt_process(holding=dead.dirs.replica)
         try:
             dead.dirs.pid_file.write_text(f"{alive_pid.pid}\n")
             with pytest.raises(MetaoptError, match=r"the peer at .* is not the peer of .*dead"):

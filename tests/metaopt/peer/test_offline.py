@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from crdt import LevelDBStore, Record
 from metaopt._errors import MetaoptError
 from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment_record
-from metaopt.peer import _offline
+from metaopt.peer import _identity, _offline
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._identity import DataDir, trial_log_path
 from metaopt.peer._node import Node
@@ -266,3 +267,38 @@ def test_a_damaged_data_directory_read_offline_is_one_line(tmp_path: Path, damag
     with pytest.raises(MetaoptError) as refused:
         OfflinePeer(tmp_path).call(op, body)
     assert str(refused.value) == (f"{path}: Is a directory; check the disk and the data directory")
+
+
+def test_a_crashed_peers_pid_reused_by_a_process_naming_metaopt_is_not_the_peer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pid file left by a crash names a pid reused since: by `tail -f` of the default data
+    directory's log (~/.local/share/metaopt), say, whose command line names metaopt. It was
+    taken for the peer: `status` did not read the replica and told the user to kill it, and
+    `peer start` refused to start."""
+    import subprocess
+    import sys
+
+    from metaopt.cli import main
+
+    root = tmp_path / "share" / "metaopt"
+    _stopped_peer(root)
+    dirs = DataDir(root)
+    (root / "peer.address").write_text("127.0.0.1:1\n")  # (left by the crash)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(root)])
+    try:
+        dirs.pid_file.write_text(f"{other.pid}\n")
+        assert dirs.running_pid() is None
+        assert main(["status", "--data-dir", str(root)]) == 0
+        out = capsys.readouterr()
+        assert "sweep" in out.out and f"kill {other.pid}" not in out.err
+        # A peer holds its replica (here a Node of this process): it is told by that.
+        node = Node(PeerConfig(data_dir=root, port=0, mdns=False))
+        try:
+            assert _identity._lock_holders(dirs.replica / "LOCK") == {os.getpid()}
+        finally:
+            asyncio.run(node.stop())
+        assert _identity._lock_holders(dirs.replica / "LOCK") == set()
+    finally:
+        other.kill()
+        other.wait()
