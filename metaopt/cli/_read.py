@@ -34,15 +34,18 @@ __all__ = ["add_read_commands"]
 _JSON_HELP = "as JSON (a number that is not finite as the string Infinity, -Infinity or NaN)"
 
 
-def _peer(args: argparse.Namespace, read: bool = False) -> LocalPeer | OfflinePeer:
+def _peer(
+    args: argparse.Namespace, read: bool = False, timeout: float | None = None
+) -> LocalPeer | OfflinePeer:
     """The peer of the data directory, or its replica read in place if no peer runs there
-    (``read``: the command only reads, and is told so)."""
+    (``read``: the command only reads, and is told so; ``timeout``: seconds the live peer
+    may take to answer, if not LocalPeer's)."""
     data_dir = resolve_data_dir(args.data_dir)
     dirs = DataDir(data_dir)
     # A peer killed -9 leaves its address file: the pid file says whether it runs (one that
     # names no pid says nothing: the address is tried).
     if dirs.address_file.exists() and (dirs.running_pid() or dirs.read_pid() is None):
-        return LocalPeer(data_dir)
+        return LocalPeer(data_dir) if timeout is None else LocalPeer(data_dir, timeout)
     offline = OfflinePeer(data_dir, on_wait=lambda said: print(f"({said})", file=sys.stderr))
     if read:
         print(
@@ -403,6 +406,9 @@ def _logs(args: argparse.Namespace) -> int:
     return 0
 
 
+_CLEAN_TIMEOUT = 3600.0  # seconds a live peer may take to delete what clean frees
+
+
 def _size(n: int) -> str:
     if n < 1024:
         return f"{n} bytes"
@@ -421,7 +427,9 @@ def _clean(args: argparse.Namespace) -> int:
     if not 0 <= args.keep <= 2**31:
         raise MetaoptError(f"--keep {args.keep}: keep between 0 and 2**31 trials")
     body = {"experiments": args.experiment, "keep": args.keep, "dry_run": args.dry_run}
-    done = _peer(args).call("api.clean", body)
+    # The peer answers once it has deleted it all, which takes as long as the disk does: past
+    # 30 s (a hundred gigabytes of checkpoints) a clean said the peer was hung.
+    done = _peer(args, timeout=_CLEAN_TIMEOUT).call("api.clean", body)
     verb = "would free" if args.dry_run else "freed"
     what = [f"the folders of {_counted(done['trials'], 'ended trial')}"]
     if done["bundles"]:

@@ -148,7 +148,7 @@ class _Peer:
 
 @pytest.fixture
 def peer(monkeypatch: pytest.MonkeyPatch) -> type[_Peer]:
-    monkeypatch.setattr("metaopt.cli._read._peer", lambda args, read=False: _Peer())
+    monkeypatch.setattr("metaopt.cli._read._peer", lambda args, read=False, timeout=None: _Peer())
     return _Peer
 
 

@@ -60,7 +60,7 @@ class _Peer:
 
 @pytest.fixture
 def peer(monkeypatch: pytest.MonkeyPatch) -> type[_Peer]:
-    monkeypatch.setattr("metaopt.cli._read._peer", lambda args, read=False: _Peer())
+    monkeypatch.setattr("metaopt.cli._read._peer", lambda args, read=False, timeout=None: _Peer())
     return _Peer
 
 
@@ -293,7 +293,7 @@ def test_an_earlier_namesake_is_marked_in_the_list(
         def call(self, op: str, body: object = None) -> object:
             return [earlier, latest]
 
-    monkeypatch.setattr("metaopt.cli._read._peer", lambda args, read=False: _Two())
+    monkeypatch.setattr("metaopt.cli._read._peer", lambda args, read=False, timeout=None: _Two())
     assert main(["status"]) == 0
     rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()[2:]]
     assert rows == [["train", "(earlier)"], ["train", "bbbbbbbbbbbb"]]
@@ -423,7 +423,7 @@ def test_a_long_name_is_elided_in_the_list_so_its_columns_stay_readable(
         def call(self, op: str, body: object = None) -> object:
             return [long, fits]
 
-    monkeypatch.setattr("metaopt.cli._read._peer", lambda args, read=False: _Two())
+    monkeypatch.setattr("metaopt.cli._read._peer", lambda args, read=False, timeout=None: _Two())
     assert main(["status"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert max(len(line) for line in lines) < 150

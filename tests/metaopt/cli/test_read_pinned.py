@@ -3,6 +3,8 @@ mutation audit of cli/_read found it unpinned (the stand-in peer of test_read an
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from metaopt.cli import main
@@ -13,7 +15,7 @@ from tests.metaopt.cli.test_read import _info, _Peer, _trial
 @pytest.fixture
 def peer(monkeypatch: pytest.MonkeyPatch) -> type[_Peer]:
     """test_read's stand-in peer, answering its ``info`` to every command of cli/_read."""
-    monkeypatch.setattr("metaopt.cli._read._peer", lambda args, read=False: _Peer())
+    monkeypatch.setattr("metaopt.cli._read._peer", lambda args, read=False, timeout=None: _Peer())
     return _Peer
 
 
@@ -242,3 +244,28 @@ def test_clean_says_more_were_not_shown_only_when_some_were_not(
         "could not delete /d/x: Permission denied\n"
         "1 path could not be deleted; fix their permissions and run clean again\n"
     )
+
+
+def test_clean_gives_a_live_peer_as_long_as_its_disk_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The peer answers a clean once it has deleted it all: past the 30 s of every other
+    call (a hundred gigabytes of checkpoints), `metaopt clean` said the peer was hung."""
+    from metaopt.cli import _read
+    from metaopt.peer._identity import DataDir
+
+    asked: list[float | None] = []
+
+    class _Recorder:
+        def __init__(self, data_dir: Path, timeout: float | None = None) -> None:
+            asked.append(timeout)
+
+        def call(self, op: str, body: object) -> object:
+            return {"trials": 0, "bundles": 0, "freed": 0, "kept": []}
+
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    dirs.address_file.write_text("127.0.0.1:1\n")  # (a live peer, as far as the CLI tells)
+    monkeypatch.setattr(_read, "LocalPeer", _Recorder)
+    assert main(["clean", "--data-dir", str(tmp_path)]) == 0
+    assert asked == [_read._CLEAN_TIMEOUT] and _read._CLEAN_TIMEOUT >= 600

@@ -344,7 +344,7 @@ def test_clean_exits_1_naming_what_it_could_not_delete(
             return {"trials": 1, "bundles": 0, "kept": [], "freed": 4096, "failed": failed,
                     "failures": 3}  # fmt: skip
 
-    monkeypatch.setattr(read, "_peer", lambda args, read=False: _Peer())
+    monkeypatch.setattr(read, "_peer", lambda args, read=False, timeout=None: _Peer())
     assert main(["clean"]) == 1
     out = capsys.readouterr()
     assert out.out == "freed 4.0 KiB: the folders of 1 ended trial\n"
