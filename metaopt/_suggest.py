@@ -51,6 +51,10 @@ def stream(
     return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
+
+
 @dataclass(frozen=True)
 class Draw:
     """What one suggestion needs, taken from the replica at one moment.
@@ -166,7 +170,12 @@ class Suggester:
             trials = self.state.trials()
         counter = self.next_counter(trials)
         defaults = self.space.defaults
-        taken = any(all(t.params.get(k) == v for k, v in defaults.items()) for t in trials)
+        # Equal and of one type: the space keeps 1, 1.0 and True apart as three choices, and
+        # another's trial of 1 made a default of 1.0 count as measured when it was not.
+        taken = any(
+            all(k in t.params and _same(t.params[k], v) for k, v in defaults.items())
+            for t in trials
+        )
         if taken or not (lead or trials):
             defaults = {}
         return Draw(

@@ -193,6 +193,19 @@ def test_defaults_count_as_measured_only_when_one_trial_carries_them_all() -> No
     assert (params["lr"], params["act"]) == (0.001, "b")
 
 
+@pytest.mark.parametrize("other", [1, True])
+def test_a_trial_of_an_equal_choice_of_another_type_does_not_carry_the_default(
+    other: object,
+) -> None:
+    # 1, 1.0 and True are three choices of choices([1, 1.0, True]), yet a trial of 1 (or
+    # True) made the default 1.0 count as measured: it never was.
+    state = _state({"c": "choices([1, 1.0, True], default_value=1.0)", "y": "uniform(0, 1)"})
+    _trial(state, {"c": other, "y": 0.5}, 1, "started")
+    s = Suggester(state, OTHER)
+    params = s.compute(s.prepare(lead=False))[0]
+    assert params["c"] == 1.0 and type(params["c"]) is float
+
+
 def test_an_algorithm_stuck_on_a_known_point_falls_back_to_the_prior_at_full_budget() -> None:
     # The space is far from exhausted: it must not say so because the algorithm repeats
     # itself, and the fallback point still runs the fidelity's full budget.
