@@ -51,6 +51,10 @@ def stream(
     return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
+# No node records 2**52 trials of one experiment: a counter from here up is one forged.
+COUNTER_CEILING = 1 << 52
+
+
 def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
@@ -101,8 +105,16 @@ class Suggester:
         self._units: dict[bytes, FloatArray | None] = {}
 
     def next_counter(self, trials: list[TrialView] | None = None) -> int:
+        """The counter of this node's next trial: after its highest below COUNTER_CEILING.
+
+        A trial any key holder forged under this node's id with the last counter a record
+        may carry left none to write with: every trial this node wrote then was refused by
+        every reader (a peer's search failed on it at every restart). As NodeWriter does with
+        sequence numbers, those from the ceiling up are not followed.
+        """
         listed = self.state.trials() if trials is None else trials
-        return max((t.counter for t in listed if t.node == self.node_id), default=0) + 1
+        mine = (t.counter for t in listed if t.node == self.node_id and t.counter < COUNTER_CEILING)
+        return max(mine, default=0) + 1
 
     def observations(self, trials: list[TrialView] | None = None) -> Observations:
         """The history in the unit cube; trials whose params no longer fit the space are skipped."""

@@ -206,6 +206,20 @@ def test_a_trial_of_an_equal_choice_of_another_type_does_not_carry_the_default(
     assert params["c"] == 1.0 and type(params["c"]) is float
 
 
+def test_a_counter_forged_under_this_node_at_the_last_value_is_not_followed() -> None:
+    # A trial any key holder wrote under this node's id with counter 2**53 - 1 left none to
+    # write with: each trial this node wrote next was refused by every reader, and a peer's
+    # search failed on it at every restart. One forged lower is followed (numbers skipped,
+    # never one reused).
+    from metaopt._records import MAX_COUNTER
+
+    state = _state()
+    for seq, counter in ((1, MAX_COUNTER - 1), (2, 7)):
+        body = {"params": {"x": seq / 4}, "node": ME, "counter": counter}
+        state.apply(Record.create(TRIAL, ME, seq, 1000, body, [state.key]))
+    assert Suggester(state, ME).next_counter() == 8
+
+
 def test_an_algorithm_stuck_on_a_known_point_falls_back_to_the_prior_at_full_budget() -> None:
     # The space is far from exhausted: it must not say so because the algorithm repeats
     # itself, and the fallback point still runs the fidelity's full budget.
