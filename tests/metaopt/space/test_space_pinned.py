@@ -126,6 +126,20 @@ def test_grid_lists_a_space_of_exactly_limit_points() -> None:
         s.grid(limit=7)
 
 
+@pytest.mark.parametrize(
+    "prior", ["loguniform(1, 300, discrete=True)", "randint(-3, 4)", "uniform(2, 9, discrete=True)"]
+)
+def test_grid_lists_every_point_once(prior: str) -> None:
+    """A discrete loguniform's values are spaced on a log scale: cell centres named some
+    integers twice and others never, and a search was told its space was exhausted with 31
+    of 1000 points untried."""
+    s = Space.from_dict({"n": prior, "c": "choices(['a', 1, 1.0])"})
+    points = [s.from_unit(u) for u in s.grid()]
+    listed = {(p["n"], repr(p["c"])) for p in points}
+    assert len(points) == len(listed) == s.cardinality
+    assert np.array_equal(np.array([s.to_unit(p) for p in points]), s.grid())
+
+
 def test_defaults_include_a_default_of_none() -> None:
     """default_value=None is a default like any other (choices([..., None]))."""
     s = Space.from_dict({"c": "choices(['a', None], default_value=None)", "x": "uniform(0, 1)"})
