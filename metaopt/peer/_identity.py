@@ -41,20 +41,24 @@ def trial_log_path(dirs: DataDir, trial: bytes) -> Path:
 
 def _lock_holders(path: Path) -> set[int] | None:
     """The processes holding a lock on a file (LevelDB's LOCK: a POSIX lock, listed in
-    /proc/locks by device and inode), or None where that cannot be told."""
+    /proc/locks), or None where that cannot be told.
+
+    By inode number alone: the device /proc/locks names is not the one stat() gives on a
+    btrfs subvolume or an overlay (a container's), and a running peer would have looked
+    stopped there.
+    """
     try:
-        st = path.stat()
+        inode = f":{path.stat().st_ino}"
         table = Path("/proc/locks").read_text()
     except OSError:
         return None
-    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     holders = set()
     for line in table.splitlines():
-        words = line.split()
         # "1: POSIX  ADVISORY  WRITE 16293 fe:00:2146477 0 EOF" ("1: -> ..." a waiter)
-        if inode in words and "->" not in words:
+        words = line.split()
+        if len(words) >= 6 and words[1] != "->" and words[5].endswith(inode):
             with contextlib.suppress(ValueError):
-                holders.add(int(words[words.index(inode) - 1]))
+                holders.add(int(words[4]))
     return holders
 
 
@@ -262,10 +266,13 @@ class DataDir:
             return None
         if b"metaopt" not in cmdline or pid_gone(pid):
             return None
-        # And it holds the replica, as a running peer does: after a crash, a pid reused by
-        # `tail -f ~/.local/share/metaopt/peer.log` (or anything run from a path naming
-        # metaopt) was the peer, reads did not go to the replica, and the user was told to
-        # kill that process.
+        words = cmdline.split(b"\0")
+        if any(words[i : i + 2] == [b"peer", b"start"] for i in range(len(words))):
+            return pid
+        # Else it must hold the replica, as a running peer does: after a crash, a pid reused
+        # by `tail -f ~/.local/share/metaopt/peer.log` (or a trial run by a Python under a
+        # path naming metaopt) was the peer, reads did not go to the replica, and the user
+        # was told to kill that process.
         holders = _lock_holders(self.replica / "LOCK")
         return pid if holders is None or pid in holders else None
 

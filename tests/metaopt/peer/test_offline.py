@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -302,3 +303,28 @@ def test_a_crashed_peers_pid_reused_by_a_process_naming_metaopt_is_not_the_peer(
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_process_started_as_a_peer_is_the_peer_whether_or_not_its_lock_is_seen(
+    tmp_path: Path,
+) -> None:
+    """`metaopt peer start` on its command line names the peer, as ever: the replica's lock
+    is looked for only for other processes, since on some file systems (a btrfs subvolume,
+    an overlay) /proc/locks and stat() may not name the lock file alike."""
+    import subprocess
+    import sys
+
+    _stopped_peer(tmp_path)  # (its replica's LOCK exists, and no one holds it)
+    dirs = DataDir(tmp_path)
+    argv = [sys.executable, "-c", "import time; time.sleep(60)", "-m", "metaopt", "peer", "start"]
+    peer = subprocess.Popen(argv)
+    try:
+        for _ in range(500):  # (its cmdline reads empty for a moment after it starts)
+            if b"start" in Path(f"/proc/{peer.pid}/cmdline").read_bytes():
+                break
+            time.sleep(0.01)
+        dirs.pid_file.write_text(f"{peer.pid}\n")
+        assert dirs.running_pid() == peer.pid
+    finally:
+        peer.kill()
+        peer.wait()
