@@ -233,13 +233,15 @@ class OutputParser:
             return
         kept = max(room, 0)
         buf += chunk[:kept]
+        first_cut = not self._overlong[stdout]
         self._overlong[stdout] = True
         if stdout:
             # What is cut is never read; a report in it must not pass unnoticed. Its start
             # may straddle two chunks, or the kept part's end: the bytes before are looked at.
             # A report, not the word alone (a dict printed with a METAOPT_ key in it failed a
-            # run that had reported well).
-            before = bytes(buf[-_CUT_TAIL:]) if kept else self._dropped_end
+            # run that had reported well). The kept part's end also when a read filled it
+            # exactly: the next one's cut began there, and a report across it went unseen.
+            before = bytes(buf[-_CUT_TAIL:]) if kept or first_cut else self._dropped_end
             dropped = before + chunk[kept:]
             if _REPORT_BYTES.search(dropped):
                 self._unread_report()

@@ -371,3 +371,48 @@ def test_a_missing_objective_names_what_the_reports_had() -> None:
     wide = OutputParser(OutputConfig(objective="accuracy"))
     wide.feed(b"METAOPT " + json.dumps({f"m{i:02}": i for i in range(10)}).encode() + b"\n")
     assert "'m07' and 2 more" in wide.explain_missing()
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-read", "a-read-that-fills-the-line"])
+@pytest.mark.parametrize("before_cut", [6, 2, 1])
+def test_a_report_across_the_64_kib_cut_is_unread_however_it_was_read(
+    split: bool, before_cut: int
+) -> None:
+    # A line whose report starts a few bytes before the cut: read whole, the run is failed
+    # (its report unread); read as 65,536 bytes and then the rest (a full pipe's worth), the
+    # bytes before the cut were not looked at, and the run completed with the report before.
+    parser = OutputParser()
+    parser.feed(b'METAOPT {"loss": 0.5}\n')
+    line = b"x" * (65536 - before_cut) + b'METAOPT {"loss": 0.1}\n'
+    for chunk in [line[:65536], line[65536:]] if split else [line]:
+        parser.feed(chunk)
+    parser.finish()
+    assert parser.unread is not None
+
+
+_PIECES = st.sampled_from(
+    [b"x", b"xxxxxxx", b" ", b"\n", b"\r", b'METAOPT {"loss": 0.5}', b"METAOPT"]
+)
+
+
+@example(b"x" * 28 + b'METAOPT {"loss": 0.5}\n', [32])  # a read that filled the line
+@given(
+    st.lists(_PIECES, max_size=30).map(b"".join),
+    # (Reads that end where the line is cut, 32 bytes in, are the tricky ones.)
+    st.lists(
+        st.integers(min_value=1, max_value=40) | st.sampled_from([29, 30, 31, 32]), max_size=12
+    ),
+)
+def test_how_the_output_was_read_changes_nothing(output: bytes, cuts: list[int]) -> None:
+    # The same bytes, read whole or in pieces of any size (as a pipe hands them over): the
+    # same reports, the same result and the same verdict on a report cut from a long line.
+    def parsed(chunks: list[bytes]) -> tuple[Any, ...]:
+        parser = OutputParser(OutputConfig(max_line_bytes=32))
+        reports = [r for chunk in chunks for r in parser.feed(chunk)] + parser.finish()
+        return reports, parser.objective(), parser.unread is None
+
+    chunks, at = [], 0
+    for size in cuts:
+        chunks.append(output[at : at + size])
+        at += size
+    assert parsed([output]) == parsed([*chunks, output[at:]])
