@@ -55,16 +55,54 @@ def compile_objective_regex(pattern: str) -> Any:
     the documented syntax, and what older peers compile.
     """
     try:
-        re.compile(pattern)
-        with warnings.catch_warnings():  # re just said the same ("possible nested set")
+        # (Quiet: re's FutureWarning of a "possible nested set" was printed raw at submit.)
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            re.compile(pattern)
+            if (size := _laid_out(pattern)) > _MAX_LAID_OUT:
+                # regex lays every repeat out: 'x{10000000}' took 3 s and a gigabyte to
+                # compile, 'x{1000000000}' every byte of memory (the kernel killed the
+                # process), at submit and on every peer at every trial of it.
+                raise re.error(f"its repeats come to {size:,} items, over {_MAX_LAID_OUT:,}")
             try:
                 return regex.compile(pattern, flags=regex.VERSION0)
             except regex.error as exc:
                 raise re.error(str(exc)) from None
-    except (RecursionError, MemoryError):
+    except RecursionError:
         # 3,000 nested groups: each trial's start logged a traceback of thousands of lines.
         raise re.error("it is nested too deeply") from None
+    except (OverflowError, MemoryError):
+        # ('x{4294967296}': re's OverflowError was a traceback at submit, and on a peer
+        # "crashed the executor" at every trial; 'a{1000000000}' a MemoryError.)
+        raise re.error("a repeat count in it is too large") from None
+
+
+_MAX_LAID_OUT = 100_000  # items an objective regex's repeats may come to (0.03 s to compile)
+
+
+def _laid_out(pattern: str) -> int:
+    """How many items the pattern's repeats come to, each counted as many times as it may
+    repeat (at least, for an open-ended one): what the ``regex`` module lays out."""
+    from re import _constants as c  # type: ignore[attr-defined]
+    from re import _parser  # type: ignore[attr-defined]
+
+    def size(items: Any) -> int:
+        total = 0
+        for op, av in items:
+            if op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
+                low, high, sub = av
+                total += max(low if high == c.MAXREPEAT else high, 1) * size(sub)
+            elif op in (c.SUBPATTERN, c.ATOMIC_GROUP, c.ASSERT, c.ASSERT_NOT):
+                total += size(av[-1])
+            elif op is c.BRANCH:
+                total += sum(size(branch) for branch in av[1])
+            elif op is c.GROUPREF_EXISTS:
+                total += sum(size(branch) for branch in av[1:] if branch is not None)
+            else:
+                total += 1
+        return total
+
+    return size(_parser.parse(pattern))
 
 
 @dataclass(frozen=True)

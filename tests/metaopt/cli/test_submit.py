@@ -1087,3 +1087,12 @@ def test_submit_help_says_what_each_option_does(capsys: pytest.CaptureFixture[st
     said = capsys.readouterr().out
     for name, text in _OPTION_HELP.items():
         assert f"  {name} " in said and text.rpartition("  ")[2] in said
+
+
+def test_an_objective_regex_with_a_huge_repeat_is_one_line(tmp_path: Path) -> None:
+    # re's OverflowError was a traceback here (and regex's layout of 'x{1000000000}' took
+    # every byte of memory until the kernel killed the process).
+    (tmp_path / "train.py").write_text("print(1)\n")
+    for pattern in ("loss=([0-9.]+){4294967296}", "loss=([0-9.]+)x{1000000000}"):
+        said = _refused(tmp_path, "--objective-regex", pattern, "train.py", "--x~uniform(0, 1)")
+        assert said.startswith(f"--objective-regex {pattern!r} is not a regular expression: ")

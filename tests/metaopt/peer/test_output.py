@@ -416,3 +416,25 @@ def test_how_the_output_was_read_changes_nothing(output: bytes, cuts: list[int])
         chunks.append(output[at : at + size])
         at += size
     assert parsed([output]) == parsed([*chunks, output[at:]])
+
+
+@pytest.mark.parametrize(
+    ("pattern", "said"),
+    [
+        # re's OverflowError: a traceback at submit, "crashed the executor" on a peer.
+        ("loss=([0-9.]+){4294967296}", "a repeat count in it is too large"),
+        # regex lays repeats out: this took every byte of memory and the kernel killed it.
+        ("([0-9.]+){1000000000}", "its repeats come to 1,000,000,000 items, over 100,000"),
+        ("(?:(?:ab){1000}){1000}", "its repeats come to 2,000,000 items, over 100,000"),
+    ],
+)
+def test_a_regex_whose_repeats_are_too_large_is_refused_in_one_line(
+    pattern: str, said: str
+) -> None:
+    with pytest.raises(re.error) as refused:
+        compile_objective_regex(pattern)
+    assert str(refused.value) == said
+
+
+def test_a_regex_within_the_bound_compiles() -> None:
+    assert compile_objective_regex("((x{10}){10}){999}|loss=([0-9.]+)(?(3)a|b)").groups == 3
