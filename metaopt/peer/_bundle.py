@@ -308,7 +308,14 @@ def _outside_data_dirs(base: Path, paths: Iterable[str]) -> list[str]:
             verdict[folder] = inside(folder.parent) or DataDir.holds_peer(base / folder)
         return verdict[folder]
 
-    return [rel for rel in paths if not inside(PurePosixPath(rel).parent)]
+    # The folder itself one (`peer start --data-dir .` in the project): the code beside the
+    # peer's own files goes, they do not (its replica and cluster key went whole).
+    own = DataDir.is_own if DataDir.holds_peer(base) else lambda name: False
+    return [
+        rel
+        for rel in paths
+        if not own(PurePosixPath(rel).parts[0]) and not inside(PurePosixPath(rel).parent)
+    ]
 
 
 def _walk(base: Path) -> Iterator[str]:
@@ -343,8 +350,16 @@ def _regular(base: Path, rel: str) -> tuple[Path, int, int] | None:
     return path, mode, info.st_size
 
 
+# Bytes a bundled file's path may take, within the folder: the rest of PATH_MAX (4096) is
+# for the trial folder it is laid out in. A path of 4,095 (16 parts of 255) was taken, could
+# be laid out nowhere, and a peer tried again twice a second for good.
+_MAX_PATH_BYTES = 2048
+
+
 def _safe(rel: object) -> bool:
-    if not isinstance(rel, str) or not rel or "\0" in rel or len(rel) > 4096:
+    if not isinstance(rel, str) or not rel or "\0" in rel:
+        return False
+    if len(rel.encode(errors="surrogateescape")) > _MAX_PATH_BYTES:
         return False
     pure = PurePosixPath(rel)
     if pure.is_absolute() or rel != pure.as_posix():

@@ -84,6 +84,20 @@ def _remove_leftovers(path: Path) -> None:
 class DataDir:
     """Paths and small files inside one peer's data directory."""
 
+    # Every name a peer keeps at the top of its data directory (and their writers' temporary
+    # files, name.<pid>.<random>.tmp): what a folder that is one holds beside a user's code.
+    OWN = frozenset(
+        ("replica", "trials", "bundles", "node_id", "cluster.key", "peers", "peer.pid",
+         "peer.address", "peer.log", "clean.lock")
+    )  # fmt: skip
+
+    @classmethod
+    def is_own(cls, name: str) -> bool:
+        """Whether a name at the top of a data directory is the peer's."""
+        return name in cls.OWN or (
+            name.endswith(".tmp") and any(name.startswith(own + ".") for own in cls.OWN)
+        )
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root).expanduser().resolve()
 

@@ -288,3 +288,24 @@ def test_any_folder_round_trips(
     dest = tmp_path_factory.mktemp("dest")
     materialize_bundle(manifest, chunks, dest)
     assert {k: v[0] for k, v in _tree(dest).items()} == written
+
+
+def test_a_folder_that_is_a_peers_data_directory_sends_the_code_not_the_peers_files(
+    tmp_path: Path,
+) -> None:
+    # `metaopt peer start --data-dir .` in the project folder, then a submit from it: the
+    # replica, the cluster key and every trial's copy of earlier code went with the code.
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    dirs.node_id()
+    dirs.replica.mkdir(exist_ok=True)
+    (dirs.replica / "000005.ldb").write_bytes(b"x")
+    dirs.key_file.write_text("mo1-secret\n")
+    (tmp_path / "cluster.key.123.ab12cd34.tmp").write_text("mo1-secret\n")
+    (dirs.trials / "ab" / "code").mkdir(parents=True)
+    (dirs.trials / "ab" / "code" / "train.py").write_text("old\n")
+    (tmp_path / "peer.log").write_text("log\n")
+    (tmp_path / "train.py").write_text("print('hi')\n")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "peers").write_text("code named like a peer's file\n")
+    assert manifest_paths(collect_bundle(tmp_path)[0]) == ["lib/peers", "train.py"]

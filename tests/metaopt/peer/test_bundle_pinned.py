@@ -193,10 +193,12 @@ def test_a_forged_chunk_is_refused_before_any_of_its_bytes_are_written(tmp_path:
     assert not written.exists() or written.read_bytes() == b""
 
 
-@pytest.mark.parametrize("path", ["a\0b", "x/" * 2100 + "y"])
+@pytest.mark.parametrize("path", ["a\0b", "x/" * 2100 + "y", "/".join(["d" * 255] * 16)])
 def test_a_path_no_file_system_takes_is_refused_as_malformed(tmp_path: Path, path: str) -> None:
-    """A NUL byte or a path over 4096 characters is malformed: refused as such (the runner
-    marks the experiment unrunnable), not a ValueError or a write error retried for ever."""
+    """A NUL byte or a path over 2048 bytes is malformed: refused as such (the runner marks
+    the experiment unrunnable), not a ValueError or a write error retried for ever. (16 names
+    of 255 bytes, 4,095 in all, were taken, and laid out nowhere: past PATH_MAX once in the
+    trial's folder, a write error a peer retried twice a second for good.)"""
     manifest, chunks = _one_file(tmp_path)
     manifest["files"][0][0] = path
     _refused_as_malformed(manifest, chunks, tmp_path / "d", "refused")
