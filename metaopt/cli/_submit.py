@@ -35,7 +35,12 @@ from metaopt.cli._format import (
     printable,
     state_summary,
 )
-from metaopt.peer._bundle import DEFAULT_MAX_BYTES, HARD_MAX_BYTES, collect_bundle
+from metaopt.peer._bundle import (
+    DEFAULT_MAX_BYTES,
+    HARD_MAX_BYTES,
+    collect_bundle,
+    manifest_paths,
+)
 from metaopt.peer._local import LocalPeer, fetch_experiment, fetch_experiments, resolve_data_dir
 from metaopt.peer._output import CAPTURE_HINT, compile_objective_regex
 from metaopt.peer._template import parse_template
@@ -529,6 +534,16 @@ def build_submission(
                 file=sys.stderr,
             )
         bundle = {"manifest": manifest, "root": str(root.resolve())}
+        if _is_file(script_path) and _inside(script_path, root):
+            sent = script_path.resolve().relative_to(root.resolve()).as_posix()
+            if sent not in manifest_paths(manifest):
+                # (Submitted from a folder git ignores, the bundle held no file, and every
+                # trial on every peer failed on "can't open file".)
+                raise MetaoptError(
+                    f"{script} is left out of the code sent to the peers (git ignores it, or"
+                    " it is in a folder never sent: hidden, venv, node_modules); let git see"
+                    " it, or use --no-bundle on a shared file system"
+                )
         # A script's word as typed, unless the peers would not find it from the bundle's
         # root: the program (sub/run is ./run there), an absolute path, or outside the folder.
         if script_path.exists() and (at == 0 or root != cwd or os.path.isabs(script)):

@@ -1096,3 +1096,24 @@ def test_an_objective_regex_with_a_huge_repeat_is_one_line(tmp_path: Path) -> No
     for pattern in ("loss=([0-9.]+){4294967296}", "loss=([0-9.]+)x{1000000000}"):
         said = _refused(tmp_path, "--objective-regex", pattern, "train.py", "--x~uniform(0, 1)")
         assert said.startswith(f"--objective-regex {pattern!r} is not a regular expression: ")
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_a_script_left_out_of_the_code_sent_is_refused(tmp_path: Path) -> None:
+    # Submitted from a folder the repository ignores, the bundle held no file: every trial
+    # on every peer failed with "can't open file .../code/train.py", and submit said nothing.
+    repo, plain = tmp_path / "repo", tmp_path / "plain"
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    subprocess.run(["git", "init", "-q", str(repo)], check=True, env=env)
+    (repo / ".gitignore").write_text("exp/\n")
+    (repo / "exp").mkdir()
+    (repo / "exp" / "train.py").write_text("print(1)\n")
+    said = _refused(repo / "exp", "train.py", "--x~uniform(0, 1)")
+    assert said.startswith("train.py is left out of the code sent to the peers (git ignores")
+    (repo / "train.py").write_text("print(1)\n")  # (seen by git: sent)
+    assert _build(repo, "train.py", "--x~uniform(0, 1)")["name"] == "train"
+    # Outside git, hidden folders are never sent.
+    (plain / ".hidden").mkdir(parents=True)
+    (plain / ".hidden" / "run.py").write_text("print(1)\n")
+    said = _refused(plain, "--", "python3", ".hidden/run.py", "--x~uniform(0, 1)")
+    assert said.startswith(".hidden/run.py is left out of the code sent to the peers")
