@@ -146,11 +146,17 @@ class AshaStopper:
                 if not rungs or rungs[0] != r or decisions[t].action is Action.KILL:
                     continue
                 mine = values[t]
-                if mine is None:
+                if mine is None and prefixes[t][0][-1] < r:
                     rungs.clear()  # not there yet: the rungs above wait too
                     continue
                 rungs.pop(0)
                 self._judged[t] = self.config.rungs(by_id[t].max_step).index(r)
+                if mine is None:
+                    # Past it with no report at or before it (a run reporting every 2 steps
+                    # at rung 1): not judged there, on resources unlike the others'. Taken
+                    # for "not there yet", it held every rung above back, and ASHA stopped
+                    # no such run at all.
+                    continue
                 if _in_top(mine, rivals, top):
                     decisions[t] = Decision(t, Action.CONTINUE, f"promoted past rung {r}")
                 else:

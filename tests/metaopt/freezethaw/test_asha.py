@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from metaopt import MetaoptError
+from metaopt import MetaoptError, Study
 from metaopt.freezethaw import (
     Action,
     AshaConfig,
@@ -216,3 +216,37 @@ def test_a_run_thawed_from_an_older_checkpoint_is_not_judged_again_here() -> Non
     better = [_curve(f"b{i}", [0.1 * i] * 12, "completed") for i in range(9)]
     again = _curve("r", [0.9] * 13, resumed=2)
     assert _acts(_decide(stopper, [*better, again], {"r"})) == {"r": Action.CONTINUE}
+
+
+def _sparse(tid: str, steps: np.ndarray, level: float, state: str) -> CurveView:
+    values = np.full(steps.shape, level, dtype=np.float64)
+    return CurveView(tid, np.array([0.5]), steps, values, state, 100)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("every", [2, 10])
+def test_runs_that_report_every_few_steps_are_judged_at_the_rungs_they_reached(every: int) -> None:
+    # A script that evaluates every 2 epochs reports steps 2, 4, 6, ...: no run had a value
+    # at rung 1, which was taken for "not there yet", every higher rung waited behind it,
+    # and ASHA stopped no run at all, however bad (0 of 8 on a real peer; 4 of 8 reporting
+    # every step).
+    s = np.arange(every, 101, every)
+    done = [_sparse(f"good{i}", s, 0.1 + 0.01 * i, "completed") for i in range(5)]
+    bad = _sparse("bad", s[: len(s) // 2], 5.0, "running")
+    [decided] = make_stopper("asha").decide([*done, bad], {"bad"}, 0, np.random.default_rng(0))
+    rung = 3 if every == 2 else 27  # (the lowest rung with a report at or before it)
+    assert (decided.action, decided.reason) == (Action.KILL, f"not in the top 1/3 at rung {rung}")
+
+
+def test_a_study_with_asha_stops_runs_that_report_every_second_step() -> None:
+    study = Study({"x": "uniform(0, 1)"}, seed=0, early_stopping="asha", max_step=60)
+    stops = 0
+    for _ in range(12):
+        trial = study.ask()
+        for step in range(2, 61, 2):
+            study.report(trial, step, trial.params["x"] + 1.0 / step)
+            if study.should_stop(trial):
+                stops += 1
+                break
+        else:
+            study.tell(trial, trial.params["x"])
+    assert stops >= 4
