@@ -27,8 +27,11 @@ class MedianConfig:
 
 
 def _running_mean_at(c: CurveView, step: float) -> float | None:
+    """The mean of a curve's reports up to step, if it reached step and reported by then
+    (one whose first report came later had a mean of nothing, nan: the median of the rivals
+    was then nan, and the rule stopped no run while that rival was among them)."""
     s, v, _ = finite_prefix(c)
-    if s.shape[0] == 0 or s[-1] < step:
+    if s.shape[0] == 0 or s[-1] < step or s[0] > step:
         return None
     return float(v[s <= step].mean())
 

@@ -99,3 +99,19 @@ def test_only_own_running_trials_get_a_decision_and_diverged_ones_are_killed() -
               _curve("nan", [1.0, float("nan")]), _flat("run", 0.5)]  # fmt: skip
     out = stopper.decide(curves, {"done", "frozen", "nan", "run"}, 0, np.random.default_rng(0))
     assert [(d.trial_id, d.action) for d in out] == [("nan", Action.KILL), ("run", Action.CONTINUE)]
+
+
+def test_a_rival_that_began_reporting_later_is_left_out_not_a_nan_median() -> None:
+    # Its mean up to step 8 was the mean of nothing (nan): the median of the rivals was
+    # nan, "best > nan" never held, and a run far worse than every rival went on ("best 5
+    # <= median"), with a RuntimeWarning at each decision (an error in this suite).
+    d = np.arange(1, 101)
+    good = [CurveView(f"g{i}", np.array([0.5]), d, np.full(100, 0.1 + 0.01 * i), "completed", 100)
+            for i in range(6)]  # fmt: skip
+    late = CurveView("late", np.array([0.5]), np.arange(10, 101, 10), np.full(10, 0.1),
+                     "completed", 100)  # fmt: skip
+    bad = CurveView("bad", np.array([0.5]), np.arange(1, 9), np.full(8, 5.0), "running", 100)
+    [decided] = make_stopper("median").decide(
+        [*good, late, bad], {"bad"}, 0, np.random.default_rng(0)
+    )
+    assert decided.action is Action.KILL
