@@ -220,6 +220,9 @@ def simulate(
                     incumbent = (obs, float(pool.truth[t.cfg]))
                     if incumbent[1] - best_true <= target and math.isinf(to_target):
                         to_target = steps
+                if steps == equal_steps:  # (this step may be the budget's last too: read
+                    # at the round's end, the regret counted up to workers - 1 steps more)
+                    regret_at = incumbent[1] - best_true
                 continue
             policy.fresh = nxt < order.shape[0]
             act = policy.report(t, trials, T, pool.X)
@@ -402,6 +405,19 @@ def main() -> None:
     ap.add_argument("--workers", default="1,4", help="comma-separated peer counts")
     ap.add_argument("--no-latency", action="store_true", help="skip the latency table")
     args = ap.parse_args()
+    # (A mistake here was a ZeroDivisionError, a traceback, or a table of nan and never.)
+    unknown = sorted(set(args.methods.split(",")) - set(METHODS)) + sorted(
+        set(args.pools.split(",")) - {"synthetic", "sgd"}
+    )
+    if unknown:
+        ap.error(f"unknown method or pool {', '.join(unknown)}; methods: {', '.join(METHODS)}")
+    if args.every < 1 or args.seeds < 1:
+        ap.error("--every and --seeds take 1 or more")
+    try:
+        if min(int(w) for w in args.workers.split(",")) < 1:
+            raise ValueError
+    except ValueError:
+        ap.error(f"--workers {args.workers}: give peer counts of 1 or more, e.g. 1,4")
     # Small BLAS calls dominate; threads fighting over 2 shared cores made them 5-50x slower
     # (the peer limits BLAS to one thread around a decision the same way).
     with threadpool_limits(limits=1):

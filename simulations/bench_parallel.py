@@ -105,7 +105,11 @@ def speedup_interval(
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = np.median(b, axis=1) / np.median(t, axis=1)
     ratio = np.where(np.isnan(ratio), 0.0, ratio)  # inf / inf: neither reached the target
-    lo, hi = np.quantile(ratio, [(1 - level) / 2, (1 + level) / 2])
+    q = [(1 - level) / 2, (1 + level) / 2]
+    with np.errstate(invalid="ignore"):
+        lo, hi = np.quantile(ratio, q)
+    if math.isnan(lo) or math.isnan(hi):  # (interpolated between two infinities)
+        lo, hi = np.quantile(ratio, q, method="nearest")
     return float(lo), float(hi)
 
 
@@ -120,6 +124,9 @@ def run(
     algorithm: str,
     push: float | None = None,
 ) -> RunResult:
+    if not (sync_every > 0 and max_time > 0):
+        # (A sync every 0 s came round again at the same virtual time: it never ended.)
+        raise ValueError("sync_every and max_time must be positive virtual seconds")
     problem = get_problem(problem_name)
     assert problem.optimum is not None
     rng = np.random.default_rng([seed, k])
@@ -230,7 +237,15 @@ def main() -> None:
     args = parser.parse_args()
     seeds = range(args.first_seed, args.first_seed + (2 if args.quick else args.seeds))
     problems = ["branin"] if args.quick else args.problems.split(",")
-    ks = [int(k) for k in args.peers.split(",")]
+    try:
+        # k = 1 first, whatever the order given: every speed-up is against it.
+        ks = sorted({int(k) for k in args.peers.split(",")})
+    except ValueError:
+        parser.error(f"--peers {args.peers}: give numbers of peers, e.g. 1,2,4,8")
+    if ks[0] != 1:
+        parser.error(f"--peers {args.peers}: include 1, the speed-ups are against one peer")
+    if not (args.sync > 0 and args.max_time > 0 and len(seeds) > 0):
+        parser.error("--sync and --max-time take positive virtual seconds, --seeds 1 or more")
     pushes = [None if p == "off" else float(p) for p in args.push.split(",")]
     algorithms = args.algorithm.split(",")
     print(

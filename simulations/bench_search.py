@@ -410,11 +410,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     for m in methods:
         if m not in METHODS:
             ap.error(f"unknown method {m!r}; choose from {','.join(METHODS)}")
+    if args.budget < 1 or args.seeds < 1:  # (--budget 0 was a ZeroDivisionError in a worker)
+        ap.error("--budget and --seeds take 1 or more")
     if args.report:
         saved: list[dict[str, Any]] = []
         for path in args.report:
             with open(path) as fh:
-                saved += [json.loads(x) for x in fh if x.strip()]
+                for number, text in enumerate(fh, 1):
+                    try:
+                        saved += [json.loads(text)] if text.strip() else []
+                    except ValueError:  # (a run stopped mid-write: a traceback)
+                        ap.error(f"{path}, line {number}: not a saved run; delete that line")
+        short = {len(x["ys"]) for x in saved if "run" in x and len(x["ys"]) < args.budget}
+        if short:
+            # (Read as they were, runs of 12 evaluations were tabulated as "after 50".)
+            ap.error(
+                f"{', '.join(args.report)} holds runs of {min(short)} evaluations, under"
+                f" --budget {args.budget}; pass --budget {min(short)}"
+            )
         print(_report_lines(saved, methods, problems, args.budget))
         return 0
     skipped = [m for m in methods if not _available(m)]
@@ -484,7 +497,11 @@ def _report_lines(
             timing[(m, int(n))] = sec
     present = [m for m in methods if any(k[0] == m for k in runs)]
     seeds = sorted({k[2] for k in runs})
-    full = [s for s in seeds if all((m, p, s) in runs for m in present for p in problems)]
+    # (None of the methods asked for in the file: every seed counted as finished by them all,
+    # and the table took min() of nothing.)
+    full = [
+        s for s in seeds if present and all((m, p, s) in runs for m in present for p in problems)
+    ]
     curves = {(m, p): [runs[(m, p, s)] for s in full] for m in present for p in problems}
     out = [f"seeds finished by every method: {full}"]
     if full:
