@@ -39,27 +39,25 @@ def trial_log_path(dirs: DataDir, trial: bytes) -> Path:
     return trial_dir(dirs, trial) / "output.log"
 
 
-def _lock_holders(path: Path) -> set[int] | None:
-    """The processes holding a lock on a file (LevelDB's LOCK: a POSIX lock, listed in
-    /proc/locks), or None where that cannot be told.
+def _has_open(pid: int, path: Path) -> bool | None:
+    """Whether process pid has the file open, as LevelDB keeps its LOCK open while it holds
+    it; None where that cannot be told (another user's process, no /proc).
 
-    By inode number alone: the device /proc/locks names is not the one stat() gives on a
-    btrfs subvolume or an overlay (a container's), and a running peer would have looked
-    stopped there.
+    By the paths its descriptors lead to, not by /proc/locks, whose device numbers are not
+    stat()'s on a btrfs subvolume or an overlay (a container's).
     """
+    target = os.path.realpath(path)
     try:
-        inode = f":{path.stat().st_ino}"
-        table = Path("/proc/locks").read_text()
+        fds = os.listdir(f"/proc/{pid}/fd") if os.path.exists(target) else None
     except OSError:
+        fds = None
+    if fds is None:  # (no replica yet: nothing to tell by)
         return None
-    holders = set()
-    for line in table.splitlines():
-        # "1: POSIX  ADVISORY  WRITE 16293 fe:00:2146477 0 EOF" ("1: -> ..." a waiter)
-        words = line.split()
-        if len(words) >= 6 and words[1] != "->" and words[5].endswith(inode):
-            with contextlib.suppress(ValueError):
-                holders.add(int(words[4]))
-    return holders
+    for fd in fds:
+        with contextlib.suppress(OSError):  # (closed meanwhile)
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                return True
+    return False
 
 
 def pid_gone(pid: int) -> bool:
@@ -280,15 +278,12 @@ class DataDir:
             return None
         if b"metaopt" not in cmdline or pid_gone(pid):
             return None
-        words = cmdline.split(b"\0")
-        if any(words[i : i + 2] == [b"peer", b"start"] for i in range(len(words))):
-            return pid
-        # Else it must hold the replica, as a running peer does: after a crash, a pid reused
-        # by `tail -f ~/.local/share/metaopt/peer.log` (or a trial run by a Python under a
-        # path naming metaopt) was the peer, reads did not go to the replica, and the user
-        # was told to kill that process.
-        holders = _lock_holders(self.replica / "LOCK")
-        return pid if holders is None or pid in holders else None
+        # And it holds this replica, as a running peer does: after a crash, a pid reused by
+        # `tail -f ~/.local/share/metaopt/peer.log`, a trial run by a Python under a path
+        # naming metaopt, or another data directory's peer, was this one's: reads did not go
+        # to the replica, the user was told to kill that process, and peer start refused.
+        holds = _has_open(pid, self.replica / "LOCK")
+        return pid if holds is None or holds else None
 
     def read_key(self) -> str | None:
         text = self._read(self.key_file)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -296,35 +295,38 @@ def test_a_crashed_peers_pid_reused_by_a_process_naming_metaopt_is_not_the_peer(
         # A peer holds its replica (here a Node of this process): it is told by that.
         node = Node(PeerConfig(data_dir=root, port=0, mdns=False))
         try:
-            assert _identity._lock_holders(dirs.replica / "LOCK") == {os.getpid()}
+            assert _identity._has_open(os.getpid(), dirs.replica / "LOCK") is True
         finally:
             asyncio.run(node.stop())
-        assert _identity._lock_holders(dirs.replica / "LOCK") == set()
+        assert _identity._has_open(os.getpid(), dirs.replica / "LOCK") is False
     finally:
         other.kill()
         other.wait()
 
 
-def test_a_process_started_as_a_peer_is_the_peer_whether_or_not_its_lock_is_seen(
-    tmp_path: Path,
-) -> None:
-    """`metaopt peer start` on its command line names the peer, as ever: the replica's lock
-    is looked for only for other processes, since on some file systems (a btrfs subvolume,
-    an overlay) /proc/locks and stat() may not name the lock file alike."""
+def test_a_peer_of_another_data_directory_is_not_this_ones(tmp_path: Path) -> None:
+    """A crashed peer's pid reused by a peer of another data directory (holding that one's
+    replica, `metaopt peer start` in its command line) was this directory's running peer:
+    status said to kill it, and peer start refused."""
     import subprocess
     import sys
 
-    _stopped_peer(tmp_path)  # (its replica's LOCK exists, and no one holds it)
-    dirs = DataDir(tmp_path)
-    argv = [sys.executable, "-c", "import time; time.sleep(60)", "-m", "metaopt", "peer", "start"]
-    peer = subprocess.Popen(argv)
+    a, b = DataDir(tmp_path / "A"), DataDir(tmp_path / "B")
+    LevelDBStore(a.replica).close()  # (A's peer crashed: no one holds its replica)
+    hold = (
+        "import sys, time; from crdt import LevelDBStore; s = LevelDBStore(sys.argv[1]);"
+        " print('held', flush=True); time.sleep(60)"
+    )
+    argv = [sys.executable, "-c", hold, str(b.replica), "-m", "metaopt", "peer", "start"]
+    repo = str(Path(__file__).resolve().parents[3])
+    other = subprocess.Popen(argv, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": repo})
     try:
-        for _ in range(500):  # (its cmdline reads empty for a moment after it starts)
-            if b"start" in Path(f"/proc/{peer.pid}/cmdline").read_bytes():
-                break
-            time.sleep(0.01)
-        dirs.pid_file.write_text(f"{peer.pid}\n")
-        assert dirs.running_pid() == peer.pid
+        assert other.stdout is not None and other.stdout.readline() == b"held\n"
+        a.pid_file.write_text(f"{other.pid}\n")
+        b.pid_file.write_text(f"{other.pid}\n")
+        assert (a.running_pid(), b.running_pid()) == (None, other.pid)
     finally:
-        peer.kill()
-        peer.wait()
+        other.kill()
+        other.wait()
+        if other.stdout is not None:
+            other.stdout.close()
