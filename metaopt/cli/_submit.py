@@ -534,16 +534,6 @@ def build_submission(
                 file=sys.stderr,
             )
         bundle = {"manifest": manifest, "root": str(root.resolve())}
-        if _is_file(script_path) and _inside(script_path, root):
-            sent = script_path.resolve().relative_to(root.resolve()).as_posix()
-            if sent not in manifest_paths(manifest):
-                # (Submitted from a folder git ignores, the bundle held no file, and every
-                # trial on every peer failed on "can't open file".)
-                raise MetaoptError(
-                    f"{script} is left out of the code sent to the peers (git ignores it, or"
-                    " it is in a folder never sent: hidden, venv, node_modules); let git see"
-                    " it, or use --no-bundle on a shared file system"
-                )
         # A script's word as typed, unless the peers would not find it from the bundle's
         # root: the program (sub/run is ./run there), an absolute path, or outside the folder.
         if script_path.exists() and (at == 0 or root != cwd or os.path.isabs(script)):
@@ -555,6 +545,7 @@ def build_submission(
                     " the folder sent to the peers; copy it into the folder, submit the"
                     " file it links to, or use --no-bundle on a shared file system"
                 ) from None
+        _check_sent(script, script_path, root, manifest_paths(manifest))
     if at == 0 and "/" not in script and not script.endswith(".py") and script_path.is_file():
         script = "./" + script  # a file, not a command: exec would look "train" up on PATH
     if at > 0 and "/" in program:
@@ -709,6 +700,25 @@ def _script_word(words: list[str], cwd: Path) -> int:
         if "~" not in word and not word.startswith("-") and _is_file(_path_of(word, cwd)):
             return at
     return 0
+
+
+def _check_sent(script: str, script_path: Path, root: Path, sent: list[str]) -> None:
+    """Refuse a bundle without the script the peers will run (its word as they run it, from
+    the bundle's root), or without any of the folder's files: submitted from a folder git
+    ignores, the bundle held no file, and every trial on every peer failed on "can't open
+    file" (or "No module named" for `python3 -m`)."""
+    if _is_file(script_path) and _inside(script_path, root) and not os.path.isabs(script):
+        if os.path.normpath(script) not in sent:
+            raise MetaoptError(
+                f"{script} is left out of the code sent to the peers (git ignores it, or it"
+                " is in a folder never sent: hidden, venv, node_modules); let git see it, or"
+                " use --no-bundle on a shared file system"
+            )
+    elif not sent and any(_is_file(p) for p in root.iterdir() if not p.name.startswith(".")):
+        raise MetaoptError(
+            f"none of the files of {root} is sent to the peers (git ignores them all?); let git"
+            " see them, or use --no-bundle on a shared file system"
+        )
 
 
 def _is_file(path: Path) -> bool:

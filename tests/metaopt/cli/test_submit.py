@@ -1110,6 +1110,11 @@ def test_a_script_left_out_of_the_code_sent_is_refused(tmp_path: Path) -> None:
     (repo / "exp" / "train.py").write_text("print(1)\n")
     said = _refused(repo / "exp", "train.py", "--x~uniform(0, 1)")
     assert said.startswith("train.py is left out of the code sent to the peers (git ignores")
+    # A module run from there: the bundle held no file either ("No module named pkg").
+    (repo / "exp" / "pkg").mkdir()
+    (repo / "exp" / "pkg" / "train.py").write_text("print(1)\n")
+    said = _refused(repo / "exp", "--", "python3", "-m", "pkg.train", "--x~uniform(0, 1)")
+    assert said.startswith(f"none of the files of {(repo / 'exp').resolve()} is sent")
     (repo / "train.py").write_text("print(1)\n")  # (seen by git: sent)
     assert _build(repo, "train.py", "--x~uniform(0, 1)")["name"] == "train"
     # Outside git, hidden folders are never sent.
@@ -1117,3 +1122,7 @@ def test_a_script_left_out_of_the_code_sent_is_refused(tmp_path: Path) -> None:
     (plain / ".hidden" / "run.py").write_text("print(1)\n")
     said = _refused(plain, "--", "python3", ".hidden/run.py", "--x~uniform(0, 1)")
     assert said.startswith(".hidden/run.py is left out of the code sent to the peers")
+    # A link to it is sent as a copy under its own name: the word the peers run is there.
+    (plain / "train.py").symlink_to(plain / ".hidden" / "run.py")
+    body = _build(plain, "--", "python3", "train.py", "--x~uniform(0, 1)")
+    assert body["command"][:2] == ["python3", "train.py"]  # type: ignore[index]
