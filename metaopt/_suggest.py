@@ -55,10 +55,6 @@ def stream(
 COUNTER_CEILING = 1 << 52
 
 
-def _same(a: Any, b: Any) -> bool:
-    return type(a) is type(b) and a == b
-
-
 @dataclass(frozen=True)
 class Draw:
     """What one suggestion needs, taken from the replica at one moment.
@@ -184,10 +180,8 @@ class Suggester:
         defaults = self.space.defaults
         # Equal and of one type: the space keeps 1, 1.0 and True apart as three choices, and
         # another's trial of 1 made a default of 1.0 count as measured when it was not.
-        taken = any(
-            all(k in t.params and _same(t.params[k], v) for k, v in defaults.items())
-            for t in trials
-        )
+        wanted = set(params_key(defaults))
+        taken = any(wanted <= set(params_key(t.params)) for t in trials)
         if taken or not (lead or trials):
             defaults = {}
         return Draw(
