@@ -41,12 +41,20 @@ def _words(data: bytes) -> list[int]:
     return [int.from_bytes(data[i : i + 4], "little") for i in range(0, len(data), 4)]
 
 
+_OUT_OF_RANGE = 0x5EED  # marks the words of a seed outside [0, 2**32)
+
+
 def stream(
     seed: int, node_id: bytes, experiment: bytes, counter: int, look: int = 0
 ) -> np.random.Generator:
     """The random stream of one suggestion: one per (seed, node, experiment, counter, look)."""
     entropy = [seed & 0xFFFFFFFF, *_words(node_id), *_words(experiment[:16]), counter]
-    if look:  # a second look at the same counter draws afresh; the first keeps its old stream
+    if not 0 <= seed <= 0xFFFFFFFF:
+        # The whole seed: its low word alone gave seeds 0, 2**32 and -2**32 one stream (a
+        # Study with path= keeps its directory's node id whatever the seed). Seeds in range
+        # keep the streams they always had; these lists are longer than any of theirs.
+        entropy += [look, _OUT_OF_RANGE, int(seed < 0), abs(seed)]  # (numpy takes its words)
+    elif look:  # a second look at the same counter draws afresh; the first keeps its old stream
         entropy.append(look)
     return np.random.default_rng(np.random.SeedSequence(entropy))
 

@@ -251,3 +251,17 @@ def test_a_trial_that_arrived_within_near_crowds_and_one_twice_as_far_does_not()
     _trial(state, 0.5, 1, "started")
     assert s.crowded(draw, {"x": 0.5 + 0.9e-3})
     assert not s.crowded(draw, {"x": 0.5 + 2.1e-3})
+
+
+def test_seeds_equal_in_their_low_word_draw_apart_and_seeds_in_range_keep_their_streams() -> None:
+    # The seed's low word alone gave 0, 2**32 and -2**32 one stream: a Study with path= keeps
+    # its directory's node id whatever its seed, so those seeds drew the same points.
+    e = b"e" * 32
+    draws = [stream(seed, ME, e, 1).random(4) for seed in (0, 2**32, -(2**32), 2**64)]
+    assert len({d.tobytes() for d in draws}) == 4
+    for seed in (1, 0xFFFFFFFF):
+        legacy = [seed, *_words(ME), *_words(e[:16]), 1]
+        assert np.array_equal(
+            stream(seed, ME, e, 1).random(4),
+            np.random.default_rng(np.random.SeedSequence(legacy)).random(4),
+        )
