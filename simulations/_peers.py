@@ -8,7 +8,6 @@ wait is bounded, and nothing binds anything but 127.0.0.1 (mDNS is off: peers me
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
@@ -22,6 +21,7 @@ from typing import Any
 
 from crdt import ClusterKey, FrameCodec
 from metaopt.peer._identity import DataDir
+from metaopt.peer._orphans import kill_orphans
 from metaopt.peer._transport import Client
 
 __all__ = [
@@ -187,10 +187,11 @@ class LoopbackCluster:
             except subprocess.TimeoutExpired:
                 peer.proc.kill()
                 peer.proc.wait(timeout=10)
-        # Trials run in their own process groups; none may outlive the benchmark.
-        for pid_file in self.root.glob("*/trials/*/pid"):
-            with contextlib.suppress(OSError, ValueError):
-                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        # Trials run in their own process groups; none may outlive the benchmark. Found by
+        # their environment, as a restarted peer finds its orphans: a finished trial's pid
+        # file is kept, and killing the group it names killed whatever reused that pid.
+        for peer in self.peers:
+            kill_orphans(DataDir(peer.data_dir).root)
 
 
 class ApiClient:
