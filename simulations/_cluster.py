@@ -4,9 +4,13 @@ Each node, every ``gossip_period``, starts one session (crdt.Initiator) with a r
 node; requests and responses travel as messages on the virtual network, so they can be lost,
 duplicated, reordered or cut off by a partition, and a session whose reply does not come within
 ``session_timeout`` is abandoned. New records go at once to ``push_fanout`` random peers
-(crdt.push_message). Nodes can crash and restart with their store kept, or come back with an
-empty store (with a new id, or with the old id reusing its sequence numbers, which only the
-backstop can untangle).
+(crdt.push_message). Nodes can crash and restart with their store kept (opened again from disk
+when the stores are on disk), or come back with an empty store (with a new id, or with the old
+id reusing its sequence numbers, which only the backstop can untangle).
+
+A node writes up to ``burst`` records at once, stamped with one millisecond, as a real peer
+records a trial and its first events; and each node's clock is off by up to ``skew`` seconds.
+Records that share a millisecond are what the backstop's range bounds must tell apart by key.
 
 The cluster keeps the ground truth the scenarios check against: every record ever written, and
 those destroyed with their last copy when a store was wiped.
@@ -46,6 +50,8 @@ class ClusterConfig:
     session_timeout: float = 1.0
     link: LinkConfig = field(default_factory=LinkConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    burst: int = 1  # records a node writes at once, with one timestamp (1 to burst, at random)
+    skew: float = 0.0  # each node's clock is off by up to this many seconds, either way
 
 
 @dataclass(slots=True)
@@ -61,6 +67,7 @@ class Node:
     incarnation: int = 0
     session: Initiator | None = None
     awaiting: int = 0  # number of the request whose reply the session waits for
+    skew_ms: int = 0  # how far this node's clock is off
 
 
 @dataclass(slots=True)
@@ -88,9 +95,13 @@ class Cluster:
         self.network = Network(self.clock, random.Random(self.rng.getrandbits(64)), config.nodes)
         self.network.default = config.link
         self._factory: StoreFactory = store_factory or (lambda index, incarnation: MemoryStore())
+        self._on_disk = store_factory is not None  # a restart opens the store again
         self.nodes = [
             Node(i, self.rng.randbytes(16), self._factory(i, 0)) for i in range(config.nodes)
         ]
+        if config.skew:
+            for node in self.nodes:
+                node.skew_ms = round(self.rng.uniform(-config.skew, config.skew) * 1000)
         self.written: dict[bytes, Record] = {}
         self.destroyed: set[bytes] = set()
         self.totals = Totals()
@@ -132,22 +143,28 @@ class Cluster:
 
     # Records ------------------------------------------------------------------------------
 
-    def write(self, index: int) -> Record | None:
-        """The node writes one record and pushes it to a few peers; None if it is down."""
+    def write(self, index: int) -> list[Record]:
+        """The node writes a few records (see burst) with one timestamp of its clock and pushes
+        them to a few peers; none if it is down."""
         node = self.nodes[index]
         if not node.up:
-            return None
-        node.seq += 1
-        body = {"node": index, "n": node.seq, "value": round(self.rng.random(), 6)}
-        record = Record.create("event", node.node_id, node.seq, self.clock.now_ms(), body)
-        node.store.add([record])
-        self.written[record.key] = record
-        self.network.note("write", index, record.key.hex()[:16])
-        message = push_message([record])
+            return []
+        count = self.rng.randint(1, self.config.burst) if self.config.burst > 1 else 1
+        stamp = max(0, self.clock.now_ms() + node.skew_ms)
+        records = []
+        for _ in range(count):
+            node.seq += 1
+            body = {"node": index, "n": node.seq, "value": round(self.rng.random(), 6)}
+            records.append(Record.create("event", node.node_id, node.seq, stamp, body))
+        node.store.add(records)
+        for record in records:
+            self.written[record.key] = record
+            self.network.note("write", index, record.key.hex()[:16])
+        message = push_message(records)
         for peer in self._peers(index, self.config.push_fanout):
             self.totals.pushes += 1
             self.network.send(index, peer, len(message), self._deliver_push(peer, message))
-        return record
+        return records
 
     def _deliver_push(self, peer: int, message: bytes) -> Callable[[], None]:
         def deliver() -> None:
@@ -166,7 +183,7 @@ class Cluster:
     def gossip(self, index: int) -> None:
         """The node starts a session with a random peer unless it is down or busy."""
         node = self.nodes[index]
-        if not node.up or node.session is not None:
+        if not node.up or node.session is not None or len(self.nodes) < 2:  # (one alone)
             return
         (peer,) = self._peers(index, 1)
         node.session = Initiator(node.store, self.config.sync)
@@ -250,8 +267,13 @@ class Cluster:
         self.network.note("crash", index)
 
     def restart(self, index: int) -> None:
-        """Bring a crashed node back with its store as it was."""
-        self.nodes[index].up = True
+        """Bring a crashed node back with its store as it was: on disk, opened again (its
+        version vector and fingerprint rebuilt from what the disk holds)."""
+        node = self.nodes[index]
+        if self._on_disk:
+            node.store.close()
+            node.store = self._factory(index, node.incarnation)
+        node.up = True
         self.network.note("restart", index)
 
     def replace(self, index: int, *, keep_id: bool = False) -> None:

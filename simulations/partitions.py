@@ -5,10 +5,16 @@ which, every few seconds, the network is split (halves, three groups, a ring, on
 isolated, one-way cuts) or healed and nodes crash and restart with their stores, and one node
 comes back with an empty store and a new id (and one with its old id, reusing its sequence
 numbers), over links that lose, duplicate and reorder
-messages. Then the network heals, crashed nodes restart, writes stop, and the run measures
+messages. Nodes write records a few at a time with one millisecond stamp, from clocks a few
+seconds apart. Then the network heals, crashed nodes restart, writes stop, and the run measures
 the virtual time and gossip rounds until every replica holds the same set, and checks that set
 against the ground truth: records lost (must be 0) and invented (must be 0). Records whose only
 copy was on the wiped disk are counted apart, as destroyed, since no protocol can save them.
+
+``--tight`` shrinks every message limit (TIGHT_SYNC) so sessions run the paths a real cluster
+reaches at scale: messages cut short and continued, the version vector's digest at the start
+of a session, the backstop splitting ranges. ``--disk DIR`` keeps every store in LevelDB there,
+and a restart opens it again from disk.
 
 ``--trace-digest`` prints only the digest of the whole run's trace (same seed → same digest).
 """
@@ -17,14 +23,30 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+from crdt import LevelDBStore, Store, SyncConfig
+from crdt._reconcile import DEFAULT_CONFIG
 from simulations._cluster import Cluster, ClusterConfig
 from simulations._network import LinkConfig
 
 __all__ = ["Result", "run"]
 
 CHAOS_LINK = LinkConfig(latency=0.02, jitter=0.03, loss=0.05, duplicate=0.02, reorder=0.05)
+# Every limit small: a few records or keys fill a message, ranges split after four items, and
+# past two origins a session opens with the vector's digest.
+TIGHT_SYNC = SyncConfig(
+    max_message_bytes=2048,
+    max_records=6,
+    max_keys=64,
+    max_ranges=16,
+    initial_fanout=8,
+    fanout=4,
+    leaf_size=4,
+    open_vector_origins=2,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +92,7 @@ def _chaos_step(
     elif choice == "isolate":
         net.isolate(rng.randrange(n))
     elif choice == "one-way":
-        for _ in range(max(1, n // 4)):
+        for _ in range(max(1, n // 4) if n > 1 else 0):
             a, b = rng.sample(range(n), 2)
             net.cut(a, b, one_way=True)
     elif choice == "heal":
@@ -100,10 +122,15 @@ def run(
     rate: float = 0.5,
     chaos_period: float = 4.0,
     max_after: float = 120.0,
+    *,
+    burst: int = 4,
+    skew: float = 3.0,
+    sync: SyncConfig = DEFAULT_CONFIG,
+    disk: Path | None = None,
 ) -> Result:
     """Run the scenario; all times are virtual seconds."""
-    config = ClusterConfig(nodes=nodes, link=CHAOS_LINK)
-    cluster = Cluster(config, seed)
+    config = ClusterConfig(nodes=nodes, link=CHAOS_LINK, sync=sync, burst=burst, skew=skew)
+    cluster = Cluster(config, seed, None if disk is None else _on_disk(disk))
     cluster.start()
     cluster.schedule_writes(rate, until=chaos)
     clock = cluster.clock
@@ -149,16 +176,24 @@ def run(
     )
 
 
+def _on_disk(root: Path) -> Callable[[int, int], Store]:
+    """Each node's store in LevelDB under root, one directory per node and incarnation."""
+    return lambda index, incarnation: LevelDBStore(root / f"node{index}-{incarnation}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--chaos", type=float, default=60.0, help="virtual seconds of faults")
     parser.add_argument("--rate", type=float, default=0.5, help="records per node per second")
+    parser.add_argument("--tight", action="store_true", help="every message limit small")
+    parser.add_argument("--disk", type=Path, help="keep the stores in LevelDB under this directory")
     parser.add_argument("--events", action="store_true", help="also print the fault timeline")
     parser.add_argument("--trace-digest", action="store_true", help="print only the trace digest")
     args = parser.parse_args(argv)
-    result = run(args.nodes, args.seed, args.chaos, args.rate)
+    sync = TIGHT_SYNC if args.tight else SyncConfig()
+    result = run(args.nodes, args.seed, args.chaos, args.rate, sync=sync, disk=args.disk)
     if args.trace_digest:
         print(result.trace)
         return
