@@ -14,8 +14,10 @@ and categoricals of k values own k equal cells and snap to the cell centres.
 from __future__ import annotations
 
 import ast
+import decimal
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -309,11 +311,22 @@ class Dimension:
             return np.clip(np.round(v), bounds[0], bounds[1])
         if self.kind == "int":
             return np.round(v)
-        if self.precision is not None:
-            v = _round_significant(v, self.precision)
         if self.prior != "normal":
             # Round-off of exp/log may step a hair outside the bounds a user wrote.
             v = np.clip(v, self.args[0], self.args[1])
+        if self.precision is not None:
+            rounded = _round_significant(v, self.precision)
+            if self.prior != "normal":
+                # Rounded past a bound, a value goes to the nearest one of its digits inside
+                # (clipped, it was the bound, with more digits than asked: 0.987, not 0.98).
+                low, high = self.args
+                rounded = np.where(
+                    rounded > high, _round_significant(v, self.precision, np.floor), rounded
+                )
+                rounded = np.where(
+                    rounded < low, _round_significant(v, self.precision, np.ceil), rounded
+                )
+            v = rounded
         return v
 
     def _contains(self, x: float) -> bool:
@@ -329,17 +342,36 @@ class Dimension:
         return not self.discrete or abs(x) <= _MAX_EXACT_INT
 
 
-def _round_significant(v: FloatArray, digits: int) -> FloatArray:
+_DECIMAL_ROUNDING = {
+    np.round: decimal.ROUND_HALF_EVEN,
+    np.floor: decimal.ROUND_FLOOR,
+    np.ceil: decimal.ROUND_CEILING,
+}
+
+
+def _round_significant(
+    v: FloatArray, digits: int, how: Callable[[FloatArray], FloatArray] = np.round
+) -> FloatArray:
+    """v to its first ``digits`` significant digits, rounded by ``how`` (np.round, np.floor
+    or np.ceil), each as the float nearest its decimal (912345 -> 900000.0, not
+    900000.0000000001)."""
     out = np.array(v, dtype=np.float64)
     nz = out != 0
-    mag = np.floor(np.log10(np.abs(out[nz])))
-    # 10**(digits - 1 - mag) overflows near the ends of the float range; decimal formatting
-    # rounds those few values exactly instead.
-    extreme = np.abs(mag) > 290
     vals = out[nz]
-    factor = 10.0 ** (digits - 1 - mag[~extreme])
-    vals[~extreme] = np.round(vals[~extreme] * factor) / factor
-    vals[extreme] = [float(f"{x:.{digits}g}") for x in vals[extreme]]
+    shift = digits - 1 - np.floor(np.log10(np.abs(vals)))  # digits to move past the point
+    # Powers of ten up to 10**22 are exact floats, so scaling by one and rounding back is
+    # exact but for the one rounding of the product; dividing by 10.0**-k (inexact for k > 0)
+    # left values a hair off their decimal. Past 10**22 Decimal rounds the few values there.
+    up, down = (shift >= 0) & (shift <= 22), (shift < 0) & (shift >= -22)
+    scale = 10.0 ** np.minimum(np.abs(shift), 22)
+    vals[up] = how(vals[up] * scale[up]) / scale[up]
+    vals[down] = how(vals[down] / scale[down]) * scale[down]
+    rest = ~(up | down)
+    rounding = _DECIMAL_ROUNDING[how]
+    vals[rest] = [
+        float(d.quantize(decimal.Decimal(1).scaleb(d.adjusted() - digits + 1), rounding))
+        for d in map(decimal.Decimal, vals[rest].tolist())
+    ]
     out[nz] = vals
     return out
 
@@ -413,6 +445,8 @@ def _parse(name: str, text: str) -> Dimension:
         if kw.arg not in _OPTIONS[prior]:
             allowed = ", ".join(_OPTIONS[prior]) or "none"
             raise _Bad(f"{prior} takes no option {kw.arg!r} (options: {allowed})")
+        if kw.arg in kwargs:  # (Python's own calls refuse it; the last one silently won)
+            raise _Bad(f"option {kw.arg!r} is given twice")
         kwargs[kw.arg] = _literal(kw.value, kw.arg)
     if prior == "choices":
         dim = _choices(name, args)
@@ -473,6 +507,10 @@ def _numeric(name: str, prior: str, args: list[Any], kwargs: dict[str, Any]) -> 
         if max(abs(low), abs(high)) > _MAX_EXACT_INT:
             # Values travel as float64 through the unit cube: past 2**53 they lose digits.
             raise _Bad(f"randint bounds must lie within +-2**53 ({_MAX_EXACT_INT})")
+        if high - low > _MAX_EXACT_INT:
+            # Cells of the unit cube counted in float64: past 2**53 the top face's cell was
+            # high itself, a value outside the prior.
+            raise _Bad(f"randint spans at most 2**53 ({_MAX_EXACT_INT}) values")
         return Dimension(name, prior, (low, high))
     a, b = _number(args[0], _arg_name(prior, 0)), _number(args[1], _arg_name(prior, 1))
     if prior == "uniform" and not a < b:
@@ -490,6 +528,12 @@ def _numeric(name: str, prior: str, args: list[Any], kwargs: dict[str, Any]) -> 
         and max(abs(a), abs(b), abs(a) + 40 * abs(b) * (prior == "normal")) > _MAX_EXACT_INT
     ):
         raise _Bad(f"{prior} with discrete=True needs values within +-2**53 ({_MAX_EXACT_INT})")
+    if discrete and prior == "uniform" and math.floor(b) - math.ceil(a) >= _MAX_EXACT_INT:
+        raise _Bad(f"uniform with discrete=True spans at most 2**53 ({_MAX_EXACT_INT}) values")
+    if precision is not None and prior != "normal":
+        low = _round_significant(np.array([a]), precision, np.ceil)[0]
+        if low > b:
+            raise _Bad(f"no value of {precision} significant digits lies between {a!r} and {b!r}")
     if prior == "normal" and not math.isfinite(abs(a) + 40 * b):
         raise _Bad("normal needs mu +- 40 sigma to be finite numbers")
     return Dimension(name, prior, (a, b), discrete=discrete, precision=precision)

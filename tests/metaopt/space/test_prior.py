@@ -7,8 +7,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+import metaopt
 from metaopt._errors import MetaoptError, SpaceError
 from metaopt.space import Dimension, parse_prior
+from metaopt.space._prior import _round_significant
 
 
 @pytest.mark.parametrize(
@@ -125,6 +127,11 @@ def test_canonical_string_round_trips(text: str) -> None:
         ("choices({'a': 1e308, 'b': 1e308})", "with a finite sum"),
         ("choices([1, 2.0, 'x', 3, 2.0])", "2.0 repeats"),
         ("randint(0, 1180591620717411303424)", "within +-2**53"),
+        ("randint(-9007199254740992, 9007199254740992)", "spans at most 2**53"),
+        ("uniform(-9e15, 9e15, discrete=True)", "spans at most 2**53"),
+        ("uniform(0, 1, precision=2, precision=3)", "option 'precision' is given twice"),
+        ("uniform(0, 1, discrete=True, discrete=False)", "option 'discrete' is given twice"),
+        ("uniform(1611.0, 1612.0, precision=3)", "no value of 3 significant digits"),
         ("uniform(0, 1e20, discrete=True)", "within +-2**53"),
         ("normal(0, 1e30, discrete=True)", "within +-2**53"),
         ("normal(0, 1e308)", "mu +- 40 sigma to be finite"),
@@ -176,6 +183,41 @@ def test_precision_rounds_significant_digits() -> None:
     assert values.min() >= 1e-4 and values.max() <= 1.0
 
 
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("algorithm", ["auto", "random"])
+def test_values_at_the_bounds_keep_their_precision(seed: int, algorithm: str) -> None:
+    # A value rounded past a bound was clipped to it: the bound, with more digits than asked
+    # (uniform(0.123, 0.987, precision=2) handed out 0.987 and 0.123 in 16 of 25 trials, as
+    # the GP and evolution land on the faces of the cube).
+    a = parse_prior("a", "uniform(0.123, 0.987, precision=2)")
+    assert a.decode(np.array([0.0, 1.0])).tolist() == [0.13, 0.98]
+    b = parse_prior("b", "loguniform(0.00123, 9.87, precision=2)")
+    assert b.decode(np.array([0.0, 1.0])).tolist() == [0.0013, 9.8]
+    study = metaopt.Study({"a": a.to_string(), "b": b.to_string()}, algorithm=algorithm, seed=seed)
+    for _ in range(12):
+        trial = study.ask()
+        for name in ("a", "b"):
+            value = trial.params[name]
+            assert float(f"{value:.1e}") == value, (name, value)
+        study.tell(trial, 1.0)
+
+
+def test_values_of_a_precision_are_the_floats_nearest_their_decimals() -> None:
+    # Dividing by 10.0**-5 (inexact) gave 900000.0000000001 for 912345 at one digit.
+    values = np.array([912345.0, 7.654e9, 123456789.0, -0.000123456, 5.55e300, 1.5e-320])
+    assert _round_significant(values, 1).tolist() == [9e5, 8e9, 1e8, -0.0001, 6e300, 1e-320]
+    assert _round_significant(values, 2, np.floor).tolist() == [
+        9.1e5,
+        7.6e9,
+        1.2e8,
+        -0.00013,
+        5.5e300,
+        1.4e-320,  # (the float 1.5e-320 is 1.4999...e-320)
+    ]
+    d = parse_prior("n", "uniform(100000, 1000000, precision=1)")
+    assert all(float(f"{v:.0e}") == v for v in d.decode(np.linspace(0, 1, 201)))
+
+
 def test_dimension_is_frozen_value() -> None:
     a = parse_prior("x", "uniform(0, 1)")
     assert a == Dimension("x", "uniform", (0.0, 1.0)) and hash(a) == hash(
@@ -196,6 +238,8 @@ def prior_texts(draw: st.DrawFn) -> str:
         opt = draw(st.sampled_from(["", ", precision=3", ", discrete=True"]))
         if opt == ", discrete=True":
             b = a + 1 + draw(st.floats(0, 1e3))
+        if opt == ", precision=3":
+            b = max(b, a + abs(a))  # ([a, 2a] holds a value of one digit, [-a, 0] holds 0)
         return f"uniform({a!r}, {b!r}{opt})"
     if kind == "loguniform":
         a = draw(st.floats(1e-8, 1e3))

@@ -161,10 +161,15 @@ def test_precision_is_an_integer_from_1_to_15() -> None:
 
 
 def test_randint_bounds_may_reach_2_to_the_53_exactly() -> None:
-    """+-2**53 is still exact in a float: the bound is inclusive, one past it is refused."""
-    d = parse_prior("n", f"randint({-(2**53)}, {2**53})")
-    assert d.int_bounds == (-(2**53), 2**53 - 1)
+    """+-2**53 is still exact in a float: the bound is inclusive, one past it is refused. The
+    span is at most 2**53 values too: randint(-2**53, 2**53) counted its cells in float64 and
+    handed out 2**53 at the top face of the cube (a review proved it)."""
+    d = parse_prior("n", f"randint(0, {2**53})")
+    assert d.int_bounds == (0, 2**53 - 1)
+    assert d.decode(np.array([1.0])).tolist() == [2**53 - 1]
+    assert parse_prior("n", f"randint({-(2**53)}, 0)").int_bounds == (-(2**53), -1)
     _refused(f"randint(0, {2**53 + 1})", "within")
+    _refused(f"randint({-(2**53)}, {2**53})", "spans at most")
 
 
 def test_a_discrete_normal_refuses_a_sigma_whose_tails_pass_2_to_the_53() -> None:
