@@ -55,7 +55,7 @@ BLOB = "blob"
 
 # started: a node began running the trial; progress: a report (step, metrics); heartbeat: still
 # alive; completed/failed/killed: terminal; frozen: paused by freeze-thaw, may be thawed;
-# thawed: resumed; restarted: a resumed run began again from step 0 (it had no checkpoint);
+# thawed: resumed; restarted: a resumed run went on from an older checkpoint (step) or step 0;
 # lost: its node vanished (written by whoever noticed); interrupted: its node stopped
 # gracefully. lost and interrupted trials are free to be run again by any peer.
 EVENT_KINDS = frozenset(

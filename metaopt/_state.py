@@ -58,6 +58,7 @@ __all__ = [
     "ExperimentState",
     "TrialView",
     "list_experiments",
+    "went_on",
 ]
 
 TERMINAL_STATES = frozenset({"completed", "failed", "killed"})
@@ -235,6 +236,12 @@ def _cycle_members(preds: Mapping[bytes, list[tuple[bytes, int]]]) -> dict[bytes
 
 # Events a run writes about itself: they count for the trial only while it is the current run.
 _RUN_OWN = frozenset({"progress", "heartbeat", "frozen", "interrupted", "restarted"})
+
+
+def went_on(first_step: int) -> int | None:
+    """The step a resumed run went on from, told by the first step it reported below the
+    one it was resumed after: its checkpoint's (None: from the start)."""
+    return first_step - 1 if first_step > 1 else None
 
 
 @dataclass
@@ -428,11 +435,14 @@ class TrialFold:
             self._latest = ekey
             self._counted.add(ekey)
             if event.kind == "restarted":
-                # Resumed, it began again from step 0 (no checkpoint): the curve it was
-                # resumed with is not its own. Kept, the earlier run's later steps sat beside
-                # the new run's, and a freeze recorded the old run's last step.
-                self._runs[event.node] = _Run()
-                self._resumed_step = None
+                # Resumed, it went on from an older checkpoint (its step) or began again from
+                # step 0 (none): the curve it was resumed with is its own only up to there.
+                # Kept whole, the earlier run's later steps sat beside the new run's, and a
+                # freeze recorded the old run's last step; dropped whole, a run resumed from
+                # the checkpoint of step 10 of 14 lost its first ten steps for good.
+                run = self._runs.get(event.node, _Run())
+                self._runs[event.node] = run.resumed_at(event.step)
+                self._resumed_step = event.step
         if event.kind in _TERMINAL_RANK:
             rank = (_TERMINAL_RANK[event.kind], time, ekey, event)
             if self._terminal is None or rank[:3] < self._terminal[:3]:

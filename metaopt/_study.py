@@ -52,6 +52,7 @@ from metaopt._state import (
     ExperimentState,
     TrialView,
     list_experiments,
+    went_on,
 )
 from metaopt._suggest import Suggester, stream
 from metaopt._writer import NodeWriter
@@ -618,7 +619,7 @@ class Study:
             # Handed back to resume after a step, it reports from the start: the caller has
             # no checkpoint and runs it again from step 0. Recorded, so the earlier run's
             # later steps leave its curve, and a freeze records where this run got to.
-            self._event(key, "restarted")
+            self._event(key, "restarted", step=went_on(step))
         self._event(key, "progress", step=step, metrics=metrics)
 
     @_serialised

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from metaopt._errors import MetaoptError
 from metaopt._records import MAX_INT, trial_timeout
-from metaopt._state import ExperimentState, TrialView
+from metaopt._state import ExperimentState, TrialView, went_on
 from metaopt.peer._bundle import BundleWriteError, content_digest, materialize_bundle
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._executor import ExecutorConfig, TrialProcess, TrialSpec
@@ -474,10 +474,11 @@ class TrialRunner:
             if isinstance(step, int):
                 after = None if run.stepped else run.resumed_after
                 if after is not None and step < after:
-                    # Resumed, its first step is below the resume step: the script keeps
-                    # checkpoints but started again from step 0 (as a Study's caller may).
-                    # Said, so that its curve is this run's, not the earlier run's beside it.
-                    node.write_event(run.experiment, run.trial, "restarted")
+                    # Resumed, its first step is below the resume step: the script went on
+                    # from an older checkpoint (saved every few steps), or from step 0 (it
+                    # keeps none). Said, with where it went on from, so that its curve is the
+                    # earlier run's up to there and this run's after, not both side by side.
+                    node.write_event(run.experiment, run.trial, "restarted", step=went_on(step))
                 run.last_step, run.stepped = step, True
             # Every record is replicated to, and kept by, every peer for good: a script that
             # reports each minibatch is thinned (see _report_gap; the latest report held back

@@ -54,8 +54,10 @@ __all__ = [
 # step it reported, as it always did. 7: the fold knows a "restarted" event (a resumed run
 # that counts its steps from 1 again: its curve starts again), which version 6 folds as more
 # of the old run's curve, and a choices({...}) prior with a repeated key is refused: the two
-# would show one history's curves, and which trials fit their space, differently.
-PROTOCOL_VERSION = 7
+# would show one history's curves, and which trials fit their space, differently. 8: a
+# "restarted" event may carry the step of the older checkpoint the run went on from (its
+# curve keeps the steps up to there), which version 7 folds as a restart from step 0.
+PROTOCOL_VERSION = 8
 
 # The start of a refusal of a request that named another peer (the client raises
 # Misaddressed: the CLI says its data directory's peer.address is stale).

@@ -683,6 +683,23 @@ def test_a_restart_of_the_current_run_drops_the_curve_it_was_resumed_with() -> N
     assert view.curve == ((1, 1.0),) and view.last_step == 1 and view.thaws == 1
 
 
+def test_a_run_resumed_from_an_older_checkpoint_keeps_its_curve_up_to_that_checkpoint() -> None:
+    # Frozen at step 14 with checkpoints every 10 steps, the thawed script went on from step
+    # 11: the restart dropped the whole curve, and the trial ended with 20 steps of 30.
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    log.run(t, NODE_A, 1_000, 14, 9.0)
+    log.event(t, NODE_A, "frozen", 1_100, step=14)
+    log.event(t, NODE_A, "thawed", 1_200, step=14)
+    log.event(t, NODE_A, "restarted", 1_300, step=10)
+    log.event(t, NODE_A, "progress", 1_301, step=11, metrics={"objective": 1.0})
+    for order in (list(log.records), list(log.records)[::-1]):
+        view = log.state(order).trial(t.key)
+        assert view is not None and view.state == "running" and view.resumed_step == 10
+        assert [step for step, _ in view.curve] == list(range(1, 12)) and view.last_step == 11
+        assert view.curve[-1] == (11, 1.0)
+
+
 HOUR = 3_600_000
 
 

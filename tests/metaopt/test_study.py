@@ -503,6 +503,17 @@ def test_a_thawed_trial_that_goes_on_from_its_checkpoint_keeps_its_curve() -> No
     assert [s for s, _ in view.curve] == [1, 2, 3, 4, 5, 6] and view.resumed_step == 5
 
 
+def test_a_thawed_trial_that_goes_on_from_an_older_checkpoint_keeps_its_curve_up_to_it() -> None:
+    """Frozen after step 5 with a checkpoint of step 3, the caller goes on from step 4: the
+    curve keeps steps 1-3 (all of it was dropped), and a freeze records the new run's step."""
+    study = Study({"x": "uniform(0, 1)"}, algorithm="random", seed=0, max_step=10)
+    again = _frozen_at_5_then_thawed(study)
+    study.report(again, 4, 0.1)
+    view = next(t for t in study.trials if t.key == again.key)
+    assert view.curve == ((1, 1.0), (2, 0.5), (3, 1.0 / 3), (4, 0.1))
+    assert view.last_step == 4 and view.resumed_step == 3
+
+
 def test_a_free_trial_run_again_from_step_0_starts_its_curve_afresh(tmp_path: Path) -> None:
     """A trial interrupted at step 4 (its Study closed before tell) is handed back with
     resume_step 4; run again from step 0 without a checkpoint, its steps 2-4 of the first

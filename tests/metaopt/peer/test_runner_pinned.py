@@ -222,6 +222,8 @@ def test_a_resumed_run_whose_first_step_is_below_its_resume_step_says_it_restart
     runner._on_event(run, "progress", {"step": 1, "metrics": {"loss": 0.4}})
     restart = ["restarted"] if first < 30 else []
     assert [kind for kind, _ in written] == [*restart, "progress", "progress"]
+    if restart:  # (where it went on from: step 0, or the checkpoint of the step before)
+        assert written[0][1]["step"] == (None if first == 1 else first - 1)
     fresh = Running(runner.slots[0], b"e" * 32, b"u" * 32)
     runner._on_event(fresh, "progress", {"step": 1, "metrics": {"loss": 0.5}})
     assert written[-1][0] == "progress"

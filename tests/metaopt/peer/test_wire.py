@@ -64,6 +64,7 @@ _V6_EVENT_KINDS = frozenset(
 # history (version 6 took a restarted run's steps for more of the old run's curve), so it comes
 # with a new version, which peers of the older one refuse (CONTRIBUTING: when to bump).
 _FOLDED_EVENT_KINDS = {6: _V6_EVENT_KINDS, 7: _V6_EVENT_KINDS | {"restarted"}}
+_FOLDED_EVENT_KINDS[8] = _FOLDED_EVENT_KINDS[7]  # (8: a restart may carry its checkpoint's step)
 
 
 def test_a_new_event_kind_comes_with_a_new_protocol_version() -> None:
