@@ -76,8 +76,10 @@ class ExecutorConfig:
     max_log_bytes: int = 64 << 20
 
 
-# Environment variables of the peer that its trials never inherit.
-_PEER_SECRETS = frozenset({"METAOPT_KEY", "METAOPT_KEY_FILE"})
+# Environment variables of the peer that its trials never inherit: its cluster key, and what
+# the peer sets for a trial only now and then (a resume step exported in the shell that
+# started the peer, testing a resume by hand, told every fresh trial to resume).
+_NOT_INHERITED = frozenset({"METAOPT_KEY", "METAOPT_KEY_FILE", "METAOPT_RESUME_STEP"})
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,7 @@ class TrialProcess:
         cfg = spec.config
         # The peer's cluster key is not the trial's business: tools that capture the
         # environment (trackers, crash reporters) would carry it off.
-        inherited = {k: v for k, v in os.environ.items() if k not in _PEER_SECRETS}
+        inherited = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
         env = {**inherited, "PYTHONUNBUFFERED": "1", **spec.env}
         try:
             proc = await asyncio.create_subprocess_exec(

@@ -108,18 +108,20 @@ async def test_a_later_attempt_of_a_trial_is_marked_off_in_its_log(tmp_path: Pat
 
 
 @pytest.mark.asyncio
-async def test_a_trial_does_not_inherit_the_peers_cluster_key(
+async def test_a_trial_does_not_inherit_the_peers_cluster_key_nor_a_resume_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A detached peer holds its key in METAOPT_KEY; every trial's environment carried it.
     monkeypatch.setenv("METAOPT_KEY", "mo1-secret")
     monkeypatch.setenv("METAOPT_KEY_FILE", "/secret/key")
     monkeypatch.setenv("METAOPT_UNRELATED", "kept")
+    # Nor a resume step exported where the peer started: every fresh trial was told to resume.
+    monkeypatch.setenv("METAOPT_RESUME_STEP", "7")
     script = _script(
         tmp_path,
         """
         import os
-        keys = sorted(k for k in os.environ if k.startswith("METAOPT_K"))
+        keys = sorted(k for k in os.environ if k.startswith(("METAOPT_K", "METAOPT_R")))
         print(keys, os.environ.get("METAOPT_UNRELATED"))
         print('METAOPT {"loss": 1}')
         """,
