@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 from metaopt._errors import MetaoptError, SearchError, SpaceError, WorkerError
 
 if TYPE_CHECKING:
-    from metaopt._state import TrialView
-    from metaopt._study import Study, Trial
+    from metaopt._state import TrialView as TrialView  # (re-exported by name, see __all__)
+    from metaopt._study import Study as Study
+    from metaopt._study import Trial as Trial
     from metaopt.worker import (
         checkpoint_dir,
         params,
@@ -23,13 +24,13 @@ if TYPE_CHECKING:
         trial_id,
     )
 
+# What `from metaopt import *` gives: the worker API, which a trial's own Python 3.8+ without
+# numpy can load. Study, Trial and TrialView are imported by name: listed here, a star import
+# in a training script loaded the Study and failed there ("No module named 'numpy'").
 __all__ = [
     "MetaoptError",
     "SearchError",
     "SpaceError",
-    "Study",
-    "Trial",
-    "TrialView",
     "WorkerError",
     "checkpoint_dir",
     "params",

@@ -490,8 +490,11 @@ def test_the_worker_api_runs_under_an_older_python(tmp_path: Path) -> None:
     # A trial may run under its own environment's Python; `int | float | str` at import time
     # made `import metaopt` raise TypeError on 3.9.
     (tmp_path / "metaopt").symlink_to(Path(worker.__file__).parent, target_is_directory=True)
+    # `from metaopt import *` loaded the Study too: ImportError on 3.8 and 3.9, and "No module
+    # named 'numpy'" wherever the trial's Python has none.
     probe = (
         "import sys, metaopt; assert sys.version_info < (3, 11)\n"
+        "from metaopt import *; report(loss=0.25)\n"
         "metaopt.report(loss=0.5, step=1)\n"
         "metaopt.report(loss=float('nan'))\n"
         "print(metaopt.params()['x'], metaopt.should_stop(), metaopt.resume_step())\n"
@@ -502,6 +505,7 @@ def test_the_worker_api_runs_under_an_older_python(tmp_path: Path) -> None:
     )
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.splitlines() == [
+        'METAOPT {"loss":0.25}',
         'METAOPT {"loss":0.5,"step":1}',
         'METAOPT {"loss":NaN}',
         "2 False None",
