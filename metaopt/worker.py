@@ -9,7 +9,8 @@ The peer talks to a trial through its environment only, so any language can take
 ``METAOPT_DATA_DIR``        the peer's data directory
 ``METAOPT_CHECKPOINT_DIR``  where to save checkpoints; the same directory again after a thaw
 ``METAOPT_STOP_FILE``       a path; once a file exists there, save a checkpoint and exit
-``METAOPT_RESUME_STEP``     set on a thaw: the last step reported before the freeze
+``METAOPT_RESUME_STEP``     set on a resume (a thaw, or a re-run after a stop or crash on the
+                            peer that holds its checkpoint): the last step recorded before
 ==========================  ====================================================================
 
 Results go to stdout as one line each, ``METAOPT {"loss": 0.12, "step": 3}``. A metric name is
@@ -17,7 +18,8 @@ Results go to stdout as one line each, ``METAOPT {"loss": 0.12, "step": 3}``. A 
 finite number or a string of at most 256 characters (booleans are refused; ``NaN``,
 ``Infinity`` and ``-Infinity`` are read as a run that diverged: one that ends on such a report
 of its objective is recorded failed, "diverged"); ``step``, when given, is an integer ≥ 0 (a
-whole float such as 3.0 is read as 3). A stop
+whole float such as 3.0 is read as 3). A line is at most 64 KiB (``MAX_REPORT_BYTES``); a
+peer cuts a longer one unread. A stop
 request is the stop file; if the trial has not exited ``grace`` seconds later the peer sends
 SIGTERM to its process group, and SIGKILL after another ``grace``.
 
@@ -77,6 +79,9 @@ MetricValue = Union[int, float, str]  # noqa: UP007
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]{0,63}")
 _MAX_STR = 256
 MAX_METRICS = 64
+# The longest stdout line a peer reads as a report (without its newline). 64 metrics of 256
+# characters fit in ASCII, but JSON writes other text 6 bytes a character ("\u4e2d").
+MAX_REPORT_BYTES = 65536
 _INT_LIMIT = 2**63
 _INT_TEXT = re.compile(r"[+-]?\d+")
 _OPTION = re.compile(r"--([A-Za-z_][A-Za-z0-9_.-]*)(?:=(.*))?", re.DOTALL)
@@ -176,8 +181,15 @@ def report(metrics: Mapping[str, object] | None = None, /, **kw: object) -> None
     if len(given) > MAX_METRICS:
         raise WorkerError(f"report() got {len(given)} metrics; at most {MAX_METRICS} per call")
     clean = {name: _reportable(name, value) for name, value in given.items()}
-    line = REPORT_PREFIX + json.dumps(clean, separators=(",", ":")) + "\n"
-    sys.stdout.write(line)
+    line = REPORT_PREFIX + json.dumps(clean, separators=(",", ":"))
+    if len(line) > MAX_REPORT_BYTES:  # (ASCII: one byte a character)
+        # Printed, the peer cut it unread, and the run failed with its report lost.
+        raise WorkerError(
+            f"report() makes a line of {len(line)} bytes, and a peer reads at most"
+            f" {MAX_REPORT_BYTES}: report fewer or shorter metrics (text other than ASCII"
+            " takes 6 bytes a character)"
+        )
+    sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
 

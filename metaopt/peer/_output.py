@@ -25,7 +25,13 @@ from typing import Any
 import regex
 
 from metaopt._errors import WorkerError
-from metaopt.worker import REPORT_PREFIX, MetricValue, check_metric, check_name
+from metaopt.worker import (
+    MAX_REPORT_BYTES,
+    REPORT_PREFIX,
+    MetricValue,
+    check_metric,
+    check_name,
+)
 
 __all__ = ["OutputConfig", "OutputParser", "compile_objective_regex"]
 
@@ -112,7 +118,7 @@ class OutputConfig:
     objective: str = "loss"  # the metric a regex match is reported as
     objective_regex: str | None = None  # group 1 (or the whole match) of the last match wins
     stderr_lines: int = 20  # how many of the last stderr lines are kept
-    max_line_bytes: int = 65536  # longer lines are cut to this and never parsed as reports
+    max_line_bytes: int = MAX_REPORT_BYTES  # longer lines are cut to this and never parsed
     max_notes: int = 10  # problems kept to explain a missing objective
     step_offset: int = 0  # added to the match count a regex report carries as its step
     # Seconds the lines of one chunk of output (up to 64 KiB) may take to match together; a

@@ -139,6 +139,28 @@ def test_what_report_prints_the_output_parser_reads_back(metrics: dict[str, obje
     assert reports == [metrics]
 
 
+def test_a_report_is_printed_only_if_the_peer_can_read_its_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 63 texts of 256 CJK characters are within the rules, but JSON writes each character
+    # as 6 bytes: the 98 KB line was cut unread by the peer, and the run failed.
+    wide = {f"m{i}": "\u4e2d" * 256 for i in range(63)}
+    with pytest.raises(WorkerError, match=r"a line of 9\d{4} bytes, and a peer reads at most"):
+        worker.report(wide, loss=0.5)
+    assert capsys.readouterr().out == ""
+    # The longest line that is printed is read back whole.
+    room = worker.MAX_REPORT_BYTES - len('METAOPT {"loss":0.5}')
+    each = len(',"m10":""') + 6 * 256
+    fill = {f"m{i}": "\u4e2d" * 256 for i in range(10, 10 + room // each)}
+    left = room - each * len(fill) - len(',"z":""')
+    fill["z"] = "\u4e2d" * (left // 6) + "a" * (left % 6)
+    worker.report(fill, loss=0.5)
+    line = capsys.readouterr().out.encode()
+    assert len(line) == worker.MAX_REPORT_BYTES + 1
+    parser = OutputParser()
+    assert parser.feed(line) + parser.finish() == [{**fill, "loss": 0.5}]
+
+
 def test_params_come_from_the_environment_under_a_peer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("METAOPT_PARAMS", json.dumps({"lr": 0.01, "act": "relu"}))
     monkeypatch.setattr(sys, "argv", ["train.py", "--lr", "5"])
