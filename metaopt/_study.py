@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from crdt import (
     ORIGIN_SIZE,
@@ -34,6 +33,7 @@ from crdt import (
     StoreLocked,
     StoreWriteFailed,
 )
+from metaopt._blas import one_blas_thread
 from metaopt._curves import STOPPERS, curve_views, max_step_of, stopper_for
 from metaopt._errors import MetaoptError, WorkerError
 from metaopt._records import (
@@ -681,8 +681,7 @@ class Study:
             self._suggester.seed, self.node_id, self.experiment_key, (1 << 31) + self._decisions
         )
         curves = curve_views(self._state, self._suggester)
-        # Small matrices: one BLAS thread is many times faster than several on shared cores.
-        with threadpool_limits(limits=1):
+        with one_blas_thread():
             decisions = self._stopper.decide(
                 curves, own, free_slots, rng, fresh_available=not self._state.budget_spent
             )

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from metaopt._blas import one_blas_thread
 from metaopt._errors import MetaoptError
 from metaopt._records import MAX_INT, trial_timeout
 from metaopt._state import ExperimentState, TrialView, went_on
@@ -965,11 +966,8 @@ def _decide_in_thread(
     rng: np.random.Generator,
     fresh_available: bool,
 ) -> list[Decision]:
-    from threadpoolctl import threadpool_limits
-
     curves = snapshot.curves()
-    # Small matrices: one BLAS thread is many times faster than several on shared cores.
-    with threadpool_limits(limits=1):
+    with one_blas_thread():
         return stopper.decide(curves, own, free_slots, rng, fresh_available=fresh_available)
 
 

@@ -38,16 +38,14 @@ that is exact near the best point and coarse far from it); fantasies are capped 
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from metaopt._blas import one_blas_thread
 from metaopt._errors import SearchError
 from metaopt.search._base import Observations
 from metaopt.search._dedupe import dedupe, known_points
@@ -145,24 +143,6 @@ def _as_known(points: FloatArray, d: int) -> Observations:
     return Observations(np.zeros((0, d)), np.zeros((0, 1)), points, np.zeros((0, d)))
 
 
-@functools.cache
-def _blas_controller() -> Any:
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return None
-    return ThreadpoolController()
-
-
-def _one_blas_thread() -> AbstractContextManager[Any]:
-    """Single-threaded BLAS: the matrices are small (<= a few hundred), and a multi-threaded
-    OpenBLAS spinning on a loaded machine made suggestions 20x slower in measurements."""
-    controller = _blas_controller()
-    if controller is None:
-        return nullcontext()
-    return controller.limit(limits=1, user_api="blas")  # type: ignore[no-any-return]
-
-
 class GPAlgorithm:
     """Bayesian optimisation with a GP and log-EI; implements the Algorithm protocol."""
 
@@ -194,7 +174,7 @@ class GPAlgorithm:
         Returns:
             (n, d) points, snapped by ``space.round_unit`` and distinct from every known point.
         """
-        with _one_blas_thread():
+        with one_blas_thread():
             return self._suggest(space, obs, rng, n)
 
     def _suggest(
