@@ -8,12 +8,15 @@ equal to them (or to any known point) are replaced by ``dedupe``. Below ``min_hi
 trials the space-filling start answers instead.
 
 DEAP draws from the global ``random`` module, so each call seeds it from the passed generator and
-restores the caller's state afterwards; the global stream is never disturbed.
+restores the caller's state afterwards, one call at a time: two overlapping in two threads
+restored each other's states in the wrong order, and drew from a stream the other reseeded.
+(Another thread drawing from ``random`` during a call sees DEAP's draws; nothing can stop it.)
 """
 
 from __future__ import annotations
 
 import random
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +31,8 @@ from metaopt.search._random import SobolStart
 from metaopt.space import Space
 
 __all__ = ["EvolutionAlgorithm", "EvolutionConfig"]
+
+_GLOBAL_RANDOM = threading.Lock()  # held while DEAP draws from the seeded global stream
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -85,12 +90,14 @@ class EvolutionAlgorithm:
         ok = np.isfinite(obs.Y).all(axis=1)
         if int(ok.sum()) < max(2, self.config.min_history) or space.d == 0:
             return self._start.suggest(space, obs, rng, n)
-        saved = random.getstate()
-        try:
-            random.seed(int(rng.integers(2**63 - 1)))
-            children = self._offspring(space, obs.X[ok], obs.Y[ok], n)
-        finally:
-            random.setstate(saved)
+        seed = int(rng.integers(2**63 - 1))
+        with _GLOBAL_RANDOM:
+            saved = random.getstate()
+            try:
+                random.seed(seed)
+                children = self._offspring(space, obs.X[ok], obs.Y[ok], n)
+            finally:
+                random.setstate(saved)
         return dedupe(space, children, obs, rng)
 
     def parents(self, X: FloatArray, Y: FloatArray) -> tuple[FloatArray, FloatArray]:

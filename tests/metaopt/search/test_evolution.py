@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import random
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -74,6 +77,43 @@ def test_global_random_state_untouched_and_not_used() -> None:
         assert random.getstate() == before
         results.append(out)
     assert np.array_equal(results[0], results[1])
+
+
+def test_calls_overlapping_in_two_threads_leave_random_alone_and_draw_as_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each call restored the global state it saw on entry: overlapping, the one leaving last
+    # put back the other's seeded state, and each drew from a stream the other reseeded.
+    obs = run(EvolutionAlgorithm(), MIXED, mixed, 20, seed=4)
+    real = EvolutionAlgorithm._offspring
+    inside = threading.Barrier(2, timeout=0.5)
+
+    def offspring(self: EvolutionAlgorithm, *args: Any) -> Any:
+        first = real(self, *args[:-1], 1)  # a draw, then wait for the other call to come in
+        with contextlib.suppress(threading.BrokenBarrierError):
+            inside.wait()  # (serialised calls never meet: the barrier times out)
+        if threading.current_thread().name == "second":
+            time.sleep(0.2)  # the call that came in second leaves last
+        return np.vstack([first, real(self, *args[:-1], args[-1] - 1)])
+
+    monkeypatch.setattr(EvolutionAlgorithm, "_offspring", offspring)
+    random.seed(12345)
+    before = random.getstate()
+    out: list[Any] = [None, None]
+
+    def call(i: int) -> None:
+        out[i] = EvolutionAlgorithm().suggest(MIXED, obs, np.random.default_rng(9), 3)
+
+    threads = [
+        threading.Thread(target=call, args=(i,), name=n) for i, n in enumerate(("first", "second"))
+    ]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join(10)
+    assert random.getstate() == before
+    assert np.array_equal(out[0], out[1])
 
 
 @settings(max_examples=15, deadline=None)
