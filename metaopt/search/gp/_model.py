@@ -102,8 +102,10 @@ def compress_outliers(y: FloatArray) -> FloatArray:
 
 def _standardise(y: FloatArray) -> FloatArray:
     big = float(np.abs(y).max()) if y.size else 0.0
-    if big > 1e150:  # the sum of squares would overflow (1e308 is a common "infeasible" value)
-        y = y / big  # any positive scale cancels below; this one keeps std() finite
+    # The sum of squares would overflow (1e308 is a common "infeasible" value), or underflow
+    # to 0 below 1e-150, a flat function to the GP (its suggestion jumped to a corner).
+    if big > 1e150 or 0 < big < 1e-150:
+        y = y / big  # any positive scale cancels below; this one keeps std() finite and > 0
     sd = float(y.std())
     return np.asarray((y - y.mean()) / (sd if sd > 0 else 1.0), dtype=np.float64)
 

@@ -105,6 +105,15 @@ def test_scores_all_near_1e200_standardise_without_overflow(power: bool) -> None
     np.testing.assert_allclose(w.y.std(), 1.0, rtol=1e-12)
 
 
+@pytest.mark.parametrize("scale", [1e-170, 1e-200, 1e-300])
+@pytest.mark.parametrize("power", [False, True])
+def test_tiny_scores_standardise_as_any_others(scale: float, power: bool) -> None:
+    """Below about 1e-160 the sum of squares underflowed to 0: every output standardised to
+    about 0, and the GP, seeing a flat function, suggested a corner of the cube."""
+    y = np.array([0.5, 3.0, 1.0, 2.5, 0.25, 4.0])
+    np.testing.assert_allclose(warp_outputs(scale * y, power).y, warp_outputs(y, power).y)
+
+
 # ---- the model ------------------------------------------------------------------------------
 
 
