@@ -4,6 +4,7 @@ the other tests: the returned point is rounded, new and the best one found; the 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from metaopt.search import Observations, is_known
 from metaopt.search.gp import GPAlgorithm, GPConfig
@@ -93,6 +94,21 @@ def test_neighbours_step_each_integer_both_ways_and_each_choice_to_every_other()
     assert not is_known(nb, top[None, :]).any()
     got = sorted((p["c"], p["n"]) for p in (SPACE.from_unit(v) for v in nb))
     assert got == [("a", 9), ("b", 9), ("c", 9), ("d", 8)]
+
+
+@pytest.mark.parametrize("k", [65, 66, 5000])
+def test_a_choice_of_many_values_tries_an_even_spread_of_them_not_all(k: int) -> None:
+    """Every neighbour is scored through a one-hot embedding as wide as the choices: all k - 1
+    of them cost k squared (5,000 choices: 7-11 s a suggestion at 1,000 observations, and
+    20,000 over 3 GB). At most 64, spread over the choices and moving with the point."""
+    space = Space.from_dict({"c": f"choices({list(range(k))!r})"})
+    for at in (0, 1, k // 2, k - 1):
+        u = space.round_unit(space.to_unit({"c": at})[None, :])[0]
+        tried = [space.from_unit(v)["c"] for v in _neighbours(space, u)]
+        expected = k - 1 if k - 1 <= 64 else 64
+        assert len(tried) == len(set(tried)) == expected and at not in tried
+        gaps = np.diff(sorted((c - at) % k for c in tried))
+        assert gaps.max() <= -(-(k - 1) // 64) + 1  # (an even spread: no long stretch left out)
 
 
 def test_the_discrete_climb_walks_an_integer_down_to_its_optimum() -> None:
