@@ -74,6 +74,26 @@ def _individual(
     return ind
 
 
+def _not_dominated_by_k(Y: FloatArray, k: int) -> npt.NDArray[np.bool_]:
+    """Rows (n, m) that may be among NSGA-II's first k, by ruling out those that k others dominate.
+
+    The fronts are taken whole, best first, until k rows are chosen, and a row's dominators
+    all sit in earlier fronts: one dominated k times is never reached, nor is anything it
+    dominates (they share its dominators), so dropping them changes neither the fronts nor
+    the crowding of those reached. Sorting the whole history cost the square of it in time
+    and memory (10,000 trials of 2 objectives: 5 s a suggestion; 20,000 of 3: 22 s and 2 GB);
+    counting dominators among the 8k rows best by their summed ranks costs n * 8k.
+    """
+    n = Y.shape[0]
+    if n <= 4 * k:
+        return np.ones(n, dtype=np.bool_)
+    ranks = np.argsort(np.argsort(Y, axis=0, kind="stable"), axis=0, kind="stable").sum(axis=1)
+    dominated = np.zeros(n, dtype=np.intp)
+    for s in Y[np.argsort(ranks, kind="stable")[: 8 * k]]:
+        dominated += (s <= Y).all(axis=1) & (s < Y).any(axis=1)
+    return np.asarray(dominated < k, dtype=np.bool_)
+
+
 class EvolutionAlgorithm:
     """DEAP GA (one objective) or NSGA-II (several) over completed trials."""
 
@@ -109,6 +129,8 @@ class EvolutionAlgorithm:
         if Y.shape[1] == 1:
             order = np.argsort(Y[:, 0], kind="stable")[:k]
             return X[order], np.column_stack([Y[order, 0], np.zeros(k)])
+        keep = _not_dominated_by_k(Y, k)
+        X, Y = X[keep], Y[keep]
         chosen: list[int] = []
         keys: list[tuple[float, float]] = []
         for rank, front in enumerate(non_dominated_sort(Y)):

@@ -22,6 +22,7 @@ from metaopt.search import (
     make_algorithm,
     pareto_front,
 )
+from metaopt.search._evolution import _not_dominated_by_k
 from metaopt.space import Space
 
 MIXED = Space.from_dict(
@@ -114,6 +115,45 @@ def test_calls_overlapping_in_two_threads_leave_random_alone_and_draw_as_alone(
         t.join(10)
     assert random.getstate() == before
     assert np.array_equal(out[0], out[1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(2, 3), st.sampled_from(["normal", "ties", "front"]))
+def test_parents_of_several_objectives_are_those_of_the_whole_history_sorted(
+    seed: int, m: int, shape: str
+) -> None:
+    # Sorting the whole history into fronts cost its square (10,000 trials of 2 objectives:
+    # 5 s a suggestion); the rows dominated k times are left out first, changing nothing.
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(61, 400))
+    Y = rng.normal(size=(n, m))
+    if shape == "ties":
+        Y = np.round(Y, 1)
+    elif shape == "front":  # (most rows on one front: little to leave out)
+        Y[:, 1] = -Y[:, 0] + rng.normal(scale=0.01, size=n)
+    X = rng.random((n, 3))
+    alg = EvolutionAlgorithm()
+    got = alg.parents(X, Y)
+    k = len(got[0])
+    everything = _parents_sorting_everything(alg, X, Y)
+    assert np.array_equal(got[0], everything[0]) and np.array_equal(got[1], everything[1])
+    assert k == 15  # (5 d)
+
+
+def test_parents_of_a_long_history_sort_few_of_its_rows() -> None:
+    Y = np.random.default_rng(0).normal(size=(20_000, 2))
+    assert _not_dominated_by_k(Y, 50).sum() < 1_000
+
+
+def _parents_sorting_everything(alg: EvolutionAlgorithm, X: Any, Y: Any) -> Any:
+    import metaopt.search._evolution as evolution
+
+    real = evolution._not_dominated_by_k
+    evolution._not_dominated_by_k = lambda Y, k: np.ones(len(Y), dtype=bool)
+    try:
+        return alg.parents(X, Y)
+    finally:
+        evolution._not_dominated_by_k = real
 
 
 @settings(max_examples=15, deadline=None)
