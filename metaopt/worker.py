@@ -189,8 +189,11 @@ def report(metrics: Mapping[str, object] | None = None, /, **kw: object) -> None
             f" {MAX_REPORT_BYTES}: report fewer or shorter metrics (text other than ASCII"
             " takes 6 bytes a character)"
         )
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    out = sys.stdout
+    if out is None:  # (run with stdout closed, `>&-`: as print(), nowhere to write; no peer)
+        return
+    out.write(line + "\n")
+    out.flush()
 
 
 def params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -220,6 +223,12 @@ def params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
         searched = _parse_env(source[0]) if source[0] is not None else {}
         _params_cache = (source, (_parse_argv(source[1]), searched))
     given, searched = _params_cache[1]
+    if defaults is not None and not isinstance(defaults, Mapping):
+        # params(parser.parse_args()) raised "'Namespace' object is not iterable".
+        raise WorkerError(
+            f"params() takes a dict of defaults, got {type(defaults).__name__}; for argparse's"
+            " result pass vars(args)"
+        )
     out = dict(defaults or {})
     for name, option in given.items():
         raw = option.raw

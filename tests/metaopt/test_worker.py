@@ -184,6 +184,31 @@ def test_params_under_a_peer_keep_the_fixed_options_of_the_command_line(
     assert worker.params({"lr": 0.1}) == {"lr": "auto"}
 
 
+def test_a_report_with_no_stdout_is_checked_and_goes_nowhere_as_print(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Run with stdout closed (`python train.py >&-`), sys.stdout is None: print() writes
+    # nothing, and report() raised AttributeError.
+    monkeypatch.setattr(sys, "stdout", None)
+    worker.report(loss=0.5)
+    with pytest.raises(WorkerError):
+        worker.report(loss=True)
+
+
+def test_params_of_something_not_a_dict_is_one_line_naming_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # params(parser.parse_args()) raised "TypeError: 'Namespace' object is not iterable".
+    import argparse
+
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    with pytest.raises(
+        WorkerError, match=r"got Namespace; for argparse's result pass vars\(args\)"
+    ):
+        worker.params(argparse.Namespace(lr=0.1))  # type: ignore[arg-type]
+    assert worker.params(vars(argparse.Namespace(lr=0.1))) == {"lr": 0.1}
+
+
 def test_params_returns_a_fresh_dict(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("METAOPT_PARAMS", '{"lr": 0.01}')
     worker.params()["lr"] = 7
