@@ -608,6 +608,15 @@ def _with_default(dim: Dimension, value: Any) -> Dimension:
         value = int(x)
     else:
         value = float(x)
+        if (
+            dim.precision is not None
+            and _round_significant(np.array([value]), dim.precision)[0] != value
+        ):
+            # (Handed out as given: the first trial broke the precision every other keeps.)
+            raise _Bad(
+                f"default_value {value!r} has more than the {dim.precision} significant digits"
+                " of precision="
+            )
     return Dimension(
         dim.name,
         dim.prior,

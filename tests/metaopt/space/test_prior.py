@@ -132,6 +132,7 @@ def test_canonical_string_round_trips(text: str) -> None:
         ("uniform(0, 1, precision=2, precision=3)", "option 'precision' is given twice"),
         ("uniform(0, 1, discrete=True, discrete=False)", "option 'discrete' is given twice"),
         ("uniform(1611.0, 1612.0, precision=3)", "no value of 3 significant digits"),
+        ("uniform(0, 1, precision=2, default_value=0.123)", "more than the 2 significant"),
         ("uniform(0, 1e20, discrete=True)", "within +-2**53"),
         ("normal(0, 1e30, discrete=True)", "within +-2**53"),
         ("normal(0, 1e308)", "mu +- 40 sigma to be finite"),
