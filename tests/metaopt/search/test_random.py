@@ -147,3 +147,28 @@ def test_points_in_the_priors_cdf_space_land_in_cells_as_wide_as_the_weights() -
     assert space.from_prior_cdf(C)[:, 1].tolist() == [0.2, 0.5, 0.5, 0.9]
     unweighted = Space.from_dict({"a": "choices({'p': 1, 'q': 1})"})
     assert unweighted.from_prior_cdf(np.array([[0.3]])).tolist() == [[0.25]]
+
+
+def test_the_start_far_from_many_known_points_keeps_its_memory_small_and_its_choice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The distances from every candidate to every known point were one (candidates, known,
+    # d) array: 3,000 known points in 100 dimensions took 1.9 GB. A slice at a time now,
+    # choosing the same points.
+    import tracemalloc
+
+    import metaopt.search._random as random_start
+
+    space = Space.from_dict({f"x{i}": "uniform(0, 1)" for i in range(50)})
+    rng = np.random.default_rng(0)
+    X = space.sample(rng, 1_000)
+    obs = Observations(X, rng.normal(size=(1_000, 1)))
+    tracemalloc.start()
+    try:
+        sliced = SobolStart().suggest(space, obs, np.random.default_rng(1), 3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 << 20  # (all at once: 256 x 1,000 x 50 floats, 100 MiB, three times)
+    monkeypatch.setattr(random_start, "_CHUNK", 1 << 40)  # one slice: all at once
+    assert np.array_equal(SobolStart().suggest(space, obs, np.random.default_rng(1), 3), sliced)
