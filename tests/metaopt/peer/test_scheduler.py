@@ -629,3 +629,22 @@ def test_no_turns_when_the_turn_is_zero() -> None:
     experiment, since = b"e" * 32, 1_000_000
     for now in (since - 5, since, since + 7):
         assert settle_wait(ME, [ME, OTHER, THIRD], experiment, 3, since, now, 0, 8) == 0
+
+
+def test_peers_freed_at_once_after_every_claim_delay_re_run_different_free_trials() -> None:
+    # Every slot busy while the claim delays passed, two peers freed one each at once: both
+    # took the first free trial in the replica's order and ran it side by side (a soak of 3
+    # real peers, 1 of 25 re-claims). Each takes the one it is earliest in line for.
+    live = [ME, OTHER, THIRD]
+    for seq in range(1, 50):
+        state = _state(max_trials=2)  # (the budget spent: only free trials to plan)
+        a, b = _trial(state, GONE, seq), _trial(state, GONE, seq + 50)
+        if rendezvous_rank(OTHER, live, a.key) == 0 and rendezvous_rank(THIRD, live, b.key) == 0:
+            break
+    for t, n in ((a, 1), (b, 2)):
+        _event(state, t, GONE, 1_000 + n, "started", 1_000)
+        _event(state, t, GONE, 2_000 + n, "lost", 10_000)
+    assert {t.state for t in state.trials()} == {"lost"}
+    for node, first_in_line in ((OTHER, a), (THIRD, b)):
+        work = _plan([state], node, 1, set(), live, 20_000, 1_000, lambda s: True)
+        assert [w.trial for w in work] == [first_in_line.key]
