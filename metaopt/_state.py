@@ -115,6 +115,14 @@ class TrialView:
     resumed_step: int | None = None
     # Killed by a rung rule: the rung it was judged at (it may have reported past it).
     stopped_rung: int | None = None
+    # Each node's latest run of it: the last step that run reached. A node that resumes it
+    # from its own checkpoint goes on from its own run's step, not from the current run's
+    # (another peer's, which may have started again from 0 since).
+    run_steps: tuple[tuple[bytes, int], ...] = ()
+
+    def step_of(self, node: bytes) -> int | None:
+        """The last step node's latest run of this trial reached; None if it never ran it."""
+        return next((step for n, step in self.run_steps if n == node), None)
 
     @property
     def id(self) -> str:
@@ -253,6 +261,10 @@ class _Run:
     curve: list[tuple[int, float]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     reported: int = 0  # the highest step any of its events carried
+
+    @property
+    def last_step(self) -> int:
+        return max(self.curve[-1][0] if self.curve else 0, self.reported)
 
     def resumed_at(self, step: int | None) -> _Run:
         """This run restarted at step: afresh (None), or keeping what it had up to step."""
@@ -409,14 +421,20 @@ class TrialFold:
             self._attempts += event.kind == "started"
             self._thaws += event.kind == "thawed"
             self._started_at = time if self._started_at is None else self._started_at
+            previous = self._runner or self._latest_report  # the run shown until now
             self._runner = event.node
             self._resumed_step = event.step
             self._counted = set()
             # A run goes on from its resume step, or starts afresh (step None): what earlier
             # runs reported past that point is not its curve. A re-run from 0 after a loss
             # showed the lost run's step 8 beside its own loss at step 4, and the stoppers
-            # judged the mixed curve.
-            self._runs[event.node] = self._runs.get(event.node, _Run()).resumed_at(event.step)
+            # judged the mixed curve. It goes on from its node's own earlier run (a peer's
+            # checkpoint is its own); a node resuming a run it never ran (a Study taking over
+            # another's free trial, their checkpoints shared) goes on from the current run's.
+            run = self._runs.get(event.node)
+            if run is None and event.step is not None and previous is not None:
+                run = self._runs.get(previous)
+            self._runs[event.node] = (run or _Run()).resumed_at(event.step)
         # Reports, heartbeats and stops of a run that is no longer the trial's (the runner a
         # re-run replaced, cut off but alive, or heard late) are its own business: a late
         # report from a dead runner whose clock ran fast read as the trial running again.
@@ -537,6 +555,7 @@ class TrialFold:
             lost_frozen=self._lost_frozen and state == "lost",
             resumed_step=self._resumed_step,
             stopped_rung=terminal[3].rung if terminal is not None and state == "killed" else None,
+            run_steps=tuple((node, run.last_step) for node, run in self._runs.items()),
         )
 
 

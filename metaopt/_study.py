@@ -492,12 +492,14 @@ class Study:
                 why = f"the budget of {self._state.spec.max_trials} trials was used up meanwhile"
                 self._event(view.key, "killed", reason=why)  # (beyond it: not handed out)
             elif view.state in FREE_STATES:
-                # It resumes after its last step (from its checkpoint, if the caller has one).
-                step = view.last_step
+                # It resumes after its last step (from its checkpoint, if the caller has one):
+                # this node's own run's, if it ran it, else the run it takes over.
+                own = view.step_of(self.node_id)
+                step = view.last_step if own is None else own
                 self._event(view.key, "started", step=step, supersedes=view.free_events)
                 self._asked.add(view.key)
                 self._resumed[view.key] = step
-                return Trial(view.key, dict(view.params), view.counter, view.last_step)
+                return Trial(view.key, dict(view.params), view.counter, step)
         if self._state.budget_spent:
             raise MetaoptError(
                 f"the budget of {self._state.spec.max_trials} trials is spent (across every "

@@ -372,9 +372,13 @@ class TrialRunner:
         """
         if not self._has_checkpoint(view.key):
             return None
-        if thaw and view.frozen_step is not None:
+        me = self.node.node_id
+        if thaw and view.frozen_step is not None and view.runner == me:
             return view.frozen_step  # where the frozen run got to, whatever earlier runs did
-        return view.last_step
+        # Where this peer's own run got to, which left the checkpoint: the current run may be
+        # another peer's since, started again from 0 (told that run's step 4, a peer holding
+        # its own checkpoint of step 10 went on at 11, and steps 5-10 left the curve for good).
+        return view.step_of(me)
 
     def _has_checkpoint(self, trial: bytes) -> bool:
         """Whether a trial run here before left a checkpoint (it was interrupted or lost).

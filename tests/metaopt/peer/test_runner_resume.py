@@ -1,0 +1,154 @@
+"""Every way a trial runs again (a re-run here or elsewhere, a thaw, a Study taking one over):
+where it resumes from, and the curve it keeps. From a review of the resume paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from crdt import Record
+from metaopt._records import (
+    EVENT,
+    TRIAL,
+    EventBody,
+    ExperimentSpec,
+    experiment_record,
+    parse_experiment,
+)
+from metaopt._state import ExperimentState
+from metaopt.peer._config import Timing
+from metaopt.peer._runner import Running, TrialRunner
+from metaopt.space import Space
+
+A = b"a" * 16  # this peer
+B = b"b" * 16
+SPACE = {"x": "uniform(0, 1)"}
+_SPACE = Space.from_dict(SPACE)
+
+
+class _Log:
+    def __init__(self, **spec: Any) -> None:
+        rec = experiment_record(ExperimentSpec(name="e", space=SPACE, command=("t.py",), **spec))
+        parsed = parse_experiment(rec)
+        assert parsed is not None
+        self.state = ExperimentState(rec.key, parsed)
+        self.seq: dict[bytes, int] = {}
+        self.time = 1_000
+        body = {"params": {"x": 0.5}, "node": A, "counter": 1}
+        self.trial = self._rec(TRIAL, A, body, [rec.key]).key
+
+    def _rec(self, kind: str, node: bytes, body: Any, links: list[bytes]) -> Record:
+        self.seq[node] = self.seq.get(node, 0) + 1
+        self.time += 10
+        rec = Record.create(kind, node, self.seq[node], self.time, body, links)
+        self.state.apply(rec)
+        return rec
+
+    def event(self, node: bytes, kind: str, **kw: Any) -> Record:
+        body = EventBody(self.trial, self.state.key, kind, node, **kw).to_body()
+        return self._rec(EVENT, node, body, [self.trial, self.state.key])
+
+    def run(
+        self, node: bytes, first: int, last: int, *, start: str = "started", step: int | None = None
+    ) -> None:
+        view = self.state.trial(self.trial)
+        assert view is not None
+        self.event(node, start, step=step, supersedes=view.free_events, after=view.latest)
+        for s in range(first, last + 1):
+            self.event(node, "progress", step=s, metrics={"objective": 1.0 / s})
+
+    def view(self) -> Any:
+        view = self.state.trial(self.trial)
+        assert view is not None
+        return view
+
+
+def _runner(log: _Log, data_dir: Path) -> TrialRunner:
+    def write_event(experiment: bytes, trial: bytes, kind: str, **kw: Any) -> None:
+        log.event(A, kind, **kw)
+
+    node = SimpleNamespace(
+        node_id=A,
+        clock=lambda: 0.0,
+        dirs=SimpleNamespace(trials=data_dir / "trials", root=data_dir),
+        write_event=write_event,
+        replica=SimpleNamespace(experiments={log.state.key: log.state}),
+        suggester=lambda state: SimpleNamespace(
+            space=_SPACE, unit=lambda t: _SPACE.to_unit(t.params)
+        ),
+    )
+    config = SimpleNamespace(gpus="none", slots=1, timing=Timing(report_interval=0))
+    return TrialRunner(node, config)  # type: ignore[arg-type]
+
+
+def test_rerun_here_after_another_peer_ran_it_resumes_from_this_peers_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """A rolling restart of two peers: A runs T to step 10 (checkpoint at 10) and is stopped
+    (interrupted); B takes T from step 0, reaches step 4 and is stopped; A, restarted, takes T
+    back. Its checkpoint is of its own run, at step 10, but it is told METAOPT_RESUME_STEP=4
+    (B's last step), and its curve keeps A's steps 1-4 then jumps to 11: steps 5-10 lost."""
+    log = _Log(max_step=100)
+    log.run(A, 1, 10)
+    log.event(A, "interrupted", step=10, reason="its peer was stopped")
+    log.run(B, 1, 4)  # B: no checkpoint of T, from step 0
+    log.event(B, "interrupted", step=4, reason="its peer was stopped")
+    assert log.view().state == "interrupted"
+    runner = _runner(log, tmp_path)
+    ckpt = runner.trial_dir(log.trial) / "checkpoint"
+    ckpt.mkdir(parents=True)
+    (ckpt / "step").write_text("10")  # what A's run saved when it was stopped
+    resume = runner._resume_step(log.view(), thaw=False)
+    # As launch() does: the start, then the script goes on from its checkpoint's own step
+    # (README: "resume from the checkpoint's own step").
+    log.run(A, 1, 0, step=resume)
+    run = Running(runner.slots[0], log.state.key, log.trial, resumed_after=resume)
+    runner._record_event(run, "progress", {"step": 11, "metrics": {"objective": 1 / 11}})
+    steps = [s for s, _ in log.view().curve]
+    assert (resume, steps) == (10, list(range(1, 12)))
+
+
+def test_a_thaw_taking_over_another_peers_frozen_trial_resumes_from_this_peers_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """`metaopt thaw` here of a trial frozen on B at step 6, after A ran it to step 10 (its
+    checkpoint): A goes on from its own step 10, not from B's frozen step."""
+    log = _Log(max_step=100)
+    log.run(A, 1, 10)
+    log.event(A, "interrupted", step=10, reason="its peer was stopped")
+    log.run(B, 1, 6)
+    log.event(B, "frozen", step=6, reason="below the rung")
+    runner = _runner(log, tmp_path)
+    assert runner._resume_step(log.view(), thaw=True) is None  # (no checkpoint here: from 0)
+    ckpt = runner.trial_dir(log.trial) / "checkpoint"
+    ckpt.mkdir(parents=True)
+    (ckpt / "step").write_text("10")
+    assert runner._resume_step(log.view(), thaw=True) == 10
+    assert log.view().step_of(A) == 10 and log.view().step_of(B) == 6
+
+
+def test_a_study_resuming_another_nodes_free_trial_keeps_its_curve(tmp_path: Path) -> None:
+    """Two synced Studies (the README's pattern). S1 asks a trial, reports steps 1-5 and its
+    process ends (closed before tell: reopened, the trial is interrupted). S2's ask() hands it
+    back with resume_step=5 ("continue from the step after it"); S2 loads the checkpoint (one
+    machine) and reports step 6. Its curve is [6]: steps 1-5 are gone from status/export and
+    the stoppers, though the run went on from them."""
+    from metaopt import Study
+
+    space = {"x": "uniform(0, 1)"}
+    s1 = Study(space, path=tmp_path / "s1", node_id=b"1" * 16, max_step=20)
+    trial = s1.ask()
+    for step in range(1, 6):
+        s1.report(trial, step, 1.0 / step)
+    s1.close()
+    s1 = Study(space, path=tmp_path / "s1", node_id=b"1" * 16, max_step=20)  # orphan freed
+    s2 = Study(space, path=tmp_path / "s2", node_id=b"2" * 16, max_step=20)
+    s2.sync(s1)
+    again = s2.ask()
+    assert (again.key, again.resume_step) == (trial.key, 5)
+    s2.report(again, again.resume_step + 1, 1.0 / 6)
+    curve = next(t for t in s2.trials if t.key == trial.key).curve
+    s1.close()
+    s2.close()
+    assert [s for s, _ in curve] == [1, 2, 3, 4, 5, 6]
