@@ -897,8 +897,9 @@ class TrialRunner:
 
     def interrupted_here(self, state: ExperimentState | None = None) -> int:
         """How many of this peer's trials (of ``state``, else of every experiment) were cut
-        short here and wait to be run again: its last life's (running or lost, but not
-        running now). Their checkpoints are here, so they come before thaws (after a crash
+        short here and wait to be run again: its last life's (running, lost, or interrupted
+        by a graceful stop; not running now). Their checkpoints are here, so they come before
+        thaws (after a crash
         both slots went to frozen trials, and another peer re-ran the crashed one from step
         0), and while they wait an experiment is not ending (its frozen trials were killed
         as not worth resuming in the restarted peer's first second)."""
@@ -909,7 +910,9 @@ class TrialRunner:
             for s in states
             if s.spec.command is not None and not s.stopped
             for t in s.trials()
-            if t.state in ("running", "lost") and t.runner == me and t.key not in here
+            if t.state in ("running", "lost", "interrupted")
+            and t.runner == me
+            and t.key not in here
         )
 
     async def thaw(self) -> None:

@@ -152,3 +152,62 @@ def test_a_study_resuming_another_nodes_free_trial_keeps_its_curve(tmp_path: Pat
     s1.close()
     s2.close()
     assert [s for s, _ in curve] == [1, 2, 3, 4, 5, 6]
+
+
+def test_after_a_graceful_stop_no_frozen_trial_is_settled_while_an_interrupted_one_waits(
+    tmp_path: Path,
+) -> None:
+    """As after a kill -9 (test_a_restarted_peer_settles_no_frozen_trial_while_its_interrupted_
+    one_waits), but the peer was stopped with `metaopt peer stop`: its cut-short trial is
+    "interrupted", not "running". Budget spent, its first monitor pass killed its frozen
+    trial as "not worth resuming" before the interrupted trial (checkpoint here) ran again,
+    and thaw() reserved no slot for it either."""
+    import asyncio
+
+    from metaopt.freezethaw import Decision
+
+    log = _Log(max_step=10, max_trials=2)
+    log.run(A, 1, 1)
+    log.event(A, "frozen", step=1, reason="below the rung")
+    frozen = log.trial
+    body = {"params": {"x": 0.25}, "node": A, "counter": 2}
+    log.trial = log._rec(TRIAL, A, body, [log.state.key]).key
+    log.run(A, 1, 3)
+    log.event(A, "interrupted", step=3, reason="its peer was stopped")
+    cut = log.trial
+    assert log.state.budget_spent
+    assert log.state.trial(cut).state == "interrupted"  # type: ignore[union-attr]
+    runner = _runner(log, tmp_path)
+    written: list[tuple[bytes, str]] = []
+    runner.node.write_event = lambda e, t, kind, **kw: written.append((t, kind))
+
+    class _Undecided:
+        def decide(self, *args: object, **kw: object) -> list[Decision]:
+            return []
+
+    runner._stoppers[log.state.key] = _Undecided()  # type: ignore[assignment]
+    asyncio.run(runner.monitor())
+    killed = list(written)
+
+    class _Thaw:  # judged worth resuming: thaw() gives it the only slot, ahead of the cut trial
+        def decide(self, curves: Any, own: Any, free: int, *a: object, **kw: object) -> Any:
+            from metaopt.freezethaw import Action
+
+            return [Decision(frozen.hex(), Action.THAW, "worth it")] if free > 0 else []
+
+    launched: list[bytes] = []
+
+    async def launch(state: Any, view: Any, *, thaw: bool = False) -> None:
+        launched.append(view.key)
+
+    written.clear()
+    runner._stoppers[log.state.key] = _Thaw()  # type: ignore[assignment]
+    runner.launch = launch  # type: ignore[method-assign]
+    asyncio.run(runner.thaw())
+    named = {frozen: "frozen trial", cut: "interrupted trial"}
+    outcome = {
+        "interrupted_here": runner.interrupted_here(),
+        "monitor wrote": [(named[t], kind) for t, kind in killed],
+        "thaw launched": [named[t] for t in launched],
+    }
+    assert outcome == {"interrupted_here": 1, "monitor wrote": [], "thaw launched": []}
