@@ -943,7 +943,9 @@ class TrialRunner:
                     self._kill_frozen(state, key, decision.reason)
                 elif decision.action is Action.THAW and self.free_slots() > reserved:
                     view = state.trial(key)
-                    if view is not None and view.state == "frozen":
+                    # (The stopper decided in a thread: a `peer stop` meanwhile interrupted
+                    # the thawed run at once, and freed it for another peer to run from 0.)
+                    if view is not None and view.state == "frozen" and not self.node.stopping:
                         log.info("thawing trial %s: %s", view.key.hex()[:12], decision.reason)
                         await self.launch(state, view, thaw=True)
 

@@ -62,6 +62,7 @@ class _Node:
 
     def __init__(self, state: ExperimentState, space: Space) -> None:
         self.node_id = ME
+        self.stopping = False
         self.clock = lambda: 0.0
         gone = Path("/nonexistent/metaopt-test")  # no checkpoint is ever found there
         self.dirs = SimpleNamespace(trials=gone / "trials", root=gone)

@@ -7,6 +7,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from crdt import Record
 from metaopt._records import (
     EVENT,
@@ -70,6 +72,7 @@ def _runner(log: _Log, data_dir: Path) -> TrialRunner:
 
     node = SimpleNamespace(
         node_id=A,
+        stopping=False,
         clock=lambda: 0.0,
         dirs=SimpleNamespace(trials=data_dir / "trials", root=data_dir),
         write_event=write_event,
@@ -211,3 +214,65 @@ def test_after_a_graceful_stop_no_frozen_trial_is_settled_while_an_interrupted_o
         "thaw launched": [named[t] for t in launched],
     }
     assert outcome == {"interrupted_here": 1, "monitor wrote": [], "thaw launched": []}
+
+
+@pytest.mark.asyncio
+async def test_a_frozen_trial_is_not_thawed_by_a_scheduling_pass_under_way_when_the_peer_stops(
+    tmp_path: Path,
+) -> None:
+    """`metaopt peer stop` while a scheduling pass is deciding its thaws (the stopper runs in
+    a thread): the pass goes on and launches the thaw after the stop was asked (launch() of a
+    free trial checks _stopping; runner.thaw() does not), then stop() interrupts that run.
+    The frozen trial, whose checkpoint is here, comes out "interrupted": free, so another peer
+    re-runs it at once from step 0, instead of staying frozen here."""
+    import sys
+    import threading
+    import time as _time
+
+    from metaopt.freezethaw import Action, Decision
+    from metaopt.peer._config import PeerConfig
+    from metaopt.peer._node import Node
+
+    spec = ExperimentSpec(
+        "good", {"x": "uniform(0, 1)"}, algorithm="random", max_trials=1, max_step=10,
+        command=(sys.executable, "-c", "import time; time.sleep(20)"),
+    )  # fmt: skip
+    exp = experiment_record(spec)
+    node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1,
+                           timing=Timing(stop_grace=0.5)))  # fmt: skip
+    me, now_ms = node.node_id, int(_time.time() * 1000)
+    body = {"params": {"x": 0.75}, "node": me, "counter": 1}
+    frozen = Record.create(TRIAL, me, 1, now_ms - 5_000, body, [exp.key])
+    stopped = [
+        EventBody(frozen.key, exp.key, "started", me),
+        EventBody(frozen.key, exp.key, "progress", me, 2, {"objective": 0.1}),
+        EventBody(frozen.key, exp.key, "frozen", me, 2, reason="not in the top at rung 1"),
+    ]
+    links = [frozen.key, exp.key]
+    events = [
+        Record.create(EVENT, me, seq, now_ms - 3_000 + seq, e.to_body(), links)
+        for seq, e in enumerate(stopped, start=2)
+    ]
+    go = threading.Event()
+
+    class _ThawWhenLetGo:
+        def decide(self, curves: Any, own: Any, free: int, *a: object, **kw: object) -> Any:
+            go.wait(10)  # (deciding, in its thread, as the stop comes)
+            return [Decision(frozen.key.hex(), Action.THAW, "worth a slot")] if free else []
+
+    node.store.add([exp, frozen, *events])
+    node.replicator.sessions = 1  # caught up
+    state = node.replica.experiments[exp.key]
+    assert state.trial(frozen.key).state == "frozen"  # type: ignore[union-attr]
+    node.runner._stoppers[exp.key] = _ThawWhenLetGo()  # type: ignore[assignment]
+    import asyncio
+
+    passing = asyncio.ensure_future(node._schedule())
+    await asyncio.sleep(0.2)
+    stopping = asyncio.ensure_future(node.stop())  # `metaopt peer stop`
+    await asyncio.sleep(0.1)
+    go.set()
+    await asyncio.wait_for(asyncio.gather(passing, stopping), 30)
+    view = state.trial(frozen.key)
+    assert view is not None
+    assert (view.state, view.thaws) == ("frozen", 0)
