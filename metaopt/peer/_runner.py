@@ -476,15 +476,19 @@ class TrialRunner:
         if kind == "progress":
             step = data.get("step")
             metrics = {k: v for k, v in data.get("metrics", {}).items() if k != "step"}
+            # A report without a step is numbered on from the resume step by the executor:
+            # only the first step the script gave tells whether it went on from its checkpoint
+            # (a stepless METAOPT {"n_params": 5} at start-up, numbered 31, hid a restart).
+            given = isinstance(data.get("metrics", {}).get("step"), int)
             if isinstance(step, int):
-                after = None if run.stepped else run.resumed_after
+                after = None if run.stepped or not given else run.resumed_after
                 if after is not None and step < after:
                     # Resumed, its first step is below the resume step: the script went on
                     # from an older checkpoint (saved every few steps), or from step 0 (it
                     # keeps none). Said, with where it went on from, so that its curve is the
                     # earlier run's up to there and this run's after, not both side by side.
                     node.write_event(run.experiment, run.trial, "restarted", step=went_on(step))
-                run.last_step, run.stepped = step, True
+                run.last_step, run.stepped = step, run.stepped or given
             # Every record is replicated to, and kept by, every peer for good: a script that
             # reports each minibatch is thinned (see _report_gap; the latest report held back
             # is written when the trial ends), not thousands a second.

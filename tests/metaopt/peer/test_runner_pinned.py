@@ -218,8 +218,9 @@ def test_a_resumed_run_whose_first_step_is_below_its_resume_step_says_it_restart
     new run's; a step at or past the resume step goes on from the checkpoint."""
     runner, written = _thinless_runner()
     run = Running(runner.slots[0], b"e" * 32, b"t" * 32, resumed_after=30)
-    runner._on_event(run, "progress", {"step": first, "metrics": {"loss": 0.5}})
-    runner._on_event(run, "progress", {"step": 1, "metrics": {"loss": 0.4}})
+    # (As the executor gives them: the step the script reported is among its metrics too.)
+    runner._on_event(run, "progress", {"step": first, "metrics": {"loss": 0.5, "step": first}})
+    runner._on_event(run, "progress", {"step": 1, "metrics": {"loss": 0.4, "step": 1}})
     restart = ["restarted"] if first < 30 else []
     assert [kind for kind, _ in written] == [*restart, "progress", "progress"]
     if restart:  # (where it went on from: step 0, or the checkpoint of the step before)

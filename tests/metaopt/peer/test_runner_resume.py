@@ -276,3 +276,42 @@ async def test_a_frozen_trial_is_not_thawed_by_a_scheduling_pass_under_way_when_
     view = state.trial(frozen.key)
     assert view is not None
     assert (view.state, view.thaws) == ("frozen", 0)
+
+
+def test_a_resumed_run_that_restarts_after_a_stepless_report_says_it_restarted(
+    tmp_path: Path,
+) -> None:
+    """Thawed after step 30, a script that ignores its checkpoint prints one metric without a
+    step at start-up (METAOPT {"n_params": 5}), then its curve from step 1. The executor
+    numbers the stepless report 31 (resume step + 1), so the runner takes it for the run's
+    first step, never sees step 1 < 30, writes no "restarted": the new run's steps 1-3 sit
+    beside the old run's 4-30 in one curve (and last_step reads 31)."""
+    import asyncio
+    import sys
+
+    from metaopt.peer._executor import TrialProcess, TrialSpec
+
+    log = _Log(max_step=100)
+    log.run(A, 1, 30)
+    log.event(A, "frozen", step=30, reason="below the rung")
+    runner = _runner(log, tmp_path)
+    log.event(A, "thawed", step=30)
+    run = Running(runner.slots[0], log.state.key, log.trial, resumed_after=30)
+    code = (
+        "print('METAOPT {\"n_params\": 5}', flush=True)\n"
+        "for s in (1, 2, 3):\n"
+        '    print(\'METAOPT {"objective": %s, "step": %d}\' % (10.0 + s, s), flush=True)\n'
+    )
+    spec = TrialSpec(
+        argv=[sys.executable, "-c", code],
+        cwd=tmp_path,
+        log_path=tmp_path / "log",
+        objectives=("objective",),
+        step_offset=30,
+    )  # as launch() gives a thaw
+    asyncio.run(TrialProcess(spec, lambda k, d: runner._record_event(run, k, d)).run())
+    view = log.view()
+    assert [s for s, _ in view.curve] == [1, 2, 3], (view.curve[:5], view.last_step)
+
+
+import pytest  # noqa: E402
