@@ -153,9 +153,24 @@ class DataDir:
         # read_node_id, not "no peer has run there")
         return (path / "node_id").exists() and (path / "replica").is_dir()
 
+    @classmethod
+    def holds_study(cls, path: Path) -> bool:
+        """Whether ``path`` is a Study's directory: a node id and a replica, and none of what
+        a peer makes there before anything else (its trials, bundles and cluster key)."""
+        return cls.holds_peer(path) and not any(
+            (path / name).exists() for name in ("trials", "bundles", "cluster.key")
+        )
+
     def ensure(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise MetaoptError(f"{self.root} is a file, not a directory; choose another --data-dir")
+        if self.holds_study(self.root):
+            # A peer took over the Study's node id and replica: the Study then refused its
+            # own directory, and its experiment (no command) went to every peer for good.
+            raise MetaoptError(
+                f"{self.root} is a Study's directory (its path=), not a peer's; choose another"
+                " --data-dir"
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

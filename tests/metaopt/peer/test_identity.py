@@ -73,3 +73,27 @@ def test_a_file_where_a_data_directory_needs_a_folder_is_named(tmp_path: Path, n
         f"cannot create {tmp_path / name}: it is a file, not a directory; move it aside, or"
         " choose another --data-dir"
     )
+
+
+def test_a_study_s_directory_is_no_peer_s_data_directory(tmp_path: Path) -> None:
+    # `metaopt peer start --data-dir` on a Study's path= started: the peer took the Study's
+    # node id and replica, sent its experiment (no command) to every peer as an active one
+    # for good, and the Study then refused its own directory (a README walkthrough).
+    import metaopt
+
+    path = tmp_path / "study"
+    with metaopt.Study({"lr": "loguniform(1e-5, 1)"}, path=path, name="mine") as study:
+        study.tell(study.ask(), 0.3)
+    assert DataDir.holds_study(path)
+    with pytest.raises(MetaoptError, match=r"is a Study's directory \(its path=\), not a peer's"):
+        DataDir(path).ensure()
+    assert not (path / "trials").exists()
+    with metaopt.Study({"lr": "loguniform(1e-5, 1)"}, path=path, name="mine") as study:
+        assert len(study.trials) == 1
+    # A peer's own directory is none, from its first start on.
+    peer = DataDir(tmp_path / "peer")
+    peer.ensure()
+    peer.node_id()
+    (peer.root / "replica").mkdir()
+    assert DataDir.holds_peer(peer.root) and not DataDir.holds_study(peer.root)
+    peer.ensure()
