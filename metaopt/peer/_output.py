@@ -37,6 +37,10 @@ __all__ = ["OutputConfig", "OutputParser", "compile_objective_regex"]
 
 _LINE_END = re.compile(rb"[\r\n]")
 _REPORT_AT = re.compile(re.escape(REPORT_PREFIX.strip()) + r"\s*(?=\{)")
+# A line that starts with the word alone, as a report would: not METAOPT_TRIAL_DIR=... (`env`
+# in a trial printed nine of those, each "not a JSON object", and a run that failed to report
+# was said to have failed on one).
+_REPORT_WORD = re.compile(re.escape(REPORT_PREFIX.strip()) + r"(?![A-Za-z0-9_])")
 _INVISIBLE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\ufeff")  # ANSI CSI sequences, BOM
 _JSON = json.JSONDecoder()
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -350,7 +354,7 @@ class OutputParser:
         while (match := _REPORT_AT.search(clean, at)) is not None:
             found = True
             at = self._report(clean, match.end(), out)
-        if not found and clean.strip().startswith(prefix):
+        if not found and _REPORT_WORD.match(clean.strip()):
             self._note(f"METAOPT line is not a JSON object: {clean.strip()[:80]!r}")
             return True
         return found

@@ -438,3 +438,22 @@ def test_a_regex_whose_repeats_are_too_large_is_refused_in_one_line(
 
 def test_a_regex_within_the_bound_compiles() -> None:
     assert compile_objective_regex("((x{10}){10}){999}|loss=([0-9.]+)(?(3)a|b)").groups == 3
+
+
+def test_a_line_of_a_metaopt_environment_variable_is_no_malformed_report() -> None:
+    # `env | grep METAOPT` in a trial noted nine lines "METAOPT line is not a JSON object:
+    # 'METAOPT_DATA_DIR=...'", and a run that failed to report was said to have failed on
+    # one (a README walkthrough). The word alone at a line's start still is one.
+    parser = OutputParser()
+    out = parser.feed(
+        b"METAOPT_TRIAL_DIR=/data/trials/e1fa2b294ab2\n"
+        b'METAOPT_PARAMS={"x": 0.5}\n'
+        b'METAOPT {"loss": 0.25}\n'
+    )
+    assert out == [{"loss": 0.25}] and list(parser.notes) == []
+    parser.feed(b"METAOPT loss=3\n")
+    assert [note for note in parser.notes if "not a JSON object" in note]
+    failed = OutputParser()
+    failed.feed(b"METAOPT_TRIAL_DIR=/data/trials/e1fa2b294ab2\ntraining done\n")
+    failed.finish()
+    assert "METAOPT_TRIAL_DIR" not in failed.explain_missing()
