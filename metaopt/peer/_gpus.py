@@ -100,6 +100,13 @@ def detect_slots(
         _check_named(gpus, devices, probe())
     if not devices:
         return [Slot(i, None, {}) for i in range(slots)]
+    if slots > 1:  # (it said "1 slot(s)" and nothing of the --slots 2 it was given)
+        log.warning(
+            "--slots %d is the number of slots without a GPU; with %d GPU(s) seen there is one"
+            " slot a GPU (--gpus none for CPU slots)",
+            slots,
+            len(devices),
+        )
     return [Slot(i, d, {_VISIBLE: d}) for i, d in enumerate(devices)]
 
 

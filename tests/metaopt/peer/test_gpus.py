@@ -99,3 +99,15 @@ def test_bad_slot_counts_are_one_line_errors(slots: int) -> None:
 
 def test_the_real_probe_runs_on_this_machine() -> None:
     assert len(detect_slots("auto", 1)) >= 1
+
+
+def test_slots_given_beside_gpus_are_said_to_be_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    # CUDA_VISIBLE_DEVICES=0 and --slots 2: the log said "1 slot(s)", nothing of the 2 asked.
+    with caplog.at_level("WARNING", logger="metaopt"):
+        slots = detect_slots("auto", 2, environ={"CUDA_VISIBLE_DEVICES": "0"}, probe=_no_nvml)
+    assert [s.gpu for s in slots] == ["0"]
+    assert "--slots 2 is the number of slots without a GPU" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="metaopt"):
+        detect_slots("auto", 1, environ={"CUDA_VISIBLE_DEVICES": "0"}, probe=_no_nvml)
+    assert "--slots" not in caplog.text
