@@ -270,9 +270,9 @@ class Node:
             # open experiments would run there).
             mine = "unreadable" if own is None else own.fingerprint
             raise MetaoptError(
-                f"{self.dirs.root} holds the replica of another cluster (key {mine}, not"
-                f" {key.fingerprint}); start it with that cluster's key, or use a fresh"
-                " --data-dir for this one"
+                f"{self.dirs.root} holds the replica of another cluster (key fingerprint"
+                f" {mine}, not {key.fingerprint}); start it with that cluster's key, or use a"
+                " fresh --data-dir for this one"
             )
         if stored != key.to_text():
             if own is not None and own != key:
