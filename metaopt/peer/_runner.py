@@ -51,6 +51,9 @@ _METAOPT_PACKAGE = Path(__file__).resolve().parents[1]
 
 # Running.outcome of a run stopped because another peer completed its trial: it records nothing.
 SUPERSEDED = "superseded"
+# Seconds within which this peer's run of a trial another peer took up at the same time gives
+# way to that one (see _stop_completed_elsewhere).
+CLAIM_RACE = 60.0
 
 
 # In a trial's folder while a freeze or kill this peer decided (by hand, by its early stopper,
@@ -555,7 +558,7 @@ class TrialRunner:
     def _record_outcome(self, run: Running, outcome: Any) -> None:
         write = self.node.write_event
         if run.outcome == SUPERSEDED:  # its result is another peer's: nothing to add
-            log.info("trial %s ended here: %s elsewhere", run.trial.hex()[:12], run.reason)
+            log.info("trial %s ended here: %s", run.trial.hex()[:12], run.reason)
             return
         if run.held is not None:  # the curve ends where the trial did
             step, metrics = run.held
@@ -805,24 +808,36 @@ class TrialRunner:
         }
 
     def _stop_completed_elsewhere(self) -> None:
-        """Stop this peer's runs of trials another peer has completed meanwhile.
+        """Stop this peer's runs of trials another peer has completed meanwhile, and its
+        young runs of trials another peer took up at the same time.
 
         Across a partition both sides may run a trial (one took the other's for lost); after
         the heal the run here went on to its end, hours of a slot for a result already
         recorded. A failure or kill elsewhere does not stop it: a completion here still counts.
+
+        Two peers whose slots freed at once may both re-run the one free trial (nothing but
+        timing tells them apart: 4 of 4 staged on real peers). Every peer's replica makes the
+        later start the trial's run, so the peer whose run is not stops it, writing nothing:
+        its reports already count for nothing. Only a run younger than CLAIM_RACE: an older
+        one (across a partition) may be the further on, and its completion still counts.
         """
+        me, now = self.node.node_id, self.monotonic()
         for run in list(self.running.values()):
             state = self.node.replica.experiments.get(run.experiment)
             view = state.trial(run.trial) if state is not None else None
-            if view is None or view.state != "completed":
+            if view is None:
                 continue
-            by = view.runner.hex()[:8] if view.runner else "another peer"
-            if _request_end(run, SUPERSEDED, f"completed on node {by}"):
-                log.info(
-                    "trial %s: completed on node %s; stopping the run here",
-                    run.trial.hex()[:12],
-                    by,
-                )
+            by = f"node {view.runner.hex()[:8]}" if view.runner else "another peer"
+            if view.state == "completed":
+                why = f"completed on {by}"
+            elif view.state == "running" and view.runner not in (None, me):
+                if now - run.began >= CLAIM_RACE:
+                    continue
+                why = f"taken up at the same time by {by}, whose run it is"
+            else:
+                continue
+            if _request_end(run, SUPERSEDED, why):
+                log.info("trial %s: %s; stopping the run here", run.trial.hex()[:12], why)
 
     def _stop_overtime(self) -> None:
         """Kill this peer's runs that have run longer than their experiment's trial timeout

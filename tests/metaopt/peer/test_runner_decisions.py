@@ -30,7 +30,7 @@ from metaopt._records import (
 from metaopt._state import FROZEN_BY_HAND, ExperimentState
 from metaopt.freezethaw import Action, CurveView, Decision, FreezeThawStopper
 from metaopt.peer._config import Timing
-from metaopt.peer._runner import Running, TrialRunner
+from metaopt.peer._runner import CLAIM_RACE, Running, TrialRunner
 from metaopt.space import Space
 from tests.metaopt.stoppers import RuleStopper
 
@@ -687,6 +687,41 @@ def test_a_run_here_of_a_trial_completed_elsewhere_is_stopped_and_records_nothin
     outcome = SimpleNamespace(status="interrupted", exit_code=0, metrics={}, objectives={})
     runner._record_outcome(run, outcome)
     assert len(node.written) == written  # the trial's result is the other peer's
+
+
+@pytest.mark.parametrize("mine", ["earlier", "later", "long ago"])
+def test_of_two_runs_taken_up_at_once_the_one_not_the_trials_gives_way(mine: str) -> None:
+    # Two peers whose slots freed at once both re-ran the one free trial and ran it side by
+    # side to its end (4 of 4 staged on real peers). The replicas make the later start the
+    # trial's run: the other peer's run gives way, writing nothing; an older run (across a
+    # partition, maybe the further on) goes on, as its completion still counts.
+    state, trial = _one_trial()
+    key = trial.key
+    lost = EventBody(key, state.key, "lost", ME, reason="its peer was gone").to_body()
+    freed = Record.create(EVENT, ME, 2, 1_000, lost, [key, state.key])
+    state.apply(freed)
+    other = b"o" * 16
+    starts = {ME: 5_000 if mine != "later" else 5_002, other: 5_001}
+    for node, seq in ((ME, 3), (other, 1)):
+        body = EventBody(key, state.key, "started", node, supersedes=(freed.key,)).to_body()
+        state.apply(Record.create(EVENT, node, seq, starts[node], body, [key, state.key]))
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    runner.monotonic = lambda: 1_000.0
+    asked: list[str] = []
+    process = SimpleNamespace(request_stop=asked.append, exited=False)
+    began = 1_000.0 - (CLAIM_RACE + 1 if mine == "long ago" else 2)
+    run = Running(runner.slots[0], state.key, key, process=process, began=began)  # type: ignore[arg-type]
+    runner.running[0] = run
+    asyncio.run(runner.monitor(judge=False))
+    if mine == "earlier":
+        assert asked == [f"taken up at the same time by node {other.hex()[:8]}, whose run it is"]
+        written = len(node.written)
+        outcome = SimpleNamespace(status="interrupted", exit_code=0, metrics={}, objectives={})
+        runner._record_outcome(run, outcome)
+        assert len(node.written) == written
+    else:
+        assert asked == []
 
 
 def test_a_run_over_its_trial_timeout_is_stopped_and_recorded_killed() -> None:
