@@ -342,19 +342,17 @@ class Dimension:
         return not self.discrete or abs(x) <= _MAX_EXACT_INT
 
 
-_DECIMAL_ROUNDING = {
-    np.round: decimal.ROUND_HALF_EVEN,
-    np.floor: decimal.ROUND_FLOOR,
-    np.ceil: decimal.ROUND_CEILING,
-}
-
-
 def _round_significant(
     v: FloatArray, digits: int, how: Callable[[FloatArray], FloatArray] = np.round
 ) -> FloatArray:
     """v to its first ``digits`` significant digits, rounded by ``how`` (np.round, np.floor
     or np.ceil), each as the float nearest its decimal (912345 -> 900000.0, not
-    900000.0000000001)."""
+    900000.0000000001).
+
+    Up or down is judged on the floats: the float 0.07 is a hair above the decimal 0.07 (as
+    0.07 * 100 is 7.000000000000001), yet rounded up it is 0.07, not 0.08 (a prior of
+    uniform(0.07, 0.079, precision=1) was refused as holding no value of one digit).
+    """
     out = np.array(v, dtype=np.float64)
     nz = out != 0
     vals = out[nz]
@@ -362,18 +360,31 @@ def _round_significant(
     # Powers of ten up to 10**22 are exact floats, so scaling by one and rounding back is
     # exact but for the one rounding of the product; dividing by 10.0**-k (inexact for k > 0)
     # left values a hair off their decimal. Past 10**22 Decimal rounds the few values there.
-    up, down = (shift >= 0) & (shift <= 22), (shift < 0) & (shift >= -22)
-    scale = 10.0 ** np.minimum(np.abs(shift), 22)
-    vals[up] = how(vals[up] * scale[up]) / scale[up]
-    vals[down] = how(vals[down] / scale[down]) * scale[down]
-    rest = ~(up | down)
-    rounding = _DECIMAL_ROUNDING[how]
-    vals[rest] = [
-        float(d.quantize(decimal.Decimal(1).scaleb(d.adjusted() - digits + 1), rounding))
-        for d in map(decimal.Decimal, vals[rest].tolist())
-    ]
+    near = np.abs(shift) <= 22
+    up, given, scale = shift[near] >= 0, vals[near], 10.0 ** np.abs(shift[near])
+    mantissa = np.round(np.where(up, given * scale, given / scale))
+    nearest = np.where(up, mantissa / scale, mantissa * scale)
+    if how is not np.round:
+        wrong_side = nearest < given if how is np.ceil else nearest > given
+        mantissa += np.where(wrong_side, 1.0 if how is np.ceil else -1.0, 0.0)
+        nearest = np.where(up, mantissa / scale, mantissa * scale)
+    vals[near] = nearest
+    rest = ~near
+    vals[rest] = [_round_decimal(x, digits, how) for x in vals[rest].tolist()]
     out[nz] = vals
     return out
+
+
+def _round_decimal(x: float, digits: int, how: Callable[[FloatArray], FloatArray]) -> float:
+    """_round_significant of one value beyond 10**22 either way, in exact decimals."""
+    exact = decimal.Decimal(x)
+    unit = decimal.Decimal(1).scaleb(exact.adjusted() - digits + 1)
+    rounded = exact.quantize(unit, decimal.ROUND_HALF_EVEN)
+    if how is np.ceil and float(rounded) < x:
+        rounded += unit
+    elif how is np.floor and float(rounded) > x:
+        rounded -= unit
+    return float(rounded)
 
 
 class _Bad(Exception):

@@ -213,10 +213,30 @@ def test_values_of_a_precision_are_the_floats_nearest_their_decimals() -> None:
         1.2e8,
         -0.00013,
         5.5e300,
-        1.4e-320,  # (the float 1.5e-320 is 1.4999...e-320)
+        1.5e-320,  # (the float nearest 1.5e-320 rounds to itself, either way)
     ]
     d = parse_prior("n", "uniform(100000, 1000000, precision=1)")
     assert all(float(f"{v:.0e}") == v for v in d.decode(np.linspace(0, 1, 201)))
+
+
+@pytest.mark.parametrize(
+    "text", ["uniform(0.07, 0.079, precision=1)", "loguniform(0.07, 0.075, precision=1)"]
+)
+def test_a_prior_whose_low_bound_is_a_value_of_its_precision_is_taken(text: str) -> None:
+    # The float 0.07 is a hair above the decimal (0.07 * 100 is 7.000000000000001): rounded
+    # up it was 0.08, and the prior was refused as holding no value of one digit.
+    assert parse_prior("x", text).decode(np.array([0.0, 0.5, 1.0])).tolist() == [0.07] * 3
+
+
+def test_a_decimal_of_the_precision_rounded_up_or_down_stays_itself() -> None:
+    # 460 of the decimals of 1-3 digits from 1e-4 to 1e3 came out one unit off either way.
+    for digits in (1, 2, 3):
+        for exponent in range(-4, 3):
+            mantissas = np.arange(10 ** (digits - 1), 10**digits)
+            values = np.array([float(f"{m}e{exponent - digits + 1}") for m in mantissas])
+            for how in (np.round, np.floor, np.ceil):
+                assert np.array_equal(_round_significant(values, digits, how), values)
+                assert np.array_equal(_round_significant(-values, digits, how), -values)
 
 
 def test_dimension_is_frozen_value() -> None:
