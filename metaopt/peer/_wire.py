@@ -57,8 +57,8 @@ __all__ = [
 # would show one history's curves, and which trials fit their space, differently. 8: a
 # "restarted" event may carry the step of the older checkpoint the run went on from (its
 # curve keeps the steps up to there), which version 7 folds as a restart from step 0; and
-# priors with an option given twice, a precision no value in range has (or a default_value
-# finer than it), or a randint over 2**53 values wide are refused, which version 7 took.
+# priors with an option given twice, a precision no value in range has, or a randint over
+# 2**53 values wide are refused, which version 7 took.
 PROTOCOL_VERSION = 8
 
 # The start of a refusal of a request that named another peer (the client raises
