@@ -292,28 +292,31 @@ def plan_work(
     claimed: set[bytes] = set()
     planned_new: dict[bytes, int] = {}
     while len(out) < free_slots and candidates:
+        # The free trial of each experiment this node is earliest in line for: of experiments
+        # whose turn is equal but for this node's own order of them, the one with a free
+        # trial it is earlier in line for goes first (by the own order alone, two peers freed
+        # at once re-ran one trial of the experiment both put first, while the one first in
+        # line for a trial of the other waited).
+        free = {
+            s.key: _claimable(s, me, running_here, claimed, live_nodes, claim_delay_ms, quiet_ms)
+            for s in candidates
+        }
         candidates.sort(
             key=lambda s: (
                 running_count[s.key],
                 running_anywhere[s.key],
                 served_here[s.key],
+                _UNCLAIMABLE if (f := free[s.key]) is None else f[0],
                 own_order[s.key],
             )
         )
         progressed = False
         for state in candidates:
-            work = _next_for(
-                state,
-                me,
-                running_here,
-                claimed,
-                live_nodes,
-                now_ms,
-                claim_delay_ms,
-                planned_new,
-                may_suggest(state),
-                quiet_ms,
-            )
+            found = free[state.key]
+            if found is not None:
+                work: Work | None = Work(state.key, found[2])
+            else:
+                work = _new_for(state, now_ms, planned_new, may_suggest(state), quiet_ms)
             if work is None:
                 continue
             out.append(work)
@@ -330,24 +333,24 @@ def plan_work(
     return out
 
 
-def _next_for(
+_UNCLAIMABLE = 1 << 62  # the place in line of an experiment with no free trial to claim now
+
+
+def _claimable(
     state: ExperimentState,
     me: bytes,
     running_here: Collection[bytes],
     claimed: set[bytes],
     live_nodes: Collection[bytes],
-    now_ms: int,
     claim_delay_ms: int,
-    planned_new: dict[bytes, int],
-    may_suggest: bool,
     quiet_ms: Callable[[TrialView], int],
-) -> Work | None:
-    """The next work for one experiment, none of the trials in claimed.
+) -> tuple[int, int, bytes] | None:
+    """Of the experiment's free trials this node may claim now (none in claimed), the one it
+    is earliest in line for, as (its place, its order in the replica, its key).
 
-    Of the free trials this node may claim, the one it is earliest in line for: taken in the
-    replica's order, every peer whose slot freed after all claim delays had passed (its slots
-    busy meanwhile) took the same first one, and two peers re-ran one trial side by side
-    while others waited (1 of 25 re-claims in a soak of 3 peers).
+    Taken in the replica's order, every peer whose slot freed after all claim delays had
+    passed (its slots busy meanwhile) took the same first one, and two peers re-ran one
+    trial side by side while others waited (1 of 25 re-claims in a soak of 3 peers).
     """
     best: tuple[int, int, bytes] | None = None
     for order, trial in enumerate(state.trials()):
@@ -358,8 +361,17 @@ def _next_for(
             best is None or (rank, order) < best[:2]
         ):
             best = (rank, order, trial.key)
-    if best is not None:
-        return Work(state.key, best[2])
+    return best
+
+
+def _new_for(
+    state: ExperimentState,
+    now_ms: int,
+    planned_new: dict[bytes, int],
+    may_suggest: bool,
+    quiet_ms: Callable[[TrialView], int],
+) -> Work | None:
+    """A new point of the experiment, if it may have one now."""
     if not may_suggest or backing_off(state, now_ms, quiet_ms):
         return None
     max_trials = state.spec.max_trials

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -647,4 +648,31 @@ def test_peers_freed_at_once_after_every_claim_delay_re_run_different_free_trial
     assert {t.state for t in state.trials()} == {"lost"}
     for node, first_in_line in ((OTHER, a), (THIRD, b)):
         work = _plan([state], node, 1, set(), live, 20_000, 1_000, lambda s: True)
+        assert [w.trial for w in work] == [first_in_line.key]
+
+
+def test_peers_freed_at_once_re_run_different_free_trials_of_two_experiments() -> None:
+    # As above, the two free trials of two experiments (a peer that ran both is gone), each
+    # peer first in line for one: each put the same experiment first by its own order, and
+    # both re-ran its trial while the other waited (a review of the day's fixes).
+    live = [ME, OTHER, THIRD]
+    for i in range(200):
+        e1, e2 = _state(max_trials=1, name=f"a{i}"), _state(max_trials=1, name=f"b{i}")
+        a, b = _trial(e1, GONE, 1), _trial(e2, GONE, 2)
+        first = {
+            n: min((e1, e2), key=lambda s: hashlib.blake2b(n + s.key, digest_size=8).digest())
+            for n in (OTHER, THIRD)
+        }
+        if (
+            rendezvous_rank(OTHER, live, a.key) == 0
+            and rendezvous_rank(THIRD, live, b.key) == 0
+            and first[OTHER] is first[THIRD] is e1
+        ):
+            break
+    for state, t, n in ((e1, a, 1), (e2, b, 2)):
+        _event(state, t, GONE, 1_000 + n, "started", 1_000)
+        _event(state, t, GONE, 2_000 + n, "lost", 10_000)
+    assert {t.state for s in (e1, e2) for t in s.trials()} == {"lost"}
+    for node, first_in_line in ((OTHER, a), (THIRD, b)):
+        work = _plan([e1, e2], node, 1, set(), live, 20_000, 1_000, lambda s: True)
         assert [w.trial for w in work] == [first_in_line.key]
