@@ -478,8 +478,8 @@ class Study:
         """A trial to evaluate: a frozen one worth resuming, a free one, else a new point.
 
         A resumed trial carries ``resume_step``: continue from there (from its checkpoint), or
-        from 0 if it has none — a first report below resume_step says so, and the curve is
-        then the new run's alone.
+        from an older checkpoint, or from 0 if it has none — a first report below resume_step
+        says so, and the curve keeps only the steps before that report.
         """
         if self._state.stopped:  # (nor a frozen or free one: nothing starts again)
             raise MetaoptError("the experiment was stopped; no new trials are handed out")

@@ -4,7 +4,8 @@ No locks: each peer decides for its own slots from its replica. Free trials (los
 interrupted) are claimed in an order every peer computes alike (see ``claim_rank``): the node
 that ran the trial last first while it is live, then the other live nodes by rendezvous
 hashing (BLAKE2b(node id + trial key)); the k-th in line waits k claim delays before taking
-it, and of the free trials it may take, a peer takes the one it is earliest in line for. So
+it, and of the free trials it may take, a peer takes the one it is earliest in line for (see
+plan_work for how experiments take turns). So
 usually exactly one peer re-runs a freed point, and if that one is gone too, the next does.
 New points are recorded in turns the same way (``settle_wait``), so that each peer has heard
 of the points recorded before its own.

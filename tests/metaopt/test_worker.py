@@ -159,6 +159,9 @@ def test_a_report_is_printed_only_if_the_peer_can_read_its_line(
     assert len(line) == worker.MAX_REPORT_BYTES + 1
     parser = OutputParser()
     assert parser.feed(line) + parser.finish() == [{**fill, "loss": 0.5}]
+    fill["z"] += "a"  # one byte more is refused
+    with pytest.raises(WorkerError, match=f"a line of {worker.MAX_REPORT_BYTES + 1} bytes"):
+        worker.report(fill, loss=0.5)
 
 
 def test_params_come_from_the_environment_under_a_peer(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -131,6 +131,37 @@ def test_a_thaw_taking_over_another_peers_frozen_trial_resumes_from_this_peers_c
     assert log.view().step_of(A) == 10 and log.view().step_of(B) == 6
 
 
+def test_a_study_taking_back_a_trial_goes_on_from_its_own_run(tmp_path: Path) -> None:
+    """S1 ran a trial to step 5, S2 took it over to step 8; S1, taking it back, is told its
+    own step 5 (its checkpoint's), as a peer is, and its curve is its own run's."""
+    from metaopt import Study
+
+    space, one, two = {"x": "uniform(0, 1)"}, tmp_path / "s1", tmp_path / "s2"
+    with Study(space, path=one, node_id=b"1" * 16, max_step=20) as s1:
+        trial = s1.ask()
+        for step in range(1, 6):
+            s1.report(trial, step, 1.0 / step)
+    with (
+        Study(space, path=one, node_id=b"1" * 16, max_step=20) as s1,
+        Study(space, path=two, node_id=b"2" * 16, max_step=20) as s2,
+    ):
+        s2.sync(s1)
+        again = s2.ask()
+        assert (again.key, again.resume_step) == (trial.key, 5)
+        for step in range(6, 9):
+            s2.report(again, step, 0.5)
+    with (
+        Study(space, path=one, node_id=b"1" * 16, max_step=20) as s1,
+        Study(space, path=two, node_id=b"2" * 16, max_step=20) as s2,
+    ):
+        s1.sync(s2)
+        back = s1.ask()
+        assert (back.key, back.resume_step) == (trial.key, 5)
+        s1.report(back, 6, 1.0 / 6)
+        curve = next(t for t in s1.trials if t.key == trial.key).curve
+        assert curve == tuple((step, 1.0 / step) for step in range(1, 7))
+
+
 def test_a_study_resuming_another_nodes_free_trial_keeps_its_curve(tmp_path: Path) -> None:
     """Two synced Studies (the README's pattern). S1 asks a trial, reports steps 1-5 and its
     process ends (closed before tell: reopened, the trial is interrupted). S2's ask() hands it

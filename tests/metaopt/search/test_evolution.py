@@ -140,6 +140,18 @@ def test_parents_of_several_objectives_are_those_of_the_whole_history_sorted(
     assert k == 15  # (5 d)
 
 
+def test_a_row_that_k_minus_1_others_dominate_may_still_be_a_parent() -> None:
+    # 14 rows dominate p, all on the first front: p is the 15th parent (5 d for d = 3). Left
+    # out with them at k - 1 dominators (or counted as its own dominator), it was not.
+    front = [(float(i), 13.0 - i) for i in range(14)]
+    filler = [(100.0 + j, 100.0 + j) for j in range(200)]  # (dominated by all: left out)
+    Y = np.array([*front, (20.0, 20.0), *filler])
+    X = np.random.default_rng(0).random((len(Y), 3))
+    parents, keys = EvolutionAlgorithm().parents(X, Y)
+    assert len(parents) == 15 and np.array_equal(parents[-1], X[14]) and keys[-1][0] == 1.0
+    assert _not_dominated_by_k(Y, 15).sum() == 15
+
+
 def test_parents_of_a_long_history_sort_few_of_its_rows() -> None:
     Y = np.random.default_rng(0).normal(size=(20_000, 2))
     assert _not_dominated_by_k(Y, 50).sum() < 1_000
