@@ -640,7 +640,10 @@ class Study:
             return True
         if key.hex() not in self._own():
             return False
-        final = max_step_of(self._state, self._suggester.space, [])
+        # The horizon known from the completed runs too (the stoppers' own): without a
+        # max_step= or fidelity, the median rule killed a run at the step every completed
+        # run ended at, and tell() then refused its result.
+        final = max_step_of(self._state, self._suggester.space, self._state.trials())
         if view is not None and final is not None and view.last_step >= final:
             return False  # it has run its course: tell() its result (a kill here lost it)
         decision = self._decide({key.hex()}, free_slots=0).get(key.hex())
@@ -806,7 +809,13 @@ class Study:
         with first._lock, second._lock:
             if self._closed or other._closed:
                 raise MetaoptError("sync(): a Study is closed; make a new Study(...) to go on")
-            return sync_stores(self.store, other.store)
+            try:
+                return sync_stores(self.store, other.store)
+            except StoreWriteFailed as exc:  # (as every other call says it: see _serialised)
+                raise MetaoptError(
+                    f"sync(): cannot write a Study's store ({exc.disk}); free space on its disk"
+                    " and call it again"
+                ) from None
 
     def close(self) -> None:
         """Close the replica (a path's LevelDB lock is released); later calls raise."""

@@ -910,3 +910,43 @@ def test_a_free_trial_beyond_a_budget_another_study_used_up_is_killed_not_handed
         view = next(t for t in a.trials if t.key == orphan.key)
         assert view.state == "killed" and "used up" in str(view.reason)
         assert a.state.finished
+
+
+def test_sync_on_a_full_disk_is_a_one_line_metaopt_error(tmp_path: Path) -> None:
+    # Every other call turns the store's StoreWriteFailed into a one-line MetaoptError naming
+    # the call (ask, tell, report, should_stop, Study()); sync() let the raw crdt error out.
+    from crdt import StoreWriteFailed
+
+    other = Study({"x": "uniform(0, 1)"}, seed=2)
+    other.tell(other.ask(), 0.5)
+    with Study({"x": "uniform(0, 1)"}, path=tmp_path / "s", seed=1) as study:
+
+        def full(records: object) -> object:
+            why = "No space left on device"
+            raise StoreWriteFailed(f"cannot write the store: IO error: {why}", why)
+
+        study.store.add = full  # type: ignore[method-assign]
+        with pytest.raises(MetaoptError, match=r"^sync\(\): cannot write .*No space left"):
+            study.sync(other)
+
+
+def test_median_does_not_kill_a_trial_at_the_known_horizon() -> None:
+    # No max_step, no fidelity: the horizon is the longest completed curve (metaopt._curves),
+    # which is what curve_views gives the stoppers. should_stop() checks the horizon with no
+    # trials (max_step_of(..., [])), so the median rule killed a run at its last step, the
+    # step every completed run ended at, and tell() then refused its result.
+    study = Study({"x": "uniform(0, 1)"}, algorithm="random", early_stopping="median")
+    for _ in range(5):  # five runs of 10 steps, whose last value drops
+        trial = study.ask()
+        for step in range(1, 11):
+            study.report(trial, step, 1.0 if step < 10 else 0.0)
+        study.tell(trial, 0.0)
+    trial = study.ask()
+    stopped_at = None
+    for step in range(1, 11):
+        study.report(trial, step, 0.95)
+        if study.should_stop(trial):
+            stopped_at = step
+            break
+    assert stopped_at is None, f"killed at step {stopped_at}, the last step of every run"
+    assert study.tell(trial, 0.95).state == "completed"
