@@ -1161,10 +1161,16 @@ class Node:
             else []
         ):
             asked = self.runner.stop_requested(lost.trial)
+            view = self.replica.experiments[lost.experiment].trial(lost.trial)
+            if asked is not None and (view is None or view.runner != self.node_id):
+                # A note of this peer's own earlier run, which another peer has run again
+                # since: applied to that run, it wrote a "frozen by hand" into another peer's
+                # run (kept for good, and ignored), and its loss waited another lost_after.
+                self.runner.forget_stop_request(lost.trial)
+                asked = None
             if asked is not None:
                 # Frozen or killed (by hand, its stopper or its timeout) as this peer died:
                 # recorded as decided, not taken for lost and run again.
-                view = self.replica.experiments[lost.experiment].trial(lost.trial)
                 step = view.last_step if view is not None else None
                 log.info(
                     "trial %s: %s before this peer restarted", lost.trial.hex()[:12], asked.reason

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import sys
 import threading
@@ -1031,5 +1032,75 @@ async def test_a_trials_code_laid_out_in_part_is_laid_out_again_whole(
         monkeypatch.undo()
         spec = node.runner._spec(state, view, node.runner.slots[0], None)
         assert sorted(p.name for p in spec.cwd.iterdir()) == ["helper.py", "train.py"]
+    finally:
+        await node.stop()
+
+
+_OTHER_RUNNER = b"b" * 16  # the peer that ran the trial again while this one was down
+
+
+@pytest.mark.asyncio
+async def test_a_stale_stop_request_is_not_applied_to_another_peers_lost_run(
+    tmp_path: Path,
+) -> None:
+    spec = ExperimentSpec(
+        "e", {"x": "uniform(0, 1)"}, algorithm="random",
+        command=(sys.executable, "-c", "pass"), max_trials=1,
+    )  # fmt: skip
+    exp = experiment_record(spec)
+    mono = [1000.0]
+    node = Node(
+        PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=1),
+        monotonic=lambda: mono[0],
+    )
+    me = node.node_id
+    t0 = int(time.time() * 1000) - 3_600_000
+    trial = Record.create(TRIAL, me, 1, t0, {"params": {"x": 0.5}, "node": me, "counter": 1},
+                          [exp.key])  # fmt: skip
+    links = [trial.key, exp.key]
+
+    def ev(node_id: bytes, seq: int, at: int, body: EventBody) -> Record:
+        return Record.create(EVENT, node_id, seq, t0 + at, body.to_body(), links)
+
+    # This peer (A) ran the trial to step 5, was asked to freeze it by hand, and was killed
+    # -9 during the freeze's grace: its stop-request note stays in the trial's folder.
+    a_start = ev(me, 2, 10, EventBody(trial.key, exp.key, "started", me))
+    a_prog = ev(me, 3, 20, EventBody(trial.key, exp.key, "progress", me, 5, {"objective": 0.5}))
+    # A stayed down past lost_after: the other found the trial lost and re-ran it from step 0.
+    other = _OTHER_RUNNER
+    lost = EventBody(trial.key, exp.key, "lost", other, reason="no news", after=a_prog.key)
+    b_lost = ev(other, 1, 100_000, lost)
+    start = EventBody(
+        trial.key, exp.key, "started", other, supersedes=(b_lost.key,), after=b_lost.key
+    )
+    b_start = ev(other, 2, 100_010, start)
+    b_prog = ev(
+        other, 3, 100_020, EventBody(trial.key, exp.key, "progress", other, 2, {"objective": 0.9})
+    )
+    folder = node.runner.trial_dir(trial.key)
+    folder.mkdir(parents=True)
+    (folder / "stop-request").write_text(
+        json.dumps({"outcome": "frozen", "reason": "frozen by hand", "rung": None})
+    )
+    try:
+        node.store.add([exp, trial, a_start, a_prog, b_lost, b_start, b_prog])
+        view = node.replica.experiments[exp.key].trial(trial.key)
+        assert view is not None and (view.state, view.runner) == ("running", _OTHER_RUNNER)
+        # A restarted long ago and is caught up; now the other is gone, quiet past lost_after.
+        mono[0] += node.config.timing.lost_after + node.config.timing.peer_timeout + 1
+        node.started_at = mono[0] - node.config.timing.peer_timeout - 1
+        node.replicator.sessions = 1
+        await node._schedule_once()
+        written = [
+            (e.kind, e.reason)
+            for r in sorted(node.store.linked(trial.key), key=lambda r: r.seq)
+            if r.kind == EVENT and r.origin == me and r.seq > 3
+            for e in [parse_event(r)]
+            if e is not None
+        ]
+        # The other's run is lost (no news from it); A's user never froze that run.
+        after = node.replica.experiments[exp.key].trial(trial.key)
+        assert after is not None
+        assert written[0][0] == "lost", (written, after.state, after.runner, after.frozen_step)
     finally:
         await node.stop()
