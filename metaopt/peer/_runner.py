@@ -777,7 +777,7 @@ class TrialRunner:
                 snapshot = _Snapshot(
                     state, self.node.suggester(state), state.trials(), frozenset(frozen)
                 )
-                fresh = not state.budget_spent
+                fresh = not self._nothing_new(state)
                 return await asyncio.to_thread(
                     _decide_in_thread, stopper, snapshot, set(own), free_slots, rng, fresh
                 )
@@ -806,6 +806,13 @@ class TrialRunner:
             for t in state.trials()
             if t.state == "frozen" and t.runner == me and not t.frozen_by_hand
         }
+
+    def _nothing_new(self, state: ExperimentState) -> bool:
+        """Whether no new configuration of the experiment can start: its budget is spent, or
+        every point of its finite space is already a trial. (Told otherwise, the stoppers
+        kept a used-up space's frozen trials frozen for good beside idle slots, in favour of
+        fresh points that could never run.)"""
+        return state.budget_spent or self.node.exhausted_now(state.key) is not None
 
     def _stop_completed_elsewhere(self) -> None:
         """Stop this peer's runs of trials another peer has completed meanwhile, and its
@@ -876,7 +883,7 @@ class TrialRunner:
             # bar). Not once every slot here is idle: another experiment kept them busy, and
             # this one open with its frozen trials, for as long as it ran.
             ending = (
-                state.budget_spent
+                self._nothing_new(state)
                 and not running
                 and bool(frozen)
                 and not self.interrupted_here(state)

@@ -18,7 +18,7 @@ import pytest
 
 from crdt import Record
 from metaopt import _curves
-from metaopt._errors import MetaoptError
+from metaopt._errors import MetaoptError, SearchError
 from metaopt._records import (
     EVENT,
     TRIAL,
@@ -28,6 +28,7 @@ from metaopt._records import (
     parse_experiment,
 )
 from metaopt._state import FROZEN_BY_HAND, ExperimentState
+from metaopt._suggest import Suggester
 from metaopt.freezethaw import Action, CurveView, Decision, FreezeThawStopper
 from metaopt.peer._config import Timing
 from metaopt.peer._runner import CLAIM_RACE, Running, TrialRunner
@@ -63,6 +64,7 @@ class _Node:
     def __init__(self, state: ExperimentState, space: Space) -> None:
         self.node_id = ME
         self.stopping = False
+        self.exhausted: dict[bytes, str] = {}  # experiments whose finite space is used up
         self.clock = lambda: 0.0
         gone = Path("/nonexistent/metaopt-test")  # no checkpoint is ever found there
         self.dirs = SimpleNamespace(trials=gone / "trials", root=gone)
@@ -73,6 +75,9 @@ class _Node:
 
     def suggester(self, state: ExperimentState) -> Any:
         return SimpleNamespace(space=self._space, unit=lambda t: self._space.to_unit(t.params))
+
+    def exhausted_now(self, experiment: bytes) -> str | None:
+        return self.exhausted.get(experiment)
 
     def write_event(self, experiment: bytes, trial: bytes, kind: str, **kw: Any) -> None:
         self.written.append((trial, kind, kw.get("reason")))
@@ -896,3 +901,62 @@ async def test_a_bundle_the_disk_refuses_is_said_once_a_minute_and_a_deleted_one
     written.rmdir()  # a user freeing space
     assert not runner.can_run(state)  # not taken for held: written again
     assert await can_run_once_laid_out(runner, state) and written.is_dir()
+
+
+_GRID = {"x": "choices([0.25, 0.5])"}
+
+
+def test_frozen_trials_of_a_used_up_space_are_judged_as_with_no_fresh_point_left() -> None:
+    # (A finite space without max_trials, or with more than it holds: no budget is spent.)
+    spec = ExperimentSpec(name="grid", space=_GRID, command=("t.py",), max_step=10)
+    rec = experiment_record(spec)
+    parsed = parse_experiment(rec)
+    assert parsed is not None
+    state = ExperimentState(rec.key, parsed)
+    seq = 0
+    keys = []
+    for i, x in enumerate((0.25, 0.5)):
+        seq += 1
+        trial = Record.create(TRIAL, ME, seq, i, {"params": {"x": x}, "node": ME, "counter": i + 1},
+                              [rec.key])  # fmt: skip
+        state.apply(trial)
+        keys.append(trial.key)
+        last = "completed" if i == 0 else "frozen"
+        for kind, at in (("started", None), ("progress", 3), (last, 3)):
+            seq += 1
+            metrics = {"objective": 0.5} if kind != "frozen" else {}
+            body = EventBody(trial.key, rec.key, kind, ME, at, metrics).to_body()
+            state.apply(Record.create(EVENT, ME, seq, 1_000 * seq, body, [trial.key, rec.key]))
+    assert state.trial(keys[1]).state == "frozen"  # type: ignore[union-attr]
+    # Every point of the space is a trial: no new configuration can start (the peer marks the
+    # experiment exhausted on this error and searches it no more).
+    suggester = Suggester(state, ME, seed=0)
+    with pytest.raises(SearchError):
+        suggester.compute(suggester.prepare(0, trials=state.trials()))
+
+    node = _Node(state, Space.from_dict(_GRID))
+    node.exhausted[state.key] = "all 2 points of the space are already tried or pending"
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    launched: list[bytes] = []
+
+    async def launch(state: object, view: object, *, thaw: bool = False) -> None:
+        launched.append(view.key)  # type: ignore[attr-defined]
+
+    runner.launch = launch  # type: ignore[method-assign]
+    # FreezeThawStopper's documented rule (_policy.py): a frozen trial is thawed when its rate
+    # beats the fresh rate; with no fresh configuration possible the fresh rate is 0 and
+    # every frozen trial with a real chance is worth the free slot.
+    stopper = RuleStopper(
+        lambda curves, own, free: (
+            []
+            if stopper.calls[-1][2]
+            else [Decision(t, Action.THAW, "no fresh point") for t in sorted(own)]
+        )
+    )
+    runner._stoppers[state.key] = stopper  # type: ignore[assignment]
+    asyncio.run(runner.thaw())
+    asyncio.run(runner.monitor())
+    told = [fresh for _, _, fresh in stopper.calls]
+    # Told a fresh point may start, the slot stayed idle and the trial frozen for good.
+    assert launched == [keys[1]], (launched, "fresh_available told:", told)
+    assert told and not any(told)

@@ -73,6 +73,7 @@ def _runner(log: _Log, data_dir: Path) -> TrialRunner:
     node = SimpleNamespace(
         node_id=A,
         stopping=False,
+        exhausted_now=lambda experiment: None,
         clock=lambda: 0.0,
         dirs=SimpleNamespace(trials=data_dir / "trials", root=data_dir),
         write_event=write_event,
