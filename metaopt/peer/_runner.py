@@ -476,6 +476,10 @@ class TrialRunner:
     def _record_event(self, run: Running, kind: str, data: dict[str, Any]) -> None:
         node = self.node
         run.last_event = self.monotonic()  # (thinning: a wall clock stepped back held reports)
+        if run.outcome == SUPERSEDED:
+            # Giving way to another peer's run of the trial: what it reports during its stop
+            # grace counts for nothing, and would only be records kept by every peer for good.
+            return
         if kind == "progress":
             step = data.get("step")
             metrics = {k: v for k, v in data.get("metrics", {}).items() if k != "step"}

@@ -722,6 +722,10 @@ def test_of_two_runs_taken_up_at_once_the_one_not_the_trials_gives_way(mine: str
     if mine == "earlier":
         assert asked == [f"taken up at the same time by node {other.hex()[:8]}, whose run it is"]
         written = len(node.written)
+        # What it reports during its stop grace counts for nothing: not written either.
+        runner._on_event(run, "progress", {"step": 1, "metrics": {"objective": 1.0, "step": 1}})
+        runner._on_event(run, "heartbeat", {"step": 1})
+        assert len(node.written) == written
         outcome = SimpleNamespace(status="interrupted", exit_code=0, metrics={}, objectives={})
         runner._record_outcome(run, outcome)
         assert len(node.written) == written
