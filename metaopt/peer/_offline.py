@@ -10,6 +10,8 @@ told to try again.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -126,6 +128,7 @@ class OfflinePeer:
         if op in ("api.experiment", "api.experiments") and isinstance(body, dict):
             # No frame to fit in, and each call opens and folds the whole replica: one page.
             body = {**body, "page_bytes": None}
+        copy: tempfile.TemporaryDirectory[str] | None = None
         try:
             store = self._open()
         except StoreLocked:
@@ -135,13 +138,18 @@ class OfflinePeer:
             ) from None
         except StoreError as exc:
             said = str(exc)
-            if "read-only file system" in said.lower():
-                # (LevelDB takes a lock file even to read: the error said nothing to do.)
-                said += (
-                    f"; reading it takes a lock file there: copy {root} somewhere writable"
-                    " and read the copy with --data-dir"
-                )
-            raise MetaoptError(said) from None
+            if "no space left on device" not in said.lower():
+                if "read-only file system" in said.lower():
+                    # (LevelDB takes a lock file even to read: the error said nothing to do.)
+                    said += (
+                        f"; reading it takes a lock file there: copy {root} somewhere writable"
+                        " and read the copy with --data-dir"
+                    )
+                raise MetaoptError(said) from None
+            # Opened, LevelDB writes a new manifest and log: on the full disk that `clean` is
+            # there to free (the peer stopped, as it cannot start there either), every read
+            # failed and nothing could free it. A copy elsewhere is read instead.
+            copy, store = self._open_copy(said)
         try:
             return self._call(store, op, body)
         except OSError as exc:
@@ -150,6 +158,24 @@ class OfflinePeer:
             raise MetaoptError(
                 f"{exc.filename or root}: {exc.strerror or exc}; check the disk and the data"
                 " directory"
+            ) from None
+        finally:
+            if copy is not None:
+                copy.cleanup()
+
+    def _open_copy(self, said: str) -> tuple[tempfile.TemporaryDirectory[str], LevelDBStore]:
+        """The replica copied to the temporary directory (another disk, as a rule), opened."""
+        copy = tempfile.TemporaryDirectory(prefix="metaopt-replica-")
+        try:
+            replica = Path(copy.name) / "replica"
+            shutil.copytree(self.dirs.replica, replica, ignore=shutil.ignore_patterns("LOCK"))
+            return copy, LevelDBStore(replica)
+        except (OSError, StoreError) as exc:
+            copy.cleanup()
+            raise MetaoptError(
+                f"{said}; nor could it be read from a copy in {tempfile.gettempdir()} ("
+                f"{getattr(exc, 'strerror', None) or exc}): free some space on the data"
+                " directory's disk by hand, then try again"
             ) from None
 
     def _call(self, store: LevelDBStore, op: str, body: Any) -> Any:
