@@ -267,7 +267,9 @@ async def _run(config: PeerConfig, data_dir: str | None = None) -> int:
 def _detach(config: PeerConfig, log_level: str, timing: str, data_dir: str | None = None) -> int:
     dirs = DataDir(config.data_dir)
     dirs.ensure()
-    argv = [sys.executable, "-m", "metaopt", "peer", "start"]
+    # -P: not the current folder first on sys.path, as -m puts it; a project's random.py
+    # there was imported by the peer in its place, and the detached start failed at once.
+    argv = [sys.executable, "-P", "-m", "metaopt", "peer", "start"]
     argv += ["--host", config.host, "--port", str(config.port), "--data-dir", str(dirs.root)]
     for seed in config.join:
         argv += ["--join", seed]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +98,36 @@ def test_clean_frees_a_full_disk_with_the_peer_stopped(
     assert code == 0, err
     assert not checkpoint.exists()
     assert trial_log_path(dirs, failed.key).exists()  # (its log stays)
+
+
+# --- 2. `metaopt peer start --detach` from a project folder -----------------------------------
+
+
+@pytest.mark.integration
+def test_a_detached_start_is_not_broken_by_a_file_of_the_folder_it_is_started_from(
+    tmp_path: Path,
+) -> None:
+    """`metaopt peer start --detach` run from a folder holding random.py (any file named as a
+    module the peer imports: random, logging, yaml, ...) started `python -m metaopt`, which
+    puts the folder first on sys.path: the peer imported the user's random.py and exited
+    ("the peer exited at once: ..."; 1 of 1), while a start in the foreground, the same
+    command without --detach, runs."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "random.py").write_text('raise SystemExit("the project\'s own random.py")\n')
+    data = tmp_path / "data"
+    env = {**os.environ, "PYTHONPATH": str(CODE_ROOT)}
+    env.pop("METAOPT_DATA_DIR", None)
+    base = [sys.executable, "-P", "-m", "metaopt"]
+    try:
+        started = subprocess.run(
+            [*base, "peer", "start", "--detach", "--host", "127.0.0.1", "--no-mdns",
+             "--port", "0", "--data-dir", str(data), "--timing", "stop_grace=3"],
+            cwd=project, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert started.returncode == 0, started.stderr
+    finally:
+        pid = DataDir(data).running_pid()
+        if pid is not None:
+            subprocess.run([*base, "peer", "stop", "--data-dir", str(data)], env=env,
+                           capture_output=True, timeout=60)  # fmt: skip
