@@ -131,3 +131,20 @@ def test_a_detached_start_is_not_broken_by_a_file_of_the_folder_it_is_started_fr
         if pid is not None:
             subprocess.run([*base, "peer", "stop", "--data-dir", str(data)], env=env,
                            capture_output=True, timeout=60)  # fmt: skip
+
+
+# --- 3. the join command of a peer bound to every IPv6 interface --------------------------------
+
+
+def test_the_join_command_of_a_peer_bound_to_every_ipv6_interface_names_a_reachable_address() -> (
+    None
+):
+    """A peer started with `--host ::` (every interface, as 0.0.0.0 for IPv4) printed, as its
+    new cluster's join command and in `metaopt peer key`, `metaopt peer start --host 0.0.0.0
+    --key K --join [::]:7787`: [::] on the other machine is that machine itself. 0.0.0.0 is
+    replaced by one of this machine's addresses; :: was taken for a LAN address."""
+    from metaopt.cli._peer import join_command
+    from metaopt.peer._config import host_port
+
+    said = join_command("mo1-key", host_port("::", 7787))
+    assert "--join [::]:" not in said, said
