@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from crdt import Record, RecordError
+from crdt import Record, RecordError, StoreWriteFailed
 from metaopt._errors import MetaoptError
 from metaopt._records import BLOB, EXPERIMENT, parse_experiment, trial_timeout
 from metaopt._state import (
@@ -176,7 +176,15 @@ class LocalApi:
                     f"{LOADING} the peer is still loading its history ({done:,} of about"
                     f" {held:,} records)"
                 )
-            return await call(request)
+            try:
+                return await call(request)
+            except StoreWriteFailed as exc:
+                # A write the disk refused (submit, freeze, kill, stop): the one line every
+                # refusal is; it was "internal error in api.add", a traceback in the log.
+                raise MetaoptError(
+                    f"this peer cannot write its replica ({exc.disk}); free space on its disk,"
+                    " then try again"
+                ) from None
 
         return once_loaded
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from crdt import LevelDBStore, Record
+from crdt import LevelDBStore, MemoryStore, Record, StoreWriteFailed
+from metaopt._errors import MetaoptError
 from metaopt._records import (
     EVENT,
+    EXPERIMENT,
     TRIAL,
     EventBody,
     ExperimentSpec,
@@ -148,3 +152,42 @@ def test_the_join_command_of_a_peer_bound_to_every_ipv6_interface_names_a_reacha
 
     said = join_command("mo1-key", host_port("::", 7787))
     assert "--join [::]:" not in said, said
+
+
+# --- 4. `metaopt submit` to a peer whose disk is full ---------------------------------------------
+
+
+def test_a_submit_the_disk_refuses_is_a_one_line_error_not_an_internal_one() -> None:
+    """Submitted to a peer on a full disk (a tmpfs filled up), submit said `metaopt:
+    127.0.0.1:P: internal error in api.add: cannot write the store at D/replica: IO error:
+    ...: No space left on device` (2 of 2), and the peer logged a traceback for it: api.add
+    let the store's StoreWriteFailed out, which the transport reports as a bug in a handler.
+    Every other refusal of the API is a MetaoptError, shown as the one line it is."""
+    from metaopt.peer._api import LocalApi
+    from metaopt.peer._replica import Replica
+    from metaopt.peer._wire import Request
+
+    class _FullStore(MemoryStore):
+        def add(self, records: Any) -> Any:
+            raise StoreWriteFailed(
+                "cannot write the store at /d/replica: IO error: /d/replica/000003.log: No"
+                " space left on device",
+                "No space left on device",
+            )
+
+    store = _FullStore()
+    node = SimpleNamespace(
+        node_id=b"n" * 16,
+        replica=Replica(MemoryStore()),
+        store=store,
+        replicator=SimpleNamespace(push=lambda keys: None),
+        loading_progress=lambda: None,
+    )
+    api = LocalApi(node)  # type: ignore[arg-type]
+    exp = Record.create(
+        EXPERIMENT, b"n" * 16, 1, 1000,
+        ExperimentSpec("e", {"x": "uniform(0, 1)"}, command=("t.py",)).to_body(), [],
+    )  # fmt: skip
+    with pytest.raises(MetaoptError) as caught:
+        asyncio.run(api.handlers()["api.add"](Request("api.add", b"n" * 16, "", [exp.data])))
+    assert "No space left on device" in str(caught.value)
