@@ -389,7 +389,12 @@ def _logs(args: argparse.Namespace) -> int:
             print(printable(f"({verdict})"), file=sys.stderr)
         return 0
     if info["runner"] is None:
-        raise MetaoptError(f"trial {args.trial} has not started on any peer yet")
+        if state in ("pending", None):
+            raise MetaoptError(f"trial {args.trial} has not started on any peer yet")
+        # Ended without a run (params outside its space, killed before its turn): how, and
+        # why, as for any trial; it said "has not started on any peer yet".
+        print(printable(f"trial {args.trial} ran on no peer ({verdict})"))
+        return 0
     where = info["address"] or "an unknown address"
     line = f"trial {args.trial} ran on node {info['runner'][:12]} at {where}"
     line += "; run `metaopt logs` there"

@@ -191,3 +191,25 @@ def test_a_submit_the_disk_refuses_is_a_one_line_error_not_an_internal_one() -> 
     with pytest.raises(MetaoptError) as caught:
         asyncio.run(api.handlers()["api.add"](Request("api.add", b"n" * 16, "", [exp.data])))
     assert "No space left on device" in str(caught.value)
+
+
+# --- 5. `metaopt logs` of a trial that ended without ever starting -----------------------------
+
+
+def test_logs_of_a_trial_that_failed_before_any_peer_ran_it_says_how_it_ended(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README: `metaopt logs TRIAL` gives its output, or where it ran, "then how it ended and
+    why". A trial whose params are not a point of its space (a record no metaopt peer writes,
+    shown failed, saying why, by status) has no runner: logs said `metaopt: trial de43a51b has
+    not started on any peer yet` and exited 2 (1 of 1), though it has ended for good, failed,
+    with its reason on every replica."""
+    _, (trial,) = _replica(tmp_path, [({"x": 5.0}, [])])
+    assert main(["status", "sweep", "--data-dir", str(tmp_path)]) == 0
+    assert "failed" in capsys.readouterr().out
+    code = main(["logs", trial.key.hex()[:8], "--data-dir", str(tmp_path)])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    said = out.out + out.err
+    assert "failed" in said and "not a point of the experiment's space" in said
+    assert "has not started" not in said
