@@ -278,7 +278,8 @@ def _is_prior(word: str) -> bool:
 def _load_config(path: str) -> dict[str, Any]:
     """The options in a --config file (YAML or JSON), named as on the command line."""
     try:
-        text = Path(path).read_text()
+        # (~ expanded: the shell leaves one after = as it is, --config=~/sweep.yaml.)
+        text = Path(path).expanduser().read_text()
     except (OSError, UnicodeDecodeError) as exc:
         why = getattr(exc, "strerror", None) or exc
         raise MetaoptError(f"cannot read --config {path}: {why}") from None

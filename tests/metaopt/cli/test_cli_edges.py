@@ -213,3 +213,21 @@ def test_logs_of_a_trial_that_failed_before_any_peer_ran_it_says_how_it_ended(
     said = out.out + out.err
     assert "failed" in said and "not a point of the experiment's space" in said
     assert "has not started" not in said
+
+
+# --- 6. --config=~/FILE ------------------------------------------------------------------------
+
+
+def test_a_config_file_under_home_given_with_an_equals_sign_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--config=~/sweep.yaml`: the shell leaves a ~ after = as it is, and submit read a file
+    named "~/sweep.yaml" in the current folder: `cannot read --config ~/sweep.yaml: No such
+    file or directory`. `--data-dir=~/peers`, split the same way, finds the home folder's (the
+    submit parser keeps a ~ in an option's value for it)."""
+    from metaopt.cli._submit import merge_config, split_submit_args
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "sweep.yaml").write_text("max_trials: 7\n")
+    options, _ = split_submit_args(["--config=~/sweep.yaml", "train.py", "--x~uniform(0, 1)"])
+    assert merge_config(options)["max_trials"] == 7
