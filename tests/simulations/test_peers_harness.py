@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from metaopt.peer._identity import DataDir
+from metaopt.peer._orphans import find_orphans
 from simulations._peers import LoopbackCluster, PeerProcess
 
 
@@ -37,6 +38,12 @@ def test_close_kills_its_peers_trials_and_spares_a_process_that_reused_a_trials_
     orphan = _sleeper(METAOPT_DATA_DIR=str(DataDir(data_dir).root), METAOPT_TRIAL_ID="ab" * 16)
     try:
         (trial_dir / "pid").write_text(f"{bystander.pid}\n")
+        # Until its exec is through, a process's /proc environ reads empty (Popen returns when
+        # the descriptors close, a little before): under load, close() found nothing yet.
+        deadline = time.monotonic() + 10
+        while orphan.pid not in find_orphans(DataDir(data_dir).root):
+            assert time.monotonic() < deadline, "the orphan's environment never showed"
+            time.sleep(0.01)
         cluster = LoopbackCluster(tmp_path)
         cluster.peers.append(PeerProcess("peer1", data_dir, 1, tmp_path / "peer1.log"))
         cluster.close()
