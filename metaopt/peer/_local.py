@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -85,7 +86,7 @@ class LocalPeer:
         if addr is None:
             raise MetaoptError(
                 f"no peer is running on {self.dirs.root}; start one with"
-                f" `metaopt peer start --data-dir {self.dirs.root}`"
+                f" `metaopt peer start --data-dir {shlex.quote(str(self.dirs.root))}`"
             )
         self.addr = addr
         key_text = self.dirs.read_key()
@@ -137,9 +138,10 @@ class LocalPeer:
             why = str(exc).partition(": ")[2]
             if self.dirs.running_pid() is None:
                 raise self._stale(f"another peer answers at {self.addr}: {why}") from None
+            start = f"metaopt peer start --data-dir {shlex.quote(str(self.dirs.root))}"
             raise MetaoptError(
                 f"the peer at {self.addr} is not the peer of {self.dirs.root} ({why}); is that"
-                f" peer running? `metaopt peer start --data-dir {self.dirs.root}` starts it"
+                f" peer running? `{start}` starts it"
             ) from None
         except OtherRelease:
             # Upgraded while it ran: this CLI cannot even ask it to stop. An older peer does

@@ -10,6 +10,7 @@ told to try again.
 from __future__ import annotations
 
 import asyncio
+import shlex
 import shutil
 import tempfile
 import time
@@ -115,15 +116,16 @@ class OfflinePeer:
         if not DataDir.holds_peer(root):
             raise MetaoptError(
                 f"no peer is running on {root}, nor has one run there; start one with"
-                f" `metaopt peer start --data-dir {root}`"
+                f" `metaopt peer start --data-dir {shlex.quote(str(root))}`"
             )
 
     def call(self, op: str, body: Any = None) -> Any:
         root = self.dirs.root
         if op not in WITHOUT_PEER:
             raise MetaoptError(
-                f"no peer is running on {root}; start one with `metaopt peer start"
-                f" --data-dir {root}` (without one, only status, best, export, logs and clean work)"
+                f"no peer is running on {root}; start one with `metaopt peer start --data-dir"
+                f" {shlex.quote(str(root))}` (without one, only status, best, export, logs and"
+                " clean work)"
             )
         if op in ("api.experiment", "api.experiments") and isinstance(body, dict):
             # No frame to fit in, and each call opens and folds the whole replica: one page.

@@ -231,3 +231,13 @@ def test_a_config_file_under_home_given_with_an_equals_sign_is_found(
     (tmp_path / "sweep.yaml").write_text("max_trials: 7\n")
     options, _ = split_submit_args(["--config=~/sweep.yaml", "train.py", "--x~uniform(0, 1)"])
     assert merge_config(options)["max_trials"] == 7
+
+
+def test_the_start_command_given_as_advice_is_quoted_for_a_shell(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `metaopt peer start --data-dir /tmp/my peers` broke at the space when pasted.
+    root = tmp_path / "my peers"
+    root.mkdir()
+    assert main(["status", "--data-dir", str(root)]) == 2
+    assert f"--data-dir '{DataDir(root).root}'`" in capsys.readouterr().err
