@@ -929,10 +929,9 @@ class TrialRunner:
         """How many of this peer's trials (of ``state``, else of every experiment) were cut
         short here and wait to be run again: its last life's (running, lost, or interrupted
         by a graceful stop; not running now). Their checkpoints are here, so they come before
-        thaws (after a crash
-        both slots went to frozen trials, and another peer re-ran the crashed one from step
-        0), and while they wait an experiment is not ending (its frozen trials were killed
-        as not worth resuming in the restarted peer's first second)."""
+        thaws (after a crash both slots went to frozen trials, and another peer re-ran the
+        crashed one from step 0), and while they wait an experiment is not ending (its frozen
+        trials were killed as not worth resuming in the restarted peer's first second)."""
         me, here = self.node.node_id, self.running_keys()
         states = self.node.replica.experiments.values() if state is None else (state,)
         return sum(
