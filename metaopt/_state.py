@@ -119,6 +119,9 @@ class TrialView:
     # from its own checkpoint goes on from its own run's step, not from the current run's
     # (another peer's, which may have started again from 0 since).
     run_steps: tuple[tuple[bytes, int], ...] = ()
+    # The free events (lost, interrupted) the start of its current run answered: two peers
+    # that took up one freed trial at once answered the same ones (see the peer's runner).
+    answers: tuple[bytes, ...] = ()
 
     def step_of(self, node: bytes) -> int | None:
         """The last step node's latest run of this trial reached; None if it never ran it."""
@@ -352,6 +355,7 @@ class TrialFold:
         self._lost_frozen = False
         self._latest: bytes | None = None  # the latest event that counts for the current run
         self._resumed_step: int | None = None
+        self._answers: tuple[bytes, ...] = ()
 
     @classmethod
     def of(
@@ -423,6 +427,7 @@ class TrialFold:
             self._started_at = time if self._started_at is None else self._started_at
             previous = self._runner or self._latest_report  # the run shown until now
             self._runner = event.node
+            self._answers = event.supersedes
             self._resumed_step = event.step
             self._counted = set()
             # A run goes on from its resume step, or starts afresh (step None): what earlier
@@ -556,6 +561,7 @@ class TrialFold:
             resumed_step=self._resumed_step,
             stopped_rung=terminal[3].rung if terminal is not None and state == "killed" else None,
             run_steps=tuple((node, run.last_step) for node, run in self._runs.items()),
+            answers=self._answers,
         )
 
 

@@ -101,6 +101,7 @@ class Running:
     last_progress: float = -math.inf  # when its last progress record was written
     held: tuple[int | None, dict[str, Any]] | None = None  # a report thinned out, kept for the end
     resumed_after: int | None = None  # the step it was resumed after (thawed or re-run), if any
+    answered: tuple[bytes, ...] = ()  # the free events its start answered (TrialView.answers)
     stepped: bool = False  # it has reported a step of its own
     # When it was launched, on the monotonic clock: the trial timeout counts from it (a wall
     # clock stepped forward by NTP would have killed every run at once).
@@ -302,6 +303,7 @@ class TrialRunner:
             last_event=self.monotonic(),
             resumed_after=resume,
             began=self.monotonic(),
+            answered=view.free_events,
         )
         self.running[slot.index] = run
         try:
@@ -829,8 +831,10 @@ class TrialRunner:
         Two peers whose slots freed at once may both re-run the one free trial (nothing but
         timing tells them apart: 4 of 4 staged on real peers). Every peer's replica makes the
         later start the trial's run, so the peer whose run is not stops it, writing nothing:
-        its reports already count for nothing. Only a run younger than CLAIM_RACE: an older
-        one (across a partition) may be the further on, and its completion still counts.
+        its reports already count for nothing. Only a run that answered the same loss or
+        interruption as that start (not a run taken for lost, a peer stopped or cut off for
+        a while, that went on meanwhile), and only younger than CLAIM_RACE: an older one
+        (across a partition) may be the further on, and its completion still counts.
         """
         me, now = self.node.node_id, self.monotonic()
         for run in list(self.running.values()):
@@ -842,7 +846,7 @@ class TrialRunner:
             if view.state == "completed":
                 why = f"completed on {by}"
             elif view.state == "running" and view.runner not in (None, me):
-                if now - run.began >= CLAIM_RACE:
+                if now - run.began >= CLAIM_RACE or not set(run.answered) & set(view.answers):
                     continue
                 why = f"taken up at the same time by {by}, whose run it is"
             else:

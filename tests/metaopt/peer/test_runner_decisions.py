@@ -694,12 +694,13 @@ def test_a_run_here_of_a_trial_completed_elsewhere_is_stopped_and_records_nothin
     assert len(node.written) == written  # the trial's result is the other peer's
 
 
-@pytest.mark.parametrize("mine", ["earlier", "later", "long ago"])
+@pytest.mark.parametrize("mine", ["earlier", "later", "long ago", "the one taken for lost"])
 def test_of_two_runs_taken_up_at_once_the_one_not_the_trials_gives_way(mine: str) -> None:
     # Two peers whose slots freed at once both re-ran the one free trial and ran it side by
     # side to its end (4 of 4 staged on real peers). The replicas make the later start the
     # trial's run: the other peer's run gives way, writing nothing; an older run (across a
-    # partition, maybe the further on) goes on, as its completion still counts.
+    # partition, maybe the further on) goes on, as its completion still counts, and so does
+    # a run another peer took for lost (this peer was stopped a while): it answered no loss.
     state, trial = _one_trial()
     key = trial.key
     lost = EventBody(key, state.key, "lost", ME, reason="its peer was gone").to_body()
@@ -707,8 +708,10 @@ def test_of_two_runs_taken_up_at_once_the_one_not_the_trials_gives_way(mine: str
     state.apply(freed)
     other = b"o" * 16
     starts = {ME: 5_000 if mine != "later" else 5_002, other: 5_001}
+    answered = () if mine == "the one taken for lost" else (freed.key,)
     for node, seq in ((ME, 3), (other, 1)):
-        body = EventBody(key, state.key, "started", node, supersedes=(freed.key,)).to_body()
+        answers = answered if node == ME else (freed.key,)
+        body = EventBody(key, state.key, "started", node, supersedes=answers).to_body()
         state.apply(Record.create(EVENT, node, seq, starts[node], body, [key, state.key]))
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
@@ -716,7 +719,7 @@ def test_of_two_runs_taken_up_at_once_the_one_not_the_trials_gives_way(mine: str
     asked: list[str] = []
     process = SimpleNamespace(request_stop=asked.append, exited=False)
     began = 1_000.0 - (CLAIM_RACE + 1 if mine == "long ago" else 2)
-    run = Running(runner.slots[0], state.key, key, process=process, began=began)  # type: ignore[arg-type]
+    run = Running(runner.slots[0], state.key, key, process=process, began=began, answered=answered)  # type: ignore[arg-type]
     runner.running[0] = run
     asyncio.run(runner.monitor(judge=False))
     if mine == "earlier":
