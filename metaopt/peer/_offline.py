@@ -97,6 +97,11 @@ def _folded_for(op: str, body: Any) -> Callable[[bytes, ExperimentSpec], bool] |
     return Replica.findable(text)
 
 
+# A full disk as LevelDB says it: out of space, or the folder over its quota (a home or
+# project folder on a lab's cluster), as the peer counts both (_storage._DISK_ERRNOS).
+_FULL_DISK = ("no space left on device", "disk quota exceeded")
+
+
 class OfflinePeer:
     """Answers the read-only API calls from the replica of a data directory no peer runs on."""
 
@@ -140,7 +145,7 @@ class OfflinePeer:
             ) from None
         except StoreError as exc:
             said = str(exc)
-            if "no space left on device" not in said.lower():
+            if not any(full in said.lower() for full in _FULL_DISK):
                 if "read-only file system" in said.lower():
                     # (LevelDB takes a lock file even to read: the error said nothing to do.)
                     said += (

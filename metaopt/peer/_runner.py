@@ -918,10 +918,13 @@ class TrialRunner:
                 elif decision.action is Action.THAW:
                     worth.add(decision.trial_id)
             if ending and self._stopper(state) is not None:
+                ran_out = (
+                    "the budget ran out" if state.budget_spent else "no new point was left to try"
+                )
                 for trial_id in sorted(frozen - worth):
                     if not self._still_frozen(state, bytes.fromhex(trial_id)):
                         continue  # thawed while the decision was being made
-                    why = "frozen when the budget ran out and not worth resuming"
+                    why = f"frozen when {ran_out} and not worth resuming"
                     self._kill_frozen(state, bytes.fromhex(trial_id), why)
 
     def _kill_frozen(self, state: ExperimentState, key: bytes, reason: str) -> None:

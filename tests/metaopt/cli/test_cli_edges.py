@@ -59,8 +59,9 @@ def _replica(root: Path, trials: list[tuple[dict[str, Any], list[tuple[str, dict
 # --- 1. `metaopt clean` with the peer stopped, on the full disk it is there to free -----------
 
 
+@pytest.mark.parametrize("full", ["No space left on device", "Disk quota exceeded"])
 def test_clean_frees_a_full_disk_with_the_peer_stopped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], full: str
 ) -> None:
     """README: `metaopt clean` frees this machine's disk, "It works with the peer stopped too".
     On a full disk (a 3 MB tmpfs filled up, the peer stopped: 4 of 4 tries) it said only
@@ -91,9 +92,7 @@ def test_clean_frees_a_full_disk_with_the_peer_stopped(
 
     def full_disk(name: str, *args: Any, **kwargs: Any) -> Any:
         if Path(name).resolve() == dirs.replica:
-            raise plyvel.IOError(
-                f"IO error: {dirs.replica}/MANIFEST-000010: No space left on device".encode()
-            )
+            raise plyvel.IOError(f"IO error: {dirs.replica}/MANIFEST-000010: {full}".encode())
         return real_db(name, *args, **kwargs)
 
     monkeypatch.setattr("crdt._leveldb.plyvel.DB", full_disk)
@@ -152,6 +151,8 @@ def test_the_join_command_of_a_peer_bound_to_every_ipv6_interface_names_a_reacha
 
     said = join_command("mo1-key", host_port("::", 7787))
     assert "--join [::]:" not in said, said
+    # Nor an IPv4 address of this machine: a socket bound to :: takes IPv6 only.
+    assert said.endswith("--join [THIS-MACHINE'S-IPv6-ADDRESS]:7787"), said
 
 
 # --- 4. `metaopt submit` to a peer whose disk is full ---------------------------------------------

@@ -913,8 +913,9 @@ async def test_a_bundle_the_disk_refuses_is_said_once_a_minute_and_a_deleted_one
 _GRID = {"x": "choices([0.25, 0.5])"}
 
 
-def test_frozen_trials_of_a_used_up_space_are_judged_as_with_no_fresh_point_left() -> None:
-    # (A finite space without max_trials, or with more than it holds: no budget is spent.)
+def _used_up_grid() -> tuple[ExperimentState, list[bytes], TrialRunner, _Node]:
+    """A finite space without max_trials (no budget is spent) whose both points are trials,
+    one completed and one frozen here, and this peer's runner of it, the space used up."""
     spec = ExperimentSpec(name="grid", space=_GRID, command=("t.py",), max_step=10)
     rec = experiment_record(spec)
     parsed = parse_experiment(rec)
@@ -944,6 +945,11 @@ def test_frozen_trials_of_a_used_up_space_are_judged_as_with_no_fresh_point_left
     node = _Node(state, Space.from_dict(_GRID))
     node.exhausted[state.key] = "all 2 points of the space are already tried or pending"
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    return state, keys, runner, node
+
+
+def test_frozen_trials_of_a_used_up_space_are_judged_as_with_no_fresh_point_left() -> None:
+    state, keys, runner, _ = _used_up_grid()
     launched: list[bytes] = []
 
     async def launch(state: object, view: object, *, thaw: bool = False) -> None:
@@ -967,3 +973,14 @@ def test_frozen_trials_of_a_used_up_space_are_judged_as_with_no_fresh_point_left
     # Told a fresh point may start, the slot stayed idle and the trial frozen for good.
     assert launched == [keys[1]], (launched, "fresh_available told:", told)
     assert told and not any(told)
+
+
+def test_frozen_trials_of_a_used_up_space_not_worth_resuming_are_ended_so_it_can_finish() -> None:
+    # With nothing new to start and no trial running, the frozen ones not worth a slot are
+    # killed, so that the experiment finishes (as once its budget is spent).
+    state, keys, runner, node = _used_up_grid()
+    runner._stoppers[state.key] = RuleStopper(lambda curves, own, free: [])  # type: ignore[assignment]
+    asyncio.run(runner.monitor())
+    assert node.written == [
+        (keys[1], "killed", "frozen when no new point was left to try and not worth resuming")
+    ]
