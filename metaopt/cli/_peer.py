@@ -453,7 +453,8 @@ def join_command(key: str, addr: str) -> str:
 
     A peer on a LAN address is joined there, and the new peer binds every interface so that
     the others can reach it too (its own default, 127.0.0.1, would not do); a peer bound to
-    every interface (0.0.0.0 or ::) is joined at one of this machine's other addresses. A peer on
+    every IPv4 interface (0.0.0.0) is joined at one of this machine's other addresses, one
+    bound to every IPv6 interface (::) at one the user fills in. A peer on
     loopback is a local trial: its command stays on loopback, with a data directory and port
     of its own.
     """
@@ -466,7 +467,11 @@ def join_command(key: str, addr: str) -> str:
         # Another peer on this machine needs its own data directory and port, or it stops at
         # "in use" (the same default data dir, the same default port).
         return f"metaopt peer start --key {key} --join {addr} --port 0 --data-dir ./metaopt-peer2"
-    if host.strip("[]") in ("0.0.0.0", "::"):  # (every interface: [::] elsewhere is there)
+    if host.strip("[]") == "::":
+        # Every IPv6 interface, and only those (the socket is IPv6 only): [::] on the other
+        # machine is that machine, and an IPv4 address of this one is refused.
+        addr = f"[THIS-MACHINE'S-IPv6-ADDRESS]:{port}"
+    elif host == "0.0.0.0":
         from metaopt.peer._discovery import local_adapters
 
         outside = [a for _, a, _ in local_adapters() if not ipaddress.IPv4Address(a).is_loopback]
