@@ -5,10 +5,11 @@ interrupted) are claimed in an order every peer computes alike (see ``claim_rank
 that ran the trial last first while it is live, then the other live nodes by rendezvous
 hashing (BLAKE2b(node id + trial key)); the k-th in line waits k claim delays before taking
 it, and of the free trials it may take, a peer takes the one it is earliest in line for (see
-plan_work for how experiments take turns). So
-usually exactly one peer re-runs a freed point, and if that one is gone too, the next does.
-New points are recorded in turns the same way (``settle_wait``), so that each peer has heard
-of the points recorded before its own.
+plan_work for how experiments take turns). So usually exactly one peer re-runs a freed
+point, and if that one is gone too, the next does; two that take one up at the same moment
+are told apart by the peer's runner (the run that is not the trial's gives way). New points
+are recorded in turns the same way (``settle_wait``), so that each peer has heard of the
+points recorded before its own.
 """
 
 from __future__ import annotations
