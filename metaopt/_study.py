@@ -30,6 +30,7 @@ from crdt import (
     Record,
     RecordError,
     Store,
+    StoreError,
     StoreLocked,
     StoreWriteFailed,
 )
@@ -121,11 +122,22 @@ def _node_id_for(seed: int, path: Path | None, given: bytes | None) -> bytes:
             # never handed back the trials asked under the old one (one budget spent for good).
             node_id = given or secrets.token_bytes(ORIGIN_SIZE)
             path.mkdir(parents=True, exist_ok=True)
-            id_file.write_text(node_id.hex())
-    except (OSError, ValueError) as exc:
+            # Whole or not at all: written in place on a full disk, it was left empty, and
+            # the Study refused its directory for good once space returned.
+            partial = path / f".node_id.{os.getpid()}.tmp"
+            try:
+                partial.write_text(node_id.hex())
+                os.replace(partial, id_file)
+            finally:
+                partial.unlink(missing_ok=True)
+    except OSError as exc:
         raise MetaoptError(
-            f"cannot keep a Study in {path}: {getattr(exc, 'strerror', None) or exc}; "
-            "pass path= a directory of its own"
+            f"cannot keep a Study in {path}: {exc.strerror or exc}; free space on its disk (or"
+            " fix its permissions), or pass path= another directory"
+        ) from None
+    except ValueError as exc:
+        raise MetaoptError(
+            f"cannot keep a Study in {path}: {exc}; pass path= a directory of its own"
         ) from None
     if given is not None and given != node_id:
         raise MetaoptError(
@@ -240,6 +252,15 @@ def _open_store(path: Path) -> LevelDBStore:
             f"{path} is held by another Study, in this process or another (or a `metaopt`"
             " read of it); close() it (or let that process end) first, or pass another path="
         ) from None
+    except StoreError as exc:  # crdt's own, raw: one line of ours, caught as MetaoptError
+        said = str(exc)
+        if any(disk in said.lower() for disk in _DISK_TROUBLE):
+            # (Opening writes a log and a table: it was "cannot open the store", no more.)
+            said += "; free space on its disk (or make it writable), or pass another path="
+        raise MetaoptError(said) from None
+
+
+_DISK_TROUBLE = ("no space left on device", "disk quota exceeded", "read-only file system")
 
 
 def _checked_metric(call: str, name: str, value: object, objective: bool) -> MetricValue:
