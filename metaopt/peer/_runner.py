@@ -329,6 +329,13 @@ class TrialRunner:
         except Exception as exc:  # whatever a peer's definition holds: the started event is
             # written and the slot taken, so the trial fails and the slot is freed, never wedged
             self.running.pop(slot.index, None)
+            if self.node.storage.note(exc, "laying out a trial's folder"):
+                # The disk's fault, not the trial's (no inode left, a quota): recorded failed,
+                # every trial of an experiment failed for good within seconds. Set free, to
+                # run again once the disk takes writes; the peer holds back meanwhile.
+                why = "this peer's disk refused its folder"
+                self.node.write_event(state.key, view.key, "interrupted", reason=why)
+                return
             self.node.write_event(state.key, view.key, "failed", reason=f"cannot start: {exc}")
             return
         process = TrialProcess(spec, lambda kind, data: self._on_event(run, kind, data))

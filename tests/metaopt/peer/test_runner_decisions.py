@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import subprocess
@@ -32,6 +33,7 @@ from metaopt._suggest import Suggester
 from metaopt.freezethaw import Action, CurveView, Decision, FreezeThawStopper
 from metaopt.peer._config import Timing
 from metaopt.peer._runner import CLAIM_RACE, Running, TrialRunner
+from metaopt.peer._storage import StorageTrouble
 from metaopt.space import Space
 from tests.metaopt.stoppers import RuleStopper
 
@@ -65,6 +67,7 @@ class _Node:
         self.node_id = ME
         self.stopping = False
         self.exhausted: dict[bytes, str] = {}  # experiments whose finite space is used up
+        self.storage = StorageTrouble()
         self.clock = lambda: 0.0
         gone = Path("/nonexistent/metaopt-test")  # no checkpoint is ever found there
         self.dirs = SimpleNamespace(trials=gone / "trials", root=gone)
@@ -984,3 +987,41 @@ def test_frozen_trials_of_a_used_up_space_not_worth_resuming_are_ended_so_it_can
     assert node.written == [
         (keys[1], "killed", "frozen when no new point was left to try and not worth resuming")
     ]
+
+
+def test_a_trial_folder_the_full_disk_refuses_does_not_fail_the_trial_for_good(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A trial's folder the disk refused (no inode left, a quota) was recorded "failed"
+    # ("cannot start: [Errno 28] ...") for good: on a real tmpfs with its inodes used up an
+    # experiment of --max-trials 4 was 4/4 failed within 15 s, and stayed finished once space
+    # returned (a review of every write on a full disk).
+    import errno
+    import pathlib
+
+    from metaopt.peer._storage import StorageTrouble
+
+    state, trial = _frozen_trial(1)
+    node: Any = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    node.dirs = SimpleNamespace(trials=tmp_path / "trials", root=tmp_path)
+    node.storage = StorageTrouble()
+    node.write_event(state.key, trial, "lost", reason="its peer went quiet")
+    view = state.trial(trial)
+    assert view is not None
+    config = SimpleNamespace(gpus="none", slots=1, timing=Timing())
+    runner = TrialRunner(node, config)  # type: ignore[arg-type]
+    real = pathlib.Path.mkdir
+
+    def full(self: Path, *args: Any, **kwargs: Any) -> None:
+        if str(self).startswith(str(tmp_path / "trials")):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", full)
+    with contextlib.suppress(Exception):  # (any refusal is fine; a failure for good is not)
+        asyncio.run(runner.launch(state, view))
+    kinds = [k for _, k, _ in node.written]
+    assert "failed" not in kinds, node.written[-1]
+    # Set free to run again once the disk takes writes, the peer holding back meanwhile.
+    assert kinds[-2:] == ["started", "interrupted"] and node.storage.problem()
+    assert not runner.running
