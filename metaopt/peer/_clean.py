@@ -23,6 +23,7 @@ trial's code is a tree of hard links to its bundle's files.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -190,14 +191,28 @@ def _failed(plan: CleanPlan, path: object, exc: BaseException) -> None:
     plan.failed.append(f"{path}: {why}")
 
 
+# Why a disk may refuse to create the lock file while clean must still run.
+_NO_LOCK_FILE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as exc:
+        if exc.errno not in _NO_LOCK_FILE:
+            raise  # (a damaged directory, a lock that is a folder: said in one line above)
+        # A disk with no inode left (or a quota, a lock file another user owns) refused to
+        # create it, and clean, there to free that disk, failed: the folder is locked instead.
+        fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _entries(folder: Path) -> list[Path]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from metaopt._records import (
 )
 from metaopt._state import ExperimentState
 from metaopt.cli import main
-from metaopt.peer._clean import _freed, carry_out, list_folders, plan_clean
+from metaopt.peer._clean import CleanPlan, _freed, carry_out, list_folders, plan_clean
 from metaopt.peer._identity import DataDir, trial_dir
 from tests.metaopt.peer.cluster import Cluster, wait_for
 
@@ -409,3 +411,26 @@ def test_what_deleting_folders_frees_counts_the_folders_blocks(tmp_path: Path) -
     # A file with another name outside still frees nothing; its folder does.
     os.link(empty / "weights.pt", tmp_path / "kept.pt")
     assert _freed([empty]) == folders
+
+
+def test_clean_frees_space_on_a_disk_too_full_for_its_lock_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # clean.lock could not be created on a disk with no inode (or file quota) left, and
+    # `metaopt clean`, the command to free that disk, failed: "internal error in api.clean:
+    # [Errno 28] ... clean.lock" with the peer up, "clean.lock: No space left on device" with
+    # it stopped (2 of 2 each on a real tmpfs; a review of every write on a full disk).
+    folder = tmp_path / "trials" / "0123456789abcdef"
+    (folder / "checkpoint").mkdir(parents=True)
+    (folder / "checkpoint" / "big.pt").write_bytes(b"x" * 10_000)
+    lock = tmp_path / "clean.lock"
+    real = builtins.open
+
+    def full(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(str(file)) == lock and not Path(str(file)).exists():
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full)
+    plan = carry_out(CleanPlan(to_empty=[folder]), lock)
+    assert not (folder / "checkpoint").exists() and plan.freed > 0
