@@ -497,8 +497,14 @@ class Node:
         self.replica.close()
         self.store.close()
         for path in (self.dirs.pid_file, self.dirs.address_file):
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                # A disk gone read-only: the stop went on, not a traceback ("ended before its
+                # stop completed"); the file left names no peer (see DataDir.running_pid).
+                log.warning("cannot remove %s (%s); it names no running peer", path, exc.strerror)
         self._loop_guard.uninstall()
 
     async def _leave(self) -> None:

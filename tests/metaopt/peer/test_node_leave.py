@@ -111,3 +111,27 @@ async def test_a_peer_logs_another_found_silent_back_and_leaving(
     finally:
         for peer in running:
             await peer.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_stops_cleanly_on_a_disk_gone_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a disk remounted read-only (ext4 errors=remount-ro) removing peer.pid raised: a
+    # traceback, and `peer stop` said the peer "ended before its stop completed (killed, or it
+    # failed)" (a review of every write on a full disk).
+    node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, host="127.0.0.1"))
+    await node.start()
+    import errno
+    import pathlib
+    from typing import Any
+
+    real = pathlib.Path.unlink
+
+    def read_only(self: Path, *args: Any, **kwargs: Any) -> None:
+        if self.name in ("peer.pid", "peer.address"):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "unlink", read_only)
+    await node.stop()
