@@ -62,6 +62,9 @@ EventCallback = Callable[[str, dict[str, Any]], None]
 Status = Literal["completed", "failed", "interrupted"]
 
 
+_LOG_RETRY = 5.0  # seconds before a trial's log the disk refused is tried again
+
+
 @dataclass(frozen=True)
 class ExecutorConfig:
     """Timings (seconds) and limits of one trial process."""
@@ -132,6 +135,11 @@ class TrialProcess:
         self._explicit_step = False
         self._reports = 0
         self._log: IO[bytes] | None = None
+        # Output the disk refused (a full disk, a quota): how much, and when to try the log
+        # again. Closed for good at the first refusal, a run of days lost the rest of its
+        # output; and a log that could not be opened failed the trial.
+        self._log_lost: int | None = None
+        self._log_retry_at = 0.0
         # The parser's notes already told in the log (each distinct one once, up to a bound).
         self._notes_read = 0
         self._notes_told: set[str] = set()
@@ -202,6 +210,9 @@ class TrialProcess:
             if self._log.tell():  # an earlier attempt's output (thawed, or re-run after a loss)
                 start = f"step {spec.step_offset}" if spec.step_offset else "the start"
                 self._log.write(f"--- metaopt: another attempt, from {start} ---\n".encode())
+        except OSError as exc:  # the disk refused the log: the trial runs, its output waits
+            self._log_refused(exc)
+        try:
             if spec.stop_file is not None:
                 # A thawed trial reuses its stop file path; the old request must not stop it.
                 with contextlib.suppress(FileNotFoundError):
@@ -371,17 +382,45 @@ class TrialProcess:
             self._check_broken(parser)
 
     def _write_log(self, data: bytes) -> None:
-        if self._log is None:
+        if self._log is None and not self._reopen_log():
+            if self._log_lost is not None:
+                self._log_lost += len(data)
             return
+        assert self._log is not None
         try:
             self._rotate_log(len(data))
             self._log.write(data)
             self._log.flush()
         except OSError as exc:  # a full disk must not stop the trial being read
+            self._log_refused(exc)
+            self._log_lost = (self._log_lost or 0) + len(data)
+
+    def _log_refused(self, exc: OSError) -> None:
+        """The disk refused the log: closed, tried again a few seconds later."""
+        if self._log_lost is None:
             log.warning("cannot write %s: %s", self.spec.log_path, exc)
+            self._log_lost = 0
+        if self._log is not None:
             with contextlib.suppress(OSError, ValueError):  # (its flush fails again)
                 self._log.close()
             self._log = None
+        self._log_retry_at = time.monotonic() + _LOG_RETRY
+
+    def _reopen_log(self) -> bool:
+        """Open the log again after the disk refused it, saying what was lost meanwhile."""
+        if self._log_lost is None or time.monotonic() < self._log_retry_at:
+            return False
+        try:
+            self._log = open(self.spec.log_path, "ab")  # noqa: SIM115 - closed as the first
+            self._log.write(
+                f"--- metaopt: {self._log_lost} bytes of output lost here: the disk refused"
+                " them ---\n".encode()
+            )
+        except OSError as exc:
+            self._log_refused(exc)
+            return False
+        self._log_lost = None
+        return True
 
     def _note_where(self, chunk: bytes) -> None:
         """Where the log now ends: inside a line, and whether that line is redrawn (\r)."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import dataclasses
+import errno
 import json
 import sys
 import textwrap
@@ -608,3 +610,57 @@ async def test_a_stop_asked_once_the_child_exited_0_leaves_its_result_completed(
         0,
         {"loss": 0.25},
     )
+
+
+@pytest.mark.asyncio
+async def test_a_trial_log_the_full_disk_refuses_does_not_fail_the_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A log the disk refused to open failed the trial ("cannot prepare the trial: [Errno
+    # 28]") for good, while a write refused mid-run only lost output (a review of every write
+    # on a full disk).
+    spec = _spec(tmp_path, _script(tmp_path, EPOCHS))
+    real = builtins.open
+
+    def full(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(str(file)) == spec.log_path:
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full)
+    outcome, _ = await _run(spec)
+    assert outcome.status == "completed", outcome.reason
+
+
+@pytest.mark.asyncio
+async def test_a_trial_log_goes_on_once_the_disk_takes_writes_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One refused write closed the log for the rest of the run, so a run of days that met a
+    # full disk for a moment had no more output in `metaopt logs`, without a word in the log.
+    from metaopt.peer import _executor
+    from metaopt.peer._executor import TrialProcess
+
+    monkeypatch.setattr(_executor, "_LOG_RETRY", 0.0)  # (tried again at the next output)
+
+    body = """
+        import time
+        print("before", flush=True)
+        time.sleep(0.5)
+        print("after", flush=True)
+    """
+    spec = _spec(tmp_path, _script(tmp_path, body))
+    real = TrialProcess._rotate_log
+    refused: list[int] = []
+
+    def full_once(self: TrialProcess, incoming: int) -> None:
+        if not refused:
+            refused.append(incoming)
+            raise OSError(errno.ENOSPC, "No space left on device", str(spec.log_path))
+        real(self, incoming)
+
+    monkeypatch.setattr(TrialProcess, "_rotate_log", full_once)
+    await _run(spec)
+    assert refused  # the first write was refused; the disk took writes again after it
+    text = spec.log_path.read_text()
+    assert "after" in text and "bytes of output lost here: the disk refused them" in text
