@@ -119,8 +119,9 @@ class TrialView:
     # from its own checkpoint goes on from its own run's step, not from the current run's
     # (another peer's, which may have started again from 0 since).
     run_steps: tuple[tuple[bytes, int], ...] = ()
-    # The free events (lost, interrupted) the start of its current run answered: two peers
-    # that took up one freed trial at once answered the same ones (see the peer's runner).
+    # The free events (lost, interrupted) the start of its current run answered, kept through
+    # its thaws: two peers that took up one freed trial at once answered the same ones (see
+    # the peer's runner).
     answers: tuple[bytes, ...] = ()
 
     def step_of(self, node: bytes) -> int | None:
@@ -427,7 +428,8 @@ class TrialFold:
             self._started_at = time if self._started_at is None else self._started_at
             previous = self._runner or self._latest_report  # the run shown until now
             self._runner = event.node
-            self._answers = event.supersedes
+            if event.kind == "started":  # (a thaw goes on with the run its start began)
+                self._answers = event.supersedes
             self._resumed_step = event.step
             self._counted = set()
             # A run goes on from its resume step, or starts afresh (step None): what earlier

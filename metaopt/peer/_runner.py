@@ -852,7 +852,9 @@ class TrialRunner:
             by = f"node {view.runner.hex()[:8]}" if view.runner else "another peer"
             if view.state == "completed":
                 why = f"completed on {by}"
-            elif view.state == "running" and view.runner not in (None, me):
+            elif view.runner not in (None, me):
+                # Whatever that run's state: frozen or killed by its stopper before this pass,
+                # the run here went on to its end (and beside that run once it was thawed).
                 if now - run.began >= CLAIM_RACE or not set(run.answered) & set(view.answers):
                     continue
                 why = f"taken up at the same time by {by}, whose run it is"

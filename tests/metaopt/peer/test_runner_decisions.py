@@ -1025,3 +1025,61 @@ def test_a_trial_folder_the_full_disk_refuses_does_not_fail_the_trial_for_good(
     # Set free to run again once the disk takes writes, the peer holding back meanwhile.
     assert kinds[-2:] == ["started", "interrupted"] and node.storage.problem()
     assert not runner.running
+
+
+_RACER = b"o" * 16  # the other peer that took the trial up at the same moment
+
+
+def _race_event(state: ExperimentState, trial: bytes, node: bytes, seq: int, at: int, kind: str,
+                step: int | None = None, **kw: Any) -> Record:  # fmt: skip
+    body = EventBody(trial, state.key, kind, node, step, **kw).to_body()
+    record = Record.create(EVENT, node, seq, at, body, [trial, state.key])
+    state.apply(record)
+    return record
+
+
+@pytest.mark.parametrize(
+    "then", ["still running (control)", "frozen", "frozen then thawed", "killed"]
+)
+def test_the_run_not_the_trials_gives_way_though_the_trials_run_has_already_stopped(
+    then: str,
+) -> None:
+    rec = experiment_record(
+        ExperimentSpec(name="e", space={"x": "uniform(0, 1)"}, command=("t.py",), max_step=10)
+    )
+    spec = parse_experiment(rec)
+    assert spec is not None
+    state = ExperimentState(rec.key, spec)
+    trial = Record.create(TRIAL, ME, 1, 0, {"params": {"x": 0.5}, "node": ME, "counter": 1},
+                          [rec.key])  # fmt: skip
+    state.apply(trial)
+    key = trial.key
+    freed = _race_event(state, key, ME, 2, 1_000, "lost", reason="its peer was gone")
+    # Both peers answer the same loss; the other's start is the later: the trial's run.
+    _race_event(state, key, ME, 3, 5_000, "started", supersedes=(freed.key,))
+    _race_event(state, key, _RACER, 1, 5_001, "started", supersedes=(freed.key,))
+    # Before this peer's next monitor pass, the other peer's stopper ends its run at the
+    # re-run's first rung (the trial had been frozen there before it was lost).
+    if then != "still running (control)":
+        _race_event(state, key, _RACER, 2, 6_000, "killed" if then == "killed" else "frozen", 1,
+               reason="at rung 1")  # fmt: skip
+    if then == "frozen then thawed":
+        _race_event(state, key, _RACER, 3, 7_000, "thawed", 1)
+    view = state.trial(key)
+    assert view is not None and view.runner == _RACER  # in every replica: the other's run
+
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    runner.monotonic = lambda: 1_000.0
+    asked: list[str] = []
+    process = SimpleNamespace(request_stop=asked.append, exited=False)
+    runner.running[0] = Running(
+        runner.slots[0], state.key, key, process=process,  # type: ignore[arg-type]
+        began=998.0, answered=(freed.key,),
+    )  # fmt: skip
+    asyncio.run(runner.monitor(judge=False))
+    # Not the trial's run (its reports count for nothing): it went on to its end beside a
+    # frozen trial, and beside the other peer's run once that was thawed (a soak of 3 real
+    # peers: 2 claim races in 52 re-claims, the trial's run frozen 0.0-0.7 s after the other
+    # gave way; the order can go either way).
+    assert asked, f"run here not stopped; the trial is {view.state} on node {_RACER.hex()[:8]}"
