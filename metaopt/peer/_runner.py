@@ -909,6 +909,11 @@ class TrialRunner:
             decisions = await self._decide(
                 state, set(running) | frozen, len(frozen) if ending else 0
             )
+            if self.node.stopping:
+                # Asked to stop while the stopper decided (in a thread): its runs are ending as
+                # interrupted, so they were not among those it saw running, and with the budget
+                # spent it judged the frozen trials as if nothing ran here, and killed them.
+                return
             if decisions is None:  # its stopper failed: no trial is judged, none killed
                 continue
             for decision in decisions:

@@ -616,6 +616,23 @@ def test_a_spent_experiments_frozen_trials_are_settled_while_another_keeps_the_s
                                               " resuming")]  # fmt: skip
 
 
+def test_a_peer_asked_to_stop_while_its_stopper_decides_settles_nothing() -> None:
+    # `peer stop` during a decision (made in a thread): the runs it interrupts were not among
+    # those it saw running, so with the budget spent the frozen trials were judged as if
+    # nothing ran here, and killed as not worth resuming, in the stop's last moments.
+    state, _ = _frozen_trial(1, max_trials=1)
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+
+    def stop_meanwhile(curves: Any, own: Any, free: int) -> list[Decision]:
+        node.stopping = True
+        return []
+
+    runner._stoppers[state.key] = RuleStopper(stop_meanwhile)  # type: ignore[assignment]
+    asyncio.run(runner.monitor())
+    assert node.written == []
+
+
 def test_a_restarted_peer_settles_no_frozen_trial_while_its_interrupted_one_waits() -> None:
     # Restarted after a kill -9, with the budget spent, its first pass found nothing running
     # here and killed its frozen trials as not worth resuming, before the trial the crash had
