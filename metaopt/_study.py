@@ -59,6 +59,7 @@ from metaopt._suggest import Suggester, stream
 from metaopt._writer import NodeWriter
 from metaopt.freezethaw import Action, Decision, EarlyStopper
 from metaopt.peer._identity import DataDir
+from metaopt.peer._storage import says_disk_full
 from metaopt.search import Algorithm, make_algorithm
 from metaopt.space import Space
 from metaopt.worker import MAX_METRICS, MetricValue, check_metric, check_name
@@ -254,13 +255,10 @@ def _open_store(path: Path) -> LevelDBStore:
         ) from None
     except StoreError as exc:  # crdt's own, raw: one line of ours, caught as MetaoptError
         said = str(exc)
-        if any(disk in said.lower() for disk in _DISK_TROUBLE):
+        if says_disk_full(said) or "read-only file system" in said.lower():
             # (Opening writes a log and a table: it was "cannot open the store", no more.)
             said += "; free space on its disk (or make it writable), or pass another path="
         raise MetaoptError(said) from None
-
-
-_DISK_TROUBLE = ("no space left on device", "disk quota exceeded", "read-only file system")
 
 
 def _checked_metric(call: str, name: str, value: object, objective: bool) -> MetricValue:

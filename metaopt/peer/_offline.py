@@ -28,6 +28,7 @@ from metaopt.peer._clean import carry_out, clean_reply
 from metaopt.peer._config import Timing
 from metaopt.peer._identity import DataDir, trial_log_path
 from metaopt.peer._replica import Replica
+from metaopt.peer._storage import says_disk_full
 from metaopt.peer._wire import Request
 
 __all__ = ["WITHOUT_PEER", "OfflinePeer"]
@@ -97,11 +98,6 @@ def _folded_for(op: str, body: Any) -> Callable[[bytes, ExperimentSpec], bool] |
     return Replica.findable(text)
 
 
-# A full disk as LevelDB says it: out of space, or the folder over its quota (a home or
-# project folder on a lab's cluster), as the peer counts both (_storage._DISK_ERRNOS).
-_FULL_DISK = ("no space left on device", "disk quota exceeded")
-
-
 class OfflinePeer:
     """Answers the read-only API calls from the replica of a data directory no peer runs on."""
 
@@ -145,7 +141,7 @@ class OfflinePeer:
             ) from None
         except StoreError as exc:
             said = str(exc)
-            if not any(full in said.lower() for full in _FULL_DISK):
+            if not says_disk_full(said):  # (over quota too: a home folder on a lab's cluster)
                 if "read-only file system" in said.lower():
                     # (LevelDB takes a lock file even to read: the error said nothing to do.)
                     said += (

@@ -25,6 +25,13 @@ log = logging.getLogger("metaopt.peer")
 _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO, errno.EFBIG})
 
 
+def says_disk_full(text: str) -> bool:
+    """Whether an error's text (LevelDB's, through plyvel, is text, not an errno) says the disk
+    is full: out of space, or the folder over its quota."""
+    said = text.lower()
+    return "no space left on device" in said or "disk quota exceeded" in said
+
+
 def storage_failure(exc: BaseException) -> str | None:
     """What a write error says of the disk, if it is the disk's fault (full, read-only,
     failing); None for anything else, which is a bug to report in full."""
