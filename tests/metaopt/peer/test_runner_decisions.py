@@ -1061,15 +1061,7 @@ def _race_event(state: ExperimentState, trial: bytes, node: bytes, seq: int, at:
 def test_the_run_not_the_trials_gives_way_though_the_trials_run_has_already_stopped(
     then: str,
 ) -> None:
-    rec = experiment_record(
-        ExperimentSpec(name="e", space={"x": "uniform(0, 1)"}, command=("t.py",), max_step=10)
-    )
-    spec = parse_experiment(rec)
-    assert spec is not None
-    state = ExperimentState(rec.key, spec)
-    trial = Record.create(TRIAL, ME, 1, 0, {"params": {"x": 0.5}, "node": ME, "counter": 1},
-                          [rec.key])  # fmt: skip
-    state.apply(trial)
+    state, trial = _one_trial(max_step=10)
     key = trial.key
     freed = _race_event(state, key, ME, 2, 1_000, "lost", reason="its peer was gone")
     # Both peers answer the same loss; the other's start is the later: the trial's run.

@@ -137,24 +137,21 @@ def test_a_study_taking_back_a_trial_goes_on_from_its_own_run(tmp_path: Path) ->
     own step 5 (its checkpoint's), as a peer is, and its curve is its own run's."""
     from metaopt import Study
 
-    space, one, two = {"x": "uniform(0, 1)"}, tmp_path / "s1", tmp_path / "s2"
-    with Study(space, path=one, node_id=b"1" * 16, max_step=20) as s1:
+    def study(n: int) -> Study:  # the n-th Study, reopened from its directory
+        return Study({"x": "uniform(0, 1)"}, path=tmp_path / f"s{n}", node_id=b"%d" % n * 16,
+                     max_step=20)  # fmt: skip
+
+    with study(1) as s1:
         trial = s1.ask()
         for step in range(1, 6):
             s1.report(trial, step, 1.0 / step)
-    with (
-        Study(space, path=one, node_id=b"1" * 16, max_step=20) as s1,
-        Study(space, path=two, node_id=b"2" * 16, max_step=20) as s2,
-    ):
+    with study(1) as s1, study(2) as s2:
         s2.sync(s1)
         again = s2.ask()
         assert (again.key, again.resume_step) == (trial.key, 5)
         for step in range(6, 9):
             s2.report(again, step, 0.5)
-    with (
-        Study(space, path=one, node_id=b"1" * 16, max_step=20) as s1,
-        Study(space, path=two, node_id=b"2" * 16, max_step=20) as s2,
-    ):
+    with study(1) as s1, study(2) as s2:
         s1.sync(s2)
         back = s1.ask()
         assert (back.key, back.resume_step) == (trial.key, 5)
