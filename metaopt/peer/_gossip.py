@@ -107,11 +107,26 @@ class PeerTable:
         if peer is not None:
             self._peers[node_id] = replace(peer, left=True)
 
-    def touch_addr(self, addr: str, now: float) -> None:
-        """This node just talked to whoever is at ``addr`` (no-op if nobody known is there)."""
-        node_id = self._by_addr.get(addr) if addr not in self.own_addrs else None
-        if node_id is not None:
-            self.seen(node_id, now, itself=False)
+    def at(self, addr: str) -> bytes | None:
+        """The node id known at ``addr`` (None for an unknown address or one of our own): a
+        call there names it (``to=``), so that only that node's answer counts as its life."""
+        return self._by_addr.get(addr) if addr not in self.own_addrs else None
+
+    def forget_at(self, addr: str, node_id: bytes | None) -> None:
+        """Another node answered at ``addr`` for ``node_id``: it is not there (a peer restarted
+        there with a new data directory, or a stale or forged report). Dropped, so that calls
+        there name nobody until the node there speaks to us itself."""
+        if node_id is not None and self._by_addr.get(addr) == node_id:
+            self._remove(node_id)
+
+    def answered(self, node_id: bytes, now: float) -> None:
+        """``node_id`` just answered a call that named it (see ``at``).
+
+        Not any answer from its address: an alias of our own address (localhost:PORT for a
+        peer bound to 127.0.0.1) or another peer now at that address answered for a node
+        that was gone, and kept it live for good, its running trials never re-run.
+        """
+        self.seen(node_id, now, itself=False)
         self.expire(now)
 
     def merge_gossip(self, entries: Any, now: float, *, exclude: bytes | None = None) -> int:

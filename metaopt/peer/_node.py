@@ -59,7 +59,14 @@ from metaopt.peer._scheduler import (
     settle_wait,
 )
 from metaopt.peer._storage import StorageTrouble
-from metaopt.peer._transport import Client, PeerUnreachable, Refused, RemoteError, Server
+from metaopt.peer._transport import (
+    Client,
+    Misaddressed,
+    PeerUnreachable,
+    Refused,
+    RemoteError,
+    Server,
+)
 from metaopt.peer._wire import PROTOCOL_VERSION, Request
 
 if TYPE_CHECKING:
@@ -668,9 +675,7 @@ class Node:
     async def _anti_entropy(self) -> None:
         if self.storage.problem():  # (see _hold_back_while_storage_fails)
             return
-        addr = await self.replicator.anti_entropy_once()
-        if addr is not None:
-            self.peers.touch_addr(addr, self.monotonic())
+        await self.replicator.anti_entropy_once()  # (which counts the partner live)
 
     async def _gossip(self) -> None:
         if self.storage.problem():  # (see _hold_back_while_storage_fails)
@@ -748,8 +753,17 @@ class Node:
         # ages told as of before it made every peer 10 s younger, each round (a peer
         # stopped with SIGSTOP stayed live for 73 s instead of 30).
         gossip = self.peers.to_gossip(self.monotonic(), timeout)
+        to = self.peers.at(addr)  # (see PeerTable.answered)
         try:
-            reply = await self.client.call(addr, "gossip", gossip)
+            try:
+                reply = await self.client.call(addr, "gossip", gossip, to=to)
+            except Misaddressed:
+                # Another node answers there: the call again, naming nobody, tells it of
+                # this peer (a peer restarted there with a new data directory, not knowing
+                # this one, would otherwise go unheard of until the old entry expired).
+                self.peers.forget_at(addr, to)
+                to = None
+                reply = await self.client.call(addr, "gossip", gossip)
         except (PeerUnreachable, RemoteError) as exc:
             log.debug("gossip with %s failed: %s", addr, exc)
             if addr in self.peers.seed_addrs() and addr not in self._seeds_heard:
@@ -768,7 +782,8 @@ class Node:
         if self._seeds_heard.get(addr) is False:
             log.info("--join %s answers now", addr)
         self._seeds_heard[addr] = True
-        self.peers.touch_addr(addr, self.monotonic())
+        if to is not None:
+            self.peers.answered(to, self.monotonic())
         self.peers.merge_gossip(reply, self.monotonic(), exclude=self.node_id)
 
     def _recall_peers(self) -> None:

@@ -137,22 +137,23 @@ class Replicator:
         """Whether a session of this peer's with the peer at addr is under way."""
         return addr in self._partners
 
-    async def reconcile(self, addr: str) -> bool:
-        """One full anti-entropy session with a peer; True if it completed."""
+    async def reconcile(self, addr: str, *, to: bytes | None = None) -> bool:
+        """One full anti-entropy session with a peer (the node ``to``, if known: another
+        there refuses it); True if it completed."""
         self._partners[addr] = self._partners.get(addr, 0) + 1
         try:
-            return await self._reconcile(addr)
+            return await self._reconcile(addr, to)
         finally:
             self._partners[addr] -= 1
             if not self._partners[addr]:
                 del self._partners[addr]
 
-    async def _reconcile(self, addr: str) -> bool:
+    async def _reconcile(self, addr: str, to: bytes | None) -> bool:
         session = Initiator(self.store)
         message: bytes | None = session.start()
         try:
             while message is not None:
-                reply = await self.client.call(addr, "sync", message)
+                reply = await self.client.call(addr, "sync", message, to=to)
                 if not isinstance(reply, bytes):
                     self._aborted(addr, "reply", "it sent a sync reply that is not bytes")
                     return False
@@ -179,7 +180,8 @@ class Replicator:
             log.debug("anti-entropy with %s aborted: %s", addr, why)
 
     async def anti_entropy_once(self) -> str | None:
-        """Reconcile with one random live peer (else a seed, else a silent known peer)."""
+        """Reconcile with one random live peer (else a seed, else a silent known peer); the
+        address reconciled with, if the session completed."""
         now = self._clock()
         live = self.peers.random_live(self._rng, 1, now, self._peer_timeout)
         candidates = (
@@ -190,7 +192,12 @@ class Replicator:
         if not candidates:
             return None
         addr = self._rng.choice(candidates)
-        return addr if await self.reconcile(addr) else None
+        to = self.peers.at(addr)
+        if not await self.reconcile(addr, to=to):
+            return None
+        if to is not None:
+            self.peers.answered(to, self._clock())
+        return addr
 
     async def drain(self, timeout: float) -> None:
         """Wait for pushes under way (used on a graceful stop)."""

@@ -25,14 +25,25 @@ def test_a_contacted_peer_is_live_until_the_timeout_passes() -> None:
     assert peer is not None and peer.last_contact == 100.0
 
 
-def test_touching_an_address_refreshes_the_peer_there() -> None:
+def test_an_answer_to_a_call_naming_a_peer_refreshes_it() -> None:
     table = PeerTable()
     table.add(A, "h:1", 0.0, contacted=False)
-    table.touch_addr("h:1", 25.0)
-    table.touch_addr("unknown:2", 25.0)
+    assert table.at("h:1") == A and table.at("unknown:2") is None
+    table.answered(A, 25.0)
     peer = table.get(A)
     assert peer is not None and (peer.heard, peer.last_contact) == (25.0, 25.0)
     assert table.is_alive(A, 50.0, TIMEOUT)
+
+
+def test_a_node_another_answered_for_is_forgotten_at_that_address_only() -> None:
+    table = PeerTable()
+    table.add(A, "h:1", 0.0, contacted=True)
+    table.add(B, "h:2", 0.0, contacted=True)
+    table.forget_at("h:2", A)  # A is not at h:2: nothing known of A changes
+    table.forget_at("h:1", None)
+    assert table.at("h:1") == A and table.at("h:2") == B
+    table.forget_at("h:1", A)
+    assert table.get(A) is None and table.at("h:1") is None and table.get(B) is not None
 
 
 def test_seeds_are_kept_forever_and_once() -> None:
@@ -130,7 +141,8 @@ def test_a_new_node_at_an_old_address_replaces_the_dead_one() -> None:
     table.add(A, "h:1", 0.0, contacted=True)
     table.add(B, "h:1", 5.0, contacted=True)  # the peer restarted with a new data dir
     assert table.get(A) is None
-    table.touch_addr("h:1", 20.0)
+    assert table.at("h:1") == B
+    table.answered(B, 20.0)
     peer = table.get(B)
     assert peer is not None and peer.heard == 20.0
     # A stale report of the old id cannot take the address back.
@@ -218,7 +230,7 @@ def test_no_other_id_is_ever_entered_at_this_nodes_own_address() -> None:
     table.merge_gossip([[A, "h:2", 0.0], [B, "h:3", 0.0]], 10.0)
     table.add(C, "h:2", 10.0, contacted=True)
     assert table.get(A) is None and table.get(C) is None and table.get(B) is not None
-    table.touch_addr("h:2", 20.0)  # a call to our own address proves nobody else alive
+    assert table.at("h:2") is None  # a call to our own address names nobody else
     assert [p.node_id for p in table.all()] == [B]
 
 
@@ -246,9 +258,9 @@ def test_a_peer_that_left_is_gone_until_it_speaks_to_us_itself() -> None:
     table.merge_gossip([[A, "h:1", 0.0]], 101.0)
     table.add(A, "h:1", 101.0, contacted=False)
     assert not table.is_alive(A, 101.0, TIMEOUT) and C not in table
-    # Nor does an answer from its address, which names no sender (another peer may have
-    # started there); its own word does: a request from it.
-    table.touch_addr("h:1", 101.5)
+    # Nor does an answer to a call that named it (a replying peer names no sender, and an
+    # answer is no request of its own); its own word does: a request from it.
+    table.answered(A, 101.5)
     assert not table.is_alive(A, 101.5, TIMEOUT)
     table.add(A, "h:1", 102.0, contacted=True)
     assert table.is_alive(A, 102.0, TIMEOUT)

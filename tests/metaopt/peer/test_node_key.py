@@ -124,7 +124,7 @@ async def test_a_join_seed_that_refuses_this_peer_is_not_said_not_to_answer(
     node = _node(tmp_path / "s", key_text=_key(), join=("127.0.0.1:9",))
     node.peers.add_seed("127.0.0.1:9")
 
-    async def refused(addr: str, op: str, body: object) -> object:
+    async def refused(addr: str, op: str, body: object, to: object = None) -> object:
         raise Refused(f"{addr} refused us: UnknownKey")
 
     node.client.call = refused  # type: ignore[method-assign]
@@ -187,7 +187,9 @@ async def test_gossip_after_a_hung_peer_times_out_tells_its_true_age(tmp_path: P
     sent: list[tuple[str, float, list[list[object]]]] = []
 
     class _Client:
-        async def call(self, addr: str, op: str, body: list[list[object]]) -> object:
+        async def call(
+            self, addr: str, op: str, body: list[list[object]], to: object = None
+        ) -> object:
             sent.append((addr, now[0], body))
             if addr == hung:
                 now[0] += 10.0  # the request timeout

@@ -25,7 +25,7 @@ class _Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
 
-    async def call(self, addr: str, op: str, body: Any = None) -> Any:
+    async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
         self.calls.append((addr, op))
         raise PeerUnreachable(f"no answer from {addr}")
 
@@ -79,7 +79,7 @@ def test_only_a_converged_session_counts_as_caught_up(monkeypatch: Any) -> None:
             yield
 
     class _Answers:
-        async def call(self, addr: str, op: str, body: Any = None) -> Any:
+        async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
             return b"reply"
 
     monkeypatch.setattr("metaopt.peer._replication.Initiator", _Session)
@@ -95,7 +95,7 @@ def test_a_burst_of_many_small_records_is_pushed_in_pieces_the_receiver_takes() 
     far = MemoryStore()
 
     class _Receiver:
-        async def call(self, addr: str, op: str, body: Any = None) -> Any:
+        async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
             return respond(far, body)
 
     events = [Record.create("event", A, seq, 1000 + seq, {"s": seq}) for seq in range(1, 20001)]
@@ -121,7 +121,7 @@ def test_this_peers_own_disk_refusing_a_session_s_records_is_not_the_partners_fa
     theirs.add([Record.create("event", A, 1, 1, {"i": 1})])
 
     class _Answers:
-        async def call(self, addr: str, op: str, body: Any = None) -> Any:
+        async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
             return respond(theirs, body)
 
     rep = _replicator(PeerTable(), _Answers(), 0.0)  # type: ignore[arg-type]
@@ -140,7 +140,7 @@ def test_a_partner_that_breaks_every_session_is_warned_of_once(
     # A faulty (or hostile) peer broke every session with it: a warning twice a second on
     # every peer, for good.
     class _Garbage:
-        async def call(self, addr: str, op: str, body: Any = None) -> Any:
+        async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
             return b"\xc1 not a sync message" if addr.endswith("1") else {"not": "bytes"}
 
     rep = _replicator(PeerTable(), _Garbage(), 0.0)  # type: ignore[arg-type]
@@ -161,7 +161,7 @@ def test_a_catch_up_message_is_stored_in_slices_with_the_loop_running_between() 
     theirs.add([Record.create("event", A, seq, 1000 + seq, {"s": seq}) for seq in range(1, 5001)])
 
     class _Answers:
-        async def call(self, addr: str, op: str, body: Any = None) -> Any:
+        async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
             return respond(theirs, body)
 
     ticks = 0
@@ -193,7 +193,7 @@ def test_only_this_nodes_own_new_records_are_pushed() -> None:
     pushed: list[list[bytes]] = []
 
     class _Receiver:
-        async def call(self, addr: str, op: str, body: Any = None) -> Any:
+        async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
             pushed.append(list(msgpack.unpackb(body)["p"]))
             return b"ack"
 

@@ -1,0 +1,90 @@
+"""A peer counts another live only on its own answer: a gossip entry naming a gone node at
+an alias of this peer's own address (localhost:PORT for a peer bound to 127.0.0.1) made the
+peer call itself, take its own answer for the gone node's, and keep it live for good, so the
+gone node's running trial was never taken for lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from crdt import FrameCodec, Record
+from metaopt.peer._config import PeerConfig, Timing
+from metaopt.peer._node import Node
+from metaopt.peer._transport import Client
+
+pytestmark = pytest.mark.integration
+
+FAST = Timing(peer_timeout=2.0, gossip=0.3, anti_entropy=1.0, lost_after=3.0, schedule=0.1)
+
+
+def _experiment() -> Record:
+    body = {
+        "name": "e", "space": {"x": "uniform(0, 1)"}, "objectives": ["objective"],
+        "directions": ["minimize"], "algorithm": "random", "max_trials": 1,
+        "command": ["true"], "bundle": {"shared_dir": "/tmp"}, "objective_regex": None,
+        "early_stopping": None, "max_step": None, "nonce": "n", "options": {},
+    }  # fmt: skip
+    return Record.create("experiment", os.urandom(16), 1, 1000, body)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("alias", ["127.0.0.1:{port}", "localhost:{port}"])
+async def test_a_gone_peers_trial_is_lost_whatever_address_gossip_gave_it(
+    tmp_path: Path, alias: str
+) -> None:
+    node = Node(PeerConfig(data_dir=tmp_path / "n", port=0, mdns=False, timing=FAST))
+    await node.start()
+    gone = os.urandom(16)  # a peer that crashed while running a trial
+    client = Client(FrameCodec([node.key]), os.urandom(16), "")
+    try:
+        exp = _experiment()
+        trial = Record.create(
+            "trial", gone, 1, 2000, {"params": {"x": 0.5}, "node": gone, "counter": 1}, [exp.key]
+        )
+        started = Record.create("event", gone, 2, 2001, {"kind": "started", "node": gone},
+                                [trial.key, exp.key])  # fmt: skip
+        node.store.add([exp, trial, started])
+        # One gossip message, from a peer with the key (buggy or not), then silence.
+        entry = [gone, alias.format(port=node.port), 0.0]
+        await client.call(node.addr, "gossip", [entry])
+        state = None
+        for _ in range(150):  # 15 s: peer_timeout + lost_after is 5 s
+            await asyncio.sleep(0.1)
+            view = node.replica.experiments[exp.key].trial(trial.key)
+            state = view.state if view else None
+            if state != "running":
+                break
+        live = [p.addr for p in node.peers.live(node.monotonic(), FAST.peer_timeout)]
+        assert state != "running", f"still running after 15 s; peers counted live: {live}"
+    finally:
+        await client.close()
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_call_refused_by_another_node_at_a_known_address_introduces_this_peer(
+    tmp_path: Path,
+) -> None:
+    # A peer restarted on its address with a new data directory knows nobody; calls naming
+    # its predecessor are refused there, and without a call naming nobody neither peer heard
+    # of the other until the predecessor's entry expired (10 minutes).
+    caller = Node(PeerConfig(data_dir=tmp_path / "a", port=0, mdns=False, timing=FAST))
+    key = caller.key.to_text()
+    restarted = Node(
+        PeerConfig(data_dir=tmp_path / "b", port=0, mdns=False, timing=FAST, key_text=key)
+    )
+    await caller.start()
+    await restarted.start()
+    try:
+        predecessor = os.urandom(16)
+        caller.peers.add(predecessor, restarted.addr, caller.monotonic(), contacted=True)
+        await caller._gossip_with(restarted.addr, FAST.peer_timeout)
+        assert predecessor not in caller.peers
+        assert caller.node_id in restarted.peers
+    finally:
+        await caller.stop()
+        await restarted.stop()
