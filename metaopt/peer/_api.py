@@ -466,6 +466,9 @@ class LocalApi:
             # on unrecorded after the peer is gone, and be re-run from step 0 elsewhere.
             raise MetaoptError("this peer is stopping; thaw the trial once it has restarted")
         taken_over = self._take_over_frozen(view, "thaw")
+        held = self.node.runner.starts_held()
+        if held is not None:
+            raise MetaoptError(f"this peer starts no trial now: {held}; free space on its disk")
         if self.node.runner.free_slots() <= 0:
             # The scheduler fills a slot as soon as it frees, so "wait" rarely helps.
             raise MetaoptError(

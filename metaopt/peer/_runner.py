@@ -33,6 +33,7 @@ from metaopt.peer._executor import ExecutorConfig, TrialProcess, TrialSpec
 from metaopt.peer._gpus import Slot, detect_slots
 from metaopt.peer._identity import trial_dir, trial_log_path
 from metaopt.peer._orphans import kill_orphans
+from metaopt.peer._storage import storage_failure
 from metaopt.peer._template import parse_template
 from metaopt.peer._watchdog import Watchdog
 
@@ -54,6 +55,10 @@ SUPERSEDED = "superseded"
 # Seconds within which this peer's run of a trial another peer took up at the same time gives
 # way to that one (see _stop_completed_elsewhere).
 CLAIM_RACE = 60.0
+# Seconds this peer starts no trial after the disk refused a trial's folder (no inode left, a
+# quota). Its replica may still take writes (LevelDB appends to a file it has), so the peer
+# goes on as a replica; but each try wrote a start and an interruption, every 2 s.
+FOLDER_RETRY = 10.0
 
 
 # In a trial's folder while a freeze or kill this peer decided (by hand, by its early stopper,
@@ -132,11 +137,40 @@ class TrialRunner:
         self.watchdog = Watchdog(lambda: self.config.timing.stop_grace, lambda: self.node.dirs.root)
         # A stopper keeps fitted hyperparameters between calls: one decision at a time.
         self._deciding = asyncio.Lock()
+        self._folder_refused: tuple[float, str] | None = None  # when, why (see FOLDER_RETRY)
+        self._folder_said_at = -math.inf
 
     # --------------------------------------------------------------------------- queries
 
     def free_slots(self) -> int:
+        """Slots a trial may start in now: none while starts are held (see starts_held)."""
+        if self.starts_held() is not None:
+            return 0
         return len(self.slots) - len(self.running)
+
+    def starts_held(self) -> str | None:
+        """Why this peer starts no trial now (the disk refused a trial's folder within
+        FOLDER_RETRY seconds), or None."""
+        if self._folder_refused is None:
+            return None
+        at, why = self._folder_refused
+        if self.monotonic() - at >= FOLDER_RETRY:
+            return None
+        return f"its disk refused a trial's folder ({why}); it tries again every {FOLDER_RETRY:g} s"
+
+    def _hold_starts(self, why: str) -> None:
+        """The disk refused a trial's folder: start nothing for FOLDER_RETRY seconds, said
+        once a minute."""
+        now = self.monotonic()
+        self._folder_refused = (now, why)
+        if now - self._folder_said_at >= 60.0:
+            self._folder_said_at = now
+            log.error(
+                "cannot lay out a trial's folder (%s): this peer starts no trial, trying"
+                " again every %g s; free space or inodes on its disk",
+                why,
+                FOLDER_RETRY,
+            )
 
     def running_keys(self) -> set[bytes]:
         """The trials running here, and those that ended here with their end not recorded
@@ -329,10 +363,12 @@ class TrialRunner:
         except Exception as exc:  # whatever a peer's definition holds: the started event is
             # written and the slot taken, so the trial fails and the slot is freed, never wedged
             self.running.pop(slot.index, None)
-            if self.node.storage.note(exc, "laying out a trial's folder"):
+            refused = storage_failure(exc)
+            if refused is not None:
                 # The disk's fault, not the trial's (no inode left, a quota): recorded failed,
                 # every trial of an experiment failed for good within seconds. Set free, to
-                # run again once the disk takes writes; the peer holds back meanwhile.
+                # run again once the disk takes writes; this peer starts none meanwhile.
+                self._hold_starts(refused)
                 why = "this peer's disk refused its folder"
                 self.node.write_event(state.key, view.key, "interrupted", reason=why)
                 return

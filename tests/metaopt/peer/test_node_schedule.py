@@ -1104,3 +1104,35 @@ async def test_a_stale_stop_request_is_not_applied_to_another_peers_lost_run(
         assert written[0][0] == "lost", (written, after.state, after.runner, after.frozen_step)
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_trial_folder_the_disk_refuses_is_tried_once_until_the_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The refusal held the replica back, and the trial's "interrupted" event, a write that
+    # succeeds (an inode-full disk still appends to LevelDB's log), ended the hold at once:
+    # on a real inode-full tmpfs a start, an interruption and an ERROR line every 2 s, 12
+    # in 24 s (a review of the day's fixes).
+    import errno
+
+    exp = _experiment("good", {"x": "uniform(0, 1)"}, max_trials=2)
+    node = _lone_node(tmp_path, caught_up=True)
+    runner = node.runner
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "trials"))
+
+    try:
+        node.store.add([exp])
+        monkeypatch.setattr(runner, "_spec", refused)
+        for _ in range(3):
+            await node._schedule_once()
+            for task in list(runner._laying_out.values()):
+                await task
+        state = node.replica.experiments[exp.key]
+        assert sum(t.attempts for t in state.trials()) == 1
+        assert runner.starts_held() is not None and node.storage.problem() is None
+    finally:
+        monkeypatch.undo()
+        await node.stop()

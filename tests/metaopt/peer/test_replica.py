@@ -227,8 +227,10 @@ async def test_a_freeze_or_thaw_that_cannot_happen_says_why_and_what_to_do() -> 
     ]  # fmt: skip
     store.add([exp, *trials, *events])
     stopping: dict[bytes, str] = {}
+    held: list[str | None] = [None]
     runner = SimpleNamespace(
         free_slots=lambda: 0,
+        starts_held=lambda: held[0],
         running_keys=lambda: {trials[2].key},
         stopping_as=stopping.get,
         can_run=lambda state: True,
@@ -253,6 +255,9 @@ async def test_a_freeze_or_thaw_that_cannot_happen_says_why_and_what_to_do() -> 
         return str(info.value)
 
     assert "freeze a running trial first" in await refusal(trials[0])
+    held[0] = "its disk refused a trial's folder (No space left on device)"
+    assert "starts no trial now: its disk refused" in await refusal(trials[0])
+    held[0] = None
     elsewhere = f"frozen on node {other.hex()[:8]}; run `metaopt thaw` there"
     assert elsewhere in await refusal(trials[1])
     assert "is running; only a frozen one thaws" in await refusal(trials[2])
