@@ -119,9 +119,12 @@ class TrialView:
     # from its own checkpoint goes on from its own run's step, not from the current run's
     # (another peer's, which may have started again from 0 since).
     run_steps: tuple[tuple[bytes, int], ...] = ()
-    # The free events (lost, interrupted) the start of its current run answered, kept through
-    # its thaws: two peers that took up one freed trial at once answered the same ones (see
-    # the peer's runner).
+    # The events that the free events in effect follow (EventBody.after): the ends of the
+    # runs they freed it from. Two peers that each found a run lost write two losses of it.
+    free_ends: tuple[bytes, ...] = ()
+    # The free events (lost, interrupted) the start of its current run answered, and the
+    # events they follow, kept through its thaws: two peers that took up one freed trial at
+    # once answered the same ones, or the ends of the same run (see the peer's runner).
     answers: tuple[bytes, ...] = ()
 
     def step_of(self, node: bytes) -> int | None:
@@ -357,6 +360,7 @@ class TrialFold:
         self._latest: bytes | None = None  # the latest event that counts for the current run
         self._resumed_step: int | None = None
         self._answers: tuple[bytes, ...] = ()
+        self._ends: dict[bytes, bytes] = {}  # each free event's key -> the event it follows
 
     @classmethod
     def of(
@@ -429,7 +433,7 @@ class TrialFold:
             previous = self._runner or self._latest_report  # the run shown until now
             self._runner = event.node
             if event.kind == "started":  # (a thaw goes on with the run its start began)
-                self._answers = event.supersedes
+                self._answers = event.supersedes + self._ends_of(event.supersedes)
             self._resumed_step = event.step
             self._counted = set()
             # A run goes on from its resume step, or starts afresh (step None): what earlier
@@ -468,6 +472,8 @@ class TrialFold:
                 run = self._runs.get(event.node, _Run())
                 self._runs[event.node] = run.resumed_at(event.step)
                 self._resumed_step = event.step
+        if event.kind in FREE_STATES and event.after is not None:
+            self._ends[ekey] = event.after
         if event.kind in _TERMINAL_RANK:
             rank = (_TERMINAL_RANK[event.kind], time, ekey, event)
             if self._terminal is None or rank[:3] < self._terminal[:3]:
@@ -483,6 +489,10 @@ class TrialFold:
         if event.kind in ("progress", "frozen", "thawed"):
             self._runs.setdefault(event.node, _Run()).report(event, self._first)
             self._latest_report = event.node
+
+    def _ends_of(self, free: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        """The events the free events ``free`` follow (see TrialView.free_ends)."""
+        return tuple(self._ends[k] for k in free if k in self._ends)
 
     def view(self) -> TrialView:
         """The trial as the events folded so far say."""
@@ -557,6 +567,7 @@ class TrialFold:
             suggest_ms=trial.suggest_ms,
             reported_step=shown.reported,
             free_events=self._free if state in FREE_STATES else (),
+            free_ends=self._ends_of(self._free) if state in FREE_STATES else (),
             frozen_step=lifecycle.step if state == "frozen" and lifecycle is not None else None,
             latest=self._latest,
             lost_frozen=self._lost_frozen and state == "lost",

@@ -67,6 +67,9 @@ FOLDER_RETRY = 10.0
 # user's freeze or kill forgotten, and a run its stopper had killed at a rung resumed past it.
 STOP_REQUEST = "stop-request"
 _KEPT_OUTCOMES = ("frozen", "killed")
+# The states of a trial whose run another peer took up at the same time as this one's that
+# this one gives way to (see _stop_completed_elsewhere).
+_GIVEN_WAY_TO = frozenset({"running", "frozen", "killed"})
 _STOP_REQUEST_BYTES = 1 << 16  # a stop request's note is a line of JSON
 
 
@@ -106,7 +109,8 @@ class Running:
     last_progress: float = -math.inf  # when its last progress record was written
     held: tuple[int | None, dict[str, Any]] | None = None  # a report thinned out, kept for the end
     resumed_after: int | None = None  # the step it was resumed after (thawed or re-run), if any
-    answered: tuple[bytes, ...] = ()  # the free events its start answered (TrialView.answers)
+    # The free events its start answered and the events they follow (TrialView.answers).
+    answered: tuple[bytes, ...] = ()
     stepped: bool = False  # it has reported a step of its own
     # When it was launched, on the monotonic clock: the trial timeout counts from it (a wall
     # clock stepped forward by NTP would have killed every run at once).
@@ -337,7 +341,7 @@ class TrialRunner:
             last_event=self.monotonic(),
             resumed_after=resume,
             began=self.monotonic(),
-            answered=view.free_events,
+            answered=view.free_events + view.free_ends,
         )
         self.running[slot.index] = run
         try:
@@ -875,9 +879,12 @@ class TrialRunner:
         timing tells them apart: 4 of 4 staged on real peers). Every peer's replica makes the
         later start the trial's run, so the peer whose run is not stops it, writing nothing:
         its reports already count for nothing. Only a run that answered the same loss or
-        interruption as that start (not a run taken for lost, a peer stopped or cut off for
-        a while, that went on meanwhile), and only younger than CLAIM_RACE: an older one
-        (across a partition) may be the further on, and its completion still counts.
+        interruption as that start, or one of the same run (two peers that each found a run
+        lost write two losses of it), not a run taken for lost (a peer stopped or cut off for
+        a while) that went on meanwhile; only younger than CLAIM_RACE: an older one (across a
+        partition) may be the further on, and its completion still counts; and only while
+        that start's run is live or was stopped by a verdict: one that ended without
+        (interrupted, lost, failed) leaves the run here the trial's only one.
         """
         me, now = self.node.node_id, self.monotonic()
         for run in list(self.running.values()):
@@ -888,9 +895,9 @@ class TrialRunner:
             by = f"node {view.runner.hex()[:8]}" if view.runner else "another peer"
             if view.state == "completed":
                 why = f"completed on {by}"
-            elif view.runner not in (None, me):
-                # Whatever that run's state: frozen or killed by its stopper before this pass,
-                # the run here went on to its end (and beside that run once it was thawed).
+            elif view.runner not in (None, me) and view.state in _GIVEN_WAY_TO:
+                # Frozen or killed by its stopper before this pass, too: the run here went on
+                # to its end (and beside that run once it was thawed).
                 if now - run.began >= CLAIM_RACE or not set(run.answered) & set(view.answers):
                     continue
                 why = f"taken up at the same time by {by}, whose run it is"

@@ -1061,6 +1061,24 @@ def _race_event(state: ExperimentState, trial: bytes, node: bytes, seq: int, at:
     return record
 
 
+def _stops_asked_of_a_young_run(
+    state: ExperimentState, trial: bytes, answered: tuple[bytes, ...]
+) -> list[str]:
+    """What this peer's monitor asks of its run of trial, begun 2 s ago having answered
+    ``answered`` (Running.answered)."""
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    runner.monotonic = lambda: 1_000.0
+    asked: list[str] = []
+    process = SimpleNamespace(request_stop=asked.append, exited=False)
+    runner.running[0] = Running(
+        runner.slots[0], state.key, trial, process=process,  # type: ignore[arg-type]
+        began=998.0, answered=answered,
+    )  # fmt: skip
+    asyncio.run(runner.monitor(judge=False))
+    return asked
+
+
 @pytest.mark.parametrize(
     "then", ["still running (control)", "frozen", "frozen then thawed", "killed"]
 )
@@ -1082,19 +1100,59 @@ def test_the_run_not_the_trials_gives_way_though_the_trials_run_has_already_stop
         _race_event(state, key, _RACER, 3, 7_000, "thawed", 1)
     view = state.trial(key)
     assert view is not None and view.runner == _RACER  # in every replica: the other's run
-
-    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
-    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
-    runner.monotonic = lambda: 1_000.0
-    asked: list[str] = []
-    process = SimpleNamespace(request_stop=asked.append, exited=False)
-    runner.running[0] = Running(
-        runner.slots[0], state.key, key, process=process,  # type: ignore[arg-type]
-        began=998.0, answered=(freed.key,),
-    )  # fmt: skip
-    asyncio.run(runner.monitor(judge=False))
+    asked = _stops_asked_of_a_young_run(state, key, answered=(freed.key,))
     # Not the trial's run (its reports count for nothing): it went on to its end beside a
     # frozen trial, and beside the other peer's run once that was thawed (a soak of 3 real
     # peers: 2 claim races in 52 re-claims, the trial's run frozen 0.0-0.7 s after the other
     # gave way; the order can go either way).
     assert asked, f"run here not stopped; the trial is {view.state} on node {_RACER.hex()[:8]}"
+
+
+def test_two_runs_taken_up_at_once_after_two_losses_of_one_run_are_told_apart() -> None:
+    # Every peer that finds a run lost writes its loss: two that each took the trial up having
+    # heard only their own answered different losses, and both ran it to its end (a review of
+    # the day's fixes).
+    state, trial = _one_trial(max_step=10)
+    key, dead = trial.key, b"d" * 16
+    _race_event(state, key, dead, 1, 500, "started")
+    last = _race_event(state, key, dead, 2, 600, "progress", 1, metrics={"objective": 0.5})
+    mine = _race_event(state, key, ME, 2, 70_000, "lost", reason="no news", after=last.key)
+    seen = state.trial(key)  # as this peer launched its run (see TrialRunner.launch)
+    assert seen is not None and seen.free_ends == (last.key,)
+    theirs = _race_event(state, key, _RACER, 1, 70_001, "lost", reason="no news", after=last.key)
+    _race_event(state, key, ME, 3, 70_010, "started", supersedes=(mine.key,), after=last.key)
+    _race_event(state, key, _RACER, 2, 70_011, "started", supersedes=(theirs.key,),
+                after=last.key)  # fmt: skip
+    view = state.trial(key)
+    assert view is not None and view.state == "running" and view.runner == _RACER
+    assert _stops_asked_of_a_young_run(state, key, seen.free_events + seen.free_ends)
+    # A run here taken for lost since (its loss follows this run's own report) goes on.
+    state, trial = _one_trial(max_step=10)
+    key = trial.key
+    freed = _race_event(state, key, dead, 1, 500, "lost", reason="its peer was gone")
+    seen = state.trial(key)
+    assert seen is not None
+    _race_event(state, key, ME, 2, 1_000, "started", supersedes=(freed.key,))
+    mine = _race_event(state, key, ME, 3, 1_500, "progress", 1, metrics={"objective": 0.5})
+    lost = _race_event(state, key, _RACER, 1, 9_000, "lost", reason="no news", after=mine.key)
+    _race_event(state, key, _RACER, 2, 9_001, "started", supersedes=(lost.key,), after=mine.key)
+    assert _stops_asked_of_a_young_run(state, key, seen.free_events + seen.free_ends) == []
+
+
+@pytest.mark.parametrize("then", ["interrupted", "failed", "lost"])
+def test_the_run_left_of_two_taken_up_at_once_goes_on_once_the_other_ended_without_a_verdict(
+    then: str,
+) -> None:
+    # The run not the trial's gave way whatever had become of the trial's run: interrupted
+    # (its peer stopped) or failed there, nobody ran the trial any more, and a completion
+    # here, which would have counted, was given up (a review of the day's fixes).
+    state, trial = _one_trial(max_step=10)
+    key = trial.key
+    freed = _race_event(state, key, ME, 2, 1_000, "lost", reason="its peer was gone")
+    _race_event(state, key, ME, 3, 5_000, "started", supersedes=(freed.key,))
+    theirs = _race_event(state, key, _RACER, 1, 5_001, "started", supersedes=(freed.key,))
+    _race_event(state, key, _RACER if then != "lost" else ME, 4, 5_500, then,
+                reason="its peer was stopped", after=theirs.key)  # fmt: skip
+    view = state.trial(key)
+    assert view is not None and view.state == then and view.runner == _RACER
+    assert _stops_asked_of_a_young_run(state, key, (freed.key,)) == []
