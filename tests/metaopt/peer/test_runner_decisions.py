@@ -1061,6 +1061,17 @@ def _race_event(state: ExperimentState, trial: bytes, node: bytes, seq: int, at:
     return record
 
 
+def _taken_up_at_once() -> tuple[ExperimentState, bytes, Record, Record]:
+    """A trial freed by a loss, then taken up by this peer and _RACER answering that loss:
+    the state, the trial's key, the loss and the other's start (the later: the trial's run)."""
+    state, trial = _one_trial(max_step=10)
+    key = trial.key
+    freed = _race_event(state, key, ME, 2, 1_000, "lost", reason="its peer was gone")
+    _race_event(state, key, ME, 3, 5_000, "started", supersedes=(freed.key,))
+    theirs = _race_event(state, key, _RACER, 1, 5_001, "started", supersedes=(freed.key,))
+    return state, key, freed, theirs
+
+
 def _stops_asked_of_a_young_run(
     state: ExperimentState, trial: bytes, answered: tuple[bytes, ...]
 ) -> list[str]:
@@ -1085,12 +1096,7 @@ def _stops_asked_of_a_young_run(
 def test_the_run_not_the_trials_gives_way_though_the_trials_run_has_already_stopped(
     then: str,
 ) -> None:
-    state, trial = _one_trial(max_step=10)
-    key = trial.key
-    freed = _race_event(state, key, ME, 2, 1_000, "lost", reason="its peer was gone")
-    # Both peers answer the same loss; the other's start is the later: the trial's run.
-    _race_event(state, key, ME, 3, 5_000, "started", supersedes=(freed.key,))
-    _race_event(state, key, _RACER, 1, 5_001, "started", supersedes=(freed.key,))
+    state, key, freed, _ = _taken_up_at_once()
     # Before this peer's next monitor pass, the other peer's stopper ends its run at the
     # re-run's first rung (the trial had been frozen there before it was lost).
     if then != "still running (control)":
@@ -1146,11 +1152,7 @@ def test_the_run_left_of_two_taken_up_at_once_goes_on_once_the_other_ended_witho
     # The run not the trial's gave way whatever had become of the trial's run: interrupted
     # (its peer stopped) or failed there, nobody ran the trial any more, and a completion
     # here, which would have counted, was given up (a review of the day's fixes).
-    state, trial = _one_trial(max_step=10)
-    key = trial.key
-    freed = _race_event(state, key, ME, 2, 1_000, "lost", reason="its peer was gone")
-    _race_event(state, key, ME, 3, 5_000, "started", supersedes=(freed.key,))
-    theirs = _race_event(state, key, _RACER, 1, 5_001, "started", supersedes=(freed.key,))
+    state, key, freed, theirs = _taken_up_at_once()
     _race_event(state, key, _RACER if then != "lost" else ME, 4, 5_500, then,
                 reason="its peer was stopped", after=theirs.key)  # fmt: skip
     view = state.trial(key)
