@@ -197,14 +197,33 @@ _NO_LOCK_FILE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-    except OSError as exc:
-        if exc.errno not in _NO_LOCK_FILE:
-            raise  # (a damaged directory, a lock that is a folder: said in one line above)
-        # A disk with no inode left (or a quota, a lock file another user owns) refused to
-        # create it, and clean, there to free that disk, failed: the folder is locked instead.
-        fd = os.open(path.parent, os.O_RDONLY)
+    """Hold the clean lock: the data directory itself, then ``path`` in it if the disk lets
+    it be made. A disk with no inode left (or a quota, a lock file another user owns) refused
+    to create it, and clean, there to free that disk, failed; a clean that locked only the
+    folder then let in one that made the file meanwhile (the first frees inodes as it
+    deletes). Both in one order, so two cleans never wait for each other's second lock."""
+    with contextlib.ExitStack() as held:
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            held.enter_context(_flocked(folder))
+        except OSError as exc:
+            # NFS takes flock for a POSIX lock, refused on a descriptor opened read-only
+            # (and a folder opens no other way): the lock file alone, as on older releases.
+            if exc.errno not in (errno.EBADF, errno.ENOLCK, errno.EINVAL):
+                raise
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            if exc.errno not in _NO_LOCK_FILE:
+                raise  # (a damaged directory, a lock that is a folder: said in one line above)
+        else:
+            held.enter_context(_flocked(fd))
+        yield
+
+
+@contextlib.contextmanager
+def _flocked(fd: int) -> Iterator[None]:
+    """An exclusive flock on ``fd``, which is closed after (also if the lock is refused)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:

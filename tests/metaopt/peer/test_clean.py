@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import builtins
 import errno
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from metaopt._records import (
 )
 from metaopt._state import ExperimentState
 from metaopt.cli import main
+from metaopt.peer import _clean
 from metaopt.peer._clean import CleanPlan, _freed, carry_out, list_folders, plan_clean
 from metaopt.peer._identity import DataDir, trial_dir
 from tests.metaopt.peer.cluster import Cluster, wait_for
@@ -424,13 +425,83 @@ def test_clean_frees_space_on_a_disk_too_full_for_its_lock_file(
     (folder / "checkpoint").mkdir(parents=True)
     (folder / "checkpoint" / "big.pt").write_bytes(b"x" * 10_000)
     lock = tmp_path / "clean.lock"
-    real = builtins.open
-
-    def full(file: Any, *args: Any, **kwargs: Any) -> Any:
-        if Path(str(file)) == lock and not Path(str(file)).exists():
-            raise OSError(errno.ENOSPC, "No space left on device", str(file))
-        return real(file, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", full)
+    full = _refusing_to_create(lock, monkeypatch)
     plan = carry_out(CleanPlan(to_empty=[folder]), lock)
     assert not (folder / "checkpoint").exists() and plan.freed > 0
+    assert full.is_set() and not lock.exists()  # (refused: the test saw the disk full)
+
+
+def _refusing_to_create(lock: Path, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Make clean's os.open refuse to create ``lock`` (no space) while the event is set."""
+    real = os.open
+    full = threading.Event()
+    full.set()
+
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if full.is_set() and Path(path) == lock and flags & os.O_CREAT:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(_clean.os, "open", open_)
+    return full
+
+
+def test_a_clean_that_could_not_make_its_lock_file_keeps_out_one_that_could(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A clean on a disk with no inode left locked the data directory instead of clean.lock;
+    # it frees inodes as it deletes, and a second clean (the restarted peer's, or another
+    # `metaopt clean` with the peer stopped, both reading a copy of the replica) made the
+    # file and locked that: both counted and deleted the same files at once (a review of the
+    # day's fixes).
+    lock = tmp_path / "clean.lock"
+    full = _refusing_to_create(lock, monkeypatch)
+    a_in, a_out, b_in = threading.Event(), threading.Event(), threading.Event()
+
+    def clean_a() -> None:
+        with _clean._locked(lock):
+            a_in.set()
+            a_out.wait(5)
+
+    def clean_b() -> None:
+        with _clean._locked(lock):
+            b_in.set()
+
+    first = threading.Thread(target=clean_a)
+    first.start()
+    assert a_in.wait(5)
+    full.clear()  # the first clean freed some inodes
+    second = threading.Thread(target=clean_b)
+    second.start()
+    inside_together = b_in.wait(1.0)
+    a_out.set()
+    first.join(5)
+    second.join(5)
+    assert not inside_together, "two cleans held the clean lock at once"
+    assert b_in.is_set() and lock.exists()  # the second went in once the first was done
+
+
+def test_clean_locks_its_file_alone_where_a_folder_cannot_be_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NFS takes flock for a POSIX lock, which a descriptor opened read-only (as a folder is)
+    # cannot hold: clean locks its lock file alone there, as older releases did.
+    import fcntl
+    import stat
+
+    real = fcntl.flock
+    refused: list[int] = []
+
+    def flock(fd: int, op: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode) and op == fcntl.LOCK_EX:
+            refused.append(fd)
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        real(fd, op)
+
+    monkeypatch.setattr(_clean.fcntl, "flock", flock)
+    folder = tmp_path / "trials" / "0123456789abcdef"
+    (folder / "checkpoint").mkdir(parents=True)
+    (folder / "checkpoint" / "big.pt").write_bytes(b"x" * 10_000)
+    plan = carry_out(CleanPlan(to_empty=[folder]), tmp_path / "clean.lock")
+    assert refused and not (folder / "checkpoint").exists() and plan.freed > 0
+    assert (tmp_path / "clean.lock").exists()

@@ -161,8 +161,9 @@ def test_a_leftover_set_aside_earlier_is_not_renamed_again(tmp_path: Path) -> No
 def test_carry_out_holds_the_clean_lock_while_it_counts_and_deletes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Pins the exclusive lock around a clean (the peer's and an offline one must not count
-    the same files twice): taken before the folders are listed, released after."""
+    """Pins the exclusive locks around a clean (the peer's and an offline one must not count
+    the same files twice): the data directory's and the lock file's, taken before the folders
+    are listed, released after."""
     dirs = DataDir(tmp_path)
     h = _History(dirs)
     h.trial("started", "failed")
@@ -180,5 +181,5 @@ def test_carry_out_holds_the_clean_lock_while_it_counts_and_deletes(
     monkeypatch.setattr(clean.fcntl, "flock", flock)
     monkeypatch.setattr(clean, "list_folders", listing)
     carry_out(plan_clean([h.state()], dirs, set(), keep=0), dirs.clean_lock)
-    assert calls == [fcntl.LOCK_EX, "list", fcntl.LOCK_UN]
+    assert calls == [fcntl.LOCK_EX, fcntl.LOCK_EX, "list", fcntl.LOCK_UN, fcntl.LOCK_UN]
     assert os.path.exists(dirs.clean_lock)
