@@ -226,6 +226,10 @@ class TrialProcess:
         try:
             return await self._run(parser)
         finally:
+            if self._log is None:
+                # A run that ended within the retry of a refusal left its log silent on what
+                # it lost (its last lines, the result, lost though the disk took writes again).
+                self._reopen_log(last=True)
             if self._log is not None:
                 self._log.close()
             if self._matcher is not None:
@@ -406,16 +410,18 @@ class TrialProcess:
             self._log = None
         self._log_retry_at = time.monotonic() + _LOG_RETRY
 
-    def _reopen_log(self) -> bool:
-        """Open the log again after the disk refused it, saying what was lost meanwhile."""
-        if self._log_lost is None or time.monotonic() < self._log_retry_at:
+    def _reopen_log(self, *, last: bool = False) -> bool:
+        """Open the log again after the disk refused it, saying what was lost meanwhile; at
+        the ``last`` (the run's output all read), whenever the last try was."""
+        if self._log_lost is None or (not last and time.monotonic() < self._log_retry_at):
             return False
         try:
             self._log = open(self.spec.log_path, "ab")  # noqa: SIM115 - closed as the first
-            self._log.write(
-                f"--- metaopt: {self._log_lost} bytes of output lost here: the disk refused"
-                " them ---\n".encode()
-            )
+            if self._log_lost:
+                self._log.write(
+                    f"--- metaopt: {self._log_lost} bytes of output lost here: the disk"
+                    " refused them ---\n".encode()
+                )
         except OSError as exc:
             self._log_refused(exc)
             return False

@@ -639,9 +639,16 @@ async def test_a_trial_log_goes_on_once_the_disk_takes_writes_again(
     # One refused write closed the log for the rest of the run, so a run of days that met a
     # full disk for a moment had no more output in `metaopt logs`, without a word in the log.
     from metaopt.peer import _executor
-    from metaopt.peer._executor import TrialProcess
 
     monkeypatch.setattr(_executor, "_LOG_RETRY", 0.0)  # (tried again at the next output)
+    text = await _log_after_one_refused_write(tmp_path, monkeypatch)
+    assert "after" in text and "bytes of output lost here: the disk refused them" in text
+
+
+async def _log_after_one_refused_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The log of a run that prints "before", then "after" 0.5 s later, whose first write
+    to its log the disk refuses (taking writes again after it)."""
+    from metaopt.peer._executor import TrialProcess
 
     body = """
         import time
@@ -662,5 +669,15 @@ async def test_a_trial_log_goes_on_once_the_disk_takes_writes_again(
     monkeypatch.setattr(TrialProcess, "_rotate_log", full_once)
     await _run(spec)
     assert refused  # the first write was refused; the disk took writes again after it
-    text = spec.log_path.read_text()
-    assert "after" in text and "bytes of output lost here: the disk refused them" in text
+    return spec.log_path.read_text() if spec.log_path.exists() else ""
+
+
+@pytest.mark.asyncio
+async def test_a_trial_ending_within_the_logs_retry_says_what_it_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ended before the log was tried again (5 s), a run left a log that just stopped, with
+    # no word of the output lost, though the disk took writes again (a review of the day's
+    # fixes).
+    text = await _log_after_one_refused_write(tmp_path, monkeypatch)
+    assert "bytes of output lost here: the disk refused them" in text, text
