@@ -66,6 +66,7 @@ class Watchdog:
         self._held = False  # the pipe was full at the last write
         self._warned = False
         self._closed = False
+        self._deaths: list[float] = []  # when each watchdog died unasked (see _died)
 
     @property
     def backlog(self) -> int:
@@ -142,7 +143,33 @@ class Watchdog:
         self._end = weakref.finalize(self, os.close, write)
         # Reaped whenever it exits, however this side ended: after a close or a drop it runs
         # on for the grace when a trial is still listed, and must not be left a zombie.
-        threading.Thread(target=process.wait, name="metaopt-watchdog", daemon=True).start()
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        died = weakref.WeakMethod(self._died)
+        threading.Thread(
+            target=_reap, args=(process, died, loop), name="metaopt-watchdog", daemon=True
+        ).start()
+
+    def _died(self, process: subprocess.Popen[bytes]) -> None:
+        """The watchdog ``process`` exited, on the loop: started again at once if this side
+        still runs. Started again only at the next trial's start or end, a watchdog killed
+        while long trials ran left them running when the peer was killed -9 in the meantime.
+        Not more than _RESTARTS times a minute: one that dies at its start is left for that."""
+        if self._closed or process is not self._process:
+            return
+        now = time.monotonic()
+        self._deaths = [t for t in self._deaths if now - t < 60.0] + [now]
+        quick = len(self._deaths) <= _RESTARTS
+        log.warning(
+            "the trial watchdog (pid %d) exited (code %s)%s",
+            process.pid,
+            process.returncode,
+            "; started again" if quick else "; started again when a trial starts or ends",
+        )
+        if quick:
+            self._tell()
 
     def _write_pending(self) -> None:
         assert self._process is not None and self._pipe is not None
@@ -189,6 +216,23 @@ class Watchdog:
             self._writer = None
             if not loop.is_closed():
                 loop.remove_writer(fd)
+
+
+_RESTARTS = 3  # watchdogs started again in a minute when one dies unasked (see Watchdog._died)
+
+
+def _reap(
+    process: subprocess.Popen[bytes],
+    died: Callable[[], Callable[[subprocess.Popen[bytes]], None] | None],
+    loop: asyncio.AbstractEventLoop | None,
+) -> None:
+    """Wait for the watchdog to exit (in a thread of its own), then tell its peer's side on
+    the loop it was started from, if that side and the loop are still there."""
+    process.wait()
+    callback = died()
+    if callback is not None and loop is not None:
+        with contextlib.suppress(RuntimeError):  # (the loop closed meanwhile)
+            loop.call_soon_threadsafe(callback, process)
 
 
 def _signal_groups(groups: set[int], sig: int) -> None:

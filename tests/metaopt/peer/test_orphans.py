@@ -514,3 +514,54 @@ def test_a_stalled_watchdog_is_warned_of_once_and_the_writer_stops_once_it_reads
     messages = [r.getMessage() for r in caplog.records]
     assert sum("does not read its pipe" in m for m in messages) == 1
     assert sum("reads its pipe again" in m for m in messages) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_watchdog_that_died_is_started_again_before_its_peer_dies() -> None:
+    # Started again only at the next trial's start or end, a watchdog killed while long
+    # trials ran was missing when the peer was killed -9: a real peer's 2 of 2 trials still
+    # ran 10 s after (an asyncio and child process review).
+    trial = _spawn(SLEEPER, {})
+    watchdog = Watchdog(lambda: 0.5)
+    try:
+        watchdog.watch(trial.pid)
+        dead = watchdog._process
+        assert dead is not None
+        dead.kill()  # by hand, the OOM killer, ...
+        deadline = time.monotonic() + 10.0
+        while watchdog._process is dead and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # the peer runs on; its trial is quiet
+        assert watchdog._process is not dead, "the watchdog was not started again"
+        assert watchdog._end is not None
+        watchdog._end()  # the peer dies: the kernel closes its end of the pipe
+        assert await asyncio.to_thread(trial.wait, 10) == -signal.SIGTERM
+    finally:
+        trial.kill()
+        trial.wait(timeout=10)
+        watchdog.close()
+
+
+@pytest.mark.asyncio
+async def test_a_watchdog_that_keeps_dying_is_started_again_three_times_a_minute() -> None:
+    # One that dies as it starts (a broken interpreter, say) is not started again and again
+    # at the pace it dies: past the third death in a minute, at the next trial's start or end.
+    trial = _spawn(SLEEPER, {})
+    watchdog = Watchdog(lambda: 0.5)
+    started: list[int] = []
+    try:
+        watchdog.watch(trial.pid)
+        for _ in range(4):
+            dead = watchdog._process
+            assert dead is not None
+            started.append(dead.pid)
+            dead.kill()
+            deadline = time.monotonic() + 3.0
+            while watchdog._process is dead and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        assert len(set(started)) == 4 and watchdog._process is dead  # the 4th: not again
+        watchdog.release(trial.pid)  # a trial ends: started again
+        assert watchdog._process is not dead
+    finally:
+        trial.kill()
+        trial.wait(timeout=10)
+        watchdog.close()
