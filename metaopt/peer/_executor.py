@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import functools
 import logging
 import os
@@ -63,6 +64,8 @@ Status = Literal["completed", "failed", "interrupted"]
 
 
 _LOG_RETRY = 5.0  # seconds before a trial's log the disk refused is tried again
+# A working directory the disk refused to lay out (full, no inode left, a quota, read-only).
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,9 @@ class TrialSpec:
     stop_file: Path | None = None
     step_offset: int = 0  # the resume step of a thawed trial
     config: ExecutorConfig = field(default_factory=ExecutorConfig)
+    # Lays out the working directory (a copy of the experiment's code), in a thread before
+    # the process starts: on the event loop, a bundle of 11,000 files held it 0.7 s a launch.
+    prepare: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +208,15 @@ class TrialProcess:
             return self._finish_early(f"objective regex {spec.objective_regex!r} is invalid: {exc}")
         if not spec.argv:
             return self._finish_early("empty command; nothing to run")
+        if spec.prepare is not None:
+            try:
+                await asyncio.to_thread(spec.prepare)
+            except OSError as exc:
+                why = f"cannot lay out its code: {exc.strerror or exc}"
+                if exc.errno in _DISK_ERRNOS:  # (the disk's fault: set free to run again)
+                    return self._finish_early(f"this peer's disk refused its folder ({why})",
+                                              "interrupted")  # fmt: skip
+                return self._finish_early(why)
         if not Path(spec.cwd).is_dir():
             return self._finish_early(f"working directory {spec.cwd} does not exist")
         try:
@@ -358,10 +373,10 @@ class TrialProcess:
         self._emit("failed", exit_code=code, reason=reason, stderr_tail=list(tail), metrics=metrics)
         return TrialOutcome("failed", code, metrics, objectives, reason, tail)
 
-    def _finish_early(self, reason: str) -> TrialOutcome:
+    def _finish_early(self, reason: str, status: Status = "failed") -> TrialOutcome:
         self._exited.set()
-        self._emit("failed", exit_code=None, reason=reason, stderr_tail=[])
-        return TrialOutcome("failed", None, {}, {}, reason)
+        self._emit(status, exit_code=None, reason=reason, stderr_tail=[])
+        return TrialOutcome(status, None, {}, {}, reason)
 
     def _cleanup(self, tasks: list[asyncio.Task[Any]], beat: asyncio.Task[None]) -> None:
         for task in [*tasks, beat]:

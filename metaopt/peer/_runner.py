@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -454,16 +455,10 @@ class TrialRunner:
         checkpoint = trial_dir / "checkpoint"
         checkpoint.mkdir(exist_ok=True)
         bundle = spec.bundle or {}
+        prepare = None
         if "manifest" in bundle:
             cwd = trial_dir / "code"
-            if not cwd.exists():
-                # Laid out beside it, then renamed into place: a peer killed mid-layout left
-                # part of the tree, which the re-run of its lost trial here took for whole
-                # (failed for good on a module not yet linked).
-                partial = trial_dir / "code.partial"
-                shutil.rmtree(partial, ignore_errors=True)
-                _link_tree(self._bundles[state.key], partial)
-                os.replace(partial, cwd)
+            prepare = functools.partial(_lay_out_code, self._bundles[state.key], cwd)
         elif "shared_dir" in bundle:
             cwd = Path(bundle["shared_dir"])
         else:
@@ -500,6 +495,7 @@ class TrialRunner:
             stop_file=trial_dir / "stop",
             step_offset=resume or 0,
             config=ExecutorConfig(heartbeat=timing.heartbeat, grace=timing.stop_grace),
+            prepare=prepare,
         )
 
     # ----------------------------------------------------------------------------- events
@@ -641,6 +637,8 @@ class TrialRunner:
                 metrics=outcome.metrics,
                 exit_code=outcome.exit_code,
             )
+        elif status == "interrupted":  # (never started: the disk refused its code's folder)
+            write(run.experiment, run.trial, "interrupted", reason=outcome.reason)
         else:
             write(
                 run.experiment,
@@ -1075,6 +1073,19 @@ def _decide_in_thread(
 
 class _MissingBlob(Exception):
     pass
+
+
+def _lay_out_code(bundle: Path, cwd: Path) -> None:
+    """A trial's copy of its experiment's code at cwd, unless there from an earlier run. Laid
+    out beside it, then renamed into place: a peer killed mid-layout left part of the tree,
+    which the re-run of its lost trial here took for whole (failed for good on a module not
+    yet linked)."""
+    if cwd.exists():
+        return
+    partial = cwd.with_name(cwd.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    _link_tree(bundle, partial)
+    os.replace(partial, cwd)
 
 
 def _link_tree(src: Path, dest: Path) -> None:

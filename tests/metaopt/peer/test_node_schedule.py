@@ -1026,11 +1026,13 @@ async def test_a_trials_code_laid_out_in_part_is_laid_out_again_whole(
         assert await can_run_once_laid_out(node.runner, state)
         view = state.trial(trial.key)
         assert view is not None
+        spec = node.runner._spec(state, view, node.runner.slots[0], None)
+        assert spec.prepare is not None  # (the executor lays the code out, off the loop)
         monkeypatch.setattr(os, "link", killed_after_one)
         with pytest.raises(KeyboardInterrupt):
-            node.runner._spec(state, view, node.runner.slots[0], None)
+            spec.prepare()
         monkeypatch.undo()
-        spec = node.runner._spec(state, view, node.runner.slots[0], None)
+        spec.prepare()
         assert sorted(p.name for p in spec.cwd.iterdir()) == ["helper.py", "train.py"]
     finally:
         await node.stop()
