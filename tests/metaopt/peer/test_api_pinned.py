@@ -391,7 +391,8 @@ def _thaw_api(trial_node: bytes, alive: set[bytes], *, started: bool = True,
         launched.append((view.key, thaw))
 
     runner = SimpleNamespace(stopping_as=lambda key: None, free_slots=lambda: 1,
-                             can_run=lambda state: True, launch=launch)  # fmt: skip
+                             starts_held=lambda: None, can_run=lambda state: True,
+                             launch=launch)  # fmt: skip
     api = _api(store, runner=runner, is_alive=alive.__contains__, listened=lambda: True,
                caught_up=lambda: True, stopping=False)  # fmt: skip
     return api, trial, launched
