@@ -496,6 +496,7 @@ class TrialRunner:
             step_offset=resume or 0,
             config=ExecutorConfig(heartbeat=timing.heartbeat, grace=timing.stop_grace),
             prepare=prepare,
+            stop_escaped=functools.partial(self._stop_escaped, view.key),
         )
 
     # ----------------------------------------------------------------------------- events
@@ -589,20 +590,26 @@ class TrialRunner:
         finally:
             if process.pid is not None:
                 self.watchdog.release(process.pid)
-                # Its group was killed as it ended; children that left the group (setsid, a
-                # daemon) outlived the trial and the peer's own stop, holding its GPU and its
-                # output pipes, until the next start of the peer found them.
-                escaped = kill_orphans(self.node.dirs.root, trial=run.trial.hex())
-                if escaped:
-                    log.warning(
-                        "trial %s: stopped %d process(es) it left running outside its group: %s",
-                        run.trial.hex()[:12],
-                        len(escaped),
-                        ", ".join(map(str, escaped)),
-                    )
+                self._stop_escaped(run.trial)  # (if the executor's drain did not)
             # The result is recorded before the slot frees, so the next suggestion sees it.
             self.running.pop(run.slot.index, None)
             self.node.kick()
+
+    def _stop_escaped(self, trial: bytes) -> None:
+        """Stop the processes a trial that has ended left running outside its group.
+
+        Its group was killed as it ended; children that left the group (setsid, a daemon)
+        outlived the trial and the peer's own stop, holding its GPU and its output pipes,
+        until the next start of the peer found them.
+        """
+        escaped = kill_orphans(self.node.dirs.root, trial=trial.hex())
+        if escaped:
+            log.warning(
+                "trial %s: stopped %d process(es) it left running outside its group: %s",
+                trial.hex()[:12],
+                len(escaped),
+                ", ".join(map(str, escaped)),
+            )
 
     def _record_outcome(self, run: Running, outcome: Any) -> None:
         write = self.node.write_event

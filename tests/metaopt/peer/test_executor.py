@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import dataclasses
 import errno
 import json
+import os
 import sys
 import textwrap
 import threading
@@ -714,3 +716,40 @@ async def test_a_trials_working_directory_is_laid_out_off_the_event_loop(tmp_pat
     assert [kind for kind, _ in events] == ["interrupted"]
     outcome, _ = await _run(_spec(tmp_path, script, prepare=refused))
     assert outcome.status == "failed" and "cannot lay out its code" in (outcome.reason or "")
+
+
+@pytest.mark.asyncio
+async def test_a_process_the_trial_left_outside_its_group_is_stopped_as_its_output_drains(
+    tmp_path: Path,
+) -> None:
+    # A `setsid` child holding the trial's pipes held its end for the whole drain (5 s a
+    # trial, 100 of 100 on a real peer; a `peer stop` said "killed within 6 s" and took 11.8
+    # s): its group killed at the exit, only the runner's sweep after the drain stopped it.
+    import signal
+
+    pid_file = tmp_path / "child.pid"
+    script = _script(
+        tmp_path,
+        f"""
+        import subprocess
+        child = subprocess.Popen(["setsid", "sleep", "30"])
+        open({str(pid_file)!r}, "w").write(str(child.pid))
+        print('METAOPT {{"loss": 0.5}}', flush=True)
+        """,
+    )
+    stopped: list[int] = []
+
+    def stop_escaped() -> None:
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGKILL)
+        stopped.append(pid)
+
+    config = replace(_FAST, drain=30.0)
+    spec = _spec(tmp_path, script, stop_escaped=stop_escaped, config=config)
+    try:
+        outcome, _ = await _run(spec)
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert outcome.status == "completed" and outcome.objectives == {"loss": 0.5}
+    assert stopped == [int(pid_file.read_text())]  # and not left for the drain's 30 s
