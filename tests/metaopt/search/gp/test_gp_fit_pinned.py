@@ -54,6 +54,15 @@ def test_scores_within_the_fence_are_left_as_they_are() -> None:
     assert compress_outliers(y) is y
 
 
+def test_scores_at_both_ends_of_the_floats_are_compressed_without_a_warning() -> None:
+    """Quartiles of scores of +-1e308 (infeasible points, both ways) overflow to inf: numpy
+    printed 'RuntimeWarning: overflow' on the peer's stderr at every suggestion (a review of
+    hostile input); the spread, not finite, leaves the scores as they are (warnings are
+    errors in this suite)."""
+    y = np.array([1e308, -1e308, 1.7e308, -1.7e308, 1e308, -1e308, 0.0, 1.0])
+    assert compress_outliers(y) is y
+
+
 def test_predicted_variance_is_positive_even_at_noiseless_data() -> None:
     """Pins the variance floor of predict: at an observed point of a nearly noiseless model the
     subtraction rounds to zero or below, and log-EI / LCB take its square root."""
