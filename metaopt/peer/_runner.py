@@ -56,6 +56,9 @@ SUPERSEDED = "superseded"
 # Seconds within which this peer's run of a trial another peer took up at the same time gives
 # way to that one (see _stop_completed_elsewhere).
 CLAIM_RACE = 60.0
+# Bytes: a file of an experiment's code larger than this is shared by its trials' copies (a
+# hard link, read-only); smaller ones are copied (see _link_tree).
+SHARED_OVER = 1 << 20
 # Seconds this peer starts no trial after the disk refused a trial's folder (no inode left, a
 # quota). Its replica may still take writes (LevelDB appends to a file it has), so the peer
 # goes on as a replica; but each try wrote a start and an interruption, every 2 s.
@@ -1096,15 +1099,29 @@ def _lay_out_code(bundle: Path, cwd: Path) -> None:
 
 
 def _link_tree(src: Path, dest: Path) -> None:
-    """A per-trial copy of the code as hard links (cheap), falling back to copies."""
+    """A trial's copy of its experiment's code: each file copied, but for those over
+    SHARED_OVER bytes, shared by the trials as a hard link made read-only.
+
+    Every file was a hard link: a trial that wrote into a file of its code in place (appended
+    to a results file it was submitted with, rewrote a config) changed it in the bundle, and
+    so for every later trial of the experiment on this peer. Large files (data, weights) stay
+    shared, one copy on the disk; read-only, a write into one fails with a permission error
+    rather than change it for the others (except for root, whom the mode does not stop).
+    """
     for path in src.rglob("*"):
         target = dest / path.relative_to(src)
         if path.is_dir():
             target.mkdir(parents=True, exist_ok=True)
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, target)
-        except OSError:
-            shutil.copy2(path, target)
+        info = path.stat()
+        if info.st_size > SHARED_OVER:
+            if info.st_mode & 0o222:
+                os.chmod(path, info.st_mode & ~0o222)
+            try:
+                os.link(path, target)
+                continue
+            except OSError:  # another file system, or no links: a copy
+                pass
+        shutil.copy2(path, target)
     dest.mkdir(parents=True, exist_ok=True)

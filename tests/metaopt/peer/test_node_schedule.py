@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -1011,14 +1012,14 @@ async def test_a_trials_code_laid_out_in_part_is_laid_out_again_whole(
     node.runner._chunk = lambda digest: asyncio.sleep(0, chunks[digest])  # type: ignore[method-assign]
     body = {"params": {"x": 0.5}, "node": node.node_id, "counter": 1}
     trial = Record.create(TRIAL, node.node_id, 2, int(time.time() * 1000), body, [exp.key])
-    link = os.link
-    linked: list[str] = []
+    copy = shutil.copy2
+    copied: list[str] = []
 
     def killed_after_one(src: Any, dst: Any) -> None:
-        if linked:
+        if copied:
             raise KeyboardInterrupt  # (where a kill -9 would end the layout)
-        linked.append(str(dst))
-        link(src, dst)
+        copied.append(str(dst))
+        copy(src, dst)
 
     try:
         node.store.add([exp, trial])
@@ -1028,7 +1029,7 @@ async def test_a_trials_code_laid_out_in_part_is_laid_out_again_whole(
         assert view is not None
         spec = node.runner._spec(state, view, node.runner.slots[0], None)
         assert spec.prepare is not None  # (the executor lays the code out, off the loop)
-        monkeypatch.setattr(os, "link", killed_after_one)
+        monkeypatch.setattr(shutil, "copy2", killed_after_one)
         with pytest.raises(KeyboardInterrupt):
             spec.prepare()
         monkeypatch.undo()
@@ -1138,3 +1139,26 @@ async def test_a_trial_folder_the_disk_refuses_is_tried_once_until_the_retry(
     finally:
         monkeypatch.undo()
         await node.stop()
+
+
+def test_a_trials_write_into_its_code_in_place_is_its_own(tmp_path: Path) -> None:
+    # Every file of a trial's code was a hard link to the experiment's bundle: a trial that
+    # appended to a results file it was submitted with, or rewrote a config, changed it in
+    # the bundle and so for every later trial of the experiment on that peer (a review of
+    # hostile input). Large files stay shared, read-only, one copy on the disk.
+    from metaopt.peer._runner import SHARED_OVER, _lay_out_code
+
+    bundle = tmp_path / "bundle"
+    (bundle / "conf").mkdir(parents=True)
+    (bundle / "conf" / "results.csv").write_text("header\n")
+    (bundle / "weights.bin").write_bytes(b"w" * (SHARED_OVER + 1))
+    first, second = tmp_path / "t1" / "code", tmp_path / "t2" / "code"
+    _lay_out_code(bundle, first)
+    with open(first / "conf" / "results.csv", "a") as results:  # in place
+        results.write("trial 1\n")
+    _lay_out_code(bundle, second)
+    assert (second / "conf" / "results.csv").read_text() == "header\n"
+    assert (bundle / "conf" / "results.csv").read_text() == "header\n"
+    shared = [first / "weights.bin", second / "weights.bin", bundle / "weights.bin"]
+    assert len({p.stat().st_ino for p in shared}) == 1
+    assert not any(p.stat().st_mode & 0o222 for p in shared)  # a write is refused (not root)
