@@ -418,7 +418,10 @@ def respond_steps(
 ) -> Generator[None, None, bytes]:
     """``respond``, pausing after each ``step`` records decoded or stored; returns the response.
 
-    The store may change while it is paused (it reads what it answers from only at the end).
+    The store may change while it is paused: it reads what it answers from only once it has
+    stored the request's records, and the backstop's ranges a slice at a time (records added
+    meanwhile may or may not be in its answer; a later round finds them, as it finds those
+    added after it answered).
     busy: refuse a session's request with SessionBusy, storing nothing of it (a push is
     taken): the caller has a session of its own with the sender under way.
     """
@@ -459,7 +462,7 @@ def respond_steps(
 
     offer(wanted)
     if ranges is not None:
-        outcome = process_ranges(store, ranges, config)
+        outcome = yield from process_ranges(store, ranges, config)
         if outcome.open:
             out["r"] = encode_ranges(outcome.reply)
         offer(outcome.have)
@@ -489,7 +492,7 @@ def respond_steps(
     if ranges is None and message.get("b") and backstop_now:
         # Same (origin, seq) pairs, different sets: only the backstop can find the difference.
         # A vector too long for the peer to accept: the backstop finds it without one.
-        out["r"] = encode_ranges(initial_ranges(store, config))
+        out["r"] = encode_ranges((yield from initial_ranges(store, config)))
     if batch.data:
         out["d"] = batch.data
     if overflow:
@@ -628,7 +631,7 @@ class Initiator:
         reply_ranges = None
         if ranges is not None:
             self._backstop = True
-            outcome = process_ranges(self.store, ranges, self.config)
+            outcome = yield from process_ranges(self.store, ranges, self.config)
             self._push_keys.extend(outcome.have)
             self._want.extend(outcome.need)
             if outcome.open:

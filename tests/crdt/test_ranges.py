@@ -8,6 +8,7 @@ import pytest
 
 from crdt import Bound, MemoryStore, ProtocolError, Record, SetFingerprint, SyncConfig
 from crdt._ranges import FINGERPRINT, IDS, SKIP, Range, decode_ranges, process_ranges
+from crdt._reconcile import _finish_steps
 
 
 class CountingStore(MemoryStore):
@@ -36,7 +37,7 @@ def test_skip_ranges_are_not_read() -> None:
     tail = [k for _, k in store.ordered(middle, None)]
     store.listed = 0
     ranges = [Range(middle, SKIP), Range(None, FINGERPRINT, SetFingerprint.of(tail).digest())]
-    outcome = process_ranges(store, ranges, SyncConfig())
+    outcome = _finish_steps(process_ranges(store, ranges, SyncConfig()))
     assert [r.mode for r in outcome.reply] == [SKIP] and not outcome.open
     assert store.listed == len(tail) == 100
 

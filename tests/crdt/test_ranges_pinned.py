@@ -13,6 +13,7 @@ from crdt._ranges import (
     initial_ranges,
     process_ranges,
 )
+from crdt._reconcile import _finish_steps
 from tests.crdt.test_ranges import SMALL, filled
 
 _END = [None, b"", SKIP, None]
@@ -53,7 +54,7 @@ def test_bounds_are_a_time_alone_across_times_and_the_shortest_key_prefix_within
     )
     items = list(store.ordered())
     config = SyncConfig(fanout=2, initial_fanout=4, leaf_size=1, max_ranges=8, max_keys=8)
-    bounds = [r.upper for r in initial_ranges(store, config)]
+    bounds = [r.upper for r in _finish_steps(initial_ranges(store, config))]
     (a, b) = (items[0][1], items[1][1])
     shared = next(i for i in range(32) if a[i] != b[i])
     assert bounds == [(1000, b[: shared + 1]), (1001, b""), (1002, b""), None]
@@ -66,9 +67,11 @@ def test_the_rest_folded_past_the_budget_is_fingerprinted_from_the_last_bound() 
     store = filled(10)
     wrong = SetFingerprint.of([]).digest()
     ranges = [Range((1000 + t, b""), FINGERPRINT, wrong) for t in (2, 4, 6)]
-    outcome = process_ranges(store, [*ranges, Range(None, FINGERPRINT, wrong)], SMALL)
+    outcome = _finish_steps(
+        process_ranges(store, [*ranges, Range(None, FINGERPRINT, wrong)], SMALL)
+    )
     # SMALL's budget: the first two ranges answered (each split in two), the rest folded.
     assert [r.mode for r in outcome.reply] == [FINGERPRINT] * 5
     assert [r.upper for r in outcome.reply][3:] == [(1000 + 4, b""), None]
-    again = process_ranges(filled(10), outcome.reply, SMALL)
+    again = _finish_steps(process_ranges(filled(10), outcome.reply, SMALL))
     assert [r.mode for r in again.reply] == [SKIP] and not again.open
