@@ -12,29 +12,16 @@ Counted in items read from the store's (time, key) index between two pauses: no 
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from typing import Any
 
 from crdt import Initiator, MemoryStore, Record
 from crdt._ranges import ITEMS_STEP
 from crdt._reconcile import respond_steps
-from crdt._store import Bound
+from tests.crdt.test_ranges import CountingStore
 
 N = 3 * ITEMS_STEP
 A, B, C = b"\xaa" * 16, b"\xbb" * 16, b"\xcc" * 16
-
-
-class CountingStore(MemoryStore):
-    """A MemoryStore counting the (time, key) items its readers take from ``ordered``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.read = 0
-
-    def ordered(self, lower: Bound | None = None, upper: Bound | None = None) -> Iterator[Bound]:
-        for item in super().ordered(lower, upper):
-            self.read += 1
-            yield item
 
 
 def _replica() -> CountingStore:
@@ -46,13 +33,13 @@ def _replica() -> CountingStore:
 def _drive(store: CountingStore, steps: Generator[None, None, Any]) -> tuple[Any, int]:
     """Run stepped work as the peer does (peer._replication.stepped): its result, and the
     most items it read from the store between two pauses (each pause lets the loop run)."""
-    most, last = 0, store.read
+    most, last = 0, store.listed
     while True:
         try:
             next(steps)
         except StopIteration as done:
-            return done.value, max(most, store.read - last)
-        most, last = max(most, store.read - last), store.read
+            return done.value, max(most, store.listed - last)
+        most, last = max(most, store.listed - last), store.listed
 
 
 def _write(store: MemoryStore, node: bytes, seq: int) -> None:
@@ -79,7 +66,7 @@ def test_a_session_both_peers_wrote_during_reads_the_replica_a_slice_at_a_time()
         most_ini = max(most_ini, most)
     assert session.stats.converged
     assert session.stats.phase == "backstop"  # a few records apart, and the backstop ran
-    assert ini.read >= N and res.read >= N  # each side read every record it holds
+    assert ini.listed >= N and res.listed >= N  # each side read every record it holds
     # The store is read a slice (ITEMS_STEP) at a time between pauses; it was read whole.
     assert most_res <= ITEMS_STEP, f"the responder read {most_res} of {N} items without a pause"
     assert most_ini <= ITEMS_STEP, f"the initiator read {most_ini} of {N} items without a pause"
