@@ -91,6 +91,10 @@ _MAX_WAITS = 4
 _FAILURE_LOG_EVERY = 60.0
 # Seconds between two looks of the stall watcher (see Node._loop_held).
 _STALL_TICK = 1.0
+# Seconds before this peer began listening that a record's stamp must be to count as history
+# it is catching up on (see caught_up): frames carry clocks up to 2 minutes apart (crdt's
+# max_skew) between two peers, more along a chain; a new record is never stamped that early.
+HISTORY_MARGIN = 600.0
 
 
 def _import_search_stack() -> None:
@@ -214,6 +218,7 @@ class Node:
         self._load_lock = asyncio.Lock()
         self.failed: str | None = None  # why the peer stopped by itself, if it did
         self._others_arrived_at = -math.inf  # when records of other origins last arrived
+        self._history_arrived_at = -math.inf  # ... and ones stamped well before it listened
         self.replica.listen(self._on_records)
         self._seeds_heard: dict[str, bool] = {}  # --join address -> answered (warned once if not)
         # The addresses of the peers this one talked to when it last ran (see _recall_peers).
@@ -905,9 +910,13 @@ class Node:
         """Note each experiment's latest trial stamp and when its count changed here."""
         if self.storage.recovered():  # (they were written)
             self._rejoin()
-        if any(r.origin != self.node_id for r in records):
-            self._others_arrived_at = self.monotonic()  # (see caught_up)
         now_ms = int(self.clock() * 1000)
+        others = [r for r in records if r.origin != self.node_id]
+        if others:
+            self._others_arrived_at = self.monotonic()  # (see caught_up)
+            listened_ms = now_ms - 1000 * (self.monotonic() - self._listening_since())
+            if min(r.time for r in others) < listened_ms - 1000 * HISTORY_MARGIN:
+                self._history_arrived_at = self.monotonic()
         for record in records:
             if record.kind == TRIAL:
                 for key in record.links:  # its experiment, known here yet or not
@@ -1102,9 +1111,14 @@ class Node:
             # of a long history outlasts the timeout (43-54 s for 600,000-900,000 records on
             # 2 cores), and a peer that took its partial history for whole started trials of
             # experiments whose budget was spent (3005/3000, 8/4). At most ten timeouts, should
-            # no session complete while records keep coming.
-            quiet = now - self._others_arrived_at >= 2 * timing.anti_entropy
-            return quiet or waited >= 10 * timing.peer_timeout
+            # no session complete while records keep coming (new ones, without end), unless
+            # the history is still coming: records stamped before this peer listened, a
+            # finite set (2,060,000 took 73 s, and past the ten timeouts a peer spent budgets
+            # again: 1005/1000).
+            arriving = 2 * timing.anti_entropy
+            quiet = now - self._others_arrived_at >= arriving
+            history = now - self._history_arrived_at < arriving
+            return quiet or (waited >= 10 * timing.peer_timeout and not history)
         # No seed and nobody heard of since two anti-entropy periods (mDNS answers come
         # sooner): a peer alone need not wait peer_timeout before its budgeted experiments.
         alone = len(self.peers) == 0 and not self.peers.seed_addrs() and not self._recalled

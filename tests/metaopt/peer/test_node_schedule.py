@@ -219,10 +219,12 @@ async def test_a_catch_up_that_outlasts_the_peer_timeout_is_waited_for(tmp_path:
         assert not node.caught_up()
         mono[0] += 2 * timing.anti_entropy  # quiet: nobody is sending any more
         assert node.caught_up()
-        node.store.add([Record.create(TRIAL, b"p" * 16, 1, 1000, body, [exp.key])])
+        # Records written since it started (a busy cluster's), for ever: not waited for ever.
+        now_ms = int(time.time() * 1000)
+        node.store.add([Record.create(TRIAL, b"p" * 16, 1, now_ms, body, [exp.key])])
         assert not node.caught_up()
-        mono[0] = node.started_at + 10 * timing.peer_timeout  # records for ever: not for ever
-        node.store.add([Record.create(TRIAL, b"p" * 16, 2, 1001, body, [exp.key])])
+        mono[0] = node.started_at + 10 * timing.peer_timeout
+        node.store.add([Record.create(TRIAL, b"p" * 16, 2, now_ms + 1, body, [exp.key])])
         assert node.caught_up()
     finally:
         await node.stop()
