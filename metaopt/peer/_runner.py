@@ -71,6 +71,7 @@ FOLDER_RETRY = 10.0
 # user's freeze or kill forgotten, and a run its stopper had killed at a rung resumed past it.
 STOP_REQUEST = "stop-request"
 _KEPT_OUTCOMES = ("frozen", "killed")
+_MAX_HELD = 8  # kinds of reports (sets of metric names) held back at once (see _hold)
 # The states of a trial whose run another peer took up at the same time as this one's that
 # this one gives way to (see _stop_completed_elsewhere).
 _GIVEN_WAY_TO = frozenset({"running", "frozen", "killed"})
@@ -111,7 +112,9 @@ class Running:
     last_step: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     last_progress: float = -math.inf  # when its last progress record was written
-    held: tuple[int | None, dict[str, Any]] | None = None  # a report thinned out, kept for the end
+    # Reports thinned out, kept for the next record or the end: the latest of each set of
+    # metric names (see TrialRunner._hold).
+    held: dict[frozenset[str], tuple[int | None, dict[str, Any]]] = field(default_factory=dict)
     resumed_after: int | None = None  # the step it was resumed after (thawed or re-run), if any
     # The free events its start answered and the events they follow (TrialView.answers).
     answered: tuple[bytes, ...] = ()
@@ -549,16 +552,17 @@ class TrialRunner:
             # reports each minibatch is thinned (see _report_gap; the latest report held back
             # is written when the trial ends), not thousands a second.
             if run.last_event - run.last_progress < self._report_gap(run):
-                run.held = (step, metrics)
+                _hold(run, step, metrics)
                 return
-            run.last_progress, run.held = run.last_event, None
+            run.held.pop(frozenset(metrics), None)  # (of the same kind: this one is later)
+            self._write_held(run)
+            run.last_progress = run.last_event
             node.write_event(run.experiment, run.trial, "progress", step=step, metrics=metrics)
-        elif kind == "heartbeat" and run.held is not None:
+        elif kind == "heartbeat" and run.held:
             # Quiet since a report was held back: write it now, so that the curve the
             # stoppers read is at most one heartbeat old (it is news of the trial as well).
-            step, metrics = run.held
-            run.last_progress, run.held = run.last_event, None
-            node.write_event(run.experiment, run.trial, "progress", step=step, metrics=metrics)
+            run.last_progress = run.last_event
+            self._write_held(run)
         elif kind == "heartbeat":
             node.write_event(run.experiment, run.trial, "heartbeat")
         elif kind == "started" and isinstance(data.get("pid"), int):
@@ -598,6 +602,12 @@ class TrialRunner:
             self.running.pop(run.slot.index, None)
             self.node.kick()
 
+    def _write_held(self, run: Running) -> None:
+        """Record the reports held back (see _hold), oldest first."""
+        held, run.held = run.held, {}
+        for step, metrics in held.values():
+            self.node.write_event(run.experiment, run.trial, "progress", step=step, metrics=metrics)
+
     def _stop_escaped(self, trial: bytes) -> None:
         """Stop the processes a trial that has ended left running outside its group.
 
@@ -619,10 +629,7 @@ class TrialRunner:
         if run.outcome == SUPERSEDED:  # its result is another peer's: nothing to add
             log.info("trial %s ended here: %s", run.trial.hex()[:12], run.reason)
             return
-        if run.held is not None:  # the curve ends where the trial did
-            step, metrics = run.held
-            write(run.experiment, run.trial, "progress", step=step, metrics=metrics)
-            run.held = None
+        self._write_held(run)  # the curve ends where the trial did
         status = outcome.status
         if run.outcome is None and status == "failed" and self._done_before_resume(run, outcome):
             status = "completed"
@@ -1096,6 +1103,22 @@ def _lay_out_code(bundle: Path, cwd: Path) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     _link_tree(bundle, partial)
     os.replace(partial, cwd)
+
+
+def _hold(run: Running, step: int | None, metrics: dict[str, Any]) -> None:
+    """Hold back a report thinned out: it replaces the held one of the same metric names.
+
+    One held report, replaced by the next, lost what only it carried: a script reporting its
+    loss and its training loss in two calls an epoch had every loss replaced by the next
+    epoch's training loss, and its curve kept 1 point of 10 (a review of the results users
+    read). The kinds held are few; a script that names new metrics at every report loses
+    its oldest held ones past _MAX_HELD, as thinning would.
+    """
+    kind = frozenset(metrics)
+    run.held.pop(kind, None)  # (re-inserted last: the held stay oldest first)
+    while len(run.held) >= _MAX_HELD:
+        del run.held[next(iter(run.held))]
+    run.held[kind] = (step, metrics)
 
 
 def _link_tree(src: Path, dest: Path) -> None:
