@@ -603,10 +603,12 @@ class TrialRunner:
             self.node.kick()
 
     def _write_held(self, run: Running) -> None:
-        """Record the reports held back (see _hold), oldest first."""
-        held, run.held = run.held, {}
-        for step, metrics in held.values():
+        """Record the reports held back (see _hold), oldest first; each is let go once written
+        (a write the disk refuses leaves the rest for the retry of the trial's end)."""
+        for kind in list(run.held):
+            step, metrics = run.held[kind]
             self.node.write_event(run.experiment, run.trial, "progress", step=step, metrics=metrics)
+            del run.held[kind]
 
     def _stop_escaped(self, trial: bytes) -> None:
         """Stop the processes a trial that has ended left running outside its group.

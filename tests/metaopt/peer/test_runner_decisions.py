@@ -847,6 +847,7 @@ def test_an_outcome_the_disk_refuses_is_one_line_the_slot_frees_and_it_is_record
 
     node.write_event = write_unless_full  # type: ignore[method-assign]
     run = Running(runner.slots[0], state.key, trial.key)
+    run.held[frozenset({"objective"})] = (2, {"objective": 0.2})  # a report thinned out
     runner.running[0] = run
     outcome = SimpleNamespace(
         status="completed", metrics={"objective": 0.16}, objectives={"objective": 0.16},
@@ -876,7 +877,7 @@ def test_an_outcome_the_disk_refuses_is_one_line_the_slot_frees_and_it_is_record
     assert run.outcome == ("frozen" if asked_to_stop else None)  # as before the tries
     full[0] = False
     runner.record_unrecorded()
-    assert [kind for _, kind, _ in node.written] == [ended]
+    assert [kind for _, kind, _ in node.written] == ["progress", ended]  # (none lost)
     assert runner.running_keys() == set()
 
 
