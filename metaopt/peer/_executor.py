@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import functools
 import logging
 import os
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from metaopt.peer._output import OutputConfig, OutputParser
+from metaopt.peer._storage import storage_failure
 from metaopt.worker import MetricValue
 
 __all__ = [
@@ -66,8 +66,6 @@ Status = Literal["completed", "failed", "interrupted"]
 _LOG_RETRY = 5.0  # seconds before a trial's log the disk refused is tried again
 # Seconds after the exit when pipes still open are taken as held by an escaped process.
 _ESCAPED_AFTER = 0.5
-# A working directory the disk refused to lay out (full, no inode left, a quota, read-only).
-_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 @dataclass(frozen=True)
@@ -122,6 +120,7 @@ class TrialOutcome:
     stderr_tail: tuple[str, ...] = ()
     stage: str | None = None  # how far a stop had to go, for an interrupted trial
     diverged: bool = False  # failed because its last report of an objective was nan or inf
+    disk: str | None = None  # interrupted: what the disk said, refusing its working directory
 
 
 class TrialProcess:
@@ -216,11 +215,16 @@ class TrialProcess:
             try:
                 await asyncio.to_thread(spec.prepare)
             except OSError as exc:
-                why = f"cannot lay out its code: {exc.strerror or exc}"
-                if exc.errno in _DISK_ERRNOS:  # (the disk's fault: set free to run again)
-                    return self._finish_early(f"this peer's disk refused its folder ({why})",
-                                              "interrupted")  # fmt: skip
-                return self._finish_early(why)
+                refused = storage_failure(exc)
+                if refused is not None:  # (the disk's fault: set free to run again)
+                    reason = f"this peer's disk refused its folder ({refused})"
+                    return self._finish_early(reason, "interrupted", disk=refused)
+                return self._finish_early(f"cannot lay out its code: {exc.strerror or exc}")
+            stopped = self._kill_reason or self._stop_reason
+            if stopped is not None:
+                # Asked to stop while its code was laid out (a peer stop, a freeze, a run
+                # giving way): started all the same, it was stopped a grace later.
+                return self._finish_early(f"stopped before it started: {stopped}", "interrupted")
         if not Path(spec.cwd).is_dir():
             return self._finish_early(f"working directory {spec.cwd} does not exist")
         try:
@@ -390,10 +394,12 @@ class TrialProcess:
         self._emit("failed", exit_code=code, reason=reason, stderr_tail=list(tail), metrics=metrics)
         return TrialOutcome("failed", code, metrics, objectives, reason, tail)
 
-    def _finish_early(self, reason: str, status: Status = "failed") -> TrialOutcome:
+    def _finish_early(
+        self, reason: str, status: Status = "failed", disk: str | None = None
+    ) -> TrialOutcome:
         self._exited.set()
         self._emit(status, exit_code=None, reason=reason, stderr_tail=[])
-        return TrialOutcome(status, None, {}, {}, reason)
+        return TrialOutcome(status, None, {}, {}, reason, disk=disk)
 
     def _cleanup(self, tasks: list[asyncio.Task[Any]], beat: asyncio.Task[None]) -> None:
         for task in [*tasks, beat]:

@@ -72,9 +72,6 @@ FOLDER_RETRY = 10.0
 STOP_REQUEST = "stop-request"
 _KEPT_OUTCOMES = ("frozen", "killed")
 _MAX_HELD = 8  # kinds of reports (sets of metric names) held back at once (see _hold)
-# The states of a trial whose run another peer took up at the same time as this one's that
-# this one gives way to (see _stop_completed_elsewhere).
-_GIVEN_WAY_TO = frozenset({"running", "frozen", "killed"})
 _STOP_REQUEST_BYTES = 1 << 16  # a stop request's note is a line of JSON
 
 
@@ -656,7 +653,9 @@ class TrialRunner:
                 metrics=outcome.metrics,
                 exit_code=outcome.exit_code,
             )
-        elif status == "interrupted":  # (never started: the disk refused its code's folder)
+        elif status == "interrupted":  # never started: its code's folder refused, or stopped
+            if outcome.disk is not None:  # (as for a trial's folder refused: see launch)
+                self._hold_starts(outcome.disk)
             write(run.experiment, run.trial, "interrupted", reason=outcome.reason)
         else:
             write(
@@ -899,9 +898,8 @@ class TrialRunner:
         interruption as that start, or one of the same run (two peers that each found a run
         lost write two losses of it), not a run taken for lost (a peer stopped or cut off for
         a while) that went on meanwhile; only younger than CLAIM_RACE: an older one (across a
-        partition) may be the further on, and its completion still counts; and only while
-        that start's run is live or was stopped by a verdict: one that ended without
-        (interrupted, lost, failed) leaves the run here the trial's only one.
+        partition) may be the further on, and its completion still counts; and not once that
+        start's run has failed (a completion here outranks the failure).
         """
         me, now = self.node.node_id, self.monotonic()
         for run in list(self.running.values()):
@@ -912,9 +910,12 @@ class TrialRunner:
             by = f"node {view.runner.hex()[:8]}" if view.runner else "another peer"
             if view.state == "completed":
                 why = f"completed on {by}"
-            elif view.runner not in (None, me) and view.state in _GIVEN_WAY_TO:
+            elif view.runner not in (None, me) and view.state != "failed":
                 # Frozen or killed by its stopper before this pass, too: the run here went on
-                # to its end (and beside that run once it was thawed).
+                # to its end (and beside that run once it was thawed); and interrupted or lost:
+                # the trial is free in every replica, the run here is not its run, and a third
+                # peer took it up beside it. A failure there leaves the run here: a completion
+                # outranks it.
                 if now - run.began >= CLAIM_RACE or not set(run.answered) & set(view.answers):
                     continue
                 why = f"taken up at the same time by {by}, whose run it is"

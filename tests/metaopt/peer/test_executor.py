@@ -753,3 +753,31 @@ async def test_a_process_the_trial_left_outside_its_group_is_stopped_as_its_outp
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
     assert outcome.status == "completed" and outcome.objectives == {"loss": 0.5}
     assert stopped == [int(pid_file.read_text())]  # and not left for the drain's 30 s
+
+
+@pytest.mark.asyncio
+async def test_a_stop_asked_while_the_code_is_laid_out_starts_no_process(tmp_path: Path) -> None:
+    # A stop asked while the code was laid out in a thread (a peer stop, a freeze, a run
+    # giving way) found no process; the layout ended and the script was started all the
+    # same, to be asked to stop at its next report and SIGTERMed a grace later: a peer stop
+    # waited that grace out (a review of the session's fixes).
+    marker = tmp_path / "ran"
+    script = _script(tmp_path, f"open({str(marker)!r}, 'w').close()\nimport time; time.sleep(30)\n")
+    laying_out, release = threading.Event(), threading.Event()
+
+    def prepare() -> None:
+        laying_out.set()
+        release.wait(10)
+
+    events: list[str] = []
+    process = TrialProcess(
+        _spec(tmp_path, script, prepare=prepare), lambda kind, data: events.append(kind)
+    )
+    task = asyncio.ensure_future(process.run())
+    await asyncio.to_thread(laying_out.wait, 10)
+    process.request_stop("its peer was stopped")
+    release.set()
+    outcome = await asyncio.wait_for(task, 60)
+    assert "started" not in events and not marker.exists(), (events, outcome)
+    assert outcome.status == "interrupted" and outcome.exit_code is None
+    assert "its peer was stopped" in (outcome.reason or "")
