@@ -72,8 +72,9 @@ def test_reading_one_experiment_offline_folds_only_that_one(
 ) -> None:
     """An offline `status NAME`, `best` or `export` folded every experiment in the replica (3 s
     for a 200-trial one beside one of 50,000); it folds the one named, while the listing
-    still folds them all."""
-    _stopped_peer(tmp_path)
+    still folds them all. So does `logs TRIAL` (34 s at 2 million records; a scale review),
+    with the trial's experiment."""
+    trial = _stopped_peer(tmp_path)
     other = experiment_record(ExperimentSpec("other", {"x": "uniform(0, 1)"}, command=("t.py",)))
     store = LevelDBStore(DataDir(tmp_path).replica)
     store.add([other])
@@ -93,6 +94,10 @@ def test_reading_one_experiment_offline_folds_only_that_one(
     assert [s.spec.name for s in opened[-1].experiments.values()] == ["other"]
     assert len(peer.call("api.experiments")) == 2
     assert sorted(s.spec.name for s in opened[-1].experiments.values()) == ["other", "sweep"]
+    assert peer.call("api.logs", trial.key.hex()[:8])["text"] == "epoch 3 loss 0.25\n"
+    assert [s.spec.name for s in opened[-1].experiments.values()] == ["sweep"]
+    with pytest.raises(MetaoptError, match="no trial 'ffffffff'"):
+        peer.call("api.logs", "ffffffff")
 
 
 def test_a_replica_on_a_read_only_disk_says_to_read_a_copy(
