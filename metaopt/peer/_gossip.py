@@ -310,6 +310,13 @@ class LivenessNews:
         self._live = live
         return found, back, sorted(gone, key=lambda p: p.node_id)
 
+    def left(self, node_id: bytes) -> None:
+        """``node_id`` said it is leaving (its peer logs that at once): gone from now, so that
+        a return is told even within one look (a `peer stop` then `peer start` took less than
+        a gossip round, and the log's last word on the peer was that it left)."""
+        if self._live.pop(node_id, None) is not None:
+            self._gone.add(node_id)
+
 
 def _live(peer: KnownPeer, now: float, timeout: float) -> bool:
     return not peer.left and now - peer.heard <= timeout

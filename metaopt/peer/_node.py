@@ -675,6 +675,7 @@ class Node:
         if request.sender != self.node_id and request.sender in self.peers:
             log.info("peer %s is leaving", request.sender.hex()[:8])
             self.peers.leave(request.sender)
+            self._liveness.left(request.sender)
         return True
 
     async def _anti_entropy(self) -> None:
@@ -716,7 +717,15 @@ class Node:
         for peer in back:
             log.info("peer %s at %s is live again", peer.node_id.hex()[:8], peer.addr)
         for peer in gone:
-            if not peer.left:
+            if peer.node_id not in self.peers:
+                # Dropped at once: another node answers at its address (a peer restarted
+                # there with a new data directory), not silence.
+                log.info(
+                    "peer %s at %s: another node is at its address now, counted gone",
+                    peer.node_id.hex()[:8],
+                    peer.addr,
+                )
+            elif not peer.left:
                 log.info(
                     "peer %s at %s: nothing heard of it for %g s, counted gone (its running"
                     " trials re-run elsewhere once unheard of for %g s)",

@@ -204,7 +204,9 @@ class Server:
             self._log_refusal(request.remote, "protocol", "refused", mismatch)
             reply = Reply(False, error=f"refused, {mismatch}")
         elif misaddressed is not None:
-            self._log_refusal(request.remote, "misaddressed", "refused", misaddressed)
+            # Routine after a peer restarted here with a new data directory: the others call
+            # its predecessor until they hear of it (and then call again naming nobody).
+            self._log_refusal(request.remote, "misaddressed", "refused", misaddressed, logging.INFO)
             reply = Reply(False, error=f"{MISADDRESSED} {misaddressed}")
         elif handler is None:
             reply = Reply(False, error=f"unknown operation {message.op!r}; upgrade this peer")
@@ -245,11 +247,13 @@ class Server:
             return f"{message.op} must name the node it is for"
         return None
 
-    def _log_refusal(self, remote: str | None, kind: str, verb: str, why: object) -> None:
-        """A warning once per sender and kind of refusal, debug lines after: a peer of another
-        cluster or release retries every few seconds for ever, and one line says all there is
-        to say (`peer status` counts the rest)."""
-        level = logging.WARNING if self._refused.first((remote, kind)) else logging.DEBUG
+    def _log_refusal(
+        self, remote: str | None, kind: str, verb: str, why: object, first: int = logging.WARNING
+    ) -> None:
+        """A warning (or ``first``) once per sender and kind of refusal, debug lines after: a
+        peer of another cluster or release retries every few seconds for ever, and one line
+        says all there is to say (`peer status` counts the rest)."""
+        level = first if self._refused.first((remote, kind)) else logging.DEBUG
         log.log(level, "%s a request from %s: %s", verb, remote, why)
 
     def _ticket(self, request: web.Request) -> bytes:

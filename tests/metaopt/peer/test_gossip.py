@@ -303,3 +303,17 @@ def test_liveness_news_tells_each_peer_found_gone_and_back_once() -> None:
     assert told(200.0) == ([C], [], [B])
     table.add(B, "h:2", 400.0, contacted=True)
     assert told(400.0) == ([B], [], [C])
+
+
+def test_a_peer_that_left_and_came_back_within_one_look_is_news() -> None:
+    news = LivenessNews()
+    table = PeerTable()
+    table.add(A, "h:1", 0.0, contacted=True)
+    assert [p.node_id for p in news.changes(table, 0.0, TIMEOUT)[0]] == [A]  # found
+    news.left(A)  # said at once by its peer; and it is back before the next look
+    table.leave(A)
+    table.add(A, "h:1", 1.0, contacted=True)
+    found, back, gone = news.changes(table, 1.0, TIMEOUT)
+    assert (found, [p.node_id for p in back], gone) == ([], [A], [])
+    news.left(B)  # (unknown: nothing to say)
+    assert news.changes(table, 2.0, TIMEOUT) == ([], [], [])

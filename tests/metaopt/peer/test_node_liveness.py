@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,84 @@ async def test_a_call_refused_by_another_node_at_a_known_address_introduces_this
     finally:
         await caller.stop()
         await restarted.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_back_within_a_round_of_its_leave_is_said_to_be_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A peer stop then start took less than a gossip round (5 s): its return left the
+    # others' logs unchanged, their last word on it that it left (a membership review).
+    now = [time.time()]
+
+    def clock() -> float:
+        return now[0]
+
+    def node(name: str, key: str | None = None) -> Node:
+        config = PeerConfig(data_dir=tmp_path / name, port=0, mdns=False, key_text=key)
+        return Node(config, clock=clock, monotonic=clock)
+
+    a = node("a")
+    b = node("b", a.key.to_text())
+    running = [a, b]
+    short = a.node_id.hex()[:8]
+    try:
+        await a.start()
+        await b.start()
+        b.peers.add(a.node_id, a.addr, now[0], contacted=True)
+        with caplog.at_level("INFO", logger="metaopt.peer"):
+            await b._gossip()  # "peer A is live"
+            caplog.clear()
+            running.remove(a)
+            await a.stop()  # peer stop: "peer A is leaving"
+            restarted = node("a")  # peer start, on the same data directory
+            running.append(restarted)
+            await restarted.start()
+            await restarted.client.call(b.addr, "gossip", [])  # its first round calls b
+            assert b.is_alive(a.node_id)
+            await b._gossip()  # b's next round
+        said = [r.getMessage() for r in caplog.records if short in r.getMessage()]
+        assert said[0] == f"peer {short} is leaving"
+        # b counts A live, but its log's last word on A is that it left.
+        assert any("live again" in line for line in said), said
+    finally:
+        for peer in running:
+            await peer.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_node_replaced_at_its_address_is_not_said_to_be_silent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The old node, dropped at once when another node answered at its address, was said to
+    # be gone after "nothing heard of it for 30 s", heard of a moment ago (a membership review).
+    now = [time.time()]
+
+    def clock() -> float:
+        return now[0]
+
+    def node(name: str, key: str | None = None) -> Node:
+        config = PeerConfig(data_dir=tmp_path / name, port=0, mdns=False, key_text=key)
+        return Node(config, clock=clock, monotonic=clock)
+
+    a = node("a")
+    new = node("new", a.key.to_text())  # restarted with a new data directory...
+    try:
+        await a.start()
+        await new.start()
+        old = os.urandom(16)  # ...where this node answered a moment ago
+        a.peers.add(old, new.addr, now[0], contacted=True)
+        short = old.hex()[:8]
+        with caplog.at_level("INFO", logger="metaopt.peer"):
+            a._say_liveness(now[0], a.config.timing.peer_timeout)
+            caplog.clear()
+            await a._gossip()  # no time passes
+        said = [r.getMessage() for r in caplog.records if short in r.getMessage()]
+        assert not any("nothing heard of it" in line for line in said), said
+        assert any("another node is at its address now" in line for line in said), said
+        # The new node's refusal of a call naming its predecessor is routine: no warning.
+        [refusal] = [r for r in caplog.records if "the request was for" in r.getMessage()]
+        assert refusal.levelname == "INFO"
+    finally:
+        await a.stop()
+        await new.stop()
