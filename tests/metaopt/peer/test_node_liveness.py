@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -91,20 +92,25 @@ async def test_a_call_refused_by_another_node_at_a_known_address_introduces_this
         await restarted.stop()
 
 
+def _still_clock_nodes(tmp_path: Path, now: float) -> Callable[..., Node]:
+    """A maker of nodes in tmp_path/NAME (with the cluster key given) whose clocks stand at
+    now: only what the nodes say to each other moves them."""
+
+    def node(name: str, key: str | None = None) -> Node:
+        config = PeerConfig(data_dir=tmp_path / name, port=0, mdns=False, key_text=key)
+        return Node(config, clock=lambda: now, monotonic=lambda: now)
+
+    return node
+
+
 @pytest.mark.asyncio
 async def test_a_peer_back_within_a_round_of_its_leave_is_said_to_be_back(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A peer stop then start took less than a gossip round (5 s): its return left the
     # others' logs unchanged, their last word on it that it left (a membership review).
-    now = [time.time()]
-
-    def clock() -> float:
-        return now[0]
-
-    def node(name: str, key: str | None = None) -> Node:
-        config = PeerConfig(data_dir=tmp_path / name, port=0, mdns=False, key_text=key)
-        return Node(config, clock=clock, monotonic=clock)
+    now = time.time()
+    node = _still_clock_nodes(tmp_path, now)
 
     a = node("a")
     b = node("b", a.key.to_text())
@@ -113,7 +119,7 @@ async def test_a_peer_back_within_a_round_of_its_leave_is_said_to_be_back(
     try:
         await a.start()
         await b.start()
-        b.peers.add(a.node_id, a.addr, now[0], contacted=True)
+        b.peers.add(a.node_id, a.addr, now, contacted=True)
         with caplog.at_level("INFO", logger="metaopt.peer"):
             await b._gossip()  # "peer A is live"
             caplog.clear()
@@ -140,14 +146,8 @@ async def test_a_node_replaced_at_its_address_is_not_said_to_be_silent(
 ) -> None:
     # The old node, dropped at once when another node answered at its address, was said to
     # be gone after "nothing heard of it for 30 s", heard of a moment ago (a membership review).
-    now = [time.time()]
-
-    def clock() -> float:
-        return now[0]
-
-    def node(name: str, key: str | None = None) -> Node:
-        config = PeerConfig(data_dir=tmp_path / name, port=0, mdns=False, key_text=key)
-        return Node(config, clock=clock, monotonic=clock)
+    now = time.time()
+    node = _still_clock_nodes(tmp_path, now)
 
     a = node("a")
     new = node("new", a.key.to_text())  # restarted with a new data directory...
@@ -155,10 +155,10 @@ async def test_a_node_replaced_at_its_address_is_not_said_to_be_silent(
         await a.start()
         await new.start()
         old = os.urandom(16)  # ...where this node answered a moment ago
-        a.peers.add(old, new.addr, now[0], contacted=True)
+        a.peers.add(old, new.addr, now, contacted=True)
         short = old.hex()[:8]
         with caplog.at_level("INFO", logger="metaopt.peer"):
-            a._say_liveness(now[0], a.config.timing.peer_timeout)
+            a._say_liveness(now, a.config.timing.peer_timeout)
             caplog.clear()
             await a._gossip()  # no time passes
         said = [r.getMessage() for r in caplog.records if short in r.getMessage()]
