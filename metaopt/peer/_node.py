@@ -91,6 +91,9 @@ _MAX_WAITS = 4
 _FAILURE_LOG_EVERY = 60.0
 # Seconds between two looks of the stall watcher (see Node._loop_held).
 _STALL_TICK = 1.0
+# Seconds after a hold of the event loop during which what peers say is taken as old as the
+# hold: the requests that waited in the sockets meanwhile are handled then (see Node._stale).
+_AFTER_HOLD = 2.0
 # Seconds before this peer began listening that a record's stamp must be to count as history
 # it is catching up on (see caught_up): frames carry clocks up to 2 minutes apart (crdt's
 # max_skew) between two peers, more along a chain; a new record is never stamped that early.
@@ -241,6 +244,7 @@ class Node:
         # The stall watcher's last look, and whether it runs (see _watch_for_stalls).
         self._last_tick = self.monotonic()
         self._watching = False
+        self._hold_ended_at, self._hold_length = -math.inf, 0.0  # the last hold (see _stale)
         self._sessions_before = 0
 
     def _new_client(self) -> Client:
@@ -562,7 +566,18 @@ class Node:
     def _contact(self, request: Request) -> None:
         addr = self._sender_addr(request)
         if addr is not None:
-            self.peers.add(request.sender, addr, self.monotonic(), contacted=True)
+            self.peers.add(request.sender, addr, self.monotonic() - self._stale(), contacted=True)
+
+    def _stale(self) -> float:
+        """How much older than it reads a peer's word handled now may be: right after a hold
+        of this peer's loop (SIGSTOP, a long computation), what waited in its sockets
+        meanwhile is as old as the hold. Read as news of now, gossip sent during an 8 s pause
+        brought a peer that died meanwhile back to life, here and in every peer told (a
+        membership review)."""
+        self._check_stall()
+        if self.monotonic() - self._hold_ended_at <= _AFTER_HOLD:
+            return self._hold_length
+        return 0.0
 
     def _busy_with(self, request: Request) -> bool:
         """Whether to refuse a peer's session: this peer has one of its own with it under way.
@@ -629,6 +644,8 @@ class Node:
         held = now - self._last_tick - tick
         if held > 0:
             self._last_tick = now - tick  # (measured: not measured again)
+        if held > tick:
+            self._hold_ended_at, self._hold_length = now, held + tick  # (see _stale)
         self._loop_held(held)
 
     def _loop_held(self, held: float) -> None:
@@ -667,7 +684,9 @@ class Node:
     async def _on_gossip(self, request: Request) -> Any:
         self._hold_back_while_storage_fails()
         self._contact(request)
-        self.peers.merge_gossip(request.body, self.monotonic(), exclude=self.node_id)
+        # Ages as of when it was sent, as far as this peer can tell (see _stale).
+        sent = self.monotonic() - self._stale()
+        self.peers.merge_gossip(request.body, sent, exclude=self.node_id)
         return self.peers.to_gossip(self.monotonic(), self.config.timing.peer_timeout)
 
     async def _on_leave(self, request: Request) -> bool:

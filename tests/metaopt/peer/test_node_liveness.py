@@ -170,3 +170,33 @@ async def test_a_node_replaced_at_its_address_is_not_said_to_be_silent(
     finally:
         await a.stop()
         await new.stop()
+
+
+@pytest.mark.asyncio
+async def test_what_a_peer_hears_right_after_its_loop_was_held_is_as_old_as_the_hold(
+    tmp_path: Path,
+) -> None:
+    # Requests that waited in its sockets through a pause are handled as it resumes: their
+    # gossip and their senders' contact read as news of now (see test_node_paused).
+    from metaopt.peer._wire import Request
+
+    mono = [1000.0]
+    node = Node(
+        PeerConfig(data_dir=tmp_path / "n", port=0, mdns=False, timing=FAST),
+        monotonic=lambda: mono[0],
+    )
+    await node.start()
+    try:
+        node._watching, node._last_tick = True, mono[0]  # (its watcher looked just now)
+        dead, sender = os.urandom(16), os.urandom(16)
+        mono[0] += 8.0  # paused (SIGSTOP) for 8 s
+        request = Request("gossip", sender, "127.0.0.1:9", [[dead, "127.0.0.1:8", 0.5]])
+        await node._on_gossip(request)
+        heard = {p.node_id: p.heard for p in node.peers.all()}
+        assert heard == {dead: 1000.0 - 0.5, sender: 1000.0}  # as of the pause's start
+        mono[0] += 5.0  # running since (its watcher looking every second): news of now again
+        node._last_tick = mono[0]
+        await node._on_gossip(Request("gossip", sender, "127.0.0.1:9", []))
+        assert node.peers.get(sender).heard == mono[0]  # type: ignore[union-attr]
+    finally:
+        await node.stop()
