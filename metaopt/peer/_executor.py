@@ -220,11 +220,11 @@ class TrialProcess:
                     reason = f"this peer's disk refused its folder ({refused})"
                     return self._finish_early(reason, "interrupted", disk=refused)
                 return self._finish_early(f"cannot lay out its code: {exc.strerror or exc}")
-            stopped = self._kill_reason or self._stop_reason
-            if stopped is not None:
-                # Asked to stop while its code was laid out (a peer stop, a freeze, a run
-                # giving way): started all the same, it was stopped a grace later.
-                return self._finish_early(f"stopped before it started: {stopped}", "interrupted")
+        stopped = self._kill_reason or self._stop_reason
+        if stopped is not None:
+            # Asked to stop before it started (while its code was laid out: a peer stop, a
+            # freeze, a run giving way): started all the same, it was stopped a grace later.
+            return self._finish_early(f"stopped before it started: {stopped}", "interrupted")
         if not Path(spec.cwd).is_dir():
             return self._finish_early(f"working directory {spec.cwd} does not exist")
         try:

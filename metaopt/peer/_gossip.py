@@ -66,6 +66,7 @@ class PeerTable:
     # stale report of a dead predecessor at our address (a peer restarted on the port with a
     # new data dir) was entered, our own calls there then "reached" it, and it stayed live.
     own_addrs: frozenset[str] = frozenset()
+    _replaced: set[bytes] = field(default_factory=set)  # dropped for another at their address
 
     # ----------------------------------------------------------------------------- updates
 
@@ -117,7 +118,7 @@ class PeerTable:
         there with a new data directory, or a stale or forged report). Dropped, so that calls
         there name nobody until the node there speaks to us itself."""
         if node_id is not None and self._by_addr.get(addr) == node_id:
-            self._remove(node_id)
+            self._replace(node_id)
 
     def answered(self, node_id: bytes, now: float) -> None:
         """``node_id`` just answered a call that named it (see ``at``).
@@ -248,12 +249,13 @@ class PeerTable:
             rival = self._peers[holder]
             if not authoritative and heard <= rival.heard:
                 return
-            self._remove(holder)
+            self._replace(holder)
         if old is None:
             if len(self._peers) >= self.config.max_peers:
                 return
             self._peers[node_id] = KnownPeer(node_id, addr, heard, contact)
             self._by_addr[addr] = node_id
+            self._replaced.discard(node_id)  # (back: its next drop is news of its own)
             return
         new_addr = old.addr
         if addr != old.addr and (authoritative or heard > old.heard):
@@ -266,6 +268,18 @@ class PeerTable:
             max(old.heard, heard),
             contact if contact is not None else old.last_contact,
         )
+
+    def _replace(self, node_id: bytes) -> None:
+        """Drop node_id: another node is at its address now (see was_replaced)."""
+        self._remove(node_id)
+        if len(self._replaced) >= self.config.max_peers:
+            self._replaced.clear()  # (news lost at worst: a line says "nothing heard of it")
+        self._replaced.add(node_id)
+
+    def was_replaced(self, node_id: bytes) -> bool:
+        """Whether node_id was dropped because another node is at its address now, not for
+        silence: the log says which."""
+        return node_id in self._replaced
 
     def _remove(self, node_id: bytes) -> None:
         peer = self._peers.pop(node_id, None)

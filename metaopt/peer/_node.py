@@ -91,9 +91,9 @@ _MAX_WAITS = 4
 _FAILURE_LOG_EVERY = 60.0
 # Seconds between two looks of the stall watcher (see Node._loop_held).
 _STALL_TICK = 1.0
-# Seconds after a hold of the event loop during which what peers say is taken as old as the
-# hold: the requests that waited in the sockets meanwhile are handled then (see Node._stale).
-_AFTER_HOLD = 2.0
+# Seconds a request's lag may exceed its sender's usual before it counts as having waited
+# (see Node._waited): scheduling jitter and a busy loop are not a pause.
+_JITTER = 0.5
 # Seconds before this peer began listening that a record's stamp must be to count as history
 # it is catching up on (see caught_up): frames carry clocks up to 2 minutes apart (crdt's
 # max_skew) between two peers, more along a chain; a new record is never stamped that early.
@@ -244,7 +244,7 @@ class Node:
         # The stall watcher's last look, and whether it runs (see _watch_for_stalls).
         self._last_tick = self.monotonic()
         self._watching = False
-        self._hold_ended_at, self._hold_length = -math.inf, 0.0  # the last hold (see _stale)
+        self._lags: dict[bytes, float] = {}  # each sender's usual request lag (see _waited)
         self._sessions_before = 0
 
     def _new_client(self) -> Client:
@@ -563,21 +563,31 @@ class Node:
             host = f"[{request.remote}]" if ":" in request.remote else request.remote
         return f"{host}:{port}"
 
-    def _contact(self, request: Request) -> None:
+    def _contact(self, request: Request, waited: float | None = None) -> None:
         addr = self._sender_addr(request)
         if addr is not None:
-            self.peers.add(request.sender, addr, self.monotonic() - self._stale(), contacted=True)
+            waited = self._waited(request) if waited is None else waited
+            self.peers.add(request.sender, addr, self.monotonic() - waited, contacted=True)
 
-    def _stale(self) -> float:
-        """How much older than it reads a peer's word handled now may be: right after a hold
-        of this peer's loop (SIGSTOP, a long computation), what waited in its sockets
-        meanwhile is as old as the hold. Read as news of now, gossip sent during an 8 s pause
-        brought a peer that died meanwhile back to life, here and in every peer told (a
-        membership review)."""
-        self._check_stall()
-        if self.monotonic() - self._hold_ended_at <= _AFTER_HOLD:
-            return self._hold_length
-        return 0.0
+    def _waited(self, request: Request) -> float:
+        """How long a request waited before this peer read it, beyond its sender's usual lag
+        (the clocks' offset and the time in flight, which the frame's time alone cannot tell
+        apart: clocks may be minutes apart). What waited in this peer's sockets while its
+        loop was held (SIGSTOP, a long computation) read as news of now: gossip sent during
+        an 8 s pause brought a peer that died meanwhile back to life, here and in every peer
+        told (a membership review)."""
+        lag = request.lag
+        if lag is None or not math.isfinite(lag):
+            return 0.0
+        usual = self._lags.get(request.sender)
+        if usual is None or lag <= usual:
+            if usual is None and len(self._lags) >= 4 * self.peers.config.max_peers:
+                self._lags.clear()  # (senders are many only if forged: start afresh)
+            self._lags[request.sender] = lag
+            return 0.0
+        # Up slowly: a clock stepped back (NTP) is a new usual after a few requests.
+        self._lags[request.sender] = usual + (lag - usual) / 8
+        return lag - usual if lag - usual >= _JITTER else 0.0
 
     def _busy_with(self, request: Request) -> bool:
         """Whether to refuse a peer's session: this peer has one of its own with it under way.
@@ -644,8 +654,6 @@ class Node:
         held = now - self._last_tick - tick
         if held > 0:
             self._last_tick = now - tick  # (measured: not measured again)
-        if held > tick:
-            self._hold_ended_at, self._hold_length = now, held + tick  # (see _stale)
         self._loop_held(held)
 
     def _loop_held(self, held: float) -> None:
@@ -683,10 +691,10 @@ class Node:
 
     async def _on_gossip(self, request: Request) -> Any:
         self._hold_back_while_storage_fails()
-        self._contact(request)
-        # Ages as of when it was sent, as far as this peer can tell (see _stale).
-        sent = self.monotonic() - self._stale()
-        self.peers.merge_gossip(request.body, sent, exclude=self.node_id)
+        waited = self._waited(request)
+        self._contact(request, waited)
+        # Ages as of when it was sent, as far as this peer can tell (see _waited).
+        self.peers.merge_gossip(request.body, self.monotonic() - waited, exclude=self.node_id)
         return self.peers.to_gossip(self.monotonic(), self.config.timing.peer_timeout)
 
     async def _on_leave(self, request: Request) -> bool:
@@ -736,7 +744,7 @@ class Node:
         for peer in back:
             log.info("peer %s at %s is live again", peer.node_id.hex()[:8], peer.addr)
         for peer in gone:
-            if peer.node_id not in self.peers:
+            if peer.node_id not in self.peers and self.peers.was_replaced(peer.node_id):
                 # Dropped at once: another node answers at its address (a peer restarted
                 # there with a new data directory), not silence.
                 log.info(
@@ -785,7 +793,8 @@ class Node:
         # Ages as of this call: one to a hung peer takes the whole request timeout, and
         # ages told as of before it made every peer 10 s younger, each round (a peer
         # stopped with SIGSTOP stayed live for 73 s instead of 30).
-        gossip = self.peers.to_gossip(self.monotonic(), timeout)
+        called = self.monotonic()
+        gossip = self.peers.to_gossip(called, timeout)
         to = self.peers.at(addr)  # (see PeerTable.answered)
         try:
             try:
@@ -815,9 +824,11 @@ class Node:
         if self._seeds_heard.get(addr) is False:
             log.info("--join %s answers now", addr)
         self._seeds_heard[addr] = True
+        # As of the call, not of the reply's reading: a reply that waited through a hold of
+        # this peer's loop read as news of now (see _waited).
         if to is not None:
-            self.peers.answered(to, self.monotonic())
-        self.peers.merge_gossip(reply, self.monotonic(), exclude=self.node_id)
+            self.peers.answered(to, called)
+        self.peers.merge_gossip(reply, called, exclude=self.node_id)
 
     def _recall_peers(self) -> None:
         """Read the addresses of the peers this one talked to when it last ran, to call while

@@ -542,19 +542,21 @@ class TrialRunner:
                     # Resumed, its first step is below the resume step: the script went on
                     # from an older checkpoint (saved every few steps), or from step 0 (it
                     # keeps none). Said, with where it went on from, so that its curve is the
-                    # earlier run's up to there and this run's after, not both side by side.
+                    # earlier run's up to there and this run's after, not both side by side;
+                    # after what it reported before (held back: written after, step 32 read
+                    # as the step of a run gone back to 1).
+                    self._write_held(run)
                     node.write_event(run.experiment, run.trial, "restarted", step=went_on(step))
                 run.last_step, run.stepped = step, run.stepped or given
             # Every record is replicated to, and kept by, every peer for good: a script that
             # reports each minibatch is thinned (see _report_gap; the latest report held back
             # is written when the trial ends), not thousands a second.
+            _hold(run, step, metrics)  # (written below with those held before it, if due)
             if run.last_event - run.last_progress < self._report_gap(run):
-                _hold(run, step, metrics)
                 return
-            run.held.pop(frozenset(metrics), None)  # (of the same kind: this one is later)
-            self._write_held(run)
             run.last_progress = run.last_event
-            node.write_event(run.experiment, run.trial, "progress", step=step, metrics=metrics)
+            # Each let go once written: refused by a full disk, it is written with the end.
+            self._write_held(run)
         elif kind == "heartbeat" and run.held:
             # Quiet since a report was held back: write it now, so that the curve the
             # stoppers read is at most one heartbeat old (it is news of the trial as well).

@@ -189,8 +189,12 @@ class Server:
             finally:
                 self._reading.discard(ticket)
             self.bytes_in += len(frame)
-            opened = self._codec.open_frame(frame, now=time.time(), ticket=ticket)
-            message = dataclasses.replace(decode_request(opened.payload), remote=request.remote)
+            now = time.time()
+            opened = self._codec.open_frame(frame, now=now, ticket=ticket)
+            lag = now - opened.time_ms / 1000
+            message = dataclasses.replace(
+                decode_request(opened.payload), remote=request.remote, lag=lag
+            )
         except (FrameError, WireError) as exc:
             self.rejected += 1
             self._log_refusal(request.remote, type(exc).__name__, "rejected", exc)

@@ -91,6 +91,9 @@ class Request:
     remote: str | None = None  # the IP the request came from (set by the server, not sent)
     protocol: int | None = PROTOCOL_VERSION  # the sender's; None from a peer before version 2
     to: bytes | None = None  # the node id of the peer it is for, where the sender knows it
+    # Seconds from its sealing (the sender's clock) to its opening here (this peer's clock),
+    # set by the server, not sent: the clocks' offset, the time in flight, any wait in a socket.
+    lag: float | None = None
 
     def encode(self) -> bytes:
         message = {

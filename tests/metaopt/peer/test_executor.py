@@ -781,3 +781,21 @@ async def test_a_stop_asked_while_the_code_is_laid_out_starts_no_process(tmp_pat
     assert "started" not in events and not marker.exists(), (events, outcome)
     assert outcome.status == "interrupted" and outcome.exit_code is None
     assert "its peer was stopped" in (outcome.reason or "")
+
+
+@pytest.mark.asyncio
+async def test_a_stop_asked_before_a_trial_without_code_to_lay_out_starts_no_process(
+    tmp_path: Path,
+) -> None:
+    # A trial run in its folder or a shared directory (nothing to lay out) asked to stop
+    # before its task first ran was started all the same, to be stopped a grace later (a
+    # review of the session's fixes).
+    marker = tmp_path / "ran"
+    script = _script(tmp_path, f"open({str(marker)!r}, 'w').close()\nimport time; time.sleep(30)\n")
+    events: list[str] = []
+    process = TrialProcess(_spec(tmp_path, script), lambda kind, data: events.append(kind))
+    task = asyncio.ensure_future(process.run())  # (as launch does: not run yet)
+    process.request_stop("its peer was stopped")
+    outcome = await asyncio.wait_for(task, 60)
+    assert "started" not in events and not marker.exists(), (events, outcome)
+    assert outcome.status == "interrupted"

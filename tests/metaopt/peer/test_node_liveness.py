@@ -6,10 +6,13 @@ gone node's running trial was never taken for lost."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -172,31 +175,92 @@ async def test_a_node_replaced_at_its_address_is_not_said_to_be_silent(
         await new.stop()
 
 
+def _held_node(tmp_path: Path, mono: list[float]) -> Node:
+    """A node whose monotonic clock is mono[0] (started by the caller)."""
+    config = PeerConfig(data_dir=tmp_path / "n", port=0, mdns=False, timing=FAST)
+    return Node(config, monotonic=lambda: mono[0])
+
+
 @pytest.mark.asyncio
-async def test_what_a_peer_hears_right_after_its_loop_was_held_is_as_old_as_the_hold(
+async def test_what_waited_in_a_peers_sockets_through_a_pause_is_as_old_as_its_wait(
     tmp_path: Path,
 ) -> None:
     # Requests that waited in its sockets through a pause are handled as it resumes: their
-    # gossip and their senders' contact read as news of now (see test_node_paused).
+    # gossip and their senders' contact read as news of now (see test_node_paused). A
+    # request's lag is its sender's clock offset (here a minute behind) and its time in
+    # flight, plus any wait; only the wait beyond the sender's usual lag ages it.
     from metaopt.peer._wire import Request
 
     mono = [1000.0]
-    node = Node(
-        PeerConfig(data_dir=tmp_path / "n", port=0, mdns=False, timing=FAST),
-        monotonic=lambda: mono[0],
-    )
+    node = _held_node(tmp_path, mono)
     await node.start()
     try:
-        node._watching, node._last_tick = True, mono[0]  # (its watcher looked just now)
         dead, sender = os.urandom(16), os.urandom(16)
-        mono[0] += 8.0  # paused (SIGSTOP) for 8 s
-        request = Request("gossip", sender, "127.0.0.1:9", [[dead, "127.0.0.1:8", 0.5]])
-        await node._on_gossip(request)
+
+        async def gossip(lag: float, entries: list[list[object]]) -> None:
+            request = Request("gossip", sender, "127.0.0.1:9", entries, lag=lag)
+            await node._on_gossip(request)
+
+        await gossip(60.1, [])
+        await gossip(60.3, [])  # (jitter: news of now)
+        assert node.peers.get(sender).heard == 1000.0  # type: ignore[union-attr]
+        mono[0] += 8.0  # paused 8 s; this waited through it
+        await gossip(68.1, [[dead, "127.0.0.1:8", 0.5]])
         heard = {p.node_id: p.heard for p in node.peers.all()}
-        assert heard == {dead: 1000.0 - 0.5, sender: 1000.0}  # as of the pause's start
-        mono[0] += 5.0  # running since (its watcher looking every second): news of now again
-        node._last_tick = mono[0]
-        await node._on_gossip(Request("gossip", sender, "127.0.0.1:9", []))
+        # As of the pause's start (less the jitter its usual lag took in).
+        assert heard == pytest.approx({dead: 1000.0 - 0.5, sender: 1000.0}, abs=0.05)
+        mono[0] += 1.0  # sent since the pause ended: news of now, for all it came so soon
+        await gossip(60.1, [])
         assert node.peers.get(sender).heard == mono[0]  # type: ignore[union-attr]
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_gossip_reply_that_waited_through_a_hold_is_as_old_as_the_call(
+    tmp_path: Path,
+) -> None:
+    # The reply to this peer's own gossip call, read after a hold of its loop, was news of
+    # now as well: a peer dead since the hold began was heard of a moment ago (a review of
+    # the session's fixes).
+    mono = [1000.0]
+    node = _held_node(tmp_path, mono)
+    dead, partner = os.urandom(16), os.urandom(16)
+    node.peers.add(partner, "127.0.0.1:9", mono[0], contacted=True)
+
+    async def call(addr: str, op: str, body: Any, to: bytes | None = None) -> Any:
+        mono[0] += 8.0  # the reply came at once; the loop was held 8 s before reading it
+        return [[dead, "127.0.0.1:8", 0.5]]
+
+    real, node.client = node.client, SimpleNamespace(call=call)  # type: ignore[assignment]
+    try:
+        await node._gossip_with("127.0.0.1:9", FAST.peer_timeout)
+        heard = {p.node_id: p.heard for p in node.peers.all()}
+        assert heard == {dead: 1000.0 - 0.5, partner: 1000.0}
+    finally:
+        node.client = real
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_whose_entry_expired_is_not_said_to_be_replaced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An entry the table dropped for silence (unheard of for expire_after, 600 s, after a
+    # long pause such as a Ctrl-Z'd `peer start`) was said to be replaced by another node at
+    # its address, as one dropped for another there is (a review of the session's fixes).
+    mono = [1000.0]
+    node = _held_node(tmp_path, mono)
+    dead, live = os.urandom(16), os.urandom(16)
+    node.peers.add(dead, "127.0.0.1:8", mono[0], contacted=True)
+    node.peers.add(live, "127.0.0.1:9", mono[0], contacted=True)
+    try:
+        node._say_liveness(mono[0], FAST.peer_timeout)
+        mono[0] += 700.0  # the process was stopped 700 s; then its gossip round
+        node.peers.answered(live, mono[0])  # the live peer answers (the table expires entries)
+        with caplog.at_level(logging.INFO, logger="metaopt.peer"):
+            node._say_liveness(mono[0], FAST.peer_timeout)
+        said = [r.getMessage() for r in caplog.records if dead.hex()[:8] in r.getMessage()]
+        assert said and not any("another node is at its address" in s for s in said), said
     finally:
         await node.stop()

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from crdt import Record
+from crdt import Record, StoreWriteFailed
 from metaopt import _curves
 from metaopt._errors import MetaoptError, SearchError
 from metaopt._records import (
@@ -830,7 +830,6 @@ def test_an_outcome_the_disk_refuses_is_one_line_the_slot_frees_and_it_is_record
     # "failed" event that could not be written either. Then its outcome was dropped: the
     # trial was taken for lost ("its peer restarted while it ran") and resumed at its last
     # step, recorded completed with the value recorded before the disk filled.
-    from crdt import StoreWriteFailed
     from metaopt.peer._storage import StorageTrouble
 
     state, trial = _one_trial()
@@ -1263,3 +1262,126 @@ def test_a_disk_refusing_a_trials_code_sets_it_free_and_holds_back_starts(
     runner, node = _launched_with_code(tmp_path, monkeypatch, refused)
     assert [kind for _, kind, _ in node.written][-1] == "interrupted", node.written
     assert runner.starts_held() is not None and runner.free_slots() == 0
+
+
+class _FoldingNode:
+    """A node whose events (step and metrics too) fold into a real ExperimentState, in the
+    order written; its disk refuses writes while ``full``."""
+
+    def __init__(self) -> None:
+        rec = experiment_record(
+            ExperimentSpec(name="e", space={"x": "uniform(0, 1)"}, command=("t.py",))
+        )
+        spec = parse_experiment(rec)
+        assert spec is not None
+        self.state = ExperimentState(rec.key, spec)
+        body = {"params": {"x": 0.5}, "node": ME, "counter": 1}
+        self.trial = Record.create(TRIAL, ME, 1, 0, body, [rec.key])
+        self.state.apply(self.trial)
+        self.node_id = ME
+        self.stopping = False
+        self.storage = StorageTrouble()
+        self.clock = lambda: 0.0
+        gone = Path("/nonexistent/metaopt-test")
+        self.dirs = SimpleNamespace(trials=gone / "trials", root=gone)
+        self.replica = SimpleNamespace(experiments={rec.key: self.state})
+        self.full = False
+        self.written: list[tuple[str, int | None]] = []
+        self._seq = 1
+        self.kick = lambda: None
+
+    def write_event(self, experiment: bytes, trial: bytes, kind: str, **kw: Any) -> None:
+        if self.full:
+            raise StoreWriteFailed("cannot write the store: No space left on device", "full")
+        self._seq += 1
+        self.written.append((kind, kw.get("step")))
+        body = EventBody(
+            trial, experiment, kind, ME, kw.get("step"), dict(kw.get("metrics") or {}),
+            reason=kw.get("reason"), exit_code=kw.get("exit_code"),
+        ).to_body()  # fmt: skip
+        self.state.apply(
+            Record.create(EVENT, ME, self._seq, 1_000 * self._seq, body, [trial, experiment])
+        )
+
+
+def _runner(node: _FoldingNode, clock: list[float]) -> TrialRunner:
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1, timing=Timing()))  # type: ignore[arg-type]
+    runner.monotonic = lambda: clock[0]
+    return runner
+
+
+def _progress(step: int, **metrics: float) -> dict[str, Any]:
+    return {"step": step, "metrics": {"step": step, **metrics}}
+
+
+@pytest.mark.parametrize("last_report", ["held (within the gap)", "written (past the gap)"])
+def test_the_last_report_survives_a_full_disk_whether_held_or_not(last_report: str) -> None:
+    # A trial ending on a full disk keeps its curve's end once its end is recorded after the
+    # disk recovered: a last report past the report gap was not held, its write was refused
+    # and it was dropped, with the held report of the same metrics let go before it (a
+    # review of the session's fixes).
+    node = _FoldingNode()
+    clock = [0.0]
+    runner = _runner(node, clock)
+    run = Running(runner.slots[0], node.state.key, node.trial.key, began=0.0)
+    runner.running[0] = run
+    runner._on_event(run, "progress", _progress(1, objective=0.5))  # written
+    clock[0] = 0.05
+    runner._on_event(run, "progress", _progress(2, objective=0.4))  # held
+    node.full = True  # the disk fills
+    clock[0] = 0.1 if last_report.startswith("held") else 1.0
+    runner._on_event(run, "progress", _progress(3, objective=0.3))  # its last report
+    outcome = SimpleNamespace(
+        status="completed", metrics={"objective": 0.3}, objectives={"objective": 0.3},
+        exit_code=0, diverged=False,
+    )  # fmt: skip
+    process = SimpleNamespace(run=lambda: asyncio.sleep(0, outcome), pid=None)
+    asyncio.run(runner._supervise(run, process))  # type: ignore[arg-type]
+    assert node.written == [("progress", 1)]  # (nothing more while the disk is full)
+    node.full = False
+    runner.record_unrecorded()
+    view = node.state.trial(node.trial.key)
+    assert view is not None and view.state == "completed"
+    assert view.curve[-1] == (3, 0.3), (last_report, view.curve, node.written)
+
+
+def test_a_report_held_before_a_resumed_run_restarted_is_not_written_after_it() -> None:
+    # A resumed run (after step 30) whose script says two stepless things at start-up
+    # (numbered 31, 32 by the executor) then reports its first step, 1: "restarted" is
+    # written (it began again from 0), then the held report numbered 32 is written after
+    # it, as news of the new run: the trial reads as at step 32 while it is at step 1.
+    # (Held reports were replaced by the next one, never written, until each set of metric
+    # names kept its own; a review of the session's fixes.)
+    node = _FoldingNode()
+    clock = [0.0]
+    runner = _runner(node, clock)
+    run = Running(runner.slots[0], node.state.key, node.trial.key, began=0.0, resumed_after=30)
+    runner._on_event(run, "progress", {"step": 31, "metrics": {"n_params": 5}})  # written
+    clock[0] = 0.05
+    runner._on_event(run, "progress", {"step": 32, "metrics": {"lr": 0.1}})  # held
+    clock[0] = 0.1
+    runner._on_event(run, "progress", _progress(1, objective=0.9))  # "restarted", held
+    clock[0] = 20.0
+    runner._on_event(run, "heartbeat", {})  # the held ones are written
+    assert ("restarted", None) in node.written
+    after_restart = node.written[node.written.index(("restarted", None)) :]
+    view = node.state.trial(node.trial.key)
+    assert view is not None
+    assert view.last_step == 1, (view.last_step, after_restart)
+
+
+def test_the_latest_held_report_of_each_set_of_metrics_is_written_oldest_first() -> None:
+    node = _FoldingNode()
+    clock = [0.0]
+    runner = _runner(node, clock)
+    run = Running(runner.slots[0], node.state.key, node.trial.key, began=0.0)
+    runner._on_event(run, "progress", _progress(1, objective=0.9))  # written
+    for step, at in ((2, 0.01), (3, 0.02), (4, 0.03)):
+        clock[0] = at
+        runner._on_event(run, "progress", _progress(step, objective=1 / step))
+        runner._on_event(run, "progress", {"step": step, "metrics": {"lr": 0.1 * step}})
+    clock[0] = 0.5  # past the gap: both sets' latest, then this one
+    runner._on_event(run, "progress", _progress(5, objective=0.2))
+    assert node.written == [("progress", 1), ("progress", 4), ("progress", 5)]
+    view = node.state.trial(node.trial.key)
+    assert view is not None and view.metrics["lr"] == pytest.approx(0.4)
