@@ -334,7 +334,13 @@ class LocalApi:
             text = tail.decode(errors="replace")
             return {"here": True, "text": text, "size": size, "path": str(log_path), **verdict}
         if runner == self.node.node_id:
-            # Ran here but wrote no log: it failed before its process started.
+            # Ran here, and no log is left: it failed before its process started, or the disk
+            # refused its log (a run that completed on an inode-full disk was said to have
+            # "ended before it wrote any"), or `metaopt clean` removed its folder.
+            if trial is not None and (trial.curve or trial.state == "completed"):
+                text = "(no log here: its output was not kept; the disk refused it, or its"
+                text += " folder was cleaned)\n"
+                return {"here": True, "text": text, **verdict}
             why = (trial.reason if trial else None) or "no output was recorded"
             return {"here": True, "text": f"(no log: the trial ended before it wrote any; {why})\n"}
         where = None

@@ -823,3 +823,38 @@ def test_folds_are_moved_out_of_the_collectors_sight_as_they_grow() -> None:
 
 class _Cycle:
     me: object = None
+
+
+@pytest.mark.asyncio
+async def test_logs_of_a_trial_that_completed_here_without_a_log_do_not_say_it_wrote_nothing(
+    tmp_path: Path,
+) -> None:
+    # A peer on an inode-full tmpfs ran a trial whose output.log the disk refused; the trial
+    # ran on and completed, and `metaopt logs` there said "(no log: the trial ended before
+    # it wrote any; no output was recorded)", without how it ended (a soak of 3 real peers).
+    store = MemoryStore()
+    exp = Record.create(
+        EXPERIMENT, NODE, 1, 1000, ExperimentSpec("e", {"x": "uniform(0, 1)"}).to_body(), []
+    )
+    trial = Record.create(
+        TRIAL, NODE, 2, 1001, {"params": {"x": 0.5}, "node": NODE, "counter": 1}, [exp.key]
+    )
+    bodies = [
+        EventBody(trial.key, exp.key, "started", NODE),
+        EventBody(trial.key, exp.key, "progress", NODE, step=1, metrics={"objective": 0.5}),
+        EventBody(trial.key, exp.key, "completed", NODE, metrics={"objective": 0.22}, exit_code=0),
+    ]
+    events = [
+        Record.create(EVENT, NODE, 3 + i, 1002 + i, body.to_body(), [trial.key, exp.key])
+        for i, body in enumerate(bodies)
+    ]
+    store.add([exp, trial, *events])
+    node = SimpleNamespace(
+        node_id=NODE,
+        replica=Replica(store),
+        runner=SimpleNamespace(log_path=lambda key: tmp_path / "output.log"),  # none: refused
+        peers=SimpleNamespace(get=lambda node_id: None),
+    )
+    out = await LocalApi(node).logs(Request("api.logs", NODE, "", trial.key.hex()[:8]))  # type: ignore[arg-type]
+    assert "ended before it wrote any" not in out["text"], out["text"]
+    assert "its output was not kept" in out["text"] and out.get("state") == "completed", out
