@@ -1134,8 +1134,10 @@ def _link_tree(src: Path, dest: Path) -> None:
     to a results file it was submitted with, rewrote a config) changed it in the bundle, and
     so for every later trial of the experiment on this peer. Large files (data, weights) stay
     shared, one copy on the disk; read-only, a write into one fails with a permission error
-    rather than change it for the others (except for root, whom the mode does not stop).
+    rather than change it for the others. Not for root, whom the mode does not stop (a
+    soak's peers, as in many containers): a peer run as root copies every file.
     """
+    shared_over = SHARED_OVER if os.geteuid() != 0 else math.inf
     for path in src.rglob("*"):
         target = dest / path.relative_to(src)
         if path.is_dir():
@@ -1143,7 +1145,7 @@ def _link_tree(src: Path, dest: Path) -> None:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         info = path.stat()
-        if info.st_size > SHARED_OVER:
+        if info.st_size > shared_over:
             if info.st_mode & 0o222:
                 os.chmod(path, info.st_mode & ~0o222)
             try:
