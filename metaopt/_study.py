@@ -16,6 +16,7 @@ import os
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,18 @@ def _node_id_for(seed: int, path: Path | None, given: bytes | None) -> bytes:
     return node_id
 
 
+def _weakly(method: Callable[[list[Record]], None]) -> Callable[[list[Record]], None]:
+    """A store subscriber calling method while its object lives (see Study.__init__)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(records: list[Record]) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(records)
+
+    return call
+
+
 def _checked_spec(
     space: Mapping[str, str],
     *,
@@ -183,6 +196,8 @@ def _checked_spec(
             raise MetaoptError(f"objective: {exc}") from None
     if "step" in objectives:
         raise MetaoptError("objective 'step' is the step of a report; name the objective otherwise")
+    if len(objectives) > MAX_METRICS:  # (no tell() could hold them all)
+        raise MetaoptError(f"objective names {len(objectives)}; at most {MAX_METRICS}")
     if minimize is not None and not isinstance(minimize, bool | np.bool_):
         raise MetaoptError(f"minimize must be True or False, got {minimize!r}")
     if directions is None:
@@ -448,7 +463,12 @@ class Study:
             state = ExperimentState.from_store(self.store, exp.key)
             assert state is not None  # (its record parsed, above)
             self._state = state
-            self._unsubscribe = self.store.subscribe(self._on_records)
+            # Weakly: the store holding the Study (a bound method) and the Study the store
+            # made a cycle, and a path= Study dropped without close() kept its directory
+            # locked until the cycle collector ran (3 of 5 reopens refused; a reading of
+            # Study). Dropped, it closes its store.
+            self._unsubscribe = self.store.subscribe(_weakly(self._on_records))
+            weakref.finalize(self, self.store.close)
             self._suggester = Suggester(
                 state,
                 self.node_id,
@@ -621,6 +641,8 @@ class Study:
         key = self._key(trial)
         view = self._state.trial(key)
         self._check_own("report()", key, view)
+        if self._taken_over(key, view):
+            return  # (it counts for nothing: should_stop() now says stop)
         if view is not None and view.state in FREE_STATES:
             raise MetaoptError(
                 f"trial {key.hex()[:12]} is {view.state} (its Study was closed before it was"
@@ -652,6 +674,8 @@ class Study:
         """
         key = self._key(trial)
         view = self._state.trial(key)
+        if self._taken_over(key, view):
+            return True  # (another Study's run of it was stopped or ended: nothing recorded)
         mine = view is not None and (view.runner or view.node) == self.node_id
         if mine and view is not None and view.state in ("frozen", "killed"):
             # Stopped already (a second call in one step): stop, and record nothing. It said
@@ -674,6 +698,17 @@ class Study:
         rung = decision.rung if decision.action is Action.KILL else None
         self._event(key, kind, step=step, reason=decision.reason, rung=rung)
         return True
+
+    def _taken_over(self, key: bytes, view: TrialView | None) -> bool:
+        """Whether this Study's run of a trial it asked for is over, the trial being another
+        Study's: both took it up free (before they synced), the other's start sorts later,
+        and its run has since been frozen, killed or ended. The run here said "carry on"
+        (should_stop was False), then its every report() and its tell() were refused (a
+        reading of Study)."""
+        if view is None or key not in self._asked:
+            return False
+        runner = view.runner or view.node
+        return runner != self.node_id and (view.state == "frozen" or view.state in TERMINAL_STATES)
 
     def _check_own(self, call: str, key: bytes, view: TrialView | None) -> None:
         """Refuse to record for a trial another node runs and this Study never asked for:

@@ -45,7 +45,7 @@ from metaopt.peer._local import LocalPeer, fetch_experiment, fetch_experiments, 
 from metaopt.peer._output import CAPTURE_HINT, compile_objective_regex
 from metaopt.peer._template import parse_template
 from metaopt.space import PRIOR_NAMES, Space
-from metaopt.worker import check_name
+from metaopt.worker import MAX_METRICS, check_name
 
 __all__ = ["add_submit_command", "build_submission", "split_submit_args", "submit"]
 
@@ -480,6 +480,8 @@ def build_submission(
             raise MetaoptError(f"{source}: {exc}") from None
     if len(set(objectives)) < len(objectives):
         raise MetaoptError(f"--objective {','.join(objectives)} names an objective twice")
+    if len(objectives) > MAX_METRICS:  # (no report could hold them all: every trial failed)
+        raise MetaoptError(f"--objective names {len(objectives)} objectives; at most {MAX_METRICS}")
     if "step" in objectives:
         raise MetaoptError(
             f"{source} step: 'step' is a report's step; name the objective otherwise"

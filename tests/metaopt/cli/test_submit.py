@@ -140,6 +140,9 @@ def test_objective_names_and_regex_are_checked_at_submit(tmp_path: Path) -> None
     for empty in (",", "", "loss,,acc", "loss,"):
         assert "has an empty name" in _refused(tmp_path, "--objective", empty, *base)
     assert "names no objective; give --maximize alone" in _refused(tmp_path, "--maximize=", *base)
+    # 65 objectives: no report holds them all, and every trial failed (a reading of Study).
+    many = ",".join(f"o{i}" for i in range(65))
+    assert "names 65 objectives; at most 64" in _refused(tmp_path, "--objective", many, *base)
     for size in ("0", "5000"):
         said = _refused(tmp_path, "--max-bundle-mb", size, *base)
         assert said.startswith("--max-bundle-mb must be between 1 and 1024")
