@@ -44,6 +44,7 @@ from metaopt.peer._api import LocalApi
 from metaopt.peer._config import PeerConfig, host_port
 from metaopt.peer._gossip import LivenessNews, PeerTable, own_addresses, valid_addr
 from metaopt.peer._identity import MAX_REMEMBERED, DataDir
+from metaopt.peer._lags import RequestLags
 from metaopt.peer._limits import LoopGuard, raise_fd_limit
 from metaopt.peer._orphans import kill_orphans
 from metaopt.peer._replica import Replica
@@ -92,8 +93,14 @@ _FAILURE_LOG_EVERY = 60.0
 # Seconds between two looks of the stall watcher (see Node._loop_held).
 _STALL_TICK = 1.0
 # Seconds a request's lag may exceed its sender's usual before it counts as having waited
-# (see Node._waited): scheduling jitter and a busy loop are not a pause.
+# (see peer._lags): scheduling jitter and a busy loop are not a pause.
 _JITTER = 0.5
+# Seconds a sender's least request lag is remembered (see peer._lags): its clock stepped back
+# makes its requests read that much older until then. Twice crdt's max_skew.
+_LAG_WINDOW = 240.0
+# Seconds after a hold of the event loop during which a request of a sender with no lag on
+# record is taken as having waited through it (see peer._lags).
+_AFTER_HOLD = 2.0
 # Seconds before this peer began listening that a record's stamp must be to count as history
 # it is catching up on (see caught_up): frames carry clocks up to 2 minutes apart (crdt's
 # max_skew) between two peers, more along a chain; a new record is never stamped that early.
@@ -244,7 +251,8 @@ class Node:
         # The stall watcher's last look, and whether it runs (see _watch_for_stalls).
         self._last_tick = self.monotonic()
         self._watching = False
-        self._lags: dict[bytes, float] = {}  # each sender's usual request lag (see _waited)
+        self._lags = RequestLags(_LAG_WINDOW, _JITTER, 4 * self.peers.config.max_peers)
+        self._hold_ended_at, self._hold_length = -math.inf, 0.0  # the last hold (see _waited)
         self._sessions_before = 0
 
     def _new_client(self) -> Client:
@@ -570,24 +578,14 @@ class Node:
             self.peers.add(request.sender, addr, self.monotonic() - waited, contacted=True)
 
     def _waited(self, request: Request) -> float:
-        """How long a request waited before this peer read it, beyond its sender's usual lag
-        (the clocks' offset and the time in flight, which the frame's time alone cannot tell
-        apart: clocks may be minutes apart). What waited in this peer's sockets while its
-        loop was held (SIGSTOP, a long computation) read as news of now: gossip sent during
-        an 8 s pause brought a peer that died meanwhile back to life, here and in every peer
-        told (a membership review)."""
+        """How long a request waited in this peer's sockets before it was read (see _lags)."""
         lag = request.lag
         if lag is None or not math.isfinite(lag):
             return 0.0
-        usual = self._lags.get(request.sender)
-        if usual is None or lag <= usual:
-            if usual is None and len(self._lags) >= 4 * self.peers.config.max_peers:
-                self._lags.clear()  # (senders are many only if forged: start afresh)
-            self._lags[request.sender] = lag
-            return 0.0
-        # Up slowly: a clock stepped back (NTP) is a new usual after a few requests.
-        self._lags[request.sender] = usual + (lag - usual) / 8
-        return lag - usual if lag - usual >= _JITTER else 0.0
+        self._check_stall()  # (a hold just ended is measured before its queue is read)
+        now = self.monotonic()
+        hold = self._hold_length if now - self._hold_ended_at <= _AFTER_HOLD else 0.0
+        return self._lags.waited(request.sender, lag, now, hold)
 
     def _busy_with(self, request: Request) -> bool:
         """Whether to refuse a peer's session: this peer has one of its own with it under way.
@@ -654,6 +652,8 @@ class Node:
         held = now - self._last_tick - tick
         if held > 0:
             self._last_tick = now - tick  # (measured: not measured again)
+        if held > tick:
+            self._hold_ended_at, self._hold_length = now, held + tick  # (see _waited)
         self._loop_held(held)
 
     def _loop_held(self, held: float) -> None:

@@ -95,6 +95,7 @@ class Replicator:
         self.sessions = 0
         # Addresses this peer has a session of its own with now (see Node._on_sync).
         self._partners: dict[str, int] = {}
+        self._called: dict[str, float] = {}  # when a session's last call was made, by address
 
     def on_new(self, records: list[Record]) -> None:
         """Store subscriber: queue this node's own new records for an eager push."""
@@ -153,6 +154,7 @@ class Replicator:
         message: bytes | None = session.start()
         try:
             while message is not None:
+                self._called[addr] = self._clock()
                 reply = await self.client.call(addr, "sync", message, to=to)
                 if not isinstance(reply, bytes):
                     self._aborted(addr, "reply", "it sent a sync reply that is not bytes")
@@ -193,10 +195,14 @@ class Replicator:
             return None
         addr = self._rng.choice(candidates)
         to = self.peers.at(addr)
-        if not await self.reconcile(addr, to=to):
+        completed = await self.reconcile(addr, to=to)
+        called = self._called.pop(addr, None)
+        if not completed:
             return None
-        if to is not None:
-            self.peers.answered(to, self._clock())
+        if to is not None and called is not None:
+            # As of its last call, not of its answer's reading: an answer that waited through
+            # a hold of this peer's loop read as news of now (see peer._lags).
+            self.peers.answered(to, called)
         return addr
 
     async def drain(self, timeout: float) -> None:

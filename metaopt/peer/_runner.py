@@ -551,8 +551,9 @@ class TrialRunner:
             # Every record is replicated to, and kept by, every peer for good: a script that
             # reports each minibatch is thinned (see _report_gap; the latest report held back
             # is written when the trial ends), not thousands a second.
-            _hold(run, step, metrics)  # (written below with those held before it, if due)
-            if run.last_event - run.last_progress < self._report_gap(run):
+            due = run.last_event - run.last_progress >= self._report_gap(run)
+            _hold(run, step, metrics, make_room=not due)  # (written below if due, with the rest)
+            if not due:
                 return
             run.last_progress = run.last_event
             # Each let go once written: refused by a full disk, it is written with the end.
@@ -1110,7 +1111,7 @@ def _lay_out_code(bundle: Path, cwd: Path) -> None:
     os.replace(partial, cwd)
 
 
-def _hold(run: Running, step: int | None, metrics: dict[str, Any]) -> None:
+def _hold(run: Running, step: int | None, metrics: dict[str, Any], *, make_room: bool) -> None:
     """Hold back a report thinned out: it replaces the held one of the same metric names.
 
     One held report, replaced by the next, lost what only it carried: a script reporting its
@@ -1121,7 +1122,7 @@ def _hold(run: Running, step: int | None, metrics: dict[str, Any]) -> None:
     """
     kind = frozenset(metrics)
     run.held.pop(kind, None)  # (re-inserted last: the held stay oldest first)
-    while len(run.held) >= _MAX_HELD:
+    while make_room and len(run.held) >= _MAX_HELD:  # (not when all are written at once)
         del run.held[next(iter(run.held))]
     run.held[kind] = (step, metrics)
 

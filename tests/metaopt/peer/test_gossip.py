@@ -317,3 +317,14 @@ def test_a_peer_that_left_and_came_back_within_one_look_is_news() -> None:
     assert (found, [p.node_id for p in back], gone) == ([], [A], [])
     news.left(B)  # (unknown: nothing to say)
     assert news.changes(table, 2.0, TIMEOUT) == ([], [], [])
+
+
+def test_a_node_replaced_at_its_address_that_comes_back_is_no_longer_replaced() -> None:
+    table = PeerTable()
+    table.add(A, "h:1", 0.0, contacted=True)
+    table.add(B, "h:1", 1.0, contacted=True)  # another node at its address: A dropped
+    assert table.was_replaced(A) and not table.was_replaced(B)
+    table.add(A, "h:2", 2.0, contacted=True)  # A speaks again, from elsewhere
+    assert not table.was_replaced(A)  # (dropped for silence later, that is what is said)
+    table.expire(1000.0)
+    assert table.get(A) is None and not table.was_replaced(A)

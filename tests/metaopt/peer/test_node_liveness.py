@@ -20,6 +20,7 @@ from crdt import FrameCodec, Record
 from metaopt.peer._config import PeerConfig, Timing
 from metaopt.peer._node import Node
 from metaopt.peer._transport import Client
+from metaopt.peer._wire import Request
 
 pytestmark = pytest.mark.integration
 
@@ -175,10 +176,13 @@ async def test_a_node_replaced_at_its_address_is_not_said_to_be_silent(
         await new.stop()
 
 
-def _held_node(tmp_path: Path, mono: list[float]) -> Node:
+def _held_node(tmp_path: Path, mono: list[float], timing: Timing = FAST) -> Node:
     """A node whose monotonic clock is mono[0] (started by the caller)."""
-    config = PeerConfig(data_dir=tmp_path / "n", port=0, mdns=False, timing=FAST)
+    config = PeerConfig(data_dir=tmp_path / "n", port=0, mdns=False, timing=timing)
     return Node(config, monotonic=lambda: mono[0])
+
+
+DEFAULT = Timing()  # peer_timeout 30 s
 
 
 @pytest.mark.asyncio
@@ -189,8 +193,6 @@ async def test_what_waited_in_a_peers_sockets_through_a_pause_is_as_old_as_its_w
     # gossip and their senders' contact read as news of now (see test_node_paused). A
     # request's lag is its sender's clock offset (here a minute behind) and its time in
     # flight, plus any wait; only the wait beyond the sender's usual lag ages it.
-    from metaopt.peer._wire import Request
-
     mono = [1000.0]
     node = _held_node(tmp_path, mono)
     await node.start()
@@ -262,5 +264,95 @@ async def test_a_peer_whose_entry_expired_is_not_said_to_be_replaced(
             node._say_liveness(mono[0], FAST.peer_timeout)
         said = [r.getMessage() for r in caplog.records if dead.hex()[:8] in r.getMessage()]
         assert said and not any("another node is at its address" in s for s in said), said
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_queued_requests_of_one_sender_after_a_pause_do_not_ratchet_its_usual_lag(
+    tmp_path: Path,
+) -> None:
+    # A sender calls this peer once a second (gossip, anti-entropy, pushes); this peer is
+    # paused 40 s (SIGSTOP, a long fold). D dies 5 s into the pause; the sender, which counts
+    # D gone only 30 s later, names it in the requests it sends meanwhile. On resuming this
+    # peer handles the 40 queued requests, oldest first. D has truly been silent 35 s. A usual
+    # lag that crept up with each of them read the later ones as fresh (a review of the
+    # session's fixes).
+    mono = [1000.0]
+    node = _held_node(tmp_path, mono, DEFAULT)
+    await node.start()
+    try:
+        sender, dead = os.urandom(16), os.urandom(16)
+        offset = 0.1  # clock offset + time in flight
+        await node._on_gossip(Request("gossip", sender, "127.0.0.1:9", [], lag=offset))
+        pause, died = 40.0, 5.0
+        mono[0] += pause
+        read_live = []
+        for i in range(int(pause)):  # sealed at t = i s into the pause
+            t = float(i)
+            entries = [[dead, "127.0.0.1:8", t - died]] if died <= t < died + 30 else []
+            request = Request("gossip", sender, "127.0.0.1:9", entries, lag=offset + pause - t)
+            await node._on_gossip(request)
+            if node.is_alive(dead):
+                read_live.append(i)
+        assert not read_live, (
+            f"D, silent {pause - died:g} s, read live after queued requests {read_live}"
+            f" ({len(read_live)} of {int(pause)})"
+        )
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_senders_first_request_after_a_pause_is_as_old_as_its_wait(
+    tmp_path: Path,
+) -> None:
+    # This peer is paused 40 s right after it started (a catch-up fold of a long history,
+    # a Ctrl-Z): a sender it never heard from before (just joined, or this peer just
+    # restarted) sent gossip naming D, which died as the pause began. The first request of a
+    # sender set its usual lag, so its wait counted as the sender's clock offset (a review
+    # of the session's fixes).
+    mono = [1000.0]
+    node = _held_node(tmp_path, mono, DEFAULT)
+    await node.start()
+    try:
+        sender, dead = os.urandom(16), os.urandom(16)
+        node._watching, node._last_tick = True, mono[0]  # (its watcher looked just now)
+        mono[0] += 40.0
+        request = Request("gossip", sender, "127.0.0.1:9", [[dead, "127.0.0.1:8", 0.1]],
+                          lag=0.1 + 40.0)  # fmt: skip
+        await node._on_gossip(request)
+        heard = node.peers.get(dead)
+        assert heard is None or not node.is_alive(dead), (
+            f"D, silent 40 s, read as heard {mono[0] - heard.heard:.1f} s ago"
+        )
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_an_anti_entropy_answer_that_waited_through_a_hold_is_as_old_as_the_call(
+    tmp_path: Path,
+) -> None:
+    # As for a gossip reply, for the other call a peer makes every 2 s: the partner's last
+    # sync reply came at once, and this peer's loop was held 8 s before reading it; the
+    # partner died as the hold began (a review of the session's fixes).
+    mono = [1000.0]
+    node = _held_node(tmp_path, mono, Timing(peer_timeout=2.0, gossip=0.3, anti_entropy=1.0))
+    partner = os.urandom(16)
+    node.peers.add(partner, "127.0.0.1:9", mono[0], contacted=True)
+
+    async def reconcile(addr: str, *, to: bytes | None = None) -> bool:
+        node.replicator._called[addr] = mono[0]  # (its last call, answered at once)
+        mono[0] += 8.0
+        return True
+
+    node.replicator.reconcile = reconcile  # type: ignore[method-assign]
+    try:
+        assert await node.replicator.anti_entropy_once() == "127.0.0.1:9"
+        heard = node.peers.get(partner)
+        assert heard is not None and heard.heard == 1000.0, (
+            f"the partner, silent 8 s, read as heard {mono[0] - heard.heard:g} s ago"
+        )
     finally:
         await node.stop()

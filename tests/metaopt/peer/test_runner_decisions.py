@@ -1385,3 +1385,25 @@ def test_the_latest_held_report_of_each_set_of_metrics_is_written_oldest_first()
     assert node.written == [("progress", 1), ("progress", 4), ("progress", 5)]
     view = node.state.trial(node.trial.key)
     assert view is not None and view.metrics["lr"] == pytest.approx(0.4)
+
+
+def test_every_set_of_metric_names_of_an_epoch_is_written_with_the_next_epoch() -> None:
+    # A script reporting, at each epoch's end, its metrics in _MAX_HELD + 1 calls of one set
+    # of names each: the report due past the gap was held first, which let go of the oldest
+    # held one though every held one was about to be written; one set never had a point
+    # while the trial ran (a review of the session's fixes).
+    from metaopt.peer._runner import _MAX_HELD
+
+    node = _FoldingNode()
+    clock = [0.0]
+    runner = _runner(node, clock)
+    run = Running(runner.slots[0], node.state.key, node.trial.key, began=0.0)
+    names = ["epoch_time", "objective", *(f"m{i}" for i in range(_MAX_HELD - 1))]
+    for epoch in range(1, 11):
+        clock[0] = float(epoch)
+        for name in names:
+            runner._on_event(run, "progress", {"step": epoch, "metrics": {name: 1.0 / epoch}})
+    view = node.state.trial(node.trial.key)
+    assert view is not None
+    # Each epoch's reports (all but the last epoch's, held for the end) are written.
+    assert [step for step, _ in view.curve] == list(range(1, 10)), view.curve

@@ -1,0 +1,56 @@
+"""How long a peer's request waited in this peer's sockets before it was read.
+
+A request handled right after this peer's event loop was held (SIGSTOP, a long computation)
+may have been sent long before: read as news of now, gossip sent during an 8 s pause brought
+a peer that died meanwhile back to life, here and in every peer told. Its frame carries the
+time it was sealed, by the sender's clock; this peer's clock at opening less that time is the
+request's lag: the clocks' offset (up to minutes) and the time in flight, plus any wait. The
+offset alone cannot be told from a wait, but it hardly moves: a sender's usual lag is the
+least seen from it in the last ``window`` seconds, and a request waited for what its lag
+exceeds that by. Not a mean that creeps up: a pause's burst of queued requests, handled
+oldest first, raised it until the later ones read as fresh.
+
+A sender with no lag in the window (heard for the first time, or not since before a pause
+longer than the window) is judged by the hold itself: a request read just after a hold may
+have waited that long, and its usual lag is taken as its lag less the hold, so that the
+requests queued behind it are judged by their own waits.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+__all__ = ["RequestLags"]
+
+
+class RequestLags:
+    """Each sender's least lag of the last ``window`` seconds, bounded in memory."""
+
+    def __init__(self, window: float, jitter: float, max_senders: int) -> None:
+        self._window = window
+        self._jitter = jitter  # a wait under this is scheduling noise, not a pause
+        self._max_senders = max_senders
+        # Per sender, (when, lag) with lags increasing: the least is first, and a lag is
+        # dropped once a later one is as small (it can never be the least again).
+        self._seen: dict[bytes, deque[tuple[float, float]]] = {}
+
+    def waited(self, sender: bytes, lag: float, now: float, hold: float) -> float:
+        """Seconds a request of ``sender`` with ``lag`` read ``now`` waited (0 if none to
+        speak of); ``hold``: how long this peer's loop was held just before (0 if it was not)."""
+        seen = self._seen.get(sender)
+        if seen is None:
+            if len(self._seen) >= self._max_senders:
+                self._seen.clear()  # (senders are this many only if forged: start afresh)
+            seen = self._seen[sender] = deque()
+        while seen and seen[0][0] < now - self._window:
+            seen.popleft()
+        if seen:
+            wait = lag - seen[0][1]
+        else:
+            wait = hold  # (see the module's docstring)
+            lag -= hold
+        while seen and seen[-1][1] >= lag:
+            seen.pop()
+        if len(seen) < 64:  # (lags rising without end: a clock running slow; the least stays)
+            seen.append((now, lag))
+        return wait if wait >= self._jitter else 0.0
