@@ -447,6 +447,7 @@ class Study:
         # the same one meanwhile (and be its runner after a sync), yet this one's result is
         # a result all the same.
         self._asked: set[bytes] = set()
+        self._told: set[bytes] = set()  # trials this Study told (see _taken_over)
         # The step each trial handed out resumed after, until its first report: a report
         # below it says the caller started again from step 0 (it had no checkpoint).
         self._resumed: dict[bytes, int] = {}
@@ -466,9 +467,9 @@ class Study:
             # Weakly: the store holding the Study (a bound method) and the Study the store
             # made a cycle, and a path= Study dropped without close() kept its directory
             # locked until the cycle collector ran (3 of 5 reopens refused; a reading of
-            # Study). Dropped, it closes its store.
+            # Study). Dropped, it lets go of its store, which closes. (Not a finalizer: at
+            # exit it closed the store under a tell() in an exit handler or a thread.)
             self._unsubscribe = self.store.subscribe(_weakly(self._on_records))
-            weakref.finalize(self, self.store.close)
             self._suggester = Suggester(
                 state,
                 self.node_id,
@@ -596,6 +597,7 @@ class Study:
         if failed:
             text = "reported as failed" if reason is None else str(reason)[:MAX_REASON]
             self._event(key, "failed", reason=text or "reported as failed")
+            self._told.add(key)
         else:
             given: dict[str, Any]
             if isinstance(value, Mapping):
@@ -628,6 +630,7 @@ class Study:
                 k: _checked_metric("tell()", k, v, k in objectives) for k, v in given.items()
             }
             self._event(key, "completed", metrics=metrics)
+            self._told.add(key)
         view = self._state.trial(key)
         assert view is not None
         return _detached(view)
@@ -641,8 +644,8 @@ class Study:
         key = self._key(trial)
         view = self._state.trial(key)
         self._check_own("report()", key, view)
-        if self._taken_over(key, view):
-            return  # (it counts for nothing: should_stop() now says stop)
+        if self._taken_over(key, view, free_too=True):
+            return  # (it counts for nothing; once stopped or ended there, should_stop says so)
         if view is not None and view.state in FREE_STATES:
             raise MetaoptError(
                 f"trial {key.hex()[:12]} is {view.state} (its Study was closed before it was"
@@ -699,16 +702,18 @@ class Study:
         self._event(key, kind, step=step, reason=decision.reason, rung=rung)
         return True
 
-    def _taken_over(self, key: bytes, view: TrialView | None) -> bool:
-        """Whether this Study's run of a trial it asked for is over, the trial being another
-        Study's: both took it up free (before they synced), the other's start sorts later,
-        and its run has since been frozen, killed or ended. The run here said "carry on"
-        (should_stop was False), then its every report() and its tell() were refused (a
-        reading of Study)."""
-        if view is None or key not in self._asked:
+    def _taken_over(self, key: bytes, view: TrialView | None, *, free_too: bool = False) -> bool:
+        """Whether this Study's run of a trial it asked for (and has not told) is not the
+        trial's, and the trial's run has since been frozen, killed or ended (or, with
+        ``free_too``, interrupted or lost): both took it up free before they synced, and the
+        other's start sorts later. The run here said "carry on" (should_stop was False),
+        then its every report() and its tell() were refused (a reading of Study). A free
+        trial's run here may still tell its result (which a completion makes count)."""
+        if view is None or key not in self._asked or key in self._told:
             return False
         runner = view.runner or view.node
-        return runner != self.node_id and (view.state == "frozen" or view.state in TERMINAL_STATES)
+        ended = view.state == "frozen" or view.state in TERMINAL_STATES
+        return runner != self.node_id and (ended or (free_too and view.state in FREE_STATES))
 
     def _check_own(self, call: str, key: bytes, view: TrialView | None) -> None:
         """Refuse to record for a trial another node runs and this Study never asked for:

@@ -13,7 +13,9 @@ oldest first, raised it until the later ones read as fresh.
 A sender with no lag in the window (heard for the first time, or not since before a pause
 longer than the window) is judged by the hold itself: a request read just after a hold may
 have waited that long, and its usual lag is taken as its lag less the hold, so that the
-requests queued behind it are judged by their own waits.
+requests queued behind it are judged by their own waits; for the moments the queue takes to
+drain only (``provisional``), as the sender may have sent it well into the hold (its later
+requests read as that much older for the whole window).
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ __all__ = ["RequestLags"]
 class RequestLags:
     """Each sender's least lag of the last ``window`` seconds, bounded in memory."""
 
-    def __init__(self, window: float, jitter: float, max_senders: int) -> None:
+    def __init__(
+        self, window: float, jitter: float, max_senders: int, provisional: float = 0.5
+    ) -> None:
         self._window = window
         self._jitter = jitter  # a wait under this is scheduling noise, not a pause
+        self._provisional = provisional  # seconds a usual lag guessed from a hold is kept
         self._max_senders = max_senders
         # Per sender, (when, lag) with lags increasing: the least is first, and a lag is
         # dropped once a later one is as small (it can never be the least again).
@@ -44,11 +49,11 @@ class RequestLags:
             seen = self._seen[sender] = deque()
         while seen and seen[0][0] < now - self._window:
             seen.popleft()
-        if seen:
-            wait = lag - seen[0][1]
-        else:
-            wait = hold  # (see the module's docstring)
-            lag -= hold
+        if not seen and hold > 0:  # (see the module's docstring)
+            seen.append((now - self._window + self._provisional, lag - hold))
+            seen.append((now, lag))  # (its least, as far as it is known, once that goes)
+            return hold if hold >= self._jitter else 0.0
+        wait = lag - seen[0][1] if seen else 0.0
         while seen and seen[-1][1] >= lag:
             seen.pop()
         if len(seen) < 64:  # (lags rising without end: a clock running slow; the least stays)

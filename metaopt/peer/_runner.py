@@ -1122,7 +1122,9 @@ def _hold(run: Running, step: int | None, metrics: dict[str, Any], *, make_room:
     """
     kind = frozenset(metrics)
     run.held.pop(kind, None)  # (re-inserted last: the held stay oldest first)
-    while make_room and len(run.held) >= _MAX_HELD:  # (not when all are written at once)
+    # Not when all are written at once; but twice as many at most, should those writes fail
+    # (a full disk: they grew by one a report, each a new set of names).
+    while len(run.held) >= (_MAX_HELD if make_room else 2 * _MAX_HELD):
         del run.held[next(iter(run.held))]
     run.held[kind] = (step, metrics)
 

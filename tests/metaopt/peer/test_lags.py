@@ -58,3 +58,14 @@ def test_its_memory_is_bounded_in_senders_and_lags() -> None:
     for t in range(1000):  # a clock running slow: lags rise without end
         lags.waited(A, 0.1 + t / 100, float(t) / 10, 0.0)
     assert len(lags._seen[A]) <= 64
+
+
+def test_a_sender_first_heard_after_a_hold_is_judged_by_it_only_while_the_queue_drains() -> None:
+    # First heard 35 s into a 40 s hold, its first request waited 5 s: judged by the hold,
+    # as it may have waited that long; its later requests, read the moment they come, were
+    # judged 35 s old for the whole window (a review of the session's fixes).
+    lags = _lags()
+    assert lags.waited(A, 0.1 + 5.0, 1040.0, 40.0) == pytest.approx(40.0)
+    assert lags.waited(A, 0.1 + 4.0, 1040.5, 40.0) == pytest.approx(39.0)  # queued behind
+    later = [lags.waited(A, 0.1, 1040.0 + t, 0.0) for t in (3.0, 10.0, 60.0, 200.0)]
+    assert later == [0.0] * 4

@@ -356,3 +356,34 @@ async def test_an_anti_entropy_answer_that_waited_through_a_hold_is_as_old_as_th
         )
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_first_heard_during_a_hold_that_calls_every_second_reads_live(
+    tmp_path: Path,
+) -> None:
+    # Its first request, sealed 35 s into a 40 s hold, set its usual lag 35 s too low for
+    # four minutes: it read silent at 120 of 120 looks (a review of the session's fixes).
+    mono = [1000.0]
+    node = _held_node(tmp_path, mono, DEFAULT)  # peer_timeout 30 s
+    await node.start()
+    try:
+        sender = os.urandom(16)
+        node._watching, node._last_tick = True, mono[0]  # (its watcher looked just now)
+        mono[0] += 40.0  # held 40 s (SIGSTOP, a long fold)
+        # S's first call, sealed 35 s into the hold (S started then), read as the hold ends.
+        await node._on_gossip(Request("gossip", sender, "127.0.0.1:9", [], lag=0.1 + 5.0))
+        node._last_tick = mono[0]
+        silent = []
+        for second in range(1, 121):  # then S calls once a second, each read at once
+            mono[0] += 1.0
+            node._last_tick = mono[0]  # (the watcher ticks on)
+            await node._on_gossip(Request("gossip", sender, "127.0.0.1:9", [], lag=0.1))
+            if not node.is_alive(sender):
+                silent.append(second)
+        assert not silent, (
+            f"a peer calling every second read silent (> 30 s) at {len(silent)} of 120 looks"
+            f" (seconds {silent[0]}..{silent[-1]})"
+        )
+    finally:
+        await node.stop()

@@ -1407,3 +1407,22 @@ def test_every_set_of_metric_names_of_an_epoch_is_written_with_the_next_epoch() 
     assert view is not None
     # Each epoch's reports (all but the last epoch's, held for the end) are written.
     assert [step for step, _ in view.curve] == list(range(1, 10)), view.curve
+
+
+def test_held_reports_stay_bounded_while_the_disk_refuses_writes() -> None:
+    from metaopt.peer._runner import _MAX_HELD
+
+    # A script reporting once a minute (every report past the gap, so due), each report with
+    # a set of metric names of its own (the _hold docstring: "a script that names new metrics
+    # at every report"), while the disk is full: a due report holds without making room, the
+    # write is refused, nothing was let go, and the held reports grew with every report (a
+    # review of the session's fixes).
+    node = _FoldingNode()
+    clock = [0.0]
+    runner = _runner(node, clock)
+    run = Running(runner.slots[0], node.state.key, node.trial.key, began=0.0)
+    node.full = True
+    for epoch in range(1, 201):
+        clock[0] = 60.0 * epoch
+        runner._on_event(run, "progress", {"step": epoch, "metrics": {f"loss_{epoch}": 0.5}})
+    assert len(run.held) <= 2 * _MAX_HELD, f"{len(run.held)} reports held"
