@@ -224,7 +224,8 @@ class TrialProcess:
         if stopped is not None:
             # Asked to stop before it started (while its code was laid out: a peer stop, a
             # freeze, a run giving way): started all the same, it was stopped a grace later.
-            return self._finish_early(f"stopped before it started: {stopped}", "interrupted")
+            stage = "kill" if self._kill_reason is not None else None
+            return self._finish_early(stopped, "interrupted", stage=stage)
         if not Path(spec.cwd).is_dir():
             return self._finish_early(f"working directory {spec.cwd} does not exist")
         try:
@@ -395,11 +396,16 @@ class TrialProcess:
         return TrialOutcome("failed", code, metrics, objectives, reason, tail)
 
     def _finish_early(
-        self, reason: str, status: Status = "failed", disk: str | None = None
+        self,
+        reason: str,
+        status: Status = "failed",
+        disk: str | None = None,
+        stage: str | None = None,
     ) -> TrialOutcome:
+        """The outcome of a trial that never started (exit code None)."""
         self._exited.set()
-        self._emit(status, exit_code=None, reason=reason, stderr_tail=[])
-        return TrialOutcome(status, None, {}, {}, reason, disk=disk)
+        self._emit(status, exit_code=None, reason=reason, stderr_tail=[], stage=stage)
+        return TrialOutcome(status, None, {}, {}, reason, stage=stage, disk=disk)
 
     def _cleanup(self, tasks: list[asyncio.Task[Any]], beat: asyncio.Task[None]) -> None:
         for task in [*tasks, beat]:
