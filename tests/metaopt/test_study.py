@@ -1004,6 +1004,10 @@ def test_a_run_another_study_took_over_and_stopped_is_told_to_stop(tmp_path: Pat
         b._stopper = RuleStopper(_freeze_own)  # type: ignore[assignment]
         b.report(tb, 2, 0.45)
         assert b.should_stop(tb)  # b froze its run
+        # A third Study that never asked for the trial is not told to stop it: b's to judge.
+        c = Study(**args, seed=2)  # type: ignore[arg-type]
+        c.sync(b)
+        assert not c.should_stop(tb.key)
         a.sync(b)
         a.report(ta, 2, 0.4)  # (counts for nothing: not refused)
         assert a.should_stop(ta)  # told to stop, and nothing recorded for it
