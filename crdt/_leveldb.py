@@ -255,9 +255,15 @@ class LevelDBStore:
         RuntimeError): what it serves was written before the failure, since LevelDB applies a
         batch to its memory only once the log took it.
         """
-        self._failure = failure
+        # A copy without the traceback raised below: kept, that traceback (its frames hold
+        # the store's callers) tied a dropped Study and this store in a cycle, and the
+        # LevelDB lock was held until the cycle collector ran.
+        self._failure = StoreWriteFailed(str(failure), failure.disk)
         self._retry_at = time.monotonic() + _RETRY_AFTER
-        raise failure
+        try:
+            raise failure
+        finally:
+            del failure  # (this frame, in the traceback, would hold it: another cycle)
 
     def probe(self) -> None:
         """Check that the store takes writes: after one failed, open it again (at most once a

@@ -1164,3 +1164,38 @@ def test_the_store_is_not_closed_under_a_call_in_progress_at_exit(tmp_path: Path
         tmp_path,
     )
     assert "outcome: ['completed']" in done.stdout, (done.returncode, done.stdout, done.stderr)
+
+
+_DROPPED_AFTER_A_REFUSED_WRITE = """
+    import sys, plyvel
+    from metaopt import Study, MetaoptError
+    from crdt._leveldb import LevelDBStore
+    ARGS = dict(space={"x": "uniform(0, 1)"}, algorithm="random")
+    study = Study(**ARGS, path=sys.argv[1])
+    trial = study.ask()
+    real = LevelDBStore._write
+    def full(self, *args, **kwargs):  # the disk is full
+        raise plyvel.IOError(b"IO error: 000003.log: No space left on device")
+    LevelDBStore._write = full
+    try:
+        study.tell(trial, 0.5)
+    except MetaoptError as exc:
+        print("tell:", exc)
+    LevelDBStore._write = real  # the disk has room again
+    del study  # the script gives up on this Study, without close()
+    try:
+        Study(**ARGS, path=sys.argv[1]).close()
+        print("reopen: ok")
+    except MetaoptError as exc:
+        print("reopen: refused:", exc)
+"""
+
+
+def test_a_study_dropped_after_a_refused_write_lets_go_of_its_directory(tmp_path: Path) -> None:
+    # After one write the disk refused, the store kept the raised StoreWriteFailed, whose
+    # traceback holds the frames of the store's add and the Study's tell: a cycle, and the
+    # directory stayed locked until the cycle collector ran (5 of 5 reopens refused; a
+    # review of the session's fixes).
+    done = _python(_DROPPED_AFTER_A_REFUSED_WRITE, tmp_path)
+    assert "tell: tell(): cannot write" in done.stdout, done.stdout + done.stderr
+    assert "reopen: ok" in done.stdout, done.stdout + done.stderr
