@@ -644,8 +644,8 @@ class Study:
         key = self._key(trial)
         view = self._state.trial(key)
         self._check_own("report()", key, view)
-        if self._taken_over(key, view, free_too=True):
-            return  # (it counts for nothing; once stopped or ended there, should_stop says so)
+        if self._taken_over(key, view):
+            return  # (it counts for nothing, and should_stop() says stop)
         if view is not None and view.state in FREE_STATES:
             raise MetaoptError(
                 f"trial {key.hex()[:12]} is {view.state} (its Study was closed before it was"
@@ -678,7 +678,7 @@ class Study:
         key = self._key(trial)
         view = self._state.trial(key)
         if self._taken_over(key, view):
-            return True  # (another Study's run of it was stopped or ended: nothing recorded)
+            return True  # (another Study's run of it stopped or ended: nothing recorded)
         mine = view is not None and (view.runner or view.node) == self.node_id
         if mine and view is not None and view.state in ("frozen", "killed"):
             # Stopped already (a second call in one step): stop, and record nothing. It said
@@ -702,18 +702,20 @@ class Study:
         self._event(key, kind, step=step, reason=decision.reason, rung=rung)
         return True
 
-    def _taken_over(self, key: bytes, view: TrialView | None, *, free_too: bool = False) -> bool:
+    def _taken_over(self, key: bytes, view: TrialView | None) -> bool:
         """Whether this Study's run of a trial it asked for (and has not told) is not the
-        trial's, and the trial's run has since been frozen, killed or ended (or, with
-        ``free_too``, interrupted or lost): both took it up free before they synced, and the
-        other's start sorts later. The run here said "carry on" (should_stop was False),
-        then its every report() and its tell() were refused (a reading of Study). A free
-        trial's run here may still tell its result (which a completion makes count)."""
+        trial's, and the trial's run has since stopped: frozen, killed, ended, interrupted
+        or lost. Both took it up free before they synced, and the other's start sorts
+        later. The run here said "carry on" (should_stop was False), then its every report()
+        and its tell() were refused (a reading of Study); told to carry on with a trial now
+        free, it ran beside the run ask() handed the trial to again (a review of the
+        session's fixes). It stops, as a peer's run gives way, and ask() hands the trial
+        out to be resumed."""
         if view is None or key not in self._asked or key in self._told:
             return False
         runner = view.runner or view.node
-        ended = view.state == "frozen" or view.state in TERMINAL_STATES
-        return runner != self.node_id and (ended or (free_too and view.state in FREE_STATES))
+        stopped = view.state in ("frozen", *TERMINAL_STATES, *FREE_STATES)
+        return runner != self.node_id and stopped
 
     def _check_own(self, call: str, key: bytes, view: TrialView | None) -> None:
         """Refuse to record for a trial another node runs and this Study never asked for:

@@ -223,7 +223,8 @@ class TrialProcess:
         stopped = self._kill_reason or self._stop_reason
         if stopped is not None:
             # Asked to stop before it started (while its code was laid out: a peer stop, a
-            # freeze, a run giving way): started all the same, it was stopped a grace later.
+            # freeze, a run giving way): it is not started (it was, to be stopped a grace
+            # later, and a peer stop waited that grace out).
             stage = "kill" if self._kill_reason is not None else None
             return self._finish_early(stopped, "interrupted", stage=stage)
         if not Path(spec.cwd).is_dir():

@@ -1058,6 +1058,13 @@ def test_a_run_whose_other_runner_was_interrupted_is_not_told_carry_on_then_refu
         except MetaoptError as exc:
             refused = str(exc)
         assert stop or refused is None, f"should_stop() said {stop}, then report(): {refused}"
+        # Told to stop (not to carry on beside the run ask() hands the free trial to next,
+        # in another of a's threads: a review of the session's fixes); that run is a's own.
+        assert stop
+        again = a.ask()
+        assert again.key == ta.key and again.resume_step == 1
+        a.report(again, 2, 0.4)
+        assert not a.should_stop(again) and a.tell(again, 0.3).state == "completed"
     finally:
         a.close()
         b.close()
@@ -1199,3 +1206,23 @@ def test_a_study_dropped_after_a_refused_write_lets_go_of_its_directory(tmp_path
     done = _python(_DROPPED_AFTER_A_REFUSED_WRITE, tmp_path)
     assert "tell: tell(): cannot write" in done.stdout, done.stdout + done.stderr
     assert "reopen: ok" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_trial_told_failed_is_not_taken_for_another_studys(tmp_path: Path) -> None:
+    # A failed tell() counts as told as a result does: a later report() of it is the
+    # caller's error, refused, not ignored (the failure path of _told, which no test made
+    # fail; a review of the session's fixes).
+    with Study(**_TAKE_ARGS, path=tmp_path / "a") as first:  # type: ignore[arg-type]
+        first.report(first.ask(), 1, 0.5)
+    a = Study(**_TAKE_ARGS, path=tmp_path / "a")  # type: ignore[arg-type]
+    b = Study(**_TAKE_ARGS, seed=1, clock=lambda: time.time() + 1.0)  # type: ignore[arg-type]
+    try:
+        b.sync(a)
+        ta, tb = a.ask(), b.ask()
+        a.tell(ta, failed=True)
+        b.tell(tb, 0.2)
+        a.sync(b)
+        with pytest.raises(MetaoptError, match="report\\(\\) is for a trial still running"):
+            a.report(ta, 3, 0.1)
+    finally:
+        a.close()
