@@ -13,7 +13,7 @@ import time
 import weakref
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -1030,6 +1030,18 @@ _TAKE_ARGS: dict[str, object] = {
 }
 
 
+def _both_to_take_up_a_free_trial(tmp_path: Path, **b: Any) -> tuple[Study, Study]:
+    """Studies a (path= tmp_path/a) and b (in memory unless b names a path=, its clock a
+    second ahead: its starts sort later), synced, with one free trial that each one's next
+    ask() takes up (its Study was closed before it was told)."""
+    with Study(**_TAKE_ARGS, path=tmp_path / "a") as first:  # type: ignore[arg-type]
+        first.report(first.ask(), 1, 0.5)
+    a = Study(**_TAKE_ARGS, path=tmp_path / "a")  # type: ignore[arg-type]
+    later = Study(**{"seed": 1, "clock": lambda: time.time() + 1.0, **_TAKE_ARGS, **b})
+    later.sync(a)
+    return a, later
+
+
 def test_a_run_whose_other_runner_was_interrupted_is_not_told_carry_on_then_refused(
     tmp_path: Path,
 ) -> None:
@@ -1076,12 +1088,8 @@ def test_a_report_after_this_studys_own_tell_is_refused_not_ignored(tmp_path: Pa
     # error (a plain Study raises "is completed; report() is for a trial still running", and
     # so does a here); it was ignored, and should_stop() said True (a review of the session's
     # fixes).
-    with Study(**_TAKE_ARGS, path=tmp_path / "a") as first:  # type: ignore[arg-type]
-        first.report(first.ask(), 1, 0.5)
-    a = Study(**_TAKE_ARGS, path=tmp_path / "a")  # type: ignore[arg-type]
-    b = Study(**_TAKE_ARGS, seed=1, clock=lambda: time.time() + 1.0)  # type: ignore[arg-type]
+    a, b = _both_to_take_up_a_free_trial(tmp_path)
     try:
-        b.sync(a)
         ta, tb = a.ask(), b.ask()
         a.tell(ta, 0.3)
         b.tell(tb, 0.2)
@@ -1212,12 +1220,8 @@ def test_a_trial_told_failed_is_not_taken_for_another_studys(tmp_path: Path) -> 
     # A failed tell() counts as told as a result does: a later report() of it is the
     # caller's error, refused, not ignored (the failure path of _told, which no test made
     # fail; a review of the session's fixes).
-    with Study(**_TAKE_ARGS, path=tmp_path / "a") as first:  # type: ignore[arg-type]
-        first.report(first.ask(), 1, 0.5)
-    a = Study(**_TAKE_ARGS, path=tmp_path / "a")  # type: ignore[arg-type]
-    b = Study(**_TAKE_ARGS, seed=1, clock=lambda: time.time() + 1.0)  # type: ignore[arg-type]
+    a, b = _both_to_take_up_a_free_trial(tmp_path)
     try:
-        b.sync(a)
         ta, tb = a.ask(), b.ask()
         a.tell(ta, failed=True)
         b.tell(tb, 0.2)
