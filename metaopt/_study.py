@@ -531,6 +531,11 @@ class Study:
             if view.state in FREE_STATES and self._state.budget_used_up:
                 why = f"the budget of {self._state.spec.max_trials} trials was used up meanwhile"
                 self._event(view.key, "killed", reason=why)  # (beyond it: not handed out)
+            elif view.state in FREE_STATES and view.key in self._running_here():
+                # A run of this Study still holds it (another thread's, told to stop at its
+                # next should_stop()): handed out now, the two ran side by side, their reports
+                # in one curve (a review of the session's fixes).
+                continue
             elif view.state in FREE_STATES:
                 # It resumes after its last step (from its checkpoint, if the caller has one):
                 # this node's own run's, if it ran it, else the run it takes over.
@@ -584,7 +589,8 @@ class Study:
             )
         if view is not None and view.state == "killed":
             raise MetaoptError(f"trial {shown} was stopped early (killed); it needs no tell()")
-        if view is not None and view.state in TERMINAL_STATES:
+        beside_a_failure = self._beside_a_failure(key, view)
+        if view is not None and view.state in TERMINAL_STATES and not beside_a_failure:
             raise MetaoptError(f"trial {shown} is already {view.state}; tell() each trial once")
         if failed and value is not None:
             raise MetaoptError("tell(): pass a value or failed=True, not both")
@@ -644,8 +650,8 @@ class Study:
         key = self._key(trial)
         view = self._state.trial(key)
         self._check_own("report()", key, view)
-        if self._taken_over(key, view):
-            return  # (it counts for nothing, and should_stop() says stop)
+        if self._taken_over(key, view) or self._beside_a_failure(key, view):
+            return  # (not the trial's run: it counts for nothing; should_stop() says which)
         if view is not None and view.state in FREE_STATES:
             raise MetaoptError(
                 f"trial {key.hex()[:12]} is {view.state} (its Study was closed before it was"
@@ -678,7 +684,8 @@ class Study:
         key = self._key(trial)
         view = self._state.trial(key)
         if self._taken_over(key, view):
-            return True  # (another Study's run of it stopped or ended: nothing recorded)
+            self._asked.discard(key)  # (its run here is over: ask() may hand it out again)
+            return True  # (the trial's run stopped or ended: nothing recorded)
         mine = view is not None and (view.runner or view.node) == self.node_id
         if mine and view is not None and view.state in ("frozen", "killed"):
             # Stopped already (a second call in one step): stop, and record nothing. It said
@@ -702,20 +709,36 @@ class Study:
         self._event(key, kind, step=step, reason=decision.reason, rung=rung)
         return True
 
+    def _beside_a_failure(self, key: bytes, view: TrialView | None) -> bool:
+        """Whether a run of this Study goes on beside another Study's run of the trial that
+        failed: its result still counts (a completion outranks a failure), as on a peer."""
+        return (
+            view is not None
+            and view.state == "failed"
+            and key in self._running_here()
+            and (view.runner or view.node) != self.node_id
+        )
+
+    def _running_here(self) -> set[bytes]:
+        """The trials a run of this Study still holds: asked for, not told, not stopped."""
+        return self._asked - self._told
+
     def _taken_over(self, key: bytes, view: TrialView | None) -> bool:
-        """Whether this Study's run of a trial it asked for (and has not told) is not the
-        trial's, and the trial's run has since stopped: frozen, killed, ended, interrupted
-        or lost. Both took it up free before they synced, and the other's start sorts
-        later. The run here said "carry on" (should_stop was False), then its every report()
-        and its tell() were refused (a reading of Study); told to carry on with a trial now
-        free, it ran beside the run ask() handed the trial to again (a review of the
-        session's fixes). It stops, as a peer's run gives way, and ask() hands the trial
-        out to be resumed."""
+        """Whether this Study's run of a trial it asked for (and has not told) is over: the
+        trial is free (interrupted or lost, by another node: this Study's run was taken
+        for gone), or another Study's run is the trial's (both took it up free before they
+        synced, the other's start sorting later) and it has been frozen, killed or has
+        completed. The run here said "carry on" (should_stop was False), then its every
+        report() and its tell() were refused (a reading of Study), or it ran beside the
+        run ask() handed the free trial to next (a review of the session's fixes). It
+        stops, as a peer's run gives way, and ask() hands the trial out to be resumed. Not
+        when the other run failed: a completion here still counts, as on a peer."""
         if view is None or key not in self._asked or key in self._told:
             return False
+        if view.state in FREE_STATES:
+            return True
         runner = view.runner or view.node
-        stopped = view.state in ("frozen", *TERMINAL_STATES, *FREE_STATES)
-        return runner != self.node_id and stopped
+        return runner != self.node_id and view.state in ("frozen", "killed", "completed")
 
     def _check_own(self, call: str, key: bytes, view: TrialView | None) -> None:
         """Refuse to record for a trial another node runs and this Study never asked for:

@@ -18,9 +18,9 @@ from typing import Any, Literal
 import numpy as np
 import pytest
 
-from crdt import ClusterKey
+from crdt import ClusterKey, Record
 from metaopt import MetaoptError, Study
-from metaopt._records import CONTROL
+from metaopt._records import CONTROL, EVENT, EventBody
 from metaopt._study import Trial
 from metaopt.freezethaw import Action, CurveView, Decision
 from metaopt.peer._identity import DataDir
@@ -1228,5 +1228,87 @@ def test_a_trial_told_failed_is_not_taken_for_another_studys(tmp_path: Path) -> 
         a.sync(b)
         with pytest.raises(MetaoptError, match="report\\(\\) is for a trial still running"):
             a.report(ta, 3, 0.1)
+    finally:
+        a.close()
+
+
+def test_ask_in_another_thread_keeps_back_a_trial_a_run_of_the_study_still_holds(
+    tmp_path: Path,
+) -> None:
+    # b, the trial's runner, closed and reopened (interrupted); a's other thread called
+    # ask() before a's first run called should_stop() again: ask() handed the trial out,
+    # the first run was told to carry on, and both reported into one curve (a review of the
+    # session's fixes).
+    a, b = _both_to_take_up_a_free_trial(tmp_path, path=tmp_path / "b")
+    try:
+        ta, tb = a.ask(), b.ask()
+        assert ta.key == tb.key
+        b.report(tb, 2, 0.45)
+        b.close()
+        b = Study(**_TAKE_ARGS, path=tmp_path / "b", clock=lambda: time.time() + 1.0)  # type: ignore[arg-type]
+        a.sync(b)
+        again = a.ask()  # a's other thread
+        stop = a.should_stop(ta)  # a's first run, still going
+        # Never two live runs of one trial in one Study: either ask() keeps it back, or
+        # the first run is told to stop.
+        assert not (again.key == ta.key and not stop), (
+            f"ask() handed {again.id[:12]} out again and should_stop() of the first run said {stop}"
+        )
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_run_beside_one_that_failed_is_not_stopped_and_its_completion_counts(
+    tmp_path: Path,
+) -> None:
+    # As on a peer, a run that is not the trial's goes on when the trial's run failed: a
+    # completion still counts (the README). It was told to stop, and its tell() refused (a
+    # review of the session's fixes).
+    a, b = _both_to_take_up_a_free_trial(tmp_path)
+    try:
+        ta, tb = a.ask(), b.ask()
+        assert ta.key == tb.key
+        b.tell(tb, failed=True)  # b's run (the trial's) failed
+        a.sync(b)
+        a.report(ta, 2, 0.4)
+        stop = a.should_stop(ta)
+        try:
+            state = a.tell(ta, 0.3).state
+        except MetaoptError as exc:
+            state = f"refused: {exc}"
+        assert (stop, state) == (False, "completed")
+    finally:
+        a.close()
+
+
+def test_the_runner_of_a_trial_lost_while_both_studies_run_is_not_told_carry_on_then_refused(
+    tmp_path: Path,
+) -> None:
+    # a and b both took up the free trial; b's start sorts later (the runner). A third node
+    # found b's run quiet and wrote "lost" after it: b was told "carry on", then its report()
+    # was refused, "its Study was closed" (it was not; a review of the session's fixes).
+    a, b = _both_to_take_up_a_free_trial(tmp_path)
+    try:
+        ta, tb = a.ask(), b.ask()
+        b.report(tb, 2, 0.45)
+        view = b.state.trial(tb.key)
+        assert view is not None and view.runner == b.node_id
+        other = b"x" * 16
+        lost = EventBody(tb.key, b.experiment_key, "lost", other, reason="quiet", after=view.latest)
+        ms = int((time.time() + 2.0) * 1000)
+        b.store.add(
+            [Record.create(EVENT, other, 1, ms, lost.to_body(), [tb.key, b.experiment_key])]
+        )
+        a.sync(b)
+        assert [t.state for t in b.trials] == ["lost"]
+        assert a.should_stop(ta)
+        stop = b.should_stop(tb)
+        try:
+            b.report(tb, 3, 0.4)
+            refused = None
+        except MetaoptError as exc:
+            refused = str(exc)
+        assert stop or refused is None, f"should_stop() said {stop}, then report(): {refused}"
     finally:
         a.close()
