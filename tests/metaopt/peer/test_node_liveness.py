@@ -6,10 +6,11 @@ gone node's running trial was never taken for lost."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -182,6 +183,20 @@ def _held_node(tmp_path: Path, mono: list[float], timing: Timing = FAST) -> Node
     return Node(config, monotonic=lambda: mono[0])
 
 
+@contextlib.asynccontextmanager
+async def _started_held_node(
+    tmp_path: Path, timing: Timing = FAST
+) -> AsyncIterator[tuple[Node, list[float]]]:
+    """A started node (see _held_node) and its monotonic clock, stopped after."""
+    mono = [1000.0]
+    node = _held_node(tmp_path, mono, timing)
+    await node.start()
+    try:
+        yield node, mono
+    finally:
+        await node.stop()
+
+
 DEFAULT = Timing()  # peer_timeout 30 s
 
 
@@ -193,10 +208,7 @@ async def test_what_waited_in_a_peers_sockets_through_a_pause_is_as_old_as_its_w
     # gossip and their senders' contact read as news of now (see test_node_paused). A
     # request's lag is its sender's clock offset (here a minute behind) and its time in
     # flight, plus any wait; only the wait beyond the sender's usual lag ages it.
-    mono = [1000.0]
-    node = _held_node(tmp_path, mono)
-    await node.start()
-    try:
+    async with _started_held_node(tmp_path) as (node, mono):
         dead, sender = os.urandom(16), os.urandom(16)
 
         async def gossip(lag: float, entries: list[list[object]]) -> None:
@@ -214,8 +226,6 @@ async def test_what_waited_in_a_peers_sockets_through_a_pause_is_as_old_as_its_w
         mono[0] += 1.0  # sent since the pause ended: news of now, for all it came so soon
         await gossip(60.1, [])
         assert node.peers.get(sender).heard == mono[0]  # type: ignore[union-attr]
-    finally:
-        await node.stop()
 
 
 @pytest.mark.asyncio
@@ -278,10 +288,7 @@ async def test_queued_requests_of_one_sender_after_a_pause_do_not_ratchet_its_us
     # peer handles the 40 queued requests, oldest first. D has truly been silent 35 s. A usual
     # lag that crept up with each of them read the later ones as fresh (a review of the
     # session's fixes).
-    mono = [1000.0]
-    node = _held_node(tmp_path, mono, DEFAULT)
-    await node.start()
-    try:
+    async with _started_held_node(tmp_path, DEFAULT) as (node, mono):
         sender, dead = os.urandom(16), os.urandom(16)
         offset = 0.1  # clock offset + time in flight
         await node._on_gossip(Request("gossip", sender, "127.0.0.1:9", [], lag=offset))
@@ -299,8 +306,6 @@ async def test_queued_requests_of_one_sender_after_a_pause_do_not_ratchet_its_us
             f"D, silent {pause - died:g} s, read live after queued requests {read_live}"
             f" ({len(read_live)} of {int(pause)})"
         )
-    finally:
-        await node.stop()
 
 
 @pytest.mark.asyncio
@@ -312,10 +317,7 @@ async def test_a_senders_first_request_after_a_pause_is_as_old_as_its_wait(
     # restarted) sent gossip naming D, which died as the pause began. The first request of a
     # sender set its usual lag, so its wait counted as the sender's clock offset (a review
     # of the session's fixes).
-    mono = [1000.0]
-    node = _held_node(tmp_path, mono, DEFAULT)
-    await node.start()
-    try:
+    async with _started_held_node(tmp_path, DEFAULT) as (node, mono):
         sender, dead = os.urandom(16), os.urandom(16)
         node._watching, node._last_tick = True, mono[0]  # (its watcher looked just now)
         mono[0] += 40.0
@@ -326,8 +328,6 @@ async def test_a_senders_first_request_after_a_pause_is_as_old_as_its_wait(
         assert heard is None or not node.is_alive(dead), (
             f"D, silent 40 s, read as heard {mono[0] - heard.heard:.1f} s ago"
         )
-    finally:
-        await node.stop()
 
 
 @pytest.mark.asyncio
@@ -364,10 +364,7 @@ async def test_a_peer_first_heard_during_a_hold_that_calls_every_second_reads_li
 ) -> None:
     # Its first request, sealed 35 s into a 40 s hold, set its usual lag 35 s too low for
     # four minutes: it read silent at 120 of 120 looks (a review of the session's fixes).
-    mono = [1000.0]
-    node = _held_node(tmp_path, mono, DEFAULT)  # peer_timeout 30 s
-    await node.start()
-    try:
+    async with _started_held_node(tmp_path, DEFAULT) as (node, mono):  # peer_timeout 30 s
         sender = os.urandom(16)
         node._watching, node._last_tick = True, mono[0]  # (its watcher looked just now)
         mono[0] += 40.0  # held 40 s (SIGSTOP, a long fold)
@@ -385,5 +382,3 @@ async def test_a_peer_first_heard_during_a_hold_that_calls_every_second_reads_li
             f"a peer calling every second read silent (> 30 s) at {len(silent)} of 120 looks"
             f" (seconds {silent[0]}..{silent[-1]})"
         )
-    finally:
-        await node.stop()
