@@ -413,7 +413,14 @@ class Study:
                 f"algorithm must be 'auto', 'gp', 'evolution', 'random', 'sobol' or an"
                 f" Algorithm, got {algorithm!r}"
             )
-        algo_name = algorithm if isinstance(algorithm, str) else algorithm.name
+        algo_name = algorithm if isinstance(algorithm, str) else getattr(algorithm, "name", None)
+        if not isinstance(algo_name, str) or not algo_name:
+            # (The name goes into the experiment's record: without one it was an AttributeError.)
+            raise MetaoptError(f"an Algorithm needs a name (a non-empty str), got {algo_name!r}")
+        if path is not None and not isinstance(path, str | os.PathLike):
+            raise MetaoptError(f"path must be a directory's path (a str), got {path!r}")
+        if not callable(clock):
+            raise MetaoptError(f"clock must be a function returning seconds, got {clock!r}")
         spec = _checked_spec(
             space,
             name=name,

@@ -13,6 +13,7 @@ import time
 import weakref
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import numpy as np
@@ -292,6 +293,11 @@ def test_ask_stops_at_the_budget() -> None:
         ({"early_stopping": "sometimes"}, "early_stopping="),
         ({"algorithm": "gpp"}, "unknown algorithm 'gpp'"),
         ({"algorithm": None}, "algorithm must be"),  # was an AttributeError
+        # These three were raw errors: a TypeError from Path, an AttributeError, and a
+        # TypeError at the first record written.
+        ({"path": 123}, "path must be a directory's path"),
+        ({"algorithm": SimpleNamespace(suggest=None)}, "an Algorithm needs a name"),
+        ({"clock": 1.0}, "clock must be a function"),
         ({"minimize": 0}, "minimize must be True or False"),  # 0 minimized, as "false" did
         ({"minimize": "false"}, "minimize must be True or False"),
         ({"objective": "step"}, "objective 'step' is the step of a report"),
