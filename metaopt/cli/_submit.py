@@ -70,7 +70,7 @@ _OPTIONS: dict[str, tuple[bool, str]] = {
 _TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
 _FLAGS = ("wait", "json", "no_bundle")
 _TEXTS = ("name", "algorithm", "objective_regex", "early_stopping", "data_dir")
-_ALGORITHMS = ("auto", "gp", "evolution", "random")
+_ALGORITHMS = ("auto", "gp", "evolution", "random", "sobol")  # as Study(algorithm=) takes
 _EARLY = ("freeze-thaw", "asha", "median", "none")
 
 

@@ -127,8 +127,11 @@ def test_the_algorithm_and_early_stopping_given_are_what_the_spec_carries(tmp_pa
     assert (body["algorithm"], body["early_stopping"]) == ("evolution", "asha")
     body = _build(tmp_path, "t.py", PRIOR)
     assert (body["algorithm"], body["early_stopping"]) == ("auto", None)
+    # Every algorithm a Study takes (sobol, the space-filling start alone, was not offered).
+    body = _build(tmp_path, "--algorithm", "sobol", "t.py", PRIOR)
+    assert body["algorithm"] == "sobol"
     assert _refused(tmp_path, "--algorithm", "bayes", "t.py", PRIOR) == (
-        "--algorithm 'bayes': choose one of auto, gp, evolution, random"
+        "--algorithm 'bayes': choose one of auto, gp, evolution, random, sobol"
     )
     assert _refused(tmp_path, "--early-stopping", "never", "t.py", PRIOR) == (
         "--early-stopping 'never': choose one of freeze-thaw, asha, median, none"
