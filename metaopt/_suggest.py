@@ -217,7 +217,8 @@ class Suggester:
                 return params, counter
         raise SearchError(
             f"experiment {self.state.spec.name!r}: every point drawn is already a trial;"
-            " the space is exhausted — widen it or lower --max-trials"
+            " the space is exhausted — widen it or lower the budget (--max-trials, or a Study's"
+            " max_trials=)"
         )
 
     def crowded(self, draw: Draw, params: Mapping[str, Any]) -> bool:
