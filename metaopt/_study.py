@@ -305,7 +305,13 @@ _SETTINGS = ("space", "objectives", "directions", "algorithm", "max_trials", "ea
 
 
 def _other_settings(store: Store, key: bytes, spec: ExperimentSpec) -> str | None:
-    """How an experiment of spec's name already in store differs from spec, or None."""
+    """How an experiment of spec's name already in store differs from spec, or None.
+
+    None when store holds this very experiment: it is being reopened as made, and a namesake
+    of other settings that another Study's sync brought is no typo of this caller's.
+    """
+    if key in store:
+        return None
     for other_key, other in list_experiments(store):
         if other.name == spec.name and other_key != key:
             return _differences(other, spec, _SETTINGS) or "other settings"

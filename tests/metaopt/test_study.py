@@ -662,6 +662,25 @@ def test_reopening_a_path_with_other_settings_says_so(tmp_path: Path) -> None:
         assert len(study.trials) == 3
 
 
+def test_a_namesake_brought_by_a_sync_does_not_lock_a_study_out_of_its_own_path(
+    tmp_path: Path,
+) -> None:
+    """The check for other settings is for a reopening that made a typo; a directory that
+    already holds this very experiment opens, whatever namesake another Study's sync brought."""
+    x = {"x": "uniform(0, 1)"}
+    for where, budget in (("a", 5), ("b", 3)):  # "s" of two budgets, then both explore "t"
+        with Study(x, path=tmp_path / where, name="s", max_trials=budget) as study:
+            study.tell(study.ask(), 0.5)
+    a = Study(x, path=tmp_path / "a", name="t")
+    with Study(x, path=tmp_path / "b", name="t") as b:
+        a.sync(b)  # the whole replica: b's "s" of budget 3 comes along
+    a.close()
+    with Study(x, path=tmp_path / "a", name="s", max_trials=5) as again:
+        assert [t.state for t in again.trials] == ["completed"]
+    with pytest.raises(MetaoptError, match=r"max_trials [35], not 4"):  # a typo is still refused
+        Study(x, path=tmp_path / "a", name="s", max_trials=4)
+
+
 def test_a_trial_asked_but_never_told_is_handed_out_again_on_reopening(tmp_path: Path) -> None:
     with Study({"x": "uniform(0, 1)"}, path=tmp_path / "s", max_trials=2) as study:
         orphan = study.ask()  # the script crashed before tell()
