@@ -9,6 +9,7 @@ HTTP; that is how the simulations run many peers in one process.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import math
@@ -116,9 +117,7 @@ def _node_id_for(seed: int, path: Path | None, given: bytes | None) -> bytes:
     id_file = path / "node_id"
     try:
         if id_file.exists():
-            node_id = bytes.fromhex(id_file.read_text().strip())
-            if len(node_id) != ORIGIN_SIZE:
-                raise ValueError(f"{id_file} holds {len(node_id)} bytes, not {ORIGIN_SIZE}")
+            node_id = _kept_node_id(id_file)
         else:
             # Written, the one given too: reopened without node_id=, a Study took a new id and
             # never handed back the trials asked under the old one (one budget spent for good).
@@ -126,10 +125,22 @@ def _node_id_for(seed: int, path: Path | None, given: bytes | None) -> bytes:
             path.mkdir(parents=True, exist_ok=True)
             # Whole or not at all: written in place on a full disk, it was left empty, and
             # the Study refused its directory for good once space returned.
-            partial = path / f".node_id.{os.getpid()}.tmp"
+            partial = path / f".node_id.{os.getpid()}.{threading.get_ident()}.tmp"
             try:
                 partial.write_text(node_id.hex())
-                os.replace(partial, id_file)
+                # Linked, not renamed over: two Studies opening one new directory at once
+                # each took their own id, and the one whose rename came second overwrote the
+                # first's, which went on writing under an id its directory no longer named.
+                try:
+                    os.link(partial, id_file)
+                except FileExistsError:
+                    raise
+                except OSError as exc:
+                    if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+                        raise
+                    os.replace(partial, id_file)  # no hard links there (FAT, some FUSE)
+            except FileExistsError:
+                node_id = _kept_node_id(id_file)  # the other's, which it keeps
             finally:
                 partial.unlink(missing_ok=True)
     except OSError as exc:
@@ -146,6 +157,13 @@ def _node_id_for(seed: int, path: Path | None, given: bytes | None) -> bytes:
             f"{path} is the Study of node {node_id.hex()}; reopen it without node_id= (or with"
             " that one), or pass another path="
         )
+    return node_id
+
+
+def _kept_node_id(id_file: Path) -> bytes:
+    node_id = bytes.fromhex(id_file.read_text().strip())
+    if len(node_id) != ORIGIN_SIZE:
+        raise ValueError(f"{id_file} holds {len(node_id)} bytes, not {ORIGIN_SIZE}")
     return node_id
 
 

@@ -144,6 +144,29 @@ def test_a_peers_data_directory_is_refused_as_a_study_path(tmp_path: Path) -> No
     assert not dirs.replica.exists()
 
 
+def test_two_studies_opening_one_new_directory_keep_one_node_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other Study writes its id between this one's look and its write: this one takes
+    the id the directory keeps (its rename overwrote the other's, which went on writing as a
+    node its directory no longer named)."""
+    import metaopt._study as study_module
+
+    path = tmp_path / "s"
+    theirs, ours = bytes(range(16)), bytes(range(1, 17))
+
+    def drawn_as_the_other_writes(n: int) -> bytes:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "node_id").write_text(theirs.hex())
+        return ours
+
+    monkeypatch.setattr(study_module.secrets, "token_bytes", drawn_as_the_other_writes)
+    with Study({"x": "uniform(0, 1)"}, path=path) as study:
+        assert study.node_id == theirs
+    assert (path / "node_id").read_text() == theirs.hex()
+    assert sorted(p.name for p in path.iterdir()) == ["node_id", "replica"]  # no leftovers
+
+
 def test_a_node_id_file_of_the_wrong_length_is_refused_on_opening(tmp_path: Path) -> None:
     # Short hex opened, and then every ask() failed with "origin must be 16 bytes".
     (tmp_path / "node_id").write_text("abcd\n")
