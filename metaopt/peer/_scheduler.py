@@ -303,12 +303,18 @@ def plan_work(
             s.key: _claimable(s, me, running_here, claimed, live_nodes, claim_delay_ms, quiet_ms)
             for s in candidates
         }
+        # A trial whose checkpoint is here (this node ran it last) before any turn while
+        # another live node is next in line for it: a peer restarted after a crash gave one
+        # of its two slots to another experiment's new point, and the other peer re-ran its
+        # trial from step 0 a claim delay later. (Alone, it keeps the turns: no one else
+        # takes its trials, and a new experiment waited for all of them.)
         candidates.sort(
             key=lambda s: (
+                1 if (f := free[s.key]) is None else f[0],
                 running_count[s.key],
                 running_anywhere[s.key],
                 served_here[s.key],
-                _UNCLAIMABLE if (f := free[s.key]) is None else f[0],
+                _UNCLAIMABLE if f is None else f[1],
                 own_order[s.key],
             )
         )
@@ -316,7 +322,7 @@ def plan_work(
         for state in candidates:
             found = free[state.key]
             if found is not None:
-                work: Work | None = Work(state.key, found[2])
+                work: Work | None = Work(state.key, found[3])
             else:
                 work = _new_for(state, now_ms, planned_new, may_suggest(state), quiet_ms)
             if work is None:
@@ -346,23 +352,26 @@ def _claimable(
     live_nodes: Collection[bytes],
     claim_delay_ms: int,
     quiet_ms: Callable[[TrialView], int],
-) -> tuple[int, int, bytes] | None:
+) -> tuple[int, int, int, bytes] | None:
     """Of the experiment's free trials this node may claim now (none in claimed), the one it
-    is earliest in line for, as (its place, its order in the replica, its key).
+    is earliest in line for, as (0 if its checkpoint is here and another live node is in line
+    for it, else 1; its place; its order in the replica; its key).
 
     Taken in the replica's order, every peer whose slot freed after all claim delays had
     passed (its slots busy meanwhile) took the same first one, and two peers re-ran one
     trial side by side while others waited (1 of 25 re-claims in a soak of 3 peers).
     """
-    best: tuple[int, int, bytes] | None = None
+    best: tuple[int, int, int, bytes] | None = None
+    contested = any(node != me for node in live_nodes)
     for order, trial in enumerate(state.trials()):
         if trial.state not in FREE_STATES or trial.key in running_here or trial.key in claimed:
             continue
         rank = claim_rank(me, live_nodes, trial)
+        found = (0 if contested and trial.runner == me else 1, rank, order, trial.key)
         if (rank == 0 or quiet_ms(trial) >= rank * claim_delay_ms) and (
-            best is None or (rank, order) < best[:2]
+            best is None or found[:3] < best[:3]
         ):
-            best = (rank, order, trial.key)
+            best = found
     return best
 
 

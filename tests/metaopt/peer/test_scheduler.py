@@ -676,3 +676,26 @@ def test_peers_freed_at_once_re_run_different_free_trials_of_two_experiments() -
     for node, first_in_line in ((OTHER, a), (THIRD, b)):
         work = _plan([e1, e2], node, 1, set(), live, 20_000, 1_000, lambda s: True)
         assert [w.trial for w in work] == [first_in_line.key]
+
+
+def test_a_restarted_peers_lost_trials_take_its_slots_before_another_experiments_new_points() -> (
+    None
+):
+    """A peer restarted after a crash re-runs its own cut-short trials itself, from their
+    checkpoints (README), also while another experiment is active: its slots go to them first,
+    not to new points of the other experiment (their rank-1 claimer, another peer, would re-run
+    them from step 0 once a claim delay had passed; 3 of 3 real runs)."""
+    resumable, other = _state(name="b"), _state(name="a")
+    cut = []
+    for seq in (1, 2):  # both slots ran trials of `b` when the peer was killed -9
+        t = _trial(resumable, ME, seq, 1_000)
+        _event(resumable, t, ME, 10 + seq, "started", 1_000)
+        _event(resumable, t, ME, 20 + seq, "lost", 5_000)  # "its peer restarted while it ran"
+        cut.append(t.key)
+    assert {t.state for t in resumable.trials()} == {"lost"}
+    # `a`, submitted meanwhile, has one trial running on the other peer.
+    _event(other, _trial(other, OTHER, 1, 2_000), OTHER, 30, "started", 2_000)
+    work = _plan([resumable, other], ME, 2, set(), [ME, OTHER], 5_001, 2_000, lambda s: True)
+    assert sorted(w.trial or b"new" for w in work) == sorted(cut), [
+        ("b" if w.experiment == resumable.key else "a", w.trial and w.trial.hex()[:8]) for w in work
+    ]
