@@ -21,7 +21,8 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,7 @@ from metaopt.peer._replication import Replicator, stepped
 from metaopt.peer._runner import TrialRunner
 from metaopt.peer._scheduler import (
     BACKOFF_AFTER,
+    Work,
     backing_off,
     failure_streak,
     find_lost,
@@ -1205,6 +1207,41 @@ class Node:
                     state.spec.name,
                 )
 
+    def _plan(
+        self,
+        runnable: list[ExperimentState],
+        now_ms: int,
+        caught_up: bool,
+        thawable: Collection[bytes] = frozenset(),
+    ) -> list[Work]:
+        """What this peer's free slots take now, in the experiments' turns (see plan_work)."""
+        return plan_work(
+            runnable,
+            self.node_id,
+            self.runner.free_slots(),
+            self.runner.running_keys(),
+            self.live_nodes(),
+            now_ms,
+            int(self.config.timing.anti_entropy * 2000),
+            lambda state: state.key not in self._unsearchable and self.runner.can_run(state),
+            claim_free=caught_up,
+            may_suggest=lambda state: self.exhausted_now(state.key) is None,
+            quiet_ms=self.replica.quiet_ms,
+            thawable=thawable,
+        )
+
+    def _thaw_turns(self) -> tuple[dict[bytes, int], int]:
+        """The free slots a thaw may take, in the experiments' turns: of each experiment, the
+        slots planned for its new points (a thaw stands in for one), and the slots no
+        experiment's turn takes. A thaw took the slot first, ahead of every turn: on a peer of
+        one slot, an experiment that ran nothing waited while another's trials were thawed,
+        frozen at the next rung and thawed again."""
+        runnable = [s for s in self.replica.experiments.values() if s.spec.command is not None]
+        thawable = {s.key for s in runnable if not s.stopped and self.runner.own_frozen(s)}
+        work = self._plan(runnable, int(self.clock() * 1000), True, thawable)
+        turns = Counter(item.experiment for item in work if item.trial is None)
+        return dict(turns), self.runner.free_slots() - len(work)
+
     async def _schedule_once(self) -> None:
         if self.storage.problem():  # nothing it starts, finds lost or claims could be recorded
             self._probe_storage()
@@ -1213,7 +1250,7 @@ class Node:
         self._check_stall()  # (before caught_up(): after a hold it must listen again first)
         if self.caught_up():
             # (Not before: its history may lack the experiment's stop, as for new trials.)
-            await self.runner.thaw()
+            await self.runner.thaw(self._thaw_turns)
         # A hold since the watcher last ran (a launch's code copy, SIGSTOP right here) is
         # noticed before anything is judged lost, not after.
         self._check_stall()
@@ -1260,19 +1297,7 @@ class Node:
                 lost.experiment, lost.trial, "lost", reason=lost.reason, after=lost.after
             )
         self._warn_failing(runnable)
-        work = plan_work(
-            runnable,
-            self.node_id,
-            self.runner.free_slots(),
-            self.runner.running_keys(),
-            self.live_nodes(),
-            now_ms,
-            int(timing.anti_entropy * 2000),
-            lambda state: state.key not in self._unsearchable and self.runner.can_run(state),
-            claim_free=caught_up,
-            may_suggest=lambda state: self.exhausted_now(state.key) is None,
-            quiet_ms=self.replica.quiet_ms,
-        )
+        work = self._plan(runnable, now_ms, caught_up)
         for item in work:
             state = self.replica.experiments[item.experiment]
             known = len(state)  # what the search sees: trials arriving during it are news

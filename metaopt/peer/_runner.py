@@ -868,7 +868,7 @@ class TrialRunner:
         view = state.trial(trial)
         return view is not None and view.state == "frozen"
 
-    def _own_frozen(self, state: ExperimentState) -> set[str]:
+    def own_frozen(self, state: ExperimentState) -> set[str]:
         """This peer's frozen trials its stopper may thaw or kill: not those frozen by hand,
         a pause the user ends (a stopper resumed such a trial, or killed it once the budget
         was spent)."""
@@ -957,9 +957,9 @@ class TrialRunner:
                 for r in self.running.values()
                 if r.experiment == state.key and r.outcome is None
             }
-            frozen = self._own_frozen(state)
+            frozen = self.own_frozen(state)
             # Nothing new will start: the frozen trials still worth a slot are thawed (by
-            # thaw(), first in line for a slot), the rest are stopped for good, so the
+            # thaw(), in their experiment's turn), the rest are stopped for good, so the
             # experiment can finish, once none of its trials runs here (their ends move the
             # bar). Not once every slot here is idle: another experiment kept them busy, and
             # this one open with its frozen trials, for as long as it ran.
@@ -1029,22 +1029,35 @@ class TrialRunner:
             and t.key not in here
         )
 
-    async def thaw(self) -> None:
+    async def thaw(self, turns: Callable[[], tuple[dict[bytes, int], int]] | None = None) -> None:
         """Resume this peer's frozen trials that are a better bet than a new configuration,
-        in the slots its own interrupted trials do not need (see interrupted_here)."""
+        in the slots its own interrupted trials do not need (see interrupted_here).
+
+        With ``turns`` (asked once, when a frozen trial and a free slot are both here), an
+        experiment's thaws take only the slots its turn gives it: (slots planned for each
+        experiment's new points, slots no turn takes).
+        """
         from metaopt.freezethaw import Action, Decision
 
         reserved = None
+        planned: tuple[dict[bytes, int], int] | None = None
         for state in list(self.node.replica.experiments.values()):
             if self.free_slots() <= 0 or state.spec.command is None or state.stopped:
                 continue
-            frozen = self._own_frozen(state)
+            frozen = self.own_frozen(state)
             if not frozen:
                 continue
             reserved = self.interrupted_here() if reserved is None else reserved
             if self.free_slots() <= reserved:
                 return
-            decisions = await self._decide(state, frozen, self.free_slots() - reserved)
+            slots = self.free_slots() - reserved
+            if turns is not None:
+                planned = turns() if planned is None else planned
+                slots = min(slots, planned[0].get(state.key, 0) + planned[1])
+                if slots <= 0:
+                    continue
+            thawed = 0
+            decisions = await self._decide(state, frozen, slots)
             if decisions is None:
                 # Its stopper failed: resumed unjudged as slots allow (as a trial lost while
                 # frozen is re-run), or they would stay frozen and the experiment open for good.
@@ -1055,13 +1068,23 @@ class TrialRunner:
                 if decision.action is Action.KILL and self._still_frozen(state, key):
                     # Judged hopeless where a slot could have taken it: frozen for good.
                     self._kill_frozen(state, key, decision.reason)
-                elif decision.action is Action.THAW and self.free_slots() > reserved:
+                elif (
+                    decision.action is Action.THAW
+                    and self.free_slots() > reserved
+                    and thawed < slots
+                ):
                     view = state.trial(key)
                     # (The stopper decided in a thread: a `peer stop` meanwhile interrupted
                     # the thawed run at once, and freed it for another peer to run from 0.)
                     if view is not None and view.state == "frozen" and not self.node.stopping:
                         log.info("thawing trial %s: %s", view.key.hex()[:12], decision.reason)
                         await self.launch(state, view, thaw=True)
+                        thawed += 1
+            if planned is not None:
+                # Its own turns first, then the slots no turn took.
+                own = planned[0].get(state.key, 0)
+                planned[0][state.key] = max(0, own - thawed)
+                planned = (planned[0], planned[1] - max(0, thawed - own))
 
 
 @dataclass(frozen=True)

@@ -238,6 +238,7 @@ def plan_work(
     claim_free: bool = True,
     may_suggest: Callable[[ExperimentState], bool] = lambda state: True,
     quiet_ms: Callable[[TrialView], int],
+    thawable: Collection[bytes] = frozenset(),
 ) -> list[Work]:
     """Work for up to ``free_slots`` slots: free trials this node may claim, then new points.
 
@@ -254,7 +255,9 @@ def plan_work(
     joined started trials of one stopped 16 minutes before, 3 of 13 joins), and this peer's
     own trials that its last life ran wait to be found lost and resumed here first (new
     trials took their slots, and another peer ran them again from step 0). An experiment
-    ``may_suggest`` refuses (its space is exhausted) gets free trials only.
+    ``may_suggest`` refuses (its space is exhausted) gets free trials only. An experiment in
+    ``thawable`` (this node has frozen trials of it to thaw) takes its turns as one with new
+    points does, its budget spent or not: a thaw stands in for a new point (Work(key, None)).
     """
     # A spent budget still lets free trials run again: they are part of it, not beyond it.
     # Asked only of experiments with work left: runnable() materialises an experiment's code
@@ -269,7 +272,7 @@ def plan_work(
             if not state.stopped and not state.budget_spent:
                 runnable(state)
         return []
-    candidates = [s for s in experiments if work_left(s) and runnable(s)]
+    candidates = [s for s in experiments if (work_left(s) or s.key in thawable) and runnable(s)]
     running_count = {s.key: 0 for s in candidates}
     # Ties on the count here went to the lowest key on every peer alike: with 3 experiments
     # on 2 peers of 2 slots, the slot a trial freed went back to its own experiment (now at 0
@@ -325,6 +328,8 @@ def plan_work(
                 work: Work | None = Work(state.key, found[3])
             else:
                 work = _new_for(state, now_ms, planned_new, may_suggest(state), quiet_ms)
+                if work is None and state.key in thawable:
+                    work = Work(state.key, None)
             if work is None:
                 continue
             out.append(work)

@@ -29,13 +29,14 @@ from metaopt._records import (
 )
 from metaopt._state import FROZEN_BY_HAND, KILLED_BY_HAND
 from metaopt._suggest import Draw, Suggester
+from metaopt.freezethaw import Action
 from metaopt.peer import _node
 from metaopt.peer._bundle import CHUNK_BYTES, collect_bundle
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._node import Node
 from metaopt.peer._scheduler import rendezvous_rank, settle_rank
 from metaopt.peer._storage import StorageTrouble
-from tests.metaopt.peer.test_runner_decisions import can_run_once_laid_out
+from tests.metaopt.peer.test_runner_decisions import _JudgeFrozen, can_run_once_laid_out
 
 pytestmark = pytest.mark.integration
 
@@ -916,7 +917,7 @@ async def test_a_peer_thaws_and_judges_nothing_until_it_has_caught_up(tmp_path: 
     thaws: list[int] = []
     judged: list[bool] = []
 
-    async def thaw() -> None:
+    async def thaw(turns: object = None) -> None:
         thaws.append(1)
 
     async def monitor(judge: bool = True) -> None:
@@ -1176,3 +1177,52 @@ def test_a_trials_write_into_its_code_in_place_is_its_own(
     with open(first / "weights.bin", "ab") as weights:  # in place, as root may
         weights.write(b"trial 1")
     assert all(p.stat().st_size == SHARED_OVER + 1 for p in shared[1:])
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("slots", "budget", "decided", "expected"),
+    [
+        # `a` ran here a moment ago (the trial now frozen), `b` never: one slot is b's turn
+        # (a thaw took it first, ahead of every turn). Killing its trial instead: the control.
+        (1, None, Action.THAW, ["b"]),
+        (1, None, Action.KILL, ["b"]),
+        # Its budget spent, `a` still takes its turns for thaws: the second slot resumes it
+        # beside b (else its frozen trial waited for good behind an endless experiment).
+        (2, 1, Action.THAW, ["a", "b"]),
+    ],
+)
+async def test_a_thaw_takes_a_slot_in_its_experiments_turn(
+    tmp_path: Path, slots: int, budget: int | None, decided: Action, expected: list[str]
+) -> None:
+    cmd = (sys.executable, "-c", "import time; time.sleep(30)")
+    a = experiment_record(ExperimentSpec(
+        "a", {"x": "uniform(0, 1)"}, algorithm="random", command=cmd, max_step=10,
+        max_trials=budget))  # fmt: skip
+    b = experiment_record(ExperimentSpec(
+        "b", {"y": "uniform(0, 1)"}, algorithm="random", command=cmd))  # fmt: skip
+    node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=slots))
+    node.replicator.sessions = 1  # caught up
+    me, now_ms = node.node_id, int(time.time() * 1000)
+    frozen = Record.create(
+        TRIAL, me, 1, now_ms - 5_000, {"params": {"x": 0.5}, "node": me, "counter": 1}, [a.key]
+    )
+    ran = [
+        EventBody(frozen.key, a.key, "started", me),
+        EventBody(frozen.key, a.key, "progress", me, 2, {"objective": 0.1}),
+        EventBody(frozen.key, a.key, "frozen", me, 2, reason="not in the top at rung 1"),
+    ]
+    events = [
+        Record.create(EVENT, me, seq, now_ms - 4_000 + seq, e.to_body(), [frozen.key, a.key])
+        for seq, e in enumerate(ran, start=2)
+    ]
+    try:
+        node.store.add([a, b, frozen, *events])
+        node.runner._stoppers[a.key] = _JudgeFrozen(decided, "judged")
+        await node._schedule_once()
+        running = sorted(
+            node.replica.experiments[r.experiment].spec.name for r in node.runner.running.values()
+        )
+        assert running == expected
+    finally:
+        await node.stop()
