@@ -74,6 +74,23 @@ def _sorted_first(space: dict[str, str], other: Record, node_id: bytes) -> Recor
     raise AssertionError("no nonce gave an earlier experiment")
 
 
+def _frozen_trial(exp: Record, node: bytes, at_ms: int, step: int, why: str) -> list[Record]:
+    """A trial of ``exp`` (x = 0.5) that ``node`` started at ``at_ms`` and froze at ``step``:
+    its trial record, then its events."""
+    trial = Record.create(
+        TRIAL, node, 1, at_ms, {"params": {"x": 0.5}, "node": node, "counter": 1}, [exp.key]
+    )
+    ran = [
+        EventBody(trial.key, exp.key, "started", node),
+        EventBody(trial.key, exp.key, "progress", node, step, {"objective": 0.5}),
+        EventBody(trial.key, exp.key, "frozen", node, step, reason=why),
+    ]
+    return [trial] + [
+        Record.create(EVENT, node, seq, at_ms + 1_000 + seq, e.to_body(), [trial.key, exp.key])
+        for seq, e in enumerate(ran, start=2)
+    ]
+
+
 def _ran_to_step_3(me: bytes, exp: Record, trial: Record, now_ms: int) -> list[Record]:
     """The events of a trial this node started and that reported step 3, 4 s ago."""
     ran = [
@@ -460,17 +477,7 @@ async def test_a_peer_that_said_it_was_leaving_keeps_its_frozen_trials_for_the_t
     exp = _experiment("good", {"x": "uniform(0, 1)"}, max_trials=1)
     node = _lone_node(tmp_path)
     now_ms = int(time.time() * 1000)
-    body = {"params": {"x": 0.5}, "node": OTHER, "counter": 1}
-    trial = Record.create(TRIAL, OTHER, 1, now_ms - 100_000, body, [exp.key])
-    ran = [
-        EventBody(trial.key, exp.key, "started", OTHER),
-        EventBody(trial.key, exp.key, "progress", OTHER, 3, {"objective": 0.5}),
-        EventBody(trial.key, exp.key, "frozen", OTHER, 3, reason="3 of 9 runs better"),
-    ]
-    events = [
-        Record.create(EVENT, OTHER, seq, now_ms - 99_000 + seq, e.to_body(), [trial.key, exp.key])
-        for seq, e in enumerate(ran, start=2)
-    ]
+    trial, *events = _frozen_trial(exp, OTHER, now_ms - 100_000, 3, "3 of 9 runs better")
     try:
         node.store.add([exp, trial, *events])
         node.peers.add(OTHER, "127.0.0.1:9", node.monotonic(), contacted=True)
@@ -1203,21 +1210,10 @@ async def test_a_thaw_takes_a_slot_in_its_experiments_turn(
         "b", {"y": "uniform(0, 1)"}, algorithm="random", command=cmd))  # fmt: skip
     node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=slots))
     node.replicator.sessions = 1  # caught up
-    me, now_ms = node.node_id, int(time.time() * 1000)
-    frozen = Record.create(
-        TRIAL, me, 1, now_ms - 5_000, {"params": {"x": 0.5}, "node": me, "counter": 1}, [a.key]
-    )
-    ran = [
-        EventBody(frozen.key, a.key, "started", me),
-        EventBody(frozen.key, a.key, "progress", me, 2, {"objective": 0.1}),
-        EventBody(frozen.key, a.key, "frozen", me, 2, reason="not in the top at rung 1"),
-    ]
-    events = [
-        Record.create(EVENT, me, seq, now_ms - 4_000 + seq, e.to_body(), [frozen.key, a.key])
-        for seq, e in enumerate(ran, start=2)
-    ]
+    now_ms = int(time.time() * 1000)
+    frozen = _frozen_trial(a, node.node_id, now_ms - 5_000, 2, "not in the top at rung 1")
     try:
-        node.store.add([a, b, frozen, *events])
+        node.store.add([a, b, *frozen])
         node.runner._stoppers[a.key] = _JudgeFrozen(decided, "judged")
         await node._schedule_once()
         running = sorted(
