@@ -1186,11 +1186,15 @@ class Node:
     def _warn_failing(self, experiments: list[ExperimentState]) -> None:
         """One warning when an experiment's runs start failing one after another (the
         scheduler then slows its new trials down), and none again until one completes."""
+        now_ms = int(self.clock() * 1000)
         for state in experiments:
-            streak, _ = failure_streak(state)
+            if not state.active:  # (and no sort of a finished one's trials at every pass)
+                self._failing.discard(state.key)
+                continue
+            streak, _ = failure_streak(state, now_ms, self.replica.quiet_ms)
             if streak < BACKOFF_AFTER:
                 self._failing.discard(state.key)
-            elif state.key not in self._failing and state.active:
+            elif state.key not in self._failing:
                 self._failing.add(state.key)
                 # (By ended_at as failure_streak counts them: a stamp of 0 is a stamp, and
                 # an empty list here stopped every scheduling pass of this peer.)

@@ -186,19 +186,35 @@ def find_lost(
     return out
 
 
-def failure_streak(state: ExperimentState) -> tuple[int, int]:
+def failure_streak(
+    state: ExperimentState,
+    now_ms: int | None = None,
+    quiet_ms: Callable[[TrialView], int] | None = None,
+) -> tuple[int, int]:
     """How many of the experiment's latest ended runs failed in a row, and when the last ended.
 
     Runs ended by completing or failing count, by their end time; a kill (early stopping)
-    neither breaks nor extends the streak.
+    neither breaks nor extends the streak. Given ``now_ms`` and ``quiet_ms`` (see find_lost),
+    each end counts at its stamp or its arrival here, whichever is earlier: by stamps alone,
+    failures stamped by a clock 30 s ahead came after every later completion, and held every
+    peer back as a streak the completions never broke (A ran 6-13 trials in 45 s, not 85).
+    Ends at one time go in the order the trials were made (a clock stepped back holds a
+    node's stamps still: its failures then came after its later completions).
     """
+
+    def end(t: TrialView) -> int:
+        assert t.ended_at is not None
+        if now_ms is None or quiet_ms is None:
+            return t.ended_at
+        return min(t.ended_at, now_ms - quiet_ms(t))
+
     ended = sorted(
-        (t.ended_at, t.state == "failed")
+        (end(t), t.created, t.counter, t.state == "failed")
         for t in state.trials()
         if t.ended_at is not None and t.state in ("completed", "failed")
     )
     streak = 0
-    for _, failed in reversed(ended):
+    for *_, failed in reversed(ended):
         if not failed:
             break
         streak += 1
@@ -207,15 +223,14 @@ def failure_streak(state: ExperimentState) -> tuple[int, int]:
 
 def backing_off(state: ExperimentState, now_ms: int, quiet_ms: Callable[[TrialView], int]) -> bool:
     """Whether the experiment's latest trials all failed and its next waits (the backoff)."""
-    streak, last_ms = failure_streak(state)
+    streak, last_ms = failure_streak(state, now_ms, quiet_ms)
     if streak < BACKOFF_AFTER:
         return False
     wait = min(1000 << min(streak - BACKOFF_AFTER, 16), BACKOFF_MAX_MS)
     # How long ago the last failure was, by its stamp or since it arrived here, whichever is
-    # longer: measured by stamps alone, a failure stamped by a clock 100 s ahead held every
-    # other peer back 100 s more, and only the peer ahead started trials.
-    last = [t for t in state.trials() if t.state == "failed" and t.ended_at == last_ms]
-    return max(now_ms - last_ms, *map(quiet_ms, last)) < wait
+    # longer (as its end counts): measured by stamps alone, a failure stamped by a clock 100 s
+    # ahead held every other peer back 100 s more, and only the peer ahead started trials.
+    return now_ms - last_ms < wait
 
 
 def work_left(state: ExperimentState) -> bool:

@@ -699,3 +699,57 @@ def test_a_restarted_peers_lost_trials_take_its_slots_before_another_experiments
     assert sorted(w.trial or b"new" for w in work) == sorted(cut), [
         ("b" if w.experiment == resumable.key else "a", w.trial and w.trial.hex()[:8]) for w in work
     ]
+
+
+AHEAD = 90_000  # OTHER's clock runs 90 s ahead (peers accept up to 120 s)
+
+
+def test_a_completion_after_another_peers_failures_ends_the_wait_whatever_its_clock() -> None:
+    # README: "When an experiment's last three trials have all failed, its next trial waits
+    # ... a trial that completes ends the wait". OTHER (clock 90 s ahead; its script fails
+    # there, say a missing driver) fails six trials at real times 1..6 s; then ME completes
+    # one at real 7 s. By real time the latest trial completed, so no peer should wait.
+    state = _state(name="e")
+    arrived: dict[bytes, int] = {}
+    for n in range(1, 7):
+        t = _trial(state, OTHER, 2 * n - 1, n * 1000 + AHEAD)
+        _event(state, t, OTHER, 2 * n, "failed", n * 1000 + AHEAD)
+        arrived[t.key] = n * 1000
+    t = _trial(state, ME, 1, 6_500)
+    body = EventBody(t.key, state.key, "completed", ME, None, {"objective": 0.5}).to_body()
+    state.apply(Record.create(EVENT, ME, 2, 7_000, body, [t.key, state.key]))
+    arrived[t.key] = 7_000
+    now = 7_000
+
+    def quiet_ms(trial: TrialView) -> int:
+        return now - arrived[trial.key]
+
+    work = plan_work([state], ME, 1, set(), [ME, OTHER], now, 1_000, lambda s: True,
+                     quiet_ms=quiet_ms)  # fmt: skip
+    streak = failure_streak(state, now, quiet_ms)  # as the peer counts it for its warning
+    assert [w.experiment for w in work] == [state.key], f"held back: failure streak {streak}"
+    assert streak[0] == 0
+
+
+def test_an_ntp_step_back_does_not_make_this_nodes_earlier_failures_its_latest() -> None:
+    # NTP steps ME's clock back 100 s (within what peers accept). For the next 100 s the
+    # writer holds every stamp at the last one (NodeWriter.now_ms), so ME's records tie. ME
+    # then fails six trials and afterwards completes three: by what happened (ME's seq
+    # order) the latest trials completed, so the streak is 0.
+    from crdt import MemoryStore
+    from metaopt._writer import NodeWriter
+
+    state = _state(name="e")
+    now = [1_000_100.0]
+    writer = NodeWriter(MemoryStore(), ME, lambda: now[0])
+    writer.write(TRIAL, {"params": {"x": 0.99}, "node": ME, "counter": 0}, [state.key])
+    now[0] -= 100.0  # the step back
+    for i, kind in enumerate(["failed"] * 6 + ["completed"] * 3, start=1):
+        now[0] += 1.0
+        t = writer.write(TRIAL, {"params": {"x": i / 100}, "node": ME, "counter": i}, [state.key])
+        state.apply(t)
+        metrics = {"objective": 0.5} if kind == "completed" else {}
+        body = EventBody(t.key, state.key, kind, ME, None, metrics).to_body()
+        state.apply(writer.write(EVENT, body, [t.key, state.key]))
+    # (Minor: the wait itself is then bounded by the oldest tied failure's quiet time.)
+    assert failure_streak(state)[0] == 0, f"streak {failure_streak(state)}"
