@@ -54,7 +54,10 @@ class NodeWriter:
         moved to another machine) wrote a freeze before the start it followed, and the trial
         read "running" for good.
         """
-        self._last_ms = max(self._last_ms, int(self._clock() * 1000))
+        # No further ahead than MAX_CLOCK_LEAD_MS, as on opening: a clock stepped back 2 h
+        # while the peer ran stamped everything 2 h ahead for 2 h (1 h once restarted).
+        now = int(self._clock() * 1000)
+        self._last_ms = max(min(self._last_ms, now + MAX_CLOCK_LEAD_MS), now)
         return self._last_ms
 
     def write(self, kind: str, body: Any, links: Iterable[bytes] = ()) -> Record:

@@ -64,3 +64,19 @@ def test_a_record_forged_far_in_the_future_under_this_id_does_not_drag_the_clock
     record = NodeWriter(store, ME, lambda: NOW).write("control", {})
     assert record.seq == 3
     assert record.time == int(NOW * 1000) + MAX_CLOCK_LEAD_MS
+
+
+def test_a_clock_stepped_back_hours_holds_stamps_no_further_ahead_than_a_restart_would() -> None:
+    # MAX_CLOCK_LEAD_MS: "How far ahead of the clock this node's last record may be and still
+    # hold its clock back" (1 h), applied when a writer opens. A running peer whose clock NTP
+    # steps back 2 h (a clock set in local time instead of UTC, corrected) stamps every record
+    # 2 h ahead of its clock, and of every peer's, for 2 h; restarted, 1 h at most.
+    now = [1_000_000.0 + 7200]
+    store = MemoryStore()
+    writer = NodeWriter(store, ME, lambda: now[0])
+    writer.write("trial", {"params": {"x": 0.5}, "node": ME, "counter": 0}, [b"e" * 32])
+    now[0] -= 7200  # the step back
+    restarted = NodeWriter(store, ME, lambda: now[0])
+    assert restarted.now_ms() - int(now[0] * 1000) <= MAX_CLOCK_LEAD_MS
+    lead = writer.now_ms() - int(now[0] * 1000)
+    assert lead <= MAX_CLOCK_LEAD_MS, f"stamps held {lead / 1000:.0f} s ahead of the clock"
