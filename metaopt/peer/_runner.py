@@ -849,7 +849,9 @@ class TrialRunner:
                 snapshot = _Snapshot(
                     state, self.node.suggester(state), state.trials(), frozenset(frozen)
                 )
-                fresh = not self._nothing_new(state)
+                # (Nor for a stopped experiment, whose runs its stopper froze at a rung in
+                # favour of fresh points; no thaw resumes them, so they stayed frozen.)
+                fresh = not (state.stopped or self._nothing_new(state))
                 return await asyncio.to_thread(
                     _decide_in_thread, stopper, snapshot, set(own), free_slots, rng, fresh
                 )

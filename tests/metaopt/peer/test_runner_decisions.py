@@ -23,6 +23,7 @@ from crdt import Record, StoreWriteFailed
 from metaopt import _curves
 from metaopt._errors import MetaoptError, SearchError
 from metaopt._records import (
+    CONTROL,
     EVENT,
     TRIAL,
     EventBody,
@@ -995,6 +996,23 @@ def test_frozen_trials_of_a_used_up_space_are_judged_as_with_no_fresh_point_left
     # Told a fresh point may start, the slot stayed idle and the trial frozen for good.
     assert launched == [keys[1]], (launched, "fresh_available told:", told)
     assert told and not any(told)
+
+
+def test_a_stopped_experiments_running_trial_is_judged_as_with_no_fresh_point_left() -> None:
+    """No new configuration of a stopped experiment will start: its stopper, told one might,
+    froze its running trials at a rung in favour of fresh points (and no thaw resumes a
+    stopped experiment's trials: frozen for good, its folder kept from `clean`)."""
+    state, keys, runner, node = _used_up_grid()
+    node.exhausted.clear()  # its space has points left; the stop is what ends it
+    state.apply(Record.create(CONTROL, ME, 99, 99_000, {"action": "stop"}, [state.key]))
+    assert state.stopped
+    running = Running(runner.slots[0], state.key, keys[0], began=0.0)
+    runner.running[0] = running
+    stopper = RuleStopper(lambda curves, own, free: [])
+    runner._stoppers[state.key] = stopper  # type: ignore[assignment]
+    asyncio.run(runner.monitor())
+    told = [fresh for _, _, fresh in stopper.calls]
+    assert told == [False]
 
 
 def test_frozen_trials_of_a_used_up_space_not_worth_resuming_are_ended_so_it_can_finish() -> None:
