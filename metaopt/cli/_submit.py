@@ -982,6 +982,10 @@ def wait_for(
         time.sleep(interval)
     if tty:
         print(file=out)
+    if info["finished"] and info.get("stopped"):
+        # Stopped by someone else (or another shell): its best came with no word of why the
+        # budget was not reached, as if the experiment had run its course.
+        print(f"{info['name']}: stopped (`metaopt stop`) after {info['trials']} trials", file=out)
     if info["best"] and len(info["objectives"]) > 1:
         again = command("best", _word(peer, info), data_dir=data_dir)
         print(f"best: a front of {len(info['best'])}; `{again}` lists it", file=out)

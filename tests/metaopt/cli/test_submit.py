@@ -756,6 +756,27 @@ def test_wait_exits_1_when_no_trial_completed(capsys: pytest.CaptureFixture[str]
     assert "0.5" not in out
 
 
+def test_wait_on_an_experiment_stopped_meanwhile_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # It printed the best and exited 0 as if the experiment had run its course.
+    from metaopt.cli._submit import wait_for
+
+    info: dict[str, object] = {
+        "id": "c1" * 32, "name": "sweep", "counts": {"completed": 3}, "thawed": 0,
+        "best": [{"value": 0.5, "params": {"x": 1}}], "max_trials": 10, "trials": 3,
+        "finished": True, "stopped": True, "objectives": ["loss"],
+    }  # fmt: skip
+
+    class _Stopped:
+        def call(self, op: str, body: object = None) -> object:
+            return [{**info, "latest": True}] if op == "api.experiments" else info
+
+    assert wait_for(_Stopped(), "sweep", interval=0.0) == 0  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert "sweep: stopped (`metaopt stop`) after 3 trials\nbest 0.5 with" in out
+
+
 def test_wait_says_why_trials_fail_once_per_reason(capsys: pytest.CaptureFixture[str]) -> None:
     # A script failing at import showed "0 done, 8 failed" over and over, the why only in the
     # peer's log.
