@@ -176,6 +176,8 @@ class Node:
         self.dirs = DataDir(config.data_dir)
         self.dirs.ensure()
         self.node_id = self.dirs.node_id()
+        self.run_token = os.urandom(8)  # this process's (see Request.run)
+        self._twin_said = False
         self.store = _open_store(self.dirs)
         # Only with the data directory's lock held: a second start that fails on it wrote its
         # --key over the running peer's, which the CLI then could not reach or stop.
@@ -264,6 +266,7 @@ class Node:
             self.addr,
             timeout=self.config.timing.request_timeout,
             warn_refusals=True,
+            run=self.run_token,
         )
 
     def _load_key(self) -> ClusterKey:
@@ -574,10 +577,30 @@ class Node:
         return f"{host}:{port}"
 
     def _contact(self, request: Request, waited: float | None = None) -> None:
+        if request.sender == self.node_id and request.run not in (None, self.run_token):
+            self._twin(request)
+            return
         addr = self._sender_addr(request)
         if addr is not None:
             waited = self._waited(request) if waited is None else waited
             self.peers.add(request.sender, addr, self.monotonic() - waited, contacted=True)
+
+    def _twin(self, request: Request) -> None:
+        """Stop: another peer runs under this node id (its data directory is a copy of this
+        one's). Unnoticed, each took the other's running trials for its own cut short by a
+        restart, re-ran them, and spent budgets twice (5 trials of a budget of 4). The twin
+        that hears the other stops; the other goes on alone as this node."""
+        if self._twin_said:
+            return
+        self._twin_said = True
+        where = request.addr or request.remote or "another address"
+        self.failed = (
+            f"another peer runs with this peer's node id {self.node_id.hex()[:12]}, at {where}"
+            f" (a copy of {self.dirs.root}?); give one of them its own data directory"
+            " (--data-dir), or delete node_id in the copy before it starts again"
+        )
+        log.error("%s; this peer stops", self.failed)
+        self.request_stop()
 
     def _waited(self, request: Request) -> float:
         """How long a request waited in this peer's sockets before it was read (see _lags)."""

@@ -469,17 +469,20 @@ class Client:
         warn_refusals: bool = False,
         protocol: int | None = PROTOCOL_VERSION,
         bounded_replies: bool = True,
+        run: bytes | None = None,
     ) -> None:
         """warn_refusals: log (once per address) a peer refusing our frames or speaking another
         protocol version; a peer's client does, the CLI's does not (its error line says it).
         protocol: the version its requests carry (another only in tests of mixed versions).
         bounded_replies: refuse a reply that decodes to more than a peer's reply of its size
-        holds (see _wire); only the CLI, reading pages of trials from its own peer, is not."""
+        holds (see _wire); only the CLI, reading pages of trials from its own peer, is not.
+        run: the sending peer process's token (see Request.run)."""
         self._codec = codec
         self._bounded = bounded_replies
         self._protocol = protocol
         self._sender = sender
         self._addr = addr
+        self._run = run
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self.bytes_out = 0
@@ -500,7 +503,9 @@ class Client:
         """Send one request to host:port and return the reply body, or raise.
 
         to: the node id of the peer expected there (needed for ops of needs_addressee)."""
-        request = Request(op, self._sender, self._addr, body, protocol=self._protocol, to=to)
+        request = Request(
+            op, self._sender, self._addr, body, protocol=self._protocol, to=to, run=self._run
+        )
         session = await self._get_session()
         nonce = os.urandom(16)
         frame = _seal(self._codec, request.encode(), nonce)

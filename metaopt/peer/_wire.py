@@ -94,6 +94,10 @@ class Request:
     # Seconds from its sealing (the sender's clock) to its opening here (this peer's clock),
     # set by the server, not sent: the clocks' offset, the time in flight, any wait in a socket.
     lag: float | None = None
+    # A token of the sending process, drawn at its start: a request under this peer's own node
+    # id with another token comes from a twin (a copy of its data directory, started). None
+    # from peers before it was sent, and from the CLI.
+    run: bytes | None = None
 
     def encode(self) -> bytes:
         message = {
@@ -105,6 +109,8 @@ class Request:
         }
         if self.to is not None:
             message["to"] = self.to
+        if self.run is not None:
+            message["run"] = self.run
         return encode(message)
 
 
@@ -192,6 +198,7 @@ def decode_request(data: bytes) -> Request:
         or not isinstance(value.get("from"), bytes)
         or not isinstance(value.get("addr"), str)
         or not isinstance(value.get("to", b""), bytes)
+        or not isinstance(value.get("run", b""), bytes)
     ):
         raise WireError("a request is a map with op, from and addr (and to, a node id)")
     return Request(
@@ -202,6 +209,7 @@ def decode_request(data: bytes) -> Request:
         None,
         _protocol(value),
         value.get("to"),
+        run=value.get("run"),
     )
 
 
