@@ -191,25 +191,25 @@ def failure_streak(
     now_ms: int | None = None,
     quiet_ms: Callable[[TrialView], int] | None = None,
 ) -> tuple[int, int]:
-    """How many of the experiment's latest ended runs failed in a row, and when the last ended.
+    """How many of the experiment's latest ended runs failed in a row, and when the last ended
+    (at its stamp or its arrival here, whichever is earlier).
 
-    Runs ended by completing or failing count, by their end time; a kill (early stopping)
-    neither breaks nor extends the streak. Given ``now_ms`` and ``quiet_ms`` (see find_lost),
-    each end counts at its stamp or its arrival here, whichever is earlier: by stamps alone,
-    failures stamped by a clock 30 s ahead came after every later completion, and held every
-    peer back as a streak the completions never broke (A ran 6-13 trials in 45 s, not 85).
-    Ends at one time go in the order the trials were made (a clock stepped back holds a
-    node's stamps still: its failures then came after its later completions).
+    Runs ended by completing or failing count; a kill (early stopping) neither breaks nor
+    extends the streak. Given ``now_ms`` and ``quiet_ms`` (see find_lost), ends count in the
+    order they arrived here, then by stamp (those held at opening arrived together), then in
+    the order the trials were made (a clock stepped back holds a node's stamps still: its
+    failures came after its later completions). By stamps alone, failures stamped by a clock
+    30 s ahead came after every later completion elsewhere, and held every peer back as a
+    streak the completions never broke (A ran 6-13 trials in 45 s, not 85); and the peer
+    ahead, by its own stamps, held itself back the same way.
     """
 
-    def end(t: TrialView) -> int:
+    def arrival(t: TrialView) -> int:
         assert t.ended_at is not None
-        if now_ms is None or quiet_ms is None:
-            return t.ended_at
-        return min(t.ended_at, now_ms - quiet_ms(t))
+        return t.ended_at if now_ms is None or quiet_ms is None else now_ms - quiet_ms(t)
 
     ended = sorted(
-        (end(t), t.created, t.counter, t.state == "failed")
+        (arrival(t), t.ended_at, t.created, t.counter, t.state == "failed")
         for t in state.trials()
         if t.ended_at is not None and t.state in ("completed", "failed")
     )
@@ -218,7 +218,7 @@ def failure_streak(
         if not failed:
             break
         streak += 1
-    return streak, (ended[-1][0] if streak else 0)
+    return streak, (min(ended[-1][0], ended[-1][1]) if streak else 0)
 
 
 def backing_off(state: ExperimentState, now_ms: int, quiet_ms: Callable[[TrialView], int]) -> bool:
@@ -228,8 +228,8 @@ def backing_off(state: ExperimentState, now_ms: int, quiet_ms: Callable[[TrialVi
         return False
     wait = min(1000 << min(streak - BACKOFF_AFTER, 16), BACKOFF_MAX_MS)
     # How long ago the last failure was, by its stamp or since it arrived here, whichever is
-    # longer (as its end counts): measured by stamps alone, a failure stamped by a clock 100 s
-    # ahead held every other peer back 100 s more, and only the peer ahead started trials.
+    # longer: measured by stamps alone, a failure stamped by a clock 100 s ahead held every
+    # other peer back 100 s more, and only the peer ahead started trials.
     return now_ms - last_ms < wait
 
 

@@ -753,3 +753,31 @@ def test_an_ntp_step_back_does_not_make_this_nodes_earlier_failures_its_latest()
         state.apply(writer.write(EVENT, body, [t.key, state.key]))
     # (Minor: the wait itself is then bounded by the oldest tied failure's quiet time.)
     assert failure_streak(state)[0] == 0, f"streak {failure_streak(state)}"
+
+
+def test_the_peer_whose_clock_runs_ahead_is_not_held_back_by_its_own_failures_either() -> None:
+    """The mirror of a test above, seen from OTHER (the peer whose clock runs 90 s ahead):
+    OTHER fails six trials at real 1..6 s (its stamps +90 s, arrived here at once), ME
+    completes one at real 7 s (stamped 7 s, arrived at OTHER at real 7 s). By real time the
+    latest trial completed: no peer should wait (README: a trial that completes ends the
+    wait, on every peer)."""
+    state = _state(name="e")
+    arrived: dict[bytes, int] = {}  # real ms (OTHER's monotonic clock) of arrival at OTHER
+    for n in range(1, 7):
+        t = _trial(state, OTHER, 2 * n - 1, n * 1000 + AHEAD)
+        _event(state, t, OTHER, 2 * n, "failed", n * 1000 + AHEAD)
+        arrived[t.key] = n * 1000
+    t = _trial(state, ME, 1, 6_500)
+    body = EventBody(t.key, state.key, "completed", ME, None, {"objective": 0.5}).to_body()
+    state.apply(Record.create(EVENT, ME, 2, 7_000, body, [t.key, state.key]))
+    arrived[t.key] = 7_000
+    real_now = 7_000
+    other_now = real_now + AHEAD  # OTHER's wall clock
+
+    def quiet_ms(trial: TrialView) -> int:
+        return real_now - arrived[trial.key]
+
+    work = plan_work([state], OTHER, 1, set(), [ME, OTHER], other_now, 1_000, lambda s: True,
+                     quiet_ms=quiet_ms)  # fmt: skip
+    streak = failure_streak(state, other_now, quiet_ms)
+    assert [w.experiment for w in work] == [state.key], f"held back: failure streak {streak}"
