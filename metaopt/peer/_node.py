@@ -1250,7 +1250,11 @@ class Node:
             self.live_nodes(),
             now_ms,
             int(self.config.timing.anti_entropy * 2000),
-            lambda state: state.key not in self._unsearchable and self.runner.can_run(state),
+            # (A thaw needs no search: an experiment whose search failed here still thaws.)
+            lambda state: (
+                (state.key in thawable or state.key not in self._unsearchable)
+                and self.runner.can_run(state)
+            ),
             claim_free=caught_up,
             may_suggest=lambda state: self.exhausted_now(state.key) is None,
             quiet_ms=self.replica.quiet_ms,

@@ -1197,15 +1197,18 @@ def test_a_trials_write_into_its_code_in_place_is_its_own(
         # Its budget spent, `a` still takes its turns for thaws: the second slot resumes it
         # beside b (else its frozen trial waited for good behind an endless experiment).
         (2, 1, Action.THAW, ["a", "b"]),
+        # So does an experiment whose search failed here: a thaw needs none (a review of the
+        # session's fixes).
+        (2, "unsearchable", Action.THAW, ["a", "b"]),
     ],
 )
 async def test_a_thaw_takes_a_slot_in_its_experiments_turn(
-    tmp_path: Path, slots: int, budget: int | None, decided: Action, expected: list[str]
+    tmp_path: Path, slots: int, budget: int | str | None, decided: Action, expected: list[str]
 ) -> None:
     cmd = (sys.executable, "-c", "import time; time.sleep(30)")
     a = experiment_record(ExperimentSpec(
         "a", {"x": "uniform(0, 1)"}, algorithm="random", command=cmd, max_step=10,
-        max_trials=budget))  # fmt: skip
+        max_trials=budget if isinstance(budget, int) else None))  # fmt: skip
     b = experiment_record(ExperimentSpec(
         "b", {"y": "uniform(0, 1)"}, algorithm="random", command=cmd))  # fmt: skip
     node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=slots))
@@ -1214,6 +1217,8 @@ async def test_a_thaw_takes_a_slot_in_its_experiments_turn(
     frozen = _frozen_trial(a, node.node_id, now_ms - 5_000, 2, "not in the top at rung 1")
     try:
         node.store.add([a, b, *frozen])
+        if budget == "unsearchable":
+            node._unsearchable[a.key] = "its search failed here (see this peer's log)"
         node.runner._stoppers[a.key] = _JudgeFrozen(decided, "judged")
         await node._schedule_once()
         running = sorted(
