@@ -15,6 +15,7 @@ points recorded before its own.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
@@ -296,7 +297,12 @@ def plan_work(
     # Then the one this node ran a trial of longest ago: a free slot found both counts at 0
     # each time, and on a peer of one slot the same experiment (by the hash below) took every
     # trial, one submitted beside it none (0 in 40 s, against 110).
-    served_here = {s.key: -1 for s in candidates}
+    # Its latest news, not its first start: a re-run of a lost or interrupted trial (or a
+    # thaw) kept the start of long ago, and took every turn. By when that news arrived (this
+    # node's monotonic clock; as -quiet), then by stamp (the trials held at opening arrived
+    # together): by stamps alone, a clock stepped back 2 h left every new trial's stamps
+    # below an old one's, and one slot took one experiment only, for 2 h.
+    served_here: dict[bytes, tuple[float, int]] = {s.key: (-math.inf, -1) for s in candidates}
     own_order = {s.key: hashlib.blake2b(me + s.key, digest_size=8).digest() for s in candidates}
     for s in candidates:
         for t in s.trials():
@@ -305,9 +311,8 @@ def plan_work(
             if t.state in ("running", "pending"):
                 running_anywhere[s.key] += 1
             if (t.runner or t.node) == me:
-                # Its latest news, not its first start: a re-run of a lost or interrupted
-                # trial (or a thaw) kept the start of long ago, and took every turn.
-                served_here[s.key] = max(served_here[s.key], t.last_seen, t.created)
+                news = (-quiet_ms(t), max(t.last_seen, t.created))
+                served_here[s.key] = max(served_here[s.key], news)
     out: list[Work] = []
     claimed: set[bytes] = set()
     planned_new: dict[bytes, int] = {}

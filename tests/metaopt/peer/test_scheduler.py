@@ -761,3 +761,39 @@ def test_an_ntp_step_back_does_not_make_this_nodes_earlier_failures_its_latest()
         state.apply(writer.write(EVENT, body, [t.key, state.key]))
     # (Minor: the wait itself is then bounded by the oldest tied failure's quiet time.)
     assert failure_streak(state)[0] == 0, f"streak {failure_streak(state)}"
+
+
+def test_after_a_clock_step_back_one_slot_still_takes_each_experiment_in_turn() -> None:
+    """A peer of one slot runs experiments x and y in turn; NTP steps its clock back 2 h. Its
+    writer then stamps from clock + 1 h, below y's last trial's stamps, and by stamps x's new
+    trials never made x served later than y: x took every slot, for 2 h (README: one slot
+    takes each experiment in turn; a review of the session's fixes)."""
+    from crdt import MemoryStore
+    from metaopt._writer import NodeWriter
+
+    x, y = _state(name="x"), _state(name="y")
+    clock = [1_000_000.0]
+    mono = [0]  # this node's monotonic clock (ms), which no step moves
+    arrived: dict[bytes, int] = {}
+    writer = NodeWriter(MemoryStore(), ME, lambda: clock[0])
+    states = {x.key: x, y.key: y}
+    taken: list[str] = []
+    for i in range(8):
+        if i == 2:
+            clock[0] -= 7200.0  # the step back
+        work = plan_work([x, y], ME, 1, set(), [ME], int(clock[0] * 1000), 1_000,
+                         lambda s: True, quiet_ms=lambda t: mono[0] - arrived[t.key])  # fmt: skip
+        assert len(work) == 1
+        state = states[work[0].experiment]
+        taken.append(state.spec.name)
+        t = writer.write(TRIAL, {"params": {"x": (i + 1) / 100}, "node": ME, "counter": i + 1},
+                         [state.key])  # fmt: skip
+        state.apply(t)
+        for kind in ("started", "completed"):
+            clock[0] += 1.0
+            mono[0] += 1000
+            metrics = {"objective": 0.5} if kind == "completed" else {}
+            body = EventBody(t.key, state.key, kind, ME, None, metrics).to_body()
+            state.apply(writer.write(EVENT, body, [t.key, state.key]))
+            arrived[t.key] = mono[0]
+    assert sorted(taken[2:]) == ["x"] * 3 + ["y"] * 3, taken
