@@ -9,7 +9,6 @@ HTTP; that is how the simulations run many peers in one process.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import functools
 import hashlib
 import math
@@ -60,7 +59,7 @@ from metaopt._state import (
 from metaopt._suggest import Suggester, stream
 from metaopt._writer import NodeWriter
 from metaopt.freezethaw import Action, Decision, EarlyStopper
-from metaopt.peer._identity import DataDir
+from metaopt.peer._identity import DataDir, create_once
 from metaopt.peer._storage import says_disk_full
 from metaopt.search import Algorithm, make_algorithm
 from metaopt.space import Space
@@ -124,25 +123,10 @@ def _node_id_for(seed: int, path: Path | None, given: bytes | None) -> bytes:
             node_id = given or secrets.token_bytes(ORIGIN_SIZE)
             path.mkdir(parents=True, exist_ok=True)
             # Whole or not at all: written in place on a full disk, it was left empty, and
-            # the Study refused its directory for good once space returned.
-            partial = path / f".node_id.{os.getpid()}.{threading.get_ident()}.tmp"
-            try:
-                partial.write_text(node_id.hex())
-                # Linked, not renamed over: two Studies opening one new directory at once
-                # each took their own id, and the one whose rename came second overwrote the
-                # first's, which went on writing under an id its directory no longer named.
-                try:
-                    os.link(partial, id_file)
-                except FileExistsError:
-                    raise
-                except OSError as exc:
-                    if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
-                        raise
-                    os.replace(partial, id_file)  # no hard links there (FAT, some FUSE)
-            except FileExistsError:
-                node_id = _kept_node_id(id_file)  # the other's, which it keeps
-            finally:
-                partial.unlink(missing_ok=True)
+            # the Study refused its directory for good once space returned. Of two Studies
+            # opening one new directory at once, the second takes the first's id.
+            if not create_once(id_file, node_id.hex()):
+                node_id = _kept_node_id(id_file)
     except OSError as exc:
         raise MetaoptError(
             f"cannot keep a Study in {path}: {exc.strerror or exc}; free space on its disk (or"

@@ -7,6 +7,7 @@ id: sequence numbers are never reused under an old id by a node that forgot what
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import secrets
@@ -77,6 +78,44 @@ def _remove_leftovers(path: Path) -> None:
         if tmp.name == path.name + ".tmp" or (pid.isdigit() and pid_gone(int(pid))):
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+def create_once(path: Path, text: str) -> bool:
+    """Write a small file whole, only if none is there yet; False if one was (kept as it is).
+
+    Linked into place, not renamed over: of two processes creating one file at once (two
+    `peer start`, or two Studies, on a new directory each drawing a node id), the one whose
+    rename came second overwrote the first's, which went on under an id its directory no
+    longer named. Raises OSError.
+    """
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            os.replace(tmp, path)  # no hard links there (FAT, some FUSE): renamed, as before
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _unwritable(path: Path, exc: OSError) -> MetaoptError:
+    if path.is_dir():
+        return MetaoptError(
+            f"cannot write {path}: it is a directory, not what a peer writes there; remove it"
+        )
+    return MetaoptError(
+        f"cannot write {path}: {exc.strerror}; free some space on its disk (or fix its"
+        " permissions), or choose another --data-dir"
+    )
 
 
 class DataDir:
@@ -199,7 +238,16 @@ class DataDir:
         if value is not None:
             return value
         value = secrets.token_bytes(ORIGIN_SIZE)
-        self._replace(self.root / "node_id", value.hex() + "\n")
+        path = self.root / "node_id"
+        _remove_leftovers(path)
+        try:
+            created = create_once(path, value.hex() + "\n")
+        except OSError as exc:
+            raise _unwritable(path, exc) from None
+        if not created:  # another start's, a moment before: the one the directory names
+            kept = self.read_node_id()
+            assert kept is not None
+            return kept
         return value
 
     def read_node_id(self) -> bytes | None:
@@ -262,15 +310,7 @@ class DataDir:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            if path.is_dir():
-                raise MetaoptError(
-                    f"cannot write {path}: it is a directory, not what a peer writes there;"
-                    " remove it"
-                ) from None
-            raise MetaoptError(
-                f"cannot write {path}: {exc.strerror}; free some space on its disk (or fix its"
-                " permissions), or choose another --data-dir"
-            ) from None
+            raise _unwritable(path, exc) from None
 
     def read_pid(self) -> int | None:
         """The pid the pid file names; None if there is none, or no pid in it (a file cut

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
 
 from crdt import ClusterKey
 from metaopt._errors import MetaoptError
+from metaopt.peer import _identity
 from metaopt.peer._identity import DataDir
 from metaopt.peer._local import LocalPeer
 
@@ -97,3 +99,30 @@ def test_a_study_s_directory_is_no_peer_s_data_directory(tmp_path: Path) -> None
     (peer.root / "replica").mkdir()
     assert DataDir.holds_peer(peer.root) and not DataDir.holds_study(peer.root)
     peer.ensure()
+
+
+def test_two_starts_on_one_fresh_directory_take_one_node_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = DataDir(tmp_path / "d"), DataDir(tmp_path / "d")
+    first.ensure()
+    draw = secrets.token_bytes
+    got: dict[str, bytes] = {}
+    raced = []
+
+    def racing(n: int) -> bytes:
+        value = draw(n)
+        if n == 16 and not raced:
+            raced.append(True)
+            # The other start, between this one's read (no node_id yet) and its write.
+            got["second"] = second.node_id()
+        return value
+
+    monkeypatch.setattr(_identity.secrets, "token_bytes", racing)
+    got["first"] = first.node_id()
+    on_disk = DataDir(tmp_path / "d").read_node_id()
+    # Whichever of the two gets the replica's lock, the directory must name its id.
+    assert got["first"] == got["second"] == on_disk, (
+        f"first start took {got['first'].hex()[:8]}, second {got['second'].hex()[:8]},"
+        f" node_id names {on_disk.hex()[:8] if on_disk else None}"
+    )
