@@ -162,10 +162,20 @@ def _config(args: argparse.Namespace) -> PeerConfig:
     if key_text is not None and key_file is not None:
         raise MetaoptError("give --key or --key-file, not both")
     given = "--key-file"
+    if key_text is not None and not key_text.strip():
+        # (It fell back to the data directory's key, or on a new one "a cluster key starts
+        # with 'mo1-'".)
+        raise MetaoptError(
+            "--key is empty; give the key that `metaopt peer key` prints on a member, or leave"
+            " out --key"
+        )
     if key_text is None and key_file is None:
-        key_text, key_file, given = _env("KEY"), _env("KEY_FILE"), "METAOPT_KEY_FILE"
+        # An empty variable (unset in a unit file) is none: METAOPT_KEY= hid METAOPT_KEY_FILE.
+        key_text, key_file = _env("KEY") or None, _env("KEY_FILE") or None
+        given = "METAOPT_KEY_FILE"
     if key_text is None and key_file:
         key_text = _read_key_file(key_file, given)
+
     # Comma-separated in METAOPT_JOIN and in each --join: "a:1, b:2" is two seeds, spaces and
     # all (`--join a:1,b:2`, as the README reads, was refused as not HOST:PORT). An empty
     # --join stays refused; the variable may end in a comma.

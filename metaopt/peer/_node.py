@@ -147,6 +147,14 @@ def _open_store(dirs: DataDir, patience: float = 5.0, read_patience: float = 120
             raise MetaoptError(str(exc)) from None
 
 
+def _key_of(text: str) -> ClusterKey:
+    """A key the user gave, or a one-line MetaoptError saying what is wrong with it."""
+    try:
+        return ClusterKey.from_text(text)
+    except Exception as exc:
+        raise MetaoptError(str(exc)) from None  # (it says what is wrong with the key)
+
+
 def _parsed(key_text: str) -> ClusterKey | None:
     """The key a text holds, None if it holds none; compared as keys, hand-written case and
     spacing do not make a cluster's own key look like another's."""
@@ -173,6 +181,10 @@ class Node:
         # live peer's running trial look lost here, and run again.
         self.clock = clock
         self.monotonic = monotonic
+        if config.key_text is not None:
+            # Read before the data directory is made: a mistyped --key was refused only once
+            # it had written a node id, an empty replica, trials/ and bundles/.
+            _key_of(config.key_text)
         self.dirs = DataDir(config.data_dir)
         self.dirs.ensure()
         self.node_id = self.dirs.node_id()
@@ -278,6 +290,7 @@ class Node:
         """
         given, stored = self.config.key_text, self.dirs.read_key()
         self.new_cluster = given is None and not self.config.join and len(self.store) == 0
+        ask = "(`metaopt peer key` on another of its peers prints it)"
         if given is None and stored is None:
             if self.config.join:
                 # A new key would be refused by every seed: the peer would sit alone, saying
@@ -286,22 +299,42 @@ class Node:
                     "--join needs the cluster's key: pass --key or --key-file (`metaopt peer"
                     " key` on a peer of that cluster prints them)"
                 )
+            if len(self.store):
+                # A new key made the replica's cluster another one, without a word, and the
+                # peer then refused that cluster's own key as another cluster's.
+                raise MetaoptError(
+                    f"{self.dirs.key_file} is missing, and {self.dirs.root} holds a cluster's"
+                    f" replica: start it with that cluster's --key or --key-file {ask}, or use"
+                    " a fresh --data-dir"
+                )
             key = ClusterKey.generate(os.urandom(32))
             self.dirs.write_key(key.to_text())
             return key
-        try:
-            key = ClusterKey.from_text(given or stored or "")
-        except Exception as exc:
-            raise MetaoptError(str(exc)) from None  # (it says what is wrong with the key)
+        if given is not None:
+            key = _key_of(given)
+        else:
+            try:
+                key = ClusterKey.from_text(stored or "")
+            except Exception as exc:  # the file's, not a key the user typed
+                raise MetaoptError(
+                    f"{self.dirs.key_file} is damaged ({exc}); start with the cluster's --key"
+                    f" or --key-file {ask}"
+                ) from None
         own = None if stored is None else _parsed(stored)
-        if stored is not None and (own is None or own != key) and len(self.store):
+        if stored is not None and own is None and len(self.store):
+            raise MetaoptError(
+                f"{self.dirs.key_file} is damaged, so whether {self.dirs.root} holds the"
+                f" replica of cluster {key.fingerprint} cannot be told: if it does, move"
+                f" {self.dirs.key_file.name} aside and start again with this key; else use a"
+                " fresh --data-dir"
+            )
+        if stored is not None and own is not None and own != key and len(self.store):
             # Its replica would flow into the other cluster (code, history and all, and its
             # open experiments would run there).
-            mine = "unreadable" if own is None else own.fingerprint
             raise MetaoptError(
                 f"{self.dirs.root} holds the replica of another cluster (key fingerprint"
-                f" {mine}, not {key.fingerprint}); start it with that cluster's key, or use a"
-                " fresh --data-dir for this one"
+                f" {own.fingerprint}, not {key.fingerprint}); start it with that cluster's key,"
+                " or use a fresh --data-dir for this one"
             )
         if stored != key.to_text():
             if own is not None and own != key:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from crdt import ClusterKey
 from metaopt._errors import MetaoptError
 from metaopt.cli import main
 from metaopt.cli._peer import _config, _parse_timing, _read_key_file, _run, _stop, join_command
@@ -292,3 +293,37 @@ def test_a_join_option_takes_commas_as_its_variable_does(tmp_path: Path) -> None
             f"--join {empty[-1]!r}: an empty seed (a stray comma, or an unset variable); give"
             " HOST:PORT of another peer, e.g. 192.168.1.20:7787"
         )
+
+
+@pytest.mark.parametrize(
+    "key", ["garbage", "mo1-abc", "mo1-iucynmf7ub6olfo666xt2y2yrlvswiugxusi2kwqzrhjz373nw4wthkbnm"]
+)
+@pytest.mark.usefixtures("no_env")
+def test_a_malformed_key_writes_no_data_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str
+) -> None:
+    """An empty --key-file is refused before the data directory is made; a malformed --key
+    made it, with a node id, an empty replica, trials/ and bundles/."""
+    argv = ["peer", "start", "--data-dir", str(tmp_path / "d"), "--port", "0", "--no-mdns",
+            "--host", "127.0.0.1", "--key", key, "--join", "127.0.0.1:9"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cluster key" in err
+    assert not (tmp_path / "d").exists(), f"refused ({err.strip()}), but it made the directory"
+
+
+@pytest.mark.usefixtures("no_env")
+def test_an_empty_metaopt_key_does_not_hide_metaopt_key_file_and_an_empty_key_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`METAOPT_KEY=` (an unset variable in a unit file) beside METAOPT_KEY_FILE: the file was
+    never read, and the empty key was then "a cluster key starts with 'mo1-'" on a fresh
+    directory, or no key at all (the directory's old one) on an existing one; so was
+    --key ""."""
+    key = ClusterKey.generate(os.urandom(32)).to_text()
+    (tmp_path / "key").write_text(key + "\n")
+    monkeypatch.setenv("METAOPT_KEY", "")
+    monkeypatch.setenv("METAOPT_KEY_FILE", str(tmp_path / "key"))
+    assert _config(_args(tmp_path, join=["127.0.0.1:9"])).key_text == key
+    with pytest.raises(MetaoptError, match=r"^--key is empty; give the key"):
+        _config(_args(tmp_path, key=" "))

@@ -208,3 +208,48 @@ async def test_gossip_after_a_hung_peer_times_out_tells_its_true_age(tmp_path: P
     finally:
         node.client = real
         await node.stop()
+
+
+async def _member(data: Path, key: str) -> None:
+    """A data directory of the cluster of ``key`` whose replica holds an experiment."""
+    node = _node(data, key_text=key)
+    spec = ExperimentSpec("e", {"x": "uniform(0, 1)"}).to_body()
+    node.store.add([Record.create(EXPERIMENT, node.node_id, 1, 1000, spec, [])])
+    await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_replica_without_its_key_file_is_not_given_a_new_cluster(tmp_path: Path) -> None:
+    # cluster.key lost (a restore that leaves secrets out, a user's rm): a plain restart made
+    # up a new cluster key for cluster A's replica, without a word; the peer then ran alone,
+    # and refused A's own key for good ("holds the replica of another cluster").
+    key_a = _key()
+    await _member(tmp_path / "d", key_a)
+    (tmp_path / "d" / "cluster.key").unlink()
+    with pytest.raises(MetaoptError) as caught:
+        _node(tmp_path / "d")
+    said = str(caught.value)
+    assert "cluster.key is missing" in said and "--key" in said and "\n" not in said
+    assert not (tmp_path / "d" / "cluster.key").exists()
+    again = _node(tmp_path / "d", key_text=key_a)  # its cluster's key starts it
+    await again.stop()
+    assert (tmp_path / "d" / "cluster.key").read_text().strip() == key_a
+
+
+@pytest.mark.asyncio
+async def test_a_damaged_key_file_is_named_and_the_way_back_is_said(tmp_path: Path) -> None:
+    # cluster.key cut short (a full disk, an edit): with no --key the error told the user to
+    # copy "the cluster key" again, not naming the file they never typed; given the right
+    # key, it was refused as "the replica of another cluster (key fingerprint unreadable)".
+    key_a = _key()
+    await _member(tmp_path / "d", key_a)
+    key_file = tmp_path / "d" / "cluster.key"
+    key_file.write_text(key_a[:40] + "\n")
+    with pytest.raises(MetaoptError, match=r"cluster\.key is damaged") as caught:
+        _node(tmp_path / "d")
+    assert "--key" in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(MetaoptError, match=r"move cluster\.key aside and start again"):
+        _node(tmp_path / "d", key_text=key_a)
+    key_file.rename(tmp_path / "cluster.key.damaged")  # as it says
+    again = _node(tmp_path / "d", key_text=key_a)
+    await again.stop()
