@@ -90,9 +90,7 @@ def create_once(path: Path, text: str) -> bool:
     """
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        tmp.write_text(text, encoding="utf-8")  # (a name of this write's own)
         try:
             os.link(tmp, path)
         except FileExistsError:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from crdt import LevelDBStore, Record
+from crdt import ClusterKey, LevelDBStore, Record
 from metaopt._errors import MetaoptError
 from metaopt._records import EVENT, TRIAL, EventBody, ExperimentSpec, experiment_record
 from metaopt.peer import _identity, _offline
@@ -22,12 +22,13 @@ from metaopt.peer._replica import Replica
 
 
 def _stopped_peer(root: Path, running: bool = False) -> Record:
-    """A data directory as a peer leaves it: a node id, a replica with one completed trial
-    that ran here (still running: as a peer killed -9 leaves it), and its output log; returns
-    the trial."""
+    """A data directory as a peer leaves it: a node id, its cluster's key, a replica with one
+    completed trial that ran here (still running: as a peer killed -9 leaves it), and its
+    output log; returns the trial."""
     dirs = DataDir(root)
     dirs.ensure()
     me = dirs.node_id()
+    dirs.write_key(ClusterKey.generate(os.urandom(32)).to_text())
     exp = experiment_record(ExperimentSpec("sweep", {"x": "uniform(0, 1)"}, command=("t.py",)))
     trial = Record.create(TRIAL, me, 1, 1000, {"params": {"x": 0.5}, "node": me, "counter": 1},
                           [exp.key])  # fmt: skip
