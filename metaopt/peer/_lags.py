@@ -59,3 +59,12 @@ class RequestLags:
         if len(seen) < 64:  # (lags rising without end: a clock running slow; the least stays)
             seen.append((now, lag))
         return wait if wait >= self._jitter else 0.0
+
+    def offset(self, sender: bytes, now: float) -> float | None:
+        """``sender``'s usual lag (its least of the last ``window`` seconds): what to add to
+        its clock's readings to read them by this peer's (plus the least time in flight);
+        None when it has none in the window."""
+        seen = self._seen.get(sender)
+        while seen and seen[0][0] < now - self._window:
+            seen.popleft()
+        return seen[0][1] if seen else None

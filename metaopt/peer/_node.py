@@ -55,6 +55,7 @@ from metaopt.peer._scheduler import (
     BACKOFF_AFTER,
     Work,
     backing_off,
+    ended_here,
     failure_streak,
     find_lost,
     plan_work,
@@ -1153,7 +1154,8 @@ class Node:
                 " choosing again",
                 state.spec.name,
             )
-        if backing_off(state, int(self.clock() * 1000), self.replica.quiet_ms):
+        now_ms = int(self.clock() * 1000)
+        if backing_off(state, now_ms, self._ended_here(now_ms)):
             # Failures that arrived while this one was chosen or waited for its turn: planned
             # before them, the 4th and 5th trials of a crashing script started at once instead
             # of 1 s and 2 s after. (Once, here: it reads every ended trial.)
@@ -1247,7 +1249,7 @@ class Node:
             if not state.active:  # (and no sort of a finished one's trials at every pass)
                 self._failing.discard(state.key)
                 continue
-            streak, _ = failure_streak(state, now_ms, self.replica.quiet_ms)
+            streak, _ = failure_streak(state, self._ended_here(now_ms))
             if streak < BACKOFF_AFTER:
                 self._failing.discard(state.key)
             elif state.key not in self._failing:
@@ -1292,7 +1294,19 @@ class Node:
             may_suggest=lambda state: self.exhausted_now(state.key) is None,
             quiet_ms=self.replica.quiet_ms,
             thawable=thawable,
+            offset_ms=self._clock_offset_ms,
         )
+
+    def _clock_offset_ms(self, node: bytes) -> int:
+        """What to add to ``node``'s stamps to read them by this peer's clock, as far as its
+        requests tell (0 for this node, or one not heard from lately)."""
+        if node == self.node_id:
+            return 0
+        lag = self._lags.offset(node, self.monotonic())
+        return 0 if lag is None or not math.isfinite(lag) else int(lag * 1000)
+
+    def _ended_here(self, now_ms: int) -> Callable[[TrialView], int]:
+        return ended_here(now_ms, self.replica.quiet_ms, self._clock_offset_ms)
 
     def _thaw_turns(self) -> tuple[dict[bytes, int], int]:
         """The free slots a thaw may take, in the experiments' turns: of each experiment, the

@@ -26,6 +26,7 @@ __all__ = [
     "Work",
     "backing_off",
     "claim_rank",
+    "ended_here",
     "failure_streak",
     "find_lost",
     "plan_work",
@@ -187,30 +188,41 @@ def find_lost(
     return out
 
 
-def failure_streak(
-    state: ExperimentState,
-    now_ms: int | None = None,
-    quiet_ms: Callable[[TrialView], int] | None = None,
-) -> tuple[int, int]:
-    """How many of the experiment's latest ended runs failed in a row, and when the last ended
-    (at its stamp or its arrival here, whichever is earlier).
+def ended_here(
+    now_ms: int,
+    quiet_ms: Callable[[TrialView], int],
+    offset_ms: Callable[[bytes], int] = lambda node: 0,
+) -> Callable[[TrialView], int]:
+    """When an ended trial's end counts by this node's clock: its stamp moved by its writer's
+    clock offset from this node's (``offset_ms``: what to add to that node's stamps; see
+    RequestLags.offset), or its arrival here (by ``quiet_ms``, see find_lost) if earlier.
 
-    Runs ended by completing or failing count; a kill (early stopping) neither breaks nor
-    extends the streak. Given ``now_ms`` and ``quiet_ms`` (see find_lost), ends count in the
-    order they arrived here, then by stamp (those held at opening arrived together), then in
-    the order the trials were made (a clock stepped back holds a node's stamps still: its
-    failures came after its later completions). By stamps alone, failures stamped by a clock
-    30 s ahead came after every later completion elsewhere, and held every peer back as a
-    streak the completions never broke (A ran 6-13 trials in 45 s, not 85); and the peer
-    ahead, by its own stamps, held itself back the same way.
+    By stamps alone, failures stamped by a clock 30 s ahead came after every later completion
+    elsewhere, and held every peer back as a streak the completions never broke (A ran 6-13
+    trials in 45 s, not 85), and the peer ahead held itself back the same way, by its own
+    stamps; by arrival alone, failures delivered late by a partition's heal came after a
+    completion made after them.
     """
 
-    def arrival(t: TrialView) -> int:
+    def end(t: TrialView) -> int:
         assert t.ended_at is not None
-        return t.ended_at if now_ms is None or quiet_ms is None else now_ms - quiet_ms(t)
+        return min(t.ended_at + offset_ms(t.runner or t.node), now_ms - quiet_ms(t))
 
+    return end
+
+
+def failure_streak(
+    state: ExperimentState, end_ms: Callable[[TrialView], int] | None = None
+) -> tuple[int, int]:
+    """How many of the experiment's latest ended runs failed in a row, and when the last ended
+    (by ``end_ms``, see ended_here; else by stamp).
+
+    Runs ended by completing or failing count; a kill (early stopping) neither breaks nor
+    extends the streak. Ends at one time go in the order the trials were made (a clock
+    stepped back holds a node's stamps still: its failures came after its later completions).
+    """
     ended = sorted(
-        (arrival(t), t.ended_at, t.created, t.counter, t.state == "failed")
+        (t.ended_at if end_ms is None else end_ms(t), t.created, t.counter, t.state == "failed")
         for t in state.trials()
         if t.ended_at is not None and t.state in ("completed", "failed")
     )
@@ -219,18 +231,18 @@ def failure_streak(
         if not failed:
             break
         streak += 1
-    return streak, (min(ended[-1][0], ended[-1][1]) if streak else 0)
+    return streak, (ended[-1][0] if streak else 0)
 
 
-def backing_off(state: ExperimentState, now_ms: int, quiet_ms: Callable[[TrialView], int]) -> bool:
+def backing_off(state: ExperimentState, now_ms: int, end_ms: Callable[[TrialView], int]) -> bool:
     """Whether the experiment's latest trials all failed and its next waits (the backoff)."""
-    streak, last_ms = failure_streak(state, now_ms, quiet_ms)
+    streak, last_ms = failure_streak(state, end_ms)
     if streak < BACKOFF_AFTER:
         return False
     wait = min(1000 << min(streak - BACKOFF_AFTER, 16), BACKOFF_MAX_MS)
-    # How long ago the last failure was, by its stamp or since it arrived here, whichever is
-    # longer: measured by stamps alone, a failure stamped by a clock 100 s ahead held every
-    # other peer back 100 s more, and only the peer ahead started trials.
+    # Since the last failure, as its end counts here (see ended_here): measured by stamps
+    # alone, a failure stamped by a clock 100 s ahead held every other peer back 100 s more,
+    # and only the peer ahead started trials.
     return now_ms - last_ms < wait
 
 
@@ -255,6 +267,7 @@ def plan_work(
     may_suggest: Callable[[ExperimentState], bool] = lambda state: True,
     quiet_ms: Callable[[TrialView], int],
     thawable: Collection[bytes] = frozenset(),
+    offset_ms: Callable[[bytes], int] = lambda node: 0,
 ) -> list[Work]:
     """Work for up to ``free_slots`` slots: free trials this node may claim, then new points.
 
@@ -316,6 +329,7 @@ def plan_work(
     out: list[Work] = []
     claimed: set[bytes] = set()
     planned_new: dict[bytes, int] = {}
+    end_ms = ended_here(now_ms, quiet_ms, offset_ms)
     while len(out) < free_slots and candidates:
         # The free trial of each experiment this node is earliest in line for: of experiments
         # whose turn is equal but for this node's own order of them, the one with a free
@@ -347,7 +361,7 @@ def plan_work(
             if found is not None:
                 work: Work | None = Work(state.key, found[3])
             else:
-                work = _new_for(state, now_ms, planned_new, may_suggest(state), quiet_ms)
+                work = _new_for(state, now_ms, planned_new, may_suggest(state), end_ms)
                 if work is None and state.key in thawable:
                     work = Work(state.key, None)
             if work is None:
@@ -405,10 +419,10 @@ def _new_for(
     now_ms: int,
     planned_new: dict[bytes, int],
     may_suggest: bool,
-    quiet_ms: Callable[[TrialView], int],
+    end_ms: Callable[[TrialView], int],
 ) -> Work | None:
     """A new point of the experiment, if it may have one now."""
-    if not may_suggest or backing_off(state, now_ms, quiet_ms):
+    if not may_suggest or backing_off(state, now_ms, end_ms):
         return None
     max_trials = state.spec.max_trials
     if max_trials is not None and len(state) + planned_new.get(state.key, 0) >= max_trials:

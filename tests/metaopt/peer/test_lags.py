@@ -69,3 +69,14 @@ def test_a_sender_first_heard_after_a_hold_is_judged_by_it_only_while_the_queue_
     assert lags.waited(A, 0.1 + 4.0, 1040.5, 40.0) == pytest.approx(39.0)  # queued behind
     later = [lags.waited(A, 0.1, 1040.0 + t, 0.0) for t in (3.0, 10.0, 60.0, 200.0)]
     assert later == [0.0] * 4
+
+
+def test_a_senders_offset_is_its_least_lag_in_the_window_and_none_once_it_is_gone() -> None:
+    # What the failure back-off adds to a node's stamps to read them by this peer's clock: a
+    # sender whose clock runs 90 s ahead has lags of -90 s and a little (time in flight).
+    lags = RequestLags(window=240.0, jitter=0.05, max_senders=8)
+    assert lags.offset(b"a" * 16, 0.0) is None  # never heard from
+    for now, lag in ((1.0, -89.9), (2.0, -89.99), (3.0, -89.95)):
+        lags.waited(b"a" * 16, lag, now, hold=0.0)
+    assert lags.offset(b"a" * 16, 3.0) == -89.99
+    assert lags.offset(b"a" * 16, 3.0 + 241.0) is None  # nothing heard in the window

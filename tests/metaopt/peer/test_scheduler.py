@@ -22,6 +22,7 @@ from metaopt._state import FROZEN_BY_HAND, ExperimentState, TrialView
 from metaopt.peer._scheduler import (
     BACKOFF_AFTER,
     Work,
+    ended_here,
     failure_streak,
     find_lost,
     plan_work,
@@ -715,7 +716,8 @@ def test_a_completion_after_another_peers_failures_ends_the_wait_whatever_its_cl
     # there, say a missing driver) fails six trials at real times 1..6 s; then ME completes
     # one at real 7 s. By real time the latest trial completed, so no peer should wait: not
     # ME, nor OTHER, which by its own stamps (a review of the session's fixes) held itself
-    # back, counting ME's completion at its stamp.
+    # back, counting ME's completion at its stamp. Each peer knows the other's clock offset
+    # from the other's requests (RequestLags.offset).
     state = _state(name="e")
     arrived: dict[bytes, int] = {}  # real ms of arrival (at either peer: at once)
     for n in range(1, 7):
@@ -728,15 +730,44 @@ def test_a_completion_after_another_peers_failures_ends_the_wait_whatever_its_cl
     arrived[t.key] = 7_000
     real_now = 7_000
     node, now = (ME, real_now) if seen_from == "ME" else (OTHER, real_now + AHEAD)
+    offsets = {ME: 0, OTHER: -AHEAD} if seen_from == "ME" else {ME: AHEAD, OTHER: 0}
 
     def quiet_ms(trial: TrialView) -> int:
         return real_now - arrived[trial.key]
 
     work = plan_work([state], node, 1, set(), [ME, OTHER], now, 1_000, lambda s: True,
-                     quiet_ms=quiet_ms)  # fmt: skip
-    streak = failure_streak(state, now, quiet_ms)  # as the peer counts it for its warning
+                     quiet_ms=quiet_ms, offset_ms=offsets.__getitem__)  # fmt: skip
+    # (As the peer counts it for its warning.)
+    streak = failure_streak(state, ended_here(now, quiet_ms, offsets.__getitem__))
     assert [w.experiment for w in work] == [state.key], f"held back: failure streak {streak}"
     assert streak[0] == 0
+
+
+def test_failures_delivered_at_a_heal_do_not_follow_a_later_completion() -> None:
+    # Clocks in sync. Cut off from ME, OTHER fails nine trials at 10..18 s (its script crashes
+    # there); ME completes one at 20 s. The partition heals at 25 s and OTHER's failures arrive
+    # here then. By every clock the latest end is ME's completion: no wait (README: a trial
+    # that completes ends the wait). Ordered by arrival (a review of the session's fixes),
+    # they held ME back.
+    state = _state(name="e")
+    arrived: dict[bytes, int] = {}
+    for n in range(9):
+        t = _trial(state, OTHER, 2 * n + 1, 9_000 + n * 1000)
+        _event(state, t, OTHER, 2 * n + 2, "failed", 10_000 + n * 1000)
+        arrived[t.key] = 25_000  # delivered at the heal
+    t = _trial(state, ME, 1, 19_000)
+    body = EventBody(t.key, state.key, "completed", ME, None, {"objective": 0.5}).to_body()
+    state.apply(Record.create(EVENT, ME, 2, 20_000, body, [t.key, state.key]))
+    arrived[t.key] = 20_000
+    now = 26_000
+
+    def quiet_ms(trial: TrialView) -> int:
+        return now - arrived[trial.key]
+
+    work = plan_work([state], ME, 1, set(), [ME, OTHER], now, 1_000, lambda s: True,
+                     quiet_ms=quiet_ms)  # fmt: skip
+    streak = failure_streak(state, ended_here(now, quiet_ms))
+    assert [w.experiment for w in work] == [state.key], f"held back: failure streak {streak}"
 
 
 def test_an_ntp_step_back_does_not_make_this_nodes_earlier_failures_its_latest() -> None:
