@@ -171,7 +171,7 @@ def _config(args: argparse.Namespace) -> PeerConfig:
         )
     if key_text is None and key_file is None:
         # An empty variable (unset in a unit file) is none: METAOPT_KEY= hid METAOPT_KEY_FILE.
-        key_text, key_file = _env("KEY") or None, _env("KEY_FILE") or None
+        key_text, key_file = (_env("KEY") or "").strip() or None, _env("KEY_FILE") or None
         given = "METAOPT_KEY_FILE"
     if key_text is None and key_file:
         key_text = _read_key_file(key_file, given)

@@ -170,10 +170,13 @@ class Discovery:
         on_foreign: Callable[[PeerInfo], None] | None = None,
         *,
         adapters: Callable[[], list[Adapter]] = local_adapters,
+        on_self: Callable[[PeerInfo], None] | None = None,
     ) -> None:
+        """on_self: told of each announcement of this node's own id (its own, and a twin's)."""
         self.config = config
         self._on_found = on_found
         self._on_foreign = on_foreign
+        self._on_self = on_self
         self._adapters = adapters
         self._plan: InterfacePlan | None = None
         self._azc: AsyncZeroconf | None = None
@@ -322,6 +325,8 @@ class Discovery:
 
     def _deliver(self, peer: PeerInfo) -> None:
         if peer.node_id == self.config.node_id.lower():
+            if self._on_self is not None:
+                self._on_self(peer)
             return
         if peer.fingerprint != self.config.cluster_fingerprint:
             if self._reported_foreign.first(peer.node_id):

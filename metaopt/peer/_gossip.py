@@ -16,7 +16,7 @@ import ipaddress
 import math
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -67,6 +67,9 @@ class PeerTable:
     # new data dir) was entered, our own calls there then "reached" it, and it stayed live.
     own_addrs: frozenset[str] = frozenset()
     _replaced: set[bytes] = field(default_factory=set)  # dropped for another at their address
+    # Each node's address before its latest move, and when it was last heard of there (see
+    # elsewhere): what tells two peers running under one node id of each other.
+    _moved: dict[bytes, tuple[str, float]] = field(default_factory=dict)
 
     # ----------------------------------------------------------------------------- updates
 
@@ -130,13 +133,22 @@ class PeerTable:
         self.seen(node_id, now, itself=False)
         self.expire(now)
 
-    def merge_gossip(self, entries: Any, now: float, *, exclude: bytes | None = None) -> int:
+    def merge_gossip(
+        self,
+        entries: Any,
+        now: float,
+        *,
+        exclude: bytes | None = None,
+        excluded: Callable[[str, float], None] | None = None,
+    ) -> int:
         """Fold a peer's gossip (see ``to_gossip``) in; malformed entries are skipped.
 
         Args:
             entries: the decoded message, untrusted: a list of ``[node_id, addr, age]``.
             now: this node's clock.
             exclude: this node's own id, never entered in its own table.
+            excluded: told (address, age) of each entry of ``exclude`` at another address
+                than this node's own (a twin of it may run there).
 
         Returns:
             How many entries were well-formed and used.
@@ -146,6 +158,9 @@ class PeerTable:
         used = 0
         for entry in entries[: self.config.max_gossip]:
             parsed = self._parse_entry(entry)
+            twin = parsed is not None and parsed[0] == exclude and parsed[1] not in self.own_addrs
+            if twin and excluded is not None:
+                excluded(parsed[1], parsed[2])  # type: ignore[index]
             if parsed is None or parsed[0] == exclude:
                 continue
             node_id, addr, age = parsed
@@ -220,6 +235,23 @@ class PeerTable:
         fresh = sorted(self.live(now, timeout), key=lambda p: (-p.heard, p.node_id))
         return [[p.node_id, p.addr, p.age(now)] for p in fresh[: self.config.max_gossip]]
 
+    def elsewhere(self, node_id: bytes, now: float, timeout: float) -> list[list[Any]]:
+        """Gossip for ``node_id`` itself: the address it was heard of at before its latest
+        move, if that was within ``timeout``, as ``[node_id, addr, age]``.
+
+        Two peers under one node id (a copied data directory, started) that reach each other
+        only through a third peer never learned of each other: the third peer's table holds
+        one address per node, and it told each caller of itself at its own address. Told of
+        its id at another address, a peer calls there, and a twin there stops (Node._twin);
+        a peer restarted on another port finds nothing at its old one.
+        """
+        moved = self._moved.get(node_id)
+        current = self._peers.get(node_id)
+        if moved is None or current is None or moved[0] == current.addr:
+            return []
+        addr, heard = moved
+        return [[node_id, addr, now - heard]] if now - heard <= timeout else []
+
     def __len__(self) -> int:
         return len(self._peers)
 
@@ -262,6 +294,9 @@ class PeerTable:
             self._by_addr.pop(old.addr, None)
             self._by_addr[addr] = node_id
             new_addr = addr
+            if len(self._moved) >= self.config.max_peers:
+                self._moved.clear()  # (news lost at worst: a twin told a round later)
+            self._moved[node_id] = (old.addr, old.heard)
         self._peers[node_id] = KnownPeer(
             node_id,
             new_addr,

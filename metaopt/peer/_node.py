@@ -22,7 +22,7 @@ import random
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -189,8 +189,11 @@ class Node:
         self.dirs = DataDir(config.data_dir)
         self.dirs.ensure()
         self.node_id = self.dirs.node_id()
-        self.run_token = os.urandom(8)  # this process's (see Request.run)
+        # This process's (see Request.run, _twin): its start time first, then chance.
+        self.run_token = int(clock() * 1000).to_bytes(8, "big") + os.urandom(4)
         self._twin_said = False
+        # (address, its process's token if known) -> when it was called (see _maybe_twin_at)
+        self._twin_probed: dict[tuple[str, bytes | None], float] = {}
         self.store = _open_store(self.dirs)
         # Only with the data directory's lock held: a second start that fails on it wrote its
         # --key over the running peer's, which the CLI then could not reach or stop.
@@ -456,7 +459,12 @@ class Node:
             protocol_version=PROTOCOL_VERSION,
             name=self.config.name or socket.gethostname(),
         )
-        self._discovery = Discovery(config, on_found=self._on_found, on_foreign=self._on_foreign)
+        self._discovery = Discovery(
+            config,
+            on_found=self._on_found,
+            on_foreign=self._on_foreign,
+            on_self=lambda info: self._maybe_twin_at(host_port(info.host, info.port), 0.0),
+        )
         try:
             await self._discovery.start()
         except Exception as exc:  # no multicast here: --join seeds still work
@@ -602,7 +610,13 @@ class Node:
 
     def _sender_addr(self, request: Request) -> str | None:
         """The address a peer's request came from, as this peer would call it back."""
-        if not request.addr or request.sender == self.node_id or len(request.sender) != 16:
+        if request.sender == self.node_id or len(request.sender) != 16:
+            return None
+        return self._call_back_addr(request)
+
+    @staticmethod
+    def _call_back_addr(request: Request) -> str | None:
+        if not request.addr:
             return None
         host, _, port = request.addr.rpartition(":")
         if host in ("0.0.0.0", "::", "[::]", "") and request.remote:
@@ -620,14 +634,24 @@ class Node:
             self.peers.add(request.sender, addr, self.monotonic() - waited, contacted=True)
 
     def _twin(self, request: Request) -> None:
-        """Stop: another peer runs under this node id (its data directory is a copy of this
-        one's). Unnoticed, each took the other's running trials for its own cut short by a
-        restart, re-ran them, and spent budgets twice (5 trials of a budget of 4). The twin
-        that hears the other stops; the other goes on alone as this node."""
+        """Another peer runs under this node id (its data directory is a copy of this one's):
+        the one started later stops, and the other goes on alone as this node. Unnoticed, each
+        took the other's running trials for its own cut short by a restart, re-ran them, and
+        spent budgets twice (5 trials of a budget of 4). Not the one that hears the other:
+        under a supervisor that restarts what exits, each restarted twin called the other,
+        which stopped, and they took turns (22 stops in 40 s). Run tokens begin with their
+        process's start time, so both twins tell the same one to stop; the earlier calls
+        the later, which hears it and stops."""
+        assert request.run is not None
+        addr = self._call_back_addr(request)
+        if request.run > self.run_token:  # it started later: it stops once it hears this one
+            if addr is not None:
+                self._maybe_twin_at(addr, 0.0, request.run)
+            return
         if self._twin_said:
             return
         self._twin_said = True
-        where = request.addr or request.remote or "another address"
+        where = addr or request.remote or "another address"
         self.failed = (
             f"another peer runs with this peer's node id {self.node_id.hex()[:12]}, at {where}"
             f" (a copy of {self.dirs.root}?); give one of them its own data directory"
@@ -753,8 +777,17 @@ class Node:
         waited = self._waited(request)
         self._contact(request, waited)
         # Ages as of when it was sent, as far as this peer can tell (see _waited).
-        self.peers.merge_gossip(request.body, self.monotonic() - waited, exclude=self.node_id)
-        return self.peers.to_gossip(self.monotonic(), self.config.timing.peer_timeout)
+        self.peers.merge_gossip(
+            request.body,
+            self.monotonic() - waited,
+            exclude=self.node_id,
+            excluded=self._maybe_twin_at,
+        )
+        now, timeout = self.monotonic(), self.config.timing.peer_timeout
+        # (First: a reply is read only up to max_gossip entries.)
+        return self.peers.elsewhere(request.sender, now, timeout) + self.peers.to_gossip(
+            now, timeout
+        )
 
     async def _on_leave(self, request: Request) -> bool:
         # Not a contact: its word that it is going must not count as a sign of life.
@@ -887,7 +920,32 @@ class Node:
         # this peer's loop read as news of now (see _waited).
         if to is not None:
             self.peers.answered(to, called)
-        self.peers.merge_gossip(reply, called, exclude=self.node_id)
+        self.peers.merge_gossip(reply, called, exclude=self.node_id, excluded=self._maybe_twin_at)
+
+    def _maybe_twin_at(self, addr: str, age: float, token: bytes | None = None) -> None:
+        """This node's id was heard of lately at ``addr`` (gossip, mDNS; or a twin's call,
+        whose ``token`` is given): a twin (see _twin) may run there, which only a call between
+        the two tells. Twins that knew each other only through a third peer, or by mDNS, were
+        never told, and ran on side by side. Called: a twin started later stops. Once a
+        minute at most per address and process."""
+        if addr in self.peers.own_addrs or self._stopping.is_set():
+            return
+        if age > self.config.timing.peer_timeout:
+            return  # (an old address of this node's, from before a restart on another port)
+        now = self.monotonic()
+        if now - self._twin_probed.get((addr, token), -math.inf) < 60.0:
+            return
+        if len(self._twin_probed) >= 64:
+            self._twin_probed.clear()  # (that many only if forged: start afresh)
+        self._twin_probed[addr, token] = now
+        log.debug("this node's id was heard of at %s; calling it", addr)
+        self._spawn(self._gossip_with(addr, self.config.timing.peer_timeout))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beside the periodic tasks, stopped with them."""
+        task = asyncio.ensure_future(work)
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
     def _recall_peers(self) -> None:
         """Read the addresses of the peers this one talked to when it last ran, to call while
@@ -1226,9 +1284,7 @@ class Node:
     def kick(self) -> None:
         """Schedule now rather than at the next tick: a slot just came free."""
         if not self._stopping.is_set() and not self.replica.loading:
-            task = asyncio.ensure_future(self._round(self._schedule))
-            self._tasks.append(task)
-            task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+            self._spawn(self._round(self._schedule))
 
     async def _schedule(self) -> None:
         # A request during a pass is not dropped: the pass planned before the slot came free,

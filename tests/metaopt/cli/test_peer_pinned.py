@@ -322,8 +322,9 @@ def test_an_empty_metaopt_key_does_not_hide_metaopt_key_file_and_an_empty_key_is
     --key ""."""
     key = ClusterKey.generate(os.urandom(32)).to_text()
     (tmp_path / "key").write_text(key + "\n")
-    monkeypatch.setenv("METAOPT_KEY", "")
     monkeypatch.setenv("METAOPT_KEY_FILE", str(tmp_path / "key"))
-    assert _config(_args(tmp_path, join=["127.0.0.1:9"])).key_text == key
+    for empty in ("", " "):
+        monkeypatch.setenv("METAOPT_KEY", empty)
+        assert _config(_args(tmp_path, join=["127.0.0.1:9"])).key_text == key
     with pytest.raises(MetaoptError, match=r"^--key is empty; give the key"):
         _config(_args(tmp_path, key=" "))

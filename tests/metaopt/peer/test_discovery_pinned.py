@@ -529,6 +529,18 @@ def test_an_announcement_of_this_nodes_own_id_is_never_found() -> None:
     assert found == []
 
 
+def test_an_announcement_of_this_nodes_own_id_is_told_to_on_self_for_a_twin_check() -> None:
+    """...but it is told to ``on_self``, so the peer can call a twin of it there (a copied
+    data directory, started on the LAN): by mDNS alone the two never heard of each other."""
+    told: list[PeerInfo] = []
+    config = _config(_fingerprint(), 17400, "me")
+    disc = Discovery(config, on_found=lambda p: None, on_self=told.append)
+    peer = disc._parse("x", _announcement(node_id=config.node_id, fp=config.cluster_fingerprint))
+    assert peer is not None
+    disc._deliver(peer)
+    assert [p.node_id for p in told] == [config.node_id.lower()]
+
+
 def test_a_peer_of_another_protocol_version_is_ignored_and_said_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

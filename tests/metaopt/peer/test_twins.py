@@ -6,13 +6,19 @@ cut short by a restart, and re-ran them: points ran twice and a budget of 4 took
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from metaopt.peer._config import PeerConfig
+from metaopt.peer._node import Node
+from metaopt.peer._transport import Misaddressed
 from metaopt.peer._wire import Request, decode_request
 from tests.metaopt.peer.cluster import Cluster, wait_for
 
@@ -33,7 +39,7 @@ def test_a_request_carries_its_process_token_and_one_without_reads_as_none() -> 
     assert decode_request(Request("gossip", b"n" * 16, "127.0.0.1:1", None).encode()).run is None
 
 
-def test_the_peer_that_hears_its_twin_stops_and_the_twin_runs_alone(tmp_path: Path) -> None:
+def test_the_twin_started_later_stops_and_the_other_runs_alone(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path / "c")
     try:
         original = cluster.start_peer("a")
@@ -41,28 +47,134 @@ def test_the_peer_that_hears_its_twin_stops_and_the_twin_runs_alone(tmp_path: Pa
         copy_dir = tmp_path / "c" / "b"
         shutil.copytree(original.data_dir, copy_dir)
         cluster.restart(original)
+        time.sleep(0.05)  # (the copy's process starts later by the clock too)
         copy = cluster.start_peer("b", data_dir=copy_dir)  # joins the original
         assert (copy_dir / "node_id").read_text() == (original.data_dir / "node_id").read_text()
         assert original.proc is not None and copy.proc is not None
-        wait_for(lambda: original.proc.poll() is not None, 30, original.log)
-        said = [line for line in original.log().splitlines() if "this peer's node id" in line]
+        # The original hears the copy's call and calls it back; the copy, hearing an earlier
+        # process under its id, stops (under a supervisor, the copy restarted stops again,
+        # and the original runs on: not each in turn).
+        wait_for(lambda: copy.proc.poll() is not None, 30, copy.log)
+        said = [line for line in copy.log().splitlines() if "this peer's node id" in line]
         assert said and "give one of them its own data directory" in said[0]
-        assert copy.proc.poll() is None  # it goes on, alone, as this node
+        assert original.proc.poll() is None  # it goes on, alone, as this node
         (tmp_path / "w").mkdir()
         (tmp_path / "w" / "train.py").write_text(TRAIN)
-        out = copy.cli(
+        out = original.cli(
             "submit", "--name", "dup", "--max-trials", "4",
             str(tmp_path / "w" / "train.py"), "--x~uniform(0, 1)",
         )  # fmt: skip
         assert out.returncode == 0, out.stderr
 
         def finished() -> bool:
-            rows = copy.json("status")
+            rows = original.json("status")
             return bool(rows) and rows[0]["finished"]
 
-        wait_for(finished, 60, copy.log)
+        wait_for(finished, 60, original.log)
         time.sleep(1)
-        assert copy.json("status", "dup")["trials"] == 4
-        assert "restarted while it ran" not in copy.log()
+        assert original.json("status", "dup")["trials"] == 4
+        assert "restarted while it ran" not in original.log()
+        assert "this peer's node id" not in original.log()
     finally:
         cluster.close()
+
+
+class _Wired:
+    """Nodes driven by hand: no server, no socket; every call goes to the addressed node's
+    own handler, as the transport would (run token included). One clock for all."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.now = time.time()
+        self.nodes: dict[str, Node] = {}
+
+    def node(self, name: str, addr: str, key: str | None = None) -> Node:
+        config = PeerConfig(data_dir=self.root / name, port=0, mdns=False, key_text=key)
+        made = Node(config, clock=lambda: self.now, monotonic=lambda: self.now)
+        made.addr = addr
+        made.peers.own_addrs = frozenset({addr})
+        made.client = self._client_of(made)  # type: ignore[assignment]
+        self.nodes[addr] = made
+        return made
+
+    def _client_of(self, sender: Node) -> Any:
+        async def call(addr: str, op: str, body: Any = None, to: bytes | None = None) -> Any:
+            target = self.nodes[addr]
+            if to is not None and to != target.node_id:
+                raise Misaddressed("another node")
+            request = Request(op, sender.node_id, sender.addr, body, remote="127.0.0.1",
+                              to=to, run=sender.run_token)  # fmt: skip
+            return await target._handlers()[op](request)
+
+        return SimpleNamespace(call=call)
+
+    async def rounds(self, n: int, *nodes: Node) -> None:
+        for _ in range(n):
+            for node in nodes:
+                if not node.failed:
+                    await node._gossip()
+            self.now += 1.0
+            await asyncio.sleep(0.01)  # (the calls to where a node's own id was heard of)
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            node.store.close()
+
+    def copy(self, name: str, to: str) -> None:
+        shutil.copytree(self.root / name, self.root / to)
+
+
+@pytest.mark.asyncio
+async def test_twins_joined_through_a_third_peer_hear_each_other(tmp_path: Path) -> None:
+    """Twins that reach each other only through a third peer (or mDNS) never heard each
+    other, and neither stopped (a review of the session's fixes)."""
+    wired = _Wired(tmp_path)
+    first = wired.node("a", "127.0.0.1:41000")  # the original's first life, then copied
+    key = first.key.to_text()
+    first.store.close()
+    del wired.nodes[first.addr]
+    wired.copy("a", "copy")
+    a = wired.node("a", "127.0.0.1:41001")
+    wired.now += 0.01  # (the copy's process starts later)
+    twin, c = wired.node("copy", "127.0.0.1:41002"), wired.node("c", "127.0.0.1:41003", key)
+    assert a.node_id == twin.node_id and a.run_token < twin.run_token
+    # c knew the original (it talked to it before the copy); both twins have c as their seed
+    # (a --join, or the `peers` file the copy inherited).
+    c.peers.add(a.node_id, a.addr, wired.now, contacted=True)
+    a.peers.add_seed(c.addr)
+    twin.peers.add_seed(c.addr)
+    try:
+        await wired.rounds(10, a, twin, c)
+        called = {p.addr for n in (a, twin) for p in n.peers.all()}
+        assert twin.failed and a.failed is None, (
+            f"the later twin did not stop after 10 rounds; the twins know only {sorted(called)}"
+        )
+    finally:
+        wired.close()
+
+
+@pytest.mark.asyncio
+async def test_a_twin_restarted_again_and_again_stops_each_time_and_the_other_runs_on(
+    tmp_path: Path,
+) -> None:
+    """Under a supervisor that restarts what exits, twins that each --join the other stopped
+    each other in turn (22 stops in 40 s; a review of the session's fixes): the one that
+    heard the other stopped, and a restarted twin always called first."""
+    wired = _Wired(tmp_path)
+    first = wired.node("a", "127.0.0.1:41000")
+    first.store.close()
+    del wired.nodes[first.addr]
+    wired.copy("a", "copy")
+    a = wired.node("a", "127.0.0.1:41001")
+    try:
+        for life in range(3):
+            wired.now += 5.0
+            twin = wired.node("copy", "127.0.0.1:41002")  # started (again) by its supervisor
+            twin.peers.add_seed(a.addr)
+            a.peers.add_seed(twin.addr)
+            await wired.rounds(3, twin, a)  # the restarted one calls first
+            assert twin.failed and a.failed is None, f"life {life}"
+            twin.store.close()
+            del wired.nodes[twin.addr]
+    finally:
+        wired.close()
