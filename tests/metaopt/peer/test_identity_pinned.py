@@ -4,6 +4,7 @@ a process counts as gone, and small files rewritten over a leftover temporary on
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import subprocess
@@ -12,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from metaopt._errors import MetaoptError
+from metaopt.peer import _identity
 from metaopt.peer._identity import (
     MAX_REMEMBERED,
     DataDir,
+    create_once,
     default_data_dir,
     pid_gone,
     trial_dir,
@@ -274,3 +277,145 @@ def test_an_exited_child_not_yet_reaped_is_gone(tmp_path: Path) -> None:
         assert DataDir(tmp_path).running_pid() is None
     finally:
         _end(proc)
+
+
+# A second audit (create_once, node_id, the pid and key files): what it found unpinned.
+
+
+def _link_fails(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """os.link fails with errno ``code`` (EPERM: a file system with no hard links)."""
+
+    def refuse(src: object, dst: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "link", refuse)
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EOPNOTSUPP])
+def test_without_hard_links_a_small_file_is_created_by_a_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """FAT and some FUSE file systems refuse hard links (EPERM, EOPNOTSUPP): a data directory
+    there still gets its node id, written whole, and no temporary file is left beside it."""
+    _link_fails(monkeypatch, code)
+    path = tmp_path / "node_id"
+    assert create_once(path, "abc\n") is True
+    assert path.read_text() == "abc\n"
+    assert os.listdir(tmp_path) == ["node_id"]
+    dirs = DataDir(tmp_path / "d")
+    dirs.ensure()
+    node = dirs.node_id()
+    assert DataDir(tmp_path / "d").read_node_id() == node
+
+
+def test_creating_a_file_that_is_there_keeps_it_and_leaves_no_temporary_file(
+    tmp_path: Path,
+) -> None:
+    """create_once says False and changes nothing when the file exists; either way its
+    temporary file is gone (a node_id.<pid>.<random>.tmp at every start would pile up)."""
+    path = tmp_path / "node_id"
+    assert create_once(path, "first\n") is True
+    assert create_once(path, "second\n") is False
+    assert path.read_text() == "first\n"
+    assert os.listdir(tmp_path) == ["node_id"]
+
+
+def test_two_creators_at_once_each_write_their_own_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `peer start` (or two Studies) creating one node_id at once: the one that links
+    second is told so and the first's content stays. With one temporary name for both, the
+    second could not even write its own (the first's was there), and failed."""
+    path = tmp_path / "node_id"
+    real_link = os.link
+    other: list[bool] = []
+
+    def other_first(src: str, dst: str) -> None:
+        if not other:  # the other creator runs whole between this one's write and link
+            monkeypatch.setattr(os, "link", real_link)
+            other.append(create_once(path, "other\n"))
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", other_first)
+    assert create_once(path, "mine\n") is False
+    assert other == [True] and path.read_text() == "other\n"
+    assert os.listdir(tmp_path) == ["node_id"]
+
+
+def test_a_node_id_that_cannot_be_written_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new peer on a full disk: one line naming the file and what to do, not an OSError
+    traceback, nor an AssertionError from taking the failure for another start's file."""
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    _link_fails(monkeypatch, errno.ENOSPC)
+    with pytest.raises(MetaoptError) as info:
+        dirs.node_id()
+    assert str(info.value).startswith(f"cannot write {tmp_path / 'node_id'}: ")
+    assert "free some space" in str(info.value)
+    assert sorted(os.listdir(tmp_path)) == ["bundles", "trials"]
+
+
+def test_a_node_id_already_there_is_read_without_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data directory that has its node id is only read (offline reads open a stopped
+    peer's directory with node_id(), which may sit on a full disk or a read-only copy):
+    writing a new one there first failed with "cannot write ...node_id"."""
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    node = dirs.node_id()
+
+    def no_write(path: Path, text: str) -> bool:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(_identity, "create_once", no_write)
+    assert DataDir(tmp_path).node_id() == node
+
+
+def test_a_dead_starts_leftover_node_id_temporary_file_is_removed(tmp_path: Path) -> None:
+    """A start killed between writing its node id's temporary file and linking it left it
+    behind (or the earlier release's node_id.tmp): the next start removes it."""
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    dead = tmp_path / "node_id.999999999.0a0b0c0d.tmp"
+    earlier = tmp_path / "node_id.tmp"
+    for leftover in (dead, earlier):
+        leftover.write_text("00" * 16 + "\n")
+    dirs.node_id()
+    assert sorted(os.listdir(tmp_path)) == ["bundles", "node_id", "trials"]
+
+
+def _hold(tmp_path: Path, name: str, lock: Path) -> subprocess.Popen[bytes]:
+    """A process named ``name`` holding ``lock`` open, as a peer holds its replica's LOCK;
+    returned once it holds it (it echoed a line)."""
+    link = tmp_path / name
+    link.symlink_to("/bin/sh")
+    proc = subprocess.Popen(
+        [name, "-c", 'exec 3<"$1"; echo up; read _', name, str(lock)],
+        executable=str(link), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+    return proc
+
+
+def test_a_pid_file_naming_a_process_holding_this_replica_names_the_running_peer(
+    tmp_path: Path,
+) -> None:
+    """The pid file's process is this directory's peer when it holds this replica's LOCK, and
+    not when it holds another's (another data directory's peer: `peer stop` would stop it)."""
+    dirs, elsewhere = DataDir(tmp_path / "d"), DataDir(tmp_path / "e")
+    for d in (dirs, elsewhere):
+        d.replica.mkdir(parents=True)
+        (d.replica / "LOCK").write_text("")
+    ours = _hold(tmp_path, "metaopt-ours", dirs.replica / "LOCK")
+    theirs = _hold(tmp_path, "metaopt-theirs", elsewhere.replica / "LOCK")
+    try:
+        dirs.pid_file.write_text(f"{ours.pid}\n")
+        assert dirs.running_pid() == ours.pid
+        dirs.pid_file.write_text(f"{theirs.pid}\n")
+        assert dirs.running_pid() is None
+    finally:
+        for proc in (ours, theirs):
+            _end(proc)
