@@ -71,6 +71,7 @@ from metaopt.peer._transport import (
     RemoteError,
     Server,
 )
+from metaopt.peer._twins import TwinWatch
 from metaopt.peer._wire import PROTOCOL_VERSION, Request
 
 if TYPE_CHECKING:
@@ -189,11 +190,7 @@ class Node:
         self.dirs = DataDir(config.data_dir)
         self.dirs.ensure()
         self.node_id = self.dirs.node_id()
-        # This process's (see Request.run, _twin): its start time first, then chance.
-        self.run_token = int(clock() * 1000).to_bytes(8, "big") + os.urandom(4)
-        self._twin_said = False
-        # (address, its process's token if known) -> when it was called (see _maybe_twin_at)
-        self._twin_probed: dict[tuple[str, bytes | None], float] = {}
+        self.twins = TwinWatch(clock(), os.urandom(4))  # (its token: Request.run)
         self.store = _open_store(self.dirs)
         # Only with the data directory's lock held: a second start that fails on it wrote its
         # --key over the running peer's, which the CLI then could not reach or stop.
@@ -282,7 +279,7 @@ class Node:
             self.addr,
             timeout=self.config.timing.request_timeout,
             warn_refusals=True,
-            run=self.run_token,
+            run=self.twins.token,
         )
 
     def _load_key(self) -> ClusterKey:
@@ -625,7 +622,7 @@ class Node:
         return f"{host}:{port}"
 
     def _contact(self, request: Request, waited: float | None = None) -> None:
-        if request.sender == self.node_id and request.run not in (None, self.run_token):
+        if request.sender == self.node_id and self.twins.is_twin(request.run):
             self._twin(request)
             return
         addr = self._sender_addr(request)
@@ -634,23 +631,13 @@ class Node:
             self.peers.add(request.sender, addr, self.monotonic() - waited, contacted=True)
 
     def _twin(self, request: Request) -> None:
-        """Another peer runs under this node id (its data directory is a copy of this one's):
-        the one started later stops, and the other goes on alone as this node. Unnoticed, each
-        took the other's running trials for its own cut short by a restart, re-ran them, and
-        spent budgets twice (5 trials of a budget of 4). Not the one that hears the other:
-        under a supervisor that restarts what exits, each restarted twin called the other,
-        which stopped, and they took turns (22 stops in 40 s). Run tokens begin with their
-        process's start time, so both twins tell the same one to stop; the earlier calls
-        the later, which hears it and stops."""
+        """Another peer runs under this node id (see _twins): the one started later stops."""
         assert request.run is not None
         addr = self._call_back_addr(request)
-        if request.run > self.run_token:  # it started later: it stops once it hears this one
-            if addr is not None:
+        if not self.twins.stops_for(request.run):
+            if addr is not None:  # (it started later: it stops once it hears this one)
                 self._maybe_twin_at(addr, 0.0, request.run)
             return
-        if self._twin_said:
-            return
-        self._twin_said = True
         where = addr or request.remote or "another address"
         self.failed = (
             f"another peer runs with this peer's node id {self.node_id.hex()[:12]}, at {where}"
@@ -924,22 +911,14 @@ class Node:
 
     def _maybe_twin_at(self, addr: str, age: float, token: bytes | None = None) -> None:
         """This node's id was heard of lately at ``addr`` (gossip, mDNS; or a twin's call,
-        whose ``token`` is given): a twin (see _twin) may run there, which only a call between
-        the two tells. Twins that knew each other only through a third peer, or by mDNS, were
-        never told, and ran on side by side. Called: a twin started later stops. Once a
-        minute at most per address and process."""
+        whose ``token`` is given): call there, where a twin would hear it (see _twins)."""
         if addr in self.peers.own_addrs or self._stopping.is_set():
             return
         if age > self.config.timing.peer_timeout:
             return  # (an old address of this node's, from before a restart on another port)
-        now = self.monotonic()
-        if now - self._twin_probed.get((addr, token), -math.inf) < 60.0:
-            return
-        if len(self._twin_probed) >= 64:
-            self._twin_probed.clear()  # (that many only if forged: start afresh)
-        self._twin_probed[addr, token] = now
-        log.debug("this node's id was heard of at %s; calling it", addr)
-        self._spawn(self._gossip_with(addr, self.config.timing.peer_timeout))
+        if self.twins.should_call(addr, token, self.monotonic()):
+            log.debug("this node's id was heard of at %s; calling it", addr)
+            self._spawn(self._gossip_with(addr, self.config.timing.peer_timeout))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` beside the periodic tasks, stopped with them."""

@@ -19,6 +19,7 @@ import pytest
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._node import Node
 from metaopt.peer._transport import Misaddressed
+from metaopt.peer._twins import TwinWatch
 from metaopt.peer._wire import Request, decode_request
 from tests.metaopt.peer.cluster import Cluster, wait_for
 
@@ -103,7 +104,7 @@ class _Wired:
             if to is not None and to != target.node_id:
                 raise Misaddressed("another node")
             request = Request(op, sender.node_id, sender.addr, body, remote="127.0.0.1",
-                              to=to, run=sender.run_token)  # fmt: skip
+                              to=to, run=sender.twins.token)  # fmt: skip
             return await target._handlers()[op](request)
 
         return SimpleNamespace(call=call)
@@ -137,7 +138,7 @@ async def test_twins_joined_through_a_third_peer_hear_each_other(tmp_path: Path)
     a = wired.node("a", "127.0.0.1:41001")
     wired.now += 0.01  # (the copy's process starts later)
     twin, c = wired.node("copy", "127.0.0.1:41002"), wired.node("c", "127.0.0.1:41003", key)
-    assert a.node_id == twin.node_id and a.run_token < twin.run_token
+    assert a.node_id == twin.node_id and a.twins.token < twin.twins.token
     # c knew the original (it talked to it before the copy); both twins have c as their seed
     # (a --join, or the `peers` file the copy inherited).
     c.peers.add(a.node_id, a.addr, wired.now, contacted=True)
@@ -178,3 +179,22 @@ async def test_a_twin_restarted_again_and_again_stops_each_time_and_the_other_ru
             del wired.nodes[twin.addr]
     finally:
         wired.close()
+
+
+def test_of_two_twins_the_one_started_later_stops_and_only_once() -> None:
+    """Both twins pick the same one to stop, whichever hears the other first; a twin's token
+    is never this process's own, and a request without one (an older peer, the CLI) is none."""
+    earlier, later = TwinWatch(1000.0, b"\xff" * 4), TwinWatch(1000.001, b"\x00" * 4)
+    assert earlier.token < later.token
+    assert not earlier.is_twin(earlier.token) and not earlier.is_twin(None)
+    assert earlier.is_twin(later.token) and later.is_twin(earlier.token)
+    assert not earlier.stops_for(later.token)  # it calls the later one back instead
+    assert later.stops_for(earlier.token) and not later.stops_for(earlier.token)  # once
+
+
+def test_an_address_is_called_once_a_minute_per_process_there() -> None:
+    watch = TwinWatch(1000.0, b"\x00" * 4)
+    assert watch.should_call("127.0.0.1:1", None, 5.0)
+    assert not watch.should_call("127.0.0.1:1", None, 64.9)
+    assert watch.should_call("127.0.0.1:1", b"t" * 12, 6.0)  # a new process there: at once
+    assert watch.should_call("127.0.0.1:1", None, 65.0)
