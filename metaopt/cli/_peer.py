@@ -162,13 +162,15 @@ def _config(args: argparse.Namespace) -> PeerConfig:
     if key_text is not None and key_file is not None:
         raise MetaoptError("give --key or --key-file, not both")
     given = "--key-file"
-    if key_text is not None and not key_text.strip():
-        # (It fell back to the data directory's key, or on a new one "a cluster key starts
-        # with 'mo1-'".)
-        raise MetaoptError(
-            "--key is empty; give the key that `metaopt peer key` prints on a member, or leave"
-            " out --key"
-        )
+    for option, value in (("--key", key_text), ("--key-file", key_file)):
+        if value is not None and not value.strip():
+            # (--key fell back to the data directory's key, or on a new one "a cluster key
+            # starts with 'mo1-'"; an empty --key-file, an unset "$KEYFILE", made a new
+            # cluster instead of joining one.)
+            raise MetaoptError(
+                f"{option} is empty; give the key (or its file) that `metaopt peer key` prints"
+                f" on a member, or leave out {option}"
+            )
     if key_text is None and key_file is None:
         # An empty variable (unset in a unit file) is none: METAOPT_KEY= hid METAOPT_KEY_FILE.
         key_text, key_file = (_env("KEY") or "").strip() or None, _env("KEY_FILE") or None

@@ -580,6 +580,10 @@ class Node:
         after peer_timeout: its interrupted trials re-run elsewhere at once, and its frozen
         ones may be thawed there. Best effort and bounded: a peer that misses it (or one of an
         older release, which answers "unknown operation") finds out by the timeout."""
+        if self.twins.stopped_for is not None:
+            # Its word would be its twin's, the node id theirs both: the twin that goes on
+            # was counted gone by every peer told, until it next called them.
+            return
         live = self.peers.live(self.monotonic(), self.config.timing.peer_timeout)
 
         async def tell(addr: str, node: bytes) -> None:
@@ -634,7 +638,7 @@ class Node:
         """Another peer runs under this node id (see _twins): the one started later stops."""
         assert request.run is not None
         addr = self._call_back_addr(request)
-        if not self.twins.stops_for(request.run):
+        if not self.twins.stops_for(request.run, request.lag):
             if addr is not None:  # (it started later: it stops once it hears this one)
                 self._maybe_twin_at(addr, 0.0, request.run)
             return

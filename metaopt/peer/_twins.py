@@ -4,7 +4,9 @@ Unnoticed, each took the other's running trials for its own cut short by a resta
 them, and spent budgets twice (5 trials of a budget of 4). Each request carries a token of its
 sending process (``Request.run``): a request under this node's own id with another token comes
 from a twin. Of the two, the one started later stops (tokens begin with their process's start
-time, so both twins pick the same one): under a supervisor that restarts what exits, stopping
+time, read by this peer's clock through the request's lag, so both twins pick the same one
+even when their clocks differ; by the tokens' own clocks alone, a copy started later on a
+clock 60 s behind stopped the original): under a supervisor that restarts what exits, stopping
 the one that heard the other made them take turns (22 stops in 40 s), since a restarted twin
 always called first. The earlier one calls the later, which hears it and stops.
 
@@ -36,10 +38,15 @@ class TwinWatch:
         a peer of a release before tokens, or the CLI, which sends none)."""
         return run is not None and run != self.token
 
-    def stops_for(self, run: bytes) -> bool:
+    def stops_for(self, run: bytes, lag: float | None) -> bool:
         """Whether this process stops for the twin of token ``run`` (it started earlier), the
-        first time only; else it calls that twin, which then stops for this one."""
-        if run > self.token or self.stopped_for is not None:
+        first time only; else it calls that twin, which then stops for this one.
+
+        ``lag``: the request's (this peer's clock at opening less the twin's at sealing, see
+        peer/_lags), which moves the twin's start time onto this peer's clock.
+        """
+        theirs = (_started_ms(run) + 1000 * (lag or 0.0), run)
+        if theirs > (_started_ms(self.token), self.token) or self.stopped_for is not None:
             return False
         self.stopped_for = run
         return True
@@ -53,3 +60,7 @@ class TwinWatch:
             self._called.clear()
         self._called[addr, token] = now
         return True
+
+
+def _started_ms(token: bytes) -> float:
+    return float(int.from_bytes(token[:8], "big"))

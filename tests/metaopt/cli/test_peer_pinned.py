@@ -328,3 +328,7 @@ def test_an_empty_metaopt_key_does_not_hide_metaopt_key_file_and_an_empty_key_is
         assert _config(_args(tmp_path, join=["127.0.0.1:9"])).key_text == key
     with pytest.raises(MetaoptError, match=r"^--key is empty; give the key"):
         _config(_args(tmp_path, key=" "))
+    # An unset "$KEYFILE" made a new cluster instead of joining one (a review of the
+    # session's fixes).
+    with pytest.raises(MetaoptError, match=r"^--key-file is empty; give the key"):
+        _config(_args(tmp_path, key_file=""))

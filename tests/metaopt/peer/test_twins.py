@@ -89,9 +89,10 @@ class _Wired:
         self.now = time.time()
         self.nodes: dict[str, Node] = {}
 
-    def node(self, name: str, addr: str, key: str | None = None) -> Node:
+    def node(self, name: str, addr: str, key: str | None = None, skew: float = 0.0) -> Node:
+        """A node at ``addr`` whose wall clock reads ``skew`` seconds from the shared one."""
         config = PeerConfig(data_dir=self.root / name, port=0, mdns=False, key_text=key)
-        made = Node(config, clock=lambda: self.now, monotonic=lambda: self.now)
+        made = Node(config, clock=lambda: self.now + skew, monotonic=lambda: self.now)
         made.addr = addr
         made.peers.own_addrs = frozenset({addr})
         made.client = self._client_of(made)  # type: ignore[assignment]
@@ -103,8 +104,9 @@ class _Wired:
             target = self.nodes[addr]
             if to is not None and to != target.node_id:
                 raise Misaddressed("another node")
+            lag = target.clock() - sender.clock()  # (as the server sets it: no time in flight)
             request = Request(op, sender.node_id, sender.addr, body, remote="127.0.0.1",
-                              to=to, run=sender.twins.token)  # fmt: skip
+                              to=to, lag=lag, run=sender.twins.token)  # fmt: skip
             return await target._handlers()[op](request)
 
         return SimpleNamespace(call=call)
@@ -124,19 +126,35 @@ class _Wired:
     def copy(self, name: str, to: str) -> None:
         shutil.copytree(self.root / name, self.root / to)
 
+    def original_and_copy(self) -> None:
+        """A data directory "a" that a peer ran in once, and its copy "copy"."""
+        first = self.node("a", "127.0.0.1:41000")
+        first.store.close()
+        del self.nodes[first.addr]
+        self.copy("a", "copy")
+
 
 @pytest.mark.asyncio
 async def test_twins_joined_through_a_third_peer_hear_each_other(tmp_path: Path) -> None:
     """Twins that reach each other only through a third peer (or mDNS) never heard each
     other, and neither stopped (a review of the session's fixes)."""
     wired = _Wired(tmp_path)
-    first = wired.node("a", "127.0.0.1:41000")  # the original's first life, then copied
-    key = first.key.to_text()
-    first.store.close()
-    del wired.nodes[first.addr]
-    wired.copy("a", "copy")
+    a, twin, _ = await _twins_through_a_third_peer(wired)
+    try:
+        called = {p.addr for n in (a, twin) for p in n.peers.all()}
+        assert twin.failed and a.failed is None, (
+            f"the later twin did not stop after 10 rounds; the twins know only {sorted(called)}"
+        )
+    finally:
+        wired.close()
+
+
+async def _twins_through_a_third_peer(wired: _Wired) -> tuple[Node, Node, Node]:
+    """The original, its copy (started later) and a third peer c, after ten gossip rounds."""
+    wired.original_and_copy()
     a = wired.node("a", "127.0.0.1:41001")
     wired.now += 0.01  # (the copy's process starts later)
+    key = a.key.to_text()
     twin, c = wired.node("copy", "127.0.0.1:41002"), wired.node("c", "127.0.0.1:41003", key)
     assert a.node_id == twin.node_id and a.twins.token < twin.twins.token
     # c knew the original (it talked to it before the copy); both twins have c as their seed
@@ -144,12 +162,43 @@ async def test_twins_joined_through_a_third_peer_hear_each_other(tmp_path: Path)
     c.peers.add(a.node_id, a.addr, wired.now, contacted=True)
     a.peers.add_seed(c.addr)
     twin.peers.add_seed(c.addr)
+    await wired.rounds(10, a, twin, c)
+    return a, twin, c
+
+
+@pytest.mark.asyncio
+async def test_the_stopping_twin_does_not_tell_the_cluster_that_the_other_leaves(
+    tmp_path: Path,
+) -> None:
+    """The copy stopped as any peer does, telling its live peers, under the node id it shares
+    with the original, that it was leaving: they counted the original gone until it next
+    called them (a review of the session's fixes)."""
+    wired = _Wired(tmp_path)
+    a, twin, c = await _twins_through_a_third_peer(wired)
     try:
-        await wired.rounds(10, a, twin, c)
-        called = {p.addr for n in (a, twin) for p in n.peers.all()}
-        assert twin.failed and a.failed is None, (
-            f"the later twin did not stop after 10 rounds; the twins know only {sorted(called)}"
-        )
+        assert twin.failed and a.failed is None
+        timeout = c.config.timing.peer_timeout
+        assert a.node_id in {p.node_id for p in c.peers.live(wired.now, timeout)}
+        await twin._leave()  # what the copy's Node.stop() does next, as any stop
+        assert a.node_id in {p.node_id for p in c.peers.live(wired.now, timeout)}
+    finally:
+        wired.close()
+
+
+@pytest.mark.asyncio
+async def test_the_copy_started_later_stops_even_when_its_clock_is_behind(tmp_path: Path) -> None:
+    """The copy starts 30 s after the original, on a machine whose clock is 60 s behind
+    (peers accept clocks up to 2 minutes apart): by the tokens' own clocks, the original
+    stopped (a review of the session's fixes)."""
+    wired = _Wired(tmp_path)
+    wired.original_and_copy()
+    original = wired.node("a", "127.0.0.1:41001")
+    wired.now += 30.0
+    copy = wired.node("copy", "127.0.0.1:41002", skew=-60.0)
+    copy.peers.add_seed(original.addr)
+    try:
+        await wired.rounds(3, copy, original)
+        assert copy.failed and original.failed is None, (copy.failed, original.failed)
     finally:
         wired.close()
 
@@ -162,10 +211,7 @@ async def test_a_twin_restarted_again_and_again_stops_each_time_and_the_other_ru
     each other in turn (22 stops in 40 s; a review of the session's fixes): the one that
     heard the other stopped, and a restarted twin always called first."""
     wired = _Wired(tmp_path)
-    first = wired.node("a", "127.0.0.1:41000")
-    first.store.close()
-    del wired.nodes[first.addr]
-    wired.copy("a", "copy")
+    wired.original_and_copy()
     a = wired.node("a", "127.0.0.1:41001")
     try:
         for life in range(3):
@@ -188,8 +234,13 @@ def test_of_two_twins_the_one_started_later_stops_and_only_once() -> None:
     assert earlier.token < later.token
     assert not earlier.is_twin(earlier.token) and not earlier.is_twin(None)
     assert earlier.is_twin(later.token) and later.is_twin(earlier.token)
-    assert not earlier.stops_for(later.token)  # it calls the later one back instead
-    assert later.stops_for(earlier.token) and not later.stops_for(earlier.token)  # once
+    assert not earlier.stops_for(later.token, 0.0)  # it calls the later one back instead
+    assert later.stops_for(earlier.token, 0.0) and not later.stops_for(earlier.token, 0.0)
+    # Read through the request's lag: started 30 s later by a clock 60 s behind, the copy's
+    # token is the smaller, and its requests' lag (+60 s) puts it where it belongs.
+    original, copy = TwinWatch(1060.0, b"\x00" * 4), TwinWatch(1030.0, b"\xff" * 4)
+    assert copy.token < original.token
+    assert not original.stops_for(copy.token, 60.0) and copy.stops_for(original.token, -60.0)
 
 
 def test_an_address_is_called_once_a_minute_per_process_there() -> None:
