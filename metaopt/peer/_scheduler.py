@@ -204,9 +204,15 @@ def ended_here(
     completion made after them.
     """
 
+    offsets: dict[bytes, int] = {}  # (each writer's, asked once: a sort asks per trial)
+
     def end(t: TrialView) -> int:
         assert t.ended_at is not None
-        return min(t.ended_at + offset_ms(t.runner or t.node), now_ms - quiet_ms(t))
+        writer = t.runner or t.node
+        offset = offsets.get(writer)
+        if offset is None:
+            offset = offsets[writer] = offset_ms(writer)
+        return min(t.ended_at + offset, now_ms - quiet_ms(t))
 
     return end
 
@@ -221,17 +227,20 @@ def failure_streak(
     extends the streak. Ends at one time go in the order the trials were made (a clock
     stepped back holds a node's stamps still: its failures came after its later completions).
     """
-    ended = sorted(
-        (t.ended_at if end_ms is None else end_ms(t), t.created, t.counter, t.state == "failed")
-        for t in state.trials()
-        if t.ended_at is not None and t.state in ("completed", "failed")
-    )
-    streak = 0
-    for *_, failed in reversed(ended):
-        if not failed:
-            break
-        streak += 1
-    return streak, (ended[-1][0] if streak else 0)
+    # The failures after the latest completion, in one pass (a sort of every ended trial,
+    # at each scheduling pass of each experiment, was most of a pass at 3,000 trials).
+    last_completed: tuple[int, int, int] | None = None
+    failures: list[tuple[int, int, int]] = []
+    for t in state.trials():
+        if t.ended_at is None or t.state not in ("completed", "failed"):
+            continue
+        key = (t.ended_at if end_ms is None else end_ms(t), t.created, t.counter)
+        if t.state == "failed":
+            failures.append(key)
+        elif last_completed is None or key > last_completed:
+            last_completed = key
+    after = [f for f in failures if last_completed is None or f >= last_completed]
+    return len(after), (max(after)[0] if after else 0)
 
 
 def backing_off(state: ExperimentState, now_ms: int, end_ms: Callable[[TrialView], int]) -> bool:
@@ -317,8 +326,13 @@ def plan_work(
     # below an old one's, and one slot took one experiment only, for 2 h.
     served_here: dict[bytes, tuple[float, int]] = {s.key: (-math.inf, -1) for s in candidates}
     own_order = {s.key: hashlib.blake2b(me + s.key, digest_size=8).digest() for s in candidates}
+    # Each experiment's free trials with their order in the replica, listed once: each round
+    # below looked through every trial of every experiment for them.
+    free_trials: dict[bytes, list[tuple[int, TrialView]]] = {s.key: [] for s in candidates}
     for s in candidates:
-        for t in s.trials():
+        for order, t in enumerate(s.trials()):
+            if t.state in FREE_STATES:
+                free_trials[s.key].append((order, t))
             if t.key in running_here:
                 running_count[s.key] += 1
             if t.state in ("running", "pending"):
@@ -330,6 +344,13 @@ def plan_work(
     claimed: set[bytes] = set()
     planned_new: dict[bytes, int] = {}
     end_ms = ended_here(now_ms, quiet_ms, offset_ms)
+    held: dict[bytes, bool] = {}  # experiment -> backing off (nothing in a pass changes it)
+
+    def backing(state: ExperimentState) -> bool:
+        if state.key not in held:
+            held[state.key] = backing_off(state, now_ms, end_ms)
+        return held[state.key]
+
     while len(out) < free_slots and candidates:
         # The free trial of each experiment this node is earliest in line for: of experiments
         # whose turn is equal but for this node's own order of them, the one with a free
@@ -337,7 +358,9 @@ def plan_work(
         # at once re-ran one trial of the experiment both put first, while the one first in
         # line for a trial of the other waited).
         free = {
-            s.key: _claimable(s, me, running_here, claimed, live_nodes, claim_delay_ms, quiet_ms)
+            s.key: _claimable(
+                free_trials[s.key], me, running_here, claimed, live_nodes, claim_delay_ms, quiet_ms
+            )
             for s in candidates
         }
         # A trial whose checkpoint is here (this node ran it last) before any turn while
@@ -361,7 +384,7 @@ def plan_work(
             if found is not None:
                 work: Work | None = Work(state.key, found[3])
             else:
-                work = _new_for(state, now_ms, planned_new, may_suggest(state), end_ms)
+                work = _new_for(state, planned_new, may_suggest(state), backing)
                 if work is None and state.key in thawable:
                     work = Work(state.key, None)
             if work is None:
@@ -384,7 +407,7 @@ _UNCLAIMABLE = 1 << 62  # the place in line of an experiment with no free trial 
 
 
 def _claimable(
-    state: ExperimentState,
+    free_trials: list[tuple[int, TrialView]],
     me: bytes,
     running_here: Collection[bytes],
     claimed: set[bytes],
@@ -392,9 +415,10 @@ def _claimable(
     claim_delay_ms: int,
     quiet_ms: Callable[[TrialView], int],
 ) -> tuple[int, int, int, bytes] | None:
-    """Of the experiment's free trials this node may claim now (none in claimed), the one it
-    is earliest in line for, as (0 if its checkpoint is here and another live node is in line
-    for it, else 1; its place; its order in the replica; its key).
+    """Of an experiment's free trials (with their order in its replica) this node may claim
+    now (none in claimed), the one it is earliest in line for, as (0 if its checkpoint is
+    here and another live node is in line for it, else 1; its place; its order in the
+    replica; its key).
 
     Taken in the replica's order, every peer whose slot freed after all claim delays had
     passed (its slots busy meanwhile) took the same first one, and two peers re-ran one
@@ -402,8 +426,8 @@ def _claimable(
     """
     best: tuple[int, int, int, bytes] | None = None
     contested = any(node != me for node in live_nodes)
-    for order, trial in enumerate(state.trials()):
-        if trial.state not in FREE_STATES or trial.key in running_here or trial.key in claimed:
+    for order, trial in free_trials:
+        if trial.key in running_here or trial.key in claimed:
             continue
         rank = claim_rank(me, live_nodes, trial)
         found = (0 if contested and trial.runner == me else 1, rank, order, trial.key)
@@ -416,15 +440,17 @@ def _claimable(
 
 def _new_for(
     state: ExperimentState,
-    now_ms: int,
     planned_new: dict[bytes, int],
     may_suggest: bool,
-    end_ms: Callable[[TrialView], int],
+    backing: Callable[[ExperimentState], bool],
 ) -> Work | None:
-    """A new point of the experiment, if it may have one now."""
-    if not may_suggest or backing_off(state, now_ms, end_ms):
+    """A new point of the experiment, if it may have one now (``backing``: whether it backs
+    off, asked once per experiment and pass: each answer sorts its ended trials)."""
+    if not may_suggest:
         return None
     max_trials = state.spec.max_trials
     if max_trials is not None and len(state) + planned_new.get(state.key, 0) >= max_trials:
+        return None
+    if backing(state):
         return None
     return Work(state.key, None)
