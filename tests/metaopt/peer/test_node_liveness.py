@@ -382,3 +382,23 @@ async def test_a_peer_first_heard_during_a_hold_that_calls_every_second_reads_li
             f"a peer calling every second read silent (> 30 s) at {len(silent)} of 120 looks"
             f" (seconds {silent[0]}..{silent[-1]})"
         )
+
+
+@pytest.mark.asyncio
+async def test_a_senders_stamps_are_read_by_this_peers_clock_through_its_requests_lag(
+    tmp_path: Path,
+) -> None:
+    """The failure back-off reads another node's end stamps moved by that node's clock offset
+    as its requests tell it (RequestLags.offset through Node._clock_offset_ms): a node whose
+    clock runs 90 s ahead sends requests of lag -90 s, and its end stamped now + 90 s reads as
+    now. Of the wrong sign, or left out, its failures followed every later completion."""
+    async with _started_held_node(tmp_path, DEFAULT) as (node, _):
+        ahead = os.urandom(16)
+        await node._on_gossip(Request("gossip", ahead, "127.0.0.1:9", [], lag=-90.0))
+        now_ms = int(node.clock() * 1000)
+        ended = SimpleNamespace(
+            key=os.urandom(32), ended_at=now_ms + 90_000, runner=ahead, node=ahead
+        )
+        end = node._ended_here(now_ms + 5_000)(ended)  # type: ignore[arg-type]
+        assert abs(end - now_ms) <= 50, end - now_ms  # (its arrival, 5 s on, is later)
+        assert node._clock_offset_ms(node.node_id) == 0

@@ -29,7 +29,7 @@ from metaopt._records import (
 )
 from metaopt._state import FROZEN_BY_HAND, KILLED_BY_HAND
 from metaopt._suggest import Draw, Suggester
-from metaopt.freezethaw import Action
+from metaopt.freezethaw import Action, Decision
 from metaopt.peer import _node
 from metaopt.peer._bundle import CHUNK_BYTES, collect_bundle
 from metaopt.peer._config import PeerConfig
@@ -37,6 +37,7 @@ from metaopt.peer._node import Node
 from metaopt.peer._scheduler import rendezvous_rank, settle_rank
 from metaopt.peer._storage import StorageTrouble
 from tests.metaopt.peer.test_runner_decisions import _JudgeFrozen, can_run_once_laid_out
+from tests.metaopt.stoppers import RuleStopper
 
 pytestmark = pytest.mark.integration
 
@@ -74,12 +75,13 @@ def _sorted_first(space: dict[str, str], other: Record, node_id: bytes) -> Recor
     raise AssertionError("no nonce gave an earlier experiment")
 
 
-def _frozen_trial(exp: Record, node: bytes, at_ms: int, step: int, why: str) -> list[Record]:
-    """A trial of ``exp`` (x = 0.5) that ``node`` started at ``at_ms`` and froze at ``step``:
-    its trial record, then its events."""
-    trial = Record.create(
-        TRIAL, node, 1, at_ms, {"params": {"x": 0.5}, "node": node, "counter": 1}, [exp.key]
-    )
+def _frozen_trial(
+    exp: Record, node: bytes, at_ms: int, step: int, why: str, first_seq: int = 1
+) -> list[Record]:
+    """A trial of ``exp`` that ``node`` started at ``at_ms`` and froze at ``step``: its trial
+    record, then its events, numbered from ``first_seq`` (4 records)."""
+    body = {"params": {"x": first_seq / 1000}, "node": node, "counter": first_seq}
+    trial = Record.create(TRIAL, node, first_seq, at_ms, body, [exp.key])
     ran = [
         EventBody(trial.key, exp.key, "started", node),
         EventBody(trial.key, exp.key, "progress", node, step, {"objective": 0.5}),
@@ -87,7 +89,7 @@ def _frozen_trial(exp: Record, node: bytes, at_ms: int, step: int, why: str) -> 
     ]
     return [trial] + [
         Record.create(EVENT, node, seq, at_ms + 1_000 + seq, e.to_body(), [trial.key, exp.key])
-        for seq, e in enumerate(ran, start=2)
+        for seq, e in enumerate(ran, start=first_seq + 1)
     ]
 
 
@@ -1225,5 +1227,47 @@ async def test_a_thaw_takes_a_slot_in_its_experiments_turn(
             node.replica.experiments[r.experiment].spec.name for r in node.runner.running.values()
         )
         assert running == expected
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("stopper", ["thaws every frozen trial", "fails"])
+async def test_two_experiments_with_frozen_trials_split_the_free_slots_by_turn(
+    tmp_path: Path, stopper: str
+) -> None:
+    """Two slots, two experiments each with frozen trials here and nothing running: one slot
+    each, though `a`'s stopper would thaw both of its trials (or, failing, resume them
+    unjudged): a thaw takes only the slots its experiment's turn gives it."""
+    cmd = (sys.executable, "-c", "import time; time.sleep(30)")
+    space = {"x": "uniform(0, 1)"}
+    a, b = (
+        experiment_record(
+            ExperimentSpec(n, space, algorithm="random", command=cmd, max_step=10, max_trials=2)
+        )
+        for n in ("a", "b")
+    )
+    node = Node(PeerConfig(data_dir=tmp_path / "peer", port=0, mdns=False, slots=2))
+    node.replicator.sessions = 1  # caught up
+    me, now_ms = node.node_id, int(time.time() * 1000)
+    records = [a, b]
+    for exp, first_seq in ((a, 1), (a, 5), (b, 9)):
+        records += _frozen_trial(exp, me, now_ms - 5_000, 2, "not in the top", first_seq)
+
+    def broken(curves: object, own: object, free: object) -> list[Decision]:
+        raise RuntimeError("the stopper's bug")
+
+    try:
+        node.store.add(records)
+        for exp in (a, b):
+            judge = _JudgeFrozen(Action.THAW, "judged")
+            node.runner._stoppers[exp.key] = judge if stopper.startswith("thaws") else None
+            if not stopper.startswith("thaws"):
+                node.runner._stoppers[exp.key] = RuleStopper(broken)
+        await node._schedule_once()
+        running = sorted(
+            node.replica.experiments[r.experiment].spec.name for r in node.runner.running.values()
+        )
+        assert running == ["a", "b"]
     finally:
         await node.stop()
