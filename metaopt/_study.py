@@ -314,8 +314,8 @@ def _other_settings(store: Store, key: bytes, spec: ExperimentSpec) -> str | Non
     """
     if key in store:
         return None
-    for other_key, other in list_experiments(store):
-        if other.name == spec.name and other_key != key:
+    for _, other in list_experiments(store):
+        if other.name == spec.name:  # (not this very experiment: see above)
             return _differences(other, spec, _SETTINGS) or "other settings"
     return None
 

@@ -48,11 +48,12 @@ class NodeWriter:
         return seqs.free_after(seqs.high_below(SEQ_CEILING))
 
     def now_ms(self) -> int:
-        """The clock in ms, never before this node's previous record.
+        """The clock in ms, never before this node's previous record unless that one is more
+        than MAX_CLOCK_LEAD_MS ahead of the clock (then that far ahead).
 
-        A node's events are ordered by time first: a clock stepped back (NTP, a data directory
-        moved to another machine) wrote a freeze before the start it followed, and the trial
-        read "running" for good.
+        A clock stepped back (NTP, a data directory moved to another machine) wrote a freeze
+        stamped before the start it followed; held, stamps keep a node's events in order as
+        far as they go, and past the lead its seq order does (metaopt._state's causal times).
         """
         # No further ahead than MAX_CLOCK_LEAD_MS, as on opening: a clock stepped back 2 h
         # while the peer ran stamped everything 2 h ahead for 2 h (1 h once restarted).

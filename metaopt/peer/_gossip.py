@@ -139,7 +139,7 @@ class PeerTable:
         now: float,
         *,
         exclude: bytes | None = None,
-        excluded: Callable[[str, float], None] | None = None,
+        on_own_id: Callable[[str, float], None] | None = None,
     ) -> int:
         """Fold a peer's gossip (see ``to_gossip``) in; malformed entries are skipped.
 
@@ -147,8 +147,8 @@ class PeerTable:
             entries: the decoded message, untrusted: a list of ``[node_id, addr, age]``.
             now: this node's clock.
             exclude: this node's own id, never entered in its own table.
-            excluded: told (address, age) of each entry of ``exclude`` at another address
-                than this node's own (a twin of it may run there).
+            on_own_id: told (address, age) of each entry of ``exclude`` (a twin of this node
+                may run at an address not its own).
 
         Returns:
             How many entries were well-formed and used.
@@ -158,12 +158,13 @@ class PeerTable:
         used = 0
         for entry in entries[: self.config.max_gossip]:
             parsed = self._parse_entry(entry)
-            twin = parsed is not None and parsed[0] == exclude and parsed[1] not in self.own_addrs
-            if twin and excluded is not None:
-                excluded(parsed[1], parsed[2])  # type: ignore[index]
-            if parsed is None or parsed[0] == exclude:
+            if parsed is None:
                 continue
             node_id, addr, age = parsed
+            if node_id == exclude:
+                if on_own_id is not None:
+                    on_own_id(addr, age)
+                continue
             self._put(node_id, addr, now - age, None, authoritative=False)
             used += 1
         self.expire(now)

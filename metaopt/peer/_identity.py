@@ -88,6 +88,7 @@ def create_once(path: Path, text: str) -> bool:
     rename came second overwrote the first's, which went on under an id its directory no
     longer named. Raises OSError.
     """
+    _remove_leftovers(path)  # (of a writer killed between its write and its link)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")  # (a name of this write's own)
@@ -237,7 +238,6 @@ class DataDir:
             return value
         value = secrets.token_bytes(ORIGIN_SIZE)
         path = self.root / "node_id"
-        _remove_leftovers(path)
         try:
             created = create_once(path, value.hex() + "\n")
         except OSError as exc:

@@ -42,13 +42,11 @@ class RequestLags:
     def waited(self, sender: bytes, lag: float, now: float, hold: float) -> float:
         """Seconds a request of ``sender`` with ``lag`` read ``now`` waited (0 if none to
         speak of); ``hold``: how long this peer's loop was held just before (0 if it was not)."""
-        seen = self._seen.get(sender)
+        seen = self._recent(sender, now)
         if seen is None:
             if len(self._seen) >= self._max_senders:
                 self._seen.clear()  # (senders are this many only if forged: start afresh)
             seen = self._seen[sender] = deque()
-        while seen and seen[0][0] < now - self._window:
-            seen.popleft()
         if not seen and hold > 0:  # (see the module's docstring)
             seen.append((now - self._window + self._provisional, lag - hold))
             seen.append((now, lag))  # (its least, as far as it is known, once that goes)
@@ -64,7 +62,12 @@ class RequestLags:
         """``sender``'s usual lag (its least of the last ``window`` seconds): what to add to
         its clock's readings to read them by this peer's (plus the least time in flight);
         None when it has none in the window."""
+        seen = self._recent(sender, now)
+        return seen[0][1] if seen else None
+
+    def _recent(self, sender: bytes, now: float) -> deque[tuple[float, float]] | None:
+        """``sender``'s lags of the last ``window`` seconds (those before, dropped)."""
         seen = self._seen.get(sender)
         while seen and seen[0][0] < now - self._window:
             seen.popleft()
-        return seen[0][1] if seen else None
+        return seen

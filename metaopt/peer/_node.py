@@ -772,13 +772,12 @@ class Node:
             request.body,
             self.monotonic() - waited,
             exclude=self.node_id,
-            excluded=self._maybe_twin_at,
+            on_own_id=self._maybe_twin_at,
         )
         now, timeout = self.monotonic(), self.config.timing.peer_timeout
-        # (First: a reply is read only up to max_gossip entries.)
-        return self.peers.elsewhere(request.sender, now, timeout) + self.peers.to_gossip(
-            now, timeout
-        )
+        elsewhere = self.peers.elsewhere(request.sender, now, timeout)
+        # (First, and within max_gossip entries: a reply is read only up to there.)
+        return (elsewhere + self.peers.to_gossip(now, timeout))[: self.peers.config.max_gossip]
 
     async def _on_leave(self, request: Request) -> bool:
         # Not a contact: its word that it is going must not count as a sign of life.
@@ -911,7 +910,7 @@ class Node:
         # this peer's loop read as news of now (see _waited).
         if to is not None:
             self.peers.answered(to, called)
-        self.peers.merge_gossip(reply, called, exclude=self.node_id, excluded=self._maybe_twin_at)
+        self.peers.merge_gossip(reply, called, exclude=self.node_id, on_own_id=self._maybe_twin_at)
 
     def _maybe_twin_at(self, addr: str, age: float, token: bytes | None = None) -> None:
         """This node's id was heard of lately at ``addr`` (gossip, mDNS; or a twin's call,
@@ -1283,22 +1282,22 @@ class Node:
     def _warn_failing(self, experiments: list[ExperimentState]) -> None:
         """One warning when an experiment's runs start failing one after another (the
         scheduler then slows its new trials down), and none again until one completes."""
-        now_ms = int(self.clock() * 1000)
+        end = self._ended_here(int(self.clock() * 1000))
         for state in experiments:
-            if not state.active:  # (and no sort of a finished one's trials at every pass)
+            if not state.active:  # (and no scan of a finished one's trials at every pass)
                 self._failing.discard(state.key)
                 continue
-            streak, _ = failure_streak(state, self._ended_here(now_ms))
+            streak, _ = failure_streak(state, end)
             if streak < BACKOFF_AFTER:
                 self._failing.discard(state.key)
             elif state.key not in self._failing:
                 self._failing.add(state.key)
-                # (By ended_at as failure_streak counts them: a stamp of 0 is a stamp, and
-                # an empty list here stopped every scheduling pass of this peer.)
+                # (Those with an end, as failure_streak counts them: a stamp of 0 is a stamp,
+                # and an empty list here stopped every scheduling pass of this peer.)
                 failed = [
                     t for t in state.trials() if t.state == "failed" and t.ended_at is not None
                 ]
-                latest = max(failed, key=lambda t: t.ended_at or 0)
+                latest = max(failed, key=end)
                 log.warning(
                     "experiment %s: its last %d trials failed (latest: %s); new ones now wait"
                     " a while after each failure; `metaopt status %s` and `metaopt logs TRIAL`",

@@ -281,8 +281,9 @@ def plan_work(
     """Work for up to ``free_slots`` slots: free trials this node may claim, then new points.
 
     The k-th in line for a free trial claims it once ``quiet_ms`` (see find_lost) reaches k
-    claim delays; ``now_ms`` (the wall clock) is compared with record stamps only: a new
-    trial of an experiment whose last runs all failed waits (BACKOFF_AFTER, above).
+    claim delays; ``now_ms`` (the wall clock) is compared with ends read by this node's
+    clock (see ended_here, with ``offset_ms``): a new trial of an experiment whose last runs
+    all failed waits (BACKOFF_AFTER, above).
     Experiments take turns: the one with the fewest trials running here first, then the one
     with the fewest running anywhere, then the one this node ran a trial of longest ago, then
     an order of this node's own (a hash of node and experiment), so several experiments share

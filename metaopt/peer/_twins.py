@@ -39,8 +39,8 @@ class TwinWatch:
         return run is not None and run != self.token
 
     def stops_for(self, run: bytes, lag: float | None) -> bool:
-        """Whether this process stops for the twin of token ``run`` (it started earlier), the
-        first time only; else it calls that twin, which then stops for this one.
+        """Whether this process stops for the twin of token ``run`` (that one started earlier),
+        the first time only. (When not, the peer calls that twin, which then stops.)
 
         ``lag``: the request's (this peer's clock at opening less the twin's at sealing, see
         peer/_lags), which moves the twin's start time onto this peer's clock.

@@ -200,7 +200,9 @@ def decode_request(data: bytes) -> Request:
         or not isinstance(value.get("to", b""), bytes)
         or not isinstance(value.get("run", b""), bytes)
     ):
-        raise WireError("a request is a map with op, from and addr (and to, a node id)")
+        raise WireError(
+            "a request is a map with op, from and addr (and to, a node id; run, a token)"
+        )
     return Request(
         value["op"],
         value["from"],

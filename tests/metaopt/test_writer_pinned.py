@@ -66,8 +66,8 @@ def test_records_are_stamped_in_milliseconds_not_whole_seconds() -> None:
 
 def test_numbers_are_taken_for_forged_only_from_2_to_the_62() -> None:
     """CONTRIBUTING: a node numbers its records after its highest below 2**62. A record
-    under its id numbered just below (2**62 - 1) is still part of its run, so the next is
-    2**62, never a number it may have used; one at 2**62 is passed by."""
+    under its id numbered at 2**62 is passed by (the next is 2); one below it (2**61 + 5) is
+    part of its run, so the next follows it, never a number it may have used."""
     store = MemoryStore()
     writer = NodeWriter(store, ME, lambda: NOW)
     writer.write("control", {})

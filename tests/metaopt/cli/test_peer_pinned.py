@@ -302,8 +302,8 @@ def test_a_join_option_takes_commas_as_its_variable_does(tmp_path: Path) -> None
 def test_a_malformed_key_writes_no_data_directory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str
 ) -> None:
-    """An empty --key-file is refused before the data directory is made; a malformed --key
-    made it, with a node id, an empty replica, trials/ and bundles/."""
+    """A malformed --key is refused before the data directory is made: it made it, with a
+    node id, an empty replica, trials/ and bundles/."""
     argv = ["peer", "start", "--data-dir", str(tmp_path / "d"), "--port", "0", "--no-mdns",
             "--host", "127.0.0.1", "--key", key, "--join", "127.0.0.1:9"]  # fmt: skip
     assert main(argv) == 2
