@@ -190,7 +190,7 @@ class Node:
         self.dirs = DataDir(config.data_dir)
         self.dirs.ensure()
         self.node_id = self.dirs.node_id()
-        self.twins = TwinWatch(clock(), os.urandom(4))  # (its token: Request.run)
+        self.twins = TwinWatch(monotonic(), os.urandom(8))  # (Request.run and .age)
         self.store = _open_store(self.dirs)
         # Only with the data directory's lock held: a second start that fails on it wrote its
         # --key over the running peer's, which the CLI then could not reach or stop.
@@ -280,6 +280,7 @@ class Node:
             timeout=self.config.timing.request_timeout,
             warn_refusals=True,
             run=self.twins.token,
+            age=lambda: self.twins.age(self.monotonic()),
         )
 
     def _load_key(self) -> ClusterKey:
@@ -627,26 +628,34 @@ class Node:
 
     def _contact(self, request: Request, waited: float | None = None) -> None:
         if request.sender == self.node_id and self.twins.is_twin(request.run):
-            self._twin(request)
+            self._twin(request, self._waited(request) if waited is None else waited)
             return
         addr = self._sender_addr(request)
         if addr is not None:
             waited = self._waited(request) if waited is None else waited
             self.peers.add(request.sender, addr, self.monotonic() - waited, contacted=True)
 
-    def _twin(self, request: Request) -> None:
-        """Another peer runs under this node id (see _twins): the one started later stops."""
+    def _twin(self, request: Request, waited: float) -> None:
+        """Another peer runs under this node id (see _twins): the younger stops."""
         assert request.run is not None
         addr = self._call_back_addr(request)
-        if not self.twins.stops_for(request.run, request.lag):
-            if addr is not None:  # (it started later: it stops once it hears this one)
+        where = addr or request.remote or "another address"
+        if not self.twins.stops_for(request.run, request.age, waited, self.monotonic()):
+            if self.twins.first_heard(request.run):  # (the elder said nothing at all)
+                log.warning(
+                    "another peer runs with this peer's node id at %s, started after this one"
+                    " (its data directory a copy of %s?): calling it, so that it stops",
+                    where,
+                    self.dirs.root,
+                )
+            if addr is not None:  # (it is the younger: it stops once it hears this one)
                 self._maybe_twin_at(addr, 0.0, request.run)
             return
-        where = addr or request.remote or "another address"
         self.failed = (
-            f"another peer runs with this peer's node id {self.node_id.hex()[:12]}, at {where}"
-            f" (a copy of {self.dirs.root}?); give one of them its own data directory"
-            " (--data-dir), or delete node_id in the copy before it starts again"
+            f"another peer runs with this peer's node id {self.node_id.hex()[:12]}, at {where},"
+            f" started before this one: one data directory is a copy of the other's; give"
+            f" this one its own (--data-dir), or delete {self.dirs.root / 'node_id'} before it"
+            " starts again"
         )
         log.error("%s; this peer stops", self.failed)
         self.request_stop()

@@ -470,19 +470,22 @@ class Client:
         protocol: int | None = PROTOCOL_VERSION,
         bounded_replies: bool = True,
         run: bytes | None = None,
+        age: Callable[[], float] | None = None,
     ) -> None:
         """warn_refusals: log (once per address) a peer refusing our frames or speaking another
         protocol version; a peer's client does, the CLI's does not (its error line says it).
         protocol: the version its requests carry (another only in tests of mixed versions).
         bounded_replies: refuse a reply that decodes to more than a peer's reply of its size
         holds (see _wire); only the CLI, reading pages of trials from its own peer, is not.
-        run: the sending peer process's token (see Request.run)."""
+        run, age: the sending peer process's token and a reading of its age (Request.run,
+        Request.age)."""
         self._codec = codec
         self._bounded = bounded_replies
         self._protocol = protocol
         self._sender = sender
         self._addr = addr
         self._run = run
+        self._age = age
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self.bytes_out = 0
@@ -504,7 +507,14 @@ class Client:
 
         to: the node id of the peer expected there (needed for ops of needs_addressee)."""
         request = Request(
-            op, self._sender, self._addr, body, protocol=self._protocol, to=to, run=self._run
+            op,
+            self._sender,
+            self._addr,
+            body,
+            protocol=self._protocol,
+            to=to,
+            run=self._run,
+            age=None if self._age is None else self._age(),
         )
         session = await self._get_session()
         nonce = os.urandom(16)

@@ -12,6 +12,7 @@ operations and check shapes, so garbage is a one-line error, never a crash.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +99,7 @@ class Request:
     # id with another token comes from a twin (a copy of its data directory, started). None
     # from peers before it was sent, and from the CLI.
     run: bytes | None = None
+    age: float | None = None  # the sending process's, in seconds (see peer/_twins)
 
     def encode(self) -> bytes:
         message = {
@@ -111,6 +113,8 @@ class Request:
             message["to"] = self.to
         if self.run is not None:
             message["run"] = self.run
+        if self.age is not None:
+            message["age"] = self.age
         return encode(message)
 
 
@@ -199,6 +203,7 @@ def decode_request(data: bytes) -> Request:
         or not isinstance(value.get("addr"), str)
         or not isinstance(value.get("to", b""), bytes)
         or not isinstance(value.get("run", b""), bytes)
+        or not _real(value.get("age", 0.0))
     ):
         raise WireError(
             "a request is a map with op, from and addr (and to, a node id; run, a token)"
@@ -212,7 +217,12 @@ def decode_request(data: bytes) -> Request:
         _protocol(value),
         value.get("to"),
         run=value.get("run"),
+        age=value.get("age"),
     )
+
+
+def _real(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
 
 
 def _protocol(value: dict[Any, Any]) -> int | None:
