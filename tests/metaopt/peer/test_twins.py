@@ -20,7 +20,7 @@ from metaopt.peer._config import PeerConfig
 from metaopt.peer._node import Node
 from metaopt.peer._transport import Misaddressed
 from metaopt.peer._twins import TwinWatch
-from metaopt.peer._wire import Request, decode_request
+from metaopt.peer._wire import Request, WireError, decode_request
 from tests.metaopt.peer.cluster import Cluster, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -34,10 +34,15 @@ metaopt.report(loss=(a.x - 0.3) ** 2, step=1)
 """
 
 
-def test_a_request_carries_its_process_token_and_one_without_reads_as_none() -> None:
-    sent = Request("gossip", b"n" * 16, "127.0.0.1:1", None, to=b"m" * 16, run=b"r" * 8)
-    assert decode_request(sent.encode()).run == b"r" * 8
-    assert decode_request(Request("gossip", b"n" * 16, "127.0.0.1:1", None).encode()).run is None
+def test_a_request_carries_its_process_token_and_age_and_one_without_reads_as_none() -> None:
+    sent = Request("gossip", b"n" * 16, "127.0.0.1:1", None, run=b"r" * 8, age=12.5)
+    got = decode_request(sent.encode())
+    assert (got.run, got.age) == (b"r" * 8, 12.5)
+    got = decode_request(Request("gossip", b"n" * 16, "127.0.0.1:1", None).encode())
+    assert (got.run, got.age) == (None, None)
+    for bad in (float("nan"), True, "12"):  # (a request no peer sends: refused whole)
+        with pytest.raises(WireError):
+            decode_request(Request("gossip", b"n" * 16, "127.0.0.1:1", None, age=bad).encode())  # type: ignore[arg-type]
 
 
 def test_the_twin_started_later_stops_and_the_other_runs_alone(tmp_path: Path) -> None:
