@@ -628,19 +628,28 @@ class Node:
 
     def _contact(self, request: Request, waited: float | None = None) -> None:
         if request.sender == self.node_id and self.twins.is_twin(request.run):
-            self._twin(request, self._waited(request) if waited is None else waited)
+            self._twin(request)
             return
         addr = self._sender_addr(request)
         if addr is not None:
             waited = self._waited(request) if waited is None else waited
             self.peers.add(request.sender, addr, self.monotonic() - waited, contacted=True)
 
-    def _twin(self, request: Request, waited: float) -> None:
+    def _twin(self, request: Request) -> None:
         """Another peer runs under this node id (see _twins): the younger stops."""
         assert request.run is not None
+        if self.twins.stopped_for is not None:
+            return  # (stopping: it said so)
         addr = self._call_back_addr(request)
+        # Its wait in the sockets by a hold just ended alone: the usual lags are kept by node
+        # id, which twins share, so a twin's lag was read against its predecessor's, on another
+        # clock (a copy restarted after its clock was stepped 60 s read 60 s old, and the
+        # original, 5 s old, stopped; a review of the session's fixes).
+        self._check_stall()
+        now = self.monotonic()
+        waited = self._hold_length if now - self._hold_ended_at <= _AFTER_HOLD else 0.0
         where = addr or request.remote or "another address"
-        if not self.twins.stops_for(request.run, request.age, waited, self.monotonic()):
+        if not self.twins.stops_for(request.run, request.age, waited, now):
             if self.twins.first_heard(request.run):  # (the elder said nothing at all)
                 log.warning(
                     "another peer runs with this peer's node id at %s, started after this one"

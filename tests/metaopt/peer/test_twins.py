@@ -234,6 +234,36 @@ async def test_a_twin_restarted_again_and_again_stops_each_time_and_the_other_ru
         wired.close()
 
 
+@pytest.mark.asyncio
+async def test_a_copy_restarted_after_its_clock_was_stepped_back_does_not_stop_the_original(
+    tmp_path: Path,
+) -> None:
+    """The copy's first life ran on a clock 60 s fast (a cloned VM before NTP synced); it
+    heard the original and stopped. Restarted 5 s later with its clock stepped right, its
+    requests' lag at the original is 60 s above the least lag the original recorded for
+    this node id (the first life's): read as a 60 s wait, the 0 s old copy is taken for
+    60 s old, and the original, 15 s old, stopped for it (a review of the session's fixes)."""
+    wired = _Wired(tmp_path)
+    wired.original_and_copy()
+    original = wired.node("a", "127.0.0.1:41001")
+    try:
+        wired.now += 5.0
+        first = wired.node("copy", "127.0.0.1:41002", skew=60.0)
+        first.peers.add_seed(original.addr)
+        await wired.rounds(3, first, original)
+        assert first.failed and original.failed is None  # (as it should)
+        first.store.close()
+        del wired.nodes[first.addr]
+        wired.now += 5.0
+        second = wired.node("copy", "127.0.0.1:41003")  # its clock now right (skew 0)
+        second.peers.add_seed(original.addr)
+        await wired.rounds(3, second, original)
+        assert original.failed is None, f"the original stopped: {original.failed}"
+        assert second.failed
+    finally:
+        wired.close()
+
+
 def test_of_two_twins_the_younger_stops_and_only_once() -> None:
     """Both twins pick the same one to stop, whichever hears the other first, whatever their
     wall clocks say (by start times read on them, a clock behind or stepped by NTP after the
