@@ -645,9 +645,8 @@ class Node:
         # id, which twins share, so a twin's lag was read against its predecessor's, on another
         # clock (a copy restarted after its clock was stepped 60 s read 60 s old, and the
         # original, 5 s old, stopped; a review of the session's fixes).
-        self._check_stall()
         now = self.monotonic()
-        waited = self._hold_length if now - self._hold_ended_at <= _AFTER_HOLD else 0.0
+        waited = self._hold_just_ended(now)
         where = addr or request.remote or "another address"
         if not self.twins.stops_for(request.run, request.age, waited, now):
             if self.twins.first_heard(request.run):  # (the elder said nothing at all)
@@ -674,10 +673,14 @@ class Node:
         lag = request.lag
         if lag is None or not math.isfinite(lag):
             return 0.0
-        self._check_stall()  # (a hold just ended is measured before its queue is read)
         now = self.monotonic()
-        hold = self._hold_length if now - self._hold_ended_at <= _AFTER_HOLD else 0.0
-        return self._lags.waited(request.sender, lag, now, hold)
+        return self._lags.waited(request.sender, lag, now, self._hold_just_ended(now))
+
+    def _hold_just_ended(self, now: float) -> float:
+        """The length of a hold of this peer's loop that ended just before ``now`` (0 if none):
+        what a request read now may have waited in the sockets."""
+        self._check_stall()  # (a hold just ended is measured before its queue is read)
+        return self._hold_length if now - self._hold_ended_at <= _AFTER_HOLD else 0.0
 
     def _busy_with(self, request: Request) -> bool:
         """Whether to refuse a peer's session: this peer has one of its own with it under way.
