@@ -59,7 +59,7 @@ from metaopt._state import (
 from metaopt._suggest import Suggester, stream
 from metaopt._writer import NodeWriter
 from metaopt.freezethaw import Action, Decision, EarlyStopper
-from metaopt.peer._identity import DataDir, create_once
+from metaopt.peer._identity import DataDir, keep_node_id
 from metaopt.peer._storage import says_disk_full
 from metaopt.search import Algorithm, make_algorithm
 from metaopt.space import Space
@@ -113,20 +113,13 @@ def _node_id_for(seed: int, path: Path | None, given: bytes | None) -> bytes:
         raise MetaoptError(
             f"{path} is a metaopt peer's data directory; a Study keeps its own: pass another path="
         )
-    id_file = path / "node_id"
     try:
-        if id_file.exists():
-            node_id = _kept_node_id(id_file)
-        else:
-            # Written, the one given too: reopened without node_id=, a Study took a new id and
-            # never handed back the trials asked under the old one (one budget spent for good).
-            node_id = given or secrets.token_bytes(ORIGIN_SIZE)
-            path.mkdir(parents=True, exist_ok=True)
-            # Whole or not at all: written in place on a full disk, it was left empty, and
-            # the Study refused its directory for good once space returned. Of two Studies
-            # opening one new directory at once, the second takes the first's id.
-            if not create_once(id_file, node_id.hex()):
-                node_id = _kept_node_id(id_file)
+        path.mkdir(parents=True, exist_ok=True)
+        # Written, the one given too: reopened without node_id=, a Study took a new id and
+        # never handed back the trials asked under the old one (one budget spent for good).
+        # Whole or not at all: written in place on a full disk, it was left empty, and the
+        # Study refused its directory for good once space returned.
+        node_id = keep_node_id(path / "node_id", given or secrets.token_bytes(ORIGIN_SIZE))
     except OSError as exc:
         raise MetaoptError(
             f"cannot keep a Study in {path}: {exc.strerror or exc}; free space on its disk (or"
@@ -141,13 +134,6 @@ def _node_id_for(seed: int, path: Path | None, given: bytes | None) -> bytes:
             f"{path} is the Study of node {node_id.hex()}; reopen it without node_id= (or with"
             " that one), or pass another path="
         )
-    return node_id
-
-
-def _kept_node_id(id_file: Path) -> bytes:
-    node_id = bytes.fromhex(id_file.read_text().strip())
-    if len(node_id) != ORIGIN_SIZE:
-        raise ValueError(f"{id_file} holds {len(node_id)} bytes, not {ORIGIN_SIZE}")
     return node_id
 
 

@@ -106,6 +106,27 @@ def create_once(path: Path, text: str) -> bool:
             tmp.unlink()
 
 
+def parse_node_id(path: Path, text: str) -> bytes:
+    """The node id a node_id file's text holds. Raises ValueError saying what it holds."""
+    value = bytes.fromhex(text.strip())
+    if len(value) != ORIGIN_SIZE:
+        raise ValueError(f"{path} holds {len(value)} bytes, not {ORIGIN_SIZE}")
+    return value
+
+
+def keep_node_id(path: Path, new: bytes) -> bytes:
+    """The node id a node_id file holds, else ``new``, written there whole first (of two
+    processes at once, the second takes the first's: see create_once). Raises OSError, and
+    ValueError for a file that holds no node id."""
+    if not path.exists() and create_once(path, new.hex() + "\n"):
+        return new
+    return parse_node_id(path, path.read_text(encoding="utf-8"))
+
+
+def _corrupt(path: Path) -> MetaoptError:
+    return MetaoptError(f"{path} is corrupt; move the data directory aside to start anew")
+
+
 def _unwritable(path: Path, exc: OSError) -> MetaoptError:
     if path.is_dir():
         return MetaoptError(
@@ -236,17 +257,13 @@ class DataDir:
         value = self.read_node_id()
         if value is not None:
             return value
-        value = secrets.token_bytes(ORIGIN_SIZE)
         path = self.root / "node_id"
-        try:
-            created = create_once(path, value.hex() + "\n")
+        try:  # (another start's, made a moment before, is the one the directory names)
+            return keep_node_id(path, secrets.token_bytes(ORIGIN_SIZE))
         except OSError as exc:
             raise _unwritable(path, exc) from None
-        if not created:  # another start's, a moment before: the one the directory names
-            kept = self.read_node_id()
-            assert kept is not None
-            return kept
-        return value
+        except ValueError:
+            raise _corrupt(path) from None
 
     def read_node_id(self) -> bytes | None:
         """This directory's node id, or None if it has none yet (never created here: a reader
@@ -256,12 +273,9 @@ class DataDir:
         if text is None:
             return None
         try:
-            value = bytes.fromhex(text.strip())
+            return parse_node_id(path, text)
         except ValueError:
-            value = b""
-        if len(value) != ORIGIN_SIZE:
-            raise MetaoptError(f"{path} is corrupt; move the data directory aside to start anew")
-        return value
+            raise _corrupt(path) from None
 
     def read_address(self) -> str | None:
         """The address its running peer listens on (peer.address), None if there is none."""

@@ -157,13 +157,16 @@ def _key_of(text: str) -> ClusterKey:
         raise MetaoptError(str(exc)) from None  # (it says what is wrong with the key)
 
 
-def _parsed(key_text: str) -> ClusterKey | None:
-    """The key a text holds, None if it holds none; compared as keys, hand-written case and
-    spacing do not make a cluster's own key look like another's."""
+def _parsed(key_text: str | None) -> tuple[ClusterKey | None, str | None]:
+    """The key a data directory's key file holds and what is wrong with it: (None, None)
+    with no file, (None, why) if damaged. Compared as keys, hand-written case and spacing do
+    not make a cluster's own key look like another's."""
+    if key_text is None:
+        return None, None
     try:
-        return ClusterKey.from_text(key_text)
-    except Exception:
-        return None
+        return ClusterKey.from_text(key_text), None
+    except Exception as exc:
+        return None, str(exc)
 
 
 class Node:
@@ -312,25 +315,24 @@ class Node:
             key = ClusterKey.generate(os.urandom(32))
             self.dirs.write_key(key.to_text())
             return key
+        own, damage = _parsed(stored)
         if given is not None:
             key = _key_of(given)
-        else:
-            try:
-                key = ClusterKey.from_text(stored or "")
-            except Exception as exc:  # the file's, not a key the user typed
-                raise MetaoptError(
-                    f"{self.dirs.key_file} is damaged ({exc}); start with the cluster's --key"
-                    f" or --key-file {ask}"
-                ) from None
-        own = None if stored is None else _parsed(stored)
-        if stored is not None and own is None and len(self.store):
+        elif own is not None:
+            key = own
+        else:  # the file's fault, not a key the user typed
+            raise MetaoptError(
+                f"{self.dirs.key_file} is damaged ({damage}); start with the cluster's --key"
+                f" or --key-file {ask}"
+            )
+        if damage is not None and len(self.store):
             raise MetaoptError(
                 f"{self.dirs.key_file} is damaged, so whether {self.dirs.root} holds the"
                 f" replica of cluster {key.fingerprint} cannot be told: if it does, move"
                 f" {self.dirs.key_file.name} aside and start again with this key; else use a"
                 " fresh --data-dir"
             )
-        if stored is not None and own is not None and own != key and len(self.store):
+        if own is not None and own != key and len(self.store):
             # Its replica would flow into the other cluster (code, history and all, and its
             # open experiments would run there).
             raise MetaoptError(
