@@ -18,6 +18,7 @@ import hashlib
 import math
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from metaopt._state import FREE_STATES, ExperimentState, TrialView
 
@@ -371,11 +372,11 @@ def plan_work(
         # takes its trials, and a new experiment waited for all of them.)
         candidates.sort(
             key=lambda s: (
-                1 if (f := free[s.key]) is None else f[0],
+                1 if (f := free[s.key]) is None else f.not_ours,
                 running_count[s.key],
                 running_anywhere[s.key],
                 served_here[s.key],
-                _UNCLAIMABLE if f is None else f[1],
+                _UNCLAIMABLE if f is None else f.rank,
                 own_order[s.key],
             )
         )
@@ -383,7 +384,7 @@ def plan_work(
         for state in candidates:
             found = free[state.key]
             if found is not None:
-                work: Work | None = Work(state.key, found[3])
+                work: Work | None = Work(state.key, found.trial)
             else:
                 work = _new_for(state, planned_new, may_suggest(state), backing)
                 if work is None and state.key in thawable:
@@ -407,6 +408,15 @@ def plan_work(
 _UNCLAIMABLE = 1 << 62  # the place in line of an experiment with no free trial to claim now
 
 
+class _Claim(NamedTuple):
+    """A free trial this node may claim now, compared by its first three fields."""
+
+    not_ours: int  # 0 if its checkpoint is here and another live node is in line for it, else 1
+    rank: int  # this node's place in line for it (see claim_rank)
+    order: int  # its order in the experiment's replica
+    trial: bytes
+
+
 def _claimable(
     free_trials: list[tuple[int, TrialView]],
     me: bytes,
@@ -415,23 +425,22 @@ def _claimable(
     live_nodes: Collection[bytes],
     claim_delay_ms: int,
     quiet_ms: Callable[[TrialView], int],
-) -> tuple[int, int, int, bytes] | None:
+) -> _Claim | None:
     """Of an experiment's free trials (with their order in its replica) this node may claim
-    now (none in claimed), the one it is earliest in line for, as (0 if its checkpoint is
-    here and another live node is in line for it, else 1; its place; its order in the
-    replica; its key).
+    now (none in claimed), the one it is earliest in line for (its own checkpoints first
+    where another live node is in line: see _Claim).
 
     Taken in the replica's order, every peer whose slot freed after all claim delays had
     passed (its slots busy meanwhile) took the same first one, and two peers re-ran one
     trial side by side while others waited (1 of 25 re-claims in a soak of 3 peers).
     """
-    best: tuple[int, int, int, bytes] | None = None
+    best: _Claim | None = None
     contested = any(node != me for node in live_nodes)
     for order, trial in free_trials:
         if trial.key in running_here or trial.key in claimed:
             continue
         rank = claim_rank(me, live_nodes, trial)
-        found = (0 if contested and trial.runner == me else 1, rank, order, trial.key)
+        found = _Claim(0 if contested and trial.runner == me else 1, rank, order, trial.key)
         if (rank == 0 or quiet_ms(trial) >= rank * claim_delay_ms) and (
             best is None or found[:3] < best[:3]
         ):
