@@ -109,6 +109,9 @@ _AFTER_HOLD = 2.0
 # it is catching up on (see caught_up): frames carry clocks up to 2 minutes apart (crdt's
 # max_skew) between two peers, more along a chain; a new record is never stamped that early.
 HISTORY_MARGIN = 600.0
+# Seconds after a call to where this node's id was heard of during which a twin's answer (its
+# call back: see _twins) may still come, and the peer is not yet caught up (see caught_up).
+_TWIN_ANSWER = 2.0
 
 
 def _import_search_stack() -> None:
@@ -274,6 +277,11 @@ class Node:
         self._lags = RequestLags(_LAG_WINDOW, _JITTER, 4 * self.peers.config.max_peers)
         self._hold_ended_at, self._hold_length = -math.inf, 0.0  # the last hold (see _waited)
         self._sessions_before = 0
+        # Whether a twin would have been heard of by now (see _no_twin_unheard), and the calls
+        # to where this node's id was heard of: under way, and when the last one ended.
+        self._twins_ruled_out = False
+        self._gossip_answered = False
+        self._twin_calls, self._twin_call_ended_at = 0, -math.inf
 
     def _new_client(self) -> Client:
         return Client(
@@ -934,6 +942,7 @@ class Node:
         if to is not None:
             self.peers.answered(to, called)
         self.peers.merge_gossip(reply, called, exclude=self.node_id, on_own_id=self._maybe_twin_at)
+        self._gossip_answered = True  # (after the calls its reply's news of this id set off)
 
     def _maybe_twin_at(self, addr: str, age: float, token: bytes | None = None) -> None:
         """This node's id was heard of lately at ``addr`` (gossip, mDNS; or a twin's call,
@@ -944,7 +953,15 @@ class Node:
             return  # (an old address of this node's, from before a restart on another port)
         if self.twins.should_call(addr, token, self.monotonic()):
             log.debug("this node's id was heard of at %s; calling it", addr)
-            self._spawn(self._gossip_with(addr, self.config.timing.peer_timeout))
+            self._twin_calls += 1  # (now: caught_up may be asked before the call starts)
+            self._spawn(self._call_twin(addr))
+
+    async def _call_twin(self, addr: str) -> None:
+        try:
+            await self._gossip_with(addr, self.config.timing.peer_timeout)
+        finally:
+            self._twin_calls -= 1
+            self._twin_call_ended_at = self.monotonic()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` beside the periodic tasks, stopped with them."""
@@ -1266,7 +1283,7 @@ class Node:
         timing = self.config.timing
         now = self.monotonic()
         waited = now - self._listening_since()
-        if self.replicator.sessions > self._sessions_before:
+        if self.replicator.sessions > self._sessions_before and self._no_twin_unheard(now, waited):
             return True
         if waited >= timing.peer_timeout:
             # Nobody to catch up with, unless others' records are still arriving: a catch-up
@@ -1283,8 +1300,30 @@ class Node:
             return quiet or (waited >= 10 * timing.peer_timeout and not history)
         # No seed and nobody heard of since two anti-entropy periods (mDNS answers come
         # sooner): a peer alone need not wait peer_timeout before its budgeted experiments.
-        alone = len(self.peers) == 0 and not self.peers.seed_addrs() and not self._recalled
-        return alone and waited >= 2 * timing.anti_entropy
+        return self._knows_nobody() and waited >= 2 * timing.anti_entropy
+
+    def _knows_nobody(self) -> bool:
+        """No peer, no seed and no address remembered from its last life to call."""
+        return len(self.peers) == 0 and not self.peers.seed_addrs() and not self._recalled
+
+    def _no_twin_unheard(self, now: float, waited: float) -> bool:
+        """Whether a twin (see _twins) running now would have been heard of, so that this
+        peer's trials its history says it runs, and it does not, are its own cut short by a
+        restart: once a peer has answered its gossip (a reply names where this node's id was
+        heard of lately) and the calls there have had their answer, or after the peer
+        timeout (at once if it knows no peer to ask). Asked at start only: a copy of a
+        running peer's data directory, caught up by its first anti-entropy session, took the
+        original's running trials for its own and re-ran them before the twins heard of each
+        other (5 of 7 copies started in a soak), and wrote a second run's curve into theirs."""
+        if not self._twins_ruled_out:
+            settled = not self._twin_calls and now - self._twin_call_ended_at >= _TWIN_ANSWER
+            heard = (
+                self._gossip_answered
+                or self._knows_nobody()
+                or waited >= self.config.timing.peer_timeout
+            )
+            self._twins_ruled_out = settled and heard
+        return self._twins_ruled_out
 
     def kick(self) -> None:
         """Schedule now rather than at the next tick: a slot just came free."""

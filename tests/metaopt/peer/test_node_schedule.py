@@ -207,7 +207,8 @@ async def test_a_peer_restarted_after_a_kill_reruns_its_lost_trial_from_its_chec
     try:
         node.store.add([exp, trial, *events])
         node.peers.add(OTHER, "127.0.0.1:9", node.monotonic(), contacted=True)  # live, idle
-        node.replicator.sessions = 1  # caught up
+        node.replicator.sessions = 1  # caught up (a session and a gossip answered)
+        node._gossip_answered = True
         await node._schedule_once()
         records = [r for r in node.store.linked(trial.key) if r.kind == EVENT]
         records.sort(key=lambda r: r.seq)
@@ -264,6 +265,8 @@ async def test_a_peer_alone_is_caught_up_soon_and_one_with_a_seed_waits_for_a_se
         node.peers.add_seed("127.0.0.1:9")  # a --join seed: wait for one full session
         assert not node.caught_up()
         node.replicator.sessions = 1
+        assert not node.caught_up()  # ... and its gossip answered (see test_twins)
+        node._gossip_answered = True
         assert node.caught_up()
     finally:
         await node.stop()

@@ -18,7 +18,7 @@ import pytest
 
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._node import Node
-from metaopt.peer._transport import Misaddressed
+from metaopt.peer._transport import Misaddressed, PeerUnreachable
 from metaopt.peer._twins import TwinWatch
 from metaopt.peer._wire import Request, WireError, decode_request
 from tests.metaopt.peer.cluster import Cluster, wait_for
@@ -107,6 +107,8 @@ class _Wired:
 
     def _client_of(self, sender: Node) -> Any:
         async def call(addr: str, op: str, body: Any = None, to: bytes | None = None) -> Any:
+            if addr not in self.nodes:
+                raise PeerUnreachable(f"nothing listens at {addr}")
             target = self.nodes[addr]
             if to is not None and to != target.node_id:
                 raise Misaddressed("another node")
@@ -260,6 +262,65 @@ async def test_a_copy_restarted_after_its_clock_was_stepped_back_does_not_stop_t
         await wired.rounds(3, second, original)
         assert original.failed is None, f"the original stopped: {original.failed}"
         assert second.failed
+    finally:
+        wired.close()
+
+
+@pytest.mark.asyncio
+async def test_a_copy_caught_up_takes_no_running_trial_for_its_own_before_its_twin_is_heard(
+    tmp_path: Path,
+) -> None:
+    """A copy of a running peer's data directory, caught up by its first anti-entropy
+    session, took the original's running trials (recorded under the id they share) for its
+    own cut short by a restart and re-ran them, before the twins heard of each other (5 of 7
+    copies started in a soak of 3 peers, each such trial then running twice, its curve mixing
+    two runs). It is caught up once its gossip has been answered, which names where its id
+    was heard of, and the call there has had its answer."""
+    wired = _Wired(tmp_path)
+    wired.original_and_copy()
+    a = wired.node("a", "127.0.0.1:41001")
+    wired.now += 0.01
+    twin = wired.node("copy", "127.0.0.1:41002")
+    c = wired.node("c", "127.0.0.1:41003", a.key.to_text())
+    c.peers.add(a.node_id, a.addr, wired.now, contacted=True)
+    twin.peers.add_seed(c.addr)  # (the peers file it copied names c)
+    try:
+        twin.replicator.sessions += 1  # its first anti-entropy session, with c, is done
+        assert not twin.caught_up(), "caught up before it could have heard of its twin"
+        await wired.rounds(1, twin)  # c names a's address; the twin calls; a calls back
+        assert twin.failed and a.failed is None and not twin.caught_up()
+    finally:
+        wired.close()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_restarted_on_another_port_is_caught_up_once_its_old_address_is_silent(
+    tmp_path: Path,
+) -> None:
+    """No twin: a peer restarted (on a new port) is caught up once its first gossip is
+    answered and the call to its old address, which a peer names, has failed, a moment
+    for an answer later; restarted on its old address, at once."""
+    wired = _Wired(tmp_path)
+    a = wired.node("a", "127.0.0.1:41001")
+    c = wired.node("c", "127.0.0.1:41003", a.key.to_text())
+    c.peers.add(a.node_id, a.addr, wired.now, contacted=True)
+    a.store.close()
+    del wired.nodes[a.addr]
+    wired.now += 3.0
+    again = wired.node("a", "127.0.0.1:41004")
+    again.peers.add_seed(c.addr)
+    try:
+        again.replicator.sessions += 1
+        assert not again.caught_up()
+        await wired.rounds(1, again)  # (its old address is called as the clock moves 1 s)
+        assert not again.caught_up() and again.failed is None
+        wired.now += 2.0  # (_TWIN_ANSWER)
+        assert again.caught_up()
+        same = wired.node("c2", "127.0.0.1:41005")  # no old address to call: at once
+        same.peers.add_seed(c.addr)
+        same.replicator.sessions += 1
+        await wired.rounds(1, same)
+        assert same.caught_up()
     finally:
         wired.close()
 
