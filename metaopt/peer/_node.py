@@ -1153,6 +1153,17 @@ class Node:
             self._suggesters[state.key] = suggester
         return suggester
 
+    def _forget_finished(self) -> None:
+        """Drop the search and early stopper of experiments that have finished: nothing asks
+        them again (one that comes back to life gets new ones). Kept, a freeze-thaw stopper
+        held its last fit, 3.4 MB over 600 curves, for every experiment it ever judged, until
+        the peer restarted."""
+        for key in self._suggesters.keys() | self.runner.stopper_keys():
+            state = self.replica.experiments.get(key)
+            if state is not None and not state.active and state.finished:
+                self._suggesters.pop(key, None)
+                self.runner.forget_stopper(key)
+
     def blocked_here(self, experiment: bytes) -> str | None:
         """Why this peer starts no trial of the experiment, or None if it may."""
         return (
@@ -1425,6 +1436,7 @@ class Node:
             self._probe_storage()
             return
         self.runner.record_unrecorded()  # (ends the disk refused: before any is found lost)
+        self._forget_finished()
         self._check_stall()  # (before caught_up(): after a hold it must listen again first)
         if self.caught_up():
             # (Not before: its history may lack the experiment's stop, as for new trials.)

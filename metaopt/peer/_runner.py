@@ -774,6 +774,14 @@ class TrialRunner:
         if tasks:
             await asyncio.wait(tasks, timeout=3 * self.config.timing.stop_grace + 5)
 
+    def stopper_keys(self) -> set[bytes]:
+        """The experiments whose early stopper this peer holds."""
+        return set(self._stoppers)
+
+    def forget_stopper(self, experiment: bytes) -> None:
+        """Drop an experiment's early stopper (made again when next asked for)."""
+        self._stoppers.pop(experiment, None)
+
     def _stopper(self, state: ExperimentState) -> EarlyStopper | None:
         # The curve model (scipy) loads on first use, not at peer start.
         from metaopt._curves import stopper_for

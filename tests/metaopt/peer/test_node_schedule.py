@@ -1274,3 +1274,41 @@ async def test_two_experiments_with_frozen_trials_split_the_free_slots_by_turn(
         assert running == ["a", "b"]
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_finished_experiments_search_and_stopper_are_dropped(tmp_path: Path) -> None:
+    # Kept until a restart: a freeze-thaw stopper holds its last fit (3.4 MB over 600 curves)
+    # and a search its encoded points, for every experiment a peer ever ran (a soak of 2,154
+    # trials; a review of long-running peers).
+    node = _lone_node(tmp_path)  # (not caught up: the pass starts nothing)
+    command = (sys.executable, "-c", "pass")
+
+    def spec(name: str, budget: int) -> Record:
+        space = {"x": "uniform(0, 1)"}
+        return experiment_record(
+            ExperimentSpec(name, space, algorithm="random", command=command,
+                           max_trials=budget, early_stopping="median")
+        )  # fmt: skip
+
+    done, going = spec("done", 1), spec("going", 5)
+    now_ms = int(time.time() * 1000)
+    records: list[Record] = [done, going]
+    for exp in (done, going):
+        trial = _others_trial(exp, {"x": 0.5}, 1)
+        ended = EventBody(trial.key, exp.key, "completed", OTHER, 1, {"objective": 0.1})
+        records += [trial, Record.create(EVENT, OTHER, 2, now_ms, ended.to_body(),
+                                         [trial.key, exp.key])]  # fmt: skip
+    try:
+        node.store.add(records)
+        states = {name: node.replica.experiments[exp.key] for name, exp in
+                  (("done", done), ("going", going))}  # fmt: skip
+        assert states["done"].finished and not states["going"].finished
+        for state in states.values():
+            node.suggester(state)
+            assert node.runner._stopper(state) is not None
+        await node._schedule_once()
+        assert set(node._suggesters) == node.runner.stopper_keys() == {going.key}
+        assert node.suggester(states["done"]).space is not None  # made again if asked
+    finally:
+        await node.stop()
