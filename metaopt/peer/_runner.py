@@ -997,9 +997,10 @@ class TrialRunner:
                     # "freezing", not "frozen": a run that reaches its last step before it
                     # stops is completed (its "ended: completed" line follows).
                     doing = "freezing" if decision.action is Action.FREEZE else "killing"
-                    log.info("%s trial %s: %s", doing, key.hex()[:12], decision.reason)
-                    # (Not if it has ended meanwhile.)
+                    # (Not if it has ended while the stopper decided: "killing" followed its
+                    # "ended: completed" line, and nothing was killed.)
                     if await self.end(key, outcome, decision.reason, decision.rung):
+                        log.info("%s trial %s: %s", doing, key.hex()[:12], decision.reason)
                         self.note_stop_request(key, outcome, decision.reason, decision.rung)
                 elif decision.action is Action.KILL and self._still_frozen(state, key):
                     self._kill_frozen(state, key, decision.reason)

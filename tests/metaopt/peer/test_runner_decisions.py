@@ -279,6 +279,19 @@ def test_a_stop_the_stopper_decides_is_logged_as_asked_not_as_done(
     assert f"{said} trial {trial.hex()[:12]}: not in the top 1/3 at rung 9" in caplog.text
 
 
+def test_a_stop_decided_for_a_run_that_has_just_exited_is_not_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its process exited while the stopper decided (its end not yet recorded): "killing
+    trial X" followed "trial X ended: completed", and nothing was killed (a soak)."""
+    caplog.set_level(logging.INFO, logger="metaopt")
+    runner, trial, asked = _running_here(exited=True)
+    state = next(iter(runner.node.replica.experiments.values()))
+    runner._stoppers[state.key] = _JudgeFrozen(Action.KILL, "not in the top 1/3 at rung 9", 9)
+    asyncio.run(runner.monitor())
+    assert asked == [] and f"trial {trial.hex()[:12]}" not in caplog.text
+
+
 def test_a_kill_at_a_rung_is_recorded_with_its_rung() -> None:
     # Other peers' ASHA counted the values it reported past the rung (it stops some steps
     # later) against their own runs there.
