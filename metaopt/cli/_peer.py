@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from metaopt._errors import MetaoptError
 from metaopt.cli._format import command, json_text, printable, table
@@ -22,6 +22,9 @@ from metaopt.peer._config import PeerConfig, Timing
 from metaopt.peer._gossip import valid_addr
 from metaopt.peer._identity import DataDir, pid_gone
 from metaopt.peer._local import LocalPeer, resolve_data_dir
+
+if TYPE_CHECKING:
+    from metaopt.peer._node import Node
 
 __all__ = ["add_peer_commands"]
 
@@ -233,7 +236,13 @@ def _start(args: argparse.Namespace) -> int:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(_printable_lines)
-    return asyncio.run(_run(config, args.data_dir))
+    from metaopt.peer._node import Node
+
+    # Made before the event loop runs: it may wait up to 2 minutes for another process to let
+    # go of the replica, and under asyncio.run a Ctrl-C only cancels the main task, which
+    # never ran while it waited (the peer started once the lock came free, Ctrl-C or not).
+    node = Node(config)
+    return asyncio.run(_run(config, args.data_dir, node))
 
 
 def _printable_lines(record: logging.LogRecord) -> bool:
@@ -246,12 +255,13 @@ def _printable_lines(record: logging.LogRecord) -> bool:
     return True
 
 
-async def _run(config: PeerConfig, data_dir: str | None = None) -> int:
-    """Run the peer until it is stopped; ``data_dir`` is the --data-dir the user gave, for
-    the commands it prints."""
-    from metaopt.peer._node import Node
+async def _run(config: PeerConfig, data_dir: str | None = None, node: Node | None = None) -> int:
+    """Run the peer (``node``, else a new one) until it is stopped; ``data_dir`` is the
+    --data-dir the user gave, for the commands it prints."""
+    if node is None:
+        from metaopt.peer._node import Node
 
-    node = Node(config)
+        node = Node(config)
     await node.start()
     if node.new_cluster:
         print(

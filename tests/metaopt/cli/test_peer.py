@@ -301,3 +301,49 @@ def test_a_timing_of_zero_or_less_or_infinite_is_refused_where_zero_is_no_period
     # 0 means none for these: no eager push, no thinning, no settling, no waiting to leave.
     nothing = _parse_timing("push_fanout=0,report_interval=0,settle=0,leave_wait=0")
     assert (nothing.push_fanout, nothing.report_interval, nothing.settle) == (0, 0.0, 0.0)
+
+
+@pytest.mark.integration
+def test_ctrl_c_stops_a_peer_start_waiting_for_its_replica(tmp_path: Path) -> None:
+    # `peer start` on a replica another process holds (a long `status` read, a Study) waits
+    # up to 2 minutes, saying so; it waited inside asyncio.run, whose Ctrl-C only cancels the
+    # main task, which never ran meanwhile: still running 30 s after Ctrl-C (2 of 2; a review
+    # of signals).
+    data_dir = tmp_path / "d"
+    (data_dir / "replica").mkdir(parents=True)
+    hold = "import plyvel, sys, time; db = plyvel.DB(sys.argv[1], create_if_missing=True);"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold + " print('held', flush=True); time.sleep(60)",
+         str(data_dir / "replica")],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    peer = None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METAOPT_")}
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        log = tmp_path / "peer.log"
+        with log.open("wb") as out:
+            peer = subprocess.Popen(
+                [sys.executable, "-m", "metaopt", "peer", "start", "--data-dir", str(data_dir),
+                 "--host", "127.0.0.1", "--port", "0", "--no-mdns"],
+                stdout=out, stderr=out, env=env,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            )  # fmt: skip
+        for _ in range(300):  # (bounded: 30 s)
+            if b"waiting for another process" in log.read_bytes() or peer.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert b"waiting for another process" in log.read_bytes(), log.read_text()
+        peer.send_signal(signal.SIGINT)  # Ctrl-C, once
+        try:
+            code: object = peer.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            code = "still running 10 s after Ctrl-C"
+        assert code == 130 and b"Traceback" not in log.read_bytes(), log.read_text()
+    finally:
+        for proc in (peer, holder):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        if holder.stdout is not None:
+            holder.stdout.close()
