@@ -51,6 +51,7 @@ __all__ = [
     "TrialSpec",
     "last_metrics",
     "run_trial",
+    "stopped_by_signal",
 ]
 
 _MAX_NOTES_TOLD = 32  # distinct problems with a trial's output said in its log
@@ -354,9 +355,17 @@ class TrialProcess:
         if self._kill_reason is not None or self._stop_reason is not None:
             reason = self._kill_reason or self._stop_reason
             stage = self._stage or "stop-file"
-            if self._kill_reason is None and stage == "stop-file" and code != 0:
+            if (
+                self._kill_reason is None
+                and stage == "stop-file"
+                and code != 0
+                and not stopped_by_signal(code)
+            ):
                 # Asked to save a checkpoint and exit 0, it ended otherwise before any signal:
                 # it crashed (while checkpointing, say), and its checkpoint is not to be trusted.
+                # Not when a signal asking it to end came from elsewhere meanwhile: systemd
+                # stopping a peer sends SIGTERM to its trials too, and each was recorded failed
+                # (never run again, a budget's trial spent) where it was interrupted.
                 why = f"crashed when asked to stop ({reason}): {_describe_exit(code)}"
                 return self._failed(code, why, tail, metrics, objectives)
             outcome = TrialOutcome("interrupted", code, metrics, objectives, reason, tail, stage)
@@ -621,6 +630,16 @@ def last_metrics(
             break
         kept.setdefault(name, metrics[name])
     return kept
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def stopped_by_signal(code: int) -> bool:
+    """Whether an exit code says the process ended on a signal asking it to (SIGTERM, SIGINT,
+    SIGHUP: directly, or as a shell reports a child's, 128 + the signal), not that it
+    crashed."""
+    return any(code in (-sig, 128 + sig) for sig in _STOP_SIGNALS)
 
 
 def _describe_exit(code: int) -> str:

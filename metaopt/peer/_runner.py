@@ -30,7 +30,7 @@ from metaopt._records import MAX_INT, trial_timeout
 from metaopt._state import ExperimentState, TrialView, went_on
 from metaopt.peer._bundle import BundleWriteError, content_digest, materialize_bundle
 from metaopt.peer._config import PeerConfig
-from metaopt.peer._executor import ExecutorConfig, TrialProcess, TrialSpec
+from metaopt.peer._executor import ExecutorConfig, TrialProcess, TrialSpec, stopped_by_signal
 from metaopt.peer._gpus import Slot, detect_slots
 from metaopt.peer._identity import trial_dir, trial_log_path
 from metaopt.peer._orphans import kill_orphans
@@ -635,6 +635,9 @@ class TrialRunner:
         status = outcome.status
         if run.outcome is None and status == "failed" and self._done_before_resume(run, outcome):
             status = "completed"
+        if run.outcome is None and status == "failed" and self._stopped_with_peer(outcome):
+            status = "interrupted"
+            run.outcome, run.reason = status, "stopped by a signal as its peer stopped"
         if run.outcome is not None and status == "failed":
             run.outcome = None  # it crashed when asked to stop: a failure, not a freeze
         elif run.outcome is not None and self._finished_anyway(run, outcome):
@@ -672,6 +675,14 @@ class TrialRunner:
             )
         self.forget_stop_request(run.trial)  # (recorded, as asked or otherwise)
         log.info("trial %s ended: %s", run.trial.hex()[:12], run.outcome or status)
+
+    def _stopped_with_peer(self, outcome: Any) -> bool:
+        """Whether a run ended on a signal asking it to (see stopped_by_signal) while this
+        peer stops: systemd stopping a peer (KillMode=control-group) and a machine shutting
+        down send SIGTERM to the trials too, at the same moment, and each run that exited
+        before the peer asked it to stop was recorded failed, never to run again (5 of 5)."""
+        code = outcome.exit_code
+        return self.node.stopping and isinstance(code, int) and stopped_by_signal(code)
 
     def _done_before_resume(self, run: Running, outcome: Any) -> bool:
         """Whether a resumed run that exited 0 reporting nothing had its objectives from an

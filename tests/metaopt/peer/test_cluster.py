@@ -538,6 +538,26 @@ def test_a_trial_interrupted_by_a_graceful_stop_resumes_from_its_checkpoint(
     assert step >= 3 and f"starting at step {step + 1} " in resumed
 
 
+def test_a_stop_as_systemd_sends_it_records_the_running_trial_interrupted(
+    cluster: Cluster,
+) -> None:
+    # systemd stopping a peer (KillMode=control-group) and a machine shutting down send
+    # SIGTERM to the peer and its trials at the same moment: the peer stopped gracefully,
+    # but its trial, ended by that SIGTERM, was recorded failed ("crashed when asked to
+    # stop"), never to run again (5 of 5; a review of signals).
+    peer = cluster.start_peer("solo")
+    submit_epochs(peer, "sd", trials=1, steps=30, sleep=0.3, early_stopping="none")
+    wait_for(lambda: only_trial(peer, "sd").get("last_step", 0) >= 2, 60, peer.log)
+    pid_file = peer.data_dir / "trials" / only_trial(peer, "sd")["id"][:16] / "pid"
+    wait_for(pid_file.exists, 10)
+    assert peer.proc is not None
+    os.kill(peer.proc.pid, signal.SIGTERM)
+    os.killpg(int(pid_file.read_text()), signal.SIGTERM)  # (its own process group)
+    assert peer.proc.wait(timeout=60) == 0, peer.log()
+    trial = only_trial(peer, "sd")
+    assert trial["state"] == "interrupted", (trial["state"], trial.get("reason"))
+
+
 def test_submit_wait_json_keeps_stdout_to_the_json_line(cluster: Cluster) -> None:
     peer = cluster.start_peer("solo")
     flags = ("--name", "wj", "--max-trials", "2", "--wait", "--json")

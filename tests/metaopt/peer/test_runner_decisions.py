@@ -503,6 +503,28 @@ def test_a_stop_landing_after_the_last_step_records_the_trial_completed() -> Non
         assert node.written[-1][:2] == (trial, recorded), (last_step, outcome)
 
 
+@pytest.mark.parametrize(
+    ("code", "stopping", "recorded"),
+    [(-15, True, "interrupted"), (143, True, "interrupted"), (-1, True, "interrupted"),
+     (-15, False, "failed"), (-11, True, "failed"), (1, True, "failed")],
+)  # fmt: skip
+def test_a_run_ended_by_a_stop_signal_as_its_peer_stops_is_interrupted(
+    code: int, stopping: bool, recorded: str
+) -> None:
+    """systemd stopping a peer, or a machine shutting down, sends SIGTERM to its trials at
+    the same moment: a run that exited of it before the peer asked it to stop was recorded
+    failed, never to run again (a review of signals). A crash is still a failure, and a
+    SIGTERM from elsewhere while the peer runs on is still the trial's end."""
+    state, trial = _one_trial()
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    node.stopping = stopping
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    outcome = SimpleNamespace(status="failed", exit_code=code, objectives={}, metrics={},
+                              reason=f"exit {code}", stderr_tail=())  # fmt: skip
+    runner._record_outcome(Running(runner.slots[0], state.key, trial.key), outcome)
+    assert node.written[-1][:2] == (trial.key, recorded)
+
+
 def test_a_kill_during_a_freezes_grace_records_the_trial_killed() -> None:
     # `metaopt kill` right after `metaopt freeze` (a script ignoring SIGTERM takes up to twice
     # the grace to stop) was refused as "already stopping (as frozen)".
