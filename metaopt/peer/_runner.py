@@ -779,11 +779,21 @@ class TrialRunner:
 
     async def interrupt_all(self, reason: str) -> None:
         runs = list(self.running.values())
+        limit = 3 * self.config.timing.stop_grace + 5
+        if self.stoppable():
+            # (Said: a foreground peer was silent from Ctrl-C to its last line, 7-14 s with a
+            # trial that ignores its stop, and a user pressing Ctrl-C again reached for kill -9.)
+            log.info(
+                "stopping %d trial(s) running here: asked to save a checkpoint and exit, then"
+                " SIGTERM, then SIGKILL (up to %g s)",
+                self.stoppable(),
+                limit,
+            )
         for run in runs:
             _request_end(run, "interrupted", reason)
         tasks = [r.task for r in runs if r.task is not None]
         if tasks:
-            await asyncio.wait(tasks, timeout=3 * self.config.timing.stop_grace + 5)
+            await asyncio.wait(tasks, timeout=limit)
 
     def stopper_keys(self) -> set[bytes]:
         """The experiments whose early stopper this peer holds."""

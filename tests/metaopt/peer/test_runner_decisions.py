@@ -292,6 +292,18 @@ def test_a_stop_decided_for_a_run_that_has_just_exited_is_not_logged(
     assert asked == [] and f"trial {trial.hex()[:12]}" not in caplog.text
 
 
+def test_a_peer_stopping_says_it_stops_its_running_trials(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A foreground peer was silent from Ctrl-C to its last line (7-14 s with a trial that
+    ignores its stop; a review of signals)."""
+    caplog.set_level(logging.INFO, logger="metaopt")
+    runner, _, asked = _running_here(exited=False)
+    asyncio.run(runner.interrupt_all("its peer was stopped"))
+    assert asked == ["its peer was stopped"]
+    assert "stopping 1 trial(s) running here: asked to save a checkpoint" in caplog.text
+
+
 def test_a_kill_at_a_rung_is_recorded_with_its_rung() -> None:
     # Other peers' ASHA counted the values it reported past the rung (it stops some steps
     # later) against their own runs there.
