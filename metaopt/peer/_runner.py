@@ -779,7 +779,6 @@ class TrialRunner:
 
     async def interrupt_all(self, reason: str) -> None:
         runs = list(self.running.values())
-        limit = 3 * self.config.timing.stop_grace + 5
         if self.stoppable():
             # (Said: a foreground peer was silent from Ctrl-C to its last line, 7-14 s with a
             # trial that ignores its stop, and a user pressing Ctrl-C again reached for kill -9.)
@@ -787,13 +786,17 @@ class TrialRunner:
                 "stopping %d trial(s) running here: asked to save a checkpoint and exit, then"
                 " SIGTERM, then SIGKILL (up to %g s)",
                 self.stoppable(),
-                limit,
+                self._stop_limit(),
             )
         for run in runs:
             _request_end(run, "interrupted", reason)
         tasks = [r.task for r in runs if r.task is not None]
         if tasks:
-            await asyncio.wait(tasks, timeout=limit)
+            await asyncio.wait(tasks, timeout=self._stop_limit())
+
+    def _stop_limit(self) -> float:
+        """How long a stop waits for its runs: each is asked, then sent SIGTERM, then SIGKILL."""
+        return 3 * self.config.timing.stop_grace + 5
 
     def stopper_keys(self) -> set[bytes]:
         """The experiments whose early stopper this peer holds."""

@@ -299,9 +299,11 @@ def test_a_peer_stopping_says_it_stops_its_running_trials(
     ignores its stop; a review of signals)."""
     caplog.set_level(logging.INFO, logger="metaopt")
     runner, _, asked = _running_here(exited=False)
+    runner.config.timing = SimpleNamespace(stop_grace=10.0)  # type: ignore[attr-defined]
     asyncio.run(runner.interrupt_all("its peer was stopped"))
     assert asked == ["its peer was stopped"]
     assert "stopping 1 trial(s) running here: asked to save a checkpoint" in caplog.text
+    assert "then SIGKILL (up to 35 s)" in caplog.text
 
 
 def test_a_kill_at_a_rung_is_recorded_with_its_rung() -> None:
