@@ -829,7 +829,16 @@ def submit(args: argparse.Namespace) -> int:
     if options.get("wait"):
         # With --json, stdout holds only the JSON line: progress goes to stderr.
         out = sys.stderr if options.get("json") else None
-        return wait_for(peer, experiment.key.hex(), out=out, data_dir=data_dir)
+        try:
+            return wait_for(peer, experiment.key.hex(), out=out, data_dir=data_dir)
+        except KeyboardInterrupt:
+            # (It ended without a word, the experiment running on out of sight.)
+            follow, stop = (command(c, word, data_dir=data_dir) for c in ("status", "stop"))
+            print(
+                f"\nstopped following {name}; it runs on: `{follow}` follows it, `{stop}` stops it",
+                file=sys.stderr,
+            )
+            raise
     return 0
 
 

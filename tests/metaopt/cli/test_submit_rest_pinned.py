@@ -267,6 +267,25 @@ def test_submit_json_prints_only_the_full_id_and_name_and_wait_follows_that_id_o
     assert followed[-1][1] is None  # (stdout, without --json)
 
 
+def test_ctrl_c_during_submit_wait_says_the_experiment_runs_on_and_how_to_stop_it(
+    fake_peer: type[_FakePeer],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It exited 130 without a word, the experiment running on out of sight (a review of
+    signals)."""
+
+    def interrupted(*args: Any, **kwargs: Any) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("metaopt.cli._submit.wait_for", interrupted)
+    assert main(["submit", "--wait", "--max-trials", "2", "train.py", PRIOR]) == 130
+    assert capsys.readouterr().err.endswith(
+        "\nstopped following train; it runs on: `metaopt status train` follows it,"
+        " `metaopt stop train` stops it\n"
+    )
+
+
 def test_a_peer_that_does_not_say_latest_is_taken_to_mean_the_name_is_this_ones(
     fake_peer: type[_FakePeer],  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
