@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metaopt._errors import MetaoptError
@@ -325,6 +326,22 @@ def _detach(config: PeerConfig, log_level: str, timing: str, data_dir: str | Non
             start_new_session=True,
             env=env,
         )
+    try:
+        return _wait_until_up(proc, dirs, log_path, data_dir)
+    except KeyboardInterrupt:
+        if proc.poll() is None:  # (it exited 130 without a word, the peer starting on)
+            print(
+                f"\nthe peer (pid {proc.pid}) goes on starting in the background, log in"
+                f" {log_path}; `{command('peer', 'stop', data_dir=data_dir)}` stops it",
+                file=sys.stderr,
+            )
+        raise
+
+
+def _wait_until_up(
+    proc: subprocess.Popen[bytes], dirs: DataDir, log_path: Path, data_dir: str | None
+) -> int:
+    """Wait for a detached peer to say it is up (its pid and address files); 0 once it is."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         # Up once the files name this child: another start at the same moment on this data
@@ -350,7 +367,10 @@ def _detach(config: PeerConfig, log_level: str, timing: str, data_dir: str | Non
             why = " ".join(tail).removeprefix("metaopt: ")
             raise MetaoptError(f"the peer exited at once: {why or 'see ' + str(log_path)}")
         time.sleep(0.1)
-    raise MetaoptError(f"the peer did not come up within 30 s; see {log_path}")
+    raise MetaoptError(
+        f"the peer (pid {proc.pid}) did not come up within 30 s; see {log_path} (it may still"
+        f" be starting: `{command('peer', 'stop', data_dir=data_dir)}` stops it)"
+    )
 
 
 def _already_running(dirs: DataDir, pid: int, data_dir: str | None) -> MetaoptError:

@@ -97,6 +97,38 @@ def test_a_detached_peer_that_cannot_start_says_why_in_one_line(
     assert said.count("\n") == 1
 
 
+@pytest.mark.integration
+# (The detached peer outlives its Popen, as it is meant to: Popen warns when collected.)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_ctrl_c_while_a_detached_peer_starts_says_it_goes_on_and_how_to_stop_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It exited 130 without a word, the peer starting on in the background (a review of
+    # signals).
+    from metaopt.cli import main
+
+    def interrupted(*args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("metaopt.cli._peer._wait_until_up", interrupted)
+    argv = ["peer", "start", "--data-dir", str(tmp_path), "--host", "127.0.0.1", "--port", "0",
+            "--no-mdns", "--detach"]  # fmt: skip
+    assert main(argv) == 130
+    said = capsys.readouterr().err
+    pid = int(said.split("(pid ", 1)[1].split(")", 1)[0])
+    try:
+        assert said == (
+            f"\nthe peer (pid {pid}) goes on starting in the background, log in"
+            f" {tmp_path / 'peer.log'}; `metaopt peer stop --data-dir {tmp_path}` stops it\n"
+        )
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(300):  # (bounded: 30 s)
+            if pid_gone(pid):
+                break
+            time.sleep(0.1)
+
+
 def test_the_release_is_one_flag_away(capsys: pytest.CaptureFixture[str]) -> None:
     # The README says to run one release on every peer; nothing said which one was installed.
     from metaopt import __version__
