@@ -280,7 +280,7 @@ class Node:
         # Whether a twin would have been heard of by now (see _no_twin_unheard), and the calls
         # to where this node's id was heard of: under way, and when the last one ended.
         self._twins_ruled_out = False
-        self._gossip_answered = False
+        self._gossip_answered_at = math.inf  # (monotonic: when a peer first answered it)
         self._twin_calls, self._twin_call_ended_at = 0, -math.inf
 
     def _new_client(self) -> Client:
@@ -834,16 +834,13 @@ class Node:
         silent = self.peers.silent(now, timeout)
         retry = [self.rng.choice(silent).addr] if silent else []
         targets = [p.addr for p in live] + self.peers.seed_addrs() + retry
-        if not self.peers.live(now, timeout) and self._recalled:
-            # All at once: up to 16 addresses of machines that may be gone for good, each
-            # taking the request timeout, held up the round for minutes when called in turn.
-            recalled = [a for a in self._recalled if a not in targets]
-            calls = (self._gossip_with(addr, timeout) for addr in recalled)
-            for failed in await asyncio.gather(*calls, return_exceptions=True):
-                if isinstance(failed, Exception):  # a bug: the other calls still complete
-                    log.error("gossip with a remembered peer failed: %r", failed)
-        for addr in dict.fromkeys(targets):
-            await self._gossip_with(addr, timeout)
+        if not self.peers.live(now, timeout):
+            targets += self._recalled
+        # All at once: up to 16 remembered addresses of machines that may be gone for good,
+        # each taking the request timeout, held up the round for minutes when called in turn,
+        # and a --join seed that accepts and never answers held it (and the first answer, see
+        # _no_twin_unheard) for 10 s.
+        await self._gossip_with_all(list(dict.fromkeys(targets)), timeout)
         self._remember_peers()
         self._say_if_alone(now)
         self._say_liveness(self.monotonic(), timeout)
@@ -902,6 +899,13 @@ class Node:
         found = "mDNS is off" if not self.config.mdns else "mDNS found none on this interface"
         return f"no other peer known ({found}); to join a cluster, start with --join HOST:PORT"
 
+    async def _gossip_with_all(self, addrs: list[str], timeout: float) -> None:
+        """Gossip with every address at once (each call takes up to the request timeout)."""
+        calls = (self._gossip_with(addr, timeout) for addr in addrs)
+        for failed in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(failed, Exception):  # a bug: the other calls still complete
+                log.error("gossip with %s failed: %r", addrs, failed)
+
     async def _gossip_with(self, addr: str, timeout: float) -> None:
         # Ages as of this call: one to a hung peer takes the whole request timeout, and
         # ages told as of before it made every peer 10 s younger, each round (a peer
@@ -942,7 +946,8 @@ class Node:
         if to is not None:
             self.peers.answered(to, called)
         self.peers.merge_gossip(reply, called, exclude=self.node_id, on_own_id=self._maybe_twin_at)
-        self._gossip_answered = True  # (after the calls its reply's news of this id set off)
+        # (After the calls its reply's news of this id set off.)
+        self._gossip_answered_at = min(self._gossip_answered_at, self.monotonic())
 
     def _maybe_twin_at(self, addr: str, age: float, token: bytes | None = None) -> None:
         """This node's id was heard of lately at ``addr`` (gossip, mDNS; or a twin's call,
@@ -1160,7 +1165,14 @@ class Node:
         the peer restarted."""
         for key in self._suggesters.keys() | self.runner.stopper_keys():
             state = self.replica.experiments.get(key)
-            if state is not None and not state.active and state.finished:
+            # (Not while frozen trials of it here are judged: a stopped experiment's, made again
+            # at every monitor pass and dropped at the next scheduling pass.)
+            if (
+                state is not None
+                and not state.active
+                and state.finished
+                and not self.runner.own_frozen(state)
+            ):
                 self._suggesters.pop(key, None)
                 self.runner.forget_stopper(key)
 
@@ -1320,16 +1332,20 @@ class Node:
     def _no_twin_unheard(self, now: float, waited: float) -> bool:
         """Whether a twin (see _twins) running now would have been heard of, so that this
         peer's trials its history says it runs, and it does not, are its own cut short by a
-        restart: once a peer has answered its gossip (a reply names where this node's id was
-        heard of lately) and the calls there have had their answer, or after the peer
-        timeout (at once if it knows no peer to ask). Asked at start only: a copy of a
+        restart: a moment (_TWIN_ANSWER) after a peer first answered its gossip (a twin called
+        calls back: a copy that --join'ed the original took its running trials for its own
+        before that, 1 of 6 copies), once the calls to where the reply said this node's id
+        was heard of lately have had their answer, or after the peer timeout (at once if it
+        knows no peer to ask). Asked at start only: a copy of a
         running peer's data directory, caught up by its first anti-entropy session, took the
         original's running trials for its own and re-ran them before the twins heard of each
         other (5 of 7 copies started in a soak), and wrote a second run's curve into theirs."""
+        if self.twins.stopped_for is not None:
+            return False  # (it stops for its twin: nothing of its own is cut short)
         if not self._twins_ruled_out:
             settled = not self._twin_calls and now - self._twin_call_ended_at >= _TWIN_ANSWER
             heard = (
-                self._gossip_answered
+                now - self._gossip_answered_at >= _TWIN_ANSWER
                 or self._knows_nobody()
                 or waited >= self.config.timing.peer_timeout
             )

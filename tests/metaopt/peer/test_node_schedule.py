@@ -207,8 +207,8 @@ async def test_a_peer_restarted_after_a_kill_reruns_its_lost_trial_from_its_chec
     try:
         node.store.add([exp, trial, *events])
         node.peers.add(OTHER, "127.0.0.1:9", node.monotonic(), contacted=True)  # live, idle
-        node.replicator.sessions = 1  # caught up (a session and a gossip answered)
-        node._gossip_answered = True
+        node.replicator.sessions = 1  # caught up (a session, and a gossip answered 2 s ago)
+        node._gossip_answered_at = node.monotonic() - 2
         await node._schedule_once()
         records = [r for r in node.store.linked(trial.key) if r.kind == EVENT]
         records.sort(key=lambda r: r.seq)
@@ -266,7 +266,7 @@ async def test_a_peer_alone_is_caught_up_soon_and_one_with_a_seed_waits_for_a_se
         assert not node.caught_up()
         node.replicator.sessions = 1
         assert not node.caught_up()  # ... and its gossip answered (see test_twins)
-        node._gossip_answered = True
+        node._gossip_answered_at = node.monotonic() - 2
         assert node.caught_up()
     finally:
         await node.stop()
@@ -1310,5 +1310,42 @@ async def test_a_finished_experiments_search_and_stopper_are_dropped(tmp_path: P
         await node._schedule_once()
         assert set(node._suggesters) == node.runner.stopper_keys() == {going.key}
         assert node.suggester(states["done"]).space is not None  # made again if asked
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_stopped_experiments_stopper_is_not_made_again_at_every_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stopped experiment with a trial frozen here has finished (nothing runs), and its
+    # frozen trial is still judged at every monitor pass: its stopper was dropped at every
+    # scheduling pass and made again at the next monitor pass (a review of the fix above).
+    from metaopt import _curves
+
+    made: list[bytes] = []
+    real = _curves.stopper_for
+
+    def counting(state: Any, space: Any) -> Any:
+        made.append(state.key)
+        return real(state, space)
+
+    monkeypatch.setattr(_curves, "stopper_for", counting)
+    exp = experiment_record(
+        ExperimentSpec("ft", {"x": "uniform(0, 1)"}, algorithm="random",
+                       command=(sys.executable, "-c", "pass"), max_step=10, max_trials=2,
+                       early_stopping="freeze-thaw")
+    )  # fmt: skip
+    node = _lone_node(tmp_path, caught_up=True)
+    try:
+        now_ms = int(time.time() * 1000)
+        node.store.add([exp, *_frozen_trial(exp, node.node_id, now_ms - 5_000, 4, "rung 2")])
+        state = node.replica.experiments[exp.key]
+        node.stop_experiment(state)  # `metaopt stop ft` while a trial is frozen here
+        assert state.stopped and state.finished
+        for _ in range(3):  # monitor passes (every 2 s), each with a scheduling pass after
+            await node.runner.monitor()
+            await node._schedule_once()
+        assert len(made) == 1, f"its stopper was made {len(made)} times in 3 monitor passes"
     finally:
         await node.stop()

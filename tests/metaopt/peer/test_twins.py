@@ -294,6 +294,42 @@ async def test_a_copy_caught_up_takes_no_running_trial_for_its_own_before_its_tw
 
 
 @pytest.mark.asyncio
+async def test_a_copy_joining_the_original_itself_is_not_caught_up_before_it_calls_back(
+    tmp_path: Path,
+) -> None:
+    """Its seed the original, the copy's gossip is answered by the original, which names no
+    other address of their id (its table does not hold itself): caught up by its first
+    session and that answer, the copy took the original's running trials for its own
+    before the original's call back came (1 of 6 real copies; a review of the fix above)."""
+    wired = _Wired(tmp_path)
+    wired.original_and_copy()
+    a = wired.node("a", "127.0.0.1:41001")
+    wired.now += 0.01
+    twin = wired.node("copy", "127.0.0.1:41002")
+    twin.peers.add_seed(a.addr)  # `peer start --join` the original (or its address remembered)
+    calls_back = a.client.call
+    held: list[str] = []
+
+    async def held_back(addr: str, *args: Any, **kwargs: Any) -> Any:
+        held.append(addr)  # (the call back is under way, and slow)
+        raise PeerUnreachable("not yet")
+
+    a.client.call = held_back  # type: ignore[method-assign]
+    try:
+        twin.replicator.sessions += 1  # its first anti-entropy session, with the original
+        await twin._gossip()
+        assert held == [twin.addr] and twin.failed is None
+        assert not twin.caught_up(), "caught up before its twin could call back"
+        wired.now += 1.0
+        a.client.call = calls_back  # type: ignore[method-assign]
+        a.twins._called.clear()  # (it calls again: RECALL_AFTER, shortened)
+        await wired.rounds(1, twin)
+        assert twin.failed and not twin.caught_up()
+    finally:
+        wired.close()
+
+
+@pytest.mark.asyncio
 async def test_a_peer_restarted_on_another_port_is_caught_up_once_its_old_address_is_silent(
     tmp_path: Path,
 ) -> None:
@@ -316,11 +352,47 @@ async def test_a_peer_restarted_on_another_port_is_caught_up_once_its_old_addres
         assert not again.caught_up() and again.failed is None
         wired.now += 2.0  # (_TWIN_ANSWER)
         assert again.caught_up()
-        same = wired.node("c2", "127.0.0.1:41005")  # no old address to call: at once
-        same.peers.add_seed(c.addr)
+        same = wired.node("c2", "127.0.0.1:41005")  # no old address to call: 2 s after
+        same.peers.add_seed(c.addr)  # the first answer, for a twin's call back
         same.replicator.sessions += 1
         await wired.rounds(1, same)
+        assert not same.caught_up()
+        wired.now += 1.0
         assert same.caught_up()
+    finally:
+        wired.close()
+
+
+@pytest.mark.asyncio
+async def test_a_seed_that_never_answers_does_not_hold_up_the_others_gossip(
+    tmp_path: Path,
+) -> None:
+    """Seeds were called in turn: a --join seed that accepts and never answers held the
+    round, and the first answer a peer waits for before it is caught up, for the request
+    timeout (10 s; a review of the fix above)."""
+    wired = _Wired(tmp_path)
+    joiner = wired.node("j", "127.0.0.1:41010")
+    live = wired.node("l", "127.0.0.1:41011", joiner.key.to_text())
+    answering = joiner.client.call
+    dead = asyncio.Event()
+
+    async def call(addr: str, *args: Any, **kwargs: Any) -> Any:
+        if addr == "127.0.0.1:9":
+            await dead.wait()  # (until the test lets it fail)
+            raise PeerUnreachable("no answer from 127.0.0.1:9")
+        return await answering(addr, *args, **kwargs)
+
+    joiner.client.call = call  # type: ignore[method-assign]
+    for seed in ("127.0.0.1:9", live.addr):
+        joiner.peers.add_seed(seed)
+    try:
+        round_ = asyncio.ensure_future(joiner._gossip())
+        for _ in range(100):  # (bounded)
+            await asyncio.sleep(0)
+        assert joiner.node_id in live.peers and not round_.done()  # (while one hangs)
+        assert joiner._gossip_answered_at == wired.now
+        dead.set()
+        await round_
     finally:
         wired.close()
 
