@@ -355,17 +355,10 @@ class TrialProcess:
         if self._kill_reason is not None or self._stop_reason is not None:
             reason = self._kill_reason or self._stop_reason
             stage = self._stage or "stop-file"
-            if (
-                self._kill_reason is None
-                and stage == "stop-file"
-                and code != 0
-                and not stopped_by_signal(code)
-            ):
+            if self._kill_reason is None and stage == "stop-file" and code != 0:
                 # Asked to save a checkpoint and exit 0, it ended otherwise before any signal:
                 # it crashed (while checkpointing, say), and its checkpoint is not to be trusted.
-                # Not when a signal asking it to end came from elsewhere meanwhile: systemd
-                # stopping a peer sends SIGTERM to its trials too, and each was recorded failed
-                # (never run again, a budget's trial spent) where it was interrupted.
+                # (Its peer may know better: see TrialRunner._stopped_with_peer.)
                 why = f"crashed when asked to stop ({reason}): {_describe_exit(code)}"
                 return self._failed(code, why, tail, metrics, objectives)
             outcome = TrialOutcome("interrupted", code, metrics, objectives, reason, tail, stage)

@@ -635,9 +635,14 @@ class TrialRunner:
         status = outcome.status
         if run.outcome is None and status == "failed" and self._done_before_resume(run, outcome):
             status = "completed"
-        if run.outcome is None and status == "failed" and self._stopped_with_peer(outcome):
+        if run.outcome in (None, "interrupted") and self._stopped_with_peer(outcome):
+            # Ended by the stop signal sent to every process at once, before or while this
+            # peer asked it to stop: interrupted, as asked (see _stopped_with_peer).
             status = "interrupted"
-            run.outcome, run.reason = status, "stopped by a signal as its peer stopped"
+            run.outcome, run.reason = (
+                status,
+                run.reason or "stopped by a signal as its peer stopped",
+            )
         if run.outcome is not None and status == "failed":
             run.outcome = None  # it crashed when asked to stop: a failure, not a freeze
         elif run.outcome is not None and self._finished_anyway(run, outcome):
@@ -677,12 +682,19 @@ class TrialRunner:
         log.info("trial %s ended: %s", run.trial.hex()[:12], run.outcome or status)
 
     def _stopped_with_peer(self, outcome: Any) -> bool:
-        """Whether a run ended on a signal asking it to (see stopped_by_signal) while this
-        peer stops: systemd stopping a peer (KillMode=control-group) and a machine shutting
-        down send SIGTERM to the trials too, at the same moment, and each run that exited
-        before the peer asked it to stop was recorded failed, never to run again (5 of 5)."""
+        """Whether a run failed by a signal asking it to end (see stopped_by_signal) while
+        this peer stops: systemd stopping a peer (KillMode=control-group) and a machine
+        shutting down send SIGTERM to the trials too, at the same moment, and each was
+        recorded failed ("crashed when asked to stop", or "killed by SIGTERM" when it exited
+        before the peer asked), never to run again (5 of 5). Not for a freeze or a kill: a run
+        that dies so while it saves a checkpoint for a thaw has left it half-written."""
         code = outcome.exit_code
-        return self.node.stopping and isinstance(code, int) and stopped_by_signal(code)
+        return (
+            outcome.status == "failed"
+            and self.node.stopping
+            and isinstance(code, int)
+            and stopped_by_signal(code)
+        )
 
     def _done_before_resume(self, run: Running, outcome: Any) -> bool:
         """Whether a resumed run that exited 0 reporting nothing had its objectives from an
@@ -784,19 +796,15 @@ class TrialRunner:
             # trial that ignores its stop, and a user pressing Ctrl-C again reached for kill -9.)
             log.info(
                 "stopping %d trial(s) running here: asked to save a checkpoint and exit, then"
-                " SIGTERM, then SIGKILL (up to %g s)",
+                " SIGTERM, then SIGKILL within %g s",
                 self.stoppable(),
-                self._stop_limit(),
+                2 * self.config.timing.stop_grace,  # (as `metaopt peer stop` says it)
             )
         for run in runs:
             _request_end(run, "interrupted", reason)
         tasks = [r.task for r in runs if r.task is not None]
         if tasks:
-            await asyncio.wait(tasks, timeout=self._stop_limit())
-
-    def _stop_limit(self) -> float:
-        """How long a stop waits for its runs: each is asked, then sent SIGTERM, then SIGKILL."""
-        return 3 * self.config.timing.stop_grace + 5
+            await asyncio.wait(tasks, timeout=3 * self.config.timing.stop_grace + 5)
 
     def stopper_keys(self) -> set[bytes]:
         """The experiments whose early stopper this peer holds."""

@@ -303,7 +303,7 @@ def test_a_peer_stopping_says_it_stops_its_running_trials(
     asyncio.run(runner.interrupt_all("its peer was stopped"))
     assert asked == ["its peer was stopped"]
     assert "stopping 1 trial(s) running here: asked to save a checkpoint" in caplog.text
-    assert "then SIGKILL (up to 35 s)" in caplog.text
+    assert "then SIGKILL within 20 s" in caplog.text  # (as `metaopt peer stop` says it)
 
 
 def test_a_kill_at_a_rung_is_recorded_with_its_rung() -> None:
@@ -518,24 +518,29 @@ def test_a_stop_landing_after_the_last_step_records_the_trial_completed() -> Non
 
 
 @pytest.mark.parametrize(
-    ("code", "stopping", "recorded"),
-    [(-15, True, "interrupted"), (143, True, "interrupted"), (-1, True, "interrupted"),
-     (-15, False, "failed"), (-11, True, "failed"), (1, True, "failed")],
+    ("asked", "code", "stopping", "recorded"),
+    [(None, -15, True, "interrupted"), (None, 143, True, "interrupted"),
+     (None, -1, True, "interrupted"), ("interrupted", -15, True, "interrupted"),
+     ("interrupted", 130, True, "interrupted"), (None, -15, False, "failed"),
+     (None, -11, True, "failed"), (None, 1, True, "failed"),
+     ("interrupted", 1, True, "failed"), ("frozen", -15, True, "failed")],
 )  # fmt: skip
 def test_a_run_ended_by_a_stop_signal_as_its_peer_stops_is_interrupted(
-    code: int, stopping: bool, recorded: str
+    asked: str | None, code: int, stopping: bool, recorded: str
 ) -> None:
     """systemd stopping a peer, or a machine shutting down, sends SIGTERM to its trials at
-    the same moment: a run that exited of it before the peer asked it to stop was recorded
-    failed, never to run again (a review of signals). A crash is still a failure, and a
-    SIGTERM from elsewhere while the peer runs on is still the trial's end."""
+    the same moment: a run that exited of it before the peer asked it to stop, or while
+    asked, was recorded failed, never to run again (a review of signals). A crash is still
+    a failure, as is a SIGTERM from elsewhere while the peer runs on, or during a freeze
+    (its checkpoint half-written; see test_stop_signals)."""
     state, trial = _one_trial()
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
     node.stopping = stopping
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
     outcome = SimpleNamespace(status="failed", exit_code=code, objectives={}, metrics={},
                               reason=f"exit {code}", stderr_tail=())  # fmt: skip
-    runner._record_outcome(Running(runner.slots[0], state.key, trial.key), outcome)
+    run = Running(runner.slots[0], state.key, trial.key, outcome=asked, reason="asked")
+    runner._record_outcome(run, outcome)
     assert node.written[-1][:2] == (trial.key, recorded)
 
 
