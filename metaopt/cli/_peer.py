@@ -331,8 +331,8 @@ def _detach(config: PeerConfig, log_level: str, timing: str, data_dir: str | Non
     except KeyboardInterrupt:
         if proc.poll() is None:  # (it exited 130 without a word, the peer starting on)
             print(
-                f"\nthe peer (pid {proc.pid}) goes on starting in the background, log in"
-                f" {log_path}; `{command('peer', 'stop', data_dir=data_dir)}` stops it",
+                f"\nthe peer goes on starting in the background, log in {log_path};"
+                f" `kill {proc.pid}` stops it",  # (`peer stop` needs it up: not yet)
                 file=sys.stderr,
             )
         raise
@@ -368,8 +368,8 @@ def _wait_until_up(
             raise MetaoptError(f"the peer exited at once: {why or 'see ' + str(log_path)}")
         time.sleep(0.1)
     raise MetaoptError(
-        f"the peer (pid {proc.pid}) did not come up within 30 s; see {log_path} (it may still"
-        f" be starting: `{command('peer', 'stop', data_dir=data_dir)}` stops it)"
+        f"the peer did not come up within 30 s; see {log_path} (it may still be starting:"
+        f" `kill {proc.pid}` stops it)"
     )
 
 

@@ -832,10 +832,13 @@ def submit(args: argparse.Namespace) -> int:
         try:
             return wait_for(peer, experiment.key.hex(), out=out, data_dir=data_dir)
         except KeyboardInterrupt:
-            # (It ended without a word, the experiment running on out of sight.)
-            follow, stop = (command(c, word, data_dir=data_dir) for c in ("status", "stop"))
+            # (It ended without a word, the experiment running on out of sight.) By id: a
+            # later submission may have taken the name meanwhile (see wait_for).
+            short = experiment.key.hex()[:12]
+            follow, stop = (command(c, short, data_dir=data_dir) for c in ("status", "stop"))
             print(
-                f"\nstopped following {name}; it runs on: `{follow}` follows it, `{stop}` stops it",
+                f"\nstopped following {name} ({short}); it runs on: `{follow}` follows it,"
+                f" `{stop}` stops it",
                 file=sys.stderr,
             )
             raise

@@ -280,9 +280,11 @@ def test_ctrl_c_during_submit_wait_says_the_experiment_runs_on_and_how_to_stop_i
 
     monkeypatch.setattr("metaopt.cli._submit.wait_for", interrupted)
     assert main(["submit", "--wait", "--max-trials", "2", "train.py", PRIOR]) == 130
+    short = Record.decode(fake_peer.added[-1][0]).key.hex()[:12]  # (the experiment, last)
+    # By id: a later submission may have taken the name while it followed this one.
     assert capsys.readouterr().err.endswith(
-        "\nstopped following train; it runs on: `metaopt status train` follows it,"
-        " `metaopt stop train` stops it\n"
+        f"\nstopped following train ({short}); it runs on: `metaopt status {short}` follows"
+        f" it, `metaopt stop {short}` stops it\n"
     )
 
 
