@@ -900,11 +900,14 @@ class Node:
         return f"no other peer known ({found}); to join a cluster, start with --join HOST:PORT"
 
     async def _gossip_with_all(self, addrs: list[str], timeout: float) -> None:
-        """Gossip with every address at once (each call takes up to the request timeout)."""
+        """Gossip with every address at once (each call takes up to the request timeout).
+        A call's bug is raised once all have ended, for the round to log (see _round: at
+        every round, at once, it logged a line per round, for good)."""
         calls = (self._gossip_with(addr, timeout) for addr in addrs)
-        for failed in await asyncio.gather(*calls, return_exceptions=True):
-            if isinstance(failed, Exception):  # a bug: the other calls still complete
-                log.error("gossip with %s failed: %r", addrs, failed)
+        ended = await asyncio.gather(*calls, return_exceptions=True)
+        failed = [e for e in ended if isinstance(e, Exception)]
+        if failed:
+            raise failed[0]
 
     async def _gossip_with(self, addr: str, timeout: float) -> None:
         # Ages as of this call: one to a hung peer takes the whole request timeout, and
