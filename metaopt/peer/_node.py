@@ -840,10 +840,12 @@ class Node:
         # each taking the request timeout, held up the round for minutes when called in turn,
         # and a --join seed that accepts and never answers held it (and the first answer, see
         # _no_twin_unheard) for 10 s.
-        await self._gossip_with_all(list(dict.fromkeys(targets)), timeout)
-        self._remember_peers()
-        self._say_if_alone(now)
-        self._say_liveness(self.monotonic(), timeout)
+        try:
+            await self._gossip_with_all(list(dict.fromkeys(targets)), timeout)
+        finally:  # (a bug in one call must not keep the others' news from the peers file)
+            self._remember_peers()
+            self._say_if_alone(now)
+            self._say_liveness(self.monotonic(), timeout)
 
     def _say_liveness(self, now: float, timeout: float) -> None:
         """A line for each peer that became live, came back, or went silent (not for one

@@ -167,3 +167,30 @@ async def test_a_gossip_call_failing_at_every_round_is_logged_once_a_minute(
         assert errors[0].exc_info is not None  # (with its traceback)
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_bug_in_one_gossip_call_does_not_keep_the_others_news_from_the_peers_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Raised for the round (above), it skipped the peers file and the liveness lines of the
+    # peers that did answer, at every round while it lasted (a review of the fixes).
+    node = Node(PeerConfig(data_dir=tmp_path / "s", port=0, mdns=False))
+    other = bytes(range(len(node.node_id)))
+    node.peers.add_seed("127.0.0.1:9")  # the target whose call meets the bug
+
+    async def call(addr: str, op: str, body: object = None, to: object = None) -> object:
+        if addr == "127.0.0.1:9":
+            raise ValueError("a bug in one call")
+        return [[other, "127.0.0.1:8", 0.0]]
+
+    node.client.call = call  # type: ignore[method-assign]
+    node.peers.add(other, "127.0.0.1:8", node.monotonic(), contacted=True)  # live, talking
+    try:
+        with caplog.at_level(logging.INFO, logger="metaopt"):
+            for _ in range(3):
+                await node._round(node._gossip)
+        assert node.dirs.read_peers() == ["127.0.0.1:8"], "peers file never written"
+        assert f"peer {other.hex()[:8]} at 127.0.0.1:8 is live" in caplog.text
+    finally:
+        await node.stop()
