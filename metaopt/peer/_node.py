@@ -1172,12 +1172,7 @@ class Node:
             state = self.replica.experiments.get(key)
             # (Not while frozen trials of it here are judged: a stopped experiment's, made again
             # at every monitor pass and dropped at the next scheduling pass.)
-            if (
-                state is not None
-                and not state.active
-                and state.finished
-                and not self.runner.own_frozen(state)
-            ):
+            if state is not None and state.finished and not self.runner.own_frozen(state):
                 self._suggesters.pop(key, None)
                 self.runner.forget_stopper(key)
 
@@ -1335,16 +1330,16 @@ class Node:
         return len(self.peers) == 0 and not self.peers.seed_addrs() and not self._recalled
 
     def _no_twin_unheard(self, now: float, waited: float) -> bool:
-        """Whether a twin (see _twins) running now would have been heard of, so that this
-        peer's trials its history says it runs, and it does not, are its own cut short by a
-        restart: a moment (_TWIN_ANSWER) after a peer first answered its gossip (a twin called
-        calls back: a copy that --join'ed the original took its running trials for its own
-        before that, 1 of 6 copies), once the calls to where the reply said this node's id
-        was heard of lately have had their answer, or after the peer timeout (at once if it
-        knows no peer to ask). Asked at start only: a copy of a
-        running peer's data directory, caught up by its first anti-entropy session, took the
-        original's running trials for its own and re-ran them before the twins heard of each
-        other (5 of 7 copies started in a soak), and wrote a second run's curve into theirs."""
+        """Whether a twin (see _twins) running now would have been heard of, so that the
+        trials its history says this peer runs, and it does not, are its own cut short by a
+        restart. Asked until it first holds, at start: a copy of a running peer's data
+        directory, caught up by its first anti-entropy session, re-ran the original's running
+        trials before the twins heard of each other (5 of 7 copies in a soak).
+
+        It holds _TWIN_ANSWER after a peer first answered its gossip (a twin it called calls
+        back: a copy that --join'ed the original escaped without this wait, 1 of 6), with the
+        calls to where a reply said this node's id was heard of lately answered; or after
+        the peer timeout; at once if it knows no peer to ask."""
         if self.twins.stopped_for is not None:
             return False  # (it stops for its twin: nothing of its own is cut short)
         if not self._twins_ruled_out:
@@ -1440,13 +1435,17 @@ class Node:
     def _ended_here(self, now_ms: int) -> Callable[[TrialView], int]:
         return ended_here(now_ms, self.replica.quiet_ms, self._clock_offset_ms)
 
+    def _with_command(self) -> list[ExperimentState]:
+        """The experiments a peer runs trials of (not a Study's, which has no command)."""
+        return [s for s in self.replica.experiments.values() if s.spec.command is not None]
+
     def _thaw_turns(self) -> tuple[dict[bytes, int], int]:
         """The free slots a thaw may take, in the experiments' turns: of each experiment, the
         slots planned for its new points (a thaw stands in for one), and the slots no
         experiment's turn takes. A thaw took the slot first, ahead of every turn: on a peer of
         one slot, an experiment that ran nothing waited while another's trials were thawed,
         frozen at the next rung and thawed again."""
-        runnable = [s for s in self.replica.experiments.values() if s.spec.command is not None]
+        runnable = self._with_command()
         thawable = {s.key for s in runnable if not s.stopped and self.runner.own_frozen(s)}
         work = self._plan(runnable, int(self.clock() * 1000), True, thawable)
         turns = Counter(item.experiment for item in work if item.trial is None)
@@ -1467,7 +1466,7 @@ class Node:
         self._check_stall()
         now_ms = int(self.clock() * 1000)
         timing = self.config.timing
-        runnable = [s for s in self.replica.experiments.values() if s.spec.command is not None]
+        runnable = self._with_command()
         caught_up = self.caught_up()
         listened = self.listened()
         for lost in (

@@ -455,7 +455,7 @@ def _new_for(
     backing: Callable[[ExperimentState], bool],
 ) -> Work | None:
     """A new point of the experiment, if it may have one now (``backing``: whether it backs
-    off, asked once per experiment and pass: each answer sorts its ended trials)."""
+    off, asked once per experiment and pass: each answer scans its ended trials)."""
     if not may_suggest:
         return None
     max_trials = state.spec.max_trials
