@@ -39,6 +39,7 @@ from typing import NoReturn
 import plyvel
 
 from crdt._errors import StoreError, StoreLocked, StoreWriteFailed
+from crdt._interrupts import interrupts_held
 from crdt._record import KEY_SIZE, ORIGIN_SIZE, Record, key_of
 from crdt._store import Bound, SetFingerprint, Subscriber, notify
 from crdt._vector import VersionVector
@@ -186,15 +187,16 @@ class LevelDBStore:
             self.probe()  # (raises while the disk still refuses)
         new: list[Record] = []
         seen: set[bytes] = set()
-        try:
-            self._write(self._db, records, new, seen, self._vv)
-        except plyvel.Error as exc:
-            self._unconfirmed = new
-            self._fail(_write_failed(self.path, exc))
-        # Only now, with the batch synced, do the in-memory summaries and listeners see them.
-        if new:
-            self._note(new, seen)
-            notify(self._subscribers, new)
+        with interrupts_held():  # (a Ctrl-C would leave the summaries behind the disk)
+            try:
+                self._write(self._db, records, new, seen, self._vv)
+            except plyvel.Error as exc:
+                self._unconfirmed = new
+                self._fail(_write_failed(self.path, exc))
+            # Only now, with the batch synced, do the in-memory summaries and listeners see it.
+            if new:
+                self._note(new, seen)
+                notify(self._subscribers, new)
         return new
 
     def _write(

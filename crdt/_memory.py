@@ -6,6 +6,7 @@ from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 
+from crdt._interrupts import interrupts_held
 from crdt._record import Record
 from crdt._store import Bound, SetFingerprint, Subscriber, notify
 from crdt._vector import VersionVector
@@ -49,14 +50,15 @@ class MemoryStore:
 
     def add(self, records: Iterable[Record]) -> list[Record]:
         new: list[Record] = []
-        for record in records:
-            if record.key in self._records:
-                continue
-            self._records[record.key] = record
-            self._index(record)
-            new.append(record)
-        if new:
-            notify(self._subscribers, new)
+        with interrupts_held():  # (a record held but not indexed, or not told, is lost)
+            for record in records:
+                if record.key in self._records:
+                    continue
+                self._records[record.key] = record
+                self._index(record)
+                new.append(record)
+            if new:
+                notify(self._subscribers, new)
         return new
 
     def _index(self, record: Record) -> None:

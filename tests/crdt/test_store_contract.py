@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import signal
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -214,6 +216,69 @@ def test_a_failing_subscriber_neither_fails_add_nor_silences_the_others(
         assert store.add(records[:2]) == records[:2]
     assert heard == [records[:2]]
     assert "subscriber failed" in caplog.text
+
+
+def _interrupted_add(store: Store, records: list[Record]) -> None:
+    """store.add(records), a Ctrl-C landing on it (a KeyboardInterrupt is expected)."""
+    with pytest.raises(KeyboardInterrupt):
+        store.add(records)
+
+
+def _consistent(store: Store, held: list[Record]) -> None:
+    """The store's summaries agree with what it holds."""
+    vv = VersionVector()
+    for r in held:
+        vv.add(r.origin, r.seq)
+    assert store.version_vector() == vv
+    expected = SetFingerprint.of(r.key for r in held)
+    assert (store.fingerprint().total, store.fingerprint().count) == (
+        expected.total,
+        expected.count,
+    )
+    assert len(store) == len(held) and all(r.key in store for r in held)
+
+
+def test_a_ctrl_c_while_subscribers_hear_of_a_batch_reaches_every_one_first(store: Store) -> None:
+    # A notebook's "interrupt kernel" during a Study's tell(): a subscriber it interrupted, or
+    # one after it, that never heard of a batch kept its views behind the store for good.
+    records = sample()
+    heard: list[list[Record]] = []
+
+    def interrupted(batch: list[Record]) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # (its handler runs at the next bytecode)
+        heard.append(batch)
+
+    unsubscribe = store.subscribe(interrupted)
+    store.subscribe(heard.append)
+    _interrupted_add(store, records[:3])
+    assert heard == [records[:3], records[:3]]
+    _consistent(store, records[:3])
+    unsubscribe()
+    assert store.add(records[3:]) == records[3:]  # and the store goes on
+    assert heard[2:] == [records[3:]]
+    _consistent(store, records)
+
+
+def test_a_ctrl_c_between_a_batch_written_and_its_summaries_leaves_them_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Behind its disk, the version vector let the node's next record take a seq already used
+    # (an equivocation the other peers refuse), and the fingerprint never matched a peer's.
+    records = sample()
+    with LevelDBStore(tmp_path / "db") as store:
+        heard: list[list[Record]] = []
+        store.subscribe(heard.append)
+        add_run = VersionVector.add_run  # (the first summary updated after the synced write)
+
+        def interrupted(vv: VersionVector, origin: bytes, lo: int, hi: int) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            add_run(vv, origin, lo, hi)
+
+        monkeypatch.setattr(VersionVector, "add_run", interrupted)
+        _interrupted_add(store, records[:3])
+        monkeypatch.undo()
+        _consistent(store, records[:3])
+        assert heard == [records[:3]]
 
 
 def test_never_shrinks(store: Store) -> None:

@@ -6,6 +6,7 @@ import gc
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -284,6 +285,35 @@ def test_a_trial_is_told_once() -> None:
         with pytest.raises(MetaoptError, match="already completed"):
             study.tell(t, again)
     assert study.best is not None and study.best.value == 1.0
+
+
+@pytest.mark.parametrize("where", ["memory", "path"])
+def test_a_tell_interrupted_by_ctrl_c_is_recorded_whole(
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A notebook's "interrupt kernel" landing on a tell(): the result was written, and the
+    # Study's views never heard of it, so a second tell() was taken and best missed it.
+    on_records = Study._on_records
+    armed: list[bool] = []
+
+    def interrupted(study: Study, records: list[Record]) -> None:
+        if armed:
+            armed.clear()
+            os.kill(os.getpid(), signal.SIGINT)  # (its handler runs at the next bytecode)
+        on_records(study, records)
+
+    monkeypatch.setattr(Study, "_on_records", interrupted)
+    path = None if where == "memory" else tmp_path / "study"
+    with Study({"x": "uniform(0, 1)"}, algorithm="random", path=path) as study:
+        t = study.ask()
+        armed.append(True)
+        with pytest.raises(KeyboardInterrupt):
+            study.tell(t, 0.25)
+        with pytest.raises(MetaoptError, match="already completed"):
+            study.tell(t, 0.5)
+        assert study.best is not None and study.best.value == 0.25
+        study.tell(study.ask(), 0.75)  # (a record of its own next seq: no equivocation)
+        assert sorted(t.value for t in study.trials) == [0.25, 0.75]
 
 
 def test_ask_stops_at_the_budget() -> None:
