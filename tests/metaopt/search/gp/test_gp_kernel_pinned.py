@@ -31,6 +31,24 @@ def test_the_fit_distances_weighted_by_lengthscales_equal_the_models_distances()
     assert set(np.unique(D[:, :, cat])) <= {0.0, 1.0}
 
 
+def test_categoricals_of_many_choices_are_compared_as_indices_to_the_same_distances() -> None:
+    """Pins the two ways a categorical enters sqdist (a one-hot block up to 16 choices, a
+    comparison of indices beyond: a 5,000-choice one-hot took 1.45 s a suggestion) to the
+    Hamming distance the hyperparameters are fitted on, between two sets of points too."""
+    spec = KernelSpec.from_kinds(
+        ("cat", "real", "cat", "cat", "int", "cat"), (3, None, 16, 17, 10, 5000)
+    )
+    rng = np.random.default_rng(1)
+    X = _points(3, 14, spec)
+    for col, k in zip(spec.cat, spec.cat_k, strict=True):  # (repeated choices: some distances 0)
+        X[:, col] = (rng.integers(0, 3, 14) * (k // 3) + 0.5) / k
+    inv_ls = np.exp(rng.normal(0, 1, spec.d))
+    full = pair_sqdist(X, spec) @ inv_ls**2
+    np.testing.assert_allclose(sqdist(X, X, inv_ls, spec), full, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(sqdist(X[:5], X[5:], inv_ls, spec), full[:5, 5:], rtol=1e-9)
+    assert (sqdist(X, X, inv_ls, spec) >= 0.0).all()
+
+
 def test_a_categorical_coordinate_at_the_top_of_the_cube_is_its_last_choice() -> None:
     """Pins the clip in cat_index: a categorical coordinate at exactly 1.0 (a bound the optimiser
     and clipping can reach) is the last of its k choices, not a k-th that does not exist."""
