@@ -40,5 +40,5 @@ def interrupts_held() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    if caught:
-        raise KeyboardInterrupt
+        if caught:  # (over an error of the block too: the user asked to stop, and is told)
+            raise KeyboardInterrupt

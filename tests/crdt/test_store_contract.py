@@ -281,6 +281,21 @@ def test_a_ctrl_c_between_a_batch_written_and_its_summaries_leaves_them_whole(
         assert heard == [records[:3]]
 
 
+def test_a_ctrl_c_held_while_the_disk_refuses_a_write_is_raised_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with LevelDBStore(tmp_path / "db") as store:
+
+        def interrupted_then_refused(*args: object) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            raise plyvel.IOError(b"IO error: sync refused")
+
+        monkeypatch.setattr(store, "_write", interrupted_then_refused)
+        with pytest.raises(KeyboardInterrupt) as raised:
+            store.add(sample()[:1])
+        assert isinstance(raised.value.__context__, StoreWriteFailed)  # (and said why)
+
+
 def test_never_shrinks(store: Store) -> None:
     records = sample()
     sizes = []
