@@ -296,13 +296,14 @@ class LevelDBStore:
         except OSError as exc:
             why = exc.strerror or str(exc)
             self._fail(StoreWriteFailed(f"cannot write to the store at {self.path}: {why}", why))
-        self._failure = None
-        # A batch whose write failed may be on disk all the same (its data written, its sync
-        # refused): now in the summaries, its records are told to the listeners as new.
-        landed = [r for r in self._unconfirmed if self._db.get(b"r" + r.key) is not None]
-        self._unconfirmed = []
-        if landed:
-            notify(self._subscribers, landed)
+        with interrupts_held():  # (as in add: once cleared, the batch is never told again)
+            self._failure = None
+            # A batch whose write failed may be on disk all the same (its data written, its
+            # sync refused): now in the summaries, its records are told to the listeners.
+            landed = [r for r in self._unconfirmed if self._db.get(b"r" + r.key) is not None]
+            self._unconfirmed = []
+            if landed:
+                notify(self._subscribers, landed)
 
     def _check_room(self) -> None:
         """Raise OSError unless the disk takes a synced file as large as the log that opening
@@ -329,7 +330,7 @@ class LevelDBStore:
         # Catch-up delivers each origin's records as ascending runs: one SeqSet update per run.
         add_run = self._vv.add_run
         origin, lo, hi = new[0].origin, new[0].seq, new[0].seq
-        for record in new:
+        for record in new[1:]:
             if record.seq == hi + 1 and record.origin == origin:
                 hi += 1
             else:
