@@ -14,22 +14,14 @@ from pathlib import Path
 import plyvel
 import pytest
 
-from crdt import LevelDBStore, MemoryStore, Record, SetFingerprint, Store, VersionVector
+from crdt import LevelDBStore, MemoryStore, Record, Store, VersionVector
+from tests.crdt.test_store_contract import _consistent
 
 A = b"A" * 16
 
 
 def rec(seq: int) -> Record:
     return Record.create("trial", A, seq, 100 + seq, {"n": seq}, ())
-
-
-def _consistent(store: Store, held: list[Record]) -> None:
-    vv = VersionVector()
-    for r in held:
-        vv.add(r.origin, r.seq)
-    assert store.version_vector() == vv
-    fp = SetFingerprint.of(r.key for r in held)
-    assert (store.fingerprint().total, store.fingerprint().count) == (fp.total, fp.count)
 
 
 def _sigint() -> None:
