@@ -243,7 +243,7 @@ class PeerTable:
         Two peers under one node id (a copied data directory, started) that reach each other
         only through a third peer never learned of each other: the third peer's table holds
         one address per node, and it told each caller of itself at its own address. Told of
-        its id at another address, a peer calls there, and a twin there stops (Node._twin);
+        its id at another address, a peer calls there, and a twin there stops (Membership._twin);
         a peer restarted on another port finds nothing at its old one.
         """
         moved = self._moved.get(node_id)

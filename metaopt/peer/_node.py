@@ -43,10 +43,11 @@ from metaopt._state import ACTIVE_STATES, FREE_STATES, ExperimentState, TrialVie
 from metaopt._writer import NodeWriter
 from metaopt.peer._api import LocalApi
 from metaopt.peer._config import PeerConfig, host_port
-from metaopt.peer._gossip import LivenessNews, PeerTable, own_addresses, valid_addr
-from metaopt.peer._identity import MAX_REMEMBERED, DataDir
+from metaopt.peer._gossip import PeerTable, own_addresses
+from metaopt.peer._identity import DataDir
 from metaopt.peer._lags import RequestLags
 from metaopt.peer._limits import LoopGuard, raise_fd_limit
+from metaopt.peer._membership import Membership
 from metaopt.peer._orphans import kill_orphans
 from metaopt.peer._replica import Replica
 from metaopt.peer._replication import Replicator, stepped
@@ -63,14 +64,7 @@ from metaopt.peer._scheduler import (
     settle_wait,
 )
 from metaopt.peer._storage import StorageTrouble
-from metaopt.peer._transport import (
-    Client,
-    Misaddressed,
-    PeerUnreachable,
-    Refused,
-    RemoteError,
-    Server,
-)
+from metaopt.peer._transport import Client, Server
 from metaopt.peer._twins import TwinWatch
 from metaopt.peer._wire import PROTOCOL_VERSION, Request
 
@@ -109,9 +103,6 @@ _AFTER_HOLD = 2.0
 # it is catching up on (see caught_up): frames carry clocks up to 2 minutes apart (crdt's
 # max_skew) between two peers, more along a chain; a new record is never stamped that early.
 HISTORY_MARGIN = 600.0
-# Seconds after a call to where this node's id was heard of during which a twin's answer (its
-# call back: see _twins) may still come, and the peer is not yet caught up (see caught_up).
-_TWIN_ANSWER = 2.0
 
 
 def _import_search_stack() -> None:
@@ -211,7 +202,6 @@ class Node:
         self.replica = Replica(self.store, clock, monotonic, defer=True)
         self.writer = NodeWriter(self.store, self.node_id, clock)
         self.peers = PeerTable()
-        self._liveness = LivenessNews()
         self.port = config.port
         self.addr = config.address
         self.client = self._new_client()
@@ -228,7 +218,6 @@ class Node:
         self.store.subscribe(self.replicator.on_new)
         self.runner = TrialRunner(self, config)
         self.api = LocalApi(self)
-        self.server = Server(self.codec, self._handlers(), node_id=self.node_id)
         self._suggesters: dict[bytes, Suggester] = {}
         # Experiments whose spec cannot be searched (a bad space from another peer or an older
         # metaopt): the spec never changes, so they are skipped, not retried on every pass.
@@ -253,12 +242,6 @@ class Node:
         self._others_arrived_at = -math.inf  # when records of other origins last arrived
         self._history_arrived_at = -math.inf  # ... and ones stamped well before it listened
         self.replica.listen(self._on_records)
-        self._seeds_heard: dict[str, bool] = {}  # --join address -> answered (warned once if not)
-        # The addresses of the peers this one talked to when it last ran (see _recall_peers).
-        self._recalled: list[str] = []
-        self._alone_said = False
-        self._remembered: list[str] = []  # what the data directory's peers file says now
-        self._warned_alone = False  # or it talked to a peer since it started
         self._loop_guard = LoopGuard()
         self.storage = StorageTrouble()  # a disk refusing writes (see _storage)
         self._tasks: list[asyncio.Task[None]] = []
@@ -275,13 +258,28 @@ class Node:
         self._last_tick = self.monotonic()
         self._watching = False
         self._lags = RequestLags(_LAG_WINDOW, _JITTER, 4 * self.peers.config.max_peers)
-        self._hold_ended_at, self._hold_length = -math.inf, 0.0  # the last hold (see _waited)
+        # The last hold of the loop, its end and length (see Membership._waited).
+        self._hold_ended_at, self._hold_length = -math.inf, 0.0
         self._sessions_before = 0
-        # Whether a twin would have been heard of by now (see _no_twin_unheard), and the calls
-        # to where this node's id was heard of: under way, and when the last one ended.
-        self._twins_ruled_out = False
-        self._gossip_answered_at = math.inf  # (monotonic: when a peer first answered it)
-        self._twin_calls, self._twin_call_ended_at = 0, -math.inf
+        self.membership = Membership(
+            config,
+            self.node_id,
+            self.dirs,
+            self.peers,
+            self.client,
+            self.twins,
+            self._lags,
+            monotonic=monotonic,
+            rng=self.rng,
+            started_at=self.started_at,
+            stopping=self._stopping,
+            listened=self.listened,
+            hold_just_ended=self._hold_just_ended,
+            spawn=self._spawn,
+            stop_itself=self._stop_itself,
+        )
+        # Last: its handlers include the membership's, made just above.
+        self.server = Server(self.codec, self._handlers(), node_id=self.node_id)
 
     def _new_client(self) -> Client:
         return Client(
@@ -371,6 +369,7 @@ class Node:
         self.addr = host_port(self.config.host, self.port)
         self.client = self._new_client()  # it names the bound address to its peers
         self.replicator.client = self.client
+        self.membership.client = self.client
         local: list[str] = []
         if self.config.host == "0.0.0.0":  # others know us by this machine's addresses
             from metaopt.peer._discovery import local_adapters
@@ -380,7 +379,7 @@ class Node:
         self.dirs.write_started(self.addr)
         for seed in self.config.join:
             self.peers.add_seed(seed)
-        self._recall_peers()
+        self.membership.recall_peers()
         orphans = kill_orphans(self.dirs.root)  # we hold the data directory's lock by now
         if orphans:
             log.warning(
@@ -467,11 +466,12 @@ class Node:
             protocol_version=PROTOCOL_VERSION,
             name=self.config.name or socket.gethostname(),
         )
+        twin_at = self.membership.maybe_twin_at
         self._discovery = Discovery(
             config,
             on_found=self._on_found,
             on_foreign=self._on_foreign,
-            on_self=lambda info: self._maybe_twin_at(host_port(info.host, info.port), 0.0),
+            on_self=lambda info: twin_at(host_port(info.host, info.port), 0.0),
         )
         try:
             await self._discovery.start()
@@ -524,11 +524,23 @@ class Node:
                 said_at, unsaid = self.monotonic(), 0
             self._failures[name] = (said_at, unsaid)
 
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beside the periodic tasks, stopped with them."""
+        task = asyncio.ensure_future(work)
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
     async def run_until_stopped(self) -> None:
         await self._stopping.wait()
 
     def request_stop(self) -> None:
         self._stopping.set()
+
+    def _stop_itself(self, why: str) -> None:
+        """Stop this peer by itself (see failed), saying why."""
+        self.failed = why
+        log.error("%s; this peer stops", self.failed)
+        self.request_stop()
 
     @property
     def stopping(self) -> bool:
@@ -570,7 +582,7 @@ class Node:
         # Told after the server has stopped: a call of theirs answered after the leave would
         # have counted as word from this peer and made it live again.
         await self.server.stop()
-        await self._leave()
+        await self.membership.leave()
         await self.client.close()
         await self.runner.settle_layouts()  # (their threads read the store through the loop)
         self.replica.close()
@@ -586,105 +598,16 @@ class Node:
                 log.warning("cannot remove %s (%s); it names no running peer", path, exc.strerror)
         self._loop_guard.uninstall()
 
-    async def _leave(self) -> None:
-        """Tell the live peers this one is stopping, so they count it gone now rather than
-        after peer_timeout: its interrupted trials re-run elsewhere at once, and its frozen
-        ones may be thawed there. Best effort and bounded: a peer that misses it (or one of an
-        older release, which answers "unknown operation") finds out by the timeout."""
-        if self.twins.stopped_for is not None:
-            # Its word would be its twin's, the node id theirs both: the twin that goes on
-            # was counted gone by every peer told, until it next called them.
-            return
-        live = self.peers.live(self.monotonic(), self.config.timing.peer_timeout)
-
-        async def tell(addr: str, node: bytes) -> None:
-            with contextlib.suppress(PeerUnreachable, RemoteError):
-                await self.client.call(addr, "leave", to=node)
-
-        tasks = [asyncio.ensure_future(tell(peer.addr, peer.node_id)) for peer in live]
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=self.config.timing.leave_wait)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-
     # ------------------------------------------------------------------------------ network
 
     def _handlers(self) -> dict[str, Callable[[Request], Any]]:
         handlers: dict[str, Callable[[Request], Any]] = {
             "sync": self._on_sync,
             "gossip": self._on_gossip,
-            "leave": self._on_leave,
+            "leave": self.membership.on_leave,
         }
         handlers.update(self.api.handlers())
         return handlers
-
-    def _sender_addr(self, request: Request) -> str | None:
-        """The address a peer's request came from, as this peer would call it back."""
-        if request.sender == self.node_id or len(request.sender) != 16:
-            return None
-        return self._call_back_addr(request)
-
-    @staticmethod
-    def _call_back_addr(request: Request) -> str | None:
-        if not request.addr:
-            return None
-        host, _, port = request.addr.rpartition(":")
-        if host in ("0.0.0.0", "::", "[::]", "") and request.remote:
-            # A peer bound to every interface names itself by the address we see it at.
-            host = f"[{request.remote}]" if ":" in request.remote else request.remote
-        return f"{host}:{port}"
-
-    def _contact(self, request: Request, waited: float | None = None) -> None:
-        if request.sender == self.node_id and self.twins.is_twin(request.run):
-            self._twin(request)
-            return
-        addr = self._sender_addr(request)
-        if addr is not None:
-            waited = self._waited(request) if waited is None else waited
-            self.peers.add(request.sender, addr, self.monotonic() - waited, contacted=True)
-
-    def _twin(self, request: Request) -> None:
-        """Another peer runs under this node id (see _twins): the younger stops."""
-        assert request.run is not None
-        if self.twins.stopped_for is not None:
-            return  # (stopping: it said so)
-        addr = self._call_back_addr(request)
-        # Its wait in the sockets by a hold just ended alone: the usual lags are kept by node
-        # id, which twins share, so a twin's lag was read against its predecessor's, on another
-        # clock (a copy restarted after its clock was stepped 60 s read 60 s old, and the
-        # original, 5 s old, stopped; a review of the session's fixes).
-        now = self.monotonic()
-        waited = self._hold_just_ended(now)
-        where = addr or request.remote or "another address"
-        if not self.twins.stops_for(request.run, request.age, waited, now):
-            if self.twins.first_heard(request.run):  # (the elder said nothing at all)
-                log.warning(
-                    "another peer runs with this peer's node id at %s, started after this one"
-                    " (its data directory a copy of %s?): calling it, so that it stops",
-                    where,
-                    self.dirs.root,
-                )
-            if addr is not None:  # (it is the younger: it stops once it hears this one)
-                self._maybe_twin_at(addr, 0.0, request.run)
-            return
-        self.failed = (
-            f"another peer runs with this peer's node id {self.node_id.hex()[:12]}, at {where},"
-            f" started before this one: one data directory is a copy of the other's; give"
-            f" this one its own (--data-dir), or delete {self.dirs.root / 'node_id'} before it"
-            " starts again"
-        )
-        log.error("%s; this peer stops", self.failed)
-        self.request_stop()
-
-    def _waited(self, request: Request) -> float:
-        """How long a request waited in this peer's sockets before it was read (see _lags)."""
-        lag = request.lag
-        if lag is None or not math.isfinite(lag):
-            return 0.0
-        now = self.monotonic()
-        return self._lags.waited(request.sender, lag, now, self._hold_just_ended(now))
 
     def _hold_just_ended(self, now: float) -> float:
         """The length of a hold of this peer's loop that ended just before ``now`` (0 if none):
@@ -700,7 +623,7 @@ class Node:
         sent it. Only the peer of the lower node id refuses, so of two sessions started at
         once, one goes on.
         """
-        addr = self._sender_addr(request)
+        addr = self.membership.sender_addr(request)
         if addr is None or self.node_id > request.sender:
             return False
         known = self.peers.get(request.sender)
@@ -710,7 +633,7 @@ class Node:
 
     async def _on_sync(self, request: Request) -> bytes:
         self._hold_back_while_storage_fails()
-        self._contact(request)
+        self.membership.contact(request)
         if not isinstance(request.body, bytes):
             raise MetaoptError("a sync request carries bytes")
         busy = self._busy_with(request)
@@ -758,7 +681,7 @@ class Node:
         if held > 0:
             self._last_tick = now - tick  # (measured: not measured again)
         if held > tick:
-            self._hold_ended_at, self._hold_length = now, held + tick  # (see _waited)
+            self._hold_ended_at, self._hold_length = now, held + tick  # (see Membership._waited)
         self._loop_held(held)
 
     def _loop_held(self, held: float) -> None:
@@ -796,27 +719,7 @@ class Node:
 
     async def _on_gossip(self, request: Request) -> Any:
         self._hold_back_while_storage_fails()
-        waited = self._waited(request)
-        self._contact(request, waited)
-        # Ages as of when it was sent, as far as this peer can tell (see _waited).
-        self.peers.merge_gossip(
-            request.body,
-            self.monotonic() - waited,
-            exclude=self.node_id,
-            on_own_id=self._maybe_twin_at,
-        )
-        now, timeout = self.monotonic(), self.config.timing.peer_timeout
-        elsewhere = self.peers.elsewhere(request.sender, now, timeout)
-        # (First, and within max_gossip entries: a reply is read only up to there.)
-        return (elsewhere + self.peers.to_gossip(now, timeout))[: self.peers.config.max_gossip]
-
-    async def _on_leave(self, request: Request) -> bool:
-        # Not a contact: its word that it is going must not count as a sign of life.
-        if request.sender != self.node_id and request.sender in self.peers:
-            log.info("peer %s is leaving", request.sender.hex()[:8])
-            self.peers.leave(request.sender)
-            self._liveness.left(request.sender)
-        return True
+        return self.membership.on_gossip(request)
 
     async def _anti_entropy(self) -> None:
         if self.storage.problem():  # (see _hold_back_while_storage_fails)
@@ -826,235 +729,11 @@ class Node:
     async def _gossip(self) -> None:
         if self.storage.problem():  # (see _hold_back_while_storage_fails)
             return
-        now = self.monotonic()
-        timeout = self.config.timing.peer_timeout
-        live = self.peers.random_live(self.rng, 1, now, timeout)
-        # One silent peer a round as well: a cluster whose peers all went quiet at once (a
-        # stall, a switch rebooting) finds itself again, seeds or none.
-        silent = self.peers.silent(now, timeout)
-        retry = [self.rng.choice(silent).addr] if silent else []
-        targets = [p.addr for p in live] + self.peers.seed_addrs() + retry
-        if not self.peers.live(now, timeout):
-            targets += self._recalled
-        # All at once: up to 16 remembered addresses of machines that may be gone for good,
-        # each taking the request timeout, held up the round for minutes when called in turn,
-        # and a --join seed that accepts and never answers held it (and the first answer, see
-        # _no_twin_unheard) for 10 s.
-        try:
-            await self._gossip_with_all(list(dict.fromkeys(targets)), timeout)
-        finally:  # (a bug in one call must not keep the others' news from the peers file)
-            self._remember_peers()
-            self._say_if_alone(now)
-            self._say_liveness(self.monotonic(), timeout)
-
-    def _say_liveness(self, now: float, timeout: float) -> None:
-        """A line for each peer that became live, came back, or went silent (not for one
-        that said it was leaving: that was said when it came)."""
-        found, back, gone = self._liveness.changes(self.peers, now, timeout)
-        for peer in found:
-            log.info("peer %s at %s is live", peer.node_id.hex()[:8], peer.addr)
-        for peer in back:
-            log.info("peer %s at %s is live again", peer.node_id.hex()[:8], peer.addr)
-        for peer in gone:
-            if peer.node_id not in self.peers and self.peers.was_replaced(peer.node_id):
-                # Dropped at once: another node answers at its address (a peer restarted
-                # there with a new data directory), not silence.
-                log.info(
-                    "peer %s at %s: another node is at its address now, counted gone",
-                    peer.node_id.hex()[:8],
-                    peer.addr,
-                )
-            elif not peer.left:
-                log.info(
-                    "peer %s at %s: nothing heard of it for %g s, counted gone (its running"
-                    " trials re-run elsewhere once unheard of for %g s)",
-                    peer.node_id.hex()[:8],
-                    peer.addr,
-                    timeout,
-                    self.config.timing.lost_after,
-                )
-
-    def _say_if_alone(self, now: float) -> None:
-        """Once: a peer started without --join where mDNS finds nobody ran alone, its log
-        saying only that it listened."""
-        if self._alone_said or now - self.started_at < self.config.timing.peer_timeout:
-            return
-        self._alone_said = True
-        hint = self.alone_hint()
-        if hint is not None and not self._recalled:  # (_remember_peers warns of those)
-            log.info("%s; this peer runs alone, every trial here", hint)
-
-    def alone_hint(self) -> str | None:
-        """Why this peer knows no other, and how to join one; None if it knows one, calls a
-        --join seed, or is still calling the addresses remembered from its last life."""
-        if self.peers.all() or self.peers.seed_addrs():
-            return None
-        if self._recalled:
-            if not self.listened():
-                return None
-            # `peer status` said nothing of it: "peers (0 live of 0)" and its log's warning.
-            shown = ", ".join(self._recalled[:3]) + (", ..." if len(self._recalled) > 3 else "")
-            return (
-                f"none of the peers this one knew ({shown}) answers: it runs alone and keeps"
-                " calling them; if they moved, restart it with --join HOST:PORT of a running peer"
-            )
-        found = "mDNS is off" if not self.config.mdns else "mDNS found none on this interface"
-        return f"no other peer known ({found}); to join a cluster, start with --join HOST:PORT"
-
-    async def _gossip_with_all(self, addrs: list[str], timeout: float) -> None:
-        """Gossip with every address at once (each call takes up to the request timeout).
-        A call's bug is raised once all have ended, for the round to log (see _round: at
-        every round, at once, it logged a line per round, for good)."""
-        calls = (self._gossip_with(addr, timeout) for addr in addrs)
-        ended = await asyncio.gather(*calls, return_exceptions=True)
-        failed = [e for e in ended if isinstance(e, Exception)]
-        if failed:
-            raise failed[0]
-
-    async def _gossip_with(self, addr: str, timeout: float) -> None:
-        # Ages as of this call: one to a hung peer takes the whole request timeout, and
-        # ages told as of before it made every peer 10 s younger, each round (a peer
-        # stopped with SIGSTOP stayed live for 73 s instead of 30).
-        called = self.monotonic()
-        gossip = self.peers.to_gossip(called, timeout)
-        to = self.peers.at(addr)  # (see PeerTable.answered)
-        try:
-            try:
-                reply = await self.client.call(addr, "gossip", gossip, to=to)
-            except Misaddressed:
-                # Another node answers there: the call again, naming nobody, tells it of
-                # this peer (a peer restarted there with a new data directory, not knowing
-                # this one, would otherwise go unheard of until the old entry expired).
-                self.peers.forget_at(addr, to)
-                to = None
-                reply = await self.client.call(addr, "gossip", gossip)
-        except (PeerUnreachable, RemoteError) as exc:
-            log.debug("gossip with %s failed: %s", addr, exc)
-            if addr in self.peers.seed_addrs() and addr not in self._seeds_heard:
-                # Once: a mistyped --join was silent, the peer alone with no word why. (Not
-                # for a refusal, which the transport says, with what to do: "does not answer
-                # (... refused us: UnknownKey)" said it twice, and contradicted itself.)
-                self._seeds_heard[addr] = False
-                if not isinstance(exc, Refused):
-                    log.warning(
-                        "--join %s does not answer (%s); still trying every %g s",
-                        addr,
-                        exc,
-                        self.config.timing.gossip,
-                    )
-            return
-        if self._seeds_heard.get(addr) is False:
-            log.info("--join %s answers now", addr)
-        self._seeds_heard[addr] = True
-        # As of the call, not of the reply's reading: a reply that waited through a hold of
-        # this peer's loop read as news of now (see _waited).
-        if to is not None:
-            self.peers.answered(to, called)
-        self.peers.merge_gossip(reply, called, exclude=self.node_id, on_own_id=self._maybe_twin_at)
-        # (After the calls its reply's news of this id set off.)
-        self._gossip_answered_at = min(self._gossip_answered_at, self.monotonic())
-
-    def _maybe_twin_at(self, addr: str, age: float, token: bytes | None = None) -> None:
-        """This node's id was heard of lately at ``addr`` (gossip, mDNS; or a twin's call,
-        whose ``token`` is given): call there, where a twin would hear it (see _twins)."""
-        if addr in self.peers.own_addrs or self._stopping.is_set():
-            return
-        if age > self.config.timing.peer_timeout:
-            return  # (an old address of this node's, from before a restart on another port)
-        if self.twins.should_call(addr, token, self.monotonic()):
-            log.debug("this node's id was heard of at %s; calling it", addr)
-            self._twin_calls += 1  # (now: caught_up may be asked before the call starts)
-            self._spawn(self._call_twin(addr))
-
-    async def _call_twin(self, addr: str) -> None:
-        try:
-            await self._gossip_with(addr, self.config.timing.peer_timeout)
-        finally:
-            self._twin_calls -= 1
-            self._twin_call_ended_at = self.monotonic()
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` beside the periodic tasks, stopped with them."""
-        task = asyncio.ensure_future(work)
-        self._tasks.append(task)
-        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
-
-    def _recall_peers(self) -> None:
-        """Read the addresses of the peers this one talked to when it last ran, to call while
-        it hears of none (see _gossip).
-
-        Without them a peer restarted on its data directory without --join (on a new port,
-        or after its peers stopped calling its old address) ran alone: from its own copy of
-        the history a finished experiment looked open (57 trials ran of --max-trials 40), and
-        live peers' trials looked lost. mDNS finds peers on one LAN; this finds them anywhere.
-        """
-        self._remembered = self.dirs.read_peers()
-        limit = self.peers.config.max_addr_len
-        self._recalled = [
-            a for a in self._remembered if valid_addr(a, limit) and a not in self.peers.own_addrs
-        ]
-
-    def _remember_peers(self) -> None:
-        """Keep the addresses of the peers this one talks to now in its data directory, then
-        the others it knew (if the few it talks to now die, the rest may still answer); while
-        it talks to none (cut off, or they are all down) the last ones are kept. Says once if
-        it has reached none of them since it started."""
-        now, timeout = self.monotonic(), self.config.timing.peer_timeout
-        live = self.peers.live(now, timeout)
-        talking = [p.addr for p in live if p.last_contact is not None]
-        if not talking:
-            if self._recalled and not self._warned_alone and self.listened():
-                self._warned_alone = True
-                log.warning(
-                    "none of the peers this one knew (%s) has answered for %g s: it runs"
-                    " alone, on its own copy of the history, and keeps calling them; if they"
-                    " all moved to other addresses, restart it with --join HOST:PORT of a"
-                    " running peer",
-                    ", ".join(self._recalled[:3]) + (", ..." if len(self._recalled) > 3 else ""),
-                    self.config.timing.peer_timeout,
-                )
-            return
-        self._warned_alone = True  # a partition later is not what that warning says
-        self._recalled = (talking + [a for a in self._recalled if a not in talking])[
-            :MAX_REMEMBERED
-        ]
-        if self._recalled == self._remembered:
-            return
-        try:
-            self.dirs.write_peers(self._recalled)
-        except OSError as exc:
-            log.debug("cannot keep the peers' addresses in %s: %s", self.dirs.root, exc)
-            return
-        self._remembered = self._recalled
+        await self.membership.gossip_round()
 
     def is_alive(self, node: bytes) -> bool:
-        if node == self.node_id:
-            return True
-        return self.peers.is_alive(node, self.monotonic(), self.config.timing.peer_timeout)
-
-    def _not_gone(self, node: bytes) -> bool:
-        """is_alive, except that a peer that said it was leaving counts until the timeout:
-        the judge of whether its trials are lost (see PeerTable.heard_within)."""
-        if node == self.node_id:
-            return True
-        return self.peers.heard_within(node, self.monotonic(), self.config.timing.peer_timeout)
-
-    def turn_nodes(self) -> list[bytes]:
-        """The nodes that take turns at new points: the live ones and those that said they
-        were leaving, until the timeout (see heard_within). A peer restarted in a moment was
-        gone, for the others, from its leave until it called each again, while it counted
-        them: two peers took one turn. A peer that did leave costs an empty turn a round."""
-        now, timeout = self.monotonic(), self.config.timing.peer_timeout
-        heard = [
-            p.node_id for p in self.peers.all() if self.peers.heard_within(p.node_id, now, timeout)
-        ]
-        return [self.node_id, *heard]
-
-    def live_nodes(self) -> list[bytes]:
-        now = self.monotonic()
-        return [self.node_id] + [
-            p.node_id for p in self.peers.live(now, self.config.timing.peer_timeout)
-        ]
+        """Whether ``node`` is live (see Membership.is_alive): what LocalApi asks its node."""
+        return self.membership.is_alive(node)
 
     # ----------------------------------------------------------------------------- records
 
@@ -1135,7 +814,7 @@ class Node:
         now_ms = int(self.clock() * 1000)
         return settle_wait(
             self.node_id,
-            self.turn_nodes(),
+            self.membership.turn_nodes(),
             state.key,
             len(state),
             self._turns_since(state, now_ms),
@@ -1214,7 +893,7 @@ class Node:
         suggester = self.suggester(state)
         suggest_ms = 0.0
         # The first in turn from an empty history takes the experiment's defaults (prepare).
-        lead = settle_rank(self.node_id, self.turn_nodes(), state.key, 0) == 0
+        lead = settle_rank(self.node_id, self.membership.turn_nodes(), state.key, 0) == 0
         look = waits = 0
         while True:
             if state.budget_spent or state.stopped:
@@ -1306,7 +985,8 @@ class Node:
         timing = self.config.timing
         now = self.monotonic()
         waited = now - self._listening_since()
-        if self.replicator.sessions > self._sessions_before and self._no_twin_unheard(now, waited):
+        synced = self.replicator.sessions > self._sessions_before
+        if synced and self.membership.no_twin_unheard(now, waited):
             return True
         if waited >= timing.peer_timeout:
             # Nobody to catch up with, unless others' records are still arriving: a catch-up
@@ -1323,34 +1003,7 @@ class Node:
             return quiet or (waited >= 10 * timing.peer_timeout and not history)
         # No seed and nobody heard of since two anti-entropy periods (mDNS answers come
         # sooner): a peer alone need not wait peer_timeout before its budgeted experiments.
-        return self._knows_nobody() and waited >= 2 * timing.anti_entropy
-
-    def _knows_nobody(self) -> bool:
-        """No peer, no seed and no address remembered from its last life to call."""
-        return len(self.peers) == 0 and not self.peers.seed_addrs() and not self._recalled
-
-    def _no_twin_unheard(self, now: float, waited: float) -> bool:
-        """Whether a twin (see _twins) running now would have been heard of, so that the
-        trials its history says this peer runs, and it does not, are its own cut short by a
-        restart. Asked until it first holds, at start: a copy of a running peer's data
-        directory, caught up by its first anti-entropy session, re-ran the original's running
-        trials before the twins heard of each other (5 of 7 copies in a soak).
-
-        It holds _TWIN_ANSWER after a peer first answered its gossip (a twin it called calls
-        back: a copy that --join'ed the original escaped without this wait, 1 of 6), with the
-        calls to where a reply said this node's id was heard of lately answered; or after
-        the peer timeout; at once if it knows no peer to ask."""
-        if self.twins.stopped_for is not None:
-            return False  # (it stops for its twin: nothing of its own is cut short)
-        if not self._twins_ruled_out:
-            settled = not self._twin_calls and now - self._twin_call_ended_at >= _TWIN_ANSWER
-            heard = (
-                now - self._gossip_answered_at >= _TWIN_ANSWER
-                or self._knows_nobody()
-                or waited >= self.config.timing.peer_timeout
-            )
-            self._twins_ruled_out = settled and heard
-        return self._twins_ruled_out
+        return self.membership.knows_nobody() and waited >= 2 * timing.anti_entropy
 
     def kick(self) -> None:
         """Schedule now rather than at the next tick: a slot just came free."""
@@ -1409,7 +1062,7 @@ class Node:
             self.node_id,
             self.runner.free_slots(),
             self.runner.running_keys(),
-            self.live_nodes(),
+            self.membership.live_nodes(),
             now_ms,
             int(self.config.timing.anti_entropy * 2000),
             # (A thaw needs no search: an experiment whose search failed here still thaws.)
@@ -1475,7 +1128,7 @@ class Node:
                 self.node_id,
                 self.replica.quiet_ms,
                 int(timing.lost_after * 1000),
-                self._not_gone if listened else lambda node: True,
+                self.membership.not_gone if listened else lambda node: True,
                 self.runner.running_keys(),
             )
             if caught_up
@@ -1587,8 +1240,8 @@ class Node:
             ],
             "slots": self.runner.describe(),
             # --join addresses that have not answered since this peer started.
-            "silent_seeds": [a for a in self.peers.seed_addrs() if not self._seeds_heard.get(a)],
-            "alone": self.alone_hint(),
+            "silent_seeds": self.membership.silent_seeds(),
+            "alone": self.membership.alone_hint(),
             "lost_after": self.config.timing.lost_after,
             "storage": self.storage.problem(),  # why it holds back (see _storage), or None
             # Frame bytes on the wire (requests and replies, both directions), peers and CLI.

@@ -111,7 +111,7 @@ async def test_new_records_without_end_are_waited_for_ten_timeouts_history_to_it
 
     now = [10_000.0]
     node = _judging(tmp_path, now)
-    node._recalled = ["127.0.0.1:9"]  # (not alone: it waits the timeout)
+    node.membership._recalled = ["127.0.0.1:9"]  # (not alone: it waits the timeout)
     timeout = node.config.timing.peer_timeout
 
     def arrive(age: float) -> None:

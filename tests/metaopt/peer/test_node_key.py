@@ -196,7 +196,7 @@ async def test_gossip_after_a_hung_peer_times_out_tells_its_true_age(tmp_path: P
                 raise PeerUnreachable("timed out")
             return []
 
-    real, node.client = node.client, _Client()  # type: ignore[assignment]
+    real, node.membership.client = node.membership.client, _Client()  # type: ignore[assignment]
     try:
         now[0] = 105.0
         await node._gossip()
@@ -206,7 +206,7 @@ async def test_gossip_after_a_hung_peer_times_out_tells_its_true_age(tmp_path: P
             ages = {addr: age for _node_id, addr, age in body}
             assert ages[hung] == pytest.approx(at - 100.0)
     finally:
-        node.client = real
+        node.membership.client = real
         await node.stop()
 
 

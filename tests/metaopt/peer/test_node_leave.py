@@ -46,10 +46,10 @@ async def test_a_stopped_peer_is_gone_at_once_until_it_speaks_again(tmp_path: Pa
         running.remove(a)
         await a.stop()  # an older peer's "unknown operation" does not break the stop
         assert older.bytes_in > 0
-        assert not b.is_alive(a.node_id) and a.node_id not in b.live_nodes()
+        assert not b.is_alive(a.node_id) and a.node_id not in b.membership.live_nodes()
         # But its frozen trials are not lost before the timeout: it may be back in a moment
         # (stopped to restart), and only it holds their checkpoints.
-        assert b._not_gone(a.node_id)
+        assert b.membership.not_gone(a.node_id)
         [shown] = b.status()["peers"]
         assert shown["node_id"] == a.node_id.hex() and shown["live"] is False
         # A third peer that had not heard of the leave yet reports it seen a moment ago.

@@ -89,7 +89,7 @@ async def test_a_call_refused_by_another_node_at_a_known_address_introduces_this
     try:
         predecessor = os.urandom(16)
         caller.peers.add(predecessor, restarted.addr, caller.monotonic(), contacted=True)
-        await caller._gossip_with(restarted.addr, FAST.peer_timeout)
+        await caller.membership._gossip_with(restarted.addr, FAST.peer_timeout)
         assert predecessor not in caller.peers
         assert caller.node_id in restarted.peers
     finally:
@@ -163,7 +163,7 @@ async def test_a_node_replaced_at_its_address_is_not_said_to_be_silent(
         a.peers.add(old, new.addr, now, contacted=True)
         short = old.hex()[:8]
         with caplog.at_level("INFO", logger="metaopt.peer"):
-            a._say_liveness(now, a.config.timing.peer_timeout)
+            a.membership._say_liveness(now, a.config.timing.peer_timeout)
             caplog.clear()
             await a._gossip()  # no time passes
         said = [r.getMessage() for r in caplog.records if short in r.getMessage()]
@@ -244,13 +244,13 @@ async def test_a_gossip_reply_that_waited_through_a_hold_is_as_old_as_the_call(
         mono[0] += 8.0  # the reply came at once; the loop was held 8 s before reading it
         return [[dead, "127.0.0.1:8", 0.5]]
 
-    real, node.client = node.client, SimpleNamespace(call=call)  # type: ignore[assignment]
+    real, node.membership.client = node.membership.client, SimpleNamespace(call=call)  # type: ignore[assignment]
     try:
-        await node._gossip_with("127.0.0.1:9", FAST.peer_timeout)
+        await node.membership._gossip_with("127.0.0.1:9", FAST.peer_timeout)
         heard = {p.node_id: p.heard for p in node.peers.all()}
         assert heard == {dead: 1000.0 - 0.5, partner: 1000.0}
     finally:
-        node.client = real
+        node.membership.client = real
         await node.stop()
 
 
@@ -267,11 +267,11 @@ async def test_a_peer_whose_entry_expired_is_not_said_to_be_replaced(
     node.peers.add(dead, "127.0.0.1:8", mono[0], contacted=True)
     node.peers.add(live, "127.0.0.1:9", mono[0], contacted=True)
     try:
-        node._say_liveness(mono[0], FAST.peer_timeout)
+        node.membership._say_liveness(mono[0], FAST.peer_timeout)
         mono[0] += 700.0  # the process was stopped 700 s; then its gossip round
         node.peers.answered(live, mono[0])  # the live peer answers (the table expires entries)
         with caplog.at_level(logging.INFO, logger="metaopt.peer"):
-            node._say_liveness(mono[0], FAST.peer_timeout)
+            node.membership._say_liveness(mono[0], FAST.peer_timeout)
         said = [r.getMessage() for r in caplog.records if dead.hex()[:8] in r.getMessage()]
         assert said and not any("another node is at its address" in s for s in said), said
     finally:

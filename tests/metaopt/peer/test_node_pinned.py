@@ -371,7 +371,7 @@ async def test_a_stop_waits_no_longer_than_leave_wait_for_a_peer_that_never_answ
         probe.bind(("127.0.0.1", 0))
         addr = f"127.0.0.1:{probe.getsockname()[1]}"
     node.peers.add(b"\x01" * 16, addr, node.monotonic(), contacted=True)
-    real, node.client = node.client, _HungClient()  # type: ignore[assignment]
+    real, node.membership.client = node.membership.client, _HungClient()  # type: ignore[assignment]
     try:
         await asyncio.wait_for(node.stop(), timeout=30)
     finally:
@@ -393,10 +393,10 @@ async def test_a_request_naming_this_peer_as_its_sender_does_not_enter_its_peer_
     node = _node(tmp_path / "d")
     try:
         await node._on_gossip(Request("gossip", node.node_id, "127.0.0.1:9", []))
-        assert len(node.peers) == 0 and node.live_nodes() == [node.node_id]
+        assert len(node.peers) == 0 and node.membership.live_nodes() == [node.node_id]
         other = b"\x01" * 16  # (what another peer's request does)
         await node._on_gossip(Request("gossip", other, "127.0.0.1:9", []))
-        assert node.live_nodes() == [node.node_id, other]
+        assert node.membership.live_nodes() == [node.node_id, other]
     finally:
         await node.stop()
 
@@ -516,13 +516,13 @@ async def test_a_peer_whose_disk_refuses_writes_starts_no_session_and_no_gossip(
         return []
 
     monkeypatch.setattr(node.replicator, "anti_entropy_once", anti_entropy_once)
-    real, node.client = node.client, SimpleNamespace(call=call)  # type: ignore[assignment]
+    real, node.membership.client = node.membership.client, SimpleNamespace(call=call)  # type: ignore[assignment]
     try:
         await node._anti_entropy()
         await node._gossip()
         assert called == []
     finally:
-        node.client = real
+        node.membership.client = real
         monkeypatch.undo()
         await node.stop()
 
@@ -540,8 +540,8 @@ def _calls(node: Node) -> list[str]:
         return []
 
     # (the real one is closed with the node)
-    node.client = SimpleNamespace(  # type: ignore[assignment]
-        call=call, close=node.client.close, bytes_in=0, bytes_out=0
+    node.membership.client = SimpleNamespace(  # type: ignore[assignment]
+        call=call, close=node.membership.client.close, bytes_in=0, bytes_out=0
     )
     return called
 
@@ -575,7 +575,7 @@ async def test_the_remembered_peers_are_called_only_while_no_peer_is_live(tmp_pa
     they are not called every round."""
     now = [1000.0]
     node = _clocked(tmp_path / "d", now)
-    node._recalled = ["127.0.0.1:20"]
+    node.membership._recalled = ["127.0.0.1:20"]
     called = _calls(node)
     try:
         await node._gossip()
@@ -606,8 +606,8 @@ async def test_a_join_seed_that_answers_is_not_shown_silent(
             raise PeerUnreachable(f"no answer from {addr} (ClientConnectorError)")
         return []
 
-    real, node.client = (
-        node.client,
+    real, node.membership.client = (
+        node.membership.client,
         SimpleNamespace(  # type: ignore[assignment]
             call=call, close=_nothing, bytes_in=0, bytes_out=0
         ),
@@ -620,7 +620,7 @@ async def test_a_join_seed_that_answers_is_not_shown_silent(
         assert node.status()["silent_seeds"] == []
         assert "--join 127.0.0.1:9 answers now" in caplog.messages
     finally:
-        node.client = real
+        node.membership.client = real
         await node.stop()
 
 
@@ -639,8 +639,8 @@ def test_the_addresses_remembered_from_a_last_life_leave_out_its_own_and_malform
     node = _node(tmp_path / "d")
     node.peers.own_addrs = frozenset({"127.0.0.1:5000"})
     try:
-        node._recall_peers()
-        assert node._recalled == ["127.0.0.1:5001"]
+        node.membership.recall_peers()
+        assert node.membership._recalled == ["127.0.0.1:5001"]
     finally:
         asyncio.run(node.stop())
 
@@ -654,10 +654,10 @@ async def test_only_peers_this_one_talked_to_are_remembered(tmp_path: Path) -> N
     node = _clocked(tmp_path / "d", now)
     node.peers.add(b"\x01" * 16, "127.0.0.1:9", now[0], contacted=False)
     try:
-        node._remember_peers()
+        node.membership._remember_peers()
         assert node.dirs.read_peers() == []
         node.peers.add(b"\x02" * 16, "127.0.0.1:10", now[0], contacted=True)
-        node._remember_peers()
+        node.membership._remember_peers()
         assert node.dirs.read_peers() == ["127.0.0.1:10"]
     finally:
         await node.stop()
@@ -670,10 +670,10 @@ async def test_the_peers_talked_to_now_come_first_in_a_full_peers_file(tmp_path:
     now = [1000.0]
     node = _clocked(tmp_path / "d", now)
     old = [f"127.0.0.1:{6000 + i}" for i in range(MAX_REMEMBERED)]
-    node._recalled = list(old)
+    node.membership._recalled = list(old)
     node.peers.add(b"\x01" * 16, "127.0.0.1:9", now[0], contacted=True)
     try:
-        node._remember_peers()
+        node.membership._remember_peers()
         assert node.dirs.read_peers() == ["127.0.0.1:9", *old[: MAX_REMEMBERED - 1]]
     finally:
         await node.stop()
@@ -717,7 +717,7 @@ async def test_its_own_records_do_not_hold_back_a_peer_that_has_nobody_to_catch_
     one it would judge nothing (claim no free trial) while its trials run."""
     now = [1000.0]
     node = _judging(tmp_path, now)
-    node._recalled = ["127.0.0.1:9"]  # (not alone: it waits the timeout)
+    node.membership._recalled = ["127.0.0.1:9"]  # (not alone: it waits the timeout)
     try:
         now[0] += node.config.timing.peer_timeout
         assert node.caught_up()
@@ -738,7 +738,7 @@ async def test_a_catch_up_that_never_goes_quiet_is_waited_for_ten_timeouts_at_mo
     for ten peer timeouts, no longer: then it judges and claims as a caught-up peer does."""
     now = [1000.0]
     node = _judging(tmp_path, now)
-    node._recalled = ["127.0.0.1:9"]
+    node.membership._recalled = ["127.0.0.1:9"]
     timeout = node.config.timing.peer_timeout
     try:
         now[0] += 10 * timeout - 1
@@ -763,7 +763,7 @@ async def test_a_peer_that_remembers_peers_is_not_alone_and_waits_to_catch_up(
     try:
         now[0] += 2 * node.config.timing.anti_entropy
         assert node.caught_up()  # alone
-        node._recalled = ["127.0.0.1:9"]
+        node.membership._recalled = ["127.0.0.1:9"]
         assert not node.caught_up()
     finally:
         await node.stop()
@@ -960,16 +960,16 @@ async def test_a_peer_whose_remembered_peers_never_answer_says_it_runs_alone(
     and what to do; before that, and once a peer is known, nothing."""
     now = [1000.0]
     node = _judging(tmp_path, now)
-    node._recalled = ["127.0.0.1:9"]
+    node.membership._recalled = ["127.0.0.1:9"]
     try:
-        assert node.alone_hint() is None  # still calling them
+        assert node.membership.alone_hint() is None  # still calling them
         now[0] += node.config.timing.peer_timeout
-        hint = node.alone_hint()
+        hint = node.membership.alone_hint()
         assert hint is not None and hint.startswith(
             "none of the peers this one knew (127.0.0.1:9) answers: it runs alone"
         )
         assert node.status()["alone"] == hint
         node.peers.add(b"\x01" * 16, "127.0.0.1:9", now[0], contacted=True)
-        assert node.alone_hint() is None
+        assert node.membership.alone_hint() is None
     finally:
         await node.stop()

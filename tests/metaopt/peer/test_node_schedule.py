@@ -208,7 +208,7 @@ async def test_a_peer_restarted_after_a_kill_reruns_its_lost_trial_from_its_chec
         node.store.add([exp, trial, *events])
         node.peers.add(OTHER, "127.0.0.1:9", node.monotonic(), contacted=True)  # live, idle
         node.replicator.sessions = 1  # caught up (a session, and a gossip answered 2 s ago)
-        node._gossip_answered_at = node.monotonic() - 2
+        node.membership._gossip_answered_at = node.monotonic() - 2
         await node._schedule_once()
         records = [r for r in node.store.linked(trial.key) if r.kind == EVENT]
         records.sort(key=lambda r: r.seq)
@@ -266,7 +266,7 @@ async def test_a_peer_alone_is_caught_up_soon_and_one_with_a_seed_waits_for_a_se
         assert not node.caught_up()
         node.replicator.sessions = 1
         assert not node.caught_up()  # ... and its gossip answered (see test_twins)
-        node._gossip_answered_at = node.monotonic() - 2
+        node.membership._gossip_answered_at = node.monotonic() - 2
         assert node.caught_up()
     finally:
         await node.stop()
@@ -454,7 +454,7 @@ async def test_a_new_point_waits_its_turn_from_the_latest_trial_and_no_more_than
         now[0] += delay
         await real_sleep(0)
 
-    monkeypatch.setattr(node, "turn_nodes", lambda: [node.node_id, *others])
+    monkeypatch.setattr(node.membership, "turn_nodes", lambda: [node.node_id, *others])
     monkeypatch.setattr("metaopt.peer._node.asyncio.sleep", recorded)
     try:
         now[0] = exp.time / 1000 + 0.0005  # it arrives as it is submitted
@@ -463,7 +463,7 @@ async def test_a_new_point_waits_its_turn_from_the_latest_trial_and_no_more_than
         settle = node.config.timing.settle
         turns = []
         for _ in range(12):
-            rank = settle_rank(node.node_id, node.turn_nodes(), exp.key, len(state))
+            rank = settle_rank(node.node_id, node.membership.turn_nodes(), exp.key, len(state))
             turns.append(rank % 8)  # 20 peers share 8 turns
             waits.clear()
             assert await node.new_trial(state) is not None
@@ -556,11 +556,11 @@ def _second_in_turn(
         clock=lambda: now[0],
         monotonic=lambda: now[0],
     )
-    monkeypatch.setattr(node, "turn_nodes", lambda: [*others, node.node_id])
+    monkeypatch.setattr(node.membership, "turn_nodes", lambda: [*others, node.node_id])
     # Another node id until this one is not first: 254 one-byte ids ran out once in a few
     # hundred runs (this node's random id ranked first against every one of them).
     for i in range(3, 1 << 20):
-        if settle_rank(node.node_id, node.turn_nodes(), exp.key, 0) != 0:
+        if settle_rank(node.node_id, node.membership.turn_nodes(), exp.key, 0) != 0:
             return node
         others[-1] = i.to_bytes(16, "big")
     raise AssertionError("no node id ranks before this one")

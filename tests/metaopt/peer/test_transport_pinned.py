@@ -197,7 +197,7 @@ async def test_both_sides_count_the_bytes_of_each_exchange() -> None:
 @pytest.mark.asyncio
 async def test_a_handler_is_told_the_address_a_request_came_from() -> None:
     """A peer bound to 0.0.0.0 names itself by that address; the one it calls learns where it
-    really is from the connection (Node._sender_addr), so the remote must reach the handler."""
+    really is from the connection (Membership.sender_addr), so the remote must reach the handler."""
     codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
     seen: list[str | None] = []
 

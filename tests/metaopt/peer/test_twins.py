@@ -101,7 +101,7 @@ class _Wired:
         made = Node(config, clock=lambda: self.now + skew, monotonic=lambda: self.now)
         made.addr = addr
         made.peers.own_addrs = frozenset({addr})
-        made.client = self._client_of(made)  # type: ignore[assignment]
+        made.membership.client = self._client_of(made)  # type: ignore[assignment]
         self.nodes[addr] = made
         return made
 
@@ -188,7 +188,7 @@ async def test_the_stopping_twin_does_not_tell_the_cluster_that_the_other_leaves
         assert twin.failed and a.failed is None
         timeout = c.config.timing.peer_timeout
         assert a.node_id in {p.node_id for p in c.peers.live(wired.now, timeout)}
-        await twin._leave()  # what the copy's Node.stop() does next, as any stop
+        await twin.membership.leave()  # what the copy's Node.stop() does next, as any stop
         assert a.node_id in {p.node_id for p in c.peers.live(wired.now, timeout)}
     finally:
         wired.close()
@@ -307,21 +307,21 @@ async def test_a_copy_joining_the_original_itself_is_not_caught_up_before_it_cal
     wired.now += 0.01
     twin = wired.node("copy", "127.0.0.1:41002")
     twin.peers.add_seed(a.addr)  # `peer start --join` the original (or its address remembered)
-    calls_back = a.client.call
+    calls_back = a.membership.client.call
     held: list[str] = []
 
     async def held_back(addr: str, *args: Any, **kwargs: Any) -> Any:
         held.append(addr)  # (the call back is under way, and slow)
         raise PeerUnreachable("not yet")
 
-    a.client.call = held_back  # type: ignore[method-assign]
+    a.membership.client.call = held_back  # type: ignore[method-assign]
     try:
         twin.replicator.sessions += 1  # its first anti-entropy session, with the original
         await twin._gossip()
         assert held == [twin.addr] and twin.failed is None
         assert not twin.caught_up(), "caught up before its twin could call back"
         wired.now += 1.0
-        a.client.call = calls_back  # type: ignore[method-assign]
+        a.membership.client.call = calls_back  # type: ignore[method-assign]
         a.twins._called.clear()  # (it calls again: RECALL_AFTER, shortened)
         await wired.rounds(1, twin)
         assert twin.failed and not twin.caught_up()
@@ -373,7 +373,7 @@ async def test_a_seed_that_never_answers_does_not_hold_up_the_others_gossip(
     wired = _Wired(tmp_path)
     joiner = wired.node("j", "127.0.0.1:41010")
     live = wired.node("l", "127.0.0.1:41011", joiner.key.to_text())
-    answering = joiner.client.call
+    answering = joiner.membership.client.call
     dead = asyncio.Event()
 
     async def call(addr: str, *args: Any, **kwargs: Any) -> Any:
@@ -382,7 +382,7 @@ async def test_a_seed_that_never_answers_does_not_hold_up_the_others_gossip(
             raise PeerUnreachable("no answer from 127.0.0.1:9")
         return await answering(addr, *args, **kwargs)
 
-    joiner.client.call = call  # type: ignore[method-assign]
+    joiner.membership.client.call = call  # type: ignore[method-assign]
     for seed in ("127.0.0.1:9", live.addr):
         joiner.peers.add_seed(seed)
     try:
@@ -390,7 +390,7 @@ async def test_a_seed_that_never_answers_does_not_hold_up_the_others_gossip(
         for _ in range(100):  # (bounded)
             await asyncio.sleep(0)
         assert joiner.node_id in live.peers and not round_.done()  # (while one hangs)
-        assert joiner._gossip_answered_at == wired.now
+        assert joiner.membership._gossip_answered_at == wired.now
         dead.set()
         await round_
     finally:
