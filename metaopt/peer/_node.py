@@ -972,13 +972,14 @@ class Node:
     def caught_up(self) -> bool:
         """Whether this replica may judge other peers' trials and claim free ones.
 
-        Only after one full anti-entropy session, or once peer_timeout has passed with none
-        and no other peer's records arrive (nobody to catch up with), or two anti-entropy
-        periods after start for a peer that
-        has no seed and has heard of no other peer. Before that a peer that just joined or
-        restarted holds a partial history: a trial whose completion has not arrived yet looks
-        lost, a trial another peer already re-runs looks free (both were run twice), and a
-        budgeted experiment's count of trials is short (a finished 8/8 went to 9/8).
+        Only after one full anti-entropy session (and with no twin unheard of, see
+        Membership.no_twin_unheard), or once peer_timeout has passed with none and no other
+        peer's records arrive (nobody to catch up with), or two anti-entropy periods after
+        start for a peer that has no seed and has heard of no other peer. Before that a peer
+        that just joined or restarted holds a partial history: a trial whose completion has
+        not arrived yet looks lost, a trial another peer already re-runs looks free (both were
+        run twice), and a budgeted experiment's count of trials is short (a finished 8/8 went
+        to 9/8).
         """
         if self.replica.loading:  # (part of its own history, even)
             return False
