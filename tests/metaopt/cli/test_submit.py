@@ -731,7 +731,7 @@ def test_a_folder_of_more_files_than_a_record_can_list_is_a_one_line_error(
 
 def test_wait_exits_1_when_no_trial_completed(capsys: pytest.CaptureFixture[str]) -> None:
     # `submit --wait && next-step` went on after every trial had failed.
-    from metaopt.cli._submit import wait_for
+    from metaopt.cli._wait import wait_for
 
     info: dict[str, object] = {
         "id": "c1" * 32, "name": "crash", "counts": {"failed": 2}, "thawed": 0, "best": [],
@@ -760,7 +760,7 @@ def test_wait_on_an_experiment_stopped_meanwhile_says_so(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # It printed the best and exited 0 as if the experiment had run its course.
-    from metaopt.cli._submit import wait_for
+    from metaopt.cli._wait import wait_for
 
     info: dict[str, object] = {
         "id": "c1" * 32, "name": "sweep", "counts": {"completed": 3}, "thawed": 0,
@@ -780,7 +780,7 @@ def test_wait_on_an_experiment_stopped_meanwhile_says_so(
 def test_wait_says_why_trials_fail_once_per_reason(capsys: pytest.CaptureFixture[str]) -> None:
     # A script failing at import showed "0 done, 8 failed" over and over, the why only in the
     # peer's log.
-    from metaopt.cli._submit import wait_for
+    from metaopt.cli._wait import wait_for
 
     crash = "exited with code 1; last stderr: ModuleNotFoundError: No module named 'torchh'"
     polls = [
@@ -807,7 +807,7 @@ def test_wait_names_its_experiment_by_id_once_a_later_submission_took_its_name(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # `metaopt status NAME` would have shown the later namesake, not the experiment followed.
-    from metaopt.cli._submit import wait_for
+    from metaopt.cli._wait import wait_for
 
     info: dict[str, object] = {
         "id": "0d" * 32, "name": "nc", "counts": {"failed": 1}, "thawed": 0, "best": [],
@@ -832,7 +832,7 @@ def test_wait_names_its_experiment_by_id_once_a_later_submission_took_its_name(
 def test_wait_whose_peer_stops_answering_says_the_experiment_goes_on_elsewhere(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from metaopt.cli._submit import wait_for
+    from metaopt.cli._wait import wait_for
 
     info = {
         "id": "5e" * 32, "name": "sweep", "counts": {"running": 1}, "thawed": 0, "best": [],
@@ -860,7 +860,7 @@ def test_wait_says_what_keeps_a_spent_experiment_open_when_only_hand_frozen_tria
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # `submit --wait` ran on for ever with "1 frozen" and nothing saying what to do.
-    from metaopt.cli._submit import wait_for
+    from metaopt.cli._wait import wait_for
 
     paused = {
         "state": "frozen",
@@ -902,7 +902,7 @@ def test_wait_stops_when_nothing_runs_and_its_peer_starts_no_new_trial(
 ) -> None:
     # A space of two points and --max-trials 3: `submit --wait` printed "2 done, 2/3 trials"
     # and then nothing, for ever; the reason was only in the peer's log and `metaopt status`.
-    from metaopt.cli._submit import wait_for
+    from metaopt.cli._wait import wait_for
 
     why = "all 2 points of the space are tried"
     running = {"state": "running", "reason": None}
@@ -998,7 +998,7 @@ def test_wait_on_a_terminal_erases_the_end_of_a_longer_line_before(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # "10 running" then "9 running" left "best 0.0959est 0.34508" on screen.
-    from metaopt.cli._submit import wait_for
+    from metaopt.cli._wait import wait_for
 
     class _Tty(io.StringIO):
         def isatty(self) -> bool:

@@ -16,7 +16,8 @@ import pytest
 from crdt import OversizedRecord, Record
 from metaopt._errors import MetaoptError
 from metaopt.cli import main
-from metaopt.cli._submit import build_submission, merge_config, split_submit_args, wait_for
+from metaopt.cli._submit import build_submission, merge_config, split_submit_args
+from metaopt.cli._wait import wait_for
 from tests.metaopt.cli.test_submit import _build, _FakePeer, _refused, fake_peer  # noqa: F401
 
 PRIOR = "--x~uniform(0, 1)"

@@ -940,7 +940,7 @@ async def can_run_once_laid_out(runner: TrialRunner, state: ExperimentState) -> 
     """can_run, after the bundle layout its first call may start (in a thread) has ended."""
     if runner.can_run(state):
         return True
-    task = runner._laying_out.get(state.key)
+    task = runner.layouts._laying_out.get(state.key)
     if task is not None:
         await task
     return runner.can_run(state)
@@ -975,7 +975,7 @@ async def test_a_bundle_the_disk_refuses_is_said_once_a_minute_and_a_deleted_one
         written.mkdir(exist_ok=True)
         return written
 
-    runner._materialize = materialize  # type: ignore[method-assign]
+    runner.layouts._materialize = materialize  # type: ignore[method-assign]
     for second in (0.0, 0.5, 30.0, 61.0):
         now[0] = second
         assert not await can_run_once_laid_out(runner, state)
@@ -1237,8 +1237,8 @@ def _launched_with_code(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, link_tree: Callable[[Path, Path], None]
 ) -> tuple[TrialRunner, Any]:
     """A runner that launched a trial of an experiment with a bundle of code, laid out by
-    link_tree in place of _runner._link_tree, and saw its run to the end; and its node."""
-    from metaopt.peer import _runner
+    link_tree in place of _layout._link_tree, and saw its run to the end; and its node."""
+    from metaopt.peer import _layout
 
     bundle = tmp_path / "bundle"
     bundle.mkdir()
@@ -1250,8 +1250,8 @@ def _launched_with_code(
     node.dirs = SimpleNamespace(trials=tmp_path / "trials", root=tmp_path)
     node.kick = lambda: None  # (a slot freed: the node schedules again)
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1, timing=Timing()))  # type: ignore[arg-type]
-    runner._bundles[state.key] = bundle
-    monkeypatch.setattr(_runner, "_link_tree", link_tree)
+    runner.layouts._bundles[state.key] = bundle
+    monkeypatch.setattr(_layout, "_link_tree", link_tree)
 
     async def launched() -> None:
         await runner.launch(state, view)
@@ -1272,10 +1272,10 @@ def test_a_launch_lays_out_the_trials_code_off_the_event_loop(
     # event loop: a bundle of 11,000 files (well under the 50 MiB cap) held a real peer's loop
     # 0.7 s a launch (an asyncio and child process review). A disk that refuses the copy sets
     # the trial free, as one that refuses its folder does.
-    from metaopt.peer import _runner
+    from metaopt.peer import _layout
 
     on_loop: list[bool] = []
-    real = _runner._link_tree
+    real = _layout._link_tree
 
     def spy(src: Path, dest: Path) -> None:
         on_loop.append(threading.current_thread() is threading.main_thread())

@@ -96,7 +96,7 @@ def test_an_experiment_without_a_command_cannot_run_and_a_shared_dir_one_can() -
         ExperimentSpec(name="h", space=SPACE, command=("t.py",), bundle={"shared_dir": "/srv/c"}),
     )
     assert runner.can_run(shared) is True
-    assert runner._laying_out == {}
+    assert runner.layouts._laying_out == {}
 
 
 @pytest.mark.asyncio
@@ -117,10 +117,10 @@ async def test_a_bundle_that_can_never_be_laid_out_is_marked_unrunnable_once(
         tries.append(1)
         raise MetaoptError("the manifest names a file outside the bundle")
 
-    runner._materialize = materialize  # type: ignore[method-assign]
+    runner.layouts._materialize = materialize  # type: ignore[method-assign]
     for _ in range(3):
-        if not runner.can_run(state) and state.key in runner._laying_out:
-            await runner._laying_out[state.key]
+        if not runner.can_run(state) and state.key in runner.layouts._laying_out:
+            await runner.layouts._laying_out[state.key]
     assert runner.unrunnable == {state.key: "the manifest names a file outside the bundle"}
     assert tries == [1] and not runner.can_run(state)
     assert caplog.text.count("cannot run here") == 1
