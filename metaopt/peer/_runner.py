@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -31,9 +31,7 @@ from metaopt.peer._config import PeerConfig
 from metaopt.peer._executor import ExecutorConfig, TrialProcess, TrialSpec, stopped_by_signal
 from metaopt.peer._gpus import Slot, detect_slots
 from metaopt.peer._identity import trial_dir, trial_log_path
-from metaopt.peer._layout import SHARED_OVER as SHARED_OVER  # (see TrialRunner._laying_out)
 from metaopt.peer._layout import CodeLayouts
-from metaopt.peer._layout import _lay_out_code as _lay_out_code  # (likewise)
 from metaopt.peer._orphans import kill_orphans
 from metaopt.peer._storage import storage_failure
 from metaopt.peer._template import parse_template
@@ -253,32 +251,6 @@ class TrialRunner:
     async def settle_layouts(self) -> None:
         """End the bundle layouts under way and wait for them (see CodeLayouts.settle)."""
         await self.layouts.settle()
-
-    # The layouts' parts as the runner named them before they moved to CodeLayouts, read and
-    # swapped by tests/metaopt/peer/test_node_schedule.py (left to the node's refactor under
-    # way): drop these, and the re-exports from _layout above, once it reaches runner.layouts.
-
-    @property
-    def _laying_out(self) -> dict[bytes, asyncio.Task[None]]:
-        return self.layouts._laying_out
-
-    @property
-    def _materialize(self) -> Callable[[ExperimentState, Callable[[bytes], bytes]], Path]:
-        return self.layouts._materialize
-
-    @_materialize.setter
-    def _materialize(
-        self, materialize: Callable[[ExperimentState, Callable[[bytes], bytes]], Path]
-    ) -> None:
-        self.layouts._materialize = materialize  # type: ignore[method-assign, assignment]
-
-    @property
-    def _chunk(self) -> Callable[[bytes], Awaitable[bytes]]:
-        return self.layouts._chunk
-
-    @_chunk.setter
-    def _chunk(self, chunk: Callable[[bytes], Awaitable[bytes]]) -> None:
-        self.layouts._chunk = chunk  # type: ignore[method-assign, assignment]
 
     # ---------------------------------------------------------------------------- launch
 

@@ -730,7 +730,7 @@ async def test_a_bundle_is_written_off_the_event_loop_and_read_on_it(tmp_path: P
     node = _lone_node(tmp_path)
     loop_thread = threading.get_ident()
     threads: dict[str, set[int]] = {"write": set(), "read": set()}
-    materialize, chunk = node.runner._materialize, node.runner._chunk
+    materialize, chunk = node.runner.layouts._materialize, node.runner.layouts._chunk
 
     def spy_materialize(state: Any, fetch: Any) -> Path:
         threads["write"].add(threading.get_ident())
@@ -740,8 +740,8 @@ async def test_a_bundle_is_written_off_the_event_loop_and_read_on_it(tmp_path: P
         threads["read"].add(threading.get_ident())
         return await chunk(digest)
 
-    node.runner._materialize = spy_materialize  # type: ignore[method-assign]
-    node.runner._chunk = spy_chunk  # type: ignore[method-assign]
+    node.runner.layouts._materialize = spy_materialize  # type: ignore[method-assign]
+    node.runner.layouts._chunk = spy_chunk  # type: ignore[method-assign]
     try:
         node.store.add([exp, *blobs])
         state = node.replica.experiments[exp.key]
@@ -766,7 +766,7 @@ async def test_a_layout_that_fails_is_said_once_a_minute_and_a_stop_ends_one_und
     async def broken(digest: bytes) -> bytes:
         raise RuntimeError("Database is closed")
 
-    node.runner._chunk = broken  # type: ignore[method-assign]
+    node.runner.layouts._chunk = broken  # type: ignore[method-assign]
     try:
         node.store.add([exp])
         state = node.replica.experiments[exp.key]
@@ -775,11 +775,11 @@ async def test_a_layout_that_fails_is_said_once_a_minute_and_a_stop_ends_one_und
                 assert not await can_run_once_laid_out(node.runner, state)
         assert caplog.text.count("laying out its code failed: Database is closed") == 1
         assert "never retrieved" not in caplog.text
-        node.runner._chunk = lambda digest: asyncio.sleep(0.05, chunks[digest])  # type: ignore[method-assign]
+        node.runner.layouts._chunk = lambda digest: asyncio.sleep(0.05, chunks[digest])  # type: ignore[method-assign]
         assert not node.runner.can_run(state)  # a layout under way...
     finally:
         await node.stop()  # ...ended, not left reading a closed store
-    assert not node.runner._laying_out
+    assert not node.runner.layouts._laying_out
     assert not any(p.name.endswith(".tmp") for p in node.dirs.bundles.glob("*"))
 
 
@@ -1024,7 +1024,7 @@ async def test_a_trials_code_laid_out_in_part_is_laid_out_again_whole(
     a module not yet linked (ModuleNotFoundError)."""
     exp, chunks = _bundled(tmp_path, {"train.py": b"import helper\n", "helper.py": b"X = 1\n"})
     node = _lone_node(tmp_path)
-    node.runner._chunk = lambda digest: asyncio.sleep(0, chunks[digest])  # type: ignore[method-assign]
+    node.runner.layouts._chunk = lambda digest: asyncio.sleep(0, chunks[digest])  # type: ignore[method-assign]
     body = {"params": {"x": 0.5}, "node": node.node_id, "counter": 1}
     trial = Record.create(TRIAL, node.node_id, 2, int(time.time() * 1000), body, [exp.key])
     copy = shutil.copy2
@@ -1146,7 +1146,7 @@ async def test_a_trial_folder_the_disk_refuses_is_tried_once_until_the_retry(
         monkeypatch.setattr(runner, "_spec", refused)
         for _ in range(3):
             await node._schedule_once()
-            for task in list(runner._laying_out.values()):
+            for task in list(runner.layouts._laying_out.values()):
                 await task
         state = node.replica.experiments[exp.key]
         assert sum(t.attempts for t in state.trials()) == 1
@@ -1165,7 +1165,7 @@ def test_a_trials_write_into_its_code_in_place_is_its_own(
     # the bundle and so for every later trial of the experiment on that peer (a review of
     # hostile input). Large files stay shared, read-only, one copy on the disk; but not for
     # root, whom the mode does not stop (a soak's peers ran as root, as in many containers).
-    from metaopt.peer._runner import SHARED_OVER, _lay_out_code
+    from metaopt.peer._layout import SHARED_OVER, _lay_out_code
 
     monkeypatch.setattr(os, "geteuid", lambda: euid)
 
