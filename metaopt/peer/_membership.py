@@ -59,7 +59,7 @@ class Membership:
         *,
         monotonic: Callable[[], float],
         rng: random.Random,
-        started_at: float,
+        started_at: Callable[[], float],
         stopping: asyncio.Event,
         listened: Callable[[], bool],
         hold_just_ended: Callable[[float], float],
@@ -203,7 +203,7 @@ class Membership:
     def _say_if_alone(self, now: float) -> None:
         """Once: a peer started without --join where mDNS finds nobody ran alone, its log
         saying only that it listened."""
-        if self._alone_said or now - self._started_at < self.config.timing.peer_timeout:
+        if self._alone_said or now - self._started_at() < self.config.timing.peer_timeout:
             return
         self._alone_said = True
         hint = self.alone_hint()

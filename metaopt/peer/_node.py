@@ -269,9 +269,10 @@ class Node:
             self.client,
             self.twins,
             self._lags,
-            monotonic=monotonic,
+            # Read at each call, as the runner's: both are the node's, and tests move them.
+            monotonic=lambda: self.monotonic(),
             rng=self.rng,
-            started_at=self.started_at,
+            started_at=lambda: self.started_at,
             stopping=self._stopping,
             listened=self.listened,
             hold_just_ended=self._hold_just_ended,

@@ -106,7 +106,7 @@ class Running:
     extra: dict[str, Any] = field(default_factory=dict)
     last_progress: float = -math.inf  # when its last progress record was written
     # Reports thinned out, kept for the next record or the end: the latest of each set of
-    # metric names (see TrialRunner._hold).
+    # metric names (see _hold).
     held: dict[frozenset[str], tuple[int | None, dict[str, Any]]] = field(default_factory=dict)
     resumed_after: int | None = None  # the step it was resumed after (thawed or re-run), if any
     # The free events its start answered and the events they follow (TrialView.answers).
