@@ -11,14 +11,15 @@ target; the speed-up is the median time at k = 1 over the median at k, with a 90
 resampling the seeds (the median of 10 runs moves by 10-20% from one set of seeds to another).
 
 ``--algorithm auto,auto-ei,clairvoyant`` measures several side by side. ``auto-ei`` is auto with
-log-EI for pending trials too (``GPConfig(pending_beta=None)``), the rule before GP-BUCB.
+log-EI instead of the bound (``GPConfig(pending_beta=None)``), the rule before GP-BUCB, pending
+trials or not.
 ``clairvoyant`` is a reference, not a search algorithm: auto told the true value of every
 pending trial, i.e. sequential information at parallel speed. No treatment of pending points
 can know more than it does, so its speed-up shows what is left to gain by changing how pending
 points are handled; what it still loses to k = 1 is the blind first round (k points chosen
 before any result exists) and the evaluation time itself. Both report themselves as auto, so
 their Studies draw auto's random streams: at k = 1, where nothing is pending when a peer asks,
-all three are auto exactly.
+clairvoyant is auto exactly.
 
     python -m simulations.bench_parallel [--seeds 5] [--problems branin,hartmann6]
         [--push 0.02,off] [--algorithm auto,auto-ei,clairvoyant] [--first-seed 0] [--quick]

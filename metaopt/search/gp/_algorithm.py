@@ -1,4 +1,5 @@
-"""GP Bayesian optimisation: Matérn-5/2 ARD GP, MAP hyperparameters, log-EI, believer fantasies.
+"""GP Bayesian optimisation: Matérn-5/2 ARD GP, MAP hyperparameters, a confidence bound (or
+log-EI), believer fantasies.
 
 Per call: completed trials with finite values train the GP (several objectives are first turned
 into one by a random augmented Chebyshev scalarisation, ParEGO-style). Failed trials and
@@ -7,13 +8,19 @@ Pending trials of every peer, then each point of this batch, enter as kriging-be
 so parallel suggestions spread out. Until ``n_init`` trials are known the points come from a
 space-filling Sobol start.
 
-With trials pending, the point minimises the lower confidence bound mu - beta sigma of that
-fantasy-conditioned posterior instead of maximising log-EI: GP-BUCB (Desautels, Krause and
-Burdick 2014). A believed value leaves the mean as it is and only shrinks the variance, so the
-bound keeps the batch apart as the fantasies do, while each point is greedier than EI, whose
-incumbent the believed values lower: the pending trials already explore. Measured with 8 peers
-(bench_parallel, 100 held-out seeds), Branin reached its target 9% sooner, Hartmann6 3%. Unlike
-EI, the bound does not vanish at a measured point, so its stall radius is wider.
+The point minimises the lower confidence bound mu - beta sigma of that fantasy-conditioned
+posterior instead of maximising log-EI: GP-BUCB (Desautels, Krause and Burdick 2014). A believed
+value leaves the mean as it is and only shrinks the variance, so the bound keeps the batch apart
+as the fantasies do, while each point is greedier than EI, whose incumbent the believed values
+lower: the pending trials already explore. Measured with 8 peers (bench_parallel, 100 held-out
+seeds), Branin reached its target 9% sooner, Hartmann6 3%. Unlike EI, the bound does not vanish
+at a measured point, so its stall radius is wider.
+
+With nothing pending (a single peer) it is the bound too, no longer log-EI: on bench_search
+(30 seeds, budget 50, median final regret, seed for seed) better on Hartmann6, Ackley-5,
+Rosenbrock-4, Levy-8 and the SVR (24-27 of 30 seeds on the first four), worse only in the last
+digits on Branin and the mixed space (2e-4 against 5e-5, 7e-6 against 3e-6); one peer reaches
+Branin's bench_parallel target in 13 evaluations instead of 19. See docs/tuning/parallel-gp.md.
 
 The bound's GP has a pessimistic prior mean, the ``pending_prior_quantile`` (0.75) quantile of
 the warped observations, instead of their mean. Once the pending trials crowd the promising
@@ -24,7 +31,7 @@ worse than most of what was measured keeps them refining near the good points, w
 trial's true value would have sent them. Measured with 8 peers on 150 held-out seeds (100-249,
 median time to target): Hartmann6 5.72 -> 5.23 (mean paired log-ratio -0.092 +- 0.017), Branin
 3.74 -> 3.67 (a tie: +0.008 +- 0.018). On 30 of those seeds 0.5 gained nothing and 0.9 matched
-0.75 on Hartmann6 but not on Branin. Sequential search never uses the bound.
+0.75 on Hartmann6 but not on Branin.
 
 The alternatives measured against this rule (other betas and believers, Thompson sampling,
 local penalisers, trust regions, what a pending trial's true value would have bought) and why
@@ -69,8 +76,8 @@ class GPConfig:
     power_transform: Yeo-Johnson the standardised outputs (tames heavy tails such as Rosenbrock).
     stall_radius: a log-EI optimum closer than this (Euclidean, unit cube) to a known point is
         a stall, and a space-filling point is taken instead (see ``_suggest``); 0 disables.
-    pending_beta: with trials pending, minimise mu - pending_beta sigma (GP-BUCB) instead of
-        maximising log-EI; None keeps log-EI.
+    pending_beta: minimise mu - pending_beta sigma (GP-BUCB), trials pending or not (named
+        for where it was first used), instead of maximising log-EI; None asks log-EI.
     pending_stall_radius: the stall radius of that bound's optimum.
     pending_prior_quantile: the bound's GP has this quantile of the warped observations as its
         prior mean (far from data a point is assumed that bad); None keeps their mean.
@@ -144,7 +151,7 @@ def _as_known(points: FloatArray, d: int) -> Observations:
 
 
 class GPAlgorithm:
-    """Bayesian optimisation with a GP and log-EI; implements the Algorithm protocol."""
+    """Bayesian optimisation with a GP and a confidence bound; implements the Algorithm protocol."""
 
     name = "gp"
 
@@ -163,7 +170,7 @@ class GPAlgorithm:
     def suggest(
         self, space: Space, obs: Observations, rng: np.random.Generator, n: int = 1
     ) -> FloatArray:
-        """Return (n, d) rounded points maximising log-EI, each seeing the previous as pending.
+        """Return (n, d) rounded points minimising the bound, each seeing the previous as pending.
 
         Args:
             space: the search space.
@@ -202,8 +209,7 @@ class GPAlgorithm:
         ei_model: GPModel | None = None
         bound: GPModel | None = None
         for i in range(n):
-            pending = obs.pending.shape[0] > 0 or i > 0
-            if pending and cfg.pending_beta is not None:
+            if cfg.pending_beta is not None:
                 if bound is None:
                     believed = np.vstack([fantasies, out[:i]])
                     bound = self._bound_model(fitted).with_fantasies(believed)

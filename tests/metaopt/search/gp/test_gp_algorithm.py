@@ -236,9 +236,11 @@ def test_a_log_ei_optimum_next_to_a_known_point_is_replaced_by_a_new_place(
     # An overconfident model's optimum: a hair away from a point already measured.
     stalled = X[3] + 1e-6
     monkeypatch.setattr(_algorithm, "maximise_log_ei", lambda *args, **kwargs: stalled.copy())
-    far = GPAlgorithm().suggest(space, obs, np.random.default_rng(1), 1)[0]
+    log_ei = GPConfig(pending_beta=None)  # (log-EI, not the default bound)
+    far = GPAlgorithm(log_ei).suggest(space, obs, np.random.default_rng(1), 1)[0]
     assert np.sqrt(((X - far) ** 2).sum(axis=1)).min() > 0.05
-    kept = GPAlgorithm(GPConfig(stall_radius=0.0)).suggest(space, obs, np.random.default_rng(1), 1)
+    unstalled = GPConfig(pending_beta=None, stall_radius=0.0)
+    kept = GPAlgorithm(unstalled).suggest(space, obs, np.random.default_rng(1), 1)
     assert np.allclose(kept[0], stalled, atol=1e-9)
 
 
@@ -269,7 +271,7 @@ def _pending_history() -> tuple[Space, Observations]:
     return space, Observations(X, ((X - 0.3) ** 2).sum(axis=1, keepdims=True), P)
 
 
-def test_with_trials_pending_the_gp_minimises_the_confidence_bound(
+def test_the_gp_minimises_the_confidence_bound_with_trials_pending_or_not(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     space, obs = _pending_history()
@@ -290,9 +292,9 @@ def test_with_trials_pending_the_gp_minimises_the_confidence_bound(
     GPAlgorithm().suggest(space, obs, rng, 1)
     assert calls == ["lcb"]
     calls.clear()
-    # Nothing pending: log-EI; the rest of one batch sees its first point as pending.
+    # Nothing pending (a single peer): the bound too, no longer log-EI.
     GPAlgorithm().suggest(space, Observations(obs.X, obs.Y), rng, 3)
-    assert calls == ["ei", "lcb", "lcb"]
+    assert calls == ["lcb", "lcb", "lcb"]
     calls.clear()
     GPAlgorithm(GPConfig(pending_beta=None)).suggest(space, obs, rng, 2)
     assert calls == ["ei", "ei"]

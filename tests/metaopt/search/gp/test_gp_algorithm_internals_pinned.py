@@ -196,16 +196,20 @@ def test_the_fit_is_warm_started_from_the_previous_one_of_that_space(
     assert fits[2][0][5] is None
 
 
+@pytest.mark.parametrize(
+    ("search", "config"),
+    [("minimise_lcb", GPConfig()), ("maximise_log_ei", GPConfig(pending_beta=None))],
+)
 def test_the_acquisition_search_is_anchored_at_the_best_points_first(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, search: str, config: GPConfig
 ) -> None:
     """Pins the anchors' order (best warped value first): the local candidates are drawn around
     the first few anchors, which must be the incumbent and its runners-up, not the worst."""
-    calls = _spy(monkeypatch, "maximise_log_ei")
+    calls = _spy(monkeypatch, search)
     rng = np.random.default_rng(12)
     X = rng.random((12, 2))
     Y = _bowl(X)
-    GPAlgorithm().suggest(PLANE, Observations(X, Y), np.random.default_rng(0), 1)
+    GPAlgorithm(config).suggest(PLANE, Observations(X, Y), np.random.default_rng(0), 1)
     anchors = calls[0][0][3]
     order = np.argsort(Y[:, 0], kind="stable")
     np.testing.assert_array_equal(anchors, X[order])
@@ -221,12 +225,13 @@ def test_later_points_of_a_batch_see_the_earlier_ones_as_pending(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Pins the batch bookkeeping: the i-th point's model believes the batch's first i points
-    (the bound's model built at the second point included) and its search avoids them."""
+    (the bound's model built at the first point, then extended by each) and its search avoids
+    them."""
     lcb = _spy(monkeypatch, "minimise_lcb")
     obs = _batch_history()
     out = GPAlgorithm().suggest(PLANE, obs, np.random.default_rng(1), 3)
-    assert len(lcb) == 2
-    for i, (args, _) in enumerate(lcb, start=1):
+    assert len(lcb) == 3
+    for i, (args, _) in enumerate(lcb):
         model, known = args[0], args[4]
         assert model.X.shape[0] == 12 + i
         np.testing.assert_allclose(model.X[12:], out[:i], atol=1e-12)
