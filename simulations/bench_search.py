@@ -380,6 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m simulations.bench_search", description=__doc__.split("\n")[0]
     )
     ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument(
+        "--first-seed", type=int, default=0, help="seeds run from here up (held-out seeds)"
+    )
     ap.add_argument("--budget", type=int, default=50)
     ap.add_argument("--problems", default=",".join(PROBLEMS))
     ap.add_argument("--methods", default=",".join(METHODS))
@@ -412,6 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error(f"unknown method {m!r}; choose from {','.join(METHODS)}")
     if args.budget < 1 or args.seeds < 1:  # (--budget 0 was a ZeroDivisionError in a worker)
         ap.error("--budget and --seeds take 1 or more")
+    if args.first_seed < 0:
+        ap.error("--first-seed takes 0 or more")
     if args.report:
         saved: list[dict[str, Any]] = []
         for path in args.report:
@@ -439,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Seed-major order: whenever the run is stopped, the finished seeds cover every method.
     tasks = [
         (m, p, s, long if p == "hartmann6" else args.budget)
-        for s in range(args.seeds)
+        for s in range(args.first_seed, args.first_seed + args.seeds)
         for m in methods
         for p in problems
     ]
