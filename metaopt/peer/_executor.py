@@ -1,9 +1,13 @@
 """One trial as a child process: start it, read what it reports, stop it, say how it ended.
 
-The child gets its own session (so its own process group: signals reach the workers it forks
-too), stdin from /dev/null, and stdout and stderr appended to one log file as they arrive and
-parsed by :mod:`metaopt.peer._output`. ``PYTHONUNBUFFERED=1`` is set unless the spec overrides
-it, so reports and regex matches arrive live. Events go to a callback as ``(kind, data)``:
+The child gets a process group of its own (signals reach the workers it forks too), stdin
+from /dev/null, and stdout and stderr appended to one log file as they arrive and parsed by
+:mod:`metaopt.peer._output`. ``PYTHONUNBUFFERED=1`` is set unless the spec overrides it, so
+reports and regex matches arrive live. On Linux the child's parent is a subreaper of its own
+(:mod:`metaopt.peer._subreaper`, in a session of its own), which kills what the child left,
+in its group or not, once it exits, and exits as it did: ``pid``, the signals and the
+watchdog are the child's (its group's), and the subreaper's exit is the child's end. Events
+go to a callback as ``(kind, data)``:
 
 =============  ===========================================================================
 ``started``    ``pid``
@@ -32,6 +36,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +72,10 @@ Status = Literal["completed", "failed", "interrupted"]
 _LOG_RETRY = 5.0  # seconds before a trial's log the disk refused is tried again
 # Seconds after the exit when pipes still open are taken as held by an escaped process.
 _ESCAPED_AFTER = 0.5
+# In the subreaper's environment alone: the sweeps of a trial's processes leave it to end
+# itself, which it does once its command has, after killing what the command left.
+SUBREAPER_MARK = "METAOPT_SUBREAPER"
+_SUBREAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_subreaper.py")
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,9 @@ class ExecutorConfig:
     # The log is kept to its latest output: past half of this, it moves to <log>.1 (replacing
     # the one before) and starts afresh, so a chatty trial cannot fill the replica's disk.
     max_log_bytes: int = 64 << 20
+    # Start the command under _subreaper.py, which stops whatever the trial left running when
+    # it ends, escaped from its group and environment or not (Linux: a child subreaper).
+    subreaper: bool = sys.platform.startswith("linux")
 
 
 # Environment variables of the peer that its trials never inherit: its cluster key, and what
@@ -269,27 +281,45 @@ class TrialProcess:
         # environment (trackers, crash reporters) would carry it off.
         inherited = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
         env = {**inherited, "PYTHONUNBUFFERED": "1", **spec.env}
+        argv, told = list(spec.argv), None
+        if cfg.subreaper:  # (it says through `told` whether the command started)
+            told, tell = os.pipe()
+            argv = [sys.executable, "-I", _SUBREAPER, str(tell), *argv]
+            env[SUBREAPER_MARK] = "1"  # (its own: the command's environment goes without)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *spec.argv,
+                *argv,
                 cwd=spec.cwd,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # its own group: the watchdog and stops reach all of it
+                pass_fds=() if told is None else (tell,),
             )
-        except OSError as exc:
-            what = exc.strerror or str(exc)
-            return self._finish_early(f"cannot start {spec.argv[0]!r}: {what}; check the command")
-        except ValueError as exc:  # "embedded null byte": no command line or environment
-            # carries a NUL (a choice's value, a name from another peer); one line, not a
-            # traceback of the executor at every trial.
+        except (OSError, ValueError) as exc:
+            if told is not None:
+                os.close(told)
+            if isinstance(exc, OSError):
+                what = exc.strerror or str(exc)
+                return self._finish_early(f"cannot start {argv[0]!r}: {what}; check the command")
+            # "embedded null byte": no command line or environment carries a NUL (a choice's
+            # value, a name from another peer); one line, not a traceback at every trial.
             return self._finish_early(f"cannot start {spec.argv[0]!r}: {exc} in its arguments")
+        finally:
+            if told is not None:
+                os.close(tell)
+        group = proc.pid
+        if told is not None:
+            group, why = await self._started(proc, told)
+            if why is not None:
+                return self._finish_early(
+                    f"cannot start {spec.argv[0]!r}: {why}; check the command"
+                )
         loop = asyncio.get_running_loop()
-        self.pid, self._proc = proc.pid, proc
+        self.pid, self._proc = group, proc
         self._last_activity = loop.time()
-        self._emit("started", pid=proc.pid)
+        self._emit("started", pid=self.pid)
         if self._kill_reason is not None:
             self._signal(signal.SIGKILL)
         elif self._stop_reason is not None:
@@ -329,6 +359,40 @@ class TrialProcess:
         self._tell_notes(parser, ended=True)
         self._check_broken(parser)
         return self._conclude(code, parser)
+
+    async def _started(self, proc: asyncio.subprocess.Process, told: int) -> tuple[int, str | None]:
+        """Wait until the subreaper has started the command: its pid (its group's id), or the
+        subreaper's and why the command could not start.
+
+        Until then the trial is not running (a stop or kill asked meanwhile is acted on once it
+        is) and the watchdog does not know its group: a peer that dies meanwhile leaves the
+        subreaper's pipe without a reader, and the subreaper kills the command.
+        """
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(told, "rb", buffering=0)
+        )
+        reading = asyncio.ensure_future(reader.read())  # to its end: written once, then closed
+        try:
+            said = await asyncio.shield(reading)
+        except asyncio.CancelledError:
+            # The run is cancelled (its peer stops) as the command starts: killed once known,
+            # as a started one is; the subreaper then reaps what it left and exits.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, ValueError, OSError):
+                said = await asyncio.wait_for(reading, self.spec.config.drain)
+                os.killpg(int(said), signal.SIGKILL)
+            raise
+        finally:
+            transport.close()
+        if said.startswith(b"!"):
+            with contextlib.suppress(TimeoutError):  # it exits 127 at once
+                await asyncio.wait_for(proc.wait(), self.spec.config.drain)
+            return proc.pid, said[1:].decode(errors="replace") or "unknown error"
+        try:
+            return int(said), None
+        except ValueError:  # nothing: it died first (its exit code tells how)
+            return proc.pid, None
 
     async def _drain(self, readers: list[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
         """Read what the exited process left in its pipes, up to the drain time; the readers

@@ -19,6 +19,7 @@ from pathlib import Path
 __all__ = ["find_orphans", "kill_orphans"]
 
 _TRIAL = b"METAOPT_TRIAL_ID="
+_SUBREAPER = b"METAOPT_SUBREAPER=1"  # (_subreaper.py: the parent of a trial's command)
 
 
 def find_orphans(
@@ -27,7 +28,9 @@ def find_orphans(
     """Process id -> process group of every trial process of this data directory (of one
     trial, given its id in hex).
 
-    Only processes this user may read are seen, which are the only ones a peer starts.
+    Only processes this user may read are seen, which are the only ones a peer starts. A
+    trial's subreaper is not among them: it ends itself once its command has, and killed at
+    the same moment as a stubborn command it could not kill what the command left behind.
     """
     mark = b"METAOPT_DATA_DIR=" + os.fsencode(str(data_dir))
     wanted = _TRIAL if trial is None else _TRIAL + trial.encode()
@@ -46,6 +49,8 @@ def find_orphans(
             pgid = int(stat[stat.rindex(b")") + 2 :].split()[2])
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile, another user's, or not a process
+        if _SUBREAPER in environ:
+            continue  # it ends itself once its command has, killing what that left
         if mark in environ and any(
             item.startswith(_TRIAL) and (trial is None or item == wanted) for item in environ
         ):

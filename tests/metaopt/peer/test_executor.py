@@ -744,7 +744,8 @@ async def test_a_process_the_trial_left_outside_its_group_is_stopped_as_its_outp
         os.kill(pid, signal.SIGKILL)
         stopped.append(pid)
 
-    config = replace(_FAST, drain=30.0)
+    # (Without the subreaper, which stops such a process itself: see the next test.)
+    config = replace(_FAST, drain=30.0, subreaper=False)
     spec = _spec(tmp_path, script, stop_escaped=stop_escaped, config=config)
     try:
         outcome, _ = await _run(spec)

@@ -1,0 +1,151 @@
+"""A trial's first process: the parent of the trial's command and the reaper of what it leaves.
+
+A process a trial started that left the trial's group (``setsid``, a daemon's double fork) and
+cleared its environment (``env -i``) was reached neither by the group kill at the trial's end
+nor by the sweeps that find a trial's processes by ``METAOPT_TRIAL_ID``: it held its GPU until
+the machine rebooted. This process makes itself a child subreaper (``PR_SET_CHILD_SUBREAPER``,
+Linux): whatever the trial leaves orphaned is re-parented to it instead of to init, however it
+escaped. It starts the command as its child, in a process group of the command's own, and tells
+the peer the command's pid, which is that group's id: the peer's stops, kills and watchdog go
+to that group and never reach this process. Once the command has exited (killed -9 or not), it
+SIGKILLs what is left of the command's group and every process still its child — re-parented
+to it, so the trial's — with that process's group, and exits as the command did: with its
+code, or killed by its signal. The peer's sweeps by environment (_orphans.py, the watchdog)
+leave this process alone (``METAOPT_SUBREAPER`` in its environment, not in the command's): it
+ends itself once the command has, and killed at the same time as a stubborn command it would
+leave the rest behind. They still find what kept its environment should this process be
+killed.
+
+A stop signal sent to this process (SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2) is
+passed on to the command's group.
+
+Run as ``python -I path/to/_subreaper.py FD COMMAND...`` (as a file, standard library only: it
+starts in a few tens of ms; importing the metaopt package would load numpy). FD is the write
+end of a pipe from the peer: this process writes the command's pid there once it runs, or
+``!`` and why it could not be started (then exits 127), and closes it. A pipe with no reader
+left means the peer died or gave up before it heard of the command: the command is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+_MARK = "METAOPT_SUBREAPER"  # its own environment's, left out of the command's
+_PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+_REAP_FOR = 5.0  # seconds to wait for what the trial left to die (a process in D state may not)
+_PASSED_ON = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+              signal.SIGUSR2)  # fmt: skip
+
+
+def _become_subreaper() -> None:
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: a plain parent, no more
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _children() -> list[int]:
+    """This process's children (the command's leftovers are re-parented here), from /proc."""
+    me, found = os.getpid(), []
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as fh:
+                    stat = fh.read()
+                # The 4th field of stat, after the command in parentheses, is the parent.
+                if int(stat[stat.rindex(b")") + 2 :].split()[1]) == me:
+                    found.append(int(name))
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+    return found
+
+
+def _kill_group(group: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(group, signal.SIGKILL)
+
+
+def _reap_left(group: int) -> None:
+    """SIGKILL the command's group, then every child left (with its group) until none is."""
+    _kill_group(group)  # the group outlives its leader while members remain: still the trial's
+    mine = os.getpgid(0)
+    deadline = time.monotonic() + _REAP_FOR
+    while True:
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass  # (the dead ones, so they are not listed again)
+        left = _children()
+        if not left or time.monotonic() > deadline:
+            return
+        for pid in left:
+            with contextlib.suppress(OSError):
+                group = os.getpgid(pid)
+                if group != mine:
+                    _kill_group(group)  # what it started too
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)  # their children are re-parented here as they die
+
+
+def _exit_as(code: int) -> None:
+    """End this process the way the command ended."""
+    if code >= 0:
+        os._exit(code)
+    sig = -code
+    with contextlib.suppress(OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the command's crash, not ours
+    with contextlib.suppress(OSError, ValueError):  # (SIGKILL's cannot be set, nor need be)
+        signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(os.getpid(), sig)
+    os._exit(128 + sig)  # (a signal whose default does not end a process)
+
+
+def main(argv: list[str]) -> None:
+    status_fd, command = int(argv[0]), argv[1:]
+    child: subprocess.Popen[bytes] | None = None
+    asked: list[int] = []  # signals that arrived before the command ran
+
+    def pass_on(signum: int, _frame: object) -> None:
+        if child is None:
+            asked.append(signum)
+        else:
+            with contextlib.suppress(OSError):
+                os.killpg(child.pid, signum)
+
+    for sig in _PASSED_ON:
+        if signal.getsignal(sig) != signal.SIG_IGN:  # (ignored stays so, for the command too)
+            signal.signal(sig, pass_on)
+    _become_subreaper()
+    try:
+        # (close_fds: the command does not hold the status pipe open)
+        env = {k: v for k, v in os.environ.items() if k != _MARK}  # (see the executor's)
+        child = subprocess.Popen(command, env=env, process_group=0)
+    except (OSError, ValueError) as exc:
+        why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+        with contextlib.suppress(OSError):
+            os.write(status_fd, b"!" + why.encode(errors="replace"))
+        os._exit(127)
+    try:
+        os.write(status_fd, b"%d" % child.pid)
+        os.close(status_fd)
+    except OSError:  # no reader: the peer died or gave up before it heard of the command
+        asked.append(signal.SIGKILL)
+    for signum in asked:
+        with contextlib.suppress(OSError):
+            os.killpg(child.pid, signum)
+    code = child.wait()
+    _reap_left(child.pid)
+    _exit_as(code)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
