@@ -451,6 +451,11 @@ def test_no_trial_process_outlives_its_peer_killed_or_hung_up(cluster: Cluster) 
         kill_orphans(peer.data_dir)
 
 
+def _parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
 def _watchdog_of(pid: int) -> int:
     """The pid of the peer's trial watchdog (a child of the peer running _watchdog.py).
 
@@ -498,7 +503,14 @@ def _outlive(cluster: Cluster, peer: Peer) -> None:
     wait_for(lambda: len(find_orphans(peer.data_dir)) >= 2, 60, peer.log)
     first = set(find_orphans(peer.data_dir))
     assert peer.proc is not None
+    # With its watchdog and the trial's subreaper (which kills the silent child once the trial
+    # dies of its closed pipe) killed as well, the restart stops them. The peer is held still
+    # meanwhile: seeing its subreaper die, it would kill the trial's group itself.
+    peer.proc.send_signal(signal.SIGSTOP)
     os.kill(_watchdog_of(peer.proc.pid), signal.SIGKILL)
+    subreapers = {_parent_of(pid) for pid in first} - first
+    assert len(subreapers) == 1
+    os.kill(subreapers.pop(), signal.SIGKILL)
     cluster.kill(peer, signal.SIGKILL)
     assert first <= set(find_orphans(peer.data_dir))  # the peer is gone, its trial is not
     cluster.restart(peer)
