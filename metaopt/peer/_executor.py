@@ -300,9 +300,11 @@ class TrialProcess:
         except (OSError, ValueError) as exc:
             if told is not None:
                 os.close(told)
-            if isinstance(exc, OSError):
+            if isinstance(exc, OSError):  # (the command's fault, E2BIG say, not the subreaper's)
                 what = exc.strerror or str(exc)
-                return self._finish_early(f"cannot start {argv[0]!r}: {what}; check the command")
+                return self._finish_early(
+                    f"cannot start {spec.argv[0]!r}: {what}; check the command"
+                )
             # "embedded null byte": no command line or environment carries a NUL (a choice's
             # value, a name from another peer); one line, not a traceback at every trial.
             return self._finish_early(f"cannot start {spec.argv[0]!r}: {exc} in its arguments")

@@ -17,7 +17,11 @@ leave the rest behind. They still find what kept its environment should this pro
 killed.
 
 A stop signal sent to this process (SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2) is
-passed on to the command's group.
+taken and dropped: the peer never sends it one, and what sends one to every process (systemd,
+a shutdown, `kill` of them all) reaches the command itself; passed on, it reached the command
+twice and ran its handler again inside the first call. It goes on waiting for the command.
+While it waits, it reaps whatever else of the trial's ends (a shell's `job &` that finished),
+so no zombie holds a pid until the trial's end.
 
 Run as ``python -I path/to/_subreaper.py FD COMMAND...`` (as a file, standard library only: it
 starts in a few tens of ms; importing the metaopt package would load numpy). FD is the write
@@ -29,7 +33,6 @@ left means the peer died or gave up before it heard of the command: the command 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import resource
 import signal
@@ -40,14 +43,42 @@ import time
 _MARK = "METAOPT_SUBREAPER"  # its own environment's, left out of the command's
 _PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 _REAP_FOR = 5.0  # seconds to wait for what the trial left to die (a process in D state may not)
-_PASSED_ON = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-              signal.SIGUSR2)  # fmt: skip
+_STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+          signal.SIGUSR2)  # fmt: skip
 
 
 def _become_subreaper() -> None:
-    with contextlib.suppress(OSError, AttributeError):  # not Linux: a plain parent, no more
+    # Not Linux, or a Python without ctypes: a plain parent, no more.
+    with contextlib.suppress(ImportError, OSError, AttributeError):
+        import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _own_environment() -> dict[bytes, bytes]:
+    """The environment this process was started with, less its mark: Python's start-up adds
+    LC_CTYPE to os.environ when it coerces a C locale, which -I cannot turn off, and the
+    command would inherit it."""
+    try:
+        with open("/proc/self/environ", "rb") as fh:
+            items = fh.read().split(b"\0")
+        env = dict(item.split(b"=", 1) for item in items if b"=" in item)
+    except OSError:
+        env = dict(os.environb)
+    env.pop(_MARK.encode(), None)
+    return env
+
+
+def _wait_for(pid: int) -> int:
+    """Wait for the command to exit, reaping any other child meanwhile; its exit code."""
+    while True:
+        try:
+            done, status = os.waitpid(-1, 0)  # (retried after a signal's handler, PEP 475)
+        except ChildProcessError:  # (reaped elsewhere: cannot be, but must not hang)
+            return 0
+        if done == pid:
+            return os.waitstatus_to_exitcode(status)
 
 
 def _children() -> list[int]:
@@ -109,26 +140,20 @@ def _exit_as(code: int) -> None:
     os._exit(128 + sig)  # (a signal whose default does not end a process)
 
 
+def _ignore(_signum: int, _frame: object) -> None:
+    """A stop signal for this process alone: dropped (a handler, not SIG_IGN, which the
+    command would inherit through exec)."""
+
+
 def main(argv: list[str]) -> None:
     status_fd, command = int(argv[0]), argv[1:]
-    child: subprocess.Popen[bytes] | None = None
-    asked: list[int] = []  # signals that arrived before the command ran
-
-    def pass_on(signum: int, _frame: object) -> None:
-        if child is None:
-            asked.append(signum)
-        else:
-            with contextlib.suppress(OSError):
-                os.killpg(child.pid, signum)
-
-    for sig in _PASSED_ON:
+    for sig in _STOPS:
         if signal.getsignal(sig) != signal.SIG_IGN:  # (ignored stays so, for the command too)
-            signal.signal(sig, pass_on)
+            signal.signal(sig, _ignore)
     _become_subreaper()
     try:
         # (close_fds: the command does not hold the status pipe open)
-        env = {k: v for k, v in os.environ.items() if k != _MARK}  # (see the executor's)
-        child = subprocess.Popen(command, env=env, process_group=0)
+        child = subprocess.Popen(command, env=_own_environment(), process_group=0)
     except (OSError, ValueError) as exc:
         why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
         with contextlib.suppress(OSError):
@@ -138,11 +163,8 @@ def main(argv: list[str]) -> None:
         os.write(status_fd, b"%d" % child.pid)
         os.close(status_fd)
     except OSError:  # no reader: the peer died or gave up before it heard of the command
-        asked.append(signal.SIGKILL)
-    for signum in asked:
-        with contextlib.suppress(OSError):
-            os.killpg(child.pid, signum)
-    code = child.wait()
+        _kill_group(child.pid)
+    code = _wait_for(child.pid)
     _reap_left(child.pid)
     _exit_as(code)
 
