@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import functools
 import logging
 import os
@@ -300,8 +301,15 @@ class TrialProcess:
         except (OSError, ValueError) as exc:
             if told is not None:
                 os.close(told)
-            if isinstance(exc, OSError):  # (the command's fault, E2BIG say, not the subreaper's)
+            if isinstance(exc, OSError):
                 what = exc.strerror or str(exc)
+                if told is not None and exc.errno != errno.E2BIG:  # (E2BIG: its arguments)
+                    # The program that did not start is this peer's Python (a venv rebuilt
+                    # under a running peer), not the command.
+                    return self._finish_early(
+                        f"cannot start the trial: this peer's Python {argv[0]!r} did not run"
+                        f" ({what}); if it was moved or reinstalled, restart the peer"
+                    )
                 return self._finish_early(
                     f"cannot start {spec.argv[0]!r}: {what}; check the command"
                 )

@@ -76,7 +76,7 @@ def _wait_for(pid: int) -> int:
         try:
             done, status = os.waitpid(-1, 0)  # (retried after a signal's handler, PEP 475)
         except ChildProcessError:  # (reaped elsewhere: cannot be, but must not hang)
-            return 0
+            return 255
         if done == pid:
             return os.waitstatus_to_exitcode(status)
 
@@ -147,6 +147,8 @@ def _ignore(_signum: int, _frame: object) -> None:
 
 def main(argv: list[str]) -> None:
     status_fd, command = int(argv[0]), argv[1:]
+    # An ignored SIGCHLD, inherited, has the kernel reap the command: its exit code is lost.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for sig in _STOPS:
         if signal.getsignal(sig) != signal.SIG_IGN:  # (ignored stays so, for the command too)
             signal.signal(sig, _ignore)

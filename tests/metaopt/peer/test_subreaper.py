@@ -333,3 +333,32 @@ async def test_sigterm_to_every_process_reaches_the_command_once(tmp_path: Path)
     await _run(spec, react)
     said = [ln for ln in spec.log_path.read_text().splitlines() if ln.startswith("handler")]
     assert said == ["handler calls 1"], said
+
+
+@pytest.mark.asyncio
+async def test_the_peers_missing_python_is_not_blamed_on_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The peer's interpreter is gone (its venv rebuilt under a running peer): the exec that
+    # failed was the subreaper's Python, and the reason said the user's `true` did not exist.
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "gone" / "python3"))
+    spec = TrialSpec(argv=["true"], cwd=tmp_path, log_path=tmp_path / "output.log", config=_QUICK)
+    outcome, _ = await _run(spec)
+    assert outcome.status == "failed" and outcome.reason is not None
+    assert outcome.reason.startswith("cannot start the trial: this peer's Python"), outcome.reason
+    assert "'true'" not in outcome.reason
+
+
+def test_an_inherited_ignored_sigchld_does_not_lose_the_commands_exit_code() -> None:
+    # Ignored, SIGCHLD has the kernel reap the command at once: waitpid found no child, and
+    # the subreaper exited 0 for a command that exited 3.
+    read, write = os.pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-I", _SUBREAPER, str(write), sys.executable, "-c", "raise SystemExit(3)"],
+        pass_fds=(write,),
+        preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN),
+    )
+    os.close(write)
+    with os.fdopen(read, "rb") as told:
+        assert told.read().isdigit()  # (heard: with nobody listening it kills the command)
+    assert process.wait(timeout=30) == 3
