@@ -127,7 +127,11 @@ class LevelDBStore:
             # shrinks (4% on event records), while decompressing a block on every random read
             # halved how fast a replica reads records out to a catching-up peer. Tables written
             # compressed by an older version stay readable.
-            return plyvel.DB(str(self.path), create_if_missing=True, compression=None)
+            # By its real path: LevelDB refuses a second open in this process by the LOCK
+            # file's name, and one directory spelt relative and absolute, or through a
+            # symlink, was opened twice, both writing under one node's record numbers.
+            real = os.path.realpath(self.path)
+            return plyvel.DB(real, create_if_missing=True, compression=None)
         except plyvel.IOError as exc:
             # Only a lock held elsewhere: "IO error: lock .../LOCK: already held by process"
             # (or "Resource temporarily unavailable"). A read-only disk names the LOCK file too

@@ -351,6 +351,19 @@ def test_leveldb_second_open_is_locked(tmp_path: Path) -> None:
     assert "\n" not in message and "in use" in message
 
 
+def test_leveldb_second_open_by_another_spelling_is_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Relative and absolute, or through a symlink: LevelDB's lock within a process is by the
+    # file's name, and the one directory was opened twice (a review of Study's path=).
+    (tmp_path / "link").symlink_to(tmp_path / "db", target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    with LevelDBStore(tmp_path / "db"):
+        for other in ("db", tmp_path / "link", "link/"):
+            with pytest.raises(StoreLocked):
+                LevelDBStore(other)
+
+
 def test_a_read_only_leveldb_directory_is_not_said_to_be_in_use(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
