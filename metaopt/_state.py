@@ -57,6 +57,7 @@ __all__ = [
     "TERMINAL_STATES",
     "ExperimentState",
     "TrialView",
+    "age",
     "list_experiments",
     "went_on",
 ]
@@ -71,6 +72,11 @@ KILLED_BY_HAND = "killed by the user"  # `metaopt kill`
 _RUNNING_SIGNALS = frozenset({"started", "thawed", "restarted", "progress", "heartbeat"})
 _LIFECYCLE = _RUNNING_SIGNALS | {"frozen", "lost", "interrupted"}
 _TERMINAL_RANK = {"completed": 0, "failed": 1, "killed": 1}
+
+
+def age(trial: TrialView) -> tuple[int, bytes, int, bytes]:
+    """ExperimentState.trials()'s order, oldest first: created (ms), node, counter, key."""
+    return trial.created, trial.node, trial.counter, trial.key
 
 
 @dataclass(frozen=True)
@@ -727,10 +733,14 @@ class ExperimentState:
         return list(self._trials)
 
     def trials(self) -> list[TrialView]:
-        """Every known trial, oldest first (by creation time, then key)."""
+        """Every known trial, oldest first: by creation time (ms), then by node and its trial
+        counter (the order a node asked them in, within a millisecond), then key."""
         if self._listed is None:
             if self._order is None:
-                self._order = sorted(self._trials, key=lambda k: (self._trials[k][1], k))
+                trials = self._trials
+                self._order = sorted(
+                    trials, key=lambda k: (trials[k][1], trials[k][0].node, trials[k][0].counter, k)
+                )
             self._listed = [view for key in self._order if (view := self.trial(key)) is not None]
         return list(self._listed)
 
@@ -786,9 +796,7 @@ class ExperimentState:
                 # (Not through signed(): at 60,000 trials of an active experiment, recomputed
                 # after each report, it took 83 ms of each status call; this, 15 ms.)
                 sign = -1.0 if self.spec.directions[0] == "maximize" else 1.0
-                self._best = [
-                    min(done, key=lambda t: (sign * (t.values or (0.0,))[0], t.created, t.key))
-                ]
+                self._best = [min(done, key=lambda t: (sign * (t.values or (0.0,))[0], *age(t)))]
             else:
                 scored = [(self.signed(t.values or ()), t) for t in done]
                 front = _pareto_front(scored)

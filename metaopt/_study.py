@@ -25,9 +25,11 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import numpy as np
 
 from crdt import (
+    MAX_RECORD_SIZE,
     ORIGIN_SIZE,
     LevelDBStore,
     MemoryStore,
+    OversizedRecord,
     Record,
     RecordError,
     Store,
@@ -348,6 +350,7 @@ def _serialised(
         with study._lock:
             if study._closed:
                 raise MetaoptError("this Study is closed; make a new Study(...) to go on")
+            study._check_process(method.__name__)
             try:
                 return method(study, *args, **kwargs)
             except StoreWriteFailed as exc:  # a full (or read-only) disk under path=
@@ -433,7 +436,18 @@ class Study:
             make_algorithm(algorithm)  # an unknown name is a one-line SearchError, here
         root = None if path is None else Path(path)
         self.node_id = _node_id_for(seed, root, _checked_node_id(node_id))
-        exp = experiment_record(spec)
+        try:
+            exp = experiment_record(spec)
+        except OversizedRecord:
+            # (crdt's own said "split it into smaller records", nothing a user can do.)
+            raise MetaoptError(
+                f"the space is too large to record (over {MAX_RECORD_SIZE >> 20} MiB in all);"
+                " use fewer or shorter choices (an index into a list of your own, say)"
+            ) from None
+        except RecordError as exc:  # a name or value no record can hold (a lone surrogate)
+            raise MetaoptError(
+                f"the Study cannot be recorded: {exc}; check its space's names and values"
+            ) from None
         if parse_experiment(exp) is None:  # pragma: no cover - _checked_spec accepts only that
             # (Before it is written: a record no reader accepts stayed in the store.)
             raise MetaoptError("the experiment definition does not round-trip; report a bug")
@@ -444,6 +458,7 @@ class Study:
         self._decisions = 0
         self._lock = threading.RLock()
         self._closed = False
+        self._pid = os.getpid()  # (see _check_process)
         # Free or frozen trials this Study handed out again: another node may have resumed
         # the same one meanwhile (and be its runner after a sync), yet this one's result is
         # a result all the same.
@@ -894,6 +909,8 @@ class Study:
         with first._lock, second._lock:
             if self._closed or other._closed:
                 raise MetaoptError("sync(): a Study is closed; make a new Study(...) to go on")
+            self._check_process("sync")
+            other._check_process("sync")
             try:
                 return sync_stores(self.store, other.store)
             except StoreWriteFailed as exc:  # (as every other call says it: see _serialised)
@@ -901,6 +918,17 @@ class Study:
                     f"sync(): cannot write a Study's store ({exc.disk}); free space on its disk"
                     " and call it again"
                 ) from None
+
+    def _check_process(self, call: str) -> None:
+        """Refuse a call from a fork()ed child (multiprocessing's default on Linux): it wrote
+        under this Study's node id and record numbers, unseen by the parent, whose next ask()
+        drew the very same point (into the parent's own LevelDB, under path=)."""
+        if os.getpid() != self._pid:
+            raise MetaoptError(
+                f"{call}(): this Study was made in process {self._pid}, not this forked one;"
+                " make a Study in each process (each its own seed= or node_id=, and path=)"
+                " and sync() them"
+            )
 
     def close(self) -> None:
         """Close the replica (a path's LevelDB lock is released); later calls raise."""

@@ -14,7 +14,7 @@ import msgpack
 
 from metaopt._collector import collector_paused
 from metaopt._errors import MetaoptError
-from metaopt._state import TERMINAL_STATES, ExperimentState, TrialView
+from metaopt._state import TERMINAL_STATES, ExperimentState, TrialView, age
 
 __all__ = ["PAGE_BYTES", "ListingPages", "TrialPages"]
 
@@ -23,8 +23,18 @@ Which = Literal["all", "open", "none"]
 _WHICH = ("all", "open", "none")
 
 
-def _order(trial: TrialView) -> tuple[int, bytes]:
-    return trial.created, trial.key  # ExperimentState.trials()'s order
+def _resumed_after(state: ExperimentState, after: tuple[int, bytes]) -> tuple[Any, ...]:
+    """Where the page after the cursor's trial starts, in ExperimentState.trials()'s order.
+
+    The cursor names the trial by (created, key); the node and counter that order trials
+    of one millisecond are the trial's own. One this replica does not know (it cannot have
+    sent it) starts at that millisecond's first: a trial sent twice, none skipped.
+    """
+    created, key = after
+    view = state.trial(key)
+    if view is not None and view.created == created:
+        return age(view)
+    return created, b"", -1, key
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,9 @@ class TrialPages:
         trials = state.trials()
         if self.trials == "open":
             trials = [t for t in trials if t.state not in TERMINAL_STATES]
-        start = 0 if self.after is None else bisect.bisect_right(trials, self.after, key=_order)
+        start = 0
+        if self.after is not None:
+            start = bisect.bisect_right(trials, _resumed_after(state, self.after), key=age)
         taken: list[TrialView] = []
         rows: list[dict[str, Any]] = []
         fits = _Fits(self.page_bytes)

@@ -430,6 +430,11 @@ def _parse(name: str, text: str) -> Dimension:
         src = src[1:].strip()
     try:
         tree = ast.parse(src, mode="eval")
+    except UnicodeEncodeError:
+        raise _Bad(
+            "it holds a lone surrogate (text decoded with errors='surrogateescape', such as an"
+            " undecodable file name); decode it properly first"
+        ) from None
     except SyntaxError:
         raise _Bad(
             f"expected one of {', '.join(_PRIORS)} called with literal arguments, separated by"

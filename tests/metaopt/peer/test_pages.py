@@ -99,6 +99,20 @@ def test_a_trial_arriving_between_pages_older_than_the_cursor_waits_for_the_next
     assert len(fetch_experiment(_Peer(store), "wide")["trial_list"]) == 31
 
 
+def test_trials_of_one_millisecond_are_paged_once_each_in_their_nodes_order() -> None:
+    # A node asking faster than its clock ticks: listed by key they came in no order the node
+    # asked them in. The cursor names a trial by (created, key); the page after it resumes
+    # at that trial's node and counter.
+    store = MemoryStore()
+    store.add([EXP])
+    for i in range(40):
+        store.add(_trial(i, 2000, completed=True))
+    info = fetch_experiment(_Peer(store), "wide")
+    xs = [t["params"]["x"] for t in info["trial_list"]]
+    assert xs == [i / 1000 for i in range(40)]
+    assert len(info["trial_list"]) == 40
+
+
 def test_open_lists_only_trials_not_ended_and_none_lists_none() -> None:
     peer = _Peer(_store(30))
     shown = fetch_experiment(peer, "wide", trials="open")["trial_list"]
