@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import hashlib
 import math
+import numbers
 import os
 import secrets
 import threading
@@ -85,6 +86,9 @@ class Trial:
     # worker's metaopt.resume_step() is None for a fresh run, as its environment says nothing.
     resume_step: int = 0
 
+    def __hash__(self) -> int:  # (its params, a dict, cannot be hashed: it is its key)
+        return hash(self.key)
+
     @property
     def id(self) -> str:
         return self.key.hex()
@@ -123,6 +127,11 @@ def _node_id_for(seed: int, path: Path | None, given: bytes | None) -> bytes:
         # Study refused its directory for good once space returned.
         node_id = keep_node_id(path / "node_id", given or secrets.token_bytes(ORIGIN_SIZE))
     except OSError as exc:
+        if path.exists() and not path.is_dir():  # (mkdir said "File exists")
+            raise MetaoptError(
+                f"cannot keep a Study in {path}: it is a file, not a directory; pass path= a"
+                " directory"
+            ) from None
         raise MetaoptError(
             f"cannot keep a Study in {path}: {exc.strerror or exc}; free space on its disk (or"
             " fix its permissions), or pass path= another directory"
@@ -264,6 +273,20 @@ def _open_store(path: Path) -> LevelDBStore:
             # (Opening writes a log and a table: it was "cannot open the store", no more.)
             said += "; free space on its disk (or make it writable), or pass another path="
         raise MetaoptError(said) from None
+
+
+def _checked_clock(clock: Callable[[], float]) -> Callable[[], float]:
+    """The clock, checked at each reading: a nan was a ValueError from the record's stamp."""
+
+    def now() -> float:
+        seconds = clock()
+        if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real):
+            raise MetaoptError(f"clock() returned {seconds!r}; it must return seconds, a number")
+        if not math.isfinite(seconds):
+            raise MetaoptError(f"clock() returned {seconds!r}; it must return finite seconds")
+        return seconds
+
+    return now
 
 
 def _checked_metric(call: str, name: str, value: object, objective: bool) -> MetricValue:
@@ -416,6 +439,10 @@ class Study:
             raise MetaoptError(f"an Algorithm needs a name (a non-empty str), got {algo_name!r}")
         if path is not None and not isinstance(path, str | os.PathLike):
             raise MetaoptError(f"path must be a directory's path (a str), got {path!r}")
+        if path is not None and not os.fspath(path):  # ("" was the working directory)
+            raise MetaoptError(
+                "path is empty; pass a directory's path, or None to keep it in memory"
+            )
         if not callable(clock):
             raise MetaoptError(f"clock must be a function returning seconds, got {clock!r}")
         spec = _checked_spec(
@@ -468,7 +495,7 @@ class Study:
         # below it says the caller started again from step 0 (it had no checkpoint).
         self._resumed: dict[bytes, int] = {}
         try:
-            self._writer = NodeWriter(self.store, self.node_id, clock)
+            self._writer = NodeWriter(self.store, self.node_id, _checked_clock(clock))
             differ = None if root is None else _other_settings(self.store, exp.key, spec)
             if differ is not None:
                 raise MetaoptError(
@@ -640,7 +667,7 @@ class Study:
             missing = [o for o in objectives if o not in given]
             if missing:
                 others = ""
-                if not any(k in objectives for k in given):  # most likely a misnamed objective
+                if given and not any(k in objectives for k in given):  # a misnamed objective
                     names = ", ".join(map(repr, given))
                     others = f" ({names}: no objective of this Study, whose objective= names them)"
                 raise MetaoptError(

@@ -98,3 +98,43 @@ def test_a_study_used_in_a_forked_child_is_refused(tmp_path: Path, where: str) -
     assert len(study.trials) == 1
     study.close()
     assert os.getpid() == study._pid
+
+
+# The review's nits.
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "said"),
+    [
+        ({"path": ""}, "path is empty"),  # (it was the working directory)
+        ({"clock": lambda: float("nan")}, "clock\\(\\) returned nan"),  # (a raw ValueError)
+        ({"clock": lambda: "now"}, "clock\\(\\) returned 'now'"),
+    ],
+)
+def test_an_empty_path_or_a_clock_of_no_number_is_one_line(
+    kwargs: dict[str, object], said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MetaoptError, match=said):
+        study = metaopt.Study(space=SPACE, **kwargs)  # type: ignore[arg-type]
+        study.tell(study.ask(), 1.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_as_path_is_said_to_be_a_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("")
+    with pytest.raises(MetaoptError, match="it is a file, not a directory"):
+        metaopt.Study(space=SPACE, path=tmp_path / "f")  # (it said: free space on its disk)
+
+
+def test_tell_with_an_empty_dict_names_the_missing_objective_alone() -> None:
+    study = metaopt.Study(space=SPACE)
+    with pytest.raises(MetaoptError) as info:
+        study.tell(study.ask(), {})
+    assert "(:" not in str(info.value) and "missing objective(s) 'objective'" in str(info.value)
+
+
+def test_a_trial_is_hashable_by_its_key() -> None:
+    study = metaopt.Study(space=SPACE)
+    trial = study.ask()
+    assert {trial: 1}[trial] == 1 and hash(trial) == hash(trial.key)
