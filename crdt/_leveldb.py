@@ -31,7 +31,9 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -90,13 +92,32 @@ def _unreadable(path: Path, exc: plyvel.Error | str, doing: str = "read") -> Sto
     )
 
 
+# The store directories open in this process, by (device, inode): see LevelDBStore._open.
+_HELD: set[tuple[int, int]] = set()
+_HELD_LOCK = threading.Lock()
+
+
+def _let_go(held: tuple[int, int]) -> None:
+    with _HELD_LOCK:
+        _HELD.discard(held)
+
+
 class LevelDBStore:
     """A grow-only set of records in a LevelDB directory owned by one process."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._held: tuple[int, int] | None = None  # its directory's (device, inode): _HELD
+        self._let_go: weakref.finalize[[tuple[int, int]], LevelDBStore] | None = None
         self._db = self._open()
-        self._vv, self._fp = self._scan()
+        try:
+            self._vv, self._fp = self._scan()
+        except BaseException:  # a second open must say why again, not "in use"
+            if not self._db.closed:  # (a damaged store's scan closed it already)
+                self._db.close()
+            if self._let_go is not None:
+                self._let_go()
+            raise
         self._subscribers: list[Subscriber] = []
         self._kind_prefixes: dict[str, bytes] = {}
         # After a write the disk refused: that failure, the batch it was writing (it may be on
@@ -127,11 +148,31 @@ class LevelDBStore:
             # shrinks (4% on event records), while decompressing a block on every random read
             # halved how fast a replica reads records out to a catching-up peer. Tables written
             # compressed by an older version stay readable.
-            # By its real path: LevelDB refuses a second open in this process by the LOCK
-            # file's name, and one directory spelt relative and absolute, or through a
-            # symlink, was opened twice, both writing under one node's record numbers.
-            real = os.path.realpath(self.path)
-            return plyvel.DB(real, create_if_missing=True, compression=None)
+            # LevelDB refuses a second open in this process by the LOCK file's name: one
+            # directory spelt relative and absolute, through a symlink, or renamed while
+            # open, was opened twice, both writing under one node's record numbers. So the
+            # directories open in this process are known by device and inode as well.
+            info = os.stat(self.path)
+            held = (info.st_dev, info.st_ino)
+            with _HELD_LOCK:
+                if held in _HELD and held != self._held:
+                    raise StoreLocked(
+                        f"the store {self.path} is in use by another store of this process;"
+                        " close that one first, or use another directory"
+                    )
+                _HELD.add(held)
+            try:
+                # (Bytes: a real path with a byte not UTF-8 was plyvel's raw ValueError.)
+                db = plyvel.DB(os.fsencode(self.path), create_if_missing=True, compression=None)
+            except BaseException:
+                if held != self._held:
+                    _let_go(held)
+                raise
+            if self._held is None:
+                self._held = held
+                # Dropped unclosed, the store lets go of its directory (its DB closes too).
+                self._let_go = weakref.finalize(self, _let_go, held)
+            return db
         except plyvel.IOError as exc:
             # Only a lock held elsewhere: "IO error: lock .../LOCK: already held by process"
             # (or "Resource temporarily unavailable"). A read-only disk names the LOCK file too
@@ -459,6 +500,8 @@ class LevelDBStore:
         self._subscribers.clear()
         if not self._db.closed:
             self._db.close()
+        if self._let_go is not None:
+            self._let_go()
 
     def __enter__(self) -> LevelDBStore:
         return self

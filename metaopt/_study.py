@@ -370,10 +370,11 @@ def _serialised(
     """
 
     def call(study: Study, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        # (Before the lock: a fork()ed child inherits it held by a thread it does not have.)
+        study._check_process(method.__name__)
         with study._lock:
             if study._closed:
                 raise MetaoptError("this Study is closed; make a new Study(...) to go on")
-            study._check_process(method.__name__)
             try:
                 return method(study, *args, **kwargs)
             except StoreWriteFailed as exc:  # a full (or read-only) disk under path=
@@ -932,12 +933,12 @@ class Study:
                 f"sync(): both Studies have node id {self.node_id.hex()[:12]}, so their trials"
                 " would collide; give each its own seed= or node_id="
             )
+        self._check_process("sync")
+        other._check_process("sync", "the other Study")
         first, second = sorted((self, other), key=id)
         with first._lock, second._lock:
             if self._closed or other._closed:
                 raise MetaoptError("sync(): a Study is closed; make a new Study(...) to go on")
-            self._check_process("sync")
-            other._check_process("sync")
             try:
                 return sync_stores(self.store, other.store)
             except StoreWriteFailed as exc:  # (as every other call says it: see _serialised)
@@ -946,13 +947,13 @@ class Study:
                     " and call it again"
                 ) from None
 
-    def _check_process(self, call: str) -> None:
+    def _check_process(self, call: str, which: str = "this Study") -> None:
         """Refuse a call from a fork()ed child (multiprocessing's default on Linux): it wrote
         under this Study's node id and record numbers, unseen by the parent, whose next ask()
         drew the very same point (into the parent's own LevelDB, under path=)."""
         if os.getpid() != self._pid:
             raise MetaoptError(
-                f"{call}(): this Study was made in process {self._pid}, not this forked one;"
+                f"{call}(): {which} was made in process {self._pid}, not this forked one;"
                 " make a Study in each process (each its own seed= or node_id=, and path=)"
                 " and sync() them"
             )
@@ -965,6 +966,13 @@ class Study:
             self._closed = True
             self._unsubscribe()
             self.store.close()
+
+    def __getstate__(self) -> object:
+        # (Pickled for a spawned process, it was a raw "Can't pickle local object".)
+        raise MetaoptError(
+            "a Study cannot be sent to another process; make one there (its own seed= or"
+            " node_id=, and path=) and sync() them"
+        )
 
     def __enter__(self) -> Study:
         return self

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metaopt._state import ExperimentState, TrialView
+from metaopt._state import ExperimentState, TrialView, age
 from metaopt.peer._identity import DataDir, trial_dir
 from metaopt.peer._scheduler import work_left
 
@@ -76,7 +76,7 @@ def kept_trials(state: ExperimentState, keep: int) -> list[TrialView]:
     if len(state.spec.objectives) > 1:
         return state.best()
     done = [t for t in state.trials() if t.state == "completed" and t.values is not None]
-    done.sort(key=lambda t: (state.signed(t.values or ()), t.created, t.key))
+    done.sort(key=lambda t: (state.signed(t.values or ()), *age(t)))  # (best()'s ties too)
     return done[:keep]
 
 

@@ -370,8 +370,8 @@ def test_a_read_only_leveldb_directory_is_not_said_to_be_in_use(
     # plyvel names the LOCK file in this error too; the operator went looking for a process.
     import plyvel
 
-    def read_only(path: str, **kw: object) -> None:
-        raise plyvel.IOError(f"IO error: {path}/LOCK: Read-only file system".encode())
+    def read_only(path: bytes, **kw: object) -> None:  # (the store passes its path as bytes)
+        raise plyvel.IOError(b"IO error: " + path + b"/LOCK: Read-only file system")
 
     monkeypatch.setattr(plyvel, "DB", read_only)
     with pytest.raises(StoreError) as info:

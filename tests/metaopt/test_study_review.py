@@ -138,3 +138,11 @@ def test_a_trial_is_hashable_by_its_key() -> None:
     study = metaopt.Study(space=SPACE)
     trial = study.ask()
     assert {trial: 1}[trial] == 1 and hash(trial) == hash(trial.key)
+
+
+def test_a_study_sent_to_another_process_is_one_line() -> None:
+    # (A spawn pool pickles it: a raw "Can't pickle local object '_weakly.<locals>.call'".)
+    import pickle
+
+    with pytest.raises(MetaoptError, match="cannot be sent to another process"):
+        pickle.dumps(metaopt.Study(space=SPACE))

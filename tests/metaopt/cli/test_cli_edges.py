@@ -90,8 +90,8 @@ def test_clean_frees_a_full_disk_with_the_peer_stopped(
 
     real_db = plyvel.DB
 
-    def full_disk(name: str, *args: Any, **kwargs: Any) -> Any:
-        if Path(name).resolve() == dirs.replica:
+    def full_disk(name: bytes, *args: Any, **kwargs: Any) -> Any:  # (the store's path, bytes)
+        if Path(os.fsdecode(name)).resolve() == dirs.replica:
             raise plyvel.IOError(f"IO error: {dirs.replica}/MANIFEST-000010: {full}".encode())
         return real_db(name, *args, **kwargs)
 
