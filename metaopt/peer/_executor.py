@@ -295,7 +295,9 @@ class TrialProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,  # its own group: the watchdog and stops reach all of it
+                # Its own group (the command's, or the subreaper's, which gives the command
+                # one of its own): the watchdog and stops reach all of it, and no more.
+                start_new_session=True,
                 pass_fds=() if told is None else (tell,),
             )
         except (OSError, ValueError) as exc:
