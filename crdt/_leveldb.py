@@ -144,34 +144,47 @@ class LevelDBStore:
                     " then starts afresh there), or use another directory"
                 )
             self.path.mkdir(parents=True, exist_ok=True)
-            # No block compression: records are mostly keys, ids and floats that snappy barely
-            # shrinks (4% on event records), while decompressing a block on every random read
-            # halved how fast a replica reads records out to a catching-up peer. Tables written
-            # compressed by an older version stay readable.
             # LevelDB refuses a second open in this process by the LOCK file's name: one
             # directory spelt relative and absolute, through a symlink, or renamed while
             # open, was opened twice, both writing under one node's record numbers. So the
             # directories open in this process are known by device and inode as well.
             info = os.stat(self.path)
             held = (info.st_dev, info.st_ino)
+            ours = held == self._held  # (probe() opens its directory again)
+            added = False  # set before the add: a Ctrl-C anywhere after it lets go of it
             with _HELD_LOCK:
-                if held in _HELD and held != self._held:
-                    raise StoreLocked(
-                        f"the store {self.path} is in use by another store of this process;"
-                        " close that one first, or use another directory"
-                    )
-                _HELD.add(held)
+                try:
+                    if held in _HELD and not ours:
+                        raise StoreLocked(
+                            f"the store {self.path} is in use by another store of this"
+                            " process; close that one first, or use another directory"
+                        )
+                    added = not ours
+                    _HELD.add(held)
+                except BaseException:
+                    if added:
+                        _HELD.discard(held)
+                    raise
+            db: plyvel.DB | None = None
             try:
-                # (Bytes: a real path with a byte not UTF-8 was plyvel's raw ValueError.)
+                # No block compression: records are mostly keys, ids and floats that snappy
+                # barely shrinks (4% on event records), while decompressing a block on every
+                # random read halved how fast a replica reads records out to a catching-up
+                # peer. Tables written compressed by an older version stay readable. (The
+                # path as bytes: a real path with a byte not UTF-8 was plyvel's ValueError.)
                 db = plyvel.DB(os.fsencode(self.path), create_if_missing=True, compression=None)
+                if added:  # its first open, or probe()'s of a directory put in its place
+                    if self._let_go is not None:
+                        self._let_go()
+                    self._held = held
+                    # Dropped unclosed, the store lets go of its directory (its DB closes too).
+                    self._let_go = weakref.finalize(self, _let_go, held)
             except BaseException:
-                if held != self._held:
+                if added and self._held != held:
                     _let_go(held)
+                if db is not None:
+                    db.close()
                 raise
-            if self._held is None:
-                self._held = held
-                # Dropped unclosed, the store lets go of its directory (its DB closes too).
-                self._let_go = weakref.finalize(self, _let_go, held)
             return db
         except plyvel.IOError as exc:
             # Only a lock held elsewhere: "IO error: lock .../LOCK: already held by process"

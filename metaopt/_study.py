@@ -900,12 +900,14 @@ class Study:
     @property
     def trials(self) -> list[TrialView]:
         """Every trial (copies: changing one changes nothing recorded), oldest first."""
+        self._check_process("trials")  # (before the lock: see _serialised)
         with self._lock:
             return [_detached(view) for view in self._state.trials()]
 
     @property
     def best(self) -> TrialView | list[TrialView] | None:
         """The best completed trial; with several objectives, the Pareto front (a list)."""
+        self._check_process("best")
         with self._lock:
             best = [_detached(view) for view in self._state.best()]
         if len(self._state.spec.objectives) > 1:
@@ -959,7 +961,12 @@ class Study:
             )
 
     def close(self) -> None:
-        """Close the replica (a path's LevelDB lock is released); later calls raise."""
+        """Close the replica (a path's LevelDB lock is released); later calls raise.
+
+        Nothing in a fork()ed child (a `with study:` ending there): the Study is its parent's.
+        """
+        if os.getpid() != self._pid:
+            return
         with self._lock:
             if self._closed:
                 return
