@@ -92,14 +92,18 @@ def _unreadable(path: Path, exc: plyvel.Error | str, doing: str = "read") -> Sto
     )
 
 
-# The store directories open in this process, by (device, inode): see LevelDBStore._open.
-_HELD: set[tuple[int, int]] = set()
-_HELD_LOCK = threading.Lock()
+# The store directories open in this process, by (device, inode), each with the token of
+# the open that noted it: see LevelDBStore._open. Reentrant: the collector can free a store
+# dropped unclosed, whose finalizer takes it, while this thread holds it (a hang).
+_HELD: dict[tuple[int, int], object] = {}
+_HELD_LOCK = threading.RLock()
 
 
-def _let_go(held: tuple[int, int]) -> None:
+def _let_go(held: tuple[int, int], token: object) -> None:
+    """Forget ``held`` if the open of ``token`` noted it (and none other since)."""
     with _HELD_LOCK:
-        _HELD.discard(held)
+        if _HELD.get(held) is token:
+            del _HELD[held]
 
 
 class LevelDBStore:
@@ -107,8 +111,8 @@ class LevelDBStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._held: tuple[int, int] | None = None  # its directory's (device, inode): _HELD
-        self._let_go: weakref.finalize[[tuple[int, int]], LevelDBStore] | None = None
+        self._token: object = None  # the open that noted its directory in _HELD
+        self._let_go: weakref.finalize[[tuple[int, int], object], LevelDBStore] | None = None
         self._db = self._open()
         try:
             self._vv, self._fp = self._scan()
@@ -150,38 +154,30 @@ class LevelDBStore:
             # directories open in this process are known by device and inode as well.
             info = os.stat(self.path)
             held = (info.st_dev, info.st_ino)
-            ours = held == self._held  # (probe() opens its directory again)
-            added = False  # set before the add: a Ctrl-C anywhere after it lets go of it
-            with _HELD_LOCK:
-                try:
-                    if held in _HELD and not ours:
-                        raise StoreLocked(
-                            f"the store {self.path} is in use by another store of this"
-                            " process; close that one first, or use another directory"
-                        )
-                    added = not ours
-                    _HELD.add(held)
-                except BaseException:
-                    if added:
-                        _HELD.discard(held)
-                    raise
+            token = object()  # this open's: only it lets go of what it notes
             db: plyvel.DB | None = None
-            try:
+            try:  # (from the first step: a Ctrl-C anywhere lets go of what this open noted)
+                with _HELD_LOCK:
+                    owner = _HELD.setdefault(held, token)
+                if owner is not token and owner is not self._token:  # (probe(): its own)
+                    raise StoreLocked(
+                        f"the store {self.path} is in use by another store of this process;"
+                        " close that one first, or use another directory"
+                    )
                 # No block compression: records are mostly keys, ids and floats that snappy
                 # barely shrinks (4% on event records), while decompressing a block on every
                 # random read halved how fast a replica reads records out to a catching-up
                 # peer. Tables written compressed by an older version stay readable. (The
                 # path as bytes: a real path with a byte not UTF-8 was plyvel's ValueError.)
                 db = plyvel.DB(os.fsencode(self.path), create_if_missing=True, compression=None)
-                if added:  # its first open, or probe()'s of a directory put in its place
-                    if self._let_go is not None:
-                        self._let_go()
-                    self._held = held
+                if owner is token:  # its first open, or probe()'s of a directory put in its place
                     # Dropped unclosed, the store lets go of its directory (its DB closes too).
-                    self._let_go = weakref.finalize(self, _let_go, held)
+                    let_go, self._token = self._let_go, token
+                    self._let_go = weakref.finalize(self, _let_go, held, token)
+                    if let_go is not None:
+                        let_go()  # (the directory it held before)
             except BaseException:
-                if added and self._held != held:
-                    _let_go(held)
+                _let_go(held, token)
                 if db is not None:
                     db.close()
                 raise

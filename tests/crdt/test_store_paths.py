@@ -3,8 +3,14 @@ spelt or renamed, and opened whatever bytes its real path holds."""
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import weakref
 from pathlib import Path
 
 import plyvel
@@ -14,6 +20,7 @@ import crdt._leveldb as ldb
 import metaopt
 from crdt import LevelDBStore, StoreLocked, StoreWriteFailed
 from metaopt import MetaoptError
+from tests.crdt.test_store_contract import sample
 
 SPACE = {"x": "uniform(0, 1)"}
 
@@ -65,16 +72,11 @@ def test_the_store_renamed_while_open_is_refused_a_second_open(tmp_path: Path) -
 
 
 def test_a_store_dropped_unclosed_lets_go_of_its_directory(tmp_path: Path) -> None:
-    import gc
 
     LevelDBStore(tmp_path / "a")  # dropped at once
     gc.collect()
     (tmp_path / "a").rename(tmp_path / "b")
     LevelDBStore(tmp_path / "b").close()
-
-
-# (Imported here: the contract's sample records.)
-from tests.crdt.test_store_contract import sample  # noqa: E402
 
 
 def _refuse_one_write(store: LevelDBStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,17 +115,104 @@ def test_a_ctrl_c_just_after_the_directory_is_noted_lets_go_of_it(
 ) -> None:
     # A SIGINT arriving just after the directory was noted (while _HELD_LOCK was waited for,
     # say) left it noted: refused for the life of the process.
-    import signal
 
-    class Interrupted(set):  # type: ignore[type-arg]
-        def add(self, item: object) -> None:
-            super().add(item)
+    class Interrupted(dict):  # type: ignore[type-arg]
+        def setdefault(self, key: object, default: object = None) -> object:
+            owner = super().setdefault(key, default)
             signal.raise_signal(signal.SIGINT)  # delivered here, as a real Ctrl-C would be
+            return owner
 
     held = Interrupted()
     monkeypatch.setattr(ldb, "_HELD", held)
     with pytest.raises(KeyboardInterrupt):
         LevelDBStore(tmp_path / "s")
-    assert set(held) == set()  # let go of
-    monkeypatch.setattr(ldb, "_HELD", set(held))  # (no Ctrl-C this time)
+    assert dict(held) == {}  # let go of
+    monkeypatch.setattr(ldb, "_HELD", {})  # (no Ctrl-C this time)
     LevelDBStore(tmp_path / "s").close()  # (it was StoreLocked)
+
+
+def _ctrl_c_at_finalize(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = weakref.finalize
+
+    def finalize(*args: object, **kwargs: object) -> object:
+        signal.raise_signal(signal.SIGINT)  # a Ctrl-C delivered just here
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ldb.weakref, "finalize", finalize)
+
+
+def test_ctrl_c_before_the_finalize_on_first_open_lets_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ldb, "_HELD", {})  # (this test's entries only)
+    with monkeypatch.context() as m:
+        _ctrl_c_at_finalize(m)
+        with pytest.raises(KeyboardInterrupt):
+            LevelDBStore(tmp_path / "s")
+    gc.collect()
+    LevelDBStore(tmp_path / "s").close()  # (it was StoreLocked: the directory stayed noted)
+
+
+def test_ctrl_c_in_probes_reopen_of_a_replaced_directory_then_close_lets_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ldb, "_RETRY_AFTER", 0.0)
+    monkeypatch.setattr(ldb, "_HELD", {})  # (this test's entries only)
+    where = tmp_path / "replica"
+    store = LevelDBStore(where)
+    store.add(sample()[:2])
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise plyvel.IOError(b"IO error: log: No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "_write", refused)
+        with pytest.raises(StoreWriteFailed):
+            store.add(sample()[:1])
+    where.rename(tmp_path / "old")
+    shutil.copytree(tmp_path / "old", where)
+    with monkeypatch.context() as m:
+        _ctrl_c_at_finalize(m)
+        with pytest.raises(KeyboardInterrupt):
+            store.probe()
+    store.close()
+    assert set(ldb._HELD) == set(), ldb._HELD
+    LevelDBStore(where).close()
+
+
+def test_gc_finalizing_a_dropped_store_inside_the_held_lock_does_not_deadlock(
+    tmp_path: Path,
+) -> None:
+    # A store dropped unclosed in a reference cycle is freed by whichever allocation runs the
+    # cycle collector next: it was the StoreLocked that _open built inside `with _HELD_LOCK:`,
+    # and its finalizer (_let_go) took _HELD_LOCK again in the same thread: a hang (3 of 3).
+    # The scan sets generation 1's threshold so that its collection lands on each allocation
+    # of the refused open in turn.
+    code = textwrap.dedent(
+        f"""
+        import faulthandler, gc, os
+        from crdt import LevelDBStore, StoreLocked
+        d = {str(tmp_path)!r}
+        a = LevelDBStore(os.path.join(d, "a"))
+        faulthandler.dump_traceback_later(8, exit=True)
+        for t in range(1, 300):
+            gc.disable(); gc.collect()
+            dropped = LevelDBStore(os.path.join(d, f"b{{t}}"))
+            dropped.me = dropped  # a cycle: only the collector frees it
+            gc.collect(0)  # into generation 1, then dropped there
+            del dropped
+            gc.set_threshold(1, gc.get_count()[1] + t, 10**9)
+            gc.enable()
+            try:
+                LevelDBStore(os.path.join(d, "a"))
+            except StoreLocked:
+                pass
+            gc.disable()
+        print("returned")
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert "returned" in done.stdout, done.stderr
