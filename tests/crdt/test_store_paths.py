@@ -161,14 +161,7 @@ def test_ctrl_c_in_probes_reopen_of_a_replaced_directory_then_close_lets_go(
     where = tmp_path / "replica"
     store = LevelDBStore(where)
     store.add(sample()[:2])
-
-    def refused(*args: object, **kwargs: object) -> None:
-        raise plyvel.IOError(b"IO error: log: No space left on device")
-
-    with monkeypatch.context() as m:
-        m.setattr(store, "_write", refused)
-        with pytest.raises(StoreWriteFailed):
-            store.add(sample()[:1])
+    _refuse_one_write(store, monkeypatch)
     where.rename(tmp_path / "old")
     shutil.copytree(tmp_path / "old", where)
     with monkeypatch.context() as m:
