@@ -47,6 +47,7 @@ from typing import IO, Any, Literal
 
 from metaopt.peer._output import OutputConfig, OutputParser
 from metaopt.peer._storage import storage_failure
+from metaopt.peer._subreaper import handing
 from metaopt.worker import MetricValue
 
 __all__ = [
@@ -285,8 +286,10 @@ class TrialProcess:
         argv, told = list(spec.argv), None
         if cfg.subreaper:  # (it says through `told` whether the command started)
             told, tell = os.pipe()
-            argv = [sys.executable, "-I", _SUBREAPER, str(tell), *argv]
+            # (the command in its environment, not on its command line: see _subreaper.py)
+            env.update(handing(argv))
             env[SUBREAPER_MARK] = "1"  # (its own: the command's environment goes without)
+            argv = [sys.executable, "-I", _SUBREAPER, str(tell), str(len(argv))]
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,

@@ -23,11 +23,14 @@ twice and ran its handler again inside the first call. It goes on waiting for th
 While it waits, it reaps whatever else of the trial's ends (a shell's `job &` that finished),
 so no zombie holds a pid until the trial's end.
 
-Run as ``python -I path/to/_subreaper.py FD COMMAND...`` (as a file, standard library only: it
-starts in a few tens of ms; importing the metaopt package would load numpy). FD is the write
-end of a pipe from the peer: this process writes the command's pid there once it runs, or
-``!`` and why it could not be started (then exits 127), and closes it. A pipe with no reader
-left means the peer died or gave up before it heard of the command: the command is killed.
+Run as ``python -I path/to/_subreaper.py FD N`` (as a file, standard library only: it
+starts in a few tens of ms; importing the metaopt package would load numpy), with the command's
+N arguments in its environment (``handing``), not on its command line: ``ps``, ``pgrep -f
+train.py`` and ``kill $(pgrep -of train.py)`` find the command alone, not this process too,
+which drops the kill. FD is the write end of a pipe from the peer: this process writes the
+command's pid there once it runs, or ``!`` and why it could not be started (then exits 127), and
+closes it. A pipe with no reader left means the peer died or gave up before it heard of the
+command: the command is killed.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import sys
 import time
 
 _MARK = "METAOPT_SUBREAPER"  # its own environment's, left out of the command's
+_ARG = _MARK + "_ARG"  # + i: the command's i-th argument (each within the kernel's 128 KiB)
 _PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 _REAP_FOR = 5.0  # seconds to wait for what the trial left to die (a process in D state may not)
 _STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -56,18 +60,30 @@ def _become_subreaper() -> None:
         libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
+def handing(command: list[str]) -> dict[str, str]:
+    """The environment entries that hand ``command`` to this process (its N = len(command))."""
+    return {f"{_ARG}{i}": arg for i, arg in enumerate(command)}
+
+
 def _own_environment() -> dict[bytes, bytes]:
-    """The environment this process was started with, less its mark: Python's start-up adds
-    LC_CTYPE to os.environ when it coerces a C locale, which -I cannot turn off, and the
-    command would inherit it."""
+    """The environment this process was started with: Python's start-up adds LC_CTYPE to
+    os.environ when it coerces a C locale, which -I cannot turn off, and the command would
+    inherit it."""
     try:
         with open("/proc/self/environ", "rb") as fh:
             items = fh.read().split(b"\0")
-        env = dict(item.split(b"=", 1) for item in items if b"=" in item)
+        return dict(item.split(b"=", 1) for item in items if b"=" in item)
     except OSError:
-        env = dict(os.environb)
-    env.pop(_MARK.encode(), None)
-    return env
+        return dict(os.environb)
+
+
+def _command(env: dict[bytes, bytes], count: int) -> list[bytes]:
+    """The command's arguments out of ``env``, and its mark and arguments out of ``env``
+    (the command's environment goes without them)."""
+    command = [env.pop(f"{_ARG}{i}".encode(), b"") for i in range(count)]
+    for name in [name for name in env if name.startswith(_MARK.encode())]:
+        del env[name]
+    return command
 
 
 def _wait_for(pid: int) -> int:
@@ -146,7 +162,9 @@ def _ignore(_signum: int, _frame: object) -> None:
 
 
 def main(argv: list[str]) -> None:
-    status_fd, command = int(argv[0]), argv[1:]
+    status_fd, count = int(argv[0]), int(argv[1])
+    env = _own_environment()
+    command = _command(env, count)
     # An ignored SIGCHLD, inherited, has the kernel reap the command: its exit code is lost.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for sig in _STOPS:
@@ -155,7 +173,7 @@ def main(argv: list[str]) -> None:
     _become_subreaper()
     try:
         # (close_fds: the command does not hold the status pipe open)
-        child = subprocess.Popen(command, env=_own_environment(), process_group=0)
+        child = subprocess.Popen(command, env=env, process_group=0)
     except (OSError, ValueError) as exc:
         why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
         with contextlib.suppress(OSError):

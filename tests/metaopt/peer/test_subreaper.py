@@ -15,6 +15,7 @@ import pytest
 
 from metaopt.peer._executor import _SUBREAPER, ExecutorConfig, TrialProcess, TrialSpec
 from metaopt.peer._orphans import find_orphans
+from metaopt.peer._subreaper import handing
 from tests.metaopt.peer.test_executor import _run, _script, _spec
 from tests.metaopt.peer.test_orphans import _PEER, _wait_gone
 
@@ -122,16 +123,22 @@ def test_it_dies_with_the_trial_when_the_peer_is_killed(tmp_path: Path, then: st
         peer.communicate()
 
 
+def _start(command: list[str], write: int, **kw: Any) -> subprocess.Popen[bytes]:
+    """The subreaper started as the executor starts it, told to run ``command``."""
+    return subprocess.Popen(
+        [sys.executable, "-I", _SUBREAPER, str(write), str(len(command))],
+        env={**os.environ, **handing(command), "METAOPT_SUBREAPER": "1"},
+        pass_fds=(write,),
+        **kw,
+    )
+
+
 def _subreaper(command: list[str], *, heard: bool = True) -> tuple[subprocess.Popen[bytes], int]:
     """The subreaper running ``command``, and the pid it told (0 when nobody listened)."""
     read, write = os.pipe()
     if not heard:
         os.close(read)
-    process = subprocess.Popen(
-        [sys.executable, "-I", _SUBREAPER, str(write), *command],
-        pass_fds=(write,),
-        start_new_session=True,
-    )
+    process = _start(command, write, start_new_session=True)
     os.close(write)
     if not heard:
         return process, 0
@@ -179,9 +186,7 @@ def test_it_exits_as_the_command_did(code: str, end: int) -> None:
 
 def test_a_command_that_cannot_start_is_told_with_why() -> None:
     read, write = os.pipe()
-    process = subprocess.Popen(
-        [sys.executable, "-I", _SUBREAPER, str(write), "./no-such-program"], pass_fds=(write,)
-    )
+    process = _start(["./no-such-program"], write)
     os.close(write)
     with os.fdopen(read, "rb") as told:
         assert told.read() == b"!No such file or directory"
@@ -353,12 +358,59 @@ def test_an_inherited_ignored_sigchld_does_not_lose_the_commands_exit_code() -> 
     # Ignored, SIGCHLD has the kernel reap the command at once: waitpid found no child, and
     # the subreaper exited 0 for a command that exited 3.
     read, write = os.pipe()
-    process = subprocess.Popen(
-        [sys.executable, "-I", _SUBREAPER, str(write), sys.executable, "-c", "raise SystemExit(3)"],
-        pass_fds=(write,),
+    process = _start(
+        [sys.executable, "-c", "raise SystemExit(3)"],
+        write,
         preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN),
     )
     os.close(write)
     with os.fdopen(read, "rb") as told:
         assert told.read().isdigit()  # (heard: with nobody listening it kills the command)
     assert process.wait(timeout=30) == 3
+
+
+def _command_lines_with(needle: bytes) -> list[int]:
+    """The pids whose command line holds ``needle`` (as ``pgrep -f`` finds them)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError):
+                if needle in Path(f"/proc/{name}/cmdline").read_bytes():
+                    found.append(int(name))
+    return found
+
+
+@pytest.mark.asyncio
+async def test_pgrep_of_the_command_finds_the_command_alone(tmp_path: Path) -> None:
+    # The subreaper's command line carried the command's: `pgrep -f train.py` listed both,
+    # and `kill $(pgrep -of train.py)` (the oldest) reached the subreaper, which drops a kill.
+    found: list[tuple[int, list[int]]] = []
+
+    def react(process: TrialProcess, kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress":
+            found.append((process.pid, _command_lines_with(str(spec.argv[1]).encode())))
+            process.kill("seen")
+
+    body = "    import metaopt.worker as w\n    w.report(loss=1.0, step=1)\n    time.sleep(60)\n"
+    spec = _spec(tmp_path, _script(tmp_path, "    import time\n" + body), config=_QUICK)
+    await _run(spec, react)
+    assert found and found[0][1] == [found[0][0]], found
+
+
+@pytest.mark.asyncio
+async def test_the_commands_arguments_reach_it_as_given(tmp_path: Path) -> None:
+    # Handed over in the subreaper's environment: empty ones, '=' and bytes that are not
+    # UTF-8 (a file name on a Latin-1 disk, as surrogate escapes) arrive unchanged.
+    args = ["", "a=b", "x\udcff\u00e9", "=", " two words "]
+    code = (
+        f"import json, sys; assert sys.argv[1:] == {args!r}, sys.argv;"
+        " print('METAOPT', json.dumps({'loss': len(sys.argv)}))"
+    )
+    spec = TrialSpec(
+        argv=[sys.executable, "-c", code, *args],
+        cwd=tmp_path,
+        log_path=tmp_path / "output.log",
+        config=_QUICK,
+    )
+    outcome, _ = await _run(spec)
+    assert outcome.objectives == {"loss": 6.0}, (tmp_path / "output.log").read_text()
