@@ -272,9 +272,7 @@ class LocalApi:
             if record.kind == EXPERIMENT and parse_experiment(record) is None:
                 raise MetaoptError("the submitted experiment record is malformed")
             records.append(record)
-        # Submitted records carry another origin (the experiment's, derived from its content,
-        # with its blobs after it), so they are pushed explicitly rather than as this node's.
-        self.node.replicator.push(self.node.store.add(records))
+        self.node.add_submitted(records)
         return [r.key for r in records if r.kind == EXPERIMENT]
 
     async def stop(self, request: Request) -> Any:

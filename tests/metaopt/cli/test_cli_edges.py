@@ -181,7 +181,7 @@ def test_a_submit_the_disk_refuses_is_a_one_line_error_not_an_internal_one() -> 
         node_id=b"n" * 16,
         replica=Replica(MemoryStore()),
         store=store,
-        replicator=SimpleNamespace(push=lambda keys: None),
+        add_submitted=store.add,
         loading_progress=lambda: None,
     )
     api = LocalApi(node)  # type: ignore[arg-type]

@@ -201,7 +201,7 @@ def test_submit_of_no_records_is_refused() -> None:
 def _submitting(store: MemoryStore) -> tuple[LocalApi, list[list[Record]]]:
     """An API whose node stores submitted records in store; and what it pushed to its peers."""
     pushed: list[list[Record]] = []
-    api = _api(store, store=store, replicator=SimpleNamespace(push=pushed.append))
+    api = _api(store, add_submitted=lambda records: pushed.append(store.add(records)))
     return api, pushed
 
 

@@ -730,6 +730,29 @@ async def test_its_own_records_do_not_hold_back_a_peer_that_has_nobody_to_catch_
         await node.stop()
 
 
+@pytest.mark.parametrize("alone", [True, False])
+@pytest.mark.asyncio
+async def test_a_submission_made_here_is_no_catch_up(tmp_path: Path, alone: bool) -> None:
+    """A submission's records carry the experiment's origin, not this node's: taken for
+    others' records arriving, they held the first trial of every submission made on a peer
+    up for 30 s back two anti-entropy periods (4.5 s on a real peer alone, 6 of 6)."""
+    from metaopt.peer._api import LocalApi
+
+    now = [1000.0]
+    node = _judging(tmp_path, now)
+    if not alone:
+        node.membership._recalled = ["127.0.0.1:9"]
+    try:
+        now[0] += node.config.timing.peer_timeout
+        assert node.caught_up()
+        exp = experiment_record(ExperimentSpec("new", {"x": "uniform(0, 1)"}), 1_000_000)
+        await LocalApi(node).add(Request("api.add", node.node_id, "", [exp.data]))
+        assert exp.key in node.replica.experiments
+        assert node.caught_up()
+    finally:
+        await node.stop()
+
+
 @pytest.mark.asyncio
 async def test_a_catch_up_that_never_goes_quiet_is_waited_for_ten_timeouts_at_most(
     tmp_path: Path,
