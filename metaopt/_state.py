@@ -607,6 +607,11 @@ class ExperimentState:
         # an idle peer at half a core.
         self._order: list[bytes] | None = None  # trial keys, oldest first
         self._listed: list[TrialView] | None = None
+        # Those of trials() not yet ended, kept as it is: the scheduler looks for lost, frozen
+        # and free trials in every experiment twice a second, and walking every trial of the
+        # finished ones kept an idle peer busy in proportion to its history (6.7% of a core at
+        # 38,000 trials, 20% at 150,000; a scale review).
+        self._open: list[TrialView] | None = None
         self._best: list[TrialView] | None = None  # best(), kept as trials() is
         self.skipped = 0
         # Why a trial's params are not a point of the space, by trial: checked once, when its
@@ -646,7 +651,7 @@ class ExperimentState:
             self._trials[key] = (trial, record.time)
             self._views.pop(record.key, None)
             self._folds.pop(record.key, None)
-            self._listed = self._best = None
+            self._listed = self._best = self._open = None
             return True
         if record.kind == EVENT:
             # (Ids shared only among this experiment's events: another's are not kept here.)
@@ -671,7 +676,7 @@ class ExperimentState:
             ):
                 del self._folds[event.trial]  # (folded again from all its events when read)
             self._views.pop(event.trial, None)
-            self._listed = self._best = None
+            self._listed = self._best = self._open = None
             return True
         if record.kind == CONTROL:
             control = parse_control(record)
@@ -744,6 +749,13 @@ class ExperimentState:
             self._listed = [view for key in self._order if (view := self.trial(key)) is not None]
         return list(self._listed)
 
+    def open_trials(self) -> list[TrialView]:
+        """The trials that have not ended (neither completed, failed nor killed), oldest first
+        as in trials(); read again only once something new is folded in."""
+        if self._open is None:
+            self._open = [t for t in self.trials() if t.state not in TERMINAL_STATES]
+        return list(self._open)
+
     def trial_stamps(self) -> list[int]:
         """Each trial record's stamp (ms, its writer's clock)."""
         return [stamp for _, stamp in self._trials.values()]
@@ -774,11 +786,11 @@ class ExperimentState:
         """Nothing more will happen: stopped with nothing running, or budget spent and done."""
         if self.active:
             return False
-        states = [t.state for t in self.trials()]
+        states = [t.state for t in self.open_trials()]
         if self.stopped:
             # Running trials finish; pending, frozen and free ones never start again.
             return all(state != "running" for state in states)
-        return all(state in TERMINAL_STATES for state in states)
+        return not states
 
     def signed(self, values: Sequence[float]) -> tuple[float, ...]:
         """Objective values turned into ones to minimise."""

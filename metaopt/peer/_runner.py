@@ -839,7 +839,7 @@ class TrialRunner:
         me = self.node.node_id
         return {
             t.id
-            for t in state.trials()
+            for t in state.open_trials()
             if t.state == "frozen" and t.runner == me and not t.frozen_by_hand
         }
 

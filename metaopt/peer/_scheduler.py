@@ -159,7 +159,7 @@ def find_lost(
     """
     out: list[Lost] = []
     for state in experiments:
-        for trial in state.trials():
+        for trial in state.open_trials():
             if trial.state not in ("running", "pending", "frozen"):
                 continue
             owner = trial.runner or trial.node
@@ -260,7 +260,7 @@ def work_left(state: ExperimentState) -> bool:
     """Whether a trial of the experiment may still start: a new one, or a free one again."""
     if state.stopped:
         return False
-    return not state.budget_spent or any(t.state in FREE_STATES for t in state.trials())
+    return not state.budget_spent or any(t.state in FREE_STATES for t in state.open_trials())
 
 
 def plan_work(
