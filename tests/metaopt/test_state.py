@@ -248,6 +248,17 @@ def _random_history(rnd: random.Random) -> Log:
     return log
 
 
+def _arriving(rnd: random.Random, disorder: int) -> tuple[Log, list[Record]]:
+    """A random history and its records in the order they arrive: mostly as written, as
+    reports do, with ``disorder`` swaps."""
+    log = _random_history(rnd)
+    arrival = list(log.records)
+    for _ in range(disorder):
+        i, j = rnd.randrange(len(arrival)), rnd.randrange(len(arrival))
+        arrival[i], arrival[j] = arrival[j], arrival[i]
+    return log, arrival
+
+
 @given(st.randoms(use_true_random=False), st.integers(min_value=0, max_value=6))
 def test_a_fold_kept_and_extended_event_by_event_matches_a_fold_of_all(
     rnd: random.Random, disorder: int
@@ -255,11 +266,7 @@ def test_a_fold_kept_and_extended_event_by_event_matches_a_fold_of_all(
     # A trial's fold is kept between reads and extended by each event that sorts last (see
     # TrialFold): whatever the order events arrive in and whenever the views are read, every
     # view must be the one a fold of all the records so far gives.
-    log = _random_history(rnd)
-    arrival = list(log.records)
-    for _ in range(disorder):  # mostly in the order written, as reports arrive
-        i, j = rnd.randrange(len(arrival)), rnd.randrange(len(arrival))
-        arrival[i], arrival[j] = arrival[j], arrival[i]
+    log, arrival = _arriving(rnd, disorder)
     kept = log.state([])
     for n, record in enumerate(arrival, start=1):
         kept.apply(record)
@@ -274,11 +281,7 @@ def test_open_trials_are_those_not_ended_after_every_record(
 ) -> None:
     # Kept between records like trials(): read after any record, it must be what a filter of
     # trials() gives then (a trial that ends leaves it; a late event may bring one back).
-    log = _random_history(rnd)
-    arrival = list(log.records)
-    for _ in range(disorder):
-        i, j = rnd.randrange(len(arrival)), rnd.randrange(len(arrival))
-        arrival[i], arrival[j] = arrival[j], arrival[i]
+    log, arrival = _arriving(rnd, disorder)
     kept = log.state([])
     for record in arrival:
         kept.apply(record)
