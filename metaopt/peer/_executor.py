@@ -78,6 +78,15 @@ _ESCAPED_AFTER = 0.5
 # itself, which it does once its command has, after killing what the command left.
 SUBREAPER_MARK = "METAOPT_SUBREAPER"
 _SUBREAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_subreaper.py")
+# The subreaper as this peer read it at its start, handed over in its environment and run
+# with -c: run from its file, a metaopt upgraded under a running peer (pip, a git pull into
+# an editable install) gave every trial started since a subreaper of another version, and
+# each failed at its start (8 of 8 in a run; an end-to-end review).
+_SUBREAPER_CODE = Path(_SUBREAPER).read_text(encoding="utf-8")
+_CODE_VARIABLE = SUBREAPER_MARK + "_CODE"  # (out of the command's environment with the mark)
+_RUN_SUBREAPER = (
+    f"import os; exec(compile(os.environ[{_CODE_VARIABLE!r}], 'metaopt-subreaper', 'exec'))"
+)
 
 
 @dataclass(frozen=True)
@@ -289,7 +298,8 @@ class TrialProcess:
             # (the command in its environment, not on its command line: see _subreaper.py)
             env.update(handing(argv))
             env[SUBREAPER_MARK] = "1"  # (its own: the command's environment goes without)
-            argv = [sys.executable, "-I", _SUBREAPER, str(tell), str(len(argv))]
+            env[_CODE_VARIABLE] = _SUBREAPER_CODE
+            argv = [sys.executable, "-I", "-c", _RUN_SUBREAPER, str(tell), str(len(argv))]
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,

@@ -23,14 +23,16 @@ twice and ran its handler again inside the first call. It goes on waiting for th
 While it waits, it reaps whatever else of the trial's ends (a shell's `job &` that finished),
 so no zombie holds a pid until the trial's end.
 
-Run as ``python -I path/to/_subreaper.py FD N`` (as a file, standard library only: it
-starts in a few tens of ms; importing the metaopt package would load numpy), with the command's
-N arguments in its environment (``handing``), not on its command line: ``ps``, ``pgrep -f
-train.py`` and ``kill $(pgrep -of train.py)`` find the command alone, not this process too,
-which drops the kill. FD is the write end of a pipe from the peer: this process writes the
-command's pid there once it runs, or ``!`` and why it could not be started (then exits 127), and
-closes it. A pipe with no reader left means the peer died or gave up before it heard of the
-command: the command is killed.
+Run as ``python -I path/to/_subreaper.py FD N`` (standard library only: it starts in a few
+tens of ms; importing the metaopt package would load numpy), or as the peer runs it: this
+source as the peer read it at its start, in METAOPT_SUBREAPER_CODE, run by ``python -I -c``
+(the file on disk may be another version's by then: an upgrade under a running peer). The
+command's N arguments are in its environment (``handing``), not on its command line: ``ps``,
+``pgrep -f train.py`` and ``kill $(pgrep -of train.py)`` find the command alone, not this
+process too, which drops the kill. FD is the write end of a pipe from the peer: this process
+writes the command's pid there once it runs, or ``!`` and why it could not be started (then
+exits 127), and closes it. A pipe with no reader left means the peer died or gave up before it
+heard of the command: the command is killed.
 """
 
 from __future__ import annotations

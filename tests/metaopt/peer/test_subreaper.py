@@ -287,10 +287,10 @@ async def test_a_python_without_ctypes_still_runs_trials(
     real = sys.executable
     wrapper = tmp_path / "python-without-ctypes"
     wrapper.write_text(
-        "#!/bin/sh\nshift\nexec "
+        "#!/bin/sh\nshift\nexec "  # (-I; then -c CODE FD N, as the executor runs it)
         + real
-        + ' -I -c \'import sys, runpy; sys.modules["_ctypes"] = None;'
-        ' sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")\' "$@"\n'
+        + ' -I -c \'import sys; sys.modules["_ctypes"] = None;'
+        ' code = sys.argv[2]; sys.argv = ["-c", *sys.argv[3:]]; exec(code)\' "$@"\n'
     )
     wrapper.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(wrapper))
@@ -414,3 +414,25 @@ async def test_the_commands_arguments_reach_it_as_given(tmp_path: Path) -> None:
     )
     outcome, _ = await _run(spec)
     assert outcome.objectives == {"loss": 6.0}, (tmp_path / "output.log").read_text()
+
+
+@pytest.mark.asyncio
+async def test_the_subreaper_runs_as_the_peer_read_it_whatever_its_file_holds_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # metaopt upgraded under a running peer (pip, a git pull into an editable install): run
+    # from its file, each trial started since met a subreaper of another version, which read
+    # its arguments otherwise, and failed at its start (8 of 8 in a run).
+    import metaopt.peer._executor as executor
+
+    other = tmp_path / "_subreaper.py"
+    other.write_text("import sys\nsys.exit('another version: ' + ' '.join(sys.argv[1:]))\n")
+    monkeypatch.setattr(executor, "_SUBREAPER", str(other))
+    spec = TrialSpec(
+        argv=[sys.executable, "-c", "print('METAOPT {\"loss\": 1}')"],
+        cwd=tmp_path,
+        log_path=tmp_path / "output.log",
+        config=_QUICK,
+    )
+    outcome, _ = await _run(spec)
+    assert outcome.status == "completed", (tmp_path / "output.log").read_text()
