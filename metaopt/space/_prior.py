@@ -43,6 +43,9 @@ _OPTIONS = {
 }
 # The normal CDF is clipped so that the cube's faces map to finite values (about ±7 sigma).
 _CDF_EPS = 1e-12
+# A precision= range of more values than this is taken as endless (it is never used up); one
+# of fewer is listed (Dimension.listed_values), so a search and `status` know when it is.
+_MAX_LISTED = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,66 @@ class Dimension:
             return len(self.choices)
         bounds = self.int_bounds
         return None if bounds is None else bounds[1] - bounds[0] + 1
+
+    @property
+    def count(self) -> int | None:
+        """How many distinct values the dimension can take, a precision= range's included;
+        None when endless (a real, unbounded, or a precision= range that reaches 0 or holds
+        more than _MAX_LISTED values)."""
+        if self.n_values is not None:
+            return self.n_values
+        ends = self._digit_range()
+        if ends is None:
+            return None
+        _, (first, m_first), (last, m_last) = ends
+        digits = self.precision or 1
+        if first == last:
+            count = m_last - m_first + 1
+        else:  # (each decade between holds every mantissa of its digits)
+            whole = 9 * 10 ** (digits - 1)
+            count = (10**digits - m_first) + (last - first - 1) * whole
+            count += m_last - 10 ** (digits - 1) + 1
+        return count if 0 < count <= _MAX_LISTED else None
+
+    @functools.cached_property
+    def listed_values(self) -> FloatArray | None:
+        """Every value of a bounded precision= real, ascending, as ``decode`` gives them; None
+        for any other dimension and when ``count`` is None.
+
+        (Counted as endless, a precision= space was never used up: its search said "nearly
+        exhausted" with a point left, and `submit --wait` waited on it for good.)
+        """
+        ends = self._digit_range()
+        if ends is None or self.count is None:
+            return None
+        sign, (first, m_first), (last, m_last) = ends
+        digits = self.precision or 1
+        parts = []
+        for e in range(first, last + 1):
+            lo = m_first if e == first else 10 ** (digits - 1)
+            hi = m_last if e == last else 10**digits - 1
+            parts.append(np.arange(lo, hi + 1, dtype=np.float64) * 10.0 ** (e - digits + 1))
+        # (each the float nearest its decimal, as _snap makes it)
+        values = _round_significant(sign * np.concatenate(parts), digits)
+        return np.sort(values)
+
+    def _digit_range(self) -> tuple[float, tuple[int, int], tuple[int, int]] | None:
+        """A bounded precision= real's sign (a negative range is mirrored), and its lowest
+        and highest magnitude as (decade, mantissa of its digits); None for any other
+        dimension, or a range that reaches 0 (values of every magnitude have its digits)."""
+        if self.precision is None or self.prior not in ("uniform", "loguniform"):
+            return None
+        if self.int_bounds is not None:
+            return None
+        low, high = self.args
+        if low <= 0.0 <= high:
+            return None
+        sign = 1.0 if low > 0 else -1.0
+        low, high = sorted((sign * low, sign * high))
+        # As _snap keeps them: a value rounded past a bound goes to the nearest inside.
+        lowest = _round_significant(np.array([low]), self.precision, np.ceil)[0]
+        highest = _round_significant(np.array([high]), self.precision, np.floor)[0]
+        return sign, _decade(lowest, self.precision), _decade(highest, self.precision)
 
     @property
     def rungs(self) -> tuple[float, ...]:
@@ -340,6 +403,18 @@ class Dimension:
         # A discrete normal's integers are exact only within 2**53 (the parser keeps mu +- 40
         # sigma there); 10**300 from another peer's record is no value of it.
         return not self.discrete or abs(x) <= _MAX_EXACT_INT
+
+
+def _decade(value: float, digits: int) -> tuple[int, int]:
+    """A positive float nearest a decimal of ``digits`` significant digits, as (e, m): the
+    decimal is m 10**(e - digits + 1), with m of exactly ``digits`` digits. (Read off its
+    shortest repr, which is that decimal: division by a power of ten is inexact.)"""
+    exact = decimal.Decimal(repr(float(value))).normalize()
+    shown = exact.as_tuple()
+    assert isinstance(shown.exponent, int)
+    mantissa = int("".join(map(str, shown.digits)))
+    e = shown.exponent + len(shown.digits) - 1
+    return e, mantissa * 10 ** (digits - len(shown.digits))
 
 
 def _round_significant(

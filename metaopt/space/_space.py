@@ -157,9 +157,11 @@ class Space:
 
     @property
     def cardinality(self) -> int | None:
-        """Number of distinct points when every coordinate is finite, else None."""
+        """Number of distinct points when every coordinate is finite (a precision= range's
+        too, see Dimension.count), else None."""
         total = 1
-        for k in self.n_values:
+        for dim in self._dims:
+            k = dim.count
             if k is None:
                 return None
             total *= k
@@ -244,6 +246,9 @@ class Space:
         # never (31 of 1000 left out: the space was called exhausted with points left).
         axes = []
         for dim in self._dims:  # (a choice's value is its index)
+            if dim.listed_values is not None:
+                axes.append(dim.encode(dim.listed_values))
+                continue
             bounds = (0, len(dim.choices) - 1) if dim.prior == "choices" else dim.int_bounds
             assert bounds is not None  # (in a finite space every dimension is)
             axes.append(dim.encode(np.arange(bounds[0], bounds[1] + 1, dtype=np.float64)))

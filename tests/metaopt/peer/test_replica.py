@@ -606,6 +606,23 @@ async def test_an_experiment_whose_every_point_is_a_trial_is_listed_as_exhausted
     assert listed[0]["exhausted"] == "all 2 points of the space are tried"
 
 
+@pytest.mark.asyncio
+async def test_a_precision_space_whose_every_value_is_a_trial_is_listed_as_exhausted() -> None:
+    # Counted as endless, it stayed "active" for good, and `submit --wait` never ended.
+    store = MemoryStore()
+    spec = ExperimentSpec("digits", {"x": "uniform(1, 3, precision=1)"})
+    exp = Record.create(EXPERIMENT, NODE, 1, 1000, spec.to_body(), [])
+    store.add([exp])
+    api = LocalApi(SimpleNamespace(replica=Replica(store)))  # type: ignore[arg-type]
+    for i, x in enumerate((1.0, 2.0, 3.0)):
+        listed = await api.experiments(Request("api.experiments", NODE, "", None))
+        assert listed[0]["exhausted"] is None
+        body = {"params": {"x": x}, "node": NODE, "counter": i + 1}
+        store.add([Record.create(TRIAL, NODE, 2 + i, 1001, body, [exp.key])])
+    listed = await api.experiments(Request("api.experiments", NODE, "", None))
+    assert listed[0]["exhausted"] == "all 3 points of the space are tried"
+
+
 def test_an_experiments_json_carries_its_regex_and_trial_timeout() -> None:
     # `status NAME --json` left out settings it was submitted with.
     from metaopt._state import ExperimentState

@@ -351,3 +351,41 @@ def test_a_default_finer_than_its_precision_is_taken_as_given() -> None:
     # experiment holding one could no longer be opened or run: a review of the day's fixes.
     d = parse_prior("x", "uniform(0, 1, precision=2, default_value=0.123)")
     assert d.default_value == 0.123
+
+
+@pytest.mark.parametrize(
+    ("text", "count"),
+    [
+        ("uniform(1, 9, precision=1)", 9),
+        ("uniform(0.05, 0.95, precision=1)", 14),  # 0.05-0.09, then 0.1-0.9
+        ("uniform(10, 99, precision=2)", 90),
+        ("loguniform(1e-3, 1, precision=1)", 28),
+        ("uniform(-0.95, -0.05, precision=1)", 14),
+        ("uniform(0.07, 0.079, precision=1)", 1),
+        ("uniform(0.012, 0.0125, precision=3)", 6),  # 0.0120-0.0125
+        ("uniform(0, 1, precision=1)", None),  # 1e-300 has one digit too: endless
+        ("uniform(-1, 1, precision=2)", None),
+        ("normal(0, 1, precision=2)", None),
+        ("loguniform(1e-9, 1e9, precision=6)", None),  # 16 million: taken as endless
+        ("loguniform(1e-5, 10, precision=5)", 540_001),
+        ("uniform(1e25, 9e25, precision=2)", 81),
+        ("uniform(0, 1)", None),
+    ],
+)
+def test_a_precision_range_counts_and_lists_the_values_it_can_take(
+    text: str, count: int | None
+) -> None:
+    # Counted as endless, a precision= space was never used up: its search said "nearly
+    # exhausted" with a point left, and `submit --wait` waited on it for good (4 of 4).
+    dim = parse_prior("x", text)
+    assert dim.count == count
+    if count is None:
+        return
+    listed = dim.listed_values
+    assert listed is not None and len(set(listed.tolist())) == count
+    assert list(listed) == sorted(listed)
+    assert (dim.decode(dim.encode(listed)) == listed).all()  # each its own value
+    drawn = set(dim.decode(np.random.default_rng(0).random(20_000)).tolist())
+    assert drawn <= set(listed.tolist())  # what a search draws
+    if count <= 100:
+        assert drawn == set(listed.tolist())  # and all of it
