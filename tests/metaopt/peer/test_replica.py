@@ -588,39 +588,33 @@ async def test_an_experiment_whose_every_point_is_a_trial_says_so_on_every_peer(
     assert await exhausted() == "all 2 points of the space are tried"
 
 
+@pytest.mark.parametrize(
+    ("prior", "values"),
+    [
+        ("randint(0, 2)", (0, 1)),
+        # Counted as endless, a precision= range stayed "active" for good, and `submit
+        # --wait` never ended.
+        ("uniform(1, 3, precision=1)", (1.0, 2.0, 3.0)),
+    ],
+)
 @pytest.mark.asyncio
-async def test_an_experiment_whose_every_point_is_a_trial_is_listed_as_exhausted() -> None:
+async def test_an_experiment_whose_every_point_is_a_trial_is_listed_as_exhausted(
+    prior: str, values: tuple[float, ...]
+) -> None:
     # A finite space fully tried with no budget showed "active" forever, though no peer would
     # ever start another trial of it.
     store = MemoryStore()
-    spec = ExperimentSpec("grid", {"n": "randint(0, 2)"})
+    spec = ExperimentSpec("grid", {"n": prior})
     exp = Record.create(EXPERIMENT, NODE, 1, 1000, spec.to_body(), [])
     store.add([exp])
     api = LocalApi(SimpleNamespace(replica=Replica(store)))  # type: ignore[arg-type]
-    for n in range(2):
+    for i, n in enumerate(values):
         listed = await api.experiments(Request("api.experiments", NODE, "", None))
         assert listed[0]["exhausted"] is None
-        body = {"params": {"n": n}, "node": NODE, "counter": n + 1}
-        store.add([Record.create(TRIAL, NODE, 2 + n, 1001, body, [exp.key])])
-    listed = await api.experiments(Request("api.experiments", NODE, "", None))
-    assert listed[0]["exhausted"] == "all 2 points of the space are tried"
-
-
-@pytest.mark.asyncio
-async def test_a_precision_space_whose_every_value_is_a_trial_is_listed_as_exhausted() -> None:
-    # Counted as endless, it stayed "active" for good, and `submit --wait` never ended.
-    store = MemoryStore()
-    spec = ExperimentSpec("digits", {"x": "uniform(1, 3, precision=1)"})
-    exp = Record.create(EXPERIMENT, NODE, 1, 1000, spec.to_body(), [])
-    store.add([exp])
-    api = LocalApi(SimpleNamespace(replica=Replica(store)))  # type: ignore[arg-type]
-    for i, x in enumerate((1.0, 2.0, 3.0)):
-        listed = await api.experiments(Request("api.experiments", NODE, "", None))
-        assert listed[0]["exhausted"] is None
-        body = {"params": {"x": x}, "node": NODE, "counter": i + 1}
+        body = {"params": {"n": n}, "node": NODE, "counter": i + 1}
         store.add([Record.create(TRIAL, NODE, 2 + i, 1001, body, [exp.key])])
     listed = await api.experiments(Request("api.experiments", NODE, "", None))
-    assert listed[0]["exhausted"] == "all 3 points of the space are tried"
+    assert listed[0]["exhausted"] == f"all {len(values)} points of the space are tried"
 
 
 def test_an_experiments_json_carries_its_regex_and_trial_timeout() -> None:
