@@ -29,6 +29,7 @@ the child exits, whatever is left of its group is killed, so no stray worker hol
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import errno
@@ -47,7 +48,7 @@ from typing import IO, Any, Literal
 
 from metaopt.peer._output import OutputConfig, OutputParser
 from metaopt.peer._storage import storage_failure
-from metaopt.peer._subreaper import handing
+from metaopt.peer._subreaper import command_file
 from metaopt.worker import MetricValue
 
 __all__ = [
@@ -82,10 +83,13 @@ _SUBREAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_subreape
 # with -c: run from its file, a metaopt upgraded under a running peer (pip, a git pull into
 # an editable install) gave every trial started since a subreaper of another version, and
 # each failed at its start (8 of 8 in a run; an end-to-end review).
-_SUBREAPER_CODE = Path(_SUBREAPER).read_text(encoding="utf-8")
+# (base64: an environment's text is in the locale's encoding, and a Latin-1 peer failed every
+# trial on the file's em dashes)
+_SUBREAPER_CODE = base64.b64encode(Path(_SUBREAPER).read_bytes()).decode("ascii")
 _CODE_VARIABLE = SUBREAPER_MARK + "_CODE"  # (out of the command's environment with the mark)
 _RUN_SUBREAPER = (
-    f"import os; exec(compile(os.environ[{_CODE_VARIABLE!r}], 'metaopt-subreaper', 'exec'))"
+    f"import base64, os; exec(compile(base64.b64decode(os.environ[{_CODE_VARIABLE!r}]),"
+    " 'metaopt-subreaper', 'exec'))"
 )
 
 
@@ -292,15 +296,16 @@ class TrialProcess:
         # environment (trackers, crash reporters) would carry it off.
         inherited = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
         env = {**inherited, "PYTHONUNBUFFERED": "1", **spec.env}
-        argv, told = list(spec.argv), None
-        if cfg.subreaper:  # (it says through `told` whether the command started)
-            told, tell = os.pipe()
-            # (the command in its environment, not on its command line: see _subreaper.py)
-            env.update(handing(argv))
-            env[SUBREAPER_MARK] = "1"  # (its own: the command's environment goes without)
-            env[_CODE_VARIABLE] = _SUBREAPER_CODE
-            argv = [sys.executable, "-I", "-c", _RUN_SUBREAPER, str(tell), str(len(argv))]
+        argv, told, passed = list(spec.argv), None, []
         try:
+            if cfg.subreaper:  # (it says through `told` whether the command started)
+                told, tell = os.pipe()
+                passed.append(tell)
+                # (the command in a file, not on its command line: see _subreaper.py)
+                passed.append(command_file(argv))
+                env[SUBREAPER_MARK] = "1"  # (its own: the command's environment goes without)
+                env[_CODE_VARIABLE] = _SUBREAPER_CODE
+                argv = [sys.executable, "-I", "-c", _RUN_SUBREAPER, *map(str, passed)]
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=spec.cwd,
@@ -311,7 +316,7 @@ class TrialProcess:
                 # Its own group (the command's, or the subreaper's, which gives the command
                 # one of its own): the watchdog and stops reach all of it, and no more.
                 start_new_session=True,
-                pass_fds=() if told is None else (tell,),
+                pass_fds=passed,
             )
         except (OSError, ValueError) as exc:
             if told is not None:
@@ -332,8 +337,8 @@ class TrialProcess:
             # value, a name from another peer); one line, not a traceback at every trial.
             return self._finish_early(f"cannot start {spec.argv[0]!r}: {exc} in its arguments")
         finally:
-            if told is not None:
-                os.close(tell)
+            for fd in passed:
+                os.close(fd)
         group = proc.pid
         if told is not None:
             group, why = await self._started(proc, told)

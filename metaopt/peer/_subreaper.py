@@ -23,16 +23,22 @@ twice and ran its handler again inside the first call. It goes on waiting for th
 While it waits, it reaps whatever else of the trial's ends (a shell's `job &` that finished),
 so no zombie holds a pid until the trial's end.
 
-Run as ``python -I path/to/_subreaper.py FD N`` (standard library only: it starts in a few
+Run as ``python -I path/to/_subreaper.py FD CMD`` (standard library only: it starts in a few
 tens of ms; importing the metaopt package would load numpy), or as the peer runs it: this
-source as the peer read it at its start, in METAOPT_SUBREAPER_CODE, run by ``python -I -c``
-(the file on disk may be another version's by then: an upgrade under a running peer). The
-command's N arguments are in its environment (``handing``), not on its command line: ``ps``,
-``pgrep -f train.py`` and ``kill $(pgrep -of train.py)`` find the command alone, not this
-process too, which drops the kill. FD is the write end of a pipe from the peer: this process
-writes the command's pid there once it runs, or ``!`` and why it could not be started (then
-exits 127), and closes it. A pipe with no reader left means the peer died or gave up before it
-heard of the command: the command is killed.
+source as the peer read it at its start, base64 in METAOPT_SUBREAPER_CODE (an environment's
+text is in the locale's encoding, which may not hold this file's), run by ``python -I -c``
+(the file on disk may be another version's by then: an upgrade under a running peer).
+
+CMD is a file descriptor of an anonymous file holding the command, its arguments separated by
+NUL (``command_file``): not on this process's command line, so ``ps``, ``pgrep -f train.py``
+and ``kill $(pgrep -of train.py)`` find the command alone, not this process too, which drops
+the kill; nor in its environment, whose strings cost the kernel's limits more (an argument
+of 128 KiB less a few bytes, or 60,000 arguments, no longer fitted).
+
+FD is the write end of a pipe from the peer: this process writes the command's pid there once
+it runs, or ``!`` and why it could not be started (then exits 127), and closes it. A pipe with
+no reader left means the peer died or gave up before it heard of the command: the command is
+killed.
 """
 
 from __future__ import annotations
@@ -46,7 +52,6 @@ import sys
 import time
 
 _MARK = "METAOPT_SUBREAPER"  # its own environment's, left out of the command's
-_ARG = _MARK + "_ARG"  # + i: the command's i-th argument (each within the kernel's 128 KiB)
 _PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 _REAP_FOR = 5.0  # seconds to wait for what the trial left to die (a process in D state may not)
 _STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -62,9 +67,38 @@ def _become_subreaper() -> None:
         libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def handing(command: list[str]) -> dict[str, str]:
-    """The environment entries that hand ``command`` to this process (its N = len(command))."""
-    return {f"{_ARG}{i}": arg for i, arg in enumerate(command)}
+def command_file(command: list[str]) -> int:
+    """A file descriptor of an anonymous file holding ``command`` for this process (CMD),
+    read from its start; the caller closes it once this process has started."""
+    data = [os.fsencode(arg) for arg in command]
+    if any(b"\0" in arg for arg in data):
+        raise ValueError("embedded null byte")  # (as an exec of it says: no argument holds one)
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("metaopt-trial-command")
+    else:  # (a file unlinked at once, where there is no memfd)
+        import tempfile
+
+        with tempfile.TemporaryFile() as fh:
+            fd = os.dup(fh.fileno())
+    try:
+        view = memoryview(b"\0".join(data))
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_command(fd: int) -> list[bytes]:
+    """The command out of ``command_file``'s file, which is then closed."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks).split(b"\0")
 
 
 def _own_environment() -> dict[bytes, bytes]:
@@ -79,13 +113,9 @@ def _own_environment() -> dict[bytes, bytes]:
         return dict(os.environb)
 
 
-def _command(env: dict[bytes, bytes], count: int) -> list[bytes]:
-    """The command's arguments out of ``env``, and its mark and arguments out of ``env``
-    (the command's environment goes without them)."""
-    command = [env.pop(f"{_ARG}{i}".encode(), b"") for i in range(count)]
-    for name in [name for name in env if name.startswith(_MARK.encode())]:
-        del env[name]
-    return command
+def _without_marks(env: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """``env`` less this process's own entries (METAOPT_SUBREAPER*): the command's."""
+    return {name: value for name, value in env.items() if not name.startswith(_MARK.encode())}
 
 
 def _wait_for(pid: int) -> int:
@@ -164,9 +194,8 @@ def _ignore(_signum: int, _frame: object) -> None:
 
 
 def main(argv: list[str]) -> None:
-    status_fd, count = int(argv[0]), int(argv[1])
-    env = _own_environment()
-    command = _command(env, count)
+    status_fd, command = int(argv[0]), _read_command(int(argv[1]))
+    env = _without_marks(_own_environment())
     # An ignored SIGCHLD, inherited, has the kernel reap the command: its exit code is lost.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for sig in _STOPS:

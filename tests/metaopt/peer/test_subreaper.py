@@ -15,8 +15,8 @@ import pytest
 
 from metaopt.peer._executor import _SUBREAPER, ExecutorConfig, TrialProcess, TrialSpec
 from metaopt.peer._orphans import find_orphans
-from metaopt.peer._subreaper import handing
-from tests.metaopt.peer.test_executor import _run, _script, _spec
+from metaopt.peer._subreaper import command_file
+from tests.metaopt.peer.test_executor import _REPO, _run, _script, _spec
 from tests.metaopt.peer.test_orphans import _PEER, _wait_gone
 
 pytestmark = [
@@ -124,13 +124,17 @@ def test_it_dies_with_the_trial_when_the_peer_is_killed(tmp_path: Path, then: st
 
 
 def _start(command: list[str], write: int, **kw: Any) -> subprocess.Popen[bytes]:
-    """The subreaper started as the executor starts it, told to run ``command``."""
-    return subprocess.Popen(
-        [sys.executable, "-I", _SUBREAPER, str(write), str(len(command))],
-        env={**os.environ, **handing(command), "METAOPT_SUBREAPER": "1"},
-        pass_fds=(write,),
-        **kw,
-    )
+    """The subreaper started from its file, told to run ``command``."""
+    handed = command_file(command)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-I", _SUBREAPER, str(write), str(handed)],
+            env={**os.environ, "METAOPT_SUBREAPER": "1"},
+            pass_fds=(write, handed),
+            **kw,
+        )
+    finally:
+        os.close(handed)
 
 
 def _subreaper(command: list[str], *, heard: bool = True) -> tuple[subprocess.Popen[bytes], int]:
@@ -436,3 +440,54 @@ async def test_the_subreaper_runs_as_the_peer_read_it_whatever_its_file_holds_no
     )
     outcome, _ = await _run(spec)
     assert outcome.status == "completed", (tmp_path / "output.log").read_text()
+
+
+# A peer's own trial, run in a Python whose text encoding is ASCII (a C locale, as a service
+# manager gives, with UTF-8 mode and locale coercion off: any 8-bit locale is alike).
+_IN_AN_ASCII_LOCALE = """
+import asyncio, sys
+from pathlib import Path
+from metaopt.peer._executor import ExecutorConfig, TrialProcess, TrialSpec
+assert sys.getfilesystemencoding() == "ascii", sys.getfilesystemencoding()
+where = Path(sys.argv[1])
+spec = TrialSpec(argv=[sys.executable, "-c", "print('METAOPT {\\"loss\\": 2}')"], cwd=where,
+                 log_path=where / "output.log", config=ExecutorConfig(grace=1.0, drain=2.0))
+outcome = asyncio.run(TrialProcess(spec, lambda kind, data: None).run())
+print(outcome.status, outcome.reason)
+"""
+
+
+def test_a_peer_whose_locale_encodes_no_more_than_ascii_runs_trials(tmp_path: Path) -> None:
+    # The subreaper's source, handed over in its environment as text, held em dashes: in a
+    # Latin-1 locale every trial failed "'latin-1' codec can't encode character '\u2014'".
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG"))}
+    env.update(LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0", PYTHONPATH=_REPO)
+    done = subprocess.run(
+        [sys.executable, "-c", _IN_AN_ASCII_LOCALE, str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.stdout.split() == ["completed", "None"], done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["x" * 131_060], ["x"] * 60_000],
+    ids=["an argument of 128 KiB less a few bytes", "60,000 arguments"],
+)
+@pytest.mark.asyncio
+async def test_arguments_the_kernel_takes_for_the_command_reach_it(
+    tmp_path: Path, args: list[str]
+) -> None:
+    # Handed over in the subreaper's environment, each argument cost a variable's name more
+    # of the kernel's limits (128 KiB a string, ARG_MAX in all): both failed "Argument list
+    # too long", though the command ran by hand.
+    code = "import sys; print('METAOPT {\"loss\": %d}' % sum(map(len, sys.argv[1:])))"
+    spec = TrialSpec(
+        argv=[sys.executable, "-c", code, *args],
+        cwd=tmp_path,
+        log_path=tmp_path / "output.log",
+        config=_QUICK,
+    )
+    outcome, _ = await _run(spec)
+    assert outcome.status == "completed", outcome.reason
+    assert outcome.objectives == {"loss": float(sum(map(len, args)))}
