@@ -384,6 +384,16 @@ def _command_lines_with(needle: bytes) -> list[int]:
     return found
 
 
+def _python(tmp_path: Path, code: str, *args: str) -> TrialSpec:
+    """A trial of ``python -c code args...``."""
+    return TrialSpec(
+        argv=[sys.executable, "-c", code, *args],
+        cwd=tmp_path,
+        log_path=tmp_path / "output.log",
+        config=_QUICK,
+    )
+
+
 @pytest.mark.asyncio
 async def test_pgrep_of_the_command_finds_the_command_alone(tmp_path: Path) -> None:
     # The subreaper's command line carried the command's: `pgrep -f train.py` listed both,
@@ -410,12 +420,7 @@ async def test_the_commands_arguments_reach_it_as_given(tmp_path: Path) -> None:
         f"import json, sys; assert sys.argv[1:] == {args!r}, sys.argv;"
         " print('METAOPT', json.dumps({'loss': len(sys.argv)}))"
     )
-    spec = TrialSpec(
-        argv=[sys.executable, "-c", code, *args],
-        cwd=tmp_path,
-        log_path=tmp_path / "output.log",
-        config=_QUICK,
-    )
+    spec = _python(tmp_path, code, *args)
     outcome, _ = await _run(spec)
     assert outcome.objectives == {"loss": 6.0}, (tmp_path / "output.log").read_text()
 
@@ -432,12 +437,7 @@ async def test_the_subreaper_runs_as_the_peer_read_it_whatever_its_file_holds_no
     other = tmp_path / "_subreaper.py"
     other.write_text("import sys\nsys.exit('another version: ' + ' '.join(sys.argv[1:]))\n")
     monkeypatch.setattr(executor, "_SUBREAPER", str(other))
-    spec = TrialSpec(
-        argv=[sys.executable, "-c", "print('METAOPT {\"loss\": 1}')"],
-        cwd=tmp_path,
-        log_path=tmp_path / "output.log",
-        config=_QUICK,
-    )
+    spec = _python(tmp_path, "print('METAOPT {\"loss\": 1}')")
     outcome, _ = await _run(spec)
     assert outcome.status == "completed", (tmp_path / "output.log").read_text()
 
@@ -482,12 +482,7 @@ async def test_arguments_the_kernel_takes_for_the_command_reach_it(
     # of the kernel's limits (128 KiB a string, ARG_MAX in all): both failed "Argument list
     # too long", though the command ran by hand.
     code = "import sys; print('METAOPT {\"loss\": %d}' % sum(map(len, sys.argv[1:])))"
-    spec = TrialSpec(
-        argv=[sys.executable, "-c", code, *args],
-        cwd=tmp_path,
-        log_path=tmp_path / "output.log",
-        config=_QUICK,
-    )
+    spec = _python(tmp_path, code, *args)
     outcome, _ = await _run(spec)
     assert outcome.status == "completed", outcome.reason
     assert outcome.objectives == {"loss": float(sum(map(len, args)))}
