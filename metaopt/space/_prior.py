@@ -46,6 +46,11 @@ _CDF_EPS = 1e-12
 # A precision= range of more values than this is taken as endless (it is never used up); one
 # of fewer is listed (Dimension.listed_values), so a search and `status` know when it is.
 _MAX_LISTED = 1_000_000
+# Values of a precision= range closer than this in the unit cube are taken as one (the search
+# tells points apart to 1e-9, and far finer the round trip of a value through the cube is not
+# exact): such a range counts as endless (uniform(1e-12, 1, precision=1) was called used up
+# with 27 of its 109 values, all within 1e-9 of 0, never tried).
+_MIN_UNIT_GAP = 1e-8
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,20 @@ class Dimension:
             whole = 9 * 10 ** (digits - 1)
             count = (10**digits - m_first) + (last - first - 1) * whole
             count += m_last - 10 ** (digits - 1) + 1
-        return count if 0 < count <= _MAX_LISTED else None
+        if not 0 < count <= _MAX_LISTED:
+            return None
+        if count > 1 and self._least_gap(first, digits) < _MIN_UNIT_GAP:
+            return None
+        return count
+
+    def _least_gap(self, first: int, digits: int) -> float:
+        """The least distance in the unit cube between two neighbouring values of a precision=
+        range whose lowest magnitude lies in decade ``first``."""
+        low, high = self.args
+        if self.prior == "uniform":  # (the finest step is at the lowest magnitude)
+            return float(10.0 ** (first - digits + 1) / abs(high - low))
+        # On a log scale, between the two largest mantissas of a decade.
+        return math.log1p(1.0 / (10**digits - 1)) / math.log(high / low)
 
     @functools.cached_property
     def listed_values(self) -> FloatArray | None:
@@ -431,7 +449,16 @@ def _round_significant(
     out = np.array(v, dtype=np.float64)
     nz = out != 0
     vals = out[nz]
-    shift = digits - 1 - np.floor(np.log10(np.abs(vals)))  # digits to move past the point
+    logs = np.log10(np.abs(vals))
+    decade = np.floor(logs)
+    # log10 of a value a hair below a power of ten comes out as that power's exponent
+    # (log10(0.09999999999999998) is -1.0): its mantissa then lacked a digit, and floored to
+    # two digits it was 0.09, not 0.099 (a prior's count fell 9 values short). Where log10
+    # came out whole, the decade is checked exactly.
+    for i in np.flatnonzero(logs == decade).tolist():
+        if decimal.Decimal(abs(float(vals[i]))) < decimal.Decimal(10) ** int(decade[i]):
+            decade[i] -= 1
+    shift = digits - 1 - decade  # digits to move past the point
     # Powers of ten up to 10**22 are exact floats, so scaling by one and rounding back is
     # exact but for the one rounding of the product; dividing by 10.0**-k (inexact for k > 0)
     # left values a hair off their decimal. Past 10**22 Decimal rounds the few values there.
