@@ -39,6 +39,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -297,12 +298,20 @@ class TrialProcess:
         inherited = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
         env = {**inherited, "PYTHONUNBUFFERED": "1", **spec.env}
         argv, told, passed = list(spec.argv), None, []
+        proc = None
         try:
             if cfg.subreaper:  # (it says through `told` whether the command started)
                 told, tell = os.pipe()
                 passed.append(tell)
-                # (the command in a file, not on its command line: see _subreaper.py)
-                passed.append(command_file(argv))
+                try:
+                    # (the command in a file, not on its command line: see _subreaper.py)
+                    passed.append(command_file(argv))
+                except OSError as exc:  # (neither a memfd nor a temporary file: the machine's)
+                    return self._finish_early(
+                        f"cannot start the trial: no file could hold its command for its parent"
+                        f" process ({exc.strerror or exc}); free file descriptors, or room in"
+                        f" {tempfile.gettempdir()}"
+                    )
                 env[SUBREAPER_MARK] = "1"  # (its own: the command's environment goes without)
                 env[_CODE_VARIABLE] = _SUBREAPER_CODE
                 argv = [sys.executable, "-I", "-c", _RUN_SUBREAPER, *map(str, passed)]
@@ -319,8 +328,6 @@ class TrialProcess:
                 pass_fds=passed,
             )
         except (OSError, ValueError) as exc:
-            if told is not None:
-                os.close(told)
             if isinstance(exc, OSError):
                 what = exc.strerror or str(exc)
                 if told is not None and exc.errno != errno.E2BIG:  # (E2BIG: its arguments)
@@ -339,6 +346,10 @@ class TrialProcess:
         finally:
             for fd in passed:
                 os.close(fd)
+            if proc is None and told is not None:
+                # Nobody will write to it: the start failed, or the run was cancelled while
+                # it started (which left the pipe open in the peer, one per cancelled start).
+                os.close(told)
         group = proc.pid
         if told is not None:
             group, why = await self._started(proc, told)

@@ -73,9 +73,11 @@ def command_file(command: list[str]) -> int:
     data = [os.fsencode(arg) for arg in command]
     if any(b"\0" in arg for arg in data):
         raise ValueError("embedded null byte")  # (as an exec of it says: no argument holds one)
+    fd = None
     if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("metaopt-trial-command")
-    else:  # (a file unlinked at once, where there is no memfd)
+        with contextlib.suppress(OSError):  # (refused: an old kernel, a seccomp policy)
+            fd = os.memfd_create("metaopt-trial-command")
+    if fd is None:  # (a file unlinked at once)
         import tempfile
 
         with tempfile.TemporaryFile() as fh:

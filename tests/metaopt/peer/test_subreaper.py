@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -486,3 +488,55 @@ async def test_arguments_the_kernel_takes_for_the_command_reach_it(
     outcome, _ = await _run(spec)
     assert outcome.status == "completed", outcome.reason
     assert outcome.objectives == {"loss": float(sum(map(len, args)))}
+
+
+@pytest.mark.asyncio
+async def test_a_memfd_the_kernel_refuses_falls_back_to_a_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An old kernel, or a seccomp policy, refuses memfd_create though Python has it: every
+    # trial failed, and the reason told the user to restart the peer.
+    def refused(*args: object) -> int:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(os, "memfd_create", refused)
+    outcome, _ = await _run(_python(tmp_path, "print('METAOPT {\"loss\": 1}')"))
+    assert outcome.status == "completed", outcome.reason
+
+
+@pytest.mark.asyncio
+async def test_no_file_for_the_command_is_said_as_the_machines_not_the_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Neither a memfd nor a temporary file: the reason named the user's command as "this
+    # peer's Python" that "did not run", and said to restart the peer.
+    import metaopt.peer._executor as executor
+
+    def no_room(command: list[str]) -> int:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(executor, "command_file", no_room)
+    outcome, _ = await _run(_python(tmp_path, "pass"))
+    assert outcome.status == "failed" and outcome.reason is not None
+    assert outcome.reason.startswith("cannot start the trial: no file could hold its command")
+    assert "Too many open files" in outcome.reason and "Python" not in outcome.reason
+
+
+@pytest.mark.asyncio
+async def test_a_run_cancelled_as_it_starts_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    # Cancelled while its process was being created (a peer stopping), the run left the
+    # status pipe's read end open in the peer: one descriptor per cancelled start.
+    def count() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = count()
+    for steps in range(8):
+        spec = _python(tmp_path, "import time; time.sleep(30)")
+        run = asyncio.ensure_future(TrialProcess(spec, lambda kind, data: None).run())
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        run.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(run, 30)
+    await asyncio.sleep(0.3)
+    assert count() == before
