@@ -219,6 +219,15 @@ def test_the_sweeps_by_environment_leave_a_subreaper_alone(tmp_path: Path) -> No
 # The review of the subreaper (each failed on its first version).
 _QUICK = ExecutorConfig(heartbeat=5.0, grace=1.0, drain=2.0)
 
+
+def _command(tmp_path: Path, *argv: str, env: dict[str, str] | None = None) -> TrialSpec:
+    """A trial of ``argv`` in tmp_path, its output in tmp_path/output.log."""
+    return TrialSpec(
+        argv=list(argv), cwd=tmp_path, log_path=tmp_path / "output.log", config=_QUICK,
+        env=env or {},
+    )  # fmt: skip
+
+
 # A trial that starts 50 short background jobs the common way (os.system("... &"), as for an
 # upload of each checkpoint), then, while it still runs, counts the zombies its parent holds.
 _BACKGROUND_JOBS = """
@@ -251,12 +260,7 @@ async def test_what_the_command_leaves_is_reaped_while_it_runs(tmp_path: Path) -
 async def test_a_command_that_cannot_start_is_named_not_the_peers_python(tmp_path: Path) -> None:
     # An argument over the kernel's 128 KiB limit (E2BIG), as a long choice's value can be:
     # the reason named the interpreter that runs the subreaper, not the user's command.
-    spec = TrialSpec(
-        argv=["bash", "-c", "true", "x" * 200_000],
-        cwd=tmp_path,
-        log_path=tmp_path / "output.log",
-        config=_QUICK,
-    )
+    spec = _command(tmp_path, "bash", "-c", "true", "x" * 200_000)
     outcome, _ = await _run(spec)
     assert outcome.status == "failed" and outcome.exit_code is None
     assert outcome.reason is not None
@@ -273,12 +277,7 @@ async def test_the_command_gets_the_peers_locale_environment(
     for name in ("LC_ALL", "LC_CTYPE", "LANG"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PYTHONCOERCECLOCALE", "0")
-    spec = TrialSpec(
-        argv=["bash", "-c", 'echo "METAOPT {\\"loss\\": ${#LC_CTYPE}}"'],
-        cwd=tmp_path,
-        log_path=tmp_path / "output.log",
-        config=_QUICK,
-    )
+    spec = _command(tmp_path, "bash", "-c", 'echo "METAOPT {\\"loss\\": ${#LC_CTYPE}}"')
     outcome, _ = await _run(spec)
     assert outcome.objectives == {"loss": 0.0}, (tmp_path / "output.log").read_text()
 
@@ -300,12 +299,8 @@ async def test_a_python_without_ctypes_still_runs_trials(
     )
     wrapper.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(wrapper))
-    spec = TrialSpec(
-        argv=[real, "-c", "print('METAOPT {\"loss\": 1}')"],
-        cwd=tmp_path,
-        log_path=tmp_path / "output.log",
-        config=_QUICK,
-        env={"PATH": os.environ.get("PATH", "")},
+    spec = _command(
+        tmp_path, real, "-c", "print('METAOPT {\"loss\": 1}')", env={"PATH": os.environ["PATH"]}
     )
     outcome, _ = await _run(spec)
     assert outcome.status == "completed", outcome.reason
@@ -353,7 +348,7 @@ async def test_the_peers_missing_python_is_not_blamed_on_the_command(
     # The peer's interpreter is gone (its venv rebuilt under a running peer): the exec that
     # failed was the subreaper's Python, and the reason said the user's `true` did not exist.
     monkeypatch.setattr(sys, "executable", str(tmp_path / "gone" / "python3"))
-    spec = TrialSpec(argv=["true"], cwd=tmp_path, log_path=tmp_path / "output.log", config=_QUICK)
+    spec = _command(tmp_path, "true")
     outcome, _ = await _run(spec)
     assert outcome.status == "failed" and outcome.reason is not None
     assert outcome.reason.startswith("cannot start the trial: this peer's Python"), outcome.reason
@@ -388,12 +383,7 @@ def _command_lines_with(needle: bytes) -> list[int]:
 
 def _python(tmp_path: Path, code: str, *args: str) -> TrialSpec:
     """A trial of ``python -c code args...``."""
-    return TrialSpec(
-        argv=[sys.executable, "-c", code, *args],
-        cwd=tmp_path,
-        log_path=tmp_path / "output.log",
-        config=_QUICK,
-    )
+    return _command(tmp_path, sys.executable, "-c", code, *args)
 
 
 @pytest.mark.asyncio
