@@ -58,6 +58,15 @@ def _peer(
 def add_read_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = sub.add_parser("status", help="experiments, or one experiment's trials")
     status.add_argument("experiment", nargs="?")
+    shown = status.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--last",
+        type=_count,
+        default=_LAST,
+        metavar="N",
+        help=f"an experiment's newest N trials (default {_LAST}; --json lists every one)",
+    )
+    shown.add_argument("--all", action="store_true", help="every trial of the experiment")
     status.add_argument("--json", action="store_true", help=_JSON_HELP)
     status.add_argument("--data-dir", default=None)
     status.set_defaults(func=_status)
@@ -155,7 +164,8 @@ def _status(args: argparse.Namespace) -> int:
         headers = ["name", "id", "state", "trials", "done", "running", "frozen", "killed"]
         print(table([*headers, "failed", "best"], rows))
         return 0
-    info = fetch_experiment(peer, args.experiment)
+    last = None if args.all or args.json else args.last
+    info = fetch_experiment(peer, args.experiment, last=last)
     if args.json:
         print(json_text(info, indent=2))
         return 0
@@ -183,9 +193,31 @@ def _status(args: argparse.Namespace) -> int:
             ["trial", "state", "step", "runner", "why"], names, objectives
         )
         headers = ["trial", "state", *shown_objectives, "step", "runner", *shown_names, "why"]
+        if last is not None:  # (a peer of an earlier release sends them all: cut here)
+            rows = rows[max(len(rows) - last, 0) :]
         shown = table(headers, rows)
     print(shown)
+    if len(rows) < info["trials"]:
+        word = experiment_word(info, args.experiment)
+        every = command("status", word, "--all", data_dir=args.data_dir)
+        print(
+            printable(f"(the newest {len(rows)} of {info['trials']} trials; `{every}` lists all)")
+        )
     return 0
+
+
+_LAST = 50  # status NAME's rows: the newest trials (running ones among them)
+
+
+def _count(text: str) -> int:
+    """--last's N: a whole number, 0 or more (argparse says so in one line otherwise)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text} is below 0")
+    return n
 
 
 _WAITING = ("running", "pending", "lost", "interrupted")  # the list's "running" column

@@ -225,8 +225,8 @@ class LocalApi:
         """An experiment's summary and a page of its trials, oldest first (see ``TrialPages``).
 
         The body is its name or id, or a dict: experiment, trials ("all", "open" for those not
-        ended, "none"), after (the previous page's ``next``; such a page has no summary) and
-        page_bytes (None: one page).
+        ended, "none"), after (the previous page's ``next``; such a page has no summary),
+        page_bytes (None: one page) and last (only the newest this many; None: all).
         A whole list did not fit in one reply: 60,000 trials with wide parameters passed the
         64 MiB frame limit, and `metaopt status NAME`, best and export failed.
         """

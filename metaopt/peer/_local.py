@@ -34,10 +34,17 @@ class _Caller(Protocol):
 
 
 def fetch_experiment(
-    peer: _Caller, experiment: str, trials: Literal["all", "open", "none"] = "all"
+    peer: _Caller,
+    experiment: str,
+    trials: Literal["all", "open", "none"] = "all",
+    last: int | None = None,
 ) -> dict[str, Any]:
-    """api.experiment with every page of its trial list (see metaopt.peer._pages) joined."""
-    info: dict[str, Any] = peer.call("api.experiment", {"experiment": experiment, "trials": trials})
+    """api.experiment with every page of its trial list (see metaopt.peer._pages) joined;
+    ``last``: only the newest this many trials (and any that arrive while it pages)."""
+    query: dict[str, Any] = {"experiment": experiment, "trials": trials}
+    if last is not None:  # (a peer of an earlier release refuses no key, and sends them all)
+        query["last"] = last
+    info: dict[str, Any] = peer.call("api.experiment", query)
     after = info.pop("next", None)
     while after is not None:
         # By id from here on: a namesake submitted meanwhile takes the name, not this listing.

@@ -50,6 +50,7 @@ class TrialPages:
     trials: Which = "all"
     after: tuple[int, bytes] | None = None
     page_bytes: int | None = PAGE_BYTES  # None: every trial in one page
+    last: int | None = None  # only the newest this many (from the first page on); None: all
 
     @classmethod
     def parse(cls, body: Any) -> TrialPages:
@@ -61,7 +62,11 @@ class TrialPages:
         if which not in _WHICH:
             raise MetaoptError(f"trials is one of {', '.join(_WHICH)}, not {which!r}")
         page_bytes = _page_bytes(body)
-        return cls(body["experiment"], cast(Which, which), _cursor(body.get("after")), page_bytes)
+        last = body.get("last")
+        if last is not None and (type(last) is not int or last < 0):
+            raise MetaoptError("last is a number of trials, 0 or more, or null")
+        after = _cursor(body.get("after"))
+        return cls(body["experiment"], cast(Which, which), after, page_bytes, last)
 
     def page(
         self, state: ExperimentState, row: Callable[[TrialView], dict[str, Any]]
@@ -76,6 +81,11 @@ class TrialPages:
         start = 0
         if self.after is not None:
             start = bisect.bisect_right(trials, _resumed_after(state, self.after), key=age)
+        elif self.last is not None:
+            # The newest: `metaopt status NAME` of 20,000 trials printed 20,003 lines.
+            start = max(len(trials) - self.last, 0)
+            if not self.last:
+                return [], [], None
         taken: list[TrialView] = []
         rows: list[dict[str, Any]] = []
         fits = _Fits(self.page_bytes)

@@ -86,6 +86,29 @@ def test_every_objective_has_a_column_and_an_unfinished_trial_shows_its_last_val
     assert "front of 1" in capsys.readouterr().out  # a front, not one trial's f1
 
 
+def test_status_of_an_experiment_shows_its_newest_trials_and_says_how_to_see_all(
+    peer: type[_Peer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 20,000 trials printed 20,003 lines. (This fake peer sends every trial, as a peer of an
+    # earlier release does: the command cuts them itself.)
+    peer.info = _info(
+        [_trial(f"{i:x}", "completed", {"f1": i}, final=True) for i in range(12)], ["f1"]
+    )
+    assert main(["status", "mo", "--last", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split()[0] for line in lines if line[:12] in {f"{i:x}" * 12 for i in range(12)}]
+    assert rows == ["9" * 12, "a" * 12, "b" * 12]
+    assert lines[-1] == "(the newest 3 of 12 trials; `metaopt status mo --all` lists all)"
+    for every in (["--all"], [], ["--last", "12"]):  # the default shows 50
+        assert main(["status", "mo", *every]) == 0
+        out = capsys.readouterr().out
+        assert "0" * 12 in out and "b" * 12 in out and "newest" not in out
+    with pytest.raises(SystemExit) as exited:
+        main(["status", "mo", "--last", "-1"])
+    assert exited.value.code == 2
+    assert "argument --last: -1 is below 0; see `metaopt status -h`" in capsys.readouterr().err
+
+
 def test_best_of_several_objectives_is_a_table_of_the_front(
     peer: type[_Peer], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -121,9 +121,25 @@ def test_open_lists_only_trials_not_ended_and_none_lists_none() -> None:
     assert "trial_list" not in summary and summary["counts"] == {"completed": 20, "running": 10}
 
 
+def test_last_lists_the_newest_trials_in_order_across_pages() -> None:
+    # `metaopt status NAME` of 20,000 trials printed 20,003 lines: it asks for the newest.
+    peer = _Peer(_store(30))
+    everything = [t["id"] for t in fetch_experiment(peer, "wide")["trial_list"]]
+    newest = fetch_experiment(peer, "wide", last=12)
+    assert [t["id"] for t in newest["trial_list"]] == everything[-12:]
+    assert newest["trials"] == 30 and len(peer.row_bytes[-1]) < 12  # it took several pages
+    assert len(fetch_experiment(peer, "wide", last=100)["trial_list"]) == 30
+    assert fetch_experiment(peer, "wide", last=0)["trial_list"] == []
+    open_ = fetch_experiment(peer, "wide", trials="open", last=3)["trial_list"]
+    assert [t["state"] for t in open_] == ["running"] * 3
+
+
 @pytest.mark.parametrize(
     ("body", "said"),
     [
+        ({"experiment": "wide", "last": -1}, "last is a number of trials"),
+        ({"experiment": "wide", "last": "5"}, "last is a number of trials"),
+        ({"experiment": "wide", "last": True}, "last is a number of trials"),
         ({"trials": "all"}, "name an experiment"),
         ({"experiment": "wide", "trials": "some"}, "trials is one of all, open, none"),
         ({"experiment": "wide", "page_bytes": 0}, "page_bytes is a number of bytes"),
