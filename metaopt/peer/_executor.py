@@ -29,7 +29,6 @@ the child exits, whatever is left of its group is killed, so no stray worker hol
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import errno
@@ -48,6 +47,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from metaopt.peer._output import OutputConfig, OutputParser
+from metaopt.peer._scripts import SUBREAPER
 from metaopt.peer._storage import storage_failure
 from metaopt.peer._subreaper import command_file
 from metaopt.worker import MetricValue
@@ -79,19 +79,9 @@ _ESCAPED_AFTER = 0.5
 # In the subreaper's environment alone: the sweeps of a trial's processes leave it to end
 # itself, which it does once its command has, after killing what the command left.
 SUBREAPER_MARK = "METAOPT_SUBREAPER"
-_SUBREAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_subreaper.py")
-# The subreaper as this peer read it at its start, handed over in its environment and run
-# with -c: run from its file, a metaopt upgraded under a running peer (pip, a git pull into
-# an editable install) gave every trial started since a subreaper of another version, and
-# each failed at its start (8 of 8 in a run; an end-to-end review).
-# (base64: an environment's text is in the locale's encoding, and a Latin-1 peer failed every
-# trial on the file's em dashes)
-_SUBREAPER_CODE = base64.b64encode(Path(_SUBREAPER).read_bytes()).decode("ascii")
-_CODE_VARIABLE = SUBREAPER_MARK + "_CODE"  # (out of the command's environment with the mark)
-_RUN_SUBREAPER = (
-    f"import base64, os; exec(compile(base64.b64decode(os.environ[{_CODE_VARIABLE!r}]),"
-    " 'metaopt-subreaper', 'exec'))"
-)
+# Run from its source as the peer read it at its start (see _scripts), which the command's
+# environment goes without, as without the mark (the variable starts as the mark does).
+assert SUBREAPER.variable.startswith(SUBREAPER_MARK)
 
 
 @dataclass(frozen=True)
@@ -313,8 +303,8 @@ class TrialProcess:
                         f" {tempfile.gettempdir()}"
                     )
                 env[SUBREAPER_MARK] = "1"  # (its own: the command's environment goes without)
-                env[_CODE_VARIABLE] = _SUBREAPER_CODE
-                argv = [sys.executable, "-I", "-c", _RUN_SUBREAPER, *map(str, passed)]
+                env.update(SUBREAPER.env())
+                argv = SUBREAPER.argv(*map(str, passed))
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=spec.cwd,

@@ -15,16 +15,19 @@ event loop. What the pipe does not take is kept as the difference between the gr
 watchdog must know and those it was told, so it stays as small as the running trials however
 long the watchdog does not read, and a watchdog started again is simply told every group.
 
-Run as ``python -I path/to/_watchdog.py GRACE`` (as a file: importing the metaopt package
-would load numpy), it reads lines ``+PGID`` and ``-PGID``. It imports nothing beyond the
-standard library, so it starts in a few tens of milliseconds.
+Run as ``python -I path/to/_watchdog.py GRACE [DATA_DIR]``, or as the peer runs it: this
+source as the peer read it at its start, by ``python -I -c`` (see _scripts: the file may be
+another version's by then), with _orphans.py's source as read then, which it runs at its
+peer's death. It reads lines ``+PGID`` and ``-PGID``. It imports nothing beyond the standard
+library (importing the metaopt package would load numpy), so it starts in a few tens of
+milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
-import importlib.util
 import logging
 import os
 import signal
@@ -35,6 +38,7 @@ import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 __all__ = ["Watchdog"]
 
@@ -126,12 +130,15 @@ class Watchdog:
         self._held = False
         read, write = os.pipe()
         try:
+            from metaopt.peer._scripts import ORPHANS, WATCHDOG  # (read as the peer started)
+
             escaped = [] if self._data_dir is None else [os.fsdecode(self._data_dir())]
             process = subprocess.Popen(
-                [sys.executable, "-I", os.path.abspath(__file__), str(self._grace()), *escaped],
+                WATCHDOG.argv(str(self._grace()), *escaped),
                 stdin=read,
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,  # a signal to the peer's group is not its end
+                env={**os.environ, **WATCHDOG.env(), _ORPHANS_CODE: ORPHANS.code},
             )
         except BaseException:
             os.close(write)
@@ -245,22 +252,34 @@ def _signal_groups(groups: set[int], sig: int) -> None:
             groups.discard(pgid)
 
 
-def _escaped(data_dir: str) -> set[int]:
+# The variable that hands the watchdog _orphans.py's source as its peer read it (see main).
+_ORPHANS_CODE = "METAOPT_ORPHANS_CODE"
+
+
+def _escaped(data_dir: str, orphans_source: bytes) -> set[int]:
     """The process groups of the trial processes of data_dir (see _orphans), its own aside:
     children a trial started in a session of their own (setsid, a daemon) left its group,
     and outlived a peer that died and never came back. Read at the peer's death, before a
     peer started again there (seconds to load and catch up) can have started a trial."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_orphans.py")
-    spec = importlib.util.spec_from_file_location("_metaopt_orphans", path)
-    if spec is None or spec.loader is None:
-        return set()
-    orphans = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(orphans)  # (as a file: importing metaopt would load numpy)
-    return set(orphans.find_orphans(data_dir).values()) - {os.getpgid(0)}
+    orphans: dict[str, Any] = {"__name__": "_metaopt_orphans"}
+    # (its source, not `import metaopt`, which would load numpy)
+    exec(compile(orphans_source, "metaopt-orphans", "exec"), orphans)
+    return set(orphans["find_orphans"](data_dir).values()) - {os.getpgid(0)}
+
+
+def _orphans_source() -> bytes:
+    """_orphans.py as the peer read it at its start (from the file when run by hand): an
+    upgrade may have replaced the file by the peer's death, when the sweep runs."""
+    handed = os.environ.get(_ORPHANS_CODE)
+    if handed is not None:
+        return base64.b64decode(handed)
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_orphans.py"), "rb") as f:
+        return f.read()
 
 
 def main(argv: list[str]) -> int:
     grace = float(argv[0]) if argv else 10.0
+    orphans_source = _orphans_source()  # (now, as handed: see _orphans_source)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C to the peer's terminal
     groups: set[int] = set()
     for raw in sys.stdin.buffer:
@@ -274,7 +293,7 @@ def main(argv: list[str]) -> int:
             groups.discard(pgid)
     if len(argv) > 1:
         with contextlib.suppress(Exception):  # (the groups it was told go first, whatever)
-            groups |= _escaped(argv[1])
+            groups |= _escaped(argv[1], orphans_source)
     _signal_groups(groups, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while groups and time.monotonic() < deadline:

@@ -457,7 +457,7 @@ def _parent_of(pid: int) -> int:
 
 
 def _watchdog_of(pid: int) -> int:
-    """The pid of the peer's trial watchdog (a child of the peer running _watchdog.py).
+    """The pid of the peer's trial watchdog (a child of the peer running its source).
 
     Looked for over a few seconds: the peer starts it as the trial's start is recorded, and a
     process just started shows an empty /proc cmdline for a moment (the test failed so).
@@ -471,7 +471,7 @@ def _watchdog_of(pid: int) -> int:
                     cmdline = (entry / "cmdline").read_bytes()
                 except OSError:
                     continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"_watchdog.py" in cmdline:
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"metaopt-watchdog" in cmdline:
                     return int(entry.name)
         time.sleep(0.05)
     raise AssertionError(f"peer {pid} has no watchdog")

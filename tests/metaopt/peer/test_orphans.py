@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -180,6 +181,77 @@ def test_a_trial_and_what_it_started_die_with_their_peer_even_when_silent(tmp_pa
         if peer.stdout is not None:
             peer.stdout.close()
         kill_orphans(str(tmp_path))
+
+
+# The stand-in above, told its data directory (so its watchdog sweeps for escaped processes),
+# printing the trial's pid and its watchdog's.
+_PEER_OF_A_DATA_DIR = _PEER.replace(
+    "Watchdog(lambda: 5.0)", "Watchdog(lambda: 5.0, lambda: Path(sys.argv[1]))"
+).replace('print(data["pid"], flush=True)', 'print(data["pid"], watchdog._process.pid, flush=True)')
+# A trial whose child leaves its group (as a daemon does): only the sweep finds it.
+ESCAPING = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', " + repr(
+    "import time; time.sleep(60)"
+) + "], start_new_session=True); time.sleep(60)"  # fmt: skip
+
+
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            if _parent(int(entry.name)) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("restarted", [False, True])
+def test_the_watchdog_and_its_sweep_run_as_the_peer_read_them_after_an_upgrade(
+    tmp_path: Path, restarted: bool
+) -> None:
+    # metaopt upgraded under a running peer: a watchdog started again ran the new file (which
+    # may read its pipe otherwise), and at the peer's death it ran the new _orphans.py, whose
+    # failure left the trial's escaped processes running for good.
+    installed = tmp_path / "site"
+    shutil.copytree(
+        Path(REPO) / "metaopt", installed / "metaopt", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    folder = tmp_path / "peer"
+    folder.mkdir()
+    peer = subprocess.Popen(
+        [sys.executable, "-c", _PEER_OF_A_DATA_DIR, str(folder), ESCAPING],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": f"{installed}{os.pathsep}{REPO}"},
+        cwd=tmp_path,  # (-c puts the current folder first: the checkout's metaopt, not this)
+    )
+    left: dict[int, int] = {}
+    try:
+        assert peer.stdout is not None
+        trial, first = map(int, peer.stdout.readline().split())
+        _seen(str(folder), 2)  # the trial and its escaped child
+        left = find_orphans(str(folder))
+        assert trial in left and len(set(left.values())) == 2
+        for name in ("_watchdog.py", "_orphans.py", "_scripts.py"):
+            (installed / "metaopt" / "peer" / name).write_text("raise SystemExit('upgraded')\n")
+        if restarted:  # (killed by hand, or by the OOM killer)
+            os.kill(first, signal.SIGKILL)
+            others = {first, _parent(trial)}  # (the peer's children but the new watchdog)
+            deadline = time.monotonic() + 20
+            while not (_children(peer.pid) - others) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        peer.kill()
+        peer.wait(timeout=10)
+        assert all(_wait_gone(pid) for pid in left)
+    finally:
+        if peer.poll() is None:
+            peer.kill()
+        peer.wait(timeout=10)
+        if peer.stdout is not None:
+            peer.stdout.close()
+        kill_orphans(str(folder))
 
 
 def test_a_watchdog_started_again_still_stops_the_groups_the_first_one_knew(

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from metaopt.peer._executor import _SUBREAPER, ExecutorConfig, TrialProcess, TrialSpec
+from metaopt.peer._executor import ExecutorConfig, TrialProcess, TrialSpec
 from metaopt.peer._orphans import find_orphans
+from metaopt.peer._scripts import SUBREAPER, Script
 from metaopt.peer._subreaper import command_file
 from tests.metaopt.peer.test_executor import _REPO, _run, _script, _spec
 from tests.metaopt.peer.test_orphans import _PEER, _wait_gone
@@ -130,7 +132,7 @@ def _start(command: list[str], write: int, **kw: Any) -> subprocess.Popen[bytes]
     handed = command_file(command)
     try:
         return subprocess.Popen(
-            [sys.executable, "-I", _SUBREAPER, str(write), str(handed)],
+            [sys.executable, "-I", SUBREAPER.path, str(write), str(handed)],
             env={**os.environ, "METAOPT_SUBREAPER": "1"},
             pass_fds=(write, handed),
             **kw,
@@ -426,9 +428,10 @@ async def test_the_subreaper_runs_as_the_peer_read_it_whatever_its_file_holds_no
     # its arguments otherwise, and failed at its start (8 of 8 in a run).
     import metaopt.peer._executor as executor
 
-    other = tmp_path / "_subreaper.py"
-    other.write_text("import sys\nsys.exit('another version: ' + ' '.join(sys.argv[1:]))\n")
-    monkeypatch.setattr(executor, "_SUBREAPER", str(other))
+    installed = tmp_path / "_subreaper.py"
+    shutil.copy(SUBREAPER.path, installed)
+    monkeypatch.setattr(executor, "SUBREAPER", Script.read(str(installed), SUBREAPER.variable))
+    installed.write_text("import sys\nsys.exit('another version: ' + ' '.join(sys.argv[1:]))\n")
     spec = _python(tmp_path, "print('METAOPT {\"loss\": 1}')")
     outcome, _ = await _run(spec)
     assert outcome.status == "completed", (tmp_path / "output.log").read_text()
