@@ -154,6 +154,15 @@ asyncio.run(main())
 """
 
 
+def _killed(peer: subprocess.Popen[bytes]) -> None:
+    """Kill -9 a stand-in peer (if it still runs) and close its output."""
+    if peer.poll() is None:
+        peer.kill()
+    peer.wait(timeout=10)
+    if peer.stdout is not None:
+        peer.stdout.close()
+
+
 def test_a_trial_and_what_it_started_die_with_their_peer_even_when_silent(tmp_path: Path) -> None:
     # A peer killed -9 and not restarted left its silent trial, and the children of a shell
     # script, running beside the re-run on another peer: the trial died only on its next
@@ -171,15 +180,10 @@ def test_a_trial_and_what_it_started_die_with_their_peer_even_when_silent(tmp_pa
         while len(left := find_orphans(str(tmp_path))) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)  # the trial's child has started
         assert trial in left and len(left) == 2
-        peer.kill()
-        peer.wait(timeout=10)
+        _killed(peer)
         assert all(_wait_gone(pid) for pid in left)
     finally:
-        if peer.poll() is None:
-            peer.kill()
-        peer.wait(timeout=10)
-        if peer.stdout is not None:
-            peer.stdout.close()
+        _killed(peer)
         kill_orphans(str(tmp_path))
 
 
@@ -242,15 +246,10 @@ def test_the_watchdog_and_its_sweep_run_as_the_peer_read_them_after_an_upgrade(
             deadline = time.monotonic() + 20
             while not (_children(peer.pid) - others) and time.monotonic() < deadline:
                 time.sleep(0.05)
-        peer.kill()
-        peer.wait(timeout=10)
+        _killed(peer)
         assert all(_wait_gone(pid) for pid in left)
     finally:
-        if peer.poll() is None:
-            peer.kill()
-        peer.wait(timeout=10)
-        if peer.stdout is not None:
-            peer.stdout.close()
+        _killed(peer)
         kill_orphans(str(folder))
 
 
