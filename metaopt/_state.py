@@ -642,13 +642,17 @@ class ExperimentState:
             if trial is None or trial.experiment != self.key:
                 self.skipped += trial is None
                 return False
-            if record.key not in self._trials:
+            new = record.key not in self._trials
+            if new:
                 misfit = self._misfit(trial.params)
                 if misfit is not None:
                     self._misfits[record.key] = misfit
-                self._order = None
             key = self._names.setdefault(record.key, record.key)  # (its events' too)
             self._trials[key] = (trial, record.time)
+            if new and self._order is not None:
+                # Into its place: sorted again at each new trial, a Study's ask at 6,000
+                # trials spent a fifth of its time there.
+                bisect.insort(self._order, key, key=self._age_of)
             self._views.pop(record.key, None)
             self._folds.pop(record.key, None)
             self._listed = self._best = self._open = None
@@ -742,12 +746,14 @@ class ExperimentState:
         counter (the order a node asked them in, within a millisecond), then key."""
         if self._listed is None:
             if self._order is None:
-                trials = self._trials
-                self._order = sorted(
-                    trials, key=lambda k: (trials[k][1], trials[k][0].node, trials[k][0].counter, k)
-                )
+                self._order = sorted(self._trials, key=self._age_of)
             self._listed = [view for key in self._order if (view := self.trial(key)) is not None]
         return list(self._listed)
+
+    def _age_of(self, key: bytes) -> tuple[int, bytes, int, bytes]:
+        """A trial's place in trials(): created (ms), node, counter, key."""
+        trial, created = self._trials[key]
+        return created, trial.node, trial.counter, key
 
     def open_trials(self) -> list[TrialView]:
         """The trials that have not ended (neither completed, failed nor killed), oldest first

@@ -571,7 +571,7 @@ class Study:
         if thawed is not None:
             self._asked.add(thawed.key)
             return thawed
-        for view in self._state.trials():
+        for view in self._state.open_trials():  # (free trials have not ended)
             if view.state in FREE_STATES and self._state.budget_used_up:
                 why = f"the budget of {self._state.spec.max_trials} trials was used up meanwhile"
                 self._event(view.key, "killed", reason=why)  # (beyond it: not handed out)
@@ -798,7 +798,7 @@ class Study:
     def _own(self) -> set[str]:
         return {
             t.id
-            for t in self._state.trials()
+            for t in self._state.open_trials()  # (each ask read every trial: 2.8 ms at 6,000)
             if (t.runner or t.node) == self.node_id and t.state in ("running", "pending", "frozen")
         }
 
@@ -821,7 +821,7 @@ class Study:
         return {d.trial_id: d for d in decisions}
 
     def _thaw(self) -> Trial | None:
-        own_frozen = {t.id for t in self._state.trials() if t.state == "frozen"} & self._own()
+        own_frozen = {t.id for t in self._state.open_trials() if t.state == "frozen"} & self._own()
         if not own_frozen:
             return None
         # Once the budget is spent every frozen trial is judged at once (as the peer does):
