@@ -210,6 +210,24 @@ def test_fold_is_order_free_and_idempotent(rnd: random.Random, dup: int) -> None
     assert _views(log.state(shuffled)) == expected
 
 
+@given(st.randoms(use_true_random=False))
+def test_trials_listed_as_they_arrive_stay_oldest_first(rnd: random.Random) -> None:
+    # A new trial goes into its place in the kept order (it was sorted again at each one):
+    # listed after each record, in any order, the list is the one a fresh fold makes.
+    log = Log()
+    for i in range(12):  # stamps out of arrival order, some equal (node and counter decide)
+        t = log.trial(NODE_A if i % 3 else NODE_B, i / 20, 1000 + (i * 7) % 5)
+        log.event(t, NODE_A, "started", 2000 + i)
+    shuffled = list(log.records[1:])
+    rnd.shuffle(shuffled)
+    state = log.state([log.experiment])
+    for record in shuffled:
+        state.apply(record)
+        assert [t.key for t in state.trials()] == [t.key for t in log.state(
+            [log.experiment, *shuffled[: shuffled.index(record) + 1]]).trials()]  # fmt: skip
+    assert _views(state) == _views(log.state())
+
+
 FREE_KINDS = ("lost", "interrupted")
 
 

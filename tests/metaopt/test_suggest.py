@@ -183,6 +183,34 @@ def test_a_killed_trials_point_is_a_failed_one_to_the_search() -> None:
     assert obs.failed.shape[0] == 1 and obs.pending.shape[0] == 0
 
 
+def test_the_history_follows_a_trial_whose_state_changes_after_it_was_drawn() -> None:
+    # Each trial's row is kept while its view stays the same object: a trial killed here
+    # whose result arrives later (a result outranks a verdict) moves to the completed rows.
+    state = _state()
+    _trial(state, 0.25, 1, "started")
+    body = {"params": {"x": 0.75}, "node": OTHER, "counter": 2}
+    trial = Record.create(TRIAL, OTHER, 200, 1000, body, [state.key])
+    state.apply(trial)
+    suggester = Suggester(state, ME)
+    obs = suggester.prepare().obs
+    assert (len(obs.X), len(obs.pending)) == (0, 2)
+
+    def event(seq: int, stamp: int, kind: str, **kw: Any) -> None:
+        body = EventBody(trial.key, state.key, kind, OTHER, **kw).to_body()
+        state.apply(Record.create(EVENT, OTHER, seq, stamp, body, [trial.key, state.key]))
+
+    event(201, 1001, "started")
+    event(203, 1005, "killed")
+    obs = suggester.prepare().obs
+    assert (len(obs.X), len(obs.pending), obs.failed.tolist()) == (0, 1, [[0.75]])
+    event(202, 1003, "completed", metrics={"objective": 0.5})
+    obs = suggester.prepare().obs
+    assert obs.X.tolist() == [[0.75]] and obs.Y.tolist() == [[0.5]] and len(obs.failed) == 0
+    _trial(state, 0.5, 3, "started")  # and a new trial joins the history
+    assert len(suggester.prepare().obs.pending) == 2
+    assert suggester.prepare().known == {params_key({"x": x}) for x in (0.25, 0.75, 0.5)}
+
+
 def test_defaults_count_as_measured_only_when_one_trial_carries_them_all() -> None:
     # A trial with one of two defaults is not the configuration the user trusts: taken for
     # it, that configuration would never be measured.
