@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from crdt import MAX_RECORD_SIZE, OversizedRecord, Record
 from metaopt._errors import MetaoptError, SpaceError, WorkerError
 from metaopt._records import BLOB, MAX_NAME, ExperimentSpec, experiment_record, name_problem
@@ -289,14 +291,20 @@ def _load_config(path: str) -> dict[str, Any]:
         ) from None
     if not isinstance(data, dict):
         raise MetaoptError(f"--config {path} must hold a mapping of submit options")
+    written = {str(k).replace("-", "_"): str(k) for k in data}  # (a key as the file has it)
     options = {str(k).replace("-", "_"): v for k, v in data.items()}
-    known = {dest for _, dest in _OPTIONS.values()} | {"command"}
-    unknown = sorted(set(options) - known - {"config"})
+    if "config" in options:  # (it was taken, and ignored: max_trials in the other was lost)
+        raise MetaoptError(
+            f"--config {path}: config: a config file cannot name another; merge the two"
+        )
+    known = {dest for _, dest in _OPTIONS.values() if dest != "config"} | {"command"}
+    unknown = sorted(set(options) - known)
     if unknown:
         # (max-trails: listed 20 options without pointing at max_trials, as the CLI does.)
         close = [difflib.get_close_matches(u, known, n=1, cutoff=0.75) for u in unknown]
-        meant = [
-            f"{u} (did you mean {c[0]}?)" if c else u for u, c in zip(unknown, close, strict=True)
+        meant = [  # (the key as written: `--name:` was shown as __name)
+            f"{written[u]} (did you mean {c[0]}?)" if c else written[u]
+            for u, c in zip(unknown, close, strict=True)
         ]
         raise MetaoptError(
             f"--config {path}: unknown option(s) {', '.join(meant)}; known: "
@@ -314,6 +322,13 @@ def _load_config(path: str) -> dict[str, Any]:
             f"--config {path}: maximize must be true, false or the objectives to maximize"
         )
     command = options.get("command")
+    if isinstance(command, str) and len(command) > MAX_RECORD_SIZE:
+        # (shlex took minutes over a command of 1.6 MB, and it could never be recorded)
+        raise MetaoptError(
+            f"--config {path}: command is {len(command):,} characters, more than one experiment"
+            f" record ({MAX_RECORD_SIZE >> 20} MiB) holds; pass large values in a file the"
+            " script reads"
+        )
     if isinstance(command, str):
         try:
             options["command"] = command = shlex.split(command)
@@ -575,18 +590,43 @@ def build_submission(
     try:
         experiment = experiment_record(spec, time_ms=now)
     except OversizedRecord:
-        if bundle is None or "manifest" not in bundle:
-            raise
-        raise MetaoptError(
-            f"{bundle['root']} holds {len(bundle['manifest']['files'])} files, more than one"
-            f" experiment record ({MAX_RECORD_SIZE >> 20} MiB) can list; move data out of the"
-            " folder, or use --no-bundle on a shared file system"
-        ) from None
+        raise _too_large(spec) from None
     # The code's blobs follow the experiment (seq 1) under its origin, derived from this
     # submission alone: each origin is one more entry in every version vector, for good.
     for seq, (digest, data) in enumerate(sorted(chunks.items()), start=2):
         blobs.append(Record.create(BLOB, experiment.origin, seq, now, {"data": data}, [digest]))
     return experiment, blobs
+
+
+def _too_large(spec: ExperimentSpec) -> MetaoptError:
+    """What to do about an experiment too large for a record: its largest part named (any
+    part was taken for the bundle's file list, and with --no-bundle crdt's own words said to
+    split the record, which no user can do)."""
+    record = f"one experiment record ({MAX_RECORD_SIZE >> 20} MiB)"
+    bundle = spec.bundle or {}
+    parts = {
+        "files": len(msgpack.packb(bundle.get("manifest"), use_bin_type=True)),
+        # (less its priors, the space's own text: --c~choices([...]) is both)
+        "command": len(
+            msgpack.packb([w for w in spec.command or () if "~" not in w], use_bin_type=True)
+        ),
+        "space": len(msgpack.packb(spec.space, use_bin_type=True)),
+    }
+    largest = max(parts, key=lambda part: parts[part])
+    if largest == "files":
+        return MetaoptError(
+            f"{bundle['root']} holds {len(bundle['manifest']['files'])} files, more than {record}"
+            " can list; move data out of the folder, or use --no-bundle on a shared file system"
+        )
+    if largest == "command":
+        return MetaoptError(
+            f"the command is {parts['command']:,} bytes, more than {record} holds; pass large"
+            " values in a file the script reads (sent with its folder), not on its command line"
+        )
+    return MetaoptError(
+        f"the space is {parts['space']:,} bytes, more than {record} holds; use fewer or"
+        " shorter choices (an index into a list of your own, say)"
+    )
 
 
 def _check_groups(regex: str, pattern: Any, objective: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -215,6 +216,20 @@ def test_config_files(tmp_path: Path) -> None:
     typo.write_text("maxtrials: 7\n")
     assert "unknown option(s) maxtrials (did you mean max_trials?)" in _refused(
         tmp_path, "--config", str(typo)
+    )
+    typo.write_text("--name: x\n")  # shown as __name
+    assert "unknown option(s) --name (did you mean name?); known: " in _refused(
+        tmp_path, "--config", str(typo)
+    )
+    nested = tmp_path / "main.yaml"
+    nested.write_text("config: good.yaml\n")  # taken, and ignored: its max_trials was lost
+    assert _refused(tmp_path, "--config", str(nested)) == (
+        f"--config {nested}: config: a config file cannot name another; merge the two"
+    )
+    huge = tmp_path / "huge.json"  # shlex took minutes over a command of 1.6 MB
+    huge.write_text(json.dumps({"command": "t.py '" + "x" * (1 << 21) + "'"}))
+    assert "command is 2,097,159 characters, more than one experiment record (1 MiB)" in (
+        _refused(tmp_path, "--config", str(huge))
     )
     good = tmp_path / "good.yaml"
     good.write_text(

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from crdt import OversizedRecord, Record
+from crdt import Record
 from metaopt._errors import MetaoptError
 from metaopt.cli import main
-from metaopt.cli._submit import build_submission, merge_config, split_submit_args
+from metaopt.cli._submit import merge_config
 from metaopt.cli._wait import wait_for
 from tests.metaopt.cli.test_submit import _build, _FakePeer, _refused, fake_peer  # noqa: F401
 
@@ -208,16 +208,37 @@ def test_no_bundle_names_the_folder_with_its_links_resolved(tmp_path: Path) -> N
     assert body["bundle"] == {"shared_dir": str((tmp_path / "real").resolve())}
 
 
-def test_an_oversized_experiment_without_a_bundle_raises_the_records_own_error(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("part", "said"),
+    [
+        (
+            "space",
+            "the space is 1,440,017 bytes",
+        ),  # with --no-bundle: crdt's "split it into smaller records"
+        ("command", "the command is 1,200,0"),  # it blamed the folder's 1 file
+        ("files", "holds 40001 files, more than one experiment record (1 MiB) can list"),
+    ],
+)
+def test_an_oversized_experiment_names_its_largest_part(
+    tmp_path: Path, part: str, said: str
 ) -> None:
-    """With --no-bundle there are no files to blame: the record's own OversizedRecord (one line
-    from `metaopt`) must come out, not a KeyError on the missing manifest."""
+    """An experiment too large for a record says which part to shrink, in one line."""
     (tmp_path / "t.py").write_text("")
-    huge = "--c~choices(" + repr([f"v{i:07d}" for i in range(120_000)]) + ")"
-    options, template = split_submit_args(["--no-bundle", "t.py", huge])
-    with pytest.raises(OversizedRecord):
-        build_submission(merge_config(options), template, tmp_path)
+    words = ["t.py", PRIOR]
+    if part == "space":
+        words = [
+            "--no-bundle",
+            "t.py",
+            "--c~choices(" + repr([f"v{i:07d}" for i in range(120_000)]) + ")",
+        ]
+    elif part == "command":
+        words = ["t.py", PRIOR, *(["x" * 120_000] * 10)]
+    else:
+        (tmp_path / "data").mkdir()
+        for i in range(40_000):
+            (tmp_path / "data" / f"f{i:05d}-{'n' * 20}").touch()
+    message = _refused(tmp_path, *words)
+    assert said in message and "\n" not in message
 
 
 # -- what submit sends and prints -----------------------------------------------------------------
