@@ -110,6 +110,17 @@ def add_submit_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.set_defaults(func=submit)
 
 
+def _set_once(options: dict[str, Any], name: str, dest: str, value: Any) -> None:
+    """Set an option, refusing a second, other value: the last one won without a word
+    (`--objective loss --objective acc` searched acc alone, meant as two objectives)."""
+    if dest in options and options[dest] != value:
+        raise MetaoptError(
+            f"{name} given twice ({options[dest]!r}, then {value!r}); give it once (several"
+            " objectives as --objective a,b; the program's own options after `--`)"
+        )
+    options[dest] = value
+
+
 def split_submit_args(
     words: list[str], notes: list[str] | None = None
 ) -> tuple[dict[str, Any], list[str]]:
@@ -163,18 +174,18 @@ def split_submit_args(
                     raise MetaoptError(
                         f"{name} is a flag; give it alone (or ={inline!r} as true/false)"
                     )
-                options[dest] = inline  # --maximize=acc: these objectives only
+                _set_once(options, name, dest, inline)  # --maximize=acc: these objectives only
             else:
-                options[dest] = not eq or inline.lower() in _TRUE
+                _set_once(options, name, dest, not eq or inline.lower() in _TRUE)
                 if dest == "maximize" and not eq and i + 1 < len(words):
                     after_maximize = words[i + 1]
             i += 1
             continue
         if eq:
-            options[dest] = inline
+            _set_once(options, name, dest, inline)
             i += 1
         elif i + 1 < len(words):
-            options[dest] = words[i + 1]
+            _set_once(options, name, dest, words[i + 1])
             i += 2
         else:
             raise MetaoptError(f"{name} needs a value")

@@ -372,6 +372,20 @@ def test_a_flag_with_a_value_is_read_as_true_or_false() -> None:
     assert split_submit_args(["--maximize=acc", "t.py"])[0] == {"maximize": "acc"}
 
 
+def test_an_option_given_twice_with_two_values_is_refused() -> None:
+    # The last won without a word: --objective a --objective b searched b alone.
+    with pytest.raises(MetaoptError, match=r"^--objective given twice \('loss', then 'acc'\);"):
+        split_submit_args(["--objective", "loss", "--objective", "acc", "t.py"])
+    with pytest.raises(MetaoptError, match=r"^--name given twice \('dd5', then 'inner'\)"):
+        split_submit_args(["--name=dd5", "t.py", "--x~uniform(0, 1)", "--name=inner"])
+    with pytest.raises(MetaoptError, match="--wait given twice"):
+        split_submit_args(["--wait", "--wait=no", "t.py"])
+    # The same value twice is one option (a script's wrapper adding what the user gave).
+    assert split_submit_args(["--max-trials", "7", "--max-trials=7", "t.py"])[0] == {
+        "max_trials": "7"
+    }
+
+
 def test_maximize_followed_by_an_objective_is_refused_not_read_as_all_of_them() -> None:
     # `--maximize acc` maximised loss as well, and gave "acc" to the program.
     with pytest.raises(MetaoptError, match="write --maximize=acc to maximize only acc"):
