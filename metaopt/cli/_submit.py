@@ -466,6 +466,7 @@ def build_submission(
     # The word naming the code sent to the peers: the program's, unless it is an interpreter
     # from outside the folder, then its script's (`-- /opt/conda/envs/torch/bin/python
     # train.py` sent the interpreter's folder, and ran ./python there).
+    _check_missing_script(template_words, cwd)
     at = _script_word(template_words, cwd)
     script = template_words[at]
     script_path = _path_of(script, cwd)
@@ -746,6 +747,27 @@ def _script_word(words: list[str], cwd: Path) -> int:
         if "~" not in word and not word.startswith("-") and _is_file(_path_of(word, cwd)):
             return at
     return 0
+
+
+# What a script's name ends with, after an interpreter (`python3 train.py`, `bash run.sh`).
+_SCRIPT_SUFFIXES = (".py", ".sh", ".bash", ".R", ".r", ".jl", ".pl", ".rb", ".js", ".lua")
+
+
+def _check_missing_script(words: list[str], cwd: Path) -> None:
+    """Refuse an interpreter's script that is not there (`-- python3 nosuch.py`): submitted,
+    every trial failed on "can't open file", and a file named later (--data t.py) was taken
+    for the script to send (a script named first is refused as missing)."""
+    program = _path_of(words[0], cwd)
+    if words[0].endswith(".py") or (_is_file(program) and _inside(program, cwd)):
+        return  # (the program is the folder's own: its arguments are its business)
+    for word in words[1:]:
+        if word in ("-m", "-c"):
+            return  # a module or a command, not a file
+        if "~" in word or word.startswith("-"):
+            continue
+        if word.endswith(_SCRIPT_SUFFIXES) and not _is_file(_path_of(word, cwd)):
+            raise MetaoptError(f"{word}: no such script in {cwd}; check the path")
+        return  # (the first plain word after the interpreter is its script, if any)
 
 
 def _check_sent(script: str, script_path: Path, root: Path, sent: list[str]) -> None:

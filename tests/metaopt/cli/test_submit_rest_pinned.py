@@ -166,6 +166,29 @@ def test_a_missing_script_and_a_program_named_like_an_option_are_told_apart(
     assert "nor a command on PATH" in message and "did you mean" not in message
 
 
+def test_an_interpreters_missing_script_is_refused_and_its_options_are_not_scripts(
+    tmp_path: Path,
+) -> None:
+    """`-- python3 nosuch.py` was submitted, and every trial failed on "can't open file"; with
+    `--data t.py` after it, t.py was taken for the script to send."""
+    (tmp_path / "t.py").write_text("")
+    for words in (
+        ["python3", "nosuch.py"],
+        ["bash", "run.sh"],
+        ["python3", "nosuch.py", "--data", "t.py"],
+    ):
+        assert _refused(tmp_path, "--", *words, PRIOR) == (
+            f"{words[1]}: no such script in {tmp_path}; check the path"
+        )
+    # Not a script: a module, a command, an option's value, a word of the program's own.
+    for words in (
+        ["python3", "-m", "json.tool"],
+        ["bash", "-c", "./t.py"],
+        ["python3", "t.py", "x.py"],
+    ):
+        assert "command" in _build(tmp_path, "--", *words, PRIOR)
+
+
 def test_a_compiled_executable_without_a_shebang_is_accepted(tmp_path: Path) -> None:
     """An ELF binary has no #! line and exec starts it: only scripts without one are refused."""
     real = shutil.which("true")
