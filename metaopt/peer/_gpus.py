@@ -88,15 +88,7 @@ def detect_slots(
         visible = env.get(_VISIBLE)
         devices = _visible(visible) if visible is not None else (probe() or [])
     else:
-        devices = [d.strip() for d in gpus.split(",")]
-        if (
-            not gpus.strip()
-            or not all(_DEVICE.fullmatch(d) for d in devices)
-            or len({_same(d) for d in devices}) != len(devices)  # 0 and 00 are one GPU
-        ):
-            raise MetaoptError(
-                f"--gpus {gpus!r}: use auto, none, or distinct GPU indices such as 0,1"
-            )
+        devices = named_gpus(gpus)
         _check_named(gpus, devices, probe())
     if not devices:
         return [Slot(i, None, {}) for i in range(slots)]
@@ -108,6 +100,22 @@ def detect_slots(
             len(devices),
         )
     return [Slot(i, d, {_VISIBLE: d}) for i, d in enumerate(devices)]
+
+
+def named_gpus(gpus: str) -> list[str]:
+    """The GPUs a --gpus other than auto and none names, or a one-line MetaoptError. (Checked
+    before a peer makes its data directory: a refused --gpus x left one behind.)"""
+    devices = [d.strip() for d in gpus.split(",")]
+    if (
+        not gpus.strip()
+        or not all(_DEVICE.fullmatch(d) for d in devices)
+        or len({_same(d) for d in devices}) != len(devices)  # 0 and 00 are one GPU
+    ):
+        raise MetaoptError(
+            f"--gpus (or METAOPT_GPUS) {gpus!r}: use auto, none, or distinct GPU indices such"
+            " as 0,1"
+        )
+    return devices
 
 
 # What CUDA_VISIBLE_DEVICES takes: an index, or a GPU or MIG UUID as nvidia-smi -L prints it.

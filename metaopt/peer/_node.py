@@ -44,6 +44,7 @@ from metaopt._writer import NodeWriter
 from metaopt.peer._api import LocalApi
 from metaopt.peer._config import PeerConfig, host_port
 from metaopt.peer._gossip import PeerTable, own_addresses
+from metaopt.peer._gpus import named_gpus
 from metaopt.peer._identity import DataDir
 from metaopt.peer._lags import RequestLags
 from metaopt.peer._limits import LoopGuard, raise_fd_limit
@@ -184,6 +185,8 @@ class Node:
             # Read before the data directory is made: a mistyped --key was refused only once
             # it had written a node id, an empty replica, trials/ and bundles/.
             _key_of(config.key_text)
+        if config.gpus.strip().lower() not in ("auto", "none"):
+            named_gpus(config.gpus)  # (so too a --gpus that names no GPU: see named_gpus)
         self.dirs = DataDir(config.data_dir)
         self.dirs.ensure()
         self.node_id = self.dirs.node_id()

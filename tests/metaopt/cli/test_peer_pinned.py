@@ -312,6 +312,21 @@ def test_a_malformed_key_writes_no_data_directory(
     assert not (tmp_path / "d").exists(), f"refused ({err.strip()}), but it made the directory"
 
 
+@pytest.mark.parametrize("gpus", ["x", "0,0", ""])
+@pytest.mark.usefixtures("no_env")
+def test_a_malformed_gpus_writes_no_data_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], gpus: str
+) -> None:
+    """A malformed --gpus is refused before the data directory is made (as a --key is)."""
+    argv = ["peer", "start", "--data-dir", str(tmp_path / "d"), "--port", "0", "--no-mdns",
+            "--host", "127.0.0.1", "--gpus", gpus]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"metaopt: --gpus (or METAOPT_GPUS) {gpus!r}: use auto, none, or distinct GPU" \
+        " indices such as 0,1\n"  # fmt: skip
+    assert not (tmp_path / "d").exists(), f"refused ({err.strip()}), but it made the directory"
+
+
 @pytest.mark.usefixtures("no_env")
 def test_an_empty_metaopt_key_does_not_hide_metaopt_key_file_and_an_empty_key_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -60,7 +60,10 @@ def test_a_named_gpu_nvml_does_not_see_is_refused() -> None:
         assert f"has no GPU {gpus}" in message and have in message and "\n" not in message
     # An Arabic-Indic one, a digit to int(), was taken: CUDA reads no such index. It is no
     # GPU index at all, NVML or not.
-    with pytest.raises(MetaoptError, match=r"^--gpus '١': use auto, none, or distinct GPU indices"):
+    with pytest.raises(
+        MetaoptError,
+        match=r"^--gpus \(or METAOPT_GPUS\) '١': use auto, none, or distinct GPU indices",
+    ):
         detect_slots("١", environ={}, probe=lambda: two)
 
 
