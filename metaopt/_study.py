@@ -9,6 +9,7 @@ HTTP; that is how the simulations run many peers in one process.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import math
@@ -131,6 +132,11 @@ def _node_id_for(seed: int, path: Path | None, given: bytes | None) -> bytes:
             raise MetaoptError(
                 f"cannot keep a Study in {path}: it is a file, not a directory; pass path= a"
                 " directory"
+            ) from None
+        if exc.errno == errno.ENOTDIR:  # (a file on the way: free space was no help)
+            raise MetaoptError(
+                f"cannot keep a Study in {path}: a part of the path is a file, not a directory;"
+                " pass path= a directory"
             ) from None
         raise MetaoptError(
             f"cannot keep a Study in {path}: {exc.strerror or exc}; free space on its disk (or"
@@ -295,6 +301,14 @@ def _checked_metric(call: str, name: str, value: object, objective: bool) -> Met
     A nan or inf of a metric that is no objective is recorded as its text ("nan"), as a peer
     records a training's last report of it; an objective's means the run failed.
     """
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.item()  # (tell() took np.array(0.3) and report() refused it)
+    if objective and not isinstance(value, numbers.Real | str):
+        # (check_metric's "report a float, int or str" said a text would do: it does not)
+        raise MetaoptError(
+            f"{call}: objective {name!r} is a {type(value).__name__}, not a number; pass a"
+            " float (e.g. loss.item())"
+        )
     real = float(value) if isinstance(value, float | np.floating) else 0.0
     non_finite = not math.isfinite(real)
     if non_finite and not objective and name != "step":

@@ -6,6 +6,7 @@ import multiprocessing
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import metaopt
@@ -125,6 +126,22 @@ def test_a_file_as_path_is_said_to_be_a_file(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("")
     with pytest.raises(MetaoptError, match="it is a file, not a directory"):
         metaopt.Study(space=SPACE, path=tmp_path / "f")  # (it said: free space on its disk)
+    with pytest.raises(MetaoptError, match="a part of the path is a file, not a directory;"):
+        metaopt.Study(space=SPACE, path=tmp_path / "f" / "sub")  # (and so here)
+
+
+def test_an_objective_of_no_number_is_said_so_and_a_one_value_array_is_one() -> None:
+    # report() said "report a float, int or str" of None (a text is refused), and refused
+    # np.array(0.3), which tell() took.
+    study = metaopt.Study(space=SPACE)
+    trial = study.ask()
+    for value, said in ((None, "a NoneType"), ([0.3], "a list"), ("a", "'a'")):
+        with pytest.raises(
+            MetaoptError, match=f"^report\\(\\): objective 'objective' is {said}, not a number"
+        ):
+            study.report(trial, 1, value)  # type: ignore[arg-type]
+    study.report(trial, 1, np.array(0.3))  # type: ignore[arg-type]
+    assert study.tell(trial, np.array([[0.25]])).values == (0.25,)
 
 
 def test_tell_with_an_empty_dict_names_the_missing_objective_alone() -> None:
