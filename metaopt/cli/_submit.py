@@ -873,7 +873,9 @@ def submit(args: argparse.Namespace) -> int:
     if batch:
         peer.call("api.add", batch)
     peer.call("api.add", [experiment.data])
-    note, word = _name_note(peer, name, experiment.key.hex(), earlier) if earlier else ("", name)
+    note, word = (
+        _name_note(peer, name, experiment.key.hex(), earlier, data_dir) if earlier else ("", name)
+    )
     if options.get("json"):
         print(json.dumps({"id": experiment.key.hex(), "name": name}))
     else:
@@ -910,7 +912,9 @@ def submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _name_note(peer: LocalPeer, name: str, mine: str, earlier: list[str]) -> tuple[str, str]:
+def _name_note(
+    peer: LocalPeer, name: str, mine: str, earlier: list[str], data_dir: str | None
+) -> tuple[str, str]:
     """What the name means now that this experiment is submitted under it, and the word that
     reaches this one: the name, unless a namesake carries a later stamp (submitted where the
     clock ran ahead, or this one's behind; see Replica.named), which every peer then takes
@@ -921,9 +925,13 @@ def _name_note(peer: LocalPeer, name: str, mine: str, earlier: list[str]) -> tup
         listed = []
     me = next((e for e in listed if e.get("id") == mine), None)
     if me is None or me.get("latest", True):
+        # The latest few (after 15 submissions the note ran to 200 characters of ids).
+        shown = ", ".join(earlier[-3:])
+        if len(earlier) > 3:
+            shown += f" and {len(earlier) - 3} more (`{command('status', data_dir=data_dir)}`)"
         return (
             f"note: the name {name!r} now means this experiment; its earlier namesakes are"
-            f" reached by id: {', '.join(earlier)}"
+            f" reached by id: {shown}"
         ), name
     winner = next((e["id"][:12] for e in listed if e.get("name") == name and e.get("latest")), "?")
     return (

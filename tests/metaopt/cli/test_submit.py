@@ -678,6 +678,12 @@ def test_a_submit_says_when_its_name_hides_an_earlier_experiment(
     assert "reached by id: abababababab, efefefefefef, 121212121212\n" in err
     assert err.count("still runs") == 1
     assert "(121212121212) still runs; `metaopt stop 121212121212 --data-dir d` stops it" in err
+    # The latest three (after 15 submissions the note ran to 200 characters of ids).
+    fake_peer.known = [{"id": f"{i:02x}" * 32, "name": "train", "stopped": True} for i in range(15)]
+    assert main(["submit", "--data-dir", "d", "train.py", "--x~uniform(0, 1)"]) == 0
+    err = capsys.readouterr().err
+    assert "reached by id: 0c0c0c0c0c0c, 0d0d0d0d0d0d, 0e0e0e0e0e0e and 12 more" in err
+    assert "(`metaopt status --data-dir d`)\n" in err
     fake_peer.known = []
     assert main(["submit", "train.py", "--x~uniform(0, 1)"]) == 0
     assert capsys.readouterr().err == ""
