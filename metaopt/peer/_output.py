@@ -41,7 +41,14 @@ _REPORT_AT = re.compile(re.escape(REPORT_PREFIX.strip()) + r"\s*(?=\{)")
 # in a trial printed nine of those, each "not a JSON object", and a run that failed to report
 # was said to have failed on one).
 _REPORT_WORD = re.compile(re.escape(REPORT_PREFIX.strip()) + r"(?![A-Za-z0-9_])")
-_INVISIBLE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\ufeff")  # ANSI CSI sequences, BOM
+# Terminal codes a line may hold that are not on screen: CSI (colours, cursor moves), OSC (a
+# window title, a hyperlink), a charset designation (`tput sgr0` writes ESC ( B: a bash
+# script's coloured METAOPT lines were all "not a JSON object"), a one-letter escape.
+_ESCAPE = (
+    r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()*+][0-9A-Za-z]"
+    r"|\x1b[=>78DEHMc]"
+)
+_INVISIBLE = re.compile(_ESCAPE + "|\ufeff")  # ..., and a BOM
 _JSON = json.JSONDecoder()
 _SURROGATE = re.compile("[\ud800-\udfff]")
 CAPTURE_HINT = "; put the number in a group, e.g. 'acc=([0-9.]+)'"
@@ -49,8 +56,10 @@ _PREFIX_BYTES = REPORT_PREFIX.strip().encode()
 _PREFIX_LEN = len(_PREFIX_BYTES) - 1  # bytes that may hold a prefix's start
 # A report's start, as bytes: colour codes may stand between its word and its brace, as they
 # may in the lines read (see _INVISIBLE).
-_REPORT_BYTES = re.compile(re.escape(_PREFIX_BYTES) + rb"(?:\s|\x1b\[[0-9;?]*[ -/]*[@-~])*\{")
+_REPORT_BYTES = re.compile(re.escape(_PREFIX_BYTES) + rb"(?:\s|" + _ESCAPE.encode() + rb")*\{")
 _CUT_TAIL = 64  # bytes of a cut part kept to find a report's start split across chunks
+_REGEX_TRIES = 8  # a line's matches timed out by waiting, not by matching (see _match)
+_REGEX_FLOOR = 0.05  # the least wall time a try is given (s)
 _NAMES_SHOWN = 8  # metric names a failure's reason lists
 
 
@@ -125,10 +134,12 @@ class OutputConfig:
     max_line_bytes: int = MAX_REPORT_BYTES  # longer lines are cut to this and never parsed
     max_notes: int = 10  # problems kept to explain a missing objective
     step_offset: int = 0  # added to the match count a regex report carries as its step
-    # Seconds the lines of one chunk of output (up to 64 KiB) may take to match together; a
-    # chunk over it fails the trial (see ``broken``). The executor matches in a thread (the
-    # match releases the GIL), so this bounds a core's time, not the event loop's. Per chunk,
-    # not per line: 20 lines of 0.14 s each took 2.9 s, and a chunk holds thousands of lines.
+    # Seconds of CPU the lines of one chunk of output (up to 64 KiB) may take to match
+    # together; a chunk over it fails the trial (see ``broken``). The executor matches in a
+    # thread (the match releases the GIL), so this bounds a core's time, not the event loop's.
+    # Per chunk, not per line: 20 lines of 0.14 s each took 2.9 s, and a chunk holds thousands
+    # of lines. CPU, not wall time: a peer paused (SIGSTOP, a VM's pause) or short of CPU
+    # failed trials of a plain 'loss=([0-9.]+)', telling the user to simplify it.
     regex_timeout: float = 0.5
 
 
@@ -140,11 +151,14 @@ class OutputParser:
     """
 
     def __init__(
-        self, config: OutputConfig = OutputConfig(), clock: Callable[[], float] = time.monotonic
+        self,
+        config: OutputConfig = OutputConfig(),
+        clock: Callable[[], float] = time.thread_time,
     ) -> None:
+        """clock: the CPU time of the thread that feeds it (see OutputConfig.regex_timeout)."""
         self.config = config
         self._clock = clock
-        self._regex_until = 0.0  # when this chunk's time to match runs out (see _match)
+        self._regex_left = 0.0  # what is left of this chunk's time to match (see _match)
         pattern = config.objective_regex
         self._regex = compile_objective_regex(pattern) if pattern else None
         self._pending = {True: bytearray(), False: bytearray()}
@@ -171,7 +185,7 @@ class OutputParser:
 
     def feed(self, data: bytes, *, stdout: bool = True) -> list[dict[str, MetricValue]]:
         """The reports completed by this chunk of one stream."""
-        self._regex_until = self._clock() + self.config.regex_timeout
+        self._regex_left = self.config.regex_timeout
         buf = self._pending[stdout]
         if stdout and self._regex is None and not self._may_report(buf, data):
             self._skim(buf, data)
@@ -223,7 +237,7 @@ class OutputParser:
 
     def finish(self) -> list[dict[str, MetricValue]]:
         """Reports from the unterminated last lines of both streams, once the process ended."""
-        self._regex_until = self._clock() + self.config.regex_timeout
+        self._regex_left = self.config.regex_timeout
         out: list[dict[str, MetricValue]] = []
         for stdout in (True, False):
             buf = self._pending[stdout]
@@ -385,16 +399,30 @@ class OutputParser:
 
     def _match(self, text: str, out: list[dict[str, MetricValue]]) -> None:
         assert self._regex is not None
+        if "\x1b" in text:  # (colour codes are not on screen: 'val_loss: ([0-9.]+)' never
+            text = _INVISIBLE.sub("", text)  # matched a number rich or colorlog highlights)
         found = None
-        left = self._regex_until - self._clock()
-        try:
+        began = self._clock()
+        for _ in range(_REGEX_TRIES):
+            left = self._regex_left - (self._clock() - began)
             if left <= 0:
-                raise TimeoutError
-            # The last match wins; the timeout bounds what is left of the chunk's time.
-            # concurrent: the GIL is released while it matches (a str cannot change meanwhile).
-            for found in self._regex.finditer(text, concurrent=True, timeout=left):  # noqa: B007
-                pass
-        except TimeoutError:
+                break
+            try:
+                # The last match wins; the timeout bounds what is left of the chunk's time.
+                # It is wall time: one the thread spent waiting (paused, or short of CPU) is
+                # tried again with what is left of the CPU time (as many times as it takes,
+                # up to _REGEX_TRIES). concurrent: the GIL is released while it matches.
+                timeout = max(left, _REGEX_FLOOR)
+                for found in self._regex.finditer(text, concurrent=True, timeout=timeout):  # noqa: B007
+                    pass
+            except TimeoutError:
+                found = None
+                continue
+            self._regex_left -= self._clock() - began
+            break
+        else:
+            left = 0.0
+        if left <= 0:
             self.broken = (
                 f"objective regex {self._regex.pattern!r} took over"
                 f" {self.config.regex_timeout:g} s on one chunk of output; simplify it (nested"

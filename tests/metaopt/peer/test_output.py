@@ -349,6 +349,59 @@ def test_many_lines_just_under_the_time_limit_break_the_parser_by_their_sum() ->
     assert parser.broken is not None and "one chunk of output" in parser.broken
 
 
+class _Waiting:
+    """A compiled regex whose first ``waits`` matches time out without using any CPU, as a
+    match does in a peer paused (SIGSTOP, a VM's pause) or short of CPU."""
+
+    def __init__(self, pattern: Any, waits: int) -> None:
+        self.pattern, self.groups, self._real, self.waits = (
+            pattern.pattern,
+            pattern.groups,
+            pattern,
+            waits,
+        )
+
+    def finditer(self, text: str, **kw: Any) -> Any:
+        if self.waits:
+            self.waits -= 1
+            raise TimeoutError
+        return self._real.finditer(text, **kw)
+
+
+def test_a_match_timed_out_by_waiting_is_tried_again_and_one_by_matching_is_not() -> None:
+    # The budget was wall time: a paused or starved peer failed a plain 'loss=([0-9.]+)'
+    # with "simplify it" (4 of 4 runs paused thrice). Only the CPU used to match counts.
+    parser = OutputParser(OutputConfig(objective_regex=r"loss=([0-9.]+)"), clock=lambda: 0.0)
+    parser._regex = _Waiting(parser._regex, waits=3)
+    assert parser.feed(b"loss=0.25\n") == [{"loss": 0.25, "step": 1}] and parser.broken is None
+    used = [0.0]
+
+    def cpu() -> float:
+        used[0] += 0.2  # matching: the CPU time goes with the wall time
+        return used[0]
+
+    parser = OutputParser(OutputConfig(objective_regex=r"loss=([0-9.]+)"), clock=cpu)
+    parser._regex = _Waiting(parser._regex, waits=100)
+    assert parser.feed(b"loss=0.25\n") == []
+    assert parser.broken is not None and "took over 0.5 s" in parser.broken
+    parser = OutputParser(OutputConfig(objective_regex=r"loss=([0-9.]+)"), clock=lambda: 0.0)
+    parser._regex = _Waiting(parser._regex, waits=100)  # (waiting for ever: given up, bounded)
+    assert parser.feed(b"loss=0.25\n") == [] and parser.broken is not None
+
+
+def test_colour_codes_and_terminal_escapes_are_not_part_of_a_line() -> None:
+    # As rich or colorlog highlight a number: the regex never matched it (4 of 4 trials).
+    parser = OutputParser(OutputConfig(objective_regex=r"val_loss: ([0-9.]+)"))
+    line = b"Epoch 1: \x1b[32mval_loss\x1b[0m: \x1b[1;36m0.6667\x1b[0m\n"
+    assert parser.feed(line) == [{"loss": 0.6667, "step": 1}]
+    # `tput bold`, `tput sgr0` (ESC ( B ESC [ m on xterm, screen and tmux), a title (OSC): a
+    # bash script's every report was "not a JSON object".
+    report = b'\x1b]0;title\x07\x1b[1mMETAOPT\x1b(B\x1b[m {"loss": 0.3, "step": 3}\n'
+    for before in (b"", b"x" * 70_000 + b"\n"):  # (alone, and after a line cut unread)
+        plain = OutputParser()
+        assert plain.feed(before + report) == [{"loss": 0.3, "step": 3}], plain.notes
+
+
 def test_the_regex_keeps_re_syntax_and_meaning() -> None:
     # The peer matches with the regex module (it has a timeout); it reads re's syntax as re.
     for pattern in (r"\p{L}", r"(?<=a+)b", r"a(?i)b"):  # regex takes these, re does not
