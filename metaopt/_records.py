@@ -23,6 +23,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from crdt import KEY_SIZE, ORIGIN_SIZE, Record
@@ -73,6 +74,8 @@ EVENT_KINDS = frozenset(
         "interrupted",
     }
 )
+_EVENT_KIND = {kind: kind for kind in EVENT_KINDS}  # each kind's one string (parse_event)
+_NO_METRICS: Mapping[str, Any] = MappingProxyType({})
 CONTROL_ACTIONS = frozenset({"stop"})
 MAX_SUPERSEDES = 64  # free events one (re)start may answer; more is not a real history
 # What an honest writer ever puts in an event's text fields (peer/_node.write_event and
@@ -374,6 +377,11 @@ def parse_event(record: Record, names: dict[bytes, bytes] | None = None) -> Even
     ):
         return None
     trial, experiment = record.links
+    # Kept once for all events: the kind (each event held its own copy of "progress", 57
+    # bytes) and an empty metrics mapping (read-only: a fresh {} each was 64 bytes).
+    kind = _EVENT_KIND[kind]
+    if not metrics:
+        metrics = _NO_METRICS
     if names is not None:
         trial = names.setdefault(trial, trial)
         experiment = names.setdefault(experiment, experiment)

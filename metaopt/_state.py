@@ -79,9 +79,12 @@ def age(trial: TrialView) -> tuple[int, bytes, int, bytes]:
     return trial.created, trial.node, trial.counter, trial.key
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TrialView:
-    """One trial as the replica knows it now."""
+    """One trial as the replica knows it now.
+
+    (Slots: a replica keeps one per trial for good, and its __dict__ was about 1 KiB.)
+    """
 
     key: bytes
     experiment: bytes
@@ -596,6 +599,10 @@ class ExperimentState:
         self._events: dict[bytes, dict[bytes, tuple[int, bytes, int, bytes, EventBody]]] = (
             defaultdict(dict)
         )
+        # trial -> event key -> the event's bytes, as stored: what an ended trial keeps of its
+        # events (see _seal); decoded again only if its view must be folded again.
+        self._raw: dict[bytes, dict[bytes, bytes]] = defaultdict(dict)
+        self._sealed: set[bytes] = set()  # trials whose events are held as bytes only
         # Each trial, experiment and node id, kept once for all the events that name it
         # (parse_event).
         self._names: dict[bytes, bytes] = {key: key}
@@ -664,21 +671,31 @@ class ExperimentState:
             if event is None or event.experiment != self.key:
                 self.skipped += event is None
                 return False
-            events = self._events[event.trial]
-            if record.key in events:
+            raw = self._raw[event.trial]
+            if record.key in raw:
                 return True  # (delivered again)
-            events[record.key] = (
-                record.time,
-                event.node,  # (its origin, and the object the other events of that node hold)
-                record.seq,
-                record.key,
-                event,
-            )
-            fold = self._folds.get(event.trial)
-            if fold is not None and not fold.extend(
-                record.time, event.node, record.seq, record.key, event
-            ):
-                del self._folds[event.trial]  # (folded again from all its events when read)
+            raw[record.key] = record.data
+            # A sealed trial (no fold kept) takes the event as bytes alone: decoded with the
+            # rest when its view is next read (_unseal).
+            if event.trial not in self._sealed:
+                events = self._events[event.trial]
+                events[record.key] = (
+                    record.time,
+                    event.node,  # (its origin, and the object the other events of it hold)
+                    record.seq,
+                    record.key,
+                    event,
+                )
+                fold = self._folds.get(event.trial)
+                if fold is not None and not fold.extend(
+                    record.time, event.node, record.seq, record.key, event
+                ):
+                    del self._folds[event.trial]  # (folded again from all its events when read)
+                if event.kind in TERMINAL_STATES and event.trial not in self._folds:
+                    # Ended, most likely: sealed now, not at its next view (a catch-up or a
+                    # restart's load reads views only after folding a whole history, and held
+                    # every event decoded and as bytes until then).
+                    self._seal(event.trial)
             self._views.pop(event.trial, None)
             self._listed = self._best = self._open = None
             return True
@@ -696,6 +713,8 @@ class ExperimentState:
             fold = self._folds.get(key)
             if fold is None:
                 trial, created = self._trials[key]
+                if key in self._sealed:
+                    self._unseal(key)
                 events = list(self._events.get(key, {}).values())
                 misfit = self._misfits.get(key)
                 fold = TrialFold.of(key, trial, created, events, self.spec, misfit)
@@ -703,9 +722,37 @@ class ExperimentState:
             if view.state in TERMINAL_STATES:
                 # Reports end with it: its fold is not kept (a late event folds all again).
                 self._folds.pop(key, None)
+                self._seal(key)
             else:
                 self._folds[key] = fold
         return view
+
+    def _seal(self, key: bytes) -> None:
+        """Keep an ended trial's events as their bytes alone (see _unseal); only a trial
+        whose fold is not kept (reports extend a kept fold, and need its events decoded).
+
+        Decoded, an event held about 580 bytes of Python objects for good (its tuple, stamp,
+        seq, EventBody, metrics and their values) beside its ~250 bytes of record; a replica
+        is mostly ended trials, which are folded again only when a late event arrives.
+        """
+        if self._events.pop(key, None) is not None:
+            self._sealed.add(key)
+
+    def events(self, key: bytes) -> list[_Event]:
+        """A trial's events as the fold reads them, (time, origin, seq, key, body) each."""
+        if key in self._sealed:
+            self._unseal(key)
+        return list(self._events.get(key, {}).values())
+
+    def _unseal(self, key: bytes) -> None:
+        """Decode a sealed trial's events again, as apply() held them."""
+        self._sealed.discard(key)
+        events = self._events[key]
+        for ekey, data in self._raw[key].items():
+            record = Record.load(ekey, data)
+            event = parse_event(record, self._names)
+            if event is not None:  # (it was well-formed when applied)
+                events[ekey] = (record.time, event.node, record.seq, ekey, event)
 
     def _misfit(self, params: Mapping[str, Any]) -> str | None:
         """Why params are not a point of the space (None if they are): each search parameter

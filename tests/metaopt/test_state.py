@@ -1078,7 +1078,7 @@ def test_the_events_of_a_trial_share_its_ids_rather_than_each_keep_a_copy() -> N
     decoded = [Record.decode(r.data) for r in log.records]  # (each with its own bytes, as read)
     assert decoded[2].links[0] is not decoded[3].links[0]
     state = log.state(decoded)
-    held = list(state._events[trial.key].values())
+    held = state.events(trial.key)
     assert len(held) == 3
     first = held[0][-1]
     for _, origin, _, _, event in held:

@@ -604,7 +604,7 @@ def test_a_rerun_of_a_lost_trial_names_the_loss_it_answers() -> None:
     runner._spec = cannot_start  # type: ignore[method-assign]
     asyncio.run(runner.launch(state, view))
     assert [k for t, k, r in node.written] == ["lost", "started", "failed"]
-    started = [e[-1] for e in state._events[trial].values() if e[-1].kind == "started"][-1]
+    started = [e[-1] for e in state.events(trial) if e[-1].kind == "started"][-1]
     assert started.supersedes == view.free_events
     # ... and follows all it knew of the trial (a takeover of a trial frozen on a gone peer
     # whose clock ran ahead sorted before that freeze, and changed nothing).
