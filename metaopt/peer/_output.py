@@ -12,6 +12,7 @@ progress bar's refreshes) is not a step of its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -383,7 +384,7 @@ class OutputParser:
         clean: dict[str, MetricValue] = {}
         for name, metric in value.items():
             try:
-                clean[name] = check_metric(name, _recordable(metric))
+                clean[name] = check_metric(name, _recordable(metric, name))
             except WorkerError as exc:
                 self._note(str(exc))
                 if (
@@ -478,12 +479,20 @@ class OutputParser:
         self.note_count += 1
 
 
-def _recordable(metric: object) -> object:
-    """A string metric as a record can hold it: JSON's \\ud800 escape reads as a lone
-    surrogate, which no record encodes (the whole report failed to record, and the trial
-    with it). A replacement character stands for each, keeping the rest of the text."""
+def _recordable(metric: object, name: str = "") -> object:
+    """A metric of a JSON report as a record can hold it.
+
+    A string: JSON's \\ud800 escape reads as a lone surrogate, which no record encodes (the
+    whole report failed to record, and the trial with it); a replacement character stands
+    for each, keeping the rest of the text. A whole number past 64 bits (but a step): a
+    number, as JSON has no integers apart (123456789012345678901234567890 failed the trial,
+    where 1.2e29 completed).
+    """
     if isinstance(metric, str):
         return _SURROGATE.sub("\ufffd", metric)
+    if type(metric) is int and name != "step" and not -(1 << 63) <= metric < 1 << 63:
+        with contextlib.suppress(OverflowError):  # (past a float's range: refused, said)
+            return float(metric)
     return metric
 
 

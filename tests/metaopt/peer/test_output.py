@@ -389,6 +389,18 @@ def test_a_match_timed_out_by_waiting_is_tried_again_and_one_by_matching_is_not(
     assert parser.feed(b"loss=0.25\n") == [] and parser.broken is not None
 
 
+def test_an_integer_past_64_bits_is_a_number_and_a_step_of_it_is_refused() -> None:
+    # Written as 1.2e29 it completed; as 123456789012345678901234567890 it failed the trial.
+    parser = OutputParser()
+    assert parser.feed(b'METAOPT {"loss": 123456789012345678901234567890}\n') == [
+        {"loss": 1.2345678901234568e29}
+    ]
+    assert parser.feed(b'METAOPT {"loss": 1, "step": 123456789012345678901234567890}\n') == [
+        {"loss": 1}
+    ]
+    assert "step" in parser.notes[-1] and "does not fit in 64 bits" in parser.notes[-1]
+
+
 def test_colour_codes_and_terminal_escapes_are_not_part_of_a_line() -> None:
     # As rich or colorlog highlight a number: the regex never matched it (4 of 4 trials).
     parser = OutputParser(OutputConfig(objective_regex=r"val_loss: ([0-9.]+)"))
