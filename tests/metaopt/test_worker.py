@@ -437,6 +437,16 @@ def test_text_values_are_plain_strings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert all(type(v) is str for v in got.values())
 
 
+@pytest.mark.parametrize("argv", [["--name"], ["--name", "-v", "--lr", "0.1"]])
+def test_a_texts_option_given_without_a_value_is_refused_as_argparse_refuses_it(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    # The script got True for a text.
+    monkeypatch.setattr(sys, "argv", ["t", *argv])
+    with pytest.raises(WorkerError, match=r"^--name: give a value \(its default is 'run1'\)$"):
+        worker.params({"name": "run1"})
+
+
 def test_a_dashed_option_reaches_the_key_argparse_would_give_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
