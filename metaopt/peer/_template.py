@@ -113,13 +113,26 @@ def render(template: CommandTemplate, params: Mapping[str, Any]) -> list[str]:
                 "the space and the command disagree"
             )
         value = format_value(params[part.name])
-        if part.style == "separate":
+        if part.style == "separate" and _looks_like_an_option(value) and part.flag[:2] == "--":
+            # `--x --flag` (a choice of "--flag"): the program's argparse took the value for
+            # an option of its own, and every trial with it failed. Joined, it is a value.
+            argv.append(f"{part.flag}={value}")
+        elif part.style == "separate":
             argv += [part.flag, value]
         elif part.style == "equals":
             argv.append(f"{part.flag}={value}")
         else:
             argv.append(value)
     return argv
+
+
+def _looks_like_an_option(value: str) -> bool:
+    """Whether argparse would read the word as an option: a dash first, and not a negative
+    number as it writes one (-3, -0.5; not -inf, nor an exponent: see format_value)."""
+    return value.startswith("-") and _NEGATIVE.fullmatch(value) is None
+
+
+_NEGATIVE = re.compile(r"-\d+|-\d*\.\d+")  # argparse's _negative_number_matcher
 
 
 def format_value(value: Any) -> str:

@@ -96,6 +96,23 @@ def test_every_float_reaches_an_argparse_program_as_two_words_or_positional(x: f
     assert parsed.x == x and parsed.y == x
 
 
+@pytest.mark.parametrize("value", ["--flag", "-v", "-inf", "-", "-x=1"])
+def test_a_value_that_looks_like_an_option_reaches_argparse_as_a_value(value: str) -> None:
+    # `--mode --flag` (a choice of "--flag"): argparse took it for an option, and every trial
+    # with it failed. Joined to its option it is a value; a short option is never joined
+    # (`-m=--flag` is "=--flag" to argparse), nor a negative number.
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    parser.add_argument("--mode")
+    argv = parse_template(["p", "--mode~choices(['a'])"]).render({"mode": value})
+    assert argv == ["p", f"--mode={value}"] and parser.parse_args(argv[1:]).mode == value
+    assert parse_template(["p", "--mode~choices(['a'])"]).render({"mode": "-3"}) == [
+        "p",
+        "--mode",
+        "-3",
+    ]
+    assert parse_template(["p", "-m~choices(['a'])"]).render({"m": value}) == ["p", "-m", value]
+
+
 # Not ending in "~": "--a~" is an option whose prior went missing (below), not a literal.
 @given(
     st.lists(st.text(alphabet="ab-=~ /", max_size=8).filter(lambda w: w[-1:] != "~"), max_size=6)
