@@ -145,6 +145,7 @@ class Replica:
 
     def _on_records(self, records: list[Record]) -> None:
         arrived_ms = int(self._monotonic() * 1000)
+        touched: set[ExperimentState] = set()
         for record in records:
             if record.kind == EXPERIMENT:
                 if record.key not in self.experiments and record.key not in self._folding:
@@ -158,7 +159,10 @@ class Replica:
                     if state.apply(record) and record.kind in (TRIAL, EVENT):
                         trial = record.key if record.kind == TRIAL else record.links[0]
                         self._heard[trial] = arrived_ms
+                        touched.add(state)
                     break
+        for state in touched:  # (the batch's ended trials, sealed: see ExperimentState.settle)
+            state.settle()
         self._folded(len(records))
         if self._folding:  # told of an experiment once it is folded (_publish)
             records = [r for r in records if r.key not in self._folding]
