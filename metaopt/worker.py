@@ -464,10 +464,6 @@ def _read(name: str, default: Any, raw: str | bool) -> Any:
                 f"{_as_typed(name, raw)}: give a number (its default is {default!r}){count}"
             )
         return _infer(raw)
-    if isinstance(default, str) and raw is True:
-        # Given bare (or before another option), as argparse refuses it: the script got True
-        # for a text.
-        raise WorkerError(f"--{name}: give a value (its default is {default!r})")
     if isinstance(raw, bool) or isinstance(default, str):
         return raw  # a bare flag; a text's default keeps "007" a text
     return _infer(raw)
