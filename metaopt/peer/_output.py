@@ -400,36 +400,12 @@ class OutputParser:
 
     def _match(self, text: str, out: list[dict[str, MetricValue]]) -> None:
         assert self._regex is not None
-        if "\x1b" in text:  # (colour codes are not on screen: 'val_loss: ([0-9.]+)' never
-            text = _INVISIBLE.sub("", text)  # matched a number rich or colorlog highlights)
-        found = None
-        began = self._clock()
-        for _ in range(_REGEX_TRIES):
-            left = self._regex_left - (self._clock() - began)
-            if left <= 0:
-                break
-            try:
-                # The last match wins; the timeout bounds what is left of the chunk's time.
-                # It is wall time: one the thread spent waiting (paused, or short of CPU) is
-                # tried again with what is left of the CPU time (as many times as it takes,
-                # up to _REGEX_TRIES). concurrent: the GIL is released while it matches.
-                timeout = max(left, _REGEX_FLOOR)
-                for found in self._regex.finditer(text, concurrent=True, timeout=timeout):  # noqa: B007
-                    pass
-            except TimeoutError:
-                found = None
-                continue
-            self._regex_left -= self._clock() - began
-            break
-        else:
-            left = 0.0
-        if left <= 0:
-            self.broken = (
-                f"objective regex {self._regex.pattern!r} took over"
-                f" {self.config.regex_timeout:g} s on one chunk of output; simplify it (nested"
-                " repeats such as '(a|aa)+b' backtrack without end) and submit again"
-            )
-            return
+        found = self._last_match(text)
+        if found is None and "\x1b" in text and self.broken is None:
+            # Colour codes are not on screen: 'val_loss: ([0-9.]+)' never matched a number
+            # rich or colorlog highlight. (The line as written first: a regex written for
+            # the codes, '\x1b\[1;36m([0-9.]+)', matched before they were taken out.)
+            found = self._last_match(_INVISIBLE.sub("", text))
         if found is None:
             return
         group = found.group(1) if self._regex.groups else found.group(0)
@@ -461,6 +437,36 @@ class OutputParser:
             )
         self.unread = why
         self._note(why)
+
+    def _last_match(self, text: str) -> Any:
+        """The regex's last match in text, or None; None and ``broken`` set once the chunk's
+        time to match is used up."""
+        assert self._regex is not None
+        found = None
+        began = self._clock()
+        for _ in range(_REGEX_TRIES):
+            left = self._regex_left - (self._clock() - began)
+            if left <= 0:
+                break
+            try:
+                # The last match wins; the timeout bounds what is left of the chunk's time.
+                # It is wall time: one the thread spent waiting (paused, or short of CPU) is
+                # tried again with what is left of the CPU time (as many times as it takes,
+                # up to _REGEX_TRIES). concurrent: the GIL is released while it matches.
+                timeout = max(left, _REGEX_FLOOR)
+                for found in self._regex.finditer(text, concurrent=True, timeout=timeout):  # noqa: B007
+                    pass
+            except TimeoutError:
+                found = None
+                continue
+            self._regex_left -= self._clock() - began
+            return found
+        self.broken = (
+            f"objective regex {self._regex.pattern!r} took over"
+            f" {self.config.regex_timeout:g} s on one chunk of output; simplify it (nested"
+            " repeats such as '(a|aa)+b' backtrack without end) and submit again"
+        )
+        return None
 
     def _emit(self, report: dict[str, MetricValue], out: list[dict[str, MetricValue]]) -> None:
         self.report_count += 1

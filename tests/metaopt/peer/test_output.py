@@ -406,6 +406,9 @@ def test_colour_codes_and_terminal_escapes_are_not_part_of_a_line() -> None:
     parser = OutputParser(OutputConfig(objective_regex=r"val_loss: ([0-9.]+)"))
     line = b"Epoch 1: \x1b[32mval_loss\x1b[0m: \x1b[1;36m0.6667\x1b[0m\n"
     assert parser.feed(line) == [{"loss": 0.6667, "step": 1}]
+    # A regex written for the codes (the way round them before) still matches the line.
+    parser = OutputParser(OutputConfig(objective_regex=r"\x1b\[1;36m([0-9.]+)"))
+    assert parser.feed(line) == [{"loss": 0.6667, "step": 1}]
     # `tput bold`, `tput sgr0` (ESC ( B ESC [ m on xterm, screen and tmux), a title (OSC): a
     # bash script's every report was "not a JSON object".
     report = b'\x1b]0;title\x07\x1b[1mMETAOPT\x1b(B\x1b[m {"loss": 0.3, "step": 3}\n'
