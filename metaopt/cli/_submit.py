@@ -761,8 +761,8 @@ def _check_missing_script(words: list[str], cwd: Path) -> None:
     if words[0].endswith(".py") or (_is_file(program) and _inside(program, cwd)):
         return  # (the program is the folder's own: its arguments are its business)
     for word in words[1:]:
-        if word in ("-m", "-c"):
-            return  # a module or a command, not a file
+        if word[:1] == "-" and word[1:2] != "-" and ("c" in word or "m" in word):
+            return  # a module or a command, not a file (-c, -m, bash -lc, python -uc)
         if "~" in word or word.startswith("-"):
             continue
         if word.endswith(_SCRIPT_SUFFIXES) and not _is_file(_path_of(word, cwd)):

@@ -185,6 +185,9 @@ def test_an_interpreters_missing_script_is_refused_and_its_options_are_not_scrip
         ["python3", "-m", "json.tool"],
         ["bash", "-c", "./t.py"],
         ["python3", "t.py", "x.py"],
+        ["bash", "-lc", "python3 nosuch.py", "sh"],  # (refused: -lc is -l and -c)
+        ["sh", "-euxc", "./nosuch.sh"],
+        ["python3", "-uc", "import x; print('a.py')"],
     ):
         assert "command" in _build(tmp_path, "--", *words, PRIOR)
 
