@@ -138,7 +138,7 @@ class Watchdog:
                 stdin=read,
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,  # a signal to the peer's group is not its end
-                env={**os.environ, **WATCHDOG.env(), _ORPHANS_CODE: ORPHANS.code},
+                env=_watchdog_env({**WATCHDOG.env(), _ORPHANS_CODE: ORPHANS.code}),
             )
         except BaseException:
             os.close(write)
@@ -226,6 +226,16 @@ class Watchdog:
 
 
 _RESTARTS = 3  # watchdogs started again in a minute when one dies unasked (see Watchdog._died)
+
+
+# What the watchdog keeps of its peer's environment: what its Python may need to start. All
+# of it, beside its source, took a long environment past the kernel's limit (E2BIG), and the
+# watchdog never ran (trials outlived a kill -9 of their peer).
+_KEPT = ("PATH", "LD_LIBRARY_PATH", "LD_PRELOAD", "TMPDIR", "HOME", "LANG", "LC_ALL", "LC_CTYPE")
+
+
+def _watchdog_env(code: dict[str, str]) -> dict[str, str]:
+    return {**{k: os.environ[k] for k in _KEPT if k in os.environ}, **code}
 
 
 def _reap(

@@ -253,6 +253,26 @@ def test_the_watchdog_and_its_sweep_run_as_the_peer_read_them_after_an_upgrade(
         kill_orphans(str(folder))
 
 
+def test_a_watchdog_starts_beside_a_peers_environment_near_the_kernels_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the peer's whole environment beside its source (22 KB), a peer whose environment
+    # was 15-22 KB under the limit ran trials but no watchdog (E2BIG): they outlived a kill -9.
+    room = os.sysconf("SC_ARG_MAX") - sum(len(k) + len(v) + 2 for k, v in os.environ.items())
+    for i in range((room - 10_000) // 8_000):
+        monkeypatch.setenv(f"METAOPT_TEST_FILL_{i}", "x" * 7_970)
+    sleeper = _spawn(SLEEPER, {})
+    watchdog = Watchdog(lambda: 1.0)
+    try:
+        watchdog.watch(sleeper.pid)
+        assert watchdog._process is not None and watchdog._process.poll() is None
+        watchdog.close()  # its input ends, as when the peer dies
+        assert sleeper.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        watchdog.close()
+        _end(sleeper)
+
+
 def test_a_watchdog_started_again_still_stops_the_groups_the_first_one_knew(
     tmp_path: Path,
 ) -> None:
