@@ -178,6 +178,15 @@ def _status(args: argparse.Namespace) -> int:
     objectives = info["objectives"]
     # A row and its cells for each of 60,000 trials, beside the million objects of the
     # reply: the collector's passes over them all were a fifth of the table's making.
+    listed, older_open = info["trial_list"], []
+    if last is not None:
+        listed = listed[max(len(listed) - last, 0) :]  # (an earlier release sends them all)
+        if len(listed) < info["trials"]:
+            # Not ended, however old: a trial running since the start was hidden behind the
+            # newest 50, its node's silence with it.
+            newest = {t["id"] for t in listed}
+            opened = fetch_experiment(peer, info["id"], trials="open")["trial_list"]
+            older_open = [t for t in opened if t["id"] not in newest]
     with collector_paused():
         rows = [
             [t["id"][:12], trial_state(t["state"], t["thaws"])]
@@ -185,7 +194,7 @@ def _status(args: argparse.Namespace) -> int:
             + [_step(t), (t["runner"] or t["node"])[:8]]
             + [t["params"].get(n) for n in names]
             + [_why(t)]
-            for t in info["trial_list"]
+            for t in older_open + listed
         ]
         # "runner", as in export: the node that runs (ran) it, else the one that recorded it
         # ("node" there is always the one that recorded it).
@@ -193,20 +202,18 @@ def _status(args: argparse.Namespace) -> int:
             ["trial", "state", "step", "runner", "why"], names, objectives
         )
         headers = ["trial", "state", *shown_objectives, "step", "runner", *shown_names, "why"]
-        if last is not None:  # (a peer of an earlier release sends them all: cut here)
-            rows = rows[max(len(rows) - last, 0) :]
         shown = table(headers, rows)
     print(shown)
     if len(rows) < info["trials"]:
         word = experiment_word(info, args.experiment)
         every = command("status", word, "--all", data_dir=args.data_dir)
-        print(
-            printable(f"(the newest {len(rows)} of {info['trials']} trials; `{every}` lists all)")
-        )
+        also = f" and {len(older_open)} older not ended" if older_open else ""
+        said = f"(the newest {len(listed)}{also} of {info['trials']} trials; `{every}` lists all)"
+        print(printable(said))
     return 0
 
 
-_LAST = 50  # status NAME's rows: the newest trials (running ones among them)
+_LAST = 50  # status NAME's rows: the newest trials, and those not ended
 
 
 def _count(text: str) -> int:
@@ -217,7 +224,7 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if n < 0:
         raise argparse.ArgumentTypeError(f"{text} is below 0")
-    return n
+    return min(n, 1 << 62)  # (any more is every trial: past 64 bits it was a traceback)
 
 
 _WAITING = ("running", "pending", "lost", "interrupted")  # the list's "running" column
