@@ -616,13 +616,16 @@ def _too_large(spec: ExperimentSpec) -> MetaoptError:
     split the record, which no user can do)."""
     record = f"one experiment record ({MAX_RECORD_SIZE >> 20} MiB)"
     bundle = spec.bundle or {}
+    words = spec.command or ()
+
+    def size(value: Any) -> int:
+        return len(msgpack.packb(value, use_bin_type=True))
+
     parts = {
-        "files": len(msgpack.packb(bundle.get("manifest"), use_bin_type=True)),
-        # (less its priors, the space's own text: --c~choices([...]) is both)
-        "command": len(
-            msgpack.packb([w for w in spec.command or () if "~" not in w], use_bin_type=True)
-        ),
-        "space": len(msgpack.packb(spec.space, use_bin_type=True)),
+        "files": size(bundle.get("manifest")),
+        "command": size([w for w in words if "~" not in w]),
+        # Its priors twice: as written in the command (--c~choices([...])) and as read.
+        "space": size(spec.space) + size([w for w in words if "~" in w]),
     }
     largest = max(parts, key=lambda part: parts[part])
     if largest == "files":
@@ -636,8 +639,9 @@ def _too_large(spec: ExperimentSpec) -> MetaoptError:
             " values in a file the script reads (sent with its folder), not on its command line"
         )
     return MetaoptError(
-        f"the space is {parts['space']:,} bytes, more than {record} holds; use fewer or"
-        " shorter choices (an index into a list of your own, say)"
+        f"the space takes {parts['space']:,} bytes (each prior as written and as read), more"
+        f" than {record} holds; use fewer or shorter choices (an index into a list of your"
+        " own, say)"
     )
 
 

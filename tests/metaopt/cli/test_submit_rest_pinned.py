@@ -239,7 +239,7 @@ def test_no_bundle_names_the_folder_with_its_links_resolved(tmp_path: Path) -> N
     [
         (
             "space",
-            "the space is 1,440,017 bytes",
+            "the space takes 2,880,036 bytes (each prior as written and as read)",
         ),  # with --no-bundle: crdt's "split it into smaller records"
         ("command", "the command is 1,200,0"),  # it blamed the folder's 1 file
         ("files", "holds 40001 files, more than one experiment record (1 MiB) can list"),
