@@ -110,14 +110,21 @@ def add_submit_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.set_defaults(func=submit)
 
 
-def _set_once(options: dict[str, Any], name: str, dest: str, value: Any) -> None:
-    """Set an option, refusing a second, other value: the last one won without a word
-    (`--objective loss --objective acc` searched acc alone, meant as two objectives)."""
+def _set_option(
+    options: dict[str, Any], name: str, dest: str, value: Any, notes: list[str] | None
+) -> None:
+    """Set an option; given again with another value, the last wins, as argparse has it (a
+    wrapper's `metaopt submit --max-trials 50 "$@"` lets its user give another), said in a
+    note: it won without a word. Not --objective: given twice it meant two objectives
+    (`--objective loss --objective acc` searched acc alone)."""
     if dest in options and options[dest] != value:
-        raise MetaoptError(
-            f"{name} given twice ({options[dest]!r}, then {value!r}); give it once (several"
-            " objectives as --objective a,b; the program's own options after `--`)"
-        )
+        if dest == "objective":
+            raise MetaoptError(
+                f"{name} given twice ({options[dest]!r}, then {value!r}); name several"
+                f" objectives once, as {name} {options[dest]},{value}"
+            )
+        if notes is not None:
+            notes.append(f"note: {name} given twice; the last, {value!r}, is used")
     options[dest] = value
 
 
@@ -174,18 +181,18 @@ def split_submit_args(
                     raise MetaoptError(
                         f"{name} is a flag; give it alone (or ={inline!r} as true/false)"
                     )
-                _set_once(options, name, dest, inline)  # --maximize=acc: these objectives only
+                _set_option(options, name, dest, inline, notes)  # --maximize=acc: these only
             else:
-                _set_once(options, name, dest, not eq or inline.lower() in _TRUE)
+                _set_option(options, name, dest, not eq or inline.lower() in _TRUE, notes)
                 if dest == "maximize" and not eq and i + 1 < len(words):
                     after_maximize = words[i + 1]
             i += 1
             continue
         if eq:
-            _set_once(options, name, dest, inline)
+            _set_option(options, name, dest, inline, notes)
             i += 1
         elif i + 1 < len(words):
-            _set_once(options, name, dest, words[i + 1])
+            _set_option(options, name, dest, words[i + 1], notes)
             i += 2
         else:
             raise MetaoptError(f"{name} needs a value")
