@@ -726,19 +726,21 @@ class ExperimentState:
                 self._folds[key] = fold
         return view
 
-    def settle(self) -> None:
-        """Seal the trials that ended since the last call: each one's view is folded from its
-        events while they are still decoded, which are kept as bytes from then on (_seal).
+    def settle(self, limit: int | None = None) -> bool:
+        """Seal the trials that ended since the last call (up to ``limit`` of them): each
+        one's view is folded from its events while they are still decoded, which are kept as
+        bytes from then on (_seal). Returns whether any are left.
 
-        Called once a batch of records is in (a catch-up's); reading a view seals its trial
-        too (as a peer's load does, once an experiment's history is in). Sealed as each ending
-        arrived, a trial whose other events came after its ending was decoded twice (a
-        restart's load took 19% longer); left until its view is read, a catch-up held every
-        ended trial's events decoded at once.
+        Called once a batch of records is in (a catch-up's, an experiment's history folded
+        from the store); reading a view seals its trial too. Sealed as each ending arrived, a
+        trial whose other events came after its ending was decoded twice (a restart's load
+        took 19% longer); left until its view is read, a catch-up held every ended trial's
+        events decoded at once.
         """
-        ending, self._ending = self._ending, set()
-        for key in ending:
-            self.trial(key)
+        while self._ending and (limit is None or limit > 0):
+            self.trial(self._ending.pop())
+            limit = None if limit is None else limit - 1
+        return bool(self._ending)
 
     def _seal(self, key: bytes) -> None:
         """Keep an ended trial's events as their bytes alone (see _unseal); only a trial

@@ -205,6 +205,10 @@ class Replica:
                 self._folded(self._fold_step)
                 yield None
         self.folded_records += count % self._fold_step
+        # Its ended trials sealed now, a step at a time (an experiment that came after its
+        # history, as a join brings many, held all its events decoded until a view was read).
+        while state.settle(self._fold_step):
+            yield None
 
     def _folded(self, count: int) -> None:
         """Note count records folded; past freeze_every, freeze (see the module's docstring)."""
