@@ -83,6 +83,21 @@ def test_a_batch_of_records_seals_the_trials_it_ended_each_decoded_once(
     assert (again.state, again.values, again.curve) == (view.state, view.values, view.curve)
 
 
+def test_an_experiment_folded_after_its_history_seals_its_ended_trials() -> None:
+    # As a join brings many: its ended trials' events were held decoded until a view was read.
+    exp, trial = _experiment_and_trial()
+    body = EventBody(trial.key, exp.key, "completed", NODE, metrics={"objective": 0.5})
+    ending = Record.create(EVENT, NODE, 3, 1003, body.to_body(), [trial.key, exp.key])
+    store = MemoryStore()
+    replica = Replica(store)
+    store.add([trial, ending])  # its history first: nothing to fold it into yet
+    store.add([exp])
+    state = replica.experiments[exp.key]
+    assert trial.key not in state._events and trial.key in state._sealed
+    view = state.trial(trial.key)
+    assert view is not None and view.state == "completed" and view.values == (0.5,)
+
+
 def _experiment_and_trial() -> tuple[Record, Record]:
     """An experiment and one trial of it, both written by NODE."""
     exp = Record.create(
