@@ -400,12 +400,14 @@ class OutputParser:
 
     def _match(self, text: str, out: list[dict[str, MetricValue]]) -> None:
         assert self._regex is not None
-        found = self._last_match(text)
-        if found is None and "\x1b" in text and self.broken is None:
-            # Colour codes are not on screen: 'val_loss: ([0-9.]+)' never matched a number
-            # rich or colorlog highlight. (The line as written first: a regex written for
-            # the codes, '\x1b\[1;36m([0-9.]+)', matched before they were taken out.)
-            found = self._last_match(_INVISIBLE.sub("", text))
+        # Colour codes are not on screen: 'val_loss: ([0-9.]+)' never matched a number rich
+        # or colorlog highlight, and matched as written first, 'loss.*?([0-9.]+)' read the 1
+        # of ESC[1;36m. The line as written only if that finds nothing: a regex written for
+        # the codes ('\x1b\[1;36m([0-9.]+)', the way round them before) still matches.
+        shown = _INVISIBLE.sub("", text) if "\x1b" in text else text
+        found = self._last_match(shown)
+        if found is None and shown is not text and self.broken is None:
+            found = self._last_match(text)
         if found is None:
             return
         group = found.group(1) if self._regex.groups else found.group(0)

@@ -406,6 +406,11 @@ def test_colour_codes_and_terminal_escapes_are_not_part_of_a_line() -> None:
     parser = OutputParser(OutputConfig(objective_regex=r"val_loss: ([0-9.]+)"))
     line = b"Epoch 1: \x1b[32mval_loss\x1b[0m: \x1b[1;36m0.6667\x1b[0m\n"
     assert parser.feed(line) == [{"loss": 0.6667, "step": 1}]
+    # Matched as written first, a plain regex read the 1 of ESC[1;36m (3 of 3 trials).
+    for regex in (r"val_loss.*?([0-9.]+)", r"loss\D*([0-9.]+)", r"val_loss\W+([0-9.]+)"):
+        assert OutputParser(OutputConfig(objective_regex=regex)).feed(line) == [
+            {"loss": 0.6667, "step": 1}
+        ], regex
     # A regex written for the codes (the way round them before) still matches the line.
     parser = OutputParser(OutputConfig(objective_regex=r"\x1b\[1;36m([0-9.]+)"))
     assert parser.feed(line) == [{"loss": 0.6667, "step": 1}]
