@@ -182,11 +182,12 @@ def _status(args: argparse.Namespace) -> int:
     if last is not None:
         listed = listed[max(len(listed) - last, 0) :]  # (an earlier release sends them all)
         if len(listed) < info["trials"]:
-            # Not ended, however old: a trial running since the start was hidden behind the
-            # newest 50, its node's silence with it.
+            # Running or to run, however old: a trial running since the start was hidden
+            # behind the newest 50, its node's silence with it. (Not frozen ones: under
+            # freeze-thaw two trials in three are, and the list grew with the experiment.)
             newest = {t["id"] for t in listed}
             opened = fetch_experiment(peer, info["id"], trials="open")["trial_list"]
-            older_open = [t for t in opened if t["id"] not in newest]
+            older_open = [t for t in opened if t["id"] not in newest and t["state"] in _WAITING]
     with collector_paused():
         rows = [
             [t["id"][:12], trial_state(t["state"], t["thaws"])]
@@ -207,13 +208,13 @@ def _status(args: argparse.Namespace) -> int:
     if len(rows) < info["trials"]:
         word = experiment_word(info, args.experiment)
         every = command("status", word, "--all", data_dir=args.data_dir)
-        also = f" and {len(older_open)} older not ended" if older_open else ""
+        also = f" and {len(older_open)} older still running or to run" if older_open else ""
         said = f"(the newest {len(listed)}{also} of {info['trials']} trials; `{every}` lists all)"
         print(printable(said))
     return 0
 
 
-_LAST = 50  # status NAME's rows: the newest trials, and those not ended
+_LAST = 50  # status NAME's rows: the newest trials, and those running or to run
 
 
 def _count(text: str) -> int:

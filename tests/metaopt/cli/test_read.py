@@ -56,7 +56,8 @@ class _Peer:
 
     def call(self, op: str, body: object = None) -> object:
         if isinstance(body, dict) and body.get("trials") == "open":
-            listed = [t for t in self.info["trial_list"] if t["state"] in ("running", "pending")]
+            ended = ("completed", "failed", "killed")
+            listed = [t for t in self.info["trial_list"] if t["state"] not in ended]
             return {**self.info, "trial_list": listed}
         return [self.info] if op == "api.experiments" else self.info
 
@@ -102,13 +103,15 @@ def test_status_of_an_experiment_shows_its_newest_trials_and_says_how_to_see_all
     rows = [line.split()[0] for line in lines if line[:12] in {f"{i:x}" * 12 for i in range(12)}]
     assert rows == ["9" * 12, "a" * 12, "b" * 12]
     assert lines[-1] == "(the newest 3 of 12 trials; `metaopt status mo --all` lists all)"
-    # A trial not ended shows however old (one running since the start was hidden).
+    # A trial running shows however old (one running since the start was hidden); a frozen
+    # one does not (under freeze-thaw two in three are, and the list grew with them).
     peer.info["trial_list"][0]["state"] = "running"
+    peer.info["trial_list"][1]["state"] = "frozen"
     assert main(["status", "mo", "--last", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = [line.split()[0] for line in lines if line[:12] in {f"{i:x}" * 12 for i in range(12)}]
     assert rows == ["0" * 12, "9" * 12, "a" * 12, "b" * 12]
-    assert lines[-1].startswith("(the newest 3 and 1 older not ended of 12 trials;")
+    assert lines[-1].startswith("(the newest 3 and 1 older still running or to run of 12 trials;")
     assert main(["status", "mo", "--last", str(10**30)]) == 0  # (a traceback past 64 bits)
     assert "newest" not in capsys.readouterr().out
     for every in (["--all"], [], ["--last", "12"]):  # the default shows 50
