@@ -630,9 +630,9 @@ def _too_large(spec: ExperimentSpec) -> MetaoptError:
 
     parts = {
         "files": size(bundle.get("manifest")),
-        "command": size([w for w in words if "~" not in w]),
+        "command": size([w for w in words if not _is_prior(w)]),
         # Its priors twice: as written in the command (--c~choices([...])) and as read.
-        "space": size(spec.space) + size([w for w in words if "~" in w]),
+        "space": size(spec.space) + size([w for w in words if _is_prior(w)]),
     }
     largest = max(parts, key=lambda part: parts[part])
     if largest == "files":
@@ -753,12 +753,20 @@ def _script_word(words: list[str], cwd: Path) -> int:
     ):
         return 0
     for at, word in enumerate(words[1:], start=1):
-        if word in ("-m", "-c"):
+        if _code_follows(word):
             return 0  # a module or a command, not a file
         if "~" not in word and not word.startswith("-") and _is_file(_path_of(word, cwd)):
             return at
     return 0
 
+
+def _code_follows(word: str) -> bool:
+    """Whether an interpreter's option says a module or a command follows, not a script: -m,
+    -c, or a cluster of short options holding one (bash -lc, sh -euxc, python -um)."""
+    return _SHORT_CLUSTER.fullmatch(word) is not None and ("c" in word or "m" in word)
+
+
+_SHORT_CLUSTER = re.compile(r"-[A-Za-z]+")  # (not -Xfrozen_modules=off, an option's value)
 
 # What a script's name ends with, after an interpreter (`python3 train.py`, `bash run.sh`).
 _SCRIPT_SUFFIXES = (".py", ".sh", ".bash", ".R", ".r", ".jl", ".pl", ".rb", ".js", ".lua")
@@ -772,8 +780,8 @@ def _check_missing_script(words: list[str], cwd: Path) -> None:
     if words[0].endswith(".py") or (_is_file(program) and _inside(program, cwd)):
         return  # (the program is the folder's own: its arguments are its business)
     for word in words[1:]:
-        if word[:1] == "-" and word[1:2] != "-" and ("c" in word or "m" in word):
-            return  # a module or a command, not a file (-c, -m, bash -lc, python -uc)
+        if _code_follows(word):
+            return  # a module or a command, not a file
         if "~" in word or word.startswith("-"):
             continue
         if word.endswith(_SCRIPT_SUFFIXES) and not _is_file(_path_of(word, cwd)):

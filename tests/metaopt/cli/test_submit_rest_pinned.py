@@ -192,6 +192,22 @@ def test_an_interpreters_missing_script_is_refused_and_its_options_are_not_scrip
         assert "command" in _build(tmp_path, "--", *words, PRIOR)
 
 
+def test_a_module_after_a_cluster_of_short_options_sends_the_folder_it_is_run_from(
+    tmp_path: Path,
+) -> None:
+    """`python3 -um train ../shared/cfg.py` sent cfg.py's folder (taken for the script), and
+    every trial failed on "No module named train"; `-Xfrozen_modules=off` is no cluster."""
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "train.py").write_text("")
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "cfg.py").write_text("")
+    for words in (["-um", "train"], ["-u", "-m", "train"]):
+        body = _build(tmp_path / "proj", "--", "python3", *words, "../shared/cfg.py", PRIOR)
+        assert body["bundle"]["root"] == str((tmp_path / "proj").resolve())  # type: ignore[index]
+    body = _build(tmp_path / "proj", "--", "python3", "-Xfrozen_modules=off", "train.py", PRIOR)
+    assert body["command"][:3] == ["python3", "-Xfrozen_modules=off", "train.py"]  # type: ignore[index]
+
+
 def test_a_compiled_executable_without_a_shebang_is_accepted(tmp_path: Path) -> None:
     """An ELF binary has no #! line and exec starts it: only scripts without one are refused."""
     real = shutil.which("true")
@@ -242,6 +258,7 @@ def test_no_bundle_names_the_folder_with_its_links_resolved(tmp_path: Path) -> N
             "the space takes 2,880,036 bytes (each prior as written and as read)",
         ),  # with --no-bundle: crdt's "split it into smaller records"
         ("command", "the command is 1,200,0"),  # it blamed the folder's 1 file
+        ("tilde", "the command is 1,350,008 bytes"),  # ~/ paths were counted as priors
         ("files", "holds 40001 files, more than one experiment record (1 MiB) can list"),
     ],
 )
@@ -259,6 +276,8 @@ def test_an_oversized_experiment_names_its_largest_part(
         ]
     elif part == "command":
         words = ["t.py", PRIOR, *(["x" * 120_000] * 10)]
+    elif part == "tilde":
+        words = ["t.py", PRIOR, *(f"--in=~/data/file{i:06d}.csv" for i in range(50_000))]
     else:
         (tmp_path / "data").mkdir()
         for i in range(40_000):
