@@ -187,7 +187,9 @@ def _status(args: argparse.Namespace) -> int:
             # freeze-thaw two trials in three are, and the list grew with the experiment.)
             newest = {t["id"] for t in listed}
             opened = fetch_experiment(peer, info["id"], trials="open")["trial_list"]
-            older_open = [t for t in opened if t["id"] not in newest and t["state"] in _WAITING]
+            # (Once stopped, only a running one: nothing starts again.)
+            waiting = ("running",) if info["stopped"] else _WAITING
+            older_open = [t for t in opened if t["id"] not in newest and t["state"] in waiting]
     with collector_paused():
         rows = [
             [t["id"][:12], trial_state(t["state"], t["thaws"])]

@@ -761,12 +761,16 @@ def _script_word(words: list[str], cwd: Path) -> int:
 
 
 def _code_follows(word: str) -> bool:
-    """Whether an interpreter's option says a module or a command follows, not a script: -m,
-    -c, or a cluster of short options holding one (bash -lc, sh -euxc, python -um)."""
-    return _SHORT_CLUSTER.fullmatch(word) is not None and ("c" in word or "m" in word)
+    """Whether an interpreter's option says a module or a command follows, not a script: -m
+    or -c, with the module or code attached or not (python3 -mtrain.main), or ending a
+    cluster of short options (bash -lc, sh -euxc, python -um). Not a letter inside one: in
+    perl -Mstrict, ruby -rcsv or python -Wonce the rest is the option's value."""
+    if word[:1] != "-" or word[1:2] == "-":
+        return False
+    return word[1:2] in ("c", "m") or _SHORT_CLUSTER.fullmatch(word) is not None
 
 
-_SHORT_CLUSTER = re.compile(r"-[A-Za-z]+")  # (not -Xfrozen_modules=off, an option's value)
+_SHORT_CLUSTER = re.compile(r"-[A-Za-z]*[cm]")
 
 # What a script's name ends with, after an interpreter (`python3 train.py`, `bash run.sh`).
 _SCRIPT_SUFFIXES = (".py", ".sh", ".bash", ".R", ".r", ".jl", ".pl", ".rb", ".js", ".lua")

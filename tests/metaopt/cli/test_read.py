@@ -112,6 +112,11 @@ def test_status_of_an_experiment_shows_its_newest_trials_and_says_how_to_see_all
     rows = [line.split()[0] for line in lines if line[:12] in {f"{i:x}" * 12 for i in range(12)}]
     assert rows == ["0" * 12, "9" * 12, "a" * 12, "b" * 12]
     assert lines[-1].startswith("(the newest 3 and 1 older still running or to run of 12 trials;")
+    # Once stopped, nothing starts again: a pending one is not "to run".
+    peer.info["trial_list"][0]["state"], peer.info["stopped"] = "pending", True
+    assert main(["status", "mo", "--last", "3"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("(the newest 3 of 12 trials;")
+    peer.info["stopped"] = False
     assert main(["status", "mo", "--last", str(10**30)]) == 0  # (a traceback past 64 bits)
     assert "newest" not in capsys.readouterr().out
     for every in (["--all"], [], ["--last", "12"]):  # the default shows 50

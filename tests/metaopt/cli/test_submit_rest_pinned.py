@@ -204,8 +204,14 @@ def test_a_module_after_a_cluster_of_short_options_sends_the_folder_it_is_run_fr
     for words in (["-um", "train"], ["-u", "-m", "train"]):
         body = _build(tmp_path / "proj", "--", "python3", *words, "../shared/cfg.py", PRIOR)
         assert body["bundle"]["root"] == str((tmp_path / "proj").resolve())  # type: ignore[index]
-    body = _build(tmp_path / "proj", "--", "python3", "-Xfrozen_modules=off", "train.py", PRIOR)
-    assert body["command"][:3] == ["python3", "-Xfrozen_modules=off", "train.py"]  # type: ignore[index]
+    body = _build(tmp_path / "proj", "--", "python3", "-mtrain", "../shared/cfg.py", PRIOR)
+    assert body["bundle"]["root"] == str((tmp_path / "proj").resolve())  # type: ignore[index]
+    # An option's value holding an m or a c is no module to run (perl -Mstrict named the
+    # experiment "perl" and sent the wrong folder).
+    for option in ("-Xfrozen_modules=off", "-Wonce", "-Ximporttime", "-Mstrict", "-rcsv"):
+        body = _build(tmp_path / "proj", "--", "python3", option, "train.py", PRIOR)
+        assert body["command"][:3] == ["python3", option, "train.py"], option  # type: ignore[index]
+        assert body["name"] == "train", option
 
 
 def test_a_compiled_executable_without_a_shebang_is_accepted(tmp_path: Path) -> None:
