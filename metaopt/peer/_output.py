@@ -26,6 +26,7 @@ from typing import Any
 import regex
 
 from metaopt._errors import WorkerError
+from metaopt._records import MAX_INT
 from metaopt.worker import (
     MAX_REPORT_BYTES,
     REPORT_PREFIX,
@@ -498,7 +499,7 @@ def _recordable(metric: object, name: str = "") -> object:
     """
     if isinstance(metric, str):
         return _SURROGATE.sub("\ufffd", metric)
-    if type(metric) is int and name != "step" and not -(1 << 63) <= metric < 1 << 63:
+    if type(metric) is int and name != "step" and not -MAX_INT <= metric < MAX_INT:
         with contextlib.suppress(OverflowError):  # (past a float's range: refused, said)
             return float(metric)
     return metric
