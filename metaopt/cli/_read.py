@@ -62,9 +62,10 @@ def add_read_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     shown.add_argument(
         "--last",
         type=_count,
-        default=_LAST,
+        default=None,
         metavar="N",
-        help=f"an experiment's newest N trials (default {_LAST}; --json lists every one)",
+        help=f"an experiment's newest N trials (default {_LAST}; with --json, every one"
+        " unless N is given)",
     )
     shown.add_argument("--all", action="store_true", help="every trial of the experiment")
     status.add_argument("--json", action="store_true", help=_JSON_HELP)
@@ -164,9 +165,13 @@ def _status(args: argparse.Namespace) -> int:
         headers = ["name", "id", "state", "trials", "done", "running", "frozen", "killed"]
         print(table([*headers, "failed", "best"], rows))
         return 0
-    last = None if args.all or args.json else args.last
+    last = args.last if args.last is not None or args.json else _LAST
+    last = None if args.all else last
     info = fetch_experiment(peer, args.experiment, last=last)
     if args.json:
+        if last is not None:  # (an earlier release sends them all)
+            listed = info["trial_list"]
+            info = {**info, "trial_list": listed[max(len(listed) - last, 0) :]}
         print(json_text(info, indent=2))
         return 0
     print(_experiment_header(info))

@@ -123,6 +123,12 @@ def test_status_of_an_experiment_shows_its_newest_trials_and_says_how_to_see_all
         assert main(["status", "mo", *every]) == 0
         out = capsys.readouterr().out
         assert "0" * 12 in out and "b" * 12 in out and "newest" not in out
+    # --json lists every trial, unless --last is given (it was ignored there).
+    for given, listed in (([], 12), (["--last", "3"], 3), (["--all"], 12)):
+        assert main(["status", "mo", "--json", *given]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["trial_list"][-1]["id"].startswith("b" * 12)
+        assert len(out["trial_list"]) == listed and out["trials"] == 12
     with pytest.raises(SystemExit) as exited:
         main(["status", "mo", "--last", "-1"])
     assert exited.value.code == 2
