@@ -115,7 +115,7 @@ class Replicator:
         records, self._outbox = self._outbox, []
         if not records:
             return
-        targets = self.peers.random_live(self._rng, self._fanout, self._clock(), self._peer_timeout)
+        targets = self.peers.partners(self._rng, self._fanout, self._clock(), self._peer_timeout)
         if not targets:
             return
         for batch in _batches(records, _PUSH_BYTES, _PUSH_RECORDS):
@@ -185,7 +185,7 @@ class Replicator:
         """Reconcile with one random live peer (else a seed, else a silent known peer); the
         address reconciled with, if the session completed."""
         now = self._clock()
-        live = self.peers.random_live(self._rng, 1, now, self._peer_timeout)
+        live = self.peers.partners(self._rng, 1, now, self._peer_timeout)
         candidates = (
             [p.addr for p in live]
             or self.peers.seed_addrs()
