@@ -410,6 +410,13 @@ def _freeze_thaw(args: argparse.Namespace) -> int:
     elif args.verb == "kill":
         done = "stopping it" if answer["stopping"] else "killed"
         print(f"trial {answer['id'][:12]}: {done}")
+    elif answer.get("queued"):
+        # (A peer of an earlier release said "no free slot", and thawed nothing.)
+        again = "; from step 0, its peer is gone" if answer["from_step_0"] else ""
+        print(
+            f"trial {answer['id'][:12]}: no slot is free on this peer; it resumes in the next"
+            f" one that frees, before any new trial{again} (`metaopt freeze TRIAL` frees one)"
+        )
     elif answer["from_step_0"]:
         print(f"trial {answer['id'][:12]}: its peer is gone; running here again from step 0")
     else:

@@ -473,16 +473,17 @@ class LocalApi:
         held = self.node.runner.starts_held()
         if held is not None:
             raise MetaoptError(f"this peer starts no trial now: {held}; free space on its disk")
-        if self.node.runner.free_slots() <= 0:
-            # The scheduler fills a slot as soon as it frees, so "wait" rarely helps.
-            raise MetaoptError(
-                "no free slot on this peer; freeze a running trial first (`metaopt freeze TRIAL`)"
-            )
         if not self.node.runner.can_run(state):
             raise MetaoptError(
                 f"this peer cannot run {state.spec.name} (yet): its code has not reached it or"
                 " cannot be laid out here (see its log); try again, or thaw it on another peer"
             )
+        if self.node.runner.free_slots() <= 0:
+            # In the next slot that frees, before a new trial takes it: the scheduler fills a
+            # slot as soon as it frees, and "freeze a running trial first" freed one for a
+            # new trial, again and again.
+            self.node.runner.ask_thaw(state, view)
+            return {"id": view.id, "from_step_0": taken_over, "queued": True}
         await self.node.runner.launch(state, view, thaw=True)
         return {"id": view.id, "from_step_0": taken_over}
 

@@ -1132,6 +1132,7 @@ class Node:
         self.runner.record_unrecorded()  # (ends the disk refused: before any is found lost)
         self._forget_finished()
         self._check_stall()  # (before caught_up(): after a hold it must listen again first)
+        await self.runner.thaw_asked()  # (asked by hand: first in a slot that freed)
         if self.caught_up():
             # (Not before: its history may lack the experiment's stop, as for new trials.)
             await self.runner.thaw(self._thaw_turns)

@@ -139,6 +139,10 @@ class TrialRunner:
         self._deciding = asyncio.Lock()
         self._folder_refused: tuple[float, str] | None = None  # when, why (see FOLDER_RETRY)
         self._folder_said_at = -math.inf
+        # Trials thawed by hand while no slot was free (trial -> experiment, in the order
+        # asked): resumed in the next slots that free (see thaw_asked). Told "freeze a running
+        # trial first", a user who did saw the freed slot go to a new trial, again and again.
+        self.thaws_asked: dict[bytes, bytes] = {}
 
     # --------------------------------------------------------------------------- queries
 
@@ -993,6 +997,33 @@ class TrialRunner:
             and t.runner == me
             and t.key not in here
         )
+
+    def ask_thaw(self, state: ExperimentState, view: TrialView) -> None:
+        """Resume ``view`` (frozen, this peer's to thaw) in the next slot that frees here."""
+        self.thaws_asked[view.key] = state.key
+
+    async def thaw_asked(self) -> None:
+        """Resume the trials thawed by hand while no slot was free, in the order asked, ahead
+        of any new trial or early stopper's thaw; one frozen no longer (killed, or thawed
+        by another peer meanwhile), or whose peer is back, is passed over."""
+        for trial, experiment in list(self.thaws_asked.items()):
+            if self.free_slots() <= 0 or self.node.stopping:
+                return
+            del self.thaws_asked[trial]
+            state = self.node.replica.experiments.get(experiment)
+            view = state.trial(trial) if state is not None else None
+            if state is None or view is None or view.state != "frozen":
+                continue
+            if view.runner != self.node.node_id and (
+                view.runner is None or self.node.is_alive(view.runner)
+            ):
+                log.info("trial %s: not thawed here, its peer is back", trial.hex()[:12])
+                continue
+            if not self.can_run(state):
+                log.warning("trial %s: not thawed, this peer cannot run it", trial.hex()[:12])
+                continue
+            log.info("thawing trial %s, as asked, in a slot that came free", trial.hex()[:12])
+            await self.launch(state, view, thaw=True)
 
     async def thaw(self, turns: Callable[[], tuple[dict[bytes, int], int]] | None = None) -> None:
         """Resume this peer's frozen trials that are a better bet than a new configuration,

@@ -304,7 +304,13 @@ async def test_a_freeze_or_thaw_that_cannot_happen_says_why_and_what_to_do() -> 
             await getattr(api, op)(Request(f"api.{op}", NODE, "", trial.key.hex()[:8]))
         return str(info.value)
 
-    assert "freeze a running trial first" in await refusal(trials[0])
+    # No slot free: resumed in the next one that frees (told "freeze a running trial first",
+    # a user who did saw the slot go to a new trial, again and again).
+    asked: list[bytes] = []
+    runner.ask_thaw = lambda state, view: asked.append(view.key)
+    answer = await api.thaw(Request("api.thaw", NODE, "", trials[0].key.hex()[:8]))
+    assert answer == {"id": trials[0].key.hex(), "from_step_0": False, "queued": True}
+    assert asked == [trials[0].key]
     held[0] = "its disk refused a trial's folder (No space left on device)"
     assert "starts no trial now: its disk refused" in await refusal(trials[0])
     held[0] = None

@@ -443,6 +443,33 @@ def test_the_stopper_is_told_no_fresh_trial_is_left_once_the_budget_is_spent() -
         assert stopper.calls == [({trial.hex()}, 1, fresh)]
 
 
+def test_a_thaw_asked_with_no_slot_free_takes_the_next_slot_that_frees() -> None:
+    """Told "no free slot; freeze a running trial first", a user who did saw the slot go to a
+    new trial, again and again (0 of 120 tries): the thaw waits for the slot instead, and
+    takes it first (the node asks thaw_asked before any other start)."""
+    state, trial = _frozen_trial(1)
+    _, runner = _runner(state)
+    launched: list[tuple[bytes, bool]] = []
+
+    async def launch(state: ExperimentState, view: Any, *, thaw: bool = False) -> None:
+        launched.append((view.key, thaw))
+
+    runner.launch = launch  # type: ignore[method-assign]
+    runner.can_run = lambda state: True  # type: ignore[method-assign]
+    runner.running[0] = Running(runner.slots[0], state.key, b"r" * 32)  # its one slot, busy
+    runner.ask_thaw(state, state.trial(trial))  # type: ignore[arg-type]
+    asyncio.run(runner.thaw_asked())
+    assert launched == [] and list(runner.thaws_asked) == [trial]
+    del runner.running[0]
+    asyncio.run(runner.thaw_asked())
+    assert launched == [(trial, True)] and runner.thaws_asked == {}
+    # Killed (or thawed elsewhere) before a slot freed: passed over, not resumed.
+    runner.ask_thaw(state, state.trial(trial))  # type: ignore[arg-type]
+    _event(state, trial, "killed", ME, 5)
+    asyncio.run(runner.thaw_asked())
+    assert launched == [(trial, True)] and runner.thaws_asked == {}
+
+
 def test_another_peers_frozen_trial_is_not_judged_here() -> None:
     """Only this peer's frozen trials are its stopper's to thaw or kill; another's are judged
     by their own peer (both killing or thawing it would clash)."""
