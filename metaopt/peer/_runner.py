@@ -442,11 +442,16 @@ class TrialRunner:
         return max(timing.report_interval, min(aged, timing.heartbeat))
 
     def _on_event(self, run: Running, kind: str, data: dict[str, Any]) -> None:
+        self._noting_storage(f"a trial's {kind} event", lambda: self._record_event(run, kind, data))
+
+    def _noting_storage(self, what: str, write: Callable[[], None]) -> None:
+        """Run ``write``; a disk refusing it is noted and passed over (see _storage), any other
+        error raised (the executor, or the node's pass, logs it)."""
         try:
-            self._record_event(run, kind, data)
+            write()
         except Exception as exc:
-            if not self.node.storage.note(exc, f"a trial's {kind} event"):
-                raise  # (the executor logs it)
+            if not self.node.storage.note(exc, what):
+                raise
 
     def _record_event(self, run: Running, kind: str, data: dict[str, Any]) -> None:
         node = self.node
@@ -527,6 +532,23 @@ class TrialRunner:
             # The result is recorded before the slot frees, so the next suggestion sees it.
             self.running.pop(run.slot.index, None)
             self.node.kick()
+
+    def _write_due_held(self) -> None:
+        """Record the reports held back past their run's report gap with no report since: a
+        run's last report waited for the heartbeat, 10 s, and a peer killed meanwhile lost it
+        (resumed from its checkpoint past it, the run had nothing left to report, and failed:
+        "no objective reported"). The stoppers judge the curves just written, too."""
+        now = self.monotonic()
+        for run in list(self.running.values()):
+            if (
+                run.held
+                and run.outcome != SUPERSEDED
+                and now - run.last_progress >= self._report_gap(run)
+            ):
+                run.last_progress = now
+                self._noting_storage(
+                    "a trial's progress event", functools.partial(self._write_held, run)
+                )
 
     def _write_held(self, run: Running) -> None:
         """Record the reports held back (see _hold), oldest first; each is let go once written
@@ -628,9 +650,12 @@ class TrialRunner:
         the freeze did) and on resuming found nothing left to do. The completed event then
         takes them from the curve's reports; recorded failed, its result was lost.
 
-        Only if that attempt reached the experiment's last step: a resumed script that exits
-        0 at once (its checkpoint failed to load) was recorded completed with the value of
-        step 25 of 100, and could be the best.
+        Not if that attempt fell short of the experiment's last step: a resumed script that
+        exits 0 at once (its checkpoint failed to load) was recorded completed with the value
+        of step 25 of 100, and could be the best. With no last step known (no max_step, no
+        fidelity, no trial completed yet) its exit is taken at its word: a run frozen by hand
+        as it finished, told to stop at its last report, failed on its thaw every time (7 of
+        7), its result lost.
         """
         state = self.node.replica.experiments.get(run.experiment)
         if state is None or run.resumed_after is None or outcome.exit_code != 0:
@@ -638,30 +663,41 @@ class TrialRunner:
         if outcome.objectives or outcome.diverged:
             return False  # it reported some, and not all, or nan: a real failure
         view = state.trial(run.trial)
-        if view is None or not self._reached_final(state, view.last_step):
+        if view is None or self._short_of_final(state, view.last_step):
             return False
         return all(isinstance(view.metrics.get(n), int | float) for n in state.spec.objectives)
 
     def _finished_anyway(self, run: Running, outcome: Any) -> bool:
-        """Whether a run asked to stop had reported the experiment's last step and its
-        objectives and exited 0: it ended on its own, and its result must not be lost."""
+        """Whether a run asked to stop had reported its objectives and exited 0 having
+        reached the experiment's last step, or having asked should_stop() and never been told
+        (see metaopt.worker.STOP_ASKED_SUFFIX): it ended on its own, and its result must not
+        be lost."""
         state = self.node.replica.experiments.get(run.experiment)
         if state is None or outcome.exit_code != 0:
             return False
         if len(outcome.objectives) < len(state.spec.objectives):
             return False
-        return self._reached_final(state, run.last_step)
+        return outcome.stop_unseen or self._reached_final(state, run.last_step)
 
     def _reached_final(self, state: ExperimentState, step: int) -> bool:
         """Whether step is the experiment's last (or past it); False when that is unknown."""
+        final = self._final_step(state)
+        return final is not None and step >= final
+
+    def _short_of_final(self, state: ExperimentState, step: int) -> bool:
+        """Whether step is before the experiment's last; False when that is unknown."""
+        final = self._final_step(state)
+        return final is not None and step < final
+
+    def _final_step(self, state: ExperimentState) -> int | None:
+        """The experiment's last step, as far as this peer knows (see max_step_of)."""
         from metaopt._curves import max_step_of
 
         try:
             space = self.node.suggester(state).space
         except MetaoptError:  # a space this peer cannot search: no horizon to judge by
-            return False
-        final = max_step_of(state, space, state.trials())
-        return final is not None and step >= final
+            return None
+        return max_step_of(state, space, state.trials())
 
     async def end(self, trial: bytes, outcome: str, reason: str, rung: int | None = None) -> bool:
         """Stop a running trial of this peer, recording ``outcome`` (frozen, killed, ...);
@@ -913,6 +949,7 @@ class TrialRunner:
         elsewhere or over their timeout."""
         from metaopt.freezethaw import Action
 
+        self._write_due_held()
         self._stop_completed_elsewhere()
         self._stop_overtime()
         if not judge:

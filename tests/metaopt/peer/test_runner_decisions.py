@@ -377,6 +377,38 @@ def test_a_flood_of_reports_is_thinned_and_the_last_one_still_recorded() -> None
     assert written[-2:] == [("progress", 1026), ("completed", None)]
 
 
+def test_a_report_held_back_is_written_at_the_next_monitor_pass_once_due() -> None:
+    # A run's last report waited for the heartbeat (10 s): a peer killed -9 meanwhile lost it,
+    # resumed the run from its checkpoint past it, and the run, with nothing left to report,
+    # failed ("no objective reported"; a review: 3 of 3).
+    clock = [0.0]
+    written: list[tuple[str, int | None]] = []
+    node = SimpleNamespace(
+        node_id=ME,
+        clock=lambda: clock[0],
+        write_event=lambda e, t, kind, **kw: written.append((kind, kw.get("step"))),
+        dirs=SimpleNamespace(trials=Path("/nonexistent/metaopt-test/trials")),
+        replica=SimpleNamespace(experiments={}),
+    )
+    config = SimpleNamespace(gpus="none", slots=1, timing=Timing(report_interval=0.25))
+    runner = TrialRunner(node, config)  # type: ignore[arg-type]
+    runner.monotonic = lambda: clock[0]
+    run = Running(runner.slots[0], b"e" * 32, b"t" * 32)
+    runner.running[0] = run
+    for step, at in ((1, 0.25), (2, 0.375)):
+        clock[0] = at
+        runner._on_event(run, "progress", {"step": step, "metrics": {"loss": 1 / step}})
+    assert written == [("progress", 1)] and run.held  # step 2 held: within 0.25 s of step 1
+    clock[0] = 0.375 + 0.0625
+    asyncio.run(runner.monitor(judge=False))
+    assert written == [("progress", 1)]  # (not yet due: the records stay 0.25 s apart)
+    clock[0] = 0.5
+    asyncio.run(runner.monitor(judge=False))
+    assert written == [("progress", 1), ("progress", 2)] and not run.held
+    asyncio.run(runner.monitor(judge=False))
+    assert len(written) == 2
+
+
 def test_a_long_run_is_thinned_further_as_it_ages() -> None:
     # At five records a second a two-hour run wrote 36,000, each kept by every peer for good
     # (a replica's memory, its fold at start-up, and its views grew with them).
@@ -509,9 +541,16 @@ def test_a_stop_landing_after_the_last_step_records_the_trial_completed() -> Non
         (10, SimpleNamespace(status="interrupted", exit_code=0, objectives={}), "frozen"),
         (10, SimpleNamespace(status="interrupted", exit_code=-15, objectives=done), "frozen"),
         (5, SimpleNamespace(status="failed", exit_code=1, objectives={}), "failed"),
-    )
+        # Short of the last step (or with none known), a run that asked should_stop() and
+        # was never told to stop ended on its own (it was frozen, and failed on its thaw).
+        (5, SimpleNamespace(status="interrupted", exit_code=0, objectives=done,
+                            stop_unseen=True), "completed"),
+        (5, SimpleNamespace(status="interrupted", exit_code=0, objectives={},
+                            stop_unseen=True), "frozen"),
+    )  # fmt: skip
     for last_step, outcome, recorded in cases:
         outcome.metrics, outcome.reason, outcome.stderr_tail = {}, "crashed", ()
+        outcome.stop_unseen = getattr(outcome, "stop_unseen", False)
         run = Running(runner.slots[0], state.key, trial, outcome="frozen", last_step=last_step)
         runner._record_outcome(run, outcome)
         assert node.written[-1][:2] == (trial, recorded), (last_step, outcome)
