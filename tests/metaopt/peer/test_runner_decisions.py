@@ -343,21 +343,29 @@ def test_a_trial_frozen_by_hand_is_left_to_the_user() -> None:
     assert stopper.free == []  # never asked about it
 
 
-def test_a_flood_of_reports_is_thinned_and_the_last_one_still_recorded() -> None:
-    # Each progress record is replicated to and kept by every peer: a script reporting every
-    # minibatch wrote ~3,000 records a second before.
-    clock = [0.0]
-    written: list[tuple[str, int | None]] = []
+def _thinning_runner(clock: list[float], written: list[tuple[str, int | None]]) -> TrialRunner:
+    """A runner recording 0.25 s apart at least, on ``clock`` (monotonic: thinning is not by
+    the wall clock), its events' kinds and steps in ``written``."""
     node = SimpleNamespace(
         node_id=ME,
         clock=lambda: clock[0],
         write_event=lambda e, t, kind, **kw: written.append((kind, kw.get("step"))),
         dirs=SimpleNamespace(trials=Path("/nonexistent/metaopt-test/trials")),
+        replica=SimpleNamespace(experiments={}),
     )
     config = SimpleNamespace(gpus="none", slots=1, timing=Timing(report_interval=0.25))
     runner = TrialRunner(node, config)  # type: ignore[arg-type]
-    runner.monotonic = lambda: clock[0]  # thinned on the monotonic clock, not the wall clock
-    node.clock = lambda: -1.0  # (a wall clock stepped back once held every report)
+    runner.monotonic = lambda: clock[0]
+    return runner
+
+
+def test_a_flood_of_reports_is_thinned_and_the_last_one_still_recorded() -> None:
+    # Each progress record is replicated to and kept by every peer: a script reporting every
+    # minibatch wrote ~3,000 records a second before.
+    clock = [0.0]
+    written: list[tuple[str, int | None]] = []
+    runner = _thinning_runner(clock, written)
+    runner.node.clock = lambda: -1.0  # (a wall clock stepped back once held every report)
     run = Running(runner.slots[0], b"e" * 32, b"t" * 32)
     for step in range(1, 1025):  # 1,024 reports in one second (binary fractions: exact)
         clock[0] = step / 1024
@@ -383,16 +391,7 @@ def test_a_report_held_back_is_written_at_the_next_monitor_pass_once_due() -> No
     # failed ("no objective reported"; a review: 3 of 3).
     clock = [0.0]
     written: list[tuple[str, int | None]] = []
-    node = SimpleNamespace(
-        node_id=ME,
-        clock=lambda: clock[0],
-        write_event=lambda e, t, kind, **kw: written.append((kind, kw.get("step"))),
-        dirs=SimpleNamespace(trials=Path("/nonexistent/metaopt-test/trials")),
-        replica=SimpleNamespace(experiments={}),
-    )
-    config = SimpleNamespace(gpus="none", slots=1, timing=Timing(report_interval=0.25))
-    runner = TrialRunner(node, config)  # type: ignore[arg-type]
-    runner.monotonic = lambda: clock[0]
+    runner = _thinning_runner(clock, written)
     run = Running(runner.slots[0], b"e" * 32, b"t" * 32)
     runner.running[0] = run
     for step, at in ((1, 0.25), (2, 0.375)):
