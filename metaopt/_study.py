@@ -64,7 +64,7 @@ from metaopt._suggest import Suggester, stream
 from metaopt._writer import NodeWriter
 from metaopt.freezethaw import Action, Decision, EarlyStopper
 from metaopt.peer._identity import DataDir, keep_node_id
-from metaopt.peer._storage import says_disk_full
+from metaopt.peer._storage import with_disk_advice
 from metaopt.search import Algorithm, make_algorithm
 from metaopt.space import Space
 from metaopt.worker import MAX_METRICS, MetricValue, check_metric, check_name
@@ -274,11 +274,7 @@ def _open_store(path: Path) -> LevelDBStore:
             " read of it); close() it (or let that process end) first, or pass another path="
         ) from None
     except StoreError as exc:  # crdt's own, raw: one line of ours, caught as MetaoptError
-        said = str(exc)
-        if says_disk_full(said) or "read-only file system" in said.lower():
-            # (Opening writes a log and a table: it was "cannot open the store", no more.)
-            said += "; free space on its disk (or make it writable), or pass another path="
-        raise MetaoptError(said) from None
+        raise MetaoptError(with_disk_advice(str(exc), "pass another path=")) from None
 
 
 def _checked_clock(clock: Callable[[], float]) -> Callable[[], float]:

@@ -64,7 +64,7 @@ from metaopt.peer._scheduler import (
     settle_rank,
     settle_wait,
 )
-from metaopt.peer._storage import StorageTrouble
+from metaopt.peer._storage import StorageTrouble, with_disk_advice
 from metaopt.peer._transport import Client, Server
 from metaopt.peer._twins import TwinWatch
 from metaopt.peer._wire import PROTOCOL_VERSION, Request
@@ -141,7 +141,7 @@ def _open_store(dirs: DataDir, patience: float = 5.0, read_patience: float = 120
                 said = True
             time.sleep(0.1)
         except StoreError as exc:
-            raise MetaoptError(str(exc)) from None
+            raise MetaoptError(with_disk_advice(str(exc), "choose another --data-dir")) from None
 
 
 def _key_of(text: str) -> ClusterKey:

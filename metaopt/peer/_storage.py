@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from crdt import StoreWriteFailed
 
-__all__ = ["StorageTrouble", "storage_failure"]
+__all__ = ["StorageTrouble", "says_disk_full", "storage_failure", "with_disk_advice"]
 
 log = logging.getLogger("metaopt.peer")
 
@@ -30,6 +30,15 @@ def says_disk_full(text: str) -> bool:
     is full: out of space, or the folder over its quota."""
     said = text.lower()
     return "no space left on device" in said or "disk quota exceeded" in said
+
+
+def with_disk_advice(said: str, instead: str) -> str:
+    """An error opening a store, with what to do when its disk is full or read-only (opening
+    writes a log and a table): it said "cannot open the store ...", no more. ``instead``
+    names the other way out (another directory)."""
+    if says_disk_full(said) or "read-only file system" in said.lower():
+        return f"{said}; free space on its disk (or make it writable), or {instead}"
+    return said
 
 
 def storage_failure(exc: BaseException) -> str | None:

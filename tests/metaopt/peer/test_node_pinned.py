@@ -116,6 +116,33 @@ def test_a_start_waiting_for_a_reader_says_so_once(
     assert said == [f"waiting for another process reading {dirs.replica} to finish"]
 
 
+@pytest.mark.parametrize(
+    ("said", "advice"),
+    [
+        ("IO error: /d/replica/000003.log: No space left on device", True),
+        ("IO error: /d/replica/LOCK: Read-only file system", True),
+        ("Invalid argument: /d/replica: does not exist", False),
+    ],
+)
+def test_a_replica_its_disk_will_not_let_open_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, said: str, advice: bool
+) -> None:
+    """`peer start` on a full disk said "cannot open the store ...: No space left on device",
+    no more (a review)."""
+    import plyvel
+
+    def refused(path: object) -> None:
+        raise plyvel.IOError(said.encode())
+
+    monkeypatch.setattr("crdt._leveldb.plyvel.DB", lambda *a, **kw: refused(a))
+    with pytest.raises(MetaoptError) as caught:
+        node_module._open_store(DataDir(tmp_path / "d"))
+    text = str(caught.value)
+    assert text.startswith("cannot open the store at") and "\n" not in text
+    wanted = "; free space on its disk (or make it writable), or choose another --data-dir"
+    assert text.endswith(wanted) is advice
+
+
 # -------------------------------------------------------------------------- start: the key
 
 
