@@ -124,7 +124,12 @@ def keep_node_id(path: Path, new: bytes) -> bytes:
 
 
 def _corrupt(path: Path) -> MetaoptError:
-    return MetaoptError(f"{path} is corrupt; move the data directory aside to start anew")
+    # Deleting the file is enough (the README says so of a copied directory): the peer takes
+    # a new node id and keeps its replica. Moving the whole directory aside, as it said, lost
+    # a lone peer's history.
+    return MetaoptError(
+        f"{path} is corrupt; delete it (the peer takes a new node id and keeps its replica)"
+    )
 
 
 def _unwritable(path: Path, exc: OSError) -> MetaoptError:

@@ -104,8 +104,10 @@ def test_a_node_id_of_the_wrong_length_or_not_hex_is_corrupt(tmp_path: Path, tex
     """A node id longer than 16 bytes is as corrupt as a shorter one: taking a prefix or the
     whole would sign records under an id no peer knew this node by."""
     (tmp_path / "node_id").write_text(text + "\n")
-    with pytest.raises(MetaoptError, match="node_id is corrupt"):
+    with pytest.raises(MetaoptError, match="node_id is corrupt; delete it"):
         DataDir(tmp_path).read_node_id()
+    (tmp_path / "node_id").unlink()  # as it says: a new id, the directory kept
+    assert len(DataDir(tmp_path).node_id()) == 16
 
 
 def test_the_cluster_key_file_is_readable_by_its_owner_alone(tmp_path: Path) -> None:
