@@ -263,29 +263,7 @@ def _key(name: str, defaults: Mapping[str, Any]) -> str:
 def should_stop() -> bool:
     """Whether the peer asked this trial to save a checkpoint and exit (False with no peer)."""
     path = os.environ.get(ENV_STOP_FILE)
-    if not path:
-        return False
-    stop = os.path.exists(path)
-    _tell_peer(path + (STOP_SEEN_SUFFIX if stop else STOP_ASKED_SUFFIX))
-    return stop
-
-
-# Beside the stop file, once a run: that it asks should_stop() (STOP_ASKED_SUFFIX), and that
-# it was told to stop (STOP_SEEN_SUFFIX). A run asked to stop that exits 0 with its results,
-# having asked and never been told, ended on its own: its peer records it completed, not
-# frozen (see TrialRunner._finished_anyway). With no last step known, a run frozen by hand
-# as it finished was recorded frozen, and on its thaw failed, "no objective reported".
-STOP_ASKED_SUFFIX = ".asked"
-STOP_SEEN_SUFFIX = ".seen"
-_told: set[str] = set()
-
-
-def _tell_peer(marker: str) -> None:
-    if marker in _told:
-        return
-    _told.add(marker)
-    with contextlib.suppress(OSError):  # (then it is taken to have stopped as asked)
-        Path(marker).touch()
+    return bool(path) and os.path.exists(path)  # type: ignore[arg-type]
 
 
 def checkpoint_dir() -> Path:

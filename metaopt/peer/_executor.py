@@ -50,7 +50,7 @@ from metaopt.peer._output import OutputConfig, OutputParser
 from metaopt.peer._scripts import SUBREAPER
 from metaopt.peer._storage import storage_failure
 from metaopt.peer._subreaper import command_file
-from metaopt.worker import STOP_ASKED_SUFFIX, STOP_SEEN_SUFFIX, MetricValue
+from metaopt.worker import MetricValue
 
 __all__ = [
     "END_METRICS",
@@ -140,9 +140,6 @@ class TrialOutcome:
     stage: str | None = None  # how far a stop had to go, for an interrupted trial
     diverged: bool = False  # failed because its last report of an objective was nan or inf
     disk: str | None = None  # interrupted: what the disk said, refusing its working directory
-    # Interrupted: asked to stop, it exited 0 having asked should_stop() and never been told
-    # (see metaopt.worker.STOP_ASKED_SUFFIX): it ended on its own.
-    stop_unseen: bool = False
 
 
 class TrialProcess:
@@ -261,11 +258,9 @@ class TrialProcess:
             self._log_refused(exc)
         try:
             if spec.stop_file is not None:
-                # A thawed trial reuses its stop file path; the old request must not stop it
-                # (nor what the last run said of it tell of this one).
-                for path in _stop_files(spec.stop_file):
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
+                # A thawed trial reuses its stop file path; the old request must not stop it.
+                with contextlib.suppress(FileNotFoundError):
+                    spec.stop_file.unlink()
         except OSError as exc:
             if self._log is not None:  # (the finally below is not reached from here)
                 self._log.close()
@@ -461,10 +456,7 @@ class TrialProcess:
                 # (Its peer may know better: see TrialRunner._stopped_with_peer.)
                 why = f"crashed when asked to stop ({reason}): {_describe_exit(code)}"
                 return self._failed(code, why, tail, metrics, objectives)
-            outcome = TrialOutcome(
-                "interrupted", code, metrics, objectives, reason, tail, stage,
-                stop_unseen=code == 0 and stage == "stop-file" and self._stop_unseen(),
-            )  # fmt: skip
+            outcome = TrialOutcome("interrupted", code, metrics, objectives, reason, tail, stage)
             self._emit("interrupted", exit_code=code, reason=reason, stage=stage, metrics=metrics)
             return outcome
         diverged = [
@@ -696,14 +688,6 @@ class TrialProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
 
-    def _stop_unseen(self) -> bool:
-        """Whether the run asked should_stop() and was never told to stop."""
-        stop = self.spec.stop_file
-        if stop is None:
-            return False
-        _, asked, seen = _stop_files(stop)
-        return asked.exists() and not seen.exists()
-
     def _emit(self, kind: str, **data: Any) -> None:
         data["time"] = self._clock()
         try:
@@ -754,12 +738,3 @@ def _describe_exit(code: int) -> str:
             name = f"signal {-code}"
         return f"killed by {name}"
     return f"exited with code {code}"
-
-
-def _stop_files(stop: Path) -> tuple[Path, Path, Path]:
-    """The stop file, and what metaopt.should_stop() leaves beside it (see its markers)."""
-    return (
-        stop,
-        stop.with_name(stop.name + STOP_ASKED_SUFFIX),
-        stop.with_name(stop.name + STOP_SEEN_SUFFIX),
-    )

@@ -537,7 +537,8 @@ class TrialRunner:
         """Record the reports held back past their run's report gap with no report since: a
         run's last report waited for the heartbeat, 10 s, and a peer killed meanwhile lost it
         (resumed from its checkpoint past it, the run had nothing left to report, and failed:
-        "no objective reported"). The stoppers judge the curves just written, too."""
+        "no objective reported"). A kill within a monitor pass of it still loses it. The
+        stoppers judge the curves just written, too."""
         now = self.monotonic()
         for run in list(self.running.values()):
             if (
@@ -650,12 +651,9 @@ class TrialRunner:
         the freeze did) and on resuming found nothing left to do. The completed event then
         takes them from the curve's reports; recorded failed, its result was lost.
 
-        Not if that attempt fell short of the experiment's last step: a resumed script that
-        exits 0 at once (its checkpoint failed to load) was recorded completed with the value
-        of step 25 of 100, and could be the best. With no last step known (no max_step, no
-        fidelity, no trial completed yet) its exit is taken at its word: a run frozen by hand
-        as it finished, told to stop at its last report, failed on its thaw every time (7 of
-        7), its result lost.
+        Only if that attempt reached the experiment's last step: a resumed script that exits
+        0 at once (its checkpoint failed to load) was recorded completed with the value of
+        step 25 of 100, and could be the best.
         """
         state = self.node.replica.experiments.get(run.experiment)
         if state is None or run.resumed_after is None or outcome.exit_code != 0:
@@ -663,41 +661,30 @@ class TrialRunner:
         if outcome.objectives or outcome.diverged:
             return False  # it reported some, and not all, or nan: a real failure
         view = state.trial(run.trial)
-        if view is None or self._short_of_final(state, view.last_step):
+        if view is None or not self._reached_final(state, view.last_step):
             return False
         return all(isinstance(view.metrics.get(n), int | float) for n in state.spec.objectives)
 
     def _finished_anyway(self, run: Running, outcome: Any) -> bool:
-        """Whether a run asked to stop had reported its objectives and exited 0 having
-        reached the experiment's last step, or having asked should_stop() and never been told
-        (see metaopt.worker.STOP_ASKED_SUFFIX): it ended on its own, and its result must not
-        be lost."""
+        """Whether a run asked to stop had reported the experiment's last step and its
+        objectives and exited 0: it ended on its own, and its result must not be lost."""
         state = self.node.replica.experiments.get(run.experiment)
         if state is None or outcome.exit_code != 0:
             return False
         if len(outcome.objectives) < len(state.spec.objectives):
             return False
-        return outcome.stop_unseen or self._reached_final(state, run.last_step)
+        return self._reached_final(state, run.last_step)
 
     def _reached_final(self, state: ExperimentState, step: int) -> bool:
         """Whether step is the experiment's last (or past it); False when that is unknown."""
-        final = self._final_step(state)
-        return final is not None and step >= final
-
-    def _short_of_final(self, state: ExperimentState, step: int) -> bool:
-        """Whether step is before the experiment's last; False when that is unknown."""
-        final = self._final_step(state)
-        return final is not None and step < final
-
-    def _final_step(self, state: ExperimentState) -> int | None:
-        """The experiment's last step, as far as this peer knows (see max_step_of)."""
         from metaopt._curves import max_step_of
 
         try:
             space = self.node.suggester(state).space
         except MetaoptError:  # a space this peer cannot search: no horizon to judge by
-            return None
-        return max_step_of(state, space, state.trials())
+            return False
+        final = max_step_of(state, space, state.trials())
+        return final is not None and step >= final
 
     async def end(self, trial: bytes, outcome: str, reason: str, rung: int | None = None) -> bool:
         """Stop a running trial of this peer, recording ``outcome`` (frozen, killed, ...);
@@ -1042,7 +1029,11 @@ class TrialRunner:
     async def thaw_asked(self) -> None:
         """Resume the trials thawed by hand while no slot was free, in the order asked, ahead
         of any new trial or early stopper's thaw; one frozen no longer (killed, or thawed
-        by another peer meanwhile), or whose peer is back, is passed over."""
+        by another peer meanwhile), or whose peer is back, is passed over.
+
+        The node asks only once caught up: a peer back from a pause thawed its trial on a
+        replica that did not yet hold another peer's thaw of it, and both ran it.
+        """
         for trial, experiment in list(self.thaws_asked.items()):
             if self.free_slots() <= 0 or self.node.stopping:
                 return

@@ -433,44 +433,6 @@ async def test_a_crash_while_stopping_is_a_failure_not_a_stop(tmp_path: Path) ->
     assert events[-1][0] == "failed" and any("disk full" in x for x in events[-1][1]["stderr_tail"])
 
 
-FINISHING = """
-    import os, sys, time
-    import metaopt.worker as w
-    for step in range(1, 4):
-        if sys.argv[1] == "library" and w.should_stop():
-            sys.exit(0)
-        if sys.argv[1] == "file" and os.path.exists(os.environ["METAOPT_STOP_FILE"]):
-            sys.exit(0)
-        w.report(loss=1.0 / step, step=step)
-    time.sleep(1.0)  # its last evaluation, as the stop lands (it asks no more)
-"""
-
-
-def _stop_at_step_3(process: TrialProcess, kind: str, data: dict[str, Any]) -> None:
-    if kind == "progress" and data["step"] == 3:
-        process.request_stop("frozen")
-
-
-@pytest.mark.asyncio
-@pytest.mark.parametrize(("mode", "unseen"), [("library", True), ("file", False)])
-async def test_a_run_that_asked_should_stop_and_was_never_told_ended_on_its_own(
-    tmp_path: Path, mode: str, unseen: bool
-) -> None:
-    # Frozen by hand as it finished, with no last step known, such a run was recorded frozen,
-    # and failed on its thaw ("no objective reported"): its result lost. Only a run asking
-    # through metaopt.should_stop() says it asked; one reading the file itself says nothing.
-    slow = ExecutorConfig(heartbeat=30.0, grace=20.0, drain=5.0)  # (its sleep within grace)
-    spec = _spec(tmp_path, _script(tmp_path, FINISHING), mode, config=slow)
-    outcome, _ = await _run(spec, _stop_at_step_3)
-    assert (outcome.status, outcome.exit_code, outcome.stage) == ("interrupted", 0, "stop-file")
-    assert outcome.objectives == {"loss": pytest.approx(1 / 3)}
-    assert outcome.stop_unseen is unseen
-    # Told to stop, it stopped as asked.
-    spec = _spec(tmp_path, _script(tmp_path, LOOP), "honour")
-    outcome, _ = await _run(spec, _stop_at_first_progress)
-    assert (outcome.status, outcome.exit_code, outcome.stop_unseen) == ("interrupted", 0, False)
-
-
 def _group_gone(pgid: int, within: float = 5.0) -> bool:
     """Whether no live process is left in the group, allowing the kernel ``within`` seconds to
     deliver the SIGKILL the executor sent its stray members (slow on a loaded machine)."""

@@ -540,16 +540,9 @@ def test_a_stop_landing_after_the_last_step_records_the_trial_completed() -> Non
         (10, SimpleNamespace(status="interrupted", exit_code=0, objectives={}), "frozen"),
         (10, SimpleNamespace(status="interrupted", exit_code=-15, objectives=done), "frozen"),
         (5, SimpleNamespace(status="failed", exit_code=1, objectives={}), "failed"),
-        # Short of the last step (or with none known), a run that asked should_stop() and
-        # was never told to stop ended on its own (it was frozen, and failed on its thaw).
-        (5, SimpleNamespace(status="interrupted", exit_code=0, objectives=done,
-                            stop_unseen=True), "completed"),
-        (5, SimpleNamespace(status="interrupted", exit_code=0, objectives={},
-                            stop_unseen=True), "frozen"),
-    )  # fmt: skip
+    )
     for last_step, outcome, recorded in cases:
         outcome.metrics, outcome.reason, outcome.stderr_tail = {}, "crashed", ()
-        outcome.stop_unseen = getattr(outcome, "stop_unseen", False)
         run = Running(runner.slots[0], state.key, trial, outcome="frozen", last_step=last_step)
         runner._record_outcome(run, outcome)
         assert node.written[-1][:2] == (trial, recorded), (last_step, outcome)

@@ -303,17 +303,16 @@ def test_a_resumed_run_is_done_only_if_its_curve_had_every_objective() -> None:
 
 
 @pytest.mark.parametrize(
-    ("max_step", "recorded"), [(100, "failed"), (None, "completed"), (25, "completed")]
+    ("max_step", "recorded"), [(100, "failed"), (None, "failed"), (25, "completed")]
 )
-def test_a_resumed_run_that_exits_0_at_once_is_done_unless_short_of_the_last_step(
+def test_a_resumed_run_that_exits_0_at_once_is_done_only_if_it_had_reached_the_last_step(
     max_step: int | None, recorded: str
 ) -> None:
     """Thawed after step 25 of 100, a script whose checkpoint fails to load exits 0 without
     reporting: it was recorded completed with its step-25 loss, which could be the best (the
-    README: a trial that ends without its objective is failed). A run that had reached the
-    last step (it finished just as its freeze landed) is done. With no last step known, its
-    exit is taken at its word: recorded failed, a run frozen by hand as it finished (told to
-    stop at its last report) lost its result on every thaw (a review: 7 of 7)."""
+    README: a trial that ends without its objective is failed). Only a run that had reached
+    the last step (it finished just as its freeze landed) is done; with no last step known,
+    nothing says it had finished."""
     spec = ExperimentSpec(name="e", space=SPACE, command=("t.py",), max_step=max_step)
     rec = experiment_record(spec)
     parsed = parse_experiment(rec)
