@@ -1132,9 +1132,10 @@ class Node:
         self.runner.record_unrecorded()  # (ends the disk refused: before any is found lost)
         self._forget_finished()
         self._check_stall()  # (before caught_up(): after a hold it must listen again first)
-        await self.runner.thaw_asked()  # (asked by hand: first in a slot that freed)
         if self.caught_up():
-            # (Not before: its history may lack the experiment's stop, as for new trials.)
+            # (Not before: its history may lack the experiment's stop, as for new trials, or
+            # another peer's thaw of a trial thawed here by hand.)
+            await self.runner.thaw_asked()  # (asked by hand: first in a slot that freed)
             await self.runner.thaw(self._thaw_turns)
         # A hold since the watcher last ran (a launch's code copy, SIGSTOP right here) is
         # noticed before anything is judged lost, not after.

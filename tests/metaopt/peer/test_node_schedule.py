@@ -337,6 +337,27 @@ async def test_a_point_another_peer_recorded_next_to_meanwhile_is_chosen_again(
 
 
 @pytest.mark.asyncio
+async def test_a_thaw_asked_by_hand_waits_until_the_peer_has_caught_up(tmp_path: Path) -> None:
+    # Back from a pause, a peer thawed its queued trial on a replica that did not yet hold
+    # another peer's thaw of it, and both ran it (a review: 2 of 2).
+    node = _lone_node(tmp_path)
+    asked: list[bool] = []
+
+    async def thaw_asked() -> None:
+        asked.append(node.caught_up())
+
+    node.runner.thaw_asked = thaw_asked  # type: ignore[method-assign]
+    try:
+        await node._schedule_once()
+        assert asked == []
+        node.replicator.sessions = 1  # its first anti-entropy session completed
+        await node._schedule_once()
+        assert asked == [True]
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
 async def test_an_exhausted_space_is_not_searched_again_until_a_trial_arrives(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
