@@ -369,9 +369,7 @@ class LivenessNews:
     ) -> tuple[list[KnownPeer], list[KnownPeer], list[KnownPeer]]:
         """The peers live for the first time, live again, and gone since the last call (a
         gone one as the table has it now, to tell a leave from silence; each in id order)."""
-        # Only peers this node ever talked to: one only heard of may not exist, and a peer
-        # gossiping a thousand made-up ids wrote two lines for each in every peer's log.
-        live = {p.node_id: p for p in table.live(now, timeout) if p.last_contact is not None}
+        live = {p.node_id: p for p in table.live(now, timeout)}
         found = [p for n, p in live.items() if n not in self._live and n not in self._gone]
         back = [p for n, p in live.items() if n in self._gone]
         gone = [table.get(n) or p for n, p in self._live.items() if n not in live]

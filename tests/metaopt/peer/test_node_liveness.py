@@ -279,6 +279,37 @@ async def test_a_peer_whose_entry_expired_is_not_said_to_be_replaced(
 
 
 @pytest.mark.asyncio
+async def test_a_flood_of_peers_heard_of_is_told_in_a_few_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A peer gossiping 1,020 made-up ids as live wrote "is live" and "counted gone" for each
+    # in every peer's log, 7,407 lines in minutes (a review). A peer only heard of is news
+    # all the same (a new peer joined through another one is live for this one too).
+    mono = [1000.0]
+    node = _held_node(tmp_path, mono)
+    flood = [[os.urandom(16), f"127.1.{i >> 8}.{i & 255}:9", 0.0] for i in range(1, 201)]
+    try:
+        with caplog.at_level(logging.INFO, logger="metaopt.peer"):
+            node.peers.merge_gossip(flood[:3], mono[0])
+            node.membership._say_liveness(mono[0], FAST.peer_timeout)
+            said = [r.getMessage() for r in caplog.records]
+            assert sum(" is live" in s for s in said) == 3  # (a few: each named)
+            caplog.clear()
+            node.peers.merge_gossip(flood[3:], mono[0])
+            node.membership._say_liveness(mono[0], FAST.peer_timeout)
+            said = [r.getMessage() for r in caplog.records]
+            assert sum(" is live" in s for s in said) == 8
+            assert "189 more peers live (not named)" in said
+            caplog.clear()
+            mono[0] += FAST.peer_timeout + 1  # all silent since
+            node.membership._say_liveness(mono[0], FAST.peer_timeout)
+            said = [r.getMessage() for r in caplog.records]
+            assert len(said) == 9 and "192 more peers gone (not named)" in said
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
 async def test_queued_requests_of_one_sender_after_a_pause_do_not_ratchet_its_usual_lag(
     tmp_path: Path,
 ) -> None:
