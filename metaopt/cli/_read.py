@@ -415,7 +415,8 @@ def _freeze_thaw(args: argparse.Namespace) -> int:
         again = "; from step 0, its peer is gone" if answer["from_step_0"] else ""
         print(
             f"trial {answer['id'][:12]}: no slot is free on this peer; it resumes in the next"
-            f" one that frees, before any new trial{again} (`metaopt freeze TRIAL` frees one)"
+            f" one that frees, before any new trial, while this peer runs{again}"
+            " (`metaopt freeze TRIAL` frees one)"
         )
     elif answer["from_step_0"]:
         print(f"trial {answer['id'][:12]}: its peer is gone; running here again from step 0")

@@ -135,8 +135,8 @@ def test_status_and_best_name_the_node_that_ran_a_trial_not_the_one_that_recorde
             "thaw",
             {"id": "ab" * 32, "from_step_0": True, "queued": True},
             "trial abababababab: no slot is free on this peer; it resumes in the next one that"
-            " frees, before any new trial; from step 0, its peer is gone (`metaopt freeze TRIAL`"
-            " frees one)\n",
+            " frees, before any new trial, while this peer runs; from step 0, its peer is gone"
+            " (`metaopt freeze TRIAL` frees one)\n",
         ),
     ],
 )
