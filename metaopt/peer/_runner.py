@@ -112,6 +112,7 @@ class Running:
     # The free events its start answered and the events they follow (TrialView.answers).
     answered: tuple[bytes, ...] = ()
     stepped: bool = False  # it has reported a step of its own
+    last_declared: int | None = None  # its experiment's declared last step (see _hold's use)
     # When it was launched, on the monotonic clock: the trial timeout counts from it (a wall
     # clock stepped forward by NTP would have killed every run at once).
     began: float = field(default_factory=time.monotonic)
@@ -272,6 +273,7 @@ class TrialRunner:
             resumed_after=resume,
             began=self.monotonic(),
             answered=view.free_events + view.free_ends,
+            last_declared=self._declared_last_step(state),
         )
         self.running[slot.index] = run
         try:
@@ -483,6 +485,11 @@ class TrialRunner:
             # reports each minibatch is thinned (see _report_gap; the latest report held back
             # is written when the trial ends), not thousands a second.
             due = run.last_event - run.last_progress >= self._report_gap(run)
+            if not due and isinstance(step, int) and run.last_declared is not None:
+                # The last step is never held back: a peer killed before its record (up to
+                # a report gap, 10 s for an old run, later) lost the run's result, and the
+                # run resumed past it had nothing left to report and failed.
+                due = step >= run.last_declared
             _hold(run, step, metrics, make_room=not due)  # (written below if due, with the rest)
             if not due:
                 return
@@ -532,6 +539,17 @@ class TrialRunner:
             # The result is recorded before the slot frees, so the next suggestion sees it.
             self.running.pop(run.slot.index, None)
             self.node.kick()
+
+    def _declared_last_step(self, state: ExperimentState) -> int | None:
+        """The experiment's last step as its submission declares it (max_step, or a fidelity
+        prior's high end); None if it declares none (max_step_of also learns one from the
+        trials completed, at a cost too high for every report)."""
+        if state.spec.max_step is not None:
+            return state.spec.max_step
+        try:
+            return self.node.suggester(state).space.fidelity_steps
+        except MetaoptError:  # a space this peer cannot search: no horizon to judge by
+            return None
 
     def _write_due_held(self) -> None:
         """Record the reports held back past their run's report gap with no report since: a

@@ -408,6 +408,35 @@ def test_a_report_held_back_is_written_at_the_next_monitor_pass_once_due() -> No
     assert len(written) == 2
 
 
+@pytest.mark.parametrize("declared", ["max_step", "fidelity", None])
+def test_a_report_at_the_declared_last_step_is_never_held_back(declared: str | None) -> None:
+    # Held back, the last report waited up to a report gap (10 s for an old run) for its
+    # record: a peer killed -9 meanwhile lost it, and the run, resumed past it with nothing
+    # left to report, failed (a review: 7 of 7 with a kill 0.5-1 s after the last report).
+    space = {"x": "uniform(0, 1)", "epochs": "fidelity(1, 10)"} if declared == "fidelity" else None
+    spec = ExperimentSpec(
+        name="e", space=space or {"x": "uniform(0, 1)"}, command=("t.py",),
+        max_step=10 if declared == "max_step" else None,
+    )  # fmt: skip
+    state = ExperimentState(b"k" * 32, spec)
+    node = _Node(state, Space.from_dict(spec.space))
+    written: list[tuple[bytes, str, str | None]] = node.written
+    node.write_event = lambda e, t, kind, **kw: written.append((t, kind, kw.get("step")))  # type: ignore[method-assign]
+    config = SimpleNamespace(gpus="none", slots=1, timing=Timing(report_interval=0.25))
+    runner = TrialRunner(node, config)  # type: ignore[arg-type]
+    clock = [0.0]
+    runner.monotonic = lambda: clock[0]
+    # (As launch makes it.)
+    last = runner._declared_last_step(state)
+    run = Running(runner.slots[0], state.key, b"t" * 32, last_declared=last)
+    for step in range(1, 11):  # 10 reports in 0.1 s: thinned to the first...
+        clock[0] = step / 100
+        runner._on_event(run, "progress", {"step": step, "metrics": {"loss": 1 / step}})
+    steps = [s for _, kind, s in written if kind == "progress"]
+    # ...and the last, when the submission declares it the last.
+    assert steps == ([1] if declared is None else [1, 10])
+
+
 def test_a_long_run_is_thinned_further_as_it_ages() -> None:
     # At five records a second a two-hour run wrote 36,000, each kept by every peer for good
     # (a replica's memory, its fold at start-up, and its views grew with them).
