@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from metaopt.peer._config import PeerConfig
-from metaopt.peer._gossip import KnownPeer, LivenessNews, PeerTable, valid_addr
+from metaopt.peer._gossip import LivenessNews, PeerTable, valid_addr
 from metaopt.peer._identity import MAX_REMEMBERED, DataDir
 from metaopt.peer._lags import RequestLags
 from metaopt.peer._transport import Client, Misaddressed, PeerUnreachable, Refused, RemoteError
@@ -180,7 +180,8 @@ class Membership:
         # A line each, up to a few a look: a peer gossiping a thousand made-up ids as live (a
         # buggy release, or a hostile peer with the key) wrote two lines for each in every
         # peer's log, 7,407 in minutes.
-        found, back, gone = (_told(found, "live"), _told(back, "live again"), _told(gone, "gone"))
+        untold = [(len(found), "live"), (len(back), "live again"), (len(gone), "gone")]
+        found, back, gone = found[:_NEWS_LINES], back[:_NEWS_LINES], gone[:_NEWS_LINES]
         for peer in found:
             log.info("peer %s at %s is live", peer.node_id.hex()[:8], peer.addr)
         for peer in back:
@@ -203,6 +204,9 @@ class Membership:
                     timeout,
                     self.config.timing.lost_after,
                 )
+        for count, news in untold:
+            if count > _NEWS_LINES:
+                log.info("%d more peers %s (not named)", count - _NEWS_LINES, news)
 
     def _say_if_alone(self, now: float) -> None:
         """Once: a peer started without --join where mDNS finds nobody ran alone, its log
@@ -483,11 +487,4 @@ class Membership:
         ]
 
 
-_NEWS_LINES = 8  # peers told of one by one at a look, for each kind of news (see _told)
-
-
-def _told(peers: list[KnownPeer], news: str) -> list[KnownPeer]:
-    """The peers to tell ``news`` of one by one; the rest in one line."""
-    if len(peers) > _NEWS_LINES:
-        log.info("%d more peers %s (not named)", len(peers) - _NEWS_LINES, news)
-    return peers[:_NEWS_LINES]
+_NEWS_LINES = 8  # peers told of one by one at a look, for each kind of news

@@ -112,7 +112,8 @@ class Running:
     # The free events its start answered and the events they follow (TrialView.answers).
     answered: tuple[bytes, ...] = ()
     stepped: bool = False  # it has reported a step of its own
-    last_declared: int | None = None  # its experiment's declared last step (see _hold's use)
+    last_declared: int | None = None  # its experiment's declared last step (_record_event)
+    at_last: bool = False  # it has reported the declared last step
     # When it was launched, on the monotonic clock: the trial timeout counts from it (a wall
     # clock stepped forward by NTP would have killed every run at once).
     began: float = field(default_factory=time.monotonic)
@@ -485,11 +486,14 @@ class TrialRunner:
             # reports each minibatch is thinned (see _report_gap; the latest report held back
             # is written when the trial ends), not thousands a second.
             due = run.last_event - run.last_progress >= self._report_gap(run)
-            if not due and isinstance(step, int) and run.last_declared is not None:
-                # The last step is never held back: a peer killed before its record (up to
-                # a report gap, 10 s for an old run, later) lost the run's result, and the
-                # run resumed past it had nothing left to report and failed.
-                due = step >= run.last_declared
+            last = run.last_declared
+            if isinstance(step, int) and last is not None and step >= last and not run.at_last:
+                # The first report of the last step is never held back: a peer killed before
+                # its record (up to a report gap, 10 s for an old run, later) lost the run's
+                # result, and the run resumed past it had nothing left to report and failed.
+                # (Only the first: one reporting each minibatch of its last epoch, or running
+                # past the last step, wrote a record a report, 412 for one trial.)
+                run.at_last = due = True
             _hold(run, step, metrics, make_room=not due)  # (written below if due, with the rest)
             if not due:
                 return

@@ -435,6 +435,12 @@ def test_a_report_at_the_declared_last_step_is_never_held_back(declared: str | N
     steps = [s for _, kind, s in written if kind == "progress"]
     # ...and the last, when the submission declares it the last.
     assert steps == ([1] if declared is None else [1, 10])
+    # Only its first report: one reporting each minibatch of its last epoch, or running past
+    # the last step, wrote a record a report (412 for one trial).
+    for i, step in enumerate([10] * 20 + list(range(11, 31))):
+        clock[0] = 0.2 + i / 1000
+        runner._on_event(run, "progress", {"step": step, "metrics": {"loss": 0.1}})
+    assert [s for _, kind, s in written if kind == "progress"] == steps
 
 
 def test_a_long_run_is_thinned_further_as_it_ages() -> None:
