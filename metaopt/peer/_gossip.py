@@ -240,14 +240,12 @@ class PeerTable:
         the next peer instead of 0.2 s, for as long as the gossip went on. Gossip rounds still
         call any live peer (``random_live``): that is how one heard of becomes one talked to.
         """
-        live = self.live(now, timeout)
-        reached = [p for p in live if _reached(p, now, timeout)]
+        reached: list[KnownPeer] = []
+        heard_of: list[KnownPeer] = []
+        for peer in self.live(now, timeout):
+            (reached if _reached(peer, now, timeout) else heard_of).append(peer)
         picked = _draw(rng, reached, k)
-        if len(picked) < k:
-            picked += _draw(
-                rng, [p for p in live if not _reached(p, now, timeout)], k - len(picked)
-            )
-        return picked
+        return picked + _draw(rng, heard_of, k - len(picked))
 
     def to_gossip(self, now: float, timeout: float) -> list[list[Any]]:
         """The live entries, freshest first, as ``[node_id, addr, age]`` (msgpack-ready)."""
