@@ -18,13 +18,20 @@ import random
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from metaopt.peer._config import host_port
 
-__all__ = ["KnownPeer", "LivenessNews", "PeerTable", "PeerTableConfig", "own_addresses"]
+__all__ = [
+    "KnownPeer",
+    "LivenessChanges",
+    "LivenessNews",
+    "PeerTable",
+    "PeerTableConfig",
+    "own_addresses",
+]
 
 NODE_ID_SIZE = 16
 
@@ -354,6 +361,16 @@ class PeerTable:
         return node_id, addr, age
 
 
+class LivenessChanges(NamedTuple):
+    """What one look at the table found since the last: peers live for the first time, live
+    again, gone, and live at another address than the last look's (with that address)."""
+
+    found: list[KnownPeer]
+    back: list[KnownPeer]
+    gone: list[KnownPeer]
+    moved: list[tuple[str, KnownPeer]]
+
+
 @dataclass
 class LivenessNews:
     """Which peers were live at the last look, so that each change is told once: a partition
@@ -362,19 +379,22 @@ class LivenessNews:
     _live: dict[bytes, KnownPeer] = field(default_factory=dict)
     _gone: set[bytes] = field(default_factory=set)  # said gone, still in the table
 
-    def changes(
-        self, table: PeerTable, now: float, timeout: float
-    ) -> tuple[list[KnownPeer], list[KnownPeer], list[KnownPeer]]:
-        """The peers live for the first time, live again, and gone since the last call (a
-        gone one as the table has it now, to tell a leave from silence; each in id order)."""
+    def changes(self, table: PeerTable, now: float, timeout: float) -> LivenessChanges:
+        """What changed since the last call (a gone peer as the table has it now, to tell a
+        leave from silence; gone ones in id order)."""
         live = {p.node_id: p for p in table.live(now, timeout)}
         found = [p for n, p in live.items() if n not in self._live and n not in self._gone]
         back = [p for n, p in live.items() if n in self._gone]
         gone = [table.get(n) or p for n, p in self._live.items() if n not in live]
+        moved = [
+            (self._live[n].addr, p)
+            for n, p in live.items()
+            if n in self._live and self._live[n].addr != p.addr
+        ]
         # An entry the table dropped (expired) is news again if it comes back, not a return.
         self._gone = {n for n in self._gone | {p.node_id for p in gone} if n in table} - set(live)
         self._live = live
-        return found, back, sorted(gone, key=lambda p: p.node_id)
+        return LivenessChanges(found, back, sorted(gone, key=lambda p: p.node_id), moved)
 
     def left(self, node_id: bytes) -> None:
         """``node_id`` said it is leaving (its peer logs that at once): gone from now, so that

@@ -176,16 +176,27 @@ class Membership:
     def _say_liveness(self, now: float, timeout: float) -> None:
         """A line for each peer that became live, came back, or went silent (not for one
         that said it was leaving: that was said when it came)."""
-        found, back, gone = self._liveness.changes(self.peers, now, timeout)
+        found, back, gone, moved = self._liveness.changes(self.peers, now, timeout)
         # A line each, up to a few a look: a peer gossiping a thousand made-up ids as live (a
         # buggy release, or a hostile peer with the key) wrote two lines for each in every
         # peer's log, 7,407 in minutes.
-        untold = [(len(found), "live"), (len(back), "live again"), (len(gone), "gone")]
+        untold = [
+            (len(found), "live"),
+            (len(back), "live again"),
+            (len(moved), "live at another address"),
+            (len(gone), "gone"),
+        ]
         found, back, gone = found[:_NEWS_LINES], back[:_NEWS_LINES], gone[:_NEWS_LINES]
         for peer in found:
             log.info("peer %s at %s is live", peer.node_id.hex()[:8], peer.addr)
         for peer in back:
             log.info("peer %s at %s is live again", peer.node_id.hex()[:8], peer.addr)
+        # A peer restarted on another port within the timeout is neither gone nor back: without
+        # this line the log named it only at its old address.
+        for old_addr, peer in moved[:_NEWS_LINES]:
+            log.info(
+                "peer %s is at %s now (was at %s)", peer.node_id.hex()[:8], peer.addr, old_addr
+            )
         for peer in gone:
             if peer.node_id not in self.peers and self.peers.was_replaced(peer.node_id):
                 # Dropped at once: another node answers at its address (a peer restarted

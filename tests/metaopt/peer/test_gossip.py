@@ -282,7 +282,8 @@ def test_liveness_news_tells_each_peer_found_gone_and_back_once() -> None:
         return [p.node_id for p in peers]
 
     def told(now: float) -> tuple[list[bytes], list[bytes], list[bytes]]:
-        found, back, gone = news.changes(table, now, TIMEOUT)
+        found, back, gone, moved = news.changes(table, now, TIMEOUT)
+        assert moved == []
         return ids(found), ids(back), ids(gone)
 
     table.add(B, "h:2", 0.0, contacted=True)
@@ -295,7 +296,7 @@ def test_liveness_news_tells_each_peer_found_gone_and_back_once() -> None:
     table.add(B, "h:2", 33.0, contacted=True)
     assert told(34.0) == ([], [B], [])  # back, not found
     table.leave(A)
-    found, back, gone = news.changes(table, 35.0, TIMEOUT)
+    found, back, gone, _ = news.changes(table, 35.0, TIMEOUT)
     # A gone peer as the table has it now: it said it left.
     assert (found, back, ids(gone)) == ([], [], [A]) and gone[0].left
     # Expired from the table while gone, a peer coming back is found anew.
@@ -313,10 +314,10 @@ def test_a_peer_that_left_and_came_back_within_one_look_is_news() -> None:
     news.left(A)  # said at once by its peer; and it is back before the next look
     table.leave(A)
     table.add(A, "h:1", 1.0, contacted=True)
-    found, back, gone = news.changes(table, 1.0, TIMEOUT)
-    assert (found, [p.node_id for p in back], gone) == ([], [A], [])
+    found, back, gone, moved = news.changes(table, 1.0, TIMEOUT)
+    assert (found, [p.node_id for p in back], gone, moved) == ([], [A], [], [])
     news.left(B)  # (unknown: nothing to say)
-    assert news.changes(table, 2.0, TIMEOUT) == ([], [], [])
+    assert news.changes(table, 2.0, TIMEOUT) == ([], [], [], [])
 
 
 def test_a_node_replaced_at_its_address_that_comes_back_is_no_longer_replaced() -> None:
@@ -328,3 +329,14 @@ def test_a_node_replaced_at_its_address_that_comes_back_is_no_longer_replaced() 
     assert not table.was_replaced(A)  # (dropped for silence later, that is what is said)
     table.expire(1000.0)
     assert table.get(A) is None and not table.was_replaced(A)
+
+
+def test_liveness_news_tells_a_live_peer_at_another_address_once() -> None:
+    table, news = PeerTable(), LivenessNews()
+    table.add(A, "h:1", 0.0, contacted=True)
+    news.changes(table, 0.0, TIMEOUT)
+    table.add(A, "h:2", 1.0, contacted=True)  # restarted on another port, never silent
+    found, back, gone, moved = news.changes(table, 1.0, TIMEOUT)
+    assert (found, back, gone) == ([], [], [])
+    assert [(old, p.node_id, p.addr) for old, p in moved] == [("h:1", A, "h:2")]
+    assert news.changes(table, 2.0, TIMEOUT).moved == []

@@ -433,3 +433,26 @@ async def test_a_senders_stamps_are_read_by_this_peers_clock_through_its_request
         end = node._ended_here(now_ms + 5_000)(ended)  # type: ignore[arg-type]
         assert abs(end - now_ms) <= 50, end - now_ms  # (its arrival, 5 s on, is later)
         assert node._clock_offset_ms(node.node_id) == 0
+
+
+@pytest.mark.asyncio
+async def test_a_peer_back_on_another_port_within_the_timeout_is_told_at_its_new_address(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A peer restarted on a new port within the peer timeout was neither gone nor back: the
+    # other peers' logs named it only at its old address (a soak review).
+    mono = [1000.0]
+    node = _held_node(tmp_path, mono)
+    moving = os.urandom(16)
+    try:
+        node.peers.add(moving, "127.0.0.1:9001", mono[0], contacted=True)
+        node.membership._say_liveness(mono[0], FAST.peer_timeout)
+        mono[0] += 1.0
+        node.peers.add(moving, "127.0.0.1:9002", mono[0], contacted=True)
+        with caplog.at_level(logging.INFO, logger="metaopt.peer"):
+            node.membership._say_liveness(mono[0], FAST.peer_timeout)
+            node.membership._say_liveness(mono[0] + 0.5, FAST.peer_timeout)  # said once
+        said = [r.getMessage() for r in caplog.records]
+        assert said == [f"peer {moving.hex()[:8]} is at 127.0.0.1:9002 now (was at 127.0.0.1:9001)"]
+    finally:
+        await node.stop()
