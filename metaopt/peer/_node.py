@@ -566,7 +566,7 @@ class Node:
         # with no end event, and show as running until it is found lost.
         async with self._schedule_lock:
             await self.runner.interrupt_all("its peer was stopped")
-            self.runner.record_unrecorded()  # (a last try: kept in memory only)
+            self.runner.record_unrecorded(last=True)  # (kept in memory only)
         self.runner.watchdog.close()
         await self.replicator.drain(timeout=2.0)
         # One last reconciliation so the interrupted events reach someone even if pushes failed.

@@ -183,15 +183,28 @@ class TrialRunner:
         yet (neither lost nor free)."""
         return {r.trial for r in self.running.values()} | set(self._unrecorded)
 
-    def record_unrecorded(self) -> None:
-        """Record the ends of runs that the disk refused (see _supervise), now it takes writes."""
+    def record_unrecorded(self, *, last: bool = False) -> None:
+        """Record the ends of runs that the disk refused (see _supervise), now it takes writes;
+        ``last``: the peer is stopping, and what the disk still refuses is lost with it."""
         for trial, (run, outcome) in list(self._unrecorded.items()):
             try:
                 if not self._try_record(run, outcome):
-                    return  # (still refused: kept for the next pass)
+                    break  # (still refused: kept for the next pass)
             except Exception:
                 log.exception("trial %s: its outcome could not be recorded", trial.hex()[:12])
             del self._unrecorded[trial]
+        if last:
+            # Said, with the outcome: a peer stopped on a full disk lost it without a word, and
+            # its resumed run, past its last step, failed with nothing left to report.
+            for trial, (_, outcome) in self._unrecorded.items():
+                said = [f"exit code {outcome.exit_code}"]
+                said += [f"{k}={v:g}" for k, v in outcome.objectives.items()]
+                log.error(
+                    "trial %s's run ended (%s), but the disk refused its record: lost with"
+                    " this stop, and the trial runs again when found lost",
+                    trial.hex(),
+                    ", ".join(said),
+                )
 
     def _try_record(self, run: Running, outcome: Any) -> bool:
         """Record how a run ended; False if the disk refused, the run left as it was, so that

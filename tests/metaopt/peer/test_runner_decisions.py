@@ -996,6 +996,14 @@ def test_an_outcome_the_disk_refuses_is_one_line_the_slot_frees_and_it_is_record
     runner.record_unrecorded()  # (the disk still full: kept)
     assert runner.running_keys() == {trial.key} and node.written == []
     assert run.outcome == ("frozen" if asked_to_stop else None)  # as before the tries
+    caplog.clear()
+    runner.record_unrecorded(last=True)  # its peer stopping with the disk still full
+    said = [r.getMessage() for r in caplog.records if "lost with this stop" in r.getMessage()]
+    told = "exit code 0" if asked_to_stop else "exit code 0, objective=0.16"
+    assert said == [
+        f"trial {trial.key.hex()}'s run ended ({told}), but the disk refused its record: lost"
+        " with this stop, and the trial runs again when found lost"
+    ]
     full[0] = False
     runner.record_unrecorded()
     assert [kind for _, kind, _ in node.written] == ["progress", ended]  # (none lost)
