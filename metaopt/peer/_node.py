@@ -301,11 +301,19 @@ class Node:
         """The cluster key: the one given, else the data directory's, else a new cluster's.
 
         Sets ``new_cluster`` when nothing says this peer joins an existing cluster (no key
-        given, no seed, an empty replica), so the CLI prints the join command, also on the
-        first start that succeeds after a failed one had already written the key.
+        given, no seed, an empty replica, no peer it talked to when it last ran), so the CLI
+        prints the join command, also on the first start that succeeds after a failed one had
+        already written the key.
         """
         given, stored = self.config.key_text, self.dirs.read_key()
-        self.new_cluster = given is None and not self.config.join and len(self.store) == 0
+        # (Remembered peers: a peer that had joined a cluster with no experiment yet, started
+        # again without --join, said "This is a new cluster".)
+        self.new_cluster = (
+            given is None
+            and not self.config.join
+            and len(self.store) == 0
+            and not self.dirs.read_peers()
+        )
         ask = "(`metaopt peer key` on another of its peers prints it)"
         if given is None and stored is None:
             if self.config.join:

@@ -88,6 +88,12 @@ async def test_joining_without_a_key_is_refused_and_a_new_cluster_says_so_until_
     joining = _node(tmp_path / "k", key_text=_key())
     assert not joining.new_cluster
     await joining.stop()
+    # Started again without --join or --key, before any experiment: it is no new cluster if
+    # it talked to peers when it last ran (a review met "This is a new cluster" there).
+    (tmp_path / "k" / "peers").write_text("127.0.0.1:9\n")
+    joining = _node(tmp_path / "k")
+    assert not joining.new_cluster
+    await joining.stop()
 
 
 @pytest.mark.asyncio
