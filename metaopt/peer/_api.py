@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -53,11 +53,20 @@ def _all_points_tried(state: ExperimentState) -> str | None:
     card = space.cardinality
     if card is None:
         return None
-    names = space.names
-    taken = {
-        tuple((type(v).__name__, v) for v in (t.params.get(n) for n in names))
-        for t in state.trials()
-    }
+    dims = space.dimensions
+    on_grid: dict[tuple[int, str, Any], bool] = {}  # (a few values per dimension, many trials)
+
+    def point(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...] | None:
+        """The trial's point, None if not one the search hands out (see Dimension.on_grid)."""
+        keys = [(i, type(v).__name__, v) for i, v in enumerate(params.get(d.name) for d in dims)]
+        for key in keys:
+            if key not in on_grid:
+                on_grid[key] = dims[key[0]].on_grid(key[2])
+            if not on_grid[key]:
+                return None
+        return tuple(k[1:] for k in keys)
+
+    taken = {point(t.params) for t in state.trials()} - {None}
     return f"all {card} points of the space are tried" if len(taken) >= card else None
 
 

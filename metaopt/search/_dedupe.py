@@ -85,7 +85,7 @@ def dedupe(
     """
     cfg = config or DedupeConfig()
     taken = known_points(known) if isinstance(known, Observations) else np.asarray(known, float)
-    taken = space.round_unit(taken) if taken.shape[0] else np.zeros((0, space.d))
+    taken = space.round_known(taken)
     out = space.round_unit(U) if U.shape[0] else np.zeros((0, space.d))
     for i in range(out.shape[0]):
         if _free(out[i], taken, cfg.atol):

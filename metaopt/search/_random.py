@@ -72,7 +72,7 @@ class SobolStart:
         where = cand.copy()
         where[:, weighted] = 0.0
         taken = known_points(obs)
-        taken = space.round_unit(taken) if taken.shape[0] else taken
+        taken = space.round_known(taken)
         taken[:, weighted] = 0.0
         dmin = np.full(m, np.inf)
         # A slice of the known points at a time: all at once, the (m, known, d) array of 3,000

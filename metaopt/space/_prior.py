@@ -344,6 +344,18 @@ class Dimension:
             raise SpaceError(f"{self.name}: {_cut(repr(value))} is outside {self.to_string()}")
         return x
 
+    def on_grid(self, value: Any) -> bool:
+        """Whether ``value`` is one the search hands out: a value of the dimension that its
+        rounding keeps. A default_value= finer than precision= is taken as given and is not
+        one: counted as its rounded neighbour, that neighbour was never tried."""
+        try:
+            x = self.from_python(value)
+        except SpaceError:
+            return False
+        if self.kind != "real" or self.precision is None:
+            return True
+        return math.isclose(float(self._snap(np.array([x]))[0]), x, rel_tol=1e-9)
+
     def to_string(self) -> str:
         """Canonical prior text; ``parse_prior(name, d.to_string()) == d``."""
         if self.prior == "choices":

@@ -16,6 +16,10 @@ __all__ = ["Space"]
 
 FloatArray = npt.NDArray[np.float64]
 
+# How far a known value's unit coordinate may sit from its rounding and still be that rounded
+# value (float noise of the round trip through the trial's params), far below any grid step.
+_ROUND_OFF = 1e-9
+
 
 class Space:
     """Search dimensions sorted by name (one unit-cube coordinate each) plus an optional fidelity.
@@ -214,6 +218,21 @@ class Space:
         for i, dim in enumerate(self._dims):
             out[:, i] = dim.round(U[:, i])
         return out
+
+    def round_known(self, U: FloatArray) -> FloatArray:
+        """Known points (n, d) rounded as round_unit, but for a precision= value its rounding
+        moves (a default_value= finer than its precision, taken as given): kept where it is,
+        for its rounded neighbour is a point no trial tried. (An int or a category is its
+        cell, wherever in the cell it is given.)"""
+        U = np.atleast_2d(np.asarray(U, dtype=np.float64))
+        if U.shape[0] == 0:
+            return np.zeros((0, self.d))
+        rounded = self.round_unit(U)
+        for i, dim in enumerate(self._dims):
+            if dim.kind == "real" and dim.precision is not None:
+                moved = np.abs(rounded[:, i] - U[:, i]) > _ROUND_OFF
+                rounded[moved, i] = U[moved, i]
+        return rounded
 
     def from_prior_cdf(self, C: FloatArray) -> FloatArray:
         """Points (n, d) in the priors' CDF space -> rounded unit-cube points. The cube is that

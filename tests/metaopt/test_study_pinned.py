@@ -336,3 +336,24 @@ def test_a_precision_space_is_tried_whole_then_said_to_be_used_up(algorithm: str
     assert len(asked) == 14
     with pytest.raises(SearchError, match="all 14 points of the space are already tried"):
         study.ask()
+
+
+@pytest.mark.parametrize("algorithm", ["random", "gp", "evolution"])
+def test_a_default_finer_than_its_precision_leaves_its_rounded_neighbour_to_try(
+    algorithm: str,
+) -> None:
+    """The default 1.5 of uniform(1, 2, precision=1), tried first as given, was taken for the
+    value 2 it rounds to: (2, 1) was never tried, and the space said used up (a review)."""
+    from metaopt._errors import SearchError
+
+    space = {"c": "uniform(1, 2, precision=1, default_value=1.5)", "b": "randint(1, 3)"}
+    study = Study(space, algorithm=algorithm, seed=0)
+    asked = []
+    for _ in range(5):
+        trial = study.ask()
+        asked.append((trial.params["c"], trial.params["b"]))
+        study.tell(trial, 1.0)
+    assert asked[0][0] == 1.5  # the default, as given
+    assert sorted(asked[1:]) == [(1.0, 1), (1.0, 2), (2.0, 1), (2.0, 2)]
+    with pytest.raises(SearchError, match="all 4 points of the space are already tried"):
+        study.ask()

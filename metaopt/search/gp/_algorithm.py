@@ -201,7 +201,7 @@ class GPAlgorithm:
         fantasies = self._fantasies(obs, rng)
         anchors = X[np.argsort(warp.y, kind="stable")]
         taken = known_points(obs)
-        taken = space.round_unit(taken) if taken.shape[0] else np.zeros((0, space.d))
+        taken = space.round_known(taken)
         out = np.zeros((n, space.d))
         cfg = self.config
         # Each is built when first needed, with the pending trials and this batch's points so far

@@ -90,6 +90,22 @@ def test_points_equal_in_value_but_not_in_type_are_two_points_of_the_space() -> 
     )
 
 
+def test_a_default_finer_than_its_precision_is_no_point_of_the_space_for_exhaustion() -> None:
+    """Counted as a point, the default 1.5 of uniform(1, 2, precision=1) stood for the value
+    2, and with 1 and 2 tried at b=2 and 1 at b=1 the listing said "all 4 points tried"
+    while (2, 1) was never run (a review of README's promises)."""
+    space = {"c": "uniform(1, 2, precision=1, default_value=1.5)", "b": "randint(1, 3)"}
+    exp = _exp(ExperimentSpec("e", space, command=("t.py",)))
+    store = MemoryStore()
+    tried = [(1.5, 1), (1.0, 2), (2.0, 2), (1.0, 1)]
+    store.add([exp] + [_trial(exp, i + 2, {"c": c, "b": b}) for i, (c, b) in enumerate(tried)])
+    assert _call(_api(store), "experiment", "e")["exhausted"] is None
+    store.add([_trial(exp, 9, {"c": 2.0, "b": 1})])
+    assert _call(_api(store), "experiment", "e")["exhausted"] == (
+        "all 4 points of the space are tried"
+    )
+
+
 def test_thawed_counts_only_trials_resumed_after_a_freeze() -> None:
     """`status` says how many trials were thawed; every trial counted would claim thaws that
     never happened."""

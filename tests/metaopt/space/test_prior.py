@@ -351,6 +351,11 @@ def test_a_default_finer_than_its_precision_is_taken_as_given() -> None:
     # experiment holding one could no longer be opened or run: a review of the day's fixes.
     d = parse_prior("x", "uniform(0, 1, precision=2, default_value=0.123)")
     assert d.default_value == 0.123
+    # ... and it is no value the search hands out: not counted as its rounded neighbour 0.12.
+    assert not d.on_grid(0.123) and d.on_grid(0.12) and d.on_grid(0.1 + 0.02)
+    assert not d.on_grid(1.5) and not d.on_grid("0.12")
+    assert parse_prior("n", "randint(1, 3, default_value=2)").on_grid(2)
+    assert parse_prior("u", "uniform(0, 1)").on_grid(0.123)
 
 
 @pytest.mark.parametrize(
