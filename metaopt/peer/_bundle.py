@@ -3,15 +3,18 @@
 Which files: inside a git work tree, the files git knows of under the folder (tracked, plus
 untracked ones that are not ignored, so a new ``train.py`` not yet added still goes); elsewhere,
 every file under the folder except in hidden folders, ``__pycache__``, ``venv`` and
-``node_modules``. Either way a peer's data directory inside the folder is left out: its
-replica, and its trials' copies of earlier bundles, which each new bundle would nest again.
+``node_modules`` (and compiled ``.pyc`` files beside their source), and its empty folders (a
+script writing into an empty ``outputs/`` failed on the peers). Either way a peer's data
+directory inside the folder is left out: its replica, and its trials' copies of earlier
+bundles, which each new bundle would nest again.
 Symlinks go as copies of their target when it is a file inside the folder, and are left out
 otherwise. The files, in path order, are one byte stream cut into chunks of at most
 1 MiB, each keyed by its BLAKE2b-256 digest. The manifest is plain data (msgpack-ready)::
 
     {"version": 1, "size": total bytes,
      "files": [[path, mode, size, blake2b-256 digest], ...],   # posix paths, sorted
-     "chunks": [digest, ...]}                                   # in stream order
+     "chunks": [digest, ...],                                  # in stream order
+     "dirs": [path, ...]}                # empty folders, sorted; only when there are any
 
 ``materialize_bundle`` reverses it into a fresh folder, checking every digest and refusing paths
 that are absolute or climb out with ``..``.
@@ -52,6 +55,9 @@ HARD_MAX_BYTES = 1 << 30
 # must fit beside it: chunks of a whole MiB made every bundle over 1 MiB fail to submit.
 CHUNK_BYTES = MAX_RECORD_SIZE - (16 << 10)
 _SKIP_DIRS = frozenset({"__pycache__", "venv", "node_modules"})
+# Empty folders a bundle may hold: a manifest from another machine must not make a peer
+# create millions of them.
+MAX_EMPTY_DIRS = 10_000
 _MiB = float(1 << 20)
 
 
@@ -97,7 +103,9 @@ def collect_bundle(
         raise BundleError(f"{base}: not a folder; bundle the folder that holds the script")
     base = base.resolve()
     names = _git_files(base)
-    paths = sorted(_outside_data_dirs(base, set(names) if names is not None else _walk(base)))
+    empty: list[str] = []  # (git lists no folder: a work tree sends none empty)
+    listed = set(names) if names is not None else _walk(base, empty)
+    paths = sorted(_outside_data_dirs(base, listed))
     chosen: list[tuple[str, Path, int, int]] = []
     total = 0
     for rel in paths:
@@ -105,6 +113,12 @@ def collect_bundle(
             raise BundleError(
                 f"{base}: the file name {rel!r} is not valid UTF-8 (peers could not store it);"
                 " rename it, or move it out of the folder"
+            )
+        if len(rel.encode()) > _MAX_PATH_BYTES:
+            # (Left out without a word, the trials did not find it.)
+            raise BundleError(
+                f"{base}: the path {rel[:60]}... is over {_MAX_PATH_BYTES} bytes, more than"
+                " peers lay out; shorten it, or move it out of the folder"
             )
         found = _regular(base, rel)
         if found is None:
@@ -133,7 +147,15 @@ def collect_bundle(
             _cut(pending, chunk_bytes, chunks, order)
     if pending:
         _cut(pending, len(pending), chunks, order)
-    manifest = {"version": 1, "size": total, "files": files, "chunks": order}
+    manifest: dict[str, Any] = {"version": 1, "size": total, "files": files, "chunks": order}
+    dirs = sorted(_outside_data_dirs(base, (d for d in empty if _utf8(d) and _safe(d))))
+    if len(dirs) > MAX_EMPTY_DIRS:
+        raise BundleError(
+            f"{base} holds {len(dirs)} empty folders, more than the {MAX_EMPTY_DIRS} a bundle"
+            " may; remove them, or make them in the script"
+        )
+    if dirs:  # (only then: the manifests of every other folder stay as they were)
+        manifest["dirs"] = dirs
     return manifest, chunks
 
 
@@ -171,7 +193,7 @@ def materialize_bundle(
         BundleError: a malformed manifest, an unsafe path, or a chunk or file whose digest does
             not match.
     """
-    files, order = _check_manifest(manifest)
+    files, order, dirs = _check_manifest(manifest)
     fetch = chunk.__getitem__ if isinstance(chunk, Mapping) else chunk
     target = Path(dest)
     try:
@@ -201,6 +223,13 @@ def materialize_bundle(
             raise BundleError(f"bundle file {rel} does not match its digest; the bundle is corrupt")
     if stream.read(1):
         raise BundleError("bundle chunks hold more bytes than its files; the bundle is corrupt")
+    for rel in dirs:
+        try:
+            target.joinpath(*PurePosixPath(rel).parts).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BundleWriteError(
+                f"cannot create bundle folder {rel} in {target}: {exc}"
+            ) from None
 
 
 class _Stream:
@@ -318,13 +347,18 @@ def _outside_data_dirs(base: Path, paths: Iterable[str]) -> list[str]:
     ]
 
 
-def _walk(base: Path) -> Iterator[str]:
+def _walk(base: Path, empty: list[str]) -> Iterator[str]:
+    """The files under base to bundle (see the module docstring); ``empty`` gets the folders
+    that hold none of them and no folder walked into."""
     for folder, dirs, names in os.walk(base):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS)
         rel_folder = Path(folder).relative_to(base)
-        for name in names:
-            if not name.endswith(".pyc"):
-                yield (rel_folder / name).as_posix()
+        # A .pyc with no source beside it is the module (shipped compiled): sent.
+        kept = [n for n in names if not n.endswith(".pyc") or n[:-1] not in names]
+        if not kept and not dirs and rel_folder.parts:
+            empty.append(rel_folder.as_posix())
+        for name in kept:
+            yield (rel_folder / name).as_posix()
         for name in dirs:  # (links to folders are not walked into: said left out)
             if os.path.islink(os.path.join(folder, name)):
                 yield (rel_folder / name).as_posix()
@@ -370,7 +404,9 @@ def _safe(rel: object) -> bool:
     )
 
 
-def _check_manifest(manifest: Any) -> tuple[list[tuple[str, int, int, bytes]], list[bytes]]:
+def _check_manifest(
+    manifest: Any,
+) -> tuple[list[tuple[str, int, int, bytes]], list[bytes], list[str]]:
     if not isinstance(manifest, Mapping) or manifest.get("version") != 1:
         raise BundleError("bundle manifest is malformed or from a newer metaopt; upgrade")
     raw_files, raw_chunks = manifest.get("files"), manifest.get("chunks")
@@ -403,6 +439,7 @@ def _check_manifest(manifest: Any) -> tuple[list[tuple[str, int, int, bytes]], l
         parent = next((str(p) for p in PurePosixPath(rel).parents if str(p) in seen), None)
         if parent is not None:
             raise BundleError(f"bundle path {rel!r} is inside {parent!r}, a file; refused")
+    dirs = _check_dirs(manifest.get("dirs", ()), seen)
     chunks = list(raw_chunks)
     if not all(isinstance(c, bytes) and len(c) == 32 for c in chunks):
         raise BundleError("bundle manifest has a malformed chunk digest")
@@ -412,4 +449,18 @@ def _check_manifest(manifest: Any) -> tuple[list[tuple[str, int, int, bytes]], l
             f"bundle holds {total / _MiB:.0f} MiB, over the {HARD_MAX_BYTES / _MiB:.0f} MiB any "
             "peer accepts; refused"
         )
-    return files, chunks
+    return files, chunks, dirs
+
+
+def _check_dirs(raw: Any, files: set[str]) -> list[str]:
+    """A manifest's empty folders, checked as its files' paths are; none may be a file or lie
+    inside one."""
+    if not isinstance(raw, list | tuple) or len(raw) > MAX_EMPTY_DIRS:
+        raise BundleError(f"bundle manifest's folder list is malformed or over {MAX_EMPTY_DIRS}")
+    for rel in raw:
+        if not _safe(rel):
+            raise BundleError(f"bundle folder {rel!r} is absolute or leaves the folder; refused")
+        inside = next((p for p in [rel, *map(str, PurePosixPath(rel).parents)] if p in files), None)
+        if inside is not None:
+            raise BundleError(f"bundle folder {rel!r} is at or inside {inside!r}, a file; refused")
+    return list(raw)

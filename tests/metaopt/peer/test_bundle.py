@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -43,7 +44,7 @@ def _folder(root: Path) -> None:
     for skipped in (".git", ".venv", "__pycache__", ".hidden"):
         (root / skipped).mkdir()
         (root / skipped / "x.py").write_text("skip")
-    (root / "pkg" / "m.pyc").write_bytes(b"\0")
+    (root / "pkg" / "model.pyc").write_bytes(b"\0")  # compiled beside its source: not sent
 
 
 def test_a_plain_folder_round_trips(tmp_path: Path) -> None:
@@ -58,6 +59,56 @@ def test_a_plain_folder_round_trips(tmp_path: Path) -> None:
     expected = {k: v for k, v in _tree(src).items() if k in manifest_paths(manifest)}
     assert _tree(tmp_path / "dest") == expected
     assert expected["run.sh"][1] is True
+
+
+def test_empty_folders_and_sourceless_modules_go_too(tmp_path: Path) -> None:
+    # An empty outputs/ the script writes into, and a module shipped compiled only, were
+    # left out outside git: the trials failed on "Directory nonexistent" and
+    # ModuleNotFoundError, the script ran by hand (a review of README's promises).
+    src = tmp_path / "src"
+    _folder(src)
+    (src / "outputs").mkdir()
+    (src / "runs" / "a" / "b").mkdir(parents=True)
+    (src / "only_hidden" / ".cache").mkdir(parents=True)
+    (src / "helper.pyc").write_bytes(b"compiled")
+    manifest, chunks = collect_bundle(src)
+    assert manifest["dirs"] == ["only_hidden", "outputs", "runs/a/b"]
+    assert "helper.pyc" in manifest_paths(manifest)
+    assert "pkg/model.pyc" not in manifest_paths(manifest)
+    materialize_bundle(manifest, chunks, tmp_path / "dest")
+    assert all((tmp_path / "dest" / d).is_dir() for d in manifest["dirs"])
+    assert (tmp_path / "dest" / "helper.pyc").read_bytes() == b"compiled"
+    # A folder with none keeps the manifest it had: no "dirs" key.
+    assert "dirs" not in collect_bundle(tmp_path / "src" / "pkg")[0]
+
+
+@pytest.mark.parametrize(
+    ("dirs", "why"),
+    [
+        (["../up"], "leaves the folder"),
+        (["/abs"], "leaves the folder"),
+        (["train.py"], "is at or inside 'train.py', a file"),
+        (["train.py/x"], "is at or inside 'train.py', a file"),
+        ("outputs", "malformed"),
+        (["d"] * 10_001, "over 10000"),
+    ],
+)
+def test_a_manifests_bad_folders_are_refused(tmp_path: Path, dirs: Any, why: str) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train.py").write_text("print('hi')\n")
+    manifest, chunks = collect_bundle(tmp_path / "src")
+    with pytest.raises(BundleError, match=re.escape(why)):
+        materialize_bundle({**manifest, "dirs": dirs}, chunks, tmp_path / "dest")
+
+
+def test_a_path_too_long_to_lay_out_is_refused_not_left_out(tmp_path: Path) -> None:
+    # Left out without a word, the trials did not find the file (README: refused).
+    src = tmp_path / "src"
+    deep = src.joinpath(*["d" * 200] * 11)
+    deep.mkdir(parents=True)
+    (deep / "f.txt").write_text("data")
+    with pytest.raises(BundleError, match="is over 2048 bytes, more than peers lay out"):
+        collect_bundle(src)
 
 
 def test_the_same_folder_gives_the_same_bundle(tmp_path: Path) -> None:
