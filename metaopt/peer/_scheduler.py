@@ -228,6 +228,14 @@ def failure_streak(
     extends the streak. Ends at one time go in the order the trials were made (a clock
     stepped back holds a node's stamps still: its failures came after its later completions).
     """
+    streak, last = _streak(state, end_ms)
+    return streak, (last[0] if last else 0)
+
+
+def _streak(
+    state: ExperimentState, end_ms: Callable[[TrialView], int] | None
+) -> tuple[int, tuple[int, int, int] | None]:
+    """failure_streak, with the latest failure as (end, created, counter)."""
     # The failures after the latest completion, in one pass (a sort of every ended trial,
     # at each scheduling pass of each experiment, was most of a pass at 3,000 trials).
     last_completed: tuple[int, int, int] | None = None
@@ -241,19 +249,36 @@ def failure_streak(
         elif last_completed is None or key > last_completed:
             last_completed = key
     after = [f for f in failures if last_completed is None or f >= last_completed]
-    return len(after), (max(after)[0] if after else 0)
+    return len(after), (max(after) if after else None)
 
 
 def backing_off(state: ExperimentState, now_ms: int, end_ms: Callable[[TrialView], int]) -> bool:
-    """Whether the experiment's latest trials all failed and its next waits (the backoff)."""
-    streak, last_ms = failure_streak(state, end_ms)
-    if streak < BACKOFF_AFTER:
-        return False
+    """Whether the experiment's latest trials all failed and its next waits (the backoff):
+    for the wait after the latest failure, then while the one trial started after it runs."""
+    return _backoff(state, now_ms, end_ms) is True
+
+
+def _backoff(
+    state: ExperimentState, now_ms: int, end_ms: Callable[[TrialView], int]
+) -> bool | None:
+    """backing_off, or None when not backing off and its latest runs are no failure streak
+    (False: a streak, and one trial may try again now)."""
+    streak, last = _streak(state, end_ms)
+    if streak < BACKOFF_AFTER or last is None:
+        return None
     wait = min(1000 << min(streak - BACKOFF_AFTER, 16), BACKOFF_MAX_MS)
     # Since the last failure, as its end counts here (see ended_here): measured by stamps
     # alone, a failure stamped by a clock 100 s ahead held every other peer back 100 s more,
     # and only the peer ahead started trials.
-    return now_ms - last_ms < wait
+    if now_ms - last[0] < wait:
+        return True
+    # The wait over, one trial tries again, and the next waits for its end: every free slot
+    # of every peer started one at once (2 of 2 slots, 3 peers alike). One made after the
+    # latest failed run was (its stamp; a run started during the streak counts too).
+    return any(t.state in _TRYING and t.created > last[1] for t in state.open_trials())
+
+
+_TRYING = frozenset({"pending", "running"})
 
 
 def work_left(state: ExperimentState) -> bool:
@@ -346,12 +371,15 @@ def plan_work(
     claimed: set[bytes] = set()
     planned_new: dict[bytes, int] = {}
     end_ms = ended_here(now_ms, quiet_ms, offset_ms)
-    held: dict[bytes, bool] = {}  # experiment -> backing off (nothing in a pass changes it)
+    held: dict[bytes, bool | None] = {}  # experiment -> _backoff (a pass changes nothing)
 
     def backing(state: ExperimentState) -> bool:
         if state.key not in held:
-            held[state.key] = backing_off(state, now_ms, end_ms)
-        return held[state.key]
+            held[state.key] = _backoff(state, now_ms, end_ms)
+        # In a failure streak, one new trial a pass at most (see backing_off).
+        return held[state.key] is True or (
+            held[state.key] is False and planned_new.get(state.key, 0) > 0
+        )
 
     while len(out) < free_slots and candidates:
         # The free trial of each experiment this node is earliest in line for: of experiments

@@ -22,6 +22,7 @@ from metaopt._state import FROZEN_BY_HAND, ExperimentState, TrialView
 from metaopt.peer._scheduler import (
     BACKOFF_AFTER,
     Work,
+    backing_off,
     ended_here,
     failure_streak,
     find_lost,
@@ -828,3 +829,29 @@ def test_after_a_clock_step_back_one_slot_still_takes_each_experiment_in_turn() 
             state.apply(writer.write(EVENT, body, [t.key, state.key]))
             arrived[t.key] = mono[0]
     assert sorted(taken[2:]) == ["x"] * 3 + ["y"] * 3, taken
+
+
+def test_after_the_wait_of_a_failure_streak_one_trial_tries_again_at_a_time() -> None:
+    # The wait over, every free slot of every peer started a trial at once (2 of 2 slots; 3
+    # peers alike): README says the next trial waits, and each further failure doubles it.
+    state = _state(name="broken")
+    for n in range(1, BACKOFF_AFTER + 1):
+        t = _trial(state, ME, 2 * n - 1, time=10_000)
+        _event(state, t, ME, 2 * n, "failed", 10_000)
+    after_wait = 10_000 + 1_000
+    assert _planned(state, after_wait - 1) == []
+    plan = _plan([state], ME, 2, set(), [ME], after_wait, 1_000, lambda s: True)
+    assert [w.experiment for w in plan] == [state.key]  # one of the two free slots
+    # Its trial made (here or by another peer) and running: the next waits for its end.
+    trying = _trial(state, OTHER, 50, time=after_wait)
+    _event(state, trying, OTHER, 51, "started", after_wait)
+    assert backing_off(state, after_wait + 500, _since(after_wait + 500))
+    assert _planned(state, after_wait + 500) == []
+    # It fails too: the wait doubles, then one tries again.
+    _event(state, trying, OTHER, 52, "failed", after_wait + 600)
+    assert _planned(state, after_wait + 600 + 1_999) == []
+    assert _planned(state, after_wait + 600 + 2_000) == [state.key]
+    # A run from before the streak still running holds nothing back.
+    early = _trial(state, ME, 70, time=5_000)
+    _event(state, early, ME, 71, "started", 5_000)
+    assert _planned(state, after_wait + 600 + 2_000) == [state.key]
