@@ -445,8 +445,8 @@ class FrameCodec:
         now_ms = math.floor(now * 1000)
         if abs(time_ms - now_ms) > self._skew_ms:
             raise StaleFrame(
-                f"frame time is {(time_ms - now_ms) / 1000:+.1f} s off this peer's clock (window"
-                f" ±{self.config.max_skew:g} s); synchronise the peers' clocks (NTP) and resend"
+                f"the sender's clock is {(time_ms - now_ms) / 1000:+.1f} s off the receiver's"
+                f" (window ±{self.config.max_skew:g} s); synchronise the peers' clocks (NTP)"
             )
         return time_ms
 

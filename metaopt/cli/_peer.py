@@ -457,8 +457,16 @@ def _status(args: argparse.Namespace) -> int:
             f"this peer {status['storage']}: it records nothing, starts no trial and does not"
             " answer its peers until it can; free space on its disk"
         )
+    refusals = status.get("refusals") or {}
     for seed in status.get("silent_seeds", []):
-        print(f"--join {seed}: no answer yet (see this peer's log)")
+        if seed in refusals:  # (it answers: to refuse this peer, which is not silence)
+            print(f"--join {seed}: refuses this peer: {refusals[seed]}")
+        else:
+            print(f"--join {seed}: no answer yet (see this peer's log)")
+    told = set(status.get("silent_seeds", []))
+    for addr, why in sorted(refusals.items()):
+        if addr not in told:  # (a clock off, another key or release: the peer looks silent)
+            print(f"{addr} refuses this peer: {why}")
     if status.get("alone") and not status.get("silent_seeds"):
         print(status["alone"])
     print("\nslots")

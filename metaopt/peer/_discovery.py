@@ -261,6 +261,19 @@ class Discovery:
 
     # ------------------------------------------------------------------------ zeroconf side
 
+    def ignored(self) -> str | None:
+        """What mDNS found and this peer ignores, for a peer that knows no other ("mDNS found
+        none" said to a peer whose only neighbours ran another release); None if nothing."""
+        kinds = [
+            what
+            for what, seen in (
+                ("another metaopt release", self._reported_version),
+                ("another cluster", self._reported_foreign),
+            )
+            if len(seen)
+        ]
+        return " and ".join(kinds) or None
+
     def _on_state_change(
         self,
         zeroconf: Any,

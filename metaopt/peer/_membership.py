@@ -22,7 +22,14 @@ from metaopt.peer._config import PeerConfig
 from metaopt.peer._gossip import LivenessNews, PeerTable, valid_addr
 from metaopt.peer._identity import MAX_REMEMBERED, DataDir
 from metaopt.peer._lags import RequestLags
-from metaopt.peer._transport import Client, Misaddressed, PeerUnreachable, Refused, RemoteError
+from metaopt.peer._transport import (
+    Client,
+    Misaddressed,
+    OtherRelease,
+    PeerUnreachable,
+    Refused,
+    RemoteError,
+)
 from metaopt.peer._twins import TwinWatch
 from metaopt.peer._wire import Request
 
@@ -83,6 +90,11 @@ class Membership:
         self._stop_itself = stop_itself
         self._liveness = LivenessNews()
         self._seeds_heard: dict[str, bool] = {}  # --join address -> answered (warned once if not)
+        # Addresses whose last answer refused this peer, and why (a clock off, another key or
+        # release): said where their silence is, which was told as no answer at all.
+        self._refusals: dict[str, str] = {}
+        # What mDNS found and ignored (Discovery.ignored), set by the node once it browses.
+        self.mdns_ignored: Callable[[], str | None] = lambda: None
         # The addresses of the peers this one talked to when it last ran (see recall_peers).
         self._recalled: list[str] = []
         self._alone_said = False
@@ -149,6 +161,12 @@ class Membership:
                 reply = await self.client.call(addr, "gossip", gossip)
         except (PeerUnreachable, RemoteError) as exc:
             log.debug("gossip with %s failed: %s", addr, exc)
+            if isinstance(exc, Refused | OtherRelease):
+                if addr in self._refusals or len(self._refusals) < _MAX_REFUSALS:
+                    said = str(exc).removeprefix(f"{addr} refused us: ")
+                    self._refusals[addr] = said.removeprefix(f"{addr}: ")
+            else:
+                self._refusals.pop(addr, None)  # (silent now: that is what is said)
             if addr in self.peers.seed_addrs() and addr not in self._seeds_heard:
                 # Once: a mistyped --join was silent, the peer alone with no word why. (Not
                 # for a refusal, which the transport says, with what to do: "does not answer
@@ -162,6 +180,7 @@ class Membership:
                         self.config.timing.gossip,
                     )
             return
+        self._refusals.pop(addr, None)
         if self._seeds_heard.get(addr) is False:
             log.info("--join %s answers now", addr)
         self._seeds_heard[addr] = True
@@ -209,11 +228,12 @@ class Membership:
             elif not peer.left:
                 log.info(
                     "peer %s at %s: nothing heard of it for %g s, counted gone (its running"
-                    " trials re-run elsewhere once unheard of for %g s)",
+                    " trials re-run elsewhere once unheard of for %g s)%s",
                     peer.node_id.hex()[:8],
                     peer.addr,
                     timeout,
                     self.config.timing.lost_after,
+                    self._refused_why(peer.addr),
                 )
         for count, news in untold:
             if count > _NEWS_LINES:
@@ -239,16 +259,39 @@ class Membership:
                 return None
             # `peer status` said nothing of it: "peers (0 live of 0)" and its log's warning.
             shown = ", ".join(self._recalled[:3]) + (", ..." if len(self._recalled) > 3 else "")
+            refused = self._refused_why(*self._recalled)
+            if refused:
+                return f"none of the peers this one knew ({shown}) takes its calls{refused}"
             return (
                 f"none of the peers this one knew ({shown}) answers: it runs alone and keeps"
                 " calling them; if they moved, restart it with --join HOST:PORT of a running peer"
             )
-        found = "mDNS is off" if not self.config.mdns else "mDNS found none on this interface"
+        if not self.config.mdns:
+            found = "mDNS is off"
+        elif ignored := self.mdns_ignored():
+            # (--join would not help: they answer, and are refused.)
+            return (
+                f"no other peer known: mDNS found only peers of {ignored}, which this peer"
+                " ignores (see its log); start it with their key, or upgrade every peer to"
+                " the same metaopt release"
+            )
+        else:
+            found = "mDNS found none on this interface"
         return f"no other peer known ({found}); to join a cluster, start with --join HOST:PORT"
 
     def silent_seeds(self) -> list[str]:
         """The --join addresses that have not answered since this peer started."""
         return [a for a in self.peers.seed_addrs() if not self._seeds_heard.get(a)]
+
+    def refusals(self) -> dict[str, str]:
+        """Why each address that refused this peer's last call to it did (see _refusals)."""
+        return dict(self._refusals)
+
+    def _refused_why(self, *addrs: str) -> str:
+        """ "; ADDR refused this peer: WHY" for the first of addrs whose last answer refused
+        this peer, else ""."""
+        addr = next((a for a in addrs if a in self._refusals), None)
+        return "" if addr is None else f"; {addr} refused this peer: {self._refusals[addr]}"
 
     # -------------------------------------------------------------------------- remembered peers
 
@@ -278,12 +321,23 @@ class Membership:
         if not talking:
             if self._recalled and not self._warned_alone and self._listened():
                 self._warned_alone = True
+                shown = ", ".join(self._recalled[:3]) + (", ..." if len(self._recalled) > 3 else "")
+                refused = self._refused_why(*self._recalled)
+                if refused:  # (they answered: --join would not help)
+                    log.warning(
+                        "none of the peers this one knew (%s) has taken its calls for %g s: it"
+                        " runs alone, on its own copy of the history%s",
+                        shown,
+                        self.config.timing.peer_timeout,
+                        refused,
+                    )
+                    return
                 log.warning(
                     "none of the peers this one knew (%s) has answered for %g s: it runs"
                     " alone, on its own copy of the history, and keeps calling them; if they"
                     " all moved to other addresses, restart it with --join HOST:PORT of a"
                     " running peer",
-                    ", ".join(self._recalled[:3]) + (", ..." if len(self._recalled) > 3 else ""),
+                    shown,
                     self.config.timing.peer_timeout,
                 )
             return
@@ -499,3 +553,4 @@ class Membership:
 
 
 _NEWS_LINES = 8  # peers told of one by one at a look, for each kind of news
+_MAX_REFUSALS = 1024  # addresses whose refusal is kept (see Membership._refusals)

@@ -491,6 +491,8 @@ class Node:
         except Exception as exc:  # no multicast here: --join seeds still work
             log.warning("mDNS discovery is off (%s); use --join HOST:PORT", exc)
             self._discovery = None
+        else:
+            self.membership.mdns_ignored = self._discovery.ignored
 
     def _on_found(self, info: Any) -> None:
         try:
@@ -1272,6 +1274,7 @@ class Node:
             "slots": self.runner.describe(),
             # --join addresses that have not answered since this peer started.
             "silent_seeds": self.membership.silent_seeds(),
+            "refusals": self.membership.refusals(),
             "alone": self.membership.alone_hint(),
             "lost_after": self.config.timing.lost_after,
             "storage": self.storage.problem(),  # why it holds back (see _storage), or None

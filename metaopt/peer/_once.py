@@ -8,24 +8,37 @@ afresh: at worst a line is logged again.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import time
+from collections.abc import Callable, Hashable
 
 __all__ = ["OnceEach"]
 
 
 class OnceEach:
-    """Remembers up to ``cap`` keys; ``first(key)`` is True the first time it sees one."""
+    """Remembers up to ``cap`` keys; ``first(key)`` is True the first time it sees one and,
+    given ``quiet``, again once the key has not been seen for that many seconds: a new
+    incident, not the same one retried (a peer's clock stepped off twice was named once, the
+    second time leaving peers gone and trials re-run with no word why)."""
 
-    def __init__(self, cap: int = 4096) -> None:
-        self._seen: set[Hashable] = set()
+    def __init__(
+        self,
+        cap: int = 4096,
+        quiet: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._seen: dict[Hashable, float] = {}  # key -> when last seen
         self._cap = cap
+        self._quiet = quiet
+        self._clock = clock
 
     def first(self, key: Hashable) -> bool:
-        if key in self._seen:
+        now = self._clock()
+        last = self._seen.get(key)
+        self._seen[key] = now
+        if last is not None and (self._quiet is None or now - last < self._quiet):
             return False
-        if len(self._seen) >= self._cap:
-            self._seen.clear()
-        self._seen.add(key)
+        if last is None and len(self._seen) > self._cap:
+            self._seen = {key: now}
         return True
 
     def __contains__(self, key: object) -> bool:

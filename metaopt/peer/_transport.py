@@ -56,6 +56,9 @@ PATH = "/v1"
 # Every request carries its frame's ticket here (FrameCodec.ticket): the server checks it
 # before reading the body, so only holders of the cluster key can make a peer hold a frame.
 TICKET = "X-Metaopt-Ticket"
+# Seconds without a refusal from (or of) a sender after which the next one is logged again:
+# a new incident rather than the same one retried every few seconds.
+REFUSAL_QUIET = 300.0
 Handler = Callable[[Request], Awaitable[Any]]
 
 
@@ -147,7 +150,7 @@ class Server:
         self.app = web.Application(client_max_size=max_bytes)
         self.app.router.add_post(PATH, self._handle)
         self.rejected = 0
-        self._refused = OnceEach()  # (sender, error) already logged
+        self._refused = OnceEach(quiet=REFUSAL_QUIET)  # (sender, error) already logged
         self.bytes_in = 0
         self.bytes_out = 0
         # Tickets whose frames are being read. A ticket is remembered (its nonce) only once its
@@ -204,13 +207,16 @@ class Server:
         handler = self._handlers.get(message.op)
         mismatch = other_version(message.protocol)
         misaddressed = self._misaddressed(message)
+        # (By the address the sender gives as well: two peers of an older release on one
+        # machine were one line.)
+        sender = f"{request.remote} ({message.addr})" if message.addr else request.remote
         if mismatch is not None:
-            self._log_refusal(request.remote, "protocol", "refused", mismatch)
+            self._log_refusal(sender, "protocol", "refused", mismatch)
             reply = Reply(False, error=f"refused, {mismatch}")
         elif misaddressed is not None:
             # Routine after a peer restarted here with a new data directory: the others call
             # its predecessor until they hear of it (and then call again naming nobody).
-            self._log_refusal(request.remote, "misaddressed", "refused", misaddressed, logging.INFO)
+            self._log_refusal(sender, "misaddressed", "refused", misaddressed, logging.INFO)
             reply = Reply(False, error=f"{MISADDRESSED} {misaddressed}")
         elif handler is None:
             reply = Reply(False, error=f"unknown operation {message.op!r}; upgrade this peer")
@@ -221,7 +227,7 @@ class Server:
                 reply = Reply(False, error=str(exc))
             except (ProtocolError, RecordError) as exc:  # sealed, but breaking the protocol
                 why = f"{type(exc).__name__}: {exc}"
-                self._log_refusal(request.remote, type(exc).__name__, "refused", why)
+                self._log_refusal(sender, type(exc).__name__, "refused", why)
                 reply = Reply(False, error=why)
             except Exception as exc:  # a bug in one handler must not take the peer down
                 log.exception("handler %s failed", message.op)
@@ -256,7 +262,8 @@ class Server:
     ) -> None:
         """A warning (or ``first``) once per sender and kind of refusal, debug lines after: a
         peer of another cluster or release retries every few seconds for ever, and one line
-        says all there is to say (`peer status` counts the rest)."""
+        says all there is to say; again after REFUSAL_QUIET seconds without one (a new
+        incident: a clock stepped off a second time)."""
         level = first if self._refused.first((remote, kind)) else logging.DEBUG
         log.log(level, "%s a request from %s: %s", verb, remote, why)
 
@@ -490,7 +497,7 @@ class Client:
         self._session: aiohttp.ClientSession | None = None
         self.bytes_out = 0
         self.bytes_in = 0
-        self._refused_by = OnceEach()  # addresses whose refusal was logged
+        self._refused_by = OnceEach(quiet=REFUSAL_QUIET)  # addresses whose refusal was logged
         self._warn_refusals = warn_refusals
 
     async def _get_session(self) -> aiohttp.ClientSession:
@@ -581,8 +588,8 @@ class Client:
             raise PeerUnreachable(f"{addr} sent a bad reply: {exc}") from None
 
     def _warn_once(self, addr: str, message: str, why: str) -> None:
-        """Log message (addr, why) once per address, if this client warns: a refusing peer is
-        retried for ever."""
+        """Log message (addr, why) once per address and incident (see Server._log_refusal), if
+        this client warns: a refusing peer is retried for ever."""
         if self._warn_refusals and self._refused_by.first(addr):
             log.warning(message, addr, why)
 

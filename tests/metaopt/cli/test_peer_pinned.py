@@ -203,6 +203,15 @@ def test_peer_status_of_a_peer_alone_says_so_and_not_that_it_is_cut_off(
     out = capsys.readouterr().out
     assert "--join 10.0.0.5:7787: no answer yet (see this peer's log)" in out
     assert alone not in out
+    # A seed, or a peer, refusing this one is no silence (a clock off, another release).
+    clock = "StaleFrame: the sender's clock is +300.0 s off the receiver's"
+    refusals = {"10.0.0.5:7787": clock, "10.0.0.6:7787": "metaopt protocol version 7"}
+    peer_status(_status(alone=alone, silent_seeds=["10.0.0.5:7787"], refusals=refusals))
+    assert main(["peer", "status"]) == 0
+    out = capsys.readouterr().out
+    assert f"--join 10.0.0.5:7787: refuses this peer: {clock}\n" in out
+    assert "10.0.0.6:7787 refuses this peer: metaopt protocol version 7\n" in out
+    assert "no answer yet" not in out
 
 
 def test_peer_status_shows_a_cpu_slot_idle_and_how_far_loading_has_got(

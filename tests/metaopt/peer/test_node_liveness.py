@@ -20,7 +20,7 @@ import pytest
 from crdt import FrameCodec, Record
 from metaopt.peer._config import PeerConfig, Timing
 from metaopt.peer._node import Node
-from metaopt.peer._transport import Client
+from metaopt.peer._transport import Client, OtherRelease, PeerUnreachable, Refused
 from metaopt.peer._wire import Request
 
 pytestmark = pytest.mark.integration
@@ -454,5 +454,75 @@ async def test_a_peer_back_on_another_port_within_the_timeout_is_told_at_its_new
             node.membership._say_liveness(mono[0] + 0.5, FAST.peer_timeout)  # said once
         said = [r.getMessage() for r in caplog.records]
         assert said == [f"peer {moving.hex()[:8]} is at 127.0.0.1:9002 now (was at 127.0.0.1:9001)"]
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_that_refuses_this_one_is_said_to_where_it_is_counted_gone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A peer whose clock stepped off (or of another release) answers every call with a
+    # refusal: it was counted gone, and its trials re-run, with no word of why, and a peer
+    # whose remembered peers all refused it was told to restart with --join (two reviews).
+    mono = [1000.0]
+    node = _held_node(tmp_path, mono)
+    refusing, addr = os.urandom(16), "127.0.0.1:9003"
+    why = "StaleFrame: the sender's clock is +600.0 s off the receiver's (window ±120 s)"
+    answers: list[Exception | None] = [Refused(f"{addr} refused us: {why}")]
+
+    async def call(to_addr: str, op: str, body: Any, to: Any = None) -> Any:
+        if answers[0] is not None:
+            raise answers[0]
+        return []
+
+    node.membership.client = SimpleNamespace(call=call)  # type: ignore[assignment]
+    try:
+        node.peers.add(refusing, addr, mono[0], contacted=True)
+        node.membership._say_liveness(mono[0], FAST.peer_timeout)
+        await node.membership._gossip_with(addr, FAST.peer_timeout)
+        assert node.membership.refusals() == {addr: why}
+        node.membership._recalled = [addr]
+        hint = node.membership._refused_why(*node.membership._recalled)
+        assert hint == f"; {addr} refused this peer: {why}"
+        mono[0] += FAST.peer_timeout + 1
+        with caplog.at_level(logging.INFO, logger="metaopt.peer"):
+            node.membership._say_liveness(mono[0], FAST.peer_timeout)
+        [gone] = [r.getMessage() for r in caplog.records]
+        assert gone.startswith(f"peer {refusing.hex()[:8]} at {addr}: nothing heard of it")
+        assert gone.endswith(f"s){hint}")
+        # Of another release, then silent, then answering: each time as it is now.
+        answers[0] = OtherRelease(f"{addr}: metaopt protocol version 7 against version 8 here")
+        await node.membership._gossip_with(addr, FAST.peer_timeout)
+        assert node.membership.refusals() == {
+            addr: "metaopt protocol version 7 against version 8 here"
+        }
+        answers[0] = PeerUnreachable(f"no answer from {addr} (TimeoutError)")
+        await node.membership._gossip_with(addr, FAST.peer_timeout)
+        assert node.membership.refusals() == {}
+        answers[0] = Refused(f"{addr} refused us: {why}")
+        await node.membership._gossip_with(addr, FAST.peer_timeout)
+        answers[0] = None
+        await node.membership._gossip_with(addr, FAST.peer_timeout)
+        assert node.membership.refusals() == {}
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_whose_mdns_neighbours_are_all_ignored_is_told_why_not_to_join(
+    tmp_path: Path,
+) -> None:
+    # "no other peer known (mDNS found none on this interface); ... --join" to a peer whose
+    # neighbours all ran an older release (an upgrade review): they were found, and ignored.
+    node = Node(PeerConfig(data_dir=tmp_path / "n", port=0, mdns=True, timing=FAST))
+    try:
+        assert "mDNS found none on this interface" in (node.membership.alone_hint() or "")
+        node.membership.mdns_ignored = lambda: "another metaopt release"
+        assert node.membership.alone_hint() == (
+            "no other peer known: mDNS found only peers of another metaopt release, which this"
+            " peer ignores (see its log); start it with their key, or upgrade every peer to the"
+            " same metaopt release"
+        )
     finally:
         await node.stop()

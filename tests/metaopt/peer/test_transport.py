@@ -279,6 +279,33 @@ async def test_peers_of_another_protocol_version_refuse_each_other_once_logged(
 
 
 @pytest.mark.asyncio
+async def test_two_older_peers_on_one_machine_are_each_named_when_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Refusals were logged once per IP: a second older peer on the machine got no line, and
+    # the one line named no port (an upgrade review).
+    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
+    server = Server(codec, {"sync": lambda message: message.body}, node_id=NODE)
+    addr = f"127.0.0.1:{await server.start('127.0.0.1', 0)}"
+    olds = [Client(codec, os.urandom(16), f"127.0.0.1:{p}", timeout=10, protocol=1) for p in (7, 8)]
+    caplog.set_level(logging.DEBUG, logger="metaopt.peer")
+    try:
+        for _ in range(2):
+            for old in olds:
+                with pytest.raises(RemoteError, match="same metaopt release"):
+                    await old.call(addr, "sync", b"x")
+    finally:
+        for old in olds:
+            await old.close()
+        await server.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [w.split(":", 2)[:2] for w in warnings] == [
+        ["refused a request from 127.0.0.1 (127.0.0.1", "7)"],
+        ["refused a request from 127.0.0.1 (127.0.0.1", "8)"],
+    ]
+
+
+@pytest.mark.asyncio
 async def test_a_peer_says_what_is_wrong_in_one_line_and_no_traceback(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
