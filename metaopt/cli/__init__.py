@@ -61,7 +61,15 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="metaopt", description="Hyperparameter search with no master.")
     # Every peer of a cluster runs one release: how to see which one this is.
-    parser.add_argument("--version", action="version", version=f"metaopt {__version__}")
+    # With the protocol: releases between which peers refuse each other bore one number
+    # (0.1.0 for protocols 6, 7 and 8), and the refusal said "run the same release".
+    from metaopt.peer._wire import PROTOCOL_VERSION
+
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"metaopt {__version__} (protocol {PROTOCOL_VERSION})",
+    )
     # (The subcommands' parsers are _Parsers too: argparse makes them of the parent's class.)
     sub = cast(
         "argparse._SubParsersAction[argparse.ArgumentParser]",

@@ -427,6 +427,8 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     print(f"node      {status['node_id']}  ({printable(str(status['name']))})")
     release = f"  metaopt {status['release']}" if "release" in status else ""
+    if "protocol" in status:
+        release += f" (protocol {status['protocol']})"
     print(f"address   {status['address']}  pid {status['pid']}{release}")
     print(f"data dir  {status['data_dir']}")
     print(f"records   {status['records']}   experiments {status['experiments']}")

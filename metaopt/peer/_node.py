@@ -1253,6 +1253,7 @@ class Node:
         return {
             "node_id": self.node_id.hex(),
             "release": __version__,
+            "protocol": PROTOCOL_VERSION,
             "name": self.config.name or socket.gethostname(),
             "address": self.addr,
             "pid": os.getpid(),

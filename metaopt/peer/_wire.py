@@ -247,5 +247,5 @@ def other_version(protocol: int | None) -> str | None:
     theirs = "from before version 2" if protocol is None else f"version {protocol}"
     return (
         f"metaopt protocol {theirs} against version {PROTOCOL_VERSION} here;"
-        " run the same metaopt release on every peer"
+        " run the same metaopt release on every peer (`metaopt --version` shows its protocol)"
     )

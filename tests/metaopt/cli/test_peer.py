@@ -132,13 +132,16 @@ def test_ctrl_c_while_a_detached_peer_starts_says_it_goes_on_and_how_to_stop_it(
 
 
 def test_the_release_is_one_flag_away(capsys: pytest.CaptureFixture[str]) -> None:
-    # The README says to run one release on every peer; nothing said which one was installed.
+    # The README says to run one release on every peer; nothing said which one was installed,
+    # and releases whose peers refuse each other bore one number (an upgrade review).
     from metaopt import __version__
     from metaopt.cli import main
+    from metaopt.peer._wire import PROTOCOL_VERSION
 
     with pytest.raises(SystemExit) as exited:
         main(["--version"])
-    assert exited.value.code == 0 and capsys.readouterr().out == f"metaopt {__version__}\n"
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"metaopt {__version__} (protocol {PROTOCOL_VERSION})\n"
 
 
 @pytest.mark.parametrize(

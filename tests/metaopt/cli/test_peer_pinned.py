@@ -214,6 +214,15 @@ def test_peer_status_of_a_peer_alone_says_so_and_not_that_it_is_cut_off(
     assert "no answer yet" not in out
 
 
+def test_peer_status_names_the_release_and_protocol_a_peer_runs(
+    peer_status: Callable[[dict[str, Any]], None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Releases between which peers refuse each other bore one number (an upgrade review).
+    peer_status(_status(release="0.1.0", protocol=8))
+    assert main(["peer", "status"]) == 0
+    assert "pid 1  metaopt 0.1.0 (protocol 8)\n" in capsys.readouterr().out
+
+
 def test_peer_status_shows_a_cpu_slot_idle_and_how_far_loading_has_got(
     peer_status: Callable[[dict[str, Any]], None], capsys: pytest.CaptureFixture[str]
 ) -> None:
