@@ -234,16 +234,17 @@ def failure_streak(
 
 def _streak(
     state: ExperimentState, end_ms: Callable[[TrialView], int] | None
-) -> tuple[int, tuple[int, int, int] | None]:
-    """failure_streak, with the latest failure as (end, created, counter)."""
+) -> tuple[int, tuple[int, int, int, int] | None]:
+    """failure_streak, with the latest failure as (end, created, counter, its end's stamp)."""
     # The failures after the latest completion, in one pass (a sort of every ended trial,
     # at each scheduling pass of each experiment, was most of a pass at 3,000 trials).
-    last_completed: tuple[int, int, int] | None = None
-    failures: list[tuple[int, int, int]] = []
+    last_completed: tuple[int, int, int, int] | None = None
+    failures: list[tuple[int, int, int, int]] = []
     for t in state.trials():
         if t.ended_at is None or t.state not in ("completed", "failed"):
             continue
-        key = (t.ended_at if end_ms is None else end_ms(t), t.created, t.counter)
+        end = t.ended_at if end_ms is None else end_ms(t)
+        key = (end, t.created, t.counter, t.ended_at)
         if t.state == "failed":
             failures.append(key)
         elif last_completed is None or key > last_completed:
@@ -274,8 +275,9 @@ def _backoff(
         return True
     # The wait over, one trial tries again, and the next waits for its end: every free slot
     # of every peer started one at once (2 of 2 slots, 3 peers alike). One made after the
-    # latest failed run was (its stamp; a run started during the streak counts too).
-    return any(t.state in _TRYING and t.created > last[1] for t in state.open_trials())
+    # latest failure (by their stamps): a run made before it, a good one that runs for an
+    # hour, must not hold the other slots idle that long.
+    return any(t.state in _TRYING and t.created >= last[3] for t in state.open_trials())
 
 
 _TRYING = frozenset({"pending", "running"})

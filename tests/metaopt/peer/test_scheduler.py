@@ -851,7 +851,9 @@ def test_after_the_wait_of_a_failure_streak_one_trial_tries_again_at_a_time() ->
     _event(state, trying, OTHER, 52, "failed", after_wait + 600)
     assert _planned(state, after_wait + 600 + 1_999) == []
     assert _planned(state, after_wait + 600 + 2_000) == [state.key]
-    # A run from before the streak still running holds nothing back.
-    early = _trial(state, ME, 70, time=5_000)
-    _event(state, early, ME, 71, "started", 5_000)
+    # A run made before the latest failure still running holds nothing back, even one made
+    # during the streak (a good configuration running for an hour kept the slots idle).
+    for seq, made in ((70, 5_000), (72, after_wait + 550)):
+        early = _trial(state, ME, seq, time=made)
+        _event(state, early, ME, seq + 1, "started", made)
     assert _planned(state, after_wait + 600 + 2_000) == [state.key]
