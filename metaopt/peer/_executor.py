@@ -262,8 +262,7 @@ class TrialProcess:
                 with contextlib.suppress(FileNotFoundError):
                     spec.stop_file.unlink()
         except OSError as exc:
-            if self._log is not None:  # (the finally below is not reached from here)
-                self._log.close()
+            self._close_log()  # (the finally below is not reached from here)
             return self._finish_early(f"cannot prepare the trial: {exc}")
         if spec.objective_regex:
             self._matcher = ThreadPoolExecutor(1, thread_name_prefix="metaopt-regex")
@@ -274,8 +273,7 @@ class TrialProcess:
                 # A run that ended within the retry of a refusal left its log silent on what
                 # it lost (its last lines, the result, lost though the disk took writes again).
                 self._reopen_log(last=True)
-            if self._log is not None:
-                self._log.close()
+            self._close_log()
             if self._matcher is not None:
                 # A chunk still being matched ends within the parser's regex_timeout.
                 self._matcher.shutdown(wait=False, cancel_futures=True)
@@ -540,6 +538,17 @@ class TrialProcess:
         except OSError as exc:  # a full disk must not stop the trial being read
             self._log_refused(exc)
             self._log_lost = (self._log_lost or 0) + len(data)
+
+    def _close_log(self) -> None:
+        """Close the log; a disk refusing what close flushes (the line saying what was lost,
+        on a disk still full) must not replace the run's outcome: raised out of run, it threw
+        the result away, and the trial was re-run as if its peer had restarted."""
+        if self._log is not None:
+            try:
+                self._log.close()
+            except (OSError, ValueError) as exc:
+                log.warning("cannot write %s: %s", self.spec.log_path, exc)
+            self._log = None
 
     def _log_refused(self, exc: OSError) -> None:
         """The disk refused the log: closed, tried again a few seconds later."""

@@ -636,6 +636,36 @@ async def test_a_trial_log_the_full_disk_refuses_does_not_fail_the_trial(
 
 
 @pytest.mark.asyncio
+async def test_a_log_the_full_disk_refuses_at_its_close_leaves_the_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The line saying what output was lost, flushed by the log's close on a disk still full,
+    # raised out of the run in place of its outcome: the result was thrown away and the trial
+    # re-run as if its peer had restarted (a review, 4 of 4 on a full tmpfs).
+    spec = _spec(tmp_path, _script(tmp_path, EPOCHS))
+    real = builtins.open
+
+    class Full:
+        def write(self, data: bytes) -> int:
+            return len(data)
+
+        def tell(self) -> int:
+            return 0
+
+        def flush(self) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        close = flush
+
+    def full(file: Any, *args: Any, **kwargs: Any) -> Any:
+        return Full() if Path(str(file)) == spec.log_path else real(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full)
+    outcome, _ = await _run(spec)
+    assert outcome.status == "completed", outcome.reason
+
+
+@pytest.mark.asyncio
 async def test_a_trial_log_goes_on_once_the_disk_takes_writes_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
