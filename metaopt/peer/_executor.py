@@ -548,7 +548,6 @@ class TrialProcess:
                 self._log.close()
             except (OSError, ValueError) as exc:
                 log.warning("cannot write %s: %s", self.spec.log_path, exc)
-            self._log = None
 
     def _log_refused(self, exc: OSError) -> None:
         """The disk refused the log: closed, tried again a few seconds later."""
