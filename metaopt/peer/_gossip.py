@@ -378,6 +378,10 @@ class LivenessNews:
 
     _live: dict[bytes, KnownPeer] = field(default_factory=dict)
     _gone: set[bytes] = field(default_factory=set)  # said gone, still in the table
+    # The addresses each peer in the table was told live at: a move back to one is not news.
+    # A peer bound to every interface is known by others at each of its addresses, and gossip
+    # and this node's own calls moved it between them every few seconds, each move a line.
+    _told_at: dict[bytes, list[str]] = field(default_factory=dict)
 
     def changes(self, table: PeerTable, now: float, timeout: float) -> LivenessChanges:
         """What changed since the last call (a gone peer as the table has it now, to tell a
@@ -389,11 +393,18 @@ class LivenessNews:
         moved = [
             (self._live[n].addr, p)
             for n, p in live.items()
-            if n in self._live and self._live[n].addr != p.addr
+            if n in self._live
+            and self._live[n].addr != p.addr
+            and p.addr not in self._told_at.get(n, ())
         ]
         # An entry the table dropped (expired) is news again if it comes back, not a return.
         self._gone = {n for n in self._gone | {p.node_id for p in gone} if n in table} - set(live)
         self._live = live
+        self._told_at = {n: told for n, told in self._told_at.items() if n in table}
+        for peer in [*found, *back, *(p for _, p in moved)]:
+            told = self._told_at.setdefault(peer.node_id, [])
+            if peer.addr not in told:
+                told[:] = [*told, peer.addr][-_TOLD_ADDRESSES:]
         return LivenessChanges(found, back, sorted(gone, key=lambda p: p.node_id), moved)
 
     def left(self, node_id: bytes) -> None:
@@ -402,6 +413,9 @@ class LivenessNews:
         a gossip round, and the log's last word on the peer was that it left)."""
         if self._live.pop(node_id, None) is not None:
             self._gone.add(node_id)
+
+
+_TOLD_ADDRESSES = 8  # addresses kept per peer in LivenessNews._told_at
 
 
 def _live(peer: KnownPeer, now: float, timeout: float) -> bool:
