@@ -261,18 +261,12 @@ class Discovery:
 
     # ------------------------------------------------------------------------ zeroconf side
 
-    def ignored(self) -> str | None:
-        """What mDNS found and this peer ignores, for a peer that knows no other ("mDNS found
-        none" said to a peer whose only neighbours ran another release); None if nothing."""
-        kinds = [
-            what
-            for what, seen in (
-                ("another metaopt release", self._reported_version),
-                ("another cluster", self._reported_foreign),
-            )
-            if len(seen)
-        ]
-        return " and ".join(kinds) or None
+    def ignored(self) -> list[str]:
+        """What mDNS found and this peer ignores ("release", "cluster": peers of another
+        release or cluster), for a peer that knows no other ("mDNS found none" said to a peer
+        whose only neighbours ran another release)."""
+        seen = (("release", self._reported_version), ("cluster", self._reported_foreign))
+        return [kind for kind, ids in seen if len(ids)]
 
     def _on_state_change(
         self,

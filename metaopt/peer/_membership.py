@@ -94,7 +94,7 @@ class Membership:
         # release): said where their silence is, which was told as no answer at all.
         self._refusals: dict[str, str] = {}
         # What mDNS found and ignored (Discovery.ignored), set by the node once it browses.
-        self.mdns_ignored: Callable[[], str | None] = lambda: None
+        self.mdns_ignored: Callable[[], list[str]] = list
         # The addresses of the peers this one talked to when it last ran (see recall_peers).
         self._recalled: list[str] = []
         self._alone_said = False
@@ -172,7 +172,7 @@ class Membership:
                 # for a refusal, which the transport says, with what to do: "does not answer
                 # (... refused us: UnknownKey)" said it twice, and contradicted itself.)
                 self._seeds_heard[addr] = False
-                if not isinstance(exc, Refused):
+                if not isinstance(exc, Refused | OtherRelease):
                     log.warning(
                         "--join %s does not answer (%s); still trying every %g s",
                         addr,
@@ -270,10 +270,15 @@ class Membership:
             found = "mDNS is off"
         elif ignored := self.mdns_ignored():
             # (--join would not help: they answer, and are refused.)
+            what = {
+                "release": ("another metaopt release", "upgrade every peer to the same release"),
+                "cluster": ("another cluster", "to join it, start this peer with its key"),
+            }
+            kinds = " and ".join(what[k][0] for k in ignored)
+            advice = "; ".join(what[k][1] for k in ignored)
             return (
-                f"no other peer known: mDNS found only peers of {ignored}, which this peer"
-                " ignores (see its log); start it with their key, or upgrade every peer to"
-                " the same metaopt release"
+                f"no other peer known: mDNS found only peers of {kinds}, which this peer"
+                f" ignores (see its log); {advice}"
             )
         else:
             found = "mDNS found none on this interface"
@@ -284,7 +289,12 @@ class Membership:
         return [a for a in self.peers.seed_addrs() if not self._seeds_heard.get(a)]
 
     def refusals(self) -> dict[str, str]:
-        """Why each address that refused this peer's last call to it did (see _refusals)."""
+        """Why each address that refused this peer's last call to it did (see _refusals), of
+        the addresses it still calls: a peer forgotten (expired from the table) and stopped
+        was listed as refusing for good, no call going there to clear it."""
+        calls = {p.addr for p in self.peers.all()} | set(self.peers.seed_addrs())
+        calls |= set(self._recalled)
+        self._refusals = {a: why for a, why in self._refusals.items() if a in calls}
         return dict(self._refusals)
 
     def _refused_why(self, *addrs: str) -> str:

@@ -505,6 +505,13 @@ async def test_a_peer_that_refuses_this_one_is_said_to_where_it_is_counted_gone(
         answers[0] = None
         await node.membership._gossip_with(addr, FAST.peer_timeout)
         assert node.membership.refusals() == {}
+        # Forgotten (expired from the table) and stopped: no longer listed as refusing.
+        answers[0] = Refused(f"{addr} refused us: {why}")
+        await node.membership._gossip_with(addr, FAST.peer_timeout)
+        assert node.membership.refusals() == {addr: why}
+        node.peers.expire(mono[0] + 10_000.0)
+        node.membership._recalled = []
+        assert node.membership.refusals() == {}
     finally:
         await node.stop()
 
@@ -518,11 +525,43 @@ async def test_a_peer_whose_mdns_neighbours_are_all_ignored_is_told_why_not_to_j
     node = Node(PeerConfig(data_dir=tmp_path / "n", port=0, mdns=True, timing=FAST))
     try:
         assert "mDNS found none on this interface" in (node.membership.alone_hint() or "")
-        node.membership.mdns_ignored = lambda: "another metaopt release"
+        node.membership.mdns_ignored = lambda: ["release"]
         assert node.membership.alone_hint() == (
             "no other peer known: mDNS found only peers of another metaopt release, which this"
-            " peer ignores (see its log); start it with their key, or upgrade every peer to the"
-            " same metaopt release"
+            " peer ignores (see its log); upgrade every peer to the same release"
         )
+        # (Not "start it with their key" to a peer with the key: a review of the first hint.)
+        node.membership.mdns_ignored = lambda: ["release", "cluster"]
+        assert node.membership.alone_hint() == (
+            "no other peer known: mDNS found only peers of another metaopt release and another"
+            " cluster, which this peer ignores (see its log); upgrade every peer to the same"
+            " release; to join it, start this peer with its key"
+        )
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_join_seed_of_another_release_is_not_said_to_be_silent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "--join ADDR does not answer (...protocol version 7 against version 8...)" contradicted
+    # the refusal said just before, and `peer status` (a review).
+    config = PeerConfig(data_dir=tmp_path / "n", port=0, mdns=False, timing=FAST)
+    node = Node(config)
+    seed = "127.0.0.1:9004"
+    node.peers.add_seed(seed)
+
+    async def call(to_addr: str, op: str, body: Any, to: Any = None) -> Any:
+        raise OtherRelease(f"{to_addr}: metaopt protocol version 7 against version 8 here")
+
+    node.membership.client = SimpleNamespace(call=call)  # type: ignore[assignment]
+    try:
+        with caplog.at_level(logging.INFO, logger="metaopt.peer"):
+            await node.membership._gossip_with(seed, FAST.peer_timeout)
+        assert not [r for r in caplog.records if "does not answer" in r.getMessage()]
+        assert node.membership.refusals() == {
+            seed: "metaopt protocol version 7 against version 8 here"
+        }
     finally:
         await node.stop()
