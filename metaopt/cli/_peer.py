@@ -449,8 +449,13 @@ def _status(args: argparse.Namespace) -> int:
         print(table(["node", "address", "last contact (s)", "live"], rows))
     if peers and not any(p["live"] for p in peers):
         # A peer cut off from the rest showed only "0 live of 3": say what it means.
+        why = (
+            "cut off, they stopped, or they refuse it: below"
+            if status.get("refusals")
+            else ("cut off, or they stopped")
+        )
         print(
-            "this peer hears none of the others (cut off, or they stopped): it runs on alone,"
+            f"this peer hears none of the others ({why}): it runs on alone,"
             " and takes their running trials for lost once they have been silent"
             f" {status.get('lost_after', 60):g} s"
         )

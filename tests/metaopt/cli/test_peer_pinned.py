@@ -212,6 +212,12 @@ def test_peer_status_of_a_peer_alone_says_so_and_not_that_it_is_cut_off(
     assert f"--join 10.0.0.5:7787: refuses this peer: {clock}\n" in out
     assert "10.0.0.6:7787 refuses this peer: metaopt protocol version 7\n" in out
     assert "no answer yet" not in out
+    silent = [{"node_id": "cd" * 16, "address": "10.0.0.6:7787", "last_contact": 40, "live": False}]
+    peer_status(_status(peers=silent, refusals=refusals))
+    assert main(["peer", "status"]) == 0
+    assert "hears none of the others (cut off, they stopped, or they refuse it: below)" in (
+        capsys.readouterr().out
+    )
 
 
 def test_peer_status_names_the_release_and_protocol_a_peer_runs(
