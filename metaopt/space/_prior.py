@@ -354,7 +354,10 @@ class Dimension:
             return False
         if self.kind != "real" or self.precision is None:
             return True
-        return math.isclose(float(self._snap(np.array([x]))[0]), x, rel_tol=1e-9)
+        # In the unit cube, as Space.round_known tells them: by two measures, a default that
+        # one called its grid neighbour and the other not was never tried, nor the space used up.
+        u = self.encode(np.array([x]))
+        return bool(abs(self.round(u)[0] - u[0]) <= ROUND_OFF)
 
     def to_string(self) -> str:
         """Canonical prior text; ``parse_prior(name, d.to_string()) == d``."""
@@ -725,6 +728,11 @@ def _fidelity(name: str, args: list[Any], kwargs: dict[str, Any]) -> Dimension:
         raise _Bad("fidelity's ladder low, low*base, ... would pass 64 rungs; raise base")
     keep = tuple(int(x) if x == round(x) else x for x in (low, high))
     return Dimension(name, "fidelity", keep, base=float(base))
+
+
+# How far a known value's unit coordinate may sit from its rounding and still be that rounded
+# value (float noise of the round trip through the trial's params), far below any grid step.
+ROUND_OFF = 1e-9
 
 
 def _with_default(dim: Dimension, value: Any) -> Dimension:

@@ -10,15 +10,11 @@ import numpy as np
 import numpy.typing as npt
 
 from metaopt._errors import SpaceError
-from metaopt.space._prior import Dimension, parse_prior
+from metaopt.space._prior import ROUND_OFF, Dimension, parse_prior
 
 __all__ = ["Space"]
 
 FloatArray = npt.NDArray[np.float64]
-
-# How far a known value's unit coordinate may sit from its rounding and still be that rounded
-# value (float noise of the round trip through the trial's params), far below any grid step.
-_ROUND_OFF = 1e-9
 
 
 class Space:
@@ -230,7 +226,7 @@ class Space:
         rounded = self.round_unit(U)
         for i, dim in enumerate(self._dims):
             if dim.kind == "real" and dim.precision is not None:
-                moved = np.abs(rounded[:, i] - U[:, i]) > _ROUND_OFF
+                moved = np.abs(rounded[:, i] - U[:, i]) > ROUND_OFF
                 rounded[moved, i] = U[moved, i]
         return rounded
 

@@ -353,6 +353,15 @@ def test_a_default_finer_than_its_precision_is_taken_as_given() -> None:
     assert d.default_value == 0.123
     # ... and it is no value the search hands out: not counted as its rounded neighbour 0.12.
     assert not d.on_grid(0.123) and d.on_grid(0.12) and d.on_grid(0.1 + 0.02)
+    # By the unit cube's measure, as the search's known points are: a default within float
+    # noise of a grid point there is that point for both (by two measures, --wait never ended).
+    from metaopt.space import Space
+
+    near = "uniform(1, 100, precision=2, default_value=1.00000001)"
+    assert parse_prior("x", near).on_grid(1.00000001)
+    space = Space.from_dict({"x": near})
+    u = space.to_unit({"x": 1.00000001})
+    assert space.round_known(u[None, :])[0, 0] == space.round_unit(u[None, :])[0, 0]
     assert not d.on_grid(1.5) and not d.on_grid("0.12")
     assert parse_prior("n", "randint(1, 3, default_value=2)").on_grid(2)
     assert parse_prior("u", "uniform(0, 1)").on_grid(0.123)
