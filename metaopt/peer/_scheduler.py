@@ -255,7 +255,8 @@ def _streak(
 
 def backing_off(state: ExperimentState, now_ms: int, end_ms: Callable[[TrialView], int]) -> bool:
     """Whether the experiment's latest trials all failed and its next waits (the backoff):
-    for the wait after the latest failure, then while the one trial started after it runs."""
+    for the wait after the latest failure, then while the one trial started after it runs,
+    for as long again at most."""
     return _backoff(state, now_ms, end_ms) is True
 
 
@@ -273,11 +274,15 @@ def _backoff(
     # and only the peer ahead started trials.
     if now_ms - last[0] < wait:
         return True
-    # The wait over, one trial tries again, and the next waits for its end: every free slot
-    # of every peer started one at once (2 of 2 slots, 3 peers alike). One made after the
-    # latest failure (by their stamps): a run made before it, a good one that runs for an
-    # hour, must not hold the other slots idle that long.
-    return any(t.state in _TRYING and t.created >= last[3] for t in state.open_trials())
+    # The wait over, one trial tries again, and the next waits for its end or for the wait
+    # again, whichever comes first: every free slot of every peer started one at once (2 of
+    # 2 slots, 3 peers alike). One made after the latest failure (by their stamps): a run made
+    # before it, or one that outlived the wait (a good one that runs for an hour), must not
+    # hold the other slots idle that long.
+    return any(
+        t.state in _TRYING and last[3] <= t.created and now_ms - t.created < wait
+        for t in state.open_trials()
+    )
 
 
 _TRYING = frozenset({"pending", "running"})

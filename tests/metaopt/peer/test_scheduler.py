@@ -842,11 +842,13 @@ def test_after_the_wait_of_a_failure_streak_one_trial_tries_again_at_a_time() ->
     assert _planned(state, after_wait - 1) == []
     plan = _plan([state], ME, 2, set(), [ME], after_wait, 1_000, lambda s: True)
     assert [w.experiment for w in plan] == [state.key]  # one of the two free slots
-    # Its trial made (here or by another peer) and running: the next waits for its end.
+    # Its trial made (here or by another peer) and running: the next waits for its end, or
+    # as long as the wait, whichever first (a good retry running an hour held the slots idle).
     trying = _trial(state, OTHER, 50, time=after_wait)
     _event(state, trying, OTHER, 51, "started", after_wait)
     assert backing_off(state, after_wait + 500, _since(after_wait + 500))
     assert _planned(state, after_wait + 500) == []
+    assert _planned(state, after_wait + 1_000) == [state.key]
     # It fails too: the wait doubles, then one tries again.
     _event(state, trying, OTHER, 52, "failed", after_wait + 600)
     assert _planned(state, after_wait + 600 + 1_999) == []
