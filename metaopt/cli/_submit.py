@@ -32,6 +32,8 @@ from metaopt.cli._wait import wait_for
 from metaopt.peer._bundle import (
     DEFAULT_MAX_BYTES,
     HARD_MAX_BYTES,
+    MAX_EMPTY_DIR_BYTES,
+    MAX_EMPTY_DIRS,
     collect_bundle,
     manifest_paths,
 )
@@ -552,7 +554,17 @@ def build_submission(
             raise MetaoptError(f"--max-bundle-mb must be between 1 and {most}{why}")
         max_bytes = max_mb * (1 << 20) if max_mb else DEFAULT_MAX_BYTES
         left_out: list[str] = []
-        manifest, chunks = collect_bundle(root, max_bytes=max_bytes, left_out=left_out)
+        empty: list[str] = []
+        manifest, chunks = collect_bundle(
+            root, max_bytes=max_bytes, left_out=left_out, empty_left_out=empty
+        )
+        if empty:
+            print(
+                f"note: {len(empty)} empty folders (such as {empty[0]}) not sent to the peers,"
+                f" more than {MAX_EMPTY_DIRS} or {MAX_EMPTY_DIR_BYTES >> 10} KiB of names; a"
+                " trial on another machine that needs one must make it",
+                file=sys.stderr,
+            )
         if left_out:
             shown = ", ".join(left_out[:5]) + (
                 f" and {len(left_out) - 5} more" if len(left_out) > 5 else ""

@@ -55,9 +55,12 @@ HARD_MAX_BYTES = 1 << 30
 # must fit beside it: chunks of a whole MiB made every bundle over 1 MiB fail to submit.
 CHUNK_BYTES = MAX_RECORD_SIZE - (16 << 10)
 _SKIP_DIRS = frozenset({"__pycache__", "venv", "node_modules"})
-# Empty folders a bundle may hold: a manifest from another machine must not make a peer
-# create millions of them.
-MAX_EMPTY_DIRS = 10_000
+# Empty folders a bundle holds at most, and the bytes of their paths: each trial's folder
+# makes them again, and the manifest must stay a small part of its record (9,500 leftover run
+# folders took 1.35 MB, and the folder could no longer be submitted). Past either, none is
+# sent (submit says so); a manifest from another machine past either is refused.
+MAX_EMPTY_DIRS = 1000
+MAX_EMPTY_DIR_BYTES = 64 << 10
 _MiB = float(1 << 20)
 
 
@@ -79,6 +82,7 @@ def collect_bundle(
     max_bytes: int = DEFAULT_MAX_BYTES,
     chunk_bytes: int = CHUNK_BYTES,
     left_out: list[str] | None = None,
+    empty_left_out: list[str] | None = None,
 ) -> tuple[dict[str, Any], dict[bytes, bytes]]:
     """Bundle a folder.
 
@@ -88,6 +92,8 @@ def collect_bundle(
         chunk_bytes: the largest chunk.
         left_out: gets the symlinks not bundled (to a folder, or out of the folder), which
             the trials on other machines will not find.
+        empty_left_out: gets the empty folders not bundled, past MAX_EMPTY_DIRS or
+            MAX_EMPTY_DIR_BYTES.
 
     Returns:
         ``(manifest, chunks)`` where ``chunks`` maps each digest named in the manifest to its
@@ -109,17 +115,7 @@ def collect_bundle(
     chosen: list[tuple[str, Path, int, int]] = []
     total = 0
     for rel in paths:
-        if not _utf8(rel):
-            raise BundleError(
-                f"{base}: the file name {rel!r} is not valid UTF-8 (peers could not store it);"
-                " rename it, or move it out of the folder"
-            )
-        if len(rel.encode()) > _MAX_PATH_BYTES:
-            # (Left out without a word, the trials did not find it.)
-            raise BundleError(
-                f"{base}: the path {rel[:60]}... is over {_MAX_PATH_BYTES} bytes, more than"
-                " peers lay out; shorten it, or move it out of the folder"
-            )
+        _check_path(base, rel)
         found = _regular(base, rel)
         if found is None:
             if left_out is not None and (base / rel).is_symlink():
@@ -148,15 +144,30 @@ def collect_bundle(
     if pending:
         _cut(pending, len(pending), chunks, order)
     manifest: dict[str, Any] = {"version": 1, "size": total, "files": files, "chunks": order}
-    dirs = sorted(_outside_data_dirs(base, (d for d in empty if _utf8(d) and _safe(d))))
-    if len(dirs) > MAX_EMPTY_DIRS:
-        raise BundleError(
-            f"{base} holds {len(dirs)} empty folders, more than the {MAX_EMPTY_DIRS} a bundle"
-            " may; remove them, or make them in the script"
-        )
-    if dirs:  # (only then: the manifests of every other folder stay as they were)
+    dirs = sorted(_outside_data_dirs(base, empty))
+    for rel in dirs:  # (refused as a file's path would be)
+        _check_path(base, rel, "folder")
+    if len(dirs) > MAX_EMPTY_DIRS or sum(len(d.encode()) for d in dirs) > MAX_EMPTY_DIR_BYTES:
+        if empty_left_out is not None:
+            empty_left_out.extend(dirs)
+    elif dirs:  # (only then: the manifests of every other folder stay as they were)
         manifest["dirs"] = dirs
     return manifest, chunks
+
+
+def _check_path(base: Path, rel: str, what: str = "file") -> None:
+    """Refuse a path under base that peers could not store or lay out."""
+    if not _utf8(rel):
+        raise BundleError(
+            f"{base}: the {what} name {rel!r} is not valid UTF-8 (peers could not store it);"
+            " rename it, or move it out of the folder"
+        )
+    if len(rel.encode()) > _MAX_PATH_BYTES:
+        # (Left out without a word, the trials did not find it.)
+        raise BundleError(
+            f"{base}: the path {rel[:60]}... is over {_MAX_PATH_BYTES} bytes, more than"
+            " peers lay out; shorten it, or move it out of the folder"
+        )
 
 
 def _utf8(name: str) -> bool:
@@ -463,4 +474,6 @@ def _check_dirs(raw: Any, files: set[str]) -> list[str]:
         inside = next((p for p in [rel, *map(str, PurePosixPath(rel).parents)] if p in files), None)
         if inside is not None:
             raise BundleError(f"bundle folder {rel!r} is at or inside {inside!r}, a file; refused")
+    if sum(len(rel.encode()) for rel in raw) > MAX_EMPTY_DIR_BYTES:
+        raise BundleError(f"bundle manifest's folder list is over {MAX_EMPTY_DIR_BYTES} bytes")
     return list(raw)

@@ -1141,6 +1141,20 @@ def test_links_left_out_of_the_code_are_noted(
     assert "note: links left out of the code sent to the peers" in said and ": data;" in said
 
 
+def test_empty_folders_too_many_to_send_are_noted(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Past the cap they are not sent, rather than the folder refused (a review).
+    (tmp_path / "t.py").write_text("print(1)\n")
+    for i in range(1001):
+        (tmp_path / "runs" / f"{i:04}").mkdir(parents=True)
+    _build(tmp_path, "t.py", "--x~uniform(0, 1)")
+    said = capfd.readouterr().err
+    assert "note: 1001 empty folders (such as runs/0000) not sent to the peers, more than 1000" in (
+        said
+    )
+
+
 def test_submit_help_says_what_each_option_does(capsys: pytest.CaptureFixture[str]) -> None:
     # It listed the options' names only.
     from metaopt.cli._submit import _OPTION_HELP, _OPTIONS

@@ -90,7 +90,8 @@ def test_empty_folders_and_sourceless_modules_go_too(tmp_path: Path) -> None:
         (["train.py"], "is at or inside 'train.py', a file"),
         (["train.py/x"], "is at or inside 'train.py', a file"),
         ("outputs", "malformed"),
-        (["d"] * 10_001, "over 10000"),
+        (["d"] * 1001, "over 1000"),
+        ([f"{i:04}" + "d" * 200 for i in range(400)], "over 65536 bytes"),
     ],
 )
 def test_a_manifests_bad_folders_are_refused(tmp_path: Path, dirs: Any, why: str) -> None:
@@ -101,14 +102,32 @@ def test_a_manifests_bad_folders_are_refused(tmp_path: Path, dirs: Any, why: str
         materialize_bundle({**manifest, "dirs": dirs}, chunks, tmp_path / "dest")
 
 
-def test_a_path_too_long_to_lay_out_is_refused_not_left_out(tmp_path: Path) -> None:
-    # Left out without a word, the trials did not find the file (README: refused).
+@pytest.mark.parametrize("a_file", [True, False])
+def test_a_path_too_long_to_lay_out_is_refused_not_left_out(tmp_path: Path, a_file: bool) -> None:
+    # Left out without a word, the trials did not find the file, or the empty folder (README:
+    # refused).
     src = tmp_path / "src"
     deep = src.joinpath(*["d" * 200] * 11)
     deep.mkdir(parents=True)
-    (deep / "f.txt").write_text("data")
+    if a_file:
+        (deep / "f.txt").write_text("data")
     with pytest.raises(BundleError, match="is over 2048 bytes, more than peers lay out"):
         collect_bundle(src)
+
+
+def test_too_many_empty_folders_are_left_out_with_word_not_refused(tmp_path: Path) -> None:
+    # 9,500 leftover run folders took 1.35 MB of the manifest, and a folder that was submitted
+    # the day before was refused; each trial's folder made them all again (a review).
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "train.py").write_text("print('hi')\n")
+    for i in range(1001):
+        (src / "runs" / f"{i:04}").mkdir(parents=True)
+    empty: list[str] = []
+    manifest, _ = collect_bundle(src, empty_left_out=empty)
+    assert "dirs" not in manifest and len(empty) == 1001 and empty[0] == "runs/0000"
+    manifest, _ = collect_bundle(src)  # (no one asking: left out all the same)
+    assert "dirs" not in manifest and manifest_paths(manifest) == ["train.py"]
 
 
 def test_the_same_folder_gives_the_same_bundle(tmp_path: Path) -> None:
