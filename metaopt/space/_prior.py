@@ -732,6 +732,10 @@ def _fidelity(name: str, args: list[Any], kwargs: dict[str, Any]) -> Dimension:
 
 # How far a known value's unit coordinate may sit from its rounding and still be that rounded
 # value (float noise of the round trip through the trial's params), far below any grid step.
+# The search's own resolution (DedupeConfig.atol): measured relative to the value instead, a
+# default 1e-9 of the range from a grid point (1.0009 in uniform(1, 1e6, precision=1)) was a
+# point of its own for the count and that grid point for the search, and submit --wait never
+# ended (a review); in the unit cube it is that grid point for both.
 ROUND_OFF = 1e-9
 
 

@@ -413,3 +413,13 @@ def test_a_precision_range_counts_and_lists_the_values_it_can_take(
     assert drawn <= set(listed.tolist())  # what a search draws
     if count <= 100:
         assert drawn == set(listed.tolist())  # and all of it
+
+
+def test_the_grids_measure_is_the_searchs_resolution() -> None:
+    # A default within the search's resolution of a grid point is that point for the search
+    # (dedupe's atol) and so for the count: by a measure relative to the value, on wide ranges
+    # the count said a point was left that the search could never suggest (a review).
+    from metaopt.search._dedupe import DedupeConfig
+    from metaopt.space._prior import ROUND_OFF
+
+    assert DedupeConfig().atol == ROUND_OFF
