@@ -60,6 +60,7 @@ from metaopt.peer._scheduler import (
     ended_here,
     failure_streak,
     find_lost,
+    made_here,
     plan_work,
     settle_rank,
     settle_wait,
@@ -967,7 +968,8 @@ class Node:
                 state.spec.name,
             )
         now_ms = int(self.clock() * 1000)
-        if backing_off(state, now_ms, self._ended_here(now_ms)):
+        made_ms = made_here(self._clock_offset_ms)
+        if backing_off(state, now_ms, self._ended_here(now_ms), made_ms):
             # Failures that arrived while this one was chosen or waited for its turn: planned
             # before them, the 4th and 5th trials of a crashing script started at once instead
             # of 1 s and 2 s after. (Once, here: it reads every ended trial.)

@@ -30,6 +30,7 @@ __all__ = [
     "ended_here",
     "failure_streak",
     "find_lost",
+    "made_here",
     "plan_work",
     "rendezvous_rank",
     "settle_rank",
@@ -234,17 +235,16 @@ def failure_streak(
 
 def _streak(
     state: ExperimentState, end_ms: Callable[[TrialView], int] | None
-) -> tuple[int, tuple[int, int, int, int] | None]:
-    """failure_streak, with the latest failure as (end, created, counter, its end's stamp)."""
+) -> tuple[int, tuple[int, int, int] | None]:
+    """failure_streak, with the latest failure as (end, created, counter)."""
     # The failures after the latest completion, in one pass (a sort of every ended trial,
     # at each scheduling pass of each experiment, was most of a pass at 3,000 trials).
-    last_completed: tuple[int, int, int, int] | None = None
-    failures: list[tuple[int, int, int, int]] = []
+    last_completed: tuple[int, int, int] | None = None
+    failures: list[tuple[int, int, int]] = []
     for t in state.trials():
         if t.ended_at is None or t.state not in ("completed", "failed"):
             continue
-        end = t.ended_at if end_ms is None else end_ms(t)
-        key = (end, t.created, t.counter, t.ended_at)
+        key = (t.ended_at if end_ms is None else end_ms(t), t.created, t.counter)
         if t.state == "failed":
             failures.append(key)
         elif last_completed is None or key > last_completed:
@@ -253,15 +253,37 @@ def _streak(
     return len(after), (max(after) if after else None)
 
 
-def backing_off(state: ExperimentState, now_ms: int, end_ms: Callable[[TrialView], int]) -> bool:
+def made_here(offset_ms: Callable[[bytes], int] = lambda node: 0) -> Callable[[TrialView], int]:
+    """When a trial was made by this node's clock: its stamp moved by its maker's clock offset
+    (see ended_here)."""
+    offsets: dict[bytes, int] = {}
+
+    def made(t: TrialView) -> int:
+        offset = offsets.get(t.node)
+        if offset is None:
+            offset = offsets[t.node] = offset_ms(t.node)
+        return t.created + offset
+
+    return made
+
+
+def backing_off(
+    state: ExperimentState,
+    now_ms: int,
+    end_ms: Callable[[TrialView], int],
+    made_ms: Callable[[TrialView], int] | None = None,
+) -> bool:
     """Whether the experiment's latest trials all failed and its next waits (the backoff):
     for the wait after the latest failure, then while the one trial started after it runs,
-    for as long again at most."""
-    return _backoff(state, now_ms, end_ms) is True
+    for as long again at most (``made_ms``: see made_here)."""
+    return _backoff(state, now_ms, end_ms, made_ms or made_here()) is True
 
 
 def _backoff(
-    state: ExperimentState, now_ms: int, end_ms: Callable[[TrialView], int]
+    state: ExperimentState,
+    now_ms: int,
+    end_ms: Callable[[TrialView], int],
+    made_ms: Callable[[TrialView], int],
 ) -> bool | None:
     """backing_off, or None when not backing off and its latest runs are no failure streak
     (False: a streak, and one trial may try again now)."""
@@ -276,11 +298,14 @@ def _backoff(
         return True
     # The wait over, one trial tries again, and the next waits for its end or for the wait
     # again, whichever comes first: every free slot of every peer started one at once (2 of
-    # 2 slots, 3 peers alike). One made after the latest failure (by their stamps): a run made
-    # before it, or one that outlived the wait (a good one that runs for an hour), must not
-    # hold the other slots idle that long.
+    # 2 slots, 3 peers alike). One made after the latest failure: a run made before it, or
+    # one that outlived the wait (a good one that runs for an hour), must not hold the other
+    # slots idle that long. By this node's clock (see made_here): by the stamps of a peer 90 s
+    # ahead, its retry held the others 69 s. (Made a wait after the failure, give or take the
+    # offsets' error: half a wait tells it from a run made before.)
+    made = made_ms
     return any(
-        t.state in _TRYING and last[3] <= t.created and now_ms - t.created < wait
+        t.state in _TRYING and made(t) >= last[0] + wait // 2 and now_ms - made(t) < wait
         for t in state.open_trials()
     )
 
@@ -378,11 +403,12 @@ def plan_work(
     claimed: set[bytes] = set()
     planned_new: dict[bytes, int] = {}
     end_ms = ended_here(now_ms, quiet_ms, offset_ms)
+    made_ms = made_here(offset_ms)
     held: dict[bytes, bool | None] = {}  # experiment -> _backoff (a pass changes nothing)
 
     def backing(state: ExperimentState) -> bool:
         if state.key not in held:
-            held[state.key] = _backoff(state, now_ms, end_ms)
+            held[state.key] = _backoff(state, now_ms, end_ms, made_ms)
         # In a failure streak, one new trial a pass at most (see backing_off).
         return held[state.key] is True or (
             held[state.key] is False and planned_new.get(state.key, 0) > 0

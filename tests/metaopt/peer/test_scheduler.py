@@ -859,3 +859,26 @@ def test_after_the_wait_of_a_failure_streak_one_trial_tries_again_at_a_time() ->
         early = _trial(state, ME, seq, time=made)
         _event(state, early, ME, seq + 1, "started", made)
     assert _planned(state, after_wait + 600 + 2_000) == [state.key]
+
+
+def test_a_retry_made_by_a_clock_ahead_holds_the_others_one_wait_by_this_clock() -> None:
+    # By the stamps of a peer 90 s ahead, its retry held the other peers' free slots 69 s
+    # instead of the 1 s wait (a review); by this node's clock, one wait.
+    state = _state(name="broken")
+    for n in range(1, BACKOFF_AFTER + 1):
+        t = _trial(state, ME, 2 * n - 1, time=10_000)
+        _event(state, t, ME, 2 * n, "failed", 10_000)
+    ahead = 90_000
+    retry = _trial(state, OTHER, 50, time=11_000 + ahead)  # made by a clock 90 s ahead
+    _event(state, retry, OTHER, 51, "started", 11_000 + ahead)
+
+    def planned(now: int, offsets: dict[bytes, int]) -> list[bytes]:
+        plan = _plan(
+            [state], ME, 1, set(), [ME, OTHER], now, 1_000, lambda s: True,
+            offset_ms=lambda node: offsets.get(node, 0),
+        )  # fmt: skip
+        return [w.experiment for w in plan]
+
+    told = {OTHER: -ahead}  # what to add to its stamps (see RequestLags.offset)
+    assert planned(11_500, told) == []  # held: the retry is young by this clock
+    assert planned(12_000, told) == [state.key]  # one wait on
