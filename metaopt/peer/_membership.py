@@ -258,7 +258,7 @@ class Membership:
             if not self._listened():
                 return None
             # `peer status` said nothing of it: "peers (0 live of 0)" and its log's warning.
-            shown = ", ".join(self._recalled[:3]) + (", ..." if len(self._recalled) > 3 else "")
+            shown = self._recalled_shown()
             refused = self._refused_why(*self._recalled)
             if refused:
                 return f"none of the peers this one knew ({shown}) takes its calls{refused}"
@@ -283,6 +283,10 @@ class Membership:
         else:
             found = "mDNS found none on this interface"
         return f"no other peer known ({found}); to join a cluster, start with --join HOST:PORT"
+
+    def _recalled_shown(self) -> str:
+        """The first few addresses remembered from its last life, for a line of the log."""
+        return ", ".join(self._recalled[:3]) + (", ..." if len(self._recalled) > 3 else "")
 
     def silent_seeds(self) -> list[str]:
         """The --join addresses that have not answered since this peer started."""
@@ -331,7 +335,7 @@ class Membership:
         if not talking:
             if self._recalled and not self._warned_alone and self._listened():
                 self._warned_alone = True
-                shown = ", ".join(self._recalled[:3]) + (", ..." if len(self._recalled) > 3 else "")
+                shown = self._recalled_shown()
                 refused = self._refused_why(*self._recalled)
                 if refused:  # (they answered: --join would not help)
                     log.warning(

@@ -206,15 +206,11 @@ def ended_here(
     completion made after them.
     """
 
-    offsets: dict[bytes, int] = {}  # (each writer's, asked once: a sort asks per trial)
+    offset = _asked_once(offset_ms)  # (a sort asks per trial)
 
     def end(t: TrialView) -> int:
         assert t.ended_at is not None
-        writer = t.runner or t.node
-        offset = offsets.get(writer)
-        if offset is None:
-            offset = offsets[writer] = offset_ms(writer)
-        return min(t.ended_at + offset, now_ms - quiet_ms(t))
+        return min(t.ended_at + offset(t.runner or t.node), now_ms - quiet_ms(t))
 
     return end
 
@@ -256,15 +252,24 @@ def _streak(
 def made_here(offset_ms: Callable[[bytes], int] = lambda node: 0) -> Callable[[TrialView], int]:
     """When a trial was made by this node's clock: its stamp moved by its maker's clock offset
     (see ended_here)."""
-    offsets: dict[bytes, int] = {}
+    offset = _asked_once(offset_ms)
 
     def made(t: TrialView) -> int:
-        offset = offsets.get(t.node)
-        if offset is None:
-            offset = offsets[t.node] = offset_ms(t.node)
-        return t.created + offset
+        return t.created + offset(t.node)
 
     return made
+
+
+def _asked_once(offset_ms: Callable[[bytes], int]) -> Callable[[bytes], int]:
+    """offset_ms, asked once per node."""
+    offsets: dict[bytes, int] = {}
+
+    def offset(node: bytes) -> int:
+        if node not in offsets:
+            offsets[node] = offset_ms(node)
+        return offsets[node]
+
+    return offset
 
 
 def backing_off(
