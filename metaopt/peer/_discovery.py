@@ -64,6 +64,7 @@ ALL_INTERFACES = "0.0.0.0"
 _IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)  # Linux; absent from older Pythons
 _MAX_LABEL = 63
 _RENAME_ROOM = 3  # zeroconf's "-N" on a name clash (it tries up to a few)
+_MAX_IGNORING = 256  # ignored announcements remembered (a crowded LAN of other clusters)
 
 
 class DiscoveryError(MetaoptError):
@@ -186,6 +187,9 @@ class Discovery:
         self._resolving = asyncio.Semaphore(config.max_resolving)
         self._reported_foreign = OnceEach()  # node ids from announcements: bounded
         self._reported_version = OnceEach()
+        # Announcements this peer ignores now, by service name (or node id), and why: what
+        # ignored() says. Kept to those still announced (goodbyes remove them), and bounded.
+        self._ignoring: dict[str, str] = {}
         self.service_name = f"{_instance_label(config.name, config.node_id)}.{SERVICE_TYPE}"
 
     @property
@@ -265,8 +269,8 @@ class Discovery:
         """What mDNS found and this peer ignores ("release", "cluster": peers of another
         release or cluster), for a peer that knows no other ("mDNS found none" said to a peer
         whose only neighbours ran another release)."""
-        seen = (("release", self._reported_version), ("cluster", self._reported_foreign))
-        return [kind for kind, ids in seen if len(ids)]
+        kinds = set(self._ignoring.values())
+        return [kind for kind in ("release", "cluster") if kind in kinds]
 
     def _on_state_change(
         self,
@@ -275,7 +279,11 @@ class Discovery:
         name: str,
         state_change: ServiceStateChange,
     ) -> None:
-        if state_change is ServiceStateChange.Removed or name == self.service_name:
+        if name == self.service_name:
+            return
+        if state_change is ServiceStateChange.Removed:
+            # Gone (a goodbye, or its records expired): no longer what mDNS finds here.
+            self._ignoring.pop(name, None)
             return
         if name in self._tasks or len(self._tasks) >= self.config.max_pending:
             return
@@ -299,7 +307,7 @@ class Discovery:
             return
         peer = self._parse(name, info)
         if peer is not None:
-            self._deliver(peer)
+            self._deliver(peer, service=name)
 
     def _parse(self, name: str, info: AsyncServiceInfo) -> PeerInfo | None:
         props = info.decoded_properties
@@ -330,7 +338,13 @@ class Discovery:
                 return addr
         return None
 
-    def _deliver(self, peer: PeerInfo) -> None:
+    def _deliver(self, peer: PeerInfo, service: str | None = None) -> None:
+        kind = self._ignore_as(peer)
+        key = service if service is not None else peer.node_id
+        if kind is None:
+            self._ignoring.pop(key, None)
+        elif key in self._ignoring or len(self._ignoring) < _MAX_IGNORING:
+            self._ignoring[key] = kind
         if peer.node_id == self.config.node_id.lower():
             if self._on_self is not None:
                 self._on_self(peer)
@@ -361,6 +375,16 @@ class Discovery:
                 )
             return
         self._on_found(peer)
+
+    def _ignore_as(self, peer: PeerInfo) -> str | None:
+        """Why this peer ignores peer ("cluster", "release"), or None if it does not."""
+        if peer.node_id == self.config.node_id.lower():
+            return None
+        if peer.fingerprint != self.config.cluster_fingerprint:
+            return "cluster"
+        if peer.protocol_version != self.config.protocol_version:
+            return "release"
+        return None
 
 
 def _is_hex(text: str, length: int) -> bool:

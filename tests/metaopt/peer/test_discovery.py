@@ -19,11 +19,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from zeroconf import InterfaceChoice
+from zeroconf import InterfaceChoice, ServiceStateChange
 
 from metaopt.peer._discovery import (
     Discovery,
@@ -36,6 +37,7 @@ from metaopt.peer._discovery import (
 PROBE = Path(__file__).with_name("mdns_probe.py")
 ADAPTERS = [("lo", "127.0.0.1", 8), ("eth9", "192.0.2.7", 24)]
 _names = itertools.count()
+REMOVED = ServiceStateChange.Removed
 
 
 def _fingerprint() -> str:
@@ -187,6 +189,39 @@ async def test_a_peer_of_another_cluster_is_reported_foreign_once_never_found() 
     reported = [p for p in foreign if p.fingerprint == theirs]
     assert [p.node_id for p in reported] == [stranger_config.node_id]
     assert (reported[0].host, reported[0].port, reported[0].name) == ("127.0.0.1", 17101, "them")
+
+
+@pytest.mark.integration
+@pytest.mark.asyncio
+async def test_a_foreign_peer_that_says_goodbye_is_no_longer_what_mdns_found() -> None:
+    """A peer alone is told mDNS found only peers of another cluster (or release) while they
+    announce; once they leave, that is no longer so (it was said for good)."""
+    us = Discovery(_config(_fingerprint(), 17110, "us"), on_found=lambda p: None)
+    stranger = Discovery(_config(_fingerprint(), 17111, "them"), on_found=lambda p: None)
+    try:
+        await asyncio.gather(us.start(), stranger.start())
+        assert await _wait_until(lambda: stranger.service_name in us._ignoring, 20)
+        assert "cluster" in us.ignored()
+        await stranger.stop()  # its goodbye
+        assert await _wait_until(lambda: stranger.service_name not in us._ignoring, 20)
+    finally:
+        await asyncio.gather(us.stop(), stranger.stop())
+
+
+def test_an_ignored_announcement_is_forgotten_when_removed_or_when_it_matches_again() -> None:
+    config = _config(_fingerprint(), 17112, "us")
+    us = Discovery(config, on_found=lambda p: None)
+    old = PeerInfo("cd" * 16, "127.0.0.1", 9, config.cluster_fingerprint, 99, "old")
+    foreign = PeerInfo("ef" * 16, "127.0.0.1", 10, "other", config.protocol_version, "f")
+    us._deliver(old, service="old._metaopt._tcp.local.")
+    us._deliver(foreign, service="f._metaopt._tcp.local.")
+    assert us.ignored() == ["release", "cluster"]
+    us._on_state_change(None, "_metaopt._tcp.local.", "f._metaopt._tcp.local.", REMOVED)
+    assert us.ignored() == ["release"]
+    # The old peer upgraded in place: the same name, now of this release.
+    upgraded = replace(old, protocol_version=config.protocol_version)
+    us._deliver(upgraded, service="old._metaopt._tcp.local.")
+    assert us.ignored() == []
 
 
 @pytest.mark.integration
