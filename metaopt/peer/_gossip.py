@@ -16,7 +16,7 @@ import ipaddress
 import math
 import random
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -378,14 +378,28 @@ class LivenessNews:
 
     _live: dict[bytes, KnownPeer] = field(default_factory=dict)
     _gone: set[bytes] = field(default_factory=set)  # said gone, still in the table
-    # The addresses each peer in the table was told live at: a move back to one is not news.
-    # A peer bound to every interface is known by others at each of its addresses, and gossip
-    # and this node's own calls moved it between them every few seconds, each move a line.
-    _told_at: dict[bytes, list[str]] = field(default_factory=dict)
+    # The addresses each peer in the table was told live at, in its run then (the token its
+    # requests carry, see Request.run; None before one is heard): a move back to one is not
+    # news within one run. A peer bound to every interface is known by others at each of its
+    # addresses, and gossip and this node's own calls moved it between them every few
+    # seconds, each move a line. A peer restarted back on a port it used before is news.
+    _told_at: dict[bytes, tuple[bytes | None, list[str]]] = field(default_factory=dict)
 
-    def changes(self, table: PeerTable, now: float, timeout: float) -> LivenessChanges:
+    def changes(
+        self,
+        table: PeerTable,
+        now: float,
+        timeout: float,
+        runs: Mapping[bytes, bytes] | None = None,
+    ) -> LivenessChanges:
         """What changed since the last call (a gone peer as the table has it now, to tell a
-        leave from silence; gone ones in id order)."""
+        leave from silence; gone ones in id order). ``runs``: each peer's latest run token
+        heard first-hand, which tells a restart from a peer moving between its addresses."""
+        runs = runs or {}
+        for node_id, (run, told) in list(self._told_at.items()):
+            latest = runs.get(node_id)
+            if latest is not None and latest != run:  # (None: the first token heard of it)
+                self._told_at[node_id] = (latest, [] if run is not None else told)
         live = {p.node_id: p for p in table.live(now, timeout)}
         found = [p for n, p in live.items() if n not in self._live and n not in self._gone]
         back = [p for n, p in live.items() if n in self._gone]
@@ -395,16 +409,16 @@ class LivenessNews:
             for n, p in live.items()
             if n in self._live
             and self._live[n].addr != p.addr
-            and p.addr not in self._told_at.get(n, ())
+            and p.addr not in self._told_at.get(n, (None, ()))[1]
         ]
         # An entry the table dropped (expired) is news again if it comes back, not a return.
         self._gone = {n for n in self._gone | {p.node_id for p in gone} if n in table} - set(live)
         self._live = live
         self._told_at = {n: told for n, told in self._told_at.items() if n in table}
         for peer in [*found, *back, *(p for _, p in moved)]:
-            told = self._told_at.setdefault(peer.node_id, [])
+            run, told = self._told_at.get(peer.node_id, (runs.get(peer.node_id), []))
             if peer.addr not in told:
-                told[:] = [*told, peer.addr][-_TOLD_ADDRESSES:]
+                self._told_at[peer.node_id] = (run, [*told, peer.addr][-_TOLD_ADDRESSES:])
         return LivenessChanges(found, back, sorted(gone, key=lambda p: p.node_id), moved)
 
     def left(self, node_id: bytes) -> None:

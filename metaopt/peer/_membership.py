@@ -89,6 +89,7 @@ class Membership:
         self._spawn = spawn
         self._stop_itself = stop_itself
         self._liveness = LivenessNews()
+        self._runs: dict[bytes, bytes] = {}  # each peer's run token, from its requests
         self._seeds_heard: dict[str, bool] = {}  # --join address -> answered (warned once if not)
         # Addresses whose last answer refused this peer, and why (a clock off, another key or
         # release): said where their silence is, which was told as no answer at all.
@@ -195,7 +196,8 @@ class Membership:
     def _say_liveness(self, now: float, timeout: float) -> None:
         """A line for each peer that became live, came back, or went silent (not for one
         that said it was leaving: that was said when it came)."""
-        found, back, gone, moved = self._liveness.changes(self.peers, now, timeout)
+        self._runs = {n: run for n, run in self._runs.items() if n in self.peers}
+        found, back, gone, moved = self._liveness.changes(self.peers, now, timeout, self._runs)
         # A line each, up to a few a look: a peer gossiping a thousand made-up ids as live (a
         # buggy release, or a hostile peer with the key) wrote two lines for each in every
         # peer's log, 7,407 in minutes.
@@ -405,6 +407,8 @@ class Membership:
         if addr is not None:
             waited = self._waited(request) if waited is None else waited
             self.peers.add(request.sender, addr, self.monotonic() - waited, contacted=True)
+            if request.run is not None and request.sender in self.peers:
+                self._runs[request.sender] = request.run
 
     def sender_addr(self, request: Request) -> str | None:
         """The address a peer's request came from, as this peer would call it back."""

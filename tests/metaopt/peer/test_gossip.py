@@ -356,3 +356,30 @@ def test_a_peer_known_at_two_addresses_moving_between_them_is_told_once() -> Non
     assert told == [("h:1", "h:2")]
     table.add(A, "h:3", 21.0, contacted=True)  # restarted on another port: news
     assert [(o, p.addr) for o, p in news.changes(table, 21.0, TIMEOUT).moved] == [("h:1", "h:3")]
+
+
+def test_a_peer_restarted_back_on_a_port_it_used_before_is_told_there_again() -> None:
+    # Told at h:1, then at h:2, a peer restarted back on h:1 was not told (a review: 2 of 2):
+    # its run token tells a restart from a peer moving between its addresses in one run.
+    table, news = PeerTable(), LivenessNews()
+    table.add(A, "h:1", 0.0, contacted=True)
+    news.changes(table, 0.0, TIMEOUT, {A: b"run1"})
+    told = []
+    moves = [(1, "h:2", b"run2"), (2, "h:1", b"run3"), (3, "h:2", b"run3"), (4, "h:1", b"run3")]
+    for now, addr, run in moves:
+        table.add(A, addr, float(now), contacted=True)
+        moved = news.changes(table, float(now), TIMEOUT, {A: run}).moved
+        told += [(old, p.addr) for old, p in moved]
+    # (The last move is within run3, back to an address it was told at in that run: the
+    # flapping of a peer known at two addresses, not news.)
+    assert told == [("h:1", "h:2"), ("h:2", "h:1"), ("h:1", "h:2")]
+
+
+def test_a_peer_whose_first_token_is_heard_late_is_not_told_again_for_it() -> None:
+    table, news = PeerTable(), LivenessNews()
+    table.add(A, "h:1", 0.0, contacted=True)  # found by gossip: no token yet
+    news.changes(table, 0.0, TIMEOUT)
+    table.add(A, "h:2", 1.0, contacted=True)
+    assert len(news.changes(table, 1.0, TIMEOUT, {A: b"run1"}).moved) == 1
+    table.add(A, "h:1", 2.0, contacted=True)  # the same run, at its other address
+    assert news.changes(table, 2.0, TIMEOUT, {A: b"run1"}).moved == []
