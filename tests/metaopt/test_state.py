@@ -1233,3 +1233,42 @@ def test_a_kill_at_a_rung_records_the_rung_and_a_malformed_one_is_refused() -> N
         rec = Record.create(EVENT, NODE_A, 99, 1300, {**body, "rung": rung},
                             [at_rung.key, log.experiment.key])  # fmt: skip
         assert parse_event(rec) is None
+
+
+def test_a_verdict_following_a_replaced_runs_events_is_shown_on_that_run() -> None:
+    # A, cut off and alive, kills its own run after C re-ran the trial A was counted lost
+    # on: the view shows the kill on A's run (its runner and curve), not on C's re-run.
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    log.event(t, NODE_A, "started", 1000)
+    last_a = log.event(t, NODE_A, "progress", 1100, step=1, metrics={"objective": 0.9})
+    loss = log.event(t, NODE_B, "lost", 1200, after=last_a.key)
+    log.event(t, NODE_C, "started", 1300, supersedes=(loss.key,))
+    log.event(t, NODE_C, "progress", 1400, step=1, metrics={"objective": 0.1})
+    log.event(t, NODE_A, "killed", 1500, reason="not in the top 1/3 at rung 1", after=last_a.key)
+    for records in (log.records, list(reversed(log.records))):
+        view = _only(log.state(records))
+        assert (view.state, view.runner, view.curve) == ("killed", NODE_A, ((1, 0.9),))
+
+
+def test_a_frozen_trial_lost_by_two_peers_is_lost_while_frozen() -> None:
+    # A froze it and went away; B and C each wrote its loss: its checkpoint is gone either way.
+    log = Log()
+    t = log.trial(NODE_A, 0.5)
+    log.event(t, NODE_A, "started", 1000)
+    frozen = log.event(t, NODE_A, "frozen", 1100, step=4)
+    log.event(t, NODE_B, "lost", 1200, after=frozen.key)
+    log.event(t, NODE_C, "lost", 1300, after=frozen.key)
+    for records in (log.records, list(reversed(log.records))):
+        view = _only(log.state(records))
+        assert (view.state, view.lost_frozen) == ("lost", True)
+
+
+def test_the_curve_of_a_trial_of_two_objectives_is_the_first_objectives() -> None:
+    # What status and the early stoppers read.
+    log = Log(_spec(objectives=("loss", "latency"), directions=("minimize", "minimize")))
+    t = log.trial(NODE_A, 0.5)
+    log.event(t, NODE_A, "started", 1000)
+    log.event(t, NODE_A, "progress", 1001, step=1, metrics={"loss": 0.9, "latency": 30.0})
+    log.event(t, NODE_A, "progress", 1002, step=2, metrics={"loss": 0.5, "latency": 40.0})
+    assert _only(log.state()).curve == ((1, 0.9), (2, 0.5))

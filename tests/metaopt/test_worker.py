@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -41,6 +42,19 @@ def test_report_prints_one_flushed_line(capsys: pytest.CaptureFixture[str]) -> N
     worker.report(loss=0.25, step=3, phase="train")
     out = capsys.readouterr().out
     assert out == 'METAOPT {"loss":0.25,"step":3,"phase":"train"}\n'
+
+
+def test_report_flushes_its_line_whatever_the_buffering_of_stdout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A script that re-wraps stdout (to force UTF-8, say) makes it block-buffered whatever
+    # PYTHONUNBUFFERED says: unflushed, its reports reached the peer only at its exit (no
+    # progress seen, no early stopping, all lost to a kill -9).
+    raw = io.BytesIO()
+    wrapped = io.TextIOWrapper(io.BufferedWriter(raw, buffer_size=1 << 16), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdout", wrapped)
+    worker.report(loss=0.5, step=1)
+    assert raw.getvalue() == b'METAOPT {"loss":0.5,"step":1}\n'
 
 
 def test_report_accepts_a_mapping_for_names_that_are_not_identifiers(

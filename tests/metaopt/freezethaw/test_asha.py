@@ -250,3 +250,9 @@ def test_a_study_with_asha_stops_runs_that_report_every_second_step() -> None:
         else:
             study.tell(trial, trial.params["x"])
     assert stops >= 4
+
+
+def test_a_trial_with_no_report_yet_runs_on_beside_one_at_a_rung() -> None:
+    stopper = make_stopper("asha", AshaConfig(min_resource=1, reduction_factor=3))
+    curves = [_curve("fresh", []), _curve("b", [0.3, 0.2]), _curve("c", [0.9, 0.8])]
+    assert _acts(_decide(stopper, curves, {"fresh", "b", "c"}))["fresh"] is Action.CONTINUE

@@ -115,3 +115,10 @@ def test_a_rival_that_began_reporting_later_is_left_out_not_a_nan_median() -> No
         [*good, late, bad], {"bad"}, 0, np.random.default_rng(0)
     )
     assert decided.action is Action.KILL
+
+
+def test_the_others_means_are_taken_up_to_this_runs_step_not_beyond() -> None:
+    # Five rivals at 1.0 for steps 1-6, then 0.0: their mean at step 6 is 1.0 (0.5 over all
+    # they reported). Best 0.6 at step 6, this run is better than their median there.
+    rivals = [_curve(f"r{i}", [1.0] * 6 + [0.0] * 6) for i in range(5)]
+    assert _act(rivals, _curve("mine", [0.9, 0.8, 0.7, 0.6, 0.6, 0.6])) is Action.CONTINUE

@@ -114,6 +114,11 @@ def test_a_report_cut_from_an_overlong_line_leaves_the_result_unread_until_the_n
         cut = OutputParser(OutputConfig(max_line_bytes=32))
         cut.feed(head + b'METAOPT {"loss": 0.75, "pad": "' + b"p" * 40 + b'"}\n')
         assert cut.unread is not None
+    # A report whose start is kept and whose end was cut, on a line longer than a chunk.
+    long = OutputParser(OutputConfig(max_line_bytes=1024))
+    assert long.feed(b'METAOPT {"loss": 0.5, "note": "' + b"x" * 4000 + b'"}\n') == []
+    long.finish()
+    assert long.unread is not None and "was not read" in long.explain_missing()
     # A report's start split between what was cut and the next chunk, read without a regex
     # (the fast path for output without reports looked only at the kept part's end).
     split = OutputParser(OutputConfig(max_line_bytes=64))

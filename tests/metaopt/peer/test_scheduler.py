@@ -861,6 +861,20 @@ def test_after_the_wait_of_a_failure_streak_one_trial_tries_again_at_a_time() ->
     assert _planned(state, after_wait + 600 + 2_000) == [state.key]
 
 
+def test_a_run_made_just_after_the_last_failure_is_not_the_retry() -> None:
+    # Made 0.1 s after the streak's last failure (by a peer that had not heard of it yet, or
+    # within a clock offset's error), it is no retry made after the wait: it does not hold
+    # the next one back once the wait is over.
+    state = _state(name="broken")
+    for n in range(1, BACKOFF_AFTER + 1):
+        t = _trial(state, ME, 2 * n - 1, time=10_000)
+        _event(state, t, ME, 2 * n, "failed", 10_000)
+    early = _trial(state, OTHER, 50, time=10_100)
+    _event(state, early, OTHER, 51, "started", 10_100)
+    assert _planned(state, 10_999) == []
+    assert _planned(state, 11_000) == [state.key]  # the 1 s wait is over
+
+
 def test_a_retry_made_by_a_clock_ahead_holds_the_others_one_wait_by_this_clock() -> None:
     # By the stamps of a peer 90 s ahead, its retry held the other peers' free slots 69 s
     # instead of the 1 s wait (a review); by this node's clock, one wait.
