@@ -29,6 +29,7 @@ from metaopt._state import (
     ExperimentState,
     TrialView,
     list_experiments,
+    went_on,
 )
 from tests.strategies import record_values
 
@@ -1272,3 +1273,35 @@ def test_the_curve_of_a_trial_of_two_objectives_is_the_first_objectives() -> Non
     log.event(t, NODE_A, "progress", 1001, step=1, metrics={"loss": 0.9, "latency": 30.0})
     log.event(t, NODE_A, "progress", 1002, step=2, metrics={"loss": 0.5, "latency": 40.0})
     assert _only(log.state()).curve == ((1, 0.9), (2, 0.5))
+
+
+def test_a_waiting_or_lost_trial_ends_for_good_only_once_the_experiment_is_stopped() -> None:
+    log = Log()
+    waiting, lost, frozen = log.trial(NODE_A, 0.1), log.trial(NODE_A, 0.2), log.trial(NODE_A, 0.3)
+    log.event(lost, NODE_A, "started", 1100)
+    log.event(lost, NODE_B, "lost", 5000, reason="quiet")
+    log.event(frozen, NODE_A, "started", 1100)
+    log.event(frozen, NODE_A, "frozen", 1200, step=3)
+    state = log.state()
+    views = [state.trial(t.key) for t in (waiting, lost, frozen)]
+    assert [state.ended_for_good(v) for v in views] == [False, False, False]  # type: ignore[arg-type]
+    stop = Record.create(CONTROL, NODE_B, 99, 6000, {"action": "stop"}, [log.experiment.key])
+    state = log.state([*log.records, stop])
+    views = [state.trial(t.key) for t in (waiting, lost, frozen)]
+    # (A frozen trial may still be thawed by hand.)
+    assert [state.ended_for_good(v) for v in views] == [True, True, False]  # type: ignore[arg-type]
+
+
+def test_the_budget_is_used_up_once_as_many_trials_have_ended() -> None:
+    log = Log(_spec(max_trials=2))
+    first, second = log.trial(NODE_A, 0.1), log.trial(NODE_B, 0.2)
+    log.event(first, NODE_A, "completed", 2000, metrics={"objective": 0.5})
+    log.event(second, NODE_B, "started", 2000)
+    assert log.state().budget_spent and not log.state().budget_used_up
+    log.event(second, NODE_B, "failed", 3000, reason="exit 1")
+    assert log.state().budget_used_up
+
+
+def test_a_run_resumed_reports_the_step_after_its_checkpoints() -> None:
+    assert went_on(1) is None  # its first report at step 1: it went on from the start
+    assert went_on(5) == 4

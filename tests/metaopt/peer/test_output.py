@@ -41,6 +41,16 @@ def test_invalid_values_are_dropped_and_explained() -> None:
     assert "'loss'" in why and "1 reports" in why and "not JSON" in why
 
 
+def test_a_metric_named_again_moves_last_among_the_latest() -> None:
+    # The end event keeps the metrics named latest (last_metrics): 300 named once at the start
+    # crowded out the val_acc reported at every step.
+    parser = OutputParser()
+    parser.feed(b'METAOPT {"val_acc": 0.5, "lr": 0.1, "depth": 3}\n')
+    parser.feed(b'METAOPT {"val_acc": 0.7}\n')
+    assert list(parser.latest) == ["lr", "depth", "val_acc"]
+    assert parser.latest["val_acc"] == 0.7
+
+
 def test_regex_last_match_wins_on_either_stream_and_counts_steps() -> None:
     parser = OutputParser(OutputConfig(objective="acc", objective_regex=r"acc = ([0-9.]+)"))
     assert parser.feed(b"acc = 0.5 then acc = 0.6\n") == [{"acc": 0.6, "step": 1}]

@@ -18,6 +18,9 @@ def test_is_known_tolerates_round_off_only() -> None:
     U = np.array([[0.1 + 1e-12, 0.2], [0.1 + 1e-6, 0.2], [0.5, 0.5]])
     assert is_known(U, known).tolist() == [True, False, True]
     assert is_known(U, np.zeros((0, 2))).tolist() == [False, False, False]
+    # A space of no dimension has one point: known once anything is.
+    assert is_known(np.zeros((2, 0)), np.zeros((1, 0))).tolist() == [True, True]
+    assert is_known(np.zeros((2, 0)), np.zeros((0, 0))).tolist() == [False, False]
 
 
 def test_known_points_stacks_all_three() -> None:
