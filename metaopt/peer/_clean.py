@@ -12,7 +12,8 @@ folders are safe to delete. ``metaopt clean`` deletes, on this machine only:
   are what a search is for. The output log and the pid file stay: ``metaopt logs`` reads the
   one, and a restarted peer checks the other for a process its last life left behind.
 * the code bundle laid out for an experiment that no trial can start or resume from: no
-  work left (see the scheduler) and nothing frozen (``metaopt thaw`` needs the code). It is
+  work left (see the scheduler) and every trial ended for good (a running or frozen one may
+  be thawed, and ``metaopt thaw`` needs the code). It is
   only a copy of blobs every replica holds, and laid out again if a lost trial brings work
   back.
 
@@ -100,8 +101,11 @@ def plan_clean(
             elif state.ended_for_good(trial) and trial.key not in running_here:
                 plan.to_empty.append(folder)
         bundle = dirs.bundles / state.key.hex()[:16]
-        frozen = any(t.state == "frozen" for t in state.trials())
-        if not work_left(state) and not frozen and bundle.is_dir():
+        # A trial not ended for good (running, stopping, frozen) may yet be frozen and thawed
+        # here, by hand or by the early stopper: a bundle deleted under a running trial made
+        # its thaw by hand refused until it was laid out again.
+        unended = any(not state.ended_for_good(t) for t in state.trials())
+        if not work_left(state) and not unended and bundle.is_dir():
             plan.paths.append(bundle)
             plan.bundles += 1
     # What an earlier clean set aside and could not delete whole.

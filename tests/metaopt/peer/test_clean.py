@@ -170,8 +170,21 @@ def test_a_bundle_goes_once_no_trial_can_start_or_thaw_and_hard_links_count_once
     os.link(bundle / "train.py", code / "train.py")
     # Budget not spent: new trials need the code.
     assert plan_clean([h.state()], dirs, set(), keep=1).bundles == 0
-    frozen = h.trial("started", "frozen")
-    # Budget spent, but a frozen trial may be thawed by hand.
+    frozen = h.trial("started")
+    # Budget spent, but a running trial may be frozen and thawed (by hand, refused until
+    # the code was laid out again: a review, 3 of 3), and a frozen one thawed.
+    assert plan_clean([h.state()], dirs, set(), keep=1).bundles == 0
+    h.records.append(
+        Record.create(
+            EVENT,
+            ME,
+            98,
+            9998,
+            EventBody(frozen, h.key, "frozen", ME, 3).to_body(),
+            [frozen, h.key],
+        )
+    )
+    assert h.state().trial(frozen).state == "frozen"  # type: ignore[union-attr]
     assert plan_clean([h.state()], dirs, set(), keep=1).bundles == 0
     h.records.append(
         Record.create(
