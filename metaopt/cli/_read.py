@@ -435,11 +435,20 @@ def _logs(args: argparse.Namespace) -> int:
         # The footer goes on a line of its own, also after output without a final newline.
         sys.stdout.write(text if not text or text.endswith("\n") else text + "\n")
         sys.stdout.flush()
+        older = ""
+        if isinstance(info.get("older"), str) and isinstance(info.get("older_size"), int):
+            # (Its log moved there past 32 MiB: the run's start is in that file.)
+            older = f"{info['older']} ({_size(info['older_size'])})"
         if "size" in info:
-            print(
-                f"(its last lines only, of {_size(info['size'])}; the whole log: {info['path']})",
-                file=sys.stderr,
+            shown = f"(its last lines only, of {_size(info['size'])}"
+            where = (
+                f", in {info['path']}; its start: {older})"
+                if older
+                else (f"; the whole log: {info['path']})")
             )
+            print(shown + where, file=sys.stderr)
+        elif older:
+            print(f"(its latest lines only; its start: {older})", file=sys.stderr)
         if verdict is not None:
             print(printable(f"({verdict})"), file=sys.stderr)
         return 0

@@ -7,6 +7,7 @@ they show what this node knows now.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
@@ -327,6 +328,11 @@ class LocalApi:
             "reason": trial.reason if trial else None,
         }
         if log_path.exists() and ran_here_last:
+            # Past 32 MiB a log moves to <log>.1 and starts anew: its start is there.
+            older = log_path.with_name(log_path.name + ".1")
+            before: dict[str, Any] = {}
+            with contextlib.suppress(OSError):
+                before = {"older": str(older), "older_size": older.stat().st_size}
             with log_path.open("rb") as f:
                 f.seek(0, 2)
                 size = f.tell()
@@ -335,11 +341,13 @@ class LocalApi:
                 f.seek(max(0, size - _LOG_TAIL - 1))
                 tail = f.read()
             if size <= _LOG_TAIL:
-                return {"here": True, "text": tail.decode(errors="replace"), **verdict}
+                text = tail.decode(errors="replace")
+                return {"here": True, "text": text, **before, **verdict}
             # From a line's start, and saying so: the cut was silent, mid-line.
             tail = tail[tail.find(b"\n") + 1 :]
             text = tail.decode(errors="replace")
-            return {"here": True, "text": text, "size": size, "path": str(log_path), **verdict}
+            shown = {"size": size, "path": str(log_path), **before}
+            return {"here": True, "text": text, **shown, **verdict}
         if runner == self.node.node_id:
             # Ran here, and no log is left: it failed before its process started, or the disk
             # refused its log (a run that completed on an inode-full disk was said to have

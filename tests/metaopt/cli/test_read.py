@@ -506,6 +506,24 @@ def test_logs_of_a_trial_say_how_it_ended_and_why_after_its_output(
     assert capsys.readouterr() == ("xxxx\n", "(killed: timeout)\n")
 
 
+def test_logs_name_the_file_a_long_log_moved_its_start_to(
+    peer: type[_Peer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    older = {"older": "/d/trials/t/output.log.1", "older_size": 32 << 20}
+    peer.info = {"here": True, "text": "end\n", **older}
+    assert main(["logs", "ab" * 6]) == 0
+    assert capsys.readouterr() == (
+        "end\n",
+        "(its latest lines only; its start: /d/trials/t/output.log.1 (32.0 MiB))\n",
+    )
+    peer.info = {"here": True, "text": "end\n", "size": 8 << 20, "path": "/d/o.log", **older}
+    assert main(["logs", "ab" * 6]) == 0
+    assert capsys.readouterr()[1] == (
+        "(its last lines only, of 8.0 MiB, in /d/o.log; its start:"
+        " /d/trials/t/output.log.1 (32.0 MiB))\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("words", "said"),
     [

@@ -334,6 +334,29 @@ def test_a_log_cut_at_a_line_start_keeps_that_line(tmp_path: Path) -> None:
     assert out["text"].encode() == b"y" * ((1 << 20) - 10) + b"\n"
 
 
+def test_a_log_moved_aside_past_its_limit_is_named_with_the_part_shown(tmp_path: Path) -> None:
+    """Past 32 MiB a log moves to <log>.1: the reply named only <log> as the whole log, and
+    a short new part was shown as if it were all the run wrote (a review)."""
+    exp = _exp()
+    trial = _trial(exp, 2, {"x": 0.5})
+    store = MemoryStore()
+    store.add([exp, trial, *_events(exp, trial, (NODE, "started"))])
+    log = tmp_path / "output.log"
+    log.write_bytes(b"latest\n")
+    out = _call(_logs_api(store, log), "logs", trial.key.hex()[:8])
+    assert "older" not in out and "size" not in out
+    (tmp_path / "output.log.1").write_bytes(b"BEGIN\n" * 1000)
+    out = _call(_logs_api(store, log), "logs", trial.key.hex()[:8])
+    assert (out["text"], out["older"], out["older_size"]) == (
+        "latest\n",
+        str(tmp_path / "output.log.1"),
+        6000,
+    )
+    log.write_bytes(b"z\n" * (1 << 20))
+    out = _call(_logs_api(store, log), "logs", trial.key.hex()[:8])
+    assert (out["size"], out["older_size"]) == (2 << 20, 6000)
+
+
 def test_logs_of_a_trial_no_runner_has_started_show_the_log_here(tmp_path: Path) -> None:
     """A trial whose start has not been recorded yet (pending) but whose output is here: its
     log is shown, not "it ran elsewhere" with no node."""
