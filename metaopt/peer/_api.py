@@ -41,6 +41,7 @@ __all__ = ["LocalApi", "experiment_json", "trial_json"]
 
 MAX_SUBMIT_RECORDS = 4096
 _LOG_TAIL = 1 << 20  # the bytes of a trial's log `metaopt logs` shows, its end
+_LAYOUT_WAIT = 10.0  # seconds a thaw by hand waits for its code to be laid out here
 
 
 def _all_points_tried(state: ExperimentState) -> str | None:
@@ -476,6 +477,12 @@ class LocalApi:
     async def thaw(self, request: Request) -> Any:
         """Resume a trial this peer froze, from its checkpoint, in a free slot."""
         state, view = self._trial(request.body)
+        if view.state == "frozen" and not self.node.runner.can_run(state):
+            # Its code is being laid out here (its bundle was deleted, or never written): a
+            # thaw refused at once worked when asked again seconds later. Waited for, then
+            # everything checked again, with no wait between the checks and the launch.
+            await self.node.runner.can_run_within(state, _LAYOUT_WAIT)
+            state, view = self._trial(request.body)
         if self.node.runner.stopping_as(view.key) == "frozen":
             raise MetaoptError(
                 f"trial {view.id[:12]} is still being frozen; thaw it once it has stopped"

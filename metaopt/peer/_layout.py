@@ -66,6 +66,18 @@ class CodeLayouts:
         task.add_done_callback(lambda _: self._laying_out.pop(state.key, None))
         return False
 
+    async def laid_out_within(self, state: ExperimentState, timeout: float) -> bool:
+        """laid_out, waiting up to ``timeout`` seconds for a layout it begins or finds under
+        way (a thaw asked by hand: refused at once, it worked when asked again seconds
+        later)."""
+        if self.laid_out(state):
+            return True
+        task = self._laying_out.get(state.key)
+        if task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+        return self.laid_out(state)
+
     def trial_copy(self, experiment: bytes, cwd: Path) -> Callable[[], None]:
         """What lays out a trial's copy of the experiment's code at cwd (once laid_out)."""
         return functools.partial(_lay_out_code, self._bundles[experiment], cwd)

@@ -262,6 +262,14 @@ class TrialRunner:
             return True
         return self.layouts.laid_out(state)
 
+    async def can_run_within(self, state: ExperimentState, timeout: float) -> bool:
+        """can_run, waiting up to ``timeout`` seconds for its code to be laid out here."""
+        if state.spec.command is None:
+            return False
+        if "manifest" not in (state.spec.bundle or {}):
+            return True
+        return await self.layouts.laid_out_within(state, timeout)
+
     @property
     def unrunnable(self) -> dict[bytes, str]:
         """Experiments whose bundle is broken for good, and why (see CodeLayouts)."""

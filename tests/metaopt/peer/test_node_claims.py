@@ -218,3 +218,32 @@ async def test_a_thaw_by_hand_of_an_experiment_whose_code_is_not_here_is_refused
         assert ("thawed", me) not in _kinds(node, trial)  # the runner refuses it as well
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_thaw_by_hand_waits_for_its_code_being_laid_out_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its bundle deleted (by `metaopt clean` under a running trial, then frozen), the thaw
+    # was refused at once and worked when asked again seconds later (a review, 3 of 3).
+    node, _exp, trial = _frozen_here(tmp_path)
+    me = node.node_id
+    laid_out, waited = [False], []
+    monkeypatch.setattr(node.runner, "can_run", lambda state: laid_out[0])
+
+    async def can_run_within(state: object, timeout: float) -> bool:
+        waited.append(timeout)
+        laid_out[0] = True
+        return True
+
+    monkeypatch.setattr(node.runner, "can_run_within", can_run_within)
+
+    class Request:
+        body = trial.key.hex()
+
+    try:
+        reply = await LocalApi(node).thaw(Request())  # type: ignore[arg-type]
+        assert reply["id"] == trial.key.hex() and len(waited) == 1
+        assert ("thawed", me) in _kinds(node, trial)
+    finally:
+        await node.stop()

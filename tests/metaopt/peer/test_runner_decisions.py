@@ -1061,6 +1061,34 @@ async def test_a_bundle_the_disk_refuses_is_said_once_a_minute_and_a_deleted_one
     assert await can_run_once_laid_out(runner, state) and written.is_dir()
 
 
+@pytest.mark.asyncio
+async def test_can_run_within_waits_for_the_code_being_laid_out_here(tmp_path: Path) -> None:
+    # A thaw by hand of a trial whose bundle was deleted was refused at once, and worked
+    # when asked again seconds later (a review, 3 of 3): it waits for the layout now.
+    spec = ExperimentSpec(
+        name="e", space={"x": "uniform(0, 1)"}, command=("t.py",),
+        bundle={"manifest": {"files": {}}, "root": "/r"},
+    )  # fmt: skip
+    state = ExperimentState(b"k" * 32, spec)
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    node.dirs.bundles = tmp_path / "bundles"
+    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    written = tmp_path / "bundle"
+    takes = [0.3]
+
+    def materialize(state: ExperimentState, chunk: Any) -> Path:
+        time.sleep(takes[0])  # (in the layout's thread)
+        written.mkdir(exist_ok=True)
+        return written
+
+    runner.layouts._materialize = materialize  # type: ignore[method-assign]
+    assert await runner.can_run_within(state, 10.0) and written.is_dir()
+    written.rmdir()
+    takes[0] = 1.0
+    assert not await runner.can_run_within(state, 0.05)  # not yet: the layout goes on
+    assert await runner.can_run_within(state, 10.0)
+
+
 _GRID = {"x": "choices([0.25, 0.5])"}
 
 
