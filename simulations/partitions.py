@@ -128,7 +128,13 @@ def run(
     sync: SyncConfig = DEFAULT_CONFIG,
     disk: Path | None = None,
 ) -> Result:
-    """Run the scenario; all times are virtual seconds."""
+    """Run the scenario; all times are virtual seconds. ``disk``: an empty (or new) folder
+    (a run reopens the stores it finds there, and is not the run its seed names)."""
+    if disk is not None and disk.is_dir() and any(disk.iterdir()):
+        raise ValueError(
+            f"--disk {disk} is not empty: a run would reopen the stores there and replay"
+            " another run; pass an empty or new folder"
+        )
     config = ClusterConfig(nodes=nodes, link=CHAOS_LINK, sync=sync, burst=burst, skew=skew)
     cluster = Cluster(config, seed, None if disk is None else _on_disk(disk))
     cluster.start()
@@ -193,7 +199,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trace-digest", action="store_true", help="print only the trace digest")
     args = parser.parse_args(argv)
     sync = TIGHT_SYNC if args.tight else SyncConfig()
-    result = run(args.nodes, args.seed, args.chaos, args.rate, sync=sync, disk=args.disk)
+    try:
+        result = run(args.nodes, args.seed, args.chaos, args.rate, sync=sync, disk=args.disk)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.trace_digest:
         print(result.trace)
         return

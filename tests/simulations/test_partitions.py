@@ -51,7 +51,7 @@ def test_partitions_converge_with_stores_on_disk_opened_again_at_each_restart(
     # A restarted node reads its LevelDB store back: its version vector and fingerprint are
     # rebuilt from the disk, and what it had acknowledged before the crash is still there.
     result = run(nodes=6, seed=seed, chaos=30.0, disk=tmp_path)
-    again = _again(6, seed, 30.0) + f" --disk {tmp_path}"
+    again = _again(6, seed, 30.0) + ' --disk "$(mktemp -d)"'  # (tmp_path holds its stores)
     assert result.converged, again
     assert result.lost == 0 and result.invented == 0, again
     assert any(" crash " in event for event in result.events), again
@@ -93,3 +93,11 @@ def test_same_seed_gives_the_same_trace_in_another_process() -> None:
     ).stdout.strip()
     assert there == here
     assert run(nodes=6, seed=4).trace != here
+
+
+def test_a_run_on_disk_refuses_a_folder_that_holds_stores(tmp_path: Path) -> None:
+    # Reopening them, a replay of a failed test (given the test's folder) ran another run,
+    # and said records were invented that never were (a review, 3 of 3).
+    (tmp_path / "node0-0").mkdir()
+    with pytest.raises(ValueError, match="is not empty"):
+        run(nodes=2, seed=1, chaos=5.0, disk=tmp_path)
