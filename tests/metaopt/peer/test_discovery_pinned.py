@@ -605,6 +605,7 @@ def test_pinning_refuses_a_socket_zeroconf_already_wrapped() -> None:
         _discovery._pin_sockets([Wrapped()], "lo")
 
 
+@pytest.mark.integration  # (it opens sockets on 127.0.0.1)
 def test_pinning_drops_a_datagram_queued_before_it() -> None:
     """What arrived between bind and SO_BINDTODEVICE may have come from any interface."""
     with (

@@ -56,6 +56,7 @@ def _history() -> list[Record]:
     return out
 
 
+@pytest.mark.integration  # (it opens sockets on 127.0.0.1)
 @pytest.mark.asyncio
 async def test_a_peer_is_not_caught_up_while_a_partners_session_still_brings_its_history(
     tmp_path: Path,

@@ -223,6 +223,7 @@ def test_a_long_log_is_shown_from_a_line_start_and_says_it_was_cut(
     assert f"the whole log: {log}" in out.err and f"of {size:.1f} MiB" in out.err
 
 
+@pytest.mark.integration  # (it opens sockets on 127.0.0.1)
 def test_a_second_peer_on_a_data_directory_names_the_one_running_there(tmp_path: Path) -> None:
     # In the foreground it said "the data directory .../replica is in use by another process",
     # with --detach "a peer is already running on ... (pid N)": the same, said alike.

@@ -53,6 +53,7 @@ def test_one_line_a_minute_and_the_trouble_ends_on_its_own(
     assert trouble.problem() is None and not trouble.probe_due()
 
 
+@pytest.mark.integration  # (it opens sockets on 127.0.0.1)
 @pytest.mark.asyncio
 async def test_a_peer_that_cannot_write_holds_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
