@@ -334,13 +334,17 @@ def run_pool(
         f"{'best lost':>9s} {'of which killed':>15s} {'trials':>7s} {'sim s':>6s}"
         + (f" {'paired vs ' + ref:>20s}" if ref else "")
     )
+
+    def fewer(med: float) -> str:  # (against no early stopping: "-" when it was not run)
+        return "-" if math.isnan(base) else f"{base / med:.2f}"
+
     for m in methods:
         rr = rows[m]
         st = [r.steps_to_target for r in rr]
         med = float(np.median(st))
         print(
             f"{m:18s} {np.median([r.regret_at for r in rr]):11.4f} {_fmt(st):>18s} "
-            f"{base / med:7.2f} {sum(r.best_fate != 'kept' for r in rr):>4d}/{len(rr):<4d} "
+            f"{fewer(med):>7s} {sum(r.best_fate != 'kept' for r in rr):>4d}/{len(rr):<4d} "
             f"{sum(r.best_fate == 'killed' for r in rr):>15d} "
             f"{np.mean([r.n_started for r in rr]):7.1f} {secs[m]:6.1f}"
             + (f" {_paired(rr, rows[ref], max_steps):>20s}" if ref else "")

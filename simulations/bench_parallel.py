@@ -31,6 +31,7 @@ import argparse
 import hashlib
 import heapq
 import math
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -302,6 +303,9 @@ def main() -> None:
                 f" {interval:>13}  {algorithm}",
                 flush=True,
             )
+    # (The table's times are virtual; wall s alone depends on the machine's load.)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"\nload average {load} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":
