@@ -383,7 +383,9 @@ class TrialProcess:
         self._signal(signal.SIGKILL)  # stray members of the group, if any
         late = await self._drain([*pumps, waiter])
         self._cleanup(list(late), beat)
-        for report in await self._parse(parser.finish):
+        # Ended by this peer's signal, it left a frame half drawn: no result of its own.
+        signalled = self._stage in ("SIGTERM", "SIGKILL", "kill")
+        for report in await self._parse(functools.partial(parser.finish, cut=signalled)):
             self._progress(report)
         self._tell_notes(parser, ended=True)
         self._check_broken(parser)

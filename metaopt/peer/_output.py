@@ -166,6 +166,7 @@ class OutputParser:
         self._pending = {True: bytearray(), False: bytearray()}
         self._overlong = {True: False, False: False}
         self._returned = {True: "", False: ""}  # a line a \r ended, still on screen
+        self._cut = False  # the process was ended by a signal (see finish)
         self._stderr: deque[str] = deque(maxlen=max(config.stderr_lines, 0))
         self.report_count = 0
         self.latest: dict[str, MetricValue] = {}
@@ -237,18 +238,25 @@ class OutputParser:
         self._dropped_end = b""
         self._take(buf, data[last + 1 :], True)
 
-    def finish(self) -> list[dict[str, MetricValue]]:
-        """Reports from the unterminated last lines of both streams, once the process ended."""
+    def finish(self, cut: bool = False) -> list[dict[str, MetricValue]]:
+        """Reports from the unterminated last lines of both streams, once the process ended.
+
+        ``cut``: the process was ended by a signal (a freeze, kill or timeout past its grace):
+        what it had left on screen is not matched against the objective regex. A progress bar
+        half redrawn then (its placeholder loss, say) was recorded as a step, and as the
+        trial's value. A METAOPT report whole on the last line still counts.
+        """
         self._regex_left = self.config.regex_timeout
         out: list[dict[str, MetricValue]] = []
+        self._cut = cut
         for stdout in (True, False):
             buf = self._pending[stdout]
             if buf:
                 self._line(bytes(buf), stdout, out)
                 buf.clear()
-            elif self._returned[stdout] and self.broken is None:
+            elif self._returned[stdout] and self.broken is None and not cut:
                 self._match(self._returned[stdout], out)
-                self._returned[stdout] = ""
+            self._returned[stdout] = ""
         return out
 
     def stderr_tail(self) -> list[str]:
@@ -344,7 +352,7 @@ class OutputParser:
             # It overwrote what a \r left on screen: that is no later value (a run completed
             # with the value its overlong line had overwritten).
             self._returned[stdout] = ""
-        if self._regex is None or overlong or self.broken is not None:
+        if self._regex is None or overlong or self.broken is not None or self._cut:
             return
         if returned:  # a \r: what follows on this line overwrites it
             if text.strip():  # (an empty stretch, "\r\r", overwrites nothing)

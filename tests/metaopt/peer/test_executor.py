@@ -215,9 +215,9 @@ async def test_a_backtracking_regex_does_not_hold_the_event_loop(
         threads.append(threading.get_ident())
         return feed(self, data, stdout=stdout)
 
-    def finish_noting(self: OutputParser) -> Any:
+    def finish_noting(self: OutputParser, cut: bool = False) -> Any:
         threads.append(threading.get_ident())
-        return finish(self)
+        return finish(self, cut)
 
     monkeypatch.setattr(OutputParser, "feed", feed_noting)
     monkeypatch.setattr(OutputParser, "finish", finish_noting)
@@ -830,3 +830,30 @@ async def test_a_stop_asked_before_a_trial_without_code_to_lay_out_starts_no_pro
     outcome = await asyncio.wait_for(task, 60)
     assert "started" not in events and not marker.exists(), (events, outcome)
     assert outcome.status == "interrupted"
+
+
+HALF_DRAWN = """
+    import sys, time
+    sys.stdout.write("epoch 1 val_loss = 0.5\\n")
+    sys.stdout.write("[=    ] val_loss = 9.999999")  # the next epoch's bar, a placeholder
+    sys.stdout.flush()
+    time.sleep(60)
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_bar_half_drawn_when_a_stop_signal_came_is_not_the_trials_value(
+    tmp_path: Path,
+) -> None:
+    # Frozen by SIGTERM, a program read by a regex was recorded at the placeholder its next
+    # epoch's bar showed, as a step of its own (12 of 12; a review).
+    spec = _spec(tmp_path, _script(tmp_path, HALF_DRAWN), objective_regex=r"val_loss = ([0-9.]+)")
+
+    def stop_once_read(process: TrialProcess, kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress":
+            process.request_stop("frozen")
+
+    outcome, events = await _run(spec, stop_once_read)
+    assert (outcome.status, outcome.stage) == ("interrupted", "SIGTERM")
+    assert [d["step"] for k, d in events if k == "progress"] == [1]
+    assert outcome.metrics == {"loss": 0.5, "step": 1}

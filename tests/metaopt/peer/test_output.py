@@ -260,6 +260,26 @@ def test_a_progress_bar_redrawn_with_cr_is_one_regex_step() -> None:
     assert parser.finish() == [{"loss": 0.15, "step": 4}]  # what was left on screen
 
 
+def test_a_frame_left_half_drawn_by_a_stop_signal_is_no_step() -> None:
+    # Frozen, killed or timed out, a program read by a regex left its next epoch's bar half
+    # drawn, a placeholder loss on it: recorded as a step and as the trial's value (12 of 12
+    # runs stopped by a signal; a review). Ended on its own, what it left on screen counts.
+    regex = OutputConfig(objective_regex=r"val_loss = ([0-9.]+)")
+    done = b"\r[=====     ] val_loss = 9.999999\r\x1b[K[==========] val_loss = 0.5\n"
+    for tail in (b"[=         ] val_loss = 9.999999", b"[=  ] val_loss = 9.999999\r"):
+        parser = OutputParser(regex)
+        assert parser.feed(done + tail) == [{"loss": 0.5, "step": 1}]
+        assert parser.finish(cut=True) == []
+        assert parser.objective() == 0.5
+        ended = OutputParser(regex)
+        ended.feed(done + tail)
+        assert ended.finish() == [{"loss": 9.999999, "step": 2}]
+    # A METAOPT report whole on its last line still counts, cut or not.
+    reports = OutputParser(OutputConfig())
+    reports.feed(b'METAOPT {"loss": 0.5}\nMETAOPT {"loss": 0.25, "step": 2}')
+    assert reports.finish(cut=True) == [{"loss": 0.25, "step": 2}]
+
+
 def test_an_overlong_line_overwrites_what_a_cr_left_on_screen() -> None:
     # "loss: 0.5\r" then a 70 KB line with the real value completed at 0.5, where a run whose
     # last value went unread fails.
