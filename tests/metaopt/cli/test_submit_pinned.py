@@ -224,3 +224,12 @@ def test_a_config_error_names_the_files_own_format(tmp_path: Path) -> None:
     assert "is not valid YAML" in _refused(tmp_path, "--config", yaml_config, "t.py", PRIOR)
     json_config = _config(tmp_path, "c.json", "[" * 100_000)
     assert "is not valid JSON" in _refused(tmp_path, "--config", json_config, "t.py", PRIOR)
+
+
+PRIOR = "--x~uniform(0, 1)"
+
+
+def test_max_bundle_mb_counts_mebibytes(tmp_path: Path) -> None:
+    (tmp_path / "t.py").write_text("print(1)\n")
+    (tmp_path / "data.bin").write_bytes(b"\0" * 1_040_000)  # < 1 MiB, > 1 MB with t.py
+    _build(tmp_path, "--max-bundle-mb", "1", "t.py", PRIOR)  # accepted: under 1 MiB

@@ -6,6 +6,7 @@ git failing after it said the folder is a work tree."""
 from __future__ import annotations
 
 import socket
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from metaopt.peer._bundle import (
     manifest_paths,
     materialize_bundle,
 )
+from metaopt.peer._wire import needs_addressee
 from tests.metaopt.peer.test_bundle import _one_file
 
 DIGEST = b"\0" * 32
@@ -287,3 +289,29 @@ def test_a_long_name_and_a_deep_path_of_short_names_are_kept() -> None:
     """255 bytes is a name any file system takes, and a deep path of such names is fine."""
     name = "n" * 255
     assert manifest_paths(_manifest([f"d/{name}", 0o644, 0, DIGEST], ["d/e/f", 0o644, 0, DIGEST]))
+
+
+def test_a_leave_must_name_the_peer_it_is_for() -> None:
+    """A leave recorded on its way to one peer and played to another would mark its sender
+    gone there too (its running trials taken as lost and re-run)."""
+    assert needs_addressee("leave")
+    assert needs_addressee("api.stop")
+    assert not needs_addressee("gossip") and not needs_addressee("sync")
+
+
+@pytest.mark.parametrize("mode", [0o4755, 0o777, 0o600])
+def test_a_bundle_file_mode_other_than_0644_or_0755_is_refused(tmp_path: Path, mode: int) -> None:
+    manifest, chunks = _one_file(tmp_path)
+    manifest["files"][0][1] = mode
+    _refused_as_malformed(manifest, chunks, tmp_path / "d", "mode")
+
+
+def test_no_setuid_file_is_laid_out(tmp_path: Path) -> None:
+    manifest, chunks = _one_file(tmp_path)
+    manifest["files"][0][1] = 0o4755
+    try:
+        materialize_bundle(manifest, chunks, tmp_path / "out")
+    except Exception:
+        return
+    for p in (tmp_path / "out").rglob("*"):
+        assert not p.stat().st_mode & stat.S_ISUID

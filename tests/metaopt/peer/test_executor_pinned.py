@@ -9,7 +9,9 @@ import dataclasses
 import errno
 import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -445,3 +447,57 @@ async def test_a_note_adds_no_blank_line_where_a_crlf_pair_spans_two_chunks(
     )
     assert b"\n\n" not in text and b"epoch 1: loss 0.5\r\nepoch 2: loss 0.4\r\n" in text
     assert b"--- metaopt: METAOPT line is not a JSON object" in text
+
+
+class _KilledWhileStarting(TrialProcess):
+    async def _started(self, proc: Any, told: int) -> tuple[int, str | None]:
+        got = await super()._started(proc, told)
+        self.kill("peer shutting down")  # asked in the window: pid not yet set
+        return got
+
+
+@pytest.mark.asyncio
+async def test_a_kill_asked_while_the_process_starts_ends_it_at_once(tmp_path: Path) -> None:
+    script = _script(tmp_path, "import time\ntime.sleep(20)\nprint('METAOPT {\"loss\": 1}')\n")
+    events: list[tuple[str, dict[str, Any]]] = []
+    process = _KilledWhileStarting(_spec(tmp_path, script), lambda k, d: events.append((k, d)))
+    outcome = await asyncio.wait_for(process.run(), 60)
+    assert (outcome.status, outcome.stage) == ("interrupted", "kill")
+    # Killed at once: it never reached its report (left to run, it printed one after 20 s).
+    assert outcome.metrics == {} and not any(kind == "progress" for kind, _ in events)
+
+
+STRAY = """
+import os, sys, time
+pid = os.fork()
+if pid == 0:
+    time.sleep(60)
+    os._exit(0)
+open(sys.argv[1], "w").write(str(pid))
+print('METAOPT {"loss": 1}', flush=True)
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_stray_of_the_trials_group_is_killed_at_its_exit(tmp_path: Path) -> None:
+    pidfile = tmp_path / "stray.pid"
+    cfg = dataclasses.replace(_FAST, subreaper=False, drain=1.0)
+    spec = _spec(tmp_path, _script(tmp_path, STRAY), str(pidfile), config=cfg)
+    outcome = await asyncio.wait_for(TrialProcess(spec, lambda k, d: None).run(), 60)
+    assert outcome.status == "completed"
+    stray = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(stray, 0)
+        except ProcessLookupError:
+            return
+        # (a zombie not yet reaped by init counts as gone)
+        try:
+            if Path(f"/proc/{stray}/stat").read_text().split()[2] == "Z":
+                return
+        except OSError:
+            return
+        await asyncio.sleep(0.1)
+    os.kill(stray, 9)
+    raise AssertionError("the trial's stray process outlived it")

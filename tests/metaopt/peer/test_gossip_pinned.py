@@ -3,6 +3,8 @@ holds an address on a tie, a contact's authority, and valid addresses at their e
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 
 from metaopt.peer._gossip import PeerTable, PeerTableConfig, own_addresses, valid_addr
@@ -127,3 +129,58 @@ def test_random_live_with_a_numpy_generator_never_draws_a_peer_twice() -> None:
     for k in (5, 19, 20):
         picks = table.random_live(rng, k, 1.0, TIMEOUT)
         assert len({p.node_id for p in picks}) == k
+
+
+A, B, C = (bytes([i]) * 16 for i in range(1, 4))
+
+
+TIMEOUT = 30.0
+
+
+def test_a_moved_peer_frees_its_old_address() -> None:
+    """A peer restarted on a new port: its old address names it no more, and a new peer that
+    then starts on the old address does not knock the moved peer out of the table."""
+    table = PeerTable()
+    table.add(A, "h:1", 0.0, contacted=True)
+    table.add(A, "h:2", 1.0, contacted=True)  # A moved to h:2
+    assert table.at("h:1") is None
+    assert table.at("h:2") == A
+    table.add(B, "h:1", 2.0, contacted=True)  # another peer now at A's old address
+    assert A in table and table.get(A).addr == "h:2"
+    assert B in table
+
+
+def test_a_peer_talked_to_long_ago_is_not_preferred_over_one_talked_to_lately() -> None:
+    """partners() draws first from peers this node talked to within the timeout. A peer talked
+    to once, long ago, and only heard of since (gossip) is not among them."""
+    table = PeerTable()
+    table.add(A, "h:1", 0.0, contacted=True)  # talked to at t=0 ...
+    table.merge_gossip([[A, "h:1", 0.0]], 100.0)  # ... only heard of since (t=100)
+    table.add(B, "h:2", 95.0, contacted=True)  # talked to at t=95
+    rng = random.Random(0)
+    picks = {table.partners(rng, 1, 100.0, TIMEOUT)[0].node_id for _ in range(50)}
+    assert picks == {B}
+
+
+def test_partners_make_up_k_from_peers_only_heard_of() -> None:
+    """With fewer peers talked to than k, the rest come from peers only heard of (a fresh peer
+    that knows the others by gossip or mDNS only must still push its records)."""
+    table = PeerTable()
+    table.add(A, "h:1", 10.0, contacted=True)
+    table.add(B, "h:2", 10.0, contacted=False)
+    got = {p.node_id for p in table.partners(random.Random(1), 2, 10.0, TIMEOUT)}
+    assert got == {A, B}
+    table2 = PeerTable()
+    table2.add(C, "h:3", 10.0, contacted=False)
+    assert [p.node_id for p in table2.partners(random.Random(1), 1, 10.0, TIMEOUT)] == [C]
+
+
+def test_an_old_address_is_not_told_past_the_timeout() -> None:
+    """elsewhere(): a node's address before its move is told only if heard there within the
+    timeout (else every gossip reply sends the node to call a long-gone address)."""
+    table = PeerTable()
+    table.add(A, "h:1", 0.0, contacted=True)
+    table.add(A, "h:2", 5.0, contacted=True)
+    assert table.elsewhere(A, 10.0, TIMEOUT) == [[A, "h:1", 10.0]]
+    table.add(A, "h:2", 100.0, contacted=True)
+    assert table.elsewhere(A, 100.0, TIMEOUT) == []

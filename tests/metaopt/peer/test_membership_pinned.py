@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,4 +50,30 @@ async def test_liveness_is_judged_on_the_nodes_monotonic_clock(tmp_path: Path) -
         # The same node answers LocalApi (node.is_alive) on the clock given at construction.
         assert node.is_alive(other) is False
     finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_an_old_address_of_this_nodes_id_is_not_called(tmp_path: Path) -> None:
+    now = [1000.0]
+    node = Node(
+        PeerConfig(data_dir=tmp_path / "n", port=0, mdns=False),
+        clock=lambda: now[0],
+        monotonic=lambda: now[0],
+    )
+    spawned: list[Any] = []
+
+    def spawn(coro: Any) -> None:
+        spawned.append(coro)
+        coro.close()
+
+    node.membership._spawn = spawn  # type: ignore[assignment]
+    try:
+        timeout = node.config.timing.peer_timeout
+        node.membership.maybe_twin_at("127.0.0.1:7009", 10 * timeout)
+        assert spawned == []
+        node.membership.maybe_twin_at("127.0.0.1:7009", 0.0)  # heard of there just now
+        assert len(spawned) == 1
+    finally:
+        node.membership._twin_calls = 0
         await node.stop()

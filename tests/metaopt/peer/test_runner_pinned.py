@@ -632,3 +632,89 @@ def test_a_thaw_acts_only_on_trials_still_frozen_after_the_decision(action: Acti
     runner.launch = launch  # type: ignore[method-assign]
     asyncio.run(runner.thaw())
     assert launched == [] and node.written == []
+
+
+OTHER = b"o" * 16
+
+
+def _thaw_all(curves: Any, own: Any, free: Any) -> list[Decision]:
+    return [Decision(t, Action.THAW, "good bet") for t in sorted(own)]
+
+
+def _second_frozen(state: ExperimentState) -> bytes:
+    body = {"params": {"x": 0.25}, "node": ME, "counter": 2}
+    trial = Record.create(TRIAL, ME, 50, 0, body, [state.key])
+    state.apply(trial)
+    for seq, (kind, at) in enumerate((("started", None), ("progress", 1), ("frozen", 1)), 51):
+        metrics = {"objective": 0.4} if kind == "progress" else {}
+        ev = EventBody(trial.key, state.key, kind, ME, at, metrics).to_body()
+        state.apply(Record.create(EVENT, ME, seq, 1_000 * seq, ev, [trial.key, state.key]))
+    assert state.trial(trial.key).state == "frozen"  # type: ignore[union-attr]
+    return trial.key
+
+
+def _launches(runner: Any) -> list[bytes]:
+    launched: list[bytes] = []
+
+    async def launch(state: ExperimentState, view: Any, *, thaw: bool = False) -> None:
+        launched.append(view.key)
+        slot = next(s for s in runner.slots if s.index not in runner.running)
+        runner.running[slot.index] = Running(slot, state.key, view.key)
+
+    runner.launch = launch
+    return launched
+
+
+def test_thaws_take_no_more_slots_than_the_experiments_turn_gives() -> None:
+    """thaw(turns): two free slots, two frozen trials worth thawing, but the experiment's turn
+    gives it one slot (the other is planned for a new point): one thaw, not two."""
+    state, _first = _frozen_trial(1)
+    _second_frozen(state)
+    _node, runner = _runner(state, slots=2)
+    runner._stoppers[state.key] = RuleStopper(_thaw_all)  # type: ignore[assignment]
+    launched = _launches(runner)
+    asyncio.run(runner.thaw(turns=lambda: ({state.key: 1}, 0)))
+    assert len(launched) == 1
+
+
+def test_thaws_may_take_the_slots_no_turn_takes() -> None:
+    """thaw(turns): a slot that no experiment's turn takes may go to a thaw."""
+    state, first = _frozen_trial(1)
+    _node, runner = _runner(state, slots=1)
+    runner._stoppers[state.key] = RuleStopper(_thaw_all)  # type: ignore[assignment]
+    launched = _launches(runner)
+    asyncio.run(runner.thaw(turns=lambda: ({}, 1)))
+    assert launched == [first]
+
+
+def _frozen_by_other() -> tuple[ExperimentState, bytes]:
+    state, _ = _frozen_trial(1)
+    body = {"params": {"x": 0.75}, "node": OTHER, "counter": 1}
+    trial = Record.create(TRIAL, OTHER, 1, 0, body, [state.key])
+    state.apply(trial)
+    for seq, (kind, at) in enumerate((("started", None), ("progress", 1), ("frozen", 1)), 2):
+        metrics = {"objective": 0.5} if kind == "progress" else {}
+        ev = EventBody(trial.key, state.key, kind, OTHER, at, metrics).to_body()
+        state.apply(Record.create(EVENT, OTHER, seq, 1_000 * seq, ev, [trial.key, state.key]))
+    view = state.trial(trial.key)
+    assert view is not None and view.state == "frozen" and view.runner == OTHER
+    return state, trial.key
+
+
+def test_a_thaw_by_hand_is_not_run_here_once_the_trials_own_peer_is_back() -> None:
+    """`metaopt thaw` of another peer's frozen trial waiting for a slot here: if that peer is
+    live again when the slot frees, it is passed over (its peer holds the checkpoint and
+    thaws it itself; both would run it)."""
+    state, trial = _frozen_by_other()
+    node, runner = _runner(state, slots=1)
+    node.is_alive = lambda n: True  # type: ignore[attr-defined]
+    runner.can_run = lambda state: True  # type: ignore[method-assign]
+    launched = _launches(runner)
+    runner.ask_thaw(state, state.trial(trial))  # type: ignore[arg-type]
+    asyncio.run(runner.thaw_asked())
+    assert launched == [] and runner.thaws_asked == {}
+    # Its peer gone: thawed here.
+    node.is_alive = lambda n: False  # type: ignore[attr-defined]
+    runner.ask_thaw(state, state.trial(trial))  # type: ignore[arg-type]
+    asyncio.run(runner.thaw_asked())
+    assert launched == [trial]

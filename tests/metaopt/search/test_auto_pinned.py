@@ -191,3 +191,15 @@ def test_parego_leaves_non_finite_results_for_the_gp_to_impute() -> None:
     (o,) = gp.seen
     assert o.n == 12 and np.array_equal(o.X, X)
     assert np.isnan(o.Y[4, 0]) and np.isfinite(np.delete(o.Y, 4, axis=0)).all()
+
+
+def test_parego_suggestions_go_where_both_objectives_are_low() -> None:
+    space = Space.from_dict({"x": "uniform(0, 1)", "y": "uniform(0, 1)"})
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 1, size=(16, 2))
+    # Both objectives are lowest near the origin; the front is there.
+    Y = np.column_stack([(X**2).sum(axis=1), np.abs(X).sum(axis=1)])
+    obs = Observations(X, Y, np.zeros((0, 2)), np.zeros((0, 2)))
+    algo = AutoAlgorithm(AutoConfig(mix_multi=0.0))  # every point from the GP (ParEGO)
+    pts = np.vstack([algo.suggest(space, obs, np.random.default_rng(s), 1) for s in range(6)])
+    assert pts.sum(axis=1).mean() < 0.6, pts

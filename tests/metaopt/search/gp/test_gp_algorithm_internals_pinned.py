@@ -12,6 +12,7 @@ import pytest
 from metaopt.search import Observations
 from metaopt.search._pareto import chebyshev_scalarise
 from metaopt.search.gp import GPAlgorithm, GPConfig, _algorithm
+from metaopt.search.gp._optimize import AcqConfig, _discrete_climb
 from metaopt.space import Space
 
 PLANE = Space.from_dict({"a": "uniform(0, 1)", "b": "uniform(0, 1)"})
@@ -326,3 +327,34 @@ def test_the_acquisition_search_avoids_pending_and_failed_points_too(
     GPAlgorithm().suggest(PLANE, Observations(X, _bowl(X), P, F), np.random.default_rng(0), 1)
     known = lcb[0][0][4]
     np.testing.assert_allclose(known, PLANE.round_unit(np.vstack([X, P, F])), atol=0)
+
+
+class _Peak:
+    def __init__(self, at: np.ndarray) -> None:
+        self.at = at
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        return -((X - self.at) ** 2).sum(axis=1)
+
+    def with_grad(self, X: np.ndarray):  # pragma: no cover - unused
+        raise NotImplementedError
+
+
+SPACE = Space.from_dict({"n": "uniform(1, 20, discrete=True)"})
+
+
+def _unit(n: int) -> np.ndarray:
+    return SPACE.round_unit(SPACE.to_unit({"n": n})[None, :])
+
+
+def test_a_climb_with_the_default_passes_ends_on_the_local_best() -> None:
+    peak, start = _unit(10), _unit(11)
+    assert not np.array_equal(peak, start)
+    out = _discrete_climb(_Peak(peak[0].copy()), SPACE, start, AcqConfig())
+    np.testing.assert_array_equal(out, peak)
+
+
+def test_a_point_better_than_all_its_neighbours_is_kept() -> None:
+    peak = _unit(10)
+    out = _discrete_climb(_Peak(peak[0].copy()), SPACE, peak, AcqConfig(discrete_passes=3))
+    np.testing.assert_array_equal(out, peak)
