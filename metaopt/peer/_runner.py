@@ -1080,8 +1080,17 @@ class TrialRunner:
         for trial, experiment in list(self.thaws_asked.items()):
             if self.free_slots() <= 0 or self.node.stopping:
                 return
-            del self.thaws_asked[trial]
             state = self.node.replica.experiments.get(experiment)
+            if (
+                state is not None
+                and state.spec.command is not None
+                and not self.can_run(state)
+                and state.key not in self.unrunnable
+            ):
+                # Its code is being laid out here (deleted meanwhile, say): asked again at the
+                # next pass, not dropped (it stayed frozen, its slot idle, for good).
+                continue
+            del self.thaws_asked[trial]
             view = state.trial(trial) if state is not None else None
             if state is None or view is None or view.state != "frozen":
                 continue

@@ -470,6 +470,34 @@ def test_a_thaw_asked_with_no_slot_free_takes_the_next_slot_that_frees() -> None
     assert launched == [(trial, True)] and runner.thaws_asked == {}
 
 
+def test_a_thaw_asked_waits_while_its_code_is_being_laid_out_here() -> None:
+    """A slot freed while the experiment's code was being laid out again (its bundle deleted):
+    the thaw asked was dropped ("not thawed, this peer cannot run it"), the trial left frozen
+    and the slot idle for good (a review, 3 of 3). It waits for the layout; a bundle that
+    cannot be laid out here at all drops it, saying so."""
+    state, trial = _frozen_trial(1)
+    _, runner = _runner(state)
+    launched: list[bytes] = []
+
+    async def launch(state: ExperimentState, view: Any, *, thaw: bool = False) -> None:
+        launched.append(view.key)
+
+    runner.launch = launch  # type: ignore[method-assign]
+    laid_out = [False]
+    runner.can_run = lambda state: laid_out[0]  # type: ignore[method-assign]
+    runner.ask_thaw(state, state.trial(trial))  # type: ignore[arg-type]
+    asyncio.run(runner.thaw_asked())
+    assert launched == [] and list(runner.thaws_asked) == [trial]
+    laid_out[0] = True
+    asyncio.run(runner.thaw_asked())
+    assert launched == [trial] and runner.thaws_asked == {}
+    laid_out[0] = False
+    runner.layouts.unrunnable[state.key] = "its manifest is malformed"
+    runner.ask_thaw(state, state.trial(trial))  # type: ignore[arg-type]
+    asyncio.run(runner.thaw_asked())
+    assert launched == [trial] and runner.thaws_asked == {}
+
+
 def test_another_peers_frozen_trial_is_not_judged_here() -> None:
     """Only this peer's frozen trials are its stopper's to thaw or kill; another's are judged
     by their own peer (both killing or thawing it would clash)."""
