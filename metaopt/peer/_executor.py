@@ -383,9 +383,11 @@ class TrialProcess:
         self._signal(signal.SIGKILL)  # stray members of the group, if any
         late = await self._drain([*pumps, waiter])
         self._cleanup(list(late), beat)
-        # Ended by this peer's signal, it left a frame half drawn: no result of its own.
-        signalled = self._stage in ("SIGTERM", "SIGKILL", "kill")
-        for report in await self._parse(functools.partial(parser.finish, cut=signalled)):
+        # Killed by a signal (this peer's freeze or kill, a shutdown's, the OOM killer's), it
+        # left a frame half drawn: no value of its own. One that caught the signal and exited
+        # on its own wrote its last line itself.
+        cut = _died_of_a_signal(code)
+        for report in await self._parse(functools.partial(parser.finish, cut=cut)):
             self._progress(report)
         self._tell_notes(parser, ended=True)
         self._check_broken(parser)
@@ -738,6 +740,13 @@ def stopped_by_signal(code: int) -> bool:
     SIGHUP: directly, or as a shell reports a child's, 128 + the signal), not that it
     crashed."""
     return any(code in (-sig, 128 + sig) for sig in _STOP_SIGNALS)
+
+
+def _died_of_a_signal(code: int) -> bool:
+    """Whether an exit status says the process was killed by a signal: its own, or a shell's
+    report of its command's (128 + the signal, as `sh -c` and most wrappers exit)."""
+    fatal = (signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP)
+    return code < 0 or code - 128 in fatal
 
 
 def _describe_exit(code: int) -> str:

@@ -9,6 +9,7 @@ import dataclasses
 import errno
 import json
 import os
+import signal
 import sys
 import textwrap
 import threading
@@ -857,3 +858,43 @@ async def test_a_bar_half_drawn_when_a_stop_signal_came_is_not_the_trials_value(
     assert (outcome.status, outcome.stage) == ("interrupted", "SIGTERM")
     assert [d["step"] for k, d in events if k == "progress"] == [1]
     assert outcome.metrics == {"loss": 0.5, "step": 1}
+    # Killed from outside (a shutdown signalling the group with its peer, the OOM killer):
+    # the same.
+    spec = _spec(tmp_path, _script(tmp_path, HALF_DRAWN), objective_regex=r"val_loss = ([0-9.]+)")
+
+    def kill_once_read(process: TrialProcess, kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress":
+            assert process.pid is not None
+            os.killpg(process.pid, signal.SIGKILL)
+
+    outcome, events = await _run(spec, kill_once_read)
+    assert (outcome.status, outcome.exit_code) == ("failed", -9)
+    assert outcome.metrics == {"loss": 0.5, "step": 1}
+
+
+CAUGHT = """
+    import signal, sys, time
+    def last_words(signum, frame):
+        sys.stdout.write("\\rfinal val_loss = 0.125")  # its own last line, unterminated
+        sys.stdout.flush()
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, last_words)
+    print("epoch 1 val_loss = 0.5", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_program_that_catches_the_stop_signal_has_its_own_last_line_read(
+    tmp_path: Path,
+) -> None:
+    # (A review of the fix above: decided by the signal sent, its final value was dropped.)
+    spec = _spec(tmp_path, _script(tmp_path, CAUGHT), objective_regex=r"val_loss = ([0-9.]+)")
+
+    def stop_once_read(process: TrialProcess, kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress":
+            process.request_stop("frozen")
+
+    outcome, _ = await _run(spec, stop_once_read)
+    assert (outcome.status, outcome.stage, outcome.exit_code) == ("interrupted", "SIGTERM", 0)
+    assert outcome.metrics == {"loss": 0.125, "step": 2}
