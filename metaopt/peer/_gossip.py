@@ -384,6 +384,10 @@ class LivenessNews:
     # addresses, and gossip and this node's own calls moved it between them every few
     # seconds, each move a line. A peer restarted back on a port it used before is news.
     _told_at: dict[bytes, tuple[bytes | None, list[str]]] = field(default_factory=dict)
+    # The address each peer's last line named: a move is told against it, not against the
+    # last look's (a peer seen back at an old address by gossip before its new run's first
+    # request had moved there untold, and was then never told).
+    _said_at: dict[bytes, str] = field(default_factory=dict)
 
     def changes(
         self,
@@ -405,17 +409,19 @@ class LivenessNews:
         back = [p for n, p in live.items() if n in self._gone]
         gone = [table.get(n) or p for n, p in self._live.items() if n not in live]
         moved = [
-            (self._live[n].addr, p)
+            (said, p)
             for n, p in live.items()
             if n in self._live
-            and self._live[n].addr != p.addr
+            and (said := self._said_at.get(n, self._live[n].addr)) != p.addr
             and p.addr not in self._told_at.get(n, (None, ()))[1]
         ]
         # An entry the table dropped (expired) is news again if it comes back, not a return.
         self._gone = {n for n in self._gone | {p.node_id for p in gone} if n in table} - set(live)
         self._live = live
         self._told_at = {n: told for n, told in self._told_at.items() if n in table}
+        self._said_at = {n: addr for n, addr in self._said_at.items() if n in table}
         for peer in [*found, *back, *(p for _, p in moved)]:
+            self._said_at[peer.node_id] = peer.addr
             run, told = self._told_at.get(peer.node_id, (runs.get(peer.node_id), []))
             if peer.addr not in told:
                 self._told_at[peer.node_id] = (run, [*told, peer.addr][-_TOLD_ADDRESSES:])
