@@ -130,6 +130,8 @@ def run(
 ) -> Result:
     """Run the scenario; all times are virtual seconds. ``disk``: an empty (or new) folder
     (a run reopens the stores it finds there, and is not the run its seed names)."""
+    if disk is not None and disk.exists() and not disk.is_dir():
+        raise ValueError(f"--disk {disk} is a file; pass an empty or new folder")
     if disk is not None and disk.is_dir() and any(disk.iterdir()):
         raise ValueError(
             f"--disk {disk} is not empty: a run would reopen the stores there and replay"

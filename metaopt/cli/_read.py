@@ -437,18 +437,19 @@ def _logs(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         older = ""
         if isinstance(info.get("older"), str) and isinstance(info.get("older_size"), int):
-            # (Its log moved there past 32 MiB: the run's start is in that file.)
+            # (Past 32 MiB its log moves there, replacing what an earlier move put there:
+            # output before this part, the run's start only while it wrote under 64 MiB.)
             older = f"{info['older']} ({_size(info['older_size'])})"
         if "size" in info:
             shown = f"(its last lines only, of {_size(info['size'])}"
             where = (
-                f", in {info['path']}; its start: {older})"
+                f", in {info['path']}; earlier output: {older})"
                 if older
                 else (f"; the whole log: {info['path']})")
             )
             print(shown + where, file=sys.stderr)
         elif older:
-            print(f"(its latest lines only; its start: {older})", file=sys.stderr)
+            print(f"(its latest lines only; earlier output: {older})", file=sys.stderr)
         if verdict is not None:
             print(printable(f"({verdict})"), file=sys.stderr)
         return 0

@@ -329,7 +329,7 @@ class LocalApi:
             "reason": trial.reason if trial else None,
         }
         if log_path.exists() and ran_here_last:
-            # Past 32 MiB a log moves to <log>.1 and starts anew: its start is there.
+            # Past 32 MiB a log moves to <log>.1 (replacing an earlier one) and starts anew.
             older = log_path.with_name(log_path.name + ".1")
             before: dict[str, Any] = {}
             with contextlib.suppress(OSError):

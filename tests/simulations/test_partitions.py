@@ -101,3 +101,6 @@ def test_a_run_on_disk_refuses_a_folder_that_holds_stores(tmp_path: Path) -> Non
     (tmp_path / "node0-0").mkdir()
     with pytest.raises(ValueError, match="is not empty"):
         run(nodes=2, seed=1, chaos=5.0, disk=tmp_path)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match="is a file"):  # (it ended in a StoreError's traceback)
+        run(nodes=2, seed=1, chaos=5.0, disk=tmp_path / "a-file")

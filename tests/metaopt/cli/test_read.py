@@ -514,12 +514,12 @@ def test_logs_name_the_file_a_long_log_moved_its_start_to(
     assert main(["logs", "ab" * 6]) == 0
     assert capsys.readouterr() == (
         "end\n",
-        "(its latest lines only; its start: /d/trials/t/output.log.1 (32.0 MiB))\n",
+        "(its latest lines only; earlier output: /d/trials/t/output.log.1 (32.0 MiB))\n",
     )
     peer.info = {"here": True, "text": "end\n", "size": 8 << 20, "path": "/d/o.log", **older}
     assert main(["logs", "ab" * 6]) == 0
     assert capsys.readouterr()[1] == (
-        "(its last lines only, of 8.0 MiB, in /d/o.log; its start:"
+        "(its last lines only, of 8.0 MiB, in /d/o.log; earlier output:"
         " /d/trials/t/output.log.1 (32.0 MiB))\n"
     )
 
