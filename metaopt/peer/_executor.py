@@ -743,10 +743,9 @@ def stopped_by_signal(code: int) -> bool:
 
 
 def _died_of_a_signal(code: int) -> bool:
-    """Whether an exit status says the process was killed by a signal: its own, or a shell's
-    report of its command's (128 + the signal, as `sh -c` and most wrappers exit)."""
-    fatal = (signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP)
-    return code < 0 or code - 128 in fatal
+    """Whether an exit status says the process was killed by a signal: any, or as a shell
+    reports its command's (128 + a stop signal, or SIGKILL's)."""
+    return code < 0 or stopped_by_signal(code) or code == 128 + signal.SIGKILL
 
 
 def _describe_exit(code: int) -> str:
