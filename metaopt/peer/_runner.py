@@ -59,6 +59,8 @@ CLAIM_RACE = 60.0
 # quota). Its replica may still take writes (LevelDB appends to a file it has), so the peer
 # goes on as a replica; but each try wrote a start and an interruption, every 2 s.
 FOLDER_RETRY = 10.0
+# How long a thaw asked by hand waits, holding a free slot, for its code to be laid out here.
+THAW_CODE_WAIT = 60.0
 
 
 # In a trial's folder while a freeze or kill this peer decided (by hand, by its early stopper,
@@ -145,11 +147,19 @@ class TrialRunner:
         # asked): resumed in the next slots that free (see thaw_asked). Told "freeze a running
         # trial first", a user who did saw the freed slot go to a new trial, again and again.
         self.thaws_asked: dict[bytes, bytes] = {}
+        # Those of them whose code is being laid out here, and since when (monotonic): each
+        # holds a free slot, up to THAW_CODE_WAIT (a new trial took it, and the thaw waited
+        # that trial's whole run).
+        self._thaws_waiting: dict[bytes, float] = {}
 
     # --------------------------------------------------------------------------- queries
 
     def free_slots(self) -> int:
-        """Slots a trial may start in now: none while starts are held (see starts_held)."""
+        """Slots a trial may start in now: none while starts are held (see starts_held), and
+        not those held for thaws asked by hand that wait for their code (see thaw_asked)."""
+        return max(0, self._unheld_slots() - len(self._thaws_waiting))
+
+    def _unheld_slots(self) -> int:
         if self.starts_held() is not None:
             return 0
         return len(self.slots) - len(self.running)
@@ -1078,32 +1088,42 @@ class TrialRunner:
         replica that did not yet hold another peer's thaw of it, and both ran it.
         """
         for trial, experiment in list(self.thaws_asked.items()):
-            if self.free_slots() <= 0 or self.node.stopping:
+            if self._unheld_slots() <= 0 or self.node.stopping:
                 return
             state = self.node.replica.experiments.get(experiment)
-            if (
-                state is not None
-                and state.spec.command is not None
-                and not self.can_run(state)
-                and state.key not in self.unrunnable
-            ):
-                # Its code is being laid out here (deleted meanwhile, say): asked again at the
-                # next pass, not dropped (it stayed frozen, its slot idle, for good).
-                continue
-            del self.thaws_asked[trial]
             view = state.trial(trial) if state is not None else None
             if state is None or view is None or view.state != "frozen":
+                self._drop_thaw(trial)
                 continue
             if view.runner != self.node.node_id and (
                 view.runner is None or self.node.is_alive(view.runner)
             ):
                 log.info("trial %s: not thawed here, its peer is back", trial.hex()[:12])
+                self._drop_thaw(trial)
                 continue
             if not self.can_run(state):
-                log.warning("trial %s: not thawed, this peer cannot run it", trial.hex()[:12])
+                since = self._thaws_waiting.setdefault(trial, self.monotonic())
+                waited = self.monotonic() - since
+                if state.key not in self.unrunnable and waited < THAW_CODE_WAIT:
+                    # Its code is being laid out here (deleted meanwhile, say): it waits, in
+                    # a slot held for it (dropped, it stayed frozen and the slot idle).
+                    continue
+                log.warning(
+                    "trial %s: not thawed, this peer cannot run it%s; thaw it again later",
+                    trial.hex()[:12],
+                    ""
+                    if waited < THAW_CODE_WAIT
+                    else f" (its code not laid out in {waited:.0f} s)",
+                )
+                self._drop_thaw(trial)
                 continue
+            self._drop_thaw(trial)
             log.info("thawing trial %s, as asked, in a slot that came free", trial.hex()[:12])
             await self.launch(state, view, thaw=True)
+
+    def _drop_thaw(self, trial: bytes) -> None:
+        self.thaws_asked.pop(trial, None)
+        self._thaws_waiting.pop(trial, None)
 
     async def thaw(self, turns: Callable[[], tuple[dict[bytes, int], int]] | None = None) -> None:
         """Resume this peer's frozen trials that are a better bet than a new configuration,

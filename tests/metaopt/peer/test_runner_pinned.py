@@ -25,7 +25,7 @@ from metaopt._records import (
 from metaopt._state import ExperimentState
 from metaopt.freezethaw import Action, Decision
 from metaopt.peer._gpus import Slot
-from metaopt.peer._runner import SUPERSEDED, Running, TrialRunner
+from metaopt.peer._runner import SUPERSEDED, THAW_CODE_WAIT, Running, TrialRunner
 from metaopt.space import Space
 from tests.metaopt.peer.test_runner_decisions import (
     ME,
@@ -483,19 +483,33 @@ def test_a_thaw_asked_waits_while_its_code_is_being_laid_out_here() -> None:
         launched.append(view.key)
 
     runner.launch = launch  # type: ignore[method-assign]
+    now = [100.0]
+    runner.monotonic = lambda: now[0]
     laid_out = [False]
     runner.can_run = lambda state: laid_out[0]  # type: ignore[method-assign]
+    assert runner.free_slots() == 1
     runner.ask_thaw(state, state.trial(trial))  # type: ignore[arg-type]
     asyncio.run(runner.thaw_asked())
     assert launched == [] and list(runner.thaws_asked) == [trial]
+    # Its slot is held meanwhile: a new trial of another experiment took it, and the thaw
+    # waited that trial's whole run (a review of the fix).
+    assert runner.free_slots() == 0
+    now[0] += THAW_CODE_WAIT - 1
     laid_out[0] = True
     asyncio.run(runner.thaw_asked())
-    assert launched == [trial] and runner.thaws_asked == {}
+    assert launched == [trial] and runner.thaws_asked == {} and runner.free_slots() == 1
+    # Its code never laid out (within THAW_CODE_WAIT), or not to be laid out at all: dropped,
+    # saying so, and the slot freed.
     laid_out[0] = False
+    runner.ask_thaw(state, state.trial(trial))  # type: ignore[arg-type]
+    asyncio.run(runner.thaw_asked())
+    now[0] += THAW_CODE_WAIT
+    asyncio.run(runner.thaw_asked())
+    assert launched == [trial] and runner.thaws_asked == {} and runner.free_slots() == 1
     runner.layouts.unrunnable[state.key] = "its manifest is malformed"
     runner.ask_thaw(state, state.trial(trial))  # type: ignore[arg-type]
     asyncio.run(runner.thaw_asked())
-    assert launched == [trial] and runner.thaws_asked == {}
+    assert launched == [trial] and runner.thaws_asked == {} and runner.free_slots() == 1
 
 
 def test_another_peers_frozen_trial_is_not_judged_here() -> None:
