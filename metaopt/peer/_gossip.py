@@ -400,10 +400,16 @@ class LivenessNews:
         leave from silence; gone ones in id order). ``runs``: each peer's latest run token
         heard first-hand, which tells a restart from a peer moving between its addresses."""
         runs = runs or {}
-        for node_id, (run, told) in list(self._told_at.items()):
+        for node_id, (run, _told) in list(self._told_at.items()):
             latest = runs.get(node_id)
-            if latest is not None and latest != run:  # (None: the first token heard of it)
-                self._told_at[node_id] = (latest, [] if run is not None else told)
+            if latest is not None and latest != run:
+                # A new run: nothing told in it yet. The first token heard: the addresses told
+                # may be of runs before (an observer that knew a peer by gossip only kept a
+                # return untold), so only the one the log last named counts (at worst a peer
+                # known at two addresses is told once more).
+                named = self._said_at.get(node_id)
+                kept = [named] if run is None and named is not None else []
+                self._told_at[node_id] = (latest, kept)
         live = {p.node_id: p for p in table.live(now, timeout)}
         found = [p for n, p in live.items() if n not in self._live and n not in self._gone]
         back = [p for n, p in live.items() if n in self._gone]

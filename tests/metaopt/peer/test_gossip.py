@@ -395,6 +395,21 @@ def test_a_peer_seen_back_at_an_old_address_before_its_new_runs_token_is_told_th
     assert news.changes(table, 4.0, TIMEOUT, {A: b"run3"}).moved == []
 
 
+def test_a_return_is_told_by_an_observer_that_heard_no_token_of_the_run_before() -> None:
+    # Known by gossip only in its first two runs, a peer back on its first port was taken
+    # for one flapping between two addresses when its third run's token came (a review of
+    # the fix: 13 of 40 observers).
+    table, news = PeerTable(), LivenessNews()
+    table.add(A, "h:1", 0.0, contacted=False)
+    news.changes(table, 0.0, TIMEOUT)
+    table.add(A, "h:2", 1.0, contacted=False)
+    assert len(news.changes(table, 1.0, TIMEOUT).moved) == 1
+    table.add(A, "h:1", 2.0, contacted=False)
+    assert news.changes(table, 2.0, TIMEOUT).moved == []  # (no token: as flapping would)
+    moved = news.changes(table, 3.0, TIMEOUT, {A: b"run3"}).moved
+    assert [(o, p.addr) for o, p in moved] == [("h:2", "h:1")]
+
+
 def test_a_peer_whose_first_token_is_heard_late_is_not_told_again_for_it() -> None:
     table, news = PeerTable(), LivenessNews()
     table.add(A, "h:1", 0.0, contacted=True)  # found by gossip: no token yet
