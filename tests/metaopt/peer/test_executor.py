@@ -850,11 +850,7 @@ async def test_a_bar_half_drawn_when_a_stop_signal_came_is_not_the_trials_value(
     # epoch's bar showed, as a step of its own (12 of 12; a review).
     spec = _spec(tmp_path, _script(tmp_path, HALF_DRAWN), objective_regex=r"val_loss = ([0-9.]+)")
 
-    def stop_once_read(process: TrialProcess, kind: str, data: dict[str, Any]) -> None:
-        if kind == "progress":
-            process.request_stop("frozen")
-
-    outcome, events = await _run(spec, stop_once_read)
+    outcome, events = await _run(spec, _stop_at_first_progress)
     assert (outcome.status, outcome.stage) == ("interrupted", "SIGTERM")
     assert [d["step"] for k, d in events if k == "progress"] == [1]
     assert outcome.metrics == {"loss": 0.5, "step": 1}
@@ -891,10 +887,6 @@ async def test_a_program_that_catches_the_stop_signal_has_its_own_last_line_read
     # (A review of the fix above: decided by the signal sent, its final value was dropped.)
     spec = _spec(tmp_path, _script(tmp_path, CAUGHT), objective_regex=r"val_loss = ([0-9.]+)")
 
-    def stop_once_read(process: TrialProcess, kind: str, data: dict[str, Any]) -> None:
-        if kind == "progress":
-            process.request_stop("frozen")
-
-    outcome, _ = await _run(spec, stop_once_read)
+    outcome, _ = await _run(spec, _stop_at_first_progress)
     assert (outcome.status, outcome.stage, outcome.exit_code) == ("interrupted", "SIGTERM", 0)
     assert outcome.metrics == {"loss": 0.125, "step": 2}

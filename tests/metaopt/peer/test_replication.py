@@ -106,13 +106,12 @@ def test_records_go_to_a_peer_talked_to_before_ones_only_heard_of() -> None:
     assert len(client.calls) == 1
 
 
-def test_only_a_converged_session_counts_as_caught_up(monkeypatch: Any) -> None:
-    # A session that gave up after max_rounds proves nothing about what this replica holds.
-    class _Session:
-        converged = False
+def fake_session(converged: bool) -> type:
+    """A stand-in for the sans-IO Initiator: one round, converged or given up."""
 
+    class _Session:
         def __init__(self, store: Any) -> None:
-            self.stats = type("Stats", (), {"converged": _Session.converged})()
+            self.stats = type("Stats", (), {"converged": converged})()
 
         def start(self) -> bytes:
             return b"open"
@@ -121,14 +120,22 @@ def test_only_a_converged_session_counts_as_caught_up(monkeypatch: Any) -> None:
             return None
             yield
 
-    class _Answers:
-        async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
-            return b"reply"
+    return _Session
 
-    monkeypatch.setattr("metaopt.peer._replication.Initiator", _Session)
-    rep = _replicator(PeerTable(), _Answers(), 0.0)  # type: ignore[arg-type]
+
+class Answers:
+    """A peer that answers every call."""
+
+    async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+        return b"reply"
+
+
+def test_only_a_converged_session_counts_as_caught_up(monkeypatch: Any) -> None:
+    # A session that gave up after max_rounds proves nothing about what this replica holds.
+    monkeypatch.setattr("metaopt.peer._replication.Initiator", fake_session(False))
+    rep = _replicator(PeerTable(), Answers(), 0.0)  # type: ignore[arg-type]
     assert asyncio.run(rep.reconcile("127.0.0.1:1001")) and rep.sessions == 0
-    _Session.converged = True
+    monkeypatch.setattr("metaopt.peer._replication.Initiator", fake_session(True))
     assert asyncio.run(rep.reconcile("127.0.0.1:1001")) and rep.sessions == 1
 
 

@@ -14,6 +14,7 @@ from crdt import MemoryStore, Record, SyncConfig, respond
 from metaopt.peer._gossip import PeerTable
 from metaopt.peer._replication import Replicator, _batches
 from metaopt.peer._transport import PeerUnreachable, RemoteError
+from tests.metaopt.peer.test_replication import Answers, fake_session
 
 A, B, C, D = (bytes([i]) * 16 for i in (1, 2, 3, 4))
 ME = bytes(16)
@@ -235,38 +236,11 @@ def test_a_failed_session_is_not_counted_and_returns_false(fault: type[Exception
     assert asyncio.run(rep.anti_entropy_once()) is None and rep.sessions == 0
 
 
-A, B = b"\x01" * 16, b"\x02" * 16
-
-
 def test_a_partner_that_completed_a_session_is_live_again(monkeypatch: Any) -> None:
-    class _Session:
-        def __init__(self, store: Any) -> None:
-            self.stats = type("Stats", (), {"converged": 1})()
-
-        def start(self) -> bytes:
-            return b"open"
-
-        def receive_steps(self, reply: bytes) -> Any:
-            return None
-            yield
-
-    class _Answers:
-        async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
-            return b"reply"
-
-    monkeypatch.setattr("metaopt.peer._replication.Initiator", _Session)
+    monkeypatch.setattr("metaopt.peer._replication.Initiator", fake_session(True))
     table = PeerTable()
     table.add(A, "127.0.0.1:1001", 0.0, contacted=True)  # silent by t=10
-    rep = Replicator(
-        MemoryStore(),
-        bytes(16),
-        table,
-        _Answers(),  # type: ignore[arg-type]
-        clock=lambda: 10.0,
-        rng=random.Random(0),
-        push_fanout=4,
-        peer_timeout=2.0,
-    )
+    rep = _replicator(table, Answers(), 10.0)  # type: ignore[arg-type]
     assert not table.is_alive(A, 10.0, 2.0)
     assert asyncio.run(rep.anti_entropy_once()) == "127.0.0.1:1001"
     assert table.is_alive(A, 10.0, 2.0)

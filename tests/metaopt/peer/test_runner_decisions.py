@@ -1012,12 +1012,20 @@ def test_an_outcome_the_disk_refuses_is_one_line_the_slot_frees_and_it_is_record
 
 async def can_run_once_laid_out(runner: TrialRunner, state: ExperimentState) -> bool:
     """can_run, after the bundle layout its first call may start (in a thread) has ended."""
-    if runner.can_run(state):
-        return True
-    task = runner.layouts._laying_out.get(state.key)
-    if task is not None:
-        await task
-    return runner.can_run(state)
+    return await runner.can_run_within(state, 60.0)
+
+
+def _bundled(tmp_path: Path) -> tuple[ExperimentState, TrialRunner]:
+    """An experiment whose code is a bundle, and a runner of one slot whose bundles go under
+    tmp_path (laid out by whatever the test puts in the layouts' _materialize)."""
+    spec = ExperimentSpec(
+        name="e", space={"x": "uniform(0, 1)"}, command=("t.py",),
+        bundle={"manifest": {"files": {}}, "root": "/r"},
+    )  # fmt: skip
+    state = ExperimentState(b"k" * 32, spec)
+    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
+    node.dirs.bundles = tmp_path / "bundles"
+    return state, TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
 
 
 @pytest.mark.asyncio
@@ -1030,14 +1038,7 @@ async def test_a_bundle_the_disk_refuses_is_said_once_a_minute_and_a_deleted_one
     from metaopt.peer._bundle import BundleWriteError
 
     caplog.set_level(logging.INFO, logger="metaopt")
-    spec = ExperimentSpec(
-        name="e", space={"x": "uniform(0, 1)"}, command=("t.py",),
-        bundle={"manifest": {"files": {}}, "root": "/r"},
-    )  # fmt: skip
-    state = ExperimentState(b"k" * 32, spec)
-    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
-    node.dirs.bundles = tmp_path / "bundles"
-    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    state, runner = _bundled(tmp_path)
     now = [0.0]
     runner.monotonic = lambda: now[0]
     written = tmp_path / "bundle"
@@ -1065,14 +1066,7 @@ async def test_a_bundle_the_disk_refuses_is_said_once_a_minute_and_a_deleted_one
 async def test_can_run_within_waits_for_the_code_being_laid_out_here(tmp_path: Path) -> None:
     # A thaw by hand of a trial whose bundle was deleted was refused at once, and worked
     # when asked again seconds later (a review, 3 of 3): it waits for the layout now.
-    spec = ExperimentSpec(
-        name="e", space={"x": "uniform(0, 1)"}, command=("t.py",),
-        bundle={"manifest": {"files": {}}, "root": "/r"},
-    )  # fmt: skip
-    state = ExperimentState(b"k" * 32, spec)
-    node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
-    node.dirs.bundles = tmp_path / "bundles"
-    runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
+    state, runner = _bundled(tmp_path)
     written = tmp_path / "bundle"
     takes = [0.3]
 

@@ -683,15 +683,19 @@ def _thaw_all(curves: Any, own: Any, free: Any) -> list[Decision]:
     return [Decision(t, Action.THAW, "good bet") for t in sorted(own)]
 
 
-def _second_frozen(state: ExperimentState) -> bytes:
-    body = {"params": {"x": 0.25}, "node": ME, "counter": 2}
-    trial = Record.create(TRIAL, ME, 50, 0, body, [state.key])
+def _frozen_of(state: ExperimentState, node: bytes, first: int, x: float, value: float) -> bytes:
+    """Another trial of node's, started, at step 1 with value, then frozen there (its records
+    numbered from first on)."""
+    body = {"params": {"x": x}, "node": node, "counter": first}
+    trial = Record.create(TRIAL, node, first, 0, body, [state.key])
     state.apply(trial)
-    for seq, (kind, at) in enumerate((("started", None), ("progress", 1), ("frozen", 1)), 51):
-        metrics = {"objective": 0.4} if kind == "progress" else {}
-        ev = EventBody(trial.key, state.key, kind, ME, at, metrics).to_body()
-        state.apply(Record.create(EVENT, ME, seq, 1_000 * seq, ev, [trial.key, state.key]))
-    assert state.trial(trial.key).state == "frozen"  # type: ignore[union-attr]
+    steps = (("started", None), ("progress", 1), ("frozen", 1))
+    for seq, (kind, at) in enumerate(steps, first + 1):
+        metrics = {"objective": value} if kind == "progress" else {}
+        ev = EventBody(trial.key, state.key, kind, node, at, metrics).to_body()
+        state.apply(Record.create(EVENT, node, seq, 1_000 * seq, ev, [trial.key, state.key]))
+    view = state.trial(trial.key)
+    assert view is not None and view.state == "frozen" and view.runner == node
     return trial.key
 
 
@@ -711,7 +715,7 @@ def test_thaws_take_no_more_slots_than_the_experiments_turn_gives() -> None:
     """thaw(turns): two free slots, two frozen trials worth thawing, but the experiment's turn
     gives it one slot (the other is planned for a new point): one thaw, not two."""
     state, _first = _frozen_trial(1)
-    _second_frozen(state)
+    _frozen_of(state, ME, 50, 0.25, 0.4)
     _node, runner = _runner(state, slots=2)
     runner._stoppers[state.key] = RuleStopper(_thaw_all)  # type: ignore[assignment]
     launched = _launches(runner)
@@ -731,16 +735,7 @@ def test_thaws_may_take_the_slots_no_turn_takes() -> None:
 
 def _frozen_by_other() -> tuple[ExperimentState, bytes]:
     state, _ = _frozen_trial(1)
-    body = {"params": {"x": 0.75}, "node": OTHER, "counter": 1}
-    trial = Record.create(TRIAL, OTHER, 1, 0, body, [state.key])
-    state.apply(trial)
-    for seq, (kind, at) in enumerate((("started", None), ("progress", 1), ("frozen", 1)), 2):
-        metrics = {"objective": 0.5} if kind == "progress" else {}
-        ev = EventBody(trial.key, state.key, kind, OTHER, at, metrics).to_body()
-        state.apply(Record.create(EVENT, OTHER, seq, 1_000 * seq, ev, [trial.key, state.key]))
-    view = state.trial(trial.key)
-    assert view is not None and view.state == "frozen" and view.runner == OTHER
-    return state, trial.key
+    return state, _frozen_of(state, OTHER, 1, 0.75, 0.5)
 
 
 def test_a_thaw_by_hand_is_not_run_here_once_the_trials_own_peer_is_back() -> None:
