@@ -308,9 +308,8 @@ def _backoff(
     # slots idle that long. By this node's clock (see made_here): by the stamps of a peer 90 s
     # ahead, its retry held the others 69 s. (Made a wait after the failure, give or take the
     # offsets' error: half a wait tells it from a run made before.)
-    made = made_ms
     return any(
-        t.state in _TRYING and made(t) >= last[0] + wait // 2 and now_ms - made(t) < wait
+        t.state in _TRYING and made_ms(t) >= last[0] + wait // 2 and now_ms - made_ms(t) < wait
         for t in state.open_trials()
     )
 
