@@ -391,7 +391,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument(
-        "--save", default="", help="append every finished run and timing to this JSON-lines file"
+        "--save",
+        default="",
+        help="append every finished run and timing to this JSON-lines file; runs it already"
+        " holds are not run again (a stopped run goes on where it stopped)",
     )
     ap.add_argument(
         "--report",
@@ -418,22 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.first_seed < 0:
         ap.error("--first-seed takes 0 or more")
     if args.report:
-        saved: list[dict[str, Any]] = []
-        for path in args.report:
-            with open(path) as fh:
-                for number, text in enumerate(fh, 1):
-                    try:
-                        saved += [json.loads(text)] if text.strip() else []
-                    except ValueError:  # (a run stopped mid-write: a traceback)
-                        ap.error(f"{path}, line {number}: not a saved run; delete that line")
-        short = {len(x["ys"]) for x in saved if "run" in x and len(x["ys"]) < args.budget}
-        if short:
-            # (Read as they were, runs of 12 evaluations were tabulated as "after 50".)
-            ap.error(
-                f"{', '.join(args.report)} holds runs of {min(short)} evaluations, under"
-                f" --budget {args.budget}; pass --budget {min(short)}"
-            )
-        print(_report_lines(saved, methods, problems, args.budget))
+        print(
+            _report_lines(_read_saved(args.report, args.budget, ap), methods, problems, args.budget)
+        )
         return 0
     skipped = [m for m in methods if not _available(m)]
     methods = [m for m in methods if m not in skipped]
@@ -441,16 +431,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"skipped (not installed / not written yet): {', '.join(skipped)}")
     _quiet()
     long = max(args.budget, 100 if args.quick else HARTMANN_LONG)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     # Seed-major order: whenever the run is stopped, the finished seeds cover every method.
     tasks = [
         (m, p, s, long if p == "hartmann6" else args.budget)
-        for s in range(args.first_seed, args.first_seed + args.seeds)
+        for s in seeds
         for m in methods
         for p in problems
     ]
     sizes = [int(x) for x in args.timing.split(",") if x]
+    timings = [(m, n, 3) for m in methods for n in sizes]
+    # (--save to a file that held runs ran them all again and appended duplicates.)
+    lines = _read_saved([args.save], args.budget, ap) if os.path.exists(args.save) else []
+    lines = [x for x in lines if "timing" in x or int(x["run"][2]) in seeds]  # this run's table
+    if lines:
+        held = {tuple(x["run"]) for x in lines if "run" in x}
+        timed = {tuple(x["timing"][:2]) for x in lines if "timing" in x}
+        tasks = [t for t in tasks if tuple(t[:3]) not in held]
+        timings = [t for t in timings if tuple(t[:2]) not in timed]
+        print(f"{args.save} holds {len(held)} runs and {len(timed)} timings: not run again")
     t0 = time.time()
-    lines: list[dict[str, Any]] = []
     sink = open(args.save, "a") if args.save else None  # noqa: SIM115 - kept open for the run
 
     def keep(line: dict[str, Any]) -> None:
@@ -471,8 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         file=sys.stderr,
                         flush=True,
                     )
-            jobs = [(m, n, 3) for m in methods for n in sizes]
-            for m, n, sec in pool.imap_unordered(time_one, jobs):
+            for m, n, sec in pool.imap_unordered(time_one, timings):
                 keep({"timing": [m, n, sec]})
     finally:
         if sink is not None:
@@ -484,6 +483,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" load average {load}"
     )
     return 0
+
+
+def _read_saved(
+    paths: Sequence[str], budget: int, ap: argparse.ArgumentParser
+) -> list[dict[str, Any]]:
+    """The runs and timings --save files hold, refused in one line if damaged or too short."""
+    saved: list[dict[str, Any]] = []
+    for path in paths:
+        with open(path) as fh:
+            for number, text in enumerate(fh, 1):
+                try:
+                    saved += [json.loads(text)] if text.strip() else []
+                except ValueError:  # (a run stopped mid-write: a traceback)
+                    ap.error(f"{path}, line {number}: not a saved run; delete that line")
+    short = {len(x["ys"]) for x in saved if "run" in x and len(x["ys"]) < budget}
+    if short:
+        # (Read as they were, runs of 12 evaluations were tabulated as "after 50".)
+        ap.error(
+            f"{', '.join(paths)} holds runs of {min(short)} evaluations, under"
+            f" --budget {budget}; pass --budget {min(short)}"
+        )
+    return saved
 
 
 def _report_lines(

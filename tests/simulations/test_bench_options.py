@@ -70,6 +70,23 @@ def test_report_for_methods_the_file_does_not_hold_is_not_a_traceback(
     assert capsys.readouterr().out.strip() == "seeds finished by every method: []"
 
 
+def test_save_to_a_file_that_holds_runs_goes_on_where_it_stopped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --save appended: rerun on a stopped run's file, every run was run again and written twice.
+    f = _save(tmp_path / "runs.jsonl", [*_runs(12, range(1)), {"run": ["auto", "branin", 5],
+               "ys": [1.0] * 12, "sec": 0.01}])  # fmt: skip
+    args = ["--save", str(f), "--seeds", "2", "--budget", "12", "--problems", "branin",
+            "--methods", "auto,random", "--timing", "", "--jobs", "1"]  # fmt: skip
+    assert bench_search.main(args) == 0
+    runs = [tuple(json.loads(x)["run"]) for x in f.read_text().splitlines()]
+    assert sorted(runs) == sorted(
+        [(m, "branin", s) for m in ("auto", "random") for s in (0, 1)] + [("auto", "branin", 5)]
+    )
+    out = capsys.readouterr().out
+    assert "seeds finished by every method: [0, 1]" in out, out  # seed 5: not this run's
+
+
 def test_search_budget_zero_is_refused_not_a_zero_division() -> None:
     # run_metaopt returns spent / budget: ZeroDivisionError from the pool's worker.
     with pytest.raises(SystemExit):
