@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-quick lint bench clean
 
 # Debian ships venv's pip bootstrap separately (python3-venv): installed here when missing
 # and this runs as root, so both commands work on a bare machine.
@@ -22,6 +22,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Before a commit: the suite without its slow tests and the ones that start peers or open
+# sockets (about a tenth of the tests, most of the time). CI runs `make test`, all of them.
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not integration"
 
 lint: $(STAMP)
 	$(BIN)/ruff check crdt metaopt simulations tests
