@@ -131,7 +131,11 @@ def run(
         raise ValueError("sync_every and max_time must be positive virtual seconds")
     problem = get_problem(problem_name)
     assert problem.optimum is not None
-    rng = np.random.default_rng([seed, k])
+    rng = np.random.default_rng([seed, k])  # syncs: when, and with whom
+    # Peer i's evaluation durations are its own stream, the same whatever k: peer 0 of k = 8
+    # waits what the lone peer of k = 1 waits (one stream for all, drawn with the syncs, gave
+    # each k other durations, noise in every speed-up).
+    durations = [np.random.default_rng([seed, 2**32, i]) for i in range(k)]
     studies = [
         Study(
             dict(problem.priors),
@@ -167,7 +171,7 @@ def run(
         trial = studies[i].ask()
         push_new(i, now)
         value = problem.objective(trial.params)
-        duration = float(rng.uniform(0.5, 1.5))
+        duration = float(durations[i].uniform(0.5, 1.5))
         counter += 1
         heapq.heappush(queue, (now + duration, counter, "done", i, trial, value))
 
