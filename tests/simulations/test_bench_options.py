@@ -87,6 +87,18 @@ def test_save_to_a_file_that_holds_runs_goes_on_where_it_stopped(
     assert "seeds finished by every method: [0, 1]" in out, out  # seed 5: not this run's
 
 
+def test_timings_saved_before_the_slowest_was_kept_still_tabulate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Timings are saved as [method, n, median, slowest] now; files saved before hold three.
+    f = _save(tmp_path / "runs.jsonl", [{"timing": ["auto", 50, 0.05]},
+              {"timing": ["auto", 1000, 0.005, 0.5]}])  # fmt: skip
+    args = ["--report", str(f), "--problems", "branin", "--methods", "auto", "--budget", "12"]
+    assert bench_search.main(args) == 0
+    row = [x for x in capsys.readouterr().out.splitlines() if x.startswith("auto")]
+    assert row == ["auto    0.0500 / -  0.0050 / 0.5000"], row
+
+
 def test_search_budget_zero_is_refused_not_a_zero_division() -> None:
     # run_metaopt returns spent / budget: ZeroDivisionError from the pool's worker.
     with pytest.raises(SystemExit):
