@@ -384,7 +384,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument(
-        "--first-seed", type=int, default=0, help="seeds run from here up (held-out seeds)"
+        "--first-seed",
+        type=int,
+        default=30,
+        help="seeds run from here up (rules were chosen on 0-29: the default holds them out)",
     )
     ap.add_argument("--budget", type=int, default=50)
     ap.add_argument("--problems", default=",".join(PROBLEMS))

@@ -76,8 +76,9 @@ def test_save_to_a_file_that_holds_runs_goes_on_where_it_stopped(
     # --save appended: rerun on a stopped run's file, every run was run again and written twice.
     f = _save(tmp_path / "runs.jsonl", [*_runs(12, range(1)), {"run": ["auto", "branin", 5],
                "ys": [1.0] * 12, "sec": 0.01}])  # fmt: skip
-    args = ["--save", str(f), "--seeds", "2", "--budget", "12", "--problems", "branin",
-            "--methods", "auto,random", "--timing", "", "--jobs", "1"]  # fmt: skip
+    args = ["--save", str(f), "--first-seed", "0", "--seeds", "2", "--budget", "12",
+            "--problems", "branin", "--methods", "auto,random", "--timing", "",
+            "--jobs", "1"]  # fmt: skip
     assert bench_search.main(args) == 0
     runs = [tuple(json.loads(x)["run"]) for x in f.read_text().splitlines()]
     assert sorted(runs) == sorted(
