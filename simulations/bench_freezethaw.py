@@ -94,7 +94,10 @@ class _Ours(_Policy):
     def __init__(self, stopper: EarlyStopper, every: int, seed: int) -> None:
         self.stopper = stopper
         self.every = every
-        self.rng = np.random.default_rng(seed)
+        # Its own stream: default_rng(seed) is the synthetic pool's, whose first draws are the
+        # pool's configurations, so the stopper's candidate fresh configurations were the very
+        # ones the run would start (an audit; no value leaked, but the stopper knew the pool).
+        self.rng = np.random.default_rng([seed, 1])
         self.latency: list[float] = []
 
     def _decide(
