@@ -40,6 +40,7 @@ __all__ = [
     "HARD_MAX_BYTES",
     "BundleError",
     "BundleWriteError",
+    "bundle_damage",
     "collect_bundle",
     "content_digest",
     "manifest_paths",
@@ -241,6 +242,24 @@ def materialize_bundle(
             raise BundleWriteError(
                 f"cannot create bundle folder {rel} in {target}: {exc}"
             ) from None
+
+
+def bundle_damage(manifest: Mapping[str, Any], dest: Path) -> str | None:
+    """What in a laid-out bundle does not match its manifest (a file missing, or of another
+    size: a crash before its data reached the disk left 0-byte files), or None.
+
+    Sizes, not digests: cheap enough for every start, and what a crash changes.
+    Raises BundleError for a malformed manifest."""
+    files, _, _ = _check_manifest(manifest)
+    for rel, _, size, _ in files:
+        path = dest.joinpath(*PurePosixPath(rel).parts)
+        try:
+            held = path.lstat().st_size
+        except OSError:
+            return f"{rel} is missing"
+        if held != size:
+            return f"{rel} holds {held:,} bytes, not {size:,}"
+    return None
 
 
 class _Stream:

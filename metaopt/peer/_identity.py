@@ -15,6 +15,7 @@ from pathlib import Path
 
 from crdt import ORIGIN_SIZE
 from metaopt._errors import MetaoptError
+from metaopt.peer._durable import sync_file, sync_folder
 
 # Peers' addresses kept in a data directory (DataDir.peers_file): enough to find a cluster of
 # any size again (one live peer's gossip names the rest), few enough to call them all at once
@@ -92,6 +93,7 @@ def create_once(path: Path, text: str) -> bool:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")  # (a name of this write's own)
+        sync_file(tmp)  # (unsynced, a crash left node_id and cluster.key empty: see _durable)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -100,6 +102,7 @@ def create_once(path: Path, text: str) -> bool:
             if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
                 raise
             os.replace(tmp, path)  # no hard links there (FAT, some FUSE): renamed, as before
+        sync_folder(path.parent)
         return True
     finally:
         with contextlib.suppress(OSError):
@@ -323,7 +326,10 @@ class DataDir:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
+                f.flush()
+                os.fsync(f.fileno())  # (see _durable)
             os.replace(tmp, path)
+            sync_folder(path.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()

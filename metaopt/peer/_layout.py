@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING
 
 from metaopt._errors import MetaoptError
 from metaopt._state import ExperimentState
-from metaopt.peer._bundle import BundleWriteError, content_digest, materialize_bundle
+from metaopt.peer._bundle import (
+    BundleWriteError,
+    bundle_damage,
+    content_digest,
+    materialize_bundle,
+)
+from metaopt.peer._durable import sync_folder, sync_tree
 
 if TYPE_CHECKING:
     from metaopt.peer._node import Node
@@ -51,16 +57,13 @@ class CodeLayouts:
 
     def laid_out(self, state: ExperimentState) -> bool:
         """Whether the experiment's bundle is laid out here; one not begun is begun, in a
-        thread (see TrialRunner.can_run)."""
+        thread (see TrialRunner.can_run). One laid out by this peer's last life is checked
+        there first (see _materialize)."""
         held = self._bundles.get(state.key)
         if held is not None and held.is_dir():  # (a user may have deleted it to free space)
             return True
         if state.key in self.unrunnable or state.key in self._laying_out or self._closing:
             return False
-        dest = self.node.dirs.bundles / state.key.hex()[:16]
-        if dest.is_dir():  # laid out by this peer's last life
-            self._bundles[state.key] = dest
-            return True
         task = asyncio.ensure_future(self._lay_out(state))
         self._laying_out[state.key] = task
         task.add_done_callback(lambda _: self._laying_out.pop(state.key, None))
@@ -128,15 +131,34 @@ class CodeLayouts:
         loop, which alone touches the store (a probe may close and reopen it)."""
         dest = self.node.dirs.bundles / state.key.hex()[:16]
         manifest = (state.spec.bundle or {})["manifest"]
-        if not dest.exists():
-            tmp = dest.with_name(dest.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
+        if dest.exists():  # laid out by this peer's last life, or by a layout before this one
+            damage = bundle_damage(manifest, dest)
+            if damage is None:
+                return dest
+            # (Laid out before its data was synced, a crash left 0-byte files: every trial
+            # of the experiment failed here at once, and used up its budget.)
+            log.warning(
+                "experiment %s: its code laid out here is damaged (%s; a crash?): laid out again",
+                state.spec.name,
+                damage,
+            )
             try:
-                materialize_bundle(manifest, chunk, tmp)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)  # no half-written code left behind
-                raise
-            os.replace(tmp, dest)
+                _remove(dest)
+            except OSError as exc:
+                raise BundleWriteError(f"cannot remove the damaged {dest}: {exc}") from None
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            materialize_bundle(manifest, chunk, tmp)
+            try:
+                sync_tree(tmp)  # (see _durable: on the disk before its name says it is whole)
+                os.replace(tmp, dest)
+                sync_folder(dest.parent)
+            except OSError as exc:
+                raise BundleWriteError(f"cannot write {dest}: {exc}") from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # no half-written code left behind
+            raise
         return dest
 
     async def _chunk(self, digest: bytes) -> bytes:
@@ -164,7 +186,17 @@ def _lay_out_code(bundle: Path, cwd: Path) -> None:
     partial = cwd.with_name(cwd.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     _link_tree(bundle, partial)
+    sync_tree(partial)  # (a crash left 0-byte files, which the re-run here took for whole)
     os.replace(partial, cwd)
+    sync_folder(cwd.parent)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or a folder tree. Raises OSError."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def _link_tree(src: Path, dest: Path) -> None:

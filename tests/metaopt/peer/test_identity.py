@@ -56,6 +56,24 @@ def test_a_file_that_cannot_be_written_is_one_line_and_leaves_no_partial_file(
     dirs.write_peers(["127.0.0.1:3"])
 
 
+def test_node_id_and_key_reach_the_disk_before_their_names(
+    tmp_path: Path, fsynced: list[str]
+) -> None:
+    # Unsynced, a crash (an ext4 abort, as a power cut) left node_id and cluster.key 0 bytes
+    # long, 4 of 4: a lone peer's key was lost for good. Each is synced under its temporary
+    # name, and its folder once the name is in place.
+    synced = fsynced
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    _identity.keep_node_id(tmp_path / "node_id", secrets.token_bytes(16))
+    dirs.write_key("a key")
+    for name in ("node_id", "cluster.key"):
+        written = [i for i, p in enumerate(synced) if p.startswith(f"{tmp_path}/{name}.")]
+        assert written and written[0] < synced.index(str(tmp_path)), (name, synced)
+        synced.remove(str(tmp_path))  # (each name's folder synced once it is in place)
+    assert (tmp_path / "cluster.key").read_text() == "a key\n"
+
+
 def test_a_node_id_made_a_directory_is_a_damaged_peer_not_none(tmp_path: Path) -> None:
     # `status` said "no peer is running on D, nor has one run there" beside its history.
     (tmp_path / "node_id").mkdir()

@@ -712,6 +712,79 @@ async def test_a_forged_code_chunk_is_passed_over_for_the_real_one(tmp_path: Pat
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("damage", ["emptied", "deleted", "a file"])
+async def test_code_a_crash_damaged_is_laid_out_again_at_the_next_start(
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Renamed into place before its data reached the disk, a power cut left the bundle's
+    # files 0 bytes long: the next life took the folder for whole, and every trial of the
+    # experiment there failed at once ("no numeric 'loss'"), using up its budget.
+    data = b"print('METAOPT {\"loss\": 1}')\n"
+    exp, chunks = _bundled(tmp_path, {"train.py": data, "helper.py": b"X = 1\n"})
+    node = _lone_node(tmp_path)
+    node.runner.layouts._chunk = lambda digest: asyncio.sleep(0, chunks[digest])  # type: ignore[method-assign]
+    try:
+        node.store.add([exp])
+        state = node.replica.experiments[exp.key]
+        assert await can_run_once_laid_out(node.runner, state)
+    finally:
+        await node.stop()
+    [bundle] = node.dirs.bundles.iterdir()
+    if damage == "emptied":
+        (bundle / "train.py").write_bytes(b"")
+    elif damage == "deleted":
+        (bundle / "helper.py").unlink()
+    else:
+        shutil.rmtree(bundle)
+        bundle.write_bytes(b"")
+    node = _lone_node(tmp_path)
+    node.runner.layouts._chunk = lambda digest: asyncio.sleep(0, chunks[digest])  # type: ignore[method-assign]
+    try:
+        await node.load()  # (as the restarted peer folds its replica)
+        state = node.replica.experiments[exp.key]
+        assert await can_run_once_laid_out(node.runner, state)
+        assert (bundle / "train.py").read_bytes() == data
+        assert (bundle / "helper.py").read_bytes() == b"X = 1\n"
+        assert "its code laid out here is damaged" in caplog.text
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_code_is_synced_to_the_disk_before_its_name_says_it_is_whole(
+    tmp_path: Path, fsynced: list[str]
+) -> None:
+    # Without fsync before the rename a crash can leave the name and not the data (see
+    # _durable): every file of the bundle, and of a trial's copy, is synced while its
+    # folder still has its temporary name, and the folder it is renamed into after.
+    exp, chunks = _bundled(tmp_path, {"train.py": b"import helper\n", "helper.py": b"X = 1\n"})
+    node = _lone_node(tmp_path)
+    node.runner.layouts._chunk = lambda digest: asyncio.sleep(0, chunks[digest])  # type: ignore[method-assign]
+    body = {"params": {"x": 0.5}, "node": node.node_id, "counter": 1}
+    trial = Record.create(TRIAL, node.node_id, 2, int(time.time() * 1000), body, [exp.key])
+    synced = fsynced
+    try:
+        node.store.add([exp, trial])
+        state = node.replica.experiments[exp.key]
+        assert await can_run_once_laid_out(node.runner, state)
+        [bundle] = node.dirs.bundles.iterdir()
+        tmp = str(bundle) + ".tmp"
+        assert {f"{tmp}/train.py", f"{tmp}/helper.py", tmp} <= set(synced), synced
+        assert synced.index(str(bundle.parent)) > synced.index(tmp)  # (after the rename)
+        synced.clear()
+        view = state.trial(trial.key)
+        assert view is not None
+        spec = node.runner._spec(state, view, node.runner.slots[0], None)
+        assert spec.prepare is not None
+        spec.prepare()
+        partial = str(spec.cwd) + ".partial"
+        assert {f"{partial}/train.py", f"{partial}/helper.py", partial} <= set(synced), synced
+        assert str(spec.cwd.parent) in synced
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
 async def test_a_suggestion_reads_its_history_off_the_event_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
