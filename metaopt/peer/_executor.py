@@ -34,6 +34,7 @@ import dataclasses
 import errno
 import functools
 import logging
+import math
 import os
 import re
 import signal
@@ -168,6 +169,7 @@ class TrialProcess:
         # output; and a log that could not be opened failed the trial.
         self._log_lost: int | None = None
         self._log_retry_at = 0.0
+        self._log_said_at = -math.inf  # when a refusal was last said in the peer's log
         # The parser's notes already told in the log (each distinct one once, up to a bound).
         self._notes_read = 0
         self._notes_told: set[str] = set()
@@ -273,6 +275,12 @@ class TrialProcess:
                 # A run that ended within the retry of a refusal left its log silent on what
                 # it lost (its last lines, the result, lost though the disk took writes again).
                 self._reopen_log(last=True)
+            if self._log_lost:  # (the disk still full: said here, or said nowhere)
+                log.warning(
+                    "%s: %d bytes of the trial's output lost: the disk refused them",
+                    spec.log_path,
+                    self._log_lost,
+                )
             self._close_log()
             if self._matcher is not None:
                 # A chunk still being matched ends within the parser's regex_timeout.
@@ -554,9 +562,12 @@ class TrialProcess:
                 log.warning("cannot write %s: %s", self.spec.log_path, exc)
 
     def _log_refused(self, exc: OSError) -> None:
-        """The disk refused the log: closed, tried again a few seconds later."""
+        """The disk refused the log: closed, tried again a few seconds later; said once a
+        minute (a disk that took a few bytes between refusals was said every retry)."""
         if self._log_lost is None:
-            log.warning("cannot write %s: %s", self.spec.log_path, exc)
+            if time.monotonic() >= self._log_said_at + 60.0:
+                self._log_said_at = time.monotonic()
+                log.warning("cannot write %s: %s", self.spec.log_path, exc)
             self._log_lost = 0
         if self._log is not None:
             with contextlib.suppress(OSError, ValueError):  # (its flush fails again)
@@ -576,6 +587,9 @@ class TrialProcess:
                     f"--- metaopt: {self._log_lost} bytes of output lost here: the disk"
                     " refused them ---\n".encode()
                 )
+            # Opening takes no space: unflushed, the line above counted as said on a disk
+            # still full, and was lost with the count at the next write's refusal.
+            self._log.flush()
         except OSError as exc:
             self._log_refused(exc)
             return False

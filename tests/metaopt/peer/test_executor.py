@@ -636,14 +636,9 @@ async def test_a_trial_log_the_full_disk_refuses_does_not_fail_the_trial(
     assert outcome.status == "completed", outcome.reason
 
 
-@pytest.mark.asyncio
-async def test_a_log_the_full_disk_refuses_at_its_close_leaves_the_outcome(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The line saying what output was lost, flushed by the log's close on a disk still full,
-    # raised out of the run in place of its outcome: the result was thrown away and the trial
-    # re-run as if its peer had restarted (a review, 4 of 4 on a full tmpfs).
-    spec = _spec(tmp_path, _script(tmp_path, EPOCHS))
+def _log_on_a_full_disk(monkeypatch: pytest.MonkeyPatch, log_path: Path) -> None:
+    """The trial's log opens as on a full disk: writes are taken (buffered), and every flush,
+    and so the close, is refused."""
     real = builtins.open
 
     class Full:
@@ -659,11 +654,48 @@ async def test_a_log_the_full_disk_refuses_at_its_close_leaves_the_outcome(
         close = flush
 
     def full(file: Any, *args: Any, **kwargs: Any) -> Any:
-        return Full() if Path(str(file)) == spec.log_path else real(file, *args, **kwargs)
+        return Full() if Path(str(file)) == log_path else real(file, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", full)
+
+
+@pytest.mark.asyncio
+async def test_a_log_the_full_disk_refuses_at_its_close_leaves_the_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The line saying what output was lost, flushed by the log's close on a disk still full,
+    # raised out of the run in place of its outcome: the result was thrown away and the trial
+    # re-run as if its peer had restarted (a review, 4 of 4 on a full tmpfs).
+    spec = _spec(tmp_path, _script(tmp_path, EPOCHS))
+    _log_on_a_full_disk(monkeypatch, spec.log_path)
     outcome, _ = await _run(spec)
     assert outcome.status == "completed", outcome.reason
+
+
+@pytest.mark.asyncio
+async def test_output_a_full_disk_keeps_refusing_is_counted_whole_and_said_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Opening a log takes no space, so each retry on a disk still full counted as the log
+    # back: the count of lost bytes started again from 0, the peer's log said "cannot write"
+    # at every retry (24 lines a minute a trial), and at the end the count went nowhere.
+    from metaopt.peer import _executor
+
+    monkeypatch.setattr(_executor, "_LOG_RETRY", 0.0)  # (tried again at every output)
+    lines = [f"line {i}\n" for i in range(5)]
+    body = f"""
+        import time
+        for line in {lines!r}:
+            print(line, end="", flush=True)
+            time.sleep(0.05)
+    """
+    spec = _spec(tmp_path, _script(tmp_path, body))
+    _log_on_a_full_disk(monkeypatch, spec.log_path)
+    outcome, _ = await _run(spec)
+    assert "5 stdout lines" in str(outcome.reason)  # (read all the same: only the log is lost)
+    said = [r.getMessage() for r in caplog.records if str(spec.log_path) in r.getMessage()]
+    assert sum("cannot write" in x for x in said) == 1, said
+    assert f"{len(''.join(lines))} bytes of the trial's output lost" in said[-1], said
 
 
 @pytest.mark.asyncio
