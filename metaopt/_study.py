@@ -64,7 +64,7 @@ from metaopt._suggest import Suggester, stream
 from metaopt._writer import NodeWriter
 from metaopt.freezethaw import Action, Decision, EarlyStopper
 from metaopt.peer._identity import DataDir, keep_node_id
-from metaopt.peer._storage import with_disk_advice
+from metaopt.peer._storage import disk_advice, with_disk_advice
 from metaopt.search import Algorithm, make_algorithm
 from metaopt.space import Space
 from metaopt.worker import MAX_METRICS, MetricValue, check_metric, check_name
@@ -955,7 +955,7 @@ class Study:
                 return sync_stores(self.store, other.store)
             except StoreWriteFailed as exc:  # (as every other call says it: see _serialised)
                 raise MetaoptError(
-                    f"sync(): cannot write a Study's store ({exc.disk}); free space on its disk"
+                    f"sync(): cannot write a Study's store ({exc.disk}); {disk_advice(exc.disk)}"
                     " and call it again"
                 ) from None
 

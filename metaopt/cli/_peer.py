@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from metaopt.peer._config import PeerConfig, Timing
 from metaopt.peer._gossip import valid_addr
 from metaopt.peer._identity import DataDir, pid_gone
 from metaopt.peer._local import LocalPeer, resolve_data_dir
+from metaopt.peer._storage import disk_advice
 
 if TYPE_CHECKING:
     from metaopt.peer._node import Node
@@ -365,7 +367,7 @@ def _wait_until_up(
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
             # Its last line is its own one-line error, "metaopt: ..." as this one will be.
             why = " ".join(tail).removeprefix("metaopt: ")
-            raise MetaoptError(f"the peer exited at once: {why or 'see ' + str(log_path)}")
+            raise MetaoptError(f"the peer exited at once: {why or _unsaid(proc, log_path)}")
         time.sleep(0.1)
     raise MetaoptError(
         f"the peer did not come up within 30 s; see {log_path} (it may still be starting:"
@@ -378,6 +380,20 @@ def _already_running(dirs: DataDir, pid: int, data_dir: str | None) -> MetaoptEr
         f"a peer is already running on {dirs.root} (pid {pid});"
         f" use it, or run `{command('peer', 'stop', data_dir=data_dir)}` first"
     )
+
+
+def _unsaid(proc: subprocess.Popen[bytes], log_path: Path) -> str:
+    """Why a detached peer that left nothing in its log may have exited: on a full disk its
+    one-line error could not be written there, and this said "see peer.log" of an empty
+    file (4 of 4)."""
+    said = f"exit status {proc.returncode}, and {log_path} holds nothing"
+    try:
+        free = shutil.disk_usage(log_path.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < 1 << 20:
+        return f"{said}: its disk is full ({free:,} bytes free); free space on it and start again"
+    return f"{said}; start it without --detach to see why"
 
 
 def _stop(args: argparse.Namespace) -> int:
@@ -409,6 +425,11 @@ def _stop(args: argparse.Namespace) -> int:
                 " their grace); `metaopt peer status` says when it is gone"
             )
         time.sleep(0.1)
+    if pid is not None and dirs.read_pid() == pid and _read_only(dirs.root):
+        # (Its stop could not remove the pid file: "ended before its stop completed", exit 2,
+        # while its log said "peer stopped", 4 of 4.)
+        print(f"peer stopped (its pid file stays: {dirs.root} is on a read-only disk)")
+        return 0
     if pid is not None and dirs.read_pid() == pid:
         # A stop that completes removes the pid file: this one died on the way (killed).
         raise MetaoptError(
@@ -418,6 +439,14 @@ def _stop(args: argparse.Namespace) -> int:
         )
     print("peer stopped")
     return 0
+
+
+def _read_only(path: Path) -> bool:
+    """Whether path's file system is mounted read-only."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -462,7 +491,7 @@ def _status(args: argparse.Namespace) -> int:
     if status.get("storage"):
         print(
             f"this peer {status['storage']}: it records nothing, starts no trial and does not"
-            " answer its peers until it can; free space on its disk"
+            f" answer its peers until it can; {disk_advice(status['storage'])}"
         )
     refusals = status.get("refusals") or {}
     for seed in status.get("silent_seeds", []):

@@ -31,6 +31,7 @@ from metaopt.peer._clean import (
     set_bundles_aside,
 )
 from metaopt.peer._pages import ListingPages, TrialPages
+from metaopt.peer._storage import disk_advice
 from metaopt.peer._wire import LOADING, Request
 from metaopt.space import Space
 
@@ -193,7 +194,7 @@ class LocalApi:
                 # A write the disk refused (submit, freeze, kill, stop): the one line every
                 # refusal is; it was "internal error in api.add", a traceback in the log.
                 raise MetaoptError(
-                    f"this peer cannot write its replica ({exc.disk}); free space on its disk,"
+                    f"this peer cannot write its replica ({exc.disk}); {disk_advice(exc.disk)},"
                     " then try again"
                 ) from None
 
@@ -496,7 +497,7 @@ class LocalApi:
         taken_over = self._take_over_frozen(view, "thaw")
         held = self.node.runner.starts_held()
         if held is not None:
-            raise MetaoptError(f"this peer starts no trial now: {held}; free space on its disk")
+            raise MetaoptError(f"this peer starts no trial now: {held}; {disk_advice(held)}")
         if not self.node.runner.can_run(state):
             raise MetaoptError(
                 f"this peer cannot run {state.spec.name} (yet): its code has not reached it or"

@@ -107,6 +107,31 @@ _AFTER_HOLD = 2.0
 HISTORY_MARGIN = 600.0
 
 
+def _retire_id_without_replica(dirs: DataDir) -> bytes | None:
+    """Move aside a node id whose replica is gone, and return it (None if nothing moved).
+
+    A replica moved aside to start afresh (as a damaged store's error advises) left node_id:
+    the new replica numbered the node's records from 1 again, so two records of one node
+    bore each number once its peers sent the old ones back (72 of 72 of a reviewer's).
+    """
+    old = dirs.read_node_id()
+    if old is None or dirs.replica.exists():
+        return None
+    try:
+        os.replace(dirs.root / "node_id", dirs.root / "node_id.old")
+    except FileNotFoundError:  # (another start at the same moment moved it first)
+        return None
+    except OSError as exc:
+        raise MetaoptError(f"cannot move {dirs.root / 'node_id'} aside: {exc.strerror}") from None
+    return old
+
+
+def _identity_of(path: Path) -> tuple[int, int]:
+    """Which file system object path names (device and inode). Raises OSError."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
 def _import_search_stack() -> None:
     for module in ("metaopt._suggest", "metaopt.search.gp", "metaopt.freezethaw"):
         importlib.import_module(module)
@@ -190,7 +215,17 @@ class Node:
             named_gpus(config.gpus)  # (so too a --gpus that names no GPU: see named_gpus)
         self.dirs = DataDir(config.data_dir)
         self.dirs.ensure()
+        old_id = _retire_id_without_replica(self.dirs)
         self.node_id = self.dirs.node_id()
+        if old_id is not None:
+            log.warning(
+                "%s is gone (moved aside or deleted) but not its node id %s: this peer takes"
+                " the new node id %s, so that it never numbers a record as the old replica's"
+                " records are numbered (the old id is kept in node_id.old)",
+                self.dirs.replica,
+                old_id.hex()[:12],
+                self.node_id.hex()[:12],
+            )
         self.twins = TwinWatch(monotonic(), os.urandom(8))  # (Request.run and .age)
         self.store = _open_store(self.dirs)
         # Only with the data directory's lock held: a second start that fails on it wrote its
@@ -204,6 +239,7 @@ class Node:
         self.rng = random.Random(int.from_bytes(self.node_id, "big") ^ time.time_ns())
         # Folded once the server listens (start(), load()): see Replica.load.
         self.replica = Replica(self.store, clock, monotonic, defer=True)
+        self._opened_dirs: dict[Path, tuple[int, int]] = {}  # (see start, _watch_data_dir)
         self.writer = NodeWriter(self.store, self.node_id, clock)
         self.peers = PeerTable()
         self.port = config.port
@@ -394,6 +430,8 @@ class Node:
         for seed in self.config.join:
             self.peers.add_seed(seed)
         self.membership.recall_peers()
+        # What the data directory and replica were when opened (see _watch_data_dir).
+        self._opened_dirs = {p: _identity_of(p) for p in (self.dirs.root, self.dirs.replica)}
         orphans = kill_orphans(self.dirs.root)  # we hold the data directory's lock by now
         if orphans:
             log.warning(
@@ -412,6 +450,7 @@ class Node:
         self._tasks = [
             asyncio.ensure_future(self._every(timing.anti_entropy, self._anti_entropy)),
             asyncio.ensure_future(self._every(timing.gossip, self._gossip)),
+            asyncio.ensure_future(self._every(timing.gossip, self._watch_data_dir)),
             asyncio.ensure_future(self._watch_for_stalls()),
             self._search_imported,
             asyncio.ensure_future(self._load_and_run()),
@@ -741,6 +780,25 @@ class Node:
         if self.storage.problem():  # (see _hold_back_while_storage_fails)
             return
         await self.replicator.anti_entropy_once()  # (which counts the partner live)
+
+    async def _watch_data_dir(self) -> None:
+        """Stop if the data directory was deleted or replaced under this peer: it went on
+        writing its replica into deleted files, silently, and `peer status` and `peer stop`
+        said no peer ran there (3 of 3); a lone peer lost all it recorded after."""
+        for path, opened in self._opened_dirs.items():
+            try:
+                now = _identity_of(path)
+            except FileNotFoundError:
+                now = None
+            except OSError:  # (a disk failing to answer: said by the writes that fail)
+                continue
+            if now != opened and not self.stopping:
+                what = "deleted" if now is None else "replaced"
+                self._stop_itself(
+                    f"{path} was {what} while this peer ran (its replica with it);"
+                    " start the peer again (a new replica, filled from its peers)"
+                )
+                return
 
     async def _gossip(self) -> None:
         if self.storage.problem():  # (see _hold_back_while_storage_fails)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from crdt import StoreWriteFailed
 
-__all__ = ["StorageTrouble", "says_disk_full", "storage_failure", "with_disk_advice"]
+__all__ = ["StorageTrouble", "disk_advice", "says_disk_full", "storage_failure", "with_disk_advice"]
 
 log = logging.getLogger("metaopt.peer")
 
@@ -30,6 +30,19 @@ def says_disk_full(text: str) -> bool:
     is full: out of space, or the folder over its quota."""
     said = text.lower()
     return "no space left on device" in said or "disk quota exceeded" in said
+
+
+def disk_advice(why: str) -> str:
+    """What to do about a disk that refused a write, by what it said: every refusal advised
+    freeing space, a read-only disk's too."""
+    said = why.lower()
+    if "read-only file system" in said:
+        return "make its disk writable again (remount it read-write)"
+    if "input/output error" in said:
+        return "check its disk, which fails to write (see dmesg), or move its data elsewhere"
+    if "permission denied" in said or "operation not permitted" in said:
+        return "give the user it runs as write access to its data directory"
+    return "free space on its disk"
 
 
 def with_disk_advice(said: str, instead: str) -> str:
@@ -83,10 +96,11 @@ class StorageTrouble:
         log.error(
             "cannot write the replica (%s, in %s; %d more such failures since the last line):"
             " this peer records nothing, starts no trial and stops answering its peers until"
-            " it can; free space on its disk",
+            " it can; %s",
             why,
             where,
             self.suppressed,
+            disk_advice(why),
         )
         self.suppressed = 0
         return True

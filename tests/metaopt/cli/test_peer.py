@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,16 +35,18 @@ def test_a_log_line_cannot_be_forged_by_a_name_from_another_peer() -> None:
     assert _printable_lines(plain) and plain.getMessage() == "slot 0 runs x" and plain.args
 
 
-@pytest.mark.parametrize("graceful", [True, False])
+@pytest.mark.parametrize("how", ["graceful", "killed", "read-only"])
 def test_peer_stop_says_stopped_once_the_process_is_gone_and_only_if_its_stop_completed(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-    graceful: bool,
+    how: str,
 ) -> None:
     # The peer removes its pid file before its interpreter exits; "peer stopped" came while
     # `ps` still showed it. Killed -9 during its stop, it left its pid file and recorded no
-    # trial interrupted, and `peer stop` said "peer stopped" all the same.
+    # trial interrupted, and `peer stop` said "peer stopped" all the same. On a read-only
+    # disk its stop cannot remove the pid file: that stop was called killed (exit 2).
+    graceful = how == "graceful"
     dirs = DataDir(tmp_path)
     dirs.address_file.write_text("127.0.0.1:9\n")
     exiting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
@@ -58,9 +62,23 @@ def test_peer_stop_says_stopped_once_the_process_is_gone_and_only_if_its_stop_co
             return {"running": 2 if graceful else 0, "grace": 10.0}
 
     monkeypatch.setattr("metaopt.cli._peer.LocalPeer", _Peer)
+    statvfs = os.statvfs
+
+    class _ReadOnly:
+        f_flag = os.ST_RDONLY
+
+    def mounted(path: Any) -> Any:
+        return _ReadOnly() if Path(path) == tmp_path else statvfs(path)
+
+    if how == "read-only":
+        monkeypatch.setattr(os, "statvfs", mounted)
     args = argparse.Namespace(data_dir=str(tmp_path), timeout=30.0)
     try:
-        if graceful:
+        if how == "read-only":
+            assert _stop(args) == 0 and exiting.poll() is not None
+            said = capsys.readouterr().out.splitlines()[-1]
+            assert said == f"peer stopped (its pid file stays: {tmp_path} is on a read-only disk)"
+        elif graceful:
             assert _stop(args) == 0
             assert exiting.poll() is not None  # exited (a zombie until this reaped it)
             # Its trials' stop may take twice the grace: said first, not waited out in silence.
@@ -75,6 +93,30 @@ def test_peer_stop_says_stopped_once_the_process_is_gone_and_only_if_its_stop_co
     finally:
         exiting.kill()
         exiting.wait()
+
+
+@pytest.mark.parametrize("free", [0, 10 << 30])
+def test_a_detached_peer_that_exits_leaving_its_log_empty_says_what_it_can(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free: int
+) -> None:
+    # On a full disk the child's one-line error could not reach peer.log: "the peer exited
+    # at once: see .../peer.log", an empty file (4 of 4).
+    from metaopt.cli._peer import _wait_until_up
+
+    log_path = tmp_path / "peer.log"
+    log_path.write_bytes(b"")
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(2)"])
+    proc.wait()
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=free))
+    with pytest.raises(MetaoptError) as info:
+        _wait_until_up(proc, DataDir(tmp_path), log_path, None)
+    said = str(info.value)
+    assert said.startswith(f"the peer exited at once: exit status 2, and {log_path} holds nothing")
+    if free:
+        assert said.endswith("; start it without --detach to see why"), said
+    else:
+        assert said.endswith(": its disk is full (0 bytes free); free space on it and start again")
 
 
 @pytest.mark.integration

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ import pytest
 
 from crdt import Record, StoreWriteFailed, push_message
 from metaopt._errors import MetaoptError
-from metaopt.peer._config import PeerConfig
+from metaopt.peer._config import PeerConfig, Timing
 from metaopt.peer._node import Node
 from metaopt.peer._storage import StorageTrouble, storage_failure
 from metaopt.peer._wire import Request
@@ -29,6 +32,26 @@ def test_the_disk_s_faults_are_told_from_bugs() -> None:
     assert storage_failure(OSError(errno.EROFS, "Read-only file system")) == "Read-only file system"
     assert storage_failure(OSError(errno.ENOENT, "No such file")) is None
     assert storage_failure(ValueError("No space left on device")) is None  # not the disk's word
+
+
+@pytest.mark.parametrize(
+    ("code", "advice"),
+    [
+        (errno.ENOSPC, "free space on its disk"),
+        (errno.EROFS, "remount it read-write"),
+        (errno.EIO, "check its disk"),
+    ],
+)
+def test_the_advice_fits_what_the_disk_said(
+    code: int, advice: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A read-only disk was told to free space (6 of 6 read-only events, in the log and in
+    # `peer status`, which says what the peer's log does).
+    trouble = StorageTrouble(clock=lambda: 0.0)
+    assert trouble.note(OSError(code, os.strerror(code)), "a sync")
+    [line] = [r.getMessage() for r in caplog.records]
+    assert advice in line.rsplit("until it can; ", 1)[1], line
+    assert ("free space" in line) == (code == errno.ENOSPC), line
 
 
 def test_one_line_a_minute_and_the_trouble_ends_on_its_own(
@@ -108,3 +131,52 @@ async def test_a_peer_that_cannot_write_holds_back(
     lines = [r for r in caplog.records if "cannot write the replica" in r.getMessage()]
     assert len(lines) == 1 and lines[0].exc_info is None
     assert not [r for r in caplog.records if r.exc_info is not None]
+
+
+@pytest.mark.integration  # (it opens sockets on 127.0.0.1)
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_a_peer_whose_data_directory_goes_from_under_it_stops_saying_so(
+    tmp_path: Path, how: str
+) -> None:
+    # `rm -rf` of a running peer's data directory: it went on writing its replica into
+    # deleted files without a word, and `peer status` and `peer stop` said no peer ran there
+    # (3 of 3), so only a kill by pid stopped it; a lone peer lost all it recorded after.
+    data = tmp_path / "peer"
+    timing = Timing(peer_timeout=2.0, gossip=0.1, anti_entropy=1.0, lost_after=3.0)
+    node = Node(PeerConfig(data_dir=data, port=0, mdns=False, timing=timing))
+    await node.start()
+    try:
+        await asyncio.sleep(0.3)
+        assert not node.stopping  # (its own directory, as opened)
+        shutil.rmtree(data)
+        if how == "replaced":
+            data.mkdir()  # (a backup restored over it, say: not the files it has open)
+        await asyncio.wait_for(node.run_until_stopped(), 10)
+        assert node.failed is not None and f"{data} was {how} while this peer ran" in node.failed
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_replica_moved_aside_takes_its_node_id_with_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "move it aside to start afresh" (a damaged store's advice) kept node_id: the new replica
+    # numbered this node's records from 1 again, and once its peers sent the old ones back two
+    # records bore each of 72 numbers, where a number is never to be used twice.
+    data = tmp_path / "peer"
+    node = Node(PeerConfig(data_dir=data, port=0, mdns=False))
+    first = node.node_id
+    await node.stop()
+    node = Node(PeerConfig(data_dir=data, port=0, mdns=False))  # (a restart: the same node)
+    assert node.node_id == first
+    await node.stop()
+    (data / "replica").rename(tmp_path / "replica.damaged")
+    node = Node(PeerConfig(data_dir=data, port=0, mdns=False))
+    try:
+        assert node.node_id != first
+        assert (data / "node_id.old").read_text().strip() == first.hex()
+        assert f"but not its node id {first.hex()[:12]}" in caplog.text
+    finally:
+        await node.stop()
