@@ -25,8 +25,7 @@ class NodeWriter:
     The next number follows the highest of this node's numbers in the store, so a restart on
     the same data directory continues the sequence (and one restored from an older copy
     continues after the records peers sent back); a node that lost its data directory gets a
-    new id (see peer/_identity), and so does one whose replica was moved aside or deleted
-    (see peer/_node), so a sequence number is never reused for a different record.
+    new id (see peer/_identity), so a sequence number is never reused for a different record.
 
     Numbers from SEQ_CEILING up count only as the run the highest number below it is part of:
     a record any key holder forged under this node's id with the number 2**63 - 1 (the most

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import errno
 import ipaddress
 import logging
 import math
@@ -14,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -442,11 +445,17 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _read_only(path: Path) -> bool:
-    """Whether path's file system is mounted read-only."""
+    """Whether the file system under path refuses writes as read-only. Tried, not read from
+    the mount flags: ext4 made read-only by its errors (errors=remount-ro, the way a disk
+    goes read-only under a running peer) still says read-write there."""
     try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".metaopt-probe-")
+    except OSError as exc:
+        return exc.errno == errno.EROFS
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return False
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ The data is synced before the rename that makes it count, and the folder after i
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -20,8 +21,17 @@ def sync_file(path: Path) -> None:
 
 
 def sync_folder(path: Path) -> None:
-    """Flush a folder's entries (the names renamed or linked into it) to the disk."""
-    _sync(path, os.O_DIRECTORY)
+    """Flush a folder's entries (the names renamed or linked into it) to the disk, where its
+    file system can (some refuse fsync on a folder: a peer must still start there)."""
+    try:
+        _sync(path, os.O_DIRECTORY)
+    except OSError as exc:
+        if exc.errno not in _NO_FOLDER_SYNC:
+            raise
+
+
+# What a file system that cannot sync a folder says when asked to.
+_NO_FOLDER_SYNC = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF})
 
 
 def _sync(path: Path, flags: int) -> None:

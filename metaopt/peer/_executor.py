@@ -543,13 +543,26 @@ class TrialProcess:
                 self._log_lost += len(data)
             return
         assert self._log is not None
+        size: int | None = None
         try:
             self._rotate_log(len(data))
+            size = os.fstat(self._log.fileno()).st_size
             self._log.write(data)
             self._log.flush()
         except OSError as exc:  # a full disk must not stop the trial being read
+            kept = self._kept_since(size, len(data))
             self._log_refused(exc)
-            self._log_lost = (self._log_lost or 0) + len(data)
+            self._log_lost = (self._log_lost or 0) + len(data) - kept
+
+    def _kept_since(self, size: int | None, wrote: int) -> int:
+        """How much of a write the disk took before it refused the rest (a full disk takes
+        what fits): counted lost, the part written made the total over by up to a chunk."""
+        if size is None or self._log is None:
+            return 0
+        try:
+            return min(max(os.fstat(self._log.fileno()).st_size - size, 0), wrote)
+        except OSError:
+            return 0
 
     def _close_log(self) -> None:
         """Close the log; a disk refusing what close flushes (the line saying what was lost,

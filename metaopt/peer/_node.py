@@ -107,25 +107,6 @@ _AFTER_HOLD = 2.0
 HISTORY_MARGIN = 600.0
 
 
-def _retire_id_without_replica(dirs: DataDir) -> bytes | None:
-    """Move aside a node id whose replica is gone, and return it (None if nothing moved).
-
-    A replica moved aside to start afresh (as a damaged store's error advises) left node_id:
-    the new replica numbered the node's records from 1 again, so two records of one node
-    bore each number once its peers sent the old ones back (72 of 72 of a reviewer's).
-    """
-    old = dirs.read_node_id()
-    if old is None or dirs.replica.exists():
-        return None
-    try:
-        os.replace(dirs.root / "node_id", dirs.root / "node_id.old")
-    except FileNotFoundError:  # (another start at the same moment moved it first)
-        return None
-    except OSError as exc:
-        raise MetaoptError(f"cannot move {dirs.root / 'node_id'} aside: {exc.strerror}") from None
-    return old
-
-
 def _identity_of(path: Path) -> tuple[int, int]:
     """Which file system object path names (device and inode). Raises OSError."""
     info = os.stat(path)
@@ -215,17 +196,7 @@ class Node:
             named_gpus(config.gpus)  # (so too a --gpus that names no GPU: see named_gpus)
         self.dirs = DataDir(config.data_dir)
         self.dirs.ensure()
-        old_id = _retire_id_without_replica(self.dirs)
         self.node_id = self.dirs.node_id()
-        if old_id is not None:
-            log.warning(
-                "%s is gone (moved aside or deleted) but not its node id %s: this peer takes"
-                " the new node id %s, so that it never numbers a record as the old replica's"
-                " records are numbered (the old id is kept in node_id.old)",
-                self.dirs.replica,
-                old_id.hex()[:12],
-                self.node_id.hex()[:12],
-            )
         self.twins = TwinWatch(monotonic(), os.urandom(8))  # (Request.run and .age)
         self.store = _open_store(self.dirs)
         # Only with the data directory's lock held: a second start that fails on it wrote its
@@ -793,10 +764,10 @@ class Node:
             except OSError:  # (a disk failing to answer: said by the writes that fail)
                 continue
             if now != opened and not self.stopping:
-                what = "deleted" if now is None else "replaced"
+                # (Deleted, it may be back already: a layout of code recreates the folders.)
                 self._stop_itself(
-                    f"{path} was {what} while this peer ran (its replica with it);"
-                    " start the peer again (a new replica, filled from its peers)"
+                    f"{path} was deleted or replaced while this peer ran (its replica with"
+                    " it); start the peer again (a new replica, filled from its peers)"
                 )
                 return
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -62,16 +64,16 @@ def test_peer_stop_says_stopped_once_the_process_is_gone_and_only_if_its_stop_co
             return {"running": 2 if graceful else 0, "grace": 10.0}
 
     monkeypatch.setattr("metaopt.cli._peer.LocalPeer", _Peer)
-    statvfs = os.statvfs
+    mkstemp = tempfile.mkstemp
 
-    class _ReadOnly:
-        f_flag = os.ST_RDONLY
-
-    def mounted(path: Any) -> Any:
-        return _ReadOnly() if Path(path) == tmp_path else statvfs(path)
+    def read_only(*args: Any, dir: Any = None, **kwargs: Any) -> Any:
+        # (What ext4 made read-only by its errors does: its mount flags still say rw.)
+        if dir is not None and Path(dir) == tmp_path:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return mkstemp(*args, dir=dir, **kwargs)
 
     if how == "read-only":
-        monkeypatch.setattr(os, "statvfs", mounted)
+        monkeypatch.setattr(tempfile, "mkstemp", read_only)
     args = argparse.Namespace(data_dir=str(tmp_path), timeout=30.0)
     try:
         if how == "read-only":

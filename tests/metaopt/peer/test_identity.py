@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 
 import pytest
@@ -72,6 +74,23 @@ def test_node_id_and_key_reach_the_disk_before_their_names(
         assert written and written[0] < synced.index(str(tmp_path)), (name, synced)
         synced.remove(str(tmp_path))  # (each name's folder synced once it is in place)
     assert (tmp_path / "cluster.key").read_text() == "a key\n"
+
+
+def test_a_file_system_that_cannot_sync_a_folder_still_takes_a_node_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Some file systems refuse fsync on a folder (EINVAL): a peer must still start there.
+    fsync = os.fsync
+
+    def no_folders(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", no_folders)
+    new = secrets.token_bytes(16)
+    assert _identity.keep_node_id(tmp_path / "node_id", new) == new
+    DataDir(tmp_path).write_key("a key")
 
 
 def test_a_node_id_made_a_directory_is_a_damaged_peer_not_none(tmp_path: Path) -> None:

@@ -153,30 +153,7 @@ async def test_a_peer_whose_data_directory_goes_from_under_it_stops_saying_so(
         if how == "replaced":
             data.mkdir()  # (a backup restored over it, say: not the files it has open)
         await asyncio.wait_for(node.run_until_stopped(), 10)
-        assert node.failed is not None and f"{data} was {how} while this peer ran" in node.failed
-    finally:
-        await node.stop()
-
-
-@pytest.mark.asyncio
-async def test_a_replica_moved_aside_takes_its_node_id_with_it(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    # "move it aside to start afresh" (a damaged store's advice) kept node_id: the new replica
-    # numbered this node's records from 1 again, and once its peers sent the old ones back two
-    # records bore each of 72 numbers, where a number is never to be used twice.
-    data = tmp_path / "peer"
-    node = Node(PeerConfig(data_dir=data, port=0, mdns=False))
-    first = node.node_id
-    await node.stop()
-    node = Node(PeerConfig(data_dir=data, port=0, mdns=False))  # (a restart: the same node)
-    assert node.node_id == first
-    await node.stop()
-    (data / "replica").rename(tmp_path / "replica.damaged")
-    node = Node(PeerConfig(data_dir=data, port=0, mdns=False))
-    try:
-        assert node.node_id != first
-        assert (data / "node_id.old").read_text().strip() == first.hex()
-        assert f"but not its node id {first.hex()[:12]}" in caplog.text
+        said = f"{data} was deleted or replaced while this peer ran"
+        assert node.failed is not None and said in node.failed, node.failed
     finally:
         await node.stop()
