@@ -596,8 +596,11 @@ class TrialProcess:
         try:
             self._log = open(self.spec.log_path, "ab")  # noqa: SIM115 - closed as the first
             if self._log_lost:
+                # On a line of its own: a filling disk took part of a write, and the note
+                # went on at the end of that half line.
+                start = "\n" if _ends_mid_line(self.spec.log_path) else ""
                 self._log.write(
-                    f"--- metaopt: {self._log_lost} bytes of output lost here: the disk"
+                    f"{start}--- metaopt: {self._log_lost} bytes of output lost here: the disk"
                     " refused them ---\n".encode()
                 )
             # Opening takes no space: unflushed, the line above counted as said on a disk
@@ -767,6 +770,21 @@ def stopped_by_signal(code: int) -> bool:
     SIGHUP: directly, or as a shell reports a child's, 128 + the signal), not that it
     crashed."""
     return any(code in (-sig, 128 + sig) for sig in _STOP_SIGNALS)
+
+
+def _ends_mid_line(path: Path) -> bool:
+    """Whether the file's last byte ends no line (False for an empty or unreadable one)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _died_of_a_signal(code: int) -> bool:

@@ -714,6 +714,23 @@ async def test_output_a_full_disk_keeps_refusing_is_counted_whole_and_said_once(
     assert f"{len(''.join(lines)) - 3} bytes of the trial's output lost" in said[-1], said
 
 
+@pytest.mark.parametrize("tail", [b"epoch 2: 45%", b"epoch 2\n", b""])
+def test_the_note_of_lost_output_starts_a_line_of_its_own(tmp_path: Path, tail: bytes) -> None:
+    # A filling disk took part of a write: the note went on at the end of that half line.
+    from metaopt.peer._executor import TrialProcess
+
+    spec = _spec(tmp_path, _script(tmp_path, "pass"))
+    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+    spec.log_path.write_bytes(tail)
+    process = TrialProcess(spec, lambda kind, data: None)
+    process._log_lost = 1234
+    assert process._reopen_log(last=True)
+    process._close_log()
+    note = b"--- metaopt: 1234 bytes of output lost here: the disk refused them ---\n"
+    gap = b"\n" if tail.endswith(b"45%") else b""
+    assert spec.log_path.read_bytes() == tail + gap + note
+
+
 @pytest.mark.asyncio
 async def test_a_trial_log_goes_on_once_the_disk_takes_writes_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
