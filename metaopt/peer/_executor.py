@@ -545,8 +545,7 @@ class TrialProcess:
         assert self._log is not None
         size: int | None = None
         try:
-            self._rotate_log(len(data))
-            size = os.fstat(self._log.fileno()).st_size
+            size = self._rotate_log(len(data))
             self._log.write(data)
             self._log.flush()
         except OSError as exc:  # a full disk must not stop the trial being read
@@ -665,15 +664,18 @@ class TrialProcess:
             log.warning("trial of %s: %s", self.spec.log_path, parser.broken)
             self._signal(signal.SIGKILL)
 
-    def _rotate_log(self, incoming: int) -> None:
-        """Move the log to <log>.1 first if this write would take it past half the cap."""
+    def _rotate_log(self, incoming: int) -> int:
+        """Move the log to <log>.1 first if this write would take it past half the cap; the
+        log's size then (flushed after every write, so its position)."""
         assert self._log is not None
-        if self._log.tell() + incoming <= self.spec.config.max_log_bytes // 2:
-            return
+        size = self._log.tell()
+        if size + incoming <= self.spec.config.max_log_bytes // 2:
+            return size
         self._log.close()
         path = self.spec.log_path
         os.replace(path, path.with_name(path.name + ".1"))
         self._log = open(path, "ab")  # noqa: SIM115 - closed where the first one was
+        return 0
 
     def _progress(self, report: dict[str, MetricValue]) -> None:
         self._reports += 1

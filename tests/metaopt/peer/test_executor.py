@@ -759,11 +759,11 @@ async def _log_after_one_refused_write(tmp_path: Path, monkeypatch: pytest.Monke
     real = TrialProcess._rotate_log
     refused: list[int] = []
 
-    def full_once(self: TrialProcess, incoming: int) -> None:
+    def full_once(self: TrialProcess, incoming: int) -> int:
         if not refused:
             refused.append(incoming)
             raise OSError(errno.ENOSPC, "No space left on device", str(spec.log_path))
-        real(self, incoming)
+        return real(self, incoming)
 
     monkeypatch.setattr(TrialProcess, "_rotate_log", full_once)
     await _run(spec)
