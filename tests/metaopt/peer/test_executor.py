@@ -898,6 +898,11 @@ async def test_a_stop_asked_before_a_trial_without_code_to_lay_out_starts_no_pro
     assert outcome.status == "interrupted"
 
 
+def _read_by_regex(tmp_path: Path, body: str) -> TrialSpec:
+    """A trial of the script body whose loss is read by a regex over its val_loss lines."""
+    return _spec(tmp_path, _script(tmp_path, body), objective_regex=r"val_loss = ([0-9.]+)")
+
+
 HALF_DRAWN = """
     import sys, time
     sys.stdout.write("epoch 1 val_loss = 0.5\\n")
@@ -913,7 +918,7 @@ async def test_a_bar_half_drawn_when_a_stop_signal_came_is_not_the_trials_value(
 ) -> None:
     # Frozen by SIGTERM, a program read by a regex was recorded at the placeholder its next
     # epoch's bar showed, as a step of its own (12 of 12; a review).
-    spec = _spec(tmp_path, _script(tmp_path, HALF_DRAWN), objective_regex=r"val_loss = ([0-9.]+)")
+    spec = _read_by_regex(tmp_path, HALF_DRAWN)
 
     outcome, events = await _run(spec, _stop_at_first_progress)
     assert (outcome.status, outcome.stage) == ("interrupted", "SIGTERM")
@@ -921,7 +926,7 @@ async def test_a_bar_half_drawn_when_a_stop_signal_came_is_not_the_trials_value(
     assert outcome.metrics == {"loss": 0.5, "step": 1}
     # Killed from outside (a shutdown signalling the group with its peer, the OOM killer):
     # the same.
-    spec = _spec(tmp_path, _script(tmp_path, HALF_DRAWN), objective_regex=r"val_loss = ([0-9.]+)")
+    spec = _read_by_regex(tmp_path, HALF_DRAWN)
 
     def kill_once_read(process: TrialProcess, kind: str, data: dict[str, Any]) -> None:
         if kind == "progress":
@@ -950,7 +955,7 @@ async def test_a_program_that_catches_the_stop_signal_has_its_own_last_line_read
     tmp_path: Path,
 ) -> None:
     # (A review of the fix above: decided by the signal sent, its final value was dropped.)
-    spec = _spec(tmp_path, _script(tmp_path, CAUGHT), objective_regex=r"val_loss = ([0-9.]+)")
+    spec = _read_by_regex(tmp_path, CAUGHT)
 
     outcome, _ = await _run(spec, _stop_at_first_progress)
     assert (outcome.status, outcome.stage, outcome.exit_code) == ("interrupted", "SIGTERM", 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -55,6 +56,11 @@ def _lost_trial(exp: Record) -> tuple[Record, list[Record]]:
 def _kinds(node: Node, trial: Record) -> list[tuple[str, bytes]]:
     events = [parse_event(r) for r in node.store.linked(trial.key) if r.kind == EVENT]
     return sorted((e.kind, e.node) for e in events if e is not None)
+
+
+def _asking_for(trial: Record) -> SimpleNamespace:
+    """A local API request naming the trial (what `metaopt thaw TRIAL` sends)."""
+    return SimpleNamespace(body=trial.key.hex())
 
 
 def _frozen_here(tmp_path: Path) -> tuple[Node, Record, Record]:
@@ -156,13 +162,10 @@ async def test_a_peer_that_is_stopping_thaws_nothing_by_hand(tmp_path: Path) -> 
     me = node.node_id
     api = LocalApi(node)
 
-    class Request:
-        body = trial.key.hex()
-
     try:
         node.request_stop()
         with pytest.raises(MetaoptError, match="stopping"):
-            await api.thaw(Request())  # type: ignore[arg-type]
+            await api.thaw(_asking_for(trial))  # type: ignore[arg-type]
         assert not node.runner.running_keys()
         assert ("thawed", me) not in _kinds(node, trial)
     finally:
@@ -203,12 +206,9 @@ async def test_a_thaw_by_hand_of_an_experiment_whose_code_is_not_here_is_refused
     me = node.node_id
     monkeypatch.setattr(node.runner, "can_run", lambda state: False)
 
-    class Request:
-        body = trial.key.hex()
-
     try:
         with pytest.raises(MetaoptError, match="cannot run e \\(yet\\)"):
-            await LocalApi(node).thaw(Request())  # type: ignore[arg-type]
+            await LocalApi(node).thaw(_asking_for(trial))  # type: ignore[arg-type]
         assert ("failed", me) not in _kinds(node, trial) and not node.runner.running_keys()
         await node.runner.launch(
             node.replica.experiments[exp.key],
@@ -238,11 +238,8 @@ async def test_a_thaw_by_hand_waits_for_its_code_being_laid_out_here(
 
     monkeypatch.setattr(node.runner, "can_run_within", can_run_within)
 
-    class Request:
-        body = trial.key.hex()
-
     try:
-        reply = await LocalApi(node).thaw(Request())  # type: ignore[arg-type]
+        reply = await LocalApi(node).thaw(_asking_for(trial))  # type: ignore[arg-type]
         assert reply["id"] == trial.key.hex() and len(waited) == 1
         assert ("thawed", me) in _kinds(node, trial)
     finally:
