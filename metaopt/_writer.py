@@ -25,10 +25,11 @@ class NodeWriter:
     The next number follows the highest of this node's numbers in the store, so a restart on
     the same data directory continues the sequence (and one restored from an older copy
     continues after the records peers sent back); a node that lost its data directory gets a
-    new id (see peer/_identity), so a sequence number is not reused for a different record.
-    One exception: a replica moved aside (or deleted) with node_id left in place numbers from 1
-    again until its peers send the old records back; the stores keep both records of such a
-    number and replicate them (tests/metaopt/peer/test_node_recall.py).
+    new id (see peer/_identity), so a sequence number is not reused for a different record, and
+    so does a peer whose replica was moved aside or deleted (DataDir.replica_lost). Exceptions:
+    a replica restored from an older copy, or a Study's path= whose replica was moved, numbers
+    on from what it holds until its peers send the later records back; the stores keep both
+    records of such a number and replicate them (tests/crdt: equivocations).
 
     Numbers from SEQ_CEILING up count only as the run the highest number below it is part of:
     a record any key holder forged under this node's id with the number 2**63 - 1 (the most

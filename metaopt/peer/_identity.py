@@ -1,7 +1,10 @@
 """A peer's data directory: its node id, its cluster key and its replica.
 
 The node id is random and lives only here, so a data directory that is lost means a new node
-id: sequence numbers are never reused under an old id by a node that forgot what it wrote.
+id: sequence numbers are never reused under an old id by a node that forgot what it wrote. So
+too a replica that is lost (moved aside, as a damaged one's error advises, or deleted) while
+node_id stays: `replica.owner` names the node id that made the replica, and a peer that finds
+it naming its id with no replica beside it takes a new id (DataDir.replica_lost).
 """
 
 from __future__ import annotations
@@ -152,8 +155,8 @@ class DataDir:
     # Every name a peer keeps at the top of its data directory (and their writers' temporary
     # files, name.<pid>.<random>.tmp): what a folder that is one holds beside a user's code.
     OWN = frozenset(
-        ("replica", "trials", "bundles", "node_id", "cluster.key", "peers", "peer.pid",
-         "peer.address", "peer.log", "clean.lock")
+        ("replica", "replica.owner", "trials", "bundles", "node_id", "cluster.key", "peers",
+         "peer.pid", "peer.address", "peer.log", "clean.lock")
     )  # fmt: skip
 
     @classmethod
@@ -272,6 +275,42 @@ class DataDir:
             raise _unwritable(path, exc) from None
         except ValueError:
             raise _corrupt(path) from None
+
+    @property
+    def owner_file(self) -> Path:
+        return self.root / "replica.owner"
+
+    def replica_lost(self, node_id: bytes) -> bool:
+        """Whether the replica node_id wrote its records into is gone (moved aside or deleted):
+        then its next record would take the number 1 again, a number its old records hold,
+        and every peer would keep both records of each such number (an equivocation).
+
+        Told by replica.owner (claim_replica), not by the replica alone: a fresh directory
+        given a node_id file (by provisioning, or by a test) has no replica yet either.
+        """
+        try:
+            owner = self._read(self.owner_file)
+        except MetaoptError:
+            return False  # (unreadable: claim_replica writes it anew)
+        made = owner is not None and owner.strip() == node_id.hex()
+        return made and not (self.replica / "CURRENT").is_file()
+
+    def renew_node_id(self) -> bytes:
+        """A new node id for this directory, written over the old one. Only with the replica's
+        lock held, so no other process is reading or writing node_id meanwhile."""
+        new = secrets.token_bytes(ORIGIN_SIZE)
+        self._replace(self.root / "node_id", new.hex() + "\n")
+        return new
+
+    def claim_replica(self, node_id: bytes) -> None:
+        """Note the replica as node_id's (see replica_lost), once it is open. Raises
+        MetaoptError if the note cannot be written."""
+        try:
+            owner = self._read(self.owner_file)
+        except MetaoptError:
+            owner = None  # (unreadable: written anew)
+        if owner is None or owner.strip() != node_id.hex():
+            self._replace(self.owner_file, node_id.hex() + "\n")
 
     def read_node_id(self) -> bytes | None:
         """This directory's node id, or None if it has none yet (never created here: a reader

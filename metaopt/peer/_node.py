@@ -197,11 +197,22 @@ class Node:
         self.dirs = DataDir(config.data_dir)
         self.dirs.ensure()
         self.node_id = self.dirs.node_id()
+        replica_lost = self.dirs.replica_lost(self.node_id)  # (told before opening makes one)
         self.twins = TwinWatch(monotonic(), os.urandom(8))  # (Request.run and .age)
         self.store = _open_store(self.dirs)
         # Only with the data directory's lock held: a second start that fails on it wrote its
-        # --key over the running peer's, which the CLI then could not reach or stop.
+        # --key over the running peer's, which the CLI then could not reach or stop (and
+        # two starts on a lost replica would each have written a new node id).
         try:
+            if replica_lost:
+                old, self.node_id = self.node_id, self.dirs.renew_node_id()
+                log.warning(
+                    "the replica node %s wrote is gone from %s (moved aside or deleted); this"
+                    " peer is node %s from now on, so that none of its records takes a number"
+                    " an old one holds (the old ones come back from its peers)",
+                    old.hex()[:8], self.dirs.root, self.node_id.hex()[:8],
+                )  # fmt: skip
+            self.dirs.claim_replica(self.node_id)
             self.key = self._load_key()
         except BaseException:
             self.store.close()

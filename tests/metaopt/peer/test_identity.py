@@ -163,3 +163,54 @@ def test_two_starts_on_one_fresh_directory_take_one_node_id(
         f"first start took {got['first'].hex()[:8]}, second {got['second'].hex()[:8]},"
         f" node_id names {on_disk.hex()[:8] if on_disk else None}"
     )
+
+
+def _node_id_on_start(root: Path) -> bytes:
+    """The node id a peer takes when it starts on root (its store closed again)."""
+    from metaopt.peer._config import PeerConfig
+    from metaopt.peer._node import Node
+
+    node = Node(PeerConfig(data_dir=root, port=0, mdns=False))
+    node.store.close()
+    return node.node_id
+
+
+def test_a_node_id_is_renewed_only_when_the_replica_it_wrote_is_gone(tmp_path: Path) -> None:
+    # A fresh directory given a node_id (provisioning, tests) has no replica either, and
+    # keeps its id: only replica.owner tells a replica that was made and lost.
+    given = secrets.token_bytes(16)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "node_id").write_text(given.hex() + "\n")
+    assert _node_id_on_start(fresh) == given
+    assert (fresh / "replica.owner").read_text() == given.hex() + "\n"
+    assert _node_id_on_start(fresh) == given  # a restart keeps it
+
+    # One whose replica an older release made has no replica.owner: it is claimed, not lost.
+    (fresh / "replica.owner").unlink()
+    assert _node_id_on_start(fresh) == given
+    assert DataDir(fresh).owner_file.read_text() == given.hex() + "\n"
+
+    os.rename(fresh / "replica", tmp_path / "aside")
+    renewed = _node_id_on_start(fresh)
+    assert renewed != given
+    assert DataDir(fresh).read_node_id() == renewed
+    assert (fresh / "replica.owner").read_text() == renewed.hex() + "\n"
+    assert _node_id_on_start(fresh) == renewed
+
+    # replica.owner naming another node (a node_id deleted as its corrupt error says, or
+    # replaced by hand) says nothing of this one's replica.
+    (fresh / "node_id").unlink()
+    os.rename(fresh / "replica", tmp_path / "aside2")
+    other = _node_id_on_start(fresh)
+    assert other not in (given, renewed)
+    assert DataDir(fresh).read_node_id() == other
+
+
+def test_a_replica_owner_that_is_not_a_file_is_one_line(tmp_path: Path) -> None:
+    data = DataDir(tmp_path / "d")
+    data.ensure()
+    data.owner_file.mkdir()
+    assert not data.replica_lost(data.node_id())
+    with pytest.raises(MetaoptError, match=r"replica.owner: it is a directory.*remove it"):
+        _node_id_on_start(data.root)

@@ -1,5 +1,5 @@
 """A peer restarted on its data directory finds the peers it knew, without --join, and one
-whose replica was moved aside gets it back."""
+whose replica was moved aside gets it back under a new node id."""
 
 from __future__ import annotations
 
@@ -111,12 +111,13 @@ async def _reconcile(node: Node, other: Node) -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_peer_whose_replica_was_moved_aside_gets_it_back_and_its_new_records_out(
-    tmp_path: Path,
+@pytest.mark.parametrize("lost", ["moved aside", "deleted"])
+async def test_a_peer_whose_replica_is_gone_takes_a_new_node_id_and_gets_its_records_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, lost: str
 ) -> None:
     # As a damaged replica's error advises, the user moved it aside and restarted. The peer
-    # keeps its node id, so it numbers its records from 1 again: each number then names two
-    # of its records, which the stores keep both of (an equivocation), and replicate.
+    # kept its node id and numbered its records from 1 again: each number then named two of
+    # its records, which every store kept both of (an equivocation). It takes a new id.
     async with _joined_pair(tmp_path) as (node, _, running):
         a, b = running
         first = _note(b, "one")
@@ -125,20 +126,36 @@ async def test_a_peer_whose_replica_was_moved_aside_gets_it_back_and_its_new_rec
         old_id = b.node_id
         running.remove(b)
         await b.stop()
-        shutil.move(tmp_path / "b" / "replica", tmp_path / "b-replica-damaged")
+        if lost == "moved aside":
+            shutil.move(tmp_path / "b" / "replica", tmp_path / "b-replica-damaged")
+        else:
+            shutil.rmtree(tmp_path / "b" / "replica")
 
+        caplog.set_level(logging.WARNING, logger="metaopt.peer")
         b = node("b", a.key.to_text(), (a.addr,))
         await b.start()
         running.append(b)
-        assert b.node_id == old_id
+        assert b.node_id != old_id
+        assert (tmp_path / "b" / "node_id").read_text() == b.node_id.hex() + "\n"
+        [said] = [r.getMessage() for r in caplog.records if "is gone" in r.getMessage()]
+        assert old_id.hex()[:8] in said and b.node_id.hex()[:8] in said
         second = _note(b, "two")
-        assert (second.origin, second.seq) == (first.origin, first.seq)
+        assert (second.origin, second.seq) == (b.node_id, 1)
         await _reconcile(a, b)
-        assert a.store.get(second.key) is not None
         await _reconcile(b, a)
-        assert b.store.get(first.key) is not None  # the old records come back from a
+        for store in (a.store, b.store):  # the old records come back from a, the new go out
+            assert store.get(first.key) is not None and store.get(second.key) is not None
+            assert [r.key for r in store.by_origin(old_id, 1, 1)] == [first.key]
         held = [(s.fingerprint().count, s.fingerprint().total) for s in (a.store, b.store)]
         assert held[0] == held[1]
+
+        running.remove(b)
+        await b.stop()
+        again = node("b", a.key.to_text(), (a.addr,))  # a plain restart keeps the new id
+        await again.start()
+        running.append(again)
+        assert again.node_id == b.node_id
+        assert again.writer.write("control", {"action": "note"}, [first.links[0]]).seq == 2
 
 
 @pytest.mark.asyncio
