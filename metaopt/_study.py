@@ -177,6 +177,7 @@ def _checked_spec(
     max_trials: int | None,
     early_stopping: str | None,
     max_step: int | None,
+    fidelity: str | None = None,
 ) -> ExperimentSpec:
     """The experiment a Study's arguments define, each argument checked with a one-line error."""
     if not isinstance(space, Mapping) or not space or not all(map(_is_str, space.values())):
@@ -184,6 +185,8 @@ def _checked_spec(
             "space must be a non-empty dict of parameter name -> prior string, "
             "e.g. {'lr': 'loguniform(1e-5, 1)'}"
         )
+    if fidelity is not None:
+        space = _with_fidelity(space, fidelity)
     parsed = Space.from_dict(dict(space))  # SpaceError names a bad prior's parameter
     if parsed.d == 0:
         raise MetaoptError("space has no parameter to search besides its fidelity; add one")
@@ -220,9 +223,14 @@ def _checked_spec(
     max_trials, max_step = _whole("max_trials", max_trials), _whole("max_step", max_step)
     if (conflict := parsed.max_step_conflict(max_step)) is not None:
         raise MetaoptError(f"max_step={conflict}")
-    if early_stopping is not None and early_stopping not in STOPPERS:
+    if early_stopping is None:  # (off, as the issue's Study has it; "auto" is the default)
+        early_stopping = "none"
+    elif early_stopping == "auto":
+        early_stopping = None  # (the experiment's default, as `submit` without the option)
+    elif early_stopping not in STOPPERS:
         raise MetaoptError(
-            f"early_stopping={early_stopping!r}: choose one of {', '.join(STOPPERS)}"
+            f"early_stopping={early_stopping!r}: choose one of"
+            f" {', '.join(STOPPERS)}, 'auto' (the default) or None (none)"
         )
     return ExperimentSpec(
         name=name,
@@ -234,6 +242,27 @@ def _checked_spec(
         early_stopping=early_stopping,
         max_step=max_step,
     )
+
+
+def _with_fidelity(space: Mapping[str, str], fidelity: object) -> dict[str, str]:
+    """space with fidelity= added as its fidelity prior, named ``fidelity``; or a one-line
+    MetaoptError if it is no fidelity prior, or space has a fidelity or a parameter of that
+    name already."""
+    if not isinstance(fidelity, str) or not fidelity.replace(" ", "").startswith("fidelity("):
+        raise MetaoptError(
+            f"fidelity= must be a fidelity prior, e.g. 'fidelity(1, 100, base=3)', got {fidelity!r}"
+        )
+    for name, prior in space.items():
+        if prior.replace(" ", "").startswith("fidelity("):
+            raise MetaoptError(
+                f"space has a fidelity already ({name!r}); give it there or as fidelity=, once"
+            )
+    if "fidelity" in space:
+        raise MetaoptError(
+            "fidelity= is named 'fidelity' in a trial's params, and space has a parameter of"
+            " that name; put the fidelity prior in space under a name of your own instead"
+        )
+    return {**space, "fidelity": fidelity}
 
 
 def _whole(what: str, number: object) -> int | None:
@@ -416,9 +445,12 @@ class Study:
         path: a directory to keep the replica in (LevelDB) and reopen it from.
         name: the experiment's name; with the space and objectives it names the experiment.
         max_trials: the experiment's global budget, across every node.
-        early_stopping: "freeze-thaw", "asha", "median" or "none"; by default freeze-thaw once
-            the space has a fidelity, a max_step is given, or step reports exist.
+        early_stopping: "freeze-thaw", "asha", "median", or None (or "none") for no early
+            stopping; "auto" (the default) is freeze-thaw once the space has a fidelity, a
+            max_step is given, or step reports exist.
         max_step: the step a trial runs to when not stopped (else the fidelity's high end).
+        fidelity: the step dimension as a prior, e.g. "fidelity(1, 100, base=3)": the same as
+            that prior in space, named "fidelity" (a trial's params give the step it runs to).
         clock: seconds since the epoch (record times); time.time by default.
     """
 
@@ -435,8 +467,9 @@ class Study:
         path: str | os.PathLike[str] | None = None,
         name: str = "study",
         max_trials: int | None = None,
-        early_stopping: str | None = None,
+        early_stopping: str | None = "auto",
         max_step: int | None = None,
+        fidelity: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not isinstance(algorithm, str) and not hasattr(algorithm, "suggest"):
@@ -466,6 +499,7 @@ class Study:
             max_trials=max_trials,
             early_stopping=early_stopping,
             max_step=max_step,
+            fidelity=fidelity,
         )
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
             raise MetaoptError(f"seed must be an integer, got {seed!r}")

@@ -344,6 +344,17 @@ def test_ask_stops_at_the_budget() -> None:
         ({"seed": 1.5}, "seed must be an integer"),
         ({"node_id": "zz"}, "node_id must be"),
         ({"early_stopping": "sometimes"}, "early_stopping="),
+        ({"early_stopping": "None"}, r"'auto' \(the default\) or None \(none\)"),
+        ({"fidelity": "epochs"}, "fidelity= must be a fidelity prior"),
+        ({"fidelity": "fidelity(1, 0)"}, r"fidelity: cannot parse 'fidelity\(1, 0\)'"),
+        (
+            {"space": {"x": "uniform(0, 1)", "e": "fidelity(1, 9)"}, "fidelity": "fidelity(1, 9)"},
+            r"space has a fidelity already \('e'\)",
+        ),
+        (
+            {"space": {"fidelity": "uniform(0, 1)"}, "fidelity": "fidelity(1, 9)"},
+            "space has a parameter of that name",
+        ),
         ({"algorithm": "gpp"}, "unknown algorithm 'gpp'"),
         ({"algorithm": None}, "algorithm must be"),  # was an AttributeError
         # These three were raw errors: a TypeError from Path, an AttributeError, and a
@@ -837,6 +848,52 @@ def test_tell_limits_and_directions_as_a_string() -> None:
         study.tell(trial, {"objective": 1.0, **{f"m{i}": 0.0 for i in range(64)}})
     long = study.tell(trial, failed=True, reason="x" * 100_000)
     assert long.reason is not None and len(long.reason) == 4096
+
+
+def _stopped_of(study: Study, n: int) -> int:
+    """How many of n trials should_stop() stopped, each reporting (x - 0.3)^2 + 1/step up to
+    step 27 unless stopped, and told its last value if not."""
+    stopped = 0
+    for _ in range(n):
+        trial = study.ask()
+        for step in range(1, 28):
+            study.report(trial, step, (trial.params["x"] - 0.3) ** 2 + 1.0 / step)
+            if study.should_stop(trial):
+                stopped += 1
+                break
+        else:
+            study.tell(trial, (trial.params["x"] - 0.3) ** 2 + 1.0 / 27)
+    return stopped
+
+
+def test_early_stopping_none_is_off_and_auto_the_default() -> None:
+    # The issue's Study takes early_stopping=None for none: it was the default, freeze-thaw
+    # once a fidelity was given, and stopped 5 of 12 trials (an audit against the issue).
+    space = {"x": "uniform(0, 1)", "epochs": "fidelity(1, 27, base=3)"}
+    stops = {
+        es: _stopped_of(Study(space, seed=0, max_trials=12, early_stopping=es), 12)
+        for es in (None, "none", "auto", "freeze-thaw")
+    }
+    assert stops[None] == stops["none"] == 0
+    assert stops["auto"] > 0 and stops["freeze-thaw"] > 0  # (two experiments: other trials)
+    assert _stopped_of(Study(space, seed=0, max_trials=12), 12) == stops["auto"]
+
+
+def test_fidelity_given_apart_is_the_space_s_fidelity_named_fidelity(tmp_path: Path) -> None:
+    # Study(..., fidelity=..., early_stopping=...), as the issue writes it, was a TypeError.
+    apart = Study({"x": "uniform(0, 1)"}, fidelity="fidelity(1, 27, base=3)", seed=0)
+    inside = Study({"x": "uniform(0, 1)", "fidelity": "fidelity(1, 27, base=3)"}, seed=0)
+    assert apart.ask().params == inside.ask().params
+    assert inside.trials[0].params["fidelity"] == 27
+    assert _stopped_of(apart, 11) == _stopped_of(inside, 11) > 0
+    # Reopened with the same arguments, it is the same experiment, its trials all there.
+    for _ in range(2):
+        with Study({"x": "uniform(0, 1)"}, fidelity="fidelity(1, 27, base=3)",
+                   path=tmp_path / "s") as again:  # fmt: skip
+            again.tell(again.ask(), 0.5)
+    with Study({"x": "uniform(0, 1)", "fidelity": "fidelity(1, 27, base=3)"},
+               path=tmp_path / "s") as same:  # fmt: skip
+        assert len(same.trials) == 2
 
 
 def _run_curves(study: Study, n: int) -> None:
