@@ -4,7 +4,7 @@ The node id is random and lives only here, so a data directory that is lost mean
 id: sequence numbers are never reused under an old id by a node that forgot what it wrote. So
 too a replica that is lost (moved aside, as a damaged one's error advises, or deleted) while
 node_id stays: `replica.owner` names the node id that made the replica, and a peer that finds
-it naming its id with no replica beside it takes a new id (DataDir.replica_lost).
+it naming its id with no replica beside it takes a new id (DataDir.note_if_lost).
 """
 
 from __future__ import annotations
@@ -280,20 +280,38 @@ class DataDir:
     def owner_file(self) -> Path:
         return self.root / "replica.owner"
 
-    def replica_lost(self, node_id: bytes) -> bool:
-        """Whether the replica node_id wrote its records into is gone (moved aside or deleted):
-        then its next record would take the number 1 again, a number its old records hold,
-        and every peer would keep both records of each such number (an equivocation).
-
-        Told by replica.owner (claim_replica), not by the replica alone: a fresh directory
-        given a node_id file (by provisioning, or by a test) has no replica yet either.
-        """
+    def _owner(self) -> list[str] | None:
+        """replica.owner's words (the node id that made the replica, then "lost" once that
+        replica is found gone); None if there is no such file, [] if it cannot be read."""
         try:
             owner = self._read(self.owner_file)
         except MetaoptError:
-            return False  # (unreadable: claim_replica writes it anew)
-        made = owner is not None and owner.strip() == node_id.hex()
-        return made and not (self.replica / "CURRENT").is_file()
+            return []
+        return None if owner is None else owner.split()
+
+    def note_if_lost(self, node_id: bytes) -> None:
+        """Before the replica is opened (which makes an empty one): if node_id made the replica
+        and it is gone (moved aside or deleted), say so in replica.owner, for replica_lost.
+
+        Then node_id's next record would take the number 1 again, a number its old records
+        hold, and every peer would keep both records of each such number (an equivocation).
+        Told by replica.owner (claim_replica), not by the replica alone: a fresh directory
+        given a node_id file (by provisioning, or by a test) has no replica yet either. Kept
+        in the file, not in memory, so that a start that crashed once the open had made the
+        new replica, before it took a new id, still knows; and any start may write it (it
+        says only what is so), while renewing the id waits for the replica's lock.
+        """
+        owner = self._owner()
+        made = owner is not None and (owner == [] or owner[0] == node_id.hex())
+        if made and not (self.replica / "CURRENT").is_file() and owner != [node_id.hex(), "lost"]:
+            # (An unreadable file says a replica was made here, not whose: counted as this
+            # id's, as a new id costs little and a number taken twice lasts for good.)
+            self._replace(self.owner_file, f"{node_id.hex()} lost\n")
+
+    def replica_lost(self, node_id: bytes) -> bool:
+        """Whether note_if_lost found the replica node_id made gone (read with the replica's
+        lock held, after a start that noted it may have renewed the id: see Node)."""
+        return self._owner() == [node_id.hex(), "lost"]
 
     def renew_node_id(self) -> bytes:
         """A new node id for this directory, written over the old one. Only with the replica's
@@ -303,14 +321,33 @@ class DataDir:
         return new
 
     def claim_replica(self, node_id: bytes) -> None:
-        """Note the replica as node_id's (see replica_lost), once it is open. Raises
+        """Note the replica as node_id's (see note_if_lost), once it is open. Raises
         MetaoptError if the note cannot be written."""
-        try:
-            owner = self._read(self.owner_file)
-        except MetaoptError:
-            owner = None  # (unreadable: written anew)
-        if owner is None or owner.strip() != node_id.hex():
+        if self._owner() != [node_id.hex()]:
             self._replace(self.owner_file, node_id.hex() + "\n")
+
+    def replica_gone(self) -> bool:
+        """Whether there is no database in the replica's folder to read: it is missing, or
+        emptied, or holds what a crash while making one left (no CURRENT, no records). Such
+        a folder is not opened by a read: the open would make a replica there, which a
+        peer would then take for the one its node id wrote into (see note_if_lost)."""
+        try:
+            names = os.listdir(self.replica)
+        except OSError:
+            return True
+        if "CURRENT" in names:
+            return False
+        for name in names:
+            if name.endswith((".ldb", ".sst", ".log")):
+                with contextlib.suppress(OSError):  # (removed meanwhile)
+                    if (self.replica / name).stat().st_size:
+                        return False
+        return True
+
+    def made_replica(self) -> bool:
+        """Whether a peer's replica was made here (and may be gone since): replica.owner is
+        there, or (written by a release before it) node_id and the replica's folder are."""
+        return self.owner_file.exists() or self.holds_peer(self.root)
 
     def read_node_id(self) -> bytes | None:
         """This directory's node id, or None if it has none yet (never created here: a reader

@@ -106,7 +106,8 @@ class Membership:
         self._twins_ruled_out = False
         self._gossip_answered_at = math.inf  # (monotonic: when a peer first answered it)
         self._twin_calls, self._twin_call_ended_at = 0, -math.inf
-        self._greeted: set[bytes] = set()  # the peers a call of this life has reached
+        # Node id -> the greetings tried (_GREET_TRIES once a call of this life reached it).
+        self._greeted: dict[bytes, int] = {}
 
     # ------------------------------------------------------------------------------------ gossip
 
@@ -142,10 +143,18 @@ class Membership:
         a peer restarted in a moment was gone, for those it had not called again, for as long
         as random gossip took to pick them (5 of 40 restarts in a review: those it heard of
         by mDNS or a third peer, not from its peers file); nor did a peer it had not called
-        tell in its log that the peer was back at its old address. One call each, at start.
+        tell in its log that the peer was back at its old address. One call each, at start,
+        tried a few times: a live peer this one cannot reach (a partial partition, or one a
+        faulty peer made up) was greeted every round, for good.
         """
-        unmet = [p for p in self.peers.live(now, timeout) if p.node_id not in self._greeted]
-        return [p.addr for p in self.rng.sample(unmet, min(_GREETS_PER_ROUND, len(unmet)))]
+        known = {p.node_id for p in self.peers.all()}  # (bounded by the table, not the life)
+        self._greeted = {n: tries for n, tries in self._greeted.items() if n in known}
+        live = self.peers.live(now, timeout)
+        unmet = [p for p in live if self._greeted.get(p.node_id, 0) < _GREET_TRIES]
+        chosen = self.rng.sample(unmet, min(_GREETS_PER_ROUND, len(unmet)))
+        for peer in chosen:
+            self._greeted[peer.node_id] = self._greeted.get(peer.node_id, 0) + 1
+        return [p.addr for p in chosen]
 
     async def _gossip_with_all(self, addrs: list[str], timeout: float) -> None:
         """Gossip with every address at once (each call takes up to the request timeout).
@@ -203,8 +212,7 @@ class Membership:
         # this peer's loop read as news of now (see _waited).
         if to is not None:
             self.peers.answered(to, called)
-            if len(self._greeted) < self.peers.config.max_peers:
-                self._greeted.add(to)
+            self._greeted[to] = _GREET_TRIES
         self.peers.merge_gossip(reply, called, exclude=self.node_id, on_own_id=self.maybe_twin_at)
         # (After the calls its reply's news of this id set off.)
         self._gossip_answered_at = min(self._gossip_answered_at, self.monotonic())
@@ -591,3 +599,4 @@ _MAX_REFUSALS = 1024  # addresses whose refusal is kept (see Membership._refusal
 # Peers first called a round (see Membership._greetings): a cluster of 50 is greeted in 7
 # rounds (35 s), at one call each on top of the usual few.
 _GREETS_PER_ROUND = 8
+_GREET_TRIES = 3  # greetings of a peer whose calls fail before it is left to random gossip

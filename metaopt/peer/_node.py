@@ -197,14 +197,17 @@ class Node:
         self.dirs = DataDir(config.data_dir)
         self.dirs.ensure()
         self.node_id = self.dirs.node_id()
-        replica_lost = self.dirs.replica_lost(self.node_id)  # (told before opening makes one)
+        self.dirs.note_if_lost(self.node_id)  # (told before opening makes one)
         self.twins = TwinWatch(monotonic(), os.urandom(8))  # (Request.run and .age)
         self.store = _open_store(self.dirs)
         # Only with the data directory's lock held: a second start that fails on it wrote its
         # --key over the running peer's, which the CLI then could not reach or stop (and
         # two starts on a lost replica would each have written a new node id).
         try:
-            if replica_lost:
+            # Read again: a start on a lost replica that held the lock while this one waited
+            # for it took a new id, and this one's would be the old one, with no replica.
+            self.node_id = self.dirs.node_id()
+            if self.dirs.replica_lost(self.node_id):
                 old, self.node_id = self.node_id, self.dirs.renew_node_id()
                 log.warning(
                     "the replica node %s wrote is gone from %s (moved aside or deleted); this"

@@ -124,7 +124,15 @@ class OfflinePeer:
         # holds it 12-20 s; a Study holds it until it closes.
         self._patience = patience
         root = self.dirs.root
-        if not DataDir.holds_peer(root):
+        gone = self.dirs.replica_gone()
+        if gone and self.dirs.made_replica():
+            # (It said no peer had run there.)
+            raise MetaoptError(
+                f"the replica of the peer that ran on {root} is gone (moved aside or deleted);"
+                " start the peer there to get its records back from its peers: `metaopt peer"
+                f" start --data-dir {shlex.quote(str(root))}`"
+            )
+        if gone or not DataDir.holds_peer(root):
             raise MetaoptError(
                 f"no peer is running on {root}, nor has one run there; start one with"
                 f" `metaopt peer start --data-dir {shlex.quote(str(root))}`"

@@ -214,3 +214,64 @@ def test_a_replica_owner_that_is_not_a_file_is_one_line(tmp_path: Path) -> None:
     assert not data.replica_lost(data.node_id())
     with pytest.raises(MetaoptError, match=r"replica.owner: it is a directory.*remove it"):
         _node_id_on_start(data.root)
+
+
+@pytest.mark.parametrize("damage", [b"\xff\xfe not text", b""])
+def test_a_replica_owner_that_cannot_be_read_still_tells_a_lost_replica(
+    tmp_path: Path, damage: bytes
+) -> None:
+    # Unreadable, replica.owner was taken for none, and a replica moved aside kept its node
+    # id (2 of 2 in a review: 26 numbers taken twice). It says a replica was made here.
+    root = tmp_path / "d"
+    first = _node_id_on_start(root)
+    (root / "replica.owner").write_bytes(damage)
+    os.rename(root / "replica", tmp_path / "aside")
+    renewed = _node_id_on_start(root)
+    assert renewed != first
+    assert (root / "replica.owner").read_text() == renewed.hex() + "\n"
+
+
+def test_a_start_that_crashed_after_making_the_new_replica_still_takes_a_new_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The open makes the new replica (its CURRENT) before the id is renewed: a crash between
+    # the two left the old id beside an empty replica, which the next start took for its own.
+    root = tmp_path / "d"
+    first = _node_id_on_start(root)
+    os.rename(root / "replica", tmp_path / "aside")
+
+    def crash(self: DataDir) -> bytes:
+        raise KeyboardInterrupt  # (as a kill would, once the open made the replica)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(DataDir, "renew_node_id", crash)
+        with pytest.raises(KeyboardInterrupt):
+            _node_id_on_start(root)
+    assert (root / "replica" / "CURRENT").exists() and DataDir(root).read_node_id() == first
+    assert _node_id_on_start(root) != first
+
+
+def test_a_start_that_waited_for_the_lock_takes_the_id_the_first_start_renewed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two starts on a lost replica: the second read node_id before the first renewed it,
+    # then waited for the replica's lock; it went on under the old id, with the new
+    # replica the first had made (numbering from 1 again).
+    from metaopt.peer import _node
+
+    root = tmp_path / "d"
+    old = _node_id_on_start(root)
+    os.rename(root / "replica", tmp_path / "aside")
+    real_open = _node._open_store
+    taken: list[bytes] = []
+
+    def first_start_meanwhile(dirs: DataDir) -> object:
+        if not taken:  # (the first start's own open is the real one)
+            taken.append(b"")
+            taken[0] = _node_id_on_start(root)  # it held the lock, renewed, and stopped
+        return real_open(dirs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(_node, "_open_store", first_start_meanwhile)
+        second = _node_id_on_start(root)
+    assert taken[0] != old and second == taken[0] == DataDir(root).read_node_id()

@@ -110,6 +110,44 @@ async def test_a_peer_restarted_in_a_moment_calls_every_peer_it_hears_of(tmp_pat
 
 
 @pytest.mark.asyncio
+async def test_a_peer_it_cannot_reach_is_greeted_a_few_times_not_every_round(
+    tmp_path: Path,
+) -> None:
+    # A live peer no call of this one reaches (a partial partition: others keep reporting it
+    # live) was greeted at every round, for good, and so was every peer once 1,024 had been
+    # (a review). Tried three times; the greetings kept are of the peers in the table.
+    now = [time.time()]
+    a = Node(
+        PeerConfig(data_dir=tmp_path / "a", port=0, mdns=False),
+        clock=lambda: now[0],
+        monotonic=lambda: now[0],
+    )
+    b = Node(
+        PeerConfig(data_dir=tmp_path / "b", port=0, mdns=False, key_text=a.key.to_text()),
+        clock=lambda: now[0],
+        monotonic=lambda: now[0],
+    )
+    ghost = b"\x05" * 16
+    try:
+        await a.start()
+        await b.start()
+        a.peers.add(b.node_id, b.addr, now[0], contacted=True)
+        for _ in range(6):
+            a.peers.add(ghost, "127.0.0.1:9", now[0], contacted=False)  # reported live again
+            await a._gossip()
+        timeout = a.config.timing.peer_timeout
+        assert a.is_alive(ghost) and a.membership._greetings(now[0], timeout) == []
+        assert a.membership._greeted == {b.node_id: 3, ghost: 3}  # reached; tried 3 times
+        now[0] += a.peers.config.expire_after + 1
+        a.peers.expire(now[0])
+        a.membership._greetings(now[0], a.config.timing.peer_timeout)
+        assert ghost not in a.membership._greeted  # (it left the table: nothing kept of it)
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+@pytest.mark.asyncio
 async def test_a_peer_logs_another_found_silent_back_and_leaving(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -101,6 +101,31 @@ def test_reading_one_experiment_offline_folds_only_that_one(
         peer.call("api.logs", "ffffffff")
 
 
+@pytest.mark.parametrize("how", ["emptied", "moved aside"])
+def test_a_read_makes_no_replica_where_the_peers_is_gone(tmp_path: Path, how: str) -> None:
+    # `rm -rf replica/*`, then `metaopt status`: the read made a new, empty replica there,
+    # and the peer started next kept its node id, numbering its records from 1 again (2
+    # records under each of 28 numbers once its peers sent the old ones back: a review).
+    # Moved aside, the read said that no peer had ever run there.
+    data = tmp_path / "d"
+    Node(PeerConfig(data_dir=data, port=0, mdns=False)).store.close()
+    me = DataDir(data).read_node_id()
+    replica = DataDir(data).replica
+    if how == "emptied":
+        for name in os.listdir(replica):
+            os.unlink(replica / name)
+    else:
+        os.rename(replica, tmp_path / "aside")
+    for _ in range(2):
+        with pytest.raises(MetaoptError) as said:
+            OfflinePeer(data).call("api.experiments")
+        assert str(said.value).startswith(f"the replica of the peer that ran on {data} is gone")
+    assert not (replica / "CURRENT").exists()
+    node = Node(PeerConfig(data_dir=data, port=0, mdns=False))
+    node.store.close()
+    assert node.node_id != me
+
+
 def test_a_replica_on_a_read_only_disk_says_to_read_a_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
