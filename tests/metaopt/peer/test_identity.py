@@ -175,6 +175,15 @@ def _node_id_on_start(root: Path) -> bytes:
     return node.node_id
 
 
+def _replica_moved_aside(tmp_path: Path) -> tuple[Path, bytes]:
+    """A data directory a peer started on once, its replica then moved aside; and the node
+    id it had."""
+    root = tmp_path / "d"
+    first = _node_id_on_start(root)
+    os.rename(root / "replica", tmp_path / "aside")
+    return root, first
+
+
 def test_a_node_id_is_renewed_only_when_the_replica_it_wrote_is_gone(tmp_path: Path) -> None:
     # A fresh directory given a node_id (provisioning, tests) has no replica either, and
     # keeps its id: only replica.owner tells a replica that was made and lost.
@@ -222,10 +231,8 @@ def test_a_replica_owner_that_cannot_be_read_still_tells_a_lost_replica(
 ) -> None:
     # Unreadable, replica.owner was taken for none, and a replica moved aside kept its node
     # id (2 of 2 in a review: 26 numbers taken twice). It says a replica was made here.
-    root = tmp_path / "d"
-    first = _node_id_on_start(root)
+    root, first = _replica_moved_aside(tmp_path)
     (root / "replica.owner").write_bytes(damage)
-    os.rename(root / "replica", tmp_path / "aside")
     renewed = _node_id_on_start(root)
     assert renewed != first
     assert (root / "replica.owner").read_text() == renewed.hex() + "\n"
@@ -236,9 +243,7 @@ def test_a_start_that_crashed_after_making_the_new_replica_still_takes_a_new_id(
 ) -> None:
     # The open makes the new replica (its CURRENT) before the id is renewed: a crash between
     # the two left the old id beside an empty replica, which the next start took for its own.
-    root = tmp_path / "d"
-    first = _node_id_on_start(root)
-    os.rename(root / "replica", tmp_path / "aside")
+    root, first = _replica_moved_aside(tmp_path)
 
     def crash(self: DataDir) -> bytes:
         raise KeyboardInterrupt  # (as a kill would, once the open made the replica)
@@ -259,9 +264,7 @@ def test_a_start_that_waited_for_the_lock_takes_the_id_the_first_start_renewed(
     # replica the first had made (numbering from 1 again).
     from metaopt.peer import _node
 
-    root = tmp_path / "d"
-    old = _node_id_on_start(root)
-    os.rename(root / "replica", tmp_path / "aside")
+    root, old = _replica_moved_aside(tmp_path)
     real_open = _node._open_store
     taken: list[bytes] = []
 
