@@ -18,6 +18,7 @@ import os
 import secrets
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -152,6 +153,25 @@ def _node_id_for(seed: int, path: Path | None, given: bytes | None) -> bytes:
             " that one), or pass another path="
         )
     return node_id
+
+
+def _claimed_replica(root: Path, node_id: bytes, given: bytes | None) -> bytes:
+    """The node id the Study in root writes under, its replica open: a new one if the
+    replica node_id made is gone (moved aside or deleted), which it says in a warning.
+
+    Kept, the id numbered its records from 1 again, and a sync with a Study that held the
+    old ones left two records under each such number in both (a review). A node_id= given
+    is never changed: the Study is then refused (see DataDir.replica_claimed).
+    """
+    claimed = DataDir(root).replica_claimed(node_id, renewable=given is None)
+    if claimed != node_id:
+        warnings.warn(
+            f"the replica of node {node_id.hex()[:8]} in {root} is gone (moved aside or"
+            f" deleted); this Study is node {claimed.hex()[:8]} from now on, so that none of"
+            " its records takes a number an old one holds (sync brings the old ones back)",
+            stacklevel=3,
+        )
+    return claimed
 
 
 def _weakly(method: Callable[[list[Record]], None]) -> Callable[[list[Record]], None]:
@@ -382,6 +402,12 @@ def _differences(kept: ExperimentSpec, given: ExperimentSpec, fields: Sequence[s
 def _difference(field: str, kept: Any, given: Any) -> str:
     """How one setting differs, naming the parameters whose priors do: two spaces printed
     whole differed by a space inside one prior, which the eye does not find."""
+    if field == "early_stopping":
+        # As the argument that gives it: "None, not 'none'" read backwards (the stored None
+        # is 'auto'), and a Study made with early_stopping=None before None meant none
+        # was told to reopen with the arguments it had been given.
+        meant = {None: "'auto' (the default; None meant it before)", "none": "None"}
+        return f"early_stopping {meant.get(kept, repr(kept))}, not {meant.get(given, repr(given))}"
     if field != "space":
         return f"{field} {kept!r}, not {given!r}"
     said = [
@@ -507,7 +533,10 @@ class Study:
         if isinstance(algorithm, str):
             make_algorithm(algorithm)  # an unknown name is a one-line SearchError, here
         root = None if path is None else Path(path)
-        self.node_id = _node_id_for(seed, root, _checked_node_id(node_id))
+        given = _checked_node_id(node_id)
+        self.node_id = _node_id_for(seed, root, given)
+        if root is not None:
+            DataDir(root).note_if_lost(self.node_id)  # (see _claimed_replica)
         try:
             exp = experiment_record(spec)
         except OversizedRecord:
@@ -540,6 +569,8 @@ class Study:
         # below it says the caller started again from step 0 (it had no checkpoint).
         self._resumed: dict[bytes, int] = {}
         try:
+            if root is not None:
+                self.node_id = _claimed_replica(root, self.node_id, given)
             self._writer = NodeWriter(self.store, self.node_id, _checked_clock(clock))
             differ = None if root is None else _other_settings(self.store, exp.key, spec)
             if differ is not None:

@@ -26,10 +26,10 @@ class NodeWriter:
     the same data directory continues the sequence (and one restored from an older copy
     continues after the records peers sent back); a node that lost its data directory gets a
     new id (see peer/_identity), so a sequence number is not reused for a different record, and
-    so does a peer whose replica was moved aside or deleted (DataDir.replica_lost). Exceptions:
-    a replica restored from an older copy, or a Study's path= whose replica was moved, numbers
-    on from what it holds until its peers send the later records back; the stores keep both
-    records of such a number and replicate them (tests/crdt: equivocations).
+    so does a peer or a path= Study whose replica was moved aside or deleted (DataDir's
+    note_if_lost). One exception: a replica restored from an older copy numbers on from what
+    it holds until its peers send the later records back; the stores keep both records of
+    such a number and replicate them (tests/crdt: equivocations).
 
     Numbers from SEQ_CEILING up count only as the run the highest number below it is part of:
     a record any key holder forged under this node's id with the number 2**63 - 1 (the most

@@ -281,13 +281,21 @@ class DataDir:
         return self.root / "replica.owner"
 
     def _owner(self) -> list[str] | None:
-        """replica.owner's words (the node id that made the replica, then "lost" once that
-        replica is found gone); None if there is no such file, [] if it cannot be read."""
+        """replica.owner's words (the node id that made the replica, in lower-case hex, then
+        "lost" once that replica is found gone); None if there is no such file, [] if it
+        holds no node id (unreadable, or damaged: NULs, as a power cut can leave it)."""
         try:
             owner = self._read(self.owner_file)
         except MetaoptError:
             return []
-        return None if owner is None else owner.split()
+        if owner is None:
+            return None
+        words = owner.split()
+        try:
+            named = parse_node_id(self.owner_file, words[0]) if words else None
+        except ValueError:
+            named = None
+        return [] if named is None else [named.hex(), *words[1:]]
 
     def note_if_lost(self, node_id: bytes) -> None:
         """Before the replica is opened (which makes an empty one): if node_id made the replica
@@ -302,10 +310,13 @@ class DataDir:
         says only what is so), while renewing the id waits for the replica's lock.
         """
         owner = self._owner()
-        made = owner is not None and (owner == [] or owner[0] == node_id.hex())
+        # With none there (a fresh directory, or one whose replica a release before
+        # replica.owner made, or whose replica.owner was removed), a cluster key says a peer
+        # opened its replica here: it is written once the replica is open. A damaged file
+        # says a replica was made here, not whose: counted as this id's, as a new id costs
+        # little and a number taken twice lasts for good.
+        made = self.key_file.exists() if owner is None else not owner or owner[0] == node_id.hex()
         if made and not (self.replica / "CURRENT").is_file() and owner != [node_id.hex(), "lost"]:
-            # (An unreadable file says a replica was made here, not whose: counted as this
-            # id's, as a new id costs little and a number taken twice lasts for good.)
             self._replace(self.owner_file, f"{node_id.hex()} lost\n")
 
     def replica_lost(self, node_id: bytes) -> bool:
@@ -346,8 +357,25 @@ class DataDir:
 
     def made_replica(self) -> bool:
         """Whether a peer's replica was made here (and may be gone since): replica.owner is
-        there, or (written by a release before it) node_id and the replica's folder are."""
-        return self.owner_file.exists() or self.holds_peer(self.root)
+        there, or (by a release before it) the cluster key or node_id and the replica's
+        folder are."""
+        return self.owner_file.exists() or self.key_file.exists() or self.holds_peer(self.root)
+
+    def replica_claimed(self, node_id: bytes, renewable: bool = True) -> bytes:
+        """The node id to write under in the replica just opened (with its lock held): a new
+        one if note_if_lost found the replica node_id made gone, else node_id; noted in
+        replica.owner. Raises MetaoptError if a note cannot be written, or, for a node id
+        that may not be renewed (one a Study was given), if it would have been."""
+        if self.replica_lost(node_id):
+            if not renewable:
+                raise MetaoptError(
+                    f"the replica of node {node_id.hex()} in {self.root} is gone (moved aside or"
+                    " deleted); go on without node_id= (under a new node id: sync brings the old"
+                    " trials back), or put the replica back"
+                )
+            node_id = self.renew_node_id()
+        self.claim_replica(node_id)
+        return node_id
 
     def read_node_id(self) -> bytes | None:
         """This directory's node id, or None if it has none yet (never created here: a reader

@@ -206,16 +206,15 @@ class Node:
         try:
             # Read again: a start on a lost replica that held the lock while this one waited
             # for it took a new id, and this one's would be the old one, with no replica.
-            self.node_id = self.dirs.node_id()
-            if self.dirs.replica_lost(self.node_id):
-                old, self.node_id = self.node_id, self.dirs.renew_node_id()
+            old = self.dirs.node_id()
+            self.node_id = self.dirs.replica_claimed(old)
+            if self.node_id != old:
                 log.warning(
                     "the replica node %s wrote is gone from %s (moved aside or deleted); this"
                     " peer is node %s from now on, so that none of its records takes a number"
                     " an old one holds (the old ones come back from its peers)",
                     old.hex()[:8], self.dirs.root, self.node_id.hex()[:8],
                 )  # fmt: skip
-            self.dirs.claim_replica(self.node_id)
             self.key = self._load_key()
         except BaseException:
             self.store.close()

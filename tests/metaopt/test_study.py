@@ -165,7 +165,7 @@ def test_two_studies_opening_one_new_directory_keep_one_node_id(
     with Study({"x": "uniform(0, 1)"}, path=path) as study:
         assert study.node_id == theirs
     assert (path / "node_id").read_text() == theirs.hex()
-    assert sorted(p.name for p in path.iterdir()) == ["node_id", "replica"]  # no leftovers
+    assert sorted(p.name for p in path.iterdir()) == ["node_id", "replica", "replica.owner"]
 
 
 def test_a_node_id_file_of_the_wrong_length_is_refused_on_opening(tmp_path: Path) -> None:
@@ -724,6 +724,53 @@ def test_reopening_a_path_with_other_settings_says_so(tmp_path: Path) -> None:
         assert more.trials == []
     with Study({"x": "uniform(0, 1)"}, path=tmp_path / "s", max_trials=3) as study:
         assert len(study.trials) == 3
+
+
+def test_early_stopping_of_another_meaning_is_said_as_the_argument_that_gives_it(
+    tmp_path: Path,
+) -> None:
+    # Stored None (the default) was said "None, not 'none'": the reverse of what to pass,
+    # to a caller who had passed None when it meant the default.
+    with Study({"x": "uniform(0, 1)"}, path=tmp_path / "s", max_step=9):
+        pass
+    with pytest.raises(MetaoptError) as info:
+        Study({"x": "uniform(0, 1)"}, path=tmp_path / "s", max_step=9, early_stopping=None)
+    said = "early_stopping 'auto' (the default; None meant it before), not None"
+    assert said in str(info.value)
+    with Study({"x": "uniform(0, 1)"}, path=tmp_path / "s", max_step=9, early_stopping="auto"):
+        pass
+
+
+def test_a_study_whose_replica_was_moved_aside_goes_on_under_a_new_node_id(
+    tmp_path: Path,
+) -> None:
+    # Its node id numbered its records from 1 again, and a sync with a Study that held the
+    # old ones left two records under each such number in both (6 of 6, a review).
+    import shutil
+
+    path = tmp_path / "a"
+    b = Study(SPACE, seed=2)  # (in memory: it keeps a's old records)
+    with Study(SPACE, path=path, seed=1) as a:
+        a.tell(a.ask(), 0.5)
+        a.sync(b)
+        old = a.node_id
+    shutil.move(path / "replica", tmp_path / "aside")
+    with pytest.raises(MetaoptError, match=r"^the replica of node .* is gone .*node_id=") as info:
+        Study(SPACE, path=path, node_id=old)  # (an id given is never changed)
+    assert "\n" not in str(info.value)
+    with pytest.warns(UserWarning, match=f"node {old.hex()[:8]} in .* is gone"):
+        a = Study(SPACE, path=path, seed=1)
+    with a:
+        assert a.node_id != old and DataDir(path).read_node_id() == a.node_id
+        a.tell(a.ask(), 0.25)
+        a.sync(b)
+        for store in (a.store, b.store):
+            records = [store.get(key) for _, key in store.ordered()]
+            numbers = [(r.origin, r.seq) for r in records if r is not None]
+            assert len(numbers) == len(set(numbers))  # (no number names two records)
+            assert {old, a.node_id} <= {origin for origin, _ in numbers}
+    with Study(SPACE, path=path, seed=1) as again:  # and it stays that node
+        assert again.node_id == a.node_id
 
 
 def test_a_namesake_brought_by_a_sync_does_not_lock_a_study_out_of_its_own_path(

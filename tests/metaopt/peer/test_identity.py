@@ -225,14 +225,31 @@ def test_a_replica_owner_that_is_not_a_file_is_one_line(tmp_path: Path) -> None:
         _node_id_on_start(data.root)
 
 
-@pytest.mark.parametrize("damage", [b"\xff\xfe not text", b""])
-def test_a_replica_owner_that_cannot_be_read_still_tells_a_lost_replica(
-    tmp_path: Path, damage: bytes
+@pytest.mark.parametrize(
+    "damage",
+    ["not utf-8", "empty", "NULs", "not hex", "cut short", "upper case", "removed"],
+)
+def test_a_replica_owner_that_names_no_node_still_tells_a_lost_replica(
+    tmp_path: Path, damage: str
 ) -> None:
-    # Unreadable, replica.owner was taken for none, and a replica moved aside kept its node
-    # id (2 of 2 in a review: 26 numbers taken twice). It says a replica was made here.
+    # Unreadable, replica.owner was taken for none, and damaged to text that names no node
+    # (NULs, as a power cut leaves a file) for another node's: a replica moved aside kept
+    # its node id (reviews: 26 and 22 numbers taken twice). It says a replica was made here;
+    # and once removed (as its error says of a directory there), the cluster key does.
     root, first = _replica_moved_aside(tmp_path)
-    (root / "replica.owner").write_bytes(damage)
+    owner = root / "replica.owner"
+    written = {
+        "not utf-8": b"\xff\xfe not text",
+        "empty": b"",
+        "NULs": b"\0" * 33,
+        "not hex": b"hello\n",
+        "cut short": first.hex()[:16].encode(),
+        "upper case": first.hex().upper().encode(),
+    }
+    if damage == "removed":
+        owner.unlink()
+    else:
+        owner.write_bytes(written[damage])
     renewed = _node_id_on_start(root)
     assert renewed != first
     assert (root / "replica.owner").read_text() == renewed.hex() + "\n"

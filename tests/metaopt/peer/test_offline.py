@@ -101,7 +101,7 @@ def test_reading_one_experiment_offline_folds_only_that_one(
         peer.call("api.logs", "ffffffff")
 
 
-@pytest.mark.parametrize("how", ["emptied", "moved aside"])
+@pytest.mark.parametrize("how", ["emptied", "moved aside", "moved aside, an older release's"])
 def test_a_read_makes_no_replica_where_the_peers_is_gone(tmp_path: Path, how: str) -> None:
     # `rm -rf replica/*`, then `metaopt status`: the read made a new, empty replica there,
     # and the peer started next kept its node id, numbering its records from 1 again (2
@@ -116,6 +116,8 @@ def test_a_read_makes_no_replica_where_the_peers_is_gone(tmp_path: Path, how: st
             os.unlink(replica / name)
     else:
         os.rename(replica, tmp_path / "aside")
+    if how.endswith("older release's"):
+        DataDir(data).owner_file.unlink()  # (it said no peer had ever run there)
     for _ in range(2):
         with pytest.raises(MetaoptError) as said:
             OfflinePeer(data).call("api.experiments")
