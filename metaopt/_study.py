@@ -64,7 +64,7 @@ from metaopt._state import (
 from metaopt._suggest import Suggester, stream
 from metaopt._writer import NodeWriter
 from metaopt.freezethaw import Action, Decision, EarlyStopper
-from metaopt.peer._identity import DataDir, keep_node_id
+from metaopt.peer._identity import DataDir, keep_node_id, lost_replica_refusal
 from metaopt.peer._storage import disk_advice, with_disk_advice
 from metaopt.search import Algorithm, make_algorithm
 from metaopt.space import Space
@@ -155,7 +155,7 @@ def _node_id_for(seed: int, path: Path | None, given: bytes | None) -> bytes:
     return node_id
 
 
-def _claimed_replica(root: Path, node_id: bytes, given: bytes | None) -> bytes:
+def _claimed_replica(root: Path, store: Store, node_id: bytes, given: bytes | None) -> bytes:
     """The node id the Study in root writes under, its replica open: a new one if the
     replica node_id made is gone (moved aside or deleted), which it says in a warning.
 
@@ -163,7 +163,17 @@ def _claimed_replica(root: Path, node_id: bytes, given: bytes | None) -> bytes:
     old ones left two records under each such number in both (a review). A node_id= given
     is never changed: the Study is then refused (see DataDir.replica_claimed).
     """
-    claimed = DataDir(root).replica_claimed(node_id, renewable=given is None)
+    dirs = DataDir(root)
+    # Read again, the lock held: another process's Study on the lost replica may have taken
+    # a new id while this one read the old (then it wrote under the old one: a review).
+    current = dirs.read_node_id() or node_id
+    holds_own = store.version_vector().high(current) > 0
+    claimed = dirs.replica_claimed(current, holds_own, renewable=given is None)
+    if given is not None and claimed != given:
+        raise MetaoptError(
+            f"{root} is the Study of node {claimed.hex()}; reopen it without node_id= (or with"
+            " that one), or pass another path="
+        )
     if claimed != node_id:
         warnings.warn(
             f"the replica of node {node_id.hex()[:8]} in {root} is gone (moved aside or"
@@ -536,7 +546,12 @@ class Study:
         given = _checked_node_id(node_id)
         self.node_id = _node_id_for(seed, root, given)
         if root is not None:
-            DataDir(root).note_if_lost(self.node_id)  # (see _claimed_replica)
+            dirs = DataDir(root)
+            dirs.note_if_lost(self.node_id)  # (see _claimed_replica)
+            if given is not None and dirs.lost_noted(self.node_id) and dirs.replica_gone():
+                # (Refused before the open makes an empty replica, which a replica put back
+                # as this advises would have had to go around.)
+                raise MetaoptError(lost_replica_refusal(root, self.node_id))
         try:
             exp = experiment_record(spec)
         except OversizedRecord:
@@ -570,7 +585,7 @@ class Study:
         self._resumed: dict[bytes, int] = {}
         try:
             if root is not None:
-                self.node_id = _claimed_replica(root, self.node_id, given)
+                self.node_id = _claimed_replica(root, self.store, self.node_id, given)
             self._writer = NodeWriter(self.store, self.node_id, _checked_clock(clock))
             differ = None if root is None else _other_settings(self.store, exp.key, spec)
             if differ is not None:

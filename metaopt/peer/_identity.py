@@ -129,6 +129,15 @@ def keep_node_id(path: Path, new: bytes) -> bytes:
     return parse_node_id(path, path.read_text(encoding="utf-8"))
 
 
+def lost_replica_refusal(root: Path, node_id: bytes) -> str:
+    """Why a Study given node_id= is not opened where the replica of that node is gone."""
+    return (
+        f"the replica of node {node_id.hex()} in {root} is gone (moved aside or deleted); go on"
+        " without node_id= (under a new node id: sync brings the old trials back), or put the"
+        " replica back"
+    )
+
+
 def _corrupt(path: Path) -> MetaoptError:
     # Deleting the file is enough (the README says so of a copied directory): the peer takes
     # a new node id and keeps its replica. Moving the whole directory aside, as it said, lost
@@ -299,7 +308,7 @@ class DataDir:
 
     def note_if_lost(self, node_id: bytes) -> None:
         """Before the replica is opened (which makes an empty one): if node_id made the replica
-        and it is gone (moved aside or deleted), say so in replica.owner, for replica_lost.
+        and it is gone (moved aside or deleted), say so in replica.owner (see replica_claimed).
 
         Then node_id's next record would take the number 1 again, a number its old records
         hold, and every peer would keep both records of each such number (an equivocation).
@@ -310,19 +319,44 @@ class DataDir:
         says only what is so), while renewing the id waits for the replica's lock.
         """
         owner = self._owner()
-        # With none there (a fresh directory, or one whose replica a release before
-        # replica.owner made, or whose replica.owner was removed), a cluster key says a peer
-        # opened its replica here: it is written once the replica is open. A damaged file
-        # says a replica was made here, not whose: counted as this id's, as a new id costs
-        # little and a number taken twice lasts for good.
-        made = self.key_file.exists() if owner is None else not owner or owner[0] == node_id.hex()
+        # A damaged file says a replica was made here, not whose: counted as this id's, as a
+        # new id costs little and a number taken twice lasts for good. With none there (a
+        # fresh directory, or one whose replica a release before replica.owner made, or
+        # whose replica.owner was removed), what a peer leaves once its replica is open says
+        # so: the peers it talked to, a trial's folder. (Not the cluster key: provisioning
+        # may put one beside a node_id it gives.)
+        made = self._ran_here() if owner is None else not owner or owner[0] == node_id.hex()
         if made and not (self.replica / "CURRENT").is_file() and owner != [node_id.hex(), "lost"]:
             self._replace(self.owner_file, f"{node_id.hex()} lost\n")
 
-    def replica_lost(self, node_id: bytes) -> bool:
-        """Whether note_if_lost found the replica node_id made gone (read with the replica's
-        lock held, after a start that noted it may have renewed the id: see Node)."""
+    def _ran_here(self) -> bool:
+        """Whether a peer ran here past the opening of its replica: it kept the addresses of
+        the peers it talked to, or a trial's folder."""
+        if self.peers_file.exists():
+            return True
+        try:
+            with os.scandir(self.trials) as entries:
+                return next(entries, None) is not None
+        except OSError:
+            return False
+
+    def lost_noted(self, node_id: bytes) -> bool:
+        """Whether note_if_lost found the replica node_id made gone, and no start has taken a
+        new id for it since."""
         return self._owner() == [node_id.hex(), "lost"]
+
+    def replica_claimed(self, node_id: bytes, holds_own: bool, renewable: bool = True) -> bytes:
+        """The node id to write under in the replica just opened, its lock held: a new one if
+        note_if_lost found the replica node_id made gone and the one open holds none of its
+        records (one put back, as a refusal advises, holds them: it is that replica); else
+        node_id. Noted in replica.owner. Raises MetaoptError if a note cannot be written, or,
+        for a node id that may not be renewed (one a Study was given), if it would have been."""
+        if self.lost_noted(node_id) and not holds_own:
+            if not renewable:
+                raise MetaoptError(lost_replica_refusal(self.root, node_id))
+            node_id = self.renew_node_id()
+        self.claim_replica(node_id)
+        return node_id
 
     def renew_node_id(self) -> bytes:
         """A new node id for this directory, written over the old one. Only with the replica's
@@ -357,25 +391,10 @@ class DataDir:
 
     def made_replica(self) -> bool:
         """Whether a peer's replica was made here (and may be gone since): replica.owner is
-        there, or (by a release before it) the cluster key or node_id and the replica's
-        folder are."""
-        return self.owner_file.exists() or self.key_file.exists() or self.holds_peer(self.root)
-
-    def replica_claimed(self, node_id: bytes, renewable: bool = True) -> bytes:
-        """The node id to write under in the replica just opened (with its lock held): a new
-        one if note_if_lost found the replica node_id made gone, else node_id; noted in
-        replica.owner. Raises MetaoptError if a note cannot be written, or, for a node id
-        that may not be renewed (one a Study was given), if it would have been."""
-        if self.replica_lost(node_id):
-            if not renewable:
-                raise MetaoptError(
-                    f"the replica of node {node_id.hex()} in {self.root} is gone (moved aside or"
-                    " deleted); go on without node_id= (under a new node id: sync brings the old"
-                    " trials back), or put the replica back"
-                )
-            node_id = self.renew_node_id()
-        self.claim_replica(node_id)
-        return node_id
+        there, or (by a release before it) the cluster key, what a peer leaves once its
+        replica is open, or node_id and the replica's folder are."""
+        return any((self.owner_file.exists(), self.key_file.exists(), self._ran_here(),
+                    self.holds_peer(self.root)))  # fmt: skip
 
     def read_node_id(self) -> bytes | None:
         """This directory's node id, or None if it has none yet (never created here: a reader

@@ -118,7 +118,12 @@ def _import_search_stack() -> None:
         importlib.import_module(module)
 
 
-def _open_store(dirs: DataDir, patience: float = 5.0, read_patience: float = 120.0) -> LevelDBStore:
+def _open_store(
+    dirs: DataDir,
+    node_id: bytes | None = None,
+    patience: float = 5.0,
+    read_patience: float = 120.0,
+) -> LevelDBStore:
     """The replica's store. A read of a stopped peer's replica (`metaopt status`, `best`,
     `export`, `logs`) holds its lock while it folds the replica, so a locked store is tried
     again: for a few seconds if a peer runs there (it holds it for good, and a start beside
@@ -127,6 +132,8 @@ def _open_store(dirs: DataDir, patience: float = 5.0, read_patience: float = 120
     began = time.monotonic()
     said = False
     while True:
+        if node_id is not None:  # (at each try: a replica moved aside while this one waited)
+            dirs.note_if_lost(node_id)
         try:
             return LevelDBStore(dirs.replica)
         except StoreLocked:
@@ -197,9 +204,8 @@ class Node:
         self.dirs = DataDir(config.data_dir)
         self.dirs.ensure()
         self.node_id = self.dirs.node_id()
-        self.dirs.note_if_lost(self.node_id)  # (told before opening makes one)
         self.twins = TwinWatch(monotonic(), os.urandom(8))  # (Request.run and .age)
-        self.store = _open_store(self.dirs)
+        self.store = _open_store(self.dirs, self.node_id)  # (see DataDir.note_if_lost)
         # Only with the data directory's lock held: a second start that fails on it wrote its
         # --key over the running peer's, which the CLI then could not reach or stop (and
         # two starts on a lost replica would each have written a new node id).
@@ -207,7 +213,8 @@ class Node:
             # Read again: a start on a lost replica that held the lock while this one waited
             # for it took a new id, and this one's would be the old one, with no replica.
             old = self.dirs.node_id()
-            self.node_id = self.dirs.replica_claimed(old)
+            holds_own = self.store.version_vector().high(old) > 0
+            self.node_id = self.dirs.replica_claimed(old, holds_own)
             if self.node_id != old:
                 log.warning(
                     "the replica node %s wrote is gone from %s (moved aside or deleted); this"

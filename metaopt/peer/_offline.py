@@ -125,13 +125,7 @@ class OfflinePeer:
         self._patience = patience
         root = self.dirs.root
         gone = self.dirs.replica_gone()
-        if gone and self.dirs.made_replica():
-            # (It said no peer had run there.)
-            raise MetaoptError(
-                f"the replica of the peer that ran on {root} is gone (moved aside or deleted);"
-                " start the peer there to get its records back from its peers: `metaopt peer"
-                f" start --data-dir {shlex.quote(str(root))}`"
-            )
+        self._refuse_if_gone()
         if gone or not DataDir.holds_peer(root):
             raise MetaoptError(
                 f"no peer is running on {root}, nor has one run there; start one with"
@@ -222,12 +216,24 @@ class OfflinePeer:
         # meanwhile gave up waiting for it.
         return clean_reply(carry_out(plan, self.dirs.clean_lock, dry_run=dry_run))
 
+    def _refuse_if_gone(self) -> None:
+        """A MetaoptError if the replica a peer made here is gone: opened, it would be made
+        anew, empty, and the peer would take it for the one its node id wrote into (see
+        DataDir.note_if_lost). (It said no peer had run there.)"""
+        if self.dirs.replica_gone() and self.dirs.made_replica():
+            raise MetaoptError(
+                f"the replica of the peer that ran on {self.dirs.root} is gone (moved aside or"
+                " deleted); start the peer there to get its records back from its peers:"
+                f" `metaopt peer start --data-dir {shlex.quote(str(self.dirs.root))}`"
+            )
+
     def _open(self) -> LevelDBStore:
         """The replica's store, waited for while another read holds it (not a peer: one that
         is starting keeps it, and answers the next try itself)."""
         began = time.monotonic()
         said = False
         while True:
+            self._refuse_if_gone()  # (at each try: moved aside while this read waited)
             try:
                 return LevelDBStore(self.dirs.replica)
             except StoreLocked:

@@ -773,6 +773,59 @@ def test_a_study_whose_replica_was_moved_aside_goes_on_under_a_new_node_id(
         assert again.node_id == a.node_id
 
 
+def test_a_study_refused_for_its_lost_replica_opens_once_it_is_put_back(tmp_path: Path) -> None:
+    # The refusal advises putting the replica back: it was refused again, the open had made
+    # an empty replica where it was to go, and a reopening without node_id= took a new id
+    # with the replica there (3 of 3, a review).
+    import shutil
+
+    path = tmp_path / "a"
+    with Study(SPACE, path=path, seed=1) as study:
+        study.tell(study.ask(), 0.5)
+        old = study.node_id
+    shutil.move(path / "replica", tmp_path / "aside")
+    with pytest.raises(MetaoptError, match="put the replica back"):
+        Study(SPACE, path=path, node_id=old)
+    assert not (path / "replica").exists()
+    shutil.move(tmp_path / "aside", path / "replica")
+    with Study(SPACE, path=path, node_id=old) as again:  # (a warning would fail the test)
+        assert again.node_id == old and len(again.trials) == 1
+    with Study(SPACE, path=path) as plain:
+        assert plain.node_id == old
+
+
+def test_a_study_opening_a_lost_replica_after_another_took_a_new_id_takes_that_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two processes: the second read node_id, the first took a new id for the lost replica
+    # and closed, and the second then wrote under the old id (2 of 2 with a delay, a review).
+    import shutil
+
+    import metaopt._study as study_module
+
+    path = tmp_path / "a"
+    with Study(SPACE, path=path, seed=1) as study:
+        study.tell(study.ask(), 0.5)
+        old = study.node_id
+    shutil.move(path / "replica", tmp_path / "aside")
+    real_open = study_module._open_store
+    first: list[bytes] = []
+
+    def the_other_opens_first(where: Path) -> object:
+        if not first:
+            first.append(b"")
+            with pytest.warns(UserWarning, match="is gone"), Study(SPACE, path=path) as other:
+                first[0] = other.node_id
+        return real_open(where)
+
+    monkeypatch.setattr(study_module, "_open_store", the_other_opens_first)
+    with pytest.warns(UserWarning, match=f"node {old.hex()[:8]} .* is gone"):
+        second = Study(SPACE, path=path, seed=1)
+    with second:
+        assert first[0] != old and second.node_id == first[0]
+        second.tell(second.ask(), 0.25)
+
+
 def test_a_namesake_brought_by_a_sync_does_not_lock_a_study_out_of_its_own_path(
     tmp_path: Path,
 ) -> None:

@@ -7,6 +7,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -220,7 +221,7 @@ def test_a_replica_owner_that_is_not_a_file_is_one_line(tmp_path: Path) -> None:
     data = DataDir(tmp_path / "d")
     data.ensure()
     data.owner_file.mkdir()
-    assert not data.replica_lost(data.node_id())
+    assert not data.lost_noted(data.node_id())
     with pytest.raises(MetaoptError, match=r"replica.owner: it is a directory.*remove it"):
         _node_id_on_start(data.root)
 
@@ -235,7 +236,7 @@ def test_a_replica_owner_that_names_no_node_still_tells_a_lost_replica(
     # Unreadable, replica.owner was taken for none, and damaged to text that names no node
     # (NULs, as a power cut leaves a file) for another node's: a replica moved aside kept
     # its node id (reviews: 26 and 22 numbers taken twice). It says a replica was made here;
-    # and once removed (as its error says of a directory there), the cluster key does.
+    # and once removed (as its error says of a directory there), the peers it talked to do.
     root, first = _replica_moved_aside(tmp_path)
     owner = root / "replica.owner"
     written = {
@@ -248,6 +249,7 @@ def test_a_replica_owner_that_names_no_node_still_tells_a_lost_replica(
     }
     if damage == "removed":
         owner.unlink()
+        (root / "peers").write_text("127.0.0.1:9\n")  # (as a peer that talked to one keeps)
     else:
         owner.write_bytes(written[damage])
     renewed = _node_id_on_start(root)
@@ -285,13 +287,57 @@ def test_a_start_that_waited_for_the_lock_takes_the_id_the_first_start_renewed(
     real_open = _node._open_store
     taken: list[bytes] = []
 
-    def first_start_meanwhile(dirs: DataDir) -> object:
+    def first_start_meanwhile(dirs: DataDir, *args: Any) -> object:
         if not taken:  # (the first start's own open is the real one)
             taken.append(b"")
             taken[0] = _node_id_on_start(root)  # it held the lock, renewed, and stopped
-        return real_open(dirs)
+        return real_open(dirs, *args)
 
     with monkeypatch.context() as patched:
         patched.setattr(_node, "_open_store", first_start_meanwhile)
         second = _node_id_on_start(root)
     assert taken[0] != old and second == taken[0] == DataDir(root).read_node_id()
+
+
+@pytest.mark.parametrize("ran", ["never", "a trial", "talked to a peer"])
+def test_without_replica_owner_only_what_a_peer_leaves_says_its_replica_was_made(
+    tmp_path: Path, ran: str
+) -> None:
+    # A directory of the last release (no replica.owner) whose replica was moved kept its id
+    # (18 numbers taken twice), and one given a node_id and a cluster key by provisioning
+    # took a new one, saying its replica was gone (4 of 4): the key says neither.
+    given = secrets.token_bytes(16)
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / "node_id").write_text(given.hex())
+    DataDir(root).write_key(ClusterKey.generate(os.urandom(32)).to_text())
+    if ran == "a trial":
+        (root / "trials" / "0123456789abcdef").mkdir(parents=True)
+    elif ran == "talked to a peer":
+        (root / "peers").write_text("127.0.0.1:9\n")
+    taken = _node_id_on_start(root)
+    assert (taken == given) is (ran == "never")
+
+
+def test_a_replica_moved_aside_while_a_start_waits_for_its_lock_is_noted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A start waits while a read holds the replica; moved aside meanwhile, the next try made
+    # an empty replica, and the start, having looked before, kept its id (a review's worry).
+    from crdt import StoreLocked
+    from metaopt.peer import _node
+
+    root = tmp_path / "d"
+    first = _node_id_on_start(root)
+    real = _node.LevelDBStore
+    tries: list[Path] = []
+
+    def held_once(path: Path) -> object:
+        if not tries:
+            tries.append(path)
+            os.rename(root / "replica", tmp_path / "aside")  # (by the reader's user)
+            raise StoreLocked("in use by another process")
+        return real(path)
+
+    monkeypatch.setattr(_node, "LevelDBStore", held_once)
+    assert _node_id_on_start(root) != first

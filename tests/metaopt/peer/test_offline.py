@@ -118,6 +118,7 @@ def test_a_read_makes_no_replica_where_the_peers_is_gone(tmp_path: Path, how: st
         os.rename(replica, tmp_path / "aside")
     if how.endswith("older release's"):
         DataDir(data).owner_file.unlink()  # (it said no peer had ever run there)
+        (data / "peers").write_text("127.0.0.1:9\n")  # (and it had talked to one)
     for _ in range(2):
         with pytest.raises(MetaoptError) as said:
             OfflinePeer(data).call("api.experiments")
@@ -126,6 +127,31 @@ def test_a_read_makes_no_replica_where_the_peers_is_gone(tmp_path: Path, how: st
     node = Node(PeerConfig(data_dir=data, port=0, mdns=False))
     node.store.close()
     assert node.node_id != me
+
+
+def test_a_read_waiting_for_a_replica_moved_aside_meanwhile_makes_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A read waits while another holds the replica; moved aside meanwhile, its next try
+    # would make an empty replica there, for the peer to take for its own.
+    from crdt import StoreLocked
+
+    _stopped_peer(tmp_path)
+    replica = DataDir(tmp_path).replica
+    real = _offline.LevelDBStore
+    tries: list[Path] = []
+
+    def held_once(path: Path) -> LevelDBStore:
+        if not tries:
+            tries.append(path)
+            os.rename(replica, tmp_path / "aside")
+            raise StoreLocked("in use by another process")
+        return real(path)
+
+    monkeypatch.setattr(_offline, "LevelDBStore", held_once)
+    with pytest.raises(MetaoptError, match="is gone"):
+        OfflinePeer(tmp_path).call("api.experiments")
+    assert not replica.exists()
 
 
 def test_a_replica_on_a_read_only_disk_says_to_read_a_copy(
