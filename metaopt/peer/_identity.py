@@ -177,8 +177,6 @@ class DataDir:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).expanduser().resolve()
-        # Whether trials/ was there before ensure() made it (see _ran_here); None: not made.
-        self._trials_found: bool | None = None
 
     @property
     def replica(self) -> Path:
@@ -259,8 +257,6 @@ class DataDir:
                 f"cannot create the data directory {self.root}: {exc.strerror};"
                 " choose another with --data-dir"
             ) from None
-        if self._trials_found is None:
-            self._trials_found = self.trials.is_dir()
         for path in (self.trials, self.bundles):
             # Named, not the data directory: a file `trials` there read as the directory's
             # fault ("cannot create the data directory ...: File exists").
@@ -327,23 +323,20 @@ class DataDir:
         # new id costs little and a number taken twice lasts for good. With none there (a
         # fresh directory, or one whose replica a release before replica.owner made, or
         # whose replica.owner was removed), what a peer leaves once its replica is open says
-        # so (_ran_here). A Study's directory holds nothing else: one made by a release
-        # before replica.owner whose replica is moved before this one opens it keeps its id.
+        # so: the peers it talked to, a trial's folder. (Not the cluster key: provisioning
+        # may put one beside a node_id it gives.)
         made = self._ran_here() if owner is None else not owner or owner[0] == node_id.hex()
         if made and not (self.replica / "CURRENT").is_file() and owner != [node_id.hex(), "lost"]:
             self._replace(self.owner_file, f"{node_id.hex()} lost\n")
 
     def _ran_here(self) -> bool:
         """Whether a peer ran here past the opening of its replica: it kept the addresses of
-        the peers it talked to, or a trial's folder, or its cluster key beside the folders a
-        start makes first (a key alone may be provisioning's; the peers file is written
-        only at the end of a gossip round: a peer joined and stopped within it wrote none)."""
+        the peers it talked to, or a trial's folder."""
         if self.peers_file.exists():
             return True
-        found = self.trials.is_dir() if self._trials_found is None else self._trials_found
         try:
             with os.scandir(self.trials) as entries:
-                return next(entries, None) is not None or (found and self.key_file.exists())
+                return next(entries, None) is not None
         except OSError:
             return False
 
