@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,18 @@ pytestmark = pytest.mark.integration
 OLDER = b"\x07" * 16  # a peer of a release before "leave"
 
 
+def _node_on(
+    root: Path,
+    clock: Callable[[], float],
+    name: str,
+    key: str | None = None,
+    join: tuple[str, ...] = (),
+) -> Node:
+    """A node on loopback with its data directory under root, on the test's clock."""
+    config = PeerConfig(data_dir=root / name, port=0, mdns=False, key_text=key, join=join)
+    return Node(config, clock=clock, monotonic=clock)
+
+
 @pytest.mark.asyncio
 async def test_a_stopped_peer_is_gone_at_once_until_it_speaks_again(tmp_path: Path) -> None:
     # Peers showed a stopped peer live for peer_timeout (30 s): `metaopt thaw` of a trial
@@ -26,9 +40,7 @@ async def test_a_stopped_peer_is_gone_at_once_until_it_speaks_again(tmp_path: Pa
     def clock() -> float:
         return now
 
-    def node(name: str, key: str | None = None) -> Node:
-        config = PeerConfig(data_dir=tmp_path / name, port=0, mdns=False, key_text=key)
-        return Node(config, clock=clock, monotonic=clock)
+    node = functools.partial(_node_on, tmp_path, clock)
 
     a = node("a")
     b = node("b", a.key.to_text())
@@ -78,9 +90,7 @@ async def test_a_peer_restarted_in_a_moment_calls_every_peer_it_hears_of(tmp_pat
     def clock() -> float:
         return now
 
-    def node(name: str, key: str | None = None, join: tuple[str, ...] = ()) -> Node:
-        config = PeerConfig(data_dir=tmp_path / name, port=0, mdns=False, key_text=key, join=join)
-        return Node(config, clock=clock, monotonic=clock)
+    node = functools.partial(_node_on, tmp_path, clock)
 
     a = node("a")
     others = [node(name, a.key.to_text()) for name in "bcde"]
@@ -117,16 +127,8 @@ async def test_a_peer_it_cannot_reach_is_greeted_a_few_times_not_every_round(
     # live) was greeted at every round, for good, and so was every peer once 1,024 had been
     # (a review). Tried three times; the greetings kept are of the peers in the table.
     now = [time.time()]
-    a = Node(
-        PeerConfig(data_dir=tmp_path / "a", port=0, mdns=False),
-        clock=lambda: now[0],
-        monotonic=lambda: now[0],
-    )
-    b = Node(
-        PeerConfig(data_dir=tmp_path / "b", port=0, mdns=False, key_text=a.key.to_text()),
-        clock=lambda: now[0],
-        monotonic=lambda: now[0],
-    )
+    a = _node_on(tmp_path, lambda: now[0], "a")
+    b = _node_on(tmp_path, lambda: now[0], "b", a.key.to_text())
     ghost = b"\x05" * 16
     try:
         await a.start()
@@ -158,9 +160,7 @@ async def test_a_peer_logs_another_found_silent_back_and_leaving(
     def clock() -> float:
         return now[0]
 
-    def node(name: str, key: str | None = None) -> Node:
-        config = PeerConfig(data_dir=tmp_path / name, port=0, mdns=False, key_text=key)
-        return Node(config, clock=clock, monotonic=clock)
+    node = functools.partial(_node_on, tmp_path, clock)
 
     a = node("a")
     b = node("b", a.key.to_text())
