@@ -37,10 +37,7 @@ async def test_a_stopped_peer_is_gone_at_once_until_it_speaks_again(tmp_path: Pa
     # still, so only the leave can make a peer count another gone.
     now = time.time()
 
-    def clock() -> float:
-        return now
-
-    node = functools.partial(_node_on, tmp_path, clock)
+    node = functools.partial(_node_on, tmp_path, lambda: now)
 
     a = node("a")
     b = node("b", a.key.to_text())
@@ -87,10 +84,7 @@ async def test_a_peer_restarted_in_a_moment_calls_every_peer_it_hears_of(tmp_pat
     # peer a round: the rest counted it gone until chance picked them (5 of 40 in a review).
     now = time.time()
 
-    def clock() -> float:
-        return now
-
-    node = functools.partial(_node_on, tmp_path, clock)
+    node = functools.partial(_node_on, tmp_path, lambda: now)
 
     a = node("a")
     others = [node(name, a.key.to_text()) for name in "bcde"]
