@@ -8,7 +8,9 @@ Hartmann6 is run to max(budget, 100) evaluations; its budget-50 regret is read o
 curve (no method is told its budget, so the first 50 steps are those of a 50-step run). The
 scikit-learn problem has no known optimum: its regret is against the best loss found by any
 method in this run. Seconds per suggestion are measured on Hartmann6 with a random history of
-50, 200 and 1,000 observations, cold (a fresh algorithm or study each time), median of 3.
+50, 200 and 1,000 observations, cold (a fresh algorithm or study each time), median of 5;
+with auto among the methods, also auto asked through a metaopt.Study that holds that history
+(its fold of the records, de-duplication and the trial's records counted too).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from simulations._problems import PROBLEMS, Problem, get_problem
 METAOPT = ("auto", "gp", "evolution", "random")
 PEERS = ("optuna-tpe", "optuna-gp", "hyperopt-tpe")
 METHODS = METAOPT + PEERS
+# A timing row of its own: auto asked through metaopt.Study, the path a user's ask() takes.
+STUDY_TIMING = "auto via Study.ask"
 HARTMANN_LONG = 100
 HARTMANN_LOCAL_GAP = 0.119  # regret of Hartmann6's second-best local minimum (-3.2032)
 
@@ -209,6 +213,9 @@ def time_one(task: tuple[str, int, int]) -> tuple[str, int, float, float]:
     X = space.sample(rng, n)
     params = [space.from_unit(x) for x in X]
     Y = np.array([[problem.objective(p)] for p in params])
+    if method == STUDY_TIMING:
+        times = _time_study(X, Y[:, 0], reps)
+        return method, n, float(np.median(times)), float(np.max(times))
     times = []
     for rep in range(reps):
         if method in METAOPT:
@@ -221,6 +228,46 @@ def time_one(task: tuple[str, int, int]) -> tuple[str, int, float, float]:
         else:
             times.append(_time_hyperopt(space, problem, params, rep))
     return method, n, float(np.median(times)), float(np.max(times))
+
+
+class _Replay:
+    """An Algorithm that hands out a given history's points in order, then asks auto: a Study
+    filled by it holds that history under auto's search as a user's Study would."""
+
+    name = "auto-after-replay"
+
+    def __init__(self, X: np.ndarray) -> None:
+        self.X = X
+        self.given = 0
+        self.auto = make_algorithm("auto")
+
+    def suggest(
+        self, space: Space, obs: Observations, rng: np.random.Generator, n: int = 1
+    ) -> np.ndarray:
+        if self.given < self.X.shape[0]:
+            self.given += 1
+            return self.X[self.given - 1 : self.given]
+        return self.auto.suggest(space, obs, rng, n)
+
+
+def _time_study(X: np.ndarray, y: np.ndarray, reps: int) -> list[float]:
+    """Seconds for Study.ask() (auto cold each time) with the history X, y told, then one
+    more told after each timed ask (so the last is timed with a history of n + reps - 1)."""
+    from metaopt import Study
+
+    problem = get_problem("hartmann6")
+    replay = _Replay(X)
+    study = Study(space=dict(problem.priors), algorithm=replay, seed=0)
+    for v in y:
+        study.tell(study.ask(), float(v))
+    times = []
+    for _ in range(reps):
+        replay.auto = make_algorithm("auto")  # cold, as the other rows
+        t0 = time.perf_counter()
+        trial = study.ask()
+        times.append(time.perf_counter() - t0)
+        study.tell(trial, problem.objective(trial.params))
+    return times
 
 
 def _time_optuna(
@@ -447,6 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     sizes = [int(x) for x in args.timing.split(",") if x]
     timings = [(m, n, 5) for m in methods for n in sizes]
+    if "auto" in methods:
+        timings += [(STUDY_TIMING, n, 5) for n in sizes]
     # (--save to a file that held runs ran them all again and appended duplicates.)
     lines = _read_saved([args.save], args.budget, ap) if os.path.exists(args.save) else []
     lines = [x for x in lines if "timing" in x or int(x["run"][2]) in seeds]  # this run's table
@@ -544,7 +593,9 @@ def _report_lines(
             "\nSeconds per suggestion, Hartmann6, random history of n (cold, 5 reps):"
             " median / slowest"
         )
-        rows = [[m, *(_fmt_timing(timing.get((m, n))) for n in sizes)] for m in methods]
+        via_study = "auto" in methods and any(m == STUDY_TIMING for m, _ in timing)
+        timed = [*methods, STUDY_TIMING] if via_study else methods
+        rows = [[m, *(_fmt_timing(timing.get((m, n))) for n in sizes)] for m in timed]
         out.append(_table(["method", *(f"n={n}" for n in sizes)], rows))
     return "\n".join(out)
 

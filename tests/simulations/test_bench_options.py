@@ -100,6 +100,37 @@ def test_timings_saved_before_the_slowest_was_kept_still_tabulate(
     assert row == ["auto    0.0500 / -  0.0050 / 0.5000"], row
 
 
+def test_auto_is_also_timed_through_a_study_holding_the_history(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The target (seconds per suggestion) is what a user's Study.ask() takes, not only the
+    # algorithm's suggest(): the Study's row is asked with the same history, then auto's.
+    histories: list[int] = []
+    real = bench_search.make_algorithm
+
+    def counting(name: str) -> object:
+        alg = real(name)
+        suggest = alg.suggest
+
+        def spy(space: object, obs: object, rng: object, n: int = 1) -> object:
+            histories.append(obs.X.shape[0])  # type: ignore[attr-defined]
+            return suggest(space, obs, rng, n)  # type: ignore[arg-type]
+
+        alg.suggest = spy  # type: ignore[method-assign]
+        return alg
+
+    monkeypatch.setattr(bench_search, "make_algorithm", counting)
+    method, n, median, slowest = bench_search.time_one((bench_search.STUDY_TIMING, 12, 3))
+    assert (method, n) == (bench_search.STUDY_TIMING, 12)
+    assert histories == [12, 13, 14]  # auto asked, cold, with the history told and each since
+    assert 0 < median <= slowest
+    args = ["--budget", "1", "--seeds", "1", "--problems", "branin", "--methods", "auto",
+            "--timing", "12", "--jobs", "1"]  # fmt: skip
+    assert bench_search.main(args) == 0
+    rows = [x.split()[0:4] for x in capsys.readouterr().out.splitlines() if x.startswith("auto")]
+    assert ["auto", "via", "Study.ask"] in [r[:3] for r in rows], rows
+
+
 def test_search_budget_zero_is_refused_not_a_zero_division() -> None:
     # run_metaopt returns spent / budget: ZeroDivisionError from the pool's worker.
     with pytest.raises(SystemExit):
