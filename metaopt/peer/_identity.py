@@ -391,10 +391,11 @@ class DataDir:
 
     def made_replica(self) -> bool:
         """Whether a peer's replica was made here (and may be gone since): replica.owner is
-        there, or (by a release before it) the cluster key, what a peer leaves once its
-        replica is open, or node_id and the replica's folder are."""
-        return any((self.owner_file.exists(), self.key_file.exists(), self._ran_here(),
-                    self.holds_peer(self.root)))  # fmt: skip
+        there, or (by a release before it) what a peer leaves once its replica is open, or
+        node_id and the replica's folder are. Not the cluster key, as note_if_lost: a
+        directory provisioned with a node_id and a key, where no peer has run, was told its
+        replica was gone."""
+        return any((self.owner_file.exists(), self._ran_here(), self.holds_peer(self.root)))
 
     def read_node_id(self) -> bytes | None:
         """This directory's node id, or None if it has none yet (never created here: a reader

@@ -129,6 +129,46 @@ def test_a_read_makes_no_replica_where_the_peers_is_gone(tmp_path: Path, how: st
     assert node.node_id != me
 
 
+def test_a_provisioned_directory_is_not_told_its_replica_is_gone(tmp_path: Path) -> None:
+    # A node id and a cluster key put there before any start (provisioning): `metaopt
+    # status` said the replica "of the peer that ran" there was gone (a mutation audit).
+    dirs = DataDir(tmp_path / "d")
+    dirs.root.mkdir()
+    (dirs.root / "node_id").write_text("ab" * 16 + "\n")
+    dirs.write_key(ClusterKey.generate(os.urandom(32)).to_text())
+    with pytest.raises(MetaoptError, match="nor has one run there"):
+        OfflinePeer(dirs.root).call("api.experiments")
+    assert not dirs.replica.exists()
+
+
+def test_the_replica_of_a_peer_that_wrote_nothing_is_read(tmp_path: Path) -> None:
+    # Started and stopped before any record: its replica is empty, not gone.
+    data = tmp_path / "d"
+    Node(PeerConfig(data_dir=data, port=0, mdns=False)).store.close()
+    assert OfflinePeer(data).call("api.experiments") == []
+
+
+@pytest.mark.parametrize("suffix", [".log", ".ldb", ".sst"])
+def test_a_replica_folder_is_gone_only_if_no_file_of_it_holds_records(
+    tmp_path: Path, suffix: str
+) -> None:
+    # No CURRENT and only empty files is what a crash while making a replica leaves: gone,
+    # and a read refuses it rather than make a replica there. Records in any of its files
+    # (its CURRENT lost) are a damaged replica, not a gone one: said so when it is opened.
+    data = tmp_path / "d"
+    Node(PeerConfig(data_dir=data, port=0, mdns=False)).store.close()
+    replica = DataDir(data).replica
+    for name in os.listdir(replica):
+        os.unlink(replica / name)
+    (replica / f"000003{suffix}").write_bytes(b"")
+    assert DataDir(data).replica_gone()
+    with pytest.raises(MetaoptError, match="is gone"):
+        OfflinePeer(data).call("api.experiments")
+    assert sorted(os.listdir(replica)) == [f"000003{suffix}"]
+    (replica / f"000003{suffix}").write_bytes(b"\x01" * 64)
+    assert not DataDir(data).replica_gone()
+
+
 def test_a_read_waiting_for_a_replica_moved_aside_meanwhile_makes_none(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
