@@ -346,6 +346,9 @@ def test_ask_stops_at_the_budget() -> None:
         ({"early_stopping": "sometimes"}, "early_stopping="),
         ({"early_stopping": "None"}, r"'auto' \(the default\) or None \(none\)"),
         ({"fidelity": "epochs"}, "fidelity= must be a fidelity prior"),
+        ({"fidelity": ""}, "fidelity= must be a fidelity prior"),  # (not taken for None)
+        ({"fidelity": 0}, "fidelity= must be a fidelity prior"),
+        ({"fidelity": 3}, "fidelity= must be a fidelity prior"),  # (not an AttributeError)
         ({"fidelity": "fidelity(1, 0)"}, r"fidelity: cannot parse 'fidelity\(1, 0\)'"),
         (
             {"space": {"x": "uniform(0, 1)", "e": "fidelity(1, 9)"}, "fidelity": "fidelity(1, 9)"},
@@ -792,6 +795,57 @@ def test_a_study_refused_for_its_lost_replica_opens_once_it_is_put_back(tmp_path
         assert again.node_id == old and len(again.trials) == 1
     with Study(SPACE, path=path) as plain:
         assert plain.node_id == old
+
+
+def test_a_study_given_the_id_of_a_lost_replica_is_refused_and_the_id_stays(
+    tmp_path: Path,
+) -> None:
+    # A Study without node_id= killed between its open (an empty replica made) and its
+    # new id leaves "<old> lost" beside a replica holding none of old's records: one given
+    # node_id=old is refused, and the directory keeps old for the replica put back.
+    import shutil
+
+    from crdt import LevelDBStore
+
+    path = tmp_path / "a"
+    with Study(SPACE, path=path, seed=1) as study:
+        study.tell(study.ask(), 0.5)
+        old = study.node_id
+    shutil.move(path / "replica", tmp_path / "aside")
+    DataDir(path).note_if_lost(old)
+    LevelDBStore(path / "replica").close()
+    with pytest.raises(MetaoptError, match="put the replica back"):
+        Study(SPACE, path=path, node_id=old)
+    assert DataDir(path).read_node_id() == old
+
+
+def test_a_study_given_a_node_id_another_renewed_while_it_opened_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As below, but this Study was given node_id=old: it must not write as the new id.
+    import shutil
+
+    import metaopt._study as study_module
+
+    path = tmp_path / "a"
+    with Study(SPACE, path=path, seed=1) as study:
+        study.tell(study.ask(), 0.5)
+        old = study.node_id
+    real_open = study_module._open_store
+    renewed: list[bytes] = []
+
+    def the_other_opens_first(where: Path) -> object:
+        if not renewed:
+            renewed.append(b"")  # (the other's own open comes here too)
+            shutil.move(path / "replica", tmp_path / "aside")
+            with pytest.warns(UserWarning, match="is gone"), Study(SPACE, path=path) as other:
+                renewed[0] = other.node_id
+        return real_open(where)
+
+    monkeypatch.setattr(study_module, "_open_store", the_other_opens_first)
+    with pytest.raises(MetaoptError, match="is the Study of node"):
+        Study(SPACE, path=path, node_id=old)
+    assert renewed and renewed[0] != old
 
 
 def test_a_study_opening_a_lost_replica_after_another_took_a_new_id_takes_that_one(
