@@ -776,6 +776,13 @@ def test_a_study_whose_replica_was_moved_aside_goes_on_under_a_new_node_id(
         assert again.node_id == a.node_id
 
 
+def _one_trial_told(path: Path) -> bytes:
+    """A Study at path with one trial told, closed; its node id."""
+    with Study(SPACE, path=path, seed=1) as study:
+        study.tell(study.ask(), 0.5)
+        return study.node_id
+
+
 def test_a_study_refused_for_its_lost_replica_opens_once_it_is_put_back(tmp_path: Path) -> None:
     # The refusal advises putting the replica back: it was refused again, the open had made
     # an empty replica where it was to go, and a reopening without node_id= took a new id
@@ -783,9 +790,7 @@ def test_a_study_refused_for_its_lost_replica_opens_once_it_is_put_back(tmp_path
     import shutil
 
     path = tmp_path / "a"
-    with Study(SPACE, path=path, seed=1) as study:
-        study.tell(study.ask(), 0.5)
-        old = study.node_id
+    old = _one_trial_told(path)
     shutil.move(path / "replica", tmp_path / "aside")
     with pytest.raises(MetaoptError, match="put the replica back"):
         Study(SPACE, path=path, node_id=old)
@@ -808,9 +813,7 @@ def test_a_study_given_the_id_of_a_lost_replica_is_refused_and_the_id_stays(
     from crdt import LevelDBStore
 
     path = tmp_path / "a"
-    with Study(SPACE, path=path, seed=1) as study:
-        study.tell(study.ask(), 0.5)
-        old = study.node_id
+    old = _one_trial_told(path)
     shutil.move(path / "replica", tmp_path / "aside")
     DataDir(path).note_if_lost(old)
     LevelDBStore(path / "replica").close()
@@ -828,9 +831,7 @@ def test_a_study_given_a_node_id_another_renewed_while_it_opened_is_refused(
     import metaopt._study as study_module
 
     path = tmp_path / "a"
-    with Study(SPACE, path=path, seed=1) as study:
-        study.tell(study.ask(), 0.5)
-        old = study.node_id
+    old = _one_trial_told(path)
     real_open = study_module._open_store
     renewed: list[bytes] = []
 
@@ -858,9 +859,7 @@ def test_a_study_opening_a_lost_replica_after_another_took_a_new_id_takes_that_o
     import metaopt._study as study_module
 
     path = tmp_path / "a"
-    with Study(SPACE, path=path, seed=1) as study:
-        study.tell(study.ask(), 0.5)
-        old = study.node_id
+    old = _one_trial_told(path)
     shutil.move(path / "replica", tmp_path / "aside")
     real_open = study_module._open_store
     first: list[bytes] = []
