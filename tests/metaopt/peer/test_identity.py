@@ -299,6 +299,30 @@ def test_a_start_that_waited_for_the_lock_takes_the_id_the_first_start_renewed(
     assert taken[0] != old and second == taken[0] == DataDir(root).read_node_id()
 
 
+def test_a_replica_put_back_after_a_start_noted_it_lost_keeps_the_node_id(
+    tmp_path: Path,
+) -> None:
+    # A start found the replica gone and noted it, then failed before its open; the replica
+    # was put back. It holds the node's own records: it is that node's replica, and the id
+    # stays (only Study tests covered it: a mutation audit).
+    from metaopt._records import CONTROL, ExperimentSpec, experiment_record
+    from metaopt.peer._config import PeerConfig
+    from metaopt.peer._node import Node
+
+    root = tmp_path / "d"
+    node = Node(PeerConfig(data_dir=root, port=0, mdns=False))
+    exp = experiment_record(ExperimentSpec("e", {"x": "uniform(0, 1)"}, command=("t",)))
+    node.store.add([exp])
+    node.writer.write(CONTROL, {"action": "stop"}, [exp.key])
+    node.store.close()
+    os.rename(root / "replica", tmp_path / "aside")
+    DataDir(root).note_if_lost(node.node_id)
+    assert DataDir(root).lost_noted(node.node_id)
+    os.rename(tmp_path / "aside", root / "replica")
+    assert _node_id_on_start(root) == node.node_id == DataDir(root).read_node_id()
+    assert not DataDir(root).lost_noted(node.node_id)
+
+
 @pytest.mark.parametrize("ran", ["never", "a trial", "talked to a peer", "started"])
 def test_without_replica_owner_only_what_a_peer_leaves_says_its_replica_was_made(
     tmp_path: Path, ran: str

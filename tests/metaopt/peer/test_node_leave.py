@@ -128,9 +128,11 @@ async def test_a_peer_it_cannot_reach_is_greeted_a_few_times_not_every_round(
         await a.start()
         await b.start()
         a.peers.add(b.node_id, b.addr, now[0], contacted=True)
-        for _ in range(6):
+        for round_ in range(6):
             a.peers.add(ghost, "127.0.0.1:9", now[0], contacted=False)  # reported live again
             await a._gossip()
+            if round_ == 0:  # b answered its first greeting: greeted no more
+                assert a.membership._greeted[b.node_id] == 3
         timeout = a.config.timing.peer_timeout
         assert a.is_alive(ghost) and a.membership._greetings(now[0], timeout) == []
         assert a.membership._greeted == {b.node_id: 3, ghost: 3}  # reached; tried 3 times
@@ -208,3 +210,19 @@ async def test_a_peer_stops_cleanly_on_a_disk_gone_read_only(
 
     monkeypatch.setattr(pathlib.Path, "unlink", read_only)
     await node.stop()
+
+
+def test_a_peer_not_live_is_not_greeted(tmp_path: Path) -> None:
+    # Greetings are for live peers: one silent past the timeout, still in the table, is not
+    # called (a mutation audit: greeting every peer in the table went unnoticed).
+    now = time.time()
+    a = _node_on(tmp_path, lambda: now, "a")
+    try:
+        timeout = a.config.timing.peer_timeout
+        a.peers.add(b"\x05" * 16, "127.0.0.1:9", now - 3 * timeout, contacted=False)
+        assert a.peers.all() and not a.peers.live(now, timeout)
+        assert a.membership._greetings(now, timeout) == []
+        a.peers.add(b"\x06" * 16, "127.0.0.1:10", now, contacted=False)
+        assert a.membership._greetings(now, timeout) == ["127.0.0.1:10"]
+    finally:
+        a.store.close()
