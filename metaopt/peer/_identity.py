@@ -469,23 +469,27 @@ class DataDir:
         return pid if pid > 0 else None
 
     def running_pid(self) -> int | None:
-        """The pid of a live metaopt process the pid file names, if there is one: a pid file
-        left by a crash may name a pid reused since by something else."""
+        """The pid of this directory's live peer the pid file names, if there is one: a pid
+        file left by a crash may name a pid reused since by something else."""
         pid = self.read_pid()
-        if pid is None:
+        if pid is None or pid_gone(pid):
             return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return None
-        if b"metaopt" not in cmdline or pid_gone(pid):
-            return None
-        # And it holds this replica, as a running peer does: after a crash, a pid reused by
+        # It holds this replica, as a running peer does: after a crash, a pid reused by
         # `tail -f ~/.local/share/metaopt/peer.log`, a trial run by a Python under a path
         # naming metaopt, or another data directory's peer, was this one's: reads did not go
         # to the replica, the user was told to kill that process, and peer start refused.
         holds = _has_open(pid, self.replica / "LOCK")
-        return pid if holds is None or holds else None
+        if holds is not None:
+            # (Whatever its command line: a peer started by a launcher of the user's, whose
+            # name has no "metaopt" in it, was taken for none, and reads found its replica
+            # in use: a soak.)
+            return pid if holds else None
+        # Where that cannot be told (no replica yet, another user's process), its command line.
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return pid if b"metaopt" in cmdline else None
 
     def read_key(self) -> str | None:
         text = self._read(self.key_file)

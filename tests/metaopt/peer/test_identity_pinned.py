@@ -413,11 +413,16 @@ def test_a_pid_file_naming_a_process_holding_this_replica_names_the_running_peer
         (d.replica / "LOCK").write_text("")
     ours = _hold(tmp_path, "metaopt-ours", dirs.replica / "LOCK")
     theirs = _hold(tmp_path, "metaopt-theirs", elsewhere.replica / "LOCK")
+    # A peer started by a launcher not named metaopt (a soak's wrapper, a systemd unit's
+    # script) was taken for no peer, and reads found its replica in use.
+    launched = _hold(tmp_path, "lab-launcher", dirs.replica / "LOCK")
     try:
         dirs.pid_file.write_text(f"{ours.pid}\n")
         assert dirs.running_pid() == ours.pid
         dirs.pid_file.write_text(f"{theirs.pid}\n")
         assert dirs.running_pid() is None
+        dirs.pid_file.write_text(f"{launched.pid}\n")
+        assert dirs.running_pid() == launched.pid
     finally:
-        for proc in (ours, theirs):
+        for proc in (ours, theirs, launched):
             _end(proc)
