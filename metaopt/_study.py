@@ -1015,7 +1015,9 @@ class Study:
         if other is self:
             return 0
         if other.experiment_key != self.experiment_key:
-            differ = _differences(self._state.spec, other._state.spec, ("name", *_SETTINGS))
+            # The other's settings first ("there"), as a reopening names the stored ones: this
+            # Study's first told "'x' only there" of its own parameter (a README walk).
+            differ = _differences(other._state.spec, self._state.spec, ("name", *_SETTINGS))
             raise MetaoptError(
                 f"sync(): the other Study is another experiment ({differ or 'other settings'});"
                 " sync Studies made with the same arguments"

@@ -919,11 +919,14 @@ def test_sync_refuses_studies_that_cannot_explore_together() -> None:
     spaced = {**SPACE, "n": SPACE["n"].replace(", ", ",")}
     with pytest.raises(MetaoptError) as info:
         a.sync(Study(spaced, algorithm="random", seed=1, name="other"))
-    assert str(info.value) == (
-        "sync(): the other Study is another experiment (name 'study', not 'other'; space: 'n'"
-        f" {SPACE['n']!r}, not {spaced['n']!r} (priors must match as text, spaces too)); sync"
+    assert str(info.value) == (  # (the other's first: it said this one's, backwards)
+        "sync(): the other Study is another experiment (name 'other', not 'study'; space: 'n'"
+        f" {spaced['n']!r}, not {SPACE['n']!r} (priors must match as text, spaces too)); sync"
         " Studies made with the same arguments"
     )
+    with pytest.raises(MetaoptError) as info:
+        a.sync(Study({**SPACE, "extra": "uniform(0, 1)"}, algorithm="random", seed=1))
+    assert "space: 'extra' only there" in str(info.value)
     b = Study(SPACE, algorithm="random", seed=1)
     run(a, 2)
     run(b, 2)
