@@ -18,6 +18,7 @@ import random
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from metaopt._errors import MetaoptError
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._gossip import LivenessNews, PeerTable, valid_addr
 from metaopt.peer._identity import MAX_REMEMBERED, DataDir
@@ -31,7 +32,7 @@ from metaopt.peer._transport import (
     RemoteError,
 )
 from metaopt.peer._twins import TwinWatch
-from metaopt.peer._wire import Request
+from metaopt.peer._wire import TWIN_STOPS, Request
 
 __all__ = ["Membership"]
 
@@ -185,6 +186,8 @@ class Membership:
                 reply = await self.client.call(addr, "gossip", gossip)
         except (PeerUnreachable, RemoteError) as exc:
             log.debug("gossip with %s failed: %s", addr, exc)
+            if isinstance(exc, RemoteError) and str(exc).startswith(f"{addr}: {TWIN_STOPS}"):
+                self._twin_stopped(addr, str(exc))
             if isinstance(exc, Refused | OtherRelease):
                 if addr in self._refusals or len(self._refusals) < _MAX_REFUSALS:
                     said = str(exc).removeprefix(f"{addr} refused us: ")
@@ -401,6 +404,12 @@ class Membership:
         replica cannot be written)."""
         waited = self._waited(request)
         self.contact(request, waited)
+        if request.sender == self.node_id and self.twins.stopped_for == request.run:
+            # This call, the elder twin's, stopped this peer: the answer says so, for the
+            # elder to say so too (it said nothing: 2 of 6 copies started, a README walk).
+            raise MetaoptError(
+                f"{TWIN_STOPS} {self.twins.token.hex()} the peer called, started later, stops"
+            )
         # Ages as of when it was sent, as far as this peer can tell (see _waited).
         self.peers.merge_gossip(
             request.body,
@@ -501,6 +510,23 @@ class Membership:
         finally:
             self._twin_calls -= 1
             self._twin_call_ended_at = self.monotonic()
+
+    def _twin_stopped(self, addr: str, answer: str) -> None:
+        """This peer's call stopped a twin at addr, started after it (see _twin), which said
+        so in its answer with its process's token: said here once a twin, as when the
+        twin's call is what tells this peer (README: "the other says it runs on")."""
+        token = answer.removeprefix(f"{addr}: {TWIN_STOPS}").split(maxsplit=1)[:1]
+        try:
+            run = bytes.fromhex(token[0]) if token else b""
+        except ValueError:
+            run = b""
+        if run and self.twins.first_heard(run):
+            log.warning(
+                "another peer ran with this peer's node id at %s, started after this one (its"
+                " data directory a copy of %s?): it stops, and this one runs on",
+                addr,
+                self.dirs.root,
+            )
 
     def _twin(self, request: Request) -> None:
         """Another peer runs under this node id (see _twins): the younger stops."""

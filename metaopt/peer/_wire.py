@@ -25,6 +25,7 @@ __all__ = [
     "LOADING",
     "MISADDRESSED",
     "PROTOCOL_VERSION",
+    "TWIN_STOPS",
     "Reply",
     "Request",
     "WireError",
@@ -68,6 +69,9 @@ MISADDRESSED = "misaddressed:"
 # The start of a refusal by a peer still loading its replica (the client raises
 # StillLoading: the CLI waits for it).
 LOADING = "loading:"
+# The start of the answer of a twin (a peer under the caller's own node id, see _twins) that
+# the call made stop: so that the caller, which runs on, says so too.
+TWIN_STOPS = "twin stops:"
 
 
 def needs_addressee(op: str) -> bool:

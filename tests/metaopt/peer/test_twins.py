@@ -7,6 +7,7 @@ cut short by a restart, and re-ran them: points ran twice and a budget of 4 took
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import signal
 import time
@@ -16,9 +17,10 @@ from typing import Any
 
 import pytest
 
+from metaopt._errors import MetaoptError
 from metaopt.peer._config import PeerConfig
 from metaopt.peer._node import Node
-from metaopt.peer._transport import Misaddressed, PeerUnreachable
+from metaopt.peer._transport import Misaddressed, PeerUnreachable, RemoteError
 from metaopt.peer._twins import TwinWatch
 from metaopt.peer._wire import Request, WireError, decode_request
 from tests.metaopt.peer.cluster import Cluster, wait_for
@@ -116,7 +118,10 @@ class _Wired:
             request = Request(op, sender.node_id, sender.addr, body, remote="127.0.0.1",
                               to=to, lag=lag, run=sender.twins.token,
                               age=sender.twins.age(self.now))  # fmt: skip
-            return await target._handlers()[op](request)
+            try:
+                return await target._handlers()[op](request)
+            except MetaoptError as exc:  # (as the server answers it, and the client raises)
+                raise RemoteError(f"{addr}: {exc}") from None
 
         return SimpleNamespace(call=call)
 
@@ -173,6 +178,36 @@ async def _twins_through_a_third_peer(wired: _Wired) -> tuple[Node, Node, Node]:
     twin.peers.add_seed(c.addr)
     await wired.rounds(10, a, twin, c)
     return a, twin, c
+
+
+@pytest.mark.asyncio
+async def test_the_twin_whose_call_stopped_the_copy_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Told by a third peer of its own id at the copy's address, the original called there
+    and the copy stopped, before the copy had called it: the original said nothing at all,
+    where the README says it says it runs on (2 of 6 copies started, a README walk)."""
+    wired = _Wired(tmp_path)
+    wired.original_and_copy()
+    a = wired.node("a", "127.0.0.1:41001")
+    wired.now += 0.01  # (the copy's process starts later)
+    twin, c = wired.node("copy", "127.0.0.1:41002"), wired.node("c", "127.0.0.1:41003")
+    timeout = a.config.timing.peer_timeout
+    try:
+        with caplog.at_level(logging.WARNING, logger="metaopt"):
+            await twin.membership._gossip_with(c.addr, timeout)  # c hears of the copy
+            await a.membership._gossip_with(c.addr, timeout)  # and tells the original
+            await asyncio.sleep(0.01)  # (its call to the copy)
+            await a.membership._gossip_with(twin.addr, timeout)  # (said once, not again)
+        assert twin.failed and a.failed is None
+        said = [r.getMessage() for r in caplog.records if r.name.startswith("metaopt")]
+        assert said == [
+            twin.failed + "; this peer stops",
+            f"another peer ran with this peer's node id at {twin.addr}, started after this one"
+            f" (its data directory a copy of {a.dirs.root}?): it stops, and this one runs on",
+        ]
+    finally:
+        wired.close()
 
 
 @pytest.mark.asyncio
