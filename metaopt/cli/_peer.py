@@ -409,11 +409,13 @@ def _stop(args: argparse.Namespace) -> int:
         raise MetaoptError(f"no peer is running on {dirs.root}; nothing to stop")
     reply = LocalPeer(data_dir).call("api.shutdown")
     if isinstance(reply, dict) and reply.get("running"):
-        # A trial that ignores the stop file held the stop 20 s without a word.
+        # A trial that ignores the stop file held the stop 20 s without a word. (Not run
+        # again once their experiment is stopped or spent: "run again elsewhere" said so.)
         n, grace = reply["running"], reply.get("grace", 10)
         print(
             f"stopping {n} trial{'s' if n > 1 else ''} running here (recorded interrupted, run"
-            f" again elsewhere); one that ignores its stop is killed within {2 * grace:g} s",
+            " again elsewhere while their experiment goes on); one that ignores its stop is"
+            f" killed within {2 * grace:g} s",
             flush=True,
         )
     deadline = time.monotonic() + args.timeout

@@ -85,8 +85,9 @@ def test_peer_stop_says_stopped_once_the_process_is_gone_and_only_if_its_stop_co
             assert exiting.poll() is not None  # exited (a zombie until this reaped it)
             # Its trials' stop may take twice the grace: said first, not waited out in silence.
             assert capsys.readouterr().out == (
-                "stopping 2 trials running here (recorded interrupted, run again elsewhere); one"
-                " that ignores its stop is killed within 20 s\npeer stopped\n"
+                "stopping 2 trials running here (recorded interrupted, run again elsewhere while"
+                " their experiment goes on); one that ignores its stop is killed within 20 s\n"
+                "peer stopped\n"
             )
         else:
             with pytest.raises(MetaoptError, match="ended before its stop completed") as info:
