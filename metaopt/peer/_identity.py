@@ -74,6 +74,19 @@ def pid_gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
 
 
+def process_start(pid: int) -> str | None:
+    """What tells process pid's life from another's under a reused pid: the boot's id and the
+    clock tick since boot at which it started (/proc/PID/stat's field 22); None where that
+    cannot be read (no /proc, or no such process)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # (after the name: field 3, the state, on)
+    return f"{boot} {fields[19]}" if len(fields) > 19 else None
+
+
 def _remove_leftovers(path: Path) -> None:
     """Remove the temporary files of path that a crash left: those of a process now gone, and
     the one name an earlier release used for all (``path.tmp``), which may hold a key 0644."""
@@ -202,6 +215,11 @@ class DataDir:
     @property
     def address_file(self) -> Path:
         return self.root / "peer.address"
+
+    @property
+    def started_file(self) -> Path:
+        """Which process the pid file names (see process_start), beside it."""
+        return self.root / "peer.started"
 
     @property
     def key_file(self) -> Path:
@@ -391,11 +409,11 @@ class DataDir:
 
     def made_replica(self) -> bool:
         """Whether a peer's replica was made here (and may be gone since): replica.owner is
-        there, or (by a release before it) what a peer leaves once its replica is open, or
-        node_id and the replica's folder are. Not the cluster key, as note_if_lost: a
-        directory provisioned with a node_id and a key, where no peer has run, was told its
-        replica was gone."""
-        return any((self.owner_file.exists(), self._ran_here(), self.holds_peer(self.root)))
+        there, or (by a release before it) what a peer leaves once its replica is open. As
+        note_if_lost: not the cluster key, nor an empty replica folder beside node_id (a
+        directory provisioned with them, where no peer has run, was told its replica was
+        gone: two reviews)."""
+        return self.owner_file.exists() or self._ran_here()
 
     def read_node_id(self) -> bytes | None:
         """This directory's node id, or None if it has none yet (never created here: a reader
@@ -419,6 +437,9 @@ class DataDir:
         comes last: it says the peer is up (a pid file that could not be written left one
         behind, and `peer start --detach` said the peer had started)."""
         self._replace(self.pid_file, f"{os.getpid()}\n")
+        started = process_start(os.getpid())  # (a pid file alone is read as before it)
+        if started is not None:
+            self._replace(self.started_file, started + "\n")
         self._replace(self.address_file, addr + "\n")
 
     def _read(self, path: Path) -> str | None:
@@ -473,6 +494,16 @@ class DataDir:
         file left by a crash may name a pid reused since by something else."""
         pid = self.read_pid()
         if pid is None or pid_gone(pid):
+            return None
+        try:
+            started = self._read(self.started_file)
+        except MetaoptError:
+            started = None  # (damaged: told by what follows, as a release before it wrote one)
+        if started is not None and started.strip() != process_start(pid):
+            # Another process's life under a reused pid: after a crash, a `metaopt status` of
+            # this directory that got the dead peer's pid holds the replica's LOCK as a peer
+            # does, and was told to kill itself (`peer start` refused: a review; routine
+            # where pids start from 1 again, as in a container started again).
             return None
         # It holds this replica, as a running peer does: after a crash, a pid reused by
         # `tail -f ~/.local/share/metaopt/peer.log`, a trial run by a Python under a path

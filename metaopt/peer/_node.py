@@ -633,7 +633,7 @@ class Node:
         await self.runner.settle_layouts()  # (their threads read the store through the loop)
         self.replica.close()
         self.store.close()
-        for path in (self.dirs.pid_file, self.dirs.address_file):
+        for path in (self.dirs.pid_file, self.dirs.address_file, self.dirs.started_file):
             try:
                 path.unlink()
             except FileNotFoundError:

@@ -153,7 +153,8 @@ def test_each_small_file_has_its_own_temporary_name(
     dirs.ensure()
     monkeypatch.setattr(os, "replace", spy)
     dirs.write_started("127.0.0.1:7787")
-    assert [dst for _, dst in renamed] == [dirs.pid_file.name, dirs.address_file.name]
+    written = [dirs.pid_file.name, dirs.started_file.name, dirs.address_file.name]
+    assert [dst for _, dst in renamed] == written  # (the address last: it says the peer is up)
     assert all(src.startswith(f"{dst}.{os.getpid()}.") for src, dst in renamed)
 
 
@@ -400,6 +401,52 @@ def _hold(tmp_path: Path, name: str, lock: Path) -> subprocess.Popen[bytes]:
     )  # fmt: skip
     assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
     return proc
+
+
+def test_a_pid_reused_by_a_read_holding_the_replica_after_a_crash_is_not_the_peer(
+    tmp_path: Path,
+) -> None:
+    """After a crash, a `metaopt status` of the directory that got the dead peer's pid holds
+    the replica's LOCK, as the peer did, and its command line names metaopt: it was taken for
+    the peer, told to kill itself, and `peer start` refused (a review). The peer's own life
+    is written beside its pid (peer.started)."""
+    from metaopt.peer._identity import process_start
+
+    dirs = DataDir(tmp_path / "d")
+    dirs.replica.mkdir(parents=True)
+    (dirs.replica / "LOCK").write_text("")
+    reader = _hold(tmp_path, "metaopt-status", dirs.replica / "LOCK")
+    try:
+        dirs.pid_file.write_text(f"{reader.pid}\n")
+        dirs.started_file.write_text(f"{process_start(os.getpid())}\n")  # (the dead peer's)
+        assert dirs.running_pid() is None
+        dirs.started_file.write_text(f"{process_start(reader.pid)}\n")  # (its own life)
+        assert dirs.running_pid() == reader.pid
+        dirs.started_file.write_bytes(b"\xff\n")  # (damaged: as none, the other checks)
+        assert dirs.running_pid() == reader.pid
+    finally:
+        _end(reader)
+
+
+def test_a_peer_writes_its_life_beside_its_pid_and_removes_both(tmp_path: Path) -> None:
+    import asyncio
+
+    from metaopt.peer._config import PeerConfig
+    from metaopt.peer._identity import process_start
+    from metaopt.peer._node import Node
+
+    async def run() -> None:
+        node = Node(PeerConfig(data_dir=tmp_path / "d", port=0, mdns=False))
+        await node.start()
+        try:
+            dirs = node.dirs
+            assert dirs.started_file.read_text() == f"{process_start(os.getpid())}\n"
+            assert dirs.running_pid() == os.getpid()
+        finally:
+            await node.stop()
+        assert not any(p.exists() for p in (dirs.pid_file, dirs.started_file))
+
+    asyncio.run(run())
 
 
 def test_a_pid_file_naming_a_process_holding_this_replica_names_the_running_peer(

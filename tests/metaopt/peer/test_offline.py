@@ -139,6 +139,10 @@ def test_a_provisioned_directory_is_not_told_its_replica_is_gone(tmp_path: Path)
     with pytest.raises(MetaoptError, match="nor has one run there"):
         OfflinePeer(dirs.root).call("api.experiments")
     assert not dirs.replica.exists()
+    dirs.replica.mkdir()  # (and an empty folder for the replica: as none)
+    with pytest.raises(MetaoptError, match="nor has one run there"):
+        OfflinePeer(dirs.root).call("api.experiments")
+    assert os.listdir(dirs.replica) == []
 
 
 def test_the_replica_of_a_peer_that_wrote_nothing_is_read(tmp_path: Path) -> None:
