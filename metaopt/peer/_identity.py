@@ -497,8 +497,12 @@ class DataDir:
             return None
         try:
             started = self._read(self.started_file)
-        except MetaoptError:
-            started = None  # (damaged: told by what follows, as a release before it wrote one)
+            # Written after the pid file: one older is stale (a release before it wrote the
+            # pid file since), and says nothing of the process it names.
+            if self.started_file.stat().st_mtime_ns < self.pid_file.stat().st_mtime_ns:
+                started = None
+        except (MetaoptError, OSError):
+            started = None  # (damaged, or gone: told by what follows, as before it was written)
         if started is not None and started.strip() != process_start(pid):
             # Another process's life under a reused pid: after a crash, a `metaopt status` of
             # this directory that got the dead peer's pid holds the replica's LOCK as a peer

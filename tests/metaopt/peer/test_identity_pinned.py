@@ -424,6 +424,11 @@ def test_a_pid_reused_by_a_read_holding_the_replica_after_a_crash_is_not_the_pee
         assert dirs.running_pid() == reader.pid
         dirs.started_file.write_bytes(b"\xff\n")  # (damaged: as none, the other checks)
         assert dirs.running_pid() == reader.pid
+        # Older than the pid file: left by a crash, and a release before it wrote the pid
+        # file since (its peer would be taken for none): as none too.
+        dirs.started_file.write_text(f"{process_start(os.getpid())}\n")
+        os.utime(dirs.started_file, ns=(1, 1))
+        assert dirs.running_pid() == reader.pid
     finally:
         _end(reader)
 
