@@ -430,10 +430,12 @@ def _stop(args: argparse.Namespace) -> int:
                 " their grace); `metaopt peer status` says when it is gone"
             )
         time.sleep(0.1)
-    if pid is not None and dirs.read_pid() == pid and _read_only(dirs.root):
+    unwritable = _unwritable(dirs.root) if pid is not None and dirs.read_pid() == pid else None
+    if unwritable is not None:
         # (Its stop could not remove the pid file: "ended before its stop completed", exit 2,
-        # while its log said "peer stopped", 4 of 4.)
-        print(f"peer stopped (its pid file stays: {dirs.root} is on a read-only disk)")
+        # while its log said "peer stopped", 4 of 4; on a read-only disk, then a folder whose
+        # permissions or immutable flag refuse it, 2 of 2: a review.)
+        print(f"peer stopped (its pid file stays: {dirs.root} {unwritable})")
         return 0
     if pid is not None and dirs.read_pid() == pid:
         # A stop that completes removes the pid file: this one died on the way (killed).
@@ -446,18 +448,23 @@ def _stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_only(path: Path) -> bool:
-    """Whether the file system under path refuses writes as read-only. Tried, not read from
-    the mount flags: ext4 made read-only by its errors (errors=remount-ro, the way a disk
-    goes read-only under a running peer) still says read-write there."""
+def _unwritable(path: Path) -> str | None:
+    """Why the folder path refuses changes (a read-only disk, or permissions: the immutable
+    flag too), or None. Tried, not read from the mount flags: ext4 made read-only by its
+    errors (errors=remount-ro, the way a disk goes read-only under a running peer) still
+    says read-write there."""
     try:
         fd, probe = tempfile.mkstemp(dir=path, prefix=".metaopt-probe-")
     except OSError as exc:
-        return exc.errno == errno.EROFS
+        if exc.errno == errno.EROFS:
+            return "is on a read-only disk"
+        if exc.errno in (errno.EPERM, errno.EACCES):
+            return f"refuses changes ({exc.strerror})"
+        return None
     os.close(fd)
     with contextlib.suppress(OSError):
         os.unlink(probe)
-    return False
+    return None
 
 
 def _status(args: argparse.Namespace) -> int:

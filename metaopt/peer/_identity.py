@@ -178,7 +178,7 @@ class DataDir:
     # files, name.<pid>.<random>.tmp): what a folder that is one holds beside a user's code.
     OWN = frozenset(
         ("replica", "replica.owner", "trials", "bundles", "node_id", "cluster.key", "peers",
-         "peer.pid", "peer.address", "peer.log", "clean.lock")
+         "peer.pid", "peer.address", "peer.started", "peer.log", "clean.lock")
     )  # fmt: skip
 
     @classmethod
@@ -440,6 +440,9 @@ class DataDir:
         started = process_start(os.getpid())  # (a pid file alone is read as before it)
         if started is not None:
             self._replace(self.started_file, started + "\n")
+        else:  # (one a crash left would name another life: this peer taken for none)
+            with contextlib.suppress(FileNotFoundError):
+                self.started_file.unlink()
         self._replace(self.address_file, addr + "\n")
 
     def _read(self, path: Path) -> str | None:
@@ -502,7 +505,10 @@ class DataDir:
             if self.started_file.stat().st_mtime_ns < self.pid_file.stat().st_mtime_ns:
                 started = None
         except (MetaoptError, OSError):
-            started = None  # (damaged, or gone: told by what follows, as before it was written)
+            started = None  # (unreadable, or gone: told by what follows, as before it was)
+        words = [] if started is None else started.split()
+        if len(words) != 2 or not words[1].isdigit():
+            started = None  # (damaged to other text: a live peer was taken for none, a review)
         if started is not None and started.strip() != process_start(pid):
             # Another process's life under a reused pid: after a crash, a `metaopt status` of
             # this directory that got the dead peer's pid holds the replica's LOCK as a peer

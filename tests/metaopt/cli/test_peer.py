@@ -37,7 +37,7 @@ def test_a_log_line_cannot_be_forged_by_a_name_from_another_peer() -> None:
     assert _printable_lines(plain) and plain.getMessage() == "slot 0 runs x" and plain.args
 
 
-@pytest.mark.parametrize("how", ["graceful", "killed", "read-only"])
+@pytest.mark.parametrize("how", ["graceful", "killed", "read-only", "immutable"])
 def test_peer_stop_says_stopped_once_the_process_is_gone_and_only_if_its_stop_completed(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -67,19 +67,24 @@ def test_peer_stop_says_stopped_once_the_process_is_gone_and_only_if_its_stop_co
     mkstemp = tempfile.mkstemp
 
     def read_only(*args: Any, dir: Any = None, **kwargs: Any) -> Any:
-        # (What ext4 made read-only by its errors does: its mount flags still say rw.)
+        # (What ext4 made read-only by its errors does: its mount flags still say rw. A
+        # folder made immutable, chattr +i, refuses with EPERM: a review, 2 of 2.)
         if dir is not None and Path(dir) == tmp_path:
+            if how == "immutable":
+                raise OSError(errno.EPERM, "Operation not permitted")
             raise OSError(errno.EROFS, "Read-only file system")
         return mkstemp(*args, dir=dir, **kwargs)
 
-    if how == "read-only":
+    if how in ("read-only", "immutable"):
         monkeypatch.setattr(tempfile, "mkstemp", read_only)
     args = argparse.Namespace(data_dir=str(tmp_path), timeout=30.0)
     try:
-        if how == "read-only":
+        if how in ("read-only", "immutable"):
             assert _stop(args) == 0 and exiting.poll() is not None
             said = capsys.readouterr().out.splitlines()[-1]
-            assert said == f"peer stopped (its pid file stays: {tmp_path} is on a read-only disk)"
+            why = {"read-only": "is on a read-only disk",
+                   "immutable": "refuses changes (Operation not permitted)"}[how]  # fmt: skip
+            assert said == f"peer stopped (its pid file stays: {tmp_path} {why})"
         elif graceful:
             assert _stop(args) == 0
             assert exiting.poll() is not None  # exited (a zombie until this reaped it)

@@ -375,6 +375,7 @@ def test_a_folder_that_is_a_peers_data_directory_sends_the_code_not_the_peers_fi
     (dirs.trials / "ab" / "code").mkdir(parents=True)
     (dirs.trials / "ab" / "code" / "train.py").write_text("old\n")
     (tmp_path / "peer.log").write_text("log\n")
+    dirs.write_started("127.0.0.1:9")  # (peer.pid, peer.started, peer.address)
     (tmp_path / "train.py").write_text("print('hi')\n")
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "peers").write_text("code named like a peer's file\n")

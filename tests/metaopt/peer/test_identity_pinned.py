@@ -422,8 +422,9 @@ def test_a_pid_reused_by_a_read_holding_the_replica_after_a_crash_is_not_the_pee
         assert dirs.running_pid() is None
         dirs.started_file.write_text(f"{process_start(reader.pid)}\n")  # (its own life)
         assert dirs.running_pid() == reader.pid
-        dirs.started_file.write_bytes(b"\xff\n")  # (damaged: as none, the other checks)
-        assert dirs.running_pid() == reader.pid
+        for damaged in (b"\xff\n", b"", b"garbage\n", b"a b c\n"):  # (as none: as before it)
+            dirs.started_file.write_bytes(damaged)
+            assert dirs.running_pid() == reader.pid, damaged
         # Older than the pid file: left by a crash, and a release before it wrote the pid
         # file since (its peer would be taken for none): as none too.
         dirs.started_file.write_text(f"{process_start(os.getpid())}\n")
@@ -431,6 +432,20 @@ def test_a_pid_reused_by_a_read_holding_the_replica_after_a_crash_is_not_the_pee
         assert dirs.running_pid() == reader.pid
     finally:
         _end(reader)
+
+
+def test_a_start_that_cannot_tell_its_life_leaves_no_stale_one_beside_its_pid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One a crash left (another life) beside the new pid file: the peer taken for none.
+    from metaopt.peer import _identity
+
+    dirs = DataDir(tmp_path)
+    dirs.ensure()
+    dirs.started_file.write_text("some-boot 1\n")
+    monkeypatch.setattr(_identity, "process_start", lambda pid: None)
+    dirs.write_started("127.0.0.1:7787")
+    assert not dirs.started_file.exists()
 
 
 def test_a_peer_writes_its_life_beside_its_pid_and_removes_both(tmp_path: Path) -> None:
