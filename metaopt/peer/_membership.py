@@ -186,8 +186,8 @@ class Membership:
                 reply = await self.client.call(addr, "gossip", gossip)
         except (PeerUnreachable, RemoteError) as exc:
             log.debug("gossip with %s failed: %s", addr, exc)
-            if isinstance(exc, RemoteError) and str(exc).startswith(f"{addr}: {TWIN_STOPS}"):
-                self._twin_stopped(addr, str(exc))
+            if isinstance(exc, RemoteError):
+                self.note_refusal(addr, str(exc))
             if isinstance(exc, Refused | OtherRelease):
                 if addr in self._refusals or len(self._refusals) < _MAX_REFUSALS:
                     said = str(exc).removeprefix(f"{addr} refused us: ")
@@ -404,16 +404,7 @@ class Membership:
         replica cannot be written)."""
         waited = self._waited(request)
         self.contact(request, waited)
-        stopped_for = self.twins.stopped_for
-        twin_stopped_it = stopped_for is not None and stopped_for == request.run
-        if request.sender == self.node_id and twin_stopped_it:
-            # This call, the elder twin's, stopped this peer: the answer says so, for the
-            # elder to say so too (it said nothing: 2 of 6 copies started, a README walk).
-            # (Not while running: a request under this id without a token, from itself or
-            # an earlier release, has run None, as stopped_for is then: a suite run.)
-            raise MetaoptError(
-                f"{TWIN_STOPS} {self.twins.token.hex()} the peer called, started later, stops"
-            )
+        self.refuse_if_stopped_by(request)
         # Ages as of when it was sent, as far as this peer can tell (see _waited).
         self.peers.merge_gossip(
             request.body,
@@ -514,6 +505,25 @@ class Membership:
         finally:
             self._twin_calls -= 1
             self._twin_call_ended_at = self.monotonic()
+
+    def refuse_if_stopped_by(self, request: Request) -> None:
+        """After contact(request): raise MetaoptError if that request, an elder twin's gossip
+        or sync, stopped this peer. The answer says so, for the elder to say so too (it said
+        nothing: 2 of 6 copies started, a README walk; by a sync, 4 of 4, a review)."""
+        stopped_for = self.twins.stopped_for
+        # (Not while running: a request under this id without a token, from itself or an
+        # earlier release, has run None, as stopped_for is then: a suite run.)
+        twin_stopped_it = stopped_for is not None and stopped_for == request.run
+        if request.sender == self.node_id and twin_stopped_it:
+            raise MetaoptError(
+                f"{TWIN_STOPS} {self.twins.token.hex()} the peer called, started later, stops"
+            )
+
+    def note_refusal(self, addr: str, answer: str) -> None:
+        """A call of this peer's to addr (gossip, or a sync session's) was answered with an
+        error: one saying a twin stopped is said here (see _twin_stopped)."""
+        if answer.startswith(f"{addr}: {TWIN_STOPS}"):
+            self._twin_stopped(addr, answer)
 
     def _twin_stopped(self, addr: str, answer: str) -> None:
         """This peer's call stopped a twin at addr, started after it (see _twin), which said

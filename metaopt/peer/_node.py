@@ -311,6 +311,7 @@ class Node:
             spawn=self._spawn,
             stop_itself=self._stop_itself,
         )
+        self.replicator.on_refusal = self.membership.note_refusal
         # Last: its handlers include the membership's, made just above.
         self.server = Server(self.codec, self._handlers(), node_id=self.node_id)
 
@@ -680,6 +681,7 @@ class Node:
     async def _on_sync(self, request: Request) -> bytes:
         self._hold_back_while_storage_fails()
         self.membership.contact(request)
+        self.membership.refuse_if_stopped_by(request)
         if not isinstance(request.body, bytes):
             raise MetaoptError("a sync request carries bytes")
         busy = self._busy_with(request)

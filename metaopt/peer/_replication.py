@@ -93,6 +93,8 @@ class Replicator:
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.sessions = 0
+        # Told of a partner's refusal of a session (the membership: a twin that stopped).
+        self.on_refusal: Callable[[str, str], None] | None = None
         # Addresses this peer has a session of its own with now (see Node._on_sync).
         self._partners: dict[str, int] = {}
         self._called: dict[str, float] = {}  # when a session's last call was made, by address
@@ -162,6 +164,8 @@ class Replicator:
                 message = await stepped(session.receive_steps(reply))
         except (PeerUnreachable, RemoteError) as exc:
             log.debug("anti-entropy with %s failed: %s", addr, exc)
+            if isinstance(exc, RemoteError) and self.on_refusal is not None:
+                self.on_refusal(addr, str(exc))
             return False
         except StoreError:
             raise  # this peer's own disk, not the partner's fault (the node holds back)

@@ -104,6 +104,7 @@ class _Wired:
         made.addr = addr
         made.peers.own_addrs = frozenset({addr})
         made.membership.client = self._client_of(made)  # type: ignore[assignment]
+        made.replicator.client = made.membership.client  # (its sessions go the same way)
         self.nodes[addr] = made
         return made
 
@@ -181,12 +182,15 @@ async def _twins_through_a_third_peer(wired: _Wired) -> tuple[Node, Node, Node]:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("first_call", ["gossip", "sync"])
 async def test_the_twin_whose_call_stopped_the_copy_says_so(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, first_call: str
 ) -> None:
     """Told by a third peer of its own id at the copy's address, the original called there
     and the copy stopped, before the copy had called it: the original said nothing at all,
-    where the README says it says it runs on (2 of 6 copies started, a README walk)."""
+    where the README says it says it runs on (2 of 6 copies started, a README walk). Nor
+    when its call was an anti-entropy session, to a seed where the copy came up (4 of 4, a
+    review)."""
     wired = _Wired(tmp_path)
     wired.original_and_copy()
     a = wired.node("a", "127.0.0.1:41001")
@@ -195,9 +199,12 @@ async def test_the_twin_whose_call_stopped_the_copy_says_so(
     timeout = a.config.timing.peer_timeout
     try:
         with caplog.at_level(logging.WARNING, logger="metaopt"):
-            await twin.membership._gossip_with(c.addr, timeout)  # c hears of the copy
-            await a.membership._gossip_with(c.addr, timeout)  # and tells the original
-            await asyncio.sleep(0.01)  # (its call to the copy)
+            if first_call == "gossip":
+                await twin.membership._gossip_with(c.addr, timeout)  # c hears of the copy
+                await a.membership._gossip_with(c.addr, timeout)  # and tells the original
+                await asyncio.sleep(0.01)  # (its call to the copy)
+            else:
+                assert not await a.replicator.reconcile(twin.addr)  # (a --join of the copy's)
             await a.membership._gossip_with(twin.addr, timeout)  # (said once, not again)
         assert twin.failed and a.failed is None
         said = [r.getMessage() for r in caplog.records if r.name.startswith("metaopt")]
