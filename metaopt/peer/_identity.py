@@ -441,7 +441,7 @@ class DataDir:
         if started is not None:
             self._replace(self.started_file, started + "\n")
         else:  # (one a crash left would name another life: this peer taken for none)
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # (if it stays, older than the pid file: stale)
                 self.started_file.unlink()
         self._replace(self.address_file, addr + "\n")
 
