@@ -151,6 +151,9 @@ class SyncStats:
     rounds: int = 1
     phase: str = ""  # "equal", "fast", "backstop" or "gave-up"
     converged: bool = False
+    # This replica came to hold every record number the peer's first vector listed: all the
+    # peer held when the session began, even if the session then gave up (see _finish).
+    covered: bool = False
 
 
 def _pack(message: dict[str, Any]) -> bytes:
@@ -532,6 +535,7 @@ class Initiator:
         self._backstop = False
         # The peer's vector as its last response listed it: what to ask it for by run.
         self._their_vv: VersionVector | None = None
+        self._first_vv: VersionVector | None = None  # as its first response listed it
         self._asked_runs = False  # the last request asked for runs of the peer's vector
         self._idle = 0
         self._left_out = False  # the responder left keys out this round (its "t")
@@ -574,6 +578,16 @@ class Initiator:
         self.done = True
         self.stats.converged = converged
         self.stats.phase = phase
+        # Records landing on one side before the other (pushes under way) keep two busy
+        # replicas' sets apart at every look: such a session gives up however much history
+        # it brought (1 new record a round trip, each on one side first: 0 of 12 converged).
+        # Holding all the peer held when the session began is the catch-up a restarted peer
+        # waits for (not an equivocating second record under a number held: the backstop's).
+        first = self._first_vv
+        self.stats.covered = converged or (
+            first is not None
+            and next(first.missing_from(self.store.version_vector()), None) is None
+        )
 
     def receive(self, response: bytes) -> bytes | None:
         """Take the peer's response; return the next request, or None when the session is over.
@@ -613,6 +627,8 @@ class Initiator:
             self._finish(True, self._phase())
             return None
         if their_vv is not None:
+            if self._first_vv is None:
+                self._first_vv = their_vv
             # The peer's vector already counts what it took from our last request, so this
             # replaces (never adds to) the queue of what it lacks.
             self._push_runs = _roots_first(self.store.version_vector().missing_from(their_vv))

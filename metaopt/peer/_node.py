@@ -1055,7 +1055,8 @@ class Node:
     def caught_up(self) -> bool:
         """Whether this replica may judge other peers' trials and claim free ones.
 
-        Only after one full anti-entropy session (and with no twin unheard of, see
+        Only after one anti-entropy session that brought all its partner held when it began
+        (converged, or gave up with that here: see Replicator; and with no twin unheard of, see
         Membership.no_twin_unheard), or once peer_timeout has passed with none and no other
         peer's records arrive (nobody to catch up with), or two anti-entropy periods after
         start for a peer that has no seed and has heard of no other peer. Before that a peer

@@ -594,6 +594,45 @@ def test_a_session_over_many_origins_converges_while_the_responder_keeps_writing
     assert stats.converged and stats.phase == "backstop"
 
 
+def test_a_session_under_two_sided_churn_gives_up_but_covers_what_its_peer_held() -> None:
+    # Two busy replicas: each round trip a record lands on one side, and on the other one
+    # round trip later (pushes under way). Their sets differ at every look and the session
+    # gives up; it still brought all the peer held when it began, which is the catch-up a
+    # restarted peer waits for (it waited up to ten peer timeouts: a soak, 2 of 2).
+    a, b = store_of(POOL[:10]), store_of(POOL)
+    session = Initiator(a)
+    message: bytes | None = session.start()
+    in_flight: list[tuple[Store, Record]] = []
+    for n in range(1, 200):
+        if message is None:
+            break
+        for store, record in in_flight:
+            store.add([record])
+        near_b = Record.create("event", b"\x0c" * 16, n, 10**6 + n, {"n": n})
+        near_a = Record.create("event", b"\x0d" * 16, n, 10**6 + n, {"n": n})
+        b.add([near_b])
+        a.add([near_a])
+        in_flight = [(a, near_b), (b, near_a)]
+        message = session.receive(respond(b, message))
+    stats = session.stats
+    assert stats.phase == "gave-up" and not stats.converged
+    assert stats.covered and keys(a) >= {r.key for r in POOL}
+
+
+def test_a_session_that_gave_up_short_of_the_history_covers_nothing() -> None:
+    a, b = store_of(POOL[:10]), store_of(POOL)
+    session = Initiator(a, SyncConfig(max_records=3, max_round_trips=2))
+    message: bytes | None = session.start()
+    while message is not None:
+        message = session.receive(respond(b, message, SyncConfig(max_records=3)))
+    assert session.stats.phase == "gave-up" and not session.stats.covered
+    assert not keys(a) >= {r.key for r in POOL}
+
+
+def test_a_session_that_converged_covered() -> None:
+    assert sync(store_of(POOL[:10]), store_of(POOL)).covered
+
+
 def _node_runs_and_a_root() -> tuple[list[Record], Record]:
     """Two long runs of node origins, and a one-record origin sorting after them (an
     experiment is an origin of its own; its trials and events fill the nodes' runs)."""

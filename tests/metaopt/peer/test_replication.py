@@ -106,12 +106,14 @@ def test_records_go_to_a_peer_talked_to_before_ones_only_heard_of() -> None:
     assert len(client.calls) == 1
 
 
-def fake_session(converged: bool) -> type:
-    """A stand-in for the sans-IO Initiator: one round, converged or given up."""
+def fake_session(converged: bool, covered: bool | None = None) -> type:
+    """A stand-in for the sans-IO Initiator: one round, converged or given up (having
+    brought all the partner held when it began, or not)."""
+    fields = {"converged": converged, "covered": converged if covered is None else covered}
 
     class _Session:
         def __init__(self, store: Any) -> None:
-            self.stats = type("Stats", (), {"converged": converged})()
+            self.stats = type("Stats", (), fields)()
 
         def start(self) -> bytes:
             return b"open"
@@ -130,13 +132,19 @@ class Answers:
         return b"reply"
 
 
-def test_only_a_converged_session_counts_as_caught_up(monkeypatch: Any) -> None:
-    # A session that gave up after max_rounds proves nothing about what this replica holds.
+def test_only_a_session_that_brought_the_partners_history_counts_as_caught_up(
+    monkeypatch: Any,
+) -> None:
+    # A session that gave up short of what the partner held proves nothing about what this
+    # replica holds; one that gave up with all of it here (the sets kept apart by records in
+    # flight, as in any busy cluster) does, as a converged one does.
     monkeypatch.setattr("metaopt.peer._replication.Initiator", fake_session(False))
     rep = _replicator(PeerTable(), Answers(), 0.0)  # type: ignore[arg-type]
     assert asyncio.run(rep.reconcile("127.0.0.1:1001")) and rep.sessions == 0
-    monkeypatch.setattr("metaopt.peer._replication.Initiator", fake_session(True))
+    monkeypatch.setattr("metaopt.peer._replication.Initiator", fake_session(False, True))
     assert asyncio.run(rep.reconcile("127.0.0.1:1001")) and rep.sessions == 1
+    monkeypatch.setattr("metaopt.peer._replication.Initiator", fake_session(True))
+    assert asyncio.run(rep.reconcile("127.0.0.1:1001")) and rep.sessions == 2
 
 
 def test_a_burst_of_many_small_records_is_pushed_in_pieces_the_receiver_takes() -> None:
