@@ -822,28 +822,39 @@ def test_a_study_given_the_id_of_a_lost_replica_is_refused_and_the_id_stays(
     assert DataDir(path).read_node_id() == old
 
 
-def test_a_study_given_a_node_id_another_renewed_while_it_opened_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # As below, but this Study was given node_id=old: it must not write as the new id.
+def _another_renews_at_the_open(
+    monkeypatch: pytest.MonkeyPatch, path: Path, aside: Path | None = None
+) -> list[bytes]:
+    """At the next Study's open of path (its replica moved to aside first, if given), another
+    Study there, given no node id, opens first and takes a new one for the lost replica;
+    returns a list that then holds that id."""
     import shutil
 
     import metaopt._study as study_module
 
-    path = tmp_path / "a"
-    old = _one_trial_told(path)
     real_open = study_module._open_store
     renewed: list[bytes] = []
 
     def the_other_opens_first(where: Path) -> object:
         if not renewed:
             renewed.append(b"")  # (the other's own open comes here too)
-            shutil.move(path / "replica", tmp_path / "aside")
+            if aside is not None:
+                shutil.move(path / "replica", aside)
             with pytest.warns(UserWarning, match="is gone"), Study(SPACE, path=path) as other:
                 renewed[0] = other.node_id
         return real_open(where)
 
     monkeypatch.setattr(study_module, "_open_store", the_other_opens_first)
+    return renewed
+
+
+def test_a_study_given_a_node_id_another_renewed_while_it_opened_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As below, but this Study was given node_id=old: it must not write as the new id.
+    path = tmp_path / "a"
+    old = _one_trial_told(path)
+    renewed = _another_renews_at_the_open(monkeypatch, path, aside=tmp_path / "aside")
     with pytest.raises(MetaoptError, match="is the Study of node"):
         Study(SPACE, path=path, node_id=old)
     assert renewed and renewed[0] != old
@@ -856,22 +867,10 @@ def test_a_study_opening_a_lost_replica_after_another_took_a_new_id_takes_that_o
     # and closed, and the second then wrote under the old id (2 of 2 with a delay, a review).
     import shutil
 
-    import metaopt._study as study_module
-
     path = tmp_path / "a"
     old = _one_trial_told(path)
     shutil.move(path / "replica", tmp_path / "aside")
-    real_open = study_module._open_store
-    first: list[bytes] = []
-
-    def the_other_opens_first(where: Path) -> object:
-        if not first:
-            first.append(b"")
-            with pytest.warns(UserWarning, match="is gone"), Study(SPACE, path=path) as other:
-                first[0] = other.node_id
-        return real_open(where)
-
-    monkeypatch.setattr(study_module, "_open_store", the_other_opens_first)
+    first = _another_renews_at_the_open(monkeypatch, path)
     with pytest.warns(UserWarning, match=f"node {old.hex()[:8]} .* is gone"):
         second = Study(SPACE, path=path, seed=1)
     with second:
