@@ -498,18 +498,8 @@ class DataDir:
         pid = self.read_pid()
         if pid is None or pid_gone(pid):
             return None
-        try:
-            started = self._read(self.started_file)
-            # Written after the pid file: one older is stale (a release before it wrote the
-            # pid file since), and says nothing of the process it names.
-            if self.started_file.stat().st_mtime_ns < self.pid_file.stat().st_mtime_ns:
-                started = None
-        except (MetaoptError, OSError):
-            started = None  # (unreadable, or gone: told by what follows, as before it was)
-        words = [] if started is None else started.split()
-        if len(words) != 2 or not words[1].isdigit():
-            started = None  # (damaged to other text: a live peer was taken for none, a review)
-        if started is not None and started.strip() != process_start(pid):
+        recorded = self._recorded_life()
+        if recorded is not None and recorded != process_start(pid):
             # Another process's life under a reused pid: after a crash, a `metaopt status` of
             # this directory that got the dead peer's pid holds the replica's LOCK as a peer
             # does, and was told to kill itself (`peer start` refused: a review; routine
@@ -531,6 +521,20 @@ class DataDir:
         except OSError:
             return None
         return pid if b"metaopt" in cmdline else None
+
+    def _recorded_life(self) -> str | None:
+        """What peer.started says of the pid file's process (see process_start); None if it
+        says nothing: there is none (a release before it), it is unreadable or damaged to
+        other text (a live peer was taken for none: a review), or it is older than the pid
+        file, written before it (stale: a release before it wrote the pid file since)."""
+        try:
+            if self.started_file.stat().st_mtime_ns < self.pid_file.stat().st_mtime_ns:
+                return None
+            text = self._read(self.started_file)
+        except (MetaoptError, OSError):
+            return None
+        words = [] if text is None else text.split()
+        return " ".join(words) if len(words) == 2 and words[1].isdigit() else None
 
     def read_key(self) -> str | None:
         text = self._read(self.key_file)
