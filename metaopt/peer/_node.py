@@ -293,6 +293,7 @@ class Node:
         # The last hold of the loop, its end and length (see Membership._waited).
         self._hold_ended_at, self._hold_length = -math.inf, 0.0
         self._sessions_before = 0
+        self._said_caught_up = False  # (since its start or its last rejoin; see caught_up)
         self.membership = Membership(
             config,
             self.node_id,
@@ -757,6 +758,7 @@ class Node:
         caught up."""
         self._rejoined_at = self.monotonic()
         self._sessions_before = self.replicator.sessions
+        self._said_caught_up = False
 
     def _hold_back_while_storage_fails(self) -> None:
         """Refuse a peer's call while this replica cannot be written: answered, the caller
@@ -1053,7 +1055,19 @@ class Node:
         return max(self.started_at, self._rejoined_at)
 
     def caught_up(self) -> bool:
-        """Whether this replica may judge other peers' trials and claim free ones.
+        """Whether this replica may judge other peers' trials and claim free ones (see
+        _caught_up_because); said once at INFO when it becomes so after a start or a rejoin,
+        so that a peer that starts nothing for a while after a restart says why it waited."""
+        why = self._caught_up_because()
+        if why is not None and not self._said_caught_up:
+            self._said_caught_up = True
+            since = "started" if self._rejoined_at <= self.started_at else "listened again"
+            waited = self.monotonic() - self._listening_since()
+            log.info("caught up %.1f s after it %s: %s", waited, since, why)
+        return why is not None
+
+    def _caught_up_because(self) -> str | None:
+        """Why this replica may judge other peers' trials and claim free ones; None if not yet.
 
         Only after one anti-entropy session that brought all its partner held when it began
         (converged, or gave up with that here: see Replicator; and with no twin unheard of, see
@@ -1066,13 +1080,16 @@ class Node:
         to 9/8).
         """
         if self.replica.loading:  # (part of its own history, even)
-            return False
+            return None
         timing = self.config.timing
         now = self.monotonic()
         waited = now - self._listening_since()
         synced = self.replicator.sessions > self._sessions_before
         if synced and self.membership.no_twin_unheard(now, waited):
-            return True
+            return (
+                f"an anti-entropy session with {self.replicator.last_covered} brought all that"
+                " peer held"
+            )
         if waited >= timing.peer_timeout:
             # Nobody to catch up with, unless others' records are still arriving: a catch-up
             # of a long history outlasts the timeout (43-54 s for 600,000-900,000 records on
@@ -1083,12 +1100,23 @@ class Node:
             # finite set (2,060,000 took 73 s, and past the ten timeouts a peer spent budgets
             # again: 1005/1000).
             arriving = 2 * timing.anti_entropy
-            quiet = now - self._others_arrived_at >= arriving
+            if now - self._others_arrived_at >= arriving:
+                return (
+                    f"it waited a peer timeout ({timing.peer_timeout:g} s), and no other"
+                    f" peer's records arrived in the last {arriving:g} s"
+                )
             history = now - self._history_arrived_at < arriving
-            return quiet or (waited >= 10 * timing.peer_timeout and not history)
+            if waited >= 10 * timing.peer_timeout and not history:
+                return (
+                    f"it waited ten peer timeouts ({10 * timing.peer_timeout:g} s) while other"
+                    " peers' new records kept arriving"
+                )
+            return None
         # No seed and nobody heard of since two anti-entropy periods (mDNS answers come
         # sooner): a peer alone need not wait peer_timeout before its budgeted experiments.
-        return self.membership.knows_nobody() and waited >= 2 * timing.anti_entropy
+        if self.membership.knows_nobody() and waited >= 2 * timing.anti_entropy:
+            return "no seed, and no other peer heard of"
+        return None
 
     def kick(self) -> None:
         """Schedule now rather than at the next tick: a slot just came free."""

@@ -92,7 +92,8 @@ class Replicator:
         self._outbox: list[Record] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self.sessions = 0
+        self.sessions = 0  # completed sessions that brought all the partner held (see below)
+        self.last_covered: str | None = None  # the partner of the latest such session
         # Told of a partner's refusal of a session (the membership: a twin that stopped).
         self.on_refusal: Callable[[str, str], None] | None = None
         # Addresses this peer has a session of its own with now (see Node._on_sync).
@@ -177,7 +178,23 @@ class Replicator:
         # first, as they do all the time in a busy cluster) with that history here. Counting
         # converged ones only, a peer restarted in a busy cluster judged and started nothing
         # for minutes (up to ten peer timeouts: 1.5-3 min in a soak under load).
-        self.sessions += session.stats.covered
+        stats = session.stats
+        self.sessions += stats.covered
+        if stats.covered:
+            self.last_covered = addr
+        log.debug(
+            "anti-entropy with %s: %s after %d round trips, %d records in and %d out; %s",
+            addr,
+            stats.phase,
+            stats.round_trips,
+            stats.records_received,
+            stats.records_sent,
+            "converged"
+            if stats.converged
+            else "all it held at the start now here"
+            if stats.covered
+            else "short of what it held at the start",
+        )
         return True
 
     def _aborted(self, addr: str, kind: str, why: str) -> None:

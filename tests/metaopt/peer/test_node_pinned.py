@@ -5,6 +5,7 @@ peers, and the bounds on its retries."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import time
@@ -753,6 +754,45 @@ async def test_its_own_records_do_not_hold_back_a_peer_that_has_nobody_to_catch_
         other = Record.create("control", b"\x01" * 16, 1, 1, {"action": "note"}, [b"e" * 32])
         node.store.add([other])
         assert not node.caught_up()  # others' records still arriving: a catch-up under way
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_says_once_when_and_why_it_caught_up_and_again_after_a_rejoin(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restarted peer starts nothing until it has caught up; its log says when that was and
+    what settled it, so a user whose peer sat idle after a restart can tell why."""
+    now = [1000.0]
+    node = _judging(tmp_path, now)
+    node.membership._recalled = ["127.0.0.1:9"]
+    timeout = node.config.timing.peer_timeout
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("caught up")]
+
+    try:
+        with caplog.at_level(logging.INFO, logger="metaopt.peer"):
+            assert not node.caught_up() and not said()
+            node.membership._gossip_answered_at = now[0]  # (a peer answered: no twin there)
+            now[0] += 5
+            node.replicator.sessions += 1
+            node.replicator.last_covered = "127.0.0.1:9"
+            assert node.caught_up() and node.caught_up()
+            assert said() == [
+                "caught up 5.0 s after it started: an anti-entropy session with 127.0.0.1:9"
+                " brought all that peer held"
+            ]
+            node._rejoin()  # (after a hold: it listens again, and judges nothing meanwhile)
+            assert not node.caught_up()
+            now[0] += timeout
+            assert node.caught_up()
+            assert said()[1:] == [
+                f"caught up {timeout:.1f} s after it listened again: it waited a peer timeout"
+                f" ({timeout:g} s), and no other peer's records arrived in the last"
+                f" {2 * node.config.timing.anti_entropy:g} s"
+            ]
     finally:
         await node.stop()
 

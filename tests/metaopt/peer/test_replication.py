@@ -109,7 +109,14 @@ def test_records_go_to_a_peer_talked_to_before_ones_only_heard_of() -> None:
 def fake_session(converged: bool, covered: bool | None = None) -> type:
     """A stand-in for the sans-IO Initiator: one round, converged or given up (having
     brought all the partner held when it began, or not)."""
-    fields = {"converged": converged, "covered": converged if covered is None else covered}
+    fields = {
+        "converged": converged,
+        "covered": converged if covered is None else covered,
+        "phase": "fast" if converged else "gave-up",
+        "round_trips": 1,
+        "records_received": 0,
+        "records_sent": 0,
+    }
 
     class _Session:
         def __init__(self, store: Any) -> None:
@@ -144,7 +151,10 @@ def test_only_a_session_that_brought_the_partners_history_counts_as_caught_up(
     monkeypatch.setattr("metaopt.peer._replication.Initiator", fake_session(False, True))
     assert asyncio.run(rep.reconcile("127.0.0.1:1001")) and rep.sessions == 1
     monkeypatch.setattr("metaopt.peer._replication.Initiator", fake_session(True))
-    assert asyncio.run(rep.reconcile("127.0.0.1:1001")) and rep.sessions == 2
+    assert asyncio.run(rep.reconcile("127.0.0.1:1002")) and rep.sessions == 2
+    assert rep.last_covered == "127.0.0.1:1002"  # (named when the peer says it caught up)
+    monkeypatch.setattr("metaopt.peer._replication.Initiator", fake_session(False))
+    assert asyncio.run(rep.reconcile("127.0.0.1:1003")) and rep.last_covered == "127.0.0.1:1002"
 
 
 def test_a_burst_of_many_small_records_is_pushed_in_pieces_the_receiver_takes() -> None:
