@@ -37,6 +37,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Union
 
@@ -463,7 +464,17 @@ def _read(name: str, default: Any, raw: str | bool) -> Any:
             raise WorkerError(
                 f"{_as_typed(name, raw)}: give a number (its default is {default!r}){count}"
             )
-        return _infer(raw)
+        value = _infer(raw)
+        if isinstance(default, int) and isinstance(value, float):
+            # As argparse's type=int refuses it: `--epochs 5.5` gave range() a float, to fail
+            # far from the cause. A whole number written as a float (`--steps 1e6`) is one.
+            exact = Decimal(str(raw))
+            if exact != exact.to_integral_value():
+                raise WorkerError(
+                    f"{_as_typed(name, raw)}: give a whole number (its default is {default!r})"
+                )
+            return int(exact)
+        return value
     if isinstance(raw, bool) or isinstance(default, str):
         return raw  # a bare flag; a text's default keeps "007" a text
     return _infer(raw)

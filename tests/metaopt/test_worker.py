@@ -281,6 +281,19 @@ def test_by_hand_values_take_the_type_of_their_default(monkeypatch: pytest.Monke
 
 
 @pytest.mark.parametrize(
+    ("text", "number"), [("1e6", 10**6), ("10.0", 10), ("-2.0", -2), ("1e30", 10**30)]
+)
+def test_a_whole_number_written_as_a_float_is_an_ints_value(
+    monkeypatch: pytest.MonkeyPatch, text: str, number: int
+) -> None:
+    """`--steps 1e6` is a whole number: an int, exactly, as the default is (a float's
+    1e30 would be off by 2e13)."""
+    monkeypatch.setattr(sys, "argv", ["t", "--steps", text])
+    got = worker.params({"steps": 100})
+    assert got == {"steps": number} and type(got["steps"]) is int
+
+
+@pytest.mark.parametrize(
     ("argv", "defaults", "said"),
     [
         (["--lr", "abc"], {"lr": 0.1}, "--lr abc: give a number (its default is 0.1)"),
@@ -289,6 +302,10 @@ def test_by_hand_values_take_the_type_of_their_default(monkeypatch: pytest.Monke
         (["--bn=maybe"], {"bn": False}, "--bn=maybe: give true or false (its default is False)"),
         (["--lr="], {"lr": 0.1}, "--lr=: give a number (its default is 0.1)"),
         (["--n=3.5x"], {"n": 3}, "--n=3.5x: give a number (its default is 3)"),
+        (["--n", "5.5"], {"n": 3}, "--n 5.5: give a whole number (its default is 3)"),
+        (["--n=1e-3"], {"n": 3}, "--n=1e-3: give a whole number (its default is 3)"),
+        (["--n", "-0.5"], {"n": 0}, "--n -0.5: give a whole number (its default is 0)"),
+        (["--ns=2.5"], {"ns": [1]}, "--ns=2.5: give int values (its default is [1])"),
     ],
 )
 def test_a_value_that_is_not_of_its_defaults_kind_is_refused(
