@@ -202,7 +202,7 @@ def params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
     They come from ``--name value`` and ``--name=value`` in ``sys.argv`` (a bare ``--flag`` is
     True), with ``true``/``false``, ints and finite floats recognised; a value whose default is
-    a float, bool or str is read as one, and one whose default is a list or tuple takes every
+    an int, float, bool or str is read as one, and one whose default is a list or tuple takes every
     word given (``--layers 64 128``), each read as the default's first item. Under a peer
     ``METAOPT_PARAMS`` then sets the searched parameters exactly as the search chose them; the
     command line still gives the fixed options a submit passed through (``--epochs 10``),
@@ -216,7 +216,7 @@ def params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
     Raises:
         WorkerError: ``METAOPT_PARAMS`` is not a JSON object, or an option whose default is a
-            number or a bool has a value that is none.
+            number or a bool has a value that is none (an int's: no whole number).
     """
     global _params_cache
     source = (os.environ.get(ENV_PARAMS), tuple(sys.argv[1:]))

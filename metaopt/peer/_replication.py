@@ -183,7 +183,7 @@ class Replicator:
         if stats.covered:
             self.last_covered = addr
         log.debug(
-            "anti-entropy with %s: %s after %d round trips, %d records in and %d out; %s",
+            "anti-entropy with %s ended (%s; round trips %d, records in %d, out %d): %s",
             addr,
             stats.phase,
             stats.round_trips,
