@@ -490,7 +490,18 @@ def _status(args: argparse.Namespace) -> int:
     print(f"\npeers ({sum(p['live'] for p in peers)} live of {len(peers)})")
     if peers:
         rows = [
-            [p["node_id"][:12], p["address"], p["last_contact"], "yes" if p["live"] else "no"]
+            [
+                p["node_id"][:12],
+                p["address"],
+                p["last_contact"],
+                # Live by news through other peers, not yet called here: "-" and "yes" side by
+                # side read as a contradiction.
+                "no"
+                if not p["live"]
+                else "yes"
+                if p["last_contact"] is not None
+                else "yes (heard of through other peers)",
+            ]
             for p in peers
         ]
         print(table(["node", "address", "last contact (s)", "live"], rows))

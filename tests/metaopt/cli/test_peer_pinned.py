@@ -188,6 +188,25 @@ def _status(**fields: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def test_peer_status_says_a_live_peer_not_yet_called_here_is_heard_of_through_others(
+    peer_status: Callable[[dict[str, Any]], None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Live by a third peer's news, with no contact of its own: the row said "-" and "yes"."""
+    peers = [
+        {"node_id": "cd" * 16, "address": "10.0.0.6:7787", "last_contact": None, "live": True},
+        {"node_id": "ef" * 16, "address": "10.0.0.7:7787", "last_contact": 1.5, "live": True},
+        {"node_id": "12" * 16, "address": "10.0.0.8:7787", "last_contact": None, "live": False},
+    ]
+    peer_status(_status(peers=peers))
+    assert main(["peer", "status"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if "10.0.0." in line]
+    assert rows == [
+        ["cdcdcdcdcdcd", "10.0.0.6:7787", "-", "yes", "(heard", "of", "through", "other", "peers)"],
+        ["efefefefefef", "10.0.0.7:7787", "1.5", "yes"],
+        ["121212121212", "10.0.0.8:7787", "-", "no"],
+    ]
+
+
 def test_peer_status_of_a_peer_alone_says_so_and_not_that_it_is_cut_off(
     peer_status: Callable[[dict[str, Any]], None], capsys: pytest.CaptureFixture[str]
 ) -> None:
