@@ -257,6 +257,10 @@ class Node:
         # no new suggestion is tried until a trial arrives (a finite space stays exhausted; it
         # was searched again, and warned of, on every scheduling pass).
         self._exhausted: dict[bytes, tuple[int, str]] = {}
+        # What was said of each exhausted experiment, until a trial of it is made here again:
+        # each trial that arrived (the last points' runs, a catch-up after a restart) had it
+        # searched and said again, twice within 2 s in a README walk.
+        self._said_exhausted: dict[bytes, str] = {}
         self._failing: set[bytes] = set()  # experiments warned of as failing run after run
         # Each periodic task's failure: when last logged, and how often it failed since.
         self._failures: dict[str, tuple[float, int]] = {}
@@ -1034,6 +1038,7 @@ class Node:
             "suggest_ms": round(suggest_ms, 3),
         }
         record = self.writer.write(TRIAL, body, [state.key])
+        self._said_exhausted.pop(state.key, None)  # (room again: running out later is news)
         view = state.trial(record.key)
         assert view is not None
         return view
@@ -1283,6 +1288,9 @@ class Node:
                 view = state.trial(item.trial) if item.trial else await self.new_trial(state)
             except SearchError as exc:
                 self._exhausted[state.key] = (known, str(exc))
+                if self._said_exhausted.get(state.key) == str(exc):
+                    continue
+                self._said_exhausted[state.key] = str(exc)
                 # A warning while its last points run; found again after a restart, long
                 # used up (`status` says exhausted), news only: it was a warning at every
                 # start of every peer, for every such experiment.

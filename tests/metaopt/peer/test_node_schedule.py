@@ -386,6 +386,30 @@ async def test_an_exhausted_space_is_not_searched_again_until_a_trial_arrives(
 
 
 @pytest.mark.asyncio
+async def test_an_exhausted_space_is_said_once_however_many_trials_arrive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each trial that arrived had the space searched again (rightly) and the same line said
+    # again: twice within 2 s of a restart in a README walk, as the catch-up brought trials.
+    exp = _experiment("e", {"n": "randint(0, 3)"})
+    node = _lone_node(tmp_path, caught_up=True)
+    calls = _watch_compute(monkeypatch)
+
+    def said() -> int:
+        return sum("already tried or pending" in r.getMessage() for r in caplog.records)
+
+    try:
+        with caplog.at_level("INFO", logger="metaopt.peer"):
+            node.store.add([exp, *(_others_trial(exp, {"n": n}, n + 1) for n in range(3))])
+            await node._schedule_once()
+            node.store.add([_others_trial(exp, {"n": 7}, 8)])  # (a wider idea of the space)
+            await node._schedule_once()
+            assert len(calls) == 2 and said() == 1
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize("ended", [False, True])
 async def test_an_exhausted_space_is_a_warning_while_its_trials_run_and_news_once_they_ended(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, ended: bool
