@@ -538,6 +538,10 @@ class Initiator:
         self._first_vv: VersionVector | None = None  # as its first response listed it
         self._asked_runs = False  # the last request asked for runs of the peer's vector
         self._idle = 0
+        # Whether the last request pushed records, and the fingerprint the peer answered the
+        # one before it with: a push the peer took changes its fingerprint (see receive).
+        self._pushed = False
+        self._their_fingerprint: bytes | None = None
         self._left_out = False  # the responder left keys out this round (its "t")
         self._round_moved = False  # records went either way this round
         self._counted_rounds = 1  # rounds that count towards max_rounds
@@ -618,9 +622,17 @@ class Initiator:
         ranges = decode_ranges(message["r"], self.config) if message.get("r") is not None else None
         more = message.get("m") is True
         self._left_out = self._left_out or message.get("t") is True
+        # Progress, for max_idle_round_trips: records new here, or a push the peer took (its
+        # fingerprint moved). Sending or receiving records counted however often the same ones
+        # went: a peer whose vector never listed what it was pushed (a lie, or a store that
+        # drops them) had each record pushed again 65,535 times, one session holding every
+        # caller's anti-entropy for minutes.
+        took = self._pushed and theirs != self._their_fingerprint
+        self._their_fingerprint = theirs
+        new = 0
         if records:
             self._round_moved = True
-            yield from _store(self.store, records, step)
+            new = yield from _store(self.store, records, step)
             stats.records_received += len(records)
             stats.record_bytes_received += sum(map(len, message["d"]))
         if in_sync:
@@ -670,12 +682,12 @@ class Initiator:
             if stats.round_trips >= self.config.max_round_trips:
                 self._finish(False, "gave-up")
                 return None
-            self._left_out = self._round_moved = False
+            self._left_out = self._round_moved = self._pushed = False
             stats.rounds += 1
             return self._opening()
-        moved = bool(records or batch.data)
-        self._round_moved = self._round_moved or moved
-        self._idle = 0 if moved else self._idle + 1
+        self._round_moved = self._round_moved or bool(records or batch.data)
+        self._idle = 0 if new or took else self._idle + 1
+        self._pushed = bool(batch.data)
         if (
             self._idle > self.config.max_idle_round_trips
             or stats.round_trips >= self.config.max_round_trips

@@ -252,6 +252,45 @@ def test_max_idle_round_trips_allows_exactly_that_many_idle_round_trips(max_idle
     assert count == max_idle + 1 and session.stats.phase == "gave-up"
 
 
+def test_a_peer_that_never_takes_what_it_is_pushed_is_given_up_on_when_idle() -> None:
+    """A peer whose vector never lists the records pushed to it (a lie, or a store that
+    drops them): each answer queued the same runs again, and a push of the same records
+    counted as moving, so the session went to max_round_trips (65,536 round trips, each record
+    pushed again every time; one such peer held every caller's anti-entropy for minutes)."""
+    store = store_of(POOL[:5])
+    session = Initiator(store, SyncConfig(max_idle_round_trips=3))
+    message: bytes | None = session.start()
+    deaf = msgpack.packb({"s": False, "f": b"\x07" * 16, "v": []})
+    pushes = 0
+    while message is not None and pushes < 1000:
+        pushes += bool(msgpack.unpackb(message).get("p"))
+        message = session.receive(deaf)
+    assert message is None and session.stats.phase == "gave-up", f"{pushes} pushes and on"
+    assert pushes <= 3 + 1
+
+
+def test_records_received_again_and_again_are_no_progress() -> None:
+    """A peer that sends records this replica holds, over and over (and says there is more),
+    moved nothing: counted as moving, it held the session to max_round_trips."""
+    store = store_of(POOL[:1])
+    session = Initiator(store, SyncConfig(max_idle_round_trips=3))
+    message: bytes | None = session.start()
+    again = msgpack.packb({"s": False, "f": b"\x07" * 16, "d": [POOL[0].data], "m": True})
+    count = 0
+    while message is not None and count < 1000:
+        count += 1
+        message = session.receive(again)
+    assert count == 3 + 1 and session.stats.phase == "gave-up"
+
+
+def test_a_push_the_peer_takes_is_progress_however_long_the_catch_up() -> None:
+    """Measured by the peer's answer: a push it stored moved its fingerprint, so a long
+    catch-up of one record a round trip (pushed, nothing received) never goes idle."""
+    full, empty = store_of(POOL[:40]), MemoryStore()
+    stats = sync(full, empty, SyncConfig(max_records=1, max_idle_round_trips=1))
+    assert stats.converged and stats.round_trips >= 40 and keys(empty) == keys(full)
+
+
 def test_requests_in_the_backstop_phase_carry_no_vector_digest() -> None:
     """Pins "not self._backstop": once the ranges are under way, requests stop offering the
     vector's digest (which made the responder ship its whole vector every round trip)."""
