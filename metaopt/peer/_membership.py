@@ -42,6 +42,7 @@ log = logging.getLogger("metaopt.peer")
 # call back: see _twins) may still come, and the peer is not yet caught up (see
 # Node.caught_up).
 _TWIN_ANSWER = 2.0
+_MAX_TWIN_CALLS = 8  # calls under way at once to where this node's id was heard of
 
 
 class Membership:
@@ -187,7 +188,7 @@ class Membership:
         except (PeerUnreachable, RemoteError) as exc:
             log.debug("gossip with %s failed: %s", addr, exc)
             if isinstance(exc, RemoteError):
-                self.note_refusal(addr, str(exc))
+                self.note_refusal(addr, str(exc), to)
             if isinstance(exc, Refused | OtherRelease):
                 if addr in self._refusals or len(self._refusals) < _MAX_REFUSALS:
                     said = str(exc).removeprefix(f"{addr} refused us: ")
@@ -494,6 +495,13 @@ class Membership:
             return
         if age > self.config.timing.peer_timeout:
             return  # (an old address of this node's, from before a restart on another port)
+        if not valid_addr(addr, self.peers.config.max_addr_len):
+            return  # (a twin's call-back address, as it gave it: no URL is made of it)
+        if self._twin_calls >= _MAX_TWIN_CALLS:
+            # One gossip listing this node's id at 256 addresses had 256 calls made at once,
+            # and as many again at each such message (a wire review). A twin's address left
+            # out is heard of again at the next round.
+            return
         if self.twins.should_call(addr, token, self.monotonic()):
             log.debug("this node's id was heard of at %s; calling it", addr)
             self._twin_calls += 1  # (now: Node.caught_up may be asked before the call starts)
@@ -519,9 +527,15 @@ class Membership:
                 f"{TWIN_STOPS} {self.twins.token.hex()} the peer called, started later, stops"
             )
 
-    def note_refusal(self, addr: str, answer: str) -> None:
-        """A call of this peer's to addr (gossip, or a sync session's) was answered with an
-        error: one saying a twin stopped is said here (see _twin_stopped)."""
+    def note_refusal(self, addr: str, answer: str, to: bytes | None) -> None:
+        """A call of this peer's to addr (gossip, or a sync session's), naming the node ``to``
+        (None: whoever is there), was answered with an error: one saying a twin stopped is
+        said here (see _twin_stopped). Only of a call that could reach a twin: one naming
+        another node reached that node or was refused as misaddressed, so a peer of another
+        id answering so (a bug, or a lie) had every caller say a twin of its own stopped,
+        as often as its token changed (a wire review: 28 false lines in 3.5 minutes)."""
+        if to not in (None, self.node_id):
+            return
         if answer.startswith(f"{addr}: {TWIN_STOPS}"):
             self._twin_stopped(addr, answer)
 
@@ -534,7 +548,9 @@ class Membership:
             run = bytes.fromhex(token[0]) if token else b""
         except ValueError:
             run = b""
-        if run and self.twins.first_heard(run):
+        # Its own memory, not first_heard's: a copy whose call reached this peer first was
+        # told "calling it, so that it stops", and that it stopped went unsaid (a review).
+        if run and self.twins.first_stopped(run):
             log.warning(
                 "another peer ran with this peer's node id at %s, started after this one (its"
                 " data directory a copy of %s?): it stops, and this one runs on",

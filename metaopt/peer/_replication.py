@@ -95,7 +95,7 @@ class Replicator:
         self.sessions = 0  # completed sessions that brought all the partner held (see below)
         self.last_covered: str | None = None  # the partner of the latest such session
         # Told of a partner's refusal of a session (the membership: a twin that stopped).
-        self.on_refusal: Callable[[str, str], None] | None = None
+        self.on_refusal: Callable[[str, str, bytes | None], None] | None = None
         # Addresses this peer has a session of its own with now (see Node._on_sync).
         self._partners: dict[str, int] = {}
         self._called: dict[str, float] = {}  # when a session's last call was made, by address
@@ -166,7 +166,7 @@ class Replicator:
         except (PeerUnreachable, RemoteError) as exc:
             log.debug("anti-entropy with %s failed: %s", addr, exc)
             if isinstance(exc, RemoteError) and self.on_refusal is not None:
-                self.on_refusal(addr, str(exc))
+                self.on_refusal(addr, str(exc), to)
             return False
         except StoreError:
             raise  # this peer's own disk, not the partner's fault (the node holds back)

@@ -35,6 +35,7 @@ class TwinWatch:
         self.stopped_for: bytes | None = None  # the twin this process stops for, once
         self._called: dict[tuple[str, bytes | None], float] = {}
         self._heard: set[bytes] = set()  # twins' tokens (see first_heard)
+        self._stopped: set[bytes] = set()  # those said to have stopped (see first_stopped)
 
     def age(self, now: float) -> float:
         """This process's age at ``now`` (monotonic), as its requests carry it."""
@@ -63,12 +64,11 @@ class TwinWatch:
 
     def first_heard(self, run: bytes) -> bool:
         """Whether the twin of token ``run`` is heard of here for the first time."""
-        if run in self._heard:
-            return False
-        if len(self._heard) >= _MAX_CALLED:
-            self._heard.clear()
-        self._heard.add(run)
-        return True
+        return _first(self._heard, run)
+
+    def first_stopped(self, run: bytes) -> bool:
+        """Whether the twin of token ``run`` is told here for the first time to have stopped."""
+        return _first(self._stopped, run)
 
     def should_call(self, addr: str, token: bytes | None, now: float) -> bool:
         """Whether to call ``addr``, where this node's id was heard of (of a twin's process
@@ -80,3 +80,13 @@ class TwinWatch:
             self._called.clear()
         self._called[addr, token] = now
         return True
+
+
+def _first(seen: set[bytes], run: bytes) -> bool:
+    """Whether ``run`` is new to ``seen`` (which it joins; kept to _MAX_CALLED tokens)."""
+    if run in seen:
+        return False
+    if len(seen) >= _MAX_CALLED:
+        seen.clear()
+    seen.add(run)
+    return True

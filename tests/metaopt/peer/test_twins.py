@@ -218,6 +218,37 @@ async def test_the_twin_whose_call_stopped_the_copy_says_so(
 
 
 @pytest.mark.asyncio
+async def test_the_twin_called_first_by_the_copy_says_it_calls_it_and_then_that_it_stopped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The copy's call reached the original first: the original said "calling it, so that it
+    stops", and never that it did (both lines were kept by one memory of the copy's token;
+    a wire review, 1 of 1)."""
+    wired = _Wired(tmp_path)
+    wired.original_and_copy()
+    a = wired.node("a", "127.0.0.1:41001")
+    wired.now += 0.01  # (the copy's process starts later)
+    twin = wired.node("copy", "127.0.0.1:41002")
+    timeout = a.config.timing.peer_timeout
+    try:
+        with caplog.at_level(logging.WARNING, logger="metaopt"):
+            await twin.membership._gossip_with(a.addr, timeout)  # the copy calls first
+            await asyncio.sleep(0.01)  # (the original's call back)
+            await a.membership._gossip_with(twin.addr, timeout)  # (said once, not again)
+        assert twin.failed and a.failed is None
+        said = [r.getMessage() for r in caplog.records if r.name.startswith("metaopt")]
+        assert said == [
+            f"another peer runs with this peer's node id at {twin.addr}, started after this"
+            f" one (its data directory a copy of {a.dirs.root}?): calling it, so that it stops",
+            twin.failed + "; this peer stops",
+            f"another peer ran with this peer's node id at {twin.addr}, started after this one"
+            f" (its data directory a copy of {a.dirs.root}?): it stops, and this one runs on",
+        ]
+    finally:
+        wired.close()
+
+
+@pytest.mark.asyncio
 async def test_the_stopping_twin_does_not_tell_the_cluster_that_the_other_leaves(
     tmp_path: Path,
 ) -> None:
