@@ -32,7 +32,7 @@ from metaopt.peer._transport import (
     RemoteError,
 )
 from metaopt.peer._twins import TwinWatch
-from metaopt.peer._wire import TWIN_STOPS, Request
+from metaopt.peer._wire import MAX_RUN_TOKEN, TWIN_STOPS, Request
 
 __all__ = ["Membership"]
 
@@ -548,6 +548,8 @@ class Membership:
             run = bytes.fromhex(token[0]) if token else b""
         except ValueError:
             run = b""
+        if len(run) > MAX_RUN_TOKEN:
+            return  # (no token of a process: see _wire.MAX_RUN_TOKEN)
         # Its own memory, not first_heard's: a copy whose call reached this peer first was
         # told "calling it, so that it stops", and that it stopped went unsaid (a review).
         if run and self.twins.first_stopped(run):

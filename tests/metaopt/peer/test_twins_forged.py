@@ -79,3 +79,13 @@ def test_no_call_is_made_to_an_address_no_url_can_be_made_of(node: Node) -> None
     node.membership.maybe_twin_at("127.0.0.1:not an addr \x00", 0.0)
     node.membership.maybe_twin_at("127.0.0.1:7010", 0.0)
     assert len(spawned) == 1
+
+
+def test_a_token_longer_than_any_process_token_is_not_kept(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Kept by every peer told of it, a token of megabytes changing at each answer grew a
+    peer by 170 MB in 2 minutes."""
+    with caplog.at_level("WARNING", logger="metaopt.peer"):
+        node.membership.note_refusal(ADDR, f"{ADDR}: {TWIN_STOPS} {'ab' * 33} it stops", None)
+    assert SAID not in caplog.text and not node.twins._stopped

@@ -37,6 +37,7 @@ def _packed(value: Any) -> bytes:
         {k: v for k, v in GOOD.items() if k != "addr"},
         {**GOOD, "to": NODE.hex()},
         {**GOOD, "to": None},
+        {**GOOD, "run": b"t" * 33},
     ],
     ids=[
         "list",
@@ -48,6 +49,7 @@ def _packed(value: Any) -> bytes:
         "no-addr",
         "to-str",
         "to-nil",
+        "run-too-long",
     ],
 )
 def test_a_request_of_the_wrong_shape_is_a_wire_error(message: Any) -> None:
@@ -56,6 +58,10 @@ def test_a_request_of_the_wrong_shape_is_a_wire_error(message: Any) -> None:
     (or, for ``to``, slipped past the check that the frame was meant for this peer)."""
     with pytest.raises(WireError, match="a request is a map with op, from and addr"):
         decode_request(_packed(message))
+
+
+def test_a_request_with_a_process_token_of_32_bytes_is_read() -> None:
+    assert decode_request(_packed({**GOOD, "run": b"t" * 32})).run == b"t" * 32
 
 
 def test_a_request_without_a_body_has_none() -> None:
