@@ -111,7 +111,7 @@ class SyncConfig:
     fast_path: bool = True  # start with version vectors (False: backstop only, for tests)
     # Fresh starts when a round ends without convergence (not counting those after a "t").
     max_rounds: int = 4
-    max_idle_round_trips: int = 64  # round trips in a row that move no record
+    max_idle_round_trips: int = 64  # round trips in a row without progress (see receive)
     max_round_trips: int = 1 << 16  # hard stop for a session against a misbehaving peer
 
     def __post_init__(self) -> None:
