@@ -127,6 +127,11 @@ class Membership:
         if not self.peers.live(now, timeout):
             targets += self._recalled
         targets += self._greetings(now, timeout)
+        # Said before the calls as well as after: the calls end together, and one address
+        # that does not answer held the round's lines for the request timeout (a peer's
+        # "is live" came 10 s after the line saying it had caught up with that peer, and
+        # "counted gone" after the line taking its trial for lost; a partition in namespaces).
+        self._say_liveness(now, timeout)
         # All at once: up to 16 remembered addresses of machines that may be gone for good,
         # each taking the request timeout, held up the round for minutes when called in turn,
         # and a --join seed that accepts and never answers held it (and the first answer, see

@@ -39,6 +39,34 @@ def _experiment() -> Record:
 
 
 @pytest.mark.asyncio
+async def test_a_peer_found_live_is_said_so_while_the_rounds_calls_still_wait(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The round's calls end together: one address that never answers held its lines for
+    # the request timeout (10 s late, after "caught up with" that very peer; a namespace run).
+    mono = [1000.0]
+    node = _held_node(tmp_path, mono)
+    answer = asyncio.Event()
+
+    async def call(addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+        await answer.wait()  # (a peer that does not answer, until the test ends)
+        raise PeerUnreachable(f"{addr}: no answer")
+
+    node.membership.client = SimpleNamespace(call=call)  # type: ignore[assignment]
+    node.peers.add(b"\x01" * 16, "127.0.0.1:9", mono[0], contacted=True)
+    try:
+        with caplog.at_level(logging.INFO, logger="metaopt.peer"):
+            round_ = asyncio.ensure_future(node.membership.gossip_round())
+            await asyncio.sleep(0.05)
+            assert not round_.done()
+            assert "peer 01010101 at 127.0.0.1:9 is live" in caplog.messages
+            answer.set()
+            await round_
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize("alias", ["127.0.0.1:{port}", "localhost:{port}"])
 async def test_a_gone_peers_trial_is_lost_whatever_address_gossip_gave_it(
     tmp_path: Path, alias: str
