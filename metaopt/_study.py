@@ -9,16 +9,10 @@ HTTP; that is how the simulations run many peers in one process.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import functools
-import hashlib
-import math
-import numbers
 import os
-import secrets
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,28 +23,22 @@ import numpy as np
 
 from crdt import (
     MAX_RECORD_SIZE,
-    ORIGIN_SIZE,
-    LevelDBStore,
     MemoryStore,
     OversizedRecord,
     Record,
     RecordError,
     Store,
-    StoreError,
-    StoreLocked,
     StoreWriteFailed,
 )
 from metaopt._blas import one_blas_thread
-from metaopt._curves import STOPPERS, curve_views, max_step_of, stopper_for
+from metaopt._curves import curve_views, max_step_of, stopper_for
 from metaopt._errors import MetaoptError, WorkerError
 from metaopt._records import (
     EVENT,
     MAX_REASON,
     TRIAL,
     EventBody,
-    ExperimentSpec,
     experiment_record,
-    name_problem,
     parse_experiment,
 )
 from metaopt._state import (
@@ -58,17 +46,23 @@ from metaopt._state import (
     TERMINAL_STATES,
     ExperimentState,
     TrialView,
-    list_experiments,
     went_on,
 )
+from metaopt._study_args import (
+    checked_clock,
+    checked_metric,
+    checked_spec,
+    other_settings,
+    settings_differ,
+)
+from metaopt._study_replica import checked_node_id, claimed_replica, node_id_for, open_store
 from metaopt._suggest import Suggester, stream
 from metaopt._writer import NodeWriter
 from metaopt.freezethaw import Action, Decision, EarlyStopper
-from metaopt.peer._identity import DataDir, keep_node_id, lost_replica_refusal
-from metaopt.peer._storage import disk_advice, with_disk_advice
+from metaopt.peer._identity import DataDir, lost_replica_refusal
+from metaopt.peer._storage import disk_advice
 from metaopt.search import Algorithm, make_algorithm
-from metaopt.space import Space
-from metaopt.worker import MAX_METRICS, MetricValue, check_metric, check_name
+from metaopt.worker import MAX_METRICS, check_metric
 
 __all__ = ["Study", "Trial", "sync_stores"]
 
@@ -107,83 +101,6 @@ def sync_stores(a: Store, b: Store) -> int:
     return int(session.stats.round_trips)
 
 
-def _node_id_for(seed: int, path: Path | None, given: bytes | None) -> bytes:
-    """The Study's node id: the one given, else the seed's; with path= the directory's, kept
-    in its node_id file (the one given, on first use)."""
-    if path is None:
-        # Reproducible by default: Study(seed=s) twice gives the same suggestions. Studies that
-        # explore together must be given distinct node_id values.
-        return given or hashlib.blake2b(b"study-node-%d" % seed, digest_size=ORIGIN_SIZE).digest()
-    if DataDir(path).key_file.exists():
-        # A peer's data directory has the same node_id and replica/ a Study keeps: opened as
-        # a Study's, it wrote as the peer, and its experiment (no command) went to every peer.
-        # (node_id= given too: it skipped this check and opened the peer's replica.)
-        raise MetaoptError(
-            f"{path} is a metaopt peer's data directory; a Study keeps its own: pass another path="
-        )
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        # Written, the one given too: reopened without node_id=, a Study took a new id and
-        # never handed back the trials asked under the old one (one budget spent for good).
-        # Whole or not at all: written in place on a full disk, it was left empty, and the
-        # Study refused its directory for good once space returned.
-        node_id = keep_node_id(path / "node_id", given or secrets.token_bytes(ORIGIN_SIZE))
-    except OSError as exc:
-        if path.exists() and not path.is_dir():  # (mkdir said "File exists")
-            raise MetaoptError(
-                f"cannot keep a Study in {path}: it is a file, not a directory; pass path= a"
-                " directory"
-            ) from None
-        if exc.errno == errno.ENOTDIR:  # (a file on the way: free space was no help)
-            raise MetaoptError(
-                f"cannot keep a Study in {path}: a part of the path is a file, not a directory;"
-                " pass path= a directory"
-            ) from None
-        raise MetaoptError(
-            f"cannot keep a Study in {path}: {exc.strerror or exc}; free space on its disk (or"
-            " fix its permissions), or pass path= another directory"
-        ) from None
-    except ValueError as exc:
-        raise MetaoptError(
-            f"cannot keep a Study in {path}: {exc}; pass path= a directory of its own"
-        ) from None
-    if given is not None and given != node_id:
-        raise MetaoptError(
-            f"{path} is the Study of node {node_id.hex()}; reopen it without node_id= (or with"
-            " that one), or pass another path="
-        )
-    return node_id
-
-
-def _claimed_replica(root: Path, store: Store, node_id: bytes, given: bytes | None) -> bytes:
-    """The node id the Study in root writes under, its replica open: a new one if the
-    replica node_id made is gone (moved aside or deleted), which it says in a warning.
-
-    Kept, the id numbered its records from 1 again, and a sync with a Study that held the
-    old ones left two records under each such number in both (a review). A node_id= given
-    is never changed: the Study is then refused (see DataDir.replica_claimed).
-    """
-    dirs = DataDir(root)
-    # Read again, the lock held: another process's Study on the lost replica may have taken
-    # a new id while this one read the old (then it wrote under the old one: a review).
-    current = dirs.read_node_id() or node_id
-    holds_own = store.version_vector().high(current) > 0
-    claimed = dirs.replica_claimed(current, holds_own, renewable=given is None)
-    if given is not None and claimed != given:
-        raise MetaoptError(
-            f"{root} is the Study of node {claimed.hex()}; reopen it without node_id= (or with"
-            " that one), or pass another path="
-        )
-    if claimed != node_id:
-        warnings.warn(
-            f"the replica of node {node_id.hex()[:8]} in {root} is gone (moved aside or"
-            f" deleted); this Study is node {claimed.hex()[:8]} from now on, so that none of"
-            " its records takes a number an old one holds (sync brings the old ones back)",
-            stacklevel=3,
-        )
-    return claimed
-
-
 def _weakly(method: Callable[[list[Record]], None]) -> Callable[[list[Record]], None]:
     """A store subscriber calling method while its object lives (see Study.__init__)."""
     ref = weakref.WeakMethod(method)
@@ -194,240 +111,6 @@ def _weakly(method: Callable[[list[Record]], None]) -> Callable[[list[Record]], 
             bound(records)
 
     return call
-
-
-def _checked_spec(
-    space: Mapping[str, str],
-    *,
-    name: str,
-    objective: str | Sequence[str],
-    directions: str | Sequence[str] | None,
-    minimize: bool | None,
-    algorithm: str,
-    max_trials: int | None,
-    early_stopping: str | None,
-    max_step: int | None,
-    fidelity: str | None = None,
-) -> ExperimentSpec:
-    """The experiment a Study's arguments define, each argument checked with a one-line error."""
-    if not isinstance(space, Mapping) or not space or not all(map(_is_str, space.values())):
-        raise MetaoptError(
-            "space must be a non-empty dict of parameter name -> prior string, "
-            "e.g. {'lr': 'loguniform(1e-5, 1)'}"
-        )
-    if fidelity is not None:
-        space = _with_fidelity(space, fidelity)
-    parsed = Space.from_dict(dict(space))  # SpaceError names a bad prior's parameter
-    if parsed.d == 0:
-        raise MetaoptError("space has no parameter to search besides its fidelity; add one")
-    if (problem := name_problem(name)) is not None:
-        raise MetaoptError(f"name: {problem}")
-    objectives = (objective,) if isinstance(objective, str) else tuple(objective)
-    if not objectives or not all(isinstance(o, str) and o for o in objectives):
-        raise MetaoptError(f"objective must be a name or a list of names, got {objective!r}")
-    if len(set(objectives)) != len(objectives):
-        raise MetaoptError(f"objective names repeat in {list(objectives)}; give each once")
-    for each in objectives:  # the rule every metric name follows, here and in metaopt.report
-        try:
-            check_name(each)
-        except WorkerError as exc:
-            raise MetaoptError(f"objective: {exc}") from None
-    if "step" in objectives:
-        raise MetaoptError("objective 'step' is the step of a report; name the objective otherwise")
-    if len(objectives) > MAX_METRICS:  # (no tell() could hold them all)
-        raise MetaoptError(f"objective names {len(objectives)}; at most {MAX_METRICS}")
-    if minimize is not None and not isinstance(minimize, bool | np.bool_):
-        raise MetaoptError(f"minimize must be True or False, got {minimize!r}")
-    if directions is None:
-        maximize = minimize is not None and not minimize
-        directions = ["maximize" if maximize else "minimize"] * len(objectives)
-    elif minimize is not None:
-        raise MetaoptError("give minimize= or directions=, not both (directions= is per objective)")
-    directions = (directions,) if isinstance(directions, str) else tuple(directions)
-    if len(directions) != len(objectives):
-        raise MetaoptError(
-            f"{len(objectives)} objectives but {len(directions)} directions; give one each"
-        )
-    if not all(d in ("minimize", "maximize") for d in directions):
-        raise MetaoptError(f"directions must be 'minimize' or 'maximize', got {list(directions)}")
-    max_trials, max_step = _whole("max_trials", max_trials), _whole("max_step", max_step)
-    if (conflict := parsed.max_step_conflict(max_step)) is not None:
-        raise MetaoptError(f"max_step={conflict}")
-    if early_stopping is None:  # (off, as the issue's Study has it; "auto" is the default)
-        early_stopping = "none"
-    elif early_stopping == "auto":
-        early_stopping = None  # (the experiment's default, as `submit` without the option)
-    elif early_stopping not in STOPPERS:
-        raise MetaoptError(
-            f"early_stopping={early_stopping!r}: choose one of"
-            f" {', '.join(STOPPERS)}, 'auto' (the default) or None (none)"
-        )
-    return ExperimentSpec(
-        name=name,
-        space=dict(space),
-        objectives=objectives,
-        directions=directions,
-        algorithm=algorithm,
-        max_trials=max_trials,
-        early_stopping=early_stopping,
-        max_step=max_step,
-    )
-
-
-def _with_fidelity(space: Mapping[str, str], fidelity: object) -> dict[str, str]:
-    """space with fidelity= added as its fidelity prior, named ``fidelity``; or a one-line
-    MetaoptError if it is no fidelity prior, or space has a fidelity or a parameter of that
-    name already."""
-    if not isinstance(fidelity, str) or not fidelity.replace(" ", "").startswith("fidelity("):
-        raise MetaoptError(
-            f"fidelity= must be a fidelity prior, e.g. 'fidelity(1, 100, base=3)', got {fidelity!r}"
-        )
-    for name, prior in space.items():
-        if prior.replace(" ", "").startswith("fidelity("):
-            raise MetaoptError(
-                f"space has a fidelity already ({name!r}); give it there or as fidelity=, once"
-            )
-    if "fidelity" in space:
-        raise MetaoptError(
-            "fidelity= is named 'fidelity' in a trial's params, and space has a parameter of"
-            " that name; put the fidelity prior in space under a name of your own instead"
-        )
-    return {**space, "fidelity": fidelity}
-
-
-def _whole(what: str, number: object) -> int | None:
-    """A count argument as an int (numpy integers too), or a one-line MetaoptError."""
-    if number is None:
-        return None
-    if isinstance(number, np.integer):
-        number = int(number)
-    if type(number) is not int or not 1 <= number <= 2**53:
-        raise MetaoptError(f"{what} must be a whole number in 1..2**53 or None, got {number!r}")
-    return number
-
-
-def _is_str(value: object) -> bool:
-    return isinstance(value, str)
-
-
-def _checked_node_id(node_id: bytes | str | None) -> bytes | None:
-    if node_id is None:
-        return None
-    raw: object = node_id
-    if isinstance(node_id, str):
-        try:
-            raw = bytes.fromhex(node_id)
-        except ValueError:
-            raw = None
-    if not isinstance(raw, bytes) or len(raw) != ORIGIN_SIZE:
-        raise MetaoptError(f"node_id must be {ORIGIN_SIZE} bytes (or their hex), got {node_id!r}")
-    return raw
-
-
-def _open_store(path: Path) -> LevelDBStore:
-    try:
-        return LevelDBStore(path)
-    except StoreLocked:
-        raise MetaoptError(
-            f"{path} is held by another Study, in this process or another (or a `metaopt`"
-            " read of it); close() it (or let that process end) first, or pass another path="
-        ) from None
-    except StoreError as exc:  # crdt's own, raw: one line of ours, caught as MetaoptError
-        raise MetaoptError(with_disk_advice(str(exc), "pass another path=")) from None
-
-
-def _checked_clock(clock: Callable[[], float]) -> Callable[[], float]:
-    """The clock, checked at each reading: a nan was a ValueError from the record's stamp."""
-
-    def now() -> float:
-        seconds = clock()
-        if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real):
-            raise MetaoptError(f"clock() returned {seconds!r}; it must return seconds, a number")
-        if not math.isfinite(seconds):
-            raise MetaoptError(f"clock() returned {seconds!r}; it must return finite seconds")
-        return seconds
-
-    return now
-
-
-def _checked_metric(call: str, name: str, value: object, objective: bool) -> MetricValue:
-    """A told or reported value as recorded, or a one-line MetaoptError saying why not.
-
-    A nan or inf of a metric that is no objective is recorded as its text ("nan"), as a peer
-    records a training's last report of it; an objective's means the run failed.
-    """
-    if isinstance(value, np.ndarray) and value.size == 1:
-        value = value.item()  # (tell() took np.array(0.3) and report() refused it)
-    if objective and not isinstance(value, numbers.Real | str):
-        # (check_metric's "report a float, int or str" said a text would do: it does not)
-        raise MetaoptError(
-            f"{call}: objective {name!r} is a {type(value).__name__}, not a number; pass a"
-            " float (e.g. loss.item())"
-        )
-    real = float(value) if isinstance(value, float | np.floating) else 0.0
-    non_finite = not math.isfinite(real)
-    if non_finite and not objective and name != "step":
-        value = str(real)
-    try:
-        checked = check_metric(name, value)
-    except WorkerError as exc:
-        # Only a nan or inf usually means the run itself failed; a misspelt metric name or a
-        # fractional step is the caller's to fix, and pointing at failed=True would mislead.
-        hint = "; tell(trial, failed=True) records a failed run" if non_finite else ""
-        raise MetaoptError(f"{call}: {exc}{hint}") from None
-    if objective and isinstance(checked, str):
-        raise MetaoptError(f"{call}: objective {name!r} is {value!r}, not a number")
-    return checked
-
-
-# The settings that, with the name, make an experiment: a Study reopened with other values of
-# them would be another experiment, and find none of the first one's trials.
-_SETTINGS = ("space", "objectives", "directions", "algorithm", "max_trials", "early_stopping",
-             "max_step")  # fmt: skip
-
-
-def _other_settings(store: Store, key: bytes, spec: ExperimentSpec) -> str | None:
-    """How an experiment of spec's name already in store differs from spec, or None.
-
-    None when store holds this very experiment: it is being reopened as made, and a namesake
-    of other settings that another Study's sync brought is no typo of this caller's.
-    """
-    if key in store:
-        return None
-    for _, other in list_experiments(store):
-        if other.name == spec.name:  # (not this very experiment: see above)
-            return _differences(other, spec, _SETTINGS) or "other settings"
-    return None
-
-
-def _differences(kept: ExperimentSpec, given: ExperimentSpec, fields: Sequence[str]) -> str:
-    """How two experiments' settings differ, e.g. "max_trials 3, not 5"."""
-    return "; ".join(
-        _difference(f, getattr(kept, f), getattr(given, f))
-        for f in fields
-        if getattr(kept, f) != getattr(given, f)
-    )
-
-
-def _difference(field: str, kept: Any, given: Any) -> str:
-    """How one setting differs, naming the parameters whose priors do: two spaces printed
-    whole differed by a space inside one prior, which the eye does not find."""
-    if field == "early_stopping":
-        # As the argument that gives it: "None, not 'none'" read backwards (the stored None
-        # is 'auto'), and a Study made with early_stopping=None before None meant none
-        # was told to reopen with the arguments it had been given.
-        meant = {None: "'auto' (the default; None meant it before)", "none": "None"}
-        return f"early_stopping {meant.get(kept, repr(kept))}, not {meant.get(given, repr(given))}"
-    if field != "space":
-        return f"{field} {kept!r}, not {given!r}"
-    said = [
-        f"{name!r} {kept[name]!r}, not {given[name]!r}"
-        if name in kept and name in given
-        else f"{name!r} {'only there' if name in kept else 'only here'}"
-        for name in sorted(kept.keys() | given.keys())
-        if kept.get(name) != given.get(name)
-    ]
-    return f"space: {', '.join(said)} (priors must match as text, spaces too)"
 
 
 def _detached(view: TrialView) -> TrialView:
@@ -525,7 +208,7 @@ class Study:
             )
         if not callable(clock):
             raise MetaoptError(f"clock must be a function returning seconds, got {clock!r}")
-        spec = _checked_spec(
+        spec = checked_spec(
             space,
             name=name,
             objective=objective,
@@ -543,11 +226,11 @@ class Study:
         if isinstance(algorithm, str):
             make_algorithm(algorithm)  # an unknown name is a one-line SearchError, here
         root = None if path is None else Path(path)
-        given = _checked_node_id(node_id)
-        self.node_id = _node_id_for(seed, root, given)
+        given = checked_node_id(node_id)
+        self.node_id = node_id_for(seed, root, given)
         if root is not None:
             dirs = DataDir(root)
-            dirs.note_if_lost(self.node_id)  # (see _claimed_replica)
+            dirs.note_if_lost(self.node_id)  # (see claimed_replica)
             if given is not None and dirs.lost_noted(self.node_id) and dirs.replica_gone():
                 # (Refused before the open makes an empty replica, which a replica put back
                 # as this advises would have had to go around.)
@@ -564,12 +247,12 @@ class Study:
             raise MetaoptError(
                 f"the Study cannot be recorded: {exc}; check its space's names and values"
             ) from None
-        if parse_experiment(exp) is None:  # pragma: no cover - _checked_spec accepts only that
+        if parse_experiment(exp) is None:  # pragma: no cover - checked_spec accepts only that
             # (Before it is written: a record no reader accepts stayed in the store.)
             raise MetaoptError("the experiment definition does not round-trip; report a bug")
         # Everything the user passed is checked before the store opens: a failed Study must not
         # leave a LevelDB lock held, nor an experiment record behind.
-        self.store: Store = MemoryStore() if root is None else _open_store(root / "replica")
+        self.store: Store = MemoryStore() if root is None else open_store(root / "replica")
         self._stopper: EarlyStopper | None = None
         self._decisions = 0
         self._lock = threading.RLock()
@@ -585,9 +268,9 @@ class Study:
         self._resumed: dict[bytes, int] = {}
         try:
             if root is not None:
-                self.node_id = _claimed_replica(root, self.store, self.node_id, given)
-            self._writer = NodeWriter(self.store, self.node_id, _checked_clock(clock))
-            differ = None if root is None else _other_settings(self.store, exp.key, spec)
+                self.node_id = claimed_replica(root, self.store, self.node_id, given)
+            self._writer = NodeWriter(self.store, self.node_id, checked_clock(clock))
+            differ = None if root is None else other_settings(self.store, exp.key, spec)
             if differ is not None:
                 raise MetaoptError(
                     f"{root} holds a Study named {spec.name!r} with other settings ({differ});"
@@ -766,9 +449,7 @@ class Study:
                     f" pass a dict with {', '.join(map(repr, objectives))}, or a list in that"
                     " order"
                 )
-            metrics = {
-                k: _checked_metric("tell()", k, v, k in objectives) for k, v in given.items()
-            }
+            metrics = {k: checked_metric("tell()", k, v, k in objectives) for k, v in given.items()}
             self._event(key, "completed", metrics=metrics)
             self._told.add(key)
         view = self._state.trial(key)
@@ -800,7 +481,7 @@ class Study:
             step = int(check_metric("step", step))
         except WorkerError as exc:
             raise MetaoptError(f"report(): {exc}") from None
-        metrics = {name: _checked_metric("report()", name, value, True)}
+        metrics = {name: checked_metric("report()", name, value, True)}
         if step < self._resumed.pop(key, 0):
             # Handed back to resume after a step, it reports from the start: the caller has
             # no checkpoint and runs it again from step 0. Recorded, so the earlier run's
@@ -1017,7 +698,7 @@ class Study:
         if other.experiment_key != self.experiment_key:
             # The other's settings first ("there"), as a reopening names the stored ones: this
             # Study's first told "'x' only there" of its own parameter (a README walk).
-            differ = _differences(other._state.spec, self._state.spec, ("name", *_SETTINGS))
+            differ = settings_differ(other._state.spec, self._state.spec)
             raise MetaoptError(
                 f"sync(): the other Study is another experiment ({differ or 'other settings'});"
                 " sync Studies made with the same arguments"

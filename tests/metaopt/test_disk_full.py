@@ -29,7 +29,7 @@ def _enospc(path: object) -> OSError:
 def test_study_node_id_cut_short_by_a_full_disk_is_not_garbage_once_space_returns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # _study._node_id_for writes node_id with Path.write_text: on a full disk the file is
+    # _study_replica.node_id_for writes node_id with Path.write_text: on a full disk the file is
     # created and its write refused, leaving it empty. Once space returns the Study still
     # refuses the directory for good: "node_id holds 0 bytes, not 16" (real tmpfs: 1 of 1).
     real = pathlib.Path.write_text

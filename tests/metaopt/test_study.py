@@ -151,7 +151,7 @@ def test_two_studies_opening_one_new_directory_keep_one_node_id(
     """The other Study writes its id between this one's look and its write: this one takes
     the id the directory keeps (its rename overwrote the other's, which went on writing as a
     node its directory no longer named)."""
-    import metaopt._study as study_module
+    import metaopt._study_replica as replica_module
 
     path = tmp_path / "s"
     theirs, ours = bytes(range(16)), bytes(range(1, 17))
@@ -161,7 +161,7 @@ def test_two_studies_opening_one_new_directory_keep_one_node_id(
         (path / "node_id").write_text(theirs.hex())
         return ours
 
-    monkeypatch.setattr(study_module.secrets, "token_bytes", drawn_as_the_other_writes)
+    monkeypatch.setattr(replica_module.secrets, "token_bytes", drawn_as_the_other_writes)
     with Study({"x": "uniform(0, 1)"}, path=path) as study:
         assert study.node_id == theirs
     assert (path / "node_id").read_text() == theirs.hex()
@@ -832,7 +832,7 @@ def _another_renews_at_the_open(
 
     import metaopt._study as study_module
 
-    real_open = study_module._open_store
+    real_open = study_module.open_store
     renewed: list[bytes] = []
 
     def the_other_opens_first(where: Path) -> object:
@@ -844,7 +844,7 @@ def _another_renews_at_the_open(
                 renewed[0] = other.node_id
         return real_open(where)
 
-    monkeypatch.setattr(study_module, "_open_store", the_other_opens_first)
+    monkeypatch.setattr(study_module, "open_store", the_other_opens_first)
     return renewed
 
 
