@@ -622,17 +622,18 @@ class Initiator:
         ranges = decode_ranges(message["r"], self.config) if message.get("r") is not None else None
         more = message.get("m") is True
         self._left_out = self._left_out or message.get("t") is True
-        # Progress, for max_idle_round_trips: records new here, or a push the peer took (its
-        # fingerprint moved). Sending or receiving records counted however often the same ones
+        # Progress, for max_idle_round_trips: records received, or a push the peer took (its
+        # fingerprint moved, whoever moved it). A push counted however often the same records
         # went: a peer whose vector never listed what it was pushed (a lie, or a store that
-        # drops them) had each record pushed again 65,535 times, one session holding every
-        # caller's anti-entropy for minutes.
+        # drops them) had each pushed again 65,535 times, one session holding every caller's
+        # anti-entropy for minutes. Records received count even if held here by then: another
+        # session delivering the same history faster made a catch-up of ~2M records give up
+        # half done when only records new here counted (a review, 21 of 21).
         took = self._pushed and theirs != self._their_fingerprint
         self._their_fingerprint = theirs
-        new = 0
         if records:
             self._round_moved = True
-            new = yield from _store(self.store, records, step)
+            yield from _store(self.store, records, step)
             stats.records_received += len(records)
             stats.record_bytes_received += sum(map(len, message["d"]))
         if in_sync:
@@ -686,7 +687,7 @@ class Initiator:
             stats.rounds += 1
             return self._opening()
         self._round_moved = self._round_moved or bool(records or batch.data)
-        self._idle = 0 if new or took else self._idle + 1
+        self._idle = 0 if records or took else self._idle + 1
         self._pushed = bool(batch.data)
         if (
             self._idle > self.config.max_idle_round_trips
