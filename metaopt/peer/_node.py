@@ -178,6 +178,13 @@ def _parsed(key_text: str | None) -> tuple[ClusterKey | None, str | None]:
         return None, str(exc)
 
 
+# What a peer alone is caught up by (see Node._caught_up_because), and how many changes of
+# its being caught up are said at INFO after a start or a rejoin (the rest at DEBUG: one whose
+# sessions fail while records keep coming flips every few seconds for up to ten timeouts).
+_ALONE = "no seed, and no other peer heard of"
+_CAUGHT_UP_LINES = 4
+
+
 class Node:
     """A running peer. ``await start()``, then ``await run_until_stopped()``."""
 
@@ -297,7 +304,10 @@ class Node:
         # The last hold of the loop, its end and length (see Membership._waited).
         self._hold_ended_at, self._hold_length = -math.inf, 0.0
         self._sessions_before = 0
-        self._said_caught_up = False  # (since its start or its last rejoin; see caught_up)
+        # Why it was last found caught up (None: not caught up), and how often that changed,
+        # since its start or its last rejoin (see caught_up).
+        self._caught_up_why: str | None = None
+        self._caught_up_changes = 0
         self.membership = Membership(
             config,
             self.node_id,
@@ -762,7 +772,7 @@ class Node:
         caught up."""
         self._rejoined_at = self.monotonic()
         self._sessions_before = self.replicator.sessions
-        self._said_caught_up = False
+        self._caught_up_why, self._caught_up_changes = None, 0
 
     def _hold_back_while_storage_fails(self) -> None:
         """Refuse a peer's call while this replica cannot be written: answered, the caller
@@ -1061,14 +1071,30 @@ class Node:
 
     def caught_up(self) -> bool:
         """Whether this replica may judge other peers' trials and claim free ones (see
-        _caught_up_because); said once at INFO when it becomes so after a start or a rejoin,
-        so that a peer that starts nothing for a while after a restart says why it waited."""
+        _caught_up_because); each change said in the log (at INFO the first few after a start
+        or a rejoin), so that a peer that starts nothing for a while says why it waits."""
         why = self._caught_up_because()
-        if why is not None and not self._said_caught_up:
-            self._said_caught_up = True
-            since = "started" if self._rejoined_at <= self.started_at else "listened again"
-            waited = self.monotonic() - self._listening_since()
-            log.info("caught up %.1f s after it %s: %s", waited, since, why)
+        was = self._caught_up_why
+        if (why is None) != (was is None) and not self._stopping.is_set():
+            self._caught_up_changes += 1
+            level = logging.INFO if self._caught_up_changes <= _CAUGHT_UP_LINES else logging.DEBUG
+            if why is not None:
+                since = "started" if self._rejoined_at <= self.started_at else "listened again"
+                waited = self.monotonic() - self._listening_since()
+                log.log(level, "caught up %.1f s after it %s: %s", waited, since, why)
+            else:
+                # Found so without a session of its own (see _caught_up_because), it is not
+                # any more: a peer heard of, or other peers' records arriving again.
+                log.log(
+                    level,
+                    "not caught up any more: %s; it judges and claims no other peer's trial"
+                    " until an anti-entropy session of its own brings a partner's history (or"
+                    " the records stop coming)",
+                    "a peer was heard of"
+                    if was == _ALONE
+                    else "other peers' records arrive again (a catch-up may be under way)",
+                )
+        self._caught_up_why = why
         return why is not None
 
     def _caught_up_because(self) -> str | None:
@@ -1120,7 +1146,7 @@ class Node:
         # No seed and nobody heard of since two anti-entropy periods (mDNS answers come
         # sooner): a peer alone need not wait peer_timeout before its budgeted experiments.
         if self.membership.knows_nobody() and waited >= 2 * timing.anti_entropy:
-            return "no seed, and no other peer heard of"
+            return _ALONE
         return None
 
     def kick(self) -> None:

@@ -759,7 +759,7 @@ async def test_its_own_records_do_not_hold_back_a_peer_that_has_nobody_to_catch_
 
 
 @pytest.mark.asyncio
-async def test_a_peer_says_once_when_and_why_it_caught_up_and_again_after_a_rejoin(
+async def test_a_peer_says_when_and_why_it_caught_up_and_again_after_a_rejoin(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A restarted peer starts nothing until it has caught up; its log says when that was and
@@ -793,6 +793,48 @@ async def test_a_peer_says_once_when_and_why_it_caught_up_and_again_after_a_rejo
                 f" ({timeout:g} s), and no other peer's records arrived in the last"
                 f" {2 * node.config.timing.anti_entropy:g} s"
             ]
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_caught_up_by_waiting_says_so_when_records_arriving_hold_it_back_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Caught up by a peer timeout with nothing arriving, a peer whose own sessions fail is not
+    caught up again once others' records arrive: its line said "caught up" once, and nothing
+    when it held back again (a review). Each change is said, at INFO the first few."""
+    now = [1000.0]
+    node = _judging(tmp_path, now)
+    node.membership._recalled = ["127.0.0.1:9"]
+    arriving = 2 * node.config.timing.anti_entropy
+    other = b"\x01" * 16
+
+    def arrive(seq: int) -> None:
+        node.store.add([Record.create("control", other, seq, int(now[0] * 1000), {"n": seq})])
+
+    try:
+        with caplog.at_level(logging.DEBUG, logger="metaopt.peer"):
+            now[0] += node.config.timing.peer_timeout
+            assert node.caught_up()
+            for seq in range(1, 4):  # (three flips back and forth: six changes)
+                arrive(seq)
+                assert not node.caught_up() and not node.caught_up()
+                now[0] += arriving
+                assert node.caught_up()
+        said = [
+            (r.levelname, r.getMessage().split(":")[0])
+            for r in caplog.records
+            if "caught up" in r.getMessage()
+        ]
+        back = "not caught up any more"
+        assert said[:2] == [("INFO", said[0][1]), ("INFO", back)]
+        assert said[0][1].startswith("caught up") and len(said) == 7
+        assert [level for level, _ in said] == ["INFO"] * 4 + ["DEBUG"] * 3
+        assert any(
+            "other peers' records arrive again (a catch-up may be under way)" in r.getMessage()
+            for r in caplog.records
+        )
     finally:
         await node.stop()
 
