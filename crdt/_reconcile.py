@@ -73,7 +73,7 @@ from crdt._errors import CrdtError, ProtocolError, RecordError, SessionBusy
 from crdt._ranges import decode_ranges, encode_ranges, initial_ranges, process_ranges
 from crdt._record import KEY_SIZE, MAX_RECORD_SIZE, ORIGIN_SIZE, Record
 from crdt._store import Store
-from crdt._vector import VersionVector
+from crdt._vector import SeqSet, VersionVector
 
 __all__ = [
     "Initiator",
@@ -528,6 +528,10 @@ class Initiator:
         self._started = False
         self._push_keys: deque[bytes] = deque()
         self._push_runs: list[tuple[bytes, int, int]] = []
+        # The runs pushed whole in this session: not pushed again, whatever the peer's next
+        # vector says (it stores a push before it answers, so one it did not take, it never
+        # takes: each was pushed again at every answer, megabytes a minute to such a peer).
+        self._pushed_runs = VersionVector()
         # (key, bytes) of records to send: only the bytes travel, so none is rebuilt.
         self._push_iter: Iterator[tuple[bytes, bytes]] | None = None
         self._carry: tuple[bytes, bytes] | None = None
@@ -644,7 +648,12 @@ class Initiator:
                 self._first_vv = their_vv
             # The peer's vector already counts what it took from our last request, so this
             # replaces (never adds to) the queue of what it lacks.
-            self._push_runs = _roots_first(self.store.version_vector().missing_from(their_vv))
+            missing = self.store.version_vector().missing_from(their_vv)
+            self._push_runs = _roots_first(
+                (origin, a, b)
+                for origin, lo, hi in missing
+                for a, b in SeqSet([(lo, hi)]).missing_from(self._pushed_runs.get(origin))
+            )
             self._their_vv = their_vv
             self._push_iter = None
             carry, self._carry = self._carry, None
@@ -739,6 +748,7 @@ class Initiator:
         while self._push_runs:
             origin, lo, hi = self._push_runs.pop(0)
             yield from store.raw_by_origin(origin, lo, hi)
+            self._pushed_runs.add_run(origin, lo, hi)  # (every record of it taken in a batch)
 
     def _fill(self) -> _Batch:
         batch = _Batch(self.config)
