@@ -5,11 +5,13 @@ ends otherwise than planned is described, steps, the log, and the end event's me
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,11 +25,13 @@ from metaopt.peer._executor import (
     TrialProcess,
     TrialSpec,
     last_metrics,
+    stopped_by_signal,
 )
 from metaopt.peer._output import OutputParser
 from tests.metaopt.peer.test_executor import _FAST, EPOCHS, LOOP, _kinds, _run, _script, _spec
 
 SHORT_LOOP = LOOP.replace("range(1, 600)", "range(1, 60)")  # ~3 s if nothing stops it
+SUBREAPED = dataclasses.replace(_FAST, subreaper=True)
 
 
 @pytest.mark.asyncio
@@ -501,3 +505,193 @@ async def test_a_stray_of_the_trials_group_is_killed_at_its_exit(tmp_path: Path)
         await asyncio.sleep(0.1)
     os.kill(stray, 9)
     raise AssertionError("the trial's stray process outlived it")
+
+
+# -- From a mutation audit of the trial lifecycle: each test below failed with one small bug
+# -- planted in the executor (named in its docstring) that no other test caught.
+
+STEPS_TO_60 = """\
+import sys, time
+import metaopt.worker as w
+for step in range(1, 61):
+    w.report(loss=1.0 / step, step=step)
+    if w.should_stop():
+        sys.exit(0)
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_stop_asked_while_the_command_starts_stops_it_once_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A freeze (or a peer stop) asked while the subreaper starts the command, before
+    "started": with the branch that starts the stop then gone, the trial ran to its end and
+    no stop file was made (a peer stop then waited its whole timeout for it)."""
+    started = TrialProcess._started
+
+    async def stopped_meanwhile(self: TrialProcess, proc: Any, told: int) -> Any:
+        self.request_stop("frozen")
+        return await started(self, proc, told)
+
+    monkeypatch.setattr(TrialProcess, "_started", stopped_meanwhile)
+    spec = _spec(tmp_path, _script(tmp_path, STEPS_TO_60))
+    outcome, events = await _run(dataclasses.replace(spec, config=SUBREAPED))
+    steps = [data["step"] for kind, data in events if kind == "progress"]
+    assert (outcome.status, outcome.reason) == ("interrupted", "frozen")
+    assert (tmp_path / "stop").exists() and max(steps) < 60
+
+
+@pytest.mark.asyncio
+async def test_a_stop_asked_once_the_exit_is_known_keeps_the_result(tmp_path: Path) -> None:
+    """A process whose exit status is known has exited, before the run's poll notices: with
+    only the poll counted, a freeze asked in that window made a run that exited 0 with its
+    result an interrupted one (its result lost, and the trial run again)."""
+    spec = _spec(tmp_path, _script(tmp_path, "import metaopt.worker as w\nw.report(loss=0.25)\n"))
+    process = TrialProcess(spec, lambda kind, data: None)
+
+    async def stop_once_its_exit_is_known() -> None:
+        while True:  # (bounded by the run's own end: cancelled below)
+            proc = process._proc
+            if proc is not None and proc.returncode is not None:
+                if not process.exited:  # (what the runner asks before a stop)
+                    process.request_stop("frozen")
+                return
+            await asyncio.sleep(0)
+
+    watcher = asyncio.ensure_future(stop_once_its_exit_is_known())
+    outcome = await asyncio.wait_for(process.run(), 60)
+    watcher.cancel()
+    assert (outcome.status, outcome.objectives) == ("completed", {"loss": 0.25})
+
+
+@pytest.mark.asyncio
+async def test_a_run_cancelled_as_its_command_starts_leaves_no_command_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run cancelled (its peer stopping) while the subreaper starts the command: without the
+    kill of the command's group once its pid is known, the command ran on beside the trial's
+    re-run (the descriptor test of this path counts descriptors, not processes)."""
+    started = TrialProcess._started
+    entered = asyncio.Event()
+
+    async def starting(self: TrialProcess, proc: Any, told: int) -> Any:
+        entered.set()  # (the subreaper runs; the command's pid is not known yet)
+        return await started(self, proc, told)
+
+    monkeypatch.setattr(TrialProcess, "_started", starting)
+    script = _script(tmp_path, "import os, sys, time\ntime.sleep(20)\n")
+    process = TrialProcess(
+        dataclasses.replace(_spec(tmp_path, script), config=SUBREAPED), lambda k, d: None
+    )
+    run = asyncio.ensure_future(process.run())
+    await asyncio.wait_for(entered.wait(), 30)
+    await asyncio.sleep(0.001)  # (inside _started's wait for the pid)
+    assert process.pid is None
+    run.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+    running: list[int] = []
+    for _ in range(20):  # (2 s for the command to start, if anything still starts it)
+        await asyncio.sleep(0.1)
+        running = _alive_with(str(script))
+    for pid in running:
+        os.kill(pid, signal.SIGKILL)
+    assert not running, "the trial's command outlived its cancelled run"
+
+
+def _alive_with(token: str) -> list[int]:
+    """Pids of live (not zombie) processes whose command line holds token."""
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
+            state = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if token.encode() in cmdline and state != "Z":
+                found.append(int(name))
+    return found
+
+
+def test_a_shells_report_of_a_stop_signal_is_a_stop() -> None:
+    """128 + SIGTERM/SIGINT/SIGHUP, as a shell reports its command's end: without it, a
+    shell-script trial stopped with its peer (systemd, a shutdown) was failed for good."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        assert stopped_by_signal(-sig) and stopped_by_signal(128 + sig)
+    assert not stopped_by_signal(1) and not stopped_by_signal(128 + signal.SIGSEGV)
+
+
+@pytest.mark.asyncio
+async def test_a_half_drawn_line_of_a_command_killed_under_a_shell_is_not_read(
+    tmp_path: Path,
+) -> None:
+    """A command killed -9 under a shell (the OOM killer; the shell exits 137) left its last
+    line half drawn: read as a report, it became the trial's latest metric."""
+    script = _script(
+        tmp_path,
+        """\
+        import os, signal, sys
+        sys.stdout.write("loss: 0.9\\n")
+        sys.stdout.write("loss: 0.1")  # (half drawn when the OOM killer came)
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+        """,
+    )
+    spec = dataclasses.replace(
+        _spec(tmp_path, script),
+        argv=["sh", "-c", f'"{sys.executable}" "{script}"; exit $?'],
+        objective_regex=r"loss: ([0-9.]+)",
+    )
+    outcome, _ = await _run(spec)
+    assert outcome.exit_code == 128 + signal.SIGKILL and outcome.metrics.get("loss") == 0.9
+
+
+@pytest.mark.asyncio
+async def test_a_start_that_failed_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    """The status pipe of a start that failed is closed: one descriptor of the peer leaked
+    for each trial that could not start."""
+    spec = dataclasses.replace(
+        _spec(tmp_path, _script(tmp_path, "pass\n"), env={"BAD": "a\0b"}),  # (no exec takes it)
+        config=SUBREAPED,
+    )
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        outcome = await TrialProcess(spec, lambda kind, data: None).run()
+        assert outcome.status == "failed" and "cannot start" in (outcome.reason or "")
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+STOP_THEN_EXIT = """\
+import os, subprocess, sys, time
+import metaopt.worker as w
+for step in range(1, 600):
+    w.report(loss=1.0 / step, step=step)
+    if w.should_stop():
+        # a helper in a session of its own holding stdout (a log shipper, say)
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"],
+                         start_new_session=True)
+        sys.exit(int(os.environ["EXIT_CODE"]))
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("code", [0, 1])
+async def test_an_exit_on_the_stop_file_while_output_drains_ends_at_the_stop_file(
+    tmp_path: Path, code: int
+) -> None:
+    """Without the subreaper (the non-Linux default) a helper the trial left holds its output
+    open after its exit on the stop file: the stop went on to SIGTERM there, so a crash while
+    saving its checkpoint was recorded a freeze (thawed later from a broken checkpoint)."""
+    spec = _spec(tmp_path, _script(tmp_path, STOP_THEN_EXIT), env={"EXIT_CODE": str(code)})
+    spec = dataclasses.replace(spec, config=dataclasses.replace(_FAST, subreaper=False))
+
+    def freeze_at_the_first_step(process: TrialProcess, kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress" and data["step"] == 1:
+            process.request_stop("frozen")
+
+    outcome, _ = await _run(spec, freeze_at_the_first_step)
+    if code:
+        assert outcome.status == "failed"
+        assert (outcome.reason or "").startswith("crashed when asked to stop")
+    else:
+        assert (outcome.status, outcome.stage, outcome.exit_code) == ("interrupted", "stop-file", 0)
