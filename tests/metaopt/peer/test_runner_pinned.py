@@ -755,3 +755,76 @@ def test_a_thaw_by_hand_is_not_run_here_once_the_trials_own_peer_is_back() -> No
     runner.ask_thaw(state, state.trial(trial))  # type: ignore[arg-type]
     asyncio.run(runner.thaw_asked())
     assert launched == [trial]
+
+
+# -- From a mutation audit of the trial lifecycle: each test below failed with one small bug
+# -- planted in the runner (named in its docstring) that no test of the runner caught.
+
+
+def test_a_peer_stop_waits_for_its_runs_to_be_recorded() -> None:
+    """interrupt_all waits (up to 3 graces + 5 s) for its runs to end: without the wait, a
+    peer stop closed the store under trials still saving their checkpoint, their end never
+    recorded (only a cluster test caught it)."""
+    from tests.metaopt.peer.test_runner_decisions import _running_here
+
+    runner, _, asked = _running_here(exited=False)
+    runner.config.timing = SimpleNamespace(stop_grace=1.0)  # type: ignore[attr-defined]
+    ended: list[str] = []
+
+    async def main() -> None:
+        async def saving_its_checkpoint() -> None:
+            await asyncio.sleep(0.2)  # (the trial saves its checkpoint and exits)
+            ended.append("recorded")
+
+        runner.running[0].task = asyncio.ensure_future(saving_its_checkpoint())
+        await runner.interrupt_all("its peer was stopped")
+        assert asked == ["its peer was stopped"] and ended == ["recorded"]
+
+    asyncio.run(main())
+
+
+def test_an_ended_runs_group_is_released_from_the_watchdog(tmp_path: Path) -> None:
+    """A run's process group leaves the watchdog when the run ends: kept, the watchdog would
+    SIGTERM and SIGKILL every ended trial's group id when the peer died, by then perhaps
+    another process's group."""
+    from metaopt.peer._executor import ExecutorConfig, TrialProcess, TrialSpec
+    from tests.metaopt.peer.test_runner_decisions import _running_here
+
+    class Watchdog:
+        def __init__(self) -> None:
+            self.groups: set[int] = set()
+
+        def watch(self, pgid: int) -> None:
+            self.groups.add(pgid)
+
+        def release(self, pgid: int) -> None:
+            self.groups.discard(pgid)
+
+    runner, _, _ = _running_here(exited=False)
+    runner.node.dirs = SimpleNamespace(trials=tmp_path / "trials", root=tmp_path)
+    runner.watchdog = Watchdog()  # type: ignore[assignment]
+    runner.node.kick = lambda: None  # type: ignore[attr-defined]
+    runner.config.timing = SimpleNamespace(  # type: ignore[attr-defined]
+        stop_grace=1.0, heartbeat=30.0, report_interval=1.0, report_age_fraction=0.01
+    )
+    script = tmp_path / "train.py"
+    script.write_text("print('METAOPT {\"loss\": 0.5}')\n")
+    spec = TrialSpec(
+        argv=[sys.executable, str(script)],
+        cwd=tmp_path,
+        log_path=tmp_path / "output.log",
+        config=ExecutorConfig(heartbeat=30.0, grace=0.3, drain=5.0),
+    )
+    run = runner.running[0]
+    started: list[int] = []
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == "started":
+            started.append(data["pid"])
+        runner._on_event(run, kind, data)
+
+    process = TrialProcess(spec, on_event)
+    run.process = process
+    asyncio.run(runner._supervise(run, process))
+    assert started and runner.running == {}
+    assert runner.watchdog.groups == set(), "an ended trial's group is still watched"

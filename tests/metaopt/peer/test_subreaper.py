@@ -533,3 +533,39 @@ async def test_a_run_cancelled_as_it_starts_leaves_no_descriptor_open(tmp_path: 
             await asyncio.wait_for(run, 30)
     await asyncio.sleep(0.3)
     assert count() == before
+
+
+def test_a_crashing_commands_subreaper_dumps_no_core(tmp_path: Path) -> None:
+    """The subreaper re-raises its command's fatal signal on itself, with no core limit: the
+    crash is the command's. Without that limit a trial that segfaulted left a core dump of
+    the (Python) subreaper in its folder, on a machine that keeps cores (a mutation audit)."""
+    import resource
+
+    if Path("/proc/sys/kernel/core_pattern").read_text().strip() != "core":
+        pytest.skip("this machine writes no core to the working directory")
+    command = [
+        sys.executable,
+        "-c",
+        "import os, resource, signal; resource.setrlimit(resource.RLIMIT_CORE, (0, 0));"
+        " os.kill(os.getpid(), signal.SIGSEGV)",  # (the command's own core: none)
+    ]
+    read, tell = os.pipe()
+    cmd = command_file(command)
+
+    def cores_kept() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+    proc = subprocess.Popen(
+        SUBREAPER.argv(str(tell), str(cmd)),
+        env={**os.environ, **SUBREAPER.env()},
+        cwd=tmp_path,
+        pass_fds=(tell, cmd),
+        preexec_fn=cores_kept,
+    )
+    os.close(tell)
+    os.close(cmd)
+    try:
+        assert proc.wait(30) == -signal.SIGSEGV
+    finally:
+        os.close(read)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("core")] == []

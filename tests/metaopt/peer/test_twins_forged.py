@@ -89,3 +89,14 @@ def test_a_token_longer_than_any_process_token_is_not_kept(
     with caplog.at_level("WARNING", logger="metaopt.peer"):
         node.membership.note_refusal(ADDR, f"{ADDR}: {TWIN_STOPS} {'ab' * 33} it stops", None)
     assert SAID not in caplog.text and not node.twins._stopped
+
+
+def test_the_twin_tokens_remembered_are_bounded() -> None:
+    """Forged requests under this node's id, each with a token of its own, were all kept
+    for the peer's life without the cap (a mutation audit)."""
+    from metaopt.peer._twins import _MAX_CALLED, TwinWatch
+
+    watch = TwinWatch(0.0, b"me")
+    for i in range(_MAX_CALLED * 4):
+        assert watch.first_heard(b"forged-%d" % i) and watch.first_stopped(b"forged-%d" % i)
+    assert len(watch._heard) <= _MAX_CALLED and len(watch._stopped) <= _MAX_CALLED
