@@ -600,6 +600,15 @@ async def test_a_run_cancelled_as_its_command_starts_leaves_no_command_running(
     assert not running, "the trial's command outlived its cancelled run"
 
 
+def _gone(pid: int) -> bool:
+    """Whether process pid has ended (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
 def _alive_with(token: str) -> list[int]:
     """Pids of live (not zombie) processes whose command line holds token."""
     found = []
@@ -667,8 +676,9 @@ for step in range(1, 600):
     w.report(loss=1.0 / step, step=step)
     if w.should_stop():
         # a helper in a session of its own holding stdout (a log shipper, say)
-        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"],
-                         start_new_session=True)
+        helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"],
+                                  start_new_session=True)
+        open(os.environ["HELPER_PID"], "w").write(str(helper.pid))
         sys.exit(int(os.environ["EXIT_CODE"]))
     time.sleep(0.05)
 """
@@ -682,7 +692,9 @@ async def test_an_exit_on_the_stop_file_while_output_drains_ends_at_the_stop_fil
     """Without the subreaper (the non-Linux default) a helper the trial left holds its output
     open after its exit on the stop file: the stop went on to SIGTERM there, so a crash while
     saving its checkpoint was recorded a freeze (thawed later from a broken checkpoint)."""
-    spec = _spec(tmp_path, _script(tmp_path, STOP_THEN_EXIT), env={"EXIT_CODE": str(code)})
+    helper = tmp_path / "helper.pid"
+    env = {"EXIT_CODE": str(code), "HELPER_PID": str(helper)}
+    spec = _spec(tmp_path, _script(tmp_path, STOP_THEN_EXIT), env=env)
     spec = dataclasses.replace(spec, config=dataclasses.replace(_FAST, subreaper=False))
 
     def freeze_at_the_first_step(process: TrialProcess, kind: str, data: dict[str, Any]) -> None:
@@ -690,6 +702,14 @@ async def test_an_exit_on_the_stop_file_while_output_drains_ends_at_the_stop_fil
             process.request_stop("frozen")
 
     outcome, _ = await _run(spec, freeze_at_the_first_step)
+    # The run ends with the helper still holding its output (no sweep is given here): its
+    # pipes close, and with them the run's transport, once the helper ends, on this loop
+    # (after the loop's close, the transport's collection was an unraisable warning).
+    for _ in range(100):
+        if _gone(int(helper.read_text())):
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)
     if code:
         assert outcome.status == "failed"
         assert (outcome.reason or "").startswith("crashed when asked to stop")
