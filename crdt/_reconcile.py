@@ -693,7 +693,8 @@ class Initiator:
             stats.rounds += 1
             return self._opening()
         self._round_moved = self._round_moved or bool(records or batch.data)
-        self._idle = 0 if records or took else self._idle + 1  # (see above)
+        if not (records or took):
+            self._idle += 1  # (set to 0 above, where progress is read)
         self._pushed = bool(batch.data)
         if (
             self._idle > self.config.max_idle_round_trips
