@@ -15,6 +15,7 @@ from metaopt.cli._format import (
     json_text,
     state_summary,
     table,
+    trial_state,
 )
 
 
@@ -75,3 +76,15 @@ def test_one_objectives_best_is_its_value_not_a_front() -> None:
     assert best_summary({"best": [{"value": 0.5}], "objectives": ["loss"]}) == 0.5
     assert best_summary({"best": [{"value": 0.5}], "objectives": ["a", "b"]}) == "front of 1"
     assert best_summary({"best": [], "objectives": ["loss"]}) is None
+
+
+# -- From a mutation audit: each failed with one small bug planted in _format.py.
+
+
+def test_a_single_thawed_trial_is_counted_in_the_summary() -> None:
+    said = state_summary({"completed": 3, "running": 1}, thawed=1)
+    assert said == "3 done, 1 running, 1 thawed, 0 failed"
+
+
+def test_a_trial_thawed_once_says_so() -> None:
+    assert trial_state("running", 1) == "running, thawed 1x"

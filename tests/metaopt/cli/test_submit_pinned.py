@@ -233,3 +233,57 @@ def test_max_bundle_mb_counts_mebibytes(tmp_path: Path) -> None:
     (tmp_path / "t.py").write_text("print(1)\n")
     (tmp_path / "data.bin").write_bytes(b"\0" * 1_040_000)  # < 1 MiB, > 1 MB with t.py
     _build(tmp_path, "--max-bundle-mb", "1", "t.py", PRIOR)  # accepted: under 1 MiB
+
+
+# -- From a mutation audit of what `metaopt submit` is given: each test below failed with one
+# -- small bug planted in _submit.py that no CLI test caught.
+
+
+def _with_script(tmp_path: Path) -> Path:
+    (tmp_path / "train.py").write_text("print(1)\n")
+    return tmp_path
+
+
+def test_max_trials_is_kept_beside_max_step(tmp_path: Path) -> None:
+    body = _build(
+        _with_script(tmp_path), "train.py", "--x~uniform(0, 1)",
+        "--max-trials", "5", "--max-step", "100",
+    )  # fmt: skip
+    assert (body["max_trials"], body["max_step"]) == (5, 100)
+
+
+def test_a_name_with_a_leading_space_is_refused(tmp_path: Path) -> None:
+    """Shown without it in a table, and then `status train` found nothing."""
+    said = _refused(_with_script(tmp_path), "--name", " train", "train.py", "--x~uniform(0, 1)")
+    assert "starts or ends with a space" in said
+
+
+def test_a_config_files_maximize_list_maximizes_every_objective_it_names(tmp_path: Path) -> None:
+    cwd = _with_script(tmp_path)
+    config = _config(tmp_path, "sweep.yaml", "objective: [loss, acc, f1]\nmaximize: [acc, f1]\n")
+    body = _build(cwd, "--config", config, "train.py", "--x~uniform(0, 1)")
+    assert list(body["objectives"]) == ["loss", "acc", "f1"]  # type: ignore[call-overload]
+    assert list(body["directions"]) == ["minimize", "maximize", "maximize"]  # type: ignore[call-overload]
+
+
+def test_a_regex_whose_first_group_is_unnamed_reports_loss_whatever_groups_follow(
+    tmp_path: Path,
+) -> None:
+    """As the README says: the objective is `loss` unless --objective or the name of the
+    regex's first group says otherwise; named groups after it are other metrics."""
+    regex = r"(\d+) (?P<acc>[0-9.]+) (?P<f1>[0-9.]+)"
+    body = _build(
+        _with_script(tmp_path), "--objective-regex", regex, "train.py", "--x~uniform(0, 1)"
+    )
+    assert list(body["objectives"]) == ["loss"]  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize(
+    ("interpreter", "script"), [("bash", "nosuch.bash"), ("perl", "nosuch.pl")]
+)
+def test_a_missing_script_of_any_known_suffix_is_refused(
+    tmp_path: Path, interpreter: str, script: str
+) -> None:
+    """Accepted, every trial on every peer failed with "can't open file"."""
+    said = _refused(tmp_path, "--", interpreter, script, "--x~uniform(0, 1)")
+    assert f"{script}: no such script" in said
