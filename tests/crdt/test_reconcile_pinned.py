@@ -237,19 +237,25 @@ def test_max_round_trips_stops_a_session_that_keeps_reopening() -> None:
     assert count == 2 and session.stats.phase == "gave-up" and not session.stats.converged
 
 
+def _answered_alike(session: Initiator, reply: dict[str, Any]) -> list[dict[str, Any]]:
+    """The requests of a session whose peer answers each with reply, until it ends (at most
+    1,000 round trips)."""
+    requests: list[dict[str, Any]] = []
+    message: bytes | None = session.start()
+    while message is not None and len(requests) < 1000:
+        requests.append(msgpack.unpackb(message))
+        message = session.receive(msgpack.packb(reply))
+    return requests
+
+
 @pytest.mark.parametrize("max_idle", [0, 3])
 def test_max_idle_round_trips_allows_exactly_that_many_idle_round_trips(max_idle: int) -> None:
     """Pins idle > max_idle_round_trips: a peer that lists a key it has ("h") but never sends
     it is asked max_idle + 1 times, then the session gives up."""
-    store = MemoryStore()
-    session = Initiator(store, SyncConfig(max_idle_round_trips=max_idle))
-    message: bytes | None = session.start()
-    teasing = msgpack.packb({"s": False, "f": b"\x07" * 16, "h": POOL[0].key})
-    count = 0
-    while message is not None and count < 50:
-        count += 1
-        message = session.receive(teasing)
-    assert count == max_idle + 1 and session.stats.phase == "gave-up"
+    session = Initiator(MemoryStore(), SyncConfig(max_idle_round_trips=max_idle))
+    teasing = {"s": False, "f": b"\x07" * 16, "h": POOL[0].key}
+    assert len(_answered_alike(session, teasing)) == max_idle + 1
+    assert session.stats.phase == "gave-up"
 
 
 def test_a_peer_that_never_takes_what_it_is_pushed_is_given_up_on_when_idle() -> None:
@@ -257,15 +263,10 @@ def test_a_peer_that_never_takes_what_it_is_pushed_is_given_up_on_when_idle() ->
     drops them): each answer queued the same runs again, and a push of the same records
     counted as moving, so the session went to max_round_trips (65,536 round trips, each record
     pushed again every time; one such peer held every caller's anti-entropy for minutes)."""
-    store = store_of(POOL[:5])
-    session = Initiator(store, SyncConfig(max_idle_round_trips=3))
-    message: bytes | None = session.start()
-    deaf = msgpack.packb({"s": False, "f": b"\x07" * 16, "v": []})
-    pushes = 0
-    while message is not None and pushes < 1000:
-        pushes += bool(msgpack.unpackb(message).get("p"))
-        message = session.receive(deaf)
-    assert message is None and session.stats.phase == "gave-up", f"{pushes} pushes and on"
+    session = Initiator(store_of(POOL[:5]), SyncConfig(max_idle_round_trips=3))
+    requests = _answered_alike(session, {"s": False, "f": b"\x07" * 16, "v": []})
+    pushes = sum(bool(request.get("p")) for request in requests)
+    assert session.done and session.stats.phase == "gave-up", f"{pushes} pushes and on"
     assert pushes == 1  # (a push it did not take, it never takes: each record went once)
 
 
@@ -274,13 +275,9 @@ def test_a_peer_that_asks_again_and_again_for_a_record_it_never_takes_is_given_u
     often the same one went, so a peer asking for it for good held the session to
     max_round_trips. Only a push the peer took (its fingerprint moved) is progress."""
     session = Initiator(store_of(POOL[:1]), SyncConfig(max_idle_round_trips=3))
-    message: bytes | None = session.start()
-    asking = msgpack.packb({"s": False, "f": b"\x07" * 16, "w": POOL[0].key})
-    count = 0
-    while message is not None and count < 1000:
-        count += 1
-        message = session.receive(asking)
-    assert count == 3 + 1 and session.stats.phase == "gave-up"
+    asking = {"s": False, "f": b"\x07" * 16, "w": POOL[0].key}
+    assert len(_answered_alike(session, asking)) == 3 + 1
+    assert session.stats.phase == "gave-up"
 
 
 @pytest.mark.parametrize("seed", [30, 106])

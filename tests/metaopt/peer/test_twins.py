@@ -181,6 +181,14 @@ async def _twins_through_a_third_peer(wired: _Wired) -> tuple[Node, Node, Node]:
     return a, twin, c
 
 
+def _runs_on(original: Node, copy: Node) -> str:
+    """What the original says once the copy its call reached has stopped."""
+    return (
+        f"another peer ran with this peer's node id at {copy.addr}, started after this one"
+        f" (its data directory a copy of {original.dirs.root}?): it stops, and this one runs on"
+    )
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("first_call", ["gossip", "sync"])
 async def test_the_twin_whose_call_stopped_the_copy_says_so(
@@ -208,11 +216,7 @@ async def test_the_twin_whose_call_stopped_the_copy_says_so(
             await a.membership._gossip_with(twin.addr, timeout)  # (said once, not again)
         assert twin.failed and a.failed is None
         said = [r.getMessage() for r in caplog.records if r.name.startswith("metaopt")]
-        assert said == [
-            twin.failed + "; this peer stops",
-            f"another peer ran with this peer's node id at {twin.addr}, started after this one"
-            f" (its data directory a copy of {a.dirs.root}?): it stops, and this one runs on",
-        ]
+        assert said == [twin.failed + "; this peer stops", _runs_on(a, twin)]
     finally:
         wired.close()
 
@@ -241,8 +245,7 @@ async def test_the_twin_called_first_by_the_copy_says_it_calls_it_and_then_that_
             f"another peer runs with this peer's node id at {twin.addr}, started after this"
             f" one (its data directory a copy of {a.dirs.root}?): calling it, so that it stops",
             twin.failed + "; this peer stops",
-            f"another peer ran with this peer's node id at {twin.addr}, started after this one"
-            f" (its data directory a copy of {a.dirs.root}?): it stops, and this one runs on",
+            _runs_on(a, twin),
         ]
     finally:
         wired.close()
