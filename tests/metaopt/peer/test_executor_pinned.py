@@ -27,6 +27,7 @@ from metaopt.peer._executor import (
     last_metrics,
     stopped_by_signal,
 )
+from metaopt.peer._identity import pid_gone
 from metaopt.peer._output import OutputParser
 from tests.metaopt.peer.test_executor import _FAST, EPOCHS, LOOP, _kinds, _run, _script, _spec
 
@@ -600,25 +601,14 @@ async def test_a_run_cancelled_as_its_command_starts_leaves_no_command_running(
     assert not running, "the trial's command outlived its cancelled run"
 
 
-def _gone(pid: int) -> bool:
-    """Whether process pid has ended (a zombie has)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
 def _alive_with(token: str) -> list[int]:
     """Pids of live (not zombie) processes whose command line holds token."""
     found = []
     for name in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError):
-            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
-            state = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            if token.encode() in cmdline and state != "Z":
+            if token.encode() in Path(f"/proc/{name}/cmdline").read_bytes():
                 found.append(int(name))
-    return found
+    return [pid for pid in found if not pid_gone(pid)]
 
 
 def test_a_shells_report_of_a_stop_signal_is_a_stop() -> None:
@@ -706,7 +696,7 @@ async def test_an_exit_on_the_stop_file_while_output_drains_ends_at_the_stop_fil
     # pipes close, and with them the run's transport, once the helper ends, on this loop
     # (after the loop's close, the transport's collection was an unraisable warning).
     for _ in range(100):
-        if _gone(int(helper.read_text())):
+        if pid_gone(int(helper.read_text())):
             break
         await asyncio.sleep(0.1)
     await asyncio.sleep(0.1)
