@@ -788,7 +788,11 @@ class Node:
     async def _anti_entropy(self) -> None:
         if self.storage.problem():  # (see _hold_back_while_storage_fails)
             return
-        await self.replicator.anti_entropy_once()  # (which counts the partner live)
+        # The session (which counts its partner live) runs beside the rounds: they start
+        # another, with another partner, while every one under way waits for its partner's
+        # first answer (see anti_entropy_due).
+        if self.replicator.anti_entropy_due(patience=self.config.timing.anti_entropy):
+            self._spawn(self._round(self.replicator.anti_entropy_once))
 
     async def _watch_data_dir(self) -> None:
         """Stop if the data directory was deleted or replaced under this peer: it went on

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -69,3 +70,52 @@ async def test_sessions_both_ways_at_once_carry_a_catch_up_once(tmp_path: Path) 
     finally:
         for peer in running:
             await peer.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_partner_that_never_answers_does_not_hold_a_catch_up(tmp_path: Path) -> None:
+    # One session at a time, a partner cut off by a partition held anti-entropy for the
+    # request timeout: a peer restarted beside one caught up in 13.5 s instead of 4.
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await reader.read()  # (until the caller gives up)
+        writer.close()
+
+    silent = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    silent_addr = f"127.0.0.1:{silent.sockets[0].getsockname()[1]}"
+    full = quiet_node(tmp_path / "full")
+    joiner = Node(
+        PeerConfig(
+            data_dir=tmp_path / "joiner",
+            port=0,
+            mdns=False,
+            key_text=full.key.to_text(),
+            timing=Timing(anti_entropy=0.2, gossip=600.0, request_timeout=600.0),
+        )
+    )
+    history = [Record.create("event", b"\x05" * 16, seq, 1000 + seq, {"s": seq})
+               for seq in range(1, 101)]  # fmt: skip
+    full.store.add(history)
+    running: list[Node] = []
+    try:
+        for peer in (full, joiner):
+            await peer.start()
+            running.append(peer)
+        joiner.peers.add(b"\x09" * 16, silent_addr, time.monotonic(), contacted=True)
+        for _ in range(300):  # (30 s at most)
+            if joiner.replicator.in_session_with(silent_addr):
+                break
+            await asyncio.sleep(0.1)
+        assert joiner.replicator.in_session_with(silent_addr)
+        joiner.peers.add_seed(full.addr)
+        for _ in range(300):
+            if len(joiner.store) >= len(history):
+                break
+            await asyncio.sleep(0.1)
+        assert len(joiner.store) >= len(history)
+        assert joiner.replicator.in_session_with(silent_addr)  # (still waiting for it)
+    finally:
+        for peer in running:
+            await peer.stop()
+        silent.close()
+        await silent.wait_closed()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -290,3 +291,147 @@ def test_a_push_batch_stays_under_its_byte_limit() -> None:
     assert batches == [records[:2], records[2:]]
     assert _batches(records, limit=3 * size, count=100) == [records]  # the limit itself fits
     assert _batches(records, limit=3 * size, count=2) == [records[:2], records[2:]]
+
+
+# ------------------------------------------------- partners that do not answer (anti_entropy_due)
+
+LIVE, SEED = "127.0.0.1:1001", "127.0.0.1:1002"
+
+
+class _Hangs:
+    """A Client whose calls to the addresses in ``silent`` never end (a partner cut off by a
+    partition: no answer until the request timeout); ``answers`` of them answer first; the
+    rest answer from ``far``."""
+
+    def __init__(self, far: MemoryStore, silent: set[str], answers: int = 0) -> None:
+        self.far, self.silent, self.answers = far, silent, answers
+        self.calls: list[str] = []
+
+    async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+        self.calls.append(addr)
+        if addr in self.silent and self.calls.count(addr) > self.answers:
+            await asyncio.Event().wait()
+        return respond(self.far, body)
+
+
+def _clocked(table: PeerTable, client: Any, now: list[float]) -> Replicator:
+    return Replicator(
+        MemoryStore(),
+        bytes(16),
+        table,
+        client,
+        clock=lambda: now[0],
+        rng=random.Random(0),
+        push_fanout=4,
+        peer_timeout=30.0,
+    )
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_a_partner_that_does_not_answer_holds_anti_entropy_only_for_its_patience() -> None:
+    # One session at a time, a partner cut off by a partition held every round for the request
+    # timeout (10 s), and a peer restarted beside one caught up in 13.5 s instead of 4.
+    far = MemoryStore()
+    far.add([Record.create("event", A, 1, 1000, {"i": 1})])
+    table = PeerTable()
+    table.add(A, LIVE, 0.0, contacted=True)
+    table.add_seed(SEED)
+    client = _Hangs(far, silent={LIVE})
+    now = [0.0]
+    rep = _clocked(table, client, now)
+
+    async def rounds() -> None:
+        assert rep.anti_entropy_due(patience=2.0)
+        stuck = asyncio.ensure_future(rep.anti_entropy_once())
+        await _settle()
+        assert client.calls == [LIVE] and rep.in_session_with(LIVE)
+        now[0] = 1.9
+        assert not rep.anti_entropy_due(patience=2.0)
+        now[0] = 2.0
+        assert rep.anti_entropy_due(patience=2.0)
+        # Another partner than the one under way: the seed, though a live peer is known.
+        assert await rep.anti_entropy_once() == SEED
+        assert len(rep.store) == 1 and rep.sessions == 1
+        assert rep.anti_entropy_due(patience=2.0)  # (the stuck one has waited long enough)
+        stuck.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stuck
+        assert not rep.in_session_with(LIVE)
+
+    asyncio.run(rounds())
+
+
+def test_a_partner_that_answered_is_not_doubled_however_long_its_session_takes() -> None:
+    # A long catch-up's later round trips may take seconds each: a second session beside it
+    # would carry the same history again, from another peer.
+    far = MemoryStore()
+    table = PeerTable()
+    table.add(A, LIVE, 0.0, contacted=True)
+    table.add_seed(SEED)
+    client = _Hangs(far, silent={LIVE}, answers=1)
+    now = [0.0]
+    rep = _clocked(table, client, now)
+    rep.store.add([Record.create("event", bytes(16), seq, 1000, {"i": seq}) for seq in (1, 2)])
+
+    async def rounds() -> None:
+        session = asyncio.ensure_future(rep.anti_entropy_once())
+        await _settle()
+        assert client.calls == [LIVE, LIVE]  # answered once, then holds its second answer
+        now[0] = 60.0
+        assert not rep.anti_entropy_due(patience=2.0)
+        session.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await session
+        assert rep.anti_entropy_due(patience=2.0)
+
+    asyncio.run(rounds())
+
+
+def test_at_most_three_anti_entropy_sessions_wait_at_once() -> None:
+    table = PeerTable()
+    addrs = [f"127.0.0.1:{1001 + i}" for i in range(5)]
+    for i, addr in enumerate(addrs):
+        table.add(bytes([i + 1]) * 16, addr, 0.0, contacted=True)
+    client = _Hangs(MemoryStore(), silent=set(addrs))
+    now = [0.0]
+    rep = _clocked(table, client, now)
+
+    async def rounds() -> None:
+        sessions = []
+        for _ in range(3):
+            assert rep.anti_entropy_due(patience=2.0)
+            sessions.append(asyncio.ensure_future(rep.anti_entropy_once()))
+            await _settle()
+            now[0] += 2.0
+        assert len(set(client.calls)) == 3  # each with another partner
+        assert not rep.anti_entropy_due(patience=2.0)
+        sessions[0].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sessions[0]
+        assert rep.anti_entropy_due(patience=2.0)
+        for session in sessions[1:]:
+            session.cancel()
+        await asyncio.gather(*sessions, return_exceptions=True)
+
+    asyncio.run(rounds())
+
+
+def test_with_every_partner_in_a_session_none_is_called_twice() -> None:
+    table = PeerTable()
+    table.add(A, LIVE, 0.0, contacted=True)
+    client = _Hangs(MemoryStore(), silent={LIVE})
+    rep = _clocked(table, client, [0.0])
+
+    async def rounds() -> None:
+        stuck = asyncio.ensure_future(rep.anti_entropy_once())
+        await _settle()
+        assert await asyncio.wait_for(rep.anti_entropy_once(), 5.0) is None
+        assert client.calls == [LIVE]
+        stuck.cancel()
+        await asyncio.gather(stuck, return_exceptions=True)
+
+    asyncio.run(rounds())
