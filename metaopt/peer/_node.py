@@ -949,13 +949,17 @@ class Node:
         them again (one that comes back to life gets new ones). Kept, a freeze-thaw stopper
         held its last fit, 3.4 MB over 600 curves, for every experiment it ever judged, until
         the peer restarted."""
-        for key in self._suggesters.keys() | self.runner.stopper_keys():
+        for key in self._suggesters.keys() | self.runner.early_stopping.stopper_keys():
             state = self.replica.experiments.get(key)
             # (Not while frozen trials of it here are judged: a stopped experiment's, made again
             # at every monitor pass and dropped at the next scheduling pass.)
-            if state is not None and state.finished and not self.runner.own_frozen(state):
+            if (
+                state is not None
+                and state.finished
+                and not self.runner.early_stopping.own_frozen(state)
+            ):
                 self._suggesters.pop(key, None)
-                self.runner.forget_stopper(key)
+                self.runner.early_stopping.forget_stopper(key)
 
     def blocked_here(self, experiment: bytes) -> str | None:
         """Why this peer starts no trial of the experiment, or None if it may."""
@@ -1247,7 +1251,9 @@ class Node:
         one slot, an experiment that ran nothing waited while another's trials were thawed,
         frozen at the next rung and thawed again."""
         runnable = self._with_command()
-        thawable = {s.key for s in runnable if not s.stopped and self.runner.own_frozen(s)}
+        thawable = {
+            s.key for s in runnable if not s.stopped and self.runner.early_stopping.own_frozen(s)
+        }
         work = self._plan(runnable, int(self.clock() * 1000), True, thawable)
         turns = Counter(item.experiment for item in work if item.trial is None)
         return dict(turns), self.runner.free_slots() - len(work)
@@ -1263,7 +1269,7 @@ class Node:
             # (Not before: its history may lack the experiment's stop, as for new trials, or
             # another peer's thaw of a trial thawed here by hand.)
             await self.runner.thaw_asked()  # (asked by hand: first in a slot that freed)
-            await self.runner.thaw(self._thaw_turns)
+            await self.runner.early_stopping.thaw(self._thaw_turns)
         # A hold since the watcher last ran (a launch's code copy, SIGSTOP right here) is
         # noticed before anything is judged lost, not after.
         self._check_stall()
@@ -1354,7 +1360,7 @@ class Node:
                 self.write_event(state.key, view.key, "killed", reason=reason, after=view.latest)
                 continue
             if view is not None and item.trial:
-                rerun = await self.runner.worth_rerun(state, view)
+                rerun = await self.runner.early_stopping.worth_rerun(state, view)
                 # The searches and the stopper above awaited: another peer may have claimed
                 # the trial meanwhile, or it completed; run it only while it is still free.
                 view = None if rerun is None else self._still_free(state, rerun)

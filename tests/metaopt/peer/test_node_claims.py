@@ -95,7 +95,7 @@ async def test_a_free_trial_that_moved_on_during_the_pass_is_not_run_again(
     exp = _experiment(max_trials=1)
     trial, events = _lost_trial(exp)
     node = _node(tmp_path)
-    worth_rerun = node.runner.worth_rerun
+    worth_rerun = node.runner.early_stopping.worth_rerun
 
     async def news_arrives(state: ExperimentState, view: TrialView) -> TrialView | None:
         if meanwhile == "claimed elsewhere":
@@ -105,14 +105,14 @@ async def test_a_free_trial_that_moved_on_during_the_pass_is_not_run_again(
         node.store.add([_event(exp, trial, news, RIVAL if meanwhile != "completed" else GONE, 3)])
         return await worth_rerun(state, view)
 
-    monkeypatch.setattr(node.runner, "worth_rerun", news_arrives)
+    monkeypatch.setattr(node.runner.early_stopping, "worth_rerun", news_arrives)
     try:
         node.store.add([exp, trial, *events])
         await node._schedule_once()
         assert ("started", node.node_id) not in _kinds(node, trial)
         assert node.runner.free_slots() == 1
         # Without the news the same pass claims it (the test's set-up is a real claim).
-        monkeypatch.setattr(node.runner, "worth_rerun", worth_rerun)
+        monkeypatch.setattr(node.runner.early_stopping, "worth_rerun", worth_rerun)
         other = _experiment(max_trials=1, nonce="another")
         trial2, events2 = _lost_trial(other)
         node.store.add([other, trial2, *events2])

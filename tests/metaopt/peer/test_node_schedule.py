@@ -1023,7 +1023,7 @@ async def test_a_restarted_peer_reruns_its_interrupted_trial_before_it_thaws_a_f
         node.store.add([exp, cut_short, frozen, *events])
         node.replicator.sessions = 1  # caught up
         state = node.replica.experiments[exp.key]
-        node.runner._stoppers[exp.key] = _JudgeFrozen(Action.THAW, "worth a slot")
+        node.runner.early_stopping._stoppers[exp.key] = _JudgeFrozen(Action.THAW, "worth a slot")
         await node._schedule_once()
 
         def kinds(trial: Record) -> list[str]:
@@ -1053,7 +1053,7 @@ async def test_a_peer_thaws_and_judges_nothing_until_it_has_caught_up(tmp_path: 
     async def monitor(judge: bool = True) -> None:
         judged.append(judge)
 
-    node.runner.thaw = thaw  # type: ignore[method-assign]
+    node.runner.early_stopping.thaw = thaw  # type: ignore[method-assign]
     node.runner.monitor = monitor  # type: ignore[method-assign]
     try:
         assert not node.caught_up()
@@ -1342,7 +1342,7 @@ async def test_a_thaw_takes_a_slot_in_its_experiments_turn(
         node.store.add([a, b, *frozen])
         if budget == "unsearchable":
             node._unsearchable[a.key] = "its search failed here (see this peer's log)"
-        node.runner._stoppers[a.key] = _JudgeFrozen(decided, "judged")
+        node.runner.early_stopping._stoppers[a.key] = _JudgeFrozen(decided, "judged")
         await node._schedule_once()
         running = sorted(
             node.replica.experiments[r.experiment].spec.name for r in node.runner.running.values()
@@ -1382,9 +1382,11 @@ async def test_two_experiments_with_frozen_trials_split_the_free_slots_by_turn(
         node.store.add(records)
         for exp in (a, b):
             judge = _JudgeFrozen(Action.THAW, "judged")
-            node.runner._stoppers[exp.key] = judge if stopper.startswith("thaws") else None
+            node.runner.early_stopping._stoppers[exp.key] = (
+                judge if stopper.startswith("thaws") else None
+            )
             if not stopper.startswith("thaws"):
-                node.runner._stoppers[exp.key] = RuleStopper(broken)
+                node.runner.early_stopping._stoppers[exp.key] = RuleStopper(broken)
         await node._schedule_once()
         running = sorted(
             node.replica.experiments[r.experiment].spec.name for r in node.runner.running.values()
@@ -1424,9 +1426,9 @@ async def test_a_finished_experiments_search_and_stopper_are_dropped(tmp_path: P
         assert states["done"].finished and not states["going"].finished
         for state in states.values():
             node.suggester(state)
-            assert node.runner._stopper(state) is not None
+            assert node.runner.early_stopping._stopper(state) is not None
         await node._schedule_once()
-        assert set(node._suggesters) == node.runner.stopper_keys() == {going.key}
+        assert set(node._suggesters) == node.runner.early_stopping.stopper_keys() == {going.key}
         assert node.suggester(states["done"]).space is not None  # made again if asked
     finally:
         await node.stop()

@@ -151,8 +151,8 @@ def test_a_free_slot_kills_a_hopeless_frozen_trial_for_good(
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
     stopper = _JudgeFrozen()
-    runner._stoppers[state.key] = stopper
-    asyncio.run(runner.thaw())
+    runner.early_stopping._stoppers[state.key] = stopper
+    asyncio.run(runner.early_stopping.thaw())
     assert stopper.free == [1]
     assert node.written == [(trial, "killed", "hopeless")]
     assert state.trial(trial).state == "killed"  # type: ignore[union-attr]
@@ -167,7 +167,7 @@ def test_the_curves_a_decision_reads_are_built_off_the_event_loop(
     state, trial = _frozen_trial(1)
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
-    runner._stoppers[state.key] = stopper = _JudgeFrozen()
+    runner.early_stopping._stoppers[state.key] = stopper = _JudgeFrozen()
     built_on: list[int] = []
     real = _curves.curve_views
 
@@ -176,7 +176,7 @@ def test_the_curves_a_decision_reads_are_built_off_the_event_loop(
         return real(*args)
 
     monkeypatch.setattr(_curves, "curve_views", spy)
-    assert asyncio.run(runner._decide(state, {trial.hex()}, 1)) == [
+    assert asyncio.run(runner.early_stopping._decide(state, {trial.hex()}, 1)) == [
         Decision(trial.hex(), Action.KILL, "hopeless")
     ]
     assert built_on and threading.get_ident() not in built_on and stopper.free == [1]
@@ -190,12 +190,12 @@ def test_default_early_stopping_starts_once_a_trial_reports_a_step() -> None:
         _Node(state, Space.from_dict({"x": "uniform(0, 1)"})),  # type: ignore[arg-type]
         SimpleNamespace(gpus="none", slots=1),  # type: ignore[arg-type]
     )
-    assert runner._stopper(state) is None
+    assert runner.early_stopping._stopper(state) is None
     for seq, kind in enumerate(("started", "progress"), 2):
         metrics = {"objective": 0.5} if kind == "progress" else {}
         body = EventBody(trial.key, state.key, kind, ME, 1 if metrics else None, metrics)
         state.apply(Record.create(EVENT, ME, seq, seq, body.to_body(), [trial.key, state.key]))
-    assert isinstance(runner._stopper(state), FreezeThawStopper)
+    assert isinstance(runner.early_stopping._stopper(state), FreezeThawStopper)
 
 
 def _running_here(*, exited: bool) -> tuple[TrialRunner, bytes, list[str]]:
@@ -232,7 +232,9 @@ def test_a_stop_the_stopper_decided_is_kept_on_disk_until_its_end_is_recorded(
     runner.trial_dir(trial).mkdir(parents=True)
     state = next(iter(runner.node.replica.experiments.values()))
     # (Its state says frozen, its slot here running: the stopper's kill goes to the run.)
-    runner._stoppers[state.key] = _JudgeFrozen(Action.KILL, "not in the top 1/3 at rung 9", 9)
+    runner.early_stopping._stoppers[state.key] = _JudgeFrozen(
+        Action.KILL, "not in the top 1/3 at rung 9", 9
+    )
     asyncio.run(runner.monitor())
     assert asked == ["not in the top 1/3 at rung 9"]
     # (With its rung: a restarted peer records the kill as the stopper decided it.)
@@ -256,7 +258,9 @@ def test_a_monitor_told_not_to_judge_asks_no_stopper() -> None:
     # (Its peer has not caught up: see Node._monitor.)
     runner, _, asked = _running_here(exited=False)
     state = next(iter(runner.node.replica.experiments.values()))
-    stopper = runner._stoppers[state.key] = _JudgeFrozen(Action.KILL, "not in the top")
+    stopper = runner.early_stopping._stoppers[state.key] = _JudgeFrozen(
+        Action.KILL, "not in the top"
+    )
     asyncio.run(runner.monitor(judge=False))
     assert (stopper.free, asked) == ([], [])
     asyncio.run(runner.monitor())
@@ -274,7 +278,9 @@ def test_a_stop_the_stopper_decides_is_logged_as_asked_not_as_done(
     caplog.set_level(logging.INFO, logger="metaopt")
     runner, trial, _ = _running_here(exited=False)
     state = next(iter(runner.node.replica.experiments.values()))
-    runner._stoppers[state.key] = _JudgeFrozen(action, "not in the top 1/3 at rung 9", 9)
+    runner.early_stopping._stoppers[state.key] = _JudgeFrozen(
+        action, "not in the top 1/3 at rung 9", 9
+    )
     asyncio.run(runner.monitor())
     assert f"{said} trial {trial.hex()[:12]}: not in the top 1/3 at rung 9" in caplog.text
 
@@ -287,7 +293,9 @@ def test_a_stop_decided_for_a_run_that_has_just_exited_is_not_logged(
     caplog.set_level(logging.INFO, logger="metaopt")
     runner, trial, asked = _running_here(exited=True)
     state = next(iter(runner.node.replica.experiments.values()))
-    runner._stoppers[state.key] = _JudgeFrozen(Action.KILL, "not in the top 1/3 at rung 9", 9)
+    runner.early_stopping._stoppers[state.key] = _JudgeFrozen(
+        Action.KILL, "not in the top 1/3 at rung 9", 9
+    )
     asyncio.run(runner.monitor())
     assert asked == [] and f"trial {trial.hex()[:12]}" not in caplog.text
 
@@ -336,8 +344,8 @@ def test_a_trial_frozen_by_hand_is_left_to_the_user() -> None:
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
     stopper = _JudgeFrozen()
-    runner._stoppers[state.key] = stopper
-    asyncio.run(runner.thaw())
+    runner.early_stopping._stoppers[state.key] = stopper
+    asyncio.run(runner.early_stopping.thaw())
     asyncio.run(runner.monitor())  # the budget is spent and every slot is idle
     assert node.written == [] and state.trial(trial).frozen_by_hand  # type: ignore[union-attr]
     assert stopper.free == []  # never asked about it
@@ -708,9 +716,9 @@ def test_an_experiment_this_peer_cannot_read_gets_no_decisions_and_no_error() ->
 
     node.suggester = unreadable  # type: ignore[method-assign]
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
-    assert asyncio.run(runner._decide(state, {trial.hex()}, 1)) == []
+    assert asyncio.run(runner.early_stopping._decide(state, {trial.hex()}, 1)) == []
     asyncio.run(runner.monitor())
-    asyncio.run(runner.thaw())
+    asyncio.run(runner.early_stopping.thaw())
 
 
 class _Undecided:
@@ -732,8 +740,8 @@ def test_a_spent_experiments_frozen_trials_are_settled_while_another_keeps_the_s
     process = SimpleNamespace(request_stop=lambda why: None, exited=False)
     runner.running[0] = Running(runner.slots[0], other.key, busy.key, process=process)  # type: ignore[arg-type]
 
-    runner._stoppers[state.key] = _Undecided()  # type: ignore[assignment]
-    runner._stoppers[other.key] = _Undecided()  # type: ignore[assignment]
+    runner.early_stopping._stoppers[state.key] = _Undecided()  # type: ignore[assignment]
+    runner.early_stopping._stoppers[other.key] = _Undecided()  # type: ignore[assignment]
     asyncio.run(runner.monitor())
     assert node.written == [(trial, "killed", "frozen when the budget ran out and not worth"
                                               " resuming")]  # fmt: skip
@@ -751,7 +759,7 @@ def test_a_peer_asked_to_stop_while_its_stopper_decides_settles_nothing() -> Non
         node.stopping = True
         return []
 
-    runner._stoppers[state.key] = RuleStopper(stop_meanwhile)  # type: ignore[assignment]
+    runner.early_stopping._stoppers[state.key] = RuleStopper(stop_meanwhile)  # type: ignore[assignment]
     asyncio.run(runner.monitor())
     assert node.written == []
 
@@ -770,7 +778,7 @@ def test_a_restarted_peer_settles_no_frozen_trial_while_its_interrupted_one_wait
     node = _Node(state, Space.from_dict({"x": "uniform(0, 1)"}))
     runner = TrialRunner(node, SimpleNamespace(gpus="none", slots=1))  # type: ignore[arg-type]
 
-    runner._stoppers[state.key] = _Undecided()  # type: ignore[assignment]
+    runner.early_stopping._stoppers[state.key] = _Undecided()  # type: ignore[assignment]
     assert runner.interrupted_here() == runner.interrupted_here(state) == 1
     asyncio.run(runner.monitor())
     assert node.written == []
@@ -803,11 +811,11 @@ def test_a_stopper_that_fails_for_one_experiment_is_logged_once_and_kills_nothin
         def decide(self, *args: object, **kw: object) -> list[Decision]:
             raise ZeroDivisionError("a bug in the stopper")
 
-    runner._stoppers[state.key] = _Broken()  # type: ignore[assignment]
+    runner.early_stopping._stoppers[state.key] = _Broken()  # type: ignore[assignment]
     for _ in range(3):
         asyncio.run(runner.monitor())
     assert node.written == []
-    asyncio.run(runner.thaw())
+    asyncio.run(runner.early_stopping.thaw())
     assert launched == [(trial, True)]
     assert caplog.text.count("its early stopper failed") == 1
 
@@ -919,22 +927,22 @@ def test_a_trial_lost_while_frozen_is_judged_before_a_rerun_once_the_budget_is_s
     state, trial, node, runner = _lost_while_frozen(max_trials=1)
     view = state.trial(trial)
     assert view is not None and view.state == "lost" and view.lost_frozen and state.budget_spent
-    runner._stoppers[state.key] = _JudgeFrozen()
-    assert asyncio.run(runner.worth_rerun(state, view)) is None
+    runner.early_stopping._stoppers[state.key] = _JudgeFrozen()
+    assert asyncio.run(runner.early_stopping.worth_rerun(state, view)) is None
     ((_, kind, reason),) = node.written[2:]
     assert kind == "killed" and reason is not None and "not worth a re-run (hopeless)" in reason
     assert state.trial(trial).state == "killed"  # type: ignore[union-attr]
 
     state, trial, node, runner = _lost_while_frozen(max_trials=1)
-    runner._stoppers[state.key] = _JudgeFrozen(Action.THAW, "a good bet")
-    again = asyncio.run(runner.worth_rerun(state, state.trial(trial)))  # type: ignore[arg-type]
+    runner.early_stopping._stoppers[state.key] = _JudgeFrozen(Action.THAW, "a good bet")
+    again = asyncio.run(runner.early_stopping.worth_rerun(state, state.trial(trial)))  # type: ignore[arg-type]
     assert again is not None and again.state == "lost" and len(node.written) == 2
 
 
 def test_a_trial_lost_while_frozen_before_the_budget_is_spent_or_while_running_is_rerun() -> None:
     state, trial, node, runner = _lost_while_frozen(max_trials=None)
-    stopper = runner._stoppers[state.key] = _JudgeFrozen()
-    assert asyncio.run(runner.worth_rerun(state, state.trial(trial)))  # type: ignore[arg-type]
+    stopper = runner.early_stopping._stoppers[state.key] = _JudgeFrozen()
+    assert asyncio.run(runner.early_stopping.worth_rerun(state, state.trial(trial)))  # type: ignore[arg-type]
     assert stopper.free == [] and len(node.written) == 2  # its rungs judge the re-run
 
     node.write_event(state.key, trial, "started")
@@ -1139,8 +1147,8 @@ def test_frozen_trials_of_a_used_up_space_are_judged_as_with_no_fresh_point_left
             else [Decision(t, Action.THAW, "no fresh point") for t in sorted(own)]
         )
     )
-    runner._stoppers[state.key] = stopper  # type: ignore[assignment]
-    asyncio.run(runner.thaw())
+    runner.early_stopping._stoppers[state.key] = stopper  # type: ignore[assignment]
+    asyncio.run(runner.early_stopping.thaw())
     asyncio.run(runner.monitor())
     told = [fresh for _, _, fresh in stopper.calls]
     # Told a fresh point may start, the slot stayed idle and the trial frozen for good.
@@ -1159,7 +1167,7 @@ def test_a_stopped_experiments_running_trial_is_judged_as_with_no_fresh_point_le
     running = Running(runner.slots[0], state.key, keys[0], began=0.0)
     runner.running[0] = running
     stopper = RuleStopper(lambda curves, own, free: [])
-    runner._stoppers[state.key] = stopper  # type: ignore[assignment]
+    runner.early_stopping._stoppers[state.key] = stopper  # type: ignore[assignment]
     asyncio.run(runner.monitor())
     told = [fresh for _, _, fresh in stopper.calls]
     assert told == [False]
@@ -1169,7 +1177,7 @@ def test_frozen_trials_of_a_used_up_space_not_worth_resuming_are_ended_so_it_can
     # With nothing new to start and no trial running, the frozen ones not worth a slot are
     # killed, so that the experiment finishes (as once its budget is spent).
     state, keys, runner, node = _used_up_grid()
-    runner._stoppers[state.key] = RuleStopper(lambda curves, own, free: [])  # type: ignore[assignment]
+    runner.early_stopping._stoppers[state.key] = RuleStopper(lambda curves, own, free: [])  # type: ignore[assignment]
     asyncio.run(runner.monitor())
     assert node.written == [
         (keys[1], "killed", "frozen when no new point was left to try and not worth resuming")

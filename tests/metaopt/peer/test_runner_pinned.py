@@ -406,10 +406,10 @@ def test_a_trial_lost_while_frozen_is_rerun_unjudged_when_there_is_no_stopper_or
 
     for stopper in (None, _Broken()):
         state, trial, node, runner = _lost_while_frozen()
-        runner._stoppers[state.key] = stopper  # type: ignore[assignment]
+        runner.early_stopping._stoppers[state.key] = stopper  # type: ignore[assignment]
         view = state.trial(trial)
         assert view is not None and view.lost_frozen and state.budget_spent
-        again = asyncio.run(runner.worth_rerun(state, view))
+        again = asyncio.run(runner.early_stopping.worth_rerun(state, view))
         assert again is not None and again.state == "lost", stopper
         assert [k for _, k, _ in node.written] == ["lost"]
 
@@ -422,10 +422,12 @@ def test_a_trial_lost_while_frozen_that_moved_on_while_judged_is_not_rerun() -> 
     def taken() -> None:
         _event(state, trial, "started", OTHER, 1)
 
-    runner._stoppers[state.key] = RuleStopper(_for_each(Action.THAW, "good bet"), taken)  # type: ignore[assignment]
+    runner.early_stopping._stoppers[state.key] = RuleStopper(
+        _for_each(Action.THAW, "good bet"), taken
+    )  # type: ignore[assignment]
     view = state.trial(trial)
     assert view is not None
-    assert asyncio.run(runner.worth_rerun(state, view)) is None
+    assert asyncio.run(runner.early_stopping.worth_rerun(state, view)) is None
     assert [k for _, k, _ in node.written] == ["lost"]
 
 
@@ -438,8 +440,8 @@ def test_the_stopper_is_told_no_fresh_trial_is_left_once_the_budget_is_spent() -
         state, trial = _frozen_trial(1, max_trials=max_trials)
         _, runner = _runner(state)
         stopper = RuleStopper(lambda curves, own, free: [])
-        runner._stoppers[state.key] = stopper  # type: ignore[assignment]
-        asyncio.run(runner._decide(state, {trial.hex()}, 1))
+        runner.early_stopping._stoppers[state.key] = stopper  # type: ignore[assignment]
+        asyncio.run(runner.early_stopping._decide(state, {trial.hex()}, 1))
         assert stopper.calls == [({trial.hex()}, 1, fresh)]
 
 
@@ -522,8 +524,8 @@ def test_another_peers_frozen_trial_is_not_judged_here() -> None:
     assert state.trial(trial).runner == OTHER  # type: ignore[union-attr]
     node, runner = _runner(state)
     stopper = _JudgeFrozen()
-    runner._stoppers[state.key] = stopper
-    asyncio.run(runner.thaw())
+    runner.early_stopping._stoppers[state.key] = stopper
+    asyncio.run(runner.early_stopping.thaw())
     asyncio.run(runner.monitor())
     assert node.written == [] and stopper.free == []
 
@@ -551,7 +553,7 @@ def test_a_run_already_stopping_is_not_judged_again() -> None:
     run = Running(runner.slots[0], state.key, busy.key, process=_stopping_process())
     runner.running[0] = run
     stopper = RuleStopper(lambda curves, own, free: [])
-    runner._stoppers[state.key] = stopper  # type: ignore[assignment]
+    runner.early_stopping._stoppers[state.key] = stopper  # type: ignore[assignment]
     asyncio.run(runner.monitor())
     assert stopper.calls == [({busy.key.hex()}, 0, True)]
     assert asyncio.run(runner.end(busy.key, "frozen", "low"))
@@ -569,7 +571,7 @@ def test_frozen_trials_are_not_settled_while_a_trial_of_theirs_runs_here() -> No
     node, runner = _runner(state)
     runner.running[0] = Running(runner.slots[0], state.key, running, process=_stopping_process())
     stopper = RuleStopper(lambda curves, own, free: [])
-    runner._stoppers[state.key] = stopper  # type: ignore[assignment]
+    runner.early_stopping._stoppers[state.key] = stopper  # type: ignore[assignment]
     asyncio.run(runner.monitor())
     assert node.written == [] and stopper.calls[0][1] == 0
 
@@ -585,7 +587,7 @@ def test_a_frozen_trial_thawed_while_judged_is_not_killed(action: Action) -> Non
         _event(state, trial, "thawed", ME, 1)
 
     stopper = RuleStopper(_for_each(action, "hopeless"), thawed)
-    runner._stoppers[state.key] = stopper  # type: ignore[assignment]
+    runner.early_stopping._stoppers[state.key] = stopper  # type: ignore[assignment]
     asyncio.run(runner.monitor())
     assert node.written == []
     assert state.trial(trial).state == "running"  # type: ignore[union-attr]
@@ -626,12 +628,12 @@ def test_a_thaw_leaves_the_slots_interrupted_trials_need() -> None:
     _event(state, cut, "started", ME, 3)
     node, runner = _runner(state, slots=1)
     stopper = RuleStopper(_for_each(Action.KILL, "hopeless"))
-    runner._stoppers[state.key] = stopper  # type: ignore[assignment]
-    asyncio.run(runner.thaw())
+    runner.early_stopping._stoppers[state.key] = stopper  # type: ignore[assignment]
+    asyncio.run(runner.early_stopping.thaw())
     assert stopper.calls == [] and node.written == []
 
     node, runner = _runner(state, slots=2)
-    runner._stoppers[state.key] = RuleStopper(_for_each(Action.THAW, "good bet"))  # type: ignore[assignment]
+    runner.early_stopping._stoppers[state.key] = RuleStopper(_for_each(Action.THAW, "good bet"))  # type: ignore[assignment]
     launched: list[bytes] = []
 
     async def launch(state: ExperimentState, view: Any, *, thaw: bool = False) -> None:
@@ -640,7 +642,7 @@ def test_a_thaw_leaves_the_slots_interrupted_trials_need() -> None:
         runner.running[slot.index] = Running(slot, state.key, view.key)
 
     runner.launch = launch  # type: ignore[method-assign]
-    asyncio.run(runner.thaw())
+    asyncio.run(runner.early_stopping.thaw())
     assert len(launched) == 1 and launched[0] in (first, second)
 
 
@@ -650,8 +652,8 @@ def test_a_stopped_experiments_frozen_trials_are_not_thawed() -> None:
     state.stopped = True
     node, runner = _runner(state)
     stopper = RuleStopper(_for_each(Action.THAW, "good bet"))
-    runner._stoppers[state.key] = stopper  # type: ignore[assignment]
-    asyncio.run(runner.thaw())
+    runner.early_stopping._stoppers[state.key] = stopper  # type: ignore[assignment]
+    asyncio.run(runner.early_stopping.thaw())
     assert stopper.calls == [] and node.written == []
 
 
@@ -665,14 +667,14 @@ def test_a_thaw_acts_only_on_trials_still_frozen_after_the_decision(action: Acti
     def killed() -> None:
         _event(state, trial, "killed", ME, 1)
 
-    runner._stoppers[state.key] = RuleStopper(_for_each(action, "why"), killed)  # type: ignore[assignment]
+    runner.early_stopping._stoppers[state.key] = RuleStopper(_for_each(action, "why"), killed)  # type: ignore[assignment]
     launched: list[bytes] = []
 
     async def launch(state: ExperimentState, view: Any, *, thaw: bool = False) -> None:
         launched.append(view.key)
 
     runner.launch = launch  # type: ignore[method-assign]
-    asyncio.run(runner.thaw())
+    asyncio.run(runner.early_stopping.thaw())
     assert launched == [] and node.written == []
 
 
@@ -717,9 +719,9 @@ def test_thaws_take_no_more_slots_than_the_experiments_turn_gives() -> None:
     state, _first = _frozen_trial(1)
     _frozen_of(state, ME, 50, 0.25, 0.4)
     _node, runner = _runner(state, slots=2)
-    runner._stoppers[state.key] = RuleStopper(_thaw_all)  # type: ignore[assignment]
+    runner.early_stopping._stoppers[state.key] = RuleStopper(_thaw_all)  # type: ignore[assignment]
     launched = _launches(runner)
-    asyncio.run(runner.thaw(turns=lambda: ({state.key: 1}, 0)))
+    asyncio.run(runner.early_stopping.thaw(turns=lambda: ({state.key: 1}, 0)))
     assert len(launched) == 1
 
 
@@ -727,9 +729,9 @@ def test_thaws_may_take_the_slots_no_turn_takes() -> None:
     """thaw(turns): a slot that no experiment's turn takes may go to a thaw."""
     state, first = _frozen_trial(1)
     _node, runner = _runner(state, slots=1)
-    runner._stoppers[state.key] = RuleStopper(_thaw_all)  # type: ignore[assignment]
+    runner.early_stopping._stoppers[state.key] = RuleStopper(_thaw_all)  # type: ignore[assignment]
     launched = _launches(runner)
-    asyncio.run(runner.thaw(turns=lambda: ({}, 1)))
+    asyncio.run(runner.early_stopping.thaw(turns=lambda: ({}, 1)))
     assert launched == [first]
 
 

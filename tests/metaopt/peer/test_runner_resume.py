@@ -217,7 +217,7 @@ def test_after_a_graceful_stop_no_frozen_trial_is_settled_while_an_interrupted_o
         def decide(self, *args: object, **kw: object) -> list[Decision]:
             return []
 
-    runner._stoppers[log.state.key] = _Undecided()  # type: ignore[assignment]
+    runner.early_stopping._stoppers[log.state.key] = _Undecided()  # type: ignore[assignment]
     asyncio.run(runner.monitor())
     killed = list(written)
 
@@ -233,9 +233,9 @@ def test_after_a_graceful_stop_no_frozen_trial_is_settled_while_an_interrupted_o
         launched.append(view.key)
 
     written.clear()
-    runner._stoppers[log.state.key] = _Thaw()  # type: ignore[assignment]
+    runner.early_stopping._stoppers[log.state.key] = _Thaw()  # type: ignore[assignment]
     runner.launch = launch  # type: ignore[method-assign]
-    asyncio.run(runner.thaw())
+    asyncio.run(runner.early_stopping.thaw())
     named = {frozen: "frozen trial", cut: "interrupted trial"}
     outcome = {
         "interrupted_here": runner.interrupted_here(),
@@ -251,9 +251,9 @@ async def test_a_frozen_trial_is_not_thawed_by_a_scheduling_pass_under_way_when_
 ) -> None:
     """`metaopt peer stop` while a scheduling pass is deciding its thaws (the stopper runs in
     a thread): the pass goes on and launches the thaw after the stop was asked (launch() of a
-    free trial checks _stopping; runner.thaw() does not), then stop() interrupts that run.
-    The frozen trial, whose checkpoint is here, comes out "interrupted": free, so another peer
-    re-runs it at once from step 0, instead of staying frozen here."""
+    free trial checks _stopping; runner.early_stopping.thaw() does not), then stop()
+    interrupts that run. The frozen trial, whose checkpoint is here, comes out "interrupted":
+    free, so another peer re-runs it at once from step 0, instead of staying frozen here."""
     import sys
     import threading
     import time as _time
@@ -293,7 +293,7 @@ async def test_a_frozen_trial_is_not_thawed_by_a_scheduling_pass_under_way_when_
     node.replicator.sessions = 1  # caught up
     state = node.replica.experiments[exp.key]
     assert state.trial(frozen.key).state == "frozen"  # type: ignore[union-attr]
-    node.runner._stoppers[exp.key] = _ThawWhenLetGo()  # type: ignore[assignment]
+    node.runner.early_stopping._stoppers[exp.key] = _ThawWhenLetGo()  # type: ignore[assignment]
     import asyncio
 
     passing = asyncio.ensure_future(node._schedule())

@@ -106,7 +106,7 @@ async def test_a_peer_that_cannot_write_holds_back(
         with pytest.raises(MetaoptError, match="this peer cannot write its replica"):
             await node._on_gossip(Request("gossip", b"p" * 16, "127.0.0.1:9", []))
         passes = []
-        monkeypatch.setattr(node.runner, "thaw", lambda: passes.append(1))
+        monkeypatch.setattr(node.runner.early_stopping, "thaw", lambda: passes.append(1))
         await node._schedule_once()
         assert passes == []
         # It holds for as long as the disk refuses (it lapsed after 10 s, and the peer was
