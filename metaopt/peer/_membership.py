@@ -40,7 +40,7 @@ log = logging.getLogger("metaopt.peer")
 
 # Seconds after a call to where this node's id was heard of during which a twin's answer (its
 # call back: see _twins) may still come, and the peer is not yet caught up (see
-# Node.caught_up).
+# CatchUp.caught_up).
 _TWIN_ANSWER = 2.0
 _MAX_TWIN_CALLS = 8  # calls under way at once to where this node's id was heard of
 

@@ -42,6 +42,7 @@ from metaopt._records import CONTROL, EVENT, MAX_REASON, MAX_STDERR, TRIAL, Even
 from metaopt._state import ACTIVE_STATES, FREE_STATES, ExperimentState, TrialView
 from metaopt._writer import NodeWriter
 from metaopt.peer._api import LocalApi
+from metaopt.peer._catch_up import CatchUp
 from metaopt.peer._config import PeerConfig, host_port
 from metaopt.peer._gossip import PeerTable, own_addresses
 from metaopt.peer._gpus import named_gpus
@@ -101,10 +102,6 @@ _LAG_WINDOW = 240.0
 # Seconds after a hold of the event loop during which a request of a sender with no lag on
 # record is taken as having waited through it (see peer._lags).
 _AFTER_HOLD = 2.0
-# Seconds before this peer began listening that a record's stamp must be to count as history
-# it is catching up on (see caught_up): frames carry clocks up to 2 minutes apart (crdt's
-# max_skew) between two peers, more along a chain; a new record is never stamped that early.
-HISTORY_MARGIN = 600.0
 
 
 def _identity_of(path: Path) -> tuple[int, int]:
@@ -176,13 +173,6 @@ def _parsed(key_text: str | None) -> tuple[ClusterKey | None, str | None]:
         return ClusterKey.from_text(key_text), None
     except Exception as exc:
         return None, str(exc)
-
-
-# What a peer alone is caught up by (see Node._caught_up_because), and how many changes of
-# its being caught up are said at INFO after a start or a rejoin (the rest at DEBUG: one whose
-# sessions fail while records keep coming flips every few seconds for up to ten timeouts).
-_ALONE = "no seed, and no other peer heard of"
-_CAUGHT_UP_LINES = 4
 
 
 class Node:
@@ -281,9 +271,7 @@ class Node:
         self._latest_stamp: dict[bytes, int] = {}
         self._load_lock = asyncio.Lock()
         self.failed: str | None = None  # why the peer stopped by itself, if it did
-        self._others_arrived_at = -math.inf  # when records of other origins last arrived
         self._submitting = False  # records a user submits here are being stored (add_submitted)
-        self._history_arrived_at = -math.inf  # ... and ones stamped well before it listened
         self.replica.listen(self._on_records)
         self._loop_guard = LoopGuard()
         self.storage = StorageTrouble()  # a disk refusing writes (see _storage)
@@ -294,20 +282,12 @@ class Node:
         self._schedule_again = False
         self._discovery: Any = None
         self.started_at = monotonic()
-        # The end of the latest hold for a disk that refused writes, when it had heard nobody,
-        # and the anti-entropy sessions it had converged by then (see _rejoin).
-        self._rejoined_at = -math.inf
         # The stall watcher's last look, and whether it runs (see _watch_for_stalls).
         self._last_tick = self.monotonic()
         self._watching = False
         self._lags = RequestLags(_LAG_WINDOW, _JITTER, 4 * self.peers.config.max_peers)
         # The last hold of the loop, its end and length (see Membership._waited).
         self._hold_ended_at, self._hold_length = -math.inf, 0.0
-        self._sessions_before = 0
-        # Why it was last found caught up (None: not caught up), and how often that changed,
-        # since its start or its last rejoin (see caught_up).
-        self._caught_up_why: str | None = None
-        self._caught_up_changes = 0
         self.membership = Membership(
             config,
             self.node_id,
@@ -327,6 +307,15 @@ class Node:
             stop_itself=self._stop_itself,
         )
         self.replicator.on_refusal = self.membership.note_refusal
+        self.catch_up = CatchUp(
+            config.timing,
+            self.replicator,
+            self.membership,
+            monotonic=lambda: self.monotonic(),
+            started_at=lambda: self.started_at,
+            loading=lambda: self.replica.loading,
+            stopping=self._stopping,
+        )
         # Last: its handlers include the membership's, made just above.
         self.server = Server(self.codec, self._handlers(), node_id=self.node_id)
 
@@ -723,7 +712,7 @@ class Node:
                 raise
             return
         if self.storage.recovered():
-            self._rejoin()
+            self.catch_up.rejoin()
 
     async def _watch_for_stalls(self, tick: float = _STALL_TICK) -> None:
         """Notice when this peer's event loop did not run for a while (see _loop_held)."""
@@ -763,16 +752,7 @@ class Node:
             " from them again",
             held,
         )
-        self._rejoin()
-
-    def _rejoin(self) -> None:
-        """After a hold for a disk that refused writes (or a stalled loop), judge others'
-        trials as a peer that has just started does: it heard nobody meanwhile, so their
-        trials looked lost ("no news for 141 s") and completed ones ran again, before it had
-        caught up."""
-        self._rejoined_at = self.monotonic()
-        self._sessions_before = self.replicator.sessions
-        self._caught_up_why, self._caught_up_changes = None, 0
+        self.catch_up.rejoin()
 
     def _hold_back_while_storage_fails(self) -> None:
         """Refuse a peer's call while this replica cannot be written: answered, the caller
@@ -863,16 +843,12 @@ class Node:
     def _on_records(self, records: list[Record]) -> None:
         """Note each experiment's latest trial stamp and when its count changed here."""
         if self.storage.recovered():  # (they were written)
-            self._rejoin()
+            self.catch_up.rejoin()
         now_ms = int(self.clock() * 1000)
         # (A submission's records carry the experiment's origin, not this node's, yet are no
         # news from other peers.)
         others = [] if self._submitting else [r for r in records if r.origin != self.node_id]
-        if others:
-            self._others_arrived_at = self.monotonic()  # (see caught_up)
-            listened_ms = now_ms - 1000 * (self.monotonic() - self._listening_since())
-            if min(r.time for r in others) < listened_ms - 1000 * HISTORY_MARGIN:
-                self._history_arrived_at = self.monotonic()
+        self.catch_up.note_arrived(others, now_ms)
         for record in records:
             if record.kind == TRIAL:
                 for key in record.links:  # its experiment, known here yet or not
@@ -1064,98 +1040,13 @@ class Node:
     # --------------------------------------------------------------------------- scheduling
 
     def listened(self) -> bool:
-        """Whether this node may presume another gone: it has listened for the peer timeout.
-
-        Another node unheard of since this one started may just not have called yet (a
-        --join seed is known by address until it does). A peer that joined took a live peer's
-        trial frozen a minute before for lost and re-ran it from step 0, away from its
-        checkpoint.
-        """
-        return self.monotonic() - self._listening_since() >= self.config.timing.peer_timeout
-
-    def _listening_since(self) -> float:
-        """Since when this peer has listened to the others: its start, or its rejoin."""
-        return max(self.started_at, self._rejoined_at)
+        """Whether this node may presume another gone (see CatchUp.listened)."""
+        return self.catch_up.listened()
 
     def caught_up(self) -> bool:
         """Whether this replica may judge other peers' trials and claim free ones (see
-        _caught_up_because); each change said in the log (at INFO the first few after a start
-        or a rejoin), so that a peer that starts nothing for a while says why it waits."""
-        why = self._caught_up_because()
-        was = self._caught_up_why
-        if (why is None) != (was is None) and not self._stopping.is_set():
-            self._caught_up_changes += 1
-            level = logging.INFO if self._caught_up_changes <= _CAUGHT_UP_LINES else logging.DEBUG
-            if why is not None:
-                since = "started" if self._rejoined_at <= self.started_at else "listened again"
-                waited = self.monotonic() - self._listening_since()
-                log.log(level, "caught up %.1f s after it %s: %s", waited, since, why)
-            else:
-                # Found so without a session of its own (see _caught_up_because), it is not
-                # any more: a peer heard of, or other peers' records arriving again.
-                log.log(
-                    level,
-                    "not caught up any more: %s; it judges and claims no other peer's trial"
-                    " until an anti-entropy session of its own brings a partner's history (or"
-                    " the records stop coming)",
-                    "a peer was heard of"
-                    if was == _ALONE
-                    else "other peers' records arrive again (a catch-up may be under way)",
-                )
-        self._caught_up_why = why
-        return why is not None
-
-    def _caught_up_because(self) -> str | None:
-        """Why this replica may judge other peers' trials and claim free ones; None if not yet.
-
-        Only after one anti-entropy session that brought all its partner held when it began
-        (converged, or gave up with that here: see Replicator; and with no twin unheard of, see
-        Membership.no_twin_unheard), or once peer_timeout has passed with none and no other
-        peer's records arrive (nobody to catch up with), or two anti-entropy periods after
-        start for a peer that has no seed and has heard of no other peer. Before that a peer
-        that just joined or restarted holds a partial history: a trial whose completion has
-        not arrived yet looks lost, a trial another peer already re-runs looks free (both were
-        run twice), and a budgeted experiment's count of trials is short (a finished 8/8 went
-        to 9/8).
-        """
-        if self.replica.loading:  # (part of its own history, even)
-            return None
-        timing = self.config.timing
-        now = self.monotonic()
-        waited = now - self._listening_since()
-        synced = self.replicator.sessions > self._sessions_before
-        if synced and self.membership.no_twin_unheard(now, waited):
-            return (
-                f"an anti-entropy session with {self.replicator.last_covered} brought all that"
-                " peer held"
-            )
-        if waited >= timing.peer_timeout:
-            # Nobody to catch up with, unless others' records are still arriving: a catch-up
-            # of a long history outlasts the timeout (43-54 s for 600,000-900,000 records on
-            # 2 cores), and a peer that took its partial history for whole started trials of
-            # experiments whose budget was spent (3005/3000, 8/4). At most ten timeouts, should
-            # no session complete while records keep coming (new ones, without end), unless
-            # the history is still coming: records stamped before this peer listened, a
-            # finite set (2,060,000 took 73 s, and past the ten timeouts a peer spent budgets
-            # again: 1005/1000).
-            arriving = 2 * timing.anti_entropy
-            if now - self._others_arrived_at >= arriving:
-                return (
-                    f"it waited a peer timeout ({timing.peer_timeout:g} s), and no other"
-                    f" peer's records arrived in the last {arriving:g} s"
-                )
-            history = now - self._history_arrived_at < arriving
-            if waited >= 10 * timing.peer_timeout and not history:
-                return (
-                    f"it waited ten peer timeouts ({10 * timing.peer_timeout:g} s) while other"
-                    " peers' new records kept arriving"
-                )
-            return None
-        # No seed and nobody heard of since two anti-entropy periods (mDNS answers come
-        # sooner): a peer alone need not wait peer_timeout before its budgeted experiments.
-        if self.membership.knows_nobody() and waited >= 2 * timing.anti_entropy:
-            return _ALONE
-        return None
+        CatchUp.caught_up)."""
+        return self.catch_up.caught_up()
 
     def kick(self) -> None:
         """Schedule now rather than at the next tick: a slot just came free."""

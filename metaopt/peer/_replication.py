@@ -183,7 +183,7 @@ class Replicator:
         except Exception as exc:  # a protocol error from a bad peer: drop the session only
             self._aborted(addr, type(exc).__name__, str(exc))
             return False
-        # Node.caught_up counts the sessions that brought all the partner held when they
+        # CatchUp.caught_up counts the sessions that brought all the partner held when they
         # began: converged, or gave up (the sets kept apart by records landing on one side
         # first, as they do all the time in a busy cluster) with that history here. Counting
         # converged ones only, a peer restarted in a busy cluster judged and started nothing

@@ -155,7 +155,7 @@ def find_lost(
     experiment open for ever; but not one frozen by hand, a pause only the user ends
     (`metaopt thaw` on any peer takes it over once its node is gone).
 
-    The caller must hold a caught-up replica (see ``Node.caught_up``): on a stale one a trial
+    The caller must hold a caught-up replica (see ``CatchUp.caught_up``): on a stale one a trial
     that completed, or that another peer already re-runs, would look lost.
     """
     out: list[Lost] = []

@@ -107,7 +107,7 @@ async def test_new_records_without_end_are_waited_for_ten_timeouts_history_to_it
     # Records stamped well before the peer listened (HISTORY_MARGIN) are history it catches
     # up on, a finite set; records stamped since (or within the clocks' skew) may come for
     # ever from a busy cluster, and hold it back ten timeouts at most.
-    from metaopt.peer._node import HISTORY_MARGIN
+    from metaopt.peer._catch_up import HISTORY_MARGIN
     from tests.metaopt.peer.test_node_pinned import _judging
 
     now = [10_000.0]

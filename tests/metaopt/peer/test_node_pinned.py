@@ -784,7 +784,7 @@ async def test_a_peer_says_when_and_why_it_caught_up_and_again_after_a_rejoin(
                 "caught up 5.0 s after it started: an anti-entropy session with 127.0.0.1:9"
                 " brought all that peer held"
             ]
-            node._rejoin()  # (after a hold: it listens again, and judges nothing meanwhile)
+            node.catch_up.rejoin()  # (after a hold: it listens again, and judges nothing meanwhile)
             assert not node.caught_up()
             now[0] += timeout
             assert node.caught_up()
@@ -874,10 +874,10 @@ async def test_a_catch_up_that_never_goes_quiet_is_waited_for_ten_timeouts_at_mo
     timeout = node.config.timing.peer_timeout
     try:
         now[0] += 10 * timeout - 1
-        node._others_arrived_at = now[0]
+        node.catch_up.others_arrived_at = now[0]
         assert not node.caught_up()
         now[0] += 1
-        node._others_arrived_at = now[0]
+        node.catch_up.others_arrived_at = now[0]
         assert node.caught_up()
     finally:
         await node.stop()

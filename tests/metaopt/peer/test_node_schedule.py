@@ -160,7 +160,7 @@ async def test_a_peer_judges_other_peers_trials_only_once_caught_up_and_listened
     try:
         node.store.add([good, trial, event])
         # Quiet here for longer than lost_after, heard of before this peer began to listen
-        # (as after a hold for a disk that refused writes, see Node._rejoin).
+        # (as after a hold for a disk that refused writes, see CatchUp.rejoin).
         mono[0] += node.config.timing.lost_after + 1
         node.started_at = mono[0]
         assert not node.caught_up()

@@ -103,7 +103,7 @@ def test_a_write_that_succeeds_with_nothing_failed_ends_nothing_and_says_nothing
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Every write the peer makes calls recovered(): only one that ends a failure says so and
-    makes the peer rejoin (the peer calls _rejoin on True, which resets its catch-up)."""
+    makes the peer rejoin (the peer calls CatchUp.rejoin on True, which resets its catch-up)."""
     trouble = StorageTrouble(clock=lambda: 0.0)
     assert trouble.recovered() is False
     assert not [r for r in caplog.records if "written again" in r.getMessage()]
