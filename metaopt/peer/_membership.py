@@ -509,7 +509,7 @@ class Membership:
             return
         if self.twins.should_call(addr, token, self.monotonic()):
             log.debug("this node's id was heard of at %s; calling it", addr)
-            self._twin_calls += 1  # (now: Node.caught_up may be asked before the call starts)
+            self._twin_calls += 1  # (now: CatchUp.caught_up may be asked before the call starts)
             self._spawn(self._call_twin(addr))
 
     async def _call_twin(self, addr: str) -> None:

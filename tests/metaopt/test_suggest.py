@@ -248,6 +248,19 @@ def test_a_counter_forged_under_this_node_at_the_last_value_is_not_followed() ->
     assert Suggester(state, ME).next_counter() == 8
 
 
+def test_counters_are_followed_up_to_the_ceiling_and_not_from_it() -> None:
+    # "From the ceiling up" (COUNTER_CEILING, half the last value a record may carry): one
+    # just under it is still followed, one at it is not.
+    from metaopt._suggest import COUNTER_CEILING
+
+    for forged, expected in ((COUNTER_CEILING - 1, COUNTER_CEILING), (COUNTER_CEILING, 8)):
+        state = _state()
+        for seq, counter in ((1, forged), (2, 7)):
+            body = {"params": {"x": seq / 4}, "node": ME, "counter": counter}
+            state.apply(Record.create(TRIAL, ME, seq, 1000, body, [state.key]))
+        assert Suggester(state, ME).next_counter() == expected
+
+
 def test_an_algorithm_stuck_on_a_known_point_falls_back_to_the_prior_at_full_budget() -> None:
     # The space is far from exhausted: it must not say so because the algorithm repeats
     # itself, and the fallback point still runs the fidelity's full budget.

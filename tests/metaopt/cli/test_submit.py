@@ -973,6 +973,40 @@ def test_wait_stops_when_nothing_runs_and_its_peer_starts_no_new_trial(
     assert out.rstrip().endswith('best 0.77 with {"k": 1}')
 
 
+def test_waits_patience_counts_stalled_polls_in_a_row_only(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A poll where a trial runs again (a thaw, a lost trial re-run elsewhere) starts the count
+    # afresh: stalled spells added up, --wait would give up on an experiment still moving.
+    from metaopt.cli._wait import wait_for
+
+    why = "all 2 points of the space are tried"
+    done = {"state": "completed", "reason": None}
+    running = {"state": "running", "reason": None}
+    polls = [
+        {"id": "9a" * 32, "name": "prog", "counts": {"completed": 1}, "thawed": 0,
+         "best": [{"value": 0.5, "params": {"k": 1}}], "max_trials": 3, "trials": 2,
+         "finished": finished, "objectives": ["loss"], "trial_list": trials,
+         "exhausted": exhausted}
+        for trials, exhausted, finished in (
+            ([done], why, False), ([done], why, False),
+            ([done, running], why, False),
+            ([done], why, False), ([done], why, False),
+            ([done, done], None, True),
+        )
+    ]  # fmt: skip
+
+    class _Peer:
+        def call(self, op: str, body: object = None) -> object:
+            if op == "api.experiments":
+                return [{"id": "9a" * 32, "name": "prog", "latest": True}]
+            return polls.pop(0)
+
+    assert wait_for(_Peer(), "prog", interval=0.0, patience=3) == 0  # type: ignore[arg-type]
+    assert not polls  # it followed the experiment to its end
+    assert "--wait stops here" not in capsys.readouterr().out
+
+
 def test_a_misspelt_option_is_named_as_one_not_taken_for_the_program(tmp_path: Path) -> None:
     # `--max-trial 2` said "--max-trial: not a file in ... nor a command on PATH".
     (tmp_path / "t.py").write_text("")
