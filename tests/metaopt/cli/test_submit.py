@@ -937,6 +937,31 @@ def test_wait_says_what_keeps_a_spent_experiment_open_when_only_hand_frozen_tria
     assert "`metaopt stop p` ends it" in out
 
 
+def _prog_poll(
+    trial_list: list[dict[str, object]],
+    blocked: str | None,
+    exhausted: str | None,
+    finished: bool = False,
+) -> dict[str, object]:
+    """A --wait poll's answer for experiment "prog": 2 of its 3 trials made."""
+    return {"id": "9a" * 32, "name": "prog", "counts": {"completed": 1, "running": 1},
+            "thawed": 0, "best": [{"value": 0.77, "params": {"k": 1}}], "max_trials": 3,
+            "trials": 2, "finished": finished, "objectives": ["acc"], "trial_list": trial_list,
+            "blocked_here": blocked, "exhausted": exhausted}  # fmt: skip
+
+
+class _ProgPeer:
+    """A peer that answers --wait's polls of "prog" with ``polls``, in turn."""
+
+    def __init__(self, polls: list[dict[str, object]]) -> None:
+        self.polls = polls
+
+    def call(self, op: str, body: object = None) -> object:
+        if op == "api.experiments":
+            return [{"id": "9a" * 32, "name": "prog", "latest": True}]
+        return self.polls.pop(0)
+
+
 def test_wait_stops_when_nothing_runs_and_its_peer_starts_no_new_trial(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -948,10 +973,7 @@ def test_wait_stops_when_nothing_runs_and_its_peer_starts_no_new_trial(
     running = {"state": "running", "reason": None}
     done = {"state": "completed", "reason": None}
     polls = [
-        {"id": "9a" * 32, "name": "prog", "counts": {"completed": 1, "running": 1}, "thawed": 0,
-         "best": [{"value": 0.77, "params": {"k": 1}}], "max_trials": 3, "trials": 2,
-         "finished": False, "objectives": ["acc"], "trial_list": [done, trial],
-         "blocked_here": blocked, "exhausted": exhausted}
+        _prog_poll([done, trial], blocked, exhausted)
         for trial, blocked, exhausted in (
             (running, None, None), (running, why, why), (done, None, None),
             # This peer cannot run the program: another peer may, so it waits on.
@@ -959,14 +981,7 @@ def test_wait_stops_when_nothing_runs_and_its_peer_starts_no_new_trial(
             *[(done, "python3.12: not found here", why)] * 3,
         )
     ]  # fmt: skip
-
-    class _Peer:
-        def call(self, op: str, body: object = None) -> object:
-            if op == "api.experiments":
-                return [{"id": "9a" * 32, "name": "prog", "latest": True}]
-            return polls.pop(0)
-
-    assert wait_for(_Peer(), "prog", interval=0.0, patience=3) == 0  # type: ignore[arg-type]
+    assert wait_for(_ProgPeer(polls), "prog", interval=0.0, patience=3) == 0  # type: ignore[arg-type]
     assert not polls  # a running trial, or a peer that may start one again, kept it waiting
     out = capsys.readouterr().out
     assert f"prog: nothing runs and no new trial can start: {why}; --wait stops" in out
@@ -984,10 +999,7 @@ def test_waits_patience_counts_stalled_polls_in_a_row_only(
     done = {"state": "completed", "reason": None}
     running = {"state": "running", "reason": None}
     polls = [
-        {"id": "9a" * 32, "name": "prog", "counts": {"completed": 1}, "thawed": 0,
-         "best": [{"value": 0.5, "params": {"k": 1}}], "max_trials": 3, "trials": 2,
-         "finished": finished, "objectives": ["loss"], "trial_list": trials,
-         "exhausted": exhausted}
+        _prog_poll(trials, None, exhausted, finished)
         for trials, exhausted, finished in (
             ([done], why, False), ([done], why, False),
             ([done, running], why, False),
@@ -995,14 +1007,7 @@ def test_waits_patience_counts_stalled_polls_in_a_row_only(
             ([done, done], None, True),
         )
     ]  # fmt: skip
-
-    class _Peer:
-        def call(self, op: str, body: object = None) -> object:
-            if op == "api.experiments":
-                return [{"id": "9a" * 32, "name": "prog", "latest": True}]
-            return polls.pop(0)
-
-    assert wait_for(_Peer(), "prog", interval=0.0, patience=3) == 0  # type: ignore[arg-type]
+    assert wait_for(_ProgPeer(polls), "prog", interval=0.0, patience=3) == 0  # type: ignore[arg-type]
     assert not polls  # it followed the experiment to its end
     assert "--wait stops here" not in capsys.readouterr().out
 
