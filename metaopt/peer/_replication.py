@@ -167,12 +167,18 @@ class Replicator:
             while message is not None:
                 self._called[addr] = self._clock()
                 reply = await self.client.call(addr, "sync", message, to=to)
-                if addr in self._anti_entropy:
-                    self._anti_entropy[addr] = None  # (it answered)
+                second = self._first_answer_after_another(addr)
                 if not isinstance(reply, bytes):
                     self._aborted(addr, "reply", "it sent a sync reply that is not bytes")
                     return False
                 message = await stepped(session.receive_steps(reply))
+                if second and message is not None:
+                    log.debug(
+                        "anti-entropy with %s ends at its first answer: a session with another"
+                        " partner was answered first",
+                        addr,
+                    )
+                    return False
         except (PeerUnreachable, RemoteError) as exc:
             log.debug("anti-entropy with %s failed: %s", addr, exc)
             if isinstance(exc, RemoteError) and self.on_refusal is not None:
@@ -215,6 +221,19 @@ class Replicator:
         else:
             log.debug("anti-entropy with %s aborted: %s", addr, why)
 
+    def _first_answer_after_another(self, addr: str) -> bool:
+        """Note an answer of addr's in an anti-entropy session: True if it is the first, and
+        another of this peer's sessions has been answered already.
+
+        Such a session ends there, with what that answer carried: two partners that began
+        answering at once (this peer's own link back up, after a restart) each carried the
+        whole catch-up, 3,700 records twice (a review in network namespaces).
+        """
+        if self._anti_entropy.get(addr) is None:
+            return False  # (not an anti-entropy session, or answered before)
+        self._anti_entropy[addr] = None
+        return any(since is None for a, since in self._anti_entropy.items() if a != addr)
+
     def anti_entropy_due(self, patience: float) -> bool:
         """Whether to start an anti-entropy session now: none of this peer's is under way, or
         every one has waited ``patience`` seconds for its partner's first answer (and fewer
@@ -224,7 +243,8 @@ class Replicator:
         its machine hung) held anti-entropy for the request timeout, 10 s: a peer restarted
         beside one caught up in 13.5 s instead of 4 (4 peers in network namespaces). A
         partner that answered is not doubled: a second session during a long catch-up would
-        carry the same history again from another peer.
+        carry the same history again from another peer (and of sessions that began
+        answering at once, one goes on: see _first_answer_after_another).
         """
         if len(self._anti_entropy) >= _SESSIONS_AT_ONCE:
             return False

@@ -523,6 +523,30 @@ async def test_a_probe_of_the_store_that_fails_for_another_reason_is_raised_as_a
 
 
 @pytest.mark.asyncio
+async def test_anti_entropy_patience_is_half_a_period_so_the_next_round_is_never_just_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session's wait counts from when its task first ran, after the round that spawned it:
+    with a whole period's patience the next round found it just short, and the second session
+    came a round later (4 s after the first at a restart, not 2)."""
+    node = _node(tmp_path / "d")
+    asked: list[float] = []
+
+    def due(patience: float) -> bool:
+        asked.append(patience)
+        return False
+
+    monkeypatch.setattr(node.replicator, "anti_entropy_due", due)
+    try:
+        await node._anti_entropy()
+        period = node.config.timing.anti_entropy
+        assert len(asked) == 1 and 0 < asked[0] <= period / 2
+    finally:
+        monkeypatch.undo()
+        await node.stop()
+
+
+@pytest.mark.asyncio
 async def test_a_peer_whose_disk_refuses_writes_starts_no_session_and_no_gossip(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

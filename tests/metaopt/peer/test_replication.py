@@ -435,3 +435,51 @@ def test_with_every_partner_in_a_session_none_is_called_twice() -> None:
         await asyncio.gather(stuck, return_exceptions=True)
 
     asyncio.run(rounds())
+
+
+class _Gated:
+    """A Client whose calls to each address wait for that address's gate (a link that comes
+    back up), then answer from ``far``; it counts the calls each address got."""
+
+    def __init__(self, far: MemoryStore, addrs: list[str]) -> None:
+        self.far = far
+        self.gates = {addr: asyncio.Event() for addr in addrs}
+        self.calls: dict[str, int] = dict.fromkeys(addrs, 0)
+
+    async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+        self.calls[addr] += 1
+        await self.gates[addr].wait()
+        return respond(self.far, body)
+
+
+def test_of_two_sessions_answered_at_once_one_goes_on() -> None:
+    # This peer's own link back up after a restart: both partners began answering together,
+    # and each carried the whole catch-up (3,700 records twice).
+    far = MemoryStore()
+    far.add([Record.create("event", A, seq, 1000, {"i": seq}) for seq in range(1, 51)])
+    table = PeerTable()
+    table.add(A, LIVE, 0.0, contacted=True)
+    table.add_seed(SEED)
+    client = _Gated(far, [LIVE, SEED])
+    now = [0.0]
+    rep = _clocked(table, client, now)
+    # Records the partners lack: a session that goes on pushes them, a second call.
+    rep.store.add([Record.create("event", bytes(16), seq, 1000, {"i": seq}) for seq in (1, 2)])
+
+    async def rounds() -> list[str | None]:
+        first = asyncio.ensure_future(rep.anti_entropy_once())
+        await _settle()
+        now[0] = 2.0
+        assert rep.anti_entropy_due(patience=2.0)
+        second = asyncio.ensure_future(rep.anti_entropy_once())
+        await _settle()
+        assert client.calls == {LIVE: 1, SEED: 1}
+        for gate in client.gates.values():
+            gate.set()
+        return await asyncio.wait_for(asyncio.gather(first, second), 10.0)
+
+    done = asyncio.run(rounds())
+    assert sorted(client.calls.values())[0] == 1  # one ended at its first answer...
+    assert sorted(client.calls.values())[1] >= 2  # ...the other went on
+    assert sum(d is not None for d in done) == 1 and rep.sessions == 1
+    assert len(rep.store) == 52  # (what the first answers carried is kept)
