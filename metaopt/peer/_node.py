@@ -242,6 +242,9 @@ class Node:
             rng=self.rng,
             push_fanout=config.timing.push_fanout,
             peer_timeout=config.timing.peer_timeout,
+            # Half a round's interval at least (a partner answers a first call in ms), the
+            # request timeout at most (see Replicator.first_answer_patience).
+            patience=(config.timing.anti_entropy / 2, config.timing.request_timeout),
         )
         self.store.subscribe(self.replicator.on_new)
         self.runner = TrialRunner(self, config)
@@ -768,15 +771,7 @@ class Node:
     async def _anti_entropy(self) -> None:
         if self.storage.problem():  # (see _hold_back_while_storage_fails)
             return
-        # The session (which counts its partner live) runs beside the rounds: the next round
-        # starts another, with another partner, while every one under way waits for its
-        # partner's first answer (see anti_entropy_due). Half a period, not a whole one: a
-        # session's wait counts from when its task first ran, after the round that spawned
-        # it, so the next round found it just short and waited a round more (the second
-        # session 4 s after the first at a restart, not 2; a review in network namespaces).
-        patience = self.config.timing.anti_entropy / 2
-        if self.replicator.anti_entropy_due(patience=patience):
-            self._spawn(self._round(self.replicator.anti_entropy_once))
+        await self.replicator.anti_entropy_once()  # (which counts the partner live)
 
     async def _watch_data_dir(self) -> None:
         """Stop if the data directory was deleted or replaced under this peer: it went on

@@ -523,27 +523,18 @@ async def test_a_probe_of_the_store_that_fails_for_another_reason_is_raised_as_a
 
 
 @pytest.mark.asyncio
-async def test_anti_entropy_patience_is_half_a_period_so_the_next_round_is_never_just_short(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_a_partner_is_given_half_a_round_to_answer_a_first_call_and_the_timeout_at_most(
+    tmp_path: Path,
 ) -> None:
-    """A session's wait counts from when its task first ran, after the round that spawned it:
-    with a whole period's patience the next round found it just short, and the second session
-    came a round later (4 s after the first at a restart, not 2)."""
-    node = _node(tmp_path / "d")
-    asked: list[float] = []
-
-    def due(patience: float) -> bool:
-        asked.append(patience)
-        return False
-
-    monkeypatch.setattr(node.replicator, "anti_entropy_due", due)
-    try:
-        await node._anti_entropy()
-        period = node.config.timing.anti_entropy
-        assert len(asked) == 1 and 0 < asked[0] <= period / 2
-    finally:
-        monkeypatch.undo()
-        await node.stop()
+    """Half the anti-entropy interval: a partner answers a first call in milliseconds, and one
+    that does not is left for another within the round (see Replicator)."""
+    timing = Timing(anti_entropy=3.0, request_timeout=7.0)
+    node = _node(tmp_path / "d", timing=timing)
+    replicator = node.replicator
+    assert replicator.first_answer_patience("127.0.0.1:9") == 1.5
+    replicator._remember_patience("127.0.0.1:9", 1e9)
+    assert replicator.first_answer_patience("127.0.0.1:9") == 7.0
+    await node.stop()
 
 
 @pytest.mark.asyncio

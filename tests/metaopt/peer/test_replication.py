@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -293,193 +292,127 @@ def test_a_push_batch_stays_under_its_byte_limit() -> None:
     assert _batches(records, limit=3 * size, count=2) == [records[:2], records[2:]]
 
 
-# ------------------------------------------------- partners that do not answer (anti_entropy_due)
+# ------------------------------------------ partners that do not answer (first_answer_patience)
 
 LIVE, SEED = "127.0.0.1:1001", "127.0.0.1:1002"
 
 
-class _Hangs:
-    """A Client whose calls to the addresses in ``silent`` never end (a partner cut off by a
-    partition: no answer until the request timeout); ``answers`` of them answer first; the
-    rest answer from ``far``."""
+class _Slow:
+    """A Client whose calls to each address answer from ``far`` after ``delays[addr]`` seconds
+    (None: never, a partner cut off by a partition); it notes the calls, and the ones dropped
+    unanswered."""
 
-    def __init__(self, far: MemoryStore, silent: set[str], answers: int = 0) -> None:
-        self.far, self.silent, self.answers = far, silent, answers
+    def __init__(self, far: MemoryStore, delays: dict[str, float | None]) -> None:
+        self.far, self.delays = far, delays
         self.calls: list[str] = []
+        self.dropped: list[str] = []
 
     async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
         self.calls.append(addr)
-        if addr in self.silent and self.calls.count(addr) > self.answers:
-            await asyncio.Event().wait()
+        delay = self.delays.get(addr, 0.0)
+        try:
+            if delay is None:
+                await asyncio.Event().wait()
+            else:
+                await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            self.dropped.append(addr)
+            raise
         return respond(self.far, body)
 
 
-def _clocked(table: PeerTable, client: Any, now: list[float]) -> Replicator:
+def _patient(
+    table: PeerTable, client: Any, patience: tuple[float, float] = (0.05, 1.0)
+) -> Replicator:
     return Replicator(
         MemoryStore(),
         bytes(16),
         table,
         client,
-        clock=lambda: now[0],
+        clock=lambda: 0.0,
         rng=random.Random(0),
         push_fanout=4,
         peer_timeout=30.0,
+        patience=patience,
     )
 
 
-async def _settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
-
-
-def test_a_partner_that_does_not_answer_holds_anti_entropy_only_for_its_patience() -> None:
-    # One session at a time, a partner cut off by a partition held every round for the request
-    # timeout (10 s), and a peer restarted beside one caught up in 13.5 s instead of 4.
+def test_a_partner_that_leaves_the_first_call_unanswered_is_left_for_another_at_once() -> None:
+    # Each session waiting the request timeout (10 s), a partner cut off by a partition held
+    # anti-entropy that long: a peer restarted beside one caught up in 12.3-12.6 s, not 2.7-2.9.
     far = MemoryStore()
     far.add([Record.create("event", A, 1, 1000, {"i": 1})])
     table = PeerTable()
     table.add(A, LIVE, 0.0, contacted=True)
-    table.add_seed(SEED)
-    client = _Hangs(far, silent={LIVE})
-    now = [0.0]
-    rep = _clocked(table, client, now)
-
-    async def rounds() -> None:
-        assert rep.anti_entropy_due(patience=2.0)
-        stuck = asyncio.ensure_future(rep.anti_entropy_once())
-        await _settle()
-        assert client.calls == [LIVE] and rep.in_session_with(LIVE)
-        now[0] = 1.9
-        assert not rep.anti_entropy_due(patience=2.0)
-        now[0] = 2.0
-        assert rep.anti_entropy_due(patience=2.0)
-        # Another partner than the one under way: the seed, though a live peer is known.
-        assert await rep.anti_entropy_once() == SEED
-        assert len(rep.store) == 1 and rep.sessions == 1
-        assert rep.anti_entropy_due(patience=2.0)  # (the stuck one has waited long enough)
-        stuck.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await stuck
-        assert not rep.in_session_with(LIVE)
-
-    asyncio.run(rounds())
+    table.add_seed(SEED)  # (tried, though a live peer is known, once that one left it waiting)
+    client = _Slow(far, {LIVE: None})
+    rep = _patient(table, client)
+    assert asyncio.run(rep.anti_entropy_once()) == SEED
+    assert client.calls == [LIVE, SEED] and client.dropped == [LIVE]
+    assert len(rep.store) == 1 and rep.sessions == 1
+    assert not rep.in_session_with(LIVE)
+    assert rep.first_answer_patience(LIVE) == 0.1  # (doubled for next time)
 
 
-def test_a_partner_that_answered_is_not_doubled_however_long_its_session_takes() -> None:
-    # A long catch-up's later round trips may take seconds each: a second session beside it
-    # would carry the same history again, from another peer.
-    far = MemoryStore()
+def test_a_partner_slow_but_answering_is_cut_short_a_few_times_then_waited_for() -> None:
     table = PeerTable()
     table.add(A, LIVE, 0.0, contacted=True)
-    table.add_seed(SEED)
-    client = _Hangs(far, silent={LIVE}, answers=1)
-    now = [0.0]
-    rep = _clocked(table, client, now)
-    rep.store.add([Record.create("event", bytes(16), seq, 1000, {"i": seq}) for seq in (1, 2)])
-
-    async def rounds() -> None:
-        session = asyncio.ensure_future(rep.anti_entropy_once())
-        await _settle()
-        assert client.calls == [LIVE, LIVE]  # answered once, then holds its second answer
-        now[0] = 60.0
-        assert not rep.anti_entropy_due(patience=2.0)
-        session.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await session
-        assert rep.anti_entropy_due(patience=2.0)
-
-    asyncio.run(rounds())
+    client = _Slow(MemoryStore(), {LIVE: 0.25})
+    rep = _patient(table, client, patience=(0.1, 10.0))
+    done = [asyncio.run(rep.anti_entropy_once()) for _ in range(4)]
+    assert done == [None, None, LIVE, LIVE]  # waited 0.1 s, 0.2 s, then 0.4 s: answered
+    assert client.dropped == [LIVE, LIVE]
+    assert rep.first_answer_patience(LIVE) >= 0.75  # (three times what its answer took)
 
 
-def test_at_most_three_anti_entropy_sessions_wait_at_once() -> None:
+def test_patience_doubles_up_to_its_bound_and_falls_back_once_answered_at_once() -> None:
+    table = PeerTable()
+    table.add(A, LIVE, 0.0, contacted=True)
+    client = _Slow(MemoryStore(), {LIVE: None})
+    rep = _patient(table, client, patience=(0.05, 0.2))
+    for expected in (0.1, 0.2, 0.2):
+        assert asyncio.run(rep.anti_entropy_once()) is None
+        assert rep.first_answer_patience(LIVE) == expected
+    client.delays[LIVE] = 0.0
+    assert asyncio.run(rep.anti_entropy_once()) == LIVE
+    assert rep.first_answer_patience(LIVE) == 0.05
+
+
+def test_a_round_tries_three_partners_at_most() -> None:
     table = PeerTable()
     addrs = [f"127.0.0.1:{1001 + i}" for i in range(5)]
     for i, addr in enumerate(addrs):
         table.add(bytes([i + 1]) * 16, addr, 0.0, contacted=True)
-    client = _Hangs(MemoryStore(), silent=set(addrs))
-    now = [0.0]
-    rep = _clocked(table, client, now)
+    client = _Slow(MemoryStore(), dict.fromkeys(addrs))
+    rep = _patient(table, client)
+    assert asyncio.run(rep.anti_entropy_once()) is None
+    assert len(client.calls) == 3 == len(set(client.calls)) == len(client.dropped)
 
-    async def rounds() -> None:
-        sessions = []
-        for _ in range(3):
-            assert rep.anti_entropy_due(patience=2.0)
-            sessions.append(asyncio.ensure_future(rep.anti_entropy_once()))
-            await _settle()
-            now[0] += 2.0
-        assert len(set(client.calls)) == 3  # each with another partner
-        assert not rep.anti_entropy_due(patience=2.0)
-        sessions[0].cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sessions[0]
-        assert rep.anti_entropy_due(patience=2.0)
-        for session in sessions[1:]:
-            session.cancel()
-        await asyncio.gather(*sessions, return_exceptions=True)
 
-    asyncio.run(rounds())
+def test_only_an_anti_entropy_round_cuts_a_first_call_short() -> None:
+    # A reconciliation asked for itself (a stopping peer's last, to hand over its trials'
+    # interruptions) waits the request timeout, as before.
+    far = MemoryStore()
+    client = _Slow(far, {LIVE: 0.2})
+    rep = _patient(PeerTable(), client)
+    rep.store.add([Record.create("event", bytes(16), 1, 1000, {"i": 1})])
+    assert asyncio.run(rep.reconcile(LIVE)) and len(far) == 1
+    assert client.dropped == []
 
 
 def test_with_every_partner_in_a_session_none_is_called_twice() -> None:
     table = PeerTable()
     table.add(A, LIVE, 0.0, contacted=True)
-    client = _Hangs(MemoryStore(), silent={LIVE})
-    rep = _clocked(table, client, [0.0])
+    client = _Slow(MemoryStore(), {LIVE: None})
+    rep = _patient(table, client)
 
     async def rounds() -> None:
-        stuck = asyncio.ensure_future(rep.anti_entropy_once())
-        await _settle()
+        stuck = asyncio.ensure_future(rep.reconcile(LIVE))
+        for _ in range(5):
+            await asyncio.sleep(0)
         assert await asyncio.wait_for(rep.anti_entropy_once(), 5.0) is None
         assert client.calls == [LIVE]
         stuck.cancel()
         await asyncio.gather(stuck, return_exceptions=True)
 
     asyncio.run(rounds())
-
-
-class _Gated:
-    """A Client whose calls to each address wait for that address's gate (a link that comes
-    back up), then answer from ``far``; it counts the calls each address got."""
-
-    def __init__(self, far: MemoryStore, addrs: list[str]) -> None:
-        self.far = far
-        self.gates = {addr: asyncio.Event() for addr in addrs}
-        self.calls: dict[str, int] = dict.fromkeys(addrs, 0)
-
-    async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
-        self.calls[addr] += 1
-        await self.gates[addr].wait()
-        return respond(self.far, body)
-
-
-def test_of_two_sessions_answered_at_once_one_goes_on() -> None:
-    # This peer's own link back up after a restart: both partners began answering together,
-    # and each carried the whole catch-up (3,700 records twice).
-    far = MemoryStore()
-    far.add([Record.create("event", A, seq, 1000, {"i": seq}) for seq in range(1, 51)])
-    table = PeerTable()
-    table.add(A, LIVE, 0.0, contacted=True)
-    table.add_seed(SEED)
-    client = _Gated(far, [LIVE, SEED])
-    now = [0.0]
-    rep = _clocked(table, client, now)
-    # Records the partners lack: a session that goes on pushes them, a second call.
-    rep.store.add([Record.create("event", bytes(16), seq, 1000, {"i": seq}) for seq in (1, 2)])
-
-    async def rounds() -> list[str | None]:
-        first = asyncio.ensure_future(rep.anti_entropy_once())
-        await _settle()
-        now[0] = 2.0
-        assert rep.anti_entropy_due(patience=2.0)
-        second = asyncio.ensure_future(rep.anti_entropy_once())
-        await _settle()
-        assert client.calls == {LIVE: 1, SEED: 1}
-        for gate in client.gates.values():
-            gate.set()
-        return await asyncio.wait_for(asyncio.gather(first, second), 10.0)
-
-    done = asyncio.run(rounds())
-    assert sorted(client.calls.values())[0] == 1  # one ended at its first answer...
-    assert sorted(client.calls.values())[1] >= 2  # ...the other went on
-    assert sum(d is not None for d in done) == 1 and rep.sessions == 1
-    assert len(rep.store) == 52  # (what the first answers carried is kept)
