@@ -26,6 +26,11 @@ class Timing:
     settle: float = 0.05
     stop_grace: float = 10.0  # stop file → SIGTERM → SIGKILL, each after this long
     request_timeout: float = 10.0
+    # A call gives up on a partner whose TCP handshake has not completed by then: one cut off
+    # by a partition never answers it, and held each anti-entropy session for the request
+    # timeout (a peer restarted beside one caught up in 12.3-12.6 s, not 2.7-2.9: 4 peers in
+    # network namespaces). A handshake takes milliseconds; one lost SYN is sent again after 1 s.
+    connect_timeout: float = 2.5
     monitor: float = 2.0  # early-stopping decisions this often
     report_interval: float = 0.2  # a trial's progress records at most this often (thinned)
     # ...and at most this fraction of its run's age (up to a heartbeat apart): 500 records in

@@ -242,9 +242,6 @@ class Node:
             rng=self.rng,
             push_fanout=config.timing.push_fanout,
             peer_timeout=config.timing.peer_timeout,
-            # Half a round's interval at least (a partner answers a first call in ms), the
-            # request timeout at most (see Replicator.first_answer_patience).
-            patience=(config.timing.anti_entropy / 2, config.timing.request_timeout),
         )
         self.store.subscribe(self.replicator.on_new)
         self.runner = TrialRunner(self, config)
@@ -331,6 +328,9 @@ class Node:
             warn_refusals=True,
             run=self.twins.token,
             age=lambda: self.twins.age(self.monotonic()),
+            connect_timeout=min(
+                self.config.timing.connect_timeout, self.config.timing.request_timeout
+            ),
         )
 
     def _load_key(self) -> ClusterKey:

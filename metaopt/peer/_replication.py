@@ -4,9 +4,9 @@ Push is the fast path: a record written here goes at once to up to ``push_fanout
 (coalesced per event-loop tick), so a small lab cluster hears of it within one round trip.
 Anti-entropy is the safety net that makes loss, partitions and restarts harmless: every
 ``anti_entropy`` seconds one reconciliation session (crdt.Initiator) with a random live peer
-brings both replicas to their union; a partner that does not answer a session's first call
-within its patience is left for another at once (see first_answer_patience). Peers' liveness
-is soft state from last contact.
+brings both replicas to their union; a partner that could not be reached is passed over in
+the next round while another live one is known. Peers' liveness is soft state from last
+contact.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
 from crdt import Initiator, Record, Store, StoreError, SyncConfig, push_message
@@ -34,18 +34,6 @@ log = logging.getLogger("metaopt.peer")
 # a backlog of events) go as several pushes.
 _PUSH_BYTES = 2 << 20
 _PUSH_RECORDS = SyncConfig().max_records // 2
-
-# Partners an anti-entropy round tries, at most, when each leaves its first call unanswered
-# within its patience (see anti_entropy_once).
-_TRIES_PER_ROUND = 3
-# A partner's patience after its first answer came in t seconds: this many times t (within
-# the bounds): a partner slow but answering is not cut short again.
-_PATIENCE_MARGIN = 3.0
-_MAX_PATIENCE_KEPT = 1024  # partners whose patience is remembered, at most
-
-
-class _NoFirstAnswer(Exception):
-    """A session's first call went unanswered within the partner's patience."""
 
 
 _T = TypeVar("_T")
@@ -93,7 +81,6 @@ class Replicator:
         rng: random.Random,
         push_fanout: int,
         peer_timeout: float,
-        patience: tuple[float, float] = (1.0, 10.0),
     ) -> None:
         self.store = store
         self.node_id = node_id
@@ -114,12 +101,7 @@ class Replicator:
         # Addresses this peer has a session of its own with now (see Node._on_sync).
         self._partners: dict[str, int] = {}
         self._called: dict[str, float] = {}  # when a session's last call was made, by address
-        # How long an anti-entropy session's first call waits for its answer: at least, and at
-        # most (the request timeout); and by address, once a partner was cut short or answered
-        # (see first_answer_patience).
-        self._most_patience = patience[1]
-        self._least_patience = min(patience)
-        self._patience: dict[str, float] = {}
+        self._failed_last: str | None = None  # the partner of the last session, if it failed
 
     def on_new(self, records: list[Record]) -> None:
         """Store subscriber: queue this node's own new records for an eager push."""
@@ -162,36 +144,24 @@ class Replicator:
         """Whether a session of this peer's with the peer at addr is under way."""
         return addr in self._partners
 
-    async def reconcile(
-        self, addr: str, *, to: bytes | None = None, patience: float | None = None
-    ) -> bool:
+    async def reconcile(self, addr: str, *, to: bytes | None = None) -> bool:
         """One full anti-entropy session with a peer (the node ``to``, if known: another
-        there refuses it); True if it completed.
-
-        Raises:
-            _NoFirstAnswer: given a ``patience``, the first call went unanswered that long
-                (the call is dropped: its connection closed, nothing of it arrives later).
-        """
+        there refuses it); True if it completed."""
         self._partners[addr] = self._partners.get(addr, 0) + 1
         try:
-            return await self._reconcile(addr, to, patience)
+            return await self._reconcile(addr, to)
         finally:
             self._partners[addr] -= 1
             if not self._partners[addr]:
                 del self._partners[addr]
 
-    async def _reconcile(self, addr: str, to: bytes | None, patience: float | None) -> bool:
+    async def _reconcile(self, addr: str, to: bytes | None) -> bool:
         session = Initiator(self.store)
         message: bytes | None = session.start()
         try:
             while message is not None:
                 self._called[addr] = self._clock()
-                call = self.client.call(addr, "sync", message, to=to)
-                if patience is None:
-                    reply = await call
-                else:
-                    reply = await self._first_answer(addr, call, patience)
-                    patience = None
+                reply = await self.client.call(addr, "sync", message, to=to)
                 if not isinstance(reply, bytes):
                     self._aborted(addr, "reply", "it sent a sync reply that is not bytes")
                     return False
@@ -201,8 +171,8 @@ class Replicator:
             if isinstance(exc, RemoteError) and self.on_refusal is not None:
                 self.on_refusal(addr, str(exc), to)
             return False
-        except (StoreError, _NoFirstAnswer):
-            raise  # (StoreError: this peer's own disk, not the partner's; the node holds back)
+        except StoreError:
+            raise  # this peer's own disk, not the partner's fault (the node holds back)
         except Exception as exc:  # a protocol error from a bad peer: drop the session only
             self._aborted(addr, type(exc).__name__, str(exc))
             return False
@@ -238,81 +208,37 @@ class Replicator:
         else:
             log.debug("anti-entropy with %s aborted: %s", addr, why)
 
-    async def _first_answer(self, addr: str, call: Awaitable[Any], patience: float) -> Any:
-        """A session's first call's answer, within ``patience`` seconds; that partner's
-        patience is set from how long it took, or doubled if it did not come (see
-        first_answer_patience)."""
-        loop = asyncio.get_running_loop()
-        began = loop.time()  # (the wait's clock, not the peer table's)
-        try:
-            reply = await asyncio.wait_for(call, patience)
-        except TimeoutError:
-            self._remember_patience(addr, 2 * patience)
-            raise _NoFirstAnswer(f"no answer within {patience:g} s") from None
-        took = loop.time() - began
-        self._remember_patience(addr, _PATIENCE_MARGIN * took)
-        return reply
-
-    def _remember_patience(self, addr: str, patience: float) -> None:
-        if len(self._patience) >= _MAX_PATIENCE_KEPT and addr not in self._patience:
-            self._patience.clear()
-        self._patience[addr] = min(max(patience, self._least_patience), self._most_patience)
-
-    def first_answer_patience(self, addr: str) -> float:
-        """How long an anti-entropy session's first call to addr waits for its answer before
-        the round tries another partner.
-
-        One session at a time, each waiting the request timeout (10 s), a partner that did not
-        answer (gone, cut off by a partition, its machine hung) held anti-entropy that long:
-        a peer restarted beside one caught up in 12.3-12.6 s, not 2.7-2.9 (4 peers in network
-        namespaces; 3 of 3 restarts whose first session went to the one cut off).
-        Sessions run beside the waiting one instead (tried first) each brought the whole
-        catch-up: a partner builds its first answer before it can know another came, and the
-        calls waiting on a link that was down were all answered once it came up (3,700
-        records two or three times over). So the call is dropped, and its patience doubles
-        for the next time, up to the request timeout; a first answer that came in t seconds
-        sets it to 3 t: a partner slow but answering is cut short a few times at most.
-        """
-        return self._patience.get(addr, self._least_patience)
-
     async def anti_entropy_once(self) -> str | None:
-        """Reconcile with one random live peer (else a seed, else a silent known peer) this
-        peer has no session with; another at once, up to _TRIES_PER_ROUND, while each leaves
-        the first call unanswered within its patience. The address reconciled with, if the
-        session completed."""
-        tried: set[str] = set()
-        for _ in range(_TRIES_PER_ROUND):
-            now = self._clock()
-            skip = set(self._partners) | tried
-            live = self.peers.partners(self._rng, 1 + len(skip), now, self._peer_timeout)
-            candidates = (
-                [p.addr for p in live if p.addr not in skip][:1]
-                or [a for a in self.peers.seed_addrs() if a not in skip]
-                or [
-                    p.addr for p in self.peers.silent(now, self._peer_timeout) if p.addr not in skip
-                ]
-            )
-            if not candidates:
-                return None
-            addr = self._rng.choice(candidates)
-            tried.add(addr)
-            to = self.peers.at(addr)
-            patience = self.first_answer_patience(addr)
-            try:
-                completed = await self.reconcile(addr, to=to, patience=patience)
-            except _NoFirstAnswer as exc:
-                self._called.pop(addr, None)
-                log.debug("anti-entropy with %s: %s; another partner is tried", addr, exc)
-                continue
-            called = self._called.pop(addr, None)
-            if not completed:
-                return None
-            if to is not None and called is not None:
-                # As of its last call, not of its answer's reading: an answer that waited
-                # through a hold of this peer's loop read as news of now (see peer._lags).
-                self.peers.answered(to, called)
-            return addr
-        return None
+        """Reconcile with one random live peer (else a seed, else a silent known peer); the
+        address reconciled with, if the session completed."""
+        now = self._clock()
+        # Another live partner than the last one, if that one failed: one cut off by a
+        # partition (its connection attempt given up after Timing.connect_timeout) could be
+        # drawn again and again (a chance in three each round, with three others). Still one
+        # session at a time: sessions run beside one that waited each brought the whole
+        # catch-up (a partner builds its first answer before it can know of another), two or
+        # three times over (reviews in network namespaces).
+        drawn = self.peers.partners(self._rng, 2, now, self._peer_timeout)
+        live = [p for p in drawn if p.addr != self._failed_last][:1] or drawn[:1]
+        candidates = (
+            [p.addr for p in live]
+            or self.peers.seed_addrs()
+            or [p.addr for p in self.peers.silent(now, self._peer_timeout)]
+        )
+        if not candidates:
+            return None
+        addr = self._rng.choice(candidates)
+        to = self.peers.at(addr)
+        completed = await self.reconcile(addr, to=to)
+        called = self._called.pop(addr, None)
+        self._failed_last = None if completed else addr
+        if not completed:
+            return None
+        if to is not None and called is not None:
+            # As of its last call, not of its answer's reading: an answer that waited through
+            # a hold of this peer's loop read as news of now (see peer._lags).
+            self.peers.answered(to, called)
+        return addr
 
     async def drain(self, timeout: float) -> None:
         """Wait for pushes under way (used on a graceful stop)."""

@@ -478,6 +478,7 @@ class Client:
         bounded_replies: bool = True,
         run: bytes | None = None,
         age: Callable[[], float] | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
         """warn_refusals: log (once per address) a peer refusing our frames or speaking another
         protocol version; a peer's client does, the CLI's does not (its error line says it).
@@ -485,7 +486,8 @@ class Client:
         bounded_replies: refuse a reply that decodes to more than a peer's reply of its size
         holds (see _wire); only the CLI, reading pages of trials from its own peer, is not.
         run, age: the sending peer process's token and a reading of its age (Request.run,
-        Request.age)."""
+        Request.age). connect_timeout: how long a new connection's handshake may take (None:
+        the whole timeout; see Timing.connect_timeout)."""
         self._codec = codec
         self._bounded = bounded_replies
         self._protocol = protocol
@@ -493,7 +495,7 @@ class Client:
         self._addr = addr
         self._run = run
         self._age = age
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
         self._session: aiohttp.ClientSession | None = None
         self.bytes_out = 0
         self.bytes_in = 0

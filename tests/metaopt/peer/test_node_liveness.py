@@ -401,7 +401,7 @@ async def test_an_anti_entropy_answer_that_waited_through_a_hold_is_as_old_as_th
     partner = os.urandom(16)
     node.peers.add(partner, "127.0.0.1:9", mono[0], contacted=True)
 
-    async def reconcile(addr: str, *, to: bytes | None = None, patience: object = None) -> bool:
+    async def reconcile(addr: str, *, to: bytes | None = None) -> bool:
         node.replicator._called[addr] = mono[0]  # (its last call, answered at once)
         mono[0] += 8.0
         return True

@@ -523,21 +523,6 @@ async def test_a_probe_of_the_store_that_fails_for_another_reason_is_raised_as_a
 
 
 @pytest.mark.asyncio
-async def test_a_partner_is_given_half_a_round_to_answer_a_first_call_and_the_timeout_at_most(
-    tmp_path: Path,
-) -> None:
-    """Half the anti-entropy interval: a partner answers a first call in milliseconds, and one
-    that does not is left for another within the round (see Replicator)."""
-    timing = Timing(anti_entropy=3.0, request_timeout=7.0)
-    node = _node(tmp_path / "d", timing=timing)
-    replicator = node.replicator
-    assert replicator.first_answer_patience("127.0.0.1:9") == 1.5
-    replicator._remember_patience("127.0.0.1:9", 1e9)
-    assert replicator.first_answer_patience("127.0.0.1:9") == 7.0
-    await node.stop()
-
-
-@pytest.mark.asyncio
 async def test_a_peer_whose_disk_refuses_writes_starts_no_session_and_no_gossip(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

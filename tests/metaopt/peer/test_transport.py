@@ -99,6 +99,25 @@ async def test_an_address_no_url_can_be_made_of_is_unreachable(addr: str) -> Non
         await client.close()
 
 
+@pytest.mark.asyncio
+async def test_a_handshake_that_never_completes_is_given_up_after_the_connect_timeout() -> None:
+    # A partner cut off by a partition drops the SYN: each call waited the whole timeout.
+    from tests.metaopt.peer.test_node_sync import blackhole
+
+    server, fill, addr = blackhole()
+    client = Client(
+        FrameCodec([ClusterKey.generate(os.urandom(32))]), NODE, "127.0.0.1:1",
+        timeout=600.0, connect_timeout=0.3,
+    )  # fmt: skip
+    try:
+        with pytest.raises(PeerUnreachable, match="no answer from"):
+            await asyncio.wait_for(client.call(addr, "gossip", []), 30.0)
+    finally:
+        await client.close()
+        for sock in (server, *fill):
+            sock.close()
+
+
 async def _echo_server(op: str = "echo", **limits: float) -> tuple[FrameCodec, Server, int, bytes]:
     """A started server answering op with the request's body, its limits (Server attributes)
     set; its codec and port, and a frame of an echo request."""
