@@ -126,8 +126,56 @@ async def test_new_records_without_end_are_waited_for_ten_timeouts_history_to_it
         assert node.caught_up()
         arrive(HISTORY_MARGIN + 60)
         assert not node.caught_up()
-        now[0] += 2 * node.config.timing.anti_entropy  # the history has come
-        arrive(0)
+        for _ in range(3):  # the history has come; new records go on, every period
+            now[0] += node.config.timing.anti_entropy
+            arrive(0)
+        assert node.caught_up()
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_answers_slower_than_two_periods_to_cross_are_waited_for_as_a_catch_up(
+    tmp_path: Path,
+) -> None:
+    # On a link of 10 Mbit/s one answer of a long history takes 5-6 s to cross: the silence
+    # between two answers is no end of the catch-up. Half as long again as the longest gap
+    # is; a gap past the request timeout (an answer slower is given up) is not history.
+    from tests.metaopt.peer.test_node_pinned import _judging
+
+    now = [10_000.0]
+    node = _judging(tmp_path, now)
+    node.membership._recalled = ["127.0.0.1:9"]  # (not alone: it waits the timeout)
+    timing = node.config.timing
+    seq = iter(range(1, 1000))
+
+    def arrive() -> None:
+        node.store.add([Record.create(EVENT, FULL, next(seq), 1, {"n": now[0]})])
+
+    try:
+        arrive()
+        while now[0] < 10_000.0 + 2 * timing.peer_timeout:
+            now[0] += 5
+            assert not node.caught_up(), f"caught up {now[0] - 10_000:g} s in, mid catch-up"
+            now[0] += 1
+            arrive()  # (every 6 s)
+        now[0] += 8.9
+        assert not node.caught_up()
+        now[0] += 0.1  # 1.5 x 6 s since the last answer
+        assert node.caught_up()
+        node.catch_up.rejoin()  # (gaps are measured again from there)
+        now[0] += 0.5
+        arrive()
+        now[0] += 60
+        arrive()  # (a trial's report, a minute on, in a quiet cluster)
+        now[0] += timing.peer_timeout
+        assert node.caught_up()  # (the window is capped, though a gap was of 60 s)
+        window = 2 * timing.anti_entropy + timing.request_timeout
+        now[0] += 1
+        arrive()
+        now[0] += window - 0.5
+        assert not node.caught_up()
+        now[0] += 0.5
         assert node.caught_up()
     finally:
         await node.stop()
