@@ -89,7 +89,9 @@ def all_agree(peers: list[Peer]) -> bool:
 
 def test_three_peers_share_one_experiment_and_agree(cluster: Cluster) -> None:
     peers = [cluster.start_peer(f"p{i}") for i in range(3)]
-    submit(peers[0], trials=9, steps=4, sleep=0.15)
+    # 1.2 s a trial: a peer's search loads in a thread after it listens (2-3 s on a loaded
+    # machine), and two peers could run 9 short trials before the third had loaded.
+    submit(peers[0], trials=9, steps=8, sleep=0.15)
     wait_for(lambda: experiment(peers[0])["finished"], 120, peers[0].log)
     wait_for(lambda: all_agree(peers), 30, lambda: str([summary(p) for p in peers]))
     info = experiment(peers[2])
