@@ -192,14 +192,16 @@ class CatchUp:
     def arrival_window(self) -> float:
         """How long no other peer's records must arrive for their catch-up to be over.
 
-        Two anti-entropy periods, or half as long again as the longest wait between two
-        arrivals since it listened: on a link of 10 Mbit/s one answer of a long history takes
-        5-6 s to cross, and a joiner took the silence between two for the end of it (caught
-        up at 65-82% of the history, in network namespaces). At most the request timeout
-        past the two periods: an answer slower than that is given up, so a history still
-        coming does not leave longer gaps, while trials reporting now and then in a quiet
-        cluster do.
+        Two anti-entropy periods, or twice the longest wait between two arrivals since it
+        listened, at most a peer timeout (a sender silent that long is taken for gone anyway).
+        Over a slow link a history comes in messages of 4 MiB, seconds apart, further apart
+        as it goes on (several peers send at once, and the joiner's own sessions time out
+        while its partners' get through): in network namespaces a joiner took the silence
+        between two for the end of it and said it was caught up at 50-83% of the history, and
+        ran trials of experiments whose budget was spent (5-10 Mbit/s: gaps of 5-6 s, 8 s
+        then 13 s, 14 s). Trials reporting now and then in a quiet cluster leave long gaps
+        too; they only delay a peer whose own sessions fail.
         """
         timing = self._timing
         base = 2 * timing.anti_entropy
-        return min(max(base, 1.5 * self._longest_gap), base + timing.request_timeout)
+        return min(max(base, 2 * self._longest_gap), max(base, timing.peer_timeout))

@@ -821,8 +821,8 @@ async def test_a_peer_caught_up_by_waiting_says_so_when_records_arriving_hold_it
             for seq in range(1, 4):  # (three flips back and forth: six changes)
                 arrive(seq)
                 assert not node.caught_up() and not node.caught_up()
-                # (two periods, or half as long again as the gap before: see arrival_window)
-                assert node.catch_up.arrival_window() == max(arriving, 1.5 * gap)
+                # (two periods, or twice the gap before: see arrival_window)
+                assert node.catch_up.arrival_window() == max(arriving, 2 * gap)
                 gap = node.catch_up.arrival_window()
                 now[0] += gap
                 assert node.caught_up()
