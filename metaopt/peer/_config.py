@@ -25,7 +25,13 @@ class Timing:
     # peers asking at the same moment each hears of the ones before it (see Node.new_trial).
     settle: float = 0.05
     stop_grace: float = 10.0  # stop file → SIGTERM → SIGKILL, each after this long
+    # A call gives up on a partner that sends no byte of its answer for request_timeout, and
+    # on any call after transfer_timeout. Over a slow link an answer of 4 MiB takes seconds
+    # to cross (tens, with several partners sending at once): bounded as a whole by the
+    # request timeout, a joiner's own sessions were given up as the answers came (every one,
+    # at 5 Mbit/s in network namespaces), their bytes sent for nothing.
     request_timeout: float = 10.0
+    transfer_timeout: float = 60.0
     # A call gives up on a partner whose TCP handshake has not completed by then: one cut off
     # by a partition never answers it, and held each anti-entropy session for the request
     # timeout (a peer restarted beside one caught up in 12.3-12.6 s, not 2.7-2.9: 4 peers in

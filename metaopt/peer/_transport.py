@@ -479,6 +479,7 @@ class Client:
         run: bytes | None = None,
         age: Callable[[], float] | None = None,
         connect_timeout: float | None = None,
+        read_timeout: float | None = None,
     ) -> None:
         """warn_refusals: log (once per address) a peer refusing our frames or speaking another
         protocol version; a peer's client does, the CLI's does not (its error line says it).
@@ -487,7 +488,9 @@ class Client:
         holds (see _wire); only the CLI, reading pages of trials from its own peer, is not.
         run, age: the sending peer process's token and a reading of its age (Request.run,
         Request.age). connect_timeout: how long a new connection's handshake may take (None:
-        the whole timeout; see Timing.connect_timeout)."""
+        the whole timeout; see Timing.connect_timeout). read_timeout: how long the answer
+        may keep this client waiting for its next bytes, once the request is sent (None: the
+        whole timeout; see Timing.transfer_timeout)."""
         self._codec = codec
         self._bounded = bounded_replies
         self._protocol = protocol
@@ -495,7 +498,9 @@ class Client:
         self._addr = addr
         self._run = run
         self._age = age
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout, sock_connect=connect_timeout, sock_read=read_timeout
+        )
         self._session: aiohttp.ClientSession | None = None
         self.bytes_out = 0
         self.bytes_in = 0

@@ -22,15 +22,15 @@ def test_the_default_timings_are_the_ones_the_readme_gives() -> None:
 def test_the_default_cluster_timings_keep_a_lab_cluster_one_hop_and_quick() -> None:
     """Every live peer of a lab cluster (16 or fewer) hears of a record at once, anti-entropy
     runs every 2 s and gossip every 5 s, new points settle 50 ms a rank, a stopping peer waits
-    2 s to be heard leaving, requests time out after 10 s, and a handshake after 2.5 s (one
-    lost SYN is sent again after 1 s)."""
+    2 s to be heard leaving, requests time out after 10 s without a byte of their answer and
+    after 60 s in all, and a handshake after 2.5 s (one lost SYN is sent again after 1 s)."""
     timing = Timing()
     assert timing.push_fanout == 16 and isinstance(timing.push_fanout, int)
     assert (timing.anti_entropy, timing.gossip, timing.schedule) == (2.0, 5.0, 0.5)
     assert (timing.settle, timing.leave_wait, timing.request_timeout) == (0.05, 2.0, 10.0)
-    assert timing.connect_timeout == 2.5
+    assert (timing.connect_timeout, timing.transfer_timeout) == (2.5, 60.0)
     # Every field is pinned by one of these two tests.
-    assert len(dataclasses.fields(Timing)) == 15
+    assert len(dataclasses.fields(Timing)) == 16
 
 
 def test_a_peer_config_defaults_to_what_peer_start_does() -> None:

@@ -133,3 +133,47 @@ async def test_a_partner_cut_off_does_not_hold_a_catch_up(tmp_path: Path) -> Non
             await peer.stop()
         for sock in (server, *fill):
             sock.close()
+
+
+@pytest.mark.asyncio
+async def test_a_history_that_crosses_a_slow_link_slower_than_the_request_timeout_comes(
+    tmp_path: Path,
+) -> None:
+    # A call bounded as a whole by the request timeout gave up every answer still coming
+    # over a slow link (5 Mbit/s, several partners sending at once): a joiner's own sessions
+    # failed one after another, their bytes sent for nothing. It waits request_timeout for
+    # each next bytes of an answer, and transfer_timeout in all.
+    from tests.metaopt.peer.test_transport import _slow_link
+
+    full = quiet_node(tmp_path / "full")
+    timing = Timing(anti_entropy=0.2, gossip=600.0, request_timeout=1.0, transfer_timeout=60.0)
+    joiner = Node(
+        PeerConfig(
+            data_dir=tmp_path / "joiner", port=0, mdns=False, key_text=full.key.to_text(),
+            timing=timing,
+        )
+    )  # fmt: skip
+    history = [
+        Record.create("event", b"\x05" * 16, seq, 1000 + seq, {"pad": "x" * 300})
+        for seq in range(1, 401)
+    ]  # fmt: skip  (about 150 KB: 4 s over the link)
+    full.store.add(history)
+    running: list[Node] = []
+    relay: asyncio.Server | None = None
+    try:
+        for peer in (full, joiner):
+            await peer.start()
+            running.append(peer)
+        relay, slow = await _slow_link(int(full.addr.rpartition(":")[2]), 4096, 0.1)
+        joiner.peers.add(full.node_id, slow, time.monotonic(), contacted=True)
+        for _ in range(300):  # (30 s at most)
+            if len(joiner.store) >= len(history):
+                break
+            await asyncio.sleep(0.1)
+        assert len(joiner.store) >= len(history)
+        assert joiner.replicator.sessions >= 1  # (its own session brought it)
+    finally:
+        for peer in running:
+            await peer.stop()
+        if relay is not None:
+            relay.close()

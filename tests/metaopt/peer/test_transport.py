@@ -118,6 +118,79 @@ async def test_a_handshake_that_never_completes_is_given_up_after_the_connect_ti
             sock.close()
 
 
+async def _slow_link(port: int, chunk: int, pause: float) -> tuple[asyncio.Server, str]:
+    """A relay to 127.0.0.1:port that carries the answers back ``chunk`` bytes every
+    ``pause`` seconds (a slow link), the requests at once; its address."""
+
+    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, slow: bool) -> None:
+        try:
+            while data := await src.read(chunk if slow else 1 << 16):
+                dst.write(data)
+                await dst.drain()
+                if slow:
+                    await asyncio.sleep(pause)
+        except ConnectionError:
+            pass
+        finally:
+            dst.close()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+    relay_server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    return relay_server, f"127.0.0.1:{relay_server.sockets[0].getsockname()[1]}"
+
+
+@pytest.mark.asyncio
+async def test_an_answer_that_keeps_coming_is_read_past_the_read_timeout() -> None:
+    # Over a slow link an answer of 4 MiB takes seconds to cross: bounded as a whole by the
+    # request timeout, a joiner's own anti-entropy sessions were given up as their answers
+    # came. A call waits read_timeout for each next bytes of an answer, the timeout in all.
+    codec, server, port, _ = await _echo_server()
+    relay, addr = await _slow_link(port, chunk=2048, pause=0.1)  # 80 KB: 4 s at least
+    body = b"x" * 80_000
+
+    def client(timeout: float, read_timeout: float | None) -> Client:
+        return Client(
+            codec, os.urandom(16), "127.0.0.1:1", timeout=timeout, read_timeout=read_timeout,
+            bounded_replies=False,
+        )  # fmt: skip
+
+    patient, whole = client(60.0, 2.0), client(2.0, None)
+    try:
+        assert await patient.call(addr, "echo", body) == body
+        with pytest.raises(PeerUnreachable, match="no answer from"):
+            await whole.call(addr, "echo", body)  # (as a peer's calls were bounded)
+    finally:
+        for made in (patient, whole):
+            await made.close()
+        relay.close()
+        await server.stop()
+
+
+@pytest.mark.asyncio
+async def test_an_answer_that_does_not_start_is_given_up_after_the_read_timeout() -> None:
+    released = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await released.wait()
+        return web.Response()
+
+    runner, addr = await _serve(hang)
+    client = Client(
+        FrameCodec([ClusterKey.generate(os.urandom(32))]), NODE, "127.0.0.1:1",
+        timeout=600.0, read_timeout=0.3,
+    )  # fmt: skip
+    try:
+        with pytest.raises(PeerUnreachable, match="no answer from"):
+            await asyncio.wait_for(client.call(addr, "gossip", []), 30.0)
+    finally:
+        released.set()
+        await client.close()
+        await runner.cleanup()
+
+
 async def _echo_server(op: str = "echo", **limits: float) -> tuple[FrameCodec, Server, int, bytes]:
     """A started server answering op with the request's body, its limits (Server attributes)
     set; its codec and port, and a frame of an echo request."""
