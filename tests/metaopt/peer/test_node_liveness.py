@@ -621,3 +621,54 @@ async def test_a_join_seed_of_another_release_is_not_said_to_be_silent(
         }
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_paused_past_the_timeout_does_not_log_the_others_gone_as_it_resumes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every peer looked silent through its own pause: its log counted each "gone", and "live
+    # again" a moment later, as if they had dropped out (a walkthrough, 4 of 4 pauses).
+    async with _started_held_node(tmp_path, DEFAULT) as (node, mono):
+        partner = os.urandom(16)
+
+        async def call(addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+            return []  # (it answers: it was live all along)
+
+        node.membership.client = SimpleNamespace(call=call)  # type: ignore[assignment]
+        with caplog.at_level(logging.INFO, logger="metaopt.peer"):
+            node.peers.add(partner, "127.0.0.1:9", mono[0], contacted=True)
+            await asyncio.sleep(0.05)  # (its watch for holds of its loop under way)
+            await node.membership.gossip_round()
+            mono[0] += 40.0  # this peer's loop held 40 s (SIGSTOP, a paused VM)
+            await node.membership.gossip_round()
+        said = [m for m in caplog.messages if m.startswith(f"peer {partner.hex()[:8]}")]
+        assert said == [f"peer {partner.hex()[:8]} at 127.0.0.1:9 is live"]
+        assert node.is_alive(partner)
+
+
+@pytest.mark.asyncio
+async def test_a_peer_heard_of_only_through_others_is_said_live_as_status_says_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A restarted peer logged a peer killed -9 seconds before as "live", first of all, on
+    # another's word; `peer status` said "yes (heard of through other peers)" (a walkthrough).
+    mono = [1000.0]
+    node = _held_node(tmp_path, mono, DEFAULT)
+    partner, dead = os.urandom(16), os.urandom(16)
+    node.peers.add(partner, "127.0.0.1:9", mono[0], contacted=True)
+
+    async def call(addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+        return [[dead, "127.0.0.1:8", 3.0]] if addr == "127.0.0.1:9" else []
+
+    node.membership.client = SimpleNamespace(call=call)  # type: ignore[assignment]
+    try:
+        with caplog.at_level(logging.INFO, logger="metaopt.peer"):
+            await node.membership.gossip_round()
+        said = [m for m in caplog.messages if " is live" in m]
+        assert sorted(said) == sorted([
+            f"peer {partner.hex()[:8]} at 127.0.0.1:9 is live",
+            f"peer {dead.hex()[:8]} at 127.0.0.1:8 is live (heard of through other peers)",
+        ])  # fmt: skip
+    finally:
+        await node.stop()
