@@ -464,9 +464,11 @@ def _logs(args: argparse.Namespace) -> int:
     line = f"trial {args.trial} ran on node {info['runner'][:12]} at {where}"
     line += "; run `metaopt logs` there"
     if info.get("earlier"):
-        # (Not "cut short": a run whose end the disk refused may have run to its end.)
-        earlier = info["earlier"]
-        line += f" (this peer holds an earlier attempt's output, not the counted one: {earlier})"
+        # (Not "cut short": a run whose end the disk refused may have run to its end. Nor
+        # "earlier": a peer that took over a paused peer's trial ran the later attempt, and the
+        # paused one's, resumed, counted.)
+        other = info["earlier"]
+        line += f" (this peer holds another attempt's output, not the counted one: {other})"
     print(printable(line))
     if verdict is not None:
         print(printable(verdict))

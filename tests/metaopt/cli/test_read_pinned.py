@@ -169,7 +169,7 @@ def test_logs_of_a_trial_no_peer_has_started_is_one_line_exit_2(
     assert out == "" and err == "metaopt: trial abab has not started on any peer yet\n"
 
 
-def test_logs_sent_elsewhere_say_this_peer_holds_an_earlier_attempt(
+def test_logs_sent_elsewhere_say_this_peer_holds_another_attempt(
     peer: type[_Peer], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The output this peer holds is not the run that counts: said, with where it is."""
@@ -178,7 +178,7 @@ def test_logs_sent_elsewhere_say_this_peer_holds_an_earlier_attempt(
     assert main(["logs", "abab"]) == 0
     assert capsys.readouterr().out == (
         "trial abab ran on node cdcdcdcdcdcd at 127.0.0.1:7788; run `metaopt logs` there (this"
-        " peer holds an earlier attempt's output, not the counted one: /d/trials/ab/log)\n"
+        " peer holds another attempt's output, not the counted one: /d/trials/ab/log)\n"
         "completed\n"
     )
 
