@@ -57,6 +57,7 @@ class CatchUp:
         started_at: Callable[[], float],
         loading: Callable[[], bool],
         stopping: asyncio.Event,
+        receiving: Callable[[], bool] = lambda: False,
     ) -> None:
         self._timing = timing
         self._replicator = replicator
@@ -65,12 +66,14 @@ class CatchUp:
         self._started_at = started_at
         self._loading = loading
         self._stopping = stopping
+        # Whether another peer's records are on their way here now: a large body (a request
+        # or an answer) being read (see _transport.LARGE_BODY).
+        self._receiving = receiving
         # The end of the latest hold for a disk that refused writes, when it had heard nobody,
         # and the anti-entropy sessions it had converged by then (see rejoin).
         self._rejoined_at = -math.inf
         self._sessions_before = 0
         self.others_arrived_at = -math.inf  # when records of other origins last arrived
-        self._longest_gap = 0.0  # ... the longest wait between two such arrivals since then
         self._history_arrived_at = -math.inf  # ... and ones stamped well before it listened
         # Why it was last found caught up (None: not caught up), and how often that changed,
         # since its start or its last rejoin (see caught_up).
@@ -84,7 +87,6 @@ class CatchUp:
         caught up."""
         self._rejoined_at = self._monotonic()
         self._sessions_before = self._replicator.sessions
-        self._longest_gap = 0.0
         self._why, self._changes = None, 0
 
     def note_arrived(self, others: list[Record], now_ms: int) -> None:
@@ -92,8 +94,6 @@ class CatchUp:
         if not others:
             return
         now = self._monotonic()
-        if self.others_arrived_at >= self.listening_since():
-            self._longest_gap = max(self._longest_gap, now - self.others_arrived_at)
         self.others_arrived_at = now
         listened_ms = now_ms - 1000 * (now - self.listening_since())
         if min(r.time for r in others) < listened_ms - 1000 * HISTORY_MARGIN:
@@ -170,11 +170,15 @@ class CatchUp:
             # the history is still coming: records stamped before this peer listened, a
             # finite set (2,060,000 took 73 s, and past the ten timeouts a peer spent budgets
             # again: 1005/1000).
-            arriving = self.arrival_window()
-            if now - self.others_arrived_at >= arriving:
+            arriving = 2 * timing.anti_entropy
+            # Nor while a message of records is still crossing: over a slow link one of 4 MiB
+            # takes seconds (10 Mbit/s), or tens of seconds, and a joiner took the silence
+            # between two for the end of its catch-up, at 17-83% of the history, or at none
+            # (3-10 Mbit/s in network namespaces), and ran trials of spent budgets.
+            if now - self.others_arrived_at >= arriving and not self._receiving():
                 return (
                     f"it waited a peer timeout ({timing.peer_timeout:g} s), and no other"
-                    f" peer's records arrived in the last {arriving:.3g} s"
+                    f" peer's records arrived in the last {arriving:g} s"
                 )
             history = now - self._history_arrived_at < arriving
             if waited >= 10 * timing.peer_timeout and not history:
@@ -188,20 +192,3 @@ class CatchUp:
         if self._membership.knows_nobody() and waited >= 2 * timing.anti_entropy:
             return _ALONE
         return None
-
-    def arrival_window(self) -> float:
-        """How long no other peer's records must arrive for their catch-up to be over.
-
-        Two anti-entropy periods, or twice the longest wait between two arrivals since it
-        listened, at most a peer timeout (a sender silent that long is taken for gone anyway).
-        Over a slow link a history comes in messages of 4 MiB, seconds apart, further apart
-        as it goes on (several peers send at once, and the joiner's own sessions time out
-        while its partners' get through): in network namespaces a joiner took the silence
-        between two for the end of it and said it was caught up at 50-83% of the history, and
-        ran trials of experiments whose budget was spent (5-10 Mbit/s: gaps of 5-6 s, 8 s
-        then 13 s, 14 s). Trials reporting now and then in a quiet cluster leave long gaps
-        too; they only delay a peer whose own sessions fail.
-        """
-        timing = self._timing
-        base = 2 * timing.anti_entropy
-        return min(max(base, 2 * self._longest_gap), max(base, timing.peer_timeout))

@@ -315,6 +315,7 @@ class Node:
             started_at=lambda: self.started_at,
             loading=lambda: self.replica.loading,
             stopping=self._stopping,
+            receiving=lambda: self.server.receiving + self.client.receiving > 0,
         )
         # Last: its handlers include the membership's, made just above.
         self.server = Server(self.codec, self._handlers(), node_id=self.node_id)

@@ -10,11 +10,14 @@ import asyncio
 import base64
 import binascii
 import collections
+import contextlib
 import dataclasses
 import errno
+import io
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -53,6 +56,9 @@ __all__ = [
 log = logging.getLogger("metaopt.peer")
 _MAX_NOTED = 1024  # senders and kinds of malformed HTTP noted; beyond, the rest is dropped
 PATH = "/v1"
+# A body at least this long is records on their way (a gossip message or its reply is a few
+# KiB): while one is read, this peer is still being sent a history (see CatchUp).
+LARGE_BODY = 1 << 16
 # Every request carries its frame's ticket here (FrameCodec.ticket): the server checks it
 # before reading the body, so only holders of the cluster key can make a peer hold a frame.
 TICKET = "X-Metaopt-Ticket"
@@ -153,6 +159,7 @@ class Server:
         self._refused = OnceEach(quiet=REFUSAL_QUIET)  # (sender, error) already logged
         self.bytes_in = 0
         self.bytes_out = 0
+        self.receiving = 0  # request bodies of LARGE_BODY or more being read now
         # Tickets whose frames are being read. A ticket is remembered (its nonce) only once its
         # frame opens, and it is not secret: one copied off the network let 10 connections at
         # once each hold a 40 MiB body of junk (see _ticket).
@@ -174,6 +181,8 @@ class Server:
             if self._cap is not None:
                 self._cap.served(request.transport)
             self._reading.add(ticket)
+            large = (request.content_length or 0) >= LARGE_BODY
+            self.receiving += large
             try:
                 # A frame older than max_skew is refused, and its time was within max_skew of
                 # this clock when its ticket passed: past twice that, no body can open. A
@@ -191,6 +200,7 @@ class Server:
                 return web.Response(status=408, text="the request body stalled")
             finally:
                 self._reading.discard(ticket)
+                self.receiving -= large
             self.bytes_in += len(frame)
             now = time.time()
             opened = self._codec.open_frame(frame, now=now, ticket=ticket)
@@ -501,9 +511,16 @@ class Client:
         self._timeout = aiohttp.ClientTimeout(
             total=timeout, sock_connect=connect_timeout, sock_read=read_timeout
         )
+        # sock_read starts once the request is sent: a request of megabytes to a partner cut
+        # off mid-session (or paused, its buffers full) waited the whole timeout, 60 s where
+        # it was 10, and held this peer's anti-entropy meanwhile (a review in namespaces). The
+        # kernel ends a connection whose sent bytes stay unacknowledged this long; a slow link
+        # acknowledges them as they arrive.
+        self._unacked_timeout = read_timeout
         self._session: aiohttp.ClientSession | None = None
         self.bytes_out = 0
         self.bytes_in = 0
+        self.receiving = 0  # answers of LARGE_BODY or more being read now
         self._refused_by = OnceEach(quiet=REFUSAL_QUIET)  # addresses whose refusal was logged
         self._warn_refusals = warn_refusals
 
@@ -512,9 +529,22 @@ class Client:
             # A few connections to each peer are plenty (its Server caps a host's at
             # max_connections_per_host); aiohttp's default of 100 let a burst of pushes from
             # three peers on one host reach the cap and be refused.
-            connector = aiohttp.TCPConnector(limit_per_host=_CONNECTIONS_PER_PEER)
+            connector = aiohttp.TCPConnector(
+                limit_per_host=_CONNECTIONS_PER_PEER, socket_factory=self._socket
+            )
             self._session = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
         return self._session
+
+    def _socket(self, addr_info: tuple[Any, ...]) -> socket.socket:
+        """A socket for a new connection, with the unacknowledged-data timeout set (Linux)."""
+        family, kind, proto, _, _ = addr_info
+        sock = socket.socket(family=family, type=kind, proto=proto)
+        option = getattr(socket, "TCP_USER_TIMEOUT", None)
+        if self._unacked_timeout is not None and option is not None:
+            # (Not TCP, or a kernel without it: the total still bounds a call.)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, option, int(self._unacked_timeout * 1000))
+        return sock
 
     async def call(self, addr: str, op: str, body: Any = None, *, to: bytes | None = None) -> Any:
         """Send one request to host:port and return the reply body, or raise.
@@ -537,7 +567,7 @@ class Client:
         try:
             async with session.post(
                 f"http://{addr}{PATH}",
-                data=frame,
+                data=io.BytesIO(frame),  # (sent in pieces: raw bytes past 1 MiB in one write)
                 headers={
                     "Content-Type": "application/octet-stream",
                     TICKET: base64.b64encode(self._codec.ticket(frame)).decode("ascii"),
@@ -610,10 +640,15 @@ class Client:
         if (response.content_length or 0) > limit:
             raise PeerUnreachable(f"{addr} announced a {response.content_length}-byte reply")
         data = bytearray()
-        async for piece in response.content.iter_chunked(1 << 16):
-            data += piece
-            if len(data) > limit:
-                raise PeerUnreachable(f"{addr} sent a reply over {limit} bytes")
+        large = (response.content_length or 0) >= LARGE_BODY
+        self.receiving += large
+        try:
+            async for piece in response.content.iter_chunked(1 << 16):
+                data += piece
+                if len(data) > limit:
+                    raise PeerUnreachable(f"{addr} sent a reply over {limit} bytes")
+        finally:
+            self.receiving -= large
         return bytes(data)
 
     async def close(self) -> None:

@@ -7,6 +7,7 @@ import base64
 import io
 import logging
 import os
+import socket
 from typing import Any
 
 import aiohttp
@@ -118,9 +119,11 @@ async def test_a_handshake_that_never_completes_is_given_up_after_the_connect_ti
             sock.close()
 
 
-async def _slow_link(port: int, chunk: int, pause: float) -> tuple[asyncio.Server, str]:
+async def _slow_link(
+    port: int, chunk: int, pause: float, *, requests_too: bool = False
+) -> tuple[asyncio.Server, str]:
     """A relay to 127.0.0.1:port that carries the answers back ``chunk`` bytes every
-    ``pause`` seconds (a slow link), the requests at once; its address."""
+    ``pause`` seconds (a slow link), the requests at once unless requests_too; its address."""
 
     async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, slow: bool) -> None:
         try:
@@ -136,7 +139,7 @@ async def _slow_link(port: int, chunk: int, pause: float) -> tuple[asyncio.Serve
 
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
-        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+        await asyncio.gather(pipe(reader, up_writer, requests_too), pipe(up_reader, writer, True))
 
     relay_server = await asyncio.start_server(relay, "127.0.0.1", 0)
     return relay_server, f"127.0.0.1:{relay_server.sockets[0].getsockname()[1]}"
@@ -167,6 +170,51 @@ async def test_an_answer_that_keeps_coming_is_read_past_the_read_timeout() -> No
             await made.close()
         relay.close()
         await server.stop()
+
+
+@pytest.mark.asyncio
+async def test_large_bodies_being_read_are_counted_on_both_sides_and_small_ones_not() -> None:
+    # A peer catching up is still being sent records while one is read (see CatchUp): at 3
+    # Mbit/s a joiner holding none yet took the silence for the end of its catch-up.
+    codec, server, port, _ = await _echo_server()
+    relay, addr = await _slow_link(port, chunk=4096, pause=0.05, requests_too=True)
+    client = Client(codec, os.urandom(16), "127.0.0.1:1", timeout=60.0, bounded_replies=False)
+    seen: set[tuple[int, int]] = set()
+    try:
+        assert await client.call(addr, "echo", b"x" * 100) == b"x" * 100
+        assert (server.receiving, client.receiving) == (0, 0)
+        call = asyncio.ensure_future(client.call(addr, "echo", b"x" * 100_000))
+        while not call.done():
+            seen.add((server.receiving, client.receiving))
+            await asyncio.sleep(0.02)
+        assert await call == b"x" * 100_000
+        assert {(1, 0), (0, 1)} <= seen  # the request's body read, then the answer
+        assert (server.receiving, client.receiving) == (0, 0)
+    finally:
+        await client.close()
+        relay.close()
+        await server.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_large_request_to_a_partner_that_reads_nothing_is_given_up_as_a_small_one() -> None:
+    # The read timeout starts once the request is sent: megabytes to a partner cut off (or
+    # paused, its buffers full) waited the whole timeout, and held anti-entropy meanwhile.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)  # (never accepted, never read)
+    addr = f"127.0.0.1:{listener.getsockname()[1]}"
+    client = Client(
+        FrameCodec([ClusterKey.generate(os.urandom(32))]), NODE, "127.0.0.1:1",
+        timeout=600.0, read_timeout=1.0,
+    )  # fmt: skip
+    try:
+        for size in (1_000, 8_000_000):
+            with pytest.raises(PeerUnreachable, match="no answer from"):
+                await asyncio.wait_for(client.call(addr, "sync", b"x" * size), 30.0)
+    finally:
+        await client.close()
+        listener.close()
 
 
 @pytest.mark.asyncio
