@@ -72,6 +72,7 @@ class Membership:
         stopping: asyncio.Event,
         listened: Callable[[], bool],
         hold_just_ended: Callable[[float], float],
+        last_hold_ended: Callable[[], float],
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         stop_itself: Callable[[str], None],
     ) -> None:
@@ -88,6 +89,9 @@ class Membership:
         self._stopping = stopping
         self._listened = listened
         self._hold_just_ended = hold_just_ended
+        self._last_hold_ended = last_hold_ended
+        # When the latest round whose calls have all ended began (see gossip_round).
+        self._calls_ended_from = -math.inf
         self._spawn = spawn
         self._stop_itself = stop_itself
         self._liveness = LivenessNews()
@@ -116,6 +120,7 @@ class Membership:
     async def gossip_round(self) -> None:
         """One round of gossip (Node._gossip runs it, but not while this replica cannot be
         written)."""
+        hold_ended = self._last_hold_ended()  # (first: a hold just ended is measured here)
         now = self.monotonic()
         timeout = self.config.timing.peer_timeout
         live = self.peers.random_live(self.rng, 1, now, timeout)
@@ -131,10 +136,12 @@ class Membership:
         # that does not answer held the round's lines for the request timeout (a peer's
         # "is live" came 10 s after the line saying it had caught up with that peer, and
         # "counted gone" after the line taking its trial for lost; a partition in namespaces).
-        # Not as a hold of this peer's own loop ends (paused, its VM stopped): every peer had
-        # looked silent through it, and its log counted each "gone", "live again" a moment
-        # later, as if the others had dropped out (a walkthrough, 4 of 4 pauses of 34-68 s).
-        if not self._hold_just_ended(now):
+        # Not after a hold of this peer's own loop (paused, its VM stopped) until a round
+        # begun since has had its answers: every peer had looked silent through it, and its
+        # log counted each "gone", "live again" a moment later, as if the others had dropped
+        # out (a walkthrough, 4 of 4 pauses of 34-68 s; a review, 3 of 3 with a round's calls
+        # under way as the pause began).
+        if self._calls_ended_from >= hold_ended:
             self._say_liveness(now, timeout)
         # All at once: up to 16 remembered addresses of machines that may be gone for good,
         # each taking the request timeout, held up the round for minutes when called in turn,
@@ -145,7 +152,9 @@ class Membership:
         finally:  # (a bug in one call must not keep the others' news from the peers file)
             self._remember_peers()
             self._say_if_alone(now)
-            self._say_liveness(self.monotonic(), timeout)
+            self._calls_ended_from = max(self._calls_ended_from, now)
+            if self._calls_ended_from >= self._last_hold_ended():
+                self._say_liveness(self.monotonic(), timeout)
 
     def _greetings(self, now: float, timeout: float) -> list[str]:
         """Up to _GREETS_PER_ROUND live peers no call of this life has reached yet.

@@ -303,6 +303,7 @@ class Node:
             stopping=self._stopping,
             listened=self.listened,
             hold_just_ended=self._hold_just_ended,
+            last_hold_ended=self._last_hold_ended,
             spawn=self._spawn,
             stop_itself=self._stop_itself,
         )
@@ -664,6 +665,11 @@ class Node:
         }
         handlers.update(self.api.handlers())
         return handlers
+
+    def _last_hold_ended(self) -> float:
+        """When the latest hold of this peer's loop ended (-inf: none), one just ended too."""
+        self._check_stall()
+        return self._hold_ended_at
 
     def _hold_just_ended(self, now: float) -> float:
         """The length of a hold of this peer's loop that ended just before ``now`` (0 if none):

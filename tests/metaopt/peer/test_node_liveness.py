@@ -672,3 +672,32 @@ async def test_a_peer_heard_of_only_through_others_is_said_live_as_status_says_i
         ])  # fmt: skip
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_round_under_way_as_its_peer_is_paused_does_not_log_the_others_gone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its calls waited on an address that never answers as the pause began; ended after it,
+    # the round counted every live peer gone, "live again" a round later (a review, 3 of 3).
+    async with _started_held_node(tmp_path, DEFAULT) as (node, mono):
+        partner = os.urandom(16)
+        answer = asyncio.Event()
+
+        async def call(addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+            await answer.wait()
+            return []
+
+        node.membership.client = SimpleNamespace(call=call)  # type: ignore[assignment]
+        with caplog.at_level(logging.INFO, logger="metaopt.peer"):
+            node.peers.add(partner, "127.0.0.1:9", mono[0], contacted=True)
+            await asyncio.sleep(0.05)  # (its watch for holds of its loop under way)
+            round_ = asyncio.ensure_future(node.membership.gossip_round())
+            await asyncio.sleep(0.05)
+            mono[0] += 40.0  # held 40 s while the round's calls waited
+            answer.set()
+            await round_
+            await node.membership.gossip_round()  # (begun after the hold: its answers count)
+        said = [m for m in caplog.messages if m.startswith(f"peer {partner.hex()[:8]}")]
+        assert said == [f"peer {partner.hex()[:8]} at 127.0.0.1:9 is live"]
+        assert node.is_alive(partner)
