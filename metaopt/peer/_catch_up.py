@@ -173,7 +173,7 @@ class CatchUp:
             arriving = 2 * timing.anti_entropy
             # Nor while a message of records is still crossing: over a slow link one of 4 MiB
             # takes seconds (10 Mbit/s), or tens of seconds, and a joiner took the silence
-            # between two for the end of its catch-up, at 17-83% of the history, or at none
+            # between two for the end of its catch-up, at 16-83% of the history, or at none
             # (3-10 Mbit/s in network namespaces), and ran trials of spent budgets.
             if now - self.others_arrived_at >= arriving and not self._receiving():
                 return (
