@@ -41,6 +41,18 @@ def _client() -> Client:
     return Client(codec, os.urandom(16), "127.0.0.1:1", timeout=10)
 
 
+def _bounded_only_by(**timeouts: float) -> Client:
+    """A client whose calls last 600 s in all: one ended sooner ended by ``timeouts``."""
+    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
+    return Client(codec, NODE, "127.0.0.1:1", timeout=600.0, **timeouts)
+
+
+async def _given_up(client: Client, addr: str, op: str = "gossip", body: Any = None) -> None:
+    """The call to addr ends in PeerUnreachable (well within the 600 s of _bounded_only_by)."""
+    with pytest.raises(PeerUnreachable, match="no answer from"):
+        await asyncio.wait_for(client.call(addr, op, [] if body is None else body), 30.0)
+
+
 async def _serve(handler: web.RequestHandler) -> tuple[web.AppRunner, str]:
     app = web.Application()
     app.router.add_post("/v1", handler)
@@ -106,13 +118,9 @@ async def test_a_handshake_that_never_completes_is_given_up_after_the_connect_ti
     from tests.metaopt.peer.test_node_sync import blackhole
 
     server, fill, addr = blackhole()
-    client = Client(
-        FrameCodec([ClusterKey.generate(os.urandom(32))]), NODE, "127.0.0.1:1",
-        timeout=600.0, connect_timeout=0.3,
-    )  # fmt: skip
+    client = _bounded_only_by(connect_timeout=0.3)
     try:
-        with pytest.raises(PeerUnreachable, match="no answer from"):
-            await asyncio.wait_for(client.call(addr, "gossip", []), 30.0)
+        await _given_up(client, addr)
     finally:
         await client.close()
         for sock in (server, *fill):
@@ -204,14 +212,10 @@ async def test_a_large_request_to_a_partner_that_reads_nothing_is_given_up_as_a_
     listener.bind(("127.0.0.1", 0))
     listener.listen(4)  # (never accepted, never read)
     addr = f"127.0.0.1:{listener.getsockname()[1]}"
-    client = Client(
-        FrameCodec([ClusterKey.generate(os.urandom(32))]), NODE, "127.0.0.1:1",
-        timeout=600.0, read_timeout=1.0,
-    )  # fmt: skip
+    client = _bounded_only_by(read_timeout=1.0)
     try:
         for size in (1_000, 8_000_000):
-            with pytest.raises(PeerUnreachable, match="no answer from"):
-                await asyncio.wait_for(client.call(addr, "sync", b"x" * size), 30.0)
+            await _given_up(client, addr, "sync", b"x" * size)
     finally:
         await client.close()
         listener.close()
@@ -226,13 +230,9 @@ async def test_an_answer_that_does_not_start_is_given_up_after_the_read_timeout(
         return web.Response()
 
     runner, addr = await _serve(hang)
-    client = Client(
-        FrameCodec([ClusterKey.generate(os.urandom(32))]), NODE, "127.0.0.1:1",
-        timeout=600.0, read_timeout=0.3,
-    )  # fmt: skip
+    client = _bounded_only_by(read_timeout=0.3)
     try:
-        with pytest.raises(PeerUnreachable, match="no answer from"):
-            await asyncio.wait_for(client.call(addr, "gossip", []), 30.0)
+        await _given_up(client, addr)
     finally:
         released.set()
         await client.close()
