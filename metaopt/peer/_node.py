@@ -319,7 +319,12 @@ class Node:
             receiving=lambda: self.server.receiving + self.client.receiving > 0,
         )
         # Last: its handlers include the membership's, made just above.
-        self.server = Server(self.codec, self._handlers(), node_id=self.node_id)
+        self.server = Server(
+            self.codec,
+            self._handlers(),
+            node_id=self.node_id,
+            receiving_elsewhere=lambda: self.client.receiving,
+        )
 
     def _new_client(self) -> Client:
         return Client(

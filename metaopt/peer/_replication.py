@@ -136,7 +136,7 @@ class Replicator:
 
     async def _push(self, addr: str, message: bytes) -> None:
         try:
-            await self.client.call(addr, "sync", message)
+            await self.client.call(addr, "sync", message, deferrable=True)
         except (PeerUnreachable, RemoteError) as exc:
             log.debug("push to %s failed: %s", addr, exc)
 
@@ -161,7 +161,7 @@ class Replicator:
         try:
             while message is not None:
                 self._called[addr] = self._clock()
-                reply = await self.client.call(addr, "sync", message, to=to)
+                reply = await self.client.call(addr, "sync", message, to=to, deferrable=True)
                 if not isinstance(reply, bytes):
                     self._aborted(addr, "reply", "it sent a sync reply that is not bytes")
                     return False

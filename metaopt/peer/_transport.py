@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -43,6 +44,7 @@ from metaopt.peer._wire import (
 )
 
 __all__ = [
+    "Busy",
     "Client",
     "Misaddressed",
     "OtherRelease",
@@ -59,6 +61,10 @@ PATH = "/v1"
 # A body at least this long is records on their way (a gossip message or its reply is a few
 # KiB): while one is read, this peer is still being sent a history (see CatchUp).
 LARGE_BODY = 1 << 16
+# A request that carries records for the replica (a push, or a message of an anti-entropy
+# session) says so here: such a request, if large, may be put off while this peer reads
+# another large body (see Server._put_off). A hint only: the frame is what is obeyed.
+DEFERRABLE = "X-Metaopt-Deferrable"
 # Every request carries its frame's ticket here (FrameCodec.ticket): the server checks it
 # before reading the body, so only holders of the cluster key can make a peer hold a frame.
 TICKET = "X-Metaopt-Ticket"
@@ -70,6 +76,10 @@ Handler = Callable[[Request], Awaitable[Any]]
 
 class PeerUnreachable(MetaoptError):
     """No answer from a peer (refused, timed out, or not speaking our protocol)."""
+
+
+class Busy(PeerUnreachable):
+    """The peer put off records we sent it: it is reading a large body from another peer."""
 
 
 class RemoteError(MetaoptError):
@@ -139,9 +149,13 @@ class Server:
         *,
         node_id: bytes,
         protocol: int | None = PROTOCOL_VERSION,
+        receiving_elsewhere: Callable[[], int] = lambda: 0,
     ) -> None:
         """node_id: this peer's, which a request may name and some must (needs_addressee).
-        protocol: the version its replies carry (another only in tests of mixed versions)."""
+        protocol: the version its replies carry (another only in tests of mixed versions).
+        receiving_elsewhere: the large bodies this peer reads otherwise (its client's answers;
+        see _put_off)."""
+        self._receiving_elsewhere = receiving_elsewhere
         self._codec = codec
         self._node_id = node_id
         self._listener: asyncio.Server | None = None
@@ -160,6 +174,7 @@ class Server:
         self.bytes_in = 0
         self.bytes_out = 0
         self.receiving = 0  # request bodies of LARGE_BODY or more being read now
+        self.put_off = 0  # large deferrable requests answered 503 unread (see _put_off)
         # Tickets whose frames are being read. A ticket is remembered (its nonce) only once its
         # frame opens, and it is not secret: one copied off the network let 10 connections at
         # once each hold a 40 MiB body of junk (see _ticket).
@@ -180,8 +195,16 @@ class Server:
             # connection for good, and 4,096 of them the peer's own CLI out.
             if self._cap is not None:
                 self._cap.served(request.transport)
-            self._reading.add(ticket)
             large = (request.content_length or 0) >= LARGE_BODY
+            if large and self._put_off(request):
+                self.put_off += 1
+                log.debug(
+                    "put off %d bytes of records from %s", request.content_length, request.remote
+                )
+                # Not closed at once: the answer could be lost to the reset that unread bytes
+                # bring. The sender closes on reading it; aiohttp discards what came before.
+                return web.Response(status=503, text="reading another peer's records; try later")
+            self._reading.add(ticket)
             self.receiving += large
             try:
                 # A frame older than max_skew is refused, and its time was within max_skew of
@@ -255,6 +278,21 @@ class Server:
             body = _seal(self._codec, refusal.encode(), os.urandom(16), bound)
         self.bytes_out += len(body)
         return web.Response(body=body, content_type="application/octet-stream")
+
+    def _put_off(self, request: web.Request) -> bool:
+        """Whether to answer a large request unread: it carries records, and another large
+        body is being read here already.
+
+        A joiner over a slow link was sent its history by every peer at once: its own
+        session's answers, and each other peer's session with it, 4 MiB messages side by side
+        sharing the link. Over 1 Mbit/s three of them took longer than the transfer timeout,
+        were given up and sent again, and the joiner stalled at a third of the history; over
+        2-3 Mbit/s it received 2-3.4 times the history. One at a time, each crosses at the
+        link's speed, and the sender refused tries another peer in its next round.
+        """
+        if request.headers.get(DEFERRABLE) != "1":
+            return False
+        return self.receiving + self._receiving_elsewhere() > 0
 
     def _misaddressed(self, message: Request) -> str | None:
         """Why a request is not for this peer, or None if it is."""
@@ -473,6 +511,24 @@ class _CappedConnection(asyncio.Protocol):
             self._inner.resume_writing()
 
 
+def _abort(response: aiohttp.ClientResponse) -> None:
+    """Close a response's connection, and drop what of the request is still to send.
+
+    A plain close lets the kernel send what it holds of the request (its send buffer grows to
+    hundreds of KiB), over the slow link the refusal meant to spare.
+    """
+    connection = response.connection
+    sock = (
+        connection.transport.get_extra_info("socket")
+        if connection and connection.transport
+        else None
+    )
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    response.close()
+
+
 class Client:
     """Sends requests to peers; one aiohttp session per process side."""
 
@@ -546,10 +602,20 @@ class Client:
                 sock.setsockopt(socket.IPPROTO_TCP, option, int(self._unacked_timeout * 1000))
         return sock
 
-    async def call(self, addr: str, op: str, body: Any = None, *, to: bytes | None = None) -> Any:
+    async def call(
+        self,
+        addr: str,
+        op: str,
+        body: Any = None,
+        *,
+        to: bytes | None = None,
+        deferrable: bool = False,
+    ) -> Any:
         """Send one request to host:port and return the reply body, or raise.
 
-        to: the node id of the peer expected there (needed for ops of needs_addressee)."""
+        to: the node id of the peer expected there (needed for ops of needs_addressee).
+        deferrable: the request carries records the peer may put off (raising Busy) while
+        it reads others (see Server._put_off)."""
         request = Request(
             op,
             self._sender,
@@ -571,8 +637,12 @@ class Client:
                 headers={
                     "Content-Type": "application/octet-stream",
                     TICKET: base64.b64encode(self._codec.ticket(frame)).decode("ascii"),
+                    **({DEFERRABLE: "1"} if deferrable else {}),
                 },
             ) as response:
+                if response.status == 503 and deferrable:
+                    _abort(response)
+                    raise Busy(f"{addr} is reading another peer's records; try later")
                 data = await self._read_capped(addr, response)
                 self.bytes_in += len(data)
                 if response.status == 401:

@@ -177,3 +177,61 @@ async def test_a_history_that_crosses_a_slow_link_slower_than_the_request_timeou
             await peer.stop()
         if relay is not None:
             relay.close()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_reading_a_large_answer_puts_off_another_peers_records_till_it_is_read(
+    tmp_path: Path,
+) -> None:
+    # A joiner over a slow link was sent its history by every peer at once, 4 MiB messages
+    # sharing the link: over 1 Mbit/s each took longer than the transfer timeout, was given
+    # up and sent again, and the joiner stalled at a third of the history. While it reads one
+    # large body, another peer's records are answered unread, and that peer tries later.
+    from tests.metaopt.peer.test_transport import _slow_link
+
+    full = quiet_node(tmp_path / "full")
+    key = full.key.to_text()
+    other = quiet_node(tmp_path / "other", key)
+    timing = Timing(anti_entropy=0.2, gossip=600.0, request_timeout=5.0, transfer_timeout=60.0)
+    joiner = Node(
+        PeerConfig(
+            data_dir=tmp_path / "joiner", port=0, mdns=False, key_text=key, timing=timing
+        )
+    )  # fmt: skip
+    ours, theirs = (
+        [
+            Record.create("event", origin * 16, seq, 1000 + seq, {"pad": "x" * 300})
+            for seq in range(1, 401)
+        ]
+        for origin in (b"\x05", b"\x06")
+    )  # fmt: skip  (about 150 KB each: 8 s over the link)
+    full.store.add(ours)
+    other.store.add(theirs)
+    running: list[Node] = []
+    relay: asyncio.Server | None = None
+    try:
+        for peer in (full, other, joiner):
+            await peer.start()
+            running.append(peer)
+        relay, slow = await _slow_link(int(full.addr.rpartition(":")[2]), 4096, 0.2)
+        joiner.peers.add(full.node_id, slow, time.monotonic(), contacted=True)
+        for _ in range(300):  # (30 s at most)
+            if joiner.client.receiving:
+                break
+            await asyncio.sleep(0.01)
+        assert joiner.client.receiving  # its own session's answer is coming
+        assert not await other.replicator.reconcile(joiner.addr, to=joiner.node_id)
+        assert joiner.server.put_off == 1 and joiner.client.receiving
+        assert not any(r.key in joiner.store for r in theirs)
+        for _ in range(300):  # (30 s at most)
+            if len(joiner.store) >= len(ours):
+                break
+            await asyncio.sleep(0.1)
+        assert all(r.key in joiner.store for r in ours)
+        assert await other.replicator.reconcile(joiner.addr, to=joiner.node_id)
+        assert all(r.key in joiner.store for r in theirs)
+    finally:
+        for peer in running:
+            await peer.stop()
+        if relay is not None:
+            relay.close()

@@ -24,9 +24,13 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.deferrable: list[bool] = []  # each call's
 
-    async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+    async def call(
+        self, addr: str, op: str, body: Any = None, to: Any = None, deferrable: bool = False
+    ) -> Any:
         self.calls.append((addr, op))
+        self.deferrable.append(deferrable)
         raise PeerUnreachable(f"no answer from {addr}")
 
 
@@ -135,7 +139,9 @@ def fake_session(converged: bool, covered: bool | None = None) -> type:
 class Answers:
     """A peer that answers every call."""
 
-    async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+    async def call(
+        self, addr: str, op: str, body: Any = None, to: Any = None, deferrable: bool = False
+    ) -> Any:
         return b"reply"
 
 
@@ -163,7 +169,9 @@ def test_a_burst_of_many_small_records_is_pushed_in_pieces_the_receiver_takes() 
     far = MemoryStore()
 
     class _Receiver:
-        async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+        async def call(
+            self, addr: str, op: str, body: Any = None, to: Any = None, deferrable: bool = False
+        ) -> Any:
             return respond(far, body)
 
     events = [Record.create("event", A, seq, 1000 + seq, {"s": seq}) for seq in range(1, 20001)]
@@ -189,7 +197,9 @@ def test_this_peers_own_disk_refusing_a_session_s_records_is_not_the_partners_fa
     theirs.add([Record.create("event", A, 1, 1, {"i": 1})])
 
     class _Answers:
-        async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+        async def call(
+            self, addr: str, op: str, body: Any = None, to: Any = None, deferrable: bool = False
+        ) -> Any:
             return respond(theirs, body)
 
     rep = _replicator(PeerTable(), _Answers(), 0.0)  # type: ignore[arg-type]
@@ -208,7 +218,9 @@ def test_a_partner_that_breaks_every_session_is_warned_of_once(
     # A faulty (or hostile) peer broke every session with it: a warning twice a second on
     # every peer, for good.
     class _Garbage:
-        async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+        async def call(
+            self, addr: str, op: str, body: Any = None, to: Any = None, deferrable: bool = False
+        ) -> Any:
             return b"\xc1 not a sync message" if addr.endswith("1") else {"not": "bytes"}
 
     rep = _replicator(PeerTable(), _Garbage(), 0.0)  # type: ignore[arg-type]
@@ -229,7 +241,9 @@ def test_a_catch_up_message_is_stored_in_slices_with_the_loop_running_between() 
     theirs.add([Record.create("event", A, seq, 1000 + seq, {"s": seq}) for seq in range(1, 5001)])
 
     class _Answers:
-        async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+        async def call(
+            self, addr: str, op: str, body: Any = None, to: Any = None, deferrable: bool = False
+        ) -> Any:
             return respond(theirs, body)
 
     ticks = 0
@@ -261,7 +275,9 @@ def test_only_this_nodes_own_new_records_are_pushed() -> None:
     pushed: list[list[bytes]] = []
 
     class _Receiver:
-        async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+        async def call(
+            self, addr: str, op: str, body: Any = None, to: Any = None, deferrable: bool = False
+        ) -> Any:
             pushed.append(list(msgpack.unpackb(body)["p"]))
             return b"ack"
 
@@ -306,7 +322,9 @@ class _FailsAt:
         self.far = MemoryStore()
         self.calls: list[str] = []
 
-    async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+    async def call(
+        self, addr: str, op: str, body: Any = None, to: Any = None, deferrable: bool = False
+    ) -> Any:
         self.calls.append(addr)
         if addr in self.down:
             raise PeerUnreachable(f"no answer from {addr} (ServerTimeoutError)")
@@ -344,3 +362,22 @@ def test_the_only_live_partner_is_called_again_though_it_failed_not_a_seed() -> 
     assert client.calls == [LIVE] * 3
     client.down.clear()
     assert asyncio.run(rep.anti_entropy_once()) == LIVE
+
+
+def test_records_sent_in_a_push_or_a_session_may_be_put_off_by_their_receiver() -> None:
+    # A peer reading one large body answers another's records unread (Server._put_off),
+    # only those that say they may be: a push, or a message of an anti-entropy session.
+    table = PeerTable()
+    table.add(A, "127.0.0.1:1001", 9.5, contacted=True)
+    client = _Recorder()
+
+    async def push_and_reconcile() -> None:
+        replicator = _replicator(table, client, 10.0)
+        replicator.push([Record.create("event", bytes(16), 1, 1000, {"s": 1})])
+        await asyncio.sleep(0)  # (the push goes out at the next tick)
+        await replicator.drain(5.0)
+        await replicator.anti_entropy_once()
+
+    asyncio.run(push_and_reconcile())
+    assert client.calls == [("127.0.0.1:1001", "sync")] * 2
+    assert client.deferrable == [True, True]

@@ -41,7 +41,9 @@ class _Pushes:
     def __init__(self) -> None:
         self.got: list[tuple[str, list[bytes]]] = []
 
-    async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+    async def call(
+        self, addr: str, op: str, body: Any = None, to: Any = None, deferrable: bool = False
+    ) -> Any:
         for _ in range(3):
             await asyncio.sleep(0)
         self.got.append((addr, list(msgpack.unpackb(body)["p"])))
@@ -127,7 +129,9 @@ def test_a_push_the_peer_refuses_is_dropped_quietly() -> None:
     push task (an unretrieved task exception, logged as an error at shutdown)."""
 
     class _Refuses:
-        async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+        async def call(
+            self, addr: str, op: str, body: Any = None, to: Any = None, deferrable: bool = False
+        ) -> Any:
             raise RemoteError("refused")
 
     rep = _replicator(PeerTable(), _Refuses(), 0.0)
@@ -142,7 +146,9 @@ def test_a_session_stays_under_way_while_another_with_the_same_peer_runs() -> No
     gates: list[asyncio.Event] = []
 
     class _Slow:
-        async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+        async def call(
+            self, addr: str, op: str, body: Any = None, to: Any = None, deferrable: bool = False
+        ) -> Any:
             gate = asyncio.Event()
             gates.append(gate)
             await gate.wait()
@@ -177,7 +183,9 @@ def test_anti_entropy_prefers_a_live_peer_to_a_seed() -> None:
     calls: list[str] = []
 
     class _Nobody:
-        async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+        async def call(
+            self, addr: str, op: str, body: Any = None, to: Any = None, deferrable: bool = False
+        ) -> Any:
             calls.append(addr)
             raise PeerUnreachable("no answer")
 
@@ -194,7 +202,9 @@ def test_a_burst_of_large_records_is_pushed_in_pieces_under_the_message_limit() 
     sizes: list[int] = []
 
     class _Receiver:
-        async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+        async def call(
+            self, addr: str, op: str, body: Any = None, to: Any = None, deferrable: bool = False
+        ) -> Any:
             sizes.append(sum(len(data) for data in msgpack.unpackb(body)["p"]))
             return respond(far, body)
 
@@ -227,7 +237,9 @@ def test_a_failed_session_is_not_counted_and_returns_false(fault: type[Exception
     the node to mark as reached."""
 
     class _Fails:
-        async def call(self, addr: str, op: str, body: Any = None, to: Any = None) -> Any:
+        async def call(
+            self, addr: str, op: str, body: Any = None, to: Any = None, deferrable: bool = False
+        ) -> Any:
             raise fault("no")
 
     table = PeerTable()

@@ -18,6 +18,7 @@ from crdt import ClusterKey, FrameCodec, FrameConfig, ProtocolError
 from metaopt.peer._transport import (
     PATH,
     TICKET,
+    Busy,
     Client,
     Misaddressed,
     OtherRelease,
@@ -201,6 +202,59 @@ async def test_large_bodies_being_read_are_counted_on_both_sides_and_small_ones_
     finally:
         await client.close()
         relay.close()
+        await server.stop()
+
+
+@pytest.mark.asyncio
+async def test_while_a_large_body_is_read_another_large_one_of_records_is_put_off_unread() -> None:
+    # Every peer sending a joiner its history at once over a slow link, no message crossed
+    # within the transfer timeout; one at a time, each crosses at the link's speed.
+    codec, server, port, _ = await _echo_server()
+    relay, slow = await _slow_link(port, chunk=4096, pause=0.05, requests_too=True)
+    direct = f"127.0.0.1:{port}"
+    client = Client(codec, os.urandom(16), "127.0.0.1:1", timeout=60.0, bounded_replies=False)
+    large, small = b"x" * 100_000, b"x" * 100
+    try:
+        call = asyncio.ensure_future(client.call(slow, "echo", large))
+        while not server.receiving:
+            assert not call.done()
+            await asyncio.sleep(0.01)
+        read = server.bytes_in
+        with pytest.raises(Busy, match="reading another peer's records"):
+            await client.call(direct, "echo", large, deferrable=True)
+        assert (server.put_off, server.bytes_in) == (1, read)  # (its body was not read)
+        assert await client.call(direct, "echo", small, deferrable=True) == small
+        assert await client.call(direct, "echo", large) == large  # (the CLI's, say)
+        assert server.receiving  # (all the while)
+        assert await call == large
+        assert await client.call(direct, "echo", large, deferrable=True) == large
+        assert server.put_off == 1
+    finally:
+        await client.close()
+        relay.close()
+        await server.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_large_body_of_records_is_put_off_while_this_peer_reads_an_answer() -> None:
+    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
+    answers_read = [1]  # the peer's own client reading a large answer
+
+    async def echo(message: Request) -> Any:
+        return message.body
+
+    server = Server(
+        codec, {"echo": echo}, node_id=NODE, receiving_elsewhere=lambda: answers_read[0]
+    )
+    addr = f"127.0.0.1:{await server.start('127.0.0.1', 0)}"
+    client = Client(codec, os.urandom(16), "127.0.0.1:1", timeout=60.0, bounded_replies=False)
+    try:
+        with pytest.raises(Busy):
+            await client.call(addr, "echo", b"x" * 100_000, deferrable=True)
+        answers_read[0] = 0
+        assert await client.call(addr, "echo", b"x" * 100_000, deferrable=True) == b"x" * 100_000
+    finally:
+        await client.close()
         await server.stop()
 
 
