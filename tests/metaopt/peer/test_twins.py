@@ -111,7 +111,9 @@ class _Wired:
         return made
 
     def _client_of(self, sender: Node) -> Any:
-        async def call(addr: str, op: str, body: Any = None, to: bytes | None = None) -> Any:
+        async def call(
+            addr: str, op: str, body: Any = None, to: bytes | None = None, deferrable: bool = False
+        ) -> Any:
             if addr not in self.nodes:
                 raise PeerUnreachable(f"nothing listens at {addr}")
             target = self.nodes[addr]
