@@ -12,7 +12,9 @@ word                  name       renders as
 ``~lr~'uniform(…)'``   ``lr``     ``0.01``
 ====================  =========  ===========================
 
-Any other word is literal, so ``~/data`` or ``--out=~/runs`` stay as typed. Floats render as
+Any other word is literal, so ``~/data`` or ``--out=~/runs`` stay as typed; but a prior's name
+after a ``~`` without its call (``--lr~loguniform[1e-5, 1]``) is an error, as is an option both
+searched and given a value (``--lr~'uniform(…)' --lr 0.1``). Floats render as
 their shortest round-trip text (``1e-05``), a negative one with an exponent in positional
 notation (``-0.00005``: argparse takes ``-5e-05`` for an option, as its pattern for negative
 numbers has no exponent, and the trial failed "expected one argument"); ints and strings as
@@ -28,6 +30,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from metaopt._errors import MetaoptError, SpaceError
+from metaopt.space import PRIOR_NAMES
 
 __all__ = ["CommandTemplate", "Placeholder", "format_value", "parse_template", "render"]
 
@@ -97,7 +100,26 @@ def parse_template(words: Sequence[str]) -> CommandTemplate:
             if part.style == "positional" and part.name == f"arg{positional}":
                 positional += 1
         parts.append(part)
+    _check_not_also_fixed(parts)
     return CommandTemplate(tuple(words), tuple(parts))
+
+
+def _check_not_also_fixed(parts: Sequence[str | Placeholder]) -> None:
+    """Refuse an option both searched and given a value: ``--lr~'…' --lr 0.1``, a command line
+    copied and one prior added. The program's argparse took the last one, so every trial ran
+    with 0.1 while status and best listed the searched values it never used."""
+    flags = {p.flag: p for p in parts if isinstance(p, Placeholder) and p.flag}
+    for at, word in enumerate(parts):
+        if not isinstance(word, str) or word.partition("=")[0] not in flags:
+            continue
+        searched = flags[word.partition("=")[0]]
+        tilde = "=~" if searched.style == "equals" else "~"
+        given = parts[at + 1] if "=" not in word and at + 1 < len(parts) else None
+        value = f"{word} {given}" if isinstance(given, str) else word
+        raise SpaceError(
+            f"{searched.flag} is searched ({searched.flag}{tilde}'{searched.prior}') and also"
+            f" given a value ({value}); the program would take the last one: drop one of them"
+        )
 
 
 def render(template: CommandTemplate, params: Mapping[str, Any]) -> list[str]:
@@ -159,6 +181,16 @@ _BROKEN = re.compile(r"(?:--?[A-Za-z_][A-Za-z0-9_.-]*=?|~[A-Za-z_][A-Za-z0-9_.-]
                      r"(?:\s*[A-Za-z_]\w*\s*\(.*)?", re.DOTALL)  # fmt: skip
 
 
+# After a ~: a prior's name not followed by its call ("loguniform[1e-5, 1]", "loguniform 1e-5 1",
+# or "~uniform(0, 1)" after a doubled ~). Literal, such a word reached the program unchanged,
+# and its parameter was not searched.
+_MISWRITTEN = re.compile(
+    r"(?:--?[A-Za-z_][A-Za-z0-9_.-]*=?|~[A-Za-z_][A-Za-z0-9_.-]*)?"
+    rf"(?:~\s*~[\s~]*(?:{'|'.join(PRIOR_NAMES)})\b|~\s*(?:{'|'.join(PRIOR_NAMES)})(?![\w(])).*",
+    re.DOTALL,
+)
+
+
 def _placeholder(word: str, positional: int) -> str | Placeholder:
     part = _prior_or_literal(word, positional)
     if isinstance(part, str) and _BROKEN.fullmatch(word) and word != "~":
@@ -171,6 +203,11 @@ def _placeholder(word: str, positional: int) -> str | Placeholder:
         raise SpaceError(
             f"{word!r} looks like an unfinished prior; write it as one quoted word, "
             "e.g. --lr~'loguniform(1e-5, 1)'"
+        )
+    if isinstance(part, str) and _MISWRITTEN.fullmatch(word):
+        raise SpaceError(
+            f"{word!r} is not a prior as written; write it as name(arguments) in one quoted"
+            " word, e.g. --lr~'loguniform(1e-5, 1)'"
         )
     return part
 

@@ -143,3 +143,55 @@ def test_text_after_a_prior_is_named_not_taken_for_an_unfinished_prior() -> None
 @pytest.mark.parametrize("word", ["~", "~/data", "--out=~/runs", "x~y", "--x~abc", "--x~1e-3"])
 def test_a_tilde_without_a_call_is_still_literal(word: str) -> None:
     assert parse_template(["p.py", word]).parts[1] == word
+
+
+@pytest.mark.parametrize(
+    "word",
+    [
+        "--lr~loguniform[1e-5, 1]",
+        "--lr~loguniform 1e-5 1",
+        "--lr=~uniform",
+        "--lr~~uniform(0, 1)",
+        "-l~ choices{1, 2}",
+        "~lr~normal",
+        "~~randint(1, 3)",
+        "~gaussian[0, 1]",
+    ],
+)
+def test_a_prior_s_name_without_its_call_is_an_error_not_a_literal(word: str) -> None:
+    # Passed through as text, the program got the word as it was and the parameter was not
+    # searched, with no note (a user walkthrough).
+    with pytest.raises(SpaceError, match="is not a prior as written") as info:
+        parse_template(["p.py", "--y~uniform(0, 1)", word])
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "word", ["--mode~normalised", "--out=~uniforms", "--x~fidelity_table", "~choicesfile"]
+)
+def test_a_word_that_only_begins_as_a_prior_s_name_is_literal(word: str) -> None:
+    assert parse_template(["p.py", "--y~uniform(0, 1)", word]).parts[2] == word
+
+
+@pytest.mark.parametrize(
+    ("words", "given"),
+    [
+        (["--lr~loguniform(1e-5, 1)", "--lr", "0.1"], "--lr 0.1"),
+        (["--lr", "0.1", "--lr~loguniform(1e-5, 1)"], "--lr 0.1"),
+        (["--lr=~loguniform(1e-5, 1)", "--lr=0.1"], "--lr=0.1"),
+        (["-l~loguniform(1e-5, 1)", "-l", "0.1"], "-l 0.1"),
+    ],
+)
+def test_an_option_searched_and_also_given_a_value_is_an_error(
+    words: list[str], given: str
+) -> None:
+    # The program's argparse took the last one: every trial ran with the fixed value, while
+    # status and best listed the searched values it never used (a user walkthrough).
+    with pytest.raises(SpaceError, match="is searched") as info:
+        parse_template(["p.py", *words])
+    assert f"also given a value ({given})" in str(info.value)
+
+
+def test_options_that_only_share_a_prefix_with_a_searched_one_are_literal() -> None:
+    template = parse_template(["p.py", "--lr~uniform(0, 1)", "--lr2", "3", "--lr-decay=0.5"])
+    assert template.render({"lr": 0.5}) == ["p.py", "--lr", "0.5", "--lr2", "3", "--lr-decay=0.5"]
