@@ -39,7 +39,7 @@ from metaopt.peer._bundle import (
 )
 from metaopt.peer._local import LocalPeer, fetch_experiments, resolve_data_dir
 from metaopt.peer._output import CAPTURE_HINT, compile_objective_regex
-from metaopt.peer._template import parse_template
+from metaopt.peer._template import check_submitted, parse_template
 from metaopt.space import PRIOR_NAMES, Space
 from metaopt.worker import MAX_METRICS, check_name
 
@@ -284,7 +284,9 @@ def _is_prior(word: str) -> bool:
     if "~" not in word:
         return False
     try:
-        return bool(parse_template([word]).priors)
+        template = parse_template([word])
+        check_submitted(template)
+        return bool(template.priors)
     except SpaceError:
         return True  # the template says what is wrong with it
 
@@ -458,6 +460,7 @@ def build_submission(
     for word in template_words:
         _check_parameter_name(word)
     template = parse_template(template_words)
+    check_submitted(template)
     if not template.priors:
         raise MetaoptError(
             "no parameter to search: mark them with ~, e.g. --lr~'loguniform(1e-5, 1)'"

@@ -12,9 +12,9 @@ word                  name       renders as
 ``~lr~'uniform(…)'``   ``lr``     ``0.01``
 ====================  =========  ===========================
 
-Any other word is literal, so ``~/data`` or ``--out=~/runs`` stay as typed; but a prior's name
-after a ``~`` without its call (``--lr~loguniform[1e-5, 1]``) is an error, as is an option both
-searched and given a value (``--lr~'uniform(…)' --lr 0.1``). Floats render as
+Any other word is literal, so ``~/data`` or ``--out=~/runs`` stay as typed; but a submitted
+command may not hold a prior's name after a ``~`` without its call (``--lr~loguniform[1e-5,
+1]``), nor an option both searched and given a value (see check_submitted). Floats render as
 their shortest round-trip text (``1e-05``), a negative one with an exponent in positional
 notation (``-0.00005``: argparse takes ``-5e-05`` for an option, as its pattern for negative
 numbers has no exponent, and the trial failed "expected one argument"); ints and strings as
@@ -32,7 +32,14 @@ from typing import Any, Literal
 from metaopt._errors import MetaoptError, SpaceError
 from metaopt.space import PRIOR_NAMES
 
-__all__ = ["CommandTemplate", "Placeholder", "format_value", "parse_template", "render"]
+__all__ = [
+    "CommandTemplate",
+    "Placeholder",
+    "check_submitted",
+    "format_value",
+    "parse_template",
+    "render",
+]
 
 _CALL = re.compile(r"\s*[A-Za-z_]\w*\s*\(.*\)\s*", re.DOTALL)
 _OPTION = re.compile(r"(--?)([A-Za-z_][A-Za-z0-9_.-]*)(=?)~(.+)", re.DOTALL)
@@ -100,14 +107,28 @@ def parse_template(words: Sequence[str]) -> CommandTemplate:
             if part.style == "positional" and part.name == f"arg{positional}":
                 positional += 1
         parts.append(part)
-    _check_not_also_fixed(parts)
     return CommandTemplate(tuple(words), tuple(parts))
 
 
-def _check_not_also_fixed(parts: Sequence[str | Placeholder]) -> None:
-    """Refuse an option both searched and given a value: ``--lr~'…' --lr 0.1``, a command line
-    copied and one prior added. The program's argparse took the last one, so every trial ran
-    with 0.1 while status and best listed the searched values it never used."""
+def check_submitted(template: CommandTemplate) -> None:
+    """Refuse, as a command is submitted, what parses but cannot be what the user meant.
+
+    Not when a trial starts: an experiment submitted before these checks must still run.
+
+    Raises:
+        SpaceError: a prior's name after a ~ without its call (``--lr~loguniform[1e-5, 1]``,
+            which reached the program as it was, its parameter not searched), or an option
+            both searched and given a value (``--lr~'…' --lr 0.1``, a command line copied and
+            one prior added: the program's argparse took the last one, so every trial ran
+            with 0.1 while status and best listed the searched values it never used).
+    """
+    parts = template.parts
+    for word in parts:
+        if isinstance(word, str) and _MISWRITTEN.fullmatch(word):
+            raise SpaceError(
+                f"{word!r} is not a prior as written; write it as name(arguments) in one"
+                " quoted word, e.g. --lr~'loguniform(1e-5, 1)'"
+            )
     flags = {p.flag: p for p in parts if isinstance(p, Placeholder) and p.flag}
     for at, word in enumerate(parts):
         if not isinstance(word, str) or word.partition("=")[0] not in flags:
@@ -203,11 +224,6 @@ def _placeholder(word: str, positional: int) -> str | Placeholder:
         raise SpaceError(
             f"{word!r} looks like an unfinished prior; write it as one quoted word, "
             "e.g. --lr~'loguniform(1e-5, 1)'"
-        )
-    if isinstance(part, str) and _MISWRITTEN.fullmatch(word):
-        raise SpaceError(
-            f"{word!r} is not a prior as written; write it as name(arguments) in one quoted"
-            " word, e.g. --lr~'loguniform(1e-5, 1)'"
         )
     return part
 

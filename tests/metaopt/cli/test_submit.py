@@ -1243,3 +1243,18 @@ def test_a_script_left_out_of_the_code_sent_is_refused(tmp_path: Path) -> None:
     (plain / "train.py").symlink_to(plain / ".hidden" / "run.py")
     body = _build(plain, "--", "python3", "train.py", "--x~uniform(0, 1)")
     assert body["command"][:2] == ["python3", "train.py"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("words", "said"),
+    [
+        (["--lr~loguniform(1e-5, 1)", "--lr", "0.1"], "--lr is searched"),
+        (["--lr~loguniform[1e-5, 1]", "--x~uniform(0, 1)"], "is not a prior as written"),
+        (["--lr~loguniform[1e-5, 1]"], "is not a prior as written"),  # (not "no parameter")
+    ],
+)
+def test_a_command_the_program_would_not_read_as_meant_is_refused_at_submit(
+    tmp_path: Path, words: list[str], said: str
+) -> None:
+    (tmp_path / "train.py").write_text("print(1)\n")
+    assert said in _refused(tmp_path, "train.py", *words)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from metaopt._errors import MetaoptError, SpaceError
-from metaopt.peer._template import format_value, parse_template, render
+from metaopt.peer._template import check_submitted, format_value, parse_template, render
 
 
 def test_the_three_forms_and_literals() -> None:
@@ -162,7 +162,7 @@ def test_a_prior_s_name_without_its_call_is_an_error_not_a_literal(word: str) ->
     # Passed through as text, the program got the word as it was and the parameter was not
     # searched, with no note (a user walkthrough).
     with pytest.raises(SpaceError, match="is not a prior as written") as info:
-        parse_template(["p.py", "--y~uniform(0, 1)", word])
+        check_submitted(parse_template(["p.py", "--y~uniform(0, 1)", word]))
     assert "\n" not in str(info.value)
 
 
@@ -170,7 +170,9 @@ def test_a_prior_s_name_without_its_call_is_an_error_not_a_literal(word: str) ->
     "word", ["--mode~normalised", "--out=~uniforms", "--x~fidelity_table", "~choicesfile"]
 )
 def test_a_word_that_only_begins_as_a_prior_s_name_is_literal(word: str) -> None:
-    assert parse_template(["p.py", "--y~uniform(0, 1)", word]).parts[2] == word
+    template = parse_template(["p.py", "--y~uniform(0, 1)", word])
+    check_submitted(template)
+    assert template.parts[2] == word
 
 
 @pytest.mark.parametrize(
@@ -188,10 +190,24 @@ def test_an_option_searched_and_also_given_a_value_is_an_error(
     # The program's argparse took the last one: every trial ran with the fixed value, while
     # status and best listed the searched values it never used (a user walkthrough).
     with pytest.raises(SpaceError, match="is searched") as info:
-        parse_template(["p.py", *words])
+        check_submitted(parse_template(["p.py", *words]))
     assert f"also given a value ({given})" in str(info.value)
 
 
 def test_options_that_only_share_a_prefix_with_a_searched_one_are_literal() -> None:
     template = parse_template(["p.py", "--lr~uniform(0, 1)", "--lr2", "3", "--lr-decay=0.5"])
+    check_submitted(template)
     assert template.render({"lr": 0.5}) == ["p.py", "--lr", "0.5", "--lr2", "3", "--lr-decay=0.5"]
+
+
+def test_a_command_submitted_before_the_checks_still_renders_its_trials() -> None:
+    # A trial starts from the stored command: one these checks refuse now ran before them.
+    template = parse_template(["p.py", "--lr~uniform(0, 1)", "--lr", "0.1", "--x~normal[0, 1]"])
+    assert template.render({"lr": 0.5}) == [
+        "p.py",
+        "--lr",
+        "0.5",
+        "--lr",
+        "0.1",
+        "--x~normal[0, 1]",
+    ]
