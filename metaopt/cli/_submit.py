@@ -871,10 +871,17 @@ def _check_program(program: str, path: Path, cwd: Path) -> None:
         )
     try:
         with path.open("rb") as f:
-            head = f.read(4)
+            head = f.readline(4096)
     except OSError:
         return  # unreadable here; the peer says why if it cannot start it either
-    if head[:2] != b"#!" and head != b"\x7fELF":
+    if head[:2] == b"#!" and head.endswith(b"\r\n"):
+        # The kernel takes the \r for part of the interpreter's name: every trial failed
+        # "No such file or directory" (or env's own riddle), the file being right there.
+        raise MetaoptError(
+            f"{program} has Windows line endings (its #! line ends in \\r), so it cannot be"
+            f" started; convert it, e.g. dos2unix {program}"
+        )
+    if head[:2] != b"#!" and head[:4] != b"\x7fELF":
         # A shell runs such a file itself; exec (how a peer starts a trial) refuses it.
         raise MetaoptError(
             f"{program} has no #! line, so it cannot be started on its own; add one "

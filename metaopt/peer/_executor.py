@@ -333,9 +333,7 @@ class TrialProcess:
                         f"cannot start the trial: this peer's Python {argv[0]!r} did not run"
                         f" ({what}); if it was moved or reinstalled, restart the peer"
                     )
-                return self._finish_early(
-                    f"cannot start {spec.argv[0]!r}: {what}; check the command"
-                )
+                return self._finish_early(_not_started(spec.argv[0], spec.cwd, what))
             # "embedded null byte": no command line or environment carries a NUL (a choice's
             # value, a name from another peer); one line, not a traceback at every trial.
             return self._finish_early(f"cannot start {spec.argv[0]!r}: {exc} in its arguments")
@@ -350,9 +348,7 @@ class TrialProcess:
         if told is not None:
             group, why = await self._started(proc, told)
             if why is not None:
-                return self._finish_early(
-                    f"cannot start {spec.argv[0]!r}: {why}; check the command"
-                )
+                return self._finish_early(_not_started(spec.argv[0], spec.cwd, why))
         loop = asyncio.get_running_loop()
         self.pid, self._proc = group, proc
         self._last_activity = loop.time()
@@ -772,6 +768,33 @@ def stopped_by_signal(code: int) -> bool:
     SIGHUP: directly, or as a shell reports a child's, 128 + the signal), not that it
     crashed."""
     return any(code in (-sig, 128 + sig) for sig in _STOP_SIGNALS)
+
+
+def _not_started(program: str, cwd: Path, why: str) -> str:
+    """Why a trial's command did not start, in one line. A script whose #! interpreter is
+    missing on this peer fails with "No such file or directory", the script being right there:
+    its interpreter is named instead."""
+    said = f"cannot start {program!r}: {why}; check the command"
+    if why != os.strerror(errno.ENOENT) or "/" not in program:
+        return said
+    try:
+        with (cwd / program).open("rb") as f:
+            head = f.readline(4096)
+    except OSError:
+        return said  # (the file itself is missing: as said)
+    if not head.startswith(b"#!"):
+        return said
+    if head.endswith(b"\r\n"):
+        return (
+            f"cannot start {program!r}: its #! line ends in \\r (Windows line endings);"
+            " convert the file, e.g. dos2unix"
+        )
+    interpreter = head[2:].strip().split(maxsplit=1)[:1] or [b""]
+    name = interpreter[0].decode(errors="replace")
+    return (
+        f"cannot start {program!r}: its #! interpreter {name!r} is not on this peer; install"
+        " it or change the #! line"
+    )
 
 
 def _ends_mid_line(path: Path) -> bool:

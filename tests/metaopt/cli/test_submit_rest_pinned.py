@@ -223,6 +223,19 @@ def test_a_compiled_executable_without_a_shebang_is_accepted(tmp_path: Path) -> 
     assert _build(tmp_path, "--", "./mytrue", PRIOR)["command"] == ["./mytrue", PRIOR]
 
 
+def test_a_script_with_windows_line_endings_is_refused_and_one_without_is_not(
+    tmp_path: Path,
+) -> None:
+    """Its #! line ending in \\r, the kernel looked for "/bin/sh\\r": every trial failed "No such
+    file or directory", the script being right there (a user walkthrough)."""
+    for name, text in (("crlf.sh", b"#!/bin/sh\r\necho\r\n"), ("lf.sh", b"#!/bin/sh\necho\r\n")):
+        (tmp_path / name).write_bytes(text)
+        (tmp_path / name).chmod(0o755)
+    message = _refused(tmp_path, "--", "./crlf.sh", PRIOR)
+    assert message.startswith("./crlf.sh has Windows line endings (its #! line ends in \\r)")
+    assert _build(tmp_path, "--", "./lf.sh", PRIOR)["command"] == ["./lf.sh", PRIOR]
+
+
 # -- the code sent -------------------------------------------------------------------------------
 
 

@@ -332,6 +332,36 @@ async def test_a_missing_executable_is_a_recorded_failure(tmp_path: Path) -> Non
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("subreaper", [True, False])
+@pytest.mark.parametrize(
+    ("first_line", "said"),
+    [
+        (
+            b"#!/usr/bin/no-such-python9 -u\n",
+            "its #! interpreter '/usr/bin/no-such-python9' is not on",
+        ),
+        (b"#!/bin/sh\r\n", "its #! line ends in \\r (Windows line endings); convert the file"),
+    ],
+)
+async def test_a_script_whose_interpreter_cannot_start_names_it(
+    tmp_path: Path, subreaper: bool, first_line: bytes, said: str
+) -> None:
+    # The kernel's "No such file or directory", for a script that was right there: every
+    # trial failed saying so (a user walkthrough).
+    program = tmp_path / "train.sh"
+    program.write_bytes(first_line + b"echo 'METAOPT {\"loss\": 1}'\n")
+    program.chmod(0o755)
+    spec = TrialSpec(
+        argv=["./train.sh"], cwd=tmp_path, log_path=tmp_path / "log",
+        config=replace(_FAST, subreaper=subreaper),
+    )  # fmt: skip
+    outcome, _ = await _run(spec)
+    assert outcome.status == "failed" and outcome.reason is not None
+    assert outcome.reason.startswith(f"cannot start './train.sh': {said}")
+    assert "\n" not in outcome.reason
+
+
+@pytest.mark.asyncio
 async def test_a_missing_script_fails_through_python(tmp_path: Path) -> None:
     outcome, _ = await _run(_spec(tmp_path, tmp_path / "missing.py"))
     assert outcome.status == "failed" and outcome.exit_code == 2
