@@ -267,6 +267,11 @@ def _why(trial: dict[str, Any]) -> str:
     line = str(trial["reason"]).strip().split("\n", 1)[0]
     why, _, stderr = line.partition("; last stderr: ")
     head = f"{why.removeprefix('exited with ')}: "
+    if not stderr:
+        # "no objective reported: no numeric 'loss' in 0 reports; 1 stdout lines; last
+        # problem: METAOPT line is not JSON: ..." showed no more than its counts.
+        why, _, stderr = line.partition("; last problem: ")
+        head = f"{why.partition(': ')[0]}: "
     room = 60 - len(head)
     if stderr and len(line) > 60 and room >= 20:
         # The error is at the end: "exited with code 1; last stderr: ModuleNotFoundError:

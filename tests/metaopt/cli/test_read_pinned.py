@@ -89,6 +89,19 @@ def test_the_stderr_end_is_shown_while_twenty_columns_are_left_for_it() -> None:
     assert len(shown) == 60
 
 
+@pytest.mark.parametrize(
+    "problem", ["METAOPT line is not JSON: '{loss: 0.1}'", "a line of 70,000 bytes " + "x" * 60]
+)
+def test_the_last_problem_of_a_run_that_reported_no_objective_is_shown(problem: str) -> None:
+    """The cause is at the end of the reason: cut at 60, the column showed only its counts
+    (bad JSON, a value not a number, METAOPT on stderr, ...; a user walkthrough)."""
+    counts = "no objective reported: no numeric 'loss' in 0 reports; 1 stdout lines"
+    reason = f"{counts}; last problem: {problem}"
+    shown = _why({"state": "failed", "reason": reason})
+    assert len(shown) <= 60 and shown.startswith("no objective reported: ")
+    assert shown.endswith(problem[-20:])
+
+
 def test_a_text_reported_as_an_objective_that_is_no_number_is_shown_quoted(
     peer: type[_Peer], capsys: pytest.CaptureFixture[str]
 ) -> None:
