@@ -488,6 +488,13 @@ def build_submission(
     _choice(early, "--early-stopping", _EARLY)
     objective = options.get("objective")
     regex = options.get("objective_regex")
+    if regex is not None and not str(regex):
+        # (An unset shell variable, --objective-regex "$RE"): the peers read no regex, and
+        # every trial of a program that prints only "loss = 0.3" failed, the regex unnamed.
+        raise MetaoptError(
+            "--objective-regex is empty; give a regex with one group, e.g."
+            " --objective-regex 'loss = ([0-9.]+)', or leave the option out"
+        )
     given, source = "loss" if objective is None else str(objective), "--objective"
     if objective is None and regex is not None:
         # 'accuracy = (?P<accuracy>[0-9.]+)' names what it reads: "maximize loss" was

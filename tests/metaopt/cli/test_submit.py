@@ -150,6 +150,10 @@ def test_objective_names_and_regex_are_checked_at_submit(tmp_path: Path) -> None
     said = _refused(tmp_path, "--no-bundle", "--max-bundle-mb", "5", *base)
     assert said == "--max-bundle-mb bounds a bundle, and --no-bundle sends none; drop one"
     assert "not a regular expression" in _refused(tmp_path, "--objective-regex", "(", *base)
+    # (An unset shell variable: the peers read none, and the trials failed not naming it.)
+    said = _refused(tmp_path, "--objective-regex", "", *base)
+    assert said.startswith("--objective-regex is empty; give a regex with one group")
+    assert _refused(tmp_path, "--objective-regex=", *base) == said
     body = _build(tmp_path, "--objective", "acc", "--objective-regex", "a=(\\S+)", *base)
     assert body["objectives"] == ["acc"] and body["objective_regex"] == "a=(\\S+)"
     # A regex reports one objective: with two, every trial failed for want of the second.
