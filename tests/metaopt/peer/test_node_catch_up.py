@@ -152,3 +152,27 @@ async def test_a_message_of_records_still_crossing_is_waited_for(tmp_path: Path)
         assert node.caught_up()
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_past_ten_timeouts_a_message_of_records_still_crossing_is_waited_for(
+    tmp_path: Path,
+) -> None:
+    # Over 1 Mbit/s a message of 4 MiB took 34 s: past the ten timeouts a joiner holding a
+    # fifth of the history took new records arriving for a busy cluster's, and ran trials of
+    # spent budgets (20 trials, every one of 10 experiments over its budget).
+    from tests.metaopt.peer.test_node_pinned import _judging
+
+    now = [10_000.0]
+    node = _judging(tmp_path, now)
+    node.membership._recalled = ["127.0.0.1:9"]  # (not alone: it waits the timeout)
+    timing = node.config.timing
+    try:
+        now[0] += 10 * timing.peer_timeout
+        node.store.add([Record.create(EVENT, FULL, 1, int(now[0] * 1000), {"n": 1})])
+        node.client.receiving = 1  # (its own session's answer, or a partner's request)
+        assert not node.caught_up()
+        node.client.receiving = 0  # (new records keep arriving, and the ten timeouts are up)
+        assert node.caught_up()
+    finally:
+        await node.stop()
