@@ -99,6 +99,11 @@ class CatchUp:
         if min(r.time for r in others) < listened_ms - 1000 * HISTORY_MARGIN:
             self._history_arrived_at = now
 
+    @property
+    def judged_caught_up(self) -> bool:
+        """The last judgement of caught_up, read without judging (or logging) again."""
+        return self._why is not None
+
     def listened(self) -> bool:
         """Whether this node may presume another gone: it has listened for the peer timeout.
 

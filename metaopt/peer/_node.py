@@ -324,6 +324,7 @@ class Node:
             self._handlers(),
             node_id=self.node_id,
             receiving_elsewhere=lambda: self.client.receiving,
+            catching_up=lambda: not self.catch_up.judged_caught_up,
         )
 
     def _new_client(self) -> Client:

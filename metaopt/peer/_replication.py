@@ -136,7 +136,7 @@ class Replicator:
 
     async def _push(self, addr: str, message: bytes) -> None:
         try:
-            await self.client.call(addr, "sync", message, deferrable=True)
+            await self.client.call(addr, "sync", message)
         except (PeerUnreachable, RemoteError) as exc:
             log.debug("push to %s failed: %s", addr, exc)
 

@@ -61,9 +61,9 @@ PATH = "/v1"
 # A body at least this long is records on their way (a gossip message or its reply is a few
 # KiB): while one is read, this peer is still being sent a history (see CatchUp).
 LARGE_BODY = 1 << 16
-# A request that carries records for the replica (a push, or a message of an anti-entropy
-# session) says so here: such a request, if large, may be put off while this peer reads
-# another large body (see Server._put_off). A hint only: the frame is what is obeyed.
+# A message of an anti-entropy session says so here: such a request, if large, may be put off
+# while this peer catches up and reads another large body (see Server._put_off). A hint only:
+# the frame is what is obeyed.
 DEFERRABLE = "X-Metaopt-Deferrable"
 # Every request carries its frame's ticket here (FrameCodec.ticket): the server checks it
 # before reading the body, so only holders of the cluster key can make a peer hold a frame.
@@ -150,12 +150,14 @@ class Server:
         node_id: bytes,
         protocol: int | None = PROTOCOL_VERSION,
         receiving_elsewhere: Callable[[], int] = lambda: 0,
+        catching_up: Callable[[], bool] = lambda: True,
     ) -> None:
         """node_id: this peer's, which a request may name and some must (needs_addressee).
         protocol: the version its replies carry (another only in tests of mixed versions).
-        receiving_elsewhere: the large bodies this peer reads otherwise (its client's answers;
-        see _put_off)."""
+        receiving_elsewhere: the large bodies this peer reads otherwise (its client's answers),
+        and catching_up: whether it catches up now (see _put_off)."""
         self._receiving_elsewhere = receiving_elsewhere
+        self._catching_up = catching_up
         self._codec = codec
         self._node_id = node_id
         self._listener: asyncio.Server | None = None
@@ -280,8 +282,8 @@ class Server:
         return web.Response(body=body, content_type="application/octet-stream")
 
     def _put_off(self, request: web.Request) -> bool:
-        """Whether to answer a large request unread: it carries records, and another large
-        body is being read here already.
+        """Whether to answer a large request unread: a message of another peer's session with
+        this one, which catches up and reads another large body already.
 
         A joiner over a slow link was sent its history by every peer at once: its own
         session's answers, and each other peer's session with it, 4 MiB messages side by side
@@ -289,8 +291,12 @@ class Server:
         were given up and sent again, and the joiner stalled at a third of the history; over
         2-3 Mbit/s it received 2-3.4 times the history. One at a time, each crosses at the
         link's speed, and the sender refused tries another peer in its next round.
+
+        Only while it catches up: once caught up, one slow transfer held a near peer's
+        records back for all of it (14 s where they took 0.5, a review). Never a push: the
+        pieces of one burst (a code bundle) arrive together, and put off each other.
         """
-        if request.headers.get(DEFERRABLE) != "1":
+        if request.headers.get(DEFERRABLE) != "1" or not self._catching_up():
             return False
         return self.receiving + self._receiving_elsewhere() > 0
 
@@ -614,8 +620,8 @@ class Client:
         """Send one request to host:port and return the reply body, or raise.
 
         to: the node id of the peer expected there (needed for ops of needs_addressee).
-        deferrable: the request carries records the peer may put off (raising Busy) while
-        it reads others (see Server._put_off)."""
+        deferrable: a message of an anti-entropy session, which the peer may put off
+        (raising Busy) while it catches up (see Server._put_off)."""
         request = Request(
             op,
             self._sender,
