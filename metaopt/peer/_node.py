@@ -326,6 +326,7 @@ class Node:
             receiving_elsewhere=lambda: self.client.receiving,
             catching_up=lambda: not self.catch_up.judged_caught_up,
         )
+        self.server.stall_timeout = config.timing.request_timeout
 
     def _new_client(self) -> Client:
         return Client(

@@ -157,6 +157,7 @@ class Server:
         receiving_elsewhere: the large bodies this peer reads otherwise (its client's answers),
         and catching_up: whether it catches up now (see _put_off)."""
         self._receiving_elsewhere = receiving_elsewhere
+        self._max_bytes = max_bytes
         self._catching_up = catching_up
         self._codec = codec
         self._node_id = node_id
@@ -165,6 +166,8 @@ class Server:
         self.max_connections = 4096  # from all hosts together
         # Seconds a connection may take to send its first request's headers (see _HostCap).
         self.first_request_timeout = 15.0
+        # Seconds a request's body may send nothing before it is given up (see _read_body).
+        self.stall_timeout = 10.0
         self._cap: _HostCap | None = None
         self._protocol = protocol
         self._handlers = handlers
@@ -209,12 +212,7 @@ class Server:
             self._reading.add(ticket)
             self.receiving += large
             try:
-                # A frame older than max_skew is refused, and its time was within max_skew of
-                # this clock when its ticket passed: past twice that, no body can open. A
-                # sender that stopped mid-body (paused, cut off without a FIN, or a copied
-                # ticket) held its connection, and its place under the caps, for good.
-                async with asyncio.timeout(2 * self._codec.config.max_skew):
-                    frame = await request.read()
+                frame = await self._read_body(request)
             except (ConnectionError, web.RequestPayloadError) as exc:  # hung up mid-body
                 log.debug("a request from %s broke off: %s", request.remote, exc)
                 return web.Response(status=400, text="the request body broke off")
@@ -280,6 +278,30 @@ class Server:
             body = _seal(self._codec, refusal.encode(), os.urandom(16), bound)
         self.bytes_out += len(body)
         return web.Response(body=body, content_type="application/octet-stream")
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The request's body; TimeoutError if it stalls for stall_timeout, or ends too late.
+
+        A frame older than max_skew is refused, and its time was within max_skew of this
+        clock when its ticket passed: past twice that, no body can open. A sender that stopped
+        mid-body (paused, cut off without a FIN, or a copied ticket) held its connection, and
+        its place under the caps, for good; and, counted as records on their way, it held
+        this peer's catch-up and put off every other peer's session for those 240 s (a
+        review). Its bytes stopping for stall_timeout, it is given up, as a client gives up an
+        answer.
+        """
+        body = bytearray()
+        async with asyncio.timeout(2 * self._codec.config.max_skew):
+            while True:
+                async with asyncio.timeout(self.stall_timeout):
+                    piece = await request.content.readany()
+                if not piece:
+                    return bytes(body)
+                body += piece
+                if len(body) > self._max_bytes:  # (as request.read() refused one)
+                    raise web.HTTPRequestEntityTooLarge(
+                        max_size=self._max_bytes, actual_size=len(body)
+                    )
 
     def _put_off(self, request: web.Request) -> bool:
         """Whether to answer a large request unread: a message of another peer's session with

@@ -894,3 +894,30 @@ async def test_a_server_stops_in_seconds_with_a_request_stalled_mid_body() -> No
         await asyncio.wait_for(server.stop(), 20)
     finally:
         writer.close()
+
+
+@pytest.mark.asyncio
+async def test_a_body_whose_bytes_stop_is_given_up_after_the_stall_timeout() -> None:
+    """A sender stopped mid-body counted as records on their way for 240 s (twice max_skew):
+    it held this peer's catch-up, and put off every other peer's session (a review)."""
+    codec, server, port, _ = await _echo_server(stall_timeout=0.5)
+    large = _seal(codec, Request("echo", os.urandom(16), "127.0.0.1:1", b"x" * 100_000).encode(),
+                  os.urandom(16))  # fmt: skip
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(_head(codec, large) + large[:70_000])
+        for _ in range(50):  # (5 s at most)
+            if server.receiving:
+                break
+            await asyncio.sleep(0.1)
+        assert server.receiving == 1
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, given up
+        assert server.receiving == 0
+        client = Client(codec, os.urandom(16), "127.0.0.1:1", timeout=10, bounded_replies=False)
+        try:  # (a body that keeps coming is read whole)
+            assert await client.call(f"127.0.0.1:{port}", "echo", b"y" * 100_000) == b"y" * 100_000
+        finally:
+            await client.close()
+    finally:
+        writer.close()
+        await server.stop()
