@@ -316,7 +316,9 @@ class Node:
             started_at=lambda: self.started_at,
             loading=lambda: self.replica.loading,
             stopping=self._stopping,
-            receiving=lambda: self.server.receiving + self.client.receiving > 0,
+            receiving=lambda: (
+                self.server.receiving + self.client.receiving + self.replicator.storing > 0
+            ),
         )
         # Last: its handlers include the membership's, made just above.
         self.server = Server(
@@ -707,6 +709,7 @@ class Node:
         if not isinstance(request.body, bytes):
             raise MetaoptError("a sync request carries bytes")
         busy = self._busy_with(request)
+        self.replicator.storing += 1
         try:
             return await stepped(respond_steps(self.store, request.body, busy=busy))
         except SessionBusy:
@@ -717,6 +720,8 @@ class Node:
             if self.storage.note(exc, "a sync"):
                 self._hold_back_while_storage_fails()
             raise
+        finally:
+            self.replicator.storing -= 1
 
     def _probe_storage(self) -> None:
         """Try the store again, now and then, while its writes fail (see _storage)."""

@@ -102,6 +102,10 @@ class Replicator:
         self._partners: dict[str, int] = {}
         self._called: dict[str, float] = {}  # when a session's last call was made, by address
         self._failed_last: str | None = None  # the partner of the last session, if it failed
+        # Messages of sessions being taken in now (read, their records not all stored yet):
+        # still records on their way, for CatchUp. This peer's own sessions' answers, and
+        # (counted by the node) other peers' requests.
+        self.storing = 0
 
     def on_new(self, records: list[Record]) -> None:
         """Store subscriber: queue this node's own new records for an eager push."""
@@ -165,7 +169,11 @@ class Replicator:
                 if not isinstance(reply, bytes):
                     self._aborted(addr, "reply", "it sent a sync reply that is not bytes")
                     return False
-                message = await stepped(session.receive_steps(reply))
+                self.storing += 1
+                try:
+                    message = await stepped(session.receive_steps(reply))
+                finally:
+                    self.storing -= 1
         except (PeerUnreachable, RemoteError) as exc:
             log.debug("anti-entropy with %s failed: %s", addr, exc)
             if isinstance(exc, RemoteError) and self.on_refusal is not None:

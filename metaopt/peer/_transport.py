@@ -658,6 +658,9 @@ class Client:
         nonce = os.urandom(16)
         frame = _seal(self._codec, request.encode(), nonce)
         self.bytes_out += len(frame)
+        # An answer of LARGE_BODY or more is counted in receiving until this call returns: its
+        # caller then takes it in (Replicator.storing), with no turn of the loop between.
+        large = False
         try:
             async with session.post(
                 f"http://{addr}{PATH}",
@@ -668,6 +671,8 @@ class Client:
                     **({DEFERRABLE: "1"} if deferrable else {}),
                 },
             ) as response:
+                large = (response.content_length or 0) >= LARGE_BODY
+                self.receiving += large
                 if response.status == 503 and deferrable:
                     _abort(response)
                     raise Busy(f"{addr} is reading another peer's records; try later")
@@ -692,6 +697,8 @@ class Client:
             # ValueError: an address aiohttp cannot even form a URL from (UnicodeError, from
             # IDNA, is one): a gossiped or announced address can be anything.
             raise PeerUnreachable(f"no answer from {addr} ({type(exc).__name__})") from None
+        finally:
+            self.receiving -= large
         reply = self._open_reply(addr, data, nonce)
         mismatch = other_version(reply.protocol)
         if mismatch is not None:
@@ -738,15 +745,10 @@ class Client:
         if (response.content_length or 0) > limit:
             raise PeerUnreachable(f"{addr} announced a {response.content_length}-byte reply")
         data = bytearray()
-        large = (response.content_length or 0) >= LARGE_BODY
-        self.receiving += large
-        try:
-            async for piece in response.content.iter_chunked(1 << 16):
-                data += piece
-                if len(data) > limit:
-                    raise PeerUnreachable(f"{addr} sent a reply over {limit} bytes")
-        finally:
-            self.receiving -= large
+        async for piece in response.content.iter_chunked(1 << 16):
+            data += piece
+            if len(data) > limit:
+                raise PeerUnreachable(f"{addr} sent a reply over {limit} bytes")
         return bytes(data)
 
     async def close(self) -> None:
