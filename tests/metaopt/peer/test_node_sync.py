@@ -26,6 +26,11 @@ def quiet_node(data_dir: Path, key: str | None = None) -> Node:
     return Node(PeerConfig(data_dir=data_dir, port=0, mdns=False, key_text=key, timing=QUIET))
 
 
+def joining(data_dir: Path, key: str, timing: Timing) -> Node:
+    """A node on loopback of the cluster of key, its rounds on timing."""
+    return Node(PeerConfig(data_dir=data_dir, port=0, mdns=False, key_text=key, timing=timing))
+
+
 @pytest.mark.asyncio
 async def test_sessions_both_ways_at_once_carry_a_catch_up_once(tmp_path: Path) -> None:
     # The joiner's anti-entropy pulled the history while its partner's pushed it the same
@@ -147,12 +152,7 @@ async def test_a_history_that_crosses_a_slow_link_slower_than_the_request_timeou
 
     full = quiet_node(tmp_path / "full")
     timing = Timing(anti_entropy=0.2, gossip=600.0, request_timeout=1.0, transfer_timeout=60.0)
-    joiner = Node(
-        PeerConfig(
-            data_dir=tmp_path / "joiner", port=0, mdns=False, key_text=full.key.to_text(),
-            timing=timing,
-        )
-    )  # fmt: skip
+    joiner = joining(tmp_path / "joiner", full.key.to_text(), timing)
     history = [
         Record.create("event", b"\x05" * 16, seq, 1000 + seq, {"pad": "x" * 300})
         for seq in range(1, 401)
@@ -196,11 +196,7 @@ async def test_a_peer_reading_a_large_answer_puts_off_another_peers_records_till
         anti_entropy=0.2, gossip=600.0, request_timeout=5.0, transfer_timeout=60.0,
         peer_timeout=3.0,  # (its twin check waits that long without gossip)
     )  # fmt: skip
-    joiner = Node(
-        PeerConfig(
-            data_dir=tmp_path / "joiner", port=0, mdns=False, key_text=key, timing=timing
-        )
-    )  # fmt: skip
+    joiner = joining(tmp_path / "joiner", key, timing)
     ours, theirs = (
         [
             Record.create("event", origin * 16, seq, 1000 + seq, {"pad": "x" * 300})
@@ -267,12 +263,7 @@ async def test_a_joiner_is_not_caught_up_between_an_answer_s_last_byte_and_its_r
     ]  # fmt: skip  (about 3 MB: 5 s over the link)
     full.store.add(history)
     timing = Timing(anti_entropy=0.5, gossip=600.0, peer_timeout=2.0, request_timeout=5.0)
-    joiner = Node(
-        PeerConfig(
-            data_dir=tmp_path / "joiner", port=0, mdns=False, key_text=full.key.to_text(),
-            timing=timing,
-        )
-    )  # fmt: skip
+    joiner = joining(tmp_path / "joiner", full.key.to_text(), timing)
     running: list[Node] = []
     relay: asyncio.Server | None = None
     partial: list[int] = []  # records held when it was found caught up short of the history
