@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import socket
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -539,24 +538,6 @@ class _CappedConnection(asyncio.Protocol):
             self._inner.resume_writing()
 
 
-def _abort(response: aiohttp.ClientResponse) -> None:
-    """Close a response's connection, and drop what of the request is still to send.
-
-    A plain close lets the kernel send what it holds of the request (its send buffer grows to
-    hundreds of KiB), over the slow link the refusal meant to spare.
-    """
-    connection = response.connection
-    sock = (
-        connection.transport.get_extra_info("socket")
-        if connection and connection.transport
-        else None
-    )
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    response.close()
-
-
 class Client:
     """Sends requests to peers; one aiohttp session per process side."""
 
@@ -674,7 +655,7 @@ class Client:
                 large = (response.content_length or 0) >= LARGE_BODY
                 self.receiving += large
                 if response.status == 503 and deferrable:
-                    _abort(response)
+                    # (Leaving the response, aiohttp stops sending the rest of the request.)
                     raise Busy(f"{addr} is reading another peer's records; try later")
                 data = await self._read_capped(addr, response)
                 self.bytes_in += len(data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import logging
 import os
@@ -921,3 +922,33 @@ async def test_a_body_whose_bytes_stop_is_given_up_after_the_stall_timeout() -> 
     finally:
         writer.close()
         await server.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_request_put_off_is_not_sent_on() -> None:
+    # Put off over a slow link, the rest of a 4 MiB message crossing it anyway would spend
+    # the link the put-off spares: aiohttp stops sending it as the call leaves the answer.
+    codec = FrameCodec([ClusterKey.generate(os.urandom(32))])
+    received = [0]
+
+    async def put_off(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            while piece := await asyncio.wait_for(reader.read(1 << 16), 20):
+                received[0] += len(piece)
+        writer.close()
+
+    listener = await asyncio.start_server(put_off, "127.0.0.1", 0)
+    addr = f"127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+    client = Client(codec, os.urandom(16), "127.0.0.1:1", timeout=60.0)
+    body = b"x" * (40 << 20)
+    try:
+        with pytest.raises(Busy):
+            await client.call(addr, "sync", body, deferrable=True)
+        await asyncio.sleep(0.5)  # (what was on its way has arrived)
+        assert received[0] < len(body) // 2
+    finally:
+        await client.close()
+        listener.close()
