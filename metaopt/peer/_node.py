@@ -325,7 +325,7 @@ class Node:
             self.codec,
             self._handlers(),
             node_id=self.node_id,
-            receiving_elsewhere=lambda: self.client.receiving,
+            receiving_elsewhere=lambda: self.client.receiving + self.replicator.in_session(),
             catching_up=lambda: not self.catch_up.judged_caught_up,
         )
         self.server.stall_timeout = config.timing.request_timeout
@@ -790,6 +790,10 @@ class Node:
 
     async def _anti_entropy(self) -> None:
         if self.storage.problem():  # (see _hold_back_while_storage_fails)
+            return
+        if self.server.receiving and not self.catch_up.judged_caught_up:
+            # Catching up, it reads another peer's message of records: its own session's
+            # answers would share the link with it (see Server._put_off). Next round.
             return
         await self.replicator.anti_entropy_once()  # (which counts the partner live)
 

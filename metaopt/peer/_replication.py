@@ -144,6 +144,10 @@ class Replicator:
         except (PeerUnreachable, RemoteError) as exc:
             log.debug("push to %s failed: %s", addr, exc)
 
+    def in_session(self) -> bool:
+        """Whether a session of this peer's own is under way (its answers may be crossing)."""
+        return bool(self._partners)
+
     def in_session_with(self, addr: str) -> bool:
         """Whether a session of this peer's with the peer at addr is under way."""
         return addr in self._partners

@@ -153,8 +153,9 @@ class Server:
     ) -> None:
         """node_id: this peer's, which a request may name and some must (needs_addressee).
         protocol: the version its replies carry (another only in tests of mixed versions).
-        receiving_elsewhere: the large bodies this peer reads otherwise (its client's answers),
-        and catching_up: whether it catches up now (see _put_off)."""
+        receiving_elsewhere: the large bodies this peer takes in otherwise (its client's
+        answers, its own sessions under way), and catching_up: whether it catches up now
+        (see _put_off)."""
         self._receiving_elsewhere = receiving_elsewhere
         self._max_bytes = max_bytes
         self._catching_up = catching_up
@@ -304,7 +305,10 @@ class Server:
 
     def _put_off(self, request: web.Request) -> bool:
         """Whether to answer a large request unread: a message of another peer's session with
-        this one, which catches up and reads another large body already.
+        this one, which catches up and takes in another large body already (or has a session
+        of its own under way, whose next answer would share the link: two 4 MiB messages side
+        by side over 1 Mbit/s outlast the transfer timeout as three did; see
+        Node._anti_entropy for the other way round).
 
         A joiner over a slow link was sent its history by every peer at once: its own
         session's answers, and each other peer's session with it, 4 MiB messages side by side

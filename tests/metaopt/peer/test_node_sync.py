@@ -285,3 +285,49 @@ async def test_a_joiner_is_not_caught_up_between_an_answer_s_last_byte_and_its_r
             await peer.stop()
         if relay is not None:
             relay.close()
+
+
+@pytest.mark.asyncio
+async def test_catching_up_a_peer_takes_in_one_large_message_of_records_at_a_time(
+    tmp_path: Path,
+) -> None:
+    # Over 1 Mbit/s two 4 MiB messages side by side (its own session's answer and another
+    # peer's session) each outlast the transfer timeout, as three did: 52 MB crossed for a
+    # history of 15, and the joiner took itself for caught up at 74% of it.
+    full = quiet_node(tmp_path / "full")
+    other = quiet_node(tmp_path / "other", full.key.to_text())
+    joiner = quiet_node(tmp_path / "joiner", full.key.to_text())
+    other.store.add(
+        [
+            Record.create("event", b"\x06" * 16, seq, 1000 + seq, {"pad": "x" * 300})
+            for seq in range(1, 401)
+        ]
+    )  # fmt: skip  (about 150 KB)
+    calls: list[str] = []
+    running: list[Node] = []
+    try:
+        for peer in (full, other, joiner):
+            await peer.start()
+            running.append(peer)
+        assert not joiner.catch_up.judged_caught_up
+        joiner.replicator._partners[full.addr] = 1  # (a session of its own under way)
+        assert not await other.replicator.reconcile(joiner.addr, to=joiner.node_id)
+        assert joiner.server.put_off == 1 and len(joiner.store) == 0
+        del joiner.replicator._partners[full.addr]
+
+        async def counted() -> str | None:
+            calls.append("session")
+            return None
+
+        joiner.replicator.anti_entropy_once = counted  # type: ignore[method-assign]
+        joiner.server.receiving += 1  # (another peer's message being read)
+        await joiner._anti_entropy()
+        assert calls == []  # (its own waits a round)
+        joiner.server.receiving -= 1
+        await joiner._anti_entropy()
+        assert calls == ["session"]
+        assert await other.replicator.reconcile(joiner.addr, to=joiner.node_id)
+        assert len(joiner.store) == 400
+    finally:
+        for peer in running:
+            await peer.stop()
