@@ -182,16 +182,22 @@ class CatchUp:
             # takes seconds (10 Mbit/s), or tens of seconds, and a joiner took the silence
             # between two for the end of its catch-up, at 16-83% of the history, or at none
             # (3-10 Mbit/s in network namespaces), and ran trials of spent budgets.
-            if now - self.others_arrived_at >= arriving and not self._receiving():
+            # Nor within a peer timeout of its history's last records (stamped well before it
+            # listened): over 1 Mbit/s the gaps between two messages (a session given up, a
+            # partner busy with one of its own, the next round) passed 4 s, and a joiner went
+            # on at 74% of the history, running trials of spent budgets (2 of 5 runs).
+            history = now - self._history_arrived_at < timing.peer_timeout
+            if now - self.others_arrived_at >= arriving and not history and not self._receiving():
                 return (
                     f"it waited a peer timeout ({timing.peer_timeout:g} s), and no other"
-                    f" peer's records arrived in the last {arriving:g} s"
+                    f" peer's records arrived in the last {arriving:g} s (nor any of its"
+                    f" history in the last {timing.peer_timeout:g} s)"
                 )
             # A message of records still crossing is history too, most likely (a busy
             # cluster's new records come in small pushes): over 1 Mbit/s one of 4 MiB takes
             # 34 s, and past the ten timeouts a joiner holding 16,392 of 88,603 records ran 20
             # trials, one to five over the budget of each of 10 experiments (namespaces).
-            history = now - self._history_arrived_at < arriving or self._receiving()
+            history = history or self._receiving()
             if waited >= 10 * timing.peer_timeout and not history:
                 return (
                     f"it waited ten peer timeouts ({10 * timing.peer_timeout:g} s) while other"

@@ -791,7 +791,8 @@ async def test_a_peer_says_when_and_why_it_caught_up_and_again_after_a_rejoin(
             assert said()[1:] == [
                 f"caught up {timeout:.1f} s after it listened again: it waited a peer timeout"
                 f" ({timeout:g} s), and no other peer's records arrived in the last"
-                f" {2 * node.config.timing.anti_entropy:g} s"
+                f" {2 * node.config.timing.anti_entropy:g} s (nor any of its history in the last"
+                f" {timeout:g} s)"
             ]
     finally:
         await node.stop()
