@@ -284,9 +284,7 @@ def _is_prior(word: str) -> bool:
     if "~" not in word:
         return False
     try:
-        template = parse_template([word])
-        check_submitted(template)
-        return bool(template.priors)
+        return bool(parse_template([word]).priors)
     except SpaceError:
         return True  # the template says what is wrong with it
 

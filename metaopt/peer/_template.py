@@ -129,9 +129,15 @@ def check_submitted(template: CommandTemplate) -> None:
                 f"{word!r} is not a prior as written; write it as name(arguments) in one"
                 " quoted word, e.g. --lr~'loguniform(1e-5, 1)'"
             )
-    flags = {p.flag: p for p in parts if isinstance(p, Placeholder) and p.flag}
+    # Only after the prior: before it, the flag may be a launcher's (`python -m pkg.train
+    # -m~…`, `nice -n 5 ./train -n~…`), and the program's argparse takes the last one anyway.
+    flags: dict[str, Placeholder] = {}
     for at, word in enumerate(parts):
-        if not isinstance(word, str) or word.partition("=")[0] not in flags:
+        if isinstance(word, Placeholder):
+            if word.flag:
+                flags.setdefault(word.flag, word)
+            continue
+        if word.partition("=")[0] not in flags:
             continue
         searched = flags[word.partition("=")[0]]
         tilde = "=~" if searched.style == "equals" else "~"
@@ -207,7 +213,7 @@ _BROKEN = re.compile(r"(?:--?[A-Za-z_][A-Za-z0-9_.-]*=?|~[A-Za-z_][A-Za-z0-9_.-]
 # and its parameter was not searched.
 _MISWRITTEN = re.compile(
     r"(?:--?[A-Za-z_][A-Za-z0-9_.-]*=?|~[A-Za-z_][A-Za-z0-9_.-]*)?"
-    rf"(?:~\s*~[\s~]*(?:{'|'.join(PRIOR_NAMES)})\b|~\s*(?:{'|'.join(PRIOR_NAMES)})(?![\w(])).*",
+    rf"(?:~\s*~[\s~]*(?:{'|'.join(PRIOR_NAMES)})\b|~\s*(?:{'|'.join(PRIOR_NAMES)})(?=[\s\[{{]|$)).*",
     re.DOTALL,
 )
 

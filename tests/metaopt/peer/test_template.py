@@ -179,7 +179,6 @@ def test_a_word_that_only_begins_as_a_prior_s_name_is_literal(word: str) -> None
     ("words", "given"),
     [
         (["--lr~loguniform(1e-5, 1)", "--lr", "0.1"], "--lr 0.1"),
-        (["--lr", "0.1", "--lr~loguniform(1e-5, 1)"], "--lr 0.1"),
         (["--lr=~loguniform(1e-5, 1)", "--lr=0.1"], "--lr=0.1"),
         (["-l~loguniform(1e-5, 1)", "-l", "0.1"], "-l 0.1"),
     ],
@@ -192,6 +191,21 @@ def test_an_option_searched_and_also_given_a_value_is_an_error(
     with pytest.raises(SpaceError, match="is searched") as info:
         check_submitted(parse_template(["p.py", *words]))
     assert f"also given a value ({given})" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["python", "-m", "pkg.train", "-m~uniform(0.5, 0.99)"],  # (python's -m: a launcher's)
+        ["nice", "-n", "5", "./train.sh", "-n~randint(1, 8)"],
+        ["train.py", "--lr", "0.1", "--epochs", "5", "--lr~loguniform(1e-5, 1)"],  # (the last)
+        ["train.py", "--data=~uniform/x", "--sep=~choices.txt", "~normal.std", "--y~uniform(0, 1)"],
+    ],
+)
+def test_commands_that_run_as_meant_are_not_refused(words: list[str]) -> None:
+    # A flag before its prior is a launcher's, or the one argparse overrides with the prior;
+    # a prior's name followed by a path's characters is a path (a review, each accepted before).
+    check_submitted(parse_template(words))
 
 
 def test_options_that_only_share_a_prefix_with_a_searched_one_are_literal() -> None:
