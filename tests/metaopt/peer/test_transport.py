@@ -9,6 +9,8 @@ import io
 import logging
 import os
 import socket
+import threading
+import time
 from typing import Any
 
 import aiohttp
@@ -952,3 +954,43 @@ async def test_a_request_put_off_is_not_sent_on() -> None:
     finally:
         await client.close()
         listener.close()
+
+
+@pytest.mark.asyncio
+async def test_a_live_body_survives_a_hold_of_the_receivers_loop_past_the_stall_timeout() -> None:
+    """Held past the stall timeout (a long fold, SIGSTOP, a VM paused), the loop woke to the
+    sender's bytes and the timer in one turn, and gave up a body that kept coming (a review;
+    the client's read timeout survives the same hold)."""
+    codec, server, port, _ = await _echo_server(stall_timeout=1.0)
+    frame = _seal(codec, Request("echo", os.urandom(16), "127.0.0.1:1", b"x" * 200_000).encode(),
+                  os.urandom(16))  # fmt: skip
+    go, status = threading.Event(), []
+
+    def sender() -> None:  # a live sender, in a thread: not held with the loop
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(_head(codec, frame) + frame[:100_000])
+            go.wait(30)
+            time.sleep(0.2)  # well within the stall timeout, but while the loop is held
+            sock.sendall(frame[100_000:])
+            sock.settimeout(30)
+            status.append(sock.recv(4096).split(b"\r\n", 1)[0])
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    try:
+        for _ in range(100):
+            if server.receiving:
+                break
+            await asyncio.sleep(0.05)
+        assert server.receiving == 1
+        await asyncio.sleep(0.1)  # (the first part read: it waits for more)
+        go.set()
+        time.sleep(1.5)  # the loop held, the bytes coming meanwhile
+        for _ in range(200):
+            if status:
+                break
+            await asyncio.sleep(0.05)
+        assert status == [b"HTTP/1.1 200 OK"]
+    finally:
+        thread.join(30)
+        await server.stop()
