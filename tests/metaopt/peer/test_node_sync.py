@@ -331,3 +331,54 @@ async def test_catching_up_a_peer_takes_in_one_large_message_of_records_at_a_tim
     finally:
         for peer in running:
             await peer.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_joiner_is_not_caught_up_between_a_request_s_last_byte_and_its_records(
+    tmp_path: Path,
+) -> None:
+    # The same gap when the history comes as another peer's session requests: between a
+    # request's last byte and its records the joiner held none of them (a review).
+    from tests.metaopt.peer.test_transport import _slow_link
+
+    full = quiet_node(tmp_path / "full")
+    history = [
+        Record.create("event", b"\x05" * 16, seq, 1000 + seq, {"pad": "x" * 300})
+        for seq in range(1, 8001)
+    ]  # fmt: skip
+    full.store.add(history)
+    timing = Timing(anti_entropy=600.0, gossip=600.0, peer_timeout=1.0, request_timeout=5.0)
+    joiner = Node(
+        PeerConfig(
+            data_dir=tmp_path / "joiner", port=0, mdns=False, key_text=full.key.to_text(),
+            timing=timing, join=("127.0.0.1:9",),  # (a seed: not alone; nobody there)
+        )
+    )  # fmt: skip
+    running: list[Node] = []
+    relay: asyncio.Server | None = None
+    partial: list[int] = []  # records held when it was found caught up short of the history
+    try:
+        for peer in (full, joiner):
+            await peer.start()
+            running.append(peer)
+        await asyncio.sleep(1.5)  # (past its peer timeout, no record arrived)
+        relay, slow = await _slow_link(
+            int(joiner.addr.rpartition(":")[2]), 65536, 0.1, requests_too=True
+        )
+        session = asyncio.ensure_future(full.replicator.reconcile(slow, to=joiner.node_id))
+        began = time.monotonic()
+        crossing = False  # (from the first byte of its large message on)
+        while not session.done() and time.monotonic() - began < 60:
+            crossing = crossing or joiner.server.receiving > 0
+            short = crossing and len(joiner.store) < len(history)
+            if short and joiner.catch_up._because() is not None:  # (at every turn of the loop)
+                partial.append(len(joiner.store))
+            await asyncio.sleep(0)
+        assert await session
+        assert len(joiner.store) == len(history)
+        assert partial == []
+    finally:
+        for peer in running:
+            await peer.stop()
+        if relay is not None:
+            relay.close()
