@@ -26,6 +26,14 @@ def quiet_node(data_dir: Path, key: str | None = None) -> Node:
     return Node(PeerConfig(data_dir=data_dir, port=0, mdns=False, key_text=key, timing=QUIET))
 
 
+def padded(origin: bytes, count: int) -> list[Record]:
+    """count records of origin (repeated to 16 bytes), about 370 bytes each."""
+    return [
+        Record.create("event", origin * 16, seq, 1000 + seq, {"pad": "x" * 300})
+        for seq in range(1, count + 1)
+    ]
+
+
 def joining(data_dir: Path, key: str, timing: Timing) -> Node:
     """A node on loopback of the cluster of key, its rounds on timing."""
     return Node(PeerConfig(data_dir=data_dir, port=0, mdns=False, key_text=key, timing=timing))
@@ -153,10 +161,7 @@ async def test_a_history_that_crosses_a_slow_link_slower_than_the_request_timeou
     full = quiet_node(tmp_path / "full")
     timing = Timing(anti_entropy=0.2, gossip=600.0, request_timeout=1.0, transfer_timeout=60.0)
     joiner = joining(tmp_path / "joiner", full.key.to_text(), timing)
-    history = [
-        Record.create("event", b"\x05" * 16, seq, 1000 + seq, {"pad": "x" * 300})
-        for seq in range(1, 401)
-    ]  # fmt: skip  (about 150 KB: 4 s over the link)
+    history = padded(b"\x05", 400)  # (about 150 KB: 4 s over the link)
     full.store.add(history)
     running: list[Node] = []
     relay: asyncio.Server | None = None
@@ -197,13 +202,7 @@ async def test_a_peer_reading_a_large_answer_puts_off_another_peers_records_till
         peer_timeout=3.0,  # (its twin check waits that long without gossip)
     )  # fmt: skip
     joiner = joining(tmp_path / "joiner", key, timing)
-    ours, theirs = (
-        [
-            Record.create("event", origin * 16, seq, 1000 + seq, {"pad": "x" * 300})
-            for seq in range(1, 401)
-        ]
-        for origin in (b"\x05", b"\x06")
-    )  # fmt: skip  (about 150 KB each: 8 s over the link)
+    ours, theirs = padded(b"\x05", 400), padded(b"\x06", 400)  # (150 KB each: 8 s over the link)
     full.store.add(ours)
     other.store.add(theirs)
     running: list[Node] = []
@@ -257,10 +256,7 @@ async def test_a_joiner_is_not_caught_up_between_an_answer_s_last_byte_and_its_r
     from tests.metaopt.peer.test_transport import _slow_link
 
     full = quiet_node(tmp_path / "full")
-    history = [
-        Record.create("event", b"\x05" * 16, seq, 1000 + seq, {"pad": "x" * 300})
-        for seq in range(1, 8001)
-    ]  # fmt: skip  (about 3 MB: 5 s over the link)
+    history = padded(b"\x05", 8000)  # (about 3 MB: 5 s over the link)
     full.store.add(history)
     timing = Timing(anti_entropy=0.5, gossip=600.0, peer_timeout=2.0, request_timeout=5.0)
     joiner = joining(tmp_path / "joiner", full.key.to_text(), timing)
@@ -297,12 +293,7 @@ async def test_catching_up_a_peer_takes_in_one_large_message_of_records_at_a_tim
     full = quiet_node(tmp_path / "full")
     other = quiet_node(tmp_path / "other", full.key.to_text())
     joiner = quiet_node(tmp_path / "joiner", full.key.to_text())
-    other.store.add(
-        [
-            Record.create("event", b"\x06" * 16, seq, 1000 + seq, {"pad": "x" * 300})
-            for seq in range(1, 401)
-        ]
-    )  # fmt: skip  (about 150 KB)
+    other.store.add(padded(b"\x06", 400))  # (about 150 KB)
     calls: list[str] = []
     running: list[Node] = []
     try:
@@ -342,10 +333,7 @@ async def test_a_joiner_is_not_caught_up_between_a_request_s_last_byte_and_its_r
     from tests.metaopt.peer.test_transport import _slow_link
 
     full = quiet_node(tmp_path / "full")
-    history = [
-        Record.create("event", b"\x05" * 16, seq, 1000 + seq, {"pad": "x" * 300})
-        for seq in range(1, 8001)
-    ]  # fmt: skip
+    history = padded(b"\x05", 8000)
     full.store.add(history)
     timing = Timing(anti_entropy=600.0, gossip=600.0, peer_timeout=1.0, request_timeout=5.0)
     joiner = Node(
