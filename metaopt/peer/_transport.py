@@ -78,7 +78,8 @@ class PeerUnreachable(MetaoptError):
 
 
 class Busy(PeerUnreachable):
-    """The peer put off records we sent it: it is reading a large body from another peer."""
+    """The peer put off our session's message: it catches up, taking in another message of
+    records (see Server._put_off)."""
 
 
 class RemoteError(MetaoptError):
