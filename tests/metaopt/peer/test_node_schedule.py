@@ -238,7 +238,9 @@ async def test_a_catch_up_that_outlasts_the_peer_timeout_is_waited_for(tmp_path:
         mono[0] = node.started_at + timing.peer_timeout + 1
         node.store.add([exp])  # (still arriving as the timeout passes)
         assert not node.caught_up()
-        mono[0] += 2 * timing.anti_entropy  # quiet: nobody is sending any more
+        mono[0] += 2 * timing.anti_entropy  # (4 s without a record, its history 11 s ago)
+        assert not node.caught_up()
+        mono[0] += timing.peer_timeout  # quiet: nobody is sending any more, history or new
         assert node.caught_up()
         # Records written since it started (a busy cluster's), for ever: not waited for ever.
         now_ms = int(time.time() * 1000)
