@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -32,6 +32,48 @@ def padded(origin: bytes, count: int) -> list[Record]:
         Record.create("event", origin * 16, seq, 1000 + seq, {"pad": "x" * 300})
         for seq in range(1, count + 1)
     ]
+
+
+class _Links:
+    """Slow links to a test's peers (closed at its end: see started)."""
+
+    def __init__(self) -> None:
+        self.relays: list[asyncio.Server] = []
+
+    async def slow(self, to: Node, chunk: int, pause: float, *, requests_too: bool = False) -> str:
+        """The address of a slow link to the peer (see test_transport._slow_link)."""
+        from tests.metaopt.peer.test_transport import _slow_link
+
+        port = int(to.addr.rpartition(":")[2])
+        relay, addr = await _slow_link(port, chunk, pause, requests_too=requests_too)
+        self.relays.append(relay)
+        return addr
+
+
+@contextlib.asynccontextmanager
+async def started(*peers: Node) -> AsyncIterator[_Links]:
+    """The peers started, and stopped at the end (those that started), with the slow links
+    made to them closed then."""
+    running: list[Node] = []
+    links = _Links()
+    try:
+        for peer in peers:
+            await peer.start()
+            running.append(peer)
+        yield links
+    finally:
+        for peer in running:
+            await peer.stop()
+        for relay in links.relays:
+            relay.close()
+
+
+async def until(done: Callable[[], object], seconds: float, every: float = 0.1) -> None:
+    """Poll done() until it holds or ``seconds`` pass (the test asserts it after)."""
+    for _ in range(max(1, round(seconds / every))):
+        if done():
+            return
+        await asyncio.sleep(every)
 
 
 def joining(data_dir: Path, key: str, timing: Timing) -> Node:
@@ -156,32 +198,17 @@ async def test_a_history_that_crosses_a_slow_link_slower_than_the_request_timeou
     # over a slow link (5 Mbit/s, several partners sending at once): a joiner's own sessions
     # failed one after another, their bytes sent for nothing. It waits request_timeout for
     # each next bytes of an answer, and transfer_timeout in all.
-    from tests.metaopt.peer.test_transport import _slow_link
-
     full = quiet_node(tmp_path / "full")
     timing = Timing(anti_entropy=0.2, gossip=600.0, request_timeout=1.0, transfer_timeout=60.0)
     joiner = joining(tmp_path / "joiner", full.key.to_text(), timing)
     history = padded(b"\x05", 400)  # (about 150 KB: 4 s over the link)
     full.store.add(history)
-    running: list[Node] = []
-    relay: asyncio.Server | None = None
-    try:
-        for peer in (full, joiner):
-            await peer.start()
-            running.append(peer)
-        relay, slow = await _slow_link(int(full.addr.rpartition(":")[2]), 4096, 0.1)
+    async with started(full, joiner) as links:
+        slow = await links.slow(full, 4096, 0.1)
         joiner.peers.add(full.node_id, slow, time.monotonic(), contacted=True)
-        for _ in range(300):  # (30 s at most)
-            if len(joiner.store) >= len(history):
-                break
-            await asyncio.sleep(0.1)
+        await until(lambda: len(joiner.store) >= len(history), 30.0)
         assert len(joiner.store) >= len(history)
         assert joiner.replicator.sessions >= 1  # (its own session brought it)
-    finally:
-        for peer in running:
-            await peer.stop()
-        if relay is not None:
-            relay.close()
 
 
 @pytest.mark.asyncio
@@ -192,8 +219,6 @@ async def test_a_peer_reading_a_large_answer_puts_off_another_peers_records_till
     # sharing the link: over 1 Mbit/s each took longer than the transfer timeout, was given
     # up and sent again, and the joiner stalled at a third of the history. While it reads one
     # large body, another peer's records are answered unread, and that peer tries later.
-    from tests.metaopt.peer.test_transport import _slow_link
-
     full = quiet_node(tmp_path / "full")
     key = full.key.to_text()
     other = quiet_node(tmp_path / "other", key)
@@ -205,31 +230,17 @@ async def test_a_peer_reading_a_large_answer_puts_off_another_peers_records_till
     ours, theirs = padded(b"\x05", 400), padded(b"\x06", 400)  # (150 KB each: 8 s over the link)
     full.store.add(ours)
     other.store.add(theirs)
-    running: list[Node] = []
-    relay: asyncio.Server | None = None
-    try:
-        for peer in (full, other, joiner):
-            await peer.start()
-            running.append(peer)
-        relay, slow = await _slow_link(int(full.addr.rpartition(":")[2]), 4096, 0.2)
+    async with started(full, other, joiner) as links:
+        slow = await links.slow(full, 4096, 0.2)
         joiner.peers.add(full.node_id, slow, time.monotonic(), contacted=True)
-        for _ in range(300):  # (30 s at most)
-            if joiner.client.receiving:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: joiner.client.receiving, 3.0, every=0.01)
         assert joiner.client.receiving  # its own session's answer is coming
         assert not await other.replicator.reconcile(joiner.addr, to=joiner.node_id)
         assert joiner.server.put_off == 1 and joiner.client.receiving
         assert not any(r.key in joiner.store for r in theirs)
-        for _ in range(300):  # (30 s at most)
-            if len(joiner.store) >= len(ours):
-                break
-            await asyncio.sleep(0.1)
+        await until(lambda: len(joiner.store) >= len(ours), 30.0)
         assert all(r.key in joiner.store for r in ours)
-        for _ in range(100):  # (10 s at most: its session ends a round trip later)
-            if joiner.caught_up():
-                break
-            await asyncio.sleep(0.1)
+        await until(joiner.caught_up, 10.0)  # (its session ends a round trip later)
         assert joiner.caught_up()  # (its own session brought all its partner held)
         # Caught up, it takes them while it reads another answer: once caught up, one slow
         # transfer held a near peer's records back for all of it (a review).
@@ -239,11 +250,6 @@ async def test_a_peer_reading_a_large_answer_puts_off_another_peers_records_till
         finally:
             joiner.client.receiving -= 1
         assert all(r.key in joiner.store for r in theirs) and joiner.server.put_off == 1
-    finally:
-        for peer in running:
-            await peer.stop()
-        if relay is not None:
-            relay.close()
 
 
 @pytest.mark.asyncio
@@ -253,21 +259,14 @@ async def test_a_joiner_is_not_caught_up_between_an_answer_s_last_byte_and_its_r
     # Past the peer timeout, with no record arrived for 4 s, a joiner whose one large body
     # was its own session's answer said it was caught up once that answer was read, before
     # its records were stored: holding none of the history (1 of 2 runs at 1 Mbit/s, a review).
-    from tests.metaopt.peer.test_transport import _slow_link
-
     full = quiet_node(tmp_path / "full")
     history = padded(b"\x05", 8000)  # (about 3 MB: 5 s over the link)
     full.store.add(history)
     timing = Timing(anti_entropy=0.5, gossip=600.0, peer_timeout=2.0, request_timeout=5.0)
     joiner = joining(tmp_path / "joiner", full.key.to_text(), timing)
-    running: list[Node] = []
-    relay: asyncio.Server | None = None
     partial: list[int] = []  # records held when it was found caught up short of the history
-    try:
-        for peer in (full, joiner):
-            await peer.start()
-            running.append(peer)
-        relay, slow = await _slow_link(int(full.addr.rpartition(":")[2]), 65536, 0.1)
+    async with started(full, joiner) as links:
+        slow = await links.slow(full, 65536, 0.1)
         joiner.peers.add(full.node_id, slow, time.monotonic(), contacted=True)
         began = time.monotonic()
         while len(joiner.store) < len(history) and time.monotonic() - began < 60:
@@ -276,11 +275,6 @@ async def test_a_joiner_is_not_caught_up_between_an_answer_s_last_byte_and_its_r
             await asyncio.sleep(0)
         assert len(joiner.store) == len(history)
         assert partial == []
-    finally:
-        for peer in running:
-            await peer.stop()
-        if relay is not None:
-            relay.close()
 
 
 @pytest.mark.asyncio
@@ -295,11 +289,7 @@ async def test_catching_up_a_peer_takes_in_one_large_message_of_records_at_a_tim
     joiner = quiet_node(tmp_path / "joiner", full.key.to_text())
     other.store.add(padded(b"\x06", 400))  # (about 150 KB)
     calls: list[str] = []
-    running: list[Node] = []
-    try:
-        for peer in (full, other, joiner):
-            await peer.start()
-            running.append(peer)
+    async with started(full, other, joiner):
         assert not joiner.catch_up.judged_caught_up
         joiner.replicator._partners[full.addr] = 1  # (a session of its own under way)
         assert not await other.replicator.reconcile(joiner.addr, to=joiner.node_id)
@@ -319,9 +309,6 @@ async def test_catching_up_a_peer_takes_in_one_large_message_of_records_at_a_tim
         assert calls == ["session"]
         assert await other.replicator.reconcile(joiner.addr, to=joiner.node_id)
         assert len(joiner.store) == 400
-    finally:
-        for peer in running:
-            await peer.stop()
 
 
 @pytest.mark.asyncio
@@ -330,8 +317,6 @@ async def test_a_joiner_is_not_caught_up_between_a_request_s_last_byte_and_its_r
 ) -> None:
     # The same gap when the history comes as another peer's session requests: between a
     # request's last byte and its records the joiner held none of them (a review).
-    from tests.metaopt.peer.test_transport import _slow_link
-
     full = quiet_node(tmp_path / "full")
     history = padded(b"\x05", 8000)
     full.store.add(history)
@@ -342,17 +327,10 @@ async def test_a_joiner_is_not_caught_up_between_a_request_s_last_byte_and_its_r
             timing=timing, join=("127.0.0.1:9",),  # (a seed: not alone; nobody there)
         )
     )  # fmt: skip
-    running: list[Node] = []
-    relay: asyncio.Server | None = None
     partial: list[int] = []  # records held when it was found caught up short of the history
-    try:
-        for peer in (full, joiner):
-            await peer.start()
-            running.append(peer)
+    async with started(full, joiner) as links:
         await asyncio.sleep(1.5)  # (past its peer timeout, no record arrived)
-        relay, slow = await _slow_link(
-            int(joiner.addr.rpartition(":")[2]), 65536, 0.1, requests_too=True
-        )
+        slow = await links.slow(joiner, 65536, 0.1, requests_too=True)
         session = asyncio.ensure_future(full.replicator.reconcile(slow, to=joiner.node_id))
         began = time.monotonic()
         crossing = False  # (from the first byte of its large message on)
@@ -365,8 +343,3 @@ async def test_a_joiner_is_not_caught_up_between_a_request_s_last_byte_and_its_r
         assert await session
         assert len(joiner.store) == len(history)
         assert partial == []
-    finally:
-        for peer in running:
-            await peer.stop()
-        if relay is not None:
-            relay.close()
