@@ -100,6 +100,16 @@ async def test_a_peer_is_not_caught_up_while_a_partners_session_still_brings_its
         await joiner.stop()
 
 
+def _waiting(tmp_path: Path, now: list[float]) -> Node:
+    """A node on the clock now, listening since now[0], that knows of a peer from its last
+    life (not alone: with no session of its own it waits the peer timeout)."""
+    from tests.metaopt.peer.test_node_pinned import _judging
+
+    node = _judging(tmp_path, now)
+    node.membership._recalled = ["127.0.0.1:9"]
+    return node
+
+
 @pytest.mark.asyncio
 async def test_new_records_without_end_are_waited_for_ten_timeouts_history_to_its_end(
     tmp_path: Path,
@@ -108,11 +118,9 @@ async def test_new_records_without_end_are_waited_for_ten_timeouts_history_to_it
     # up on, a finite set; records stamped since (or within the clocks' skew) may come for
     # ever from a busy cluster, and hold it back ten timeouts at most.
     from metaopt.peer._catch_up import HISTORY_MARGIN
-    from tests.metaopt.peer.test_node_pinned import _judging
 
     now = [10_000.0]
-    node = _judging(tmp_path, now)
-    node.membership._recalled = ["127.0.0.1:9"]  # (not alone: it waits the timeout)
+    node = _waiting(tmp_path, now)
     timeout = node.config.timing.peer_timeout
 
     def arrive(age: float) -> None:
@@ -140,11 +148,8 @@ async def test_new_records_without_end_are_waited_for_ten_timeouts_history_to_it
 async def test_a_message_of_records_still_crossing_is_waited_for(tmp_path: Path) -> None:
     # At 3 Mbit/s a message of 4 MiB took tens of seconds to cross: a joiner that held no
     # record yet said it was caught up at the peer timeout, and ran trials of spent budgets.
-    from tests.metaopt.peer.test_node_pinned import _judging
-
     now = [10_000.0]
-    node = _judging(tmp_path, now)
-    node.membership._recalled = ["127.0.0.1:9"]  # (not alone: it waits the timeout)
+    node = _waiting(tmp_path, now)
     try:
         node.server.receiving = 1  # (a partner's request of records being read)
         now[0] += 2 * node.config.timing.peer_timeout
@@ -164,11 +169,8 @@ async def test_past_ten_timeouts_a_message_of_records_still_crossing_is_waited_f
     # Over 1 Mbit/s a message of 4 MiB took 34 s: past the ten timeouts a joiner holding a
     # fifth of the history took new records arriving for a busy cluster's, and ran trials of
     # spent budgets (20 trials, every one of 10 experiments over its budget).
-    from tests.metaopt.peer.test_node_pinned import _judging
-
     now = [10_000.0]
-    node = _judging(tmp_path, now)
-    node.membership._recalled = ["127.0.0.1:9"]  # (not alone: it waits the timeout)
+    node = _waiting(tmp_path, now)
     timing = node.config.timing
     try:
         now[0] += 10 * timing.peer_timeout
@@ -189,11 +191,9 @@ async def test_the_quiet_after_part_of_its_history_is_waited_for_a_peer_timeout(
     # up, a partner busy with one of its own, the next round): a joiner went on at 74% of
     # its history and ran trials of spent budgets (2 of 5 runs, in namespaces).
     from metaopt.peer._catch_up import HISTORY_MARGIN
-    from tests.metaopt.peer.test_node_pinned import _judging
 
     now = [10_000.0]
-    node = _judging(tmp_path, now)
-    node.membership._recalled = ["127.0.0.1:9"]  # (not alone: it waits the timeout)
+    node = _waiting(tmp_path, now)
     timeout = node.config.timing.peer_timeout
     old = int((10_000.0 - HISTORY_MARGIN - 60) * 1000)  # (stamped well before it listened)
     try:
