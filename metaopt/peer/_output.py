@@ -392,6 +392,14 @@ class OutputParser:
             return start + 1
         clean: dict[str, MetricValue] = {}
         for name, metric in value.items():
+            kind = _JSON_KINDS.get(type(metric))
+            if kind is not None and _is_name(name):
+                # check_metric speaks Python ("a NoneType ... e.g. loss.item()"), which means
+                # nothing to the bash or C program that printed this line.
+                self._note(
+                    f"metric {name!r} is {kind} in a METAOPT line; give a number or a string"
+                )
+                continue
             try:
                 clean[name] = check_metric(name, _recordable(metric, name))
             except WorkerError as exc:
@@ -494,6 +502,10 @@ class OutputParser:
     def _note(self, text: str) -> None:
         self.notes.append(text)
         self.note_count += 1
+
+
+# What JSON calls the values a metric cannot be (a bool is refused by check_metric by name).
+_JSON_KINDS: dict[type, str] = {type(None): "null", list: "an array", dict: "an object"}
 
 
 def _recordable(metric: object, name: str = "") -> object:

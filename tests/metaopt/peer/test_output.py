@@ -565,3 +565,15 @@ def test_a_line_of_a_metaopt_environment_variable_is_no_malformed_report() -> No
     failed.feed(b"METAOPT_TRIAL_DIR=/data/trials/e1fa2b294ab2\ntraining done\n")
     failed.finish()
     assert "METAOPT_TRIAL_DIR" not in failed.explain_missing()
+
+
+def test_a_metric_of_the_wrong_json_kind_is_explained_in_json_words() -> None:
+    # A bash script printing null was told "a NoneType; ... (e.g. loss.item())".
+    parser = OutputParser()
+    out = parser.feed(b'METAOPT {"loss": null, "acc": [1], "f1": {"a": 1}, "step": 2}\n')
+    assert out == [{"step": 2}]
+    assert list(parser.notes) == [
+        "metric 'loss' is null in a METAOPT line; give a number or a string",
+        "metric 'acc' is an array in a METAOPT line; give a number or a string",
+        "metric 'f1' is an object in a METAOPT line; give a number or a string",
+    ]
