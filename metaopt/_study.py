@@ -226,6 +226,7 @@ class Study:
         if isinstance(algorithm, str):
             make_algorithm(algorithm)  # an unknown name is a one-line SearchError, here
         root = None if path is None else Path(path)
+        self._root = root
         given = checked_node_id(node_id)
         self.node_id = node_id_for(seed, root, given)
         if root is not None:
@@ -640,7 +641,10 @@ class Study:
                 key = None
         if not isinstance(key, bytes) or self._state.trial(key) is None:
             shown = key.hex()[:12] if isinstance(key, bytes) else repr(trial)[:40]
-            raise MetaoptError(f"unknown trial {shown}; pass a trial from ask()")
+            raise MetaoptError(
+                f"unknown trial {shown}; pass a trial from ask() of this Study (another"
+                " Study's only once sync() brought it here)"
+            )
         return key
 
     def _event(
@@ -704,9 +708,17 @@ class Study:
                 " sync Studies made with the same arguments"
             )
         if other.node_id == self.node_id:
+            # Two path= Studies of one node id: one directory copied from the other, whose
+            # node id neither seed= nor node_id= changes (a user walkthrough).
+            advice = (
+                "delete node_id in the directory copied from the other (it takes a new node id"
+                " and keeps its trials)"
+                if self._root is not None and other._root is not None
+                else "give each its own seed= or node_id="
+            )
             raise MetaoptError(
                 f"sync(): both Studies have node id {self.node_id.hex()[:12]}, so their trials"
-                " would collide; give each its own seed= or node_id="
+                f" would collide; {advice}"
             )
         self._check_process("sync")
         other._check_process("sync", "the other Study")
@@ -734,7 +746,9 @@ class Study:
             )
 
     def close(self) -> None:
-        """Close the replica (a path's LevelDB lock is released); later calls raise.
+        """Close the replica (a path's LevelDB lock is released); later calls raise, but for
+        `trials` and `best`, which answer from what the Study held when it closed (so a
+        `with Study(...) as study:` block can be read after it ends).
 
         Nothing in a fork()ed child (a `with study:` ending there): the Study is its parent's.
         """

@@ -59,7 +59,8 @@ def node_id_for(seed: int, path: Path | None, given: bytes | None) -> bytes:
         ) from None
     except ValueError as exc:
         raise MetaoptError(
-            f"cannot keep a Study in {path}: {exc}; pass path= a directory of its own"
+            f"cannot keep a Study in {path}: {exc}; delete that file (the Study takes a new"
+            " node id and keeps its trials)"
         ) from None
     if given is not None and given != node_id:
         raise MetaoptError(

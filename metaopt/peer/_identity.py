@@ -127,7 +127,10 @@ def create_once(path: Path, text: str) -> bool:
 
 def parse_node_id(path: Path, text: str) -> bytes:
     """The node id a node_id file's text holds. Raises ValueError saying what it holds."""
-    value = bytes.fromhex(text.strip())
+    try:
+        value = bytes.fromhex(text.strip())
+    except ValueError:  # ("non-hexadecimal number found in fromhex() arg at position 0")
+        raise ValueError(f"{path} holds no node id (not hexadecimal)") from None
     if len(value) != ORIGIN_SIZE:
         raise ValueError(f"{path} holds {len(value)} bytes, not {ORIGIN_SIZE}")
     return value
@@ -139,7 +142,11 @@ def keep_node_id(path: Path, new: bytes) -> bytes:
     ValueError for a file that holds no node id."""
     if not path.exists() and create_once(path, new.hex() + "\n"):
         return new
-    return parse_node_id(path, path.read_text(encoding="utf-8"))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} holds no node id (not text)") from None
+    return parse_node_id(path, text)
 
 
 def lost_replica_refusal(root: Path, node_id: bytes) -> str:

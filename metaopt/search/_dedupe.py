@@ -120,9 +120,10 @@ def _replacement(
         if free.shape[0] == 0:
             raise SearchError(
                 f"all {card} points of the space are already tried or pending; "
-                "widen the space or stop the experiment"
+                "the search is done (or widen the space)"
             )
         return np.asarray(free[int(rng.integers(free.shape[0]))], dtype=np.float64)
     raise SearchError(
-        "found no untried point; the space is nearly exhausted, widen it or stop the experiment"
+        "found no untried point; the space is nearly used up: the search is done (or widen"
+        " the space)"
     )

@@ -6,6 +6,7 @@ import gc
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,6 +105,16 @@ def test_pending_trials_are_never_duplicated() -> None:
         study.ask()
 
 
+def test_a_used_up_space_says_the_search_is_done_in_words_a_study_user_can_act_on() -> None:
+    # It said "widen the space or stop the experiment": a Study has no experiment to stop.
+    study = Study({"n": "randint(0, 2)"}, seed=0)
+    for _ in range(2):
+        study.tell(study.ask(), 1.0)
+    with pytest.raises(MetaoptError) as info:
+        study.ask()
+    assert str(info.value).endswith("; the search is done (or widen the space)")
+
+
 def test_two_studies_synced_converge_without_duplicates() -> None:
     a = Study(SPACE, algorithm="auto", seed=0, node_id=A)
     b = Study(SPACE, algorithm="auto", seed=0, node_id=B)
@@ -175,8 +186,28 @@ def test_a_node_id_file_of_the_wrong_length_is_refused_on_opening(tmp_path: Path
         Study(SPACE, path=tmp_path)
     assert str(info.value) == (
         f"cannot keep a Study in {tmp_path}: {tmp_path / 'node_id'} holds 2 bytes, not 16;"
-        " pass path= a directory of its own"
+        " delete that file (the Study takes a new node id and keeps its trials)"
     )
+
+
+def test_a_damaged_node_id_file_is_named_and_deleting_it_keeps_the_trials(tmp_path: Path) -> None:
+    # It said "non-hexadecimal number found in fromhex() arg at position 0; pass path= a
+    # directory of its own", naming neither the file nor what to do about it.
+    with Study(SPACE, path=tmp_path) as study:
+        told = [study.tell(study.ask(), value).key for value in (0.3, 0.2)]
+        before = study.node_id
+    for damaged, what in ((b"zz\n", "not hexadecimal"), (b"\xff\xfe\x00", "not text")):
+        (tmp_path / "node_id").write_bytes(damaged)
+        with pytest.raises(MetaoptError) as info:
+            Study(SPACE, path=tmp_path)
+        assert str(info.value) == (
+            f"cannot keep a Study in {tmp_path}: {tmp_path / 'node_id'} holds no node id"
+            f" ({what}); delete that file (the Study takes a new node id and keeps its trials)"
+        )
+    (tmp_path / "node_id").unlink()
+    with Study(SPACE, path=tmp_path) as study:
+        assert study.node_id != before
+        assert [trial.key for trial in study.trials] == told
 
 
 def test_a_non_finite_metric_besides_the_objectives_is_recorded_as_its_text() -> None:
@@ -906,6 +937,40 @@ def test_a_trial_asked_but_never_told_is_handed_out_again_on_reopening(tmp_path:
         study.tell(again, 0.3)
         study.tell(study.ask(), 0.4)
         assert [t.state for t in study.trials] == ["completed", "completed"]
+
+
+def test_a_copied_study_directory_is_told_to_delete_its_node_id_and_then_syncs(
+    tmp_path: Path,
+) -> None:
+    # sync() told two path= Studies of one node id to "give each its own seed= or node_id=";
+    # neither changes a directory's node id (node_id= is refused there).
+    with Study(SPACE, path=tmp_path / "a", algorithm="random") as study:
+        run(study, 2)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    a = Study(SPACE, path=tmp_path / "a", algorithm="random")
+    b = Study(SPACE, path=tmp_path / "b", algorithm="random")
+    with pytest.raises(MetaoptError) as info:
+        a.sync(b)
+    assert str(info.value).endswith(
+        "so their trials would collide; delete node_id in the directory copied from the other"
+        " (it takes a new node id and keeps its trials)"
+    )
+    b.close()
+    (tmp_path / "b" / "node_id").unlink()
+    b = Study(SPACE, path=tmp_path / "b", algorithm="random")
+    run(a, 1)
+    run(b, 1)
+    a.sync(b)
+    assert len(a.trials) == len(b.trials) == 4
+    a.close()
+    b.close()
+
+
+def test_telling_another_studys_trial_says_it_must_be_synced_here_first() -> None:
+    a, b = Study(SPACE, algorithm="random"), Study(SPACE, algorithm="random", seed=1)
+    theirs = b.ask()
+    with pytest.raises(MetaoptError, match="another Study's only once sync\\(\\) brought it here"):
+        a.tell(theirs, 0.5)
 
 
 def test_sync_refuses_studies_that_cannot_explore_together() -> None:
