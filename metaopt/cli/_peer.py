@@ -505,7 +505,9 @@ def _status(args: argparse.Namespace) -> int:
             for p in peers
         ]
         print(table(["node", "address", "last contact (s)", "live"], rows))
-    if peers and not any(p["live"] for p in peers):
+    # (Not while its disk refuses writes: it does not answer its peers then, and said "it
+    # runs on alone, and takes their running trials for lost" of a peer that records nothing.)
+    if peers and not any(p["live"] for p in peers) and not status.get("storage"):
         # A peer cut off from the rest showed only "0 live of 3": say what it means.
         why = (
             "cut off, they stopped, or they refuse it: below"

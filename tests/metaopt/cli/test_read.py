@@ -308,6 +308,11 @@ def test_a_peer_that_hears_no_other_says_what_that_means(
     assert "this peer cannot write its replica (No space left on device): it" in (
         capsys.readouterr().out
     )
+    # ... and, cut off meanwhile, it is not said to run on alone and take others' trials.
+    status["peers"][0]["live"] = False
+    assert main(["peer", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "it records nothing" in out and "runs on alone" not in out
 
 
 def test_status_and_best_of_a_stopped_peer_read_its_replica(
