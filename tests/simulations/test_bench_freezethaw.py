@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from simulations._curves import synthetic_pool
-from simulations.bench_freezethaw import RunResult, _paired, _policy, simulate
+from simulations.bench_freezethaw import RunResult, _paired, _policy, run_budget, simulate
 
 
 def _small_pool(seed: int):  # type: ignore[no-untyped-def]
@@ -68,3 +69,22 @@ def test_the_paired_ratio_is_seed_by_seed_and_caps_a_run_that_never_got_there() 
     # A run that never reached the target counts as the cap (5000 = 5x the 1000 it is paired to).
     never = _paired(runs([100.0, 400.0, math.inf]), ref, 5000)
     assert never.startswith(f"×{5 ** (1 / 3):.3f}")
+
+
+def test_a_budget_of_trials_runs_to_its_end_and_counts_every_step(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The budget mode: no target (-1), equal steps and the cap at the budget's full length,
+    # so the run ends when every slot is idle: no stopping takes every step of every trial.
+    pool = _small_pool(6)
+    order = np.random.default_rng(7).permutation(pool.n)[:5]
+    cap = 5 * pool.T
+    none = simulate(pool, order, _policy("none", pool, 0, 1), 2, cap, cap, -1.0)
+    assert (none.steps, none.n_started, none.best_fate) == (cap, 5, "kept")
+    asha = simulate(pool, order, _policy("asha", pool, 0, 1), 2, cap, cap, -1.0)
+    assert asha.n_started == 5 and asha.steps < cap
+    run_budget(_small_pool, range(2), 2, 1, ("asha", "none"), 5)
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[1].startswith("synthetic: 2 peer(s), 2 seeds (0-1), a budget of 5 trials")
+    method, _, steps, fewer, worse, *_ = rows[-1].split()
+    assert (method, steps, fewer, worse) == ("none", str(cap), "1.00", "0/2")

@@ -207,7 +207,13 @@ def test_speedup_is_against_k_1_whatever_the_order_of_peers(
 
 @pytest.mark.parametrize(
     "args",
-    [["--every", "0"], ["--workers", "0"], ["--methods", "bogus"], ["--pools", "bogus"]],
+    [
+        ["--every", "0"],
+        ["--workers", "0"],
+        ["--methods", "bogus"],
+        ["--pools", "bogus"],
+        ["--max-trials", "-1"],
+    ],
 )
 def test_freezethaw_bad_options_are_refused_in_one_line(
     args: list[str], monkeypatch: pytest.MonkeyPatch
