@@ -85,6 +85,11 @@ _LOOKS = 3
 # turns (the crowding check still sees every point recorded before them). Without a cap, 20
 # peers waited up to 0.95 s a trial, holding the schedule lock.
 _MAX_SETTLE_TURNS = 8
+# Trials of one experiment arriving together from other peers that are its history, not news:
+# a peer that ran alone joining, or a partition healing, sends them a session message at a
+# time (16,384 records), while a busy cluster pushes each new trial as it is recorded (a peer
+# starting a trial on each of its 8 GPUs at once pushes 8). See Node.history_arriving.
+_HISTORY_TRIALS = 16
 # At most this many waits for a turn before a new point gives up and the pass runs again: each
 # wait after the first means another peer's trial arrived (the cluster is not idle), or this
 # peer's loop was too busy to wake in time.
@@ -269,6 +274,9 @@ class Node:
         # (_turns_since).
         self._opened_ms = int(self.clock() * 1000)
         self._latest_stamp: dict[bytes, int] = {}
+        # Experiment key -> when (monotonic) a history of its trials last arrived here (see
+        # history_arriving).
+        self._history_at: dict[bytes, float] = {}
         self._load_lock = asyncio.Lock()
         self.failed: str | None = None  # why the peer stopped by itself, if it did
         self._submitting = False  # records a user submits here are being stored (add_submitted)
@@ -316,9 +324,7 @@ class Node:
             started_at=lambda: self.started_at,
             loading=lambda: self.replica.loading,
             stopping=self._stopping,
-            receiving=lambda: (
-                self.server.receiving + self.client.receiving + self.replicator.storing > 0
-            ),
+            receiving=self._receiving,
         )
         # Last: its handlers include the membership's, made just above.
         self.server = Server(
@@ -872,6 +878,18 @@ class Node:
         # news from other peers.)
         others = [] if self._submitting else [r for r in records if r.origin != self.node_id]
         self.catch_up.note_arrived(others, now_ms)
+        arrived = Counter(r.links[0] for r in others if r.kind == TRIAL and r.links)
+        for key, count in arrived.items():
+            if count >= _HISTORY_TRIALS:
+                if not self.history_arriving(key):
+                    log.info(
+                        "experiment %s: %d of its trials arrived at once from other peers (a"
+                        " history: a peer that ran alone, or a partition healing); no new"
+                        " trial of it here until they stop coming",
+                        self._named(key),
+                        count,
+                    )
+                self._history_at[key] = self.monotonic()
         for record in records:
             if record.kind == TRIAL:
                 for key in record.links:  # its experiment, known here yet or not
@@ -967,6 +985,37 @@ class Node:
             or self.runner.unrunnable.get(experiment)
             or self.exhausted_now(experiment)
         )
+
+    def _named(self, experiment: bytes) -> str:
+        """The experiment's name (of one still being folded too), else its key's digits."""
+        state = self.replica.arriving(experiment)
+        return experiment.hex()[:12] if state is None else state.spec.name
+
+    def _receiving(self) -> bool:
+        """Whether another peer's records are on their way here (see CatchUp)."""
+        return self.server.receiving + self.client.receiving + self.replicator.storing > 0
+
+    def history_arriving(self, experiment: bytes) -> bool:
+        """Whether a history of the experiment's trials is still arriving here: its count is
+        short, so no new trial of it starts (``may_suggest``).
+
+        A caught-up peer folds an experiment new to it as its records come, a message at a
+        time: taking its count then for the whole, peers that had run beside each other for
+        minutes started trials of one a peer that ran alone brought, its budget spent (2044
+        and 2051 of 2000, 1005 of 1000: real peers, a review). Held until no such bulk has
+        come for two anti-entropy periods, or a peer timeout while a message is crossing.
+        """
+        at = self._history_at.get(experiment)
+        if at is None:
+            return False
+        quiet = self.monotonic() - at
+        timing = self.config.timing
+        if quiet < 2 * timing.anti_entropy:
+            return True
+        if quiet < timing.peer_timeout and self._receiving():
+            return True
+        del self._history_at[experiment]
+        return False
 
     def exhausted_now(self, experiment: bytes) -> str | None:
         """Why no new point of the experiment is searched for: every point drawn was already a
@@ -1137,7 +1186,9 @@ class Node:
                 and self.runner.can_run(state)
             ),
             claim_free=caught_up,
-            may_suggest=lambda state: self.exhausted_now(state.key) is None,
+            may_suggest=lambda state: (
+                self.exhausted_now(state.key) is None and not self.history_arriving(state.key)
+            ),
             quiet_ms=self.replica.quiet_ms,
             thawable=thawable,
             offset_ms=self._clock_offset_ms,

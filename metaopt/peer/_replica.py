@@ -246,6 +246,10 @@ class Replica:
         self._created[state.key] = created
         self._heard.update(dict.fromkeys(state.trial_keys(), int(self._monotonic() * 1000)))
 
+    def arriving(self, experiment: bytes) -> ExperimentState | None:
+        """The experiment's state, published or still being folded (see _fold)."""
+        return self.experiments.get(experiment) or self._folding.get(experiment)
+
     def quiet_ms(self, trial: TrialView) -> int:
         """How long (ms, this node's monotonic clock) since the latest record of a trial arrived
         here (for trials it held when it opened, since its opening).

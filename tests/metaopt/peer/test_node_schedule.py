@@ -1471,3 +1471,65 @@ async def test_a_stopped_experiments_stopper_is_not_made_again_at_every_pass(
         assert len(made) == 1, f"its stopper was made {len(made)} times in 3 monitor passes"
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_history_of_trials_arriving_in_bulk_holds_new_trials_of_its_experiment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A peer that ran alone joined with an experiment whose budget it had spent: its trials
+    # reached peers caught up long before a session message at a time, and each of them,
+    # counting what it held, started trials of it (2044 of 2000: real peers, a review).
+    exp = _experiment("spent", {"x": "uniform(0, 1)"}, max_trials=40)
+    node = _lone_node(tmp_path, caught_up=True)
+    now = [1000.0]
+    node.monotonic = lambda: now[0]
+    calls = _watch_compute(monkeypatch)
+    history = [_others_trial(exp, {"x": i / 40}, i + 1) for i in range(40)]
+    caplog.set_level("INFO", logger="metaopt.peer")
+    try:
+        node.store.add([exp, *history[:16]])  # the first message: 16 of its 40 trials
+        await node._schedule_once()
+        assert calls == []
+        [said] = [r.getMessage() for r in caplog.records if "arrived at once" in r.getMessage()]
+        assert said.startswith("experiment spent: 16 of its trials arrived at once")
+        now[0] += 2 * node.config.timing.anti_entropy - 0.1  # the next message is late
+        await node._schedule_once()
+        assert calls == []
+        node.store.add(history[16:32])
+        now[0] += 2 * node.config.timing.anti_entropy - 0.1
+        await node._schedule_once()
+        assert calls == []
+        node.store.add(history[32:])  # the rest: 8 trials, no bulk; its budget is spent
+        now[0] += 2 * node.config.timing.anti_entropy
+        await node._schedule_once()
+        assert calls == [] and node.replica.experiments[exp.key].budget_spent
+        # An experiment with budget to spare is searched again once its history is quiet,
+        # and a few trials pushed at once (as news, not history) hold nothing.
+        wide = _experiment("wide", {"x": "uniform(0, 1)"}, max_trials=100)
+        node.store.add([wide, *[_others_trial(wide, {"x": i / 99}, 41 + i) for i in range(15)]])
+        assert not node.history_arriving(wide.key) and not node.history_arriving(exp.key)
+        await node._schedule_once()
+        assert len(calls) == 1
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_history_that_comes_with_its_experiment_is_said_by_the_experiments_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An experiment that arrives with a long history is folded in a task, after its records
+    # are told: the line named it by its key's digits.
+    exp = _experiment("spent", {"x": "uniform(0, 1)"}, max_trials=40)
+    node = _lone_node(tmp_path, caught_up=True)
+    node.replica._fold_step = 4  # (as 2,000 are to a session message of 16,384)
+    caplog.set_level("INFO", logger="metaopt.peer")
+    try:
+        node.store.add([exp, *[_others_trial(exp, {"x": i / 40}, i + 1) for i in range(16)]])
+        assert exp.key not in node.replica.experiments  # still being folded
+        [said] = [r.getMessage() for r in caplog.records if "arrived at once" in r.getMessage()]
+        assert said.startswith("experiment spent: 16 of its trials arrived at once")
+        assert node.history_arriving(exp.key)
+    finally:
+        await node.stop()
