@@ -169,17 +169,7 @@ class LevelDBStore:
                 # random read halved how fast a replica reads records out to a catching-up
                 # peer. Tables written compressed by an older version stay readable. (The
                 # path as bytes: a real path with a byte not UTF-8 was plyvel's ValueError.)
-                # Paranoid checks: without them a log damaged in its middle (a bad sector, a
-                # copy cut short) opened without the records past the damage, silently, and
-                # this node then handed their (origin, seq) out again to other records, which
-                # peers holding the old ones never take. A log merely cut short at its end, as
-                # a crash leaves it, still opens.
-                db = plyvel.DB(
-                    os.fsencode(self.path),
-                    create_if_missing=True,
-                    compression=None,
-                    paranoid_checks=True,
-                )
+                db = plyvel.DB(os.fsencode(self.path), create_if_missing=True, compression=None)
                 if owner is token:  # its first open, or probe()'s of a directory put in its place
                     # Dropped unclosed, the store lets go of its directory (its DB closes too).
                     let_go, self._token = self._let_go, token

@@ -171,41 +171,6 @@ def test_a_store_too_damaged_to_open_says_what_to_do(
     assert "\n" not in said
 
 
-def _logged(path: Path) -> Path:
-    """A store of 200 records in five writes, all still in its log (not yet a table)."""
-    store = LevelDBStore(path)
-    for first in range(1, 201, 40):
-        store.add(
-            [Record.create("event", b"o" * 16, s, s, {"i": s}) for s in range(first, first + 40)]
-        )
-    store.close()
-    return path
-
-
-def test_a_log_damaged_in_its_middle_is_refused_not_opened_without_what_follows(
-    tmp_path: Path,
-) -> None:
-    # Opened without paranoid checks, LevelDB skipped the damaged write and all after it
-    # (32 bad bytes a third of the way in: 4 of 5 trials gone, silently), and the node then
-    # numbered new records with the seqs of the lost ones, which its peers held otherwise.
-    path = _logged(tmp_path / "replica")
-    (log,) = path.glob("*.log")
-    with open(log, "r+b") as f:
-        f.seek(log.stat().st_size // 3)
-        f.write(b"\xff" * 32)
-    with pytest.raises(StoreError, match="restore it from a copy, or move it aside"):
-        LevelDBStore(path)
-
-
-def test_a_log_cut_short_at_its_end_as_a_crash_leaves_it_still_opens(tmp_path: Path) -> None:
-    path = _logged(tmp_path / "replica")
-    (log,) = path.glob("*.log")
-    os.truncate(log, log.stat().st_size - 100)  # the last write torn
-    store = LevelDBStore(path)
-    assert store.version_vector().high(b"o" * 16) == 160
-    store.close()
-
-
 def test_a_store_path_that_is_a_file_says_so(tmp_path: Path) -> None:
     # It said "cannot open the store at ...: [Errno 17] File exists".
     path = tmp_path / "replica"
