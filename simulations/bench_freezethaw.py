@@ -376,6 +376,8 @@ def run_budget(
     for s in seeds:
         pool = make_pool(s)
         name = pool.name
+        # (Past the pool's size, its every configuration: the header says how many ran.)
+        max_trials = min(max_trials, pool.n)
         order = np.random.default_rng(1000 + s).permutation(pool.n)[:max_trials]
         cap = max_trials * pool.T
         for m in methods:

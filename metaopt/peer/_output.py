@@ -396,9 +396,8 @@ class OutputParser:
             if kind is not None and _is_name(name):
                 # check_metric speaks Python ("a NoneType ... e.g. loss.item()"), which means
                 # nothing to the bash or C program that printed this line.
-                self._note(
-                    f"metric {name!r} is {kind} in a METAOPT line; give a number or a string"
-                )
+                want = "a whole number" if name == "step" else "a number or a string"
+                self._note(f"metric {name!r} is {kind} in a METAOPT line; give {want}")
                 continue
             try:
                 clean[name] = check_metric(name, _recordable(metric, name))

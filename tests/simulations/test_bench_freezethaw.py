@@ -88,3 +88,8 @@ def test_a_budget_of_trials_runs_to_its_end_and_counts_every_step(
     assert rows[1].startswith("synthetic: 2 peer(s), 2 seeds (0-1), a budget of 5 trials")
     method, _, steps, fewer, worse, *_ = rows[-1].split()
     assert (method, steps, fewer, worse) == ("none", str(cap), "1.00", "0/2")
+    # A budget past the pool's size runs the whole pool, and says so (a review: it said 50).
+    run_budget(_small_pool, range(1), 1, 1, ("none",), 50)
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[1].endswith(f"a budget of {pool.n} trials run to its end")
+    assert rows[-1].split()[2] == str(pool.n * pool.T)

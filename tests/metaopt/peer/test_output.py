@@ -577,3 +577,6 @@ def test_a_metric_of_the_wrong_json_kind_is_explained_in_json_words() -> None:
         "metric 'acc' is an array in a METAOPT line; give a number or a string",
         "metric 'f1' is an object in a METAOPT line; give a number or a string",
     ]
+    # A step is no string (a review: it was told one would do).
+    assert parser.feed(b'METAOPT {"loss": 0.5, "step": null}\n') == [{"loss": 0.5}]
+    assert parser.notes[-1] == "metric 'step' is null in a METAOPT line; give a whole number"
