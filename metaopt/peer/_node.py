@@ -85,11 +85,6 @@ _LOOKS = 3
 # turns (the crowding check still sees every point recorded before them). Without a cap, 20
 # peers waited up to 0.95 s a trial, holding the schedule lock.
 _MAX_SETTLE_TURNS = 8
-# Trials of one experiment arriving together from other peers that are its history, not news:
-# a peer that ran alone joining, or a partition healing, sends them a session message at a
-# time (16,384 records), while a busy cluster pushes each new trial as it is recorded (a peer
-# starting a trial on each of its 8 GPUs at once pushes 8). See Node.history_arriving.
-_HISTORY_TRIALS = 16
 # At most this many waits for a turn before a new point gives up and the pass runs again: each
 # wait after the first means another peer's trial arrived (the cluster is not idle), or this
 # peer's loop was too busy to wake in time.
@@ -878,18 +873,7 @@ class Node:
         # news from other peers.)
         others = [] if self._submitting else [r for r in records if r.origin != self.node_id]
         self.catch_up.note_arrived(others, now_ms)
-        arrived = Counter(r.links[0] for r in others if r.kind == TRIAL and r.links)
-        for key, count in arrived.items():
-            if count >= _HISTORY_TRIALS:
-                if not self.history_arriving(key):
-                    log.info(
-                        "experiment %s: %d of its trials arrived at once from other peers (a"
-                        " history: a peer that ran alone, or a partition healing); no new"
-                        " trial of it here until they stop coming",
-                        self._named(key),
-                        count,
-                    )
-                self._history_at[key] = self.monotonic()
+        self._note_history(others, now_ms)
         for record in records:
             if record.kind == TRIAL:
                 for key in record.links:  # its experiment, known here yet or not
@@ -984,6 +968,12 @@ class Node:
             self._unsearchable.get(experiment)
             or self.runner.unrunnable.get(experiment)
             or self.exhausted_now(experiment)
+            or (
+                "its history is still arriving from other peers: no new trial of it here until"
+                " it has"
+                if self.history_arriving(experiment)
+                else None
+            )
         )
 
     def _named(self, experiment: bytes) -> str:
@@ -995,15 +985,49 @@ class Node:
         """Whether another peer's records are on their way here (see CatchUp)."""
         return self.server.receiving + self.client.receiving + self.replicator.storing > 0
 
+    def _note_history(self, others: list[Record], now_ms: int) -> None:
+        """Note the experiments whose history arrives among these records of other peers: a
+        trial or event stamped over a peer timeout before it arrived, by its writer's clock as
+        this peer reads it. Pushed, a record arrives within milliseconds of its stamp, and one
+        an anti-entropy session brings instead within seconds.
+
+        By age, not by how many came at once: a history is sent in write order, in slices of
+        2,048 records, so a slice of trials with over 128 reports each held fewer than 16 of
+        them, and a count per slice missed the histories it was for (a review).
+        """
+        oldest_ms = now_ms - int(self.config.timing.peer_timeout * 1000)
+        offsets: dict[bytes, int] = {}
+        ages: dict[bytes, int] = {}
+        for record in others:
+            if record.kind not in (TRIAL, EVENT) or not record.links:
+                continue
+            offset = offsets.get(record.origin)
+            if offset is None:
+                offset = offsets[record.origin] = self._clock_offset_ms(record.origin)
+            stamp = record.time + offset
+            if stamp < oldest_ms:
+                experiment = record.links[-1]  # (a trial's only link, an event's last)
+                ages[experiment] = max(ages.get(experiment, 0), now_ms - stamp)
+        for experiment, age_ms in ages.items():
+            if not self.history_arriving(experiment):
+                log.info(
+                    "experiment %s: records of it up to %.0f s old arrive from other peers (its"
+                    " history: a peer that ran alone, or a partition healing); no new trial of"
+                    " it here until they stop coming",
+                    self._named(experiment),
+                    age_ms / 1000,
+                )
+            self._history_at[experiment] = self.monotonic()
+
     def history_arriving(self, experiment: bytes) -> bool:
-        """Whether a history of the experiment's trials is still arriving here: its count is
-        short, so no new trial of it starts (``may_suggest``).
+        """Whether a history of the experiment is still arriving here (see _note_history):
+        its count of trials is short, so no new trial of it starts (``may_suggest``).
 
         A caught-up peer folds an experiment new to it as its records come, a message at a
         time: taking its count then for the whole, peers that had run beside each other for
         minutes started trials of one a peer that ran alone brought, its budget spent (2044
-        and 2051 of 2000, 1005 of 1000: real peers, a review). Held until no such bulk has
-        come for two anti-entropy periods, or a peer timeout while a message is crossing.
+        and 2051 of 2000, 1005 of 1000: real peers, a review). Held until none of its history
+        has come for two anti-entropy periods, or a peer timeout while a message is crossing.
         """
         at = self._history_at.get(experiment)
         if at is None:

@@ -1090,10 +1090,15 @@ async def test_failures_stamped_at_time_zero_stop_no_scheduling_pass(tmp_path: P
                     EVENT, other, seq := seq + 1, stamp, event.to_body(), [trial.key, exp.key]
                 )
             )
+    now = [node.monotonic()]
+    node.monotonic = lambda: now[0]
     try:
         node.store.add([exp, *records])
         state = node.replica.experiments[exp.key]
         assert [t.state for t in state.trials()] == ["failed"] * 3
+        # Records that old are a history arriving: the pass waits until it has stopped (see
+        # test_a_history_of_an_experiment_arriving_holds_new_trials_of_it_until_it_stops).
+        now[0] += 2 * node.config.timing.anti_entropy
         await node._schedule_once()
         assert len(state) == 4  # a new trial: by their stamps the failures are long past
     finally:
@@ -1473,8 +1478,14 @@ async def test_a_stopped_experiments_stopper_is_not_made_again_at_every_pass(
         await node.stop()
 
 
+def _old_trial(exp: Record, x: float, seq: int, age_s: float = 3600.0) -> Record:
+    """Another peer's trial of exp recorded age_s ago (a history, not news)."""
+    body = {"params": {"x": x}, "node": OTHER, "counter": seq}
+    return Record.create(TRIAL, OTHER, seq, int((time.time() - age_s) * 1000), body, [exp.key])
+
+
 @pytest.mark.asyncio
-async def test_a_history_of_trials_arriving_in_bulk_holds_new_trials_of_its_experiment(
+async def test_a_history_of_an_experiment_arriving_holds_new_trials_of_it_until_it_stops(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A peer that ran alone joined with an experiment whose budget it had spent: its trials
@@ -1485,30 +1496,36 @@ async def test_a_history_of_trials_arriving_in_bulk_holds_new_trials_of_its_expe
     now = [1000.0]
     node.monotonic = lambda: now[0]
     calls = _watch_compute(monkeypatch)
-    history = [_others_trial(exp, {"x": i / 40}, i + 1) for i in range(40)]
+    history = [_old_trial(exp, i / 40, i + 1) for i in range(40)]
+    period = node.config.timing.anti_entropy
     caplog.set_level("INFO", logger="metaopt.peer")
     try:
-        node.store.add([exp, *history[:16]])  # the first message: 16 of its 40 trials
+        node.store.add([exp, *history[:3]])  # the first slice: 3 of its 40 trials
         await node._schedule_once()
         assert calls == []
-        [said] = [r.getMessage() for r in caplog.records if "arrived at once" in r.getMessage()]
-        assert said.startswith("experiment spent: 16 of its trials arrived at once")
-        now[0] += 2 * node.config.timing.anti_entropy - 0.1  # the next message is late
-        await node._schedule_once()
-        assert calls == []
-        node.store.add(history[16:32])
-        now[0] += 2 * node.config.timing.anti_entropy - 0.1
-        await node._schedule_once()
-        assert calls == []
-        node.store.add(history[32:])  # the rest: 8 trials, no bulk; its budget is spent
-        now[0] += 2 * node.config.timing.anti_entropy
+        [said] = [r.getMessage() for r in caplog.records if "old arrive" in r.getMessage()]
+        assert said.startswith("experiment spent: records of it up to 3600 s old arrive")
+        why = node.blocked_here(exp.key)
+        assert why is not None and why.startswith("its history is still arriving")
+        for piece in (history[3:21], history[21:]):  # the next slices, each late
+            now[0] += 2 * period - 0.1
+            await node._schedule_once()
+            assert calls == []
+            node.store.add(piece)
+        now[0] += 2 * period - 0.1
         await node._schedule_once()
         assert calls == [] and node.replica.experiments[exp.key].budget_spent
+        # A message still crossing holds it up to a peer timeout.
+        now[0] += 0.2
+        monkeypatch.setattr(node, "_receiving", lambda: True)
+        assert node.history_arriving(exp.key)
+        now[0] += node.config.timing.peer_timeout
+        assert not node.history_arriving(exp.key) and node.blocked_here(exp.key) is None
         # An experiment with budget to spare is searched again once its history is quiet,
-        # and a few trials pushed at once (as news, not history) hold nothing.
+        # and trials pushed as they are recorded (news, however many) hold nothing.
         wide = _experiment("wide", {"x": "uniform(0, 1)"}, max_trials=100)
-        node.store.add([wide, *[_others_trial(wide, {"x": i / 99}, 41 + i) for i in range(15)]])
-        assert not node.history_arriving(wide.key) and not node.history_arriving(exp.key)
+        node.store.add([wide, *[_others_trial(wide, {"x": i / 99}, 41 + i) for i in range(20)]])
+        assert not node.history_arriving(wide.key)
         await node._schedule_once()
         assert len(calls) == 1
     finally:
@@ -1526,10 +1543,10 @@ async def test_a_history_that_comes_with_its_experiment_is_said_by_the_experimen
     node.replica._fold_step = 4  # (as 2,000 are to a session message of 16,384)
     caplog.set_level("INFO", logger="metaopt.peer")
     try:
-        node.store.add([exp, *[_others_trial(exp, {"x": i / 40}, i + 1) for i in range(16)]])
+        node.store.add([exp, *[_old_trial(exp, i / 40, i + 1, 90.0) for i in range(16)]])
         assert exp.key not in node.replica.experiments  # still being folded
-        [said] = [r.getMessage() for r in caplog.records if "arrived at once" in r.getMessage()]
-        assert said.startswith("experiment spent: 16 of its trials arrived at once")
+        [said] = [r.getMessage() for r in caplog.records if "old arrive" in r.getMessage()]
+        assert said.startswith("experiment spent: records of it up to 90 s old arrive")
         assert node.history_arriving(exp.key)
     finally:
         await node.stop()
