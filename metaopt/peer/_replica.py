@@ -248,7 +248,8 @@ class Replica:
 
     def arriving(self, experiment: bytes) -> ExperimentState | None:
         """The experiment's state, published or still being folded (see _fold)."""
-        return self.experiments.get(experiment) or self._folding.get(experiment)
+        state = self.experiments.get(experiment)  # (not `or`: one of no trials is falsy)
+        return self._folding.get(experiment) if state is None else state
 
     def quiet_ms(self, trial: TrialView) -> int:
         """How long (ms, this node's monotonic clock) since the latest record of a trial arrived

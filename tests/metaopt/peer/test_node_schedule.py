@@ -1550,3 +1550,16 @@ async def test_a_history_that_comes_with_its_experiment_is_said_by_the_experimen
         assert node.history_arriving(exp.key)
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_an_experiment_of_no_trials_yet_is_named_by_its_name(tmp_path: Path) -> None:
+    # Replica.arriving took an experiment of no trials (falsy: its len is 0) for unknown.
+    exp = _experiment("fresh", {"x": "uniform(0, 1)"})
+    node = _lone_node(tmp_path, caught_up=True)
+    try:
+        node.store.add([exp])
+        assert len(node.replica.experiments[exp.key]) == 0
+        assert node._named(exp.key) == "fresh"
+    finally:
+        await node.stop()
