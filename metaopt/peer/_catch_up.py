@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from crdt import Record
+from metaopt._records import EVENT, TRIAL
 
 if TYPE_CHECKING:
     from metaopt.peer._config import Timing
@@ -58,6 +59,8 @@ class CatchUp:
         loading: Callable[[], bool],
         stopping: asyncio.Event,
         receiving: Callable[[], bool] = lambda: False,
+        offset_ms: Callable[[bytes], int] = lambda node: 0,
+        named: Callable[[bytes], str] = lambda experiment: experiment.hex()[:12],
     ) -> None:
         self._timing = timing
         self._replicator = replicator
@@ -71,6 +74,12 @@ class CatchUp:
         # and not yet stored (between its last byte and its records, a joiner holding none
         # yet said it was caught up: 1 of 2 runs at 1 Mbit/s, a review).
         self._receiving = receiving
+        # What to add to a node's stamps to read them by this clock, and an experiment's name.
+        self._offset_ms = offset_ms
+        self._named = named
+        # Experiment key -> when (monotonic) a history of it last arrived (see
+        # history_arriving): one experiment catching up, in a peer caught up.
+        self._history_at: dict[bytes, float] = {}
         # The end of the latest hold for a disk that refused writes, when it had heard nobody,
         # and the anti-entropy sessions it had converged by then (see rejoin).
         self._rejoined_at = -math.inf
@@ -100,6 +109,63 @@ class CatchUp:
         listened_ms = now_ms - 1000 * (now - self.listening_since())
         if min(r.time for r in others) < listened_ms - 1000 * HISTORY_MARGIN:
             self._history_arrived_at = now
+        self._note_history(others, now_ms)
+
+    def _note_history(self, others: list[Record], now_ms: int) -> None:
+        """Note the experiments whose history arrives among these records of other peers: a
+        trial or event stamped over a peer timeout before it arrived, by its writer's clock as
+        this peer reads it. Pushed, a record arrives within milliseconds of its stamp, and one
+        an anti-entropy session brings instead within seconds.
+
+        By age, not by how many came at once: a history is sent in write order, in slices of
+        2,048 records, so a slice of trials with over 128 reports each held fewer than 16 of
+        them, and a count per slice missed the histories it was for (a review).
+        """
+        oldest_ms = now_ms - int(self._timing.peer_timeout * 1000)
+        offsets: dict[bytes, int] = {}
+        ages: dict[bytes, int] = {}
+        for record in others:
+            if record.kind not in (TRIAL, EVENT) or not record.links:
+                continue
+            offset = offsets.get(record.origin)
+            if offset is None:
+                offset = offsets[record.origin] = self._offset_ms(record.origin)
+            stamp = record.time + offset
+            if stamp < oldest_ms:
+                experiment = record.links[-1]  # (a trial's only link, an event's last)
+                ages[experiment] = max(ages.get(experiment, 0), now_ms - stamp)
+        for experiment, age_ms in ages.items():
+            if not self.history_arriving(experiment):
+                log.info(
+                    "experiment %s: records of it up to %.0f s old arrive from other peers (its"
+                    " history: a peer that ran alone, or a partition healing); no new trial of"
+                    " it here until they stop coming",
+                    self._named(experiment),
+                    age_ms / 1000,
+                )
+            self._history_at[experiment] = self._monotonic()
+
+    def history_arriving(self, experiment: bytes) -> bool:
+        """Whether a history of the experiment is still arriving here (see _note_history):
+        its count of trials is short, so no new trial of it starts (the node's ``may_suggest``).
+
+        A caught-up peer folds an experiment new to it as its records come, a message at a
+        time: taking its count then for the whole, peers that had run beside each other for
+        minutes started trials of one a peer that ran alone brought, its budget spent (2044
+        and 2051 of 2000, 1005 of 1000: real peers, a review). Held until none of its history
+        has come for two anti-entropy periods, or a peer timeout while a message is crossing.
+        """
+        at = self._history_at.get(experiment)
+        if at is None:
+            return False
+        quiet = self._monotonic() - at
+        timing = self._timing
+        if quiet < 2 * timing.anti_entropy:
+            return True
+        if quiet < timing.peer_timeout and self._receiving():
+            return True
+        del self._history_at[experiment]
+        return False
 
     @property
     def judged_caught_up(self) -> bool:

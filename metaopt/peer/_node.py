@@ -269,9 +269,6 @@ class Node:
         # (_turns_since).
         self._opened_ms = int(self.clock() * 1000)
         self._latest_stamp: dict[bytes, int] = {}
-        # Experiment key -> when (monotonic) a history of its trials last arrived here (see
-        # history_arriving).
-        self._history_at: dict[bytes, float] = {}
         self._load_lock = asyncio.Lock()
         self.failed: str | None = None  # why the peer stopped by itself, if it did
         self._submitting = False  # records a user submits here are being stored (add_submitted)
@@ -319,7 +316,9 @@ class Node:
             started_at=lambda: self.started_at,
             loading=lambda: self.replica.loading,
             stopping=self._stopping,
-            receiving=self._receiving,
+            receiving=lambda: self._receiving(),
+            offset_ms=self._clock_offset_ms,
+            named=self._named,
         )
         # Last: its handlers include the membership's, made just above.
         self.server = Server(
@@ -873,7 +872,6 @@ class Node:
         # news from other peers.)
         others = [] if self._submitting else [r for r in records if r.origin != self.node_id]
         self.catch_up.note_arrived(others, now_ms)
-        self._note_history(others, now_ms)
         for record in records:
             if record.kind == TRIAL:
                 for key in record.links:  # its experiment, known here yet or not
@@ -985,61 +983,9 @@ class Node:
         """Whether another peer's records are on their way here (see CatchUp)."""
         return self.server.receiving + self.client.receiving + self.replicator.storing > 0
 
-    def _note_history(self, others: list[Record], now_ms: int) -> None:
-        """Note the experiments whose history arrives among these records of other peers: a
-        trial or event stamped over a peer timeout before it arrived, by its writer's clock as
-        this peer reads it. Pushed, a record arrives within milliseconds of its stamp, and one
-        an anti-entropy session brings instead within seconds.
-
-        By age, not by how many came at once: a history is sent in write order, in slices of
-        2,048 records, so a slice of trials with over 128 reports each held fewer than 16 of
-        them, and a count per slice missed the histories it was for (a review).
-        """
-        oldest_ms = now_ms - int(self.config.timing.peer_timeout * 1000)
-        offsets: dict[bytes, int] = {}
-        ages: dict[bytes, int] = {}
-        for record in others:
-            if record.kind not in (TRIAL, EVENT) or not record.links:
-                continue
-            offset = offsets.get(record.origin)
-            if offset is None:
-                offset = offsets[record.origin] = self._clock_offset_ms(record.origin)
-            stamp = record.time + offset
-            if stamp < oldest_ms:
-                experiment = record.links[-1]  # (a trial's only link, an event's last)
-                ages[experiment] = max(ages.get(experiment, 0), now_ms - stamp)
-        for experiment, age_ms in ages.items():
-            if not self.history_arriving(experiment):
-                log.info(
-                    "experiment %s: records of it up to %.0f s old arrive from other peers (its"
-                    " history: a peer that ran alone, or a partition healing); no new trial of"
-                    " it here until they stop coming",
-                    self._named(experiment),
-                    age_ms / 1000,
-                )
-            self._history_at[experiment] = self.monotonic()
-
     def history_arriving(self, experiment: bytes) -> bool:
-        """Whether a history of the experiment is still arriving here (see _note_history):
-        its count of trials is short, so no new trial of it starts (``may_suggest``).
-
-        A caught-up peer folds an experiment new to it as its records come, a message at a
-        time: taking its count then for the whole, peers that had run beside each other for
-        minutes started trials of one a peer that ran alone brought, its budget spent (2044
-        and 2051 of 2000, 1005 of 1000: real peers, a review). Held until none of its history
-        has come for two anti-entropy periods, or a peer timeout while a message is crossing.
-        """
-        at = self._history_at.get(experiment)
-        if at is None:
-            return False
-        quiet = self.monotonic() - at
-        timing = self.config.timing
-        if quiet < 2 * timing.anti_entropy:
-            return True
-        if quiet < timing.peer_timeout and self._receiving():
-            return True
-        del self._history_at[experiment]
-        return False
+        """Whether a history of the experiment still arrives here (see CatchUp)."""
+        return self.catch_up.history_arriving(experiment)
 
     def exhausted_now(self, experiment: bytes) -> str | None:
         """Why no new point of the experiment is searched for: every point drawn was already a
